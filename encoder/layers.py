@@ -1,0 +1,102 @@
+"""Keras 3 layers of the instrumented encoder: attention that hands back its weights, and one encoder layer."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from encoder.config import EncoderConfig
+
+
+@keras.saving.register_keras_serializable(package="headlight")
+class InstrumentedAttention(keras.layers.MultiHeadAttention):
+    """``keras.layers.MultiHeadAttention`` that always returns its attention pattern and can silence heads.
+
+    The projections and the attention itself are MultiHeadAttention's own (``query_dense``, ``key_dense``,
+    ``value_dense``, ``_compute_attention`` with ``return_attention_scores=True``, so never a fused or flash path
+    that would hide the weights); the only addition is an optional per-head multiplier on each head's context
+    vectors before the output projection (Michel et al., 2019), which is how a head is ablated.
+
+    Call args:
+        query: (B, T, D) tensor.
+        value: (B, S, D) tensor (the same tensor for self-attention).
+        attention_mask: optional bool tensor broadcastable to (B, T, S); False keys get weight exactly 0.
+        head_mask: optional (B, H) float tensor; 0 silences a head, 1 keeps it.
+
+    Returns:
+        ``(output, pattern)``: output (B, T, D) and pattern (B, H, T, S), the weights after softmax.
+    """
+
+    def call(self, query, value, attention_mask=None, head_mask=None, training=None):
+        q = self.query_dense(query)  # (B, T, H, dh)
+        k = self.key_dense(value)  # (B, S, H, dh)
+        v = self.value_dense(value)  # (B, S, H, dh)
+        context, pattern = self._compute_attention(
+            q, k, v, attention_mask, training, return_attention_scores=True
+        )  # context (B, T, H, dh), pattern (B, H, T, S)
+        if head_mask is not None:
+            context = context * ops.cast(head_mask, context.dtype)[:, None, :, None]
+        return self.output_dense(context), pattern
+
+
+@keras.saving.register_keras_serializable(package="headlight")
+class EncoderLayer(keras.layers.Layer):
+    """One post-layer-norm Transformer encoder layer: self-attention block, then feed-forward block.
+
+    Args:
+        config: EncoderConfig (width, heads, feed-forward size, activation, dropout, epsilon).
+
+    Example:
+        >>> layer = EncoderLayer(EncoderConfig(vocab_size=10, num_layers=1, num_heads=2, d_model=8, dff=16))
+        >>> y, pattern = layer(keras.ops.ones((1, 3, 8)))
+        >>> tuple(pattern.shape)
+        (1, 2, 3, 3)
+    """
+
+    def __init__(self, config: EncoderConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.attention = InstrumentedAttention(
+            num_heads=config.num_heads,
+            key_dim=config.head_dim,
+            dropout=config.dropout,
+            name="attention",
+        )
+        self.attention_dropout = keras.layers.Dropout(config.dropout)
+        self.attention_norm = keras.layers.LayerNormalization(
+            epsilon=config.layer_norm_epsilon, name="attention_norm"
+        )
+        self.intermediate = keras.layers.Dense(config.dff, name="intermediate")
+        self.output_dense = keras.layers.Dense(config.d_model, name="output")
+        self.output_dropout = keras.layers.Dropout(config.dropout)
+        self.output_norm = keras.layers.LayerNormalization(
+            epsilon=config.layer_norm_epsilon, name="output_norm"
+        )
+
+    def build(self, input_shape):
+        self.attention.build(input_shape, input_shape)
+        self.attention_norm.build(input_shape)
+        self.intermediate.build(input_shape)
+        self.output_dense.build((*input_shape[:-1], self.config.dff))
+        self.output_norm.build(input_shape)
+
+    def call(self, x, attention_mask=None, head_mask=None, training=None):
+        # Self-attention block.
+        attended, pattern = self.attention(
+            x, x, attention_mask=attention_mask, head_mask=head_mask, training=training
+        )
+        x = self.attention_norm(x + self.attention_dropout(attended, training=training))
+        # Feedforward block.
+        inner = self.intermediate(x)
+        # BERT uses GELU's exact erf form; Keras' default is the tanh approximation.
+        inner = ops.gelu(inner, approximate=False) if self.config.activation == "gelu" else ops.relu(inner)
+        out = self.output_dropout(self.output_dense(inner), training=training)
+        return self.output_norm(x + out), pattern
+
+    def get_config(self):
+        return {**super().get_config(), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(EncoderConfig.from_dict(config.pop("config")), **config)

@@ -1,0 +1,218 @@
+"""TransformerEncoder: embeddings + a stack of EncoderLayers, returning every layer's hidden state and attention.
+
+``TransformerEncoder`` is the Keras model (trainable, saveable). ``CompiledEncoder`` wraps it in ``tf.function``s
+with an input signature of unknown batch and length, so one compiled graph serves every sentence length
+(no retracing when the length changes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from encoder.config import EncoderConfig
+from encoder.layers import EncoderLayer
+from encoder.positional import sinusoidal_encoding
+
+
+@keras.saving.register_keras_serializable(package="headlight")
+class TransformerEncoder(keras.Model):
+    """The instrumented encoder.
+
+    Classic (Keras tutorial) mode: ``token_embedding * sqrt(d_model) + sinusoidal table``, dropout, layers.
+    BERT mode: ``token + learned position + token type``, layer norm, dropout, layers.
+
+    Call args:
+        token_ids: (B, T) int32.
+        segment_ids: optional (B, T) int32 token types (zeros when omitted).
+        padding_mask: optional (B, T) bool, True for real tokens; padded keys then get attention exactly 0.
+        head_mask: optional (B, L, H) float; 0 silences a head's output (ablation).
+        embedding_noise: optional (B, T, D) float added to the first layer's input.
+
+    Returns:
+        dict with ``hidden`` (B, L + 1, T, D), ``attention`` (B, L, H, T, T) after softmax, ``embedding``
+        (B, D) pooled sentence embedding, and ``logits``/``probabilities`` (B, C) when the model has a classifier.
+
+    Example:
+        >>> cfg = EncoderConfig(vocab_size=50, num_layers=2, num_heads=2, d_model=8, dff=16)
+        >>> out = TransformerEncoder(cfg)(np.array([[1, 2, 3]], "int32"))
+        >>> tuple(out["attention"].shape)
+        (1, 2, 2, 3, 3)
+    """
+
+    def __init__(self, config: EncoderConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.token_embedding = keras.layers.Embedding(
+            config.vocab_size, config.d_model, name="token_embedding"
+        )
+        if config.positional == "learned":
+            self.position_embedding = keras.layers.Embedding(
+                config.max_positions, config.d_model, name="position_embedding"
+            )
+        else:
+            self.position_embedding = None
+            self._sinusoidal_table = sinusoidal_encoding(config.max_positions, config.d_model)
+        self.segment_embedding = (
+            keras.layers.Embedding(config.type_vocab_size, config.d_model, name="segment_embedding")
+            if config.type_vocab_size
+            else None
+        )
+        self.embedding_norm = (
+            keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name="embedding_norm")
+            if config.embedding_layer_norm
+            else None
+        )
+        self.embedding_dropout = keras.layers.Dropout(config.dropout)
+        self.encoder_layers = [EncoderLayer(config, name=f"layer_{i}") for i in range(config.num_layers)]
+        self.classifier = (
+            keras.layers.Dense(config.num_classes, name="classifier") if config.num_classes else None
+        )
+        self.build_all()
+
+    def build_all(self) -> None:
+        """Create every weight now, so checkpoints can be ported before the first call."""
+        d = self.config.d_model
+        self.token_embedding.build((None, None))
+        if self.position_embedding is not None:
+            self.position_embedding.build((None,))
+        if self.segment_embedding is not None:
+            self.segment_embedding.build((None, None))
+        if self.embedding_norm is not None:
+            self.embedding_norm.build((None, None, d))
+        for layer in self.encoder_layers:
+            layer.build((None, None, d))
+        if self.classifier is not None:
+            self.classifier.build((None, d))
+        self.built = True
+
+    def positional_table(self) -> np.ndarray:
+        """(P, D) float32: the whole positional table, exactly the values the model adds."""
+        if self.position_embedding is None:
+            return self._sinusoidal_table
+        return keras.ops.convert_to_numpy(self.position_embedding.embeddings)
+
+    def _positional_rows(self, length):
+        if self.position_embedding is None:
+            return ops.convert_to_tensor(self._sinusoidal_table)[:length]  # (T, D)
+        return self.position_embedding.embeddings[:length]  # (T, D)
+
+    def call(
+        self,
+        token_ids,
+        segment_ids=None,
+        padding_mask=None,
+        head_mask=None,
+        embedding_noise=None,
+        training=None,
+    ):
+        cfg = self.config
+        length = ops.shape(token_ids)[1]
+        x = self.token_embedding(token_ids)  # (B, T, D)
+        if cfg.scale_embeddings:
+            x = x * math.sqrt(cfg.d_model)
+        x = x + self._positional_rows(length)[None]
+        if self.segment_embedding is not None:
+            if segment_ids is None:
+                segment_ids = ops.zeros_like(token_ids)
+            x = x + self.segment_embedding(segment_ids)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        x = self.embedding_dropout(x, training=training)
+        if embedding_noise is not None:
+            x = x + embedding_noise
+
+        attention_mask = None if padding_mask is None else padding_mask[:, None, :]  # (B, 1, T) keys
+        hidden, patterns = [x], []
+        for index, layer in enumerate(self.encoder_layers):
+            layer_head_mask = None if head_mask is None else head_mask[:, index]  # (B, H)
+            x, pattern = layer(
+                x, attention_mask=attention_mask, head_mask=layer_head_mask, training=training
+            )
+            hidden.append(x)
+            patterns.append(pattern)
+
+        outputs = {
+            "hidden": ops.stack(hidden, axis=1),  # (B, L + 1, T, D)
+            "attention": ops.stack(patterns, axis=1),  # (B, L, H, T, T)
+        }
+        pooled = self._pool(x, padding_mask)  # (B, D)
+        outputs["embedding"] = (
+            pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)
+            if cfg.normalize_embedding
+            else pooled
+        )
+        if self.classifier is not None:
+            logits = self.classifier(pooled)
+            outputs["logits"] = logits
+            outputs["probabilities"] = ops.softmax(logits, axis=-1)
+        return outputs
+
+    def _pool(self, x, padding_mask):
+        if self.config.pooling == "cls":
+            return x[:, 0]
+        if padding_mask is None:
+            return ops.mean(x, axis=1)
+        weights = ops.cast(padding_mask, x.dtype)[..., None]  # (B, T, 1)
+        return ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(EncoderConfig.from_dict(config.pop("config")), **config)
+
+
+_IDS = tf.TensorSpec([None, None], tf.int32)
+_MASK = tf.TensorSpec([None, None], tf.bool)
+
+
+class CompiledEncoder:
+    """Inference entry points of a TransformerEncoder, each a ``tf.function`` traced once for every shape.
+
+    - ``forward(ids, segments)``: one unpadded sequence (or a batch of equal length): no mask at all.
+    - ``forward_padded(ids, segments, mask)``: a padded batch; padded keys get weight exactly 0.
+    - ``forward_perturbed(ids, segments, mask, head_mask, noise)``: the same with a head mask (B, L, H) and
+      embedding noise (B, T, D), for ablation and stability analysis; a separate graph, so the plain paths pay
+      nothing for it.
+    """
+
+    def __init__(self, model: TransformerEncoder):
+        self.model = model
+        cfg = model.config
+        self.forward = tf.function(self._forward, input_signature=[_IDS, _IDS], reduce_retracing=True)
+        self.forward_padded = tf.function(self._forward_padded, input_signature=[_IDS, _IDS, _MASK])
+        self.forward_perturbed = tf.function(
+            self._forward_perturbed,
+            input_signature=[
+                _IDS,
+                _IDS,
+                _MASK,
+                tf.TensorSpec([None, cfg.num_layers, cfg.num_heads], tf.float32),
+                tf.TensorSpec([None, None, cfg.d_model], tf.float32),
+            ],
+        )
+
+    def _forward(self, ids, segments):
+        return self.model(ids, segments, training=False)
+
+    def _forward_padded(self, ids, segments, mask):
+        return self.model(ids, segments, padding_mask=mask, training=False)
+
+    def _forward_perturbed(self, ids, segments, mask, head_mask, noise):
+        return self.model(
+            ids, segments, padding_mask=mask, head_mask=head_mask, embedding_noise=noise, training=False
+        )
+
+    def tracing_count(self) -> int:
+        """How many graphs were traced in all (a new sentence length must not add one)."""
+        return sum(
+            f.experimental_get_tracing_count()
+            for f in (self.forward, self.forward_padded, self.forward_perturbed)
+        )

@@ -1,0 +1,98 @@
+"""Our own model folder: ``config.json`` (format "headlight"), ``model.safetensors`` keyed by Keras variable
+path, ``tokenizer.json``. This is how the trained tutorial model ships."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from encoder.config import EncoderConfig
+from encoder.errors import CheckpointError
+from encoder.model import TransformerEncoder
+
+FORMAT = "headlight"
+
+
+def initial_model(config: EncoderConfig, seed: int) -> TransformerEncoder:
+    """A TransformerEncoder at its seeded random initialisation (the same seed gives the same weights)."""
+    keras.utils.set_random_seed(seed)
+    return TransformerEncoder(config, name="encoder")
+
+
+def model_state(model: TransformerEncoder) -> dict[str, np.ndarray]:
+    """Every weight by its Keras variable path, as float32 NumPy."""
+    return {variable.path: np.asarray(variable.numpy(), dtype=np.float32) for variable in model.weights}
+
+
+def save_folder(
+    folder: str | Path,
+    model: TransformerEncoder,
+    tokenizer_json: str,
+    labels: tuple[str, ...] = (),
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write config.json, model.safetensors and tokenizer.json into ``folder`` (created if missing)."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": FORMAT,
+        "encoder": model.config.to_dict(),
+        "labels": list(labels),
+        **(metadata or {}),
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_file(model_state(model), str(folder / "model.safetensors"))
+    (folder / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    return folder
+
+
+def is_headlight_folder(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_folder_config(folder: Path) -> tuple[EncoderConfig, dict[str, Any]]:
+    """The EncoderConfig and the whole config.json of one of our folders."""
+    path = folder / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return EncoderConfig.from_dict(data["encoder"]), data
+    except OSError as error:
+        raise CheckpointError(f"{path} cannot be read: {error}") from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path} is not a valid Headlight model config: {error}") from error
+
+
+def load_folder(folder: str | Path) -> tuple[TransformerEncoder, dict[str, Any]]:
+    """Rebuild a saved model: config, then every weight by name with its shape checked."""
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    config, data = read_folder_config(folder)
+    weights_path = folder / "model.safetensors"
+    if not weights_path.is_file():
+        raise CheckpointError(f"{folder} has no model.safetensors.")
+    try:
+        weights = load_file(str(weights_path))
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {error}") from error
+    model = TransformerEncoder(config, name="encoder")
+    for variable in model.weights:
+        if variable.path not in weights:
+            raise CheckpointError(f"{weights_path} lacks {variable.path}; was it saved by another version?")
+        value = weights[variable.path]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise CheckpointError(
+                f"{weights_path}: {variable.path} has shape {tuple(value.shape)}, "
+                f"the config gives {tuple(variable.shape)}"
+            )
+        variable.assign(value)
+    return model, data

@@ -1,0 +1,119 @@
+"""Closed-form checks on real MiniLM attention, odd inputs, retracing, and the NPZ round trip."""
+
+import numpy as np
+import pytest
+
+from encoder.errors import InputError
+from encoder.trace import EncoderTrace, trace_batch, trace_text
+
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+
+
+def test_every_attention_row_sums_to_one(minilm):
+    trace = trace_text(minilm, SENTENCE)
+    np.testing.assert_allclose(trace.attention.sum(axis=-1), 1.0, atol=1e-5)
+    assert (trace.attention >= 0).all()
+
+
+def test_padded_keys_get_exactly_zero_and_batch_equals_alone(minilm):
+    texts = [SENTENCE, "Hi.", "A much longer sentence, with commas, clauses and several more words in it."]
+    alone = [trace_text(minilm, t) for t in texts]
+    batched = trace_batch(minilm, texts)
+    for a, b in zip(alone, batched):
+        assert a.tokens == b.tokens
+        np.testing.assert_allclose(b.attention, a.attention, atol=1e-6)
+        np.testing.assert_allclose(b.hidden, a.hidden, atol=1e-5)
+    # The raw padded batch: keys past each sentence's end get weight exactly 0.
+    ids = np.zeros((2, 12), np.int32)
+    mask = np.zeros((2, 12), bool)
+    encoded = minilm.tokenizer.encode("Hi.")
+    n = len(encoded.token_ids)
+    ids[:, :n], mask[:, :n] = encoded.token_ids, True
+    attention = minilm.encoder.forward_padded(ids, np.zeros_like(ids), mask)["attention"].numpy()
+    assert (attention[:, :, :, :, n:] == 0.0).all()
+    np.testing.assert_allclose(attention[:, :, :, :n, :n].sum(-1), 1.0, atol=1e-5)
+
+
+def test_trace_fields_are_consistent(minilm):
+    trace = trace_text(minilm, SENTENCE, "It was fast.")
+    t = trace.num_tokens
+    assert trace.attention.dtype == np.float32
+    assert trace.hidden.shape == (7, t, 384)
+    assert trace.positional.shape == (t, 384) and trace.positional_table.shape == (512, 384)
+    np.testing.assert_array_equal(trace.positional, trace.positional_table[:t])
+    assert trace.special[0] and trace.special[-1] and trace.tokens[0] == "[CLS]"
+    assert trace.special.sum() == 3  # [CLS], [SEP], [SEP]
+
+
+def test_one_word_text(minilm):
+    trace = trace_text(minilm, "cat")
+    assert trace.tokens == ("[CLS]", "cat", "[SEP]")
+    np.testing.assert_allclose(trace.attention.sum(-1), 1.0, atol=1e-5)
+
+
+def test_long_text_is_truncated_to_512_and_flagged(minilm):
+    text = " ".join(["word"] * 700)
+    trace = trace_text(minilm, text)
+    assert trace.num_tokens == 512 and trace.truncated and trace.untruncated_length == 702
+    assert trace.tokens[-1] == "[SEP]"
+    np.testing.assert_allclose(trace.attention.sum(-1), 1.0, atol=1e-4)
+    short = trace_text(minilm, text, max_tokens=40)
+    assert short.num_tokens == 40 and short.truncated
+    assert not trace_text(minilm, SENTENCE).truncated
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t  \n"])
+def test_whitespace_only_text_is_a_clear_error(minilm, text):
+    with pytest.raises(InputError, match="empty"):
+        trace_text(minilm, text)
+
+
+def test_huge_text_is_a_clear_error(minilm):
+    with pytest.raises(InputError, match="limit"):
+        trace_text(minilm, "a" * 200_001)
+
+
+def test_control_characters_alone_are_a_clear_error(minilm):
+    with pytest.raises(InputError, match="no tokens"):
+        trace_text(minilm, "\u200b\u200b")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("注意力就是你所需要的一切", "力"),  # CJK characters split one by one
+        ("I love it 🙂🙂", "[UNK]"),
+        ("<b>bold</b> &amp; <script>alert(1)</script>", "<"),
+        ("Café naïve ÆØÅ ﬁ", "cafe"),
+    ],
+)
+def test_odd_unicode_traces_correctly(minilm, text, expected):
+    trace = trace_text(minilm, text)
+    assert expected in trace.tokens
+    np.testing.assert_allclose(trace.attention.sum(-1), 1.0, atol=1e-5)
+
+
+def test_new_lengths_do_not_retrace(minilm):
+    trace_text(minilm, "warm up")
+    trace_batch(minilm, ["warm up", "warm up the batch path too"])
+    before = minilm.encoder.tracing_count()
+    for n in (3, 17, 64, 200):
+        trace_text(minilm, " ".join(["x"] * n))
+    trace_batch(minilm, ["one", "two three four five six seven"])
+    assert minilm.encoder.tracing_count() == before
+
+
+def test_npz_round_trip(minilm, tmp_path):
+    trace = trace_text(minilm, SENTENCE, "A pair.")
+    loaded = EncoderTrace.load(trace.save(tmp_path / "trace.npz"))
+    assert loaded.tokens == trace.tokens and loaded.pair == "A pair." and loaded.model == "minilm"
+    for name in ("token_ids", "segment_ids", "special", "attention", "positional", "positional_table", "hidden"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(trace, name))
+    np.testing.assert_array_equal(loaded.outputs["embedding"], trace.outputs["embedding"])
+
+
+def test_trace_validation_names_both_numbers(minilm):
+    trace = trace_text(minilm, SENTENCE)
+    message = r"attention has shape \(6, 12, 3, 3\), while 12 tokens need \(6, 12, 12, 12\)"
+    with pytest.raises(ValueError, match=message):
+        trace.replace(attention=trace.attention[:, :, :3, :3])
