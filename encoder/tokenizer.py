@@ -41,7 +41,7 @@ class TextTokenizer:
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self.max_length = max_length
-        self._lock = threading.Lock()  # truncation is tokenizer state; the app shares one tokenizer per model
+        self._lock = threading.Lock()  # the app shares one tokenizer per model between sessions
 
     @classmethod
     def from_folder(cls, folder: str | Path, max_length: int) -> TextTokenizer:
@@ -84,14 +84,16 @@ class TextTokenizer:
         if limit < minimum:
             raise InputError(f"max tokens must be at least {minimum} here, got {limit}")
 
-        with self._lock:
-            self._tokenizer.enable_truncation(limit, strategy="longest_first")
-            try:
-                encoding = self._tokenizer.encode(text, pair)
-            finally:
-                self._tokenizer.no_truncation()
-            truncated = bool(encoding.overflowing)
-            untruncated = len(self._tokenizer.encode(text, pair).ids) if truncated else len(encoding.ids)
+        with self._lock:  # truncation is tokenizer state; encode in full first, re-encode only when too long
+            encoding = self._tokenizer.encode(text, pair)
+            untruncated = len(encoding.ids)
+            truncated = untruncated > limit
+            if truncated:
+                self._tokenizer.enable_truncation(limit, strategy="longest_first")
+                try:
+                    encoding = self._tokenizer.encode(text, pair)
+                finally:
+                    self._tokenizer.no_truncation()
         if not any(m == 0 for m in encoding.special_tokens_mask):
             raise InputError("The text produced no tokens besides the special ones; type some words.")
         return Encoded(

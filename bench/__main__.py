@@ -1,0 +1,35 @@
+"""Run every benchmark and print one markdown table each: `make bench` (or `python -m bench [names...]`)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from bench.encoder import print_table
+
+SUITES = {
+    "encoder": "Encoder trace, MiniLM (6x12, d=384), median of alternating runs",
+    "figures": "Figure builders and export",
+    "analysis": "Analysis",
+    "app": "App in Chromium",
+}
+
+
+def main(names: list[str]) -> int:
+    for name in names or list(SUITES):
+        if name not in SUITES:
+            print(f"unknown benchmark {name!r}; choose from {', '.join(SUITES)}", file=sys.stderr)
+            return 2
+        try:
+            module = importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"bench.{name}":
+                raise
+            continue
+        print_table(SUITES[name], module.main())
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

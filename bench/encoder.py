@@ -1,0 +1,119 @@
+"""Encoder trace latency: Headlight vs Hugging Face transformers (PyTorch, eager attention) on MiniLM.
+
+Both sides do the whole job a user waits for: tokenize, forward with every attention map, attention as one
+NumPy array (L, H, T, T). Runs alternate (ours, theirs, ours, ...) so machine load hits both alike.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+TEXT = (
+    "Attention lets every token look at every other token, and each head learns its own pattern of looking; "
+    "some heads follow syntax, some track position, and some simply rest on the separator. "
+)
+LENGTHS = (32, 128, 512)
+
+
+def text_of_length(tokenizer, n: int) -> str:
+    """A prefix of real prose (cut between words) that tokenizes to exactly ``n`` tokens, specials included."""
+    words = (TEXT * 60).split()
+    low, high = 1, len(words)
+    while low < high:  # the largest word count whose encoding has at most n tokens
+        mid = (low + high + 1) // 2
+        if len(tokenizer.encode(" ".join(words[:mid])).tokens) <= n:
+            low = mid
+        else:
+            high = mid - 1
+    text = " ".join(words[:low])
+    missing = n - len(tokenizer.encode(text).tokens)
+    return text + " ." * missing  # each " ." is one more token
+
+
+def _median_ms(samples: list[float]) -> float:
+    return 1000 * statistics.median(samples)
+
+
+def main(repeats: int = 30) -> list[dict]:
+    import tensorflow as tf
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    from encoder.sources import load_source
+    from encoder.trace import trace_text
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    ours = load_source("minilm")
+    folder = str(ours.folder)
+    hf_tokenizer = AutoTokenizer.from_pretrained(folder)
+    hf_model = BertModel.from_pretrained(folder, attn_implementation="eager").eval()
+    texts = {n: text_of_length(ours.tokenizer, n) for n in LENGTHS}
+
+    plain = tf.function(
+        lambda ids, segs: ours.model(ids, segs, training=False)["hidden"][:, -1],
+        input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2,
+    )
+
+    def run_ours(n):
+        return trace_text(ours, texts.get(n) or text_of_length(ours.tokenizer, n)).attention
+
+    def run_theirs(n):
+        batch = hf_tokenizer(texts[n], truncation=True, max_length=512, return_tensors="pt")
+        with torch.inference_mode():
+            out = hf_model(**batch, output_attentions=True)
+        return np.stack([a[0].numpy() for a in out.attentions])
+
+    def run_plain(n):
+        encoded = ours.tokenizer.encode(texts[n])
+        return plain(encoded.token_ids[None], encoded.segment_ids[None]).numpy()
+
+    rows = []
+    for n in LENGTHS:
+        a, b = run_ours(n), run_theirs(n)  # warm up (and compile) both
+        run_plain(n)
+        assert a.shape == b.shape == (6, 12, n, n), (a.shape, b.shape)
+        gap = float(np.abs(a - b).max())
+        times = {"ours": [], "theirs": [], "plain": []}
+        for _ in range(repeats if n < 512 else max(10, repeats // 3)):
+            for name, fn in (("ours", run_ours), ("theirs", run_theirs), ("plain", run_plain)):
+                start = time.perf_counter()
+                fn(n)
+                times[name].append(time.perf_counter() - start)
+        ours_ms, theirs_ms, plain_ms = (_median_ms(times[k]) for k in ("ours", "theirs", "plain"))
+        rows.append({
+            "tokens": n,
+            "headlight trace ms": round(ours_ms, 1),
+            "transformers trace ms": round(theirs_ms, 1),
+            "ratio (<= 1 is faster)": round(ours_ms / theirs_ms, 2),
+            "forward w/o attention out ms": round(plain_ms, 1),
+            "instrumentation overhead": f"{100 * (ours_ms / plain_ms - 1):+.0f}%",
+            "max |attention diff|": f"{gap:.1e}",
+        })
+    before = ours.encoder.tracing_count()
+    for n in (7, 19, 77, 301):
+        run_ours(n)
+    rows.append({"tokens": "7/19/77/301", "headlight trace ms": "new lengths",
+                 "transformers trace ms": "", "ratio (<= 1 is faster)": "",
+                 "forward w/o attention out ms": "",
+                 "instrumentation overhead": f"retraces: {ours.encoder.tracing_count() - before}",
+                 "max |attention diff|": ""})
+    return rows
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    print(f"\n### {title}\n")
+    headers = list(rows[0])
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "---|" * len(headers))
+    for row in rows:
+        print("| " + " | ".join(str(row.get(h, "")) for h in headers) + " |")
+
+
+if __name__ == "__main__":
+    print_table("Encoder trace, MiniLM (6x12, d=384), median of alternating runs", main())
