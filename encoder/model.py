@@ -185,10 +185,11 @@ class CompiledEncoder:
 
     def __init__(self, model: TransformerEncoder):
         self.model = model
+        self.calls = 0  # forward passes run so far (the app shows it; tests use it to prove caching)
         cfg = model.config
-        self.forward = tf.function(self._forward, input_signature=[_IDS, _IDS], reduce_retracing=True)
-        self.forward_padded = tf.function(self._forward_padded, input_signature=[_IDS, _IDS, _MASK])
-        self.forward_perturbed = tf.function(
+        self._plain = tf.function(self._forward, input_signature=[_IDS, _IDS])
+        self._padded = tf.function(self._forward_padded, input_signature=[_IDS, _IDS, _MASK])
+        self._perturbed = tf.function(
             self._forward_perturbed,
             input_signature=[
                 _IDS,
@@ -198,6 +199,21 @@ class CompiledEncoder:
                 tf.TensorSpec([None, None, cfg.d_model], tf.float32),
             ],
         )
+
+    def forward(self, ids, segments) -> dict:
+        """Unpadded (B, T) ids and segments -> the model's output dict of tensors."""
+        self.calls += 1
+        return self._plain(ids, segments)
+
+    def forward_padded(self, ids, segments, mask) -> dict:
+        """A padded batch; ``mask`` (B, T) is True for real tokens."""
+        self.calls += 1
+        return self._padded(ids, segments, mask)
+
+    def forward_perturbed(self, ids, segments, mask, head_mask, noise) -> dict:
+        """A padded batch with a head mask (B, L, H) and embedding noise (B, T, D)."""
+        self.calls += 1
+        return self._perturbed(ids, segments, mask, head_mask, noise)
 
     def _forward(self, ids, segments):
         return self.model(ids, segments, training=False)
@@ -212,7 +228,4 @@ class CompiledEncoder:
 
     def tracing_count(self) -> int:
         """How many graphs were traced in all (a new sentence length must not add one)."""
-        return sum(
-            f.experimental_get_tracing_count()
-            for f in (self.forward, self.forward_padded, self.forward_perturbed)
-        )
+        return sum(f.experimental_get_tracing_count() for f in (self._plain, self._padded, self._perturbed))
