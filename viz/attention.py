@@ -1,0 +1,493 @@
+"""Attention figures: one head as a heatmap, a layer's heads as small multiples, the whole model as a mosaic, and
+BertViz-style lines between tokens.
+
+Every builder takes an ``EncoderTrace`` and returns a ``plotly.graph_objects.Figure``; none draws or shows it.
+
+Clicks (for Streamlit's ``on_select``): a heatmap alone sends no selection event, so the heatmap and the model view
+carry an invisible scatter trace named ``"cells"`` / ``"heads"`` over the cell / thumbnail centres. Its
+``customdata`` per point is ``[query_index, key_index]`` (token indices in the trace) for the heatmap and
+``[layer, head]`` for the model view; head lines carry ``[token_index]`` on the left-hand tokens (trace ``"tokens"``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import plotly.colors
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from encoder.trace import EncoderTrace
+from viz.common import (
+    AGGREGATES,
+    BLOCKS,
+    DEFAULT_SCALE,
+    base_layout,
+    check_choice,
+    check_colorscale,
+    check_fraction,
+    check_heads,
+    check_index,
+    check_layer,
+    check_token,
+    describe_heads,
+    display_token,
+    downsample,
+    label_margin,
+    log_colorbar,
+    log_weights,
+    new_figure,
+    renormalize_rows,
+    select_attention,
+    short_label,
+    token_hover_label,
+    token_ticks,
+    visible_tokens,
+)
+
+CLICK_MAX_TOKENS = 128  # beyond this many rows or columns the heatmap has no click layer (JSON would grow ~T²)
+GRID_MAX_CELLS = 96  # head-grid thumbnails are block-averaged down to this many cells a side
+MODEL_THUMBNAIL = 64  # model-view thumbnails: at most this many cells a side
+LINE_START = 0.03  # head lines run from x=LINE_START to 1-LINE_START, leaving room next to the labels
+
+
+def _view_rows_cols(
+    trace: EncoderTrace, matrix: np.ndarray, hide_special: bool, renormalize: bool, block: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Rows (queries) and columns (keys) to show, their (R, C) weights, and notes for the title.
+
+    Special tokens are dropped first (rows renormalised over the remaining keys when asked); a block then keeps the
+    queries of one sentence and the keys of the other (weights as they are, not renormalised again).
+    """
+    notes = []
+    shown = visible_tokens(trace, hide_special)
+    sub = matrix[np.ix_(shown, shown)]
+    if hide_special:
+        if renormalize:
+            sub = renormalize_rows(sub)
+            notes.append("special tokens hidden, rows renormalised")
+        else:
+            notes.append("special tokens hidden, rows not renormalised")
+    rows, cols = shown, shown
+    if block is not None:
+        check_choice(block, BLOCKS, "block")
+        if not trace.is_pair:
+            raise ValueError(f"block {block!r} needs a sentence pair; this trace has one sentence")
+        segments = trace.segment_ids[shown]
+        row_mask, col_mask = segments == "AB".index(block[0]), segments == "AB".index(block[1])
+        rows, cols = shown[row_mask], shown[col_mask]
+        sub = sub[np.ix_(row_mask, col_mask)]
+        notes.append(f"block {block[0]} → {block[1]} (queries in sentence {block[0]}, keys in {block[1]})")
+    return rows, cols, np.ascontiguousarray(sub, dtype=np.float32), notes
+
+
+def build_attention_heatmap(
+    trace: EncoderTrace,
+    layer: int = 0,
+    head: int = 0,
+    *,
+    aggregate: str | None = None,
+    heads: Iterable[int] | None = None,
+    layer_mean: bool = False,
+    colorscale: str = DEFAULT_SCALE,
+    log_color: bool = False,
+    hide_special: bool = False,
+    renormalize: bool = True,
+    block: str | None = None,
+    selected: tuple[int, int] | None = None,
+) -> go.Figure:
+    """Attention of one head (or a head aggregate) as a heatmap: queries on y (top to bottom), keys on x.
+
+    Args:
+        trace: the EncoderTrace to show.
+        layer: int, the layer (ignored when ``layer_mean``).
+        head: int, the head (ignored when ``aggregate`` is set).
+        aggregate: None, "mean" or "max": combine ``heads`` instead of showing one head.
+        heads: ints, the heads to aggregate (default all).
+        layer_mean: bool, average over all layers first.
+        colorscale: a Plotly named colour scale (``viz.common.SEQUENTIAL_SCALES`` lists good ones).
+        log_color: bool, colour by log10(weight) (floored at ``LOG_FLOOR``); hover still shows the weight.
+        hide_special: bool, drop [CLS]/[SEP]-like tokens from both axes.
+        renormalize: bool, with ``hide_special``, rescale each row to sum to 1 over the remaining keys.
+        block: None or "AA", "AB", "BA", "BB": for a sentence pair, queries of one sentence and keys of the other.
+        selected: (query_index, key_index) to outline (token indices), e.g. the cell last clicked.
+
+    Returns:
+        A figure whose first trace is the heatmap: ``z`` (R, C) float32 (log10 with ``log_color``), ``x``/``y`` the
+        token indices of the columns/rows on category axes. With at most ``CLICK_MAX_TOKENS`` rows and columns a
+        second, invisible scatter trace ``"cells"`` covers the cell centres: ``customdata`` is
+        ``[query_index, key_index]`` per point, for clicks.
+
+    Example:
+        >>> fig = build_attention_heatmap(trace, layer=2, head=5)  # doctest: +SKIP
+    """
+    check_colorscale(colorscale)
+    matrix, what = select_attention(trace, layer, head, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
+    rows, cols, weights, notes = _view_rows_cols(trace, matrix, hide_special, renormalize, block)
+    if rows.size == 0 or cols.size == 0:
+        raise ValueError(f"block {block!r} has no tokens to show once special tokens are hidden")
+    if log_color:
+        notes.append("log colour")
+
+    cell = min(36.0, max(1.0, 760.0 / max(rows.size, cols.size)))
+    plot_w, plot_h = cell * cols.size, cell * rows.size
+    x_axis, x_font = token_ticks(trace.tokens, cols, plot_w)
+    y_axis, y_font = token_ticks(trace.tokens, rows, plot_h)
+    left = label_margin(y_axis["ticktext"], y_font) + 50
+    bottom = label_margin(x_axis["ticktext"], x_font) + 40
+    width = int(max(plot_w + left + 110, 520))
+    height = int(plot_h + bottom + 90)
+
+    fig = new_figure(what, width, height)
+    fig.update_layout(
+        title=dict(subtitle=dict(text=" · ".join(notes))) if notes else {},
+        margin=dict(l=left, r=110, t=80, b=bottom),
+        xaxis=dict(type="category", title=dict(text="key"), tickangle=-90, **x_axis, showgrid=False),
+        yaxis=dict(type="category", title=dict(text="query"), autorange="reversed", **y_axis, showgrid=False),
+        hoverdistance=-1,
+    )
+    z = log_weights(weights) if log_color else weights
+    colorbar = log_colorbar() if log_color else dict(title=dict(text="weight"))
+    heatmap = go.Heatmap(
+        z=z,
+        x=cols.astype(np.int32),
+        y=rows.astype(np.int32),
+        colorscale=colorscale,
+        zmin=float(z.min()) if log_color else 0.0,
+        zmax=float(z.max()) if weights.size else 1.0,
+        colorbar=dict(thickness=14, len=min(1.0, 420 / max(plot_h, 1)), y=1.0, yanchor="top", **colorbar),
+        name="attention",
+        hovertemplate="query %{y} → key %{x}: " + ("10^%{z:.2f}" if log_color else "%{z:.4f}") + "<extra></extra>",
+    )
+    fig.add_trace(heatmap)
+    if rows.size <= CLICK_MAX_TOKENS and cols.size <= CLICK_MAX_TOKENS:
+        fig.add_trace(_cell_layer(trace, rows, cols, weights, cell, selected))
+        heatmap.hoverinfo = "skip"
+        fig.data[0].hoverinfo = "skip"
+    return fig
+
+
+def _cell_layer(
+    trace: EncoderTrace,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    weights: np.ndarray,
+    cell: float,
+    selected: tuple[int, int] | None,
+) -> go.Scatter:
+    """Invisible markers at the cell centres, hover "query → key: weight", ``customdata`` [query, key]."""
+    query_grid, key_grid = np.meshgrid(rows, cols, indexing="ij")  # (R, C) token indices
+    labels = [display_token(t) for t in trace.tokens]
+    text = [
+        f"{labels[q]} ({q}) → {labels[k]} ({k}): {w:.4f}"
+        for q, k, w in zip(query_grid.ravel().tolist(), key_grid.ravel().tolist(), weights.ravel().tolist())
+    ]
+    points = None
+    if selected is not None:
+        query = check_token(trace, selected[0], "selected query")
+        key = check_token(trace, selected[1], "selected key")
+        row_hit, col_hit = np.flatnonzero(rows == query), np.flatnonzero(cols == key)
+        if row_hit.size and col_hit.size:
+            points = [int(row_hit[0] * cols.size + col_hit[0])]
+    return go.Scatter(
+        x=key_grid.ravel().astype(np.int32),
+        y=query_grid.ravel().astype(np.int32),
+        customdata=np.stack([query_grid.ravel(), key_grid.ravel()], axis=1).astype(np.int32),
+        text=text,
+        mode="markers",
+        marker=dict(symbol="square-open", size=max(cell - 2, 4), color="#d62728", line=dict(width=2), opacity=0),
+        selected=dict(marker=dict(opacity=1)),
+        unselected=dict(marker=dict(opacity=0)),
+        selectedpoints=points,
+        hovertemplate="%{text}<extra></extra>",
+        name="cells",
+        showlegend=False,
+    )
+
+
+def build_head_grid(
+    trace: EncoderTrace,
+    layer: int = 0,
+    *,
+    layer_mean: bool = False,
+    colorscale: str = DEFAULT_SCALE,
+    log_color: bool = False,
+    hide_special: bool = False,
+    renormalize: bool = True,
+    max_cells: int = GRID_MAX_CELLS,
+) -> go.Figure:
+    """All heads of one layer as small multiples (queries down, keys across) with one shared colour scale.
+
+    Each subplot's heatmap ``z`` is that head's (T, T) weights, block-averaged to ``max_cells`` a side when the text
+    is longer (the title says so). Subplot titles name the heads; trace ``i`` is head ``i``.
+    """
+    check_colorscale(colorscale)
+    max_cells = check_index(max_cells, 10_000, "max_cells", "grid") if max_cells != 0 else 0
+    if max_cells < 2:
+        raise ValueError(f"max_cells {max_cells} is too small: use at least 2")
+    if layer_mean:
+        per_head, what = trace.attention.mean(axis=0, dtype=np.float32), f"Mean of layers 0-{trace.num_layers - 1}"
+    else:
+        per_head, what = trace.attention[check_layer(trace, layer)], f"Layer {layer}"
+    shown = visible_tokens(trace, hide_special)
+    stack = per_head[:, shown][:, :, shown]  # (H, T', T')
+    notes = []
+    if hide_special:
+        stack = renormalize_rows(stack) if renormalize else stack
+        notes.append("special tokens hidden" + (", rows renormalised" if renormalize else ""))
+    stack = downsample(stack, max_cells)
+    if stack.shape[-1] < shown.size:
+        notes.append(f"downsampled to {stack.shape[-1]}×{stack.shape[-1]} per head (block mean)")
+    if log_color:
+        stack = log_weights(stack)
+        notes.append("log colour")
+
+    heads = trace.num_heads
+    columns = min(heads, max(1, math.ceil(math.sqrt(heads * 4 / 3))))
+    grid_rows = math.ceil(heads / columns)
+    side = 230 if columns <= 4 else 180
+    labelled = stack.shape[-1] <= 24
+    font = 9
+    left = (label_margin([short_label(trace.tokens[i]) for i in shown], font) if labelled else 20) + 20
+    bottom = left - 10 if labelled else 30
+    fig = make_subplots(
+        rows=grid_rows,
+        cols=columns,
+        subplot_titles=[f"head {h}" for h in range(heads)],
+        horizontal_spacing=0.02 if not labelled else 0.03,
+        vertical_spacing=0.06 if not labelled else 0.05,
+    )
+    fig.update_layout(**base_layout(f"{what}: all {heads} heads"))
+    fig.update_layout(
+        width=int(columns * side + left + 110),
+        height=int(grid_rows * side + bottom + 100),
+        margin=dict(l=left, r=110, t=100, b=bottom),
+        title=dict(subtitle=dict(text=" · ".join(notes))) if notes else {},
+        coloraxis=dict(
+            colorscale=colorscale,
+            cmin=float(stack.min()) if log_color else 0.0,
+            cmax=float(stack.max()),
+            colorbar=dict(thickness=14, len=0.6, y=1.0, yanchor="top",
+                          **(log_colorbar() if log_color else dict(title=dict(text="weight")))),
+        ),
+    )
+    for h in range(heads):
+        r, c = divmod(h, columns)
+        fig.add_trace(
+            go.Heatmap(
+                z=stack[h],
+                coloraxis="coloraxis",
+                name=f"head {h}",
+                hovertemplate=f"head {h}: query %{{y}} → key %{{x}}: %{{z:.4f}}<extra></extra>",
+            ),
+            row=r + 1,
+            col=c + 1,
+        )
+    size = stack.shape[-1]
+    fig.update_xaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, autorange="reversed",
+                     constrain="domain")
+    for h in range(heads):
+        fig.update_yaxes(scaleanchor=f"x{'' if h == 0 else h + 1}", row=h // columns + 1, col=h % columns + 1)
+    if labelled:
+        labels = dict(tickmode="array", tickvals=list(range(size)), showticklabels=True,
+                      ticktext=[short_label(trace.tokens[i]) for i in shown], tickfont=dict(size=font))
+        fig.update_yaxes(**labels, col=1)
+        fig.update_xaxes(**labels, tickangle=-90, row=grid_rows)
+    fig.update_annotations(font=dict(size=11))
+    return fig
+
+
+def build_model_view(
+    trace: EncoderTrace,
+    *,
+    thumbnail: int = MODEL_THUMBNAIL,
+    reduce: str = "mean",
+    per_head_scale: bool = True,
+    colorscale: str = "Viridis",
+    hide_special: bool = False,
+    renormalize: bool = True,
+    selected: tuple[int, int] | None = None,
+) -> go.Figure:
+    """Every layer x head as a thumbnail of its (query x key) attention, tiled into one image-like heatmap.
+
+    One heatmap trace holds the mosaic (float32, NaN gaps), so the figure stays light at 512 tokens. Thumbnails are
+    block-reduced (``reduce``: "mean" or "max") to at most ``thumbnail`` cells a side, and with ``per_head_scale``
+    each is divided by its own maximum so faint heads show their pattern; the subtitle says both.
+
+    Returns:
+        Trace 0: the heatmap, ``z`` of shape (L*s + (L-1)*g, H*s + (H-1)*g) for thumbnail side s and gap g; the
+        thumbnail of (layer l, head h) starts at row ``l*(s+g)``, column ``h*(s+g)``. Trace 1: ``"heads"``, an
+        invisible scatter of L*H points at the thumbnail centres with ``customdata`` [layer, head], for clicks.
+    """
+    check_colorscale(colorscale)
+    check_choice(reduce, AGGREGATES, "reduce")
+    if isinstance(thumbnail, bool) or not isinstance(thumbnail, (int, np.integer)) or not 4 <= thumbnail <= 512:
+        raise ValueError(f"thumbnail {thumbnail!r} must be an integer from 4 to 512")
+    shown = visible_tokens(trace, hide_special)
+    attention = trace.attention[:, :, shown][:, :, :, shown]  # (L, H, T', T')
+    notes = []
+    if hide_special:
+        attention = renormalize_rows(attention) if renormalize else attention
+        notes.append("special tokens hidden" + (", rows renormalised" if renormalize else ""))
+    thumbs = downsample(attention, thumbnail, reduce)  # (L, H, s, s)
+    s = thumbs.shape[-1]
+    if s < shown.size:
+        notes.append(f"downsampled to {s}×{s} per head (block {reduce})")
+    if per_head_scale:
+        peak = thumbs.max(axis=(2, 3), keepdims=True)
+        thumbs = np.divide(thumbs, peak, out=np.zeros_like(thumbs), where=peak > 0)
+        notes.append("each head scaled to its own maximum")
+    layers, heads = trace.num_layers, trace.num_heads
+    gap = max(1, round(s * 0.12))
+    step = s + gap
+    mosaic = np.full((layers * step - gap, heads * step - gap), np.nan, dtype=np.float32)
+    for layer in range(layers):
+        for head in range(heads):
+            mosaic[layer * step:layer * step + s, head * step:head * step + s] = thumbs[layer, head]
+
+    pixels = max(34, min(80, 960 // heads))  # screen pixels per thumbnail
+    left, top = 70, 80
+    fig = new_figure(f"All {layers} layers × {heads} heads: queries down, keys across")
+    fig.update_layout(
+        width=heads * pixels + left + 100,
+        height=layers * pixels + top + 60,
+        margin=dict(l=left, r=100, t=top, b=60),
+        title=dict(subtitle=dict(text=" · ".join(notes) if notes else "full resolution")),
+        xaxis=dict(title=dict(text="head"), tickmode="array", showgrid=False, zeroline=False,
+                   tickvals=[h * step + (s - 1) / 2 for h in range(heads)], ticktext=[str(h) for h in range(heads)],
+                   range=[-0.5, heads * step - gap - 0.5], constrain="domain"),
+        yaxis=dict(title=dict(text="layer"), tickmode="array", showgrid=False, zeroline=False,
+                   tickvals=[lay * step + (s - 1) / 2 for lay in range(layers)],
+                   ticktext=[str(lay) for lay in range(layers)], range=[layers * step - gap - 0.5, -0.5],
+                   scaleanchor="x", constrain="domain"),
+        hoverdistance=-1,
+    )
+    fig.add_trace(go.Heatmap(
+        z=mosaic, colorscale=colorscale, zmin=0.0, zmax=1.0 if per_head_scale else float(np.nanmax(mosaic)),
+        hoverinfo="skip", name="mosaic",
+        colorbar=dict(thickness=12, title=dict(text="share of max" if per_head_scale else "weight")),
+    ))
+    grid_layer, grid_head = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+    peaks = trace.attention.max(axis=(2, 3))  # (L, H)
+    points = None
+    if selected is not None:
+        chosen_layer = check_layer(trace, selected[0])
+        points = [chosen_layer * heads + check_index(selected[1], heads, "head", "model")]
+    fig.add_trace(go.Scatter(
+        x=(grid_head.ravel() * step + (s - 1) / 2).astype(np.float32),
+        y=(grid_layer.ravel() * step + (s - 1) / 2).astype(np.float32),
+        customdata=np.stack([grid_layer.ravel(), grid_head.ravel()], axis=1).astype(np.int32),
+        text=[f"layer {lay}, head {h} (max weight {peaks[lay, h]:.3f})"
+              for lay, h in zip(grid_layer.ravel().tolist(), grid_head.ravel().tolist())],
+        hovertemplate="%{text}<extra></extra>",
+        mode="markers",
+        marker=dict(symbol="square-open", size=pixels - 4, color="#d62728", line=dict(width=2), opacity=0),
+        selected=dict(marker=dict(opacity=1)),
+        unselected=dict(marker=dict(opacity=0)),
+        selectedpoints=points,
+        name="heads",
+        showlegend=False,
+    ))
+    return fig
+
+
+def build_head_lines(
+    trace: EncoderTrace,
+    layer: int = 0,
+    heads: Iterable[int] | None = None,
+    threshold: float = 0.05,
+    *,
+    query: int | None = None,
+    hide_special: bool = False,
+    renormalize: bool = True,
+) -> go.Figure:
+    """BertViz-style lines from each query token (left) to the key tokens it attends to (right).
+
+    One colour per head; a line's opacity and width grow with its weight; weights below ``threshold`` are not drawn.
+    With ``query`` only that token's lines are drawn. Lines are grouped per head into a few weight bins (one trace
+    each, segments separated by NaN) so thousands of lines stay light. The last two traces are the token labels;
+    the left one (``"tokens"``) has ``customdata`` [token_index] for clicks.
+    """
+    layer = check_layer(trace, layer)
+    chosen = check_heads(trace, heads)
+    threshold = check_fraction(threshold, "threshold")
+    shown = visible_tokens(trace, hide_special)
+    if query is not None:
+        query = check_token(trace, query, "query")
+        if query not in shown:
+            raise ValueError(f"query {query} ({trace.tokens[query]}) is a special token, which is hidden")
+    stack = trace.attention[layer][chosen][:, shown][:, :, shown]  # (h, T', T')
+    if hide_special and renormalize:
+        stack = renormalize_rows(stack)
+    count = shown.size
+    position = {int(t): i for i, t in enumerate(shown)}
+
+    per_token = max(4.0, min(22.0, 1800.0 / count))
+    plot_h = per_token * count
+    labels = [short_label(trace.tokens[i]) for i in shown]
+    font = int(min(13, max(7, per_token * 0.7)))
+    stride = max(1, math.ceil(9.0 / per_token))
+    side = label_margin(labels, font) + 20
+    legend_h = 30 + 22 * math.ceil(len(chosen) / 6)
+    notes = [f"lines for weights ≥ {threshold:g}"]
+    if query is not None:
+        notes.append(f"from {display_token(trace.tokens[query])} ({query}) only")
+    if hide_special:
+        notes.append("special tokens hidden" + (", rows renormalised" if renormalize else ""))
+    fig = new_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom")
+    fig.update_layout(
+        width=int(max(520, 2 * side + 360)),
+        height=int(plot_h + 90 + legend_h),
+        margin=dict(l=side, r=side, t=90, b=legend_h),
+        title=dict(subtitle=dict(text=" · ".join(notes))),
+        xaxis=dict(range=[0, 1], visible=False, fixedrange=True),
+        yaxis=dict(range=[count - 0.5, -0.5], visible=False),
+        legend=dict(orientation="h", yanchor="top", y=0, x=0, font=dict(size=10), itemwidth=30),
+        hovermode="closest",
+    )
+    palette = plotly.colors.qualitative.Plotly if len(chosen) <= 10 else plotly.colors.qualitative.Dark24
+    bins = _weight_bins(threshold)
+    rows_from = [position[query]] if query is not None else range(count)
+    for n, head in enumerate(chosen):
+        weights = stack[n]
+        color = palette[head % len(palette)]
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=color, width=3),
+                                 name=f"head {head}", legendgroup=f"head {head}"))
+        for low, high in bins:
+            q_idx, k_idx = np.nonzero((weights >= low) & (weights < high) & (weights >= threshold))
+            if query is not None:
+                keep = q_idx == rows_from[0]
+                q_idx, k_idx = q_idx[keep], k_idx[keep]
+            if q_idx.size == 0:
+                continue
+            mid = min(1.0, (low + high) / 2)
+            xs = np.tile(np.array([LINE_START, 1.0 - LINE_START, np.nan], dtype=np.float32), q_idx.size)
+            ys = np.stack([q_idx, k_idx, np.full(q_idx.size, np.nan)], axis=1).astype(np.float32).ravel()
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines", hoverinfo="skip",
+                line=dict(color=color, width=0.6 + 2.4 * mid), opacity=0.15 + 0.85 * mid,
+                name=f"head {head}", legendgroup=f"head {head}", showlegend=False,
+            ))
+    colors = ["#d62728" if query is not None and i == query else "#222" for i in shown]
+    hover = [token_hover_label(trace.tokens[i], int(i)) for i in shown]
+    for x, anchor, name in ((0.0, "middle left", "tokens"), (1.0, "middle right", "keys")):
+        fig.add_trace(go.Scatter(
+            x=np.full(count, x, dtype=np.float32), y=np.arange(count, dtype=np.float32),
+            mode="markers+text", text=[labels[i] if i % stride == 0 else "" for i in range(count)],
+            textposition=anchor, textfont=dict(size=font, color=colors), cliponaxis=False,
+            marker=dict(size=max(4, per_token - 2), color="#444", opacity=0.0),
+            customdata=shown.astype(np.int32)[:, None], hovertext=hover,
+            hovertemplate="%{hovertext}<extra></extra>", name=name, showlegend=False,
+        ))
+    return fig
+
+
+def _weight_bins(threshold: float) -> list[tuple[float, float]]:
+    """Half-open weight ranges for opacity levels, covering [threshold, 1]."""
+    edges = sorted({threshold, 0.1, 0.2, 0.4, 0.7} | {1.0 + 1e-6})
+    edges = [e for e in edges if e >= threshold]
+    return list(itertools.pairwise(edges))

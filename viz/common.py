@@ -1,0 +1,282 @@
+"""Shared pieces of the figure builders: validators, attention selection, downsampling, labels and layout.
+
+Everything here is NumPy and Plotly only. Validators raise ``ValueError`` naming the bad value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import operator
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import plotly.colors
+import plotly.graph_objects as go
+
+from encoder.trace import EncoderTrace
+
+# Colour scales offered in the app; the first five are perceptually uniform and colour-blind safe.
+SEQUENTIAL_SCALES = ("Blues", "Viridis", "Cividis", "Magma", "Greys", "Inferno", "YlOrRd", "Plasma", "Turbo")
+DIVERGING_SCALES = ("RdBu_r", "PuOr_r", "BrBG", "PiYG", "Balance")
+DEFAULT_SCALE = "Blues"
+DEFAULT_DIVERGING = "RdBu_r"
+AGGREGATES = ("mean", "max")
+BLOCKS = ("AA", "AB", "BA", "BB")
+LOG_FLOOR = 1e-4  # log colour shows weights below this as this
+FONT_FAMILY = '"DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", Arial, sans-serif'
+MAX_LABEL_CHARS = 16
+_NAMED_SCALES = frozenset(plotly.colors.named_colorscales())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validators
+
+
+def check_index(value, count: int, what: str, owner: str) -> int:
+    """``value`` as an int in ``range(count)``, else ValueError ("layer 7 is out of range: the model has 6 layers
+    (0-5)")."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    try:
+        index = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"{what} {index} is out of range: the {owner} has {count} {what}s (0-{count - 1})")
+    return index
+
+
+def check_layer(trace: EncoderTrace, layer) -> int:
+    return check_index(layer, trace.num_layers, "layer", "model")
+
+
+def check_head(trace: EncoderTrace, head) -> int:
+    return check_index(head, trace.num_heads, "head", "model")
+
+
+def check_token(trace: EncoderTrace, index, what: str = "token") -> int:
+    if isinstance(index, bool):
+        raise ValueError(f"{what} must be a token index, got {index!r}")
+    try:
+        position = operator.index(index)
+    except TypeError:
+        raise ValueError(f"{what} must be a token index, got {index!r}") from None
+    count = trace.num_tokens
+    if not 0 <= position < count:
+        raise ValueError(f"{what} {position} is out of range: the text has {count} tokens (0-{count - 1})")
+    return position
+
+
+def check_heads(trace: EncoderTrace, heads: Iterable[int] | None) -> list[int]:
+    """A sorted list of distinct heads; ``None`` means all heads."""
+    if heads is None:
+        return list(range(trace.num_heads))
+    if isinstance(heads, (int, np.integer)) and not isinstance(heads, bool):
+        heads = [heads]
+    chosen = [check_head(trace, h) for h in heads]
+    if not chosen:
+        raise ValueError("heads is empty: choose at least one head")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"heads {chosen} lists a head twice")
+    return sorted(chosen)
+
+
+def check_choice(value, choices: Sequence, what: str):
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{what} {value!r} is not one of {allowed}")
+    return value
+
+
+def check_colorscale(name: str) -> str:
+    """A Plotly named colour scale, optionally reversed with the suffix ``_r`` (case-insensitive)."""
+    if not isinstance(name, str) or name.lower().removesuffix("_r") not in _NAMED_SCALES:
+        raise ValueError(
+            f"colour scale {name!r} is not a Plotly named colour scale; try one of {', '.join(SEQUENTIAL_SCALES)}"
+        )
+    return name
+
+
+def check_fraction(value, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number between 0 and 1, got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"{what} {number} is out of range: it must lie between 0 and 1")
+    return number
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention selection
+
+
+def select_attention(
+    trace: EncoderTrace,
+    layer: int,
+    head: int,
+    *,
+    aggregate: str | None = None,
+    heads: Iterable[int] | None = None,
+    layer_mean: bool = False,
+) -> tuple[np.ndarray, str]:
+    """The (T, T) float32 attention to show, and a title fragment saying what it is.
+
+    ``layer_mean`` averages over layers first; then ``aggregate`` ("mean" or "max") combines ``heads`` (default all),
+    or, when ``aggregate`` is None, the single ``head`` is taken.
+    """
+    check_choice(aggregate, (None, *AGGREGATES), "aggregate")
+    if layer_mean:
+        per_head = trace.attention.mean(axis=0, dtype=np.float32)  # (H, T, T)
+        layer_text = f"mean of layers 0-{trace.num_layers - 1}"
+    else:
+        layer = check_layer(trace, layer)
+        per_head = trace.attention[layer]
+        layer_text = f"layer {layer}"
+    if aggregate is None:
+        head = check_head(trace, head)
+        return np.asarray(per_head[head], dtype=np.float32), f"{layer_text.capitalize()}, head {head}"
+    chosen = check_heads(trace, heads)
+    stack = per_head[chosen]  # (h, T, T)
+    matrix = stack.mean(axis=0, dtype=np.float32) if aggregate == "mean" else stack.max(axis=0)
+    return np.asarray(matrix, dtype=np.float32), f"{layer_text.capitalize()}, {aggregate} of {describe_heads(chosen)}"
+
+
+def describe_heads(heads: Sequence[int]) -> str:
+    """"heads 0-11", "head 3", "heads 1, 4, 7"."""
+    if len(heads) == 1:
+        return f"head {heads[0]}"
+    if list(heads) == list(range(heads[0], heads[-1] + 1)):
+        return f"heads {heads[0]}-{heads[-1]}"
+    return "heads " + ", ".join(str(h) for h in heads)
+
+
+def visible_tokens(trace: EncoderTrace, hide_special: bool) -> np.ndarray:
+    """Indices of the tokens to show, in sentence order: all, or all but the special ones."""
+    keep = ~trace.special if hide_special else np.ones(trace.num_tokens, dtype=bool)
+    indices = np.flatnonzero(keep)
+    if indices.size == 0:
+        raise ValueError("hiding special tokens leaves no tokens to show")
+    return indices
+
+
+def renormalize_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to sum to 1 (rows that sum to 0 stay 0). Shape preserved, float32."""
+    sums = matrix.sum(axis=-1, keepdims=True, dtype=np.float32)
+    return np.divide(matrix, sums, out=np.zeros_like(matrix, dtype=np.float32), where=sums > 0)
+
+
+def block_edges(length: int, size: int) -> np.ndarray:
+    """``size + 1`` edges splitting ``range(length)`` into ``size`` nearly equal, non-empty blocks."""
+    return np.linspace(0, length, size + 1).round().astype(np.int64)
+
+
+def downsample(matrix: np.ndarray, size: int, how: str = "mean") -> np.ndarray:
+    """Reduce the last two axes (T, T) to at most (size, size) by block mean or block max. Float32.
+
+    With ``T <= size`` the input comes back unchanged (as float32).
+    """
+    check_choice(how, AGGREGATES, "downsampling")
+    length = matrix.shape[-1]
+    if length <= size:
+        return np.asarray(matrix, dtype=np.float32)
+    starts = block_edges(length, size)[:-1]
+    reduce = np.add if how == "mean" else np.maximum
+    out = reduce.reduceat(reduce.reduceat(matrix, starts, axis=-2), starts, axis=-1)
+    if how == "mean":
+        counts = np.diff(block_edges(length, size))
+        out = out / (counts[:, None] * counts[None, :])
+    return out.astype(np.float32)
+
+
+def log_weights(matrix: np.ndarray) -> np.ndarray:
+    """log10 of attention weights, floored at ``LOG_FLOOR`` (float32)."""
+    return np.log10(np.maximum(matrix, LOG_FLOOR)).astype(np.float32)
+
+
+def log_colorbar() -> dict:
+    """Colour bar ticks for ``log_weights``: positions are log10 values, labels the weights."""
+    exponents = list(range(round(math.log10(LOG_FLOOR)), 1))
+    labels = [f"≤{10.0 ** e:g}" if i == 0 else f"{10.0 ** e:g}" for i, e in enumerate(exponents)]
+    return dict(tickvals=exponents, ticktext=labels, title=dict(text="weight (log)"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Labels and layout
+
+
+def display_token(token: str) -> str:
+    """A token as Plotly text: HTML special characters escaped (``<s>`` must not vanish as a tag), empty shown."""
+    return html.escape(token, quote=False) if token else "∅"
+
+
+def short_label(token: str) -> str:
+    """A tick label: at most ``MAX_LABEL_CHARS`` characters (an ellipsis marks the cut), escaped."""
+    if len(token) > MAX_LABEL_CHARS:
+        token = token[: MAX_LABEL_CHARS - 1] + "…"
+    return display_token(token)
+
+
+def text_width(text: str) -> int:
+    """Width in character cells: East Asian wide and full-width characters count 2."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def tick_font_size(pixels_per_tick: float) -> int:
+    """Font size that fits one label per ``pixels_per_tick`` pixels: 8 to 12 px."""
+    return int(min(12, max(8, pixels_per_tick * 0.75)))
+
+
+NICE_STRIDES = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 256, 500)
+
+
+def token_ticks(tokens: Sequence[str], indices: Sequence[int], axis_pixels: float) -> tuple[dict, int]:
+    """Tick settings for a category axis of ``len(indices)`` tokens (values: token indices) over ``axis_pixels``.
+
+    When every label cannot fit (10 px each at least), only tokens whose index is a multiple of a round stride
+    (2, 4, 5, 8, 10, ...) are labelled, prefixed with their index ("24 fox"), so a thinned axis still says where
+    it is. Returns (axis dict, font size).
+    """
+    count = len(indices)
+    per_token = axis_pixels / max(count, 1)
+    needed = 10.0 / per_token
+    stride = next((s for s in NICE_STRIDES if s >= needed), NICE_STRIDES[-1])
+    if stride == 1:
+        values = [int(i) for i in indices]
+        text = [short_label(tokens[i]) for i in values]
+    else:
+        values = [int(i) for i in indices if i % stride == 0]
+        text = [f"{i} {short_label(tokens[i])}" for i in values]
+    size = tick_font_size(per_token * stride)
+    axis = dict(tickmode="array", tickvals=values, ticktext=text, tickfont=dict(size=size), ticks="")
+    return axis, size
+
+
+def label_margin(labels: Iterable[str], font_size: int) -> int:
+    """Pixels needed for the longest label at ``font_size`` (plus a little room)."""
+    widest = max((text_width(html.unescape(label)) for label in labels), default=1)
+    return int(widest * font_size * 0.62) + 12
+
+
+def base_layout(title: str, width: int | None = None, height: int | None = None) -> dict:
+    """Shared layout: white background, our font, a title at the top left, the size when given (pixels)."""
+    size = {key: int(value) for key, value in (("width", width), ("height", height)) if value is not None}
+    return dict(
+        title=dict(text=title, x=0.015, xanchor="left", font=dict(size=15)),
+        **size,
+        font=dict(family=FONT_FAMILY, size=12, color="#222"),
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        template="none",
+    )
+
+
+def new_figure(title: str, width: int | None = None, height: int | None = None) -> go.Figure:
+    return go.Figure(layout=base_layout(title, width, height))
+
+
+def token_hover_label(token: str, index: int) -> str:
+    """Hover text for one token: the token and its position, escaped."""
+    return f"{display_token(token)} ({index})"

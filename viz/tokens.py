@@ -1,0 +1,154 @@
+"""The token view: the sentence itself, each token shaded by the attention it receives from (or gives to) one
+selected query token: the heatmap row or column laid out next to the words."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import plotly.colors
+import plotly.graph_objects as go
+
+from encoder.trace import EncoderTrace
+from viz.common import (
+    DEFAULT_SCALE,
+    check_choice,
+    check_colorscale,
+    check_token,
+    display_token,
+    new_figure,
+    renormalize_rows,
+    select_attention,
+    text_width,
+    visible_tokens,
+)
+
+DIRECTIONS = ("from", "to")
+CHAR_PIXELS = 9.0  # screen pixels per character cell at the token font size
+ROW_PIXELS = 36
+
+
+def layout_tokens(tokens: list[str], breaks: set[int], line_chars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Place tokens left to right in lines of at most ``line_chars`` character cells, like a paragraph.
+
+    A new line starts before index ``i`` in ``breaks`` (e.g. where sentence B begins). Returns (row, start, width)
+    per token, in character cells; wide (CJK) characters count two cells and each token gets one cell of padding.
+    """
+    rows, starts, widths = [], [], []
+    row, column = 0, 0.0
+    for i, token in enumerate(tokens):
+        width = min(text_width(token) + 1.2, line_chars)
+        if column > 0 and (i in breaks or column + width > line_chars):
+            row, column = row + 1, 0.0
+        rows.append(row)
+        starts.append(column)
+        widths.append(width)
+        column += width + 0.4
+    return np.asarray(rows), np.asarray(starts, dtype=np.float32), np.asarray(widths, dtype=np.float32)
+
+
+def build_token_view(
+    trace: EncoderTrace,
+    layer: int = 0,
+    heads: Iterable[int] | None = None,
+    query: int = 1,
+    direction: str = "from",
+    *,
+    aggregate: str = "mean",
+    layer_mean: bool = False,
+    colorscale: str = DEFAULT_SCALE,
+    hide_special: bool = False,
+    renormalize: bool = True,
+    line_chars: int = 72,
+) -> go.Figure:
+    """The sentence as a strip of tokens shaded by attention from the ``query`` token ("from") or to it ("to").
+
+    "from": token j is shaded by A[query, j], what the query looks at (its heatmap row). "to": token j is shaded by
+    A[j, query], how much each token looks at the query (its heatmap column). A is the ``aggregate`` ("mean" or
+    "max") of ``heads`` (default all) in ``layer`` (or the mean over layers with ``layer_mean``).
+
+    Returns:
+        A figure with one horizontal bar trace ``"tokens"``: one bar per shown token in sentence order, its
+        ``marker.color`` the weight, ``text`` the token, ``customdata`` [token_index] (click a token to make it the
+        query). The query's bar is outlined.
+    """
+    check_colorscale(colorscale)
+    check_choice(direction, DIRECTIONS, "direction")
+    check_choice(aggregate, ("mean", "max"), "aggregate")
+    if isinstance(line_chars, bool) or not isinstance(line_chars, (int, np.integer)) or line_chars < 20:
+        raise ValueError(f"line_chars {line_chars!r} must be an integer of at least 20")
+    query = check_token(trace, query, "query")
+    matrix, what = select_attention(trace, layer, 0, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
+    shown = visible_tokens(trace, hide_special)
+    if query not in shown:
+        raise ValueError(f"query {query} ({trace.tokens[query]}) is a special token, which is hidden")
+    sub = matrix[np.ix_(shown, shown)]
+    notes = []
+    if hide_special:
+        sub = renormalize_rows(sub) if renormalize else sub
+        notes.append("special tokens hidden" + (", rows renormalised" if renormalize else ""))
+    at = int(np.flatnonzero(shown == query)[0])
+    weights = np.ascontiguousarray(sub[at] if direction == "from" else sub[:, at], dtype=np.float32)
+
+    tokens = [trace.tokens[i] for i in shown]
+    labels = [display_token(t) if len(t) < line_chars - 2 else display_token(t[: line_chars - 3] + "…") for t in tokens]
+    breaks = set()
+    if trace.is_pair:
+        first_b = np.flatnonzero(trace.segment_ids[shown] == 1)
+        breaks = {int(first_b[0])} if first_b.size else set()
+    rows, starts, widths = layout_tokens(tokens, breaks, line_chars)
+    line_count = int(rows.max()) + 1
+
+    peak = float(weights.max()) if weights.size and weights.max() > 0 else 1.0
+    scale = plotly.colors.get_colorscale(colorscale)
+    fills = plotly.colors.sample_colorscale(scale, list(np.clip(weights / peak, 0, 1)), colortype="tuple")
+    text_colors = [_contrast_text(color) for color in fills]
+    outline = np.where(shown == query, 3.0, 1.0)
+    outline_colors = ["#d62728" if i == query else "white" for i in shown]
+    q_label = display_token(trace.tokens[query])
+    if direction == "from":
+        headline = f"{what}: attention from “{q_label}” ({query}) to each token"
+        hover = [f"{q_label} ({query}) → {label} ({i}): {w:.4f}" for label, i, w in zip(labels, shown, weights)]
+    else:
+        headline = f"{what}: attention to “{q_label}” ({query}) from each token"
+        hover = [f"{label} ({i}) → {q_label} ({query}): {w:.4f}" for label, i, w in zip(labels, shown, weights)]
+
+    content = float((starts + widths).max())
+    plot_h = line_count * ROW_PIXELS
+    fig = new_figure(headline, int(max(600, content * CHAR_PIXELS + 150)), int(max(250, plot_h + 130)))
+    fig.update_layout(
+        title=dict(subtitle=dict(text=" · ".join(["click a token to make it the query", *notes]))),
+        margin=dict(l=20, r=110, t=90, b=20),
+        xaxis=dict(range=[-0.5, max(content, (600 - 150) / CHAR_PIXELS) + 0.5], visible=False, fixedrange=True),
+        yaxis=dict(range=[line_count - 0.5, -0.5], visible=False, fixedrange=True),
+        bargap=0.22,
+        coloraxis=dict(colorscale=colorscale, cmin=0.0, cmax=peak,
+                       colorbar=dict(thickness=12, lenmode="pixels", len=max(110, min(plot_h, 300)), y=1.0,
+                                     yanchor="top", title=dict(text="weight"))),
+        uniformtext=dict(minsize=9, mode="show"),
+    )
+    fig.add_trace(go.Bar(
+        y=rows.astype(np.int32),
+        x=widths,
+        base=starts,
+        orientation="h",
+        marker=dict(color=weights, coloraxis="coloraxis", line=dict(width=outline, color=outline_colors)),
+        text=labels,
+        textposition="inside",
+        insidetextanchor="middle",
+        textangle=0,
+        textfont=dict(color=text_colors, size=14),
+        customdata=shown.astype(np.int32)[:, None],
+        hovertext=hover,
+        hovertemplate="%{hovertext}<extra></extra>",
+        name="tokens",
+        showlegend=False,
+    ))
+    return fig
+
+
+def _contrast_text(rgb: tuple[float, float, float]) -> str:
+    """Black or white, whichever reads better on the fill colour (relative luminance; channels 0-1)."""
+    red, green, blue = rgb
+    luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
+    return "#111" if luminance > 0.5 else "white"
