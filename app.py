@@ -1,13 +1,315 @@
-"""Headlight: a Streamlit page to look inside Transformer encoders."""
+"""Headlight: look inside Transformer encoders, live in the browser.
+
+Run with ``make run``. The page is small ``*_ui()`` functions that draw widgets and return values; the numbers come
+from ``encoder/`` (one cached forward pass per model and input) and the figures from ``viz/``. Every widget that
+defines the view is bound to the URL (``bind="query-params"``), so a copied link reopens exactly this view.
+Changing a layer, head, view or option reruns only the views fragment, never the encoder.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from dataclasses import dataclass
 
 import streamlit as st
 
-from encoder.sources import DEFAULT_SOURCE, load_source
-from encoder.trace import trace_text
+from encoder.errors import HeadlightError
+from encoder.sources import DEFAULT_SOURCE, LoadedModel, builtin_sources, load_source
+from encoder.trace import EncoderTrace, trace_text
+from viz import attention as attention_views
+from viz import export, positional, tokens
+from viz.common import AGGREGATES, SEQUENTIAL_SCALES
 
-st.set_page_config(page_title="Headlight", layout="wide")
-st.title("Headlight")
-text = st.text_input("Text", "The cat sat on the mat because it was tired.")
-trace = trace_text(st.cache_resource(load_source)(DEFAULT_SOURCE), text)
-st.write(" ".join(trace.tokens))
-st.write(f"attention: {trace.attention.shape}")
+OTHER_MODEL = "folder or hub id…"
+EXAMPLES = {
+    "The cat sat on the mat because it was tired.": "",
+    "The animal didn't cross the street because it was too tired.": "",
+    "Where is the station?": "The station is two blocks north of the museum.",
+    "A wonderful, moving film with a brilliant cast.": "",
+    "The keys to the cabinet are on the table.": "",
+    "Attention is all you need — 注意力就是你所需要的一切 🙂!": "",
+}
+DEFAULT_TEXT = next(iter(EXAMPLES))
+VIEWS = ("Heatmap", "Head grid", "Model view", "Token view", "Head lines", "Positional encodings")
+HEAD_MODES = ("one head", *AGGREGATES)
+BLOCK_LABELS = {"all": "whole input", "AA": "A → A", "AB": "A → B", "BA": "B → A", "BB": "B → B"}
+MAX_CACHED_TRACES = 64
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """Everything the figure builders need besides the trace (read from the view controls)."""
+
+    layer: int
+    layer_mean: bool
+    head_mode: str
+    head: int
+    heads: tuple[int, ...]
+    query: int
+    direction: str
+    hide_special: bool
+    renormalize: bool
+    colorscale: str
+    log_color: bool
+    threshold: float
+    block: str
+
+    @property
+    def aggregate(self) -> str | None:
+        return None if self.head_mode == "one head" else self.head_mode
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cached work: the model once per process, one trace per (model, text, pair, max tokens).
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def get_model(source: str) -> LoadedModel:
+    return load_source(source)
+
+
+@st.cache_resource(show_spinner="Running the encoder…", max_entries=MAX_CACHED_TRACES)
+def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
+    """Traces are immutable (read-only arrays), so one shared copy serves every session without pickling."""
+    return trace_text(get_model(source), text, pair, max_tokens)
+
+
+MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html",
+        "npz": "application/octet-stream", "json": "application/json", "csv": "text/csv"}
+
+
+@st.cache_data(show_spinner=False)
+def image_export_available() -> bool:
+    try:
+        export.find_browser()
+    except export.ExportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sidebar: what to run.
+
+
+def model_ui() -> str:
+    choices = [*builtin_sources(), OTHER_MODEL]
+    choice = st.selectbox("Model", choices, key="model", bind="query-params",
+                          help="minilm: pretrained all-MiniLM-L6-v2. tutorial: the classic Keras encoder trained "
+                               "here for sentiment; tutorial-initial: the same before training.")
+    if choice != OTHER_MODEL:
+        return choice
+    path = st.text_input("Folder or Hugging Face hub id", key="source", bind="query-params",
+                         placeholder="/path/to/bert-folder or owner/name",
+                         help="A folder with config.json + model.safetensors + tokenizer.json (or vocab.txt), "
+                              "or a hub id (needs a connection unless cached).")
+    return path.strip()
+
+
+def _use_example() -> None:
+    example = st.session_state.get("example")
+    if example in EXAMPLES:
+        st.session_state["text"] = example
+        st.session_state["pair"] = EXAMPLES[example]
+
+
+def text_ui(max_positions: int) -> tuple[str, str | None, int]:
+    st.selectbox("Examples", list(EXAMPLES), index=None, key="example", placeholder="Pick an example…",
+                 on_change=_use_example)
+    text = st.text_area("Text", DEFAULT_TEXT, key="text", bind="query-params", height=100)
+    pair = st.text_area("Second sentence (optional)", "", key="pair", bind="query-params", height=70,
+                        help="A sentence pair is encoded as [CLS] A [SEP] B [SEP]; B's tokens get segment 1.")
+    max_tokens = st.number_input("Max tokens", min_value=8, max_value=max_positions, value=max_positions,
+                                 step=8, key="max_tokens", bind="query-params",
+                                 help="Longer inputs are truncated (and flagged).")
+    return text, (pair if pair.strip() else None), int(max_tokens)
+
+
+def facts_ui(model: LoadedModel, trace: EncoderTrace | None) -> None:
+    config = model.config
+    st.caption(model.description)
+    rows = {
+        "layers × heads": f"{config.num_layers} × {config.num_heads}",
+        "d_model / head dim": f"{config.d_model} / {config.head_dim}",
+        "parameters": f"{model.num_parameters():,}",
+        "positions": f"{config.positional}, up to {config.max_positions}",
+    }
+    if trace is not None:
+        rows["tokens"] = f"{trace.num_tokens}" + (f" (of {trace.untruncated_length})" if trace.truncated else "")
+    rows["encoder runs"] = str(model.encoder.calls)
+    st.markdown("\n".join(f"- **{k}**: {v}" for k, v in rows.items()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Main area: controls and views (a fragment: changing them reruns only this part).
+
+
+def controls_ui(trace: EncoderTrace) -> ViewSettings:
+    token_labels = [f"{i}: {t}" for i, t in enumerate(trace.tokens)]
+    left, middle, right = st.columns([3, 3, 3])
+    with left:
+        layer = st.slider("Layer", 0, trace.num_layers - 1, 0, key="layer", bind="query-params")
+        layer_mean = st.checkbox("Mean over all layers", key="layer_mean", bind="query-params")
+    with middle:
+        head_mode = st.segmented_control("Heads", HEAD_MODES, default=HEAD_MODES[0], required=True,
+                                         key="head_mode", bind="query-params")
+        if head_mode == "one head":
+            head = st.slider("Head", 0, trace.num_heads - 1, 0, key="head", bind="query-params")
+            heads = tuple(range(trace.num_heads))
+        else:
+            head = 0
+            heads = tuple(st.multiselect("Heads to combine (none = all)", list(range(trace.num_heads)),
+                                         key="heads", bind="query-params")) or tuple(range(trace.num_heads))
+    with right:
+        query = st.selectbox("Query token (or click a heatmap row)", range(trace.num_tokens),
+                             format_func=lambda i: token_labels[i], key="query", bind="query-params")
+        direction = st.segmented_control("Token view shows", ("from", "to"), default="from", required=True,
+                                         format_func={"from": "what it looks at", "to": "who looks at it"}.get,
+                                         key="direction", bind="query-params")
+    with st.expander("Display options"):
+        a, b, c = st.columns(3)
+        with a:
+            hide_special = st.checkbox("Hide special tokens ([CLS], [SEP])", key="hide_special",
+                                       bind="query-params")
+            renormalize = st.checkbox("…and renormalise rows to sum to 1", value=True, key="renormalize",
+                                      bind="query-params", disabled=not hide_special)
+        with b:
+            colorscale = st.selectbox("Colour scale", SEQUENTIAL_SCALES, key="colorscale", bind="query-params",
+                                      help="Viridis and Cividis are colour-blind safe.")
+            log_color = st.checkbox("Log colour", key="log_color", bind="query-params")
+        with c:
+            threshold = st.slider("Head lines: hide weights below", 0.0, 1.0, 0.1, 0.01, key="threshold",
+                                  bind="query-params")
+            block = "all"
+            if trace.is_pair:
+                block = st.selectbox("Sentence-pair block", list(BLOCK_LABELS), format_func=BLOCK_LABELS.get,
+                                     key="block", bind="query-params")
+    return ViewSettings(layer, layer_mean, head_mode, head, heads, int(query or 0), direction, hide_special,
+                        renormalize and hide_special, colorscale, log_color, threshold, block)
+
+
+def _select_query_from_click(chart_key: str) -> None:
+    """Clicking a heatmap cell makes its row (the query token) the selected query."""
+    event = st.session_state.get(chart_key)
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    for point in points:
+        custom = point.get("customdata")
+        if custom:
+            st.session_state["query"] = int(custom[0])
+            return
+
+
+def build_figures(view: str, trace: EncoderTrace, s: ViewSettings) -> list[tuple[str, object]]:
+    """(name, figure) pairs for one view."""
+    common = dict(colorscale=s.colorscale, log_color=s.log_color, hide_special=s.hide_special,
+                  renormalize=s.renormalize)
+    if view == "Heatmap":
+        fig = attention_views.build_attention_heatmap(
+            trace, s.layer, s.head, aggregate=s.aggregate, heads=s.heads, layer_mean=s.layer_mean,
+            block=None if s.block == "all" else s.block, **common)
+        return [("heatmap", fig)]
+    if view == "Head grid":
+        return [("head-grid", attention_views.build_head_grid(trace, s.layer, layer_mean=s.layer_mean, **common))]
+    if view == "Model view":
+        return [("model-view", attention_views.build_model_view(
+            trace, hide_special=s.hide_special, renormalize=s.renormalize))]
+    chosen = (s.head,) if s.aggregate is None else s.heads
+    if view == "Token view":
+        return [("token-view", tokens.build_token_view(
+            trace, s.layer, chosen, s.query, s.direction, aggregate=s.aggregate or "mean",
+            layer_mean=s.layer_mean, colorscale=s.colorscale, hide_special=s.hide_special,
+            renormalize=s.renormalize))]
+    if view == "Head lines":
+        return [("head-lines", attention_views.build_head_lines(
+            trace, s.layer, chosen, s.threshold, hide_special=s.hide_special, renormalize=s.renormalize))]
+    return [
+        ("positional-table", positional.build_positional_heatmap(trace)),
+        ("position-similarity", positional.build_position_similarity(trace)),
+        ("positional-dimensions", positional.build_positional_dimensions(trace)),
+    ]
+
+
+def downloads_ui(name: str, fig, trace: EncoderTrace, images: bool) -> None:
+    stem = f"headlight-{trace.model.replace('/', '_')}-{name}"
+    columns = st.columns(4 if images else 2)
+    if images:
+        for column, fmt in zip(columns, ("png", "svg", "pdf")):
+            column.download_button(fmt.upper(), lambda fmt=fmt: export.figure_to_bytes(fig, fmt),
+                                   file_name=f"{stem}.{fmt}", mime=MIME[fmt], on_click="ignore",
+                                   key=f"dl-{name}-{fmt}")
+    columns[-1 if images else 0].download_button(
+        "HTML", lambda: export.figure_to_html(fig), file_name=f"{stem}.html", mime="text/html",
+        on_click="ignore", key=f"dl-{name}-html")
+    if not images:
+        columns[1].caption("PNG/SVG/PDF need a Chromium browser (`apt-get install chromium`); HTML works.")
+
+
+def data_downloads_ui(trace: EncoderTrace) -> None:
+    st.markdown("**This trace's numbers** (tokens, attention of every layer and head, positional rows)")
+    columns = st.columns(3)
+    stem = f"headlight-{trace.model.replace('/', '_')}-trace"
+    writers = {"npz": export.trace_to_npz, "json": export.trace_to_json, "csv": export.trace_to_csv}
+    for column, (fmt, writer) in zip(columns, writers.items()):
+        column.download_button(fmt.upper(), lambda writer=writer: writer(trace), file_name=f"{stem}.{fmt}",
+                               mime=MIME[fmt], on_click="ignore", key=f"dl-trace-{fmt}")
+
+
+@st.fragment
+def views_ui(source: str, text: str, pair: str | None, max_tokens: int) -> None:
+    trace = get_trace(source, text, pair, max_tokens)  # a cache hit: the fragment never re-runs the encoder
+    settings = controls_ui(trace)
+    images = image_export_available()
+    tabs = st.tabs(list(VIEWS), key="view", bind="query-params")
+    for view, tab in zip(VIEWS, tabs):
+        if not tab.open:
+            continue
+        with tab:
+            try:
+                figures = build_figures(view, trace, settings)
+            except ValueError as error:
+                st.warning(str(error))
+                continue
+            for name, fig in figures:
+                chart_key = f"chart-{name}"
+                clickable = name == "heatmap"
+                st.plotly_chart(fig, theme=None, key=chart_key, width="content",
+                                on_select=(lambda key=chart_key: _select_query_from_click(key))
+                                if clickable else "ignore",
+                                selection_mode="points", config={"displaylogo": False})
+                downloads_ui(name, fig, trace, images)
+    data_downloads_ui(trace)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    st.set_page_config(page_title="Headlight", page_icon="🔦", layout="wide")
+    with st.sidebar:
+        st.title("🔦 Headlight")
+        source = model_ui() or DEFAULT_SOURCE
+        try:
+            model = get_model(source)
+        except HeadlightError as error:
+            st.error(f"Could not load **{source}**: {error}\n\nShowing the default model ({DEFAULT_SOURCE}).")
+            source, model = DEFAULT_SOURCE, get_model(DEFAULT_SOURCE)
+        text, pair, max_tokens = text_ui(model.config.max_positions)
+        facts = st.container()
+    trace = None
+    try:
+        trace = get_trace(source, text, pair, max_tokens)
+    except HeadlightError as error:
+        st.warning(str(error))
+    with facts:
+        facts_ui(model, trace)
+    if trace is None:
+        return
+    if trace.truncated:
+        st.info(f"The input has {trace.untruncated_length} tokens; the model sees the first {trace.num_tokens}.")
+    views_ui(source, text, pair, max_tokens)
+
+
+if __name__ == "__main__":
+    main()
