@@ -1,0 +1,253 @@
+"""Export: figures to PNG/SVG/PDF (Chromium) and HTML, traces to NPZ/JSON/CSV and back, and the CLI.
+
+Image tests need Chrome/Chromium; they skip with the reason where none is found, except in CI (CI=true), where
+they must run.
+"""
+
+import io
+import os
+import re
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from plotly.offline import get_plotlyjs_version
+
+from encoder.trace import EncoderTrace, trace_text
+from tests.test_viz_common import synthetic_trace
+from viz import VIEWS, build_attention_heatmap, build_model_view
+from viz.export import (
+    CSV_HEADER,
+    ExportError,
+    attention_from_csv,
+    figure_to_bytes,
+    figure_to_html,
+    find_browser,
+    main,
+    trace_from_json,
+    trace_to_csv,
+    trace_to_json,
+    trace_to_npz,
+    write_attention_csv,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = "The cat sat on the mat because the cat was tired."
+ARRAYS = ("token_ids", "segment_ids", "special", "attention", "positional", "positional_table", "hidden")
+
+
+@pytest.fixture(scope="module")
+def trace(minilm):
+    return trace_text(minilm, TEXT)
+
+
+@pytest.fixture(scope="module")
+def saved(trace, tmp_path_factory):
+    return trace.save(tmp_path_factory.mktemp("trace") / "trace.npz")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        return find_browser()
+    except ExportError as error:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"image export needs Chrome or Chromium: {error}")
+
+
+def assert_same_trace(back: EncoderTrace, trace: EncoderTrace) -> None:
+    for name in ARRAYS:
+        value = getattr(back, name)
+        np.testing.assert_array_equal(value, getattr(trace, name), err_msg=name)
+        assert value.dtype == getattr(trace, name).dtype, name
+    assert back.outputs.keys() == trace.outputs.keys()
+    for name in trace.outputs:
+        np.testing.assert_array_equal(back.outputs[name], trace.outputs[name])
+    for name in ("model", "tokens", "text", "pair", "truncated", "untruncated_length", "labels"):
+        assert getattr(back, name) == getattr(trace, name), name
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+# --- images ----------------------------------------------------------------------------------------------------
+
+
+def test_png_has_the_figure_size_times_scale(trace, browser):
+    fig = build_attention_heatmap(trace, layer=2, head=5)
+    data = figure_to_bytes(fig, "png")
+    assert png_size(data) == (fig.layout.width, fig.layout.height)
+    assert len(data) > 10_000
+    assert png_size(figure_to_bytes(fig, "png", width=400, height=300, scale=2)) == (800, 600)
+
+
+def test_svg_parses_and_holds_the_token_labels(trace, browser):
+    data = figure_to_bytes(build_attention_heatmap(trace, layer=2, head=5), "svg")
+    root = ET.fromstring(data)
+    assert root.tag.endswith("svg")
+    text = [t for t in root.itertext() if t.strip()]
+    for token in ("[CLS]", "cat", "because", "tired", "[SEP]"):
+        assert token in text
+    assert "Layer 2, head 5" in text
+
+
+def test_pdf_export(trace, browser):
+    data = figure_to_bytes(build_model_view(trace), "pdf")
+    assert data.startswith(b"%PDF-") and b"%%EOF" in data[-1024:]
+    assert len(data) > 5_000
+
+
+def test_unknown_image_format_is_an_export_error(trace):
+    with pytest.raises(ExportError, match="format 'gif' is not one of png, svg, pdf"):
+        figure_to_bytes(build_attention_heatmap(trace), "gif")
+
+
+def test_missing_browser_says_how_to_get_one(monkeypatch):
+    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")
+    with pytest.raises(ExportError, match=r"BROWSER_PATH='/nonexistent/chromium' is not an executable file"):
+        find_browser()
+
+
+def test_a_browser_that_does_not_start_fails_fast_instead_of_hanging():
+    code = (
+        "import plotly.graph_objects as go\n"
+        "from viz.export import ExportError, figure_to_bytes\n"
+        "try:\n"
+        "    figure_to_bytes(go.Figure(), 'png')\n"
+        "except ExportError as error:\n"
+        "    print(error)\n"
+    )
+    env = {**os.environ, "BROWSER_PATH": "/bin/false"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert "Chromium at /bin/false did not start" in result.stdout
+    assert "BROWSER_PATH" in result.stdout
+
+
+# --- HTML ------------------------------------------------------------------------------------------------------
+
+
+def test_html_is_self_contained(trace):
+    page = figure_to_html(build_attention_heatmap(trace, layer=1, head=1))
+    assert page.lower().startswith("<!doctype html>")
+    assert f"plotly.js v{get_plotlyjs_version()}" in page
+    assert "Plotly.newPlot" in page
+    assert re.search(r"<script[^>]*\bsrc\s*=", page, flags=re.IGNORECASE) is None
+    assert len(page) > 1_000_000  # the library itself is inlined
+    assert "Layer 1, head 1" in page
+
+
+# --- trace data ------------------------------------------------------------------------------------------------
+
+
+def test_npz_round_trip(trace, tmp_path):
+    path = tmp_path / "trace.npz"
+    path.write_bytes(trace_to_npz(trace))
+    assert_same_trace(EncoderTrace.load(path), trace)
+
+
+def test_json_round_trip_is_exact(trace, minilm):
+    assert_same_trace(trace_from_json(trace_to_json(trace)), trace)
+    pair = trace_text(minilm, "A cat.", "A dog.")
+    back = trace_from_json(trace_to_json(pair))
+    assert back.pair == "A dog." and back.is_pair
+    with pytest.raises(ExportError, match="not a Headlight trace"):
+        trace_from_json('{"format": "other"}')
+    with pytest.raises(ExportError, match="not a JSON trace"):
+        trace_from_json("{")
+
+
+def test_csv_long_format_round_trip(trace):
+    text = trace_to_csv(trace)
+    lines = text.splitlines()
+    assert lines[0] == ",".join(CSV_HEADER)
+    count = trace.num_tokens
+    assert len(lines) == 1 + trace.num_layers * trace.num_heads * count * count
+    weight = trace.attention[0, 0, 0, 2]
+    assert lines[3].rsplit(",", 1)[0] == "0,0,0,[CLS],2,cat"
+    assert np.float32(lines[3].rsplit(",", 1)[1]) == weight
+    tokens, attention, layers, heads = attention_from_csv(text)
+    assert tokens == trace.tokens
+    np.testing.assert_array_equal(attention, trace.attention)
+    assert layers == list(range(6)) and heads == list(range(12))
+
+
+def test_csv_subset_and_quoting():
+    trace = synthetic_trace(["[CLS]", 'say "hi", ok', "a,b", "[SEP]"], layers=3, heads=4)
+    buffer = io.StringIO()
+    rows = write_attention_csv(trace, buffer, layers=[2], heads=[1, 3])
+    assert rows == 2 * 16
+    tokens, attention, layers, heads = attention_from_csv(buffer.getvalue())
+    assert tokens == trace.tokens
+    assert layers == [2] and heads == [1, 3]
+    np.testing.assert_array_equal(attention[0], trace.attention[2, [1, 3]])
+    with pytest.raises(ExportError, match="CSV header is"):
+        attention_from_csv("a,b\n1,2\n")
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+
+def test_cli_with_the_real_model_writes_an_svg(tmp_path, browser):
+    out = tmp_path / "fig.svg"
+    result = subprocess.run(
+        [sys.executable, "-m", "viz.export", "--model", "minilm", "--text", TEXT, "--view", "heatmap",
+         "--layer", "2", "--head", "5", "--format", "svg", "-o", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    text = list(ET.fromstring(out.read_bytes()).itertext())
+    assert "because" in text and "Layer 2, head 5" in text
+
+
+def test_cli_bad_input_exits_2_with_a_message_and_no_traceback(saved, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "viz.export", "--trace", str(saved), "--layer", "9", "-o", str(tmp_path / "x.html")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: layer 9 is out of range: the model has 6 layers (0-5)"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_cli_makes_every_view_as_html(view, saved, tmp_path, capsys):
+    out = tmp_path / f"{view}.html"
+    assert main(["--trace", str(saved), "--view", view, "-o", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "Plotly.newPlot" in page and "<script src" not in page
+
+
+def test_cli_data_formats_round_trip(saved, trace, tmp_path, capsys):
+    assert main(["--trace", str(saved), "-o", str(tmp_path / "t.npz")]) == 0
+    assert_same_trace(EncoderTrace.load(tmp_path / "t.npz"), trace)
+    assert main(["--trace", str(saved), "-o", str(tmp_path / "t.json")]) == 0
+    assert_same_trace(trace_from_json((tmp_path / "t.json").read_text(encoding="utf-8")), trace)
+    assert main(["--trace", str(saved), "--layer", "3", "--head", "4", "-o", str(tmp_path / "t.csv")]) == 0
+    _, attention, layers, heads = attention_from_csv((tmp_path / "t.csv").read_text(encoding="utf-8"))
+    assert (layers, heads) == ([3], [4])
+    np.testing.assert_array_equal(attention[0, 0], trace.attention[3, 4])
+    assert main(["--trace", str(tmp_path / "t.json"), "--view", "tokens", "--query", "2", "-o",
+                 str(tmp_path / "tokens.html")]) == 0
+
+
+def test_cli_errors(saved, tmp_path, capsys):
+    assert main(["--trace", str(saved), "--view", "model", "--layer", "1", "-o", str(tmp_path / "m.html")]) == 2
+    assert "view 'model' does not take --layer" in capsys.readouterr().err
+    assert main(["--trace", str(saved), "-o", str(tmp_path / "x.txt")]) == 2
+    assert "cannot tell the format from 'x.txt'" in capsys.readouterr().err
+    assert main(["-o", str(tmp_path / "x.png")]) == 2
+    assert "give --text" in capsys.readouterr().err
+    assert main(["--trace", str(tmp_path / "missing.npz"), "-o", str(tmp_path / "x.png")]) == 2
+    assert "missing.npz does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "positional-dimensions" in capsys.readouterr().out

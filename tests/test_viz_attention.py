@@ -1,0 +1,269 @@
+"""Attention figures against the trace they show: heatmap, head grid, model view, head lines."""
+
+import json
+
+import numpy as np
+import pytest
+
+from encoder.trace import trace_text
+from tests.test_viz_common import synthetic_trace
+from viz.attention import (
+    CLICK_MAX_TOKENS,
+    build_attention_heatmap,
+    build_head_grid,
+    build_head_lines,
+    build_model_view,
+)
+from viz.common import LOG_FLOOR, downsample
+
+TEXT = "The cat sat on the mat because the cat was tired."
+
+
+@pytest.fixture(scope="module")
+def trace(minilm):
+    return trace_text(minilm, TEXT)
+
+
+@pytest.fixture(scope="module")
+def pair(minilm):
+    return trace_text(minilm, "The cat sat on the mat.", "It was tired.")
+
+
+@pytest.fixture(scope="module")
+def long_trace(minilm):
+    return trace_text(minilm, " ".join([TEXT] * 60), max_tokens=512)
+
+
+def _cells(fig):
+    return next(t for t in fig.data if t.name == "cells")
+
+
+# --- heatmap ---------------------------------------------------------------------------------------------------
+
+
+def test_heatmap_z_is_the_trace_slice_with_tokens_on_both_axes(trace):
+    fig = build_attention_heatmap(trace, layer=2, head=5)
+    heatmap = fig.data[0]
+    np.testing.assert_array_equal(heatmap.z, trace.attention[2, 5])
+    assert heatmap.z.dtype == np.float32
+    count = trace.num_tokens
+    np.testing.assert_array_equal(heatmap.x, np.arange(count))  # key token indices (category axis)
+    np.testing.assert_array_equal(heatmap.y, np.arange(count))  # query token indices
+    assert list(fig.layout.xaxis.ticktext) == list(trace.tokens)
+    assert list(fig.layout.yaxis.ticktext) == list(trace.tokens)
+    assert list(fig.layout.xaxis.tickvals) == list(range(count))
+    assert fig.layout.yaxis.autorange == "reversed"  # first query on top
+    assert "Layer 2" in fig.layout.title.text and "head 5" in fig.layout.title.text
+
+
+def test_duplicate_tokens_stay_distinct_columns(trace):
+    assert trace.tokens.count("the") == 3 and trace.tokens.count("cat") == 2
+    fig = build_attention_heatmap(trace, layer=0, head=0)
+    assert len(set(fig.data[0].x.tolist())) == trace.num_tokens
+    assert list(fig.layout.xaxis.ticktext).count("the") == 3
+
+
+def test_click_layer_covers_every_cell_with_query_and_key_indices(trace):
+    fig = build_attention_heatmap(trace, layer=1, head=3)
+    cells = _cells(fig)
+    count = trace.num_tokens
+    assert len(cells.customdata) == count * count
+    assert cells.marker.opacity == 0
+    query, key = 4, 9
+    point = query * count + key
+    assert cells.customdata[point].tolist() == [query, key]
+    assert (cells.x[point], cells.y[point]) == (key, query)  # the cell centre: key across, query down
+    weight = trace.attention[1, 3, query, key]
+    assert cells.text[point] == f"on (4) → cat (9): {weight:.4f}"
+    assert fig.data[0].hoverinfo == "skip"  # the click layer carries the hover
+
+
+def test_selected_cell_is_outlined(trace):
+    fig = build_attention_heatmap(trace, layer=0, head=0, selected=(2, 3))
+    assert list(_cells(fig).selectedpoints) == [2 * trace.num_tokens + 3]
+    with pytest.raises(ValueError, match="selected key 99 is out of range"):
+        build_attention_heatmap(trace, selected=(2, 99))
+
+
+def test_aggregates_and_layer_mean_match_numpy(trace):
+    fig = build_attention_heatmap(trace, layer=3, aggregate="mean", heads=[1, 4, 7])
+    np.testing.assert_allclose(fig.data[0].z, trace.attention[3, [1, 4, 7]].mean(axis=0), rtol=1e-6)
+    assert "mean of heads 1, 4, 7" in fig.layout.title.text
+    fig = build_attention_heatmap(trace, layer=3, aggregate="max")
+    np.testing.assert_array_equal(fig.data[0].z, trace.attention[3].max(axis=0))
+    assert "max of heads 0-11" in fig.layout.title.text
+    fig = build_attention_heatmap(trace, head=2, layer_mean=True)
+    np.testing.assert_allclose(fig.data[0].z, trace.attention[:, 2].mean(axis=0), rtol=1e-6)
+    assert fig.layout.title.text == "Mean of layers 0-5, head 2"
+
+
+def test_hide_special_renormalises_rows_or_not_and_says_so(trace):
+    words = np.flatnonzero(~trace.special)
+    block = trace.attention[2, 5][np.ix_(words, words)]
+    fig = build_attention_heatmap(trace, layer=2, head=5, hide_special=True)
+    np.testing.assert_allclose(fig.data[0].z, block / block.sum(axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(fig.data[0].z.sum(axis=1), 1.0, rtol=1e-5)
+    assert "[CLS]" not in fig.layout.xaxis.ticktext
+    assert list(fig.data[0].x) == list(words)
+    assert "rows renormalised" in fig.layout.title.subtitle.text
+    raw = build_attention_heatmap(trace, layer=2, head=5, hide_special=True, renormalize=False)
+    np.testing.assert_array_equal(raw.data[0].z, block)
+    assert "rows not renormalised" in raw.layout.title.subtitle.text
+
+
+def test_sentence_pair_blocks(pair):
+    a, b = np.flatnonzero(pair.segment_ids == 0), np.flatnonzero(pair.segment_ids == 1)
+    fig = build_attention_heatmap(pair, layer=1, head=2, block="AB")
+    np.testing.assert_array_equal(fig.data[0].z, pair.attention[1, 2][np.ix_(a, b)])
+    assert list(fig.data[0].y) == list(a) and list(fig.data[0].x) == list(b)
+    assert "block A → B" in fig.layout.title.subtitle.text
+    fig = build_attention_heatmap(pair, layer=1, head=2, block="BA", hide_special=True, renormalize=False)
+    a_words, b_words = a[~pair.special[a]], b[~pair.special[b]]
+    np.testing.assert_array_equal(fig.data[0].z, pair.attention[1, 2][np.ix_(b_words, a_words)])
+
+
+def test_block_needs_a_pair_and_a_known_name(trace, pair):
+    with pytest.raises(ValueError, match="block 'AB' needs a sentence pair; this trace has one sentence"):
+        build_attention_heatmap(trace, block="AB")
+    with pytest.raises(ValueError, match="block 'AC' is not one of 'AA', 'AB', 'BA', 'BB'"):
+        build_attention_heatmap(pair, block="AC")
+
+
+def test_log_colour_is_log10_of_the_weights_with_labelled_colour_bar(trace):
+    fig = build_attention_heatmap(trace, layer=0, head=1, log_color=True)
+    expected = np.log10(np.maximum(trace.attention[0, 1], LOG_FLOOR))
+    np.testing.assert_allclose(fig.data[0].z, expected, rtol=1e-6)
+    assert list(fig.data[0].colorbar.ticktext)[-1] == "1"
+    assert "log colour" in fig.layout.title.subtitle.text
+    weight = trace.attention[0, 1, 0, 0]
+    assert _cells(fig).text[0].endswith(f"{weight:.4f}")  # hover still shows the weight itself
+
+
+def test_heatmap_validators(trace):
+    with pytest.raises(ValueError, match=r"layer 7 is out of range: the model has 6 layers \(0-5\)"):
+        build_attention_heatmap(trace, layer=7)
+    with pytest.raises(ValueError, match=r"head 12 is out of range: the model has 12 heads \(0-11\)"):
+        build_attention_heatmap(trace, layer=0, head=12)
+    with pytest.raises(ValueError, match="colour scale 'nope'"):
+        build_attention_heatmap(trace, colorscale="nope")
+
+
+def test_special_tokens_that_look_like_html_are_escaped():
+    trace = synthetic_trace(["<s>", "a", "&", "</s>"])
+    fig = build_attention_heatmap(trace)
+    assert list(fig.layout.xaxis.ticktext) == ["&lt;s&gt;", "a", "&amp;", "&lt;/s&gt;"]
+
+
+def test_long_text_thins_ticks_and_drops_the_click_layer(long_trace):
+    assert long_trace.num_tokens == 512 > CLICK_MAX_TOKENS
+    fig = build_attention_heatmap(long_trace, layer=0, head=0)
+    assert len(fig.data) == 1
+    ticks = list(fig.layout.xaxis.tickvals)
+    assert 16 <= len(ticks) <= 80 and ticks[1] - ticks[0] in (8, 10, 16)
+    assert fig.layout.xaxis.ticktext[1] == f"{ticks[1]} {long_trace.tokens[ticks[1]]}"
+    assert fig.layout.height <= 1100
+    assert len(fig.to_json()) < 2_500_000
+
+
+# --- head grid -------------------------------------------------------------------------------------------------
+
+
+def test_head_grid_has_one_subplot_per_head_with_a_shared_scale(trace):
+    fig = build_head_grid(trace, layer=4)
+    assert len(fig.data) == trace.num_heads
+    for head, heatmap in enumerate(fig.data):
+        np.testing.assert_array_equal(heatmap.z, trace.attention[4, head])
+        assert heatmap.coloraxis == "coloraxis"
+    assert [a.text for a in fig.layout.annotations] == [f"head {h}" for h in range(12)]
+    assert fig.layout.coloraxis.cmax == pytest.approx(float(trace.attention[4].max()))
+    assert "Layer 4" in fig.layout.title.text
+
+
+def test_head_grid_downsamples_long_texts_and_says_so(long_trace):
+    fig = build_head_grid(long_trace, layer=1, max_cells=64)
+    np.testing.assert_allclose(fig.data[3].z, downsample(long_trace.attention[1, 3], 64), rtol=1e-6)
+    assert fig.data[3].z.shape == (64, 64)
+    assert "downsampled to 64×64 per head" in fig.layout.title.subtitle.text
+
+
+# --- model view ------------------------------------------------------------------------------------------------
+
+
+def test_model_view_tiles_every_layer_and_head_into_one_heatmap(trace):
+    fig = build_model_view(trace)
+    heatmaps = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heatmaps) == 1
+    heads = next(t for t in fig.data if t.name == "heads")
+    layers, count = trace.num_layers, trace.num_heads
+    assert len(heads.customdata) == layers * count  # one thumbnail per (layer, head)
+    assert heads.customdata[count + 3].tolist() == [1, 3]
+    mosaic = heatmaps[0].z
+    size, gap = trace.num_tokens, max(1, round(trace.num_tokens * 0.12))
+    step = size + gap
+    assert mosaic.shape == (layers * step - gap, count * step - gap)
+    thumb = mosaic[2 * step:2 * step + size, 7 * step:7 * step + size]
+    np.testing.assert_allclose(thumb, trace.attention[2, 7] / trace.attention[2, 7].max(), rtol=1e-6)
+    assert np.isnan(mosaic[size:step]).all()  # the gap between layer rows is transparent
+
+
+def test_model_view_at_512_tokens_is_one_light_downsampled_image(long_trace):
+    fig = build_model_view(long_trace, per_head_scale=False)
+    mosaic = fig.data[0].z
+    assert mosaic.dtype == np.float32
+    step = 64 + max(1, round(64 * 0.12))
+    np.testing.assert_allclose(mosaic[step:step + 64, :64], downsample(long_trace.attention[1, 0], 64), rtol=1e-6)
+    assert "downsampled to 64×64 per head (block mean)" in fig.layout.title.subtitle.text
+    payload = fig.to_json()
+    assert len(payload) < 5_000_000
+    assert '"dtype":"f4"' in payload  # typed array, not a list of numbers
+
+
+def test_model_view_validators(trace):
+    with pytest.raises(ValueError, match="thumbnail 2 must be an integer from 4 to 512"):
+        build_model_view(trace, thumbnail=2)
+    with pytest.raises(ValueError, match="reduce 'median' is not one of 'mean', 'max'"):
+        build_model_view(trace, reduce="median")
+
+
+# --- head lines ------------------------------------------------------------------------------------------------
+
+
+def _segments(fig):
+    """{(head name, query row, key row)} of every line drawn."""
+    drawn = set()
+    for t in fig.data:
+        if t.mode == "lines" and t.x is not None and len(t.x) > 1:
+            ys = np.asarray(t.y, dtype=float).reshape(-1, 3)
+            drawn |= {(t.name, int(q), int(k)) for q, k, _ in ys}
+    return drawn
+
+
+def test_head_lines_draw_exactly_the_weights_above_the_threshold(trace):
+    fig = build_head_lines(trace, layer=2, heads=[0, 8], threshold=0.2)
+    expected = {
+        (f"head {h}", int(q), int(k))
+        for h in (0, 8)
+        for q, k in zip(*np.nonzero(trace.attention[2, h] >= 0.2))
+    }
+    assert _segments(fig) == expected
+    legend = [t.name for t in fig.data if t.showlegend is not False and t.name.startswith("head")]
+    assert legend == ["head 0", "head 8"]
+    tokens = next(t for t in fig.data if t.name == "tokens")
+    assert list(tokens.text) == list(trace.tokens)
+    assert [row[0] for row in tokens.customdata] == list(range(trace.num_tokens))
+    assert "Layer 2, heads 0, 8" in fig.layout.title.text
+
+
+def test_head_lines_for_one_query(trace):
+    fig = build_head_lines(trace, layer=1, heads=[3], threshold=0.0, query=2)
+    assert _segments(fig) == {("head 3", 2, k) for k in range(trace.num_tokens)}
+    with pytest.raises(ValueError, match=r"threshold 1\.5 is out of range"):
+        build_head_lines(trace, threshold=1.5)
+    with pytest.raises(ValueError, match=r"query 0 \(\[CLS\]\) is a special token, which is hidden"):
+        build_head_lines(trace, query=0, hide_special=True)
+
+
+def test_figures_serialise_to_json(trace):
+    for fig in (build_attention_heatmap(trace), build_head_grid(trace), build_model_view(trace),
+                build_head_lines(trace)):
+        assert json.loads(fig.to_json())["data"]

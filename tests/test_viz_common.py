@@ -1,0 +1,162 @@
+"""Shared viz pieces: validators, attention selection, downsampling, labels, the view registry. Also home of
+``synthetic_trace``, the small hand-made EncoderTrace other viz tests use for edge cases."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from encoder.positional import sinusoidal_encoding
+from encoder.trace import EncoderTrace
+from viz import VIEWS, build_view
+from viz.common import (
+    check_colorscale,
+    check_heads,
+    check_layer,
+    check_token,
+    display_token,
+    downsample,
+    renormalize_rows,
+    select_attention,
+    text_width,
+    token_ticks,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def synthetic_trace(
+    tokens,
+    *,
+    layers: int = 2,
+    heads: int = 3,
+    segment_ids=None,
+    table: np.ndarray | None = None,
+    seed: int = 0,
+) -> EncoderTrace:
+    """An EncoderTrace with random row-stochastic attention; [CLS]/[SEP] (and <s>, </s>) are special."""
+    rng = np.random.default_rng(seed)
+    count = len(tokens)
+    logits = rng.normal(0.0, 2.0, size=(layers, heads, count, count))
+    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    attention = (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
+    table = sinusoidal_encoding(max(count, 16), 8) if table is None else table
+    return EncoderTrace(
+        model="synthetic",
+        tokens=tuple(tokens),
+        token_ids=np.arange(count, dtype=np.int32),
+        segment_ids=np.zeros(count, np.int32) if segment_ids is None else np.asarray(segment_ids, np.int32),
+        special=np.array([t in ("[CLS]", "[SEP]", "<s>", "</s>") for t in tokens]),
+        attention=attention,
+        positional=table[:count],
+        positional_table=table,
+        hidden=rng.normal(size=(layers + 1, count, table.shape[1])).astype(np.float32),
+        text=" ".join(tokens),
+    )
+
+
+SENTENCE = ["[CLS]", "the", "cat", "sat", "on", "the", "mat", "[SEP]"]
+
+
+def test_validators_name_the_bad_value_and_the_range():
+    trace = synthetic_trace(SENTENCE, layers=6, heads=4)
+    with pytest.raises(ValueError, match=r"layer 7 is out of range: the model has 6 layers \(0-5\)"):
+        check_layer(trace, 7)
+    with pytest.raises(ValueError, match=r"layer must be an integer, got 'x'"):
+        check_layer(trace, "x")
+    with pytest.raises(ValueError, match=r"layer must be an integer, got True"):
+        check_layer(trace, True)
+    assert check_layer(trace, np.int64(5)) == 5
+    with pytest.raises(ValueError, match=r"head 4 is out of range: the model has 4 heads \(0-3\)"):
+        check_heads(trace, [0, 4])
+    with pytest.raises(ValueError, match="lists a head twice"):
+        check_heads(trace, [1, 1])
+    with pytest.raises(ValueError, match="heads is empty"):
+        check_heads(trace, [])
+    assert check_heads(trace, [3, 0]) == [0, 3]
+    assert check_heads(trace, None) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"query 8 is out of range: the text has 8 tokens \(0-7\)"):
+        check_token(trace, 8, "query")
+    with pytest.raises(ValueError, match="colour scale 'Rainbowish'"):
+        check_colorscale("Rainbowish")
+    assert check_colorscale("viridis_r") == "viridis_r"
+
+
+def test_select_attention_single_head_mean_max_and_layer_mean():
+    trace = synthetic_trace(SENTENCE, layers=3, heads=4)
+    one, title = select_attention(trace, 2, 1)
+    np.testing.assert_array_equal(one, trace.attention[2, 1])
+    assert title == "Layer 2, head 1"
+    mean, title = select_attention(trace, 1, 0, aggregate="mean", heads=[0, 2])
+    np.testing.assert_allclose(mean, (trace.attention[1, 0] + trace.attention[1, 2]) / 2, rtol=1e-6)
+    assert title == "Layer 1, mean of heads 0, 2"
+    peak, title = select_attention(trace, 1, 0, aggregate="max")
+    np.testing.assert_array_equal(peak, trace.attention[1].max(axis=0))
+    assert title == "Layer 1, max of heads 0-3"
+    layers, title = select_attention(trace, 0, 3, layer_mean=True)
+    np.testing.assert_allclose(layers, trace.attention[:, 3].mean(axis=0), rtol=1e-6)
+    assert title == "Mean of layers 0-2, head 3"
+    with pytest.raises(ValueError, match="aggregate 'median' is not one of None, 'mean', 'max'"):
+        select_attention(trace, 0, 0, aggregate="median")
+
+
+def test_downsample_is_block_mean_or_max_with_uneven_blocks():
+    matrix = np.arange(25, dtype=np.float32).reshape(5, 5)
+    small = downsample(matrix, 2)  # blocks [0:2] and [2:5] (linspace edges 0, 2.5->2, 5)
+    expected = np.array([
+        [matrix[:2, :2].mean(), matrix[:2, 2:].mean()],
+        [matrix[2:, :2].mean(), matrix[2:, 2:].mean()],
+    ])
+    np.testing.assert_allclose(small, expected, rtol=1e-6)
+    np.testing.assert_array_equal(downsample(matrix, 2, "max"), [[6, 9], [21, 24]])
+    np.testing.assert_array_equal(downsample(matrix, 8), matrix)
+    stacked = downsample(np.stack([matrix, 2 * matrix]), 2)
+    np.testing.assert_allclose(stacked[1], 2 * expected, rtol=1e-6)
+
+
+def test_renormalize_rows_keeps_zero_rows_zero():
+    rows = renormalize_rows(np.array([[1.0, 3.0], [0.0, 0.0]], dtype=np.float32))
+    np.testing.assert_array_equal(rows, [[0.25, 0.75], [0.0, 0.0]])
+
+
+def test_labels_escape_html_and_count_wide_characters():
+    assert display_token("<s>") == "&lt;s&gt;"
+    assert display_token("") == "∅"
+    assert text_width("東京") == 4
+    assert text_width("cat") == 3
+
+
+def test_token_ticks_thin_long_axes_on_round_strides():
+    tokens = [f"t{i}" for i in range(512)]
+    axis, size = token_ticks(tokens, list(range(512)), 760)
+    assert axis["tickvals"][:3] == [0, 8, 16]
+    assert axis["ticktext"][1] == "8 t8"
+    assert 8 <= size <= 12
+    short, _ = token_ticks(SENTENCE, list(range(8)), 300)
+    assert short["tickvals"] == list(range(8))
+    assert short["ticktext"] == ["[CLS]", "the", "cat", "sat", "on", "the", "mat", "[SEP]"]
+
+
+def test_build_view_dispatches_and_rejects_unknown_settings():
+    trace = synthetic_trace(SENTENCE)
+    fig = build_view(trace, "heatmap", layer=1, head=2)
+    np.testing.assert_array_equal(fig.data[0].z, trace.attention[1, 2])
+    with pytest.raises(ValueError, match="view 'heatmp' is not one of heatmap, head-grid"):
+        build_view(trace, "heatmp")
+    with pytest.raises(ValueError, match="view 'model' does not take layer"):
+        build_view(trace, "model", layer=1)
+    assert VIEWS["tokens"].parameters[:4] == ("layer", "heads", "query", "direction")
+    for name in VIEWS:
+        assert build_view(trace, name).data, name
+
+
+def test_viz_imports_neither_tensorflow_nor_streamlit():
+    code = (
+        "import sys, viz, viz.export\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'streamlit'))\n"
+        "print(bad)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
