@@ -22,7 +22,7 @@ from encoder.trace import EncoderTrace, to_numpy
 if TYPE_CHECKING:
     from encoder.sources import LoadedModel
 
-DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)
+DEFAULT_SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 DEFAULT_SAMPLES = 8
 BATCH_BYTES = 256 * 2**20  # outputs of one forward_perturbed call stay under this (attention dominates)
 

@@ -1,0 +1,436 @@
+"""Figure builders for the analyses of ``encoder.analysis`` and ``encoder.perturb``: pure functions returning
+``go.Figure`` (no Streamlit, no TensorFlow). Titles say what is shown; subtitles say how to read it.
+
+Per-head maps (report card, divergences, importance) are layers x heads heatmaps with layer 0 at the top; each has
+an invisible scatter trace ``"cells"`` over the cell centres whose ``customdata`` is ``[layer, head]``, so a click
+can select a head in the app.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import plotly.graph_objects as go
+
+from encoder.analysis import STATISTICS, AttentionDiff, HeadClustering, HeadReport
+from viz.common import (
+    DEFAULT_DIVERGING,
+    DEFAULT_SCALE,
+    check_colorscale,
+    check_index,
+    display_token,
+    label_margin,
+    new_figure,
+    token_ticks,
+)
+
+if TYPE_CHECKING:
+    from encoder.perturb import AblationEffect, HeadImportance, NoiseStability
+
+_LINE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf", "#393b79", "#637939")
+
+
+def _reading_guide(fig: go.Figure, text: str) -> None:
+    """Set the subtitle (how to read the figure), wrapped to the figure's width, and make room for it on top."""
+    limit = max(40, int(((fig.layout.width or 700) - 30) / 6.6))  # ~6.6 px per character of the 12 px font
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > limit:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    fig.update_layout(title=dict(subtitle=dict(text="<br>".join(lines))), margin=dict(t=72 + 16 * len(lines)))
+    if fig.layout.height:
+        fig.update_layout(height=fig.layout.height + 16 * (len(lines) - 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Token x token heatmaps: rollout, flow, diff
+
+
+def _token_heatmap(
+    values: np.ndarray,
+    row_tokens: Sequence[str],
+    col_tokens: Sequence[str],
+    title: str,
+    subtitle: str,
+    colorscale: str,
+    zmin: float,
+    zmax: float,
+    value_name: str,
+    x_title: str = "input token (key side)",
+    y_title: str = "position (query side)",
+) -> go.Figure:
+    t_rows, t_cols = values.shape
+    cell = min(36.0, max(1.0, 760.0 / max(t_rows, t_cols)))
+    plot_w, plot_h = cell * t_cols, cell * t_rows
+    x_axis, x_font = token_ticks(list(col_tokens), range(t_cols), plot_w)
+    y_axis, y_font = token_ticks(list(row_tokens), range(t_rows), plot_h)
+    left = label_margin(y_axis["ticktext"], y_font) + 50
+    bottom = label_margin(x_axis["ticktext"], x_font) + 40
+    fig = new_figure(title, int(max(plot_w + left + 110, 560)), int(plot_h + bottom + 100))
+    fig.update_layout(
+        margin=dict(l=left, r=110, b=bottom),
+        xaxis=dict(type="category", title=dict(text=x_title), tickangle=-90, **x_axis, showgrid=False),
+        yaxis=dict(type="category", title=dict(text=y_title), autorange="reversed", **y_axis, showgrid=False),
+    )
+    _reading_guide(fig, subtitle)
+    fig.add_trace(go.Heatmap(
+        z=values.astype(np.float32),
+        x=np.arange(t_cols, dtype=np.int32),
+        y=np.arange(t_rows, dtype=np.int32),
+        colorscale=colorscale,
+        zmin=zmin,
+        zmax=zmax,
+        colorbar=dict(thickness=14, title=dict(text=value_name)),
+        name=value_name,
+        hovertemplate="position %{y} ← token %{x}: %{z:.4f}<extra></extra>",
+    ))
+    return fig
+
+
+def build_rollout_heatmap(
+    rollout: np.ndarray,
+    tokens: Sequence[str],
+    layer: int = -1,
+    residual: float = 0.5,
+    colorscale: str = DEFAULT_SCALE,
+) -> go.Figure:
+    """Attention rollout (``encoder.analysis.attention_rollout``, (L, T, T)) after one layer, tokens on both axes.
+
+    Row ``i`` shows how much of each input token (columns) has been mixed into position ``i`` after ``layer``
+    (default the last); each row sums to 1.
+    """
+    check_colorscale(colorscale)
+    rollout = np.asarray(rollout)
+    if rollout.ndim != 3 or rollout.shape[1:] != (len(tokens), len(tokens)):
+        raise ValueError(f"rollout must be (layers, T, T) for {len(tokens)} tokens, got shape {rollout.shape}")
+    layer = check_index(layer % rollout.shape[0] if layer < 0 else layer, rollout.shape[0], "layer", "rollout")
+    return _token_heatmap(
+        rollout[layer], tokens, tokens,
+        f"Attention rollout after layer {layer} (residual weight {residual:g})",
+        "Row i: the share of each input token (column) in position i, attention multiplied through layers "
+        f"0-{layer} with the skip connection; rows sum to 1.",
+        colorscale, 0.0, float(rollout[layer].max()), "share",
+    )
+
+
+def build_flow_heatmap(
+    flow: np.ndarray, tokens: Sequence[str], num_layers: int, residual: float = 0.5, colorscale: str = DEFAULT_SCALE
+) -> go.Figure:
+    """Attention flow (``encoder.analysis.attention_flow``, (T, T)) with tokens on both axes.
+
+    Cell ``(i, j)``: the maximum flow from input token ``j`` to position ``i`` after ``num_layers`` layers, with
+    attention weights (plus the residual) as capacities; at most 1.
+    """
+    check_colorscale(colorscale)
+    flow = np.asarray(flow)
+    if flow.shape != (len(tokens), len(tokens)):
+        raise ValueError(f"flow must be (T, T) for {len(tokens)} tokens, got shape {flow.shape}")
+    return _token_heatmap(
+        flow, tokens, tokens,
+        f"Attention flow through {num_layers} layers (residual weight {residual:g})",
+        "Cell (i, j): the most that input token j can pass to position i when every attention weight is a pipe "
+        "of that capacity (max flow); unlike rollout, one strong path is enough.",
+        colorscale, 0.0, max(float(flow.max()), 1e-12), "max flow",
+    )
+
+
+def build_diff_heatmap(diff: AttentionDiff, layer: int, head: int, colorscale: str = DEFAULT_DIVERGING) -> go.Figure:
+    """One head's attention difference (second minus first) as a heatmap centred on 0.
+
+    Red: the second input/model attends more; blue: less. Axis labels show both tokens where they differ
+    ("cat/dog").
+    """
+    check_colorscale(colorscale)
+    layers, heads = diff.divergence.shape
+    layer = check_index(layer, layers, "layer", "model")
+    head = check_index(head, heads, "head", "model")
+    labels = [a if a == b else f"{a}/{b}" for a, b in zip(diff.tokens_a, diff.tokens_b)]
+    values = diff.difference[layer, head]
+    bound = max(float(np.abs(values).max()), 1e-6)
+    return _token_heatmap(
+        values, labels, labels,
+        f"Layer {layer} head {head}: {diff.label_b} minus {diff.label_a}",
+        f"Red: {display_token(diff.label_b)} attends more, blue: less. Mean JS divergence of this head "
+        f"{diff.divergence[layer, head]:.4f} nats.",
+        colorscale, -bound, bound, "difference", "key", "query",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers x heads maps
+
+
+def build_head_map(
+    values: np.ndarray,
+    title: str,
+    subtitle: str,
+    value_name: str,
+    colorscale: str = DEFAULT_SCALE,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    decimals: int = 3,
+) -> go.Figure:
+    """Any (L, H) per-head number as a layers x heads heatmap (layer 0 on top), values written in the cells, a
+    click layer ``"cells"`` with ``customdata`` [layer, head]."""
+    check_colorscale(colorscale)
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"values must be (layers, heads), got shape {values.shape}")
+    layers, heads = values.shape
+    cell = 44 if heads <= 12 else max(14, 540 // heads)
+    fig = new_figure(title, max(cell * heads + 190, 560), cell * layers + 170)
+    fig.update_layout(
+        margin=dict(l=70, r=110, b=60),
+        xaxis=dict(title=dict(text="head"), tickmode="array", tickvals=list(range(heads)), side="bottom",
+                   showgrid=False, zeroline=False),
+        yaxis=dict(title=dict(text="layer"), tickmode="array", tickvals=list(range(layers)), autorange="reversed",
+                   showgrid=False, zeroline=False),
+    )
+    _reading_guide(fig, subtitle)
+    finite = values[np.isfinite(values)]
+    show_text = layers * heads <= 200
+    fig.add_trace(go.Heatmap(
+        z=values.astype(np.float32),
+        x=np.arange(heads, dtype=np.int32),
+        y=np.arange(layers, dtype=np.int32),
+        colorscale=colorscale,
+        zmin=zmin if zmin is not None else float(finite.min()) if finite.size else 0.0,
+        zmax=zmax if zmax is not None else float(finite.max()) if finite.size else 1.0,
+        colorbar=dict(thickness=14, title=dict(text=value_name)),
+        texttemplate=f"%{{z:.{min(decimals, 2)}f}}" if show_text else None,
+        textfont=dict(size=9),
+        name=value_name,
+        hoverinfo="skip",
+    ))
+    grid_layer, grid_head = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+    fig.add_trace(go.Scatter(
+        x=grid_head.ravel().astype(np.int32),
+        y=grid_layer.ravel().astype(np.int32),
+        customdata=np.stack([grid_layer.ravel(), grid_head.ravel()], axis=1).astype(np.int32),
+        text=[f"{v:.{decimals}f}" for v in values.ravel()],
+        mode="markers",
+        marker=dict(symbol="square", size=cell - 2, opacity=0),
+        hovertemplate=f"layer %{{y}}, head %{{x}}: {value_name} %{{text}}<extra></extra>",
+        name="cells",
+        showlegend=False,
+    ))
+    return fig
+
+
+_READING = {
+    "entropy": "Low: the head looks at a few tokens; high: it spreads its attention (at most ln T).",
+    "cls": "Share of attention on [CLS], averaged over query tokens.",
+    "sep": "Share of attention on [SEP]; heads often park attention there when they have nothing to do.",
+    "punctuation": "Share of attention on punctuation tokens.",
+    "self": "Share of attention a token gives itself.",
+    "previous": "Share of attention on the token just before (a positional head scores near 1).",
+    "next": "Share of attention on the token just after (a positional head scores near 1).",
+    "distance": "Mean |i - j| weighted by attention, in tokens: small for local heads, large for broad ones.",
+}
+
+
+def build_report_heatmap(report: HeadReport, statistic: str, colorscale: str = DEFAULT_SCALE) -> go.Figure:
+    """One report-card statistic (``encoder.analysis.STATISTICS``) for every layer x head."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; choose from {', '.join(STATISTICS)}")
+    scope = "this text" if report.num_texts == 1 else f"{report.num_texts:,} texts ({report.num_queries:,} tokens)"
+    shares = statistic not in ("entropy", "distance")
+    return build_head_map(
+        report[statistic],
+        f"Head report card: {STATISTICS[statistic]}, {scope}",
+        _READING[statistic],
+        statistic,
+        colorscale,
+        zmin=0.0,
+        zmax=1.0 if shares else None,
+    )
+
+
+def report_table(report: HeadReport, decimals: int = 4) -> list[dict]:
+    """The report card as rows for a sortable table (``st.dataframe``): layer, head, every statistic rounded."""
+    return [{k: round(v, decimals) if isinstance(v, float) else v for k, v in row.items()} for row in report.rows()]
+
+
+def build_clustering_heatmap(clustering: HeadClustering, colorscale: str = "Viridis_r", clusters: int = 4) -> go.Figure:
+    """The head distance matrix with heads in dendrogram order; outlines mark ``clusters`` groups.
+
+    Dark squares on the diagonal are groups of heads that attend alike (low Jensen-Shannon distance).
+    """
+    check_colorscale(colorscale)
+    order = clustering.order
+    labels = clustering.labels()
+    names = [labels[n] for n in order]
+    matrix = clustering.distance[np.ix_(order, order)]
+    count = len(order)
+    cell = max(4.0, min(14.0, 720.0 / count))
+    size = cell * count
+    left = label_margin(names, 9) + 50
+    fig = new_figure("Heads clustered by how alike they attend", int(size + left + 120), int(size + left + 80))
+    font = dict(size=8 if count > 40 else 10)
+    ticks = dict(tickmode="array", tickvals=list(range(count)), ticktext=names, tickfont=font)
+    fig.update_layout(
+        margin=dict(l=left, r=110, b=left),
+        xaxis=dict(**ticks, tickangle=-90, showgrid=False, zeroline=False, constrain="domain"),
+        yaxis=dict(**ticks, autorange="reversed", showgrid=False, zeroline=False, scaleanchor="x"),
+    )
+    _reading_guide(fig, "Mean Jensen-Shannon divergence between two heads' attention rows (nats, 0 = same "
+                        "pattern); heads ordered by average-linkage clustering, outlines mark clusters.")
+    fig.add_trace(go.Heatmap(
+        z=matrix.astype(np.float32),
+        x=np.arange(count, dtype=np.int32),
+        y=np.arange(count, dtype=np.int32),
+        customdata=np.array([[f"{a} ~ {b}" for b in names] for a in names]),
+        colorscale=colorscale,
+        zmin=0.0,
+        colorbar=dict(thickness=14, title=dict(text="JS (nats)")),
+        hovertemplate="%{customdata}: %{z:.4f}<extra></extra>",
+        name="distance",
+    ))
+    label = clustering.clusters(min(max(clusters, 1), count))[order]
+    starts = [0, *[i for i in range(1, count) if label[i] != label[i - 1]], count]
+    for a, b in itertools.pairwise(starts):  # clusters are contiguous in leaf order
+        fig.add_shape(type="rect", x0=a - 0.5, x1=b - 0.5, y0=a - 0.5, y1=b - 0.5,
+                      line=dict(color="#d62728", width=1.5), fillcolor="rgba(0,0,0,0)")
+    return fig
+
+
+def build_diff_map(diff: AttentionDiff, colorscale: str = "Reds") -> go.Figure:
+    """Mean Jensen-Shannon divergence between the two traces for every layer x head."""
+    return build_head_map(
+        diff.divergence,
+        f"How much each head changed: {diff.label_a} vs {diff.label_b}",
+        "Mean Jensen-Shannon divergence between the two attention rows of a head, over query tokens (nats; "
+        "0 = identical, ln 2 = 0.69 = disjoint).",
+        "JS (nats)", colorscale, zmin=0.0, decimals=4,
+    )
+
+
+def build_diff_ranking(diff: AttentionDiff, top: int = 15) -> go.Figure:
+    """The ``top`` most changed heads as horizontal bars, the most changed on top."""
+    if top < 1:
+        raise ValueError(f"top must be at least 1, got {top}")
+    ranking = diff.ranking()[:top]
+    names = [f"L{layer} H{head}" for layer, head in ranking]
+    values = [float(diff.divergence[layer, head]) for layer, head in ranking]
+    fig = new_figure(f"Most changed heads: {diff.label_a} vs {diff.label_b}", 620, 120 + 24 * len(names))
+    fig.update_layout(
+        margin=dict(l=80, r=40, b=50),
+        xaxis=dict(title=dict(text="JS divergence (nats)"), rangemode="tozero"),
+        yaxis=dict(autorange="reversed"),
+    )
+    _reading_guide(fig, "Mean Jensen-Shannon divergence per head (nats); longer bar = attention moved more.")
+    fig.add_trace(go.Bar(x=values, y=names, orientation="h", marker=dict(color="#d62728"), name="JS divergence",
+                         hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Noise stability and ablation
+
+
+def build_noise_heatmap(stability: NoiseStability, sigma: float | None = None, colorscale: str = "Reds") -> go.Figure:
+    """Each head's mean Jensen-Shannon divergence from the clean attention at one noise level (default the
+    largest sigma)."""
+    sigmas = list(stability.sigmas)
+    index = len(sigmas) - 1 if sigma is None else _sigma_index(sigmas, sigma)
+    return build_head_map(
+        stability.divergence[index],
+        f"Noise stability at sigma {sigmas[index]:g} ({stability.samples} samples)",
+        "Mean Jensen-Shannon divergence (nats) between clean and noisy attention when Gaussian noise of "
+        f"sigma x RMS ({stability.rms:.3g}) is added to the input embeddings; low = stable head.",
+        "JS (nats)", colorscale, zmin=0.0, decimals=4,
+    )
+
+
+def _sigma_index(sigmas: list[float], sigma: float) -> int:
+    for index, value in enumerate(sigmas):
+        if abs(value - sigma) <= 1e-12 * max(1.0, abs(sigma)):
+            return index
+    raise ValueError(f"sigma {sigma:g} was not measured; measured: {', '.join(f'{s:g}' for s in sigmas)}")
+
+
+def build_noise_curve(stability: NoiseStability) -> go.Figure:
+    """Mean divergence over sigma: one line per layer (mean of its heads) and the all-heads mean in black."""
+    sigmas = np.asarray(stability.sigmas, dtype=np.float64)
+    fig = new_figure("How attention moves as input noise grows", 720, 440)
+    fig.update_layout(
+        margin=dict(l=70, r=30, b=60),
+        xaxis=dict(title=dict(text="sigma (relative to the embedding RMS)"), showgrid=True, gridcolor="#eee"),
+        yaxis=dict(title=dict(text="mean JS divergence (nats)"), rangemode="tozero", showgrid=True, gridcolor="#eee"),
+        legend=dict(title=dict(text="layer")),
+    )
+    _reading_guide(fig, "Mean Jensen-Shannon divergence from the clean attention (nats) against the noise scale "
+                        "sigma (x embedding RMS), one line per layer; sigma 0 is exactly 0.")
+    per_layer = stability.divergence.mean(axis=2)  # (S, L)
+    for layer in range(per_layer.shape[1]):
+        fig.add_trace(go.Scatter(
+            x=sigmas, y=per_layer[:, layer], mode="lines+markers", name=f"layer {layer}",
+            line=dict(color=_LINE_COLOURS[layer % len(_LINE_COLOURS)], width=1.5),
+            hovertemplate=f"layer {layer}, sigma %{{x:g}}: %{{y:.4f}}<extra></extra>",
+        ))
+    fig.add_trace(go.Scatter(
+        x=sigmas, y=stability.curve(), mode="lines+markers", name="all heads",
+        line=dict(color="black", width=3), hovertemplate="all heads, sigma %{x:g}: %{y:.4f}<extra></extra>",
+    ))
+    return fig
+
+
+def build_importance_heatmap(importance: HeadImportance, colorscale: str | None = None) -> go.Figure:
+    """Every head silenced alone: the effect on the output, layers x heads (``encoder.perturb.head_importance``).
+
+    For a classifier the colour is the drop in the predicted class's probability (diverging: blue cells are
+    heads whose removal helps the prediction); otherwise 1 - cosine of the sentence embedding.
+    """
+    values = importance.importance
+    if importance.probabilities is not None:
+        bound = max(float(np.abs(values).max()), 1e-6)
+        return build_head_map(
+            values, "Head importance: each head silenced alone",
+            f"Colour: {importance.metric}. Red heads support the prediction; blue heads work against it.",
+            "drop", colorscale or DEFAULT_DIVERGING, zmin=-bound, zmax=bound, decimals=4,
+        )
+    return build_head_map(
+        values, "Head importance: each head silenced alone",
+        f"Colour: {importance.metric} (0 = no effect on the sentence embedding).",
+        "1 - cos", colorscale or "Reds", zmin=0.0, decimals=4,
+    )
+
+
+def build_ablation_chart(effect: AblationEffect) -> go.Figure:
+    """The output with the chosen heads silenced next to the clean output: class probabilities as grouped bars
+    for a classifier, else the embedding cosine as one bar (1 = unchanged)."""
+    heads = ", ".join(f"L{layer} H{head}" for layer, head in effect.heads) or "no head"
+    if effect.probabilities is None or effect.clean_probabilities is None:
+        fig = new_figure(f"Silencing {heads}: sentence embedding", 560, 260)
+        fig.update_layout(
+            margin=dict(l=110, r=40, b=50),
+            xaxis=dict(title=dict(text="cosine"), range=[min(0.0, effect.cosine), 1.0]),
+        )
+        _reading_guide(fig, "Cosine between the sentence embedding with and without the heads (1 = unchanged).")
+        fig.add_trace(go.Bar(x=[effect.cosine], y=["cosine"], orientation="h", marker=dict(color="#1f77b4"),
+                             text=[f"{effect.cosine:.6f}"], textposition="auto", name="cosine",
+                             hovertemplate="cosine %{x:.6f}<extra></extra>"))
+        return fig
+    labels = list(effect.labels) or [str(i) for i in range(len(effect.probabilities))]
+    fig = new_figure(f"Silencing {heads}: class probabilities", 620, 400)
+    fig.update_layout(
+        margin=dict(l=70, r=30, b=60),
+        barmode="group",
+        yaxis=dict(title=dict(text="probability"), range=[0, 1]),
+    )
+    _reading_guide(fig, f"Grey: clean model; red: with the heads silenced. Embedding cosine {effect.cosine:.4f}.")
+    fig.add_trace(go.Bar(x=labels, y=effect.clean_probabilities, name="clean", marker=dict(color="#bbbbbb"),
+                         hovertemplate="%{x}: %{y:.4f} clean<extra></extra>"))
+    change = effect.probability_change
+    fig.add_trace(go.Bar(x=labels, y=effect.probabilities, name="heads silenced", marker=dict(color="#d62728"),
+                         customdata=change, hovertemplate="%{x}: %{y:.4f} (%{customdata:+.4f})<extra></extra>"))
+    return fig
+
