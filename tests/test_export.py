@@ -89,7 +89,11 @@ def test_png_has_the_figure_size_times_scale(trace, browser):
 
 
 def test_svg_parses_and_holds_the_token_labels(trace, browser):
-    data = figure_to_bytes(build_attention_heatmap(trace, layer=2, head=5), "svg")
+    fig = build_attention_heatmap(trace, layer=2, head=5, selected=(1, 2))
+    data = figure_to_bytes(fig, "svg")
+    # The click layer (one invisible marker per cell) is dropped; the selected cell's outline stays.
+    assert len(fig.data[1].customdata) == trace.num_tokens ** 2
+    assert data.count(b'class="point"') == 1
     root = ET.fromstring(data)
     assert root.tag.endswith("svg")
     text = [t for t in root.itertext() if t.strip()]

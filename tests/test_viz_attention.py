@@ -9,6 +9,7 @@ from encoder.trace import trace_text
 from tests.test_viz_common import synthetic_trace
 from viz.attention import (
     CLICK_MAX_TOKENS,
+    HOVER_TEXT_MAX_TOKENS,
     build_attention_heatmap,
     build_head_grid,
     build_head_lines,
@@ -68,7 +69,7 @@ def test_click_layer_covers_every_cell_with_query_and_key_indices(trace):
     cells = _cells(fig)
     count = trace.num_tokens
     assert len(cells.customdata) == count * count
-    assert cells.marker.opacity == 0
+    assert cells.marker.opacity == 0 and cells.meta == "click-layer"
     query, key = 4, 9
     point = query * count + key
     assert cells.customdata[point].tolist() == [query, key]
@@ -80,9 +81,22 @@ def test_click_layer_covers_every_cell_with_query_and_key_indices(trace):
 
 def test_selected_cell_is_outlined(trace):
     fig = build_attention_heatmap(trace, layer=0, head=0, selected=(2, 3))
-    assert list(_cells(fig).selectedpoints) == [2 * trace.num_tokens + 3]
+    outline = fig.data[-1]
+    assert outline.name == "selected" and (list(outline.x), list(outline.y)) == ([3], [2])
+    hidden = build_attention_heatmap(trace, layer=0, head=0, selected=(0, 3), hide_special=True)
+    assert "selected" not in [t.name for t in hidden.data]  # [CLS] is not shown, so neither is its cell
     with pytest.raises(ValueError, match="selected key 99 is out of range"):
         build_attention_heatmap(trace, selected=(2, 99))
+
+
+def test_medium_text_hovers_on_the_heatmap_without_a_click_layer(minilm):
+    medium = trace_text(minilm, " ".join([TEXT] * 8), max_tokens=100)
+    assert CLICK_MAX_TOKENS < medium.num_tokens <= HOVER_TEXT_MAX_TOKENS
+    fig = build_attention_heatmap(medium, layer=3, head=2)
+    assert [t.name for t in fig.data] == ["attention"]
+    weight = medium.attention[3, 2, 5, 7]
+    assert fig.data[0].text[5][7] == f"the (5) → because (7): {weight:.4f}"
+    assert fig.data[0].hovertemplate == "%{text}<extra></extra>"
 
 
 def test_aggregates_and_layer_mean_match_numpy(trace):
@@ -204,6 +218,11 @@ def test_model_view_tiles_every_layer_and_head_into_one_heatmap(trace):
     thumb = mosaic[2 * step:2 * step + size, 7 * step:7 * step + size]
     np.testing.assert_allclose(thumb, trace.attention[2, 7] / trace.attention[2, 7].max(), rtol=1e-6)
     assert np.isnan(mosaic[size:step]).all()  # the gap between layer rows is transparent
+    assert heads.meta == "click-layer"
+    chosen = build_model_view(trace, selected=(1, 3)).data[-1]
+    assert chosen.name == "selected" and (chosen.x[0], chosen.y[0]) == (heads.x[count + 3], heads.y[count + 3])
+    with pytest.raises(ValueError, match="head 12 is out of range"):
+        build_model_view(trace, selected=(1, 12))
 
 
 def test_model_view_at_512_tokens_is_one_light_downsampled_image(long_trace):

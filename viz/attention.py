@@ -29,6 +29,7 @@ from viz.common import (
     check_choice,
     check_colorscale,
     check_fraction,
+    check_head,
     check_heads,
     check_index,
     check_layer,
@@ -48,7 +49,9 @@ from viz.common import (
     visible_tokens,
 )
 
-CLICK_MAX_TOKENS = 128  # beyond this many rows or columns the heatmap has no click layer (JSON would grow ~T²)
+CLICK_MAX_TOKENS = 64  # beyond this many rows or columns no click layer: T² SVG markers slow drawing (~1 s at 128)
+HOVER_TEXT_MAX_TOKENS = 128  # beyond this, hover names token indices only (per-cell text would grow the JSON ~T²)
+CLICK_LAYER = "click-layer"  # ``meta`` of invisible interaction traces; static exports drop them
 GRID_MAX_CELLS = 96  # head-grid thumbnails are block-averaged down to this many cells a side
 MODEL_THUMBNAIL = 64  # model-view thumbnails: at most this many cells a side
 LINE_START = 0.03  # head lines run from x=LINE_START to 1-LINE_START, leaving room next to the labels
@@ -117,9 +120,10 @@ def build_attention_heatmap(
 
     Returns:
         A figure whose first trace is the heatmap: ``z`` (R, C) float32 (log10 with ``log_color``), ``x``/``y`` the
-        token indices of the columns/rows on category axes. With at most ``CLICK_MAX_TOKENS`` rows and columns a
-        second, invisible scatter trace ``"cells"`` covers the cell centres: ``customdata`` is
-        ``[query_index, key_index]`` per point, for clicks.
+        token indices of the columns/rows on category axes. With at most ``CLICK_MAX_TOKENS`` rows and columns an
+        invisible scatter trace ``"cells"`` (``meta`` "click-layer") covers the cell centres: ``customdata`` is
+        ``[query_index, key_index]`` per point, for clicks. ``selected`` adds a visible one-point trace
+        ``"selected"``.
 
     Example:
         >>> fig = build_attention_heatmap(trace, layer=2, head=5)  # doctest: +SKIP
@@ -162,48 +166,54 @@ def build_attention_heatmap(
         name="attention",
         hovertemplate="query %{y} → key %{x}: " + ("10^%{z:.2f}" if log_color else "%{z:.4f}") + "<extra></extra>",
     )
+    clickable = rows.size <= CLICK_MAX_TOKENS and cols.size <= CLICK_MAX_TOKENS
+    if max(rows.size, cols.size) <= HOVER_TEXT_MAX_TOKENS:
+        text = _cell_text(trace, rows, cols, weights)
+        if clickable:
+            heatmap.hoverinfo = "skip"  # the click layer on top carries the hover
+        else:
+            heatmap.text, heatmap.hovertemplate = text.reshape(weights.shape), "%{text}<extra></extra>"
     fig.add_trace(heatmap)
-    if rows.size <= CLICK_MAX_TOKENS and cols.size <= CLICK_MAX_TOKENS:
-        fig.add_trace(_cell_layer(trace, rows, cols, weights, cell, selected))
-        heatmap.hoverinfo = "skip"
-        fig.data[0].hoverinfo = "skip"
-    return fig
-
-
-def _cell_layer(
-    trace: EncoderTrace,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    weights: np.ndarray,
-    cell: float,
-    selected: tuple[int, int] | None,
-) -> go.Scatter:
-    """Invisible markers at the cell centres, hover "query → key: weight", ``customdata`` [query, key]."""
-    query_grid, key_grid = np.meshgrid(rows, cols, indexing="ij")  # (R, C) token indices
-    labels = [display_token(t) for t in trace.tokens]
-    text = [
-        f"{labels[q]} ({q}) → {labels[k]} ({k}): {w:.4f}"
-        for q, k, w in zip(query_grid.ravel().tolist(), key_grid.ravel().tolist(), weights.ravel().tolist())
-    ]
-    points = None
+    if clickable:
+        fig.add_trace(_cell_layer(rows, cols, text, cell))
     if selected is not None:
         query = check_token(trace, selected[0], "selected query")
         key = check_token(trace, selected[1], "selected key")
-        row_hit, col_hit = np.flatnonzero(rows == query), np.flatnonzero(cols == key)
-        if row_hit.size and col_hit.size:
-            points = [int(row_hit[0] * cols.size + col_hit[0])]
+        if query in rows and key in cols:
+            fig.add_trace(_outline([key], [query], cell, "selected"))
+    return fig
+
+
+def _cell_text(trace: EncoderTrace, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Hover text per cell, "query (i) → key (j): weight", as an (R*C,) object array in row-major order."""
+    labels = [display_token(t) for t in trace.tokens]
+    queries = [f"{labels[q]} ({q}) → " for q in rows.tolist()]
+    keys = [f"{labels[k]} ({k}): " for k in cols.tolist()]
+    flat = weights.tolist()
+    return np.array([q + k + f"{w:.4f}" for q, row in zip(queries, flat) for k, w in zip(keys, row)], dtype=object)
+
+
+def _outline(xs: list, ys: list, size: float, name: str) -> go.Scatter:
+    """A visible square outline around cells (e.g. the selected one)."""
+    return go.Scatter(x=xs, y=ys, mode="markers", name=name, showlegend=False, hoverinfo="skip",
+                      marker=dict(symbol="square-open", size=max(size - 2, 6), color="#d62728", line=dict(width=2)))
+
+
+def _cell_layer(rows: np.ndarray, cols: np.ndarray, text: np.ndarray, cell: float) -> go.Scatter:
+    """Invisible markers at the cell centres (hover ``text``, ``customdata`` [query, key]); a clicked one shows."""
+    query_grid, key_grid = np.meshgrid(rows, cols, indexing="ij")  # (R, C) token indices
     return go.Scatter(
         x=key_grid.ravel().astype(np.int32),
         y=query_grid.ravel().astype(np.int32),
         customdata=np.stack([query_grid.ravel(), key_grid.ravel()], axis=1).astype(np.int32),
-        text=text,
+        text=text.tolist(),
         mode="markers",
         marker=dict(symbol="square-open", size=max(cell - 2, 4), color="#d62728", line=dict(width=2), opacity=0),
         selected=dict(marker=dict(opacity=1)),
         unselected=dict(marker=dict(opacity=0)),
-        selectedpoints=points,
         hovertemplate="%{text}<extra></extra>",
         name="cells",
+        meta=CLICK_LAYER,
         showlegend=False,
     )
 
@@ -321,7 +331,8 @@ def build_model_view(
     Returns:
         Trace 0: the heatmap, ``z`` of shape (L*s + (L-1)*g, H*s + (H-1)*g) for thumbnail side s and gap g; the
         thumbnail of (layer l, head h) starts at row ``l*(s+g)``, column ``h*(s+g)``. Trace 1: ``"heads"``, an
-        invisible scatter of L*H points at the thumbnail centres with ``customdata`` [layer, head], for clicks.
+        invisible scatter of L*H points at the thumbnail centres with ``customdata`` [layer, head], for clicks
+        (``meta`` "click-layer"). ``selected`` = (layer, head) adds a visible outline trace ``"selected"``.
     """
     check_colorscale(colorscale)
     check_choice(reduce, AGGREGATES, "reduce")
@@ -373,10 +384,6 @@ def build_model_view(
     ))
     grid_layer, grid_head = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
     peaks = trace.attention.max(axis=(2, 3))  # (L, H)
-    points = None
-    if selected is not None:
-        chosen_layer = check_layer(trace, selected[0])
-        points = [chosen_layer * heads + check_index(selected[1], heads, "head", "model")]
     fig.add_trace(go.Scatter(
         x=(grid_head.ravel() * step + (s - 1) / 2).astype(np.float32),
         y=(grid_layer.ravel() * step + (s - 1) / 2).astype(np.float32),
@@ -388,10 +395,14 @@ def build_model_view(
         marker=dict(symbol="square-open", size=pixels - 4, color="#d62728", line=dict(width=2), opacity=0),
         selected=dict(marker=dict(opacity=1)),
         unselected=dict(marker=dict(opacity=0)),
-        selectedpoints=points,
         name="heads",
+        meta=CLICK_LAYER,
         showlegend=False,
     ))
+    if selected is not None:
+        chosen_layer, chosen_head = check_layer(trace, selected[0]), check_head(trace, selected[1])
+        center = [chosen_head * step + (s - 1) / 2], [chosen_layer * step + (s - 1) / 2]
+        fig.add_trace(_outline(*center, pixels, "selected"))
     return fig
 
 

@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 
 from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace
+from viz.attention import CLICK_LAYER
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
 FIGURE_FORMATS = (*IMAGE_FORMATS, "html")
@@ -152,6 +153,8 @@ def figure_to_bytes(
     if scale <= 0:
         raise ExportError(f"scale must be positive, got {scale}")
     figure = fig.to_plotly_json()
+    # Invisible click layers only serve the browser; in an image they cost drawing time and nothing else.
+    figure["data"] = [t for t in figure.get("data", []) if t.get("meta") != CLICK_LAYER]
     renderer = _get_renderer()
     try:
         return renderer.render(figure, fmt, width, height, scale)
