@@ -1,0 +1,142 @@
+"""The app in a real browser: Playwright driving Debian's Chromium against `streamlit run app.py` on 127.0.0.1.
+
+Skipped (with the reason) where no Chromium exists; in CI (CI=true) a missing Chromium is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.browser_support import CHART, chart_title, chromium_path, launch_chromium, streamlit_server
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = Path(__file__).parent / "artifacts"
+TABS = ("Heatmap", "Head grid", "Model view", "Token view", "Head lines", "Positional encodings")
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    if chromium_path() is None:
+        reason = "no Chromium at /usr/bin/chromium (Debian: apt-get install chromium) - browser tests skipped"
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the browser tests: " + reason)
+        pytest.skip(reason)
+    with streamlit_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    yield page
+    context.close()
+
+
+def _open(page, url):
+    page.goto(url)
+    page.wait_for_selector(CHART)
+
+
+def _wait_title(page, pattern: str, index: int = 0):
+    regex = re.compile(pattern)
+    page.wait_for_function(
+        "([selector, index, source]) => { const t = document.querySelectorAll(selector)[index];"
+        " return t && new RegExp(source).test(t.textContent); }",
+        arg=[f"{CHART} .gtitle", index, regex.pattern],
+    )
+    return chart_title(page, index)
+
+
+def _press_slider(page, name: str, times: int = 1):
+    slider = page.get_by_role("slider", name=name)
+    slider.focus()
+    for _ in range(times):
+        slider.press("ArrowRight")
+
+
+def test_page_loads_with_default_model_and_shows_the_heatmap_of_the_sentence(page, app_url):
+    _open(page, app_url)
+    assert _wait_title(page, r"^Layer 0, head 0").startswith("Layer 0, head 0")
+    labels = page.locator(f"{CHART} .xtick text").all_text_contents()
+    for token in ("[CLS]", "cat", "sat", "mat", "tired", "[SEP]"):
+        assert token in labels
+    sidebar = page.get_by_test_id("stSidebar")
+    assert "all-MiniLM-L6-v2" in sidebar.inner_text()
+    assert sidebar.get_by_role("combobox", name="Model").input_value() == "minilm"
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def test_layer_slider_and_head_control_change_the_chart(page, app_url):
+    _open(page, app_url)
+    _press_slider(page, "Layer")
+    assert _wait_title(page, r"^Layer 1, head 0").startswith("Layer 1")
+    _press_slider(page, "Head", times=3)
+    assert _wait_title(page, r"^Layer 1, head 3").startswith("Layer 1, head 3")
+    page.get_by_role("radiogroup", name="Heads").get_by_role("radio", name="mean", exact=True).click()
+    assert "mean of heads 0-11" in _wait_title(page, r"mean of heads")
+    # The encoder ran once for this text: changing views never re-runs it (the sidebar counts runs).
+    page.reload()
+    page.wait_for_selector(CHART)
+    assert "encoder runs: 1" in page.get_by_test_id("stSidebar").inner_text()
+
+
+def test_png_download_is_a_real_png(page, app_url):
+    _open(page, app_url)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="PNG").first.click()
+    data = Path(download.value.path()).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert download.value.suggested_filename.endswith(".png")
+
+
+def test_a_copied_url_reproduces_the_view(page, browser, app_url):
+    _open(page, app_url)
+    _press_slider(page, "Layer", times=2)
+    _wait_title(page, r"^Layer 2, head 0")
+    _press_slider(page, "Head", times=5)
+    _wait_title(page, r"^Layer 2, head 5")
+    page.get_by_role("tab", name="Head grid").click()
+    page.wait_for_function("() => location.search.includes('view=')")
+    copied = page.url
+    assert "layer=2" in copied and "head=5" in copied
+    other = browser.new_page(viewport={"width": 1500, "height": 1100})
+    try:
+        other.goto(copied)
+        other.wait_for_selector(CHART)
+        assert other.get_by_role("tab", name="Head grid").get_attribute("aria-selected") == "true"
+        assert "Layer 2" in _wait_title(other, r"Layer 2")
+        other.get_by_role("tab", name="Heatmap").click()
+        assert _wait_title(other, r"^Layer 2, head 5").startswith("Layer 2, head 5")
+    finally:
+        other.close()
+
+
+def test_every_tab_renders_and_is_saved_as_a_screenshot(page, app_url):
+    ARTIFACTS.mkdir(exist_ok=True)
+    _open(page, app_url)
+    for tab in TABS:
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_function(
+            "(name) => { const t = [...document.querySelectorAll('[role=tab]')].find(e => e.innerText === name);"
+            " return t && t.getAttribute('aria-selected') === 'true'; }", arg=tab)
+        page.wait_for_selector(f"[role=tabpanel]:not([hidden]) {CHART}")
+        path = ARTIFACTS / f"tab-{tab.lower().replace(' ', '-')}.png"
+        page.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 20_000
+    assert page.get_by_test_id("stException").count() == 0
