@@ -35,7 +35,9 @@ EXAMPLES = {
 DEFAULT_TEXT = next(iter(EXAMPLES))
 VIEWS = ("Heatmap", "Head grid", "Model view", "Token view", "Head lines", "Positional encodings")
 HEAD_MODES = ("one head", *AGGREGATES)
-BLOCK_LABELS = {"all": "whole input", "AA": "A → A", "AB": "A → B", "BA": "B → A", "BB": "B → B"}
+# Bound widgets store their option labels in the URL, so options are the readable labels themselves.
+BLOCKS = {"whole input": None, "A → A": "AA", "A → B": "AB", "B → A": "BA", "B → B": "BB"}
+DIRECTIONS = {"what it looks at": "from", "who looks at it": "to"}
 MAX_CACHED_TRACES = 64
 
 
@@ -55,7 +57,7 @@ class ViewSettings:
     colorscale: str
     log_color: bool
     threshold: float
-    block: str
+    block: str | None
 
     @property
     def aggregate(self) -> str | None:
@@ -148,6 +150,7 @@ def facts_ui(model: LoadedModel, trace: EncoderTrace | None) -> None:
 
 def controls_ui(trace: EncoderTrace) -> ViewSettings:
     token_labels = [f"{i}: {t}" for i, t in enumerate(trace.tokens)]
+    st.session_state["_tokens"] = trace.tokens
     left, middle, right = st.columns([3, 3, 3])
     with left:
         layer = st.slider("Layer", 0, trace.num_layers - 1, 0, key="layer", bind="query-params")
@@ -163,11 +166,10 @@ def controls_ui(trace: EncoderTrace) -> ViewSettings:
             heads = tuple(st.multiselect("Heads to combine (none = all)", list(range(trace.num_heads)),
                                          key="heads", bind="query-params")) or tuple(range(trace.num_heads))
     with right:
-        query = st.selectbox("Query token (or click a heatmap row)", range(trace.num_tokens),
-                             format_func=lambda i: token_labels[i], key="query", bind="query-params")
-        direction = st.segmented_control("Token view shows", ("from", "to"), default="from", required=True,
-                                         format_func={"from": "what it looks at", "to": "who looks at it"}.get,
-                                         key="direction", bind="query-params")
+        query_label = st.selectbox("Query token (or click a heatmap row)", token_labels, key="query",
+                                   bind="query-params")
+        direction = st.segmented_control("Token view shows", list(DIRECTIONS), default=next(iter(DIRECTIONS)),
+                                         required=True, key="direction", bind="query-params")
     with st.expander("Display options"):
         a, b, c = st.columns(3)
         with a:
@@ -182,11 +184,11 @@ def controls_ui(trace: EncoderTrace) -> ViewSettings:
         with c:
             threshold = st.slider("Head lines: hide weights below", 0.0, 1.0, 0.1, 0.01, key="threshold",
                                   bind="query-params")
-            block = "all"
+            block = None
             if trace.is_pair:
-                block = st.selectbox("Sentence-pair block", list(BLOCK_LABELS), format_func=BLOCK_LABELS.get,
-                                     key="block", bind="query-params")
-    return ViewSettings(layer, layer_mean, head_mode, head, heads, int(query or 0), direction, hide_special,
+                block = BLOCKS[st.selectbox("Sentence-pair block", list(BLOCKS), key="block", bind="query-params")]
+    query = token_labels.index(query_label) if query_label in token_labels else 0
+    return ViewSettings(layer, layer_mean, head_mode, head, heads, query, DIRECTIONS[direction], hide_special,
                         renormalize and hide_special, colorscale, log_color, threshold, block)
 
 
@@ -197,7 +199,7 @@ def _select_query_from_click(chart_key: str) -> None:
     for point in points:
         custom = point.get("customdata")
         if custom:
-            st.session_state["query"] = int(custom[0])
+            st.session_state["query"] = f"{int(custom[0])}: {st.session_state['_tokens'][int(custom[0])]}"
             return
 
 
@@ -208,7 +210,7 @@ def build_figures(view: str, trace: EncoderTrace, s: ViewSettings) -> list[tuple
     if view == "Heatmap":
         fig = attention_views.build_attention_heatmap(
             trace, s.layer, s.head, aggregate=s.aggregate, heads=s.heads, layer_mean=s.layer_mean,
-            block=None if s.block == "all" else s.block, **common)
+            block=s.block, **common)
         return [("heatmap", fig)]
     if view == "Head grid":
         return [("head-grid", attention_views.build_head_grid(trace, s.layer, layer_mean=s.layer_mean, **common))]

@@ -1,0 +1,145 @@
+"""The Streamlit app through AppTest: widgets in, figure specs out, the URL, bad input, and no re-runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import write_tiny_bert_folder
+
+TIMEOUT = 180
+
+
+def _app(**params) -> AppTest:
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def _figures(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def _title(figure: dict) -> str:
+    return figure["layout"]["title"]["text"]
+
+
+def _encoder_runs(at: AppTest) -> int:
+    text = "\n".join(m.value for m in at.sidebar.markdown)
+    return int(re.search(r"\*\*encoder runs\*\*: (\d+)", text).group(1))
+
+
+def _no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_default_page_shows_the_heatmap_of_the_example_sentence():
+    at = _app()
+    _no_errors(at)
+    (figure,) = _figures(at)
+    assert _title(figure).startswith("Layer 0, head 0")
+    heatmap = next(t for t in figure["data"] if t["type"] == "heatmap")
+    assert figure["layout"]["xaxis"]["ticktext"][:4] == ["[CLS]", "the", "cat", "sat"]
+    assert heatmap is not None
+    assert at.selectbox(key="model").value == "minilm"
+    assert {b.label for b in at.get("download_button")} >= {"PNG", "SVG", "PDF", "HTML", "NPZ", "JSON", "CSV"}
+
+
+def test_layer_and_head_changes_update_the_figure_without_rerunning_the_encoder():
+    at = _app()
+    runs = _encoder_runs(at)
+    at.slider(key="layer").set_value(3).run()
+    assert _title(_figures(at)[0]).startswith("Layer 3, head 0")
+    at.slider(key="head").set_value(7).run()
+    assert _title(_figures(at)[0]).startswith("Layer 3, head 7")
+    at.segmented_control(key="head_mode").set_value("max").run()
+    assert "max of heads 0-11" in _title(_figures(at)[0])
+    at.checkbox(key="log_color").check().run()
+    at.selectbox(key="colorscale").set_value("Viridis").run()
+    _no_errors(at)
+    assert _encoder_runs(at) == runs  # every change above was a cache hit
+
+
+def test_query_params_open_exactly_that_view():
+    at = _app(text="Where is the station?", pair="Two blocks north.", layer="4", head="9", view="Heatmap",
+              block="A → B")
+    _no_errors(at)
+    assert at.text_area(key="text").value == "Where is the station?"
+    assert at.slider(key="layer").value == 4 and at.slider(key="head").value == 9
+    figure = _figures(at)[0]
+    assert _title(figure).startswith("Layer 4, head 9")
+    assert "block A → B" in figure["layout"]["title"]["subtitle"]["text"]
+    # Queries from sentence A (segment 0, with [CLS] and its [SEP]), keys from sentence B (segment 1).
+    assert figure["layout"]["yaxis"]["ticktext"] == ["[CLS]", "where", "is", "the", "station", "?", "[SEP]"]
+    assert figure["layout"]["xaxis"]["ticktext"] == ["two", "blocks", "north", ".", "[SEP]"]
+
+
+@pytest.mark.parametrize(
+    "view, expected",
+    [("Head grid", r"Layer 0"), ("Model view", r"6 layers"), ("Token view", r"Layer 0"),
+     ("Head lines", r"Layer 0"), ("Positional encodings", r"Positional encodings")],
+)
+def test_every_view_renders(view, expected):
+    at = _app(view=view)
+    _no_errors(at)
+    figures = _figures(at)
+    assert figures and re.search(expected, _title(figures[0]))
+
+
+def test_positional_view_shows_the_learned_table_rows():
+    at = _app(view="Positional encodings")
+    table = _figures(at)[0]
+    assert "learned" in _title(table)
+    assert len(_figures(at)) == 3
+
+
+@pytest.mark.parametrize("text", ["", "   \n  "])
+def test_empty_text_is_a_message_not_an_exception(text):
+    at = _app(text=text) if text else _app()
+    if not text:
+        at.text_area(key="text").set_value("").run()
+    _no_errors(at)
+    assert any("empty" in w.value for w in at.warning)
+    assert not at.get("plotly_chart")
+    assert at.selectbox(key="model").value == "minilm"  # the rest of the app still works
+
+
+def test_huge_text_is_a_message():
+    at = _app()
+    at.text_area(key="text").set_value("word " * 30_000).run()
+    _no_errors(at)
+    assert any("limit" in w.value for w in at.warning)
+
+
+def test_long_text_is_truncated_and_says_so():
+    at = _app()
+    at.text_area(key="text").set_value("word " * 600).run()
+    _no_errors(at)
+    assert any("602 tokens" in i.value and "first 512" in i.value for i in at.info)
+    assert _figures(at)
+
+
+def test_broken_folder_and_offline_hub_id_show_errors_and_fall_back(tmp_path):
+    folder = write_tiny_bert_folder(tmp_path / "broken")
+    (folder / "model.safetensors").write_bytes(b"not a checkpoint")
+    at = _app(model="folder or hub id…", source=str(folder))
+    _no_errors(at)
+    assert any("not a readable safetensors" in e.value for e in at.error)
+    assert _figures(at)  # the default model is shown instead
+    at.text_input(key="source").set_value("someone/not-cached-model").run()
+    _no_errors(at)
+    assert any("HF_HUB_OFFLINE" in e.value for e in at.error)
+
+
+def test_a_local_checkpoint_folder_is_explored(tmp_path):
+    folder = write_tiny_bert_folder(tmp_path / "tiny")
+    at = _app(model="folder or hub id…", source=str(folder), text="the cat sat on the mat")
+    _no_errors(at)
+    assert not at.error
+    figure = _figures(at)[0]
+    assert figure["layout"]["xaxis"]["ticktext"] == ["[CLS]", "the", "cat", "sat", "on", "the", "mat", "[SEP]"]
+    assert at.slider(key="layer").max == 1 and at.slider(key="head").max == 1
