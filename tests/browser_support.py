@@ -55,10 +55,9 @@ def streamlit_server(timeout: float = 180.0) -> Iterator[str]:
             if process.poll() is not None:
                 log.seek(0)
                 raise RuntimeError(f"streamlit exited with {process.returncode}:\n{log.read().decode()[-3000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                if answer.status == 200:
+                    break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"streamlit did not answer on {url} within {timeout:.0f} s")
             time.sleep(0.3)
