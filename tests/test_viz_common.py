@@ -92,6 +92,9 @@ def test_select_attention_single_head_mean_max_and_layer_mean():
     mean, title = select_attention(trace, 1, 0, aggregate="mean", heads=[0, 2])
     np.testing.assert_allclose(mean, (trace.attention[1, 0] + trace.attention[1, 2]) / 2, rtol=1e-6)
     assert title == "Layer 1, mean of heads 0, 2"
+    single, title = select_attention(trace, 1, 0, aggregate="mean", heads=[2])
+    np.testing.assert_array_equal(single, trace.attention[1, 2])
+    assert title == "Layer 1, head 2"
     peak, title = select_attention(trace, 1, 0, aggregate="max")
     np.testing.assert_array_equal(peak, trace.attention[1].max(axis=0))
     assert title == "Layer 1, max of heads 0-3"

@@ -149,8 +149,10 @@ def build_attention_heatmap(
     fig.update_layout(
         title=dict(subtitle=dict(text=" · ".join(notes))) if notes else {},
         margin=dict(l=left, r=110, t=80, b=bottom),
-        xaxis=dict(type="category", title=dict(text="key"), tickangle=-90, **x_axis, showgrid=False),
-        yaxis=dict(type="category", title=dict(text="query"), autorange="reversed", **y_axis, showgrid=False),
+        xaxis=dict(type="category", title=dict(text="key", standoff=10), tickangle=-90, **x_axis,
+                   showgrid=False, automargin=True),
+        yaxis=dict(type="category", title=dict(text="query", standoff=10), autorange="reversed", **y_axis,
+                   showgrid=False, scaleanchor="x", constrain="domain", automargin=True),
         hoverdistance=-1,
     )
     z = log_weights(weights) if log_color else weights
@@ -460,12 +462,12 @@ def build_head_lines(
         legend=dict(orientation="h", yanchor="top", y=0, x=0, font=dict(size=10), itemwidth=30),
         hovermode="closest",
     )
-    palette = plotly.colors.qualitative.Plotly if len(chosen) <= 10 else plotly.colors.qualitative.Dark24
+    palette = plotly.colors.qualitative.D3 if len(chosen) <= 10 else plotly.colors.qualitative.Dark24
     bins = _weight_bins(threshold)
     rows_from = [position[query]] if query is not None else range(count)
     for n, head in enumerate(chosen):
         weights = stack[n]
-        color = palette[head % len(palette)]
+        color = palette[n % len(palette)]
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=color, width=3),
                                  name=f"head {head}", legendgroup=f"head {head}"))
         for low, high in bins:

@@ -139,6 +139,8 @@ def select_attention(
         head = check_head(trace, head)
         return np.asarray(per_head[head], dtype=np.float32), f"{layer_text.capitalize()}, head {head}"
     chosen = check_heads(trace, heads)
+    if len(chosen) == 1:
+        return np.asarray(per_head[chosen[0]], dtype=np.float32), f"{layer_text.capitalize()}, head {chosen[0]}"
     stack = per_head[chosen]  # (h, T, T)
     matrix = stack.mean(axis=0, dtype=np.float32) if aggregate == "mean" else stack.max(axis=0)
     return np.asarray(matrix, dtype=np.float32), f"{layer_text.capitalize()}, {aggregate} of {describe_heads(chosen)}"
@@ -261,7 +263,12 @@ def label_margin(labels: Iterable[str], font_size: int) -> int:
 
 
 def base_layout(title: str, width: int | None = None, height: int | None = None) -> dict:
-    """Shared layout: white background, our font, a title at the top left, the size when given (pixels)."""
+    """Shared layout: white background, our font, a title at the top left, the size when given (pixels).
+
+    A given width grows to fit the title (15 px font, ~0.55 em per character).
+    """
+    if width is not None:
+        width = max(width, int(text_width(title) * 15 * 0.55) + 40)
     size = {key: int(value) for key, value in (("width", width), ("height", height)) if value is not None}
     return dict(
         title=dict(text=title, x=0.015, xanchor="left", font=dict(size=15)),

@@ -15,6 +15,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -106,6 +107,8 @@ class _Renderer:
         return self._run(self._kaleido.calc_fig(figure, opts=opts), RENDER_TIMEOUT)
 
     def close(self) -> None:
+        # Chromium's goodbye ("{bye}") can reach choreographer's reader, which logs it as a JSON error: not ours.
+        logging.getLogger("choreographer").setLevel(logging.CRITICAL)
         with contextlib.suppress(Exception):  # closing at exit is best effort; the browser dies with us anyway
             self._run(self._kaleido.close(), 10.0)
         self._stop_loop()
@@ -409,6 +412,7 @@ def _parser() -> argparse.ArgumentParser:
     settings.add_argument("--threshold", type=float, help="lines: smallest weight drawn (default 0.05)")
     settings.add_argument("--dims", type=_int_list, help="positional-dimensions: dimensions to plot, e.g. 0,1,64")
     settings.add_argument("--thumbnail", type=int, help="model: cells per thumbnail side (default 64)")
+    settings.add_argument("--max-positions", type=int, help="positional views: show the first N positions only")
     return parser
 
 
@@ -417,6 +421,7 @@ _SETTINGS = {
     "layer": "layer", "head": "head", "heads": "heads", "aggregate": "aggregate", "layer_mean": "layer_mean",
     "colorscale": "colorscale", "log_color": "log_color", "hide_special": "hide_special", "block": "block",
     "query": "query", "direction": "direction", "threshold": "threshold", "dims": "dims", "thumbnail": "thumbnail",
+    "max_positions": "max_positions",
 }
 
 

@@ -26,6 +26,7 @@ from viz.common import (
 DIRECTIONS = ("from", "to")
 CHAR_PIXELS = 9.0  # screen pixels per character cell at the token font size
 ROW_PIXELS = 36
+MIN_WIDTH_CHARS = 60  # the strip is at least this wide, so short sentences keep room for the title
 
 
 def layout_tokens(tokens: list[str], breaks: set[int], line_chars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,16 +116,18 @@ def build_token_view(
 
     content = float((starts + widths).max())
     plot_h = line_count * ROW_PIXELS
-    fig = new_figure(headline, int(max(600, content * CHAR_PIXELS + 150)), int(max(250, plot_h + 130)))
+    plot_w = max(content, MIN_WIDTH_CHARS) * CHAR_PIXELS
+    fig = new_figure(headline, int(plot_w + 40), int(plot_h + 160))
     fig.update_layout(
         title=dict(subtitle=dict(text=" · ".join(["click a token to make it the query", *notes]))),
-        margin=dict(l=20, r=110, t=90, b=20),
-        xaxis=dict(range=[-0.5, max(content, (600 - 150) / CHAR_PIXELS) + 0.5], visible=False, fixedrange=True),
+        margin=dict(l=20, r=20, t=90, b=70),
+        xaxis=dict(range=[-0.5, max(content, MIN_WIDTH_CHARS) + 0.5], visible=False, fixedrange=True),
         yaxis=dict(range=[line_count - 0.5, -0.5], visible=False, fixedrange=True),
         bargap=0.22,
         coloraxis=dict(colorscale=colorscale, cmin=0.0, cmax=peak,
-                       colorbar=dict(thickness=12, lenmode="pixels", len=max(110, min(plot_h, 300)), y=1.0,
-                                     yanchor="top", title=dict(text="weight"))),
+                       colorbar=dict(orientation="h", thickness=10, lenmode="pixels", len=min(320, plot_w),
+                                     x=0, xanchor="left", yref="container", y=0.0, ypad=14, yanchor="bottom",
+                                     title=dict(text="weight", side="right"))),
         uniformtext=dict(minsize=9, mode="show"),
     )
     fig.add_trace(go.Bar(
