@@ -119,6 +119,16 @@ def test_missing_browser_says_how_to_get_one(monkeypatch):
         find_browser()
 
 
+def test_no_browser_anywhere_says_how_to_get_one(monkeypatch):
+    from choreographer.browsers import Chromium
+
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    monkeypatch.setattr(Chromium, "find_browser", classmethod(lambda cls, **kwargs: None))  # a machine without one
+    with pytest.raises(ExportError, match=r"apt-get install chromium.*BROWSER_PATH.*HTML export") as error:
+        find_browser()
+    assert "none was found" in str(error.value)
+
+
 def test_a_browser_that_does_not_start_fails_fast_instead_of_hanging():
     code = (
         "import plotly.graph_objects as go\n"

@@ -189,6 +189,12 @@ def test_head_grid_has_one_subplot_per_head_with_a_shared_scale(trace):
         np.testing.assert_array_equal(heatmap.z, trace.attention[4, head])
         assert heatmap.coloraxis == "coloraxis"
     assert [a.text for a in fig.layout.annotations] == [f"head {h}" for h in range(12)]
+    assert list(fig.data[0].x) == list(range(trace.num_tokens))  # token indices on category axes
+    assert list(fig.layout.yaxis.ticktext) == list(trace.tokens)
+    hidden = build_head_grid(trace, layer=4, hide_special=True, renormalize=False)
+    words = np.flatnonzero(~trace.special)
+    assert list(hidden.data[0].y) == list(words)
+    np.testing.assert_array_equal(hidden.data[2].z, trace.attention[4, 2][np.ix_(words, words)])
     assert fig.layout.coloraxis.cmax == pytest.approx(float(trace.attention[4].max()))
     assert "Layer 4" in fig.layout.title.text
 
@@ -198,6 +204,9 @@ def test_head_grid_downsamples_long_texts_and_says_so(long_trace):
     np.testing.assert_allclose(fig.data[3].z, downsample(long_trace.attention[1, 3], 64), rtol=1e-6)
     assert fig.data[3].z.shape == (64, 64)
     assert "downsampled to 64×64 per head" in fig.layout.title.subtitle.text
+    assert list(fig.data[3].x[:3]) == [0, 8, 16]  # each block is named by its first token
+    with pytest.raises(ValueError, match="max_cells 1 must be an integer from 2 to 1024"):
+        build_head_grid(long_trace, max_cells=1)
 
 
 # --- model view ------------------------------------------------------------------------------------------------

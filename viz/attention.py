@@ -26,12 +26,13 @@ from viz.common import (
     BLOCKS,
     DEFAULT_SCALE,
     base_layout,
+    block_edges,
     check_choice,
     check_colorscale,
     check_fraction,
     check_head,
     check_heads,
-    check_index,
+    check_int_range,
     check_layer,
     check_token,
     describe_heads,
@@ -237,40 +238,45 @@ def build_head_grid(
     is longer (the title says so). Subplot titles name the heads; trace ``i`` is head ``i``.
     """
     check_colorscale(colorscale)
-    max_cells = check_index(max_cells, 10_000, "max_cells", "grid") if max_cells != 0 else 0
-    if max_cells < 2:
-        raise ValueError(f"max_cells {max_cells} is too small: use at least 2")
+    max_cells = check_int_range(max_cells, "max_cells", 2, 1024)
     if layer_mean:
         per_head, what = trace.attention.mean(axis=0, dtype=np.float32), f"Mean of layers 0-{trace.num_layers - 1}"
     else:
-        per_head, what = trace.attention[check_layer(trace, layer)], f"Layer {layer}"
+        layer = check_layer(trace, layer)
+        per_head, what = trace.attention[layer], f"Layer {layer}"
     shown = visible_tokens(trace, hide_special)
     stack = per_head[:, shown][:, :, shown]  # (H, T', T')
     notes = []
     if hide_special:
         stack = renormalize_rows(stack) if renormalize else stack
         notes.append("special tokens hidden" + (", rows renormalised" if renormalize else ""))
-    stack = downsample(stack, max_cells)
-    if stack.shape[-1] < shown.size:
-        notes.append(f"downsampled to {stack.shape[-1]}×{stack.shape[-1]} per head (block mean)")
+    stack = downsample(stack, max_cells)  # (H, s, s)
+    size = stack.shape[-1]
+    downsampled = size < shown.size
+    if downsampled:
+        notes.append(f"downsampled to {size}×{size} per head (block mean)")
     if log_color:
         stack = log_weights(stack)
         notes.append("log colour")
+    # Each cell's coordinate is the token index of its (first) query and key, on category axes.
+    positions = shown[block_edges(shown.size, size)[:-1]].astype(np.int32)
+    where = "queries from %{y}, keys from %{x}" if downsampled else "query %{y} → key %{x}"
 
     heads = trace.num_heads
     columns = min(heads, max(1, math.ceil(math.sqrt(heads * 4 / 3))))
     grid_rows = math.ceil(heads / columns)
     side = 230 if columns <= 4 else 180
-    labelled = stack.shape[-1] <= 24
+    labelled = size <= 24
     font = 9
-    left = (label_margin([short_label(trace.tokens[i]) for i in shown], font) if labelled else 20) + 20
+    labels = [short_label(trace.tokens[i]) for i in shown]
+    left = (label_margin(labels, font) if labelled else 20) + 20
     bottom = left - 10 if labelled else 30
     fig = make_subplots(
         rows=grid_rows,
         cols=columns,
         subplot_titles=[f"head {h}" for h in range(heads)],
-        horizontal_spacing=0.02 if not labelled else 0.03,
-        vertical_spacing=0.06 if not labelled else 0.05,
+        horizontal_spacing=0.03 if labelled else 0.02,
+        vertical_spacing=0.05 if labelled else 0.06,
     )
     fig.update_layout(**base_layout(f"{what}: all {heads} heads"))
     fig.update_layout(
@@ -286,29 +292,24 @@ def build_head_grid(
                           **(log_colorbar() if log_color else dict(title=dict(text="weight")))),
         ),
     )
+    value = "10^%{z:.2f}" if log_color else "%{z:.4f}"
     for h in range(heads):
-        r, c = divmod(h, columns)
         fig.add_trace(
-            go.Heatmap(
-                z=stack[h],
-                coloraxis="coloraxis",
-                name=f"head {h}",
-                hovertemplate=f"head {h}: query %{{y}} → key %{{x}}: %{{z:.4f}}<extra></extra>",
-            ),
-            row=r + 1,
-            col=c + 1,
+            go.Heatmap(z=stack[h], x=positions, y=positions, coloraxis="coloraxis", name=f"head {h}",
+                       hovertemplate=f"head {h}: {where}: {value}<extra></extra>"),
+            row=h // columns + 1,
+            col=h % columns + 1,
         )
-    size = stack.shape[-1]
-    fig.update_xaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, constrain="domain")
-    fig.update_yaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, autorange="reversed",
-                     constrain="domain")
+    axes = dict(type="category", showticklabels=False, ticks="", showgrid=False, zeroline=False, constrain="domain")
+    fig.update_xaxes(**axes)
+    fig.update_yaxes(**axes, autorange="reversed")
     for h in range(heads):
         fig.update_yaxes(scaleanchor=f"x{'' if h == 0 else h + 1}", row=h // columns + 1, col=h % columns + 1)
     if labelled:
-        labels = dict(tickmode="array", tickvals=list(range(size)), showticklabels=True,
-                      ticktext=[short_label(trace.tokens[i]) for i in shown], tickfont=dict(size=font))
-        fig.update_yaxes(**labels, col=1)
-        fig.update_xaxes(**labels, tickangle=-90, row=grid_rows)
+        ticks = dict(tickmode="array", tickvals=positions.tolist(), ticktext=labels, showticklabels=True,
+                     tickfont=dict(size=font))
+        fig.update_yaxes(**ticks, col=1)
+        fig.update_xaxes(**ticks, tickangle=-90, row=grid_rows)
     fig.update_annotations(font=dict(size=11))
     return fig
 
@@ -338,8 +339,7 @@ def build_model_view(
     """
     check_colorscale(colorscale)
     check_choice(reduce, AGGREGATES, "reduce")
-    if isinstance(thumbnail, bool) or not isinstance(thumbnail, (int, np.integer)) or not 4 <= thumbnail <= 512:
-        raise ValueError(f"thumbnail {thumbnail!r} must be an integer from 4 to 512")
+    thumbnail = check_int_range(thumbnail, "thumbnail", 4, 512)
     shown = visible_tokens(trace, hide_special)
     attention = trace.attention[:, :, shown][:, :, :, shown]  # (L, H, T', T')
     notes = []

@@ -48,6 +48,14 @@ def check_index(value, count: int, what: str, owner: str) -> int:
     return index
 
 
+def check_int_range(value, what: str, low: int, high: int) -> int:
+    """``value`` as an int in [low, high], else ValueError naming it ("thumbnail 2 must be an integer from 4 to
+    512")."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ValueError(f"{what} {value!r} must be an integer from {low} to {high}")
+    return int(value)
+
+
 def check_layer(trace: EncoderTrace, layer) -> int:
     return check_index(layer, trace.num_layers, "layer", "model")
 

@@ -162,11 +162,24 @@ def figure_to_bytes(
     try:
         return renderer.render(figure, fmt, width, height, scale)
     except Exception as error:
-        with _renderer_lock:  # a broken browser is dropped; the next export starts a fresh one
-            global _renderer
-            if _renderer is renderer:
-                _renderer = None
+        if _browser_broken(error):  # drop it; the next export starts a fresh browser
+            _discard_renderer(renderer)
         raise ExportError(f"{fmt.upper()} export failed ({type(error).__name__}: {error})") from error
+
+
+def _browser_broken(error: Exception) -> bool:
+    from choreographer.channels import ChannelClosedError
+    from kaleido.errors import BrowserClosedError, BrowserFailedError
+
+    return isinstance(error, (TimeoutError, ChannelClosedError, BrowserClosedError, BrowserFailedError))
+
+
+def _discard_renderer(renderer: _Renderer) -> None:
+    global _renderer
+    with _renderer_lock:
+        if _renderer is renderer:
+            _renderer = None
+    renderer.close()
 
 
 def figure_to_html(fig: go.Figure) -> str:

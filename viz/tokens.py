@@ -14,6 +14,7 @@ from viz.common import (
     DEFAULT_SCALE,
     check_choice,
     check_colorscale,
+    check_int_range,
     check_token,
     display_token,
     new_figure,
@@ -76,8 +77,7 @@ def build_token_view(
     check_colorscale(colorscale)
     check_choice(direction, DIRECTIONS, "direction")
     check_choice(aggregate, ("mean", "max"), "aggregate")
-    if isinstance(line_chars, bool) or not isinstance(line_chars, (int, np.integer)) or line_chars < 20:
-        raise ValueError(f"line_chars {line_chars!r} must be an integer of at least 20")
+    line_chars = check_int_range(line_chars, "line_chars", 20, 400)
     query = check_token(trace, query, "query")
     matrix, what = select_attention(trace, layer, 0, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
     shown = visible_tokens(trace, hide_special)
@@ -119,7 +119,7 @@ def build_token_view(
     plot_w = max(content, MIN_WIDTH_CHARS) * CHAR_PIXELS
     fig = new_figure(headline, int(plot_w + 40), int(plot_h + 160))
     fig.update_layout(
-        title=dict(subtitle=dict(text=" · ".join(["click a token to make it the query", *notes]))),
+        title=dict(subtitle=dict(text=" · ".join(notes))) if notes else {},
         margin=dict(l=20, r=20, t=90, b=70),
         xaxis=dict(range=[-0.5, max(content, MIN_WIDTH_CHARS) + 0.5], visible=False, fixedrange=True),
         yaxis=dict(range=[line_count - 0.5, -0.5], visible=False, fixedrange=True),
