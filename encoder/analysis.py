@@ -31,6 +31,7 @@ MAX_FLOW_TOKENS = 32  # attention flow solves T * T max-flow problems; above thi
 LN2 = math.log(2.0)
 _FLOW_EPS = 1e-12  # residual capacities and excesses at or below this count as zero (float64 capacities <= 1)
 _GLOBAL_RELABEL_EVERY = 16  # push-relabel pulses between two exact relabelings (measured fastest on MiniLM)
+_PAIR_FLOATS = 4_000_000  # head_distances mixes about this many attention weights at a time (16 MB)
 
 Progress = Callable[[int, int | None], None]  # progress(done, total or None)
 
@@ -261,35 +262,62 @@ def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.clip(value, 0.0, LN2)
 
 
-def head_divergence(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def xlogx_sums(attention: np.ndarray) -> np.ndarray:
+    """``sum x ln x`` over the last two axes (minus the summed row entropies): (..., T, T) -> (...) float64.
+
+    Logarithms and row sums in float32 (the attention's own precision), the sum over rows in float64: ~3x faster
+    than float64 throughout, error below 1e-7 nats per row. Zeros count 0 (weights below 1e-30 as if 1e-30).
+    """
+    values = np.asarray(attention, dtype=np.float32)
+    logs = np.log(np.maximum(values, np.float32(1e-30)))
+    return np.einsum("...ij,...ij->...i", values, logs).sum(axis=-1, dtype=np.float64)
+
+
+def head_divergence(a: np.ndarray, b: np.ndarray, a_sums: np.ndarray | None = None) -> np.ndarray:
     """Per-head mean Jensen-Shannon divergence (nats) between two attention stacks of the same shape.
 
-    (L, H, T, T) x (L, H, T, T) -> (L, H): for each head, JS between its two rows for every query, averaged over
-    the T queries.
+    (L, H, T, T) x (L, H, T, T) -> (L, H) float64: for each head, JS between its two rows for every query,
+    averaged over the T queries (``mean_i [H(m_i) - (H(a_i) + H(b_i)) / 2]`` with ``m = (a + b) / 2``, see
+    ``xlogx_sums`` for the precision). Heads whose two patterns are equal give exactly 0. ``a_sums`` may pass
+    ``xlogx_sums(a)`` when ``a`` is compared with many ``b``.
     """
     a, b = check_attention(a, "first attention"), check_attention(b, "second attention")
     if a.shape != b.shape:
         raise ValueError(f"attention shapes differ: {a.shape} and {b.shape}")
-    return js_divergence(a, b).mean(axis=-1)
+    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+    a_sums = xlogx_sums(a) if a_sums is None else a_sums
+    mixture = a + b
+    mixture *= np.float32(0.5)
+    value = (0.5 * (a_sums + xlogx_sums(b)) - xlogx_sums(mixture)) / a.shape[-1]
+    value[(a == b).all(axis=(2, 3))] = 0.0
+    return np.clip(value, 0.0, LN2)
 
 
 def head_distances(attention: np.ndarray) -> np.ndarray:
     """Distance between every two heads of one input: (L, H, T, T) -> (N, N) float64.
 
     ``distance[m, n]`` = mean over the T queries of JS(head m's row, head n's row), in nats (0 on the diagonal,
-    symmetric, at most ln 2).
+    symmetric, at most ln 2), computed like ``head_divergence``.
     """
     attention = check_attention(attention)
     layers, heads, tokens, _ = attention.shape
-    rows = attention.reshape(layers * heads, tokens, tokens).astype(np.float64)
-    own = -_xlogx(rows).sum(axis=-1)  # (N, T) entropy of every row
+    rows = attention.reshape(layers * heads, tokens, tokens).astype(np.float32, copy=False)
+    own = xlogx_sums(rows)  # (N,)
     count = layers * heads
     distance = np.zeros((count, count))
-    for m in range(count - 1):
-        mixture = -_xlogx((rows[m + 1:] + rows[m]) * 0.5).sum(axis=-1)  # (N - m - 1, T)
-        values = np.clip(mixture - 0.5 * (own[m + 1:] + own[m]), 0.0, LN2).mean(axis=-1)
-        distance[m, m + 1:] = values
-        distance[m + 1:, m] = values
+    block = max(1, _PAIR_FLOATS // (count * tokens * tokens))  # heads compared with all later heads at once
+    for m0 in range(0, count, block):
+        m1 = min(m0 + block, count)
+        mixture = rows[m0:m1, None] + rows[None, m0:]  # (B, N - m0, T, T)
+        mixture *= np.float32(0.5)
+        values = (0.5 * (own[m0:m1, None] + own[None, m0:]) - xlogx_sums(mixture)) / tokens
+        for i, j in np.argwhere(values < 1e-9):  # equal patterns are exactly 0, not rounding noise
+            if np.array_equal(rows[m0 + i], rows[m0 + j]):
+                values[i, j] = 0.0
+        values = np.clip(values, 0.0, LN2)
+        distance[m0:m1, m0:] = values
+        distance[m0:, m0:m1] = values.T
+    np.fill_diagonal(distance, 0.0)
     return distance
 
 
@@ -420,7 +448,7 @@ def _statistic_sums(
     index = np.arange(t)
     diagonal = attention[:, :, index, index]  # (L, H, T)
     out = {
-        "entropy": (-_xlogx(attention).sum(axis=(2, 3)), t),
+        "entropy": (-xlogx_sums(attention), t),
         "self": (diagonal.sum(axis=-1, dtype=np.float64), t),
         "previous": (attention[:, :, index[1:], index[:-1]].sum(axis=-1, dtype=np.float64), t - 1),
         "next": (attention[:, :, index[:-1], index[1:]].sum(axis=-1, dtype=np.float64), t - 1),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from encoder.analysis import Progress, head_rows, js_divergence
+from encoder.analysis import Progress, head_divergence, head_rows, xlogx_sums
 from encoder.trace import EncoderTrace, to_numpy
 
 if TYPE_CHECKING:
@@ -176,11 +176,12 @@ def noise_stability(
     per_run = np.empty((len(noise), trace.num_layers, trace.num_heads))
     cosine = np.empty(len(noise))
     zero = sigmas[owner] == 0
+    clean_sums = xlogx_sums(trace.attention)
     done = 0
     for runs in (np.nonzero(zero)[0], np.nonzero(~zero)[0]):  # zero noise alone: a batch of one is exact
         for part, outputs in _chunks(model, trace, head_mask[runs], noise[runs]):
             for row, run in enumerate(runs[part]):
-                per_run[run] = js_divergence(trace.attention, outputs["attention"][row]).mean(axis=-1)
+                per_run[run] = head_divergence(trace.attention, outputs["attention"][row], clean_sums)
             cosine[runs[part]] = _cosine(outputs["embedding"], trace.outputs["embedding"])
             done += part.stop - part.start
             if progress is not None:

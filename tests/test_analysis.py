@@ -214,10 +214,16 @@ def test_head_distances_and_divergence_agree():
     assert distance.shape == (6, 6)
     np.testing.assert_array_equal(np.diag(distance), 0.0)
     np.testing.assert_array_equal(distance, distance.T)
-    expected = js(attention[0, 1], attention[1, 2]).mean()
-    assert distance[1, 5] == pytest.approx(expected, abs=1e-12)
+    expected = js(attention[0, 1], attention[1, 2]).mean()  # float64 throughout
+    assert distance[1, 5] == pytest.approx(expected, abs=1e-7)  # float32 logarithms
     other = random_attention(np.random.default_rng(7), 2, 3, 5)
-    np.testing.assert_allclose(head_divergence(attention, other)[1, 2], js(attention[1, 2], other[1, 2]).mean())
+    divergence = head_divergence(attention, other)
+    np.testing.assert_allclose(divergence, js(attention, other).mean(-1), atol=1e-7)
+    other[1, 2] = attention[1, 2]
+    divergence = head_divergence(attention, other)
+    assert divergence[1, 2] == 0.0 and (np.delete(divergence.ravel(), 5) > 0).all()
+    copies = np.concatenate([attention, attention], axis=1)
+    assert head_distances(copies)[0, 3] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,95 @@
+"""Analysis speed on MiniLM: rollout and report card at 512 tokens, flow at short lengths, the corpus report over
+1,000 test sentences (encoder included), noise stability and the ablation of all 72 heads at 32 tokens.
+
+Each number is the median of a few runs after a warm-up; the corpus report runs once per mode (it is long).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CORPUS_SIZE = 1000
+DATA = Path(__file__).resolve().parent.parent / "data" / "test.tsv"
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm up (compiles a new shape once)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return 1000 * statistics.median(samples)
+
+
+def _row(what: str, tokens, ms: float, note: str = "") -> dict:
+    return {"analysis": what, "tokens": tokens, "ms": f"{ms:,.1f}", "note": note}
+
+
+def per_input_rows(model) -> list[dict]:
+    from bench.encoder import text_of_length
+    from encoder.analysis import attention_flow, attention_rollout, head_distances, head_report
+    from encoder.perturb import DEFAULT_SAMPLES, DEFAULT_SIGMAS, head_importance, noise_stability
+    from encoder.trace import trace_text
+
+    long = trace_text(model, text_of_length(model.tokenizer, 512))
+    short = trace_text(model, text_of_length(model.tokenizer, 32))
+    rows = [
+        _row("trace (for scale)", 512, _median_ms(lambda: trace_text(model, long.text), 5)),
+        _row("attention rollout", 512, _median_ms(lambda: attention_rollout(long.attention), 5), "6 layers, float64"),
+        _row("head report card", 512, _median_ms(lambda: head_report(long), 5), "8 statistics x 72 heads"),
+        _row("head distances (clustering)", 128, _median_ms(
+            lambda: head_distances(trace_text(model, text_of_length(model.tokenizer, 128)).attention), 3),
+            "2,556 head pairs, trace included"),
+        _row("head distances (clustering)", 512, _median_ms(lambda: head_distances(long.attention), 1),
+             "2,556 head pairs"),
+    ]
+    for n in (16, 24, 32):
+        attention = trace_text(model, text_of_length(model.tokenizer, n)).attention
+        rows.append(_row("attention flow", n, _median_ms(lambda a=attention: attention_flow(a), 3),
+                         f"{n * n} max-flow problems"))
+    runs = 1 + (len(DEFAULT_SIGMAS) - 1) * DEFAULT_SAMPLES
+    rows.append(_row("noise stability", 32, _median_ms(lambda: noise_stability(model, short), 3),
+                     f"{len(DEFAULT_SIGMAS)} sigmas, {runs} encoder runs"))
+    rows.append(_row("head ablation importance map", 32, _median_ms(lambda: head_importance(model, short), 3),
+                     "72 heads, each silenced alone"))
+    return rows
+
+
+def corpus_rows(model) -> list[dict]:
+    from encoder.analysis import corpus_head_report, iter_traces
+    from encoder.dataset import read_split
+
+    sentences = [example.text for example in read_split(DATA)][:CORPUS_SIZE]
+    list(iter_traces(model, sentences[:64]))  # warm up the padded graph
+    rows = []
+    for what, run in (
+        ("encoder only (trace_batch)", lambda: sum(1 for _ in iter_traces(model, sentences))),
+        ("report card", lambda: corpus_head_report(iter_traces(model, sentences), distances=False)),
+        ("report card + head distances", lambda: corpus_head_report(iter_traces(model, sentences))),
+    ):
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
+        rows.append({"corpus (1,000 test sentences)": what, "seconds": f"{seconds:.2f}",
+                     "sentences / s": f"{len(sentences) / seconds:,.0f}"})
+    return rows
+
+
+def main() -> None:
+    from bench.encoder import print_table
+    from encoder.sources import load_source
+
+    model = load_source("minilm")
+    print_table("Analysis per input, MiniLM (6x12), median ms", per_input_rows(model))
+    print_table("Corpus head report, MiniLM, encoder time included", corpus_rows(model))
+
+
+if __name__ == "__main__":
+    main()
