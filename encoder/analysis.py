@@ -34,6 +34,7 @@ _GLOBAL_RELABEL_EVERY = 16  # push-relabel pulses between two exact relabelings 
 _PAIR_FLOATS = 4_000_000  # head_distances mixes about this many attention weights at a time (16 MB)
 
 Progress = Callable[[int, int | None], None]  # progress(done, total or None)
+_LARGE_FIELDS = ("attention", "difference")  # (L, H, T, T) fields that to_json leaves out by default
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -743,10 +744,17 @@ def rows_to_csv(rows: Sequence[dict]) -> str:
     return out.getvalue()
 
 
-def to_json(result) -> str:
+def to_json(result, include_large: bool = False) -> str:
     """JSON text of an analysis result (any dataclass here or in ``encoder.perturb``, an array, or a dict):
-    arrays become nested lists, the class name is kept under ``"kind"``."""
-    return json.dumps(_jsonable(result))
+    arrays become nested lists, the class name is kept under ``"kind"``.
+
+    The (L, H, T, T) fields ``attention`` and ``difference`` are left out unless ``include_large`` (at 512 tokens
+    they are 19 million numbers; export one head with ``matrix_rows`` instead).
+    """
+    data = _jsonable(result)
+    if not include_large and isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in _LARGE_FIELDS}
+    return json.dumps(data)
 
 
 def _jsonable(value):

@@ -395,3 +395,8 @@ def test_rows_csv_and_json():
     assert rows_to_csv(report.rows()).splitlines()[0] == "layer,head," + ",".join(STATISTICS)
     with pytest.raises(ValueError, match="no rows"):
         rows_to_csv([])
+    tokens = ("[CLS]", "a", "[SEP]")
+    diff = diff_traces(make_trace(np.full((1, 1, 3, 3), 1 / 3), tokens), make_trace(np.eye(3)[None, None], tokens))
+    summary = json.loads(to_json(diff))
+    assert "difference" not in summary and summary["divergence"] == diff.divergence.tolist()
+    assert np.array_equal(json.loads(to_json(diff, include_large=True))["difference"], diff.difference)
