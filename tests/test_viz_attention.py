@@ -291,6 +291,16 @@ def test_head_lines_for_one_query(trace):
         build_head_lines(trace, query=0, hide_special=True)
 
 
+def test_head_lines_keep_only_the_strongest_lines(trace):
+    fig = build_head_lines(trace, layer=0, threshold=0.0, max_lines=50)
+    drawn = _segments(fig)
+    assert len(drawn) == 50
+    weights = np.sort(trace.attention[0].ravel())
+    smallest_drawn = min(trace.attention[0, int(name.split()[1]), q, k] for name, q, k in drawn)
+    assert smallest_drawn == weights[-50]
+    assert f"strongest 50 of {12 * trace.num_tokens ** 2:,} lines" in fig.layout.title.subtitle.text
+
+
 def test_figures_serialise_to_json(trace):
     for fig in (build_attention_heatmap(trace), build_head_grid(trace), build_model_view(trace),
                 build_head_lines(trace)):

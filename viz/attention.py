@@ -55,6 +55,7 @@ HOVER_TEXT_MAX_TOKENS = 128  # beyond this, hover names token indices only (per-
 CLICK_LAYER = "click-layer"  # ``meta`` of invisible interaction traces; static exports drop them
 GRID_MAX_CELLS = 96  # head-grid thumbnails are block-averaged down to this many cells a side
 MODEL_THUMBNAIL = 64  # model-view thumbnails: at most this many cells a side
+MAX_LINES = 2000  # head lines draws at most this many (the strongest); more only clutter and slow drawing
 LINE_START = 0.03  # head lines run from x=LINE_START to 1-LINE_START, leaving room next to the labels
 
 
@@ -417,17 +418,20 @@ def build_head_lines(
     query: int | None = None,
     hide_special: bool = False,
     renormalize: bool = True,
+    max_lines: int = MAX_LINES,
 ) -> go.Figure:
     """BertViz-style lines from each query token (left) to the key tokens it attends to (right).
 
-    One colour per head; a line's opacity and width grow with its weight; weights below ``threshold`` are not drawn.
-    With ``query`` only that token's lines are drawn. Lines are grouped per head into a few weight bins (one trace
-    each, segments separated by NaN) so thousands of lines stay light. The last two traces are the token labels;
-    the left one (``"tokens"``) has ``customdata`` [token_index] for clicks.
+    One colour per head; a line's opacity and width grow with its weight; weights below ``threshold`` are not drawn,
+    and of the rest only the strongest ``max_lines`` (the subtitle says when lines were left out). With ``query``
+    only that token's lines are drawn. Lines are grouped per head into a few weight bins (one trace each, segments
+    separated by NaN, y = row of the query then of the key). The last two traces are the token labels; the left one
+    (``"tokens"``) has ``customdata`` [token_index] for clicks.
     """
     layer = check_layer(trace, layer)
     chosen = check_heads(trace, heads)
     threshold = check_fraction(threshold, "threshold")
+    max_lines = check_int_range(max_lines, "max_lines", 1, 1_000_000)
     shown = visible_tokens(trace, hide_special)
     if query is not None:
         query = check_token(trace, query, "query")
@@ -462,26 +466,32 @@ def build_head_lines(
         legend=dict(orientation="h", yanchor="top", y=0, x=0, font=dict(size=10), itemwidth=30),
         hovermode="closest",
     )
+    head_n, q_idx, k_idx = np.nonzero(stack >= threshold)  # every line to draw: (head position, query, key)
+    if query is not None:
+        keep = q_idx == position[query]
+        head_n, q_idx, k_idx = head_n[keep], q_idx[keep], k_idx[keep]
+    weights = stack[head_n, q_idx, k_idx]
+    if weights.size > max_lines:
+        notes.append(f"strongest {max_lines:,} of {weights.size:,} lines")
+        fig.layout.title.subtitle.text = " · ".join(notes)
+        top = np.argpartition(weights, weights.size - max_lines)[weights.size - max_lines:]
+        head_n, q_idx, k_idx, weights = head_n[top], q_idx[top], k_idx[top], weights[top]
     palette = plotly.colors.qualitative.D3 if len(chosen) <= 10 else plotly.colors.qualitative.Dark24
     bins = _weight_bins(threshold)
-    rows_from = [position[query]] if query is not None else range(count)
+    which_bin = np.searchsorted([high for _, high in bins], weights, side="right")
     for n, head in enumerate(chosen):
-        weights = stack[n]
         color = palette[n % len(palette)]
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=color, width=3),
                                  name=f"head {head}", legendgroup=f"head {head}"))
-        for low, high in bins:
-            q_idx, k_idx = np.nonzero((weights >= low) & (weights < high) & (weights >= threshold))
-            if query is not None:
-                keep = q_idx == rows_from[0]
-                q_idx, k_idx = q_idx[keep], k_idx[keep]
-            if q_idx.size == 0:
+        for b, (low, high) in enumerate(bins):
+            lines = (head_n == n) & (which_bin == b)
+            if not lines.any():
                 continue
             mid = min(1.0, (low + high) / 2)
-            xs = np.tile(np.array([LINE_START, 1.0 - LINE_START, np.nan], dtype=np.float32), q_idx.size)
-            ys = np.stack([q_idx, k_idx, np.full(q_idx.size, np.nan)], axis=1).astype(np.float32).ravel()
+            xs = np.tile(np.array([LINE_START, 1.0 - LINE_START, np.nan], dtype=np.float32), int(lines.sum()))
+            ys = np.stack([q_idx[lines], k_idx[lines], np.full(lines.sum(), np.nan)], axis=1).astype(np.float32)
             fig.add_trace(go.Scatter(
-                x=xs, y=ys, mode="lines", hoverinfo="skip",
+                x=xs, y=ys.ravel(), mode="lines", hoverinfo="skip",
                 line=dict(color=color, width=0.6 + 2.4 * mid), opacity=0.15 + 0.85 * mid,
                 name=f"head {head}", legendgroup=f"head {head}", showlegend=False,
             ))
