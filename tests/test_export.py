@@ -156,6 +156,7 @@ def test_html_is_self_contained(trace):
     assert re.search(r"<script[^>]*\bsrc\s*=", page, flags=re.IGNORECASE) is None
     assert len(page) > 1_000_000  # the library itself is inlined
     assert "Layer 1, head 1" in page
+    assert '"showSendToCloud": false' in page  # no "share to Plotly cloud" button in an offline page
 
 
 # --- trace data ------------------------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ DATA_FORMATS = ("npz", "json", "csv")
 FORMATS = (*FIGURE_FORMATS, *DATA_FORMATS)
 CSV_HEADER = ("layer", "head", "query_index", "query_token", "key_index", "key_token", "weight")
 JSON_FORMAT = "headlight-trace"
+# plotly.js 4 shows a "Share chart" button that uploads to Plotly's cloud; an offline page must not offer it.
+HTML_CONFIG = {"displaylogo": False, "showSendToCloud": False, "toImageButtonOptions": {"format": "svg"}}
 START_TIMEOUT = 60.0  # seconds for Chromium to start
 RENDER_TIMEOUT = 120.0  # seconds for one image
 
@@ -188,7 +190,7 @@ def figure_to_html(fig: go.Figure) -> str:
         include_plotlyjs=True,
         include_mathjax=False,
         full_html=True,
-        config={"displaylogo": False, "toImageButtonOptions": {"format": "svg"}},
+        config=HTML_CONFIG,
     )
 
 
