@@ -31,7 +31,6 @@ MAX_FLOW_TOKENS = 32  # attention flow solves T * T max-flow problems; above thi
 LN2 = math.log(2.0)
 _FLOW_EPS = 1e-12  # residual capacities and excesses at or below this count as zero (float64 capacities <= 1)
 _GLOBAL_RELABEL_EVERY = 16  # push-relabel pulses between two exact relabelings (measured fastest on MiniLM)
-_PAIR_FLOATS = 4_000_000  # head_distances mixes about this many attention weights at a time (16 MB)
 
 Progress = Callable[[int, int | None], None]  # progress(done, total or None)
 _LARGE_FIELDS = ("attention", "difference")  # (L, H, T, T) fields that to_json leaves out by default
@@ -306,19 +305,14 @@ def head_distances(attention: np.ndarray) -> np.ndarray:
     own = xlogx_sums(rows)  # (N,)
     count = layers * heads
     distance = np.zeros((count, count))
-    block = max(1, _PAIR_FLOATS // (count * tokens * tokens))  # heads compared with all later heads at once
-    for m0 in range(0, count, block):
-        m1 = min(m0 + block, count)
-        mixture = rows[m0:m1, None] + rows[None, m0:]  # (B, N - m0, T, T)
+    for m in range(count - 1):
+        mixture = rows[m + 1:] + rows[m]  # (N - m - 1, T, T): head m against every later head
         mixture *= np.float32(0.5)
-        values = (0.5 * (own[m0:m1, None] + own[None, m0:]) - xlogx_sums(mixture)) / tokens
-        for i, j in np.argwhere(values < 1e-9):  # equal patterns are exactly 0, not rounding noise
-            if np.array_equal(rows[m0 + i], rows[m0 + j]):
-                values[i, j] = 0.0
-        values = np.clip(values, 0.0, LN2)
-        distance[m0:m1, m0:] = values
-        distance[m0:, m0:m1] = values.T
-    np.fill_diagonal(distance, 0.0)
+        values = (0.5 * (own[m + 1:] + own[m]) - xlogx_sums(mixture)) / tokens
+        for n in np.flatnonzero(values < 1e-9):  # equal patterns are exactly 0, not rounding noise
+            if np.array_equal(rows[m], rows[m + 1 + n]):
+                values[n] = 0.0
+        distance[m, m + 1:] = distance[m + 1:, m] = np.clip(values, 0.0, LN2)
     return distance
 
 
