@@ -3,10 +3,11 @@ BertViz-style lines between tokens.
 
 Every builder takes an ``EncoderTrace`` and returns a ``plotly.graph_objects.Figure``; none draws or shows it.
 
-Clicks (for Streamlit's ``on_select``): a heatmap alone sends no selection event, so the heatmap and the model view
-carry an invisible scatter trace named ``"cells"`` / ``"heads"`` over the cell / thumbnail centres. Its
-``customdata`` per point is ``[query_index, key_index]`` (token indices in the trace) for the heatmap and
-``[layer, head]`` for the model view; head lines carry ``[token_index]`` on the left-hand tokens (trace ``"tokens"``).
+Clicks (for Streamlit's ``on_select``): a heatmap alone sends no selection event, so the heatmap (up to
+``CLICK_MAX_TOKENS`` tokens a side) and the model view carry an invisible scatter trace named ``"cells"`` /
+``"heads"`` (``meta`` "click-layer") over the cell / thumbnail centres. Its ``customdata`` per point is
+``[query_index, key_index]`` (token indices in the trace) for the heatmap and ``[layer, head]`` for the model view;
+head lines carry ``[token_index]`` on the left-hand tokens (trace ``"tokens"``). Image exports drop click layers.
 """
 
 from __future__ import annotations
@@ -386,7 +387,7 @@ def build_model_view(
         colorbar=dict(thickness=12, title=dict(text="share of max" if per_head_scale else "weight")),
     ))
     grid_layer, grid_head = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
-    peaks = trace.attention.max(axis=(2, 3))  # (L, H)
+    peaks = attention.max(axis=(2, 3))  # (L, H), of the weights shown
     fig.add_trace(go.Scatter(
         x=(grid_head.ravel() * step + (s - 1) / 2).astype(np.float32),
         y=(grid_layer.ravel() * step + (s - 1) / 2).astype(np.float32),

@@ -431,13 +431,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# CLI flag -> builder keyword, for flags that are settings of a view.
-_SETTINGS = {
-    "layer": "layer", "head": "head", "heads": "heads", "aggregate": "aggregate", "layer_mean": "layer_mean",
-    "colorscale": "colorscale", "log_color": "log_color", "hide_special": "hide_special", "block": "block",
-    "query": "query", "direction": "direction", "threshold": "threshold", "dims": "dims", "thumbnail": "thumbnail",
-    "max_positions": "max_positions",
-}
+# CLI options that are view settings: each is the builder keyword of the same name (--hide-special -> hide_special).
+_SETTINGS = ("layer", "head", "heads", "aggregate", "layer_mean", "colorscale", "log_color", "hide_special", "block",
+             "query", "direction", "threshold", "dims", "thumbnail", "max_positions")
 
 
 def _load_trace(args: argparse.Namespace) -> EncoderTrace:
@@ -468,7 +464,7 @@ def run(argv: list[str] | None = None) -> Path:
     fmt = args.format or args.output.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise ExportError(f"cannot tell the format from {args.output.name!r}: use --format ({', '.join(FORMATS)})")
-    given = {key: getattr(args, flag) for flag, key in _SETTINGS.items() if getattr(args, flag) not in (None, False)}
+    given = {key: getattr(args, key) for key in _SETTINGS if getattr(args, key) not in (None, False)}
     if args.no_renormalize:
         given["renormalize"] = False
     trace = _load_trace(args)
