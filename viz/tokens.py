@@ -117,10 +117,11 @@ def build_token_view(
     content = float((starts + widths).max())
     plot_h = line_count * ROW_PIXELS
     plot_w = max(content, MIN_WIDTH_CHARS) * CHAR_PIXELS
-    fig = new_figure(headline, int(plot_w + 40), int(plot_h + 160))
+    top = 90 if notes else 60  # room for the subtitle
+    fig = new_figure(headline, int(plot_w + 40), int(plot_h + top + 70))
     fig.update_layout(
         title=dict(subtitle=dict(text=" · ".join(notes))) if notes else {},
-        margin=dict(l=20, r=20, t=90, b=70),
+        margin=dict(l=20, r=20, t=top, b=70),
         xaxis=dict(range=[-0.5, max(content, MIN_WIDTH_CHARS) + 0.5], visible=False, fixedrange=True),
         yaxis=dict(range=[line_count - 0.5, -0.5], visible=False, fixedrange=True),
         bargap=0.22,
