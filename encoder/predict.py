@@ -1,0 +1,71 @@
+"""Class predictions of a model with a classification head: from a trace (for the app) or for many texts at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from encoder.trace import EncoderTrace
+
+if TYPE_CHECKING:
+    from encoder.model import CompiledEncoder
+    from encoder.sources import LoadedModel
+
+
+def class_probabilities(trace: EncoderTrace) -> list[tuple[str, float]]:
+    """The trace's prediction as (label, probability) pairs, most probable first (ties keep label order).
+
+    Returns [] when the model has no classification head (no "probabilities" output). Labels the model did not
+    name are called "class 0", "class 1", ...
+
+    Example:
+        >>> class_probabilities(trace_text(load_source("tutorial"), "a wonderful, moving film"))  # doctest: +SKIP
+        [('positive', 0.97...), ('negative', 0.02...)]
+    """
+    probabilities = trace.outputs.get("probabilities")
+    if probabilities is None:
+        return []
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)  # (C,)
+    labels = trace.labels or tuple(f"class {i}" for i in range(len(probabilities)))
+    order = np.argsort(-probabilities, kind="stable")
+    return [(labels[i], float(probabilities[i])) for i in order]
+
+
+def batch_probabilities(
+    encoder: CompiledEncoder, sequences: Sequence[np.ndarray], batch_size: int = 64
+) -> np.ndarray:
+    """Class probabilities (N, C) for N token-id sequences (each (T_i,) int32, specials included).
+
+    Sequences are batched by length and padded (padded keys are masked, so each row equals the sequence run
+    alone, to float32 rounding); rows come back in input order.
+    """
+    if encoder.model.config.num_classes == 0:
+        raise ValueError("this model has no classification head (num_classes is 0)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    lengths = np.array([len(s) for s in sequences])
+    order = np.argsort(lengths, kind="stable")
+    result = np.zeros((len(sequences), encoder.model.config.num_classes), dtype=np.float32)
+    pad = encoder.model.config.pad_token_id
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = int(lengths[chunk].max())
+        ids = np.full((len(chunk), width), pad, dtype=np.int32)
+        mask = np.zeros((len(chunk), width), dtype=bool)
+        for row, index in enumerate(chunk):
+            ids[row, :lengths[index]] = sequences[index]
+            mask[row, :lengths[index]] = True
+        outputs = encoder.forward_padded(ids, np.zeros_like(ids), mask)
+        result[chunk] = outputs["probabilities"].numpy()
+    return result
+
+
+def predict_texts(model: LoadedModel, texts: Sequence[str], max_tokens: int | None = None) -> list[str]:
+    """The most probable label for each text (tokenized as ``trace_text`` would)."""
+    if not model.labels:
+        raise ValueError(f"{model.name} has no class labels: it is not a classifier")
+    sequences = [model.tokenizer.encode(text, max_tokens=max_tokens).token_ids for text in texts]
+    probabilities = batch_probabilities(model.encoder, sequences)
+    return [model.labels[i] for i in probabilities.argmax(axis=-1)]
