@@ -1,7 +1,7 @@
 """Analysis speed on MiniLM: rollout and report card at 512 tokens, flow at short lengths, the corpus report over
 1,000 test sentences (encoder included), noise stability and the ablation of all 72 heads at 32 tokens.
 
-Each number is the median of a few runs after a warm-up; the corpus report runs once per mode (it is long).
+Each number is the median of a few runs after a warm-up; the corpus modes alternate twice, best of two.
 """
 
 from __future__ import annotations
@@ -68,18 +68,19 @@ def corpus_rows(model) -> list[dict]:
 
     sentences = [example.text for example in read_split(DATA)][:CORPUS_SIZE]
     list(iter_traces(model, sentences[:64]))  # warm up the padded graph
-    rows = []
-    for what, run in (
-        ("encoder only (trace_batch)", lambda: sum(1 for _ in iter_traces(model, sentences))),
-        ("report card", lambda: corpus_head_report(iter_traces(model, sentences), distances=False)),
-        ("report card + head distances", lambda: corpus_head_report(iter_traces(model, sentences))),
-    ):
-        start = time.perf_counter()
-        run()
-        seconds = time.perf_counter() - start
-        rows.append({"corpus (1,000 test sentences)": what, "seconds": f"{seconds:.2f}",
-                     "sentences / s": f"{len(sentences) / seconds:,.0f}"})
-    return rows
+    modes = {
+        "encoder only (trace_batch)": lambda: sum(1 for _ in iter_traces(model, sentences)),
+        "report card": lambda: corpus_head_report(iter_traces(model, sentences), distances=False),
+        "report card + head distances": lambda: corpus_head_report(iter_traces(model, sentences)),
+    }
+    best = dict.fromkeys(modes, float("inf"))
+    for _ in range(2):  # alternate the modes and keep each one's best, so load from elsewhere hits all alike
+        for what, run in modes.items():
+            start = time.perf_counter()
+            run()
+            best[what] = min(best[what], time.perf_counter() - start)
+    return [{"corpus (1,000 test sentences)": what, "seconds": f"{seconds:.2f}",
+             "sentences / s": f"{len(sentences) / seconds:,.0f}"} for what, seconds in best.items()]
 
 
 def main() -> None:
