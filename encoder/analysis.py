@@ -84,9 +84,9 @@ def attention_rollout(attention: np.ndarray, residual: float = DEFAULT_RESIDUAL)
 
     Example:
         >>> a = np.full((2, 1, 2, 2), 0.5, np.float32)
-        >>> attention_rollout(a)[-1]
-        array([[0.5, 0.5],
-               [0.5, 0.5]])
+        >>> attention_rollout(a)[-1]  # A' = [[.75, .25], [.25, .75]], squared
+        array([[0.625, 0.375],
+               [0.375, 0.625]])
     """
     layers = residual_attention(attention, residual)
     out = np.empty_like(layers)
