@@ -194,9 +194,10 @@ def layered_max_flow(capacity: np.ndarray) -> np.ndarray:
         base = (p * (num_layers + 1) + lay) * tokens
         targets = np.concatenate([(base + tokens)[:, None] + columns, (base - tokens)[:, None] + columns], axis=1)
         excess += np.bincount(targets.ravel(), weights=push.ravel(), minlength=excess.size).reshape(excess.shape)
-        stuck = node_excess - sent > _FLOW_EPS
-        lowest = np.where(residual - push > _FLOW_EPS, neighbour_height, unreachable).min(axis=1) + 1
-        height[p[stuck], lay[stuck], k[stuck]] = np.minimum(lowest[stuck], unreachable)
+        stuck = np.flatnonzero(node_excess - sent > _FLOW_EPS)  # all admissible edges full: relabel
+        left = residual[stuck] - push[stuck] > _FLOW_EPS
+        lowest = np.where(left, neighbour_height[stuck], unreachable).min(axis=1) + 1
+        height[p[stuck], lay[stuck], k[stuck]] = np.minimum(lowest, unreachable)
     return result.reshape(tokens, tokens)
 
 
