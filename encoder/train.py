@@ -469,9 +469,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
         settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)})
+    except ValueError as error:
+        parser.error(str(error))
+    try:
         if args.data is None:
             splits = load_splits(DATA_DIR)
             description = {"folder": "data/", "sha256": {n: file_sha256(DATA_DIR / f"{n}.tsv") for n in SPLIT_NAMES}}
@@ -480,9 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             splits = split_labelled(read_labelled_file(args.data))
             description = {"file": str(args.data), "sha256": file_sha256(args.data), "split": "80/10/10 by label"}
             out = args.out or MODELS_DIR / args.data.stem
-        tf.config.experimental.enable_op_determinism()
+        tf.config.experimental.enable_op_determinism()  # with the fixed seeds: the same run gives the same weights
         metrics = train(splits, out, settings, description).metrics
-    except (DataError, ValueError) as error:
+    except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     baselines = metrics["baselines"]

@@ -199,6 +199,9 @@ def test_cli_reports_a_bad_data_file(tmp_path, capsys):
     assert main(["--data", str(path), "--out", str(tmp_path / "out")]) == 1
     assert "line 2: expected 'label<TAB>text'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--heads", "0", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "heads must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
