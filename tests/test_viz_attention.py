@@ -9,13 +9,12 @@ from encoder.trace import trace_text
 from tests.test_viz_common import synthetic_trace
 from viz.attention import (
     CLICK_MAX_TOKENS,
-    HOVER_TEXT_MAX_TOKENS,
     build_attention_heatmap,
     build_head_grid,
     build_head_lines,
     build_model_view,
 )
-from viz.common import LOG_FLOOR, downsample
+from viz.common import LOG_FLOOR, category_labels, downsample
 
 TEXT = "The cat sat on the mat because the cat was tired."
 
@@ -47,12 +46,12 @@ def test_heatmap_z_is_the_trace_slice_with_tokens_on_both_axes(trace):
     heatmap = fig.data[0]
     np.testing.assert_array_equal(heatmap.z, trace.attention[2, 5])
     assert heatmap.z.dtype == np.float32
-    count = trace.num_tokens
-    np.testing.assert_array_equal(heatmap.x, np.arange(count))  # key token indices (category axis)
-    np.testing.assert_array_equal(heatmap.y, np.arange(count))  # query token indices
+    labels = [f"{token} ({i})" for i, token in enumerate(trace.tokens)]
+    assert list(heatmap.x) == labels and list(heatmap.y) == labels  # keys across, queries down, by position
     assert list(fig.layout.xaxis.ticktext) == list(trace.tokens)
     assert list(fig.layout.yaxis.ticktext) == list(trace.tokens)
-    assert list(fig.layout.xaxis.tickvals) == list(range(count))
+    assert list(fig.layout.xaxis.tickvals) == labels
+    assert heatmap.hovertemplate.startswith("%{y} → %{x}: %{z")
     assert fig.layout.yaxis.autorange == "reversed"  # first query on top
     assert "Layer 2" in fig.layout.title.text and "head 5" in fig.layout.title.text
 
@@ -60,7 +59,7 @@ def test_heatmap_z_is_the_trace_slice_with_tokens_on_both_axes(trace):
 def test_duplicate_tokens_stay_distinct_columns(trace):
     assert trace.tokens.count("the") == 3 and trace.tokens.count("cat") == 2
     fig = build_attention_heatmap(trace, layer=0, head=0)
-    assert len(set(fig.data[0].x.tolist())) == trace.num_tokens
+    assert len(set(fig.data[0].x)) == trace.num_tokens
     assert list(fig.layout.xaxis.ticktext).count("the") == 3
 
 
@@ -72,31 +71,31 @@ def test_click_layer_covers_every_cell_with_query_and_key_indices(trace):
     assert cells.marker.opacity == 0 and cells.meta == "click-layer"
     query, key = 4, 9
     point = query * count + key
-    assert cells.customdata[point].tolist() == [query, key]
-    assert (cells.x[point], cells.y[point]) == (key, query)  # the cell centre: key across, query down
     weight = trace.attention[1, 3, query, key]
-    assert cells.text[point] == f"on (4) → cat (9): {weight:.4f}"
+    assert cells.customdata[point].tolist() == [query, key, weight]
+    assert (cells.x[point], cells.y[point]) == ("cat (9)", "on (4)")  # the cell centre: key across, query down
+    assert cells.hovertemplate == "%{y} → %{x}: %{customdata[2]:.4f}<extra></extra>"
     assert fig.data[0].hoverinfo == "skip"  # the click layer carries the hover
 
 
 def test_selected_cell_is_outlined(trace):
     fig = build_attention_heatmap(trace, layer=0, head=0, selected=(2, 3))
     outline = fig.data[-1]
-    assert outline.name == "selected" and (list(outline.x), list(outline.y)) == ([3], [2])
+    assert outline.name == "selected" and (list(outline.x), list(outline.y)) == (["sat (3)"], ["cat (2)"])
     hidden = build_attention_heatmap(trace, layer=0, head=0, selected=(0, 3), hide_special=True)
     assert "selected" not in [t.name for t in hidden.data]  # [CLS] is not shown, so neither is its cell
     with pytest.raises(ValueError, match="selected key 99 is out of range"):
         build_attention_heatmap(trace, selected=(2, 99))
 
 
-def test_medium_text_hovers_on_the_heatmap_without_a_click_layer(minilm):
+def test_longer_text_hovers_on_the_heatmap_without_a_click_layer_or_per_cell_text(minilm):
     medium = trace_text(minilm, " ".join([TEXT] * 8), max_tokens=100)
-    assert CLICK_MAX_TOKENS < medium.num_tokens <= HOVER_TEXT_MAX_TOKENS
+    assert medium.num_tokens > CLICK_MAX_TOKENS
     fig = build_attention_heatmap(medium, layer=3, head=2)
     assert [t.name for t in fig.data] == ["attention"]
-    weight = medium.attention[3, 2, 5, 7]
-    assert fig.data[0].text[5][7] == f"the (5) → because (7): {weight:.4f}"
-    assert fig.data[0].hovertemplate == "%{text}<extra></extra>"
+    assert fig.data[0].text is None and fig.data[0].hovertemplate == "%{y} → %{x}: %{z:.4f}<extra></extra>"
+    assert (fig.data[0].y[5], fig.data[0].x[7]) == ("the (5)", "because (7)")
+    assert len(fig.to_json()) < 60_000  # z as a float32 typed array plus 2 x 100 labels
 
 
 def test_aggregates_and_layer_mean_match_numpy(trace):
@@ -118,7 +117,7 @@ def test_hide_special_renormalises_rows_or_not_and_says_so(trace):
     np.testing.assert_allclose(fig.data[0].z, block / block.sum(axis=1, keepdims=True), rtol=1e-6)
     np.testing.assert_allclose(fig.data[0].z.sum(axis=1), 1.0, rtol=1e-5)
     assert "[CLS]" not in fig.layout.xaxis.ticktext
-    assert list(fig.data[0].x) == list(words)
+    assert list(fig.data[0].x) == [category_labels(trace.tokens)[i] for i in words]
     assert "rows renormalised" in fig.layout.title.subtitle.text
     raw = build_attention_heatmap(trace, layer=2, head=5, hide_special=True, renormalize=False)
     np.testing.assert_array_equal(raw.data[0].z, block)
@@ -129,7 +128,8 @@ def test_sentence_pair_blocks(pair):
     a, b = np.flatnonzero(pair.segment_ids == 0), np.flatnonzero(pair.segment_ids == 1)
     fig = build_attention_heatmap(pair, layer=1, head=2, block="AB")
     np.testing.assert_array_equal(fig.data[0].z, pair.attention[1, 2][np.ix_(a, b)])
-    assert list(fig.data[0].y) == list(a) and list(fig.data[0].x) == list(b)
+    labels = category_labels(pair.tokens)
+    assert list(fig.data[0].y) == [labels[i] for i in a] and list(fig.data[0].x) == [labels[i] for i in b]
     assert "block A → B" in fig.layout.title.subtitle.text
     fig = build_attention_heatmap(pair, layer=1, head=2, block="BA", hide_special=True, renormalize=False)
     a_words, b_words = a[~pair.special[a]], b[~pair.special[b]]
@@ -150,7 +150,7 @@ def test_log_colour_is_log10_of_the_weights_with_labelled_colour_bar(trace):
     assert list(fig.data[0].colorbar.ticktext)[-1] == "1"
     assert "log colour" in fig.layout.title.subtitle.text
     weight = trace.attention[0, 1, 0, 0]
-    assert _cells(fig).text[0].endswith(f"{weight:.4f}")  # hover still shows the weight itself
+    assert _cells(fig).customdata[0][2] == weight  # hover still shows the weight itself
 
 
 def test_heatmap_validators(trace):
@@ -172,7 +172,8 @@ def test_long_text_thins_ticks_and_drops_the_click_layer(long_trace):
     assert long_trace.num_tokens == 512 > CLICK_MAX_TOKENS
     fig = build_attention_heatmap(long_trace, layer=0, head=0)
     assert len(fig.data) == 1
-    ticks = list(fig.layout.xaxis.tickvals)
+    labels = category_labels(long_trace.tokens)
+    ticks = [labels.index(value) for value in fig.layout.xaxis.tickvals]  # positions of the labelled tokens
     assert 16 <= len(ticks) <= 80 and ticks[1] - ticks[0] in (8, 10, 16)
     assert fig.layout.xaxis.ticktext[1] == f"{ticks[1]} {long_trace.tokens[ticks[1]]}"
     assert fig.layout.height <= 1100

@@ -28,6 +28,7 @@ from viz.common import (
     DEFAULT_SCALE,
     base_layout,
     block_edges,
+    category_labels,
     check_choice,
     check_colorscale,
     check_fraction,
@@ -52,7 +53,6 @@ from viz.common import (
 )
 
 CLICK_MAX_TOKENS = 64  # beyond this many rows or columns no click layer: T² SVG markers slow drawing (~1 s at 128)
-HOVER_TEXT_MAX_TOKENS = 128  # beyond this, hover names token indices only (per-cell text would grow the JSON ~T²)
 CLICK_LAYER = "click-layer"  # ``meta`` of invisible interaction traces; static exports drop them
 GRID_MAX_CELLS = 96  # head-grid thumbnails are block-averaged down to this many cells a side
 MODEL_THUMBNAIL = 64  # model-view thumbnails: at most this many cells a side
@@ -123,9 +123,10 @@ def build_attention_heatmap(
 
     Returns:
         A figure whose first trace is the heatmap: ``z`` (R, C) float32 (log10 with ``log_color``), ``x``/``y`` the
-        token indices of the columns/rows on category axes. With at most ``CLICK_MAX_TOKENS`` rows and columns an
-        invisible scatter trace ``"cells"`` (``meta`` "click-layer") covers the cell centres: ``customdata`` is
-        ``[query_index, key_index]`` per point, for clicks. ``selected`` adds a visible one-point trace
+        columns'/rows' category labels "token (index)" (``viz.common.category_labels``), ticks showing the tokens.
+        With at most ``CLICK_MAX_TOKENS`` rows and columns an invisible scatter trace ``"cells"`` (``meta``
+        "click-layer") covers the cell centres: ``customdata`` is ``[query_index, key_index, weight]`` per point,
+        for clicks. ``selected`` adds a visible one-point trace
         ``"selected"``.
 
     Example:
@@ -141,8 +142,11 @@ def build_attention_heatmap(
 
     cell = min(36.0, max(1.0, 760.0 / max(rows.size, cols.size)))
     plot_w, plot_h = cell * cols.size, cell * rows.size
+    labels = category_labels(trace.tokens)  # unique per position, so hover can name tokens without per-cell text
     x_axis, x_font = token_ticks(trace.tokens, cols, plot_w)
     y_axis, y_font = token_ticks(trace.tokens, rows, plot_h)
+    x_axis["tickvals"] = [labels[i] for i in x_axis["tickvals"]]
+    y_axis["tickvals"] = [labels[i] for i in y_axis["tickvals"]]
     left = label_margin(y_axis["ticktext"], y_font) + 50
     bottom = label_margin(x_axis["ticktext"], x_font) + 40
     width = int(max(plot_w + left + 110, 520))
@@ -162,40 +166,27 @@ def build_attention_heatmap(
     colorbar = log_colorbar() if log_color else dict(title=dict(text="weight"))
     heatmap = go.Heatmap(
         z=z,
-        x=cols.astype(np.int32),
-        y=rows.astype(np.int32),
+        x=[labels[i] for i in cols.tolist()],
+        y=[labels[i] for i in rows.tolist()],
         colorscale=colorscale,
         zmin=float(z.min()) if log_color else 0.0,
         zmax=float(z.max()) if weights.size else 1.0,
         colorbar=dict(thickness=14, len=min(1.0, 420 / max(plot_h, 1)), y=1.0, yanchor="top", **colorbar),
         name="attention",
-        hovertemplate="query %{y} → key %{x}: " + ("10^%{z:.2f}" if log_color else "%{z:.4f}") + "<extra></extra>",
+        hovertemplate="%{y} → %{x}: " + ("10^%{z:.2f}" if log_color else "%{z:.4f}") + "<extra></extra>",
     )
     clickable = rows.size <= CLICK_MAX_TOKENS and cols.size <= CLICK_MAX_TOKENS
-    if max(rows.size, cols.size) <= HOVER_TEXT_MAX_TOKENS:
-        text = _cell_text(trace, rows, cols, weights)
-        if clickable:
-            heatmap.hoverinfo = "skip"  # the click layer on top carries the hover
-        else:
-            heatmap.text, heatmap.hovertemplate = text.reshape(weights.shape), "%{text}<extra></extra>"
+    if clickable:
+        heatmap.hoverinfo = "skip"  # the click layer on top carries the hover
     fig.add_trace(heatmap)
     if clickable:
-        fig.add_trace(_cell_layer(rows, cols, text, cell))
+        fig.add_trace(_cell_layer(labels, rows, cols, weights, cell))
     if selected is not None:
         query = check_token(trace, selected[0], "selected query")
         key = check_token(trace, selected[1], "selected key")
         if query in rows and key in cols:
-            fig.add_trace(_outline([key], [query], cell, "selected"))
+            fig.add_trace(_outline([labels[key]], [labels[query]], cell, "selected"))
     return fig
-
-
-def _cell_text(trace: EncoderTrace, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Hover text per cell, "query (i) → key (j): weight", as an (R*C,) object array in row-major order."""
-    labels = [display_token(t) for t in trace.tokens]
-    queries = [f"{labels[q]} ({q}) → " for q in rows.tolist()]
-    keys = [f"{labels[k]} ({k}): " for k in cols.tolist()]
-    flat = weights.tolist()
-    return np.array([q + k + f"{w:.4f}" for q, row in zip(queries, flat) for k, w in zip(keys, row)], dtype=object)
 
 
 def _outline(xs: list, ys: list, size: float, name: str) -> go.Scatter:
@@ -204,19 +195,19 @@ def _outline(xs: list, ys: list, size: float, name: str) -> go.Scatter:
                       marker=dict(symbol="square-open", size=max(size - 2, 6), color="#d62728", line=dict(width=2)))
 
 
-def _cell_layer(rows: np.ndarray, cols: np.ndarray, text: np.ndarray, cell: float) -> go.Scatter:
-    """Invisible markers at the cell centres (hover ``text``, ``customdata`` [query, key]); a clicked one shows."""
+def _cell_layer(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, cell: float
+                ) -> go.Scatter:
+    """Invisible markers at the cell centres (``customdata`` [query, key, weight]); a clicked one shows."""
     query_grid, key_grid = np.meshgrid(rows, cols, indexing="ij")  # (R, C) token indices
     return go.Scatter(
-        x=key_grid.ravel().astype(np.int32),
-        y=query_grid.ravel().astype(np.int32),
-        customdata=np.stack([query_grid.ravel(), key_grid.ravel()], axis=1).astype(np.int32),
-        text=text.tolist(),
+        x=[labels[i] for i in key_grid.ravel().tolist()],
+        y=[labels[i] for i in query_grid.ravel().tolist()],
+        customdata=np.stack([query_grid.ravel(), key_grid.ravel(), weights.ravel()], axis=1).astype(np.float32),
         mode="markers",
         marker=dict(symbol="square-open", size=max(cell - 2, 4), color="#d62728", line=dict(width=2), opacity=0),
         selected=dict(marker=dict(opacity=1)),
         unselected=dict(marker=dict(opacity=0)),
-        hovertemplate="%{text}<extra></extra>",
+        hovertemplate="%{y} → %{x}: %{customdata[2]:.4f}<extra></extra>",
         name="cells",
         meta=CLICK_LAYER,
         showlegend=False,

@@ -295,3 +295,9 @@ def new_figure(title: str, width: int | None = None, height: int | None = None) 
 def token_hover_label(token: str, index: int) -> str:
     """Hover text for one token: the token and its position, escaped."""
     return f"{display_token(token)} ({index})"
+
+
+def category_labels(tokens: Sequence[str]) -> list[str]:
+    """One unique category per position, "token (index)": a category axis keeps repeated tokens apart and hover
+    templates (``%{x}``) name the token without per-cell text."""
+    return [token_hover_label(token, index) for index, token in enumerate(tokens)]
