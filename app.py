@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from dataclasses import dataclass
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import script_runner
 
 from encoder.errors import HeadlightError
 from encoder.sources import DEFAULT_SOURCE, LoadedModel, builtin_sources, load_source
@@ -62,6 +63,18 @@ class ViewSettings:
     @property
     def aggregate(self) -> str | None:
         return None if self.head_mode == "one head" else self.head_mode
+
+
+def keep_keras_state_between_reruns() -> None:
+    """Stop Streamlit from calling ``keras.backend.clear_session()`` after every script run.
+
+    Streamlit does that whenever Keras is imported, to free models a script rebuilt. Headlight builds each model
+    once per process (``st.cache_resource``), so the clearing only costs: a full ``gc.collect()`` and TensorFlow's
+    kernel cache on every widget change (~0.15 s, half the latency budget), and it resets Keras' global state while
+    another session may be running a model. The hook is private Streamlit API, hence the guard.
+    """
+    if callable(getattr(script_runner, "_clean_problem_modules", None)):
+        script_runner._clean_problem_modules = lambda: None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -288,9 +301,10 @@ def views_ui(source: str, text: str, pair: str | None, max_tokens: int) -> None:
 
 
 def main() -> None:
+    keep_keras_state_between_reruns()
     st.set_page_config(page_title="Headlight", page_icon="🔦", layout="wide")
     with st.sidebar:
-        st.title("🔦 Headlight")
+        st.title("Headlight")
         source = model_ui() or DEFAULT_SOURCE
         try:
             model = get_model(source)
