@@ -18,10 +18,15 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import script_runner
 
 from encoder.errors import HeadlightError
-from encoder.sources import DEFAULT_SOURCE, LoadedModel, builtin_sources, load_source
-from encoder.trace import EncoderTrace, trace_text
+from encoder.predict import class_probabilities
+from encoder.sources import DEFAULT_SOURCE, LoadedModel, builtin_sources
+from encoder.trace import EncoderTrace
+from ui.analysis import Inputs, analysis_ui
+from ui.cache import get_model, get_trace
+from ui.compare import compare_ui
+from ui.downloads import figure_downloads_ui, file_stem, trace_downloads_ui
 from viz import attention as attention_views
-from viz import export, positional, tokens
+from viz import positional, tokens
 from viz.common import AGGREGATES, SEQUENTIAL_SCALES
 
 OTHER_MODEL = "folder or hub id…"
@@ -34,12 +39,12 @@ EXAMPLES = {
     "Attention is all you need — 注意力就是你所需要的一切 🙂!": "",
 }
 DEFAULT_TEXT = next(iter(EXAMPLES))
-VIEWS = ("Heatmap", "Head grid", "Model view", "Token view", "Head lines", "Positional encodings")
+VIEWS = ("Heatmap", "Head grid", "Model view", "Token view", "Head lines", "Positional encodings", "Compare",
+         "Analysis")
 HEAD_MODES = ("one head", *AGGREGATES)
 # Bound widgets store their option labels in the URL, so options are the readable labels themselves.
 BLOCKS = {"whole input": None, "A → A": "AA", "A → B": "AB", "B → A": "BA", "B → B": "BB"}
 DIRECTIONS = {"what it looks at": "from", "who looks at it": "to"}
-MAX_CACHED_TRACES = 64
 
 
 @dataclass(frozen=True)
@@ -75,34 +80,6 @@ def keep_keras_state_between_reruns() -> None:
     """
     if callable(getattr(script_runner, "_clean_problem_modules", None)):
         script_runner._clean_problem_modules = lambda: None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Cached work: the model once per process, one trace per (model, text, pair, max tokens).
-
-
-@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def get_model(source: str) -> LoadedModel:
-    return load_source(source)
-
-
-@st.cache_resource(show_spinner="Running the encoder…", max_entries=MAX_CACHED_TRACES)
-def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
-    """Traces are immutable (read-only arrays), so one shared copy serves every session without pickling."""
-    return trace_text(get_model(source), text, pair, max_tokens)
-
-
-MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html",
-        "npz": "application/octet-stream", "json": "application/json", "csv": "text/csv"}
-
-
-@st.cache_data(show_spinner=False)
-def image_export_available() -> bool:
-    try:
-        export.find_browser()
-    except export.ExportError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,31 +182,41 @@ def controls_ui(trace: EncoderTrace) -> ViewSettings:
                         renormalize and hide_special, colorscale, log_color, threshold, block)
 
 
-def _select_query_from_click(chart_key: str) -> None:
-    """Clicking a heatmap cell makes its row (the query token) the selected query."""
-    event = st.session_state.get(chart_key)
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    for point in points:
-        custom = point.get("customdata")
-        if custom:
-            st.session_state["query"] = f"{int(custom[0])}: {st.session_state['_tokens'][int(custom[0])]}"
-            return
+def _on_click(chart_key: str) -> None:
+    """Chart clicks move the controls: a heatmap cell, token or line picks the query token (the cell's row); a
+    model-view thumbnail picks its layer and head and opens the heatmap."""
+    event = st.session_state.get(chart_key) or {}
+    points = event.get("selection", {}).get("points", [])
+    custom = next((point["customdata"] for point in points if point.get("customdata") is not None), None)
+    if custom is None:
+        return
+    if chart_key == "chart-model-view":
+        st.session_state.update(layer=int(custom[0]), head=int(custom[1]), head_mode="one head", view="Heatmap",
+                                layer_mean=False)
+        return
+    query = int(custom[0])
+    st.session_state["query"] = f"{query}: {st.session_state['_tokens'][query]}"
+    if chart_key == "chart-heatmap" and len(custom) > 1:
+        st.session_state["_selected_cell"] = (query, int(custom[1]))
 
 
 def build_figures(view: str, trace: EncoderTrace, s: ViewSettings) -> list[tuple[str, object]]:
-    """(name, figure) pairs for one view."""
+    """(name, figure) pairs for one attention or positional view."""
     common = dict(colorscale=s.colorscale, log_color=s.log_color, hide_special=s.hide_special,
                   renormalize=s.renormalize)
     if view == "Heatmap":
+        cell = st.session_state.get("_selected_cell")
+        selected = cell if cell and max(cell) < trace.num_tokens and cell[0] == s.query else None
         fig = attention_views.build_attention_heatmap(
             trace, s.layer, s.head, aggregate=s.aggregate, heads=s.heads, layer_mean=s.layer_mean,
-            block=s.block, **common)
+            block=s.block, selected=selected, **common)
         return [("heatmap", fig)]
     if view == "Head grid":
         return [("head-grid", attention_views.build_head_grid(trace, s.layer, layer_mean=s.layer_mean, **common))]
     if view == "Model view":
         return [("model-view", attention_views.build_model_view(
-            trace, hide_special=s.hide_special, renormalize=s.renormalize))]
+            trace, hide_special=s.hide_special, renormalize=s.renormalize,
+            selected=None if s.layer_mean or s.aggregate else (s.layer, s.head)))]
     chosen = (s.head,) if s.aggregate is None else s.heads
     if view == "Token view":
         return [("token-view", tokens.build_token_view(
@@ -246,55 +233,54 @@ def build_figures(view: str, trace: EncoderTrace, s: ViewSettings) -> list[tuple
     ]
 
 
-def downloads_ui(name: str, fig, trace: EncoderTrace, images: bool) -> None:
-    stem = f"headlight-{trace.model.replace('/', '_')}-{name}"
-    columns = st.columns(4 if images else 2)
-    if images:
-        for column, fmt in zip(columns, ("png", "svg", "pdf")):
-            column.download_button(fmt.upper(), lambda fmt=fmt: export.figure_to_bytes(fig, fmt),
-                                   file_name=f"{stem}.{fmt}", mime=MIME[fmt], on_click="ignore",
-                                   key=f"dl-{name}-{fmt}")
-    columns[-1 if images else 0].download_button(
-        "HTML", lambda: export.figure_to_html(fig), file_name=f"{stem}.html", mime="text/html",
-        on_click="ignore", key=f"dl-{name}-html")
-    if not images:
-        columns[1].caption("PNG/SVG/PDF need a Chromium browser (`apt-get install chromium`); HTML works.")
+CLICKABLE = {"heatmap", "model-view", "token-view", "head-lines"}
 
 
-def data_downloads_ui(trace: EncoderTrace) -> None:
-    st.markdown("**This trace's numbers** (tokens, attention of every layer and head, positional rows)")
-    columns = st.columns(3)
-    stem = f"headlight-{trace.model.replace('/', '_')}-trace"
-    writers = {"npz": export.trace_to_npz, "json": export.trace_to_json, "csv": export.trace_to_csv}
-    for column, (fmt, writer) in zip(columns, writers.items()):
-        column.download_button(fmt.upper(), lambda writer=writer: writer(trace), file_name=f"{stem}.{fmt}",
-                               mime=MIME[fmt], on_click="ignore", key=f"dl-trace-{fmt}")
+def figures_ui(view: str, trace: EncoderTrace, settings: ViewSettings, stem: str) -> None:
+    try:
+        figures = build_figures(view, trace, settings)
+    except ValueError as error:
+        st.warning(str(error))
+        return
+    for name, fig in figures:
+        key = f"chart-{name}"
+        st.plotly_chart(fig, theme=None, key=key, width="content", config={"displaylogo": False},
+                        on_select=(lambda key=key: _on_click(key)) if name in CLICKABLE else "ignore",
+                        selection_mode="points")
+        figure_downloads_ui(name, fig, stem)
+
+
+def prediction_ui(trace: EncoderTrace) -> None:
+    """A classifier's prediction for this input, next to its attention."""
+    probabilities = class_probabilities(trace)
+    if not probabilities:
+        return
+    label, best = probabilities[0]
+    others = " · ".join(f"{name} {p:.1%}" for name, p in probabilities[1:])
+    st.markdown(f"**Prediction: {label}** ({best:.1%})" + (f" · {others}" if others else ""))
 
 
 @st.fragment
 def views_ui(source: str, text: str, pair: str | None, max_tokens: int) -> None:
     trace = get_trace(source, text, pair, max_tokens)  # a cache hit: the fragment never re-runs the encoder
     settings = controls_ui(trace)
-    images = image_export_available()
+    inputs, stem = Inputs(source, text, pair, max_tokens), file_stem(source)
     tabs = st.tabs(list(VIEWS), key="view", bind="query-params")
     for view, tab in zip(VIEWS, tabs):
         if not tab.open:
             continue
         with tab:
             try:
-                figures = build_figures(view, trace, settings)
-            except ValueError as error:
+                if view == "Compare":
+                    compare_ui(inputs, trace, settings.layer, settings.head, stem)
+                elif view == "Analysis":
+                    analysis_ui(inputs, trace, settings.layer, settings.query, stem)
+                else:
+                    figures_ui(view, trace, settings, stem)
+            except (HeadlightError, ValueError) as error:
                 st.warning(str(error))
-                continue
-            for name, fig in figures:
-                chart_key = f"chart-{name}"
-                clickable = name == "heatmap"
-                st.plotly_chart(fig, theme=None, key=chart_key, width="content",
-                                on_select=(lambda key=chart_key: _select_query_from_click(key))
-                                if clickable else "ignore",
-                                selection_mode="points", config={"displaylogo": False})
-                downloads_ui(name, fig, trace, images)
-    data_downloads_ui(trace)
+    trace_downloads_ui(trace, stem, settings.layer, (settings.head,) if settings.aggregate is None
+                       else settings.heads)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,6 +310,7 @@ def main() -> None:
         return
     if trace.truncated:
         st.info(f"The input has {trace.untruncated_length} tokens; the model sees the first {trace.num_tokens}.")
+    prediction_ui(trace)
     views_ui(source, text, pair, max_tokens)
 
 

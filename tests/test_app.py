@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -22,6 +24,14 @@ def _app(**params) -> AppTest:
 
 def _figures(at: AppTest) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def _array(value) -> np.ndarray:
+    """A figure array as sent to the browser: a plain list, or Plotly's base64 typed array."""
+    if isinstance(value, dict):
+        shape = tuple(int(n) for n in str(value.get("shape", "-1")).split(","))
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).reshape(shape)
+    return np.asarray(value)
 
 
 def _title(figure: dict) -> str:
@@ -143,3 +153,84 @@ def test_a_local_checkpoint_folder_is_explored(tmp_path):
     figure = _figures(at)[0]
     assert figure["layout"]["xaxis"]["ticktext"] == ["[CLS]", "the", "cat", "sat", "on", "the", "mat", "[SEP]"]
     assert at.slider(key="layer").max == 1 and at.slider(key="head").max == 1
+
+
+@pytest.mark.parametrize(
+    "analysis, expected",
+    [("Rollout", ["Attention rollout after layer 0", "Rollout after layer 0"]),
+     ("Flow", ["Attention flow through 6 layers"]),
+     ("Report card", ["Head report card"]),
+     ("Head clusters", ["Heads clustered"]),
+     ("Noise stability", ["How attention moves as input noise grows", "Noise stability at sigma 1"]),
+     ("Head ablation", ["Head importance"])],
+)
+def test_every_analysis_renders_with_its_downloads(analysis, expected):
+    at = _app(view="Analysis", analysis=analysis)
+    _no_errors(at)
+    titles = [_title(f) for f in _figures(at)]
+    assert len(titles) == len(expected)
+    for title, start in zip(titles, expected):
+        assert title.startswith(start)
+    labels = {b.label for b in at.get("download_button")}
+    assert {"PNG", "HTML"} <= labels
+    if analysis != "Rollout":
+        assert "CSV (numbers)" in labels
+
+
+def test_rollout_follows_the_layer_slider_and_rows_sum_to_one():
+    at = _app(view="Analysis", analysis="Rollout", layer="5")
+    figure = _figures(at)[0]
+    assert _title(figure).startswith("Attention rollout after layer 5")
+    z = _array(figure["data"][0]["z"])
+    assert z.shape == (13, 13)
+    np.testing.assert_allclose(z.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_flow_refuses_long_inputs_with_a_message():
+    at = _app(view="Analysis", analysis="Flow", text="word " * 40)
+    _no_errors(at)
+    assert any("limited to 32 tokens" in i.value and "42" in i.value for i in at.info)
+
+
+def test_ablation_of_chosen_heads_shows_the_effect():
+    at = _app(view="Analysis", analysis="Head ablation")
+    at.multiselect(key="ablate").set_value(["L0 H1", "L2 H3"]).run()
+    _no_errors(at)
+    assert _title(_figures(at)[-1]) == "Silencing L0 H1, L2 H3: sentence embedding"
+
+
+def test_corpus_report_card_over_test_sentences():
+    at = _app(view="Analysis", analysis="Report card", corpus="test sentences")
+    at.slider(key="corpus_size").set_value(50).run()
+    _no_errors(at)
+    assert "50 texts" in _title(_figures(at)[0])
+    assert len(at.dataframe[0].value) == 72  # one row per head, sortable in the page
+
+
+def test_tutorial_shows_its_prediction_and_compares_initial_with_trained():
+    at = _app(model="tutorial", text="a wonderful, moving film", view="Compare")
+    _no_errors(at)
+    assert any(m.value.startswith("**Prediction: positive**") for m in at.markdown)
+    titles = [_title(f) for f in _figures(at)]
+    assert titles[:2] == ["Layer 0, head 0", "Layer 0, head 0"]  # the same head, before and after training
+    assert "tutorial-initial vs tutorial" in titles[3]
+    assert any(m.value == "**tutorial-initial**" for m in at.markdown)
+
+
+def test_minimal_pair_compare_needs_equal_lengths():
+    at = _app(view="Compare", text="The cat was tired.")
+    at.text_area(key="other_text").set_value("The dog was tired.").run()
+    _no_errors(at)
+    titles = [_title(f) for f in _figures(at)]
+    assert len(titles) == 5 and "second text minus first text" in titles[2]
+    at.text_area(key="other_text").set_value("The big dog was very tired.").run()
+    _no_errors(at)
+    assert any("7 tokens, the second 9" in w.value for w in at.warning)
+
+
+def test_long_traces_offer_npz_and_csv_but_not_a_huge_json():
+    at = _app()
+    assert "JSON" in {b.label for b in at.get("download_button")}
+    at.text_area(key="text").set_value("word " * 200).run()
+    labels = {b.label for b in at.get("download_button")}
+    assert {"NPZ", "CSV"} <= labels and "JSON" not in labels

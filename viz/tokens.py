@@ -62,12 +62,14 @@ def build_token_view(
     hide_special: bool = False,
     renormalize: bool = True,
     line_chars: int = 72,
+    label: str | None = None,
 ) -> go.Figure:
     """The sentence as a strip of tokens shaded by attention from the ``query`` token ("from") or to it ("to").
 
     "from": token j is shaded by A[query, j], what the query looks at (its heatmap row). "to": token j is shaded by
     A[j, query], how much each token looks at the query (its heatmap column). A is the ``aggregate`` ("mean" or
-    "max") of ``heads`` (default all) in ``layer`` (or the mean over layers with ``layer_mean``).
+    "max") of ``heads`` (default all) in ``layer`` (or the mean over layers with ``layer_mean``). ``label`` names
+    what the weights are in the title instead of the layer and heads (e.g. for a rollout put in a trace's place).
 
     Returns:
         A figure with one horizontal bar trace ``"tokens"``: one bar per shown token in sentence order, its
@@ -80,6 +82,7 @@ def build_token_view(
     line_chars = check_int_range(line_chars, "line_chars", 20, 400)
     query = check_token(trace, query, "query")
     matrix, what = select_attention(trace, layer, 0, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
+    what = label or what
     shown = visible_tokens(trace, hide_special)
     if query not in shown:
         raise ValueError(f"query {query} ({trace.tokens[query]}) is a special token, which is hidden")

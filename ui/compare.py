@@ -1,0 +1,90 @@
+"""The Compare tab: the same head side by side in two models (initial vs trained), or for two texts of equal
+length (a minimal pair), and which heads changed most (Jensen-Shannon divergence per head)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from encoder import analysis
+from encoder.errors import HeadlightError
+from encoder.sources import builtin_sources
+from encoder.trace import EncoderTrace
+from ui import cache
+from ui.analysis import Inputs
+from ui.downloads import figure_downloads_ui
+from viz import analysis as figures
+from viz.attention import build_attention_heatmap
+
+MODES = ("another model", "another text")
+COUNTERPART = {"tutorial": "tutorial-initial", "tutorial-initial": "tutorial"}
+
+
+def _chart(fig, key: str) -> None:
+    st.plotly_chart(fig, theme=None, key=key, width="content", config={"displaylogo": False})
+
+
+def _other_trace(inputs: Inputs, trace: EncoderTrace) -> tuple[EncoderTrace, str, str] | None:
+    """The second trace, with labels for both sides, or None (with a message) when there is none yet."""
+    default_mode = MODES[0] if inputs.source in COUNTERPART else MODES[1]
+    mode = st.segmented_control("Compare with", MODES, default=default_mode, required=True, key="compare",
+                                bind="query-params")
+    if mode == "another model":
+        choices = [name for name in builtin_sources() if name != inputs.source]
+        if not choices:
+            st.info("No other model to compare with.")
+            return None
+        default = COUNTERPART.get(inputs.source, choices[0])
+        other = st.selectbox("Second model (same tokenizer)", choices,
+                             index=choices.index(default) if default in choices else 0, key="other_model",
+                             help="tutorial-initial vs tutorial shows what training changed in each head.")
+        try:
+            other_trace = cache.get_trace(other, inputs.text, inputs.pair, inputs.max_tokens)
+        except HeadlightError as error:
+            st.error(str(error))
+            return None
+        return other_trace, inputs.source, other
+    other_text = st.text_area("Second text (same number of tokens: a minimal pair)", key="other_text",
+                              placeholder="e.g. the same sentence with one word swapped", height=70)
+    if not other_text.strip():
+        st.info(f"Type a second text of {trace.num_tokens} tokens, e.g. the same sentence with one word swapped.")
+        return None
+    try:
+        other = cache.get_trace(inputs.source, other_text, inputs.pair, inputs.max_tokens)
+    except HeadlightError as error:
+        st.warning(str(error))
+        return None
+    return other, "first text", "second text"
+
+
+def compare_ui(inputs: Inputs, trace: EncoderTrace, layer: int, head: int, stem: str) -> None:
+    found = _other_trace(inputs, trace)
+    if found is None:
+        return
+    other, label_a, label_b = found
+    if label_a == "tutorial" and label_b == "tutorial-initial":  # before training on the left, after on the right
+        trace, other, label_a, label_b = other, trace, label_b, label_a
+    try:
+        diff = analysis.diff_traces(trace, other, label_a, label_b)
+    except ValueError as error:
+        st.warning(str(error))
+        return
+    left, right = st.columns(2)
+    for column, side, label, name in ((left, trace, label_a, "compare-a"), (right, other, label_b, "compare-b")):
+        with column:
+            st.markdown(f"**{label}**")
+            fig = build_attention_heatmap(side, layer, head)
+            _chart(fig, f"chart-{name}")
+            figure_downloads_ui(name, fig, stem)
+    fig = figures.build_diff_heatmap(diff, layer, head)
+    _chart(fig, "chart-diff")
+    figure_downloads_ui("diff", fig, stem)
+    ranking = figures.build_diff_ranking(diff)
+    changed = figures.build_diff_map(diff)
+    left, right = st.columns(2)
+    with left:
+        _chart(changed, "chart-diff-map")
+        figure_downloads_ui("diff-map", changed, stem, {"csv": lambda: analysis.rows_to_csv(diff.rows()),
+                                                         "json": lambda: analysis.to_json(diff)})
+    with right:
+        _chart(ranking, "chart-diff-ranking")
+        figure_downloads_ui("diff-ranking", ranking, stem)

@@ -1,0 +1,73 @@
+"""Download buttons: every figure as PNG/SVG/PDF/HTML, its numbers as CSV/JSON, the trace as NPZ/JSON/CSV.
+
+Files are made only when a button is clicked (``data`` is a callable), so drawing the page costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from encoder.trace import EncoderTrace
+from viz import export
+
+MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html",
+        "npz": "application/octet-stream", "json": "application/json", "csv": "text/csv"}
+FULL_JSON_MAX_TOKENS = 128  # a whole trace as JSON is ~22 MB at 128 tokens and ~250 MB at 512
+
+
+@st.cache_data(show_spinner=False)
+def image_export_available() -> bool:
+    """Whether a Chromium for PNG/SVG/PDF export exists (checked once per process)."""
+    try:
+        export.find_browser()
+    except export.ExportError:
+        return False
+    return True
+
+
+def _button(label: str, data: Callable[[], bytes | str], file_name: str, fmt: str, key: str,
+            help: str | None = None) -> None:
+    st.download_button(label, data, file_name=file_name, mime=MIME[fmt], on_click="ignore", key=key, help=help)
+
+
+def figure_downloads_ui(name: str, fig: go.Figure, stem: str,
+                        numbers: dict[str, Callable[[], str]] | None = None) -> None:
+    """A row of buttons under a figure: PNG, SVG, PDF (when a browser exists), HTML, and ``numbers`` formats."""
+    images = image_export_available()
+    with st.container(horizontal=True, gap="small"):
+        if images:
+            for fmt in export.IMAGE_FORMATS:
+                _button(fmt.upper(), lambda fmt=fmt: export.figure_to_bytes(fig, fmt), f"{stem}-{name}.{fmt}", fmt,
+                        f"dl-{name}-{fmt}")
+        _button("HTML", lambda: export.figure_to_html(fig), f"{stem}-{name}.html", "html", f"dl-{name}-html",
+                help="A self-contained page that works offline (plotly.js inlined)")
+        for fmt, make in (numbers or {}).items():
+            _button(f"{fmt.upper()} (numbers)", make, f"{stem}-{name}.{fmt}", fmt, f"dl-{name}-{fmt}")
+        if not images:
+            st.caption("PNG/SVG/PDF need Chrome or Chromium (Debian: `apt-get install chromium`, or set "
+                       "BROWSER_PATH); HTML and data downloads work.")
+
+
+def trace_downloads_ui(trace: EncoderTrace, stem: str, layer: int, heads: tuple[int, ...]) -> None:
+    """The trace's numbers: NPZ (everything), JSON (everything, up to 128 tokens), CSV (this layer's heads)."""
+    head_text = f"head {heads[0]}" if len(heads) == 1 else f"{len(heads)} heads"
+    st.markdown(f"**This trace's numbers** · NPZ and JSON: tokens, attention of every layer and head, hidden "
+                f"states, positional rows · CSV: layer {layer}, {head_text}, one row per (query, key)")
+    with st.container(horizontal=True, gap="small"):
+        _button("NPZ", lambda: export.trace_to_npz(trace), f"{stem}-trace.npz", "npz", "dl-trace-npz")
+        if trace.num_tokens <= FULL_JSON_MAX_TOKENS:
+            _button("JSON", lambda: export.trace_to_json(trace), f"{stem}-trace.json", "json", "dl-trace-json")
+        _button("CSV", lambda: export.trace_to_csv(trace, layers=[layer], heads=list(heads)),
+                f"{stem}-layer{layer}.csv", "csv", "dl-trace-csv")
+        if trace.num_tokens > FULL_JSON_MAX_TOKENS:
+            st.caption(f"JSON is offered up to {FULL_JSON_MAX_TOKENS} tokens (a {trace.num_tokens}-token trace "
+                       "would be hundreds of MB); NPZ holds everything.")
+
+
+def file_stem(source: str) -> str:
+    """A file-name-safe stem naming the model."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.strip("/").split("/")[-1])
+    return f"headlight-{safe or 'model'}"
