@@ -190,6 +190,8 @@ def _on_click(chart_key: str) -> None:
     custom = next((point["customdata"] for point in points if point.get("customdata") is not None), None)
     if custom is None:
         return
+    if isinstance(custom, dict):  # typed-array customdata comes back as {"0": ..., "1": ...}
+        custom = [custom[k] for k in sorted(custom, key=int)]
     if chart_key == "chart-model-view":
         st.session_state.update(layer=int(custom[0]), head=int(custom[1]), head_mode="one head", view="Heatmap",
                                 layer_mean=False)

@@ -15,7 +15,8 @@ from tests.browser_support import CHART, chart_title, chromium_path, launch_chro
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).parent / "artifacts"
-TABS = ("Heatmap", "Head grid", "Model view", "Token view", "Head lines", "Positional encodings")
+TABS = ("Heatmap", "Head grid", "Model view", "Token view", "Head lines", "Positional encodings", "Compare",
+        "Analysis")
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +128,33 @@ def test_a_copied_url_reproduces_the_view(page, browser, app_url):
         other.close()
 
 
+def _click_point(page, index: int, chart: int = 0):
+    """Click the ``index``-th point of a chart's invisible click layer (cells or thumbnails, in data order)."""
+    point = page.locator(CHART).nth(chart).locator(".scatterlayer .trace path.point").nth(index)
+    box = point.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+
+def test_clicking_a_heatmap_cell_selects_its_query_token(page, app_url):
+    _open(page, app_url)
+    count = len(page.locator(f"{CHART} .xtick text").all_text_contents())
+    assert count == 13
+    _click_point(page, 2 * count + 5)  # row "cat" (2), column "the" (5)
+    query = page.get_by_role("combobox", name="Query token (or click a heatmap row)")
+    page.wait_for_function("(el) => el.value === '2: cat'", arg=query.element_handle())
+    page.get_by_role("tab", name="Token view").click()
+    assert "attention from “cat” (2)" in _wait_title(page, r"cat")
+
+
+def test_clicking_a_model_view_thumbnail_opens_that_head(page, app_url):
+    _open(page, app_url)
+    page.get_by_role("tab", name="Model view").click()
+    _wait_title(page, r"All 6 layers")
+    _click_point(page, 3 * 12 + 7)  # layer 3, head 7
+    assert _wait_title(page, r"^Layer 3, head 7").startswith("Layer 3, head 7")
+    assert page.get_by_role("tab", name="Heatmap").get_attribute("aria-selected") == "true"
+
+
 def test_every_tab_renders_and_is_saved_as_a_screenshot(page, app_url):
     ARTIFACTS.mkdir(exist_ok=True)
     _open(page, app_url)
@@ -135,7 +163,10 @@ def test_every_tab_renders_and_is_saved_as_a_screenshot(page, app_url):
         page.wait_for_function(
             "(name) => { const t = [...document.querySelectorAll('[role=tab]')].find(e => e.innerText === name);"
             " return t && t.getAttribute('aria-selected') === 'true'; }", arg=tab)
-        page.wait_for_selector(f"[role=tabpanel]:not([hidden]) {CHART}")
+        if tab == "Compare":  # with one pretrained model, Compare starts by asking for a second text
+            page.get_by_text("Type a second text of 13 tokens").wait_for()
+        else:
+            page.wait_for_selector(f"[role=tabpanel]:not([hidden]) {CHART}")
         path = ARTIFACTS / f"tab-{tab.lower().replace(' ', '-')}.png"
         page.screenshot(path=str(path), full_page=True)
         assert path.stat().st_size > 20_000
