@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from bench.encoder import print_table
+from bench.common import print_table
 
 SUITES = {
     "encoder": "Encoder trace, MiniLM (6x12, d=384), median of alternating runs",

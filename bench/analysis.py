@@ -7,25 +7,17 @@ Each number is the median of a few runs after a warm-up; the corpus modes altern
 from __future__ import annotations
 
 import os
-import statistics
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+
+from bench.common import median_ms
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CORPUS_SIZE = 1000
 DATA = Path(__file__).resolve().parent.parent / "data" / "test.tsv"
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm up (compiles a new shape once)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return 1000 * statistics.median(samples)
+warm_median_ms = partial(median_ms, warm_up=True)  # first call compiles the shape
 
 
 def _row(what: str, tokens, ms: float, note: str = "") -> dict:
@@ -41,23 +33,24 @@ def per_input_rows(model) -> list[dict]:
     long = trace_text(model, text_of_length(model.tokenizer, 512))
     short = trace_text(model, text_of_length(model.tokenizer, 32))
     rows = [
-        _row("trace (for scale)", 512, _median_ms(lambda: trace_text(model, long.text), 5)),
-        _row("attention rollout", 512, _median_ms(lambda: attention_rollout(long.attention), 5), "6 layers, float64"),
-        _row("head report card", 512, _median_ms(lambda: head_report(long), 5), "8 statistics x 72 heads"),
-        _row("head distances (clustering)", 128, _median_ms(
+        _row("trace (for scale)", 512, warm_median_ms(lambda: trace_text(model, long.text), 5)),
+        _row("attention rollout", 512, warm_median_ms(lambda: attention_rollout(long.attention), 5),
+             "6 layers, float64"),
+        _row("head report card", 512, warm_median_ms(lambda: head_report(long), 5), "8 statistics x 72 heads"),
+        _row("head distances (clustering)", 128, warm_median_ms(
             lambda: head_distances(trace_text(model, text_of_length(model.tokenizer, 128)).attention), 3),
             "2,556 head pairs, trace included"),
-        _row("head distances (clustering)", 512, _median_ms(lambda: head_distances(long.attention), 1),
+        _row("head distances (clustering)", 512, warm_median_ms(lambda: head_distances(long.attention), 1),
              "2,556 head pairs"),
     ]
     for n in (16, 24, 32):
         attention = trace_text(model, text_of_length(model.tokenizer, n)).attention
-        rows.append(_row("attention flow", n, _median_ms(lambda a=attention: attention_flow(a), 3),
+        rows.append(_row("attention flow", n, warm_median_ms(lambda a=attention: attention_flow(a), 3),
                          f"{n * n} max-flow problems"))
     runs = 1 + (len(DEFAULT_SIGMAS) - 1) * DEFAULT_SAMPLES
-    rows.append(_row("noise stability", 32, _median_ms(lambda: noise_stability(model, short), 3),
+    rows.append(_row("noise stability", 32, warm_median_ms(lambda: noise_stability(model, short), 3),
                      f"{len(DEFAULT_SIGMAS)} sigmas, {runs} encoder runs"))
-    rows.append(_row("head ablation importance map", 32, _median_ms(lambda: head_importance(model, short), 3),
+    rows.append(_row("head ablation importance map", 32, warm_median_ms(lambda: head_importance(model, short), 3),
                      "72 heads, each silenced alone"))
     return rows
 
@@ -84,7 +77,7 @@ def corpus_rows(model) -> list[dict]:
 
 
 def main() -> None:
-    from bench.encoder import print_table
+    from bench.common import print_table
     from encoder.sources import load_source
 
     model = load_source("minilm")

@@ -82,6 +82,6 @@ def main() -> list[dict]:
 
 
 if __name__ == "__main__":
-    from bench.encoder import print_table
+    from bench.common import print_table
 
     print_table(f"App in Chromium, MiniLM, {TOKENS} tokens", main())

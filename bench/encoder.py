@@ -106,14 +106,7 @@ def main(repeats: int = 30) -> list[dict]:
     return rows
 
 
-def print_table(title: str, rows: list[dict]) -> None:
-    print(f"\n### {title}\n")
-    headers = list(rows[0])
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "---|" * len(headers))
-    for row in rows:
-        print("| " + " | ".join(str(row.get(h, "")) for h in headers) + " |")
-
-
 if __name__ == "__main__":
+    from bench.common import print_table
+
     print_table("Encoder trace, MiniLM (6x12, d=384), median of alternating runs", main())

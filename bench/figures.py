@@ -8,8 +8,9 @@ headless Chromium (plotly.js drawing it plus PNG encoding): an upper bound on dr
 from __future__ import annotations
 
 import os
-import statistics
 import time
+
+from bench.common import median_ms, print_table
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,24 +25,6 @@ SETTINGS = {
     "position-similarity": {},
     "positional-dimensions": {},
 }
-
-
-def _median_ms(function, repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - start)
-    return 1000 * statistics.median(samples)
-
-
-def _table(title: str, rows: list[dict]) -> None:
-    print(f"\n### {title}\n")
-    headers = list(rows[0])
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "---|" * len(headers))
-    for row in rows:
-        print("| " + " | ".join(str(row[h]) for h in headers) + " |")
 
 
 def main(repeats: int = 5) -> None:
@@ -70,13 +53,13 @@ def main(repeats: int = 5) -> None:
             rows.append({
                 "view": view,
                 "tokens": n,
-                "build ms": f"{_median_ms(lambda t=trace, v=view: build_view(t, v, **SETTINGS[v]), repeats):.1f}",
-                "to_json ms": f"{_median_ms(fig.to_json, repeats):.1f}",
+                "build ms": f"{median_ms(lambda t=trace, v=view: build_view(t, v, **SETTINGS[v]), repeats):.1f}",
+                "to_json ms": f"{median_ms(fig.to_json, repeats):.1f}",
                 "JSON MB": f"{len(payload) / 1e6:.2f}",
                 "traces": len(fig.data),
-                "draw (PNG) ms": f"{_median_ms(lambda f=fig: figure_to_bytes(f, 'png'), 3):.0f}",
+                "draw (PNG) ms": f"{median_ms(lambda f=fig: figure_to_bytes(f, 'png'), 3):.0f}",
             })
-    _table("Figure builders, MiniLM (6x12): median build time, figure JSON size, warm draw in Chromium", rows)
+    print_table("Figure builders, MiniLM (6x12): median build time, figure JSON size, warm draw in Chromium", rows)
 
     fig = build_view(traces[128], "heatmap", **SETTINGS["heatmap"])
     model_512 = build_view(traces[512], "model")
@@ -84,24 +67,24 @@ def main(repeats: int = 5) -> None:
     for fmt in ("png", "svg", "pdf"):
         data = figure_to_bytes(fig, fmt)
         export_rows.append({"what": f"{fmt.upper()}, heatmap 128 tokens, repeated (median)",
-                            "ms": f"{_median_ms(lambda f=fmt: figure_to_bytes(fig, f), repeats):.0f}",
+                            "ms": f"{median_ms(lambda f=fmt: figure_to_bytes(fig, f), repeats):.0f}",
                             "size": f"{len(data) / 1e3:.0f} kB"})
     data = figure_to_bytes(model_512, "png", scale=2)
     export_rows.append({"what": "PNG x2, model view 512 tokens, repeated (median)",
-                        "ms": f"{_median_ms(lambda: figure_to_bytes(model_512, 'png', scale=2), 3):.0f}",
+                        "ms": f"{median_ms(lambda: figure_to_bytes(model_512, 'png', scale=2), 3):.0f}",
                         "size": f"{len(data) / 1e3:.0f} kB"})
     page = figure_to_html(fig)
     export_rows.append({"what": "HTML (plotly.js inlined), heatmap 128 tokens",
-                        "ms": f"{_median_ms(lambda: figure_to_html(fig), repeats):.0f}",
+                        "ms": f"{median_ms(lambda: figure_to_html(fig), repeats):.0f}",
                         "size": f"{len(page.encode()) / 1e6:.2f} MB"})
     for name, function in (("NPZ", trace_to_npz), ("JSON", trace_to_json), ("CSV (all layers, heads)", trace_to_csv)):
         for n in (32, 128):
             data = function(traces[n])
             size = len(data) if isinstance(data, bytes) else len(data.encode())
             export_rows.append({"what": f"trace -> {name}, {n} tokens",
-                                "ms": f"{_median_ms(lambda f=function, t=traces[n]: f(t), 3):.0f}",
+                                "ms": f"{median_ms(lambda f=function, t=traces[n]: f(t), 3):.0f}",
                                 "size": f"{size / 1e6:.2f} MB"})
-    _table("Export", export_rows)
+    print_table("Export", export_rows)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,18 @@ from keras import ops
 from encoder.config import EncoderConfig
 
 
+class ConfigArgument:
+    """``get_config``/``from_config`` for Keras layers and models whose one argument is an ``EncoderConfig``."""
+
+    def get_config(self):
+        return {**super().get_config(), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(EncoderConfig.from_dict(config.pop("config")), **config)
+
+
 @keras.saving.register_keras_serializable(package="headlight")
 class InstrumentedAttention(keras.layers.MultiHeadAttention):
     """``keras.layers.MultiHeadAttention`` that always returns its attention pattern and can silence heads.
@@ -40,7 +52,7 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
 
 
 @keras.saving.register_keras_serializable(package="headlight")
-class EncoderLayer(keras.layers.Layer):
+class EncoderLayer(ConfigArgument, keras.layers.Layer):
     """One post-layer-norm Transformer encoder layer: self-attention block, then feed-forward block.
 
     Args:
@@ -92,11 +104,3 @@ class EncoderLayer(keras.layers.Layer):
         inner = ops.gelu(inner, approximate=False) if self.config.activation == "gelu" else ops.relu(inner)
         out = self.output_dropout(self.output_dense(inner), training=training)
         return self.output_norm(x + out), pattern
-
-    def get_config(self):
-        return {**super().get_config(), "config": self.config.to_dict()}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(EncoderConfig.from_dict(config.pop("config")), **config)

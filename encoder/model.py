@@ -15,12 +15,12 @@ import tensorflow as tf
 from keras import ops
 
 from encoder.config import EncoderConfig
-from encoder.layers import EncoderLayer
+from encoder.layers import ConfigArgument, EncoderLayer
 from encoder.positional import sinusoidal_encoding
 
 
 @keras.saving.register_keras_serializable(package="headlight")
-class TransformerEncoder(keras.Model):
+class TransformerEncoder(ConfigArgument, keras.Model):
     """The instrumented encoder.
 
     Classic (Keras tutorial) mode: ``token_embedding * sqrt(d_model) + sinusoidal table``, dropout, layers.
@@ -159,14 +159,6 @@ class TransformerEncoder(keras.Model):
             return ops.mean(x, axis=1)
         weights = ops.cast(padding_mask, x.dtype)[..., None]  # (B, T, 1)
         return ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
-
-    def get_config(self):
-        return {**super().get_config(), "config": self.config.to_dict()}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(EncoderConfig.from_dict(config.pop("config")), **config)
 
 
 _IDS = tf.TensorSpec([None, None], tf.int32)

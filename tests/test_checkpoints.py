@@ -125,3 +125,15 @@ def test_seeded_initialisation_is_reproducible_and_seed_dependent():
         np.testing.assert_array_equal(state_a[name], state_b[name])
     kernel = "layer_0/attention/query/kernel"
     assert kernel in state_a and not np.array_equal(state_a[kernel], state_c[kernel])
+
+
+def test_keras_config_round_trip_keeps_the_encoder_config():
+    from encoder.layers import EncoderLayer
+    from encoder.model import TransformerEncoder
+
+    config = tiny_config(num_classes=3, activation="gelu")
+    model = TransformerEncoder(config, name="encoder")
+    rebuilt = TransformerEncoder.from_config(model.get_config())
+    assert rebuilt.config == config and rebuilt.name == "encoder"
+    layer = EncoderLayer(config, name="layer_0")
+    assert EncoderLayer.from_config(layer.get_config()).config == config
