@@ -25,6 +25,19 @@ def minilm():
 
 
 @pytest.fixture(scope="session")
+def image_browser():
+    """Chromium for PNG/SVG/PDF export: skipped where none exists, required in CI (CI=true)."""
+    from viz.export import ExportError, find_browser
+
+    try:
+        return find_browser()
+    except ExportError as error:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"image export needs Chrome or Chromium: {error}")
+
+
+@pytest.fixture(scope="session")
 def reference():
     with np.load(FIXTURES / "minilm_reference.npz") as data:
         return {name: data[name] for name in data.files}

@@ -50,16 +50,6 @@ def saved(trace, tmp_path_factory):
     return trace.save(tmp_path_factory.mktemp("trace") / "trace.npz")
 
 
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        return find_browser()
-    except ExportError as error:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"image export needs Chrome or Chromium: {error}")
-
-
 def assert_same_trace(back: EncoderTrace, trace: EncoderTrace) -> None:
     for name in ARRAYS:
         value = getattr(back, name)
@@ -80,7 +70,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 # --- images ----------------------------------------------------------------------------------------------------
 
 
-def test_png_has_the_figure_size_times_scale(trace, browser):
+def test_png_has_the_figure_size_times_scale(trace, image_browser):
     fig = build_attention_heatmap(trace, layer=2, head=5)
     data = figure_to_bytes(fig, "png")
     assert png_size(data) == (fig.layout.width, fig.layout.height)
@@ -88,7 +78,7 @@ def test_png_has_the_figure_size_times_scale(trace, browser):
     assert png_size(figure_to_bytes(fig, "png", width=400, height=300, scale=2)) == (800, 600)
 
 
-def test_svg_parses_and_holds_the_token_labels(trace, browser):
+def test_svg_parses_and_holds_the_token_labels(trace, image_browser):
     fig = build_attention_heatmap(trace, layer=2, head=5, selected=(1, 2))
     data = figure_to_bytes(fig, "svg")
     # The click layer (one invisible marker per cell) is dropped; the selected cell's outline stays.
@@ -102,7 +92,7 @@ def test_svg_parses_and_holds_the_token_labels(trace, browser):
     assert "Layer 2, head 5" in text
 
 
-def test_pdf_export(trace, browser):
+def test_pdf_export(trace, image_browser):
     data = figure_to_bytes(build_model_view(trace), "pdf")
     assert data.startswith(b"%PDF-") and b"%%EOF" in data[-1024:]
     assert len(data) > 5_000
@@ -210,7 +200,7 @@ def test_csv_subset_and_quoting():
 # --- command line ----------------------------------------------------------------------------------------------
 
 
-def test_cli_with_the_real_model_writes_an_svg(tmp_path, browser):
+def test_cli_with_the_real_model_writes_an_svg(tmp_path, image_browser):
     out = tmp_path / "fig.svg"
     result = subprocess.run(
         [sys.executable, "-m", "viz.export", "--model", "minilm", "--text", TEXT, "--view", "heatmap",

@@ -9,7 +9,6 @@ must run.
 import csv
 import io
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 from encoder import analysis, perturb
 from encoder.trace import trace_text
 from viz import analysis as figures
-from viz.export import ANALYSIS_VIEWS, DEFAULT_CLUSTERS, ExportError, find_browser, main
+from viz.export import ANALYSIS_VIEWS, DEFAULT_CLUSTERS, main
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "The cat sat on the mat."  # 8 tokens with [CLS] and [SEP]
@@ -54,16 +53,6 @@ def saved(trace, tmp_path_factory):
 @pytest.fixture(scope="module")
 def long_saved(minilm, tmp_path_factory):
     return trace_text(minilm, LONG).save(tmp_path_factory.mktemp("trace") / "long.npz")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        return find_browser()
-    except ExportError as error:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"image export needs Chrome or Chromium: {error}")
 
 
 def source_args(view: str, saved: Path) -> list[str]:
@@ -111,7 +100,7 @@ def expected_title(view: str, trace, minilm) -> str:
 
 
 @pytest.mark.parametrize("view", list(ANALYSIS_VIEWS))
-def test_every_analysis_view_writes_png_and_svg(view, saved, trace, minilm, browser, tmp_path, capsys):
+def test_every_analysis_view_writes_png_and_svg(view, saved, trace, minilm, image_browser, tmp_path, capsys):
     png, svg = tmp_path / f"{view}.png", tmp_path / f"{view}.svg"
     export(capsys, *source_args(view, saved), "--view", view, *VIEW_ARGS[view], "-o", png)
     data = png.read_bytes()
