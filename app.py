@@ -69,6 +69,11 @@ class ViewSettings:
     def aggregate(self) -> str | None:
         return None if self.head_mode == "one head" else self.head_mode
 
+    @property
+    def shown_heads(self) -> tuple[int, ...]:
+        """The heads on screen: the one head, or the heads being combined."""
+        return (self.head,) if self.aggregate is None else self.heads
+
 
 def keep_keras_state_between_reruns() -> None:
     """Stop Streamlit from calling ``keras.backend.clear_session()`` after every script run.
@@ -219,15 +224,14 @@ def build_figures(view: str, trace: EncoderTrace, s: ViewSettings) -> list[tuple
         return [("model-view", attention_views.build_model_view(
             trace, hide_special=s.hide_special, renormalize=s.renormalize,
             selected=None if s.layer_mean or s.aggregate else (s.layer, s.head)))]
-    chosen = (s.head,) if s.aggregate is None else s.heads
     if view == "Token view":
         return [("token-view", tokens.build_token_view(
-            trace, s.layer, chosen, s.query, s.direction, aggregate=s.aggregate or "mean",
+            trace, s.layer, s.shown_heads, s.query, s.direction, aggregate=s.aggregate or "mean",
             layer_mean=s.layer_mean, colorscale=s.colorscale, hide_special=s.hide_special,
             renormalize=s.renormalize))]
     if view == "Head lines":
         return [("head-lines", attention_views.build_head_lines(
-            trace, s.layer, chosen, s.threshold, hide_special=s.hide_special, renormalize=s.renormalize))]
+            trace, s.layer, s.shown_heads, s.threshold, hide_special=s.hide_special, renormalize=s.renormalize))]
     return [
         ("positional-table", positional.build_positional_heatmap(trace)),
         ("position-similarity", positional.build_position_similarity(trace)),
@@ -281,8 +285,7 @@ def views_ui(source: str, text: str, pair: str | None, max_tokens: int) -> None:
                     figures_ui(view, trace, settings, stem)
             except (HeadlightError, ValueError) as error:
                 st.warning(str(error))
-    trace_downloads_ui(trace, stem, settings.layer, (settings.head,) if settings.aggregate is None
-                       else settings.heads)
+    trace_downloads_ui(trace, stem, settings.layer, settings.shown_heads)
 
 
 # ---------------------------------------------------------------------------------------------------------------
