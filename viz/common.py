@@ -34,15 +34,20 @@ _NAMED_SCALES = frozenset(plotly.colors.named_colorscales())
 # Validators
 
 
+def _integer(value, what: str, kind: str) -> int:
+    """``value`` as a Python int (NumPy integers too, never a bool), else ValueError "{what} must be {kind}"."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be {kind}, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be {kind}, got {value!r}") from None
+
+
 def check_index(value, count: int, what: str, owner: str) -> int:
     """``value`` as an int in ``range(count)``, else ValueError ("layer 7 is out of range: the model has 6 layers
     (0-5)")."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    try:
-        index = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+    index = _integer(value, what, "an integer")
     if not 0 <= index < count:
         raise ValueError(f"{what} {index} is out of range: the {owner} has {count} {what}s (0-{count - 1})")
     return index
@@ -65,12 +70,7 @@ def check_head(trace: EncoderTrace, head) -> int:
 
 
 def check_token(trace: EncoderTrace, index, what: str = "token") -> int:
-    if isinstance(index, bool):
-        raise ValueError(f"{what} must be a token index, got {index!r}")
-    try:
-        position = operator.index(index)
-    except TypeError:
-        raise ValueError(f"{what} must be a token index, got {index!r}") from None
+    position = _integer(index, what, "a token index")
     count = trace.num_tokens
     if not 0 <= position < count:
         raise ValueError(f"{what} {position} is out of range: the text has {count} tokens (0-{count - 1})")
