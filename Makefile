@@ -39,11 +39,11 @@ lint: $(VENV)/.stamp-dev
 
 # The sentiment data of the tutorial model (committed under data/; this rebuilds it from the vaderSentiment sdist).
 data: $(VENV)/.stamp-run
-	$(PY) -m encoder.dataset $(DATA_ARGS)
+	$(PY) -m tutorial.dataset $(DATA_ARGS)
 
 # Retrain models/tutorial/ (options: TRAIN_ARGS="--epochs 5 --data my.tsv --out models/mine").
 train: $(VENV)/.stamp-run
-	$(PY) -m encoder.train $(TRAIN_ARGS)
+	$(PY) -m tutorial.train $(TRAIN_ARGS)
 
 bench: $(VENV)/.stamp-bench
 	$(PY) -m bench $(BENCH_ARGS)

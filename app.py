@@ -18,9 +18,8 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import script_runner
 
 from encoder.errors import HeadlightError
-from encoder.predict import class_probabilities
 from encoder.sources import DEFAULT_SOURCE, LoadedModel, builtin_sources
-from encoder.trace import EncoderTrace
+from encoder.trace import EncoderTrace, class_probabilities
 from ui.analysis import Inputs, analysis_ui
 from ui.cache import get_model, get_trace
 from ui.compare import compare_ui

@@ -25,9 +25,9 @@ def _row(what: str, tokens, ms: float, note: str = "") -> dict:
 
 
 def per_input_rows(model) -> list[dict]:
+    from analysis import attention_flow, attention_rollout, head_distances, head_report
+    from analysis.perturb import DEFAULT_SAMPLES, DEFAULT_SIGMAS, head_importance, noise_stability
     from bench.encoder import text_of_length
-    from encoder.analysis import attention_flow, attention_rollout, head_distances, head_report
-    from encoder.perturb import DEFAULT_SAMPLES, DEFAULT_SIGMAS, head_importance, noise_stability
     from encoder.trace import trace_text
 
     long = trace_text(model, text_of_length(model.tokenizer, 512))
@@ -56,8 +56,8 @@ def per_input_rows(model) -> list[dict]:
 
 
 def corpus_rows(model) -> list[dict]:
-    from encoder.analysis import corpus_head_report, iter_traces
-    from encoder.dataset import read_split
+    from analysis import corpus_head_report, iter_traces
+    from tutorial.dataset import read_split
 
     sentences = [example.text for example in read_split(DATA)][:CORPUS_SIZE]
     list(iter_traces(model, sentences[:64]))  # warm up the padded graph

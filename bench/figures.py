@@ -31,8 +31,9 @@ def main(repeats: int = 5) -> None:
     from bench.encoder import text_of_length
     from encoder.sources import load_source
     from encoder.trace import trace_text
+    from encoder.trace_io import trace_to_csv, trace_to_json, trace_to_npz
     from viz import VIEWS, build_view
-    from viz.export import figure_to_bytes, figure_to_html, trace_to_csv, trace_to_json, trace_to_npz
+    from viz.render import figure_to_bytes, figure_to_html
 
     model = load_source("minilm")
     traces = {n: trace_text(model, text_of_length(model.tokenizer, n)) for n in LENGTHS}

@@ -15,3 +15,13 @@ class CheckpointError(HeadlightError):
 
 class SourceError(HeadlightError):
     """A model source name is unknown or its package is not installed."""
+
+
+class ExportError(HeadlightError):
+    """A figure or trace cannot be written or read back: no browser for images, a format we do not write, a file
+    that is not a saved trace, ..."""
+
+
+class ViewError(HeadlightError, ValueError):
+    """A view or analysis cannot be drawn with these settings: a layer, head or token out of range, an unknown
+    colour scale or view name, ... (the message names the bad value and what is allowed)."""

@@ -124,6 +124,25 @@ class EncoderTrace:
             )
 
 
+def class_probabilities(trace: EncoderTrace) -> list[tuple[str, float]]:
+    """The trace's prediction as (label, probability) pairs, most probable first (ties keep label order).
+
+    Returns [] when the model has no classification head (no "probabilities" output). Labels the model did not
+    name are called "class 0", "class 1", ...
+
+    Example:
+        >>> class_probabilities(trace_text(load_source("tutorial"), "a wonderful, moving film"))  # doctest: +SKIP
+        [('positive', 0.97...), ('negative', 0.02...)]
+    """
+    probabilities = trace.outputs.get("probabilities")
+    if probabilities is None:
+        return []
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)  # (C,)
+    labels = trace.labels or tuple(f"class {i}" for i in range(len(probabilities)))
+    order = np.argsort(-probabilities, kind="stable")
+    return [(labels[i], float(probabilities[i])) for i in order]
+
+
 def _expect(array: np.ndarray, name: str, shape: tuple[int, ...], tokens: int) -> None:
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(array.shape)}, while {tokens} tokens need {shape}")

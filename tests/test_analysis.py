@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from encoder.analysis import (
-    LN2,
+from analysis import (
     STATISTICS,
     attention_flow,
     attention_rollout,
@@ -28,31 +27,11 @@ from encoder.analysis import (
     to_json,
     token_classes,
 )
-from encoder.analysis import (
+from analysis import (
     js_divergence as js,
 )
-from encoder.trace import EncoderTrace
-
-
-def make_trace(attention, tokens, special=None, text="text", model="synthetic") -> EncoderTrace:
-    """A trace around given attention (the other fields are zeros of the right shapes)."""
-    attention = np.asarray(attention, np.float32)
-    layers, _, t, _ = attention.shape
-    if special is None:
-        special = [tok.startswith("[") for tok in tokens]
-    return EncoderTrace(
-        model=model, tokens=tuple(tokens), token_ids=np.arange(t, dtype=np.int32),
-        segment_ids=np.zeros(t, np.int32), special=np.asarray(special, bool), attention=attention,
-        positional=np.zeros((t, 4), np.float32), positional_table=np.zeros((8, 4), np.float32),
-        hidden=np.zeros((layers + 1, t, 4), np.float32), text=text,
-    )
-
-
-def random_attention(rng, layers, heads, t, sharpness=3.0):
-    logits = rng.normal(0, sharpness, (layers, heads, t, t))
-    weights = np.exp(logits - logits.max(-1, keepdims=True))
-    return (weights / weights.sum(-1, keepdims=True)).astype(np.float32)
-
+from analysis.divergence import LN2
+from tests.support.traces import random_attention, synthetic_trace
 
 # ---------------------------------------------------------------------------------------------------------------
 # Rollout
@@ -246,7 +225,7 @@ EXPECTED = {  # worked out by hand from the definitions in head_report's docstri
 
 
 def test_report_card_statistics_by_hand():
-    trace = make_trace(np.stack([UNIFORM, PREVIOUS, TO_SEP])[None], TOKENS)
+    trace = synthetic_trace(TOKENS, attention=np.stack([UNIFORM, PREVIOUS, TO_SEP])[None])
     report = head_report(trace)
     assert set(report.statistics) == set(STATISTICS)
     assert report.num_texts == 1 and report.num_queries == 4 and report.distance is None
@@ -269,8 +248,8 @@ def test_token_classes():
 
 def test_corpus_report_is_token_weighted():
     three = ("[CLS]", "hi", "[SEP]")
-    short = make_trace(np.stack([np.full((3, 3), 1 / 3), np.eye(3)])[None], three)
-    long = make_trace(np.stack([UNIFORM, PREVIOUS])[None], TOKENS)
+    short = synthetic_trace(three, attention=np.stack([np.full((3, 3), 1 / 3), np.eye(3)])[None])
+    long = synthetic_trace(TOKENS, attention=np.stack([UNIFORM, PREVIOUS])[None])
     calls = []
     report = corpus_head_report([short, long], total=2, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 2), (2, 2)]
@@ -288,8 +267,8 @@ def test_corpus_report_is_token_weighted():
 def test_corpus_report_errors():
     with pytest.raises(ValueError, match="empty"):
         corpus_head_report([])
-    a = make_trace(np.full((1, 1, 3, 3), 1 / 3), ("[CLS]", "a", "[SEP]"))
-    b = make_trace(np.full((2, 1, 3, 3), 1 / 3), ("[CLS]", "a", "[SEP]"))
+    a = synthetic_trace(("[CLS]", "a", "[SEP]"), attention=np.full((1, 1, 3, 3), 1 / 3))
+    b = synthetic_trace(("[CLS]", "a", "[SEP]"), attention=np.full((2, 1, 3, 3), 1 / 3))
     with pytest.raises(ValueError, match="one model: 1x1 heads, then 2x1"):
         corpus_head_report([a, b])
 
@@ -353,7 +332,8 @@ def test_diff_ranks_changed_heads():
     b[1, 2] = random_attention(rng, 1, 1, 5)[0, 0]
     b[0, 1] = 0.5 * a[0, 1] + 0.5 * b[1, 2]
     tokens = ("[CLS]", "a", "b", "c", "[SEP]")
-    diff = diff_traces(make_trace(a, tokens, model="m1"), make_trace(b, tokens, model="m2"))
+    diff = diff_traces(synthetic_trace(tokens, attention=a, model="m1"),
+                       synthetic_trace(tokens, attention=b, model="m2"))
     assert diff.label_a == "m1" and diff.label_b == "m2"
     np.testing.assert_array_equal(diff.difference, b - a)
     assert diff.ranking()[:2].tolist() == [[1, 2], [0, 1]]
@@ -363,14 +343,14 @@ def test_diff_ranks_changed_heads():
 
 
 def test_diff_errors_name_both_counts():
-    a = make_trace(np.full((1, 1, 3, 3), 1 / 3), ("[CLS]", "a", "[SEP]"), text="x")
-    b = make_trace(np.full((1, 1, 4, 4), 1 / 4), ("[CLS]", "a", "b", "[SEP]"), text="y")
+    a = synthetic_trace(("[CLS]", "a", "[SEP]"), attention=np.full((1, 1, 3, 3), 1 / 3), text="x")
+    b = synthetic_trace(("[CLS]", "a", "b", "[SEP]"), attention=np.full((1, 1, 4, 4), 1 / 4), text="y")
     with pytest.raises(ValueError, match=r"3 tokens, the second 4.*minimal pair"):
         diff_traces(a, b)
-    c = make_trace(np.full((1, 1, 4, 4), 1 / 4), ("[CLS]", "a", "c", "[SEP]"), text="y")
+    c = synthetic_trace(("[CLS]", "a", "c", "[SEP]"), attention=np.full((1, 1, 4, 4), 1 / 4), text="y")
     with pytest.raises(ValueError, match="share a tokenizer"):
         diff_traces(b, c)
-    d = make_trace(np.full((2, 1, 4, 4), 1 / 4), ("[CLS]", "a", "c", "[SEP]"), text="z")
+    d = synthetic_trace(("[CLS]", "a", "c", "[SEP]"), attention=np.full((2, 1, 4, 4), 1 / 4), text="z")
     with pytest.raises(ValueError, match="1x1 and 2x1"):
         diff_traces(c, d)
 
@@ -389,14 +369,15 @@ def test_rows_csv_and_json():
     assert text.splitlines()[-1] == "1,1,b,1,b,0.75"
     assert head_rows(np.array([[1.0, 2.0]]), "x") == [
         {"layer": 0, "head": 0, "x": 1.0}, {"layer": 0, "head": 1, "x": 2.0}]
-    report = head_report(make_trace(np.stack([UNIFORM, PREVIOUS])[None], TOKENS))
+    report = head_report(synthetic_trace(TOKENS, attention=np.stack([UNIFORM, PREVIOUS])[None]))
     data = json.loads(to_json(report))
     assert data["kind"] == "HeadReport" and data["statistics"]["previous"] == [[0.25, 1.0]]
     assert rows_to_csv(report.rows()).splitlines()[0] == "layer,head," + ",".join(STATISTICS)
     with pytest.raises(ValueError, match="no rows"):
         rows_to_csv([])
     tokens = ("[CLS]", "a", "[SEP]")
-    diff = diff_traces(make_trace(np.full((1, 1, 3, 3), 1 / 3), tokens), make_trace(np.eye(3)[None, None], tokens))
+    diff = diff_traces(synthetic_trace(tokens, attention=np.full((1, 1, 3, 3), 1 / 3)),
+                       synthetic_trace(tokens, attention=np.eye(3)[None, None]))
     summary = json.loads(to_json(diff))
     assert "difference" not in summary and summary["divergence"] == diff.divergence.tolist()
     assert np.array_equal(json.loads(to_json(diff, include_large=True))["difference"], diff.difference)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from encoder.analysis import (
+from analysis import (
     attention_flow,
     attention_rollout,
     corpus_head_report,
@@ -17,7 +17,7 @@ from encoder.analysis import (
 )
 from encoder.sources import load_path
 from encoder.trace import trace_text
-from tests.conftest import write_tiny_bert_folder
+from tests.support.models import write_tiny_bert_folder
 from tests.test_analysis import dense_graph, edmonds_karp
 
 SENTENCES = [

@@ -4,7 +4,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from encoder.analysis import (
+from analysis import (
     STATISTICS,
     attention_flow,
     attention_rollout,
@@ -13,7 +13,7 @@ from encoder.analysis import (
     head_distances,
     head_report,
 )
-from encoder.perturb import (
+from analysis.perturb import (
     AblationEffect,
     HeadImportance,
     NoiseStability,
@@ -22,8 +22,8 @@ from encoder.perturb import (
     noise_stability,
 )
 from encoder.trace import trace_text
-from tests.test_analysis import make_trace, random_attention
-from viz.analysis import (
+from tests.support.traces import random_attention, synthetic_trace
+from viz.analysis_figures import (
     build_ablation_chart,
     build_clustering_heatmap,
     build_diff_heatmap,
@@ -44,7 +44,7 @@ TOKENS = ("[CLS]", "the", "cat", "sat", ".", "[SEP]")
 
 @pytest.fixture(scope="module")
 def trace():
-    return make_trace(random_attention(np.random.default_rng(0), 3, 4, len(TOKENS)), TOKENS)
+    return synthetic_trace(TOKENS, attention=random_attention(np.random.default_rng(0), 3, 4, len(TOKENS)))
 
 
 def subtitle_lines(fig: go.Figure) -> list[str]:
@@ -124,7 +124,7 @@ def test_diff_figures(trace):
 
 
 def test_minimal_pair_labels_show_both_tokens(trace):
-    swapped = make_trace(trace.attention, ("[CLS]", "the", "dog", "sat", ".", "[SEP]"), text="other")
+    swapped = synthetic_trace(("[CLS]", "the", "dog", "sat", ".", "[SEP]"), attention=trace.attention, text="other")
     fig = build_diff_heatmap(diff_traces(trace, swapped), 0, 0)
     assert fig.layout.xaxis.ticktext[2] == "cat/dog"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import write_tiny_bert_folder
+from tests.support.models import write_tiny_bert_folder
 
 TIMEOUT = 180
 

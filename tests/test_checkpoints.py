@@ -11,7 +11,7 @@ from encoder.errors import CheckpointError, SourceError
 from encoder.saving import initial_model, load_folder, model_state, save_folder
 from encoder.sources import builtin_sources, load_path, load_source
 from encoder.trace import trace_text
-from tests.conftest import tiny_config, write_tiny_bert_folder
+from tests.support.models import tiny_config, write_tiny_bert_folder
 
 
 def test_convert_config_maps_every_field(minilm):

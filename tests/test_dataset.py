@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from encoder.dataset import (
+from tutorial.dataset import (
     DATA_DIR,
     LABELS,
     SOURCES,

@@ -17,23 +17,21 @@ import numpy as np
 import pytest
 from plotly.offline import get_plotlyjs_version
 
+from cli import main
+from encoder.errors import ExportError
 from encoder.trace import EncoderTrace, trace_text
-from tests.test_viz_common import synthetic_trace
-from viz import VIEWS, build_attention_heatmap, build_model_view
-from viz.export import (
+from encoder.trace_io import (
     CSV_HEADER,
-    ExportError,
     attention_from_csv,
-    figure_to_bytes,
-    figure_to_html,
-    find_browser,
-    main,
     trace_from_json,
     trace_to_csv,
     trace_to_json,
     trace_to_npz,
     write_attention_csv,
 )
+from tests.support.traces import synthetic_trace
+from viz import VIEWS, build_attention_heatmap, build_model_view
+from viz.render import figure_to_bytes, figure_to_html, find_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "The cat sat on the mat because the cat was tired."
@@ -122,7 +120,7 @@ def test_no_browser_anywhere_says_how_to_get_one(monkeypatch):
 def test_a_browser_that_does_not_start_fails_fast_instead_of_hanging():
     code = (
         "import plotly.graph_objects as go\n"
-        "from viz.export import ExportError, figure_to_bytes\n"
+        "from viz.render import ExportError, figure_to_bytes\n"
         "try:\n"
         "    figure_to_bytes(go.Figure(), 'png')\n"
         "except ExportError as error:\n"

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoder import analysis, perturb
+import analysis
+from analysis import perturb
+from cli import ANALYSIS_VIEWS, DEFAULT_CLUSTERS, main
 from encoder.trace import trace_text
-from viz import analysis as figures
-from viz.export import ANALYSIS_VIEWS, DEFAULT_CLUSTERS, main
+from viz import analysis_figures as figures
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "The cat sat on the mat."  # 8 tokens with [CLS] and [SEP]

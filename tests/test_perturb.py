@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from encoder.analysis import rows_to_csv, to_json
-from encoder.perturb import (
+from analysis import rows_to_csv, to_json
+from analysis.perturb import (
     ablate_heads,
     embedding_noise,
     embedding_rms,
@@ -18,7 +18,7 @@ from encoder.perturb import (
 from encoder.saving import initial_model, save_folder
 from encoder.sources import load_path
 from encoder.trace import trace_text
-from tests.conftest import tiny_config, write_tiny_bert_folder
+from tests.support.models import tiny_config, write_tiny_bert_folder
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 TINY_TEXT = "the cat sat on the mat ."

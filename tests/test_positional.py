@@ -5,7 +5,7 @@ import pytest
 
 from encoder.model import TransformerEncoder
 from encoder.positional import sinusoidal_encoding
-from tests.conftest import tiny_config
+from tests.support.models import tiny_config
 
 
 def test_sinusoidal_table_equals_the_formula_entry_by_entry():

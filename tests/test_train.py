@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from encoder.dataset import DataError, Example, load_splits
 from encoder.model import CompiledEncoder
-from encoder.predict import class_probabilities, predict_texts
 from encoder.saving import initial_model, model_state, read_folder_config
 from encoder.sources import LoadedModel, load_path
 from encoder.tokenizer import TextTokenizer
-from encoder.trace import EncoderTrace, trace_text
-from encoder.train import (
+from encoder.trace import EncoderTrace, class_probabilities, trace_text
+from tutorial.dataset import DataError, Example, load_splits
+from tutorial.predict import predict_texts
+from tutorial.train import (
     SPECIAL_TOKENS,
     TrainSettings,
     accuracy,
@@ -192,7 +192,7 @@ def test_bad_settings_and_data_fail_clearly(tiny_splits, tmp_path):
 
 
 def test_cli_reports_a_bad_data_file(tmp_path, capsys):
-    from encoder.train import main
+    from tutorial.train import main
 
     path = tmp_path / "mine.tsv"
     path.write_text("positive\tgreat\nno tab on this line\n", encoding="utf-8")
@@ -213,7 +213,7 @@ def test_cli_trains_on_a_users_own_file_with_any_labels(tmp_path):
     out = tmp_path / "topics_model"
     args = ["--data", str(data), "--out", str(out), "--epochs", "1", "--layers", "1", "--heads", "2",
             "--d-model", "16", "--dff", "32", "--vocab-size", "200", "--max-len", "16"]
-    result = subprocess.run([sys.executable, "-m", "encoder.train", *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "tutorial.train", *args], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent.parent, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test accuracy" in result.stdout

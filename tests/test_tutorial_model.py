@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from encoder.dataset import DATA_DIR, SPLIT_NAMES, file_sha256, load_splits
-from encoder.predict import class_probabilities, predict_texts
 from encoder.saving import initial_model, model_state, read_folder_config
 from encoder.sources import TUTORIAL_DIR, load_source
-from encoder.trace import trace_text
-from encoder.train import accuracy, config_sha256, state_sha256
+from encoder.trace import class_probabilities, trace_text
+from tutorial.dataset import DATA_DIR, SPLIT_NAMES, file_sha256, load_splits
+from tutorial.predict import predict_texts
+from tutorial.train import accuracy, config_sha256, state_sha256
 
 CLEAR = {
     "a wonderful, moving film": "positive",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from encoder.trace import trace_text
-from tests.test_viz_common import synthetic_trace
+from tests.support.traces import synthetic_trace
 from viz.attention import (
     CLICK_MAX_TOKENS,
     build_attention_heatmap,

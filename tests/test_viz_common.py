@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoder.positional import sinusoidal_encoding
-from encoder.trace import EncoderTrace
+from tests.support.traces import synthetic_trace
 from viz import VIEWS, build_view
 from viz.common import (
     check_colorscale,
@@ -25,36 +24,6 @@ from viz.common import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def synthetic_trace(
-    tokens,
-    *,
-    layers: int = 2,
-    heads: int = 3,
-    segment_ids=None,
-    table: np.ndarray | None = None,
-    seed: int = 0,
-) -> EncoderTrace:
-    """An EncoderTrace with random row-stochastic attention; [CLS]/[SEP] (and <s>, </s>) are special."""
-    rng = np.random.default_rng(seed)
-    count = len(tokens)
-    logits = rng.normal(0.0, 2.0, size=(layers, heads, count, count))
-    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    attention = (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
-    table = sinusoidal_encoding(max(count, 16), 8) if table is None else table
-    return EncoderTrace(
-        model="synthetic",
-        tokens=tuple(tokens),
-        token_ids=np.arange(count, dtype=np.int32),
-        segment_ids=np.zeros(count, np.int32) if segment_ids is None else np.asarray(segment_ids, np.int32),
-        special=np.array([t in ("[CLS]", "[SEP]", "<s>", "</s>") for t in tokens]),
-        attention=attention,
-        positional=table[:count],
-        positional_table=table,
-        hidden=rng.normal(size=(layers + 1, count, table.shape[1])).astype(np.float32),
-        text=" ".join(tokens),
-    )
 
 
 SENTENCE = ["[CLS]", "the", "cat", "sat", "on", "the", "mat", "[SEP]"]
@@ -157,7 +126,7 @@ def test_build_view_dispatches_and_rejects_unknown_settings():
 
 def test_viz_imports_neither_tensorflow_nor_streamlit():
     code = (
-        "import sys, viz, viz.export\n"
+        "import sys, viz, viz.common, viz.render, viz.export, analysis, encoder.trace_io\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'streamlit'))\n"
         "print(bad)\n"
     )

@@ -5,7 +5,7 @@ import pytest
 
 from encoder.positional import sinusoidal_encoding
 from encoder.trace import trace_text
-from tests.test_viz_common import synthetic_trace
+from tests.support.traces import synthetic_trace
 from viz.positional import (
     build_position_similarity,
     build_positional_dimensions,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from encoder.trace import trace_text
-from tests.test_viz_common import synthetic_trace
+from tests.support.traces import synthetic_trace
 from viz.tokens import build_token_view, layout_tokens
 
 

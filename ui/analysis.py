@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from encoder import analysis
+import analysis
 from encoder.trace import EncoderTrace
 from ui import cache
 from ui.downloads import figure_downloads_ui
-from viz import analysis as figures
+from viz import analysis_figures as figures
 from viz.tokens import build_token_view
 
 ANALYSES = ("Rollout", "Flow", "Report card", "Head clusters", "Noise stability", "Head ablation")

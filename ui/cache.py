@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from encoder import analysis, perturb
-from encoder.dataset import load_splits
+import analysis
+from analysis import perturb
 from encoder.sources import LoadedModel, load_source
 from encoder.trace import EncoderTrace, trace_text
+from tutorial.dataset import load_splits
 
 MAX_TRACES = 64
 MAX_ANALYSES = 32

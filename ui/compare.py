@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from encoder import analysis
+import analysis
 from encoder.errors import HeadlightError
 from encoder.sources import builtin_sources
 from encoder.trace import EncoderTrace
 from ui import cache
 from ui.analysis import Inputs
 from ui.downloads import figure_downloads_ui
-from viz import analysis as figures
+from viz import analysis_figures as figures
 from viz.attention import build_attention_heatmap
 
 MODES = ("another model", "another text")

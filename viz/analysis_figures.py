@@ -1,4 +1,4 @@
-"""Figure builders for the analyses of ``encoder.analysis`` and ``encoder.perturb``: pure functions returning
+"""Figure builders for the analyses of ``analysis`` and ``analysis.perturb``: pure functions returning
 ``go.Figure`` (no Streamlit, no TensorFlow). Titles say what is shown; subtitles say how to read it.
 
 Per-head maps (report card, divergences, importance) are layers x heads heatmaps with layer 0 at the top; each has
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import plotly.graph_objects as go
 
-from encoder.analysis import STATISTICS, AttentionDiff, HeadClustering, HeadReport
+from analysis import STATISTICS, AttentionDiff, HeadClustering, HeadReport
 from viz.common import (
     DEFAULT_DIVERGING,
     DEFAULT_SCALE,
@@ -28,7 +28,7 @@ from viz.common import (
 )
 
 if TYPE_CHECKING:
-    from encoder.perturb import AblationEffect, HeadImportance, NoiseStability
+    from analysis.perturb import AblationEffect, HeadImportance, NoiseStability
 
 _LINE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf", "#393b79", "#637939")
@@ -102,7 +102,7 @@ def build_rollout_heatmap(
     residual: float = 0.5,
     colorscale: str = DEFAULT_SCALE,
 ) -> go.Figure:
-    """Attention rollout (``encoder.analysis.attention_rollout``, (L, T, T)) after one layer, tokens on both axes.
+    """Attention rollout (``analysis.attention_rollout``, (L, T, T)) after one layer, tokens on both axes.
 
     Row ``i`` shows how much of each input token (columns) has been mixed into position ``i`` after ``layer``
     (default the last); each row sums to 1.
@@ -124,7 +124,7 @@ def build_rollout_heatmap(
 def build_flow_heatmap(
     flow: np.ndarray, tokens: Sequence[str], num_layers: int, residual: float = 0.5, colorscale: str = DEFAULT_SCALE
 ) -> go.Figure:
-    """Attention flow (``encoder.analysis.attention_flow``, (T, T)) with tokens on both axes.
+    """Attention flow (``analysis.attention_flow``, (T, T)) with tokens on both axes.
 
     Cell ``(i, j)``: the maximum flow from input token ``j`` to position ``i`` after ``num_layers`` layers, with
     attention weights (plus the residual) as capacities; at most 1.
@@ -238,7 +238,7 @@ _READING = {
 
 
 def build_report_heatmap(report: HeadReport, statistic: str, colorscale: str = DEFAULT_SCALE) -> go.Figure:
-    """One report-card statistic (``encoder.analysis.STATISTICS``) for every layer x head."""
+    """One report-card statistic (``analysis.STATISTICS``) for every layer x head."""
     if statistic not in STATISTICS:
         raise ValueError(f"unknown statistic {statistic!r}; choose from {', '.join(STATISTICS)}")
     scope = "this text" if report.num_texts == 1 else f"{report.num_texts:,} texts ({report.num_queries:,} tokens)"
@@ -384,7 +384,7 @@ def build_noise_curve(stability: NoiseStability) -> go.Figure:
 
 
 def build_importance_heatmap(importance: HeadImportance, colorscale: str | None = None) -> go.Figure:
-    """Every head silenced alone: the effect on the output, layers x heads (``encoder.perturb.head_importance``).
+    """Every head silenced alone: the effect on the output, layers x heads (``analysis.perturb.head_importance``).
 
     For a classifier the colour is the drop in the predicted class's probability (diverging: blue cells are
     heads whose removal helps the prediction); otherwise 1 - cosine of the sentence embedding.

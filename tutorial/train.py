@@ -1,13 +1,13 @@
 """Train the classic encoder (sinusoidal positions, ReLU) as a text classifier and save it as a Headlight folder.
 
-``python -m encoder.train`` (``make train``) trains on the committed sentiment data (``data/``) and writes
+``python -m tutorial.train`` (``make train``) trains on the committed sentiment data (``data/``) and writes
 ``models/tutorial/``: config.json (with the seed, so ``initial_model(config, seed)`` rebuilds the exact weights
 training started from), model.safetensors, tokenizer.json (WordPiece trained on the training split only),
 metrics.json (accuracy, per-source accuracy, majority-class and bag-of-words baselines on the same test split) and
 training_curve.png. ``--data my.tsv`` trains on your own ``label<TAB>text`` file instead (split 80/10/10).
 
 Example:
-    $ python -m encoder.train --epochs 3 --layers 2 --data reviews.tsv --out models/reviews
+    $ python -m tutorial.train --epochs 3 --layers 2 --data reviews.tsv --out models/reviews
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ import tensorflow as tf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from encoder.config import EncoderConfig
-from encoder.dataset import (
+from encoder.model import CompiledEncoder, TransformerEncoder
+from encoder.saving import initial_model, model_state, save_folder
+from encoder.sources import MODELS_DIR, TUTORIAL_DIR
+from tutorial.dataset import (
     DATA_DIR,
     SPLIT_NAMES,
     DataError,
@@ -42,13 +45,9 @@ from encoder.dataset import (
     read_labelled_file,
     split_labelled,
 )
-from encoder.model import CompiledEncoder, TransformerEncoder
-from encoder.predict import batch_probabilities
-from encoder.saving import initial_model, model_state, save_folder
+from tutorial.predict import batch_probabilities
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] is id 0
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-TUTORIAL_DIR = MODELS_DIR / "tutorial"
 MAX_POSITIONS = 512  # the app traces up to 512 tokens; training may use shorter sequences
 
 
@@ -420,7 +419,7 @@ def train(
         "seed": settings.seed,
         "initial_weights_sha256": initial_sha256,
         "description": f"Classic encoder ({settings.layers} layers x {settings.heads} heads, d_model "
-                       f"{settings.d_model}) trained by encoder.train to predict {', '.join(labels)}",
+                       f"{settings.d_model}) trained by tutorial.train to predict {', '.join(labels)}",
         "max_train_tokens": settings.max_len,
     }
     save_folder(out, encoder, tokenizer.to_str(), labels, metadata)
@@ -456,7 +455,7 @@ def train(
 
 def _parser() -> argparse.ArgumentParser:
     defaults = TrainSettings()
-    parser = argparse.ArgumentParser(prog="python -m encoder.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tutorial.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="your own label<TAB>text file (default: the committed "
                         "sentiment split in data/)")
     parser.add_argument("--out", type=Path, help="output folder (default: models/tutorial, or models/<file name> "

@@ -1,0 +1,67 @@
+"""Analyses on traces: attention math in NumPy, plus ``perturb``, the one module that re-runs the model.
+
+Shapes: L layers, H heads, T tokens, N = L * H heads in layer-major order (head ``n`` is layer ``n // H``, head
+``n % H``). ``attention[layer, head, query, key]`` rows are probability distributions over keys. Logarithms are
+natural (entropies and divergences in nats). Every function takes and returns plain NumPy or small frozen
+dataclasses; importing this package never imports TensorFlow (``perturb`` drives a loaded model through its
+compiled graphs, but the arrays it gets back are NumPy).
+
+Modules: ``flow`` (rollout, max-flow), ``divergence`` (entropy, Jensen-Shannon), ``report`` (head report card,
+corpora), ``clustering``, ``diff`` (two traces), ``tables`` (rows, CSV, JSON), ``perturb`` (noise, ablation).
+The names below are re-exported so ``import analysis; analysis.attention_rollout(...)`` reads as one library.
+"""
+
+from analysis.checks import Progress, check_attention, check_residual
+from analysis.clustering import HeadClustering, cluster_heads
+from analysis.diff import AttentionDiff, diff_traces
+from analysis.divergence import entropy, head_distances, head_divergence, js_divergence, xlogx_sums
+from analysis.flow import (
+    DEFAULT_RESIDUAL,
+    MAX_FLOW_TOKENS,
+    attention_flow,
+    attention_rollout,
+    layered_max_flow,
+    residual_attention,
+)
+from analysis.report import (
+    STATISTICS,
+    HeadReport,
+    corpus_head_report,
+    head_report,
+    iter_traces,
+    sentences_from_text,
+    token_classes,
+)
+from analysis.tables import head_rows, matrix_rows, rows_to_csv, to_json
+
+__all__ = [
+    "DEFAULT_RESIDUAL",
+    "MAX_FLOW_TOKENS",
+    "STATISTICS",
+    "AttentionDiff",
+    "HeadClustering",
+    "HeadReport",
+    "Progress",
+    "attention_flow",
+    "attention_rollout",
+    "check_attention",
+    "check_residual",
+    "cluster_heads",
+    "corpus_head_report",
+    "diff_traces",
+    "entropy",
+    "head_distances",
+    "head_divergence",
+    "head_report",
+    "head_rows",
+    "iter_traces",
+    "js_divergence",
+    "layered_max_flow",
+    "matrix_rows",
+    "residual_attention",
+    "rows_to_csv",
+    "sentences_from_text",
+    "to_json",
+    "token_classes",
+    "xlogx_sums",
+]

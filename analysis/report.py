@@ -1,0 +1,230 @@
+"""Head report card (Clark et al., 2019, "What does BERT look at?"): what each head attends to, for one trace
+or aggregated over a corpus of traces.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from analysis.checks import Progress, check_attention
+from analysis.divergence import head_distances, xlogx_sums
+from encoder.trace import EncoderTrace, trace_batch
+
+if TYPE_CHECKING:
+    from encoder.sources import LoadedModel
+
+
+STATISTICS: dict[str, str] = {
+    "entropy": "mean attention entropy (nats): low = focused on few tokens, high = spread out",
+    "cls": "attention to [CLS]",
+    "sep": "attention to [SEP]",
+    "punctuation": "attention to punctuation",
+    "self": "attention to the token itself",
+    "previous": "attention to the previous token",
+    "next": "attention to the next token",
+    "distance": "mean attention distance (tokens): sum_j a_ij |i - j|",
+}
+_SUBWORD_MARKS = ("##", "▁", "Ġ")
+
+
+def token_classes(tokens: Sequence[str], special: np.ndarray) -> dict[str, np.ndarray]:
+    """Which tokens count as [CLS], [SEP] and punctuation for the report card. Each value is (T,) bool.
+
+    - ``cls``: the first token, when it is special (BERT-family tokenizers put [CLS] there).
+    - ``sep``: every other special token ([SEP] after each sentence; [PAD] never occurs in a trace).
+    - ``punctuation``: a non-special token whose text, without a subword mark (``##``, ``▁``, ``Ġ``), is
+      non-empty and made only of Unicode punctuation (categories P*: ``. , ; ! ? " ' ( ) -`` ...).
+    """
+    special = np.asarray(special, dtype=bool)
+    if special.shape != (len(tokens),):
+        raise ValueError(f"special has shape {special.shape}, while there are {len(tokens)} tokens")
+    cls = np.zeros(len(tokens), dtype=bool)
+    if len(tokens) and special[0]:
+        cls[0] = True
+    punctuation = np.array([not s and _is_punctuation(t) for t, s in zip(tokens, special)], dtype=bool)
+    return {"cls": cls, "sep": special & ~cls, "punctuation": punctuation}
+
+
+def _is_punctuation(token: str) -> bool:
+    for mark in _SUBWORD_MARKS:
+        if token.startswith(mark):
+            token = token[len(mark):]
+            break
+    return bool(token) and all(unicodedata.category(ch).startswith("P") for ch in token)
+
+
+@dataclass(frozen=True, eq=False)
+class HeadReport:
+    """Report card of every head: each statistic of ``STATISTICS`` as an (L, H) float64 array.
+
+    Each statistic is a mean over query tokens (see ``head_report``); over a corpus every query token of every
+    text counts once (token-weighted), so long texts weigh more than short ones.
+    ``distance`` (optional) is the (N, N) head distance of ``head_distances``, averaged the same way.
+    """
+
+    statistics: dict[str, np.ndarray]
+    num_texts: int
+    num_queries: int
+    distance: np.ndarray | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return self.statistics["entropy"].shape[0]
+
+    @property
+    def num_heads(self) -> int:
+        return self.statistics["entropy"].shape[1]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.statistics:
+            raise KeyError(f"unknown statistic {name!r}; choose from {', '.join(STATISTICS)}")
+        return self.statistics[name]
+
+    def rows(self) -> list[dict]:
+        """One dict per head (layer, head, then every statistic): the sortable table, or CSV rows."""
+        return [
+            {"layer": layer, "head": head, **{name: float(self.statistics[name][layer, head]) for name in STATISTICS}}
+            for layer in range(self.num_layers)
+            for head in range(self.num_heads)
+        ]
+
+
+@dataclass
+class _ReportSums:
+    """Running sums for a token-weighted report over many traces."""
+
+    distances: bool
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    distance: np.ndarray | None = None
+    texts: int = 0
+    queries: int = 0
+    shape: tuple[int, int] | None = None
+
+    def add(self, attention: np.ndarray, tokens: Sequence[str], special: np.ndarray) -> None:
+        attention = check_attention(attention)
+        if len(tokens) != attention.shape[-1]:
+            raise ValueError(f"attention has {attention.shape[-1]} positions, while there are {len(tokens)} tokens")
+        if self.shape is None:
+            self.shape = attention.shape[:2]
+        elif attention.shape[:2] != self.shape:
+            raise ValueError(
+                f"all traces must come from one model: {self.shape[0]}x{self.shape[1]} heads, then "
+                f"{attention.shape[0]}x{attention.shape[1]}"
+            )
+        for name, (total, count) in _statistic_sums(attention, tokens, special).items():
+            self.sums[name] = self.sums.get(name, 0.0) + total
+            self.counts[name] = self.counts.get(name, 0) + count
+        if self.distances:
+            weighted = head_distances(attention) * attention.shape[-1]  # token-weighted, like the statistics
+            self.distance = weighted if self.distance is None else self.distance + weighted
+        self.texts += 1
+        self.queries += attention.shape[-1]
+
+    def report(self) -> HeadReport:
+        if self.texts == 0:
+            raise ValueError("no traces to report on: the corpus is empty")
+        statistics = {name: self.sums[name] / max(self.counts[name], 1) for name in STATISTICS}
+        distance = None if self.distance is None else self.distance / self.queries
+        return HeadReport(statistics, self.texts, self.queries, distance)
+
+
+def _statistic_sums(
+    attention: np.ndarray, tokens: Sequence[str], special: np.ndarray
+) -> dict[str, tuple[np.ndarray, int]]:
+    """For each statistic: its (L, H) sum over the queries where it is defined, and how many queries that is."""
+    t = attention.shape[-1]
+    classes = token_classes(tokens, special)
+    index = np.arange(t)
+    diagonal = attention[:, :, index, index]  # (L, H, T)
+    out = {
+        "entropy": (-xlogx_sums(attention), t),
+        "self": (diagonal.sum(axis=-1, dtype=np.float64), t),
+        "previous": (attention[:, :, index[1:], index[:-1]].sum(axis=-1, dtype=np.float64), t - 1),
+        "next": (attention[:, :, index[:-1], index[1:]].sum(axis=-1, dtype=np.float64), t - 1),
+        "distance": (
+            np.einsum("lhij,ij->lh", attention, np.abs(index[:, None] - index[None, :]).astype(attention.dtype),
+                      dtype=np.float64),
+            t,
+        ),
+    }
+    key_totals = attention.sum(axis=2, dtype=np.float64)  # (L, H, T): each key's weight summed over queries
+    for name in ("cls", "sep", "punctuation"):
+        out[name] = (key_totals[:, :, classes[name]].sum(axis=-1), t)
+    return out
+
+
+def head_report(trace: EncoderTrace, distances: bool = False) -> HeadReport:
+    """Report card of every head for one trace.
+
+    For a head with attention ``a`` (T x T), averaged over the query tokens ``i`` (all T, specials included):
+
+    - ``entropy``: ``-sum_j a_ij ln a_ij`` (nats; 0 ln 0 = 0), from 0 (one key) to ln T (uniform).
+    - ``cls``, ``sep``, ``punctuation``: ``sum_{j in class} a_ij``, with the classes of ``token_classes``.
+    - ``self``: ``a_ii``.
+    - ``previous``: ``a_{i, i-1}``, averaged over the T - 1 queries that have a previous token.
+    - ``next``: ``a_{i, i+1}``, averaged over the T - 1 queries that have a next token.
+    - ``distance``: ``sum_j a_ij |i - j|`` in tokens.
+
+    With ``distances=True`` the report also carries the head distance matrix (for ``cluster_heads``).
+    """
+    sums = _ReportSums(distances)
+    sums.add(trace.attention, trace.tokens, trace.special)
+    return sums.report()
+
+
+def corpus_head_report(
+    traces: Iterable[EncoderTrace],
+    total: int | None = None,
+    progress: Progress | None = None,
+    distances: bool = True,
+) -> HeadReport:
+    """Report card aggregated over many traces (of one model), token-weighted: every statistic is the mean over
+    all query tokens of all texts where it is defined (``head_report`` gives the per-query definitions).
+
+    Args:
+        traces: any iterable of traces, e.g. ``iter_traces(model, sentences)`` (consumed once, lazily).
+        total: how many traces to expect, passed on to ``progress``.
+        progress: called as ``progress(done, total)`` after each trace.
+        distances: also average the head distance matrix (costs about as much as the encoder at ~25 tokens).
+
+    Raises:
+        ValueError: no traces, or traces from models of different shapes.
+    """
+    sums = _ReportSums(distances)
+    for trace in traces:
+        sums.add(trace.attention, trace.tokens, trace.special)
+        if progress is not None:
+            progress(sums.texts, total)
+    return sums.report()
+
+
+def iter_traces(
+    model: LoadedModel, texts: Sequence[str], batch_size: int = 64, max_tokens: int | None = 128
+) -> Iterator[EncoderTrace]:
+    """Trace ``texts`` lazily in batches (``encoder.trace.trace_batch``), yielding traces in input order.
+
+    ``max_tokens`` truncates long lines (128 by default, so one long line cannot dominate a corpus).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for start in range(0, len(texts), batch_size):
+        yield from trace_batch(model, texts[start:start + batch_size], max_tokens=max_tokens, batch_size=batch_size)
+
+
+def sentences_from_text(text: str, limit: int = 5000) -> list[str]:
+    """The non-blank lines of an uploaded text file (one sentence per line), stripped, at most ``limit``.
+
+    Raises:
+        ValueError: no non-blank line.
+    """
+    lines = [line.strip() for line in text.splitlines()]
+    sentences = [line for line in lines if line][:limit]
+    if not sentences:
+        raise ValueError("The file has no sentences: put one sentence per line.")
+    return sentences

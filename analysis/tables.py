@@ -1,0 +1,82 @@
+"""Analysis results as numbers: long-format rows, CSV and JSON (the downloads and the CLI's csv/json output)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    pass
+
+
+_LARGE_FIELDS = ("attention", "difference")  # (L, H, T, T) fields that to_json leaves out by default
+
+def matrix_rows(values: np.ndarray, tokens: Sequence[str], name: str = "value") -> list[dict]:
+    """Long-format rows of a (T, T) or (L, T, T) token matrix (rollout, flow): [layer,] query, key, value."""
+    values = np.asarray(values)
+    if values.ndim not in (2, 3) or values.shape[-2:] != (len(tokens), len(tokens)):
+        raise ValueError(f"values must be (T, T) or (L, T, T) for {len(tokens)} tokens, got shape {values.shape}")
+    stack = values[None] if values.ndim == 2 else values
+    rows = []
+    for layer, matrix in enumerate(stack):
+        for i, query in enumerate(tokens):
+            for j, key in enumerate(tokens):
+                row = {"layer": layer} if values.ndim == 3 else {}
+                row.update(query_index=i, query_token=query, key_index=j, key_token=key)
+                row[name] = float(matrix[i, j])
+                rows.append(row)
+    return rows
+
+
+def head_rows(values: np.ndarray, name: str = "value") -> list[dict]:
+    """Long-format rows of an (L, H) per-head map: layer, head, value."""
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"values must be (layers, heads), got shape {values.shape}")
+    return [{"layer": layer, "head": head, name: float(values[layer, head])}
+            for layer in range(values.shape[0]) for head in range(values.shape[1])]
+
+
+def rows_to_csv(rows: Sequence[dict]) -> str:
+    """CSV text of dict rows (the header from the first row's keys)."""
+    if not rows:
+        raise ValueError("no rows to write")
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def to_json(result, include_large: bool = False) -> str:
+    """JSON text of an analysis result (any dataclass here or in ``analysis.perturb``, an array, or a dict):
+    arrays become nested lists, the class name is kept under ``"kind"``.
+
+    The (L, H, T, T) fields ``attention`` and ``difference`` are left out unless ``include_large`` (at 512 tokens
+    they are 19 million numbers; export one head with ``matrix_rows`` instead).
+    """
+    data = _jsonable(result)
+    if not include_large and isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in _LARGE_FIELDS}
+    return json.dumps(data)
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"kind": type(value).__name__,
+                **{f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
