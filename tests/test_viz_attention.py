@@ -68,7 +68,7 @@ def test_click_layer_covers_every_cell_with_query_and_key_indices(trace):
     cells = _cells(fig)
     count = trace.num_tokens
     assert len(cells.customdata) == count * count
-    assert cells.marker.opacity == 0 and cells.meta == "click-layer"
+    assert cells.marker.opacity == 0 and cells.meta == {"click": ["query", "key"], "invisible": True}
     query, key = 4, 9
     point = query * count + key
     weight = trace.attention[1, 3, query, key]
@@ -228,7 +228,7 @@ def test_model_view_tiles_every_layer_and_head_into_one_heatmap(trace):
     thumb = mosaic[2 * step:2 * step + size, 7 * step:7 * step + size]
     np.testing.assert_allclose(thumb, trace.attention[2, 7] / trace.attention[2, 7].max(), rtol=1e-6)
     assert np.isnan(mosaic[size:step]).all()  # the gap between layer rows is transparent
-    assert heads.meta == "click-layer"
+    assert heads.meta == {"click": ["layer", "head"], "invisible": True}
     chosen = build_model_view(trace, selected=(1, 3)).data[-1]
     assert chosen.name == "selected" and (chosen.x[0], chosen.y[0]) == (heads.x[count + 3], heads.y[count + 3])
     with pytest.raises(ValueError, match="head 12 is out of range"):

@@ -5,7 +5,7 @@ Every builder takes an ``EncoderTrace`` and returns a ``plotly.graph_objects.Fig
 
 Clicks (for Streamlit's ``on_select``): a heatmap alone sends no selection event, so the heatmap (up to
 ``CLICK_MAX_TOKENS`` tokens a side) and the model view carry an invisible scatter trace named ``"cells"`` /
-``"heads"`` (``meta`` "click-layer") over the cell / thumbnail centres. Its ``customdata`` per point is
+``"heads"`` (``meta`` ``click_meta(..., invisible=True)``) over the cell / thumbnail centres. Its ``customdata`` per point is
 ``[query_index, key_index]`` (token indices in the trace) for the heatmap and ``[layer, head]`` for the model view;
 head lines carry ``[token_index]`` on the left-hand tokens (trace ``"tokens"``). Image exports drop click layers.
 """
@@ -25,7 +25,6 @@ from encoder.trace import EncoderTrace
 from viz.common import (
     AGGREGATES,
     BLOCKS,
-    CLICK_LAYER,
     DEFAULT_SCALE,
     base_layout,
     block_edges,
@@ -38,6 +37,7 @@ from viz.common import (
     check_int_range,
     check_layer,
     check_token,
+    click_meta,
     describe_heads,
     display_token,
     downsample,
@@ -125,7 +125,7 @@ def build_attention_heatmap(
         A figure whose first trace is the heatmap: ``z`` (R, C) float32 (log10 with ``log_color``), ``x``/``y`` the
         columns'/rows' category labels "token (index)" (``viz.common.category_labels``), ticks showing the tokens.
         With at most ``CLICK_MAX_TOKENS`` rows and columns an invisible scatter trace ``"cells"`` (``meta``
-        "click-layer") covers the cell centres: ``customdata`` is ``[query_index, key_index, weight]`` per point,
+        ``click_meta("query", "key", invisible=True)``) covers the cell centres: ``customdata`` is ``[query_index, key_index, weight]`` per point,
         for clicks. ``selected`` adds a visible one-point trace
         ``"selected"``.
 
@@ -209,7 +209,7 @@ def _cell_layer(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: 
         unselected=dict(marker=dict(opacity=0)),
         hovertemplate="%{y} → %{x}: %{customdata[2]:.4f}<extra></extra>",
         name="cells",
-        meta=CLICK_LAYER,
+        meta=click_meta("query", "key", invisible=True),
         showlegend=False,
     )
 
@@ -328,7 +328,7 @@ def build_model_view(
         Trace 0: the heatmap, ``z`` of shape (L*s + (L-1)*g, H*s + (H-1)*g) for thumbnail side s and gap g; the
         thumbnail of (layer l, head h) starts at row ``l*(s+g)``, column ``h*(s+g)``. Trace 1: ``"heads"``, an
         invisible scatter of L*H points at the thumbnail centres with ``customdata`` [layer, head], for clicks
-        (``meta`` "click-layer"). ``selected`` = (layer, head) adds a visible outline trace ``"selected"``.
+        (``meta`` ``click_meta(..., invisible=True)``). ``selected`` = (layer, head) adds a visible outline trace ``"selected"``.
     """
     check_colorscale(colorscale)
     check_choice(reduce, AGGREGATES, "reduce")
@@ -391,7 +391,7 @@ def build_model_view(
         selected=dict(marker=dict(opacity=1)),
         unselected=dict(marker=dict(opacity=0)),
         name="heads",
-        meta=CLICK_LAYER,
+        meta=click_meta("layer", "head", invisible=True),
         showlegend=False,
     ))
     if selected is not None:
@@ -495,7 +495,7 @@ def build_head_lines(
             mode="markers+text", text=[labels[i] if i % stride == 0 else "" for i in range(count)],
             textposition=anchor, textfont=dict(size=font, color=colors), cliponaxis=False,
             marker=dict(size=max(4, per_token - 2), color="#444", opacity=0.0),
-            customdata=shown.astype(np.int32)[:, None], hovertext=hover,
+            customdata=shown.astype(np.int32)[:, None], hovertext=hover, meta=click_meta("query"),
             hovertemplate="%{hovertext}<extra></extra>", name=name, showlegend=False,
         ))
     return fig

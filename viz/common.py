@@ -27,8 +27,43 @@ BLOCKS = ("AA", "AB", "BA", "BB")
 LOG_FLOOR = 1e-4  # log colour shows weights below this as this
 FONT_FAMILY = '"DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", Arial, sans-serif'
 MAX_LABEL_CHARS = 16
-CLICK_LAYER = "click-layer"  # ``meta`` of invisible interaction traces; static exports drop them
 _NAMED_SCALES = frozenset(plotly.colors.named_colorscales())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clicks: the contract between a figure and whoever shows it
+#
+# A trace whose points can be clicked carries ``meta = click_meta(*fields)``: the first ``len(fields)`` values of
+# each point's ``customdata`` are integers named by ``fields`` (from ``CLICK_FIELDS``); more values may follow for
+# hover text. The app reads the spec from the figure (``click_spec``) and moves its controls: a "query" picks the
+# query token, "layer" + "head" open that head. ``invisible`` traces exist only to be clicked (a heatmap alone
+# sends no click events), so static image exports drop them.
+
+CLICK_FIELDS = ("layer", "head", "query", "key")
+
+
+def click_meta(*fields: str, invisible: bool = False) -> dict:
+    """``meta`` for a clickable trace whose points' ``customdata`` starts with ``fields`` (see above)."""
+    unknown = [field for field in fields if field not in CLICK_FIELDS]
+    if not fields or unknown:
+        raise ValueError(f"click fields must come from {CLICK_FIELDS}, got {fields}")
+    return {"click": list(fields), "invisible": invisible}
+
+
+def click_spec(fig: go.Figure) -> dict[int, tuple[str, ...]]:
+    """Trace index -> click field names, for every clickable trace of ``fig``."""
+    spec = {}
+    for index, trace in enumerate(fig.data):
+        meta = trace.meta
+        if isinstance(meta, dict) and meta.get("click"):
+            spec[index] = tuple(meta["click"])
+    return spec
+
+
+def is_click_layer(trace: dict) -> bool:
+    """Whether a trace (as plotly JSON) exists only to be clicked: images leave it out."""
+    meta = trace.get("meta")
+    return isinstance(meta, dict) and bool(meta.get("invisible"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import threading
 import plotly.graph_objects as go
 
 from encoder.errors import ExportError
-from viz.common import CLICK_LAYER
+from viz.common import is_click_layer
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
 FIGURE_FORMATS = (*IMAGE_FORMATS, "html")
@@ -135,7 +135,7 @@ def figure_to_bytes(
         raise ExportError(f"scale must be positive, got {scale}")
     figure = fig.to_plotly_json()
     # Invisible click layers only serve the browser; in an image they cost drawing time and nothing else.
-    figure["data"] = [t for t in figure.get("data", []) if t.get("meta") != CLICK_LAYER]
+    figure["data"] = [t for t in figure.get("data", []) if not is_click_layer(t)]
     renderer = _get_renderer()
     try:
         return renderer.render(figure, fmt, width, height, scale)
