@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from encoder.errors import AnalysisError
+
 if TYPE_CHECKING:
     pass
 
@@ -17,14 +19,14 @@ def check_attention(attention: np.ndarray, what: str = "attention") -> np.ndarra
     """``attention`` as an array of shape (L, H, T, T), else ValueError naming the shape."""
     attention = np.asarray(attention)
     if attention.ndim != 4 or attention.shape[2] != attention.shape[3]:
-        raise ValueError(f"{what} must have shape (layers, heads, T, T), got {attention.shape}")
+        raise AnalysisError(f"{what} must have shape (layers, heads, T, T), got {attention.shape}")
     if attention.shape[2] == 0:
-        raise ValueError(f"{what} has no tokens")
+        raise AnalysisError(f"{what} has no tokens")
     return attention
 
 
 def check_residual(residual: float) -> float:
     residual = float(residual)
     if not 0.0 <= residual <= 1.0:
-        raise ValueError(f"residual must be between 0 and 1 (the weight of the identity), got {residual}")
+        raise AnalysisError(f"residual must be between 0 and 1 (the weight of the identity), got {residual}")
     return residual

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from encoder.errors import AnalysisError
+
 if TYPE_CHECKING:
     pass
 
@@ -34,7 +36,7 @@ class HeadClustering:
         """(N,) cluster number (0..count-1, numbered by first appearance in ``order``) when cut into ``count``."""
         n = len(self.order)
         if not 1 <= count <= n:
-            raise ValueError(f"count must be between 1 and {n}, got {count}")
+            raise AnalysisError(f"count must be between 1 and {n}, got {count}")
         members = {i: [i] for i in range(n)}
         for row, (a, b, _, _) in enumerate(self.merges[: n - count]):
             members[n + row] = members.pop(int(a)) + members.pop(int(b))
@@ -69,9 +71,9 @@ def cluster_heads(distance: np.ndarray, num_layers: int, num_heads: int) -> Head
     distance = np.asarray(distance, dtype=np.float64)
     n = num_layers * num_heads
     if distance.shape != (n, n):
-        raise ValueError(f"distance has shape {distance.shape}, while {num_layers}x{num_heads} heads need {(n, n)}")
+        raise AnalysisError(f"distance has shape {distance.shape}, while {num_layers}x{num_heads} heads need {(n, n)}")
     if not np.allclose(distance, distance.T, atol=1e-12):
-        raise ValueError("distance must be symmetric")
+        raise AnalysisError("distance must be symmetric")
     work = distance.copy()
     np.fill_diagonal(work, np.inf)
     size = np.ones(n)

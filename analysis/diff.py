@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.divergence import head_divergence
+from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace
 
 if TYPE_CHECKING:
@@ -53,22 +54,22 @@ def diff_traces(
     with the same number of tokens) through one model.
 
     Raises:
-        ValueError: different token counts (both named), different tokens for the same text (the models do not
+        AnalysisError: different token counts (both named), different tokens for the same text (the models do not
             share a tokenizer), or models of different shapes.
     """
     same_input = a.text == b.text and a.pair == b.pair
     if a.num_tokens != b.num_tokens:
         what = "the two models tokenize the text differently" if same_input else "a minimal pair needs equal lengths"
-        raise ValueError(
+        raise AnalysisError(
             f"Cannot compare: the first input has {a.num_tokens} tokens, the second {b.num_tokens} ({what})."
         )
     if same_input and a.tokens != b.tokens:
-        raise ValueError(
+        raise AnalysisError(
             f"Cannot compare: the same text gives different tokens ({a.num_tokens} and {b.num_tokens}); the two "
             "models must share a tokenizer."
         )
     if a.attention.shape[:2] != b.attention.shape[:2]:
-        raise ValueError(
+        raise AnalysisError(
             f"Cannot compare models of different shapes: {a.num_layers}x{a.num_heads} and "
             f"{b.num_layers}x{b.num_heads} (layers x heads)."
         )

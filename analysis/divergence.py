@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.checks import check_attention
+from encoder.errors import AnalysisError
 
 if TYPE_CHECKING:
     pass
@@ -39,7 +40,7 @@ def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
     if p.shape[axis] != q.shape[axis]:
-        raise ValueError(f"distributions of different lengths: {p.shape[axis]} and {q.shape[axis]}")
+        raise AnalysisError(f"distributions of different lengths: {p.shape[axis]} and {q.shape[axis]}")
     mixture = entropy((p + q) * 0.5, axis=axis)
     value = mixture - 0.5 * (entropy(p, axis=axis) + entropy(q, axis=axis))
     return np.clip(value, 0.0, LN2)
@@ -66,7 +67,7 @@ def head_divergence(a: np.ndarray, b: np.ndarray, a_sums: np.ndarray | None = No
     """
     a, b = check_attention(a, "first attention"), check_attention(b, "second attention")
     if a.shape != b.shape:
-        raise ValueError(f"attention shapes differ: {a.shape} and {b.shape}")
+        raise AnalysisError(f"attention shapes differ: {a.shape} and {b.shape}")
     a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
     a_sums = xlogx_sums(a) if a_sums is None else a_sums
     mixture = a + b

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.checks import check_attention, check_residual
+from encoder.errors import AnalysisError
 
 if TYPE_CHECKING:
     pass
@@ -76,18 +77,18 @@ def attention_flow(
         max_tokens: refuse longer inputs (the cost grows like T^4 times the layers).
 
     Raises:
-        ValueError: more than ``max_tokens`` tokens, or ``num_layers`` out of range.
+        AnalysisError: more than ``max_tokens`` tokens, or ``num_layers`` out of range.
     """
     attention = check_attention(attention)
     tokens = attention.shape[-1]
     if tokens > max_tokens:
-        raise ValueError(
+        raise AnalysisError(
             f"Attention flow is limited to {max_tokens} tokens (it solves one max-flow problem per token pair); "
             f"this input has {tokens} tokens. Shorten the text or lower max tokens, or use rollout."
         )
     layers = attention.shape[0] if num_layers is None else int(num_layers)
     if not 1 <= layers <= attention.shape[0]:
-        raise ValueError(f"num_layers must be between 1 and {attention.shape[0]}, got {num_layers}")
+        raise AnalysisError(f"num_layers must be between 1 and {attention.shape[0]}, got {num_layers}")
     return layered_max_flow(residual_attention(attention[:layers], residual))
 
 
@@ -103,9 +104,9 @@ def layered_max_flow(capacity: np.ndarray) -> np.ndarray:
     """
     capacity = np.asarray(capacity, dtype=np.float64)
     if capacity.ndim != 3 or capacity.shape[1] != capacity.shape[2]:
-        raise ValueError(f"capacity must have shape (layers, T, T), got {capacity.shape}")
+        raise AnalysisError(f"capacity must have shape (layers, T, T), got {capacity.shape}")
     if (capacity < 0).any():
-        raise ValueError("capacities must be non-negative")
+        raise AnalysisError("capacities must be non-negative")
     num_layers, tokens, _ = capacity.shape
     problems = tokens * tokens
     sink, source = np.divmod(np.arange(problems), tokens)

@@ -19,6 +19,7 @@ import numpy as np
 from analysis.checks import Progress
 from analysis.divergence import head_divergence, xlogx_sums
 from analysis.tables import head_rows
+from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace, to_numpy
 
 if TYPE_CHECKING:
@@ -33,9 +34,9 @@ def check_pairing(model: LoadedModel, trace: EncoderTrace) -> None:
     """ValueError unless ``trace`` was made by ``model`` (the clean reference must be this model's output)."""
     cfg = model.config
     if trace.model != model.name:
-        raise ValueError(f"The trace comes from model {trace.model!r}, not {model.name!r}; trace the text again.")
+        raise AnalysisError(f"The trace comes from model {trace.model!r}, not {model.name!r}; trace the text again.")
     if (trace.num_layers, trace.num_heads, trace.hidden.shape[-1]) != (cfg.num_layers, cfg.num_heads, cfg.d_model):
-        raise ValueError(
+        raise AnalysisError(
             f"The trace has {trace.num_layers}x{trace.num_heads} heads of width {trace.hidden.shape[-1]}; the model "
             f"{cfg.num_layers}x{cfg.num_heads} of width {cfg.d_model}."
         )
@@ -70,9 +71,9 @@ def _inputs(trace: EncoderTrace, head_mask: np.ndarray | None, noise: np.ndarray
     head_mask = np.ones((batch, layers, heads), np.float32) if head_mask is None else np.asarray(head_mask, np.float32)
     noise = np.zeros((batch, t, d), np.float32) if noise is None else np.asarray(noise, np.float32)
     if head_mask.shape != (batch, layers, heads):
-        raise ValueError(f"head_mask must have shape {(batch, layers, heads)}, got {head_mask.shape}")
+        raise AnalysisError(f"head_mask must have shape {(batch, layers, heads)}, got {head_mask.shape}")
     if noise.shape != (batch, t, d):
-        raise ValueError(f"noise must have shape {(batch, t, d)}, got {noise.shape}")
+        raise AnalysisError(f"noise must have shape {(batch, t, d)}, got {noise.shape}")
     return head_mask, noise
 
 
@@ -113,9 +114,9 @@ def embedding_noise(trace: EncoderTrace, sigma: float, samples: int, seed: int =
     sigma (so a curve over sigma scales one set of directions), different per sample. Sigma 0 gives zeros.
     """
     if not (math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+        raise AnalysisError(f"sigma must be a finite number >= 0, got {sigma}")
     if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
+        raise AnalysisError(f"samples must be at least 1, got {samples}")
     scale = np.float32(sigma * embedding_rms(trace))
     shape = trace.hidden.shape[1:]
     return np.stack([
@@ -171,7 +172,7 @@ def noise_stability(
     check_pairing(model, trace)
     sigmas = np.asarray(sigmas, dtype=np.float64)
     if sigmas.ndim != 1 or sigmas.size == 0:
-        raise ValueError(f"sigmas must be a non-empty list of numbers, got {sigmas!r}")
+        raise AnalysisError(f"sigmas must be a non-empty list of numbers, got {sigmas!r}")
     noises = [embedding_noise(trace, float(sigma), 1 if sigma == 0 else samples, seed) for sigma in sigmas]
     owner = np.repeat(np.arange(len(sigmas)), [len(n) for n in noises])  # which sigma each run belongs to
     head_mask, noise = _inputs(trace, None, np.concatenate(noises))
@@ -202,14 +203,16 @@ def head_mask(num_layers: int, num_heads: int, heads: Iterable[tuple[int, int]])
     """(L, H) float32 of ones with 0 at every ``(layer, head)`` in ``heads``.
 
     Raises:
-        ValueError: a layer or head out of range (the message names it and the range).
+        AnalysisError: a layer or head out of range (the message names it and the range).
     """
     mask = np.ones((num_layers, num_heads), np.float32)
     for layer, head in heads:
         if not 0 <= layer < num_layers:
-            raise ValueError(f"layer {layer} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
+            raise AnalysisError(
+                f"layer {layer} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
         if not 0 <= head < num_heads:
-            raise ValueError(f"head {head} is out of range: the model has {num_heads} heads (0-{num_heads - 1})")
+            raise AnalysisError(
+                f"head {head} is out of range: the model has {num_heads} heads (0-{num_heads - 1})")
         mask[layer, head] = 0.0
     return mask
 

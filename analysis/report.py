@@ -13,6 +13,7 @@ import numpy as np
 
 from analysis.checks import Progress, check_attention
 from analysis.divergence import head_distances, xlogx_sums
+from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace, trace_batch
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def token_classes(tokens: Sequence[str], special: np.ndarray) -> dict[str, np.nd
     """
     special = np.asarray(special, dtype=bool)
     if special.shape != (len(tokens),):
-        raise ValueError(f"special has shape {special.shape}, while there are {len(tokens)} tokens")
+        raise AnalysisError(f"special has shape {special.shape}, while there are {len(tokens)} tokens")
     cls = np.zeros(len(tokens), dtype=bool)
     if len(tokens) and special[0]:
         cls[0] = True
@@ -109,11 +110,11 @@ class _ReportSums:
     def add(self, attention: np.ndarray, tokens: Sequence[str], special: np.ndarray) -> None:
         attention = check_attention(attention)
         if len(tokens) != attention.shape[-1]:
-            raise ValueError(f"attention has {attention.shape[-1]} positions, while there are {len(tokens)} tokens")
+            raise AnalysisError(f"attention has {attention.shape[-1]} positions, while there are {len(tokens)} tokens")
         if self.shape is None:
             self.shape = attention.shape[:2]
         elif attention.shape[:2] != self.shape:
-            raise ValueError(
+            raise AnalysisError(
                 f"all traces must come from one model: {self.shape[0]}x{self.shape[1]} heads, then "
                 f"{attention.shape[0]}x{attention.shape[1]}"
             )
@@ -128,7 +129,7 @@ class _ReportSums:
 
     def report(self) -> HeadReport:
         if self.texts == 0:
-            raise ValueError("no traces to report on: the corpus is empty")
+            raise AnalysisError("no traces to report on: the corpus is empty")
         statistics = {name: self.sums[name] / max(self.counts[name], 1) for name in STATISTICS}
         distance = None if self.distance is None else self.distance / self.queries
         return HeadReport(statistics, self.texts, self.queries, distance)
@@ -194,7 +195,7 @@ def corpus_head_report(
         distances: also average the head distance matrix (costs about as much as the encoder at ~25 tokens).
 
     Raises:
-        ValueError: no traces, or traces from models of different shapes.
+        AnalysisError: no traces, or traces from models of different shapes.
     """
     sums = _ReportSums(distances)
     for trace in traces:
@@ -212,7 +213,7 @@ def iter_traces(
     ``max_tokens`` truncates long lines (128 by default, so one long line cannot dominate a corpus).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise AnalysisError(f"batch_size must be at least 1, got {batch_size}")
     for start in range(0, len(texts), batch_size):
         yield from trace_batch(model, texts[start:start + batch_size], max_tokens=max_tokens, batch_size=batch_size)
 
@@ -221,10 +222,10 @@ def sentences_from_text(text: str, limit: int = 5000) -> list[str]:
     """The non-blank lines of an uploaded text file (one sentence per line), stripped, at most ``limit``.
 
     Raises:
-        ValueError: no non-blank line.
+        AnalysisError: no non-blank line.
     """
     lines = [line.strip() for line in text.splitlines()]
     sentences = [line for line in lines if line][:limit]
     if not sentences:
-        raise ValueError("The file has no sentences: put one sentence per line.")
+        raise AnalysisError("The file has no sentences: put one sentence per line.")
     return sentences

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from encoder.errors import AnalysisError
+
 if TYPE_CHECKING:
     pass
 
@@ -21,7 +23,7 @@ def matrix_rows(values: np.ndarray, tokens: Sequence[str], name: str = "value") 
     """Long-format rows of a (T, T) or (L, T, T) token matrix (rollout, flow): [layer,] query, key, value."""
     values = np.asarray(values)
     if values.ndim not in (2, 3) or values.shape[-2:] != (len(tokens), len(tokens)):
-        raise ValueError(f"values must be (T, T) or (L, T, T) for {len(tokens)} tokens, got shape {values.shape}")
+        raise AnalysisError(f"values must be (T, T) or (L, T, T) for {len(tokens)} tokens, got shape {values.shape}")
     stack = values[None] if values.ndim == 2 else values
     rows = []
     for layer, matrix in enumerate(stack):
@@ -38,7 +40,7 @@ def head_rows(values: np.ndarray, name: str = "value") -> list[dict]:
     """Long-format rows of an (L, H) per-head map: layer, head, value."""
     values = np.asarray(values)
     if values.ndim != 2:
-        raise ValueError(f"values must be (layers, heads), got shape {values.shape}")
+        raise AnalysisError(f"values must be (layers, heads), got shape {values.shape}")
     return [{"layer": layer, "head": head, name: float(values[layer, head])}
             for layer in range(values.shape[0]) for head in range(values.shape[1])]
 
@@ -46,7 +48,7 @@ def head_rows(values: np.ndarray, name: str = "value") -> list[dict]:
 def rows_to_csv(rows: Sequence[dict]) -> str:
     """CSV text of dict rows (the header from the first row's keys)."""
     if not rows:
-        raise ValueError("no rows to write")
+        raise AnalysisError("no rows to write")
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()

@@ -25,3 +25,8 @@ class ExportError(HeadlightError):
 class ViewError(HeadlightError, ValueError):
     """A view or analysis cannot be drawn with these settings: a layer, head or token out of range, an unknown
     colour scale or view name, ... (the message names the bad value and what is allowed)."""
+
+
+class AnalysisError(HeadlightError, ValueError):
+    """An analysis cannot run on this input or with these settings: too many tokens for max-flow, traces of
+    different models, a residual weight outside [0, 1], ..."""
