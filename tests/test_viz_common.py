@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from encoder.errors import HeadlightError, ViewError
 from tests.support.traces import synthetic_trace
 from viz import VIEWS, build_view
+from viz.attention import build_attention_heatmap
 from viz.common import (
     check_colorscale,
     check_heads,
@@ -19,6 +21,7 @@ from viz.common import (
     downsample,
     renormalize_rows,
     select_attention,
+    shown_attention,
     text_width,
     token_ticks,
 )
@@ -51,6 +54,32 @@ def test_validators_name_the_bad_value_and_the_range():
     with pytest.raises(ValueError, match="colour scale 'Rainbowish'"):
         check_colorscale("Rainbowish")
     assert check_colorscale("viridis_r") == "viridis_r"
+
+
+def test_a_bad_setting_is_a_view_error_the_app_can_show():
+    trace = synthetic_trace(SENTENCE, layers=6, heads=4)
+    with pytest.raises(ViewError, match="layer 6 is out of range") as caught:
+        build_attention_heatmap(trace, layer=6)
+    assert isinstance(caught.value, HeadlightError)
+    with pytest.raises(ViewError, match="hiding special tokens leaves no tokens to show"):
+        shown_attention(synthetic_trace(["[CLS]", "[SEP]"]), np.eye(2), hide_special=True, renormalize=True)
+
+
+def test_shown_attention_cuts_renormalises_and_says_so():
+    trace = synthetic_trace(SENTENCE, layers=2, heads=3)
+    inner = np.arange(1, 7)
+    weights, shown, notes = shown_attention(trace, trace.attention, hide_special=False, renormalize=True)
+    np.testing.assert_array_equal(weights, trace.attention)
+    assert shown.tolist() == list(range(8)) and notes == []
+    weights, shown, notes = shown_attention(trace, trace.attention[1, 2], hide_special=True, renormalize=True)
+    assert shown.tolist() == inner.tolist() and notes == ["special tokens hidden, rows renormalised"]
+    np.testing.assert_allclose(weights.sum(axis=-1), 1.0, rtol=1e-6)
+    cut = trace.attention[1][:, inner][:, :, inner]
+    weights, _, notes = shown_attention(trace, trace.attention[1], hide_special=True, renormalize=False)
+    np.testing.assert_array_equal(weights, cut)
+    assert notes == ["special tokens hidden"]
+    _, _, notes = shown_attention(trace, trace.attention[1], True, False, say_unnormalised=True)
+    assert notes == ["special tokens hidden, rows not renormalised"]
 
 
 def test_select_attention_single_head_mean_max_and_layer_mean():

@@ -16,6 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from analysis import STATISTICS, AttentionDiff, HeadClustering, HeadReport
+from encoder.errors import ViewError
 from viz.common import (
     DEFAULT_DIVERGING,
     DEFAULT_SCALE,
@@ -240,7 +241,7 @@ _READING = {
 def build_report_heatmap(report: HeadReport, statistic: str, colorscale: str = DEFAULT_SCALE) -> go.Figure:
     """One report-card statistic (``analysis.STATISTICS``) for every layer x head."""
     if statistic not in STATISTICS:
-        raise ValueError(f"unknown statistic {statistic!r}; choose from {', '.join(STATISTICS)}")
+        raise ViewError(f"unknown statistic {statistic!r}; choose from {', '.join(STATISTICS)}")
     scope = "this text" if report.num_texts == 1 else f"{report.num_texts:,} texts ({report.num_queries:,} tokens)"
     shares = statistic not in ("entropy", "distance")
     return build_head_map(
@@ -316,7 +317,7 @@ def build_diff_map(diff: AttentionDiff, colorscale: str = "Reds") -> go.Figure:
 def build_diff_ranking(diff: AttentionDiff, top: int = 15) -> go.Figure:
     """The ``top`` most changed heads as horizontal bars, the most changed on top."""
     if top < 1:
-        raise ValueError(f"top must be at least 1, got {top}")
+        raise ViewError(f"top must be at least 1, got {top}")
     ranking = diff.ranking()[:top]
     names = [f"L{layer} H{head}" for layer, head in ranking]
     values = [float(diff.divergence[layer, head]) for layer, head in ranking]
@@ -354,7 +355,7 @@ def _sigma_index(sigmas: list[float], sigma: float) -> int:
     for index, value in enumerate(sigmas):
         if abs(value - sigma) <= 1e-12 * max(1.0, abs(sigma)):
             return index
-    raise ValueError(f"sigma {sigma:g} was not measured; measured: {', '.join(f'{s:g}' for s in sigmas)}")
+    raise ViewError(f"sigma {sigma:g} was not measured; measured: {', '.join(f'{s:g}' for s in sigmas)}")
 
 
 def build_noise_curve(stability: NoiseStability) -> go.Figure:

@@ -21,6 +21,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
 from viz.common import (
     AGGREGATES,
@@ -36,6 +37,7 @@ from viz.common import (
     check_heads,
     check_int_range,
     check_layer,
+    check_shown_token,
     check_token,
     click_meta,
     describe_heads,
@@ -45,12 +47,11 @@ from viz.common import (
     log_colorbar,
     log_weights,
     new_figure,
-    renormalize_rows,
     select_attention,
     short_label,
+    shown_attention,
     token_hover_label,
     token_ticks,
-    visible_tokens,
 )
 
 CLICK_MAX_TOKENS = 64  # beyond this many rows or columns no click layer: T² SVG markers slow drawing (~1 s at 128)
@@ -68,20 +69,12 @@ def _view_rows_cols(
     Special tokens are dropped first (rows renormalised over the remaining keys when asked); a block then keeps the
     queries of one sentence and the keys of the other (weights as they are, not renormalised again).
     """
-    notes = []
-    shown = visible_tokens(trace, hide_special)
-    sub = matrix[np.ix_(shown, shown)]
-    if hide_special:
-        if renormalize:
-            sub = renormalize_rows(sub)
-            notes.append("special tokens hidden, rows renormalised")
-        else:
-            notes.append("special tokens hidden, rows not renormalised")
+    sub, shown, notes = shown_attention(trace, matrix, hide_special, renormalize, say_unnormalised=True)
     rows, cols = shown, shown
     if block is not None:
         check_choice(block, BLOCKS, "block")
         if not trace.is_pair:
-            raise ValueError(f"block {block!r} needs a sentence pair; this trace has one sentence")
+            raise ViewError(f"block {block!r} needs a sentence pair; this trace has one sentence")
         segments = trace.segment_ids[shown]
         row_mask, col_mask = segments == "AB".index(block[0]), segments == "AB".index(block[1])
         rows, cols = shown[row_mask], shown[col_mask]
@@ -136,7 +129,7 @@ def build_attention_heatmap(
     matrix, what = select_attention(trace, layer, head, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
     rows, cols, weights, notes = _view_rows_cols(trace, matrix, hide_special, renormalize, block)
     if rows.size == 0 or cols.size == 0:
-        raise ValueError(f"block {block!r} has no tokens to show once special tokens are hidden")
+        raise ViewError(f"block {block!r} has no tokens to show once special tokens are hidden")
     if log_color:
         notes.append("log colour")
 
@@ -237,12 +230,7 @@ def build_head_grid(
     else:
         layer = check_layer(trace, layer)
         per_head, what = trace.attention[layer], f"Layer {layer}"
-    shown = visible_tokens(trace, hide_special)
-    stack = per_head[:, shown][:, :, shown]  # (H, T', T')
-    notes = []
-    if hide_special:
-        stack = renormalize_rows(stack) if renormalize else stack
-        notes.append("special tokens hidden" + (", rows renormalised" if renormalize else ""))
+    stack, shown, notes = shown_attention(trace, per_head, hide_special, renormalize)  # (H, T', T')
     stack = downsample(stack, max_cells)  # (H, s, s)
     size = stack.shape[-1]
     downsampled = size < shown.size
@@ -333,12 +321,7 @@ def build_model_view(
     check_colorscale(colorscale)
     check_choice(reduce, AGGREGATES, "reduce")
     thumbnail = check_int_range(thumbnail, "thumbnail", 4, 512)
-    shown = visible_tokens(trace, hide_special)
-    attention = trace.attention[:, :, shown][:, :, :, shown]  # (L, H, T', T')
-    notes = []
-    if hide_special:
-        attention = renormalize_rows(attention) if renormalize else attention
-        notes.append("special tokens hidden" + (", rows renormalised" if renormalize else ""))
+    attention, shown, notes = shown_attention(trace, trace.attention, hide_special, renormalize)  # (L, H, T', T')
     thumbs = downsample(attention, thumbnail, reduce)  # (L, H, s, s)
     s = thumbs.shape[-1]
     if s < shown.size:
@@ -424,14 +407,9 @@ def build_head_lines(
     chosen = check_heads(trace, heads)
     threshold = check_fraction(threshold, "threshold")
     max_lines = check_int_range(max_lines, "max_lines", 1, 1_000_000)
-    shown = visible_tokens(trace, hide_special)
+    stack, shown, hidden = shown_attention(trace, trace.attention[layer][chosen], hide_special, renormalize)
     if query is not None:
-        query = check_token(trace, query, "query")
-        if query not in shown:
-            raise ValueError(f"query {query} ({trace.tokens[query]}) is a special token, which is hidden")
-    stack = trace.attention[layer][chosen][:, shown][:, :, shown]  # (h, T', T')
-    if hide_special and renormalize:
-        stack = renormalize_rows(stack)
+        query = check_shown_token(trace, query, shown)
     count = shown.size
     position = {int(t): i for i, t in enumerate(shown)}
 
@@ -445,8 +423,7 @@ def build_head_lines(
     notes = [f"lines for weights ≥ {threshold:g}"]
     if query is not None:
         notes.append(f"from {display_token(trace.tokens[query])} ({query}) only")
-    if hide_special:
-        notes.append("special tokens hidden" + (", rows renormalised" if renormalize else ""))
+    notes.extend(hidden)
     fig = new_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom")
     fig.update_layout(
         width=int(max(520, 2 * side + 360)),

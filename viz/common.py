@@ -1,6 +1,7 @@
 """Shared pieces of the figure builders: validators, attention selection, downsampling, labels and layout.
 
-Everything here is NumPy and Plotly only. Validators raise ``ValueError`` naming the bad value and the allowed range.
+Everything here is NumPy and Plotly only. Validators raise ``ViewError`` (a ``ValueError``) naming the bad value and
+the allowed range.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 
+from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
 
 # Colour scales offered in the app; the first five are perceptually uniform and colour-blind safe.
@@ -71,29 +73,29 @@ def is_click_layer(trace: dict) -> bool:
 
 
 def _integer(value, what: str, kind: str) -> int:
-    """``value`` as a Python int (NumPy integers too, never a bool), else ValueError "{what} must be {kind}"."""
+    """``value`` as a Python int (NumPy integers too, never a bool), else ViewError "{what} must be {kind}"."""
     if isinstance(value, bool):
-        raise ValueError(f"{what} must be {kind}, got {value!r}")
+        raise ViewError(f"{what} must be {kind}, got {value!r}")
     try:
         return operator.index(value)
     except TypeError:
-        raise ValueError(f"{what} must be {kind}, got {value!r}") from None
+        raise ViewError(f"{what} must be {kind}, got {value!r}") from None
 
 
 def check_index(value, count: int, what: str, owner: str) -> int:
-    """``value`` as an int in ``range(count)``, else ValueError ("layer 7 is out of range: the model has 6 layers
+    """``value`` as an int in ``range(count)``, else ViewError ("layer 7 is out of range: the model has 6 layers
     (0-5)")."""
     index = _integer(value, what, "an integer")
     if not 0 <= index < count:
-        raise ValueError(f"{what} {index} is out of range: the {owner} has {count} {what}s (0-{count - 1})")
+        raise ViewError(f"{what} {index} is out of range: the {owner} has {count} {what}s (0-{count - 1})")
     return index
 
 
 def check_int_range(value, what: str, low: int, high: int) -> int:
-    """``value`` as an int in [low, high], else ValueError naming it ("thumbnail 2 must be an integer from 4 to
+    """``value`` as an int in [low, high], else ViewError naming it ("thumbnail 2 must be an integer from 4 to
     512")."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise ValueError(f"{what} {value!r} must be an integer from {low} to {high}")
+        raise ViewError(f"{what} {value!r} must be an integer from {low} to {high}")
     return int(value)
 
 
@@ -109,7 +111,7 @@ def check_token(trace: EncoderTrace, index, what: str = "token") -> int:
     position = _integer(index, what, "a token index")
     count = trace.num_tokens
     if not 0 <= position < count:
-        raise ValueError(f"{what} {position} is out of range: the text has {count} tokens (0-{count - 1})")
+        raise ViewError(f"{what} {position} is out of range: the text has {count} tokens (0-{count - 1})")
     return position
 
 
@@ -121,23 +123,23 @@ def check_heads(trace: EncoderTrace, heads: Iterable[int] | None) -> list[int]:
         heads = [heads]
     chosen = [check_head(trace, h) for h in heads]
     if not chosen:
-        raise ValueError("heads is empty: choose at least one head")
+        raise ViewError("heads is empty: choose at least one head")
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"heads {chosen} lists a head twice")
+        raise ViewError(f"heads {chosen} lists a head twice")
     return sorted(chosen)
 
 
 def check_choice(value, choices: Sequence, what: str):
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{what} {value!r} is not one of {allowed}")
+        raise ViewError(f"{what} {value!r} is not one of {allowed}")
     return value
 
 
 def check_colorscale(name: str) -> str:
     """A Plotly named colour scale, optionally reversed with the suffix ``_r`` (case-insensitive)."""
     if not isinstance(name, str) or name.lower().removesuffix("_r") not in _NAMED_SCALES:
-        raise ValueError(
+        raise ViewError(
             f"colour scale {name!r} is not a Plotly named colour scale; try one of {', '.join(SEQUENTIAL_SCALES)}"
         )
     return name
@@ -147,9 +149,9 @@ def check_fraction(value, what: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number between 0 and 1, got {value!r}") from None
+        raise ViewError(f"{what} must be a number between 0 and 1, got {value!r}") from None
     if not 0.0 <= number <= 1.0:
-        raise ValueError(f"{what} {number} is out of range: it must lie between 0 and 1")
+        raise ViewError(f"{what} {number} is out of range: it must lie between 0 and 1")
     return number
 
 
@@ -204,7 +206,7 @@ def visible_tokens(trace: EncoderTrace, hide_special: bool) -> np.ndarray:
     keep = ~trace.special if hide_special else np.ones(trace.num_tokens, dtype=bool)
     indices = np.flatnonzero(keep)
     if indices.size == 0:
-        raise ValueError("hiding special tokens leaves no tokens to show")
+        raise ViewError("hiding special tokens leaves no tokens to show")
     return indices
 
 
@@ -212,6 +214,35 @@ def renormalize_rows(matrix: np.ndarray) -> np.ndarray:
     """Rows scaled to sum to 1 (rows that sum to 0 stay 0). Shape preserved, float32."""
     sums = matrix.sum(axis=-1, keepdims=True, dtype=np.float32)
     return np.divide(matrix, sums, out=np.zeros_like(matrix, dtype=np.float32), where=sums > 0)
+
+
+def shown_attention(
+    trace: EncoderTrace, attention: np.ndarray, hide_special: bool, renormalize: bool, *, say_unnormalised: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The weights to show: ``attention`` (..., T, T) cut to the shown tokens on its last two axes, and more.
+
+    Returns (weights (..., T', T'), shown token indices (T',), notes for the subtitle). With ``hide_special`` the
+    special tokens are dropped, rows renormalised over the remaining keys when ``renormalize``, and the note says
+    "special tokens hidden, rows renormalised" (or "..., rows not renormalised" with ``say_unnormalised``).
+    """
+    shown = visible_tokens(trace, hide_special)
+    # The memory order of the cut decides the float32 row sums' last bit: a matrix is cut C-ordered (np.ix_), a
+    # stack as fancy indexing leaves it, as the views always did.
+    weights = attention[np.ix_(shown, shown)] if attention.ndim == 2 else attention[..., shown, :][..., shown]
+    if not hide_special:
+        return weights, shown, []
+    if renormalize:
+        return renormalize_rows(weights), shown, ["special tokens hidden, rows renormalised"]
+    note = "special tokens hidden, rows not renormalised" if say_unnormalised else "special tokens hidden"
+    return weights, shown, [note]
+
+
+def check_shown_token(trace: EncoderTrace, index, shown: np.ndarray, what: str = "query") -> int:
+    """``check_token``, and the token must be among ``shown`` (not a hidden special token)."""
+    position = check_token(trace, index, what)
+    if position not in shown:
+        raise ViewError(f"{what} {position} ({trace.tokens[position]}) is a special token, which is hidden")
+    return position
 
 
 def block_edges(length: int, size: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 import plotly.graph_objects as go
 
+from encoder.errors import ViewError
 from encoder.positional import sinusoidal_encoding  # NumPy only: the closed form, to name the table's kind
 from encoder.trace import EncoderTrace
 from viz.common import DEFAULT_DIVERGING, check_colorscale, check_index, new_figure
@@ -38,9 +39,9 @@ def _positions(trace: EncoderTrace, max_positions: int | None) -> int:
     if max_positions is None:
         return total
     if isinstance(max_positions, bool) or not isinstance(max_positions, (int, np.integer)):
-        raise ValueError(f"max_positions must be an integer, got {max_positions!r}")
+        raise ViewError(f"max_positions must be an integer, got {max_positions!r}")
     if not 1 <= max_positions <= total:
-        raise ValueError(f"max_positions {max_positions} is out of range: the table has {total} positions (1-{total})")
+        raise ViewError(f"max_positions {max_positions} is out of range: the table has {total} positions (1-{total})")
     return int(max_positions)
 
 
@@ -148,9 +149,9 @@ def build_positional_dimensions(
     depth = trace.positional_table.shape[1]
     chosen = default_dimensions(depth) if dims is None else [check_index(d, depth, "dimension", "table") for d in dims]
     if not chosen:
-        raise ValueError("dims is empty: choose at least one dimension")
+        raise ViewError("dims is empty: choose at least one dimension")
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"dims {chosen} lists a dimension twice")
+        raise ViewError(f"dims {chosen} lists a dimension twice")
     shown = _positions(trace, max_positions)
     positions = np.arange(shown, dtype=np.int32)
     fig = new_figure(f"Positional encodings: {len(chosen)} dimensions over position ({table_kind(trace)} table)",

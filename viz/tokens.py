@@ -15,14 +15,14 @@ from viz.common import (
     check_choice,
     check_colorscale,
     check_int_range,
+    check_shown_token,
     check_token,
     click_meta,
     display_token,
     new_figure,
-    renormalize_rows,
     select_attention,
+    shown_attention,
     text_width,
-    visible_tokens,
 )
 
 DIRECTIONS = ("from", "to")
@@ -84,14 +84,8 @@ def build_token_view(
     query = check_token(trace, query, "query")
     matrix, what = select_attention(trace, layer, 0, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
     what = label or what
-    shown = visible_tokens(trace, hide_special)
-    if query not in shown:
-        raise ValueError(f"query {query} ({trace.tokens[query]}) is a special token, which is hidden")
-    sub = matrix[np.ix_(shown, shown)]
-    notes = []
-    if hide_special:
-        sub = renormalize_rows(sub) if renormalize else sub
-        notes.append("special tokens hidden" + (", rows renormalised" if renormalize else ""))
+    sub, shown, notes = shown_attention(trace, matrix, hide_special, renormalize)
+    query = check_shown_token(trace, query, shown)
     at = int(np.flatnonzero(shown == query)[0])
     weights = np.ascontiguousarray(sub[at] if direction == "from" else sub[:, at], dtype=np.float32)
 
