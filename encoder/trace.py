@@ -22,17 +22,19 @@ class EncoderTrace:
 
     Shapes: T tokens, L layers, H heads, D model width, P positional-table rows.
     ``attention[layer, head, query, key]`` are weights after softmax (each row sums to 1).
+    The field names are the keys of saved NPZ and JSON files (``encoder.trace_io``): renaming one breaks them.
+    An array field's ``metadata["dtype"]`` is the dtype a JSON file reads it back as.
     """
 
     model: str
     tokens: tuple[str, ...]
-    token_ids: np.ndarray  # (T,) int32
-    segment_ids: np.ndarray  # (T,) int32, 0 for sentence A, 1 for B
-    special: np.ndarray  # (T,) bool: [CLS], [SEP], ...
-    attention: np.ndarray  # (L, H, T, T) float32
-    positional: np.ndarray  # (T, D) positional rows added to these tokens
-    positional_table: np.ndarray  # (P, D) the whole table
-    hidden: np.ndarray  # (L + 1, T, D), embeddings first
+    token_ids: np.ndarray = field(metadata={"dtype": "int32"})  # (T,)
+    segment_ids: np.ndarray = field(metadata={"dtype": "int32"})  # (T,), 0 for sentence A, 1 for B
+    special: np.ndarray = field(metadata={"dtype": "bool"})  # (T,): [CLS], [SEP], ...
+    attention: np.ndarray = field(metadata={"dtype": "float32"})  # (L, H, T, T)
+    positional: np.ndarray = field(metadata={"dtype": "float32"})  # (T, D) positional rows added to these tokens
+    positional_table: np.ndarray = field(metadata={"dtype": "float32"})  # (P, D) the whole table
+    hidden: np.ndarray = field(metadata={"dtype": "float32"})  # (L + 1, T, D), embeddings first
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     text: str = ""
     pair: str | None = None
@@ -79,49 +81,20 @@ class EncoderTrace:
 
     def save(self, path: str | Path) -> Path:
         """Write the trace as a compressed NPZ (read it back with ``EncoderTrace.load``)."""
-        path = Path(path)
-        arrays = {
-            "model": np.array(self.model),
-            "tokens": np.array(self.tokens, dtype=str),
-            "token_ids": self.token_ids,
-            "segment_ids": self.segment_ids,
-            "special": self.special,
-            "attention": self.attention,
-            "positional": self.positional,
-            "positional_table": self.positional_table,
-            "hidden": self.hidden,
-            "text": np.array(self.text),
-            "pair": np.array("" if self.pair is None else self.pair),
-            "has_pair": np.array(self.pair is not None),
-            "truncated": np.array(self.truncated),
-            "untruncated_length": np.array(self.untruncated_length),
-            "labels": np.array(self.labels, dtype=str),
-        }
-        arrays.update({f"outputs/{name}": value for name, value in self.outputs.items()})
-        with path.open("wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        return path
+        from encoder.trace_io import save_npz
+
+        return save_npz(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> EncoderTrace:
-        with np.load(Path(path), allow_pickle=False) as data:
-            return cls(
-                model=str(data["model"]),
-                tokens=tuple(str(t) for t in data["tokens"]),
-                token_ids=data["token_ids"],
-                segment_ids=data["segment_ids"],
-                special=data["special"],
-                attention=data["attention"],
-                positional=data["positional"],
-                positional_table=data["positional_table"],
-                hidden=data["hidden"],
-                outputs={k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("outputs/")},
-                text=str(data["text"]),
-                pair=str(data["pair"]) if bool(data["has_pair"]) else None,
-                truncated=bool(data["truncated"]),
-                untruncated_length=int(data["untruncated_length"]),
-                labels=tuple(str(t) for t in data["labels"]),
-            )
+        """Read an NPZ written by ``save``.
+
+        Raises:
+            ExportError: the file is not a saved trace.
+        """
+        from encoder.trace_io import load_npz
+
+        return load_npz(path)
 
 
 def class_probabilities(trace: EncoderTrace) -> list[tuple[str, float]]:
@@ -189,16 +162,10 @@ def trace_batch(
     encoded = [model.tokenizer.encode(t, p, max_tokens) for t, p in zip(texts, pairs)]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].tokens))
     traces: list[EncoderTrace | None] = [None] * len(encoded)
-    pad = model.config.pad_token_id
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        width = max(len(encoded[i].tokens) for i in chunk)
-        ids = np.full((len(chunk), width), pad, dtype=np.int32)
-        segments = np.zeros((len(chunk), width), dtype=np.int32)
-        mask = np.zeros((len(chunk), width), dtype=bool)
-        for row, i in enumerate(chunk):
-            n = len(encoded[i].tokens)
-            ids[row, :n], segments[row, :n], mask[row, :n] = encoded[i].token_ids, encoded[i].segment_ids, True
+        ids, segments, mask = pad_batch([encoded[i].token_ids for i in chunk], model.config.pad_token_id,
+                                        [encoded[i].segment_ids for i in chunk])
         raw = {name: to_numpy(value) for name, value in model.encoder.forward_padded(ids, segments, mask).items()}
         for row, i in enumerate(chunk):
             n = len(encoded[i].tokens)
@@ -206,6 +173,46 @@ def trace_batch(
                 model, encoded[i], _unpad({k: v[row] for k, v in raw.items()}, n), texts[i], pairs[i]
             )
     return traces  # type: ignore[return-value]
+
+
+def pad_batch(
+    sequences: Sequence[np.ndarray],
+    pad_id: int,
+    segments: Sequence[np.ndarray] | None = None,
+    width: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-pad B token-id sequences (each (T_i,)) into one batch for ``forward_padded``.
+
+    Args:
+        sequences: B token-id arrays.
+        pad_id: int, the id written past each sequence's end.
+        segments: optional B segment-id arrays, one per sequence and of its length (default all 0).
+        width: int, the batch width W (default the longest sequence; never shorter than it).
+
+    Returns:
+        ids (B, W) int32, segment ids (B, W) int32 (0 in the padding), mask (B, W) bool (True on real tokens).
+
+    Example:
+        >>> ids, segments, mask = pad_batch([np.array([2, 7, 3]), np.array([2, 3])], pad_id=0)
+        >>> ids.tolist(), mask.sum(axis=1).tolist()
+        ([[2, 7, 3], [2, 3, 0]], [3, 2])
+    """
+    lengths = [len(s) for s in sequences]
+    longest = max(lengths, default=0)
+    width = longest if width is None else width
+    if width < longest:
+        raise ValueError(f"width {width} is shorter than the longest sequence ({longest} tokens)")
+    if segments is not None and len(segments) != len(sequences):
+        raise ValueError(f"{len(sequences)} sequences but {len(segments)} segment arrays")
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int32)  # (B, W)
+    segment_ids = np.zeros((len(sequences), width), dtype=np.int32)  # (B, W)
+    mask = np.zeros((len(sequences), width), dtype=bool)  # (B, W)
+    for row, (sequence, n) in enumerate(zip(sequences, lengths)):
+        ids[row, :n] = sequence
+        mask[row, :n] = True
+        if segments is not None:
+            segment_ids[row, :n] = segments[row]
+    return ids, segment_ids, mask
 
 
 class _DLPackTensor:

@@ -1,14 +1,26 @@
 """Traces as files: compressed NPZ (everything, exact), JSON (everything, exact decimals), long-format attention
-CSV; and reading each back."""
+CSV; and reading each back.
+
+NPZ and JSON are written and read field by field from ``dataclasses.fields(EncoderTrace)``: each field's type picks
+one entry of ``_KINDS``, which says how that kind of value is stored. NPZ keys and JSON keys are the field names,
+plus ``has_pair`` (NPZ: whether ``pair`` is None), ``outputs/<name>`` (NPZ: one array per output), and the JSON
+header "format", "version", "shapes" (informative) and "dtypes" (of the outputs). A field with a default may be
+missing from a file (it reads back as the default), so files from before a new field still load.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import tempfile
-from collections.abc import Iterable
+import operator
+import typing
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, Field, dataclass, fields
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -18,13 +30,200 @@ from encoder.trace import EncoderTrace
 DATA_FORMATS = ("npz", "json", "csv")
 CSV_HEADER = ("layer", "head", "query_index", "query_token", "key_index", "key_token", "weight")
 JSON_FORMAT = "headlight-trace"
+JSON_VERSION = 1
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection"): such tokens are written
+# with one more leading "'", which ``attention_from_csv`` takes off again.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One entry per kind of field
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How one kind of field is stored.
+
+    ``to_npz(name, value)`` returns the NPZ entries; ``from_npz(name, arrays)`` reads them back (KeyError when
+    missing). ``to_json(value)`` returns JSON text; ``from_json(value, field, document)`` checks and converts the
+    parsed value (TypeError or ValueError when it is not of this kind).
+    """
+
+    to_npz: Callable[[str, Any], dict[str, np.ndarray]]
+    from_npz: Callable[[str, dict[str, np.ndarray]], Any]
+    to_json: Callable[[Any], str]
+    from_json: Callable[[Any, Field, dict], Any]
+
+
+def _json_value(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _checked(value, python_type: type, name: str):
+    """``value`` if it is a ``python_type`` (a JSON boolean is not an int), else TypeError."""
+    if not isinstance(value, python_type) or (python_type is int and isinstance(value, bool)):
+        raise TypeError(f"{name} must be {python_type.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _scalar(python_type: type) -> _Kind:
+    """str, bool, int: a 0-d array in NPZ, a plain JSON value."""
+    return _Kind(
+        to_npz=lambda name, value: {name: np.array(value)},
+        from_npz=lambda name, arrays: python_type(arrays[name]),
+        to_json=_json_value,
+        from_json=lambda value, field, document: _checked(value, python_type, field.name),
+    )
+
+
+def _strings_from_json(value, field: Field, document: dict) -> tuple[str, ...]:
+    return tuple(_checked(item, str, field.name) for item in _checked(value, list, field.name))
+
+
+def _optional_from_json(value, field: Field, document: dict) -> str | None:
+    return None if value is None else _checked(value, str, field.name)
+
+
+def _mapping_to_json(value: dict[str, np.ndarray]) -> str:
+    return "{" + ",".join(f"{_json_value(name)}:{_json_array(np.asarray(v))}" for name, v in value.items()) + "}"
+
+
+def _mapping_from_json(value, field: Field, document: dict) -> dict[str, np.ndarray]:
+    dtypes = document["dtypes"]
+    return {name: np.asarray(v, dtype=dtypes[name]) for name, v in _checked(value, dict, field.name).items()}
+
+
+_STRINGS = _Kind(
+    to_npz=lambda name, value: {name: np.array(value, dtype=str)},
+    from_npz=lambda name, arrays: tuple(str(t) for t in arrays[name]),
+    to_json=lambda value: _json_value(list(value)),
+    from_json=_strings_from_json,
+)
+# None is stored as "" plus has_<name> false, so the NPZ holds no object arrays.
+_OPTIONAL_STRING = _Kind(
+    to_npz=lambda name, value: {name: np.array("" if value is None else value),
+                                f"has_{name}": np.array(value is not None)},
+    from_npz=lambda name, arrays: str(arrays[name]) if bool(arrays[f"has_{name}"]) else None,
+    to_json=_json_value,
+    from_json=_optional_from_json,
+)
+_ARRAY = _Kind(
+    to_npz=lambda name, value: {name: value},
+    from_npz=lambda name, arrays: arrays[name],
+    to_json=lambda value: _json_array(np.asarray(value)),
+    from_json=lambda value, field, document: np.asarray(value, dtype=field.metadata["dtype"]),
+)
+# One NPZ entry "<name>/<key>" per array; JSON keeps each array's dtype in the header's "dtypes".
+_MAPPING = _Kind(
+    to_npz=lambda name, value: {f"{name}/{key}": v for key, v in value.items()},
+    from_npz=lambda name, arrays: {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{name}/")},
+    to_json=_mapping_to_json,
+    from_json=_mapping_from_json,
+)
+_KINDS: dict[Any, _Kind] = {
+    str: _scalar(str),
+    bool: _scalar(bool),
+    int: _scalar(int),
+    tuple[str, ...]: _STRINGS,
+    str | None: _OPTIONAL_STRING,
+    np.ndarray: _ARRAY,
+    dict[str, np.ndarray]: _MAPPING,
+}
+
+
+def _field_kinds() -> list[tuple[Field, _Kind]]:
+    hints = typing.get_type_hints(EncoderTrace)
+    unknown = [f"{f.name}: {hints[f.name]}" for f in fields(EncoderTrace) if hints[f.name] not in _KINDS]
+    if unknown:
+        raise TypeError(f"trace_io cannot store EncoderTrace fields {unknown}: add their kind to _KINDS")
+    return [(f, _KINDS[hints[f.name]]) for f in fields(EncoderTrace)]
+
+
+_FIELDS = _field_kinds()
+
+
+def _has_default(field: Field) -> bool:
+    return field.default is not MISSING or field.default_factory is not MISSING
+
+
+def _build_trace(read: Callable[[Field, _Kind], Any], where: str) -> EncoderTrace:
+    """An EncoderTrace from ``read(field, kind)`` per field; any failure is an ExportError naming ``where``."""
+    values = {}
+    for field, kind in _FIELDS:
+        try:
+            values[field.name] = read(field, kind)
+        except KeyError as error:
+            if error.args[0] == field.name and _has_default(field):
+                continue
+            raise ExportError(f"{where} is not a Headlight trace: it has no {error.args[0]!r}") from None
+        except (TypeError, ValueError) as error:
+            raise ExportError(f"{where} is not a Headlight trace: {field.name!r} cannot be read ({error})") from None
+    try:
+        return EncoderTrace(**values)
+    except ValueError as error:
+        raise ExportError(f"{where} is not a valid trace: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NPZ
+
+
+def _write_npz(trace: EncoderTrace, handle: BinaryIO) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    for field, kind in _FIELDS:
+        arrays.update(kind.to_npz(field.name, getattr(trace, field.name)))
+    np.savez_compressed(handle, **arrays)
+
+
+def _read_npz(source: BinaryIO | Path, where: str) -> EncoderTrace:
+    try:
+        loaded = np.load(source, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("it holds one array, not an NPZ archive")
+        with loaded:
+            arrays = {name: loaded[name] for name in loaded.files}
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ExportError(f"{where} is not an NPZ archive ({error})") from None
+    return _build_trace(lambda field, kind: kind.from_npz(field.name, arrays), where)
 
 
 def trace_to_npz(trace: EncoderTrace) -> bytes:
-    """The whole trace as compressed NPZ bytes (``EncoderTrace.save`` format; read back with ``EncoderTrace.load``)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = trace.save(Path(folder) / "trace.npz")
-        return path.read_bytes()
+    """The whole trace as compressed NPZ bytes (read back with ``trace_from_npz``; ``EncoderTrace.save`` writes
+    the same to a file)."""
+    buffer = io.BytesIO()
+    _write_npz(trace, buffer)
+    return buffer.getvalue()
+
+
+def trace_from_npz(data: bytes) -> EncoderTrace:
+    """Read NPZ bytes written by ``trace_to_npz``.
+
+    Raises:
+        ExportError: not an NPZ archive, or not a Headlight trace.
+    """
+    return _read_npz(io.BytesIO(data), "the NPZ data")
+
+
+def save_npz(trace: EncoderTrace, path: str | Path) -> Path:
+    """Write ``trace_to_npz`` to ``path`` (exactly this name: no ".npz" is added); returns the path."""
+    path = Path(path)
+    with path.open("wb") as handle:
+        _write_npz(trace, handle)
+    return path
+
+
+def load_npz(path: str | Path) -> EncoderTrace:
+    """Read an NPZ trace file (``save_npz``, ``EncoderTrace.save``).
+
+    Raises:
+        ExportError: the file is not an NPZ archive or not a Headlight trace.
+        OSError: the file cannot be opened.
+    """
+    return _read_npz(Path(path), str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON
 
 
 def trace_to_json(trace: EncoderTrace) -> str:
@@ -33,33 +232,16 @@ def trace_to_json(trace: EncoderTrace) -> str:
     Floats are written as the shortest decimal that reads back to the same float32, so the round trip is exact.
     A full trace is large (~19 MB at 128 tokens for MiniLM); the CSV export can hold just one layer or head.
     """
-    meta = {
+    header = {
         "format": JSON_FORMAT,
-        "version": 1,
-        "model": trace.model,
-        "text": trace.text,
-        "pair": trace.pair,
-        "truncated": trace.truncated,
-        "untruncated_length": trace.untruncated_length,
-        "labels": list(trace.labels),
-        "tokens": list(trace.tokens),
+        "version": JSON_VERSION,
         "shapes": {"layers": trace.num_layers, "heads": trace.num_heads, "tokens": trace.num_tokens},
-        "token_ids": trace.token_ids.tolist(),
-        "segment_ids": trace.segment_ids.tolist(),
-        "special": trace.special.tolist(),
-        "dtypes": {name: str(np.asarray(value).dtype) for name, value in trace.outputs.items()},
+        "dtypes": {name: str(np.asarray(value).dtype) for field, kind in _FIELDS if kind is _MAPPING
+                   for name, value in getattr(trace, field.name).items()},
     }
-    arrays = {
-        "attention": trace.attention,
-        "positional": trace.positional,
-        "positional_table": trace.positional_table,
-        "hidden": trace.hidden,
-    }
-    parts = [json.dumps(meta, ensure_ascii=False, separators=(",", ":"))[:-1]]
-    parts += [f',"{name}":{_json_array(value)}' for name, value in arrays.items()]
-    outputs = ",".join(f"{json.dumps(name)}:{_json_array(np.asarray(v))}" for name, v in trace.outputs.items())
-    parts.append(f',"outputs":{{{outputs}}}}}')
-    return "".join(parts)
+    parts = [f"{_json_value(key)}:{_json_value(value)}" for key, value in header.items()]
+    parts += [f"{_json_value(field.name)}:{kind.to_json(getattr(trace, field.name))}" for field, kind in _FIELDS]
+    return "{" + ",".join(parts) + "}"
 
 
 def _json_array(array: np.ndarray) -> str:
@@ -85,28 +267,18 @@ def trace_from_json(text: str) -> EncoderTrace:
         ExportError: not JSON, or not a Headlight trace.
     """
     try:
-        data = json.loads(text)
+        document = json.loads(text)
     except json.JSONDecodeError as error:
         raise ExportError(f"not a JSON trace: {error}") from error
-    if not isinstance(data, dict) or data.get("format") != JSON_FORMAT:
+    if not isinstance(document, dict) or document.get("format") != JSON_FORMAT:
         raise ExportError(f"not a Headlight trace: expected \"format\": \"{JSON_FORMAT}\"")
-    return EncoderTrace(
-        model=data["model"],
-        tokens=tuple(data["tokens"]),
-        token_ids=np.asarray(data["token_ids"], dtype=np.int32),
-        segment_ids=np.asarray(data["segment_ids"], dtype=np.int32),
-        special=np.asarray(data["special"], dtype=bool),
-        attention=np.asarray(data["attention"], dtype=np.float32),
-        positional=np.asarray(data["positional"], dtype=np.float32),
-        positional_table=np.asarray(data["positional_table"], dtype=np.float32),
-        hidden=np.asarray(data["hidden"], dtype=np.float32),
-        outputs={k: np.asarray(v, dtype=data["dtypes"][k]) for k, v in data["outputs"].items()},
-        text=data["text"],
-        pair=data["pair"],
-        truncated=data["truncated"],
-        untruncated_length=data["untruncated_length"],
-        labels=tuple(data["labels"]),
-    )
+    if document.get("version") != JSON_VERSION:
+        raise ExportError(f"JSON trace version {document.get('version')!r} is not {JSON_VERSION}, the one we read")
+    return _build_trace(lambda field, kind: kind.from_json(document[field.name], field, document), "the JSON")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CSV (attention only)
 
 
 def write_attention_csv(
@@ -119,12 +291,14 @@ def write_attention_csv(
 
     Columns: layer, head, query_index, query_token, key_index, key_token, weight (one row per weight, in
     (layer, head, query, key) order; weights in the shortest decimal that reads back to the same float32).
-    ``layers``/``heads`` restrict the rows (default all); a full trace has L*H*T*T rows.
-    """
-    from viz.common import check_heads, check_layer
+    ``layers``/``heads`` restrict the rows (default all); a full trace has L*H*T*T rows. A token a spreadsheet
+    would run as a formula (it starts with = + - @, tab or CR) is written with a leading "'".
 
-    chosen_layers = sorted({check_layer(trace, x) for x in layers}) if layers is not None else range(trace.num_layers)
-    chosen_heads = check_heads(trace, heads)
+    Raises:
+        ExportError: a layer or head out of range, listed twice, or none chosen.
+    """
+    chosen_layers = _indices(layers, trace.num_layers, "layer")
+    chosen_heads = _indices(heads, trace.num_heads, "head")
     writer = csv.writer(handle, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     quoted = [_csv_field(t) for t in trace.tokens]
@@ -170,9 +344,9 @@ def attention_from_csv(text: str) -> tuple[tuple[str, ...], np.ndarray, list[int
     count = int(max(query_col.max(), key_col.max())) + 1
     tokens = [""] * count
     for index, token in zip(query_col.tolist(), columns[3]):
-        tokens[index] = token
+        tokens[index] = _csv_token(token)
     for index, token in zip(key_col.tolist(), columns[5]):
-        tokens[index] = token
+        tokens[index] = _csv_token(token)
     expected = len(layers) * len(heads) * count * count
     if len(records) != expected:
         raise ExportError(f"CSV has {len(records)} rows; {len(layers)} layers x {len(heads)} heads x {count}² "
@@ -182,8 +356,49 @@ def attention_from_csv(text: str) -> tuple[tuple[str, ...], np.ndarray, list[int
     return tuple(tokens), attention, layers, heads
 
 
-def _csv_field(token: str) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow([token])
-    return buffer.getvalue()
+def _indices(values: Iterable[int] | int | None, count: int, what: str) -> list[int]:
+    """Sorted distinct indices in ``range(count)``; None means all, one int means just it.
 
+    Raises:
+        ExportError: naming the bad value and the range ("layer 9 is out of range: the model has 6 layers (0-5)").
+    """
+    if values is None:
+        return list(range(count))
+    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        values = [values]
+    chosen = [_index(value, count, what) for value in values]
+    if not chosen:
+        raise ExportError(f"{what}s is empty: choose at least one {what}")
+    if len(set(chosen)) != len(chosen):
+        raise ExportError(f"{what}s {chosen} lists a {what} twice")
+    return sorted(chosen)
+
+
+def _index(value, count: int, what: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        index = operator.index(value)
+    except TypeError:
+        raise ExportError(f"{what} must be an integer, got {value!r}") from None
+    if not 0 <= index < count:
+        raise ExportError(f"{what} {index} is out of range: the model has {count} {what}s (0-{count - 1})")
+    return index
+
+
+def _csv_field(token: str) -> str:
+    """``token`` as one CSV cell: quoted where CSV needs it, and with one more leading "'" when a spreadsheet
+    would read it as a formula (also when it already starts with "'"s before such a character, so reading back
+    is exact)."""
+    if token.lstrip("'").startswith(FORMULA_STARTS):
+        token = "'" + token
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow([token])  # this terminator: a CR or LF inside is quoted
+    return buffer.getvalue()[:-2]
+
+
+def _csv_token(cell: str) -> str:
+    """The token ``_csv_field`` wrote as ``cell`` (after CSV unquoting)."""
+    if cell.startswith("'") and cell.lstrip("'").startswith(FORMULA_STARTS):
+        return cell[1:]
+    return cell

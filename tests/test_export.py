@@ -1,10 +1,9 @@
-"""Export: figures to PNG/SVG/PDF (Chromium) and HTML, traces to NPZ/JSON/CSV and back, and the CLI.
+"""Export: figures to PNG/SVG/PDF (Chromium) and HTML, and the CLI (trace files: tests/test_trace_io.py).
 
 Image tests need Chrome/Chromium; they skip with the reason where none is found, except in CI (CI=true), where
 they must run.
 """
 
-import io
 import os
 import re
 import struct
@@ -20,22 +19,13 @@ from plotly.offline import get_plotlyjs_version
 from cli import main
 from encoder.errors import ExportError
 from encoder.trace import EncoderTrace, trace_text
-from encoder.trace_io import (
-    CSV_HEADER,
-    attention_from_csv,
-    trace_from_json,
-    trace_to_csv,
-    trace_to_json,
-    trace_to_npz,
-    write_attention_csv,
-)
-from tests.support.traces import synthetic_trace
+from encoder.trace_io import attention_from_csv, trace_from_json
+from tests.test_trace_io import assert_same_trace
 from viz import VIEWS, build_attention_heatmap, build_model_view
 from viz.render import figure_to_bytes, figure_to_html, find_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "The cat sat on the mat because the cat was tired."
-ARRAYS = ("token_ids", "segment_ids", "special", "attention", "positional", "positional_table", "hidden")
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +36,6 @@ def trace(minilm):
 @pytest.fixture(scope="module")
 def saved(trace, tmp_path_factory):
     return trace.save(tmp_path_factory.mktemp("trace") / "trace.npz")
-
-
-def assert_same_trace(back: EncoderTrace, trace: EncoderTrace) -> None:
-    for name in ARRAYS:
-        value = getattr(back, name)
-        np.testing.assert_array_equal(value, getattr(trace, name), err_msg=name)
-        assert value.dtype == getattr(trace, name).dtype, name
-    assert back.outputs.keys() == trace.outputs.keys()
-    for name in trace.outputs:
-        np.testing.assert_array_equal(back.outputs[name], trace.outputs[name])
-    for name in ("model", "tokens", "text", "pair", "truncated", "untruncated_length", "labels"):
-        assert getattr(back, name) == getattr(trace, name), name
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -145,54 +123,6 @@ def test_html_is_self_contained(trace):
     assert len(page) > 1_000_000  # the library itself is inlined
     assert "Layer 1, head 1" in page
     assert '"showSendToCloud": false' in page  # no "share to Plotly cloud" button in an offline page
-
-
-# --- trace data ------------------------------------------------------------------------------------------------
-
-
-def test_npz_round_trip(trace, tmp_path):
-    path = tmp_path / "trace.npz"
-    path.write_bytes(trace_to_npz(trace))
-    assert_same_trace(EncoderTrace.load(path), trace)
-
-
-def test_json_round_trip_is_exact(trace, minilm):
-    assert_same_trace(trace_from_json(trace_to_json(trace)), trace)
-    pair = trace_text(minilm, "A cat.", "A dog.")
-    back = trace_from_json(trace_to_json(pair))
-    assert back.pair == "A dog." and back.is_pair
-    with pytest.raises(ExportError, match="not a Headlight trace"):
-        trace_from_json('{"format": "other"}')
-    with pytest.raises(ExportError, match="not a JSON trace"):
-        trace_from_json("{")
-
-
-def test_csv_long_format_round_trip(trace):
-    text = trace_to_csv(trace)
-    lines = text.splitlines()
-    assert lines[0] == ",".join(CSV_HEADER)
-    count = trace.num_tokens
-    assert len(lines) == 1 + trace.num_layers * trace.num_heads * count * count
-    weight = trace.attention[0, 0, 0, 2]
-    assert lines[3].rsplit(",", 1)[0] == "0,0,0,[CLS],2,cat"
-    assert np.float32(lines[3].rsplit(",", 1)[1]) == weight
-    tokens, attention, layers, heads = attention_from_csv(text)
-    assert tokens == trace.tokens
-    np.testing.assert_array_equal(attention, trace.attention)
-    assert layers == list(range(6)) and heads == list(range(12))
-
-
-def test_csv_subset_and_quoting():
-    trace = synthetic_trace(["[CLS]", 'say "hi", ok', "a,b", "[SEP]"], layers=3, heads=4)
-    buffer = io.StringIO()
-    rows = write_attention_csv(trace, buffer, layers=[2], heads=[1, 3])
-    assert rows == 2 * 16
-    tokens, attention, layers, heads = attention_from_csv(buffer.getvalue())
-    assert tokens == trace.tokens
-    assert layers == [2] and heads == [1, 3]
-    np.testing.assert_array_equal(attention[0], trace.attention[2, [1, 3]])
-    with pytest.raises(ExportError, match="CSV header is"):
-        attention_from_csv("a,b\n1,2\n")
 
 
 # --- command line ----------------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""Closed-form checks on real MiniLM attention, odd inputs, retracing, and the NPZ round trip."""
+"""Closed-form checks on real MiniLM attention, odd inputs, retracing, batch padding (files: test_trace_io)."""
 
 import numpy as np
 import pytest
 
 from encoder.errors import InputError
-from encoder.trace import EncoderTrace, trace_batch, trace_text
+from encoder.trace import pad_batch, trace_batch, trace_text
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
@@ -103,17 +103,20 @@ def test_new_lengths_do_not_retrace(minilm):
     assert minilm.encoder.tracing_count() == before
 
 
-def test_npz_round_trip(minilm, tmp_path):
-    trace = trace_text(minilm, SENTENCE, "A pair.")
-    loaded = EncoderTrace.load(trace.save(tmp_path / "trace.npz"))
-    assert loaded.tokens == trace.tokens and loaded.pair == "A pair." and loaded.model == "minilm"
-    for name in ("token_ids", "segment_ids", "special", "attention", "positional", "positional_table", "hidden"):
-        np.testing.assert_array_equal(getattr(loaded, name), getattr(trace, name))
-    np.testing.assert_array_equal(loaded.outputs["embedding"], trace.outputs["embedding"])
-
-
 def test_trace_validation_names_both_numbers(minilm):
     trace = trace_text(minilm, SENTENCE)
     message = r"attention has shape \(6, 12, 3, 3\), while 12 tokens need \(6, 12, 12, 12\)"
     with pytest.raises(ValueError, match=message):
         trace.replace(attention=trace.attention[:, :, :3, :3])
+
+
+def test_pad_batch_pads_right_and_masks_the_padding():
+    ids, segments, mask = pad_batch([np.array([2, 7, 3]), np.array([2, 3])], pad_id=9,
+                                    segments=[np.array([0, 0, 1]), np.array([0, 1])], width=4)
+    assert ids.dtype == segments.dtype == np.int32 and mask.dtype == bool
+    assert ids.tolist() == [[2, 7, 3, 9], [2, 3, 9, 9]]
+    assert segments.tolist() == [[0, 0, 1, 0], [0, 1, 0, 0]]
+    assert mask.tolist() == [[True, True, True, False], [True, True, False, False]]
+    assert pad_batch([np.array([5])], pad_id=0)[1].tolist() == [[0]]  # segments default to 0
+    with pytest.raises(ValueError, match=r"width 2 is shorter than the longest sequence \(3 tokens\)"):
+        pad_batch([np.array([2, 7, 3])], pad_id=0, width=2)
