@@ -1,0 +1,89 @@
+"""The attention-distance view: how far each head of a layer looks, as attention mass by query-key distance.
+
+A head that attends to the previous token puts its mass at distance 1 (-1 signed), a positional head at a fixed
+offset, a broad head spreads it; the mean distance per head (Vig & Belinkov, 2019) sums it up in one number.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from encoder.trace import EncoderTrace
+from viz.common import DEFAULT_SCALE, check_colorscale, check_layer, new_figure, renormalize_rows, visible_tokens
+
+ROW_PIXELS = 26  # screen pixels per head row
+MIN_CELL_PIXELS = 6  # the plot is at least this wide per distance bin
+
+
+def attention_by_distance(attention: np.ndarray, positions: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mass of each head's attention at each query-key distance, averaged over queries.
+
+    Args:
+        attention: (H, T, T) rows over keys (each sums to 1, or 0 where everything was hidden).
+        positions: (T,) token positions of the rows/columns (distances are differences of these).
+        signed: key minus query (negative: keys before the query); else its absolute value.
+
+    Returns:
+        (distances (K,) int, mass (H, K) float32): ``mass[h, k]`` is the mean over queries of the weight head ``h``
+        puts on keys at ``distances[k]``; each row sums to the mean row sum (1 for softmax rows).
+    """
+    offsets = positions[None, :] - positions[:, None]  # (T, T): key - query
+    if not signed:
+        offsets = np.abs(offsets)
+    low = int(offsets.min())
+    bins = (offsets - low).ravel()
+    count = int(offsets.max()) - low + 1
+    mass = np.stack([np.bincount(bins, weights=head.ravel(), minlength=count) for head in attention])  # (H, K)
+    return np.arange(low, low + count), (mass / attention.shape[1]).astype(np.float32)
+
+
+def build_distance_histogram(
+    trace: EncoderTrace,
+    layer: int = 0,
+    *,
+    layer_mean: bool = False,
+    signed: bool = False,
+    colorscale: str = DEFAULT_SCALE,
+    hide_special: bool = False,
+    renormalize: bool = True,
+) -> go.Figure:
+    """Each head of ``layer`` (or the mean over layers) as one row: its attention mass by query-key distance.
+
+    Returns:
+        A figure whose heatmap ``z`` (H, K) float32 is ``attention_by_distance`` (rows: heads, columns: distances
+        ``x``); row labels give each head's mean distance (of |key - query|, in tokens).
+    """
+    check_colorscale(colorscale)
+    if layer_mean:
+        per_head, what = trace.attention.mean(axis=0, dtype=np.float32), f"Mean of layers 0-{trace.num_layers - 1}"
+    else:
+        layer = check_layer(trace, layer)
+        per_head, what = trace.attention[layer], f"Layer {layer}"
+    shown = visible_tokens(trace, hide_special)
+    stack = per_head[:, shown][:, :, shown]  # (H, T', T')
+    notes = ["signed: negative = keys before the query" if signed else "distance = |key - query| in tokens"]
+    if hide_special:
+        stack = renormalize_rows(stack) if renormalize else stack
+        notes.append("special tokens hidden" + (", rows renormalised" if renormalize else ""))
+    distances, mass = attention_by_distance(stack, shown, signed)
+    _, absolute = attention_by_distance(stack, shown, signed=False)
+    mean = absolute @ np.arange(absolute.shape[1], dtype=np.float32)  # (H,) mean |distance| per head
+    rows = [f"head {h} · {mean[h]:.1f}" for h in range(trace.num_heads)]
+
+    fig = new_figure(f"{what}: attention by query-key distance, all {trace.num_heads} heads",
+                     width=int(max(560, distances.size * MIN_CELL_PIXELS + 260)),
+                     height=int(trace.num_heads * ROW_PIXELS + 190))
+    fig.update_layout(
+        title=dict(subtitle=dict(text=" · ".join(notes) + " · row label: mean distance")),
+        margin=dict(l=110, r=90, t=90, b=60),
+        xaxis=dict(title=dict(text="key - query (tokens)" if signed else "distance (tokens)"), showgrid=False,
+                   zeroline=False),
+        yaxis=dict(autorange="reversed", showgrid=False, zeroline=False),
+    )
+    fig.add_trace(go.Heatmap(
+        z=mass, x=distances.astype(np.int32), y=rows, colorscale=colorscale, zmin=0.0, name="distance",
+        colorbar=dict(thickness=12, title=dict(text="mass")),
+        hovertemplate="%{y}: distance %{x}: %{z:.4f}<extra></extra>",
+    ))
+    return fig

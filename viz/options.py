@@ -1,0 +1,165 @@
+"""Settings of views and analyses, declared once: each ``Option`` is a builder or compute keyword, a command-line
+flag (``--name``) and, where the app shows it, a widget (its key is the name; bound ones live in the URL).
+
+``ViewSettings`` is what the app's shared controls (layer, heads, query token, display options) hold; the registry
+turns it into each builder's keyword arguments. Both are plain data: no Streamlit, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from encoder.errors import ViewError
+
+# Option kinds: how a value is typed on the command line and which widget shows it in the app.
+KINDS = ("int", "float", "choice", "flag", "ints", "heads", "colorscale", "path")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting.
+
+    Attributes:
+        name: the keyword (``residual``), the flag (``--residual``) and the app widget key.
+        kind: one of ``KINDS``: int, float, choice (one of ``choices``), flag (on/off), ints ("0,3,5"),
+            heads ("0:3,2:5" = (layer, head) pairs), colorscale (a Plotly scale name), path (a file).
+        help: one line for ``--help`` and the widget's tooltip.
+        label: the widget's label in the app (``None``: the app shows no widget for it; the default applies).
+        default: the value when not given (``None``: the builder's or compute function's own default).
+        low, high, step: the allowed range of an int or float (inclusive) and the slider step.
+        choices: the allowed values of a choice; for an int, the values the app's widget offers (the command line
+            takes any int in range).
+        stage: "compute" (changes the result: part of its cache key) or "figure" (only redraws).
+        url: the app keeps the widget's value in the URL, so a copied link reopens it.
+        required: the analysis cannot run without it (the app asks for it; the CLI says which flag is missing).
+        dynamic_choices: for figure options whose choices come from the result (e.g. the sigmas measured).
+        metavar: how ``--help`` names the value (``R`` in ``--residual R``).
+    """
+
+    name: str
+    kind: str
+    help: str
+    label: str | None = None
+    default: Any = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    choices: Sequence[Any] = ()
+    stage: str = "figure"
+    url: bool = False
+    required: bool = False
+    dynamic_choices: Callable[[Any], Sequence[Any]] | None = field(default=None, compare=False)
+    metavar: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"option {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if self.stage not in ("compute", "figure"):
+            raise ValueError(f"option {self.name!r}: stage must be 'compute' or 'figure'")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any) -> Any:
+        """``value`` checked against the kind and range (ViewError naming the flag and what is allowed)."""
+        if value is None:
+            return None
+        if self.kind == "float":
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ViewError(f"{self.flag} must be a finite number, got {value!r}")
+            self._check_range(value)
+        elif self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ViewError(f"{self.flag} must be an integer, got {value!r}")
+            self._check_range(value)
+        elif self.kind == "choice" and value not in self.choices:
+            raise ViewError(f"{self.flag} {value!r} is not one of {', '.join(map(str, self.choices))}")
+        elif self.kind == "colorscale":
+            from viz.common import check_colorscale
+
+            check_colorscale(value)
+        elif self.kind == "heads":
+            value = parse_heads(value) if isinstance(value, str) else tuple((int(a), int(b)) for a, b in value)
+        return value
+
+    def _check_range(self, value: float) -> None:
+        low, high = self.low, self.high
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"between {low:g} and {high:g}" if low is not None and high is not None else (
+                f"at least {low:g}" if low is not None else f"at most {high:g}")
+            raise ViewError(f"{self.flag} must be {span}, got {value:g}")
+
+
+def parse_ints(text: str) -> list[int]:
+    """``"0,3 5"`` -> ``[0, 3, 5]`` (ViewError otherwise)."""
+    try:
+        return [int(part) for part in re.split(r"[,\s]+", text.strip()) if part]
+    except ValueError:
+        raise ViewError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def parse_heads(text: str) -> tuple[tuple[int, int], ...]:
+    """``"0:3,2:5"`` -> ``((0, 3), (2, 5))``: layer:head pairs separated by commas or spaces (ViewError otherwise)."""
+    parts = [part for part in re.split(r"[,\s]+", text.strip()) if part]
+    matches = [re.fullmatch(r"(\d+):(\d+)", part) for part in parts]
+    if not parts or not all(matches):
+        raise ViewError(f"--ablate takes layer:head pairs separated by commas, e.g. 0:3,2:5; got {text!r}")
+    return tuple((int(match[1]), int(match[2])) for match in matches)
+
+
+# The settings many views share. A view takes those its builder has a parameter for (``--hide-special`` goes to
+# ``hide_special``); ``--no-renormalize`` sets ``renormalize=False``.
+SHARED_OPTIONS: tuple[Option, ...] = (
+    Option("layer", "int", "layer (default 0; rollout, flow: after this layer, default the last); for trace csv: "
+           "only this layer", low=0),
+    Option("head", "int", "head (default 0); for csv: only this head", low=0),
+    Option("heads", "ints", "heads, e.g. 0,3,5 (aggregate, tokens, lines)"),
+    Option("aggregate", "choice", "combine heads instead of one head", choices=("mean", "max")),
+    Option("layer_mean", "flag", "average over all layers"),
+    Option("colorscale", "colorscale", "Plotly colour scale name, e.g. Viridis, Cividis, Blues"),
+    Option("log_color", "flag", "colour by log10(weight)"),
+    Option("hide_special", "flag", "hide [CLS], [SEP] and similar tokens"),
+    Option("renormalize", "flag", "with --hide-special, keep rows as they are (flag: --no-renormalize)"),
+    Option("block", "choice", "sentence-pair block of the heatmap", choices=("AA", "AB", "BA", "BB")),
+    Option("query", "int", "query token index (tokens, lines)", low=0),
+    Option("direction", "choice", "tokens: attention from or to the query", choices=("from", "to")),
+    Option("threshold", "float", "lines: smallest weight drawn (default 0.05)", low=0.0, high=1.0),
+)
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """What the app's shared controls hold, named like the builders' keywords.
+
+    ``aggregate`` None means one ``head``; "mean"/"max" combine ``heads``. ``selected`` is a clicked heatmap cell
+    (query, key) or None.
+    """
+
+    layer: int = 0
+    layer_mean: bool = False
+    aggregate: str | None = None
+    head: int = 0
+    heads: tuple[int, ...] = ()
+    query: int = 0
+    direction: str = "from"
+    hide_special: bool = False
+    renormalize: bool = True
+    colorscale: str = "Blues"
+    log_color: bool = False
+    threshold: float = 0.1
+    block: str | None = None
+    selected: tuple[int, int] | None = None
+
+    @property
+    def shown_heads(self) -> tuple[int, ...]:
+        """The heads on screen: the one head, or the heads being combined."""
+        return (self.head,) if self.aggregate is None else self.heads
+
+    def by_name(self, names: Sequence[str]) -> dict[str, Any]:
+        """The settings whose names are in ``names`` (a builder's parameters), as keyword arguments."""
+        return {name: getattr(self, name) for name in names if hasattr(self, name) and name != "shown_heads"}

@@ -1,0 +1,416 @@
+"""The registry: every view and every analysis Headlight shows, each named once.
+
+One entry is the only place a view or analysis is declared. The app's tabs and analysis picker, the CLI's
+``--view`` choices and flags, the download file names and the README table are all read from ``VIEWS`` and
+``ANALYSES``. Adding a view is one ``View`` entry plus its builder; adding an analysis is one ``Analysis`` entry
+plus its compute and figure functions.
+
+Example:
+    >>> fig = build_view(trace, "heatmap", layer=2, head=5)  # doctest: +SKIP
+    >>> result = ANALYSES["rollout"].compute(TraceInputs(trace), {"residual": 0.5})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import plotly.graph_objects as go
+
+import analysis
+from analysis import perturb
+from encoder.errors import ViewError
+from encoder.trace import EncoderTrace
+from viz import analysis_figures as figures
+from viz.attention import build_attention_heatmap, build_head_grid, build_head_lines, build_model_view
+from viz.distance import build_distance_histogram
+from viz.options import SHARED_OPTIONS, Option, ViewSettings
+from viz.positional import build_position_similarity, build_positional_dimensions, build_positional_heatmap
+from viz.tokens import build_token_view
+
+if TYPE_CHECKING:
+    from encoder.sources import LoadedModel
+
+Figures = list[tuple[str, go.Figure]]  # (file/chart name, figure); the first is the one the CLI writes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Views: one trace in, one figure out
+
+
+@dataclass(frozen=True)
+class View:
+    """A figure of one trace.
+
+    Attributes:
+        name: the CLI's ``--view`` value, the chart key and the download file name ("heatmap").
+        label: the app tab that shows it; views with the same label share a tab.
+        builder: ``builder(trace, **settings) -> go.Figure``.
+        description: one line for ``--help`` and the README.
+        options: settings of this view beyond ``SHARED_OPTIONS`` (flags in the CLI; widgets where labelled).
+        from_settings: the builder's keyword arguments from the app's shared controls (default: the settings
+            named like the builder's parameters).
+    """
+
+    name: str
+    label: str
+    builder: Callable[..., go.Figure]
+    description: str
+    options: tuple[Option, ...] = ()
+    from_settings: Callable[[ViewSettings], dict] | None = None
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The settings the builder takes (every parameter after ``trace``)."""
+        return tuple(list(inspect.signature(self.builder).parameters)[1:])
+
+    def settings_for(self, settings: ViewSettings) -> dict:
+        """The builder's keyword arguments for the app's controls."""
+        if self.from_settings is not None:
+            return self.from_settings(settings)
+        return settings.by_name(self.parameters)
+
+
+def _display(s: ViewSettings) -> dict:
+    return dict(hide_special=s.hide_special, renormalize=s.renormalize)
+
+
+VIEWS: dict[str, View] = {view.name: view for view in (
+    View("heatmap", "Heatmap", build_attention_heatmap,
+         "one head (or a mean/max of heads) as a query x key heatmap"),
+    View("head-grid", "Head grid", build_head_grid, "all heads of one layer as small multiples, one colour scale"),
+    View("model", "Model view", build_model_view, "every layer x head as a thumbnail, one light image",
+         options=(Option("thumbnail", "int", "model: cells per thumbnail side (default 64)", low=4, high=512),),
+         from_settings=lambda s: dict(**_display(s), selected=None if s.layer_mean or s.aggregate else
+                                      (s.layer, s.head))),
+    View("tokens", "Token view", build_token_view,
+         "the sentence, each token shaded by attention from/to a query token",
+         from_settings=lambda s: dict(layer=s.layer, heads=s.shown_heads, query=s.query, direction=s.direction,
+                                      aggregate=s.aggregate or "mean", layer_mean=s.layer_mean,
+                                      colorscale=s.colorscale, **_display(s))),
+    View("lines", "Head lines", build_head_lines,
+         "BertViz-style lines from query tokens to key tokens, one colour per head",
+         from_settings=lambda s: dict(layer=s.layer, heads=s.shown_heads, threshold=s.threshold, **_display(s))),
+    View("distance", "Attention distance", build_distance_histogram,
+         "how far each head of a layer looks: attention mass by query-key distance, one row per head",
+         options=(Option("signed", "flag", "distance: keep the sign (keys before the query are negative)",
+                         label="Signed distance (left: keys before the query)", url=True),)),
+    View("positional", "Positional encodings", build_positional_heatmap,
+         "the positional-encoding table, this text's rows outlined",
+         options=(Option("max_positions", "int", "positional views: show the first N positions only", low=1),),
+         from_settings=lambda s: {}),
+    View("position-similarity", "Positional encodings", build_position_similarity,
+         "cosine similarity between positions", from_settings=lambda s: {}),
+    View("positional-dimensions", "Positional encodings", build_positional_dimensions,
+         "chosen positional dimensions as lines",
+         options=(Option("dims", "ints", "positional-dimensions: dimensions to plot, e.g. 0,1,64"),),
+         from_settings=lambda s: {}),
+)}
+
+
+def view_tabs() -> dict[str, list[View]]:
+    """App tab label -> the views it shows, in registry order."""
+    tabs: dict[str, list[View]] = {}
+    for view in VIEWS.values():
+        tabs.setdefault(view.label, []).append(view)
+    return tabs
+
+
+def view_options(view: View) -> dict[str, Option]:
+    """Every option ``view`` takes: the shared ones its builder has a parameter for, then its own."""
+    taken = {option.name: option for option in SHARED_OPTIONS if option.name in view.parameters}
+    return {**taken, **{option.name: option for option in view.options}}
+
+
+def build_view(trace: EncoderTrace, view: str, **settings) -> go.Figure:
+    """Build the view named ``view`` with ``settings`` (keyword arguments of its builder).
+
+    Raises:
+        ViewError: unknown view, a setting the view does not take, or a bad setting value.
+    """
+    if view not in VIEWS:
+        raise ViewError(f"view {view!r} is not one of {', '.join(VIEWS)}")
+    accepted = VIEWS[view].parameters
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise ViewError(f"view {view!r} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}")
+    return VIEWS[view].builder(trace, **settings)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Analyses: computed once (cached in the app), drawn as figures, exported as numbers
+
+
+class Inputs(Protocol):
+    """What an analysis runs on; the app supplies cached versions, the CLI plain ones (``TraceInputs``)."""
+
+    @property
+    def trace(self) -> EncoderTrace | None:
+        """The text's trace (None when the analysis runs over a corpus only)."""
+
+    def model(self) -> LoadedModel:
+        """The model that made the trace (for analyses that re-run it)."""
+
+    def corpus_report(self, distances: bool) -> analysis.HeadReport | None:
+        """The report card over the chosen corpus (with the head distances when ``distances``), or None when no
+        corpus was chosen."""
+
+    def progress(self, what: str) -> analysis.Progress | None:
+        """A progress callback for long runs ("noisy runs", "heads silenced")."""
+
+
+@dataclass(frozen=True)
+class TraceInputs:
+    """``Inputs`` for one trace (and optionally its model): for scripts, tests and the CLI."""
+
+    trace: EncoderTrace | None
+    loaded: LoadedModel | None = None
+    report: Callable[[bool], analysis.HeadReport] | None = None
+    on_progress: Callable[[str], analysis.Progress] | None = None
+
+    def model(self) -> LoadedModel:
+        if self.loaded is None:
+            raise ViewError("this analysis re-runs the model, so it needs the model, not only a saved trace")
+        return self.loaded
+
+    def corpus_report(self, distances: bool) -> analysis.HeadReport | None:
+        return None if self.report is None else self.report(distances)
+
+    def progress(self, what: str) -> analysis.Progress | None:
+        return None if self.on_progress is None else self.on_progress(what)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """An analysis of a trace (or of a corpus).
+
+    Attributes:
+        name: the CLI's ``--view`` value and the download file name ("rollout").
+        label: its name in the app's analysis picker ("Rollout"; kept in the URL).
+        description: one line for ``--help`` and the README.
+        caption: how to read it, shown above it in the app.
+        compute: ``compute(inputs, options) -> result`` (the expensive part; the app caches it by the compute
+            options).
+        figures: ``figures(result, trace, options) -> [(name, figure), ...]``; the first is what the CLI writes.
+        numbers: ``numbers(result, trace, options) -> (rows, json_result)``: CSV rows and the object written as
+            JSON.
+        options: its settings (see ``Option``; ``stage`` says which ones change the result).
+        layer: how it takes the shared layer (the app's Layer slider; ``--layer``): "figure" (only drawn after
+            it), "compute" (the result depends on it), or None (not at all).
+        uses_query: its figures use the shared query token (app only).
+        needs_model: re-runs the model (so a saved trace is not enough).
+        corpus: can run over many sentences instead of one text (``--corpus`` in the CLI).
+        limit: ``limit(trace) -> message`` when this input is too large for the analysis, else None.
+        table: ``table(result) -> rows`` shown as a sortable table under the figures in the app.
+        spinner: what the app says while it computes.
+    """
+
+    name: str
+    label: str
+    description: str
+    caption: str
+    compute: Callable[[Inputs, Mapping[str, Any]], Any]
+    figures: Callable[[Any, EncoderTrace | None, Mapping[str, Any]], Figures]
+    numbers: Callable[[Any, EncoderTrace | None, Mapping[str, Any]], tuple[list[dict], Any]]
+    options: tuple[Option, ...] = ()
+    layer: str | None = None
+    uses_query: bool = False
+    needs_model: bool = False
+    corpus: bool = False
+    limit: Callable[[EncoderTrace], str | None] | None = None
+    table: Callable[[Any], list[dict]] | None = None
+    spinner: str = "Computing…"
+
+    def option(self, name: str) -> Option | None:
+        return next((option for option in self.options if option.name == name), None)
+
+
+COLORSCALE = next(option for option in SHARED_OPTIONS if option.name == "colorscale")
+RESIDUAL = Option("residual", "float", "rollout, flow: weight of the skip connection, A' = (1-R) mean(heads) + R I, "
+                  f"0 to 1 (default {analysis.DEFAULT_RESIDUAL:g})", label="Residual weight", metavar="R",
+                  default=analysis.DEFAULT_RESIDUAL, low=0.0, high=1.0, step=0.05, stage="compute", url=True)
+DEFAULT_STATISTIC = "entropy"
+DEFAULT_CLUSTERS = 4  # clusters outlined and numbered
+
+
+def _style(options: Mapping[str, Any]) -> dict:
+    return {"colorscale": options["colorscale"]} if options.get("colorscale") else {}
+
+
+def _last_layer(trace: EncoderTrace, options: Mapping[str, Any]) -> int:
+    from viz.common import check_layer
+
+    layer = options.get("layer")
+    return check_layer(trace, trace.num_layers - 1 if layer is None else layer)
+
+
+def _token_numbers(name: str, matrix, trace: EncoderTrace, options: Mapping[str, Any]) -> tuple[list[dict], dict]:
+    """Rollout or flow as long-format rows, and the JSON result naming the input and settings."""
+    rows = analysis.matrix_rows(matrix, trace.tokens, name)
+    result = {"kind": name, "model": trace.model, "text": trace.text, "pair": trace.pair,
+              "layer": _last_layer(trace, options), "residual": options.get("residual", analysis.DEFAULT_RESIDUAL),
+              "tokens": trace.tokens, "rows": rows}
+    return rows, result
+
+
+def _rollout_figures(result, trace: EncoderTrace, options: Mapping[str, Any]) -> Figures:
+    layer = _last_layer(trace, options)
+    residual = options.get("residual", analysis.DEFAULT_RESIDUAL)
+    shown = [("rollout", figures.build_rollout_heatmap(result, trace.tokens, layer, residual, **_style(options)))]
+    if options.get("query") is not None:
+        strip = build_token_view(trace.replace(attention=result[:, None]), layer, [0], options["query"],
+                                 label=f"Rollout after layer {layer}")
+        shown.append(("rollout-tokens", strip))
+    return shown
+
+
+def _flow_limit(trace: EncoderTrace) -> str | None:
+    if trace.num_tokens <= analysis.MAX_FLOW_TOKENS:
+        return None
+    return (f"Attention flow solves one max-flow problem per token pair, so it is limited to "
+            f"{analysis.MAX_FLOW_TOKENS} tokens; this input has {trace.num_tokens}. Shorten the text (or set Max "
+            f"tokens to {analysis.MAX_FLOW_TOKENS}), or use Rollout.")
+
+
+def _flow(inputs: Inputs, options: Mapping[str, Any]):
+    trace = inputs.trace
+    layers = _last_layer(trace, options) + 1
+    return analysis.attention_flow(trace.attention, options.get("residual", analysis.DEFAULT_RESIDUAL),
+                                   num_layers=layers)  # (T, T)
+
+
+def _flow_figures(result, trace: EncoderTrace, options: Mapping[str, Any]) -> Figures:
+    layers = _last_layer(trace, options) + 1
+    residual = options.get("residual", analysis.DEFAULT_RESIDUAL)
+    return [("flow", figures.build_flow_heatmap(result, trace.tokens, layers, residual, **_style(options)))]
+
+
+def _report(inputs: Inputs, options: Mapping[str, Any]) -> analysis.HeadReport:
+    report = inputs.corpus_report(distances=False)
+    return analysis.head_report(inputs.trace) if report is None else report
+
+
+def _clusters(inputs: Inputs, options: Mapping[str, Any]) -> analysis.HeadClustering:
+    report = inputs.corpus_report(distances=True)
+    if report is not None:
+        return analysis.cluster_heads(report.distance, report.num_layers, report.num_heads)
+    trace = inputs.trace
+    return analysis.cluster_heads(analysis.head_distances(trace.attention), trace.num_layers, trace.num_heads)
+
+
+def _noise(inputs: Inputs, options: Mapping[str, Any]) -> perturb.NoiseStability:
+    sigma = options.get("sigma")
+    sigmas = perturb.DEFAULT_SIGMAS if sigma is None else tuple(sorted({*perturb.DEFAULT_SIGMAS, sigma}))
+    samples = options.get("samples") or perturb.DEFAULT_SAMPLES
+    return perturb.noise_stability(inputs.model(), inputs.trace, sigmas, samples,
+                                   progress=inputs.progress("noisy runs"))
+
+
+def _noise_figures(result: perturb.NoiseStability, trace, options: Mapping[str, Any]) -> Figures:
+    curve = ("noise-curve", figures.build_noise_curve(result))
+    if options.get("sigma") is None:
+        return [curve]
+    return [("noise", figures.build_noise_heatmap(result, options["sigma"], **_style(options))), curve]
+
+
+def _rows_and_result(result, trace, options) -> tuple[list[dict], Any]:
+    return result.rows(), result
+
+
+ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
+    Analysis(
+        "rollout", "Rollout", "attention rollout after --layer (default the last), token x token",
+        "Attention rollout (Abnar & Zuidema, 2020): average the heads, add the identity for the skip connection, "
+        "renormalise, multiply through the layers. The Layer slider picks the layer.",
+        compute=lambda inputs, o: analysis.attention_rollout(inputs.trace.attention,
+                                                             o.get("residual", analysis.DEFAULT_RESIDUAL)),
+        figures=_rollout_figures,
+        numbers=lambda result, trace, o: _token_numbers("rollout", result[_last_layer(trace, o)], trace, o),
+        options=(RESIDUAL, COLORSCALE), layer="figure", uses_query=True),
+    Analysis(
+        "flow", "Flow", f"attention flow (max flow) through layers 0 to --layer, at most "
+                        f"{analysis.MAX_FLOW_TOKENS} tokens",
+        "Attention flow: the layer graph with attention weights (plus the residual) as pipe capacities; each cell "
+        "is a maximum flow from an input token to a position after the chosen layer (the Layer slider).",
+        compute=_flow, figures=_flow_figures,
+        numbers=lambda result, trace, o: _token_numbers("flow", result, trace, o),
+        options=(RESIDUAL, COLORSCALE), layer="compute", limit=_flow_limit,
+        spinner="Solving max-flow for every token pair…"),
+    Analysis(
+        "report", "Report card", "head report card: one --statistic for every layer x head (text or --corpus)",
+        "Head report card (Clark et al., 2019): what each head attends to, averaged over query tokens "
+        "(token-weighted over a corpus). Click a head to open it in the Heatmap.",
+        compute=_report,
+        figures=lambda result, trace, o: [(f"report-{o.get('statistic') or DEFAULT_STATISTIC}",
+                                           figures.build_report_heatmap(result, o.get("statistic") or DEFAULT_STATISTIC,
+                                                                        **_style(o)))],
+        numbers=_rows_and_result,
+        options=(Option("statistic", "choice", f"report: the statistic drawn (default {DEFAULT_STATISTIC}): "
+                        f"{', '.join(analysis.STATISTICS)}; csv and json hold them all", label="Statistic",
+                        metavar="NAME", default=DEFAULT_STATISTIC, choices=tuple(analysis.STATISTICS)), COLORSCALE),
+        corpus=True, table=figures.report_table),
+    Analysis(
+        "clusters", "Head clusters", "heads clustered by Jensen-Shannon distance (text or --corpus)",
+        "Heads clustered by the mean Jensen-Shannon divergence between their attention (average linkage).",
+        compute=_clusters,
+        figures=lambda result, trace, o: [("clusters", figures.build_clustering_heatmap(
+            result, clusters=o.get("clusters") or DEFAULT_CLUSTERS, **_style(o)))],
+        numbers=lambda result, trace, o: (result.rows(o.get("clusters") or DEFAULT_CLUSTERS), result),
+        options=(Option("clusters", "int", f"clusters: how many clusters to outline and number (default "
+                        f"{DEFAULT_CLUSTERS})", label="Clusters outlined", metavar="K", default=DEFAULT_CLUSTERS, low=1,
+                        choices=tuple(range(1, 13)), url=True), COLORSCALE),
+        corpus=True, spinner="Comparing every pair of heads…"),
+    Analysis(
+        "noise", "Noise stability",
+        "attention change under embedding noise: curve over sigma, or map at --sigma",
+        "Gaussian noise of scale sigma × the RMS of the input embeddings, several seeded samples; how far each "
+        "head's attention moves (mean Jensen-Shannon divergence). Sigma 0 is the clean trace exactly.",
+        compute=_noise, figures=_noise_figures, numbers=_rows_and_result,
+        options=(Option("samples", "int", f"noise: noisy samples per sigma (default {perturb.DEFAULT_SAMPLES})",
+                        label="Samples per sigma", metavar="N", default=perturb.DEFAULT_SAMPLES, low=1,
+                        choices=(4, 8, 16), stage="compute"),
+                 Option("sigma", "float", "noise: draw the layers x heads map at this sigma (measured besides "
+                        f"{', '.join(f'{s:g}' for s in perturb.DEFAULT_SIGMAS)}) instead of the curve over sigma",
+                        label="Sigma shown in the map", metavar="S", low=0.0,
+                        dynamic_choices=lambda result: [float(s) for s in result.sigmas]),
+                 COLORSCALE),
+        needs_model=True, spinner="Running the encoder on noisy embeddings…"),
+    Analysis(
+        "importance", "Head importance", "each head silenced alone: its effect on the output, layers x heads",
+        "Head importance (Michel et al., 2019): each head silenced alone (its context vectors × 0 before the "
+        "output projection) and the change of the output. Click a head to open it in the Heatmap.",
+        compute=lambda inputs, o: perturb.head_importance(inputs.model(), inputs.trace,
+                                                          progress=inputs.progress("heads silenced")),
+        figures=lambda result, trace, o: [("importance", figures.build_importance_heatmap(result, **_style(o)))],
+        numbers=_rows_and_result, options=(COLORSCALE,), needs_model=True,
+        spinner="Silencing every head in turn…"),
+    Analysis(
+        "ablation", "Head ablation", "the output with the --ablate heads silenced together vs the clean output",
+        "Head ablation: silence several heads together and compare the output with the clean model (pick the "
+        "reddest heads of Head importance).",
+        compute=lambda inputs, o: perturb.ablate_heads(inputs.model(), inputs.trace, o["ablate"]),
+        figures=lambda result, trace, o: [("ablation", figures.build_ablation_chart(result))],
+        numbers=_rows_and_result,
+        options=(Option("ablate", "heads", "ablation: heads to silence together, e.g. 0:3,2:5",
+                        label="Heads to silence together", metavar="L:H,...", stage="compute", required=True),),
+        needs_model=True, spinner="Running the model with the heads silenced…"),
+)}
+
+
+def analysis_options() -> dict[str, Option]:
+    """Every analysis option by name (one declaration per name)."""
+    found: dict[str, Option] = {}
+    for entry in ANALYSES.values():
+        for option in entry.options:
+            found.setdefault(option.name, option)
+    return found
+
+
+def compute_options(entry: Analysis, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that change ``entry``'s result (its cache key), with the shared layer where it takes one."""
+    names = {option.name for option in entry.options if option.stage == "compute"}
+    if entry.layer == "compute":
+        names.add("layer")
+    return {name: value for name, value in options.items() if name in names}
