@@ -15,18 +15,11 @@ from encoder.saving import initial_model, model_state, read_folder_config
 from encoder.sources import LoadedModel, load_path
 from encoder.tokenizer import TextTokenizer
 from encoder.trace import EncoderTrace, class_probabilities, trace_text
+from tutorial.baselines import accuracy, bag_of_words_baseline, majority_baseline
 from tutorial.dataset import DataError, Example, load_splits
 from tutorial.predict import predict_texts
-from tutorial.train import (
-    SPECIAL_TOKENS,
-    TrainSettings,
-    accuracy,
-    bag_of_words_baseline,
-    majority_baseline,
-    state_sha256,
-    train,
-    train_tokenizer,
-)
+from tutorial.train import SPECIAL_TOKENS, TrainSettings, state_sha256, train, train_tokenizer
+from viz.training import build_training_curve
 
 TINY = TrainSettings(epochs=1, layers=1, heads=2, d_model=16, dff=32, max_len=32, batch_size=16, vocab_size=400,
                      seed=3)
@@ -162,6 +155,18 @@ def test_baselines_on_a_clear_toy_problem(tokenizer):
     assert bow["test_accuracy"] == 1.0 and bow["validation_accuracy"] == 1.0
     majority = majority_baseline(splits["train"], splits["test"])
     assert majority["label"] == "neg" and majority["test_accuracy"] == 6 / 11  # 30/30 tie: first in sorted order
+
+
+def test_training_curve_figure_has_both_panels_and_the_kept_epoch():
+    history = {"loss": [0.7, 0.5, 0.45], "val_loss": [0.6, 0.55, 0.58], "accuracy": [0.6, 0.7, 0.8],
+               "val_accuracy": [0.65, 0.72, 0.7]}
+    fig = build_training_curve(history, best_epoch=2)
+    assert [a.text for a in fig.layout.annotations] == ["Loss", "Accuracy"]
+    assert len(fig.data) == 4 and [t.showlegend for t in fig.data] == [True, True, False, False]
+    assert list(fig.data[1].y) == history["val_loss"] and list(fig.data[3].x) == [1, 2, 3]
+    assert [shape.x0 for shape in fig.layout.shapes] == [2, 2] and "kept epoch 2" in fig.layout.title.text
+    empty = build_training_curve({}, best_epoch=None)
+    assert not empty.layout.shapes and empty.layout.title.text == "Training curve"
 
 
 def test_class_probabilities_sorted_with_labels():

@@ -8,9 +8,10 @@ import pytest
 from encoder.saving import initial_model, model_state, read_folder_config
 from encoder.sources import TUTORIAL_DIR, load_source
 from encoder.trace import class_probabilities, trace_text
+from tutorial.baselines import accuracy
 from tutorial.dataset import DATA_DIR, SPLIT_NAMES, file_sha256, load_splits
 from tutorial.predict import predict_texts
-from tutorial.train import accuracy, config_sha256, state_sha256
+from tutorial.train import config_sha256, state_sha256
 
 CLEAR = {
     "a wonderful, moving film": "positive",

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from encoder.trace import pad_batch
+
 if TYPE_CHECKING:
     from encoder.model import CompiledEncoder
     from encoder.sources import LoadedModel
@@ -29,16 +31,10 @@ def batch_probabilities(
     lengths = np.array([len(s) for s in sequences])
     order = np.argsort(lengths, kind="stable")
     result = np.zeros((len(sequences), encoder.model.config.num_classes), dtype=np.float32)
-    pad = encoder.model.config.pad_token_id
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        width = int(lengths[chunk].max())
-        ids = np.full((len(chunk), width), pad, dtype=np.int32)
-        mask = np.zeros((len(chunk), width), dtype=bool)
-        for row, index in enumerate(chunk):
-            ids[row, :lengths[index]] = sequences[index]
-            mask[row, :lengths[index]] = True
-        outputs = encoder.forward_padded(ids, np.zeros_like(ids), mask)
+        ids, segments, mask = pad_batch([sequences[i] for i in chunk], encoder.model.config.pad_token_id)
+        outputs = encoder.forward_padded(ids, segments, mask)
         result[chunk] = outputs["probabilities"].numpy()
     return result
 

@@ -32,9 +32,12 @@ import tensorflow as tf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from encoder.config import EncoderConfig
+from encoder.errors import ExportError
 from encoder.model import CompiledEncoder, TransformerEncoder
 from encoder.saving import initial_model, model_state, save_folder
 from encoder.sources import MODELS_DIR, TUTORIAL_DIR
+from encoder.trace import pad_batch
+from tutorial.baselines import accuracy, accuracy_by_source, bag_of_words_baseline, majority_baseline
 from tutorial.dataset import (
     DATA_DIR,
     SPLIT_NAMES,
@@ -46,6 +49,8 @@ from tutorial.dataset import (
     split_labelled,
 )
 from tutorial.predict import batch_probabilities
+from viz.render import figure_to_bytes
+from viz.training import build_training_curve
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] is id 0
 MAX_POSITIONS = 512  # the app traces up to 512 tokens; training may use shorter sequences
@@ -195,11 +200,7 @@ def length_batches(
         for g in rng.permutation(len(groups)) if shuffle else range(len(groups)):
             chunk = groups[g]
             width = 8 * math.ceil(lengths[chunk].max() / 8)
-            ids = np.full((len(chunk), width), pad_id, dtype=np.int32)
-            mask = np.zeros((len(chunk), width), dtype=bool)
-            for row, index in enumerate(chunk):
-                ids[row, :lengths[index]] = sequences[index]
-                mask[row, :lengths[index]] = True
+            ids, _, mask = pad_batch([sequences[i] for i in chunk], pad_id, width=width)
             yield (ids, mask), labels[chunk]
 
     spec = ((tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.bool)),
@@ -223,122 +224,14 @@ def config_sha256(config: EncoderConfig) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-def accuracy_by_source(examples: Sequence[Example], predicted: Sequence[str]) -> dict[str, float]:
-    """Accuracy within each source (sources in first-seen order)."""
-    right: Counter[str] = Counter()
-    total: Counter[str] = Counter()
-    for example, label in zip(examples, predicted):
-        total[example.source] += 1
-        right[example.source] += example.label == label
-    return {source: right[source] / total[source] for source in total}
-
-
-def accuracy(examples: Sequence[Example], predicted: Sequence[str]) -> float:
-    return float(np.mean([e.label == p for e, p in zip(examples, predicted)])) if examples else float("nan")
-
-
-def majority_baseline(train: Sequence[Example], test: Sequence[Example]) -> dict[str, Any]:
-    """Always answer the training split's most common label (ties: the first in sorted order)."""
-    counts = Counter(e.label for e in train)
-    label = min(counts, key=lambda k: (-counts[k], k))
-    predicted = [label] * len(test)
-    return {"label": label, "test_accuracy": accuracy(test, predicted),
-            "test_accuracy_by_source": accuracy_by_source(test, predicted)}
-
-
-def bag_of_words_baseline(
-    tokenizer: Tokenizer, splits: dict[str, Sequence[Example]], labels: Sequence[str],
-    l2_values: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2), steps: int = 300,
-) -> dict[str, Any]:
-    """Logistic regression on word presence (NumPy): the words are the tokenizer's normalised, pre-tokenised
-    words (no sub-word pieces) seen at least twice in training; the L2 strength is picked on validation."""
-    def words(text: str) -> set[str]:
-        normalized = tokenizer.normalizer.normalize_str(text)
-        return {w for w, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized)}
-
-    counts = Counter(w for e in splits["train"] for w in words(e.text))
-    vocabulary = {w: i for i, w in enumerate(sorted(w for w, c in counts.items() if c >= 2))}
-    index = {label: i for i, label in enumerate(labels)}
-
-    def features(part: Sequence[Example]) -> tuple[np.ndarray, np.ndarray, int]:
-        rows, columns = [], []
-        for r, e in enumerate(part):
-            ids = [vocabulary[w] for w in words(e.text) if w in vocabulary]
-            rows += [r] * len(ids)
-            columns += ids
-        return np.array(rows, dtype=np.int64), np.array(columns, dtype=np.int64), len(part)
-
-    data = {name: features(part) for name, part in splits.items()}
-    targets = {name: np.array([index[e.label] for e in part]) for name, part in splits.items()}
-    best: dict[str, Any] | None = None
-    for l2 in l2_values:
-        weights, bias = _fit_logistic(*data["train"], targets["train"], len(vocabulary), len(labels), l2, steps)
-        validation = accuracy(splits["validation"], [labels[i] for i in
-                                                     _logits(*data["validation"], weights, bias).argmax(-1)])
-        if best is None or validation > best["validation_accuracy"]:
-            predicted = [labels[i] for i in _logits(*data["test"], weights, bias).argmax(-1)]
-            best = {"l2": l2, "vocabulary": len(vocabulary), "validation_accuracy": validation,
-                    "test_accuracy": accuracy(splits["test"], predicted),
-                    "test_accuracy_by_source": accuracy_by_source(splits["test"], predicted)}
-    return best  # type: ignore[return-value]
-
-
-def _logits(rows: np.ndarray, columns: np.ndarray, n: int, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """(n, C) logits of a binary sparse matrix given as (row, column) pairs."""
-    out = np.tile(bias, (n, 1))
-    for c in range(weights.shape[1]):
-        out[:, c] += np.bincount(rows, weights=weights[columns, c], minlength=n)
-    return out
-
-
-def _fit_logistic(rows, columns, n, y, features, classes, l2, steps, learning_rate=0.05):
-    """Softmax regression by full-batch Adam on mean cross-entropy + l2/2 * |W|^2; deterministic."""
-    weights, bias = np.zeros((features, classes)), np.zeros(classes)
-    moments = [np.zeros_like(weights), np.zeros_like(weights), np.zeros_like(bias), np.zeros_like(bias)]
-    onehot = np.eye(classes)[y]
-    for step in range(1, steps + 1):
-        logits = _logits(rows, columns, n, weights, bias)
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        residual = (p / p.sum(axis=1, keepdims=True) - onehot) / n  # (n, C)
-        grad_w = np.stack([np.bincount(columns, weights=residual[rows, c], minlength=features)
-                           for c in range(classes)], axis=1) + l2 * weights
-        grad_b = residual.sum(axis=0)
-        for param, grad, m, v in ((weights, grad_w, moments[0], moments[1]), (bias, grad_b, moments[2], moments[3])):
-            m *= 0.9
-            m += 0.1 * grad
-            v *= 0.999
-            v += 0.001 * grad**2
-            param -= learning_rate * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
-    return weights, bias
-
-
 def write_training_curve(history: dict[str, list[float]], best_epoch: int | None, path: str | Path) -> Path:
-    """Loss and accuracy per epoch (training and validation) as a PNG, drawn with Plotly and kaleido."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    """``viz.training.build_training_curve`` as a PNG at ``path`` (through the app's image export).
 
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
-    epochs = list(range(1, len(history.get("loss", [])) + 1))
-    for column, metric in ((1, "loss"), (2, "accuracy")):
-        for prefix, name, color in (("", "training (mean over the epoch, dropout on)", "#1f77b4"),
-                                    ("val_", "validation (end of epoch)", "#d62728")):
-            figure.add_trace(go.Scatter(x=epochs, y=history.get(prefix + metric, []), mode="lines+markers",
-                                        name=name, line={"color": color}, showlegend=column == 1),
-                             row=1, col=column)
-        if best_epoch is not None:
-            figure.add_vline(x=best_epoch, line_dash="dot", line_color="grey", row=1, col=column)
-        figure.update_xaxes(title_text="epoch", dtick=1, row=1, col=column)
-    title = "Training curve" + (f" (kept epoch {best_epoch}, dotted)" if best_epoch is not None else "")
-    figure.update_layout(title=title, width=900, height=380, template="plotly_white", margin={"t": 70},
-                         legend={"orientation": "h", "y": -0.25})
+    Raises:
+        ExportError: no Chromium to draw it with, or the browser failed.
+    """
     path = Path(path)
-    try:
-        figure.write_image(str(path), format="png")
-    except Exception as error:  # kaleido raises many types when Chromium is missing or fails to start
-        raise RuntimeError(
-            f"Could not draw {path} with kaleido ({type(error).__name__}: {error}); it needs Chromium "
-            "(Debian: apt-get install chromium, or set BROWSER_PATH)."
-        ) from error
+    path.write_bytes(figure_to_bytes(build_training_curve(history, best_epoch), "png"))
     return path
 
 
@@ -485,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = args.out or MODELS_DIR / args.data.stem
         tf.config.experimental.enable_op_determinism()  # with the fixed seeds: the same run gives the same weights
         metrics = train(splits, out, settings, description).metrics
-    except DataError as error:
+    except (DataError, ExportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     baselines = metrics["baselines"]
