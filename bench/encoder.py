@@ -40,7 +40,10 @@ def _median_ms(samples: list[float]) -> float:
     return 1000 * statistics.median(samples)
 
 
-def main(repeats: int = 30) -> list[dict]:
+def load_runners():
+    """The loaded MiniLM and three ways to trace a text of n tokens (warm after one call each):
+    "ours" (``trace_text``), "theirs" (transformers, eager attention), "plain" (our compiled forward pass that
+    returns the last hidden state only)."""
     import tensorflow as tf
     import torch
     from transformers import AutoTokenizer, BertModel
@@ -73,37 +76,45 @@ def main(repeats: int = 30) -> list[dict]:
         encoded = ours.tokenizer.encode(texts[n])
         return plain(encoded.token_ids[None], encoded.segment_ids[None]).numpy()
 
-    rows = []
-    for n in LENGTHS:
-        a, b = run_ours(n), run_theirs(n)  # warm up (and compile) both
-        run_plain(n)
-        assert a.shape == b.shape == (6, 12, n, n), (a.shape, b.shape)
-        gap = float(np.abs(a - b).max())
-        times = {"ours": [], "theirs": [], "plain": []}
-        for _ in range(repeats if n < 512 else max(10, repeats // 3)):
-            for name, fn in (("ours", run_ours), ("theirs", run_theirs), ("plain", run_plain)):
-                start = time.perf_counter()
-                fn(n)
-                times[name].append(time.perf_counter() - start)
-        ours_ms, theirs_ms, plain_ms = (_median_ms(times[k]) for k in ("ours", "theirs", "plain"))
-        rows.append({
-            "tokens": n,
-            "headlight trace ms": round(ours_ms, 1),
-            "transformers trace ms": round(theirs_ms, 1),
-            "ratio (<= 1 is faster)": round(ours_ms / theirs_ms, 2),
-            "forward w/o attention out ms": round(plain_ms, 1),
-            "instrumentation overhead": f"{100 * (ours_ms / plain_ms - 1):+.0f}%",
-            "max |attention diff|": f"{gap:.1e}",
-        })
+    return ours, {"ours": run_ours, "theirs": run_theirs, "plain": run_plain}
+
+
+def length_row(n: int, runners: dict, repeats: int) -> dict:
+    """One table row: median ms of each runner at ``n`` tokens (runs alternate), and the attention gap."""
+    a, b = runners["ours"](n), runners["theirs"](n)  # warm up (and compile) both
+    runners["plain"](n)
+    assert a.shape == b.shape == (6, 12, n, n), (a.shape, b.shape)
+    gap = float(np.abs(a - b).max())
+    times = {name: [] for name in runners}
+    for _ in range(repeats if n < 512 else max(10, repeats // 3)):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(n)
+            times[name].append(time.perf_counter() - start)
+    ours_ms, theirs_ms, plain_ms = (_median_ms(times[k]) for k in ("ours", "theirs", "plain"))
+    return {
+        "tokens": n,
+        "headlight trace ms": round(ours_ms, 1),
+        "transformers trace ms": round(theirs_ms, 1),
+        "ratio (<= 1 is faster)": round(ours_ms / theirs_ms, 2),
+        "forward w/o attention out ms": round(plain_ms, 1),
+        "instrumentation overhead": f"{100 * (ours_ms / plain_ms - 1):+.0f}%",
+        "max |attention diff|": f"{gap:.1e}",
+    }
+
+
+def retrace_row(ours, run_ours) -> dict:
+    """One table row: how many times the encoder retraced for four new lengths (should be 0)."""
     before = ours.encoder.tracing_count()
     for n in (7, 19, 77, 301):
         run_ours(n)
-    rows.append({"tokens": "7/19/77/301", "headlight trace ms": "new lengths",
-                 "transformers trace ms": "", "ratio (<= 1 is faster)": "",
-                 "forward w/o attention out ms": "",
-                 "instrumentation overhead": f"retraces: {ours.encoder.tracing_count() - before}",
-                 "max |attention diff|": ""})
-    return rows
+    return {"tokens": "7/19/77/301", "headlight trace ms": "new lengths",
+            "instrumentation overhead": f"retraces: {ours.encoder.tracing_count() - before}"}
+
+
+def main(repeats: int = 30) -> list[dict]:
+    ours, runners = load_runners()
+    return [*(length_row(n, runners, repeats) for n in LENGTHS), retrace_row(ours, runners["ours"])]
 
 
 if __name__ == "__main__":
