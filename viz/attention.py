@@ -27,6 +27,7 @@ from viz.common import (
     AGGREGATES,
     BLOCKS,
     DEFAULT_SCALE,
+    HIGHLIGHT,
     base_layout,
     block_edges,
     category_labels,
@@ -43,15 +44,17 @@ from viz.common import (
     describe_heads,
     display_token,
     downsample,
+    heatmap_cell,
     label_margin,
     log_colorbar,
     log_weights,
     new_figure,
+    notes_title,
     select_attention,
     short_label,
     shown_attention,
+    token_heatmap_axes,
     token_hover_label,
-    token_ticks,
 )
 
 CLICK_MAX_TOKENS = 64  # beyond this many rows or columns no click layer: T² SVG markers slow drawing (~1 s at 128)
@@ -59,6 +62,13 @@ GRID_MAX_CELLS = 96  # head-grid thumbnails are block-averaged down to this many
 MODEL_THUMBNAIL = 64  # model-view thumbnails: at most this many cells a side
 MAX_LINES = 2000  # head lines draws at most this many (the strongest); more only clutter and slow drawing
 LINE_START = 0.03  # head lines run from x=LINE_START to 1-LINE_START, leaving room next to the labels
+
+# Layout, in pixels
+COLORBAR_ROOM = 110  # right margin of the heatmap and the head grid, for the colour bar
+COLORBAR_LENGTH = 420  # the heatmap's colour bar is at most this long
+HEATMAP_MIN_WIDTH = 520
+HEATMAP_TOP = 80  # top margin of the heatmap: title and subtitle
+HEATMAP_AIR = 10  # below the top margin and the plot
 
 
 def _view_rows_cols(
@@ -78,6 +88,8 @@ def _view_rows_cols(
         segments = trace.segment_ids[shown]
         row_mask, col_mask = segments == "AB".index(block[0]), segments == "AB".index(block[1])
         rows, cols = shown[row_mask], shown[col_mask]
+        if rows.size == 0 or cols.size == 0:
+            raise ViewError(f"block {block!r} has no tokens to show once special tokens are hidden")
         sub = sub[np.ix_(row_mask, col_mask)]
         notes.append(f"block {block[0]} → {block[1]} (queries in sentence {block[0]}, keys in {block[1]})")
     return rows, cols, np.ascontiguousarray(sub, dtype=np.float32), notes
@@ -117,9 +129,8 @@ def build_attention_heatmap(
     Returns:
         A figure whose first trace is the heatmap: ``z`` (R, C) float32 (log10 with ``log_color``), ``x``/``y`` the
         columns'/rows' category labels "token (index)" (``viz.common.category_labels``), ticks showing the tokens.
-        With at most ``CLICK_MAX_TOKENS`` rows and columns an invisible scatter trace ``"cells"`` (``meta``
-        ``click_meta("query", "key", invisible=True)``) covers the cell centres: ``customdata`` is ``[query_index, key_index, weight]`` per point,
-        for clicks. ``selected`` adds a visible one-point trace
+        With at most ``CLICK_MAX_TOKENS`` rows and columns the click layer ``"cells"`` follows (``customdata``
+        [query_index, key_index, weight] at the cell centres); ``selected`` adds a visible one-point trace
         ``"selected"``.
 
     Example:
@@ -128,64 +139,87 @@ def build_attention_heatmap(
     check_colorscale(colorscale)
     matrix, what = select_attention(trace, layer, head, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
     rows, cols, weights, notes = _view_rows_cols(trace, matrix, hide_special, renormalize, block)
-    if rows.size == 0 or cols.size == 0:
-        raise ViewError(f"block {block!r} has no tokens to show once special tokens are hidden")
     if log_color:
         notes.append("log colour")
 
-    cell = min(36.0, max(1.0, 760.0 / max(rows.size, cols.size)))
-    plot_w, plot_h = cell * cols.size, cell * rows.size
+    cell = heatmap_cell(rows.size, cols.size)
     labels = category_labels(trace.tokens)  # unique per position, so hover can name tokens without per-cell text
-    x_axis, x_font = token_ticks(trace.tokens, cols, plot_w)
-    y_axis, y_font = token_ticks(trace.tokens, rows, plot_h)
+    fig = _heatmap_figure(trace, labels, rows, cols, cell, what, notes)
+    clickable = rows.size <= CLICK_MAX_TOKENS and cols.size <= CLICK_MAX_TOKENS
+    fig.add_trace(_weights_heatmap(labels, rows, cols, weights, cell, colorscale, log_color, hover=not clickable))
+    if clickable:
+        fig.add_trace(_cell_layer(labels, rows, cols, weights, cell))
+    if selected is not None:
+        fig.add_traces(_selected_cell(trace, selected, rows, cols, labels, cell))
+    return fig
+
+
+def _heatmap_figure(trace: EncoderTrace, labels: list[str], rows: np.ndarray, cols: np.ndarray, cell: float,
+                    title: str, notes: list[str]) -> go.Figure:
+    """The heatmap's figure without traces: ``cell`` pixels a cell, category axes of ``labels``, tokens as ticks."""
+    x_axis, y_axis, left, bottom = token_heatmap_axes(trace.tokens, rows, trace.tokens, cols, cell)
     x_axis["tickvals"] = [labels[i] for i in x_axis["tickvals"]]
     y_axis["tickvals"] = [labels[i] for i in y_axis["tickvals"]]
-    left = label_margin(y_axis["ticktext"], y_font) + 50
-    bottom = label_margin(x_axis["ticktext"], x_font) + 40
-    width = int(max(plot_w + left + 110, 520))
-    height = int(plot_h + bottom + 90)
-
-    fig = new_figure(what, width, height)
+    width = int(max(cell * cols.size + left + COLORBAR_ROOM, HEATMAP_MIN_WIDTH))
+    fig = new_figure(title, width, int(cell * rows.size + bottom + (HEATMAP_TOP + HEATMAP_AIR)))
     fig.update_layout(
-        title=dict(subtitle=dict(text=" · ".join(notes))) if notes else {},
-        margin=dict(l=left, r=110, t=80, b=bottom),
+        title=notes_title(notes),
+        margin=dict(l=left, r=COLORBAR_ROOM, t=HEATMAP_TOP, b=bottom),
         xaxis=dict(type="category", title=dict(text="key", standoff=10), tickangle=-90, **x_axis,
                    showgrid=False, automargin=True),
         yaxis=dict(type="category", title=dict(text="query", standoff=10), autorange="reversed", **y_axis,
                    showgrid=False, scaleanchor="x", constrain="domain", automargin=True),
         hoverdistance=-1,
     )
+    return fig
+
+
+def _weights_heatmap(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, cell: float,
+                     colorscale: str, log_color: bool, hover: bool) -> go.Heatmap:
+    """The (R, C) ``weights`` as a heatmap on the category axes (log10 colour with ``log_color``); without
+    ``hover`` when a click layer on top carries it."""
     z = log_weights(weights) if log_color else weights
-    colorbar = log_colorbar() if log_color else dict(title=dict(text="weight"))
-    heatmap = go.Heatmap(
+    return go.Heatmap(
         z=z,
         x=[labels[i] for i in cols.tolist()],
         y=[labels[i] for i in rows.tolist()],
         colorscale=colorscale,
         zmin=float(z.min()) if log_color else 0.0,
         zmax=float(z.max()) if weights.size else 1.0,
-        colorbar=dict(thickness=14, len=min(1.0, 420 / max(plot_h, 1)), y=1.0, yanchor="top", **colorbar),
+        colorbar=_weight_colorbar(log_color, min(1.0, COLORBAR_LENGTH / max(cell * rows.size, 1))),
         name="attention",
-        hovertemplate="%{y} → %{x}: " + ("10^%{z:.2f}" if log_color else "%{z:.4f}") + "<extra></extra>",
+        hovertemplate="%{y} → %{x}: " + _value_format(log_color) + "<extra></extra>",
+        hoverinfo=None if hover else "skip",
     )
-    clickable = rows.size <= CLICK_MAX_TOKENS and cols.size <= CLICK_MAX_TOKENS
-    if clickable:
-        heatmap.hoverinfo = "skip"  # the click layer on top carries the hover
-    fig.add_trace(heatmap)
-    if clickable:
-        fig.add_trace(_cell_layer(labels, rows, cols, weights, cell))
-    if selected is not None:
-        query = check_token(trace, selected[0], "selected query")
-        key = check_token(trace, selected[1], "selected key")
-        if query in rows and key in cols:
-            fig.add_trace(_outline([labels[key]], [labels[query]], cell, "selected"))
-    return fig
+
+
+def _weight_colorbar(log_color: bool, length: float) -> dict:
+    """A colour bar hanging from the top right, ``length`` (share of the plot height) long, of weights or their
+    log10 (``viz.common.log_colorbar``)."""
+    scale = log_colorbar() if log_color else dict(title=dict(text="weight"))
+    return dict(thickness=14, len=length, y=1.0, yanchor="top", **scale)
+
+
+def _value_format(log_color: bool) -> str:
+    """Hover format of a cell's colour value ``z``: the weight, or its log10 as a power."""
+    return "10^%{z:.2f}" if log_color else "%{z:.4f}"
+
+
+def _click_markers(size: float) -> dict:
+    """Scatter settings of a click layer: invisible square outlines of ``size`` pixels, a clicked one shows."""
+    return dict(
+        mode="markers",
+        marker=dict(symbol="square-open", size=size, color=HIGHLIGHT, line=dict(width=2), opacity=0),
+        selected=dict(marker=dict(opacity=1)),
+        unselected=dict(marker=dict(opacity=0)),
+        showlegend=False,
+    )
 
 
 def _outline(xs: list, ys: list, size: float, name: str) -> go.Scatter:
     """A visible square outline around cells (e.g. the selected one)."""
     return go.Scatter(x=xs, y=ys, mode="markers", name=name, showlegend=False, hoverinfo="skip",
-                      marker=dict(symbol="square-open", size=max(size - 2, 6), color="#d62728", line=dict(width=2)))
+                      marker=dict(symbol="square-open", size=max(size - 2, 6), color=HIGHLIGHT, line=dict(width=2)))
 
 
 def _cell_layer(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, cell: float
@@ -196,15 +230,21 @@ def _cell_layer(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: 
         x=[labels[i] for i in key_grid.ravel().tolist()],
         y=[labels[i] for i in query_grid.ravel().tolist()],
         customdata=np.stack([query_grid.ravel(), key_grid.ravel(), weights.ravel()], axis=1).astype(np.float32),
-        mode="markers",
-        marker=dict(symbol="square-open", size=max(cell - 2, 4), color="#d62728", line=dict(width=2), opacity=0),
-        selected=dict(marker=dict(opacity=1)),
-        unselected=dict(marker=dict(opacity=0)),
         hovertemplate="%{y} → %{x}: %{customdata[2]:.4f}<extra></extra>",
         name="cells",
         meta=click_meta("query", "key", invisible=True),
-        showlegend=False,
+        **_click_markers(max(cell - 2, 4)),
     )
+
+
+def _selected_cell(trace: EncoderTrace, selected: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
+                   labels: list[str], cell: float) -> list[go.Scatter]:
+    """The outline of the ``selected`` (query, key) cell; none when that cell is not shown."""
+    query = check_token(trace, selected[0], "selected query")
+    key = check_token(trace, selected[1], "selected key")
+    if query in rows and key in cols:
+        return [_outline([labels[key]], [labels[query]], cell, "selected")]
+    return []
 
 
 def build_head_grid(

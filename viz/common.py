@@ -27,6 +27,7 @@ DEFAULT_DIVERGING = "RdBu_r"
 AGGREGATES = ("mean", "max")
 BLOCKS = ("AA", "AB", "BA", "BB")
 LOG_FLOOR = 1e-4  # log colour shows weights below this as this
+HIGHLIGHT = "#d62728"  # the selected cell or head, the query token
 FONT_FAMILY = '"DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", Arial, sans-serif'
 MAX_LABEL_CHARS = 16
 _NAMED_SCALES = frozenset(plotly.colors.named_colorscales())
@@ -60,6 +61,14 @@ def click_spec(fig: go.Figure) -> dict[int, tuple[str, ...]]:
         if isinstance(meta, dict) and meta.get("click"):
             spec[index] = tuple(meta["click"])
     return spec
+
+
+def layer_head_points(layers: int, heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (layer, head) in layer-major order: layers (N,), heads (N,) and their ``customdata`` (N, 2) int32
+    [layer, head] for a ``click_meta("layer", "head")`` trace."""
+    grid_layer, grid_head = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+    layer, head = grid_layer.ravel(), grid_head.ravel()
+    return layer, head, np.stack([layer, head], axis=1).astype(np.int32)
 
 
 def is_click_layer(trace: dict) -> bool:
@@ -174,13 +183,7 @@ def select_attention(
     or, when ``aggregate`` is None, the single ``head`` is taken.
     """
     check_choice(aggregate, (None, *AGGREGATES), "aggregate")
-    if layer_mean:
-        per_head = trace.attention.mean(axis=0, dtype=np.float32)  # (H, T, T)
-        layer_text = f"mean of layers 0-{trace.num_layers - 1}"
-    else:
-        layer = check_layer(trace, layer)
-        per_head = trace.attention[layer]
-        layer_text = f"layer {layer}"
+    per_head, layer_text = layer_heads(trace, layer, layer_mean)
     if aggregate is None:
         head = check_head(trace, head)
         return np.asarray(per_head[head], dtype=np.float32), f"{layer_text.capitalize()}, head {head}"
@@ -190,6 +193,15 @@ def select_attention(
     stack = per_head[chosen]  # (h, T, T)
     matrix = stack.mean(axis=0, dtype=np.float32) if aggregate == "mean" else stack.max(axis=0)
     return np.asarray(matrix, dtype=np.float32), f"{layer_text.capitalize()}, {aggregate} of {describe_heads(chosen)}"
+
+
+def layer_heads(trace: EncoderTrace, layer: int, layer_mean: bool) -> tuple[np.ndarray, str]:
+    """The (H, T, T) attention of ``layer`` (or the mean over layers with ``layer_mean``) and its name, "layer 3"
+    or "mean of layers 0-5"."""
+    if layer_mean:
+        return trace.attention.mean(axis=0, dtype=np.float32), f"mean of layers 0-{trace.num_layers - 1}"
+    layer = check_layer(trace, layer)
+    return trace.attention[layer], f"layer {layer}"
 
 
 def describe_heads(heads: Sequence[int]) -> str:
@@ -331,6 +343,30 @@ def token_ticks(tokens: Sequence[str], indices: Sequence[int], axis_pixels: floa
     return axis, size
 
 
+# Token heatmaps: the longer side gets HEATMAP_SIDE pixels, each cell MIN_CELL to MAX_CELL; the axis titles need
+# Y_TITLE_ROOM / X_TITLE_ROOM pixels beyond the tick labels.
+HEATMAP_SIDE = 760.0
+MIN_CELL, MAX_CELL = 1.0, 36.0
+Y_TITLE_ROOM, X_TITLE_ROOM = 50, 40
+
+
+def heatmap_cell(rows: int, cols: int) -> float:
+    """Pixels per cell of a token heatmap of ``rows`` x ``cols`` cells."""
+    return min(MAX_CELL, max(MIN_CELL, HEATMAP_SIDE / max(rows, cols)))
+
+
+def token_heatmap_axes(
+    row_tokens: Sequence[str], rows: Sequence[int], col_tokens: Sequence[str], cols: Sequence[int], cell: float
+) -> tuple[dict, dict, int, int]:
+    """Tick settings of a token heatmap's x axis (``cols``: indices into ``col_tokens``) and y axis (``rows``), and
+    the left and bottom margins (pixels) that their labels and titles need."""
+    x_axis, x_font = token_ticks(col_tokens, cols, cell * len(cols))
+    y_axis, y_font = token_ticks(row_tokens, rows, cell * len(rows))
+    left = label_margin(y_axis["ticktext"], y_font) + Y_TITLE_ROOM
+    bottom = label_margin(x_axis["ticktext"], x_font) + X_TITLE_ROOM
+    return x_axis, y_axis, left, bottom
+
+
 def label_margin(labels: Iterable[str], font_size: int) -> int:
     """Pixels needed for the longest label at ``font_size`` (plus a little room)."""
     widest = max((text_width(html.unescape(label)) for label in labels), default=1)
@@ -353,6 +389,11 @@ def base_layout(title: str, width: int | None = None, height: int | None = None)
         plot_bgcolor="white",
         template="none",
     )
+
+
+def notes_title(notes: Sequence[str]) -> dict:
+    """A ``title`` update whose subtitle lists ``notes`` ("a · b"); empty without notes."""
+    return dict(subtitle=dict(text=" · ".join(notes))) if notes else {}
 
 
 def new_figure(title: str, width: int | None = None, height: int | None = None) -> go.Figure:
