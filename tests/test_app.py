@@ -158,11 +158,11 @@ def test_a_local_checkpoint_folder_is_explored(tmp_path):
 @pytest.mark.parametrize(
     "analysis, expected",
     [("Rollout", ["Attention rollout after layer 0", "Rollout after layer 0"]),
-     ("Flow", ["Attention flow through 6 layers"]),
+     ("Flow", ["Attention flow through 1 layer"]),  # through the Layer slider's layer, as rollout
      ("Report card", ["Head report card"]),
      ("Head clusters", ["Heads clustered"]),
-     ("Noise stability", ["How attention moves as input noise grows", "Noise stability at sigma 1"]),
-     ("Head ablation", ["Head importance"])],
+     ("Noise stability", ["Noise stability at sigma 1", "How attention moves as input noise grows"]),
+     ("Head importance", ["Head importance"])],
 )
 def test_every_analysis_renders_with_its_downloads(analysis, expected):
     at = _app(view="Analysis", analysis=analysis)

@@ -1,4 +1,5 @@
-"""Everything the app computes, cached per process: the model once, one trace per input, each analysis once.
+"""Everything the app computes, cached per process: the model once, one trace per input, each analysis result once
+per input and compute settings (one generic cache for every registry analysis).
 
 ``st.cache_resource`` (not ``cache_data``) because results are immutable NumPy (traces hold read-only arrays): one
 shared copy serves every session without pickling 75 MB of attention on each rerun. Sizes are bounded.
@@ -6,17 +7,20 @@ shared copy serves every session without pickling 75 MB of attention on each rer
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+from typing import Any
+
 import streamlit as st
 
 import analysis
-from analysis import perturb
 from encoder.sources import LoadedModel, load_source
 from encoder.trace import EncoderTrace, trace_text
 from tutorial.dataset import load_splits
+from viz.registry import ANALYSES
 
 MAX_TRACES = 64
 MAX_ANALYSES = 32
+Corpus = tuple[str, tuple[str, ...]]  # (name shown in the progress bar, sentences)
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -29,19 +33,41 @@ def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> Enco
     return trace_text(get_model(source), text, pair, max_tokens)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What was traced (the cache key of every analysis), and the corpus chosen for corpus analyses; implements
+    ``viz.registry.Inputs`` with the caches here."""
+
+    source: str
+    text: str
+    pair: str | None
+    max_tokens: int
+    corpus: Corpus | None = None
+
+    @property
+    def key(self) -> tuple:
+        return self.source, self.text, self.pair, self.max_tokens
+
+    @property
+    def trace(self) -> EncoderTrace:
+        return get_trace(*self.key)
+
+    def model(self) -> LoadedModel:
+        return get_model(self.source)
+
+    def corpus_report(self, distances: bool) -> analysis.HeadReport | None:
+        """The corpus report, always with head distances: one cached run serves the report card and clusters."""
+        return None if self.corpus is None else corpus_report(self.source, *self.corpus)
+
+    def progress(self, what: str) -> analysis.Progress | None:
+        return None
+
+
 @st.cache_resource(show_spinner=False, max_entries=MAX_ANALYSES)
-def rollout(source: str, text: str, pair: str | None, max_tokens: int, residual: float) -> np.ndarray:
-    return analysis.attention_rollout(get_trace(source, text, pair, max_tokens).attention, residual)
-
-
-@st.cache_resource(show_spinner="Solving max-flow for every token pair…", max_entries=MAX_ANALYSES)
-def flow(source: str, text: str, pair: str | None, max_tokens: int, residual: float) -> np.ndarray:
-    return analysis.attention_flow(get_trace(source, text, pair, max_tokens).attention, residual)
-
-
-@st.cache_resource(show_spinner=False, max_entries=MAX_ANALYSES)
-def text_report(source: str, text: str, pair: str | None, max_tokens: int) -> analysis.HeadReport:
-    return analysis.head_report(get_trace(source, text, pair, max_tokens))
+def analysis_result(name: str, inputs: Inputs, options: tuple[tuple[str, Any], ...]) -> Any:
+    """The registry analysis ``name`` on ``inputs`` with its compute ``options`` (sorted (name, value) pairs)."""
+    with st.spinner(ANALYSES[name].spinner):
+        return ANALYSES[name].compute(inputs, dict(options))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -57,28 +83,6 @@ def corpus_report(source: str, corpus_name: str, sentences: tuple[str, ...]) -> 
                                          total=len(sentences), progress=progress)
     bar.empty()
     return report
-
-
-@st.cache_resource(show_spinner="Comparing every pair of heads…", max_entries=MAX_ANALYSES)
-def text_clustering(source: str, text: str, pair: str | None, max_tokens: int) -> analysis.HeadClustering:
-    trace = get_trace(source, text, pair, max_tokens)
-    return analysis.cluster_heads(analysis.head_distances(trace.attention), trace.num_layers, trace.num_heads)
-
-
-@st.cache_resource(show_spinner="Running the encoder on noisy embeddings…", max_entries=MAX_ANALYSES)
-def noise(source: str, text: str, pair: str | None, max_tokens: int, samples: int) -> perturb.NoiseStability:
-    return perturb.noise_stability(get_model(source), get_trace(source, text, pair, max_tokens), samples=samples)
-
-
-@st.cache_resource(show_spinner="Silencing every head in turn…", max_entries=MAX_ANALYSES)
-def importance(source: str, text: str, pair: str | None, max_tokens: int) -> perturb.HeadImportance:
-    return perturb.head_importance(get_model(source), get_trace(source, text, pair, max_tokens))
-
-
-@st.cache_resource(show_spinner=False, max_entries=MAX_ANALYSES)
-def ablation(source: str, text: str, pair: str | None, max_tokens: int,
-             heads: tuple[tuple[int, int], ...]) -> perturb.AblationEffect:
-    return perturb.ablate_heads(get_model(source), get_trace(source, text, pair, max_tokens), heads)
 
 
 @st.cache_resource(show_spinner=False)

@@ -10,17 +10,13 @@ from encoder.errors import HeadlightError
 from encoder.sources import builtin_sources
 from encoder.trace import EncoderTrace
 from ui import cache
-from ui.analysis import Inputs
-from ui.downloads import figure_downloads_ui
+from ui.cache import Inputs
+from ui.charts import chart_ui
 from viz import analysis_figures as figures
 from viz.attention import build_attention_heatmap
 
 MODES = ("another model", "another text")
 COUNTERPART = {"tutorial": "tutorial-initial", "tutorial-initial": "tutorial"}
-
-
-def _chart(fig, key: str) -> None:
-    st.plotly_chart(fig, theme=None, key=key, width="content", config={"displaylogo": False})
 
 
 def _other_trace(inputs: Inputs, trace: EncoderTrace) -> tuple[EncoderTrace, str, str] | None:
@@ -65,26 +61,18 @@ def compare_ui(inputs: Inputs, trace: EncoderTrace, layer: int, head: int, stem:
         trace, other, label_a, label_b = other, trace, label_b, label_a
     try:
         diff = analysis.diff_traces(trace, other, label_a, label_b)
-    except ValueError as error:
+    except HeadlightError as error:
         st.warning(str(error))
         return
     left, right = st.columns(2)
     for column, side, label, name in ((left, trace, label_a, "compare-a"), (right, other, label_b, "compare-b")):
         with column:
             st.markdown(f"**{label}**")
-            fig = build_attention_heatmap(side, layer, head)
-            _chart(fig, f"chart-{name}")
-            figure_downloads_ui(name, fig, stem)
-    fig = figures.build_diff_heatmap(diff, layer, head)
-    _chart(fig, "chart-diff")
-    figure_downloads_ui("diff", fig, stem)
-    ranking = figures.build_diff_ranking(diff)
-    changed = figures.build_diff_map(diff)
+            chart_ui(name, build_attention_heatmap(side, layer, head), stem)
+    chart_ui("diff", figures.build_diff_heatmap(diff, layer, head), stem)
     left, right = st.columns(2)
     with left:
-        _chart(changed, "chart-diff-map")
-        figure_downloads_ui("diff-map", changed, stem, {"csv": lambda: analysis.rows_to_csv(diff.rows()),
-                                                         "json": lambda: analysis.to_json(diff)})
+        chart_ui("diff-map", figures.build_diff_map(diff), stem, numbers={
+            "csv": lambda: analysis.rows_to_csv(diff.rows()), "json": lambda: analysis.to_json(diff)})
     with right:
-        _chart(ranking, "chart-diff-ranking")
-        figure_downloads_ui("diff-ranking", ranking, stem)
+        chart_ui("diff-ranking", figures.build_diff_ranking(diff), stem)

@@ -1,4 +1,4 @@
-"""Download buttons: every figure as PNG/SVG/PDF/HTML, its numbers as CSV/JSON, the trace as NPZ/JSON/CSV.
+"""Download buttons: the trace as NPZ/JSON/CSV, and the button every figure download uses (``ui.charts``).
 
 Files are made only when a button is clicked (``data`` is a callable), so drawing the page costs nothing.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from encoder import trace_io
@@ -30,27 +29,9 @@ def image_export_available() -> bool:
     return True
 
 
-def _button(label: str, data: Callable[[], bytes | str], file_name: str, fmt: str, key: str,
-            help: str | None = None) -> None:
+def download_button(label: str, data: Callable[[], bytes | str], file_name: str, fmt: str, key: str,
+                    help: str | None = None) -> None:
     st.download_button(label, data, file_name=file_name, mime=MIME[fmt], on_click="ignore", key=key, help=help)
-
-
-def figure_downloads_ui(name: str, fig: go.Figure, stem: str,
-                        numbers: dict[str, Callable[[], str]] | None = None) -> None:
-    """A row of buttons under a figure: PNG, SVG, PDF (when a browser exists), HTML, and ``numbers`` formats."""
-    images = image_export_available()
-    with st.container(horizontal=True, gap="small"):
-        if images:
-            for fmt in render.IMAGE_FORMATS:
-                _button(fmt.upper(), lambda fmt=fmt: render.figure_to_bytes(fig, fmt), f"{stem}-{name}.{fmt}", fmt,
-                        f"dl-{name}-{fmt}")
-        _button("HTML", lambda: render.figure_to_html(fig), f"{stem}-{name}.html", "html", f"dl-{name}-html",
-                help="A self-contained page that works offline (plotly.js inlined)")
-        for fmt, make in (numbers or {}).items():
-            _button(f"{fmt.upper()} (numbers)", make, f"{stem}-{name}.{fmt}", fmt, f"dl-{name}-{fmt}")
-        if not images:
-            st.caption("PNG/SVG/PDF need Chrome or Chromium (Debian: `apt-get install chromium`, or set "
-                       "BROWSER_PATH); HTML and data downloads work.")
 
 
 def trace_downloads_ui(trace: EncoderTrace, stem: str, layer: int, heads: tuple[int, ...]) -> None:
@@ -59,11 +40,12 @@ def trace_downloads_ui(trace: EncoderTrace, stem: str, layer: int, heads: tuple[
     st.markdown(f"**This trace's numbers** · NPZ and JSON: tokens, attention of every layer and head, hidden "
                 f"states, positional rows · CSV: layer {layer}, {head_text}, one row per (query, key)")
     with st.container(horizontal=True, gap="small"):
-        _button("NPZ", lambda: trace_io.trace_to_npz(trace), f"{stem}-trace.npz", "npz", "dl-trace-npz")
+        download_button("NPZ", lambda: trace_io.trace_to_npz(trace), f"{stem}-trace.npz", "npz", "dl-trace-npz")
         if trace.num_tokens <= FULL_JSON_MAX_TOKENS:
-            _button("JSON", lambda: trace_io.trace_to_json(trace), f"{stem}-trace.json", "json", "dl-trace-json")
-        _button("CSV", lambda: trace_io.trace_to_csv(trace, layers=[layer], heads=list(heads)),
-                f"{stem}-layer{layer}.csv", "csv", "dl-trace-csv")
+            download_button("JSON", lambda: trace_io.trace_to_json(trace), f"{stem}-trace.json", "json",
+                            "dl-trace-json")
+        download_button("CSV", lambda: trace_io.trace_to_csv(trace, layers=[layer], heads=list(heads)),
+                        f"{stem}-layer{layer}.csv", "csv", "dl-trace-csv")
         if trace.num_tokens > FULL_JSON_MAX_TOKENS:
             st.caption(f"JSON is offered up to {FULL_JSON_MAX_TOKENS} tokens (a {trace.num_tokens}-token trace "
                        "would be hundreds of MB); NPZ holds everything.")

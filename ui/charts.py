@@ -1,0 +1,44 @@
+"""One chart and its downloads, used by every tab: the figure (clicks wired from its own click spec), then PNG, SVG,
+PDF (when a browser exists), HTML, and the numbers behind it as CSV/JSON where it has them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from ui import clicks
+from ui.downloads import download_button, image_export_available
+from viz import render
+
+
+def chart_ui(name: str, fig: go.Figure, stem: str, tokens: Sequence[str] = (),
+             numbers: dict[str, Callable[[], str]] | None = None) -> None:
+    """Show ``fig`` under the key ``chart-{name}`` with its download row (files named ``{stem}-{name}.{fmt}``).
+
+    ``tokens`` are the trace's tokens when clicks may pick a query token; ``numbers`` maps "csv"/"json" to makers
+    of the figure's numbers (called only when the button is clicked).
+    """
+    key = f"chart-{name}"
+    st.plotly_chart(fig, theme=None, key=key, width="content", config={"displaylogo": False},
+                    on_select=clicks.on_select(fig, key, tokens), selection_mode="points")
+    figure_downloads_ui(name, fig, stem, numbers)
+
+
+def figure_downloads_ui(name: str, fig: go.Figure, stem: str,
+                        numbers: dict[str, Callable[[], str]] | None = None) -> None:
+    """A row of buttons under a figure: PNG, SVG, PDF (when a browser exists), HTML, and ``numbers`` formats."""
+    images = image_export_available()
+    with st.container(horizontal=True, gap="small"):
+        if images:
+            for fmt in render.IMAGE_FORMATS:
+                download_button(fmt.upper(), lambda fmt=fmt: render.figure_to_bytes(fig, fmt), f"{stem}-{name}.{fmt}",
+                                fmt, f"dl-{name}-{fmt}")
+        download_button("HTML", lambda: render.figure_to_html(fig), f"{stem}-{name}.html", "html", f"dl-{name}-html",
+                        help="A self-contained page that works offline (plotly.js inlined)")
+        for fmt, make in (numbers or {}).items():
+            download_button(f"{fmt.upper()} (numbers)", make, f"{stem}-{name}.{fmt}", fmt, f"dl-{name}-{fmt}")
+        if not images:
+            st.caption("PNG/SVG/PDF need Chrome or Chromium (Debian: `apt-get install chromium`, or set "
+                       "BROWSER_PATH); HTML and data downloads work.")

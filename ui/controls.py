@@ -1,0 +1,126 @@
+"""Widgets that set what the figures show: the shared view controls (``controls_ui`` -> ``ViewSettings``) and one
+widget per registry ``Option`` (``option_ui``), so a new view or analysis setting gets its widget without new code.
+
+Every widget that defines the view is bound to the URL (``bind="query-params"``) and stores readable labels there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from encoder.trace import EncoderTrace
+from ui import clicks
+from viz.common import AGGREGATES, SEQUENTIAL_SCALES
+from viz.options import Option, ViewSettings
+
+HEAD_MODES = ("one head", *AGGREGATES)
+BLOCKS = {"whole input": None, "A → A": "AA", "A → B": "AB", "B → A": "BA", "B → B": "BB"}
+DIRECTIONS = {"what it looks at": "from", "who looks at it": "to"}
+SEGMENTED_MAX = 5  # an int option with at most this many choices is a segmented control, else a select slider
+
+
+def token_labels(trace: EncoderTrace) -> list[str]:
+    """The query-token choices: "index: token"."""
+    return [f"{i}: {t}" for i, t in enumerate(trace.tokens)]
+
+
+def _layer_controls(trace: EncoderTrace) -> tuple[int, bool]:
+    if trace.num_layers == 1:  # a slider needs two ends
+        st.caption("Layer 0 (the model's only layer)")
+        layer = 0
+    else:
+        layer = st.slider("Layer", 0, trace.num_layers - 1, 0, key="layer", bind="query-params")
+    layer_mean = st.checkbox("Mean over all layers", key="layer_mean", bind="query-params")
+    return layer, layer_mean
+
+
+def _head_controls(trace: EncoderTrace) -> tuple[str | None, int, tuple[int, ...]]:
+    every = tuple(range(trace.num_heads))
+    mode = st.segmented_control("Heads", HEAD_MODES, default=HEAD_MODES[0], required=True, key="head_mode",
+                                bind="query-params")
+    if mode == "one head":
+        if trace.num_heads == 1:
+            st.caption("Head 0 (one head per layer)")
+            return None, 0, every
+        head = st.slider("Head", 0, trace.num_heads - 1, 0, key="head", bind="query-params")
+        return None, head, every
+    heads = st.multiselect("Heads to combine (none = all)", list(every), key="heads", bind="query-params")
+    return mode, 0, tuple(heads) or every
+
+
+def _display_controls(trace: EncoderTrace) -> dict[str, Any]:
+    a, b, c = st.columns(3)
+    with a:
+        hide_special = st.checkbox("Hide special tokens ([CLS], [SEP])", key="hide_special", bind="query-params")
+        renormalize = st.checkbox("…and renormalise rows to sum to 1", value=True, key="renormalize",
+                                  bind="query-params", disabled=not hide_special)
+    with b:
+        colorscale = st.selectbox("Colour scale", SEQUENTIAL_SCALES, key="colorscale", bind="query-params",
+                                  help="Viridis and Cividis are colour-blind safe.")
+        log_color = st.checkbox("Log colour", key="log_color", bind="query-params")
+    with c:
+        threshold = st.slider("Head lines: hide weights below", 0.0, 1.0, 0.1, 0.01, key="threshold",
+                              bind="query-params")
+        block = None
+        if trace.is_pair:
+            block = BLOCKS[st.selectbox("Sentence-pair block", list(BLOCKS), key="block", bind="query-params")]
+    return dict(hide_special=hide_special, renormalize=renormalize and hide_special, colorscale=colorscale,
+                log_color=log_color, threshold=threshold, block=block)
+
+
+def controls_ui(trace: EncoderTrace) -> ViewSettings:
+    """The shared controls above the tabs; returns what they say."""
+    labels = token_labels(trace)
+    left, middle, right = st.columns([3, 3, 3])
+    with left:
+        layer, layer_mean = _layer_controls(trace)
+    with middle:
+        aggregate, head, heads = _head_controls(trace)
+    with right:
+        query_label = st.selectbox("Query token (or click a heatmap row)", labels, key="query", bind="query-params")
+        direction = st.segmented_control("Token view shows", list(DIRECTIONS), default=next(iter(DIRECTIONS)),
+                                         required=True, key="direction", bind="query-params")
+    with st.expander("Display options"):
+        display = _display_controls(trace)
+    query = labels.index(query_label) if query_label in labels else 0
+    return ViewSettings(layer=layer, layer_mean=layer_mean, aggregate=aggregate, head=head, heads=heads, query=query,
+                        direction=DIRECTIONS[direction], selected=clicks.selected_cell(trace, query), **display)
+
+
+def head_names(trace: EncoderTrace) -> list[str]:
+    return [f"L{layer} H{head}" for layer in range(trace.num_layers) for head in range(trace.num_heads)]
+
+
+def option_ui(option: Option, trace: EncoderTrace, result: Any = None) -> Any:
+    """One widget for ``option`` (its key is the option's name); returns its value, or the default when the option
+    has no widget (no label)."""
+    if option.label is None:
+        return option.default
+    bind = {"bind": "query-params"} if option.url else {}
+    common = dict(key=option.name, help=option.help.split(": ", 1)[-1], **bind)
+    if option.dynamic_choices is not None:
+        choices = list(option.dynamic_choices(result))
+        return st.select_slider(option.label, choices, value=choices[-1], **common)
+    if option.kind == "flag":
+        return st.checkbox(option.label, value=bool(option.default), **common)
+    if option.kind == "float":
+        return st.slider(option.label, float(option.low), float(option.high), float(option.default),
+                         float(option.step or 0.01), **common)
+    if option.kind == "int" and option.choices:
+        if len(option.choices) <= SEGMENTED_MAX:
+            return st.segmented_control(option.label, list(option.choices), default=option.default, required=True,
+                                        **common)
+        return st.select_slider(option.label, list(option.choices), value=option.default, **common)
+    if option.kind == "int":
+        return int(st.number_input(option.label, min_value=option.low, max_value=option.high, value=option.default,
+                                   step=1, **common))
+    if option.kind == "choice":
+        choices = list(option.choices)
+        return st.selectbox(option.label, choices, index=choices.index(option.default), **common)
+    if option.kind == "heads":
+        names = head_names(trace)
+        chosen = st.multiselect(option.label, names, placeholder="Pick heads", **common)
+        return tuple(divmod(names.index(name), trace.num_heads) for name in chosen)
+    raise TypeError(f"option {option.name!r} of kind {option.kind!r} has no widget")

@@ -1,0 +1,21 @@
+"""How the app runs inside Streamlit: the one patch of Streamlit's behaviour Headlight needs."""
+
+from __future__ import annotations
+
+from streamlit.runtime.scriptrunner import script_runner
+
+PATCHED_HOOK = "_clean_problem_modules"  # private Streamlit: tests/test_app.py fails loudly if it disappears
+
+
+def keep_keras_state_between_reruns() -> None:
+    """Stop Streamlit from calling ``keras.backend.clear_session()`` after every script run.
+
+    Streamlit does that whenever Keras is imported, to free models a script rebuilt. Headlight builds each model
+    once per process (``st.cache_resource``), so the clearing only costs: a full ``gc.collect()`` and TensorFlow's
+    kernel cache on every widget change (~0.15 s, half the latency budget), and it resets Keras' global state while
+    another session may be running a model. Streamlit 1.67 has no setting for this (``runner.postScriptGC`` covers
+    only the collector), so the private hook is replaced, behind a guard: if it is gone, only speed suffers, and a
+    test says so.
+    """
+    if callable(getattr(script_runner, PATCHED_HOOK, None)):
+        setattr(script_runner, PATCHED_HOOK, lambda: None)

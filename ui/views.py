@@ -1,0 +1,66 @@
+"""The main area: shared controls, then one tab per registry view label (``viz.registry.view_tabs``) plus Compare
+and Analysis, and the trace's downloads. It is a fragment: changing a control reruns only this part, over the one
+cached trace, never the encoder.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from encoder.errors import HeadlightError
+from encoder.trace import EncoderTrace, class_probabilities
+from ui.analysis import analysis_ui
+from ui.cache import Inputs, get_trace
+from ui.charts import chart_ui
+from ui.compare import compare_ui
+from ui.controls import controls_ui, option_ui
+from ui.downloads import file_stem, trace_downloads_ui
+from viz.options import ViewSettings
+from viz.registry import View, view_tabs
+
+COMPARE, ANALYSIS = "Compare", "Analysis"
+
+
+def tab_labels() -> list[str]:
+    """Every tab, in order: the registry's view labels, then Compare and Analysis (the URL's ``view`` values)."""
+    return [*view_tabs(), COMPARE, ANALYSIS]
+
+
+def view_figures_ui(views: list[View], trace: EncoderTrace, settings: ViewSettings, stem: str) -> None:
+    """One tab of views: each view's own widgets, then its figure and downloads."""
+    for view in views:
+        own = {option.name: option_ui(option, trace) for option in view.options if option.label is not None}
+        chart_ui(view.name, view.builder(trace, **view.settings_for(settings), **own), stem, trace.tokens)
+
+
+def prediction_ui(trace: EncoderTrace) -> None:
+    """A classifier's prediction for this input, next to its attention."""
+    probabilities = class_probabilities(trace)
+    if not probabilities:
+        return
+    label, best = probabilities[0]
+    others = " · ".join(f"{name} {p:.1%}" for name, p in probabilities[1:])
+    st.markdown(f"**Prediction: {label}** ({best:.1%})" + (f" · {others}" if others else ""))
+
+
+@st.fragment
+def views_ui(source: str, text: str, pair: str | None, max_tokens: int) -> None:
+    trace = get_trace(source, text, pair, max_tokens)  # a cache hit: the fragment never re-runs the encoder
+    settings = controls_ui(trace)
+    inputs, stem = Inputs(source, text, pair, max_tokens), file_stem(source)
+    views = view_tabs()
+    labels = tab_labels()
+    for label, tab in zip(labels, st.tabs(labels, key="view", bind="query-params")):
+        if not tab.open:
+            continue
+        with tab:
+            try:
+                if label == COMPARE:
+                    compare_ui(inputs, trace, settings.layer, settings.head, stem)
+                elif label == ANALYSIS:
+                    analysis_ui(inputs, trace, settings, stem)
+                else:
+                    view_figures_ui(views[label], trace, settings, stem)
+            except HeadlightError as error:
+                st.warning(str(error))
+    trace_downloads_ui(trace, stem, settings.layer, settings.shown_heads)
