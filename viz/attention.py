@@ -46,6 +46,7 @@ from viz.common import (
     downsample,
     heatmap_cell,
     label_margin,
+    layer_heads,
     log_colorbar,
     log_weights,
     new_figure,
@@ -69,6 +70,11 @@ COLORBAR_LENGTH = 420  # the heatmap's colour bar is at most this long
 HEATMAP_MIN_WIDTH = 520
 HEATMAP_TOP = 80  # top margin of the heatmap: title and subtitle
 HEATMAP_AIR = 10  # below the top margin and the plot
+GRID_SIDE, GRID_NARROW_SIDE = 230, 180  # a head-grid thumbnail, up to GRID_WIDE_COLUMNS columns and beyond
+GRID_WIDE_COLUMNS = 4
+GRID_LABEL_CELLS = 24  # head-grid thumbnails of at most this many cells a side get token labels
+GRID_FONT = 9  # head-grid token labels
+GRID_TOP = 100  # top margin of the head grid: title, subtitle and the first row's subplot titles
 
 
 def _view_rows_cols(
@@ -265,11 +271,7 @@ def build_head_grid(
     """
     check_colorscale(colorscale)
     max_cells = check_int_range(max_cells, "max_cells", 2, 1024)
-    if layer_mean:
-        per_head, what = trace.attention.mean(axis=0, dtype=np.float32), f"Mean of layers 0-{trace.num_layers - 1}"
-    else:
-        layer = check_layer(trace, layer)
-        per_head, what = trace.attention[layer], f"Layer {layer}"
+    per_head, layer_text = layer_heads(trace, layer, layer_mean)
     stack, shown, notes = shown_attention(trace, per_head, hide_special, renormalize)  # (H, T', T')
     stack = downsample(stack, max_cells)  # (H, s, s)
     size = stack.shape[-1]
@@ -281,16 +283,34 @@ def build_head_grid(
         notes.append("log colour")
     # Each cell's coordinate is the token index of its (first) query and key, on category axes.
     positions = shown[block_edges(shown.size, size)[:-1]].astype(np.int32)
-    where = "queries from %{y}, keys from %{x}" if downsampled else "query %{y} → key %{x}"
+    labels = [short_label(trace.tokens[i]) for i in shown] if size <= GRID_LABEL_CELLS else None
 
     heads = trace.num_heads
+    coloraxis = dict(colorscale=colorscale, cmin=float(stack.min()) if log_color else 0.0, cmax=float(stack.max()),
+                     colorbar=_weight_colorbar(log_color, 0.6))
+    title = f"{layer_text.capitalize()}: all {heads} heads"
+    fig, columns = _grid_figure(title, notes, heads, positions, labels, coloraxis)
+    where = "queries from %{y}, keys from %{x}" if downsampled else "query %{y} → key %{x}"
+    for h in range(heads):
+        fig.add_trace(
+            go.Heatmap(z=stack[h], x=positions, y=positions, coloraxis="coloraxis", name=f"head {h}",
+                       hovertemplate=f"head {h}: {where}: {_value_format(log_color)}<extra></extra>"),
+            row=h // columns + 1,
+            col=h % columns + 1,
+        )
+    return fig
+
+
+def _grid_figure(
+    title: str, notes: list[str], heads: int, positions: np.ndarray, labels: list[str] | None, coloraxis: dict
+) -> tuple[go.Figure, int]:
+    """Subplots for ``heads`` square thumbnails in about 4:3 sharing ``coloraxis``, and the number of columns.
+    ``labels`` (one per token position) go on the left column and the bottom row."""
     columns = min(heads, max(1, math.ceil(math.sqrt(heads * 4 / 3))))
     grid_rows = math.ceil(heads / columns)
-    side = 230 if columns <= 4 else 180
-    labelled = size <= 24
-    font = 9
-    labels = [short_label(trace.tokens[i]) for i in shown]
-    left = (label_margin(labels, font) if labelled else 20) + 20
+    side = GRID_SIDE if columns <= GRID_WIDE_COLUMNS else GRID_NARROW_SIDE
+    labelled = labels is not None
+    left = (label_margin(labels, GRID_FONT) if labelled else 20) + 20
     bottom = left - 10 if labelled else 30
     fig = make_subplots(
         rows=grid_rows,
@@ -299,40 +319,31 @@ def build_head_grid(
         horizontal_spacing=0.03 if labelled else 0.02,
         vertical_spacing=0.05 if labelled else 0.06,
     )
-    fig.update_layout(**base_layout(f"{what}: all {heads} heads"))
+    fig.update_layout(**base_layout(title))
     fig.update_layout(
-        width=int(columns * side + left + 110),
-        height=int(grid_rows * side + bottom + 100),
-        margin=dict(l=left, r=110, t=100, b=bottom),
-        title=dict(subtitle=dict(text=" · ".join(notes))) if notes else {},
-        coloraxis=dict(
-            colorscale=colorscale,
-            cmin=float(stack.min()) if log_color else 0.0,
-            cmax=float(stack.max()),
-            colorbar=dict(thickness=14, len=0.6, y=1.0, yanchor="top",
-                          **(log_colorbar() if log_color else dict(title=dict(text="weight")))),
-        ),
+        width=int(columns * side + left + COLORBAR_ROOM),
+        height=int(grid_rows * side + bottom + GRID_TOP),
+        margin=dict(l=left, r=COLORBAR_ROOM, t=GRID_TOP, b=bottom),
+        title=notes_title(notes),
+        coloraxis=coloraxis,
     )
-    value = "10^%{z:.2f}" if log_color else "%{z:.4f}"
-    for h in range(heads):
-        fig.add_trace(
-            go.Heatmap(z=stack[h], x=positions, y=positions, coloraxis="coloraxis", name=f"head {h}",
-                       hovertemplate=f"head {h}: {where}: {value}<extra></extra>"),
-            row=h // columns + 1,
-            col=h % columns + 1,
-        )
+    fig.update_annotations(font=dict(size=11))
+    _grid_axes(fig, heads, columns, positions, labels)
+    return fig, columns
+
+
+def _grid_axes(fig: go.Figure, heads: int, columns: int, positions: np.ndarray, labels: list[str] | None) -> None:
+    """Square category axes without ticks, queries down; with ``labels``, tokens on the outer axes."""
     axes = dict(type="category", showticklabels=False, ticks="", showgrid=False, zeroline=False, constrain="domain")
     fig.update_xaxes(**axes)
     fig.update_yaxes(**axes, autorange="reversed")
     for h in range(heads):
         fig.update_yaxes(scaleanchor=f"x{'' if h == 0 else h + 1}", row=h // columns + 1, col=h % columns + 1)
-    if labelled:
+    if labels is not None:
         ticks = dict(tickmode="array", tickvals=positions.tolist(), ticktext=labels, showticklabels=True,
-                     tickfont=dict(size=font))
+                     tickfont=dict(size=GRID_FONT))
         fig.update_yaxes(**ticks, col=1)
-        fig.update_xaxes(**ticks, tickangle=-90, row=grid_rows)
-    fig.update_annotations(font=dict(size=11))
-    return fig
+        fig.update_xaxes(**ticks, tickangle=-90, row=math.ceil(heads / columns))
 
 
 def build_model_view(
