@@ -46,6 +46,7 @@ from viz.common import (
     downsample,
     heatmap_cell,
     label_margin,
+    layer_head_points,
     layer_heads,
     log_colorbar,
     log_weights,
@@ -75,6 +76,10 @@ GRID_WIDE_COLUMNS = 4
 GRID_LABEL_CELLS = 24  # head-grid thumbnails of at most this many cells a side get token labels
 GRID_FONT = 9  # head-grid token labels
 GRID_TOP = 100  # top margin of the head grid: title, subtitle and the first row's subplot titles
+THUMB_GAP = 0.12  # gap between model-view thumbnails, as a share of their side (at least one cell)
+THUMB_MIN_PIXELS, THUMB_MAX_PIXELS = 34, 80  # a model-view thumbnail on screen
+MODEL_VIEW_WIDTH = 960  # model-view thumbnails share this width until they reach their limits
+MODEL_VIEW_MARGIN = dict(l=70, r=100, t=80, b=60)
 
 
 def _view_rows_cols(
@@ -365,74 +370,108 @@ def build_model_view(
 
     Returns:
         Trace 0: the heatmap, ``z`` of shape (L*s + (L-1)*g, H*s + (H-1)*g) for thumbnail side s and gap g; the
-        thumbnail of (layer l, head h) starts at row ``l*(s+g)``, column ``h*(s+g)``. Trace 1: ``"heads"``, an
-        invisible scatter of L*H points at the thumbnail centres with ``customdata`` [layer, head], for clicks
-        (``meta`` ``click_meta(..., invisible=True)``). ``selected`` = (layer, head) adds a visible outline trace ``"selected"``.
+        thumbnail of (layer l, head h) starts at row ``l*(s+g)``, column ``h*(s+g)``. Trace 1: the click layer
+        ``"heads"``, L*H points at the thumbnail centres with ``customdata`` [layer, head]. ``selected`` = (layer,
+        head) adds a visible outline trace ``"selected"``.
     """
     check_colorscale(colorscale)
     check_choice(reduce, AGGREGATES, "reduce")
     thumbnail = check_int_range(thumbnail, "thumbnail", 4, 512)
-    attention, shown, notes = shown_attention(trace, trace.attention, hide_special, renormalize)  # (L, H, T', T')
-    thumbs = downsample(attention, thumbnail, reduce)  # (L, H, s, s)
-    s = thumbs.shape[-1]
-    if s < shown.size:
-        notes.append(f"downsampled to {s}×{s} per head (block {reduce})")
-    if per_head_scale:
-        peak = thumbs.max(axis=(2, 3), keepdims=True)
-        thumbs = np.divide(thumbs, peak, out=np.zeros_like(thumbs), where=peak > 0)
-        notes.append("each head scaled to its own maximum")
-    layers, heads = trace.num_layers, trace.num_heads
-    gap = max(1, round(s * 0.12))
-    step = s + gap
-    mosaic = np.full((layers * step - gap, heads * step - gap), np.nan, dtype=np.float32)
-    for layer in range(layers):
-        for head in range(heads):
-            mosaic[layer * step:layer * step + s, head * step:head * step + s] = thumbs[layer, head]
+    attention, _, notes = shown_attention(trace, trace.attention, hide_special, renormalize)  # (L, H, T', T')
+    thumbs, thumb_notes = _thumbnails(attention, thumbnail, reduce, per_head_scale)  # (L, H, s, s)
+    mosaic, step = _mosaic(thumbs)
+    side = thumbs.shape[-1]
 
-    pixels = max(34, min(80, 960 // heads))  # screen pixels per thumbnail
-    left, top = 70, 80
-    fig = new_figure(f"All {layers} layers × {heads} heads: queries down, keys across")
-    fig.update_layout(
-        width=heads * pixels + left + 100,
-        height=layers * pixels + top + 60,
-        margin=dict(l=left, r=100, t=top, b=60),
-        title=dict(subtitle=dict(text=" · ".join(notes) if notes else "full resolution")),
-        xaxis=dict(title=dict(text="head"), tickmode="array", showgrid=False, zeroline=False,
-                   tickvals=[h * step + (s - 1) / 2 for h in range(heads)], ticktext=[str(h) for h in range(heads)],
-                   range=[-0.5, heads * step - gap - 0.5], constrain="domain"),
-        yaxis=dict(title=dict(text="layer"), tickmode="array", showgrid=False, zeroline=False,
-                   tickvals=[lay * step + (s - 1) / 2 for lay in range(layers)],
-                   ticktext=[str(lay) for lay in range(layers)], range=[layers * step - gap - 0.5, -0.5],
-                   scaleanchor="x", constrain="domain"),
-        hoverdistance=-1,
-    )
+    pixels = max(THUMB_MIN_PIXELS, min(THUMB_MAX_PIXELS, MODEL_VIEW_WIDTH // trace.num_heads))  # per thumbnail
+    fig = _model_view_figure(mosaic.shape, trace.num_layers, trace.num_heads, side, step, pixels,
+                             notes + thumb_notes)
     fig.add_trace(go.Heatmap(
         z=mosaic, colorscale=colorscale, zmin=0.0, zmax=1.0 if per_head_scale else float(np.nanmax(mosaic)),
         hoverinfo="skip", name="mosaic",
         colorbar=dict(thickness=12, title=dict(text="share of max" if per_head_scale else "weight")),
     ))
-    grid_layer, grid_head = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
-    peaks = attention.max(axis=(2, 3))  # (L, H), of the weights shown
-    fig.add_trace(go.Scatter(
-        x=(grid_head.ravel() * step + (s - 1) / 2).astype(np.float32),
-        y=(grid_layer.ravel() * step + (s - 1) / 2).astype(np.float32),
-        customdata=np.stack([grid_layer.ravel(), grid_head.ravel()], axis=1).astype(np.int32),
-        text=[f"layer {lay}, head {h} (max weight {peaks[lay, h]:.3f})"
-              for lay, h in zip(grid_layer.ravel().tolist(), grid_head.ravel().tolist())],
-        hovertemplate="%{text}<extra></extra>",
-        mode="markers",
-        marker=dict(symbol="square-open", size=pixels - 4, color="#d62728", line=dict(width=2), opacity=0),
-        selected=dict(marker=dict(opacity=1)),
-        unselected=dict(marker=dict(opacity=0)),
-        name="heads",
-        meta=click_meta("layer", "head", invisible=True),
-        showlegend=False,
-    ))
+    fig.add_trace(_head_layer(attention.max(axis=(2, 3)), side, step, pixels))
     if selected is not None:
         chosen_layer, chosen_head = check_layer(trace, selected[0]), check_head(trace, selected[1])
-        center = [chosen_head * step + (s - 1) / 2], [chosen_layer * step + (s - 1) / 2]
-        fig.add_trace(_outline(*center, pixels, "selected"))
+        centre = [_centre(chosen_head, step, side)], [_centre(chosen_layer, step, side)]
+        fig.add_trace(_outline(*centre, pixels, "selected"))
     return fig
+
+
+def _thumbnails(attention: np.ndarray, thumbnail: int, reduce: str, per_head_scale: bool
+                ) -> tuple[np.ndarray, list[str]]:
+    """(L, H, T, T) attention as (L, H, s, s) thumbnails of at most ``thumbnail`` cells a side (block ``reduce``),
+    each divided by its own maximum with ``per_head_scale``; and notes saying so."""
+    thumbs = downsample(attention, thumbnail, reduce)
+    side = thumbs.shape[-1]
+    notes = []
+    if side < attention.shape[-1]:
+        notes.append(f"downsampled to {side}×{side} per head (block {reduce})")
+    if per_head_scale:
+        peak = thumbs.max(axis=(2, 3), keepdims=True)
+        thumbs = np.divide(thumbs, peak, out=np.zeros_like(thumbs), where=peak > 0)
+        notes.append("each head scaled to its own maximum")
+    return thumbs, notes
+
+
+def _mosaic(thumbs: np.ndarray) -> tuple[np.ndarray, int]:
+    """(L, H, s, s) thumbnails tiled into one float32 image, layers down and heads across, NaN in the gaps; and
+    the step from one thumbnail to the next (s + gap)."""
+    layers, heads, side = thumbs.shape[:3]
+    gap = max(1, round(side * THUMB_GAP))
+    step = side + gap
+    mosaic = np.full((layers * step - gap, heads * step - gap), np.nan, dtype=np.float32)
+    for layer in range(layers):
+        for head in range(heads):
+            mosaic[layer * step:layer * step + side, head * step:head * step + side] = thumbs[layer, head]
+    return mosaic, step
+
+
+def _centre(index, step: int, side: int):
+    """Mosaic coordinate of the centre of thumbnail ``index`` (an int or an array) along one axis."""
+    return index * step + (side - 1) / 2
+
+
+def _model_view_figure(shape: tuple[int, int], layers: int, heads: int, side: int, step: int, pixels: int,
+                       notes: list[str]) -> go.Figure:
+    """The mosaic's figure without traces: ``pixels`` per thumbnail, head and layer numbers at the centres."""
+    margin = MODEL_VIEW_MARGIN
+    fig = new_figure(f"All {layers} layers × {heads} heads: queries down, keys across")
+    fig.update_layout(
+        width=heads * pixels + margin["l"] + margin["r"],
+        height=layers * pixels + margin["t"] + margin["b"],
+        margin=margin,
+        title=dict(subtitle=dict(text=" · ".join(notes) if notes else "full resolution")),
+        xaxis=dict(**_mosaic_axis("head", heads, step, side, [-0.5, shape[1] - 0.5]), constrain="domain"),
+        yaxis=dict(**_mosaic_axis("layer", layers, step, side, [shape[0] - 0.5, -0.5]), scaleanchor="x",
+                   constrain="domain"),
+        hoverdistance=-1,
+    )
+    return fig
+
+
+def _mosaic_axis(title: str, count: int, step: int, side: int, extent: list[float]) -> dict:
+    """A mosaic axis over ``extent`` numbering ``count`` thumbnails at their centres."""
+    return dict(title=dict(text=title), tickmode="array", showgrid=False, zeroline=False,
+                tickvals=[_centre(i, step, side) for i in range(count)], ticktext=[str(i) for i in range(count)],
+                range=extent)
+
+
+def _head_layer(peaks: np.ndarray, side: int, step: int, pixels: int) -> go.Scatter:
+    """Invisible markers at the thumbnail centres (``customdata`` [layer, head]); hover names the head and its
+    ``peaks`` (L, H) weight; a clicked one shows."""
+    layer, head, customdata = layer_head_points(*peaks.shape)
+    return go.Scatter(
+        x=_centre(head, step, side).astype(np.float32),
+        y=_centre(layer, step, side).astype(np.float32),
+        customdata=customdata,
+        text=[f"layer {lay}, head {h} (max weight {peaks[lay, h]:.3f})"
+              for lay, h in zip(layer.tolist(), head.tolist())],
+        hovertemplate="%{text}<extra></extra>",
+        name="heads",
+        meta=click_meta("layer", "head", invisible=True),
+        **_click_markers(pixels - 4),
+    )
 
 
 def build_head_lines(
