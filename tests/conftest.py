@@ -38,3 +38,17 @@ def image_browser():
 def reference():
     with np.load(FIXTURES / "minilm_reference.npz") as data:
         return {name: data[name] for name in data.files}
+
+
+@pytest.fixture(scope="module")
+def trace(minilm, request):
+    """The real MiniLM trace of the test module's ``TEXT``."""
+    from encoder.trace import trace_text
+
+    return trace_text(minilm, request.module.TEXT)
+
+
+@pytest.fixture(scope="module")
+def saved(trace, tmp_path_factory):
+    """``trace`` saved as NPZ."""
+    return trace.save(tmp_path_factory.mktemp("trace") / "trace.npz")

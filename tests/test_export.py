@@ -18,24 +18,14 @@ from plotly.offline import get_plotlyjs_version
 
 from cli import main
 from encoder.errors import ExportError
-from encoder.trace import EncoderTrace, trace_text
+from encoder.trace import EncoderTrace
 from encoder.trace_io import attention_from_csv, trace_from_json
-from tests.test_trace_io import assert_same_trace
+from tests.support.traces import assert_same_trace
 from viz import VIEWS, build_attention_heatmap, build_model_view
 from viz.render import figure_to_bytes, figure_to_html, find_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "The cat sat on the mat because the cat was tired."
-
-
-@pytest.fixture(scope="module")
-def trace(minilm):
-    return trace_text(minilm, TEXT)
-
-
-@pytest.fixture(scope="module")
-def saved(trace, tmp_path_factory):
-    return trace.save(tmp_path_factory.mktemp("trace") / "trace.npz")
 
 
 def png_size(data: bytes) -> tuple[int, int]:

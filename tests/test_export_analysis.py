@@ -44,16 +44,6 @@ VIEW_ARGS = {
 
 
 @pytest.fixture(scope="module")
-def trace(minilm):
-    return trace_text(minilm, TEXT)
-
-
-@pytest.fixture(scope="module")
-def saved(trace, tmp_path_factory):
-    return trace.save(tmp_path_factory.mktemp("trace") / "trace.npz")
-
-
-@pytest.fixture(scope="module")
 def long_saved(minilm, tmp_path_factory):
     return trace_text(minilm, LONG).save(tmp_path_factory.mktemp("trace") / "long.npz")
 

@@ -22,7 +22,7 @@ from encoder.trace_io import (
     trace_to_npz,
     write_attention_csv,
 )
-from tests.support.traces import synthetic_trace
+from tests.support.traces import assert_same_trace, synthetic_trace
 
 TEXT = "The cat sat on the mat because the cat was tired."
 RENAMED = ("Saved NPZ and JSON traces and the README use these names: a rename breaks every file already written. "
@@ -46,23 +46,6 @@ OLD_JSON = (
     '[[0.5,-1.25],[0.1,0.2],[0.3,0.4]],"hidden":[[[-0.54,0.36],[1.3,0.95]],[[-0.7,-1.27],[-0.62,0.04]]],'
     '"outputs":{"probabilities":[0.25,0.75]}}'
 )
-
-
-def assert_same_trace(back: EncoderTrace, trace: EncoderTrace) -> None:
-    """Every field equal, arrays bit for bit and of the same dtype."""
-    for field in dataclasses.fields(EncoderTrace):
-        value, expected = getattr(back, field.name), getattr(trace, field.name)
-        if isinstance(expected, dict):
-            assert value.keys() == expected.keys(), field.name
-            pairs = [(value[k], expected[k], f"{field.name}/{k}") for k in expected]
-        elif isinstance(expected, np.ndarray):
-            pairs = [(value, expected, field.name)]
-        else:
-            assert value == expected and type(value) is type(expected), field.name
-            continue
-        for got, want, name in pairs:
-            np.testing.assert_array_equal(got, want, err_msg=name)
-            assert got.dtype == want.dtype, name
 
 
 def full_trace() -> EncoderTrace:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,3 +59,20 @@ def synthetic_trace(
         hidden=rng.normal(size=(attention.shape[0] + 1, count, table.shape[1])).astype(np.float32),
         text=" ".join(tokens) if text is None else text,
     )
+
+
+def assert_same_trace(back: EncoderTrace, trace: EncoderTrace) -> None:
+    """Every field equal, arrays bit for bit and of the same dtype."""
+    for field in dataclasses.fields(EncoderTrace):
+        value, expected = getattr(back, field.name), getattr(trace, field.name)
+        if isinstance(expected, dict):
+            assert value.keys() == expected.keys(), field.name
+            pairs = [(value[k], expected[k], f"{field.name}/{k}") for k in expected]
+        elif isinstance(expected, np.ndarray):
+            pairs = [(value, expected, field.name)]
+        else:
+            assert value == expected and type(value) is type(expected), field.name
+            continue
+        for got, want, name in pairs:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+            assert got.dtype == want.dtype, name
