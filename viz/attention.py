@@ -1,13 +1,14 @@
 """Attention figures: one head as a heatmap, a layer's heads as small multiples, the whole model as a mosaic, and
 BertViz-style lines between tokens.
 
-Every builder takes an ``EncoderTrace`` and returns a ``plotly.graph_objects.Figure``; none draws or shows it.
+Every builder takes an ``EncoderTrace`` and returns a ``plotly.graph_objects.Figure``; none draws or shows it. Each
+reads as: check the settings, select the weights (``viz.common.shown_attention``), lay out, add the traces.
 
-Clicks (for Streamlit's ``on_select``): a heatmap alone sends no selection event, so the heatmap (up to
-``CLICK_MAX_TOKENS`` tokens a side) and the model view carry an invisible scatter trace named ``"cells"`` /
-``"heads"`` (``meta`` ``click_meta(..., invisible=True)``) over the cell / thumbnail centres. Its ``customdata`` per point is
-``[query_index, key_index]`` (token indices in the trace) for the heatmap and ``[layer, head]`` for the model view;
-head lines carry ``[token_index]`` on the left-hand tokens (trace ``"tokens"``). Image exports drop click layers.
+Clicks: a clickable trace says what its points mean with ``meta=viz.common.click_meta(...)``, the names of the first
+``customdata`` values (the app reads them back with ``click_spec``). The heatmap's ``"cells"`` are ("query", "key"),
+up to ``CLICK_MAX_TOKENS`` tokens a side; the model view's ``"heads"`` are ("layer", "head"); the head lines' token
+columns ``"tokens"`` and ``"keys"`` are ("query",). A heatmap alone sends no click events, so the first two are
+invisible scatter layers over the cell / thumbnail centres (``invisible=True``: image exports drop them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import plotly.colors
@@ -80,6 +82,13 @@ THUMB_GAP = 0.12  # gap between model-view thumbnails, as a share of their side 
 THUMB_MIN_PIXELS, THUMB_MAX_PIXELS = 34, 80  # a model-view thumbnail on screen
 MODEL_VIEW_WIDTH = 960  # model-view thumbnails share this width until they reach their limits
 MODEL_VIEW_MARGIN = dict(l=70, r=100, t=80, b=60)
+LINES_HEIGHT = 1800.0  # head lines: all token rows share this height until they reach LINE_ROW_PIXELS
+LINE_ROW_PIXELS = (4.0, 22.0)  # smallest and largest token row
+LINE_FONT = (7, 13)  # smallest and largest token label (0.7 of a row)
+LINE_LABEL_PIXELS = 9.0  # rows thinner than this label only every n-th token
+LINES_MIN_WIDTH, LINES_MIN_GAP = 520, 360  # head lines: the figure, and the room between the label margins
+LINES_TOP = 90
+LEGEND_TOP, LEGEND_ROW, LEGEND_ITEMS = 30, 22, 6  # head-lines legend: padding, one row per LEGEND_ITEMS heads
 
 
 def _view_rows_cols(
@@ -474,6 +483,38 @@ def _head_layer(peaks: np.ndarray, side: int, step: int, pixels: int) -> go.Scat
     )
 
 
+class _Lines(NamedTuple):
+    """Head lines, one entry per line: the head's place among the chosen heads, query row, key row, weight."""
+
+    head: np.ndarray
+    query: np.ndarray
+    key: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def above(cls, stack: np.ndarray, threshold: float) -> _Lines:
+        """Every weight of the (h, T', T') ``stack`` at or above ``threshold``."""
+        head, query, key = np.nonzero(stack >= threshold)
+        return cls(head, query, key, stack[head, query, key])
+
+    def take(self, keep: np.ndarray) -> _Lines:
+        """The lines that ``keep`` (a mask or indices) selects."""
+        return _Lines(*(values[keep] for values in self))
+
+    def strongest(self, count: int) -> _Lines:
+        """The ``count`` lines of the largest weights (in no particular order)."""
+        cut = self.weight.size - count
+        return self.take(np.argpartition(self.weight, cut)[cut:])
+
+
+class _TokenRows(NamedTuple):
+    """Head lines' token columns: pixels per token, label font size, a label on every ``stride``-th token."""
+
+    pixels: float
+    font: int
+    stride: int
+
+
 def build_head_lines(
     trace: EncoderTrace,
     layer: int = 0,
@@ -490,82 +531,107 @@ def build_head_lines(
     One colour per head; a line's opacity and width grow with its weight; weights below ``threshold`` are not drawn,
     and of the rest only the strongest ``max_lines`` (the subtitle says when lines were left out). With ``query``
     only that token's lines are drawn. Lines are grouped per head into a few weight bins (one trace each, segments
-    separated by NaN, y = row of the query then of the key). The last two traces are the token labels; the left one
-    (``"tokens"``) has ``customdata`` [token_index] for clicks.
+    separated by NaN, y = row of the query then of the key). The last two traces are the token labels, left
+    (``"tokens"``) and right (``"keys"``), clickable: ``customdata`` [token_index].
     """
     layer = check_layer(trace, layer)
     chosen = check_heads(trace, heads)
     threshold = check_fraction(threshold, "threshold")
     max_lines = check_int_range(max_lines, "max_lines", 1, 1_000_000)
     stack, shown, hidden = shown_attention(trace, trace.attention[layer][chosen], hide_special, renormalize)
-    if query is not None:
-        query = check_shown_token(trace, query, shown)
-    count = shown.size
-    position = {int(t): i for i, t in enumerate(shown)}
-
-    per_token = max(4.0, min(22.0, 1800.0 / count))
-    plot_h = per_token * count
-    labels = [short_label(trace.tokens[i]) for i in shown]
-    font = int(min(13, max(7, per_token * 0.7)))
-    stride = max(1, math.ceil(9.0 / per_token))
-    side = label_margin(labels, font) + 20
-    legend_h = 30 + 22 * math.ceil(len(chosen) / 6)
+    lines = _Lines.above(stack, threshold)  # stack: (h, T', T')
     notes = [f"lines for weights ≥ {threshold:g}"]
     if query is not None:
+        query = check_shown_token(trace, query, shown)
+        lines = lines.take(lines.query == np.searchsorted(shown, query))
         notes.append(f"from {display_token(trace.tokens[query])} ({query}) only")
     notes.extend(hidden)
-    fig = new_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom")
+    if lines.weight.size > max_lines:
+        notes.append(f"strongest {max_lines:,} of {lines.weight.size:,} lines")
+        lines = lines.strongest(max_lines)
+
+    rows = _token_rows(shown.size)
+    labels = [short_label(trace.tokens[i]) for i in shown]
+    fig = _lines_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom", notes, labels, rows,
+                        len(chosen))
+    fig.add_traces(_line_traces(lines, chosen, threshold))
+    fig.add_traces(_token_columns(trace, shown, query, labels, rows))
+    return fig
+
+
+def _token_rows(count: int) -> _TokenRows:
+    """Token rows for ``count`` tokens: ``LINES_HEIGHT`` shared, within ``LINE_ROW_PIXELS``; labels thinned out
+    to one per ``LINE_LABEL_PIXELS``."""
+    pixels = max(LINE_ROW_PIXELS[0], min(LINE_ROW_PIXELS[1], LINES_HEIGHT / count))
+    font = int(min(LINE_FONT[1], max(LINE_FONT[0], pixels * 0.7)))
+    return _TokenRows(pixels, font, max(1, math.ceil(LINE_LABEL_PIXELS / pixels)))
+
+
+def _lines_figure(title: str, notes: list[str], labels: list[str], rows: _TokenRows, heads: int) -> go.Figure:
+    """The head lines' figure without traces: token rows down, labels in the side margins, the legend below."""
+    side = label_margin(labels, rows.font) + 20
+    legend_h = LEGEND_TOP + LEGEND_ROW * math.ceil(heads / LEGEND_ITEMS)
+    fig = new_figure(title)
     fig.update_layout(
-        width=int(max(520, 2 * side + 360)),
-        height=int(plot_h + 90 + legend_h),
-        margin=dict(l=side, r=side, t=90, b=legend_h),
+        width=int(max(LINES_MIN_WIDTH, 2 * side + LINES_MIN_GAP)),
+        height=int(rows.pixels * len(labels) + LINES_TOP + legend_h),
+        margin=dict(l=side, r=side, t=LINES_TOP, b=legend_h),
         title=dict(subtitle=dict(text=" · ".join(notes))),
         xaxis=dict(range=[0, 1], visible=False, fixedrange=True),
-        yaxis=dict(range=[count - 0.5, -0.5], visible=False),
+        yaxis=dict(range=[len(labels) - 0.5, -0.5], visible=False),
         legend=dict(orientation="h", yanchor="top", y=0, x=0, font=dict(size=10), itemwidth=30),
         hovermode="closest",
     )
-    head_n, q_idx, k_idx = np.nonzero(stack >= threshold)  # every line to draw: (head position, query, key)
-    if query is not None:
-        keep = q_idx == position[query]
-        head_n, q_idx, k_idx = head_n[keep], q_idx[keep], k_idx[keep]
-    weights = stack[head_n, q_idx, k_idx]
-    if weights.size > max_lines:
-        notes.append(f"strongest {max_lines:,} of {weights.size:,} lines")
-        fig.layout.title.subtitle.text = " · ".join(notes)
-        top = np.argpartition(weights, weights.size - max_lines)[weights.size - max_lines:]
-        head_n, q_idx, k_idx, weights = head_n[top], q_idx[top], k_idx[top], weights[top]
+    return fig
+
+
+def _line_traces(lines: _Lines, chosen: list[int], threshold: float) -> list[go.Scatter]:
+    """Per head a legend entry, then a trace per weight bin that has lines (stronger bins wider and more opaque)."""
     palette = plotly.colors.qualitative.D3 if len(chosen) <= 10 else plotly.colors.qualitative.Dark24
     bins = _weight_bins(threshold)
-    which_bin = np.searchsorted([high for _, high in bins], weights, side="right")
+    which_bin = np.searchsorted([high for _, high in bins], lines.weight, side="right")
+    traces = []
     for n, head in enumerate(chosen):
         color = palette[n % len(palette)]
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=color, width=3),
+        traces.append(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=color, width=3),
                                  name=f"head {head}", legendgroup=f"head {head}"))
         for b, (low, high) in enumerate(bins):
-            lines = (head_n == n) & (which_bin == b)
-            if not lines.any():
-                continue
-            mid = min(1.0, (low + high) / 2)
-            xs = np.tile(np.array([LINE_START, 1.0 - LINE_START, np.nan], dtype=np.float32), int(lines.sum()))
-            ys = np.stack([q_idx[lines], k_idx[lines], np.full(lines.sum(), np.nan)], axis=1).astype(np.float32)
-            fig.add_trace(go.Scatter(
-                x=xs, y=ys.ravel(), mode="lines", hoverinfo="skip",
-                line=dict(color=color, width=0.6 + 2.4 * mid), opacity=0.15 + 0.85 * mid,
-                name=f"head {head}", legendgroup=f"head {head}", showlegend=False,
-            ))
-    colors = ["#d62728" if query is not None and i == query else "#222" for i in shown]
+            drawn = (lines.head == n) & (which_bin == b)
+            if drawn.any():
+                traces.append(_bin_trace(lines.query[drawn], lines.key[drawn], min(1.0, (low + high) / 2), color,
+                                         head))
+    return traces
+
+
+def _bin_trace(queries: np.ndarray, keys: np.ndarray, strength: float, color: str, head: int) -> go.Scatter:
+    """Lines from rows ``queries`` (left) to rows ``keys`` (right) as one trace, segments separated by NaN; width
+    and opacity grow with ``strength`` (0 to 1)."""
+    xs = np.tile(np.array([LINE_START, 1.0 - LINE_START, np.nan], dtype=np.float32), queries.size)
+    ys = np.stack([queries, keys, np.full(queries.size, np.nan)], axis=1).astype(np.float32)
+    return go.Scatter(
+        x=xs, y=ys.ravel(), mode="lines", hoverinfo="skip",
+        line=dict(color=color, width=0.6 + 2.4 * strength), opacity=0.15 + 0.85 * strength,
+        name=f"head {head}", legendgroup=f"head {head}", showlegend=False,
+    )
+
+
+def _token_columns(trace: EncoderTrace, shown: np.ndarray, query: int | None, labels: list[str], rows: _TokenRows
+                   ) -> list[go.Scatter]:
+    """The token labels at the left (``"tokens"``) and right (``"keys"``) edges, clickable, ``query`` highlighted."""
+    count = shown.size
+    colors = [HIGHLIGHT if query is not None and i == query else "#222" for i in shown]
     hover = [token_hover_label(trace.tokens[i], int(i)) for i in shown]
-    for x, anchor, name in ((0.0, "middle left", "tokens"), (1.0, "middle right", "keys")):
-        fig.add_trace(go.Scatter(
+    text = [labels[i] if i % rows.stride == 0 else "" for i in range(count)]
+    return [
+        go.Scatter(
             x=np.full(count, x, dtype=np.float32), y=np.arange(count, dtype=np.float32),
-            mode="markers+text", text=[labels[i] if i % stride == 0 else "" for i in range(count)],
-            textposition=anchor, textfont=dict(size=font, color=colors), cliponaxis=False,
-            marker=dict(size=max(4, per_token - 2), color="#444", opacity=0.0),
+            mode="markers+text", text=text, textposition=anchor, textfont=dict(size=rows.font, color=colors),
+            cliponaxis=False, marker=dict(size=max(4, rows.pixels - 2), color="#444", opacity=0.0),
             customdata=shown.astype(np.int32)[:, None], hovertext=hover, meta=click_meta("query"),
             hovertemplate="%{hovertext}<extra></extra>", name=name, showlegend=False,
-        ))
-    return fig
+        )
+        for x, anchor, name in ((0.0, "middle left", "tokens"), (1.0, "middle right", "keys"))
+    ]
 
 
 def _weight_bins(threshold: float) -> list[tuple[float, float]]:
