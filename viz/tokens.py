@@ -11,7 +11,9 @@ import plotly.graph_objects as go
 
 from encoder.trace import EncoderTrace
 from viz.common import (
+    AGGREGATES,
     DEFAULT_SCALE,
+    HIGHLIGHT,
     check_choice,
     check_colorscale,
     check_int_range,
@@ -20,6 +22,7 @@ from viz.common import (
     click_meta,
     display_token,
     new_figure,
+    notes_title,
     select_attention,
     shown_attention,
     text_width,
@@ -29,6 +32,10 @@ DIRECTIONS = ("from", "to")
 CHAR_PIXELS = 9.0  # screen pixels per character cell at the token font size
 ROW_PIXELS = 36
 MIN_WIDTH_CHARS = 60  # the strip is at least this wide, so short sentences keep room for the title
+TOKEN_FONT = 14
+STRIP_SIDE, STRIP_BOTTOM = 20, 70  # margins: left and right, and below for the colour bar
+STRIP_TOP, STRIP_TOP_WITH_NOTES = 60, 90  # top margin: the title, and a subtitle under it
+COLORBAR_PIXELS = 320  # the colour bar's length, at most the strip's width
 
 
 def layout_tokens(tokens: list[str], breaks: set[int], line_chars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,75 +86,101 @@ def build_token_view(
     """
     check_colorscale(colorscale)
     check_choice(direction, DIRECTIONS, "direction")
-    check_choice(aggregate, ("mean", "max"), "aggregate")
+    check_choice(aggregate, AGGREGATES, "aggregate")
     line_chars = check_int_range(line_chars, "line_chars", 20, 400)
     query = check_token(trace, query, "query")
     matrix, what = select_attention(trace, layer, 0, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
-    what = label or what
     sub, shown, notes = shown_attention(trace, matrix, hide_special, renormalize)
-    query = check_shown_token(trace, query, shown)
-    at = int(np.flatnonzero(shown == query)[0])
+    check_shown_token(trace, query, shown)
+    at = int(np.flatnonzero(shown == query)[0])  # the query's row among the shown tokens
     weights = np.ascontiguousarray(sub[at] if direction == "from" else sub[:, at], dtype=np.float32)
 
     tokens = [trace.tokens[i] for i in shown]
-    labels = [display_token(t) if len(t) < line_chars - 2 else display_token(t[: line_chars - 3] + "…") for t in tokens]
-    breaks = set()
-    if trace.is_pair:
-        first_b = np.flatnonzero(trace.segment_ids[shown] == 1)
-        breaks = {int(first_b[0])} if first_b.size else set()
-    rows, starts, widths = layout_tokens(tokens, breaks, line_chars)
-    line_count = int(rows.max()) + 1
-
-    peak = float(weights.max()) if weights.size and weights.max() > 0 else 1.0
-    scale = plotly.colors.get_colorscale(colorscale)
-    fills = plotly.colors.sample_colorscale(scale, list(np.clip(weights / peak, 0, 1)), colortype="tuple")
-    text_colors = [_contrast_text(color) for color in fills]
-    outline = np.where(shown == query, 3.0, 1.0)
-    outline_colors = ["#d62728" if i == query else "white" for i in shown]
+    labels = [_box_label(token, line_chars) for token in tokens]
+    boxes = layout_tokens(tokens, _sentence_break(trace, shown), line_chars)
     q_label = display_token(trace.tokens[query])
     if direction == "from":
-        headline = f"{what}: attention from “{q_label}” ({query}) to each token"
-        hover = [f"{q_label} ({query}) → {label} ({i}): {w:.4f}" for label, i, w in zip(labels, shown, weights)]
+        headline = f"{label or what}: attention from “{q_label}” ({query}) to each token"
+        hover = [f"{q_label} ({query}) → {text} ({i}): {w:.4f}" for text, i, w in zip(labels, shown, weights)]
     else:
-        headline = f"{what}: attention to “{q_label}” ({query}) from each token"
-        hover = [f"{label} ({i}) → {q_label} ({query}): {w:.4f}" for label, i, w in zip(labels, shown, weights)]
+        headline = f"{label or what}: attention to “{q_label}” ({query}) from each token"
+        hover = [f"{text} ({i}) → {q_label} ({query}): {w:.4f}" for text, i, w in zip(labels, shown, weights)]
+    peak = float(weights.max()) if weights.size and weights.max() > 0 else 1.0
+    fig = _strip_figure(headline, notes, boxes, colorscale, peak)
+    fig.add_trace(_token_bars(boxes, labels, hover, weights, _text_colors(weights / peak, colorscale), shown, query))
+    return fig
 
-    content = float((starts + widths).max())
-    plot_h = line_count * ROW_PIXELS
-    plot_w = max(content, MIN_WIDTH_CHARS) * CHAR_PIXELS
-    top = 90 if notes else 60  # room for the subtitle
-    fig = new_figure(headline, int(plot_w + 40), int(plot_h + top + 70))
+
+def _box_label(token: str, line_chars: int) -> str:
+    """A token as the text of its box, cut with an ellipsis to fit a line of ``line_chars`` cells."""
+    return display_token(token) if len(token) < line_chars - 2 else display_token(token[: line_chars - 3] + "…")
+
+
+def _sentence_break(trace: EncoderTrace, shown: np.ndarray) -> set[int]:
+    """For a sentence pair, the position among ``shown`` where sentence B starts (a line break there)."""
+    if not trace.is_pair:
+        return set()
+    first_b = np.flatnonzero(trace.segment_ids[shown] == 1)
+    return {int(first_b[0])} if first_b.size else set()
+
+
+def _strip_figure(headline: str, notes: list[str], boxes: tuple[np.ndarray, ...], colorscale: str, peak: float
+                  ) -> go.Figure:
+    """The strip's figure without traces: ``CHAR_PIXELS`` per character cell, ``ROW_PIXELS`` per line, the colour
+    bar (0 to ``peak``) along the bottom."""
+    rows, starts, widths = boxes
+    line_count = int(rows.max()) + 1
+    content = max(float((starts + widths).max()), MIN_WIDTH_CHARS)
+    plot_w, plot_h = content * CHAR_PIXELS, line_count * ROW_PIXELS
+    top = STRIP_TOP_WITH_NOTES if notes else STRIP_TOP
+    fig = new_figure(headline, int(plot_w + 2 * STRIP_SIDE), int(plot_h + top + STRIP_BOTTOM))
     fig.update_layout(
-        title=dict(subtitle=dict(text=" · ".join(notes))) if notes else {},
-        margin=dict(l=20, r=20, t=top, b=70),
-        xaxis=dict(range=[-0.5, max(content, MIN_WIDTH_CHARS) + 0.5], visible=False, fixedrange=True),
+        title=notes_title(notes),
+        margin=dict(l=STRIP_SIDE, r=STRIP_SIDE, t=top, b=STRIP_BOTTOM),
+        xaxis=dict(range=[-0.5, content + 0.5], visible=False, fixedrange=True),
         yaxis=dict(range=[line_count - 0.5, -0.5], visible=False, fixedrange=True),
         bargap=0.22,
         coloraxis=dict(colorscale=colorscale, cmin=0.0, cmax=peak,
-                       colorbar=dict(orientation="h", thickness=10, lenmode="pixels", len=min(320, plot_w),
+                       colorbar=dict(orientation="h", thickness=10, lenmode="pixels", len=min(COLORBAR_PIXELS, plot_w),
                                      x=0, xanchor="left", yref="container", y=0.0, ypad=14, yanchor="bottom",
                                      title=dict(text="weight", side="right"))),
         uniformtext=dict(minsize=9, mode="show"),
     )
-    fig.add_trace(go.Bar(
+    return fig
+
+
+def _text_colors(shares: np.ndarray, colorscale: str) -> list[str]:
+    """Black or white text for each box, whichever reads better on its fill (``shares`` of the scale, 0 to 1)."""
+    scale = plotly.colors.get_colorscale(colorscale)
+    fills = plotly.colors.sample_colorscale(scale, list(np.clip(shares, 0, 1)), colortype="tuple")
+    return [_contrast_text(color) for color in fills]
+
+
+def _token_bars(boxes: tuple[np.ndarray, ...], labels: list[str], hover: list[str], weights: np.ndarray,
+                text_colors: list[str], shown: np.ndarray, query: int) -> go.Bar:
+    """One bar per token at its box, coloured by weight, the query outlined; clicking a bar makes its token the
+    query."""
+    rows, starts, widths = boxes
+    colors = [HIGHLIGHT if i == query else "white" for i in shown]
+    outline = dict(width=np.where(shown == query, 3.0, 1.0), color=colors)
+    return go.Bar(
         y=rows.astype(np.int32),
         x=widths,
         base=starts,
         orientation="h",
-        marker=dict(color=weights, coloraxis="coloraxis", line=dict(width=outline, color=outline_colors)),
+        marker=dict(color=weights, coloraxis="coloraxis", line=outline),
         text=labels,
         textposition="inside",
         insidetextanchor="middle",
         textangle=0,
-        textfont=dict(color=text_colors, size=14),
+        textfont=dict(color=text_colors, size=TOKEN_FONT),
         customdata=shown.astype(np.int32)[:, None],
         meta=click_meta("query"),
         hovertext=hover,
         hovertemplate="%{hovertext}<extra></extra>",
         name="tokens",
         showlegend=False,
-    ))
-    return fig
+    )
 
 
 def _contrast_text(rgb: tuple[float, float, float]) -> str:
