@@ -234,3 +234,67 @@ def test_long_traces_offer_npz_and_csv_but_not_a_huge_json():
     at.text_area(key="text").set_value("word " * 200).run()
     labels = {b.label for b in at.get("download_button")}
     assert {"NPZ", "CSV"} <= labels and "JSON" not in labels
+
+
+# --- the registry in the app ------------------------------------------------------------------------------------
+
+
+def test_the_attention_distance_view_is_a_tab_with_its_own_url_bound_option():
+    at = _app(view="Attention distance", layer="2")
+    _no_errors(at)
+    (figure,) = _figures(at)
+    assert _title(figure).startswith("Layer 2: attention by query-key distance, all 12 heads")
+    assert figure["layout"]["xaxis"]["title"]["text"] == "distance (tokens)"
+    at.checkbox(key="signed").check().run()
+    _no_errors(at)
+    assert _figures(at)[0]["layout"]["xaxis"]["title"]["text"] == "key - query (tokens)"
+    assert {"dl-distance-png", "dl-distance-html"} <= {b.key for b in at.get("download_button")}
+    linked = _app(view="Attention distance", signed="true")  # the option is in the URL
+    assert _figures(linked)[0]["layout"]["xaxis"]["title"]["text"] == "key - query (tokens)"
+
+
+def test_flow_follows_the_layer_slider():
+    at = _app(view="Analysis", analysis="Flow", layer="5")
+    _no_errors(at)
+    assert _title(_figures(at)[0]).startswith("Attention flow through 6 layers")
+
+
+def test_ablation_asks_for_heads_before_running():
+    at = _app(view="Analysis", analysis="Head ablation")
+    _no_errors(at)
+    assert not _figures(at)
+    assert any("Choose heads to silence together" in i.value for i in at.info)
+
+
+def test_clicks_are_decoded_from_the_figure_click_spec():
+    from ui import clicks
+    from viz.common import click_spec
+    from viz.registry import build_view
+
+    trace = __import__("tests.support.traces", fromlist=["synthetic_trace"]).synthetic_trace(
+        ["[CLS]", "the", "cat", "[SEP]"], layers=2, heads=2)
+    spec = click_spec(build_view(trace, "heatmap"))
+    cell = next(index for index, fields in spec.items() if fields == ("query", "key"))
+    event = {"selection": {"points": [{"curve_number": 0, "customdata": [9]},
+                                      {"curve_number": cell, "customdata": {"0": 2, "1": 1, "2": 0.25}}]}}
+    assert clicks.clicked_values(event, spec) == {"query": 2, "key": 1}
+    heads = click_spec(build_view(trace, "model"))
+    (index,) = heads
+    assert clicks.clicked_values({"selection": {"points": [{"curve_number": index, "customdata": [1, 0]}]}},
+                                 heads) == {"layer": 1, "head": 0}
+
+
+def test_the_private_streamlit_hook_we_patch_still_exists():
+    """Streamlit 1.67 calls ``script_runner._clean_problem_modules`` (keras.backend.clear_session) after every run and
+    has no setting to turn it off; ``ui.runtime`` replaces it. If an upgrade renames it, the patch silently does
+    nothing and every widget change gets ~0.15 s slower: this test says so first."""
+    import inspect
+
+    from streamlit.runtime.scriptrunner import script_runner
+
+    from ui.runtime import PATCHED_HOOK
+
+    assert callable(getattr(script_runner, PATCHED_HOOK, None)), (
+        f"streamlit.runtime.scriptrunner.script_runner.{PATCHED_HOOK} is gone: find what clears Keras' session "
+        "after each run in this Streamlit version and update ui/runtime.py")
+    assert PATCHED_HOOK in inspect.getsource(script_runner.ScriptRunner), "the runner no longer calls the hook"
