@@ -18,19 +18,29 @@ import plotly.graph_objects as go
 from analysis import STATISTICS, AttentionDiff, HeadClustering, HeadReport
 from encoder.errors import ViewError
 from viz.common import (
+    COLORBAR_ROOM,
     DEFAULT_DIVERGING,
     DEFAULT_SCALE,
     check_colorscale,
     check_index,
     display_token,
+    heatmap_cell,
     label_margin,
+    layer_head_points,
     new_figure,
-    token_ticks,
+    token_heatmap_axes,
 )
 
 if TYPE_CHECKING:
     from analysis.perturb import AblationEffect, HeadImportance, NoiseStability
 
+MIN_WIDTH = 560  # pixels, of a token heatmap or a layers x heads map
+TOKEN_HEATMAP_TOP = 100  # a token heatmap's height beyond the plot and its bottom margin
+HEAD_CELL = 44  # pixels per cell of a layers x heads map of up to HEAD_MAP_WIDE heads
+HEAD_MAP_WIDE = 12
+HEAD_MAP_WIDTH, MIN_HEAD_CELL = 540, 14  # wider maps share this width, each cell at least MIN_HEAD_CELL
+HEAD_MAP_SIDES, HEAD_MAP_TOP_BOTTOM = 190, 170  # a layers x heads map's size beyond its cells
+MAX_WRITTEN_CELLS = 200  # layers x heads maps with more cells do not write the values in them
 _LINE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf", "#393b79", "#637939")
 
@@ -69,15 +79,12 @@ def _token_heatmap(
     y_title: str = "position (query side)",
 ) -> go.Figure:
     t_rows, t_cols = values.shape
-    cell = min(36.0, max(1.0, 760.0 / max(t_rows, t_cols)))
-    plot_w, plot_h = cell * t_cols, cell * t_rows
-    x_axis, x_font = token_ticks(list(col_tokens), range(t_cols), plot_w)
-    y_axis, y_font = token_ticks(list(row_tokens), range(t_rows), plot_h)
-    left = label_margin(y_axis["ticktext"], y_font) + 50
-    bottom = label_margin(x_axis["ticktext"], x_font) + 40
-    fig = new_figure(title, int(max(plot_w + left + 110, 560)), int(plot_h + bottom + 100))
+    cell = heatmap_cell(t_rows, t_cols)
+    x_axis, y_axis, left, bottom = token_heatmap_axes(row_tokens, range(t_rows), col_tokens, range(t_cols), cell)
+    fig = new_figure(title, int(max(cell * t_cols + left + COLORBAR_ROOM, MIN_WIDTH)),
+                     int(cell * t_rows + bottom + TOKEN_HEATMAP_TOP))
     fig.update_layout(
-        margin=dict(l=left, r=110, b=bottom),
+        margin=dict(l=left, r=COLORBAR_ROOM, b=bottom),
         xaxis=dict(type="category", title=dict(text=x_title), tickangle=-90, **x_axis, showgrid=False),
         yaxis=dict(type="category", title=dict(text=y_title), autorange="reversed", **y_axis, showgrid=False),
     )
@@ -186,19 +193,34 @@ def build_head_map(
     if values.ndim != 2:
         raise ValueError(f"values must be (layers, heads), got shape {values.shape}")
     layers, heads = values.shape
-    cell = 44 if heads <= 12 else max(14, 540 // heads)
-    fig = new_figure(title, max(cell * heads + 190, 560), cell * layers + 170)
+    cell = HEAD_CELL if heads <= HEAD_MAP_WIDE else max(MIN_HEAD_CELL, HEAD_MAP_WIDTH // heads)
+    fig = _head_map_figure(title, layers, heads, cell)
+    _reading_guide(fig, subtitle)
+    fig.add_trace(_head_values(values, value_name, colorscale, zmin, zmax, decimals))
+    fig.add_trace(_head_cells(values, value_name, decimals, cell))
+    return fig
+
+
+def _head_map_figure(title: str, layers: int, heads: int, cell: int) -> go.Figure:
+    """A layers x heads map's figure without traces: ``cell`` pixels a cell, every layer and head numbered."""
+    fig = new_figure(title, max(cell * heads + HEAD_MAP_SIDES, MIN_WIDTH), cell * layers + HEAD_MAP_TOP_BOTTOM)
     fig.update_layout(
-        margin=dict(l=70, r=110, b=60),
+        margin=dict(l=70, r=COLORBAR_ROOM, b=60),
         xaxis=dict(title=dict(text="head"), tickmode="array", tickvals=list(range(heads)), side="bottom",
                    showgrid=False, zeroline=False),
         yaxis=dict(title=dict(text="layer"), tickmode="array", tickvals=list(range(layers)), autorange="reversed",
                    showgrid=False, zeroline=False),
     )
-    _reading_guide(fig, subtitle)
+    return fig
+
+
+def _head_values(values: np.ndarray, value_name: str, colorscale: str, zmin: float | None, zmax: float | None,
+                 decimals: int) -> go.Heatmap:
+    """The (L, H) ``values`` as a heatmap, written into the cells when they are few; the colours span the finite
+    values unless ``zmin`` / ``zmax`` are given."""
+    layers, heads = values.shape
     finite = values[np.isfinite(values)]
-    show_text = layers * heads <= 200
-    fig.add_trace(go.Heatmap(
+    return go.Heatmap(
         z=values.astype(np.float32),
         x=np.arange(heads, dtype=np.int32),
         y=np.arange(layers, dtype=np.int32),
@@ -206,24 +228,28 @@ def build_head_map(
         zmin=zmin if zmin is not None else float(finite.min()) if finite.size else 0.0,
         zmax=zmax if zmax is not None else float(finite.max()) if finite.size else 1.0,
         colorbar=dict(thickness=14, title=dict(text=value_name)),
-        texttemplate=f"%{{z:.{min(decimals, 2)}f}}" if show_text else None,
+        texttemplate=f"%{{z:.{min(decimals, 2)}f}}" if values.size <= MAX_WRITTEN_CELLS else None,
         textfont=dict(size=9),
         name=value_name,
         hoverinfo="skip",
-    ))
-    grid_layer, grid_head = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
-    fig.add_trace(go.Scatter(
-        x=grid_head.ravel().astype(np.int32),
-        y=grid_layer.ravel().astype(np.int32),
-        customdata=np.stack([grid_layer.ravel(), grid_head.ravel()], axis=1).astype(np.int32),
+    )
+
+
+def _head_cells(values: np.ndarray, value_name: str, decimals: int, cell: int) -> go.Scatter:
+    """Invisible markers over the cells of a layers x heads map, ``customdata`` [layer, head]; they carry the
+    hover (the value to ``decimals`` places)."""
+    layer, head, customdata = layer_head_points(*values.shape)
+    return go.Scatter(
+        x=head.astype(np.int32),
+        y=layer.astype(np.int32),
+        customdata=customdata,
         text=[f"{v:.{decimals}f}" for v in values.ravel()],
         mode="markers",
         marker=dict(symbol="square", size=cell - 2, opacity=0),
         hovertemplate=f"layer %{{y}}, head %{{x}}: {value_name} %{{text}}<extra></extra>",
         name="cells",
         showlegend=False,
-    ))
-    return fig
+    )
 
 
 _READING = {
@@ -278,7 +304,7 @@ def build_clustering_heatmap(clustering: HeadClustering, colorscale: str = "Viri
     font = dict(size=8 if count > 40 else 10)
     ticks = dict(tickmode="array", tickvals=list(range(count)), ticktext=names, tickfont=font)
     fig.update_layout(
-        margin=dict(l=left, r=110, b=left),
+        margin=dict(l=left, r=COLORBAR_ROOM, b=left),
         xaxis=dict(**ticks, tickangle=-90, showgrid=False, zeroline=False, constrain="domain"),
         yaxis=dict(**ticks, autorange="reversed", showgrid=False, zeroline=False, scaleanchor="x"),
     )

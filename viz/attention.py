@@ -28,6 +28,7 @@ from encoder.trace import EncoderTrace
 from viz.common import (
     AGGREGATES,
     BLOCKS,
+    COLORBAR_ROOM,
     DEFAULT_SCALE,
     HIGHLIGHT,
     base_layout,
@@ -68,7 +69,6 @@ MAX_LINES = 2000  # head lines draws at most this many (the strongest); more onl
 LINE_START = 0.03  # head lines run from x=LINE_START to 1-LINE_START, leaving room next to the labels
 
 # Layout, in pixels
-COLORBAR_ROOM = 110  # right margin of the heatmap and the head grid, for the colour bar
 COLORBAR_LENGTH = 420  # the heatmap's colour bar is at most this long
 HEATMAP_MIN_WIDTH = 520
 HEATMAP_TOP = 80  # top margin of the heatmap: title and subtitle

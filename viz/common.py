@@ -348,6 +348,7 @@ def token_ticks(tokens: Sequence[str], indices: Sequence[int], axis_pixels: floa
 HEATMAP_SIDE = 760.0
 MIN_CELL, MAX_CELL = 1.0, 36.0
 Y_TITLE_ROOM, X_TITLE_ROOM = 50, 40
+COLORBAR_ROOM = 110  # right margin of a heatmap with a vertical colour bar
 
 
 def heatmap_cell(rows: int, cols: int) -> float:
