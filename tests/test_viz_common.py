@@ -8,15 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis import head_report
 from encoder.errors import HeadlightError, ViewError
 from tests.support.traces import synthetic_trace
 from viz import VIEWS, build_view
-from viz.attention import build_attention_heatmap
+from viz.analysis_figures import build_report_heatmap
+from viz.attention import build_attention_heatmap, build_head_lines, build_model_view
 from viz.common import (
     check_colorscale,
     check_heads,
     check_layer,
     check_token,
+    click_spec,
     display_token,
     downsample,
     renormalize_rows,
@@ -25,6 +28,7 @@ from viz.common import (
     text_width,
     token_ticks,
 )
+from viz.tokens import build_token_view
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,6 +84,22 @@ def test_shown_attention_cuts_renormalises_and_says_so():
     assert notes == ["special tokens hidden"]
     _, _, notes = shown_attention(trace, trace.attention[1], True, False, say_unnormalised=True)
     assert notes == ["special tokens hidden, rows not renormalised"]
+
+
+def test_click_spec_names_the_clickable_traces_of_every_view():
+    trace = synthetic_trace(SENTENCE, layers=2, heads=3)
+    heatmap = build_attention_heatmap(trace, 1, 2, selected=(2, 3))
+    assert click_spec(heatmap) == {1: ("query", "key")}
+    long = synthetic_trace([f"t{i}" for i in range(70)])
+    assert click_spec(build_attention_heatmap(long)) == {}  # more than CLICK_MAX_TOKENS: no click layer
+    assert click_spec(build_model_view(trace, selected=(1, 2))) == {1: ("layer", "head")}
+    assert click_spec(build_token_view(trace, 1, query=2)) == {0: ("query",)}
+    lines = build_head_lines(trace, 1, threshold=0.0)
+    count = len(lines.data)
+    assert click_spec(lines) == {count - 2: ("query",), count - 1: ("query",)}
+    report = build_report_heatmap(head_report(trace), "entropy")
+    assert click_spec(report) == {1: ("layer", "head")}
+    assert report.data[1].name == "cells" and report.data[1].meta["invisible"]
 
 
 def test_select_attention_single_head_mean_max_and_layer_mean():

@@ -1,9 +1,10 @@
 """Figure builders for the analyses of ``analysis`` and ``analysis.perturb``: pure functions returning
 ``go.Figure`` (no Streamlit, no TensorFlow). Titles say what is shown; subtitles say how to read it.
 
-Per-head maps (report card, divergences, importance) are layers x heads heatmaps with layer 0 at the top; each has
-an invisible scatter trace ``"cells"`` over the cell centres whose ``customdata`` is ``[layer, head]``, so a click
-can select a head in the app.
+Per-head maps (report card, divergences, noise, importance) are layers x heads heatmaps with layer 0 at the top.
+Clicks: as in ``viz.attention``, a clickable trace names its ``customdata`` with ``meta=viz.common.click_meta(...)``
+(read back with ``click_spec``). Each per-head map has an invisible scatter trace ``"cells"`` over the cell centres,
+``click_meta("layer", "head", invisible=True)``, so a click selects that head in the app; image exports drop it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from viz.common import (
     DEFAULT_SCALE,
     check_colorscale,
     check_index,
+    click_meta,
     display_token,
     heatmap_cell,
     label_margin,
@@ -186,8 +188,8 @@ def build_head_map(
     zmax: float | None = None,
     decimals: int = 3,
 ) -> go.Figure:
-    """Any (L, H) per-head number as a layers x heads heatmap (layer 0 on top), values written in the cells, a
-    click layer ``"cells"`` with ``customdata`` [layer, head]."""
+    """Any (L, H) per-head number as a layers x heads heatmap (layer 0 on top), values written in the cells, and
+    the click layer ``"cells"`` with ``customdata`` [layer, head]."""
     check_colorscale(colorscale)
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2:
@@ -248,6 +250,7 @@ def _head_cells(values: np.ndarray, value_name: str, decimals: int, cell: int) -
         marker=dict(symbol="square", size=cell - 2, opacity=0),
         hovertemplate=f"layer %{{y}}, head %{{x}}: {value_name} %{{text}}<extra></extra>",
         name="cells",
+        meta=click_meta("layer", "head", invisible=True),
         showlegend=False,
     )
 
