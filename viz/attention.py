@@ -82,9 +82,9 @@ THUMB_GAP = 0.12  # gap between model-view thumbnails, as a share of their side 
 THUMB_MIN_PIXELS, THUMB_MAX_PIXELS = 34, 80  # a model-view thumbnail on screen
 MODEL_VIEW_WIDTH = 960  # model-view thumbnails share this width until they reach their limits
 MODEL_VIEW_MARGIN = dict(l=70, r=100, t=80, b=60)
-LINES_HEIGHT = 1800.0  # head lines: all token rows share this height until they reach LINE_ROW_PIXELS
-LINE_ROW_PIXELS = (4.0, 22.0)  # smallest and largest token row
-LINE_FONT = (7, 13)  # smallest and largest token label (0.7 of a row)
+LINES_HEIGHT = 1800.0  # head lines: all token rows share this height until they reach their limits
+LINE_MIN_ROW, LINE_MAX_ROW = 4.0, 22.0  # a head-lines token row
+LINE_MIN_FONT, LINE_MAX_FONT = 7, 13  # a head-lines token label (0.7 of a row)
 LINE_LABEL_PIXELS = 9.0  # rows thinner than this label only every n-th token
 LINES_MIN_WIDTH, LINES_MIN_GAP = 520, 360  # head lines: the figure, and the room between the label margins
 LINES_TOP = 90
@@ -560,10 +560,10 @@ def build_head_lines(
 
 
 def _token_rows(count: int) -> _TokenRows:
-    """Token rows for ``count`` tokens: ``LINES_HEIGHT`` shared, within ``LINE_ROW_PIXELS``; labels thinned out
-    to one per ``LINE_LABEL_PIXELS``."""
-    pixels = max(LINE_ROW_PIXELS[0], min(LINE_ROW_PIXELS[1], LINES_HEIGHT / count))
-    font = int(min(LINE_FONT[1], max(LINE_FONT[0], pixels * 0.7)))
+    """Token rows for ``count`` tokens: ``LINES_HEIGHT`` shared, each row ``LINE_MIN_ROW`` to ``LINE_MAX_ROW``;
+    labels thinned out to one per ``LINE_LABEL_PIXELS``."""
+    pixels = max(LINE_MIN_ROW, min(LINE_MAX_ROW, LINES_HEIGHT / count))
+    font = int(min(LINE_MAX_FONT, max(LINE_MIN_FONT, pixels * 0.7)))
     return _TokenRows(pixels, font, max(1, math.ceil(LINE_LABEL_PIXELS / pixels)))
 
 
