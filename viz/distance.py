@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from encoder.trace import EncoderTrace
-from viz.common import DEFAULT_SCALE, check_colorscale, check_layer, new_figure, renormalize_rows, visible_tokens
+from viz.common import DEFAULT_SCALE, check_colorscale, layer_heads, new_figure, shown_attention
 
 ROW_PIXELS = 26  # screen pixels per head row
 MIN_CELL_PIXELS = 6  # the plot is at least this wide per distance bin
@@ -39,14 +39,8 @@ def attention_by_distance(attention: np.ndarray, positions: np.ndarray, signed: 
 
 
 def build_distance_histogram(
-    trace: EncoderTrace,
-    layer: int = 0,
-    *,
-    layer_mean: bool = False,
-    signed: bool = False,
-    colorscale: str = DEFAULT_SCALE,
-    hide_special: bool = False,
-    renormalize: bool = True,
+    trace: EncoderTrace, layer: int = 0, *, layer_mean: bool = False, signed: bool = False,
+    colorscale: str = DEFAULT_SCALE, hide_special: bool = False, renormalize: bool = True,
 ) -> go.Figure:
     """Each head of ``layer`` (or the mean over layers) as one row: its attention mass by query-key distance.
 
@@ -55,23 +49,15 @@ def build_distance_histogram(
         ``x``); row labels give each head's mean distance (of |key - query|, in tokens).
     """
     check_colorscale(colorscale)
-    if layer_mean:
-        per_head, what = trace.attention.mean(axis=0, dtype=np.float32), f"Mean of layers 0-{trace.num_layers - 1}"
-    else:
-        layer = check_layer(trace, layer)
-        per_head, what = trace.attention[layer], f"Layer {layer}"
-    shown = visible_tokens(trace, hide_special)
-    stack = per_head[:, shown][:, :, shown]  # (H, T', T')
-    notes = ["signed: negative = keys before the query" if signed else "distance = |key - query| in tokens"]
-    if hide_special:
-        stack = renormalize_rows(stack) if renormalize else stack
-        notes.append("special tokens hidden" + (", rows renormalised" if renormalize else ""))
+    per_head, what = layer_heads(trace, layer, layer_mean)
+    stack, shown, hidden = shown_attention(trace, per_head, hide_special, renormalize)  # (H, T', T')
+    notes = ["signed: negative = keys before the query" if signed else "distance = |key - query| in tokens", *hidden]
     distances, mass = attention_by_distance(stack, shown, signed)
     _, absolute = attention_by_distance(stack, shown, signed=False)
     mean = absolute @ np.arange(absolute.shape[1], dtype=np.float32)  # (H,) mean |distance| per head
     rows = [f"head {h} · {mean[h]:.1f}" for h in range(trace.num_heads)]
 
-    fig = new_figure(f"{what}: attention by query-key distance, all {trace.num_heads} heads",
+    fig = new_figure(f"{what.capitalize()}: attention by query-key distance, all {trace.num_heads} heads",
                      width=int(max(560, distances.size * MIN_CELL_PIXELS + 260)),
                      height=int(trace.num_heads * ROW_PIXELS + 190))
     fig.update_layout(
