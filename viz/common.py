@@ -249,6 +249,15 @@ def shown_attention(
     return weights, shown, [note]
 
 
+def check_token_matrix(trace: EncoderTrace, weights) -> np.ndarray:
+    """``weights`` as a (T, T) float32 matrix over this trace's tokens (ViewError naming both shapes otherwise)."""
+    matrix = np.asarray(weights, dtype=np.float32)
+    count = trace.num_tokens
+    if matrix.shape != (count, count):
+        raise ViewError(f"weights have shape {matrix.shape}, while the text's {count} tokens need ({count}, {count})")
+    return matrix
+
+
 def check_shown_token(trace: EncoderTrace, index, shown: np.ndarray, what: str = "query") -> int:
     """``check_token``, and the token must be among ``shown`` (not a hidden special token)."""
     position = check_token(trace, index, what)

@@ -260,7 +260,7 @@ def _rollout_figures(result, trace: EncoderTrace, options: Mapping[str, Any]) ->
     residual = options.get("residual", analysis.DEFAULT_RESIDUAL)
     shown = [("rollout", figures.build_rollout_heatmap(result, trace.tokens, layer, residual, **_style(options)))]
     if options.get("query") is not None:
-        strip = build_token_view(trace.replace(attention=result[:, None]), layer, [0], options["query"],
+        strip = build_token_view(trace, query=options["query"], weights=result[layer],
                                  label=f"Rollout after layer {layer}")
         shown.append(("rollout-tokens", strip))
     return shown

@@ -19,6 +19,7 @@ from viz.common import (
     check_int_range,
     check_shown_token,
     check_token,
+    check_token_matrix,
     click_meta,
     display_token,
     new_figure,
@@ -71,13 +72,15 @@ def build_token_view(
     renormalize: bool = True,
     line_chars: int = 72,
     label: str | None = None,
+    weights: np.ndarray | None = None,
 ) -> go.Figure:
     """The sentence as a strip of tokens shaded by attention from the ``query`` token ("from") or to it ("to").
 
     "from": token j is shaded by A[query, j], what the query looks at (its heatmap row). "to": token j is shaded by
     A[j, query], how much each token looks at the query (its heatmap column). A is the ``aggregate`` ("mean" or
-    "max") of ``heads`` (default all) in ``layer`` (or the mean over layers with ``layer_mean``). ``label`` names
-    what the weights are in the title instead of the layer and heads (e.g. for a rollout put in a trace's place).
+    "max") of ``heads`` (default all) in ``layer`` (or the mean over layers with ``layer_mean``), or ``weights``
+    when given: any (T, T) token-to-token matrix of this trace, e.g. a rollout after one layer. ``label`` names
+    what the weights are in the title instead of the layer and heads.
 
     Returns:
         A figure with one horizontal bar trace ``"tokens"``: one bar per shown token in sentence order, its
@@ -89,11 +92,14 @@ def build_token_view(
     check_choice(aggregate, AGGREGATES, "aggregate")
     line_chars = check_int_range(line_chars, "line_chars", 20, 400)
     query = check_token(trace, query, "query")
-    matrix, what = select_attention(trace, layer, 0, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
+    if weights is None:
+        matrix, what = select_attention(trace, layer, 0, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
+    else:
+        matrix, what = check_token_matrix(trace, weights), "weights"
     sub, shown, notes = shown_attention(trace, matrix, hide_special, renormalize)
     check_shown_token(trace, query, shown)
     at = int(np.flatnonzero(shown == query)[0])  # the query's row among the shown tokens
-    weights = np.ascontiguousarray(sub[at] if direction == "from" else sub[:, at], dtype=np.float32)
+    shares = np.ascontiguousarray(sub[at] if direction == "from" else sub[:, at], dtype=np.float32)
 
     tokens = [trace.tokens[i] for i in shown]
     labels = [_box_label(token, line_chars) for token in tokens]
@@ -101,13 +107,13 @@ def build_token_view(
     q_label = display_token(trace.tokens[query])
     if direction == "from":
         headline = f"{label or what}: attention from “{q_label}” ({query}) to each token"
-        hover = [f"{q_label} ({query}) → {text} ({i}): {w:.4f}" for text, i, w in zip(labels, shown, weights)]
+        hover = [f"{q_label} ({query}) → {text} ({i}): {w:.4f}" for text, i, w in zip(labels, shown, shares)]
     else:
         headline = f"{label or what}: attention to “{q_label}” ({query}) from each token"
-        hover = [f"{text} ({i}) → {q_label} ({query}): {w:.4f}" for text, i, w in zip(labels, shown, weights)]
-    peak = float(weights.max()) if weights.size and weights.max() > 0 else 1.0
+        hover = [f"{text} ({i}) → {q_label} ({query}): {w:.4f}" for text, i, w in zip(labels, shown, shares)]
+    peak = float(shares.max()) if shares.size and shares.max() > 0 else 1.0
     fig = _strip_figure(headline, notes, boxes, colorscale, peak)
-    fig.add_trace(_token_bars(boxes, labels, hover, weights, _text_colors(weights / peak, colorscale), shown, query))
+    fig.add_trace(_token_bars(boxes, labels, hover, shares, _text_colors(shares / peak, colorscale), shown, query))
     return fig
 
 
