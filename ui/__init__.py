@@ -1,4 +1,12 @@
-"""Streamlit pieces of the app: cached work (``cache``), downloads, and the Analysis and Compare tabs.
+"""The Streamlit app's pieces; ``app.py`` is ``main()`` and the sidebar, everything in the main area is here.
 
-Each ``*_ui()`` function only draws widgets and figures; numbers come from ``encoder/`` and figures from ``viz/``.
+Rules: ``*_ui()`` functions only draw widgets and figures and return values; numbers come from ``encoder/`` and
+``analysis/`` (through ``cache``, which bounds what it keeps), figures from ``viz/``, and what exists (tabs,
+analyses, their settings) from ``viz.registry``, so nothing here names a view or an analysis. Only our own errors
+(``HeadlightError``) are caught and shown as messages; anything else is a bug and surfaces as one.
+
+Modules: ``views`` (the tabs fragment), ``controls`` (shared controls -> ``ViewSettings``; one widget per
+``Option``), ``clicks`` (chart clicks -> controls, from the figure's click spec), ``charts`` (one chart + its
+downloads), ``analysis`` and ``compare`` (the two special tabs), ``cache``, ``downloads`` (the trace's files),
+``runtime`` (the one Streamlit patch).
 """
