@@ -1,14 +1,13 @@
-"""Hugging Face BERT-family import: a pure config mapping plus an explicit, shape-checked weight port.
+"""Hugging Face checkpoint import: read ``config.json`` and the safetensors, map the config through the model's
+family (``encoder.families``), and port every tensor after checking its name and shape.
 
-Weights are read with ``safetensors.numpy`` (no PyTorch). Hugging Face stores Linear weights as (out, in);
-Keras ``EinsumDense``/``Dense`` kernels are (in, ...), hence the transposes below.
+Weights are read with ``safetensors.numpy`` (no PyTorch).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,113 +17,51 @@ from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
 from encoder.model import TransformerEncoder
 
-SUPPORTED_MODEL_TYPES = ("bert",)
-SUPPORTED_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
+
+def family_of(hf_config: dict[str, Any]):
+    """The family module (``encoder.families``) of a ``config.json``.
+
+    Raises:
+        CheckpointError: a ``model_type`` we do not run, with the list of those we do.
+    """
+    from encoder.families import FAMILIES
+
+    model_type = hf_config.get("model_type")
+    if model_type not in FAMILIES:
+        raise CheckpointError(
+            f"model_type {model_type!r} is not supported; Headlight runs {', '.join(sorted(FAMILIES))}."
+        )
+    return FAMILIES[model_type]
 
 
 def convert_config(hf_config: dict[str, Any]) -> EncoderConfig:
-    """Map a Hugging Face BERT ``config.json`` to an EncoderConfig (pure function).
-
-    Raises:
-        CheckpointError: an architecture or option we do not run, named with what to do.
-    """
-    model_type = hf_config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointError(
-            f"model_type {model_type!r} is not supported; Headlight runs BERT-family encoders "
-            f"(model_type {', '.join(map(repr, SUPPORTED_MODEL_TYPES))}) with absolute positions."
-        )
-    activation = hf_config.get("hidden_act", "gelu")
-    if activation not in SUPPORTED_ACTIVATIONS:
-        raise CheckpointError(
-            f"hidden_act {activation!r} is not supported; expected one of {', '.join(SUPPORTED_ACTIVATIONS)}."
-        )
-    position_type = hf_config.get("position_embedding_type", "absolute")
-    if position_type != "absolute":
-        raise CheckpointError(
-            f"position_embedding_type {position_type!r} is not supported; only 'absolute' positions are."
-        )
+    """Map a Hugging Face ``config.json`` to an EncoderConfig (pure function), through the model's family."""
     try:
-        return EncoderConfig(
-            vocab_size=int(hf_config["vocab_size"]),
-            num_layers=int(hf_config["num_hidden_layers"]),
-            num_heads=int(hf_config["num_attention_heads"]),
-            d_model=int(hf_config["hidden_size"]),
-            dff=int(hf_config["intermediate_size"]),
-            max_positions=int(hf_config.get("max_position_embeddings", 512)),
-            positional="learned",
-            activation=SUPPORTED_ACTIVATIONS[activation],
-            type_vocab_size=int(hf_config.get("type_vocab_size", 2)),
-            scale_embeddings=False,
-            embedding_layer_norm=True,
-            layer_norm_epsilon=float(hf_config.get("layer_norm_eps", 1e-12)),
-            dropout=0.0,
-            pad_token_id=int(hf_config.get("pad_token_id", 0) or 0),
-        )
-    except KeyError as error:
-        raise CheckpointError(f"config.json lacks the field {error.args[0]!r}") from error
-    except ValueError as error:
-        raise CheckpointError(f"config.json describes an impossible model: {error}") from error
+        return family_of(hf_config).convert_config(hf_config)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"config.json has a field of the wrong kind: {error}") from error
 
 
-def _linear(weights: np.ndarray) -> np.ndarray:
-    return weights.T  # HF Linear is (out, in); Keras kernels are (in, out)
-
-
-def weight_ports(config: EncoderConfig, model: TransformerEncoder) -> list[tuple[str, Any, Callable]]:
-    """The flat list of (checkpoint name, Keras variable, transform), one row per tensor we load."""
-    d, h, dh = config.d_model, config.num_heads, config.head_dim
-    keep = np.asarray
-    ports: list[tuple[str, Any, Callable]] = [
-        ("embeddings.word_embeddings.weight", model.token_embedding.embeddings, keep),
-        ("embeddings.position_embeddings.weight", model.position_embedding.embeddings, keep),
-        ("embeddings.token_type_embeddings.weight", model.segment_embedding.embeddings, keep),
-        ("embeddings.LayerNorm.weight", model.embedding_norm.gamma, keep),
-        ("embeddings.LayerNorm.bias", model.embedding_norm.beta, keep),
-    ]
-    for i, layer in enumerate(model.encoder_layers):
-        prefix = f"encoder.layer.{i}."
-        attention = layer.attention
-        for name, dense in (
-            ("query", attention.query_dense),
-            ("key", attention.key_dense),
-            ("value", attention.value_dense),
-        ):
-            ports += [
-                (f"{prefix}attention.self.{name}.weight", dense.kernel, lambda w: w.T.reshape(d, h, dh)),
-                (f"{prefix}attention.self.{name}.bias", dense.bias, lambda b: b.reshape(h, dh)),
-            ]
-        ports += [
-            (f"{prefix}attention.output.dense.weight", attention.output_dense.kernel,
-             lambda w: w.T.reshape(h, dh, d)),
-            (f"{prefix}attention.output.dense.bias", attention.output_dense.bias, keep),
-            (f"{prefix}attention.output.LayerNorm.weight", layer.attention_norm.gamma, keep),
-            (f"{prefix}attention.output.LayerNorm.bias", layer.attention_norm.beta, keep),
-            (f"{prefix}intermediate.dense.weight", layer.intermediate.kernel, _linear),
-            (f"{prefix}intermediate.dense.bias", layer.intermediate.bias, keep),
-            (f"{prefix}output.dense.weight", layer.output_dense.kernel, _linear),
-            (f"{prefix}output.dense.bias", layer.output_dense.bias, keep),
-            (f"{prefix}output.LayerNorm.weight", layer.output_norm.gamma, keep),
-            (f"{prefix}output.LayerNorm.bias", layer.output_norm.beta, keep),
-        ]
-    return ports
-
-
-def _canonical_names(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Strip a ``bert.`` prefix and rename old ``gamma``/``beta`` layer-norm names."""
+def _canonical_names(weights: dict[str, np.ndarray], prefixes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Strip a task model's backbone prefix (``bert.``, ``roberta.``, ...) and rename old ``gamma``/``beta``
+    layer-norm names."""
     renamed = {}
     for name, value in weights.items():
-        if name.startswith("bert."):
-            name = name[len("bert."):]
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
         name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         renamed[name] = value
     return renamed
 
 
-def port_weights(model: TransformerEncoder, weights: dict[str, np.ndarray], source: str) -> None:
+def port_weights(model: TransformerEncoder, weights: dict[str, np.ndarray], source: str, family) -> None:
     """Copy checkpoint tensors into the model, checking every name and shape first."""
-    weights = _canonical_names(weights)
-    ports = weight_ports(model.config, model)
+    weights = _canonical_names(weights, family.PREFIXES)
+    ports = family.weight_ports(model.config, model)
     missing = [name for name, _, _ in ports if name not in weights]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -178,16 +115,21 @@ def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
     return weights
 
 
-def load_hf_folder(folder: str | Path) -> TransformerEncoder:
-    """Build a TransformerEncoder from a Hugging Face BERT-family folder (config.json + safetensors)."""
+def load_hf_folder(folder: str | Path) -> tuple[TransformerEncoder, tuple[str, ...]]:
+    """Build a TransformerEncoder from a Hugging Face folder (config.json + safetensors) of a family we run;
+    returns the model and its class labels (``id2label`` of a classifier, else ())."""
+    from encoder.families.common import labels
+
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder.")
-    config = _sentence_transformer_pooling(folder, convert_config(read_hf_config(folder)))
+    hf_config = read_hf_config(folder)
+    family = family_of(hf_config)
+    config = _sentence_transformer_pooling(folder, convert_config(hf_config))
     weights = read_safetensors(folder)
     model = TransformerEncoder(config, name="encoder")
-    port_weights(model, weights, str(folder))
-    return model
+    port_weights(model, weights, str(folder), family)
+    return model, labels(hf_config, config)
 
 
 def _sentence_transformer_pooling(folder: Path, config: EncoderConfig) -> EncoderConfig:

@@ -1,8 +1,10 @@
-"""EncoderConfig: every hyperparameter of an encoder, for both families we run.
+"""EncoderConfig: every hyperparameter of an encoder, for every family we run.
 
-The classic encoder of the Keras/TensorFlow tutorial and BERT-family checkpoints differ in a handful of switches
-(where positions come from, the activation, token types, an embedding layer norm); one frozen dataclass covers
-both so every layer takes ``config`` rather than a dozen keyword arguments.
+The classic encoder of the Keras/TensorFlow tutorial and the Hugging Face families (BERT, RoBERTa, DistilBERT,
+ELECTRA, ALBERT, GPT-2) differ in a handful of switches (where positions come from and where they start, the
+activation, token types, an embedding layer norm and projection, shared layers, pre- or post-layer-norm, a causal
+mask, the classifier head); one frozen dataclass covers them all so every layer takes ``config`` rather than a
+dozen keyword arguments.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Positional = Literal["sinusoidal", "learned"]
-Activation = Literal["relu", "gelu"]
+Activation = Literal["relu", "gelu", "gelu_new"]
+ACTIVATIONS = ("relu", "gelu", "gelu_new")
+CLASSIFIER_ACTIVATIONS = ("tanh", "relu", "gelu")
+# Fields added after the first saved models: ``to_dict`` writes them only when they differ from the default, so
+# configs (and their hashes) of models saved before stay exactly as they were.
+_LATER_FIELDS = {"position_offset": 0, "embedding_size": 0, "num_layer_groups": 0, "norm_first": False,
+                 "final_norm": False, "causal": False, "classifier_activation": None}
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,7 @@ class EncoderConfig:
         dff: int, width of the feed-forward inner layer.
         max_positions: int, longest input the model accepts (P, the positional table's rows).
         positional: "sinusoidal" (fixed table, the classic encoder) or "learned" (BERT).
-        activation: "relu" (classic) or "gelu" (BERT, exact erf form).
+        activation: "relu" (classic), "gelu" (BERT, exact erf form) or "gelu_new" (tanh form: ALBERT, GPT-2).
         type_vocab_size: int, token-type (segment) embeddings; 0 for none.
         scale_embeddings: bool, multiply token embeddings by sqrt(d_model) (classic encoder).
         embedding_layer_norm: bool, layer-normalise the summed embeddings (BERT).
@@ -38,6 +46,18 @@ class EncoderConfig:
         num_classes: int, size of a classification head on top (0 for none).
         pooling: "mean" or "cls", how the classification head / sentence embedding pools tokens.
         normalize_embedding: bool, L2-normalise the pooled sentence embedding (sentence-transformers models).
+        position_offset: int, the first position id (RoBERTa: ``pad_token_id + 1``); the positional table has
+            ``max_positions + position_offset`` rows and token i gets row ``position_offset + i``.
+        embedding_size: int, width of the token/position/type embeddings when it differs from ``d_model``
+            (ELECTRA, ALBERT: projected to ``d_model`` after the embedding norm); 0 means ``d_model``.
+        num_layer_groups: int, ALBERT's shared layers: the L layers use G weight groups, layer i group
+            ``i * G // L``; 0 means every layer has its own weights.
+        norm_first: bool, pre-layer-norm blocks (GPT-2): ``x + f(norm(x))`` instead of ``norm(x + f(x))``.
+        final_norm: bool, a layer norm on the last hidden state (GPT-2's ``ln_f``).
+        causal: bool, each token attends only to itself and earlier tokens.
+        classifier_activation: None (the classifier reads the pooled state directly), or "tanh"/"relu"/"gelu":
+            a dense layer of width ``d_model`` and that activation first (BERT/ALBERT pooler, RoBERTa/ELECTRA
+            head, DistilBERT pre-classifier).
 
     Example:
         >>> EncoderConfig(vocab_size=100, num_layers=2, num_heads=4, d_model=32, dff=64).head_dim
@@ -61,6 +81,13 @@ class EncoderConfig:
     num_classes: int = 0
     pooling: Literal["mean", "cls"] = "mean"
     normalize_embedding: bool = False
+    position_offset: int = 0
+    embedding_size: int = 0
+    num_layer_groups: int = 0
+    norm_first: bool = False
+    final_norm: bool = False
+    causal: bool = False
+    classifier_activation: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "num_layers", "num_heads", "d_model", "dff", "max_positions"):
@@ -73,8 +100,16 @@ class EncoderConfig:
             )
         if self.positional not in ("sinusoidal", "learned"):
             raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
-        if self.activation not in ("relu", "gelu"):
-            raise ValueError(f"activation must be 'relu' or 'gelu', got {self.activation!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.classifier_activation not in (None, *CLASSIFIER_ACTIVATIONS):
+            raise ValueError(f"classifier_activation must be None or one of {', '.join(CLASSIFIER_ACTIVATIONS)}")
+        for name in ("position_offset", "embedding_size", "num_layer_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.num_layer_groups > self.num_layers:
+            raise ValueError(f"num_layer_groups ({self.num_layer_groups}) exceeds num_layers ({self.num_layers})")
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -86,8 +121,20 @@ class EncoderConfig:
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
 
+    @property
+    def embedding_width(self) -> int:
+        """Width of the embeddings before any projection (``embedding_size`` or ``d_model``)."""
+        return self.embedding_size or self.d_model
+
+    @property
+    def table_rows(self) -> int:
+        """Rows of the positional table: the usable positions plus the offset rows before them."""
+        return self.max_positions + self.position_offset
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field; fields added later only when set (so older configs and their hashes are unchanged)."""
+        data = dataclasses.asdict(self)
+        return {k: v for k, v in data.items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

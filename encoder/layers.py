@@ -53,10 +53,13 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
 
 @keras.saving.register_keras_serializable(package="headlight")
 class EncoderLayer(ConfigArgument, keras.layers.Layer):
-    """One post-layer-norm Transformer encoder layer: self-attention block, then feed-forward block.
+    """One Transformer layer: self-attention block, then feed-forward block, each a residual around it.
+
+    Post-layer-norm (BERT, the classic encoder): ``x = norm(x + f(x))``. Pre-layer-norm (``config.norm_first``,
+    GPT-2): ``x = x + f(norm(x))``; then ``attention_norm`` is GPT-2's ``ln_1`` and ``output_norm`` its ``ln_2``.
 
     Args:
-        config: EncoderConfig (width, heads, feed-forward size, activation, dropout, epsilon).
+        config: EncoderConfig (width, heads, feed-forward size, activation, norm placement, dropout, epsilon).
 
     Example:
         >>> layer = EncoderLayer(EncoderConfig(vocab_size=10, num_layers=1, num_heads=2, d_model=8, dff=16))
@@ -93,14 +96,36 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         self.output_norm.build(input_shape)
 
     def call(self, x, attention_mask=None, head_mask=None, training=None):
+        if self.config.norm_first:
+            # Self-attention block (pre-norm).
+            attended, pattern = self._attend(self.attention_norm(x), attention_mask, head_mask, training)
+            x = x + attended
+            # Feedforward block (pre-norm).
+            return x + self._feed_forward(self.output_norm(x), training), pattern
         # Self-attention block.
+        attended, pattern = self._attend(x, attention_mask, head_mask, training)
+        x = self.attention_norm(x + attended)
+        # Feedforward block.
+        return self.output_norm(x + self._feed_forward(x, training)), pattern
+
+    def _attend(self, x, attention_mask, head_mask, training):
         attended, pattern = self.attention(
             x, x, attention_mask=attention_mask, head_mask=head_mask, training=training
         )
-        x = self.attention_norm(x + self.attention_dropout(attended, training=training))
-        # Feedforward block.
-        inner = self.intermediate(x)
-        # BERT uses GELU's exact erf form; Keras' default is the tanh approximation.
-        inner = ops.gelu(inner, approximate=False) if self.config.activation == "gelu" else ops.relu(inner)
-        out = self.output_dropout(self.output_dense(inner), training=training)
-        return self.output_norm(x + out), pattern
+        return self.attention_dropout(attended, training=training), pattern
+
+    def _feed_forward(self, x, training):
+        inner = activate(self.intermediate(x), self.config.activation)  # (B, T, dff)
+        return self.output_dropout(self.output_dense(inner), training=training)
+
+
+def activate(x, name: str):
+    """The activation ``name``: "gelu" is GELU's exact erf form (BERT), "gelu_new" its tanh approximation
+    (ALBERT, GPT-2; Keras' own default), also "relu" and "tanh"."""
+    if name == "gelu":
+        return ops.gelu(x, approximate=False)
+    if name == "gelu_new":
+        return ops.gelu(x, approximate=True)
+    if name == "tanh":
+        return ops.tanh(x)
+    return ops.relu(x)

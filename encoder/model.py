@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras import ops
 
 from encoder.config import EncoderConfig
-from encoder.layers import ConfigArgument, EncoderLayer
+from encoder.layers import ConfigArgument, EncoderLayer, activate
 from encoder.positional import sinusoidal_encoding
 
 
@@ -24,7 +24,9 @@ class TransformerEncoder(ConfigArgument, keras.Model):
     """The instrumented encoder.
 
     Classic (Keras tutorial) mode: ``token_embedding * sqrt(d_model) + sinusoidal table``, dropout, layers.
-    BERT mode: ``token + learned position + token type``, layer norm, dropout, layers.
+    BERT mode: ``token + learned position + token type``, layer norm, dropout, layers. The config's switches add
+    RoBERTa's position offset, ELECTRA/ALBERT's factorised embeddings (projected to ``d_model``), ALBERT's shared
+    layers, GPT-2's pre-norm blocks, causal mask and final norm, and each family's classifier head.
 
     Call args:
         token_ids: (B, T) int32.
@@ -47,18 +49,18 @@ class TransformerEncoder(ConfigArgument, keras.Model):
     def __init__(self, config: EncoderConfig, **kwargs):
         super().__init__(**kwargs)
         self.config = config
-        self.token_embedding = keras.layers.Embedding(
-            config.vocab_size, config.d_model, name="token_embedding"
-        )
+        width = config.embedding_width
+        # Layers are created in the order of the first saved models (token, position, type, norm, layers,
+        # classifier): a seeded initialisation draws its random numbers in this order. Later options slot in only
+        # when a config asks for them.
+        self.token_embedding = keras.layers.Embedding(config.vocab_size, width, name="token_embedding")
         if config.positional == "learned":
-            self.position_embedding = keras.layers.Embedding(
-                config.max_positions, config.d_model, name="position_embedding"
-            )
+            self.position_embedding = keras.layers.Embedding(config.table_rows, width, name="position_embedding")
         else:
             self.position_embedding = None
-            self._sinusoidal_table = sinusoidal_encoding(config.max_positions, config.d_model)
+            self._sinusoidal_table = sinusoidal_encoding(config.table_rows, width)
         self.segment_embedding = (
-            keras.layers.Embedding(config.type_vocab_size, config.d_model, name="segment_embedding")
+            keras.layers.Embedding(config.type_vocab_size, width, name="segment_embedding")
             if config.type_vocab_size
             else None
         )
@@ -68,38 +70,65 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             else None
         )
         self.embedding_dropout = keras.layers.Dropout(config.dropout)
-        self.encoder_layers = [EncoderLayer(config, name=f"layer_{i}") for i in range(config.num_layers)]
+        self.embedding_projection = (
+            keras.layers.Dense(config.d_model, name="embedding_projection") if width != config.d_model else None
+        )
+        groups = config.num_layer_groups or config.num_layers
+        self.layer_groups = [EncoderLayer(config, name=f"layer_{i}") for i in range(groups)]
+        self.final_norm = (
+            keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name="final_norm")
+            if config.final_norm
+            else None
+        )
+        self.pre_classifier = (
+            keras.layers.Dense(config.d_model, name="pre_classifier")
+            if config.num_classes and config.classifier_activation
+            else None
+        )
         self.classifier = (
             keras.layers.Dense(config.num_classes, name="classifier") if config.num_classes else None
         )
         self.build_all()
 
+    @property
+    def encoder_layers(self) -> list[EncoderLayer]:
+        """The L layers in order; with shared weights (ALBERT) several entries are the same layer."""
+        groups, layers = len(self.layer_groups), self.config.num_layers
+        return [self.layer_groups[i * groups // layers] for i in range(layers)]
+
     def build_all(self) -> None:
         """Create every weight now, so checkpoints can be ported before the first call."""
-        d = self.config.d_model
+        d, width = self.config.d_model, self.config.embedding_width
         self.token_embedding.build((None, None))
         if self.position_embedding is not None:
             self.position_embedding.build((None,))
         if self.segment_embedding is not None:
             self.segment_embedding.build((None, None))
         if self.embedding_norm is not None:
-            self.embedding_norm.build((None, None, d))
-        for layer in self.encoder_layers:
+            self.embedding_norm.build((None, None, width))
+        if self.embedding_projection is not None:
+            self.embedding_projection.build((None, None, width))
+        for layer in self.layer_groups:
             layer.build((None, None, d))
+        if self.final_norm is not None:
+            self.final_norm.build((None, None, d))
+        if self.pre_classifier is not None:
+            self.pre_classifier.build((None, d))
         if self.classifier is not None:
             self.classifier.build((None, d))
         self.built = True
 
     def positional_table(self) -> np.ndarray:
-        """(P, D) float32: the whole positional table, exactly the values the model adds."""
+        """(P, E) float32: the whole positional table, exactly the values the model adds (offset rows first)."""
         if self.position_embedding is None:
             return self._sinusoidal_table
         return keras.ops.convert_to_numpy(self.position_embedding.embeddings)
 
     def _positional_rows(self, length):
+        start = self.config.position_offset
         if self.position_embedding is None:
-            return ops.convert_to_tensor(self._sinusoidal_table)[:length]  # (T, D)
-        return self.position_embedding.embeddings[:length]  # (T, D)
+            return ops.convert_to_tensor(self._sinusoidal_table)[start:start + length]  # (T, E)
+        return self.position_embedding.embeddings[start:start + length]  # (T, E)
 
     def call(
         self,
@@ -110,23 +139,10 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         embedding_noise=None,
         training=None,
     ):
-        cfg = self.config
-        length = ops.shape(token_ids)[1]
-        x = self.token_embedding(token_ids)  # (B, T, D)
-        if cfg.scale_embeddings:
-            x = x * math.sqrt(cfg.d_model)
-        x = x + self._positional_rows(length)[None]
-        if self.segment_embedding is not None:
-            if segment_ids is None:
-                segment_ids = ops.zeros_like(token_ids)
-            x = x + self.segment_embedding(segment_ids)
-        if self.embedding_norm is not None:
-            x = self.embedding_norm(x)
-        x = self.embedding_dropout(x, training=training)
+        x = self._embed(token_ids, segment_ids, training)  # (B, T, D)
         if embedding_noise is not None:
             x = x + embedding_noise
-
-        attention_mask = None if padding_mask is None else padding_mask[:, None, :]  # (B, 1, T) keys
+        attention_mask = self._attention_mask(token_ids, padding_mask)
         hidden, patterns = [x], []
         for index, layer in enumerate(self.encoder_layers):
             layer_head_mask = None if head_mask is None else head_mask[:, index]  # (B, H)
@@ -135,19 +151,58 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             )
             hidden.append(x)
             patterns.append(pattern)
-
+        if self.final_norm is not None:  # GPT-2's ln_f: the last hidden state is reported after it
+            x = self.final_norm(x)
+            hidden[-1] = x
         outputs = {
             "hidden": ops.stack(hidden, axis=1),  # (B, L + 1, T, D)
             "attention": ops.stack(patterns, axis=1),  # (B, L, H, T, T)
         }
+        return {**outputs, **self._heads(x, padding_mask)}
+
+    def _embed(self, token_ids, segment_ids, training):
+        """Token + position (+ type) embeddings, normalised, projected to ``d_model`` when factorised."""
+        cfg = self.config
+        length = ops.shape(token_ids)[1]
+        x = self.token_embedding(token_ids)  # (B, T, E)
+        if cfg.scale_embeddings:
+            x = x * math.sqrt(cfg.d_model)
+        x = x + self._positional_rows(length)[None]
+        if self.segment_embedding is not None:
+            if segment_ids is None or cfg.type_vocab_size == 1:  # one type (RoBERTa): every token is type 0
+                segment_ids = ops.zeros_like(token_ids)
+            x = x + self.segment_embedding(segment_ids)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        x = self.embedding_dropout(x, training=training)
+        if self.embedding_projection is not None:
+            x = self.embedding_projection(x)  # (B, T, D)
+        return x
+
+    def _attention_mask(self, token_ids, padding_mask):
+        """Bool, broadcastable to (B, T, T) [query, key]: padded keys hidden, and later keys when causal."""
+        mask = None if padding_mask is None else padding_mask[:, None, :]  # (B, 1, T) keys
+        if self.config.causal:
+            length = ops.shape(token_ids)[1]
+            positions = ops.arange(length)
+            causal = (positions[None, :] <= positions[:, None])[None]  # (1, T, T): key <= query
+            mask = causal if mask is None else ops.logical_and(causal, mask)
+        return mask
+
+    def _heads(self, x, padding_mask) -> dict:
+        """The pooled sentence embedding and, with a classifier, logits and probabilities."""
+        cfg = self.config
         pooled = self._pool(x, padding_mask)  # (B, D)
-        outputs["embedding"] = (
-            pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)
+        outputs = {
+            "embedding": pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)
             if cfg.normalize_embedding
             else pooled
-        )
+        }
         if self.classifier is not None:
-            logits = self.classifier(pooled)
+            features = pooled
+            if self.pre_classifier is not None:
+                features = activate(self.pre_classifier(pooled), cfg.classifier_activation)
+            logits = self.classifier(features)
             outputs["logits"] = logits
             outputs["probabilities"] = ops.softmax(logits, axis=-1)
         return outputs

@@ -108,15 +108,17 @@ def load_path(folder: str | Path, name: str | None = None) -> LoadedModel:
         tokenizer = TextTokenizer.from_folder(folder, model.config.max_positions)
         return LoadedModel(name, data.get("description", f"Headlight model in {folder}"),
                            CompiledEncoder(model), tokenizer, tuple(data.get("labels", ())), folder)
-    model = load_hf_folder(folder)
+    model, labels = load_hf_folder(folder)
     tokenizer = TextTokenizer.from_folder(folder, model.config.max_positions)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
             f"{model.config.vocab_size} embeddings; they do not belong together."
         )
-    return LoadedModel(name, f"BERT-family checkpoint from {folder}", CompiledEncoder(model), tokenizer,
-                       folder=folder)
+    config = model.config
+    description = (f"{config.num_layers} layers x {config.num_heads} heads, d_model {config.d_model}"
+                   + (f", classifier: {', '.join(labels)}" if labels else ""))
+    return LoadedModel(name, description, CompiledEncoder(model), tokenizer, labels, folder)
 
 
 def _load_minilm() -> LoadedModel:

@@ -1,0 +1,18 @@
+"""Hugging Face families, one module each: a pure ``convert_config(hf_config) -> EncoderConfig`` and a flat
+``weight_ports(config, model)`` list of (checkpoint name, Keras variable, transform), every shape checked by
+``encoder.checkpoints.port_weights`` before anything is assigned.
+
+``FAMILIES`` maps each ``model_type`` of ``config.json`` to its module; adding a family is one module plus one line
+here. Each module also names ``PREFIXES``: the prefixes task models put before the backbone's tensors
+(``roberta.`` in ``RobertaForSequenceClassification``), stripped before the names are looked up.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from encoder.families import bert
+
+FAMILIES: dict[str, ModuleType] = {
+    "bert": bert,
+}

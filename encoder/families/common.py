@@ -1,0 +1,107 @@
+"""Pieces every family port shares: reading config fields, the classifier head, and the transforms between
+Hugging Face's tensors and our Keras variables.
+
+Hugging Face stores ``nn.Linear`` weights as (out, in); Keras ``Dense`` kernels are (in, out) and the attention's
+``EinsumDense`` kernels (D, H, dh) for query/key/value and (H, dh, D) for the output, hence the transposes.
+GPT-2's ``Conv1D`` stores (in, out) already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from encoder.config import EncoderConfig
+from encoder.errors import CheckpointError
+
+Port = tuple[str, Any, Callable[[np.ndarray], np.ndarray]]  # (checkpoint name, Keras variable, transform)
+ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new"}
+
+
+def keep(weights: np.ndarray) -> np.ndarray:
+    return np.asarray(weights)
+
+
+def linear(weights: np.ndarray) -> np.ndarray:
+    """An ``nn.Linear`` weight (out, in) as a Keras kernel (in, out)."""
+    return weights.T
+
+
+def field(hf: Mapping[str, Any], *names: str, default: Any = None) -> Any:
+    """The first of ``names`` present in ``config.json`` (families name the same thing differently)."""
+    for name in names:
+        if name in hf and hf[name] is not None:
+            return hf[name]
+    if default is None:
+        raise CheckpointError(f"config.json lacks the field {names[0]!r}")
+    return default
+
+
+def activation(name: Any, key: str = "hidden_act") -> str:
+    """Our name for the activation ``name`` that ``config.json`` gives under ``key``."""
+    if name not in ACTIVATIONS:
+        raise CheckpointError(f"{key} {name!r} is not supported; expected one of {', '.join(ACTIVATIONS)}.")
+    return ACTIVATIONS[name]
+
+
+def classifier_fields(hf: Mapping[str, Any], head_activation: str) -> dict[str, Any]:
+    """``num_classes``, ``pooling`` and ``classifier_activation`` for a ``*ForSequenceClassification`` folder
+    (its ``architectures`` say so), else no classifier."""
+    architectures = hf.get("architectures") or []
+    if not any(str(name).endswith("ForSequenceClassification") for name in architectures):
+        return {}
+    labels = hf.get("id2label") or {}
+    count = int(hf.get("num_labels") or len(labels) or 2)
+    return {"num_classes": count, "pooling": "cls", "classifier_activation": head_activation}
+
+
+def labels(hf: Mapping[str, Any], config: EncoderConfig) -> tuple[str, ...]:
+    """Class names from ``id2label`` (in id order) for a classifier, else ()."""
+    if not config.num_classes:
+        return ()
+    names = hf.get("id2label") or {}
+    return tuple(str(names.get(str(i), names.get(i, f"class {i}"))) for i in range(config.num_classes))
+
+
+def build(**values: Any) -> EncoderConfig:
+    """An EncoderConfig, with an impossible combination reported as our error."""
+    try:
+        return EncoderConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"config.json describes an impossible model: {error}") from error
+
+
+def attention_ports(prefix: str, attention, config: EncoderConfig, names: Mapping[str, str]) -> list[Port]:
+    """Query, key, value and output projections of one layer from ``nn.Linear`` tensors named
+    ``{prefix}{names[part]}.weight`` / ``.bias`` for part in query, key, value, output."""
+    d, h, dh = config.d_model, config.num_heads, config.head_dim
+    ports: list[Port] = []
+    for part, dense in (("query", attention.query_dense), ("key", attention.key_dense),
+                        ("value", attention.value_dense)):
+        ports += [
+            (f"{prefix}{names[part]}.weight", dense.kernel, lambda w: w.T.reshape(d, h, dh)),
+            (f"{prefix}{names[part]}.bias", dense.bias, lambda b: b.reshape(h, dh)),
+        ]
+    dense = attention.output_dense
+    ports.append((f"{prefix}{names['output']}.weight", dense.kernel, lambda w: w.T.reshape(h, dh, d)))
+    ports.append((f"{prefix}{names['output']}.bias", dense.bias, keep))
+    return ports
+
+
+def dense_ports(name: str, dense, transform: Callable[[np.ndarray], np.ndarray] = linear) -> list[Port]:
+    return [(f"{name}.weight", dense.kernel, transform), (f"{name}.bias", dense.bias, keep)]
+
+
+def norm_ports(name: str, norm) -> list[Port]:
+    return [(f"{name}.weight", norm.gamma, keep), (f"{name}.bias", norm.beta, keep)]
+
+
+def classifier_ports(model, hidden: str | None, output: str) -> list[Port]:
+    """The head on the pooled token: an optional dense layer (``hidden``: the pooler, RoBERTa's
+    ``classifier.dense``, DistilBERT's ``pre_classifier``) and the output layer."""
+    if model.classifier is None:
+        return []
+    ports = dense_ports(hidden, model.pre_classifier) if hidden and model.pre_classifier is not None else []
+    return ports + dense_ports(output, model.classifier)

@@ -1,0 +1,53 @@
+"""The family reference fixtures (``tests/fixtures/families/``, made by Hugging Face ``transformers`` on PyTorch):
+load one, trace each of its cases, and compare with the reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+FAMILIES_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "families"
+TOLERANCE = 1e-5  # every number within this of the reference (float32 floors are 2e-6 to 6e-6)
+_LOADED: dict[str, object] = {}
+
+
+def load_family(name: str):
+    """The fixture model ``name`` loaded through ``encoder.sources.load_path`` (once per test session)."""
+    from encoder.sources import load_path
+
+    if name not in _LOADED:
+        _LOADED[name] = load_path(FAMILIES_DIR / name, name=name)
+    return _LOADED[name]
+
+
+def reference(name: str) -> dict[str, dict[str, np.ndarray]]:
+    """case -> key -> array, from the fixture's reference.npz."""
+    with np.load(FAMILIES_DIR / name / "reference.npz", allow_pickle=False) as data:
+        cases: dict[str, dict[str, np.ndarray]] = {}
+        for key in data.files:
+            case, field = key.split("/", 1)
+            cases.setdefault(case, {})[field] = data[key]
+        return cases
+
+
+def check_case(name: str, case: str) -> dict[str, float]:
+    """Trace one case of family ``name`` and assert tokens equal and every number within ``TOLERANCE``; returns
+    the largest differences (attention, hidden states, last hidden state, logits)."""
+    from encoder.trace import trace_text
+
+    expected = reference(name)[case]
+    pair = str(expected["pair"]) or None
+    trace = trace_text(load_family(name), str(expected["text"]), pair)
+    assert trace.tokens == tuple(str(t) for t in expected["tokens"]), (name, case)
+    np.testing.assert_array_equal(trace.token_ids, expected["input_ids"])
+    differences = {
+        "attention": np.abs(trace.attention - expected["attention"]).max(),
+        "hidden": np.abs(trace.hidden - expected["hidden_states"]).max(),
+        "last_hidden_state": np.abs(trace.hidden[-1] - expected["last_hidden_state"]).max(),
+    }
+    if "logits" in expected:
+        differences["logits"] = np.abs(trace.outputs["logits"] - expected["logits"]).max()
+    for what, difference in differences.items():
+        assert difference < TOLERANCE, f"{name}/{case}: {what} differs by {difference:.2e}"
+    return differences
