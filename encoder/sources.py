@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.checkpoints import load_hf_folder
+from encoder.checkpoints import load_hf_folder, read_hf_config
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError, SourceError
 from encoder.model import CompiledEncoder, TransformerEncoder
@@ -28,7 +28,8 @@ MINILM_SHA256 = {
     "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_HUB_FILES = ["config.json", "*.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
+_HUB_FILES = ["config.json", "*.safetensors", "tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "*.model",
+              "tokenizer_config.json",
               "modules.json", "1_Pooling/config.json"]
 
 
@@ -109,7 +110,8 @@ def load_path(folder: str | Path, name: str | None = None) -> LoadedModel:
         return LoadedModel(name, data.get("description", f"Headlight model in {folder}"),
                            CompiledEncoder(model), tokenizer, tuple(data.get("labels", ())), folder)
     model, labels = load_hf_folder(folder)
-    tokenizer = TextTokenizer.from_folder(folder, model.config.max_positions)
+    model_type = read_hf_config(folder).get("model_type")
+    tokenizer = TextTokenizer.from_folder(folder, model.config.max_positions, model_type)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "

@@ -8,11 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from encoder.errors import CheckpointError, InputError
 
 MAX_TEXT_CHARS = 100_000
+SENTENCEPIECE_FILES = ("spiece.model", "tokenizer.model", "sentencepiece.model", "sentencepiece.bpe.model")
+ROBERTA_STYLE = ("roberta", "xlm-roberta", "camembert", "mpnet")  # <s> A </s></s> B </s>
+NO_SPECIAL_TOKENS = ("gpt2",)  # the text alone
+FAIRSEQ_SHIFTED = ("xlm-roberta", "camembert")  # ids are the SentencePiece ids shifted (fairseq): tokenizer.json needed
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,12 @@ class TextTokenizer:
         self._lock = threading.Lock()  # the app shares one tokenizer per model between sessions
 
     @classmethod
-    def from_folder(cls, folder: str | Path, max_length: int) -> TextTokenizer:
-        """Load ``tokenizer.json``, or build BERT WordPiece from ``vocab.txt`` (+ ``tokenizer_config.json``)."""
+    def from_folder(cls, folder: str | Path, max_length: int, model_type: str | None = None) -> TextTokenizer:
+        """Load the folder's tokenizer: ``tokenizer.json`` first; else WordPiece from ``vocab.txt``, byte-level
+        BPE from ``vocab.json`` + ``merges.txt``, or a SentencePiece Unigram model (``spiece.model``, ...), with
+        the special tokens of ``model_type``'s family around the text (``[CLS] A [SEP]``, ``<s> A </s>``, or
+        nothing for GPT-2).
+        """
         folder = Path(folder)
         if (folder / "tokenizer.json").is_file():
             try:
@@ -54,8 +62,15 @@ class TextTokenizer:
                 raise CheckpointError(f"{folder / 'tokenizer.json'} could not be read: {error}") from error
         if (folder / "vocab.txt").is_file():
             return cls(_wordpiece_from_vocab(folder), max_length)
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            return cls(_byte_level_bpe(folder, model_type), max_length)
+        sentencepiece = next((folder / name for name in SENTENCEPIECE_FILES if (folder / name).is_file()), None)
+        if sentencepiece is not None:
+            return cls(_sentencepiece_unigram(sentencepiece, model_type), max_length)
         raise CheckpointError(
-            f"No tokenizer in {folder}: expected tokenizer.json or vocab.txt (save the tokenizer with the model)."
+            f"No tokenizer in {folder}: expected tokenizer.json, or vocab.txt (WordPiece), or vocab.json + "
+            f"merges.txt (byte-level BPE), or a SentencePiece model ({', '.join(SENTENCEPIECE_FILES)}). Save the "
+            "tokenizer with the model."
         )
 
     @property
@@ -140,3 +155,95 @@ def _wordpiece_from_vocab(folder: Path) -> Tokenizer:
     )
     tokenizer.decoder = decoders.WordPiece()
     return tokenizer
+
+
+def _template(tokenizer: Tokenizer, model_type: str | None, cls: str, sep: str) -> None:
+    """Put the family's special tokens around the text: RoBERTa-style ``<s> A </s></s> B </s>``, BERT-style
+    ``[CLS] A [SEP] B [SEP]`` (B's tokens of type 1), or nothing (GPT-2)."""
+    if model_type in NO_SPECIAL_TOKENS:
+        return
+    cls_id, sep_id = tokenizer.token_to_id(cls), tokenizer.token_to_id(sep)
+    if cls_id is None or sep_id is None:
+        raise CheckpointError(f"the tokenizer's vocabulary has no {cls} or {sep} token for {model_type or 'this'} "
+                              "model; save tokenizer.json with the model.")
+    if model_type in ROBERTA_STYLE:
+        single, pair = f"{cls} $A {sep}", f"{cls} $A {sep} {sep} $B {sep}"
+    else:
+        single, pair = f"{cls} $A {sep}", f"{cls} $A {sep} $B:1 {sep}:1"
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(cls, cls_id), (sep, sep_id)])
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path.name} is not valid JSON: {error}") from error
+    return data if isinstance(data, dict) else {}
+
+
+def _byte_level_bpe(folder: Path, model_type: str | None) -> Tokenizer:
+    """GPT-2/RoBERTa byte-level BPE from ``vocab.json`` + ``merges.txt`` (as their slow tokenizers read them)."""
+    try:
+        model = models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    except Exception as error:  # tokenizers raises a bare Exception on malformed files
+        raise CheckpointError(f"vocab.json/merges.txt could not be read as byte-level BPE: {error}") from error
+    tokenizer = Tokenizer(model)
+    config = _read_json(folder / "tokenizer_config.json")
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = ["<s>", "</s>", "<pad>", "<unk>", "<mask>", "<|endoftext|>"]
+    tokenizer.add_special_tokens([token for token in specials if tokenizer.token_to_id(token) is not None])
+    _template(tokenizer, model_type, "<s>", "</s>")
+    return tokenizer
+
+
+def _sentencepiece_unigram(path: Path, model_type: str | None) -> Tokenizer:
+    """A SentencePiece Unigram model as a ``tokenizers`` Unigram with the model's own normalizer (its precompiled
+    character map) and ``▁`` word boundaries; ids are the SentencePiece ids (ALBERT, DeBERTa-v3, T5 use them as
+    they are)."""
+    if model_type in FAIRSEQ_SHIFTED:
+        raise CheckpointError(
+            f"{model_type} numbers its tokens differently from its SentencePiece file ({path.name}), so Headlight "
+            "needs its tokenizer.json: save it once with transformers (AutoTokenizer.from_pretrained(folder)"
+            ".save_pretrained(folder)).")
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as error:  # protobuf raises DecodeError (and others) on a damaged file
+        raise CheckpointError(f"{path.name} is not a readable SentencePiece model: {error}") from error
+    if proto.trainer_spec.model_type != 1:
+        raise CheckpointError(f"{path.name} is a SentencePiece BPE model; Headlight reads SentencePiece Unigram "
+                              "models only: save tokenizer.json with the model.")
+    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
+    tokenizer = Tokenizer(models.Unigram(vocab, proto.trainer_spec.unk_id, proto.trainer_spec.byte_fallback))
+    tokenizer.normalizer = _sentencepiece_normalizer(path.parent, proto)
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    control = [piece.piece for piece in proto.pieces if piece.type in (2, 3, 4)]  # control, user-defined, unknown
+    tokenizer.add_special_tokens(control)
+    _template(tokenizer, model_type, "[CLS]", "[SEP]")
+    return tokenizer
+
+
+def _sentencepiece_normalizer(folder: Path, proto) -> normalizers.Normalizer:
+    """The model's precompiled normalisation (NFKC and friends), collapsing repeated spaces and, as SentencePiece
+    does by default, stripping them at both ends; ALBERT's tokenizer
+    options (``do_lower_case``, ``keep_accents``) from tokenizer_config.json come first, as its tokenizer applies
+    them."""
+    config = _read_json(folder / "tokenizer_config.json")
+    steps: list[normalizers.Normalizer] = []
+    if config.get("keep_accents") is False:
+        steps += [normalizers.NFKD(), normalizers.StripAccents()]
+    if config.get("do_lower_case"):
+        steps.append(normalizers.Lowercase())
+    if proto.normalizer_spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap))
+    steps.append(normalizers.Replace(Regex(" {2,}"), " "))
+    if proto.normalizer_spec.remove_extra_whitespaces:  # SentencePiece's default: no space at either end
+        steps.append(normalizers.Strip())
+    return normalizers.Sequence(steps)
