@@ -9,6 +9,7 @@ from bench.common import print_table
 
 SUITES = {
     "encoder": "Encoder trace, MiniLM (6x12, d=384), median of alternating runs",
+    "families": "Every ported family on its fixture-sized model, against transformers (PyTorch), ~60 tokens",
     "figures": "Figure builders and export",
     "analysis": "Analysis",
     "app": "App in Chromium",
