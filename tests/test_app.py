@@ -155,6 +155,22 @@ def test_a_local_checkpoint_folder_is_explored(tmp_path):
     assert at.slider(key="layer").max == 1 and at.slider(key="head").max == 1
 
 
+def test_a_one_layer_one_head_model_with_few_positions_opens_every_tab(tmp_path):
+    """Legal edge configurations: one layer, one head (no slider can span 0-0), and fewer positions than the
+    Max-tokens default and than the text's tokens (truncated and flagged)."""
+    folder = write_tiny_bert_folder(tmp_path / "one", num_hidden_layers=1, num_attention_heads=1,
+                                    max_position_embeddings=8)
+    at = _app(model="folder or hub id…", source=str(folder), text="the cat sat on the mat the cat sat on the mat")
+    _no_errors(at)
+    assert not at.error
+    assert {slider.key for slider in at.slider}.isdisjoint({"layer", "head"})  # captions instead of 0-0 sliders
+    assert any("the model sees the first 8" in i.value for i in at.info)
+    for tab in ("Head grid", "Model view", "Token view", "Head lines", "Attention distance", "Positional encodings"):
+        tabbed = _app(model="folder or hub id…", source=str(folder), text="the cat sat", view=tab)
+        _no_errors(tabbed)
+        assert _figures(tabbed), tab
+
+
 @pytest.mark.parametrize(
     "analysis, expected",
     [("Rollout", ["Attention rollout after layer 0", "Rollout after layer 0"]),
