@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import streamlit as st
 
 from encoder.errors import HeadlightError
+from encoder.families import FAMILIES
 from encoder.sources import DEFAULT_SOURCE, LoadedModel, builtin_sources
 from encoder.trace import EncoderTrace
 from ui.cache import get_model, get_trace
@@ -45,9 +46,11 @@ def model_ui() -> str:
     if choice != OTHER_MODEL:
         return choice
     path = st.text_input("Folder or Hugging Face hub id", key="source", bind="query-params",
-                         placeholder="/path/to/bert-folder or owner/name",
-                         help="A folder with config.json + model.safetensors + tokenizer.json (or vocab.txt), "
-                              "or a hub id (needs a connection unless cached).")
+                         placeholder="/path/to/model-folder or owner/name",
+                         help=f"A Hugging Face model folder ({', '.join(sorted(FAMILIES))}, and their "
+                              "sequence classifiers): config.json + model.safetensors + a tokenizer (tokenizer.json, "
+                              "vocab.txt, vocab.json + merges.txt, or a SentencePiece model); or a hub id (needs a "
+                              "connection unless cached).")
     return path.strip()
 
 
