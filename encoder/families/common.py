@@ -39,6 +39,16 @@ def field(hf: Mapping[str, Any], *names: str, default: Any = None) -> Any:
     return default
 
 
+def pad_token(hf: Mapping[str, Any], vocab_size: int) -> int:
+    """``pad_token_id`` (0 when absent), which must be a token id: we pad batches with it, RoBERTa numbers
+    positions from it, and transformers itself refuses a ``padding_idx`` outside the token table."""
+    pad = int(hf.get("pad_token_id") or 0)
+    if not 0 <= pad < vocab_size:
+        raise CheckpointError(
+            f"pad_token_id {pad} is not a token id: the vocabulary has {vocab_size} tokens (0 to {vocab_size - 1}).")
+    return pad
+
+
 def activation(name: Any, key: str = "hidden_act") -> str:
     """Our name for the activation ``name`` that ``config.json`` gives under ``key``."""
     if name not in ACTIVATIONS:
