@@ -256,7 +256,7 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         segment_ids=encoded.segment_ids,
         special=encoded.special,
         attention=outputs["attention"],
-        positional=table[: len(encoded.tokens)],
+        positional=table[model.config.position_offset: model.config.position_offset + len(encoded.tokens)],
         positional_table=table,
         hidden=outputs["hidden"],
         outputs=extra,

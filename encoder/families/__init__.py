@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from encoder.families import bert
+from encoder.families import bert, distilbert, electra, roberta
 
 FAMILIES: dict[str, ModuleType] = {
     "bert": bert,
+    "camembert": roberta,
+    "distilbert": distilbert,
+    "electra": electra,
+    "roberta": roberta,
+    "xlm-roberta": roberta,
 }
