@@ -11,6 +11,7 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from encoder.errors import CheckpointError, InputError
+from encoder.pieces import detect_token_style
 
 MAX_TEXT_CHARS = 100_000
 SENTENCEPIECE_FILES = ("spiece.model", "tokenizer.model", "sentencepiece.model", "sentencepiece.bpe.model")
@@ -29,6 +30,8 @@ class Encoded:
     special: np.ndarray  # (T,) bool
     truncated: bool
     untruncated_length: int  # tokens before truncation (== T when not truncated)
+    words: np.ndarray | None = None  # (T,) int32: the word of each token (B's words follow A's), -1 for special
+    token_style: str = ""  # how the tokens mark words (encoder.pieces.TOKEN_STYLES)
 
 
 class TextTokenizer:
@@ -45,6 +48,7 @@ class TextTokenizer:
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self.max_length = max_length
+        self.token_style = detect_token_style(json.loads(tokenizer.to_str()))
         self._lock = threading.Lock()  # the app shares one tokenizer per model between sessions
 
     @classmethod
@@ -118,7 +122,18 @@ class TextTokenizer:
             special=np.asarray(encoding.special_tokens_mask, dtype=bool),
             truncated=truncated,
             untruncated_length=untruncated,
+            words=_word_numbers(encoding.word_ids, encoding.sequence_ids, encoding.special_tokens_mask),
+            token_style=self.token_style,
         )
+
+
+def _word_numbers(word_ids: list[int | None], sequence_ids: list[int | None], special: list[int]) -> np.ndarray:
+    """(T,) int32 word numbers across a pair: sentence B's words numbered on after A's; -1 for special tokens."""
+    words = np.array([-1 if w is None or s else w for w, s in zip(word_ids, special)], dtype=np.int32)
+    in_b = np.array([s == 1 for s in sequence_ids], dtype=bool) & (words >= 0)
+    in_a = ~in_b & (words >= 0)
+    words[in_b] += int(words[in_a].max()) + 1 if in_a.any() else 0
+    return words
 
 
 def _check_text(text: str, what: str) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from encoder.errors import InputError
+from encoder.pieces import check_token_style, readable_piece
 
 if TYPE_CHECKING:
     from encoder.sources import LoadedModel
@@ -22,6 +24,9 @@ class EncoderTrace:
 
     Shapes: T tokens, L layers, H heads, D model width, P positional-table rows.
     ``attention[layer, head, query, key]`` are weights after softmax (each row sums to 1).
+    ``visible[layer, query, key]`` is False where the model could not attend (a causal model's later keys); those
+    weights are exactly 0, and views show them as masked. ``words`` and ``visible`` are None when unknown (traces
+    saved before them) or, for ``visible``, when every key was visible.
     The field names are the keys of saved NPZ and JSON files (``encoder.trace_io``): renaming one breaks them.
     An array field's ``metadata["dtype"]`` is the dtype a JSON file reads it back as.
     """
@@ -41,6 +46,9 @@ class EncoderTrace:
     truncated: bool = False
     untruncated_length: int = 0  # tokens the input had before truncation
     labels: tuple[str, ...] = ()  # class names when outputs has "probabilities"
+    words: np.ndarray | None = field(default=None, metadata={"dtype": "int32"})  # (T,) word of each token, -1: special
+    visible: np.ndarray | None = field(default=None, metadata={"dtype": "bool"})  # (L, T, T), False where masked
+    token_style: str = ""  # how the tokens mark words: one of encoder.pieces.TOKEN_STYLES
 
     def __post_init__(self) -> None:
         t = len(self.tokens)
@@ -59,6 +67,15 @@ class EncoderTrace:
         probabilities = self.outputs.get("probabilities")
         if self.labels and probabilities is not None and len(self.labels) != probabilities.shape[-1]:
             raise ValueError(f"{len(self.labels)} labels for {probabilities.shape[-1]} class probabilities")
+        if self.words is not None:
+            _expect(self.words, "words", (t,), t)
+            if self.words.dtype.kind not in "iu":
+                raise ValueError(f"words must be integers, got dtype {self.words.dtype}")
+        if self.visible is not None:
+            _expect(self.visible, "visible", (layers, t, t), t)
+            if self.visible.dtype != bool:
+                raise ValueError(f"visible must be bool, got dtype {self.visible.dtype}")
+        check_token_style(self.token_style)
 
     @property
     def num_layers(self) -> int:
@@ -75,6 +92,14 @@ class EncoderTrace:
     @property
     def is_pair(self) -> bool:
         return bool(np.any(self.segment_ids == 1))
+
+    @cached_property
+    def readable_tokens(self) -> tuple[str, ...]:
+        """The tokens as people read them (``encoder.pieces.readable_piece``): byte-level pieces decoded to text,
+        the leading space or ``▁`` dropped, whitespace as ``␣``/``⏎``; special and WordPiece tokens unchanged.
+        ``tokens`` stays the tokenizer's own output."""
+        return tuple(token if special else readable_piece(token, self.token_style)
+                     for token, special in zip(self.tokens, self.special.tolist()))
 
     def replace(self, **changes) -> EncoderTrace:
         return dataclasses.replace(self, **changes)
@@ -265,4 +290,12 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         truncated=encoded.truncated,
         untruncated_length=encoded.untruncated_length,
         labels=model.labels,
+        words=encoded.words,
+        visible=causal_visible(outputs["attention"].shape[0], len(encoded.tokens)) if model.config.causal else None,
+        token_style=encoded.token_style,
     )
+
+
+def causal_visible(layers: int, tokens: int) -> np.ndarray:
+    """(layers, tokens, tokens) bool, True where key <= query: what a causal model sees (a read-only view)."""
+    return np.broadcast_to(np.tri(tokens, dtype=bool), (layers, tokens, tokens))

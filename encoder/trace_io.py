@@ -5,7 +5,8 @@ NPZ and JSON are written and read field by field from ``dataclasses.fields(Encod
 one entry of ``_KINDS``, which says how that kind of value is stored. NPZ keys and JSON keys are the field names,
 plus ``has_pair`` (NPZ: whether ``pair`` is None), ``outputs/<name>`` (NPZ: one array per output), and the JSON
 header "format", "version", "shapes" (informative) and "dtypes" (of the outputs). A field with a default may be
-missing from a file (it reads back as the default), so files from before a new field still load.
+missing from a file (it reads back as the default), so files from before a new field still load; an optional array
+that is None is written as no entry at all, and read back as None.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ class _Kind:
     """How one kind of field is stored.
 
     ``to_npz(name, value)`` returns the NPZ entries; ``from_npz(name, arrays)`` reads them back (KeyError when
-    missing). ``to_json(value)`` returns JSON text; ``from_json(value, field, document)`` checks and converts the
-    parsed value (TypeError or ValueError when it is not of this kind).
+    missing). ``to_json(value)`` returns JSON text, or None for no entry; ``from_json(value, field, document)``
+    checks and converts the parsed value (TypeError or ValueError when it is not of this kind).
     """
 
     to_npz: Callable[[str, Any], dict[str, np.ndarray]]
     from_npz: Callable[[str, dict[str, np.ndarray]], Any]
-    to_json: Callable[[Any], str]
+    to_json: Callable[[Any], str | None]
     from_json: Callable[[Any, Field, dict], Any]
 
 
@@ -113,6 +114,13 @@ _ARRAY = _Kind(
     to_json=lambda value: _json_array(np.asarray(value)),
     from_json=lambda value, field, document: np.asarray(value, dtype=field.metadata["dtype"]),
 )
+# An array or nothing: None has no NPZ entry and no JSON key (so it reads back as the field's default, None).
+_OPTIONAL_ARRAY = _Kind(
+    to_npz=lambda name, value: {} if value is None else _ARRAY.to_npz(name, value),
+    from_npz=_ARRAY.from_npz,
+    to_json=lambda value: None if value is None else _ARRAY.to_json(value),
+    from_json=lambda value, field, document: None if value is None else _ARRAY.from_json(value, field, document),
+)
 # One NPZ entry "<name>/<key>" per array; JSON keeps each array's dtype in the header's "dtypes".
 _MAPPING = _Kind(
     to_npz=lambda name, value: {f"{name}/{key}": v for key, v in value.items()},
@@ -127,6 +135,7 @@ _KINDS: dict[Any, _Kind] = {
     tuple[str, ...]: _STRINGS,
     str | None: _OPTIONAL_STRING,
     np.ndarray: _ARRAY,
+    np.ndarray | None: _OPTIONAL_ARRAY,
     dict[str, np.ndarray]: _MAPPING,
 }
 
@@ -240,7 +249,8 @@ def trace_to_json(trace: EncoderTrace) -> str:
                    for name, value in getattr(trace, field.name).items()},
     }
     parts = [f"{_json_value(key)}:{_json_value(value)}" for key, value in header.items()]
-    parts += [f"{_json_value(field.name)}:{kind.to_json(getattr(trace, field.name))}" for field, kind in _FIELDS]
+    values = ((field.name, kind.to_json(getattr(trace, field.name))) for field, kind in _FIELDS)
+    parts += [f"{_json_value(name)}:{value}" for name, value in values if value is not None]
     return "{" + ",".join(parts) + "}"
 
 

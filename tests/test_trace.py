@@ -5,6 +5,8 @@ import pytest
 
 from encoder.errors import InputError
 from encoder.trace import pad_batch, trace_batch, trace_text
+from tests.support.families import FAMILIES_DIR
+from tests.support.models import tiny_loaded_model
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
@@ -43,6 +45,22 @@ def test_trace_fields_are_consistent(minilm):
     np.testing.assert_array_equal(trace.positional, trace.positional_table[:t])
     assert trace.special[0] and trace.special[-1] and trace.tokens[0] == "[CLS]"
     assert trace.special.sum() == 3  # [CLS], [SEP], [SEP]
+    assert trace.visible is None and trace.token_style == "wordpiece"  # MiniLM sees every key
+    words = trace.words.tolist()
+    assert words[0] == words[-1] == -1 and words[1:4] == [0, 1, 2]
+    first_b = int(np.flatnonzero(trace.segment_ids == 1)[0])
+    assert words[first_b] == max(words[:first_b]) + 1  # sentence B's words are numbered on after A's
+
+
+def test_a_causal_model_marks_later_keys_invisible_and_they_get_zero():
+    model = tiny_loaded_model(FAMILIES_DIR / "gpt2", causal=True)
+    trace = trace_text(model, "Café naïve, hello world.", "Again.")
+    t = trace.num_tokens
+    assert trace.visible.shape == (2, t, t) and trace.visible.dtype == bool
+    np.testing.assert_array_equal(trace.visible[1], np.tri(t, dtype=bool))
+    assert (trace.attention[:, :, ~np.tri(t, dtype=bool)] == 0.0).all()
+    np.testing.assert_allclose(trace.attention.sum(-1), 1.0, atol=1e-5)
+    assert trace.token_style == "bytelevel" and trace.words.min() == 0  # GPT-2 adds no special tokens
 
 
 def test_one_word_text(minilm):
@@ -108,6 +126,14 @@ def test_trace_validation_names_both_numbers(minilm):
     message = r"attention has shape \(6, 12, 3, 3\), while 12 tokens need \(6, 12, 12, 12\)"
     with pytest.raises(ValueError, match=message):
         trace.replace(attention=trace.attention[:, :, :3, :3])
+    with pytest.raises(ValueError, match=r"words has shape \(3,\), while 12 tokens need \(12,\)"):
+        trace.replace(words=np.arange(3, dtype=np.int32))
+    with pytest.raises(ValueError, match=r"visible has shape \(6, 3, 3\), while 12 tokens need \(6, 12, 12\)"):
+        trace.replace(visible=np.ones((6, 3, 3), dtype=bool))
+    with pytest.raises(ValueError, match="visible must be bool, got dtype float32"):
+        trace.replace(visible=np.ones((6, 12, 12), dtype=np.float32))
+    with pytest.raises(ValueError, match="token_style 'bpe' is not one of"):
+        trace.replace(token_style="bpe")
 
 
 def test_pad_batch_pads_right_and_masks_the_padding():

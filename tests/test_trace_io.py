@@ -29,13 +29,15 @@ RENAMED = ("Saved NPZ and JSON traces and the README use these names: a rename b
            "Keep the old name, or teach encoder/trace_io.py to read it, then update this golden list.")
 
 FIELDS = ("model", "tokens", "token_ids", "segment_ids", "special", "attention", "positional", "positional_table",
-          "hidden", "outputs", "text", "pair", "truncated", "untruncated_length", "labels")
+          "hidden", "outputs", "text", "pair", "truncated", "untruncated_length", "labels", "words", "visible",
+          "token_style")
 NPZ_KEYS = {"model", "tokens", "token_ids", "segment_ids", "special", "attention", "positional", "positional_table",
             "hidden", "outputs/probabilities", "outputs/embedding", "text", "pair", "has_pair", "truncated",
-            "untruncated_length", "labels"}
+            "untruncated_length", "labels", "words", "visible", "token_style"}
 JSON_KEYS = {"format", "version", "shapes", "dtypes", "model", "tokens", "token_ids", "segment_ids", "special",
              "attention", "positional", "positional_table", "hidden", "outputs", "text", "pair", "truncated",
-             "untruncated_length", "labels"}
+             "untruncated_length", "labels", "words", "visible", "token_style"}
+OPTIONAL_ARRAYS = {"words", "visible"}  # None: no NPZ entry, no JSON key
 
 # A file as trace_to_json wrote it before the writer iterated over the fields (another key order): it must load.
 OLD_JSON = (
@@ -49,9 +51,11 @@ OLD_JSON = (
 
 
 def full_trace() -> EncoderTrace:
-    """A synthetic trace using every field: a pair, outputs of two dtypes, labels, truncation."""
+    """A synthetic trace using every field: a pair, outputs of two dtypes, labels, truncation, words, a causal
+    mask, a token style."""
     trace = synthetic_trace(["[CLS]", "=SUM(A1)", "-", "a,b", '"q"', "[SEP]", "b", "[SEP]"], layers=2, heads=3,
-                            segment_ids=[0, 0, 0, 0, 0, 0, 1, 1])
+                            segment_ids=[0, 0, 0, 0, 0, 0, 1, 1], words=[-1, 0, 1, 1, 2, -1, 3, -1],
+                            visible="causal", token_style="wordpiece")
     outputs = {"probabilities": np.array([0.25, 0.75], np.float32), "embedding": np.arange(4) / np.float64(3)}
     return trace.replace(outputs=outputs, pair="b", labels=("neg", "pos"), truncated=True, untruncated_length=9)
 
@@ -79,13 +83,23 @@ def test_golden_json_keys():
     assert keys == JSON_KEYS, f"JSON keys changed: added {keys - JSON_KEYS}, removed {JSON_KEYS - keys}. {RENAMED}"
 
 
+def test_optional_arrays_that_are_none_are_not_written_and_read_back_as_none():
+    trace = full_trace().replace(words=None, visible=None)
+    assert set(np.load(io.BytesIO(trace_to_npz(trace))).files) == NPZ_KEYS - OPTIONAL_ARRAYS
+    assert set(json.loads(trace_to_json(trace))) == JSON_KEYS - OPTIONAL_ARRAYS
+    for back in (trace_from_npz(trace_to_npz(trace)), trace_from_json(trace_to_json(trace))):
+        assert back.words is None and back.visible is None
+        assert_same_trace(back, trace)
+
+
 def test_a_json_file_in_the_old_key_order_loads():
     back = trace_from_json(OLD_JSON)
     assert back.tokens == ("[CLS]", "-") and back.pair == "B" and back.labels == ("neg", "pos")
     assert back.attention.dtype == np.float32 and back.token_ids.dtype == np.int32 and back.special.dtype == bool
     assert back.outputs["probabilities"].tolist() == [0.25, 0.75]
     assert back.hidden[0, 1, 0] == np.float32(1.3)
-    assert json.loads(trace_to_json(back)) == json.loads(OLD_JSON)
+    assert (back.words, back.visible, back.token_style) == (None, None, "")  # fields newer than the file
+    assert json.loads(trace_to_json(back)) == {**json.loads(OLD_JSON), "token_style": ""}
 
 
 # --- NPZ and JSON round trips ----------------------------------------------------------------------------------
@@ -119,10 +133,11 @@ def test_json_round_trip_of_a_real_trace_is_exact(trace, minilm):
 def test_fields_with_defaults_may_be_missing_from_a_file():
     trace = full_trace()
     document = json.loads(trace_to_json(trace))
-    for name in ("labels", "truncated", "untruncated_length", "pair", "text"):
+    for name in ("labels", "truncated", "untruncated_length", "pair", "text", "words", "visible", "token_style"):
         del document[name]
     back = trace_from_json(json.dumps(document))
     assert (back.labels, back.truncated, back.untruncated_length, back.pair, back.text) == ((), False, 0, None, "")
+    assert (back.words, back.visible, back.token_style) == (None, None, "")
     np.testing.assert_array_equal(back.attention, trace.attention)
 
 

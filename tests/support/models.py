@@ -52,3 +52,15 @@ def write_tiny_bert_folder(folder: Path, seed: int = 0, **config_overrides) -> P
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     save_file(weights, str(folder / "model.safetensors"))
     return folder
+
+
+def tiny_loaded_model(tokenizer_folder: Path, name: str = "tiny", **overrides):
+    """A LoadedModel of random ``tiny_config(**overrides)`` weights (vocabulary 1500) with the tokenizer of
+    ``tokenizer_folder`` (a family fixture), e.g. ``causal=True`` with GPT-2's byte-level BPE."""
+    from encoder.model import CompiledEncoder, TransformerEncoder
+    from encoder.sources import LoadedModel
+    from encoder.tokenizer import TextTokenizer
+
+    config = tiny_config(**{"vocab_size": 1500, **overrides})
+    tokenizer = TextTokenizer.from_folder(tokenizer_folder, config.max_positions)
+    return LoadedModel(name, "a tiny random model", CompiledEncoder(TransformerEncoder(config)), tokenizer)

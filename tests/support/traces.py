@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from encoder.positional import sinusoidal_encoding
-from encoder.trace import EncoderTrace
+from encoder.trace import EncoderTrace, causal_visible
 
 SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]", "<s>", "</s>"})
 
@@ -33,17 +33,25 @@ def synthetic_trace(
     seed: int = 0,
     text: str | None = None,
     model: str = "synthetic",
+    words=None,
+    visible: np.ndarray | str | None = None,
+    token_style: str = "",
 ) -> EncoderTrace:
     """An EncoderTrace over ``tokens``: ``attention`` as given, else random row-stochastic (``layers`` x ``heads``).
 
     Special tokens default to the bracketed BERT/RoBERTa ones ([CLS], [SEP], <s>, ...); the positional table to the
-    sinusoidal one (at least 16 rows, width 8); hidden states are random of the table's width.
+    sinusoidal one (at least 16 rows, width 8); hidden states are random of the table's width. ``visible="causal"``
+    makes a causal trace: each row's random attention spread over the key itself and the keys before it only.
     """
     rng = np.random.default_rng(seed)
     count = len(tokens)
     if attention is None:
         attention = random_attention(rng, layers, heads, count, sharpness=2.0)
     attention = np.asarray(attention, dtype=np.float32)
+    if isinstance(visible, str) and visible == "causal":
+        visible = causal_visible(attention.shape[0], count)
+        attention = np.where(visible[:, None], attention, 0.0).astype(np.float32)
+        attention /= attention.sum(axis=-1, keepdims=True)
     table = sinusoidal_encoding(max(count, 16), 8) if table is None else table
     if special is None:
         special = [token in SPECIAL_TOKENS for token in tokens]
@@ -58,6 +66,9 @@ def synthetic_trace(
         positional_table=table,
         hidden=rng.normal(size=(attention.shape[0] + 1, count, table.shape[1])).astype(np.float32),
         text=" ".join(tokens) if text is None else text,
+        words=None if words is None else np.asarray(words, np.int32),
+        visible=None if visible is None else np.asarray(visible, dtype=bool),
+        token_style=token_style,
     )
 
 

@@ -1,0 +1,130 @@
+"""How tokenizers mark words inside their tokens, and tokens as people read them.
+
+A token style names the convention (``TOKEN_STYLES``):
+
+- ``"wordpiece"`` (BERT): a piece that continues a word starts with ``##``.
+- ``"bytelevel"`` (GPT-2, RoBERTa): byte-level BPE. Every byte of the UTF-8 text is one printable character of
+  GPT-2's byte-to-unicode alphabet (``byte_alphabet``): ``Ġ`` is a space (before a word), ``Ċ`` a newline, and a
+  character such as "é" becomes two pieces' worth of characters (``Ã©``).
+- ``"metaspace"`` (SentencePiece: ALBERT, XLM-R, DeBERTa-v3): ``▁`` is a space before a word.
+- ``""``: unknown or other; tokens are shown as they are.
+
+Pure Python: no NumPy, no ``tokenizers``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+TOKEN_STYLES = ("", "wordpiece", "bytelevel", "metaspace")
+WORDPIECE_PREFIX = "##"
+METASPACE = "▁"
+SPACE_MARK, NEWLINE_MARK = "␣", "⏎"  # how a piece that is only whitespace is shown
+
+
+@functools.cache
+def byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-to-unicode table, reversed: character -> byte (256 entries).
+
+    Printable Latin-1 bytes stand for themselves; the other 68 (control characters, space, 0x7F-0xA0, 0xAD) are
+    mapped in order to U+0100 onwards, so the space 0x20 is ``Ġ`` (U+0120) and the newline 0x0A is ``Ċ``.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = {byte: chr(byte) for byte in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in chars:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return {char: byte for byte, char in chars.items()}
+
+
+def detect_token_style(config: dict) -> str:
+    """The token style of a tokenizer from its JSON (``json.loads(tokenizer.to_str())``), or "" when unknown.
+
+    The decoder says it most directly; then the pre-tokenizer; then the model (WordPiece with a ``##`` prefix).
+    Sequences of decoders or pre-tokenizers are searched in order.
+    """
+    for part in (config.get("decoder"), config.get("pre_tokenizer")):
+        style = _component_style(part)
+        if style:
+            return style
+    model = config.get("model") or {}
+    if model.get("type") == "WordPiece" and model.get("continuing_subword_prefix", WORDPIECE_PREFIX) == "##":
+        return "wordpiece"
+    return ""
+
+
+def _component_style(component) -> str:
+    """The style a decoder or pre-tokenizer (a JSON dict, maybe a Sequence) implies, or ""."""
+    if not isinstance(component, dict):
+        return ""
+    kind = component.get("type")
+    if kind == "Sequence":
+        parts = component.get("decoders") or component.get("pretokenizers") or []
+        return next((style for style in map(_component_style, parts) if style), "")
+    if kind == "ByteLevel":
+        return "bytelevel"
+    if kind == "Metaspace":
+        return "metaspace"
+    if kind == "Replace" and (component.get("pattern") or {}).get("String") == METASPACE:
+        return "metaspace"  # Llama-like SentencePiece decoders: Replace("▁", " ") then byte fallback
+    if kind == "WordPiece" and component.get("prefix", WORDPIECE_PREFIX) == WORDPIECE_PREFIX:
+        return "wordpiece"
+    return ""
+
+
+def check_token_style(style: str) -> str:
+    if style not in TOKEN_STYLES:
+        raise ValueError(f"token_style {style!r} is not one of {', '.join(map(repr, TOKEN_STYLES))}")
+    return style
+
+
+def readable_piece(token: str, style: str) -> str:
+    """``token`` as people read it.
+
+    Byte-level pieces are decoded from the byte alphabet to UTF-8 when their bytes are valid UTF-8 on their own
+    (half a character, as in ``Ã`` of "é", stays as it is); ``▁`` of SentencePiece is a space. Then one leading
+    space (the word boundary) is dropped, and a piece that is only whitespace shows each space as ``␣`` and each
+    newline as ``⏎``. WordPiece and unknown styles come back unchanged.
+
+    Example:
+        >>> readable_piece("Ġcaf", "bytelevel"), readable_piece("Ã©", "bytelevel"), readable_piece("Ċ", "bytelevel")
+        ('caf', 'é', '⏎')
+        >>> readable_piece("▁New", "metaspace"), readable_piece("▁", "metaspace"), readable_piece("##s", "wordpiece")
+        ('New', '␣', '##s')
+    """
+    if style == "bytelevel":
+        text = _from_bytes(token)
+    elif style == "metaspace":
+        text = token.replace(METASPACE, " ")
+    else:
+        return token
+    if text and not text.strip():
+        return "".join(NEWLINE_MARK if char == "\n" else SPACE_MARK for char in text)
+    return text[1:] if text.startswith(" ") else text
+
+
+def _from_bytes(token: str) -> str:
+    """A byte-level piece as UTF-8 text, or the piece itself when it is not (whole characters of) UTF-8."""
+    alphabet = byte_alphabet()
+    if not all(char in alphabet for char in token):
+        return token  # an added token written as plain text
+    try:
+        return bytes(alphabet[char] for char in token).decode("utf-8")
+    except UnicodeDecodeError:
+        return token
+
+
+def join_pieces(pieces: list[str] | tuple[str, ...], style: str) -> str:
+    """The readable text of one word made of ``pieces`` (raw tokens), joined as the tokenizer's decoder would:
+    continuation ``##`` dropped, byte-level bytes decoded together (so "Ã" + "©" reads "é"), the leading space or
+    ``▁`` dropped.
+
+    Example:
+        >>> join_pieces(["hel", "##l", "##o"], "wordpiece"), join_pieces(["ĠCaf", "Ã", "©"], "bytelevel")
+        ('hello', 'Café')
+    """
+    if style == "wordpiece":
+        return pieces[0] + "".join(p.removeprefix(WORDPIECE_PREFIX) for p in pieces[1:])
+    return readable_piece("".join(pieces), style)
