@@ -63,7 +63,9 @@ class EncoderTrace:
             raise ValueError(f"positional_table must be (P, D), got shape {self.positional_table.shape}")
         depth = self.positional_table.shape[1]
         _expect(self.positional, "positional", (t, depth), t)
-        _expect(self.hidden, "hidden", (layers + 1, t, depth), t)
+        if self.hidden.ndim != 3:  # its width may differ from the table's (factorised embeddings: ALBERT, ELECTRA)
+            raise ValueError(f"hidden must be (layers + 1, T, D), got shape {self.hidden.shape}")
+        _expect(self.hidden, "hidden", (layers + 1, t, self.hidden.shape[-1]), t)
         probabilities = self.outputs.get("probabilities")
         if self.labels and probabilities is not None and len(self.labels) != probabilities.shape[-1]:
             raise ValueError(f"{len(self.labels)} labels for {probabilities.shape[-1]} class probabilities")
