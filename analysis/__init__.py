@@ -7,7 +7,8 @@ dataclasses; importing this package never imports TensorFlow (``perturb`` drives
 compiled graphs, but the arrays it gets back are NumPy).
 
 Modules: ``flow`` (rollout, max-flow), ``divergence`` (entropy, Jensen-Shannon), ``report`` (head report card,
-corpora), ``clustering``, ``diff`` (two traces), ``tables`` (rows, CSV, JSON), ``perturb`` (noise, ablation).
+corpora), ``clustering``, ``diff`` (two traces), ``tables`` (rows, CSV, JSON), ``words`` (sub-words merged into
+words), ``perturb`` (noise, ablation).
 The names below are re-exported so ``import analysis; analysis.attention_rollout(...)`` reads as one library.
 """
 
@@ -33,6 +34,7 @@ from analysis.report import (
     token_classes,
 )
 from analysis.tables import head_rows, matrix_rows, rows_to_csv, to_json
+from analysis.words import merge_words, word_starts
 
 __all__ = [
     "DEFAULT_RESIDUAL",
@@ -58,10 +60,12 @@ __all__ = [
     "js_divergence",
     "layered_max_flow",
     "matrix_rows",
+    "merge_words",
     "residual_attention",
     "rows_to_csv",
     "sentences_from_text",
     "to_json",
     "token_classes",
+    "word_starts",
     "xlogx_sums",
 ]

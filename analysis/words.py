@@ -1,0 +1,84 @@
+"""Sub-word tokens merged into words, as Clark et al. (2019, "What does BERT look at?") do to compare attention
+with word-level structure: a trace over words instead of tokens, which every view and analysis can show.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from encoder.errors import AnalysisError
+from encoder.pieces import join_pieces
+from encoder.trace import EncoderTrace
+
+
+def word_starts(trace: EncoderTrace) -> np.ndarray:
+    """(W,) int64: the index of each word's first token, in order.
+
+    A word is a run of consecutive tokens with the same ``trace.words`` number; a special token, or one without a
+    word (-1), is a word of its own.
+
+    Raises:
+        AnalysisError: the trace does not know which word each token belongs to (``words`` is None).
+    """
+    if trace.words is None:
+        raise AnalysisError("This trace does not say which word each token belongs to (it was saved before "
+                            "Headlight recorded words); trace the text again to merge sub-words into words.")
+    words = np.asarray(trace.words)
+    alone = (words < 0) | trace.special  # (T,)
+    starts = np.ones(trace.num_tokens, dtype=bool)
+    starts[1:] = alone[1:] | alone[:-1] | (words[1:] != words[:-1])
+    return np.flatnonzero(starts)
+
+
+def merge_words(trace: EncoderTrace) -> EncoderTrace:
+    """The trace with each word's tokens merged into one (``word_starts`` says which).
+
+    - attention to a word is the sum over its pieces (keys); attention from a word the mean over its pieces
+      (queries), so every row still sums to 1: ``merged[l, h, a, b] = mean_{i in a} sum_{j in b} A[l, h, i, j]``.
+    - ``visible``: a word sees another where any of its pieces saw any of the other's.
+    - ``hidden`` and ``positional`` rows: the mean over the pieces.
+    - ``token_ids``, ``segment_ids``, ``special``: those of the word's first piece.
+    - ``tokens``: the word as people read it (``encoder.pieces.join_pieces``: "Ġhe" "ll" "o" -> "hello"), so the
+      result's ``token_style`` is "" (plain text); special tokens stay as they are.
+    - ``words``: one number per word, in order (-1 for special tokens). Everything else is unchanged.
+
+    Merging a trace whose words are single tokens changes no number.
+
+    Raises:
+        AnalysisError: the trace has no ``words`` (see ``word_starts``).
+
+    Example:
+        >>> merge_words(trace).tokens  # doctest: +SKIP
+        ('<s>', 'Café', 'naïve', '</s>')
+    """
+    starts = word_starts(trace)
+    ends = np.append(starts[1:], trace.num_tokens)
+    counts = (ends - starts).astype(np.float32)  # (W,) pieces per word
+    to_words = np.add.reduceat(trace.attention, starts, axis=-1)  # (L, H, T, W): keys summed
+    attention = np.add.reduceat(to_words, starts, axis=-2) / counts[:, None]  # (L, H, W, W): queries averaged
+    visible = None
+    if trace.visible is not None:
+        visible = np.logical_or.reduceat(np.logical_or.reduceat(trace.visible, starts, axis=-1), starts, axis=-2)
+    special = trace.special[starts]
+    tokens = tuple(trace.tokens[a] if trace.special[a] else join_pieces(trace.tokens[a:b], trace.token_style)
+                   for a, b in zip(starts.tolist(), ends.tolist()))
+    words = np.where(special, -1, np.cumsum(~special) - 1).astype(np.int32)
+    return trace.replace(
+        tokens=tokens,
+        token_ids=trace.token_ids[starts],
+        segment_ids=trace.segment_ids[starts],
+        special=special,
+        attention=attention.astype(np.float32),
+        positional=_mean_rows(trace.positional, starts, counts, axis=0),
+        hidden=_mean_rows(trace.hidden, starts, counts, axis=1),
+        words=words,
+        visible=visible,
+        token_style="",
+    )
+
+
+def _mean_rows(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, axis: int) -> np.ndarray:
+    """The mean of each word's rows of ``values`` along ``axis`` (the token axis), float32."""
+    shape = [1] * values.ndim
+    shape[axis] = counts.size
+    return (np.add.reduceat(values, starts, axis=axis) / counts.reshape(shape)).astype(np.float32)
