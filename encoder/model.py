@@ -124,11 +124,20 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             return self._sinusoidal_table
         return keras.ops.convert_to_numpy(self.position_embedding.embeddings)
 
-    def _positional_rows(self, length):
-        start = self.config.position_offset
-        if self.position_embedding is None:
-            return ops.convert_to_tensor(self._sinusoidal_table)[start:start + length]  # (T, E)
-        return self.position_embedding.embeddings[start:start + length]  # (T, E)
+    def _positional_rows(self, token_ids):
+        """The positional rows added to each token, broadcastable to (B, T, E).
+
+        Without an offset, token i gets row i. With one (RoBERTa), positions count only non-pad tokens, starting
+        after the pad id, exactly as transformers numbers them (``encoder.positional.position_ids``).
+        """
+        cfg = self.config
+        table = (ops.convert_to_tensor(self._sinusoidal_table) if self.position_embedding is None
+                 else self.position_embedding.embeddings)  # (P, E)
+        if not cfg.position_offset:
+            return table[: ops.shape(token_ids)[1]][None]  # (1, T, E)
+        real = ops.cast(ops.not_equal(token_ids, cfg.pad_token_id), "int32")  # (B, T)
+        positions = ops.cumsum(real, axis=1) * real + (cfg.position_offset - 1)  # pads get the pad's row
+        return ops.take(table, positions, axis=0)  # (B, T, E)
 
     def call(
         self,
@@ -163,11 +172,10 @@ class TransformerEncoder(ConfigArgument, keras.Model):
     def _embed(self, token_ids, segment_ids, training):
         """Token + position (+ type) embeddings, normalised, projected to ``d_model`` when factorised."""
         cfg = self.config
-        length = ops.shape(token_ids)[1]
         x = self.token_embedding(token_ids)  # (B, T, E)
         if cfg.scale_embeddings:
             x = x * math.sqrt(cfg.d_model)
-        x = x + self._positional_rows(length)[None]
+        x = x + self._positional_rows(token_ids)
         if self.segment_embedding is not None:
             if segment_ids is None or cfg.type_vocab_size == 1:  # one type (RoBERTa): every token is type 0
                 segment_ids = ops.zeros_like(token_ids)

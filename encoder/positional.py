@@ -31,3 +31,14 @@ def sinusoidal_encoding(length: int, depth: int, base: float = 10000.0) -> np.nd
     angles = positions * inverse_wavelength  # (P, D)
     table = np.where(np.arange(depth) % 2 == 0, np.sin(angles), np.cos(angles))
     return table.astype(np.float32)
+
+
+def position_ids(token_ids: np.ndarray, offset: int, pad_token_id: int) -> np.ndarray:
+    """Positional-table rows of ``token_ids`` (..., T) int: ``0..T-1`` without an offset; with one (RoBERTa's
+    ``pad_token_id + 1``), non-pad tokens count from ``offset`` and pad tokens get row ``offset - 1``, as
+    transformers numbers them. The model does the same in TensorFlow (``TransformerEncoder._positional_rows``)."""
+    token_ids = np.asarray(token_ids)
+    if not offset:
+        return np.broadcast_to(np.arange(token_ids.shape[-1]), token_ids.shape)
+    real = (token_ids != pad_token_id).astype(np.int64)
+    return np.cumsum(real, axis=-1) * real + (offset - 1)

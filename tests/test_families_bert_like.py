@@ -110,3 +110,24 @@ def test_roberta_truncates_at_its_usable_length_and_uses_the_last_row():
     trace = trace_text(model, LONG_TEXT)
     assert trace.truncated and trace.num_tokens == 64 == model.tokenizer.max_length
     np.testing.assert_array_equal(trace.positional[-1], trace.positional_table[-1])
+
+
+def test_roberta_numbers_positions_over_non_pad_tokens_as_transformers_does():
+    """A typed <pad> takes the pad's row and the tokens after it keep counting from where they were (transformers'
+    create_position_ids_from_input_ids); checked on the embedding output, in NumPy, against the model's own."""
+    from encoder.positional import position_ids
+
+    assert position_ids(np.array([0, 5, 1, 7, 2]), offset=2, pad_token_id=1).tolist() == [2, 3, 1, 4, 5]
+    assert position_ids(np.array([[4, 5, 6]]), offset=0, pad_token_id=0).tolist() == [[0, 1, 2]]
+    model = load_family("roberta")
+    trace = trace_text(model, "The cat <pad> sat.")
+    assert "<pad>" in trace.tokens
+    rows = position_ids(trace.token_ids, model.config.position_offset, model.config.pad_token_id)
+    np.testing.assert_array_equal(trace.positional, trace.positional_table[rows])
+    encoder = model.model
+    summed = (encoder.token_embedding.embeddings.numpy()[trace.token_ids] + trace.positional
+              + encoder.segment_embedding.embeddings.numpy()[0])
+    mean, var = summed.mean(-1, keepdims=True), summed.var(-1, keepdims=True)
+    normed = (summed - mean) / np.sqrt(var + model.config.layer_norm_epsilon)
+    expected = normed * encoder.embedding_norm.gamma.numpy() + encoder.embedding_norm.beta.numpy()
+    np.testing.assert_allclose(trace.hidden[0], expected, atol=2e-5)
