@@ -13,6 +13,7 @@ import numpy as np
 
 from encoder.errors import InputError
 from encoder.pieces import check_token_style, readable_piece
+from encoder.positional import position_ids
 
 if TYPE_CHECKING:
     from encoder.sources import LoadedModel
@@ -283,7 +284,7 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         segment_ids=encoded.segment_ids,
         special=encoded.special,
         attention=outputs["attention"],
-        positional=table[model.config.position_offset: model.config.position_offset + len(encoded.tokens)],
+        positional=table[position_ids(encoded.token_ids, model.config.position_offset, model.config.pad_token_id)],
         positional_table=table,
         hidden=outputs["hidden"],
         outputs=extra,
