@@ -20,8 +20,8 @@ class AttentionDiff:
     """Two traces of the same length compared head by head.
 
     ``difference`` (L, H, T, T) float32 is ``b - a``; ``divergence`` (L, H) float64 the mean over queries of
-    JS(a row, b row) in nats. ``tokens_a`` / ``tokens_b`` label the axes (equal when one text went through two
-    models).
+    JS(a row, b row) in nats. ``tokens_a`` / ``tokens_b`` label the axes: the tokens as people read them
+    (``EncoderTrace.readable_tokens``; equal when one text went through two models).
     """
 
     label_a: str
@@ -75,4 +75,5 @@ def diff_traces(
         )
     difference = b.attention.astype(np.float32) - a.attention.astype(np.float32)
     divergence = head_divergence(a.attention, b.attention)
-    return AttentionDiff(label_a or a.model, label_b or b.model, a.tokens, b.tokens, difference, divergence)
+    return AttentionDiff(label_a or a.model, label_b or b.model, a.readable_tokens, b.readable_tokens, difference,
+                         divergence)

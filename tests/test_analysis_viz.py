@@ -179,3 +179,29 @@ def test_every_figure_from_real_minilm_runs(minilm):
     assert chart.data[0].y == ("cosine",) and chart.layout.title.text == "Silencing L5 H3: sentence embedding"
     curve = build_noise_curve(noise_stability(minilm, trace, sigmas=(0.0, 0.2), samples=2))
     assert len(curve.data) == 7 and curve.data[-1].y[0] == 0.0
+
+
+def test_report_card_of_a_model_without_cls_names_the_first_token():
+    tokens = ("The", "Ġcat", "Ġsat", ".")
+    gpt2 = synthetic_trace(tokens, visible="causal", token_style="bytelevel")
+    report = head_report(gpt2)
+    fig = build_report_heatmap(report, "cls")
+    assert fig.layout.title.text == "Head report card: attention to the first token, this text"
+    assert "first token" in fig.layout.title.subtitle.text and fig.data[1].hovertemplate.count("first_token") == 1
+    assert "first_token" in report_table(report)[0]
+    assert "[CLS]" in build_report_heatmap(head_report(synthetic_trace(TOKENS)), "cls").layout.title.text
+
+
+def test_rollout_and_flow_of_the_registry_label_tokens_as_people_read_them():
+    from viz.registry import ANALYSES, TraceInputs
+
+    trace = synthetic_trace(("The", "Ġcat", "Ġsat", "Ċ"), visible="causal", token_style="bytelevel")
+    for name in ("rollout", "flow"):
+        entry = ANALYSES[name]
+        result = entry.compute(TraceInputs(trace), {})
+        fig = entry.figures(result, trace, {})[0][1]
+        assert list(fig.layout.xaxis.ticktext) == ["The", "cat", "sat", "⏎"], name
+        rows, _ = entry.numbers(result, trace, {})
+        assert rows[1]["key_token"] == "Ġcat"  # the numbers keep the tokenizer's own tokens
+    rollout = ANALYSES["rollout"].compute(TraceInputs(trace), {})
+    np.testing.assert_allclose(rollout.sum(-1), 1.0, atol=1e-5)  # still row-stochastic on the causal graph

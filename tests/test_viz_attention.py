@@ -306,3 +306,70 @@ def test_figures_serialise_to_json(trace):
     for fig in (build_attention_heatmap(trace), build_head_grid(trace), build_model_view(trace),
                 build_head_lines(trace)):
         assert json.loads(fig.to_json())["data"]
+
+
+# --- masked attention (a causal model) and tokens as people read them ---------------------------------------------
+
+CAUSAL_TOKENS = ["The", "Ġcat", "Ġsat", "Ġon", "Ġthe", "Ġmat", "Ċ", "ĠCaf", "Ã©", "."]
+
+
+@pytest.fixture(scope="module")
+def causal():
+    return synthetic_trace(CAUSAL_TOKENS, visible="causal", layers=2, heads=3, token_style="bytelevel")
+
+
+def test_masked_cells_of_a_causal_heatmap_are_nan_grey_and_say_masked(causal):
+    fig = build_attention_heatmap(causal, layer=1, head=2)
+    z = fig.data[0].z
+    above = ~np.tri(causal.num_tokens, dtype=bool)
+    assert np.isnan(z[above]).all()
+    np.testing.assert_array_equal(z[~above], causal.attention[1, 2][~above])
+    assert "upper triangle masked (causal)" in fig.layout.title.subtitle.text
+    assert fig.data[0].zmax == pytest.approx(float(np.nanmax(z)))
+    masked = fig.data[-1]
+    assert masked.name == "masked" and masked.type == "heatmap"
+    assert np.array_equal(np.isnan(masked.z), ~above)  # grey exactly on the masked cells
+    cells = _cells(fig)
+    text = np.asarray(cells.text).reshape(z.shape)
+    assert (text[above] == "masked").all() and text[1, 0] == f"{z[1, 0]:.4f}"
+    assert "%{text}" in cells.hovertemplate
+    log = build_attention_heatmap(causal, layer=1, head=2, log_color=True).data[0]
+    assert np.isnan(log.z[above]).all() and np.isfinite(log.zmin)
+
+
+def test_a_long_causal_heatmap_hovers_masked_on_the_grey_layer():
+    tokens = [f"Ġw{i}" for i in range(CLICK_MAX_TOKENS + 6)]
+    fig = build_attention_heatmap(synthetic_trace(tokens, visible="causal", layers=1, heads=1, seed=3,
+                                                  token_style="bytelevel"))
+    assert not any(t.name == "cells" for t in fig.data)
+    masked = fig.data[-1]
+    assert masked.name == "masked" and masked.hoverinfo is None and "masked" in masked.hovertemplate
+    assert fig.data[0].hoverongaps is False and masked.hoverongaps is False
+
+
+def test_masked_cells_in_the_head_grid_and_model_view_are_nan(causal):
+    above = ~np.tri(causal.num_tokens, dtype=bool)
+    grid = build_head_grid(causal, layer=0)
+    for h in range(causal.num_heads):
+        assert np.isnan(grid.data[h].z[above]).all()
+        np.testing.assert_allclose(grid.data[h].z[~above], causal.attention[0, h][~above])
+    assert "upper triangle masked (causal)" in grid.layout.title.subtitle.text
+    small = build_head_grid(causal, layer=0, max_cells=5).data[0].z  # blocks average only the cells they see
+    weights = causal.attention[0, 0]
+    assert small[0, 0] == pytest.approx(weights[:2, :2][~above[:2, :2]].mean(), rel=1e-6)
+    assert np.isnan(small[0, 1:]).all()
+    model = build_model_view(causal, per_head_scale=False)
+    thumb = model.data[0].z[:causal.num_tokens, :causal.num_tokens]  # layer 0, head 0
+    assert np.isnan(thumb[above]).all()
+    np.testing.assert_allclose(thumb[~above], weights[~above])
+    assert "upper triangle masked (causal)" in model.layout.title.subtitle.text
+
+
+def test_views_label_byte_level_tokens_as_people_read_them(causal):
+    heatmap = build_attention_heatmap(causal)
+    assert list(heatmap.layout.xaxis.ticktext) == ["The", "cat", "sat", "on", "the", "mat", "⏎", "Caf", "é", "."]
+    assert heatmap.data[0].x[8] == "é (8)"
+    assert list(build_head_grid(causal).layout.yaxis.ticktext)[:2] == ["The", "cat"]
+    lines = build_head_lines(causal, query=8, threshold=0.0)
+    assert "from é (8) only" in lines.layout.title.subtitle.text
+    assert "Ġ" not in "".join(lines.data[-1].text) and lines.data[-1].hovertext[8] == "é (8)"

@@ -62,3 +62,19 @@ def test_wide_characters_get_wider_boxes():
     trace = synthetic_trace(["[CLS]", "東", "a", "[SEP]"])
     bars = build_token_view(trace, query=1).data[0]
     assert bars.x[1] > bars.x[2]
+
+
+def test_tokens_the_query_cannot_see_are_grey_and_say_masked():
+    tokens = ["The", "Ġcat", "Ġsat", "Ġon", "Ġthe", "Ġmat", "."]
+    causal = synthetic_trace(tokens, visible="causal", token_style="bytelevel")
+    fig = build_token_view(causal, layer=1, query=3, direction="from")
+    seen, masked = fig.data
+    assert (seen.name, masked.name) == ("tokens", "masked")
+    assert [row[0] for row in seen.customdata] == [0, 1, 2, 3] and list(seen.text) == ["The", "cat", "sat", "on"]
+    np.testing.assert_allclose(seen.marker.color, causal.attention[1, :, 3, :4].mean(axis=0), rtol=1e-6)
+    assert [row[0] for row in masked.customdata] == [4, 5, 6] and masked.marker.color == "#d4d4d4"
+    assert masked.hovertext[0] == "the (4): masked" and fig.layout.barmode == "overlay"
+    assert "grey: masked, tokens the query cannot see" in fig.layout.title.subtitle.text
+    to = build_token_view(causal, layer=1, query=3, direction="to")
+    assert [row[0] for row in to.data[1].customdata] == [0, 1, 2]  # earlier tokens cannot see a later query
+    assert [t.name for t in build_token_view(causal, query=6).data] == ["tokens"]  # the last sees everything

@@ -31,6 +31,8 @@ from viz.common import (
     COLORBAR_ROOM,
     DEFAULT_SCALE,
     HIGHLIGHT,
+    MASKED,
+    MASKED_COLOR,
     base_layout,
     block_edges,
     category_labels,
@@ -46,20 +48,24 @@ from viz.common import (
     click_meta,
     describe_heads,
     display_token,
-    downsample,
+    downsample_seen,
+    finite_range,
     heatmap_cell,
     label_margin,
     layer_head_points,
     layer_heads,
     log_colorbar,
     log_weights,
+    mask_note,
     new_figure,
     notes_title,
     select_attention,
     short_label,
     shown_attention,
+    shown_hidden,
     token_heatmap_axes,
     token_hover_label,
+    without_hidden,
 )
 
 CLICK_MAX_TOKENS = 64  # beyond this many rows or columns no click layer: T² SVG markers slow drawing (~1 s at 128)
@@ -147,11 +153,11 @@ def build_attention_heatmap(
         selected: (query_index, key_index) to outline (token indices), e.g. the cell last clicked.
 
     Returns:
-        A figure whose first trace is the heatmap: ``z`` (R, C) float32 (log10 with ``log_color``), ``x``/``y`` the
-        columns'/rows' category labels "token (index)" (``viz.common.category_labels``), ticks showing the tokens.
+        A figure whose first trace is the heatmap: ``z`` (R, C) float32 (log10 with ``log_color``; NaN where the
+        query could not see the key), ``x``/``y`` category labels "token (index)" (``viz.common.category_labels``).
         With at most ``CLICK_MAX_TOKENS`` rows and columns the click layer ``"cells"`` follows (``customdata``
         [query_index, key_index, weight] at the cell centres); ``selected`` adds a visible one-point trace
-        ``"selected"``.
+        ``"selected"``; masked cells add a last grey heatmap ``"masked"`` (hover: "masked").
 
     Example:
         >>> fig = build_attention_heatmap(trace, layer=2, head=5)  # doctest: +SKIP
@@ -159,25 +165,30 @@ def build_attention_heatmap(
     check_colorscale(colorscale)
     matrix, what = select_attention(trace, layer, head, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
     rows, cols, weights, notes = _view_rows_cols(trace, matrix, hide_special, renormalize, block)
+    hidden = shown_hidden(trace, layer, layer_mean, rows, cols, notes)  # (R, C) or None
+    weights = without_hidden(weights, hidden)
     if log_color:
         notes.append("log colour")
 
     cell = heatmap_cell(rows.size, cols.size)
-    labels = category_labels(trace.tokens)  # unique per position, so hover can name tokens without per-cell text
+    labels = category_labels(trace.readable_tokens)  # unique per position: hover names tokens without per-cell text
     fig = _heatmap_figure(trace, labels, rows, cols, cell, what, notes)
     clickable = rows.size <= CLICK_MAX_TOKENS and cols.size <= CLICK_MAX_TOKENS
     fig.add_trace(_weights_heatmap(labels, rows, cols, weights, cell, colorscale, log_color, hover=not clickable))
     if clickable:
-        fig.add_trace(_cell_layer(labels, rows, cols, weights, cell))
+        fig.add_trace(_cell_layer(labels, rows, cols, weights, cell, hidden))
     if selected is not None:
         fig.add_traces(_selected_cell(trace, selected, rows, cols, labels, cell))
+    if hidden is not None:
+        fig.add_trace(_masked_cells(labels, rows, cols, hidden, hover=not clickable))
     return fig
 
 
 def _heatmap_figure(trace: EncoderTrace, labels: list[str], rows: np.ndarray, cols: np.ndarray, cell: float,
                     title: str, notes: list[str]) -> go.Figure:
     """The heatmap's figure without traces: ``cell`` pixels a cell, category axes of ``labels``, tokens as ticks."""
-    x_axis, y_axis, left, bottom = token_heatmap_axes(trace.tokens, rows, trace.tokens, cols, cell)
+    tokens = trace.readable_tokens
+    x_axis, y_axis, left, bottom = token_heatmap_axes(tokens, rows, tokens, cols, cell)
     x_axis["tickvals"] = [labels[i] for i in x_axis["tickvals"]]
     y_axis["tickvals"] = [labels[i] for i in y_axis["tickvals"]]
     width = int(max(cell * cols.size + left + COLORBAR_ROOM, HEATMAP_MIN_WIDTH))
@@ -196,20 +207,39 @@ def _heatmap_figure(trace: EncoderTrace, labels: list[str], rows: np.ndarray, co
 
 def _weights_heatmap(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, cell: float,
                      colorscale: str, log_color: bool, hover: bool) -> go.Heatmap:
-    """The (R, C) ``weights`` as a heatmap on the category axes (log10 colour with ``log_color``); without
-    ``hover`` when a click layer on top carries it."""
+    """The (R, C) ``weights`` as a heatmap on the category axes (log10 colour with ``log_color``; NaN cells, the
+    masked ones, neither coloured nor hovered); without ``hover`` when a click layer on top carries it."""
     z = log_weights(weights) if log_color else weights
+    low, high = finite_range(z)
     return go.Heatmap(
         z=z,
         x=[labels[i] for i in cols.tolist()],
         y=[labels[i] for i in rows.tolist()],
         colorscale=colorscale,
-        zmin=float(z.min()) if log_color else 0.0,
-        zmax=float(z.max()) if weights.size else 1.0,
+        zmin=low if log_color else 0.0,
+        zmax=high,
         colorbar=_weight_colorbar(log_color, min(1.0, COLORBAR_LENGTH / max(cell * rows.size, 1))),
         name="attention",
         hovertemplate="%{y} → %{x}: " + _value_format(log_color) + "<extra></extra>",
         hoverinfo=None if hover else "skip",
+        hoverongaps=False,
+    )
+
+
+def _masked_cells(labels: list[str], rows: np.ndarray, cols: np.ndarray, hidden: np.ndarray, hover: bool
+                  ) -> go.Heatmap:
+    """The (R, C) ``hidden`` cells in ``MASKED_COLOR`` (the others are gaps), hover "masked" unless a click layer
+    carries it."""
+    return go.Heatmap(
+        z=np.where(hidden, np.float32(0.0), np.float32(np.nan)),
+        x=[labels[i] for i in cols.tolist()],
+        y=[labels[i] for i in rows.tolist()],
+        colorscale=[[0.0, MASKED_COLOR], [1.0, MASKED_COLOR]],
+        showscale=False,
+        name=MASKED,
+        hovertemplate=f"%{{y}} → %{{x}}: {MASKED}<extra></extra>",
+        hoverinfo=None if hover else "skip",
+        hoverongaps=False,
     )
 
 
@@ -242,15 +272,21 @@ def _outline(xs: list, ys: list, size: float, name: str) -> go.Scatter:
                       marker=dict(symbol="square-open", size=max(size - 2, 6), color=HIGHLIGHT, line=dict(width=2)))
 
 
-def _cell_layer(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, cell: float
-                ) -> go.Scatter:
-    """Invisible markers at the cell centres (``customdata`` [query, key, weight]); a clicked one shows."""
+def _cell_layer(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, cell: float,
+                hidden: np.ndarray | None = None) -> go.Scatter:
+    """Invisible markers at the cell centres (``customdata`` [query, key, weight]); a clicked one shows. Where
+    ``hidden`` (R, C) is True the hover says "masked" (the weight is NaN)."""
     query_grid, key_grid = np.meshgrid(rows, cols, indexing="ij")  # (R, C) token indices
+    value = "%{customdata[2]:.4f}"
+    text = None
+    if hidden is not None:
+        value, text = "%{text}", [MASKED if h else f"{w:.4f}" for h, w in zip(hidden.ravel(), weights.ravel())]
     return go.Scatter(
         x=[labels[i] for i in key_grid.ravel().tolist()],
         y=[labels[i] for i in query_grid.ravel().tolist()],
         customdata=np.stack([query_grid.ravel(), key_grid.ravel(), weights.ravel()], axis=1).astype(np.float32),
-        hovertemplate="%{y} → %{x}: %{customdata[2]:.4f}<extra></extra>",
+        text=text,
+        hovertemplate=f"%{{y}} → %{{x}}: {value}<extra></extra>",
         name="cells",
         meta=click_meta("query", "key", invisible=True),
         **_click_markers(max(cell - 2, 4)),
@@ -281,13 +317,15 @@ def build_head_grid(
     """All heads of one layer as small multiples (queries down, keys across) with one shared colour scale.
 
     Each subplot's heatmap ``z`` is that head's (T, T) weights, block-averaged to ``max_cells`` a side when the text
-    is longer (the title says so). Subplot titles name the heads; trace ``i`` is head ``i``.
+    is longer (the title says so). Cells the query could not see (``trace.visible``) are NaN, drawn grey (the plot
+    background), and left out of a block's mean. Subplot titles name the heads; trace ``i`` is head ``i``.
     """
     check_colorscale(colorscale)
     max_cells = check_int_range(max_cells, "max_cells", 2, 1024)
     per_head, layer_text = layer_heads(trace, layer, layer_mean)
     stack, shown, notes = shown_attention(trace, per_head, hide_special, renormalize)  # (H, T', T')
-    stack = downsample(stack, max_cells)  # (H, s, s)
+    hidden = shown_hidden(trace, layer, layer_mean, shown, shown, notes)
+    stack = downsample_seen(stack, hidden, max_cells)  # (H, s, s), NaN where masked
     size = stack.shape[-1]
     downsampled = size < shown.size
     if downsampled:
@@ -297,18 +335,22 @@ def build_head_grid(
         notes.append("log colour")
     # Each cell's coordinate is the token index of its (first) query and key, on category axes.
     positions = shown[block_edges(shown.size, size)[:-1]].astype(np.int32)
-    labels = [short_label(trace.tokens[i]) for i in shown] if size <= GRID_LABEL_CELLS else None
+    labels = [short_label(trace.readable_tokens[i]) for i in shown] if size <= GRID_LABEL_CELLS else None
 
     heads = trace.num_heads
-    coloraxis = dict(colorscale=colorscale, cmin=float(stack.min()) if log_color else 0.0, cmax=float(stack.max()),
+    low, high = finite_range(stack)
+    coloraxis = dict(colorscale=colorscale, cmin=low if log_color else 0.0, cmax=high,
                      colorbar=_weight_colorbar(log_color, 0.6))
     title = f"{layer_text.capitalize()}: all {heads} heads"
     fig, columns = _grid_figure(title, notes, heads, positions, labels, coloraxis)
+    if hidden is not None:
+        fig.update_layout(plot_bgcolor=MASKED_COLOR)  # shows through the NaN cells
     where = "queries from %{y}, keys from %{x}" if downsampled else "query %{y} → key %{x}"
     for h in range(heads):
         fig.add_trace(
             go.Heatmap(z=stack[h], x=positions, y=positions, coloraxis="coloraxis", name=f"head {h}",
-                       hovertemplate=f"head {h}: {where}: {_value_format(log_color)}<extra></extra>"),
+                       hovertemplate=f"head {h}: {where}: {_value_format(log_color)}<extra></extra>",
+                       hoverongaps=False),
             row=h // columns + 1,
             col=h % columns + 1,
         )
@@ -375,7 +417,8 @@ def build_model_view(
 
     One heatmap trace holds the mosaic (float32, NaN gaps), so the figure stays light at 512 tokens. Thumbnails are
     block-reduced (``reduce``: "mean" or "max") to at most ``thumbnail`` cells a side, and with ``per_head_scale``
-    each is divided by its own maximum so faint heads show their pattern; the subtitle says both.
+    each is divided by its own maximum so faint heads show their pattern; the subtitle says both. Cells a query
+    could not see (``trace.visible``, per layer) are left out of the blocks and NaN where a block has no other.
 
     Returns:
         Trace 0: the heatmap, ``z`` of shape (L*s + (L-1)*g, H*s + (H-1)*g) for thumbnail side s and gap g; the
@@ -386,8 +429,12 @@ def build_model_view(
     check_colorscale(colorscale)
     check_choice(reduce, AGGREGATES, "reduce")
     thumbnail = check_int_range(thumbnail, "thumbnail", 4, 512)
-    attention, _, notes = shown_attention(trace, trace.attention, hide_special, renormalize)  # (L, H, T', T')
-    thumbs, thumb_notes = _thumbnails(attention, thumbnail, reduce, per_head_scale)  # (L, H, s, s)
+    attention, shown, notes = shown_attention(trace, trace.attention, hide_special, renormalize)  # (L, H, T', T')
+    hidden = None
+    if trace.visible is not None and not trace.visible.all():
+        notes.append(mask_note(~trace.visible))
+        hidden = ~trace.visible[:, shown[:, None], shown[None, :]][:, None]  # (L, 1, T', T')
+    thumbs, thumb_notes = _thumbnails(attention, thumbnail, reduce, per_head_scale, hidden)  # (L, H, s, s)
     mosaic, step = _mosaic(thumbs)
     side = thumbs.shape[-1]
 
@@ -407,17 +454,18 @@ def build_model_view(
     return fig
 
 
-def _thumbnails(attention: np.ndarray, thumbnail: int, reduce: str, per_head_scale: bool
-                ) -> tuple[np.ndarray, list[str]]:
-    """(L, H, T, T) attention as (L, H, s, s) thumbnails of at most ``thumbnail`` cells a side (block ``reduce``),
-    each divided by its own maximum with ``per_head_scale``; and notes saying so."""
-    thumbs = downsample(attention, thumbnail, reduce)
+def _thumbnails(attention: np.ndarray, thumbnail: int, reduce: str, per_head_scale: bool,
+                hidden: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """(L, H, T, T) attention as (L, H, s, s) thumbnails of at most ``thumbnail`` cells a side (block ``reduce``
+    over the cells not ``hidden``, NaN where a block has none), each divided by its own maximum with
+    ``per_head_scale``; and notes saying so."""
+    thumbs = downsample_seen(attention, hidden, thumbnail, reduce)
     side = thumbs.shape[-1]
     notes = []
     if side < attention.shape[-1]:
         notes.append(f"downsampled to {side}×{side} per head (block {reduce})")
     if per_head_scale:
-        peak = thumbs.max(axis=(2, 3), keepdims=True)
+        peak = np.nanmax(thumbs, axis=(2, 3), keepdims=True)
         thumbs = np.divide(thumbs, peak, out=np.zeros_like(thumbs), where=peak > 0)
         notes.append("each head scaled to its own maximum")
     return thumbs, notes
@@ -544,14 +592,14 @@ def build_head_lines(
     if query is not None:
         query = check_shown_token(trace, query, shown)
         lines = lines.take(lines.query == np.searchsorted(shown, query))
-        notes.append(f"from {display_token(trace.tokens[query])} ({query}) only")
+        notes.append(f"from {display_token(trace.readable_tokens[query])} ({query}) only")
     notes.extend(hidden)
     if lines.weight.size > max_lines:
         notes.append(f"strongest {max_lines:,} of {lines.weight.size:,} lines")
         lines = lines.strongest(max_lines)
 
     rows = _token_rows(shown.size)
-    labels = [short_label(trace.tokens[i]) for i in shown]
+    labels = [short_label(trace.readable_tokens[i]) for i in shown]
     fig = _lines_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom", notes, labels, rows,
                         len(chosen))
     fig.add_traces(_line_traces(lines, chosen, threshold))
@@ -620,7 +668,7 @@ def _token_columns(trace: EncoderTrace, shown: np.ndarray, query: int | None, la
     """The token labels at the left (``"tokens"``) and right (``"keys"``) edges, clickable, ``query`` highlighted."""
     count = shown.size
     colors = [HIGHLIGHT if query is not None and i == query else "#222" for i in shown]
-    hover = [token_hover_label(trace.tokens[i], int(i)) for i in shown]
+    hover = [token_hover_label(trace.readable_tokens[i], int(i)) for i in shown]
     text = [labels[i] if i % rows.stride == 0 else "" for i in range(count)]
     return [
         go.Scatter(

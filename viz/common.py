@@ -28,6 +28,8 @@ AGGREGATES = ("mean", "max")
 BLOCKS = ("AA", "AB", "BA", "BB")
 LOG_FLOOR = 1e-4  # log colour shows weights below this as this
 HIGHLIGHT = "#d62728"  # the selected cell or head, the query token
+MASKED_COLOR = "#d4d4d4"  # cells and tokens the query could not see (a causal model's later keys)
+MASKED = "masked"  # what hover says about them
 FONT_FAMILY = '"DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", Arial, sans-serif'
 MAX_LABEL_CHARS = 16
 _NAMED_SCALES = frozenset(plotly.colors.named_colorscales())
@@ -249,6 +251,46 @@ def shown_attention(
     return weights, shown, [note]
 
 
+def hidden_keys(trace: EncoderTrace, layer: int, layer_mean: bool) -> np.ndarray | None:
+    """(T, T) bool [query, key], True where the query could not see the key in ``layer`` (with ``layer_mean``: in
+    no layer); None when every key was visible (``trace.visible`` None or all True)."""
+    if trace.visible is None:
+        return None
+    seen = trace.visible.any(axis=0) if layer_mean else trace.visible[check_layer(trace, layer)]
+    return None if seen.all() else ~seen
+
+
+def mask_note(hidden: np.ndarray) -> str:
+    """The subtitle note for masked cells (``hidden`` (..., T, T)): "upper triangle masked (causal)" for a causal
+    mask."""
+    if (hidden == ~np.tri(hidden.shape[-1], dtype=bool)).all():
+        return "upper triangle masked (causal)"
+    return "masked: keys the query could not see"
+
+
+def shown_hidden(trace: EncoderTrace, layer: int, layer_mean: bool, rows: np.ndarray, cols: np.ndarray,
+                 notes: list[str]) -> np.ndarray | None:
+    """(R, C) bool: which shown cells (``rows`` x ``cols`` token indices) the query could not see, or None when
+    none; appends ``mask_note`` to ``notes`` when the trace masks any key."""
+    hidden = hidden_keys(trace, layer, layer_mean)
+    if hidden is None:
+        return None
+    notes.append(mask_note(hidden))
+    cut = hidden[np.ix_(rows, cols)]
+    return cut if cut.any() else None
+
+
+def without_hidden(weights: np.ndarray, hidden: np.ndarray | None) -> np.ndarray:
+    """``weights`` (..., R, C) float32 with NaN where ``hidden`` (R, C) is True: masked cells are not coloured."""
+    return weights if hidden is None else np.where(hidden, np.float32(np.nan), weights).astype(np.float32)
+
+
+def finite_range(values: np.ndarray, default: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+    """(min, max) of the finite ``values`` (NaN marks masked cells), or ``default`` when there are none."""
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if finite.size else default
+
+
 def check_token_matrix(trace: EncoderTrace, weights) -> np.ndarray:
     """``weights`` as a (T, T) float32 matrix over this trace's tokens (ViewError naming both shapes otherwise)."""
     matrix = np.asarray(weights, dtype=np.float32)
@@ -262,7 +304,7 @@ def check_shown_token(trace: EncoderTrace, index, shown: np.ndarray, what: str =
     """``check_token``, and the token must be among ``shown`` (not a hidden special token)."""
     position = check_token(trace, index, what)
     if position not in shown:
-        raise ViewError(f"{what} {position} ({trace.tokens[position]}) is a special token, which is hidden")
+        raise ViewError(f"{what} {position} ({trace.readable_tokens[position]}) is a special token, which is hidden")
     return position
 
 
@@ -287,6 +329,19 @@ def downsample(matrix: np.ndarray, size: int, how: str = "mean") -> np.ndarray:
         counts = np.diff(block_edges(length, size))
         out = out / (counts[:, None] * counts[None, :])
     return out.astype(np.float32)
+
+
+def downsample_seen(matrix: np.ndarray, hidden: np.ndarray | None, size: int, how: str = "mean") -> np.ndarray:
+    """``downsample`` over the cells a query could see: ``hidden`` cells (T, T, or any shape that broadcasts
+    against ``matrix``) left out of each block's mean (or max), NaN for blocks of hidden cells only. Without
+    ``hidden``, ``downsample`` itself."""
+    if hidden is None:
+        return downsample(matrix, size, how)
+    seen = downsample((~hidden).astype(np.float32), size)  # (s, s) share of seen cells per block
+    reduced = downsample(np.where(hidden, np.float32(0.0), matrix), size, how)
+    if how == "mean":
+        reduced = np.divide(reduced, seen, out=np.zeros_like(reduced), where=seen > 0)
+    return np.where(seen > 0, reduced, np.float32(np.nan)).astype(np.float32)
 
 
 def log_weights(matrix: np.ndarray) -> np.ndarray:

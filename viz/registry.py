@@ -258,7 +258,8 @@ def _token_numbers(name: str, matrix, trace: EncoderTrace, options: Mapping[str,
 def _rollout_figures(result, trace: EncoderTrace, options: Mapping[str, Any]) -> Figures:
     layer = _last_layer(trace, options)
     residual = options.get("residual", analysis.DEFAULT_RESIDUAL)
-    shown = [("rollout", figures.build_rollout_heatmap(result, trace.tokens, layer, residual, **_style(options)))]
+    heatmap = figures.build_rollout_heatmap(result, trace.readable_tokens, layer, residual, **_style(options))
+    shown = [("rollout", heatmap)]
     if options.get("query") is not None:
         strip = build_token_view(trace, query=options["query"], weights=result[layer],
                                  label=f"Rollout after layer {layer}")
@@ -284,7 +285,7 @@ def _flow(inputs: Inputs, options: Mapping[str, Any]):
 def _flow_figures(result, trace: EncoderTrace, options: Mapping[str, Any]) -> Figures:
     layers = _last_layer(trace, options) + 1
     residual = options.get("residual", analysis.DEFAULT_RESIDUAL)
-    return [("flow", figures.build_flow_heatmap(result, trace.tokens, layers, residual, **_style(options)))]
+    return [("flow", figures.build_flow_heatmap(result, trace.readable_tokens, layers, residual, **_style(options)))]
 
 
 def _report(inputs: Inputs, options: Mapping[str, Any]) -> analysis.HeadReport:

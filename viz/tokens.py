@@ -14,6 +14,8 @@ from viz.common import (
     AGGREGATES,
     DEFAULT_SCALE,
     HIGHLIGHT,
+    MASKED,
+    MASKED_COLOR,
     check_choice,
     check_colorscale,
     check_int_range,
@@ -22,6 +24,7 @@ from viz.common import (
     check_token_matrix,
     click_meta,
     display_token,
+    hidden_keys,
     new_figure,
     notes_title,
     select_attention,
@@ -84,8 +87,10 @@ def build_token_view(
 
     Returns:
         A figure with one horizontal bar trace ``"tokens"``: one bar per shown token in sentence order, its
-        ``marker.color`` the weight, ``text`` the token, ``customdata`` [token_index] (click a token to make it the
-        query). The query's bar is outlined.
+        ``marker.color`` the weight, ``text`` the token as people read it, ``customdata`` [token_index] (click a
+        token to make it the query). The query's bar is outlined. Tokens the query cannot see ("from": later keys of
+        a causal model) or that cannot see it ("to") are left out of it and drawn grey by a second bar trace
+        ``"masked"`` (hover: "masked").
     """
     check_colorscale(colorscale)
     check_choice(direction, DIRECTIONS, "direction")
@@ -100,21 +105,60 @@ def build_token_view(
     check_shown_token(trace, query, shown)
     at = int(np.flatnonzero(shown == query)[0])  # the query's row among the shown tokens
     shares = np.ascontiguousarray(sub[at] if direction == "from" else sub[:, at], dtype=np.float32)
+    masked = _masked_tokens(trace, layer, layer_mean, query, direction, shown, notes) if weights is None else None
 
-    tokens = [trace.tokens[i] for i in shown]
+    tokens = [trace.readable_tokens[i] for i in shown]
     labels = [_box_label(token, line_chars) for token in tokens]
     boxes = layout_tokens(tokens, _sentence_break(trace, shown), line_chars)
-    q_label = display_token(trace.tokens[query])
-    if direction == "from":
-        headline = f"{label or what}: attention from “{q_label}” ({query}) to each token"
-        hover = [f"{q_label} ({query}) → {text} ({i}): {w:.4f}" for text, i, w in zip(labels, shown, shares)]
-    else:
-        headline = f"{label or what}: attention to “{q_label}” ({query}) from each token"
-        hover = [f"{text} ({i}) → {q_label} ({query}): {w:.4f}" for text, i, w in zip(labels, shown, shares)]
+    headline, hover = _headline_and_hover(label or what, display_token(trace.readable_tokens[query]), query,
+                                          direction, labels, shown, shares)
     peak = float(shares.max()) if shares.size and shares.max() > 0 else 1.0
     fig = _strip_figure(headline, notes, boxes, colorscale, peak)
-    fig.add_trace(_token_bars(boxes, labels, hover, shares, _text_colors(shares / peak, colorscale), shown, query))
+    colors = _text_colors(shares / peak, colorscale)
+    if masked is None:
+        fig.add_trace(_token_bars(boxes, labels, hover, shares, colors, shown, query))
+    else:
+        _add_masked_bars(fig, masked, (boxes, labels, hover, shares, colors, shown), query)
     return fig
+
+
+def _headline_and_hover(what: str, q_label: str, query: int, direction: str, labels: list[str], shown: np.ndarray,
+                        shares: np.ndarray) -> tuple[str, list[str]]:
+    """The title, and each token's hover: "query → token: weight" ("from") or "token → query: weight" ("to")."""
+    if direction == "from":
+        headline = f"{what}: attention from “{q_label}” ({query}) to each token"
+        return headline, [f"{q_label} ({query}) → {text} ({i}): {w:.4f}" for text, i, w in zip(labels, shown, shares)]
+    headline = f"{what}: attention to “{q_label}” ({query}) from each token"
+    return headline, [f"{text} ({i}) → {q_label} ({query}): {w:.4f}" for text, i, w in zip(labels, shown, shares)]
+
+
+def _add_masked_bars(fig: go.Figure, masked: np.ndarray, bars: tuple, query: int) -> None:
+    """The ``"tokens"`` bars of the tokens not ``masked``, then the ``"masked"`` ones (grey, hover "masked");
+    ``bars`` are ``_token_bars``' per-token arguments (boxes, labels, hover, weights, text colours, shown)."""
+    boxes, labels, hover, weights, colors, shown = bars
+    hover = [f"{text} ({i}): {MASKED}" if m else h for text, i, m, h in zip(labels, shown, masked, hover)]
+    colors = ["#333" if m else color for m, color in zip(masked, colors)]
+    for keep, name in ((~masked, "tokens"), (masked, MASKED)):
+        index = np.flatnonzero(keep)
+        fig.add_trace(_token_bars(tuple(values[keep] for values in boxes), [labels[i] for i in index],
+                                  [hover[i] for i in index], weights[keep], [colors[i] for i in index], shown[keep],
+                                  query, name))
+    fig.update_layout(barmode="overlay")  # the two traces' bars share each row instead of splitting it
+
+
+def _masked_tokens(trace: EncoderTrace, layer: int, layer_mean: bool, query: int, direction: str,
+                   shown: np.ndarray, notes: list[str]) -> np.ndarray | None:
+    """(T',) bool over ``shown``: the tokens the query could not see ("from") or that could not see it ("to");
+    None when there are none (then no note either)."""
+    hidden = hidden_keys(trace, layer, layer_mean)
+    if hidden is None:
+        return None
+    masked = hidden[query, shown] if direction == "from" else hidden[shown, query]
+    if not masked.any():
+        return None
+    notes.append("grey: masked, tokens the query cannot see" if direction == "from" else
+                 "grey: masked, tokens that cannot see the query")
+    return masked
 
 
 def _box_label(token: str, line_chars: int) -> str:
@@ -163,18 +207,19 @@ def _text_colors(shares: np.ndarray, colorscale: str) -> list[str]:
 
 
 def _token_bars(boxes: tuple[np.ndarray, ...], labels: list[str], hover: list[str], weights: np.ndarray,
-                text_colors: list[str], shown: np.ndarray, query: int) -> go.Bar:
-    """One bar per token at its box, coloured by weight, the query outlined; clicking a bar makes its token the
-    query."""
+                text_colors: list[str], shown: np.ndarray, query: int, name: str = "tokens") -> go.Bar:
+    """One bar per token at its box, coloured by weight (``MASKED_COLOR`` for the ``"masked"`` trace), the query
+    outlined; clicking a bar makes its token the query."""
     rows, starts, widths = boxes
     colors = [HIGHLIGHT if i == query else "white" for i in shown]
     outline = dict(width=np.where(shown == query, 3.0, 1.0), color=colors)
+    fill = dict(color=MASKED_COLOR) if name == MASKED else dict(color=weights, coloraxis="coloraxis")
     return go.Bar(
         y=rows.astype(np.int32),
         x=widths,
         base=starts,
         orientation="h",
-        marker=dict(color=weights, coloraxis="coloraxis", line=outline),
+        marker=dict(**fill, line=outline),
         text=labels,
         textposition="inside",
         insidetextanchor="middle",
@@ -184,7 +229,7 @@ def _token_bars(boxes: tuple[np.ndarray, ...], labels: list[str], hover: list[st
         meta=click_meta("query"),
         hovertext=hover,
         hovertemplate="%{hovertext}<extra></extra>",
-        name="tokens",
+        name=name,
         showlegend=False,
     )
 
