@@ -30,13 +30,16 @@ STATISTICS: dict[str, str] = {
     "next": "attention to the next token",
     "distance": "mean attention distance (tokens): sum_j a_ij |i - j|",
 }
+# Without a special first token (GPT-2 has no [CLS]) the "cls" statistic is attention to the first token itself.
+FIRST_TOKEN, FIRST_TOKEN_COLUMN = "attention to the first token", "first_token"
 _SUBWORD_MARKS = ("##", "▁", "Ġ")
 
 
 def token_classes(tokens: Sequence[str], special: np.ndarray) -> dict[str, np.ndarray]:
     """Which tokens count as [CLS], [SEP] and punctuation for the report card. Each value is (T,) bool.
 
-    - ``cls``: the first token, when it is special (BERT-family tokenizers put [CLS] there).
+    - ``cls``: the first token: [CLS] (or ``<s>``) where the tokenizer puts a special token first; in a model
+      without one (GPT-2) the first word, which causal heads often attend to (``HeadReport.first_special``).
     - ``sep``: every other special token ([SEP] after each sentence; [PAD] never occurs in a trace).
     - ``punctuation``: a non-special token whose text, without a subword mark (``##``, ``▁``, ``Ġ``), is
       non-empty and made only of Unicode punctuation (categories P*: ``. , ; ! ? " ' ( ) -`` ...).
@@ -45,8 +48,7 @@ def token_classes(tokens: Sequence[str], special: np.ndarray) -> dict[str, np.nd
     if special.shape != (len(tokens),):
         raise AnalysisError(f"special has shape {special.shape}, while there are {len(tokens)} tokens")
     cls = np.zeros(len(tokens), dtype=bool)
-    if len(tokens) and special[0]:
-        cls[0] = True
+    cls[:1] = True
     punctuation = np.array([not s and _is_punctuation(t) for t, s in zip(tokens, special)], dtype=bool)
     return {"cls": cls, "sep": special & ~cls, "punctuation": punctuation}
 
@@ -66,12 +68,15 @@ class HeadReport:
     Each statistic is a mean over query tokens (see ``head_report``); over a corpus every query token of every
     text counts once (token-weighted), so long texts weigh more than short ones.
     ``distance`` (optional) is the (N, N) head distance of ``head_distances``, averaged the same way.
+    ``first_special`` says whether the first token was special ([CLS]); if not (GPT-2), "cls" is attention to the
+    first token, and ``describe`` and ``rows`` say so.
     """
 
     statistics: dict[str, np.ndarray]
     num_texts: int
     num_queries: int
     distance: np.ndarray | None = None
+    first_special: bool = True
 
     @property
     def num_layers(self) -> int:
@@ -86,10 +91,20 @@ class HeadReport:
             raise KeyError(f"unknown statistic {name!r}; choose from {', '.join(STATISTICS)}")
         return self.statistics[name]
 
+    def describe(self, statistic: str) -> str:
+        """What ``statistic`` measures (``STATISTICS``): "attention to the first token" for "cls" when the first
+        token was not special."""
+        return FIRST_TOKEN if statistic == "cls" and not self.first_special else STATISTICS[statistic]
+
+    def column(self, statistic: str) -> str:
+        """The statistic's column name in ``rows``: "first_token" for "cls" when the first token was not special."""
+        return FIRST_TOKEN_COLUMN if statistic == "cls" and not self.first_special else statistic
+
     def rows(self) -> list[dict]:
         """One dict per head (layer, head, then every statistic): the sortable table, or CSV rows."""
         return [
-            {"layer": layer, "head": head, **{name: float(self.statistics[name][layer, head]) for name in STATISTICS}}
+            {"layer": layer, "head": head,
+             **{self.column(name): float(self.statistics[name][layer, head]) for name in STATISTICS}}
             for layer in range(self.num_layers)
             for head in range(self.num_heads)
         ]
@@ -106,6 +121,7 @@ class _ReportSums:
     texts: int = 0
     queries: int = 0
     shape: tuple[int, int] | None = None
+    first_special: bool = True  # every text so far began with a special token
 
     def add(self, attention: np.ndarray, tokens: Sequence[str], special: np.ndarray) -> None:
         attention = check_attention(attention)
@@ -126,13 +142,14 @@ class _ReportSums:
             self.distance = weighted if self.distance is None else self.distance + weighted
         self.texts += 1
         self.queries += attention.shape[-1]
+        self.first_special = self.first_special and bool(special[0])
 
     def report(self) -> HeadReport:
         if self.texts == 0:
             raise AnalysisError("no traces to report on: the corpus is empty")
         statistics = {name: self.sums[name] / max(self.counts[name], 1) for name in STATISTICS}
         distance = None if self.distance is None else self.distance / self.queries
-        return HeadReport(statistics, self.texts, self.queries, distance)
+        return HeadReport(statistics, self.texts, self.queries, distance, self.first_special)
 
 
 def _statistic_sums(
@@ -166,7 +183,8 @@ def head_report(trace: EncoderTrace, distances: bool = False) -> HeadReport:
     For a head with attention ``a`` (T x T), averaged over the query tokens ``i`` (all T, specials included):
 
     - ``entropy``: ``-sum_j a_ij ln a_ij`` (nats; 0 ln 0 = 0), from 0 (one key) to ln T (uniform).
-    - ``cls``, ``sep``, ``punctuation``: ``sum_{j in class} a_ij``, with the classes of ``token_classes``.
+    - ``cls``, ``sep``, ``punctuation``: ``sum_{j in class} a_ij``, with the classes of ``token_classes`` (``cls``
+      is the first token, [CLS] or, without a special first token, the first word).
     - ``self``: ``a_ii``.
     - ``previous``: ``a_{i, i-1}``, averaged over the T - 1 queries that have a previous token.
     - ``next``: ``a_{i, i+1}``, averaged over the T - 1 queries that have a next token.

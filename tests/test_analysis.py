@@ -381,3 +381,17 @@ def test_rows_csv_and_json():
     summary = json.loads(to_json(diff))
     assert "difference" not in summary and summary["divergence"] == diff.divergence.tolist()
     assert np.array_equal(json.loads(to_json(diff, include_large=True))["difference"], diff.difference)
+
+
+def test_without_a_special_first_token_the_cls_statistic_is_attention_to_the_first_token():
+    tokens = ("The", "cat", "sat")  # GPT-2: no [CLS]
+    attention = np.stack([np.tri(3) / np.tri(3).sum(-1, keepdims=True), np.eye(3)])[None]
+    report = head_report(synthetic_trace(tokens, attention=attention, visible="causal", layers=1, heads=2))
+    assert not report.first_special and report.describe("cls") == "attention to the first token"
+    np.testing.assert_allclose(report["cls"][0], [(1 + 0.5 + 1 / 3) / 3, 1 / 3])
+    assert report["sep"].tolist() == [[0.0, 0.0]]
+    row = report.rows()[0]
+    assert "first_token" in row and "cls" not in row
+    assert head_report(synthetic_trace(TOKENS)).first_special
+    assert "cls" in head_report(synthetic_trace(TOKENS)).rows()[0]
+    assert not corpus_head_report([synthetic_trace(TOKENS), synthetic_trace(tokens)], distances=False).first_special

@@ -258,6 +258,8 @@ def _head_cells(values: np.ndarray, value_name: str, decimals: int, cell: int) -
 _READING = {
     "entropy": "Low: the head looks at a few tokens; high: it spreads its attention (at most ln T).",
     "cls": "Share of attention on [CLS], averaged over query tokens.",
+    "first_token": "Share of attention on the first token (this model has no [CLS]), averaged over query tokens; "
+                   "causal models often park attention there.",
     "sep": "Share of attention on [SEP]; heads often park attention there when they have nothing to do.",
     "punctuation": "Share of attention on punctuation tokens.",
     "self": "Share of attention a token gives itself.",
@@ -275,9 +277,9 @@ def build_report_heatmap(report: HeadReport, statistic: str, colorscale: str = D
     shares = statistic not in ("entropy", "distance")
     return build_head_map(
         report[statistic],
-        f"Head report card: {STATISTICS[statistic]}, {scope}",
-        _READING[statistic],
-        statistic,
+        f"Head report card: {report.describe(statistic)}, {scope}",
+        _READING[report.column(statistic)],
+        report.column(statistic),
         colorscale,
         zmin=0.0,
         zmax=1.0 if shares else None,
