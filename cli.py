@@ -18,7 +18,7 @@ import analysis
 from encoder.errors import ExportError, HeadlightError
 from encoder.trace import EncoderTrace
 from encoder.trace_io import DATA_FORMATS, trace_from_json, trace_to_json, write_attention_csv
-from viz.options import SHARED_OPTIONS, Option, parse_ints
+from viz.options import MERGE_WORDS, SHARED_OPTIONS, Option, parse_ints
 from viz.registry import ANALYSES, VIEWS, Analysis, TraceInputs, analysis_options, build_view, view_options
 from viz.render import FIGURE_FORMATS, figure_to_bytes, figure_to_html
 
@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--pair", help="an optional second sentence")
     source.add_argument("--max-tokens", type=int, help="keep at most this many tokens")
     source.add_argument("--trace", type=Path, help="a saved trace (.npz or .json) instead of --model/--text")
+    _add_flag(source, MERGE_WORDS)
     output = parser.add_argument_group("output")
     output.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     output.add_argument("--format", choices=FORMATS, help="default: the output file's extension")
@@ -126,8 +127,13 @@ def _flags(names: Iterable[str]) -> str:
 
 
 def _load_trace(args: argparse.Namespace, model: LoadedModel | None = None) -> EncoderTrace:
-    """The trace to draw: ``--trace`` read back, or ``--text``/``--pair`` traced by ``model`` (default: load
-    ``--model``)."""
+    """The trace to draw (``_read_trace``), with sub-words merged into words when ``--merge-words`` asks."""
+    trace = _read_trace(args, model)
+    return analysis.merge_words(trace) if args.merge_words else trace
+
+
+def _read_trace(args: argparse.Namespace, model: LoadedModel | None = None) -> EncoderTrace:
+    """``--trace`` read back, or ``--text``/``--pair`` traced by ``model`` (default: load ``--model``)."""
     if args.trace is not None:
         if args.text is not None:
             raise ExportError("give either --trace or --text, not both")
@@ -228,6 +234,9 @@ def _run_analysis(args: argparse.Namespace, fmt: str, entry: Analysis, given: di
 def _inputs(args: argparse.Namespace, entry: Analysis, corpus: Path | None) -> TraceInputs:
     """What the analysis runs on: a corpus (traced by ``--model``), or the trace of ``--text`` (and the model
     itself when the analysis re-runs it)."""
+    if args.merge_words and (corpus is not None or entry.needs_model):
+        why = "traces every sentence itself" if corpus is not None else "re-runs the model on the tokens"
+        raise ExportError(f"--merge-words does not apply to view {entry.name!r} here: it {why}")
     if corpus is not None:
         sentences = _corpus_sentences(args, corpus)
         return TraceInputs(None, report=lambda distances: _corpus_report(args, sentences, distances))

@@ -269,6 +269,28 @@ def test_the_attention_distance_view_is_a_tab_with_its_own_url_bound_option():
     assert _figures(linked)[0]["layout"]["xaxis"]["title"]["text"] == "key - query (tokens)"
 
 
+def test_merging_sub_words_shows_fewer_tokens_without_rerunning_the_encoder():
+    text = "Unbelievably, the kittens were purring."  # MiniLM: un ##bel ##ie ##va ##bly, kitten ##s, pu ##rring
+    at = _app(text=text)
+    _no_errors(at)
+    runs = _encoder_runs(at)
+    before = _figures(at)[0]["layout"]["xaxis"]["ticktext"]
+    at.checkbox(key="merge_words").check().run()
+    _no_errors(at)
+    words = ["[CLS]", "unbelievably", ",", "the", "kittens", "were", "purring", ".", "[SEP]"]
+    assert len(before) == 15 and _figures(at)[0]["layout"]["xaxis"]["ticktext"] == words
+    heatmap = next(t for t in _figures(at)[0]["data"] if t["type"] == "heatmap")
+    np.testing.assert_allclose(_array(heatmap["z"]).sum(axis=1), 1.0, atol=1e-5)  # rows still sum to 1
+    assert at.selectbox(key="query").options == [f"{i}: {word}" for i, word in enumerate(words)]
+    assert {b.key for b in at.get("download_button")} >= {"dl-trace-npz", "dl-trace-json", "dl-trace-csv"}
+    at.selectbox(key="query").set_value("4: kittens").run()
+    _no_errors(at)
+    assert _encoder_runs(at) == runs  # the merged trace is NumPy on the cached one
+    linked = _app(text=text, merge_words="true", view="Token view", query="4: kittens")  # kept in the URL
+    _no_errors(linked)
+    assert "attention from “kittens” (4)" in _title(_figures(linked)[0])
+
+
 def test_flow_follows_the_layer_slider():
     at = _app(view="Analysis", analysis="Flow", layer="5")
     _no_errors(at)

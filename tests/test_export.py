@@ -20,7 +20,7 @@ from cli import main
 from encoder.errors import ExportError
 from encoder.trace import EncoderTrace
 from encoder.trace_io import attention_from_csv, trace_from_json
-from tests.support.traces import assert_same_trace
+from tests.support.traces import assert_same_trace, synthetic_trace
 from viz import VIEWS, build_attention_heatmap, build_model_view
 from viz.render import figure_to_bytes, figure_to_html, find_browser
 
@@ -174,3 +174,25 @@ def test_cli_errors(saved, tmp_path, capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "positional-dimensions" in capsys.readouterr().out
+
+
+def test_cli_merge_words_applies_to_every_view_and_to_the_data(tmp_path, capsys):
+    pieces = synthetic_trace(["[CLS]", "play", "##ful", "cat", "[SEP]"], words=[-1, 0, 0, 1, -1],
+                             token_style="wordpiece")
+    saved = str(pieces.save(tmp_path / "pieces.npz"))
+    words = ("[CLS]", "playful", "cat", "[SEP]")
+    assert main(["--trace", saved, "--merge-words", "-o", str(tmp_path / "w.json")]) == 0
+    assert trace_from_json((tmp_path / "w.json").read_text(encoding="utf-8")).tokens == words
+    assert main(["--trace", saved, "--merge-words", "--layer", "1", "-o", str(tmp_path / "w.csv")]) == 0
+    assert attention_from_csv((tmp_path / "w.csv").read_text(encoding="utf-8"))[0] == words
+    assert main(["--trace", saved, "--merge-words", "--view", "tokens", "--query", "1", "-o",
+                 str(tmp_path / "w.html")]) == 0
+    assert "playful" in (tmp_path / "w.html").read_text(encoding="utf-8")
+    assert main(["--trace", saved, "--merge-words", "--view", "rollout", "-o", str(tmp_path / "r.json")]) == 0
+    assert '"playful"' in (tmp_path / "r.json").read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert main(["--text", "A cat.", "--merge-words", "--view", "noise", "-o", str(tmp_path / "n.json")]) == 2
+    assert "--merge-words does not apply to view 'noise' here: it re-runs the model" in capsys.readouterr().err
+    unknown = str(synthetic_trace(["[CLS]", "a", "[SEP]"]).save(tmp_path / "old.npz"))
+    assert main(["--trace", unknown, "--merge-words", "-o", str(tmp_path / "x.json")]) == 2
+    assert "does not say which word each token belongs to" in capsys.readouterr().err

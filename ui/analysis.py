@@ -77,6 +77,6 @@ def _figures_ui(entry: Analysis, result, trace: EncoderTrace, options: dict, ste
             rows, numbers_result = entry.numbers(result, trace, options)
             numbers = {"csv": lambda rows=rows: analysis.rows_to_csv(rows),
                        "json": lambda value=numbers_result: analysis.to_json(value)}
-        chart_ui(name, fig, stem, trace.tokens, numbers)
+        chart_ui(name, fig, stem, trace.readable_tokens, numbers)
     if entry.table is not None:
         st.dataframe(entry.table(result), hide_index=True, height=320)

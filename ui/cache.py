@@ -1,5 +1,5 @@
-"""Everything the app computes, cached per process: the model once, one trace per input, each analysis result once
-per input and compute settings (one generic cache for every registry analysis).
+"""Everything the app computes, cached per process: the model once, one trace per input (and its words, merged),
+each analysis result once per input and compute settings (one generic cache for every registry analysis).
 
 ``st.cache_resource`` (not ``cache_data``) because results are immutable NumPy (traces hold read-only arrays): one
 shared copy serves every session without pickling 75 MB of attention on each rerun. Sizes are bounded.
@@ -31,6 +31,17 @@ def get_model(source: str) -> LoadedModel:
 @st.cache_resource(show_spinner="Running the encoder…", max_entries=MAX_TRACES)
 def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
     return trace_text(get_model(source), text, pair, max_tokens)
+
+
+@st.cache_resource(show_spinner=False, max_entries=MAX_TRACES)
+def get_word_trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
+    """``get_trace`` with sub-words merged into words (``analysis.merge_words``): NumPy on the cached trace, never
+    the encoder again.
+
+    Raises:
+        AnalysisError: the trace does not say which word each token belongs to.
+    """
+    return analysis.merge_words(get_trace(source, text, pair, max_tokens))
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,16 @@ Every widget that defines the view is bound to the URL (``bind="query-params"``)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
 
+from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace
 from ui import clicks
 from viz.common import AGGREGATES, SEQUENTIAL_SCALES
-from viz.options import Option, ViewSettings
+from viz.options import MERGE_WORDS, Option, ViewSettings
 
 HEAD_MODES = ("one head", *AGGREGATES)
 BLOCKS = {"whole input": None, "A → A": "AA", "A → B": "AB", "B → A": "BA", "B → B": "BB"}
@@ -22,8 +24,8 @@ SEGMENTED_MAX = 5  # an int option with at most this many choices is a segmented
 
 
 def token_labels(trace: EncoderTrace) -> list[str]:
-    """The query-token choices: "index: token"."""
-    return [f"{i}: {t}" for i, t in enumerate(trace.tokens)]
+    """The query-token choices: "index: token", the tokens as people read them (what clicks set, too)."""
+    return [f"{i}: {t}" for i, t in enumerate(trace.readable_tokens)]
 
 
 def _layer_controls(trace: EncoderTrace) -> tuple[int, bool]:
@@ -56,6 +58,7 @@ def _display_controls(trace: EncoderTrace) -> dict[str, Any]:
         hide_special = st.checkbox("Hide special tokens ([CLS], [SEP])", key="hide_special", bind="query-params")
         renormalize = st.checkbox("…and renormalise rows to sum to 1", value=True, key="renormalize",
                                   bind="query-params", disabled=not hide_special)
+        merge_words = option_ui(MERGE_WORDS, trace)
     with b:
         colorscale = st.selectbox("Colour scale", SEQUENTIAL_SCALES, key="colorscale", bind="query-params",
                                   help="Viridis and Cividis are colour-blind safe.")
@@ -67,26 +70,40 @@ def _display_controls(trace: EncoderTrace) -> dict[str, Any]:
         if trace.is_pair:
             block = BLOCKS[st.selectbox("Sentence-pair block", list(BLOCKS), key="block", bind="query-params")]
     return dict(hide_special=hide_special, renormalize=renormalize and hide_special, colorscale=colorscale,
-                log_color=log_color, threshold=threshold, block=block)
+                log_color=log_color, threshold=threshold, block=block, merge_words=merge_words)
 
 
-def controls_ui(trace: EncoderTrace) -> ViewSettings:
-    """The shared controls above the tabs; returns what they say."""
-    labels = token_labels(trace)
-    left, middle, right = st.columns([3, 3, 3])
-    with left:
-        layer, layer_mean = _layer_controls(trace)
-    with middle:
-        aggregate, head, heads = _head_controls(trace)
-    with right:
-        query_label = st.selectbox("Query token (or click a heatmap row)", labels, key="query", bind="query-params")
-        direction = st.segmented_control("Token view shows", list(DIRECTIONS), default=next(iter(DIRECTIONS)),
-                                         required=True, key="direction", bind="query-params")
+def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace]) -> tuple[ViewSettings, EncoderTrace]:
+    """The shared controls above the tabs; returns what they say, and the trace the views show: ``trace``, or
+    ``words()`` (sub-words merged into words) when the display options ask for it. The display options are read
+    first (drawn below the others), so the query choices are the shown trace's tokens."""
+    top = st.container()
     with st.expander("Display options"):
         display = _display_controls(trace)
+    shown = trace
+    if display["merge_words"]:
+        try:
+            shown = words()
+        except HeadlightError as error:
+            st.warning(str(error))
+            display["merge_words"] = False
+    with top:
+        left, middle, right = st.columns([3, 3, 3])
+        with left:
+            layer, layer_mean = _layer_controls(shown)
+        with middle:
+            aggregate, head, heads = _head_controls(shown)
+        with right:
+            labels = token_labels(shown)
+            query_label = st.selectbox("Query token (or click a heatmap row)", labels, key="query",
+                                       bind="query-params")
+            direction = st.segmented_control("Token view shows", list(DIRECTIONS), default=next(iter(DIRECTIONS)),
+                                             required=True, key="direction", bind="query-params")
     query = labels.index(query_label) if query_label in labels else 0
-    return ViewSettings(layer=layer, layer_mean=layer_mean, aggregate=aggregate, head=head, heads=heads, query=query,
-                        direction=DIRECTIONS[direction], selected=clicks.selected_cell(trace, query), **display)
+    settings = ViewSettings(layer=layer, layer_mean=layer_mean, aggregate=aggregate, head=head, heads=heads,
+                            query=query, direction=DIRECTIONS[direction], selected=clicks.selected_cell(shown, query),
+                            **display)
+    return settings, shown
 
 
 def head_names(trace: EncoderTrace) -> list[str]:

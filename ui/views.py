@@ -1,16 +1,20 @@
 """The main area: shared controls, then one tab per registry view label (``viz.registry.view_tabs``) plus Compare
 and Analysis, and the trace's downloads. It is a fragment: changing a control reruns only this part, over the one
-cached trace, never the encoder.
+cached trace, never the encoder. With "Merge sub-words into words" the view tabs and the downloads show the cached
+merged trace; Compare and Analysis keep the tokens (analyses that re-run the model need them).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
+from analysis import word_starts
 from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace, class_probabilities
 from ui.analysis import analysis_ui
-from ui.cache import Inputs, get_trace
+from ui.cache import Inputs, get_trace, get_word_trace
 from ui.charts import chart_ui
 from ui.compare import compare_ui
 from ui.controls import controls_ui, option_ui
@@ -30,7 +34,7 @@ def view_figures_ui(views: list[View], trace: EncoderTrace, settings: ViewSettin
     """One tab of views: each view's own widgets, then its figure and downloads."""
     for view in views:
         own = {option.name: option_ui(option, trace) for option in view.options if option.label is not None}
-        chart_ui(view.name, view.builder(trace, **view.settings_for(settings), **own), stem, trace.tokens)
+        chart_ui(view.name, view.builder(trace, **view.settings_for(settings), **own), stem, trace.readable_tokens)
 
 
 def prediction_ui(trace: EncoderTrace) -> None:
@@ -43,10 +47,19 @@ def prediction_ui(trace: EncoderTrace) -> None:
     st.markdown(f"**Prediction: {label}** ({best:.1%})" + (f" · {others}" if others else ""))
 
 
+def token_settings(trace: EncoderTrace, settings: ViewSettings) -> ViewSettings:
+    """``settings`` for the tokens of ``trace`` when they were made for its merged words: the query is the first
+    token of its word (no clicked cell)."""
+    if not settings.merge_words:
+        return settings
+    query = int(word_starts(trace)[settings.query])
+    return dataclasses.replace(settings, query=query, selected=None, merge_words=False)
+
+
 @st.fragment
 def views_ui(source: str, text: str, pair: str | None, max_tokens: int) -> None:
     trace = get_trace(source, text, pair, max_tokens)  # a cache hit: the fragment never re-runs the encoder
-    settings = controls_ui(trace)
+    settings, shown = controls_ui(trace, lambda: get_word_trace(source, text, pair, max_tokens))
     inputs, stem = Inputs(source, text, pair, max_tokens), file_stem(source)
     views = view_tabs()
     labels = tab_labels()
@@ -58,9 +71,12 @@ def views_ui(source: str, text: str, pair: str | None, max_tokens: int) -> None:
                 if label == COMPARE:
                     compare_ui(inputs, trace, settings.layer, settings.head, stem)
                 elif label == ANALYSIS:
-                    analysis_ui(inputs, trace, settings, stem)
+                    if settings.merge_words:
+                        st.caption("Analyses run on the tokens (sub-words not merged): those that re-run the "
+                                   "model need them.")
+                    analysis_ui(inputs, trace, token_settings(trace, settings), stem)
                 else:
-                    view_figures_ui(views[label], trace, settings, stem)
+                    view_figures_ui(views[label], shown, settings, stem)
             except HeadlightError as error:
                 st.warning(str(error))
-    trace_downloads_ui(trace, stem, settings.layer, settings.shown_heads)
+    trace_downloads_ui(shown, f"{stem}-words" if settings.merge_words else stem, settings.layer, settings.shown_heads)

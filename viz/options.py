@@ -132,12 +132,19 @@ SHARED_OPTIONS: tuple[Option, ...] = (
 )
 
 
+# How the trace is read, before any view: the CLI's input flag and the app's display option, declared once.
+MERGE_WORDS = Option("merge_words", "flag", "merge sub-word tokens into words (attention to a word summed over its "
+                     "pieces, from a word averaged) for every view and for json, csv and npz output",
+                     label="Merge sub-words into words", url=True)
+
+
 @dataclass(frozen=True)
 class ViewSettings:
     """What the app's shared controls hold, named like the builders' keywords.
 
     ``aggregate`` None means one ``head``; "mean"/"max" combine ``heads``. ``selected`` is a clicked heatmap cell
-    (query, key) or None.
+    (query, key) or None. ``merge_words``: the views show the trace with sub-words merged into words (token
+    indices such as ``query`` are then word indices).
     """
 
     layer: int = 0
@@ -154,6 +161,7 @@ class ViewSettings:
     threshold: float = 0.1
     block: str | None = None
     selected: tuple[int, int] | None = None
+    merge_words: bool = False
 
     @property
     def shown_heads(self) -> tuple[int, ...]:
