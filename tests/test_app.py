@@ -336,3 +336,14 @@ def test_the_private_streamlit_hook_we_patch_still_exists():
         f"streamlit.runtime.scriptrunner.script_runner.{PATCHED_HOOK} is gone: find what clears Keras' session "
         "after each run in this Streamlit version and update ui/runtime.py")
     assert PATCHED_HOOK in inspect.getsource(script_runner.ScriptRunner), "the runner no longer calls the hook"
+
+
+def test_analysis_settings_point_a_word_query_back_at_its_first_token():
+    from tests.support.traces import synthetic_trace
+    from ui.views import token_settings
+    from viz.options import ViewSettings
+
+    trace = synthetic_trace(["[CLS]", "un", "##bel", "##ievably", "cats", "[SEP]"], words=[-1, 0, 0, 0, 1, -1])
+    merged = ViewSettings(query=2, selected=(2, 1), merge_words=True)
+    assert token_settings(trace, merged) == ViewSettings(query=4)  # word 2 ("cats") is token 4
+    assert token_settings(trace, ViewSettings(query=2)) == ViewSettings(query=2)
