@@ -170,16 +170,16 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         return {**outputs, **self._heads(x, padding_mask)}
 
     def _embed(self, token_ids, segment_ids, training):
-        """Token + position (+ type) embeddings, normalised, projected to ``d_model`` when factorised."""
+        """Token (+ type) + position embeddings, normalised, projected to ``d_model`` when factorised."""
         cfg = self.config
         x = self.token_embedding(token_ids)  # (B, T, E)
         if cfg.scale_embeddings:
             x = x * math.sqrt(cfg.d_model)
-        x = x + self._positional_rows(token_ids)
-        if self.segment_embedding is not None:
+        if self.segment_embedding is not None:  # types before positions: transformers' order, so its rounding
             if segment_ids is None or cfg.type_vocab_size == 1:  # one type (RoBERTa): every token is type 0
                 segment_ids = ops.zeros_like(token_ids)
             x = x + self.segment_embedding(segment_ids)
+        x = x + self._positional_rows(token_ids)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         x = self.embedding_dropout(x, training=training)

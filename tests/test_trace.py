@@ -23,7 +23,7 @@ def test_padded_keys_get_exactly_zero_and_batch_equals_alone(minilm):
     batched = trace_batch(minilm, texts)
     for a, b in zip(alone, batched):
         assert a.tokens == b.tokens
-        np.testing.assert_allclose(b.attention, a.attention, atol=1e-6)
+        np.testing.assert_allclose(b.attention, a.attention, atol=2e-6)  # float32 rounding of other matmul shapes
         np.testing.assert_allclose(b.hidden, a.hidden, atol=1e-5)
     # The raw padded batch: keys past each sentence's end get weight exactly 0.
     ids = np.zeros((2, 12), np.int32)
