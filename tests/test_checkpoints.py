@@ -55,7 +55,7 @@ def test_ported_weights_are_the_checkpoint_values(tmp_path):
         (lambda f: (f / "model.safetensors").rename(f / "pytorch_model.bin"), "convert"),
         (lambda f: (f / "model.safetensors").write_bytes(b"\x00garbage" * 10), "not a readable safetensors"),
         (lambda f: (f / "vocab.txt").unlink(), "No tokenizer"),
-        (lambda f: _edit_config(f, model_type="gpt2"), "model_type 'gpt2' is not supported"),
+        (lambda f: _edit_config(f, model_type="t5"), "model_type 't5' is not supported"),
         (lambda f: _edit_config(f, hidden_act="swish"), "hidden_act 'swish'"),
         (lambda f: _edit_config(f, position_embedding_type="relative_key"), "relative_key"),
         (lambda f: _edit_config(f, intermediate_size=20), "shape"),

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from encoder.families import bert, distilbert, electra, roberta
+from encoder.families import albert, bert, distilbert, electra, gpt2, roberta
 
 FAMILIES: dict[str, ModuleType] = {
+    "albert": albert,
     "bert": bert,
     "camembert": roberta,
     "distilbert": distilbert,
     "electra": electra,
+    "gpt2": gpt2,
     "roberta": roberta,
     "xlm-roberta": roberta,
 }
