@@ -201,3 +201,21 @@ def test_one_layer_and_one_head_folders_load_and_trace(tmp_path, family, changes
     assert np.isfinite(trace.hidden).all()
     if family == "gpt2":
         assert (trace.attention[:, :, ~np.tri(t, dtype=bool)] == 0.0).all()
+
+
+@pytest.mark.parametrize(
+    ("family", "tensor", "message"),
+    [
+        ("gpt2", "h.1.attn.c_attn.weight", r"h.1.attn.c_attn.weight has shape \(32, 64\), which gives \(32, 0\)"),
+        ("albert", "encoder.albert_layer_groups.0.albert_layers.0.attention.query.weight",
+         r"attention.query.weight has shape \(32, 16\), which gives \(16, 32\) but the model expects \(32, 4, 8\)"),
+    ],
+)
+def test_an_attention_tensor_of_the_wrong_size_is_our_error(tmp_path, family, tensor, message):
+    folder = tmp_path / family
+    shutil.copytree(FAMILIES_DIR / family, folder)
+    weights = read_safetensors(folder)
+    weights[tensor] = weights[tensor][..., :-32] if family == "gpt2" else weights[tensor][:, :16]
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=message):
+        load_path(folder)

@@ -8,6 +8,7 @@ GPT-2's ``Conv1D`` stores (in, out) already.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -91,13 +92,19 @@ def attention_ports(prefix: str, attention, config: EncoderConfig, names: Mappin
     for part, dense in (("query", attention.query_dense), ("key", attention.key_dense),
                         ("value", attention.value_dense)):
         ports += [
-            (f"{prefix}{names[part]}.weight", dense.kernel, lambda w: w.T.reshape(d, h, dh)),
-            (f"{prefix}{names[part]}.bias", dense.bias, lambda b: b.reshape(h, dh)),
+            (f"{prefix}{names[part]}.weight", dense.kernel, lambda w: reshaped(w.T, (d, h, dh))),
+            (f"{prefix}{names[part]}.bias", dense.bias, lambda b: reshaped(b, (h, dh))),
         ]
     dense = attention.output_dense
-    ports.append((f"{prefix}{names['output']}.weight", dense.kernel, lambda w: w.T.reshape(h, dh, d)))
+    ports.append((f"{prefix}{names['output']}.weight", dense.kernel, lambda w: reshaped(w.T, (h, dh, d))))
     ports.append((f"{prefix}{names['output']}.bias", dense.bias, keep))
     return ports
+
+
+def reshaped(weights: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``weights`` as ``shape`` (the attention's (D, H, dh), (H, dh) and (H, dh, D)); a tensor of another size
+    stays as it is, so ``port_weights`` reports both shapes as our error instead of NumPy failing to reshape."""
+    return weights.reshape(shape) if weights.size == math.prod(shape) else weights
 
 
 def dense_ports(name: str, dense, transform: Callable[[np.ndarray], np.ndarray] = linear) -> list[Port]:

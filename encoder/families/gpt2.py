@@ -18,7 +18,17 @@ from typing import Any
 
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
-from encoder.families.common import Port, activation, build, dense_ports, field, keep, norm_ports, pad_token
+from encoder.families.common import (
+    Port,
+    activation,
+    build,
+    dense_ports,
+    field,
+    keep,
+    norm_ports,
+    pad_token,
+    reshaped,
+)
 
 MODEL_TYPES = ("gpt2",)
 PREFIXES = ("transformer.",)
@@ -81,11 +91,11 @@ def attention_ports(prefix: str, attention, config: EncoderConfig) -> list[Port]
     for index, dense in enumerate((attention.query_dense, attention.key_dense, attention.value_dense)):
         columns = slice(index * d, (index + 1) * d)
         ports += [
-            (f"{prefix}c_attn.weight", dense.kernel, lambda w, c=columns: w[:, c].reshape(d, h, dh)),  # (D, H, dh)
-            (f"{prefix}c_attn.bias", dense.bias, lambda b, c=columns: b[c].reshape(h, dh)),  # (H, dh)
+            (f"{prefix}c_attn.weight", dense.kernel, lambda w, c=columns: reshaped(w[:, c], (d, h, dh))),
+            (f"{prefix}c_attn.bias", dense.bias, lambda b, c=columns: reshaped(b[c], (h, dh))),
         ]
     dense = attention.output_dense
-    ports.append((f"{prefix}c_proj.weight", dense.kernel, lambda w: w.reshape(h, dh, d)))  # (H, dh, D)
+    ports.append((f"{prefix}c_proj.weight", dense.kernel, lambda w: reshaped(w, (h, dh, d))))
     ports.append((f"{prefix}c_proj.bias", dense.bias, keep))
     return ports
 
