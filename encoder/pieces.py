@@ -83,14 +83,14 @@ def check_token_style(style: str) -> str:
 def readable_piece(token: str, style: str) -> str:
     """``token`` as people read it.
 
-    Byte-level pieces are decoded from the byte alphabet to UTF-8 when their bytes are valid UTF-8 on their own
-    (half a character, as in ``Ã`` of "é", stays as it is); ``▁`` of SentencePiece is a space. Then one leading
+    Byte-level pieces are decoded from the byte alphabet to UTF-8 (half a character, as ``Ã`` alone of "é", is
+    shown as its byte, ``<0xC3>``); ``▁`` of SentencePiece is a space. Then one leading
     space (the word boundary) is dropped, and a piece that is only whitespace shows each space as ``␣`` and each
     newline as ``⏎``. WordPiece and unknown styles come back unchanged.
 
     Example:
-        >>> readable_piece("Ġcaf", "bytelevel"), readable_piece("Ã©", "bytelevel"), readable_piece("Ċ", "bytelevel")
-        ('caf', 'é', '⏎')
+        >>> readable_piece("Ġcaf", "bytelevel"), readable_piece("Ã©", "bytelevel"), readable_piece("Ã", "bytelevel")
+        ('caf', 'é', '<0xC3>')
         >>> readable_piece("▁New", "metaspace"), readable_piece("▁", "metaspace"), readable_piece("##s", "wordpiece")
         ('New', '␣', '##s')
     """
@@ -106,14 +106,25 @@ def readable_piece(token: str, style: str) -> str:
 
 
 def _from_bytes(token: str) -> str:
-    """A byte-level piece as UTF-8 text, or the piece itself when it is not (whole characters of) UTF-8."""
+    """A byte-level piece as UTF-8 text; a byte that is only part of a character (the piece holds half of "é")
+    is shown as ``<0xC3>``, as SentencePiece's byte fallback writes bytes."""
     alphabet = byte_alphabet()
     if not all(char in alphabet for char in token):
         return token  # an added token written as plain text
-    try:
-        return bytes(alphabet[char] for char in token).decode("utf-8")
-    except UnicodeDecodeError:
-        return token
+    data = bytes(alphabet[char] for char in token)
+    text, start = [], 0
+    while start < len(data):
+        for size in range(1, 5):  # the shortest valid UTF-8 sequence here, if any
+            try:
+                text.append(data[start:start + size].decode("utf-8"))
+                start += size
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            text.append(f"<0x{data[start]:02X}>")
+            start += 1
+    return "".join(text)
 
 
 def join_pieces(pieces: list[str] | tuple[str, ...], style: str) -> str:
