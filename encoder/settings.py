@@ -1,0 +1,80 @@
+"""What the operator allows, read from the environment (the app also copies Streamlit secrets of the same names
+into it at start): secure by default, so a link a stranger sends opens nothing but the built-in models.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| ``HEADLIGHT_MODEL_ROOTS`` | (none) | folders, ``os.pathsep``-separated, under which model folders may be opened (the project's ``models/`` always may) |
+| ``HEADLIGHT_HUB_IDS`` | (none) | hub ids that may be downloaded, comma-separated, or ``*`` for any |
+| ``HEADLIGHT_HUB_MAX_MB`` | 1024 | largest hub download, checked before downloading |
+| ``HEADLIGHT_HUB_TOKEN`` | (none) | the only token a hub download ever sends (the operator's own login is never used) |
+| ``HEADLIGHT_MAX_PARAMETERS`` | 500,000,000 | largest model (parameters) a folder may describe |
+| ``HEADLIGHT_MAX_TOKENS`` | 512 | most tokens one trace may have |
+| ``HEADLIGHT_CACHE_MB`` | 1024 | bytes all cached traces and analysis results may hold together |
+| ``HEADLIGHT_HEAVY_JOBS`` | 1 | heavy analyses (importance, noise, corpus report) running at once; others wait |
+
+``make run`` (127.0.0.1, one local user) sets the first two permissively: your home and the project folder, and
+``*``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def _int(name: str, default: int, low: int = 1) -> int:
+    """An integer setting; a malformed or too small value falls back to the default (the operator's typo must
+    not open the app wider)."""
+    try:
+        value = int(os.environ.get(name, "").replace("_", "").replace(",", "") or default)
+    except ValueError:
+        return default
+    return value if value >= low else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_roots: tuple[Path, ...]
+    hub_ids: frozenset[str]
+    hub_any: bool
+    hub_max_bytes: int
+    hub_token: str | None
+    max_parameters: int
+    max_tokens: int
+    cache_bytes: int
+    heavy_jobs: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        roots = [PROJECT_MODELS]
+        for part in os.environ.get("HEADLIGHT_MODEL_ROOTS", "").split(os.pathsep):
+            if part.strip():
+                roots.append(Path(part.strip()).expanduser())
+        ids = {part.strip() for part in os.environ.get("HEADLIGHT_HUB_IDS", "").split(",") if part.strip()}
+        return cls(
+            model_roots=tuple(dict.fromkeys(root.resolve() for root in roots)),
+            hub_ids=frozenset(ids - {"*"}),
+            hub_any="*" in ids,
+            hub_max_bytes=_int("HEADLIGHT_HUB_MAX_MB", 1024) * 2**20,
+            hub_token=os.environ.get("HEADLIGHT_HUB_TOKEN") or None,
+            max_parameters=_int("HEADLIGHT_MAX_PARAMETERS", 500_000_000),
+            max_tokens=_int("HEADLIGHT_MAX_TOKENS", 512, low=8),
+            cache_bytes=_int("HEADLIGHT_CACHE_MB", 1024) * 2**20,
+            heavy_jobs=_int("HEADLIGHT_HEAVY_JOBS", 1),
+        )
+
+    @property
+    def custom_models(self) -> bool:
+        """Whether a visitor may name a folder or hub id at all (beyond the built-in models)."""
+        return len(self.model_roots) > 1 or self.hub_any or bool(self.hub_ids)
+
+    def hub_allowed(self, repo_id: str) -> bool:
+        return self.hub_any or repo_id in self.hub_ids
+
+
+def settings() -> Settings:
+    """The settings now (read each call: cheap, and tests may change the environment)."""
+    return Settings.from_env()
