@@ -3,7 +3,7 @@ into it at start): secure by default, so a link a stranger sends opens nothing b
 
 | variable | default | meaning |
 | --- | --- | --- |
-| ``HEADLIGHT_MODEL_ROOTS`` | (none) | folders, ``os.pathsep``-separated, under which model folders may be opened (the project's ``models/`` always may) |
+| ``HEADLIGHT_MODEL_ROOTS`` | (none) | folders (``os.pathsep``-separated) whose model folders may be opened |
 | ``HEADLIGHT_HUB_IDS`` | (none) | hub ids that may be downloaded, comma-separated, or ``*`` for any |
 | ``HEADLIGHT_HUB_MAX_MB`` | 1024 | largest hub download, checked before downloading |
 | ``HEADLIGHT_HUB_TOKEN`` | (none) | the only token a hub download ever sends (the operator's own login is never used) |
@@ -12,8 +12,8 @@ into it at start): secure by default, so a link a stranger sends opens nothing b
 | ``HEADLIGHT_CACHE_MB`` | 1024 | bytes all cached traces and analysis results may hold together |
 | ``HEADLIGHT_HEAVY_JOBS`` | 1 | heavy analyses (importance, noise, corpus report) running at once; others wait |
 
-``make run`` (127.0.0.1, one local user) sets the first two permissively: your home and the project folder, and
-``*``.
+The project's ``models/`` may always be opened. ``make run`` (127.0.0.1, one local user) sets the first two
+permissively: your home and the project folder, and ``*``.
 """
 
 from __future__ import annotations
