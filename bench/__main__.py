@@ -13,6 +13,7 @@ SUITES = {
     "figures": "Figure builders and export",
     "analysis": "Analysis",
     "app": "App in Chromium",
+    "load": "Concurrent sessions in Chromium, MiniLM: 10 layer changes each",
 }
 
 

@@ -39,8 +39,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class ServerURL(str):
+    """The server's URL, which also knows the server's process id (``.pid``), e.g. to read its memory."""
+
+    pid: int
+
+
 @contextlib.contextmanager
-def streamlit_server(timeout: float = 180.0) -> Iterator[str]:
+def streamlit_server(timeout: float = 180.0) -> Iterator[ServerURL]:
     """Start ``streamlit run app.py`` on 127.0.0.1 and a free port; yield its URL; stop it afterwards."""
     port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "HF_HUB_OFFLINE": "1"}
@@ -48,7 +54,8 @@ def streamlit_server(timeout: float = 180.0) -> Iterator[str]:
                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     log = open(ROOT / "tests" / f".streamlit-{port}.log", "w+b")  # noqa: SIM115 - closed below
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = ServerURL(f"http://127.0.0.1:{port}")
+    url.pid = process.pid
     try:
         deadline = time.monotonic() + timeout
         while True:
