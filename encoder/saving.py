@@ -1,5 +1,6 @@
 """Our own model folder: ``config.json`` (format "headlight"), ``model.safetensors`` keyed by Keras variable
-path, ``tokenizer.json``. This is how the trained tutorial model ships."""
+path, ``tokenizer.json``. This is how the trained tutorial model ships, with ``initial.safetensors``: the weights
+training started from (``tutorial-initial`` loads them, so no process-wide random seed is involved)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from encoder.errors import CheckpointError
 from encoder.model import TransformerEncoder
 
 FORMAT = "headlight"
+INITIAL_WEIGHTS = "initial.safetensors"
 
 
 def initial_model(config: EncoderConfig, seed: int) -> TransformerEncoder:
@@ -52,6 +54,15 @@ def save_folder(
     return folder
 
 
+def save_initial_weights(folder: str | Path, state: dict[str, np.ndarray]) -> Path:
+    """Write ``state`` (``model_state`` of the model before training) as ``folder/initial.safetensors``."""
+    from safetensors.numpy import save_file
+
+    path = Path(folder) / INITIAL_WEIGHTS
+    save_file(state, str(path))
+    return path
+
+
 def is_headlight_folder(folder: Path) -> bool:
     try:
         return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("format") == FORMAT
@@ -71,13 +82,16 @@ def read_folder_config(folder: Path) -> tuple[EncoderConfig, dict[str, Any]]:
         raise CheckpointError(f"{path} is not a valid Headlight model config: {error}") from error
 
 
-def load_folder(folder: str | Path) -> tuple[TransformerEncoder, dict[str, Any]]:
-    """Rebuild a saved model: config, then every weight by name with its shape checked."""
+def load_folder(
+    folder: str | Path, weights_file: str = "model.safetensors"
+) -> tuple[TransformerEncoder, dict[str, Any]]:
+    """Rebuild a saved model: config, then every weight of ``weights_file`` (``INITIAL_WEIGHTS`` for the state
+    before training) by name with its shape checked."""
     from safetensors.numpy import load_file
 
     folder = Path(folder)
     config, data = read_folder_config(folder)
-    weights_path = folder / "model.safetensors"
+    weights_path = folder / weights_file
     if not weights_path.is_file():
         raise CheckpointError(f"{folder} has no model.safetensors.")
     try:

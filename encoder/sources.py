@@ -15,7 +15,7 @@ from encoder.checkpoints import load_hf_folder, read_hf_config
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError, SourceError
 from encoder.model import CompiledEncoder, TransformerEncoder
-from encoder.saving import initial_model, is_headlight_folder, load_folder, read_folder_config
+from encoder.saving import INITIAL_WEIGHTS, is_headlight_folder, load_folder
 from encoder.tokenizer import TextTokenizer
 
 DEFAULT_SOURCE = "minilm"
@@ -164,9 +164,10 @@ def _load_tutorial(trained: bool) -> LoadedModel:
         return dataclasses.replace(
             loaded, description="Classic Keras encoder trained here for sentiment (sinusoidal positions, ReLU)"
         )
-    config, data = read_folder_config(TUTORIAL_DIR)
-    model = initial_model(config, seed=int(data.get("seed", 0)))
-    tokenizer = TextTokenizer.from_folder(TUTORIAL_DIR, config.max_positions)
+    if not (TUTORIAL_DIR / INITIAL_WEIGHTS).is_file():
+        raise SourceError(f"The tutorial model's {INITIAL_WEIGHTS} is missing; train it again with `make train`.")
+    model, data = load_folder(TUTORIAL_DIR, INITIAL_WEIGHTS)  # stored: no process-wide seed involved
+    tokenizer = TextTokenizer.from_folder(TUTORIAL_DIR, model.config.max_positions)
     return LoadedModel(
         "tutorial-initial",
         "The same classic encoder at its seeded random initialisation, before any training",

@@ -1,7 +1,9 @@
 """The shipped tutorial model: its files, its predictions, its reported numbers, and its seeded initial state."""
 
 import json
+import threading
 
+import keras
 import numpy as np
 import pytest
 
@@ -36,10 +38,11 @@ def metrics():
 
 
 def test_files_are_complete_and_small():
-    names = {"config.json", "model.safetensors", "tokenizer.json", "metrics.json", "training_curve.png"}
+    names = {"config.json", "model.safetensors", "initial.safetensors", "tokenizer.json", "metrics.json",
+             "training_curve.png"}
     assert names <= {p.name for p in TUTORIAL_DIR.iterdir()}
     total = sum(p.stat().st_size for p in TUTORIAL_DIR.iterdir())
-    assert total < 10 * 1024 * 1024, f"models/tutorial is {total / 2**20:.1f} MB"
+    assert total < 16 * 1024 * 1024, f"models/tutorial is {total / 2**20:.1f} MB"  # two 7 MB weight files
 
 
 def test_it_is_the_classic_encoder_with_two_labels(tutorial):
@@ -82,6 +85,30 @@ def test_tutorial_initial_is_the_seeded_start_of_training(tutorial):
         np.testing.assert_array_equal(value, fresh[name], err_msg=name)
     assert state_sha256(initial.model) != state_sha256(tutorial.model)
     assert initial.tokenizer.to_str() == tutorial.tokenizer.to_str() and initial.labels == tutorial.labels
+
+
+def test_tutorial_initial_is_the_stored_state_while_other_threads_build_layers():
+    """Its weights are read from initial.safetensors, not re-derived from a process-wide seed: Keras layers built
+    (and seeds set) by other sessions at the same moment cannot change them."""
+    _, data = read_folder_config(TUTORIAL_DIR)
+    stop = threading.Event()
+
+    def build_layers(seed: int) -> None:
+        while not stop.is_set():
+            keras.utils.set_random_seed(seed)
+            keras.layers.Dense(64).build((None, 128))
+            keras.layers.Embedding(100, 32).build((None, 8))
+
+    threads = [threading.Thread(target=build_layers, args=(seed,)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    try:
+        digests = [state_sha256(load_source("tutorial-initial").model) for _ in range(3)]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert digests == [data["initial_weights_sha256"]] * 3
 
 
 def test_pairs_cjk_and_long_text_trace(tutorial):

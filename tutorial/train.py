@@ -2,7 +2,8 @@
 
 ``python -m tutorial.train`` (``make train``) trains on the committed sentiment data (``data/``) and writes
 ``models/tutorial/``: config.json (with the seed, so ``initial_model(config, seed)`` rebuilds the exact weights
-training started from), model.safetensors, tokenizer.json (WordPiece trained on the training split only),
+training started from, in a quiet process), initial.safetensors (those weights, which ``tutorial-initial``
+loads), model.safetensors, tokenizer.json (WordPiece trained on the training split only),
 metrics.json (accuracy, per-source accuracy, majority-class and bag-of-words baselines on the same test split) and
 training_curve.png. ``--data my.tsv`` trains on your own ``label<TAB>text`` file instead (split 80/10/10).
 
@@ -34,7 +35,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from encoder.config import EncoderConfig
 from encoder.errors import ExportError
 from encoder.model import CompiledEncoder, TransformerEncoder
-from encoder.saving import initial_model, model_state, save_folder
+from encoder.saving import initial_model, model_state, save_folder, save_initial_weights
 from encoder.sources import MODELS_DIR, TUTORIAL_DIR
 from encoder.trace import pad_batch
 from tutorial.baselines import accuracy, accuracy_by_source, bag_of_words_baseline, majority_baseline
@@ -277,7 +278,7 @@ def train(
 
     config = classic_config(settings, tokenizer.get_vocab_size(), len(labels))
     encoder = initial_model(config, seed=settings.seed)
-    initial_sha256 = state_sha256(encoder)
+    initial_state, initial_sha256 = model_state(encoder), state_sha256(encoder)
     classifier = TextClassifier(encoder)
     train_data = length_batches(sequences["train"], targets["train"], settings.batch_size, settings.seed, True,
                                 config.pad_token_id)
@@ -316,6 +317,7 @@ def train(
         "max_train_tokens": settings.max_len,
     }
     save_folder(out, encoder, tokenizer.to_str(), labels, metadata)
+    save_initial_weights(out, initial_state)
     metrics = {
         "labels": list(labels),
         "test_accuracy": accuracy(splits["test"], predictions["test"]),
