@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -12,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from encoder.errors import AnalysisError
+from encoder.trace_io import csv_cell
 
 if TYPE_CHECKING:
     pass
@@ -46,14 +45,14 @@ def head_rows(values: np.ndarray, name: str = "value") -> list[dict]:
 
 
 def rows_to_csv(rows: Sequence[dict]) -> str:
-    """CSV text of dict rows (the header from the first row's keys)."""
+    """CSV text of dict rows (the header from the first row's keys), each cell by ``encoder.trace_io.csv_cell``:
+    text a spreadsheet would run as a formula (a token "=", "-", "@"...) gets a leading "'"; numbers stay numbers."""
     if not rows:
         raise AnalysisError("no rows to write")
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+    names = list(rows[0])
+    lines = [",".join(csv_cell(name) for name in names)]
+    lines += [",".join(csv_cell(row.get(name)) for name in names) for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def to_json(result, include_large: bool = False) -> str:

@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import operator
+import re
 import typing
 import zipfile
 import zlib
@@ -35,6 +36,7 @@ JSON_VERSION = 1
 # A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection"): such tokens are written
 # with one more leading "'", which ``attention_from_csv`` takes off again.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_CSV_SPECIAL = re.compile(r'[,"\r\n]')  # a cell with one of these is quoted
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -311,7 +313,7 @@ def write_attention_csv(
     chosen_heads = _indices(heads, trace.num_heads, "head")
     writer = csv.writer(handle, lineterminator="\n")
     writer.writerow(CSV_HEADER)
-    quoted = [_csv_field(t) for t in trace.tokens]
+    quoted = [csv_cell(t) for t in trace.tokens]
     count = trace.num_tokens
     key_parts = [f"{k},{quoted[k]}," for k in range(count)]
     rows = 0
@@ -396,19 +398,38 @@ def _index(value, count: int, what: str) -> int:
     return index
 
 
-def _csv_field(token: str) -> str:
-    """``token`` as one CSV cell: quoted where CSV needs it, and with one more leading "'" when a spreadsheet
-    would read it as a formula (also when it already starts with "'"s before such a character, so reading back
-    is exact)."""
-    if token.lstrip("'").startswith(FORMULA_STARTS):
-        token = "'" + token
+def spreadsheet_safe(text: str) -> str:
+    """``text`` with one more leading "'" when a spreadsheet would run it as a formula (it starts with = + - @, tab
+    or CR, also after "'"s, so that taking one "'" off reads back exactly); else unchanged.
+
+    Example:
+        >>> spreadsheet_safe("=1+1"), spreadsheet_safe("cat")
+        ("'=1+1", 'cat')
+    """
+    return "'" + text if text.lstrip("'").startswith(FORMULA_STARTS) else text
+
+
+def csv_cell(value) -> str:
+    """``value`` as one CSV cell, the one rule for every CSV we write (``analysis.rows_to_csv`` too): text made
+    ``spreadsheet_safe`` and quoted where CSV needs it (a comma, a quote, a CR or LF inside); a number as Python
+    writes it (-0.5 is a number, not a formula); None empty.
+
+    Example:
+        >>> csv_cell("-"), csv_cell("a,b"), csv_cell(-0.5)
+        ("'-", '"a,b"', '-0.5')
+    """
+    if value is None:
+        return ""
+    text = spreadsheet_safe(value) if isinstance(value, str) else str(value)
+    if text and not _CSV_SPECIAL.search(text):
+        return text
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerow([token])  # this terminator: a CR or LF inside is quoted
+    csv.writer(buffer, lineterminator="\r\n").writerow([text])  # this terminator: a CR or LF inside is quoted
     return buffer.getvalue()[:-2]
 
 
 def _csv_token(cell: str) -> str:
-    """The token ``_csv_field`` wrote as ``cell`` (after CSV unquoting)."""
+    """The token ``csv_cell`` wrote as ``cell`` (after CSV unquoting)."""
     if cell.startswith("'") and cell.lstrip("'").startswith(FORMULA_STARTS):
         return cell[1:]
     return cell

@@ -359,6 +359,19 @@ def test_diff_errors_name_both_counts():
 # Export
 
 
+def test_rows_csv_escapes_text_a_spreadsheet_would_run_and_keeps_numbers():
+    """OWASP's CSV-injection rule, shared with the trace CSV (``encoder.trace_io.spreadsheet_safe``): a text cell
+    starting with = + - @, tab or CR gets a leading "'"; numbers (also negative ones) are written as numbers."""
+    import csv
+    import io
+
+    tokens = ("=HYPERLINK(\"http://x\")", "+1", "-", "@sum", "\tx", "\rx", "'=x", "cat")
+    rows = [{"query_token": token, "value": -0.5} for token in tokens]
+    read = list(csv.DictReader(io.StringIO(rows_to_csv(rows))))
+    assert [row["query_token"] for row in read] == ["'" + token for token in tokens[:-1]] + ["cat"]
+    assert {row["value"] for row in read} == {"-0.5"}
+
+
 def test_rows_csv_and_json():
     rollout = attention_rollout(TWO_LAYERS)
     rows = matrix_rows(rollout, ("a", "b"), "rollout")
