@@ -223,7 +223,8 @@ class AblationEffect:
 
     ``cosine``: between the clean and the ablated sentence embedding (``outputs["embedding"]``, mean-pooled for
     MiniLM). ``probabilities`` / ``clean_probabilities`` (C,) for a classifier, else None. ``attention`` (L, H,
-    T, T): the ablated run's attention (heads after the silenced ones see a changed input).
+    T, T): the ablated run's attention (heads after the silenced ones see a changed input), only when asked for
+    (``ablate_heads(..., keep_attention=True)``): 72 MB at 512 tokens, which no figure or number here needs.
     """
 
     heads: tuple[tuple[int, int], ...]
@@ -233,7 +234,7 @@ class AblationEffect:
     probabilities: np.ndarray | None
     clean_probabilities: np.ndarray | None
     labels: tuple[str, ...]
-    attention: np.ndarray
+    attention: np.ndarray | None = None
 
     @property
     def probability_change(self) -> np.ndarray | None:
@@ -259,9 +260,12 @@ def _describe(heads: Sequence[tuple[int, int]]) -> str:
     return " ".join(f"L{layer}H{head}" for layer, head in heads) or "none"
 
 
-def ablate_heads(model: LoadedModel, trace: EncoderTrace, heads: Iterable[tuple[int, int]]) -> AblationEffect:
+def ablate_heads(
+    model: LoadedModel, trace: EncoderTrace, heads: Iterable[tuple[int, int]], keep_attention: bool = False
+) -> AblationEffect:
     """Silence ``heads`` (``(layer, head)`` pairs; their context vectors are multiplied by 0 before the output
     projection) and compare the output with the clean trace. Masking no head reproduces the trace exactly.
+    ``keep_attention`` keeps the ablated run's (L, H, T, T) attention in the result.
     """
     check_pairing(model, trace)
     heads = tuple(sorted({(int(layer), int(head)) for layer, head in heads}))
@@ -276,7 +280,7 @@ def ablate_heads(model: LoadedModel, trace: EncoderTrace, heads: Iterable[tuple[
         probabilities=None if probabilities is None else probabilities[0],
         clean_probabilities=trace.outputs.get("probabilities"),
         labels=trace.labels,
-        attention=outputs["attention"][0],
+        attention=outputs["attention"][0] if keep_attention else None,
     )
 
 

@@ -63,7 +63,7 @@ def test_zero_noise_and_full_mask_reproduce_the_trace_exactly(minilm):
 
 def test_masking_no_head_equals_the_plain_trace_exactly(minilm):
     trace = trace_text(minilm, SENTENCE)
-    effect = ablate_heads(minilm, trace, [])
+    effect = ablate_heads(minilm, trace, [], keep_attention=True)
     np.testing.assert_array_equal(effect.attention, trace.attention)
     np.testing.assert_array_equal(effect.embedding, trace.outputs["embedding"])
     assert effect.cosine == pytest.approx(1.0, abs=1e-12)
@@ -137,7 +137,7 @@ def test_masking_a_head_equals_zeroing_its_value_projection(bert_folder):
     silence_by_weights(by_hand, layer=0, head=1)
     trace = trace_text(model, TINY_TEXT)
     expected = trace_text(by_hand, TINY_TEXT)
-    effect = ablate_heads(model, trace, [(0, 1)])
+    effect = ablate_heads(model, trace, [(0, 1)], keep_attention=True)
     # Bit for bit: both are batch-of-one runs, and x * 0 and x @ 0 + 0 are both exactly zero context.
     np.testing.assert_array_equal(effect.attention, expected.attention)
     np.testing.assert_array_equal(effect.embedding, expected.outputs["embedding"])
@@ -154,6 +154,7 @@ def test_masking_a_set_of_heads_in_a_classifier(classifier_folder):
     expected = trace_text(by_hand, TINY_TEXT)
     effect = ablate_heads(model, trace, [(2, 1), (0, 0), (0, 0)])
     assert effect.heads == ((0, 0), (2, 1))
+    assert effect.attention is None  # kept only when asked for (72 MB at 512 tokens; no figure needs it)
     np.testing.assert_array_equal(effect.probabilities, expected.outputs["probabilities"])
     np.testing.assert_allclose(effect.probability_change, expected.outputs["probabilities"]
                                - trace.outputs["probabilities"], atol=1e-6)
