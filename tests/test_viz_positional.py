@@ -7,6 +7,7 @@ from encoder.positional import sinusoidal_encoding
 from encoder.trace import trace_text
 from tests.support.traces import synthetic_trace
 from viz.positional import (
+    SIMILARITY_MAX_POSITIONS,
     build_position_similarity,
     build_positional_dimensions,
     build_positional_heatmap,
@@ -55,6 +56,16 @@ def test_similarity_is_cosine_between_table_rows(sinusoidal):
     np.testing.assert_allclose(fig.data[0].z, unit @ unit.T, atol=1e-6)
     np.testing.assert_allclose(np.diag(fig.data[0].z), 1.0, atol=1e-6)
     assert (fig.layout.shapes[0].x0, fig.layout.shapes[0].x1) == (-0.5, 4.5)
+
+
+def test_similarity_shows_at_most_the_first_512_positions_by_default_and_says_so(sinusoidal):
+    long = synthetic_trace(["[CLS]", "a", "[SEP]"], table=sinusoidal_encoding(4096, 8))
+    fig = build_position_similarity(long)
+    assert fig.data[0].z.shape == (SIMILARITY_MAX_POSITIONS, SIMILARITY_MAX_POSITIONS) == (512, 512)
+    assert "the first 512 of 4096 positions" in fig.layout.title.subtitle.text
+    assert build_position_similarity(long, max_positions=600).data[0].z.shape == (600, 600)  # asked for: allowed
+    whole = build_position_similarity(sinusoidal)
+    assert whole.data[0].z.shape == (64, 64) and "first" not in whole.layout.title.subtitle.text
 
 
 def test_dimensions_are_table_columns(trace):

@@ -14,6 +14,7 @@ from encoder.trace import EncoderTrace
 from viz.common import DEFAULT_DIVERGING, check_colorscale, check_index, new_figure
 
 USED_COLOR = "#222"
+SIMILARITY_MAX_POSITIONS = 512  # the similarity figure's default: a P x P matrix is 95 MB of JSON at P = 4096
 
 
 def used_positions(trace: EncoderTrace) -> np.ndarray:
@@ -100,11 +101,17 @@ def build_position_similarity(
 ) -> go.Figure:
     """Cosine similarity between the positional vectors of every two positions (P' x P'), text's square outlined.
 
+    Args:
+        max_positions: int, the first P' positions shown (default: all, at most ``SIMILARITY_MAX_POSITIONS``; the
+            subtitle says when positions were left out).
+
     Returns:
         A figure whose heatmap ``z`` (P', P') float32 is ``cos(table[i], table[j])`` (0 for an all-zero row).
     """
     check_colorscale(colorscale)
-    shown = _positions(trace, max_positions)
+    total = trace.positional_table.shape[0]
+    shown = _positions(trace, min(total, SIMILARITY_MAX_POSITIONS) if max_positions is None else max_positions)
+    cut = f" · the first {shown} of {total} positions" if shown < total else ""
     table = trace.positional_table[:shown].astype(np.float64)
     norms = np.linalg.norm(table, axis=1, keepdims=True)
     unit = np.divide(table, norms, out=np.zeros_like(table), where=norms > 0)
@@ -113,7 +120,7 @@ def build_position_similarity(
     fig = new_figure(f"Positional encodings: cosine similarity between positions ({table_kind(trace)} table)",
                      side + 180, side + 150)
     fig.update_layout(
-        title=dict(subtitle=dict(text=_used_text(trace, shown) + " (outlined)")),
+        title=dict(subtitle=dict(text=_used_text(trace, shown) + " (outlined)" + cut)),
         margin=dict(l=80, r=100, t=90, b=60),
         xaxis=dict(title=dict(text="position"), showgrid=False, zeroline=False, constrain="domain"),
         yaxis=dict(title=dict(text="position"), autorange="reversed", showgrid=False, zeroline=False,
