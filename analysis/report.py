@@ -236,14 +236,23 @@ def iter_traces(
         yield from trace_batch(model, texts[start:start + batch_size], max_tokens=max_tokens, batch_size=batch_size)
 
 
-def sentences_from_text(text: str, limit: int = 5000) -> list[str]:
-    """The non-blank lines of an uploaded text file (one sentence per line), stripped, at most ``limit``.
+class Sentences(list):
+    """The sentences of a corpus file (a plain list of str), and ``dropped``: how many non-blank lines past the
+    limit were left out (0 when none)."""
+
+    dropped: int = 0
+
+
+def sentences_from_text(text: str, limit: int = 5000) -> Sentences:
+    """The non-blank lines of an uploaded text file (one sentence per line), stripped, at most ``limit``; the
+    result's ``dropped`` says how many more there were.
 
     Raises:
         AnalysisError: no non-blank line.
     """
-    lines = [line.strip() for line in text.splitlines()]
-    sentences = [line for line in lines if line][:limit]
-    if not sentences:
+    lines = [line for line in (line.strip() for line in text.splitlines()) if line]
+    if not lines:
         raise AnalysisError("The file has no sentences: put one sentence per line.")
+    sentences = Sentences(lines[:limit])
+    sentences.dropped = max(len(lines) - limit, 0)
     return sentences

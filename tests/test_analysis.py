@@ -276,6 +276,8 @@ def test_corpus_report_errors():
 def test_sentences_from_text():
     assert sentences_from_text("one\n\n  two  \r\nthree\n") == ["one", "two", "three"]
     assert sentences_from_text("a\nb\nc", limit=2) == ["a", "b"]
+    assert sentences_from_text("a\n\nb\nc\nd", limit=2).dropped == 2  # it says when it cut (blank lines aside)
+    assert sentences_from_text("a\nb", limit=2).dropped == 0
     with pytest.raises(ValueError, match="no sentences"):
         sentences_from_text(" \n\n")
 

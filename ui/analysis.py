@@ -41,6 +41,9 @@ def _corpus_ui() -> cache.Corpus | None:
     except HeadlightError as error:
         st.error(str(error))
         return None
+    if sentences.dropped:
+        st.info(f"The file has {len(sentences) + sentences.dropped:,} sentences; the first {len(sentences):,} are "
+                "used (the most one upload may hold).")
     return upload.name, tuple(sentences)
 
 
