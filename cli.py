@@ -78,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                f"{analyses}\n\n{EXAMPLES}",
     )
     source = parser.add_argument_group("input")
-    source.add_argument("--model", default="minilm", help="model source: minilm (default), tutorial, a folder, ...")
+    source.add_argument("--model", default="minilm",
+                        help="model source: minilm (default), tutorial, any folder or hub id (the command line is "
+                             "the operator's: no HEADLIGHT_MODEL_ROOTS/HEADLIGHT_HUB_IDS needed)")
     source.add_argument("--text", help="the sentence to trace")
     source.add_argument("--pair", help="an optional second sentence")
     source.add_argument("--max-tokens", type=int, help="keep at most this many tokens")
@@ -147,7 +149,8 @@ def _read_trace(args: argparse.Namespace, model: LoadedModel | None = None) -> E
     from encoder.sources import load_source
     from encoder.trace import trace_text
 
-    return trace_text(load_source(args.model) if model is None else model, args.text, args.pair, args.max_tokens)
+    model = load_source(args.model, trusted=True) if model is None else model  # the operator's own command line
+    return trace_text(model, args.text, args.pair, args.max_tokens)
 
 
 def run(argv: list[str] | None = None) -> Path:
@@ -246,7 +249,7 @@ def _inputs(args: argparse.Namespace, entry: Analysis, corpus: Path | None) -> T
             raise ExportError(f"view {entry.name!r} re-runs the model, so it needs --text (and --model), not --trace")
         from encoder.sources import load_source
 
-        model = load_source(args.model)
+        model = load_source(args.model, trusted=True)
     return TraceInputs(_load_trace(args, model), model, on_progress=_progress_line)
 
 
@@ -270,7 +273,7 @@ def _corpus_report(args: argparse.Namespace, sentences: list[str], distances: bo
     from encoder.sources import load_source
 
     limit = {} if args.max_tokens is None else {"max_tokens": args.max_tokens}
-    traces = analysis.iter_traces(load_source(args.model), sentences, **limit)
+    traces = analysis.iter_traces(load_source(args.model, trusted=True), sentences, **limit)
     return analysis.corpus_head_report(traces, len(sentences), _progress_line("sentences traced"), distances)
 
 

@@ -29,7 +29,7 @@ def family_of(hf_config: dict[str, Any]):
     model_type = hf_config.get("model_type")
     if model_type not in FAMILIES:
         raise CheckpointError(
-            f"model_type {model_type!r} is not supported; Headlight runs {', '.join(sorted(FAMILIES))}."
+            f"config.json's model_type is missing or not one Headlight runs ({', '.join(sorted(FAMILIES))})."
         )
     return FAMILIES[model_type]
 
@@ -41,7 +41,10 @@ def convert_config(hf_config: dict[str, Any]) -> EncoderConfig:
     except (TypeError, ValueError) as error:
         if isinstance(error, CheckpointError):
             raise
-        raise CheckpointError(f"config.json has a field of the wrong kind: {error}") from error
+        raise CheckpointError(
+            "config.json has a field of the wrong kind (text or a list where a number belongs, or the reverse); "
+            "compare it with a config.json that transformers saved."
+        ) from error
 
 
 def _canonical_names(weights: dict[str, np.ndarray], prefixes: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -65,7 +68,8 @@ def port_weights(model: TransformerEncoder, weights: dict[str, np.ndarray], sour
     missing = [name for name, _, _ in ports if name not in weights]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise CheckpointError(f"{source} lacks {len(missing)} tensors the model needs: {shown}")
+        raise CheckpointError(f"{source} lacks {len(missing)} tensors the model needs: {shown}; config.json and the "
+                              "weights disagree.")
     values = []
     for name, variable, transform in ports:
         value = np.asarray(transform(weights[name]), dtype=np.float32)
@@ -82,13 +86,13 @@ def port_weights(model: TransformerEncoder, weights: dict[str, np.ndarray], sour
 def read_hf_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{folder} has no config.json; a Hugging Face model folder needs one.")
+        raise CheckpointError("The folder has no config.json; a Hugging Face model folder needs one.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+        raise CheckpointError("config.json is not valid JSON (in UTF-8); save it again with transformers.") from error
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} should hold a JSON object")
+        raise CheckpointError("config.json should hold a JSON object")
     return data
 
 
@@ -101,17 +105,18 @@ def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
     if not files:
         if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.h5")):
             raise CheckpointError(
-                f"{folder} holds only PyTorch/TF weights (.bin/.pt/.h5). Headlight reads safetensors only "
+                "The folder holds only PyTorch/TF weights (.bin/.pt/.h5). Headlight reads safetensors only "
                 "(no PyTorch needed): convert once with `transformers` "
                 "(model.save_pretrained(folder, safe_serialization=True))."
             )
-        raise CheckpointError(f"{folder} has no model.safetensors.")
+        raise CheckpointError("The folder has no model.safetensors.")
     weights: dict[str, np.ndarray] = {}
     for file in files:
         try:
             weights.update(load_file(str(file)))
         except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(f"{file} is not a readable safetensors file: {error}") from error
+            raise CheckpointError(f"{file.name} is not a readable safetensors file; save the weights again "
+                                  "(safetensors).") from error
     return weights
 
 
@@ -122,13 +127,13 @@ def load_hf_folder(folder: str | Path) -> tuple[TransformerEncoder, tuple[str, .
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder.")
+        raise CheckpointError("The model path is not a folder: give the folder that holds config.json.")
     hf_config = read_hf_config(folder)
     family = family_of(hf_config)
     config = _sentence_transformer_pooling(folder, convert_config(hf_config))
     weights = read_safetensors(folder)
     model = TransformerEncoder(config, name="encoder")
-    port_weights(model, weights, str(folder), family)
+    port_weights(model, weights, "model.safetensors", family)
     return model, labels(hf_config, config)
 
 

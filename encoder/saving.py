@@ -77,9 +77,10 @@ def read_folder_config(folder: Path) -> tuple[EncoderConfig, dict[str, Any]]:
         data = json.loads(path.read_text(encoding="utf-8"))
         return EncoderConfig.from_dict(data["encoder"]), data
     except OSError as error:
-        raise CheckpointError(f"{path} cannot be read: {error}") from error
+        raise CheckpointError("The model folder's config.json cannot be read.") from error
     except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path} is not a valid Headlight model config: {error}") from error
+        raise CheckpointError("config.json is not a valid Headlight model config (its \"encoder\" section is missing "
+                              "or describes an impossible model); save the model again.") from error
 
 
 def load_folder(
@@ -93,19 +94,19 @@ def load_folder(
     config, data = read_folder_config(folder)
     weights_path = folder / weights_file
     if not weights_path.is_file():
-        raise CheckpointError(f"{folder} has no model.safetensors.")
+        raise CheckpointError("The folder has no model.safetensors.")
     try:
         weights = load_file(str(weights_path))
     except Exception as error:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {error}") from error
+        raise CheckpointError("model.safetensors is not a readable safetensors file; save the model again.") from error
     model = TransformerEncoder(config, name="encoder")
     for variable in model.weights:
         if variable.path not in weights:
-            raise CheckpointError(f"{weights_path} lacks {variable.path}; was it saved by another version?")
+            raise CheckpointError(f"model.safetensors lacks {variable.path}; was it saved by another version?")
         value = weights[variable.path]
         if tuple(value.shape) != tuple(variable.shape):
             raise CheckpointError(
-                f"{weights_path}: {variable.path} has shape {tuple(value.shape)}, "
+                f"model.safetensors: {variable.path} has shape {tuple(value.shape)}, "
                 f"the config gives {tuple(variable.shape)}"
             )
         variable.assign(value)

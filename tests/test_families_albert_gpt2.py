@@ -67,8 +67,8 @@ def test_albert_config_factorises_embeddings_and_shares_one_layer():
         ({"num_hidden_groups": 4}, r"num_hidden_groups \(4\) must be between 1 and num_hidden_layers \(3\)"),
         ({"embedding_size": 32}, r"embedding_size equals hidden_size \(32\)"),
         ({"num_hidden_layers": 18, "num_hidden_groups": 14}, "transformers runs group 6 at layer 9"),
-        ({"position_embedding_type": "relative_key"}, "relative_key"),
-        ({"hidden_act": "swish"}, "hidden_act 'swish'"),
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type is not supported"),
+        ({"hidden_act": "swish"}, "hidden_act is not an activation"),
     ],
 )
 def test_albert_refuses_what_it_does_not_run(changes, message):
@@ -133,7 +133,7 @@ def test_gpt2_config_is_causal_pre_norm_with_a_final_norm():
     [
         ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx true"),
         ({"scale_attn_weights": False}, "scale_attn_weights false"),
-        ({"activation_function": "swish"}, "activation_function 'swish'"),
+        ({"activation_function": "swish"}, "activation_function is not an activation"),
         ({"eos_token_id": 1500}, "pad_token_id 1500 is not a token id"),
         ({"n_head": 5}, "impossible model"),
     ],

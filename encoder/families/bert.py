@@ -44,7 +44,7 @@ def check_absolute_positions(hf: dict[str, Any]) -> None:
     position_type = hf.get("position_embedding_type", "absolute")
     if position_type != "absolute":
         raise CheckpointError(
-            f"position_embedding_type {position_type!r} is not supported; only 'absolute' positions are.")
+            "config.json's position_embedding_type is not supported; only 'absolute' positions are.")
 
 
 def bert_like_fields(hf: dict[str, Any]) -> dict[str, Any]:

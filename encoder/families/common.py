@@ -53,7 +53,8 @@ def pad_token(hf: Mapping[str, Any], vocab_size: int) -> int:
 def activation(name: Any, key: str = "hidden_act") -> str:
     """Our name for the activation ``name`` that ``config.json`` gives under ``key``."""
     if name not in ACTIVATIONS:
-        raise CheckpointError(f"{key} {name!r} is not supported; expected one of {', '.join(ACTIVATIONS)}.")
+        raise CheckpointError(f"config.json's {key} is not an activation Headlight runs; expected one of "
+                              f"{', '.join(ACTIVATIONS)}.")
     return ACTIVATIONS[name]
 
 
