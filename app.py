@@ -8,6 +8,7 @@ link reopens exactly this view. Changing a layer, head, view or option never re-
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,10 +17,12 @@ import streamlit as st
 
 from encoder.errors import HeadlightError
 from encoder.families import FAMILIES
-from encoder.sources import DEFAULT_SOURCE, LoadedModel, builtin_sources
+from encoder.settings import settings
+from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, LoadedModel, builtin_sources
 from encoder.trace import EncoderTrace
 from ui.cache import get_model, get_trace
 from ui.runtime import keep_keras_state_between_reruns
+from ui.text import plain
 from ui.views import prediction_ui, views_ui
 
 OTHER_MODEL = "folder or hub id…"
@@ -32,6 +35,7 @@ EXAMPLES = {
     "Attention is all you need — 注意力就是你所需要的一切 🙂!": "",
 }
 DEFAULT_TEXT = next(iter(EXAMPLES))
+log = logging.getLogger("headlight.app")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -39,18 +43,24 @@ DEFAULT_TEXT = next(iter(EXAMPLES))
 
 
 def model_ui() -> str:
-    choices = [*builtin_sources(), OTHER_MODEL]
+    """The model's name: a built-in one, or (when the operator allows any) a folder or hub id the visitor typed.
+    A link naming something else falls back to the default (Streamlit ignores a bound value it does not offer)."""
+    allowed = settings()
+    choices = [*builtin_sources(), *([OTHER_MODEL] if allowed.custom_models else [])]
     choice = st.selectbox("Model", choices, key="model", bind="query-params",
                           help="minilm: pretrained all-MiniLM-L6-v2. tutorial: the classic Keras encoder trained "
                                "here for sentiment; tutorial-initial: the same before training.")
     if choice != OTHER_MODEL:
         return choice
+    hub = "any hub id" if allowed.hub_any else (
+        f"the hub ids {plain(', '.join(sorted(allowed.hub_ids)))}" if allowed.hub_ids else "no hub id")
     path = st.text_input("Folder or Hugging Face hub id", key="source", bind="query-params",
-                         placeholder="/path/to/model-folder or owner/name",
+                         placeholder="model-folder or owner/name", max_chars=MAX_NAME_CHARS,
                          help=f"A Hugging Face model folder ({', '.join(sorted(FAMILIES))}, and their "
                               "sequence classifiers): config.json + model.safetensors + a tokenizer (tokenizer.json, "
                               "vocab.txt, vocab.json + merges.txt, or a SentencePiece model); or a hub id (needs a "
-                              "connection unless cached).")
+                              f"connection unless cached). This server opens folders under the allowed roots, and "
+                              f"{hub}.")
     return path.strip()
 
 
@@ -75,7 +85,7 @@ def text_ui(max_positions: int) -> tuple[str, str | None, int]:
 
 def facts_ui(model: LoadedModel, trace: EncoderTrace | None) -> None:
     config = model.config
-    st.caption(model.description)
+    st.caption(plain(model.description))
     rows = {
         "layers × heads": f"{config.num_layers} × {config.num_heads}",
         "d_model / head dim": f"{config.d_model} / {config.head_dim}",
@@ -88,6 +98,23 @@ def facts_ui(model: LoadedModel, trace: EncoderTrace | None) -> None:
     st.markdown("\n".join(f"- **{k}**: {v}" for k, v in rows.items()))
 
 
+def open_model(source: str) -> tuple[str, LoadedModel]:
+    """``source`` and its model, or the default ones and a message saying why not. Never a crash: a folder may
+    raise anything while it is opened; the page gets a plain sentence (naming neither the source nor a path), the
+    server's log the traceback."""
+    try:
+        return source, get_model(source)
+    except HeadlightError as error:
+        reason = str(error)
+    except Exception:  # a hostile or damaged folder can break any library on the way: never the page
+        if source == DEFAULT_SOURCE:
+            raise
+        log.exception("opening a model failed")
+        reason = "It could not be opened (the server's log says why)."
+    st.error(f"{plain('Could not load that model. ' + reason)}\n\nShowing the default model ({DEFAULT_SOURCE}).")
+    return DEFAULT_SOURCE, get_model(DEFAULT_SOURCE)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -96,19 +123,14 @@ def main() -> None:
     st.set_page_config(page_title="Headlight", page_icon="🔦", layout="wide")
     with st.sidebar:
         st.title("Headlight")
-        source = model_ui() or DEFAULT_SOURCE
-        try:
-            model = get_model(source)
-        except HeadlightError as error:
-            st.error(f"Could not load **{source}**: {error}\n\nShowing the default model ({DEFAULT_SOURCE}).")
-            source, model = DEFAULT_SOURCE, get_model(DEFAULT_SOURCE)
+        source, model = open_model(model_ui() or DEFAULT_SOURCE)
         text, pair, max_tokens = text_ui(model.config.max_positions)
         facts = st.container()
     trace = None
     try:
         trace = get_trace(source, text, pair, max_tokens)
     except HeadlightError as error:
-        st.warning(str(error))
+        st.warning(plain(error))
     with facts:
         facts_ui(model, trace)
     if trace is None:

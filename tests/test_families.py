@@ -43,12 +43,14 @@ def test_the_cli_opens_every_family_folder(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["roberta-cls", "albert", "gpt2", "xlm-roberta"])
-def test_the_app_opens_family_folders_with_their_prediction(name):
+def test_the_app_opens_family_folders_with_their_prediction(name, monkeypatch):
     import json
 
     from streamlit.testing.v1 import AppTest
 
     from tests.support.families import FAMILIES_DIR
+
+    monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(FAMILIES_DIR))
 
     def heatmap_labels(**params) -> list[str]:
         at = AppTest.from_file("../app.py", default_timeout=180)

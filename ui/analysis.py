@@ -12,6 +12,7 @@ from encoder.trace import EncoderTrace
 from ui import cache
 from ui.charts import chart_ui
 from ui.controls import option_ui
+from ui.text import plain
 from viz.options import ViewSettings
 from viz.registry import ANALYSES, Analysis, compute_options
 
@@ -39,12 +40,12 @@ def _corpus_ui() -> cache.Corpus | None:
         st.error("The uploaded file is not UTF-8 text.")
         return None
     except HeadlightError as error:
-        st.error(str(error))
+        st.error(plain(error))
         return None
     if sentences.dropped:
         st.info(f"The file has {len(sentences) + sentences.dropped:,} sentences; the first {len(sentences):,} are "
                 "used (the most one upload may hold).")
-    return upload.name, tuple(sentences)
+    return plain(upload.name), tuple(sentences)  # shown in the progress bar's markdown
 
 
 def analysis_ui(inputs: cache.Inputs, trace: EncoderTrace, settings: ViewSettings, stem: str) -> None:

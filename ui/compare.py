@@ -12,6 +12,7 @@ from encoder.trace import EncoderTrace
 from ui import cache
 from ui.cache import Inputs
 from ui.charts import chart_ui
+from ui.text import plain
 from viz import analysis_figures as figures
 from viz.attention import build_attention_heatmap
 
@@ -36,7 +37,7 @@ def _other_trace(inputs: Inputs, trace: EncoderTrace) -> tuple[EncoderTrace, str
         try:
             other_trace = cache.get_trace(other, inputs.text, inputs.pair, inputs.max_tokens)
         except HeadlightError as error:
-            st.error(str(error))
+            st.error(plain(error))
             return None
         return other_trace, inputs.source, other
     other_text = st.text_area("Second text (same number of tokens: a minimal pair)", key="other_text",
@@ -47,7 +48,7 @@ def _other_trace(inputs: Inputs, trace: EncoderTrace) -> tuple[EncoderTrace, str
     try:
         other = cache.get_trace(inputs.source, other_text, inputs.pair, inputs.max_tokens)
     except HeadlightError as error:
-        st.warning(str(error))
+        st.warning(plain(error))
         return None
     return other, "first text", "second text"
 
@@ -62,12 +63,12 @@ def compare_ui(inputs: Inputs, trace: EncoderTrace, layer: int, head: int, stem:
     try:
         diff = analysis.diff_traces(trace, other, label_a, label_b)
     except HeadlightError as error:
-        st.warning(str(error))
+        st.warning(plain(error))
         return
     left, right = st.columns(2)
     for column, side, label, name in ((left, trace, label_a, "compare-a"), (right, other, label_b, "compare-b")):
         with column:
-            st.markdown(f"**{label}**")
+            st.markdown(f"**{plain(label)}**")
             chart_ui(name, build_attention_heatmap(side, layer, head), stem)
     chart_ui("diff", figures.build_diff_heatmap(diff, layer, head), stem)
     left, right = st.columns(2)

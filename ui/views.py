@@ -19,6 +19,7 @@ from ui.charts import chart_ui
 from ui.compare import compare_ui
 from ui.controls import controls_ui, option_ui
 from ui.downloads import file_stem, trace_downloads_ui
+from ui.text import plain
 from viz.options import ViewSettings
 from viz.registry import View, view_tabs
 
@@ -43,8 +44,8 @@ def prediction_ui(trace: EncoderTrace) -> None:
     if not probabilities:
         return
     label, best = probabilities[0]
-    others = " · ".join(f"{name} {p:.1%}" for name, p in probabilities[1:])
-    st.markdown(f"**Prediction: {label}** ({best:.1%})" + (f" · {others}" if others else ""))
+    others = " · ".join(f"{plain(name)} {p:.1%}" for name, p in probabilities[1:])
+    st.markdown(f"**Prediction: {plain(label)}** ({best:.1%})" + (f" · {others}" if others else ""))
 
 
 def token_settings(trace: EncoderTrace, settings: ViewSettings) -> ViewSettings:
