@@ -126,6 +126,25 @@ def test_a_copied_url_reproduces_the_view(page, browser, app_url):
         other.close()
 
 
+def test_a_crafted_link_makes_no_foreign_request_and_shows_the_default_chart(page, app_url):
+    """A link whose source (and text) are markdown images and HTML pointing at another host: the browser asks
+    127.0.0.1 for everything, renders no link or image, and the default model's chart is shown."""
+    from urllib.parse import urlencode, urlsplit
+
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    crafted = {"model": "folder or hub id…", "source": "![x](http://example.com/a.png)",
+               "text": "The cat ![y](http://example.com/b.png) <img src=http://example.com/c.png> sat."}
+    _open(page, f"{app_url}/?{urlencode(crafted)}")
+    assert _wait_title(page, r"^Layer 0, head 0").startswith("Layer 0, head 0")
+    page.wait_for_timeout(1000)  # anything a rendered image would fetch, fetched by now
+    hosts = {urlsplit(url).hostname for url in requests if urlsplit(url).scheme in ("http", "https", "ws", "wss")}
+    assert hosts == {"127.0.0.1"}, hosts
+    assert page.locator('img[src*="example.com"], a[href*="example.com"]').count() == 0
+    assert "all-MiniLM-L6-v2" in page.get_by_test_id("stSidebar").inner_text()
+    assert page.get_by_test_id("stException").count() == 0
+
+
 def _click_point(page, index: int, chart: int = 0):
     """Click the ``index``-th point of a chart's invisible click layer (cells or thumbnails, in data order)."""
     point = page.locator(CHART).nth(chart).locator(".scatterlayer .trace path.point").nth(index)

@@ -282,3 +282,14 @@ def test_any_exception_while_opening_a_model_is_a_plain_message(tmp_path, monkey
     (error,) = at.error
     assert "could not be opened" in error.value and str(tmp_path) not in error.value
     assert any("opening a model failed" in record.message and record.exc_info for record in caplog.records)
+
+
+def test_plain_text_shows_every_character_and_starts_no_markup():
+    from ui.text import WORD_JOINER, plain
+
+    text = "see http://example.com, www.example.com, a@b.com; **b** <b>x</b> :red[x] $x$ # h ![i](j) \\"
+    shown = plain(text)
+    assert re.sub(r"\\(.)", r"\1", shown).replace(WORD_JOINER, "") == text  # each escape undone: the text
+    assert re.fullmatch(r"(?:\\[!-/:-@\[-`{-~]|[^!-/:-@\[-`{-~])*", shown)  # no punctuation left bare
+    bare = shown.replace("\\", "")
+    assert not any(address in bare for address in ("://example", "www.", "@b"))  # no autolink (GitHub's) forms
