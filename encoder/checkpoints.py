@@ -1,7 +1,9 @@
 """Hugging Face checkpoint import: read ``config.json`` and the safetensors, map the config through the model's
 family (``encoder.families``), and port every tensor after checking its name and shape.
 
-Weights are read with ``safetensors.numpy`` (no PyTorch).
+Weights are read with ``safetensors.numpy`` (no PyTorch), and only after every size is checked
+(``encoder.limits``: config.json's sizes, the parameter count, the safetensors headers): a folder that asks for an
+absurd model is refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ import numpy as np
 
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
+from encoder.limits import check_config, check_config_fields, check_tensors, read_headers
 from encoder.model import TransformerEncoder
+from encoder.settings import settings
+
+CONFIG_BYTES = 4 * 2**20  # largest config.json we read (a classifier with 100,000 labels fits)
 
 
 def family_of(hf_config: dict[str, Any]):
@@ -35,10 +41,12 @@ def family_of(hf_config: dict[str, Any]):
 
 
 def convert_config(hf_config: dict[str, Any]) -> EncoderConfig:
-    """Map a Hugging Face ``config.json`` to an EncoderConfig (pure function), through the model's family."""
+    """Map a Hugging Face ``config.json`` to an EncoderConfig (pure function), through the model's family; sizes
+    outside ``encoder.limits.BOUNDS`` are refused before the family reads them."""
+    check_config_fields(hf_config)
     try:
         return family_of(hf_config).convert_config(hf_config)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:  # OverflowError: int(Infinity)
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(
@@ -87,20 +95,20 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError("The folder has no config.json; a Hugging Face model folder needs one.")
+    if path.stat().st_size > CONFIG_BYTES:
+        raise CheckpointError(f"config.json is larger than a model's config can be (at most {CONFIG_BYTES // 2**20} "
+                              "MB).")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: [[[[...]]]]
         raise CheckpointError("config.json is not valid JSON (in UTF-8); save it again with transformers.") from error
     if not isinstance(data, dict):
         raise CheckpointError("config.json should hold a JSON object")
     return data
 
 
-def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
-    """All tensors of ``model.safetensors`` (or sharded ``model-*.safetensors``) as NumPy arrays."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
+def safetensors_files(folder: Path) -> list[Path]:
+    """``model.safetensors`` (or sharded ``model-*.safetensors``); our error when the folder has none."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.h5")):
@@ -110,8 +118,16 @@ def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
                 "(model.save_pretrained(folder, safe_serialization=True))."
             )
         raise CheckpointError("The folder has no model.safetensors.")
+    return files
+
+
+def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
+    """All tensors of ``model.safetensors`` (or sharded ``model-*.safetensors``) as NumPy arrays."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
     weights: dict[str, np.ndarray] = {}
-    for file in files:
+    for file in safetensors_files(folder):
         try:
             weights.update(load_file(str(file)))
         except (SafetensorError, OSError, ValueError) as error:
@@ -131,7 +147,9 @@ def load_hf_folder(folder: str | Path) -> tuple[TransformerEncoder, tuple[str, .
     hf_config = read_hf_config(folder)
     family = family_of(hf_config)
     config = _sentence_transformer_pooling(folder, convert_config(hf_config))
-    weights = read_safetensors(folder)
+    check_config(config, settings().max_parameters)
+    check_tensors(_canonical_names(read_headers(safetensors_files(folder)), family.PREFIXES), config)
+    weights = read_safetensors(folder)  # only now, with every size checked, is anything big read or built
     model = TransformerEncoder(config, name="encoder")
     port_weights(model, weights, "model.safetensors", family)
     return model, labels(hf_config, config)

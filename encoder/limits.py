@@ -1,0 +1,222 @@
+"""What a checkpoint folder may ask for, checked before anything is allocated: a 240-byte folder must not make the
+server build a model of a trillion parameters.
+
+Three checks, in the order ``encoder.checkpoints.load_hf_folder`` runs them, each cheap and pure:
+
+1. ``check_config_fields``: the sizes ``config.json`` gives, before a family maps them (ALBERT's mapping loops over
+   the layers), within ``BOUNDS``.
+2. ``check_config``: the mapped ``EncoderConfig`` within ``BOUNDS`` (sizes a family derives, such as GPT-2's
+   ``4 * n_embd``) and its ``parameter_count`` at most the operator's ``HEADLIGHT_MAX_PARAMETERS``.
+3. ``read_headers`` + ``check_tensors``: the safetensors headers (names, dtypes, shapes; no tensor read) agree
+   with the file sizes and with the config: the word embeddings have its vocabulary and width, and the files hold
+   at least half the numbers the config implies, so a tiny file cannot make us allocate a big model.
+
+The bounds are generous: the largest published encoders (XLM-RoBERTa-XL: 36 layers, width 2560, 250,002 tokens)
+and GPT-3-sized shapes (96 layers, 96 heads, width 12,288) pass; the parameter cap is what limits a real model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from encoder.config import EncoderConfig
+from encoder.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class Bound:
+    """What a size counts (for messages) and the smallest and largest value ``config.json`` may give."""
+
+    what: str
+    low: int
+    high: int
+
+
+BOUNDS = {  # EncoderConfig field -> its bound
+    "num_layers": Bound("layers", 1, 96),
+    "num_heads": Bound("attention heads", 1, 128),
+    "d_model": Bound("hidden width", 1, 16_384),
+    "dff": Bound("feed-forward width", 1, 65_536),
+    "embedding_size": Bound("embedding width", 1, 16_384),
+    "vocab_size": Bound("tokens in the vocabulary", 1, 1_000_000),
+    "max_positions": Bound("positions", 1, 65_536),
+    "type_vocab_size": Bound("token types", 0, 1_024),
+    "num_layer_groups": Bound("layer groups", 1, 96),
+    "num_classes": Bound("classes", 0, 100_000),
+}
+CONFIG_FIELDS = {  # config.json name (every family's) -> the EncoderConfig field it sets
+    "num_hidden_layers": "num_layers", "n_layer": "num_layers", "n_layers": "num_layers",
+    "num_attention_heads": "num_heads", "n_head": "num_heads", "n_heads": "num_heads",
+    "hidden_size": "d_model", "n_embd": "d_model", "dim": "d_model",
+    "intermediate_size": "dff", "n_inner": "dff", "hidden_dim": "dff",
+    "embedding_size": "embedding_size",
+    "vocab_size": "vocab_size",
+    "max_position_embeddings": "max_positions", "n_positions": "max_positions",
+    "type_vocab_size": "type_vocab_size",
+    "num_hidden_groups": "num_layer_groups",
+    "num_labels": "num_classes",
+}
+WORD_EMBEDDINGS = ("embeddings.word_embeddings.weight", "wte.weight")  # BERT-like families, GPT-2 (prefix stripped)
+MIN_STORED_FRACTION = 0.5  # of the config's parameters that the safetensors files must hold
+HEADER_BYTES = 4 * 2**20  # largest safetensors header we parse (a 96-layer model's is under 100 kB)
+FLOAT_BYTES = {"F16": 2, "F32": 4, "F64": 8}  # the float types safetensors.numpy reads (NumPy has no bfloat16)
+# Integer buffers some checkpoints keep beside the weights (BERT's ``embeddings.position_ids``); never ported.
+BUFFER_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "U32": 4, "I32": 4, "U64": 8, "I64": 8}
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """One tensor as a safetensors header describes it (nothing read from the data)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def check_config_fields(hf: Mapping[str, Any]) -> None:
+    """Refuse a size in ``config.json`` outside ``BOUNDS`` (or not a whole number) before a family maps it.
+
+    Values that are no number at all are left to the family, which reports a field of the wrong kind.
+    """
+    for name, field in CONFIG_FIELDS.items():
+        value = _number(hf.get(name))
+        if value is None:
+            continue
+        bound = BOUNDS[field]
+        if value < bound.low:
+            raise CheckpointError(f"config.json's {name} must be at least {bound.low} ({bound.what}).")
+        if value > bound.high:
+            raise CheckpointError(
+                f"config.json asks for more {bound.what} than Headlight runs ({name}: at most {bound.high:,}).")
+        if not float(value).is_integer():
+            raise CheckpointError(f"config.json's {name} is not a whole number ({bound.what}).")
+
+
+def _number(value: Any) -> int | float | None:
+    """``value`` as a number when it is one (or text of one: the families read "12" as 12), else None."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def parameter_count(config: EncoderConfig) -> int:
+    """The number of weights ``TransformerEncoder(config)`` creates, from the config alone (shared layer groups
+    counted once); tests pin it to the built model's count for every family."""
+    d, e, f = config.d_model, config.embedding_width, config.dff
+    rows = config.table_rows if config.positional == "learned" else 0
+    embeddings = (config.vocab_size + rows + config.type_vocab_size) * e
+    embeddings += 2 * e if config.embedding_layer_norm else 0
+    embeddings += e * d + d if e != d else 0
+    attention = 4 * (d * d + d)
+    feed_forward = d * f + f + f * d + d
+    layer = attention + feed_forward + 2 * (2 * d)  # and two layer norms
+    heads = 2 * d if config.final_norm else 0
+    if config.num_classes:
+        heads += d * d + d if config.classifier_activation else 0
+        heads += d * config.num_classes + config.num_classes
+    return embeddings + (config.num_layer_groups or config.num_layers) * layer + heads
+
+
+def check_config(config: EncoderConfig, max_parameters: int) -> None:
+    """Refuse a mapped config beyond ``BOUNDS`` or with more than ``max_parameters`` weights."""
+    for field, bound in BOUNDS.items():
+        if getattr(config, field) > bound.high:
+            raise CheckpointError(f"config.json asks for more {bound.what} than Headlight runs "
+                                  f"(at most {bound.high:,}).")
+    if parameter_count(config) > max_parameters:
+        raise CheckpointError(
+            f"config.json describes a model larger than this server runs (at most {max_parameters:,} parameters; "
+            "the operator sets the limit with HEADLIGHT_MAX_PARAMETERS).")
+
+
+def read_headers(files: list[Path]) -> dict[str, TensorHeader]:
+    """Every tensor's dtype and shape from the headers of ``files`` (no tensor is read).
+
+    Raises:
+        CheckpointError: a header that is damaged, or describes data beyond the end of its file.
+    """
+    tensors: dict[str, TensorHeader] = {}
+    for file in files:
+        tensors.update(_read_header(file))
+    return tensors
+
+
+def _read_header(file: Path) -> dict[str, TensorHeader]:
+    """One file's header: an 8-byte little-endian length, then that many bytes of JSON, then the data."""
+    damaged = CheckpointError(f"{file.name} is not a readable safetensors file: its header is damaged or the file "
+                              "is cut short; save the weights again (safetensors).")
+    try:
+        with file.open("rb") as handle:
+            prefix = handle.read(8)
+            length = int.from_bytes(prefix, "little")
+            data_bytes = file.stat().st_size - 8 - length
+            if len(prefix) < 8 or length > HEADER_BYTES or data_bytes < 0:
+                raise damaged
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, RecursionError) as error:  # JSON and UTF-8 errors are ValueErrors
+        raise damaged from error
+    if not isinstance(header, dict):
+        raise damaged
+    header.pop("__metadata__", None)
+    tensors = {}
+    for name, entry in header.items():
+        tensor = _tensor(entry, data_bytes)
+        if tensor is None:
+            raise damaged
+        tensors[name] = tensor
+    return tensors
+
+
+def _tensor(entry: Any, data_bytes: int) -> TensorHeader | None:
+    """A header entry as a TensorHeader, or None when it is malformed or its bytes are not all in the file.
+
+    Raises:
+        CheckpointError: a dtype Headlight does not read.
+    """
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        return None
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not _whole_numbers(shape) or not _whole_numbers(offsets) or len(offsets) != 2:
+        return None
+    width = FLOAT_BYTES.get(entry["dtype"]) or BUFFER_BYTES.get(entry["dtype"])
+    if width is None:
+        raise CheckpointError(
+            "The safetensors files hold a tensor of a type Headlight does not read (it reads float16, float32 and "
+            "float64); save the weights as float32 (bfloat16 and 8-bit weights included).")
+    tensor = TensorHeader(entry["dtype"], tuple(shape))
+    begin, end = offsets
+    return tensor if begin <= end <= data_bytes and end - begin == tensor.size * width else None
+
+
+def _whole_numbers(values: Any) -> bool:
+    return isinstance(values, list) and all(type(value) is int and value >= 0 for value in values)
+
+
+def check_tensors(tensors: Mapping[str, TensorHeader], config: EncoderConfig) -> None:
+    """Refuse headers (names without the family's prefix) that cannot fill ``config``'s model: word embeddings
+    missing, of another shape or not floats, or far fewer stored numbers than the model has."""
+    name = next((name for name in WORD_EMBEDDINGS if name in tensors), None)
+    if name is None:
+        raise CheckpointError("The safetensors files have no word embeddings; they do not hold this model.")
+    embeddings = tensors[name]
+    if embeddings.shape != (config.vocab_size, config.embedding_width):
+        raise CheckpointError("The word embeddings' shape disagrees with config.json's vocabulary size and width; "
+                              "config.json and the weights do not belong together.")
+    if embeddings.dtype not in FLOAT_BYTES:
+        raise CheckpointError("The word embeddings are not floats; save the weights again (float32).")
+    stored = sum(tensor.size for tensor in tensors.values() if tensor.dtype in FLOAT_BYTES)
+    if stored < MIN_STORED_FRACTION * parameter_count(config):
+        raise CheckpointError(
+            "The safetensors files hold far fewer weights than config.json describes (less than half): they are "
+            "incomplete, or config.json belongs to another model.")
