@@ -20,7 +20,7 @@ from encoder.families import FAMILIES
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, LoadedModel, builtin_sources
 from encoder.trace import EncoderTrace
-from ui.cache import get_model, get_trace
+from ui.cache import get_model, get_trace, session_traces
 from ui.runtime import keep_keras_state_between_reruns
 from ui.text import plain
 from ui.views import prediction_ui, views_ui
@@ -77,10 +77,12 @@ def text_ui(max_positions: int) -> tuple[str, str | None, int]:
     text = st.text_area("Text", DEFAULT_TEXT, key="text", bind="query-params", height=100)
     pair = st.text_area("Second sentence (optional)", "", key="pair", bind="query-params", height=70,
                         help="A sentence pair is encoded as [CLS] A [SEP] B [SEP]; B's tokens get segment 1.")
-    max_tokens = st.number_input("Max tokens", min_value=8, max_value=max_positions, value=max_positions,
-                                 step=8, key="max_tokens", bind="query-params",
-                                 help="Longer inputs are truncated (and flagged).")
-    return text, (pair if pair.strip() else None), int(max_tokens)
+    limit = min(max_positions, settings().max_tokens)  # the model's positions, and the server's cap
+    max_tokens = st.number_input("Max tokens", min_value=min(8, limit), max_value=limit, value=limit, step=8,
+                                 key="max_tokens", bind="query-params",
+                                 help=f"Longer inputs are truncated (and flagged). At most {limit}: the model's "
+                                      "positions, or the server's limit (HEADLIGHT_MAX_TOKENS) if lower.")
+    return text, (pair if pair.strip() else None), min(int(max_tokens), limit)
 
 
 def facts_ui(model: LoadedModel, trace: EncoderTrace | None) -> None:
@@ -94,7 +96,7 @@ def facts_ui(model: LoadedModel, trace: EncoderTrace | None) -> None:
     }
     if trace is not None:
         rows["tokens"] = f"{trace.num_tokens}" + (f" (of {trace.untruncated_length})" if trace.truncated else "")
-    rows["encoder runs"] = str(model.encoder.calls)
+    rows["encoder runs"] = f"{session_traces()} (this session)"  # never the shared model's count: it is private
     st.markdown("\n".join(f"- **{k}**: {v}" for k, v in rows.items()))
 
 

@@ -1,26 +1,39 @@
 """Everything the app computes, cached per process: the model once, one trace per input (and its words, merged),
 each analysis result once per input and compute settings (one generic cache for every registry analysis).
 
-``st.cache_resource`` (not ``cache_data``) because results are immutable NumPy (traces hold read-only arrays): one
-shared copy serves every session without pickling 75 MB of attention on each rerun. Sizes are bounded.
+Models stay in ``st.cache_resource`` (a few, bounded by count). Traces, merged traces, analysis results and corpus
+reports share one byte budget (``RESULTS``, ``HEADLIGHT_CACHE_MB``): results are immutable NumPy (traces hold
+read-only arrays), so one shared copy serves every session without pickling 75 MB of attention on each rerun.
+Heavy analyses (re-running the model many times, or tracing a corpus) run at most ``HEADLIGHT_HEAVY_JOBS`` at
+once across all sessions (``heavy_job``). What this session asked for is counted in its own session state
+(``session_traces``), never the shared model's calls: a visitor cannot learn what others traced.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import streamlit as st
 
 import analysis
+from encoder.settings import settings
 from encoder.sources import LoadedModel, load_source
 from encoder.trace import EncoderTrace, trace_text
 from tutorial.dataset import load_splits
+from ui.budget import ByteBudgetCache
 from viz.registry import ANALYSES
 
-MAX_TRACES = 64
-MAX_ANALYSES = 32
+T = TypeVar("T")
 Corpus = tuple[str, tuple[str, ...]]  # (name shown in the progress bar, sentences)
+RESULTS = ByteBudgetCache(settings().cache_bytes)
+HEAVY_JOBS = threading.BoundedSemaphore(settings().heavy_jobs)
+HEAVY_WAIT = "Another visitor's analysis is running; yours starts when it ends."
+TRACED = "traced"  # session state: the inputs traced for this session (the sidebar's "encoder runs")
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -28,12 +41,35 @@ def get_model(source: str) -> LoadedModel:
     return load_source(source)
 
 
-@st.cache_resource(show_spinner="Running the encoder…", max_entries=MAX_TRACES)
+def _cached(key: tuple, compute: Callable[[], T], spinner: str | None = None, waiting: str | None = None) -> T:
+    """``RESULTS.get``, with ``spinner`` shown while this session computes, and ``waiting`` (default ``spinner``)
+    while it waits for the same computation in another session."""
+    waiting = waiting or spinner
+
+    def with_spinner() -> T:
+        if spinner is None:
+            return compute()
+        with st.spinner(spinner):
+            return compute()
+
+    return RESULTS.get(key, with_spinner, waiting=lambda: st.spinner(waiting) if waiting else nullcontext())
+
+
 def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
-    return trace_text(get_model(source), text, pair, max_tokens)
+    """The trace of this input (one encoder run per process and input), counted for this session."""
+    trace = _cached(("trace", source, text, pair, max_tokens),
+                    lambda: trace_text(get_model(source), text, pair, max_tokens), "Running the encoder…")
+    traced = st.session_state.setdefault(TRACED, set())
+    traced.add((source, text, pair, max_tokens))
+    return trace
 
 
-@st.cache_resource(show_spinner=False, max_entries=MAX_TRACES)
+def session_traces() -> int:
+    """Encoder runs for this session: the distinct inputs it traced (each is one forward pass, whether this
+    session ran it or found it in the shared cache, so the number never depends on other visitors)."""
+    return len(st.session_state.get(TRACED, ()))
+
+
 def get_word_trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
     """``get_trace`` with sub-words merged into words (``analysis.merge_words``): NumPy on the cached trace, never
     the encoder again.
@@ -41,7 +77,24 @@ def get_word_trace(source: str, text: str, pair: str | None, max_tokens: int) ->
     Raises:
         AnalysisError: the trace does not say which word each token belongs to.
     """
-    return analysis.merge_words(get_trace(source, text, pair, max_tokens))
+    return _cached(("words", source, text, pair, max_tokens),
+                   lambda: analysis.merge_words(get_trace(source, text, pair, max_tokens)))
+
+
+@contextmanager
+def heavy_job() -> Iterator[None]:
+    """Hold one of the process-wide heavy-analysis slots; while waiting for one, say so (updated every second,
+    which also lets Streamlit stop this run if the visitor moves on)."""
+    if not HEAVY_JOBS.acquire(blocking=False):
+        started, note = time.monotonic(), st.empty()
+        note.info(HEAVY_WAIT, icon="⏳")
+        while not HEAVY_JOBS.acquire(timeout=1.0):
+            note.info(f"{HEAVY_WAIT} (waiting {time.monotonic() - started:.0f} s)", icon="⏳")
+        note.empty()
+    try:
+        yield
+    finally:
+        HEAVY_JOBS.release()
 
 
 @dataclass(frozen=True)
@@ -74,26 +127,37 @@ class Inputs:
         return None
 
 
-@st.cache_resource(show_spinner=False, max_entries=MAX_ANALYSES)
 def analysis_result(name: str, inputs: Inputs, options: tuple[tuple[str, Any], ...]) -> Any:
-    """The registry analysis ``name`` on ``inputs`` with its compute ``options`` (sorted (name, value) pairs)."""
-    with st.spinner(ANALYSES[name].spinner):
-        return ANALYSES[name].compute(inputs, dict(options))
+    """The registry analysis ``name`` on ``inputs`` with its compute ``options`` (sorted (name, value) pairs);
+    analyses that re-run the model take a heavy-job slot."""
+    entry = ANALYSES[name]
+
+    def compute() -> Any:
+        if not entry.needs_model:
+            return entry.compute(inputs, dict(options))
+        with heavy_job():
+            return entry.compute(inputs, dict(options))
+
+    return _cached(("analysis", name, inputs, options), compute, entry.spinner)
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
 def corpus_report(source: str, corpus_name: str, sentences: tuple[str, ...]) -> analysis.HeadReport:
-    """Report card over many sentences, with a progress bar while it runs (cached afterwards)."""
-    bar = st.progress(0.0, text=f"Tracing {len(sentences):,} sentences of {corpus_name}…")
+    """Report card over many sentences, with a progress bar while it runs (a heavy job; cached afterwards)."""
 
-    def progress(done: int, total: int | None) -> None:
-        if done % 25 == 0 or done == total:
-            bar.progress(done / max(total or 1, 1), text=f"{done:,} / {total:,} sentences of {corpus_name}")
+    def compute() -> analysis.HeadReport:
+        with heavy_job():
+            bar = st.progress(0.0, text=f"Tracing {len(sentences):,} sentences of {corpus_name}…")
 
-    report = analysis.corpus_head_report(analysis.iter_traces(get_model(source), list(sentences)),
-                                         total=len(sentences), progress=progress)
-    bar.empty()
-    return report
+            def progress(done: int, total: int | None) -> None:
+                if done % 25 == 0 or done == total:
+                    bar.progress(done / max(total or 1, 1), text=f"{done:,} / {total:,} sentences of {corpus_name}")
+
+            report = analysis.corpus_head_report(analysis.iter_traces(get_model(source), list(sentences)),
+                                                 total=len(sentences), progress=progress)
+            bar.empty()
+            return report
+
+    return _cached(("corpus", source, corpus_name, sentences), compute, waiting=f"Tracing {corpus_name}…")
 
 
 @st.cache_resource(show_spinner=False)

@@ -1,6 +1,10 @@
 """Download buttons: the trace as NPZ/JSON/CSV, and the button every figure download uses (``ui.charts``).
 
-Files are made only when a button is clicked (``data`` is a callable), so drawing the page costs nothing.
+Files are made only when a button is clicked (``data`` is a callable), so drawing the page costs nothing. A made
+file stays in the server's memory for the session, so no trace download is offered above ``MAX_DOWNLOAD_BYTES``
+(100 MB, estimated from above before anything is made): a 512-token MiniLM trace is 79 MB as NPZ (offered), its
+CSV of all 12 heads of a layer ~103 MB (offered for the first heads that fit, 8.6 MB each). Analysis numbers are
+bounded by their inputs (rollout, the largest, is ~9 MB of CSV at 512 tokens).
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ import streamlit as st
 from encoder import trace_io
 from encoder.errors import ExportError
 from encoder.trace import EncoderTrace
+from ui.budget import held_bytes
 from viz import render
 
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html",
         "npz": "application/octet-stream", "json": "application/json", "csv": "text/csv"}
 FULL_JSON_MAX_TOKENS = 128  # a whole trace as JSON is ~22 MB at 128 tokens and ~250 MB at 512
+MAX_DOWNLOAD_BYTES = 100 * 2**20  # no trace download is larger
+JSON_BYTES_PER_FLOAT = 16  # the longest float32 in its shortest decimal form, "-1.2345678e-05", and a comma
+CSV_ROW_BYTES = 40  # a CSV row without its two tokens: layer, head, query, key (<= 4 digits each), weight, commas
 
 
 @st.cache_data(show_spinner=False)
@@ -34,21 +42,53 @@ def download_button(label: str, data: Callable[[], bytes | str], file_name: str,
     st.download_button(label, data, file_name=file_name, mime=MIME[fmt], on_click="ignore", key=key, help=help)
 
 
+def json_bytes(trace: EncoderTrace) -> int:
+    """About the most bytes ``trace_to_json(trace)`` can take: every float32 at its longest."""
+    return held_bytes(trace) // 4 * JSON_BYTES_PER_FLOAT
+
+
+def csv_bytes(trace: EncoderTrace, heads: int) -> int:
+    """At most the bytes of ``trace_to_csv`` for one layer and ``heads`` heads: T * T rows per head, each token
+    written T times as a query and T times as a key."""
+    tokens = sum(len(trace_io.csv_cell(token).encode("utf-8")) for token in trace.tokens)
+    count = trace.num_tokens
+    return heads * (count * count * CSV_ROW_BYTES + 2 * count * tokens)
+
+
+def heads_that_fit(trace: EncoderTrace, heads: tuple[int, ...]) -> tuple[int, ...]:
+    """The first of ``heads`` whose CSV (one layer) fits ``MAX_DOWNLOAD_BYTES`` (all of them, usually)."""
+    return heads[:next((n for n in range(len(heads), 0, -1) if csv_bytes(trace, n) <= MAX_DOWNLOAD_BYTES), 0)]
+
+
 def trace_downloads_ui(trace: EncoderTrace, stem: str, layer: int, heads: tuple[int, ...]) -> None:
-    """The trace's numbers: NPZ (everything), JSON (everything, up to 128 tokens), CSV (this layer's heads)."""
-    head_text = f"head {heads[0]}" if len(heads) == 1 else f"{len(heads)} heads"
+    """The trace's numbers, each file at most ``MAX_DOWNLOAD_BYTES``: NPZ (everything), JSON (everything, up to
+    128 tokens), CSV (this layer's heads, or the first of them that fit)."""
+    csv_heads = heads_that_fit(trace, heads)
+    head_text = f"head {csv_heads[0]}" if len(csv_heads) == 1 else f"{len(csv_heads)} heads"
     st.markdown(f"**This trace's numbers** · NPZ and JSON: tokens, attention of every layer and head, hidden "
                 f"states, positional rows · CSV: layer {layer}, {head_text}, one row per (query, key)")
+    limit = f"{MAX_DOWNLOAD_BYTES // 2**20} MB"
+    notes = []
     with st.container(horizontal=True, gap="small"):
-        download_button("NPZ", lambda: trace_io.trace_to_npz(trace), f"{stem}-trace.npz", "npz", "dl-trace-npz")
-        if trace.num_tokens <= FULL_JSON_MAX_TOKENS:
+        if held_bytes(trace) <= MAX_DOWNLOAD_BYTES:
+            download_button("NPZ", lambda: trace_io.trace_to_npz(trace), f"{stem}-trace.npz", "npz", "dl-trace-npz")
+        else:
+            notes.append(f"NPZ is offered up to {limit} (this trace holds {held_bytes(trace) / 2**20:.0f} MB); the "
+                         "command line (python -m cli --text … -o trace.npz) writes it.")
+        if trace.num_tokens <= FULL_JSON_MAX_TOKENS and json_bytes(trace) <= MAX_DOWNLOAD_BYTES:
             download_button("JSON", lambda: trace_io.trace_to_json(trace), f"{stem}-trace.json", "json",
                             "dl-trace-json")
-        download_button("CSV", lambda: trace_io.trace_to_csv(trace, layers=[layer], heads=list(heads)),
-                        f"{stem}-layer{layer}.csv", "csv", "dl-trace-csv")
-        if trace.num_tokens > FULL_JSON_MAX_TOKENS:
-            st.caption(f"JSON is offered up to {FULL_JSON_MAX_TOKENS} tokens (a {trace.num_tokens}-token trace "
-                       "would be hundreds of MB); NPZ holds everything.")
+        else:
+            notes.append(f"JSON is offered up to {FULL_JSON_MAX_TOKENS} tokens and {limit} (a {trace.num_tokens}-"
+                         "token trace would be hundreds of MB); NPZ holds everything.")
+        if csv_heads:
+            download_button("CSV", lambda: trace_io.trace_to_csv(trace, layers=[layer], heads=list(csv_heads)),
+                            f"{stem}-layer{layer}.csv", "csv", "dl-trace-csv")
+        if len(csv_heads) < len(heads):
+            notes.append(f"CSV is offered up to {limit}: " + (f"the first {len(csv_heads)} of the {len(heads)} heads "
+                         "shown." if csv_heads else "not even one head of this trace fits."))
+        for note in notes:
+            st.caption(note)
 
 
 def file_stem(source: str) -> str:
