@@ -225,6 +225,21 @@ def test_the_app_keeps_traces_and_analyses_within_one_budget(monkeypatch):
     assert sizes["trace"] > 70 * MB and sizes["analysis"] < 64 * 1024  # the report card is a few (L, H) maps
 
 
+def test_corpus_results_are_kept_under_a_digest_of_the_sentences_not_the_sentences(monkeypatch):
+    """The budget counts arrays; a key holding an uploaded corpus (up to 5 MB of text) would escape it."""
+    store = ByteBudgetCache(settings().cache_bytes)
+    monkeypatch.setattr(cache, "RESULTS", store)
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    for name, value in {"view": "Analysis", "analysis": "Report card", "corpus": "test sentences"}.items():
+        at.query_params[name] = value
+    at.run()
+    at.slider(key="corpus_size").set_value(50).run()
+    assert not at.exception and "50 texts" in at.get("plotly_chart")[0].proto.spec
+    kinds = [key[0] for key in store.kept_keys()]
+    assert "corpus" in kinds and "analysis" in kinds
+    assert all(len(repr(key)) < 1000 for key in store.kept_keys())
+
+
 def test_a_session_waits_for_a_heavy_job_slot_and_says_so(monkeypatch):
     notes = []
 

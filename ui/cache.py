@@ -11,6 +11,7 @@ once across all sessions (``heavy_job``). What this session asked for is counted
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -138,7 +139,8 @@ def analysis_result(name: str, inputs: Inputs, options: tuple[tuple[str, Any], .
         with heavy_job():
             return entry.compute(inputs, dict(options))
 
-    return _cached(("analysis", name, inputs, options), compute, entry.spinner)
+    key = ("analysis", name, inputs.key, _corpus_key(inputs.corpus), options)
+    return _cached(key, compute, entry.spinner)
 
 
 def corpus_report(source: str, corpus_name: str, sentences: tuple[str, ...]) -> analysis.HeadReport:
@@ -157,7 +159,17 @@ def corpus_report(source: str, corpus_name: str, sentences: tuple[str, ...]) -> 
             bar.empty()
             return report
 
-    return _cached(("corpus", source, corpus_name, sentences), compute, waiting=f"Tracing {corpus_name}…")
+    return _cached(("corpus", source, _corpus_key((corpus_name, sentences))), compute,
+                   waiting=f"Tracing {corpus_name}…")
+
+
+def _corpus_key(corpus: Corpus | None) -> tuple[str, str] | None:
+    """A corpus in a cache key: its name and a digest of its sentences (a key kept in the cache must not hold 5 MB
+    of uploaded text, which the byte budget does not count)."""
+    if corpus is None:
+        return None
+    name, sentences = corpus
+    return name, hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest()  # lines hold no newline
 
 
 @st.cache_resource(show_spinner=False)
