@@ -64,9 +64,16 @@ def save_initial_weights(folder: str | Path, state: dict[str, np.ndarray]) -> Pa
 
 
 def is_headlight_folder(folder: Path) -> bool:
+    """Whether ``folder`` is one of ours; its config.json is read only when it is of a config's size (a hostile
+    folder's giant or deeply nested file is then refused by the Hugging Face reader, with our error)."""
+    from encoder.checkpoints import CONFIG_BYTES
+
+    path = folder / "config.json"
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+        if path.stat().st_size > CONFIG_BYTES:
+            return False
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 

@@ -293,3 +293,27 @@ def test_plain_text_shows_every_character_and_starts_no_markup():
     assert re.fullmatch(r"(?:\\[!-/:-@\[-`{-~]|[^!-/:-@\[-`{-~])*", shown)  # no punctuation left bare
     bare = shown.replace("\\", "")
     assert not any(address in bare for address in ("://example", "www.", "@b"))  # no autolink (GitHub's) forms
+
+
+def test_a_failed_load_is_remembered_briefly_so_reruns_do_not_repeat_it(monkeypatch):
+    from encoder.errors import SourceError
+    from ui import cache
+
+    calls = []
+
+    def refuse(source):
+        calls.append(source)
+        raise SourceError("This model is not available here.")
+
+    clock = [1000.0]
+    monkeypatch.setattr(cache, "load_source", refuse)
+    monkeypatch.setattr(cache.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(cache, "_failed_loads", {})
+    for _ in range(3):
+        with pytest.raises(SourceError, match="not available here"):
+            cache.get_model("someone/refused")
+    assert calls == ["someone/refused"]  # refused once, remembered for the reruns
+    clock[0] += cache.FAILED_LOAD_SECONDS + 1
+    with pytest.raises(SourceError):
+        cache.get_model("someone/refused")
+    assert len(calls) == 2  # tried again after a while

@@ -37,8 +37,31 @@ HEAVY_WAIT = "Another visitor's analysis is running; yours starts when it ends."
 TRACED = "traced"  # session state: the inputs traced for this session (the sidebar's "encoder runs")
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+FAILED_LOAD_SECONDS = 60.0  # a model that failed to load is not tried again for this long (a rerun is free)
+FAILED_LOADS_KEPT = 256
+_failed_loads: dict[str, tuple[float, Exception]] = {}
+_failed_lock = threading.Lock()
+
+
 def get_model(source: str) -> LoadedModel:
+    """The loaded model (cached); a source that failed within ``FAILED_LOAD_SECONDS`` fails again at once with
+    the same error, so reruns and other visitors' links do not repeat a refused load."""
+    with _failed_lock:
+        failed = _failed_loads.get(source)
+    if failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_SECONDS:
+        raise failed[1]
+    try:
+        return _load_model(source)
+    except Exception as error:
+        with _failed_lock:
+            _failed_loads[source] = (time.monotonic(), error)
+            while len(_failed_loads) > FAILED_LOADS_KEPT:
+                _failed_loads.pop(next(iter(_failed_loads)))
+        raise
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _load_model(source: str) -> LoadedModel:
     return load_source(source)
 
 

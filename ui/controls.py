@@ -14,6 +14,7 @@ import streamlit as st
 from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace
 from ui import clicks
+from ui.text import plain
 from viz.common import AGGREGATES, SEQUENTIAL_SCALES
 from viz.options import MERGE_WORDS, Option, ViewSettings
 
@@ -85,7 +86,7 @@ def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace]) -> tuple
         try:
             shown = words()
         except HeadlightError as error:
-            st.warning(str(error))
+            st.warning(plain(error))
             display["merge_words"] = False
     with top:
         left, middle, right = st.columns([3, 3, 3])

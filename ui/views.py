@@ -79,5 +79,5 @@ def views_ui(source: str, text: str, pair: str | None, max_tokens: int) -> None:
                 else:
                     view_figures_ui(views[label], shown, settings, stem)
             except HeadlightError as error:
-                st.warning(str(error))
+                st.warning(plain(error))
     trace_downloads_ui(shown, f"{stem}-words" if settings.merge_words else stem, settings.layer, settings.shown_heads)
