@@ -31,12 +31,16 @@ MAX_SECONDS, MAX_GROWTH_MB = 1.0, 50
 # peak after the imports may lie above the memory then in use ("slack", 0 today), which a load could fill unseen;
 # the test adds it to the growth.
 PROBE = """
-import json, resource, sys, time
+import json, sys, time
 import encoder.sources
 from encoder.errors import CheckpointError
 
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
-in_use = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+
+def status(field):  # kB. VmHWM is this process's own peak (reset by exec; ru_maxrss keeps the forking parent's)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+
+before, in_use = status("VmHWM"), status("VmRSS")
 start = time.perf_counter()
 try:
     encoder.sources.load_path(sys.argv[1])
@@ -44,7 +48,7 @@ try:
 except CheckpointError as error:
     outcome = f"CheckpointError: {error}"
 seconds = time.perf_counter() - start
-growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+growth = status("VmHWM") - before
 print(json.dumps({"outcome": outcome, "seconds": seconds, "growth_mb": growth / 1024,
                   "slack_mb": max(before - in_use, 0) / 1024}))
 """
