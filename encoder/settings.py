@@ -10,7 +10,7 @@ into it at start): secure by default, so a link a stranger sends opens nothing b
 | ``HEADLIGHT_MAX_PARAMETERS`` | 500,000,000 | largest model (parameters) a folder may describe |
 | ``HEADLIGHT_MAX_TOKENS`` | 512 | most tokens one trace may have |
 | ``HEADLIGHT_CACHE_MB`` | 1024 | bytes all cached traces and analysis results may hold together |
-| ``HEADLIGHT_HEAVY_JOBS`` | 1 | heavy analyses (importance, noise, corpus report) running at once; others wait |
+| ``HEADLIGHT_HEAVY_JOBS`` | 1 | heavy analyses (importance, noise, ablation, corpus report) at once; others wait |
 
 The project's ``models/`` may always be opened. ``make run`` (127.0.0.1, one local user) sets the first two
 permissively: your home and the project folder, and ``*``.
