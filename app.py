@@ -21,7 +21,7 @@ from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, LoadedModel, builtin_sources
 from encoder.trace import EncoderTrace
 from ui.cache import get_model, get_trace, session_traces
-from ui.runtime import keep_keras_state_between_reruns
+from ui.runtime import apply_secrets, keep_keras_state_between_reruns
 from ui.text import plain
 from ui.views import prediction_ui, views_ui
 
@@ -122,6 +122,7 @@ def open_model(source: str) -> tuple[str, LoadedModel]:
 
 def main() -> None:
     keep_keras_state_between_reruns()
+    apply_secrets()
     st.set_page_config(page_title="Headlight", page_icon="🔦", layout="wide")
     with st.sidebar:
         st.title("Headlight")

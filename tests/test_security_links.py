@@ -317,3 +317,16 @@ def test_a_failed_load_is_remembered_briefly_so_reruns_do_not_repeat_it(monkeypa
     with pytest.raises(SourceError):
         cache.get_model("someone/refused")
     assert len(calls) == 2  # tried again after a while
+
+
+def test_settings_can_come_from_streamlit_secrets(tmp_path, default_settings):
+    """The operator may put HEADLIGHT_* in .streamlit/secrets.toml instead of the environment."""
+    folder = write_tiny_bert_folder(tmp_path / "tiny")
+    at = AppTest.from_file("../app.py", default_timeout=180)
+    at.secrets["HEADLIGHT_MODEL_ROOTS"] = str(tmp_path)
+    for key, value in {"model": OTHER_MODEL, "source": str(folder), "text": "the cat sat"}.items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["layout"]["xaxis"]["ticktext"] == ["[CLS]", "the", "cat", "sat", "[SEP]"]

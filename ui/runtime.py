@@ -1,6 +1,9 @@
-"""How the app runs inside Streamlit: the one patch of Streamlit's behaviour Headlight needs."""
+"""How the app runs inside Streamlit: the one patch of Streamlit's behaviour Headlight needs, and the operator's
+settings read from Streamlit secrets."""
 
 from __future__ import annotations
+
+import os
 
 from streamlit.runtime.scriptrunner import script_runner
 
@@ -19,3 +22,17 @@ def keep_keras_state_between_reruns() -> None:
     """
     if callable(getattr(script_runner, PATCHED_HOOK, None)):
         setattr(script_runner, PATCHED_HOOK, lambda: None)
+
+
+def apply_secrets() -> None:
+    """Copy ``HEADLIGHT_*`` settings from Streamlit secrets (``.streamlit/secrets.toml``) into the environment,
+    where ``encoder.settings`` reads them; an environment variable that is already set wins. No secrets file is
+    the usual case and changes nothing."""
+    import streamlit as st
+
+    try:
+        secrets = {key: st.secrets[key] for key in st.secrets if key.startswith("HEADLIGHT_")}
+    except (FileNotFoundError, KeyError, st.errors.StreamlitSecretNotFoundError):
+        return
+    for key, value in secrets.items():
+        os.environ.setdefault(key, str(value))
