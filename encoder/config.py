@@ -1,10 +1,10 @@
 """EncoderConfig: every hyperparameter of an encoder, for every family we run.
 
 The classic encoder of the Keras/TensorFlow tutorial and the Hugging Face families (BERT, RoBERTa, DistilBERT,
-ELECTRA, ALBERT, GPT-2) differ in a handful of switches (where positions come from and where they start, the
+ELECTRA, ALBERT, GPT-2, MPNet) differ in a handful of switches (where positions come from and where they start, the
 activation, token types, an embedding layer norm and projection, shared layers, pre- or post-layer-norm, a causal
-mask, the classifier head); one frozen dataclass covers them all so every layer takes ``config`` rather than a
-dozen keyword arguments.
+mask, a relative attention bias, the classifier head); one frozen dataclass covers them all so every layer takes
+``config`` rather than a dozen keyword arguments.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ CLASSIFIER_ACTIVATIONS = ("tanh", "relu", "gelu")
 # Fields added after the first saved models: ``to_dict`` writes them only when they differ from the default, so
 # configs (and their hashes) of models saved before stay exactly as they were.
 _LATER_FIELDS = {"position_offset": 0, "embedding_size": 0, "num_layer_groups": 0, "norm_first": False,
-                 "final_norm": False, "causal": False, "classifier_activation": None}
+                 "final_norm": False, "causal": False, "classifier_activation": None,
+                 "relative_attention_buckets": 0}
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class EncoderConfig:
         classifier_activation: None (the classifier reads the pooled state directly), or "tanh"/"relu"/"gelu":
             a dense layer of width ``d_model`` and that activation first (BERT/ALBERT pooler, RoBERTa/ELECTRA
             head, DistilBERT pre-classifier).
+        relative_attention_buckets: int, MPNet's relative attention bias: a learned (buckets, H) table, read at
+            the bucket of each key's distance from the query (``encoder.positional.relative_position_buckets``)
+            and added to every layer's scaled logits; 0 for none.
 
     Example:
         >>> EncoderConfig(vocab_size=100, num_layers=2, num_heads=4, d_model=32, dff=64).head_dim
@@ -88,6 +92,7 @@ class EncoderConfig:
     final_norm: bool = False
     causal: bool = False
     classifier_activation: str | None = None
+    relative_attention_buckets: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "num_layers", "num_heads", "d_model", "dff", "max_positions"):
@@ -104,10 +109,14 @@ class EncoderConfig:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.classifier_activation not in (None, *CLASSIFIER_ACTIVATIONS):
             raise ValueError(f"classifier_activation must be None or one of {', '.join(CLASSIFIER_ACTIVATIONS)}")
-        for name in ("position_offset", "embedding_size", "num_layer_groups"):
+        for name in ("position_offset", "embedding_size", "num_layer_groups", "relative_attention_buckets"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.relative_attention_buckets and (self.relative_attention_buckets < 4
+                                                or self.relative_attention_buckets % 2):
+            raise ValueError(f"relative_attention_buckets must be 0 or an even number of at least 4, "
+                             f"got {self.relative_attention_buckets!r}")
         if self.num_layer_groups > self.num_layers:
             raise ValueError(f"num_layer_groups ({self.num_layer_groups}) exceeds num_layers ({self.num_layers})")
         if self.pooling not in ("mean", "cls"):

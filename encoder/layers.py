@@ -37,25 +37,30 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         value: (B, S, D) tensor (the same tensor for self-attention).
         attention_mask: optional bool tensor broadcastable to (B, T, S); False keys get weight exactly 0.
         head_mask: optional (B, H) float tensor; 0 silences a head, 1 keeps it.
+        position_bias: optional float tensor broadcastable to (B, H, T, S), added to the scaled logits before the
+            mask and softmax (MPNet's relative attention bias).
 
     Returns:
         ``(output, pattern)``: output (B, T, D) and pattern (B, H, T, S), the weights after softmax.
     """
 
-    def call(self, query, value, attention_mask=None, head_mask=None, training=None):
+    def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, training=None):
         q = self.query_dense(query)  # (B, T, H, dh)
         k = self.key_dense(value)  # (B, S, H, dh)
         v = self.value_dense(value)  # (B, S, H, dh)
-        context, pattern = self._compute_attention(q, k, v, attention_mask, training)
+        context, pattern = self._compute_attention(q, k, v, attention_mask, training, position_bias)
         if head_mask is not None:
             context = context * ops.cast(head_mask, context.dtype)[:, None, :, None]
         return self.output_dense(context), pattern
 
-    def _compute_attention(self, query, key, value, attention_mask=None, training=None):
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None, position_bias=None):
         """``(context (B, T, H, dh), pattern (B, H, T, S))``. Keras scales the query before the product; scaling
-        the logits after it is the same math, rounded as transformers rounds it (float32 ports stay exact)."""
+        the logits after it is the same math, rounded as transformers rounds it (float32 ports stay exact). A
+        ``position_bias`` is added after the scaling, as MPNet adds it."""
         logits = ops.einsum(self._dot_product_equation, key, query)  # (B, H, T, S)
         logits = logits * ops.cast(self._inverse_sqrt_key_dim, logits.dtype)
+        if position_bias is not None:
+            logits = logits + position_bias
         pattern = self._masked_softmax(logits, attention_mask)  # (B, H, T, S)
         context = ops.einsum(self._combine_equation, self._dropout_layer(pattern, training=training), value)
         return context, pattern
@@ -105,22 +110,23 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         self.output_dense.build((*input_shape[:-1], self.config.dff))
         self.output_norm.build(input_shape)
 
-    def call(self, x, attention_mask=None, head_mask=None, training=None):
+    def call(self, x, attention_mask=None, head_mask=None, position_bias=None, training=None):
         if self.config.norm_first:
             # Self-attention block (pre-norm).
-            attended, pattern = self._attend(self.attention_norm(x), attention_mask, head_mask, training)
+            attended, pattern = self._attend(self.attention_norm(x), attention_mask, head_mask, position_bias,
+                                             training)
             x = x + attended
             # Feedforward block (pre-norm).
             return x + self._feed_forward(self.output_norm(x), training), pattern
         # Self-attention block.
-        attended, pattern = self._attend(x, attention_mask, head_mask, training)
+        attended, pattern = self._attend(x, attention_mask, head_mask, position_bias, training)
         x = self.attention_norm(x + attended)
         # Feedforward block.
         return self.output_norm(x + self._feed_forward(x, training)), pattern
 
-    def _attend(self, x, attention_mask, head_mask, training):
+    def _attend(self, x, attention_mask, head_mask, position_bias, training):
         attended, pattern = self.attention(
-            x, x, attention_mask=attention_mask, head_mask=head_mask, training=training
+            x, x, attention_mask=attention_mask, head_mask=head_mask, position_bias=position_bias, training=training
         )
         return self.attention_dropout(attended, training=training), pattern
 

@@ -121,6 +121,7 @@ def parameter_count(config: EncoderConfig) -> int:
     attention = 4 * (d * d + d)
     feed_forward = d * f + f + f * d + d
     layer = attention + feed_forward + 2 * (2 * d)  # and two layer norms
+    embeddings += config.relative_attention_buckets * config.num_heads  # MPNet's bias table
     heads = 2 * d if config.final_norm else 0
     if config.num_classes:
         heads += d * d + d if config.classifier_activation else 0

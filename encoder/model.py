@@ -16,7 +16,9 @@ from keras import ops
 
 from encoder.config import EncoderConfig
 from encoder.layers import ConfigArgument, EncoderLayer, activate
-from encoder.positional import sinusoidal_encoding
+from encoder.positional import relative_position_buckets, sinusoidal_encoding
+
+RELATIVE_MAX_DISTANCE = 128  # MPNet's (and T5's): keys this far from the query or farther share one bucket per side
 
 
 @keras.saving.register_keras_serializable(package="headlight")
@@ -26,7 +28,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
     Classic (Keras tutorial) mode: ``token_embedding * sqrt(d_model) + sinusoidal table``, dropout, layers.
     BERT mode: ``token + learned position + token type``, layer norm, dropout, layers. The config's switches add
     RoBERTa's position offset, ELECTRA/ALBERT's factorised embeddings (projected to ``d_model``), ALBERT's shared
-    layers, GPT-2's pre-norm blocks, causal mask and final norm, and each family's classifier head.
+    layers, GPT-2's pre-norm blocks, causal mask and final norm, MPNet's relative attention bias (computed once per
+    call, added to every layer's logits), and each family's classifier head.
 
     Call args:
         token_ids: (B, T) int32.
@@ -75,6 +78,14 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         )
         groups = config.num_layer_groups or config.num_layers
         self.layer_groups = [EncoderLayer(config, name=f"layer_{i}") for i in range(groups)]
+        if config.relative_attention_buckets:
+            self.relative_attention_bias = keras.layers.Embedding(
+                config.relative_attention_buckets, config.num_heads, name="relative_attention_bias")
+            distances = np.arange(-RELATIVE_MAX_DISTANCE, RELATIVE_MAX_DISTANCE + 1)
+            self._distance_buckets = relative_position_buckets(  # bucket of key - query, from -M to M
+                distances, config.relative_attention_buckets, RELATIVE_MAX_DISTANCE)
+        else:
+            self.relative_attention_bias = None
         self.final_norm = (
             keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name="final_norm")
             if config.final_norm
@@ -110,6 +121,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             self.embedding_projection.build((None, None, width))
         for layer in self.layer_groups:
             layer.build((None, None, d))
+        if self.relative_attention_bias is not None:
+            self.relative_attention_bias.build((None, None))
         if self.final_norm is not None:
             self.final_norm.build((None, None, d))
         if self.pre_classifier is not None:
@@ -139,6 +152,19 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         positions = ops.cumsum(real, axis=1) * real + (cfg.position_offset - 1)  # pads get the pad's row
         return ops.take(table, positions, axis=0)  # (B, T, E)
 
+    def relative_position_bias(self, length):
+        """(1, H, T, T) float: the bias added to every layer's attention logits of a T-token input [query, key],
+        or None without a relative attention bias. Every distance beyond ``RELATIVE_MAX_DISTANCE`` has the bucket
+        of that distance, so clipping the distances first changes nothing."""
+        if self.relative_attention_bias is None:
+            return None
+        positions = ops.arange(length)
+        relative = positions[None, :] - positions[:, None]  # (T, T): key - query
+        index = ops.clip(relative, -RELATIVE_MAX_DISTANCE, RELATIVE_MAX_DISTANCE) + RELATIVE_MAX_DISTANCE
+        buckets = ops.take(ops.convert_to_tensor(self._distance_buckets), index)  # (T, T)
+        bias = ops.take(self.relative_attention_bias.embeddings, buckets, axis=0)  # (T, T, H)
+        return ops.transpose(bias, (2, 0, 1))[None]  # (1, H, T, T)
+
     def call(
         self,
         token_ids,
@@ -152,12 +178,12 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         if embedding_noise is not None:
             x = x + embedding_noise
         attention_mask = self._attention_mask(token_ids, padding_mask)
+        position_bias = self.relative_position_bias(ops.shape(token_ids)[1])  # (1, H, T, T) or None
         hidden, patterns = [x], []
         for index, layer in enumerate(self.encoder_layers):
             layer_head_mask = None if head_mask is None else head_mask[:, index]  # (B, H)
-            x, pattern = layer(
-                x, attention_mask=attention_mask, head_mask=layer_head_mask, training=training
-            )
+            x, pattern = layer(x, attention_mask=attention_mask, head_mask=layer_head_mask,
+                               position_bias=position_bias, training=training)
             hidden.append(x)
             patterns.append(pattern)
         if self.final_norm is not None:  # GPT-2's ln_f: the last hidden state is reported after it

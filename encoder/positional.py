@@ -1,6 +1,9 @@
-"""Positional encodings as NumPy: the sinusoidal closed form and access to a learned table."""
+"""Positional encodings as NumPy: the sinusoidal closed form, access to a learned table, and the relative-position
+buckets of a learned attention bias (MPNet)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -42,3 +45,36 @@ def position_ids(token_ids: np.ndarray, offset: int, pad_token_id: int) -> np.nd
         return np.broadcast_to(np.arange(token_ids.shape[-1]), token_ids.shape)
     real = (token_ids != pad_token_id).astype(np.int64)
     return np.cumsum(real, axis=-1) * real + (offset - 1)
+
+
+def relative_position_buckets(relative: np.ndarray, num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
+    """T5's bidirectional buckets of ``relative`` (key position - query position), as MPNet uses them.
+
+    Half the buckets are for keys after the query, half for keys before it. Within a half, distances below a
+    quarter of ``num_buckets`` get one bucket each; longer ones share buckets whose width grows logarithmically up
+    to ``max_distance``, and everything beyond shares the last bucket. The logarithm is taken in float32, as
+    transformers takes it, so the boundaries fall where its buckets do.
+
+    Args:
+        relative: int array of any shape, key position minus query position.
+        num_buckets: int, buckets in all (an even number, at least 4).
+        max_distance: int, the distance from which every key shares one bucket per side.
+
+    Returns:
+        int32 array of ``relative``'s shape, values in ``[0, num_buckets)``.
+
+    Example:
+        >>> relative_position_buckets(np.array([-1, 0, 1, 200])).tolist()
+        [1, 0, 17, 31]
+    """
+    if num_buckets < 4 or num_buckets % 2:
+        raise ValueError(f"num_buckets must be an even number of at least 4, got {num_buckets}")
+    half = num_buckets // 2
+    exact = half // 2
+    distance = -np.asarray(relative, dtype=np.int64)  # query - key: positive for keys before the query
+    side = np.where(distance < 0, half, 0)
+    distance = np.abs(distance)
+    ratio = np.maximum(distance, 1).astype(np.float32) / np.float32(exact)
+    steps = np.log(ratio) / np.float32(math.log(max_distance / exact)) * np.float32(half - exact)  # float32
+    large = np.minimum(exact + steps.astype(np.int64), half - 1)
+    return (side + np.where(distance < exact, distance, large)).astype(np.int32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from encoder.families import albert, bert, distilbert, electra, gpt2, roberta
+from encoder.families import albert, bert, distilbert, electra, gpt2, mpnet, roberta
 
 FAMILIES: dict[str, ModuleType] = {
     "albert": albert,
@@ -20,6 +20,7 @@ FAMILIES: dict[str, ModuleType] = {
     "distilbert": distilbert,
     "electra": electra,
     "gpt2": gpt2,
+    "mpnet": mpnet,
     "roberta": roberta,
     "xlm-roberta": roberta,
 }
