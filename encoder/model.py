@@ -131,6 +131,18 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             self.classifier.build((None, d))
         self.built = True
 
+    def visible_mask(self, length: int) -> np.ndarray | None:
+        """(L, T, T) bool, True where a query may attend to a key (NumPy, for the trace and the views), or None when
+        every key is visible. A causal model sees only itself and earlier tokens."""
+        from encoder.trace import causal_visible
+
+        return causal_visible(self.config.num_layers, length) if self.config.causal else None
+
+    def position_scheme(self) -> dict[str, np.ndarray]:
+        """What the positional scheme is, as named arrays for the positional lab (``EncoderTrace.position_scheme``);
+        empty for an absolute table (``positional_table`` shows it)."""
+        return {}
+
     def positional_table(self) -> np.ndarray:
         """(P, E) float32: the whole positional table, exactly the values the model adds (offset rows first)."""
         if self.position_embedding is None:

@@ -68,8 +68,13 @@ class LoadedModel:
     def positional_table(self) -> np.ndarray:
         return self._table
 
+    @property
+    def position_scheme(self) -> dict[str, np.ndarray]:
+        return self._scheme
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "_table", self.encoder.model.positional_table())
+        object.__setattr__(self, "_scheme", self.encoder.model.position_scheme())
 
     def num_parameters(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.model.weights))

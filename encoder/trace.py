@@ -28,6 +28,11 @@ class EncoderTrace:
     ``visible[layer, query, key]`` is False where the model could not attend (a causal model's later keys); those
     weights are exactly 0, and views show them as masked. ``words`` and ``visible`` are None when unknown (traces
     saved before them) or, for ``visible``, when every key was visible.
+    ``logit_terms`` splits each attention logit (scaled, before the mask and softmax) into named terms, for models
+    whose positions act on the logits: they sum to the logits the softmax used (DeBERTa: ``c2c``, ``c2p``, ``p2c``;
+    a relative bias or rotary positions: ``content`` and ``position``); empty for absolute positions.
+    ``position_scheme`` holds what the scheme itself is (e.g. a relative bias per head by signed distance, rotary
+    frequencies per layer type), named by the model (``TransformerEncoder.position_scheme``); empty for tables.
     The field names are the keys of saved NPZ and JSON files (``encoder.trace_io``): renaming one breaks them.
     An array field's ``metadata["dtype"]`` is the dtype a JSON file reads it back as.
     """
@@ -50,6 +55,8 @@ class EncoderTrace:
     words: np.ndarray | None = field(default=None, metadata={"dtype": "int32"})  # (T,) word of each token, -1: special
     visible: np.ndarray | None = field(default=None, metadata={"dtype": "bool"})  # (L, T, T), False where masked
     token_style: str = ""  # how the tokens mark words: one of encoder.pieces.TOKEN_STYLES
+    logit_terms: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (L, H, T, T) float32, see below
+    position_scheme: dict[str, np.ndarray] = field(default_factory=dict)  # the model's positional scheme, see below
 
     def __post_init__(self) -> None:
         t = len(self.tokens)
@@ -74,6 +81,8 @@ class EncoderTrace:
             _expect(self.words, "words", (t,), t)
             if self.words.dtype.kind not in "iu":
                 raise ValueError(f"words must be integers, got dtype {self.words.dtype}")
+        for name, term in self.logit_terms.items():
+            _expect(term, f"logit term {name}", (layers, heads, t, t), t)
         if self.visible is not None:
             _expect(self.visible, "visible", (layers, t, t), t)
             if self.visible.dtype != bool:
@@ -266,17 +275,19 @@ def to_numpy(tensor) -> np.ndarray:
         return tensor.numpy()
 
 
+TERMS = "terms/"  # model outputs named "terms/<name>" are logit terms (B, L, H, T, T)
+
+
 def _unpad(outputs: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    return {
-        **outputs,
-        "hidden": np.ascontiguousarray(outputs["hidden"][:, :n]),
-        "attention": np.ascontiguousarray(outputs["attention"][:, :, :n, :n]),
-    }
+    square = {k: np.ascontiguousarray(v[:, :, :n, :n]) for k, v in outputs.items()
+              if k == "attention" or k.startswith(TERMS)}
+    return {**outputs, **square, "hidden": np.ascontiguousarray(outputs["hidden"][:, :n])}
 
 
 def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], text: str, pair: str | None):
     table = model.positional_table
-    extra = {k: v for k, v in outputs.items() if k not in ("hidden", "attention")}
+    extra = {k: v for k, v in outputs.items() if k not in ("hidden", "attention") and not k.startswith(TERMS)}
+    terms = {k[len(TERMS):]: v for k, v in outputs.items() if k.startswith(TERMS)}
     return EncoderTrace(
         model=model.name,
         tokens=encoded.tokens,
@@ -294,8 +305,10 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         untruncated_length=encoded.untruncated_length,
         labels=model.labels,
         words=encoded.words,
-        visible=causal_visible(outputs["attention"].shape[0], len(encoded.tokens)) if model.config.causal else None,
+        visible=model.model.visible_mask(len(encoded.tokens)),
         token_style=encoded.token_style,
+        logit_terms=terms,
+        position_scheme=model.position_scheme,
     )
 
 

@@ -30,13 +30,14 @@ RENAMED = ("Saved NPZ and JSON traces and the README use these names: a rename b
 
 FIELDS = ("model", "tokens", "token_ids", "segment_ids", "special", "attention", "positional", "positional_table",
           "hidden", "outputs", "text", "pair", "truncated", "untruncated_length", "labels", "words", "visible",
-          "token_style")
+          "token_style", "logit_terms", "position_scheme")
 NPZ_KEYS = {"model", "tokens", "token_ids", "segment_ids", "special", "attention", "positional", "positional_table",
             "hidden", "outputs/probabilities", "outputs/embedding", "text", "pair", "has_pair", "truncated",
-            "untruncated_length", "labels", "words", "visible", "token_style"}
+            "untruncated_length", "labels", "words", "visible", "token_style", "logit_terms/content",
+            "logit_terms/position", "position_scheme/bias_by_distance"}
 JSON_KEYS = {"format", "version", "shapes", "dtypes", "model", "tokens", "token_ids", "segment_ids", "special",
              "attention", "positional", "positional_table", "hidden", "outputs", "text", "pair", "truncated",
-             "untruncated_length", "labels", "words", "visible", "token_style"}
+             "untruncated_length", "labels", "words", "visible", "token_style", "logit_terms", "position_scheme"}
 OPTIONAL_ARRAYS = {"words", "visible"}  # None: no NPZ entry, no JSON key
 
 # A file as trace_to_json wrote it before the writer iterated over the fields (another key order): it must load.
@@ -57,7 +58,12 @@ def full_trace() -> EncoderTrace:
                             segment_ids=[0, 0, 0, 0, 0, 0, 1, 1], words=[-1, 0, 1, 1, 2, -1, 3, -1],
                             visible="causal", token_style="wordpiece")
     outputs = {"probabilities": np.array([0.25, 0.75], np.float32), "embedding": np.arange(4) / np.float64(3)}
-    return trace.replace(outputs=outputs, pair="b", labels=("neg", "pos"), truncated=True, untruncated_length=9)
+    rng = np.random.default_rng(1)
+    terms = {"content": rng.normal(size=trace.attention.shape).astype(np.float32),
+             "position": rng.normal(size=trace.attention.shape).astype(np.float32)}
+    scheme = {"bias_by_distance": rng.normal(size=(3, 9)).astype(np.float32)}
+    return trace.replace(outputs=outputs, pair="b", labels=("neg", "pos"), truncated=True, untruncated_length=9,
+                         logit_terms=terms, position_scheme=scheme)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +105,8 @@ def test_a_json_file_in_the_old_key_order_loads():
     assert back.outputs["probabilities"].tolist() == [0.25, 0.75]
     assert back.hidden[0, 1, 0] == np.float32(1.3)
     assert (back.words, back.visible, back.token_style) == (None, None, "")  # fields newer than the file
-    assert json.loads(trace_to_json(back)) == {**json.loads(OLD_JSON), "token_style": ""}
+    assert json.loads(trace_to_json(back)) == {**json.loads(OLD_JSON), "token_style": "", "logit_terms": {},
+                                                "position_scheme": {}}
 
 
 # --- NPZ and JSON round trips ----------------------------------------------------------------------------------
