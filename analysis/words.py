@@ -37,6 +37,8 @@ def merge_words(trace: EncoderTrace) -> EncoderTrace:
       (queries), so every row still sums to 1: ``merged[l, h, a, b] = mean_{i in a} sum_{j in b} A[l, h, i, j]``.
     - ``visible``: a word sees another where any of its pieces saw any of the other's.
     - ``hidden`` and ``positional`` rows: the mean over the pieces.
+    - ``logit_terms``: each term's mean over the query word's and the key word's pieces (the terms still sum to the
+      mean logit; the softmax of that sum is not the merged attention).
     - ``token_ids``, ``segment_ids``, ``special``: those of the word's first piece.
     - ``tokens``: the word as people read it (``encoder.pieces.join_pieces``: "Ġhe" "ll" "o" -> "hello"), so the
       result's ``token_style`` is "" (plain text); special tokens stay as they are.
@@ -74,6 +76,8 @@ def merge_words(trace: EncoderTrace) -> EncoderTrace:
         words=words,
         visible=visible,
         token_style="",
+        logit_terms={name: _mean_rows(_mean_rows(term, starts, counts, axis=-1), starts, counts, axis=-2)
+                     for name, term in trace.logit_terms.items()},
     )
 
 

@@ -41,29 +41,34 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
             mask and softmax (MPNet's relative attention bias).
 
     Returns:
-        ``(output, pattern)``: output (B, T, D) and pattern (B, H, T, S), the weights after softmax.
+        ``(output, pattern, terms)``: output (B, T, D), pattern (B, H, T, S), the weights after softmax, and terms,
+        a dict of named (B, H, T, S) tensors that sum to the logits the softmax used (before the mask): empty
+        without a positional term in the logits; with a ``position_bias``, ``content`` (the scaled q.k) and
+        ``position`` (the bias, broadcast).
     """
 
     def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, training=None):
         q = self.query_dense(query)  # (B, T, H, dh)
         k = self.key_dense(value)  # (B, S, H, dh)
         v = self.value_dense(value)  # (B, S, H, dh)
-        context, pattern = self._compute_attention(q, k, v, attention_mask, training, position_bias)
+        context, pattern, terms = self._compute_attention(q, k, v, attention_mask, training, position_bias)
         if head_mask is not None:
             context = context * ops.cast(head_mask, context.dtype)[:, None, :, None]
-        return self.output_dense(context), pattern
+        return self.output_dense(context), pattern, terms
 
     def _compute_attention(self, query, key, value, attention_mask=None, training=None, position_bias=None):
-        """``(context (B, T, H, dh), pattern (B, H, T, S))``. Keras scales the query before the product; scaling
-        the logits after it is the same math, rounded as transformers rounds it (float32 ports stay exact). A
-        ``position_bias`` is added after the scaling, as MPNet adds it."""
+        """``(context (B, T, H, dh), pattern (B, H, T, S), terms)``. Keras scales the query before the product;
+        scaling the logits after it is the same math, rounded as transformers rounds it (float32 ports stay exact).
+        A ``position_bias`` is added after the scaling, as MPNet adds it; terms then names both parts."""
         logits = ops.einsum(self._dot_product_equation, key, query)  # (B, H, T, S)
         logits = logits * ops.cast(self._inverse_sqrt_key_dim, logits.dtype)
+        terms = {}
         if position_bias is not None:
+            terms = {"content": logits, "position": ops.broadcast_to(position_bias, ops.shape(logits))}
             logits = logits + position_bias
         pattern = self._masked_softmax(logits, attention_mask)  # (B, H, T, S)
         context = ops.einsum(self._combine_equation, self._dropout_layer(pattern, training=training), value)
-        return context, pattern
+        return context, pattern, terms
 
 
 @keras.saving.register_keras_serializable(package="headlight")
@@ -78,7 +83,7 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
 
     Example:
         >>> layer = EncoderLayer(EncoderConfig(vocab_size=10, num_layers=1, num_heads=2, d_model=8, dff=16))
-        >>> y, pattern = layer(keras.ops.ones((1, 3, 8)))
+        >>> y, pattern, terms = layer(keras.ops.ones((1, 3, 8)))
         >>> tuple(pattern.shape)
         (1, 2, 3, 3)
     """
@@ -113,22 +118,22 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
     def call(self, x, attention_mask=None, head_mask=None, position_bias=None, training=None):
         if self.config.norm_first:
             # Self-attention block (pre-norm).
-            attended, pattern = self._attend(self.attention_norm(x), attention_mask, head_mask, position_bias,
-                                             training)
+            attended, pattern, terms = self._attend(self.attention_norm(x), attention_mask, head_mask,
+                                                    position_bias, training)
             x = x + attended
             # Feedforward block (pre-norm).
-            return x + self._feed_forward(self.output_norm(x), training), pattern
+            return x + self._feed_forward(self.output_norm(x), training), pattern, terms
         # Self-attention block.
-        attended, pattern = self._attend(x, attention_mask, head_mask, position_bias, training)
+        attended, pattern, terms = self._attend(x, attention_mask, head_mask, position_bias, training)
         x = self.attention_norm(x + attended)
         # Feedforward block.
-        return self.output_norm(x + self._feed_forward(x, training)), pattern
+        return self.output_norm(x + self._feed_forward(x, training)), pattern, terms
 
     def _attend(self, x, attention_mask, head_mask, position_bias, training):
-        attended, pattern = self.attention(
+        attended, pattern, terms = self.attention(
             x, x, attention_mask=attention_mask, head_mask=head_mask, position_bias=position_bias, training=training
         )
-        return self.attention_dropout(attended, training=training), pattern
+        return self.attention_dropout(attended, training=training), pattern, terms
 
     def _feed_forward(self, x, training):
         inner = activate(self.intermediate(x), self.config.activation)  # (B, T, dff)

@@ -40,7 +40,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
 
     Returns:
         dict with ``hidden`` (B, L + 1, T, D), ``attention`` (B, L, H, T, T) after softmax, ``embedding``
-        (B, D) pooled sentence embedding, and ``logits``/``probabilities`` (B, C) when the model has a classifier.
+        (B, D) pooled sentence embedding, ``logits``/``probabilities`` (B, C) when the model has a classifier, and
+        ``terms/<name>`` (B, L, H, T, T) when the logits have named terms (the layers' ``terms``, stacked).
 
     Example:
         >>> cfg = EncoderConfig(vocab_size=50, num_layers=2, num_heads=2, d_model=8, dff=16)
@@ -140,8 +141,25 @@ class TransformerEncoder(ConfigArgument, keras.Model):
 
     def position_scheme(self) -> dict[str, np.ndarray]:
         """What the positional scheme is, as named arrays for the positional lab (``EncoderTrace.position_scheme``);
-        empty for an absolute table (``positional_table`` shows it)."""
-        return {}
+        empty for an absolute table (``positional_table`` shows it).
+
+        With a relative attention bias (MPNet), over the signed distances key - query from -M to M
+        (M = ``RELATIVE_MAX_DISTANCE``; farther keys share the bucket of +-M):
+
+        - ``distances``: (2M + 1,) int32, -M .. M.
+        - ``buckets``: (2M + 1,) int32, the bucket of each distance.
+        - ``bias_by_distance``: (H, 2M + 1) float32, the bias each head adds to the logit at that distance.
+        - ``bucket_edges``: (E,) float32, the half-integer distances where the bucket changes (for drawing).
+        """
+        if self.relative_attention_bias is None:
+            return {}
+        buckets = self._distance_buckets
+        distances = np.arange(-RELATIVE_MAX_DISTANCE, RELATIVE_MAX_DISTANCE + 1, dtype=np.int32)
+        table = keras.ops.convert_to_numpy(self.relative_attention_bias.embeddings)  # (buckets, H)
+        edges = distances[1:][buckets[1:] != buckets[:-1]] - np.float32(0.5)
+        return {"distances": distances, "buckets": buckets.astype(np.int32),
+                "bias_by_distance": np.ascontiguousarray(table[buckets].T, dtype=np.float32),
+                "bucket_edges": edges.astype(np.float32)}
 
     def positional_table(self) -> np.ndarray:
         """(P, E) float32: the whole positional table, exactly the values the model adds (offset rows first)."""
@@ -191,19 +209,22 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             x = x + embedding_noise
         attention_mask = self._attention_mask(token_ids, padding_mask)
         position_bias = self.relative_position_bias(ops.shape(token_ids)[1])  # (1, H, T, T) or None
-        hidden, patterns = [x], []
+        hidden, patterns, terms = [x], [], {}
         for index, layer in enumerate(self.encoder_layers):
             layer_head_mask = None if head_mask is None else head_mask[:, index]  # (B, H)
-            x, pattern = layer(x, attention_mask=attention_mask, head_mask=layer_head_mask,
-                               position_bias=position_bias, training=training)
+            x, pattern, layer_terms = layer(x, attention_mask=attention_mask, head_mask=layer_head_mask,
+                                            position_bias=position_bias, training=training)
             hidden.append(x)
             patterns.append(pattern)
+            for name, term in layer_terms.items():
+                terms.setdefault(name, []).append(term)
         if self.final_norm is not None:  # GPT-2's ln_f: the last hidden state is reported after it
             x = self.final_norm(x)
             hidden[-1] = x
         outputs = {
             "hidden": ops.stack(hidden, axis=1),  # (B, L + 1, T, D)
             "attention": ops.stack(patterns, axis=1),  # (B, L, H, T, T)
+            **{f"terms/{name}": ops.stack(parts, axis=1) for name, parts in terms.items()},  # (B, L, H, T, T)
         }
         return {**outputs, **self._heads(x, padding_mask)}
 
