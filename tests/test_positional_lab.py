@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
+import pytest
+from keras import ops
 
+from analysis.positional import ROPE_SEED, position_share, rope_decay, term_share
 from analysis.words import merge_words, word_starts
-from encoder.model import RELATIVE_MAX_DISTANCE
+from encoder.config import EncoderConfig
+from encoder.errors import AnalysisError
+from encoder.model import RELATIVE_MAX_DISTANCE, TransformerEncoder
 from encoder.positional import relative_position_buckets
 from encoder.trace import trace_batch, trace_text
 from tests.support.families import load_family
+from viz.common import click_spec
+from viz.registry import ANALYSES, TraceInputs
 
 TEXT = "The cat sat on the mat because it was tired, and then it slept until the evening."
 
@@ -73,3 +81,140 @@ def test_merged_words_average_the_terms_over_both_words_pieces():
         assert merged.logit_terms[name].shape == merged.attention.shape
         expected = term[:, :, pieces, pieces].mean((-2, -1))
         np.testing.assert_allclose(merged.logit_terms[name][:, :, word, word], expected, rtol=1e-5, atol=1e-6)
+
+
+def small_mpnet(seed: int = 0) -> TransformerEncoder:
+    keras.utils.set_random_seed(seed)
+    config = EncoderConfig(vocab_size=40, num_layers=2, num_heads=3, d_model=12, dff=16, positional="learned",
+                           max_positions=32, relative_attention_buckets=32)
+    model = TransformerEncoder(config)
+    table = model.relative_attention_bias.embeddings
+    table.assign(np.random.default_rng(seed).normal(size=table.shape).astype("float32"))
+    return model
+
+
+def model_share(model: TransformerEncoder):
+    outputs = model(np.arange(1, 11, dtype="int32")[None], training=False)
+    terms = {name.split("/", 1)[1]: ops.convert_to_numpy(value)[0] for name, value in outputs.items()
+             if name.startswith("terms/")}
+    return term_share(terms)
+
+
+def test_share_is_one_when_the_content_projections_are_zeroed():
+    model = small_mpnet()
+    for layer in model.encoder_layers:
+        for dense in (layer.attention.query_dense, layer.attention.key_dense):
+            for weight in dense.weights:
+                weight.assign(np.zeros(weight.shape, "float32"))
+    share = model_share(model)
+    np.testing.assert_array_equal(share.share, 1.0)
+    np.testing.assert_array_equal(share.content, 0.0)
+
+
+def test_share_is_zero_when_the_positional_term_is_removed():
+    model = small_mpnet()
+    model.relative_attention_bias.embeddings.assign(np.zeros(model.relative_attention_bias.embeddings.shape, "float32"))
+    share = model_share(model)
+    np.testing.assert_array_equal(share.share, 0.0)
+    assert np.all(share.content > 0)
+
+
+def test_share_of_a_mixed_model_lies_strictly_between():
+    share = model_share(small_mpnet())
+    assert np.all((share.share > 0) & (share.share < 1))
+
+
+def test_share_counts_only_visible_keys_and_ignores_row_constants():
+    rng = np.random.default_rng(0)
+    content = rng.normal(size=(1, 2, 4, 4))
+    row_constant = np.repeat(rng.normal(size=(1, 2, 4, 1)) * 100, 4, axis=-1)  # shifts whole rows: no effect
+    hidden = np.zeros((1, 2, 4, 4))
+    hidden[..., 3] = 1000.0  # only on the masked key
+    visible = np.ones((1, 4, 4), bool)
+    visible[..., 3] = False
+    share = term_share({"content": content, "position": row_constant + hidden}, visible)
+    np.testing.assert_allclose(share.share, 0.0, atol=1e-12)
+    expected = content[..., :3].var(-1).mean(-1)
+    np.testing.assert_allclose(share.content, expected)
+
+
+def test_deberta_terms_sum_their_positional_parts():
+    rng = np.random.default_rng(1)
+    c2c, c2p, p2c = (rng.normal(size=(2, 2, 5, 5)) for _ in range(3))
+    share = term_share({"c2c": c2c, "c2p": c2p, "p2c": p2c})
+    assert share.content_terms == ("c2c",) and share.position_terms == ("c2p", "p2c")
+    np.testing.assert_allclose(share.position, (c2p + p2c).var(-1).mean(-1))
+    with pytest.raises(AnalysisError, match="neither content"):
+        term_share({"content": c2c, "rotary": c2p})
+
+
+def test_mpnet_fixture_shares_lie_in_zero_one():
+    trace = trace_text(load_family("mpnet"), TEXT)
+    share = position_share(trace)
+    assert share.share.shape == (trace.num_layers, trace.num_heads)
+    assert np.all((share.share >= 0) & (share.share <= 1))
+    rows = share.rows()
+    assert len(rows) == trace.num_layers * trace.num_heads and {"layer", "head", "share"} <= set(rows[0])
+
+
+def test_absolute_models_get_a_message_not_a_crash():
+    trace = trace_text(load_family("roberta"), "The cat sat.")
+    for name in ("position-share", "relative-bias", "rope"):
+        message = ANALYSES[name].limit(trace)
+        assert message and "Traceback" not in message
+    assert "input embeddings" in ANALYSES["position-share"].limit(trace)
+    with pytest.raises(AnalysisError, match="input embeddings"):
+        position_share(trace)
+
+
+def test_the_lab_entries_draw_mpnet_through_the_registry():
+    trace = trace_text(load_family("mpnet"), TEXT)
+    inputs = TraceInputs(trace)
+    assert ANALYSES["position-share"].limit(trace) is None and ANALYSES["relative-bias"].limit(trace) is None
+    assert ANALYSES["rope"].limit(trace)  # MPNet has no rotary positions
+    share = ANALYSES["position-share"].compute(inputs, {})
+    (_, fig), = ANALYSES["position-share"].figures(share, trace, {})
+    np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float), share.share)
+    assert click_spec(fig)  # a clickable head map
+    bias = ANALYSES["relative-bias"].compute(inputs, {})
+    (_, fig), = ANALYSES["relative-bias"].figures(bias, trace, {})
+    assert len(fig.data) == trace.num_heads
+    edges = {shape.x0 for shape in fig.layout.shapes if shape.line.dash == "dot"}
+    assert edges == set(bias["bucket_edges"].tolist())
+    rows, _ = ANALYSES["relative-bias"].numbers(bias, trace, {})
+    assert len(rows) == trace.num_heads * len(bias["distances"])
+
+
+def inverse_frequencies(theta: float, head_dim: int) -> np.ndarray:
+    return theta ** (-np.arange(0, head_dim, 2) / head_dim)
+
+
+def test_rope_decay_on_a_synthetic_scheme():
+    freq = {"global": inverse_frequencies(160_000.0, 16), "local": inverse_frequencies(10_000.0, 16)}
+    decay = rope_decay(freq, length=600, local_window=128)
+    for name in freq:
+        assert decay.expected[name][0] == pytest.approx(1.0) and decay.sample[name][0] == pytest.approx(1.0)
+        np.testing.assert_allclose(decay.expected[name], np.cos(np.outer(decay.distances, freq[name])).mean(-1))
+    # the sample is q . R(d) q / |q|^2 for one fixed q, computed directly with rotation matrices
+    q = np.random.default_rng(ROPE_SEED).normal(size=(8, 2))
+    d = 37
+    angle = d * freq["local"]
+    rotated = np.stack([q[:, 0] * np.cos(angle) - q[:, 1] * np.sin(angle),
+                        q[:, 0] * np.sin(angle) + q[:, 1] * np.cos(angle)], -1)
+    assert decay.sample["local"][d] == pytest.approx((q * rotated).sum() / (q ** 2).sum())
+
+
+def test_rope_entry_lights_up_when_the_scheme_has_frequencies():
+    trace = trace_text(load_family("mpnet"), "The cat sat.")
+    scheme = {"rope_inv_freq_global": inverse_frequencies(160_000.0, 16).astype("float32"),
+              "rope_inv_freq_local": inverse_frequencies(10_000.0, 16).astype("float32"),
+              "local_window": np.array(128)}
+    rotary = trace.replace(position_scheme=scheme)
+    assert ANALYSES["rope"].limit(rotary) is None
+    decay = ANALYSES["rope"].compute(TraceInputs(rotary), {})
+    assert decay.local_window == 128 and set(decay.expected) == {"global", "local"}
+    (name, fig), = ANALYSES["rope"].figures(decay, rotary, {})
+    assert name == "rope" and len(fig.data) == 6
+    assert any(shape.x0 == 64 for shape in fig.layout.shapes)
+    rows, _ = ANALYSES["rope"].numbers(decay, rotary, {})
+    assert len(rows) == 2 * len(decay.distances)

@@ -21,13 +21,15 @@ import plotly.graph_objects as go
 
 import analysis
 from analysis import perturb
-from encoder.errors import ViewError
+from analysis import positional as lab
+from encoder.errors import AnalysisError, ViewError
 from encoder.trace import EncoderTrace
 from viz import analysis_figures as figures
 from viz.attention import build_attention_heatmap, build_head_grid, build_head_lines, build_model_view
 from viz.distance import build_distance_histogram
 from viz.options import SHARED_OPTIONS, Option, ViewSettings
 from viz.positional import build_position_similarity, build_positional_dimensions, build_positional_heatmap
+from viz.positional_lab import build_position_share_map, build_relative_bias, build_rope_view
 from viz.tokens import build_token_view
 
 if TYPE_CHECKING:
@@ -320,6 +322,17 @@ def _rows_and_result(result, trace, options) -> tuple[list[dict], Any]:
     return result.rows(), result
 
 
+def _missing(check: Callable[[EncoderTrace], Any]) -> Callable[[EncoderTrace], str | None]:
+    """A ``limit`` that says why ``check(trace)`` refuses this trace (a positional lab entry for another scheme)."""
+    def limit(trace: EncoderTrace) -> str | None:
+        try:
+            check(trace)
+        except AnalysisError as error:
+            return str(error)
+        return None
+    return limit
+
+
 ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
     Analysis(
         "rollout", "Rollout", "attention rollout after --layer (default the last), token x token",
@@ -397,6 +410,29 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         options=(Option("ablate", "heads", "ablation: heads to silence together, e.g. 0:3,2:5",
                         label="Heads to silence together", metavar="L:H,...", stage="compute", required=True),),
         needs_model=True, spinner="Running the model with the heads silenced…"),
+    Analysis(
+        "position-share", "Position vs content",
+        "positional lab: share of each head's logit variance from position vs content, layers x heads",
+        "How much of each head's attention logits comes from position: V(position) / (V(content) + V(position)), "
+        "variances over each query's visible keys, averaged over queries (README, Positional lab). Click a head "
+        "to open it in the Heatmap.",
+        compute=lambda inputs, o: lab.position_share(inputs.trace),
+        figures=lambda result, trace, o: [("position-share", build_position_share_map(result, **_style(o)))],
+        numbers=_rows_and_result, options=(COLORSCALE,), limit=_missing(lab.check_logit_terms)),
+    Analysis(
+        "relative-bias", "Relative bias", "positional lab: the relative attention bias by signed distance, per head",
+        "The bias each head adds to a logit, by the key's signed distance from the query (MPNet's buckets, grey "
+        "lines at their boundaries; dashed red: the farthest this text reaches).",
+        compute=lambda inputs, o: lab.relative_bias(inputs.trace),
+        figures=lambda result, trace, o: [("relative-bias", build_relative_bias(result, trace.num_tokens))],
+        numbers=lambda result, trace, o: (lab.relative_bias_rows(result), result), limit=_missing(lab.relative_bias)),
+    Analysis(
+        "rope", "Rotary positions", "positional lab: RoPE frequencies and the long-range decay of q . k",
+        "Rotary positions: each dimension pair turns by its frequency per token; the expected q · k of a content "
+        "pair falls with distance, faster for the local theta (dashed: the local window's reach).",
+        compute=lambda inputs, o: lab.rope_scheme(inputs.trace),
+        figures=lambda result, trace, o: [("rope", build_rope_view(result))],
+        numbers=_rows_and_result, limit=_missing(lab.rope_scheme)),
 )}
 
 
