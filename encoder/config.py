@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Positional = Literal["sinusoidal", "learned"]
+Positional = Literal["sinusoidal", "learned", "none"]
 Activation = Literal["relu", "gelu", "gelu_new"]
 ACTIVATIONS = ("relu", "gelu", "gelu_new")
 CLASSIFIER_ACTIVATIONS = ("tanh", "relu", "gelu")
@@ -22,7 +22,10 @@ CLASSIFIER_ACTIVATIONS = ("tanh", "relu", "gelu")
 # configs (and their hashes) of models saved before stay exactly as they were.
 _LATER_FIELDS = {"position_offset": 0, "embedding_size": 0, "num_layer_groups": 0, "norm_first": False,
                  "final_norm": False, "causal": False, "classifier_activation": None,
-                 "relative_attention_buckets": 0}
+                 "relative_attention_buckets": 0, "relative_attention": "", "position_buckets": 0,
+                 "max_relative_positions": 0, "pos_att_type": (), "share_att_key": False, "norm_rel_ebd": False}
+RELATIVE_ATTENTION = ("", "disentangled")
+POSITION_TERMS = ("c2p", "p2c")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,8 @@ class EncoderConfig:
         d_model: int, hidden width (D); must be divisible by ``num_heads``.
         dff: int, width of the feed-forward inner layer.
         max_positions: int, longest input the model accepts (P, the positional table's rows).
-        positional: "sinusoidal" (fixed table, the classic encoder) or "learned" (BERT).
+        positional: "sinusoidal" (fixed table, the classic encoder), "learned" (BERT) or "none" (nothing added to the
+            input: DeBERTa-v3's positions act only inside attention, see ``relative_attention``).
         activation: "relu" (classic), "gelu" (BERT, exact erf form) or "gelu_new" (tanh form: ALBERT, GPT-2).
         type_vocab_size: int, token-type (segment) embeddings; 0 for none.
         scale_embeddings: bool, multiply token embeddings by sqrt(d_model) (classic encoder).
@@ -62,6 +66,17 @@ class EncoderConfig:
         relative_attention_buckets: int, MPNet's relative attention bias: a learned (buckets, H) table, read at
             the bucket of each key's distance from the query (``encoder.positional.relative_position_buckets``)
             and added to every layer's scaled logits; 0 for none.
+        relative_attention: str, "" (none) or "disentangled" (DeBERTa-v2/v3): each logit is content->content plus
+            the ``pos_att_type`` terms between content and a learned table of relative-position embeddings
+            (``encoder.attention.DisentangledAttention``).
+        position_buckets: int, DeBERTa's log buckets of relative distance (``encoder.positional.log_bucket_position``)
+            per side; 0 for none (distances clipped at ``max_relative_positions``).
+        max_relative_positions: int, DeBERTa's longest relative distance (the log buckets reach their last at it).
+        pos_att_type: tuple of "c2p" (content->position) and "p2c" (position->content), the position terms of
+            disentangled attention; the logits are scaled by ``sqrt(head_dim * (1 + len(pos_att_type)))``.
+        share_att_key: bool, the position terms project the relative embeddings with the content query and key
+            projections (DeBERTa-v3) instead of their own ``pos_query``/``pos_key`` projections.
+        norm_rel_ebd: bool, a layer norm on the relative embeddings (DeBERTa-v3's ``norm_rel_ebd: layer_norm``).
 
     Example:
         >>> EncoderConfig(vocab_size=100, num_layers=2, num_heads=4, d_model=32, dff=64).head_dim
@@ -93,6 +108,12 @@ class EncoderConfig:
     causal: bool = False
     classifier_activation: str | None = None
     relative_attention_buckets: int = 0
+    relative_attention: str = ""
+    position_buckets: int = 0
+    max_relative_positions: int = 0
+    pos_att_type: tuple[str, ...] = ()
+    share_att_key: bool = False
+    norm_rel_ebd: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "num_layers", "num_heads", "d_model", "dff", "max_positions"):
@@ -103,16 +124,18 @@ class EncoderConfig:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
             )
-        if self.positional not in ("sinusoidal", "learned"):
-            raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
+        if self.positional not in ("sinusoidal", "learned", "none"):
+            raise ValueError(f"positional must be 'sinusoidal', 'learned' or 'none', got {self.positional!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.classifier_activation not in (None, *CLASSIFIER_ACTIVATIONS):
             raise ValueError(f"classifier_activation must be None or one of {', '.join(CLASSIFIER_ACTIVATIONS)}")
-        for name in ("position_offset", "embedding_size", "num_layer_groups", "relative_attention_buckets"):
+        for name in ("position_offset", "embedding_size", "num_layer_groups", "relative_attention_buckets",
+                     "position_buckets", "max_relative_positions"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        self._check_disentangled()
         if self.relative_attention_buckets and (self.relative_attention_buckets < 4
                                                 or self.relative_attention_buckets % 2):
             raise ValueError(f"relative_attention_buckets must be 0 or an even number of at least 4, "
@@ -126,6 +149,23 @@ class EncoderConfig:
         if self.type_vocab_size < 0 or self.num_classes < 0:
             raise ValueError("type_vocab_size and num_classes must be >= 0")
 
+    def _check_disentangled(self) -> None:
+        """DeBERTa's switches: a known kind, known position terms (kept as a tuple, JSON gives a list), a span."""
+        object.__setattr__(self, "pos_att_type", tuple(self.pos_att_type))
+        if self.relative_attention not in RELATIVE_ATTENTION:
+            raise ValueError(f"relative_attention must be '' or 'disentangled', got {self.relative_attention!r}")
+        unknown = [term for term in self.pos_att_type if term not in POSITION_TERMS]
+        if unknown or len(set(self.pos_att_type)) != len(self.pos_att_type):
+            raise ValueError(f"pos_att_type must hold distinct terms of {', '.join(POSITION_TERMS)}, "
+                             f"got {self.pos_att_type!r}")
+        if self.relative_attention and self.max_relative_positions < 1:
+            raise ValueError("disentangled attention needs max_relative_positions of at least 1, "
+                             f"got {self.max_relative_positions!r}")
+        if self.position_buckets % 2 or (self.position_buckets and
+                                         self.max_relative_positions - 1 <= self.position_buckets // 2):
+            raise ValueError(f"position_buckets must be 0 or an even number below 2 * (max_relative_positions - 1), "
+                             f"got {self.position_buckets!r} (max_relative_positions {self.max_relative_positions!r})")
+
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
@@ -134,6 +174,12 @@ class EncoderConfig:
     def embedding_width(self) -> int:
         """Width of the embeddings before any projection (``embedding_size`` or ``d_model``)."""
         return self.embedding_size or self.d_model
+
+    @property
+    def relative_span(self) -> int:
+        """Disentangled attention's relative embeddings per side (S): ``position_buckets`` when bucketed, else
+        ``max_relative_positions``; the table has 2S rows, row ``S + bucket`` for a (query - key) bucket."""
+        return self.position_buckets or self.max_relative_positions
 
     @property
     def table_rows(self) -> int:

@@ -91,12 +91,17 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
     def __init__(self, config: EncoderConfig, **kwargs):
         super().__init__(**kwargs)
         self.config = config
-        self.attention = InstrumentedAttention(
-            num_heads=config.num_heads,
-            key_dim=config.head_dim,
-            dropout=config.dropout,
-            name="attention",
-        )
+        if config.relative_attention:  # DeBERTa; encoder.attention builds on this module, so it is imported here
+            from encoder.attention import DisentangledAttention
+
+            self.attention = DisentangledAttention(config, name="attention")
+        else:
+            self.attention = InstrumentedAttention(
+                num_heads=config.num_heads,
+                key_dim=config.head_dim,
+                dropout=config.dropout,
+                name="attention",
+            )
         self.attention_dropout = keras.layers.Dropout(config.dropout)
         self.attention_norm = keras.layers.LayerNormalization(
             epsilon=config.layer_norm_epsilon, name="attention_norm"

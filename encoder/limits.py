@@ -122,6 +122,9 @@ def parameter_count(config: EncoderConfig) -> int:
     feed_forward = d * f + f + f * d + d
     layer = attention + feed_forward + 2 * (2 * d)  # and two layer norms
     embeddings += config.relative_attention_buckets * config.num_heads  # MPNet's bias table
+    if config.relative_attention:  # DeBERTa's relative embeddings (+ norm), own position projections per layer
+        embeddings += 2 * config.relative_span * d + (2 * d if config.norm_rel_ebd else 0)
+        layer += 0 if config.share_att_key else len(config.pos_att_type) * (d * d + d)
     heads = 2 * d if config.final_norm else 0
     if config.num_classes:
         heads += d * d + d if config.classifier_activation else 0

@@ -16,7 +16,7 @@ from keras import ops
 
 from encoder.config import EncoderConfig
 from encoder.layers import ConfigArgument, EncoderLayer, activate
-from encoder.positional import relative_position_buckets, sinusoidal_encoding
+from encoder.positional import disentangled_index, relative_position_buckets, sinusoidal_encoding
 
 RELATIVE_MAX_DISTANCE = 128  # MPNet's (and T5's): keys this far from the query or farther share one bucket per side
 
@@ -62,7 +62,9 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             self.position_embedding = keras.layers.Embedding(config.table_rows, width, name="position_embedding")
         else:
             self.position_embedding = None
-            self._sinusoidal_table = sinusoidal_encoding(config.table_rows, width)
+            self._sinusoidal_table = (  # relative positions (DeBERTa) add nothing: a table of zeros
+                sinusoidal_encoding(config.table_rows, width) if config.positional == "sinusoidal"
+                else np.broadcast_to(np.float32(0.0), (config.table_rows, width)))
         self.segment_embedding = (
             keras.layers.Embedding(config.type_vocab_size, width, name="segment_embedding")
             if config.type_vocab_size
@@ -87,6 +89,18 @@ class TransformerEncoder(ConfigArgument, keras.Model):
                 distances, config.relative_attention_buckets, RELATIVE_MAX_DISTANCE)
         else:
             self.relative_attention_bias = None
+        self.relative_embeddings = self.relative_norm = None
+        if config.relative_attention:  # DeBERTa: 2S relative embeddings, one row per bucket of query - key
+            self.relative_embeddings = keras.layers.Embedding(2 * config.relative_span, config.d_model,
+                                                              name="relative_embeddings")
+            if config.norm_rel_ebd:
+                self.relative_norm = keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon,
+                                                                     name="relative_norm")
+            # Distances beyond this reach (and beyond the longest input) all read the first or last row.
+            self._relative_reach = max(config.max_positions, config.max_relative_positions)
+            self._relative_rows = disentangled_index(  # row of query - key, from -reach to reach
+                np.arange(-self._relative_reach, self._relative_reach + 1), config.relative_span,
+                config.position_buckets, config.max_relative_positions)
         self.final_norm = (
             keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name="final_norm")
             if config.final_norm
@@ -124,6 +138,10 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             layer.build((None, None, d))
         if self.relative_attention_bias is not None:
             self.relative_attention_bias.build((None, None))
+        if self.relative_embeddings is not None:
+            self.relative_embeddings.build((None,))
+        if self.relative_norm is not None:
+            self.relative_norm.build((None, d))
         if self.final_norm is not None:
             self.final_norm.build((None, None, d))
         if self.pre_classifier is not None:
@@ -150,7 +168,17 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         - ``buckets``: (2M + 1,) int32, the bucket of each distance.
         - ``bias_by_distance``: (H, 2M + 1) float32, the bias each head adds to the logit at that distance.
         - ``bucket_edges``: (E,) float32, the half-integer distances where the bucket changes (for drawing).
+
+        With disentangled attention (DeBERTa), over the signed distances key - query from -R to R (R the larger of
+        ``max_positions`` and ``max_relative_positions``; farther keys read the end rows):
+
+        - ``distances``: (2R + 1,) int32, -R .. R.
+        - ``buckets``: (2R + 1,) int32, the row of ``relative_embeddings`` each distance reads (c2p and p2c alike).
+        - ``bucket_edges``: (E,) float32, the half-integer distances where the row changes (for drawing).
+        - ``relative_embeddings``: (2S, D) float32, the table every layer projects (after its layer norm).
         """
+        if self.relative_embeddings is not None:
+            return self._disentangled_scheme()
         if self.relative_attention_bias is None:
             return {}
         buckets = self._distance_buckets
@@ -160,6 +188,15 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         return {"distances": distances, "buckets": buckets.astype(np.int32),
                 "bias_by_distance": np.ascontiguousarray(table[buckets].T, dtype=np.float32),
                 "bucket_edges": edges.astype(np.float32)}
+
+    def _disentangled_scheme(self) -> dict[str, np.ndarray]:
+        reach = self._relative_reach
+        distances = np.arange(-reach, reach + 1, dtype=np.int32)  # key - query
+        rows = self._relative_rows[::-1]  # the rows are indexed by query - key
+        table, _ = self.disentangled_positions(1)
+        return {"distances": distances, "buckets": np.ascontiguousarray(rows, dtype=np.int32),
+                "bucket_edges": (distances[1:][rows[1:] != rows[:-1]] - np.float32(0.5)).astype(np.float32),
+                "relative_embeddings": keras.ops.convert_to_numpy(table).astype(np.float32)}
 
     def positional_table(self) -> np.ndarray:
         """(P, E) float32: the whole positional table, exactly the values the model adds (offset rows first)."""
@@ -185,7 +222,10 @@ class TransformerEncoder(ConfigArgument, keras.Model):
     def relative_position_bias(self, length):
         """(1, H, T, T) float: the bias added to every layer's attention logits of a T-token input [query, key],
         or None without a relative attention bias. Every distance beyond ``RELATIVE_MAX_DISTANCE`` has the bucket
-        of that distance, so clipping the distances first changes nothing."""
+        of that distance, so clipping the distances first changes nothing. With disentangled attention (DeBERTa),
+        what every layer's attention reads instead: ``disentangled_positions``."""
+        if self.relative_embeddings is not None:
+            return self.disentangled_positions(length)
         if self.relative_attention_bias is None:
             return None
         positions = ops.arange(length)
@@ -194,6 +234,18 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         buckets = ops.take(ops.convert_to_tensor(self._distance_buckets), index)  # (T, T)
         bias = ops.take(self.relative_attention_bias.embeddings, buckets, axis=0)  # (T, T, H)
         return ops.transpose(bias, (2, 0, 1))[None]  # (1, H, T, T)
+
+    def disentangled_positions(self, length):
+        """DeBERTa's ``(relative embeddings (2S, D), index (T, T) int32)``: the relative-embedding table (layer-
+        normalised when ``norm_rel_ebd``), computed once per call for every layer, and the row of each [query, key]
+        pair (``encoder.positional.disentangled_index`` of query - key; rows beyond the reach are the end rows)."""
+        table = self.relative_embeddings.embeddings  # (2S, D)
+        if self.relative_norm is not None:
+            table = self.relative_norm(table)
+        positions = ops.arange(length)
+        relative = positions[:, None] - positions[None, :]  # (T, T): query - key
+        reach = self._relative_reach
+        return table, ops.take(ops.convert_to_tensor(self._relative_rows), ops.clip(relative, -reach, reach) + reach)
 
     def call(
         self,
@@ -238,7 +290,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             if segment_ids is None or cfg.type_vocab_size == 1:  # one type (RoBERTa): every token is type 0
                 segment_ids = ops.zeros_like(token_ids)
             x = x + self.segment_embedding(segment_ids)
-        x = x + self._positional_rows(token_ids)
+        if cfg.positional in ("sinusoidal", "learned"):  # relative positions (DeBERTa) add nothing
+            x = x + self._positional_rows(token_ids)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         x = self.embedding_dropout(x, training=training)

@@ -1,5 +1,5 @@
-"""Positional encodings as NumPy: the sinusoidal closed form, access to a learned table, and the relative-position
-buckets of a learned attention bias (MPNet)."""
+"""Positional encodings as NumPy: the sinusoidal closed form, access to a learned table, the relative-position
+buckets of a learned attention bias (MPNet) and DeBERTa's log buckets of relative distance."""
 
 from __future__ import annotations
 
@@ -78,3 +78,42 @@ def relative_position_buckets(relative: np.ndarray, num_buckets: int = 32, max_d
     steps = np.log(ratio) / np.float32(math.log(max_distance / exact)) * np.float32(half - exact)  # float32
     large = np.minimum(exact + steps.astype(np.int64), half - 1)
     return (side + np.where(distance < exact, distance, large)).astype(np.int32)
+
+
+def log_bucket_position(relative: np.ndarray, buckets: int, max_position: int) -> np.ndarray:
+    """DeBERTa's log buckets of ``relative`` (query position - key position), as transformers computes them.
+
+    Distances up to ``buckets // 2`` (mid) keep their own bucket; longer ones share buckets whose width grows
+    logarithmically, ``sign * (mid + ceil(log(|r| / mid) / log((max_position - 1) / mid) * (mid - 1)))``, which
+    reaches ``buckets - 1`` at ``max_position - 1`` and keeps growing beyond (the attention clips it). The
+    logarithms are taken in float32, as transformers takes them, so the boundaries fall where its buckets do.
+
+    Args:
+        relative: int array of any shape, query position minus key position.
+        buckets: int, DeBERTa's ``position_buckets`` (an even number, at least 2).
+        max_position: int, DeBERTa's ``max_relative_positions`` (``max_position - 1`` above ``buckets // 2``).
+
+    Returns:
+        int32 array of ``relative``'s shape, odd in ``relative`` (``bucket(-r) == -bucket(r)``).
+
+    Example:
+        >>> log_bucket_position(np.array([-3, 0, 8, 9, 63, 200]), 16, 64).tolist()
+        [-3, 0, 8, 9, 15, 19]
+    """
+    if buckets < 2 or buckets % 2 or max_position - 1 <= buckets // 2:
+        raise ValueError(f"buckets must be an even number of at least 2 and max_position - 1 above buckets // 2, got "
+                         f"buckets={buckets}, max_position={max_position}")
+    relative = np.asarray(relative, dtype=np.int64)
+    mid = buckets // 2
+    distance = np.maximum(np.abs(relative), mid).astype(np.float32)  # no log(0): short distances are not used
+    steps = np.log(distance / np.float32(mid)) / np.log(np.float32((max_position - 1) / mid)) * np.float32(mid - 1)
+    logarithmic = np.sign(relative) * (np.ceil(steps).astype(np.int64) + mid)
+    return np.where(np.abs(relative) <= mid, relative, logarithmic).astype(np.int32)
+
+
+def disentangled_index(relative: np.ndarray, span: int, buckets: int, max_position: int) -> np.ndarray:
+    """Row of DeBERTa's relative-embedding table (2 * ``span`` rows) for each ``relative`` (query - key):
+    ``clip(bucket + span, 0, 2 * span - 1)``, the bucket being ``log_bucket_position`` when ``buckets`` is set and
+    the distance itself otherwise. int32, ``relative``'s shape."""
+    bucket = log_bucket_position(relative, buckets, max_position) if buckets else np.asarray(relative, np.int64)
+    return np.clip(bucket + span, 0, 2 * span - 1).astype(np.int32)

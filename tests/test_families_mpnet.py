@@ -18,8 +18,8 @@ from encoder.families import mpnet
 from encoder.limits import parameter_count
 from encoder.model import TransformerEncoder
 from encoder.positional import relative_position_buckets
-from encoder.trace import trace_batch, trace_text
-from tests.support.families import FAMILIES_DIR, TOLERANCE, load_family
+from encoder.trace import trace_text
+from tests.support.families import FAMILIES_DIR, TOLERANCE, check_long_reference, check_padded_batch, load_family
 
 
 def transcribed_bucket(relative: int, num_buckets: int, max_distance: int) -> int:
@@ -94,19 +94,8 @@ def test_every_layer_adds_the_same_bias_to_its_logits():
 
 
 def test_a_text_longer_than_the_buckets_matches_transformers():
-    with np.load(FAMILIES_DIR / "mpnet" / "long_reference.npz", allow_pickle=False) as data:
-        expected = {key.split("/", 1)[1]: data[key] for key in data.files}
-    trace = trace_text(load_family("mpnet"), str(expected["text"]))
-    assert len(trace.tokens) == 51 and trace.tokens == tuple(str(t) for t in expected["tokens"])
-    np.testing.assert_array_equal(trace.token_ids, expected["input_ids"])
-    np.testing.assert_allclose(trace.attention, expected["attention"], atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(trace.hidden, expected["hidden_states"], atol=TOLERANCE, rtol=0)
+    check_long_reference("mpnet", 51)
 
 
 def test_padded_batches_equal_single_traces():
-    loaded = load_family("mpnet")
-    texts = ["The cat sat.", "Where is the station? The station is two blocks north of the museum."]
-    for single, batched in zip((trace_text(loaded, text) for text in texts), trace_batch(loaded, texts)):
-        assert batched.tokens == single.tokens
-        np.testing.assert_allclose(batched.attention, single.attention, atol=1e-6)
-        np.testing.assert_allclose(batched.hidden, single.hidden, atol=1e-5)
+    check_padded_batch("mpnet", ["The cat sat.", "Where is the station? The station is two blocks north."])

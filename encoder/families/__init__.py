@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from encoder.families import albert, bert, distilbert, electra, gpt2, mpnet, roberta
+from encoder.families import albert, bert, deberta, distilbert, electra, gpt2, mpnet, roberta
 
 FAMILIES: dict[str, ModuleType] = {
     "albert": albert,
     "bert": bert,
     "camembert": roberta,
+    "deberta": deberta,  # v1: refused with its own message
+    "deberta-v2": deberta,
     "distilbert": distilbert,
     "electra": electra,
     "gpt2": gpt2,

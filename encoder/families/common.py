@@ -92,14 +92,19 @@ def attention_ports(prefix: str, attention, config: EncoderConfig, names: Mappin
     ports: list[Port] = []
     for part, dense in (("query", attention.query_dense), ("key", attention.key_dense),
                         ("value", attention.value_dense)):
-        ports += [
-            (f"{prefix}{names[part]}.weight", dense.kernel, lambda w: reshaped(w.T, (d, h, dh))),
-            (f"{prefix}{names[part]}.bias", dense.bias, lambda b: reshaped(b, (h, dh))),
-        ]
+        ports += head_projection_ports(f"{prefix}{names[part]}", dense, config)
     dense = attention.output_dense
     ports.append((f"{prefix}{names['output']}.weight", dense.kernel, lambda w: reshaped(w.T, (h, dh, d))))
     ports.append((f"{prefix}{names['output']}.bias", dense.bias, keep))
     return ports
+
+
+def head_projection_ports(name: str, dense, config: EncoderConfig) -> list[Port]:
+    """A projection into heads (an ``EinsumDense`` with kernel (D, H, dh) and bias (H, dh)) from the ``nn.Linear``
+    tensors ``{name}.weight`` / ``.bias``."""
+    d, h, dh = config.d_model, config.num_heads, config.head_dim
+    return [(f"{name}.weight", dense.kernel, lambda w: reshaped(w.T, (d, h, dh))),
+            (f"{name}.bias", dense.bias, lambda b: reshaped(b, (h, dh)))]
 
 
 def reshaped(weights: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

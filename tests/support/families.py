@@ -51,3 +51,31 @@ def check_case(name: str, case: str) -> dict[str, float]:
     for what, difference in differences.items():
         assert difference < TOLERANCE, f"{name}/{case}: {what} differs by {difference:.2e}"
     return differences
+
+
+def check_long_reference(name: str, length: int):
+    """Trace the text of ``<name>/long_reference.npz`` (made by ``make_<family>_long.py``): ``length`` tokens equal
+    to transformers', attention and every hidden state within ``TOLERANCE``; returns the trace."""
+    from encoder.trace import trace_text
+
+    with np.load(FAMILIES_DIR / name / "long_reference.npz", allow_pickle=False) as data:
+        expected = {key.split("/", 1)[1]: data[key] for key in data.files}
+    trace = trace_text(load_family(name), str(expected["text"]))
+    assert len(trace.tokens) == length and trace.tokens == tuple(str(t) for t in expected["tokens"])
+    np.testing.assert_array_equal(trace.token_ids, expected["input_ids"])
+    np.testing.assert_allclose(trace.attention, expected["attention"], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(trace.hidden, expected["hidden_states"], atol=TOLERANCE, rtol=0)
+    return trace
+
+
+def check_padded_batch(name: str, texts: list[str]) -> None:
+    """A padded batch of ``texts`` gives each text's single trace: tokens, attention, hidden states, logit terms."""
+    from encoder.trace import trace_batch, trace_text
+
+    loaded = load_family(name)
+    for single, batched in zip((trace_text(loaded, text) for text in texts), trace_batch(loaded, texts)):
+        assert batched.tokens == single.tokens
+        np.testing.assert_allclose(batched.attention, single.attention, atol=1e-6)
+        np.testing.assert_allclose(batched.hidden, single.hidden, atol=1e-5)
+        for term, values in single.logit_terms.items():
+            np.testing.assert_allclose(batched.logit_terms[term], values, atol=1e-5)
