@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Positional = Literal["sinusoidal", "learned", "none"]
+Positional = Literal["sinusoidal", "learned", "rotary", "none"]
 Activation = Literal["relu", "gelu", "gelu_new"]
 ACTIVATIONS = ("relu", "gelu", "gelu_new")
 CLASSIFIER_ACTIVATIONS = ("tanh", "relu", "gelu")
@@ -22,7 +22,9 @@ CLASSIFIER_ACTIVATIONS = ("tanh", "relu", "gelu")
 # configs (and their hashes) of models saved before stay exactly as they were.
 _LATER_FIELDS = {"position_offset": 0, "embedding_size": 0, "num_layer_groups": 0, "norm_first": False,
                  "final_norm": False, "causal": False, "classifier_activation": None,
-                 "relative_attention_buckets": 0, "relative_attention": "", "position_buckets": 0,
+                 "relative_attention_buckets": 0, "rope_theta": 0.0, "rope_local_theta": 0.0, "local_attention": 0,
+                 "global_attention_every": 0, "gated_feed_forward": False, "use_bias": True,
+                 "first_attention_norm": True, "relative_attention": "", "position_buckets": 0,
                  "max_relative_positions": 0, "pos_att_type": (), "share_att_key": False, "norm_rel_ebd": False}
 RELATIVE_ATTENTION = ("", "disentangled")
 POSITION_TERMS = ("c2p", "p2c")
@@ -39,7 +41,8 @@ class EncoderConfig:
         d_model: int, hidden width (D); must be divisible by ``num_heads``.
         dff: int, width of the feed-forward inner layer.
         max_positions: int, longest input the model accepts (P, the positional table's rows).
-        positional: "sinusoidal" (fixed table, the classic encoder), "learned" (BERT) or "none" (nothing added to the
+        positional: "sinusoidal" (fixed table, the classic encoder), "learned" (BERT) or "rotary" (ModernBERT: no
+            table; queries and keys are rotated by position, see ``rope_theta``) or "none" (nothing added to the
             input: DeBERTa-v3's positions act only inside attention, see ``relative_attention``).
         activation: "relu" (classic), "gelu" (BERT, exact erf form) or "gelu_new" (tanh form: ALBERT, GPT-2).
         type_vocab_size: int, token-type (segment) embeddings; 0 for none.
@@ -77,6 +80,18 @@ class EncoderConfig:
         share_att_key: bool, the position terms project the relative embeddings with the content query and key
             projections (DeBERTa-v3) instead of their own ``pos_query``/``pos_key`` projections.
         norm_rel_ebd: bool, a layer norm on the relative embeddings (DeBERTa-v3's ``norm_rel_ebd: layer_norm``).
+        rope_theta: float, the rotary base of global layers (``positional`` "rotary"): dimension pair i of
+            position p turns by ``p * rope_theta ** (-2i / head_dim)``.
+        rope_local_theta: float, the rotary base of local (sliding-window) layers.
+        local_attention: int, ModernBERT's local window: in a local layer query i sees key j only when
+            ``|i - j| <= local_attention // 2``; 0 for none (every layer global).
+        global_attention_every: int, with a local window, layer i is global when ``i % global_attention_every == 0``
+            and local otherwise.
+        gated_feed_forward: bool, GeGLU (ModernBERT): the inner layer is ``2 * dff`` wide, its first half
+            activated times its second half.
+        use_bias: bool, dense layers and layer norms have biases (False: ModernBERT).
+        first_attention_norm: bool, a pre-norm first layer normalises its input (False: ModernBERT, whose
+            embeddings are normalised already).
 
     Example:
         >>> EncoderConfig(vocab_size=100, num_layers=2, num_heads=4, d_model=32, dff=64).head_dim
@@ -108,6 +123,13 @@ class EncoderConfig:
     causal: bool = False
     classifier_activation: str | None = None
     relative_attention_buckets: int = 0
+    rope_theta: float = 0.0
+    rope_local_theta: float = 0.0
+    local_attention: int = 0
+    global_attention_every: int = 0
+    gated_feed_forward: bool = False
+    use_bias: bool = True
+    first_attention_norm: bool = True
     relative_attention: str = ""
     position_buckets: int = 0
     max_relative_positions: int = 0
@@ -124,14 +146,17 @@ class EncoderConfig:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
             )
-        if self.positional not in ("sinusoidal", "learned", "none"):
-            raise ValueError(f"positional must be 'sinusoidal', 'learned' or 'none', got {self.positional!r}")
+        if self.positional not in ("sinusoidal", "learned", "rotary", "none"):
+            raise ValueError(f"positional must be 'sinusoidal', 'learned', 'rotary' or 'none', got {self.positional!r}")
+        if self.positional == "rotary" and (self.head_dim % 2 or not self.rope_theta > 1.0
+                                            or not self.rope_local_theta > 1.0):
+            raise ValueError("rotary positions need an even head size and rope_theta and rope_local_theta above 1")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.classifier_activation not in (None, *CLASSIFIER_ACTIVATIONS):
             raise ValueError(f"classifier_activation must be None or one of {', '.join(CLASSIFIER_ACTIVATIONS)}")
         for name in ("position_offset", "embedding_size", "num_layer_groups", "relative_attention_buckets",
-                     "position_buckets", "max_relative_positions"):
+                     "local_attention", "global_attention_every", "position_buckets", "max_relative_positions"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -169,6 +194,10 @@ class EncoderConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
+
+    def is_local(self, layer: int) -> bool:
+        """Whether layer ``layer`` attends only within the local window (ModernBERT's sliding-window layers)."""
+        return bool(self.local_attention) and layer % (self.global_attention_every or 1) != 0
 
     @property
     def embedding_width(self) -> int:

@@ -61,7 +61,8 @@ CONFIG_FIELDS = {  # config.json name (every family's) -> the EncoderConfig fiel
     "num_hidden_groups": "num_layer_groups",
     "num_labels": "num_classes",
 }
-WORD_EMBEDDINGS = ("embeddings.word_embeddings.weight", "wte.weight")  # BERT-like families, GPT-2 (prefix stripped)
+WORD_EMBEDDINGS = ("embeddings.word_embeddings.weight", "wte.weight",  # BERT-like families, GPT-2 (prefix stripped)
+                   "embeddings.tok_embeddings.weight")  # ModernBERT
 MIN_STORED_FRACTION = 0.5  # of the config's parameters that the safetensors files must hold
 HEADER_BYTES = 4 * 2**20  # largest safetensors header we parse (a 96-layer model's is under 100 kB)
 FLOAT_BYTES = {"F16": 2, "F32": 4, "F64": 8}  # the float types safetensors.numpy reads (NumPy has no bfloat16)
@@ -116,16 +117,19 @@ def parameter_count(config: EncoderConfig) -> int:
     d, e, f = config.d_model, config.embedding_width, config.dff
     rows = config.table_rows if config.positional == "learned" else 0
     embeddings = (config.vocab_size + rows + config.type_vocab_size) * e
-    embeddings += 2 * e if config.embedding_layer_norm else 0
+    b = 1 if config.use_bias else 0  # ModernBERT's dense layers and norms have no biases
+    embeddings += (1 + b) * e if config.embedding_layer_norm else 0
     embeddings += e * d + d if e != d else 0
-    attention = 4 * (d * d + d)
-    feed_forward = d * f + f + f * d + d
-    layer = attention + feed_forward + 2 * (2 * d)  # and two layer norms
+    attention = 4 * (d * d + b * d)
+    inner = 2 * f if config.gated_feed_forward else f  # GeGLU's input projection is twice as wide
+    feed_forward = d * inner + b * inner + f * d + b * d
+    layer = attention + feed_forward + 2 * (1 + b) * d  # and two layer norms
     embeddings += config.relative_attention_buckets * config.num_heads  # MPNet's bias table
     if config.relative_attention:  # DeBERTa's relative embeddings (+ norm), own position projections per layer
         embeddings += 2 * config.relative_span * d + (2 * d if config.norm_rel_ebd else 0)
         layer += 0 if config.share_att_key else len(config.pos_att_type) * (d * d + d)
-    heads = 2 * d if config.final_norm else 0
+    embeddings -= 0 if config.first_attention_norm else (1 + b) * d  # ModernBERT's first layer has no attention norm
+    heads = (1 + b) * d if config.final_norm else 0
     if config.num_classes:
         heads += d * d + d if config.classifier_activation else 0
         heads += d * config.num_classes + config.num_classes

@@ -16,7 +16,13 @@ from keras import ops
 
 from encoder.config import EncoderConfig
 from encoder.layers import ConfigArgument, EncoderLayer, activate
-from encoder.positional import disentangled_index, relative_position_buckets, sinusoidal_encoding
+from encoder.positional import (
+    disentangled_index,
+    relative_position_buckets,
+    rotary_frequencies,
+    sinusoidal_encoding,
+    window_visible,
+)
 
 RELATIVE_MAX_DISTANCE = 128  # MPNet's (and T5's): keys this far from the query or farther share one bucket per side
 
@@ -60,18 +66,18 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         self.token_embedding = keras.layers.Embedding(config.vocab_size, width, name="token_embedding")
         if config.positional == "learned":
             self.position_embedding = keras.layers.Embedding(config.table_rows, width, name="position_embedding")
-        else:
+        else:  # rotary positions add nothing: a table of zeros (a read-only view of one number)
             self.position_embedding = None
-            self._sinusoidal_table = (  # relative positions (DeBERTa) add nothing: a table of zeros
-                sinusoidal_encoding(config.table_rows, width) if config.positional == "sinusoidal"
-                else np.broadcast_to(np.float32(0.0), (config.table_rows, width)))
+            self._sinusoidal_table = (sinusoidal_encoding(config.table_rows, width) if config.positional == "sinusoidal"
+                                      else np.broadcast_to(np.float32(0.0), (config.table_rows, width)))
         self.segment_embedding = (
             keras.layers.Embedding(config.type_vocab_size, width, name="segment_embedding")
             if config.type_vocab_size
             else None
         )
         self.embedding_norm = (
-            keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name="embedding_norm")
+            keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, center=config.use_bias,
+                                            name="embedding_norm")
             if config.embedding_layer_norm
             else None
         )
@@ -80,7 +86,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             keras.layers.Dense(config.d_model, name="embedding_projection") if width != config.d_model else None
         )
         groups = config.num_layer_groups or config.num_layers
-        self.layer_groups = [EncoderLayer(config, name=f"layer_{i}") for i in range(groups)]
+        self.layer_groups = [EncoderLayer(config, index=i, name=f"layer_{i}") for i in range(groups)]
         if config.relative_attention_buckets:
             self.relative_attention_bias = keras.layers.Embedding(
                 config.relative_attention_buckets, config.num_heads, name="relative_attention_bias")
@@ -102,7 +108,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
                 np.arange(-self._relative_reach, self._relative_reach + 1), config.relative_span,
                 config.position_buckets, config.max_relative_positions)
         self.final_norm = (
-            keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name="final_norm")
+            keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, center=config.use_bias,
+                                            name="final_norm")
             if config.final_norm
             else None
         )
@@ -123,39 +130,39 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         return [self.layer_groups[i * groups // layers] for i in range(layers)]
 
     def build_all(self) -> None:
-        """Create every weight now, so checkpoints can be ported before the first call."""
+        """Create every weight now, so checkpoints can be ported before the first call. The order is the order a
+        seeded initialisation draws its random numbers in (``encoder.saving.initial_model``): keep it."""
         d, width = self.config.d_model, self.config.embedding_width
-        self.token_embedding.build((None, None))
-        if self.position_embedding is not None:
-            self.position_embedding.build((None,))
-        if self.segment_embedding is not None:
-            self.segment_embedding.build((None, None))
-        if self.embedding_norm is not None:
-            self.embedding_norm.build((None, None, width))
-        if self.embedding_projection is not None:
-            self.embedding_projection.build((None, None, width))
+        before_layers = ((self.token_embedding, (None, None)), (self.position_embedding, (None,)),
+                         (self.segment_embedding, (None, None)), (self.embedding_norm, (None, None, width)),
+                         (self.embedding_projection, (None, None, width)))
+        after_layers = ((self.relative_attention_bias, (None, None)), (self.relative_embeddings, (None,)),
+                        (self.relative_norm, (None, d)), (self.final_norm, (None, None, d)),
+                        (self.pre_classifier, (None, d)), (self.classifier, (None, d)))
+        for sublayer, shape in before_layers:
+            if sublayer is not None:
+                sublayer.build(shape)
         for layer in self.layer_groups:
             layer.build((None, None, d))
-        if self.relative_attention_bias is not None:
-            self.relative_attention_bias.build((None, None))
-        if self.relative_embeddings is not None:
-            self.relative_embeddings.build((None,))
-        if self.relative_norm is not None:
-            self.relative_norm.build((None, d))
-        if self.final_norm is not None:
-            self.final_norm.build((None, None, d))
-        if self.pre_classifier is not None:
-            self.pre_classifier.build((None, d))
-        if self.classifier is not None:
-            self.classifier.build((None, d))
+        for sublayer, shape in after_layers:
+            if sublayer is not None:
+                sublayer.build(shape)
         self.built = True
 
     def visible_mask(self, length: int) -> np.ndarray | None:
         """(L, T, T) bool, True where a query may attend to a key (NumPy, for the trace and the views), or None when
-        every key is visible. A causal model sees only itself and earlier tokens."""
+        every key is visible. A causal model sees only itself and earlier tokens; a local (sliding-window) layer
+        only keys within ``local_attention // 2`` of the query."""
         from encoder.trace import causal_visible
 
-        return causal_visible(self.config.num_layers, length) if self.config.causal else None
+        cfg = self.config
+        if cfg.causal:
+            return causal_visible(cfg.num_layers, length)
+        local = [cfg.is_local(i) for i in range(cfg.num_layers)]
+        if not any(local):
+            return None
+        window, everything = window_visible(length, cfg.local_attention), np.ones((length, length), bool)
+        return np.stack([window if is_local else everything for is_local in local])  # (L, T, T)
 
     def position_scheme(self) -> dict[str, np.ndarray]:
         """What the positional scheme is, as named arrays for the positional lab (``EncoderTrace.position_scheme``);
@@ -169,6 +176,10 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         - ``bias_by_distance``: (H, 2M + 1) float32, the bias each head adds to the logit at that distance.
         - ``bucket_edges``: (E,) float32, the half-integer distances where the bucket changes (for drawing).
 
+        With rotary positions (ModernBERT): ``rope_inv_freq_global`` and ``rope_inv_freq_local``, (dh / 2,) float32,
+        the angle per position of each dimension pair in global and local layers, and ``local_window``, (1,) int32,
+        the local layers' whole window ``local_attention`` (query i sees key j when ``|i - j| <= window // 2``).
+
         With disentangled attention (DeBERTa), over the signed distances key - query from -R to R (R the larger of
         ``max_positions`` and ``max_relative_positions``; farther keys read the end rows):
 
@@ -177,6 +188,11 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         - ``bucket_edges``: (E,) float32, the half-integer distances where the row changes (for drawing).
         - ``relative_embeddings``: (2S, D) float32, the table every layer projects (after its layer norm).
         """
+        cfg = self.config
+        if cfg.positional == "rotary":
+            return {"rope_inv_freq_global": rotary_frequencies(cfg.rope_theta, cfg.head_dim),
+                    "rope_inv_freq_local": rotary_frequencies(cfg.rope_local_theta, cfg.head_dim),
+                    "local_window": np.array([cfg.local_attention], np.int32)}
         if self.relative_embeddings is not None:
             return self._disentangled_scheme()
         if self.relative_attention_bias is None:
@@ -290,7 +306,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             if segment_ids is None or cfg.type_vocab_size == 1:  # one type (RoBERTa): every token is type 0
                 segment_ids = ops.zeros_like(token_ids)
             x = x + self.segment_embedding(segment_ids)
-        if cfg.positional in ("sinusoidal", "learned"):  # relative positions (DeBERTa) add nothing
+        if cfg.positional in ("sinusoidal", "learned"):  # rotary and relative (DeBERTa) positions add nothing
             x = x + self._positional_rows(token_ids)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)

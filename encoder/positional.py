@@ -80,6 +80,27 @@ def relative_position_buckets(relative: np.ndarray, num_buckets: int = 32, max_d
     return (side + np.where(distance < exact, distance, large)).astype(np.int32)
 
 
+def rotary_frequencies(theta: float, head_dim: int) -> np.ndarray:
+    """(head_dim / 2,) float32: the angle per position of each dimension pair of rotary positions (RoPE),
+    ``theta ** (-2i / head_dim)``, as transformers computes them: ``1 / theta ** (2i / d)`` with the exponent and
+    the power rounded to float32 (the power taken in float64 first: closest to PyTorch's float32 ``pow``).
+
+    Example:
+        >>> rotary_frequencies(10000.0, 4).tolist()
+        [1.0, 0.009999999776482582]
+    """
+    exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    power = (np.float64(theta) ** exponents.astype(np.float64)).astype(np.float32)
+    return np.float32(1.0) / power
+
+
+def window_visible(length: int, window: int) -> np.ndarray:
+    """(length, length) bool, True where query i may see key j in a sliding-window layer: ``|i - j| <= window // 2``
+    (ModernBERT's ``local_attention`` is the whole window, both sides)."""
+    positions = np.arange(length)
+    return np.abs(positions[:, None] - positions[None, :]) <= window // 2
+
+
 def log_bucket_position(relative: np.ndarray, buckets: int, max_position: int) -> np.ndarray:
     """DeBERTa's log buckets of ``relative`` (query position - key position), as transformers computes them.
 

@@ -9,7 +9,7 @@ import pytest
 from tests.support.families import check_case, load_family, reference
 
 PORTED = ["bert-cls", "roberta", "roberta-cls", "xlm-roberta", "distilbert", "distilbert-cls", "electra", "electra-cls",
-          "albert", "albert-cls", "gpt2", "mpnet", "deberta-v3"]
+          "albert", "albert-cls", "gpt2", "mpnet", "deberta-v3", "modernbert"]
 CASES = [(name, case) for name in PORTED for case in sorted(reference(name))]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from encoder.families import albert, bert, deberta, distilbert, electra, gpt2, mpnet, roberta
+from encoder.families import albert, bert, deberta, distilbert, electra, gpt2, modernbert, mpnet, roberta
 
 FAMILIES: dict[str, ModuleType] = {
     "albert": albert,
@@ -22,6 +22,7 @@ FAMILIES: dict[str, ModuleType] = {
     "distilbert": distilbert,
     "electra": electra,
     "gpt2": gpt2,
+    "modernbert": modernbert,
     "mpnet": mpnet,
     "roberta": roberta,
     "xlm-roberta": roberta,

@@ -114,11 +114,15 @@ def reshaped(weights: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def dense_ports(name: str, dense, transform: Callable[[np.ndarray], np.ndarray] = linear) -> list[Port]:
-    return [(f"{name}.weight", dense.kernel, transform), (f"{name}.bias", dense.bias, keep)]
+    """A dense layer's weight and, when it has one, its bias."""
+    bias = [(f"{name}.bias", dense.bias, keep)] if dense.bias is not None else []
+    return [(f"{name}.weight", dense.kernel, transform), *bias]
 
 
 def norm_ports(name: str, norm) -> list[Port]:
-    return [(f"{name}.weight", norm.gamma, keep), (f"{name}.bias", norm.beta, keep)]
+    """A layer norm's weight and, when it has one, its bias."""
+    bias = [(f"{name}.bias", norm.beta, keep)] if norm.beta is not None else []
+    return [(f"{name}.weight", norm.gamma, keep), *bias]
 
 
 def classifier_ports(model, hidden: str | None, output: str) -> list[Port]:

@@ -9,6 +9,10 @@ import numpy as np
 
 FAMILIES_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "families"
 TOLERANCE = 1e-5  # every number within this of the reference (float32 floors are 2e-6 to 6e-6)
+# ModernBERT's middle hidden states reach ~13 in size on this random fixture, and the float32 reference itself is
+# up to 1.6e-5 from transformers' own float64 run there: its attention and last hidden state (what the issue pins,
+# the fixture's "f32 floor" 5e-6) keep the 1e-5 bar, its middle hidden states get this one.
+MIDDLE_HIDDEN_TOLERANCE = {"modernbert": 3e-5}
 _LOADED: dict[str, object] = {}
 
 
@@ -49,7 +53,8 @@ def check_case(name: str, case: str) -> dict[str, float]:
     if "logits" in expected:
         differences["logits"] = np.abs(trace.outputs["logits"] - expected["logits"]).max()
     for what, difference in differences.items():
-        assert difference < TOLERANCE, f"{name}/{case}: {what} differs by {difference:.2e}"
+        limit = MIDDLE_HIDDEN_TOLERANCE.get(name, TOLERANCE) if what == "hidden" else TOLERANCE
+        assert difference < limit, f"{name}/{case}: {what} differs by {difference:.2e}"
     return differences
 
 
