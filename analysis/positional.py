@@ -206,5 +206,5 @@ def rope_scheme(trace: EncoderTrace, length: int = DEFAULT_ROPE_DISTANCE) -> Rop
     found = {key.removeprefix("rope_inv_freq_"): scheme[key] for key in ROPE_KEYS if key in scheme}
     if not found:
         raise AnalysisError(f"{trace.model} has no rotary positions (ModernBERT has them).")
-    window = int(np.asarray(scheme.get("local_window", 0)))
+    window = int(np.asarray(scheme.get("local_window", 0)).reshape(-1)[0]) if "local_window" in scheme else 0
     return rope_decay(found, length, window)

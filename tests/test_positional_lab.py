@@ -218,3 +218,25 @@ def test_rope_entry_lights_up_when_the_scheme_has_frequencies():
     assert any(shape.x0 == 64 for shape in fig.layout.shapes)
     rows, _ = ANALYSES["rope"].numbers(decay, rotary, {})
     assert len(rows) == 2 * len(decay.distances)
+
+
+@pytest.mark.parametrize("family", ["modernbert", "deberta-v3"])
+def test_the_lab_draws_the_real_rotary_and_disentangled_fixtures(family):
+    """ModernBERT's scheme (a (1,) local_window) and DeBERTa's terms go through the registry entries as the app
+    and the CLI run them."""
+    from encoder.trace import trace_text
+    from tests.support.families import load_family
+    from viz.registry import ANALYSES, TraceInputs
+
+    trace = trace_text(load_family(family), "The cat sat on the mat because it was tired, and then it slept.")
+    entries = ["position-share", "rope"] if family == "modernbert" else ["position-share"]
+    for name in entries:
+        entry = ANALYSES[name]
+        result = entry.compute(TraceInputs(trace), {})
+        figures = entry.figures(result, trace, {})
+        assert figures and figures[0][1].data, (family, name)
+        rows, _ = entry.numbers(result, trace, {})
+        assert rows, (family, name)
+    share = ANALYSES["position-share"].compute(TraceInputs(trace), {})
+    values = np.asarray(getattr(share, "share", share))
+    assert np.all((values >= 0) & (values <= 1))
