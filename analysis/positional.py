@@ -143,6 +143,36 @@ def relative_bias(trace: EncoderTrace) -> dict[str, np.ndarray]:
     return {key: np.asarray(scheme[key]) for key in RELATIVE_BIAS_KEYS}
 
 
+def term_by_distance(trace: EncoderTrace, layer: int) -> dict[str, np.ndarray]:
+    """The positional part P of layer ``layer``'s logits (``POSITION_TERMS`` summed) by signed distance, one line
+    per head: the mean of P over this text's visible cells with key - query = d. For MPNet it is the bias itself;
+    for DeBERTa (``c2p + p2c``) and rotary positions it also depends on the tokens, hence "over this text".
+
+    Returns:
+        ``distances`` (K,) int (the signed distances some visible cell has), ``bias_by_distance`` (H, K) float64,
+        ``bucket_edges`` from the scheme where it has buckets (else empty), ``layer`` (1,) int.
+
+    Raises:
+        AnalysisError: no positional logit terms (absolute positions), or a layer out of range.
+    """
+    check_logit_terms(trace)
+    if not 0 <= layer < trace.num_layers:
+        raise AnalysisError(f"layer {layer} is out of range: the model has {trace.num_layers} layers "
+                            f"(0-{trace.num_layers - 1})")
+    position = sum(np.asarray(trace.logit_terms[name][layer], dtype=np.float64)
+                   for name in POSITION_TERMS if name in trace.logit_terms)  # (H, T, T)
+    count = trace.num_tokens
+    offsets = np.arange(count)[None, :] - np.arange(count)[:, None]  # (T, T): key - query
+    visible = np.ones((count, count), bool) if trace.visible is None else np.asarray(trace.visible[layer], bool)
+    bins = (offsets + count - 1)[visible]
+    cells = np.bincount(bins, minlength=2 * count - 1)
+    sums = np.stack([np.bincount(bins, weights=head[visible], minlength=2 * count - 1) for head in position])
+    seen = cells > 0  # distances no visible cell has (outside a sliding window, after a causal mask) are left out
+    edges = np.asarray(trace.position_scheme.get("bucket_edges", np.zeros(0)))
+    return {"distances": np.arange(1 - count, count)[seen], "bias_by_distance": sums[:, seen] / cells[seen],
+            "bucket_edges": edges[np.abs(edges) < count], "layer": np.array([layer])}
+
+
 @dataclass(frozen=True)
 class RopeDecay:
     """What rotary positions do to a dot product, for each theta the model uses ("global", "local").

@@ -240,3 +240,30 @@ def test_the_lab_draws_the_real_rotary_and_disentangled_fixtures(family):
     share = ANALYSES["position-share"].compute(TraceInputs(trace), {})
     values = np.asarray(getattr(share, "share", share))
     assert np.all((values >= 0) & (values <= 1))
+
+
+def test_position_by_distance_is_the_bias_for_mpnet_and_respects_windows():
+    """MPNet's positional term does not depend on the tokens: its mean by distance is the bias itself. ModernBERT's
+    local layer has no distance beyond its window; DeBERTa's is c2p + p2c, averaged per distance by hand."""
+    from analysis.positional import term_by_distance
+    from encoder.trace import trace_text
+    from tests.support.families import load_family
+
+    text = "The cat sat on the mat because it was tired, and then it slept until the evening."
+    mpnet = trace_text(load_family("mpnet"), text)
+    result = term_by_distance(mpnet, 1)
+    scheme = mpnet.position_scheme
+    columns = np.searchsorted(scheme["distances"], result["distances"])
+    np.testing.assert_allclose(result["bias_by_distance"], scheme["bias_by_distance"][:, columns], atol=1e-6)
+    modern = trace_text(load_family("modernbert"), text)
+    local = term_by_distance(modern, 1)  # layer 1 is local: |distance| <= window / 2
+    assert np.abs(local["distances"]).max() == int(modern.position_scheme["local_window"][0]) // 2
+    assert term_by_distance(modern, 0)["distances"].max() == modern.num_tokens - 1
+    deberta = trace_text(load_family("deberta-v3"), text)
+    got = term_by_distance(deberta, 0)
+    position = deberta.logit_terms["c2p"][0] + deberta.logit_terms["p2c"][0]  # (H, T, T)
+    head, distance = 2, 3
+    cells = [position[head, q, q + distance] for q in range(deberta.num_tokens - distance)]
+    column = list(got["distances"]).index(distance)
+    assert got["bias_by_distance"][head, column] == pytest.approx(np.mean(cells), rel=1e-6)
+    assert np.isfinite(got["bias_by_distance"]).all()

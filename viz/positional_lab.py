@@ -27,13 +27,15 @@ def build_position_share_map(result: PositionShare, colorscale: str = "Purples")
                           "position share", colorscale=colorscale, zmin=0.0, zmax=1.0)
 
 
-def build_relative_bias(bias: dict[str, np.ndarray], tokens: int | None = None) -> go.Figure:
-    """One line per head: the bias added to the logit against signed distance key - query; bucket boundaries as
-    grey lines, and +-(tokens - 1), the farthest this text reaches, in red."""
+def build_relative_bias(bias: dict[str, np.ndarray], tokens: int | None = None,
+                        title: str = "Relative attention bias by signed distance",
+                        value: str = "bias added to the logit") -> go.Figure:
+    """One line per head: the bias added to the logit (or another ``value``) against signed distance key - query;
+    bucket boundaries as grey lines, and +-(tokens - 1), the farthest this text reaches, in red."""
     distances, values = bias["distances"], bias["bias_by_distance"]  # (N,), (H, N)
-    fig = go.Figure(layout=base_layout("Relative attention bias by signed distance", 900, 480))
+    fig = go.Figure(layout=base_layout(title, 900, 480))
     fig.update_layout(xaxis=dict(title=dict(text="key position - query position (tokens)"), **GRID),
-                      yaxis=dict(title=dict(text="bias added to the logit"), **GRID),
+                      yaxis=dict(title=dict(text=value), **GRID),
                       legend=dict(title=dict(text="head")), margin=dict(l=70, r=30, b=60))
     for edge in bias["bucket_edges"]:
         fig.add_vline(x=float(edge), line=dict(color=EDGE_COLOR, width=1, dash="dot"))

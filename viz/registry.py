@@ -427,6 +427,18 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         figures=lambda result, trace, o: [("relative-bias", build_relative_bias(result, trace.num_tokens))],
         numbers=lambda result, trace, o: (lab.relative_bias_rows(result), result), limit=_missing(lab.relative_bias)),
     Analysis(
+        "position-by-distance", "Position by distance",
+        "positional lab: each head's positional logit term by signed distance, after --layer (every relative or "
+        "rotary scheme)",
+        "The positional part of each head's logits (MPNet's bias, DeBERTa's c2p + p2c, the rotary part of q · k) "
+        "averaged over this text's cells at each signed distance, for the Layer slider's layer.",
+        compute=lambda inputs, o: lab.term_by_distance(inputs.trace, _last_layer(inputs.trace, o)),
+        figures=lambda result, trace, o: [("position-by-distance", build_relative_bias(
+            result, trace.num_tokens, f"Positional logit term by signed distance, layer {int(result['layer'][0])}",
+            "mean positional term (this text)"))],
+        numbers=lambda result, trace, o: (lab.relative_bias_rows(result), result), layer="compute",
+        limit=_missing(lambda trace: lab.check_logit_terms(trace))),
+    Analysis(
         "rope", "Rotary positions", "positional lab: RoPE frequencies and the long-range decay of q . k",
         "Rotary positions: each dimension pair turns by its frequency per token; the expected q · k of a content "
         "pair falls with distance, faster for the local theta (dashed: the local window's reach).",
