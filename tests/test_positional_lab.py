@@ -267,3 +267,19 @@ def test_position_by_distance_is_the_bias_for_mpnet_and_respects_windows():
     column = list(got["distances"]).index(distance)
     assert got["bias_by_distance"][head, column] == pytest.approx(np.mean(cells), rel=1e-6)
     assert np.isfinite(got["bias_by_distance"]).all()
+
+
+@pytest.mark.parametrize(("view", "family"), [("position-share", "mpnet"), ("relative-bias", "mpnet"),
+                                              ("position-by-distance", "deberta-v3"), ("rope", "modernbert")])
+def test_every_lab_view_exports_through_the_cli(view, family, tmp_path, image_browser):
+    from cli import main
+    from tests.support.families import FAMILIES_DIR
+
+    base = ["--model", str(FAMILIES_DIR / family), "--text", "The cat sat on the mat because it was tired.",
+            "--view", view, "--layer", "1"] if view == "position-by-distance" else [
+        "--model", str(FAMILIES_DIR / family), "--text", "The cat sat on the mat because it was tired.", "--view", view]
+    for ext in ("png", "html", "csv", "json"):
+        out = tmp_path / f"{view}.{ext}"
+        assert main([*base, "-o", str(out)]) == 0, ext
+        assert out.stat().st_size > 200, ext
+    assert (tmp_path / f"{view}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
