@@ -20,11 +20,13 @@ import pytest
 
 import analysis
 from analysis import perturb
+from analysis.similarity import explain_similarity
 from cli import main
 from encoder.trace import trace_text
 from viz import analysis_figures as figures
 from viz.registry import ANALYSES as ANALYSIS_VIEWS
 from viz.registry import DEFAULT_CLUSTERS
+from viz.similarity import build_similarity_heatmap
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "The cat sat on the mat."  # 8 tokens with [CLS] and [SEP]
@@ -40,6 +42,7 @@ VIEW_ARGS = {
     "noise": ["--samples", str(SAMPLES), "--sigma", "0.5"],
     "importance": [],
     "ablation": ["--ablate", HEADS],
+    "similarity": ["--pair", "A dog lay on the rug."],
 }
 
 
@@ -84,6 +87,8 @@ def expected_title(view: str, trace, minilm) -> str:
         fig = figures.build_noise_heatmap(stability, 0.5)
     elif view == "importance":
         fig = figures.build_importance_heatmap(perturb.head_importance(minilm, trace))
+    elif view == "similarity":
+        fig = build_similarity_heatmap(explain_similarity(minilm, TEXT, VIEW_ARGS[view][1]))
     else:
         fig = figures.build_ablation_chart(perturb.ablate_heads(minilm, trace, [(0, 3), (2, 5)]))
     return fig.layout.title.text

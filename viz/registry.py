@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import plotly.graph_objects as go
 
 import analysis
-from analysis import perturb
+from analysis import perturb, similarity
 from analysis import positional as lab
 from encoder.errors import AnalysisError, ViewError
 from encoder.trace import EncoderTrace
@@ -30,6 +30,7 @@ from viz.distance import build_distance_histogram
 from viz.options import SHARED_OPTIONS, Option, ViewSettings
 from viz.positional import build_position_similarity, build_positional_dimensions, build_positional_heatmap
 from viz.positional_lab import build_position_share_map, build_relative_bias, build_rope_view
+from viz.similarity import build_similarity_heatmap
 from viz.tokens import build_token_view
 
 if TYPE_CHECKING:
@@ -333,6 +334,20 @@ def _missing(check: Callable[[EncoderTrace], Any]) -> Callable[[EncoderTrace], s
     return limit
 
 
+NO_SECOND_TEXT = ("Type a second sentence to compare (the sidebar's second sentence; --pair on the command line): "
+                  "each text is traced alone and the cosine of their embeddings is split into token pairs.")
+
+
+def _similarity_limit(trace: EncoderTrace) -> str | None:
+    return NO_SECOND_TEXT if trace.pair is None else None
+
+
+def _similarity(inputs: Inputs, options: Mapping[str, Any]) -> similarity.SimilaritySplit:
+    trace = inputs.trace
+    if trace.pair is None:
+        raise AnalysisError(NO_SECOND_TEXT)
+    return similarity.explain_similarity(inputs.model(), trace.text, trace.pair)
+
 ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
     Analysis(
         "rollout", "Rollout", "attention rollout after --layer (default the last), token x token",
@@ -445,6 +460,16 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         compute=lambda inputs, o: lab.rope_scheme(inputs.trace),
         figures=lambda result, trace, o: [("rope", build_rope_view(result))],
         numbers=_rows_and_result, limit=_missing(lab.rope_scheme)),
+    Analysis(
+        "similarity", "Why similar?",
+        "why --text and --pair are similar: the cosine of their mean-pooled embeddings split into token pairs",
+        "Why are these two similar? Each text is traced alone; the cosine of their mean-pooled embeddings is split "
+        "exactly into token pairs, (h_i · g_j) / (n m ‖a‖ ‖b‖): the cells sum to the model's cosine. Needs a "
+        "mean-pooled model (MiniLM; for the tutorial model, the pooled features its classifier reads).",
+        compute=_similarity,
+        figures=lambda result, trace, o: [("similarity", build_similarity_heatmap(result, **_style(o)))],
+        numbers=_rows_and_result, options=(COLORSCALE,), needs_model=True, limit=_similarity_limit,
+        spinner="Tracing each text alone…"),
 )}
 
 
