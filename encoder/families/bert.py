@@ -11,6 +11,7 @@ import numpy as np
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
 from encoder.families.common import (
+    PORTED,
     Port,
     activation,
     attention_ports,
@@ -60,10 +61,9 @@ def bert_like_fields(hf: dict[str, Any]) -> dict[str, Any]:
         positional="learned",
         activation=activation(hf.get("hidden_act", "gelu")),
         type_vocab_size=int(field(hf, "type_vocab_size", default=2)),
-        scale_embeddings=False,
+        **PORTED,
         embedding_layer_norm=True,
         layer_norm_epsilon=float(field(hf, "layer_norm_eps", default=1e-12)),
-        dropout=0.0,
         pad_token_id=pad_token(hf, vocab_size),
     )
 

@@ -18,6 +18,9 @@ from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
 
 Port = tuple[str, Any, Callable[[np.ndarray], np.ndarray]]  # (checkpoint name, Keras variable, transform)
+# What every Hugging Face port sets the same way: embeddings used as stored (no sqrt(d) scaling), no dropout (we
+# only run inference).
+PORTED = {"scale_embeddings": False, "dropout": 0.0}
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new"}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
 from encoder.families.common import (
+    PORTED,
     Port,
     activation,
     build,
@@ -49,10 +50,9 @@ def convert_config(hf: dict[str, Any]) -> EncoderConfig:
         positional="learned",
         activation=activation(hf.get("activation_function", "gelu_new"), "activation_function"),
         type_vocab_size=0,
-        scale_embeddings=False,
+        **PORTED,
         embedding_layer_norm=False,
         layer_norm_epsilon=float(field(hf, "layer_norm_epsilon", default=1e-5)),
-        dropout=0.0,
         pad_token_id=pad_token({"pad_token_id": padding_id(hf)}, vocab_size),
         norm_first=True,
         final_norm=True,

@@ -19,7 +19,18 @@ from typing import Any
 
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
-from encoder.families.common import Port, activation, build, dense_ports, field, keep, norm_ports, pad_token, reshaped
+from encoder.families import common
+from encoder.families.common import (
+    Port,
+    activation,
+    build,
+    dense_ports,
+    field,
+    keep,
+    norm_ports,
+    pad_token,
+    reshaped,
+)
 
 MODEL_TYPES = ("modernbert",)
 PREFIXES = ("model.",)
@@ -44,10 +55,9 @@ def convert_config(hf: dict[str, Any]) -> EncoderConfig:
         positional="rotary",
         activation=activation(hf.get("hidden_activation", "gelu"), "hidden_activation"),
         type_vocab_size=0,
-        scale_embeddings=False,
+        **common.PORTED,
         embedding_layer_norm=True,
         layer_norm_epsilon=float(field(hf, "norm_eps", default=1e-5)),
-        dropout=0.0,
         pad_token_id=pad_token(hf, vocab_size),
         norm_first=True,
         final_norm=True,
