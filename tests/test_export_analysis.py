@@ -24,6 +24,7 @@ from analysis.similarity import explain_similarity
 from cli import main
 from encoder.trace import trace_text
 from viz import analysis_figures as figures
+from viz.attribution import build_attribution_heatmap
 from viz.registry import ANALYSES as ANALYSIS_VIEWS
 from viz.registry import DEFAULT_CLUSTERS
 from viz.similarity import build_similarity_heatmap
@@ -43,6 +44,9 @@ VIEW_ARGS = {
     "importance": [],
     "ablation": ["--ablate", HEADS],
     "similarity": ["--pair", "A dog lay on the rug."],
+    "norm": ["--layer", "2"],
+    "globenc": ["--layer", "2"],
+    "alti": ["--layer", "2"],
 }
 
 
@@ -89,6 +93,9 @@ def expected_title(view: str, trace, minilm) -> str:
         fig = figures.build_importance_heatmap(perturb.head_importance(minilm, trace))
     elif view == "similarity":
         fig = build_similarity_heatmap(explain_similarity(minilm, TEXT, VIEW_ARGS[view][1]))
+    elif view in ATTRIBUTION:
+        fig = build_attribution_heatmap(np.zeros((trace.num_layers, trace.num_tokens, trace.num_tokens)),
+                                        trace.tokens, view, 2)
     else:
         fig = figures.build_ablation_chart(perturb.ablate_heads(minilm, trace, [(0, 3), (2, 5)]))
     return fig.layout.title.text
@@ -97,6 +104,7 @@ def expected_title(view: str, trace, minilm) -> str:
 # --- figures ---------------------------------------------------------------------------------------------------
 
 
+ATTRIBUTION = {"norm", "globenc", "alti"}  # their titles name only the method and the layer
 LAB = {"position-share", "relative-bias", "position-by-distance", "rope"}  # need a relative or rotary model:
 # their exports are tested on those models' fixtures in tests/test_positional_lab.py
 

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import plotly.graph_objects as go
 
 import analysis
-from analysis import perturb, similarity
+from analysis import attribution, perturb, similarity
 from analysis import positional as lab
 from encoder.errors import AnalysisError, ViewError
 from encoder.trace import EncoderTrace
 from viz import analysis_figures as figures
 from viz.attention import build_attention_heatmap, build_head_grid, build_head_lines, build_model_view
+from viz.attribution import build_attribution_heatmap
 from viz.distance import build_distance_histogram
 from viz.options import SHARED_OPTIONS, Option, ViewSettings
 from viz.positional import build_position_similarity, build_positional_dimensions, build_positional_heatmap
@@ -348,6 +349,40 @@ def _similarity(inputs: Inputs, options: Mapping[str, Any]) -> similarity.Simila
         raise AnalysisError(NO_SECOND_TEXT)
     return similarity.explain_similarity(inputs.model(), trace.text, trace.pair)
 
+def _attribution(method: str) -> Callable[[Inputs, Mapping[str, Any]], Any]:
+    """compute for "norm" (head mean of ||alpha f(x)||), "globenc" and "alti" (rolled out): (L, T, T)."""
+    def compute(inputs: Inputs, options: Mapping[str, Any]):
+        trace, model = inputs.trace, inputs.model()
+        weights = [attribution.layer_weights(model, layer) for layer in range(trace.num_layers)]
+        if method == "norm":
+            return attribution.norm_based(trace.hidden, trace.attention, weights).mean(axis=1)
+        layers = (attribution.globenc_layers if method == "globenc" else attribution.alti_layers)(
+            trace.hidden, trace.attention, weights)
+        return attribution.rollout(layers)
+    return compute
+
+
+def _attribution_figures(method: str) -> Callable[[Any, EncoderTrace, Mapping[str, Any]], Figures]:
+    return lambda result, trace, o: [(method, build_attribution_heatmap(
+        result, trace.readable_tokens, method, _last_layer(trace, o), **_style(o)))]
+
+
+def _attribution_numbers(method: str) -> Callable[[Any, EncoderTrace, Mapping[str, Any]], tuple[list[dict], dict]]:
+    def numbers(result, trace: EncoderTrace, options: Mapping[str, Any]) -> tuple[list[dict], dict]:
+        layer = _last_layer(trace, options)
+        rows = analysis.matrix_rows(result[layer], trace.tokens, method)
+        return rows, {"kind": method, "model": trace.model, "text": trace.text, "pair": trace.pair, "layer": layer,
+                      "tokens": trace.tokens, "rows": rows}
+    return numbers
+
+
+def _attribution_entry(method: str, label: str, description: str, caption: str) -> Analysis:
+    return Analysis(method, label, description, caption, compute=_attribution(method),
+                    figures=_attribution_figures(method), numbers=_attribution_numbers(method),
+                    options=(COLORSCALE,), layer="figure", needs_model=True,
+                    spinner="Decomposing every layer's attention block…")
+
+
 ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
     Analysis(
         "rollout", "Rollout", "attention rollout after --layer (default the last), token x token",
@@ -470,6 +505,20 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         figures=lambda result, trace, o: [("similarity", build_similarity_heatmap(result, **_style(o)))],
         numbers=_rows_and_result, options=(COLORSCALE,), needs_model=True, limit=_similarity_limit,
         spinner="Tracing each text alone…"),
+    _attribution_entry(
+        "norm", "Norm-based", "norm-based attention ||alpha f(x)|| in --layer (default the last), head mean",
+        "Norm-based attention (Kobayashi et al., 2020): each weight times the norm of the value vector it moves, "
+        "alpha_ij ||f(x_j)||, averaged over heads. Tokens that soak up attention with small value vectors (MiniLM's "
+        "[CLS]) lose the weight raw attention gives them. The Layer slider picks the layer."),
+    _attribution_entry(
+        "globenc", "GlobEnc", "GlobEnc: attention + residual + layer norm by norms, rolled out to --layer",
+        "GlobEnc (Modarressi et al., 2022): each token's vector after attention, the residual and the layer norm, "
+        "its norm as its share, multiplied through the layers like rollout. Rows sum to 1; post-LN BERT models."),
+    _attribution_entry(
+        "alti", "ALTI", "ALTI: token contributions by Manhattan closeness to each output, rolled out to --layer",
+        "ALTI (Ferrando et al., 2022): each token's part of a position's output after attention, residual and "
+        "layer norm, scored by how much closer it is to the output than nothing, multiplied through the layers. "
+        "Rows sum to 1; post-LN BERT models."),
 )}
 
 

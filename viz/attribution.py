@@ -1,0 +1,41 @@
+"""Figures for norm-based attribution, GlobEnc and ALTI (``analysis.attribution``): token x token heatmaps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from viz.analysis_figures import _token_heatmap
+from viz.common import DEFAULT_SCALE, check_colorscale, check_index
+
+# method -> (title before " after layer N" / " in layer N", how to read it)
+METHODS = {
+    "norm": ("Norm-based attention (head mean) in layer {layer}",
+             "Cell (i, j): ||alpha_ij f(x_j)||, how large token j's weighted value vector is in position i, "
+             "averaged over heads (Kobayashi et al., 2020)."),
+    "globenc": ("GlobEnc rollout after layer {layer}",
+                "Row i: the share of each input token (column) in position i, attention + residual + layer norm "
+                "decomposed by vector norms and multiplied through layers 0-{layer}; rows sum to 1."),
+    "alti": ("ALTI rollout after layer {layer}",
+             "Row i: the share of each input token (column) in position i, by how close each token's part is to "
+             "the layer's output (Manhattan distance), multiplied through layers 0-{layer}; rows sum to 1."),
+}
+
+
+def build_attribution_heatmap(
+    values: np.ndarray, tokens: Sequence[str], method: str, layer: int = -1, colorscale: str = DEFAULT_SCALE
+) -> go.Figure:
+    """One layer of an (L, T, T) attribution (``method``: "norm", "globenc" or "alti"), tokens on both axes."""
+    check_colorscale(colorscale)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    values = np.asarray(values)
+    if values.ndim != 3 or values.shape[1:] != (len(tokens), len(tokens)):
+        raise ValueError(f"{method} must be (layers, T, T) for {len(tokens)} tokens, got shape {values.shape}")
+    layer = check_index(layer % values.shape[0] if layer < 0 else layer, values.shape[0], "layer", method)
+    title, subtitle = METHODS[method]
+    value_name = "norm" if method == "norm" else "share"
+    return _token_heatmap(values[layer], tokens, tokens, title.format(layer=layer), subtitle.format(layer=layer),
+                          colorscale, 0.0, float(values[layer].max()), value_name)
