@@ -20,11 +20,13 @@ import pytest
 
 import analysis
 from analysis import perturb
+from analysis.faithfulness import faithfulness
 from analysis.similarity import explain_similarity
 from cli import main
 from encoder.trace import trace_text
 from viz import analysis_figures as figures
 from viz.attribution import build_attribution_heatmap
+from viz.faithfulness import build_faithfulness_chart
 from viz.registry import ANALYSES as ANALYSIS_VIEWS
 from viz.registry import DEFAULT_CLUSTERS
 from viz.similarity import build_similarity_heatmap
@@ -47,6 +49,7 @@ VIEW_ARGS = {
     "norm": ["--layer", "2"],
     "globenc": ["--layer", "2"],
     "alti": ["--layer", "2"],
+    "faithfulness": [],
 }
 
 
@@ -93,6 +96,8 @@ def expected_title(view: str, trace, minilm) -> str:
         fig = figures.build_importance_heatmap(perturb.head_importance(minilm, trace))
     elif view == "similarity":
         fig = build_similarity_heatmap(explain_similarity(minilm, TEXT, VIEW_ARGS[view][1]))
+    elif view == "faithfulness":
+        fig = build_faithfulness_chart(faithfulness(minilm, trace))
     elif view in ATTRIBUTION:
         fig = build_attribution_heatmap(np.zeros((trace.num_layers, trace.num_tokens, trace.num_tokens)),
                                         trace.tokens, view, 2)

@@ -22,12 +22,14 @@ import plotly.graph_objects as go
 import analysis
 from analysis import attribution, perturb, similarity
 from analysis import positional as lab
+from analysis.faithfulness import faithfulness
 from encoder.errors import AnalysisError, ViewError
 from encoder.trace import EncoderTrace
 from viz import analysis_figures as figures
 from viz.attention import build_attention_heatmap, build_head_grid, build_head_lines, build_model_view
 from viz.attribution import build_attribution_heatmap
 from viz.distance import build_distance_histogram
+from viz.faithfulness import build_faithfulness_chart
 from viz.options import SHARED_OPTIONS, Option, ViewSettings
 from viz.positional import build_position_similarity, build_positional_dimensions, build_positional_heatmap
 from viz.positional_lab import build_position_share_map, build_relative_bias, build_rope_view
@@ -519,6 +521,17 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "ALTI (Ferrando et al., 2022): each token's part of a position's output after attention, residual and "
         "layer norm, scored by how much closer it is to the output than nothing, multiplied through the layers. "
         "Rows sum to 1; post-LN BERT models."),
+    Analysis(
+        "faithfulness", "Faithfulness",
+        "faithfulness scoreboard: each method's token importance vs leave-one-out, Spearman rho and AOPC",
+        "Which explanation does the model support on this text? Each method's importance of the tokens (the row "
+        "the output reads: [CLS] or the mean over rows, last layer) against the output change when each token is "
+        "removed alone (leave-one-out): Spearman ρ, and AOPC, the mean change with the method's top 1-10 tokens "
+        "removed. Norm-based, GlobEnc and ALTI only for post-LN BERT models.",
+        compute=lambda inputs, o: faithfulness(inputs.model(), inputs.trace),
+        figures=lambda result, trace, o: [("faithfulness", build_faithfulness_chart(result))],
+        numbers=_rows_and_result, needs_model=True, table=lambda result: result.rows(),
+        spinner="Running the model with each token removed…"),
 )}
 
 

@@ -1,0 +1,167 @@
+"""The faithfulness scoreboard for one text: each explanation's token importance against the model's own behaviour.
+
+Shapes: T tokens, M methods, N non-special tokens (the ones ranked and removed). A method's importance of token
+``j`` is the row the output reads of its (T, T) matrix: row 0 ([CLS]) for a [CLS]-pooled model, the mean over
+rows for a mean-pooled one. The ground truth is leave-one-out: token ``j``'s id deleted from the input and the
+model run again; the output change is the drop in the clean predicted class's probability for a classifier, else
+``1 - cosine`` between the sentence embeddings. Each method gets Spearman's rho against that effect, and AOPC:
+the mean output change with its top ``k`` tokens removed, ``k = 1..K``, ``K = min(10, N)``. All shortened inputs
+run through ``forward_padded`` in batches; nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from analysis import attribution
+from analysis.flow import attention_rollout
+from analysis.perturb import check_pairing
+from encoder.errors import AnalysisError
+from encoder.trace import EncoderTrace, pad_batch, to_numpy
+
+if TYPE_CHECKING:
+    from encoder.sources import LoadedModel
+
+MAX_DELETIONS = 10  # AOPC removes the top 1..K tokens, K = min(this, non-special tokens)
+BATCH = 64  # shortened inputs per forward_padded call
+
+
+@dataclass(frozen=True, eq=False)
+class Faithfulness:
+    """How well each method's token importance matches the model's leave-one-out effects on one text.
+
+    Attributes:
+        methods: (M,) method names ("attention", "rollout", and for post-LN BERT "norm", "globenc", "alti").
+        tokens: (T,) the text's tokens.  positions: (N,) indices of the non-special tokens, the ones ranked.
+        importance: (M, N) each method's importance of those tokens.
+        loo: (N,) the output change with each of those tokens removed alone.
+        spearman: (M,) Spearman's rho between ``importance[m]`` and ``loo``.
+        aopc: (M,) mean output change with the method's top 1..K tokens removed.  deletions: K.
+        output: what the output change measures (e.g. "drop in p(positive)").
+    """
+
+    methods: tuple[str, ...]
+    tokens: tuple[str, ...]
+    positions: np.ndarray
+    importance: np.ndarray
+    loo: np.ndarray
+    spearman: np.ndarray
+    aopc: np.ndarray
+    deletions: int
+    output: str
+
+    def rows(self) -> list[dict]:
+        """One dict per method: method, spearman, aopc."""
+        return [{"method": m, "spearman": float(rho), "aopc": float(aopc)}
+                for m, rho, aopc in zip(self.methods, self.spearman, self.aopc)]
+
+    def token_rows(self) -> list[dict]:
+        """One dict per ranked token: index, token, loo and each method's importance."""
+        return [{"index": int(i), "token": self.tokens[i], "loo": float(self.loo[n]),
+                 **{m: float(self.importance[k, n]) for k, m in enumerate(self.methods)}}
+                for n, i in enumerate(self.positions)]
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of a 1-D array, tied values sharing their average rank (float64)."""
+    values = np.asarray(values, np.float64)
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.r_[True, ordered[1:] != ordered[:-1]]  # first element of each run of ties
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    last = np.r_[first[1:], len(values)] - 1
+    out = np.empty(len(values))
+    out[order] = (first[group] + last[group]) / 2 + 1
+    return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho: the Pearson correlation of the average ranks; NaN when either side is constant."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 1:
+        raise AnalysisError(f"spearman needs two 1-D arrays of one length, got shapes {a.shape} and {b.shape}")
+    ra, rb = ranks(a) - (len(a) + 1) / 2, ranks(b) - (len(b) + 1) / 2
+    scale = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / scale) if scale > 0 else float("nan")
+
+
+def token_maps(model: LoadedModel, trace: EncoderTrace) -> dict[str, np.ndarray]:
+    """Each method's last-layer (T, T) token-to-token matrix; norm-based, GlobEnc and ALTI only for post-LN BERT."""
+    maps = {"attention": trace.attention[-1].mean(axis=0, dtype=np.float64),
+            "rollout": attention_rollout(trace.attention)[-1]}
+    try:
+        weights = [attribution.layer_weights(model, layer) for layer in range(trace.num_layers)]
+    except AnalysisError:
+        return maps
+    maps["norm"] = attribution.norm_based(trace.hidden, trace.attention, weights)[-1].mean(axis=0)
+    maps["globenc"] = attribution.rollout(attribution.globenc_layers(trace.hidden, trace.attention, weights))[-1]
+    maps["alti"] = attribution.rollout(attribution.alti_layers(trace.hidden, trace.attention, weights))[-1]
+    return maps
+
+
+def output_row(matrix: np.ndarray, pooling: str) -> np.ndarray:
+    """The row of a (T, T) matrix the output reads: row 0 for "cls" pooling, the mean over rows for "mean"."""
+    return np.asarray(matrix)[0] if pooling == "cls" else np.asarray(matrix).mean(axis=0)
+
+
+def output_change(model: LoadedModel, trace: EncoderTrace, removals: Sequence[Sequence[int]]) -> np.ndarray:
+    """The output change with each set of token positions deleted from the input: (len(removals),) float64.
+
+    A classifier: the clean predicted class's probability minus its probability without the tokens. Otherwise:
+    ``1 - cosine(embedding without the tokens, clean embedding)``.
+    """
+    inputs = [(np.delete(trace.token_ids, list(r)), np.delete(trace.segment_ids, list(r))) for r in removals]
+    changes = []
+    for start in range(0, len(inputs), BATCH):
+        chunk = inputs[start:start + BATCH]
+        ids, segments, mask = pad_batch([i for i, _ in chunk], model.config.pad_token_id, [s for _, s in chunk])
+        outputs = {k: to_numpy(v) for k, v in model.encoder.forward_padded(ids, segments, mask).items()}
+        changes.append(_change(trace, outputs))
+    return np.concatenate(changes) if changes else np.zeros(0)
+
+
+def _change(trace: EncoderTrace, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    clean = trace.outputs.get("probabilities")
+    if clean is not None:
+        predicted = int(np.argmax(clean))
+        return float(clean[predicted]) - np.asarray(outputs["probabilities"], np.float64)[:, predicted]
+    a, b = np.asarray(outputs["embedding"], np.float64), np.asarray(trace.outputs["embedding"], np.float64)
+    return 1.0 - (a @ b) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b), 1e-300)
+
+
+def _output_name(trace: EncoderTrace) -> str:
+    probabilities = trace.outputs.get("probabilities")
+    if probabilities is None:
+        return "1 - cosine to the clean embedding"
+    predicted = int(np.argmax(probabilities))
+    label = trace.labels[predicted] if predicted < len(trace.labels) else f"class {predicted}"
+    return f"drop in p({label})"
+
+
+def faithfulness(model: LoadedModel, trace: EncoderTrace) -> Faithfulness:
+    """Score raw attention, rollout (and norm-based, GlobEnc, ALTI where the model allows) on ``trace``.
+
+    Raises:
+        AnalysisError: the trace is not this model's, or it has fewer than 2 non-special tokens.
+    """
+    check_pairing(model, trace)
+    positions = np.flatnonzero(~np.asarray(trace.special, bool))
+    if len(positions) < 2:
+        raise AnalysisError(f"The scoreboard ranks the text's tokens, so it needs at least 2 besides [CLS] and "
+                            f"[SEP]; this text has {len(positions)}.")
+    maps = token_maps(model, trace)
+    importance = np.stack([output_row(m, model.config.pooling)[positions] for m in maps.values()])  # (M, N)
+    deletions = min(MAX_DELETIONS, len(positions))
+    top = [positions[np.argsort(-row, kind="stable")] for row in importance]  # most important first
+    removals = [[int(i)] for i in positions] + [list(order[:k]) for order in top for k in range(1, deletions + 1)]
+    changes = output_change(model, trace, removals)
+    loo = changes[:len(positions)]
+    aopc = changes[len(positions):].reshape(len(maps), deletions).mean(axis=1)
+    rho = np.array([spearman(row, loo) for row in importance])
+    return Faithfulness(tuple(maps), trace.tokens, positions, importance, loo, rho, aopc, deletions,
+                        _output_name(trace))

@@ -1,0 +1,112 @@
+"""The faithfulness scoreboard (``analysis.faithfulness``) on the real MiniLM and the tutorial classifier: the
+leave-one-out ground truth re-computed by hand, Spearman on known vectors, rows for every method, the CLI export."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from analysis.faithfulness import faithfulness, ranks, spearman
+from cli import main
+from encoder.errors import AnalysisError
+from encoder.trace import trace_text
+from viz.faithfulness import TITLE, build_faithfulness_chart
+
+TEXT = "The cat sat on the mat."  # 8 tokens with [CLS] and [SEP], one piece per word
+WORDS = ["The", "cat", "sat", "on", "the", "mat", "."]
+REVIEW = "a wonderful moving film"
+ALL_METHODS = ("attention", "rollout", "norm", "globenc", "alti")
+
+
+@pytest.fixture(scope="module")
+def tutorial():
+    from encoder.sources import load_source
+
+    return load_source("tutorial")
+
+
+@pytest.fixture(scope="module")
+def scores(minilm, trace):
+    return faithfulness(minilm, trace)
+
+
+def shortened(words: list[str], drop: int) -> str:
+    kept = [w for i, w in enumerate(words) if i != drop]
+    return " ".join(kept[:-1]) + kept[-1] if kept[-1] == "." else " ".join(kept)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_minilm_loo_is_one_minus_cosine_of_each_shortened_text_traced_alone(minilm, trace, scores):
+    assert list(scores.positions) == list(range(1, 1 + len(WORDS)))
+    for n, position in enumerate(scores.positions):
+        short = trace_text(minilm, shortened(WORDS, n))
+        np.testing.assert_array_equal(short.token_ids, np.delete(trace.token_ids, position))
+        expected = 1.0 - cosine(short.outputs["embedding"], trace.outputs["embedding"])
+        assert scores.loo[n] == pytest.approx(expected, abs=1e-5), WORDS[n]
+
+
+def test_tutorial_loo_is_the_drop_in_the_predicted_probability(tutorial):
+    words = REVIEW.split()
+    clean = trace_text(tutorial, REVIEW)
+    result = faithfulness(tutorial, clean)
+    predicted = int(np.argmax(clean.outputs["probabilities"]))
+    assert result.output == f"drop in p({clean.labels[predicted]})"
+    for n, position in enumerate(result.positions):
+        short = trace_text(tutorial, " ".join(w for i, w in enumerate(words) if i != n))
+        np.testing.assert_array_equal(short.token_ids, np.delete(clean.token_ids, position))
+        drop = clean.outputs["probabilities"][predicted] - short.outputs["probabilities"][predicted]
+        assert result.loo[n] == pytest.approx(float(drop), abs=1e-5)
+    assert result.methods == ALL_METHODS
+
+
+def test_spearman_on_known_vectors():
+    a = np.array([0.1, 0.5, 0.3, 0.9])
+    assert spearman(a, 2 * a + 1) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    np.testing.assert_array_equal(ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
+    # ties: ranks [1.5, 1.5, 3] against [1, 2, 3]: Pearson of the centred ranks [-.5,-.5,1] and [-1,0,1]
+    assert spearman(np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(1.5 / np.sqrt(1.5 * 2))
+    assert np.isnan(spearman(np.ones(3), a[:3]))
+    with pytest.raises(AnalysisError, match="1-D arrays of one length"):
+        spearman(a, a[:3])
+
+
+def test_rows_for_every_method(scores):
+    rows = scores.rows()
+    assert [row["method"] for row in rows] == list(ALL_METHODS)
+    for row in rows:
+        assert -1.0 <= row["spearman"] <= 1.0 and np.isfinite(row["aopc"])
+    assert scores.deletions == len(WORDS)
+    assert [row["token"] for row in scores.token_rows()] == list(scores.tokens[1:-1])
+    fig = build_faithfulness_chart(scores)
+    assert fig.layout.title.text == TITLE
+    np.testing.assert_array_equal(fig.data[0].y, scores.spearman)
+
+
+def test_mean_pooled_importance_is_the_mean_row_of_raw_attention(trace, scores):
+    expected = trace.attention[-1].mean(axis=0, dtype=np.float64).mean(axis=0)[scores.positions]
+    np.testing.assert_allclose(scores.importance[0], expected)
+
+
+def test_too_few_tokens_is_refused(minilm):
+    with pytest.raises(AnalysisError, match="at least 2"):
+        faithfulness(minilm, trace_text(minilm, "cat"))
+
+
+def test_cli_writes_png_csv_and_json(scores, image_browser, tmp_path, capsys):
+    for suffix in ("png", "csv", "json"):
+        out = tmp_path / f"faithfulness.{suffix}"
+        assert main(["--text", TEXT, "--view", "faithfulness", "-o", str(out)]) == 0, capsys.readouterr().err
+    assert (tmp_path / "faithfulness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "faithfulness.csv").read_text(encoding="utf-8"))))
+    assert [row["method"] for row in rows] == list(ALL_METHODS)
+    np.testing.assert_allclose([float(row["spearman"]) for row in rows], scores.spearman, atol=1e-9)
+    data = json.loads((tmp_path / "faithfulness.json").read_text(encoding="utf-8"))
+    assert data["kind"] == "Faithfulness" and data["methods"] == list(ALL_METHODS)
+    np.testing.assert_allclose(data["loo"], scores.loo, atol=1e-9)

@@ -1,0 +1,37 @@
+"""The faithfulness scoreboard (``analysis.faithfulness``): Spearman rho and AOPC per method as bars."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from analysis.faithfulness import Faithfulness
+from viz.analysis_figures import _reading_guide
+from viz.common import base_layout
+
+TITLE = "Faithfulness on this text: each method vs leave-one-out"
+COLORS = ("#1f77b4", "#d62728")  # Spearman, AOPC
+SUBPLOT_TITLE = 24  # pixels above the panels for their titles, below the reading guide
+
+
+def build_faithfulness_chart(result: Faithfulness) -> go.Figure:
+    """Two bar panels, one bar per method: Spearman rho against the leave-one-out effects, and AOPC."""
+    methods = list(result.methods)
+    if np.shape(result.spearman) != (len(methods),) or np.shape(result.aopc) != (len(methods),):
+        raise ValueError(f"{len(methods)} methods need {len(methods)} Spearman and AOPC values, got shapes "
+                         f"{np.shape(result.spearman)} and {np.shape(result.aopc)}")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Spearman ρ vs leave-one-out",
+                                                        f"AOPC (top 1..{result.deletions} removed)"))
+    fig.update_layout(base_layout(TITLE, 760, 420), showlegend=False, margin=dict(l=60, r=30, b=60))
+    _reading_guide(fig, f"Output change: {result.output}. ρ = 1: the method ranks the tokens exactly as removing "
+                        f"each one alone changes the output; AOPC: mean change with the method's top tokens removed "
+                        f"(higher is more faithful).")
+    fig.update_layout(margin=dict(t=fig.layout.margin.t + SUBPLOT_TITLE))
+    for col, (name, values) in enumerate((("Spearman ρ", result.spearman), ("AOPC", result.aopc)), start=1):
+        fig.add_trace(go.Bar(x=methods, y=values, name=name, marker=dict(color=COLORS[col - 1]),
+                             text=[f"{v:.3f}" for v in values], textposition="auto",
+                             hovertemplate=f"%{{x}}: {name} %{{y:.4f}}<extra></extra>"), row=1, col=col)
+    fig.update_yaxes(range=[-1, 1], title_text="Spearman ρ", row=1, col=1)
+    fig.update_yaxes(title_text=result.output, row=1, col=2)
+    return fig
