@@ -136,15 +136,18 @@ def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
     return weights
 
 
-def load_hf_folder(folder: str | Path) -> tuple[TransformerEncoder, tuple[str, ...]]:
+def load_hf_folder(
+    folder: str | Path, hf_config: dict[str, Any] | None = None
+) -> tuple[TransformerEncoder, tuple[str, ...]]:
     """Build a TransformerEncoder from a Hugging Face folder (config.json + safetensors) of a family we run;
-    returns the model and its class labels (``id2label`` of a classifier, else ())."""
+    returns the model and its class labels (``id2label`` of a classifier, else ()). ``hf_config`` is the folder's
+    config.json when the caller has read it already (``read_hf_config``)."""
     from encoder.families.common import labels
 
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError("The model path is not a folder: give the folder that holds config.json.")
-    hf_config = read_hf_config(folder)
+    hf_config = read_hf_config(folder) if hf_config is None else hf_config
     family = family_of(hf_config)
     config = _sentence_transformer_pooling(folder, convert_config(hf_config))
     check_config(config, settings().max_parameters)

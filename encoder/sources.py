@@ -192,8 +192,9 @@ def load_path(folder: str | Path, name: str | None = None) -> LoadedModel:
         tokenizer = TextTokenizer.from_folder(folder, model.config.max_positions)
         return LoadedModel(name, str(data.get("description", "A Headlight model folder")),
                            CompiledEncoder(model), tokenizer, tuple(data.get("labels", ())), folder)
-    model, labels = load_hf_folder(folder)
-    model_type = read_hf_config(folder).get("model_type")
+    hf_config = read_hf_config(folder)  # read once: the model and the tokenizer both need it
+    model, labels = load_hf_folder(folder, hf_config)
+    model_type = hf_config.get("model_type")
     tokenizer = TextTokenizer.from_folder(folder, model.config.max_positions, model_type)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(

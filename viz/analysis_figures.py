@@ -67,7 +67,7 @@ def _reading_guide(fig: go.Figure, text: str) -> None:
 # Token x token heatmaps: rollout, flow, diff
 
 
-def _token_heatmap(
+def token_heatmap(
     values: np.ndarray,
     row_tokens: Sequence[str],
     col_tokens: Sequence[str],
@@ -122,7 +122,7 @@ def build_rollout_heatmap(
     if rollout.ndim != 3 or rollout.shape[1:] != (len(tokens), len(tokens)):
         raise ValueError(f"rollout must be (layers, T, T) for {len(tokens)} tokens, got shape {rollout.shape}")
     layer = check_index(layer % rollout.shape[0] if layer < 0 else layer, rollout.shape[0], "layer", "rollout")
-    return _token_heatmap(
+    return token_heatmap(
         rollout[layer], tokens, tokens,
         f"Attention rollout after layer {layer} (residual weight {residual:g})",
         "Row i: the share of each input token (column) in position i, attention multiplied through layers "
@@ -143,7 +143,7 @@ def build_flow_heatmap(
     flow = np.asarray(flow)
     if flow.shape != (len(tokens), len(tokens)):
         raise ValueError(f"flow must be (T, T) for {len(tokens)} tokens, got shape {flow.shape}")
-    return _token_heatmap(
+    return token_heatmap(
         flow, tokens, tokens,
         f"Attention flow through {num_layers} layers (residual weight {residual:g})",
         "Cell (i, j): the most that input token j can pass to position i when every attention weight is a pipe "
@@ -165,7 +165,7 @@ def build_diff_heatmap(diff: AttentionDiff, layer: int, head: int, colorscale: s
     labels = [a if a == b else f"{a}/{b}" for a, b in zip(diff.tokens_a, diff.tokens_b)]
     values = diff.difference[layer, head]
     bound = max(float(np.abs(values).max()), 1e-6)
-    return _token_heatmap(
+    return token_heatmap(
         values, labels, labels,
         f"Layer {layer} head {head}: {diff.label_b} minus {diff.label_a}",
         f"Red: {display_token(diff.label_b)} attends more, blue: less. Mean JS divergence of this head "

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from viz.analysis_figures import _token_heatmap
+from viz.analysis_figures import token_heatmap
 from viz.common import DEFAULT_SCALE, check_colorscale, check_index
 
 # method -> (title before " after layer N" / " in layer N", how to read it)
@@ -37,5 +37,5 @@ def build_attribution_heatmap(
     layer = check_index(layer % values.shape[0] if layer < 0 else layer, values.shape[0], "layer", method)
     title, subtitle = METHODS[method]
     value_name = "norm" if method == "norm" else "share"
-    return _token_heatmap(values[layer], tokens, tokens, title.format(layer=layer), subtitle.format(layer=layer),
+    return token_heatmap(values[layer], tokens, tokens, title.format(layer=layer), subtitle.format(layer=layer),
                           colorscale, 0.0, float(values[layer].max()), value_name)

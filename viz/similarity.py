@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from analysis.similarity import SimilaritySplit
-from viz.analysis_figures import _token_heatmap
+from viz.analysis_figures import token_heatmap
 from viz.common import DEFAULT_DIVERGING, check_colorscale
 
 
@@ -20,7 +20,7 @@ def build_similarity_heatmap(split: SimilaritySplit, colorscale: str = DEFAULT_D
         raise ValueError(f"contributions must be (n, m) = ({len(split.readable_a)}, {len(split.readable_b)}) for "
                          f"the tokens of A and B, got shape {values.shape}")
     bound = max(float(np.abs(values).max()), 1e-9)
-    fig = _token_heatmap(
+    fig = token_heatmap(
         values, split.readable_a, split.readable_b,
         f"Why similar? Cells sum to {values.sum():.4f} = the model's cosine {split.model_cosine:.4f}",
         "Cell (i, j): token i of A and token j of B's share of the cosine of the mean-pooled embeddings, "
