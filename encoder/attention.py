@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 
 from encoder.config import EncoderConfig
-from encoder.layers import InstrumentedAttention
+from encoder.layers import InstrumentedAttention, mask_values
 
 
 @keras.saving.register_keras_serializable(package="headlight")
@@ -34,7 +34,7 @@ class DisentangledAttention(InstrumentedAttention):
             ``share_att_key``).
 
     Call args:
-        query, value, attention_mask, head_mask: as ``InstrumentedAttention``.
+        query, value, attention_mask, head_mask, value_mask, attention_scale: as ``InstrumentedAttention``.
         position_bias: the pair ``(relative_embeddings (2S, D), relative_index (T, S_keys) int)``: the
             relative-embedding table (normalised when the model says so) and the table row of each (query, key).
 
@@ -85,11 +85,11 @@ class DisentangledAttention(InstrumentedAttention):
         return cls(EncoderConfig.from_dict(config.pop("config")), **config)
 
     def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, rotary=None,
-             training=None):
+             value_mask=None, attention_scale=None, training=None):
         relative_embeddings, index = position_bias  # no rotary positions: the config has relative ones
         q = self.query_dense(query)  # (B, T, H, dh)
         k = self.key_dense(value)  # (B, S, H, dh)
-        v = self.value_dense(value)  # (B, S, H, dh)
+        v = mask_values(self.value_dense(value), value_mask)  # (B, S, H, dh)
         scale = ops.cast(self.scale, q.dtype)
         # Content: the key divided by the scale before the product, as transformers rounds it.
         terms = {"c2c": ops.einsum(self._dot_product_equation, k / scale, q)}  # (B, H, T, S)
@@ -111,7 +111,7 @@ class DisentangledAttention(InstrumentedAttention):
                 position = position + terms[name]
             logits = logits + position  # transformers' order: c2c + (c2p + p2c)
         pattern = self._masked_softmax(logits, attention_mask)  # (B, H, T, S)
-        context = ops.einsum(self._combine_equation, self._dropout_layer(pattern, training=training), v)
+        context = self._mix(pattern, v, attention_scale, training)
         if head_mask is not None:
             context = context * ops.cast(head_mask, context.dtype)[:, None, :, None]
         return self.output_dense(context), pattern, terms

@@ -40,6 +40,10 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         head_mask: optional (B, H) float tensor; 0 silences a head, 1 keeps it.
         position_bias: optional float tensor broadcastable to (B, H, T, S), added to the scaled logits before the
             mask and softmax (MPNet's relative attention bias).
+        value_mask: optional (B, S) float tensor multiplying each key token's value vectors (0 zeroes token j's
+            values in every head: value zeroing, Mohebbi et al., 2023).
+        attention_scale: optional (B, H, T, S) float tensor multiplying the weights before they mix the values
+            (ones change nothing; its gradient there is attention x gradient). The returned pattern is unscaled.
         rotary: optional ``(cos, sin)``, each broadcastable to (B, T, H, dh): queries and keys are rotated by
             position before their product (RoPE, ``rotate``); terms then are ``content`` (the scaled product
             without rotation) and ``position`` (the rotated one minus it).
@@ -52,17 +56,18 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
     """
 
     def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, rotary=None,
-             training=None):
+             value_mask=None, attention_scale=None, training=None):
         q = self.query_dense(query)  # (B, T, H, dh)
         k = self.key_dense(value)  # (B, S, H, dh)
-        v = self.value_dense(value)  # (B, S, H, dh)
-        context, pattern, terms = self._compute_attention(q, k, v, attention_mask, training, position_bias, rotary)
+        v = mask_values(self.value_dense(value), value_mask)  # (B, S, H, dh)
+        context, pattern, terms = self._compute_attention(q, k, v, attention_mask, training, position_bias, rotary,
+                                                          attention_scale)
         if head_mask is not None:
             context = context * ops.cast(head_mask, context.dtype)[:, None, :, None]
         return self.output_dense(context), pattern, terms
 
     def _compute_attention(self, query, key, value, attention_mask=None, training=None, position_bias=None,
-                           rotary=None):
+                           rotary=None, attention_scale=None):
         """``(context (B, T, H, dh), pattern (B, H, T, S), terms)``. Keras scales the query before the product;
         scaling the logits after it is the same math, rounded as transformers rounds it (float32 ports stay exact).
         A ``position_bias`` is added after the scaling, as MPNet adds it; terms then names both parts."""
@@ -76,13 +81,24 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
             terms = {"content": logits, "position": ops.broadcast_to(position_bias, ops.shape(logits))}
             logits = logits + position_bias
         pattern = self._masked_softmax(logits, attention_mask)  # (B, H, T, S)
-        context = ops.einsum(self._combine_equation, self._dropout_layer(pattern, training=training), value)
-        return context, pattern, terms
+        return self._mix(pattern, value, attention_scale, training), pattern, terms
+
+    def _mix(self, pattern, value, attention_scale, training):
+        """The context vectors (B, T, H, dh): the weights (times ``attention_scale`` when given) mixing the values."""
+        weights = pattern if attention_scale is None else pattern * ops.cast(attention_scale, pattern.dtype)
+        return ops.einsum(self._combine_equation, self._dropout_layer(weights, training=training), value)
 
     def _scaled_product(self, query, key):
         """(B, H, T, S): q.k / sqrt(dh), scaled after the product as transformers scales it."""
         logits = ops.einsum(self._dot_product_equation, key, query)
         return logits * ops.cast(self._inverse_sqrt_key_dim, logits.dtype)
+
+
+def mask_values(values, value_mask):
+    """``values`` (B, S, H, dh) with each key token's vectors times ``value_mask`` (B, S), or unchanged for None."""
+    if value_mask is None:
+        return values
+    return values * ops.cast(value_mask, values.dtype)[:, :, None, None]
 
 
 def rotate(x, cos, sin):
@@ -159,27 +175,29 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         self.output_dense.build((*input_shape[:-1], self.config.dff))
         self.output_norm.build(input_shape)
 
-    def call(self, x, attention_mask=None, head_mask=None, position_bias=None, training=None):
+    def call(self, x, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
+             attention_scale=None, training=None):
+        probes = dict(value_mask=value_mask, attention_scale=attention_scale)  # InstrumentedAttention's call args
         if self.config.norm_first:
             # Self-attention block (pre-norm).
             attended, pattern, terms = self._attend(self.attention_norm(x), attention_mask, head_mask,
-                                                    position_bias, training)
+                                                    position_bias, training, **probes)
             x = x + attended
             # Feedforward block (pre-norm).
             return x + self._feed_forward(self.output_norm(x), training), pattern, terms
         # Self-attention block.
-        attended, pattern, terms = self._attend(x, attention_mask, head_mask, position_bias, training)
+        attended, pattern, terms = self._attend(x, attention_mask, head_mask, position_bias, training, **probes)
         x = self.attention_norm(x + attended)
         # Feedforward block.
         return self.output_norm(x + self._feed_forward(x, training)), pattern, terms
 
-    def _attend(self, x, attention_mask, head_mask, position_bias, training):
+    def _attend(self, x, attention_mask, head_mask, position_bias, training, value_mask=None, attention_scale=None):
         length = ops.shape(x)[1]
         if self.local:
             attention_mask = self._window_mask(attention_mask, length)
         attended, pattern, terms = self.attention(
             x, x, attention_mask=attention_mask, head_mask=head_mask, position_bias=position_bias,
-            rotary=self._rotary(length), training=training
+            rotary=self._rotary(length), value_mask=value_mask, attention_scale=attention_scale, training=training
         )
         return self.attention_dropout(attended, training=training), pattern, terms
 

@@ -43,6 +43,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         padding_mask: optional (B, T) bool, True for real tokens; padded keys then get attention exactly 0.
         head_mask: optional (B, L, H) float; 0 silences a head's output (ablation).
         embedding_noise: optional (B, T, D) float added to the first layer's input.
+        attention_scale: optional (B, L, H, T, T) float multiplying each layer's weights before they mix the values
+            (ones change nothing; the gradient there is attention x gradient). Reported attention is unscaled.
 
     Returns:
         dict with ``hidden`` (B, L + 1, T, D), ``attention`` (B, L, H, T, T) after softmax, ``embedding``
@@ -270,6 +272,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         padding_mask=None,
         head_mask=None,
         embedding_noise=None,
+        attention_scale=None,
         training=None,
     ):
         x = self._embed(token_ids, segment_ids, training)  # (B, T, D)
@@ -280,8 +283,10 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         hidden, patterns, terms = [x], [], {}
         for index, layer in enumerate(self.encoder_layers):
             layer_head_mask = None if head_mask is None else head_mask[:, index]  # (B, H)
+            layer_scale = None if attention_scale is None else attention_scale[:, index]  # (B, H, T, T)
             x, pattern, layer_terms = layer(x, attention_mask=attention_mask, head_mask=layer_head_mask,
-                                            position_bias=position_bias, training=training)
+                                            position_bias=position_bias, attention_scale=layer_scale,
+                                            training=training)
             hidden.append(x)
             patterns.append(pattern)
             for name, term in layer_terms.items():
