@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 FORMATS = (*FIGURE_FORMATS, *DATA_FORMATS)
 ANALYSIS_FORMATS = (*FIGURE_FORMATS, "csv", "json")  # an analysis writes its figure or its numbers
+TEST_CORPUS = "test"  # --corpus test: the shipped held-out test sentences (data/test.tsv)
 EXAMPLES = """examples:
   python -m cli --text "The cat sat on the mat." --view heatmap --layer 2 --head 5 -o fig.svg
   python -m cli --text "The cat sat." --pair "It was tired." --view model -o model.png
@@ -106,7 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     corpus = ", ".join(name for name, entry in ANALYSES.items() if entry.corpus)
     study.add_argument("--corpus", type=Path, metavar="FILE",
                        help=f"{corpus}: aggregate over a UTF-8 text file, one sentence per line, instead of --text "
-                            "(progress on stderr)")
+                            f"(progress on stderr); '{TEST_CORPUS}' is the shipped held-out test sentences "
+                            "(data/test.tsv)")
+    study.add_argument("--corpus-size", type=int, metavar="N", help="--corpus: use the first N sentences only")
     for option in analysis_options().values():
         if option.name not in shown:
             _add_flag(study, option)
@@ -115,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given on the command line (flags left out are absent)."""
-    names = [*_view_flag_options(), *analysis_options(), "corpus"]
+    names = [*_view_flag_options(), *analysis_options(), "corpus", "corpus_size"]
     return {name: getattr(args, name) for name in dict.fromkeys(names) if getattr(args, name, None) is not None}
 
 
@@ -202,11 +205,13 @@ def _write_figure(args: argparse.Namespace, fmt: str, fig) -> None:
 def _analysis_settings(entry: Analysis, given: dict[str, Any]) -> dict[str, Any]:
     """The analysis' settings from the flags: only those it takes, checked, required ones present."""
     allowed = {option.name for option in entry.options} | ({"layer"} if entry.layer else set())
-    allowed |= {"corpus"} if entry.corpus else set()
+    allowed |= {"corpus", "corpus_size"} if entry.corpus else set()
     ignored = set(given) - allowed
     if ignored:
         raise ExportError(f"view {entry.name!r} does not take {_flags(ignored)}")
-    settings = {name: value for name, value in given.items() if name in ("layer", "corpus")}
+    if "corpus_size" in given and "corpus" not in given:
+        raise ExportError("--corpus-size takes the first N sentences of --corpus; give --corpus too")
+    settings = {name: value for name, value in given.items() if name in ("layer", "corpus", "corpus_size")}
     for option in entry.options:
         if option.name in given:
             settings[option.name] = option.check(given[option.name])
@@ -221,7 +226,7 @@ def _run_analysis(args: argparse.Namespace, fmt: str, entry: Analysis, given: di
         raise ExportError(f"view {entry.name!r} writes {', '.join(ANALYSIS_FORMATS)}, not {fmt} (npz holds a whole "
                           "trace: use a trace view such as heatmap)")
     settings = _analysis_settings(entry, given)
-    inputs = _inputs(args, entry, settings.pop("corpus", None))
+    inputs = _inputs(args, entry, settings.pop("corpus", None), settings.pop("corpus_size", None))
     result = entry.compute(inputs, settings)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
@@ -234,15 +239,12 @@ def _run_analysis(args: argparse.Namespace, fmt: str, entry: Analysis, given: di
         _write_figure(args, fmt, entry.figures(result, inputs.trace, settings)[0][1])
 
 
-def _inputs(args: argparse.Namespace, entry: Analysis, corpus: Path | None) -> TraceInputs:
+def _inputs(args: argparse.Namespace, entry: Analysis, corpus: Path | None, size: int | None = None) -> TraceInputs:
     """What the analysis runs on: a corpus (traced by ``--model``), or the trace of ``--text`` (and the model
     itself when the analysis re-runs it)."""
     if args.merge_words and (corpus is not None or entry.needs_model):
         why = "traces every sentence itself" if corpus is not None else "re-runs the model on the tokens"
         raise ExportError(f"--merge-words does not apply to view {entry.name!r} here: it {why}")
-    if corpus is not None:
-        sentences = _corpus_sentences(args, corpus)
-        return TraceInputs(None, report=lambda distances: _corpus_report(args, sentences, distances))
     model = None
     if entry.needs_model:
         if args.trace is not None:
@@ -250,7 +252,20 @@ def _inputs(args: argparse.Namespace, entry: Analysis, corpus: Path | None) -> T
         from encoder.sources import load_source
 
         model = load_source(args.model, trusted=True)
+    if corpus is not None:
+        sentences = _corpus_sentences(args, corpus)
+        if size is not None:
+            if size < 1:
+                raise ExportError(f"--corpus-size must be at least 1, got {size}")
+            sentences = sentences[:size]
+        name = f"the first {len(sentences):,} sentences of {'the test set' if _is_test(corpus) else corpus.name}"
+        return TraceInputs(None, model, report=lambda distances: _corpus_report(args, sentences, distances),
+                           on_progress=_progress_line, sentences=(name, tuple(sentences)))
     return TraceInputs(_load_trace(args, model), model, on_progress=_progress_line)
+
+
+def _is_test(path: Path) -> bool:
+    return str(path) == TEST_CORPUS and not path.exists()
 
 
 def _corpus_sentences(args: argparse.Namespace, path: Path) -> list[str]:
@@ -258,6 +273,10 @@ def _corpus_sentences(args: argparse.Namespace, path: Path) -> list[str]:
         raise ExportError("--corpus re-runs the model on every sentence, so it takes --model, not --trace")
     if args.text is not None or args.pair is not None:
         raise ExportError("give either --corpus or --text/--pair, not both")
+    if _is_test(path):
+        from tutorial.dataset import load_splits
+
+        return [example.text for example in load_splits()["test"]]
     if not path.is_file():
         raise ExportError(f"corpus {path} does not exist")
     try:

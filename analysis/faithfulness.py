@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis import attribution
+from analysis.checks import Progress
 from analysis.flow import attention_rollout
 from analysis.perturb import check_pairing
 from encoder.errors import AnalysisError
-from encoder.trace import EncoderTrace, pad_batch, to_numpy
+from encoder.trace import EncoderTrace, pad_batch, to_numpy, trace_text
 
 if TYPE_CHECKING:
     from encoder.sources import LoadedModel
@@ -165,3 +166,112 @@ def faithfulness(model: LoadedModel, trace: EncoderTrace) -> Faithfulness:
     rho = np.array([spearman(row, loo) for row in importance])
     return Faithfulness(tuple(maps), trace.tokens, positions, importance, loo, rho, aopc, deletions,
                         _output_name(trace))
+
+
+@dataclass(frozen=True, eq=False)
+class CorpusFaithfulness:
+    """The scoreboard over many sentences: each method's Spearman rho and AOPC per sentence, and their means.
+
+    Shapes: S sentences scored, M methods. A sentence with fewer than 2 non-special tokens is skipped (counted in
+    ``skipped``); a rho that is undefined on a sentence (a constant importance or effect) is NaN there and left out
+    of that method's mean.
+
+    Attributes:
+        methods: (M,) method names, as ``Faithfulness.methods``.
+        texts: (S,) the sentences scored.
+        spearman: (S, M) float64 rho per sentence and method (NaN where undefined).
+        aopc: (S, M) float64 AOPC per sentence and method.
+        skipped: sentences left out (too few tokens to rank).
+        output: what the output change measures ("drop in p(predicted class)", "1 - cosine ...").
+        corpus: the corpus' name ("the first 100 test sentences").
+    """
+
+    methods: tuple[str, ...]
+    texts: tuple[str, ...]
+    spearman: np.ndarray
+    aopc: np.ndarray
+    skipped: int
+    output: str
+    corpus: str = ""
+
+    @property
+    def mean_spearman(self) -> np.ndarray:
+        """(M,) mean rho over the sentences where it is defined (NaN when it is defined on none)."""
+        return _nanmean(self.spearman)
+
+    @property
+    def sem_spearman(self) -> np.ndarray:
+        """(M,) the standard error of ``mean_spearman`` (sample standard deviation / sqrt(count))."""
+        counts = np.isfinite(self.spearman).sum(axis=0)
+        centred = np.where(np.isfinite(self.spearman), self.spearman - self.mean_spearman, 0.0)
+        variance = (centred ** 2).sum(axis=0) / np.maximum(counts - 1, 1)
+        return np.where(counts > 1, np.sqrt(variance / np.maximum(counts, 1)), np.nan)
+
+    @property
+    def best_share(self) -> np.ndarray:
+        """(M,) the share of sentences on which each method has the highest rho (ties split evenly)."""
+        finite = np.where(np.isfinite(self.spearman), self.spearman, -np.inf)
+        best = finite == finite.max(axis=1, keepdims=True)
+        best &= np.isfinite(finite.max(axis=1, keepdims=True))
+        wins = best / np.maximum(best.sum(axis=1, keepdims=True), 1)
+        return wins.sum(axis=0) / max(len(self.texts), 1)
+
+    def rows(self) -> list[dict]:
+        """One dict per method, best mean rho first: method, mean_spearman, sem, sentences, mean_aopc, best_share."""
+        counts = np.isfinite(self.spearman).sum(axis=0)
+        rows = [{"method": m, "mean_spearman": float(rho), "sem": float(sem), "sentences": int(n),
+                 "mean_aopc": float(aopc), "best_share": float(best)}
+                for m, rho, sem, n, aopc, best in zip(self.methods, self.mean_spearman, self.sem_spearman, counts,
+                                                      _nanmean(self.aopc), self.best_share)]
+        return sorted(rows, key=lambda row: -row["mean_spearman"] if np.isfinite(row["mean_spearman"]) else np.inf)
+
+    def sentence_rows(self) -> list[dict]:
+        """One dict per sentence: index, text and each method's rho."""
+        return [{"index": s, "text": text, **{m: float(self.spearman[s, k]) for k, m in enumerate(self.methods)}}
+                for s, text in enumerate(self.texts)]
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    counts = np.isfinite(values).sum(axis=0)
+    totals = np.where(np.isfinite(values), values, 0.0).sum(axis=0)
+    return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+
+
+def corpus_faithfulness(model: LoadedModel, texts: Sequence[str], progress: Progress | None = None,
+                        corpus: str = "", max_tokens: int | None = None) -> CorpusFaithfulness:
+    """Run the one-text scoreboard (``faithfulness``) on each of ``texts`` (each traced alone) and collect it.
+
+    Args:
+        model: the LoadedModel.
+        texts: the sentences (at least one with 2 or more non-special tokens).
+        progress: called as ``progress(done, total)`` after each sentence.
+        corpus: the corpus' name, kept with the result.
+        max_tokens: trace at most this many tokens per sentence (the model's limit when None).
+
+    Raises:
+        AnalysisError: no sentence has 2 tokens to rank.
+    """
+    limit = {} if max_tokens is None else {"max_tokens": max_tokens}
+    methods: tuple[str, ...] | None = None
+    kept, rhos, aopcs, skipped = [], [], [], 0
+    classifier, output = False, ""
+    for done, text in enumerate(texts, start=1):
+        trace = trace_text(model, text, **limit)
+        if (~np.asarray(trace.special, bool)).sum() < 2:
+            skipped += 1
+        else:
+            scores = faithfulness(model, trace)
+            if methods is not None and scores.methods != methods:
+                raise AnalysisError(f"the methods changed between sentences: {methods} then {scores.methods}")
+            methods = scores.methods
+            classifier = "probabilities" in trace.outputs
+            output = scores.output
+            kept.append(text)
+            rhos.append(scores.spearman)
+            aopcs.append(scores.aopc)
+        if progress is not None:
+            progress(done, len(texts))
+    if methods is None:
+        raise AnalysisError("no sentence of the corpus has 2 tokens to rank besides the special tokens")
+    return CorpusFaithfulness(methods, tuple(kept), np.array(rhos, np.float64), np.array(aopcs, np.float64),
+                              skipped, "drop in p(predicted class)" if classifier else output, corpus)

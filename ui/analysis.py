@@ -19,15 +19,17 @@ from viz.registry import ANALYSES, Analysis, compute_options
 CORPORA = ("this text", "test sentences", "uploaded file")
 
 
-def _corpus_ui() -> cache.Corpus | None:
-    """The corpus the user chose: (name, sentences), or None for this text only."""
+def _corpus_ui(most: int | None = None) -> cache.Corpus | None:
+    """The corpus the user chose: (name, sentences), or None for this text only; at most ``most`` sentences."""
     scope = st.segmented_control("Over", CORPORA, default=CORPORA[0], required=True, key="corpus",
                                  bind="query-params")
     if scope == "this text":
         return None
     if scope == "test sentences":
         sentences = cache.test_sentences()
-        count = st.slider("Sentences", 50, len(sentences), min(500, len(sentences)), 50, key="corpus_size",
+        top = min(len(sentences), most or len(sentences))
+        key = "corpus_size" if most is None else f"corpus_size_{most}"  # other bounds, another widget
+        count = st.slider("Sentences", min(50, top), top, min(500, top), min(50, top), key=key,
                           help="The first N held-out test sentences (data/test.tsv)")
         return f"the first {count:,} test sentences", sentences[:count]
     upload = st.file_uploader("A text file, one sentence per line", type=["txt", "tsv", "csv"], key="corpus_file")
@@ -45,6 +47,10 @@ def _corpus_ui() -> cache.Corpus | None:
     if sentences.dropped:
         st.info(f"The file has {len(sentences) + sentences.dropped:,} sentences; the first {len(sentences):,} are "
                 "used (the most one upload may hold).")
+    if most is not None and len(sentences) > most:
+        st.info(f"This analysis scores at most {most:,} sentences at a time here; the first {most:,} of the file "
+                f"are used (the command line takes more).")
+        sentences = sentences[:most]
     return plain(upload.name), tuple(sentences)  # shown in the progress bar's markdown
 
 
@@ -59,7 +65,7 @@ def analysis_ui(inputs: cache.Inputs, trace: EncoderTrace, settings: ViewSetting
         st.info(too_large)
         return
     if entry.corpus:
-        inputs = cache.Inputs(*inputs.key, corpus=_corpus_ui())
+        inputs = cache.Inputs(*inputs.key, corpus=_corpus_ui(entry.corpus_max))
     shared = {"layer": settings.layer} if entry.layer else {}
     chosen = {option.name: option_ui(option, trace) for option in entry.options if option.stage == "compute"}
     missing = [option.label for option in entry.options if option.required and not chosen.get(option.name)]

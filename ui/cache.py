@@ -148,7 +148,24 @@ class Inputs:
         return None if self.corpus is None else corpus_report(self.source, *self.corpus)
 
     def progress(self, what: str) -> analysis.Progress | None:
-        return None
+        """A progress bar ("12 / 100 sentences scored"), updated at most once per percent, removed when done."""
+        bar = st.progress(0.0, text=f"0 {what}")
+        shown = -1
+
+        def show(done: int, total: int | None) -> None:
+            nonlocal shown
+            percent = done * 100 // total if total else done
+            if done == total:
+                bar.empty()
+            elif percent != shown:
+                shown = percent
+                count = f"{done:,} / {total:,}" if total else f"{done:,}"
+                bar.progress(min(done / max(total or 1, 1), 1.0), text=f"{count} {what}")
+
+        return show
+
+    def corpus_sentences(self) -> Corpus | None:
+        return self.corpus
 
 
 def analysis_result(name: str, inputs: Inputs, options: tuple[tuple[str, Any], ...]) -> Any:

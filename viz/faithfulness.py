@@ -1,4 +1,5 @@
-"""The faithfulness scoreboard (``analysis.faithfulness``): Spearman rho and AOPC per method as bars."""
+"""The faithfulness scoreboard (``analysis.faithfulness``): Spearman rho and AOPC per method as bars, for one text
+or (mean rho with its 95% interval, and how often each method is best) over a corpus."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.faithfulness import Faithfulness
+from analysis.faithfulness import CorpusFaithfulness, Faithfulness
 from viz.analysis_figures import _reading_guide
 from viz.common import base_layout
 
@@ -34,4 +35,36 @@ def build_faithfulness_chart(result: Faithfulness) -> go.Figure:
                              hovertemplate=f"%{{x}}: {name} %{{y:.4f}}<extra></extra>"), row=1, col=col)
     fig.update_yaxes(range=[-1, 1], title_text="Spearman ρ", row=1, col=1)
     fig.update_yaxes(title_text=result.output, row=1, col=2)
+    return fig
+
+
+def build_faithfulness_corpus_chart(result: CorpusFaithfulness) -> go.Figure:
+    """Two bar panels over a corpus, methods by mean rho: mean Spearman rho (95% interval, 1.96 standard errors) and
+    the share of sentences on which each method has the best rho."""
+    rows = result.rows()  # best mean rho first
+    if not rows:
+        raise ValueError("a corpus scoreboard needs at least one method")
+    methods = [row["method"] for row in rows]
+    means = np.array([row["mean_spearman"] for row in rows])
+    half = 1.96 * np.nan_to_num(np.array([row["sem"] for row in rows]))
+    best = np.array([row["best_share"] for row in rows])
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Mean Spearman ρ vs leave-one-out (95% interval)",
+                                                        "Share of sentences where it is best"))
+    name = result.corpus or "the corpus"
+    fig.update_layout(base_layout(f"Faithfulness over {len(result.texts):,} sentences: which explanation the "
+                                  "model supports", 820, 440), showlegend=False, margin=dict(l=60, r=30, b=60))
+    skipped = f" ({result.skipped:,} too short to rank were skipped)" if result.skipped else ""
+    _reading_guide(fig, f"{name}{skipped}. Output change: {result.output}. Each sentence: ρ between the method's "
+                        "token importance and the change when each token is removed alone; bars: the mean over "
+                        "sentences, best first.")
+    fig.update_layout(margin=dict(t=fig.layout.margin.t + SUBPLOT_TITLE))
+    fig.add_trace(go.Bar(x=methods, y=means, marker=dict(color=COLORS[0]), name="mean ρ",
+                         error_y=dict(type="data", array=half, visible=True, color="#444"),
+                         text=[f"{v:.3f}" for v in means], textposition="auto",
+                         hovertemplate="%{x}: mean ρ %{y:.4f} ± %{error_y.array:.4f}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=methods, y=best, marker=dict(color=COLORS[1]), name="best share",
+                         text=[f"{v:.0%}" for v in best], textposition="auto",
+                         hovertemplate="%{x}: best on %{y:.1%} of sentences<extra></extra>"), row=1, col=2)
+    fig.update_yaxes(range=[-1, 1], title_text="mean Spearman ρ", row=1, col=1)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", title_text="sentences", row=1, col=2)
     return fig

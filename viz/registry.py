@@ -22,14 +22,14 @@ import plotly.graph_objects as go
 import analysis
 from analysis import attribution, perturb, similarity
 from analysis import positional as lab
-from analysis.faithfulness import faithfulness
+from analysis.faithfulness import CorpusFaithfulness, corpus_faithfulness, faithfulness
 from encoder.errors import AnalysisError, ViewError
 from encoder.trace import EncoderTrace
 from viz import analysis_figures as figures
 from viz.attention import build_attention_heatmap, build_head_grid, build_head_lines, build_model_view
 from viz.attribution import build_attribution_heatmap
 from viz.distance import build_distance_histogram
-from viz.faithfulness import build_faithfulness_chart
+from viz.faithfulness import build_faithfulness_chart, build_faithfulness_corpus_chart
 from viz.options import SHARED_OPTIONS, Option, ViewSettings
 from viz.positional import build_position_similarity, build_positional_dimensions, build_positional_heatmap
 from viz.positional_lab import build_position_share_map, build_relative_bias, build_rope_view
@@ -166,6 +166,9 @@ class Inputs(Protocol):
     def progress(self, what: str) -> analysis.Progress | None:
         """A progress callback for long runs ("noisy runs", "heads silenced")."""
 
+    def corpus_sentences(self) -> tuple[str, tuple[str, ...]] | None:
+        """The chosen corpus as (name, sentences), or None for this text only."""
+
 
 @dataclass(frozen=True)
 class TraceInputs:
@@ -175,6 +178,7 @@ class TraceInputs:
     loaded: LoadedModel | None = None
     report: Callable[[bool], analysis.HeadReport] | None = None
     on_progress: Callable[[str], analysis.Progress] | None = None
+    sentences: tuple[str, tuple[str, ...]] | None = None  # the corpus: (name, sentences)
 
     def model(self) -> LoadedModel:
         if self.loaded is None:
@@ -186,6 +190,9 @@ class TraceInputs:
 
     def progress(self, what: str) -> analysis.Progress | None:
         return None if self.on_progress is None else self.on_progress(what)
+
+    def corpus_sentences(self) -> tuple[str, tuple[str, ...]] | None:
+        return self.sentences
 
 
 @dataclass(frozen=True)
@@ -208,6 +215,7 @@ class Analysis:
         uses_query: its figures use the shared query token (app only).
         needs_model: re-runs the model (so a saved trace is not enough).
         corpus: can run over many sentences instead of one text (``--corpus`` in the CLI).
+        corpus_max: the most sentences the app lets one run take (each re-runs the model many times), or None.
         limit: ``limit(trace) -> message`` when this input is too large for the analysis, else None.
         table: ``table(result) -> rows`` shown as a sortable table under the figures in the app.
         spinner: what the app says while it computes.
@@ -225,6 +233,7 @@ class Analysis:
     uses_query: bool = False
     needs_model: bool = False
     corpus: bool = False
+    corpus_max: int | None = None
     limit: Callable[[EncoderTrace], str | None] | None = None
     table: Callable[[Any], list[dict]] | None = None
     spinner: str = "Computing…"
@@ -239,6 +248,7 @@ RESIDUAL = Option("residual", "float", "rollout, flow: weight of the skip connec
                   default=analysis.DEFAULT_RESIDUAL, low=0.0, high=1.0, step=0.05, stage="compute", url=True)
 DEFAULT_STATISTIC = "entropy"
 DEFAULT_CLUSTERS = 4  # clusters outlined and numbered
+FAITHFULNESS_CORPUS_MAX = 200  # sentences one app run may score (each re-runs the model ~100 times)
 
 
 def _style(options: Mapping[str, Any]) -> dict:
@@ -350,6 +360,20 @@ def _similarity(inputs: Inputs, options: Mapping[str, Any]) -> similarity.Simila
     if trace.pair is None:
         raise AnalysisError(NO_SECOND_TEXT)
     return similarity.explain_similarity(inputs.model(), trace.text, trace.pair)
+
+def _faithfulness(inputs: Inputs, options: Mapping[str, Any]):
+    corpus = inputs.corpus_sentences()
+    if corpus is None:
+        return faithfulness(inputs.model(), inputs.trace)
+    name, sentences = corpus
+    return corpus_faithfulness(inputs.model(), sentences, inputs.progress("sentences scored"), name)
+
+
+def _faithfulness_figures(result, trace, options: Mapping[str, Any]) -> Figures:
+    if isinstance(result, CorpusFaithfulness):
+        return [("faithfulness-corpus", build_faithfulness_corpus_chart(result))]
+    return [("faithfulness", build_faithfulness_chart(result))]
+
 
 def _attribution(method: str) -> Callable[[Inputs, Mapping[str, Any]], Any]:
     """compute for "norm" (head mean of ||alpha f(x)||), "globenc" and "alti" (rolled out): (L, T, T)."""
@@ -523,14 +547,16 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "Rows sum to 1; post-LN BERT models."),
     Analysis(
         "faithfulness", "Faithfulness",
-        "faithfulness scoreboard: each method's token importance vs leave-one-out, Spearman rho and AOPC",
+        "faithfulness scoreboard: each method's token importance vs leave-one-out, Spearman rho and AOPC (text or "
+        "--corpus)",
         "Which explanation does the model support on this text? Each method's importance of the tokens (the row "
         "the output reads: [CLS] or the mean over rows, last layer) against the output change when each token is "
         "removed alone (leave-one-out): Spearman ρ, and AOPC, the mean change with the method's top 1-10 tokens "
-        "removed. Norm-based, GlobEnc and ALTI only for post-LN BERT models.",
-        compute=lambda inputs, o: faithfulness(inputs.model(), inputs.trace),
-        figures=lambda result, trace, o: [("faithfulness", build_faithfulness_chart(result))],
-        numbers=_rows_and_result, needs_model=True, table=lambda result: result.rows(),
+        "removed. Norm-based, GlobEnc and ALTI only for post-LN BERT models. Over a corpus: each method's mean ρ "
+        "over the sentences, and how often it is the best.",
+        compute=_faithfulness, figures=_faithfulness_figures,
+        numbers=_rows_and_result, needs_model=True, corpus=True, corpus_max=FAITHFULNESS_CORPUS_MAX,
+        table=lambda result: result.rows(),
         spinner="Running the model with each token removed…"),
 )}
 
