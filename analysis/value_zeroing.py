@@ -13,8 +13,8 @@ bit); ``C_l[i, j] = distance[i, j] / sum_k distance[i, k]``, rows summing to 1, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from encoder.trace import EncoderTrace
 
 BATCH_BYTES = 256 * 2**20  # one call's attention weights, B * H * T * T float32, stay under this
-MAX_WORK = 6 * 512 * 512 * (12.0 * 384 * 384 + 2.0 * 512 * 384)  # ``work`` of MiniLM at 512 tokens: about a minute
+MAX_WORK = 6 * 512 * 512 * (12.0 * 384 * 384 + 2.0 * 512 * 384)  # ``work`` of MiniLM at 512 tokens (~1 min, 2 cores)
 
 
 def rows_per_call(num_heads: int, tokens: int) -> int:
@@ -37,12 +37,17 @@ def rows_per_call(num_heads: int, tokens: int) -> int:
     return max(1, BATCH_BYTES // (4 * num_heads * tokens * tokens))
 
 
-@lru_cache(maxsize=8)
+_PROBES: WeakKeyDictionary = WeakKeyDictionary()  # TransformerEncoder -> its LayerProbe, as long as it lives
+
+
 def probe(model: LoadedModel) -> LayerProbe:
-    """The compiled single-layer runs of ``model`` (made once per model)."""
+    """The compiled single-layer runs of ``model`` (made once per model, kept while the model lives)."""
     from encoder.probes import LayerProbe
 
-    return LayerProbe(model.model)
+    found = _PROBES.get(model.model)
+    if found is None:
+        found = _PROBES[model.model] = LayerProbe(model.model)
+    return found
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -58,7 +63,8 @@ def layer_distances(model: LoadedModel, layer: int, hidden: np.ndarray) -> np.nd
     ``j``'s values zeroed from its clean output, for the layer input ``hidden`` (T, D).
 
     Every call runs the clean input (value mask all ones) as its first row, so each zeroed output is compared with
-    a clean one computed in the same batch (bit for bit the same where zeroing changes nothing).
+    a clean one computed in the same batch: where zeroing changes nothing the two are equal bit for bit, or (where
+    the kernels block a row differently) within float32 rounding, a distance of order 1e-14.
     """
     x = np.asarray(hidden, np.float32)
     tokens = len(x)

@@ -9,6 +9,7 @@ unknown batch and length, traced once.
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,7 @@ class LayerProbe:
     """
 
     def __init__(self, model: TransformerEncoder):
-        self.model = model
+        self._model = weakref.ref(model)  # the graphs hold the layers' weights; the model may still be freed
         signature = [tf.TensorSpec([None, None, model.config.d_model], tf.float32),
                      tf.TensorSpec([None, None], tf.float32)]
         # A partial per layer: tf.function counts retracing per code object, and one layer's graph is not a retrace
@@ -40,7 +41,7 @@ class LayerProbe:
                         for layer in model.encoder_layers]
 
     def _run(self, layer, x, value_mask):
-        attention_mask, position_bias = self.model.layer_context(tf.shape(x)[1])
+        attention_mask, position_bias = self._model().layer_context(tf.shape(x)[1])
         output, _, _ = layer(x, attention_mask=attention_mask, position_bias=position_bias, value_mask=value_mask,
                              training=False)
         return output  # (B, T, D)

@@ -53,6 +53,20 @@ def test_with_no_token_zeroed_each_layer_gives_the_traces_next_hidden_state(case
         np.testing.assert_allclose(output[0], clean.hidden[layer + 1], atol=1e-5, rtol=0, err_msg=f"layer {layer}")
 
 
+@pytest.mark.parametrize("name", ["tutorial", "roberta", "distilbert", "electra", "albert", "mpnet"])
+def test_every_other_family_runs_its_layers_as_the_model_does(name):
+    """The classic tutorial encoder and the remaining families: no token zeroed gives the trace's next hidden state,
+    and every row of value zeroing sums to 1."""
+    from encoder.sources import load_source
+
+    model = load_source("tutorial") if name == "tutorial" else load_family(name)
+    clean = trace_text(model, TEXT)
+    for layer in range(clean.num_layers):
+        output = probe(model).run(layer, clean.hidden[layer][None], np.ones((1, clean.num_tokens)))
+        np.testing.assert_allclose(output[0], clean.hidden[layer + 1], atol=1e-5, rtol=0, err_msg=f"layer {layer}")
+    np.testing.assert_allclose(value_zeroing(model, clean).rollout.sum(axis=-1), 1.0, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_rows_sum_to_1_and_roll_out(cases, name):
     _, clean, result = cases[name]
