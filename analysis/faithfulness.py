@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis import attribution
+from analysis import attribution, value_zeroing
 from analysis.checks import Progress
 from analysis.flow import attention_rollout
 from analysis.perturb import check_pairing
@@ -36,7 +36,8 @@ class Faithfulness:
     """How well each method's token importance matches the model's leave-one-out effects on one text.
 
     Attributes:
-        methods: (M,) method names ("attention", "rollout", and for post-LN BERT "norm", "globenc", "alti").
+        methods: (M,) method names ("attention", "rollout", "value-zeroing", and for post-LN BERT "norm",
+            "globenc", "alti").
         tokens: (T,) the text's tokens.  positions: (N,) indices of the non-special tokens, the ones ranked.
         importance: (M, N) each method's importance of those tokens.
         loo: (N,) the output change with each of those tokens removed alone.
@@ -92,9 +93,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def token_maps(model: LoadedModel, trace: EncoderTrace) -> dict[str, np.ndarray]:
-    """Each method's last-layer (T, T) token-to-token matrix; norm-based, GlobEnc and ALTI only for post-LN BERT."""
+    """Each method's last-layer (T, T) token-to-token matrix; norm-based, GlobEnc and ALTI only for post-LN BERT,
+    value zeroing for every model within its size limit (``value_zeroing.size_limit``)."""
     maps = {"attention": trace.attention[-1].mean(axis=0, dtype=np.float64),
             "rollout": attention_rollout(trace.attention)[-1]}
+    if value_zeroing.size_limit(trace.num_layers, trace.hidden.shape[-1], trace.num_tokens) is None:
+        maps["value-zeroing"] = value_zeroing.value_zeroing(model, trace).rollout[-1]
     try:
         weights = [attribution.layer_weights(model, layer) for layer in range(trace.num_layers)]
     except AnalysisError:

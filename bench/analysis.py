@@ -1,5 +1,6 @@
 """Analysis speed on MiniLM: rollout and report card at 512 tokens, flow at short lengths, the corpus report over
-1,000 test sentences (encoder included), noise stability and the ablation of all 72 heads at 32 tokens.
+1,000 test sentences (encoder included), noise stability and the ablation of all 72 heads at 32 tokens, value
+zeroing at 32, 128 and 512 tokens.
 
 Each number is the median of a few runs after a warm-up; the corpus modes alternate twice, best of two.
 """
@@ -52,6 +53,23 @@ def per_input_rows(model) -> list[dict]:
                      f"{len(DEFAULT_SIGMAS)} sigmas, {runs} encoder runs"))
     rows.append(_row("head ablation importance map", 32, warm_median_ms(lambda: head_importance(model, short), 3),
                      "72 heads, each silenced alone"))
+    return rows + value_zeroing_rows(model)
+
+
+def value_zeroing_rows(model) -> list[dict]:
+    """Value zeroing at 32, 128 and 512 tokens: each layer run once per token. One graph per layer serves every
+    length, so the warm-up at 32 tokens compiles it for all three."""
+    from analysis.value_zeroing import rows_per_call, value_zeroing
+    from bench.encoder import text_of_length
+    from encoder.trace import trace_text
+
+    rows = []
+    for n, repeats in ((32, 5), (128, 3), (512, 1)):
+        trace = trace_text(model, text_of_length(model.tokenizer, n))
+        timed = partial(median_ms, warm_up=n == 32)
+        calls = 6 * -(-n // (rows_per_call(model.config.num_heads, n) - 1))
+        rows.append(_row("value zeroing", n, timed(lambda t=trace: value_zeroing(model, t), repeats),
+                         f"6 x {n} layer runs in {calls} calls"))
     return rows
 
 

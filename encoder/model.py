@@ -324,11 +324,19 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         """Bool, broadcastable to (B, T, T) [query, key]: padded keys hidden, and later keys when causal."""
         mask = None if padding_mask is None else padding_mask[:, None, :]  # (B, 1, T) keys
         if self.config.causal:
-            length = ops.shape(token_ids)[1]
-            positions = ops.arange(length)
-            causal = (positions[None, :] <= positions[:, None])[None]  # (1, T, T): key <= query
+            causal = self._causal_mask(ops.shape(token_ids)[1])
             mask = causal if mask is None else ops.logical_and(causal, mask)
         return mask
+
+    def _causal_mask(self, length):
+        positions = ops.arange(length)
+        return (positions[None, :] <= positions[:, None])[None]  # (1, T, T): key <= query
+
+    def layer_context(self, length):
+        """What every layer gets besides its input when the model runs an unpadded ``length``-token input:
+        ``(attention_mask, position_bias)``, the causal mask (1, T, T) bool or None and ``relative_position_bias``
+        (local windows and rotary positions each layer makes itself). For running one layer alone (probes)."""
+        return (self._causal_mask(length) if self.config.causal else None), self.relative_position_bias(length)
 
     def _heads(self, x, padding_mask) -> dict:
         """The pooled sentence embedding and, with a classifier, logits and probabilities."""

@@ -37,6 +37,18 @@ def test_norm_based_vectors_sum_to_the_models_attention_output(minilm, trace, we
     assert (norms >= 0).all()
 
 
+def test_each_heads_norm_based_vectors_sum_to_that_heads_attention_output(minilm, trace, weights):
+    """With only head h kept (head_mask), the attention block's output is sum_j alpha_hij f_h(x_j) + b_O."""
+    for layer, w in enumerate(weights):
+        x = trace.hidden[layer][None]  # (1, T, D)
+        vectors = attribution.weighted_vectors(trace.hidden[layer], trace.attention[layer], w)  # (H, T, T, D)
+        for head in range(trace.num_heads):
+            keep = np.eye(trace.num_heads, dtype=np.float32)[head][None]  # (1, H)
+            output, _, _ = minilm.model.encoder_layers[layer].attention(x, x, head_mask=keep)
+            np.testing.assert_allclose(vectors[head].sum(axis=1) + w.output_bias, output.numpy()[0], atol=1e-5,
+                                       rtol=0, err_msg=f"layer {layer} head {head}")
+
+
 @pytest.mark.parametrize("method", [attribution.globenc_layers, attribution.alti_layers])
 def test_globenc_and_alti_rows_sum_to_1_and_roll_out(trace, weights, method):
     layers = method(trace.hidden, trace.attention, weights)

@@ -50,6 +50,7 @@ VIEW_ARGS = {
     "globenc": ["--layer", "2"],
     "alti": ["--layer", "2"],
     "faithfulness": [],
+    "value-zeroing": ["--layer", "2"],
 }
 
 
@@ -109,7 +110,7 @@ def expected_title(view: str, trace, minilm) -> str:
 # --- figures ---------------------------------------------------------------------------------------------------
 
 
-ATTRIBUTION = {"norm", "globenc", "alti"}  # their titles name only the method and the layer
+ATTRIBUTION = {"norm", "globenc", "alti", "value-zeroing"}  # their titles name only the method and the layer
 LAB = {"position-share", "relative-bias", "position-by-distance", "rope"}  # need a relative or rotary model:
 # their exports are tested on those models' fixtures in tests/test_positional_lab.py
 

@@ -17,7 +17,7 @@ from viz.faithfulness import TITLE, build_faithfulness_chart
 TEXT = "The cat sat on the mat."  # 8 tokens with [CLS] and [SEP], one piece per word
 WORDS = ["The", "cat", "sat", "on", "the", "mat", "."]
 REVIEW = "a wonderful moving film"
-ALL_METHODS = ("attention", "rollout", "norm", "globenc", "alti")
+ALL_METHODS = ("attention", "rollout", "value-zeroing", "norm", "globenc", "alti")
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,28 @@ def test_rows_for_every_method(scores):
 def test_mean_pooled_importance_is_the_mean_row_of_raw_attention(trace, scores):
     expected = trace.attention[-1].mean(axis=0, dtype=np.float64).mean(axis=0)[scores.positions]
     np.testing.assert_allclose(scores.importance[0], expected)
+
+
+def test_value_zeroing_importance_is_the_mean_row_of_its_last_layer_rollout(minilm, trace, scores):
+    from analysis.value_zeroing import value_zeroing
+
+    expected = value_zeroing(minilm, trace).rollout[-1].mean(axis=0)[scores.positions]
+    np.testing.assert_allclose(scores.importance[ALL_METHODS.index("value-zeroing")], expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "deberta-v3", "modernbert"])
+def test_value_zeroing_is_scored_for_models_the_decompositions_refuse(family):
+    from analysis.value_zeroing import value_zeroing
+    from tests.support.families import load_family
+
+    model = load_family(family)
+    clean = trace_text(model, TEXT)
+    result = faithfulness(model, clean)
+    assert result.methods == ("attention", "rollout", "value-zeroing")
+    row = value_zeroing(model, clean).rollout[-1]
+    expected = row[0] if model.config.pooling == "cls" else row.mean(axis=0)
+    np.testing.assert_allclose(result.importance[2], expected[result.positions], atol=1e-12)
+    assert np.isfinite(result.aopc).all()
 
 
 def test_too_few_tokens_is_refused(minilm):

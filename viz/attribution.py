@@ -1,4 +1,5 @@
-"""Figures for norm-based attribution, GlobEnc and ALTI (``analysis.attribution``): token x token heatmaps."""
+"""Figures for norm-based attribution, GlobEnc, ALTI (``analysis.attribution``) and value zeroing
+(``analysis.value_zeroing``): token x token heatmaps."""
 
 from __future__ import annotations
 
@@ -21,13 +22,20 @@ METHODS = {
     "alti": ("ALTI rollout after layer {layer}",
              "Row i: the share of each input token (column) in position i, by how close each token's part is to "
              "the layer's output (Manhattan distance), multiplied through layers 0-{layer}; rows sum to 1."),
+    "value-zeroing": ("Value zeroing rollout after layer {layer}",
+                      "Row i: the share of each input token (column) in position i, by how far each layer's output "
+                      "moves (cosine distance) when that token's values are zeroed, multiplied through layers "
+                      "0-{layer}; rows sum to 1."),
+    "value-zeroing-layer": ("Value zeroing in layer {layer}",
+                            "Row i: how far position i's output of this layer moves (cosine distance) when token j's "
+                            "value vectors are zeroed in every head, as a share of the row (Mohebbi et al., 2023)."),
 }
 
 
 def build_attribution_heatmap(
     values: np.ndarray, tokens: Sequence[str], method: str, layer: int = -1, colorscale: str = DEFAULT_SCALE
 ) -> go.Figure:
-    """One layer of an (L, T, T) attribution (``method``: "norm", "globenc" or "alti"), tokens on both axes."""
+    """One layer of an (L, T, T) attribution (``method``: one of ``METHODS``), tokens on both axes."""
     check_colorscale(colorscale)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import plotly.graph_objects as go
 
 import analysis
-from analysis import attribution, perturb, similarity
+from analysis import attribution, perturb, similarity, value_zeroing
 from analysis import positional as lab
 from analysis.faithfulness import CorpusFaithfulness, corpus_faithfulness, faithfulness
 from encoder.errors import AnalysisError, ViewError
@@ -402,6 +402,28 @@ def _attribution_numbers(method: str) -> Callable[[Any, EncoderTrace, Mapping[st
     return numbers
 
 
+def _value_zeroing_limit(trace: EncoderTrace) -> str | None:
+    return value_zeroing.size_limit(trace.num_layers, trace.hidden.shape[-1], trace.num_tokens)
+
+
+def _value_zeroing_figures(result: value_zeroing.ValueZeroing, trace: EncoderTrace,
+                           options: Mapping[str, Any]) -> Figures:
+    layer = _last_layer(trace, options)
+    return [(name, build_attribution_heatmap(values, trace.readable_tokens, name, layer, **_style(options)))
+            for name, values in (("value-zeroing", result.rollout), ("value-zeroing-layer", result.layers))]
+
+
+def _value_zeroing_numbers(result: value_zeroing.ValueZeroing, trace: EncoderTrace,
+                           options: Mapping[str, Any]) -> tuple[list[dict], dict]:
+    """The rollout after the layer ("value-zeroing") and that layer's own matrix ("layer_share"), per cell."""
+    layer = _last_layer(trace, options)
+    rows = analysis.matrix_rows(result.rollout[layer], trace.tokens, "value-zeroing")
+    for row, share in zip(rows, result.layers[layer].ravel()):
+        row["layer_share"] = float(share)
+    return rows, {"kind": "value-zeroing", "model": trace.model, "text": trace.text, "pair": trace.pair,
+                  "layer": layer, "tokens": trace.tokens, "rows": rows}
+
+
 def _attribution_entry(method: str, label: str, description: str, caption: str) -> Analysis:
     return Analysis(method, label, description, caption, compute=_attribution(method),
                     figures=_attribution_figures(method), numbers=_attribution_numbers(method),
@@ -545,6 +567,18 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "ALTI (Ferrando et al., 2022): each token's part of a position's output after attention, residual and "
         "layer norm, scored by how much closer it is to the output than nothing, multiplied through the layers. "
         "Rows sum to 1; post-LN BERT models."),
+    Analysis(
+        "value-zeroing", "Value zeroing",
+        "value zeroing (each token's values zeroed, cosine distance of each layer's output), rolled out to --layer",
+        "Value zeroing (Mohebbi et al., 2023): each layer is run again once per token with that token's value "
+        "vectors zeroed in every head; how far each position's output moves (cosine distance) is that token's "
+        "share of it, rows normalised to 1, multiplied through the layers like rollout. The second chart is the "
+        "Layer slider's layer alone. Every model family.",
+        compute=lambda inputs, o: value_zeroing.value_zeroing(inputs.model(), inputs.trace,
+                                                              progress=inputs.progress("layers")),
+        figures=_value_zeroing_figures, numbers=_value_zeroing_numbers, options=(COLORSCALE,), layer="figure",
+        needs_model=True, limit=_value_zeroing_limit,
+        spinner="Running each layer with every token's values zeroed…"),
     Analysis(
         "faithfulness", "Faithfulness",
         "faithfulness scoreboard: each method's token importance vs leave-one-out, Spearman rho and AOPC (text or "
