@@ -1,8 +1,9 @@
 """Everything the app computes, cached per process: the model once, one trace per input (and its words, merged),
 each analysis result once per input and compute settings (one generic cache for every registry analysis).
 
-Models stay in ``st.cache_resource`` (a few, bounded by count). Traces, merged traces, analysis results and corpus
-reports share one byte budget (``RESULTS``, ``HEADLIGHT_CACHE_MB``): results are immutable NumPy (traces hold
+Models stay in ``st.cache_resource`` (a few, bounded by count); the default one is the model ``ui.warmup`` loaded
+in the background at start, so every session shares that one instance. Traces, merged traces, analysis results and
+corpus reports share one byte budget (``RESULTS``, ``HEADLIGHT_CACHE_MB``): results are immutable NumPy (traces hold
 read-only arrays), so one shared copy serves every session without pickling 75 MB of attention on each rerun.
 Heavy analyses (re-running the model many times, or tracing a corpus) run at most ``HEADLIGHT_HEAVY_JOBS`` at
 once across all sessions (``heavy_job``). What this session asked for is counted in its own session state
@@ -26,6 +27,7 @@ from encoder.settings import settings
 from encoder.sources import LoadedModel, load_source
 from encoder.trace import EncoderTrace, trace_text
 from tutorial.dataset import load_splits
+from ui import warmup
 from ui.budget import ByteBudgetCache
 from viz.registry import ANALYSES
 
@@ -60,9 +62,10 @@ def get_model(source: str) -> LoadedModel:
         raise
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)  # app.py shows the loading state in the main area
 def _load_model(source: str) -> LoadedModel:
-    return load_source(source)
+    warmed = warmup.warmed_model(source)  # waits for a warm-up still running: the model is loaded once
+    return warmed if warmed is not None else load_source(source)
 
 
 def _cached(key: tuple, compute: Callable[[], T], spinner: str | None = None, waiting: str | None = None) -> T:
@@ -86,6 +89,12 @@ def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> Enco
     traced = st.session_state.setdefault(TRACED, set())
     traced.add((source, text, pair, max_tokens))
     return trace
+
+
+def warm_trace(model: LoadedModel, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
+    """Trace an input of ``model`` (the source ``model.name``) into the shared cache without counting it for any
+    session: the warm-up's first run, which also traces the model's graph once for every later length."""
+    return _cached(("trace", model.name, text, pair, max_tokens), lambda: trace_text(model, text, pair, max_tokens))
 
 
 def session_traces() -> int:
