@@ -20,6 +20,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 import analysis
@@ -112,6 +114,34 @@ def get_word_trace(source: str, text: str, pair: str | None, max_tokens: int) ->
     """
     return _cached(("words", source, text, pair, max_tokens),
                    lambda: analysis.merge_words(get_trace(source, text, pair, max_tokens)))
+
+
+@dataclass(frozen=True)
+class _Chart:
+    """A built figure in the byte budget: ``arrays`` are the figure's own top-level trace arrays (the same buffers,
+    so ``held_bytes`` counts what the figure holds)."""
+
+    figure: go.Figure
+    arrays: tuple[np.ndarray, ...]
+
+
+def get_figure(key: tuple, build: Callable[[], go.Figure]) -> go.Figure:
+    """The figure ``build()`` makes, built once per process for ``key`` (everything the figure depends on: the
+    input, the view, its settings): moving a control back, or a second visitor on the same view, costs no rebuild.
+    Streamlit only reads a figure it shows (it serialises a copy), so one figure serves every session. A key that
+    cannot be hashed is built every time."""
+    try:
+        hash(key)
+    except TypeError:
+        return build()
+
+    def chart() -> _Chart:
+        figure = build()
+        arrays = tuple(value for trace in figure.data for name in trace.to_plotly_json()
+                       if isinstance(value := trace[name], np.ndarray))
+        return _Chart(figure, arrays)
+
+    return _cached(("figure", *key), chart).figure
 
 
 @contextmanager
