@@ -1,14 +1,15 @@
-"""The default model, loaded and traced in a background thread as soon as the process starts, so the page draws at
-once and its first chart follows as early as the model allows.
+"""The default model, loaded and traced in a background thread as soon as the process starts, so the page draws at once
+and its first chart follows as early as the model allows.
 
 ``start()`` runs the warm-up once per process (a lock and one module-level future): ``python -m ui.serve`` calls it
 before the server is up, ``app.py`` when it is first imported (plain ``streamlit run app.py``: the first visit), and
-any later call returns the same future. The warm-up imports TensorFlow, loads the default model (checksums
-included), and traces the default page's input, which compiles the model's graph once for every length and leaves
-that trace in the shared cache. ``ui.cache`` hands the warmed model to ``st.cache_resource`` (``warmed_model``), so
-every session shares the one instance; if the warm-up fails, the server's log says why and the model is loaded on
-first use as before, with the usual message on the page. The warm-up reads the operator's settings from the
-environment: it may start before Streamlit has read its configuration, so Streamlit secrets are not read here.
+any later call returns the same future. The warm-up imports the page's modules (so the first visit finds them
+imported), then TensorFlow, loads the default model (checksums included), and traces the default page's input, which
+compiles the model's graph once for every length and leaves that trace in the shared cache. ``ui.cache`` hands the
+warmed model to ``st.cache_resource`` (``warmed_model``), so every session shares the one instance; if the warm-up
+fails, the server's log says why and the model is loaded on first use as before, with the usual message on the page.
+The warm-up reads the operator's settings from the environment: it may start before Streamlit has read its
+configuration, so Streamlit secrets are not read here.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from encoder.settings import settings
-from encoder.sources import DEFAULT_SOURCE, LoadedModel
+
+if TYPE_CHECKING:  # the launcher imports this module before Streamlit starts: nothing heavier than the settings
+    from encoder.sources import LoadedModel
 
 log = logging.getLogger("headlight.warmup")
 STEPS: dict[str, float] = {}  # seconds each step took in this process (logged; read by tests and the benchmark)
@@ -41,6 +45,8 @@ def start() -> Future | None:
 def warmed_model(source: str) -> LoadedModel | None:
     """The warmed model when ``source`` is the default and the warm-up loaded it (waiting while it runs); else
     None: load it the usual way."""
+    from encoder.sources import DEFAULT_SOURCE
+
     future = _future
     if source != DEFAULT_SOURCE or future is None:
         return None
@@ -60,10 +66,13 @@ def _warm_up(future: Future) -> None:
         clock = now
 
     try:
+        import ui.views  # noqa: F401 - the page's modules first: they are all the first visit needs to draw
+
+        step("import the page's modules")
         import tensorflow  # noqa: F401 - the longest step, timed on its own
 
         step("import TensorFlow")
-        from encoder.sources import load_source
+        from encoder.sources import DEFAULT_SOURCE, load_source
 
         model = load_source(DEFAULT_SOURCE)
         step("load the default model")
