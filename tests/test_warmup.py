@@ -60,3 +60,13 @@ def test_the_operator_can_turn_the_warm_up_off(monkeypatch):
     assert Settings.from_env().warm_up is True
     monkeypatch.delenv("HEADLIGHT_WARM_UP")
     assert Settings.from_env().warm_up is True  # on by default
+
+
+def test_loading_another_model_waits_for_a_running_warm_up(monkeypatch):
+    """Model code (TensorFlow) is imported by one thread at a time: another source waits for the warm-up."""
+    running: Future = Future()
+    monkeypatch.setattr(warmup, "_future", running)
+    threading.Timer(0.2, running.set_result, args=("the warmed model",)).start()
+    assert warmup.warmed_model("tutorial") is None
+    assert running.done()
+    assert warmup.warmed_model("minilm") == "the warmed model"

@@ -13,10 +13,12 @@ APP = Path(__file__).resolve().parent.parent / "app.py"
 
 def main(argv: list[str]) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from streamlit.web import cli
+
+    import ui.views  # noqa: F401 - the page's modules (Streamlit's too), here: never imported by two threads at once
     from ui import warmup
 
     warmup.start()
-    from streamlit.web import cli
 
     sys.argv = ["streamlit", "run", str(APP), *argv]
     cli.main()

@@ -3,13 +3,14 @@ and its first chart follows as early as the model allows.
 
 ``start()`` runs the warm-up once per process (a lock and one module-level future): ``python -m ui.serve`` calls it
 before the server is up, ``app.py`` when it is first imported (plain ``streamlit run app.py``: the first visit), and
-any later call returns the same future. The warm-up imports the page's modules (so the first visit finds them
-imported), then TensorFlow, loads the default model (checksums included), and traces the default page's input, which
-compiles the model's graph once for every length and leaves that trace in the shared cache. ``ui.cache`` hands the
-warmed model to ``st.cache_resource`` (``warmed_model``), so every session shares the one instance; if the warm-up
-fails, the server's log says why and the model is loaded on first use as before, with the usual message on the page.
-The warm-up reads the operator's settings from the environment: it may start before Streamlit has read its
-configuration, so Streamlit secrets are not read here.
+any later call returns the same future. Both import the page's modules first, in the calling thread (so the first
+visit finds them imported and no two threads import one package at once). The warm-up imports TensorFlow, loads the
+default model (checksums included), and traces the default page's input, which compiles the model's graph once for
+every length and leaves that trace in the shared cache. ``ui.cache`` hands the warmed model to ``st.cache_resource``
+(``warmed_model``), so every session shares the one instance; if the warm-up fails, the server's log says why and
+the model is loaded on first use as before, with the usual message on the page. The warm-up reads the operator's
+settings from the environment: it may start before Streamlit has read its configuration, so Streamlit secrets are
+not read here.
 """
 
 from __future__ import annotations
@@ -43,17 +44,20 @@ def start() -> Future | None:
 
 
 def warmed_model(source: str) -> LoadedModel | None:
-    """The warmed model when ``source`` is the default and the warm-up loaded it (waiting while it runs); else
-    None: load it the usual way."""
+    """The warmed model when ``source`` is the default and the warm-up loaded it; else None: load it the usual
+    way. Waits while the warm-up runs, whatever the source: two threads importing TensorFlow's modules at once can
+    deadlock on Python's import locks (its package imports itself in cycles), so model code is imported by one
+    thread at a time."""
     from encoder.sources import DEFAULT_SOURCE
 
     future = _future
-    if source != DEFAULT_SOURCE or future is None:
+    if future is None:
         return None
     try:
-        return future.result()
+        model = future.result()
     except Exception:  # logged by the warm-up; the caller loads the model itself and shows its own message
         return None
+    return model if source == DEFAULT_SOURCE else None
 
 
 def _warm_up(future: Future) -> None:
@@ -66,9 +70,6 @@ def _warm_up(future: Future) -> None:
         clock = now
 
     try:
-        import ui.views  # noqa: F401 - the page's modules first: they are all the first visit needs to draw
-
-        step("import the page's modules")
         import tensorflow  # noqa: F401 - the longest step, timed on its own
 
         step("import TensorFlow")
