@@ -4,6 +4,10 @@ Run with ``make run``. This file is ``main()`` and the sidebar (which model, whi
 ``ui.views`` (a fragment over one cached trace), whose tabs, figures and analyses all come from the registry
 (``viz.registry``). Every widget that defines the view is bound to the URL (``bind="query-params"``), so a copied
 link reopens exactly this view. Changing a layer, head, view or option never re-runs the encoder.
+
+The page draws before the model is ready: nothing imported here imports TensorFlow (the model code is imported by
+the model load, in ``ui.warmup``'s background thread when the server starts), and the sidebar's text widgets come
+before the wait for the model, which shows "Loading the model…" in the main area.
 """
 
 from __future__ import annotations
@@ -20,22 +24,17 @@ from encoder.families import FAMILIES
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, LoadedModel, builtin_sources
 from encoder.trace import EncoderTrace
+from ui import warmup
 from ui.cache import get_model, get_trace, session_traces
+from ui.inputs import DEFAULT_TEXT, EXAMPLES, token_limit
 from ui.runtime import apply_secrets, keep_keras_state_between_reruns
 from ui.text import plain
 from ui.views import prediction_ui, views_ui
 
 OTHER_MODEL = "folder or hub id…"
-EXAMPLES = {
-    "The cat sat on the mat because it was tired.": "",
-    "The animal didn't cross the street because it was too tired.": "",
-    "Where is the station?": "The station is two blocks north of the museum.",
-    "A wonderful, moving film with a brilliant cast.": "",
-    "The keys to the cabinet are on the table.": "",
-    "Attention is all you need — 注意力就是你所需要的一切 🙂!": "",
-}
-DEFAULT_TEXT = next(iter(EXAMPLES))
+LOADING = "Loading the model…"
 log = logging.getLogger("headlight.app")
+warmup.start()  # once per process: a no-op when ``python -m ui.serve`` started it, or on every later visit
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -71,18 +70,23 @@ def _use_example() -> None:
         st.session_state["pair"] = EXAMPLES[example]
 
 
-def text_ui(max_positions: int) -> tuple[str, str | None, int]:
+def text_ui() -> tuple[str, str | None]:
     st.selectbox("Examples", list(EXAMPLES), index=None, key="example", placeholder="Pick an example…",
                  on_change=_use_example)
     text = st.text_area("Text", DEFAULT_TEXT, key="text", bind="query-params", height=100)
     pair = st.text_area("Second sentence (optional)", "", key="pair", bind="query-params", height=70,
                         help="A sentence pair is encoded as [CLS] A [SEP] B [SEP]; B's tokens get segment 1.")
-    limit = min(max_positions, settings().max_tokens)  # the model's positions, and the server's cap
+    return text, (pair if pair.strip() else None)
+
+
+def max_tokens_ui(max_positions: int) -> int:
+    """The Max tokens control (drawn once the model is known: its positions bound it)."""
+    limit = token_limit(max_positions)  # the model's positions, and the server's cap
     max_tokens = st.number_input("Max tokens", min_value=min(8, limit), max_value=limit, value=limit, step=8,
                                  key="max_tokens", bind="query-params",
                                  help=f"Longer inputs are truncated (and flagged). At most {limit}: the model's "
                                       "positions, or the server's limit (HEADLIGHT_MAX_TOKENS) if lower.")
-    return text, (pair if pair.strip() else None), min(int(max_tokens), limit)
+    return min(int(max_tokens), limit)
 
 
 def facts_ui(model: LoadedModel, trace: EncoderTrace | None) -> None:
@@ -126,8 +130,12 @@ def main() -> None:
     st.set_page_config(page_title="Headlight", page_icon="🔦", layout="wide")
     with st.sidebar:
         st.title("Headlight")
-        source, model = open_model(model_ui() or DEFAULT_SOURCE)
-        text, pair, max_tokens = text_ui(model.config.max_positions)
+        asked = model_ui() or DEFAULT_SOURCE
+        text, pair = text_ui()
+    with st.spinner(LOADING, show_time=True), st.sidebar:  # the spinner shows after 0.5 s: never once warm
+        source, model = open_model(asked)
+    with st.sidebar:
+        max_tokens = max_tokens_ui(model.config.max_positions)
         facts = st.container()
     trace = None
     try:

@@ -2,11 +2,16 @@
 sentence, each moving the Layer control 10 times. Counts errors and results mixed between sessions (a chart
 showing another session's sentence), and reports the median / p95 time from key press to the updated chart and the
 server's memory. Async Playwright, so the sessions really overlap.
+
+Where the time goes: the CPU seconds the server used per change (page loads included) and those the N headless
+Chromium pages used (the harness: on a real deployment each visitor's browser runs on the visitor's machine, here
+all of them share the server's 2 cores).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 import urllib.parse
@@ -18,6 +23,34 @@ WORDS = ("cat", "dog", "horse", "bird", "fish", "lion", "tiger", "bear")  # one 
 LEVELS = (1, 4, 8)
 CHANGES = 10
 LAYERS = 6  # MiniLM
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one live process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _browser_cpu(server: int) -> float:
+    """CPU seconds of this process's live descendants other than the server: Playwright's driver and Chromium."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    total = 0.0
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor not in (None, 0, 1, server, os.getpid()):
+            ancestor = parents.get(ancestor)
+        if ancestor == os.getpid() and pid != server:
+            try:
+                total += _cpu_seconds(pid)
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
 
 
 def _server_memory(pid: int) -> tuple[float, float]:
@@ -59,14 +92,17 @@ async def _session(browser, url: str, index: int, result: dict) -> None:
         await context.close()
 
 
-async def _level(url: str, sessions: int) -> dict:
+async def _level(url, sessions: int) -> dict:
     from playwright.async_api import async_playwright
 
     result = {"latencies": [], "errors": 0, "mixed": 0}
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=chromium_path(), headless=True,
                                                    args=CHROMIUM_ARGS)
+        server, harness = _cpu_seconds(url.pid), _browser_cpu(url.pid)
         await asyncio.gather(*(_session(browser, url, i, result) for i in range(sessions)))
+        result["server_cpu"] = _cpu_seconds(url.pid) - server
+        result["browser_cpu"] = _browser_cpu(url.pid) - harness
         await browser.close()
     return result
 
@@ -87,6 +123,8 @@ def main() -> list[dict]:
                 "mixed results": result["mixed"],
                 "median": f"{1000 * statistics.median(latencies):.0f} ms" if latencies else "-",
                 "p95": f"{1000 * p95:.0f} ms", "server memory (peak)": f"{current:.0f} MB ({peak:.0f} MB)",
+                "server CPU / change": f"{1000 * result['server_cpu'] / max(len(latencies), 1):.0f} ms",
+                "Chromium CPU / change": f"{1000 * result['browser_cpu'] / max(len(latencies), 1):.0f} ms",
             })
     return rows
 

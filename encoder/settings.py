@@ -11,6 +11,7 @@ into it at start): secure by default, so a link a stranger sends opens nothing b
 | ``HEADLIGHT_MAX_TOKENS`` | 512 | most tokens one trace may have |
 | ``HEADLIGHT_CACHE_MB`` | 1024 | bytes all cached traces and analysis results may hold together |
 | ``HEADLIGHT_HEAVY_JOBS`` | 1 | heavy analyses (importance, noise, ablation, corpus report) at once; others wait |
+| ``HEADLIGHT_WARM_UP`` | 1 | warm the default model in the background at start (``0``: load it on first use) |
 
 The project's ``models/`` may always be opened. ``make run`` (127.0.0.1, one local user) sets the first two
 permissively: your home and the project folder, and ``*``.
@@ -46,6 +47,7 @@ class Settings:
     max_tokens: int
     cache_bytes: int
     heavy_jobs: int
+    warm_up: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -64,6 +66,7 @@ class Settings:
             max_tokens=_int("HEADLIGHT_MAX_TOKENS", 512, low=8),
             cache_bytes=_int("HEADLIGHT_CACHE_MB", 1024) * 2**20,
             heavy_jobs=_int("HEADLIGHT_HEAVY_JOBS", 1),
+            warm_up=os.environ.get("HEADLIGHT_WARM_UP", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
 
     @property

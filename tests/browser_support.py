@@ -40,22 +40,28 @@ def free_port() -> int:
 
 
 class ServerURL(str):
-    """The server's URL, which also knows the server's process id (``.pid``), e.g. to read its memory."""
+    """The server's URL, which also knows the server's process id (``.pid``), e.g. to read its memory, and when the
+    process was started (``.started``, ``time.perf_counter()``)."""
 
     pid: int
+    started: float
 
 
 @contextlib.contextmanager
-def streamlit_server(timeout: float = 180.0) -> Iterator[ServerURL]:
-    """Start ``streamlit run app.py`` on 127.0.0.1 and a free port; yield its URL; stop it afterwards."""
+def streamlit_server(timeout: float = 180.0, env: dict[str, str] | None = None) -> Iterator[ServerURL]:
+    """Start the app as ``make run`` does (``python -m ui.serve``: ``streamlit run app.py`` with the model warming
+    from the start) on 127.0.0.1 and a free port, with ``env`` added to the environment; yield its URL; stop it
+    afterwards."""
     port = free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", "127.0.0.1",
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "HF_HUB_OFFLINE": "1",
+           **(env or {})}
+    command = [sys.executable, "-m", "ui.serve", "--server.address", "127.0.0.1",
                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     log = open(ROOT / "tests" / f".streamlit-{port}.log", "w+b")  # noqa: SIM115 - closed below
+    started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = ServerURL(f"http://127.0.0.1:{port}")
-    url.pid = process.pid
+    url.pid, url.started = process.pid, started
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -67,7 +73,7 @@ def streamlit_server(timeout: float = 180.0) -> Iterator[ServerURL]:
                     break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"streamlit did not answer on {url} within {timeout:.0f} s")
-            time.sleep(0.3)
+            time.sleep(0.05)
         yield url
     finally:
         process.terminate()

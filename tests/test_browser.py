@@ -81,6 +81,27 @@ def test_page_loads_with_default_model_and_shows_the_heatmap_of_the_sentence(pag
     assert page.get_by_test_id("stException").count() == 0
 
 
+def test_a_cold_page_shows_its_controls_and_a_loading_state_before_the_chart(browser, app_url):
+    """A fresh server that warms nothing (``HEADLIGHT_WARM_UP=0``: the first visit loads the model, TensorFlow
+    import included, a few seconds): the sidebar's controls and "Loading the model…" come first, then the chart."""
+    with streamlit_server(env={"HEADLIGHT_WARM_UP": "0"}) as cold_url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        try:
+            page.set_default_timeout(120_000)
+            page.goto(cold_url, wait_until="commit")
+            sidebar = page.get_by_test_id("stSidebar")
+            sidebar.get_by_role("textbox", name="Text").wait_for()
+            sidebar.get_by_role("combobox", name="Model").wait_for()
+            page.get_by_text("Loading the model…").wait_for()
+            assert page.locator(CHART).count() == 0
+            page.wait_for_selector(CHART)
+            assert _wait_title(page, r"^Layer 0, head 0").startswith("Layer 0, head 0")
+            assert page.get_by_text("Loading the model…").count() == 0
+            assert page.get_by_test_id("stException").count() == 0
+        finally:
+            page.close()
+
+
 def test_layer_slider_and_head_control_change_the_chart(page, app_url):
     _open(page, app_url)
     _press_slider(page, "Layer")

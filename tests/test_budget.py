@@ -225,6 +225,24 @@ def test_the_app_keeps_traces_and_analyses_within_one_budget(monkeypatch):
     assert sizes["trace"] > 70 * MB and sizes["analysis"] < 64 * 1024  # the report card is a few (L, H) maps
 
 
+def test_a_figure_is_built_once_per_input_and_settings_and_counted_in_the_budget(monkeypatch):
+    """Moving the layer back shows the kept figure (no rebuild); each kept figure holds its arrays in the budget."""
+    store = ByteBudgetCache(settings().cache_bytes)
+    monkeypatch.setattr(cache, "RESULTS", store)
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
+    first = at.get("plotly_chart")[0].proto.spec
+    at.slider(key="layer").set_value(1).run()
+    figures = [key for key in store.kept_keys() if key[0] == "figure"]
+    assert len(figures) == 2 and {key[1] for key in figures} == {"heatmap"}
+    built: list[tuple] = []
+    monkeypatch.setattr(store, "_keep", lambda key, value: built.append(key))  # any new entry would show here
+    at.slider(key="layer").set_value(0).run()
+    assert not at.exception and built == []
+    assert at.get("plotly_chart")[0].proto.spec == first
+    kept = store.get(figures[0], pytest.fail)
+    assert held_bytes(kept) > 0 and held_bytes(kept) == sum(a.nbytes for a in kept.arrays)
+
+
 def test_corpus_results_are_kept_under_a_digest_of_the_sentences_not_the_sentences(monkeypatch):
     """The budget counts arrays; a key holding an uploaded corpus (up to 5 MB of text) would escape it."""
     store = ByteBudgetCache(settings().cache_bytes)

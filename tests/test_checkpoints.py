@@ -98,6 +98,39 @@ def test_minilm_checksum_is_verified(minilm, tmp_path):
         verify_checksums(copy, MINILM_SHA256)
 
 
+def test_a_verified_checksum_is_not_read_again_until_the_file_changes(minilm, tmp_path, monkeypatch):
+    """The checksum cache is keyed by each file's identity, size and times: a file changed in place (same size,
+    even with its modification time set back) is read again and refused."""
+    import os
+
+    import encoder.sources as sources
+
+    copy = tmp_path / "minilm"
+    shutil.copytree(minilm.folder, copy)
+    hashed: list[str] = []
+    real_sha256 = sources._sha256
+    monkeypatch.setattr(sources, "_sha256", lambda path: hashed.append(path.name) or real_sha256(path))
+    sources.verify_checksums(copy, sources.MINILM_SHA256)
+    assert sorted(hashed) == ["model.safetensors", "tokenizer.json"]
+    hashed.clear()
+    sources.verify_checksums(copy, sources.MINILM_SHA256)
+    assert hashed == []  # verified once per process while unchanged
+    weights = copy / "model.safetensors"
+    before = weights.stat()
+    with weights.open("r+b") as handle:  # corrupt one byte in the middle: same size
+        handle.seek(before.st_size // 2)
+        byte = handle.read(1)
+        handle.seek(before.st_size // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the modification time set back
+    assert weights.stat().st_size == before.st_size and weights.stat().st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not match"):
+        sources.verify_checksums(copy, sources.MINILM_SHA256)
+    assert hashed == ["model.safetensors"]
+    with pytest.raises(CheckpointError, match="does not match"):  # a refused file is never remembered as good
+        sources.verify_checksums(copy, sources.MINILM_SHA256)
+
+
 def test_minilm_is_the_default_source():
     assert builtin_sources()[0] == "minilm"
 

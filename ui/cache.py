@@ -1,8 +1,9 @@
 """Everything the app computes, cached per process: the model once, one trace per input (and its words, merged),
 each analysis result once per input and compute settings (one generic cache for every registry analysis).
 
-Models stay in ``st.cache_resource`` (a few, bounded by count). Traces, merged traces, analysis results and corpus
-reports share one byte budget (``RESULTS``, ``HEADLIGHT_CACHE_MB``): results are immutable NumPy (traces hold
+Models stay in ``st.cache_resource`` (a few, bounded by count); the default one is the model ``ui.warmup`` loaded
+in the background at start, so every session shares that one instance. Traces, merged traces, analysis results and
+corpus reports share one byte budget (``RESULTS``, ``HEADLIGHT_CACHE_MB``): results are immutable NumPy (traces hold
 read-only arrays), so one shared copy serves every session without pickling 75 MB of attention on each rerun.
 Heavy analyses (re-running the model many times, or tracing a corpus) run at most ``HEADLIGHT_HEAVY_JOBS`` at
 once across all sessions (``heavy_job``). What this session asked for is counted in its own session state
@@ -19,6 +20,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 import analysis
@@ -26,6 +29,7 @@ from encoder.settings import settings
 from encoder.sources import LoadedModel, load_source
 from encoder.trace import EncoderTrace, trace_text
 from tutorial.dataset import load_splits
+from ui import warmup
 from ui.budget import ByteBudgetCache
 from viz.registry import ANALYSES
 
@@ -60,9 +64,10 @@ def get_model(source: str) -> LoadedModel:
         raise
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)  # app.py shows the loading state in the main area
 def _load_model(source: str) -> LoadedModel:
-    return load_source(source)
+    warmed = warmup.warmed_model(source)  # waits for a warm-up still running: the model is loaded once
+    return warmed if warmed is not None else load_source(source)
 
 
 def _cached(key: tuple, compute: Callable[[], T], spinner: str | None = None, waiting: str | None = None) -> T:
@@ -88,6 +93,12 @@ def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> Enco
     return trace
 
 
+def warm_trace(model: LoadedModel, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
+    """Trace an input of ``model`` (the source ``model.name``) into the shared cache without counting it for any
+    session: the warm-up's first run, which also traces the model's graph once for every later length."""
+    return _cached(("trace", model.name, text, pair, max_tokens), lambda: trace_text(model, text, pair, max_tokens))
+
+
 def session_traces() -> int:
     """Encoder runs for this session: the distinct inputs it traced (each is one forward pass, whether this
     session ran it or found it in the shared cache, so the number never depends on other visitors)."""
@@ -103,6 +114,34 @@ def get_word_trace(source: str, text: str, pair: str | None, max_tokens: int) ->
     """
     return _cached(("words", source, text, pair, max_tokens),
                    lambda: analysis.merge_words(get_trace(source, text, pair, max_tokens)))
+
+
+@dataclass(frozen=True)
+class _Chart:
+    """A built figure in the byte budget: ``arrays`` are the figure's own top-level trace arrays (the same buffers,
+    so ``held_bytes`` counts what the figure holds)."""
+
+    figure: go.Figure
+    arrays: tuple[np.ndarray, ...]
+
+
+def get_figure(key: tuple, build: Callable[[], go.Figure]) -> go.Figure:
+    """The figure ``build()`` makes, built once per process for ``key`` (everything the figure depends on: the
+    input, the view, its settings): moving a control back, or a second visitor on the same view, costs no rebuild.
+    Streamlit only reads a figure it shows (it serialises a copy), so one figure serves every session. A key that
+    cannot be hashed is built every time."""
+    try:
+        hash(key)
+    except TypeError:
+        return build()
+
+    def chart() -> _Chart:
+        figure = build()
+        arrays = tuple(value for trace in figure.data for name in trace.to_plotly_json()
+                       if isinstance(value := trace[name], np.ndarray))
+        return _Chart(figure, arrays)
+
+    return _cached(("figure", *key), chart).figure
 
 
 @contextmanager

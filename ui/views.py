@@ -14,7 +14,7 @@ from analysis import word_starts
 from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace, class_probabilities
 from ui.analysis import analysis_ui
-from ui.cache import Inputs, get_trace, get_word_trace
+from ui.cache import Inputs, get_figure, get_trace, get_word_trace
 from ui.charts import chart_ui
 from ui.compare import compare_ui
 from ui.controls import controls_ui, option_ui
@@ -31,11 +31,16 @@ def tab_labels() -> list[str]:
     return [*view_tabs(), COMPARE, ANALYSIS]
 
 
-def view_figures_ui(views: list[View], trace: EncoderTrace, settings: ViewSettings, stem: str) -> None:
-    """One tab of views: each view's own widgets, then its figure and downloads."""
+def view_figures_ui(views: list[View], trace: EncoderTrace, settings: ViewSettings, stem: str,
+                    trace_key: tuple) -> None:
+    """One tab of views: each view's own widgets, then its figure (built once per ``trace_key``, the key of
+    ``trace`` in the cache, and these settings) and downloads."""
     for view in views:
         own = {option.name: option_ui(option, trace) for option in view.options if option.label is not None}
-        chart_ui(view.name, view.builder(trace, **view.settings_for(settings), **own), stem, trace.readable_tokens)
+        arguments = {**view.settings_for(settings), **own}
+        key = (view.name, trace_key, tuple(sorted(arguments.items())))
+        figure = get_figure(key, lambda view=view, arguments=arguments: view.builder(trace, **arguments))
+        chart_ui(view.name, figure, stem, trace.readable_tokens)
 
 
 def prediction_ui(trace: EncoderTrace) -> None:
@@ -77,7 +82,7 @@ def views_ui(source: str, text: str, pair: str | None, max_tokens: int) -> None:
                                    "model need them.")
                     analysis_ui(inputs, trace, token_settings(trace, settings), stem)
                 else:
-                    view_figures_ui(views[label], shown, settings, stem)
+                    view_figures_ui(views[label], shown, settings, stem, (*inputs.key, settings.merge_words))
             except HeadlightError as error:
                 st.warning(plain(error))
     trace_downloads_ui(shown, f"{stem}-words" if settings.merge_words else stem, settings.layer, settings.shown_heads)

@@ -1,0 +1,72 @@
+"""Cold start: the page's modules import no TensorFlow, the default model is warmed once per process in the
+background and shared with every session, and a failed or disabled warm-up falls back to loading on first use."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from encoder.settings import Settings
+from ui import cache, warmup
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 180
+
+
+def _warm_up_threads() -> int:
+    return sum(thread.name == "headlight-warm-up" for thread in threading.enumerate())
+
+
+def test_the_page_modules_import_no_tensorflow():
+    """app.py's imports (the sidebar, the views, the caches) leave TensorFlow to the model load."""
+    code = ("import sys\nimport encoder.sources, ui.cache, ui.views, ui.warmup, ui.inputs, ui.serve\n"
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
+
+
+def test_app_runs_start_the_warm_up_once_and_share_its_model():
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
+    assert not at.exception
+    first = warmup.start()
+    assert first is not None and first.result(timeout=TIMEOUT) is not None
+    at.slider(key="layer").set_value(2).run()
+    AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()  # another session, same process
+    assert warmup.start() is first  # one warm-up per process, however many runs and sessions
+    assert _warm_up_threads() <= 1
+    assert cache.get_model("minilm") is first.result()  # st.cache_resource holds the warmed instance
+    assert "import TensorFlow" in warmup.STEPS and "load the default model" in warmup.STEPS
+
+
+def test_a_failed_warm_up_loads_the_model_on_first_use(monkeypatch):
+    failed: Future = Future()
+    failed.set_exception(RuntimeError("no model here"))
+    monkeypatch.setattr(warmup, "_future", failed)
+    assert warmup.warmed_model("minilm") is None  # the caller loads it itself (and shows its own message)
+    assert warmup.warmed_model("tutorial") is None  # only the default is warmed
+
+
+def test_the_operator_can_turn_the_warm_up_off(monkeypatch):
+    monkeypatch.setenv("HEADLIGHT_WARM_UP", "0")
+    assert Settings.from_env().warm_up is False
+    monkeypatch.setattr(warmup, "_future", None)
+    assert warmup.start() is None and warmup.warmed_model("minilm") is None
+    monkeypatch.setenv("HEADLIGHT_WARM_UP", "yes")
+    assert Settings.from_env().warm_up is True
+    monkeypatch.delenv("HEADLIGHT_WARM_UP")
+    assert Settings.from_env().warm_up is True  # on by default
+
+
+def test_loading_another_model_waits_for_a_running_warm_up(monkeypatch):
+    """Model code (TensorFlow) is imported by one thread at a time: another source waits for the warm-up."""
+    running: Future = Future()
+    monkeypatch.setattr(warmup, "_future", running)
+    threading.Timer(0.2, running.set_result, args=("the warmed model",)).start()
+    assert warmup.warmed_model("tutorial") is None
+    assert running.done()
+    assert warmup.warmed_model("minilm") == "the warmed model"

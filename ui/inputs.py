@@ -1,0 +1,21 @@
+"""The page's default input, shared by the sidebar (``app.py``) and the start-up warm-up (``ui.warmup``), which
+traces exactly what the first visitor sees."""
+
+from __future__ import annotations
+
+from encoder.settings import settings
+
+EXAMPLES = {
+    "The cat sat on the mat because it was tired.": "",
+    "The animal didn't cross the street because it was too tired.": "",
+    "Where is the station?": "The station is two blocks north of the museum.",
+    "A wonderful, moving film with a brilliant cast.": "",
+    "The keys to the cabinet are on the table.": "",
+    "Attention is all you need — 注意力就是你所需要的一切 🙂!": "",
+}
+DEFAULT_TEXT = next(iter(EXAMPLES))
+
+
+def token_limit(max_positions: int) -> int:
+    """The most tokens a trace may have: the model's positions, or the server's cap if lower."""
+    return min(max_positions, settings().max_tokens)

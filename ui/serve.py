@@ -1,0 +1,28 @@
+"""``python -m ui.serve [streamlit options]``: ``streamlit run app.py [options]`` with the default model warming
+from the process's first moment (``ui.warmup``), while Streamlit starts its server. Plain ``streamlit run app.py``
+works too; it starts the warm-up when the first visitor arrives."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def main(argv: list[str]) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from streamlit.web import cli
+
+    import ui.views  # noqa: F401 - the page's modules (Streamlit's too), here: never imported by two threads at once
+    from ui import warmup
+
+    warmup.start()
+
+    sys.argv = ["streamlit", "run", str(APP), *argv]
+    cli.main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,93 @@
+"""The default model, loaded and traced in a background thread as soon as the process starts, so the page draws at once
+and its first chart follows as early as the model allows.
+
+``start()`` runs the warm-up once per process (a lock and one module-level future): ``python -m ui.serve`` calls it
+before the server is up, ``app.py`` when it is first imported (plain ``streamlit run app.py``: the first visit), and
+any later call returns the same future. Both import the page's modules first, in the calling thread (so the first
+visit finds them imported and no two threads import one package at once). The warm-up imports TensorFlow, loads the
+default model (checksums included), and traces the default page's input, which compiles the model's graph once for
+every length and leaves that trace in the shared cache. ``ui.cache`` hands the warmed model to ``st.cache_resource``
+(``warmed_model``), so every session shares the one instance; if the warm-up fails, the server's log says why and
+the model is loaded on first use as before, with the usual message on the page. The warm-up reads the operator's
+settings from the environment: it may start before Streamlit has read its configuration, so Streamlit secrets are
+not read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from encoder.settings import settings
+
+if TYPE_CHECKING:  # the launcher imports this module before Streamlit starts: nothing heavier than the settings
+    from encoder.sources import LoadedModel
+
+log = logging.getLogger("headlight.warmup")
+STEPS: dict[str, float] = {}  # seconds each step took in this process (logged; read by tests and the benchmark)
+_lock = threading.Lock()
+_future: Future | None = None
+
+
+def start() -> Future | None:
+    """Start the warm-up in a daemon thread unless it was started before in this process, or the operator turned it
+    off (``HEADLIGHT_WARM_UP=0``); returns its future (None when off), whose result is the default model."""
+    global _future
+    with _lock:
+        if _future is None and settings().warm_up:
+            _future = Future()
+            threading.Thread(target=_warm_up, args=(_future,), name="headlight-warm-up", daemon=True).start()
+        return _future
+
+
+def warmed_model(source: str) -> LoadedModel | None:
+    """The warmed model when ``source`` is the default and the warm-up loaded it; else None: load it the usual
+    way. Waits while the warm-up runs, whatever the source: two threads importing TensorFlow's modules at once can
+    deadlock on Python's import locks (its package imports itself in cycles), so model code is imported by one
+    thread at a time."""
+    from encoder.sources import DEFAULT_SOURCE
+
+    future = _future
+    if future is None:
+        return None
+    try:
+        model = future.result()
+    except Exception:  # logged by the warm-up; the caller loads the model itself and shows its own message
+        return None
+    return model if source == DEFAULT_SOURCE else None
+
+
+def _warm_up(future: Future) -> None:
+    clock = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        STEPS[name] = now - clock
+        clock = now
+
+    try:
+        import tensorflow  # noqa: F401 - the longest step, timed on its own
+
+        step("import TensorFlow")
+        from encoder.sources import DEFAULT_SOURCE, load_source
+
+        model = load_source(DEFAULT_SOURCE)
+        step("load the default model")
+    except BaseException as error:
+        log.exception("warm-up: the default model could not be loaded; it is loaded on first use instead")
+        future.set_exception(error)
+        return
+    future.set_result(model)  # sessions waiting for the model go on; a trace they need waits for the one below
+    try:
+        from ui.cache import warm_trace
+        from ui.inputs import DEFAULT_TEXT, token_limit
+
+        warm_trace(model, DEFAULT_TEXT, None, token_limit(model.config.max_positions))
+        step("first trace (graph traced)")
+    except Exception:
+        log.exception("warm-up: tracing the default text failed")
+    log.info("warm-up done: %s", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in STEPS.items()))
