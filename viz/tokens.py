@@ -18,6 +18,7 @@ from viz.common import (
     MASKED_COLOR,
     check_choice,
     check_colorscale,
+    check_heads,
     check_int_range,
     check_shown_token,
     check_token,
@@ -31,6 +32,7 @@ from viz.common import (
     shown_attention,
     text_width,
 )
+from viz.scrub import Step, add_head_slider
 
 DIRECTIONS = ("from", "to")
 CHAR_PIXELS = 9.0  # screen pixels per character cell at the token font size
@@ -76,6 +78,7 @@ def build_token_view(
     line_chars: int = 72,
     label: str | None = None,
     weights: np.ndarray | None = None,
+    scrub: bool = True,
 ) -> go.Figure:
     """The sentence as a strip of tokens shaded by attention from the ``query`` token ("from") or to it ("to").
 
@@ -83,7 +86,9 @@ def build_token_view(
     A[j, query], how much each token looks at the query (its heatmap column). A is the ``aggregate`` ("mean" or
     "max") of ``heads`` (default all) in ``layer`` (or the mean over layers with ``layer_mean``), or ``weights``
     when given: any (T, T) token-to-token matrix of this trace, e.g. a rollout after one layer. ``label`` names
-    what the weights are in the title instead of the layer and heads.
+    what the weights are in the title instead of the layer and heads. With ``scrub`` and one head of one layer, a
+    slider in the figure moves through the heads in the browser (``viz.scrub``: its steps restyle the bars' colours,
+    text colours and hover, the title and the colour range).
 
     Returns:
         A figure with one horizontal bar trace ``"tokens"``: one bar per shown token in sentence order, its
@@ -119,7 +124,32 @@ def build_token_view(
         fig.add_trace(_token_bars(boxes, labels, hover, shares, colors, shown, query))
     else:
         _add_masked_bars(fig, masked, (boxes, labels, hover, shares, colors, shown), query)
+    chosen = check_heads(trace, heads)
+    if scrub and weights is None and not layer_mean and len(chosen) == 1:
+        def step(lay: int, h: int) -> Step:
+            matrix, what = select_attention(trace, lay, h)
+            sub, _, _ = shown_attention(trace, matrix, hide_special, renormalize)
+            shares = np.ascontiguousarray(sub[at] if direction == "from" else sub[:, at], dtype=np.float32)
+            return _strip_step(shares, label or what, query_label, strip, colorscale, masked)
+
+        query_label, strip = display_token(trace.readable_tokens[query]), (query, direction, labels, shown)
+        add_head_slider(fig, trace, layer, chosen[0], [0], step)
     return fig
+
+
+def _strip_step(shares: np.ndarray, what: str, q_label: str, strip: tuple, colorscale: str,
+                masked: np.ndarray | None) -> Step:
+    """What changes when the strip shows other ``shares`` (T',): the ``"tokens"`` bars' colours, text colours and
+    hover (the unmasked ones), the title and the colour range. ``strip``: (query, direction, labels, shown)."""
+    query, direction, labels, shown = strip
+    headline, hover = _headline_and_hover(what, q_label, query, direction, labels, shown, shares)
+    peak = float(shares.max()) if shares.size and shares.max() > 0 else 1.0
+    colors = _text_colors(shares / peak, colorscale)
+    if masked is not None:
+        keep = np.flatnonzero(~masked)
+        shares, colors, hover = shares[keep], [colors[i] for i in keep], [hover[i] for i in keep]
+    return ({"marker.color": [shares], "textfont.color": [colors], "hovertext": [hover]},
+            {"title.text": headline, "coloraxis.cmax": peak})
 
 
 def _headline_and_hover(what: str, q_label: str, query: int, direction: str, labels: list[str], shown: np.ndarray,
