@@ -107,12 +107,15 @@ def test_token_view_steps_hold_the_query_row_of_every_head(trace):
     for layer, head in ((0, 0), (2, 4), (5, 9)):
         data, layout, traces = _step(fig, layer, head)
         row = trace.attention[layer, head, 8]
-        assert traces == [0] and np.array_equal(data["marker.color"][0], row)
-        assert layout["coloraxis.cmax"] == float(row.max())
-        assert layout["title.text"].startswith(f"Layer {layer}, head {head}: attention from “the” (8)")
-        built = build_token_view(trace, layer=layer, heads=[head], query=8, scrub=False)
-        assert data["hovertext"][0] == list(built.data[0].hovertext)
-        assert data["textfont.color"][0] == list(built.data[0].textfont.color)
+        assert traces == [0] and data == {"marker.color": [data["marker.color"][0]]}
+        assert np.array_equal(data["marker.color"][0], row)
+        assert layout == {"title.text": f"Layer {layer}, head {head}: attention from “the” (8) to each token"}
+    # One colour scale for every head the slider carries; hover reads the weight from the colour value.
+    assert fig.layout.coloraxis.cmax == float(trace.attention[:, :, 8].max())
+    assert "one colour scale for every head" in fig.layout.title.subtitle.text
+    assert fig.data[0].hovertemplate == "%{hovertext}%{marker.color:.4f}<extra></extra>"
+    plain = build_token_view(trace, layer=2, heads=[4], query=8, scrub=False)
+    assert plain.layout.coloraxis.cmax == float(trace.attention[2, 4, 8].max())  # without a slider: this head's
     to = build_token_view(trace, layer=1, heads=[0], query=2, direction="to")
     assert np.array_equal(_step(to, 3, 3)[0]["marker.color"][0], trace.attention[3, 3, :, 2])
 
@@ -126,7 +129,7 @@ def test_token_view_of_a_causal_model_restyles_the_visible_tokens_only():
 
 def _segments(data: dict, traces: list[int]) -> set[tuple[int, int]]:
     drawn = set()
-    for y in data["y"][1:]:
+    for y in data["y"]:
         drawn |= {(int(q), int(k)) for q, k, _ in np.asarray(y).reshape(-1, 3)}
     return drawn
 
@@ -138,10 +141,10 @@ def test_head_lines_steps_draw_the_lines_of_each_head(trace):
         data, layout, traces = _step(fig, layer, head)
         expected = {(int(q), int(k)) for q, k in zip(*np.nonzero(trace.attention[layer, head] >= 0.2))}
         assert _segments(data, traces) == expected
-        assert set(data["name"]) == {f"head {head}"}
         assert layout["title.text"] == f"Layer {layer}, head {head}: who attends to whom"
-    # Every weight bin keeps its trace, so the steps restyle a fixed set.
-    assert len(traces) == len(fig.data) - 2
+    # Every weight bin keeps its trace, so the steps restyle a fixed set; no legend, the title names the head.
+    assert traces == list(range(1, len(fig.data) - 2))
+    assert not any(t.showlegend is not False for t in fig.data[:-2])
 
 
 def test_no_slider_for_aggregates_layer_means_several_heads_or_when_asked(trace):

@@ -621,7 +621,8 @@ def build_head_lines(
     separated by NaN, y = row of the query then of the key). The last two traces are the token labels, left
     (``"tokens"``) and right (``"keys"``), clickable: ``customdata`` [token_index]. With ``scrub`` and one head, a
     slider in the figure moves through the heads in the browser (``viz.scrub``): then every weight bin has its
-    trace, empty or not, and the steps restyle their ``x``, ``y`` and names.
+    trace, empty or not, the steps restyle their ``x`` and ``y`` and the title, and no legend (the title names the
+    head).
     """
     layer = check_layer(trace, layer)
     chosen = check_heads(trace, heads)
@@ -651,15 +652,13 @@ def build_head_lines(
             subtitle = [*notes]
             traces = _line_traces(_drawn_lines(one, threshold, query_row, max_lines, subtitle), [h], threshold,
                                   every_bin=True)
-            data = {"x": [[None]], "y": [[None]]}
-            for line in traces[1:]:
-                data["x"].append(np.asarray(line.x, dtype=np.float32))
-                data["y"].append(np.asarray(line.y, dtype=np.float32))
-            data.update(name=[f"head {h}"] * len(traces), legendgroup=[f"head {h}"] * len(traces))
+            data = {"x": [np.asarray(line.x, dtype=np.float32) for line in traces[1:]],
+                    "y": [np.asarray(line.y, dtype=np.float32) for line in traces[1:]]}
             return data, {"title.text": f"Layer {lay}, head {h}: who attends to whom",
                           "title.subtitle.text": " · ".join(subtitle)}
 
-        add_head_slider(fig, trace, layer, chosen[0], list(range(1 + len(_weight_bins(threshold)))), step)
+        if add_head_slider(fig, trace, layer, chosen[0], list(range(1, 1 + len(_weight_bins(threshold)))), step):
+            fig.update_traces(showlegend=False, selector=dict(name=f"head {chosen[0]}"))  # the title names the head
     return fig
 
 
