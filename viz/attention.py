@@ -650,10 +650,9 @@ def build_head_lines(
         def step(lay: int, h: int) -> Step:
             one, _, _ = shown_attention(trace, trace.attention[lay][[h]], hide_special, renormalize)
             subtitle = [*notes]
-            traces = _line_traces(_drawn_lines(one, threshold, query_row, max_lines, subtitle), [h], threshold,
-                                  every_bin=True)
-            data = {"x": [np.asarray(line.x, dtype=np.float32) for line in traces[1:]],
-                    "y": [np.asarray(line.y, dtype=np.float32) for line in traces[1:]]}
+            lines = _drawn_lines(one, threshold, query_row, max_lines, subtitle)
+            segments = [_segments(lines.query[drawn], lines.key[drawn]) for drawn in _bin_masks(lines, 0, threshold)]
+            data = {"x": [xs for xs, _ in segments], "y": [ys for _, ys in segments]}
             return data, {"title.text": f"Layer {lay}, head {h}: who attends to whom",
                           "title.subtitle.text": " · ".join(subtitle)}
 
@@ -706,27 +705,38 @@ def _line_traces(lines: _Lines, chosen: list[int], threshold: float, every_bin: 
     with ``every_bin`` also the empty ones, so a slider can restyle a fixed set of traces)."""
     palette = plotly.colors.qualitative.D3 if len(chosen) <= 10 else plotly.colors.qualitative.Dark24
     bins = _weight_bins(threshold)
-    which_bin = np.searchsorted([high for _, high in bins], lines.weight, side="right")
     traces = []
     for n, head in enumerate(chosen):
         color = palette[n % len(palette)]
         traces.append(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=color, width=3),
                                  name=f"head {head}", legendgroup=f"head {head}"))
-        for b, (low, high) in enumerate(bins):
-            drawn = (lines.head == n) & (which_bin == b)
+        for (low, high), drawn in zip(bins, _bin_masks(lines, n, threshold)):
             if every_bin or drawn.any():
                 traces.append(_bin_trace(lines.query[drawn], lines.key[drawn], min(1.0, (low + high) / 2), color,
                                          head))
     return traces
 
 
+def _bin_masks(lines: _Lines, n: int, threshold: float) -> list[np.ndarray]:
+    """For each weight bin (``_weight_bins``), which ``lines`` of the ``n``-th chosen head fall in it."""
+    bins = _weight_bins(threshold)
+    which_bin = np.searchsorted([high for _, high in bins], lines.weight, side="right")
+    return [(lines.head == n) & (which_bin == b) for b in range(len(bins))]
+
+
+def _segments(queries: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x and y (float32) of lines from rows ``queries`` (left) to rows ``keys`` (right), separated by NaN."""
+    xs = np.tile(np.array([LINE_START, 1.0 - LINE_START, np.nan], dtype=np.float32), queries.size)
+    ys = np.stack([queries, keys, np.full(queries.size, np.nan)], axis=1).astype(np.float32)
+    return xs, ys.ravel()
+
+
 def _bin_trace(queries: np.ndarray, keys: np.ndarray, strength: float, color: str, head: int) -> go.Scatter:
     """Lines from rows ``queries`` (left) to rows ``keys`` (right) as one trace, segments separated by NaN; width
     and opacity grow with ``strength`` (0 to 1)."""
-    xs = np.tile(np.array([LINE_START, 1.0 - LINE_START, np.nan], dtype=np.float32), queries.size)
-    ys = np.stack([queries, keys, np.full(queries.size, np.nan)], axis=1).astype(np.float32)
+    xs, ys = _segments(queries, keys)
     return go.Scatter(
-        x=xs, y=ys.ravel(), mode="lines", hoverinfo="skip",
+        x=xs, y=ys, mode="lines", hoverinfo="skip",
         line=dict(color=color, width=0.6 + 2.4 * strength), opacity=0.15 + 0.85 * strength,
         name=f"head {head}", legendgroup=f"head {head}", showlegend=False,
     )
