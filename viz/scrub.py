@@ -26,7 +26,7 @@ import plotly.graph_objects as go
 from encoder.trace import EncoderTrace
 
 SLIDER_NAME = "heads"
-SCRUB_MAX_BYTES = 2 * 2**20  # arrays and text the slider steps may carry (2 MiB; ~2.7 MB as base64 JSON)
+SCRUB_MAX_BYTES = 2 * 2**20  # arrays and text the slider steps may carry (2 MiB; ~2.8 MB as base64 JSON)
 SLIDER_ROOM = 64  # pixels added to the top margin for the slider (title above it, the plot below)
 SLIDER_GAP = 6  # pixels between the slider and the plot
 LABELLED_STEPS = 24  # more steps than this: no label under each tick, only the current value above the rail
