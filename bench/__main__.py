@@ -14,6 +14,7 @@ SUITES = {
     "analysis": "Analysis",
     "app": "App in Chromium",
     "load": "Concurrent sessions in Chromium, MiniLM: 10 layer changes each",
+    "scrub": "Head scrubbing in Chromium (the slider inside the figure), MiniLM, 128 tokens",
 }
 
 

@@ -213,3 +213,92 @@ def test_every_tab_renders_and_is_saved_as_a_screenshot(page, app_url):
         page.screenshot(path=str(path), full_page=True)
         assert path.stat().st_size > 20_000
     assert page.get_by_test_id("stException").count() == 0
+
+
+# --- scrubbing: the head slider inside the figure (viz.scrub, ui.scrub) ------------------------------------------
+
+
+def _tick_centre(page, chart: str, index: int) -> tuple[float, float]:
+    """Screen position of the ``index``-th step of the figure's head slider, on its rail."""
+    tick = page.locator(f"{chart} .slider-tick-rect").nth(index).bounding_box()
+    rail = page.locator(f"{chart} .slider-rail-rect").bounding_box()
+    return tick["x"] + tick["width"] / 2, rail["y"] + rail["height"] / 2
+
+
+def _z_corner(page, chart: str) -> list[float]:
+    """The first cells of the drawn heatmap, as plotly.js holds them after the last redraw."""
+    return page.evaluate("(sel) => Array.from(document.querySelector(sel)._fullData[0].z[0].slice(0, 4))", chart)
+
+
+def test_dragging_the_figure_slider_redraws_in_the_browser_and_release_syncs_controls_and_url(page, app_url):
+    """While the in-figure slider is dragged the heatmap follows with no message to the server; on release the
+    Layer and Head controls and the URL show the head the figure shows."""
+    sent: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append("frame")))
+    _open(page, app_url)
+    _wait_title(page, r"^Layer 0, head 0")
+    assert page.locator(f"{CHART} .slider-tick-rect").count() == 72  # 13 tokens: every layer's heads
+    before = _z_corner(page, CHART)
+    page.wait_for_timeout(500)  # the page's own start-up messages are out
+    quiet = len(sent)
+    page.mouse.move(*_tick_centre(page, CHART, 0))
+    page.mouse.down()
+    for index, title in ((3, r"^Layer 0, head 3"), (10, r"^Layer 0, head 10"), (15, r"^Layer 1, head 3")):
+        page.mouse.move(*_tick_centre(page, CHART, index), steps=4)
+        _wait_title(page, title)
+    assert _z_corner(page, CHART) != before
+    page.wait_for_timeout(300)
+    assert len(sent) == quiet, "dragging the slider must not talk to the server"
+    assert page.get_by_role("slider", name="Head").input_value() == "0"  # not synced until released
+    page.mouse.up()
+    page.wait_for_function("() => location.search.includes('layer=1') && location.search.includes('head=3')")
+    page.wait_for_function("() => document.querySelector('input[aria-label=Head]').value === '3'")
+    assert page.get_by_role("slider", name="Layer").input_value() == "1"
+    assert _wait_title(page, r"^Layer 1, head 3").startswith("Layer 1, head 3")
+    assert "encoder runs: 1" in page.get_by_test_id("stSidebar").inner_text()
+    assert page.get_by_test_id("stException").count() == 0
+    # Clicking a cell still picks the query token after scrubbing.
+    _click_point(page, 2 * 13 + 5)
+    query = page.get_by_role("combobox", name="Query token (or click a heatmap row)")
+    page.wait_for_function("(el) => el.value === '2: cat'", arg=query.element_handle())
+
+
+def test_token_view_and_head_lines_scrub_in_the_browser(page, app_url):
+    _open(page, app_url)
+    for tab, before, tick, after in (("Token view", "Layer 0, head 0: attention from", 14, "Layer 1, head 2"),
+                                     ("Head lines", "Layer 1, head 2: who", 30, "Layer 2, head 6")):
+        page.get_by_role("tab", name=tab).click()
+        chart = f"[role=tabpanel]:not([hidden]) {CHART}"
+        page.wait_for_selector(f"{chart} .slider-tick-rect")
+        for title in (before, after):
+            page.wait_for_function("([sel, title]) => document.querySelector(sel + ' .gtitle').textContent"
+                                   ".startsWith(title)", arg=[chart, title])
+            if title == before:
+                page.mouse.click(*_tick_centre(page, chart, tick))
+        layer, head = after.removeprefix("Layer ").split(", head ")
+        page.wait_for_function("([l, h]) => location.search.includes(`layer=${l}`) && "
+                               "location.search.includes(`head=${h}`)", arg=[layer, head])
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def test_an_exported_html_page_scrubs_offline(page, tmp_path):
+    """The downloaded HTML works from a file with no network: stepping its slider redraws the figure."""
+    from tests.support.traces import synthetic_trace
+    from viz.attention import build_attention_heatmap
+    from viz.render import figure_to_html
+
+    trace = synthetic_trace(["[CLS]", *(f"w{i}" for i in range(30)), "[SEP]"], layers=3, heads=4)
+    path = tmp_path / "heatmap.html"
+    path.write_text(figure_to_html(build_attention_heatmap(trace, layer=1, head=1)))
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(path.as_uri())
+    chart = ".js-plotly-plot"
+    page.wait_for_selector(f"{chart} .slider-tick-rect")
+    assert page.locator(f"{chart} .gtitle").text_content() == "Layer 1, head 1"
+    page.mouse.click(*_tick_centre(page, chart, 2 * 4 + 3))
+    page.wait_for_function("(sel) => document.querySelector(sel + ' .gtitle').textContent === 'Layer 2, head 3'",
+                           arg=chart)
+    drawn = page.evaluate("(sel) => Array.from(document.querySelector(sel)._fullData[0].z[5])", chart)
+    assert drawn == trace.attention[2, 3, 5].tolist()  # float32 values, exactly
+    assert all(url.startswith("file://") for url in requests), requests

@@ -37,7 +37,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_png_has_the_figure_size_times_scale(trace, image_browser):
-    fig = build_attention_heatmap(trace, layer=2, head=5)
+    fig = build_attention_heatmap(trace, layer=2, head=5, scrub=False)  # the head slider's room: tests/test_scrub.py
     data = figure_to_bytes(fig, "png")
     assert png_size(data) == (fig.layout.width, fig.layout.height)
     assert len(data) > 10_000

@@ -15,6 +15,7 @@ from viz.attention import (
     build_model_view,
 )
 from viz.common import LOG_FLOOR, category_labels, downsample
+from viz.scrub import SCRUB_MAX_BYTES
 
 TEXT = "The cat sat on the mat because the cat was tired."
 
@@ -95,7 +96,11 @@ def test_longer_text_hovers_on_the_heatmap_without_a_click_layer_or_per_cell_tex
     assert [t.name for t in fig.data] == ["attention"]
     assert fig.data[0].text is None and fig.data[0].hovertemplate == "%{y} → %{x}: %{z:.4f}<extra></extra>"
     assert (fig.data[0].y[5], fig.data[0].x[7]) == ("the (5)", "because (7)")
-    assert len(fig.to_json()) < 60_000  # z as a float32 typed array plus 2 x 100 labels
+    plain = build_attention_heatmap(medium, layer=3, head=2, scrub=False)
+    assert len(plain.to_json()) < 60_000  # z as a float32 typed array plus 2 x 100 labels
+    # The head slider carries this layer's 12 heads (all 72 would pass SCRUB_MAX_BYTES), as base64 float32.
+    assert [step.value for step in fig.layout.sliders[0].steps] == [f"3:{h}" for h in range(12)]
+    assert len(fig.to_json()) < 60_000 + 4 / 3 * SCRUB_MAX_BYTES
 
 
 def test_aggregates_and_layer_mean_match_numpy(trace):

@@ -6,9 +6,9 @@ analyses, their settings) from ``viz.registry``, so nothing here names a view or
 (``HeadlightError``) are caught and shown as messages; anything else is a bug and surfaces as one.
 
 Modules: ``views`` (the tabs fragment), ``controls`` (shared controls -> ``ViewSettings``; one widget per
-``Option``), ``clicks`` (chart clicks -> controls, from the figure's click spec), ``charts`` (one chart + its
-downloads), ``analysis`` and ``compare`` (the two special tabs), ``cache``, ``downloads`` (the trace's files),
-``runtime`` (the one Streamlit patch), ``warmup`` (the default model loaded and traced in the background when the
-process starts), ``serve`` (``python -m ui.serve``: ``streamlit run app.py`` with the warm-up from the start),
-``inputs`` (the page's default input).
+``Option``), ``clicks`` (chart clicks -> controls, from the figure's click spec), ``scrub`` (the in-figure head
+slider's release -> controls), ``charts`` (one chart + its downloads), ``analysis`` and ``compare`` (the two
+special tabs), ``cache``, ``downloads`` (the trace's files), ``runtime`` (the one Streamlit patch), ``warmup`` (the
+default model loaded and traced in the background when the process starts), ``serve`` (``python -m ui.serve``:
+``streamlit run app.py`` with the warm-up from the start), ``inputs`` (the page's default input).
 """

@@ -1,5 +1,6 @@
-"""One chart and its downloads, used by every tab: the figure (clicks wired from its own click spec), then PNG, SVG,
-PDF (when a browser exists), HTML, and the numbers behind it as CSV/JSON where it has them."""
+"""One chart and its downloads, used by every tab: the figure (clicks wired from its own click spec; a head slider in
+it synced back to the controls, ``ui.scrub``), then PNG, SVG, PDF (when a browser exists), HTML, and the numbers
+behind it as CSV/JSON where it has them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import streamlit as st
 
 from ui import clicks
 from ui.downloads import download_button, image_export_available
+from ui.scrub import scrub_sync_ui
 from viz import render
+from viz.scrub import has_head_slider
 
 
 def chart_ui(name: str, fig: go.Figure, stem: str, tokens: Sequence[str] = (),
@@ -23,6 +26,8 @@ def chart_ui(name: str, fig: go.Figure, stem: str, tokens: Sequence[str] = (),
     key = f"chart-{name}"
     st.plotly_chart(fig, theme=None, key=key, width="content", config={"displaylogo": False},
                     on_select=clicks.on_select(fig, key, tokens), selection_mode="points")
+    if has_head_slider(fig):
+        scrub_sync_ui(key, fig)
     figure_downloads_ui(name, fig, stem, numbers)
 
 

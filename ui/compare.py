@@ -69,7 +69,7 @@ def compare_ui(inputs: Inputs, trace: EncoderTrace, layer: int, head: int, stem:
     for column, side, label, name in ((left, trace, label_a, "compare-a"), (right, other, label_b, "compare-b")):
         with column:
             st.markdown(f"**{plain(label)}**")
-            chart_ui(name, build_attention_heatmap(side, layer, head), stem)
+            chart_ui(name, build_attention_heatmap(side, layer, head, scrub=False), stem)
     chart_ui("diff", figures.build_diff_heatmap(diff, layer, head), stem)
     left, right = st.columns(2)
     with left:

@@ -2,9 +2,10 @@
 the registry of every view and analysis (``viz.registry``), read by the app and the command line alike.
 
 Modules: ``common`` (validators, selection, labels, layout, the click contract), ``attention``, ``tokens``,
-``distance``, ``positional`` (views of one trace), ``analysis_figures`` (figures of analysis results), ``options``
-(settings declared once), ``registry`` (``VIEWS``, ``ANALYSES``), ``render`` (PNG/SVG/PDF via kaleido, offline HTML),
-``training`` (the tutorial model's training curve).
+``distance``, ``positional`` (views of one trace), ``scrub`` (the head slider inside a figure),
+``analysis_figures`` (figures of analysis results), ``options`` (settings declared once), ``registry`` (``VIEWS``,
+``ANALYSES``), ``render`` (PNG/SVG/PDF via kaleido, offline HTML), ``training`` (the tutorial model's training
+curve).
 
 Example:
     >>> fig = build_view(trace, "heatmap", layer=2, head=5)  # doctest: +SKIP

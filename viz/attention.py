@@ -67,6 +67,7 @@ from viz.common import (
     token_hover_label,
     without_hidden,
 )
+from viz.scrub import Step, add_head_slider
 
 CLICK_MAX_TOKENS = 64  # beyond this many rows or columns no click layer: T² SVG markers slow drawing (~1 s at 128)
 GRID_MAX_CELLS = 96  # head-grid thumbnails are block-averaged down to this many cells a side
@@ -135,6 +136,7 @@ def build_attention_heatmap(
     renormalize: bool = True,
     block: str | None = None,
     selected: tuple[int, int] | None = None,
+    scrub: bool = True,
 ) -> go.Figure:
     """Attention of one head (or a head aggregate) as a heatmap: queries on y (top to bottom), keys on x.
 
@@ -151,6 +153,8 @@ def build_attention_heatmap(
         renormalize: bool, with ``hide_special``, rescale each row to sum to 1 over the remaining keys.
         block: None or "AA", "AB", "BA", "BB": for a sentence pair, queries of one sentence and keys of the other.
         selected: (query_index, key_index) to outline (token indices), e.g. the cell last clicked.
+        scrub: bool, for one head: a slider in the figure moves through the heads in the browser
+            (``viz.scrub``; its steps restyle ``z``, ``zmin``, ``zmax`` and the click layer).
 
     Returns:
         A figure whose first trace is the heatmap: ``z`` (R, C) float32 (log10 with ``log_color``; NaN where the
@@ -181,7 +185,32 @@ def build_attention_heatmap(
         fig.add_traces(_selected_cell(trace, selected, rows, cols, labels, cell))
     if hidden is not None:
         fig.add_trace(_masked_cells(labels, rows, cols, hidden, hover=not clickable))
+    if scrub and aggregate is None and not layer_mean:
+        def step(lay: int, h: int) -> Step:
+            return _heatmap_step(trace, lay, h, (hide_special, renormalize, block), rows, cols, log_color, clickable)
+
+        add_head_slider(fig, trace, layer, head, [0, 1] if clickable else [0], step)
     return fig
+
+
+def _heatmap_step(trace: EncoderTrace, layer: int, head: int, display: tuple, rows: np.ndarray, cols: np.ndarray,
+                  log_color: bool, clickable: bool) -> Step:
+    """What changes when the heatmap shows (``layer``, ``head``): the weights trace's ``z`` and colour range, the
+    click layer's values, the title. ``display``: (hide_special, renormalize, block), as the figure was built."""
+    matrix, what = select_attention(trace, layer, head)
+    _, _, weights, _ = _view_rows_cols(trace, matrix, *display)
+    hidden = shown_hidden(trace, layer, False, rows, cols, [])
+    weights = without_hidden(weights, hidden)
+    z = log_weights(weights) if log_color else weights
+    low, high = finite_range(z)
+    data = {"z": [z], "zmin": [low if log_color else 0.0], "zmax": [high]}
+    if clickable:
+        customdata, text = _cell_values(rows, cols, weights, hidden)
+        data = {key: [*values, None] for key, values in data.items()}
+        data["customdata"] = [None, customdata]
+        if text is not None:
+            data["text"] = [None, text]
+    return data, {"title.text": what}
 
 
 def _heatmap_figure(trace: EncoderTrace, labels: list[str], rows: np.ndarray, cols: np.ndarray, cell: float,
@@ -277,20 +306,29 @@ def _cell_layer(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: 
     """Invisible markers at the cell centres (``customdata`` [query, key, weight]); a clicked one shows. Where
     ``hidden`` (R, C) is True the hover says "masked" (the weight is NaN)."""
     query_grid, key_grid = np.meshgrid(rows, cols, indexing="ij")  # (R, C) token indices
-    value = "%{customdata[2]:.4f}"
-    text = None
-    if hidden is not None:
-        value, text = "%{text}", [MASKED if h else f"{w:.4f}" for h, w in zip(hidden.ravel(), weights.ravel())]
+    customdata, text = _cell_values(rows, cols, weights, hidden)
+    value = "%{customdata[2]:.4f}" if text is None else "%{text}"
     return go.Scatter(
         x=[labels[i] for i in key_grid.ravel().tolist()],
         y=[labels[i] for i in query_grid.ravel().tolist()],
-        customdata=np.stack([query_grid.ravel(), key_grid.ravel(), weights.ravel()], axis=1).astype(np.float32),
+        customdata=customdata,
         text=text,
         hovertemplate=f"%{{y}} → %{{x}}: {value}<extra></extra>",
         name="cells",
         meta=click_meta("query", "key", invisible=True),
         **_click_markers(max(cell - 2, 4)),
     )
+
+
+def _cell_values(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, hidden: np.ndarray | None
+                 ) -> tuple[np.ndarray, list[str] | None]:
+    """The click layer's ``customdata`` (R*C, 3) float32 [query, key, weight] and, where cells are ``hidden``, its
+    hover ``text`` ("masked" or the weight)."""
+    query_grid, key_grid = np.meshgrid(rows, cols, indexing="ij")  # (R, C) token indices
+    customdata = np.stack([query_grid.ravel(), key_grid.ravel(), weights.ravel()], axis=1).astype(np.float32)
+    if hidden is None:
+        return customdata, None
+    return customdata, [MASKED if h else f"{w:.4f}" for h, w in zip(hidden.ravel(), weights.ravel())]
 
 
 def _selected_cell(trace: EncoderTrace, selected: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
@@ -573,6 +611,7 @@ def build_head_lines(
     hide_special: bool = False,
     renormalize: bool = True,
     max_lines: int = MAX_LINES,
+    scrub: bool = True,
 ) -> go.Figure:
     """BertViz-style lines from each query token (left) to the key tokens it attends to (right).
 
@@ -580,31 +619,59 @@ def build_head_lines(
     and of the rest only the strongest ``max_lines`` (the subtitle says when lines were left out). With ``query``
     only that token's lines are drawn. Lines are grouped per head into a few weight bins (one trace each, segments
     separated by NaN, y = row of the query then of the key). The last two traces are the token labels, left
-    (``"tokens"``) and right (``"keys"``), clickable: ``customdata`` [token_index].
+    (``"tokens"``) and right (``"keys"``), clickable: ``customdata`` [token_index]. With ``scrub`` and one head, a
+    slider in the figure moves through the heads in the browser (``viz.scrub``): then every weight bin has its
+    trace, empty or not, the steps restyle their ``x`` and ``y`` and the title, and no legend (the title names the
+    head).
     """
     layer = check_layer(trace, layer)
     chosen = check_heads(trace, heads)
     threshold = check_fraction(threshold, "threshold")
     max_lines = check_int_range(max_lines, "max_lines", 1, 1_000_000)
     stack, shown, hidden = shown_attention(trace, trace.attention[layer][chosen], hide_special, renormalize)
-    lines = _Lines.above(stack, threshold)  # stack: (h, T', T')
     notes = [f"lines for weights ≥ {threshold:g}"]
+    query_row = None
     if query is not None:
         query = check_shown_token(trace, query, shown)
-        lines = lines.take(lines.query == np.searchsorted(shown, query))
+        query_row = int(np.searchsorted(shown, query))
         notes.append(f"from {display_token(trace.readable_tokens[query])} ({query}) only")
     notes.extend(hidden)
-    if lines.weight.size > max_lines:
-        notes.append(f"strongest {max_lines:,} of {lines.weight.size:,} lines")
-        lines = lines.strongest(max_lines)
+    drawn = [*notes]
+    lines = _drawn_lines(stack, threshold, query_row, max_lines, drawn)  # stack: (h, T', T')
+    scrubbing = scrub and len(chosen) == 1
 
     rows = _token_rows(shown.size)
     labels = [short_label(trace.readable_tokens[i]) for i in shown]
-    fig = _lines_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom", notes, labels, rows,
+    fig = _lines_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom", drawn, labels, rows,
                         len(chosen))
-    fig.add_traces(_line_traces(lines, chosen, threshold))
+    fig.add_traces(_line_traces(lines, chosen, threshold, every_bin=scrubbing))
     fig.add_traces(_token_columns(trace, shown, query, labels, rows))
+    if scrubbing:
+        def step(lay: int, h: int) -> Step:
+            one, _, _ = shown_attention(trace, trace.attention[lay][[h]], hide_special, renormalize)
+            subtitle = [*notes]
+            lines = _drawn_lines(one, threshold, query_row, max_lines, subtitle)
+            segments = [_segments(lines.query[drawn], lines.key[drawn]) for drawn in _bin_masks(lines, 0, threshold)]
+            data = {"x": [xs for xs, _ in segments], "y": [ys for _, ys in segments]}
+            return data, {"title.text": f"Layer {lay}, head {h}: who attends to whom",
+                          "title.subtitle.text": " · ".join(subtitle)}
+
+        if add_head_slider(fig, trace, layer, chosen[0], list(range(1, 1 + len(_weight_bins(threshold)))), step):
+            fig.update_traces(showlegend=False, selector=dict(name=f"head {chosen[0]}"))  # the title names the head
     return fig
+
+
+def _drawn_lines(stack: np.ndarray, threshold: float, query_row: int | None, max_lines: int, notes: list[str]
+                 ) -> _Lines:
+    """The lines of the (h, T', T') ``stack`` to draw: weights at or above ``threshold``, from ``query_row`` only
+    when given, the strongest ``max_lines`` of them (then a note in ``notes`` says so)."""
+    lines = _Lines.above(stack, threshold)
+    if query_row is not None:
+        lines = lines.take(lines.query == query_row)
+    if lines.weight.size > max_lines:
+        notes.append(f"strongest {max_lines:,} of {lines.weight.size:,} lines")
+        lines = lines.strongest(max_lines)
+    return lines
 
 
 def _token_rows(count: int) -> _TokenRows:
@@ -633,31 +700,43 @@ def _lines_figure(title: str, notes: list[str], labels: list[str], rows: _TokenR
     return fig
 
 
-def _line_traces(lines: _Lines, chosen: list[int], threshold: float) -> list[go.Scatter]:
-    """Per head a legend entry, then a trace per weight bin that has lines (stronger bins wider and more opaque)."""
+def _line_traces(lines: _Lines, chosen: list[int], threshold: float, every_bin: bool = False) -> list[go.Scatter]:
+    """Per head a legend entry, then a trace per weight bin that has lines (stronger bins wider and more opaque;
+    with ``every_bin`` also the empty ones, so a slider can restyle a fixed set of traces)."""
     palette = plotly.colors.qualitative.D3 if len(chosen) <= 10 else plotly.colors.qualitative.Dark24
     bins = _weight_bins(threshold)
-    which_bin = np.searchsorted([high for _, high in bins], lines.weight, side="right")
     traces = []
     for n, head in enumerate(chosen):
         color = palette[n % len(palette)]
         traces.append(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=color, width=3),
                                  name=f"head {head}", legendgroup=f"head {head}"))
-        for b, (low, high) in enumerate(bins):
-            drawn = (lines.head == n) & (which_bin == b)
-            if drawn.any():
+        for (low, high), drawn in zip(bins, _bin_masks(lines, n, threshold)):
+            if every_bin or drawn.any():
                 traces.append(_bin_trace(lines.query[drawn], lines.key[drawn], min(1.0, (low + high) / 2), color,
                                          head))
     return traces
 
 
+def _bin_masks(lines: _Lines, n: int, threshold: float) -> list[np.ndarray]:
+    """For each weight bin (``_weight_bins``), which ``lines`` of the ``n``-th chosen head fall in it."""
+    bins = _weight_bins(threshold)
+    which_bin = np.searchsorted([high for _, high in bins], lines.weight, side="right")
+    return [(lines.head == n) & (which_bin == b) for b in range(len(bins))]
+
+
+def _segments(queries: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x and y (float32) of lines from rows ``queries`` (left) to rows ``keys`` (right), separated by NaN."""
+    xs = np.tile(np.array([LINE_START, 1.0 - LINE_START, np.nan], dtype=np.float32), queries.size)
+    ys = np.stack([queries, keys, np.full(queries.size, np.nan)], axis=1).astype(np.float32)
+    return xs, ys.ravel()
+
+
 def _bin_trace(queries: np.ndarray, keys: np.ndarray, strength: float, color: str, head: int) -> go.Scatter:
     """Lines from rows ``queries`` (left) to rows ``keys`` (right) as one trace, segments separated by NaN; width
     and opacity grow with ``strength`` (0 to 1)."""
-    xs = np.tile(np.array([LINE_START, 1.0 - LINE_START, np.nan], dtype=np.float32), queries.size)
-    ys = np.stack([queries, keys, np.full(queries.size, np.nan)], axis=1).astype(np.float32)
+    xs, ys = _segments(queries, keys)
     return go.Scatter(
-        x=xs, y=ys.ravel(), mode="lines", hoverinfo="skip",
+        x=xs, y=ys, mode="lines", hoverinfo="skip",
         line=dict(color=color, width=0.6 + 2.4 * strength), opacity=0.15 + 0.85 * strength,
         name=f"head {head}", legendgroup=f"head {head}", showlegend=False,
     )

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 
 from encoder.errors import ExportError
 from viz.common import is_click_layer
+from viz.scrub import without_slider
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
 FIGURE_FORMATS = (*IMAGE_FORMATS, "html")
@@ -120,7 +121,8 @@ def _close_renderer() -> None:
 def figure_to_bytes(
     fig: go.Figure, fmt: str = "png", *, width: int | None = None, height: int | None = None, scale: float = 1.0
 ) -> bytes:
-    """Render ``fig`` to PNG, SVG or PDF bytes with Chromium (size from the figure's layout unless given).
+    """Render ``fig`` to PNG, SVG or PDF bytes with Chromium (size from the figure's layout unless given; a head
+    slider and the room above the plot it takes are left out: the image shows the head the figure was built at).
 
     ``scale`` multiplies the pixel size of PNGs (2 for print). The first call starts a browser (~1.5 s); later
     calls reuse it.
@@ -129,13 +131,13 @@ def figure_to_bytes(
         ExportError: unknown format, no browser, or the browser failed.
     """
     fmt = _check_format(fmt, IMAGE_FORMATS)
-    width = int(width or fig.layout.width or 800)
-    height = int(height or fig.layout.height or 600)
     if scale <= 0:
         raise ExportError(f"scale must be positive, got {scale}")
-    figure = fig.to_plotly_json()
-    # Invisible click layers only serve the browser; in an image they cost drawing time and nothing else.
+    # The head slider and invisible click layers only serve the browser; an image shows the head it was made at.
+    figure = without_slider(fig.to_plotly_json())
     figure["data"] = [t for t in figure.get("data", []) if not is_click_layer(t)]
+    width = int(width or figure["layout"].get("width") or 800)
+    height = int(height or figure["layout"].get("height") or 600)
     renderer = _get_renderer()
     try:
         return renderer.render(figure, fmt, width, height, scale)
@@ -161,7 +163,8 @@ def _discard_renderer(renderer: _Renderer) -> None:
 
 
 def figure_to_html(fig: go.Figure) -> str:
-    """A complete HTML page that shows ``fig`` offline: plotly.js is inlined, nothing is loaded from a URL."""
+    """A complete HTML page that shows ``fig`` offline: plotly.js is inlined, nothing is loaded from a URL; a head
+    slider (``viz.scrub``) keeps working in it."""
     return fig.to_html(
         include_plotlyjs=True,
         include_mathjax=False,

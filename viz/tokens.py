@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import plotly.colors
 import plotly.graph_objects as go
 
 from encoder.trace import EncoderTrace
@@ -18,6 +17,7 @@ from viz.common import (
     MASKED_COLOR,
     check_choice,
     check_colorscale,
+    check_heads,
     check_int_range,
     check_shown_token,
     check_token,
@@ -31,6 +31,7 @@ from viz.common import (
     shown_attention,
     text_width,
 )
+from viz.scrub import Step, add_head_slider
 
 DIRECTIONS = ("from", "to")
 CHAR_PIXELS = 9.0  # screen pixels per character cell at the token font size
@@ -76,6 +77,7 @@ def build_token_view(
     line_chars: int = 72,
     label: str | None = None,
     weights: np.ndarray | None = None,
+    scrub: bool = True,
 ) -> go.Figure:
     """The sentence as a strip of tokens shaded by attention from the ``query`` token ("from") or to it ("to").
 
@@ -83,7 +85,10 @@ def build_token_view(
     A[j, query], how much each token looks at the query (its heatmap column). A is the ``aggregate`` ("mean" or
     "max") of ``heads`` (default all) in ``layer`` (or the mean over layers with ``layer_mean``), or ``weights``
     when given: any (T, T) token-to-token matrix of this trace, e.g. a rollout after one layer. ``label`` names
-    what the weights are in the title instead of the layer and heads.
+    what the weights are in the title instead of the layer and heads. With ``scrub`` and one head of one layer, a
+    slider in the figure moves through the heads in the browser (``viz.scrub``: its steps restyle the bars' colours
+    and the title); then one colour scale, up to the largest weight of any of its heads, serves them all, so the
+    colours compare across heads and a step never re-lays out the strip.
 
     Returns:
         A figure with one horizontal bar trace ``"tokens"``: one bar per shown token in sentence order, its
@@ -110,39 +115,52 @@ def build_token_view(
     tokens = [trace.readable_tokens[i] for i in shown]
     labels = [_box_label(token, line_chars) for token in tokens]
     boxes = layout_tokens(tokens, _sentence_break(trace, shown), line_chars)
-    headline, hover = _headline_and_hover(label or what, display_token(trace.readable_tokens[query]), query,
-                                          direction, labels, shown, shares)
+    q_label = display_token(trace.readable_tokens[query])
+    headline, hover = _headline_and_hover(label or what, q_label, query, direction, labels, shown)
     peak = float(shares.max()) if shares.size and shares.max() > 0 else 1.0
     fig = _strip_figure(headline, notes, boxes, colorscale, peak)
-    colors = _text_colors(shares / peak, colorscale)
     if masked is None:
-        fig.add_trace(_token_bars(boxes, labels, hover, shares, colors, shown, query))
+        fig.add_trace(_token_bars(boxes, labels, hover, shares, shown, query))
     else:
-        _add_masked_bars(fig, masked, (boxes, labels, hover, shares, colors, shown), query)
+        _add_masked_bars(fig, masked, (boxes, labels, hover, shares, shown), query)
+    chosen = check_heads(trace, heads)
+    if scrub and weights is None and not layer_mean and len(chosen) == 1:
+        peaks = [peak]
+
+        def step(lay: int, h: int) -> Step:
+            matrix, what = select_attention(trace, lay, h)
+            sub, _, _ = shown_attention(trace, matrix, hide_special, renormalize)
+            shares = np.ascontiguousarray(sub[at] if direction == "from" else sub[:, at], dtype=np.float32)
+            peaks.append(float(shares.max()))
+            title = _headline_and_hover(label or what, q_label, query, direction, labels, shown)[0]
+            return {"marker.color": [shares if masked is None else shares[~masked]]}, {"title.text": title}
+
+        if add_head_slider(fig, trace, layer, chosen[0], [0], step):
+            fig.update_layout(coloraxis_cmax=max(peaks))
+            fig.layout.title.subtitle.text = " · ".join([*notes, "one colour scale for every head of the slider"])
     return fig
 
 
-def _headline_and_hover(what: str, q_label: str, query: int, direction: str, labels: list[str], shown: np.ndarray,
-                        shares: np.ndarray) -> tuple[str, list[str]]:
-    """The title, and each token's hover: "query → token: weight" ("from") or "token → query: weight" ("to")."""
+def _headline_and_hover(what: str, q_label: str, query: int, direction: str, labels: list[str], shown: np.ndarray
+                        ) -> tuple[str, list[str]]:
+    """The title, and each token's hover up to its weight: "query → token: " ("from") or "token → query: " ("to");
+    the hover template adds the weight, the bar's colour value (so a head slider restyles the colours only)."""
     if direction == "from":
         headline = f"{what}: attention from “{q_label}” ({query}) to each token"
-        return headline, [f"{q_label} ({query}) → {text} ({i}): {w:.4f}" for text, i, w in zip(labels, shown, shares)]
+        return headline, [f"{q_label} ({query}) → {text} ({i}): " for text, i in zip(labels, shown)]
     headline = f"{what}: attention to “{q_label}” ({query}) from each token"
-    return headline, [f"{text} ({i}) → {q_label} ({query}): {w:.4f}" for text, i, w in zip(labels, shown, shares)]
+    return headline, [f"{text} ({i}) → {q_label} ({query}): " for text, i in zip(labels, shown)]
 
 
 def _add_masked_bars(fig: go.Figure, masked: np.ndarray, bars: tuple, query: int) -> None:
     """The ``"tokens"`` bars of the tokens not ``masked``, then the ``"masked"`` ones (grey, hover "masked");
-    ``bars`` are ``_token_bars``' per-token arguments (boxes, labels, hover, weights, text colours, shown)."""
-    boxes, labels, hover, weights, colors, shown = bars
+    ``bars`` are ``_token_bars``' per-token arguments (boxes, labels, hover, weights, shown)."""
+    boxes, labels, hover, weights, shown = bars
     hover = [f"{text} ({i}): {MASKED}" if m else h for text, i, m, h in zip(labels, shown, masked, hover)]
-    colors = ["#333" if m else color for m, color in zip(masked, colors)]
     for keep, name in ((~masked, "tokens"), (masked, MASKED)):
         index = np.flatnonzero(keep)
         fig.add_trace(_token_bars(tuple(values[keep] for values in boxes), [labels[i] for i in index],
-                                  [hover[i] for i in index], weights[keep], [colors[i] for i in index], shown[keep],
-                                  query, name))
+                                  [hover[i] for i in index], weights[keep], shown[keep], query, name))
     fig.update_layout(barmode="overlay")  # the two traces' bars share each row instead of splitting it
 
 
@@ -199,17 +217,11 @@ def _strip_figure(headline: str, notes: list[str], boxes: tuple[np.ndarray, ...]
     return fig
 
 
-def _text_colors(shares: np.ndarray, colorscale: str) -> list[str]:
-    """Black or white text for each box, whichever reads better on its fill (``shares`` of the scale, 0 to 1)."""
-    scale = plotly.colors.get_colorscale(colorscale)
-    fills = plotly.colors.sample_colorscale(scale, list(np.clip(shares, 0, 1)), colortype="tuple")
-    return [_contrast_text(color) for color in fills]
-
-
 def _token_bars(boxes: tuple[np.ndarray, ...], labels: list[str], hover: list[str], weights: np.ndarray,
-                text_colors: list[str], shown: np.ndarray, query: int, name: str = "tokens") -> go.Bar:
+                shown: np.ndarray, query: int, name: str = "tokens") -> go.Bar:
     """One bar per token at its box, coloured by weight (``MASKED_COLOR`` for the ``"masked"`` trace), the query
-    outlined; clicking a bar makes its token the query."""
+    outlined; clicking a bar makes its token the query. The text is black or white, whichever reads better on the
+    fill (plotly.js picks it when no text colour is set); hover ends with the weight, the colour value."""
     rows, starts, widths = boxes
     colors = [HIGHLIGHT if i == query else "white" for i in shown]
     outline = dict(width=np.where(shown == query, 3.0, 1.0), color=colors)
@@ -224,18 +236,11 @@ def _token_bars(boxes: tuple[np.ndarray, ...], labels: list[str], hover: list[st
         textposition="inside",
         insidetextanchor="middle",
         textangle=0,
-        textfont=dict(color=text_colors, size=TOKEN_FONT),
+        textfont=dict(size=TOKEN_FONT),
         customdata=shown.astype(np.int32)[:, None],
         meta=click_meta("query"),
         hovertext=hover,
-        hovertemplate="%{hovertext}<extra></extra>",
+        hovertemplate="%{hovertext}" + ("" if name == MASKED else "%{marker.color:.4f}") + "<extra></extra>",
         name=name,
         showlegend=False,
     )
-
-
-def _contrast_text(rgb: tuple[float, float, float]) -> str:
-    """Black or white, whichever reads better on the fill colour (relative luminance; channels 0-1)."""
-    red, green, blue = rgb
-    luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
-    return "#111" if luminance > 0.5 else "white"

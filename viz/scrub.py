@@ -1,0 +1,138 @@
+"""Scrubbing: a slider inside a figure that moves through heads in the browser, with no server round trip.
+
+A view of one head (heatmap, token view, head lines) carries the other heads of its layer, or of every layer when
+they fit, in the steps of a Plotly slider (``layout.sliders``, named ``SLIDER_NAME``). Each step is an ``update``
+(restyle + relayout) of the few arrays and titles that differ between heads; arrays travel as base64 float32
+(Plotly's typed arrays), so the values are exact and 4 bytes each. Dragging the slider redraws the figure in the
+browser alone, in the app and in an exported HTML page alike.
+
+Payload bound: the steps hold at most ``SCRUB_MAX_BYTES`` of arrays and text. Every layer's heads when they fit
+(MiniLM: up to ~85 tokens for the heatmap), else the current layer's heads (up to ~200 tokens), else no slider (the
+app's Layer and Head controls still work, through the server).
+
+Each step's ``value`` is "layer:head": the app reads it back when the slider is released (``ui.scrub``). Static
+images drop the slider and the room it takes (``without_slider``).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from encoder.trace import EncoderTrace
+
+SLIDER_NAME = "heads"
+SCRUB_MAX_BYTES = 2 * 2**20  # arrays and text the slider steps may carry (2 MiB; ~2.8 MB as base64 JSON)
+SLIDER_ROOM = 64  # pixels added to the top margin for the slider (title above it, the plot below)
+SLIDER_GAP = 6  # pixels between the slider and the plot
+LABELLED_STEPS = 24  # more steps than this: no label under each tick, only the current value above the rail
+
+# A step: attribute -> one value per updated trace (None leaves that trace's attribute unset), and layout changes.
+Step = tuple[dict[str, list], dict[str, Any]]
+
+
+def typed_array(values: np.ndarray) -> dict:
+    """``values`` as Plotly's typed array (float32, little-endian, base64, with its shape): exact, 4 bytes each."""
+    array = np.ascontiguousarray(values, dtype="<f4")
+    return {"dtype": "f4", "bdata": base64.b64encode(array.tobytes()).decode("ascii"),
+            "shape": ",".join(str(n) for n in array.shape)}
+
+
+def from_typed_array(spec: dict) -> np.ndarray:
+    """The float32 array a ``typed_array`` holds."""
+    shape = tuple(int(n) for n in str(spec["shape"]).split(","))
+    return np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.dtype(spec["dtype"])).reshape(shape)
+
+
+def payload_bytes(step: Step) -> int:
+    """Bytes of the arrays (float32) and strings one step carries."""
+    total = 0
+    for values in step[0].values():
+        for value in values:
+            if isinstance(value, np.ndarray):
+                total += value.size * 4
+            elif isinstance(value, (list, tuple)):
+                total += sum(len(str(item)) for item in value)
+    return total
+
+
+def scrub_heads(trace: EncoderTrace, layer: int, head_bytes: int) -> list[tuple[int, int]]:
+    """The (layer, head) pairs the slider carries at ``head_bytes`` each: every head of every layer when they fit
+    ``SCRUB_MAX_BYTES`` (and every layer masks alike), else the heads of ``layer`` when they fit, else none."""
+    layers, heads = trace.num_layers, trace.num_heads
+    same_mask = trace.visible is None or bool((trace.visible == trace.visible[:1]).all())
+    if same_mask and layers * heads * head_bytes <= SCRUB_MAX_BYTES:
+        return [(lay, h) for lay in range(layers) for h in range(heads)]
+    if heads * head_bytes <= SCRUB_MAX_BYTES:
+        return [(layer, h) for h in range(heads)]
+    return []
+
+
+def add_head_slider(fig: go.Figure, trace: EncoderTrace, layer: int, head: int, traces: list[int],
+                    step: Callable[[int, int], Step]) -> bool:
+    """Add the head slider to ``fig`` (showing ``layer``, ``head``): ``step(layer, head)`` gives what changes in
+    ``traces`` (trace indices) and the layout for that head. Nothing is added for a model of one head, or when the
+    heads do not fit ``SCRUB_MAX_BYTES`` (``scrub_heads``). Returns whether it was added.
+
+    Keep steps cheap to draw: a step that changes only data plotly.js restyles in place (a heatmap's ``z``, bar
+    colours) redraws in a few ms; one that changes a colour axis' range or per-point text re-lays out the figure
+    (~3 times slower for the token view's 128 bars).
+    """
+    current = step(layer, head)
+    heads = scrub_heads(trace, layer, payload_bytes(current))
+    if trace.num_layers * trace.num_heads == 1 or len(heads) < 2:
+        return False
+    every_layer = heads[0][0] != heads[-1][0]
+    steps = [_slider_step(lay, h, current if (lay, h) == (layer, head) else step(lay, h), traces, every_layer)
+             for lay, h in heads]
+    labelled = len(steps) <= LABELLED_STEPS
+    height, margin = fig.layout.height, fig.layout.margin
+    plot_height = height - margin.t - margin.b  # pixels; paper y=1 is the plot's top edge
+    fig.update_layout(
+        height=height + SLIDER_ROOM,
+        margin_t=margin.t + SLIDER_ROOM,
+        title=dict(yref="container", y=1.0, yanchor="top", pad=dict(t=14)),
+        sliders=[dict(
+            name=SLIDER_NAME,
+            active=heads.index((layer, head)),
+            steps=steps,
+            x=0.0, xanchor="left", len=1.0,
+            y=1.0 + SLIDER_GAP / plot_height, yanchor="bottom",
+            pad=dict(t=0, b=0, l=0, r=0),
+            currentvalue=dict(prefix="Drag: " if every_layer else f"Drag: layer {layer}, head ", xanchor="left",
+                              font=dict(size=12, color="#444")),
+            font=dict(size=10, color="#444" if labelled else "rgba(0,0,0,0)"),
+            ticklen=4 if labelled else 3, minorticklen=2,
+            transition=dict(duration=0),
+        )],
+    )
+    return True
+
+
+def _slider_step(layer: int, head: int, update: Step, traces: list[int], every_layer: bool) -> dict:
+    data, layout = update
+    encoded = {key: [typed_array(v) if isinstance(v, np.ndarray) else v for v in values]
+               for key, values in data.items()}
+    return dict(method="update", args=[encoded, layout, traces], value=f"{layer}:{head}",
+                label=f"layer {layer}, head {head}" if every_layer else str(head))
+
+
+def has_head_slider(fig: go.Figure) -> bool:
+    """Whether ``fig`` carries the head slider."""
+    return any(slider.name == SLIDER_NAME for slider in fig.layout.sliders)
+
+
+def without_slider(figure: dict) -> dict:
+    """A figure's plotly JSON without the head slider and the room it takes: for static images."""
+    layout = figure.get("layout", {})
+    sliders = layout.get("sliders") or []
+    kept = [slider for slider in sliders if slider.get("name") != SLIDER_NAME]
+    if len(kept) == len(sliders):
+        return figure
+    layout = {**layout, "sliders": kept, "height": layout["height"] - SLIDER_ROOM,
+              "margin": {**layout["margin"], "t": layout["margin"]["t"] - SLIDER_ROOM}}
+    return {**figure, "layout": layout}
