@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from analysis import gradients
 from analysis.faithfulness import faithfulness, ranks, spearman
 from cli import main
 from encoder.errors import AnalysisError
@@ -17,7 +18,8 @@ from viz.faithfulness import TITLE, build_faithfulness_chart
 TEXT = "The cat sat on the mat."  # 8 tokens with [CLS] and [SEP], one piece per word
 WORDS = ["The", "cat", "sat", "on", "the", "mat", "."]
 REVIEW = "a wonderful moving film"
-ALL_METHODS = ("attention", "rollout", "norm", "globenc", "alti")
+ALL_METHODS = ("attention", "rollout", "norm", "globenc", "alti", "attention-gradient", "input-gradient",
+               "integrated-gradients")
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,20 @@ def test_rows_for_every_method(scores):
 def test_mean_pooled_importance_is_the_mean_row_of_raw_attention(trace, scores):
     expected = trace.attention[-1].mean(axis=0, dtype=np.float64).mean(axis=0)[scores.positions]
     np.testing.assert_allclose(scores.importance[0], expected)
+
+
+def test_gradient_methods_use_the_gradient_attributions(minilm, trace, scores):
+    """attention x gradient through the mean row of its last layer (head mean); input x gradient and integrated
+    gradients per token as they are."""
+    column = {method: k for k, method in enumerate(scores.methods)}
+    positions = scores.positions
+    expected = gradients.attention_gradient(minilm, trace).head_mean(-1).mean(axis=0)[positions]
+    np.testing.assert_allclose(scores.importance[column["attention-gradient"]], expected, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(scores.importance[column["input-gradient"]],
+                               gradients.input_gradient(minilm, trace).values[positions], rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(scores.importance[column["integrated-gradients"]],
+                               gradients.integrated_gradients(minilm, trace).values[positions], rtol=1e-6,
+                               atol=1e-12)
 
 
 def test_too_few_tokens_is_refused(minilm):
