@@ -2,7 +2,8 @@
 
 Shapes: T tokens, M methods, N non-special tokens (the ones ranked and removed). A method's importance of token
 ``j`` is the row the output reads of its (T, T) matrix: row 0 ([CLS]) for a [CLS]-pooled model, the mean over
-rows for a mean-pooled one. The ground truth is leave-one-out: token ``j``'s id deleted from the input and the
+rows for a mean-pooled one; the gradient methods' per-token vectors (input x gradient, integrated gradients) are
+used directly (``gradient_vectors``). The ground truth is leave-one-out: token ``j``'s id deleted from the input and the
 model run again; the output change is the drop in the clean predicted class's probability for a classifier, else
 ``1 - cosine`` between the sentence embeddings. Each method gets Spearman's rho against that effect, and AOPC:
 the mean output change with its top ``k`` tokens removed, ``k = 1..K``, ``K = min(10, N)``. All shortened inputs
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis import attribution, value_zeroing
+from analysis import attribution, gradients, value_zeroing
 from analysis.checks import Progress
 from analysis.flow import attention_rollout
 from analysis.perturb import check_pairing
@@ -36,8 +37,8 @@ class Faithfulness:
     """How well each method's token importance matches the model's leave-one-out effects on one text.
 
     Attributes:
-        methods: (M,) method names ("attention", "rollout", "value-zeroing", and for post-LN BERT "norm",
-            "globenc", "alti").
+        methods: (M,) method names ("attention", "rollout", "value-zeroing", for post-LN BERT "norm", "globenc",
+            "alti", then "attention-gradient", "input-gradient", "integrated-gradients").
         tokens: (T,) the text's tokens.  positions: (N,) indices of the non-special tokens, the ones ranked.
         importance: (M, N) each method's importance of those tokens.
         loo: (N,) the output change with each of those tokens removed alone.
@@ -109,6 +110,16 @@ def token_maps(model: LoadedModel, trace: EncoderTrace) -> dict[str, np.ndarray]
     return maps
 
 
+def gradient_vectors(model: LoadedModel, trace: EncoderTrace) -> dict[str, np.ndarray]:
+    """Each gradient method's (T,) token importance (``analysis.gradients``; f is the predicted class's probability
+    or the pooled vector's length): attention x gradient's last layer (head mean) through ``output_row`` like the
+    maps, input x gradient and integrated gradients as they are (signed)."""
+    attention = gradients.attention_gradient(model, trace).head_mean(-1)
+    return {"attention-gradient": output_row(attention, model.config.pooling),
+            "input-gradient": gradients.input_gradient(model, trace).values,
+            "integrated-gradients": gradients.integrated_gradients(model, trace).values}
+
+
 def output_row(matrix: np.ndarray, pooling: str) -> np.ndarray:
     """The row of a (T, T) matrix the output reads: row 0 for "cls" pooling, the mean over rows for "mean"."""
     return np.asarray(matrix)[0] if pooling == "cls" else np.asarray(matrix).mean(axis=0)
@@ -149,7 +160,8 @@ def _output_name(trace: EncoderTrace) -> str:
 
 
 def faithfulness(model: LoadedModel, trace: EncoderTrace) -> Faithfulness:
-    """Score raw attention, rollout (and norm-based, GlobEnc, ALTI where the model allows) on ``trace``.
+    """Score raw attention, rollout (and norm-based, GlobEnc, ALTI where the model allows) and the gradient
+    methods (attention x gradient, input x gradient, integrated gradients) on ``trace``.
 
     Raises:
         AnalysisError: the trace is not this model's, or it has fewer than 2 non-special tokens.
@@ -160,15 +172,16 @@ def faithfulness(model: LoadedModel, trace: EncoderTrace) -> Faithfulness:
         raise AnalysisError(f"The scoreboard ranks the text's tokens, so it needs at least 2 besides [CLS] and "
                             f"[SEP]; this text has {len(positions)}.")
     maps = token_maps(model, trace)
-    importance = np.stack([output_row(m, model.config.pooling)[positions] for m in maps.values()])  # (M, N)
+    vectors = {name: output_row(m, model.config.pooling) for name, m in maps.items()} | gradient_vectors(model, trace)
+    importance = np.stack([vector[positions] for vector in vectors.values()])  # (M, N)
     deletions = min(MAX_DELETIONS, len(positions))
     top = [positions[np.argsort(-row, kind="stable")] for row in importance]  # most important first
     removals = [[int(i)] for i in positions] + [list(order[:k]) for order in top for k in range(1, deletions + 1)]
     changes = output_change(model, trace, removals)
     loo = changes[:len(positions)]
-    aopc = changes[len(positions):].reshape(len(maps), deletions).mean(axis=1)
+    aopc = changes[len(positions):].reshape(len(vectors), deletions).mean(axis=1)
     rho = np.array([spearman(row, loo) for row in importance])
-    return Faithfulness(tuple(maps), trace.tokens, positions, importance, loo, rho, aopc, deletions,
+    return Faithfulness(tuple(vectors), trace.tokens, positions, importance, loo, rho, aopc, deletions,
                         _output_name(trace))
 
 

@@ -13,11 +13,12 @@ model; a model that pools the first token ([CLS]) has no such split and is refus
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.gradients import TokenAttribution, cosine_objective, integrated_gradients
 from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace, trace_text
 
@@ -36,6 +37,8 @@ class SimilaritySplit:
         cosine: a · b / (‖a‖ ‖b‖) of the mean-pooled last hidden states.
         model_cosine: the cosine of the model's own ``outputs["embedding"]`` of each side (a second computation).
         text_a, text_b: the two texts, each traced alone.
+        gradients_a, gradients_b: integrated gradients of f = cosine(A, B) over each text's tokens, the other
+            text's embedding held fixed (``similarity_gradients``; None from ``similarity_split`` alone).
     """
 
     contributions: np.ndarray
@@ -47,6 +50,8 @@ class SimilaritySplit:
     model_cosine: float
     text_a: str
     text_b: str
+    gradients_a: TokenAttribution | None = None
+    gradients_b: TokenAttribution | None = None
 
     def rows(self) -> list[dict]:
         """One dict per token pair: a_index, a_token, b_index, b_token, contribution."""
@@ -104,7 +109,18 @@ def explain_similarity(model: LoadedModel, text_a: str, text_b: str) -> Similari
         True
     """
     check_mean_pooling(model)
-    return similarity_split(trace_text(model, text_a), trace_text(model, text_b))
+    trace_a, trace_b = trace_text(model, text_a), trace_text(model, text_b)
+    return replace(similarity_split(trace_a, trace_b), gradients_a=similarity_gradients(model, trace_a, trace_b, "B"),
+                   gradients_b=similarity_gradients(model, trace_b, trace_a, "A"))
+
+
+def similarity_gradients(model: LoadedModel, trace: EncoderTrace, other: EncoderTrace,
+                         other_name: str) -> TokenAttribution:
+    """Integrated gradients over ``trace``'s tokens of f = cosine(its mean-pooled embedding, ``other``'s), the
+    other text's embedding held fixed; the baseline pads this text's non-special tokens. The attributions sum to
+    cos(A, B) - cos(baseline, B) up to the completeness error."""
+    pooled = np.asarray(other.hidden[-1], np.float64).mean(axis=0)
+    return integrated_gradients(model, trace, goal=cosine_objective(pooled, f"cos(text, text {other_name})"))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -73,6 +73,30 @@ def value_zeroing_rows(model) -> list[dict]:
     return rows
 
 
+def gradient_rows(model) -> list[dict]:
+    """Attention x gradient, input x gradient and integrated gradients (default points) at 32, 128, 512 tokens,
+    with the growth of the process's peak resident memory during each (integrated gradients batch their points)."""
+    import resource
+
+    from analysis.gradients import DEFAULT_STEPS, attention_gradient, input_gradient, integrated_gradients
+    from bench.encoder import text_of_length
+    from encoder.trace import trace_text
+
+    methods = {  # integrated gradients first, so the peak it reaches is its own
+        "integrated gradients": (integrated_gradients, f"{DEFAULT_STEPS} Gauss-Legendre points + 2 ends"),
+        "input x gradient": (input_gradient, "1 gradient call"),
+        "attention x gradient": (attention_gradient, "1 gradient call, (L, H, T, T) out")}
+    rows = []
+    for n in (32, 128, 512):
+        trace = trace_text(model, text_of_length(model.tokenizer, n))
+        for what, (method, note) in methods.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            ms = warm_median_ms(lambda m=method, t=trace: m(model, t), 3 if n < 512 else 1)
+            grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+            rows.append(_row(what, n, ms, f"{note}; peak memory +{grown:,.0f} MB"))
+    return rows
+
+
 def corpus_rows(model) -> list[dict]:
     from analysis import corpus_head_report, iter_traces
     from tutorial.dataset import read_split
@@ -100,6 +124,7 @@ def main() -> None:
 
     model = load_source("minilm")
     print_table("Analysis per input, MiniLM (6x12), median ms", per_input_rows(model))
+    print_table("Gradient attributions, MiniLM (6x12), median ms", gradient_rows(model))
     print_table("Corpus head report, MiniLM, encoder time included", corpus_rows(model))
 
 

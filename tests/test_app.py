@@ -183,7 +183,10 @@ def test_a_one_layer_one_head_model_with_few_positions_opens_every_tab(tmp_path,
      ("Head clusters", ["Heads clustered"]),
      ("Noise stability", ["Noise stability at sigma 1", "How attention moves as input noise grows"]),
      ("Head importance", ["Head importance"]),
-     ("Value zeroing", ["Value zeroing rollout after layer 0", "Value zeroing in layer 0"])],
+     ("Value zeroing", ["Value zeroing rollout after layer 0", "Value zeroing in layer 0"]),
+     ("Attention × gradient", ["Attention × gradient of"]),
+     ("Input × gradient", ["Input × gradient of"]),
+     ("Integrated gradients", ["Integrated gradients of"])],
 )
 def test_every_analysis_renders_with_its_downloads(analysis, expected):
     at = _app(view="Analysis", analysis=analysis)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import analysis
-from analysis import perturb
+from analysis import gradients, perturb
 from analysis.faithfulness import faithfulness
 from analysis.similarity import explain_similarity
 from cli import main
@@ -27,6 +27,7 @@ from encoder.trace import trace_text
 from viz import analysis_figures as figures
 from viz.attribution import build_attribution_heatmap
 from viz.faithfulness import build_faithfulness_chart
+from viz.gradients import build_attention_gradient_heatmap, build_token_attribution
 from viz.registry import ANALYSES as ANALYSIS_VIEWS
 from viz.registry import DEFAULT_CLUSTERS
 from viz.similarity import build_similarity_heatmap
@@ -51,6 +52,9 @@ VIEW_ARGS = {
     "alti": ["--layer", "2"],
     "faithfulness": [],
     "value-zeroing": ["--layer", "2"],
+    "attention-gradient": ["--layer", "2"],
+    "input-gradient": [],
+    "integrated-gradients": ["--steps", "50"],
 }
 
 
@@ -99,6 +103,12 @@ def expected_title(view: str, trace, minilm) -> str:
         fig = build_similarity_heatmap(explain_similarity(minilm, TEXT, VIEW_ARGS[view][1]))
     elif view == "faithfulness":
         fig = build_faithfulness_chart(faithfulness(minilm, trace))
+    elif view == "attention-gradient":
+        fig = build_attention_gradient_heatmap(gradients.attention_gradient(minilm, trace), trace.tokens, 2)
+    elif view == "input-gradient":
+        fig = build_token_attribution(gradients.input_gradient(minilm, trace), trace.tokens)
+    elif view == "integrated-gradients":
+        fig = build_token_attribution(gradients.integrated_gradients(minilm, trace), trace.tokens)
     elif view in ATTRIBUTION:
         fig = build_attribution_heatmap(np.zeros((trace.num_layers, trace.num_tokens, trace.num_tokens)),
                                         trace.tokens, view, 2)

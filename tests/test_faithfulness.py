@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from analysis import gradients
 from analysis.faithfulness import faithfulness, ranks, spearman
 from cli import main
 from encoder.errors import AnalysisError
@@ -17,7 +18,9 @@ from viz.faithfulness import TITLE, build_faithfulness_chart
 TEXT = "The cat sat on the mat."  # 8 tokens with [CLS] and [SEP], one piece per word
 WORDS = ["The", "cat", "sat", "on", "the", "mat", "."]
 REVIEW = "a wonderful moving film"
-ALL_METHODS = ("attention", "rollout", "value-zeroing", "norm", "globenc", "alti")
+ALL_METHODS = ("attention", "rollout", "value-zeroing", "norm", "globenc", "alti", "attention-gradient",
+               "input-gradient", "integrated-gradients")
+GRADIENT_METHODS = ALL_METHODS[-3:]
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +112,25 @@ def test_value_zeroing_is_scored_for_models_the_decompositions_refuse(family):
     model = load_family(family)
     clean = trace_text(model, TEXT)
     result = faithfulness(model, clean)
-    assert result.methods == ("attention", "rollout", "value-zeroing")
+    assert result.methods == ("attention", "rollout", "value-zeroing", *GRADIENT_METHODS)
     row = value_zeroing(model, clean).rollout[-1]
     expected = row[0] if model.config.pooling == "cls" else row.mean(axis=0)
     np.testing.assert_allclose(result.importance[2], expected[result.positions], atol=1e-12)
     assert np.isfinite(result.aopc).all()
+
+
+def test_gradient_methods_use_the_gradient_attributions(minilm, trace, scores):
+    """attention x gradient through the mean row of its last layer (head mean); input x gradient and integrated
+    gradients per token as they are."""
+    column = {method: k for k, method in enumerate(scores.methods)}
+    positions = scores.positions
+    expected = gradients.attention_gradient(minilm, trace).head_mean(-1).mean(axis=0)[positions]
+    np.testing.assert_allclose(scores.importance[column["attention-gradient"]], expected, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(scores.importance[column["input-gradient"]],
+                               gradients.input_gradient(minilm, trace).values[positions], rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(scores.importance[column["integrated-gradients"]],
+                               gradients.integrated_gradients(minilm, trace).values[positions], rtol=1e-6,
+                               atol=1e-12)
 
 
 def test_too_few_tokens_is_refused(minilm):

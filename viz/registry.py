@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import plotly.graph_objects as go
 
 import analysis
-from analysis import attribution, perturb, similarity, value_zeroing
+from analysis import attribution, gradients, perturb, similarity, value_zeroing
 from analysis import positional as lab
 from analysis.faithfulness import CorpusFaithfulness, corpus_faithfulness, faithfulness
 from encoder.errors import AnalysisError, ViewError
@@ -30,10 +30,11 @@ from viz.attention import build_attention_heatmap, build_head_grid, build_head_l
 from viz.attribution import build_attribution_heatmap
 from viz.distance import build_distance_histogram
 from viz.faithfulness import build_faithfulness_chart, build_faithfulness_corpus_chart
+from viz.gradients import build_attention_gradient_heatmap, build_token_attribution
 from viz.options import SHARED_OPTIONS, Option, ViewSettings
 from viz.positional import build_position_similarity, build_positional_dimensions, build_positional_heatmap
 from viz.positional_lab import build_position_share_map, build_relative_bias, build_rope_view
-from viz.similarity import build_similarity_heatmap
+from viz.similarity import build_similarity_gradients, build_similarity_heatmap
 from viz.tokens import build_token_view
 
 if TYPE_CHECKING:
@@ -431,6 +432,33 @@ def _attribution_entry(method: str, label: str, description: str, caption: str) 
                     spinner="Decomposing every layer's attention block…")
 
 
+STEPS = Option("steps", "int", f"integrated-gradients: Gauss-Legendre points on the path from the baseline "
+               f"(default {gradients.DEFAULT_STEPS})", label="Points on the path", metavar="N",
+               default=gradients.DEFAULT_STEPS, low=1, high=gradients.MAX_STEPS, choices=(16, 32, 50, 100, 200),
+               stage="compute")
+GRADIENT_F = ("f is the predicted class's probability for a classifier; for a sentence-embedding model the pooled "
+              "vector (before normalisation) projected on its own direction, i.e. its length at this text.")
+
+
+def _attention_gradient_numbers(result: gradients.AttentionGradient, trace: EncoderTrace,
+                                options: Mapping[str, Any]) -> tuple[list[dict], dict]:
+    layer = _last_layer(trace, options)
+    rows = analysis.matrix_rows(result.head_mean(layer), trace.tokens, "attention_gradient")
+    return rows, {"kind": "attention-gradient", "model": trace.model, "text": trace.text, "pair": trace.pair,
+                  "layer": layer, "objective": result.objective, "value": result.value, "tokens": trace.tokens,
+                  "rows": rows}
+
+
+def _token_attribution_entry(method: str, label: str, description: str, caption: str,
+                             compute: Callable[[Inputs, Mapping[str, Any]], Any],
+                             options: tuple[Option, ...] = ()) -> Analysis:
+    return Analysis(method, label, description, caption, compute=compute,
+                    figures=lambda result, trace, o: [(method, build_token_attribution(
+                        result, trace.readable_tokens, **_style(o)))],
+                    numbers=_rows_and_result, options=(*options, COLORSCALE), needs_model=True,
+                    table=lambda result: result.rows(), spinner="Taking gradients through the model…")
+
+
 ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
     Analysis(
         "rollout", "Rollout", "attention rollout after --layer (default the last), token x token",
@@ -547,10 +575,13 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "similarity", "Why similar?",
         "why --text and --pair are similar: the cosine of their mean-pooled embeddings split into token pairs",
         "Why are these two similar? Each text is traced alone; the cosine of their mean-pooled embeddings is split "
-        "exactly into token pairs, (h_i · g_j) / (n m ‖a‖ ‖b‖): the cells sum to the model's cosine. Needs a "
-        "mean-pooled model (MiniLM; for the tutorial model, the pooled features its classifier reads).",
+        "exactly into token pairs, (h_i · g_j) / (n m ‖a‖ ‖b‖): the cells sum to the model's cosine. Below: "
+        "integrated gradients of the cosine over each text's tokens (the other text held fixed, baseline: its "
+        "non-special tokens padded). Needs a mean-pooled model (MiniLM; for the tutorial model, the pooled "
+        "features its classifier reads).",
         compute=_similarity,
-        figures=lambda result, trace, o: [("similarity", build_similarity_heatmap(result, **_style(o)))],
+        figures=lambda result, trace, o: [("similarity", build_similarity_heatmap(result, **_style(o))),
+                                          ("similarity-gradients", build_similarity_gradients(result, **_style(o)))],
         numbers=_rows_and_result, options=(COLORSCALE,), needs_model=True, limit=_similarity_limit,
         spinner="Tracing each text alone…"),
     _attribution_entry(
@@ -592,6 +623,32 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         numbers=_rows_and_result, needs_model=True, corpus=True, corpus_max=FAITHFULNESS_CORPUS_MAX,
         table=lambda result: result.rows(),
         spinner="Running the model with each token removed…"),
+    Analysis(
+        "attention-gradient", "Attention × gradient",
+        "attention x gradient, alpha df/dalpha, in --layer (default the last), head mean, token x token",
+        "Attention × gradient: each weight times the gradient of f with respect to it (by tf.GradientTape), "
+        f"α_ij ∂f/∂α_ij, signed and averaged over heads for the Layer slider's layer. {GRADIENT_F}",
+        compute=lambda inputs, o: gradients.attention_gradient(inputs.model(), inputs.trace),
+        figures=lambda result, trace, o: [("attention-gradient", build_attention_gradient_heatmap(
+            result, trace.readable_tokens, _last_layer(trace, o), **_style(o)))],
+        numbers=_attention_gradient_numbers, options=(COLORSCALE,), layer="figure", needs_model=True,
+        spinner="Taking gradients through the model…"),
+    _token_attribution_entry(
+        "input-gradient", "Input × gradient", "input x gradient: sum_d x_d df/dx_d per token (signed)",
+        f"Input × gradient: each token's input embedding times the gradient of f, summed over the dimensions. "
+        f"{GRADIENT_F}",
+        compute=lambda inputs, o: gradients.input_gradient(inputs.model(), inputs.trace)),
+    _token_attribution_entry(
+        "integrated-gradients", "Integrated gradients",
+        "integrated gradients per token from a padded baseline, --steps points, with the completeness error",
+        "Integrated gradients (Sundararajan et al., 2017): the gradient of f averaged along the straight path from "
+        "a baseline (every non-special token replaced by the pad token) to the input embeddings, times the "
+        "difference; the attributions sum to f(input) − f(baseline), and the title gives how closely (the "
+        f"completeness error). {GRADIENT_F}",
+        compute=lambda inputs, o: gradients.integrated_gradients(
+            inputs.model(), inputs.trace, o.get("steps") or gradients.DEFAULT_STEPS,
+            progress=inputs.progress("points on the path")),
+        options=(STEPS,)),
 )}
 
 
