@@ -14,7 +14,7 @@ from ui.charts import chart_ui
 from ui.controls import option_ui
 from ui.text import plain
 from viz.options import ViewSettings
-from viz.registry import ANALYSES, Analysis, compute_options
+from viz.registry import ANALYSES, Analysis, beside_figure, compute_options
 
 CORPORA = ("this text", "test sentences", "uploaded file")
 
@@ -80,13 +80,22 @@ def analysis_ui(inputs: cache.Inputs, trace: EncoderTrace, settings: ViewSetting
 
 
 def _figures_ui(entry: Analysis, result, trace: EncoderTrace, options: dict, stem: str) -> None:
-    """The analysis' figures, the first with its numbers; then its table, if it has one."""
+    """The analysis' figures, the first with its numbers (and raw attention beside it where the entry asks for
+    it); then its table, if it has one."""
     for index, (name, fig) in enumerate(entry.figures(result, trace, options)):
         numbers = None
         if index == 0:
             rows, numbers_result = entry.numbers(result, trace, options)
             numbers = {"csv": lambda rows=rows: analysis.rows_to_csv(rows),
                        "json": lambda value=numbers_result: analysis.to_json(value)}
+            beside = beside_figure(entry, trace, options)
+            if beside is not None:
+                method, attention = st.columns(2)
+                with method:
+                    chart_ui(name, fig, stem, trace.readable_tokens, numbers)
+                with attention:
+                    chart_ui(*beside, stem, trace.readable_tokens)
+                continue
         chart_ui(name, fig, stem, trace.readable_tokens, numbers)
     if entry.table is not None:
         st.dataframe(entry.table(result), hide_index=True, height=320)

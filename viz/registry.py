@@ -219,6 +219,8 @@ class Analysis:
         corpus_max: the most sentences the app lets one run take (each re-runs the model many times), or None.
         limit: ``limit(trace) -> message`` when this input is too large for the analysis, else None.
         table: ``table(result) -> rows`` shown as a sortable table under the figures in the app.
+        beside: what the app draws next to the first figure for comparison (``beside_figure``): "attention" (raw
+            attention, head mean, at the Layer slider's layer) or "rollout" (attention rollout after it), or None.
         spinner: what the app says while it computes.
     """
 
@@ -238,6 +240,7 @@ class Analysis:
     limit: Callable[[EncoderTrace], str | None] | None = None
     table: Callable[[Any], list[dict]] | None = None
     spinner: str = "Computing…"
+    beside: str | None = None
 
     def option(self, name: str) -> Option | None:
         return next((option for option in self.options if option.name == name), None)
@@ -429,7 +432,21 @@ def _attribution_entry(method: str, label: str, description: str, caption: str) 
     return Analysis(method, label, description, caption, compute=_attribution(method),
                     figures=_attribution_figures(method), numbers=_attribution_numbers(method),
                     options=(COLORSCALE,), layer="figure", needs_model=True,
-                    spinner="Decomposing every layer's attention block…")
+                    spinner="Decomposing every layer's attention block…",
+                    beside="attention" if method == "norm" else "rollout")
+
+
+def beside_figure(entry: Analysis, trace: EncoderTrace, options: Mapping[str, Any]) -> tuple[str, go.Figure] | None:
+    """The raw-attention figure the app shows next to ``entry``'s first figure (``Analysis.beside``), at the same
+    layer: the heads' mean attention, or attention rollout after that layer; None when the entry names none."""
+    layer = _last_layer(trace, options)
+    if entry.beside == "attention":
+        return "attention-mean", build_attention_heatmap(trace, layer, aggregate="mean", scrub=False, **_style(options))
+    if entry.beside == "rollout":
+        rollout = analysis.attention_rollout(trace.attention)
+        return "rollout", figures.build_rollout_heatmap(rollout, trace.readable_tokens, layer,
+                                                        analysis.DEFAULT_RESIDUAL, **_style(options))
+    return None
 
 
 STEPS = Option("steps", "int", f"integrated-gradients: Gauss-Legendre points on the path from the baseline "
@@ -609,7 +626,7 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
                                                               progress=inputs.progress("layers")),
         figures=_value_zeroing_figures, numbers=_value_zeroing_numbers, options=(COLORSCALE,), layer="figure",
         needs_model=True, limit=_value_zeroing_limit,
-        spinner="Running each layer with every token's values zeroed…"),
+        spinner="Running each layer with every token's values zeroed…", beside="rollout"),
     Analysis(
         "faithfulness", "Faithfulness",
         "faithfulness scoreboard: each method's token importance vs leave-one-out, Spearman rho and AOPC (text or "
@@ -632,7 +649,7 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         figures=lambda result, trace, o: [("attention-gradient", build_attention_gradient_heatmap(
             result, trace.readable_tokens, _last_layer(trace, o), **_style(o)))],
         numbers=_attention_gradient_numbers, options=(COLORSCALE,), layer="figure", needs_model=True,
-        spinner="Taking gradients through the model…"),
+        spinner="Taking gradients through the model…", beside="attention"),
     _token_attribution_entry(
         "input-gradient", "Input × gradient", "input x gradient: sum_d x_d df/dx_d per token (signed)",
         f"Input × gradient: each token's input embedding times the gradient of f, summed over the dimensions. "
