@@ -1,4 +1,5 @@
-"""Analyses on traces: attention math in NumPy, plus ``perturb``, the one module that re-runs the model.
+"""Analyses on traces: attention math in NumPy, plus the modules that re-run the model (``perturb``,
+``value_zeroing``, ``gradients``, ``faithfulness``) through the encoder's compiled graphs.
 
 Shapes: L layers, H heads, T tokens, N = L * H heads in layer-major order (head ``n`` is layer ``n // H``, head
 ``n % H``). ``attention[layer, head, query, key]`` rows are probability distributions over keys. Logarithms are
@@ -8,7 +9,9 @@ compiled graphs, but the arrays it gets back are NumPy).
 
 Modules: ``flow`` (rollout, max-flow), ``divergence`` (entropy, Jensen-Shannon), ``report`` (head report card,
 corpora), ``clustering``, ``diff`` (two traces), ``tables`` (rows, CSV, JSON), ``words`` (sub-words merged into
-words), ``perturb`` (noise, ablation).
+words), ``perturb`` (noise, ablation), ``attribution`` (norm-based, GlobEnc, ALTI), ``value_zeroing``, ``gradients``
+(attention/input x gradient, integrated gradients), ``faithfulness`` (the scoreboard, one text or a corpus),
+``similarity`` (why two sentences are similar), ``positional`` (the positional lab).
 The names below are re-exported so ``import analysis; analysis.attention_rollout(...)`` reads as one library.
 """
 

@@ -67,8 +67,8 @@ def test_means_errors_and_best_shares(board):
     assert {row["method"]: row["best_share"] for row in rows} == pytest.approx(shares)
     fig = build_faithfulness_corpus_chart(result)
     assert fig.layout.title.text.startswith("Faithfulness over 3 sentences")
-    assert list(fig.data[0].x) == [row["method"] for row in rows]
-    np.testing.assert_allclose(fig.data[0].y, means)
+    assert list(fig.data[0].y) == [row["method"] for row in rows][::-1]  # best on top
+    np.testing.assert_allclose(fig.data[0].x, means[::-1])
     assert "1 too short to rank were skipped" in fig.layout.title.subtitle.text
 
 
@@ -112,4 +112,4 @@ def test_app_scores_test_sentences_with_a_table():
     (figure,) = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
     assert figure["layout"]["title"]["text"].startswith("Faithfulness over 50 sentences")
     table = at.dataframe[0].value
-    assert list(table["method"]) == [m for m in figure["data"][0]["x"]]
+    assert list(table["method"]) == figure["data"][0]["y"][::-1]  # the table best first, the chart best on top
