@@ -190,8 +190,8 @@ class CorpusFaithfulness:
     """The scoreboard over many sentences: each method's Spearman rho and AOPC per sentence, and their means.
 
     Shapes: S sentences scored, M methods. A sentence with fewer than 2 non-special tokens is skipped (counted in
-    ``skipped``); a rho that is undefined on a sentence (a constant importance or effect) is NaN there and left out
-    of that method's mean.
+    ``skipped``); a rho that is undefined on a sentence (a constant importance or effect), or a method that did not
+    run on it (value zeroing past its size limit), is NaN there and left out of that method's mean.
 
     Attributes:
         methods: (M,) method names, as ``Faithfulness.methods``.
@@ -269,8 +269,8 @@ def corpus_faithfulness(model: LoadedModel, texts: Sequence[str], progress: Prog
         AnalysisError: no sentence has 2 tokens to rank.
     """
     limit = {} if max_tokens is None else {"max_tokens": max_tokens}
-    methods: tuple[str, ...] | None = None
-    kept, rhos, aopcs, skipped = [], [], [], 0
+    methods: dict[str, None] = {}  # in order of first appearance (a long sentence may lack a size-limited method)
+    kept, scored, skipped = [], [], 0
     classifier, output = False, ""
     for done, text in enumerate(texts, start=1):
         trace = trace_text(model, text, **limit)
@@ -278,17 +278,16 @@ def corpus_faithfulness(model: LoadedModel, texts: Sequence[str], progress: Prog
             skipped += 1
         else:
             scores = faithfulness(model, trace)
-            if methods is not None and scores.methods != methods:
-                raise AnalysisError(f"the methods changed between sentences: {methods} then {scores.methods}")
-            methods = scores.methods
-            classifier = "probabilities" in trace.outputs
-            output = scores.output
+            methods.update(dict.fromkeys(scores.methods))
+            classifier, output = "probabilities" in trace.outputs, scores.output
             kept.append(text)
-            rhos.append(scores.spearman)
-            aopcs.append(scores.aopc)
+            scored.append(scores)
         if progress is not None:
             progress(done, len(texts))
-    if methods is None:
+    if not scored:
         raise AnalysisError("no sentence of the corpus has 2 tokens to rank besides the special tokens")
-    return CorpusFaithfulness(methods, tuple(kept), np.array(rhos, np.float64), np.array(aopcs, np.float64),
-                              skipped, "drop in p(predicted class)" if classifier else output, corpus)
+    names = tuple(methods)
+    rho, aopc = (np.array([[dict(zip(s.methods, getattr(s, field))).get(m, np.nan) for m in names] for s in scored],
+                          np.float64) for field in ("spearman", "aopc"))
+    return CorpusFaithfulness(names, tuple(kept), rho, aopc, skipped,
+                              "drop in p(predicted class)" if classifier else output, corpus)
