@@ -21,6 +21,7 @@ SETTINGS = {
     "model": {},
     "tokens": dict(layer=2, query=1),
     "lines": dict(layer=2),
+    "distance": dict(layer=2),
     "positional": {},
     "position-similarity": {},
     "positional-dimensions": {},
@@ -49,12 +50,12 @@ def main(repeats: int = 5) -> None:
     rows = []
     for view in VIEWS:
         for n, trace in traces.items():
-            fig = build_view(trace, view, **SETTINGS[view])
+            fig = build_view(trace, view, **SETTINGS.get(view, {}))
             payload = fig.to_json()
             rows.append({
                 "view": view,
                 "tokens": n,
-                "build ms": f"{median_ms(lambda t=trace, v=view: build_view(t, v, **SETTINGS[v]), repeats):.1f}",
+                "build ms": f"{median_ms(lambda t=trace, v=view: build_view(t, v, **SETTINGS.get(v, {})), repeats):.1f}",
                 "to_json ms": f"{median_ms(fig.to_json, repeats):.1f}",
                 "JSON MB": f"{len(payload) / 1e6:.2f}",
                 "traces": len(fig.data),
