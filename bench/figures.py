@@ -50,12 +50,13 @@ def main(repeats: int = 5) -> None:
     rows = []
     for view in VIEWS:
         for n, trace in traces.items():
-            fig = build_view(trace, view, **SETTINGS.get(view, {}))
+            options = SETTINGS.get(view, {})
+            fig = build_view(trace, view, **options)
             payload = fig.to_json()
             rows.append({
                 "view": view,
                 "tokens": n,
-                "build ms": f"{median_ms(lambda t=trace, v=view: build_view(t, v, **SETTINGS.get(v, {})), repeats):.1f}",
+                "build ms": f"{median_ms(lambda t=trace, v=view, o=options: build_view(t, v, **o), repeats):.1f}",
                 "to_json ms": f"{median_ms(fig.to_json, repeats):.1f}",
                 "JSON MB": f"{len(payload) / 1e6:.2f}",
                 "traces": len(fig.data),

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY_BERT = dict(model_type="bert", vocab_size=14, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=16, max_position_embeddings=16, type_vocab_size=2, hidden_act="gelu")
 MAX_SECONDS, MAX_GROWTH_MB = 1.0, 50
-# Loads ``sys.argv[1]`` in a fresh process after the imports (TensorFlow's included); prints the seconds and the peak memory growth. The
-# peak after the imports may lie above the memory then in use ("slack", 0 today), which a load could fill unseen;
-# the test adds it to the growth.
+# Loads ``sys.argv[1]`` in a fresh process after the imports (TensorFlow's included); prints the seconds and the peak
+# memory growth. The peak after the imports may lie above the memory then in use ("slack", 0 today), which a load
+# could fill unseen; the test adds it to the growth.
 PROBE = """
 import json, sys, time
 import encoder.model  # TensorFlow: encoder.sources imports it only when a model is built, so it is loaded first

@@ -70,3 +70,13 @@ def test_loading_another_model_waits_for_a_running_warm_up(monkeypatch):
     assert warmup.warmed_model("tutorial") is None
     assert running.done()
     assert warmup.warmed_model("minilm") == "the warmed model"
+
+
+def test_the_warm_up_waits_for_a_visitor_or_its_delay():
+    """Started with the process, the warm-up leaves the CPU to the first page until a visitor asks for a model (or
+    ``START_DELAY`` passes): TensorFlow is not imported before that, and the asked-for model is the warmed one."""
+    code = ("import sys, time\nfrom ui import warmup\nfuture = warmup.start()\ntime.sleep(1.0)\n"
+            "print('tensorflow' in sys.modules, future.done())\nmodel = warmup.warmed_model('minilm')\n"
+            "print('tensorflow' in sys.modules, model is future.result(), warmup.START_DELAY > 1.0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.stdout.split() == ["False", "False", "True", "True", "True"], result.stderr[-2000:]
