@@ -28,10 +28,19 @@ def _bound(values: np.ndarray) -> float:
 def completeness_text(result: TokenAttribution) -> str:
     """"f(x) 0.9913, f(baseline) 0.5806, sum 0.4108: completeness error 0.02%" (integrated gradients; the sum
     should be f(x) - f(baseline))."""
+    return f"{path_values_text(result)}: {completeness_error_text(result)}"
+
+
+def path_values_text(result: TokenAttribution) -> str:
+    """"f(x) 0.9913, f(baseline) 0.5806, sum 0.4108"."""
+    return f"f(x) {result.value:.4f}, f(baseline) {result.baseline_value:.4f}, sum {result.values.sum():.4f}"
+
+
+def completeness_error_text(result: TokenAttribution) -> str:
+    """"completeness error 0.02%", or why it is undefined."""
     error = result.completeness_error
     shown = "undefined (f(x) = f(baseline))" if error is None or np.isnan(error) else f"{100 * error:.2g}%"
-    return (f"f(x) {result.value:.4f}, f(baseline) {result.baseline_value:.4f}, sum {result.values.sum():.4f}: "
-            f"completeness error {shown}")
+    return f"completeness error {shown}"
 
 
 def build_attention_gradient_heatmap(
@@ -86,8 +95,10 @@ def build_token_attribution(
     if values.shape != (len(tokens),):
         raise ValueError(f"attributions must be ({len(tokens)},) for the tokens, got shape {values.shape}")
     if result.method == "integrated-gradients":
-        title = f"Integrated gradients of {result.objective}: {completeness_text(result)}"
-        guide = (f"Token j: Σ_d (x − x')_jd × the mean gradient on the straight path from the baseline x' "
+        # the error in the title; the values it comes from open the guide, which wraps (a long title would be cut)
+        title = f"Integrated gradients of {result.objective}: {completeness_error_text(result)}"
+        guide = (f"{path_values_text(result)}. Token j: Σ_d (x − x')_jd × the mean gradient on the straight path "
+                 f"from the baseline x' "
                  f"({result.baseline}) to the input x, {result.steps} Gauss-Legendre points"
                  f"{f' on {result.panels} stretches' if (result.panels or 1) > 1 else ''}; the bars sum to "
                  f"f(x) − f(baseline) up to the completeness error. Red raises f, blue lowers it.")
