@@ -199,6 +199,7 @@ class CorpusFaithfulness:
         spearman: (S, M) float64 rho per sentence and method (NaN where undefined).
         aopc: (S, M) float64 AOPC per sentence and method.
         skipped: sentences left out (too few tokens to rank).
+        truncated: sentences scored on their first ``max_tokens`` tokens only.
         output: what the output change measures ("drop in p(predicted class)", "1 - cosine ...").
         corpus: the corpus' name ("the first 100 test sentences").
     """
@@ -210,6 +211,7 @@ class CorpusFaithfulness:
     skipped: int
     output: str
     corpus: str = ""
+    truncated: int = 0
 
     @property
     def mean_spearman(self) -> np.ndarray:
@@ -270,10 +272,11 @@ def corpus_faithfulness(model: LoadedModel, texts: Sequence[str], progress: Prog
     """
     limit = {} if max_tokens is None else {"max_tokens": max_tokens}
     methods: dict[str, None] = {}  # in order of first appearance (a long sentence may lack a size-limited method)
-    kept, scored, skipped = [], [], 0
+    kept, scored, skipped, truncated = [], [], 0, 0
     classifier, output = False, ""
     for done, text in enumerate(texts, start=1):
         trace = trace_text(model, text, **limit)
+        truncated += trace.truncated
         if (~np.asarray(trace.special, bool)).sum() < 2:
             skipped += 1
         else:
@@ -290,4 +293,4 @@ def corpus_faithfulness(model: LoadedModel, texts: Sequence[str], progress: Prog
     rho, aopc = (np.array([[dict(zip(s.methods, getattr(s, field))).get(m, np.nan) for m in names] for s in scored],
                           np.float64) for field in ("spearman", "aopc"))
     return CorpusFaithfulness(names, tuple(kept), rho, aopc, skipped,
-                              "drop in p(predicted class)" if classifier else output, corpus)
+                              "drop in p(predicted class)" if classifier else output, corpus, truncated)

@@ -113,3 +113,12 @@ def test_app_scores_test_sentences_with_a_table():
     assert figure["layout"]["title"]["text"].startswith("Faithfulness over 50 sentences")
     table = at.dataframe[0].value
     assert list(table["method"]) == figure["data"][0]["y"][::-1]  # the table best first, the chart best on top
+
+
+def test_long_sentences_are_scored_on_their_first_tokens_and_the_chart_says_so(tutorial):
+    long = " ".join(["a wonderful moving film"] * 10)  # 40 words
+    result = corpus_faithfulness(tutorial, [long, TEXTS[0]], max_tokens=12)
+    assert result.truncated == 1 and len(result.texts) == 2
+    cut = faithfulness(tutorial, trace_text(tutorial, long, max_tokens=12))
+    np.testing.assert_array_equal(result.spearman[0], cut.spearman)
+    assert "1 scored on their first tokens only" in build_faithfulness_corpus_chart(result).layout.title.subtitle.text

@@ -56,7 +56,9 @@ def build_faithfulness_corpus_chart(result: CorpusFaithfulness) -> go.Figure:
     fig.update_layout(base_layout(f"Faithfulness over {len(result.texts):,} sentences: which explanation the "
                                   "model supports", 900, 150 + 34 * len(methods)), showlegend=False,
                       margin=dict(l=150, r=40, b=50))
-    skipped = f" ({result.skipped:,} too short to rank were skipped)" if result.skipped else ""
+    notes = [f"{result.skipped:,} too short to rank were skipped" if result.skipped else "",
+             f"{result.truncated:,} scored on their first tokens only" if result.truncated else ""]
+    skipped = f" ({'; '.join(note for note in notes if note)})" if any(notes) else ""
     _reading_guide(fig, f"{name.capitalize()}{skipped}. Output change: {result.output}. Each sentence: ρ between "
                         "the method's token importance and the change when each token is removed alone; bars: the "
                         "mean over sentences, best on top.")

@@ -253,6 +253,7 @@ RESIDUAL = Option("residual", "float", "rollout, flow: weight of the skip connec
 DEFAULT_STATISTIC = "entropy"
 DEFAULT_CLUSTERS = 4  # clusters outlined and numbered
 FAITHFULNESS_CORPUS_MAX = 200  # sentences one app run may score (each re-runs the model ~100 times)
+FAITHFULNESS_CORPUS_TOKENS = 128  # a corpus sentence is scored on at most this many tokens (bounds one run's work)
 
 
 def _style(options: Mapping[str, Any]) -> dict:
@@ -370,7 +371,8 @@ def _faithfulness(inputs: Inputs, options: Mapping[str, Any]):
     if corpus is None:
         return faithfulness(inputs.model(), inputs.trace)
     name, sentences = corpus
-    return corpus_faithfulness(inputs.model(), sentences, inputs.progress("sentences scored"), name)
+    return corpus_faithfulness(inputs.model(), sentences, inputs.progress("sentences scored"), name,
+                               max_tokens=FAITHFULNESS_CORPUS_TOKENS)
 
 
 def _faithfulness_figures(result, trace, options: Mapping[str, Any]) -> Figures:
@@ -635,7 +637,7 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "the output reads: [CLS] or the mean over rows, last layer) against the output change when each token is "
         "removed alone (leave-one-out): Spearman ρ, and AOPC, the mean change with the method's top 1-10 tokens "
         "removed. Norm-based, GlobEnc and ALTI only for post-LN BERT models. Over a corpus: each method's mean ρ "
-        "over the sentences, and how often it is the best.",
+        f"over the sentences (each on at most {FAITHFULNESS_CORPUS_TOKENS} tokens), and how often it is the best.",
         compute=_faithfulness, figures=_faithfulness_figures,
         numbers=_rows_and_result, needs_model=True, corpus=True, corpus_max=FAITHFULNESS_CORPUS_MAX,
         table=lambda result: result.rows(),
