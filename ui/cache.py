@@ -187,21 +187,7 @@ class Inputs:
         return None if self.corpus is None else corpus_report(self.source, *self.corpus)
 
     def progress(self, what: str) -> analysis.Progress | None:
-        """A progress bar ("12 / 100 sentences scored"), updated at most once per percent, removed when done."""
-        bar = st.progress(0.0, text=f"0 {what}")
-        shown = -1
-
-        def show(done: int, total: int | None) -> None:
-            nonlocal shown
-            percent = done * 100 // total if total else done
-            if done == total:
-                bar.empty()
-            elif percent != shown:
-                shown = percent
-                count = f"{done:,} / {total:,}" if total else f"{done:,}"
-                bar.progress(min(done / max(total or 1, 1), 1.0), text=f"{count} {what}")
-
-        return show
+        return progress_bar(what)
 
     def corpus_sentences(self) -> Corpus | None:
         return self.corpus
@@ -222,21 +208,34 @@ def analysis_result(name: str, inputs: Inputs, options: tuple[tuple[str, Any], .
     return _cached(key, compute, entry.spinner)
 
 
+def progress_bar(what: str, start: str | None = None) -> analysis.Progress:
+    """A progress bar shown now ("12 / 100 sentences scored"), updated at most once per percent and removed when
+    the run is done; ``start`` is its text before the first step (default "0 {what}")."""
+    bar = st.progress(0.0, text=start or f"0 {what}")
+    shown = -1
+
+    def show(done: int, total: int | None) -> None:
+        nonlocal shown
+        percent = done * 100 // total if total else done
+        if done == total:
+            bar.empty()
+        elif percent != shown:
+            shown = percent
+            count = f"{done:,} / {total:,}" if total else f"{done:,}"
+            bar.progress(min(done / max(total or 1, 1), 1.0), text=f"{count} {what}")
+
+    return show
+
+
 def corpus_report(source: str, corpus_name: str, sentences: tuple[str, ...]) -> analysis.HeadReport:
     """Report card over many sentences, with a progress bar while it runs (a heavy job; cached afterwards)."""
 
     def compute() -> analysis.HeadReport:
         with heavy_job():
-            bar = st.progress(0.0, text=f"Tracing {len(sentences):,} sentences of {corpus_name}…")
-
-            def progress(done: int, total: int | None) -> None:
-                if done % 25 == 0 or done == total:
-                    bar.progress(done / max(total or 1, 1), text=f"{done:,} / {total:,} sentences of {corpus_name}")
-
-            report = analysis.corpus_head_report(analysis.iter_traces(get_model(source), list(sentences)),
-                                                 total=len(sentences), progress=progress)
-            bar.empty()
-            return report
+            progress = progress_bar(f"sentences of {corpus_name}",
+                                    start=f"Tracing {len(sentences):,} sentences of {corpus_name}…")
+            return analysis.corpus_head_report(analysis.iter_traces(get_model(source), list(sentences)),
+                                               total=len(sentences), progress=progress)
 
     return _cached(("corpus", source, _corpus_key((corpus_name, sentences))), compute,
                    waiting=f"Tracing {corpus_name}…")
