@@ -22,17 +22,19 @@ import streamlit as st
 from encoder.errors import HeadlightError
 from encoder.families import FAMILIES
 from encoder.settings import settings
-from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, LoadedModel, builtin_sources
+from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, ModelCard, builtin_sources
 from encoder.trace import EncoderTrace
 from ui import warmup
-from ui.cache import get_model, get_trace, session_traces
+from ui.cache import get_card, get_trace, model_pending, session_traces
 from ui.inputs import DEFAULT_TEXT, EXAMPLES, token_limit
+from ui.prefetch import prefetch_ui
 from ui.runtime import apply_secrets, keep_keras_state_between_reruns
 from ui.text import plain
 from ui.views import prediction_ui, views_ui
 
 OTHER_MODEL = "folder or hub id…"
 LOADING = "Loading the model…"
+TEXT_BOX = '[data-testid="stSidebar"] [data-testid="stTextArea"] textarea'  # the page's first control
 log = logging.getLogger("headlight.app")
 warmup.start()  # once per process: a no-op when ``python -m ui.serve`` started it, or on every later visit
 
@@ -89,13 +91,13 @@ def max_tokens_ui(max_positions: int) -> int:
     return min(int(max_tokens), limit)
 
 
-def facts_ui(model: LoadedModel, trace: EncoderTrace | None) -> None:
+def facts_ui(model: ModelCard, trace: EncoderTrace | None) -> None:
     config = model.config
     st.caption(plain(model.description))
     rows = {
         "layers × heads": f"{config.num_layers} × {config.num_heads}",
         "d_model / head dim": f"{config.d_model} / {config.head_dim}",
-        "parameters": f"{model.num_parameters():,}",
+        "parameters": f"{model.parameters:,}",
         "positions": f"{config.positional}, up to {config.max_positions}",
     }
     if trace is not None:
@@ -104,12 +106,12 @@ def facts_ui(model: LoadedModel, trace: EncoderTrace | None) -> None:
     st.markdown("\n".join(f"- **{k}**: {v}" for k, v in rows.items()))
 
 
-def open_model(source: str) -> tuple[str, LoadedModel]:
-    """``source`` and its model, or the default ones and a message saying why not. Never a crash: a folder may
+def open_model(source: str) -> tuple[str, ModelCard]:
+    """``source`` and its model's card, or the default ones and a message saying why not. Never a crash: a folder may
     raise anything while it is opened; the page gets a plain sentence (naming neither the source nor a path), the
     server's log the traceback."""
     try:
-        return source, get_model(source)
+        return source, get_card(source)
     except HeadlightError as error:
         reason = str(error)
     except Exception:  # a hostile or damaged folder can break any library on the way: never the page
@@ -118,7 +120,7 @@ def open_model(source: str) -> tuple[str, LoadedModel]:
         log.exception("opening a model failed")
         reason = "It could not be opened (the server's log says why)."
     st.error(f"{plain('Could not load that model. ' + reason)}\n\nShowing the default model ({DEFAULT_SOURCE}).")
-    return DEFAULT_SOURCE, get_model(DEFAULT_SOURCE)
+    return DEFAULT_SOURCE, get_card(DEFAULT_SOURCE)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,6 +134,9 @@ def main() -> None:
         st.title("Headlight")
         asked = model_ui() or DEFAULT_SOURCE
         text, pair = text_ui()
+    if model_pending(asked):
+        with st.sidebar:
+            prefetch_ui(TEXT_BOX)  # the chart's code loads in the browser while the model loads
     with st.spinner(LOADING, show_time=True), st.sidebar:  # the spinner shows after 0.5 s: never once warm
         source, model = open_model(asked)
     with st.sidebar:

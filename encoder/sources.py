@@ -50,6 +50,18 @@ MAX_NAME_CHARS = 256  # longer names are refused before the filesystem is touche
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ModelCard:
+    """What the page says about a model, without the model (no TensorFlow): ``LoadedModel.card()``; the
+    cold-start helper process sends the server the default model's card (``ui.coldstart``)."""
+
+    name: str
+    description: str
+    config: EncoderConfig
+    parameters: int
+    labels: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
     """A model ready to trace: the compiled encoder, its tokenizer, and what to show about it."""
@@ -83,6 +95,9 @@ class LoadedModel:
 
     def num_parameters(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.model.weights))
+
+    def card(self) -> ModelCard:
+        return ModelCard(self.name, self.description, self.config, self.num_parameters(), self.labels)
 
 
 def builtin_sources() -> list[str]:

@@ -83,7 +83,8 @@ def test_page_loads_with_default_model_and_shows_the_heatmap_of_the_sentence(pag
 
 def test_a_cold_page_shows_its_controls_and_a_loading_state_before_the_chart(browser, app_url):
     """A fresh server that warms nothing (``HEADLIGHT_WARM_UP=0``: the first visit loads the model, TensorFlow
-    import included, a few seconds): the sidebar's controls and "Loading the model…" come first, then the chart."""
+    import included, a few seconds): the sidebar's controls and "Loading the model…" come first, the chart's code loads
+    meanwhile, then the chart."""
     with streamlit_server(env={"HEADLIGHT_WARM_UP": "0"}) as cold_url:
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         try:
@@ -94,6 +95,10 @@ def test_a_cold_page_shows_its_controls_and_a_loading_state_before_the_chart(bro
             sidebar.get_by_role("combobox", name="Model").wait_for()
             page.get_by_text("Loading the model…").wait_for()
             assert page.locator(CHART).count() == 0
+            # the chart's code (plotly.js) is fetched while the model loads, not after (ui.prefetch)
+            page.wait_for_function("() => document.body.innerText.includes('Loading the model')"
+                                   " && performance.getEntriesByType('resource').some(e => e.name.includes("
+                                   "'/static/js/PlotlyChart.'))", polling=50)
             page.wait_for_selector(CHART)
             assert _wait_title(page, r"^Layer 0, head 0").startswith("Layer 0, head 0")
             assert page.get_by_text("Loading the model…").count() == 0

@@ -26,10 +26,10 @@ import streamlit as st
 
 import analysis
 from encoder.settings import settings
-from encoder.sources import LoadedModel, load_source
+from encoder.sources import DEFAULT_SOURCE, LoadedModel, ModelCard, load_source
 from encoder.trace import EncoderTrace, trace_text
 from tutorial.dataset import load_splits
-from ui import warmup
+from ui import coldstart, warmup
 from ui.budget import ByteBudgetCache
 from viz.registry import ANALYSES
 
@@ -86,11 +86,41 @@ def _cached(key: tuple, compute: Callable[[], T], spinner: str | None = None, wa
 
 def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
     """The trace of this input (one encoder run per process and input), counted for this session."""
-    trace = _cached(("trace", source, text, pair, max_tokens),
-                    lambda: trace_text(get_model(source), text, pair, max_tokens), "Running the encoder…")
+    trace = _cached(("trace", source, text, pair, max_tokens), lambda: _trace(source, text, pair, max_tokens),
+                    "Running the encoder…")
     traced = st.session_state.setdefault(TRACED, set())
     traced.add((source, text, pair, max_tokens))
     return trace
+
+
+def _trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
+    """One encoder run: the default model's by the cold-start helper (``ui.coldstart``) while this process is still
+    loading it, else here."""
+    helper = coldstart.helper()
+    if source == DEFAULT_SOURCE and helper is not None and not warmup.ready():
+        trace = helper.trace(text, pair, max_tokens)
+        if trace is not None:
+            return trace
+    return trace_text(get_model(source), text, pair, max_tokens)
+
+
+def get_card(source: str) -> ModelCard:
+    """What the page shows about a model: the default model's card comes from the cold-start helper while this
+    process is still loading the model (the page and its first chart need no model here), else from the model."""
+    helper = coldstart.helper()
+    if source == DEFAULT_SOURCE and helper is not None and not warmup.ready():
+        card = helper.card()
+        if card is not None:
+            return card
+    return get_model(source).card()
+
+
+def model_pending(source: str) -> bool:
+    """Whether the page will wait for the model ``source`` names: the default one, while it is still loading."""
+    if source != DEFAULT_SOURCE or warmup.ready():
+        return False
+    helper = coldstart.helper()
+    return helper is None or helper.card(timeout=0) is None
 
 
 def warm_trace(model: LoadedModel, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:

@@ -13,6 +13,11 @@ APP = Path(__file__).resolve().parent.parent / "app.py"
 
 def main(argv: list[str]) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from encoder.settings import settings
+    from ui import coldstart
+
+    if settings().warm_up:
+        coldstart.spawn()  # first of all: it loads the default model on the other core while the server starts
     from streamlit.web import cli
 
     import ui.views  # noqa: F401 - the page's modules (Streamlit's too), here: never imported by two threads at once

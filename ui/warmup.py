@@ -36,6 +36,11 @@ _future: Future | None = None
 # starts gets the page's controls first (measured: first paint 1.4 s instead of 2.5 s, first chart unchanged), and a
 # server nobody visits yet is warm a few seconds after it starts.
 START_DELAY = 3.0
+# With the cold-start helper process (``ui.coldstart``) serving the first visitors, the server's own warm-up waits
+# until the helper has answered a first trace and the page has had ``ANSWER_GRACE`` seconds to draw it (its figure is
+# built here), or ``HELPER_START_DELAY`` seconds, or a visitor needs the model itself (an analysis).
+HELPER_START_DELAY = 8.0
+ANSWER_GRACE = 1.0
 _wanted = threading.Event()
 
 
@@ -68,8 +73,28 @@ def warmed_model(source: str) -> LoadedModel | None:
     return model if source == DEFAULT_SOURCE else None
 
 
+def ready() -> bool:
+    """Whether the warm-up has loaded the default model (this process may trace it without waiting)."""
+    future = _future
+    return future is not None and future.done() and future.exception() is None
+
+
+def _wait_for_start() -> None:
+    from ui import coldstart
+
+    helper = coldstart.helper()
+    if helper is None:
+        _wanted.wait(START_DELAY)
+        return
+    deadline = time.monotonic() + HELPER_START_DELAY
+    while not _wanted.is_set() and not helper.gone and time.monotonic() < deadline:
+        if helper.answered.wait(0.05):
+            _wanted.wait(ANSWER_GRACE)
+            return
+
+
 def _warm_up(future: Future) -> None:
-    _wanted.wait(START_DELAY)
+    _wait_for_start()
     clock = time.perf_counter()
 
     def step(name: str) -> None:
@@ -99,4 +124,8 @@ def _warm_up(future: Future) -> None:
         step("first trace (graph traced)")
     except Exception:
         log.exception("warm-up: tracing the default text failed")
+    from ui import coldstart
+
+    if (helper := coldstart.helper()) is not None:
+        helper.stop()  # the server traces everything itself from now on
     log.info("warm-up done: %s", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in STEPS.items()))
