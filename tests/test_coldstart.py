@@ -102,4 +102,5 @@ def test_the_chart_code_to_prefetch_is_in_the_installed_streamlit():
     """Streamlit names its lazily loaded chunks with a content hash: an upgrade that renames or drops the chart's
     chunk fails here (the page still works, only the prefetch would be lost)."""
     files = prefetch.chunk_files()
-    assert len(files) == 1 and files[0].startswith("PlotlyChart.") and files[0].endswith(".js")
+    assert sorted(name.split(".")[0] for name in files) == sorted(prefetch.CHUNKS)
+    assert all(name.endswith(".js") and name.count(".") == 2 for name in files)

@@ -1,4 +1,4 @@
-"""Load the chart code in the browser while the model loads, so the first chart draws as soon as its numbers arrive.
+"""Load the chart's code in the browser while the model loads, so the first chart draws as soon as its numbers arrive.
 
 Streamlit loads each kind of element's code the first time the page shows one; the chart's (plotly.js, ~4.7 MB) takes
 about a second to fetch and compile on a cold page, and while it loads Streamlit hides the page. Shown while the
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import streamlit as st
 
-CHUNKS = ("PlotlyChart",)  # Streamlit's lazily loaded element code to fetch early (static/js/<name>.<hash>.js)
+# Streamlit's lazily loaded code (static/js/<name>.<hash>.js) of the elements the first chart comes with: the chart, and
+# the widgets drawn with it (the controls' sliders, checkboxes, button groups; the max-tokens number input).
+CHUNKS = ("PlotlyChart", "Slider", "Checkbox", "ButtonGroup", "NumberInput")
 
 _JS = """
 export default function ({ data }) {
@@ -49,13 +51,13 @@ _prefetch = st.components.v2.component("headlight_prefetch", js=_JS)
 
 @cache
 def chunk_files() -> tuple[str, ...]:
-    """The file names of ``CHUNKS`` in the installed Streamlit (each found once), e.g. ``PlotlyChart.D9Z0_fxz.js``."""
+    """The file names of ``CHUNKS`` found in the installed Streamlit, e.g. ``PlotlyChart.D9Z0_fxz.js``."""
     folder = Path(st.__file__).resolve().parent / "static" / "static" / "js"
     return tuple(sorted(path.name for name in CHUNKS for path in folder.glob(f"{name}.*.js")))
 
 
 def prefetch_ui(drawn: str) -> None:
     """Mount the prefetcher (draws nothing); it fetches once the element the CSS selector ``drawn`` names is visible
-    (the page's controls: at most 5 s). A no-op when Streamlit's chart code cannot be found."""
+    (the page's controls: at most 5 s). A no-op when none of ``CHUNKS`` can be found."""
     if chunk_files():
         _prefetch(key="prefetch", data={"chunks": list(chunk_files()), "drawn": drawn}, height=0)
