@@ -104,3 +104,20 @@ def test_the_chart_code_to_prefetch_is_in_the_installed_streamlit():
     files = prefetch.chunk_files()
     assert sorted(name.split(".")[0] for name in files) == sorted(prefetch.CHUNKS)
     assert all(name.endswith(".js") and name.count(".") == 2 for name in files)
+
+
+def test_the_servers_warm_up_waits_for_the_helpers_first_answer_then_stops_it():
+    """With a helper, the server imports TensorFlow only after the helper has answered a first trace (the first
+    chart is not slowed by a second import on the same 2 cores), and stops the helper once its own model is warm."""
+    code = ("import sys, time\nfrom ui import coldstart, warmup\nstart = time.monotonic()\nhelper = coldstart.spawn()\n"
+            "future = warmup.start()\ncard = helper.card()\ntime.sleep(0.5)\n"
+            "print('tensorflow' in sys.modules, time.monotonic() - start < warmup.HELPER_START_DELAY)\n"
+            "trace = helper.trace('The cat sat on the mat.', None, 64)\nmodel = future.result(timeout=300)\n"
+            "while not helper.gone:\n    time.sleep(0.1)\n"
+            "print(trace.num_tokens > 2, model.card() == card, helper.gone, warmup.ready())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=coldstart.ROOT)
+    first, second = result.stdout.split("\n")[:2]
+    imported, in_time = first.split()
+    assert imported == "False" or in_time == "False", result.stderr[-2000:]  # (unless the helper took > 8 s)
+    assert second.split() == ["True", "True", "True", "True"], result.stderr[-2000:]
