@@ -6,8 +6,9 @@ Run with ``make run``. This file is ``main()`` and the sidebar (which model, whi
 link reopens exactly this view. Changing a layer, head, view or option never re-runs the encoder.
 
 The page draws before the model is ready: nothing imported here imports TensorFlow (the model code is imported by
-the model load, in ``ui.warmup``'s background thread when the server starts), and the sidebar's text widgets come
-before the wait for the model, which shows "Loading the model…" in the main area.
+the model load: in the cold-start helper process and ``ui.warmup``'s background thread), and the sidebar's text
+widgets come before the wait for the model, which shows "Loading the model…" in the main area while the browser
+fetches the chart's code (``ui.prefetch``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Modules: ``views`` (the tabs fragment), ``controls`` (shared controls -> ``ViewS
 ``Option``), ``clicks`` (chart clicks -> controls, from the figure's click spec), ``scrub`` (the in-figure head
 slider's release -> controls), ``charts`` (one chart + its downloads), ``analysis`` and ``compare`` (the two
 special tabs), ``cache``, ``downloads`` (the trace's files), ``runtime`` (the one Streamlit patch), ``warmup`` (the
-default model loaded and traced in the background when the process starts), ``serve`` (``python -m ui.serve``:
-``streamlit run app.py`` with the warm-up from the start), ``inputs`` (the page's default input).
+default model loaded and traced in the background), ``coldstart`` (the helper process that serves the first
+visitors while the server loads the model), ``prefetch`` (the chart's code fetched in the browser while the model
+loads), ``serve`` (``python -m ui.serve``: ``streamlit run app.py`` with the helper and the warm-up from the start),
+``inputs`` (the page's default input).
 """

@@ -1,6 +1,7 @@
-"""``python -m ui.serve [streamlit options]``: ``streamlit run app.py [options]`` with the default model warming
-from the process's first moment (``ui.warmup``), while Streamlit starts its server. Plain ``streamlit run app.py``
-works too; it starts the warm-up when the first visitor arrives."""
+"""``python -m ui.serve [streamlit options]``: ``streamlit run app.py [options]`` with the default model loading from
+the process's first moment in the cold-start helper process (``ui.coldstart``), while Streamlit starts its server,
+and the server's own warm-up thread (``ui.warmup``). Plain ``streamlit run app.py`` works too; it starts the warm-up
+when the first visitor arrives."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The default model, loaded and traced in a background thread started with the process, so the page draws at once and
 its first chart follows as early as the model allows. The thread does its heavy work when the first visitor asks for
-a model, or ``START_DELAY`` seconds after it started, whichever comes first (see ``START_DELAY``).
+a model, or ``START_DELAY`` seconds after it started, whichever comes first (see ``START_DELAY``). When the
+cold-start helper process runs (``ui.coldstart``, started by ``python -m ui.serve``), the first visitors get the
+helper's traces, and the thread waits for the helper's first answer instead, then stops the helper when it is done.
 
 ``start()`` runs the warm-up once per process (a lock and one module-level future): ``python -m ui.serve`` calls it
 before the server is up, ``app.py`` when it is first imported (plain ``streamlit run app.py``: the first visit), and
