@@ -81,6 +81,18 @@ def test_a_helper_that_dies_is_gone_and_the_server_loads_the_model():
     assert dead.trace("The cat sat.", None, 512) is None
 
 
+def test_a_helper_that_stops_answering_is_killed_and_the_server_loads_the_model(monkeypatch):
+    ready = ("import pickle, struct, sys, time\ndata = pickle.dumps(('ready', 'a card'))\n"
+             "sys.stdout.buffer.write(struct.pack('!Q', len(data)) + data)\nsys.stdout.buffer.flush()\n"
+             "time.sleep(120)")
+    process = subprocess.Popen([sys.executable, "-c", ready], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    stuck = coldstart.Helper(process)
+    monkeypatch.setattr(coldstart, "ANSWER_TIMEOUT", 0.5)
+    assert stuck.card(timeout=TIMEOUT) == "a card"
+    assert stuck.trace("The cat sat.", None, 512) is None
+    assert stuck.gone and process.returncode is not None  # killed, not left running
+
+
 def test_the_first_page_needs_no_model_in_the_server(helper, monkeypatch):
     """While the server's own warm-up is still running, the page's card and first trace come from the helper, and
     the page shows the chart's code prefetcher (the model is pending)."""

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -44,6 +45,8 @@ log = logging.getLogger("headlight.coldstart")
 ROOT = Path(__file__).resolve().parent.parent
 _HEADER = struct.Struct("!Q")
 MAX_MESSAGE = 2**31  # a 512-token trace of a large model is ~0.3 GB; anything longer is a broken helper
+LOAD_TIMEOUT = 120.0  # seconds a page waits for the helper to load the model before loading it in the server
+ANSWER_TIMEOUT = 60.0  # seconds a trace may take in the helper (MiniLM at 512 tokens: ~0.3 s) before it is stopped
 _helper: Helper | None = None
 
 
@@ -60,9 +63,9 @@ class Helper:
         self.answered = threading.Event()  # the helper has answered a first trace (the server may warm up now)
         threading.Thread(target=self._read_card, name="headlight-coldstart", daemon=True).start()
 
-    def card(self, timeout: float | None = None) -> ModelCard | None:
-        """The default model's card, once the helper has loaded it (waits up to ``timeout`` seconds, or for as long
-        as it takes); None if it could not, or not in time."""
+    def card(self, timeout: float = LOAD_TIMEOUT) -> ModelCard | None:
+        """The default model's card, once the helper has loaded it (waits up to ``timeout`` seconds); None if it
+        could not, or not in time."""
         self.loaded.wait(timeout)
         return self._card
 
@@ -74,15 +77,19 @@ class Helper:
         """
         from encoder.trace import EncoderTrace
 
-        self.loaded.wait()
+        if not self.loaded.wait(LOAD_TIMEOUT):
+            return None
         with self._lock:
             if self.gone:
                 return None
             try:
                 _send(self._process.stdin, (text, pair, max_tokens))
+                if not select.select([self._process.stdout], [], [], ANSWER_TIMEOUT)[0]:
+                    raise TimeoutError(f"no answer in {ANSWER_TIMEOUT:.0f} s")
                 kind, value = _receive(self._process.stdout)
-            except (OSError, EOFError, ValueError, pickle.UnpicklingError):
-                self._close("the cold-start helper stopped answering; the server loads the model itself")
+            except (OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
+                self._close(f"the cold-start helper stopped answering ({error}); the server loads the model itself",
+                            kill=True)
                 return None
             self.answered.set()
             if kind == "error":
@@ -94,9 +101,9 @@ class Helper:
 
     def stop(self) -> None:
         """Tell the helper to exit (after a request in flight) and reap it."""
-        self.loaded.wait()
+        self.loaded.wait(LOAD_TIMEOUT)
         with self._lock:
-            self._close(None)
+            self._close(None, kill=not self.loaded.is_set())
 
     def _read_card(self) -> None:
         """The helper's first message (in a thread of its own, from the start)."""
@@ -111,7 +118,9 @@ class Helper:
                 self._close(f"the cold-start helper could not load the default model ({value}); see above")
         self.loaded.set()
 
-    def _close(self, reason: str | None) -> None:
+    def _close(self, reason: str | None, kill: bool = False) -> None:
+        """Mark the helper gone and end it: closing its stdin ends its loop; a stuck one (``kill``, or still running
+        10 s later) is killed."""
         if self.gone:
             return
         self.gone = True
@@ -119,6 +128,8 @@ class Helper:
             log.warning(reason)
         with contextlib.suppress(OSError):
             self._process.stdin.close()
+        if kill:
+            self._process.kill()
         try:
             self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:
