@@ -110,8 +110,10 @@ def scrub_chart(fig: go.Figure) -> ScrubChart:
         steps = pio.to_json(held, validate=False)
         slider = next(slider for slider in light["layout"]["sliders"] if slider["name"] == SLIDER_NAME)
         values = tuple(step["value"] for step in slider["steps"])
-        chart = ScrubChart(go.Figure(light), hashlib.sha256(steps.encode()).hexdigest()[:20], steps, values,
-                           values[slider["active"]])
+        # ``light`` is ``fig``'s own, already validated JSON with emptied steps: validating it again would cost
+        # about as much as building the figure.
+        chart = ScrubChart(go.Figure(light, _validate=False), hashlib.sha256(steps.encode()).hexdigest()[:20], steps,
+                           values, values[slider["active"]])
         _SPLIT[id(fig)] = chart
         weakref.finalize(fig, _SPLIT.pop, id(fig), None)
     return chart
