@@ -33,7 +33,8 @@ SENT = "scrub_steps_sent"  # session state: ids of the step contents this sessio
 # and sends the released step unless it is the one the app already shows. The newest mount's sender and value are
 # used.
 _JS = """
-const KEEP = 16;
+const KEEP = 16;  // step contents kept in the page
+const FRAMES = 120;  // about 2 s of animation frames
 
 function fill(plot, name, held) {
   const slider = (plot.layout.sliders || []).find((s) => s.name === name);
@@ -77,9 +78,10 @@ export default function ({ data, setTriggerValue }) {
     }
     return true;
   };
-  const soon = () => { frame = attach() ? 0 : requestAnimationFrame(soon); };
+  let frames = 0;  // every frame until the plot is drawn, at most FRAMES: a drag right after a change finds its steps
+  const soon = () => { frame = attach() || ++frames > FRAMES ? 0 : requestAnimationFrame(soon); };
   soon();
-  const timer = setInterval(attach, 200);
+  const timer = setInterval(attach, 200);  // and every 200 ms: the plot may be drawn again
   return () => { cancelAnimationFrame(frame); clearInterval(timer); };
 }
 """
