@@ -74,6 +74,32 @@ def test_layer_and_head_changes_update_the_figure_without_rerunning_the_encoder(
     assert _encoder_runs(at) == runs  # every change above was a cache hit
 
 
+def _scrub_data(at: AppTest) -> dict:
+    """What the in-figure slider's component got this run (``ui.scrub``)."""
+    (component,) = at.get("bidi_component")
+    return json.loads(component.proto.json)
+
+
+def test_the_chart_comes_with_its_slider_steps_emptied_and_their_contents_once_per_session():
+    """A layer change sends the chart without every head's arrays: the page got them with the first chart."""
+    at = _app()
+    (figure,) = _figures(at)
+    steps = figure["layout"]["sliders"][0]["steps"]
+    assert len(steps) == 72 and all(step["args"][:2] == [{}, {}] for step in steps)
+    first = _scrub_data(at)
+    held = json.loads(first["steps"])
+    assert list(held) == [step["value"] for step in steps] and first["value"] == "0:0"
+    assert held["2:5"][1] == {"title.text": "Layer 2, head 5"} and _array(held["2:5"][0]["z"][0]).shape == (13, 13)
+    at.slider(key="layer").set_value(3).run()
+    (figure,) = _figures(at)
+    assert _title(figure).startswith("Layer 3, head 0") and figure["layout"]["sliders"][0]["active"] == 36
+    again = _scrub_data(at)
+    assert again["steps"] is None and again["steps_id"] == first["steps_id"] and again["value"] == "3:0"
+    at.checkbox(key="hide_special").check().run()  # other steps: their contents go along once
+    changed = _scrub_data(at)
+    assert changed["steps_id"] != first["steps_id"] and len(json.loads(changed["steps"])) == 72
+
+
 def test_query_params_open_exactly_that_view():
     at = _app(text="Where is the station?", pair="Two blocks north.", layer="4", head="9", view="Heatmap",
               block="A → B")

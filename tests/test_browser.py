@@ -235,6 +235,12 @@ def _z_corner(page, chart: str) -> list[float]:
     return page.evaluate("(sel) => Array.from(document.querySelector(sel)._fullData[0].z[0].slice(0, 4))", chart)
 
 
+def _z(page, chart: str) -> list[list[float]]:
+    """Every cell of the drawn heatmap, as plotly.js holds them after the last redraw."""
+    return page.evaluate("(sel) => Array.from(document.querySelector(sel)._fullData[0].z, (row) => Array.from(row))",
+                         chart)
+
+
 def test_dragging_the_figure_slider_redraws_in_the_browser_and_release_syncs_controls_and_url(page, app_url):
     """While the in-figure slider is dragged the heatmap follows with no message to the server; on release the
     Layer and Head controls and the URL show the head the figure shows."""
@@ -252,20 +258,50 @@ def test_dragging_the_figure_slider_redraws_in_the_browser_and_release_syncs_con
         page.mouse.move(*_tick_centre(page, CHART, index), steps=4)
         _wait_title(page, title)
     assert _z_corner(page, CHART) != before
+    scrubbed = _z(page, CHART)
     page.wait_for_timeout(300)
     assert len(sent) == quiet, "dragging the slider must not talk to the server"
     assert page.get_by_role("slider", name="Head").input_value() == "0"  # not synced until released
+    page.evaluate("(sel) => { document.querySelector(sel).__scrubbed = true; }", CHART)
     page.mouse.up()
     page.wait_for_function("() => location.search.includes('layer=1') && location.search.includes('head=3')")
     page.wait_for_function("() => document.querySelector('input[aria-label=Head]').value === '3'")
     assert page.get_by_role("slider", name="Layer").input_value() == "1"
     assert _wait_title(page, r"^Layer 1, head 3").startswith("Layer 1, head 3")
+    # The server's figure of that head (a new plot) shows exactly what scrubbing showed.
+    page.wait_for_function("(sel) => { const p = document.querySelector(sel); return p && !p.__scrubbed && "
+                           "p._fullData; }", arg=CHART)
+    assert _z(page, CHART) == scrubbed
     assert "encoder runs: 1" in page.get_by_test_id("stSidebar").inner_text()
     assert page.get_by_test_id("stException").count() == 0
     # Clicking a cell still picks the query token after scrubbing.
     _click_point(page, 2 * 13 + 5)
     query = page.get_by_role("combobox", name="Query token (or click a heatmap row)")
     page.wait_for_function("(el) => el.value === '2: cat'", arg=query.element_handle())
+
+
+def test_a_page_that_lost_the_slider_steps_asks_for_them_again(page, app_url):
+    """The steps' contents reach a page once per session; a page without them (here: dropped) gets them again, and
+    the slider then scrubs in the browser alone."""
+    sent: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append("frame")))
+    _open(page, app_url)
+    _wait_title(page, r"^Layer 0, head 0")
+    page.wait_for_function("() => window.__headlightScrub && window.__headlightScrub.steps.size === 1")
+    page.evaluate("() => window.__headlightScrub.steps.clear()")
+    _press_slider(page, "Layer")  # the same steps, which this session was sent already
+    _wait_title(page, r"^Layer 1, head 0")
+    page.wait_for_function("() => window.__headlightScrub.steps.size === 1")
+    page.wait_for_timeout(500)
+    quiet = len(sent)
+    page.mouse.move(*_tick_centre(page, CHART, 12))
+    page.mouse.down()
+    page.mouse.move(*_tick_centre(page, CHART, 2 * 12 + 5), steps=4)
+    _wait_title(page, r"^Layer 2, head 5")
+    assert len(sent) == quiet, "scrubbing must not talk to the server"
+    page.mouse.up()
+    page.wait_for_function("() => location.search.includes('layer=2') && location.search.includes('head=5')")
+    assert page.get_by_test_id("stException").count() == 0
 
 
 def test_token_view_and_head_lines_scrub_in_the_browser(page, app_url):

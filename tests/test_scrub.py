@@ -21,6 +21,7 @@ from viz.scrub import (
     has_head_slider,
     payload_bytes,
     scrub_heads,
+    split_steps,
     without_slider,
 )
 from viz.tokens import build_token_view
@@ -196,6 +197,30 @@ def test_html_keeps_the_slider_and_inlines_plotly(trace):
     page = figure_to_html(build_token_view(trace, layer=0, heads=[2], query=3))
     assert '"sliders"' in page and '"method":"update"' in page
     assert "<script src=\"http" not in page and "plotly.js v" in page  # inlined, no CDN
+
+
+def test_split_steps_empties_the_steps_and_filling_them_back_gives_the_figure(trace):
+    """What the app draws (steps emptied) and what it hands the page apart (their contents) make the whole figure;
+    the drawn part no longer grows with the heads the slider carries."""
+    for fig in (build_attention_heatmap(trace, layer=3, head=1), build_token_view(trace, layer=0, heads=[2], query=3),
+                build_head_lines(trace, layer=1, heads=[4])):
+        figure = json.loads(fig.to_json())
+        light, held = split_steps(figure)
+        steps = light["layout"]["sliders"][0]["steps"]
+        assert list(held) == [step["value"] for step in steps] == [f"{la}:{h}" for la in range(6) for h in range(12)]
+        assert all(step["args"][:2] == [{}, {}] and step["method"] == "update" for step in steps)
+        assert light["data"] == figure["data"] and light["layout"]["sliders"][0]["active"] == (
+            figure["layout"]["sliders"][0]["active"])
+        for step in steps:
+            step["args"][:2] = held[step["value"]]
+        assert light == figure
+    heatmap = json.loads(build_attention_heatmap(trace, layer=3, head=1).to_json())
+    light, held = split_steps(heatmap)
+    assert held["2:7"][1] == {"title.text": "Layer 2, head 7"}
+    assert np.array_equal(from_typed_array(held["2:7"][0]["z"][0]), trace.attention[2, 7])
+    assert len(json.dumps(light)) < len(json.dumps(heatmap)) / 10
+    plain = json.loads(build_attention_heatmap(trace, scrub=False).to_json())
+    assert split_steps(plain) == (plain, {})
 
 
 def test_views_from_the_registry_and_the_cli_carry_the_slider(trace, tmp_path):

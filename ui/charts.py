@@ -1,6 +1,6 @@
 """One chart and its downloads, used by every tab: the figure (clicks wired from its own click spec; a head slider in
-it synced back to the controls, ``ui.scrub``), then PNG, SVG, PDF (when a browser exists), HTML, and the numbers
-behind it as CSV/JSON where it has them."""
+it drawn with its steps sent apart and synced back to the controls, ``ui.scrub``), then PNG, SVG, PDF (when a
+browser exists), HTML, and the numbers behind it as CSV/JSON where it has them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import streamlit as st
 
 from ui import clicks
 from ui.downloads import download_button, image_export_available
-from ui.scrub import scrub_sync_ui
+from ui.scrub import scrub_chart, scrub_sync_ui
 from viz import render
 from viz.scrub import has_head_slider
 
@@ -24,10 +24,12 @@ def chart_ui(name: str, fig: go.Figure, stem: str, tokens: Sequence[str] = (),
     of the figure's numbers (called only when the button is clicked).
     """
     key = f"chart-{name}"
-    st.plotly_chart(fig, theme=None, key=key, width="content", config={"displaylogo": False},
-                    on_select=clicks.on_select(fig, key, tokens), selection_mode="points")
-    if has_head_slider(fig):
-        scrub_sync_ui(key, fig)
+    scrub = scrub_chart(fig) if has_head_slider(fig) else None
+    st.plotly_chart(fig if scrub is None else scrub.figure, theme=None, key=key, width="content",
+                    config={"displaylogo": False}, on_select=clicks.on_select(fig, key, tokens),
+                    selection_mode="points")
+    if scrub is not None:
+        scrub_sync_ui(key, scrub)
     figure_downloads_ui(name, fig, stem, numbers)
 
 

@@ -1,57 +1,141 @@
-"""The head slider inside a figure (``viz.scrub``) tells the app where it was let go.
+"""The head slider inside a figure (``viz.scrub``): its steps reach the browser once, and the app hears where it was
+let go.
 
-Dragging the slider redraws the figure in the browser alone. ``st.plotly_chart`` reports clicks and selections but
-not slider events, so a small Streamlit component (custom components v2, inline JavaScript, no iframe) sits next to
-the chart: it finds the chart's plot by the chart's key (Streamlit marks a keyed element with the class
-``st-key-<key>``), listens to plotly.js' ``plotly_sliderend`` and sends the step's "layer:head" as a trigger. The
-callback moves the Layer and Head controls there, so the views fragment reruns once, the URL (``?layer=&head=``)
-follows, and the figure comes back from the server showing the head it already showed.
+Dragging the slider redraws the figure in the browser alone. The chart is drawn with the slider's steps emptied
+(``viz.scrub.split_steps``): Streamlit draws every new figure from scratch (a new figure is a new element), so steps
+carried in it would be sent, parsed and laid out again at every layer change although they are the same for every
+layer. A small Streamlit component (custom components v2, inline JavaScript, no iframe) sits next to the chart and
+holds the steps' contents, sent once per session and contents (``SENT``); it finds the chart's plot by the chart's key
+(Streamlit marks a keyed element with the class ``st-key-<key>``), fills each step back in place as soon as the plot
+is drawn, listens to plotly.js' ``plotly_sliderend`` and sends the step's "layer:head" as a trigger. The callback
+moves the Layer and Head controls there, so the views fragment reruns once, the URL (``?layer=&head=``) follows,
+and the figure comes back from the server showing the head it already showed. A page that lacks the contents (it
+was reloaded into the same session) asks for them again ("missing").
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import weakref
+from collections.abc import Collection
+
 import plotly.graph_objects as go
+import plotly.io as pio
 import streamlit as st
 
-from viz.scrub import SLIDER_NAME
+from viz.scrub import SLIDER_NAME, split_steps
 
-# The component finds its chart's plot (it may mount later, or be redrawn), listens once per plot, and sends the
-# released step unless it is the one the app already shows. The newest mount's sender and value are used.
+SENT = "scrub_steps_sent"  # session state: ids of the step contents this session's page holds
+
+# The component keeps the step contents by id (the newest few), fills the steps of its chart's plot as soon as
+# plotly.js has drawn it (each plot once; only when every step of the plot has contents), listens once per plot,
+# and sends the released step unless it is the one the app already shows. The newest mount's sender and value are
+# used.
 _JS = """
+const KEEP = 16;  // step contents kept in the page
+const FRAMES = 120;  // about 2 s of animation frames
+
+function fill(plot, name, held) {
+  const slider = (plot.layout.sliders || []).find((s) => s.name === name);
+  if (!slider || !slider.steps.every((step) => held[step.value])) return false;
+  for (const step of slider.steps) {
+    const [data, layout] = held[step.value];
+    Object.assign(step.args[0], data);  // in place: plotly.js' own copy of the steps shares these objects
+    Object.assign(step.args[1], layout);
+  }
+  return true;
+}
+
 export default function ({ data, setTriggerValue }) {
-  const charts = (window.__headlightScrub ??= {});
-  charts[data.chart] = { send: setTriggerValue, value: data.value };
+  const store = (window.__headlightScrub ??= { charts: {}, steps: new Map() });
+  if (data.steps) {
+    store.steps.delete(data.steps_id);
+    store.steps.set(data.steps_id, JSON.parse(data.steps));
+    while (store.steps.size > KEEP) store.steps.delete(store.steps.keys().next().value);
+  }
+  const held = store.steps.get(data.steps_id);
+  if (!held) setTriggerValue("missing", data.steps_id);
+  store.charts[data.chart] = { send: setTriggerValue, value: data.value };
+  let frame = 0;
   const attach = () => {
     const plot = document.querySelector(`.st-key-${data.chart} .js-plotly-plot`);
-    if (!plot || typeof plot.on !== "function" || plot.__headlightScrub) return;
-    plot.__headlightScrub = true;
-    plot.on("plotly_sliderend", (event) => {
-      const value = event && event.step && event.step.value;
-      const chart = charts[data.chart];
-      if (typeof value === "string" && chart && value !== chart.value) {
-        chart.value = value;
-        chart.send("head", value);
-      }
-    });
+    if (!plot || typeof plot.on !== "function" || !plot._fullLayout) return false;
+    if (held && plot.__headlightSteps !== data.steps_id) {
+      if (!fill(plot, data.slider, held)) return false;
+      plot.__headlightSteps = data.steps_id;
+    }
+    if (!plot.__headlightScrub) {
+      plot.__headlightScrub = true;
+      plot.on("plotly_sliderend", (event) => {
+        const value = event && event.step && event.step.value;
+        const chart = store.charts[data.chart];
+        if (typeof value === "string" && chart && value !== chart.value) {
+          chart.value = value;
+          chart.send("head", value);
+        }
+      });
+    }
+    return true;
   };
-  attach();
-  const timer = setInterval(attach, 200);
-  return () => clearInterval(timer);
+  let frames = 0;  // every frame until the plot is drawn, at most FRAMES: a drag right after a change finds its steps
+  const soon = () => { frame = attach() || ++frames > FRAMES ? 0 : requestAnimationFrame(soon); };
+  soon();
+  const timer = setInterval(attach, 200);  // and every 200 ms: the plot may be drawn again
+  return () => { cancelAnimationFrame(frame); clearInterval(timer); };
 }
 """
 _sync = st.components.v2.component("headlight_scrub_sync", js=_JS)
 
 
-def scrub_sync_ui(chart_key: str, fig: go.Figure) -> None:
-    """Mount the listener for the chart of ``fig`` (which carries the head slider) shown under ``chart_key``."""
-    slider = next(slider for slider in fig.layout.sliders if slider.name == SLIDER_NAME)
-    steps = [step.value for step in slider.steps]
+@dataclasses.dataclass(frozen=True)
+class ScrubChart:
+    """A figure with the head slider as the app draws it: ``figure`` with the steps emptied, their contents as JSON
+    (``steps``, named by ``steps_id``, a hash of them), the steps' values and the one the figure shows."""
+
+    figure: go.Figure
+    steps_id: str
+    steps: str
+    values: tuple[str, ...]
+    active: str
+
+
+_SPLIT: dict[int, ScrubChart] = {}  # id(figure) -> its ScrubChart, while that figure lives
+
+
+def scrub_chart(fig: go.Figure) -> ScrubChart:
+    """``fig`` (which carries the head slider) split for drawing, once per figure object: figures are cached and
+    shared (``ui.cache.get_figure``), so a figure shown again costs no second split."""
+    chart = _SPLIT.get(id(fig))
+    if chart is None:
+        light, held = split_steps(fig.to_plotly_json())
+        steps = pio.to_json(held, validate=False)
+        slider = next(slider for slider in light["layout"]["sliders"] if slider["name"] == SLIDER_NAME)
+        values = tuple(step["value"] for step in slider["steps"])
+        # ``light`` is ``fig``'s own, already validated JSON with emptied steps: validating it again would cost
+        # about as much as building the figure.
+        chart = ScrubChart(go.Figure(light, _validate=False), hashlib.sha256(steps.encode()).hexdigest()[:20], steps,
+                           values, values[slider["active"]])
+        _SPLIT[id(fig)] = chart
+        weakref.finalize(fig, _SPLIT.pop, id(fig), None)
+    return chart
+
+
+def scrub_sync_ui(chart_key: str, chart: ScrubChart) -> None:
+    """Mount the step holder and listener for ``chart`` shown under ``chart_key``; the step contents go along unless
+    this session's page already holds them."""
     key = f"scrub-{chart_key}"
-    _sync(key=key, data={"chart": chart_key, "value": steps[slider.active]}, height=0,
-          on_head_change=lambda: released(st.session_state[key].get("head"), steps))
+    sent = st.session_state.setdefault(SENT, set())
+    steps = None if chart.steps_id in sent else chart.steps
+    sent.add(chart.steps_id)
+    data = {"chart": chart_key, "slider": SLIDER_NAME, "value": chart.active, "steps_id": chart.steps_id,
+            "steps": steps}
+    _sync(key=key, data=data, height=0,
+          on_head_change=lambda: released(st.session_state[key].get("head"), chart.values),
+          on_missing_change=lambda: sent.discard(st.session_state[key].get("missing")))
 
 
-def released(value: object, steps: list[str]) -> None:
+def released(value: object, steps: Collection[str]) -> None:
     """Move the Layer and Head controls to the released step "layer:head"; anything but one of the figure's
     ``steps`` is ignored (the value comes from the browser)."""
     if isinstance(value, str) and value in steps:

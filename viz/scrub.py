@@ -11,7 +11,9 @@ Payload bound: the steps hold at most ``SCRUB_MAX_BYTES`` of arrays and text. Ev
 app's Layer and Head controls still work, through the server).
 
 Each step's ``value`` is "layer:head": the app reads it back when the slider is released (``ui.scrub``). Static
-images drop the slider and the room it takes (``without_slider``).
+images drop the slider and the room it takes (``without_slider``). The app draws the figure with its steps emptied and
+hands their contents to the browser separately, once per session (``split_steps``): what a step restyles is the same
+for every layer the controls pick, so a layer change need not carry it, parse it and lay it out again.
 """
 
 from __future__ import annotations
@@ -124,6 +126,29 @@ def _slider_step(layer: int, head: int, update: Step, traces: list[int], every_l
 def has_head_slider(fig: go.Figure) -> bool:
     """Whether ``fig`` carries the head slider."""
     return any(slider.name == SLIDER_NAME for slider in fig.layout.sliders)
+
+
+def split_steps(figure: dict) -> tuple[dict, dict[str, list]]:
+    """A figure's plotly JSON with the head slider's steps emptied (each step's ``args`` become ``[{}, {}, traces]``:
+    a no-op until filled in), and what they held: step value "layer:head" -> [data update, layout update]. Filling
+    each step's first two arguments back in place gives ``figure`` again. A figure without the slider comes back
+    unchanged, with no steps."""
+    layout = figure.get("layout", {})
+    sliders = layout.get("sliders") or []
+    if not any(slider.get("name") == SLIDER_NAME for slider in sliders):
+        return figure, {}
+    held: dict[str, list] = {}
+    emptied = []
+    for slider in sliders:
+        if slider.get("name") == SLIDER_NAME:
+            steps = []
+            for step in slider["steps"]:
+                data, layout_update, traces = step["args"]
+                held[step["value"]] = [data, layout_update]
+                steps.append({**step, "args": [{}, {}, traces]})
+            slider = {**slider, "steps": steps}
+        emptied.append(slider)
+    return {**figure, "layout": {**layout, "sliders": emptied}}, held
 
 
 def without_slider(figure: dict) -> dict:
