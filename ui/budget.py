@@ -27,9 +27,9 @@ T = TypeVar("T")
 
 
 def held_bytes(value: Any) -> int:
-    """Bytes of the NumPy arrays ``value`` holds, through dataclass fields, dicts, tuples and lists; each buffer
-    counted once, and a view as the whole array it keeps alive (an (L, H, T, T) slice of a batch holds the batch).
-    Other objects (strings, numbers) count 0."""
+    """Bytes of the NumPy arrays, strings and bytes ``value`` holds, through dataclass fields, dicts, tuples and
+    lists; each buffer counted once, and a view as the whole array it keeps alive (an (L, H, T, T) slice of a batch
+    holds the batch); a string as its length (large ones are ASCII JSON). Other objects (numbers) count 0."""
     total, seen, stack = 0, set(), [value]
     while stack:
         item = stack.pop()
@@ -43,6 +43,8 @@ def held_bytes(value: Any) -> int:
             if owner is item or id(owner) not in seen:
                 seen.add(id(owner))
                 total += owner.nbytes
+        elif isinstance(item, str | bytes):
+            total += len(item)
         elif dataclasses.is_dataclass(item) and not isinstance(item, type):
             stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
         elif isinstance(item, dict):

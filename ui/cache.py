@@ -31,7 +31,9 @@ from encoder.trace import EncoderTrace, trace_text
 from tutorial.dataset import load_splits
 from ui import coldstart, warmup
 from ui.budget import ByteBudgetCache
+from ui.scrub import ScrubChart, scrub_chart
 from viz.registry import ANALYSES
+from viz.scrub import has_head_slider
 
 T = TypeVar("T")
 Corpus = tuple[str, tuple[str, ...]]  # (name shown in the progress bar, sentences)
@@ -149,10 +151,17 @@ def get_word_trace(source: str, text: str, pair: str | None, max_tokens: int) ->
 @dataclass(frozen=True)
 class _Chart:
     """A built figure in the byte budget: ``arrays`` are the figure's own top-level trace arrays (the same buffers,
-    so ``held_bytes`` counts what the figure holds)."""
+    so ``held_bytes`` counts what the figure holds), and those of the figure the app draws when it has a head slider
+    (``scrub``: its steps' contents, one JSON string, counted too)."""
 
     figure: go.Figure
     arrays: tuple[np.ndarray, ...]
+    scrub: ScrubChart | None = None
+
+
+def _trace_arrays(figure: go.Figure) -> tuple[np.ndarray, ...]:
+    return tuple(value for trace in figure.data for name in trace.to_plotly_json()
+                 if isinstance(value := trace[name], np.ndarray))
 
 
 def get_figure(key: tuple, build: Callable[[], go.Figure]) -> go.Figure:
@@ -167,9 +176,8 @@ def get_figure(key: tuple, build: Callable[[], go.Figure]) -> go.Figure:
 
     def chart() -> _Chart:
         figure = build()
-        arrays = tuple(value for trace in figure.data for name in trace.to_plotly_json()
-                       if isinstance(value := trace[name], np.ndarray))
-        return _Chart(figure, arrays)
+        scrub = scrub_chart(figure) if has_head_slider(figure) else None  # split once, while the figure is kept
+        return _Chart(figure, _trace_arrays(figure) + (_trace_arrays(scrub.figure) if scrub else ()), scrub)
 
     return _cached(("figure", *key), chart).figure
 

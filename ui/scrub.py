@@ -26,14 +26,15 @@ import streamlit as st
 
 from viz.scrub import SLIDER_NAME, split_steps
 
-SENT = "scrub_steps_sent"  # session state: ids of the step contents this session's page holds
+SENT = "scrub_steps_sent"  # session state: ids of the step contents this session's page holds (the newest KEEP)
+KEEP = 16  # step contents a page keeps (the component's KEEP)
 
 # The component keeps the step contents by id (the newest few), fills the steps of its chart's plot as soon as
 # plotly.js has drawn it (each plot once; only when every step of the plot has contents), listens once per plot,
 # and sends the released step unless it is the one the app already shows. The newest mount's sender and value are
 # used.
 _JS = """
-const KEEP = 16;  // step contents kept in the page
+const KEEP = %d;  // step contents kept in the page
 const FRAMES = 120;  // about 2 s of animation frames
 
 function fill(plot, name, held) {
@@ -85,7 +86,7 @@ export default function ({ data, setTriggerValue }) {
   return () => { cancelAnimationFrame(frame); clearInterval(timer); };
 }
 """
-_sync = st.components.v2.component("headlight_scrub_sync", js=_JS)
+_sync = st.components.v2.component("headlight_scrub_sync", js=_JS % KEEP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,14 +126,17 @@ def scrub_sync_ui(chart_key: str, chart: ScrubChart) -> None:
     """Mount the step holder and listener for ``chart`` shown under ``chart_key``; the step contents go along unless
     this session's page already holds them."""
     key = f"scrub-{chart_key}"
-    sent = st.session_state.setdefault(SENT, set())
+    sent = st.session_state.setdefault(SENT, {})  # an ordered set: id -> None, oldest first
     steps = None if chart.steps_id in sent else chart.steps
-    sent.add(chart.steps_id)
+    sent.pop(chart.steps_id, None)
+    sent[chart.steps_id] = None
+    while len(sent) > KEEP:  # the page forgets its oldest contents: so does the server
+        sent.pop(next(iter(sent)))
     data = {"chart": chart_key, "slider": SLIDER_NAME, "value": chart.active, "steps_id": chart.steps_id,
             "steps": steps}
     _sync(key=key, data=data, height=0,
           on_head_change=lambda: released(st.session_state[key].get("head"), chart.values),
-          on_missing_change=lambda: sent.discard(st.session_state[key].get("missing")))
+          on_missing_change=lambda: sent.pop(st.session_state[key].get("missing"), None))
 
 
 def released(value: object, steps: Collection[str]) -> None:
