@@ -56,6 +56,14 @@ def test_the_helpers_traces_are_the_models(helper, minilm, reference, case):
     assert helper.answered.is_set()
 
 
+def test_the_longest_input_passes_through_the_helper(helper):
+    """700 words: truncated to the model's 512 positions and flagged, as the server does; its ~81 MB of arrays are
+    within the helper's message bound."""
+    served = helper.trace("attention " * 700, None, 512)
+    assert served.num_tokens == 512 and served.truncated and served.untruncated_length > 512
+    assert served.attention.nbytes + served.hidden.nbytes < coldstart.MAX_MESSAGE
+
+
 def test_bad_input_gets_the_servers_own_message(helper, minilm):
     with pytest.raises(InputError) as here:
         trace_text(minilm, "   ", None, 512)

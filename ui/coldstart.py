@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # the launcher imports this module first of all: nothing heav
 log = logging.getLogger("headlight.coldstart")
 ROOT = Path(__file__).resolve().parent.parent
 _HEADER = struct.Struct("!Q")
-MAX_MESSAGE = 2**31  # a 512-token trace of a large model is ~0.3 GB; anything longer is a broken helper
+MAX_MESSAGE = 256 * 2**20  # the default model's 512-token trace is ~81 MB; a longer message is a broken helper
 LOAD_TIMEOUT = 120.0  # seconds a page waits for the helper to load the model before loading it in the server
 ANSWER_TIMEOUT = 60.0  # seconds a trace may take in the helper (MiniLM at 512 tokens: ~0.3 s) before it is stopped
 _helper: Helper | None = None
