@@ -6,16 +6,17 @@ Why a process: TensorFlow's import is ~2 s of Python that holds the server's GIL
 of the server either delays the page (started at once: first paint 2.5 s) or the chart (started when the first
 visitor asks: 5.5 s from the process's start). In a second process it runs on the other core while the server
 starts, serves the page and the browser loads it. The server's own warm-up (``ui.warmup``) starts once this process
-has answered the first visitor (or ``warmup.START_DELAY`` after the start), and when it is done this process is
-told to exit: every later trace, and every analysis, runs in the server as before.
+has answered a first visitor and the page has had a moment to draw it (``warmup.ANSWER_GRACE``), or
+``warmup.HELPER_START_DELAY`` after the start, or when a visitor needs the model itself; when it is done this process
+is told to exit: every later trace, and every analysis, runs in the server as before.
 
 The helper runs the server's own code (``encoder.sources.load_source``, checksums included, and
 ``encoder.trace.trace_text``), eagerly: compiling the graph would cost its first trace ~0.25 s more, and it serves only
 the first seconds. Its numbers equal the compiled graph's to float32 rounding (the graph fuses some operations; about
 2e-6 on attention), and both are within 1e-5 of Hugging Face's (``tests/test_coldstart.py``). It only ever opens the
 default built-in model, and reads only what the server sends over its private pipe: texts the server already
-bounded, one request at a time. If it fails to start or dies, the server loads the model itself, as with plain
-``streamlit run app.py``.
+bounded, one request at a time. If it fails to start, dies, or stops answering (``LOAD_TIMEOUT``,
+``ANSWER_TIMEOUT``: then it is killed), the server loads the model itself, as with plain ``streamlit run app.py``.
 
 Protocol, on the helper's stdin and (a duplicate of) its original stdout, each message a pickle with an 8-byte
 length: the helper first sends ``("ready", ModelCard)`` or ``("failed", reason)``; then for each request
