@@ -16,9 +16,8 @@ from __future__ import annotations
 import statistics
 import time
 import urllib.parse
-from pathlib import Path
 
-from bench.load import _browser_cpu, _cpu_seconds
+from bench.common import browser_cpu, children_cpu, cpu_seconds
 from tests.browser_support import CHART, chromium_path, launch_chromium, streamlit_server
 
 TOKENS = 128
@@ -51,18 +50,6 @@ def _view_url(url: str, text: str) -> str:
     return f"{url}/?{urllib.parse.urlencode({'text': text})}"
 
 
-def _children_cpu(pid: int) -> float:
-    """CPU seconds of the live children of ``pid`` (the server's cold-start helper)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                total += _cpu_seconds(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
 def _cold_start(playwright, text: str) -> dict:
     """One fresh server: server up, first paint, loading state seen, first chart (seconds), and the CPU seconds the
     server, its cold-start helper and Chromium (with Playwright's driver) used from the process's start to the
@@ -73,15 +60,15 @@ def _cold_start(playwright, text: str) -> dict:
     page.goto("about:blank")
     with streamlit_server() as url:
         up = time.perf_counter()
-        browser_before = _browser_cpu(url.pid)
+        browser_before = browser_cpu(url.pid)
         page.goto(_view_url(url, text), wait_until="commit")
         page.wait_for_selector(TEXT_BOX)
         painted = time.perf_counter()
         loading = page.get_by_text(LOADING).count() > 0 or page.locator(CHART).count() == 0
         _wait_title(page, "Layer 0, head 0")
         chart = time.perf_counter()
-        cpu = {"server": _cpu_seconds(url.pid), "helper": _children_cpu(url.pid),
-               "chromium": _browser_cpu(url.pid) - browser_before}
+        cpu = {"server": cpu_seconds(url.pid), "helper": children_cpu(url.pid),
+               "chromium": browser_cpu(url.pid) - browser_before}
     browser.close()
     return {"up": up - url.started, "paint": painted - up, "loading": loading, "chart": chart - url.started,
             "cpu": cpu}

@@ -15,46 +15,18 @@ of the other visitors' page loads it overlaps. It is not the budget's measure; t
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import time
 import urllib.parse
 from pathlib import Path
 
+from bench.common import browser_cpu, cpu_seconds
 from tests.browser_support import CHART, CHROMIUM_ARGS, chromium_path, streamlit_server
 
 WORDS = ("cat", "dog", "horse", "bird", "fish", "lion", "tiger", "bear")  # one per session, in its sentence
 LEVELS = (1, 4, 8)
 CHANGES = 10
 LAYERS = 6  # MiniLM
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one live process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _browser_cpu(server: int) -> float:
-    """CPU seconds of this process's live descendants other than the server: Playwright's driver and Chromium."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    total = 0.0
-    for pid in parents:
-        ancestor = parents.get(pid)
-        while ancestor not in (None, 0, 1, server, os.getpid()):
-            ancestor = parents.get(ancestor)
-        if ancestor == os.getpid() and pid != server:
-            try:
-                total += _cpu_seconds(pid)
-            except (OSError, IndexError, ValueError):
-                continue
-    return total
 
 
 def _server_memory(pid: int) -> tuple[float, float]:
@@ -105,11 +77,11 @@ async def _level(url, sessions: int, after_loads: bool = False) -> dict:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=chromium_path(), headless=True,
                                                    args=CHROMIUM_ARGS)
-        server, harness = _cpu_seconds(url.pid), _browser_cpu(url.pid)
+        server, harness = cpu_seconds(url.pid), browser_cpu(url.pid)
         loaded = asyncio.Barrier(sessions) if after_loads else None
         await asyncio.gather(*(_session(browser, url, i, result, loaded) for i in range(sessions)))
-        result["server_cpu"] = _cpu_seconds(url.pid) - server
-        result["browser_cpu"] = _browser_cpu(url.pid) - harness
+        result["server_cpu"] = cpu_seconds(url.pid) - server
+        result["browser_cpu"] = browser_cpu(url.pid) - harness
         await browser.close()
     return result
 

@@ -92,12 +92,15 @@ class LoadedModel:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_table", self.encoder.model.positional_table())
         object.__setattr__(self, "_scheme", self.encoder.model.position_scheme())
+        object.__setattr__(self, "_card", ModelCard(self.name, self.description, self.config, self.num_parameters(),
+                                                    self.labels))
 
     def num_parameters(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.model.weights))
 
     def card(self) -> ModelCard:
-        return ModelCard(self.name, self.description, self.config, self.num_parameters(), self.labels)
+        """What the page shows about this model (made once: the page asks on every run)."""
+        return self._card
 
 
 def builtin_sources() -> list[str]:

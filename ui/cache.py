@@ -95,11 +95,15 @@ def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> Enco
     return trace
 
 
+def _loading_default(source: str) -> bool:
+    """Whether ``source`` is the default model and this process is still loading it."""
+    return source == DEFAULT_SOURCE and not warmup.ready()
+
+
 def _trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
     """One encoder run: the default model's by the cold-start helper (``ui.coldstart``) while this process is still
     loading it, else here."""
-    helper = coldstart.helper()
-    if source == DEFAULT_SOURCE and helper is not None and not warmup.ready():
+    if _loading_default(source) and (helper := coldstart.helper()) is not None:
         trace = helper.trace(text, pair, max_tokens)
         if trace is not None:
             return trace
@@ -109,8 +113,7 @@ def _trace(source: str, text: str, pair: str | None, max_tokens: int) -> Encoder
 def get_card(source: str) -> ModelCard:
     """What the page shows about a model: the default model's card comes from the cold-start helper while this
     process is still loading the model (the page and its first chart need no model here), else from the model."""
-    helper = coldstart.helper()
-    if source == DEFAULT_SOURCE and helper is not None and not warmup.ready():
+    if _loading_default(source) and (helper := coldstart.helper()) is not None:
         card = helper.card()
         if card is not None:
             return card
@@ -119,10 +122,8 @@ def get_card(source: str) -> ModelCard:
 
 def model_pending(source: str) -> bool:
     """Whether the page will wait for the model ``source`` names: the default one, while it is still loading."""
-    if source != DEFAULT_SOURCE or warmup.ready():
-        return False
     helper = coldstart.helper()
-    return helper is None or helper.card(timeout=0) is None
+    return _loading_default(source) and (helper is None or helper.card(timeout=0) is None)
 
 
 def warm_trace(model: LoadedModel, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:

@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from encoder.settings import settings
+from ui import coldstart
 
 if TYPE_CHECKING:  # the launcher imports this module before Streamlit starts: nothing heavier than the settings
     from encoder.sources import LoadedModel
@@ -82,8 +83,6 @@ def ready() -> bool:
 
 
 def _wait_for_start() -> None:
-    from ui import coldstart
-
     helper = coldstart.helper()
     if helper is None:
         _wanted.wait(START_DELAY)
@@ -126,8 +125,6 @@ def _warm_up(future: Future) -> None:
         step("first trace (graph traced)")
     except Exception:
         log.exception("warm-up: tracing the default text failed")
-    from ui import coldstart
-
     if (helper := coldstart.helper()) is not None:
         helper.stop()  # the server traces everything itself from now on
     log.info("warm-up done: %s", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in STEPS.items()))
