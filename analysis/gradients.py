@@ -52,7 +52,7 @@ class Objective:
     """The scalar f a gradient explains.
 
     Attributes:
-        kind: "probability", "projection" or "cosine" (``encoder.model.OBJECTIVES``).
+        kind: "probability", "projection" or "cosine" (``encoder.compiled.OBJECTIVES``).
         target: the class for "probability" (else 0).
         direction: (D,) float32, the vector f projects on or takes the cosine with (zeros for "probability").
         description: what f is, in words, for titles and captions.

@@ -29,8 +29,9 @@ from encoder.errors import CheckpointError, SourceError
 from encoder.settings import Settings, settings
 
 if TYPE_CHECKING:  # TensorFlow is imported when a model is loaded, not when this module is: the page draws first
+    from encoder.compiled import CompiledEncoder
     from encoder.config import EncoderConfig
-    from encoder.model import CompiledEncoder, TransformerEncoder
+    from encoder.model import TransformerEncoder
     from encoder.tokenizer import TextTokenizer
 
 DEFAULT_SOURCE = "minilm"
@@ -207,7 +208,7 @@ def allowed_folder(name: str, roots: tuple[Path, ...]) -> Path | None:
 def load_path(folder: str | Path, name: str | None = None) -> LoadedModel:
     """Load a local folder: one of ours (format "headlight") or a Hugging Face BERT-family checkpoint."""
     from encoder.checkpoints import load_hf_folder, read_hf_config
-    from encoder.model import CompiledEncoder
+    from encoder.compiled import CompiledEncoder
     from encoder.saving import is_headlight_folder, load_folder
     from encoder.tokenizer import TextTokenizer
 
@@ -299,7 +300,7 @@ def _sha256(path: Path) -> str:
 
 
 def _load_tutorial(trained: bool) -> LoadedModel:
-    from encoder.model import CompiledEncoder
+    from encoder.compiled import CompiledEncoder
     from encoder.saving import INITIAL_WEIGHTS, load_folder
     from encoder.tokenizer import TextTokenizer
 

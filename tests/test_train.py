@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from encoder.model import CompiledEncoder
+from encoder.compiled import CompiledEncoder
 from encoder.saving import initial_model, model_state, read_folder_config
 from encoder.sources import LoadedModel, load_path
 from encoder.tokenizer import TextTokenizer

@@ -12,7 +12,7 @@ import numpy as np
 from encoder.trace import pad_batch
 
 if TYPE_CHECKING:
-    from encoder.model import CompiledEncoder
+    from encoder.compiled import CompiledEncoder
     from encoder.sources import LoadedModel
 
 

@@ -32,9 +32,10 @@ import numpy as np
 import tensorflow as tf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from encoder.compiled import CompiledEncoder
 from encoder.config import EncoderConfig
 from encoder.errors import ExportError
-from encoder.model import CompiledEncoder, TransformerEncoder
+from encoder.model import TransformerEncoder
 from encoder.saving import initial_model, model_state, save_folder, save_initial_weights
 from encoder.sources import MODELS_DIR, TUTORIAL_DIR
 from encoder.trace import pad_batch

@@ -57,7 +57,8 @@ def write_tiny_bert_folder(folder: Path, seed: int = 0, **config_overrides) -> P
 def tiny_loaded_model(tokenizer_folder: Path, name: str = "tiny", **overrides):
     """A LoadedModel of random ``tiny_config(**overrides)`` weights (vocabulary 1500) with the tokenizer of
     ``tokenizer_folder`` (a family fixture), e.g. ``causal=True`` with GPT-2's byte-level BPE."""
-    from encoder.model import CompiledEncoder, TransformerEncoder
+    from encoder.compiled import CompiledEncoder
+    from encoder.model import TransformerEncoder
     from encoder.sources import LoadedModel
     from encoder.tokenizer import TextTokenizer
 

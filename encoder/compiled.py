@@ -1,0 +1,138 @@
+"""CompiledEncoder: the inference entry points of a ``TransformerEncoder``, each a ``tf.function`` with an input
+signature of unknown batch and length, so one compiled graph serves every sentence length (no retracing when the
+length changes)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from encoder.model import TransformerEncoder
+
+_IDS = tf.TensorSpec([None, None], tf.int32)
+_MASK = tf.TensorSpec([None, None], tf.bool)
+# The scalar a gradient explains (``CompiledEncoder.input_gradients``), per batch row: "probability" is the
+# probability of class ``target``; "projection" the pooled vector (before any normalisation) dotted with
+# ``direction``; "cosine" the cosine between the pooled vector and ``direction``.
+OBJECTIVES = ("probability", "projection", "cosine")
+
+
+class CompiledEncoder:
+    """Inference entry points of a TransformerEncoder, each a ``tf.function`` traced once for every shape.
+
+    - ``forward(ids, segments)``: one unpadded sequence (or a batch of equal length): no mask at all.
+    - ``forward_padded(ids, segments, mask)``: a padded batch; padded keys get weight exactly 0.
+    - ``forward_perturbed(ids, segments, mask, head_mask, noise)``: the same with a head mask (B, L, H) and
+      embedding noise (B, T, D), for ablation and stability analysis; a separate graph, so the plain paths pay
+      nothing for it.
+    - ``embed(ids, segments)``: the input embeddings (B, T, D) the first layer reads.
+    - ``input_gradients`` / ``attention_gradients``: a scalar of the output (``OBJECTIVES``) and its gradient with
+      respect to the embedding noise (and the attention scale), by ``tf.GradientTape``; one graph per objective,
+      traced on first use.
+    """
+
+    def __init__(self, model: TransformerEncoder):
+        self.model = model
+        self.calls = 0  # forward passes run so far (the app shows it; tests use it to prove caching)
+        cfg = model.config
+        self._plain = tf.function(self._forward, input_signature=[_IDS, _IDS])
+        self._padded = tf.function(self._forward_padded, input_signature=[_IDS, _IDS, _MASK])
+        self._perturbed = tf.function(
+            self._forward_perturbed,
+            input_signature=[
+                _IDS,
+                _IDS,
+                _MASK,
+                tf.TensorSpec([None, cfg.num_layers, cfg.num_heads], tf.float32),
+                tf.TensorSpec([None, None, cfg.d_model], tf.float32),
+            ],
+        )
+
+        self._embedding = tf.function(self._embed_ids, input_signature=[_IDS, _IDS])
+        self._gradients: dict[tuple[str, bool], tf.types.experimental.GenericFunction] = {}
+
+    def forward(self, ids, segments) -> dict:
+        """Unpadded (B, T) ids and segments -> the model's output dict of tensors."""
+        self.calls += 1
+        return self._plain(ids, segments)
+
+    def forward_padded(self, ids, segments, mask) -> dict:
+        """A padded batch; ``mask`` (B, T) is True for real tokens."""
+        self.calls += 1
+        return self._padded(ids, segments, mask)
+
+    def forward_perturbed(self, ids, segments, mask, head_mask, noise) -> dict:
+        """A padded batch with a head mask (B, L, H) and embedding noise (B, T, D)."""
+        self.calls += 1
+        return self._perturbed(ids, segments, mask, head_mask, noise)
+
+    def embed(self, ids, segments):
+        """(B, T) ids and segments -> (B, T, D) input embeddings (``TransformerEncoder.embed``)."""
+        return self._embedding(ids, segments)
+
+    def input_gradients(self, objective, ids, segments, noise, target, direction):
+        """``(f (B,), df/dnoise (B, T, D))`` for unpadded (B, T) inputs with ``noise`` (B, T, D) added to the input
+        embeddings. ``objective`` is one of ``OBJECTIVES``; ``target`` (B,) int32 names the class for
+        "probability", ``direction`` (B, D) float32 the vector for "projection" and "cosine" (the other is unused).
+        Each row's gradient is its own f's (rows do not interact)."""
+        self.calls += 1
+        return self._gradient_function(objective, False)(ids, segments, noise, target, direction)
+
+    def attention_gradients(self, objective, ids, segments, noise, scale, target, direction):
+        """``(f (B,), df/dnoise (B, T, D), df/dscale (B, L, H, T, T))`` with ``scale`` multiplying every layer's
+        attention weights before they mix the values (``attention_scale``); at ``scale`` = 1 the last is attention
+        times gradient, alpha * df/dalpha. Arguments as ``input_gradients``."""
+        self.calls += 1
+        return self._gradient_function(objective, True)(ids, segments, noise, scale, target, direction)
+
+    def _gradient_function(self, objective: str, attention: bool):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        key = (objective, attention)
+        if key not in self._gradients:
+            cfg = self.model.config
+            noise = tf.TensorSpec([None, None, cfg.d_model], tf.float32)
+            scale = [tf.TensorSpec([None, cfg.num_layers, cfg.num_heads, None, None], tf.float32)] if attention else []
+            signature = [_IDS, _IDS, noise, *scale, tf.TensorSpec([None], tf.int32),
+                         tf.TensorSpec([None, cfg.d_model], tf.float32)]
+
+            def gradients(ids, segments, noise, *rest):
+                *scale, target, direction = rest
+                watched = [noise, *scale]
+                with tf.GradientTape() as tape:
+                    tape.watch(watched)
+                    outputs = self.model(ids, segments, embedding_noise=noise,
+                                         attention_scale=scale[0] if scale else None, training=False)
+                    f = self._objective(objective, outputs, target, direction)
+                return (f, *tape.gradient(f, watched))
+
+            self._gradients[key] = tf.function(gradients, input_signature=signature)
+        return self._gradients[key]
+
+    def _objective(self, objective: str, outputs: dict, target, direction):
+        """(B,) the scalar each row explains (``OBJECTIVES``)."""
+        if objective == "probability":
+            return tf.gather(outputs["probabilities"], target, axis=1, batch_dims=1)
+        pooled = self.model._pool(outputs["hidden"][:, -1], None)  # (B, D), before any normalisation
+        dot = tf.reduce_sum(pooled * direction, axis=-1)
+        if objective == "projection":
+            return dot
+        return dot / (tf.norm(pooled, axis=-1) * tf.norm(direction, axis=-1))
+
+    def _forward(self, ids, segments):
+        return self.model(ids, segments, training=False)
+
+    def _embed_ids(self, ids, segments):
+        return self.model.embed(ids, segments)
+
+    def _forward_padded(self, ids, segments, mask):
+        return self.model(ids, segments, padding_mask=mask, training=False)
+
+    def _forward_perturbed(self, ids, segments, mask, head_mask, noise):
+        return self.model(
+            ids, segments, padding_mask=mask, head_mask=head_mask, embedding_noise=noise, training=False
+        )
+
+    def tracing_count(self) -> int:
+        """How many graphs were traced in all (a new sentence length must not add one)."""
+        functions = (self._plain, self._padded, self._perturbed, self._embedding, *self._gradients.values())
+        return sum(f.experimental_get_tracing_count() for f in functions)
