@@ -112,7 +112,7 @@ class CompiledEncoder:
         """(B,) the scalar each row explains (``OBJECTIVES``)."""
         if objective == "probability":
             return tf.gather(outputs["probabilities"], target, axis=1, batch_dims=1)
-        pooled = self.model._pool(outputs["hidden"][:, -1], None)  # (B, D), before any normalisation
+        pooled = self.model.pool(outputs["hidden"][:, -1], None)  # (B, D), before any normalisation
         dot = tf.reduce_sum(pooled * direction, axis=-1)
         if objective == "projection":
             return dot

@@ -344,7 +344,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
     def _heads(self, x, padding_mask) -> dict:
         """The pooled sentence embedding and, with a classifier, logits and probabilities."""
         cfg = self.config
-        pooled = self._pool(x, padding_mask)  # (B, D)
+        pooled = self.pool(x, padding_mask)  # (B, D)
         outputs = {
             "embedding": pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)
             if cfg.normalize_embedding
@@ -359,7 +359,9 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             outputs["probabilities"] = ops.softmax(logits, axis=-1)
         return outputs
 
-    def _pool(self, x, padding_mask):
+    def pool(self, x, padding_mask):
+        """(B, D): the pooled sentence vector of the last hidden state ``x`` (B, T, D), before any normalisation:
+        the first token ("cls") or the mean over real tokens ("mean")."""
         if self.config.pooling == "cls":
             return x[:, 0]
         if padding_mask is None:
