@@ -344,7 +344,7 @@ def test_ablation_asks_for_heads_before_running():
 
 def test_clicks_are_decoded_from_the_figure_click_spec():
     from ui import clicks
-    from viz.common import click_spec
+    from viz.clicks import click_spec
     from viz.registry import build_view
 
     trace = __import__("tests.support.traces", fromlist=["synthetic_trace"]).synthetic_trace(

@@ -15,7 +15,7 @@ from encoder.model import RELATIVE_MAX_DISTANCE, TransformerEncoder
 from encoder.positional import relative_position_buckets
 from encoder.trace import trace_batch, trace_text
 from tests.support.families import load_family
-from viz.common import click_spec
+from viz.clicks import click_spec
 from viz.registry import ANALYSES, TraceInputs
 
 TEXT = "The cat sat on the mat because it was tired, and then it slept until the evening."

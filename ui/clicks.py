@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from encoder.trace import EncoderTrace
-from viz.common import click_spec
+from viz.clicks import click_spec
 
 SELECTED_CELL = "selected_cell"  # session state: the clicked heatmap cell (query, key)
 

@@ -18,20 +18,18 @@ import plotly.graph_objects as go
 
 from analysis import STATISTICS, AttentionDiff, HeadClustering, HeadReport
 from encoder.errors import ViewError
-from viz.common import (
+from viz.clicks import click_meta, layer_head_points
+from viz.layout import (
     COLORBAR_ROOM,
     DEFAULT_DIVERGING,
     DEFAULT_SCALE,
-    check_colorscale,
-    check_index,
-    click_meta,
     display_token,
     heatmap_cell,
     label_margin,
-    layer_head_points,
     new_figure,
     token_heatmap_axes,
 )
+from viz.validation import check_colorscale, check_index
 
 if TYPE_CHECKING:
     from analysis.perturb import AblationEffect, HeadImportance, NoiseStability

@@ -9,7 +9,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 from viz.analysis_figures import token_heatmap
-from viz.common import DEFAULT_SCALE, check_colorscale, check_index
+from viz.layout import DEFAULT_SCALE
+from viz.validation import check_colorscale, check_index
 
 # method -> (title before " after layer N" / " in layer N", how to read it)
 METHODS = {

@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 
 from analysis.faithfulness import CorpusFaithfulness, Faithfulness
 from viz.analysis_figures import _reading_guide
-from viz.common import base_layout
+from viz.layout import base_layout
 
 TITLE = "Faithfulness on this text: each method vs leave-one-out"
 COLORS = ("#1f77b4", "#d62728")  # Spearman, AOPC

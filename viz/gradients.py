@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 
 from analysis.gradients import AttentionGradient, TokenAttribution
 from viz.analysis_figures import MIN_WIDTH, _reading_guide, token_heatmap
-from viz.common import DEFAULT_DIVERGING, base_layout, check_colorscale, check_index, label_margin, token_ticks
+from viz.layout import DEFAULT_DIVERGING, base_layout, label_margin, token_ticks
+from viz.validation import check_colorscale, check_index
 
 TITLES = {"input-gradient": "Input × gradient", "integrated-gradients": "Integrated gradients"}
 BAR_WIDTH = 28.0  # pixels per token of a bar chart of up to BAR_AXIS / BAR_WIDTH tokens

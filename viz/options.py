@@ -80,7 +80,7 @@ class Option:
         elif self.kind == "choice" and value not in self.choices:
             raise ViewError(f"{self.flag} {value!r} is not one of {', '.join(map(str, self.choices))}")
         elif self.kind == "colorscale":
-            from viz.common import check_colorscale
+            from viz.validation import check_colorscale
 
             check_colorscale(value)
         elif self.kind == "heads":

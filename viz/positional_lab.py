@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 
 from analysis.positional import PositionShare, RopeDecay
 from viz.analysis_figures import build_head_map
-from viz.common import base_layout
+from viz.layout import base_layout
 
 EDGE_COLOR = "#bbbbbb"  # bucket boundaries
 REACH_COLOR = "#d62728"  # this text's longest distance; the local window

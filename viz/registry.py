@@ -26,11 +26,13 @@ from analysis.faithfulness import CorpusFaithfulness, corpus_faithfulness, faith
 from encoder.errors import AnalysisError, ViewError
 from encoder.trace import EncoderTrace
 from viz import analysis_figures as figures
-from viz.attention import build_attention_heatmap, build_head_grid, build_head_lines, build_model_view
+from viz.attention import build_attention_heatmap, build_head_grid
 from viz.attribution import build_attribution_heatmap
 from viz.distance import build_distance_histogram
 from viz.faithfulness import build_faithfulness_chart, build_faithfulness_corpus_chart
 from viz.gradients import build_attention_gradient_heatmap, build_token_attribution
+from viz.head_lines import build_head_lines
+from viz.model_view import build_model_view
 from viz.options import SHARED_OPTIONS, Option, ViewSettings
 from viz.positional import build_position_similarity, build_positional_dimensions, build_positional_heatmap
 from viz.positional_lab import build_position_share_map, build_relative_bias, build_rope_view
@@ -261,7 +263,7 @@ def _style(options: Mapping[str, Any]) -> dict:
 
 
 def _last_layer(trace: EncoderTrace, options: Mapping[str, Any]) -> int:
-    from viz.common import check_layer
+    from viz.validation import check_layer
 
     layer = options.get("layer")
     return check_layer(trace, trace.num_layers - 1 if layer is None else layer)

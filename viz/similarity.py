@@ -10,8 +10,9 @@ from plotly.subplots import make_subplots
 
 from analysis.similarity import SimilaritySplit
 from viz.analysis_figures import MIN_WIDTH, _reading_guide, token_heatmap
-from viz.common import DEFAULT_DIVERGING, base_layout, check_colorscale
 from viz.gradients import BAR_HEIGHT, BAR_SIDES, add_token_bars, bar_axis_pixels, completeness_text
+from viz.layout import DEFAULT_DIVERGING, base_layout
+from viz.validation import check_colorscale
 
 SUBPLOT_TITLE = 40  # pixels above the panels for their titles, below the reading guide
 TITLE_CHARACTER = 9  # pixels per character of a panel title (16 px font)
