@@ -11,6 +11,7 @@ import pytest
 import analysis
 from cli import _parser
 from encoder.errors import HeadlightError, ViewError
+from tests.support.floats import approx_f32
 from tests.support.traces import synthetic_trace
 from viz.distance import attention_by_distance, build_distance_histogram
 from viz.options import SHARED_OPTIONS, Option, ViewSettings, parse_heads
@@ -120,8 +121,8 @@ def test_distance_mass_of_a_previous_token_head_sits_at_distance_one():
     previous[0, 0] = 1.0  # the first token attends to itself
     distances, mass = attention_by_distance(previous[None], np.arange(count), signed=True)
     assert distances.tolist() == list(range(-(count - 1), count))
-    assert mass[0, distances.tolist().index(-1)] == pytest.approx(5 / 6)
-    assert mass[0, distances.tolist().index(0)] == pytest.approx(1 / 6)
+    assert mass[0, distances.tolist().index(-1)] == approx_f32(5 / 6)
+    assert mass[0, distances.tolist().index(0)] == approx_f32(1 / 6)
     np.testing.assert_allclose(mass.sum(axis=1), 1.0, rtol=1e-6)
 
 
