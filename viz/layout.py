@@ -14,6 +14,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+# ---------------------------------------------------------------------------------------------------------------
+# Colours
+
 # Colour scales offered in the app; the first five are perceptually uniform and colour-blind safe.
 SEQUENTIAL_SCALES = ("Blues", "Viridis", "Cividis", "Magma", "Greys", "Inferno", "YlOrRd", "Plasma", "Turbo")
 DIVERGING_SCALES = ("RdBu_r", "PuOr_r", "BrBG", "PiYG", "Balance")

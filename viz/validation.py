@@ -45,14 +45,17 @@ def check_int_range(value, what: str, low: int, high: int) -> int:
 
 
 def check_layer(trace: EncoderTrace, layer) -> int:
+    """``layer`` as an int in ``range(trace.num_layers)``."""
     return check_index(layer, trace.num_layers, "layer", "model")
 
 
 def check_head(trace: EncoderTrace, head) -> int:
+    """``head`` as an int in ``range(trace.num_heads)``."""
     return check_index(head, trace.num_heads, "head", "model")
 
 
 def check_token(trace: EncoderTrace, index, what: str = "token") -> int:
+    """``index`` as a token position in ``range(trace.num_tokens)``; ``what`` names it in the message."""
     position = _integer(index, what, "a token index")
     count = trace.num_tokens
     if not 0 <= position < count:
@@ -75,6 +78,7 @@ def check_heads(trace: EncoderTrace, heads: Iterable[int] | None) -> list[int]:
 
 
 def check_choice(value, choices: Sequence, what: str):
+    """``value`` if it is one of ``choices``, else ViewError listing them."""
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
         raise ViewError(f"{what} {value!r} is not one of {allowed}")
@@ -91,6 +95,7 @@ def check_colorscale(name: str) -> str:
 
 
 def check_fraction(value, what: str) -> float:
+    """``value`` as a float in [0, 1]."""
     try:
         number = float(value)
     except (TypeError, ValueError):
