@@ -17,11 +17,9 @@ import numpy as np
 
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
-from encoder.limits import check_config, check_config_fields, check_tensors, read_headers
+from encoder.limits import CONFIG_BYTES, check_config, check_config_fields, check_tensors, read_headers
 from encoder.model import TransformerEncoder
 from encoder.settings import settings
-
-CONFIG_BYTES = 4 * 2**20  # largest config.json we read (a classifier with 100,000 labels fits)
 
 
 def family_of(hf_config: dict[str, Any]):

@@ -1,0 +1,223 @@
+"""The project's import graph points down: no circles, and each layer imports only what lies below it.
+
+The graph is read from the source with ``ast``, so it holds every import a module can make: at module level, inside
+functions (a lazy import is still a dependency), and under ``if TYPE_CHECKING:`` (an annotation naming a type from
+another module depends on it as much as a call does; ``typing.get_type_hints`` imports it). ``from pkg import name``
+is an import of ``pkg/name.py`` when that module exists, else of ``pkg``; relative imports are resolved against the
+importing module's package. An import of a package's submodule is an edge to that submodule only (Python runs the
+package's ``__init__`` first, but that is the package's own business, not a dependency of the importer).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("encoder", "analysis", "viz", "ui", "tutorial", "bench", "corpus")
+SCRIPTS = ("app.py", "cli.py")
+HEAVY = ("tensorflow", "keras", "streamlit")  # the model runtime and the page: never in analysis/ or viz/
+ABOVE_ENCODER = ("analysis", "viz", "ui", "tutorial", "bench", "corpus", "app", "cli")
+ABOVE_VIZ = ("ui", "app", "cli", "bench")
+
+
+@dataclass(frozen=True)
+class Import:
+    """One import statement's target: ``module`` (dotted), where it sits, and whether it runs at import time."""
+
+    importer: str
+    module: str
+    line: int
+    in_function: bool
+
+
+def module_name(path: Path) -> str:
+    """``encoder/trace.py`` -> ``encoder.trace``; ``encoder/__init__.py`` -> ``encoder``."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def our_modules() -> dict[str, Path]:
+    """Every module of ours: the packages' .py files (subpackages included) and the top-level scripts."""
+    files = [path for package in PACKAGES if (ROOT / package).is_dir() for path in (ROOT / package).rglob("*.py")]
+    files += [ROOT / script for script in SCRIPTS]
+    return {module_name(path): path for path in files}
+
+
+def _package_of(name: str, path: Path) -> str:
+    """The package a relative import in ``name`` starts from (the module itself when it is a package)."""
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
+def _resolve(name: str, path: Path, node: ast.Import | ast.ImportFrom) -> Iterator[str]:
+    """The dotted modules ``node`` imports, ours or not (an ``import a.b`` is ``a.b``)."""
+    if isinstance(node, ast.Import):
+        yield from (alias.name for alias in node.names)
+        return
+    base = node.module or ""
+    if node.level:
+        package = _package_of(name, path).split(".")
+        package = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+        base = ".".join([*package, *([base] if base else [])])
+    for alias in node.names:
+        submodule = f"{base}.{alias.name}"
+        yield submodule if submodule in our_modules() else base
+
+
+def _in_function(tree: ast.AST) -> dict[ast.AST, bool]:
+    """Each import node of ``tree`` -> whether it sits inside a function (it runs when called, not on import)."""
+    found: dict[ast.AST, bool] = {}
+
+    def visit(node: ast.AST, inside: bool) -> None:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found[node] = inside
+        for child in ast.iter_child_nodes(node):
+            visit(child, inside or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
+
+    visit(tree, False)
+    return found
+
+
+@cache
+def imports() -> tuple[Import, ...]:
+    """Every import statement in our modules (each imported name once per statement)."""
+    found = []
+    for name, path in sorted(our_modules().items()):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node, inside in _in_function(tree).items():
+            found += [Import(name, module, node.lineno, inside) for module in _resolve(name, path, node)]
+    return tuple(found)
+
+
+def graph() -> dict[str, set[str]]:
+    """Our module -> our modules it imports."""
+    edges: dict[str, set[str]] = {name: set() for name in our_modules()}
+    for found in imports():
+        if found.module in our_modules() and found.module != found.importer:
+            edges[found.importer].add(found.module)
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (``[a, b, ..., a]``) per strongly connected component of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges[node]):
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for node in sorted(edges):
+        if node not in index:
+            connect(node)
+    return [_cycle_in(component, edges) for component in components]
+
+
+def _cycle_in(component: set[str], edges: dict[str, set[str]]) -> list[str]:
+    """A shortest cycle through the component's first module (breadth-first back to it)."""
+    start = min(component)
+    paths = {start: [start]}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for target in sorted(edges[node] & component):
+                if target == start:
+                    return [*paths[node], start]
+                if target not in paths:
+                    paths[target] = [*paths[node], target]
+                    following.append(target)
+        frontier = following
+    raise AssertionError(f"no cycle in the component {sorted(component)}")
+
+
+def _top(module: str) -> str:
+    return module.partition(".")[0]
+
+
+def _show(found: Import) -> str:
+    where = "inside a function" if found.in_function else "at module level"
+    return f"{found.importer} line {found.line} imports {found.module} ({where})"
+
+
+def test_the_graph_sees_imports_inside_functions_relative_ones_and_type_checking_ones():
+    """The reader itself: a lazy import, a ``TYPE_CHECKING`` import and ``from pkg import module`` are edges."""
+    edges = graph()
+    assert "encoder.model" in edges["encoder.checkpoints"]  # module level
+    assert "encoder.families" in edges["encoder.checkpoints"]  # inside ``family_of``
+    assert "encoder.saving" in edges["encoder.sources"]  # inside ``load_path``
+    assert "encoder.compiled" in edges["encoder.sources"]  # also under TYPE_CHECKING
+    assert {"encoder.families.bert", "encoder.families.common"} <= edges["encoder.families"]  # relative imports
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles():
+    found = cycles(graph())
+    assert not found, "import circles (counting imports inside functions and under TYPE_CHECKING):\n" + "\n".join(
+        " -> ".join(cycle) for cycle in found)
+
+
+def test_encoder_imports_nothing_above_it():
+    wrong = [_show(found) for found in imports()
+             if _top(found.importer) == "encoder" and _top(found.module) in ABOVE_ENCODER]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_analysis_and_viz_never_import_tensorflow_keras_or_streamlit_themselves():
+    """``analysis/`` and ``viz/`` are NumPy and Plotly. An analysis that re-runs the model does so through
+    ``encoder/`` (``LoadedModel``, ``encoder.compiled``, the model's hooks), which imports TensorFlow when a model is
+    built; it never names TensorFlow, Keras or Streamlit itself, at module level or inside a function."""
+    wrong = [_show(found) for found in imports()
+             if _top(found.importer) in ("analysis", "viz") and _top(found.module) in HEAVY]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_viz_never_imports_the_page_or_the_command_line():
+    wrong = [_show(found) for found in imports()
+             if _top(found.importer) == "viz" and _top(found.module) in ABOVE_VIZ]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("module", ["app", "viz.registry", "analysis"])
+def test_importing_the_page_or_the_figures_does_not_load_tensorflow_or_start_a_thread(module):
+    """Importing is free of side effects: no thread started (the warm-up starts from ``main()`` or ``python -m
+    ui.serving``), and no TensorFlow (the page draws before the model loads)."""
+    code = (
+        "import sys, threading\n"
+        "before = {thread.name for thread in threading.enumerate()}\n"
+        f"import {module}\n"
+        "started = sorted({thread.name for thread in threading.enumerate()} - before)\n"
+        "assert not started, started\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
