@@ -57,16 +57,16 @@ def _package_of(name: str, path: Path) -> str:
     return name if path.name == "__init__.py" else name.rpartition(".")[0]
 
 
-def _resolve(name: str, path: Path, node: ast.Import | ast.ImportFrom) -> Iterator[str]:
-    """The dotted modules ``node`` imports, ours or not (an ``import a.b`` is ``a.b``)."""
+def _resolve(package: str, node: ast.Import | ast.ImportFrom) -> Iterator[str]:
+    """The dotted modules ``node`` imports, ours or not (an ``import a.b`` is ``a.b``); ``package`` is where a
+    relative import starts."""
     if isinstance(node, ast.Import):
         yield from (alias.name for alias in node.names)
         return
     base = node.module or ""
     if node.level:
-        package = _package_of(name, path).split(".")
-        package = package[: len(package) - (node.level - 1)] if node.level > 1 else package
-        base = ".".join([*package, *([base] if base else [])])
+        parts = package.split(".")
+        base = ".".join([*parts[: len(parts) - node.level + 1], *([base] if base else [])])
     for alias in node.names:
         submodule = f"{base}.{alias.name}"
         yield submodule if submodule in our_modules() else base
@@ -93,7 +93,8 @@ def imports() -> tuple[Import, ...]:
     for name, path in sorted(our_modules().items()):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node, inside in _in_function(tree).items():
-            found += [Import(name, module, node.lineno, inside) for module in _resolve(name, path, node)]
+            found += [Import(name, module, node.lineno, inside)
+                      for module in _resolve(_package_of(name, path), node)]
     return tuple(found)
 
 
@@ -107,7 +108,8 @@ def graph() -> dict[str, set[str]]:
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle (``[a, b, ..., a]``) per strongly connected component of more than one module (Tarjan)."""
+    """The cycles (``[a, b, ..., a]``) of each strongly connected component of more than one module (Tarjan): the
+    shortest through each of its modules, each cycle once."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -138,12 +140,18 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     for node in sorted(edges):
         if node not in index:
             connect(node)
-    return [_cycle_in(component, edges) for component in components]
+    found: dict[tuple[str, ...], list[str]] = {}
+    for component in components:
+        for start in sorted(component):
+            cycle = _cycle_through(start, component, edges)[:-1]
+            first = cycle.index(min(cycle))
+            cycle = [*cycle[first:], *cycle[:first], min(cycle)]  # from its first module, e.g. a -> b -> a
+            found.setdefault(tuple(cycle), cycle)
+    return list(found.values())
 
 
-def _cycle_in(component: set[str], edges: dict[str, set[str]]) -> list[str]:
-    """A shortest cycle through the component's first module (breadth-first back to it)."""
-    start = min(component)
+def _cycle_through(start: str, component: set[str], edges: dict[str, set[str]]) -> list[str]:
+    """A shortest cycle from ``start`` back to it inside its component (breadth-first)."""
     paths = {start: [start]}
     frontier = [start]
     while frontier:
@@ -156,7 +164,7 @@ def _cycle_in(component: set[str], edges: dict[str, set[str]]) -> list[str]:
                     paths[target] = [*paths[node], target]
                     following.append(target)
         frontier = following
-    raise AssertionError(f"no cycle in the component {sorted(component)}")
+    raise AssertionError(f"no cycle through {start} in its component {sorted(component)}")
 
 
 def _top(module: str) -> str:
@@ -175,8 +183,12 @@ def test_the_graph_sees_imports_inside_functions_relative_ones_and_type_checking
     assert "encoder.families" in edges["encoder.checkpoints"]  # inside ``family_of``
     assert "encoder.saving" in edges["encoder.sources"]  # inside ``load_path``
     assert "encoder.compiled" in edges["encoder.sources"]  # also under TYPE_CHECKING
-    assert {"encoder.families.bert", "encoder.families.common"} <= edges["encoder.families"]  # relative imports
+    assert "encoder.families.bert" in edges["encoder.families"]  # ``from encoder.families import bert``
+    relative = ast.parse("from . import common\nfrom ..trace import EncoderTrace\nfrom .. import limits, nothing")
+    assert [module for node in relative.body for module in _resolve("encoder.families", node)] == [
+        "encoder.families.common", "encoder.trace", "encoder.limits", "encoder"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b", "c"}, "b": {"a"}, "c": {"a"}}) == [["a", "b", "a"], ["a", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
