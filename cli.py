@@ -1,6 +1,5 @@
-"""The command line: ``python -m cli`` (or its first name, ``python -m viz.export``) makes any figure (png, svg, pdf,
-html), exports a trace's data (npz, json, csv), or runs an analysis and writes its figure or its numbers (csv,
-json).
+"""The command line: ``python -m cli`` makes any figure (png, svg, pdf, html), exports a trace's data (npz, json,
+csv), or runs an analysis and writes its figure or its numbers (csv, json).
 
 Everything it offers comes from the registry (``viz.registry``): ``--view`` takes every view and analysis there,
 and every flag is an ``Option`` declared once, so a new registry entry appears here without editing this file.
