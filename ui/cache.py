@@ -69,7 +69,7 @@ def get_model(source: str) -> LoadedModel:
 @st.cache_resource(show_spinner=False, max_entries=4)  # app.py shows the loading state in the main area
 def _load_model(source: str) -> LoadedModel:
     warmed = warmup.warmed_model(source)  # waits for a warm-up still running: the model is loaded once
-    return warmed if warmed is not None else load_source(source)
+    return warmed if warmed is not None else load_source(source, restricted=True)  # a visitor's name
 
 
 def _cached(key: tuple, compute: Callable[[], T], spinner: str | None = None, waiting: str | None = None) -> T:
