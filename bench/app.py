@@ -1,8 +1,8 @@
 """The app in Chromium: cold start (first paint, first chart from process start), warm reload, and a control change
 (slider release to updated chart).
 
-Drives the app as ``make run`` starts it (``python -m ui.serve``: ``streamlit run app.py``, with the cold-start helper
-process loading the default model from the process's start, ``ui.coldstart``) on 127.0.0.1 with Playwright and
+Drives the app as ``make run`` starts it (``python -m ui.serving``: ``streamlit run app.py``, with the cold-start helper
+process loading the default model from the process's start, ``ui.serving.coldstart``) on 127.0.0.1 with Playwright and
 Debian's Chromium, with a 128-token input given in the URL. The browser asks for the page as soon as the server
 answers its health check. First paint is from that request to the sidebar's Text box being drawn (the page's
 controls); first chart is from the process's start to the chart showing "Layer 0, head 0". A change is timed from

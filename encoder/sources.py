@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ModelCard:
     """What the page says about a model, without the model (no TensorFlow): ``LoadedModel.card()``; the
-    cold-start helper process sends the server the default model's card (``ui.coldstart``)."""
+    cold-start helper process sends the server the default model's card (``ui.serving.coldstart``)."""
 
     name: str
     description: str
