@@ -18,6 +18,8 @@ import time
 import urllib.parse
 
 from bench.common import browser_cpu, children_cpu, cpu_seconds
+from bench.encoder import text_of_length
+from encoder.sources import load_source
 from tests.browser_support import CHART, chromium_path, launch_chromium, streamlit_server
 
 TOKENS = 128
@@ -79,9 +81,6 @@ def main() -> list[dict]:
 
     if chromium_path() is None:
         return [{"measure": "skipped: no Chromium at /usr/bin/chromium", "value": ""}]
-    from bench.encoder import text_of_length
-    from encoder.sources import load_source
-
     text = text_of_length(load_source("minilm").tokenizer, TOKENS)
     with sync_playwright() as playwright:
         colds = [_cold_start(playwright, text) for _ in range(COLD_STARTS)]

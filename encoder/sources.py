@@ -214,6 +214,7 @@ def allowed_folder(name: str, roots: tuple[Path, ...]) -> Path | None:
 
 def load_path(folder: str | Path, name: str | None = None) -> LoadedModel:
     """Load a local folder: one of ours (format "headlight") or a Hugging Face BERT-family checkpoint."""
+    # The model code imports TensorFlow: imported when a model is built, so the page draws before (module docstring).
     from encoder.checkpoints import load_hf_folder, read_hf_config
     from encoder.compiled import CompiledEncoder
     from encoder.saving import is_headlight_folder, load_folder
@@ -307,6 +308,7 @@ def _sha256(path: Path) -> str:
 
 
 def _load_tutorial(trained: bool) -> LoadedModel:
+    # The model code imports TensorFlow: imported when a model is built, as in ``load_path``.
     from encoder.compiled import CompiledEncoder
     from encoder.saving import INITIAL_WEIGHTS, load_folder
     from encoder.tokenizer import TextTokenizer
