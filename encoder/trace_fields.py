@@ -46,6 +46,7 @@ class Kind:
 
 
 def json_value(value) -> str:
+    """Compact JSON text of a plain value (str, number, bool, list, None), non-ASCII characters kept."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 

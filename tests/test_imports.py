@@ -26,6 +26,7 @@ SCRIPTS = ("app.py", "cli.py")
 HEAVY = ("tensorflow", "keras", "streamlit")  # the model runtime and the page: never in analysis/ or viz/
 ABOVE_ENCODER = ("analysis", "viz", "ui", "tutorial", "bench", "corpus", "app", "cli")
 ABOVE_VIZ = ("ui", "app", "cli", "bench")
+ABOVE_ANALYSIS = ("viz", *ABOVE_VIZ)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,21 @@ def test_analysis_and_viz_never_import_tensorflow_keras_or_streamlit_themselves(
     built; it never names TensorFlow, Keras or Streamlit itself, at module level or inside a function."""
     wrong = [_show(found) for found in imports()
              if _top(found.importer) in ("analysis", "viz") and _top(found.module) in HEAVY]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_analysis_imports_neither_figures_nor_the_page():
+    wrong = [_show(found) for found in imports()
+             if _top(found.importer) == "analysis" and _top(found.module) in ABOVE_ANALYSIS]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_serving_never_imports_the_page_except_its_launcher():
+    """``ui.serving`` receives what it loads and traces as arguments; only ``python -m ui.serving`` starts the page."""
+    page = [name for name in our_modules() if name == "app" or name == "ui"
+            or (name.startswith("ui.") and not name.startswith("ui.serving"))]
+    wrong = [_show(found) for found in imports() if found.importer.startswith("ui.serving")
+             and found.importer != "ui.serving.__main__" and found.module in page]
     assert not wrong, "\n".join(wrong)
 
 
