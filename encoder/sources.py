@@ -9,7 +9,8 @@ checkpoint passes the same checks before anything is allocated (``encoder.limits
 safetensors headers), and a hub download the same size cap (``settings().hub_max_bytes``).
 
 Importing this module is light (no TensorFlow): the app names its models and draws its page before TensorFlow is
-imported; ``load_path`` imports the model code when it first builds a model."""
+imported; ``load_path`` imports the model code when it first builds a model.
+"""
 
 from __future__ import annotations
 
