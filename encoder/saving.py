@@ -13,6 +13,7 @@ import numpy as np
 
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
+from encoder.limits import CONFIG_BYTES
 from encoder.model import TransformerEncoder
 
 FORMAT = "headlight"
@@ -66,8 +67,6 @@ def save_initial_weights(folder: str | Path, state: dict[str, np.ndarray]) -> Pa
 def is_headlight_folder(folder: Path) -> bool:
     """Whether ``folder`` is one of ours; its config.json is read only when it is of a config's size (a hostile
     folder's giant or deeply nested file is then refused by the Hugging Face reader, with our error)."""
-    from encoder.checkpoints import CONFIG_BYTES
-
     path = folder / "config.json"
     try:
         if path.stat().st_size > CONFIG_BYTES:

@@ -362,17 +362,17 @@ def test_clicks_are_decoded_from_the_figure_click_spec():
 
 def test_the_private_streamlit_hook_we_patch_still_exists():
     """Streamlit 1.67 calls ``script_runner._clean_problem_modules`` (keras.backend.clear_session) after every run and
-    has no setting to turn it off; ``ui.runtime`` replaces it. If an upgrade renames it, the patch silently does
+    has no setting to turn it off; ``ui.serving.runtime`` replaces it. If an upgrade renames it, the patch silently does
     nothing and every widget change gets ~0.15 s slower: this test says so first."""
     import inspect
 
     from streamlit.runtime.scriptrunner import script_runner
 
-    from ui.runtime import PATCHED_HOOK
+    from ui.serving.runtime import PATCHED_HOOK
 
     assert callable(getattr(script_runner, PATCHED_HOOK, None)), (
         f"streamlit.runtime.scriptrunner.script_runner.{PATCHED_HOOK} is gone: find what clears Keras' session "
-        "after each run in this Streamlit version and update ui/runtime.py")
+        "after each run in this Streamlit version and update ui/serving/runtime.py")
     assert PATCHED_HOOK in inspect.getsource(script_runner.ScriptRunner), "the runner no longer calls the hook"
 
 

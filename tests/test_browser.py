@@ -95,7 +95,7 @@ def test_a_cold_page_shows_its_controls_and_a_loading_state_before_the_chart(bro
             sidebar.get_by_role("combobox", name="Model").wait_for()
             page.get_by_text("Loading the model…").wait_for()
             assert page.locator(CHART).count() == 0
-            # the chart's code (plotly.js) is fetched while the model loads, not after (ui.prefetch)
+            # the chart's code (plotly.js) is fetched while the model loads, not after (ui.serving.prefetch)
             page.wait_for_function("() => document.body.innerText.includes('Loading the model')"
                                    " && performance.getEntriesByType('resource').some(e => e.name.includes("
                                    "'/static/js/PlotlyChart.'))", polling=50)

@@ -79,10 +79,13 @@ def _edit_config(folder, **changes):
 
 def test_unknown_names_and_offline_hub_ids_fail_fast_and_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HEADLIGHT_HUB_IDS", "*")
-    with pytest.raises(SourceError, match="not available here"):
+    with pytest.raises(SourceError, match="Unknown model 'no such model': use 'minilm'"):
         load_source("no such model")
-    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
-        load_source("someone/some-bert-that-is-not-cached")
+    with pytest.raises(SourceError, match="not available here"):
+        load_source("no such model", restricted=True)
+    for restricted in (False, True):
+        with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
+            load_source("someone/some-bert-that-is-not-cached", restricted=restricted)
     with pytest.raises(CheckpointError, match="not a folder"):
         load_path(tmp_path / "missing")
 

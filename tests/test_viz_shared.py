@@ -167,7 +167,8 @@ def test_build_view_dispatches_and_rejects_unknown_settings():
 
 def test_viz_imports_neither_tensorflow_nor_streamlit():
     code = (
-        "import sys, viz, viz.render, viz.export, analysis, encoder.trace_io\n"
+        "import sys, viz, viz.render, viz.validation, viz.selection, viz.layout, viz.clicks\n"
+        "import analysis, encoder.trace_io\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'streamlit'))\n"
         "print(bad)\n"
     )

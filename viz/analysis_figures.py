@@ -2,7 +2,7 @@
 ``go.Figure`` (no Streamlit, no TensorFlow). Titles say what is shown; subtitles say how to read it.
 
 Per-head maps (report card, divergences, noise, importance) are layers x heads heatmaps with layer 0 at the top.
-Clicks: as in ``viz.attention``, a clickable trace names its ``customdata`` with ``meta=viz.common.click_meta(...)``
+Clicks: as in ``viz.attention``, a clickable trace names its ``customdata`` with ``meta=viz.clicks.click_meta(...)``
 (read back with ``click_spec``). Each per-head map has an invisible scatter trace ``"cells"`` over the cell centres,
 ``click_meta("layer", "head", invisible=True)``, so a click selects that head in the app; image exports drop it.
 """
