@@ -52,6 +52,7 @@ def test_the_block_finder_reports_the_first_code_line():
         assert text[line - 1] == source.splitlines()[0], (page, line)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_every_python_example_of_the_page_runs(page, tmp_path):
     blocks = python_blocks(page)
