@@ -1,4 +1,4 @@
-"""DeBERTa-v2 and -v3: BERT's post-layer-norm layers with disentangled attention (``encoder.attention``): every
+"""DeBERTa-v2 and -v3: BERT's post-layer-norm layers with disentangled attention (``encoder.parts.disentangled``): every
 logit is content->content plus content->position (c2p) and position->content (p2c) terms over a learned table of
 relative-distance embeddings (log buckets, ``position_buckets``), divided by ``sqrt(head_dim * (1 + #terms))``.
 DeBERTa-v3 adds no absolute positions to the input (``position_biased_input`` false) and has no token types
@@ -91,8 +91,8 @@ def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform): embeddings, layers (with their own position
     projections unless ``share_att_key``), the relative embeddings and their norm, and a classifier's pooler."""
     ports: list[Port] = [("embeddings.word_embeddings.weight", model.token_embedding.embeddings, keep)]
-    if model.position_embedding is not None:
-        ports.append(("embeddings.position_embeddings.weight", model.position_embedding.embeddings, keep))
+    if model.positions.table is not None:
+        ports.append(("embeddings.position_embeddings.weight", model.positions.table.embeddings, keep))
     if model.segment_embedding is not None:
         ports.append(("embeddings.token_type_embeddings.weight", model.segment_embedding.embeddings, keep))
     ports += norm_ports("embeddings.LayerNorm", model.embedding_norm)
@@ -102,7 +102,7 @@ def weight_ports(config: EncoderConfig, model) -> list[Port]:
         for name, dense in (("pos_key_proj", attention.pos_key_dense), ("pos_query_proj", attention.pos_query_dense)):
             if dense is not None:
                 ports += head_projection_ports(f"encoder.layer.{i}.attention.self.{name}", dense, config)
-    ports.append(("encoder.rel_embeddings.weight", model.relative_embeddings.embeddings, keep))
-    if model.relative_norm is not None:
-        ports += norm_ports("encoder.LayerNorm", model.relative_norm)
+    ports.append(("encoder.rel_embeddings.weight", model.positions.relative_embeddings.embeddings, keep))
+    if model.positions.relative_norm is not None:
+        ports += norm_ports("encoder.LayerNorm", model.positions.relative_norm)
     return ports + classifier_ports(model, "pooler.dense", "classifier")

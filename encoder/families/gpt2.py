@@ -115,7 +115,7 @@ def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform), one row per variable we fill."""
     ports: list[Port] = [
         ("wte.weight", model.token_embedding.embeddings, keep),
-        ("wpe.weight", model.position_embedding.embeddings, keep),
+        ("wpe.weight", model.positions.table.embeddings, keep),
     ]
     for i, layer in enumerate(model.encoder_layers):
         ports += layer_ports(f"h.{i}.", layer, config)

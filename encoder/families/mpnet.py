@@ -44,4 +44,4 @@ def convert_config(hf: dict[str, Any]) -> EncoderConfig:
 def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform); the pooler, when stored, is not used."""
     return (embedding_ports(model) + encoder_ports(config, model, names=LAYER_NAMES)
-            + [("encoder.relative_attention_bias.weight", model.relative_attention_bias.embeddings, keep)])
+            + [("encoder.relative_attention_bias.weight", model.positions.relative_attention_bias.embeddings, keep)])
