@@ -162,7 +162,7 @@ def test_seeded_initialisation_is_reproducible_and_seed_dependent():
 
 
 def test_keras_config_round_trip_keeps_the_encoder_config():
-    from encoder.layers import EncoderLayer
+    from encoder.block import EncoderLayer
     from encoder.model import TransformerEncoder
 
     config = tiny_config(num_classes=3, activation="gelu")
