@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoder.config import POSITION_TERMS, EncoderConfig
+from encoder.config import POSITION_TERMS, DisentangledPositions, EncoderConfig
 from encoder.errors import CheckpointError
 from encoder.families.bert import bert_like_fields, encoder_ports
 from encoder.families.common import (
@@ -20,6 +20,7 @@ from encoder.families.common import (
     build,
     classifier_fields,
     classifier_ports,
+    described,
     field,
     head_projection_ports,
     keep,
@@ -54,17 +55,18 @@ def convert_config(hf: dict[str, Any]) -> EncoderConfig:
     terms = tuple(str(term).strip().lower() for term in terms)
     if any(term not in POSITION_TERMS for term in terms):
         raise CheckpointError(f"config.json's pos_att_type may hold only {', '.join(POSITION_TERMS)}.")
-    fields.update(
-        positional="learned" if hf.get("position_biased_input", True) else "none",
-        relative_attention="disentangled",
-        position_buckets=max(int(hf.get("position_buckets") or 0), 0),
-        max_relative_positions=max_relative if max_relative >= 1 else fields["max_positions"],
-        pos_att_type=tuple(dict.fromkeys(terms)),
-        share_att_key=bool(hf.get("share_att_key", False)),
-        norm_rel_ebd="layer_norm" in str(hf.get("norm_rel_ebd") or "none").lower().split("|"),
-        **classifier_fields(hf, activation(hf.get("pooler_hidden_act", "gelu"), "pooler_hidden_act")),
-    )
-    return build(**fields)
+    fields.update(classifier_fields(hf, activation(hf.get("pooler_hidden_act", "gelu"), "pooler_hidden_act")))
+    buckets = max(int(hf.get("position_buckets") or 0), 0)
+    with described():
+        positions = DisentangledPositions(
+            table="learned" if hf.get("position_biased_input", True) else "none",
+            buckets=buckets,
+            max_distance=max_relative if max_relative >= 1 else fields["max_positions"],
+            terms=tuple(dict.fromkeys(terms)),
+            share_key=bool(hf.get("share_att_key", False)),
+            normalize="layer_norm" in str(hf.get("norm_rel_ebd") or "none").lower().split("|"),
+        )
+        return build(**fields, positions=positions)
 
 
 def check_supported(hf: dict[str, Any]) -> None:
