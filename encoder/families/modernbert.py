@@ -19,7 +19,6 @@ from typing import Any
 
 from encoder.config import Attention, Block, Embeddings, EncoderConfig, RotaryPositions
 from encoder.errors import CheckpointError
-from encoder.families import common
 from encoder.families.common import (
     Port,
     activation,
@@ -27,8 +26,10 @@ from encoder.families.common import (
     dense_ports,
     described,
     field,
+    keep,
     norm_ports,
     pad_token,
+    reshaped,
 )
 
 MODEL_TYPES = ("modernbert",)
@@ -102,12 +103,12 @@ def attention_ports(prefix: str, attention, config: EncoderConfig) -> list[Port]
     ports: list[Port] = []
     for index, dense in enumerate((attention.query_dense, attention.key_dense, attention.value_dense)):
         rows = slice(index * d, (index + 1) * d)
-        ports.append((f"{prefix}Wqkv.weight", dense.kernel, lambda w, r=rows: common.reshaped(w[r].T, (d, h, dh))))
+        ports.append((f"{prefix}Wqkv.weight", dense.kernel, lambda w, r=rows: reshaped(w[r].T, (d, h, dh))))
         if dense.bias is not None:
-            ports.append((f"{prefix}Wqkv.bias", dense.bias, lambda b, r=rows: common.reshaped(b[r], (h, dh))))
-    ports.append((f"{prefix}Wo.weight", attention.output_dense.kernel, lambda w: common.reshaped(w.T, (h, dh, d))))
+            ports.append((f"{prefix}Wqkv.bias", dense.bias, lambda b, r=rows: reshaped(b[r], (h, dh))))
+    ports.append((f"{prefix}Wo.weight", attention.output_dense.kernel, lambda w: reshaped(w.T, (h, dh, d))))
     if attention.output_dense.bias is not None:
-        ports.append((f"{prefix}Wo.bias", attention.output_dense.bias, common.keep))
+        ports.append((f"{prefix}Wo.bias", attention.output_dense.bias, keep))
     return ports
 
 
@@ -126,7 +127,7 @@ def layer_ports(prefix: str, layer, config: EncoderConfig) -> list[Port]:
 def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform), one row per variable we fill."""
     ports: list[Port] = [
-        ("embeddings.tok_embeddings.weight", model.token_embedding.embeddings, common.keep),
+        ("embeddings.tok_embeddings.weight", model.token_embedding.embeddings, keep),
         *norm_ports("embeddings.norm", model.embedding_norm),
     ]
     for i, layer in enumerate(model.encoder_layers):
