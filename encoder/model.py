@@ -21,6 +21,8 @@ from encoder.parts.norms import make_norm
 from encoder.parts.schemes import position_part
 from encoder.positional import window_visible
 
+POSITIONS = "positions"  # the name of the position scheme's part (its variables are under ``positions/``)
+
 
 @keras.saving.register_keras_serializable(package="headlight")
 class TransformerEncoder(ConfigArgument, keras.Model):
@@ -58,7 +60,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         self.config = config
         embeddings, block, head, width = config.embeddings, config.block, config.head, config.embedding_width
         self.token_embedding = keras.layers.Embedding(embeddings.vocab_size, width, name="token_embedding")
-        self.positions = position_part(config)(config, name="positions")
+        self.positions = position_part(config)(config, name=POSITIONS)
         self.segment_embedding = (keras.layers.Embedding(embeddings.type_vocab_size, width, name="segment_embedding")
                                   if embeddings.type_vocab_size else None)
         self.embedding_norm = make_norm(block, "embedding_norm") if embeddings.layer_norm else None

@@ -13,10 +13,9 @@ import numpy as np
 
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
-from encoder.model import TransformerEncoder
+from encoder.model import POSITIONS, TransformerEncoder
 
 FORMAT = "headlight"
-POSITIONS = "positions"  # the position scheme part's name in TransformerEncoder
 INITIAL_WEIGHTS = "initial.safetensors"
 
 
