@@ -6,8 +6,8 @@ tensors become NumPy, and ``trace_io`` the one place traces become files. Errors
 
 Layout (lower modules never import higher ones):
 
-- ``config``: ``EncoderConfig``, grouped by part (``Embeddings``, ``Attention``, a position scheme, ``Block``,
-  ``Head``); the flat names of the first saved models are read and accepted as a compatibility view.
+- ``config/``: ``EncoderConfig`` (``__init__``), grouped by part (``groups``: ``Embeddings``, ``Attention``, the
+  position schemes, ``Block``, ``Head``); ``flat``: the flat names of the first saved models, accepted and read.
 - ``positional``: NumPy position math (sinusoidal table, T5/MPNet and DeBERTa buckets, rotary frequencies, windows).
 - ``parts/``: what a model is built from: ``norms``, ``mlp``, ``attention`` (``InstrumentedAttention`` and its
   logit rules), ``positions`` (the position-scheme interface: absolute table, relative bias buckets, rotary),
