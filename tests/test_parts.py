@@ -101,6 +101,8 @@ def test_flat_names_build_and_read_the_same_grouped_config():
     assert (flat.pooling, flat.norm_first, flat.table_rows, flat.relative_attention_buckets) == ("mean", False, 14, 8)
     assert EncoderConfig(**flat.flat()) == flat == EncoderConfig.from_dict(flat.flat())
     assert dataclasses.replace(flat, pooling="cls").head == Head(pooling="cls", num_classes=2)
+    with pytest.raises(TypeError, match="flat names alone or with every group"):
+        EncoderConfig(vocab_size=30, num_layers=3, num_heads=2, d_model=8, dff=16, positions=RotaryPositions())
     with pytest.raises(ValueError, match="unknown EncoderConfig fields: colour"):
         EncoderConfig.from_dict({**flat.flat(), "colour": "red"})
     with pytest.raises(ValueError, match="unknown position scheme"):

@@ -58,7 +58,8 @@ class EncoderConfig:
         num_layer_groups: int, ALBERT's shared layers: the L layers use G weight groups, layer i group
             ``i * G // L``; 0 means every layer has its own weights.
         dropout: float, dropout rate everywhere (only active in training).
-        **flat: the flat names (``FLAT_DEFAULTS``, ``FLAT_REQUIRED``) instead of, or applied on top of, the groups.
+        **flat: the flat names (``FLAT_DEFAULTS``, ``FLAT_REQUIRED``) instead of the groups, or as changes to all
+            of them (``dataclasses.replace(config, pooling="cls")``).
 
     Example:
         >>> EncoderConfig(vocab_size=100, num_layers=2, num_heads=4, d_model=32, dff=64).head_dim
@@ -81,8 +82,12 @@ class EncoderConfig:
 
     def __init__(self, **values: Any):
         flat = {name: values.pop(name) for name in list(values) if name not in FIELDS}
-        if flat:  # flat names, alone or over the groups (``dataclasses.replace(config, pooling="cls")``)
-            base = EncoderConfig(**values).flat() if "embeddings" in values else {}
+        if flat:  # flat names, alone or as changes to every group (``dataclasses.replace(config, pooling="cls")``)
+            given = [name for name in (*GROUPS, "positions") if name in values]
+            if 0 < len(given) < len(GROUPS) + 1:
+                raise TypeError(f"EncoderConfig takes flat names alone or with every group, not with only "
+                                f"{', '.join(given)}; replace groups with dataclasses.replace")
+            base = EncoderConfig(**values).flat() if given else {}
             values = grouped({**base, **values, **flat})
         values = {"max_positions": 512, "positions": AbsolutePositions(), "head": Head(), "num_layer_groups": 0,
                   "dropout": 0.1, **values}
