@@ -94,6 +94,26 @@ def test_head_size_and_scaling_are_the_attentions_own():
                                atol=1e-6, rtol=0)
 
 
+def test_grouped_query_attention_is_attention_with_each_key_value_head_repeated():
+    grouped = TransformerEncoder(tiny(RotaryPositions(), attention=Attention(4, key_value_heads=2)))
+    full = TransformerEncoder(tiny(RotaryPositions(), attention=Attention(4)))
+    attention = grouped.encoder_layers[0].attention
+    assert attention.query_dense.kernel.shape == (8, 4, 2) and attention.key_dense.kernel.shape == (8, 2, 2)
+    values = {variable.path: variable.numpy() for variable in grouped.weights}
+    for variable in full.weights:
+        value = values[variable.path]
+        if "/key/" in variable.path or "/value/" in variable.path:  # query heads 2h and 2h + 1 read head h
+            value = np.repeat(value, 2, axis=-2)
+        variable.assign(value)
+    ids = np.array([[3, 1, 4, 1, 5, 9, 2]], np.int32)
+    ours, theirs = grouped(ids), full(ids)
+    for name in ("attention", "hidden", "terms/position"):
+        np.testing.assert_allclose(ops.convert_to_numpy(ours[name]), ops.convert_to_numpy(theirs[name]), atol=1e-6,
+                                   rtol=0)
+    with pytest.raises(ValueError, match="must divide"):
+        Attention(4, key_value_heads=3)
+
+
 def test_flat_names_build_and_read_the_same_grouped_config():
     flat = EncoderConfig(vocab_size=30, num_layers=3, num_heads=2, d_model=8, dff=16, max_positions=12, dropout=0.0,
                          positional="learned", position_offset=2, relative_attention_buckets=8, num_classes=2)

@@ -65,6 +65,8 @@ class Attention:
 
     Args:
         num_heads: int, attention heads per layer (H).
+        key_value_heads: int, heads of the key and value projections (grouped-query attention: every
+            ``num_heads // key_value_heads`` query heads share one); 0 means ``num_heads``.
         head_dim: int, width of one head (dh); 0 means ``d_model // num_heads``.
         scaling: float, the factor on q.k; 0 means ``1 / sqrt(head_dim)``.
         causal: bool, each token attends only to itself and earlier tokens.
@@ -73,6 +75,7 @@ class Attention:
     """
 
     num_heads: int
+    key_value_heads: int = 0
     head_dim: int = 0
     scaling: float = 0.0
     causal: bool = False
@@ -80,7 +83,9 @@ class Attention:
 
     def __post_init__(self) -> None:
         _check_counts(self, "num_heads", least=1)
-        _check_counts(self, "head_dim")
+        _check_counts(self, "key_value_heads", "head_dim")
+        if self.key_value_heads and self.num_heads % self.key_value_heads:
+            raise ValueError(f"key_value_heads ({self.key_value_heads}) must divide num_heads ({self.num_heads})")
         object.__setattr__(self, "windows", tuple(self.windows))
         if any(not isinstance(w, int) or w < 0 for w in self.windows):
             raise ValueError(f"windows must be non-negative integers, got {self.windows!r}")
@@ -197,6 +202,10 @@ class DisentangledPositions(AbsolutePositions):
         if self.buckets % 2 or (self.buckets and self.max_distance - 1 <= self.buckets // 2):
             raise ValueError(f"position_buckets must be 0 or an even number below 2 * (max_relative_positions - 1), "
                              f"got {self.buckets!r} (max_relative_positions {self.max_distance!r})")
+
+    def check(self, config: Any) -> None:
+        if config.attention.key_value_heads not in (0, config.attention.num_heads):
+            raise ValueError("disentangled attention has as many key/value heads as query heads")
 
     @property
     def span(self) -> int:

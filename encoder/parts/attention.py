@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import keras
 from keras import ops
+from keras.src.layers.attention.multi_head_attention import _build_proj_equation, _get_output_shape
 
 
 def content_logits(attention: InstrumentedAttention, query, key, position_bias=None):
@@ -31,6 +32,9 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
 
     Args:
         num_heads, key_dim, dropout, use_bias: as MultiHeadAttention (``key_dim`` is the head size dh).
+        key_value_heads: int, heads of the key and value projections (grouped-query attention: query head h reads
+            key/value head ``h // (num_heads // key_value_heads)``, as transformers' ``repeat_kv``); None means
+            ``num_heads``.
         scaling: float, the factor on q.k; None means ``1 / sqrt(key_dim)``.
         logits: the logit rule (see the module docstring); ``content_logits`` when None.
 
@@ -51,23 +55,55 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         rule's terms.
     """
 
-    def __init__(self, num_heads: int, key_dim: int, scaling: float | None = None,
-                 logits: Callable | None = None, **kwargs):
+    def __init__(self, num_heads: int, key_dim: int, key_value_heads: int | None = None,
+                 scaling: float | None = None, logits: Callable | None = None, **kwargs):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
+        self.key_value_heads = num_heads if key_value_heads is None else key_value_heads
+        if self.key_value_heads < 1 or num_heads % self.key_value_heads:
+            raise ValueError(f"key_value_heads ({self.key_value_heads}) must divide num_heads ({num_heads})")
         self.scaling = self._inverse_sqrt_key_dim if scaling is None else scaling
         self.logits = content_logits if logits is None else logits
 
     def get_config(self):
-        return {**super().get_config(), "scaling": self.scaling}
+        return {**super().get_config(), "key_value_heads": self.key_value_heads, "scaling": self.scaling}
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        """MultiHeadAttention's projections; with grouped-query attention, the key and value projections have
+        ``key_value_heads`` heads (same names: ``query``, ``key``, ``value``, ``attention_output``)."""
+        if self.key_value_heads == self._num_heads:
+            super().build(query_shape, value_shape, key_shape)
+            return
+        common = self._get_common_kwargs_for_sublayer()
+
+        def projection(name: str, heads: int, shape) -> keras.layers.EinsumDense:
+            equation, bias_axes, rank = _build_proj_equation(len(shape) - 1, bound_dims=1, output_dims=2)
+            dense = keras.layers.EinsumDense(equation, output_shape=_get_output_shape(rank - 1, [heads, self._key_dim]),
+                                             bias_axes=bias_axes if self._use_bias else None, name=name, **common)
+            dense.build(shape)
+            return dense
+
+        self._query_dense = projection("query", self._num_heads, query_shape)
+        self._key_dense = projection("key", self.key_value_heads, value_shape if key_shape is None else key_shape)
+        self._value_dense = projection("value", self.key_value_heads, value_shape)
+        self._build_attention(len(query_shape) + 1)
+        self._output_dense = self._make_output_dense(query_shape, common, "attention_output")
+        self._output_dense.build((*query_shape[:-1], self._num_heads, self._value_dim))
 
     def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
              attention_scale=None, training=None):
         q = self.query_dense(query)  # (B, T, H, dh)
-        k = self.key_dense(value)  # (B, S, H, dh)
-        v = mask_values(self.value_dense(value), value_mask)  # (B, S, H, dh)
+        k = self.shared_heads(self.key_dense(value))  # (B, S, H, dh)
+        v = self.shared_heads(mask_values(self.value_dense(value), value_mask))  # (B, S, H, dh)
         logits, terms = self.logits(self, q, k, position_bias)  # (B, H, T, S)
         pattern = self._masked_softmax(logits, attention_mask)  # (B, H, T, S)
         return self.mix_values(pattern, v, head_mask, attention_scale, training), pattern, terms
+
+    def shared_heads(self, x):
+        """Key or value heads (B, S, Hkv, dh) repeated to every query head (B, S, H, dh); unchanged without
+        grouped-query attention."""
+        if self.key_value_heads == self._num_heads:
+            return x
+        return ops.repeat(x, self._num_heads // self.key_value_heads, axis=2)
 
     def mix_values(self, pattern, value, head_mask, attention_scale, training):
         """(B, T, D): the weights (times ``attention_scale`` when given) mixing the values (B, S, H, dh), each head's

@@ -41,7 +41,8 @@ class AbsolutePart(keras.layers.Layer):
     @classmethod
     def attention_for(cls, config: EncoderConfig, index: int) -> InstrumentedAttention:
         """Layer ``index``'s attention (projections into ``num_heads`` heads of ``head_dim``)."""
-        return InstrumentedAttention(num_heads=config.num_heads, key_dim=config.head_dim, scaling=config.scaling,
+        return InstrumentedAttention(num_heads=config.num_heads, key_dim=config.head_dim,
+                                     key_value_heads=config.attention.key_value_heads or None, scaling=config.scaling,
                                      dropout=config.dropout, use_bias=config.block.use_bias, name="attention",
                                      logits=cls.logit_rule(config, index))
 
