@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import keras
 from keras import ops
-from keras.src.layers.attention.multi_head_attention import _build_proj_equation, _get_output_shape
 
 
 def content_logits(attention: InstrumentedAttention, query, key, position_bias=None):
@@ -69,23 +68,23 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
 
     def build(self, query_shape, value_shape, key_shape=None):
         """MultiHeadAttention's projections; with grouped-query attention, the key and value projections have
-        ``key_value_heads`` heads (same names: ``query``, ``key``, ``value``, ``attention_output``)."""
+        ``key_value_heads`` heads (same names and equations as MultiHeadAttention's for (B, T, D) inputs: ``query``,
+        ``key``, ``value``, ``attention_output``)."""
         if self.key_value_heads == self._num_heads:
             super().build(query_shape, value_shape, key_shape)
             return
         common = self._get_common_kwargs_for_sublayer()
 
         def projection(name: str, heads: int, shape) -> keras.layers.EinsumDense:
-            equation, bias_axes, rank = _build_proj_equation(len(shape) - 1, bound_dims=1, output_dims=2)
-            dense = keras.layers.EinsumDense(equation, output_shape=_get_output_shape(rank - 1, [heads, self._key_dim]),
-                                             bias_axes=bias_axes if self._use_bias else None, name=name, **common)
-            dense.build(shape)
+            dense = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, heads, self._key_dim),
+                                             bias_axes="de" if self._use_bias else None, name=name, **common)
+            dense.build(shape)  # (B, T, D) -> (B, T, heads, dh)
             return dense
 
         self._query_dense = projection("query", self._num_heads, query_shape)
         self._key_dense = projection("key", self.key_value_heads, value_shape if key_shape is None else key_shape)
         self._value_dense = projection("value", self.key_value_heads, value_shape)
-        self._build_attention(len(query_shape) + 1)
+        self._build_attention(4)  # the rank of the projected (B, T, H, dh)
         self._output_dense = self._make_output_dense(query_shape, common, "attention_output")
         self._output_dense.build((*query_shape[:-1], self._num_heads, self._value_dim))
 
