@@ -1,14 +1,15 @@
 """EncoderConfig: a Transformer's hyperparameters, grouped by the part of the model they shape.
 
-One frozen dataclass per concern: ``Embeddings`` (token, type and projection), ``Attention`` (heads, head size,
-scaling, causal mask, a sliding window per layer), one position *scheme* (``AbsolutePositions`` and its
-subclasses: ``RelativeBuckets``, ``RotaryPositions``, ``DisentangledPositions``; each carries its own options),
+One frozen dataclass per concern: ``Embeddings`` (token, type and projection), ``Attention`` (heads, key/value
+heads, head size, scaling, causal mask, a sliding window per layer), one position *scheme* (``AbsolutePositions``
+and its subclasses: ``RelativeBuckets``, ``RotaryPositions``, ``DisentangledPositions``; each carries its own
+options),
 ``Block`` (norm kind and placement, MLP kind and activation, biases) and ``Head`` (pooling, classifier). The model
 (``encoder.model``) builds one part per group; a family (``encoder.families``) maps a Hugging Face ``config.json``
 onto the groups.
 
-The flat keyword form of the first saved models (``EncoderConfig(vocab_size=..., num_layers=..., positional=...)``,
-the names in ``FLAT_DEFAULTS``) is accepted too and read back as attributes (``config.pooling``,
+The flat form (``EncoderConfig(vocab_size=..., num_layers=..., positional=...)``, the names in ``FLAT_DEFAULTS``;
+the tutorial model's ``config.json`` holds it) is accepted too and read back as attributes (``config.pooling``,
 ``config.norm_first``): it builds the same grouped config, and ``from_dict`` reads both forms.
 """
 
