@@ -154,6 +154,27 @@ def test_our_folder_round_trip_is_exact(tmp_path):
     assert_close_f32(loaded(ids)["attention"].numpy(), model(ids)["attention"].numpy(), ulps=16)
 
 
+def test_a_folder_with_flat_config_and_model_level_position_paths_loads(tmp_path):
+    """Folders whose config.json holds the flat form and whose position tables sit at the model's level
+    (``position_embedding/embeddings``, not ``positions/...``) load with every weight in place."""
+    from safetensors.numpy import load_file, save_file
+    from tokenizers import Tokenizer, models
+
+    config = tiny_config(positional="learned", position_offset=2, relative_attention_buckets=8)
+    model = initial_model(config, seed=3)
+    folder = save_folder(tmp_path / "m", model, Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")).to_str())
+    stored = load_file(str(folder / "model.safetensors"))
+    assert {"positions/position_embedding/embeddings", "positions/relative_attention_bias/embeddings"} <= set(stored)
+    save_file({name.removeprefix("positions/"): value for name, value in stored.items()},
+              str(folder / "model.safetensors"))
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, "encoder": config.flat()}))
+    loaded, _ = load_folder(folder)
+    assert loaded.config == config
+    for name, value in model_state(model).items():
+        np.testing.assert_array_equal(model_state(loaded)[name], value)
+
+
 def test_seeded_initialisation_is_reproducible_and_seed_dependent():
     config = tiny_config()
     a, b, c = initial_model(config, 1), initial_model(config, 1), initial_model(config, 2)
@@ -166,7 +187,7 @@ def test_seeded_initialisation_is_reproducible_and_seed_dependent():
 
 
 def test_keras_config_round_trip_keeps_the_encoder_config():
-    from encoder.layers import EncoderLayer
+    from encoder.block import EncoderLayer
     from encoder.model import TransformerEncoder
 
     config = tiny_config(num_classes=3, activation="gelu")

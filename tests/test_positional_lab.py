@@ -11,7 +11,7 @@ from analysis.positional import ROPE_SEED, position_share, rope_decay, term_shar
 from analysis.words import merge_words, word_starts
 from encoder.config import EncoderConfig
 from encoder.errors import AnalysisError
-from encoder.model import RELATIVE_MAX_DISTANCE, TransformerEncoder
+from encoder.model import TransformerEncoder
 from encoder.positional import relative_position_buckets
 from encoder.trace import trace_batch, trace_text
 from tests.support.families import load_family
@@ -48,19 +48,19 @@ def test_padded_batches_carry_the_terms_unpadded():
 
 def test_mpnet_position_scheme_is_the_bias_by_signed_distance():
     loaded = load_family("mpnet")
-    scheme = loaded.position_scheme
+    scheme, reach = loaded.position_scheme, loaded.config.positions.max_distance
     distances = scheme["distances"]
-    assert distances[0] == -RELATIVE_MAX_DISTANCE and distances[-1] == RELATIVE_MAX_DISTANCE
+    assert reach == 128 and distances[0] == -reach and distances[-1] == reach
     np.testing.assert_array_equal(scheme["buckets"], relative_position_buckets(distances))
-    table = loaded.model.relative_attention_bias.embeddings.numpy()  # (32, H)
+    table = loaded.model.positions.relative_attention_bias.embeddings.numpy()  # (32, H)
     np.testing.assert_array_equal(scheme["bias_by_distance"], table[scheme["buckets"]].T)
-    assert scheme["bias_by_distance"].shape == (loaded.config.num_heads, 2 * RELATIVE_MAX_DISTANCE + 1)
+    assert scheme["bias_by_distance"].shape == (loaded.config.num_heads, 2 * reach + 1)
     edges = scheme["bucket_edges"]
     assert np.all(np.diff(edges) > 0) and -0.5 in edges and 0.5 in edges  # 0 is a bucket of its own
     assert len(edges) == len(np.unique(scheme["buckets"])) - 1 == 30  # bucket 16 (after, distance 0) is never used
     trace = trace_text(loaded, TEXT)
     t = len(trace.tokens)
-    index = np.arange(t)[None] - np.arange(t)[:, None] + RELATIVE_MAX_DISTANCE  # (T, T) key - query
+    index = np.arange(t)[None] - np.arange(t)[:, None] + reach  # (T, T) key - query
     np.testing.assert_array_equal(trace.logit_terms["position"][0], scheme["bias_by_distance"][:, index])
 
 
@@ -88,7 +88,7 @@ def small_mpnet(seed: int = 0) -> TransformerEncoder:
     config = EncoderConfig(vocab_size=40, num_layers=2, num_heads=3, d_model=12, dff=16, positional="learned",
                            max_positions=32, relative_attention_buckets=32)
     model = TransformerEncoder(config)
-    table = model.relative_attention_bias.embeddings
+    table = model.positions.relative_attention_bias.embeddings
     table.assign(np.random.default_rng(seed).normal(size=table.shape).astype("float32"))
     return model
 
@@ -113,7 +113,8 @@ def test_share_is_one_when_the_content_projections_are_zeroed():
 
 def test_share_is_zero_when_the_positional_term_is_removed():
     model = small_mpnet()
-    model.relative_attention_bias.embeddings.assign(np.zeros(model.relative_attention_bias.embeddings.shape, "float32"))
+    bias = model.positions.relative_attention_bias.embeddings
+    bias.assign(np.zeros(bias.shape, "float32"))
     share = model_share(model)
     np.testing.assert_array_equal(share.share, 0.0)
     assert np.all(share.content > 0)
