@@ -1,7 +1,7 @@
 """Sections of the Markdown pages in this folder, found by the registry name in their heading.
 
-A page's section of one view or analysis starts at a level-2 heading ending in its name in backticks
-(``## Rollout (`rollout`)``) and runs to the next level-2 heading or the page's end.
+A page's section of one view or analysis starts at a level-2 or level-3 heading ending in its name in backticks
+(``## Rollout (`rollout`)``) and runs to the next such heading or the page's end.
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ def page_text(page: str) -> str:
     return (HERE / page).read_text(encoding="utf-8")
 
 
-def section(page: str, name: str) -> str | None:
-    """The body of ``page``'s section for the registry name ``name`` (heading excluded, stripped), or None."""
-    match = re.search(rf"^## [^\n]*\(`{re.escape(name)}`\)[ \t]*\n(.*?)(?=^## |\Z)", page_text(page),
+def section(page: str, name: str, images: bool = True) -> str | None:
+    """The body of ``page``'s section for the registry name ``name`` (heading excluded, stripped), or None; without
+    its image lines unless ``images`` (the app has no route to this folder's pictures)."""
+    match = re.search(rf"^###? [^\n]*\(`{re.escape(name)}`\)[ \t]*\n(.*?)(?=^###? |\Z)", page_text(page),
                       flags=re.MULTILINE | re.DOTALL)
-    return match[1].strip() if match else None
+    if match is None:
+        return None
+    body = match[1] if images else re.sub(r"^!\[[^\n]*\n?", "", match[1], flags=re.MULTILINE)
+    return body.strip()

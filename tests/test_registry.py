@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 import analysis
+from analysis.inputs import TraceInputs
 from cli import _parser
 from encoder.errors import HeadlightError, ViewError
 from tests.support.traces import synthetic_trace
 from viz.distance import attention_by_distance, build_distance_histogram
 from viz.options import SHARED_OPTIONS, Option, ViewSettings, parse_heads
-from viz.registry import ANALYSES, VIEWS, TraceInputs, View, build_view, view_options, view_tabs
+from viz.registry import ANALYSES, VIEWS, View, build_view, view_options, view_tabs
 
 SENTENCE = ["[CLS]", "the", "cat", "sat", "on", "the", "mat", "[SEP]"]
 
@@ -103,10 +104,10 @@ def test_analyses_run_on_a_trace_through_the_registry():
     np.testing.assert_allclose(rollout, analysis.attention_rollout(trace.attention, 0.5))
     figures = ANALYSES["rollout"].figures(rollout, trace, {"layer": 1, "query": 2})
     assert [name for name, _ in figures] == ["rollout", "rollout-tokens"]
-    rows, result = ANALYSES["rollout"].numbers(rollout, trace, {"layer": 1})
+    rows, result = ANALYSES["rollout"].rows(rollout, trace, {"layer": 1})
     assert len(rows) == len(SENTENCE) ** 2 and result["layer"] == 1
     clusters = ANALYSES["clusters"].compute(inputs, {})
-    assert ANALYSES["clusters"].numbers(clusters, trace, {"clusters": 2})[0]
+    assert ANALYSES["clusters"].rows(clusters, trace, {"clusters": 2})[0]
     with pytest.raises(ViewError, match="needs the model"):
         ANALYSES["importance"].compute(inputs, {})
 

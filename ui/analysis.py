@@ -90,7 +90,7 @@ def picker_ui() -> Analysis:
 def analysis_ui(inputs: cache.Inputs, trace: EncoderTrace, settings: ViewSettings, stem: str) -> None:
     entry = picker_ui()
     st.caption(entry.reading)
-    more = section("analyses.md", entry.name)
+    more = section("analyses.md", entry.name, images=False)
     if more:
         with st.expander(f"More on {entry.label}: what it computes, how to read it, its paper"):
             st.markdown(more)
