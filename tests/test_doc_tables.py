@@ -28,8 +28,8 @@ def test_the_tables_name_every_view_analysis_and_question():
 
 def test_a_changed_entry_makes_the_page_stale_and_the_script_rewrites_only_the_table(monkeypatch, tmp_path):
     page = tmp_path / "views.md"
-    page.write_text("# Views\n\nbefore\n<!-- BEGIN GENERATED: views -->\nSTALE TABLE\n<!-- END GENERATED: views -->\nafter\n",
-                    encoding="utf-8")
+    block = "<!-- BEGIN GENERATED: views -->\nSTALE TABLE\n<!-- END GENERATED: views -->"
+    page.write_text(f"# Views\n\nbefore\n{block}\nafter\n", encoding="utf-8")
     monkeypatch.setitem(tables.PAGES, "views", page)
     monkeypatch.setitem(tables.PAGES, "analyses", tables.HERE / "analyses.md")
     assert tables.stale_pages() == [page]
