@@ -25,7 +25,6 @@ from viz.options import ViewSettings
 from viz.registry import ANALYSES, GROUPS, Analysis, compute_options, group_analyses
 
 CORPORA = ("this text", "test sentences", "uploaded file")
-LINKED_QUESTION = "_linked_question"  # session key: the question of the analysis the opening URL named
 
 
 def _corpus_ui(most: int | None = None) -> cache.Corpus | None:
@@ -63,21 +62,21 @@ def _corpus_ui(most: int | None = None) -> cache.Corpus | None:
     return plain(upload.name), tuple(sentences)  # shown in the progress bar's markdown
 
 
-def _linked_question() -> str:
-    """The question of the analysis named in the URL the session opened with (else the first question): the
-    question picker's default, fixed for the session so that a default never moves under a chosen value."""
-    if LINKED_QUESTION not in st.session_state:
-        labels = {entry.label: entry for entry in ANALYSES.values()}
-        linked = labels.get(st.query_params.get("analysis", ""))
-        first = next(iter(GROUPS.values()))
-        st.session_state[LINKED_QUESTION] = (GROUPS[linked.group] if linked else first).title
-    return st.session_state[LINKED_QUESTION]
+def _open_linked_question() -> None:
+    """Before the question picker first appears: a URL naming an analysis but no question (the question's value is
+    left out when it is the first) opens that analysis' question, so the analysis is among the choices."""
+    if "question" in st.session_state or "question" in st.query_params:
+        return
+    linked = next((entry for entry in ANALYSES.values() if entry.label == st.query_params.get("analysis")), None)
+    if linked is not None and linked.group != next(iter(GROUPS)):
+        st.session_state["question"] = GROUPS[linked.group].title
 
 
 def picker_ui() -> Analysis:
     """The question, with what it answers, then the analysis among the question's."""
     grouped = {group.title: (group, entries) for group, entries in group_analyses().items()}
-    title = st.segmented_control("Question", list(grouped), default=_linked_question(), required=True,
+    _open_linked_question()
+    title = st.segmented_control("Question", list(grouped), default=next(iter(grouped)), required=True,
                                  key="question", bind="query-params")
     group, entries = grouped[title]
     st.caption(f"Answers: {group.answers}.")
