@@ -193,12 +193,15 @@ def layer_rows(kind: str, result: np.ndarray, trace: EncoderTrace, options: Opti
 
 
 def norm_rows(result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """``layer_rows`` of norm-based attention."""
     return layer_rows("norm", result, trace, options)
 
 
 def globenc_rows(result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """``layer_rows`` of GlobEnc."""
     return layer_rows("globenc", result, trace, options)
 
 
 def alti_rows(result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """``layer_rows`` of ALTI."""
     return layer_rows("alti", result, trace, options)

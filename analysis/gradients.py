@@ -348,6 +348,7 @@ class _Path:
 
 
 def compute_attention_gradient(inputs: Inputs, options: Options) -> AttentionGradient:
+    """``attention_gradient`` of the trace: (L, H, T, T)."""
     return attention_gradient(inputs.model(), inputs.trace)
 
 
@@ -361,6 +362,7 @@ def attention_gradient_rows(result: AttentionGradient, trace: EncoderTrace,
 
 
 def compute_input_gradient(inputs: Inputs, options: Options) -> TokenAttribution:
+    """``input_gradient`` of the trace: (T,)."""
     return input_gradient(inputs.model(), inputs.trace)
 
 

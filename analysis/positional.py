@@ -250,6 +250,7 @@ def rope_scheme(trace: EncoderTrace, length: int = DEFAULT_ROPE_DISTANCE) -> Rop
 
 
 def compute_position_share(inputs: Inputs, options: Options) -> PositionShare:
+    """``position_share`` of the trace."""
     return position_share(inputs.trace)
 
 
@@ -259,6 +260,7 @@ def logit_terms_limit(trace: EncoderTrace) -> str | None:
 
 
 def compute_relative_bias(inputs: Inputs, options: Options) -> dict[str, np.ndarray]:
+    """``relative_bias`` of the trace's model."""
     return relative_bias(inputs.trace)
 
 
@@ -278,6 +280,7 @@ def bias_rows(result: dict[str, np.ndarray], trace: EncoderTrace, options: Optio
 
 
 def compute_rope(inputs: Inputs, options: Options) -> RopeDecay:
+    """``rope_scheme`` of the trace's model."""
     return rope_scheme(inputs.trace)
 
 

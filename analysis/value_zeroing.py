@@ -157,6 +157,7 @@ def size_limit(layers: int, width: int, tokens: int) -> str | None:
 
 
 def compute_value_zeroing(inputs: Inputs, options: Options) -> ValueZeroing:
+    """``value_zeroing`` of the trace, re-running its model."""
     return value_zeroing(inputs.model(), inputs.trace, progress=inputs.progress("layers"))
 
 
