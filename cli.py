@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import analysis
+from analysis.inputs import TraceInputs
 from encoder.errors import ExportError, HeadlightError
 from encoder.sources import LoadedModel, load_source
 from encoder.trace import EncoderTrace, trace_text
 from encoder.trace_io import DATA_FORMATS, trace_from_json, trace_to_json, write_attention_csv
 from tutorial.dataset import load_splits
 from viz.options import MERGE_WORDS, SHARED_OPTIONS, Option, parse_ints
-from viz.registry import ANALYSES, VIEWS, Analysis, TraceInputs, analysis_options, build_view, view_options
+from viz.registry import ANALYSES, VIEWS, Analysis, analysis_options, build_view, view_options
 from viz.render import FIGURE_FORMATS, figure_to_bytes, figure_to_html
 
 FORMATS = (*FIGURE_FORMATS, *DATA_FORMATS)
@@ -225,10 +226,10 @@ def _run_analysis(args: argparse.Namespace, fmt: str, entry: Analysis, given: di
     result = entry.compute(inputs, settings)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
-        rows, _ = entry.numbers(result, inputs.trace, settings)
+        rows, _ = entry.rows(result, inputs.trace, settings)
         args.output.write_text(analysis.rows_to_csv(rows), encoding="utf-8", newline="")
     elif fmt == "json":
-        _, numbers = entry.numbers(result, inputs.trace, settings)
+        _, numbers = entry.rows(result, inputs.trace, settings)
         args.output.write_text(analysis.to_json(numbers), encoding="utf-8")
     else:
         _write_figure(args, fmt, entry.figures(result, inputs.trace, settings)[0][1])

@@ -21,6 +21,7 @@ import pytest
 import analysis
 from analysis import gradients, perturb
 from analysis.faithfulness import faithfulness
+from analysis.heads import DEFAULT_CLUSTERS
 from analysis.similarity import explain_similarity
 from cli import main
 from encoder.trace import trace_text
@@ -29,7 +30,6 @@ from viz.attribution import build_attribution_heatmap
 from viz.faithfulness import build_faithfulness_chart
 from viz.gradients import build_attention_gradient_heatmap, build_token_attribution
 from viz.registry import ANALYSES as ANALYSIS_VIEWS
-from viz.registry import DEFAULT_CLUSTERS
 from viz.similarity import build_similarity_heatmap
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from analysis.inputs import TraceInputs
 from analysis.positional import ROPE_SEED, position_share, rope_decay, term_share
 from analysis.words import merge_words, word_starts
 from encoder.config import EncoderConfig
@@ -16,7 +17,7 @@ from encoder.positional import relative_position_buckets
 from encoder.trace import trace_batch, trace_text
 from tests.support.families import load_family
 from viz.clicks import click_spec
-from viz.registry import ANALYSES, TraceInputs
+from viz.registry import ANALYSES
 
 TEXT = "The cat sat on the mat because it was tired, and then it slept until the evening."
 
@@ -182,7 +183,7 @@ def test_the_lab_entries_draw_mpnet_through_the_registry():
     assert len(fig.data) == trace.num_heads
     edges = {shape.x0 for shape in fig.layout.shapes if shape.line.dash == "dot"}
     assert edges == set(bias["bucket_edges"].tolist())
-    rows, _ = ANALYSES["relative-bias"].numbers(bias, trace, {})
+    rows, _ = ANALYSES["relative-bias"].rows(bias, trace, {})
     assert len(rows) == trace.num_heads * len(bias["distances"])
 
 
@@ -217,7 +218,7 @@ def test_rope_entry_lights_up_when_the_scheme_has_frequencies():
     (name, fig), = ANALYSES["rope"].figures(decay, rotary, {})
     assert name == "rope" and len(fig.data) == 6
     assert any(shape.x0 == 64 for shape in fig.layout.shapes)
-    rows, _ = ANALYSES["rope"].numbers(decay, rotary, {})
+    rows, _ = ANALYSES["rope"].rows(decay, rotary, {})
     assert len(rows) == 2 * len(decay.distances)
 
 
@@ -227,7 +228,6 @@ def test_the_lab_draws_the_real_rotary_and_disentangled_fixtures(family):
     and the CLI run them."""
     from encoder.trace import trace_text
     from tests.support.families import load_family
-    from viz.registry import ANALYSES, TraceInputs
 
     trace = trace_text(load_family(family), "The cat sat on the mat because it was tired, and then it slept.")
     entries = ["position-share", "rope"] if family == "modernbert" else ["position-share"]
@@ -236,7 +236,7 @@ def test_the_lab_draws_the_real_rotary_and_disentangled_fixtures(family):
         result = entry.compute(TraceInputs(trace), {})
         figures = entry.figures(result, trace, {})
         assert figures and figures[0][1].data, (family, name)
-        rows, _ = entry.numbers(result, trace, {})
+        rows, _ = entry.rows(result, trace, {})
         assert rows, (family, name)
     share = ANALYSES["position-share"].compute(TraceInputs(trace), {})
     values = np.asarray(getattr(share, "share", share))

@@ -218,7 +218,7 @@ def heavy_job() -> Iterator[None]:
 @dataclass(frozen=True)
 class Inputs:
     """What was traced (the cache key of every analysis), and the corpus chosen for corpus analyses; implements
-    ``viz.registry.Inputs`` with the caches here."""
+    ``analysis.inputs.Inputs`` with the caches here."""
 
     source: str
     text: str
