@@ -1,9 +1,11 @@
-"""Run every benchmark and print one markdown table each: `make bench` (or `python -m bench [names...] [--isa avx2]`).
+"""Run every benchmark and print one markdown table each: `make bench` (or `python -m bench [names...] [--isa avx2]
+[--threads N]`).
 
-Every table names the CPU it was measured on and its vector extensions (``bench.common.cpu_description``).
-``--isa avx2`` runs the named suites in a subprocess whose environment caps both frameworks' instruction set at AVX2
-(``bench.common.ISA_CAPS``), to see how an AVX2-only CPU would rank them; a run of every suite (no names) ends with
-the encoder suite so capped.
+Every table names the CPU it was measured on, its vector extensions and the load average
+(``bench.common.print_table``). ``--isa avx2`` runs the named suites in a subprocess whose environment caps both
+frameworks' instruction set at AVX2 (``bench.common.ISA_CAPS``), to see how an AVX2-only CPU would rank them; a run
+of every suite (no names) ends with the encoder suite so capped. ``--threads N`` gives each framework N threads
+(default: every core); one thread per framework compares the kernels alone, which a busy machine disturbs least.
 """
 
 from __future__ import annotations
@@ -44,22 +46,27 @@ def run_suites(names: list[str]) -> int:
     return 0
 
 
-def run_capped(names: list[str], isa: str) -> int:
-    """Run the suites ``names`` in a subprocess with the instruction set capped at ``isa``."""
-    return subprocess.run([sys.executable, "-m", "bench", *names], env=capped_environment(isa)).returncode
+def run_capped(names: list[str], isa: str | None, threads: int | None = None) -> int:
+    """Run the suites ``names`` in a subprocess with the instruction set capped at ``isa`` (None: uncapped) and
+    ``threads`` threads per framework (None: every core)."""
+    return subprocess.run([sys.executable, "-m", "bench", *names], env=capped_environment(isa, threads)).returncode
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"suites to run (default: all): {', '.join(SUITES)}")
     parser.add_argument("--isa", choices=sorted(ISA_CAPS), help="cap both frameworks' instruction set")
+    parser.add_argument("--threads", type=int, help="threads per framework (default: every core)")
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in SUITES]
     if unknown:
         print(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(SUITES)}", file=sys.stderr)
         return 2
-    if args.isa is not None and isa_cap() != args.isa:
-        return run_capped(args.names or list(SUITES), args.isa)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if (args.isa is not None and isa_cap() != args.isa) or args.threads is not None:
+        names = args.names or list(SUITES)
+        return run_capped(names, args.isa or isa_cap(), args.threads)
     if args.names:
         return run_suites(args.names)
     return run_suites(list(SUITES)) or run_capped(list(CAPPED_BY_DEFAULT), "avx2")

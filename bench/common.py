@@ -126,11 +126,16 @@ def _cap_settings(name: str) -> list[str]:
     return [f"{key}={value}" for key, value in ISA_CAPS[name].items()]
 
 
-def capped_environment(name: str, environment: dict[str, str] | None = None) -> dict[str, str]:
-    """``environment`` (default: this process's) with the ``ISA_CAPS[name]`` settings; XLA_FLAGS keeps its other
-    flags."""
+def capped_environment(name: str | None, threads: int | None = None,
+                       environment: dict[str, str] | None = None) -> dict[str, str]:
+    """``environment`` (default: this process's) with the ``ISA_CAPS[name]`` settings (none for None; XLA_FLAGS keeps
+    its other flags) and, given ``threads``, each framework's thread count set to it (TensorFlow's intra-op pool
+    and one inter-op thread; PyTorch's OpenMP threads, ``bench_threads``)."""
     environment = dict(os.environ if environment is None else environment)
-    for key, value in ISA_CAPS[name].items():
+    if threads is not None:
+        environment.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS="1",
+                           OMP_NUM_THREADS=str(threads))
+    for key, value in ISA_CAPS.get(name, {}).items():
         if key == "XLA_FLAGS":
             kept = [flag for flag in environment.get(key, "").split() if not flag.startswith("--xla_cpu_max_isa")]
             value = " ".join([*kept, value])
@@ -138,10 +143,17 @@ def capped_environment(name: str, environment: dict[str, str] | None = None) -> 
     return environment
 
 
+def bench_threads() -> int:
+    """The threads each framework may use: OMP_NUM_THREADS when set (``--threads``), else every core."""
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
 def print_table(title: str, rows: list[dict]) -> None:
-    """A markdown table of ``rows`` (dicts with the same keys) under ``title``, with the CPU it was measured on."""
+    """A markdown table of ``rows`` (dicts with the same keys) under ``title``, with the CPU it was measured on and
+    how busy the machine was (its load average over the last minute, when the table is printed)."""
     print(f"\n### {title}\n")
-    print(f"CPU: {cpu_description()}\n")
+    threads = f"; {bench_threads()} threads per framework" if "TF_NUM_INTRAOP_THREADS" in os.environ else ""
+    print(f"CPU: {cpu_description()}{threads}; load average {os.getloadavg()[0]:.1f}\n")
     headers = list(rows[0])
     print("| " + " | ".join(headers) + " |")
     print("|" + "---|" * len(headers))

@@ -50,10 +50,11 @@ def load_runners():
     import torch
     from transformers import AutoTokenizer, BertModel
 
+    from bench.common import bench_threads
     from encoder.sources import load_source
     from encoder.trace import trace_text
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(bench_threads())
     ours = load_source("minilm")
     folder = str(ours.folder)
     hf_tokenizer = AutoTokenizer.from_pretrained(folder)
