@@ -152,7 +152,9 @@ def print_table(title: str, rows: list[dict]) -> None:
     """A markdown table of ``rows`` (dicts with the same keys) under ``title``, with the CPU it was measured on and
     how busy the machine was (its load average over the last minute, when the table is printed)."""
     print(f"\n### {title}\n")
-    threads = f"; {bench_threads()} threads per framework" if "TF_NUM_INTRAOP_THREADS" in os.environ else ""
+    count = bench_threads()
+    threads = f"; {count} thread{'' if count == 1 else 's'} per framework" if "TF_NUM_INTRAOP_THREADS" in os.environ \
+        else ""
     print(f"CPU: {cpu_description()}{threads}; load average {os.getloadavg()[0]:.1f}\n")
     headers = list(rows[0])
     print("| " + " | ".join(headers) + " |")
