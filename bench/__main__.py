@@ -53,7 +53,7 @@ def run_capped(names: list[str], isa: str | None, threads: int | None = None) ->
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Run benchmarks; print a markdown table each.")
     parser.add_argument("names", nargs="*", help=f"suites to run (default: all): {', '.join(SUITES)}")
     parser.add_argument("--isa", choices=sorted(ISA_CAPS), help="cap both frameworks' instruction set")
     parser.add_argument("--threads", type=int, help="threads per framework (default: every core)")
