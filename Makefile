@@ -28,9 +28,9 @@ $(VENV)/.stamp-bench: requirements-bench.txt $(VENV)/.stamp-run
 	touch $@
 
 # One local user on 127.0.0.1: open any folder under your home or the project, and any hub id (encoder/settings.py).
-# ui.serve is `streamlit run app.py` with the default model warming from the process's start (ui/warmup.py).
+# ui.serving is `streamlit run app.py` with the default model warming from the process's start (ui/serving/warmup.py).
 run: $(VENV)/.stamp-run
-	HEADLIGHT_MODEL_ROOTS="$(HOME):$(CURDIR)" HEADLIGHT_HUB_IDS='*' $(PY) -m ui.serve --server.address 127.0.0.1 --server.port $(PORT) \
+	HEADLIGHT_MODEL_ROOTS="$(HOME):$(CURDIR)" HEADLIGHT_HUB_IDS='*' $(PY) -m ui.serving --server.address 127.0.0.1 --server.port $(PORT) \
 		--browser.gatherUsageStats false
 
 test: $(VENV)/.stamp-dev

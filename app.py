@@ -6,9 +6,9 @@ Run with ``make run``. This file is ``main()`` and the sidebar (which model, whi
 link reopens exactly this view. Changing a layer, head, view or option never re-runs the encoder.
 
 The page draws before the model is ready: nothing imported here imports TensorFlow (the model code is imported by
-the model load: in the cold-start helper process and ``ui.warmup``'s background thread), and the sidebar's text
+the model load: in the cold-start helper process and ``ui.serving.warmup``'s background thread), and the sidebar's text
 widgets come before the wait for the model, which shows "Loading the model…" in the main area while the browser
-fetches the chart's code (``ui.prefetch``).
+fetches the chart's code (``ui.serving.prefetch``).
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from encoder.families import FAMILIES
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, ModelCard, builtin_sources
 from encoder.trace import EncoderTrace
-from ui import warmup
-from ui.cache import get_card, get_trace, model_pending, session_traces
+from ui.cache import get_card, get_trace, model_pending, session_traces, start_warm_up
 from ui.inputs import DEFAULT_TEXT, EXAMPLES, token_limit
-from ui.prefetch import prefetch_ui
-from ui.runtime import apply_secrets, keep_keras_state_between_reruns
+from ui.serving.prefetch import prefetch_ui
+from ui.serving.runtime import apply_secrets, keep_keras_state_between_reruns
 from ui.text import plain
 from ui.views import prediction_ui, views_ui
 
@@ -37,7 +36,6 @@ OTHER_MODEL = "folder or hub id…"
 LOADING = "Loading the model…"
 TEXT_BOX = '[data-testid="stSidebar"] [data-testid="stTextArea"] textarea'  # the page's first control
 log = logging.getLogger("headlight.app")
-warmup.start()  # once per process: a no-op when ``python -m ui.serve`` started it, or on every later visit
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,6 +128,7 @@ def open_model(source: str) -> tuple[str, ModelCard]:
 def main() -> None:
     keep_keras_state_between_reruns()
     apply_secrets()
+    start_warm_up()  # once per process: a no-op when ``python -m ui.serving`` started it, and on every later run
     st.set_page_config(page_title="Headlight", page_icon="🔦", layout="wide")
     with st.sidebar:
         st.title("Headlight")

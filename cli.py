@@ -1,6 +1,5 @@
-"""The command line: ``python -m cli`` (or its first name, ``python -m viz.export``) makes any figure (png, svg, pdf,
-html), exports a trace's data (npz, json, csv), or runs an analysis and writes its figure or its numbers (csv,
-json).
+"""The command line: ``python -m cli`` makes any figure (png, svg, pdf, html), exports a trace's data (npz, json,
+csv), or runs an analysis and writes its figure or its numbers (csv, json).
 
 Everything it offers comes from the registry (``viz.registry``): ``--view`` takes every view and analysis there,
 and every flag is an ``Option`` declared once, so a new registry entry appears here without editing this file.
@@ -12,18 +11,18 @@ import argparse
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import analysis
+from analysis.inputs import TraceInputs
 from encoder.errors import ExportError, HeadlightError
-from encoder.trace import EncoderTrace
+from encoder.sources import LoadedModel, load_source
+from encoder.trace import EncoderTrace, trace_text
 from encoder.trace_io import DATA_FORMATS, trace_from_json, trace_to_json, write_attention_csv
+from tutorial.dataset import load_splits
 from viz.options import MERGE_WORDS, SHARED_OPTIONS, Option, parse_ints
-from viz.registry import ANALYSES, VIEWS, Analysis, TraceInputs, analysis_options, build_view, view_options
+from viz.registry import ANALYSES, VIEWS, Analysis, analysis_options, build_view, view_options
 from viz.render import FIGURE_FORMATS, figure_to_bytes, figure_to_html
-
-if TYPE_CHECKING:
-    from encoder.sources import LoadedModel
 
 FORMATS = (*FIGURE_FORMATS, *DATA_FORMATS)
 ANALYSIS_FORMATS = (*FIGURE_FORMATS, "csv", "json")  # an analysis writes its figure or its numbers
@@ -149,10 +148,7 @@ def _read_trace(args: argparse.Namespace, model: LoadedModel | None = None) -> E
         return EncoderTrace.load(args.trace)
     if args.text is None:
         raise ExportError("give --text (the sentence to trace) or --trace (a saved trace)")
-    from encoder.sources import load_source
-    from encoder.trace import trace_text
-
-    model = load_source(args.model, trusted=True) if model is None else model  # the operator's own command line
+    model = load_source(args.model) if model is None else model  # the operator's own command line: any folder
     return trace_text(model, args.text, args.pair, args.max_tokens)
 
 
@@ -230,10 +226,10 @@ def _run_analysis(args: argparse.Namespace, fmt: str, entry: Analysis, given: di
     result = entry.compute(inputs, settings)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
-        rows, _ = entry.numbers(result, inputs.trace, settings)
+        rows, _ = entry.rows(result, inputs.trace, settings)
         args.output.write_text(analysis.rows_to_csv(rows), encoding="utf-8", newline="")
     elif fmt == "json":
-        _, numbers = entry.numbers(result, inputs.trace, settings)
+        _, numbers = entry.rows(result, inputs.trace, settings)
         args.output.write_text(analysis.to_json(numbers), encoding="utf-8")
     else:
         _write_figure(args, fmt, entry.figures(result, inputs.trace, settings)[0][1])
@@ -249,9 +245,7 @@ def _inputs(args: argparse.Namespace, entry: Analysis, corpus: Path | None, size
     if entry.needs_model:
         if args.trace is not None:
             raise ExportError(f"view {entry.name!r} re-runs the model, so it needs --text (and --model), not --trace")
-        from encoder.sources import load_source
-
-        model = load_source(args.model, trusted=True)
+        model = load_source(args.model)
     if corpus is not None:
         sentences = _corpus_sentences(args, corpus)
         if size is not None:
@@ -274,8 +268,6 @@ def _corpus_sentences(args: argparse.Namespace, path: Path) -> list[str]:
     if args.text is not None or args.pair is not None:
         raise ExportError("give either --corpus or --text/--pair, not both")
     if _is_test(path):
-        from tutorial.dataset import load_splits
-
         return [example.text for example in load_splits()["test"]]
     if not path.is_file():
         raise ExportError(f"corpus {path} does not exist")
@@ -289,10 +281,8 @@ def _corpus_sentences(args: argparse.Namespace, path: Path) -> list[str]:
 
 def _corpus_report(args: argparse.Namespace, sentences: list[str], distances: bool) -> analysis.HeadReport:
     """The report card over ``sentences``, traced by ``--model``; progress on stderr."""
-    from encoder.sources import load_source
-
     limit = {} if args.max_tokens is None else {"max_tokens": args.max_tokens}
-    traces = analysis.iter_traces(load_source(args.model, trusted=True), sentences, **limit)
+    traces = analysis.iter_traces(load_source(args.model), sentences, **limit)
     return analysis.corpus_head_report(traces, len(sentences), _progress_line("sentences traced"), distances)
 
 

@@ -11,8 +11,14 @@ Modules: ``flow`` (rollout, max-flow), ``divergence`` (entropy, Jensen-Shannon),
 corpora), ``clustering``, ``diff`` (two traces), ``tables`` (rows, CSV, JSON), ``words`` (sub-words merged into
 words), ``perturb`` (noise, ablation), ``attribution`` (norm-based, GlobEnc, ALTI), ``value_zeroing``, ``gradients``
 (attention/input x gradient, integrated gradients), ``faithfulness`` (the scoreboard, one text or a corpus),
-``similarity`` (why two sentences are similar), ``positional`` (the positional lab).
+``similarity`` (why two sentences are similar), ``positional`` (the positional lab), ``heads`` (the report card and
+clusters over a text or a corpus), ``inputs`` (what an analysis runs on).
 The names below are re-exported so ``import analysis; analysis.attention_rollout(...)`` reads as one library.
+
+Each registry analysis (``viz.registry.ANALYSES``) names two plain functions of its module here:
+``compute_<name>(inputs, options) -> result`` (``inputs`` an ``analysis.inputs.Inputs``, ``options`` its settings by
+name) and ``<name>_rows(result, trace, options) -> (csv rows, json result)`` (``tables.result_rows`` where the
+result lists its own rows); its figures are in ``viz/``.
 """
 
 from analysis.checks import Progress, check_attention, check_residual

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from analysis.inputs import chosen_layer
+from analysis.tables import matrix_result, matrix_rows
 from encoder.errors import AnalysisError
+
+if TYPE_CHECKING:
+    from analysis.inputs import Inputs, Options
+    from encoder.trace import EncoderTrace
 
 
 @dataclass(frozen=True)
@@ -149,3 +155,53 @@ def _check(hidden: np.ndarray, attention: np.ndarray, weights: list[LayerWeights
                             f"shape {np.shape(hidden)}")
     if len(weights) != layers:
         raise AnalysisError(f"Attention has {layers} layers, while {len(weights)} layers of weights were given")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry's norm-based, GlobEnc and ALTI: compute(inputs, options) -> (L, T, T), rows(result, trace, options)
+
+
+def _all_weights(inputs: Inputs) -> tuple[Any, list[LayerWeights]]:
+    """The trace and every layer's weights from the inputs' model."""
+    trace, model = inputs.trace, inputs.model()
+    return trace, [layer_weights(model, layer) for layer in range(trace.num_layers)]
+
+
+def compute_norm(inputs: Inputs, options: Options) -> np.ndarray:
+    """Norm-based attention, head mean: (L, T, T)."""
+    trace, weights = _all_weights(inputs)
+    return norm_based(trace.hidden, trace.attention, weights).mean(axis=1)
+
+
+def compute_globenc(inputs: Inputs, options: Options) -> np.ndarray:
+    """GlobEnc rolled out: (L, T, T)."""
+    trace, weights = _all_weights(inputs)
+    return rollout(globenc_layers(trace.hidden, trace.attention, weights))
+
+
+def compute_alti(inputs: Inputs, options: Options) -> np.ndarray:
+    """ALTI rolled out: (L, T, T)."""
+    trace, weights = _all_weights(inputs)
+    return rollout(alti_layers(trace.hidden, trace.attention, weights))
+
+
+def layer_rows(kind: str, result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """An (L, T, T) attribution at the chosen layer (default the last), one row per cell, and its JSON."""
+    layer = chosen_layer(trace, options)
+    rows = matrix_rows(result[layer], trace.tokens, kind)
+    return rows, matrix_result(kind, trace, layer, rows)
+
+
+def norm_rows(result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """``layer_rows`` of norm-based attention."""
+    return layer_rows("norm", result, trace, options)
+
+
+def globenc_rows(result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """``layer_rows`` of GlobEnc."""
+    return layer_rows("globenc", result, trace, options)
+
+
+def alti_rows(result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """``layer_rows`` of ALTI."""
+    return layer_rows("alti", result, trace, options)

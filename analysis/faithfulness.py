@@ -26,10 +26,13 @@ from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace, pad_batch, to_numpy, trace_text
 
 if TYPE_CHECKING:
+    from analysis.inputs import Inputs, Options
     from encoder.sources import LoadedModel
 
 MAX_DELETIONS = 10  # AOPC removes the top 1..K tokens, K = min(this, non-special tokens)
 BATCH = 64  # shortened inputs per forward_padded call
+CORPUS_MAX = 200  # sentences one app run may score (each re-runs the model ~100 times)
+CORPUS_TOKENS = 128  # a corpus sentence is scored on at most this many tokens (bounds one run's work)
 
 
 @dataclass(frozen=True, eq=False)
@@ -294,3 +297,13 @@ def corpus_faithfulness(model: LoadedModel, texts: Sequence[str], progress: Prog
                           np.float64) for field in ("spearman", "aopc"))
     return CorpusFaithfulness(names, tuple(kept), rho, aopc, skipped,
                               "drop in p(predicted class)" if classifier else output, corpus, truncated)
+
+
+def compute_faithfulness(inputs: Inputs, options: Options) -> Faithfulness | CorpusFaithfulness:
+    """The scoreboard of the trace, or over the chosen corpus (each sentence on at most ``CORPUS_TOKENS``)."""
+    corpus = inputs.corpus_sentences()
+    if corpus is None:
+        return faithfulness(inputs.model(), inputs.trace)
+    name, sentences = corpus
+    return corpus_faithfulness(inputs.model(), sentences, inputs.progress("sentences scored"), name,
+                               max_tokens=CORPUS_TOKENS)

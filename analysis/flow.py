@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.checks import check_attention, check_residual
+from analysis.inputs import Options, chosen_layer
+from analysis.tables import matrix_result, matrix_rows
 from encoder.errors import AnalysisError
 
 if TYPE_CHECKING:
-    pass
+    from analysis.inputs import Inputs
+    from encoder.trace import EncoderTrace
 
 
 DEFAULT_RESIDUAL = 0.5  # Abnar & Zuidema (2020): A' = 0.5 * A + 0.5 * I
@@ -191,3 +194,45 @@ def _distances_to_sink(
         frontier = reached
     height[:, 0] = unreachable
     return height
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry's rollout and flow: compute(inputs, options), rows(result, trace, options), limit(trace)
+
+
+def compute_rollout(inputs: Inputs, options: Options) -> np.ndarray:
+    """Attention rollout of the trace with ``options["residual"]``: (L, T, T)."""
+    return attention_rollout(inputs.trace.attention, options.get("residual", DEFAULT_RESIDUAL))
+
+
+def _token_rows(kind: str, matrix: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """A (T, T) matrix as long-format rows, and the JSON naming the input, the layer and the residual."""
+    rows = matrix_rows(matrix, trace.tokens, kind)
+    return rows, matrix_result(kind, trace, chosen_layer(trace, options), rows,
+                               residual=options.get("residual", DEFAULT_RESIDUAL))
+
+
+def rollout_rows(result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """The rollout after the chosen layer (default the last), one row per cell."""
+    return _token_rows("rollout", result[chosen_layer(trace, options)], trace, options)
+
+
+def flow_limit(trace: EncoderTrace) -> str | None:
+    """Why attention flow refuses this trace (more than ``MAX_FLOW_TOKENS`` tokens), or None."""
+    if trace.num_tokens <= MAX_FLOW_TOKENS:
+        return None
+    return (f"Attention flow solves one max-flow problem per token pair, so it is limited to {MAX_FLOW_TOKENS} "
+            f"tokens; this input has {trace.num_tokens}. Shorten the text (or set Max tokens to {MAX_FLOW_TOKENS}), "
+            "or use Rollout.")
+
+
+def compute_flow(inputs: Inputs, options: Options) -> np.ndarray:
+    """Attention flow through layers 0 to the chosen layer (default the last): (T, T)."""
+    trace = inputs.trace
+    return attention_flow(trace.attention, options.get("residual", DEFAULT_RESIDUAL),
+                          num_layers=chosen_layer(trace, options) + 1)
+
+
+def flow_rows(result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """The flow, one row per cell."""
+    return _token_rows("flow", result, trace, options)

@@ -32,12 +32,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.checks import Progress
+from analysis.inputs import chosen_layer
 from analysis.objectives import OBJECTIVES
 from analysis.perturb import check_pairing
+from analysis.tables import matrix_result, matrix_rows
 from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace, to_numpy
 
 if TYPE_CHECKING:
+    from analysis.inputs import Inputs, Options
     from encoder.sources import LoadedModel
 
 DEFAULT_STEPS = 50  # Gauss-Legendre points on the path (see the README for the completeness errors measured)
@@ -339,3 +342,32 @@ class _Path:
             if self.progress is not None:
                 self.progress(self.done, self.planned)
         return f, dots
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry's gradient entries: compute(inputs, options), rows(result, trace, options)
+
+
+def compute_attention_gradient(inputs: Inputs, options: Options) -> AttentionGradient:
+    """``attention_gradient`` of the trace: (L, H, T, T)."""
+    return attention_gradient(inputs.model(), inputs.trace)
+
+
+def attention_gradient_rows(result: AttentionGradient, trace: EncoderTrace,
+                            options: Options) -> tuple[list[dict], dict]:
+    """The head mean at the chosen layer (default the last), one row per cell, and its JSON with f."""
+    layer = chosen_layer(trace, options)
+    rows = matrix_rows(result.head_mean(layer), trace.tokens, "attention_gradient")
+    return rows, matrix_result("attention-gradient", trace, layer, rows, objective=result.objective,
+                               value=result.value)
+
+
+def compute_input_gradient(inputs: Inputs, options: Options) -> TokenAttribution:
+    """``input_gradient`` of the trace: (T,)."""
+    return input_gradient(inputs.model(), inputs.trace)
+
+
+def compute_integrated_gradients(inputs: Inputs, options: Options) -> TokenAttribution:
+    """Integrated gradients with ``options["steps"]`` points (default ``DEFAULT_STEPS``)."""
+    return integrated_gradients(inputs.model(), inputs.trace, options.get("steps") or DEFAULT_STEPS,
+                                progress=inputs.progress("points on the path"))

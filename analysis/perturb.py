@@ -23,6 +23,7 @@ from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace, to_numpy
 
 if TYPE_CHECKING:
+    from analysis.inputs import Inputs, Options
     from encoder.sources import LoadedModel
 
 DEFAULT_SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -338,3 +339,30 @@ def head_importance(model: LoadedModel, trace: EncoderTrace, progress: Progress 
     importance = float(clean[predicted]) - probabilities[:, :, predicted]
     return HeadImportance(importance, f"drop in P({name}) with the head silenced", cosine, probabilities,
                           clean, predicted, trace.labels)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry's noise stability, head importance and ablation: compute(inputs, options)
+
+
+def compute_noise(inputs: Inputs, options: Options) -> NoiseStability:
+    """Noise stability at ``DEFAULT_SIGMAS`` (and ``options["sigma"]``), ``options["samples"]`` per sigma."""
+    sigma = options.get("sigma")
+    sigmas = DEFAULT_SIGMAS if sigma is None else tuple(sorted({*DEFAULT_SIGMAS, sigma}))
+    samples = options.get("samples") or DEFAULT_SAMPLES
+    return noise_stability(inputs.model(), inputs.trace, sigmas, samples, progress=inputs.progress("noisy runs"))
+
+
+def measured_sigmas(result: NoiseStability) -> list[float]:
+    """The sigmas a noise result holds (the choices of the sigma its map is drawn at)."""
+    return [float(s) for s in result.sigmas]
+
+
+def compute_importance(inputs: Inputs, options: Options) -> HeadImportance:
+    """Every head silenced alone."""
+    return head_importance(inputs.model(), inputs.trace, progress=inputs.progress("heads silenced"))
+
+
+def compute_ablation(inputs: Inputs, options: Options) -> AblationEffect:
+    """The heads ``options["ablate"]`` ((layer, head) pairs) silenced together."""
+    return ablate_heads(inputs.model(), inputs.trace, options["ablate"])

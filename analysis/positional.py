@@ -17,11 +17,16 @@ per layer and head: 1 where only position moves the logits, 0 where only content
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.inputs import chosen_layer, refusal
 from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace
+
+if TYPE_CHECKING:
+    from analysis.inputs import Inputs, Options
 
 POSITION_TERMS = ("position", "c2p", "p2c")  # terms that depend on where the tokens are
 CONTENT_TERMS = ("content", "c2c")  # terms that depend only on what the tokens are
@@ -238,3 +243,47 @@ def rope_scheme(trace: EncoderTrace, length: int = DEFAULT_ROPE_DISTANCE) -> Rop
         raise AnalysisError(f"{trace.model} has no rotary positions (ModernBERT has them).")
     window = int(np.asarray(scheme.get("local_window", 0)).reshape(-1)[0]) if "local_window" in scheme else 0
     return rope_decay(found, length, window)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry's lab entries: compute(inputs, options), rows(result, trace, options), limit(trace)
+
+
+def compute_position_share(inputs: Inputs, options: Options) -> PositionShare:
+    """``position_share`` of the trace."""
+    return position_share(inputs.trace)
+
+
+def logit_terms_limit(trace: EncoderTrace) -> str | None:
+    """Why the trace has no logit terms to measure (``ABSOLUTE_MESSAGE``), or None."""
+    return refusal(check_logit_terms, trace)
+
+
+def compute_relative_bias(inputs: Inputs, options: Options) -> dict[str, np.ndarray]:
+    """``relative_bias`` of the trace's model."""
+    return relative_bias(inputs.trace)
+
+
+def relative_bias_limit(trace: EncoderTrace) -> str | None:
+    """Why the model has no relative bias by distance, or None."""
+    return refusal(relative_bias, trace)
+
+
+def compute_term_by_distance(inputs: Inputs, options: Options) -> dict[str, np.ndarray]:
+    """``term_by_distance`` at the chosen layer (default the last)."""
+    return term_by_distance(inputs.trace, chosen_layer(inputs.trace, options))
+
+
+def bias_rows(result: dict[str, np.ndarray], trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """A bias (or positional term) by distance: one row per head and signed distance, and the arrays as JSON."""
+    return relative_bias_rows(result), result
+
+
+def compute_rope(inputs: Inputs, options: Options) -> RopeDecay:
+    """``rope_scheme`` of the trace's model."""
+    return rope_scheme(inputs.trace)
+
+
+def rope_limit(trace: EncoderTrace) -> str | None:
+    """Why the model has no rotary positions, or None."""
+    return refusal(rope_scheme, trace)

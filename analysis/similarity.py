@@ -23,7 +23,11 @@ from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace, trace_text
 
 if TYPE_CHECKING:
+    from analysis.inputs import Inputs, Options
     from encoder.sources import LoadedModel
+
+NO_SECOND_TEXT = ("Type a second sentence to compare (the sidebar's second sentence; --pair on the command line): "
+                  "each text is traced alone and the cosine of their embeddings is split into token pairs.")
 
 
 @dataclass(frozen=True)
@@ -126,3 +130,20 @@ def similarity_gradients(model: LoadedModel, trace: EncoderTrace, other: Encoder
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry's "why similar?": the trace's text and its pair, each traced alone
+
+
+def similarity_limit(trace: EncoderTrace) -> str | None:
+    """``NO_SECOND_TEXT`` when the trace has no second sentence, else None."""
+    return NO_SECOND_TEXT if trace.pair is None else None
+
+
+def compute_similarity(inputs: Inputs, options: Options) -> SimilaritySplit:
+    """``explain_similarity`` of the trace's text and its pair (AnalysisError ``NO_SECOND_TEXT`` without one)."""
+    trace = inputs.trace
+    if trace.pair is None:
+        raise AnalysisError(NO_SECOND_TEXT)
+    return explain_similarity(inputs.model(), trace.text, trace.pair)

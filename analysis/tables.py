@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from encoder.errors import AnalysisError
 from encoder.trace_io import csv_cell
 
 if TYPE_CHECKING:
-    pass
+    from encoder.trace import EncoderTrace
 
 
 _LARGE_FIELDS = ("attention", "difference")  # (L, H, T, T) fields that to_json leaves out by default
@@ -81,3 +81,24 @@ def _jsonable(value):
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The rows of registry analyses: ``rows(result, trace, options) -> (csv rows, json result)``
+
+
+def result_rows(result, trace: EncoderTrace | None, options: Mapping[str, Any]) -> tuple[list[dict], Any]:
+    """The rows of a result that lists its own (``result.rows()``), and the result itself as the JSON."""
+    return result.rows(), result
+
+
+def result_table(result) -> list[dict]:
+    """``result.rows()``: the sortable table the app shows under the figures."""
+    return result.rows()
+
+
+def matrix_result(kind: str, trace: EncoderTrace, layer: int, rows: list[dict], **extra: Any) -> dict:
+    """The JSON of a token x token analysis: what it is, its input, the layer, ``extra`` settings, the tokens and
+    ``rows`` (from ``matrix_rows``)."""
+    return {"kind": kind, "model": trace.model, "text": trace.text, "pair": trace.pair, "layer": layer, **extra,
+            "tokens": trace.tokens, "rows": rows}

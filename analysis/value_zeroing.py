@@ -20,10 +20,13 @@ import numpy as np
 
 from analysis import attribution
 from analysis.checks import Progress
+from analysis.inputs import chosen_layer
 from analysis.perturb import check_pairing
+from analysis.tables import matrix_result, matrix_rows
 from encoder.errors import AnalysisError
 
 if TYPE_CHECKING:
+    from analysis.inputs import Inputs, Options
     from encoder.probes import LayerProbe
     from encoder.sources import LoadedModel
     from encoder.trace import EncoderTrace
@@ -147,3 +150,26 @@ def size_limit(layers: int, width: int, tokens: int) -> str | None:
     return (f"Value zeroing runs every layer once per token, so on a model of this size ({layers} layers of width "
             f"{width}) it is limited to {longest} tokens; this input has {tokens}. Shorten the text (or set Max "
             f"tokens to {longest}).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry's value zeroing: compute(inputs, options), rows(result, trace, options), limit(trace)
+
+
+def compute_value_zeroing(inputs: Inputs, options: Options) -> ValueZeroing:
+    """``value_zeroing`` of the trace, re-running its model."""
+    return value_zeroing(inputs.model(), inputs.trace, progress=inputs.progress("layers"))
+
+
+def value_zeroing_limit(trace: EncoderTrace) -> str | None:
+    """Why this input is too large to zero every token's values in (``size_limit``), or None."""
+    return size_limit(trace.num_layers, trace.hidden.shape[-1], trace.num_tokens)
+
+
+def value_zeroing_rows(result: ValueZeroing, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """The rollout after the chosen layer ("value-zeroing") and that layer's own matrix ("layer_share"), per cell."""
+    layer = chosen_layer(trace, options)
+    rows = matrix_rows(result.rollout[layer], trace.tokens, "value-zeroing")
+    for row, share in zip(rows, result.layers[layer].ravel()):
+        row["layer_share"] = float(share)
+    return rows, matrix_result("value-zeroing", trace, layer, rows)

@@ -1,8 +1,8 @@
 """The app in Chromium: cold start (first paint, first chart from process start), warm reload, and a control change
 (slider release to updated chart).
 
-Drives the app as ``make run`` starts it (``python -m ui.serve``: ``streamlit run app.py``, with the cold-start helper
-process loading the default model from the process's start, ``ui.coldstart``) on 127.0.0.1 with Playwright and
+Drives the app as ``make run`` starts it (``python -m ui.serving``: ``streamlit run app.py``, with the cold-start helper
+process loading the default model from the process's start, ``ui.serving.coldstart``) on 127.0.0.1 with Playwright and
 Debian's Chromium, with a 128-token input given in the URL. The browser asks for the page as soon as the server
 answers its health check. First paint is from that request to the sidebar's Text box being drawn (the page's
 controls); first chart is from the process's start to the chart showing "Layer 0, head 0". A change is timed from
@@ -18,6 +18,8 @@ import time
 import urllib.parse
 
 from bench.common import browser_cpu, children_cpu, cpu_seconds
+from bench.encoder import text_of_length
+from encoder.sources import load_source
 from tests.browser_support import CHART, chromium_path, launch_chromium, streamlit_server
 
 TOKENS = 128
@@ -79,9 +81,6 @@ def main() -> list[dict]:
 
     if chromium_path() is None:
         return [{"measure": "skipped: no Chromium at /usr/bin/chromium", "value": ""}]
-    from bench.encoder import text_of_length
-    from encoder.sources import load_source
-
     text = text_of_length(load_source("minilm").tokenizer, TOKENS)
     with sync_playwright() as playwright:
         colds = [_cold_start(playwright, text) for _ in range(COLD_STARTS)]

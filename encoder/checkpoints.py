@@ -17,11 +17,11 @@ import numpy as np
 
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
-from encoder.limits import check_config, check_config_fields, check_tensors, read_headers
+from encoder.families import FAMILIES
+from encoder.families.common import labels
+from encoder.limits import CONFIG_BYTES, check_config, check_config_fields, check_tensors, read_headers
 from encoder.model import TransformerEncoder
 from encoder.settings import settings
-
-CONFIG_BYTES = 4 * 2**20  # largest config.json we read (a classifier with 100,000 labels fits)
 
 
 def family_of(hf_config: dict[str, Any]):
@@ -30,8 +30,6 @@ def family_of(hf_config: dict[str, Any]):
     Raises:
         CheckpointError: a ``model_type`` we do not run, with the list of those we do.
     """
-    from encoder.families import FAMILIES
-
     model_type = hf_config.get("model_type")
     if model_type not in FAMILIES:
         raise CheckpointError(
@@ -142,8 +140,6 @@ def load_hf_folder(
     """Build a TransformerEncoder from a Hugging Face folder (config.json + safetensors) of a family we run;
     returns the model and its class labels (``id2label`` of a classifier, else ()). ``hf_config`` is the folder's
     config.json when the caller has read it already (``read_hf_config``)."""
-    from encoder.families.common import labels
-
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError("The model path is not a folder: give the folder that holds config.json.")

@@ -27,6 +27,8 @@ from typing import Any
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
 
+CONFIG_BYTES = 4 * 2**20  # largest config.json read (a classifier with 100,000 labels fits)
+
 
 @dataclass(frozen=True)
 class Bound:

@@ -13,7 +13,8 @@ import numpy as np
 
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
-from encoder.model import TransformerEncoder
+from encoder.limits import CONFIG_BYTES
+from encoder.model import POSITIONS, TransformerEncoder
 
 FORMAT = "headlight"
 INITIAL_WEIGHTS = "initial.safetensors"
@@ -66,8 +67,6 @@ def save_initial_weights(folder: str | Path, state: dict[str, np.ndarray]) -> Pa
 def is_headlight_folder(folder: Path) -> bool:
     """Whether ``folder`` is one of ours; its config.json is read only when it is of a config's size (a hostile
     folder's giant or deeply nested file is then refused by the Hugging Face reader, with our error)."""
-    from encoder.checkpoints import CONFIG_BYTES
-
     path = folder / "config.json"
     try:
         if path.stat().st_size > CONFIG_BYTES:
@@ -90,6 +89,16 @@ def read_folder_config(folder: Path) -> tuple[EncoderConfig, dict[str, Any]]:
                               "or describes an impossible model); save the model again.") from error
 
 
+def stored_path(path: str, weights: dict[str, np.ndarray]) -> str | None:
+    """The name ``weights`` stores the variable at ``path`` under, or None: the path itself, or for the position
+    scheme's variables (``positions/...``) the model-level path folders saved before the parts had
+    (``position_embedding/embeddings``)."""
+    if path in weights:
+        return path
+    legacy = path.removeprefix(f"{POSITIONS}/")
+    return legacy if legacy != path and legacy in weights else None
+
+
 def load_folder(
     folder: str | Path, weights_file: str = "model.safetensors"
 ) -> tuple[TransformerEncoder, dict[str, Any]]:
@@ -108,9 +117,10 @@ def load_folder(
         raise CheckpointError("model.safetensors is not a readable safetensors file; save the model again.") from error
     model = TransformerEncoder(config, name="encoder")
     for variable in model.weights:
-        if variable.path not in weights:
+        path = stored_path(variable.path, weights)
+        if path is None:
             raise CheckpointError(f"model.safetensors lacks {variable.path}; was it saved by another version?")
-        value = weights[variable.path]
+        value = weights[path]
         if tuple(value.shape) != tuple(variable.shape):
             raise CheckpointError(
                 f"model.safetensors: {variable.path} has shape {tuple(value.shape)}, "

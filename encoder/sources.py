@@ -1,10 +1,12 @@
 """Model sources by name: "minilm" (default), "tutorial", "tutorial-initial", a local folder, or a hub id.
 
-Secure by default: a name comes from a visitor's link, so ``load_source`` opens the built-in models always, a
-folder only when its resolved path (symlinks included) lies under one of ``settings().model_roots``, and a hub id
-only when ``settings().hub_allowed`` says so; anything else is refused with one message that names no path and
-echoes nothing back. The command line is the operator's own tool: it passes ``trusted=True`` and opens any folder
-or hub id, and ``load_path`` (a folder the caller chose) is never restricted.
+The caller of a Python function is the operator: ``load_source(name)`` opens the built-in models, any folder that
+exists, and any hub id. A name a visitor sent (the app's model box, a link) goes through
+``load_source(name, restricted=True)``, which opens the built-in models always, a folder only when its resolved path
+(symlinks included) lies under one of ``settings().model_roots``, and a hub id only when ``settings().hub_allowed``
+says so; anything else is refused with one message that names no path and echoes nothing back. Either way a
+checkpoint passes the same checks before anything is allocated (``encoder.limits``: config sizes, parameter cap,
+safetensors headers), and a hub download the same size cap (``settings().hub_max_bytes``).
 
 Importing this module is light (no TensorFlow): the app names its models and draws its page before TensorFlow is
 imported; ``load_path`` imports the model code when it first builds a model.
@@ -54,7 +56,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ModelCard:
     """What the page says about a model, without the model (no TensorFlow): ``LoadedModel.card()``; the
-    cold-start helper process sends the server the default model's card (``ui.coldstart``)."""
+    cold-start helper process sends the server the default model's card (``ui.serving.coldstart``)."""
 
     name: str
     description: str
@@ -114,20 +116,26 @@ def builtin_sources() -> list[str]:
     return names
 
 
-def load_source(name: str, trusted: bool = False) -> LoadedModel:
+def load_source(name: str, restricted: bool = False) -> LoadedModel:
     """Load a model by source name, local folder path, or Hugging Face hub id ("owner/name").
 
     Args:
-        name: a built-in name, a folder (absolute, ``~``, or relative to the working folder or to a model root), or
-            a hub id.
-        trusted: the caller is the operator (the command line): any folder and any hub id may be opened. The app
-            never passes it: a visitor gets the built-in models, folders under the model roots and the allowed hub
-            ids (``encoder.settings``).
+        name: a built-in name, a folder (absolute, ``~``, or relative to the working folder; restricted: also
+            relative to a model root), or a hub id.
+        restricted: the name comes from a visitor (the app passes it for every name it did not choose itself):
+            only the built-in models, folders under the model roots and the allowed hub ids open
+            (``encoder.settings``). Off by default: the caller of this function (a script, the command line) is
+            the operator, and may open any folder and any hub id.
 
     Raises:
-        SourceError: a name this server does not open (the message names no path and echoes nothing), or the
-            MiniLM package is not installed.
+        SourceError: a name that names no model (or, restricted, one this server does not open: the message names
+            no path and echoes nothing), or the MiniLM package is not installed.
         CheckpointError: a folder or hub id that cannot be loaded (the message says why and what to do).
+
+    Example:
+        >>> load_source("tutorial").config.num_layers
+        4
+        >>> model = load_source("~/models/my-bert")  # doctest: +SKIP - any folder: the caller is the operator
     """
     name = name.strip()
     if name == "minilm":
@@ -136,8 +144,8 @@ def load_source(name: str, trusted: bool = False) -> LoadedModel:
         return _load_tutorial(trained=True)
     if name == "tutorial-initial":
         return _load_tutorial(trained=False)
-    if trusted:
-        return _load_trusted(name)
+    if not restricted:
+        return _load_operators(name)
     allowed = settings()
     _check_name(name, allowed)
     folder = allowed_folder(name, allowed.model_roots)
@@ -148,7 +156,7 @@ def load_source(name: str, trusted: bool = False) -> LoadedModel:
     raise SourceError(_refusal(allowed))
 
 
-def _load_trusted(name: str) -> LoadedModel:
+def _load_operators(name: str) -> LoadedModel:
     """The operator's name: any folder that exists, else any hub id."""
     path = Path(name).expanduser()
     if path.exists():
@@ -207,6 +215,7 @@ def allowed_folder(name: str, roots: tuple[Path, ...]) -> Path | None:
 
 def load_path(folder: str | Path, name: str | None = None) -> LoadedModel:
     """Load a local folder: one of ours (format "headlight") or a Hugging Face BERT-family checkpoint."""
+    # The model code imports TensorFlow: imported when a model is built, so the page draws before (module docstring).
     from encoder.checkpoints import load_hf_folder, read_hf_config
     from encoder.compiled import CompiledEncoder
     from encoder.saving import is_headlight_folder, load_folder
@@ -300,6 +309,7 @@ def _sha256(path: Path) -> str:
 
 
 def _load_tutorial(trained: bool) -> LoadedModel:
+    # The model code imports TensorFlow: imported when a model is built, as in ``load_path``.
     from encoder.compiled import CompiledEncoder
     from encoder.saving import INITIAL_WEIGHTS, load_folder
     from encoder.tokenizer import TextTokenizer

@@ -14,6 +14,7 @@ import numpy as np
 from encoder.errors import InputError
 from encoder.pieces import check_token_style, readable_piece
 from encoder.positional import position_ids
+from encoder.trace_fields import read_npz, write_npz
 
 if TYPE_CHECKING:
     from encoder.sources import LoadedModel
@@ -117,21 +118,22 @@ class EncoderTrace:
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | Path) -> Path:
-        """Write the trace as a compressed NPZ (read it back with ``EncoderTrace.load``)."""
-        from encoder.trace_io import save_npz
-
-        return save_npz(self, path)
+        """Write the trace as a compressed NPZ to ``path`` (exactly this name: no ".npz" is added; read it back with
+        ``EncoderTrace.load``); returns the path."""
+        path = Path(path)
+        with path.open("wb") as handle:
+            write_npz(self, handle)
+        return path
 
     @classmethod
     def load(cls, path: str | Path) -> EncoderTrace:
         """Read an NPZ written by ``save``.
 
         Raises:
-            ExportError: the file is not a saved trace.
+            ExportError: the file is not an NPZ archive or not a saved trace.
+            OSError: the file cannot be opened.
         """
-        from encoder.trace_io import load_npz
-
-        return load_npz(path)
+        return read_npz(cls, Path(path), str(path))
 
 
 def class_probabilities(trace: EncoderTrace) -> list[tuple[str, float]]:

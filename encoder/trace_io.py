@@ -2,7 +2,8 @@
 CSV; and reading each back.
 
 NPZ and JSON are written and read field by field from ``dataclasses.fields(EncoderTrace)``: each field's type picks
-one entry of ``_KINDS``, which says how that kind of value is stored. NPZ keys and JSON keys are the field names,
+one entry of ``encoder.trace_fields.KINDS``, which says how that kind of value is stored (``EncoderTrace.save`` and
+``load`` use the same codec). NPZ keys and JSON keys are the field names,
 plus ``has_pair`` (NPZ: whether ``pair`` is None), ``outputs/<name>`` (NPZ: one array per output), and the JSON
 header "format", "version", "shapes" (informative) and "dtypes" (of the outputs). A field with a default may be
 missing from a file (it reads back as the default), so files from before a new field still load; an optional array
@@ -16,18 +17,14 @@ import io
 import json
 import operator
 import re
-import typing
-import zipfile
-import zlib
-from collections.abc import Callable, Iterable
-from dataclasses import MISSING, Field, dataclass, fields
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import numpy as np
 
 from encoder.errors import ExportError
 from encoder.trace import EncoderTrace
+from encoder.trace_fields import MAPPING, build, field_kinds, json_value, read_npz, write_npz
 
 DATA_FORMATS = ("npz", "json", "csv")
 CSV_HEADER = ("layer", "head", "query_index", "query_token", "key_index", "key_token", "weight")
@@ -40,169 +37,14 @@ _CSV_SPECIAL = re.compile(r'[,"\r\n]')  # a cell with one of these is quoted
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# One entry per kind of field
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """How one kind of field is stored.
-
-    ``to_npz(name, value)`` returns the NPZ entries; ``from_npz(name, arrays)`` reads them back (KeyError when
-    missing). ``to_json(value)`` returns JSON text, or None for no entry; ``from_json(value, field, document)``
-    checks and converts the parsed value (TypeError or ValueError when it is not of this kind).
-    """
-
-    to_npz: Callable[[str, Any], dict[str, np.ndarray]]
-    from_npz: Callable[[str, dict[str, np.ndarray]], Any]
-    to_json: Callable[[Any], str | None]
-    from_json: Callable[[Any, Field, dict], Any]
-
-
-def _json_value(value) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _checked(value, python_type: type, name: str):
-    """``value`` if it is a ``python_type`` (a JSON boolean is not an int), else TypeError."""
-    if not isinstance(value, python_type) or (python_type is int and isinstance(value, bool)):
-        raise TypeError(f"{name} must be {python_type.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _scalar(python_type: type) -> _Kind:
-    """str, bool, int: a 0-d array in NPZ, a plain JSON value."""
-    return _Kind(
-        to_npz=lambda name, value: {name: np.array(value)},
-        from_npz=lambda name, arrays: python_type(arrays[name]),
-        to_json=_json_value,
-        from_json=lambda value, field, document: _checked(value, python_type, field.name),
-    )
-
-
-def _strings_from_json(value, field: Field, document: dict) -> tuple[str, ...]:
-    return tuple(_checked(item, str, field.name) for item in _checked(value, list, field.name))
-
-
-def _optional_from_json(value, field: Field, document: dict) -> str | None:
-    return None if value is None else _checked(value, str, field.name)
-
-
-def _mapping_to_json(value: dict[str, np.ndarray]) -> str:
-    return "{" + ",".join(f"{_json_value(name)}:{_json_array(np.asarray(v))}" for name, v in value.items()) + "}"
-
-
-def _mapping_from_json(value, field: Field, document: dict) -> dict[str, np.ndarray]:
-    dtypes = document["dtypes"]
-    return {name: np.asarray(v, dtype=dtypes[name]) for name, v in _checked(value, dict, field.name).items()}
-
-
-_STRINGS = _Kind(
-    to_npz=lambda name, value: {name: np.array(value, dtype=str)},
-    from_npz=lambda name, arrays: tuple(str(t) for t in arrays[name]),
-    to_json=lambda value: _json_value(list(value)),
-    from_json=_strings_from_json,
-)
-# None is stored as "" plus has_<name> false, so the NPZ holds no object arrays.
-_OPTIONAL_STRING = _Kind(
-    to_npz=lambda name, value: {name: np.array("" if value is None else value),
-                                f"has_{name}": np.array(value is not None)},
-    from_npz=lambda name, arrays: str(arrays[name]) if bool(arrays[f"has_{name}"]) else None,
-    to_json=_json_value,
-    from_json=_optional_from_json,
-)
-_ARRAY = _Kind(
-    to_npz=lambda name, value: {name: value},
-    from_npz=lambda name, arrays: arrays[name],
-    to_json=lambda value: _json_array(np.asarray(value)),
-    from_json=lambda value, field, document: np.asarray(value, dtype=field.metadata["dtype"]),
-)
-# An array or nothing: None has no NPZ entry and no JSON key (so it reads back as the field's default, None).
-_OPTIONAL_ARRAY = _Kind(
-    to_npz=lambda name, value: {} if value is None else _ARRAY.to_npz(name, value),
-    from_npz=_ARRAY.from_npz,
-    to_json=lambda value: None if value is None else _ARRAY.to_json(value),
-    from_json=lambda value, field, document: None if value is None else _ARRAY.from_json(value, field, document),
-)
-# One NPZ entry "<name>/<key>" per array; JSON keeps each array's dtype in the header's "dtypes".
-_MAPPING = _Kind(
-    to_npz=lambda name, value: {f"{name}/{key}": v for key, v in value.items()},
-    from_npz=lambda name, arrays: {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{name}/")},
-    to_json=_mapping_to_json,
-    from_json=_mapping_from_json,
-)
-_KINDS: dict[Any, _Kind] = {
-    str: _scalar(str),
-    bool: _scalar(bool),
-    int: _scalar(int),
-    tuple[str, ...]: _STRINGS,
-    str | None: _OPTIONAL_STRING,
-    np.ndarray: _ARRAY,
-    np.ndarray | None: _OPTIONAL_ARRAY,
-    dict[str, np.ndarray]: _MAPPING,
-}
-
-
-def _field_kinds() -> list[tuple[Field, _Kind]]:
-    hints = typing.get_type_hints(EncoderTrace)
-    unknown = [f"{f.name}: {hints[f.name]}" for f in fields(EncoderTrace) if hints[f.name] not in _KINDS]
-    if unknown:
-        raise TypeError(f"trace_io cannot store EncoderTrace fields {unknown}: add their kind to _KINDS")
-    return [(f, _KINDS[hints[f.name]]) for f in fields(EncoderTrace)]
-
-
-_FIELDS = _field_kinds()
-
-
-def _has_default(field: Field) -> bool:
-    return field.default is not MISSING or field.default_factory is not MISSING
-
-
-def _build_trace(read: Callable[[Field, _Kind], Any], where: str) -> EncoderTrace:
-    """An EncoderTrace from ``read(field, kind)`` per field; any failure is an ExportError naming ``where``."""
-    values = {}
-    for field, kind in _FIELDS:
-        try:
-            values[field.name] = read(field, kind)
-        except KeyError as error:
-            if error.args[0] == field.name and _has_default(field):
-                continue
-            raise ExportError(f"{where} is not a Headlight trace: it has no {error.args[0]!r}") from None
-        except (TypeError, ValueError) as error:
-            raise ExportError(f"{where} is not a Headlight trace: {field.name!r} cannot be read ({error})") from None
-    try:
-        return EncoderTrace(**values)
-    except ValueError as error:
-        raise ExportError(f"{where} is not a valid trace: {error}") from None
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # NPZ
-
-
-def _write_npz(trace: EncoderTrace, handle: BinaryIO) -> None:
-    arrays: dict[str, np.ndarray] = {}
-    for field, kind in _FIELDS:
-        arrays.update(kind.to_npz(field.name, getattr(trace, field.name)))
-    np.savez_compressed(handle, **arrays)
-
-
-def _read_npz(source: BinaryIO | Path, where: str) -> EncoderTrace:
-    try:
-        loaded = np.load(source, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("it holds one array, not an NPZ archive")
-        with loaded:
-            arrays = {name: loaded[name] for name in loaded.files}
-    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise ExportError(f"{where} is not an NPZ archive ({error})") from None
-    return _build_trace(lambda field, kind: kind.from_npz(field.name, arrays), where)
 
 
 def trace_to_npz(trace: EncoderTrace) -> bytes:
     """The whole trace as compressed NPZ bytes (read back with ``trace_from_npz``; ``EncoderTrace.save`` writes
     the same to a file)."""
     buffer = io.BytesIO()
-    _write_npz(trace, buffer)
+    write_npz(trace, buffer)
     return buffer.getvalue()
 
 
@@ -212,15 +54,12 @@ def trace_from_npz(data: bytes) -> EncoderTrace:
     Raises:
         ExportError: not an NPZ archive, or not a Headlight trace.
     """
-    return _read_npz(io.BytesIO(data), "the NPZ data")
+    return read_npz(EncoderTrace, io.BytesIO(data), "the NPZ data")
 
 
 def save_npz(trace: EncoderTrace, path: str | Path) -> Path:
     """Write ``trace_to_npz`` to ``path`` (exactly this name: no ".npz" is added); returns the path."""
-    path = Path(path)
-    with path.open("wb") as handle:
-        _write_npz(trace, handle)
-    return path
+    return trace.save(path)
 
 
 def load_npz(path: str | Path) -> EncoderTrace:
@@ -230,7 +69,7 @@ def load_npz(path: str | Path) -> EncoderTrace:
         ExportError: the file is not an NPZ archive or not a Headlight trace.
         OSError: the file cannot be opened.
     """
-    return _read_npz(Path(path), str(path))
+    return EncoderTrace.load(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,29 +86,13 @@ def trace_to_json(trace: EncoderTrace) -> str:
         "format": JSON_FORMAT,
         "version": JSON_VERSION,
         "shapes": {"layers": trace.num_layers, "heads": trace.num_heads, "tokens": trace.num_tokens},
-        "dtypes": {name: str(np.asarray(value).dtype) for field, kind in _FIELDS if kind is _MAPPING
+        "dtypes": {name: str(np.asarray(value).dtype) for field, kind in field_kinds(EncoderTrace) if kind is MAPPING
                    for name, value in getattr(trace, field.name).items()},
     }
-    parts = [f"{_json_value(key)}:{_json_value(value)}" for key, value in header.items()]
-    values = ((field.name, kind.to_json(getattr(trace, field.name))) for field, kind in _FIELDS)
-    parts += [f"{_json_value(name)}:{value}" for name, value in values if value is not None]
+    parts = [f"{json_value(key)}:{json_value(value)}" for key, value in header.items()]
+    values = ((field.name, kind.to_json(getattr(trace, field.name))) for field, kind in field_kinds(EncoderTrace))
+    parts += [f"{json_value(name)}:{value}" for name, value in values if value is not None]
     return "{" + ",".join(parts) + "}"
-
-
-def _json_array(array: np.ndarray) -> str:
-    """A nested JSON list; float32 values in their shortest exact decimal form (NumPy's repr)."""
-    if array.dtype.kind != "f":
-        return json.dumps(array.tolist())
-    if not np.all(np.isfinite(array)):
-        raise ExportError("the trace holds NaN or infinite values, which JSON cannot store")
-    text = array.astype(str)
-
-    def nest(block: np.ndarray) -> str:
-        if block.ndim == 1:
-            return "[" + ",".join(block.tolist()) + "]"
-        return "[" + ",".join(nest(inner) for inner in block) + "]"
-
-    return nest(text) if array.ndim else str(text)
 
 
 def trace_from_json(text: str) -> EncoderTrace:
@@ -286,7 +109,8 @@ def trace_from_json(text: str) -> EncoderTrace:
         raise ExportError(f"not a Headlight trace: expected \"format\": \"{JSON_FORMAT}\"")
     if document.get("version") != JSON_VERSION:
         raise ExportError(f"JSON trace version {document.get('version')!r} is not {JSON_VERSION}, the one we read")
-    return _build_trace(lambda field, kind: kind.from_json(document[field.name], field, document), "the JSON")
+    return build(EncoderTrace, lambda field, kind: kind.from_json(document[field.name], field, document),
+                 "the JSON")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from analysis import (
     js_divergence as js,
 )
 from analysis.divergence import LN2
+from tests.support.floats import approx_f32, assert_close_f32
 from tests.support.traces import random_attention, synthetic_trace
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,10 +195,10 @@ def test_head_distances_and_divergence_agree():
     np.testing.assert_array_equal(np.diag(distance), 0.0)
     np.testing.assert_array_equal(distance, distance.T)
     expected = js(attention[0, 1], attention[1, 2]).mean()  # float64 throughout
-    assert distance[1, 5] == pytest.approx(expected, abs=1e-7)  # float32 logarithms
+    assert distance[1, 5] == approx_f32(expected, ulps=16)  # float32 logarithms
     other = random_attention(np.random.default_rng(7), 2, 3, 5)
     divergence = head_divergence(attention, other)
-    np.testing.assert_allclose(divergence, js(attention, other).mean(-1), atol=1e-7)
+    assert_close_f32(divergence, js(attention, other).mean(-1), ulps=16)
     other[1, 2] = attention[1, 2]
     divergence = head_divergence(attention, other)
     assert divergence[1, 2] == 0.0 and (np.delete(divergence.ravel(), 5) > 0).all()
@@ -230,10 +231,10 @@ def test_report_card_statistics_by_hand():
     assert set(report.statistics) == set(STATISTICS)
     assert report.num_texts == 1 and report.num_queries == 4 and report.distance is None
     for name, values in EXPECTED.items():
-        np.testing.assert_allclose(report[name][0], values, atol=1e-7, err_msg=name)
+        assert_close_f32(report[name][0], values, ulps=8, err_msg=name)  # float32 logarithms
     rows = report.rows()
     assert len(rows) == 3 and rows[1]["layer"] == 0 and rows[1]["head"] == 1
-    assert rows[1]["previous"] == pytest.approx(1.0)
+    assert rows[1]["previous"] == approx_f32(1.0)
     with pytest.raises(KeyError, match="unknown statistic"):
         report["beauty"]
 
@@ -255,10 +256,10 @@ def test_corpus_report_is_token_weighted():
     assert calls == [(1, 2), (2, 2)]
     assert report.num_texts == 2 and report.num_queries == 7
     # entropy: (3 * ln 3 + 4 * ln 4) / 7 for head 0; self: (3 * 1/3 + 4 * .25) / 7 for head 0.
-    assert report["entropy"][0, 0] == pytest.approx((3 * math.log(3) + 4 * math.log(4)) / 7)
-    assert report["self"][0, 0] == pytest.approx((1 + 1) / 7)
+    assert report["entropy"][0, 0] == approx_f32((3 * math.log(3) + 4 * math.log(4)) / 7, ulps=8)
+    assert report["self"][0, 0] == approx_f32((1 + 1) / 7)
     # previous is averaged over queries that have one: 2 + 3; head 1: eye (0) then PREVIOUS (3 x 1).
-    assert report["previous"][0, 1] == pytest.approx(3 / 5)
+    assert report["previous"][0, 1] == approx_f32(3 / 5)
     one = head_report(short, distances=True).distance
     two = head_report(long, distances=True).distance
     np.testing.assert_allclose(report.distance, (3 * one + 4 * two) / 7)

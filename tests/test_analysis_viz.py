@@ -193,7 +193,8 @@ def test_report_card_of_a_model_without_cls_names_the_first_token():
 
 
 def test_rollout_and_flow_of_the_registry_label_tokens_as_people_read_them():
-    from viz.registry import ANALYSES, TraceInputs
+    from analysis.inputs import TraceInputs
+    from viz.registry import ANALYSES
 
     trace = synthetic_trace(("The", "Ġcat", "Ġsat", "Ċ"), visible="causal", token_style="bytelevel")
     for name in ("rollout", "flow"):
@@ -201,7 +202,7 @@ def test_rollout_and_flow_of_the_registry_label_tokens_as_people_read_them():
         result = entry.compute(TraceInputs(trace), {})
         fig = entry.figures(result, trace, {})[0][1]
         assert list(fig.layout.xaxis.ticktext) == ["The", "cat", "sat", "⏎"], name
-        rows, _ = entry.numbers(result, trace, {})
+        rows, _ = entry.rows(result, trace, {})
         assert rows[1]["key_token"] == "Ġcat"  # the numbers keep the tokenizer's own tokens
     rollout = ANALYSES["rollout"].compute(TraceInputs(trace), {})
     np.testing.assert_allclose(rollout.sum(-1), 1.0, atol=1e-5)  # still row-stochastic on the causal graph

@@ -231,6 +231,29 @@ def test_every_analysis_renders_with_its_downloads(analysis, expected):
         assert "CSV (numbers)" in labels
 
 
+def test_the_analysis_picker_asks_the_question_first_and_links_reopen_the_analysis():
+    at = _app(view="Analysis")
+    _no_errors(at)
+    question, picked = at.segmented_control(key="question"), at.segmented_control(key="analysis")
+    assert question.options[:3] == ["How does information flow?", "What do the heads do?", "Which heads matter?"]
+    assert (question.value, picked.value) == ("How does information flow?", "Rollout")
+    assert picked.options == ["Rollout", "Flow", "Norm-based", "GlobEnc", "ALTI", "Value zeroing"]
+    assert any(c.value.startswith("Answers: how much of each input token") for c in at.caption)
+    (more,) = [e for e in at.expander if e.label.startswith("More on Rollout")]  # its section of docs/analyses.md
+    assert "Abnar & Zuidema" in more.markdown[0].value
+    at.segmented_control(key="question").set_value("What do the heads do?").run()
+    _no_errors(at)
+    assert at.segmented_control(key="analysis").options == ["Report card", "Head clusters"]
+    assert at.segmented_control(key="analysis").value == "Report card"  # the question's first analysis
+    assert _title(_figures(at)[0]).startswith("Head report card")
+    linked = _app(view="Analysis", analysis="Head clusters")  # a link naming only the analysis opens its question
+    _no_errors(linked)
+    assert linked.segmented_control(key="question").value == "What do the heads do?"
+    assert _title(_figures(linked)[0]).startswith("Heads clustered")
+    asked = _app(view="Analysis", question="What do the heads do?")  # the question's first analysis is left out
+    assert _title(_figures(asked)[0]).startswith("Head report card")
+
+
 def test_rollout_follows_the_layer_slider_and_rows_sum_to_one():
     at = _app(view="Analysis", analysis="Rollout", layer="5")
     figure = _figures(at)[0]
@@ -344,7 +367,7 @@ def test_ablation_asks_for_heads_before_running():
 
 def test_clicks_are_decoded_from_the_figure_click_spec():
     from ui import clicks
-    from viz.common import click_spec
+    from viz.clicks import click_spec
     from viz.registry import build_view
 
     trace = __import__("tests.support.traces", fromlist=["synthetic_trace"]).synthetic_trace(
@@ -362,17 +385,17 @@ def test_clicks_are_decoded_from_the_figure_click_spec():
 
 def test_the_private_streamlit_hook_we_patch_still_exists():
     """Streamlit 1.67 calls ``script_runner._clean_problem_modules`` (keras.backend.clear_session) after every run and
-    has no setting to turn it off; ``ui.runtime`` replaces it. If an upgrade renames it, the patch silently does
+    has no setting to turn it off; ``ui.serving.runtime`` replaces it. If an upgrade renames it, the patch silently does
     nothing and every widget change gets ~0.15 s slower: this test says so first."""
     import inspect
 
     from streamlit.runtime.scriptrunner import script_runner
 
-    from ui.runtime import PATCHED_HOOK
+    from ui.serving.runtime import PATCHED_HOOK
 
     assert callable(getattr(script_runner, PATCHED_HOOK, None)), (
         f"streamlit.runtime.scriptrunner.script_runner.{PATCHED_HOOK} is gone: find what clears Keras' session "
-        "after each run in this Streamlit version and update ui/runtime.py")
+        "after each run in this Streamlit version and update ui/serving/runtime.py")
     assert PATCHED_HOOK in inspect.getsource(script_runner.ScriptRunner), "the runner no longer calls the hook"
 
 

@@ -95,7 +95,7 @@ def test_a_cold_page_shows_its_controls_and_a_loading_state_before_the_chart(bro
             sidebar.get_by_role("combobox", name="Model").wait_for()
             page.get_by_text("Loading the model…").wait_for()
             assert page.locator(CHART).count() == 0
-            # the chart's code (plotly.js) is fetched while the model loads, not after (ui.prefetch)
+            # the chart's code (plotly.js) is fetched while the model loads, not after (ui.serving.prefetch)
             page.wait_for_function("() => document.body.innerText.includes('Loading the model')"
                                    " && performance.getEntriesByType('resource').some(e => e.name.includes("
                                    "'/static/js/PlotlyChart.'))", polling=50)
@@ -217,6 +217,28 @@ def test_every_tab_renders_and_is_saved_as_a_screenshot(page, app_url):
         path = ARTIFACTS / f"tab-{tab.lower().replace(' ', '-')}.png"
         page.screenshot(path=str(path), full_page=True)
         assert path.stat().st_size > 20_000
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def test_the_analysis_question_and_choice_live_in_the_url(page, app_url):
+    """Pick a question, then an analysis: both go into the URL, and the copied link reopens that analysis; a link
+    naming only the analysis opens its question."""
+    _open(page, f"{app_url}/?view=Analysis")
+    _wait_title(page, r"^Attention rollout")
+    question = page.get_by_role("radiogroup", name="Question")
+    question.get_by_role("radio", name="What do the heads do?").click()
+    _wait_title(page, r"^Head report card")
+    page.get_by_role("radiogroup", name="Analysis").get_by_role("radio", name="Head clusters").click()
+    _wait_title(page, r"^Heads clustered")
+    page.wait_for_function("() => location.search.includes('question=') && location.search.includes('analysis=')")
+    link = page.url
+    page.goto("about:blank")
+    _open(page, link)
+    assert _wait_title(page, r"^Heads clustered").startswith("Heads clustered")
+    _open(page, f"{app_url}/?view=Analysis&analysis=Head+clusters")
+    assert _wait_title(page, r"^Heads clustered").startswith("Heads clustered")
+    chosen = page.get_by_role("radiogroup", name="Question").get_by_role("radio", name="What do the heads do?")
+    assert chosen.get_attribute("aria-checked") == "true"
     assert page.get_by_test_id("stException").count() == 0
 
 

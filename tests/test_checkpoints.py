@@ -11,6 +11,7 @@ from encoder.errors import CheckpointError, SourceError
 from encoder.saving import initial_model, load_folder, model_state, save_folder
 from encoder.sources import builtin_sources, load_path, load_source
 from encoder.trace import trace_text
+from tests.support.floats import assert_close_f32
 from tests.support.models import tiny_config, write_tiny_bert_folder
 
 
@@ -78,10 +79,13 @@ def _edit_config(folder, **changes):
 
 def test_unknown_names_and_offline_hub_ids_fail_fast_and_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HEADLIGHT_HUB_IDS", "*")
-    with pytest.raises(SourceError, match="not available here"):
+    with pytest.raises(SourceError, match="Unknown model 'no such model': use 'minilm'"):
         load_source("no such model")
-    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
-        load_source("someone/some-bert-that-is-not-cached")
+    with pytest.raises(SourceError, match="not available here"):
+        load_source("no such model", restricted=True)
+    for restricted in (False, True):
+        with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
+            load_source("someone/some-bert-that-is-not-cached", restricted=restricted)
     with pytest.raises(CheckpointError, match="not a folder"):
         load_path(tmp_path / "missing")
 
@@ -147,7 +151,28 @@ def test_our_folder_round_trip_is_exact(tmp_path):
     for name, value in model_state(model).items():
         np.testing.assert_array_equal(model_state(loaded)[name], value)
     ids = np.array([[1, 2, 3, 4]], np.int32)
-    np.testing.assert_array_equal(loaded(ids)["attention"].numpy(), model(ids)["attention"].numpy())
+    assert_close_f32(loaded(ids)["attention"].numpy(), model(ids)["attention"].numpy(), ulps=16)
+
+
+def test_a_folder_with_flat_config_and_model_level_position_paths_loads(tmp_path):
+    """Folders whose config.json holds the flat form and whose position tables sit at the model's level
+    (``position_embedding/embeddings``, not ``positions/...``) load with every weight in place."""
+    from safetensors.numpy import load_file, save_file
+    from tokenizers import Tokenizer, models
+
+    config = tiny_config(positional="learned", position_offset=2, relative_attention_buckets=8)
+    model = initial_model(config, seed=3)
+    folder = save_folder(tmp_path / "m", model, Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")).to_str())
+    stored = load_file(str(folder / "model.safetensors"))
+    assert {"positions/position_embedding/embeddings", "positions/relative_attention_bias/embeddings"} <= set(stored)
+    save_file({name.removeprefix("positions/"): value for name, value in stored.items()},
+              str(folder / "model.safetensors"))
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, "encoder": config.flat()}))
+    loaded, _ = load_folder(folder)
+    assert loaded.config == config
+    for name, value in model_state(model).items():
+        np.testing.assert_array_equal(model_state(loaded)[name], value)
 
 
 def test_seeded_initialisation_is_reproducible_and_seed_dependent():
@@ -162,7 +187,7 @@ def test_seeded_initialisation_is_reproducible_and_seed_dependent():
 
 
 def test_keras_config_round_trip_keeps_the_encoder_config():
-    from encoder.layers import EncoderLayer
+    from encoder.block import EncoderLayer
     from encoder.model import TransformerEncoder
 
     config = tiny_config(num_classes=3, activation="gelu")

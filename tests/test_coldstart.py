@@ -1,6 +1,6 @@
-"""The cold-start helper process (``ui.coldstart``): a real second process with the real MiniLM, whose card and traces
-the server shows while it loads the model itself; and the page that needs no model in the server for its first
-chart."""
+"""The cold-start helper process (``ui.serving.coldstart``): a real second process with the real MiniLM, whose card
+and traces the server shows while it loads the model itself; and the page that needs no model in the server for its
+first chart."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from encoder.errors import InputError
 from encoder.trace import trace_text
-from ui import coldstart, prefetch, warmup
+from ui.serving import coldstart, prefetch, warmup
 
 CASES = ["simple", "pair", "multilingual"]
 TIMEOUT = 180
@@ -23,7 +23,7 @@ TIMEOUT = 180
 
 @pytest.fixture(scope="module")
 def helper():
-    started = coldstart.Helper(subprocess.Popen([sys.executable, "-m", "ui.coldstart"], cwd=coldstart.ROOT,
+    started = coldstart.Helper(subprocess.Popen([sys.executable, "-m", "ui.serving.coldstart"], cwd=coldstart.ROOT,
                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE))
     yield started
     started.stop()
@@ -74,8 +74,8 @@ def test_bad_input_gets_the_servers_own_message(helper, minilm):
 
 
 def test_a_stopped_helper_exits_and_leaves_the_work_to_the_server():
-    process = subprocess.Popen([sys.executable, "-m", "ui.coldstart"], cwd=coldstart.ROOT, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-m", "ui.serving.coldstart"], cwd=coldstart.ROOT,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     stopped = coldstart.Helper(process)
     stopped.stop()
     assert process.returncode == 0 and stopped.gone
@@ -105,7 +105,7 @@ def test_the_first_page_needs_no_model_in_the_server(helper, monkeypatch):
     """While the server's own warm-up is still running, the page's card and first trace come from the helper, and
     the page shows the chart's code prefetcher (the model is pending)."""
     monkeypatch.setattr(coldstart, "_helper", helper)
-    monkeypatch.setattr(warmup, "_future", Future())  # the server's model is still loading (a use of it would hang)
+    monkeypatch.setattr(warmup, "_running", warmup.Running("minilm", Future()))  # still loading (a use would hang)
     text = "The helper traced this sentence for the first page."
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
     at.query_params["text"] = text
@@ -129,8 +129,9 @@ def test_the_chart_code_to_prefetch_is_in_the_installed_streamlit():
 def test_the_servers_warm_up_waits_for_the_helpers_first_answer_then_stops_it():
     """With a helper, the server imports TensorFlow only after the helper has answered a first trace (the first
     chart is not slowed by a second import on the same 2 cores), and stops the helper once its own model is warm."""
-    code = ("import sys, time\nfrom ui import coldstart, warmup\nstart = time.monotonic()\nhelper = coldstart.spawn()\n"
-            "future = warmup.start()\ncard = helper.card()\ntime.sleep(0.5)\n"
+    code = ("import sys, time\nfrom ui import cache\nfrom ui.serving import coldstart, warmup\n"
+            "start = time.monotonic()\nhelper = coldstart.spawn()\nfuture = cache.start_warm_up()\n"
+            "card = helper.card()\ntime.sleep(0.5)\n"
             "print('tensorflow' in sys.modules, time.monotonic() - start < warmup.HELPER_START_DELAY)\n"
             "trace = helper.trace('The cat sat on the mat.', None, 64)\nmodel = future.result(timeout=300)\n"
             "while not helper.gone:\n    time.sleep(0.1)\n"

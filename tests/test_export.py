@@ -121,7 +121,7 @@ def test_html_is_self_contained(trace):
 def test_cli_with_the_real_model_writes_an_svg(tmp_path, image_browser):
     out = tmp_path / "fig.svg"
     result = subprocess.run(
-        [sys.executable, "-m", "viz.export", "--model", "minilm", "--text", TEXT, "--view", "heatmap",
+        [sys.executable, "-m", "cli", "--model", "minilm", "--text", TEXT, "--view", "heatmap",
          "--layer", "2", "--head", "5", "--format", "svg", "-o", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -132,7 +132,7 @@ def test_cli_with_the_real_model_writes_an_svg(tmp_path, image_browser):
 
 def test_cli_bad_input_exits_2_with_a_message_and_no_traceback(saved, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "viz.export", "--trace", str(saved), "--layer", "9", "-o", str(tmp_path / "x.html")],
+        [sys.executable, "-m", "cli", "--trace", str(saved), "--layer", "9", "-o", str(tmp_path / "x.html")],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2

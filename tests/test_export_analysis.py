@@ -1,4 +1,4 @@
-"""The analysis views of the export CLI (``python -m viz.export --view rollout|flow|report|clusters|noise|importance|
+"""The analysis views of the export CLI (``python -m cli --view rollout|flow|report|clusters|noise|importance|
 ablation``) with the real MiniLM: figures as PNG/SVG/HTML, numbers as CSV/JSON equal to the library's, and one-line
 errors for bad input.
 
@@ -21,6 +21,7 @@ import pytest
 import analysis
 from analysis import gradients, perturb
 from analysis.faithfulness import faithfulness
+from analysis.heads import DEFAULT_CLUSTERS
 from analysis.similarity import explain_similarity
 from cli import main
 from encoder.trace import trace_text
@@ -29,7 +30,6 @@ from viz.attribution import build_attribution_heatmap
 from viz.faithfulness import build_faithfulness_chart
 from viz.gradients import build_attention_gradient_heatmap, build_token_attribution
 from viz.registry import ANALYSES as ANALYSIS_VIEWS
-from viz.registry import DEFAULT_CLUSTERS
 from viz.similarity import build_similarity_heatmap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,7 +286,7 @@ def test_ablation_csv_and_json_are_the_library_effect(minilm, trace, tmp_path, c
 def test_ablation_in_a_subprocess(trace, minilm, tmp_path):
     out = tmp_path / "ablation.json"
     result = subprocess.run(
-        [sys.executable, "-m", "viz.export", "--model", "minilm", "--text", TEXT, "--view", "ablation",
+        [sys.executable, "-m", "cli", "--model", "minilm", "--text", TEXT, "--view", "ablation",
          "--ablate", HEADS, "-o", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -300,7 +300,7 @@ def test_ablation_in_a_subprocess(trace, minilm, tmp_path):
 
 
 def run_cli(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "viz.export", *map(str, argv)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, argv)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 

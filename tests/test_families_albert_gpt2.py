@@ -17,6 +17,7 @@ from encoder.families import albert, gpt2
 from encoder.sources import load_path
 from encoder.trace import trace_batch, trace_text
 from tests.support.families import FAMILIES_DIR, load_family
+from tests.support.floats import assert_close_f32
 
 TEXT = "The cat sat on the mat because it was tired."
 
@@ -149,7 +150,8 @@ def test_gpt2_attention_is_zero_above_the_diagonal_and_rows_sum_to_one():
     above = ~np.tri(t, dtype=bool)
     assert (trace.attention[:, :, above] == 0.0).all()
     np.testing.assert_allclose(trace.attention.sum(-1), 1.0, atol=1e-6)
-    assert not trace.special.any() and trace.attention[:, :, 0, 0].min() == 1.0  # no special tokens added
+    assert not trace.special.any()  # no special tokens added: the first token is a word, which sees only itself
+    assert_close_f32(trace.attention[:, :, 0, 0], 1.0)  # a softmax of one logit, exp(0) / exp(0), rounds on some CPUs
 
 
 def test_gpt2_truncates_a_text_longer_than_its_positions():
@@ -179,8 +181,8 @@ def test_gpt2_lm_head_folders_load_through_the_transformer_prefix(tmp_path):
     weights["lm_head.weight"] = weights["transformer.wte.weight"]
     save_file(weights, str(folder / "model.safetensors"))
     lm, base = trace_text(load_path(folder), TEXT), trace_text(load_family("gpt2"), TEXT)
-    np.testing.assert_array_equal(lm.attention, base.attention)
-    np.testing.assert_array_equal(lm.hidden, base.hidden)
+    assert_close_f32(lm.attention, base.attention, ulps=16)
+    assert_close_f32(lm.hidden, base.hidden, ulps=16)
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,9 @@ def test_deberta_config_mapping_and_refusals():
     assert (config.position_buckets, config.max_relative_positions, config.relative_span) == (16, 64, 16)
     assert (config.pos_att_type, config.share_att_key, config.norm_rel_ebd) == (("p2c", "c2p"), True, True)
     assert EncoderConfig.from_dict(json.loads(config.to_json())) == config
-    assert "pos_att_type" not in EncoderConfig(vocab_size=9, num_layers=1, num_heads=1, d_model=4, dff=8).to_dict()
+    assert config.to_dict()["positions"] == {"kind": "disentangled", "table": "none", "offset": 0, "buckets": 16,
+                                             "max_distance": 64, "terms": ("p2c", "c2p"), "share_key": True,
+                                             "normalize": True}
     assert parameter_count(config) == load_family("deberta-v3").model.count_params()
     own = convert_config(fixture_config(share_att_key=False, position_biased_input=True, pos_att_type="c2p|p2c",
                                         position_buckets=-1, max_relative_positions=-1, type_vocab_size=2))
@@ -96,7 +98,7 @@ def test_terms_are_the_disentangled_formula_and_sum_to_the_logits():
     assert set(trace.logit_terms) == {"c2c", "c2p", "p2c"}
     np.testing.assert_allclose(softmax(sum(trace.logit_terms.values())), trace.attention, atol=1e-6, rtol=0)
     t, scale = len(trace.tokens), math.sqrt(loaded.config.head_dim * 3)
-    table, index = (ops.convert_to_numpy(part) for part in loaded.model.disentangled_positions(t))
+    table, index = (ops.convert_to_numpy(part) for part in loaded.model.layer_context(t)[1])
     assert table.shape == (32, 32) and index.shape == (t, t)
     np.testing.assert_array_equal(index, disentangled_index(np.arange(t)[:, None] - np.arange(t), 16, 16, 64))
     for layer_index, layer in enumerate(loaded.model.encoder_layers):

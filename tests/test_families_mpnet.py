@@ -62,9 +62,9 @@ def test_mpnet_config_numbers_positions_like_roberta_with_32_buckets():
     assert family_of(fixture_config()) is mpnet
     assert (config.position_offset, config.max_positions, config.table_rows) == (2, 64, 66)
     assert (config.type_vocab_size, config.relative_attention_buckets, config.pad_token_id) == (0, 32, 1)
-    assert config.to_dict()["relative_attention_buckets"] == 32
-    assert "relative_attention_buckets" not in EncoderConfig(vocab_size=9, num_layers=1, num_heads=1, d_model=4,
-                                                             dff=8).to_dict()  # older configs hash as before
+    assert config.to_dict()["positions"] == {"kind": "relative_buckets", "table": "learned", "offset": 2,
+                                             "buckets": 32, "max_distance": 128}
+    assert EncoderConfig.from_dict(json.loads(config.to_json())) == config
     assert parameter_count(config) == TransformerEncoder(config).count_params()
     with pytest.raises(CheckpointError, match="relative_attention_num_buckets is 64"):
         convert_config(fixture_config(relative_attention_num_buckets=64))
@@ -78,8 +78,8 @@ def test_every_layer_adds_the_same_bias_to_its_logits():
     loaded = load_family("mpnet")
     trace = trace_text(loaded, "The cat sat on the mat because it was tired.")
     length = len(trace.tokens)
-    bias = ops.convert_to_numpy(loaded.model.relative_position_bias(length))[0]  # (H, T, T)
-    table = ops.convert_to_numpy(loaded.model.relative_attention_bias.embeddings)  # (32, H)
+    bias = ops.convert_to_numpy(loaded.model.layer_context(length)[1])[0]  # (H, T, T)
+    table = ops.convert_to_numpy(loaded.model.positions.relative_attention_bias.embeddings)  # (32, H)
     positions = np.arange(length)
     np.testing.assert_array_equal(bias, table[relative_position_buckets(positions[None] - positions[:, None])]
                                   .transpose(2, 0, 1))

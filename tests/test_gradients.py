@@ -17,6 +17,7 @@ from cli import main
 from encoder.errors import AnalysisError
 from encoder.trace import trace_text
 from tests.support.families import load_family
+from tests.support.floats import approx_f32, assert_close_f32
 from tutorial.dataset import read_split
 from viz.gradients import build_attention_gradient_heatmap, build_token_attribution
 from viz.registry import ANALYSES
@@ -155,14 +156,15 @@ def test_integrated_gradients_refines_the_path_until_complete(tutorial):
     refined = gradients.integrated_gradients(tutorial, trace)
     assert refined.steps > gradients.DEFAULT_STEPS and refined.panels > 1 and refined.completeness_error < 0.01
     assert fixed.panels == 1
-    assert refined.value == fixed.value and refined.baseline_value == fixed.baseline_value
+    assert refined.value == approx_f32(fixed.value, ulps=16)
+    assert refined.baseline_value == approx_f32(fixed.baseline_value, ulps=16)
 
 
 def test_integrated_gradients_from_the_input_itself_is_zero(minilm):
     trace = trace_text(minilm, TEXT)
     result = gradients.integrated_gradients(minilm, trace, baseline=trace.hidden[0], tolerance=None)
     assert not result.values.any()
-    assert result.value == result.baseline_value and np.isnan(result.completeness_error)
+    assert result.value == approx_f32(result.baseline_value, ulps=16) and np.isnan(result.completeness_error)
     assert "undefined" in build_token_attribution(result, trace.readable_tokens).layout.title.text
 
 
@@ -173,9 +175,9 @@ def test_the_baseline_pads_every_non_special_token(minilm):
     assert (ids[1:-1] == minilm.config.pad_token_id).all()
     padded = trace_text(minilm, TEXT)  # the same shape
     embedded = minilm.encoder.embed(ids[None], padded.segment_ids[None]).numpy()[0]
-    np.testing.assert_array_equal(gradients.baseline_embedding(minilm, trace), embedded)
-    np.testing.assert_array_equal(minilm.encoder.embed(trace.token_ids[None], trace.segment_ids[None]).numpy()[0],
-                                  trace.hidden[0])
+    assert_close_f32(gradients.baseline_embedding(minilm, trace), embedded, ulps=16)
+    assert_close_f32(minilm.encoder.embed(trace.token_ids[None], trace.segment_ids[None]).numpy()[0], trace.hidden[0],
+                     ulps=16)
 
 
 def test_bad_steps_and_baselines_are_refused(minilm):

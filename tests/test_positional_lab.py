@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 from keras import ops
 
+from analysis.inputs import TraceInputs
 from analysis.positional import ROPE_SEED, position_share, rope_decay, term_share
 from analysis.words import merge_words, word_starts
 from encoder.config import EncoderConfig
 from encoder.errors import AnalysisError
-from encoder.model import RELATIVE_MAX_DISTANCE, TransformerEncoder
+from encoder.model import TransformerEncoder
 from encoder.positional import relative_position_buckets
 from encoder.trace import trace_batch, trace_text
 from tests.support.families import load_family
-from viz.common import click_spec
-from viz.registry import ANALYSES, TraceInputs
+from viz.clicks import click_spec
+from viz.registry import ANALYSES
 
 TEXT = "The cat sat on the mat because it was tired, and then it slept until the evening."
 
@@ -48,19 +49,19 @@ def test_padded_batches_carry_the_terms_unpadded():
 
 def test_mpnet_position_scheme_is_the_bias_by_signed_distance():
     loaded = load_family("mpnet")
-    scheme = loaded.position_scheme
+    scheme, reach = loaded.position_scheme, loaded.config.positions.max_distance
     distances = scheme["distances"]
-    assert distances[0] == -RELATIVE_MAX_DISTANCE and distances[-1] == RELATIVE_MAX_DISTANCE
+    assert reach == 128 and distances[0] == -reach and distances[-1] == reach
     np.testing.assert_array_equal(scheme["buckets"], relative_position_buckets(distances))
-    table = loaded.model.relative_attention_bias.embeddings.numpy()  # (32, H)
+    table = loaded.model.positions.relative_attention_bias.embeddings.numpy()  # (32, H)
     np.testing.assert_array_equal(scheme["bias_by_distance"], table[scheme["buckets"]].T)
-    assert scheme["bias_by_distance"].shape == (loaded.config.num_heads, 2 * RELATIVE_MAX_DISTANCE + 1)
+    assert scheme["bias_by_distance"].shape == (loaded.config.num_heads, 2 * reach + 1)
     edges = scheme["bucket_edges"]
     assert np.all(np.diff(edges) > 0) and -0.5 in edges and 0.5 in edges  # 0 is a bucket of its own
     assert len(edges) == len(np.unique(scheme["buckets"])) - 1 == 30  # bucket 16 (after, distance 0) is never used
     trace = trace_text(loaded, TEXT)
     t = len(trace.tokens)
-    index = np.arange(t)[None] - np.arange(t)[:, None] + RELATIVE_MAX_DISTANCE  # (T, T) key - query
+    index = np.arange(t)[None] - np.arange(t)[:, None] + reach  # (T, T) key - query
     np.testing.assert_array_equal(trace.logit_terms["position"][0], scheme["bias_by_distance"][:, index])
 
 
@@ -88,7 +89,7 @@ def small_mpnet(seed: int = 0) -> TransformerEncoder:
     config = EncoderConfig(vocab_size=40, num_layers=2, num_heads=3, d_model=12, dff=16, positional="learned",
                            max_positions=32, relative_attention_buckets=32)
     model = TransformerEncoder(config)
-    table = model.relative_attention_bias.embeddings
+    table = model.positions.relative_attention_bias.embeddings
     table.assign(np.random.default_rng(seed).normal(size=table.shape).astype("float32"))
     return model
 
@@ -113,7 +114,8 @@ def test_share_is_one_when_the_content_projections_are_zeroed():
 
 def test_share_is_zero_when_the_positional_term_is_removed():
     model = small_mpnet()
-    model.relative_attention_bias.embeddings.assign(np.zeros(model.relative_attention_bias.embeddings.shape, "float32"))
+    bias = model.positions.relative_attention_bias.embeddings
+    bias.assign(np.zeros(bias.shape, "float32"))
     share = model_share(model)
     np.testing.assert_array_equal(share.share, 0.0)
     assert np.all(share.content > 0)
@@ -181,7 +183,7 @@ def test_the_lab_entries_draw_mpnet_through_the_registry():
     assert len(fig.data) == trace.num_heads
     edges = {shape.x0 for shape in fig.layout.shapes if shape.line.dash == "dot"}
     assert edges == set(bias["bucket_edges"].tolist())
-    rows, _ = ANALYSES["relative-bias"].numbers(bias, trace, {})
+    rows, _ = ANALYSES["relative-bias"].rows(bias, trace, {})
     assert len(rows) == trace.num_heads * len(bias["distances"])
 
 
@@ -216,7 +218,7 @@ def test_rope_entry_lights_up_when_the_scheme_has_frequencies():
     (name, fig), = ANALYSES["rope"].figures(decay, rotary, {})
     assert name == "rope" and len(fig.data) == 6
     assert any(shape.x0 == 64 for shape in fig.layout.shapes)
-    rows, _ = ANALYSES["rope"].numbers(decay, rotary, {})
+    rows, _ = ANALYSES["rope"].rows(decay, rotary, {})
     assert len(rows) == 2 * len(decay.distances)
 
 
@@ -226,7 +228,6 @@ def test_the_lab_draws_the_real_rotary_and_disentangled_fixtures(family):
     and the CLI run them."""
     from encoder.trace import trace_text
     from tests.support.families import load_family
-    from viz.registry import ANALYSES, TraceInputs
 
     trace = trace_text(load_family(family), "The cat sat on the mat because it was tired, and then it slept.")
     entries = ["position-share", "rope"] if family == "modernbert" else ["position-share"]
@@ -235,7 +236,7 @@ def test_the_lab_draws_the_real_rotary_and_disentangled_fixtures(family):
         result = entry.compute(TraceInputs(trace), {})
         figures = entry.figures(result, trace, {})
         assert figures and figures[0][1].data, (family, name)
-        rows, _ = entry.numbers(result, trace, {})
+        rows, _ = entry.rows(result, trace, {})
         assert rows, (family, name)
     share = ANALYSES["position-share"].compute(TraceInputs(trace), {})
     values = np.asarray(getattr(share, "share", share))

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 import analysis
+from analysis.inputs import TraceInputs
 from cli import _parser
 from encoder.errors import HeadlightError, ViewError
+from tests.support.floats import approx_f32
 from tests.support.traces import synthetic_trace
 from viz.distance import attention_by_distance, build_distance_histogram
 from viz.options import SHARED_OPTIONS, Option, ViewSettings, parse_heads
-from viz.registry import ANALYSES, VIEWS, TraceInputs, View, build_view, view_options, view_tabs
+from viz.registry import ANALYSES, GROUPS, VIEWS, View, build_view, group_analyses, view_options, view_tabs
 
 SENTENCE = ["[CLS]", "the", "cat", "sat", "on", "the", "mat", "[SEP]"]
 
@@ -28,6 +30,35 @@ def test_every_view_and_analysis_is_a_cli_choice_and_an_app_tab_or_analysis():
     assert tab_labels() == [*dict.fromkeys(view.label for view in VIEWS.values()), "Compare", "Analysis"]
     assert set(view_tabs()["Positional encodings"]) == {VIEWS["positional"], VIEWS["position-similarity"],
                                                         VIEWS["positional-dimensions"]}
+
+
+def test_entries_name_module_level_functions_computes_in_analysis_and_figures_in_viz():
+    """The registry only names things: no lambdas, no closures; the numbers come from ``analysis/``, the figures from
+    ``viz/``."""
+    def named(function) -> str:
+        assert function.__name__ != "<lambda>" and function.__qualname__ == function.__name__, function
+        return function.__module__.partition(".")[0]
+
+    for entry in ANALYSES.values():
+        assert named(entry.compute) == "analysis" and named(entry.rows) == "analysis", entry.name
+        assert named(entry.figures) == "viz", entry.name
+        for extra in (entry.limit, entry.table, *(o.dynamic_choices for o in entry.options)):
+            if extra is not None:
+                named(extra)
+    for view in VIEWS.values():
+        assert named(view.builder) == "viz", view.name
+        if view.from_settings is not None:
+            assert named(view.from_settings) == "viz", view.name
+
+
+def test_every_analysis_answers_one_question_and_every_question_has_analyses():
+    assert {entry.group for entry in ANALYSES.values()} == set(GROUPS)
+    grouped = group_analyses()
+    assert [entry for entries in grouped.values() for entry in entries] == sorted(
+        ANALYSES.values(), key=lambda entry: list(GROUPS).index(entry.group))
+    assert next(iter(ANALYSES)) == "rollout"  # the Analysis tab opens on the first question's first analysis
+    assert all(group.title.endswith("?") and group.answers for group in GROUPS.values())
+    assert all(entry.reading and "\n" not in entry.reading for entry in ANALYSES.values())
 
 
 def test_every_option_is_a_flag_of_the_cli():
@@ -103,10 +134,10 @@ def test_analyses_run_on_a_trace_through_the_registry():
     np.testing.assert_allclose(rollout, analysis.attention_rollout(trace.attention, 0.5))
     figures = ANALYSES["rollout"].figures(rollout, trace, {"layer": 1, "query": 2})
     assert [name for name, _ in figures] == ["rollout", "rollout-tokens"]
-    rows, result = ANALYSES["rollout"].numbers(rollout, trace, {"layer": 1})
+    rows, result = ANALYSES["rollout"].rows(rollout, trace, {"layer": 1})
     assert len(rows) == len(SENTENCE) ** 2 and result["layer"] == 1
     clusters = ANALYSES["clusters"].compute(inputs, {})
-    assert ANALYSES["clusters"].numbers(clusters, trace, {"clusters": 2})[0]
+    assert ANALYSES["clusters"].rows(clusters, trace, {"clusters": 2})[0]
     with pytest.raises(ViewError, match="needs the model"):
         ANALYSES["importance"].compute(inputs, {})
 
@@ -120,8 +151,8 @@ def test_distance_mass_of_a_previous_token_head_sits_at_distance_one():
     previous[0, 0] = 1.0  # the first token attends to itself
     distances, mass = attention_by_distance(previous[None], np.arange(count), signed=True)
     assert distances.tolist() == list(range(-(count - 1), count))
-    assert mass[0, distances.tolist().index(-1)] == pytest.approx(5 / 6)
-    assert mass[0, distances.tolist().index(0)] == pytest.approx(1 / 6)
+    assert mass[0, distances.tolist().index(-1)] == approx_f32(5 / 6)
+    assert mass[0, distances.tolist().index(0)] == approx_f32(1 / 6)
     np.testing.assert_allclose(mass.sum(axis=1), 1.0, rtol=1e-6)
 
 

@@ -11,7 +11,8 @@ import pytest
 from encoder.trace import trace_text
 from tests.support.traces import synthetic_trace
 from viz import VIEWS, build_view
-from viz.attention import build_attention_heatmap, build_head_lines
+from viz.attention import build_attention_heatmap
+from viz.head_lines import build_head_lines
 from viz.render import figure_to_bytes, figure_to_html
 from viz.scrub import (
     SCRUB_MAX_BYTES,

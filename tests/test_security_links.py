@@ -130,8 +130,25 @@ def test_a_folder_under_an_allowed_root_opens(tmp_path, monkeypatch, default_set
     assert not at.exception and not at.error, [e.value for e in at.error]
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert spec["layout"]["xaxis"]["ticktext"] == ["[CLS]", "the", "cat", "sat", "[SEP]"]
-    assert load_source("tiny").config.num_layers == 2  # a relative name is found under the roots
-    assert load_source(str(folder)).name == str(folder)  # named as asked: downloads carry no resolved path
+    assert load_source("tiny", restricted=True).config.num_layers == 2  # a relative name is found under the roots
+    assert load_source(str(folder), restricted=True).name == str(folder)  # named as asked: no resolved path
+
+
+def test_python_callers_are_the_operator_and_open_any_folder(tmp_path, monkeypatch, default_settings, hub_calls):
+    """``load_source`` from Python (a script, the command line) opens any folder with no settings; the same name
+    from a visitor is refused. The checkpoint checks apply to both."""
+    folder = write_tiny_bert_folder(tmp_path / "tiny")
+    model = load_source(str(folder))
+    assert model.config.num_layers == 2 and model.folder == folder.resolve()
+    monkeypatch.chdir(tmp_path)
+    assert load_source("tiny").folder == folder.resolve()  # relative to the working folder
+    with pytest.raises(SourceError, match="opens only its built-in models") as refused:
+        load_source(str(folder), restricted=True)
+    assert str(tmp_path) not in str(refused.value)
+    _edit_config(folder, num_hidden_layers=97)
+    with pytest.raises(CheckpointError, match="more layers than Headlight runs"):
+        load_source(str(folder))
+    assert hub_calls == []
 
 
 def test_a_symlink_inside_a_root_pointing_outside_is_refused(tmp_path, monkeypatch, default_settings, hub_calls):
@@ -143,7 +160,7 @@ def test_a_symlink_inside_a_root_pointing_outside_is_refused(tmp_path, monkeypat
     monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(root))
     for name in (str(root / "link"), "link", str(root / "inside" / ".." / "outside" / "tiny"), str(folder)):
         with pytest.raises(SourceError, match="not available here") as refused:
-            load_source(name)
+            load_source(name, restricted=True)
         assert str(tmp_path) not in str(refused.value)
     at = _app(model=OTHER_MODEL, source=str(root / "link"))
     _assert_safe(at)
@@ -155,7 +172,7 @@ def test_names_are_checked_before_the_filesystem(tmp_path, monkeypatch, default_
     monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(tmp_path))
     for name in ("x" * 300, "tiny\x00", "a\nb", "~nosuchuser/x", "~daemon", "/proc/self/cwd", "../../../../etc"):
         with pytest.raises(SourceError, match="not available here") as refused:
-            load_source(name)
+            load_source(name, restricted=True)
         message = str(refused.value)
         assert name.strip() not in message and "/" not in message
 
@@ -163,10 +180,10 @@ def test_names_are_checked_before_the_filesystem(tmp_path, monkeypatch, default_
 def test_a_hub_id_not_on_the_list_is_refused_without_a_network_call(monkeypatch, default_settings, hub_calls):
     monkeypatch.setenv("HEADLIGHT_HUB_IDS", "someone/allowed-model")
     with pytest.raises(SourceError, match="not available here"):
-        load_source("attacker/some-model")
+        load_source("attacker/some-model", restricted=True)
     assert hub_calls == []
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):  # allowed, but offline and not cached
-        load_source("someone/allowed-model")
+        load_source("someone/allowed-model", restricted=True)
     assert [(name, kwargs["local_files_only"], kwargs["token"]) for name, _, kwargs in hub_calls] == [
         ("snapshot_download", True, False)]  # the cache only, and never the login of whoever runs the server
 
@@ -199,20 +216,21 @@ def test_hub_downloads_check_the_size_of_the_allowed_files_first(tmp_path, monke
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
-    assert load_source("owner/small").config.num_layers == 2  # the .bin is never counted: it is not fetched
+    assert load_source("owner/small", restricted=True).config.num_layers == 2  # the .bin is never fetched
     download = calls[-1][1]
     assert download["revision"] == "0123456789abcdef" and download["token"] == "hf_operator_configured"
     assert "*.bin" not in download["allow_patterns"] and calls[1] == ("model_info", {
         "files_metadata": True, "token": "hf_operator_configured"})
 
-    calls.clear()
     files["model.safetensors"] = 2 * 2**20
-    with pytest.raises(CheckpointError, match="larger than this server downloads"):
-        load_source("owner/large")
-    assert [name for name, _ in calls] == ["snapshot_download", "model_info"]  # nothing fetched
+    for restricted in (True, False):  # the operator's own download has the same cap
+        calls.clear()
+        with pytest.raises(CheckpointError, match="larger than this server downloads"):
+            load_source("owner/large", restricted=restricted)
+        assert [name for name, _ in calls] == ["snapshot_download", "model_info"]  # nothing fetched
     files["model.safetensors"] = None
     with pytest.raises(CheckpointError, match="size is not known"):
-        load_source("owner/unknown-size")
+        load_source("owner/unknown-size", restricted=True)
 
 
 @pytest.mark.parametrize(
@@ -271,9 +289,9 @@ def test_any_exception_while_opening_a_model_is_a_plain_message(tmp_path, monkey
     monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(tmp_path))
     real = ui.cache.load_source
 
-    def hostile(name: str):
+    def hostile(name: str, restricted: bool = False):
         if name == "minilm":
-            return real(name)
+            return real(name, restricted=restricted)
         raise MemoryError(f"{tmp_path}/model.safetensors: cannot allocate")  # not ours: a library's
 
     monkeypatch.setattr(ui.cache, "load_source", hostile)
@@ -301,8 +319,8 @@ def test_a_failed_load_is_remembered_briefly_so_reruns_do_not_repeat_it(monkeypa
 
     calls = []
 
-    def refuse(source):
-        calls.append(source)
+    def refuse(source, restricted=False):
+        calls.append((source, restricted))
         raise SourceError("This model is not available here.")
 
     clock = [1000.0]
@@ -312,7 +330,7 @@ def test_a_failed_load_is_remembered_briefly_so_reruns_do_not_repeat_it(monkeypa
     for _ in range(3):
         with pytest.raises(SourceError, match="not available here"):
             cache.get_model("someone/refused")
-    assert calls == ["someone/refused"]  # refused once, remembered for the reruns
+    assert calls == [("someone/refused", True)]  # a visitor's name; refused once, remembered for the reruns
     clock[0] += cache.FAILED_LOAD_SECONDS + 1
     with pytest.raises(SourceError):
         cache.get_model("someone/refused")

@@ -9,11 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from analysis.similarity import explain_similarity
+from analysis.inputs import TraceInputs
+from analysis.similarity import NO_SECOND_TEXT, explain_similarity
 from cli import main
 from encoder.errors import AnalysisError
 from encoder.sources import load_source
-from viz.registry import ANALYSES, NO_SECOND_TEXT, TraceInputs
+from viz.registry import ANALYSES
 from viz.similarity import build_similarity_heatmap
 
 A = "A man is playing a guitar."

@@ -26,7 +26,7 @@ from tests.support.traces import assert_same_trace, synthetic_trace
 
 TEXT = "The cat sat on the mat because the cat was tired."
 RENAMED = ("Saved NPZ and JSON traces and the README use these names: a rename breaks every file already written. "
-           "Keep the old name, or teach encoder/trace_io.py to read it, then update this golden list.")
+           "Keep the old name, or teach encoder/trace_fields.py to read it, then update this golden list.")
 
 FIELDS = ("model", "tokens", "token_ids", "segment_ids", "special", "attention", "positional", "positional_table",
           "hidden", "outputs", "text", "pair", "truncated", "untruncated_length", "labels", "words", "visible",

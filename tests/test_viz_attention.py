@@ -7,15 +7,12 @@ import pytest
 
 from encoder.trace import trace_text
 from tests.support.traces import synthetic_trace
-from viz.attention import (
-    CLICK_MAX_TOKENS,
-    build_attention_heatmap,
-    build_head_grid,
-    build_head_lines,
-    build_model_view,
-)
-from viz.common import LOG_FLOOR, category_labels, downsample
+from viz.attention import CLICK_MAX_TOKENS, build_attention_heatmap, build_head_grid
+from viz.head_lines import build_head_lines
+from viz.layout import LOG_FLOOR, category_labels
+from viz.model_view import build_model_view
 from viz.scrub import SCRUB_MAX_BYTES
+from viz.selection import downsample
 
 TEXT = "The cat sat on the mat because the cat was tired."
 

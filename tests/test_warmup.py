@@ -12,7 +12,8 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from encoder.settings import Settings
-from ui import cache, warmup
+from ui import cache
+from ui.serving import warmup
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 180
@@ -24,7 +25,8 @@ def _warm_up_threads() -> int:
 
 def test_the_page_modules_import_no_tensorflow():
     """app.py's imports (the sidebar, the views, the caches) leave TensorFlow to the model load."""
-    code = ("import sys\nimport encoder.sources, ui.cache, ui.views, ui.warmup, ui.inputs, ui.serve\n"
+    code = ("import sys\nimport app, encoder.sources, ui.cache, ui.views, ui.inputs, ui.serving.warmup\n"
+            "import ui.serving.__main__, ui.serving.coldstart, ui.serving.prefetch, ui.serving.runtime\n"
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
@@ -33,11 +35,11 @@ def test_the_page_modules_import_no_tensorflow():
 def test_app_runs_start_the_warm_up_once_and_share_its_model():
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
     assert not at.exception
-    first = warmup.start()
+    first = cache.start_warm_up()
     assert first is not None and first.result(timeout=TIMEOUT) is not None
     at.slider(key="layer").set_value(2).run()
     AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()  # another session, same process
-    assert warmup.start() is first  # one warm-up per process, however many runs and sessions
+    assert cache.start_warm_up() is first  # one warm-up per process, however many runs and sessions
     assert _warm_up_threads() <= 1
     assert cache.get_model("minilm") is first.result()  # st.cache_resource holds the warmed instance
     assert "import TensorFlow" in warmup.STEPS and "load the default model" in warmup.STEPS
@@ -46,7 +48,7 @@ def test_app_runs_start_the_warm_up_once_and_share_its_model():
 def test_a_failed_warm_up_loads_the_model_on_first_use(monkeypatch):
     failed: Future = Future()
     failed.set_exception(RuntimeError("no model here"))
-    monkeypatch.setattr(warmup, "_future", failed)
+    monkeypatch.setattr(warmup, "_running", warmup.Running("minilm", failed))
     assert warmup.warmed_model("minilm") is None  # the caller loads it itself (and shows its own message)
     assert warmup.warmed_model("tutorial") is None  # only the default is warmed
 
@@ -54,8 +56,8 @@ def test_a_failed_warm_up_loads_the_model_on_first_use(monkeypatch):
 def test_the_operator_can_turn_the_warm_up_off(monkeypatch):
     monkeypatch.setenv("HEADLIGHT_WARM_UP", "0")
     assert Settings.from_env().warm_up is False
-    monkeypatch.setattr(warmup, "_future", None)
-    assert warmup.start() is None and warmup.warmed_model("minilm") is None
+    monkeypatch.setattr(warmup, "_running", None)
+    assert cache.start_warm_up() is None and warmup.warmed_model("minilm") is None
     monkeypatch.setenv("HEADLIGHT_WARM_UP", "yes")
     assert Settings.from_env().warm_up is True
     monkeypatch.delenv("HEADLIGHT_WARM_UP")
@@ -65,7 +67,7 @@ def test_the_operator_can_turn_the_warm_up_off(monkeypatch):
 def test_loading_another_model_waits_for_a_running_warm_up(monkeypatch):
     """Model code (TensorFlow) is imported by one thread at a time: another source waits for the warm-up."""
     running: Future = Future()
-    monkeypatch.setattr(warmup, "_future", running)
+    monkeypatch.setattr(warmup, "_running", warmup.Running("minilm", running))
     threading.Timer(0.2, running.set_result, args=("the warmed model",)).start()
     assert warmup.warmed_model("tutorial") is None
     assert running.done()
@@ -75,7 +77,8 @@ def test_loading_another_model_waits_for_a_running_warm_up(monkeypatch):
 def test_the_warm_up_waits_for_a_visitor_or_its_delay():
     """Started with the process, the warm-up leaves the CPU to the first page until a visitor asks for a model (or
     ``START_DELAY`` passes): TensorFlow is not imported before that, and the asked-for model is the warmed one."""
-    code = ("import sys, time\nfrom ui import warmup\nfuture = warmup.start()\ntime.sleep(1.0)\n"
+    code = ("import sys, time\nfrom ui import cache\nfrom ui.serving import warmup\nfuture = cache.start_warm_up()\n"
+            "time.sleep(1.0)\n"
             "print('tensorflow' in sys.modules, future.done())\nmodel = warmup.warmed_model('minilm')\n"
             "print('tensorflow' in sys.modules, model is future.result(), warmup.START_DELAY > 1.0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -8,9 +8,8 @@ analyses, their settings) from ``viz.registry``, so nothing here names a view or
 Modules: ``views`` (the tabs fragment), ``controls`` (shared controls -> ``ViewSettings``; one widget per
 ``Option``), ``clicks`` (chart clicks -> controls, from the figure's click spec), ``scrub`` (the in-figure head
 slider: its steps sent once per session; its release -> controls), ``charts`` (one chart + its downloads),
-``analysis`` and ``compare`` (the two special tabs), ``cache``, ``downloads`` (the trace's files), ``runtime`` (the
-one Streamlit patch), ``warmup`` (the default model loaded and traced in the background), ``coldstart`` (the helper
-process that serves the first visitors while the server loads the model), ``prefetch`` (the chart's code fetched in
-the browser while the model loads), ``serve`` (``python -m ui.serve``: ``streamlit run app.py`` with the helper and
-the warm-up from the start), ``inputs`` (the page's default input).
+``analysis`` and ``compare`` (the two special tabs), ``cache`` (everything computed, per process) and ``budget``
+(its byte budget), ``downloads`` (the trace's files), ``inputs`` (the page's default input), ``text`` (visitor text
+shown as plain text). ``serving/`` is the start-up machinery around the page (``python -m ui.serving``, the
+cold-start helper, the warm-up, the prefetcher, the one Streamlit patch): the page imports it, never the reverse.
 """

@@ -1,20 +1,28 @@
-"""The Analysis tab: every analysis of the registry (``viz.registry.ANALYSES``), drawn the same way: its reading
-guide, a corpus picker where it can run over many sentences, one widget per option, the cached result, and its
-figures with downloads (the first with its numbers as CSV and JSON)."""
+"""The Analysis tab: the registry's analyses (``viz.registry.ANALYSES``) grouped by the question they answer, each
+drawn the same way: its one-line reading guide and its section of docs/analyses.md, a corpus picker where it can run
+over many sentences, one widget per option, the cached result, and its figures with downloads (the first with its
+numbers as CSV and JSON).
+
+Both choices live in the URL: ``question`` (left out for the first question) and ``analysis`` (left out for the
+question's first analysis), so a copied link reopens the same analysis; a link naming only the analysis opens its
+question.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
 import analysis
+from docs.pages import section
 from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace
 from ui import cache
 from ui.charts import chart_ui
 from ui.controls import option_ui
 from ui.text import plain
+from viz.analysis_figures import beside_figure
 from viz.options import ViewSettings
-from viz.registry import ANALYSES, Analysis, beside_figure, compute_options
+from viz.registry import ANALYSES, GROUPS, Analysis, compute_options, group_analyses
 
 CORPORA = ("this text", "test sentences", "uploaded file")
 
@@ -54,12 +62,37 @@ def _corpus_ui(most: int | None = None) -> cache.Corpus | None:
     return plain(upload.name), tuple(sentences)  # shown in the progress bar's markdown
 
 
-def analysis_ui(inputs: cache.Inputs, trace: EncoderTrace, settings: ViewSettings, stem: str) -> None:
-    labels = {entry.label: entry for entry in ANALYSES.values()}
-    choice = st.segmented_control("Analysis", list(labels), default=next(iter(labels)), required=True,
+def _open_linked_question() -> None:
+    """Before the question picker first appears: a URL naming an analysis but no question (the question's value is
+    left out when it is the first) opens that analysis' question, so the analysis is among the choices."""
+    if "question" in st.session_state or "question" in st.query_params:
+        return
+    linked = next((entry for entry in ANALYSES.values() if entry.label == st.query_params.get("analysis")), None)
+    if linked is not None and linked.group != next(iter(GROUPS)):
+        st.session_state["question"] = GROUPS[linked.group].title
+
+
+def picker_ui() -> Analysis:
+    """The question, with what it answers, then the analysis among the question's."""
+    grouped = {group.title: (group, entries) for group, entries in group_analyses().items()}
+    _open_linked_question()
+    title = st.segmented_control("Question", list(grouped), default=next(iter(grouped)), required=True,
+                                 key="question", bind="query-params")
+    group, entries = grouped[title]
+    st.caption(f"Answers: {group.answers}.")
+    labels = {entry.label: entry for entry in entries}
+    choice = st.segmented_control("Analysis", list(labels), default=entries[0].label, required=True,
                                   key="analysis", bind="query-params")
-    entry = labels[choice]
-    st.caption(entry.caption)
+    return labels[choice]
+
+
+def analysis_ui(inputs: cache.Inputs, trace: EncoderTrace, settings: ViewSettings, stem: str) -> None:
+    entry = picker_ui()
+    st.caption(entry.reading)
+    more = section("analyses.md", entry.name, images=False)
+    if more:
+        with st.expander(f"More on {entry.label}: what it computes, how to read it, its paper"):
+            st.markdown(more)
     too_large = entry.limit(trace) if entry.limit is not None else None
     if too_large:
         st.info(too_large)
@@ -85,10 +118,10 @@ def _figures_ui(entry: Analysis, result, trace: EncoderTrace, options: dict, ste
     for index, (name, fig) in enumerate(entry.figures(result, trace, options)):
         numbers = None
         if index == 0:
-            rows, numbers_result = entry.numbers(result, trace, options)
+            rows, numbers_result = entry.rows(result, trace, options)
             numbers = {"csv": lambda rows=rows: analysis.rows_to_csv(rows),
                        "json": lambda value=numbers_result: analysis.to_json(value)}
-            beside = beside_figure(entry, trace, options)
+            beside = beside_figure(entry.beside, trace, options)
             if beside is not None:
                 method, attention = st.columns(2)
                 with method:

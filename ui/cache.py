@@ -1,10 +1,12 @@
 """Everything the app computes, cached per process: the model once, one trace per input (and its words, merged),
 each analysis result once per input and compute settings (one generic cache for every registry analysis).
 
-Models stay in ``st.cache_resource`` (a few, bounded by count); the default one is the model ``ui.warmup`` loaded
-in the background at start, so every session shares that one instance. Traces, merged traces, analysis results and
-corpus reports share one byte budget (``RESULTS``, ``HEADLIGHT_CACHE_MB``): results are immutable NumPy (traces hold
-read-only arrays), so one shared copy serves every session without pickling 75 MB of attention on each rerun.
+Models stay in ``st.cache_resource`` (a few, bounded by count); the default one is the model ``ui.serving.warmup``
+loaded in the background at start (``start_warm_up``), so every session shares that one instance. A name a visitor
+chose is opened through ``load_source(name, restricted=True)``: only what the operator's settings allow. Traces,
+merged traces, analysis results and corpus reports share one byte budget (``RESULTS``, ``HEADLIGHT_CACHE_MB``):
+results are immutable NumPy (traces hold read-only arrays), so one shared copy serves every session without pickling
+75 MB of attention on each rerun.
 Heavy analyses (re-running the model many times, or tracing a corpus) run at most ``HEADLIGHT_HEAVY_JOBS`` at
 once across all sessions (``heavy_job``). What this session asked for is counted in its own session state
 (``session_traces``), never the shared model's calls: a visitor cannot learn what others traced.
@@ -16,6 +18,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,9 +32,10 @@ from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, LoadedModel, ModelCard, load_source
 from encoder.trace import EncoderTrace, trace_text
 from tutorial.dataset import load_splits
-from ui import coldstart, warmup
 from ui.budget import ByteBudgetCache
+from ui.inputs import DEFAULT_TEXT, token_limit
 from ui.scrub import ScrubChart, scrub_chart
+from ui.serving import coldstart, warmup
 from viz.registry import ANALYSES
 from viz.scrub import has_head_slider
 
@@ -69,7 +73,7 @@ def get_model(source: str) -> LoadedModel:
 @st.cache_resource(show_spinner=False, max_entries=4)  # app.py shows the loading state in the main area
 def _load_model(source: str) -> LoadedModel:
     warmed = warmup.warmed_model(source)  # waits for a warm-up still running: the model is loaded once
-    return warmed if warmed is not None else load_source(source)
+    return warmed if warmed is not None else load_source(source, restricted=True)  # a visitor's name
 
 
 def _cached(key: tuple, compute: Callable[[], T], spinner: str | None = None, waiting: str | None = None) -> T:
@@ -101,8 +105,8 @@ def _loading_default(source: str) -> bool:
 
 
 def _trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
-    """One encoder run: the default model's by the cold-start helper (``ui.coldstart``) while this process is still
-    loading it, else here."""
+    """One encoder run: the default model's by the cold-start helper (``ui.serving.coldstart``) while this process
+    is still loading it, else here."""
     if _loading_default(source) and (helper := coldstart.helper()) is not None:
         trace = helper.trace(text, pair, max_tokens)
         if trace is not None:
@@ -130,6 +134,18 @@ def warm_trace(model: LoadedModel, text: str, pair: str | None, max_tokens: int)
     """Trace an input of ``model`` (the source ``model.name``) into the shared cache without counting it for any
     session: the warm-up's first run, which also traces the model's graph once for every later length."""
     return _cached(("trace", model.name, text, pair, max_tokens), lambda: trace_text(model, text, pair, max_tokens))
+
+
+def _warm_default_page(model: LoadedModel) -> None:
+    warm_trace(model, DEFAULT_TEXT, None, token_limit(model.config.max_positions))
+
+
+def start_warm_up() -> Future | None:
+    """Load the default model and trace the default page's input in the background, once per process
+    (``ui.serving.warmup``; off when the operator sets ``HEADLIGHT_WARM_UP=0``); returns the warm-up's future, or
+    None when off. ``app.main()`` calls it on every run, ``python -m ui.serving`` before the server starts."""
+    return warmup.start(DEFAULT_SOURCE, lambda: load_source(DEFAULT_SOURCE), _warm_default_page,
+                        enabled=settings().warm_up)
 
 
 def session_traces() -> int:
@@ -202,7 +218,7 @@ def heavy_job() -> Iterator[None]:
 @dataclass(frozen=True)
 class Inputs:
     """What was traced (the cache key of every analysis), and the corpus chosen for corpus analyses; implements
-    ``viz.registry.Inputs`` with the caches here."""
+    ``analysis.inputs.Inputs`` with the caches here."""
 
     source: str
     text: str

@@ -1,6 +1,6 @@
 """Chart clicks move the controls, decoded in one place from the click spec the figure itself carries.
 
-A figure marks its clickable traces with ``viz.common.click_meta`` (which values each point's ``customdata``
+A figure marks its clickable traces with ``viz.clicks.click_meta`` (which values each point's ``customdata``
 holds); ``on_select`` reads the spec and sets the controls: a "query" picks the query token (with a "key", the
 heatmap cell is outlined), a "layer" and "head" open that head in the Heatmap tab.
 """
@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from encoder.trace import EncoderTrace
-from viz.common import click_spec
+from viz.clicks import click_spec
 
 SELECTED_CELL = "selected_cell"  # session state: the clicked heatmap cell (query, key)
 

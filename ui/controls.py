@@ -15,8 +15,9 @@ from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace
 from ui import clicks
 from ui.text import plain
-from viz.common import AGGREGATES, SEQUENTIAL_SCALES
+from viz.layout import SEQUENTIAL_SCALES
 from viz.options import MERGE_WORDS, Option, ViewSettings
+from viz.selection import AGGREGATES
 
 HEAD_MODES = ("one head", *AGGREGATES)
 BLOCKS = {"whole input": None, "A → A": "AA", "A → B": "AB", "B → A": "BA", "B → B": "BB"}

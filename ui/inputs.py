@@ -1,5 +1,5 @@
-"""The page's default input, shared by the sidebar (``app.py``) and the start-up warm-up (``ui.warmup``), which
-traces exactly what the first visitor sees."""
+"""The page's default input, shared by the sidebar (``app.py``) and the start-up warm-up's first trace
+(``ui.cache.start_warm_up``), which traces exactly what the first visitor sees."""
 
 from __future__ import annotations
 

@@ -1,8 +1,12 @@
 """Figure builders for the analyses of ``analysis`` and ``analysis.perturb``: pure functions returning
 ``go.Figure`` (no Streamlit, no TensorFlow). Titles say what is shown; subtitles say how to read it.
 
+The registry's analyses name their figures here and in the per-topic modules (``viz.gradients``,
+``viz.attribution``, ...): ``*_figures(result, trace, options) -> [(name, figure), ...]``, the first the one the
+CLI writes; ``style(options)`` passes the chosen colour scale on.
+
 Per-head maps (report card, divergences, noise, importance) are layers x heads heatmaps with layer 0 at the top.
-Clicks: as in ``viz.attention``, a clickable trace names its ``customdata`` with ``meta=viz.common.click_meta(...)``
+Clicks: as in ``viz.attention``, a clickable trace names its ``customdata`` with ``meta=viz.clicks.click_meta(...)``
 (read back with ``click_spec``). Each per-head map has an invisible scatter trace ``"cells"`` over the cell centres,
 ``click_meta("layer", "head", invisible=True)``, so a click selects that head in the app; image exports drop it.
 """
@@ -10,31 +14,37 @@ Clicks: as in ``viz.attention``, a clickable trace names its ``customdata`` with
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
 
-from analysis import STATISTICS, AttentionDiff, HeadClustering, HeadReport
+from analysis import DEFAULT_RESIDUAL, STATISTICS, AttentionDiff, HeadClustering, HeadReport, attention_rollout
+from analysis.heads import DEFAULT_CLUSTERS, DEFAULT_STATISTIC
+from analysis.inputs import chosen_layer
 from encoder.errors import ViewError
-from viz.common import (
+from viz.attention import build_attention_heatmap
+from viz.clicks import click_meta, layer_head_points
+from viz.layout import (
     COLORBAR_ROOM,
     DEFAULT_DIVERGING,
     DEFAULT_SCALE,
-    check_colorscale,
-    check_index,
-    click_meta,
     display_token,
     heatmap_cell,
     label_margin,
-    layer_head_points,
     new_figure,
     token_heatmap_axes,
 )
+from viz.tokens import build_token_view
+from viz.validation import check_colorscale, check_index
 
 if TYPE_CHECKING:
     from analysis.perturb import AblationEffect, HeadImportance, NoiseStability
+    from encoder.trace import EncoderTrace
+
+Figures = list[tuple[str, go.Figure]]  # (file/chart name, figure); the first is the one the CLI writes
+Options = Mapping[str, Any]
 
 MIN_WIDTH = 560  # pixels, of a token heatmap or a layers x heads map
 TOKEN_HEATMAP_TOP = 100  # a token heatmap's height beyond the plot and its bottom margin
@@ -466,3 +476,68 @@ def build_ablation_chart(effect: AblationEffect) -> go.Figure:
                          customdata=change, hovertemplate="%{x}: %{y:.4f} (%{customdata:+.4f})<extra></extra>"))
     return fig
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry's figures: figures(result, trace, options) -> [(name, figure), ...]
+
+
+def style(options: Options) -> dict:
+    """The builder keywords of the chosen colour scale (none: each builder's own default)."""
+    return {"colorscale": options["colorscale"]} if options.get("colorscale") else {}
+
+
+def rollout_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
+    """The rollout after the chosen layer; with a query token, also that token's row as a token strip."""
+    layer = chosen_layer(trace, options)
+    residual = options.get("residual", DEFAULT_RESIDUAL)
+    shown = [("rollout", build_rollout_heatmap(result, trace.readable_tokens, layer, residual, **style(options)))]
+    if options.get("query") is not None:
+        strip = build_token_view(trace, query=options["query"], weights=result[layer],
+                                 label=f"Rollout after layer {layer}")
+        shown.append(("rollout-tokens", strip))
+    return shown
+
+
+def flow_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
+    layers = chosen_layer(trace, options) + 1
+    residual = options.get("residual", DEFAULT_RESIDUAL)
+    return [("flow", build_flow_heatmap(result, trace.readable_tokens, layers, residual, **style(options)))]
+
+
+def report_figures(result: HeadReport, trace: EncoderTrace | None, options: Options) -> Figures:
+    statistic = options.get("statistic") or DEFAULT_STATISTIC
+    return [(f"report-{statistic}", build_report_heatmap(result, statistic, **style(options)))]
+
+
+def clusters_figures(result: HeadClustering, trace: EncoderTrace | None, options: Options) -> Figures:
+    clusters = options.get("clusters") or DEFAULT_CLUSTERS
+    return [("clusters", build_clustering_heatmap(result, clusters=clusters, **style(options)))]
+
+
+def noise_figures(result: NoiseStability, trace: EncoderTrace, options: Options) -> Figures:
+    """The curve over sigma; with a sigma chosen, the layers x heads map at it first."""
+    curve = ("noise-curve", build_noise_curve(result))
+    if options.get("sigma") is None:
+        return [curve]
+    return [("noise", build_noise_heatmap(result, options["sigma"], **style(options))), curve]
+
+
+def importance_figures(result: HeadImportance, trace: EncoderTrace, options: Options) -> Figures:
+    return [("importance", build_importance_heatmap(result, **style(options)))]
+
+
+def ablation_figures(result: AblationEffect, trace: EncoderTrace, options: Options) -> Figures:
+    return [("ablation", build_ablation_chart(result))]
+
+
+def beside_figure(beside: str | None, trace: EncoderTrace, options: Options) -> tuple[str, go.Figure] | None:
+    """The raw-attention figure the app shows next to an analysis' first figure, at the chosen layer: "attention"
+    (the heads' mean attention) or "rollout" (attention rollout after that layer); None for None."""
+    layer = chosen_layer(trace, options)
+    if beside == "attention":
+        return "attention-mean", build_attention_heatmap(trace, layer, aggregate="mean", scrub=False, **style(options))
+    if beside == "rollout":
+        rollout = attention_rollout(trace.attention)
+        return "rollout", build_rollout_heatmap(rollout, trace.readable_tokens, layer, DEFAULT_RESIDUAL,
+                                                **style(options))
+    return None

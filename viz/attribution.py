@@ -4,12 +4,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
 
-from viz.analysis_figures import token_heatmap
-from viz.common import DEFAULT_SCALE, check_colorscale, check_index
+from analysis.inputs import chosen_layer
+from viz.analysis_figures import Figures, Options, style, token_heatmap
+from viz.layout import DEFAULT_SCALE
+from viz.validation import check_colorscale, check_index
+
+if TYPE_CHECKING:
+    from analysis.value_zeroing import ValueZeroing
+    from encoder.trace import EncoderTrace
 
 # method -> (title before " after layer N" / " in layer N", how to read it)
 METHODS = {
@@ -47,3 +54,27 @@ def build_attribution_heatmap(
     value_name = "norm" if method == "norm" else "share"
     return token_heatmap(values[layer], tokens, tokens, title.format(layer=layer), subtitle.format(layer=layer),
                           colorscale, 0.0, float(values[layer].max()), value_name)
+
+
+def _layer_figures(method: str, result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
+    return [(method, build_attribution_heatmap(result, trace.readable_tokens, method, chosen_layer(trace, options),
+                                               **style(options)))]
+
+
+def norm_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
+    return _layer_figures("norm", result, trace, options)
+
+
+def globenc_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
+    return _layer_figures("globenc", result, trace, options)
+
+
+def alti_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
+    return _layer_figures("alti", result, trace, options)
+
+
+def value_zeroing_figures(result: ValueZeroing, trace: EncoderTrace, options: Options) -> Figures:
+    """The rollout after the chosen layer, then that layer alone."""
+    layer = chosen_layer(trace, options)
+    return [(name, build_attribution_heatmap(values, trace.readable_tokens, name, layer, **style(options)))
+            for name, values in (("value-zeroing", result.rollout), ("value-zeroing-layer", result.layers))]

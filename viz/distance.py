@@ -10,7 +10,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from encoder.trace import EncoderTrace
-from viz.common import DEFAULT_SCALE, check_colorscale, layer_heads, new_figure, shown_attention
+from viz.layout import DEFAULT_SCALE, new_figure
+from viz.selection import layer_heads, shown_attention
+from viz.validation import check_colorscale
 
 ROW_PIXELS = 26  # screen pixels per head row
 MIN_CELL_PIXELS = 6  # the plot is at least this wide per distance bin

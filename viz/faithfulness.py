@@ -8,8 +8,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.faithfulness import CorpusFaithfulness, Faithfulness
-from viz.analysis_figures import _reading_guide
-from viz.common import base_layout
+from viz.analysis_figures import Figures, Options, _reading_guide
+from viz.layout import base_layout
 
 TITLE = "Faithfulness on this text: each method vs leave-one-out"
 COLORS = ("#1f77b4", "#d62728")  # Spearman, AOPC
@@ -73,3 +73,10 @@ def build_faithfulness_corpus_chart(result: CorpusFaithfulness) -> go.Figure:
     fig.update_xaxes(range=[-1, 1.15], title_text="mean Spearman ρ", row=1, col=1)
     fig.update_xaxes(range=[0, 1.15], tickformat=".0%", title_text="sentences", row=1, col=2)
     return fig
+
+
+def faithfulness_figures(result: Faithfulness | CorpusFaithfulness, trace, options: Options) -> Figures:
+    """The scoreboard of one text, or over a corpus."""
+    if isinstance(result, CorpusFaithfulness):
+        return [("faithfulness-corpus", build_faithfulness_corpus_chart(result))]
+    return [("faithfulness", build_faithfulness_chart(result))]

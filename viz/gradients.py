@@ -5,13 +5,19 @@ input x gradient or integrated gradients as one bar per token; diverging scales 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
 
 from analysis.gradients import AttentionGradient, TokenAttribution
-from viz.analysis_figures import MIN_WIDTH, _reading_guide, token_heatmap
-from viz.common import DEFAULT_DIVERGING, base_layout, check_colorscale, check_index, label_margin, token_ticks
+from analysis.inputs import chosen_layer
+from viz.analysis_figures import MIN_WIDTH, Figures, Options, _reading_guide, style, token_heatmap
+from viz.layout import DEFAULT_DIVERGING, base_layout, label_margin, token_ticks
+from viz.validation import check_colorscale, check_index
+
+if TYPE_CHECKING:
+    from encoder.trace import EncoderTrace
 
 TITLES = {"input-gradient": "Input × gradient", "integrated-gradients": "Integrated gradients"}
 BAR_WIDTH = 28.0  # pixels per token of a bar chart of up to BAR_AXIS / BAR_WIDTH tokens
@@ -114,3 +120,13 @@ def build_token_attribution(
     _reading_guide(fig, guide)
     fig.update_layout(margin=dict(t=fig.layout.margin.t + GUIDE_GAP), height=fig.layout.height + GUIDE_GAP)
     return fig
+
+
+def attention_gradient_figures(result: AttentionGradient, trace: EncoderTrace, options: Options) -> Figures:
+    return [("attention-gradient", build_attention_gradient_heatmap(
+        result, trace.readable_tokens, chosen_layer(trace, options), **style(options)))]
+
+
+def token_attribution_figures(result: TokenAttribution, trace: EncoderTrace, options: Options) -> Figures:
+    """Input x gradient or integrated gradients (named by ``result.method``) as one bar per token."""
+    return [(result.method, build_token_attribution(result, trace.readable_tokens, **style(options)))]

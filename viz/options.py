@@ -1,8 +1,9 @@
 """Settings of views and analyses, declared once: each ``Option`` is a builder or compute keyword, a command-line
 flag (``--name``) and, where the app shows it, a widget (its key is the name; bound ones live in the URL).
 
-``ViewSettings`` is what the app's shared controls (layer, heads, query token, display options) hold; the registry
-turns it into each builder's keyword arguments. Both are plain data: no Streamlit, no TensorFlow.
+``ViewSettings`` is what the app's shared controls (layer, heads, query token, display options) hold; the
+``*_settings`` functions turn it into a view builder's keyword arguments (``View.from_settings``). All plain data:
+no Streamlit, no TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from analysis import DEFAULT_RESIDUAL, STATISTICS
+from analysis.gradients import DEFAULT_STEPS, MAX_STEPS
+from analysis.heads import DEFAULT_CLUSTERS, DEFAULT_STATISTIC
+from analysis.perturb import DEFAULT_SAMPLES, DEFAULT_SIGMAS, measured_sigmas
 from encoder.errors import ViewError
 
 # Option kinds: how a value is typed on the command line and which widget shows it in the app.
@@ -80,7 +85,7 @@ class Option:
         elif self.kind == "choice" and value not in self.choices:
             raise ViewError(f"{self.flag} {value!r} is not one of {', '.join(map(str, self.choices))}")
         elif self.kind == "colorscale":
-            from viz.common import check_colorscale
+            from viz.validation import check_colorscale
 
             check_colorscale(value)
         elif self.kind == "heads":
@@ -132,6 +137,38 @@ SHARED_OPTIONS: tuple[Option, ...] = (
 )
 
 
+COLORSCALE = next(option for option in SHARED_OPTIONS if option.name == "colorscale")
+
+# The views' own settings.
+THUMBNAIL = Option("thumbnail", "int", "model: cells per thumbnail side (default 64)", low=4, high=512)
+SIGNED = Option("signed", "flag", "distance: keep the sign (keys before the query are negative)",
+                label="Signed distance (left: keys before the query)", url=True)
+MAX_POSITIONS = Option("max_positions", "int", "positional views: show the first N positions only", low=1)
+DIMS = Option("dims", "ints", "positional-dimensions: dimensions to plot, e.g. 0,1,64")
+
+# The analyses' settings.
+RESIDUAL = Option("residual", "float", "rollout, flow: weight of the skip connection, A' = (1-R) mean(heads) + R I, "
+                  f"0 to 1 (default {DEFAULT_RESIDUAL:g})", label="Residual weight", metavar="R",
+                  default=DEFAULT_RESIDUAL, low=0.0, high=1.0, step=0.05, stage="compute", url=True)
+STATISTIC = Option("statistic", "choice", f"report: the statistic drawn (default {DEFAULT_STATISTIC}): "
+                   f"{', '.join(STATISTICS)}; csv and json hold them all", label="Statistic", metavar="NAME",
+                   default=DEFAULT_STATISTIC, choices=tuple(STATISTICS))
+CLUSTERS = Option("clusters", "int", f"clusters: how many clusters to outline and number (default {DEFAULT_CLUSTERS})",
+                  label="Clusters outlined", metavar="K", default=DEFAULT_CLUSTERS, low=1, choices=tuple(range(1, 13)),
+                  url=True)
+SAMPLES = Option("samples", "int", f"noise: noisy samples per sigma (default {DEFAULT_SAMPLES})",
+                 label="Samples per sigma", metavar="N", default=DEFAULT_SAMPLES, low=1, choices=(4, 8, 16),
+                 stage="compute")
+SIGMA = Option("sigma", "float", "noise: draw the layers x heads map at this sigma (measured besides "
+               f"{', '.join(f'{s:g}' for s in DEFAULT_SIGMAS)}) instead of the curve over sigma",
+               label="Sigma shown in the map", metavar="S", low=0.0, dynamic_choices=measured_sigmas)
+ABLATE = Option("ablate", "heads", "ablation: heads to silence together, e.g. 0:3,2:5",
+                label="Heads to silence together", metavar="L:H,...", stage="compute", required=True)
+STEPS = Option("steps", "int", "integrated-gradients: Gauss-Legendre points on the path from the baseline "
+               f"(default {DEFAULT_STEPS})", label="Points on the path", metavar="N", default=DEFAULT_STEPS, low=1,
+               high=MAX_STEPS, choices=(16, 32, 50, 100, 200), stage="compute")
+
+
 # How the trace is read, before any view: the CLI's input flag and the app's display option, declared once.
 MERGE_WORDS = Option("merge_words", "flag", "merge sub-word tokens into words (attention to a word summed over its "
                      "pieces, from a word averaged) for every view and for json, csv and npz output",
@@ -171,3 +208,34 @@ class ViewSettings:
     def by_name(self, names: Sequence[str]) -> dict[str, Any]:
         """The settings whose names are in ``names`` (a builder's parameters), as keyword arguments."""
         return {name: getattr(self, name) for name in names if hasattr(self, name) and name != "shown_heads"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A view builder's keyword arguments from the shared controls (``View.from_settings``)
+
+
+def display_settings(s: ViewSettings) -> dict[str, Any]:
+    """Hide special tokens, and renormalise the rows after hiding them."""
+    return dict(hide_special=s.hide_special, renormalize=s.renormalize)
+
+
+def model_view_settings(s: ViewSettings) -> dict[str, Any]:
+    """The display settings and the one head outlined (none while heads or layers are combined)."""
+    return dict(**display_settings(s), selected=None if s.layer_mean or s.aggregate else (s.layer, s.head))
+
+
+def token_view_settings(s: ViewSettings) -> dict[str, Any]:
+    """The heads on screen combined (mean when one head is shown), from or to the query token."""
+    return dict(layer=s.layer, heads=s.shown_heads, query=s.query, direction=s.direction,
+                aggregate=s.aggregate or "mean", layer_mean=s.layer_mean, colorscale=s.colorscale,
+                **display_settings(s))
+
+
+def head_lines_settings(s: ViewSettings) -> dict[str, Any]:
+    """The heads on screen as lines above the threshold."""
+    return dict(layer=s.layer, heads=s.shown_heads, threshold=s.threshold, **display_settings(s))
+
+
+def no_settings(s: ViewSettings) -> dict[str, Any]:
+    """None: the view draws the model's own table, whatever the controls say."""
+    return {}

@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 from encoder.errors import ViewError
 from encoder.positional import sinusoidal_encoding  # NumPy only: the closed form, to name the table's kind
 from encoder.trace import EncoderTrace
-from viz.common import DEFAULT_DIVERGING, check_colorscale, check_index, new_figure
+from viz.layout import DEFAULT_DIVERGING, new_figure
+from viz.validation import check_colorscale, check_index
 
 USED_COLOR = "#222"
 SIMILARITY_MAX_POSITIONS = 512  # the similarity figure's default: a P x P matrix is 95 MB of JSON at P = 4096

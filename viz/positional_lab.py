@@ -3,13 +3,18 @@ rotary positions do (frequencies, long-range decay). Pure builders over ``analys
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.positional import PositionShare, RopeDecay
-from viz.analysis_figures import build_head_map
-from viz.common import base_layout
+from viz.analysis_figures import Figures, Options, build_head_map, style
+from viz.layout import base_layout
+
+if TYPE_CHECKING:
+    from encoder.trace import EncoderTrace
 
 EDGE_COLOR = "#bbbbbb"  # bucket boundaries
 REACH_COLOR = "#d62728"  # this text's longest distance; the local window
@@ -76,3 +81,21 @@ def build_rope_view(decay: RopeDecay) -> go.Figure:
     fig.update_xaxes(title_text="distance (tokens)", row=1, col=2, **GRID)
     fig.update_yaxes(title_text="relative q . k", row=1, col=2, **GRID)
     return fig
+
+
+def position_share_figures(result: PositionShare, trace: EncoderTrace, options: Options) -> Figures:
+    return [("position-share", build_position_share_map(result, **style(options)))]
+
+
+def relative_bias_figures(result: dict[str, np.ndarray], trace: EncoderTrace, options: Options) -> Figures:
+    return [("relative-bias", build_relative_bias(result, trace.num_tokens))]
+
+
+def term_by_distance_figures(result: dict[str, np.ndarray], trace: EncoderTrace, options: Options) -> Figures:
+    title = f"Positional logit term by signed distance, layer {int(result['layer'][0])}"
+    return [("position-by-distance", build_relative_bias(result, trace.num_tokens, title,
+                                                         "mean positional term (this text)"))]
+
+
+def rope_figures(result: RopeDecay, trace: EncoderTrace, options: Options) -> Figures:
+    return [("rope", build_rope_view(result))]

@@ -17,7 +17,7 @@ import threading
 import plotly.graph_objects as go
 
 from encoder.errors import ExportError
-from viz.common import is_click_layer
+from viz.clicks import is_click_layer
 from viz.scrub import without_slider
 
 IMAGE_FORMATS = ("png", "svg", "pdf")

@@ -9,9 +9,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.similarity import SimilaritySplit
-from viz.analysis_figures import MIN_WIDTH, _reading_guide, token_heatmap
-from viz.common import DEFAULT_DIVERGING, base_layout, check_colorscale
+from viz.analysis_figures import MIN_WIDTH, Figures, Options, _reading_guide, style, token_heatmap
 from viz.gradients import BAR_HEIGHT, BAR_SIDES, add_token_bars, bar_axis_pixels, completeness_text
+from viz.layout import DEFAULT_DIVERGING, base_layout
+from viz.validation import check_colorscale
 
 SUBPLOT_TITLE = 40  # pixels above the panels for their titles, below the reading guide
 TITLE_CHARACTER = 9  # pixels per character of a panel title (16 px font)
@@ -66,3 +67,9 @@ def build_similarity_gradients(split: SimilaritySplit, colorscale: str = DEFAULT
                         "Red tokens make the texts more similar, blue less.")
     fig.update_layout(margin=dict(t=fig.layout.margin.t + SUBPLOT_TITLE))
     return fig
+
+
+def similarity_figures(result: SimilaritySplit, trace, options: Options) -> Figures:
+    """The token-pair heatmap, then the integrated gradients of the cosine."""
+    return [("similarity", build_similarity_heatmap(result, **style(options))),
+            ("similarity-gradients", build_similarity_gradients(result, **style(options)))]

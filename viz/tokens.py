@@ -9,12 +9,20 @@ import numpy as np
 import plotly.graph_objects as go
 
 from encoder.trace import EncoderTrace
-from viz.common import (
-    AGGREGATES,
+from viz.clicks import click_meta
+from viz.layout import (
     DEFAULT_SCALE,
     HIGHLIGHT,
     MASKED,
     MASKED_COLOR,
+    display_token,
+    new_figure,
+    notes_title,
+    text_width,
+)
+from viz.scrub import Step, add_head_slider
+from viz.selection import AGGREGATES, hidden_keys, select_attention, shown_attention
+from viz.validation import (
     check_choice,
     check_colorscale,
     check_heads,
@@ -22,16 +30,7 @@ from viz.common import (
     check_shown_token,
     check_token,
     check_token_matrix,
-    click_meta,
-    display_token,
-    hidden_keys,
-    new_figure,
-    notes_title,
-    select_attention,
-    shown_attention,
-    text_width,
 )
-from viz.scrub import Step, add_head_slider
 
 DIRECTIONS = ("from", "to")
 CHAR_PIXELS = 9.0  # screen pixels per character cell at the token font size

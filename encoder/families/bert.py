@@ -74,7 +74,7 @@ def embedding_ports(model, prefix: str = "embeddings.",
     transforms the stored token-type table (RoBERTa keeps only its first row)."""
     ports: list[Port] = [
         (f"{prefix}word_embeddings.weight", model.token_embedding.embeddings, keep),
-        (f"{prefix}position_embeddings.weight", model.position_embedding.embeddings, keep),
+        (f"{prefix}position_embeddings.weight", model.positions.table.embeddings, keep),
     ]
     if model.segment_embedding is not None:
         ports.append((f"{prefix}token_type_embeddings.weight", model.segment_embedding.embeddings, types))

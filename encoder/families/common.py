@@ -8,13 +8,15 @@ GPT-2's ``Conv1D`` stores (in, out) already.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from encoder.config import EncoderConfig
+from encoder.config import FIELDS, GROUPS, EncoderConfig
 from encoder.errors import CheckpointError
 
 Port = tuple[str, Any, Callable[[np.ndarray], np.ndarray]]  # (checkpoint name, Keras variable, transform)
@@ -81,9 +83,22 @@ def labels(hf: Mapping[str, Any], config: EncoderConfig) -> tuple[str, ...]:
 
 
 def build(**values: Any) -> EncoderConfig:
-    """An EncoderConfig, with an impossible combination reported as our error."""
+    """An EncoderConfig, with an impossible combination reported as our error. ``values`` are its fields and groups
+    (``embeddings=Embeddings(...)``, ``positions=RotaryPositions(...)``), or flat names (``FLAT_DEFAULTS``: the
+    BERT-like families' shared fields) with whole groups for what those do not say (``positions=...``)."""
+    groups = {name: values.pop(name) for name in list(values) if name in GROUPS or name == "positions"}
+    with described():
+        if set(values) - set(FIELDS):  # flat names, then the groups given whole
+            return dataclasses.replace(EncoderConfig(**values), **groups)
+        return EncoderConfig(**values, **groups)
+
+
+@contextmanager
+def described() -> Iterator[None]:
+    """Report a value the config refuses (a ValueError or TypeError of ``EncoderConfig`` or one of its groups) as
+    our error: the config describes an impossible model."""
     try:
-        return EncoderConfig(**values)
+        yield
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"config.json describes an impossible model: {error}") from error
 

@@ -1,4 +1,4 @@
-"""DeBERTa-v2 and -v3: BERT's post-layer-norm layers with disentangled attention (``encoder.attention``): every
+"""DeBERTa-v2 and -v3: BERT's post-layer-norm layers with disentangled attention (``encoder.parts.disentangled``): every
 logit is content->content plus content->position (c2p) and position->content (p2c) terms over a learned table of
 relative-distance embeddings (log buckets, ``position_buckets``), divided by ``sqrt(head_dim * (1 + #terms))``.
 DeBERTa-v3 adds no absolute positions to the input (``position_biased_input`` false) and has no token types
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoder.config import POSITION_TERMS, EncoderConfig
+from encoder.config import POSITION_TERMS, DisentangledPositions, EncoderConfig
 from encoder.errors import CheckpointError
 from encoder.families.bert import bert_like_fields, encoder_ports
 from encoder.families.common import (
@@ -20,6 +20,7 @@ from encoder.families.common import (
     build,
     classifier_fields,
     classifier_ports,
+    described,
     field,
     head_projection_ports,
     keep,
@@ -54,17 +55,18 @@ def convert_config(hf: dict[str, Any]) -> EncoderConfig:
     terms = tuple(str(term).strip().lower() for term in terms)
     if any(term not in POSITION_TERMS for term in terms):
         raise CheckpointError(f"config.json's pos_att_type may hold only {', '.join(POSITION_TERMS)}.")
-    fields.update(
-        positional="learned" if hf.get("position_biased_input", True) else "none",
-        relative_attention="disentangled",
-        position_buckets=max(int(hf.get("position_buckets") or 0), 0),
-        max_relative_positions=max_relative if max_relative >= 1 else fields["max_positions"],
-        pos_att_type=tuple(dict.fromkeys(terms)),
-        share_att_key=bool(hf.get("share_att_key", False)),
-        norm_rel_ebd="layer_norm" in str(hf.get("norm_rel_ebd") or "none").lower().split("|"),
-        **classifier_fields(hf, activation(hf.get("pooler_hidden_act", "gelu"), "pooler_hidden_act")),
-    )
-    return build(**fields)
+    fields.update(classifier_fields(hf, activation(hf.get("pooler_hidden_act", "gelu"), "pooler_hidden_act")))
+    buckets = max(int(hf.get("position_buckets") or 0), 0)
+    with described():
+        positions = DisentangledPositions(
+            table="learned" if hf.get("position_biased_input", True) else "none",
+            buckets=buckets,
+            max_distance=max_relative if max_relative >= 1 else fields["max_positions"],
+            terms=tuple(dict.fromkeys(terms)),
+            share_key=bool(hf.get("share_att_key", False)),
+            normalize="layer_norm" in str(hf.get("norm_rel_ebd") or "none").lower().split("|"),
+        )
+        return build(**fields, positions=positions)
 
 
 def check_supported(hf: dict[str, Any]) -> None:
@@ -91,8 +93,8 @@ def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform): embeddings, layers (with their own position
     projections unless ``share_att_key``), the relative embeddings and their norm, and a classifier's pooler."""
     ports: list[Port] = [("embeddings.word_embeddings.weight", model.token_embedding.embeddings, keep)]
-    if model.position_embedding is not None:
-        ports.append(("embeddings.position_embeddings.weight", model.position_embedding.embeddings, keep))
+    if model.positions.table is not None:
+        ports.append(("embeddings.position_embeddings.weight", model.positions.table.embeddings, keep))
     if model.segment_embedding is not None:
         ports.append(("embeddings.token_type_embeddings.weight", model.segment_embedding.embeddings, keep))
     ports += norm_ports("embeddings.LayerNorm", model.embedding_norm)
@@ -102,7 +104,7 @@ def weight_ports(config: EncoderConfig, model) -> list[Port]:
         for name, dense in (("pos_key_proj", attention.pos_key_dense), ("pos_query_proj", attention.pos_query_dense)):
             if dense is not None:
                 ports += head_projection_ports(f"encoder.layer.{i}.attention.self.{name}", dense, config)
-    ports.append(("encoder.rel_embeddings.weight", model.relative_embeddings.embeddings, keep))
-    if model.relative_norm is not None:
-        ports += norm_ports("encoder.LayerNorm", model.relative_norm)
+    ports.append(("encoder.rel_embeddings.weight", model.positions.relative_embeddings.embeddings, keep))
+    if model.positions.relative_norm is not None:
+        ports += norm_ports("encoder.LayerNorm", model.positions.relative_norm)
     return ports + classifier_ports(model, "pooler.dense", "classifier")

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoder.config import EncoderConfig
+from encoder.config import AbsolutePositions, Attention, Block, Embeddings, EncoderConfig
 from encoder.errors import CheckpointError
 from encoder.families.common import (
-    PORTED,
     Port,
     activation,
     build,
     dense_ports,
+    described,
     field,
     keep,
     norm_ports,
@@ -38,26 +38,23 @@ PREFIXES = ("transformer.",)
 def convert_config(hf: dict[str, Any]) -> EncoderConfig:
     """Map a Hugging Face GPT-2 ``config.json`` to an EncoderConfig (pure function)."""
     check_attention_options(hf)
-    d_model = int(field(hf, "n_embd", "hidden_size"))
-    vocab_size = int(field(hf, "vocab_size"))
-    return build(
-        vocab_size=vocab_size,
-        num_layers=int(field(hf, "n_layer", "num_hidden_layers")),
-        num_heads=int(field(hf, "n_head", "num_attention_heads")),
-        d_model=d_model,
-        dff=int(field(hf, "n_inner", default=4 * d_model)),  # None in config.json means 4 * n_embd
-        max_positions=int(field(hf, "n_positions", "max_position_embeddings", default=1024)),
-        positional="learned",
-        activation=activation(hf.get("activation_function", "gelu_new"), "activation_function"),
-        type_vocab_size=0,
-        **PORTED,
-        embedding_layer_norm=False,
-        layer_norm_epsilon=float(field(hf, "layer_norm_epsilon", default=1e-5)),
-        pad_token_id=pad_token({"pad_token_id": padding_id(hf)}, vocab_size),
-        norm_first=True,
-        final_norm=True,
-        causal=True,
-    )
+    d_model, vocab_size = int(field(hf, "n_embd", "hidden_size")), int(field(hf, "vocab_size"))
+    heads = int(field(hf, "n_head", "num_attention_heads"))
+    dff = int(field(hf, "n_inner", default=4 * d_model))  # None in config.json means 4 * n_embd
+    epsilon = float(field(hf, "layer_norm_epsilon", default=1e-5))
+    with described():
+        return build(
+            num_layers=int(field(hf, "n_layer", "num_hidden_layers")),
+            d_model=d_model,
+            max_positions=int(field(hf, "n_positions", "max_position_embeddings", default=1024)),
+            dropout=0.0,
+            embeddings=Embeddings(vocab_size, scale=False,
+                                  pad_token_id=pad_token({"pad_token_id": padding_id(hf)}, vocab_size)),
+            attention=Attention(heads, causal=True),
+            positions=AbsolutePositions(table="learned"),
+            block=Block(dff, activation=activation(hf.get("activation_function", "gelu_new"), "activation_function"),
+                        placement="pre", norm_epsilon=epsilon, final_norm=True),
+        )
 
 
 def padding_id(hf: dict[str, Any]) -> int:
@@ -115,7 +112,7 @@ def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform), one row per variable we fill."""
     ports: list[Port] = [
         ("wte.weight", model.token_embedding.embeddings, keep),
-        ("wpe.weight", model.position_embedding.embeddings, keep),
+        ("wpe.weight", model.positions.table.embeddings, keep),
     ]
     for i, layer in enumerate(model.encoder_layers):
         ports += layer_ports(f"h.{i}.", layer, config)

@@ -17,17 +17,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoder.config import EncoderConfig
+from encoder.config import Attention, Block, Embeddings, EncoderConfig, RotaryPositions
 from encoder.errors import CheckpointError
-from encoder.families import common
 from encoder.families.common import (
     Port,
     activation,
     build,
     dense_ports,
+    described,
     field,
+    keep,
     norm_ports,
     pad_token,
+    reshaped,
 )
 
 MODEL_TYPES = ("modernbert",)
@@ -42,31 +44,23 @@ def convert_config(hf: dict[str, Any]) -> EncoderConfig:
     if every < 1:
         raise CheckpointError("config.json's global_attn_every_n_layers must be at least 1.")
     check_layer_types(hf, layers, every)
-    vocab_size = int(field(hf, "vocab_size"))
-    return build(
-        vocab_size=vocab_size,
-        num_layers=layers,
-        num_heads=int(field(hf, "num_attention_heads")),
-        d_model=int(field(hf, "hidden_size")),
-        dff=int(field(hf, "intermediate_size")),
-        max_positions=int(field(hf, "max_position_embeddings", default=8192)),
-        positional="rotary",
-        activation=activation(hf.get("hidden_activation", "gelu"), "hidden_activation"),
-        type_vocab_size=0,
-        **common.PORTED,
-        embedding_layer_norm=True,
-        layer_norm_epsilon=float(field(hf, "norm_eps", default=1e-5)),
-        pad_token_id=pad_token(hf, vocab_size),
-        norm_first=True,
-        final_norm=True,
-        rope_theta=rope_theta(hf, "full_attention"),
-        rope_local_theta=rope_theta(hf, "sliding_attention"),
-        local_attention=int(field(hf, "local_attention", default=128)),
-        global_attention_every=every,
-        gated_feed_forward=True,
-        use_bias=uses_biases(hf),
-        first_attention_norm=False,
-    )
+    vocab_size, dff = int(field(hf, "vocab_size")), int(field(hf, "intermediate_size"))
+    heads, width = int(field(hf, "num_attention_heads")), int(field(hf, "local_attention", default=128))
+    epsilon = float(field(hf, "norm_eps", default=1e-5))
+    with described():
+        return build(
+            num_layers=layers,
+            d_model=int(field(hf, "hidden_size")),
+            max_positions=int(field(hf, "max_position_embeddings", default=8192)),
+            dropout=0.0,
+            embeddings=Embeddings(vocab_size, scale=False, layer_norm=True, pad_token_id=pad_token(hf, vocab_size)),
+            attention=Attention(heads, windows=tuple(width if i % every else 0 for i in range(layers))),
+            positions=RotaryPositions(theta=rope_theta(hf, "full_attention"),
+                                      local_theta=rope_theta(hf, "sliding_attention")),
+            block=Block(dff, activation=activation(hf.get("hidden_activation", "gelu"), "hidden_activation"),
+                        placement="pre", mlp="gated", use_bias=uses_biases(hf), norm_epsilon=epsilon,
+                        first_attention_norm=False, final_norm=True),
+        )
 
 
 def check_layer_types(hf: dict[str, Any], layers: int, every: int) -> None:
@@ -109,12 +103,12 @@ def attention_ports(prefix: str, attention, config: EncoderConfig) -> list[Port]
     ports: list[Port] = []
     for index, dense in enumerate((attention.query_dense, attention.key_dense, attention.value_dense)):
         rows = slice(index * d, (index + 1) * d)
-        ports.append((f"{prefix}Wqkv.weight", dense.kernel, lambda w, r=rows: common.reshaped(w[r].T, (d, h, dh))))
+        ports.append((f"{prefix}Wqkv.weight", dense.kernel, lambda w, r=rows: reshaped(w[r].T, (d, h, dh))))
         if dense.bias is not None:
-            ports.append((f"{prefix}Wqkv.bias", dense.bias, lambda b, r=rows: common.reshaped(b[r], (h, dh))))
-    ports.append((f"{prefix}Wo.weight", attention.output_dense.kernel, lambda w: common.reshaped(w.T, (h, dh, d))))
+            ports.append((f"{prefix}Wqkv.bias", dense.bias, lambda b, r=rows: reshaped(b[r], (h, dh))))
+    ports.append((f"{prefix}Wo.weight", attention.output_dense.kernel, lambda w: reshaped(w.T, (h, dh, d))))
     if attention.output_dense.bias is not None:
-        ports.append((f"{prefix}Wo.bias", attention.output_dense.bias, common.keep))
+        ports.append((f"{prefix}Wo.bias", attention.output_dense.bias, keep))
     return ports
 
 
@@ -133,7 +127,7 @@ def layer_ports(prefix: str, layer, config: EncoderConfig) -> list[Port]:
 def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform), one row per variable we fill."""
     ports: list[Port] = [
-        ("embeddings.tok_embeddings.weight", model.token_embedding.embeddings, common.keep),
+        ("embeddings.tok_embeddings.weight", model.token_embedding.embeddings, keep),
         *norm_ports("embeddings.norm", model.embedding_norm),
     ]
     for i, layer in enumerate(model.encoder_layers):

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoder.config import EncoderConfig
+from encoder.config import EncoderConfig, RelativeBuckets
 from encoder.errors import CheckpointError
 from encoder.families.bert import bert_like_fields, embedding_ports, encoder_ports
-from encoder.families.common import Port, build, field, keep
+from encoder.families.common import Port, build, described, field, keep
 
 MODEL_TYPES = ("mpnet",)
 PREFIXES = ("mpnet.",)
@@ -37,11 +37,12 @@ def convert_config(hf: dict[str, Any]) -> EncoderConfig:
     if rows <= offset:
         raise CheckpointError(
             f"max_position_embeddings ({rows}) leaves no position after the first {offset} (pad_token_id + 1).")
-    fields.update(max_positions=rows - offset, position_offset=offset, relative_attention_buckets=buckets)
-    return build(**fields)
+    fields.update(max_positions=rows - offset)
+    with described():
+        return build(**fields, positions=RelativeBuckets(table="learned", offset=offset, buckets=buckets))
 
 
 def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform); the pooler, when stored, is not used."""
     return (embedding_ports(model) + encoder_ports(config, model, names=LAYER_NAMES)
-            + [("encoder.relative_attention_bias.weight", model.relative_attention_bias.embeddings, keep)])
+            + [("encoder.relative_attention_bias.weight", model.positions.relative_attention_bias.embeddings, keep)])

@@ -1,14 +1,14 @@
 """The first visitor's chart while the server's own model is still loading: a helper process, started by
-``python -m ui.serve`` at the process's first moment, that imports TensorFlow, loads the default model and traces
+``python -m ui.serving`` at the process's first moment, that imports TensorFlow, loads the default model and traces
 what the page asks for, in parallel with Streamlit starting in the server.
 
 Why a process: TensorFlow's import is ~2 s of Python that holds the server's GIL, so loading the model in a thread
 of the server either delays the page (started at once: first paint 2.5 s) or the chart (started when the first
 visitor asks: 5.5 s from the process's start). In a second process it runs on the other core while the server
-starts, serves the page and the browser loads it. The server's own warm-up (``ui.warmup``) starts once this process
-has answered a first visitor and the page has had a moment to draw it (``warmup.ANSWER_GRACE``), or
+starts, serves the page and the browser loads it. The server's own warm-up (``ui.serving.warmup``) starts once this
+process has answered a first visitor and the page has had a moment to draw it (``warmup.ANSWER_GRACE``), or
 ``warmup.HELPER_START_DELAY`` after the start, or when a visitor needs the model itself; when it is done this process
-is told to exit: every later trace, and every analysis, runs in the server as before.
+is told to exit: every later trace, and every analysis, runs in the server.
 
 The helper runs the server's own code (``encoder.sources.load_source``, checksums included, and
 ``encoder.trace.trace_text``), eagerly: compiling the graph would cost its first trace ~0.25 s more, and it serves only
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # the launcher imports this module first of all: nothing heav
     from encoder.trace import EncoderTrace
 
 log = logging.getLogger("headlight.coldstart")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 _HEADER = struct.Struct("!Q")
 MAX_MESSAGE = 256 * 2**20  # the default model's 512-token trace is ~81 MB; a longer message is a broken helper
 LOAD_TIMEOUT = 120.0  # seconds a page waits for the helper to load the model before loading it in the server
@@ -76,7 +76,7 @@ class Helper:
         Raises:
             HeadlightError: the input cannot be traced (the same error the server's own run would raise).
         """
-        from encoder.trace import EncoderTrace
+        from encoder.trace import EncoderTrace  # here, not at the top: the launcher imports this module first of all
 
         if not self.loaded.wait(LOAD_TIMEOUT):
             return None
@@ -144,8 +144,8 @@ def spawn() -> Helper | None:
     global _helper
     if _helper is None:
         try:
-            process = subprocess.Popen([sys.executable, "-m", "ui.coldstart"], cwd=ROOT, stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE)
+            process = subprocess.Popen([sys.executable, "-m", "ui.serving.coldstart"], cwd=ROOT,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         except OSError:
             log.exception("the cold-start helper could not be started; the server loads the model itself")
             return None
@@ -154,7 +154,7 @@ def spawn() -> Helper | None:
 
 
 def helper() -> Helper | None:
-    """The helper this process started, if any (``python -m ui.serve`` starts it; plain ``streamlit run`` not)."""
+    """The helper this process started, if any (``python -m ui.serving`` starts it; plain ``streamlit run`` not)."""
     return _helper
 
 
@@ -184,7 +184,7 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     pipe."""
     import dataclasses
 
-    from encoder.errors import HeadlightError
+    from encoder.errors import HeadlightError  # the helper process's imports: none of them is the launcher's
 
     try:
         import tensorflow as tf

@@ -1,5 +1,5 @@
-"""DeBERTa's disentangled attention: each logit is a content term plus terms between content and relative
-positions, all divided by one scale.
+"""DeBERTa's disentangled attention (the one family that uses it): each logit is a content term plus terms between
+content and relative positions, all divided by one scale.
 
 For query i and key j, with ``r = index[i, j]`` the row of the relative-embedding table for their distance
 (``encoder.positional.disentangled_index``) and ``Pq``/``Pk`` that table projected by the (shared or own) query
@@ -17,8 +17,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from encoder.config import EncoderConfig
-from encoder.layers import InstrumentedAttention, mask_values
+from encoder.config import DisentangledPositions, EncoderConfig
+from encoder.parts.attention import InstrumentedAttention, mask_values
+from encoder.parts.norms import make_norm
+from encoder.parts.positions import AbsolutePart
+from encoder.positional import disentangled_index
 
 
 @keras.saving.register_keras_serializable(package="headlight")
@@ -26,12 +29,11 @@ class DisentangledAttention(InstrumentedAttention):
     """``InstrumentedAttention`` with DeBERTa's content->position (``c2p``) and position->content (``p2c``) terms.
 
     The content projections are ``query_dense``/``key_dense``/``value_dense``/``output_dense`` as in BERT. Without
-    ``config.share_att_key`` the position terms project the relative embeddings with their own ``pos_key_dense``
-    (c2p) and ``pos_query_dense`` (p2c); with it (DeBERTa-v3), with ``key_dense`` and ``query_dense``.
+    ``share_key`` the position terms project the relative embeddings with their own ``pos_key_dense`` (c2p) and
+    ``pos_query_dense`` (p2c); with it (DeBERTa-v3), with ``key_dense`` and ``query_dense``.
 
     Args:
-        config: EncoderConfig with ``relative_attention="disentangled"`` (heads, width, ``pos_att_type``,
-            ``share_att_key``).
+        config: EncoderConfig whose ``positions`` is a ``DisentangledPositions``.
 
     Call args:
         query, value, attention_mask, head_mask, value_mask, attention_scale: as ``InstrumentedAttention``.
@@ -40,8 +42,7 @@ class DisentangledAttention(InstrumentedAttention):
 
     Returns:
         ``(output, pattern, terms)``: output (B, T, D), pattern (B, H, T, S) after softmax, and terms ``c2c`` and
-        each of ``pos_att_type`` as (B, H, T, S), already divided by the scale: they sum to the logits the
-        softmax used.
+        each position term as (B, H, T, S), already divided by the scale: they sum to the logits the softmax used.
 
     Example:
         >>> cfg = EncoderConfig(vocab_size=9, num_layers=1, num_heads=2, d_model=8, dff=16, positional="none",
@@ -58,13 +59,14 @@ class DisentangledAttention(InstrumentedAttention):
     def __init__(self, config: EncoderConfig, **kwargs):
         super().__init__(num_heads=config.num_heads, key_dim=config.head_dim, dropout=config.dropout, **kwargs)
         self.config = config
-        self.position_terms = tuple(term for term in ("c2p", "p2c") if term in config.pos_att_type)
+        scheme: DisentangledPositions = config.positions
+        self.position_terms = tuple(term for term in ("c2p", "p2c") if term in scheme.terms)
         self.scale = np.sqrt(np.float32(config.head_dim * (1 + len(self.position_terms))))  # float32, as torch
         self.pos_key_dense = self.pos_query_dense = None
 
     def build(self, query_shape, value_shape):
         super().build(query_shape, value_shape)
-        if self.config.share_att_key:
+        if self.config.positions.share_key:
             return
         relative_shape = (1, None, self.config.d_model)  # (1, 2S, D)
         if "c2p" in self.position_terms:
@@ -84,9 +86,9 @@ class DisentangledAttention(InstrumentedAttention):
         config = dict(config)
         return cls(EncoderConfig.from_dict(config.pop("config")), **config)
 
-    def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, rotary=None,
-             value_mask=None, attention_scale=None, training=None):
-        relative_embeddings, index = position_bias  # no rotary positions: the config has relative ones
+    def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
+             attention_scale=None, training=None):
+        relative_embeddings, index = position_bias
         q = self.query_dense(query)  # (B, T, H, dh)
         k = self.key_dense(value)  # (B, S, H, dh)
         v = mask_values(self.value_dense(value), value_mask)  # (B, S, H, dh)
@@ -111,8 +113,58 @@ class DisentangledAttention(InstrumentedAttention):
                 position = position + terms[name]
             logits = logits + position  # transformers' order: c2c + (c2p + p2c)
         pattern = self._masked_softmax(logits, attention_mask)  # (B, H, T, S)
-        context = self._mix(pattern, v, attention_scale, training)
-        if head_mask is not None:
-            context = context * ops.cast(head_mask, context.dtype)[:, None, :, None]
-        return self.output_dense(context), pattern, terms
+        return self.mix_values(pattern, v, head_mask, attention_scale, training), pattern, terms
 
+
+class DisentangledPart(AbsolutePart):
+    """DeBERTa's positions (``DisentangledPositions``): the absolute table when it has one (``position_biased_input``),
+    2S learned relative embeddings (``relative_embeddings``, one row per bucket of query - key; layer-normalised by
+    ``relative_norm`` when ``normalize``), and ``DisentangledAttention`` in every layer."""
+
+    def __init__(self, config: EncoderConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        scheme: DisentangledPositions = config.positions
+        self.relative_embeddings = keras.layers.Embedding(2 * scheme.span, config.d_model, name="relative_embeddings")
+        self.relative_norm = make_norm(config.block, "relative_norm", center=True) if scheme.normalize else None
+        # Distances beyond this reach (and beyond the longest input) all read the first or last row.
+        self._reach = max(config.max_positions, scheme.max_distance)
+        self._rows = disentangled_index(  # row of query - key, from -reach to reach
+            np.arange(-self._reach, self._reach + 1), scheme.span, scheme.buckets, scheme.max_distance)
+
+    @classmethod
+    def attention_for(cls, config: EncoderConfig, index: int) -> InstrumentedAttention:
+        return DisentangledAttention(config, name="attention")
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self.relative_embeddings.build((None,))
+        if self.relative_norm is not None:
+            self.relative_norm.build((None, self.config.d_model))
+
+    def layer_context(self, length):
+        """``(relative embeddings (2S, D), index (T, T) int32)``: the table (layer-normalised when ``normalize``),
+        computed once per call for every layer, and the row of each [query, key] pair (``disentangled_index`` of
+        query - key; rows beyond the reach are the end rows)."""
+        table = self.relative_embeddings.embeddings  # (2S, D)
+        if self.relative_norm is not None:
+            table = self.relative_norm(table)
+        positions = ops.arange(length)
+        relative = positions[:, None] - positions[None, :]  # (T, T): query - key
+        reach = self._reach
+        return table, ops.take(ops.convert_to_tensor(self._rows), ops.clip(relative, -reach, reach) + reach)
+
+    def position_scheme(self) -> dict[str, np.ndarray]:
+        """Over the signed distances key - query from -R to R (R the larger of ``max_positions`` and
+        ``max_distance``; farther keys read the end rows):
+
+        - ``distances``: (2R + 1,) int32, -R .. R.
+        - ``buckets``: (2R + 1,) int32, the row of ``relative_embeddings`` each distance reads (c2p and p2c alike).
+        - ``bucket_edges``: (E,) float32, the half-integer distances where the row changes (for drawing).
+        - ``relative_embeddings``: (2S, D) float32, the table every layer projects (after its layer norm).
+        """
+        distances = np.arange(-self._reach, self._reach + 1, dtype=np.int32)  # key - query
+        rows = self._rows[::-1]  # the rows are indexed by query - key
+        table, _ = self.layer_context(1)
+        return {"distances": distances, "buckets": np.ascontiguousarray(rows, dtype=np.int32),
+                "bucket_edges": (distances[1:][rows[1:] != rows[:-1]] - np.float32(0.5)).astype(np.float32),
+                "relative_embeddings": keras.ops.convert_to_numpy(table).astype(np.float32)}

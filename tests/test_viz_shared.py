@@ -1,5 +1,5 @@
-"""Shared viz pieces: validators, attention selection, downsampling, labels, the view registry. Also home of
-``synthetic_trace``, the small hand-made EncoderTrace other viz tests use for edge cases."""
+"""The pieces every figure shares: validators (``viz.validation``), attention selection and downsampling
+(``viz.selection``), labels (``viz.layout``), the click contract (``viz.clicks``), and the view registry."""
 
 import subprocess
 import sys
@@ -13,22 +13,14 @@ from encoder.errors import HeadlightError, ViewError
 from tests.support.traces import synthetic_trace
 from viz import VIEWS, build_view
 from viz.analysis_figures import build_report_heatmap
-from viz.attention import build_attention_heatmap, build_head_lines, build_model_view
-from viz.common import (
-    check_colorscale,
-    check_heads,
-    check_layer,
-    check_token,
-    click_spec,
-    display_token,
-    downsample,
-    renormalize_rows,
-    select_attention,
-    shown_attention,
-    text_width,
-    token_ticks,
-)
+from viz.attention import build_attention_heatmap
+from viz.clicks import click_spec
+from viz.head_lines import build_head_lines
+from viz.layout import display_token, text_width, token_ticks
+from viz.model_view import build_model_view
+from viz.selection import downsample, renormalize_rows, select_attention, shown_attention
 from viz.tokens import build_token_view
+from viz.validation import check_colorscale, check_heads, check_layer, check_token
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,7 +167,8 @@ def test_build_view_dispatches_and_rejects_unknown_settings():
 
 def test_viz_imports_neither_tensorflow_nor_streamlit():
     code = (
-        "import sys, viz, viz.common, viz.render, viz.export, analysis, encoder.trace_io\n"
+        "import sys, viz, viz.render, viz.validation, viz.selection, viz.layout, viz.clicks\n"
+        "import analysis, encoder.trace_io\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'streamlit'))\n"
         "print(bad)\n"
     )

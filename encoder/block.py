@@ -1,0 +1,102 @@
+"""The residual block (``EncoderLayer``) and ``ConfigArgument``, the Keras (de)serialisation of layers built from
+an ``EncoderConfig``."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from encoder.config import EncoderConfig
+from encoder.parts.mlp import feed_forward, mlp_layers
+from encoder.parts.norms import make_norm
+from encoder.parts.schemes import position_part
+
+
+class ConfigArgument:
+    """``get_config``/``from_config`` for Keras layers and models whose one argument is an ``EncoderConfig``."""
+
+    def get_config(self):
+        return {**super().get_config(), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(EncoderConfig.from_dict(config.pop("config")), **config)
+
+
+@keras.saving.register_keras_serializable(package="headlight")
+class EncoderLayer(ConfigArgument, keras.layers.Layer):
+    """One Transformer layer: self-attention, then the MLP, each a residual around it.
+
+    Post-norm (``block.placement`` "post": BERT, the classic encoder): ``x = norm(x + f(x))``. Pre-norm ("pre",
+    GPT-2, ModernBERT): ``x = x + f(norm(x))``; then ``attention_norm`` is GPT-2's ``ln_1`` and ``output_norm`` its
+    ``ln_2``. The attention comes from the position scheme's part (``encoder.parts.schemes``: its logit rule, or
+    its own attention); a windowed layer (``attention.windows``) joins its window to the attention mask.
+
+    Args:
+        config: EncoderConfig.
+        index: int, the layer's place in the stack (its window, its rotary base, the first layer's norm).
+
+    Example:
+        >>> layer = EncoderLayer(EncoderConfig(vocab_size=10, num_layers=1, num_heads=2, d_model=8, dff=16))
+        >>> y, pattern, terms = layer(keras.ops.ones((1, 3, 8)))
+        >>> tuple(pattern.shape)
+        (1, 2, 3, 3)
+    """
+
+    def __init__(self, config: EncoderConfig, index: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.index = index
+        self.window = config.attention.window(index)
+        block = config.block
+        self.attention = position_part(config).attention_for(config, index)
+        self.attention_dropout = keras.layers.Dropout(config.dropout)
+        self.attention_norm = (make_norm(block, "attention_norm") if block.first_attention_norm or index
+                               else keras.layers.Identity(name="attention_norm"))
+        self.intermediate, self.output_dense = mlp_layers(block, config.d_model)
+        self.output_dropout = keras.layers.Dropout(config.dropout)
+        self.output_norm = make_norm(block, "output_norm")
+
+    def get_config(self):
+        return {**super().get_config(), "index": self.index}
+
+    def build(self, input_shape):
+        self.attention.build(input_shape, input_shape)
+        self.attention_norm.build(input_shape)
+        self.intermediate.build(input_shape)
+        self.output_dense.build((*input_shape[:-1], self.config.block.dff))
+        self.output_norm.build(input_shape)
+
+    def call(self, x, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
+             attention_scale=None, training=None):
+        probes = dict(value_mask=value_mask, attention_scale=attention_scale)  # InstrumentedAttention's call args
+        if self.config.block.placement == "pre":
+            attended, pattern, terms = self._attend(self.attention_norm(x), attention_mask, head_mask,
+                                                    position_bias, training, **probes)
+            x = x + attended
+            return x + self._feed_forward(self.output_norm(x), training), pattern, terms
+        attended, pattern, terms = self._attend(x, attention_mask, head_mask, position_bias, training, **probes)
+        x = self.attention_norm(x + attended)
+        return self.output_norm(x + self._feed_forward(x, training)), pattern, terms
+
+    def _attend(self, x, attention_mask, head_mask, position_bias, training, value_mask=None, attention_scale=None):
+        if self.window:
+            attention_mask = self._window_mask(attention_mask, ops.shape(x)[1])
+        attended, pattern, terms = self.attention(
+            x, x, attention_mask=attention_mask, head_mask=head_mask, position_bias=position_bias,
+            value_mask=value_mask, attention_scale=attention_scale, training=training
+        )
+        return self.attention_dropout(attended, training=training), pattern, terms
+
+    def _window_mask(self, attention_mask, length):
+        """A windowed layer's mask, broadcastable to (B, T, T): keys within ``window // 2`` of the query, and not
+        padded."""
+        positions = ops.arange(length)
+        distance = ops.abs(positions[:, None] - positions[None, :])  # (T, T)
+        window = (distance <= self.window // 2)[None]  # (1, T, T)
+        return window if attention_mask is None else ops.logical_and(window, attention_mask)
+
+    def _feed_forward(self, x, training):
+        return self.output_dropout(feed_forward(self.config.block, self.intermediate, self.output_dense, x),
+                                   training=training)

@@ -1,0 +1,200 @@
+"""Position schemes as parts: each is a Keras layer (``name="positions"``) built from the config's scheme, with one
+interface the model and its blocks call, whatever the scheme:
+
+- ``attention_for(config, index)`` (class method): layer ``index``'s attention, with the scheme's logit rule;
+- ``add_to(x, token_ids)``: the absolute table's rows added to the embeddings (nothing for "none");
+- ``layer_context(length)``: what every layer's attention reads (its ``position_bias``), computed once per call;
+- ``position_scheme()`` and ``positional_table()``: what the positional lab and the trace report.
+
+``AbsolutePart`` (the table alone), ``RelativeBucketsPart`` (MPNet's bias; T5's buckets) and ``RotaryPart``
+(ModernBERT) are here; DeBERTa's disentangled attention is ``encoder.parts.disentangled``.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from encoder.config import EncoderConfig, RelativeBuckets, RotaryPositions
+from encoder.parts.attention import InstrumentedAttention
+from encoder.positional import relative_position_buckets, rotary_frequencies, sinusoidal_encoding
+
+
+class AbsolutePart(keras.layers.Layer):
+    """An absolute table (``AbsolutePositions``): sinusoidal, learned (``position_embedding``) or none; every
+    layer's attention is the plain scaled product.
+
+    Args:
+        config: EncoderConfig (its ``positions``, widths, ``max_positions``, ``pad_token_id``).
+    """
+
+    def __init__(self, config: EncoderConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        rows, width, table = config.table_rows, config.embedding_width, config.positions.table
+        self.table = (keras.layers.Embedding(rows, width, name="position_embedding") if table == "learned"
+                      else None)
+        self._fixed = (sinusoidal_encoding(rows, width) if table == "sinusoidal"  # (P, E); zeros for "none"
+                       else np.broadcast_to(np.float32(0.0), (rows, width)))
+
+    @classmethod
+    def attention_for(cls, config: EncoderConfig, index: int) -> InstrumentedAttention:
+        """Layer ``index``'s attention (projections into ``num_heads`` heads of ``head_dim``)."""
+        return InstrumentedAttention(num_heads=config.num_heads, key_dim=config.head_dim,
+                                     key_value_heads=config.attention.key_value_heads or None, scaling=config.scaling,
+                                     dropout=config.dropout, use_bias=config.block.use_bias, name="attention",
+                                     logits=cls.logit_rule(config, index))
+
+    @classmethod
+    def logit_rule(cls, config: EncoderConfig, index: int):
+        """Layer ``index``'s logit rule (``encoder.parts.attention``); None is the plain scaled product."""
+        return None
+
+    def build(self, input_shape=None):
+        if self.table is not None:
+            self.table.build((None,))
+        self.built = True
+
+    def add_to(self, x, token_ids):
+        """``x`` (B, T, E) plus each token's row of the table; unchanged without one.
+
+        Without an offset, token i gets row i. With one (RoBERTa), positions count only non-pad tokens, starting
+        after the pad id, exactly as transformers numbers them (``encoder.positional.position_ids``).
+        """
+        cfg = self.config
+        if cfg.positions.table == "none":
+            return x
+        table = ops.convert_to_tensor(self._fixed) if self.table is None else self.table.embeddings  # (P, E)
+        offset = cfg.positions.offset
+        if not offset:
+            return x + table[: ops.shape(token_ids)[1]][None]  # (1, T, E)
+        real = ops.cast(ops.not_equal(token_ids, cfg.pad_token_id), "int32")  # (B, T)
+        positions = ops.cumsum(real, axis=1) * real + (offset - 1)  # pads get the pad's row
+        return x + ops.take(table, positions, axis=0)  # (B, T, E)
+
+    def layer_context(self, length):
+        """What every layer's attention reads besides its input (``position_bias``): nothing here."""
+        return None
+
+    def position_scheme(self) -> dict[str, np.ndarray]:
+        """Named arrays describing the scheme for the positional lab; empty for a table (``positional_table``)."""
+        return {}
+
+    def positional_table(self) -> np.ndarray:
+        """(P, E) float32: the whole table, exactly the values added (offset rows first; zeros for "none")."""
+        return self._fixed if self.table is None else keras.ops.convert_to_numpy(self.table.embeddings)
+
+
+class BiasLogits:
+    """The logit rule of an added bias: ``q.k * scaling + bias``, terms ``content`` and ``position``."""
+
+    def __call__(self, attention: InstrumentedAttention, query, key, position_bias):
+        logits = attention.scaled_product(query, key)  # (B, H, T, S)
+        return logits + position_bias, {"content": logits,
+                                        "position": ops.broadcast_to(position_bias, ops.shape(logits))}
+
+
+class RelativeBucketsPart(AbsolutePart):
+    """A learned (buckets, H) bias (``relative_attention_bias``) read at T5's bidirectional bucket of each key's
+    distance from the query and added to every layer's scaled logits (MPNet), besides the absolute table."""
+
+    def __init__(self, config: EncoderConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        scheme: RelativeBuckets = config.positions
+        self.relative_attention_bias = keras.layers.Embedding(scheme.buckets, config.num_heads,
+                                                              name="relative_attention_bias")
+        self.max_distance = scheme.max_distance
+        distances = np.arange(-scheme.max_distance, scheme.max_distance + 1)  # key - query, from -M to M
+        self._distance_buckets = relative_position_buckets(distances, scheme.buckets, scheme.max_distance)
+
+    @classmethod
+    def logit_rule(cls, config: EncoderConfig, index: int):
+        return BiasLogits()
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self.relative_attention_bias.build((None, None))
+
+    def layer_context(self, length):
+        """(1, H, T, T) float: the bias added to every layer's logits of a T-token input [query, key]. Every
+        distance beyond ``max_distance`` has the bucket of that distance, so clipping the distances first changes
+        nothing."""
+        reach = self.max_distance
+        positions = ops.arange(length)
+        relative = positions[None, :] - positions[:, None]  # (T, T): key - query
+        buckets = ops.take(ops.convert_to_tensor(self._distance_buckets), ops.clip(relative, -reach, reach) + reach)
+        bias = ops.take(self.relative_attention_bias.embeddings, buckets, axis=0)  # (T, T, H)
+        return ops.transpose(bias, (2, 0, 1))[None]  # (1, H, T, T)
+
+    def position_scheme(self) -> dict[str, np.ndarray]:
+        """Over the signed distances key - query from -M to M (M = ``max_distance``; farther keys share the bucket
+        of +-M):
+
+        - ``distances``: (2M + 1,) int32, -M .. M.
+        - ``buckets``: (2M + 1,) int32, the bucket of each distance.
+        - ``bias_by_distance``: (H, 2M + 1) float32, the bias each head adds to the logit at that distance.
+        - ``bucket_edges``: (E,) float32, the half-integer distances where the bucket changes (for drawing).
+        """
+        buckets = self._distance_buckets
+        distances = np.arange(-self.max_distance, self.max_distance + 1, dtype=np.int32)
+        table = keras.ops.convert_to_numpy(self.relative_attention_bias.embeddings)  # (buckets, H)
+        edges = distances[1:][buckets[1:] != buckets[:-1]] - np.float32(0.5)
+        return {"distances": distances, "buckets": buckets.astype(np.int32),
+                "bias_by_distance": np.ascontiguousarray(table[buckets].T, dtype=np.float32),
+                "bucket_edges": edges.astype(np.float32)}
+
+
+class RotaryLogits:
+    """The logit rule of rotary positions: queries and keys rotated by position before their product; terms
+    ``content`` (the product without rotation) and ``position`` (the rotated one minus it).
+
+    Args:
+        frequencies: (dh / 2,) float32, the angle per position of each dimension pair (``rotary_frequencies``).
+    """
+
+    def __init__(self, frequencies: np.ndarray):
+        self.frequencies = frequencies
+
+    def __call__(self, attention: InstrumentedAttention, query, key, position_bias=None):
+        cos, sin = self.angles(ops.shape(query)[1])
+        logits = attention.scaled_product(query, key)  # (B, H, T, S)
+        rotated = attention.scaled_product(rotate(query, cos, sin), rotate(key, cos, sin))
+        return rotated, {"content": logits, "position": rotated - logits}
+
+    def angles(self, length):
+        """``(cos, sin)`` of every position's angles, each (1, T, 1, dh). Angles are ``position * frequency`` in
+        float32 (transformers' rounding), their cosine and sine taken in float64 and rounded once (TensorFlow's
+        float32 cos/sin are less exact than PyTorch's)."""
+        positions = ops.cast(ops.arange(length), "float32")
+        angles = positions[:, None] * ops.convert_to_tensor(self.frequencies)[None]  # (T, dh / 2)
+        angles = ops.cast(ops.concatenate([angles, angles], axis=-1), "float64")[None, :, None]  # (1, T, 1, dh)
+        return ops.cast(ops.cos(angles), "float32"), ops.cast(ops.sin(angles), "float32")
+
+
+def rotate(x, cos, sin):
+    """Rotary positions (RoPE) on ``x`` (B, T, H, dh): dimension pair (i, i + dh/2) turned by each position's angle,
+    ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = [-x2, x1]``, as transformers' ``apply_rotary_pos_emb``
+    (halves, not interleaved pairs)."""
+    first, second = ops.split(x, 2, axis=-1)
+    return x * cos + ops.concatenate([-second, first], axis=-1) * sin
+
+
+class RotaryPart(AbsolutePart):
+    """Rotary positions (``RotaryPositions``): no table; each layer rotates its queries and keys with ``theta``, or
+    ``local_theta`` in a windowed layer."""
+
+    @classmethod
+    def logit_rule(cls, config: EncoderConfig, index: int):
+        scheme: RotaryPositions = config.positions
+        theta = scheme.local_theta if config.is_local(index) else scheme.theta
+        return RotaryLogits(rotary_frequencies(theta, config.head_dim))
+
+    def position_scheme(self) -> dict[str, np.ndarray]:
+        """``rope_inv_freq_global`` and ``rope_inv_freq_local``, (dh / 2,) float32, the angle per position of each
+        dimension pair in global and local layers, and ``local_window``, (1,) int32, the local layers' whole window
+        (query i sees key j when ``|i - j| <= window // 2``)."""
+        cfg = self.config
+        return {"rope_inv_freq_global": rotary_frequencies(cfg.positions.theta, cfg.head_dim),
+                "rope_inv_freq_local": rotary_frequencies(cfg.positions.local_theta, cfg.head_dim),
+                "local_window": np.array([max(cfg.attention.windows, default=0)], np.int32)}

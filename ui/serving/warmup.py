@@ -1,0 +1,136 @@
+"""A model loaded and traced in a background thread started with the process, so the page draws at once and its
+first chart follows as early as the model allows. The thread does its heavy work when the first visitor asks for a
+model, or ``START_DELAY`` seconds after it started, whichever comes first (see ``START_DELAY``). When the cold-start
+helper process runs (``ui.serving.coldstart``, started by ``python -m ui.serving``), the first visitors get the
+helper's traces, and the thread waits for the helper's first answer instead, then stops the helper when it is done.
+
+``start(source, load, first_trace)`` runs the warm-up once per process (a lock and one module-level record): what to
+load and trace comes from its caller (``ui.cache.start_warm_up``: the default model and the default page's input),
+so nothing here imports the page or the model code. ``python -m ui.serving`` calls it before the server is up,
+``app.main()`` on every run (plain ``streamlit run app.py``: the first visit starts it), and any later call returns
+the same future. Both import the page's modules first, in the calling thread (so the first visit finds them
+imported and no two threads import one package at once). The warm-up imports TensorFlow, calls ``load`` (the
+default model, checksums included), then ``first_trace(model)`` (the default page's input, which compiles the
+model's graph once for every length and leaves that trace in the shared cache). ``ui.cache`` hands the warmed model
+to ``st.cache_resource`` (``warmed_model``), so every session shares the one instance; if the warm-up fails, the
+server's log says why and the model is loaded on first use, with the usual message on the page. The operator turns
+it off with ``HEADLIGHT_WARM_UP=0`` (``ui.cache.start_warm_up`` passes ``enabled``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, NamedTuple
+
+from ui.serving import coldstart
+
+if TYPE_CHECKING:  # the launcher imports this module before Streamlit starts: nothing heavy at import time
+    from encoder.sources import LoadedModel
+
+log = logging.getLogger("headlight.warmup")
+STEPS: dict[str, float] = {}  # seconds each step took in this process (logged; read by tests and the benchmark)
+
+
+class Running(NamedTuple):
+    """This process's warm-up: the source it loads, and the future whose result is that model."""
+
+    source: str
+    future: Future
+
+
+_lock = threading.Lock()
+_running: Running | None = None
+# The warm-up's heavy work (TensorFlow's import holds the GIL for ~2 s) waits until a visitor asks for the model
+# (``warmed_model``) or this many seconds after ``start()``, whichever comes first: a visitor arriving while the server
+# starts gets the page's controls first (measured: first paint 1.4 s instead of 2.5 s, first chart unchanged), and a
+# server nobody visits yet is warm a few seconds after it starts.
+START_DELAY = 3.0
+# With the cold-start helper process (``coldstart``) serving the first visitors, the server's own warm-up waits until
+# the helper has answered a first trace and the page has had ``ANSWER_GRACE`` seconds to draw it (its figure is built
+# here), or ``HELPER_START_DELAY`` seconds, or a visitor needs the model itself (an analysis).
+HELPER_START_DELAY = 8.0
+ANSWER_GRACE = 1.0
+_wanted = threading.Event()
+
+
+def start(source: str, load: Callable[[], LoadedModel], first_trace: Callable[[LoadedModel], object],
+          enabled: bool = True) -> Future | None:
+    """Start the warm-up in a daemon thread unless it was started before in this process, or ``enabled`` is False;
+    returns its future (None when off), whose result is the model ``load()`` returns (the model named ``source``).
+    ``first_trace(model)`` runs after the future is set: the first trace, which compiles the model's graph."""
+    global _running
+    with _lock:
+        if _running is None and enabled:
+            _running = Running(source, Future())
+            threading.Thread(target=_warm_up, args=(_running.future, load, first_trace), name="headlight-warm-up",
+                             daemon=True).start()
+        return None if _running is None else _running.future
+
+
+def warmed_model(source: str) -> LoadedModel | None:
+    """The warmed model when ``source`` is the one the warm-up loaded and it loaded; else None: load it the usual
+    way. Waits while the warm-up runs, whatever the source: two threads importing TensorFlow's modules at once can
+    deadlock on Python's import locks (its package imports itself in cycles), so model code is imported by one
+    thread at a time."""
+    running = _running
+    if running is None:
+        return None
+    _wanted.set()  # a visitor needs a model now: the warm-up starts at once if it was still waiting
+    try:
+        model = running.future.result()
+    except Exception:  # logged by the warm-up; the caller loads the model itself and shows its own message
+        return None
+    return model if source == running.source else None
+
+
+def ready() -> bool:
+    """Whether the warm-up has loaded its model (this process may trace it without waiting)."""
+    running = _running
+    return running is not None and running.future.done() and running.future.exception() is None
+
+
+def _wait_for_start() -> None:
+    helper = coldstart.helper()
+    if helper is None:
+        _wanted.wait(START_DELAY)
+        return
+    deadline = time.monotonic() + HELPER_START_DELAY
+    while not _wanted.is_set() and not helper.gone and time.monotonic() < deadline:
+        if helper.answered.wait(0.05):
+            _wanted.wait(ANSWER_GRACE)
+            return
+
+
+def _warm_up(future: Future, load: Callable[[], LoadedModel], first_trace: Callable[[LoadedModel], object]) -> None:
+    _wait_for_start()
+    clock = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        STEPS[name] = now - clock
+        clock = now
+
+    try:
+        import tensorflow  # noqa: F401 - the longest step, timed on its own (in this thread, never on import)
+
+        step("import TensorFlow")
+        model = load()
+        step("load the default model")
+    except BaseException as error:
+        log.exception("warm-up: the default model could not be loaded; it is loaded on first use instead")
+        future.set_exception(error)
+        return
+    future.set_result(model)  # sessions waiting for the model go on; a trace they need waits for the one below
+    try:
+        first_trace(model)
+        step("first trace (graph traced)")
+    except Exception:
+        log.exception("warm-up: tracing the default text failed")
+    if (helper := coldstart.helper()) is not None:
+        helper.stop()  # the server traces everything itself from now on
+    log.info("warm-up done: %s", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in STEPS.items()))

@@ -1,0 +1,234 @@
+"""Head lines: BertViz-style lines from each query token (left) to the key tokens it attends to (right), one colour
+per head.
+
+Clicks (``viz.clicks``): the token columns ``"tokens"`` and ``"keys"`` are ("query",).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import numpy as np
+import plotly.colors
+import plotly.graph_objects as go
+
+from encoder.trace import EncoderTrace
+from viz.clicks import click_meta
+from viz.layout import HIGHLIGHT, display_token, label_margin, new_figure, short_label, token_hover_label
+from viz.scrub import Step, add_head_slider
+from viz.selection import describe_heads, shown_attention
+from viz.validation import check_fraction, check_heads, check_int_range, check_layer, check_shown_token
+
+MAX_LINES = 2000  # head lines draws at most this many (the strongest); more only clutter and slow drawing
+LINE_START = 0.03  # head lines run from x=LINE_START to 1-LINE_START, leaving room next to the labels
+
+# Layout, in pixels
+LINES_HEIGHT = 1800.0  # head lines: all token rows share this height until they reach their limits
+LINE_MIN_ROW, LINE_MAX_ROW = 4.0, 22.0  # a head-lines token row
+LINE_MIN_FONT, LINE_MAX_FONT = 7, 13  # a head-lines token label (0.7 of a row)
+LINE_LABEL_PIXELS = 9.0  # rows thinner than this label only every n-th token
+LINES_MIN_WIDTH, LINES_MIN_GAP = 520, 360  # head lines: the figure, and the room between the label margins
+LINES_TOP = 90
+LEGEND_TOP, LEGEND_ROW, LEGEND_ITEMS = 30, 22, 6  # head-lines legend: padding, one row per LEGEND_ITEMS heads
+
+
+class _Lines(NamedTuple):
+    """Head lines, one entry per line: the head's place among the chosen heads, query row, key row, weight."""
+
+    head: np.ndarray
+    query: np.ndarray
+    key: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def above(cls, stack: np.ndarray, threshold: float) -> _Lines:
+        """Every weight of the (h, T', T') ``stack`` at or above ``threshold``."""
+        head, query, key = np.nonzero(stack >= threshold)
+        return cls(head, query, key, stack[head, query, key])
+
+    def take(self, keep: np.ndarray) -> _Lines:
+        """The lines that ``keep`` (a mask or indices) selects."""
+        return _Lines(*(values[keep] for values in self))
+
+    def strongest(self, count: int) -> _Lines:
+        """The ``count`` lines of the largest weights (in no particular order)."""
+        cut = self.weight.size - count
+        return self.take(np.argpartition(self.weight, cut)[cut:])
+
+
+class _TokenRows(NamedTuple):
+    """Head lines' token columns: pixels per token, label font size, a label on every ``stride``-th token."""
+
+    pixels: float
+    font: int
+    stride: int
+
+
+def build_head_lines(
+    trace: EncoderTrace,
+    layer: int = 0,
+    heads: Iterable[int] | None = None,
+    threshold: float = 0.05,
+    *,
+    query: int | None = None,
+    hide_special: bool = False,
+    renormalize: bool = True,
+    max_lines: int = MAX_LINES,
+    scrub: bool = True,
+) -> go.Figure:
+    """BertViz-style lines from each query token (left) to the key tokens it attends to (right).
+
+    One colour per head; a line's opacity and width grow with its weight; weights below ``threshold`` are not drawn,
+    and of the rest only the strongest ``max_lines`` (the subtitle says when lines were left out). With ``query``
+    only that token's lines are drawn. Lines are grouped per head into a few weight bins (one trace each, segments
+    separated by NaN, y = row of the query then of the key). The last two traces are the token labels, left
+    (``"tokens"``) and right (``"keys"``), clickable: ``customdata`` [token_index]. With ``scrub`` and one head, a
+    slider in the figure moves through the heads in the browser (``viz.scrub``): then every weight bin has its
+    trace, empty or not, the steps restyle their ``x`` and ``y`` and the title, and no legend (the title names the
+    head).
+    """
+    layer = check_layer(trace, layer)
+    chosen = check_heads(trace, heads)
+    threshold = check_fraction(threshold, "threshold")
+    max_lines = check_int_range(max_lines, "max_lines", 1, 1_000_000)
+    stack, shown, hidden = shown_attention(trace, trace.attention[layer][chosen], hide_special, renormalize)
+    notes = [f"lines for weights ≥ {threshold:g}"]
+    query_row = None
+    if query is not None:
+        query = check_shown_token(trace, query, shown)
+        query_row = int(np.searchsorted(shown, query))
+        notes.append(f"from {display_token(trace.readable_tokens[query])} ({query}) only")
+    notes.extend(hidden)
+    drawn = [*notes]
+    lines = _drawn_lines(stack, threshold, query_row, max_lines, drawn)  # stack: (h, T', T')
+    scrubbing = scrub and len(chosen) == 1
+
+    rows = _token_rows(shown.size)
+    labels = [short_label(trace.readable_tokens[i]) for i in shown]
+    fig = _lines_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom", drawn, labels, rows,
+                        len(chosen))
+    fig.add_traces(_line_traces(lines, chosen, threshold, every_bin=scrubbing))
+    fig.add_traces(_token_columns(trace, shown, query, labels, rows))
+    if scrubbing:
+        def step(lay: int, h: int) -> Step:
+            one, _, _ = shown_attention(trace, trace.attention[lay][[h]], hide_special, renormalize)
+            subtitle = [*notes]
+            lines = _drawn_lines(one, threshold, query_row, max_lines, subtitle)
+            segments = [_segments(lines.query[drawn], lines.key[drawn]) for drawn in _bin_masks(lines, 0, threshold)]
+            data = {"x": [xs for xs, _ in segments], "y": [ys for _, ys in segments]}
+            return data, {"title.text": f"Layer {lay}, head {h}: who attends to whom",
+                          "title.subtitle.text": " · ".join(subtitle)}
+
+        if add_head_slider(fig, trace, layer, chosen[0], list(range(1, 1 + len(_weight_bins(threshold)))), step):
+            fig.update_traces(showlegend=False, selector=dict(name=f"head {chosen[0]}"))  # the title names the head
+    return fig
+
+
+def _drawn_lines(stack: np.ndarray, threshold: float, query_row: int | None, max_lines: int, notes: list[str]
+                 ) -> _Lines:
+    """The lines of the (h, T', T') ``stack`` to draw: weights at or above ``threshold``, from ``query_row`` only
+    when given, the strongest ``max_lines`` of them (then a note in ``notes`` says so)."""
+    lines = _Lines.above(stack, threshold)
+    if query_row is not None:
+        lines = lines.take(lines.query == query_row)
+    if lines.weight.size > max_lines:
+        notes.append(f"strongest {max_lines:,} of {lines.weight.size:,} lines")
+        lines = lines.strongest(max_lines)
+    return lines
+
+
+def _token_rows(count: int) -> _TokenRows:
+    """Token rows for ``count`` tokens: ``LINES_HEIGHT`` shared, each row ``LINE_MIN_ROW`` to ``LINE_MAX_ROW``;
+    labels thinned out to one per ``LINE_LABEL_PIXELS``."""
+    pixels = max(LINE_MIN_ROW, min(LINE_MAX_ROW, LINES_HEIGHT / count))
+    font = int(min(LINE_MAX_FONT, max(LINE_MIN_FONT, pixels * 0.7)))
+    return _TokenRows(pixels, font, max(1, math.ceil(LINE_LABEL_PIXELS / pixels)))
+
+
+def _lines_figure(title: str, notes: list[str], labels: list[str], rows: _TokenRows, heads: int) -> go.Figure:
+    """The head lines' figure without traces: token rows down, labels in the side margins, the legend below."""
+    side = label_margin(labels, rows.font) + 20
+    legend_h = LEGEND_TOP + LEGEND_ROW * math.ceil(heads / LEGEND_ITEMS)
+    fig = new_figure(title)
+    fig.update_layout(
+        width=int(max(LINES_MIN_WIDTH, 2 * side + LINES_MIN_GAP)),
+        height=int(rows.pixels * len(labels) + LINES_TOP + legend_h),
+        margin=dict(l=side, r=side, t=LINES_TOP, b=legend_h),
+        title=dict(subtitle=dict(text=" · ".join(notes))),
+        xaxis=dict(range=[0, 1], visible=False, fixedrange=True),
+        yaxis=dict(range=[len(labels) - 0.5, -0.5], visible=False),
+        legend=dict(orientation="h", yanchor="top", y=0, x=0, font=dict(size=10), itemwidth=30),
+        hovermode="closest",
+    )
+    return fig
+
+
+def _line_traces(lines: _Lines, chosen: list[int], threshold: float, every_bin: bool = False) -> list[go.Scatter]:
+    """Per head a legend entry, then a trace per weight bin that has lines (stronger bins wider and more opaque;
+    with ``every_bin`` also the empty ones, so a slider can restyle a fixed set of traces)."""
+    palette = plotly.colors.qualitative.D3 if len(chosen) <= 10 else plotly.colors.qualitative.Dark24
+    bins = _weight_bins(threshold)
+    traces = []
+    for n, head in enumerate(chosen):
+        color = palette[n % len(palette)]
+        traces.append(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=color, width=3),
+                                 name=f"head {head}", legendgroup=f"head {head}"))
+        for (low, high), drawn in zip(bins, _bin_masks(lines, n, threshold)):
+            if every_bin or drawn.any():
+                traces.append(_bin_trace(lines.query[drawn], lines.key[drawn], min(1.0, (low + high) / 2), color,
+                                         head))
+    return traces
+
+
+def _bin_masks(lines: _Lines, n: int, threshold: float) -> list[np.ndarray]:
+    """For each weight bin (``_weight_bins``), which ``lines`` of the ``n``-th chosen head fall in it."""
+    bins = _weight_bins(threshold)
+    which_bin = np.searchsorted([high for _, high in bins], lines.weight, side="right")
+    return [(lines.head == n) & (which_bin == b) for b in range(len(bins))]
+
+
+def _segments(queries: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x and y (float32) of lines from rows ``queries`` (left) to rows ``keys`` (right), separated by NaN."""
+    xs = np.tile(np.array([LINE_START, 1.0 - LINE_START, np.nan], dtype=np.float32), queries.size)
+    ys = np.stack([queries, keys, np.full(queries.size, np.nan)], axis=1).astype(np.float32)
+    return xs, ys.ravel()
+
+
+def _bin_trace(queries: np.ndarray, keys: np.ndarray, strength: float, color: str, head: int) -> go.Scatter:
+    """Lines from rows ``queries`` (left) to rows ``keys`` (right) as one trace, segments separated by NaN; width
+    and opacity grow with ``strength`` (0 to 1)."""
+    xs, ys = _segments(queries, keys)
+    return go.Scatter(
+        x=xs, y=ys, mode="lines", hoverinfo="skip",
+        line=dict(color=color, width=0.6 + 2.4 * strength), opacity=0.15 + 0.85 * strength,
+        name=f"head {head}", legendgroup=f"head {head}", showlegend=False,
+    )
+
+
+def _token_columns(trace: EncoderTrace, shown: np.ndarray, query: int | None, labels: list[str], rows: _TokenRows
+                   ) -> list[go.Scatter]:
+    """The token labels at the left (``"tokens"``) and right (``"keys"``) edges, clickable, ``query`` highlighted."""
+    count = shown.size
+    colors = [HIGHLIGHT if query is not None and i == query else "#222" for i in shown]
+    hover = [token_hover_label(trace.readable_tokens[i], int(i)) for i in shown]
+    text = [labels[i] if i % rows.stride == 0 else "" for i in range(count)]
+    return [
+        go.Scatter(
+            x=np.full(count, x, dtype=np.float32), y=np.arange(count, dtype=np.float32),
+            mode="markers+text", text=text, textposition=anchor, textfont=dict(size=rows.font, color=colors),
+            cliponaxis=False, marker=dict(size=max(4, rows.pixels - 2), color="#444", opacity=0.0),
+            customdata=shown.astype(np.int32)[:, None], hovertext=hover, meta=click_meta("query"),
+            hovertemplate="%{hovertext}<extra></extra>", name=name, showlegend=False,
+        )
+        for x, anchor, name in ((0.0, "middle left", "tokens"), (1.0, "middle right", "keys"))
+    ]
+
+
+def _weight_bins(threshold: float) -> list[tuple[float, float]]:
+    """Half-open weight ranges for opacity levels, covering [threshold, 1]."""
+    edges = sorted({threshold, 0.1, 0.2, 0.4, 0.7} | {1.0 + 1e-6})
+    edges = [e for e in edges if e >= threshold]
+    return list(itertools.pairwise(edges))

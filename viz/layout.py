@@ -1,0 +1,168 @@
+"""The shared look of every figure: colours and colour scales, token labels and ticks, heatmap sizes, the base
+layout.
+
+NumPy and Plotly only; sizes are pixels.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+# ---------------------------------------------------------------------------------------------------------------
+# Colours
+
+# Colour scales offered in the app; the first five are perceptually uniform and colour-blind safe.
+SEQUENTIAL_SCALES = ("Blues", "Viridis", "Cividis", "Magma", "Greys", "Inferno", "YlOrRd", "Plasma", "Turbo")
+DIVERGING_SCALES = ("RdBu_r", "PuOr_r", "BrBG", "PiYG", "Balance")
+DEFAULT_SCALE = "Blues"
+DEFAULT_DIVERGING = "RdBu_r"
+LOG_FLOOR = 1e-4  # log colour shows weights below this as this
+HIGHLIGHT = "#d62728"  # the selected cell or head, the query token
+MASKED_COLOR = "#d4d4d4"  # cells and tokens the query could not see (a causal model's later keys)
+MASKED = "masked"  # what hover says about them
+FONT_FAMILY = '"DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", Arial, sans-serif'
+MAX_LABEL_CHARS = 16
+
+
+def finite_range(values: np.ndarray, default: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+    """(min, max) of the finite ``values`` (NaN marks masked cells), or ``default`` when there are none."""
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if finite.size else default
+
+
+def log_weights(matrix: np.ndarray) -> np.ndarray:
+    """log10 of attention weights, floored at ``LOG_FLOOR`` (float32)."""
+    return np.log10(np.maximum(matrix, LOG_FLOOR)).astype(np.float32)
+
+
+def log_colorbar() -> dict:
+    """Colour bar ticks for ``log_weights``: positions are log10 values, labels the weights."""
+    exponents = list(range(round(math.log10(LOG_FLOOR)), 1))
+    labels = [f"≤{10.0 ** e:g}" if i == 0 else f"{10.0 ** e:g}" for i, e in enumerate(exponents)]
+    return dict(tickvals=exponents, ticktext=labels, title=dict(text="weight (log)"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Labels and layout
+
+
+def display_token(token: str) -> str:
+    """A token as Plotly text: HTML special characters escaped (``<s>`` must not vanish as a tag), empty shown."""
+    return html.escape(token, quote=False) if token else "∅"
+
+
+def short_label(token: str) -> str:
+    """A tick label: at most ``MAX_LABEL_CHARS`` characters (an ellipsis marks the cut), escaped."""
+    if len(token) > MAX_LABEL_CHARS:
+        token = token[: MAX_LABEL_CHARS - 1] + "…"
+    return display_token(token)
+
+
+def text_width(text: str) -> int:
+    """Width in character cells: East Asian wide and full-width characters count 2."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def tick_font_size(pixels_per_tick: float) -> int:
+    """Font size that fits one label per ``pixels_per_tick`` pixels: 8 to 12 px."""
+    return int(min(12, max(8, pixels_per_tick * 0.75)))
+
+
+NICE_STRIDES = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 256, 500)
+
+
+def token_ticks(tokens: Sequence[str], indices: Sequence[int], axis_pixels: float) -> tuple[dict, int]:
+    """Tick settings for a category axis of ``len(indices)`` tokens (values: token indices) over ``axis_pixels``.
+
+    When every label cannot fit (10 px each at least), only tokens whose index is a multiple of a round stride
+    (2, 4, 5, 8, 10, ...) are labelled, prefixed with their index ("24 fox"), so a thinned axis still says where
+    it is. Returns (axis dict, font size).
+    """
+    count = len(indices)
+    per_token = axis_pixels / max(count, 1)
+    needed = 10.0 / per_token
+    stride = next((s for s in NICE_STRIDES if s >= needed), NICE_STRIDES[-1])
+    if stride == 1:
+        values = [int(i) for i in indices]
+        text = [short_label(tokens[i]) for i in values]
+    else:
+        values = [int(i) for i in indices if i % stride == 0]
+        text = [f"{i} {short_label(tokens[i])}" for i in values]
+    size = tick_font_size(per_token * stride)
+    axis = dict(tickmode="array", tickvals=values, ticktext=text, tickfont=dict(size=size), ticks="")
+    return axis, size
+
+
+# Token heatmaps: the longer side gets HEATMAP_SIDE pixels, each cell MIN_CELL to MAX_CELL; the axis titles need
+# Y_TITLE_ROOM / X_TITLE_ROOM pixels beyond the tick labels.
+HEATMAP_SIDE = 760.0
+MIN_CELL, MAX_CELL = 1.0, 36.0
+Y_TITLE_ROOM, X_TITLE_ROOM = 50, 40
+COLORBAR_ROOM = 110  # right margin of a heatmap with a vertical colour bar
+
+
+def heatmap_cell(rows: int, cols: int) -> float:
+    """Pixels per cell of a token heatmap of ``rows`` x ``cols`` cells."""
+    return min(MAX_CELL, max(MIN_CELL, HEATMAP_SIDE / max(rows, cols)))
+
+
+def token_heatmap_axes(
+    row_tokens: Sequence[str], rows: Sequence[int], col_tokens: Sequence[str], cols: Sequence[int], cell: float
+) -> tuple[dict, dict, int, int]:
+    """Tick settings of a token heatmap's x axis (``cols``: indices into ``col_tokens``) and y axis (``rows``), and
+    the left and bottom margins (pixels) that their labels and titles need."""
+    x_axis, x_font = token_ticks(col_tokens, cols, cell * len(cols))
+    y_axis, y_font = token_ticks(row_tokens, rows, cell * len(rows))
+    left = label_margin(y_axis["ticktext"], y_font) + Y_TITLE_ROOM
+    bottom = label_margin(x_axis["ticktext"], x_font) + X_TITLE_ROOM
+    return x_axis, y_axis, left, bottom
+
+
+def label_margin(labels: Iterable[str], font_size: int) -> int:
+    """Pixels needed for the longest label at ``font_size`` (plus a little room)."""
+    widest = max((text_width(html.unescape(label)) for label in labels), default=1)
+    return int(widest * font_size * 0.62) + 12
+
+
+def base_layout(title: str, width: int | None = None, height: int | None = None) -> dict:
+    """Shared layout: white background, our font, a title at the top left, the size when given (pixels).
+
+    A given width grows to fit the title (15 px font, ~0.55 em per character).
+    """
+    if width is not None:
+        width = max(width, int(text_width(title) * 15 * 0.55) + 40)
+    size = {key: int(value) for key, value in (("width", width), ("height", height)) if value is not None}
+    return dict(
+        title=dict(text=title, x=0.015, xanchor="left", font=dict(size=15)),
+        **size,
+        font=dict(family=FONT_FAMILY, size=12, color="#222"),
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        template="none",
+    )
+
+
+def notes_title(notes: Sequence[str]) -> dict:
+    """A ``title`` update whose subtitle lists ``notes`` ("a · b"); empty without notes."""
+    return dict(subtitle=dict(text=" · ".join(notes))) if notes else {}
+
+
+def new_figure(title: str, width: int | None = None, height: int | None = None) -> go.Figure:
+    return go.Figure(layout=base_layout(title, width, height))
+
+
+def token_hover_label(token: str, index: int) -> str:
+    """Hover text for one token: the token and its position, escaped."""
+    return f"{display_token(token)} ({index})"
+
+
+def category_labels(tokens: Sequence[str]) -> list[str]:
+    """One unique category per position, "token (index)": a category axis keeps repeated tokens apart and hover
+    templates (``%{x}``) name the token without per-cell text."""
+    return [token_hover_label(token, index) for index, token in enumerate(tokens)]

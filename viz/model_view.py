@@ -1,0 +1,154 @@
+"""The model view: every layer x head as a thumbnail of its (query x key) attention, tiled into one image-like
+heatmap.
+
+Clicks (``viz.clicks``): the ``"heads"`` layer is ("layer", "head"), invisible markers at the thumbnail centres (a
+heatmap alone sends no click events; image exports drop it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from encoder.trace import EncoderTrace
+from viz.clicks import click_markers, click_meta, layer_head_points, outline
+from viz.layout import new_figure
+from viz.selection import AGGREGATES, downsample_seen, mask_note, shown_attention
+from viz.validation import check_choice, check_colorscale, check_head, check_int_range, check_layer
+
+MODEL_THUMBNAIL = 64  # model-view thumbnails: at most this many cells a side
+
+# Layout, in pixels
+THUMB_GAP = 0.12  # gap between model-view thumbnails, as a share of their side (at least one cell)
+THUMB_MIN_PIXELS, THUMB_MAX_PIXELS = 34, 80  # a model-view thumbnail on screen
+MODEL_VIEW_WIDTH = 960  # model-view thumbnails share this width until they reach their limits
+MODEL_VIEW_MARGIN = dict(l=70, r=100, t=80, b=60)
+
+
+def build_model_view(
+    trace: EncoderTrace,
+    *,
+    thumbnail: int = MODEL_THUMBNAIL,
+    reduce: str = "mean",
+    per_head_scale: bool = True,
+    colorscale: str = "Viridis",
+    hide_special: bool = False,
+    renormalize: bool = True,
+    selected: tuple[int, int] | None = None,
+) -> go.Figure:
+    """Every layer x head as a thumbnail of its (query x key) attention, tiled into one image-like heatmap.
+
+    One heatmap trace holds the mosaic (float32, NaN gaps), so the figure stays light at 512 tokens. Thumbnails are
+    block-reduced (``reduce``: "mean" or "max") to at most ``thumbnail`` cells a side, and with ``per_head_scale``
+    each is divided by its own maximum so faint heads show their pattern; the subtitle says both. Cells a query
+    could not see (``trace.visible``, per layer) are left out of the blocks and NaN where a block has no other.
+
+    Returns:
+        Trace 0: the heatmap, ``z`` of shape (L*s + (L-1)*g, H*s + (H-1)*g) for thumbnail side s and gap g; the
+        thumbnail of (layer l, head h) starts at row ``l*(s+g)``, column ``h*(s+g)``. Trace 1: the click layer
+        ``"heads"``, L*H points at the thumbnail centres with ``customdata`` [layer, head]. ``selected`` = (layer,
+        head) adds a visible outline trace ``"selected"``.
+    """
+    check_colorscale(colorscale)
+    check_choice(reduce, AGGREGATES, "reduce")
+    thumbnail = check_int_range(thumbnail, "thumbnail", 4, 512)
+    attention, shown, notes = shown_attention(trace, trace.attention, hide_special, renormalize)  # (L, H, T', T')
+    hidden = None
+    if trace.visible is not None and not trace.visible.all():
+        notes.append(mask_note(~trace.visible))
+        hidden = ~trace.visible[:, shown[:, None], shown[None, :]][:, None]  # (L, 1, T', T')
+    thumbs, thumb_notes = _thumbnails(attention, thumbnail, reduce, per_head_scale, hidden)  # (L, H, s, s)
+    mosaic, step = _mosaic(thumbs)
+    side = thumbs.shape[-1]
+
+    pixels = max(THUMB_MIN_PIXELS, min(THUMB_MAX_PIXELS, MODEL_VIEW_WIDTH // trace.num_heads))  # per thumbnail
+    fig = _model_view_figure(mosaic.shape, trace.num_layers, trace.num_heads, side, step, pixels,
+                             notes + thumb_notes)
+    fig.add_trace(go.Heatmap(
+        z=mosaic, colorscale=colorscale, zmin=0.0, zmax=1.0 if per_head_scale else float(np.nanmax(mosaic)),
+        hoverinfo="skip", name="mosaic",
+        colorbar=dict(thickness=12, title=dict(text="share of max" if per_head_scale else "weight")),
+    ))
+    fig.add_trace(_head_layer(attention.max(axis=(2, 3)), side, step, pixels))
+    if selected is not None:
+        chosen_layer, chosen_head = check_layer(trace, selected[0]), check_head(trace, selected[1])
+        centre = [_centre(chosen_head, step, side)], [_centre(chosen_layer, step, side)]
+        fig.add_trace(outline(*centre, pixels, "selected"))
+    return fig
+
+
+def _thumbnails(attention: np.ndarray, thumbnail: int, reduce: str, per_head_scale: bool,
+                hidden: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """(L, H, T, T) attention as (L, H, s, s) thumbnails of at most ``thumbnail`` cells a side (block ``reduce``
+    over the cells not ``hidden``, NaN where a block has none), each divided by its own maximum with
+    ``per_head_scale``; and notes saying so."""
+    thumbs = downsample_seen(attention, hidden, thumbnail, reduce)
+    side = thumbs.shape[-1]
+    notes = []
+    if side < attention.shape[-1]:
+        notes.append(f"downsampled to {side}×{side} per head (block {reduce})")
+    if per_head_scale:
+        peak = np.nanmax(thumbs, axis=(2, 3), keepdims=True)
+        thumbs = np.divide(thumbs, peak, out=np.zeros_like(thumbs), where=peak > 0)
+        notes.append("each head scaled to its own maximum")
+    return thumbs, notes
+
+
+def _mosaic(thumbs: np.ndarray) -> tuple[np.ndarray, int]:
+    """(L, H, s, s) thumbnails tiled into one float32 image, layers down and heads across, NaN in the gaps; and
+    the step from one thumbnail to the next (s + gap)."""
+    layers, heads, side = thumbs.shape[:3]
+    gap = max(1, round(side * THUMB_GAP))
+    step = side + gap
+    mosaic = np.full((layers * step - gap, heads * step - gap), np.nan, dtype=np.float32)
+    for layer in range(layers):
+        for head in range(heads):
+            mosaic[layer * step:layer * step + side, head * step:head * step + side] = thumbs[layer, head]
+    return mosaic, step
+
+
+def _centre(index, step: int, side: int):
+    """Mosaic coordinate of the centre of thumbnail ``index`` (an int or an array) along one axis."""
+    return index * step + (side - 1) / 2
+
+
+def _model_view_figure(shape: tuple[int, int], layers: int, heads: int, side: int, step: int, pixels: int,
+                       notes: list[str]) -> go.Figure:
+    """The mosaic's figure without traces: ``pixels`` per thumbnail, head and layer numbers at the centres."""
+    margin = MODEL_VIEW_MARGIN
+    fig = new_figure(f"All {layers} layers × {heads} heads: queries down, keys across")
+    fig.update_layout(
+        width=heads * pixels + margin["l"] + margin["r"],
+        height=layers * pixels + margin["t"] + margin["b"],
+        margin=margin,
+        title=dict(subtitle=dict(text=" · ".join(notes) if notes else "full resolution")),
+        xaxis=dict(**_mosaic_axis("head", heads, step, side, [-0.5, shape[1] - 0.5]), constrain="domain"),
+        yaxis=dict(**_mosaic_axis("layer", layers, step, side, [shape[0] - 0.5, -0.5]), scaleanchor="x",
+                   constrain="domain"),
+        hoverdistance=-1,
+    )
+    return fig
+
+
+def _mosaic_axis(title: str, count: int, step: int, side: int, extent: list[float]) -> dict:
+    """A mosaic axis over ``extent`` numbering ``count`` thumbnails at their centres."""
+    return dict(title=dict(text=title), tickmode="array", showgrid=False, zeroline=False,
+                tickvals=[_centre(i, step, side) for i in range(count)], ticktext=[str(i) for i in range(count)],
+                range=extent)
+
+
+def _head_layer(peaks: np.ndarray, side: int, step: int, pixels: int) -> go.Scatter:
+    """Invisible markers at the thumbnail centres (``customdata`` [layer, head]); hover names the head and its
+    ``peaks`` (L, H) weight; a clicked one shows."""
+    layer, head, customdata = layer_head_points(*peaks.shape)
+    return go.Scatter(
+        x=_centre(head, step, side).astype(np.float32),
+        y=_centre(layer, step, side).astype(np.float32),
+        customdata=customdata,
+        text=[f"layer {lay}, head {h} (max weight {peaks[lay, h]:.3f})"
+              for lay, h in zip(layer.tolist(), head.tolist())],
+        hovertemplate="%{text}<extra></extra>",
+        name="heads",
+        meta=click_meta("layer", "head", invisible=True),
+        **click_markers(pixels - 4),
+    )

@@ -1,0 +1,169 @@
+"""What a view shows of a trace: which layer and heads (one head, or their mean or max), which tokens (special
+ones hidden, rows renormalised), which cells a query could not see, and block downsampling of long texts.
+
+NumPy only; weights come back float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from encoder.errors import ViewError
+from encoder.trace import EncoderTrace
+from viz.validation import check_choice, check_head, check_heads, check_layer
+
+AGGREGATES = ("mean", "max")
+BLOCKS = ("AA", "AB", "BA", "BB")
+
+
+def select_attention(
+    trace: EncoderTrace,
+    layer: int,
+    head: int,
+    *,
+    aggregate: str | None = None,
+    heads: Iterable[int] | None = None,
+    layer_mean: bool = False,
+) -> tuple[np.ndarray, str]:
+    """The (T, T) float32 attention to show, and a title fragment saying what it is.
+
+    ``layer_mean`` averages over layers first; then ``aggregate`` ("mean" or "max") combines ``heads`` (default all),
+    or, when ``aggregate`` is None, the single ``head`` is taken.
+    """
+    check_choice(aggregate, (None, *AGGREGATES), "aggregate")
+    per_head, layer_text = layer_heads(trace, layer, layer_mean)
+    if aggregate is None:
+        head = check_head(trace, head)
+        return np.asarray(per_head[head], dtype=np.float32), f"{layer_text.capitalize()}, head {head}"
+    chosen = check_heads(trace, heads)
+    if len(chosen) == 1:
+        return np.asarray(per_head[chosen[0]], dtype=np.float32), f"{layer_text.capitalize()}, head {chosen[0]}"
+    stack = per_head[chosen]  # (h, T, T)
+    matrix = stack.mean(axis=0, dtype=np.float32) if aggregate == "mean" else stack.max(axis=0)
+    return np.asarray(matrix, dtype=np.float32), f"{layer_text.capitalize()}, {aggregate} of {describe_heads(chosen)}"
+
+
+def layer_heads(trace: EncoderTrace, layer: int, layer_mean: bool) -> tuple[np.ndarray, str]:
+    """The (H, T, T) attention of ``layer`` (or the mean over layers with ``layer_mean``) and its name, "layer 3"
+    or "mean of layers 0-5"."""
+    if layer_mean:
+        return trace.attention.mean(axis=0, dtype=np.float32), f"mean of layers 0-{trace.num_layers - 1}"
+    layer = check_layer(trace, layer)
+    return trace.attention[layer], f"layer {layer}"
+
+
+def describe_heads(heads: Sequence[int]) -> str:
+    """"heads 0-11", "head 3", "heads 1, 4, 7"."""
+    if len(heads) == 1:
+        return f"head {heads[0]}"
+    if list(heads) == list(range(heads[0], heads[-1] + 1)):
+        return f"heads {heads[0]}-{heads[-1]}"
+    return "heads " + ", ".join(str(h) for h in heads)
+
+
+def visible_tokens(trace: EncoderTrace, hide_special: bool) -> np.ndarray:
+    """Indices of the tokens to show, in sentence order: all, or all but the special ones."""
+    keep = ~trace.special if hide_special else np.ones(trace.num_tokens, dtype=bool)
+    indices = np.flatnonzero(keep)
+    if indices.size == 0:
+        raise ViewError("hiding special tokens leaves no tokens to show")
+    return indices
+
+
+def renormalize_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to sum to 1 (rows that sum to 0 stay 0). Shape preserved, float32."""
+    sums = matrix.sum(axis=-1, keepdims=True, dtype=np.float32)
+    return np.divide(matrix, sums, out=np.zeros_like(matrix, dtype=np.float32), where=sums > 0)
+
+
+def shown_attention(
+    trace: EncoderTrace, attention: np.ndarray, hide_special: bool, renormalize: bool, *, say_unnormalised: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The weights to show: ``attention`` (..., T, T) cut to the shown tokens on its last two axes, and more.
+
+    Returns (weights (..., T', T'), shown token indices (T',), notes for the subtitle). With ``hide_special`` the
+    special tokens are dropped, rows renormalised over the remaining keys when ``renormalize``, and the note says
+    "special tokens hidden, rows renormalised" (or "..., rows not renormalised" with ``say_unnormalised``).
+    """
+    shown = visible_tokens(trace, hide_special)
+    # The memory order of the cut decides the float32 row sums' last bit: a matrix is cut C-ordered (np.ix_), a
+    # stack as fancy indexing leaves it, as the views always did.
+    weights = attention[np.ix_(shown, shown)] if attention.ndim == 2 else attention[..., shown, :][..., shown]
+    if not hide_special:
+        return weights, shown, []
+    if renormalize:
+        return renormalize_rows(weights), shown, ["special tokens hidden, rows renormalised"]
+    note = "special tokens hidden, rows not renormalised" if say_unnormalised else "special tokens hidden"
+    return weights, shown, [note]
+
+
+def hidden_keys(trace: EncoderTrace, layer: int, layer_mean: bool) -> np.ndarray | None:
+    """(T, T) bool [query, key], True where the query could not see the key in ``layer`` (with ``layer_mean``: in
+    no layer); None when every key was visible (``trace.visible`` None or all True)."""
+    if trace.visible is None:
+        return None
+    seen = trace.visible.any(axis=0) if layer_mean else trace.visible[check_layer(trace, layer)]
+    return None if seen.all() else ~seen
+
+
+def mask_note(hidden: np.ndarray) -> str:
+    """The subtitle note for masked cells (``hidden`` (..., T, T)): "upper triangle masked (causal)" for a causal
+    mask."""
+    if (hidden == ~np.tri(hidden.shape[-1], dtype=bool)).all():
+        return "upper triangle masked (causal)"
+    return "masked: keys the query could not see"
+
+
+def shown_hidden(trace: EncoderTrace, layer: int, layer_mean: bool, rows: np.ndarray, cols: np.ndarray,
+                 notes: list[str]) -> np.ndarray | None:
+    """(R, C) bool: which shown cells (``rows`` x ``cols`` token indices) the query could not see, or None when
+    none; appends ``mask_note`` to ``notes`` when the trace masks any key."""
+    hidden = hidden_keys(trace, layer, layer_mean)
+    if hidden is None:
+        return None
+    notes.append(mask_note(hidden))
+    cut = hidden[np.ix_(rows, cols)]
+    return cut if cut.any() else None
+
+
+def without_hidden(weights: np.ndarray, hidden: np.ndarray | None) -> np.ndarray:
+    """``weights`` (..., R, C) float32 with NaN where ``hidden`` (R, C) is True: masked cells are not coloured."""
+    return weights if hidden is None else np.where(hidden, np.float32(np.nan), weights).astype(np.float32)
+
+
+def block_edges(length: int, size: int) -> np.ndarray:
+    """``size + 1`` edges splitting ``range(length)`` into ``size`` nearly equal, non-empty blocks."""
+    return np.linspace(0, length, size + 1).round().astype(np.int64)
+
+
+def downsample(matrix: np.ndarray, size: int, how: str = "mean") -> np.ndarray:
+    """Reduce the last two axes (T, T) to at most (size, size) by block mean or block max. Float32.
+
+    With ``T <= size`` the input comes back unchanged (as float32).
+    """
+    check_choice(how, AGGREGATES, "downsampling")
+    length = matrix.shape[-1]
+    if length <= size:
+        return np.asarray(matrix, dtype=np.float32)
+    starts = block_edges(length, size)[:-1]
+    reduce = np.add if how == "mean" else np.maximum
+    out = reduce.reduceat(reduce.reduceat(matrix, starts, axis=-2), starts, axis=-1)
+    if how == "mean":
+        counts = np.diff(block_edges(length, size))
+        out = out / (counts[:, None] * counts[None, :])
+    return out.astype(np.float32)
+
+
+def downsample_seen(matrix: np.ndarray, hidden: np.ndarray | None, size: int, how: str = "mean") -> np.ndarray:
+    """``downsample`` over the cells a query could see: ``hidden`` cells (T, T, or any shape that broadcasts
+    against ``matrix``) left out of each block's mean (or max), NaN for blocks of hidden cells only. Without
+    ``hidden``, ``downsample`` itself."""
+    if hidden is None:
+        return downsample(matrix, size, how)
+    seen = downsample((~hidden).astype(np.float32), size)  # (s, s) share of seen cells per block
+    reduced = downsample(np.where(hidden, np.float32(0.0), matrix), size, how)
+    if how == "mean":
+        reduced = np.divide(reduced, seen, out=np.zeros_like(reduced), where=seen > 0)
+    return np.where(seen > 0, reduced, np.float32(np.nan)).astype(np.float32)
