@@ -47,6 +47,8 @@ data: $(VENV)/.stamp-run
 train: $(VENV)/.stamp-run
 	$(PY) -m tutorial.train $(TRAIN_ARGS)
 
+# Every table names the CPU, its vector extensions and the load average; a full run ends with the encoder suite capped
+# at AVX2. BENCH_ARGS="encoder --isa avx2" caps both frameworks' instruction set, "--threads 1" gives each one thread.
 bench: $(VENV)/.stamp-bench
 	$(PY) -m bench $(BENCH_ARGS)
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from analysis.checks import Progress
 from analysis.inputs import chosen_layer
+from analysis.objectives import OBJECTIVES
 from analysis.perturb import check_pairing
 from analysis.tables import matrix_result, matrix_rows
 from encoder.errors import AnalysisError
@@ -55,7 +56,7 @@ class Objective:
     """The scalar f a gradient explains.
 
     Attributes:
-        kind: "probability", "projection" or "cosine" (``encoder.compiled.OBJECTIVES``).
+        kind: "probability", "projection" or "cosine" (``analysis.objectives.OBJECTIVES``).
         target: the class for "probability" (else 0).
         direction: (D,) float32, the vector f projects on or takes the cosine with (zeros for "probability").
         description: what f is, in words, for titles and captions.
@@ -170,8 +171,8 @@ def attention_gradient(model: LoadedModel, trace: EncoderTrace, goal: Objective 
     layers, heads, t, d = trace.num_layers, trace.num_heads, trace.num_tokens, trace.hidden.shape[-1]
     ids, segments = _repeat(trace, 1)
     f, _, scale = model.encoder.attention_gradients(
-        goal.kind, ids, segments, np.zeros((1, t, d), np.float32), np.ones((1, layers, heads, t, t), np.float32),
-        *_targets(goal, 1))
+        OBJECTIVES[goal.kind], ids, segments, np.zeros((1, t, d), np.float32),
+        np.ones((1, layers, heads, t, t), np.float32), *_targets(goal, 1))
     return AttentionGradient(to_numpy(scale)[0].astype(np.float64), trace.tokens, goal.description,
                              float(to_numpy(f)[0]))
 
@@ -181,7 +182,7 @@ def input_gradient(model: LoadedModel, trace: EncoderTrace, goal: Objective | No
     goal = _check(model, trace, goal)
     t, d = trace.num_tokens, trace.hidden.shape[-1]
     ids, segments = _repeat(trace, 1)
-    f, gradient = model.encoder.input_gradients(goal.kind, ids, segments, np.zeros((1, t, d), np.float32),
+    f, gradient = model.encoder.input_gradients(OBJECTIVES[goal.kind], ids, segments, np.zeros((1, t, d), np.float32),
                                                 *_targets(goal, 1))
     x = np.asarray(trace.hidden[0], np.float64)
     values = (x * to_numpy(gradient)[0]).sum(axis=-1)
@@ -334,7 +335,7 @@ class _Path:
             part = alphas[start:start + self.rows]
             noise = ((1.0 - part)[:, None, None] * self.offset).astype(np.float32)
             ids, segments = _repeat(self.trace, len(part))
-            values, gradient = self.model.encoder.input_gradients(self.goal.kind, ids, segments, noise,
+            values, gradient = self.model.encoder.input_gradients(OBJECTIVES[self.goal.kind], ids, segments, noise,
                                                                   *_targets(self.goal, len(part)))
             f[start:start + len(part)] = to_numpy(values)
             dots[start:start + len(part)] = np.einsum("ktd,td->kt", to_numpy(gradient).astype(np.float64),

@@ -1,11 +1,21 @@
-"""Run every benchmark and print one markdown table each: `make bench` (or `python -m bench [names...]`)."""
+"""Run every benchmark and print one markdown table each: `make bench` (or `python -m bench [names...] [--isa avx2]
+[--threads N]`).
+
+Every table names the CPU it was measured on, its vector extensions and the load average
+(``bench.common.print_table``). ``--isa avx2`` runs the named suites in a subprocess whose environment caps both
+frameworks' instruction set at AVX2 (``bench.common.ISA_CAPS``), to see how an AVX2-only CPU would rank them; a run
+of every suite (no names) ends with the encoder suite so capped. ``--threads N`` gives each framework N threads
+(default: every core); one thread per framework compares the kernels alone, which a busy machine disturbs least.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import subprocess
 import sys
 
-from bench.common import print_table
+from bench.common import ISA_CAPS, capped_environment, isa_cap, print_table
 
 SUITES = {
     "encoder": "Encoder trace, MiniLM (6x12, d=384), median of alternating runs",
@@ -16,13 +26,12 @@ SUITES = {
     "load": "Concurrent sessions in Chromium, MiniLM: 10 layer changes each",
     "scrub": "Head scrubbing in Chromium (the slider inside the figure), MiniLM, 128 tokens",
 }
+CAPPED_BY_DEFAULT = ("encoder",)  # the suites a run of everything repeats with the instruction set capped at AVX2
 
 
-def main(names: list[str]) -> int:
-    for name in names or list(SUITES):
-        if name not in SUITES:
-            print(f"unknown benchmark {name!r}; choose from {', '.join(SUITES)}", file=sys.stderr)
-            return 2
+def run_suites(names: list[str]) -> int:
+    """Run the suites ``names`` in this process, printing their tables."""
+    for name in names:
         try:
             module = importlib.import_module(f"bench.{name}")
         except ModuleNotFoundError as error:
@@ -31,9 +40,36 @@ def main(names: list[str]) -> int:
             continue
         rows = module.main()  # a suite either returns its rows or prints its own tables
         if rows:
-            print_table(SUITES[name], rows)
+            cap = isa_cap()
+            print_table(SUITES[name] + ("" if cap is None else f", instruction set capped at {cap.upper()}"), rows)
         sys.stdout.flush()
     return 0
+
+
+def run_capped(names: list[str], isa: str | None, threads: int | None = None) -> int:
+    """Run the suites ``names`` in a subprocess with the instruction set capped at ``isa`` (None: uncapped) and
+    ``threads`` threads per framework (None: every core)."""
+    return subprocess.run([sys.executable, "-m", "bench", *names], env=capped_environment(isa, threads)).returncode
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Run benchmarks; print a markdown table each.")
+    parser.add_argument("names", nargs="*", help=f"suites to run (default: all): {', '.join(SUITES)}")
+    parser.add_argument("--isa", choices=sorted(ISA_CAPS), help="cap both frameworks' instruction set")
+    parser.add_argument("--threads", type=int, help="threads per framework (default: every core)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in SUITES]
+    if unknown:
+        print(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(SUITES)}", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if (args.isa is not None and isa_cap() != args.isa) or args.threads is not None:
+        names = args.names or list(SUITES)
+        return run_capped(names, args.isa or isa_cap(), args.threads)
+    if args.names:
+        return run_suites(args.names)
+    return run_suites(list(SUITES)) or run_capped(list(CAPPED_BY_DEFAULT), "avx2")
 
 
 if __name__ == "__main__":

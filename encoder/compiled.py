@@ -4,16 +4,17 @@ length changes)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 from encoder.model import TransformerEncoder
 
+# An objective: (model, outputs dict, target (B,) int32, direction (B, D) float32) -> f (B,) (``input_gradients``).
+Objective = Callable[[TransformerEncoder, dict, tf.Tensor, tf.Tensor], tf.Tensor]
+
 _IDS = tf.TensorSpec([None, None], tf.int32)
 _MASK = tf.TensorSpec([None, None], tf.bool)
-# The scalar a gradient explains (``CompiledEncoder.input_gradients``), per batch row: "probability" is the
-# probability of class ``target``; "projection" the pooled vector (before any normalisation) dotted with
-# ``direction``; "cosine" the cosine between the pooled vector and ``direction``.
-OBJECTIVES = ("probability", "projection", "cosine")
 
 
 class CompiledEncoder:
@@ -25,9 +26,9 @@ class CompiledEncoder:
       embedding noise (B, T, D), for ablation and stability analysis; a separate graph, so the plain paths pay
       nothing for it.
     - ``embed(ids, segments)``: the input embeddings (B, T, D) the first layer reads.
-    - ``input_gradients`` / ``attention_gradients``: a scalar of the output (``OBJECTIVES``) and its gradient with
-      respect to the embedding noise (and the attention scale), by ``tf.GradientTape``; one graph per objective,
-      traced on first use.
+    - ``input_gradients`` / ``attention_gradients``: a scalar of the output (an objective function, e.g.
+      ``analysis.objectives``) and its gradient with respect to the embedding noise (and the attention scale), by
+      ``tf.GradientTape``; one graph per objective function, traced on first use.
     """
 
     def __init__(self, model: TransformerEncoder):
@@ -48,7 +49,7 @@ class CompiledEncoder:
         )
 
         self._embedding = tf.function(self._embed_ids, input_signature=[_IDS, _IDS])
-        self._gradients: dict[tuple[str, bool], tf.types.experimental.GenericFunction] = {}
+        self._gradients: dict[tuple[Objective, bool], tf.types.experimental.GenericFunction] = {}
 
     def forward(self, ids, segments) -> dict:
         """Unpadded (B, T) ids and segments -> the model's output dict of tensors."""
@@ -71,9 +72,10 @@ class CompiledEncoder:
 
     def input_gradients(self, objective, ids, segments, noise, target, direction):
         """``(f (B,), df/dnoise (B, T, D))`` for unpadded (B, T) inputs with ``noise`` (B, T, D) added to the input
-        embeddings. ``objective`` is one of ``OBJECTIVES``; ``target`` (B,) int32 names the class for
-        "probability", ``direction`` (B, D) float32 the vector for "projection" and "cosine" (the other is unused).
-        Each row's gradient is its own f's (rows do not interact)."""
+        embeddings. ``objective(model, outputs, target, direction)`` maps the model's output dict, ``target`` (B,)
+        int32 and ``direction`` (B, D) float32 to f (B,), with ops that TensorFlow can differentiate (``keras.ops``;
+        ``analysis.objectives``); each reads the argument it needs. Each row's gradient is its own f's (rows do not
+        interact)."""
         self.calls += 1
         return self._gradient_function(objective, False)(ids, segments, noise, target, direction)
 
@@ -84,9 +86,9 @@ class CompiledEncoder:
         self.calls += 1
         return self._gradient_function(objective, True)(ids, segments, noise, scale, target, direction)
 
-    def _gradient_function(self, objective: str, attention: bool):
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    def _gradient_function(self, objective: Objective, attention: bool):
+        if not callable(objective):
+            raise TypeError(f"objective must be a function of the model's outputs, got {objective!r}")
         key = (objective, attention)
         if key not in self._gradients:
             cfg = self.model.config
@@ -102,21 +104,11 @@ class CompiledEncoder:
                     tape.watch(watched)
                     outputs = self.model(ids, segments, embedding_noise=noise,
                                          attention_scale=scale[0] if scale else None, training=False)
-                    f = self._objective(objective, outputs, target, direction)
+                    f = objective(self.model, outputs, target, direction)
                 return (f, *tape.gradient(f, watched))
 
             self._gradients[key] = tf.function(gradients, input_signature=signature)
         return self._gradients[key]
-
-    def _objective(self, objective: str, outputs: dict, target, direction):
-        """(B,) the scalar each row explains (``OBJECTIVES``)."""
-        if objective == "probability":
-            return tf.gather(outputs["probabilities"], target, axis=1, batch_dims=1)
-        pooled = self.model.pool(outputs["hidden"][:, -1], None)  # (B, D), before any normalisation
-        dot = tf.reduce_sum(pooled * direction, axis=-1)
-        if objective == "projection":
-            return dot
-        return dot / (tf.norm(pooled, axis=-1) * tf.norm(direction, axis=-1))
 
     def _forward(self, ids, segments):
         return self.model(ids, segments, training=False)

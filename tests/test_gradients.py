@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from analysis import gradients
+from analysis.objectives import OBJECTIVES
 from analysis.similarity import explain_similarity
 from cli import main
 from encoder.errors import AnalysisError
@@ -67,7 +68,7 @@ def _f_along(model, trace, goal, noise=None, scale=None) -> np.ndarray:
     scale = (np.ones((rows, trace.num_layers, trace.num_heads, t, t), np.float32) if scale is None
              else scale.astype(np.float32))
     ids, segments = np.repeat(trace.token_ids[None], rows, 0), np.repeat(trace.segment_ids[None], rows, 0)
-    f, _, _ = model.encoder.attention_gradients(goal.kind, ids, segments, noise, scale,
+    f, _, _ = model.encoder.attention_gradients(OBJECTIVES[goal.kind], ids, segments, noise, scale,
                                                 np.full(rows, goal.target, np.int32),
                                                 np.repeat(goal.direction[None], rows, 0))
     return f.numpy().astype(np.float64)

@@ -108,14 +108,16 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         """(B, T, D): the weights (times ``attention_scale`` when given) mixing the values (B, S, H, dh), each head's
         context times its ``head_mask``, through the output projection."""
         weights = pattern if attention_scale is None else pattern * ops.cast(attention_scale, pattern.dtype)
-        context = ops.einsum(self._combine_equation, self._dropout_layer(weights, training=training), value)
+        weights = self._dropout_layer(weights, training=training)
+        # Batched matmuls over explicit (B, H, ...) layouts: oneDNN runs them faster than the equivalent einsums.
+        context = ops.transpose(ops.matmul(weights, ops.transpose(value, (0, 2, 1, 3))), (0, 2, 1, 3))  # (B, T, H, dh)
         if head_mask is not None:
             context = context * ops.cast(head_mask, context.dtype)[:, None, :, None]
         return self.output_dense(context)
 
     def scaled_product(self, query, key):
         """(B, H, T, S): q.k * scaling, scaled after the product as transformers scales it."""
-        logits = ops.einsum(self._dot_product_equation, key, query)
+        logits = ops.matmul(ops.transpose(query, (0, 2, 1, 3)), ops.transpose(key, (0, 2, 3, 1)))  # (B, H, T, S)
         return logits * ops.cast(self.scaling, logits.dtype)
 
 
