@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import tensorflow as tf
+from keras import ops
 
 from encoder.model import TransformerEncoder
 
-# An objective: (model, outputs dict, target (B,) int32, direction (B, D) float32) -> f (B,) (``input_gradients``).
-Objective = Callable[[TransformerEncoder, dict, tf.Tensor, tf.Tensor], tf.Tensor]
+# An objective: (ops, model, outputs dict, target (B,) int32, direction (B, D) float32) -> f (B,) (``input_gradients``);
+# ``ops`` is ``keras.ops``, handed over so objectives written outside the core import no tensor library.
+Objective = Callable[[object, TransformerEncoder, dict, tf.Tensor, tf.Tensor], tf.Tensor]
 
 _IDS = tf.TensorSpec([None, None], tf.int32)
 _MASK = tf.TensorSpec([None, None], tf.bool)
@@ -72,7 +74,7 @@ class CompiledEncoder:
 
     def input_gradients(self, objective, ids, segments, noise, target, direction):
         """``(f (B,), df/dnoise (B, T, D))`` for unpadded (B, T) inputs with ``noise`` (B, T, D) added to the input
-        embeddings. ``objective(model, outputs, target, direction)`` maps the model's output dict, ``target`` (B,)
+        embeddings. ``objective(ops, model, outputs, target, direction)`` maps the model's output dict, ``target`` (B,)
         int32 and ``direction`` (B, D) float32 to f (B,), with ops that TensorFlow can differentiate (``keras.ops``;
         ``analysis.objectives``); each reads the argument it needs. Each row's gradient is its own f's (rows do not
         interact)."""
@@ -104,7 +106,7 @@ class CompiledEncoder:
                     tape.watch(watched)
                     outputs = self.model(ids, segments, embedding_noise=noise,
                                          attention_scale=scale[0] if scale else None, training=False)
-                    f = objective(self.model, outputs, target, direction)
+                    f = objective(ops, self.model, outputs, target, direction)
                 return (f, *tape.gradient(f, watched))
 
             self._gradients[key] = tf.function(gradients, input_signature=signature)

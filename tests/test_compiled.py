@@ -32,7 +32,7 @@ def _inputs(config, rows: int, length: int, seed: int = 0):
     return ids, np.zeros_like(ids), noise, np.array([2] * rows, np.int32), direction
 
 
-def first_hidden_number(model, outputs, target, direction):
+def first_hidden_number(ops, model, outputs, target, direction):
     """(B,): the first number of every row's last hidden state, a function of the outputs the hook knows nothing of."""
     return outputs["hidden"][:, -1, 0, 0]
 
