@@ -77,9 +77,10 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          "the positional-encoding table, this text's rows outlined", options=(MAX_POSITIONS,),
          from_settings=no_settings),
     View("position-similarity", "Positional encodings", build_position_similarity,
-         "cosine similarity between positions", from_settings=no_settings),
+         "cosine similarity between positions", options=(MAX_POSITIONS,), from_settings=no_settings),
     View("positional-dimensions", "Positional encodings", build_positional_dimensions,
-         "chosen positional dimensions as lines", options=(DIMS,), from_settings=no_settings),
+         "chosen positional dimensions as lines", options=(DIMS, MAX_POSITIONS),
+         from_settings=no_settings),
 )}
 
 # ---------------------------------------------------------------------------------------------------------------
