@@ -168,3 +168,10 @@ def test_distance_view_rows_sum_to_one_and_label_the_mean_distance():
     hidden = build_distance_histogram(trace, 0, hide_special=True, signed=True)
     assert "special tokens hidden" in hidden.layout.title.subtitle.text
     np.testing.assert_allclose(np.asarray(hidden.data[0].z).sum(axis=1), 1.0, rtol=1e-5)
+
+
+
+def test_every_positional_view_takes_max_positions_as_its_builder_does():
+    for view in view_tabs()["Positional encodings"]:
+        assert "max_positions" in inspect.signature(view.builder).parameters
+        assert "max_positions" in view_options(view), view.name
