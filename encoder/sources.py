@@ -160,7 +160,7 @@ def _load_operators(name: str) -> LoadedModel:
     """The operator's name: any folder that exists, else any hub id."""
     path = Path(name).expanduser()
     if path.exists():
-        return load_path(path)
+        return load_path(path, name=name)
     if _HUB_ID.match(name):
         return load_path(_download_from_hub(name), name=name)
     raise SourceError(

@@ -141,7 +141,8 @@ def test_python_callers_are_the_operator_and_open_any_folder(tmp_path, monkeypat
     model = load_source(str(folder))
     assert model.config.num_layers == 2 and model.folder == folder.resolve()
     monkeypatch.chdir(tmp_path)
-    assert load_source("tiny").folder == folder.resolve()  # relative to the working folder
+    relative = load_source("tiny")
+    assert relative.folder == folder.resolve() and relative.name == "tiny"  # found as typed, and named so
     with pytest.raises(SourceError, match="opens only its built-in models") as refused:
         load_source(str(folder), restricted=True)
     assert str(tmp_path) not in str(refused.value)
