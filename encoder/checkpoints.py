@@ -1,9 +1,11 @@
 """Hugging Face checkpoint import: read ``config.json`` and the safetensors, map the config through the model's
 family (``encoder.families``), and port every tensor after checking its name and shape.
 
-Weights are read with ``safetensors.numpy`` (no PyTorch), and only after every size is checked
-(``encoder.limits``: config.json's sizes, the parameter count, the safetensors headers): a folder that asks for an
-absurd model is refused before anything is allocated.
+Weights are read with ``safetensors`` (no PyTorch), bfloat16 tensors from their bytes (NumPy has no bfloat16: the 16
+bits shifted into the high half of a float32, which is exact), one file or the shards that
+``model.safetensors.index.json`` names; and only after every size is checked (``encoder.limits``: config.json's
+sizes, the parameter count, the safetensors headers): a folder that asks for an absurd model is refused before
+anything is allocated.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
 from encoder.families import FAMILIES
 from encoder.families.common import labels
-from encoder.limits import CONFIG_BYTES, check_config, check_config_fields, check_tensors, read_headers
+from encoder.limits import (
+    CONFIG_BYTES,
+    TensorHeader,
+    check_config,
+    check_config_fields,
+    check_tensors,
+    read_headers,
+)
 from encoder.model import TransformerEncoder
 from encoder.settings import settings
 
@@ -105,8 +114,14 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
     return data
 
 
+INDEX = "model.safetensors.index.json"  # a sharded checkpoint's map of tensor name -> shard file
+
+
 def safetensors_files(folder: Path) -> list[Path]:
-    """``model.safetensors`` (or sharded ``model-*.safetensors``); our error when the folder has none."""
+    """The shards ``model.safetensors.index.json`` names, else ``model.safetensors`` (or every ``*.safetensors``);
+    our error when the folder has none."""
+    if (folder / INDEX).is_file():
+        return _indexed_shards(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.h5")):
@@ -119,19 +134,62 @@ def safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
+def _indexed_shards(folder: Path) -> list[Path]:
+    """The shard files of a sharded checkpoint, each a plain file name in ``folder`` holding the tensors the index
+    gives it (so a damaged or hostile index reads nothing outside the folder and misses no tensor)."""
+    damaged = CheckpointError(f"{INDEX} is not a valid index of safetensors shards (its weight_map must name "
+                              "shard files of this folder, each holding the tensors listed for it); save it again.")
+    path = folder / INDEX
+    try:
+        if path.stat().st_size > CONFIG_BYTES:
+            raise damaged
+        weight_map = json.loads(path.read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, ValueError, AttributeError, RecursionError) as error:
+        raise damaged from error
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise damaged
+    shards: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise damaged
+        shards.setdefault(shard, []).append(name)
+    files = []
+    for shard, names in sorted(shards.items()):
+        file = folder / shard
+        if not file.is_file():
+            raise CheckpointError(f"{INDEX} names the shard {shard[:80]!r}, which the folder lacks; copy every "
+                                  "shard of the checkpoint.")
+        if not set(names) <= set(read_headers([file])):
+            raise damaged
+        files.append(file)
+    return files
+
+
 def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
-    """All tensors of ``model.safetensors`` (or sharded ``model-*.safetensors``) as NumPy arrays."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    """All tensors of the folder's safetensors files (``safetensors_files``) as NumPy arrays; bfloat16 ones as
+    float32 with exactly their values."""
+    from safetensors import SafetensorError, safe_open
 
     weights: dict[str, np.ndarray] = {}
     for file in safetensors_files(folder):
+        headers = read_headers([file])
         try:
-            weights.update(load_file(str(file)))
-        except (SafetensorError, OSError, ValueError) as error:
+            with safe_open(str(file), framework="numpy") as handle:
+                for name in handle.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
+                    header = headers[name]
+                    weights[name] = _bfloat16(file, header) if header.dtype == "BF16" else handle.get_tensor(name)
+        except (SafetensorError, OSError, ValueError, KeyError) as error:
             raise CheckpointError(f"{file.name} is not a readable safetensors file; save the weights again "
                                   "(safetensors).") from error
     return weights
+
+
+def _bfloat16(file: Path, header: TensorHeader) -> np.ndarray:
+    """A bfloat16 tensor as float32: each 16-bit word shifted into the high half of a 32-bit float (exact)."""
+    words = np.fromfile(file, dtype="<u2", count=header.size, offset=header.start)
+    if words.size != header.size:
+        raise ValueError("the file is cut short")
+    return (words.astype(np.uint32) << 16).view(np.float32).reshape(header.shape)
 
 
 def load_hf_folder(

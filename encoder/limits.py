@@ -67,17 +67,20 @@ WORD_EMBEDDINGS = ("embeddings.word_embeddings.weight", "wte.weight",  # BERT-li
                    "embeddings.tok_embeddings.weight")  # ModernBERT
 MIN_STORED_FRACTION = 0.5  # of the config's parameters that the safetensors files must hold
 HEADER_BYTES = 4 * 2**20  # largest safetensors header we parse (a 96-layer model's is under 100 kB)
-FLOAT_BYTES = {"F16": 2, "F32": 4, "F64": 8}  # the float types safetensors.numpy reads (NumPy has no bfloat16)
+# The float types read (bfloat16, which NumPy lacks, by ``encoder.checkpoints``: exactly, its 16 bits shifted up).
+FLOAT_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
 # Integer buffers some checkpoints keep beside the weights (BERT's ``embeddings.position_ids``); never ported.
 BUFFER_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "U32": 4, "I32": 4, "U64": 8, "I64": 8}
 
 
 @dataclass(frozen=True)
 class TensorHeader:
-    """One tensor as a safetensors header describes it (nothing read from the data)."""
+    """One tensor as a safetensors header describes it (nothing read from the data): its dtype, its shape and where
+    its bytes lie in the file (``start`` counts from the file's first byte)."""
 
     dtype: str
     shape: tuple[int, ...]
+    start: int = 0
 
     @property
     def size(self) -> int:
@@ -181,14 +184,14 @@ def _read_header(file: Path) -> dict[str, TensorHeader]:
     header.pop("__metadata__", None)
     tensors = {}
     for name, entry in header.items():
-        tensor = _tensor(entry, data_bytes)
+        tensor = _tensor(entry, data_bytes, 8 + length)
         if tensor is None:
             raise damaged
         tensors[name] = tensor
     return tensors
 
 
-def _tensor(entry: Any, data_bytes: int) -> TensorHeader | None:
+def _tensor(entry: Any, data_bytes: int, data_start: int) -> TensorHeader | None:
     """A header entry as a TensorHeader, or None when it is malformed or its bytes are not all in the file.
 
     Raises:
@@ -202,10 +205,10 @@ def _tensor(entry: Any, data_bytes: int) -> TensorHeader | None:
     width = FLOAT_BYTES.get(entry["dtype"]) or BUFFER_BYTES.get(entry["dtype"])
     if width is None:
         raise CheckpointError(
-            "The safetensors files hold a tensor of a type Headlight does not read (it reads float16, float32 and "
-            "float64); save the weights as float32 (bfloat16 and 8-bit weights included).")
-    tensor = TensorHeader(entry["dtype"], tuple(shape))
+            "The safetensors files hold a tensor of a type Headlight does not read (it reads bfloat16, float16, "
+            "float32 and float64); save the weights as float32 (8-bit and other quantised weights included).")
     begin, end = offsets
+    tensor = TensorHeader(entry["dtype"], tuple(shape), data_start + begin)
     return tensor if begin <= end <= data_bytes and end - begin == tensor.size * width else None
 
 
