@@ -7,12 +7,11 @@ scripts, tests and the CLI a plain ``TraceInputs``.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from encoder.errors import AnalysisError, ViewError
+from encoder.errors import AnalysisError, ViewError, index_in_range
 
 if TYPE_CHECKING:
     from analysis.checks import Progress
@@ -78,18 +77,7 @@ def chosen_layer(trace: EncoderTrace, options: Options) -> int:
     """The layer ``options["layer"]`` asks about (default the last), checked against the model: ViewError "layer 7
     is out of range: the model has 6 layers (0-5)"."""
     layer = options.get("layer")
-    count = trace.num_layers
-    if layer is None:
-        return count - 1
-    if isinstance(layer, bool):
-        raise ViewError(f"layer must be an integer, got {layer!r}")
-    try:
-        index = operator.index(layer)
-    except TypeError:
-        raise ViewError(f"layer must be an integer, got {layer!r}") from None
-    if not 0 <= index < count:
-        raise ViewError(f"layer {index} is out of range: the model has {count} layers (0-{count - 1})")
-    return index
+    return trace.num_layers - 1 if layer is None else index_in_range(layer, trace.num_layers, "layer")
 
 
 def refusal(check: Callable[[EncoderTrace], Any], trace: EncoderTrace) -> str | None:

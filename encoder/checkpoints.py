@@ -168,10 +168,15 @@ def _indexed_shards(folder: Path) -> list[Path]:
 def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
     """All tensors of the folder's safetensors files (``safetensors_files``) as NumPy arrays; bfloat16 ones as
     float32 with exactly their values."""
+    return _read_files(safetensors_files(folder))
+
+
+def _read_files(files: list[Path]) -> dict[str, np.ndarray]:
+    """All tensors of ``files`` (``read_safetensors``)."""
     from safetensors import SafetensorError, safe_open
 
     weights: dict[str, np.ndarray] = {}
-    for file in safetensors_files(folder):
+    for file in files:
         headers = read_headers([file])
         try:
             with safe_open(str(file), framework="numpy") as handle:
@@ -205,8 +210,9 @@ def load_hf_folder(
     family = family_of(hf_config)
     config = _sentence_transformer_pooling(folder, convert_config(hf_config))
     check_config(config, settings().max_parameters)
-    check_tensors(_canonical_names(read_headers(safetensors_files(folder)), family.PREFIXES), config)
-    weights = read_safetensors(folder)  # only now, with every size checked, is anything big read or built
+    files = safetensors_files(folder)
+    check_tensors(_canonical_names(read_headers(files), family.PREFIXES), config)
+    weights = _read_files(files)  # only now, with every size checked, is anything big read or built
     model = TransformerEncoder(config, name="encoder")
     port_weights(model, weights, "model.safetensors", family)
     return model, labels(hf_config, config)

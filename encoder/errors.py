@@ -1,4 +1,9 @@
-"""Exceptions of ours: each message says what went wrong and what to do about it."""
+"""Exceptions of ours: each message says what went wrong and what to do about it; and the one check of a whole
+number and an index that ``viz``, ``analysis`` and trace files share, raising whichever of ours the caller names."""
+
+from __future__ import annotations
+
+import operator
 
 
 class HeadlightError(Exception):
@@ -30,3 +35,23 @@ class ViewError(HeadlightError, ValueError):
 class AnalysisError(HeadlightError, ValueError):
     """An analysis cannot run on this input or with these settings: too many tokens for max-flow, traces of
     different models, a residual weight outside [0, 1], ..."""
+
+
+def whole_number(value, what: str, kind: str = "an integer", error: type[HeadlightError] = ViewError) -> int:
+    """``value`` as a Python int (NumPy integers too, never a bool), else ``error`` "{what} must be {kind}"."""
+    if isinstance(value, bool):
+        raise error(f"{what} must be {kind}, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise error(f"{what} must be {kind}, got {value!r}") from None
+
+
+def index_in_range(value, count: int, what: str, owner: str = "model",
+                   error: type[HeadlightError] = ViewError) -> int:
+    """``value`` as an int in ``range(count)``, else ``error`` ("layer 7 is out of range: the model has 6 layers
+    (0-5)")."""
+    index = whole_number(value, what, error=error)
+    if not 0 <= index < count:
+        raise error(f"{what} {index} is out of range: the {owner} has {count} {what}s (0-{count - 1})")
+    return index

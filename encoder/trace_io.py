@@ -15,14 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import operator
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from encoder.errors import ExportError
+from encoder.errors import ExportError, index_in_range
 from encoder.trace import EncoderTrace
 from encoder.trace_fields import MAPPING, build, field_kinds, json_value, read_npz, write_npz
 
@@ -202,24 +201,12 @@ def _indices(values: Iterable[int] | int | None, count: int, what: str) -> list[
         return list(range(count))
     if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
         values = [values]
-    chosen = [_index(value, count, what) for value in values]
+    chosen = [index_in_range(value, count, what, error=ExportError) for value in values]
     if not chosen:
         raise ExportError(f"{what}s is empty: choose at least one {what}")
     if len(set(chosen)) != len(chosen):
         raise ExportError(f"{what}s {chosen} lists a {what} twice")
     return sorted(chosen)
-
-
-def _index(value, count: int, what: str) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        index = operator.index(value)
-    except TypeError:
-        raise ExportError(f"{what} must be an integer, got {value!r}") from None
-    if not 0 <= index < count:
-        raise ExportError(f"{what} {index} is out of range: the model has {count} {what}s (0-{count - 1})")
-    return index
 
 
 def spreadsheet_safe(text: str) -> str:

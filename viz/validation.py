@@ -4,13 +4,12 @@ the bad value and the allowed range ("layer 7 is out of range: the model has 6 l
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import plotly.colors
 
-from encoder.errors import ViewError
+from encoder.errors import ViewError, index_in_range, whole_number
 from encoder.trace import EncoderTrace
 from viz.layout import SEQUENTIAL_SCALES
 
@@ -19,21 +18,13 @@ _NAMED_SCALES = frozenset(plotly.colors.named_colorscales())
 
 def _integer(value, what: str, kind: str) -> int:
     """``value`` as a Python int (NumPy integers too, never a bool), else ViewError "{what} must be {kind}"."""
-    if isinstance(value, bool):
-        raise ViewError(f"{what} must be {kind}, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ViewError(f"{what} must be {kind}, got {value!r}") from None
+    return whole_number(value, what, kind)
 
 
 def check_index(value, count: int, what: str, owner: str) -> int:
     """``value`` as an int in ``range(count)``, else ViewError ("layer 7 is out of range: the model has 6 layers
     (0-5)")."""
-    index = _integer(value, what, "an integer")
-    if not 0 <= index < count:
-        raise ViewError(f"{what} {index} is out of range: the {owner} has {count} {what}s (0-{count - 1})")
-    return index
+    return index_in_range(value, count, what, owner)
 
 
 def check_int_range(value, what: str, low: int, high: int) -> int:
