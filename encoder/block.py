@@ -29,9 +29,11 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
     """One Transformer layer: self-attention, then the MLP, each a residual around it.
 
     Post-norm (``block.placement`` "post": BERT, the classic encoder): ``x = norm(x + f(x))``. Pre-norm ("pre",
-    GPT-2, ModernBERT): ``x = x + f(norm(x))``; then ``attention_norm`` is GPT-2's ``ln_1`` and ``output_norm`` its
-    ``ln_2``. The attention comes from the position scheme's part (``encoder.parts.schemes``: its logit rule, or
-    its own attention); a windowed layer (``attention.windows``) joins its window to the attention mask.
+    GPT-2, ModernBERT, Llama): ``x = x + f(norm(x))``; then ``attention_norm`` is GPT-2's ``ln_1`` and
+    ``output_norm`` its ``ln_2``; with ``block.sandwich_norms`` (Gemma) ``x = x + norm(f(norm(x)))``, the outer
+    norms ``attended_norm`` and ``mlp_output_norm``. The attention comes from the position scheme's part
+    (``encoder.parts.schemes``: its logit rule, or its own attention); a windowed layer (``attention.windows``)
+    joins its window to the attention mask.
 
     Args:
         config: EncoderConfig.
@@ -57,6 +59,9 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         self.intermediate, self.output_dense = mlp_layers(block, config.d_model)
         self.output_dropout = keras.layers.Dropout(config.dropout)
         self.output_norm = make_norm(block, "output_norm")
+        # Sandwich norms (Gemma): the attention's and the MLP's outputs normalised before the residual sum.
+        self.attended_norm = make_norm(block, "attended_norm") if block.sandwich_norms else None
+        self.mlp_output_norm = make_norm(block, "mlp_output_norm") if block.sandwich_norms else None
 
     def get_config(self):
         return {**super().get_config(), "index": self.index}
@@ -67,6 +72,9 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         self.intermediate.build(input_shape)
         self.output_dense.build((*input_shape[:-1], self.config.block.dff))
         self.output_norm.build(input_shape)
+        for norm in (self.attended_norm, self.mlp_output_norm):
+            if norm is not None:
+                norm.build(input_shape)
 
     def call(self, x, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
              attention_scale=None, training=None):
@@ -74,8 +82,13 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         if self.config.block.placement == "pre":
             attended, pattern, terms = self._attend(self.attention_norm(x), attention_mask, head_mask,
                                                     position_bias, training, **probes)
+            if self.attended_norm is not None:
+                attended = self.attended_norm(attended)
             x = x + attended
-            return x + self._feed_forward(self.output_norm(x), training), pattern, terms
+            fed = self._feed_forward(self.output_norm(x), training)
+            if self.mlp_output_norm is not None:
+                fed = self.mlp_output_norm(fed)
+            return x + fed, pattern, terms
         attended, pattern, terms = self._attend(x, attention_mask, head_mask, position_bias, training, **probes)
         x = self.attention_norm(x + attended)
         return self.output_norm(x + self._feed_forward(x, training)), pattern, terms
@@ -90,11 +103,14 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         return self.attention_dropout(attended, training=training), pattern, terms
 
     def _window_mask(self, attention_mask, length):
-        """A windowed layer's mask, broadcastable to (B, T, T): keys within ``window // 2`` of the query, and not
-        padded."""
+        """A windowed layer's mask, broadcastable to (B, T, T): keys within ``window // 2`` of the query (a
+        symmetric window) or the query and the ``window - 1`` keys before it (a causal one), and not padded."""
         positions = ops.arange(length)
-        distance = ops.abs(positions[:, None] - positions[None, :])  # (T, T)
-        window = (distance <= self.window // 2)[None]  # (1, T, T)
+        distance = positions[:, None] - positions[None, :]  # (T, T): query - key
+        if self.config.attention.window_kind == "causal":
+            window = ops.logical_and(distance >= 0, distance < self.window)[None]  # (1, T, T)
+        else:
+            window = (ops.abs(distance) <= self.window // 2)[None]  # (1, T, T)
         return window if attention_mask is None else ops.logical_and(window, attention_mask)
 
     def _feed_forward(self, x, training):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from encoder.families import albert, bert, deberta, distilbert, electra, gpt2, modernbert, mpnet, roberta
+from encoder.families import albert, bert, deberta, distilbert, electra, gpt2, llama, modernbert, mpnet, roberta
 
 FAMILIES: dict[str, ModuleType] = {
     "albert": albert,
@@ -22,8 +22,12 @@ FAMILIES: dict[str, ModuleType] = {
     "distilbert": distilbert,
     "electra": electra,
     "gpt2": gpt2,
+    "llama": llama,
+    "mistral": llama,
     "modernbert": modernbert,
     "mpnet": mpnet,
+    "qwen2": llama,
+    "qwen3": llama,
     "roberta": roberta,
     "xlm-roberta": roberta,
 }
