@@ -19,7 +19,7 @@ from encoder.trace import trace_text
 from tests.support.families import FAMILIES_DIR, TOLERANCE, load_family, reference
 from tests.support.floats import assert_close_f32
 
-DECODERS = ("llama",)
+DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
 CASES = ("simple", "joined", "unicode")
 WINDOWS = {"mistral": (8, 8), "gemma2": (6, 0), "gemma3": (6, 0)}  # each layer's causal window (0: full attention)
 
@@ -142,13 +142,13 @@ def test_padded_batches_pool_each_rows_last_real_token():
 
 
 def test_unknown_rope_types_are_refused_by_name():
-    for name in [name for name in ("llama", "gemma3") if name in DECODERS]:
+    for name in ("llama", "gemma3"):
         scaled = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}
         parameters = scaled if name == "llama" else {"full_attention": scaled, "sliding_attention": scaled}
         with pytest.raises(CheckpointError, match="rope_type 'yarn'"):
             convert_config(fixture_config(name, rope_parameters=parameters))
     with pytest.raises(CheckpointError, match="rope_type 'longrope'"):
-        convert_config(fixture_config("phi3" if "phi3" in DECODERS else "llama", rope_parameters=None, rope_theta=1e4,
+        convert_config(fixture_config("phi3", rope_parameters=None, rope_theta=1e4,
                                       rope_scaling={"type": "longrope", "short_factor": [1.0] * 4}))
     with pytest.raises(CheckpointError, match="asks for a rope_type") as refused:  # text of its own is not echoed
         convert_config(fixture_config("llama", rope_parameters={"rope_type": "<b>mine</b>", "rope_theta": 1e4}))
