@@ -77,20 +77,29 @@ def _canonical_names(weights: dict[str, np.ndarray], prefixes: tuple[str, ...]) 
 
 
 def port_weights(model: TransformerEncoder, weights: dict[str, np.ndarray], source: str, family) -> None:
-    """Copy checkpoint tensors into the model, checking every name and shape first."""
+    """Copy checkpoint tensors into the model, checking every name and shape first. A port's name may be a tuple
+    of names: its transform then receives those tensors in order (Llama's ``gate_proj`` and ``up_proj`` fill one
+    fused variable)."""
     weights = _canonical_names(weights, family.PREFIXES)
     ports = family.weight_ports(model.config, model)
-    missing = [name for name, _, _ in ports if name not in weights]
+    needed = [n for name, _, _ in ports for n in (name if isinstance(name, tuple) else (name,))]
+    missing = list(dict.fromkeys(name for name in needed if name not in weights))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise CheckpointError(f"{source} lacks {len(missing)} tensors the model needs: {shown}; config.json and the "
                               "weights disagree.")
     values = []
     for name, variable, transform in ports:
-        value = np.asarray(transform(weights[name]), dtype=np.float32)
+        names = name if isinstance(name, tuple) else (name,)
+        try:
+            value = np.asarray(transform(*(weights[n] for n in names)), dtype=np.float32)
+        except ValueError as error:  # tensors that cannot be joined (a fused port's parts of unequal widths)
+            raise CheckpointError(f"{source}: {' and '.join(names)} do not fit together; config.json and the "
+                                  "weights disagree.") from error
         if tuple(value.shape) != tuple(variable.shape):
+            stored = " and ".join(str(tuple(weights[n].shape)) for n in names)
             raise CheckpointError(
-                f"{source}: {name} has shape {tuple(weights[name].shape)}, which gives {tuple(value.shape)} "
+                f"{source}: {' and '.join(names)} has shape {stored}, which gives {tuple(value.shape)} "
                 f"but the model expects {tuple(variable.shape)}; config.json and the weights disagree."
             )
         values.append(value)

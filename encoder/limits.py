@@ -46,7 +46,7 @@ BOUNDS = {  # EncoderConfig field -> its bound
     "dff": Bound("feed-forward width", 1, 65_536),
     "embedding_size": Bound("embedding width", 1, 16_384),
     "vocab_size": Bound("tokens in the vocabulary", 1, 1_000_000),
-    "max_positions": Bound("positions", 1, 65_536),
+    "max_positions": Bound("positions", 1, 2**20),  # Llama 3.1, Gemma 3: 131,072 (rotary: nothing allocated)
     "type_vocab_size": Bound("token types", 0, 1_024),
     "num_layer_groups": Bound("layer groups", 1, 96),
     "num_classes": Bound("classes", 0, 100_000),
@@ -64,7 +64,8 @@ CONFIG_FIELDS = {  # config.json name (every family's) -> the EncoderConfig fiel
     "num_labels": "num_classes",
 }
 WORD_EMBEDDINGS = ("embeddings.word_embeddings.weight", "wte.weight",  # BERT-like families, GPT-2 (prefix stripped)
-                   "embeddings.tok_embeddings.weight")  # ModernBERT
+                   "embeddings.tok_embeddings.weight",  # ModernBERT
+                   "embed_tokens.weight")  # the decoders (Llama, Qwen, Gemma, ...)
 MIN_STORED_FRACTION = 0.5  # of the config's parameters that the safetensors files must hold
 HEADER_BYTES = 4 * 2**20  # largest safetensors header we parse (a 96-layer model's is under 100 kB)
 # The float types read (bfloat16, which NumPy lacks, by ``encoder.checkpoints``: exactly, its 16 bits shifted up).
@@ -120,24 +121,31 @@ def parameter_count(config: EncoderConfig) -> int:
     """The number of weights ``TransformerEncoder(config)`` creates, from the config alone (shared layer groups
     counted once); tests pin it to the built model's count for every family."""
     d, e, f = config.d_model, config.embedding_width, config.dff
+    h, kv, dh = config.num_heads, config.key_value_heads, config.head_dim
     rows = config.table_rows if config.positional == "learned" else 0
     embeddings = (config.vocab_size + rows + config.type_vocab_size) * e
     b = 1 if config.use_bias else 0  # ModernBERT's dense layers and norms have no biases
-    embeddings += (1 + b) * e if config.embedding_layer_norm else 0
+    rms = config.block.norm == "rmsnorm"  # an RMS norm has a weight and no bias
+    norm = d if rms else (1 + b) * d
+    embeddings += (e if rms else (1 + b) * e) if config.embedding_layer_norm else 0
     embeddings += e * d + d if e != d else 0
-    attention = 4 * (d * d + b * d)
-    inner = 2 * f if config.gated_feed_forward else f  # GeGLU's input projection is twice as wide
+    qkv_bias, output_bias = config.attention_biases
+    attention = d * (h + 2 * kv) * dh + h * dh * d + qkv_bias * (h + 2 * kv) * dh + output_bias * d
+    attention += 2 * dh if config.attention.qk_norm else 0  # the query and key norms (one weight over dh each)
+    inner = 2 * f if config.gated_feed_forward else f  # a gated MLP's input projection is twice as wide
     feed_forward = d * inner + b * inner + f * d + b * d
-    layer = attention + feed_forward + 2 * (1 + b) * d  # and two layer norms
+    layer = attention + feed_forward + (4 if config.block.sandwich_norms else 2) * norm
     embeddings += config.relative_attention_buckets * config.num_heads  # MPNet's bias table
     if config.relative_attention:  # DeBERTa's relative embeddings (+ norm), own position projections per layer
         embeddings += 2 * config.relative_span * d + (2 * d if config.norm_rel_ebd else 0)
         layer += 0 if config.share_att_key else len(config.pos_att_type) * (d * d + d)
-    embeddings -= 0 if config.first_attention_norm else (1 + b) * d  # ModernBERT's first layer has no attention norm
-    heads = (1 + b) * d if config.final_norm else 0
+    embeddings -= 0 if config.first_attention_norm else norm  # ModernBERT's first layer has no attention norm
+    heads = norm if config.final_norm else 0
     if config.num_classes:
         heads += d * d + d if config.classifier_activation else 0
         heads += d * config.num_classes + config.num_classes
+    if config.head.lm_head and not config.head.tie_embeddings:
+        heads += d * config.vocab_size
     return embeddings + (config.num_layer_groups or config.num_layers) * layer + heads
 
 
