@@ -49,7 +49,7 @@ BOUNDS = {  # a size of the mapped config (an EncoderConfig attribute, or ``GROU
     "num_layers": Bound("layers", 1, 96),
     "num_heads": Bound("attention heads", 1, 128),
     "key_value_heads": Bound("key/value heads", 1, 128),
-    "head_dim": Bound("head size", 1, 1_024),
+    "head_dim": Bound("dimensions per head", 1, 1_024),
     "d_model": Bound("hidden width", 1, 16_384),
     "dff": Bound("feed-forward width", 1, 65_536),
     "embedding_size": Bound("embedding width", 1, 16_384),
