@@ -137,3 +137,40 @@ def test_a_bfloat16_file_cut_short_is_refused_from_its_header(tmp_path):
     path.write_bytes(path.read_bytes()[:-2])
     with pytest.raises(CheckpointError, match="header is damaged or the file is cut short"):
         load_source(str(tmp_path / "m"))
+
+
+def lm_logits(loaded, hidden: np.ndarray) -> np.ndarray:
+    """The model's LM head on a last hidden state (T, D) -> (T, V)."""
+    return np.asarray(loaded.model.lm_logits(hidden[None]))[0]
+
+
+def test_an_untied_and_a_tied_lm_head_both_load():
+    """llama keeps its own lm_head.weight; qwen2 has none (tie_word_embeddings): the logits are the last hidden
+    state times that head, or times the token embedding."""
+    for family, head in (("llama", "lm_head.weight"), ("qwen2", "model.embed_tokens.weight")):
+        loaded = load_source(str(FAMILIES_DIR / family))
+        weights = load_file(str(FAMILIES_DIR / family / "model.safetensors"))
+        assert ("lm_head.weight" in weights) == (family == "llama")
+        hidden = trace_text(loaded, TEXT).hidden[-1]
+        assert_close_f32(lm_logits(loaded, hidden), hidden @ weights[head].T, ulps=16)
+
+
+def test_a_tied_config_with_a_stored_lm_head_uses_the_embedding(tmp_path):
+    """tie_word_embeddings true and an lm_head.weight in the file (as some checkpoints are saved): the embedding
+    wins, as transformers ties them; the stored head is not read."""
+    weights = copy_fixture("llama", tmp_path / "both")
+    assert not np.array_equal(weights["lm_head.weight"], weights["model.embed_tokens.weight"])
+    config = json.loads((FAMILIES_DIR / "llama" / "config.json").read_text())
+    (tmp_path / "both" / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    save_file(weights, str(tmp_path / "both" / "model.safetensors"))
+    shutil.copytree(tmp_path / "both", tmp_path / "tied")
+    save_file({name: w for name, w in weights.items() if name != "lm_head.weight"},
+              str(tmp_path / "tied" / "model.safetensors"))
+
+    both, tied = load_source(str(tmp_path / "both")), load_source(str(tmp_path / "tied"))
+    hidden = trace_text(both, TEXT).hidden[-1]
+    np.testing.assert_array_equal(trace_text(tied, TEXT).hidden[-1], hidden)  # same weights, same graph
+    logits = lm_logits(both, hidden)
+    np.testing.assert_array_equal(logits, lm_logits(tied, hidden))
+    assert_close_f32(logits, hidden @ weights["model.embed_tokens.weight"].T, ulps=16)
+    assert not np.allclose(logits, hidden @ weights["lm_head.weight"].T, atol=1e-3)
