@@ -125,8 +125,9 @@ def theirs_runners(folder: Path) -> dict:
 
 
 def ours_runners(folder: Path) -> dict:
-    """Headlight's side, returning the same as ``theirs_runners``."""
-    from encoder.generate import generate_text
+    """Headlight's side, returning the same as ``theirs_runners``; and ``loop(prompt)``, the generation loop alone
+    (``generate_ids``: prefill and cached steps, no trace of the final sequence)."""
+    from encoder.generate import generate_ids, generate_text
     from encoder.sources import load_path
     from encoder.trace import trace_text
 
@@ -141,7 +142,10 @@ def ours_runners(folder: Path) -> dict:
         result = generate_text(loaded, prompt, max_new_tokens=NEW_TOKENS)
         return np.asarray(result.token_ids)[result.generated]
 
-    return {"trace": trace, "generate": generate, "loaded": loaded}
+    def loop(prompt: str) -> np.ndarray:
+        return generate_ids(loaded, loaded.tokenizer.encode(prompt).token_ids, max_new_tokens=NEW_TOKENS).ids
+
+    return {"trace": trace, "generate": generate, "loop": loop, "loaded": loaded}
 
 
 def texts(folder: Path) -> dict:
@@ -194,15 +198,19 @@ def trace_row(n: int, text: str, ours: dict, theirs: dict) -> dict:
         "max |log-prob diff|": f"{np.nanmax(np.abs(logprob_a - logprob_b)):.1e}"})
 
 
-def generate_row(prompt: str, ours: dict, theirs: dict) -> dict:
-    """Generation of ``NEW_TOKENS`` after the prompt: medians of alternating runs, and whether the ids agree."""
-    ids_a, ids_b = ours["generate"](prompt), theirs["generate"](prompt)
-    assert ids_a.shape == ids_b.shape == (NEW_TOKENS,), (ids_a.shape, ids_b.shape)
-    samples = _alternate({"ours": lambda: ours["generate"](prompt), "theirs": lambda: theirs["generate"](prompt)},
-                         REPEATS["generate"])
-    same = int(np.cumprod(ids_a == ids_b).sum())
-    return _row("generate", f"{PROMPT_TOKENS} + {NEW_TOKENS}", samples,
-                **{"same top-1": f"{same} of {NEW_TOKENS} ids equal (from the start)"})
+def generate_rows(prompt: str, ours: dict, theirs: dict) -> list[dict]:
+    """Generation of ``NEW_TOKENS`` after the prompt, medians of alternating runs: ``generate_text`` (the loop and
+    a trace of the whole sequence: what a user gets) and the loop alone, each against ``generate``; and how many
+    ids agree from the start."""
+    ids_a, ids_b, ids_loop = ours["generate"](prompt), theirs["generate"](prompt), ours["loop"](prompt)
+    assert ids_a.shape == ids_b.shape == ids_loop.shape == (NEW_TOKENS,), (ids_a.shape, ids_b.shape)
+    samples = _alternate({"ours": lambda: ours["generate"](prompt), "theirs": lambda: theirs["generate"](prompt),
+                          "loop": lambda: ours["loop"](prompt)}, REPEATS["generate"])
+    same = f"{int(np.cumprod(ids_a == ids_b).sum())} of {NEW_TOKENS} ids equal (from the start)"
+    tokens = f"{PROMPT_TOKENS} + {NEW_TOKENS}"
+    return [_row("generate_text (+ trace)", tokens, samples, **{"same top-1": same}),
+            _row("generate_ids (loop)", tokens, {"ours": samples["loop"], "theirs": samples["theirs"]},
+                 **{"same top-1": same})]
 
 
 # One side alone in a fresh process: prints its peak resident memory after loading, a 512-token trace and a
@@ -255,7 +263,7 @@ def main() -> list[dict]:
         theirs = theirs_runners(folder)
         ours = ours_runners(folder)
         rows = [trace_row(n, inputs[n], ours, theirs) for n in LENGTHS]
-        rows.append(generate_row(inputs["prompt"], ours, theirs))
+        rows += generate_rows(inputs["prompt"], ours, theirs)
         print_table("Decoder, SmolLM2-135M-shaped Llama (30 layers, 9 / 3 heads, d=576, vocabulary 49,152), "
                     "median of alternating runs", rows)
         del ours, theirs
