@@ -182,3 +182,34 @@ def test_a_generated_trace_round_trips_through_npz_and_json(llama, tmp_path):
         assert back.generated.sum() == 4
         assert back.vocab_text(back.outputs["step_ids"]).shape == (4, 10)
     assert trace.text.startswith("The weather today is") and len(trace.text) > len("The weather today is")
+
+
+# --- the cached steps of other position schemes ----------------------------------------------------------------
+
+
+def test_cached_steps_of_a_learned_position_table_equal_the_full_forward():
+    """A GPT-2-like decoder (learned absolute positions, LayerNorm, a tied LM head): each step reads its own row of
+    the table (``start``), and its logits and attention equal the full forward pass's at that position."""
+    import keras
+
+    from encoder.compiled import CompiledEncoder
+    from encoder.config import AbsolutePositions, Attention, Block, Embeddings, EncoderConfig, Head
+    from encoder.model import TransformerEncoder
+
+    keras.utils.set_random_seed(4)
+    config = EncoderConfig(num_layers=2, d_model=16, max_positions=32, embeddings=Embeddings(60, scale=False),
+                           attention=Attention(4, causal=True), positions=AbsolutePositions(table="learned"),
+                           block=Block(32, activation="gelu_new", placement="pre", final_norm=True),
+                           head=Head(lm_head=True, tie_embeddings=True), dropout=0.0)
+    encoder = CompiledEncoder(TransformerEncoder(config))
+    ids = np.random.default_rng(4).integers(0, 60, (1, 12)).astype(np.int32)
+    full = encoder.forward_logits(ids, np.zeros_like(ids))
+    logits, attention = full["logits"].numpy()[0], full["attention"].numpy()[0]
+    keys, values = encoder.empty_cache()
+    step = encoder.extend(ids[:, :5], np.int32(0), keys, values)
+    for position in range(4, 12):
+        assert_close_f32(step["logits"].numpy()[0], logits[position], ulps=64)
+        assert_close_f32(step["attention"].numpy()[0], attention[:, :, position, :position + 1], ulps=32, scale=1.0)
+        if position < 11:
+            step = encoder.extend(ids[:, position + 1:position + 2], np.int32(position + 1), step["keys"],
+                                  step["values"])
