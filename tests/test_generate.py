@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from encoder.errors import InputError
-from encoder.generate import choose, end_of_sequence_ids, generate_ids, generate_text, top_candidates
+from encoder.generate import (
+    choose,
+    continued_words,
+    end_of_sequence_ids,
+    generate_ids,
+    generate_text,
+    top_candidates,
+)
 from encoder.trace_io import trace_from_json, trace_from_npz, trace_to_json, trace_to_npz
 from tests.support.families import TOLERANCE, load_family, reference
 from tests.support.floats import assert_close_f32
@@ -164,6 +171,16 @@ def test_prompt_ids_outside_the_vocabulary_are_refused(llama):
         generate_ids(llama, [], 2)
 
 
+def test_generated_pieces_continue_the_prompts_words():
+    words = np.array([-1, 0, 1, 1], np.int32)  # <s> ▁The ▁ca t
+    pieces = ("s", "▁on", "▁the", "</s>", "▁mat")
+    special = np.array([False, False, False, True, False])
+    assert continued_words(words, pieces, special, "metaspace").tolist() == [-1, 0, 1, 1, 1, 2, 3, -1, 4]
+    assert continued_words(words, ("Ġon", "ward"), np.zeros(2, bool), "bytelevel").tolist()[4:] == [2, 2]
+    assert continued_words(words, ("on", "##ward"), np.zeros(2, bool), "wordpiece").tolist()[4:] == [2, 2]
+    assert continued_words(None, pieces, special, "metaspace") is None
+
+
 def test_the_end_of_sequence_ids_come_from_the_folder():
     assert end_of_sequence_ids(load_family("llama")) == {1496}
     assert end_of_sequence_ids(load_family("gemma2")) == {1}
@@ -182,6 +199,8 @@ def test_a_generated_trace_round_trips_through_npz_and_json(llama, tmp_path):
         assert back.generated.sum() == 4
         assert back.vocab_text(back.outputs["step_ids"]).shape == (4, 10)
     assert trace.text.startswith("The weather today is") and len(trace.text) > len("The weather today is")
+    assert trace.words.shape == (trace.num_tokens,) and (trace.words[trace.generated] >= 0).all()
+    assert not trace.special[trace.generated].any()
 
 
 # --- the cached steps of other position schemes ----------------------------------------------------------------
