@@ -232,3 +232,27 @@ def test_cached_steps_of_a_learned_position_table_equal_the_full_forward():
         if position < 11:
             step = encoder.extend(ids[:, position + 1:position + 2], np.int32(position + 1), step["keys"],
                                   step["values"])
+
+
+def test_stop_at_eos_stops_after_the_folders_end_token(tmp_path):
+    """A copy of the llama fixture whose generation_config.json names the 4th greedy token as its end: generation
+    stops right after writing it (and only when asked)."""
+    import json
+    import shutil
+
+    from encoder.sources import load_path
+    from tests.support.families import FAMILIES_DIR
+
+    expected = expected_generation("llama")
+    folder = shutil.copytree(FAMILIES_DIR / "llama", tmp_path / "llama")
+    settings = json.loads((folder / "generation_config.json").read_text())
+    settings["eos_token_id"] = [int(expected["generated_ids"][3]), 1496]
+    (folder / "generation_config.json").write_text(json.dumps(settings))
+    model = load_path(folder, name="llama-copy")
+    prompt = expected["prompt_ids"].astype(np.int32)
+    stopped = generate_ids(model, prompt, STEPS, stop_at_eos=True)
+    np.testing.assert_array_equal(stopped.ids, expected["generated_ids"][:4])
+    assert stopped.step_ids.shape == (4, 10)
+    assert len(generate_ids(model, prompt, STEPS).ids) == STEPS
+    trace = generate_text(model, str(expected["prompt"]), STEPS, stop_at_eos=True)
+    assert trace.generated.sum() == 4 and trace.num_tokens == len(prompt) + 4
