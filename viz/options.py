@@ -143,6 +143,8 @@ COLORSCALE = next(option for option in SHARED_OPTIONS if option.name == "colorsc
 THUMBNAIL = Option("thumbnail", "int", "model: cells per thumbnail side (default 64)", low=4, high=512)
 SIGNED = Option("signed", "flag", "distance: keep the sign (keys before the query are negative)",
                 label="Signed distance (left: keys before the query)", url=True)
+SINKS = Option("sinks", "flag", "model: mark the attention sinks (heads whose queries from position 4 on put at "
+               "least half their attention on the first token) with a red dot", label="Mark attention sinks", url=True)
 MAX_POSITIONS = Option("max_positions", "int", "positional views: show the first N positions only", low=1)
 DIMS = Option("dims", "ints", "positional-dimensions: dimensions to plot, e.g. 0,1,64")
 
