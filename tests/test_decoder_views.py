@@ -3,15 +3,28 @@ and generated tokens marked."""
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+
 import numpy as np
 import pytest
 
+import cli
+from analysis import merge_words, rows_to_csv, to_json, word_starts
 from analysis.report import SINK_FROM, SINK_THRESHOLD, head_report, sink_queries
-from tests.support.floats import approx_f32
+from encoder.errors import ExportError, ViewError
+from encoder.tokenizer import TextTokenizer
+from encoder.trace import EncoderTrace, causal_visible
+from tests.conftest import FIXTURES
+from tests.support.floats import approx_f32, assert_close_f32
 from tests.support.traces import synthetic_trace
 from viz.analysis_figures import build_report_heatmap
 from viz.attention import build_attention_heatmap, build_head_grid
+from viz.layout import HIGHLIGHT, display_token
 from viz.model_view import build_model_view
+from viz.next_token import GENERATED_NOTE, build_next_token_view, next_token_rows
+from viz.registry import VIEWS, build_view, view_tabs
 from viz.selection import head_label
 
 WORDS = ("The", "cat", "sat", "on", "the", "mat", "today")
@@ -91,3 +104,114 @@ def test_grouped_query_heads_are_labelled_and_grouped():
 def test_key_value_heads_must_divide_the_heads():
     with pytest.raises(ValueError, match=r"key_value_heads \(3\) must divide the 4 heads"):
         sink_trace(key_value_heads=3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Next-token view, on the llama fixture's arrays as transformers computed them (the reference of
+# tests/fixtures/families); the end-to-end tests below trace the same fixture with Headlight.
+
+LLAMA = FIXTURES / "families" / "llama"
+
+
+def reference_trace(case: str = "gen") -> EncoderTrace:
+    """The llama fixture's reference ``case`` as an EncoderTrace with the LM fields of the trace contract:
+    attention, hidden states and logits from transformers; the top-10, next_logprob and the candidates' pieces
+    computed here from the logits; in the "gen" case the generated tokens marked."""
+    ref = np.load(LLAMA / "reference.npz")
+    ids = ref[f"{case}/input_ids"].astype(np.int32)
+    logits = ref[f"{case}/logits"].astype(np.float64)  # (T, V)
+    logprobs = logits - logits.max(-1, keepdims=True)
+    logprobs -= np.log(np.exp(logprobs).sum(-1, keepdims=True))
+    top = np.argsort(-logprobs, axis=-1, kind="stable")[:, :10].astype(np.int32)  # (T, 10)
+    following = np.append(logprobs[np.arange(len(ids) - 1), ids[1:]], np.nan).astype(np.float32)
+    tokenizer = TextTokenizer.from_folder(LLAMA, 64)
+    vocab = np.unique(top).astype(np.int32)
+    hidden = ref[f"{case}/hidden_states"]
+    text = str(ref["gen/prompt"]) + str(ref["gen/generated_text"]) if case == "gen" else str(ref[f"{case}/text"])
+    encoded = tokenizer.encode(text)
+    generated = None
+    if case == "gen":
+        generated = np.arange(len(ids)) >= len(ref["gen/prompt_ids"])
+    count = len(ids)
+    return EncoderTrace(
+        model="llama", tokens=tuple(str(t) for t in ref[f"{case}/tokens"]), token_ids=ids,
+        segment_ids=np.zeros(count, np.int32), special=ids == ids[0], attention=ref[f"{case}/attention"],
+        positional=np.zeros((count, 1), np.float32), positional_table=np.zeros((count, 1), np.float32),
+        hidden=hidden, visible=causal_visible(2, count), token_style="bytelevel", text=text,
+        words=encoded.words if encoded.token_ids.tolist() == ids.tolist() else None,
+        outputs={"next_ids": top, "next_probs": np.exp(np.take_along_axis(logprobs, top, -1)).astype(np.float32),
+                 "next_logprob": following},
+        generated=generated, vocab_ids=vocab, vocab_tokens=tuple(tokenizer.id_to_token(int(i)) for i in vocab),
+        key_value_heads=2,
+    )
+
+
+def test_next_token_view_shades_surprisal_and_lists_the_candidates():
+    trace = reference_trace()
+    logprob = trace.outputs["next_logprob"]
+    fig = build_next_token_view(trace, query=12)
+    tokens = next(t for t in fig.data if t.name == "tokens")
+    first = next(t for t in fig.data if t.name == "first")
+    assert first.customdata[0, 0] == 0 and tokens.customdata[:, 0].tolist() == list(range(1, trace.num_tokens))
+    assert_close_f32(tokens.marker.color, -logprob[:-1], ulps=0)  # token j: -ln p(token j | before), nats
+    assert_close_f32(tokens.customdata[:, 2], -logprob[:-1] / math.log(2), ulps=4)  # bits in the hover data
+    assert "nats" in tokens.hovertext[0] and "bits" in tokens.hovertext[0]
+    bars = next(t for t in fig.data if t.name == "candidates")
+    assert_close_f32(bars.x, trace.outputs["next_probs"][12], ulps=0)
+    assert bars.customdata[:, 0].tolist() == trace.outputs["next_ids"][12].tolist()
+    assert list(fig.layout.yaxis2.ticktext) == [display_token(t) for t in trace.vocab_text(
+        trace.outputs["next_ids"][12])]
+    # Greedy generation: each generated token was the top candidate at the position before it, drawn red.
+    assert trace.token_ids[13] == trace.outputs["next_ids"][12, 0] and bars.marker.color[0] == HIGHLIGHT
+    generated = np.flatnonzero(trace.generated)
+    assert all(tokens.text[j - 1].startswith("<i>") for j in generated)  # italics mark what the model wrote
+    assert GENERATED_NOTE in fig.layout.title.subtitle.text
+    last = build_next_token_view(trace)  # default: the last token, what the model would write next
+    assert "the text ends here" in last.layout.annotations[0].text
+
+
+def test_next_token_numbers():
+    trace = reference_trace()
+    rows, document = next_token_rows(trace)
+    assert len(rows) == trace.num_tokens and rows[0]["surprisal_nats"] is None
+    assert rows[5]["surprisal_nats"] == approx_f32(-trace.outputs["next_logprob"][4])
+    assert rows[5]["surprisal_bits"] == approx_f32(-trace.outputs["next_logprob"][4] / math.log(2))
+    assert [rows[5][f"p_{k}"] for k in range(1, 11)] == trace.outputs["next_probs"][5].tolist()
+    assert rows[-1]["generated"] and not rows[0]["generated"]
+    assert document["positions"][5]["candidates"][0]["id"] == int(trace.outputs["next_ids"][5, 0])
+    json.loads(to_json(document))  # valid JSON: no NaN
+    assert rows_to_csv(rows).splitlines()[0].startswith("position,token,generated,probability,surprisal_nats")
+
+
+def test_next_token_view_is_only_offered_with_an_lm_head():
+    plain = sink_trace()
+    assert not VIEWS["next-token"].available(plain) and VIEWS["next-token"].available(reference_trace())
+    assert "Next token" not in view_tabs(plain) and "Next token" in view_tabs(reference_trace())
+    with pytest.raises(ViewError, match="needs a model that predicts the next token"):
+        build_view(plain, "next-token")
+
+
+def test_merged_words_keep_the_predictions():
+    trace = reference_trace("unicode")
+    merged = merge_words(trace)
+    starts = word_starts(trace)
+    last = np.append(starts[1:], trace.num_tokens) - 1
+    assert merged.outputs["next_ids"].tolist() == trace.outputs["next_ids"][last].tolist()
+    logprob = trace.outputs["next_logprob"].astype(np.float64)
+    assert merged.outputs["next_logprob"][0] == approx_f32(logprob[last[0]:last[1]].sum())
+    assert np.isnan(merged.outputs["next_logprob"][-1])
+    build_next_token_view(merged)
+
+
+def test_cli_writes_the_next_token_numbers(tmp_path):
+    trace = reference_trace()
+    saved = trace.save(tmp_path / "llama.npz")
+    written = cli.run(["--trace", str(saved), "--view", "next-token", "-o", str(tmp_path / "next.csv")])
+    rows = list(csv.DictReader(written.read_text(encoding="utf-8").splitlines()))
+    assert len(rows) == trace.num_tokens and float(rows[3]["p_1"]) == approx_f32(trace.outputs["next_probs"][3, 0])
+    document = json.loads(cli.run(["--trace", str(saved), "--view", "next-token", "-o",
+                                   str(tmp_path / "next.json")]).read_text(encoding="utf-8"))
+    assert document["kind"] == "NextToken" and document["units"] == "nats"
+    plain = sink_trace().save(tmp_path / "plain.npz")
+    with pytest.raises(ExportError, match="needs a model that predicts the next token"):
+        cli.run(["--trace", str(plain), "--view", "next-token", "-o", str(tmp_path / "plain.csv")])

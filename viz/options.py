@@ -238,6 +238,11 @@ def head_lines_settings(s: ViewSettings) -> dict[str, Any]:
     return dict(layer=s.layer, heads=s.shown_heads, threshold=s.threshold, **display_settings(s))
 
 
+def query_settings(s: ViewSettings) -> dict[str, Any]:
+    """The query token only (the Next-token view: its candidates)."""
+    return dict(query=s.query)
+
+
 def no_settings(s: ViewSettings) -> dict[str, Any]:
     """None: the view draws the model's own table, whatever the controls say."""
     return {}

@@ -34,6 +34,7 @@ from viz.distance import build_distance_histogram
 from viz.entries import Analysis, Group, View
 from viz.head_lines import build_head_lines
 from viz.model_view import build_model_view
+from viz.next_token import build_next_token_view, next_token_rows, next_token_unavailable
 from viz.options import (
     ABLATE,
     CLUSTERS,
@@ -53,6 +54,7 @@ from viz.options import (
     head_lines_settings,
     model_view_settings,
     no_settings,
+    query_settings,
     token_view_settings,
 )
 from viz.positional import build_position_similarity, build_positional_dimensions, build_positional_heatmap
@@ -82,6 +84,9 @@ VIEWS: dict[str, View] = {view.name: view for view in (
     View("positional-dimensions", "Positional encodings", build_positional_dimensions,
          "chosen positional dimensions as lines", options=(DIMS, MAX_POSITIONS),
          from_settings=no_settings),
+    View("next-token", "Next token", build_next_token_view,
+         "decoders: each token shaded by its surprisal (nats), the query token's top-10 next-token candidates",
+         from_settings=query_settings, rows=next_token_rows, unavailable=next_token_unavailable),
 )}
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,11 +242,13 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
 # Looking entries up
 
 
-def view_tabs() -> dict[str, list[View]]:
-    """App tab label -> the views it shows, in registry order."""
+def view_tabs(trace: EncoderTrace | None = None) -> dict[str, list[View]]:
+    """App tab label -> the views it shows, in registry order; with ``trace``, only the views available for it
+    (``View.unavailable``: no Next-token tab without an LM head)."""
     tabs: dict[str, list[View]] = {}
     for view in VIEWS.values():
-        tabs.setdefault(view.label, []).append(view)
+        if trace is None or view.available(trace):
+            tabs.setdefault(view.label, []).append(view)
     return tabs
 
 
