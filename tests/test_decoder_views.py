@@ -9,22 +9,27 @@ import math
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 import cli
 from analysis import merge_words, rows_to_csv, to_json, word_starts
+from analysis.inputs import TraceInputs
+from analysis.lens import LENS_WINDOW, LogitLens, lens_limit, lens_window
 from analysis.report import SINK_FROM, SINK_THRESHOLD, head_report, sink_queries
 from encoder.errors import ExportError, ViewError
+from encoder.sources import load_path
 from encoder.tokenizer import TextTokenizer
-from encoder.trace import EncoderTrace, causal_visible
+from encoder.trace import EncoderTrace, causal_visible, trace_text
 from tests.conftest import FIXTURES
 from tests.support.floats import approx_f32, assert_close_f32
 from tests.support.traces import synthetic_trace
 from viz.analysis_figures import build_report_heatmap
 from viz.attention import build_attention_heatmap, build_head_grid
 from viz.layout import HIGHLIGHT, display_token
+from viz.lens import build_logit_lens
 from viz.model_view import build_model_view
 from viz.next_token import GENERATED_NOTE, build_next_token_view, next_token_rows
-from viz.registry import VIEWS, build_view, view_tabs
+from viz.registry import ANALYSES, VIEWS, build_view, view_tabs
 from viz.selection import head_label
 
 WORDS = ("The", "cat", "sat", "on", "the", "mat", "today")
@@ -215,3 +220,92 @@ def test_cli_writes_the_next_token_numbers(tmp_path):
     plain = sink_trace().save(tmp_path / "plain.npz")
     with pytest.raises(ExportError, match="needs a model that predicts the next token"):
         cli.run(["--trace", str(plain), "--view", "next-token", "-o", str(tmp_path / "plain.csv")])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The logit lens
+
+
+def numpy_lens(trace: EncoderTrace, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lens computed here in float64 from the llama checkpoint's own weights: RMSNorm (eps 1e-5) with
+    ``model.norm.weight`` on hidden[0..L-1], none on hidden[L], then ``lm_head.weight``; (ids, probs) (L + 1, W, 10)."""
+    weights = load_file(str(LLAMA / "model.safetensors"))
+    norm, head = weights["model.norm.weight"].astype(np.float64), weights["lm_head.weight"].astype(np.float64)
+    streams = trace.hidden[:, positions].astype(np.float64)  # (L + 1, W, D)
+    normed = streams[:-1] / np.sqrt((streams[:-1] ** 2).mean(-1, keepdims=True) + 1e-5) * norm
+    logits = np.concatenate([normed, streams[-1:]]) @ head.T  # (L + 1, W, V)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    ids = np.argsort(-probs, axis=-1, kind="stable")[..., :10]
+    return ids.astype(np.int32), np.take_along_axis(probs, ids, -1)
+
+
+def reference_lens(trace: EncoderTrace) -> LogitLens:
+    positions = lens_window(trace)
+    ids, probs = numpy_lens(trace, positions)
+    texts = trace.vocab_text(ids) if np.isin(ids, trace.vocab_ids).all() else ids.astype(str)
+    following = np.append(trace.token_ids[positions[1:]], -1).astype(np.int32)
+    return LogitLens(positions, ids, probs.astype(np.float32), np.asarray(texts).tolist(), following)
+
+
+def test_logit_lens_figure():
+    trace = reference_trace()
+    lens = reference_lens(trace)
+    assert lens.ids[-1, :, 0].tolist() == trace.outputs["next_ids"][:, 0].tolist()  # the model's own output row
+    fig = build_logit_lens(lens, trace)
+    heatmap = fig.data[0]
+    assert heatmap.name == "lens" and np.asarray(heatmap.z).shape == (3, trace.num_tokens)
+    assert_close_f32(heatmap.z, lens.probs[:, :, 0], ulps=0)
+    assert list(fig.layout.yaxis.ticktext) == ["embeddings", "layer 0", "layer 1"]
+    generated = np.flatnonzero(trace.generated)  # greedy: the output row predicted each generated token
+    assert all(heatmap.text[2][j - 1].startswith("<b>") for j in generated)
+    assert "3. " in heatmap.hovertext[1][4] and "10. " in heatmap.hovertext[1][4]
+    rows = lens.rows()
+    assert len(rows) == 3 * trace.num_tokens * 10 and rows[0] == {
+        "layer": 0, "position": 0, "rank": 1, "candidate": lens.texts[0][0][0], "id": int(lens.ids[0, 0, 0]),
+        "probability": float(lens.probs[0, 0, 0])}
+
+
+def test_logit_lens_window_is_bounded():
+    trace = synthetic_trace([f"w{i}" for i in range(LENS_WINDOW + 12)])
+    assert lens_window(trace).tolist() == list(range(12, LENS_WINDOW + 12))
+    assert lens_window(trace, until=20).tolist() == list(range(0, 21))
+    with pytest.raises(ViewError, match="until 99 is out of range: the text has 60 tokens"):
+        lens_window(trace, until=99)
+    assert lens_limit(trace) == ANALYSES["lens"].limit(trace) and "needs a model that predicts" in lens_limit(trace)
+    assert lens_limit(reference_trace()) is None
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_path(LLAMA)
+
+
+def test_logit_lens_of_the_llama_fixture(llama):
+    """End to end: Headlight's llama, its trace and ``CompiledEncoder.lens_top_k``, against the lens computed from
+    the checkpoint in NumPy; the last row is the model's own prediction."""
+    text = str(np.load(LLAMA / "reference.npz")["joined/text"])
+    trace = trace_text(llama, text)
+    assert trace.key_value_heads == 2 and trace.has_lm_head
+    lens = ANALYSES["lens"].compute(TraceInputs(trace, llama), {})
+    assert lens.ids[-1, :, 0].tolist() == trace.outputs["next_ids"][:, 0].tolist()
+    ids, probs = numpy_lens(trace, lens.positions)
+    assert_close_f32(lens.probs, probs, ulps=84)  # 84 float32 units: 1e-5, the bound of the issue
+    clear = probs[..., 0] - probs[..., 1] > 1e-4  # the top token is not a near tie
+    assert (lens.ids[..., 0][clear] == ids[..., 0][clear]).all() and clear.mean() > 0.9
+    figures = ANALYSES["lens"].figures(lens, trace, {})
+    assert figures[0][0] == "lens"
+    short = ANALYSES["lens"].compute(TraceInputs(trace, llama), {"until": 5})
+    assert short.positions.tolist() == list(range(6)) and (short.ids == lens.ids[:, :6]).all()
+
+
+def test_decoder_views_of_the_llama_fixture(llama):
+    """The views and the report card on a real decoder trace: grouped heads, next-token candidates as text."""
+    trace = trace_text(llama, "The cat sat on the mat because it was warm.")
+    assert head_label(trace, 3) == "head 3 (kv 1)"
+    fig = build_view(trace, "next-token", query=3)
+    assert next(t for t in fig.data if t.name == "candidates").customdata[:, 0].tolist() == \
+        trace.outputs["next_ids"][3].tolist()
+    report = head_report(trace)
+    assert [row["kv_head"] for row in report.rows()[:4]] == [0, 0, 1, 1]
+    assert build_view(trace, "model", sinks=True).data

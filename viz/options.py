@@ -17,6 +17,7 @@ from typing import Any
 from analysis import DEFAULT_RESIDUAL, STATISTICS
 from analysis.gradients import DEFAULT_STEPS, MAX_STEPS
 from analysis.heads import DEFAULT_CLUSTERS, DEFAULT_STATISTIC
+from analysis.lens import LENS_WINDOW
 from analysis.perturb import DEFAULT_SAMPLES, DEFAULT_SIGMAS, measured_sigmas
 from encoder.errors import ViewError
 
@@ -169,6 +170,10 @@ ABLATE = Option("ablate", "heads", "ablation: heads to silence together, e.g. 0:
 STEPS = Option("steps", "int", "integrated-gradients: Gauss-Legendre points on the path from the baseline "
                f"(default {DEFAULT_STEPS})", label="Points on the path", metavar="N", default=DEFAULT_STEPS, low=1,
                high=MAX_STEPS, choices=(16, 32, 50, 100, 200), stage="compute")
+
+
+UNTIL = Option("until", "int", f"lens: the last position of its window of at most {LENS_WINDOW} positions (default "
+               "the last token)", metavar="POSITION", low=0, stage="compute")
 
 
 # How the trace is read, before any view: the CLI's input flag and the app's display option, declared once.

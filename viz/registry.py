@@ -19,7 +19,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from analysis import attribution, faithfulness, flow, gradients, heads, perturb, similarity, tables, value_zeroing
+from analysis import attribution, faithfulness, flow, gradients, heads, lens, perturb, similarity, tables, value_zeroing
 from analysis import positional as lab
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
@@ -27,6 +27,7 @@ from viz import analysis_figures as figures
 from viz import attribution as attribution_figures
 from viz import faithfulness as faithfulness_figures
 from viz import gradients as gradient_figures
+from viz import lens as lens_figures
 from viz import positional_lab as lab_figures
 from viz import similarity as similarity_figures
 from viz.attention import build_attention_heatmap, build_head_grid
@@ -50,6 +51,7 @@ from viz.options import (
     STATISTIC,
     STEPS,
     THUMBNAIL,
+    UNTIL,
     Option,
     head_lines_settings,
     model_view_settings,
@@ -105,6 +107,8 @@ GROUPS: dict[str, Group] = {group.name: group for group in (
           "each token's effect on the output by gradients, and which explanation agrees with removing tokens"),
     Group("similarity", "Why are two texts similar?",
           "which token pairs make two sentence embeddings close"),
+    Group("predictions", "What does the model predict?",
+          "what a decoder would write next, and how that prediction forms layer by layer"),
 )}
 
 ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
@@ -236,6 +240,15 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         compute=similarity.compute_similarity, figures=similarity_figures.similarity_figures,
         rows=tables.result_rows, options=(COLORSCALE,), needs_model=True, limit=similarity.similarity_limit,
         spinner="Tracing each text alone…"),
+    Analysis(
+        "lens", "Logit lens", "predictions",
+        f"logit lens: the LM head on every layer's residual stream, top token per layer x position (at most "
+        f"{lens.LENS_WINDOW} positions, ending at --until)",
+        "Each cell: the token the model would predict after that position if it stopped after that layer; colour: "
+        "its probability; bold: the token that follows.",
+        compute=lens.compute_lens, figures=lens_figures.lens_figures, rows=lens.lens_rows,
+        options=(UNTIL, COLORSCALE), needs_model=True, limit=lens.lens_limit,
+        spinner="Applying the LM head to every layer…"),
 )}
 
 # ---------------------------------------------------------------------------------------------------------------
