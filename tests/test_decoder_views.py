@@ -309,3 +309,19 @@ def test_decoder_views_of_the_llama_fixture(llama):
     report = head_report(trace)
     assert [row["kv_head"] for row in report.rows()[:4]] == [0, 0, 1, 1]
     assert build_view(trace, "model", sinks=True).data
+
+
+def test_generated_tokens_are_marked_where_tokens_are_drawn():
+    trace = reference_trace()
+    strip = build_view(trace, "tokens", layer=1, heads=[0], query=0, direction="to")  # every token sees token 0
+    bars = next(t for t in strip.data if t.name == "tokens")
+    assert [str(text).startswith("<i>") for text in bars.text] == trace.generated.tolist()
+    assert GENERATED_NOTE in strip.layout.title.subtitle.text
+    heatmap = build_view(trace, "heatmap", layer=0, head=1)
+    ticks = list(heatmap.layout.xaxis.ticktext)
+    assert [t.startswith("<i>") for t in ticks] == trace.generated.tolist()
+    assert GENERATED_NOTE in heatmap.layout.title.subtitle.text
+    lines = build_view(trace, "lines", layer=0)
+    assert any(str(t).startswith("<i>") for t in next(t for t in lines.data if t.name == "tokens").text)
+    plain = reference_trace("simple")
+    assert not any(t.startswith("<i>") for t in build_view(plain, "heatmap").layout.xaxis.ticktext)
