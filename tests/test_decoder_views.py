@@ -95,7 +95,9 @@ def test_grouped_query_heads_are_labelled_and_grouped():
     assert [head_label(trace, h) for h in range(4)] == ["head 0 (kv 0)", "head 1 (kv 0)", "head 2 (kv 1)",
                                                         "head 3 (kv 1)"]
     assert head_label(sink_trace(), 3) == "head 3"
-    assert "head 3 (kv 1)" in build_attention_heatmap(trace, 0, head=3).layout.title.text
+    heatmap = build_attention_heatmap(trace, 0, head=3)
+    assert "head 3 (kv 1)" in heatmap.layout.title.text
+    assert [step.label for step in heatmap.layout.sliders[0].steps] == ["0 (kv 0)", "1 (kv 0)", "2 (kv 1)", "3 (kv 1)"]
     grid = build_head_grid(trace, 0)
     assert [a.text for a in grid.layout.annotations][:4] == [head_label(trace, h) for h in range(4)]
     # One key/value head a row: head 2 starts the second row, under head 0.
