@@ -208,6 +208,11 @@ def test_merged_words_keep_the_predictions():
     assert merged.outputs["next_logprob"][0] == approx_f32(logprob[last[0]:last[1]].sum())
     assert np.isnan(merged.outputs["next_logprob"][-1])
     build_next_token_view(merged)
+    generated = reference_trace()
+    words = merge_words(generated)
+    starts = word_starts(generated)
+    assert words.generated.tolist() == np.logical_or.reduceat(generated.generated, starts).tolist()
+    assert "Ġ" not in "".join(words.vocab_tokens) and words.token_style == ""  # candidates as plain text too
 
 
 def test_cli_writes_the_next_token_numbers(tmp_path):
