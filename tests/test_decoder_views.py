@@ -341,3 +341,6 @@ def test_cli_writes_the_logit_lens(tmp_path):
     assert len(rows) == 3 * 4 * 10 and rows[0].keys() == {"layer", "position", "rank", "candidate", "id",
                                                            "probability"}
     assert {int(row["position"]) for row in rows} == {0, 1, 2, 3}
+    page = cli.run(["--model", str(LLAMA), "--text", "The cat sat on the mat.", "--view", "lens", "-o",
+                    str(tmp_path / "lens.html")]).read_text(encoding="utf-8")
+    assert "Logit lens: the top next token after each layer" in page

@@ -269,7 +269,8 @@ def _head_cells(values: np.ndarray, value_name: str, decimals: int, cell: int) -
 
 _READING = {
     "entropy": "Low: the head looks at a few tokens; high: it spreads its attention (at most ln T).",
-    "cls": "Share of attention on [CLS], averaged over query tokens.",
+    "cls": "Share of attention on the first special token ([CLS], or a decoder's begin-of-text), averaged over "
+           "query tokens.",
     "first_token": "Share of attention on the first token (this model has no [CLS]), averaged over query tokens; "
                    "causal models often park attention there.",
     "sep": "Share of attention on [SEP]; heads often park attention there when they have nothing to do.",
