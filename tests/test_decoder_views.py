@@ -221,6 +221,8 @@ def test_cli_writes_the_next_token_numbers(tmp_path):
     written = cli.run(["--trace", str(saved), "--view", "next-token", "-o", str(tmp_path / "next.csv")])
     rows = list(csv.DictReader(written.read_text(encoding="utf-8").splitlines()))
     assert len(rows) == trace.num_tokens and float(rows[3]["p_1"]) == approx_f32(trace.outputs["next_probs"][3, 0])
+    page = cli.run(["--trace", str(saved), "--view", "next-token", "--query", "3", "-o", str(tmp_path / "n.html")])
+    assert "Plotly.newPlot" in page.read_text(encoding="utf-8")
     document = json.loads(cli.run(["--trace", str(saved), "--view", "next-token", "-o",
                                    str(tmp_path / "next.json")]).read_text(encoding="utf-8"))
     assert document["kind"] == "NextToken" and document["units"] == "nats"
