@@ -70,6 +70,8 @@ def test_report_card_names_the_sinks_and_the_key_value_heads():
     subtitle = build_report_heatmap(grouped, "entropy").layout.title.subtitle.text.replace("<br>", " ")
     assert "query heads 0-1 share kv head 0; heads 2-3 share kv head 1." in subtitle
     assert [row["kv_head"] for row in grouped.rows()] == [0, 0, 1, 1]
+    assert [shape.x0 for shape in build_report_heatmap(grouped, "sink").layout.shapes] == [1.5]
+    assert not build_report_heatmap(plain, "sink").layout.shapes
     assert list(grouped.rows()[0])[:3] == ["layer", "head", "kv_head"]
 
 
