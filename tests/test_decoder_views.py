@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from safetensors.numpy import load_file
 import cli
 from analysis import merge_words, rows_to_csv, to_json, word_starts
 from analysis.inputs import TraceInputs
-from analysis.lens import LENS_WINDOW, LogitLens, lens_limit, lens_window
+from analysis.lens import LENS_WINDOW, LogitLens, lens_limit, lens_window, logit_lens
 from analysis.report import SINK_FROM, SINK_THRESHOLD, head_report, sink_queries
 from encoder.errors import ExportError, ViewError
 from encoder.sources import load_path
@@ -237,13 +238,16 @@ def test_cli_writes_the_next_token_numbers(tmp_path):
 # The logit lens
 
 
-def numpy_lens(trace: EncoderTrace, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The lens computed here in float64 from the llama checkpoint's own weights: RMSNorm (eps 1e-5) with
-    ``model.norm.weight`` on hidden[0..L-1], none on hidden[L], then ``lm_head.weight``; (ids, probs) (L + 1, W, 10)."""
-    weights = load_file(str(LLAMA / "model.safetensors"))
-    norm, head = weights["model.norm.weight"].astype(np.float64), weights["lm_head.weight"].astype(np.float64)
+def numpy_lens(trace: EncoderTrace, positions: np.ndarray, folder: Path = LLAMA) -> tuple[np.ndarray, np.ndarray]:
+    """The lens computed here in float64 from the checkpoint's own weights: RMSNorm (the config's eps) with
+    ``model.norm.weight`` on hidden[0..L-1], none on hidden[L], then ``lm_head.weight`` (or the token embeddings
+    when they are tied); (ids, probs) (L + 1, W, 10)."""
+    weights = load_file(str(folder / "model.safetensors"))
+    eps = json.loads((folder / "config.json").read_text())["rms_norm_eps"]
+    norm = weights["model.norm.weight"].astype(np.float64)
+    head = weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).astype(np.float64)
     streams = trace.hidden[:, positions].astype(np.float64)  # (L + 1, W, D)
-    normed = streams[:-1] / np.sqrt((streams[:-1] ** 2).mean(-1, keepdims=True) + 1e-5) * norm
+    normed = streams[:-1] / np.sqrt((streams[:-1] ** 2).mean(-1, keepdims=True) + eps) * norm
     logits = np.concatenate([normed, streams[-1:]]) @ head.T  # (L + 1, W, V)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
@@ -308,6 +312,20 @@ def test_logit_lens_of_the_llama_fixture(llama):
     assert figures[0][0] == "lens"
     short = ANALYSES["lens"].compute(TraceInputs(trace, llama), {"until": 5})
     assert short.positions.tolist() == list(range(6)) and (short.ids == lens.ids[:, :6]).all()
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])
+def test_logit_lens_of_other_decoder_fixtures(family):
+    """Untied (mistral) and tied (qwen2, qwen3) LM heads: the lens against NumPy, the last row the model's own."""
+    folder = FIXTURES / "families" / family
+    model = load_path(folder)
+    trace = trace_text(model, str(np.load(folder / "reference.npz")["simple/text"]))
+    lens = logit_lens(model, trace)
+    assert lens.ids[-1, :, 0].tolist() == trace.outputs["next_ids"][:, 0].tolist()
+    ids, probs = numpy_lens(trace, lens.positions, folder)
+    assert_close_f32(lens.probs, probs, ulps=84)  # 1e-5
+    clear = probs[..., 0] - probs[..., 1] > 2e-5
+    assert (lens.ids[..., 0][clear] == ids[..., 0][clear]).all()
 
 
 def test_decoder_views_of_the_llama_fixture(llama):
