@@ -239,16 +239,19 @@ def test_cli_writes_the_next_token_numbers(tmp_path):
 
 
 def numpy_lens(trace: EncoderTrace, positions: np.ndarray, folder: Path = LLAMA) -> tuple[np.ndarray, np.ndarray]:
-    """The lens computed here in float64 from the checkpoint's own weights: RMSNorm (the config's eps) with
-    ``model.norm.weight`` on hidden[0..L-1], none on hidden[L], then ``lm_head.weight`` (or the token embeddings
-    when they are tied); (ids, probs) (L + 1, W, 10)."""
+    """The lens computed here in float64 from the checkpoint's own weights: RMSNorm (the config's eps; Gemma's
+    scales by 1 + w) with ``model.norm.weight`` on hidden[0..L-1], none on hidden[L], then ``lm_head.weight`` (or the
+    token embeddings when they are tied) and Gemma 2's final soft-cap; (ids, probs) (L + 1, W, 10)."""
     weights = load_file(str(folder / "model.safetensors"))
-    eps = json.loads((folder / "config.json").read_text())["rms_norm_eps"]
-    norm = weights["model.norm.weight"].astype(np.float64)
+    config = json.loads((folder / "config.json").read_text())
+    norm = weights["model.norm.weight"].astype(np.float64) + (1.0 if config["model_type"].startswith("gemma") else 0.0)
     head = weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).astype(np.float64)
     streams = trace.hidden[:, positions].astype(np.float64)  # (L + 1, W, D)
-    normed = streams[:-1] / np.sqrt((streams[:-1] ** 2).mean(-1, keepdims=True) + eps) * norm
+    normed = streams[:-1] / np.sqrt((streams[:-1] ** 2).mean(-1, keepdims=True) + config["rms_norm_eps"]) * norm
     logits = np.concatenate([normed, streams[-1:]]) @ head.T  # (L + 1, W, V)
+    cap = config.get("final_logit_softcapping")
+    if cap:
+        logits = np.tanh(logits / cap) * cap
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     ids = np.argsort(-probs, axis=-1, kind="stable")[..., :10]
@@ -314,9 +317,10 @@ def test_logit_lens_of_the_llama_fixture(llama):
     assert short.positions.tolist() == list(range(6)) and (short.ids == lens.ids[:, :6]).all()
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"])
 def test_logit_lens_of_other_decoder_fixtures(family):
-    """Untied (mistral) and tied (qwen2, qwen3) LM heads: the lens against NumPy, the last row the model's own."""
+    """Untied (mistral, phi3) and tied (qwen2, qwen3, gemma2, gemma3) LM heads, Gemma's (1 + w) norm and Gemma 2's
+    final soft-cap: the lens against NumPy, the last row the model's own prediction."""
     folder = FIXTURES / "families" / family
     model = load_path(folder)
     trace = trace_text(model, str(np.load(folder / "reference.npz")["simple/text"]))
