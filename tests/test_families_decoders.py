@@ -299,3 +299,30 @@ def test_options_beyond_the_fixtures_match_transformers(variant, tmp_path):
     if windows:  # the windows are the ones transformers applied: exactly zero outside them
         visible = model.visible_mask(40)
         np.testing.assert_array_equal(attention > 0, np.broadcast_to(visible[:, None], attention.shape))
+
+
+def test_a_multimodal_gemma3_config_runs_its_language_model():
+    text = {k: v for k, v in fixture_config("gemma3").items() if k not in ("architectures", "tie_word_embeddings")}
+    multimodal = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "text_config": text,
+                  "vision_config": {"model_type": "siglip_vision_model"}, "tie_word_embeddings": True}
+    assert convert_config(multimodal) == convert_config(fixture_config("gemma3"))
+    with pytest.raises(CheckpointError, match="more layers"):  # the text_config's sizes are bounded too
+        convert_config({**multimodal, "text_config": {**text, "num_hidden_layers": 10_000}})
+    with pytest.raises(CheckpointError, match="bidirectional"):
+        convert_config(fixture_config("gemma3", use_bidirectional_attention=True))
+
+
+@pytest.mark.parametrize("name", ("gemma2", "mistral"))
+def test_padded_batches_and_new_lengths_need_no_new_graph(name):
+    from tests.support.families import check_padded_batch
+
+    model = load_family(name)
+    texts = [str(reference(name)[case]["text"]) for case in CASES]
+    check_padded_batch(name, texts)
+    forward(name, reference(name)["simple"]["input_ids"])
+    model.encoder.lens_top_k(np.zeros((3, model.config.d_model), np.float32), normed=False)
+    before = model.encoder.tracing_count()
+    for length in (5, 9, 33):
+        forward(name, np.arange(3, 3 + length))
+        model.encoder.lens_top_k(np.zeros((length, model.config.d_model), np.float32), normed=True)
+    assert model.encoder.tracing_count() == before
