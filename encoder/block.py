@@ -77,40 +77,51 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
                 norm.build(input_shape)
 
     def call(self, x, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
-             attention_scale=None, training=None):
+             attention_scale=None, training=None, cache=None, start=None):
+        """``(x, pattern, terms)``; with a key/value ``cache`` (generation: ``InstrumentedAttention``'s ``cache`` and
+        ``start``, ``x`` the new tokens only), a fourth item, the layer's new cache."""
         probes = dict(value_mask=value_mask, attention_scale=attention_scale)  # InstrumentedAttention's call args
+        probes.update({} if cache is None else {"cache": cache, "start": start})
         if self.config.block.placement == "pre":
-            attended, pattern, terms = self._attend(self.attention_norm(x), attention_mask, head_mask,
-                                                    position_bias, training, **probes)
+            attended, pattern, terms, *kept = self._attend(self.attention_norm(x), attention_mask, head_mask,
+                                                           position_bias, training, **probes)
             if self.attended_norm is not None:
                 attended = self.attended_norm(attended)
             x = x + attended
             fed = self._feed_forward(self.output_norm(x), training)
             if self.mlp_output_norm is not None:
                 fed = self.mlp_output_norm(fed)
-            return x + fed, pattern, terms
-        attended, pattern, terms = self._attend(x, attention_mask, head_mask, position_bias, training, **probes)
+            return (x + fed, pattern, terms, *kept)
+        attended, pattern, terms, *kept = self._attend(x, attention_mask, head_mask, position_bias, training,
+                                                       **probes)
         x = self.attention_norm(x + attended)
-        return self.output_norm(x + self._feed_forward(x, training)), pattern, terms
+        return (self.output_norm(x + self._feed_forward(x, training)), pattern, terms, *kept)
 
-    def _attend(self, x, attention_mask, head_mask, position_bias, training, value_mask=None, attention_scale=None):
+    def _attend(self, x, attention_mask, head_mask, position_bias, training, value_mask=None, attention_scale=None,
+                cache=None, start=None):
+        cached = {} if cache is None else {"cache": cache, "start": start}
         if self.window:
-            attention_mask = self._window_mask(attention_mask, ops.shape(x)[1])
-        attended, pattern, terms = self.attention(
+            attention_mask = self._window_mask(attention_mask, ops.shape(x)[1], **cached)
+        attended, pattern, terms, *kept = self.attention(
             x, x, attention_mask=attention_mask, head_mask=head_mask, position_bias=position_bias,
-            value_mask=value_mask, attention_scale=attention_scale, training=training
+            value_mask=value_mask, attention_scale=attention_scale, training=training, **cached
         )
-        return self.attention_dropout(attended, training=training), pattern, terms
+        return self.attention_dropout(attended, training=training), pattern, terms, *kept
 
-    def _window_mask(self, attention_mask, length):
-        """A windowed layer's mask, broadcastable to (B, T, T): keys within ``window // 2`` of the query (a
-        symmetric window) or the query and the ``window - 1`` keys before it (a causal one), and not padded."""
-        positions = ops.arange(length)
-        distance = positions[:, None] - positions[None, :]  # (T, T): query - key
+    def _window_mask(self, attention_mask, length, cache=None, start=None):
+        """A windowed layer's mask, broadcastable to (B, T, S): keys within ``window // 2`` of the query (a
+        symmetric window) or the query and the ``window - 1`` keys before it (a causal one), and not padded. With a
+        ``cache`` of ``start`` earlier tokens (generation), query i is position ``start + i`` and the S = start + T
+        keys are positions 0 .. S - 1."""
+        queries = ops.arange(length)
+        keys = queries
+        if cache is not None:
+            queries, keys = queries + start, ops.arange(start + length)
+        distance = queries[:, None] - keys[None, :]  # (T, S): query - key
         if self.config.attention.window_kind == "causal":
-            window = ops.logical_and(distance >= 0, distance < self.window)[None]  # (1, T, T)
+            window = ops.logical_and(distance >= 0, distance < self.window)[None]  # (1, T, S)
         else:
-            window = (ops.abs(distance) <= self.window // 2)[None]  # (1, T, T)
+            window = (ops.abs(distance) <= self.window // 2)[None]  # (1, T, S)
         return window if attention_mask is None else ops.logical_and(window, attention_mask)
 
     def _feed_forward(self, x, training):

@@ -2,7 +2,8 @@
 family (``encoder.families``), and port every tensor after checking its name and shape.
 
 Weights are read with ``safetensors`` (no PyTorch), bfloat16 tensors from their bytes (NumPy has no bfloat16: the 16
-bits shifted into the high half of a float32, which is exact), one file or the shards that
+bits shifted into the high half of a float32, which is exact), float16 ones widened to float32 as they are read
+(exact too: every float16 is a float32), one file or the shards that
 ``model.safetensors.index.json`` names; and only after every size is checked (``encoder.limits``: config.json's
 sizes, the parameter count, the safetensors headers): a folder that asks for an absurd model is refused before
 anything is allocated.
@@ -175,8 +176,8 @@ def _indexed_shards(folder: Path) -> list[Path]:
 
 
 def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
-    """All tensors of the folder's safetensors files (``safetensors_files``) as NumPy arrays; bfloat16 ones as
-    float32 with exactly their values."""
+    """All tensors of the folder's safetensors files (``safetensors_files``) as NumPy arrays; bfloat16 and float16
+    ones as float32 with exactly their values."""
     return _read_files(safetensors_files(folder))
 
 
@@ -191,7 +192,12 @@ def _read_files(files: list[Path]) -> dict[str, np.ndarray]:
             with safe_open(str(file), framework="numpy") as handle:
                 for name in handle.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
                     header = headers[name]
-                    weights[name] = _bfloat16(file, header) if header.dtype == "BF16" else handle.get_tensor(name)
+                    if header.dtype == "BF16":
+                        weights[name] = _bfloat16(file, header)
+                    elif header.dtype == "F16":  # widened now, so no port computes in float16
+                        weights[name] = handle.get_tensor(name).astype(np.float32)
+                    else:
+                        weights[name] = handle.get_tensor(name)
         except (SafetensorError, OSError, ValueError, KeyError) as error:
             raise CheckpointError(f"{file.name} is not a readable safetensors file; save the weights again "
                                   "(safetensors).") from error

@@ -30,6 +30,8 @@ class CompiledEncoder:
     - ``embed(ids, segments)``: the input embeddings (B, T, D) the first layer reads.
     - ``forward_logits(ids, segments)`` (decoders): ``forward`` plus the LM head's logits (B, T, V);
       ``lens_top_k(hidden, normed)``: the LM head's top ``TOP_K`` tokens of any residual vectors (the logit lens).
+    - ``extend(ids, start, keys, values)`` (causal models): new tokens after cached ones (``TransformerEncoder.extend``:
+      generation's prefill and each step, all through one graph); ``empty_cache()`` the cache before a prefill.
     - ``input_gradients`` / ``attention_gradients``: a scalar of the output (an objective function, e.g.
       ``analysis.objectives``) and its gradient with respect to the embedding noise (and the attention scale), by
       ``tf.GradientTape``; one graph per objective function, traced on first use.
@@ -57,6 +59,7 @@ class CompiledEncoder:
         self._lens = tf.function(self._lens_top_k, input_signature=[tf.TensorSpec([None, cfg.d_model], tf.float32),
                                                                      tf.TensorSpec([], tf.bool)])
         self._gradients: dict[tuple[Objective, bool], tf.types.experimental.GenericFunction] = {}
+        self._extending = None  # traced on first use: only causal models generate
 
     def forward(self, ids, segments) -> dict:
         """Unpadded (B, T) ids and segments -> the model's output dict of tensors."""
@@ -157,8 +160,28 @@ class CompiledEncoder:
             ids, segments, padding_mask=mask, head_mask=head_mask, embedding_noise=noise, training=False
         )
 
+    def extend(self, ids, start, keys, values) -> dict:
+        """(B, n) new token ids after ``start`` cached tokens, the cache ``keys`` and ``values`` (L, B, start, Hkv,
+        dh) float32 -> ``TransformerEncoder.extend``'s dict (the last token's logits and attention row, the new
+        cache). One graph serves the prefill and every step: batch, ``n`` and ``start`` are unknown in its
+        signature, so no step retraces."""
+        if self._extending is None:
+            cache = tf.TensorSpec([self.model.config.num_layers, None, None, *self._cache_heads()], tf.float32)
+            self._extending = tf.function(self.model.extend,
+                                          input_signature=[_IDS, tf.TensorSpec([], tf.int32), cache, cache])
+        return self._extending(ids, start, keys, values)
+
+    def empty_cache(self, batch: int = 1):
+        """``(keys, values)``, each (L, batch, 0, Hkv, dh) float32: the cache before a prefill (``extend``)."""
+        shape = (self.model.config.num_layers, batch, 0, *self._cache_heads())
+        return tf.zeros(shape, tf.float32), tf.zeros(shape, tf.float32)
+
+    def _cache_heads(self) -> tuple[int, int]:
+        cfg = self.model.config
+        return cfg.attention.key_value_heads or cfg.num_heads, cfg.head_dim
+
     def tracing_count(self) -> int:
         """How many graphs were traced in all (a new sentence length must not add one)."""
         functions = (self._plain, self._padded, self._perturbed, self._embedding, self._with_logits, self._lens,
-                     *self._gradients.values())
+                     *self._gradients.values(), *([self._extending] if self._extending is not None else []))
         return sum(f.experimental_get_tracing_count() for f in functions)

@@ -3,7 +3,9 @@
 A *logit rule* is what a position scheme does inside attention: a callable
 ``rule(attention, query (B, T, H, dh), key (B, S, Hkv, dh), position_bias) -> (logits (B, H, T, S), terms)`` (Hkv
 key/value heads: ``attention.scaled_product`` pairs each with its query heads), terms a
-dict of named (B, H, T, S) tensors that sum to the logits (empty when the logits have one term). ``content_logits``
+dict of named (B, H, T, S) tensors that sum to the logits (empty when the logits have one term). A rule may take
+``start``: the queries are then the last T of the S keys, positions ``start`` .. ``start + T - 1`` (cached keys
+precede them: generation); without it, T = S and query i is key i. ``content_logits``
 is the plain scaled product; ``encoder.parts.positions`` has the others.
 """
 
@@ -56,9 +58,14 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         attention_scale: optional (B, H, T, S) float tensor multiplying the weights before they mix the values
             (ones change nothing; its gradient there is attention x gradient). The returned pattern is unscaled.
 
+        cache: optional ``(keys, values)``, each (B, S0, Hkv, dh): the keys (after the key norm, before positions
+            act on them) and values of S0 earlier tokens (generation's key/value cache, ``TransformerEncoder.extend``);
+            this call's own follow them, so the keys are S = S0 + T tokens.
+        start: with a cache, S0 as an int32 scalar: the position of the first query (the logit rule's ``start``).
+
     Returns:
         ``(output, pattern, terms)``: output (B, T, D), pattern (B, H, T, S), the weights after softmax, and the
-        rule's terms.
+        rule's terms; with a ``cache``, a fourth item: the new cache ``(keys, values)``, each (B, S, Hkv, dh).
     """
 
     def __init__(self, num_heads: int, key_dim: int, key_value_heads: int | None = None,
@@ -108,17 +115,21 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         self._output_dense.build((*query_shape[:-1], self._num_heads, self._value_dim))
 
     def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
-             attention_scale=None, training=None):
+             attention_scale=None, training=None, cache=None, start=None):
         q = self.query_dense(query)  # (B, T, H, dh)
         k = self.key_dense(value)  # (B, S, Hkv, dh)
         if self.query_norm is not None:
             q, k = self.query_norm(q), self.key_norm(k)
         v = mask_values(self.value_dense(value), value_mask)  # (B, S, Hkv, dh)
-        logits, terms = self.logits(self, q, k, position_bias)  # (B, H, T, S)
+        if cache is not None:  # generation: the earlier tokens' keys and values first
+            k, v = ops.concatenate([cache[0], k], axis=1), ops.concatenate([cache[1], v], axis=1)
+        where = {} if cache is None else {"start": start}
+        logits, terms = self.logits(self, q, k, position_bias, **where)  # (B, H, T, S)
         if self.softcap:
             logits = soft_cap(logits, self.softcap)
         pattern = self._masked_softmax(logits, attention_mask)  # (B, H, T, S)
-        return self.mix_values(pattern, v, head_mask, attention_scale, training), pattern, terms
+        output = self.mix_values(pattern, v, head_mask, attention_scale, training)
+        return (output, pattern, terms) if cache is None else (output, pattern, terms, (k, v))
 
     def _grouped(self, x):
         """(B, H, T, n) -> (B, Hkv, G T, n): the query heads of each key/value head side by side (query head h

@@ -60,17 +60,22 @@ class AbsolutePart(keras.layers.Layer):
             self.table.build((None,))
         self.built = True
 
-    def add_to(self, x, token_ids):
+    def add_to(self, x, token_ids, start=None):
         """``x`` (B, T, E) plus each token's row of the table; unchanged without one.
 
-        Without an offset, token i gets row i. With one (RoBERTa), positions count only non-pad tokens, starting
-        after the pad id, exactly as transformers numbers them (``encoder.positional.position_ids``).
+        Without an offset, token i gets row i (row ``start + i`` when ``start``, an int32 scalar, says the tokens
+        follow that many earlier ones: generation's cached steps). With one (RoBERTa), positions count only non-pad
+        tokens, starting after the pad id, exactly as transformers numbers them (``encoder.positional.position_ids``).
         """
         cfg = self.config
         if cfg.positions.table == "none":
             return x
         table = ops.convert_to_tensor(self._fixed) if self.table is None else self.table.embeddings  # (P, E)
         offset = cfg.positions.offset
+        if start is not None and not offset:
+            return x + ops.take(table, ops.arange(ops.shape(token_ids)[1]) + start, axis=0)[None]  # (1, T, E)
+        if start is not None:
+            raise ValueError("a position offset (RoBERTa's) cannot continue after earlier tokens")
         if not offset:
             return x + table[: ops.shape(token_ids)[1]][None]  # (1, T, E)
         real = ops.cast(ops.not_equal(token_ids, cfg.pad_token_id), "int32")  # (B, T)
@@ -166,10 +171,12 @@ class RotaryLogits:
         self.key = key
         self.terms = terms
 
-    def __call__(self, attention: InstrumentedAttention, query, key, position_bias=None):
+    def __call__(self, attention: InstrumentedAttention, query, key, position_bias=None, start=None):
         cos, sin = position_bias[self.key] if position_bias is not None else rotary_angles(
-            self.frequencies, ops.shape(query)[1])
-        rotated = attention.scaled_product(rotate(query, cos, sin), rotate(key, cos, sin))  # (B, H, T, S)
+            self.frequencies, ops.shape(key)[1])  # (1, S, 1, d): the keys' positions 0 .. S - 1
+        # the queries: the same positions, or with cached keys before them (``start``) the last T
+        query_cos, query_sin = (cos, sin) if start is None else (cos[:, start:], sin[:, start:])
+        rotated = attention.scaled_product(rotate(query, query_cos, query_sin), rotate(key, cos, sin))  # (B, H, T, S)
         if not self.terms:
             return rotated, {}
         logits = attention.scaled_product(query, key)
