@@ -27,10 +27,10 @@ from tests.support.floats import approx_f32, assert_close_f32
 from tests.support.traces import synthetic_trace
 from viz.analysis_figures import build_report_heatmap
 from viz.attention import build_attention_heatmap, build_head_grid
-from viz.layout import HIGHLIGHT, display_token
+from viz.layout import HIGHLIGHT, display_token, percent
 from viz.lens import build_logit_lens
 from viz.model_view import build_model_view
-from viz.next_token import GENERATED_NOTE, build_next_token_view, candidate_labels, next_token_rows, percent
+from viz.next_token import GENERATED_NOTE, build_next_token_view, candidate_labels, next_token_rows
 from viz.registry import ANALYSES, VIEWS, build_view, view_tabs
 from viz.render import figure_to_bytes
 from viz.selection import head_label
@@ -311,6 +311,9 @@ def test_logit_lens_figure():
     assert [str(t).startswith("<i>") for t in fig.layout.xaxis.ticktext] == trace.generated.tolist()
     assert GENERATED_NOTE in fig.layout.title.subtitle.text
     assert "3. " in heatmap.hovertext[1][4] and "10. " in heatmap.hovertext[1][4]
+    last_prompt = generated[0] - 1  # the output row's top candidate there is the first generated token
+    assert f"1. {display_token(lens.texts[2][last_prompt][0])}: {percent(lens.probs[2, last_prompt, 0])} (follows)" \
+        in heatmap.hovertext[2][last_prompt]
     rows = lens.rows()
     assert len(rows) == 3 * trace.num_tokens * 10 and rows[0] == {
         "layer": 0, "position": 0, "rank": 1, "candidate": lens.texts[0][0][0], "id": int(lens.ids[0, 0, 0]),

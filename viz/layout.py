@@ -66,6 +66,11 @@ def display_token(token: str) -> str:
     return html.escape(token.translate(CONTROL_BYTES), quote=False) if token else "∅"
 
 
+def percent(p: float) -> str:
+    """A probability as a percentage of three significant digits ("34.2%", "0.00312%")."""
+    return f"{float(p) * 100:.3g}%"
+
+
 def short_label(token: str) -> str:
     """A tick label: at most ``MAX_LABEL_CHARS`` characters (an ellipsis marks the cut), escaped."""
     if len(token) > MAX_LABEL_CHARS:

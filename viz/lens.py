@@ -17,6 +17,7 @@ from viz.layout import (
     label_margin,
     mark_generated,
     new_figure,
+    percent,
     set_notes,
     short_label,
 )
@@ -100,7 +101,8 @@ def _hover(lens: LogitLens, row: int, col: int, layer: str, token: str, follows:
     position = int(lens.positions[col])
     after = "the text ends here" if follows is None else f"“{display_token(follows)}” follows"
     lines = [f"{layer}, position {position} “{display_token(token)}” ({after}):"]
-    lines += [f"{rank}. {display_token(lens.texts[row][col][rank - 1])}: {lens.probs[row, col, rank - 1]:.3f}"
+    lines += [f"{rank}. {display_token(lens.texts[row][col][rank - 1])}: {percent(lens.probs[row, col, rank - 1])}"
+              + (" (follows)" if lens.ids[row, col, rank - 1] == lens.following[col] else "")
               for rank in range(1, lens.ids.shape[2] + 1)]
     return "<br>".join(lines)
 

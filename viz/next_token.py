@@ -19,7 +19,16 @@ import plotly.graph_objects as go
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
 from viz.clicks import click_meta
-from viz.layout import GENERATED_NOTE, HIGHLIGHT, MASKED_COLOR, display_token, label_margin, new_figure, set_notes
+from viz.layout import (
+    GENERATED_NOTE,
+    HIGHLIGHT,
+    MASKED_COLOR,
+    display_token,
+    label_margin,
+    new_figure,
+    percent,
+    set_notes,
+)
 from viz.tokens import CHAR_PIXELS, MIN_WIDTH_CHARS, ROW_PIXELS, TOKEN_FONT, layout_tokens
 from viz.validation import check_colorscale, check_int_range, check_token
 
@@ -153,11 +162,6 @@ def _probability_top(found: list[tuple[str, int, float]]) -> float:
     return 1.0
 
 
-def percent(p: float) -> str:
-    """A probability as a percentage of three significant digits ("34.2%", "0.00312%")."""
-    return f"{float(p) * 100:.3g}%"
-
-
 def _peak(nats: np.ndarray) -> float:
     """The top of the colour scale: the largest surprisal, at least 1 nat."""
     finite = nats[np.isfinite(nats)]
@@ -172,7 +176,7 @@ def _strip_bars(name: str, index: np.ndarray, boxes: tuple[np.ndarray, ...], lab
     for i in index.tolist():
         made = " · generated" if generated[i] else ""
         if np.isfinite(nats[i]):
-            hover.append(f"{labels[i]} ({i}){made}<br>p = {probability[i]:.4g} · surprisal {nats[i]:.3f} nats "
+            hover.append(f"{labels[i]} ({i}){made}<br>p = {percent(probability[i])} · surprisal {nats[i]:.3f} nats "
                          f"({nats[i] * BITS_PER_NAT:.3f} bits)")
         else:
             hover.append(f"{labels[i]} ({i}){made}<br>the first token: no surprisal")
@@ -197,7 +201,7 @@ def _candidate_bars(trace: EncoderTrace, found: list[tuple[str, int, float]], qu
         marker=dict(color=[HIGHLIGHT if i == actual else "#4c78a8" for _, i, _ in found]),
         text=[percent(p) for p in probs], textposition="outside", cliponaxis=False,
         customdata=np.array([[i] for _, i, _ in found], dtype=np.int32),
-        hovertext=[f"{display_token(text)} (id {i}, piece “{display_token(str(piece))}”): p = {p:.4g}"
+        hovertext=[f"{display_token(text)} (id {i}, piece “{display_token(str(piece))}”): p = {percent(p)}"
                    for (text, i, p), piece in zip(found, trace.vocab_pieces(np.array([i for _, i, _ in found])))],
         hovertemplate="%{hovertext}<extra></extra>", name="candidates",
     )
@@ -212,7 +216,7 @@ def _candidates_title(trace: EncoderTrace, found: list[tuple[str, int, float]], 
     p = math.exp(float(trace.outputs["next_logprob"][query]))
     ranks = [rank for rank, (_, i, _) in enumerate(found, 1) if i == int(trace.token_ids[query + 1])]
     where = f"rank {ranks[0]}, red" if ranks else f"not in the top {len(found)}"
-    return f"{head}: “{follows}” follows, p = {p:.4g} ({where})"
+    return f"{head}: “{follows}” follows, p = {percent(p)} ({where})"
 
 
 def next_token_rows(trace: EncoderTrace, settings: dict | None = None) -> tuple[list[dict], dict]:
