@@ -390,6 +390,9 @@ def test_generated_tokens_are_marked_where_tokens_are_drawn():
     ticks = list(heatmap.layout.xaxis.ticktext)
     assert [t.startswith("<i>") for t in ticks] == trace.generated.tolist()
     assert GENERATED_NOTE in heatmap.layout.title.subtitle.text
+    grid = build_view(trace, "head-grid", layer=0)
+    assert [t.startswith("<i>") for t in grid.layout.yaxis.ticktext] == trace.generated.tolist()
+    assert GENERATED_NOTE in grid.layout.title.subtitle.text
     lines = build_view(trace, "lines", layer=0)
     assert any(str(t).startswith("<i>") for t in next(t for t in lines.data if t.name == "tokens").text)
     plain = reference_trace("simple")

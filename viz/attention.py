@@ -330,6 +330,8 @@ def build_head_grid(
     # Each cell's coordinate is the token index of its (first) query and key, on category axes.
     positions = shown[block_edges(shown.size, size)[:-1]].astype(np.int32)
     labels = [short_label(trace.readable_tokens[i]) for i in shown] if size <= GRID_LABEL_CELLS else None
+    if labels is not None:
+        labels = mark_generated(trace, shown, labels, notes)
 
     heads = trace.num_heads
     low, high = finite_range(stack)
