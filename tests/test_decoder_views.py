@@ -353,6 +353,17 @@ def test_logit_lens_of_the_llama_fixture(llama):
     assert short.positions.tolist() == list(range(6)) and (short.ids == lens.ids[:, :6]).all()
 
 
+def test_logit_lens_exports_with_control_byte_candidates(llama, image_browser):
+    """The llama fixture's lens of this text has control bytes (its byte-fallback pieces "<0x01>", ... read as
+    "\\x01") among its top candidates: drawn as bytes, the figure exports (raw, they made the export fail)."""
+    trace = trace_text(llama, "The cat sat on the mat because it was tired.")
+    lens = logit_lens(llama, trace)
+    assert any(ord(c) < 32 for row in lens.texts for cell in row for c in cell[0])  # the text covers it
+    fig = build_logit_lens(lens, trace)
+    assert not any(ord(c) < 32 for row in fig.data[0].text for cell in row for c in cell)
+    assert figure_to_bytes(fig, "svg").startswith(b"<svg")
+
+
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"])
 def test_logit_lens_of_other_decoder_fixtures(family):
     """Untied (mistral, phi3) and tied (qwen2, qwen3, gemma2, gemma3) LM heads, Gemma's (1 + w) norm and Gemma 2's
