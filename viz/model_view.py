@@ -159,8 +159,8 @@ def _kv_groups(fig: go.Figure, trace: EncoderTrace, height: int, step: int, side
         x = group * size * step - (step - side) / 2 - 0.5
         fig.add_shape(type="line", x0=x, x1=x, y0=-0.5, y1=height - 0.5, line=dict(color=KV_LINE_COLOR, width=2))
     for group in range(trace.key_value_heads):
-        fig.add_annotation(text=f"kv {group}", x=(group * size + (size - 1) / 2) * step + (side - 1) / 2, y=1,
-                           xref="x", yref="paper", yanchor="bottom", showarrow=False,
+        fig.add_annotation(text=f"kv {group}", x=(group * size + (size - 1) / 2) * step + (side - 1) / 2, y=-0.5,
+                           xref="x", yref="y", yanchor="bottom", showarrow=False,
                            font=dict(size=11, color=KV_LINE_COLOR))
     fig.update_xaxes(title=dict(text="head (grouped by the key/value head they share)"))
     return f"lines: {trace.key_value_heads} key/value heads, each shared by {size} query heads"
