@@ -189,6 +189,15 @@ def test_next_token_view_shades_surprisal_and_lists_the_candidates():
     assert fig.layout.coloraxis.colorbar.title.text.startswith("surprisal")
 
 
+def test_next_token_hover_names_the_character_of_byte_tokens():
+    trace = reference_trace("unicode")  # "Café ...": the fixture's vocabulary cuts "é" into <0xC3> <0xA9>
+    first = trace.readable_tokens.index("<0xC3>")
+    assert trace.readable_tokens[first + 1] == "<0xA9>"
+    bars = next(t for t in build_next_token_view(trace).data if t.name == "tokens")
+    hover = dict(zip(bars.customdata[:, 0].astype(int).tolist(), bars.hovertext))
+    assert "a byte of “é”" in hover[first] and "a byte of “é”" in hover[first + 1]
+
+
 def test_next_token_candidates_are_told_apart_and_readable():
     found = [("the", 5, 0.5), ("cat", 7, 0.2), ("the", 9, 0.1)]  # " the" and "the" both read "the"
     assert candidate_labels(found) == ["the (id 5)", "cat", "the (id 9)"]

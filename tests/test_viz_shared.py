@@ -16,7 +16,7 @@ from viz.analysis_figures import build_report_heatmap
 from viz.attention import build_attention_heatmap
 from viz.clicks import click_spec
 from viz.head_lines import build_head_lines
-from viz.layout import display_token, label_margin, text_width, token_ticks, wrap_notes
+from viz.layout import byte_characters, display_token, label_margin, text_width, token_ticks, wrap_notes
 from viz.model_view import build_model_view
 from viz.selection import downsample, renormalize_rows, select_attention, shown_attention
 from viz.tokens import build_token_view
@@ -145,6 +145,11 @@ def test_labels_escape_html_and_count_wide_characters():
     assert label_margin(["&lt;s&gt;"], 10) == label_margin(["abc"], 10)  # escaped: measured as "<s>"
     assert text_width("東京") == 4
     assert text_width("cat") == 3
+
+
+def test_byte_tokens_name_the_character_their_run_spells():
+    tokens = ["Caf", "<0xC3>", "<0xA9>", "x", "<0xF0>", "<0x9F>", "<0x8D>", "<0xA3>", "<0xC3>", "y", "<0xA9>"]
+    assert byte_characters(tokens) == [None, "é", "é", None, "🍣", "🍣", "🍣", "🍣", None, None, None]
 
 
 def test_notes_wrap_between_notes_to_the_figure_width():

@@ -71,6 +71,31 @@ def percent(p: float) -> str:
     return f"{float(p) * 100:.3g}%"
 
 
+BYTE_TOKEN = re.compile(r"(?:<0x[0-9A-F]{2}>)+")  # a token that is only bytes of a character cut between tokens
+
+
+def byte_characters(tokens: Sequence[str]) -> list[str | None]:
+    """For each token that is only bytes (``<0xC3>``: a character the tokenizer cut between tokens), the character
+    its run of byte tokens spells ("é" for both ``<0xC3>`` and ``<0xA9>``); None for other tokens and for bytes that
+    spell no character."""
+    import codecs
+
+    found: list[str | None] = [None] * len(tokens)
+    decoder, pending = codecs.getincrementaldecoder("utf-8")("replace"), []
+    for i, token in enumerate([*tokens, ""]):
+        if i < len(tokens) and BYTE_TOKEN.fullmatch(token):
+            text = decoder.decode(bytes(int(b, 16) for b in re.findall(r"<0x([0-9A-F]{2})>", token)))
+            pending.append(i)
+            if text:
+                for j in pending:
+                    found[j] = None if text == "\ufffd" else text
+                pending = []
+            continue
+        decoder.reset()
+        pending = []
+    return found
+
+
 def short_label(token: str) -> str:
     """A tick label: at most ``MAX_LABEL_CHARS`` characters (an ellipsis marks the cut), escaped."""
     if len(token) > MAX_LABEL_CHARS:

@@ -13,6 +13,7 @@ from analysis.lens import LENS_WINDOW, LogitLens
 from encoder.trace import EncoderTrace
 from viz.layout import (
     COLORBAR_ROOM,
+    byte_characters,
     display_token,
     label_margin,
     mark_generated,
@@ -56,7 +57,10 @@ def build_logit_lens(lens: LogitLens, trace: EncoderTrace, colorscale: str = "Bl
     positions = lens.positions.tolist()
     tokens = [trace.readable_tokens[p] for p in positions]
     follows = [trace.readable_tokens[p + 1] if p + 1 < trace.num_tokens else None for p in positions]
-    hover = [[_hover(lens, r, c, layer_names[r], tokens[c], follows[c]) for c in range(width)] for r in range(rows)]
+    spelled = byte_characters(trace.readable_tokens)  # a byte token's character
+    where = [f"“{display_token(token)}”" + ("" if spelled[p] is None else f", a byte of “{display_token(spelled[p])}”")
+             for token, p in zip(tokens, positions)]
+    hover = [[_hover(lens, r, c, layer_names[r], where[c], follows[c]) for c in range(width)] for r in range(rows)]
     notes = ["each row: the final norm and the LM head applied to the residual stream after that layer",
              "colour: the top candidate's probability", "bold: it is the token that actually follows"]
     x_labels = mark_generated(trace, positions, [f"{short_label(token)} ({p})" for token, p in zip(tokens, positions)],
@@ -97,10 +101,11 @@ def _cell_text(text: str, hit: bool) -> str:
 
 
 def _hover(lens: LogitLens, row: int, col: int, layer: str, token: str, follows: str | None) -> str:
-    """The top-K of one cell, one per line with its probability, and the token that actually follows."""
+    """The top-K of one cell, one per line with its probability, and the token that actually follows (``token``:
+    the position's token as hover text)."""
     position = int(lens.positions[col])
     after = "the text ends here" if follows is None else f"“{display_token(follows)}” follows"
-    lines = [f"{layer}, position {position} “{display_token(token)}” ({after}):"]
+    lines = [f"{layer}, position {position} {token} ({after}):"]
     lines += [f"{rank}. {display_token(lens.texts[row][col][rank - 1])}: {percent(lens.probs[row, col, rank - 1])}"
               + (" (follows)" if lens.ids[row, col, rank - 1] == lens.following[col] else "")
               for rank in range(1, lens.ids.shape[2] + 1)]

@@ -23,6 +23,7 @@ from viz.layout import (
     GENERATED_NOTE,
     HIGHLIGHT,
     MASKED_COLOR,
+    byte_characters,
     display_token,
     label_margin,
     new_figure,
@@ -137,7 +138,7 @@ def build_next_token_view(
         index = np.flatnonzero(keep)
         if index.size:
             fig.add_trace(_strip_bars(name, index, (rows, starts, widths), labels, nats, probability, generated,
-                                      query))
+                                      query, byte_characters(tokens)))
     fig.add_trace(_candidate_bars(trace, found, query))
     fig.add_annotation(text=_candidates_title(trace, found, query), xref="paper", yref="paper", x=0,
                        y=bars_h / plot_h, yshift=8, xanchor="left", yanchor="bottom", showarrow=False,
@@ -169,12 +170,14 @@ def _peak(nats: np.ndarray) -> float:
 
 
 def _strip_bars(name: str, index: np.ndarray, boxes: tuple[np.ndarray, ...], labels: list[str], nats: np.ndarray,
-                probability: np.ndarray, generated: np.ndarray, query: int) -> go.Bar:
+                probability: np.ndarray, generated: np.ndarray, query: int, spelled: list[str | None]) -> go.Bar:
     """The strip's bars of the tokens at ``index``: coloured by surprisal ("tokens") or grey ("first")."""
     rows, starts, widths = (values[index] for values in boxes)
     hover = []
     for i in index.tolist():
         made = " · generated" if generated[i] else ""
+        if spelled[i] is not None:
+            made += f" · a byte of “{display_token(spelled[i])}”"
         if np.isfinite(nats[i]):
             hover.append(f"{labels[i]} ({i}){made}<br>p = {percent(probability[i])} · surprisal {nats[i]:.3f} nats "
                          f"({nats[i] * BITS_PER_NAT:.3f} bits)")
