@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import streamlit as st
 
+from analysis import word_starts
 from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace
 from ui import clicks
@@ -75,10 +77,12 @@ def _display_controls(trace: EncoderTrace) -> dict[str, Any]:
                 log_color=log_color, threshold=threshold, block=block, merge_words=merge_words)
 
 
-def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace]) -> tuple[ViewSettings, EncoderTrace]:
+def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace],
+                default_query: int | None = None) -> tuple[ViewSettings, EncoderTrace]:
     """The shared controls above the tabs; returns what they say, and the trace the views show: ``trace``, or
     ``words()`` (sub-words merged into words) when the display options ask for it. The display options are read
-    first (drawn below the others), so the query choices are the shown trace's tokens."""
+    first (drawn below the others), so the query choices are the shown trace's tokens. The query starts on token
+    ``default_query`` of ``trace`` (default the first; its word when words are merged)."""
     top = st.container()
     with st.expander("Display options"):
         display = _display_controls(trace)
@@ -97,7 +101,12 @@ def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace]) -> tuple
             aggregate, head, heads = _head_controls(shown)
         with right:
             labels = token_labels(shown)
-            query_label = st.selectbox("Query token (or click a heatmap row)", labels, key="query",
+            start = 0
+            if default_query is not None:
+                start = default_query
+                if shown is not trace:  # the word holding that token
+                    start = int(np.searchsorted(word_starts(trace), default_query, side="right")) - 1
+            query_label = st.selectbox("Query token (or click a heatmap row)", labels, index=start, key="query",
                                        bind="query-params")
             direction = st.segmented_control("Token view shows", list(DIRECTIONS), default=next(iter(DIRECTIONS)),
                                              required=True, key="direction", bind="query-params")

@@ -1,7 +1,9 @@
 """The main area: shared controls, then one tab per registry view label (``viz.registry.view_tabs``) plus Compare
 and Analysis, and the trace's downloads. It is a fragment: changing a control reruns only this part, over the one
 cached trace, never the encoder. With "Merge sub-words into words" the view tabs and the downloads show the cached
-merged trace; Compare and Analysis keep the tokens (analyses that re-run the model need them).
+merged trace; Compare and Analysis keep the tokens (analyses that re-run the model need them). A continued text
+("Continue the text") gets a step control above the others: step k shows the prompt and the first k generated
+tokens, cut from the cached generation (``analysis.steps``), with the query on its last token.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import dataclasses
 import streamlit as st
 
 from analysis import word_starts
+from analysis.steps import generation_steps, prompt_length
 from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace, class_probabilities
 from ui.analysis import analysis_ui
-from ui.cache import Inputs, get_figure, get_trace, get_word_trace
+from ui.cache import Inputs, get_figure, get_word_trace
 from ui.charts import chart_ui
 from ui.compare import compare_ui
 from ui.controls import controls_ui, option_ui
@@ -62,11 +65,34 @@ def token_settings(trace: EncoderTrace, settings: ViewSettings) -> ViewSettings:
     return dataclasses.replace(settings, query=query, selected=None, merge_words=False)
 
 
+def step_ui(whole: EncoderTrace) -> int | None:
+    """The generation step to show (None: the whole generation): a slider over the steps of a generated trace,
+    and what the shown step generated."""
+    steps = generation_steps(whole)
+    if steps == 0:
+        return None
+    step = st.slider("Generation step", 0, steps, steps, key="step", bind="query-params",
+                     help="Replays the generation: step k shows the prompt and the first k generated tokens, each "
+                          "token's attention as the model computed it then (a causal model's earlier tokens never "
+                          "see later ones).")
+    if step == 0:
+        st.caption("Step 0: the prompt alone.")
+    else:
+        position = prompt_length(whole) + step - 1
+        st.caption(f"Step {step} of {steps}: the model generated token {position}, "
+                   f"“{plain(whole.readable_tokens[position])}”.")
+    return None if step == steps else step
+
+
 @st.fragment
-def views_ui(source: str, text: str, pair: str | None, max_tokens: int) -> None:
-    trace = get_trace(source, text, pair, max_tokens)  # a cache hit: the fragment never re-runs the encoder
-    settings, shown = controls_ui(trace, lambda: get_word_trace(source, text, pair, max_tokens))
-    inputs, stem = Inputs(source, text, pair, max_tokens), file_stem(source)
+def views_ui(inputs: Inputs) -> None:
+    whole = inputs.trace  # a cache hit: the fragment never re-runs the encoder
+    if inputs.generation is not None:
+        inputs = dataclasses.replace(inputs, step=step_ui(whole))
+    trace = inputs.trace  # the whole trace, or a slice of it at a generation step
+    last = trace.num_tokens - 1 if inputs.generation is not None else None  # the query starts on the newest token
+    settings, shown = controls_ui(trace, lambda: get_word_trace(inputs), default_query=last)
+    stem = file_stem(inputs.source)
     views = view_tabs()
     labels = tab_labels()
     for label, tab in zip(labels, st.tabs(labels, key="view", bind="query-params")):
