@@ -69,32 +69,41 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         self.output_norm.build(input_shape)
 
     def call(self, x, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
-             attention_scale=None, training=None):
+             attention_scale=None, training=None, cache=None, start=None):
+        """``(x, pattern, terms)``; with a key/value ``cache`` (generation: ``InstrumentedAttention``'s ``cache`` and
+        ``start``, ``x`` the new tokens only), a fourth item, the layer's new cache."""
         probes = dict(value_mask=value_mask, attention_scale=attention_scale)  # InstrumentedAttention's call args
+        cached = dict(cache=cache, start=start)
         if self.config.block.placement == "pre":
-            attended, pattern, terms = self._attend(self.attention_norm(x), attention_mask, head_mask,
-                                                    position_bias, training, **probes)
+            attended, pattern, terms, *kept = self._attend(self.attention_norm(x), attention_mask, head_mask,
+                                                           position_bias, training, **probes, **cached)
             x = x + attended
-            return x + self._feed_forward(self.output_norm(x), training), pattern, terms
-        attended, pattern, terms = self._attend(x, attention_mask, head_mask, position_bias, training, **probes)
+            return (x + self._feed_forward(self.output_norm(x), training), pattern, terms, *kept)
+        attended, pattern, terms, *kept = self._attend(x, attention_mask, head_mask, position_bias, training,
+                                                       **probes, **cached)
         x = self.attention_norm(x + attended)
-        return self.output_norm(x + self._feed_forward(x, training)), pattern, terms
+        return (self.output_norm(x + self._feed_forward(x, training)), pattern, terms, *kept)
 
-    def _attend(self, x, attention_mask, head_mask, position_bias, training, value_mask=None, attention_scale=None):
+    def _attend(self, x, attention_mask, head_mask, position_bias, training, value_mask=None, attention_scale=None,
+                cache=None, start=None):
         if self.window:
-            attention_mask = self._window_mask(attention_mask, ops.shape(x)[1])
-        attended, pattern, terms = self.attention(
+            attention_mask = self._window_mask(attention_mask, ops.shape(x)[1],
+                                               None if cache is None else ops.shape(cache[0])[1], start)
+        extra = {} if cache is None else {"cache": cache, "start": start}
+        attended, pattern, terms, *kept = self.attention(
             x, x, attention_mask=attention_mask, head_mask=head_mask, position_bias=position_bias,
-            value_mask=value_mask, attention_scale=attention_scale, training=training
+            value_mask=value_mask, attention_scale=attention_scale, training=training, **extra
         )
-        return self.attention_dropout(attended, training=training), pattern, terms
+        return self.attention_dropout(attended, training=training), pattern, terms, *kept
 
-    def _window_mask(self, attention_mask, length):
-        """A windowed layer's mask, broadcastable to (B, T, T): keys within ``window // 2`` of the query, and not
-        padded."""
-        positions = ops.arange(length)
-        distance = ops.abs(positions[:, None] - positions[None, :])  # (T, T)
-        window = (distance <= self.window // 2)[None]  # (1, T, T)
+    def _window_mask(self, attention_mask, length, cached=None, start=None):
+        """A windowed layer's mask, broadcastable to (B, T, S): keys within ``window // 2`` of the query, and not
+        padded. With ``cached`` earlier keys (generation), query i is position ``start + i`` and the S = cached + T
+        keys are positions 0 .. S - 1."""
+        queries = ops.arange(length) if start is None else ops.arange(length) + start
+        keys = ops.arange(length) if cached is None else ops.arange(cached + length)
+        distance = ops.abs(queries[:, None] - keys[None, :])  # (T, S)
+        window = (distance <= self.window // 2)[None]  # (1, T, S)
         return window if attention_mask is None else ops.logical_and(window, attention_mask)
 
     def _feed_forward(self, x, training):

@@ -28,6 +28,8 @@ class CompiledEncoder:
       embedding noise (B, T, D), for ablation and stability analysis; a separate graph, so the plain paths pay
       nothing for it.
     - ``embed(ids, segments)``: the input embeddings (B, T, D) the first layer reads.
+    - ``extend(ids, start, keys, values)``: new tokens after cached ones (``TransformerEncoder.extend``; a causal
+      model's generation: a prefill, then one token per step, all through one graph).
     - ``input_gradients`` / ``attention_gradients``: a scalar of the output (an objective function, e.g.
       ``analysis.objectives``) and its gradient with respect to the embedding noise (and the attention scale), by
       ``tf.GradientTape``; one graph per objective function, traced on first use.
@@ -51,6 +53,7 @@ class CompiledEncoder:
         )
 
         self._embedding = tf.function(self._embed_ids, input_signature=[_IDS, _IDS])
+        self._extending = None  # traced on first use: only causal models generate
         self._gradients: dict[tuple[Objective, bool], tf.types.experimental.GenericFunction] = {}
 
     def forward(self, ids, segments) -> dict:
@@ -71,6 +74,24 @@ class CompiledEncoder:
     def embed(self, ids, segments):
         """(B, T) ids and segments -> (B, T, D) input embeddings (``TransformerEncoder.embed``)."""
         return self._embedding(ids, segments)
+
+    def extend(self, ids, start, keys, values) -> dict:
+        """(B, n) new token ids after ``start`` cached tokens, the cache ``keys`` and ``values`` (L, B, start, Hkv, dh)
+        float32 -> ``TransformerEncoder.extend``'s dict (the last token's logits and attention, the new cache). One
+        graph serves the prefill and every step: batch, ``n`` and ``start`` are unknown in its signature."""
+        if self._extending is None:
+            cfg = self.model.config
+            cache = tf.TensorSpec([cfg.num_layers, None, None, cfg.attention.key_value_heads or cfg.num_heads,
+                                   cfg.head_dim], tf.float32)
+            self._extending = tf.function(self.model.extend,
+                                          input_signature=[_IDS, tf.TensorSpec([], tf.int32), cache, cache])
+        return self._extending(ids, start, keys, values)
+
+    def empty_cache(self, batch: int = 1):
+        """``(keys, values)``, each (L, batch, 0, Hkv, dh) float32: the cache before a prefill (``extend``)."""
+        cfg = self.model.config
+        shape = (cfg.num_layers, batch, 0, cfg.attention.key_value_heads or cfg.num_heads, cfg.head_dim)
+        return tf.zeros(shape, tf.float32), tf.zeros(shape, tf.float32)
 
     def input_gradients(self, objective, ids, segments, noise, target, direction):
         """``(f (B,), df/dnoise (B, T, D))`` for unpadded (B, T) inputs with ``noise`` (B, T, D) added to the input
@@ -128,5 +149,6 @@ class CompiledEncoder:
 
     def tracing_count(self) -> int:
         """How many graphs were traced in all (a new sentence length must not add one)."""
-        functions = (self._plain, self._padded, self._perturbed, self._embedding, *self._gradients.values())
+        functions = (self._plain, self._padded, self._perturbed, self._embedding, *self._gradients.values(),
+                     *([self._extending] if self._extending is not None else []))
         return sum(f.experimental_get_tracing_count() for f in functions)

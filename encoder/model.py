@@ -157,13 +157,54 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         }
         return {**outputs, **self._heads(x, padding_mask)}
 
+    def extend(self, token_ids, start, keys, values):
+        """Run ``n`` new tokens after ``start`` earlier ones whose keys and values are cached (generation: a prefill
+        with an empty cache, then one token per step), at inference; a causal model only.
+
+        Every layer runs exactly as in ``call`` (the same sublayers and rules), its attention reading the cached
+        keys and values followed by the new tokens' own, the queries at positions ``start`` .. ``start + n - 1``.
+
+        Args:
+            token_ids: (B, n) int32, the new tokens.
+            start: int32 scalar, the number of cached tokens (the position of the first new token).
+            keys, values: (L, B, start, Hkv, dh) float32, each layer's cache
+                (``InstrumentedAttention.project_keys_values``); (L, B, 0, Hkv, dh) for a prefill.
+
+        Returns:
+            dict: ``last`` (B, D) the last new token's final hidden state (after the final norm), ``attention``
+            (B, L, H, S) its attention over all S = start + n tokens, ``keys`` and ``values`` (L, B, S, Hkv, dh) the
+            new cache; with an LM head, ``logits`` (B, V) float32 (``lm_logits`` of ``last``).
+        """
+        if not self.config.attention.causal:
+            raise ValueError("only a causal model continues a text with a key/value cache")
+        x = self._embed(token_ids, None, False, start=start)  # (B, n, D)
+        n = ops.shape(token_ids)[1]
+        queries, keys_at = ops.arange(n) + start, ops.arange(start + n)
+        attention_mask = (keys_at[None, :] <= queries[:, None])[None]  # (1, n, S): key <= query
+        patterns, new_keys, new_values = [], [], []
+        for index, layer in enumerate(self.encoder_layers):
+            x, pattern, _, (k, v) = layer(x, attention_mask=attention_mask, cache=(keys[index], values[index]),
+                                          start=start, training=False)
+            patterns.append(pattern[:, :, -1])  # (B, H, S): the last new token's row
+            new_keys.append(k)
+            new_values.append(v)
+        last = x[:, -1]  # (B, D)
+        if self.final_norm is not None:
+            last = self.final_norm(last)
+        outputs = {"last": last, "attention": ops.stack(patterns, axis=1),
+                   "keys": ops.stack(new_keys), "values": ops.stack(new_values)}
+        if getattr(self.config.head, "lm_head", False):
+            outputs["logits"] = self.lm_logits(last[:, None])[:, 0]  # (B, V)
+        return outputs
+
     def embed(self, token_ids, segment_ids=None):
         """(B, T, D): the input embeddings the first layer reads (``trace.hidden[0]``), at inference (no dropout).
         ``embedding_noise`` in ``call`` is added to exactly this tensor."""
         return self._embed(token_ids, segment_ids, False)
 
-    def _embed(self, token_ids, segment_ids, training):
-        """Token (+ type) + position embeddings, normalised, projected to ``d_model`` when factorised."""
+    def _embed(self, token_ids, segment_ids, training, start=None):
+        """Token (+ type) + position embeddings, normalised, projected to ``d_model`` when factorised; ``start``:
+        the tokens follow that many earlier ones (``extend``)."""
         cfg = self.config
         x = self.token_embedding(token_ids)  # (B, T, E)
         if cfg.embeddings.scale:
@@ -172,7 +213,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             if segment_ids is None or cfg.embeddings.type_vocab_size == 1:  # one type (RoBERTa): every token is type 0
                 segment_ids = ops.zeros_like(token_ids)
             x = x + self.segment_embedding(segment_ids)
-        x = self.positions.add_to(x, token_ids)  # the absolute table's rows, when the scheme has a table
+        x = self.positions.add_to(x, token_ids, **({} if start is None else {"start": start}))  # a table's rows
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         x = self.embedding_dropout(x, training=training)

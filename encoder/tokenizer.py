@@ -85,6 +85,16 @@ class TextTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)
 
+    def id_to_token(self, token_id: int) -> str:
+        """The token piece of ``token_id`` as the tokenizer spells it (like ``Encoded.tokens``); ``"<id N>"`` for an
+        id the tokenizer does not know (a model's vocabulary may be larger than its tokenizer's)."""
+        piece = self._tokenizer.id_to_token(int(token_id))
+        return f"<id {int(token_id)}>" if piece is None else piece
+
+    def decode(self, ids) -> str:
+        """The text of token ``ids`` as the tokenizer decodes them (special tokens skipped)."""
+        return self._tokenizer.decode([int(i) for i in ids])
+
     def to_str(self) -> str:
         return self._tokenizer.to_str()
 

@@ -34,6 +34,17 @@ class EncoderTrace:
     a relative bias or rotary positions: ``content`` and ``position``); empty for absolute positions.
     ``position_scheme`` holds what the scheme itself is (e.g. a relative bias per head by signed distance, rotary
     frequencies per layer type), named by the model (``TransformerEncoder.position_scheme``); empty for tables.
+    A model with an LM head (a decoder) adds to ``outputs`` (K = ``encoder.model.TOP_K``, 10): ``next_ids`` (T, K)
+    int32 and ``next_probs`` (T, K) float32, the top-K next-token candidates at each position, most probable first;
+    ``next_logprob`` (T,) float32, the log-probability the model gave the token that follows (the surprisal of
+    token t + 1 is ``-next_logprob[t]``; NaN at the last position); with ``full_logits`` (``trace_text``), ``logits``
+    (T, V) float32. ``vocab_ids`` (sorted, distinct) and ``vocab_tokens`` are the token pieces of every id those
+    candidates name (``vocab_text`` reads them), so a saved trace shows candidates as text without the tokenizer.
+    A generated trace (``encoder.generate.generate_text``) marks the tokens the model wrote in ``generated`` (T,)
+    and adds ``step_ids`` / ``step_probs`` (N, K) to ``outputs``: step k's top-K candidates, from the distribution
+    it sampled from (after the temperature), for the N generated tokens.
+    ``key_value_heads`` is the number of key/value heads when query heads share them (grouped-query attention:
+    query head h reads key/value head ``h // (num_heads // key_value_heads)``), 0 when each head has its own.
     The field names are the keys of saved NPZ and JSON files (``encoder.trace_io``): renaming one breaks them.
     An array field's ``metadata["dtype"]`` is the dtype a JSON file reads it back as.
     """
@@ -58,6 +69,10 @@ class EncoderTrace:
     token_style: str = ""  # how the tokens mark words: one of encoder.pieces.TOKEN_STYLES
     logit_terms: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (L, H, T, T) float32, see below
     position_scheme: dict[str, np.ndarray] = field(default_factory=dict)  # the model's positional scheme, see below
+    generated: np.ndarray | None = field(default=None, metadata={"dtype": "bool"})  # (T,) True: the model wrote it
+    vocab_ids: np.ndarray | None = field(default=None, metadata={"dtype": "int32"})  # (N,) sorted candidate ids
+    vocab_tokens: tuple[str, ...] = ()  # (N,) the token piece of each of vocab_ids, as the tokenizer spells it
+    key_value_heads: int = 0  # key/value heads shared by the query heads; 0: each head has its own
 
     def __post_init__(self) -> None:
         t = len(self.tokens)
@@ -89,6 +104,41 @@ class EncoderTrace:
             if self.visible.dtype != bool:
                 raise ValueError(f"visible must be bool, got dtype {self.visible.dtype}")
         check_token_style(self.token_style)
+        self._check_language_model(t)
+
+    def _check_language_model(self, t: int) -> None:
+        """The LM head's outputs, the generated mask, the candidates' vocabulary and the key/value heads agree."""
+        outputs = self.outputs
+        width = outputs["next_ids"].shape[-1] if "next_ids" in outputs else None
+        for name, shape in (("next_ids", (t, width)), ("next_probs", (t, width)), ("next_logprob", (t,))):
+            if name in outputs:
+                _expect(outputs[name], f"outputs {name}", shape, t)
+        if "logits" in outputs and "next_ids" in outputs:
+            _expect(outputs["logits"], "outputs logits", (t, outputs["logits"].shape[-1]), t)
+        if self.generated is not None:
+            _expect(self.generated, "generated", (t,), t)
+            if self.generated.dtype != bool:
+                raise ValueError(f"generated must be bool, got dtype {self.generated.dtype}")
+        if "step_ids" in outputs or "step_probs" in outputs:
+            steps = 0 if self.generated is None else int(self.generated.sum())
+            for name in ("step_ids", "step_probs"):
+                if name not in outputs or outputs[name].ndim != 2 or outputs[name].shape[0] != steps:
+                    raise ValueError(f"outputs step_ids and step_probs must be (N, K) for the N = {steps} generated "
+                                     f"tokens, got {name} {outputs[name].shape if name in outputs else 'missing'}")
+        if self.vocab_ids is not None:
+            if self.vocab_ids.ndim != 1 or self.vocab_ids.dtype.kind not in "iu":
+                raise ValueError(f"vocab_ids must be (N,) integers, got {self.vocab_ids.dtype} {self.vocab_ids.shape}")
+            if len(self.vocab_tokens) != len(self.vocab_ids):
+                raise ValueError(f"{len(self.vocab_tokens)} vocab_tokens for {len(self.vocab_ids)} vocab_ids")
+            if np.any(np.diff(self.vocab_ids) <= 0):
+                raise ValueError("vocab_ids must be sorted and distinct")
+            named = [outputs[k] for k in ("next_ids", "step_ids") if k in outputs]
+            if named and not np.all(np.isin(np.concatenate([a.reshape(-1) for a in named]), self.vocab_ids)):
+                raise ValueError("vocab_ids must hold every id of next_ids and step_ids")
+        elif self.vocab_tokens:
+            raise ValueError("vocab_tokens without vocab_ids")
+        if self.key_value_heads and (self.key_value_heads < 0 or self.num_heads % self.key_value_heads):
+            raise ValueError(f"key_value_heads ({self.key_value_heads}) must divide the {self.num_heads} heads")
 
     @property
     def num_layers(self) -> int:
@@ -113,6 +163,38 @@ class EncoderTrace:
         ``tokens`` stays the tokenizer's own output."""
         return tuple(token if special else readable_piece(token, self.token_style)
                      for token, special in zip(self.tokens, self.special.tolist()))
+
+    @property
+    def has_lm_head(self) -> bool:
+        """Whether the trace holds next-token candidates (a model with an LM head)."""
+        return "next_ids" in self.outputs
+
+    def vocab_pieces(self, ids) -> np.ndarray:
+        """The token pieces (as the tokenizer spells them, like ``tokens``) of candidate ``ids`` (any shape) as a
+        str array of that shape.
+
+        Raises:
+            KeyError: an id the trace does not name (not in ``vocab_ids``).
+        """
+        ids = np.asarray(ids)
+        if self.vocab_ids is None:
+            raise KeyError("this trace names no candidate tokens (no LM head)")
+        where = np.searchsorted(self.vocab_ids, ids.reshape(-1))
+        where = np.minimum(where, len(self.vocab_ids) - 1)
+        if len(self.vocab_ids) == 0 or np.any(self.vocab_ids[where] != ids.reshape(-1)):
+            raise KeyError("a candidate id is not in the trace's vocab_ids")
+        return np.asarray(self.vocab_tokens, dtype=object)[where].reshape(ids.shape)
+
+    def vocab_text(self, ids) -> np.ndarray:
+        """Candidate ``ids`` (any shape, e.g. ``outputs["next_ids"][t]``) as people read them
+        (``encoder.pieces.readable_piece`` of ``vocab_pieces``), a str array of that shape.
+
+        Example:
+            >>> trace.vocab_text(trace.outputs["next_ids"][-1])[:3]  # doctest: +SKIP
+            array(['mat', 'floor', 'cat'], dtype=object)
+        """
+        pieces = self.vocab_pieces(ids)
+        return np.vectorize(lambda piece: readable_piece(piece, self.token_style), otypes=[object])(pieces)
 
     def replace(self, **changes) -> EncoderTrace:
         return dataclasses.replace(self, **changes)
@@ -161,7 +243,8 @@ def _expect(array: np.ndarray, name: str, shape: tuple[int, ...], tokens: int) -
 
 
 def trace_text(
-    model: LoadedModel, text: str, pair: str | None = None, max_tokens: int | None = None
+    model: LoadedModel, text: str, pair: str | None = None, max_tokens: int | None = None,
+    full_logits: bool = False,
 ) -> EncoderTrace:
     """Tokenize ``text`` (+ ``pair``), run the encoder once, and return every layer's attention.
 
@@ -170,6 +253,9 @@ def trace_text(
         text: the sentence (sentence A).
         pair: optional second sentence (B); tokens of B get segment id 1.
         max_tokens: keep at most this many tokens (default and cap: the model's maximum positions).
+        full_logits: a model with an LM head also keeps ``outputs["logits"]``, (T, V) float32: the LM head at
+            every position (4 bytes x T x V: 25 MB at 128 tokens of a 49,152-token vocabulary). Without an LM
+            head it changes nothing.
 
     Raises:
         InputError: empty text, text over the character limit, max_tokens too small.
@@ -180,8 +266,16 @@ def trace_text(
         (6, 12, 6, 6)
     """
     encoded = model.tokenizer.encode(text, pair, max_tokens)
-    raw = model.encoder.forward(encoded.token_ids[None], encoded.segment_ids[None])
+    if full_logits and has_lm_head(model):
+        raw = model.encoder.forward_logits(encoded.token_ids[None], encoded.segment_ids[None])
+    else:
+        raw = model.encoder.forward(encoded.token_ids[None], encoded.segment_ids[None])
     return _make_trace(model, encoded, {name: to_numpy(value)[0] for name, value in raw.items()}, text, pair)
+
+
+def has_lm_head(model: LoadedModel) -> bool:
+    """Whether ``model`` predicts the next token (its config's head has an LM head: decoders)."""
+    return bool(getattr(model.config.head, "lm_head", False))
 
 
 def trace_batch(
@@ -280,10 +374,35 @@ def to_numpy(tensor) -> np.ndarray:
 TERMS = "terms/"  # model outputs named "terms/<name>" are logit terms (B, L, H, T, T)
 
 
+LM_OUTPUTS = ("next_ids", "next_probs", "next_logprob", "logits")  # per position (T, ...) when next_ids is there
+
+
 def _unpad(outputs: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     square = {k: np.ascontiguousarray(v[:, :, :n, :n]) for k, v in outputs.items()
               if k == "attention" or k.startswith(TERMS)}
-    return {**outputs, **square, "hidden": np.ascontiguousarray(outputs["hidden"][:, :n])}
+    per_position = {}
+    if "next_ids" in outputs:  # an LM head: cut each position's outputs; the last real token has no next token
+        per_position = {k: np.array(outputs[k][:n]) for k in LM_OUTPUTS if k in outputs}
+        if "next_logprob" in per_position:
+            per_position["next_logprob"][n - 1] = np.nan
+    return {**outputs, **square, **per_position, "hidden": np.ascontiguousarray(outputs["hidden"][:, :n])}
+
+
+def candidate_vocabulary(model: LoadedModel, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray | None,
+                                                                                        tuple[str, ...]]:
+    """``(vocab_ids, vocab_tokens)`` of an ``EncoderTrace``: the sorted distinct ids of ``next_ids`` and
+    ``step_ids`` and their token pieces (``TextTokenizer.id_to_token``); ``(None, ())`` without them."""
+    named = [np.asarray(outputs[k]).reshape(-1) for k in ("next_ids", "step_ids") if k in outputs]
+    if not named:
+        return None, ()
+    ids = np.unique(np.concatenate(named)).astype(np.int32)
+    return ids, tuple(model.tokenizer.id_to_token(int(i)) for i in ids)
+
+
+def shared_key_value_heads(model: LoadedModel) -> int:
+    """``EncoderTrace.key_value_heads`` of ``model``: its key/value heads when fewer than its heads, else 0."""
+    shared = model.config.attention.key_value_heads
+    return shared if 0 < shared < model.config.num_heads else 0
 
 
 def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], text: str, pair: str | None):
@@ -311,7 +430,15 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         token_style=encoded.token_style,
         logit_terms=terms,
         position_scheme=model.position_scheme,
+        **language_model_fields(model, extra),
     )
+
+
+def language_model_fields(model: LoadedModel, outputs: dict[str, np.ndarray]) -> dict:
+    """The trace fields that name candidates and shared heads: ``vocab_ids``, ``vocab_tokens``,
+    ``key_value_heads``."""
+    vocab_ids, vocab_tokens = candidate_vocabulary(model, outputs)
+    return {"vocab_ids": vocab_ids, "vocab_tokens": vocab_tokens, "key_value_heads": shared_key_value_heads(model)}
 
 
 def causal_visible(layers: int, tokens: int) -> np.ndarray:

@@ -201,12 +201,13 @@ def read_npz(cls: type[T], source: BinaryIO | Path, where: str) -> T:
 
 
 def json_array(array: np.ndarray) -> str:
-    """A nested JSON list; float32 values in their shortest exact decimal form (NumPy's repr)."""
+    """A nested JSON list; float32 values in their shortest exact decimal form (NumPy's repr), NaN as ``null``
+    (JSON has no NaN; ``null`` reads back as NaN into a float array: ``next_logprob``'s last position)."""
     if array.dtype.kind != "f":
         return json.dumps(array.tolist())
-    if not np.all(np.isfinite(array)):
-        raise ExportError("the trace holds NaN or infinite values, which JSON cannot store")
-    text = array.astype(str)
+    if np.any(np.isinf(array)):
+        raise ExportError("the trace holds infinite values, which JSON cannot store")
+    text = np.where(np.isnan(array), "null", array.astype(str))
 
     def nest(block: np.ndarray) -> str:
         if block.ndim == 1:

@@ -30,15 +30,19 @@ RENAMED = ("Saved NPZ and JSON traces and the README use these names: a rename b
 
 FIELDS = ("model", "tokens", "token_ids", "segment_ids", "special", "attention", "positional", "positional_table",
           "hidden", "outputs", "text", "pair", "truncated", "untruncated_length", "labels", "words", "visible",
-          "token_style", "logit_terms", "position_scheme")
+          "token_style", "logit_terms", "position_scheme", "generated", "vocab_ids", "vocab_tokens", "key_value_heads")
 NPZ_KEYS = {"model", "tokens", "token_ids", "segment_ids", "special", "attention", "positional", "positional_table",
             "hidden", "outputs/probabilities", "outputs/embedding", "text", "pair", "has_pair", "truncated",
             "untruncated_length", "labels", "words", "visible", "token_style", "logit_terms/content",
-            "logit_terms/position", "position_scheme/bias_by_distance"}
+            "logit_terms/position", "position_scheme/bias_by_distance", "vocab_tokens", "key_value_heads"}
+LM_NPZ_KEYS = {"outputs/next_ids", "outputs/next_probs", "outputs/next_logprob", "outputs/step_ids",
+               "outputs/step_probs", "generated", "vocab_ids"}
 JSON_KEYS = {"format", "version", "shapes", "dtypes", "model", "tokens", "token_ids", "segment_ids", "special",
              "attention", "positional", "positional_table", "hidden", "outputs", "text", "pair", "truncated",
-             "untruncated_length", "labels", "words", "visible", "token_style", "logit_terms", "position_scheme"}
-OPTIONAL_ARRAYS = {"words", "visible"}  # None: no NPZ entry, no JSON key
+             "untruncated_length", "labels", "words", "visible", "token_style", "logit_terms", "position_scheme",
+             "vocab_tokens", "key_value_heads"}
+LM_JSON_KEYS = {"generated", "vocab_ids"}
+OPTIONAL_ARRAYS = {"words", "visible"}  # None: no NPZ entry, no JSON key (also generated and vocab_ids)
 
 # A file as trace_to_json wrote it before the writer iterated over the fields (another key order): it must load.
 OLD_JSON = (
@@ -66,6 +70,26 @@ def full_trace() -> EncoderTrace:
                          logit_terms=terms, position_scheme=scheme)
 
 
+def generated_trace() -> EncoderTrace:
+    """A synthetic causal trace of a decoder's generation: 5 prompt tokens and 3 generated ones, the LM head's
+    outputs (next_logprob NaN at the last position), each step's candidates, the candidates' vocabulary and 2
+    key/value heads for 4 heads."""
+    tokens = ["<s>", "▁The", "▁cat", "▁sat", "▁on", "▁the", "▁mat", "."]
+    trace = synthetic_trace(tokens, layers=2, heads=4, visible="causal", token_style="metaspace")
+    rng = np.random.default_rng(2)
+    count, k = len(tokens), 3
+    next_ids = np.stack([rng.permutation(40)[:k] for _ in range(count)]).astype(np.int32)
+    next_probs = np.sort(rng.dirichlet(np.ones(k + 2), size=count)[:, :k], axis=1)[:, ::-1].astype(np.float32)
+    logprob = np.log(rng.uniform(0.01, 1.0, count)).astype(np.float32)
+    logprob[-1] = np.nan
+    generated = np.arange(count) >= 5
+    outputs = {"next_ids": next_ids, "next_probs": np.ascontiguousarray(next_probs), "next_logprob": logprob,
+               "step_ids": next_ids[4:7].copy(), "step_probs": next_probs[4:7].copy()}
+    vocab = np.unique(next_ids).astype(np.int32)
+    return trace.replace(outputs=outputs, generated=generated, vocab_ids=vocab,
+                         vocab_tokens=tuple(f"▁w{i}" for i in vocab.tolist()), key_value_heads=2)
+
+
 @pytest.fixture(scope="module")
 def trace(minilm):
     return trace_text(minilm, TEXT)
@@ -89,6 +113,40 @@ def test_golden_json_keys():
     assert keys == JSON_KEYS, f"JSON keys changed: added {keys - JSON_KEYS}, removed {JSON_KEYS - keys}. {RENAMED}"
 
 
+def test_golden_keys_of_a_generated_trace():
+    trace = generated_trace()
+    keys = set(np.load(io.BytesIO(trace_to_npz(trace))).files)
+    expected = (NPZ_KEYS - {"outputs/probabilities", "outputs/embedding", "logit_terms/content",
+                            "logit_terms/position", "position_scheme/bias_by_distance", "words"}) | LM_NPZ_KEYS
+    assert keys == expected, f"added {keys - expected}, removed {expected - keys}"
+    assert set(json.loads(trace_to_json(trace))) == JSON_KEYS - {"words"} | LM_JSON_KEYS
+
+
+def test_a_generated_trace_round_trips_with_its_nan(tmp_path):
+    trace = generated_trace()
+    assert np.isnan(trace.outputs["next_logprob"][-1])
+    for back in (trace_from_npz(trace_to_npz(trace)), trace_from_json(trace_to_json(trace)),
+                 load_npz(save_npz(trace, tmp_path / "g.npz"))):
+        assert_same_trace(back, trace)
+        assert back.generated.tolist() == [False] * 5 + [True] * 3
+        assert back.vocab_text(back.outputs["step_ids"][0]).tolist() == [
+            f"w{i}" for i in trace.outputs["next_ids"][4].tolist()]
+    assert '"next_logprob":[' in trace_to_json(trace) and ",null]" in trace_to_json(trace)
+
+
+def test_an_infinite_value_is_still_refused_by_json():
+    trace = generated_trace()
+    logprob = trace.outputs["next_logprob"].copy()
+    logprob[0] = -np.inf
+    with pytest.raises(ExportError, match="infinite"):
+        trace_to_json(trace.replace(outputs={**trace.outputs, "next_logprob": logprob}))
+
+
+def test_old_files_have_no_generation_fields():
+    back = trace_from_json(OLD_JSON)
+    assert (back.generated, back.vocab_ids, back.vocab_tokens, back.key_value_heads) == (None, None, (), 0)
+
+
 def test_optional_arrays_that_are_none_are_not_written_and_read_back_as_none():
     trace = full_trace().replace(words=None, visible=None)
     assert set(np.load(io.BytesIO(trace_to_npz(trace))).files) == NPZ_KEYS - OPTIONAL_ARRAYS
@@ -106,7 +164,7 @@ def test_a_json_file_in_the_old_key_order_loads():
     assert back.hidden[0, 1, 0] == np.float32(1.3)
     assert (back.words, back.visible, back.token_style) == (None, None, "")  # fields newer than the file
     assert json.loads(trace_to_json(back)) == {**json.loads(OLD_JSON), "token_style": "", "logit_terms": {},
-                                                "position_scheme": {}}
+                                                "position_scheme": {}, "vocab_tokens": [], "key_value_heads": 0}
 
 
 # --- NPZ and JSON round trips ----------------------------------------------------------------------------------

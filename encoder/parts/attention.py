@@ -1,9 +1,10 @@
 """Self-attention that hands back its weights: ``InstrumentedAttention`` and the logit rule it runs.
 
 A *logit rule* is what a position scheme does inside attention: a callable
-``rule(attention, query (B, T, H, dh), key (B, S, H, dh), position_bias) -> (logits (B, H, T, S), terms)``, terms a
-dict of named (B, H, T, S) tensors that sum to the logits (empty when the logits have one term). ``content_logits``
-is the plain scaled product; ``encoder.parts.positions`` has the others.
+``rule(attention, query (B, T, H, dh), key (B, S, H, dh), position_bias, start=0) -> (logits (B, H, T, S), terms)``,
+terms a dict of named (B, H, T, S) tensors that sum to the logits (empty when the logits have one term). Query row i
+is position ``start + i`` and key j position j (``start`` > 0 when cached keys precede the queries: generation).
+``content_logits`` is the plain scaled product; ``encoder.parts.positions`` has the others.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import keras
 from keras import ops
 
 
-def content_logits(attention: InstrumentedAttention, query, key, position_bias=None):
+def content_logits(attention: InstrumentedAttention, query, key, position_bias=None, start=0):
     """``(q.k * scaling, {})``: logits with no positional term."""
     return attention.scaled_product(query, key), {}
 
@@ -48,10 +49,15 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
             values in every head: value zeroing, Mohebbi et al., 2023).
         attention_scale: optional (B, H, T, S) float tensor multiplying the weights before they mix the values
             (ones change nothing; its gradient there is attention x gradient). The returned pattern is unscaled.
+        cache: optional ``(keys, values)``, each (B, S0, Hkv, dh): the keys and values of S0 earlier tokens as
+            ``project_keys_values`` gives them (generation's key/value cache); this call's keys and values follow
+            them, so the keys are S = S0 + T tokens.
+        start: the position of the first query (an int32 scalar tensor or int; with a cache, S0): the logit
+            rule's ``start``.
 
     Returns:
         ``(output, pattern, terms)``: output (B, T, D), pattern (B, H, T, S), the weights after softmax, and the
-        rule's terms.
+        rule's terms; with a ``cache``, a fourth item: the new cache ``(keys, values)``, each (B, S, Hkv, dh).
     """
 
     def __init__(self, num_heads: int, key_dim: int, key_value_heads: int | None = None,
@@ -89,13 +95,23 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         self._output_dense.build((*query_shape[:-1], self._num_heads, self._value_dim))
 
     def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
-             attention_scale=None, training=None):
+             attention_scale=None, training=None, cache=None, start=None):
         q = self.query_dense(query)  # (B, T, H, dh)
-        k = self.shared_heads(self.key_dense(value))  # (B, S, H, dh)
-        v = self.shared_heads(mask_values(self.value_dense(value), value_mask))  # (B, S, H, dh)
-        logits, terms = self.logits(self, q, k, position_bias)  # (B, H, T, S)
+        k, v = self.project_keys_values(value)  # (B, S, Hkv, dh) each
+        v = mask_values(v, value_mask)
+        if cache is not None:  # generation: the earlier tokens' keys and values first
+            k = ops.concatenate([cache[0], k], axis=1)
+            v = ops.concatenate([cache[1], v], axis=1)
+        where = {} if start is None else {"start": start}
+        logits, terms = self.logits(self, q, self.shared_heads(k), position_bias, **where)  # (B, H, T, S)
         pattern = self._masked_softmax(logits, attention_mask)  # (B, H, T, S)
-        return self.mix_values(pattern, v, head_mask, attention_scale, training), pattern, terms
+        output = self.mix_values(pattern, self.shared_heads(v), head_mask, attention_scale, training)
+        return (output, pattern, terms) if cache is None else (output, pattern, terms, (k, v))
+
+    def project_keys_values(self, value):
+        """``(keys, values)``, each (B, S, Hkv, dh): what a key/value cache keeps of S tokens (before positions
+        act on the keys and before ``shared_heads``)."""
+        return self.key_dense(value), self.value_dense(value)
 
     def shared_heads(self, x):
         """Key or value heads (B, S, Hkv, dh) repeated to every query head (B, S, H, dh); unchanged without

@@ -56,17 +56,22 @@ class AbsolutePart(keras.layers.Layer):
             self.table.build((None,))
         self.built = True
 
-    def add_to(self, x, token_ids):
+    def add_to(self, x, token_ids, start=None):
         """``x`` (B, T, E) plus each token's row of the table; unchanged without one.
 
-        Without an offset, token i gets row i. With one (RoBERTa), positions count only non-pad tokens, starting
-        after the pad id, exactly as transformers numbers them (``encoder.positional.position_ids``).
+        Without an offset, token i gets row i (row ``start + i`` when ``start``, an int32 scalar, says the tokens
+        follow ``start`` earlier ones: generation's cached steps). With one (RoBERTa), positions count only non-pad
+        tokens, starting after the pad id, exactly as transformers numbers them (``encoder.positional.position_ids``).
         """
         cfg = self.config
         if cfg.positions.table == "none":
             return x
         table = ops.convert_to_tensor(self._fixed) if self.table is None else self.table.embeddings  # (P, E)
         offset = cfg.positions.offset
+        if start is not None and not offset:
+            return x + ops.take(table, ops.arange(ops.shape(token_ids)[1]) + start, axis=0)[None]  # (1, T, E)
+        if start is not None:
+            raise ValueError("a position offset (RoBERTa's) cannot continue after earlier tokens")
         if not offset:
             return x + table[: ops.shape(token_ids)[1]][None]  # (1, T, E)
         real = ops.cast(ops.not_equal(token_ids, cfg.pad_token_id), "int32")  # (B, T)
@@ -89,7 +94,7 @@ class AbsolutePart(keras.layers.Layer):
 class BiasLogits:
     """The logit rule of an added bias: ``q.k * scaling + bias``, terms ``content`` and ``position``."""
 
-    def __call__(self, attention: InstrumentedAttention, query, key, position_bias):
+    def __call__(self, attention: InstrumentedAttention, query, key, position_bias, start=0):
         logits = attention.scaled_product(query, key)  # (B, H, T, S)
         return logits + position_bias, {"content": logits,
                                         "position": ops.broadcast_to(position_bias, ops.shape(logits))}
@@ -156,17 +161,18 @@ class RotaryLogits:
     def __init__(self, frequencies: np.ndarray):
         self.frequencies = frequencies
 
-    def __call__(self, attention: InstrumentedAttention, query, key, position_bias=None):
-        cos, sin = self.angles(ops.shape(query)[1])
+    def __call__(self, attention: InstrumentedAttention, query, key, position_bias=None, start=0):
+        key_cos, key_sin = self.angles(ops.shape(key)[1])  # keys: positions 0 .. S - 1
+        query_cos, query_sin = self.angles(ops.shape(query)[1], start)  # queries: start .. start + T - 1
         logits = attention.scaled_product(query, key)  # (B, H, T, S)
-        rotated = attention.scaled_product(rotate(query, cos, sin), rotate(key, cos, sin))
+        rotated = attention.scaled_product(rotate(query, query_cos, query_sin), rotate(key, key_cos, key_sin))
         return rotated, {"content": logits, "position": rotated - logits}
 
-    def angles(self, length):
-        """``(cos, sin)`` of every position's angles, each (1, T, 1, dh). Angles are ``position * frequency`` in
-        float32 (transformers' rounding), their cosine and sine taken in float64 and rounded once (TensorFlow's
-        float32 cos/sin are less exact than PyTorch's)."""
-        positions = ops.cast(ops.arange(length), "float32")
+    def angles(self, length, start=0):
+        """``(cos, sin)`` of the angles of positions ``start`` .. ``start + length - 1``, each (1, T, 1, dh). Angles
+        are ``position * frequency`` in float32 (transformers' rounding), their cosine and sine taken in float64
+        and rounded once (TensorFlow's float32 cos/sin are less exact than PyTorch's)."""
+        positions = ops.cast(ops.arange(length) + start, "float32")
         angles = positions[:, None] * ops.convert_to_tensor(self.frequencies)[None]  # (T, dh / 2)
         angles = ops.cast(ops.concatenate([angles, angles], axis=-1), "float64")[None, :, None]  # (1, T, 1, dh)
         return ops.cast(ops.cos(angles), "float32"), ops.cast(ops.sin(angles), "float32")
