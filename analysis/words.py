@@ -42,11 +42,7 @@ def merge_words(trace: EncoderTrace) -> EncoderTrace:
     - ``token_ids``, ``segment_ids``, ``special``: those of the word's first piece.
     - ``tokens``: the word as people read it (``encoder.pieces.join_pieces``: "Ġhe" "ll" "o" -> "hello"), so the
       result's ``token_style`` is "" (plain text); special tokens stay as they are.
-    - ``words``: one number per word, in order (-1 for special tokens).
-    - a decoder's next-token outputs (``next_ids``, ``next_probs``, ``next_logprob``, ``logits``): those of the
-      word's last piece (what the model predicted after the whole word); ``generated``: a word the model wrote any
-      piece of; the generation steps (``step_ids``, ``step_probs``, one per generated token) are left out.
-    Everything else is unchanged.
+    - ``words``: one number per word, in order (-1 for special tokens). Everything else is unchanged.
 
     Merging a trace whose words are single tokens changes no number.
 
@@ -69,15 +65,7 @@ def merge_words(trace: EncoderTrace) -> EncoderTrace:
     tokens = tuple(trace.tokens[a] if trace.special[a] else join_pieces(trace.tokens[a:b], trace.token_style)
                    for a, b in zip(starts.tolist(), ends.tolist()))
     words = np.where(special, -1, np.cumsum(~special) - 1).astype(np.int32)
-    lasts = ends - 1
-    outputs = {name: value for name, value in trace.outputs.items() if name not in ("step_ids", "step_probs")}
-    if trace.has_lm_head:
-        outputs.update({name: outputs[name][lasts] for name in ("next_ids", "next_probs", "next_logprob", "logits")
-                        if name in outputs})
-    generated = None if trace.generated is None else np.logical_or.reduceat(trace.generated, starts)
     return trace.replace(
-        outputs=outputs,
-        generated=generated,
         tokens=tokens,
         token_ids=trace.token_ids[starts],
         segment_ids=trace.segment_ids[starts],

@@ -73,22 +73,3 @@ def test_only_causal_traces_and_real_lengths_are_cut():
     with pytest.raises(AnalysisError, match="steps 0 to 0"):
         step_trace(causal, 1)
 
-
-def test_merged_words_of_a_generation_keep_the_mask_and_each_words_last_prediction():
-    from analysis import merge_words
-
-    trace = synthetic_trace(["the", "play", "##ful", "cat", "pur", "##rs"], words=[0, 1, 1, 2, 3, 3],
-                            visible="causal", token_style="wordpiece")
-    next_ids = np.arange(60, dtype=np.int32).reshape(6, 10)
-    outputs = {"next_ids": next_ids, "next_probs": np.full((6, 10), 0.1, np.float32),
-               "next_logprob": np.array([-1, -2, -3, -4, -5, np.nan], np.float32),
-               "step_ids": next_ids[3:5], "step_probs": np.full((2, 10), 0.1, np.float32)}
-    generated = np.array([False, False, False, False, True, True])
-    trace = trace.replace(outputs=outputs, generated=generated, vocab_ids=np.arange(60, dtype=np.int32),
-                          vocab_tokens=tuple(f"t{i}" for i in range(60)))
-    merged = merge_words(trace)
-    assert merged.tokens == ("the", "playful", "cat", "purrs")
-    assert merged.generated.tolist() == [False, False, False, True]
-    np.testing.assert_array_equal(merged.outputs["next_ids"], next_ids[[0, 2, 3, 5]])  # after the whole word
-    assert merged.outputs["next_logprob"][:3].tolist() == [-1, -3, -4] and np.isnan(merged.outputs["next_logprob"][3])
-    assert "step_ids" not in merged.outputs
