@@ -91,6 +91,10 @@ class TextTokenizer:
         piece = self._tokenizer.id_to_token(int(token_id))
         return f"<id {int(token_id)}>" if piece is None else piece
 
+    def special_ids(self) -> frozenset[int]:
+        """The ids of the tokenizer's special tokens (``<s>``, ``<|endoftext|>``, ...)."""
+        return frozenset(i for i, token in self._tokenizer.get_added_tokens_decoder().items() if token.special)
+
     def decode(self, ids) -> str:
         """The text of token ``ids`` as the tokenizer decodes them (special tokens skipped)."""
         return self._tokenizer.decode([int(i) for i in ids])
