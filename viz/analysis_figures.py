@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 from analysis import DEFAULT_RESIDUAL, STATISTICS, AttentionDiff, HeadClustering, HeadReport, attention_rollout
 from analysis.heads import DEFAULT_CLUSTERS, DEFAULT_STATISTIC
 from analysis.inputs import chosen_layer
+from analysis.report import SINK_FROM, SINK_THRESHOLD
 from encoder.errors import ViewError
 from viz.attention import build_attention_heatmap
 from viz.clicks import click_meta, layer_head_points
@@ -36,6 +37,7 @@ from viz.layout import (
     new_figure,
     token_heatmap_axes,
 )
+from viz.selection import describe_heads
 from viz.tokens import build_token_view
 from viz.validation import check_colorscale, check_index
 
@@ -276,7 +278,10 @@ _READING = {
     "previous": "Share of attention on the token just before (a positional head scores near 1).",
     "next": "Share of attention on the token just after (a positional head scores near 1).",
     "distance": "Mean |i - j| weighted by attention, in tokens: small for local heads, large for broad ones.",
+    "sink": f"Share of attention on the first token from queries {SINK_FROM} onwards; at least {SINK_THRESHOLD:g} "
+            "marks an attention sink, a head that parks its attention there.",
 }
+MAX_SINKS_NAMED = 12  # the report card's subtitle names at most this many attention-sink heads
 
 
 def build_report_heatmap(report: HeadReport, statistic: str, colorscale: str = DEFAULT_SCALE) -> go.Figure:
@@ -288,12 +293,33 @@ def build_report_heatmap(report: HeadReport, statistic: str, colorscale: str = D
     return build_head_map(
         report[statistic],
         f"Head report card: {report.describe(statistic)}, {scope}",
-        _READING[report.column(statistic)],
+        " ".join([_READING[report.column(statistic)], sinks_sentence(report), kv_sentence(report)]).strip(),
         report.column(statistic),
         colorscale,
         zmin=0.0,
         zmax=1.0 if shares else None,
     )
+
+
+def sinks_sentence(report: HeadReport) -> str:
+    """The attention-sink heads named (at most ``MAX_SINKS_NAMED``, strongest first), or that there are none."""
+    sinks = report.sinks()
+    rule = f"(≥ {SINK_THRESHOLD:g} of attention from queries {SINK_FROM}+ on the first token)"
+    if not sinks:
+        return f"Attention sinks {rule}: none."
+    named = ", ".join(f"L{layer} H{head} ({share:.2f})" for layer, head, share in sinks[:MAX_SINKS_NAMED])
+    more = f" and {len(sinks) - MAX_SINKS_NAMED} more" if len(sinks) > MAX_SINKS_NAMED else ""
+    return f"Attention sinks {rule}: {named}{more}."
+
+
+def kv_sentence(report: HeadReport) -> str:
+    """Which key/value head each query head shares (grouped-query attention), or "" when every head has its own."""
+    if not report.grouped:
+        return ""
+    size = report.num_heads // report.key_value_heads
+    groups = [f"{describe_heads(list(range(kv * size, (kv + 1) * size)))} share kv head {kv}"
+              for kv in range(report.key_value_heads)]
+    return f"Grouped-query attention: query {'; '.join(groups)}."
 
 
 def report_table(report: HeadReport, decimals: int = 4) -> list[dict]:
