@@ -29,9 +29,10 @@ from viz.registry import View, view_tabs
 COMPARE, ANALYSIS = "Compare", "Analysis"
 
 
-def tab_labels() -> list[str]:
-    """Every tab, in order: the registry's view labels, then Compare and Analysis (the URL's ``view`` values)."""
-    return [*view_tabs(), COMPARE, ANALYSIS]
+def tab_labels(trace: EncoderTrace | None = None) -> list[str]:
+    """Every tab, in order: the registry's view labels (with ``trace``, those available for it: Next token only with
+    an LM head), then Compare and Analysis (the URL's ``view`` values)."""
+    return [*view_tabs(trace), COMPARE, ANALYSIS]
 
 
 def view_figures_ui(views: list[View], trace: EncoderTrace, settings: ViewSettings, stem: str,
@@ -93,8 +94,8 @@ def views_ui(inputs: Inputs) -> None:
     last = trace.num_tokens - 1 if inputs.generation is not None else None  # the query starts on the newest token
     settings, shown = controls_ui(trace, lambda: get_word_trace(inputs), default_query=last)
     stem = file_stem(inputs.source)
-    views = view_tabs()
-    labels = tab_labels()
+    views = view_tabs(trace)
+    labels = tab_labels(trace)
     for label, tab in zip(labels, st.tabs(labels, key="view", bind="query-params")):
         if not tab.open:
             continue
