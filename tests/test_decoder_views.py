@@ -95,7 +95,9 @@ def test_grouped_query_heads_are_labelled_and_grouped():
     assert [head_label(trace, h) for h in range(4)] == ["head 0 (kv 0)", "head 1 (kv 0)", "head 2 (kv 1)",
                                                         "head 3 (kv 1)"]
     assert head_label(sink_trace(), 3) == "head 3"
-    assert "head 3 (kv 1)" in build_attention_heatmap(trace, 0, head=3).layout.title.text
+    heatmap = build_attention_heatmap(trace, 0, head=3)
+    assert "head 3 (kv 1)" in heatmap.layout.title.text
+    assert [step.label for step in heatmap.layout.sliders[0].steps] == ["0 (kv 0)", "1 (kv 0)", "2 (kv 1)", "3 (kv 1)"]
     grid = build_head_grid(trace, 0)
     assert [a.text for a in grid.layout.annotations][:4] == [head_label(trace, h) for h in range(4)]
     # One key/value head a row: head 2 starts the second row, under head 0.
@@ -309,3 +311,19 @@ def test_decoder_views_of_the_llama_fixture(llama):
     report = head_report(trace)
     assert [row["kv_head"] for row in report.rows()[:4]] == [0, 0, 1, 1]
     assert build_view(trace, "model", sinks=True).data
+
+
+def test_generated_tokens_are_marked_where_tokens_are_drawn():
+    trace = reference_trace()
+    strip = build_view(trace, "tokens", layer=1, heads=[0], query=0, direction="to")  # every token sees token 0
+    bars = next(t for t in strip.data if t.name == "tokens")
+    assert [str(text).startswith("<i>") for text in bars.text] == trace.generated.tolist()
+    assert GENERATED_NOTE in strip.layout.title.subtitle.text
+    heatmap = build_view(trace, "heatmap", layer=0, head=1)
+    ticks = list(heatmap.layout.xaxis.ticktext)
+    assert [t.startswith("<i>") for t in ticks] == trace.generated.tolist()
+    assert GENERATED_NOTE in heatmap.layout.title.subtitle.text
+    lines = build_view(trace, "lines", layer=0)
+    assert any(str(t).startswith("<i>") for t in next(t for t in lines.data if t.name == "tokens").text)
+    plain = reference_trace("simple")
+    assert not any(t.startswith("<i>") for t in build_view(plain, "heatmap").layout.xaxis.ticktext)

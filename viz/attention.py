@@ -32,6 +32,7 @@ from viz.layout import (
     label_margin,
     log_colorbar,
     log_weights,
+    mark_generated,
     new_figure,
     notes_title,
     short_label,
@@ -188,6 +189,8 @@ def _heatmap_figure(trace: EncoderTrace, labels: list[str], rows: np.ndarray, co
     """The heatmap's figure without traces: ``cell`` pixels a cell, category axes of ``labels``, tokens as ticks."""
     tokens = trace.readable_tokens
     x_axis, y_axis, left, bottom = token_heatmap_axes(tokens, rows, tokens, cols, cell)
+    for axis in (x_axis, y_axis):
+        axis["ticktext"] = mark_generated(trace, axis["tickvals"], axis["ticktext"], notes)
     x_axis["tickvals"] = [labels[i] for i in x_axis["tickvals"]]
     y_axis["tickvals"] = [labels[i] for i in y_axis["tickvals"]]
     width = int(max(cell * cols.size + left + COLORBAR_ROOM, HEATMAP_MIN_WIDTH))

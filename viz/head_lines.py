@@ -17,7 +17,15 @@ import plotly.graph_objects as go
 
 from encoder.trace import EncoderTrace
 from viz.clicks import click_meta
-from viz.layout import HIGHLIGHT, display_token, label_margin, new_figure, short_label, token_hover_label
+from viz.layout import (
+    HIGHLIGHT,
+    display_token,
+    label_margin,
+    mark_generated,
+    new_figure,
+    short_label,
+    token_hover_label,
+)
 from viz.scrub import Step, add_head_slider
 from viz.selection import describe_heads, head_label, shown_attention
 from viz.validation import check_fraction, check_heads, check_int_range, check_layer, check_shown_token
@@ -107,7 +115,7 @@ def build_head_lines(
     scrubbing = scrub and len(chosen) == 1
 
     rows = _token_rows(shown.size)
-    labels = [short_label(trace.readable_tokens[i]) for i in shown]
+    labels = mark_generated(trace, shown, [short_label(trace.readable_tokens[i]) for i in shown], drawn)
     fig = _lines_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom", drawn, labels, rows,
                         len(chosen))
     fig.add_traces(_line_traces(lines, chosen, threshold, every_bin=scrubbing))
