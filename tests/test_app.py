@@ -462,13 +462,17 @@ def test_continuing_the_text_shows_the_generated_trace_and_replays_it_without_re
 
 
 def test_the_generated_tokens_reach_the_views(llama):
-    from ui.cache import RESULTS
-
     at = _app(**llama, text="The cat", **{"continue": "true", "new_tokens": "3"})
     _no_errors(at)
-    (key,) = [key for key in RESULTS.kept_keys() if key[0] == "generated" and key[2] == "The cat"]
-    trace = RESULTS.get(key, lambda: pytest.fail("the generated trace is cached"))
-    assert trace.generated.tolist()[-3:] == [True, True, True] and not trace.generated[:-3].any()
+    tokens = _heatmap_tokens(at)
+    italic = [label.startswith("<i>") for label in tokens]
+    assert italic == [False] * (len(tokens) - 3) + [True] * 3  # the generated tokens, marked
+    at.checkbox(key="merge_words").check().run()  # merged into words, the mask follows
+    _no_errors(at)
+    assert _heatmap_tokens(at)[-1].startswith("<i>") and not _heatmap_tokens(at)[0].startswith("<i>")
+    next_token = _app(**llama, text="The cat", view="Next token", **{"continue": "true", "new_tokens": "3"})
+    _no_errors(next_token)
+    assert _figures(next_token)
 
 
 def test_too_many_new_tokens_are_refused_before_anything_runs(llama, monkeypatch):
