@@ -66,13 +66,18 @@ def token_settings(trace: EncoderTrace, settings: ViewSettings) -> ViewSettings:
     return dataclasses.replace(settings, query=query, selected=None, merge_words=False)
 
 
+def _new_query() -> None:
+    """A new step puts the query back on its default: the step's last token (the one that chose the next)."""
+    st.session_state.pop("query", None)
+
+
 def step_ui(whole: EncoderTrace) -> int | None:
     """The generation step to show (None: the whole generation): a slider over the steps of a generated trace,
     and what the shown step generated."""
     steps = generation_steps(whole)
     if steps == 0:
         return None
-    step = st.slider("Generation step", 0, steps, steps, key="step", bind="query-params",
+    step = st.slider("Generation step", 0, steps, steps, key="step", bind="query-params", on_change=_new_query,
                      help="Replays the generation: step k shows the prompt and the first k generated tokens, each "
                           "token's attention as the model computed it then (a causal model's earlier tokens never "
                           "see later ones).")
