@@ -29,9 +29,11 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
     """One Transformer layer: self-attention, then the MLP, each a residual around it.
 
     Post-norm (``block.placement`` "post": BERT, the classic encoder): ``x = norm(x + f(x))``. Pre-norm ("pre",
-    GPT-2, ModernBERT): ``x = x + f(norm(x))``; then ``attention_norm`` is GPT-2's ``ln_1`` and ``output_norm`` its
-    ``ln_2``. The attention comes from the position scheme's part (``encoder.parts.schemes``: its logit rule, or
-    its own attention); a windowed layer (``attention.windows``) joins its window to the attention mask.
+    GPT-2, ModernBERT, Llama): ``x = x + f(norm(x))``; then ``attention_norm`` is GPT-2's ``ln_1`` and
+    ``output_norm`` its ``ln_2``; with ``block.sandwich_norms`` (Gemma) ``x = x + norm(f(norm(x)))``, the outer
+    norms ``attended_norm`` and ``mlp_output_norm``. The attention comes from the position scheme's part
+    (``encoder.parts.schemes``: its logit rule, or its own attention); a windowed layer (``attention.windows``)
+    joins its window to the attention mask.
 
     Args:
         config: EncoderConfig.
@@ -57,6 +59,9 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         self.intermediate, self.output_dense = mlp_layers(block, config.d_model)
         self.output_dropout = keras.layers.Dropout(config.dropout)
         self.output_norm = make_norm(block, "output_norm")
+        # Sandwich norms (Gemma): the attention's and the MLP's outputs normalised before the residual sum.
+        self.attended_norm = make_norm(block, "attended_norm") if block.sandwich_norms else None
+        self.mlp_output_norm = make_norm(block, "mlp_output_norm") if block.sandwich_norms else None
 
     def get_config(self):
         return {**super().get_config(), "index": self.index}
@@ -67,43 +72,56 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         self.intermediate.build(input_shape)
         self.output_dense.build((*input_shape[:-1], self.config.block.dff))
         self.output_norm.build(input_shape)
+        for norm in (self.attended_norm, self.mlp_output_norm):
+            if norm is not None:
+                norm.build(input_shape)
 
     def call(self, x, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
              attention_scale=None, training=None, cache=None, start=None):
         """``(x, pattern, terms)``; with a key/value ``cache`` (generation: ``InstrumentedAttention``'s ``cache`` and
         ``start``, ``x`` the new tokens only), a fourth item, the layer's new cache."""
         probes = dict(value_mask=value_mask, attention_scale=attention_scale)  # InstrumentedAttention's call args
-        cached = dict(cache=cache, start=start)
+        probes.update({} if cache is None else {"cache": cache, "start": start})
         if self.config.block.placement == "pre":
             attended, pattern, terms, *kept = self._attend(self.attention_norm(x), attention_mask, head_mask,
-                                                           position_bias, training, **probes, **cached)
+                                                           position_bias, training, **probes)
+            if self.attended_norm is not None:
+                attended = self.attended_norm(attended)
             x = x + attended
-            return (x + self._feed_forward(self.output_norm(x), training), pattern, terms, *kept)
+            fed = self._feed_forward(self.output_norm(x), training)
+            if self.mlp_output_norm is not None:
+                fed = self.mlp_output_norm(fed)
+            return (x + fed, pattern, terms, *kept)
         attended, pattern, terms, *kept = self._attend(x, attention_mask, head_mask, position_bias, training,
-                                                       **probes, **cached)
+                                                       **probes)
         x = self.attention_norm(x + attended)
         return (self.output_norm(x + self._feed_forward(x, training)), pattern, terms, *kept)
 
     def _attend(self, x, attention_mask, head_mask, position_bias, training, value_mask=None, attention_scale=None,
                 cache=None, start=None):
+        cached = {} if cache is None else {"cache": cache, "start": start}
         if self.window:
-            attention_mask = self._window_mask(attention_mask, ops.shape(x)[1],
-                                               None if cache is None else ops.shape(cache[0])[1], start)
-        extra = {} if cache is None else {"cache": cache, "start": start}
+            attention_mask = self._window_mask(attention_mask, ops.shape(x)[1], **cached)
         attended, pattern, terms, *kept = self.attention(
             x, x, attention_mask=attention_mask, head_mask=head_mask, position_bias=position_bias,
-            value_mask=value_mask, attention_scale=attention_scale, training=training, **extra
+            value_mask=value_mask, attention_scale=attention_scale, training=training, **cached
         )
         return self.attention_dropout(attended, training=training), pattern, terms, *kept
 
-    def _window_mask(self, attention_mask, length, cached=None, start=None):
-        """A windowed layer's mask, broadcastable to (B, T, S): keys within ``window // 2`` of the query, and not
-        padded. With ``cached`` earlier keys (generation), query i is position ``start + i`` and the S = cached + T
+    def _window_mask(self, attention_mask, length, cache=None, start=None):
+        """A windowed layer's mask, broadcastable to (B, T, S): keys within ``window // 2`` of the query (a
+        symmetric window) or the query and the ``window - 1`` keys before it (a causal one), and not padded. With a
+        ``cache`` of ``start`` earlier tokens (generation), query i is position ``start + i`` and the S = start + T
         keys are positions 0 .. S - 1."""
-        queries = ops.arange(length) if start is None else ops.arange(length) + start
-        keys = ops.arange(length) if cached is None else ops.arange(cached + length)
-        distance = ops.abs(queries[:, None] - keys[None, :])  # (T, S)
-        window = (distance <= self.window // 2)[None]  # (1, T, S)
+        queries = ops.arange(length)
+        keys = queries
+        if cache is not None:
+            queries, keys = queries + start, ops.arange(start + length)
+        distance = queries[:, None] - keys[None, :]  # (T, S): query - key
+        if self.config.attention.window_kind == "causal":
+            window = ops.logical_and(distance >= 0, distance < self.window)[None]  # (1, T, S)
+        else:
+            window = (ops.abs(distance) <= self.window // 2)[None]  # (1, T, S)
         return window if attention_mask is None else ops.logical_and(window, attention_mask)
 
     def _feed_forward(self, x, training):

@@ -2,7 +2,8 @@
 family (``encoder.families``), and port every tensor after checking its name and shape.
 
 Weights are read with ``safetensors`` (no PyTorch), bfloat16 tensors from their bytes (NumPy has no bfloat16: the 16
-bits shifted into the high half of a float32, which is exact), one file or the shards that
+bits shifted into the high half of a float32, which is exact), float16 ones widened to float32 as they are read
+(exact too: every float16 is a float32), one file or the shards that
 ``model.safetensors.index.json`` names; and only after every size is checked (``encoder.limits``: config.json's
 sizes, the parameter count, the safetensors headers): a folder that asks for an absurd model is refused before
 anything is allocated.
@@ -77,20 +78,29 @@ def _canonical_names(weights: dict[str, np.ndarray], prefixes: tuple[str, ...]) 
 
 
 def port_weights(model: TransformerEncoder, weights: dict[str, np.ndarray], source: str, family) -> None:
-    """Copy checkpoint tensors into the model, checking every name and shape first."""
+    """Copy checkpoint tensors into the model, checking every name and shape first. A port's name may be a tuple
+    of names: its transform then receives those tensors in order (Llama's ``gate_proj`` and ``up_proj`` fill one
+    fused variable)."""
     weights = _canonical_names(weights, family.PREFIXES)
     ports = family.weight_ports(model.config, model)
-    missing = [name for name, _, _ in ports if name not in weights]
+    needed = [n for name, _, _ in ports for n in (name if isinstance(name, tuple) else (name,))]
+    missing = list(dict.fromkeys(name for name in needed if name not in weights))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise CheckpointError(f"{source} lacks {len(missing)} tensors the model needs: {shown}; config.json and the "
                               "weights disagree.")
     values = []
     for name, variable, transform in ports:
-        value = np.asarray(transform(weights[name]), dtype=np.float32)
+        names = name if isinstance(name, tuple) else (name,)
+        try:
+            value = np.asarray(transform(*(weights[n] for n in names)), dtype=np.float32)
+        except ValueError as error:  # tensors that cannot be joined (a fused port's parts of unequal widths)
+            raise CheckpointError(f"{source}: {' and '.join(names)} do not fit together; config.json and the "
+                                  "weights disagree.") from error
         if tuple(value.shape) != tuple(variable.shape):
+            stored = " and ".join(str(tuple(weights[n].shape)) for n in names)
             raise CheckpointError(
-                f"{source}: {name} has shape {tuple(weights[name].shape)}, which gives {tuple(value.shape)} "
+                f"{source}: {' and '.join(names)} has shape {stored}, which gives {tuple(value.shape)} "
                 f"but the model expects {tuple(variable.shape)}; config.json and the weights disagree."
             )
         values.append(value)
@@ -166,8 +176,8 @@ def _indexed_shards(folder: Path) -> list[Path]:
 
 
 def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
-    """All tensors of the folder's safetensors files (``safetensors_files``) as NumPy arrays; bfloat16 ones as
-    float32 with exactly their values."""
+    """All tensors of the folder's safetensors files (``safetensors_files``) as NumPy arrays; bfloat16 and float16
+    ones as float32 with exactly their values."""
     return _read_files(safetensors_files(folder))
 
 
@@ -182,7 +192,12 @@ def _read_files(files: list[Path]) -> dict[str, np.ndarray]:
             with safe_open(str(file), framework="numpy") as handle:
                 for name in handle.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
                     header = headers[name]
-                    weights[name] = _bfloat16(file, header) if header.dtype == "BF16" else handle.get_tensor(name)
+                    if header.dtype == "BF16":
+                        weights[name] = _bfloat16(file, header)
+                    elif header.dtype == "F16":  # widened now, so no port computes in float16
+                        weights[name] = handle.get_tensor(name).astype(np.float32)
+                    else:
+                        weights[name] = handle.get_tensor(name)
         except (SafetensorError, OSError, ValueError, KeyError) as error:
             raise CheckpointError(f"{file.name} is not a readable safetensors file; save the weights again "
                                   "(safetensors).") from error

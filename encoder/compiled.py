@@ -9,7 +9,7 @@ from collections.abc import Callable
 import tensorflow as tf
 from keras import ops
 
-from encoder.model import TransformerEncoder
+from encoder.model import TOP_K, TransformerEncoder
 
 # An objective: (ops, model, outputs dict, target (B,) int32, direction (B, D) float32) -> f (B,) (``input_gradients``);
 # ``ops`` is ``keras.ops``, handed over so objectives written outside the core import no tensor library.
@@ -28,8 +28,10 @@ class CompiledEncoder:
       embedding noise (B, T, D), for ablation and stability analysis; a separate graph, so the plain paths pay
       nothing for it.
     - ``embed(ids, segments)``: the input embeddings (B, T, D) the first layer reads.
-    - ``extend(ids, start, keys, values)``: new tokens after cached ones (``TransformerEncoder.extend``; a causal
-      model's generation: a prefill, then one token per step, all through one graph).
+    - ``forward_logits(ids, segments)`` (decoders): ``forward`` plus the LM head's logits (B, T, V);
+      ``lens_top_k(hidden, normed)``: the LM head's top ``TOP_K`` tokens of any residual vectors (the logit lens).
+    - ``extend(ids, start, keys, values)`` (causal models): new tokens after cached ones (``TransformerEncoder.extend``:
+      generation's prefill and each step, all through one graph); ``empty_cache()`` the cache before a prefill.
     - ``input_gradients`` / ``attention_gradients``: a scalar of the output (an objective function, e.g.
       ``analysis.objectives``) and its gradient with respect to the embedding noise (and the attention scale), by
       ``tf.GradientTape``; one graph per objective function, traced on first use.
@@ -53,8 +55,11 @@ class CompiledEncoder:
         )
 
         self._embedding = tf.function(self._embed_ids, input_signature=[_IDS, _IDS])
-        self._extending = None  # traced on first use: only causal models generate
+        self._with_logits = tf.function(self._forward_logits, input_signature=[_IDS, _IDS])
+        self._lens = tf.function(self._lens_top_k, input_signature=[tf.TensorSpec([None, cfg.d_model], tf.float32),
+                                                                     tf.TensorSpec([], tf.bool)])
         self._gradients: dict[tuple[Objective, bool], tf.types.experimental.GenericFunction] = {}
+        self._extending = None  # traced on first use: only causal models generate
 
     def forward(self, ids, segments) -> dict:
         """Unpadded (B, T) ids and segments -> the model's output dict of tensors."""
@@ -71,27 +76,26 @@ class CompiledEncoder:
         self.calls += 1
         return self._perturbed(ids, segments, mask, head_mask, noise)
 
+    def forward_logits(self, ids, segments) -> dict:
+        """As ``forward``, plus ``logits`` (B, T, V) float32: the LM head at every position (a model with one)."""
+        self._check_lm_head()
+        self.calls += 1
+        return self._with_logits(ids, segments)
+
+    def lens_top_k(self, hidden, normed: bool):
+        """``(ids (N, K) int32, probs (N, K) float32)``: the ``TOP_K`` most probable tokens of the LM head applied
+        to N residual vectors ``hidden`` (N, D) float32, after the final norm unless ``normed`` (the logit lens;
+        ``normed`` for the last hidden state, which is after it already)."""
+        self._check_lm_head()
+        return self._lens(tf.convert_to_tensor(hidden, tf.float32), tf.constant(bool(normed)))
+
+    def _check_lm_head(self) -> None:
+        if not self.model.config.head.lm_head:
+            raise ValueError("this model has no LM head (next-token logits belong to decoders)")
+
     def embed(self, ids, segments):
         """(B, T) ids and segments -> (B, T, D) input embeddings (``TransformerEncoder.embed``)."""
         return self._embedding(ids, segments)
-
-    def extend(self, ids, start, keys, values) -> dict:
-        """(B, n) new token ids after ``start`` cached tokens, the cache ``keys`` and ``values`` (L, B, start, Hkv, dh)
-        float32 -> ``TransformerEncoder.extend``'s dict (the last token's logits and attention, the new cache). One
-        graph serves the prefill and every step: batch, ``n`` and ``start`` are unknown in its signature."""
-        if self._extending is None:
-            cfg = self.model.config
-            cache = tf.TensorSpec([cfg.num_layers, None, None, cfg.attention.key_value_heads or cfg.num_heads,
-                                   cfg.head_dim], tf.float32)
-            self._extending = tf.function(self.model.extend,
-                                          input_signature=[_IDS, tf.TensorSpec([], tf.int32), cache, cache])
-        return self._extending(ids, start, keys, values)
-
-    def empty_cache(self, batch: int = 1):
-        """``(keys, values)``, each (L, batch, 0, Hkv, dh) float32: the cache before a prefill (``extend``)."""
-        cfg = self.model.config
-        shape = (cfg.num_layers, batch, 0, cfg.attention.key_value_heads or cfg.num_heads, cfg.head_dim)
-        return tf.zeros(shape, tf.float32), tf.zeros(shape, tf.float32)
 
     def input_gradients(self, objective, ids, segments, noise, target, direction):
         """``(f (B,), df/dnoise (B, T, D))`` for unpadded (B, T) inputs with ``noise`` (B, T, D) added to the input
@@ -136,6 +140,15 @@ class CompiledEncoder:
     def _forward(self, ids, segments):
         return self.model(ids, segments, training=False)
 
+    def _forward_logits(self, ids, segments):
+        return self.model(ids, segments, training=False, full_logits=True)
+
+    def _lens_top_k(self, hidden, normed):
+        x = hidden[None]  # (1, N, D)
+        logits = tf.cond(normed, lambda: self.model.lm_logits(x), lambda: self.model.lens_logits(x))[0]  # (N, V)
+        top, ids = tf.math.top_k(logits, k=min(TOP_K, self.model.config.vocab_size))
+        return ids, tf.exp(top - tf.reduce_logsumexp(logits, axis=-1, keepdims=True))
+
     def _embed_ids(self, ids, segments):
         return self.model.embed(ids, segments)
 
@@ -147,8 +160,28 @@ class CompiledEncoder:
             ids, segments, padding_mask=mask, head_mask=head_mask, embedding_noise=noise, training=False
         )
 
+    def extend(self, ids, start, keys, values) -> dict:
+        """(B, n) new token ids after ``start`` cached tokens, the cache ``keys`` and ``values`` (L, B, start, Hkv,
+        dh) float32 -> ``TransformerEncoder.extend``'s dict (the last token's logits and attention row, the new
+        cache). One graph serves the prefill and every step: batch, ``n`` and ``start`` are unknown in its
+        signature, so no step retraces."""
+        if self._extending is None:
+            cache = tf.TensorSpec([self.model.config.num_layers, None, None, *self._cache_heads()], tf.float32)
+            self._extending = tf.function(self.model.extend,
+                                          input_signature=[_IDS, tf.TensorSpec([], tf.int32), cache, cache])
+        return self._extending(ids, start, keys, values)
+
+    def empty_cache(self, batch: int = 1):
+        """``(keys, values)``, each (L, batch, 0, Hkv, dh) float32: the cache before a prefill (``extend``)."""
+        shape = (self.model.config.num_layers, batch, 0, *self._cache_heads())
+        return tf.zeros(shape, tf.float32), tf.zeros(shape, tf.float32)
+
+    def _cache_heads(self) -> tuple[int, int]:
+        cfg = self.model.config
+        return cfg.attention.key_value_heads or cfg.num_heads, cfg.head_dim
+
     def tracing_count(self) -> int:
         """How many graphs were traced in all (a new sentence length must not add one)."""
-        functions = (self._plain, self._padded, self._perturbed, self._embedding, *self._gradients.values(),
-                     *([self._extending] if self._extending is not None else []))
+        functions = (self._plain, self._padded, self._perturbed, self._embedding, self._with_logits, self._lens,
+                     *self._gradients.values(), *([self._extending] if self._extending is not None else []))
         return sum(f.experimental_get_tracing_count() for f in functions)

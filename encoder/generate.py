@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from encoder.errors import InputError, whole_number
+from encoder.model import TOP_K
 from encoder.tokenizer import Encoded
 from encoder.trace import EncoderTrace, _make_trace, has_lm_head, to_numpy
 
 if TYPE_CHECKING:
     from encoder.sources import LoadedModel
 
-TOP_K = 10  # candidates kept per step (``encoder.model.TOP_K``, the trace's next_ids width)
+
 MAX_NEW_TOKENS = 4096  # the most tokens one call may generate, whatever the model's positions
 MAX_TEMPERATURE = 100.0
 EOS_FILES = ("generation_config.json", "config.json")  # where a model folder names its end-of-sequence ids
@@ -291,8 +292,7 @@ def trace_generation(model: LoadedModel, encoded: Encoded, generation: Generatio
     outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
     outputs["step_ids"], outputs["step_probs"] = generation.step_ids, generation.step_probs
     text = prompt + continuation_text(tokenizer, generation.prompt_ids, generation.ids)
-    trace = _make_trace(model, whole, outputs, text, None)
-    return trace.replace(generated=np.arange(len(sequence)) >= len(generation.prompt_ids))
+    return _make_trace(model, whole, outputs, text, None, generated=np.arange(len(sequence)) >= len(encoded.tokens))
 
 
 def continuation_text(tokenizer, prompt_ids: np.ndarray, ids: np.ndarray) -> str:

@@ -11,8 +11,11 @@ Three checks, in the order ``encoder.checkpoints.load_hf_folder`` runs them, eac
    with the file sizes and with the config: the word embeddings have its vocabulary and width, and the files hold
    at least half the numbers the config implies, so a tiny file cannot make us allocate a big model.
 
-The bounds are generous: the largest published encoders (XLM-RoBERTa-XL: 36 layers, width 2560, 250,002 tokens)
-and GPT-3-sized shapes (96 layers, 96 heads, width 12,288) pass; the parameter cap is what limits a real model.
+The bounds are generous: the largest published encoders (XLM-RoBERTa-XL: 36 layers, width 2560, 250,002 tokens),
+GPT-3-sized shapes (96 layers, 96 heads, width 12,288) and today's decoders (Gemma's 256k vocabularies and head
+size 256, Llama 3.1's 131,072 positions, Phi-3's 262,144-token window) pass; the parameter cap is what limits a real
+model (``parameter_count`` counts what decoders have: key/value heads, an explicit head size, gated MLPs, RMSNorms,
+q/k norms, sandwich norms, an untied LM head).
 """
 
 from __future__ import annotations
@@ -39,32 +42,46 @@ class Bound:
     high: int
 
 
-BOUNDS = {  # EncoderConfig field -> its bound
+POSITIONS = 524_288  # the longest context (and sliding window) a config may give: 2^19
+
+
+BOUNDS = {  # a size of the mapped config (an EncoderConfig attribute, or ``GROUPED``) -> its bound
     "num_layers": Bound("layers", 1, 96),
     "num_heads": Bound("attention heads", 1, 128),
+    "key_value_heads": Bound("key/value heads", 1, 128),
+    "head_dim": Bound("dimensions per head", 1, 1_024),
     "d_model": Bound("hidden width", 1, 16_384),
     "dff": Bound("feed-forward width", 1, 65_536),
     "embedding_size": Bound("embedding width", 1, 16_384),
     "vocab_size": Bound("tokens in the vocabulary", 1, 1_000_000),
-    "max_positions": Bound("positions", 1, 65_536),
+    "max_positions": Bound("positions", 1, POSITIONS),
+    "window": Bound("positions in a sliding window", 0, POSITIONS),
     "type_vocab_size": Bound("token types", 0, 1_024),
     "num_layer_groups": Bound("layer groups", 1, 96),
     "num_classes": Bound("classes", 0, 100_000),
 }
-CONFIG_FIELDS = {  # config.json name (every family's) -> the EncoderConfig field it sets
+GROUPED = {  # the bounded sizes an EncoderConfig has no flat attribute for
+    "key_value_heads": lambda config: config.attention.key_value_heads,
+    "head_dim": lambda config: config.head_dim,
+    "window": lambda config: max(config.attention.windows, default=0),
+}
+CONFIG_FIELDS = {  # config.json name (every family's) -> the bounded size it sets
     "num_hidden_layers": "num_layers", "n_layer": "num_layers", "n_layers": "num_layers",
     "num_attention_heads": "num_heads", "n_head": "num_heads", "n_heads": "num_heads",
+    "num_key_value_heads": "key_value_heads", "head_dim": "head_dim",
     "hidden_size": "d_model", "n_embd": "d_model", "dim": "d_model",
     "intermediate_size": "dff", "n_inner": "dff", "hidden_dim": "dff",
     "embedding_size": "embedding_size",
     "vocab_size": "vocab_size",
     "max_position_embeddings": "max_positions", "n_positions": "max_positions",
+    "sliding_window": "window", "local_attention": "window",
     "type_vocab_size": "type_vocab_size",
     "num_hidden_groups": "num_layer_groups",
     "num_labels": "num_classes",
 }
 WORD_EMBEDDINGS = ("embeddings.word_embeddings.weight", "wte.weight",  # BERT-like families, GPT-2 (prefix stripped)
-                   "embeddings.tok_embeddings.weight")  # ModernBERT
+                   "embeddings.tok_embeddings.weight",  # ModernBERT
+                   "embed_tokens.weight")  # the decoders (Llama, Qwen, Gemma, ...)
 MIN_STORED_FRACTION = 0.5  # of the config's parameters that the safetensors files must hold
 HEADER_BYTES = 4 * 2**20  # largest safetensors header we parse (a 96-layer model's is under 100 kB)
 # The float types read (bfloat16, which NumPy lacks, by ``encoder.checkpoints``: exactly, its 16 bits shifted up).
@@ -88,11 +105,15 @@ class TensorHeader:
 
 
 def check_config_fields(hf: Mapping[str, Any]) -> None:
-    """Refuse a size in ``config.json`` outside ``BOUNDS`` (or not a whole number) before a family maps it.
+    """Refuse a size in ``config.json`` outside ``BOUNDS``, not a whole number (``true`` included), or key/value
+    heads that do not divide the attention heads, before a family maps them.
 
-    Values that are no number at all are left to the family, which reports a field of the wrong kind.
+    Values that are no number at all (text, lists; ``null`` where a family allows it) are left to the family, which
+    reports a field of the wrong kind.
     """
     for name, field in CONFIG_FIELDS.items():
+        if isinstance(hf.get(name), bool):
+            raise CheckpointError(f"config.json's {name} is not a whole number ({BOUNDS[field].what}).")
         value = _number(hf.get(name))
         if value is None:
             continue
@@ -104,6 +125,10 @@ def check_config_fields(hf: Mapping[str, Any]) -> None:
                 f"config.json asks for more {bound.what} than Headlight runs ({name}: at most {bound.high:,}).")
         if not float(value).is_integer():
             raise CheckpointError(f"config.json's {name} is not a whole number ({bound.what}).")
+    heads, groups = _number(hf.get("num_attention_heads")), _number(hf.get("num_key_value_heads"))
+    if heads is not None and groups is not None and heads % groups:
+        raise CheckpointError("config.json's num_key_value_heads must divide num_attention_heads (each key/value "
+                              "head serves the same number of query heads).")
 
 
 def _number(value: Any) -> int | float | None:
@@ -120,31 +145,39 @@ def parameter_count(config: EncoderConfig) -> int:
     """The number of weights ``TransformerEncoder(config)`` creates, from the config alone (shared layer groups
     counted once); tests pin it to the built model's count for every family."""
     d, e, f = config.d_model, config.embedding_width, config.dff
+    h, kv, dh = config.num_heads, config.key_value_heads, config.head_dim
     rows = config.table_rows if config.positional == "learned" else 0
     embeddings = (config.vocab_size + rows + config.type_vocab_size) * e
     b = 1 if config.use_bias else 0  # ModernBERT's dense layers and norms have no biases
-    embeddings += (1 + b) * e if config.embedding_layer_norm else 0
+    rms = config.block.norm == "rmsnorm"  # an RMS norm has a weight and no bias
+    norm = d if rms else (1 + b) * d
+    embeddings += (e if rms else (1 + b) * e) if config.embedding_layer_norm else 0
     embeddings += e * d + d if e != d else 0
-    attention = 4 * (d * d + b * d)
-    inner = 2 * f if config.gated_feed_forward else f  # GeGLU's input projection is twice as wide
+    qkv_bias, output_bias = config.attention_biases
+    attention = d * (h + 2 * kv) * dh + h * dh * d + qkv_bias * (h + 2 * kv) * dh + output_bias * d
+    attention += 2 * dh if config.attention.qk_norm else 0  # the query and key norms (one weight over dh each)
+    inner = 2 * f if config.gated_feed_forward else f  # a gated MLP's input projection is twice as wide
     feed_forward = d * inner + b * inner + f * d + b * d
-    layer = attention + feed_forward + 2 * (1 + b) * d  # and two layer norms
+    layer = attention + feed_forward + (4 if config.block.sandwich_norms else 2) * norm
     embeddings += config.relative_attention_buckets * config.num_heads  # MPNet's bias table
     if config.relative_attention:  # DeBERTa's relative embeddings (+ norm), own position projections per layer
         embeddings += 2 * config.relative_span * d + (2 * d if config.norm_rel_ebd else 0)
         layer += 0 if config.share_att_key else len(config.pos_att_type) * (d * d + d)
-    embeddings -= 0 if config.first_attention_norm else (1 + b) * d  # ModernBERT's first layer has no attention norm
-    heads = (1 + b) * d if config.final_norm else 0
+    embeddings -= 0 if config.first_attention_norm else norm  # ModernBERT's first layer has no attention norm
+    heads = norm if config.final_norm else 0
     if config.num_classes:
         heads += d * d + d if config.classifier_activation else 0
         heads += d * config.num_classes + config.num_classes
+    if config.head.lm_head and not config.head.tie_embeddings:
+        heads += d * config.vocab_size
     return embeddings + (config.num_layer_groups or config.num_layers) * layer + heads
 
 
 def check_config(config: EncoderConfig, max_parameters: int) -> None:
     """Refuse a mapped config beyond ``BOUNDS`` or with more than ``max_parameters`` weights."""
     for field, bound in BOUNDS.items():
-        if getattr(config, field) > bound.high:
+        size = GROUPED[field](config) if field in GROUPED else getattr(config, field)
+        if size > bound.high:
             raise CheckpointError(f"config.json asks for more {bound.what} than Headlight runs "
                                   f"(at most {bound.high:,}).")
     if parameter_count(config) > max_parameters:

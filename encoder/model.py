@@ -16,12 +16,14 @@ from keras import ops
 
 from encoder.block import ConfigArgument, EncoderLayer
 from encoder.config import EncoderConfig
+from encoder.parts.attention import soft_cap
 from encoder.parts.mlp import activate
 from encoder.parts.norms import make_norm
 from encoder.parts.schemes import position_part
 from encoder.positional import window_visible
 
 POSITIONS = "positions"  # the name of the position scheme's part (its variables are under ``positions/``)
+TOP_K = 10  # candidates per position in ``next_ids`` / ``next_probs`` (and ``CompiledEncoder.lens_top_k``)
 
 
 @keras.saving.register_keras_serializable(package="headlight")
@@ -42,11 +44,16 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         embedding_noise: optional (B, T, D) float added to the first layer's input.
         attention_scale: optional (B, L, H, T, T) float multiplying each layer's weights before they mix the values
             (ones change nothing; the gradient there is attention x gradient). Reported attention is unscaled.
+        full_logits: bool, also return the LM head's (B, T, V) logits (a model with an LM head).
 
     Returns:
         dict with ``hidden`` (B, L + 1, T, D), ``attention`` (B, L, H, T, T) after softmax, ``embedding``
         (B, D) pooled sentence embedding, ``logits``/``probabilities`` (B, C) when the model has a classifier, and
-        ``terms/<name>`` (B, L, H, T, T) when the logits have named terms (the layers' ``terms``, stacked).
+        ``terms/<name>`` (B, L, H, T, T) when the logits have named terms (the layers' ``terms``, stacked); with an
+        LM head (``config.head.lm_head``: decoders), ``next_ids`` (B, T, K) int32 and ``next_probs`` (B, T, K), the
+        top ``TOP_K`` next tokens of every position and their probabilities, ``next_logprob`` (B, T), each
+        following token's log-probability (NaN at the last position), and ``logits`` (B, T, V) only when
+        ``full_logits`` is True.
 
     Example:
         >>> cfg = EncoderConfig(vocab_size=50, num_layers=2, num_heads=2, d_model=8, dff=16)
@@ -73,6 +80,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         self.pre_classifier = (keras.layers.Dense(config.d_model, name="pre_classifier")
                                if head.num_classes and head.classifier_activation else None)
         self.classifier = keras.layers.Dense(head.num_classes, name="classifier") if head.num_classes else None
+        self.lm_head = (keras.layers.Dense(embeddings.vocab_size, use_bias=False, name="lm_head")
+                        if head.lm_head and not head.tie_embeddings else None)
         self.build_all()
 
     @property
@@ -89,7 +98,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
                          (self.segment_embedding, (None, None)), (self.embedding_norm, (None, None, width)),
                          (self.embedding_projection, (None, None, width)))
         after_layers = ((self.final_norm, (None, None, d)), (self.pre_classifier, (None, d)),
-                        (self.classifier, (None, d)))
+                        (self.classifier, (None, d)), (self.lm_head, (None, None, d)))
         for sublayer, shape in before_layers:
             if sublayer is not None:
                 sublayer.build(shape)
@@ -109,7 +118,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         if not attention.causal and not any(windows):
             return None
         seen = np.tri(length, dtype=bool) if attention.causal else np.ones((length, length), bool)
-        return np.stack([seen & window_visible(length, w) if w else seen for w in windows])  # (L, T, T)
+        return np.stack([seen & window_visible(length, w, attention.window_kind) if w else seen
+                         for w in windows])  # (L, T, T)
 
     def position_scheme(self) -> dict[str, np.ndarray]:
         """What the positional scheme is, as named arrays for the positional lab (``EncoderTrace.position_scheme``);
@@ -130,6 +140,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         embedding_noise=None,
         attention_scale=None,
         training=None,
+        full_logits=False,
     ):
         x = self._embed(token_ids, segment_ids, training)  # (B, T, D)
         if embedding_noise is not None:
@@ -155,20 +166,54 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             "attention": ops.stack(patterns, axis=1),  # (B, L, H, T, T)
             **{f"terms/{name}": ops.stack(parts, axis=1) for name, parts in terms.items()},  # (B, L, H, T, T)
         }
+        if self.config.head.lm_head:
+            outputs.update(self._next_tokens(x, token_ids, full_logits))
         return {**outputs, **self._heads(x, padding_mask)}
 
-    def extend(self, token_ids, start, keys, values):
-        """Run ``n`` new tokens after ``start`` earlier ones whose keys and values are cached (generation: a prefill
-        with an empty cache, then one token per step), at inference; a causal model only.
+    def lm_logits(self, x):
+        """(B, T, D) last hidden states (after the final norm, as ``hidden[-1]``) -> (B, T, V) float32 logits of
+        the LM head (the token embedding when tied), soft-capped when the config says so (Gemma 2)."""
+        if self.lm_head is not None:
+            logits = self.lm_head(x)
+        else:
+            logits = ops.einsum("btd,vd->btv", x, self.token_embedding.embeddings)
+        cap = self.config.head.logit_softcap
+        return soft_cap(logits, cap) if cap else logits
 
-        Every layer runs exactly as in ``call`` (the same sublayers and rules), its attention reading the cached
-        keys and values followed by the new tokens' own, the queries at positions ``start`` .. ``start + n - 1``.
+    def lens_logits(self, x):
+        """(B, T, D) residual stream of any layer (before the final norm) -> (B, T, V): the final norm, then
+        ``lm_logits`` (the logit lens)."""
+        return self.lm_logits(self.final_norm(x) if self.final_norm is not None else x)
+
+    def _next_tokens(self, x, token_ids, full_logits: bool) -> dict:
+        """What the LM head says at every position of the last hidden state ``x`` (B, T, D): ``next_ids`` (B, T,
+        K) int32 and ``next_probs`` (B, T, K) float32, the K = ``TOP_K`` most probable next tokens and their
+        softmax probabilities; ``next_logprob`` (B, T), the log-probability of the token that follows (NaN at the
+        last position); and, with ``full_logits``, ``logits`` (B, T, V)."""
+        logits = self.lm_logits(x)  # (B, T, V)
+        normaliser = ops.logsumexp(logits, axis=-1)  # (B, T)
+        top, ids = ops.top_k(logits, k=min(TOP_K, self.config.vocab_size))
+        following = ops.take_along_axis(logits[:, :-1], ops.cast(token_ids[:, 1:, None], "int32"), axis=-1)[..., 0]
+        last = ops.full_like(normaliser[:, :1], float("nan"))
+        outputs = {"next_ids": ops.cast(ids, "int32"), "next_probs": ops.exp(top - normaliser[..., None]),
+                   "next_logprob": ops.concatenate([following - normaliser[:, :-1], last], axis=1)}
+        if full_logits:
+            outputs["logits"] = logits
+        return outputs
+
+    def extend(self, token_ids, start, keys, values):
+        """Run ``n`` new tokens after ``start`` earlier ones whose keys and values are cached, at inference: a causal
+        model's generation (a prefill with an empty cache, then one token per step; ``CompiledEncoder.extend``).
+
+        Every layer runs as in ``call``, with the same sublayers and rules (norms, rotary positions, q/k norms,
+        soft-caps, windows, grouped-query attention), its attention reading the cached keys and values followed
+        by the new tokens' own; the queries are positions ``start`` .. ``start + n - 1``.
 
         Args:
             token_ids: (B, n) int32, the new tokens.
             start: int32 scalar, the number of cached tokens (the position of the first new token).
-            keys, values: (L, B, start, Hkv, dh) float32, each layer's cache
-                (``InstrumentedAttention.project_keys_values``); (L, B, 0, Hkv, dh) for a prefill.
+            keys, values: (L, B, start, Hkv, dh) float32, each layer's cache as its attention keeps it
+                (``InstrumentedAttention``'s ``cache``); (L, B, 0, Hkv, dh) for a prefill.
 
         Returns:
             dict: ``last`` (B, D) the last new token's final hidden state (after the final norm), ``attention``
@@ -181,20 +226,21 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         n = ops.shape(token_ids)[1]
         queries, keys_at = ops.arange(n) + start, ops.arange(start + n)
         attention_mask = (keys_at[None, :] <= queries[:, None])[None]  # (1, n, S): key <= query
+        position_bias = self.positions.layer_context(start + n)  # for the S keys; a layer's queries are the last n
         patterns, new_keys, new_values = [], [], []
         for index, layer in enumerate(self.encoder_layers):
-            x, pattern, _, (k, v) = layer(x, attention_mask=attention_mask, cache=(keys[index], values[index]),
-                                          start=start, training=False)
+            x, pattern, _, (k, v) = layer(x, attention_mask=attention_mask, position_bias=position_bias,
+                                          cache=(keys[index], values[index]), start=start, training=False)
             patterns.append(pattern[:, :, -1])  # (B, H, S): the last new token's row
             new_keys.append(k)
             new_values.append(v)
-        last = x[:, -1]  # (B, D)
+        last = x[:, -1:]  # (B, 1, D)
         if self.final_norm is not None:
             last = self.final_norm(last)
-        outputs = {"last": last, "attention": ops.stack(patterns, axis=1),
+        outputs = {"last": last[:, 0], "attention": ops.stack(patterns, axis=1),
                    "keys": ops.stack(new_keys), "values": ops.stack(new_values)}
-        if getattr(self.config.head, "lm_head", False):
-            outputs["logits"] = self.lm_logits(last[:, None])[:, 0]  # (B, V)
+        if self.config.head.lm_head:
+            outputs["logits"] = self.lm_logits(last)[:, 0]  # (B, V)
         return outputs
 
     def embed(self, token_ids, segment_ids=None):
@@ -213,7 +259,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             if segment_ids is None or cfg.embeddings.type_vocab_size == 1:  # one type (RoBERTa): every token is type 0
                 segment_ids = ops.zeros_like(token_ids)
             x = x + self.segment_embedding(segment_ids)
-        x = self.positions.add_to(x, token_ids, **({} if start is None else {"start": start}))  # a table's rows
+        x = self.positions.add_to(x, token_ids, start)  # the absolute table's rows, when the scheme has a table
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         x = self.embedding_dropout(x, training=training)
@@ -261,9 +307,16 @@ class TransformerEncoder(ConfigArgument, keras.Model):
 
     def pool(self, x, padding_mask):
         """(B, D): the pooled sentence vector of the last hidden state ``x`` (B, T, D), before any normalisation:
-        the first token ("cls") or the mean over real tokens ("mean")."""
+        the first token ("cls"), the last real token ("last": a decoder's, the one that has read every other) or
+        the mean over real tokens ("mean")."""
         if self.config.head.pooling == "cls":
             return x[:, 0]
+        if self.config.head.pooling == "last":
+            if padding_mask is None:
+                return x[:, -1]
+            last = ops.sum(ops.cast(padding_mask, "int32"), axis=1) - 1  # (B,)
+            index = ops.broadcast_to(ops.maximum(last, 0)[:, None, None], (ops.shape(x)[0], 1, ops.shape(x)[2]))
+            return ops.take_along_axis(x, index, axis=1)[:, 0]
         if padding_mask is None:
             return ops.mean(x, axis=1)
         weights = ops.cast(padding_mask, x.dtype)[..., None]  # (B, T, 1)

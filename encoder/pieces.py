@@ -6,7 +6,9 @@ A token style names the convention (``TOKEN_STYLES``):
 - ``"bytelevel"`` (GPT-2, RoBERTa): byte-level BPE. Every byte of the UTF-8 text is one printable character of
   GPT-2's byte-to-unicode alphabet (``byte_alphabet``): ``Ġ`` is a space (before a word), ``Ċ`` a newline, and a
   character such as "é" becomes two pieces' worth of characters (``Ã©``).
-- ``"metaspace"`` (SentencePiece: ALBERT, XLM-R, DeBERTa-v3): ``▁`` is a space before a word.
+- ``"metaspace"`` (SentencePiece: ALBERT, XLM-R, DeBERTa-v3; the SentencePiece BPE of Llama 2, Mistral, Gemma and
+  Phi-3): ``▁`` is a space before a word; with byte fallback a character missing from the vocabulary is one piece
+  per UTF-8 byte, written ``<0xE2>`` (a newline is ``<0x0A>``).
 - ``""``: unknown or other; tokens are shown as they are.
 
 Pure Python: no NumPy, no ``tokenizers``.
@@ -15,11 +17,13 @@ Pure Python: no NumPy, no ``tokenizers``.
 from __future__ import annotations
 
 import functools
+import re
 
 TOKEN_STYLES = ("", "wordpiece", "bytelevel", "metaspace")
 WORDPIECE_PREFIX = "##"
 METASPACE = "▁"
 SPACE_MARK, NEWLINE_MARK = "␣", "⏎"  # how a piece that is only whitespace is shown
+BYTE_PIECES = re.compile(r"(?:<0x[0-9A-F]{2}>)+")  # SentencePiece's byte fallback: one piece per byte
 
 
 @functools.cache
@@ -84,7 +88,8 @@ def readable_piece(token: str, style: str) -> str:
     """``token`` as people read it.
 
     Byte-level pieces are decoded from the byte alphabet to UTF-8 (half a character, as ``Ã`` alone of "é", is
-    shown as its byte, ``<0xC3>``); ``▁`` of SentencePiece is a space. Then one leading
+    shown as its byte, ``<0xC3>``); ``▁`` of SentencePiece is a space, and its byte-fallback pieces (``<0x0A>``)
+    are decoded the same way (so a run of them that makes a character reads as that character). Then one leading
     space (the word boundary) is dropped, and a piece that is only whitespace shows each space as ``␣`` and each
     newline as ``⏎``. WordPiece and unknown styles come back unchanged.
 
@@ -93,11 +98,13 @@ def readable_piece(token: str, style: str) -> str:
         ('caf', 'é', '<0xC3>')
         >>> readable_piece("▁New", "metaspace"), readable_piece("▁", "metaspace"), readable_piece("##s", "wordpiece")
         ('New', '␣', '##s')
+        >>> readable_piece("<0x0A>", "metaspace"), readable_piece("<0xC3><0xA9>", "metaspace")
+        ('⏎', 'é')
     """
     if style == "bytelevel":
         text = _from_bytes(token)
     elif style == "metaspace":
-        text = token.replace(METASPACE, " ")
+        text = BYTE_PIECES.sub(_byte_run, token.replace(METASPACE, " "))
     else:
         return token
     if text and not text.strip():
@@ -111,7 +118,16 @@ def _from_bytes(token: str) -> str:
     alphabet = byte_alphabet()
     if not all(char in alphabet for char in token):
         return token  # an added token written as plain text
-    data = bytes(alphabet[char] for char in token)
+    return _decode(bytes(alphabet[char] for char in token))
+
+
+def _byte_run(match: re.Match) -> str:
+    """A run of byte-fallback pieces (``<0xC3><0xA9>``) as UTF-8 text."""
+    return _decode(bytes(int(match[0][i + 3:i + 5], 16) for i in range(0, len(match[0]), 6)))
+
+
+def _decode(data: bytes) -> str:
+    """``data`` as UTF-8 text, each byte that is not part of a whole character shown as ``<0xC3>``."""
     text, start = [], 0
     while start < len(data):
         for size in range(1, 5):  # the shortest valid UTF-8 sequence here, if any
@@ -129,8 +145,8 @@ def _from_bytes(token: str) -> str:
 
 def join_pieces(pieces: list[str] | tuple[str, ...], style: str) -> str:
     """The readable text of one word made of ``pieces`` (raw tokens), joined as the tokenizer's decoder would:
-    continuation ``##`` dropped, byte-level bytes decoded together (so "Ã" + "©" reads "é"), the leading space or
-    ``▁`` dropped.
+    continuation ``##`` dropped, byte-level bytes decoded together (so "Ã" + "©" reads "é", and byte-fallback
+    "<0xC3>" + "<0xA9>" too), the leading space or ``▁`` dropped.
 
     Example:
         >>> join_pieces(["hel", "##l", "##o"], "wordpiece"), join_pieces(["ĠCaf", "Ã", "©"], "bytelevel")

@@ -94,11 +94,46 @@ def rotary_frequencies(theta: float, head_dim: int) -> np.ndarray:
     return np.float32(1.0) / power
 
 
-def window_visible(length: int, window: int) -> np.ndarray:
+def rope_frequencies(theta: float, dim: int, rope_type: str = "default", factor: float = 1.0,
+                     low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
+                     original_max_positions: int = 8192) -> np.ndarray:
+    """(dim / 2,) float32: ``rotary_frequencies(theta, dim)`` rescaled by ``rope_type``, each step in float32 as
+    transformers' ``modeling_rope_utils`` computes it: "default" unchanged, "linear" divided by ``factor``,
+    "llama3" (``_compute_llama3_parameters``) divided by ``factor`` where the wavelength ``2 pi / f`` exceeds
+    ``original_max_positions / low_freq_factor``, unchanged below ``original_max_positions / high_freq_factor``
+    and interpolated smoothly between.
+
+    Example:
+        >>> rope_frequencies(10000.0, 4, "linear", factor=2.0).tolist()
+        [0.5, 0.004999999888241291]
+    """
+    f32 = np.float32
+    inv_freq = rotary_frequencies(theta, dim)
+    if rope_type == "default":
+        return inv_freq
+    if rope_type == "linear":
+        return inv_freq / f32(factor)
+    if rope_type != "llama3":
+        raise ValueError(f"unknown rope_type {rope_type!r}")
+    old = f32(original_max_positions)
+    low_wavelength, high_wavelength = old / f32(low_freq_factor), old / f32(high_freq_factor)
+    wavelength = f32(2 * math.pi) / inv_freq
+    scaled = np.where(wavelength > low_wavelength, inv_freq / f32(factor), inv_freq)
+    smooth = (old / wavelength - f32(low_freq_factor)) / f32(high_freq_factor - low_freq_factor)
+    smoothed = (f32(1) - smooth) * scaled / f32(factor) + smooth * scaled
+    medium = ~(wavelength < high_wavelength) & ~(wavelength > low_wavelength)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def window_visible(length: int, window: int, kind: str = "symmetric") -> np.ndarray:
     """(length, length) bool, True where query i may see key j in a sliding-window layer: ``|i - j| <= window // 2``
-    (ModernBERT's ``local_attention`` is the whole window, both sides)."""
+    ("symmetric": ModernBERT's ``local_attention`` is the whole window, both sides) or ``0 <= i - j < window``
+    ("causal": Mistral's and Gemma's ``sliding_window``, the query and the ``window - 1`` keys before it)."""
     positions = np.arange(length)
-    return np.abs(positions[:, None] - positions[None, :]) <= window // 2
+    distance = positions[:, None] - positions[None, :]  # query - key
+    if kind == "causal":
+        return (distance >= 0) & (distance < window)
+    return np.abs(distance) <= window // 2
 
 
 def log_bucket_position(relative: np.ndarray, buckets: int, max_position: int) -> np.ndarray:

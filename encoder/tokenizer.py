@@ -11,7 +11,7 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from encoder.errors import CheckpointError, InputError
-from encoder.pieces import detect_token_style
+from encoder.pieces import METASPACE, detect_token_style
 
 MAX_TEXT_CHARS = 100_000
 SENTENCEPIECE_FILES = ("spiece.model", "tokenizer.model", "sentencepiece.model", "sentencepiece.bpe.model")
@@ -48,7 +48,11 @@ class TextTokenizer:
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self.max_length = max_length
-        self.token_style = detect_token_style(json.loads(tokenizer.to_str()))
+        config = json.loads(tokenizer.to_str())
+        self.token_style = detect_token_style(config)
+        # SentencePiece BPE (Llama 2, Mistral, Gemma, Phi-3) hands the whole text to the model as one "word": its
+        # words are then read from the ▁ marks of the tokens
+        self._words_from_marks = self.token_style == "metaspace" and not _splits_words(config.get("pre_tokenizer"))
         self._lock = threading.Lock()  # the app shares one tokenizer per model between sessions
 
     @classmethod
@@ -137,7 +141,9 @@ class TextTokenizer:
             special=np.asarray(encoding.special_tokens_mask, dtype=bool),
             truncated=truncated,
             untruncated_length=untruncated,
-            words=_word_numbers(encoding.word_ids, encoding.sequence_ids, encoding.special_tokens_mask),
+            words=(_words_from_marks(encoding.tokens, encoding.sequence_ids, encoding.special_tokens_mask)
+                   if self._words_from_marks else
+                   _word_numbers(encoding.word_ids, encoding.sequence_ids, encoding.special_tokens_mask)),
             token_style=self.token_style,
         )
 
@@ -149,6 +155,33 @@ def _word_numbers(word_ids: list[int | None], sequence_ids: list[int | None], sp
     in_a = ~in_b & (words >= 0)
     words[in_b] += int(words[in_a].max()) + 1 if in_a.any() else 0
     return words
+
+
+def _words_from_marks(tokens: list[str], sequence_ids: list[int | None], special: list[int]) -> np.ndarray:
+    """(T,) int32 word numbers of SentencePiece pieces, counted on across a pair: a word starts at a piece that
+    begins with ``▁``, at the first piece of a sentence and after a special token or a newline (``<0x0A>``); -1 for
+    special tokens."""
+    words = np.full(len(tokens), -1, dtype=np.int32)
+    word, previous = -1, None
+    for index, (token, sequence, is_special) in enumerate(zip(tokens, sequence_ids, special)):
+        if is_special:
+            previous = None
+            continue
+        if previous is None or token.startswith(METASPACE) or sequence != previous[1] or \
+                previous[0].endswith("<0x0A>"):
+            word += 1
+        words[index], previous = word, (token, sequence)
+    return words
+
+
+def _splits_words(pre_tokenizer: dict | None) -> bool:
+    """Whether a tokenizer's pre-tokenizer (JSON) cuts the text into words: anything but nothing or a Metaspace
+    that does not split (``split: false``, SentencePiece BPE's), alone or in a Sequence."""
+    if not isinstance(pre_tokenizer, dict):
+        return False
+    if pre_tokenizer.get("type") == "Sequence":
+        return any(_splits_words(part) for part in pre_tokenizer.get("pretokenizers") or [])
+    return not (pre_tokenizer.get("type") == "Metaspace" and pre_tokenizer.get("split") is False)
 
 
 def _check_text(text: str, what: str) -> None:

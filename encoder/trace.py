@@ -405,7 +405,8 @@ def shared_key_value_heads(model: LoadedModel) -> int:
     return shared if 0 < shared < model.config.num_heads else 0
 
 
-def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], text: str, pair: str | None):
+def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], text: str, pair: str | None,
+                generated: np.ndarray | None = None):
     table = model.positional_table
     extra = {k: v for k, v in outputs.items() if k not in ("hidden", "attention") and not k.startswith(TERMS)}
     terms = {k[len(TERMS):]: v for k, v in outputs.items() if k.startswith(TERMS)}
@@ -430,6 +431,7 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         token_style=encoded.token_style,
         logit_terms=terms,
         position_scheme=model.position_scheme,
+        generated=generated,
         **language_model_fields(model, extra),
     )
 

@@ -143,7 +143,7 @@ def test_a_normal_tiny_folder_still_loads(tmp_path):
         ({"vocab_size": "1e12"}, "more tokens in the vocabulary"),  # text is read as a number by the families
         ({"num_hidden_layers": float("nan")}, "num_hidden_layers is not a whole number"),
         ({"num_hidden_layers": 2.5}, "num_hidden_layers is not a whole number"),
-        ({"max_position_embeddings": 65_537}, "more positions"),
+        ({"max_position_embeddings": 2**19 + 1}, "more positions"),
         ({"type_vocab_size": 5000}, "more token types"),
         ({"pad_token_id": float("inf")}, "wrong kind"),  # int(Infinity) is an OverflowError
     ],

@@ -69,3 +69,59 @@ def test_folders_without_a_usable_tokenizer_say_which_files_are_needed(tmp_path)
         TextTokenizer.from_folder(tmp_path, 64, "xlm-roberta")
     with pytest.raises(CheckpointError, match="not a readable SentencePiece model"):
         TextTokenizer.from_folder(tmp_path, 64, "albert")
+
+
+DECODERS = {  # family -> the special token its tokenizer puts before the text, or None
+    "llama": "<|begin_of_text|>", "mistral": "<s>", "qwen2": None, "gemma2": "<bos>", "phi3": None}
+UNICODE_WORDS = ["Café", "naïve", "résumé", "—", "東京の寿司", "🍣", "was", "great", "🙂!"]
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_decoder_tokenizers_tokenize_like_transformers(family):
+    """Llama 3 (byte-level BPE, ``<|begin_of_text|>`` added by its post-processor), SentencePiece BPE with byte
+    fallback (Mistral ``<s>``, Gemma ``<bos>`` without a leading ``▁``, Phi-3 nothing added) and Qwen (byte-level,
+    nothing added): tokens and ids as the reference, the start token special and the only special one."""
+    tokenizer = TextTokenizer.from_folder(FAMILIES_DIR / family, 64)
+    assert tokenizer.token_style == ("bytelevel" if family in ("llama", "qwen2") else "metaspace")
+    for name, case in reference(family).items():
+        if name == "gen":  # the generation case: its prompt, then the generated tokens
+            encoded = tokenizer.encode(str(case["prompt"]))
+            assert encoded.token_ids.tolist() == case["prompt_ids"].tolist()
+            assert encoded.tokens == tuple(str(t) for t in case["tokens"][:len(encoded.tokens)])
+        else:
+            encoded = tokenizer.encode(str(case["text"]))
+            assert encoded.tokens == tuple(str(t) for t in case["tokens"])
+            assert encoded.token_ids.tolist() == case["input_ids"].tolist()
+        start = DECODERS[family]
+        assert encoded.special.tolist() == [start is not None] + [False] * (len(encoded.tokens) - 1)
+        assert (encoded.tokens[0] == start) if start else not encoded.special.any()
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_decoder_tokens_read_as_words(family):
+    """The unicode case read back word by word (``join_pieces`` over ``Encoded.words``): byte-fallback pieces
+    (``<0xE2><0x80><0x94>``) and byte-level ones decode to the characters they spell, ``▁`` is the space between
+    words (Gemma's first word has none), a newline piece ends a word."""
+    from encoder.pieces import join_pieces, readable_piece
+
+    tokenizer = TextTokenizer.from_folder(FAMILIES_DIR / family, 64)
+    text = str(reference(family)["unicode"]["text"])
+    encoded = tokenizer.encode(text + "\nNew line")
+    words = [[token for token, word in zip(encoded.tokens, encoded.words) if word == number]
+             for number in range(encoded.words.max() + 1)]
+    assert [join_pieces(pieces, tokenizer.token_style) for pieces in words] == [*UNICODE_WORDS[:-1], "🙂!\n", "New",
+                                                                              "line"]
+    assert (encoded.words[encoded.special] == -1).all() and (encoded.words[~encoded.special] >= 0).all()
+    readable = [readable_piece(token, tokenizer.token_style) for token in encoded.tokens]
+    assert "⏎" in readable and "was" in readable and "great" in readable
+    assert not any("▁" in piece or "Ġ" in piece for piece in readable)
+
+
+def test_byte_fallback_pieces_decode_by_hand():
+    from encoder.pieces import join_pieces, readable_piece
+
+    assert readable_piece("<0x0A>", "metaspace") == "⏎" and readable_piece("▁<0x0A>", "metaspace") == "␣⏎"
+    assert readable_piece("<0xE2>", "metaspace") == "<0xE2>"  # a third of "—": shown as its byte
+    assert join_pieces(["▁", "<0xE2>", "<0x80>", "<0x94>"], "metaspace") == "—"
+    assert join_pieces(["▁caf", "<0xC3>", "<0xA9>", "<0xE2>"], "metaspace") == "café<0xE2>"
+    assert readable_piece("<0x0a>", "metaspace") == "<0x0a>"  # SentencePiece writes its bytes in upper case

@@ -146,3 +146,47 @@ def test_pad_batch_pads_right_and_masks_the_padding():
     assert pad_batch([np.array([5])], pad_id=0)[1].tolist() == [[0]]  # segments default to 0
     with pytest.raises(ValueError, match=r"width 2 is shorter than the longest sequence \(3 tokens\)"):
         pad_batch([np.array([2, 7, 3])], pad_id=0, width=2)
+
+
+# --- a decoder's LM head in the trace ---------------------------------------------------------------------------
+
+
+def test_a_decoders_trace_keeps_its_next_token_candidates_and_surprisal():
+    from tests.support.families import load_family, reference
+
+    model, expected = load_family("qwen2"), reference("qwen2")["simple"]
+    trace = trace_text(model, str(expected["text"]), full_logits=True)
+    t, logits = trace.num_tokens, expected["logits"].astype(np.float64)  # (T, V) transformers' LM head
+    assert np.abs(trace.outputs["logits"] - expected["logits"]).max() < 1e-5
+    assert trace.outputs["next_ids"].shape == trace.outputs["next_probs"].shape == (t, 10)
+    assert trace.outputs["next_ids"].dtype == np.int32 and trace.outputs["next_probs"].dtype == np.float32
+    log_softmax = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    np.testing.assert_array_equal(trace.outputs["next_ids"][:, 0], logits.argmax(-1))
+    np.testing.assert_allclose(trace.outputs["next_probs"][:, 0], np.exp(log_softmax.max(-1)), atol=1e-5)
+    following = log_softmax[np.arange(t - 1), trace.token_ids[1:]]
+    np.testing.assert_allclose(trace.outputs["next_logprob"][:-1], following, atol=1e-5)
+    assert np.isnan(trace.outputs["next_logprob"][-1])
+    # the candidates' pieces travel in the trace: a saved trace shows them without the tokenizer
+    assert trace.vocab_pieces(trace.outputs["next_ids"][0]).tolist() == [
+        model.tokenizer.id_to_token(int(i)) for i in trace.outputs["next_ids"][0]]
+    assert trace.key_value_heads == 2 and trace.has_lm_head
+    assert "logits" not in trace_text(model, str(expected["text"])).outputs  # (T, V) only when asked
+
+
+def test_a_decoders_batch_cuts_the_lm_outputs_to_each_text():
+    from tests.support.families import load_family
+
+    model = load_family("llama")
+    texts = ["The cat sat on the mat because it was tired.", "Hi."]
+    for alone, batched in zip((trace_text(model, text) for text in texts), trace_batch(model, texts)):
+        assert batched.outputs["next_ids"].shape == alone.outputs["next_ids"].shape
+        np.testing.assert_array_equal(batched.outputs["next_ids"][:, 0], alone.outputs["next_ids"][:, 0])
+        np.testing.assert_allclose(batched.outputs["next_logprob"], alone.outputs["next_logprob"], atol=1e-5)
+        assert np.isnan(batched.outputs["next_logprob"][-1])  # the padding after a text is not its next token
+
+
+def test_an_encoder_trace_has_no_lm_fields(minilm):
+    trace = trace_text(minilm, SENTENCE, full_logits=True)
+    assert not trace.has_lm_head and trace.vocab_ids is None and trace.generated is None
+    assert trace.key_value_heads == 0 and "logits" not in trace.outputs

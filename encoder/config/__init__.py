@@ -88,8 +88,12 @@ class EncoderConfig:
             if 0 < len(given) < len(GROUPS) + 1:
                 raise TypeError(f"EncoderConfig takes flat names alone or with every group, not with only "
                                 f"{', '.join(given)}; replace groups with dataclasses.replace")
-            base = EncoderConfig(**values).flat() if given else {}
-            values = grouped({**base, **values, **flat})
+            if given:  # changes to a whole config: only the fields the flat names change, the others kept
+                original = EncoderConfig(**values)
+                plain = {name: value for name, value in values.items() if name not in given}
+                values = _changed(original, grouped(original.flat()), grouped({**original.flat(), **plain, **flat}))
+            else:
+                values = grouped({**values, **flat})
         values = {"max_positions": 512, "positions": AbsolutePositions(), "head": Head(), "num_layer_groups": 0,
                   "dropout": 0.1, **values}
         missing = [name for name in FIELDS if name not in values]
@@ -117,6 +121,8 @@ class EncoderConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         self.positions.check(self)
+        if self.head.lm_head and self.head.tie_embeddings and self.embedding_width != self.d_model:
+            raise ValueError("an LM head tied to the token embedding needs embeddings as wide as d_model")
 
     def __getattr__(self, name: str) -> Any:
         """The flat names (``FLAT_VIEW``), read from the groups: ``config.pooling`` is ``config.head.pooling``."""
@@ -127,6 +133,19 @@ class EncoderConfig:
     @property
     def head_dim(self) -> int:
         return self.attention.head_dim or self.d_model // self.attention.num_heads
+
+    @property
+    def attention_biases(self) -> tuple[bool, bool]:
+        """``(query/key/value, output)``: whether the attention's projections have biases (``Attention``'s own
+        flags, else ``block.use_bias``)."""
+        attention, default = self.attention, self.block.use_bias
+        return (default if attention.query_key_value_bias is None else attention.query_key_value_bias,
+                default if attention.output_bias is None else attention.output_bias)
+
+    @property
+    def key_value_heads(self) -> int:
+        """Heads of the key and value projections (``num_heads`` without grouped-query attention)."""
+        return self.attention.key_value_heads or self.attention.num_heads
 
     @property
     def scaling(self) -> float:
@@ -182,3 +201,18 @@ class EncoderConfig:
             raise ValueError(f"unknown position scheme {kind!r}; known: {', '.join(SCHEMES)}")
         values["positions"] = SCHEMES[kind](**positions)
         return cls(**values)
+
+
+def _changed(original: EncoderConfig, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``original``'s fields and groups with the changes between two grouped forms of its flat names (``before``:
+    unchanged, ``after``: with the changes), so group fields that the flat names do not cover are kept."""
+    values: dict[str, Any] = {name: after[name] for name in FIELDS if name not in GROUPS and name != "positions"}
+    for name in (*GROUPS, "positions"):
+        old, new, group = before[name], after[name], getattr(original, name)
+        if type(old) is not type(new):  # another position scheme: the flat names say all of it
+            values[name] = new
+            continue
+        changes = {f.name: getattr(new, f.name) for f in dataclasses.fields(new)
+                   if getattr(new, f.name) != getattr(old, f.name)}
+        values[name] = dataclasses.replace(group, **changes) if changes else group
+    return values

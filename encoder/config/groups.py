@@ -4,14 +4,18 @@ the position schemes (``AbsolutePositions`` and its subclasses, by ``kind`` in `
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-Activation = Literal["relu", "gelu", "gelu_new"]
-ACTIVATIONS = ("relu", "gelu", "gelu_new")
+Activation = Literal["relu", "gelu", "gelu_new", "silu"]
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 CLASSIFIER_ACTIVATIONS = ("tanh", "relu", "gelu")
 TABLES = ("sinusoidal", "learned", "none")
-NORMS = ("layernorm",)
+NORMS = ("layernorm", "rmsnorm")
+WINDOW_KINDS = ("symmetric", "causal")
+ROPE_TYPES = ("default", "linear", "llama3")
+POOLINGS = ("mean", "cls", "last")
 PLACEMENTS = ("post", "pre")
 MLPS = ("dense", "gated")
 POSITION_TERMS = ("c2p", "p2c")
@@ -70,8 +74,17 @@ class Attention:
         head_dim: int, width of one head (dh); 0 means ``d_model // num_heads``.
         scaling: float, the factor on q.k; 0 means ``1 / sqrt(head_dim)``.
         causal: bool, each token attends only to itself and earlier tokens.
-        windows: one int per layer, or () for none: a layer with window w > 0 lets query i see key j only when
-            ``|i - j| <= w // 2`` (ModernBERT's ``local_attention`` is the whole window); 0 is a global layer.
+        windows: one int per layer, or () for none; 0 is a global layer. A layer with window w > 0 lets query i
+            see key j only when ``|i - j| <= w // 2`` ("symmetric" ``window_kind``: ModernBERT's ``local_attention``
+            is the whole window) or when ``0 <= i - j < w`` ("causal": Mistral's, Gemma's ``sliding_window``).
+        window_kind: "symmetric" or "causal", how ``windows`` are read.
+        query_key_value_bias: bool or None, the query, key and value projections have biases; None means
+            ``block.use_bias`` (Qwen2: True while the rest has none).
+        output_bias: bool or None, the output projection has a bias; None means ``block.use_bias``.
+        qk_norm: bool, queries and keys are normalised per head over ``head_dim`` (a norm of ``block.norm`` kind,
+            its own weight) before rotary positions (Qwen3, Gemma 3).
+        softcap: float, attention-logit soft-capping ``tanh(logits / softcap) * softcap`` after the scaling and
+            before the mask (Gemma 2); 0 for none.
     """
 
     num_heads: int
@@ -80,6 +93,11 @@ class Attention:
     scaling: float = 0.0
     causal: bool = False
     windows: tuple[int, ...] = ()
+    window_kind: Literal["symmetric", "causal"] = "symmetric"
+    query_key_value_bias: bool | None = None
+    output_bias: bool | None = None
+    qk_norm: bool = False
+    softcap: float = 0.0
 
     def __post_init__(self) -> None:
         _check_counts(self, "num_heads", least=1)
@@ -91,6 +109,9 @@ class Attention:
             raise ValueError(f"windows must be non-negative integers, got {self.windows!r}")
         if not self.scaling >= 0.0:
             raise ValueError(f"scaling must be 0 (1 / sqrt(head_dim)) or positive, got {self.scaling!r}")
+        _check_choice("window_kind", self.window_kind, WINDOW_KINDS)
+        if not (self.softcap >= 0.0 and math.isfinite(self.softcap)):
+            raise ValueError(f"softcap must be 0 (none) or positive, got {self.softcap!r}")
 
     def window(self, layer: int) -> int:
         """Layer ``layer``'s window (0: global)."""
@@ -146,14 +167,35 @@ class RelativeBuckets(AbsolutePositions):
 
 @dataclass(frozen=True)
 class RotaryPositions(AbsolutePositions):
-    """Rotary positions (RoPE, ModernBERT): no table; queries and keys are rotated by position, dimension pair i of
-    position p by ``p * theta ** (-2i / head_dim)``, ``theta`` in global layers and ``local_theta`` in windowed ones.
+    """Rotary positions (RoPE): no table; queries and keys are rotated by position, dimension pair i of position p
+    by ``p * theta ** (-2i / d)`` (d: the rotated dimensions), ``theta`` in global layers and ``local_theta`` in
+    windowed ones; the frequencies are rescaled by ``rope_type`` (``encoder.positional.rope_frequencies``).
+
+    Args:
+        theta, local_theta: float, the bases of global and windowed layers.
+        rope_type: "default", "linear" (frequencies / ``factor``) or "llama3" (Llama 3.1's frequency-dependent
+            rescaling by ``factor``, ``low_freq_factor``, ``high_freq_factor`` and ``original_max_positions``), in
+            global layers; ``local_rope_type`` and ``local_factor`` in windowed ones (Gemma 3 scales only its
+            global layers).
+        fraction: float in (0, 1], the rotated share of each head's dimensions (``partial_rotary_factor``: the
+            first ``int(head_dim * fraction)`` are rotated, the rest pass unchanged).
+        logit_terms: bool, record each logit's ``content`` (unrotated) and ``position`` terms; computing them costs
+            a second product per layer, so decoders leave them out.
     """
 
     kind: ClassVar[str] = "rotary"
     table: Literal["sinusoidal", "learned", "none"] = "none"
     theta: float = 10_000.0
     local_theta: float = 10_000.0
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = 8192
+    local_rope_type: str = "default"
+    local_factor: float = 1.0
+    fraction: float = 1.0
+    logit_terms: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -161,10 +203,25 @@ class RotaryPositions(AbsolutePositions):
             raise ValueError("rotary positions add no table to the embeddings (table 'none', offset 0)")
         if not (self.theta > 1.0 and self.local_theta > 1.0):
             raise ValueError("rotary positions need rope_theta and rope_local_theta above 1")
+        _check_choice("rope_type", self.rope_type, ROPE_TYPES)
+        _check_choice("local rope_type", self.local_rope_type, ROPE_TYPES)
+        if self.local_rope_type == "llama3":
+            raise ValueError("rope_type llama3 is run in global layers only")
+        if not all(math.isfinite(v) and v >= 1.0 for v in (self.factor, self.local_factor)):
+            raise ValueError(f"rope factor must be at least 1, got {self.factor!r} / {self.local_factor!r}")
+        if not (0.0 < self.low_freq_factor < self.high_freq_factor and math.isfinite(self.high_freq_factor)):
+            raise ValueError("rope low_freq_factor must be positive and below high_freq_factor")
+        _check_counts(self, "original_max_positions", least=1)
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"partial_rotary_factor must be in (0, 1], got {self.fraction!r}")
 
     def check(self, config: Any) -> None:
-        if config.head_dim % 2:
-            raise ValueError("rotary positions need an even head size")
+        if self.rotary_dim(config.head_dim) % 2 or not self.rotary_dim(config.head_dim):
+            raise ValueError("rotary positions need an even, non-zero number of rotated dimensions per head")
+
+    def rotary_dim(self, head_dim: int) -> int:
+        """The rotated dimensions of each head: ``int(head_dim * fraction)``, as transformers rounds it."""
+        return int(head_dim * self.fraction)
 
 
 @dataclass(frozen=True)
@@ -224,8 +281,9 @@ class Block:
 
     Args:
         dff: int, width of the MLP's inner layer.
-        activation: "relu" (classic), "gelu" (exact erf form, BERT) or "gelu_new" (tanh form: ALBERT, GPT-2).
-        norm: "layernorm".
+        activation: "relu" (classic), "gelu" (exact erf form, BERT), "gelu_new" (tanh form: ALBERT, GPT-2, Gemma)
+            or "silu" (Llama's SwiGLU).
+        norm: "layernorm" or "rmsnorm" (``x / sqrt(mean(x^2) + eps) * w``: no mean, no bias; Llama, Gemma).
         placement: "post" (BERT, the classic encoder: ``norm(x + f(x))``) or "pre" (GPT-2: ``x + f(norm(x))``).
         mlp: "dense" (``activation(x W1) W2``) or "gated" (GeGLU, ModernBERT: the inner layer is ``2 * dff`` wide,
             its activated first half times its second half).
@@ -234,17 +292,20 @@ class Block:
         first_attention_norm: bool, a pre-norm first block normalises its input (False: ModernBERT, whose
             embeddings are normalised already).
         final_norm: bool, a norm on the last hidden state (GPT-2's ``ln_f``).
+        sandwich_norms: bool, pre-norm blocks also normalise the attention's and the MLP's outputs before adding
+            them to the residual stream (Gemma 2/3: ``x + norm(f(norm(x)))``).
     """
 
     dff: int
     activation: Activation = "relu"
-    norm: Literal["layernorm"] = "layernorm"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     placement: Literal["post", "pre"] = "post"
     mlp: Literal["dense", "gated"] = "dense"
     use_bias: bool = True
     norm_epsilon: float = 1e-6
     first_attention_norm: bool = True
     final_norm: bool = False
+    sandwich_norms: bool = False
 
     def __post_init__(self) -> None:
         _check_counts(self, "dff", least=1)
@@ -252,6 +313,8 @@ class Block:
         _check_choice("norm", self.norm, NORMS)
         _check_choice("placement", self.placement, PLACEMENTS)
         _check_choice("mlp", self.mlp, MLPS)
+        if self.sandwich_norms and self.placement != "pre":
+            raise ValueError("sandwich norms belong to pre-norm blocks")
 
 
 @dataclass(frozen=True)
@@ -259,21 +322,31 @@ class Head:
     """What sits on the last hidden state.
 
     Args:
-        pooling: "mean" or "cls", how the classifier / sentence embedding pools tokens.
+        pooling: "mean", "cls" or "last" (the last real token: a decoder's), how the classifier / sentence
+            embedding pools tokens.
         num_classes: int, size of a classifier on the pooled state (0 for none).
         classifier_activation: None (the classifier reads the pooled state), or "tanh"/"relu"/"gelu": a dense layer
             of width ``d_model`` and that activation first (BERT's pooler, RoBERTa's head, DistilBERT's
             pre-classifier).
         normalize_embedding: bool, L2-normalise the pooled sentence embedding (sentence-transformers models).
+        lm_head: bool, a language-model head on every position's last hidden state: logits over the vocabulary
+            (decoders).
+        tie_embeddings: bool, the LM head is the token embedding (transposed) rather than its own ``lm_head``.
+        logit_softcap: float, final-logit soft-capping ``tanh(logits / cap) * cap`` (Gemma 2); 0 for none.
     """
 
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "cls", "last"] = "mean"
     num_classes: int = 0
     classifier_activation: str | None = None
     normalize_embedding: bool = False
+    lm_head: bool = False
+    tie_embeddings: bool = False
+    logit_softcap: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_choice("pooling", self.pooling, ("mean", "cls"))
+        _check_choice("pooling", self.pooling, POOLINGS)
+        if not (self.logit_softcap >= 0.0 and math.isfinite(self.logit_softcap)):
+            raise ValueError(f"final_logit_softcapping must be 0 (none) or positive, got {self.logit_softcap!r}")
         _check_counts(self, "num_classes")
         _check_choice("classifier_activation", self.classifier_activation, (None, *CLASSIFIER_ACTIVATIONS))
 

@@ -11,7 +11,20 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from encoder.families import albert, bert, deberta, distilbert, electra, gpt2, modernbert, mpnet, roberta
+from encoder.families import (
+    albert,
+    bert,
+    deberta,
+    distilbert,
+    electra,
+    gemma,
+    gpt2,
+    llama,
+    modernbert,
+    mpnet,
+    phi3,
+    roberta,
+)
 
 FAMILIES: dict[str, ModuleType] = {
     "albert": albert,
@@ -21,9 +34,17 @@ FAMILIES: dict[str, ModuleType] = {
     "deberta-v2": deberta,
     "distilbert": distilbert,
     "electra": electra,
+    "gemma2": gemma,
+    "gemma3": gemma,  # multimodal: its text_config's language model
+    "gemma3_text": gemma,
     "gpt2": gpt2,
+    "llama": llama,
+    "mistral": llama,
     "modernbert": modernbert,
     "mpnet": mpnet,
+    "phi3": phi3,
+    "qwen2": llama,
+    "qwen3": llama,
     "roberta": roberta,
     "xlm-roberta": roberta,
 }

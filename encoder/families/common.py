@@ -23,7 +23,8 @@ Port = tuple[str, Any, Callable[[np.ndarray], np.ndarray]]  # (checkpoint name, 
 # What every Hugging Face port sets the same way: embeddings used as stored (no sqrt(d) scaling), no dropout (we
 # only run inference).
 PORTED = {"scale_embeddings": False, "dropout": 0.0}
-ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new"}
+ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new",
+               "silu": "silu"}
 
 
 def keep(weights: np.ndarray) -> np.ndarray:

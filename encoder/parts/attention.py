@@ -1,10 +1,12 @@
 """Self-attention that hands back its weights: ``InstrumentedAttention`` and the logit rule it runs.
 
 A *logit rule* is what a position scheme does inside attention: a callable
-``rule(attention, query (B, T, H, dh), key (B, S, H, dh), position_bias, start=0) -> (logits (B, H, T, S), terms)``,
-terms a dict of named (B, H, T, S) tensors that sum to the logits (empty when the logits have one term). Query row i
-is position ``start + i`` and key j position j (``start`` > 0 when cached keys precede the queries: generation).
-``content_logits`` is the plain scaled product; ``encoder.parts.positions`` has the others.
+``rule(attention, query (B, T, H, dh), key (B, S, Hkv, dh), position_bias) -> (logits (B, H, T, S), terms)`` (Hkv
+key/value heads: ``attention.scaled_product`` pairs each with its query heads), terms a
+dict of named (B, H, T, S) tensors that sum to the logits (empty when the logits have one term). A rule may take
+``start``: the queries are then the last T of the S keys, positions ``start`` .. ``start + T - 1`` (cached keys
+precede them: generation); without it, T = S and query i is key i. ``content_logits``
+is the plain scaled product; ``encoder.parts.positions`` has the others.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import keras
 from keras import ops
 
 
-def content_logits(attention: InstrumentedAttention, query, key, position_bias=None, start=0):
+def content_logits(attention: InstrumentedAttention, query, key, position_bias=None):
     """``(q.k * scaling, {})``: logits with no positional term."""
     return attention.scaled_product(query, key), {}
 
@@ -37,6 +39,12 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
             ``num_heads``.
         scaling: float, the factor on q.k; None means ``1 / sqrt(key_dim)``.
         logits: the logit rule (see the module docstring); ``content_logits`` when None.
+        output_bias: bool, the output projection has a bias; None means ``use_bias`` (which then is the query, key
+            and value projections' alone).
+        qk_norm: None, or a function of a name giving a norm layer: the queries and keys are normalised per head
+            (over dh) before the logit rule (Qwen3, Gemma 3).
+        softcap: float, soft-capping of the logits, ``tanh(logits / softcap) * softcap`` before the mask (Gemma
+            2); 0 for none.
 
     Call args:
         query: (B, T, D) tensor.
@@ -49,11 +57,11 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
             values in every head: value zeroing, Mohebbi et al., 2023).
         attention_scale: optional (B, H, T, S) float tensor multiplying the weights before they mix the values
             (ones change nothing; its gradient there is attention x gradient). The returned pattern is unscaled.
-        cache: optional ``(keys, values)``, each (B, S0, Hkv, dh): the keys and values of S0 earlier tokens as
-            ``project_keys_values`` gives them (generation's key/value cache); this call's keys and values follow
-            them, so the keys are S = S0 + T tokens.
-        start: the position of the first query (an int32 scalar tensor or int; with a cache, S0): the logit
-            rule's ``start``.
+
+        cache: optional ``(keys, values)``, each (B, S0, Hkv, dh): the keys (after the key norm, before positions
+            act on them) and values of S0 earlier tokens (generation's key/value cache, ``TransformerEncoder.extend``);
+            this call's own follow them, so the keys are S = S0 + T tokens.
+        start: with a cache, S0 as an int32 scalar: the position of the first query (the logit rule's ``start``).
 
     Returns:
         ``(output, pattern, terms)``: output (B, T, D), pattern (B, H, T, S), the weights after softmax, and the
@@ -61,22 +69,32 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
     """
 
     def __init__(self, num_heads: int, key_dim: int, key_value_heads: int | None = None,
-                 scaling: float | None = None, logits: Callable | None = None, **kwargs):
+                 scaling: float | None = None, logits: Callable | None = None, output_bias: bool | None = None,
+                 qk_norm: Callable[[str], keras.layers.Layer] | None = None, softcap: float = 0.0, **kwargs):
         super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
         self.key_value_heads = num_heads if key_value_heads is None else key_value_heads
         if self.key_value_heads < 1 or num_heads % self.key_value_heads:
             raise ValueError(f"key_value_heads ({self.key_value_heads}) must divide num_heads ({num_heads})")
         self.scaling = self._inverse_sqrt_key_dim if scaling is None else scaling
         self.logits = content_logits if logits is None else logits
+        self.output_bias = self._use_bias if output_bias is None else output_bias
+        self.query_norm = qk_norm("query_norm") if qk_norm is not None else None
+        self.key_norm = qk_norm("key_norm") if qk_norm is not None else None
+        self.softcap = float(softcap)
 
     def get_config(self):
-        return {**super().get_config(), "key_value_heads": self.key_value_heads, "scaling": self.scaling}
+        return {**super().get_config(), "key_value_heads": self.key_value_heads, "scaling": self.scaling,
+                "output_bias": self.output_bias, "softcap": self.softcap}
 
     def build(self, query_shape, value_shape, key_shape=None):
-        """MultiHeadAttention's projections; with grouped-query attention, the key and value projections have
-        ``key_value_heads`` heads (same names and equations as MultiHeadAttention's for (B, T, D) inputs: ``query``,
-        ``key``, ``value``, ``attention_output``)."""
-        if self.key_value_heads == self._num_heads:
+        """MultiHeadAttention's projections; with grouped-query attention or an output bias unlike the others'
+        (Qwen2), the key and value projections have ``key_value_heads`` heads and each projection its own bias
+        (same names and equations as MultiHeadAttention's for (B, T, D) inputs: ``query``, ``key``, ``value``,
+        ``attention_output``). The query and key norms (``qk_norm``) act on each (B, T, heads, dh) head."""
+        for norm in (self.query_norm, self.key_norm):
+            if norm is not None:
+                norm.build((None, None, None, self._key_dim))
+        if self.key_value_heads == self._num_heads and self.output_bias == self._use_bias:
             super().build(query_shape, value_shape, key_shape)
             return
         common = self._get_common_kwargs_for_sublayer()
@@ -91,50 +109,73 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         self._key_dense = projection("key", self.key_value_heads, value_shape if key_shape is None else key_shape)
         self._value_dense = projection("value", self.key_value_heads, value_shape)
         self._build_attention(4)  # the rank of the projected (B, T, H, dh)
-        self._output_dense = self._make_output_dense(query_shape, common, "attention_output")
+        self._output_dense = keras.layers.EinsumDense("abcd,cde->abe", output_shape=(None, query_shape[-1]),
+                                                      bias_axes="e" if self.output_bias else None,
+                                                      name="attention_output", **common)
         self._output_dense.build((*query_shape[:-1], self._num_heads, self._value_dim))
 
     def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
              attention_scale=None, training=None, cache=None, start=None):
         q = self.query_dense(query)  # (B, T, H, dh)
-        k, v = self.project_keys_values(value)  # (B, S, Hkv, dh) each
-        v = mask_values(v, value_mask)
+        k = self.key_dense(value)  # (B, S, Hkv, dh)
+        if self.query_norm is not None:
+            q, k = self.query_norm(q), self.key_norm(k)
+        v = mask_values(self.value_dense(value), value_mask)  # (B, S, Hkv, dh)
         if cache is not None:  # generation: the earlier tokens' keys and values first
-            k = ops.concatenate([cache[0], k], axis=1)
-            v = ops.concatenate([cache[1], v], axis=1)
-        where = {} if start is None else {"start": start}
-        logits, terms = self.logits(self, q, self.shared_heads(k), position_bias, **where)  # (B, H, T, S)
+            k, v = ops.concatenate([cache[0], k], axis=1), ops.concatenate([cache[1], v], axis=1)
+        where = {} if cache is None else {"start": start}
+        logits, terms = self.logits(self, q, k, position_bias, **where)  # (B, H, T, S)
+        if self.softcap:
+            logits = soft_cap(logits, self.softcap)
         pattern = self._masked_softmax(logits, attention_mask)  # (B, H, T, S)
-        output = self.mix_values(pattern, self.shared_heads(v), head_mask, attention_scale, training)
+        output = self.mix_values(pattern, v, head_mask, attention_scale, training)
         return (output, pattern, terms) if cache is None else (output, pattern, terms, (k, v))
 
-    def project_keys_values(self, value):
-        """``(keys, values)``, each (B, S, Hkv, dh): what a key/value cache keeps of S tokens (before positions
-        act on the keys and before ``shared_heads``)."""
-        return self.key_dense(value), self.value_dense(value)
+    def _grouped(self, x):
+        """(B, H, T, n) -> (B, Hkv, G T, n): the query heads of each key/value head side by side (query head h
+        reads key/value head ``h // G``, G = H / Hkv), so one batched matmul serves a group without repeating
+        its keys or values."""
+        shape = ops.shape(x)
+        return ops.reshape(x, (shape[0], self.key_value_heads, -1, shape[3]))
 
-    def shared_heads(self, x):
-        """Key or value heads (B, S, Hkv, dh) repeated to every query head (B, S, H, dh); unchanged without
-        grouped-query attention."""
-        if self.key_value_heads == self._num_heads:
-            return x
-        return ops.repeat(x, self._num_heads // self.key_value_heads, axis=2)
+    def _ungrouped(self, x, length):
+        """(B, Hkv, G T, n) -> (B, H, T, n), undoing ``_grouped``."""
+        shape = ops.shape(x)
+        return ops.reshape(x, (shape[0], self._num_heads, length, shape[3]))
 
     def mix_values(self, pattern, value, head_mask, attention_scale, training):
-        """(B, T, D): the weights (times ``attention_scale`` when given) mixing the values (B, S, H, dh), each head's
-        context times its ``head_mask``, through the output projection."""
+        """(B, T, D): the weights (times ``attention_scale`` when given) mixing the values (B, S, Hkv, dh), each
+        head's context times its ``head_mask``, through the output projection."""
         weights = pattern if attention_scale is None else pattern * ops.cast(attention_scale, pattern.dtype)
         weights = self._dropout_layer(weights, training=training)
         # Batched matmuls over explicit (B, H, ...) layouts: oneDNN runs them faster than the equivalent einsums.
-        context = ops.transpose(ops.matmul(weights, ops.transpose(value, (0, 2, 1, 3))), (0, 2, 1, 3))  # (B, T, H, dh)
+        value = ops.transpose(value, (0, 2, 1, 3))  # (B, Hkv, S, dh)
+        if self.key_value_heads == self._num_heads:
+            context = ops.matmul(weights, value)  # (B, H, T, dh)
+        else:
+            context = self._ungrouped(ops.matmul(self._grouped(weights), value), ops.shape(weights)[2])
+        context = ops.transpose(context, (0, 2, 1, 3))  # (B, T, H, dh)
         if head_mask is not None:
             context = context * ops.cast(head_mask, context.dtype)[:, None, :, None]
         return self.output_dense(context)
 
     def scaled_product(self, query, key):
-        """(B, H, T, S): q.k * scaling, scaled after the product as transformers scales it."""
-        logits = ops.matmul(ops.transpose(query, (0, 2, 1, 3)), ops.transpose(key, (0, 2, 3, 1)))  # (B, H, T, S)
+        """(B, H, T, S): q.k * scaling, scaled after the product as transformers scales it; ``key`` (B, S, Hkv, dh)
+        has the key/value heads (grouped-query attention: each serves its group of query heads)."""
+        query = ops.transpose(query, (0, 2, 1, 3))  # (B, H, T, dh)
+        key = ops.transpose(key, (0, 2, 3, 1))  # (B, Hkv, dh, S)
+        if self.key_value_heads == self._num_heads:
+            logits = ops.matmul(query, key)  # (B, H, T, S)
+        else:
+            logits = self._ungrouped(ops.matmul(self._grouped(query), key), ops.shape(query)[2])
         return logits * ops.cast(self.scaling, logits.dtype)
+
+
+def soft_cap(logits, cap: float):
+    """``tanh(logits / cap) * cap`` in transformers' order (Gemma 2's soft-capping), tanh taken in float64 and
+    rounded once (TensorFlow's float32 tanh is ten times less exact than PyTorch's)."""
+    capped = ops.tanh(ops.cast(logits / ops.cast(cap, logits.dtype), "float64"))
+    return ops.cast(capped, logits.dtype) * ops.cast(cap, logits.dtype)
 
 
 def mask_values(values, value_mask):

@@ -19,8 +19,8 @@ def mlp_layers(block: Block, d_model: int) -> tuple[keras.layers.Dense, keras.la
 
 
 def feed_forward(block: Block, intermediate, output, x):
-    """(B, T, D) -> (B, T, D): ``output(activation(intermediate(x)))``; gated (GeGLU), the activated first half of
-    the inner layer times its second half."""
+    """(B, T, D) -> (B, T, D): ``output(activation(intermediate(x)))``; gated (GeGLU, SwiGLU), the activated first
+    half of the inner layer (transformers' ``gate_proj``) times its second half (``up_proj``)."""
     inner = intermediate(x)  # (B, T, dff), or (B, T, 2 dff) gated
     if block.mlp == "gated":
         inner, gate = ops.split(inner, 2, axis=-1)
@@ -30,7 +30,9 @@ def feed_forward(block: Block, intermediate, output, x):
 
 def activate(x, name: str):
     """The activation ``name``: "gelu" is GELU's exact erf form (BERT), "gelu_new" its tanh approximation
-    (ALBERT, GPT-2), also "relu" and "tanh"."""
+    (ALBERT, GPT-2, Gemma's ``gelu_pytorch_tanh``), "silu" ``x * sigmoid(x)`` (Llama), also "relu" and "tanh"."""
+    if name == "silu":
+        return ops.silu(x)
     if name == "gelu":
         return ops.gelu(x, approximate=False)
     if name == "gelu_new":

@@ -18,7 +18,8 @@ from keras import ops
 
 from encoder.config import EncoderConfig, RelativeBuckets, RotaryPositions
 from encoder.parts.attention import InstrumentedAttention
-from encoder.positional import relative_position_buckets, rotary_frequencies, sinusoidal_encoding
+from encoder.parts.norms import make_norm
+from encoder.positional import relative_position_buckets, rope_frequencies, sinusoidal_encoding
 
 
 class AbsolutePart(keras.layers.Layer):
@@ -41,9 +42,12 @@ class AbsolutePart(keras.layers.Layer):
     @classmethod
     def attention_for(cls, config: EncoderConfig, index: int) -> InstrumentedAttention:
         """Layer ``index``'s attention (projections into ``num_heads`` heads of ``head_dim``)."""
+        qkv_bias, output_bias = config.attention_biases
+        norm = (lambda name: make_norm(config.block, name)) if config.attention.qk_norm else None
         return InstrumentedAttention(num_heads=config.num_heads, key_dim=config.head_dim,
                                      key_value_heads=config.attention.key_value_heads or None, scaling=config.scaling,
-                                     dropout=config.dropout, use_bias=config.block.use_bias, name="attention",
+                                     dropout=config.dropout, use_bias=qkv_bias, output_bias=output_bias,
+                                     qk_norm=norm, softcap=config.attention.softcap, name="attention",
                                      logits=cls.logit_rule(config, index))
 
     @classmethod
@@ -60,7 +64,7 @@ class AbsolutePart(keras.layers.Layer):
         """``x`` (B, T, E) plus each token's row of the table; unchanged without one.
 
         Without an offset, token i gets row i (row ``start + i`` when ``start``, an int32 scalar, says the tokens
-        follow ``start`` earlier ones: generation's cached steps). With one (RoBERTa), positions count only non-pad
+        follow that many earlier ones: generation's cached steps). With one (RoBERTa), positions count only non-pad
         tokens, starting after the pad id, exactly as transformers numbers them (``encoder.positional.position_ids``).
         """
         cfg = self.config
@@ -94,7 +98,7 @@ class AbsolutePart(keras.layers.Layer):
 class BiasLogits:
     """The logit rule of an added bias: ``q.k * scaling + bias``, terms ``content`` and ``position``."""
 
-    def __call__(self, attention: InstrumentedAttention, query, key, position_bias, start=0):
+    def __call__(self, attention: InstrumentedAttention, query, key, position_bias):
         logits = attention.scaled_product(query, key)  # (B, H, T, S)
         return logits + position_bias, {"content": logits,
                                         "position": ops.broadcast_to(position_bias, ops.shape(logits))}
@@ -151,56 +155,95 @@ class RelativeBucketsPart(AbsolutePart):
 
 
 class RotaryLogits:
-    """The logit rule of rotary positions: queries and keys rotated by position before their product; terms
-    ``content`` (the product without rotation) and ``position`` (the rotated one minus it).
+    """The logit rule of rotary positions: queries and keys rotated by position before their product; with
+    ``terms``, also the terms ``content`` (the product without rotation) and ``position`` (the rotated one minus
+    it), at the cost of a second product.
 
     Args:
-        frequencies: (dh / 2,) float32, the angle per position of each dimension pair (``rotary_frequencies``).
+        frequencies: (d / 2,) float32, the angle per position of each rotated dimension pair
+            (``encoder.positional.rope_frequencies``).
+        key: which of the part's angle tables the layer reads in ``position_bias`` ("global" or "local").
+        terms: bool, record the ``content`` and ``position`` terms.
     """
 
-    def __init__(self, frequencies: np.ndarray):
+    def __init__(self, frequencies: np.ndarray, key: str = "global", terms: bool = True):
         self.frequencies = frequencies
+        self.key = key
+        self.terms = terms
 
-    def __call__(self, attention: InstrumentedAttention, query, key, position_bias=None, start=0):
-        key_cos, key_sin = self.angles(ops.shape(key)[1])  # keys: positions 0 .. S - 1
-        query_cos, query_sin = self.angles(ops.shape(query)[1], start)  # queries: start .. start + T - 1
-        logits = attention.scaled_product(query, key)  # (B, H, T, S)
-        rotated = attention.scaled_product(rotate(query, query_cos, query_sin), rotate(key, key_cos, key_sin))
+    def __call__(self, attention: InstrumentedAttention, query, key, position_bias=None, start=None):
+        cos, sin = position_bias[self.key] if position_bias is not None else rotary_angles(
+            self.frequencies, ops.shape(key)[1])  # (1, S, 1, d): the keys' positions 0 .. S - 1
+        # the queries: the same positions, or with cached keys before them (``start``) the last T
+        query_cos, query_sin = (cos, sin) if start is None else (cos[:, start:], sin[:, start:])
+        rotated = attention.scaled_product(rotate(query, query_cos, query_sin), rotate(key, cos, sin))  # (B, H, T, S)
+        if not self.terms:
+            return rotated, {}
+        logits = attention.scaled_product(query, key)
         return rotated, {"content": logits, "position": rotated - logits}
 
-    def angles(self, length, start=0):
-        """``(cos, sin)`` of the angles of positions ``start`` .. ``start + length - 1``, each (1, T, 1, dh). Angles
-        are ``position * frequency`` in float32 (transformers' rounding), their cosine and sine taken in float64
-        and rounded once (TensorFlow's float32 cos/sin are less exact than PyTorch's)."""
-        positions = ops.cast(ops.arange(length) + start, "float32")
-        angles = positions[:, None] * ops.convert_to_tensor(self.frequencies)[None]  # (T, dh / 2)
-        angles = ops.cast(ops.concatenate([angles, angles], axis=-1), "float64")[None, :, None]  # (1, T, 1, dh)
-        return ops.cast(ops.cos(angles), "float32"), ops.cast(ops.sin(angles), "float32")
+    def angles(self, length):
+        """``(cos, sin)`` of every position's angles, each (1, T, 1, d) (``rotary_angles``)."""
+        return rotary_angles(self.frequencies, length)
+
+
+def rotary_angles(frequencies: np.ndarray, length):
+    """``(cos, sin)`` of the angles of positions 0 .. length - 1, each (1, T, 1, d) for ``frequencies`` (d / 2,).
+    Angles are ``position * frequency`` in float32 (transformers' rounding), their cosine and sine taken in float64
+    and rounded once (TensorFlow's float32 cos/sin are less exact than PyTorch's)."""
+    positions = ops.cast(ops.arange(length), "float32")
+    angles = positions[:, None] * ops.convert_to_tensor(frequencies)[None]  # (T, d / 2)
+    angles = ops.cast(ops.concatenate([angles, angles], axis=-1), "float64")[None, :, None]  # (1, T, 1, d)
+    return ops.cast(ops.cos(angles), "float32"), ops.cast(ops.sin(angles), "float32")
 
 
 def rotate(x, cos, sin):
-    """Rotary positions (RoPE) on ``x`` (B, T, H, dh): dimension pair (i, i + dh/2) turned by each position's angle,
+    """Rotary positions (RoPE) on ``x`` (B, T, H, dh): dimension pair (i, i + d/2) turned by each position's angle,
     ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = [-x2, x1]``, as transformers' ``apply_rotary_pos_emb``
-    (halves, not interleaved pairs)."""
+    (halves, not interleaved pairs). With d < dh (``cos`` and ``sin`` (1, T, 1, d): Phi-3's
+    ``partial_rotary_factor``), only the first d dimensions turn; the others pass unchanged."""
+    rotated_dims, head_dim = cos.shape[-1], x.shape[-1]
+    if rotated_dims is not None and head_dim is not None and rotated_dims < head_dim:
+        turned = rotate(x[..., :rotated_dims], cos, sin)
+        return ops.concatenate([turned, x[..., rotated_dims:]], axis=-1)
     first, second = ops.split(x, 2, axis=-1)
     return x * cos + ops.concatenate([-second, first], axis=-1) * sin
 
 
 class RotaryPart(AbsolutePart):
     """Rotary positions (``RotaryPositions``): no table; each layer rotates its queries and keys with ``theta``, or
-    ``local_theta`` in a windowed layer."""
+    ``local_theta`` in a windowed layer, the frequencies rescaled by the scheme's ``rope_type``. The angles' cosines
+    and sines are computed once per call (``layer_context``) and read by every layer."""
+
+    @classmethod
+    def frequencies(cls, config: EncoderConfig, local: bool) -> np.ndarray:
+        """(d / 2,) float32: the frequencies of global or windowed layers (``rope_frequencies``)."""
+        scheme: RotaryPositions = config.positions
+        dim = scheme.rotary_dim(config.head_dim)
+        if local:
+            return rope_frequencies(scheme.local_theta, dim, scheme.local_rope_type, scheme.local_factor)
+        return rope_frequencies(scheme.theta, dim, scheme.rope_type, scheme.factor, scheme.low_freq_factor,
+                                scheme.high_freq_factor, scheme.original_max_positions)
 
     @classmethod
     def logit_rule(cls, config: EncoderConfig, index: int):
-        scheme: RotaryPositions = config.positions
-        theta = scheme.local_theta if config.is_local(index) else scheme.theta
-        return RotaryLogits(rotary_frequencies(theta, config.head_dim))
+        local = config.is_local(index)
+        return RotaryLogits(cls.frequencies(config, local), "local" if local else "global",
+                            terms=config.positions.logit_terms)
+
+    def layer_context(self, length):
+        """``{"global": (cos, sin), "local": (cos, sin)}``, each (1, T, 1, d): the angles every layer of that kind
+        reads ("local" only when the model has windowed layers)."""
+        kinds = {self.config.is_local(i) for i in range(self.config.num_layers)}
+        return {("local" if local else "global"): rotary_angles(self.frequencies(self.config, local), length)
+                for local in kinds}
 
     def position_scheme(self) -> dict[str, np.ndarray]:
-        """``rope_inv_freq_global`` and ``rope_inv_freq_local``, (dh / 2,) float32, the angle per position of each
-        dimension pair in global and local layers, and ``local_window``, (1,) int32, the local layers' whole window
-        (query i sees key j when ``|i - j| <= window // 2``)."""
+        """``rope_inv_freq_global`` and ``rope_inv_freq_local``, (d / 2,) float32, the angle per position of each
+        rotated dimension pair in global and local layers, and ``local_window``, (1,) int32, the local layers'
+        whole window (``Attention.window_kind``: query i sees key j when ``|i - j| <= window // 2``, or when
+        ``0 <= i - j < window`` for causal windows)."""
         cfg = self.config
-        return {"rope_inv_freq_global": rotary_frequencies(cfg.positions.theta, cfg.head_dim),
-                "rope_inv_freq_local": rotary_frequencies(cfg.positions.local_theta, cfg.head_dim),
+        return {"rope_inv_freq_global": self.frequencies(cfg, False),
+                "rope_inv_freq_local": self.frequencies(cfg, True),
                 "local_window": np.array([max(cfg.attention.windows, default=0)], np.int32)}
