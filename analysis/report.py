@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 STATISTICS: dict[str, str] = {
     "entropy": "mean attention entropy (nats): low = focused on few tokens, high = spread out",
-    "cls": "attention to [CLS]",
+    "cls": "attention to the first special token ([CLS], or a decoder's begin-of-text)",
     "sep": "attention to [SEP]",
     "punctuation": "attention to punctuation",
     "self": "attention to the token itself",

@@ -269,7 +269,8 @@ def _head_cells(values: np.ndarray, value_name: str, decimals: int, cell: int) -
 
 _READING = {
     "entropy": "Low: the head looks at a few tokens; high: it spreads its attention (at most ln T).",
-    "cls": "Share of attention on [CLS], averaged over query tokens.",
+    "cls": "Share of attention on the first special token ([CLS], or a decoder's begin-of-text), averaged over "
+           "query tokens.",
     "first_token": "Share of attention on the first token (this model has no [CLS]), averaged over query tokens; "
                    "causal models often park attention there.",
     "sep": "Share of attention on [SEP]; heads often park attention there when they have nothing to do.",
@@ -290,7 +291,7 @@ def build_report_heatmap(report: HeadReport, statistic: str, colorscale: str = D
         raise ViewError(f"unknown statistic {statistic!r}; choose from {', '.join(STATISTICS)}")
     scope = "this text" if report.num_texts == 1 else f"{report.num_texts:,} texts ({report.num_queries:,} tokens)"
     shares = statistic not in ("entropy", "distance")
-    return build_head_map(
+    fig = build_head_map(
         report[statistic],
         f"Head report card: {report.describe(statistic)}, {scope}",
         " ".join([_READING[report.column(statistic)], sinks_sentence(report), kv_sentence(report)]).strip(),
@@ -299,6 +300,13 @@ def build_report_heatmap(report: HeadReport, statistic: str, colorscale: str = D
         zmin=0.0,
         zmax=1.0 if shares else None,
     )
+    if report.grouped:  # lines between the groups of query heads that share a key/value head
+        size = report.num_heads // report.key_value_heads
+        for group in range(1, report.key_value_heads):
+            fig.add_shape(type="line", x0=group * size - 0.5, x1=group * size - 0.5, y0=-0.5,
+                          y1=report.num_layers - 0.5, line=dict(color="#555555", width=2))
+        fig.update_xaxes(title=dict(text="head (lines: key/value head groups)"))
+    return fig
 
 
 def sinks_sentence(report: HeadReport) -> str:

@@ -132,7 +132,7 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("hide_special", "flag", "hide [CLS], [SEP] and similar tokens"),
     Option("renormalize", "flag", "with --hide-special, keep rows as they are (flag: --no-renormalize)"),
     Option("block", "choice", "sentence-pair block of the heatmap", choices=("AA", "AB", "BA", "BB")),
-    Option("query", "int", "query token index (tokens, lines)", low=0),
+    Option("query", "int", "query token index (tokens, lines; next-token: whose candidates, default the last)", low=0),
     Option("direction", "choice", "tokens: attention from or to the query", choices=("from", "to")),
     Option("threshold", "float", "lines: smallest weight drawn (default 0.05)", low=0.0, high=1.0),
 )
