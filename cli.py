@@ -17,10 +17,9 @@ from typing import Any
 
 import analysis
 from analysis.inputs import TraceInputs
-from analysis.steps import generated_mask, generation_steps, step_trace
+from analysis.steps import generation_steps, step_trace
 from encoder.errors import ExportError, HeadlightError, InputError
 from encoder.generate import generate_text
-from encoder.pieces import join_pieces
 from encoder.settings import settings
 from encoder.sources import LoadedModel, load_source
 from encoder.trace import EncoderTrace, trace_text
@@ -389,10 +388,10 @@ def _progress_line(what: str) -> analysis.Progress:
 # generate
 
 
-def generate(argv: list[str]) -> tuple[EncoderTrace, list[Path]]:
+def generate(argv: list[str]) -> tuple[str, EncoderTrace, list[Path]]:
     """``python -m cli generate`` with ``argv`` (the arguments after ``generate``): continue the prompt, write the
-    trace (``--out``) and/or the view (``-o``); returns the generated trace and the paths written. Everything given
-    is checked before the model is loaded."""
+    trace (``--out``) and/or the view (``-o``); returns the prompt, the generated trace (its ``text`` is the prompt
+    and the continuation) and the paths written. Everything given is checked before the model is loaded."""
     args = _parser(generate=True).parse_args(argv)
     if args.out is None and args.output is None:
         raise ExportError("give --out (the generated trace: .npz or .json) and/or -o (a figure or data of --view)")
@@ -422,13 +421,9 @@ def generate(argv: list[str]) -> tuple[EncoderTrace, list[Path]]:
         else:
             _run_view(args, fmt, given, shown)
         written.append(args.output)
-    return trace, written
+    return args.text, trace, written
 
 
-def continuation(trace: EncoderTrace) -> str:
-    """The generated tokens as one line of text (their pieces joined as the tokenizer wrote them)."""
-    pieces = [token for token, new in zip(trace.tokens, generated_mask(trace).tolist()) if new]
-    return join_pieces(pieces, trace.token_style) if pieces else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,14 +431,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == [GENERATE]:
-            trace, paths = generate(argv[1:])
+            prompt, trace, paths = generate(argv[1:])
         else:
-            trace, paths = None, [run(argv)]
+            prompt, trace, paths = "", None, [run(argv)]
     except HeadlightError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if trace is not None:
-        print(f"generated {generation_steps(trace)} tokens: {continuation(trace)}")
+        print(f"generated {generation_steps(trace)} tokens: {trace.text[len(prompt):]!r}")
     for path in paths:
         print(f"wrote {path}")
     return 0

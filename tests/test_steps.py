@@ -11,7 +11,7 @@ from encoder.errors import AnalysisError
 from tests.support.floats import assert_close_f32
 from tests.support.traces import synthetic_trace
 
-CAUSAL = ["gpt2"]
+CAUSAL = ["gpt2", "llama", "mistral", "gemma2"]
 
 
 def _assert_same_trace(cut, fresh) -> None:
@@ -21,9 +21,9 @@ def _assert_same_trace(cut, fresh) -> None:
     assert_close_f32(cut.attention, fresh.attention, ulps=16)
     assert_close_f32(cut.hidden, fresh.hidden, ulps=64)
     assert_close_f32(cut.positional, fresh.positional)
-    for name in ("next_ids", "next_probs"):
-        if name in fresh.outputs:
-            np.testing.assert_array_equal(cut.outputs[name][:, 0], fresh.outputs[name][:, 0])  # the top token
+    if "next_ids" in fresh.outputs:
+        np.testing.assert_array_equal(cut.outputs["next_ids"][:, 0], fresh.outputs["next_ids"][:, 0])  # top token
+        assert_close_f32(cut.outputs["next_probs"][:, 0], fresh.outputs["next_probs"][:, 0], ulps=64)
     if "next_logprob" in fresh.outputs:
         assert np.isnan(cut.outputs["next_logprob"][-1]) and np.isnan(fresh.outputs["next_logprob"][-1])
         assert_close_f32(cut.outputs["next_logprob"][:-1], fresh.outputs["next_logprob"][:-1], ulps=64)
@@ -73,3 +73,23 @@ def test_only_causal_traces_and_real_lengths_are_cut():
     with pytest.raises(AnalysisError, match="steps 0 to 0"):
         step_trace(causal, 1)
 
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_each_step_of_a_generation_is_the_shorter_generation(name):
+    """Step k of a greedy generation of 6 tokens is what generating k tokens gives: tokens, mask, attention,
+    hidden states and the candidates of each step."""
+    from encoder.generate import generate_text
+    from tests.support.families import load_family
+
+    model = load_family(name)
+    whole = generate_text(model, "Once upon a time", max_new_tokens=6)
+    assert generation_steps(whole) == 6
+    for step in (1, 3, 5):
+        fresh = generate_text(model, "Once upon a time", max_new_tokens=step)
+        cut = step_trace(whole, step)
+        _assert_same_trace(cut, fresh)
+        np.testing.assert_array_equal(cut.generated, fresh.generated)
+        np.testing.assert_array_equal(cut.outputs["step_ids"], fresh.outputs["step_ids"])
+        assert_close_f32(cut.outputs["step_probs"], fresh.outputs["step_probs"], ulps=64)
+    assert step_trace(whole, 0).generated.sum() == 0
