@@ -31,7 +31,6 @@ import streamlit as st
 import analysis
 from analysis.steps import step_trace
 from encoder.errors import InputError
-from encoder.generate import generate_text
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, LoadedModel, ModelCard, load_source
 from encoder.trace import EncoderTrace, trace_text
@@ -139,11 +138,15 @@ def get_generated(source: str, text: str, generation: Generation) -> EncoderTrac
         InputError: too many new tokens (``check_new_tokens``), or what ``generate_text`` refuses.
     """
     check_new_tokens(generation.max_new_tokens)
-    trace = _cached(("generated", source, text, generation),
-                    lambda: generate_text(get_model(source), text, max_new_tokens=generation.max_new_tokens,
-                                          temperature=generation.temperature, top_k=generation.top_k,
-                                          top_p=generation.top_p, seed=generation.seed),
-                    "Continuing the text…")
+
+    def generate() -> EncoderTrace:
+        from encoder.generate import generate_text  # imports the model code: never before the page is drawn
+
+        return generate_text(get_model(source), text, max_new_tokens=generation.max_new_tokens,
+                             temperature=generation.temperature, top_k=generation.top_k, top_p=generation.top_p,
+                             seed=generation.seed)
+
+    trace = _cached(("generated", source, text, generation), generate, "Continuing the text…")
     st.session_state.setdefault(TRACED, set()).add((source, text, generation))
     return trace
 
