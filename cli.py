@@ -19,7 +19,6 @@ import analysis
 from analysis.inputs import TraceInputs
 from analysis.steps import generation_steps, step_trace
 from encoder.errors import ExportError, HeadlightError, InputError
-from encoder.generate import generate_text
 from encoder.settings import settings
 from encoder.sources import LoadedModel, load_source
 from encoder.trace import EncoderTrace, trace_text
@@ -403,6 +402,8 @@ def generate(argv: list[str]) -> tuple[str, EncoderTrace, list[Path]]:
         raise ExportError(f"--out writes a trace: {', '.join(TRACE_FORMATS)}, not {kind or 'a file without suffix'}")
     fmt = _output_format(args) if args.output is not None else None
     given = _given(args)
+    from encoder.generate import generate_text  # the model code: not loaded for a saved trace's figures
+
     model = load_source(args.model)
     trace = generate_text(model, args.text, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed)
