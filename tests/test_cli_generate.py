@@ -83,3 +83,19 @@ def test_the_subcommand_runs_as_a_module_and_explains_itself():
     last = refused.stderr.strip().splitlines()[-1]  # after TensorFlow's start-up lines
     assert refused.returncode == 2 and last.startswith("error: ") and "cannot continue a text" in last
     assert "Traceback" not in refused.stderr
+
+
+def test_the_decoder_views_of_a_generation(tmp_path):
+    """The Next-token view's numbers say which tokens were generated; the logit lens (an analysis that re-runs the
+    model) runs on the generated sequence."""
+    import csv
+    import json
+
+    common = ["generate", "--model", LLAMA, "--prompt", "The cat", "--max-new-tokens", "3"]
+    rows_file, lens_file = tmp_path / "next.csv", tmp_path / "lens.json"
+    assert main([*common, "--view", "next-token", "-o", str(rows_file)]) == 0
+    with rows_file.open(encoding="utf-8", newline="") as handle:
+        flags = [row["generated"] for row in csv.DictReader(handle)]
+    assert flags[-3:] == ["True"] * 3 and "True" not in flags[:-3]
+    assert main([*common, "--view", "lens", "-o", str(lens_file)]) == 0
+    assert json.loads(lens_file.read_text("utf-8"))
