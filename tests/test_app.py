@@ -484,3 +484,16 @@ def test_too_many_new_tokens_are_refused_before_anything_runs(llama, monkeypatch
     at.number_input(key="new_tokens").set_value(10**15).run()
     _no_errors(at)
     assert any("1 to 4 new tokens" in w.value for w in at.warning)
+
+
+def test_a_sampled_continuation_and_its_analyses(llama):
+    params = {**llama, "text": "The cat", "continue": "true", "new_tokens": "4", "temperature": "0.9", "seed": "3"}
+    at = _app(**params)
+    _no_errors(at)
+    assert not at.number_input(key="seed").disabled
+    sampled = _heatmap_tokens(at)
+    assert sum(label.startswith("<i>") for label in sampled) == 4
+    assert _heatmap_tokens(_app(**params)) == sampled  # the seed is in the link: the same continuation
+    lens = _app(**params, view="Analysis", analysis="Logit lens", step="2")
+    _no_errors(lens)
+    assert not lens.warning and _figures(lens)  # on the prompt and the first 2 generated tokens
