@@ -25,6 +25,22 @@ HEAD_MODES = ("one head", *AGGREGATES)
 BLOCKS = {"whole input": None, "A → A": "AA", "A → B": "AB", "B → A": "BA", "B → B": "BB"}
 DIRECTIONS = {"what it looks at": "from", "who looks at it": "to"}
 SEGMENTED_MAX = 5  # an int option with at most this many choices is a segmented control, else a select slider
+RESETS = "reset_to_default"  # session state: widget keys to put back on their (new) default when next drawn
+
+
+def reset_later(*keys: str) -> None:
+    """Put the widgets ``keys`` back on their defaults when they are next drawn (from a callback, before the
+    defaults are known: a new continuation's step and query). Setting the value, not forgetting it, is what makes
+    the browser show it: a browser keeps a widget's value otherwise."""
+    st.session_state.setdefault(RESETS, set()).update(keys)
+
+
+def reset_now(key: str, default: Any) -> None:
+    """Called just before drawing widget ``key``: sets it to ``default`` if ``reset_later`` asked for it."""
+    pending = st.session_state.get(RESETS)
+    if pending and key in pending:
+        pending.discard(key)
+        st.session_state[key] = default
 
 
 def token_labels(trace: EncoderTrace) -> list[str]:
@@ -106,6 +122,7 @@ def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace],
                 start = default_query
                 if shown is not trace:  # the word holding that token
                     start = int(np.searchsorted(word_starts(trace), default_query, side="right")) - 1
+            reset_now("query", labels[start])
             query_label = st.selectbox("Query token (or click a heatmap row)", labels, index=start, key="query",
                                        bind="query-params")
             direction = st.segmented_control("Token view shows", list(DIRECTIONS), default=next(iter(DIRECTIONS)),

@@ -10,6 +10,7 @@ import streamlit as st
 from encoder.config import EncoderConfig
 from encoder.settings import settings
 from ui.cache import Generation
+from ui.controls import reset_later
 
 DEFAULT_NEW_TOKENS = 8
 MAX_SEED = 2**31 - 1
@@ -18,8 +19,7 @@ MAX_SEED = 2**31 - 1
 def _new_generation() -> None:
     """Another continuation: the step control and the query start again on their defaults (the last step, its last
     token)."""
-    for key in ("step", "query"):
-        st.session_state.pop(key, None)
+    reset_later("step", "query")
 
 
 BOUND = {"bind": "query-params", "on_change": _new_generation}  # every generation widget: in the URL, resets

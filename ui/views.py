@@ -20,7 +20,7 @@ from ui.analysis import analysis_ui
 from ui.cache import Inputs, get_figure, get_word_trace
 from ui.charts import chart_ui
 from ui.compare import compare_ui
-from ui.controls import controls_ui, option_ui
+from ui.controls import controls_ui, option_ui, reset_later, reset_now
 from ui.downloads import file_stem, trace_downloads_ui
 from ui.text import plain
 from viz.options import ViewSettings
@@ -68,7 +68,7 @@ def token_settings(trace: EncoderTrace, settings: ViewSettings) -> ViewSettings:
 
 def _new_query() -> None:
     """A new step puts the query back on its default: the step's last token (the one that chose the next)."""
-    st.session_state.pop("query", None)
+    reset_later("query")
 
 
 def step_ui(whole: EncoderTrace) -> int | None:
@@ -77,6 +77,7 @@ def step_ui(whole: EncoderTrace) -> int | None:
     steps = generation_steps(whole)
     if steps == 0:
         return None
+    reset_now("step", steps)
     step = st.slider("Generation step", 0, steps, steps, key="step", bind="query-params", on_change=_new_query,
                      help="Replays the generation: step k shows the prompt and the first k generated tokens, each "
                           "token's attention as the model computed it then (a causal model's earlier tokens never "
