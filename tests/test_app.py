@@ -484,6 +484,11 @@ def test_too_many_new_tokens_are_refused_before_anything_runs(llama, monkeypatch
     at.number_input(key="new_tokens").set_value(10**15).run()
     _no_errors(at)
     assert any("1 to 4 new tokens" in w.value for w in at.warning)
+    at.number_input(key="max_tokens").set_value(12).run()  # the prompt has 11 tokens: 15 do not fit
+    at.number_input(key="new_tokens").set_value(4).run()
+    _no_errors(at)
+    assert any("The text has 11 tokens\\; with 4 new ones" in w.value for w in at.warning)
+    assert not _figures(at) and _encoder_runs(at) == 0
 
 
 def test_a_sampled_continuation_and_its_analyses(llama):

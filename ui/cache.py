@@ -130,23 +130,30 @@ def check_new_tokens(count: int) -> int:
     return int(count)
 
 
-def get_generated(source: str, text: str, generation: Generation) -> EncoderTrace:
+def get_generated(source: str, text: str, max_tokens: int, generation: Generation) -> EncoderTrace:
     """The trace of ``text`` continued by the model (``encoder.generate.generate_text``): one generation per process
-    and input, counted for this session like a trace. The number of new tokens is checked first.
+    and input, counted for this session like a trace. Checked first: the number of new tokens, then that the
+    prompt and its continuation fit in ``max_tokens`` (the Max tokens control: the model's positions, or the
+    server's limit).
 
     Raises:
-        InputError: too many new tokens (``check_new_tokens``), or what ``generate_text`` refuses.
+        InputError: too many new tokens (``check_new_tokens``), a continuation longer than ``max_tokens``, or what
+            ``generate_text`` refuses.
     """
-    check_new_tokens(generation.max_new_tokens)
+    count = check_new_tokens(generation.max_new_tokens)
+    model = get_model(source)
+    prompt = len(model.tokenizer.encode(text).tokens)  # the prompt generate_text continues
+    if prompt + count > max_tokens:
+        raise InputError(f"The text has {prompt} tokens; with {count} new ones that is more than the {max_tokens} "
+                         "tokens one trace may have here (Max tokens). Shorten the text or ask for fewer tokens.")
 
     def generate() -> EncoderTrace:
         from encoder.generate import generate_text  # imports the model code: never before the page is drawn
 
-        return generate_text(get_model(source), text, max_new_tokens=generation.max_new_tokens,
-                             temperature=generation.temperature, top_k=generation.top_k, top_p=generation.top_p,
-                             seed=generation.seed)
+        return generate_text(model, text, max_new_tokens=count, temperature=generation.temperature,
+                             top_k=generation.top_k, top_p=generation.top_p, seed=generation.seed)
 
-    trace = _cached(("generated", source, text, generation), generate, "Continuing the text…")
+    trace = _cached(("generated", source, text, generation), generate, "Continuing the text…")  # any max_tokens
     st.session_state.setdefault(TRACED, set()).add((source, text, generation))
     return trace
 
@@ -288,7 +295,7 @@ class Inputs:
     def trace(self) -> EncoderTrace:
         if self.generation is None:
             return get_trace(self.source, self.text, self.pair, self.max_tokens)
-        whole = get_generated(self.source, self.text, self.generation)
+        whole = get_generated(self.source, self.text, self.max_tokens, self.generation)
         return whole if self.step is None else step_trace(whole, self.step)
 
     def model(self) -> LoadedModel:
