@@ -19,7 +19,8 @@ from encoder.config import (
     RelativeBuckets,
     RotaryPositions,
 )
-from encoder.model import TransformerEncoder
+from encoder.limits import parameter_count
+from encoder.model import TOP_K, TransformerEncoder
 
 EPS = float(np.finfo(np.float32).eps)
 SCHEMES = {
@@ -127,3 +128,91 @@ def test_flat_names_build_and_read_the_same_grouped_config():
         EncoderConfig.from_dict({**flat.flat(), "colour": "red"})
     with pytest.raises(ValueError, match="unknown position scheme"):
         EncoderConfig.from_dict({**flat.to_dict(), "positions": {"kind": "alibi"}})
+
+
+def decoder(**changes) -> EncoderConfig:
+    """A tiny decoder of every new part: RMSNorm, SwiGLU, grouped-query attention with q/k norms, causal windows,
+    soft-capping, sandwich norms, scaled linear RoPE on half of each head, a tied LM head with its own soft-cap."""
+    groups = dict(
+        attention=Attention(4, key_value_heads=2, head_dim=4, causal=True, windows=(3, 0, 3), window_kind="causal",
+                            query_key_value_bias=True, output_bias=False, qk_norm=True, softcap=5.0),
+        positions=RotaryPositions(rope_type="linear", factor=2.0, fraction=0.5, logit_terms=False),
+        block=Block(16, activation="silu", norm="rmsnorm", placement="pre", mlp="gated", use_bias=False,
+                    final_norm=True, sandwich_norms=True),
+        head=Head(pooling="last", lm_head=True, tie_embeddings=True, logit_softcap=2.0))
+    return tiny(**{**groups, **changes})
+
+
+def tiny_decoder_outputs(config: EncoderConfig, length: int = 7):
+    model = TransformerEncoder(config, name="encoder")
+    ids = np.random.default_rng(0).integers(1, 30, size=(1, length)).astype(np.int32)
+    outputs = model(ids, full_logits=True)
+    return model, ids, {name: ops.convert_to_numpy(value) for name, value in outputs.items()}
+
+
+def test_decoder_parts_mask_cap_and_predict_the_next_token():
+    model, ids, out = tiny_decoder_outputs(decoder())
+    assert parameter_count(model.config) == model.count_params()
+    visible = model.visible_mask(7)
+    distance = np.arange(7)[:, None] - np.arange(7)[None, :]
+    np.testing.assert_array_equal(visible[0], (distance >= 0) & (distance < 3))  # causal window: 0 <= i - j < 3
+    np.testing.assert_array_equal(visible[1], distance >= 0)
+    attention = out["attention"][0]
+    assert np.all(attention[~np.broadcast_to(visible[:, None], attention.shape)] == 0.0)
+    assert np.all(attention[np.broadcast_to(visible[:, None], attention.shape)] > 0.0)
+    logits = out["logits"][0]  # (T, V), soft-capped: within (-2, 2)
+    assert logits.shape == (7, 30) and np.abs(logits).max() < 2.0
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_array_equal(out["next_ids"][0], np.argsort(-logits, axis=-1, kind="stable")[:, :TOP_K])
+    np.testing.assert_allclose(out["next_probs"][0], np.exp(np.sort(log_probs, -1)[:, ::-1][:, :TOP_K]), atol=1e-6)
+    np.testing.assert_allclose(out["next_logprob"][0][:-1], log_probs[np.arange(6), ids[0, 1:]], atol=1e-5)
+    assert np.isnan(out["next_logprob"][0][-1])
+    np.testing.assert_array_equal(out["embedding"][0], out["hidden"][0][-1][-1])  # "last": the last token's
+    lens = ops.convert_to_numpy(model.lens_logits(out["hidden"][:, 1]))  # any layer's residual stream
+    assert lens.shape == (1, 7, 30)
+    assert EncoderConfig.from_dict(json.loads(model.config.to_json())) == model.config
+
+
+def test_rms_norm_is_x_over_its_root_mean_square_times_the_weight():
+    from encoder.parts.norms import RMSNorm
+
+    norm = RMSNorm(epsilon=1e-5)
+    x = np.random.default_rng(2).normal(size=(2, 3, 8)).astype(np.float32)
+    norm.build(x.shape)
+    weight = np.linspace(0.5, 1.5, 8, dtype=np.float32)
+    norm.gamma.assign(weight)
+    expected = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * weight
+    np.testing.assert_allclose(ops.convert_to_numpy(norm(x)), expected, atol=1e-6, rtol=0)
+    assert norm.beta is None
+
+
+def test_untied_head_and_separate_biases_have_their_own_weights():
+    model, _, _ = tiny_decoder_outputs(decoder(head=Head(pooling="last", lm_head=True)))
+    attention = model.encoder_layers[0].attention
+    assert attention.query_dense.bias is not None and attention.output_dense.bias is None
+    assert attention.key_dense.kernel.shape == (8, 2, 4) and attention.query_norm.gamma.shape == (4,)
+    assert model.lm_head.kernel.shape == (8, 30)
+    assert parameter_count(model.config) == model.count_params()
+
+
+def test_flat_changes_keep_what_the_flat_names_do_not_say():
+    config = decoder()
+    changed = dataclasses.replace(config, pooling="mean", num_layers=3)
+    assert changed.head == dataclasses.replace(config.head, pooling="mean")
+    assert (changed.attention, changed.positions, changed.block) == (config.attention, config.positions,
+                                                                     config.block)
+
+
+def test_configs_refuse_what_the_parts_cannot_run():
+    with pytest.raises(ValueError, match="window_kind"):
+        Attention(2, window_kind="left")
+    with pytest.raises(ValueError, match="rope_type"):
+        RotaryPositions(rope_type="yarn")
+    with pytest.raises(ValueError, match="partial_rotary_factor"):
+        RotaryPositions(fraction=0.0)
+    with pytest.raises(ValueError, match="sandwich norms"):
+        Block(16, sandwich_norms=True)
+    with pytest.raises(ValueError, match="pooling"):
+        Head(pooling="max")
+    with pytest.raises(ValueError, match="tied"):
+        tiny(RotaryPositions(), embeddings=Embeddings(30, width=4), head=Head(lm_head=True, tie_embeddings=True))

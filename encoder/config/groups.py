@@ -176,7 +176,7 @@ class RotaryPositions(AbsolutePositions):
         rope_type: "default", "linear" (frequencies / ``factor``) or "llama3" (Llama 3.1's frequency-dependent
             rescaling by ``factor``, ``low_freq_factor``, ``high_freq_factor`` and ``original_max_positions``), in
             global layers; ``local_rope_type`` and ``local_factor`` in windowed ones (Gemma 3 scales only its
-            global layers).
+            global layers; Mistral's windowed layers are scaled as any other).
         fraction: float in (0, 1], the rotated share of each head's dimensions (``partial_rotary_factor``: the
             first ``int(head_dim * fraction)`` are rotated, the rest pass unchanged).
         logit_terms: bool, record each logit's ``content`` (unrotated) and ``position`` terms; computing them costs
@@ -205,8 +205,6 @@ class RotaryPositions(AbsolutePositions):
             raise ValueError("rotary positions need rope_theta and rope_local_theta above 1")
         _check_choice("rope_type", self.rope_type, ROPE_TYPES)
         _check_choice("local rope_type", self.local_rope_type, ROPE_TYPES)
-        if self.local_rope_type == "llama3":
-            raise ValueError("rope_type llama3 is run in global layers only")
         if not all(math.isfinite(v) and v >= 1.0 for v in (self.factor, self.local_factor)):
             raise ValueError(f"rope factor must be at least 1, got {self.factor!r} / {self.local_factor!r}")
         if not (0.0 < self.low_freq_factor < self.high_freq_factor and math.isfinite(self.high_freq_factor)):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from encoder.config import EncoderConfig
+from encoder.config import EncoderConfig, RotaryPositions
 from encoder.errors import CheckpointError
 from encoder.families.common import Port, field, keep, linear, norm_ports, pad_token, reshaped
 
@@ -61,6 +61,13 @@ def rope_fields(hf: Mapping[str, Any], layer_type: str | None = None, theta: flo
                                                or parameters.get("original_max_position_embeddings")
                                                or field(hf, "max_position_embeddings"))
     return fields
+
+
+def shared_rotary(fields: dict[str, Any]) -> RotaryPositions:
+    """Rotary positions with one base and scaling for every layer, windowed or not (``rope_fields``); no logit
+    terms (decoders leave out their second product)."""
+    return RotaryPositions(**fields, local_theta=fields["theta"], local_rope_type=fields["rope_type"],
+                           local_factor=fields.get("factor", 1.0), logit_terms=False)
 
 
 def layer_windows(hf: Mapping[str, Any], layers: int, window: int | None,

@@ -33,6 +33,7 @@ from encoder.families.decoder import (
     layer_windows,
     padding_id,
     rope_fields,
+    shared_rotary,
 )
 from encoder.limits import check_config_fields
 
@@ -91,7 +92,7 @@ def convert_config(hf: dict[str, Any]) -> EncoderConfig:
                                 windows=layer_windows(hf, layers, hf.get("sliding_window"), sliding),
                                 window_kind="causal", query_key_value_bias=bias, output_bias=bias,
                                 qk_norm=gemma3, softcap=float(hf.get("attn_logit_softcapping") or 0.0)),
-            positions=rotary(hf) if gemma3 else RotaryPositions(**rope_fields(hf), logit_terms=False),
+            positions=rotary(hf) if gemma3 else shared_rotary(rope_fields(hf)),
             block=Block(int(field(hf, "intermediate_size")),
                         activation=activation(hf.get("hidden_activation") or hf.get("hidden_act"),
                                               "hidden_activation"),

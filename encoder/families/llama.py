@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoder.config import Attention, Block, Embeddings, EncoderConfig, Head, RotaryPositions
+from encoder.config import Attention, Block, Embeddings, EncoderConfig, Head
 from encoder.families.common import Port, activation, build, described, field, keep, norm_ports
 from encoder.families.decoder import (
     attention_ports,
@@ -30,6 +30,7 @@ from encoder.families.decoder import (
     layer_windows,
     padding_id,
     rope_fields,
+    shared_rotary,
 )
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -57,7 +58,7 @@ def convert_config(hf: dict[str, Any]) -> EncoderConfig:
                                 head_dim=int(hf.get("head_dim") or 0), causal=True,
                                 windows=windows(hf, layers), window_kind="causal",
                                 query_key_value_bias=qkv_bias, output_bias=output_bias, qk_norm=kind == "qwen3"),
-            positions=RotaryPositions(**rope_fields(hf, theta=DEFAULT_THETA[kind]), logit_terms=False),
+            positions=shared_rotary(rope_fields(hf, theta=DEFAULT_THETA[kind])),
             block=Block(int(field(hf, "intermediate_size")), activation=activation(hf.get("hidden_act", "silu")),
                         norm="rmsnorm", placement="pre", mlp="gated", use_bias=bool(hf.get("mlp_bias", False)),
                         norm_epsilon=float(field(hf, "rms_norm_eps", default=1e-6)), final_norm=True),

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoder.config import Attention, Block, Embeddings, EncoderConfig, Head, RotaryPositions
+from encoder.config import Attention, Block, Embeddings, EncoderConfig, Head
 from encoder.families.common import Port, activation, build, described, field, keep, linear, norm_ports, reshaped
-from encoder.families.decoder import final_ports, layer_windows, output_ports, padding_id, rope_fields
+from encoder.families.decoder import final_ports, layer_windows, output_ports, padding_id, rope_fields, shared_rotary
 
 MODEL_TYPES = ("phi3",)
 PREFIXES = ("model.",)
@@ -33,7 +33,7 @@ def convert_config(hf: dict[str, Any]) -> EncoderConfig:
                                 head_dim=int(hf.get("head_dim") or 0), causal=True,
                                 windows=layer_windows(hf, layers, hf.get("sliding_window"), None),
                                 window_kind="causal"),
-            positions=RotaryPositions(**rope_fields(hf), logit_terms=False),
+            positions=shared_rotary(rope_fields(hf)),
             block=Block(int(field(hf, "intermediate_size")), activation=activation(hf.get("hidden_act", "silu")),
                         norm="rmsnorm", placement="pre", mlp="gated", use_bias=False,
                         norm_epsilon=float(field(hf, "rms_norm_eps", default=1e-5)), final_norm=True),

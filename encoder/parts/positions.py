@@ -220,10 +220,10 @@ class RotaryPart(AbsolutePart):
         """(d / 2,) float32: the frequencies of global or windowed layers (``rope_frequencies``)."""
         scheme: RotaryPositions = config.positions
         dim = scheme.rotary_dim(config.head_dim)
-        if local:
-            return rope_frequencies(scheme.local_theta, dim, scheme.local_rope_type, scheme.local_factor)
-        return rope_frequencies(scheme.theta, dim, scheme.rope_type, scheme.factor, scheme.low_freq_factor,
-                                scheme.high_freq_factor, scheme.original_max_positions)
+        theta, rope_type, factor = ((scheme.local_theta, scheme.local_rope_type, scheme.local_factor) if local
+                                    else (scheme.theta, scheme.rope_type, scheme.factor))
+        return rope_frequencies(theta, dim, rope_type, factor, scheme.low_freq_factor, scheme.high_freq_factor,
+                                scheme.original_max_positions)
 
     @classmethod
     def logit_rule(cls, config: EncoderConfig, index: int):
