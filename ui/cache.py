@@ -103,7 +103,7 @@ def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> Enco
 
 
 @dataclass(frozen=True)
-class Generation:
+class Continuation:
     """What "Continue the text" asked for: ``encoder.generate.generate_text``'s settings (greedy when
     ``temperature`` is 0; then ``top_k``, ``top_p`` and ``seed`` are their defaults, so they never split the
     cache)."""
@@ -130,7 +130,7 @@ def check_new_tokens(count: int) -> int:
     return int(count)
 
 
-def get_generated(source: str, text: str, max_tokens: int, generation: Generation) -> EncoderTrace:
+def get_generated(source: str, text: str, max_tokens: int, generation: Continuation) -> EncoderTrace:
     """The trace of ``text`` continued by the model (``encoder.generate.generate_text``): one generation per process
     and input, counted for this session like a trace. Checked first: the number of new tokens, then that the
     prompt and its continuation fit in ``max_tokens`` (the Max tokens control: the model's positions, or the
@@ -283,7 +283,7 @@ class Inputs:
     text: str
     pair: str | None
     max_tokens: int
-    generation: Generation | None = None
+    generation: Continuation | None = None
     step: int | None = None
     corpus: Corpus | None = None
 

@@ -9,7 +9,7 @@ import streamlit as st
 
 from encoder.config import EncoderConfig
 from encoder.settings import settings
-from ui.cache import Generation
+from ui.cache import Continuation
 from ui.controls import reset_later
 
 DEFAULT_NEW_TOKENS = 8
@@ -30,7 +30,7 @@ def has_lm_head(config: EncoderConfig) -> bool:
     return bool(getattr(config.head, "lm_head", False))
 
 
-def continue_ui(config: EncoderConfig) -> Generation | None:
+def continue_ui(config: EncoderConfig) -> Continuation | None:
     """The "Continue the text" controls of a model with an LM head; returns what they ask for, or None (no LM head,
     or the toggle off)."""
     if not has_lm_head(config):
@@ -59,5 +59,5 @@ def continue_ui(config: EncoderConfig) -> Generation | None:
     if not on:
         return None
     if not sampled:
-        return Generation(int(count))
-    return Generation(int(count), float(temperature), int(top_k), float(top_p), int(seed))
+        return Continuation(int(count))
+    return Continuation(int(count), float(temperature), int(top_k), float(top_p), int(seed))
