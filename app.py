@@ -1,9 +1,10 @@
 """Headlight: look inside Transformer encoders, live in the browser.
 
-Run with ``make run``. This file is ``main()`` and the sidebar (which model, which text); the main area is
-``ui.views`` (a fragment over one cached trace), whose tabs, figures and analyses all come from the registry
-(``viz.registry``). Every widget that defines the view is bound to the URL (``bind="query-params"``), so a copied
-link reopens exactly this view. Changing a layer, head, view or option never re-runs the encoder.
+Run with ``make run``. This file is ``main()`` and the sidebar (which model, which text, and for a decoder whether
+to continue it: ``ui.generation``); the main area is ``ui.views`` (a fragment over one cached trace), whose tabs,
+figures and analyses all come from the registry (``viz.registry``). Every widget that defines the view is bound to
+the URL (``bind="query-params"``), so a copied link reopens exactly this view. Changing a
+layer, head, view or option never re-runs the encoder.
 
 The page draws before the model is ready: nothing imported here imports TensorFlow (the model code is imported by
 the model load: in the cold-start helper process and ``ui.serving.warmup``'s background thread), and the sidebar's text
@@ -20,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import streamlit as st
 
+from analysis.steps import generation_steps
 from encoder.errors import HeadlightError
 from encoder.families import FAMILIES
 from encoder.settings import settings
@@ -118,6 +120,8 @@ def facts_ui(model: ModelCard, trace: EncoderTrace | None) -> None:
     }
     if trace is not None:
         rows["tokens"] = f"{trace.num_tokens}" + (f" (of {trace.untruncated_length})" if trace.truncated else "")
+        if (generated := generation_steps(trace)) > 0:
+            rows["tokens"] += f" ({generated} generated)"
     rows["encoder runs"] = f"{session_traces()} (this session)"  # never the shared model's count: it is private
     st.markdown("\n".join(f"- **{k}**: {v}" for k, v in rows.items()))
 

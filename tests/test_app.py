@@ -445,6 +445,7 @@ def test_continuing_the_text_shows_the_generated_trace_and_replays_it_without_re
     _no_errors(at)
     tokens = _heatmap_tokens(at)
     assert len(tokens) == prompt + 4
+    assert any(f"**tokens**: {prompt + 4} (4 generated)" in m.value for m in at.sidebar.markdown)
     query = at.selectbox(key="query")
     assert query.value == query.options[-1]  # the query starts on the last generated token
     runs = _encoder_runs(at)
