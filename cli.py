@@ -173,7 +173,13 @@ def _run_view(args: argparse.Namespace, fmt: str, given: dict[str, Any]) -> None
         raise ExportError(f"view {args.view!r} does not take {_flags(studies)} (analysis settings)")
     trace = _load_trace(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "npz":
+    if view.unavailable is not None and view.unavailable(trace):
+        raise ExportError(view.unavailable(trace))
+    if view.rows is not None and fmt in ("csv", "json"):  # the view's own numbers, not the trace's attention
+        rows, document = view.rows(trace, given)
+        text = analysis.rows_to_csv(rows) if fmt == "csv" else analysis.to_json(document)
+        args.output.write_text(text, encoding="utf-8", newline="")
+    elif fmt == "npz":
         trace.save(args.output)
     elif fmt == "json":
         args.output.write_text(trace_to_json(trace), encoding="utf-8")

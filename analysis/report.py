@@ -22,17 +22,47 @@ if TYPE_CHECKING:
 
 STATISTICS: dict[str, str] = {
     "entropy": "mean attention entropy (nats): low = focused on few tokens, high = spread out",
-    "cls": "attention to [CLS]",
+    "cls": "attention to the first special token ([CLS], or a decoder's begin-of-text)",
     "sep": "attention to [SEP]",
     "punctuation": "attention to punctuation",
     "self": "attention to the token itself",
     "previous": "attention to the previous token",
     "next": "attention to the next token",
     "distance": "mean attention distance (tokens): sum_j a_ij |i - j|",
+    "sink": "attention to the first token from queries after the first few (an attention sink scores >= 0.5)",
 }
 # Without a special first token (GPT-2 has no [CLS]) the "cls" statistic is attention to the first token itself.
 FIRST_TOKEN, FIRST_TOKEN_COLUMN = "attention to the first token", "first_token"
 _SUBWORD_MARKS = ("##", "▁", "Ġ")
+# Attention sinks (Xiao et al., 2023, "Efficient streaming language models with attention sinks"): a head whose
+# queries from position SINK_FROM on put at least SINK_THRESHOLD of their attention on the first token, on average.
+# The first queries are left out: in a causal model they see few keys, so the first token gets much of their
+# attention whatever the head does. A text of at most SINK_FROM tokens counts its last query alone.
+SINK_FROM = 4
+SINK_THRESHOLD = 0.5
+
+
+def sink_queries(tokens: int) -> slice:
+    """The queries the ``sink`` statistic averages over in a text of ``tokens`` tokens: from ``SINK_FROM`` on, or
+    the last one alone in a text of at most ``SINK_FROM`` tokens."""
+    return slice(min(SINK_FROM, tokens - 1), tokens)
+
+
+def sink_shares(attention: np.ndarray) -> np.ndarray:
+    """(L, H) float64: each head's attention on the first token, averaged over ``sink_queries`` (the ``sink``
+    statistic of one text); ``attention`` (L, H, T, T)."""
+    queries = sink_queries(attention.shape[-1])
+    return attention[:, :, queries, 0].mean(axis=-1, dtype=np.float64)
+
+
+def key_value_heads_of(num_heads: int, key_value_heads: int) -> np.ndarray:
+    """(H,) int: the key/value head each query head reads (grouped-query attention: ``h // (H // KV)``, as
+    transformers' ``repeat_kv``); every head its own when ``key_value_heads`` is 0 or H."""
+    if not key_value_heads:
+        return np.arange(num_heads)
+    if key_value_heads < 0 or num_heads % key_value_heads:
+        raise AnalysisError(f"{key_value_heads} key/value heads do not divide {num_heads} heads")
+    return np.arange(num_heads) // (num_heads // key_value_heads)
 
 
 def token_classes(tokens: Sequence[str], special: np.ndarray) -> dict[str, np.ndarray]:
@@ -70,6 +100,8 @@ class HeadReport:
     ``distance`` (optional) is the (N, N) head distance of ``head_distances``, averaged the same way.
     ``first_special`` says whether the first token was special ([CLS]); if not (GPT-2), "cls" is attention to the
     first token, and ``describe`` and ``rows`` say so.
+    ``key_value_heads``: the model's key/value heads (grouped-query attention), 0 when every head has its own;
+    then ``rows`` name each head's key/value head.
     """
 
     statistics: dict[str, np.ndarray]
@@ -77,6 +109,7 @@ class HeadReport:
     num_queries: int
     distance: np.ndarray | None = None
     first_special: bool = True
+    key_value_heads: int = 0
 
     @property
     def num_layers(self) -> int:
@@ -100,10 +133,27 @@ class HeadReport:
         """The statistic's column name in ``rows``: "first_token" for "cls" when the first token was not special."""
         return FIRST_TOKEN_COLUMN if statistic == "cls" and not self.first_special else statistic
 
+    @property
+    def grouped(self) -> bool:
+        """Whether query heads share key/value heads (grouped-query attention)."""
+        return self.key_value_heads not in (0, self.num_heads)
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head query head ``head`` reads."""
+        return int(key_value_heads_of(self.num_heads, self.key_value_heads)[head])
+
+    def sinks(self, threshold: float = SINK_THRESHOLD) -> list[tuple[int, int, float]]:
+        """The attention-sink heads, (layer, head, sink share), strongest first: ``sink`` >= ``threshold``."""
+        sink = self.statistics["sink"]
+        found = [(int(layer), int(head), float(sink[layer, head])) for layer, head in np.argwhere(sink >= threshold)]
+        return sorted(found, key=lambda item: (-item[2], item[0], item[1]))
+
     def rows(self) -> list[dict]:
-        """One dict per head (layer, head, then every statistic): the sortable table, or CSV rows."""
+        """One dict per head (layer, head, its key/value head when heads share them, then every statistic): the
+        sortable table, or CSV rows."""
+        kv = key_value_heads_of(self.num_heads, self.key_value_heads)
         return [
-            {"layer": layer, "head": head,
+            {"layer": layer, "head": head, **({"kv_head": int(kv[head])} if self.grouped else {}),
              **{self.column(name): float(self.statistics[name][layer, head]) for name in STATISTICS}}
             for layer in range(self.num_layers)
             for head in range(self.num_heads)
@@ -122,8 +172,9 @@ class _ReportSums:
     queries: int = 0
     shape: tuple[int, int] | None = None
     first_special: bool = True  # every text so far began with a special token
+    key_value_heads: int = 0
 
-    def add(self, attention: np.ndarray, tokens: Sequence[str], special: np.ndarray) -> None:
+    def add(self, attention: np.ndarray, tokens: Sequence[str], special: np.ndarray, key_value_heads: int = 0) -> None:
         attention = check_attention(attention)
         if len(tokens) != attention.shape[-1]:
             raise AnalysisError(f"attention has {attention.shape[-1]} positions, while there are {len(tokens)} tokens")
@@ -143,13 +194,14 @@ class _ReportSums:
         self.texts += 1
         self.queries += attention.shape[-1]
         self.first_special = self.first_special and bool(special[0])
+        self.key_value_heads = key_value_heads
 
     def report(self) -> HeadReport:
         if self.texts == 0:
             raise AnalysisError("no traces to report on: the corpus is empty")
         statistics = {name: self.sums[name] / max(self.counts[name], 1) for name in STATISTICS}
         distance = None if self.distance is None else self.distance / self.queries
-        return HeadReport(statistics, self.texts, self.queries, distance, self.first_special)
+        return HeadReport(statistics, self.texts, self.queries, distance, self.first_special, self.key_value_heads)
 
 
 def _statistic_sums(
@@ -171,6 +223,8 @@ def _statistic_sums(
             t,
         ),
     }
+    sinks = sink_queries(t)
+    out["sink"] = (sink_shares(attention) * (sinks.stop - sinks.start), sinks.stop - sinks.start)
     key_totals = attention.sum(axis=2, dtype=np.float64)  # (L, H, T): each key's weight summed over queries
     for name in ("cls", "sep", "punctuation"):
         out[name] = (key_totals[:, :, classes[name]].sum(axis=-1), t)
@@ -189,11 +243,13 @@ def head_report(trace: EncoderTrace, distances: bool = False) -> HeadReport:
     - ``previous``: ``a_{i, i-1}``, averaged over the T - 1 queries that have a previous token.
     - ``next``: ``a_{i, i+1}``, averaged over the T - 1 queries that have a next token.
     - ``distance``: ``sum_j a_ij |i - j|`` in tokens.
+    - ``sink``: ``a_i0``, averaged over the queries from ``SINK_FROM`` (4) on (``sink_queries``); a head scoring at
+      least ``SINK_THRESHOLD`` (0.5) is an attention sink (``HeadReport.sinks``).
 
     With ``distances=True`` the report also carries the head distance matrix (for ``cluster_heads``).
     """
     sums = _ReportSums(distances)
-    sums.add(trace.attention, trace.tokens, trace.special)
+    sums.add(trace.attention, trace.tokens, trace.special, trace.key_value_heads)
     return sums.report()
 
 
@@ -217,7 +273,7 @@ def corpus_head_report(
     """
     sums = _ReportSums(distances)
     for trace in traces:
-        sums.add(trace.attention, trace.tokens, trace.special)
+        sums.add(trace.attention, trace.tokens, trace.special, trace.key_value_heads)
         if progress is not None:
             progress(sums.texts, total)
     return sums.report()

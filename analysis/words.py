@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from encoder.errors import AnalysisError
-from encoder.pieces import join_pieces
+from encoder.pieces import join_pieces, readable_piece
 from encoder.trace import EncoderTrace
 
 
@@ -42,7 +42,12 @@ def merge_words(trace: EncoderTrace) -> EncoderTrace:
     - ``token_ids``, ``segment_ids``, ``special``: those of the word's first piece.
     - ``tokens``: the word as people read it (``encoder.pieces.join_pieces``: "Ġhe" "ll" "o" -> "hello"), so the
       result's ``token_style`` is "" (plain text); special tokens stay as they are.
-    - ``words``: one number per word, in order (-1 for special tokens). Everything else is unchanged.
+    - ``words``: one number per word, in order (-1 for special tokens).
+    - An LM head's outputs (``word_predictions``): a word predicts what its last piece predicts; its
+      ``next_logprob`` is the log-probability of the whole next word (the sum over that word's pieces); a word is
+      ``generated`` when any of its pieces is; a generation's per-step candidates are dropped (steps are tokens);
+      the candidates' pieces become plain text, as the tokens do.
+    Everything else is unchanged.
 
     Merging a trace whose words are single tokens changes no number.
 
@@ -78,7 +83,31 @@ def merge_words(trace: EncoderTrace) -> EncoderTrace:
         token_style="",
         logit_terms={name: _mean_rows(_mean_rows(term, starts, counts, axis=-1), starts, counts, axis=-2)
                      for name, term in trace.logit_terms.items()},
+        **word_predictions(trace, starts, ends),
     )
+
+
+def word_predictions(trace: EncoderTrace, starts: np.ndarray, ends: np.ndarray) -> dict:
+    """The ``outputs`` and ``generated`` of the merged trace: per word, the LM outputs of its last piece
+    (``next_ids``, ``next_probs``, ``logits``), and ``next_logprob`` summed over the next word's pieces (NaN after
+    the last word); nothing changes for a model without an LM head."""
+    outputs = dict(trace.outputs)
+    if "next_ids" in outputs:
+        last = ends - 1  # (W,) each word's last piece
+        for name in ("next_ids", "next_probs", "logits"):
+            if name in outputs:
+                outputs[name] = np.ascontiguousarray(outputs[name][last])
+        if "next_logprob" in outputs:
+            logprob = np.asarray(outputs["next_logprob"], dtype=np.float64)
+            # The pieces of word w + 1 are predicted at positions last[w] .. last[w + 1] - 1.
+            summed = [logprob[a:b].sum() for a, b in zip(last[:-1].tolist(), last[1:].tolist())]
+            outputs["next_logprob"] = np.array([*summed, np.nan], dtype=np.float32)
+        for name in ("step_ids", "step_probs"):
+            outputs.pop(name, None)
+    generated = None if trace.generated is None else np.logical_or.reduceat(trace.generated, starts)
+    # The merged tokens are plain text (token_style ""): so are the candidates' pieces.
+    pieces = tuple(readable_piece(piece, trace.token_style) for piece in trace.vocab_tokens)
+    return {"outputs": outputs, "generated": generated, "vocab_tokens": pieces}
 
 
 def _mean_rows(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, axis: int) -> np.ndarray:

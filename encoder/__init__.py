@@ -17,7 +17,8 @@ Layout (lower modules never import higher ones):
 - ``families/``: Hugging Face import per family, a pure ``convert_config`` and flat ``weight_ports``;
   ``checkpoints`` reads a folder through them; ``limits`` bounds what a folder may ask for.
 - ``saving`` (our folder format), ``tokenizer``, ``pieces``, ``sources`` (model names -> loaded models), ``trace``,
-  ``trace_io``, ``probes`` (one layer run alone), ``settings``, ``errors``.
+  ``trace_io``, ``probes`` (one layer run alone), ``settings``, ``errors``; ``generate`` (a decoder continues a
+  prompt through a key/value cache; the trace of prompt + continuation).
 """
 
 import os

@@ -1,9 +1,10 @@
 """Hugging Face checkpoint import: read ``config.json`` and the safetensors, map the config through the model's
 family (``encoder.families``), and port every tensor after checking its name and shape.
 
-Weights are read with ``safetensors`` (no PyTorch), bfloat16 tensors from their bytes (NumPy has no bfloat16: the 16
-bits shifted into the high half of a float32, which is exact), float16 ones widened to float32 as they are read
-(exact too: every float16 is a float32), one file or the shards that
+Weights are read from the safetensors files' bytes at the places their headers give (no PyTorch), one tensor at a
+time as the model's ports ask for them (``StoredTensors``), so loading holds the model and one port's tensors, not a
+second copy of the checkpoint: bfloat16 tensors with their 16 bits shifted into the high half of a float32 (NumPy
+has no bfloat16; exact), float16 ones widened to float32 (exact too); one file or the shards that
 ``model.safetensors.index.json`` names; and only after every size is checked (``encoder.limits``: config.json's
 sizes, the parameter count, the safetensors headers): a folder that asks for an absurd model is refused before
 anything is allocated.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,48 +65,49 @@ def convert_config(hf_config: dict[str, Any]) -> EncoderConfig:
         ) from error
 
 
-def _canonical_names(weights: dict[str, np.ndarray], prefixes: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _canonical_names(weights: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
     """Strip a task model's backbone prefix (``bert.``, ``roberta.``, ...) and rename old ``gamma``/``beta``
-    layer-norm names."""
-    renamed = {}
-    for name, value in weights.items():
-        for prefix in prefixes:
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-                break
-        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-        renamed[name] = value
-    return renamed
+    layer-norm names (the values are not touched: a ``StoredTensors`` reads none)."""
+    return {_canonical_name(name, prefixes): value for name, value in weights.items()}
 
 
-def port_weights(model: TransformerEncoder, weights: dict[str, np.ndarray], source: str, family) -> None:
-    """Copy checkpoint tensors into the model, checking every name and shape first. A port's name may be a tuple
-    of names: its transform then receives those tensors in order (Llama's ``gate_proj`` and ``up_proj`` fill one
-    fused variable)."""
-    weights = _canonical_names(weights, family.PREFIXES)
+def _canonical_name(name: str, prefixes: tuple[str, ...]) -> str:
+    for prefix in prefixes:
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    return name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+
+
+def port_weights(model: TransformerEncoder, weights: Mapping[str, np.ndarray], source: str, family) -> None:
+    """Copy checkpoint tensors into the model: every name the ports need checked first, then one port at a time
+    its tensors read (``weights`` may be a ``StoredTensors``, which reads a tensor when asked), transformed,
+    checked against the variable's shape and assigned, so only one port's tensors are in memory besides the model.
+    A port's name may be a tuple of names: its transform then receives those tensors in order (Llama's
+    ``gate_proj`` and ``up_proj`` fill one fused variable). On a mismatch the model is left half filled: the caller
+    drops it (``load_hf_folder`` returns no model)."""
+    stored = {_canonical_name(name, family.PREFIXES): name for name in weights}
     ports = family.weight_ports(model.config, model)
     needed = [n for name, _, _ in ports for n in (name if isinstance(name, tuple) else (name,))]
-    missing = list(dict.fromkeys(name for name in needed if name not in weights))
+    missing = list(dict.fromkeys(name for name in needed if name not in stored))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise CheckpointError(f"{source} lacks {len(missing)} tensors the model needs: {shown}; config.json and the "
                               "weights disagree.")
-    values = []
     for name, variable, transform in ports:
         names = name if isinstance(name, tuple) else (name,)
+        tensors = [weights[stored[n]] for n in names]
         try:
-            value = np.asarray(transform(*(weights[n] for n in names)), dtype=np.float32)
+            value = np.asarray(transform(*tensors), dtype=np.float32)
         except ValueError as error:  # tensors that cannot be joined (a fused port's parts of unequal widths)
             raise CheckpointError(f"{source}: {' and '.join(names)} do not fit together; config.json and the "
                                   "weights disagree.") from error
         if tuple(value.shape) != tuple(variable.shape):
-            stored = " and ".join(str(tuple(weights[n].shape)) for n in names)
+            shapes = " and ".join(str(tuple(tensor.shape)) for tensor in tensors)
             raise CheckpointError(
-                f"{source}: {' and '.join(names)} has shape {stored}, which gives {tuple(value.shape)} "
+                f"{source}: {' and '.join(names)} has shape {shapes}, which gives {tuple(value.shape)} "
                 f"but the model expects {tuple(variable.shape)}; config.json and the weights disagree."
             )
-        values.append(value)
-    for (_, variable, _), value in zip(ports, values):
         variable.assign(value)
 
 
@@ -178,38 +181,54 @@ def _indexed_shards(folder: Path) -> list[Path]:
 def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
     """All tensors of the folder's safetensors files (``safetensors_files``) as NumPy arrays; bfloat16 and float16
     ones as float32 with exactly their values."""
-    return _read_files(safetensors_files(folder))
+    stored = StoredTensors(safetensors_files(folder))
+    return {name: stored[name] for name in stored}
 
 
-def _read_files(files: list[Path]) -> dict[str, np.ndarray]:
-    """All tensors of ``files`` (``read_safetensors``)."""
-    from safetensors import SafetensorError, safe_open
+# NumPy's type of each safetensors dtype read as it is stored (little-endian); bfloat16 is widened by ``_read``.
+NUMPY_TYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2",
+               "I16": "<i2", "U32": "<u4", "I32": "<i4", "U64": "<u8", "I64": "<i8"}
 
-    weights: dict[str, np.ndarray] = {}
-    for file in files:
-        headers = read_headers([file])
+
+class StoredTensors(Mapping[str, np.ndarray]):
+    """The tensors of safetensors ``files`` by name, each read from its file when it is asked for (nothing is read
+    before): bfloat16 and float16 ones as float32 with exactly their values. The headers are read and checked
+    (``encoder.limits.read_headers``) when this is made."""
+
+    def __init__(self, files: list[Path]):
+        self._where = {name: (file, header) for file in files for name, header in read_headers([file]).items()}
+
+    def headers(self) -> dict[str, TensorHeader]:
+        """Each tensor's header (dtype, shape, place in its file) by name."""
+        return {name: header for name, (_, header) in self._where.items()}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        file, header = self._where[name]
         try:
-            with safe_open(str(file), framework="numpy") as handle:
-                for name in handle.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
-                    header = headers[name]
-                    if header.dtype == "BF16":
-                        weights[name] = _bfloat16(file, header)
-                    elif header.dtype == "F16":  # widened now, so no port computes in float16
-                        weights[name] = handle.get_tensor(name).astype(np.float32)
-                    else:
-                        weights[name] = handle.get_tensor(name)
-        except (SafetensorError, OSError, ValueError, KeyError) as error:
+            return _read(file, header)
+        except (OSError, ValueError) as error:
             raise CheckpointError(f"{file.name} is not a readable safetensors file; save the weights again "
                                   "(safetensors).") from error
-    return weights
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
-def _bfloat16(file: Path, header: TensorHeader) -> np.ndarray:
-    """A bfloat16 tensor as float32: each 16-bit word shifted into the high half of a 32-bit float (exact)."""
-    words = np.fromfile(file, dtype="<u2", count=header.size, offset=header.start)
-    if words.size != header.size:
+def _read(file: Path, header: TensorHeader) -> np.ndarray:
+    """One tensor's bytes as a NumPy array of its shape; bfloat16 as float32, each 16-bit word shifted into the
+    high half of a 32-bit float, and float16 widened (both exact)."""
+    stored = "<u2" if header.dtype == "BF16" else NUMPY_TYPES[header.dtype]
+    data = np.fromfile(file, dtype=stored, count=header.size, offset=header.start)
+    if data.size != header.size:
         raise ValueError("the file is cut short")
-    return (words.astype(np.uint32) << 16).view(np.float32).reshape(header.shape)
+    if header.dtype == "BF16":
+        data = (data.astype(np.uint32) << 16).view(np.float32)
+    elif header.dtype == "F16":
+        data = data.astype(np.float32)
+    return data.reshape(header.shape)
 
 
 def load_hf_folder(
@@ -225,10 +244,9 @@ def load_hf_folder(
     family = family_of(hf_config)
     config = _sentence_transformer_pooling(folder, convert_config(hf_config))
     check_config(config, settings().max_parameters)
-    files = safetensors_files(folder)
-    check_tensors(_canonical_names(read_headers(files), family.PREFIXES), config)
-    weights = _read_files(files)  # only now, with every size checked, is anything big read or built
-    model = TransformerEncoder(config, name="encoder")
+    weights = StoredTensors(safetensors_files(folder))  # the headers only
+    check_tensors(_canonical_names(weights.headers(), family.PREFIXES), config)
+    model = TransformerEncoder(config, name="encoder")  # only now, with every size checked, is anything big built
     port_weights(model, weights, "model.safetensors", family)
     return model, labels(hf_config, config)
 

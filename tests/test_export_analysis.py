@@ -123,10 +123,11 @@ def expected_title(view: str, trace, minilm) -> str:
 ATTRIBUTION = {"norm", "globenc", "alti", "value-zeroing"}  # their titles name only the method and the layer
 LAB = {"position-share", "relative-bias", "position-by-distance", "rope"}  # need a relative or rotary model:
 # their exports are tested on those models' fixtures in tests/test_positional_lab.py
+DECODER = {"lens"}  # needs an LM head: its export is tested on the llama fixture in tests/test_decoder_views.py
 
 
 def test_every_analysis_is_exported_by_a_test():
-    assert set(ANALYSIS_VIEWS) == set(VIEW_ARGS) | LAB
+    assert set(ANALYSIS_VIEWS) == set(VIEW_ARGS) | LAB | DECODER
 
 
 @pytest.mark.parametrize("view", list(VIEW_ARGS))

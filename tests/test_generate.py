@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from encoder.errors import InputError
-from encoder.generate import choose, end_of_sequence_ids, generate_ids, generate_text, top_candidates
+from encoder.generate import (
+    choose,
+    continued_words,
+    end_of_sequence_ids,
+    generate_ids,
+    generate_text,
+    top_candidates,
+)
 from encoder.trace_io import trace_from_json, trace_from_npz, trace_to_json, trace_to_npz
 from tests.support.families import TOLERANCE, load_family, reference
 from tests.support.floats import assert_close_f32
@@ -164,6 +171,16 @@ def test_prompt_ids_outside_the_vocabulary_are_refused(llama):
         generate_ids(llama, [], 2)
 
 
+def test_generated_pieces_continue_the_prompts_words():
+    words = np.array([-1, 0, 1, 1], np.int32)  # <s> ▁The ▁ca t
+    pieces = ("s", "▁on", "▁the", "</s>", "▁mat")
+    special = np.array([False, False, False, True, False])
+    assert continued_words(words, pieces, special, "metaspace").tolist() == [-1, 0, 1, 1, 1, 2, 3, -1, 4]
+    assert continued_words(words, ("Ġon", "ward"), np.zeros(2, bool), "bytelevel").tolist()[4:] == [2, 2]
+    assert continued_words(words, ("on", "##ward"), np.zeros(2, bool), "wordpiece").tolist()[4:] == [2, 2]
+    assert continued_words(None, pieces, special, "metaspace") is None
+
+
 def test_the_end_of_sequence_ids_come_from_the_folder():
     assert end_of_sequence_ids(load_family("llama")) == {1496}
     assert end_of_sequence_ids(load_family("gemma2")) == {1}
@@ -182,3 +199,60 @@ def test_a_generated_trace_round_trips_through_npz_and_json(llama, tmp_path):
         assert back.generated.sum() == 4
         assert back.vocab_text(back.outputs["step_ids"]).shape == (4, 10)
     assert trace.text.startswith("The weather today is") and len(trace.text) > len("The weather today is")
+    assert trace.words.shape == (trace.num_tokens,) and (trace.words[trace.generated] >= 0).all()
+    assert not trace.special[trace.generated].any()
+
+
+# --- the cached steps of other position schemes ----------------------------------------------------------------
+
+
+def test_cached_steps_of_a_learned_position_table_equal_the_full_forward():
+    """A GPT-2-like decoder (learned absolute positions, LayerNorm, a tied LM head): each step reads its own row of
+    the table (``start``), and its logits and attention equal the full forward pass's at that position."""
+    import keras
+
+    from encoder.compiled import CompiledEncoder
+    from encoder.config import AbsolutePositions, Attention, Block, Embeddings, EncoderConfig, Head
+    from encoder.model import TransformerEncoder
+
+    keras.utils.set_random_seed(4)
+    config = EncoderConfig(num_layers=2, d_model=16, max_positions=32, embeddings=Embeddings(60, scale=False),
+                           attention=Attention(4, causal=True), positions=AbsolutePositions(table="learned"),
+                           block=Block(32, activation="gelu_new", placement="pre", final_norm=True),
+                           head=Head(lm_head=True, tie_embeddings=True), dropout=0.0)
+    encoder = CompiledEncoder(TransformerEncoder(config))
+    ids = np.random.default_rng(4).integers(0, 60, (1, 12)).astype(np.int32)
+    full = encoder.forward_logits(ids, np.zeros_like(ids))
+    logits, attention = full["logits"].numpy()[0], full["attention"].numpy()[0]
+    keys, values = encoder.empty_cache()
+    step = encoder.extend(ids[:, :5], np.int32(0), keys, values)
+    for position in range(4, 12):
+        assert_close_f32(step["logits"].numpy()[0], logits[position], ulps=64)
+        assert_close_f32(step["attention"].numpy()[0], attention[:, :, position, :position + 1], ulps=32, scale=1.0)
+        if position < 11:
+            step = encoder.extend(ids[:, position + 1:position + 2], np.int32(position + 1), step["keys"],
+                                  step["values"])
+
+
+def test_stop_at_eos_stops_after_the_folders_end_token(tmp_path):
+    """A copy of the llama fixture whose generation_config.json names the 4th greedy token as its end: generation
+    stops right after writing it (and only when asked)."""
+    import json
+    import shutil
+
+    from encoder.sources import load_path
+    from tests.support.families import FAMILIES_DIR
+
+    expected = expected_generation("llama")
+    folder = shutil.copytree(FAMILIES_DIR / "llama", tmp_path / "llama")
+    settings = json.loads((folder / "generation_config.json").read_text())
+    settings["eos_token_id"] = [int(expected["generated_ids"][3]), 1496]
+    (folder / "generation_config.json").write_text(json.dumps(settings))
+    model = load_path(folder, name="llama-copy")
+    prompt = expected["prompt_ids"].astype(np.int32)
+    stopped = generate_ids(model, prompt, STEPS, stop_at_eos=True)
+    np.testing.assert_array_equal(stopped.ids, expected["generated_ids"][:4])
+    assert stopped.step_ids.shape == (4, 10)
+    assert len(generate_ids(model, prompt, STEPS).ids) == STEPS
+    trace = generate_text(model, str(expected["prompt"]), STEPS, stop_at_eos=True)
+    assert trace.generated.sum() == 4 and trace.num_tokens == len(prompt) + 4

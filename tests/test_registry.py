@@ -86,7 +86,8 @@ def test_app_settings_map_to_builder_parameters_for_every_view():
     for view in VIEWS.values():
         kwargs = view.settings_for(settings)
         assert set(kwargs) <= set(inspect.signature(view.builder).parameters), view.name
-        assert view.builder(trace, **kwargs).data, view.name
+        if view.available(trace):  # the Next-token view needs an LM head (tests/test_decoder_views.py)
+            assert view.builder(trace, **kwargs).data, view.name
 
 
 def test_a_new_entry_needs_no_other_code(monkeypatch, tmp_path):

@@ -4,8 +4,9 @@ the registry of every view and analysis (``viz.registry``), read by the app and 
 Modules: shared by every figure: ``validation`` (settings checked, ``ViewError`` naming the value and the range),
 ``selection`` (which layer, heads and tokens a view shows; downsampling), ``layout`` (colours, token labels, the base
 layout), ``clicks`` (the click contract and its invisible markers). Views of one trace: ``attention`` (heatmap, head
-grid), ``model_view``, ``head_lines``, ``tokens``, ``distance``, ``positional``; ``scrub`` (the head slider inside a
-figure). ``analysis_figures`` (figures of analysis results), ``options`` (settings declared once), ``registry``
+grid), ``model_view``, ``head_lines``, ``tokens``, ``distance``, ``positional``, ``next_token`` (a decoder's surprisal
+and candidates); ``scrub`` (the head slider inside a figure). ``analysis_figures`` (figures of analysis results;
+``lens`` and the other per-topic modules), ``options`` (settings declared once), ``registry``
 (``VIEWS``, ``ANALYSES``), ``render`` (PNG/SVG/PDF via kaleido, offline HTML), ``training`` (the tutorial model's
 training curve).
 

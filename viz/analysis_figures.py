@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 from analysis import DEFAULT_RESIDUAL, STATISTICS, AttentionDiff, HeadClustering, HeadReport, attention_rollout
 from analysis.heads import DEFAULT_CLUSTERS, DEFAULT_STATISTIC
 from analysis.inputs import chosen_layer
+from analysis.report import SINK_FROM, SINK_THRESHOLD
 from encoder.errors import ViewError
 from viz.attention import build_attention_heatmap
 from viz.clicks import click_meta, layer_head_points
@@ -36,6 +37,7 @@ from viz.layout import (
     new_figure,
     token_heatmap_axes,
 )
+from viz.selection import describe_heads
 from viz.tokens import build_token_view
 from viz.validation import check_colorscale, check_index
 
@@ -267,7 +269,8 @@ def _head_cells(values: np.ndarray, value_name: str, decimals: int, cell: int) -
 
 _READING = {
     "entropy": "Low: the head looks at a few tokens; high: it spreads its attention (at most ln T).",
-    "cls": "Share of attention on [CLS], averaged over query tokens.",
+    "cls": "Share of attention on the first special token ([CLS], or a decoder's begin-of-text), averaged over "
+           "query tokens.",
     "first_token": "Share of attention on the first token (this model has no [CLS]), averaged over query tokens; "
                    "causal models often park attention there.",
     "sep": "Share of attention on [SEP]; heads often park attention there when they have nothing to do.",
@@ -276,7 +279,10 @@ _READING = {
     "previous": "Share of attention on the token just before (a positional head scores near 1).",
     "next": "Share of attention on the token just after (a positional head scores near 1).",
     "distance": "Mean |i - j| weighted by attention, in tokens: small for local heads, large for broad ones.",
+    "sink": f"Share of attention on the first token from queries {SINK_FROM} onwards; at least {SINK_THRESHOLD:g} "
+            "marks an attention sink, a head that parks its attention there.",
 }
+MAX_SINKS_NAMED = 12  # the report card's subtitle names at most this many attention-sink heads
 
 
 def build_report_heatmap(report: HeadReport, statistic: str, colorscale: str = DEFAULT_SCALE) -> go.Figure:
@@ -285,15 +291,43 @@ def build_report_heatmap(report: HeadReport, statistic: str, colorscale: str = D
         raise ViewError(f"unknown statistic {statistic!r}; choose from {', '.join(STATISTICS)}")
     scope = "this text" if report.num_texts == 1 else f"{report.num_texts:,} texts ({report.num_queries:,} tokens)"
     shares = statistic not in ("entropy", "distance")
-    return build_head_map(
+    fig = build_head_map(
         report[statistic],
         f"Head report card: {report.describe(statistic)}, {scope}",
-        _READING[report.column(statistic)],
+        " ".join([_READING[report.column(statistic)], sinks_sentence(report), kv_sentence(report)]).strip(),
         report.column(statistic),
         colorscale,
         zmin=0.0,
         zmax=1.0 if shares else None,
     )
+    if report.grouped:  # lines between the groups of query heads that share a key/value head
+        size = report.num_heads // report.key_value_heads
+        for group in range(1, report.key_value_heads):
+            fig.add_shape(type="line", x0=group * size - 0.5, x1=group * size - 0.5, y0=-0.5,
+                          y1=report.num_layers - 0.5, line=dict(color="#555555", width=2))
+        fig.update_xaxes(title=dict(text="head (lines: key/value head groups)"))
+    return fig
+
+
+def sinks_sentence(report: HeadReport) -> str:
+    """The attention-sink heads named (at most ``MAX_SINKS_NAMED``, strongest first), or that there are none."""
+    sinks = report.sinks()
+    rule = f"(≥ {SINK_THRESHOLD:g} of attention from queries {SINK_FROM}+ on the first token)"
+    if not sinks:
+        return f"Attention sinks {rule}: none."
+    named = ", ".join(f"L{layer} H{head} ({share:.2f})" for layer, head, share in sinks[:MAX_SINKS_NAMED])
+    more = f" and {len(sinks) - MAX_SINKS_NAMED} more" if len(sinks) > MAX_SINKS_NAMED else ""
+    return f"Attention sinks {rule}: {named}{more}."
+
+
+def kv_sentence(report: HeadReport) -> str:
+    """Which key/value head each query head shares (grouped-query attention), or "" when every head has its own."""
+    if not report.grouped:
+        return ""
+    size = report.num_heads // report.key_value_heads
+    groups = [f"{describe_heads(list(range(kv * size, (kv + 1) * size)))} share kv head {kv}"
+              for kv in range(report.key_value_heads)]
+    return f"Grouped-query attention: query {'; '.join(groups)}."
 
 
 def report_table(report: HeadReport, decimals: int = 4) -> list[dict]:

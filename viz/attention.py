@@ -32,6 +32,7 @@ from viz.layout import (
     label_margin,
     log_colorbar,
     log_weights,
+    mark_generated,
     new_figure,
     notes_title,
     short_label,
@@ -42,6 +43,8 @@ from viz.selection import (
     BLOCKS,
     block_edges,
     downsample_seen,
+    head_label,
+    kv_heads,
     layer_heads,
     select_attention,
     shown_attention,
@@ -62,6 +65,7 @@ GRID_SIDE, GRID_NARROW_SIDE = 230, 180  # a head-grid thumbnail, up to GRID_WIDE
 GRID_WIDE_COLUMNS = 4
 GRID_LABEL_CELLS = 24  # head-grid thumbnails of at most this many cells a side get token labels
 GRID_FONT = 9  # head-grid token labels
+GRID_MAX_GROUP = 8  # a head grid puts one key/value head's query heads on a row when they are at most this many
 GRID_TOP = 100  # top margin of the head grid: title, subtitle and the first row's subplot titles
 
 
@@ -185,6 +189,8 @@ def _heatmap_figure(trace: EncoderTrace, labels: list[str], rows: np.ndarray, co
     """The heatmap's figure without traces: ``cell`` pixels a cell, category axes of ``labels``, tokens as ticks."""
     tokens = trace.readable_tokens
     x_axis, y_axis, left, bottom = token_heatmap_axes(tokens, rows, tokens, cols, cell)
+    for axis in (x_axis, y_axis):
+        axis["ticktext"] = mark_generated(trace, axis["tickvals"], axis["ticktext"], notes)
     x_axis["tickvals"] = [labels[i] for i in x_axis["tickvals"]]
     y_axis["tickvals"] = [labels[i] for i in y_axis["tickvals"]]
     width = int(max(cell * cols.size + left + COLORBAR_ROOM, HEATMAP_MIN_WIDTH))
@@ -330,14 +336,19 @@ def build_head_grid(
     coloraxis = dict(colorscale=colorscale, cmin=low if log_color else 0.0, cmax=high,
                      colorbar=_weight_colorbar(log_color, 0.6))
     title = f"{layer_text.capitalize()}: all {heads} heads"
-    fig, columns = _grid_figure(title, notes, heads, positions, labels, coloraxis)
+    kv = kv_heads(trace)
+    if kv is not None:
+        notes.append(f"one row per key/value head: its {heads // trace.key_value_heads} query heads")
+    titles = [head_label(trace, h) for h in range(heads)]
+    fig, columns = _grid_figure(title, notes, titles, positions, labels, coloraxis,
+                                None if kv is None else heads // trace.key_value_heads)
     if hidden is not None:
         fig.update_layout(plot_bgcolor=MASKED_COLOR)  # shows through the NaN cells
     where = "queries from %{y}, keys from %{x}" if downsampled else "query %{y} → key %{x}"
     for h in range(heads):
         fig.add_trace(
             go.Heatmap(z=stack[h], x=positions, y=positions, coloraxis="coloraxis", name=f"head {h}",
-                       hovertemplate=f"head {h}: {where}: {_value_format(log_color)}<extra></extra>",
+                       hovertemplate=f"{head_label(trace, h)}: {where}: {_value_format(log_color)}<extra></extra>",
                        hoverongaps=False),
             row=h // columns + 1,
             col=h % columns + 1,
@@ -346,11 +357,16 @@ def build_head_grid(
 
 
 def _grid_figure(
-    title: str, notes: list[str], heads: int, positions: np.ndarray, labels: list[str] | None, coloraxis: dict
+    title: str, notes: list[str], titles: list[str], positions: np.ndarray, labels: list[str] | None, coloraxis: dict,
+    group: int | None = None,
 ) -> tuple[go.Figure, int]:
-    """Subplots for ``heads`` square thumbnails in about 4:3 sharing ``coloraxis``, and the number of columns.
-    ``labels`` (one per token position) go on the left column and the bottom row."""
+    """Subplots for ``len(titles)`` square thumbnails sharing ``coloraxis``, and the number of columns: ``group``
+    (the query heads of one key/value head, one group a row) when given and at most ``GRID_MAX_GROUP``, else about
+    4:3. ``labels`` (one per token position) go on the left column and the bottom row."""
+    heads = len(titles)
     columns = min(heads, max(1, math.ceil(math.sqrt(heads * 4 / 3))))
+    if group is not None and group <= GRID_MAX_GROUP:
+        columns = group
     grid_rows = math.ceil(heads / columns)
     side = GRID_SIDE if columns <= GRID_WIDE_COLUMNS else GRID_NARROW_SIDE
     labelled = labels is not None
@@ -359,7 +375,7 @@ def _grid_figure(
     fig = make_subplots(
         rows=grid_rows,
         cols=columns,
-        subplot_titles=[f"head {h}" for h in range(heads)],
+        subplot_titles=titles,
         horizontal_spacing=0.03 if labelled else 0.02,
         vertical_spacing=0.05 if labelled else 0.06,
     )

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 
 from encoder.trace import EncoderTrace
 from viz.layout import DEFAULT_SCALE, new_figure
-from viz.selection import layer_heads, shown_attention
+from viz.selection import head_label, layer_heads, shown_attention
 from viz.validation import check_colorscale
 
 ROW_PIXELS = 26  # screen pixels per head row
@@ -57,7 +57,7 @@ def build_distance_histogram(
     distances, mass = attention_by_distance(stack, shown, signed)
     _, absolute = attention_by_distance(stack, shown, signed=False)
     mean = absolute @ np.arange(absolute.shape[1], dtype=np.float32)  # (H,) mean |distance| per head
-    rows = [f"head {h} · {mean[h]:.1f}" for h in range(trace.num_heads)]
+    rows = [f"{head_label(trace, h)} · {mean[h]:.1f}" for h in range(trace.num_heads)]
 
     fig = new_figure(f"{what.capitalize()}: attention by query-key distance, all {trace.num_heads} heads",
                      width=int(max(560, distances.size * MIN_CELL_PIXELS + 260)),

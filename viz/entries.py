@@ -33,6 +33,10 @@ class View:
         options: settings of this view beyond ``SHARED_OPTIONS`` (flags in the CLI; widgets where labelled).
         from_settings: the builder's keyword arguments from the app's shared controls (default: the settings
             named like the builder's parameters).
+        rows: ``rows(trace, settings) -> (csv rows, json document)``: the view's own numbers (CSV and JSON
+            downloads, the CLI's csv and json output), or None: the trace itself is its data.
+        unavailable: ``unavailable(trace) -> message`` when the view cannot show this trace (e.g. the Next-token
+            view of a model without an LM head; the app leaves its tab out), else None.
     """
 
     name: str
@@ -41,6 +45,12 @@ class View:
     description: str
     options: tuple[Option, ...] = ()
     from_settings: Callable[[ViewSettings], dict] | None = None
+    rows: Callable[[EncoderTrace, Mapping[str, Any]], tuple[list[dict], Any]] | None = None
+    unavailable: Callable[[EncoderTrace], str | None] | None = None
+
+    def available(self, trace: EncoderTrace) -> bool:
+        """Whether this view can show ``trace``."""
+        return self.unavailable is None or self.unavailable(trace) is None
 
     @property
     def parameters(self) -> tuple[str, ...]:

@@ -17,9 +17,17 @@ import plotly.graph_objects as go
 
 from encoder.trace import EncoderTrace
 from viz.clicks import click_meta
-from viz.layout import HIGHLIGHT, display_token, label_margin, new_figure, short_label, token_hover_label
+from viz.layout import (
+    HIGHLIGHT,
+    display_token,
+    label_margin,
+    mark_generated,
+    new_figure,
+    short_label,
+    token_hover_label,
+)
 from viz.scrub import Step, add_head_slider
-from viz.selection import describe_heads, shown_attention
+from viz.selection import describe_heads, head_label, shown_attention
 from viz.validation import check_fraction, check_heads, check_int_range, check_layer, check_shown_token
 
 MAX_LINES = 2000  # head lines draws at most this many (the strongest); more only clutter and slow drawing
@@ -107,7 +115,7 @@ def build_head_lines(
     scrubbing = scrub and len(chosen) == 1
 
     rows = _token_rows(shown.size)
-    labels = [short_label(trace.readable_tokens[i]) for i in shown]
+    labels = mark_generated(trace, shown, [short_label(trace.readable_tokens[i]) for i in shown], drawn)
     fig = _lines_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom", drawn, labels, rows,
                         len(chosen))
     fig.add_traces(_line_traces(lines, chosen, threshold, every_bin=scrubbing))
@@ -119,7 +127,7 @@ def build_head_lines(
             lines = _drawn_lines(one, threshold, query_row, max_lines, subtitle)
             segments = [_segments(lines.query[drawn], lines.key[drawn]) for drawn in _bin_masks(lines, 0, threshold)]
             data = {"x": [xs for xs, _ in segments], "y": [ys for _, ys in segments]}
-            return data, {"title.text": f"Layer {lay}, head {h}: who attends to whom",
+            return data, {"title.text": f"Layer {lay}, {head_label(trace, h)}: who attends to whom",
                           "title.subtitle.text": " · ".join(subtitle)}
 
         if add_head_slider(fig, trace, layer, chosen[0], list(range(1, 1 + len(_weight_bins(threshold)))), step):

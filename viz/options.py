@@ -17,6 +17,7 @@ from typing import Any
 from analysis import DEFAULT_RESIDUAL, STATISTICS
 from analysis.gradients import DEFAULT_STEPS, MAX_STEPS
 from analysis.heads import DEFAULT_CLUSTERS, DEFAULT_STATISTIC
+from analysis.lens import LENS_WINDOW
 from analysis.perturb import DEFAULT_SAMPLES, DEFAULT_SIGMAS, measured_sigmas
 from encoder.errors import ViewError
 
@@ -131,7 +132,7 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("hide_special", "flag", "hide [CLS], [SEP] and similar tokens"),
     Option("renormalize", "flag", "with --hide-special, keep rows as they are (flag: --no-renormalize)"),
     Option("block", "choice", "sentence-pair block of the heatmap", choices=("AA", "AB", "BA", "BB")),
-    Option("query", "int", "query token index (tokens, lines)", low=0),
+    Option("query", "int", "query token index (tokens, lines; next-token: whose candidates, default the last)", low=0),
     Option("direction", "choice", "tokens: attention from or to the query", choices=("from", "to")),
     Option("threshold", "float", "lines: smallest weight drawn (default 0.05)", low=0.0, high=1.0),
 )
@@ -143,6 +144,8 @@ COLORSCALE = next(option for option in SHARED_OPTIONS if option.name == "colorsc
 THUMBNAIL = Option("thumbnail", "int", "model: cells per thumbnail side (default 64)", low=4, high=512)
 SIGNED = Option("signed", "flag", "distance: keep the sign (keys before the query are negative)",
                 label="Signed distance (left: keys before the query)", url=True)
+SINKS = Option("sinks", "flag", "model: mark the attention sinks (heads whose queries from position 4 on put at "
+               "least half their attention on the first token) with a red dot", label="Mark attention sinks", url=True)
 MAX_POSITIONS = Option("max_positions", "int", "positional views: show the first N positions only", low=1)
 DIMS = Option("dims", "ints", "positional-dimensions: dimensions to plot, e.g. 0,1,64")
 
@@ -167,6 +170,10 @@ ABLATE = Option("ablate", "heads", "ablation: heads to silence together, e.g. 0:
 STEPS = Option("steps", "int", "integrated-gradients: Gauss-Legendre points on the path from the baseline "
                f"(default {DEFAULT_STEPS})", label="Points on the path", metavar="N", default=DEFAULT_STEPS, low=1,
                high=MAX_STEPS, choices=(16, 32, 50, 100, 200), stage="compute")
+
+
+UNTIL = Option("until", "int", f"lens: the last position of its window of at most {LENS_WINDOW} positions (default "
+               "the last token)", metavar="POSITION", low=0, stage="compute")
 
 
 # How the trace is read, before any view: the CLI's input flag and the app's display option, declared once.
@@ -234,6 +241,11 @@ def token_view_settings(s: ViewSettings) -> dict[str, Any]:
 def head_lines_settings(s: ViewSettings) -> dict[str, Any]:
     """The heads on screen as lines above the threshold."""
     return dict(layer=s.layer, heads=s.shown_heads, threshold=s.threshold, **display_settings(s))
+
+
+def query_settings(s: ViewSettings) -> dict[str, Any]:
+    """The query token only (the Next-token view: its candidates)."""
+    return dict(query=s.query)
 
 
 def no_settings(s: ViewSettings) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from analysis import attribution, faithfulness, flow, gradients, heads, perturb, similarity, tables, value_zeroing
+from analysis import attribution, faithfulness, flow, gradients, heads, lens, perturb, similarity, tables, value_zeroing
 from analysis import positional as lab
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
@@ -27,6 +27,7 @@ from viz import analysis_figures as figures
 from viz import attribution as attribution_figures
 from viz import faithfulness as faithfulness_figures
 from viz import gradients as gradient_figures
+from viz import lens as lens_figures
 from viz import positional_lab as lab_figures
 from viz import similarity as similarity_figures
 from viz.attention import build_attention_heatmap, build_head_grid
@@ -34,6 +35,7 @@ from viz.distance import build_distance_histogram
 from viz.entries import Analysis, Group, View
 from viz.head_lines import build_head_lines
 from viz.model_view import build_model_view
+from viz.next_token import build_next_token_view, next_token_rows, next_token_unavailable
 from viz.options import (
     ABLATE,
     CLUSTERS,
@@ -45,13 +47,16 @@ from viz.options import (
     SHARED_OPTIONS,
     SIGMA,
     SIGNED,
+    SINKS,
     STATISTIC,
     STEPS,
     THUMBNAIL,
+    UNTIL,
     Option,
     head_lines_settings,
     model_view_settings,
     no_settings,
+    query_settings,
     token_view_settings,
 )
 from viz.positional import build_position_similarity, build_positional_dimensions, build_positional_heatmap
@@ -65,7 +70,7 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          "one head (or a mean/max of heads) as a query x key heatmap"),
     View("head-grid", "Head grid", build_head_grid, "all heads of one layer as small multiples, one colour scale"),
     View("model", "Model view", build_model_view, "every layer x head as a thumbnail, one light image",
-         options=(THUMBNAIL,), from_settings=model_view_settings),
+         options=(THUMBNAIL, SINKS), from_settings=model_view_settings),
     View("tokens", "Token view", build_token_view,
          "the sentence, each token shaded by attention from/to a query token", from_settings=token_view_settings),
     View("lines", "Head lines", build_head_lines,
@@ -81,6 +86,9 @@ VIEWS: dict[str, View] = {view.name: view for view in (
     View("positional-dimensions", "Positional encodings", build_positional_dimensions,
          "chosen positional dimensions as lines", options=(DIMS, MAX_POSITIONS),
          from_settings=no_settings),
+    View("next-token", "Next token", build_next_token_view,
+         "decoders: each token shaded by its surprisal (nats), the query token's top-10 next-token candidates",
+         from_settings=query_settings, rows=next_token_rows, unavailable=next_token_unavailable),
 )}
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -99,6 +107,8 @@ GROUPS: dict[str, Group] = {group.name: group for group in (
           "each token's effect on the output by gradients, and which explanation agrees with removing tokens"),
     Group("similarity", "Why are two texts similar?",
           "which token pairs make two sentence embeddings close"),
+    Group("predictions", "What does the model predict?",
+          "what a decoder would write next, and how that prediction forms layer by layer"),
 )}
 
 ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
@@ -230,17 +240,28 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         compute=similarity.compute_similarity, figures=similarity_figures.similarity_figures,
         rows=tables.result_rows, options=(COLORSCALE,), needs_model=True, limit=similarity.similarity_limit,
         spinner="Tracing each text alone…"),
+    Analysis(
+        "lens", "Logit lens", "predictions",
+        f"logit lens: the LM head on every layer's residual stream, top token per layer x position (at most "
+        f"{lens.LENS_WINDOW} positions, ending at --until)",
+        "Each cell: the token the model would predict after that position if it stopped after that layer; colour: "
+        "its probability; bold: the token that follows.",
+        compute=lens.compute_lens, figures=lens_figures.lens_figures, rows=lens.lens_rows,
+        options=(UNTIL, COLORSCALE), needs_model=True, limit=lens.lens_limit,
+        spinner="Applying the LM head to every layer…"),
 )}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Looking entries up
 
 
-def view_tabs() -> dict[str, list[View]]:
-    """App tab label -> the views it shows, in registry order."""
+def view_tabs(trace: EncoderTrace | None = None) -> dict[str, list[View]]:
+    """App tab label -> the views it shows, in registry order; with ``trace``, only the views available for it
+    (``View.unavailable``: no Next-token tab without an LM head)."""
     tabs: dict[str, list[View]] = {}
     for view in VIEWS.values():
-        tabs.setdefault(view.label, []).append(view)
+        if trace is None or view.available(trace):
+            tabs.setdefault(view.label, []).append(view)
     return tabs
 
 

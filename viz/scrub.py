@@ -26,6 +26,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from encoder.trace import EncoderTrace
+from viz.selection import head_label
 
 SLIDER_NAME = "heads"
 SCRUB_MAX_BYTES = 2 * 2**20  # arrays and text the slider steps may carry (2 MiB; ~2.8 MB as base64 JSON)
@@ -89,7 +90,8 @@ def add_head_slider(fig: go.Figure, trace: EncoderTrace, layer: int, head: int, 
     if trace.num_layers * trace.num_heads == 1 or len(heads) < 2:
         return False
     every_layer = heads[0][0] != heads[-1][0]
-    steps = [_slider_step(lay, h, current if (lay, h) == (layer, head) else step(lay, h), traces, every_layer)
+    steps = [_slider_step(lay, head_label(trace, h).removeprefix("head "),
+                          current if (lay, h) == (layer, head) else step(lay, h), traces, every_layer, h)
              for lay, h in heads]
     labelled = len(steps) <= LABELLED_STEPS
     height, margin = fig.layout.height, fig.layout.margin
@@ -115,12 +117,13 @@ def add_head_slider(fig: go.Figure, trace: EncoderTrace, layer: int, head: int, 
     return True
 
 
-def _slider_step(layer: int, head: int, update: Step, traces: list[int], every_layer: bool) -> dict:
+def _slider_step(layer: int, name: str, update: Step, traces: list[int], every_layer: bool, head: int) -> dict:
+    """One slider step: ``name`` is the head as labelled ("5", or "5 (kv 1)" where heads share key/value heads)."""
     data, layout = update
     encoded = {key: [typed_array(v) if isinstance(v, np.ndarray) else v for v in values]
                for key, values in data.items()}
     return dict(method="update", args=[encoded, layout, traces], value=f"{layer}:{head}",
-                label=f"layer {layer}, head {head}" if every_layer else str(head))
+                label=f"layer {layer}, head {name}" if every_layer else name)
 
 
 def has_head_slider(fig: go.Figure) -> bool:

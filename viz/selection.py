@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from analysis.report import key_value_heads_of
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
 from viz.validation import check_choice, check_head, check_heads, check_layer
@@ -36,10 +37,11 @@ def select_attention(
     per_head, layer_text = layer_heads(trace, layer, layer_mean)
     if aggregate is None:
         head = check_head(trace, head)
-        return np.asarray(per_head[head], dtype=np.float32), f"{layer_text.capitalize()}, head {head}"
+        return np.asarray(per_head[head], dtype=np.float32), f"{layer_text.capitalize()}, {head_label(trace, head)}"
     chosen = check_heads(trace, heads)
     if len(chosen) == 1:
-        return np.asarray(per_head[chosen[0]], dtype=np.float32), f"{layer_text.capitalize()}, head {chosen[0]}"
+        label = head_label(trace, chosen[0])
+        return np.asarray(per_head[chosen[0]], dtype=np.float32), f"{layer_text.capitalize()}, {label}"
     stack = per_head[chosen]  # (h, T, T)
     matrix = stack.mean(axis=0, dtype=np.float32) if aggregate == "mean" else stack.max(axis=0)
     return np.asarray(matrix, dtype=np.float32), f"{layer_text.capitalize()}, {aggregate} of {describe_heads(chosen)}"
@@ -52,6 +54,20 @@ def layer_heads(trace: EncoderTrace, layer: int, layer_mean: bool) -> tuple[np.n
         return trace.attention.mean(axis=0, dtype=np.float32), f"mean of layers 0-{trace.num_layers - 1}"
     layer = check_layer(trace, layer)
     return trace.attention[layer], f"layer {layer}"
+
+
+def kv_heads(trace: EncoderTrace) -> np.ndarray | None:
+    """(H,) int: the key/value head each query head reads, or None when every head has its own (no grouped-query
+    attention)."""
+    if trace.key_value_heads in (0, trace.num_heads):
+        return None
+    return key_value_heads_of(trace.num_heads, trace.key_value_heads)
+
+
+def head_label(trace: EncoderTrace, head: int) -> str:
+    """"head 5", or "head 5 (kv 1)" when query heads share key/value heads: the one head 5 reads."""
+    kv = kv_heads(trace)
+    return f"head {head}" if kv is None else f"head {head} (kv {kv[head]})"
 
 
 def describe_heads(heads: Sequence[int]) -> str:

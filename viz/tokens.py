@@ -16,6 +16,7 @@ from viz.layout import (
     MASKED,
     MASKED_COLOR,
     display_token,
+    mark_generated,
     new_figure,
     notes_title,
     text_width,
@@ -112,7 +113,7 @@ def build_token_view(
     masked = _masked_tokens(trace, layer, layer_mean, query, direction, shown, notes) if weights is None else None
 
     tokens = [trace.readable_tokens[i] for i in shown]
-    labels = [_box_label(token, line_chars) for token in tokens]
+    labels = mark_generated(trace, shown, [_box_label(token, line_chars) for token in tokens], notes)
     boxes = layout_tokens(tokens, _sentence_break(trace, shown), line_chars)
     q_label = display_token(trace.readable_tokens[query])
     headline, hover = _headline_and_hover(label or what, q_label, query, direction, labels, shown)

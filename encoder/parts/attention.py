@@ -18,8 +18,8 @@ import numpy as np
 from keras import ops
 
 
-def content_logits(attention: InstrumentedAttention, query, key, position_bias=None):
-    """``(q.k * scaling, {})``: logits with no positional term."""
+def content_logits(attention: InstrumentedAttention, query, key, position_bias=None, start=None):
+    """``(q.k * scaling, {})``: logits with no positional term (``start`` changes nothing)."""
     return attention.scaled_product(query, key), {}
 
 
