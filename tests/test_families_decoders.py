@@ -350,3 +350,18 @@ def test_one_layer_alone_and_perturbed_runs_give_the_whole_models_numbers(name):
         np.zeros((1, ids.shape[1], model.config.d_model), np.float32))
     np.testing.assert_allclose(perturbed["attention"].numpy()[0], outputs["attention"], atol=1e-6, rtol=0)
     np.testing.assert_array_equal(perturbed["next_ids"].numpy()[0][:, 0], outputs["next_ids"][:, 0])
+
+
+@pytest.mark.parametrize("name", ("gemma3", "llama"))
+def test_a_decoder_saved_in_headlights_format_reads_back_the_same(name, tmp_path):
+    from encoder.saving import save_folder
+    from encoder.sources import load_path
+
+    model = load_family(name)
+    save_folder(tmp_path, model.model, model.tokenizer.to_str())
+    again = load_path(tmp_path, name=name)
+    assert again.config == model.config
+    text = str(reference(name)["unicode"]["text"])
+    first, second = trace_text(model, text), trace_text(again, text)
+    np.testing.assert_array_equal(second.attention, first.attention)
+    np.testing.assert_array_equal(second.outputs["next_ids"], first.outputs["next_ids"])
