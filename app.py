@@ -1,9 +1,10 @@
 """Headlight: look inside Transformer encoders, live in the browser.
 
-Run with ``make run``. This file is ``main()`` and the sidebar (which model, which text); the main area is
-``ui.views`` (a fragment over one cached trace), whose tabs, figures and analyses all come from the registry
-(``viz.registry``). Every widget that defines the view is bound to the URL (``bind="query-params"``), so a copied
-link reopens exactly this view. Changing a layer, head, view or option never re-runs the encoder.
+Run with ``make run``. This file is ``main()`` and the sidebar (which model, which text, and for a decoder whether
+to continue it: ``ui.generation``); the main area is ``ui.views`` (a fragment over one cached trace), whose tabs,
+figures and analyses all come from the registry (``viz.registry``). Every widget that defines the view is bound to
+the URL (``bind="query-params"``), so a copied link reopens exactly this view. Changing a
+layer, head, view or option never re-runs the encoder.
 
 The page draws before the model is ready: nothing imported here imports TensorFlow (the model code is imported by
 the model load: in the cold-start helper process and ``ui.serving.warmup``'s background thread), and the sidebar's text
@@ -20,13 +21,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import streamlit as st
 
+from analysis.steps import generation_steps
 from encoder.errors import HeadlightError
 from encoder.families import FAMILIES
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, ModelCard, builtin_sources
 from encoder.trace import EncoderTrace
-from ui.cache import get_card, get_trace, model_pending, session_traces, start_warm_up
-from ui.inputs import DEFAULT_TEXT, EXAMPLES, token_limit
+from ui.cache import Inputs, get_card, model_pending, session_traces, start_warm_up
+from ui.generation import continue_ui, has_lm_head
+from ui.inputs import DEFAULT_PROMPT, DEFAULT_TEXT, EXAMPLES, token_limit
 from ui.serving.prefetch import prefetch_ui
 from ui.serving.runtime import apply_secrets, keep_keras_state_between_reruns
 from ui.text import plain
@@ -35,6 +38,8 @@ from ui.views import prediction_ui, views_ui
 OTHER_MODEL = "folder or hub id…"
 LOADING = "Loading the model…"
 TEXT_BOX = '[data-testid="stSidebar"] [data-testid="stTextArea"] textarea'  # the page's first control
+NEXT_TEXT = "next_text"  # session state: the text the text box gets before it is drawn (a decoder's prompt)
+PROMPTED = "prompted"  # session state: the models whose prompt replaced the default text once
 log = logging.getLogger("headlight.app")
 
 
@@ -72,6 +77,8 @@ def _use_example() -> None:
 
 
 def text_ui() -> tuple[str, str | None]:
+    if NEXT_TEXT in st.session_state:
+        st.session_state["text"] = st.session_state.pop(NEXT_TEXT)
     st.selectbox("Examples", list(EXAMPLES), index=None, key="example", placeholder="Pick an example…",
                  on_change=_use_example)
     text = st.text_area("Text", DEFAULT_TEXT, key="text", bind="query-params", height=100)
@@ -90,6 +97,18 @@ def max_tokens_ui(max_positions: int) -> int:
     return min(int(max_tokens), limit)
 
 
+def prompt_for_decoder(source: str, model: ModelCard) -> None:
+    """A decoder's default text is a prompt: when a model with an LM head opens with the default text still in the
+    box, the box gets ``DEFAULT_PROMPT`` and the page runs again (once per model and session, so a visitor may
+    still type the default text back)."""
+    prompted = st.session_state.setdefault(PROMPTED, set())
+    if not has_lm_head(model.config) or st.session_state.get("text") != DEFAULT_TEXT or source in prompted:
+        return
+    prompted.add(source)
+    st.session_state[NEXT_TEXT] = DEFAULT_PROMPT
+    st.rerun()
+
+
 def facts_ui(model: ModelCard, trace: EncoderTrace | None) -> None:
     config = model.config
     st.caption(plain(model.description))
@@ -101,6 +120,8 @@ def facts_ui(model: ModelCard, trace: EncoderTrace | None) -> None:
     }
     if trace is not None:
         rows["tokens"] = f"{trace.num_tokens}" + (f" (of {trace.untruncated_length})" if trace.truncated else "")
+        if (generated := generation_steps(trace)) > 0:
+            rows["tokens"] += f" ({generated} generated)"
     rows["encoder runs"] = f"{session_traces()} (this session)"  # never the shared model's count: it is private
     st.markdown("\n".join(f"- **{k}**: {v}" for k, v in rows.items()))
 
@@ -139,12 +160,18 @@ def main() -> None:
             prefetch_ui(TEXT_BOX)  # the chart's code loads in the browser while the model loads
     with st.spinner(LOADING, show_time=True), st.sidebar:  # the spinner shows after 0.5 s: never once warm
         source, model = open_model(asked)
+    prompt_for_decoder(source, model)
     with st.sidebar:
         max_tokens = max_tokens_ui(model.config.max_positions)
+        generation = continue_ui(model.config)
         facts = st.container()
+    if generation is not None and pair is not None:
+        st.info("The text is continued alone: the second sentence is left out.")
+        pair = None
+    inputs = Inputs(source, text, pair, max_tokens, generation)
     trace = None
     try:
-        trace = get_trace(source, text, pair, max_tokens)
+        trace = inputs.trace
     except HeadlightError as error:
         st.warning(plain(error))
     with facts:
@@ -154,7 +181,7 @@ def main() -> None:
     if trace.truncated:
         st.info(f"The input has {trace.untruncated_length} tokens; the model sees the first {trace.num_tokens}.")
     prediction_ui(trace)
-    views_ui(source, text, pair, max_tokens)
+    views_ui(inputs)
 
 
 if __name__ == "__main__":

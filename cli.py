@@ -1,5 +1,7 @@
 """The command line: ``python -m cli`` makes any figure (png, svg, pdf, html), exports a trace's data (npz, json,
-csv), or runs an analysis and writes its figure or its numbers (csv, json).
+csv), or runs an analysis and writes its figure or its numbers (csv, json). ``python -m cli generate`` continues a
+prompt with a decoder (``encoder.generate.generate_text``) and writes the generated trace (``--out``) and/or any
+view of it (``-o``, the same flags; ``--step`` replays the generation up to a step).
 
 Everything it offers comes from the registry (``viz.registry``): ``--view`` takes every view and analysis there,
 and every flag is an ``Option`` declared once, so a new registry entry appears here without editing this file.
@@ -15,7 +17,9 @@ from typing import Any
 
 import analysis
 from analysis.inputs import TraceInputs
-from encoder.errors import ExportError, HeadlightError
+from analysis.steps import generation_steps, step_trace
+from encoder.errors import ExportError, HeadlightError, InputError
+from encoder.settings import settings
 from encoder.sources import LoadedModel, load_source
 from encoder.trace import EncoderTrace, trace_text
 from encoder.trace_io import DATA_FORMATS, trace_from_json, trace_to_json, write_attention_csv
@@ -37,7 +41,17 @@ EXAMPLES = """examples:
   python -m cli --text "The cat sat on the mat." --view flow -o flow.csv
   python -m cli --corpus sentences.txt --view report --statistic sep -o sep.svg
   python -m cli --text "The cat sat." --view noise --samples 4 --sigma 0.5 -o noise.html
-  python -m cli --text "The cat sat." --view ablation --ablate 0:3,2:5 -o ablation.json"""
+  python -m cli --text "The cat sat." --view ablation --ablate 0:3,2:5 -o ablation.json
+  python -m cli generate --model tests/fixtures/families/llama --prompt "Once upon a time" --out story.npz"""
+GENERATE = "generate"  # the subcommand
+TRACE_FORMATS = ("npz", "json")  # what --out writes
+GENERATE_EXAMPLES = """examples:
+  python -m cli generate --model tests/fixtures/families/llama --prompt "Once upon a time" --max-new-tokens 8 \\
+      --out story.npz
+  python -m cli generate --model tests/fixtures/families/llama --prompt "Once upon a time" --temperature 0.8 \\
+      --top-p 0.9 --seed 1 --view heatmap --layer 1 -o heatmap.html
+  python -m cli generate --model tests/fixtures/families/llama --prompt "Once upon a time" --step 3 \\
+      --view tokens -o step3.png"""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -66,28 +80,50 @@ def _add_flag(group: argparse._ArgumentGroup, option: Option) -> None:
     group.add_argument(option.flag, type=kind, choices=choices, metavar=option.metavar, help=option.help)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(generate: bool = False) -> argparse.ArgumentParser:
+    """The command's parser; with ``generate``, the ``generate`` subcommand's (a prompt and generation settings
+    instead of --text/--pair/--trace/--corpus, and --out for the generated trace)."""
     views = "\n".join(f"  {name:22} {view.description}" for name, view in VIEWS.items())
     analyses = "\n".join(f"  {name:22} {entry.description}" for name, entry in ANALYSES.items())
-    parser = argparse.ArgumentParser(
-        prog="python -m cli",
-        description="Make a Headlight figure (png, svg, pdf, html) or export a trace's data (npz, json, csv); or run "
-                    "an analysis and write its figure (png, svg, pdf, html) or its numbers (csv, json).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"views:\n{views}\n\nanalysis views (csv and json hold the analysis numbers, not the trace):\n"
-               f"{analyses}\n\n{EXAMPLES}",
-    )
+    if generate:
+        parser = argparse.ArgumentParser(
+            prog=f"python -m cli {GENERATE}",
+            description="Continue a prompt with a decoder (greedy unless --temperature is above 0) and write the "
+                        "trace of prompt + continuation (--out: npz, json) and/or a figure or data of any view of it "
+                        "(-o, with --view and the view settings below). Prints the continuation.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=f"views:\n{views}\n\nanalysis views:\n{analyses}\n\n{GENERATE_EXAMPLES}",
+        )
+    else:
+        parser = argparse.ArgumentParser(
+            prog="python -m cli",
+            description="Make a Headlight figure (png, svg, pdf, html) or export a trace's data (npz, json, csv); or "
+                        "run an analysis and write its figure (png, svg, pdf, html) or its numbers (csv, json). "
+                        f"'python -m cli {GENERATE} --help': continue a prompt with a decoder.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=f"views:\n{views}\n\nanalysis views (csv and json hold the analysis numbers, not the trace):\n"
+                   f"{analyses}\n\n{EXAMPLES}",
+        )
     source = parser.add_argument_group("input")
     source.add_argument("--model", default="minilm",
                         help="model source: minilm (default), tutorial, any folder or hub id (the command line is "
                              "the operator's: no HEADLIGHT_MODEL_ROOTS/HEADLIGHT_HUB_IDS needed)")
-    source.add_argument("--text", help="the sentence to trace")
-    source.add_argument("--pair", help="an optional second sentence")
-    source.add_argument("--max-tokens", type=int, help="keep at most this many tokens")
-    source.add_argument("--trace", type=Path, help="a saved trace (.npz or .json) instead of --model/--text")
+    if generate:
+        source.add_argument("--prompt", "--text", dest="text", required=True, help="the text to continue")
+        parser.set_defaults(pair=None, trace=None, max_tokens=None, corpus=None, corpus_size=None)
+        _add_generation_flags(parser)
+    else:
+        source.add_argument("--text", help="the sentence to trace")
+        source.add_argument("--pair", help="an optional second sentence")
+        source.add_argument("--max-tokens", type=int, help="keep at most this many tokens")
+        source.add_argument("--trace", type=Path, help="a saved trace (.npz or .json) instead of --model/--text")
     _add_flag(source, MERGE_WORDS)
     output = parser.add_argument_group("output")
-    output.add_argument("-o", "--output", type=Path, required=True, help="file to write")
+    if generate:
+        output.add_argument("--out", type=Path, help="write the generated trace here (.npz or .json)")
+        output.add_argument("-o", "--output", type=Path, help="write a figure or data of --view here")
+    else:
+        output.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     output.add_argument("--format", choices=FORMATS, help="default: the output file's extension")
     output.add_argument("--view", default="heatmap", choices=[*VIEWS, *ANALYSES],
                         help="figure or analysis to make (default heatmap; lists below)")
@@ -103,16 +139,33 @@ def _parser() -> argparse.ArgumentParser:
         "  For the analysis views, with --layer and --colorscale above. noise, importance, ablation and --corpus\n"
         "  re-run the model, so they need --text (or --corpus), not --trace.",
     )
-    corpus = ", ".join(name for name, entry in ANALYSES.items() if entry.corpus)
-    study.add_argument("--corpus", type=Path, metavar="FILE",
-                       help=f"{corpus}: aggregate over a UTF-8 text file, one sentence per line, instead of --text "
-                            f"(progress on stderr); '{TEST_CORPUS}' is the shipped held-out test sentences "
-                            "(data/test.tsv)")
-    study.add_argument("--corpus-size", type=int, metavar="N", help="--corpus: use the first N sentences only")
+    if not generate:
+        corpus = ", ".join(name for name, entry in ANALYSES.items() if entry.corpus)
+        study.add_argument("--corpus", type=Path, metavar="FILE",
+                           help=f"{corpus}: aggregate over a UTF-8 text file, one sentence per line, instead of "
+                                f"--text (progress on stderr); '{TEST_CORPUS}' is the shipped held-out test "
+                                "sentences (data/test.tsv)")
+        study.add_argument("--corpus-size", type=int, metavar="N", help="--corpus: use the first N sentences only")
     for option in analysis_options().values():
         if option.name not in shown:
             _add_flag(study, option)
     return parser
+
+
+def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation (greedy by default; sampling with --temperature above 0)")
+    group.add_argument("--max-new-tokens", type=int, default=settings().max_new_tokens, metavar="N",
+                       help="tokens to generate (default %(default)s, HEADLIGHT_MAX_NEW_TOKENS)")
+    group.add_argument("--temperature", type=float, default=0.0,
+                       help="0 (default): greedy, always the most probable token; above 0: sample at this temperature")
+    group.add_argument("--top-k", type=int, default=0, metavar="K",
+                       help="sampling: only the K most probable tokens (0, the default: all)")
+    group.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                       help="sampling: only the most probable tokens whose probabilities sum to P (default 1: all)")
+    group.add_argument("--seed", type=int, help="sampling: the random seed (the same seed, the same continuation)")
+    group.add_argument("--step", type=int, metavar="K",
+                       help="draw -o for the trace after step K (the prompt and the first K generated tokens; "
+                            "default: all of them); --out always holds the whole generation")
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,9 +183,11 @@ def _flags(names: Iterable[str]) -> str:
 # Running
 
 
-def _load_trace(args: argparse.Namespace, model: LoadedModel | None = None) -> EncoderTrace:
-    """The trace to draw (``_read_trace``), with sub-words merged into words when ``--merge-words`` asks."""
-    trace = _read_trace(args, model)
+def _load_trace(args: argparse.Namespace, model: LoadedModel | None = None,
+                trace: EncoderTrace | None = None) -> EncoderTrace:
+    """The trace to draw (``trace``, else ``_read_trace``), with sub-words merged into words when
+    ``--merge-words`` asks."""
+    trace = _read_trace(args, model) if trace is None else trace
     return analysis.merge_words(trace) if args.merge_words else trace
 
 
@@ -155,9 +210,7 @@ def _read_trace(args: argparse.Namespace, model: LoadedModel | None = None) -> E
 def run(argv: list[str] | None = None) -> Path:
     """Parse ``argv``, make the figure, data or analysis file, write it; returns the path written."""
     args = _parser().parse_args(argv)
-    fmt = args.format or args.output.suffix.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise ExportError(f"cannot tell the format from {args.output.name!r}: use --format ({', '.join(FORMATS)})")
+    fmt = _output_format(args)
     given = _given(args)
     if args.view in ANALYSES:
         _run_analysis(args, fmt, ANALYSES[args.view], given)
@@ -166,12 +219,19 @@ def run(argv: list[str] | None = None) -> Path:
     return args.output
 
 
-def _run_view(args: argparse.Namespace, fmt: str, given: dict[str, Any]) -> None:
+def _output_format(args: argparse.Namespace) -> str:
+    fmt = args.format or args.output.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise ExportError(f"cannot tell the format from {args.output.name!r}: use --format ({', '.join(FORMATS)})")
+    return fmt
+
+
+def _run_view(args: argparse.Namespace, fmt: str, given: dict[str, Any], traced: EncoderTrace | None = None) -> None:
     view = VIEWS[args.view]
     studies = set(given) - set(_view_flag_options())
     if studies:
         raise ExportError(f"view {args.view!r} does not take {_flags(studies)} (analysis settings)")
-    trace = _load_trace(args)
+    trace = _load_trace(args, trace=traced)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if view.unavailable is not None and view.unavailable(trace):
         raise ExportError(view.unavailable(trace))
@@ -222,13 +282,16 @@ def _analysis_settings(entry: Analysis, given: dict[str, Any]) -> dict[str, Any]
     return settings
 
 
-def _run_analysis(args: argparse.Namespace, fmt: str, entry: Analysis, given: dict[str, Any]) -> None:
-    """Run the analysis ``entry`` and write its figure (png, svg, pdf, html) or numbers (csv, json)."""
+def _run_analysis(args: argparse.Namespace, fmt: str, entry: Analysis, given: dict[str, Any],
+                  traced: tuple[EncoderTrace, LoadedModel] | None = None) -> None:
+    """Run the analysis ``entry`` (on ``traced``, a trace and its model, when given) and write its figure (png,
+    svg, pdf, html) or numbers (csv, json)."""
     if fmt not in ANALYSIS_FORMATS:
         raise ExportError(f"view {entry.name!r} writes {', '.join(ANALYSIS_FORMATS)}, not {fmt} (npz holds a whole "
                           "trace: use a trace view such as heatmap)")
     settings = _analysis_settings(entry, given)
-    inputs = _inputs(args, entry, settings.pop("corpus", None), settings.pop("corpus_size", None))
+    corpus, size = settings.pop("corpus", None), settings.pop("corpus_size", None)
+    inputs = _inputs(args, entry, corpus, size) if traced is None else _generated_inputs(args, entry, *traced)
     result = entry.compute(inputs, settings)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
@@ -262,6 +325,16 @@ def _inputs(args: argparse.Namespace, entry: Analysis, corpus: Path | None, size
         return TraceInputs(None, model, report=lambda distances: _corpus_report(args, sentences, distances),
                            on_progress=_progress_line, sentences=(name, tuple(sentences)))
     return TraceInputs(_load_trace(args, model), model, on_progress=_progress_line)
+
+
+def _generated_inputs(args: argparse.Namespace, entry: Analysis, trace: EncoderTrace,
+                      model: LoadedModel) -> TraceInputs:
+    """What the analysis runs on in ``generate``: the generated trace (and its model when the analysis re-runs it)."""
+    if args.merge_words and entry.needs_model:
+        raise ExportError(f"--merge-words does not apply to view {entry.name!r} here: it re-runs the model on the "
+                          "tokens")
+    return TraceInputs(_load_trace(args, trace=trace), model if entry.needs_model else None,
+                       on_progress=_progress_line)
 
 
 def _is_test(path: Path) -> bool:
@@ -310,14 +383,65 @@ def _progress_line(what: str) -> analysis.Progress:
     return show
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# generate
+
+
+def generate(argv: list[str]) -> tuple[str, EncoderTrace, list[Path]]:
+    """``python -m cli generate`` with ``argv`` (the arguments after ``generate``): continue the prompt, write the
+    trace (``--out``) and/or the view (``-o``); returns the prompt, the generated trace (its ``text`` is the prompt
+    and the continuation) and the paths written. Everything given is checked before the model is loaded."""
+    args = _parser(generate=True).parse_args(argv)
+    if args.out is None and args.output is None:
+        raise ExportError("give --out (the generated trace: .npz or .json) and/or -o (a figure or data of --view)")
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.step is not None and args.output is None:
+        raise ExportError("--step chooses what -o draws: give -o too")
+    if args.out is not None and (kind := args.out.suffix.lower().lstrip(".")) not in TRACE_FORMATS:
+        raise ExportError(f"--out writes a trace: {', '.join(TRACE_FORMATS)}, not {kind or 'a file without suffix'}")
+    fmt = _output_format(args) if args.output is not None else None
+    given = _given(args)
+    from encoder.generate import generate_text  # the model code: not loaded for a saved trace's figures
+
+    model = load_source(args.model)
+    trace = generate_text(model, args.text, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    written = []
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.out.suffix.lower() == ".json":
+            args.out.write_text(trace_to_json(trace), encoding="utf-8")
+        else:
+            trace.save(args.out)
+        written.append(args.out)
+    if args.output is not None:
+        shown = trace if args.step is None else step_trace(trace, args.step)
+        if args.view in ANALYSES:
+            _run_analysis(args, fmt, ANALYSES[args.view], given, (shown, model))
+        else:
+            _run_view(args, fmt, given, shown)
+        written.append(args.output)
+    return args.text, trace, written
+
+
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit code 0 on success, 2 with a one-line message (no traceback) on bad input."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        path = run(argv)
+        if argv[:1] == [GENERATE]:
+            prompt, trace, paths = generate(argv[1:])
+        else:
+            prompt, trace, paths = "", None, [run(argv)]
     except HeadlightError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {path}")
+    if trace is not None:
+        print(f"generated {generation_steps(trace)} tokens: {trace.text[len(prompt):]!r}")
+    for path in paths:
+        print(f"wrote {path}")
     return 0
 
 

@@ -188,7 +188,9 @@ class RopeDecay:
         expected: name -> (N,) float64, E[q . R(distance) q] / E[q . q] for random q with independent
             coordinates: the mean of cos(distance * inv_freq) over the pairs (the long-range decay curve).
         sample: name -> (N,) float64, the same for one fixed random q (seed ``ROPE_SEED``), normalised to 1 at 0.
-        local_window: the local layers' window in tokens (keys within local_window // 2 are visible), or 0.
+        local_window: the local layers' window in tokens, or 0.
+        local_reach: the farthest key distance a local layer's query sees (``local_window // 2`` for ModernBERT's
+            symmetric windows, ``local_window - 1`` for a decoder's causal ones), or 0.
     """
 
     inv_freq: dict[str, np.ndarray]
@@ -196,6 +198,7 @@ class RopeDecay:
     expected: dict[str, np.ndarray]
     sample: dict[str, np.ndarray]
     local_window: int
+    local_reach: int = 0
 
     def rows(self) -> list[dict]:
         """One row per theta and distance."""
@@ -205,9 +208,9 @@ class RopeDecay:
 
 
 def rope_decay(inv_freq: dict[str, np.ndarray], length: int = DEFAULT_ROPE_DISTANCE, local_window: int = 0,
-               seed: int = ROPE_SEED) -> RopeDecay:
+               seed: int = ROPE_SEED, local_reach: int | None = None) -> RopeDecay:
     """The decay curves of rotary positions with inverse frequencies ``inv_freq`` (name -> (d/2,)) over
-    distances 0 .. ``length`` - 1 (see ``RopeDecay``).
+    distances 0 .. ``length`` - 1 (see ``RopeDecay``); ``local_reach`` defaults to ``local_window // 2``.
 
     Example:
         >>> d = 8; freq = 10000.0 ** (-np.arange(0, d, 2) / d)
@@ -228,7 +231,8 @@ def rope_decay(inv_freq: dict[str, np.ndarray], length: int = DEFAULT_ROPE_DISTA
         expected[name] = cosines.mean(-1)
         sample[name] = cosines @ energy / energy.sum()
     return RopeDecay(inv_freq=freq, distances=distances, expected=expected, sample=sample,
-                     local_window=int(local_window))
+                     local_window=int(local_window),
+                     local_reach=int(local_window // 2 if local_reach is None else local_reach))
 
 
 def rope_scheme(trace: EncoderTrace, length: int = DEFAULT_ROPE_DISTANCE) -> RopeDecay:
@@ -241,8 +245,9 @@ def rope_scheme(trace: EncoderTrace, length: int = DEFAULT_ROPE_DISTANCE) -> Rop
     found = {key.removeprefix("rope_inv_freq_"): scheme[key] for key in ROPE_KEYS if key in scheme}
     if not found:
         raise AnalysisError(f"{trace.model} has no rotary positions (ModernBERT has them).")
-    window = int(np.asarray(scheme.get("local_window", 0)).reshape(-1)[0]) if "local_window" in scheme else 0
-    return rope_decay(found, length, window)
+    window, reach = (int(np.asarray(scheme[key]).reshape(-1)[0]) if key in scheme else None
+                     for key in ("local_window", "local_reach"))
+    return rope_decay(found, length, window or 0, local_reach=reach)
 
 
 # ---------------------------------------------------------------------------------------------------------------

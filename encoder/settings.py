@@ -9,6 +9,7 @@ into it at start): secure by default, so a link a stranger sends opens nothing b
 | ``HEADLIGHT_HUB_TOKEN`` | (none) | the only token a hub download ever sends (the operator's own login is never used) |
 | ``HEADLIGHT_MAX_PARAMETERS`` | 500,000,000 | largest model (parameters) a folder may describe |
 | ``HEADLIGHT_MAX_TOKENS`` | 512 | most tokens one trace may have |
+| ``HEADLIGHT_MAX_NEW_TOKENS`` | 32 | most tokens one "Continue the text" may generate |
 | ``HEADLIGHT_CACHE_MB`` | 1024 | bytes all cached traces and analysis results may hold together |
 | ``HEADLIGHT_HEAVY_JOBS`` | 1 | heavy analyses (importance, noise, ablation, corpus report) at once; others wait |
 | ``HEADLIGHT_WARM_UP`` | 1 | warm the default model in the background at start (``0``: load it on first use) |
@@ -48,6 +49,7 @@ class Settings:
     cache_bytes: int
     heavy_jobs: int
     warm_up: bool = True
+    max_new_tokens: int = 32
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -66,6 +68,7 @@ class Settings:
             max_tokens=_int("HEADLIGHT_MAX_TOKENS", 512, low=8),
             cache_bytes=_int("HEADLIGHT_CACHE_MB", 1024) * 2**20,
             heavy_jobs=_int("HEADLIGHT_HEAVY_JOBS", 1),
+            max_new_tokens=_int("HEADLIGHT_MAX_NEW_TOKENS", 32),
             warm_up=os.environ.get("HEADLIGHT_WARM_UP", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
 

@@ -408,3 +408,98 @@ def test_analysis_settings_point_a_word_query_back_at_its_first_token():
     merged = ViewSettings(query=2, selected=(2, 1), merge_words=True)
     assert token_settings(trace, merged) == ViewSettings(query=4)  # word 2 ("cats") is token 4
     assert token_settings(trace, ViewSettings(query=2)) == ViewSettings(query=2)
+
+
+# --- decoders: the prompt, "Continue the text", the generation replayed -----------------------------------------
+
+
+@pytest.fixture
+def llama(monkeypatch) -> dict[str, str]:
+    """The URL of the llama decoder fixture (a real ``LlamaForCausalLM`` folder), opened under the model roots."""
+    from tests.support.families import FAMILIES_DIR
+
+    monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(FAMILIES_DIR))
+    return {"model": "folder or hub id…", "source": str(FAMILIES_DIR / "llama")}
+
+
+def _heatmap_tokens(at: AppTest) -> list[str]:
+    return _figures(at)[0]["layout"]["xaxis"]["ticktext"]
+
+
+def test_a_decoder_opens_on_a_prompt_and_an_encoder_has_no_continue_control(llama):
+    from ui.inputs import DEFAULT_PROMPT
+
+    at = _app(**llama)
+    _no_errors(at)
+    assert at.text_area(key="text").value == DEFAULT_PROMPT
+    assert _heatmap_tokens(at)[1:4] == ["O", "n", "ce"]  # "Once upon a time, there was"
+    assert at.toggle(key="continue").value is False
+    assert "continue" not in {t.key for t in _app().toggle}  # MiniLM has no LM head
+
+
+def test_continuing_the_text_shows_the_generated_trace_and_replays_it_without_rerunning(llama):
+    at = _app(**llama)
+    prompt = len(_heatmap_tokens(at))
+    at.toggle(key="continue").set_value(True).run()
+    at.number_input(key="new_tokens").set_value(4).run()
+    _no_errors(at)
+    tokens = _heatmap_tokens(at)
+    assert len(tokens) == prompt + 4
+    assert any(f"**tokens**: {prompt + 4} (4 generated)" in m.value for m in at.sidebar.markdown)
+    query = at.selectbox(key="query")
+    assert query.value == query.options[-1]  # the query starts on the last generated token
+    runs = _encoder_runs(at)
+    at.slider(key="layer").set_value(1).run()
+    at.slider(key="step").set_value(1).run()  # the prompt and the first generated token
+    _no_errors(at)
+    assert _heatmap_tokens(at) == tokens[:prompt + 1]
+    assert any(c.value.startswith("Step 1 of 4") for c in at.caption)
+    assert at.selectbox(key="query").value == at.selectbox(key="query").options[-1]
+    at.slider(key="step").set_value(0).run()
+    assert _heatmap_tokens(at) == tokens[:prompt]
+    at.slider(key="step").set_value(4).run()
+    assert _heatmap_tokens(at) == tokens
+    assert _encoder_runs(at) == runs  # every step is a slice of the one cached generation
+
+
+def test_the_generated_tokens_reach_the_views(llama):
+    at = _app(**llama, text="The cat", **{"continue": "true", "new_tokens": "3"})
+    _no_errors(at)
+    tokens = _heatmap_tokens(at)
+    italic = [label.startswith("<i>") for label in tokens]
+    assert italic == [False] * (len(tokens) - 3) + [True] * 3  # the generated tokens, marked
+    at.checkbox(key="merge_words").check().run()  # merged into words, the mask follows
+    _no_errors(at)
+    assert _heatmap_tokens(at)[-1].startswith("<i>") and not _heatmap_tokens(at)[0].startswith("<i>")
+    next_token = _app(**llama, text="The cat", view="Next token", **{"continue": "true", "new_tokens": "3"})
+    _no_errors(next_token)
+    assert _figures(next_token)
+
+
+def test_too_many_new_tokens_are_refused_before_anything_runs(llama, monkeypatch):
+    monkeypatch.setenv("HEADLIGHT_MAX_NEW_TOKENS", "4")
+    at = _app(**llama, **{"continue": "true", "new_tokens": "5"})
+    _no_errors(at)
+    assert any("1 to 4 new tokens" in w.value and "5 were asked for" in w.value for w in at.warning)
+    assert not _figures(at) and _encoder_runs(at) == 0
+    at.number_input(key="new_tokens").set_value(10**15).run()
+    _no_errors(at)
+    assert any("1 to 4 new tokens" in w.value for w in at.warning)
+    at.number_input(key="max_tokens").set_value(12).run()  # the prompt has 11 tokens: 15 do not fit
+    at.number_input(key="new_tokens").set_value(4).run()
+    _no_errors(at)
+    assert any("The text has 11 tokens\\; with 4 new ones" in w.value for w in at.warning)
+    assert not _figures(at) and _encoder_runs(at) == 0
+
+
+def test_a_sampled_continuation_and_its_analyses(llama):
+    params = {**llama, "text": "The cat", "continue": "true", "new_tokens": "4", "temperature": "0.9", "seed": "3"}
+    at = _app(**params)
+    _no_errors(at)
+    assert not at.number_input(key="seed").disabled
+    sampled = _heatmap_tokens(at)
+    assert sum(label.startswith("<i>") for label in sampled) == 4
+    assert _heatmap_tokens(_app(**params)) == sampled  # the seed is in the link: the same continuation
+    lens = _app(**params, view="Analysis", analysis="Logit lens", step="2")
+    _no_errors(lens)
+    assert not lens.warning and _figures(lens)  # on the prompt and the first 2 generated tokens

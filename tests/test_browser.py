@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser_support import CHART, chart_title, chromium_path, launch_chromium, streamlit_server
+from tests.support.families import FAMILIES_DIR
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -201,9 +202,10 @@ def test_clicking_a_model_view_thumbnail_opens_that_head(page, app_url):
 def test_every_tab_renders_and_is_saved_as_a_screenshot(page, app_url):
     ARTIFACTS.mkdir(exist_ok=True)
     _open(page, app_url)
+    from tests.support.traces import synthetic_trace
     from ui.views import tab_labels
 
-    tabs = tab_labels()  # every tab the registry makes, so a new view is covered too
+    tabs = tab_labels(synthetic_trace(["[CLS]", "a", "[SEP]"]))  # every tab of a model without an LM head (MiniLM)
     assert "Attention distance" in tabs
     for tab in tabs:
         page.get_by_role("tab", name=tab).click()
@@ -365,3 +367,53 @@ def test_an_exported_html_page_scrubs_offline(page, tmp_path):
     drawn = page.evaluate("(sel) => Array.from(document.querySelector(sel)._fullData[0].z[5])", chart)
     assert drawn == trace.attention[2, 3, 5].tolist()  # float32 values, exactly
     assert all(url.startswith("file://") for url in requests), requests
+
+
+# --- a decoder: continue the text -------------------------------------------------------------------------------
+
+
+def _tick_count(page, chart: str = CHART) -> int:
+    return len(page.locator(f"{chart} .xtick text").all_text_contents())
+
+
+def test_a_decoder_continues_the_text_and_marks_the_generated_tokens(browser, app_url):
+    """A server whose operator allows the fixture folders: the llama decoder opens on a prompt, "Continue the text"
+    generates 8 tokens (one model run), the Next token view shows them in italics, and the step slider replays the
+    generation without running the model again."""
+    from urllib.parse import urlencode
+
+    from ui.inputs import DEFAULT_PROMPT
+
+    with streamlit_server(env={"HEADLIGHT_MODEL_ROOTS": str(FAMILIES_DIR), "HEADLIGHT_WARM_UP": "0"}) as url:
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        try:
+            page.set_default_timeout(120_000)
+            _open(page, f"{url}/?{urlencode({'model': 'folder or hub id…', 'source': str(FAMILIES_DIR / 'llama')})}")
+            page.wait_for_function("(text) => document.querySelector('[data-testid=stSidebar] textarea').value "
+                                   "=== text", arg=DEFAULT_PROMPT)
+            page.wait_for_function("() => document.body.innerText.includes('Continue the text')")
+            prompt = _tick_count(page)
+            sidebar = page.get_by_test_id("stSidebar")
+            sidebar.get_by_text("Continue the text").click()
+            page.wait_for_function("([sel, n]) => document.querySelectorAll(sel).length === n",
+                                   arg=[f"{CHART} .xtick text", prompt + 8])
+            page.wait_for_function("() => location.search.includes('continue=true')")
+            query = page.get_by_role("combobox", name="Query token (or click a heatmap row)")
+            assert query.input_value().startswith(f"{prompt + 7}: ")  # the last generated token
+            page.get_by_role("tab", name="Next token").click()
+            chart = f"[role=tabpanel]:not([hidden]) {CHART}"
+            page.wait_for_selector(chart)
+            italic = page.evaluate("(sel) => [...document.querySelectorAll(sel + ' tspan')].filter("
+                                   "(t) => (t.getAttribute('style') || '').includes('italic')).length", chart)
+            assert italic >= 8, "the generated tokens are in italics"
+            runs = sidebar.inner_text()
+            page.get_by_role("tab", name="Heatmap").click()
+            step = page.get_by_role("slider", name="Generation step")
+            step.focus()
+            step.press("Home")  # step 0: the prompt alone
+            page.wait_for_function("([sel, n]) => document.querySelectorAll(sel).length === n",
+                                   arg=[f"[role=tabpanel]:not([hidden]) {CHART} .xtick text", prompt])
+            assert "encoder runs: 2" in runs and "encoder runs: 2" in sidebar.inner_text()  # the prompt, the generation
+            assert page.get_by_test_id("stException").count() == 0
+        finally:
+            page.close()

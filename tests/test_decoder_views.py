@@ -4,6 +4,7 @@ and generated tokens marked."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -26,11 +27,12 @@ from tests.support.floats import approx_f32, assert_close_f32
 from tests.support.traces import synthetic_trace
 from viz.analysis_figures import build_report_heatmap
 from viz.attention import build_attention_heatmap, build_head_grid
-from viz.layout import HIGHLIGHT, display_token
+from viz.layout import HIGHLIGHT, display_token, percent
 from viz.lens import build_logit_lens
 from viz.model_view import build_model_view
-from viz.next_token import GENERATED_NOTE, build_next_token_view, next_token_rows
+from viz.next_token import GENERATED_NOTE, build_next_token_view, candidate_labels, next_token_rows
 from viz.registry import ANALYSES, VIEWS, build_view, view_tabs
+from viz.render import figure_to_bytes
 from viz.selection import head_label
 
 WORDS = ("The", "cat", "sat", "on", "the", "mat", "today")
@@ -91,6 +93,10 @@ def test_model_view_marks_the_sinks():
     assert len(sinks.x) == 2 and ["head 0:" in text or "head 2:" in text for text in sinks.text] == [True, True]
     assert "red dots: 2 attention sinks" in fig.layout.title.subtitle.text
     assert "sinks" not in [t.name for t in build_model_view(trace).data]
+    calm = synthetic_trace([f"w{i}" for i in range(7)], attention=np.full((1, 4, 7, 7), 1 / 7, np.float32))
+    none = build_model_view(calm, sinks=True)  # asked for, none found: said, not left to guess
+    assert "attention sinks (red dots): none" in none.layout.title.subtitle.text.replace("<br>", " ")
+    assert len(next(t for t in none.data if t.name == "sinks").x) == 0
 
 
 def test_grouped_query_heads_are_labelled_and_grouped():
@@ -178,6 +184,39 @@ def test_next_token_view_shades_surprisal_and_lists_the_candidates():
     assert GENERATED_NOTE in fig.layout.title.subtitle.text
     last = build_next_token_view(trace)  # default: the last token, what the model would write next
     assert "the text ends here" in last.layout.annotations[0].text
+    # The strip's two bar traces (grey first token, shaded others) share each line instead of splitting it.
+    assert fig.layout.barmode == "overlay" and first.y[0] == tokens.y[0] == 0
+    assert fig.layout.coloraxis.colorbar.title.text.startswith("surprisal")
+
+
+def test_next_token_hover_names_the_character_of_byte_tokens():
+    trace = reference_trace("unicode")  # "Café ...": the fixture's vocabulary cuts "é" into <0xC3> <0xA9>
+    first = trace.readable_tokens.index("<0xC3>")
+    assert trace.readable_tokens[first + 1] == "<0xA9>"
+    bars = next(t for t in build_next_token_view(trace).data if t.name == "tokens")
+    hover = dict(zip(bars.customdata[:, 0].astype(int).tolist(), bars.hovertext))
+    assert "a byte of “é”" in hover[first] and "a byte of “é”" in hover[first + 1]
+
+
+def test_next_token_candidates_are_told_apart_and_readable():
+    found = [("the", 5, 0.5), ("cat", 7, 0.2), ("the", 9, 0.1)]  # " the" and "the" both read "the"
+    assert candidate_labels(found) == ["the (id 5)", "cat", "the (id 9)"]
+    assert [percent(p) for p in (0.342, 0.0342, 3.12e-5)] == ["34.2%", "3.42%", "0.00312%"]
+
+
+def test_next_token_view_exports_control_character_pieces(image_browser):
+    """A byte-level vocabulary has a piece for each control byte: shown as bytes, the image export works."""
+    trace = reference_trace()
+    outputs = dict(trace.outputs)
+    outputs["next_ids"] = outputs["next_ids"].copy()
+    outputs["next_ids"][-1, 1] = 1  # the fixture's id 1 is <s>; its piece below is a control byte
+    vocab_ids = np.union1d(trace.vocab_ids, [1]).astype(np.int32)
+    pieces = dict(zip(trace.vocab_ids.tolist(), trace.vocab_tokens)) | {1: "\x01"}
+    odd = dataclasses.replace(trace, outputs=outputs, vocab_ids=vocab_ids,
+                              vocab_tokens=tuple(pieces[int(i)] for i in vocab_ids), token_style="")
+    fig = build_next_token_view(odd)
+    assert "&lt;0x01&gt;" in list(fig.layout.yaxis2.ticktext)
+    assert figure_to_bytes(fig, "svg").startswith(b"<svg")
 
 
 def test_next_token_numbers():
@@ -274,10 +313,16 @@ def test_logit_lens_figure():
     heatmap = fig.data[0]
     assert heatmap.name == "lens" and np.asarray(heatmap.z).shape == (3, trace.num_tokens)
     assert_close_f32(heatmap.z, lens.probs[:, :, 0], ulps=0)
-    assert list(fig.layout.yaxis.ticktext) == ["embeddings", "layer 0", "layer 1"]
+    assert list(fig.layout.yaxis.ticktext) == ["embeddings", "after layer 0", "after layer 1 (output)"]
     generated = np.flatnonzero(trace.generated)  # greedy: the output row predicted each generated token
     assert all(heatmap.text[2][j - 1].startswith("<b>") for j in generated)
+    # Generated tokens are in italics on the position axis, and the subtitle says so.
+    assert [str(t).startswith("<i>") for t in fig.layout.xaxis.ticktext] == trace.generated.tolist()
+    assert GENERATED_NOTE in fig.layout.title.subtitle.text
     assert "3. " in heatmap.hovertext[1][4] and "10. " in heatmap.hovertext[1][4]
+    last_prompt = generated[0] - 1  # the output row's top candidate there is the first generated token
+    assert f"1. {display_token(lens.texts[2][last_prompt][0])}: {percent(lens.probs[2, last_prompt, 0])} (follows)" \
+        in heatmap.hovertext[2][last_prompt]
     rows = lens.rows()
     assert len(rows) == 3 * trace.num_tokens * 10 and rows[0] == {
         "layer": 0, "position": 0, "rank": 1, "candidate": lens.texts[0][0][0], "id": int(lens.ids[0, 0, 0]),
@@ -317,6 +362,17 @@ def test_logit_lens_of_the_llama_fixture(llama):
     assert short.positions.tolist() == list(range(6)) and (short.ids == lens.ids[:, :6]).all()
 
 
+def test_logit_lens_exports_with_control_byte_candidates(llama, image_browser):
+    """The llama fixture's lens of this text has control bytes (its byte-fallback pieces "<0x01>", ... read as
+    "\\x01") among its top candidates: drawn as bytes, the figure exports (raw, they made the export fail)."""
+    trace = trace_text(llama, "The cat sat on the mat because it was tired.")
+    lens = logit_lens(llama, trace)
+    assert any(ord(c) < 32 for row in lens.texts for cell in row for c in cell[0])  # the text covers it
+    fig = build_logit_lens(lens, trace)
+    assert not any(ord(c) < 32 for row in fig.data[0].text for cell in row for c in cell)
+    assert figure_to_bytes(fig, "svg").startswith(b"<svg")
+
+
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"])
 def test_logit_lens_of_other_decoder_fixtures(family):
     """Untied (mistral, phi3) and tied (qwen2, qwen3, gemma2, gemma3) LM heads, Gemma's (1 + w) norm and Gemma 2's
@@ -354,6 +410,9 @@ def test_generated_tokens_are_marked_where_tokens_are_drawn():
     ticks = list(heatmap.layout.xaxis.ticktext)
     assert [t.startswith("<i>") for t in ticks] == trace.generated.tolist()
     assert GENERATED_NOTE in heatmap.layout.title.subtitle.text
+    grid = build_view(trace, "head-grid", layer=0)
+    assert [t.startswith("<i>") for t in grid.layout.yaxis.ticktext] == trace.generated.tolist()
+    assert GENERATED_NOTE in grid.layout.title.subtitle.text
     lines = build_view(trace, "lines", layer=0)
     assert any(str(t).startswith("<i>") for t in next(t for t in lines.data if t.name == "tokens").text)
     plain = reference_trace("simple")
@@ -369,4 +428,4 @@ def test_cli_writes_the_logit_lens(tmp_path):
     assert {int(row["position"]) for row in rows} == {0, 1, 2, 3}
     page = cli.run(["--model", str(LLAMA), "--text", "The cat sat on the mat.", "--view", "lens", "-o",
                     str(tmp_path / "lens.html")]).read_text(encoding="utf-8")
-    assert "Logit lens: the top next token after each layer" in page
+    assert "Logit lens: the top next-token candidate of each layer" in page

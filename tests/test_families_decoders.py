@@ -326,3 +326,42 @@ def test_padded_batches_and_new_lengths_need_no_new_graph(name):
         forward(name, np.arange(3, 3 + length))
         model.encoder.lens_top_k(np.zeros((length, model.config.d_model), np.float32), normed=True)
     assert model.encoder.tracing_count() == before
+
+
+@pytest.mark.parametrize("name", ("gemma3", "qwen2"))
+def test_one_layer_alone_and_perturbed_runs_give_the_whole_models_numbers(name):
+    """Value zeroing's probe (one layer run alone) and the perturbed path (head mask, embedding noise) on a
+    decoder: with nothing zeroed, masked or added they give the plain forward's numbers."""
+    from encoder.probes import LayerProbe
+
+    model, expected = load_family(name), reference(name)["unicode"]
+    outputs = forward(name, expected["input_ids"])
+    hidden = outputs["hidden"]  # (L + 1, T, D)
+    probe = LayerProbe(model.model)
+    for layer in range(model.config.num_layers):
+        alone = probe.run(layer, hidden[layer][None], np.ones((1, len(hidden[0])), np.float32))
+        if layer + 1 == model.config.num_layers:  # hidden[-1] is after the final norm
+            alone = model.model.final_norm(alone).numpy()
+        np.testing.assert_allclose(alone[0], hidden[layer + 1], atol=1e-5, rtol=0)
+    ids = expected["input_ids"][None].astype(np.int32)
+    perturbed = model.encoder.forward_perturbed(
+        ids, np.zeros_like(ids), np.ones(ids.shape, bool), np.ones((1, model.config.num_layers,
+                                                                    model.config.num_heads), np.float32),
+        np.zeros((1, ids.shape[1], model.config.d_model), np.float32))
+    np.testing.assert_allclose(perturbed["attention"].numpy()[0], outputs["attention"], atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(perturbed["next_ids"].numpy()[0][:, 0], outputs["next_ids"][:, 0])
+
+
+@pytest.mark.parametrize("name", ("gemma3", "llama"))
+def test_a_decoder_saved_in_headlights_format_reads_back_the_same(name, tmp_path):
+    from encoder.saving import save_folder
+    from encoder.sources import load_path
+
+    model = load_family(name)
+    save_folder(tmp_path, model.model, model.tokenizer.to_str())
+    again = load_path(tmp_path, name=name)
+    assert again.config == model.config
+    text = str(reference(name)["unicode"]["text"])
+    first, second = trace_text(model, text), trace_text(again, text)
+    np.testing.assert_array_equal(second.attention, first.attention)
+    np.testing.assert_array_equal(second.outputs["next_ids"], first.outputs["next_ids"])

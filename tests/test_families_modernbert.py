@@ -75,9 +75,9 @@ def test_rotary_terms_sum_to_the_logits_the_softmax_used():
 
 def test_rope_frequencies_are_theta_to_the_minus_2i_over_d():
     scheme = load_family("modernbert").position_scheme
-    assert set(scheme) == {"rope_inv_freq_global", "rope_inv_freq_local", "local_window"}
+    assert set(scheme) == {"rope_inv_freq_global", "rope_inv_freq_local", "local_window", "local_reach"}
     for key, theta in (("rope_inv_freq_global", 160_000.0), ("rope_inv_freq_local", 10_000.0)):
         assert scheme[key].dtype == np.float32 and scheme[key].shape == (4,)
         np.testing.assert_allclose(scheme[key], theta ** (-np.arange(0, 8, 2) / 8), rtol=1e-6)
-    assert scheme["local_window"].tolist() == [8]
+    assert scheme["local_window"].tolist() == [8] and scheme["local_reach"].tolist() == [4]
     np.testing.assert_allclose(rotary_frequencies(10_000.0, 64), 10_000.0 ** (-np.arange(0, 64, 2) / 64), rtol=1e-6)

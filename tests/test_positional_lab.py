@@ -284,3 +284,23 @@ def test_every_lab_view_exports_through_the_cli(view, family, tmp_path, image_br
         assert main([*base, "-o", str(out)]) == 0, ext
         assert out.stat().st_size > 200, ext
     assert (tmp_path / f"{view}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rope_lab_of_decoders_reads_causal_windows():
+    """A decoder's causal window (query i sees key j when 0 <= i - j < window) reaches window - 1 tokens back; a
+    decoder without windows has no local frequencies to draw."""
+    from analysis.positional import rope_scheme
+    from encoder.trace import trace_text
+    from tests.support.families import load_family
+
+    text = "The cat sat on the mat because it was tired, and then it slept until the evening."
+    mistral = trace_text(load_family("mistral"), text)  # sliding_window 8 in every layer
+    assert mistral.position_scheme["local_reach"].tolist() == [7]
+    assert rope_scheme(mistral).local_reach == 7
+    reach = (mistral.attention[0] > 0).any(axis=0)  # (T, T): keys some head of layer 0 attends to
+    rows, columns = np.nonzero(reach)
+    assert (rows - columns).max() == 7
+    llama = trace_text(load_family("llama"), text)
+    assert "rope_inv_freq_local" not in llama.position_scheme
+    decay = rope_scheme(llama)
+    assert set(decay.expected) == {"global"} and decay.local_reach == 0

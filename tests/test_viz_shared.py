@@ -16,7 +16,7 @@ from viz.analysis_figures import build_report_heatmap
 from viz.attention import build_attention_heatmap
 from viz.clicks import click_spec
 from viz.head_lines import build_head_lines
-from viz.layout import display_token, text_width, token_ticks
+from viz.layout import byte_characters, display_token, label_margin, text_width, token_ticks, wrap_notes
 from viz.model_view import build_model_view
 from viz.selection import downsample, renormalize_rows, select_attention, shown_attention
 from viz.tokens import build_token_view
@@ -137,8 +137,27 @@ def test_renormalize_rows_keeps_zero_rows_zero():
 def test_labels_escape_html_and_count_wide_characters():
     assert display_token("<s>") == "&lt;s&gt;"
     assert display_token("") == "∅"
+    # A byte-level vocabulary has a piece for every byte: control characters are written as bytes (raw, they are
+    # invisible and break the SVG export), a newline inside a piece as ⏎.
+    assert display_token("a\x01b") == "a&lt;0x01&gt;b" and display_token("\x7f") == "&lt;0x7F&gt;"
+    assert display_token("x\ny") == "x⏎y" and display_token("\t") == "&lt;0x09&gt;"
+    assert label_margin(["<i>cat</i>"], 10) == label_margin(["cat"], 10)  # markup is not measured
+    assert label_margin(["&lt;s&gt;"], 10) == label_margin(["abc"], 10)  # escaped: measured as "<s>"
     assert text_width("東京") == 4
     assert text_width("cat") == 3
+
+
+def test_byte_tokens_name_the_character_their_run_spells():
+    tokens = ["Caf", "<0xC3>", "<0xA9>", "x", "<0xF0>", "<0x9F>", "<0x8D>", "<0xA3>", "<0xC3>", "y", "<0xA9>"]
+    assert byte_characters(tokens) == [None, "é", "é", None, "🍣", "🍣", "🍣", "🍣", None, None, None]
+
+
+def test_notes_wrap_between_notes_to_the_figure_width():
+    assert wrap_notes(["short", "notes"], 700) == ["short · notes"]
+    long = ["a" * 50, "b" * 50, "c" * 20]
+    assert wrap_notes(long, 600) == ["a" * 50, "b" * 50 + " · " + "c" * 20]
+    assert wrap_notes(["one two three four"], 10) == ["one two three four"]  # 30 characters at the least
+    assert wrap_notes(["word " * 20], 230) == [("word " * 6).strip()] * 3 + ["word word"]  # a long note: by words
 
 
 def test_token_ticks_thin_long_axes_on_round_strides():

@@ -1,5 +1,6 @@
 """Everything the app computes, cached per process: the model once, one trace per input (and its words, merged),
-each analysis result once per input and compute settings (one generic cache for every registry analysis).
+one generated trace per prompt and generation settings ("Continue the text"), each analysis result once per input
+and compute settings (one generic cache for every registry analysis).
 
 Models stay in ``st.cache_resource`` (a few, bounded by count); the default one is the model ``ui.serving.warmup``
 loaded in the background at start (``start_warm_up``), so every session shares that one instance. A name a visitor
@@ -28,6 +29,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import analysis
+from analysis.steps import step_trace
+from encoder.errors import InputError
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, LoadedModel, ModelCard, load_source
 from encoder.trace import EncoderTrace, trace_text
@@ -99,6 +102,62 @@ def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> Enco
     return trace
 
 
+@dataclass(frozen=True)
+class Continuation:
+    """What "Continue the text" asked for: ``encoder.generate.generate_text``'s settings (greedy when
+    ``temperature`` is 0; then ``top_k``, ``top_p`` and ``seed`` are their defaults, so they never split the
+    cache)."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+def check_new_tokens(count: int) -> int:
+    """``count`` if it is a number of new tokens this server generates (1 to ``HEADLIGHT_MAX_NEW_TOKENS``).
+
+    Raises:
+        InputError: not a whole number, or outside that range (checked before anything runs).
+    """
+    limit = settings().max_new_tokens
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+        raise InputError("The number of new tokens must be a whole number.")
+    if not 1 <= count <= limit:
+        raise InputError(f"Continue the text makes 1 to {limit} new tokens on this server; {count} were asked "
+                         "for. Choose fewer.")
+    return int(count)
+
+
+def get_generated(source: str, text: str, max_tokens: int, generation: Continuation) -> EncoderTrace:
+    """The trace of ``text`` continued by the model (``encoder.generate.generate_text``): one generation per process
+    and input, counted for this session like a trace. Checked first: the number of new tokens, then that the
+    prompt and its continuation fit in ``max_tokens`` (the Max tokens control: the model's positions, or the
+    server's limit).
+
+    Raises:
+        InputError: too many new tokens (``check_new_tokens``), a continuation longer than ``max_tokens``, or what
+            ``generate_text`` refuses.
+    """
+    count = check_new_tokens(generation.max_new_tokens)
+    model = get_model(source)
+    prompt = len(model.tokenizer.encode(text).tokens)  # the prompt generate_text continues
+    if prompt + count > max_tokens:
+        raise InputError(f"The text has {prompt} tokens; with {count} new ones that is more than the {max_tokens} "
+                         "tokens one trace may have here (Max tokens). Shorten the text or ask for fewer tokens.")
+
+    def generate() -> EncoderTrace:
+        from encoder.generate import generate_text  # imports the model code: never before the page is drawn
+
+        return generate_text(model, text, max_new_tokens=count, temperature=generation.temperature,
+                             top_k=generation.top_k, top_p=generation.top_p, seed=generation.seed)
+
+    trace = _cached(("generated", source, text, generation), generate, "Continuing the text…")  # any max_tokens
+    st.session_state.setdefault(TRACED, set()).add((source, text, generation))
+    return trace
+
+
 def _loading_default(source: str) -> bool:
     """Whether ``source`` is the default model and this process is still loading it."""
     return source == DEFAULT_SOURCE and not warmup.ready()
@@ -154,15 +213,14 @@ def session_traces() -> int:
     return len(st.session_state.get(TRACED, ()))
 
 
-def get_word_trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
-    """``get_trace`` with sub-words merged into words (``analysis.merge_words``): NumPy on the cached trace, never
+def get_word_trace(inputs: Inputs) -> EncoderTrace:
+    """``inputs.trace`` with sub-words merged into words (``analysis.merge_words``): NumPy on the cached trace, never
     the encoder again.
 
     Raises:
         AnalysisError: the trace does not say which word each token belongs to.
     """
-    return _cached(("words", source, text, pair, max_tokens),
-                   lambda: analysis.merge_words(get_trace(source, text, pair, max_tokens)))
+    return _cached(("words", *inputs.key), lambda: analysis.merge_words(inputs.trace))
 
 
 @dataclass(frozen=True)
@@ -217,22 +275,28 @@ def heavy_job() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What was traced (the cache key of every analysis), and the corpus chosen for corpus analyses; implements
-    ``analysis.inputs.Inputs`` with the caches here."""
+    """What was traced (the cache key of every analysis): the text, or the text continued by the model
+    (``generation``) and shown up to a ``step`` of that generation (None: all of it); and the corpus chosen for
+    corpus analyses. Implements ``analysis.inputs.Inputs`` with the caches here."""
 
     source: str
     text: str
     pair: str | None
     max_tokens: int
+    generation: Continuation | None = None
+    step: int | None = None
     corpus: Corpus | None = None
 
     @property
     def key(self) -> tuple:
-        return self.source, self.text, self.pair, self.max_tokens
+        return self.source, self.text, self.pair, self.max_tokens, self.generation, self.step
 
     @property
     def trace(self) -> EncoderTrace:
-        return get_trace(*self.key)
+        if self.generation is None:
+            return get_trace(self.source, self.text, self.pair, self.max_tokens)
+        whole = get_generated(self.source, self.text, self.max_tokens, self.generation)
+        return whole if self.step is None else step_trace(whole, self.step)
 
     def model(self) -> LoadedModel:
         return get_model(self.source)

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import streamlit as st
 
+from analysis import word_starts
 from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace
 from ui import clicks
@@ -23,6 +25,22 @@ HEAD_MODES = ("one head", *AGGREGATES)
 BLOCKS = {"whole input": None, "A → A": "AA", "A → B": "AB", "B → A": "BA", "B → B": "BB"}
 DIRECTIONS = {"what it looks at": "from", "who looks at it": "to"}
 SEGMENTED_MAX = 5  # an int option with at most this many choices is a segmented control, else a select slider
+RESETS = "reset_to_default"  # session state: widget keys to put back on their (new) default when next drawn
+
+
+def reset_later(*keys: str) -> None:
+    """Put the widgets ``keys`` back on their defaults when they are next drawn (from a callback, before the
+    defaults are known: a new continuation's step and query). Setting the value, not forgetting it, is what makes
+    the browser show it: a browser keeps a widget's value otherwise."""
+    st.session_state.setdefault(RESETS, set()).update(keys)
+
+
+def reset_now(key: str, default: Any) -> None:
+    """Called just before drawing widget ``key``: sets it to ``default`` if ``reset_later`` asked for it."""
+    pending = st.session_state.get(RESETS)
+    if pending and key in pending:
+        pending.discard(key)
+        st.session_state[key] = default
 
 
 def token_labels(trace: EncoderTrace) -> list[str]:
@@ -75,10 +93,12 @@ def _display_controls(trace: EncoderTrace) -> dict[str, Any]:
                 log_color=log_color, threshold=threshold, block=block, merge_words=merge_words)
 
 
-def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace]) -> tuple[ViewSettings, EncoderTrace]:
+def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace],
+                default_query: int | None = None) -> tuple[ViewSettings, EncoderTrace]:
     """The shared controls above the tabs; returns what they say, and the trace the views show: ``trace``, or
     ``words()`` (sub-words merged into words) when the display options ask for it. The display options are read
-    first (drawn below the others), so the query choices are the shown trace's tokens."""
+    first (drawn below the others), so the query choices are the shown trace's tokens. The query starts on token
+    ``default_query`` of ``trace`` (default the first; its word when words are merged)."""
     top = st.container()
     with st.expander("Display options"):
         display = _display_controls(trace)
@@ -97,7 +117,13 @@ def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace]) -> tuple
             aggregate, head, heads = _head_controls(shown)
         with right:
             labels = token_labels(shown)
-            query_label = st.selectbox("Query token (or click a heatmap row)", labels, key="query",
+            start = 0
+            if default_query is not None:
+                start = default_query
+                if shown is not trace:  # the word holding that token
+                    start = int(np.searchsorted(word_starts(trace), default_query, side="right")) - 1
+            reset_now("query", labels[start])
+            query_label = st.selectbox("Query token (or click a heatmap row)", labels, index=start, key="query",
                                        bind="query-params")
             direction = st.segmented_control("Token view shows", list(DIRECTIONS), default=next(iter(DIRECTIONS)),
                                              required=True, key="direction", bind="query-params")

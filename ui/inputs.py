@@ -1,5 +1,5 @@
 """The page's default input, shared by the sidebar (``app.py``) and the start-up warm-up's first trace
-(``ui.cache.start_warm_up``), which traces exactly what the first visitor sees."""
+(``ui.cache.start_warm_up``), which traces exactly what the first visitor sees; and a decoder's default prompt."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ EXAMPLES = {
     "A wonderful, moving film with a brilliant cast.": "",
     "The keys to the cabinet are on the table.": "",
     "Attention is all you need — 注意力就是你所需要的一切 🙂!": "",
+    "Once upon a time, there was": "",  # prompts for a decoder to continue
+    "The capital of France is": "",
 }
 DEFAULT_TEXT = next(iter(EXAMPLES))
+DEFAULT_PROMPT = "Once upon a time, there was"  # a decoder's default text (app.prompt_for_decoder)
 
 
 def token_limit(max_positions: int) -> int:

@@ -1,7 +1,9 @@
 """The main area: shared controls, then one tab per registry view label (``viz.registry.view_tabs``) plus Compare
 and Analysis, and the trace's downloads. It is a fragment: changing a control reruns only this part, over the one
 cached trace, never the encoder. With "Merge sub-words into words" the view tabs and the downloads show the cached
-merged trace; Compare and Analysis keep the tokens (analyses that re-run the model need them).
+merged trace; Compare and Analysis keep the tokens (analyses that re-run the model need them). A continued text
+("Continue the text") gets a step control above the others: step k shows the prompt and the first k generated
+tokens, cut from the cached generation (``analysis.steps``), with the query on its last token.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import dataclasses
 import streamlit as st
 
 from analysis import word_starts
+from analysis.steps import generation_steps, prompt_length
 from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace, class_probabilities
 from ui.analysis import analysis_ui
-from ui.cache import Inputs, get_figure, get_trace, get_word_trace
+from ui.cache import Inputs, get_figure, get_word_trace
 from ui.charts import chart_ui
 from ui.compare import compare_ui
-from ui.controls import controls_ui, option_ui
+from ui.controls import controls_ui, option_ui, reset_later, reset_now
 from ui.downloads import file_stem, trace_downloads_ui
 from ui.text import plain
 from viz.options import ViewSettings
@@ -26,9 +29,10 @@ from viz.registry import View, view_tabs
 COMPARE, ANALYSIS = "Compare", "Analysis"
 
 
-def tab_labels() -> list[str]:
-    """Every tab, in order: the registry's view labels, then Compare and Analysis (the URL's ``view`` values)."""
-    return [*view_tabs(), COMPARE, ANALYSIS]
+def tab_labels(trace: EncoderTrace | None = None) -> list[str]:
+    """Every tab, in order: the registry's view labels (with ``trace``, those available for it: Next token only with
+    an LM head), then Compare and Analysis (the URL's ``view`` values)."""
+    return [*view_tabs(trace), COMPARE, ANALYSIS]
 
 
 def view_figures_ui(views: list[View], trace: EncoderTrace, settings: ViewSettings, stem: str,
@@ -62,13 +66,42 @@ def token_settings(trace: EncoderTrace, settings: ViewSettings) -> ViewSettings:
     return dataclasses.replace(settings, query=query, selected=None, merge_words=False)
 
 
+def _new_query() -> None:
+    """A new step puts the query back on its default: the step's last token (the one that chose the next)."""
+    reset_later("query")
+
+
+def step_ui(whole: EncoderTrace) -> int | None:
+    """The generation step to show (None: the whole generation): a slider over the steps of a generated trace,
+    and what the shown step generated."""
+    steps = generation_steps(whole)
+    if steps == 0:
+        return None
+    reset_now("step", steps)
+    step = st.slider("Generation step", 0, steps, steps, key="step", bind="query-params", on_change=_new_query,
+                     help="Replays the generation: step k shows the prompt and the first k generated tokens, each "
+                          "token's attention as the model computed it then (a causal model's earlier tokens never "
+                          "see later ones).")
+    if step == 0:
+        st.caption("Step 0: the prompt alone.")
+    else:
+        position = prompt_length(whole) + step - 1
+        st.caption(f"Step {step} of {steps}: the model generated token {position}, "
+                   f"“{plain(whole.readable_tokens[position])}”.")
+    return None if step == steps else step
+
+
 @st.fragment
-def views_ui(source: str, text: str, pair: str | None, max_tokens: int) -> None:
-    trace = get_trace(source, text, pair, max_tokens)  # a cache hit: the fragment never re-runs the encoder
-    settings, shown = controls_ui(trace, lambda: get_word_trace(source, text, pair, max_tokens))
-    inputs, stem = Inputs(source, text, pair, max_tokens), file_stem(source)
-    views = view_tabs()
-    labels = tab_labels()
+def views_ui(inputs: Inputs) -> None:
+    whole = inputs.trace  # a cache hit: the fragment never re-runs the encoder
+    if inputs.generation is not None:
+        inputs = dataclasses.replace(inputs, step=step_ui(whole))
+    trace = inputs.trace  # the whole trace, or a slice of it at a generation step
+    last = trace.num_tokens - 1 if inputs.generation is not None else None  # the query starts on the newest token
+    settings, shown = controls_ui(trace, lambda: get_word_trace(inputs), default_query=last)
+    stem = file_stem(inputs.source)
+    views = view_tabs(trace)
+    labels = tab_labels(trace)
     for label, tab in zip(labels, st.tabs(labels, key="view", bind="query-params")):
         if not tab.open:
             continue

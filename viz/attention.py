@@ -35,6 +35,7 @@ from viz.layout import (
     mark_generated,
     new_figure,
     notes_title,
+    set_notes,
     short_label,
     token_heatmap_axes,
 )
@@ -330,6 +331,8 @@ def build_head_grid(
     # Each cell's coordinate is the token index of its (first) query and key, on category axes.
     positions = shown[block_edges(shown.size, size)[:-1]].astype(np.int32)
     labels = [short_label(trace.readable_tokens[i]) for i in shown] if size <= GRID_LABEL_CELLS else None
+    if labels is not None:
+        labels = mark_generated(trace, shown, labels, notes)
 
     heads = trace.num_heads
     low, high = finite_range(stack)
@@ -384,9 +387,9 @@ def _grid_figure(
         width=int(columns * side + left + COLORBAR_ROOM),
         height=int(grid_rows * side + bottom + GRID_TOP),
         margin=dict(l=left, r=COLORBAR_ROOM, t=GRID_TOP, b=bottom),
-        title=notes_title(notes),
         coloraxis=coloraxis,
     )
+    set_notes(fig, notes, GRID_TOP)  # wrapped to the width: a small grid is narrower than its notes
     fig.update_annotations(font=dict(size=11))
     _grid_axes(fig, heads, columns, positions, labels)
     return fig, columns

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
@@ -28,6 +29,7 @@ MASKED_COLOR = "#d4d4d4"  # cells and tokens the query could not see (a causal m
 MASKED = "masked"  # what hover says about them
 FONT_FAMILY = '"DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", Arial, sans-serif'
 MAX_LABEL_CHARS = 16
+TAG = re.compile(r"<[^<>]*>")  # Plotly's markup in a label (<i>, <b>, <br>): escaped text has no "<" left
 
 
 def finite_range(values: np.ndarray, default: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
@@ -52,9 +54,46 @@ def log_colorbar() -> dict:
 # Labels and layout
 
 
+# Control characters written as the bytes they are ("\x01" -> "<0x01>", as SentencePiece writes bytes), a newline
+# inside a token as "⏎": a byte-level vocabulary has a piece for every byte, and a raw control character is both
+# invisible and fatal to the image export (SVG).
+CONTROL_BYTES = {code: f"<0x{code:02X}>" for code in [*range(32), 0x7F]} | {0x0A: "⏎"}
+
+
 def display_token(token: str) -> str:
-    """A token as Plotly text: HTML special characters escaped (``<s>`` must not vanish as a tag), empty shown."""
-    return html.escape(token, quote=False) if token else "∅"
+    """A token as Plotly text: control characters written as bytes (``CONTROL_BYTES``), HTML special
+    characters escaped (``<s>`` must not vanish as a tag), empty shown."""
+    return html.escape(token.translate(CONTROL_BYTES), quote=False) if token else "∅"
+
+
+def percent(p: float) -> str:
+    """A probability as a percentage of three significant digits ("34.2%", "0.00312%")."""
+    return f"{float(p) * 100:.3g}%"
+
+
+BYTE_TOKEN = re.compile(r"(?:<0x[0-9A-F]{2}>)+")  # a token that is only bytes of a character cut between tokens
+
+
+def byte_characters(tokens: Sequence[str]) -> list[str | None]:
+    """For each token that is only bytes (``<0xC3>``: a character the tokenizer cut between tokens), the character
+    its run of byte tokens spells ("é" for both ``<0xC3>`` and ``<0xA9>``); None for other tokens and for bytes that
+    spell no character."""
+    import codecs
+
+    found: list[str | None] = [None] * len(tokens)
+    decoder, pending = codecs.getincrementaldecoder("utf-8")("replace"), []
+    for i, token in enumerate([*tokens, ""]):
+        if i < len(tokens) and BYTE_TOKEN.fullmatch(token):
+            text = decoder.decode(bytes(int(b, 16) for b in re.findall(r"<0x([0-9A-F]{2})>", token)))
+            pending.append(i)
+            if text:
+                for j in pending:
+                    found[j] = None if text == "\ufffd" else text
+                pending = []
+            continue
+        decoder.reset()
+        pending = []
+    return found
 
 
 def short_label(token: str) -> str:
@@ -125,8 +164,9 @@ def token_heatmap_axes(
 
 
 def label_margin(labels: Iterable[str], font_size: int) -> int:
-    """Pixels needed for the longest label at ``font_size`` (plus a little room)."""
-    widest = max((text_width(html.unescape(label)) for label in labels), default=1)
+    """Pixels needed for the longest label at ``font_size`` (plus a little room); markup (``<i>``, ``&lt;``) is
+    measured as the text it shows."""
+    widest = max((text_width(html.unescape(TAG.sub("", label))) for label in labels), default=1)
     return int(widest * font_size * 0.62) + 12
 
 
@@ -151,6 +191,42 @@ def base_layout(title: str, width: int | None = None, height: int | None = None)
 def notes_title(notes: Sequence[str]) -> dict:
     """A ``title`` update whose subtitle lists ``notes`` ("a · b"); empty without notes."""
     return dict(subtitle=dict(text=" · ".join(notes))) if notes else {}
+
+
+SUBTITLE_CHAR_PIXELS, SUBTITLE_LINE_PIXELS = 6.6, 16  # the subtitle's 12 px font: per character, per line
+
+
+def wrap_notes(notes: Sequence[str], width: int) -> list[str]:
+    """``notes`` joined by " · " into lines that fit ``width`` pixels: a line breaks between notes, and inside a
+    note only where the note alone is too long (between words)."""
+    limit = max(30, int((width - 30) / SUBTITLE_CHAR_PIXELS))
+    lines: list[str] = []
+    for note in notes:
+        words = note.split()
+        if not words:
+            continue
+        if lines and len(lines[-1]) + 3 + len(note) <= limit:
+            lines[-1] += " · " + note
+            continue
+        lines.append(words[0])
+        for word in words[1:]:
+            if len(lines[-1]) + 1 + len(word) > limit:
+                lines.append(word)
+            else:
+                lines[-1] += " " + word
+    return lines
+
+
+def set_notes(fig: go.Figure, notes: Sequence[str], top: int) -> int:
+    """Write ``notes`` as the subtitle, wrapped to the figure's width (``wrap_notes``), with a top margin of
+    ``top`` pixels for one line and ``SUBTITLE_LINE_PIXELS`` more per further line; the figure's height (when set)
+    grows by as much. Returns the top margin."""
+    lines = wrap_notes(notes, int(fig.layout.width or 700)) if notes else []
+    extra = SUBTITLE_LINE_PIXELS * max(0, len(lines) - 1)
+    fig.update_layout(title=dict(subtitle=dict(text="<br>".join(lines))), margin=dict(t=top + extra))
+    if fig.layout.height:
+        fig.update_layout(height=fig.layout.height + extra)
+    return top + extra
 
 
 def new_figure(title: str, width: int | None = None, height: int | None = None) -> go.Figure:

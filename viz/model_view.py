@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from analysis.report import SINK_FROM, SINK_THRESHOLD, sink_shares
 from encoder.trace import EncoderTrace
 from viz.clicks import click_markers, click_meta, layer_head_points, outline
-from viz.layout import new_figure
+from viz.layout import new_figure, set_notes
 from viz.selection import AGGREGATES, downsample_seen, head_label, kv_heads, mask_note, shown_attention
 from viz.validation import check_choice, check_colorscale, check_head, check_int_range, check_layer
 
@@ -26,6 +26,8 @@ MODEL_VIEW_WIDTH = 960  # model-view thumbnails share this width until they reac
 MODEL_VIEW_MARGIN = dict(l=70, r=100, t=80, b=60)
 SINK_COLOR = "#d62728"  # the dot on an attention sink's thumbnail
 KV_LINE_COLOR = "#555555"  # the lines between key/value head groups
+KV_LABEL_PIXELS = 18  # room above the mosaic for the key/value groups' names
+MODEL_VIEW_MIN_WIDTH = 640  # a model of few heads still gets this width, for the title and notes
 
 
 def build_model_view(
@@ -69,18 +71,20 @@ def build_model_view(
     side = thumbs.shape[-1]
 
     pixels = max(THUMB_MIN_PIXELS, min(THUMB_MAX_PIXELS, MODEL_VIEW_WIDTH // trace.num_heads))  # per thumbnail
-    fig = _model_view_figure(mosaic.shape, trace.num_layers, trace.num_heads, side, step, pixels,
-                             notes + thumb_notes)
+    notes += thumb_notes
+    fig = _model_view_figure(mosaic.shape, trace.num_layers, trace.num_heads, side, step, pixels)
     fig.add_trace(go.Heatmap(
         z=mosaic, colorscale=colorscale, zmin=0.0, zmax=1.0 if per_head_scale else float(np.nanmax(mosaic)),
         hoverinfo="skip", name="mosaic",
         colorbar=dict(thickness=12, title=dict(text="share of max" if per_head_scale else "weight")),
     ))
     if kv_heads(trace) is not None:
-        _kv_groups(fig, trace, mosaic.shape[0], step, side)
+        notes.append(_kv_groups(fig, trace, mosaic.shape[0], step, side))
     fig.add_trace(_head_layer(trace, attention.max(axis=(2, 3)), side, step, pixels))
     if sinks:
-        _mark_sinks(fig, trace, side, step, pixels)
+        notes.append(_mark_sinks(fig, trace, side, step, pixels))
+    kv_room = KV_LABEL_PIXELS if kv_heads(trace) is not None else 0
+    set_notes(fig, notes or ["full resolution"], MODEL_VIEW_MARGIN["t"] + kv_room)
     if selected is not None:
         chosen_layer, chosen_head = check_layer(trace, selected[0]), check_head(trace, selected[1])
         centre = [_centre(chosen_head, step, side)], [_centre(chosen_layer, step, side)]
@@ -123,16 +127,15 @@ def _centre(index, step: int, side: int):
     return index * step + (side - 1) / 2
 
 
-def _model_view_figure(shape: tuple[int, int], layers: int, heads: int, side: int, step: int, pixels: int,
-                       notes: list[str]) -> go.Figure:
+def _model_view_figure(shape: tuple[int, int], layers: int, heads: int, side: int, step: int,
+                       pixels: int) -> go.Figure:
     """The mosaic's figure without traces: ``pixels`` per thumbnail, head and layer numbers at the centres."""
     margin = MODEL_VIEW_MARGIN
     fig = new_figure(f"All {layers} layers × {heads} heads: queries down, keys across")
     fig.update_layout(
-        width=heads * pixels + margin["l"] + margin["r"],
+        width=max(MODEL_VIEW_MIN_WIDTH, heads * pixels + margin["l"] + margin["r"]),
         height=layers * pixels + margin["t"] + margin["b"],
         margin=margin,
-        title=dict(subtitle=dict(text=" · ".join(notes) if notes else "full resolution")),
         xaxis=dict(**_mosaic_axis("head", heads, step, side, [-0.5, shape[1] - 0.5]), constrain="domain"),
         yaxis=dict(**_mosaic_axis("layer", layers, step, side, [shape[0] - 0.5, -0.5]), scaleanchor="x",
                    constrain="domain"),
@@ -148,19 +151,24 @@ def _mosaic_axis(title: str, count: int, step: int, side: int, extent: list[floa
                 range=extent)
 
 
-def _kv_groups(fig: go.Figure, trace: EncoderTrace, height: int, step: int, side: int) -> None:
-    """Lines between the groups of query heads sharing a key/value head, and a note saying so."""
+def _kv_groups(fig: go.Figure, trace: EncoderTrace, height: int, step: int, side: int) -> str:
+    """Lines between the groups of query heads sharing a key/value head, each group's key/value head named above
+    it ("kv 0"); returns the note saying so."""
     size = trace.num_heads // trace.key_value_heads
     for group in range(1, trace.key_value_heads):
         x = group * size * step - (step - side) / 2 - 0.5
         fig.add_shape(type="line", x0=x, x1=x, y0=-0.5, y1=height - 0.5, line=dict(color=KV_LINE_COLOR, width=2))
-    fig.layout.title.subtitle.text += (f" · lines: {trace.key_value_heads} key/value heads, each shared by {size} "
-                                       "query heads")
-    fig.update_xaxes(title=dict(text="head (grouped by key/value head)"))
+    for group in range(trace.key_value_heads):
+        fig.add_annotation(text=f"kv {group}", x=(group * size + (size - 1) / 2) * step + (side - 1) / 2, y=-0.5,
+                           xref="x", yref="y", yanchor="bottom", showarrow=False,
+                           font=dict(size=11, color=KV_LINE_COLOR))
+    fig.update_xaxes(title=dict(text="head (grouped by the key/value head they share)"))
+    return f"lines: {trace.key_value_heads} key/value heads, each shared by {size} query heads"
 
 
-def _mark_sinks(fig: go.Figure, trace: EncoderTrace, side: int, step: int, pixels: int) -> None:
-    """A dot at the top-right corner of each attention sink's thumbnail (hover: its share), and a note."""
+def _mark_sinks(fig: go.Figure, trace: EncoderTrace, side: int, step: int, pixels: int) -> str:
+    """A dot at the top-right corner of each attention sink's thumbnail (hover: its share); returns the note that
+    says how many there are and the rule (also when there is none)."""
     shares = sink_shares(trace.attention)  # (L, H)
     layers, heads = np.nonzero(shares >= SINK_THRESHOLD)
     inset = max(side / 8, 0.5)
@@ -173,8 +181,10 @@ def _mark_sinks(fig: go.Figure, trace: EncoderTrace, side: int, step: int, pixel
         hovertemplate="%{text}<extra></extra>",
     ))
     rule = f"≥ {SINK_THRESHOLD:g} of attention from queries {SINK_FROM}+ on the first token"
+    if not layers.size:
+        return f"attention sinks (red dots): none ({rule})"
     found = f"{layers.size} attention sinks" if layers.size != 1 else "1 attention sink"
-    fig.layout.title.subtitle.text += f" · red dots: {found} ({rule})"
+    return f"red dots: {found} ({rule})"
 
 
 def _head_layer(trace: EncoderTrace, peaks: np.ndarray, side: int, step: int, pixels: int) -> go.Scatter:

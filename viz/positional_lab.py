@@ -56,7 +56,7 @@ def build_relative_bias(bias: dict[str, np.ndarray], tokens: int | None = None,
 def build_rope_view(decay: RopeDecay) -> go.Figure:
     """Left: each dimension pair's rotation per token (log scale), per theta. Right: the expected q . k of a
     content pair against distance (solid) and one fixed random pair (dotted), 1 at distance 0; the local
-    layers' reach (local_window // 2) dashed."""
+    layers' reach (the farthest key they see) dashed."""
     fig = make_subplots(rows=1, cols=2, column_widths=[0.4, 0.6], horizontal_spacing=0.1, subplot_titles=(
         "rotation per token of each dimension pair", "q . R(distance) q, relative to distance 0"))
     fig.update_layout(base_layout("Rotary positions: frequencies and long-range decay", 1000, 460),
@@ -74,8 +74,8 @@ def build_rope_view(decay: RopeDecay) -> go.Figure:
                                  line=dict(color=color, width=1, dash="dot"),
                                  hovertemplate=f"{name}, one pair, distance %{{x}}: %{{y:.3f}}<extra></extra>"),
                       row=1, col=2)
-    if decay.local_window:
-        fig.add_vline(x=decay.local_window // 2, line=dict(color=REACH_COLOR, width=1, dash="dash"), row=1, col=2)
+    if decay.local_reach:
+        fig.add_vline(x=decay.local_reach, line=dict(color=REACH_COLOR, width=1, dash="dash"), row=1, col=2)
     fig.update_xaxes(title_text="dimension pair i", row=1, col=1, **GRID)
     fig.update_yaxes(title_text="radians per token", type="log", row=1, col=1, **GRID)
     fig.update_xaxes(title_text="distance (tokens)", row=1, col=2, **GRID)

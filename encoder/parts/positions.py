@@ -239,11 +239,15 @@ class RotaryPart(AbsolutePart):
                 for local in kinds}
 
     def position_scheme(self) -> dict[str, np.ndarray]:
-        """``rope_inv_freq_global`` and ``rope_inv_freq_local``, (d / 2,) float32, the angle per position of each
-        rotated dimension pair in global and local layers, and ``local_window``, (1,) int32, the local layers'
-        whole window (``Attention.window_kind``: query i sees key j when ``|i - j| <= window // 2``, or when
-        ``0 <= i - j < window`` for causal windows)."""
+        """``rope_inv_freq_global`` and, when some layers are windowed, ``rope_inv_freq_local``, (d / 2,) float32,
+        the angle per position of each rotated dimension pair in global and local layers; ``local_window``, (1,)
+        int32, the local layers' whole window (0 without one), and ``local_reach``, (1,) int32, the farthest key a
+        local layer's query sees (``Attention.window_kind``: ``window // 2`` on each side when query i sees key j
+        for ``|i - j| <= window // 2``; ``window - 1`` back for causal windows, ``0 <= i - j < window``)."""
         cfg = self.config
-        return {"rope_inv_freq_global": self.frequencies(cfg, False),
-                "rope_inv_freq_local": self.frequencies(cfg, True),
-                "local_window": np.array([max(cfg.attention.windows, default=0)], np.int32)}
+        window = max(cfg.attention.windows, default=0)
+        reach = (window - 1 if cfg.attention.window_kind == "causal" else window // 2) if window else 0
+        scheme = {"rope_inv_freq_global": self.frequencies(cfg, False)}
+        if window:
+            scheme["rope_inv_freq_local"] = self.frequencies(cfg, True)
+        return {**scheme, "local_window": np.array([window], np.int32), "local_reach": np.array([reach], np.int32)}
