@@ -6,6 +6,8 @@ A token style names the convention (``TOKEN_STYLES``):
 - ``"bytelevel"`` (GPT-2, RoBERTa): byte-level BPE. Every byte of the UTF-8 text is one printable character of
   GPT-2's byte-to-unicode alphabet (``byte_alphabet``): ``Ġ`` is a space (before a word), ``Ċ`` a newline, and a
   character such as "é" becomes two pieces' worth of characters (``Ã©``).
+- ``"clip"`` (CLIP's text encoder, Stable Diffusion's prompts): byte-level BPE like GPT-2's but lower-cased, with
+  no space marks: a piece that ends a word ends in ``</w>`` (``"cat</w>"``, ``"ph"`` + ``"oto</w>"``).
 - ``"metaspace"`` (SentencePiece: ALBERT, XLM-R, DeBERTa-v3; the SentencePiece BPE of Llama 2, Mistral, Gemma and
   Phi-3): ``▁`` is a space before a word; with byte fallback a character missing from the vocabulary is one piece
   per UTF-8 byte, written ``<0xE2>`` (a newline is ``<0x0A>``).
@@ -19,9 +21,10 @@ from __future__ import annotations
 import functools
 import re
 
-TOKEN_STYLES = ("", "wordpiece", "bytelevel", "metaspace")
+TOKEN_STYLES = ("", "wordpiece", "bytelevel", "metaspace", "clip")
 WORDPIECE_PREFIX = "##"
 METASPACE = "▁"
+END_OF_WORD = "</w>"  # CLIP's BPE: the suffix of a word's last piece
 SPACE_MARK, NEWLINE_MARK = "␣", "⏎"  # how a piece that is only whitespace is shown
 BYTE_PIECES = re.compile(r"(?:<0x[0-9A-F]{2}>)+")  # SentencePiece's byte fallback: one piece per byte
 
@@ -46,14 +49,17 @@ def byte_alphabet() -> dict[str, int]:
 def detect_token_style(config: dict) -> str:
     """The token style of a tokenizer from its JSON (``json.loads(tokenizer.to_str())``), or "" when unknown.
 
-    The decoder says it most directly; then the pre-tokenizer; then the model (WordPiece with a ``##`` prefix).
-    Sequences of decoders or pre-tokenizers are searched in order.
+    A BPE model whose word-final pieces end in ``</w>`` is CLIP's; otherwise the decoder says it most directly;
+    then the pre-tokenizer; then the model (WordPiece with a ``##`` prefix). Sequences of decoders or
+    pre-tokenizers are searched in order.
     """
+    model = config.get("model") or {}
+    if model.get("type") == "BPE" and model.get("end_of_word_suffix") == END_OF_WORD:
+        return "clip"
     for part in (config.get("decoder"), config.get("pre_tokenizer")):
         style = _component_style(part)
         if style:
             return style
-    model = config.get("model") or {}
     if model.get("type") == "WordPiece" and model.get("continuing_subword_prefix", WORDPIECE_PREFIX) == "##":
         return "wordpiece"
     return ""
@@ -91,7 +97,8 @@ def readable_piece(token: str, style: str) -> str:
     shown as its byte, ``<0xC3>``); ``▁`` of SentencePiece is a space, and its byte-fallback pieces (``<0x0A>``)
     are decoded the same way (so a run of them that makes a character reads as that character). Then one leading
     space (the word boundary) is dropped, and a piece that is only whitespace shows each space as ``␣`` and each
-    newline as ``⏎``. WordPiece and unknown styles come back unchanged.
+    newline as ``⏎``. CLIP's pieces are byte-level pieces whose ``</w>`` (the end of a word) is dropped.
+    WordPiece and unknown styles come back unchanged.
 
     Example:
         >>> readable_piece("Ġcaf", "bytelevel"), readable_piece("Ã©", "bytelevel"), readable_piece("Ã", "bytelevel")
@@ -100,7 +107,11 @@ def readable_piece(token: str, style: str) -> str:
         ('New', '␣', '##s')
         >>> readable_piece("<0x0A>", "metaspace"), readable_piece("<0xC3><0xA9>", "metaspace")
         ('⏎', 'é')
+        >>> readable_piece("cat</w>", "clip"), readable_piece("ph", "clip"), readable_piece("cafÃ©</w>", "clip")
+        ('cat', 'ph', 'café')
     """
+    if style == "clip":
+        return _from_bytes(token.removesuffix(END_OF_WORD))
     if style == "bytelevel":
         text = _from_bytes(token)
     elif style == "metaspace":
@@ -146,7 +157,7 @@ def _decode(data: bytes) -> str:
 def join_pieces(pieces: list[str] | tuple[str, ...], style: str) -> str:
     """The readable text of one word made of ``pieces`` (raw tokens), joined as the tokenizer's decoder would:
     continuation ``##`` dropped, byte-level bytes decoded together (so "Ã" + "©" reads "é", and byte-fallback
-    "<0xC3>" + "<0xA9>" too), the leading space or ``▁`` dropped.
+    "<0xC3>" + "<0xA9>" too), the leading space or ``▁`` dropped, CLIP's ``</w>`` dropped.
 
     Example:
         >>> join_pieces(["hel", "##l", "##o"], "wordpiece"), join_pieces(["ĠCaf", "Ã", "©"], "bytelevel")

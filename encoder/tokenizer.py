@@ -18,6 +18,11 @@ SENTENCEPIECE_FILES = ("spiece.model", "tokenizer.model", "sentencepiece.model",
 ROBERTA_STYLE = ("roberta", "xlm-roberta", "camembert", "mpnet")  # <s> A </s></s> B </s>
 NO_SPECIAL_TOKENS = ("gpt2",)  # the text alone
 FAIRSEQ_SHIFTED = ("xlm-roberta", "camembert")  # ids are the SentencePiece ids shifted (fairseq): tokenizer.json needed
+CLIP_TYPES = ("clip_text_model", "clip", "clip_text_model_with_projection")  # CLIP's BPE: lower case, </w> word ends
+CLIP_END_OF_WORD = "</w>"
+# CLIP's word split (its slow tokenizer's regex, as transformers' CLIPConverter gives it to tokenizers): the common
+# English contractions, runs of letters, single digits, runs of anything else that is not a space
+CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,11 @@ class TextTokenizer:
     @classmethod
     def from_folder(cls, folder: str | Path, max_length: int, model_type: str | None = None) -> TextTokenizer:
         """Load the folder's tokenizer: ``tokenizer.json`` first; else WordPiece from ``vocab.txt``, byte-level
-        BPE from ``vocab.json`` + ``merges.txt``, or a SentencePiece Unigram model (``spiece.model``, ...), with
-        the special tokens of ``model_type``'s family around the text (``[CLS] A [SEP]``, ``<s> A </s>``, or
-        nothing for GPT-2).
+        BPE from ``vocab.json`` + ``merges.txt`` (CLIP's lower-case ``</w>`` BPE when ``model_type`` is CLIP's or
+        the vocabulary has ``</w>`` pieces, as Stable Diffusion's ``tokenizer/`` folders ship it), or a
+        SentencePiece Unigram model (``spiece.model``, ...), with the special tokens of ``model_type``'s family
+        around the text (``[CLS] A [SEP]``, ``<s> A </s>``, ``<|startoftext|> A <|endoftext|>``, or nothing for
+        GPT-2).
         """
         folder = Path(folder)
         if (folder / "tokenizer.json").is_file():
@@ -72,7 +79,7 @@ class TextTokenizer:
         if (folder / "vocab.txt").is_file():
             return cls(_wordpiece_from_vocab(folder), max_length)
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            return cls(_byte_level_bpe(folder, model_type), max_length)
+            return cls(_byte_level_bpe(folder, model_type), max_length)  # CLIP's recipe when the vocabulary is CLIP's
         sentencepiece = next((folder / name for name in SENTENCEPIECE_FILES if (folder / name).is_file()), None)
         if sentencepiece is not None:
             return cls(_sentencepiece_unigram(sentencepiece, model_type), max_length)
@@ -248,14 +255,21 @@ def _read_json(path: Path) -> dict:
 
 
 def _byte_level_bpe(folder: Path, model_type: str | None) -> Tokenizer:
-    """GPT-2/RoBERTa byte-level BPE from ``vocab.json`` + ``merges.txt`` (as their slow tokenizers read them)."""
+    """GPT-2/RoBERTa byte-level BPE from ``vocab.json`` + ``merges.txt`` (as their slow tokenizers read them), or
+    CLIP's (``_clip_bpe``) when ``model_type`` is CLIP's or the vocabulary ends words with ``</w>``."""
     try:
-        model = models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
+        vocab, merges = models.BPE.read_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
     except Exception as error:  # tokenizers raises a bare Exception on malformed files
         raise CheckpointError("vocab.json/merges.txt could not be read as byte-level BPE; save tokenizer.json with "
                               "the model.") from error
-    tokenizer = Tokenizer(model)
     config = _read_json(folder / "tokenizer_config.json")
+    if model_type in CLIP_TYPES or any(piece.endswith(CLIP_END_OF_WORD) for piece in vocab):
+        return _clip_bpe(vocab, merges, config, _read_json(folder / "special_tokens_map.json"))
+    try:
+        tokenizer = Tokenizer(models.BPE(vocab, merges))
+    except Exception as error:
+        raise CheckpointError("vocab.json/merges.txt could not be read as byte-level BPE; save tokenizer.json with "
+                              "the model.") from error
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
     tokenizer.decoder = decoders.ByteLevel()
     specials = ["<s>", "</s>", "<pad>", "<unk>", "<mask>", "<|endoftext|>"]
@@ -311,3 +325,50 @@ def _sentencepiece_normalizer(folder: Path, proto) -> normalizers.Normalizer:
     if proto.normalizer_spec.remove_extra_whitespaces:  # SentencePiece's default: no space at either end
         steps.append(normalizers.Strip())
     return normalizers.Sequence(steps)
+
+
+def _special_token(configs: tuple[dict, ...], name: str, default: str) -> str:
+    """The ``name`` special token (``bos_token``, ...) of tokenizer_config.json / special_tokens_map.json: a string
+    or an added-token dict with its ``content``; ``default`` when neither says."""
+    for config in configs:
+        value = config.get(name)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str) and value:
+            return value
+    return default
+
+
+def _clip_bpe(vocab: dict, merges: list, config: dict, special_map: dict) -> Tokenizer:
+    """CLIP's tokenizer from its ``vocab.json`` + ``merges.txt`` (what transformers' CLIPConverter builds from the
+    slow tokenizer): NFC, runs of whitespace made one space, lower case; CLIP's word split then byte-level
+    characters; BPE whose word-final pieces end in ``</w>``; ``<|startoftext|> A <|endoftext|>`` around the text.
+    Truncation (``TextTokenizer.encode``) keeps the two special tokens, so ``<|endoftext|>`` stays last."""
+    configs = (config, special_map)
+    bos = _special_token(configs, "bos_token", "<|startoftext|>")
+    eos = _special_token(configs, "eos_token", "<|endoftext|>")
+    unk = _special_token(configs, "unk_token", eos)
+    missing = [token for token in dict.fromkeys((bos, eos, unk)) if token not in vocab]
+    if missing:
+        raise CheckpointError(f"vocab.json has no {' or '.join(missing)} token for a CLIP tokenizer; save "
+                              "tokenizer.json with the model.")
+    try:
+        model = models.BPE(vocab, merges, unk_token=unk, continuing_subword_prefix="",
+                           end_of_word_suffix=CLIP_END_OF_WORD, fuse_unk=False)
+    except Exception as error:  # tokenizers raises a bare Exception on merges it cannot build
+        raise CheckpointError("vocab.json/merges.txt could not be read as CLIP's BPE; save tokenizer.json with the "
+                              "model.") from error
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(list(dict.fromkeys((bos, eos))))
+    # RobertaProcessing rather than a template: it keeps the byte-level offsets right (as CLIPConverter does); a
+    # pair is <|startoftext|> A <|endoftext|><|endoftext|> B <|endoftext|>, as CLIP's slow tokenizer writes it
+    tokenizer.post_processor = processors.RobertaProcessing(
+        (eos, vocab[eos]), (bos, vocab[bos]), trim_offsets=False, add_prefix_space=False)
+    return tokenizer
