@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from encoder.errors import InputError
+from encoder.errors import CheckpointError, InputError
 from encoder.pieces import join_pieces, readable_piece
 from encoder.tokenizer import TextTokenizer
 from tests.support.families import FAMILIES_DIR, reference
@@ -136,3 +136,13 @@ def test_clip_recipe_is_picked_from_the_vocabulary_without_a_model_type(tmp_path
     assert tok.token_style == "clip"
     ref = reference("clip-text")["simple"]
     assert tok.encode(str(ref["text"])).token_ids.tolist() == ref["input_ids"].tolist()
+
+
+def test_a_clip_vocabulary_without_its_special_tokens_is_refused(tmp_path):
+    folder = _sd_tokenizer_folder(tmp_path / "tokenizer")
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    del vocab["<|startoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(CheckpointError, match="startoftext") as refused:
+        TextTokenizer.from_folder(folder, 64, "clip_text_model")
+    assert str(tmp_path) not in str(refused.value)  # no server paths in messages
