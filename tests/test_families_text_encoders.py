@@ -172,3 +172,30 @@ def test_a_text_projection_of_impossible_shape_is_refused(tmp_path):
     save_file(weights, folder / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"text_projection\.weight has shape"):
         load_path(folder, name="clip")
+
+
+def test_clip_traces_keep_their_outputs_in_npz_and_json_and_a_saved_folder_reopens(tmp_path):
+    from encoder.saving import save_folder
+    from encoder.trace_io import trace_from_json, trace_from_npz, trace_to_json, trace_to_npz
+
+    loaded = load_family("clip-text")
+    trace = trace_text(loaded, str(reference("clip-text")["simple"]["text"]))
+    for again in (trace_from_npz(trace_to_npz(trace)), trace_from_json(trace_to_json(trace))):
+        for key in ("pooled", "embedding", "last_hidden_state"):
+            np.testing.assert_allclose(again.outputs[key], trace.outputs[key], atol=1e-6)
+    folder = save_folder(tmp_path / "saved", loaded.model, (FAMILIES_DIR / "clip-text" / "tokenizer.json").read_text())
+    reopened = trace_text(load_path(folder), str(reference("clip-text")["simple"]["text"]))
+    assert reopened.tokens == trace.tokens
+    np.testing.assert_array_equal(reopened.outputs["embedding"], trace.outputs["embedding"])
+
+
+def test_the_gradient_explains_clips_end_of_text_embedding():
+    from analysis.gradients import input_gradient, objective
+
+    loaded = load_family("clip-text")
+    trace = trace_text(loaded, str(reference("clip-text")["simple"]["text"]))
+    goal = objective(loaded, trace)
+    assert "end-of-text" in goal.description
+    attribution = input_gradient(loaded, trace, goal)
+    assert attribution.value == pytest.approx(float(np.linalg.norm(trace.outputs["pooled"])), rel=1e-5)
+    assert np.isfinite(attribution.values).all() and np.abs(attribution.values).max() > 0
