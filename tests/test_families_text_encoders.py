@@ -199,3 +199,11 @@ def test_the_gradient_explains_clips_end_of_text_embedding():
     attribution = input_gradient(loaded, trace, goal)
     assert attribution.value == pytest.approx(float(np.linalg.norm(trace.outputs["pooled"])), rel=1e-5)
     assert np.isfinite(attribution.values).all() and np.abs(attribution.values).max() > 0
+
+
+def test_a_long_prompt_is_cut_at_the_window_with_the_end_of_text_token_kept_last():
+    loaded = load_family("clip-text")
+    trace = trace_text(loaded, "a photo of a cat " * 30)
+    assert len(trace.tokens) == loaded.config.max_positions == 64
+    assert trace.tokens[0] == "<|startoftext|>" and trace.tokens[-1] == "<|endoftext|>"
+    np.testing.assert_array_equal(trace.outputs["pooled"], trace.outputs["last_hidden_state"][-1])
