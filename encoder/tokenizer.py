@@ -17,6 +17,9 @@ MAX_TEXT_CHARS = 100_000
 SENTENCEPIECE_FILES = ("spiece.model", "tokenizer.model", "sentencepiece.model", "sentencepiece.bpe.model")
 ROBERTA_STYLE = ("roberta", "xlm-roberta", "camembert", "mpnet")  # <s> A </s></s> B </s>
 NO_SPECIAL_TOKENS = ("gpt2",)  # the text alone
+CLIP = ("clip", "clip_text_model")  # CLIP's BPE: lower case, ``</w>`` at word ends, <|startoftext|> A <|endoftext|>
+CLIP_MERGES = 49152 - 256 - 2  # the merges CLIP's tokenizer reads from merges.txt (transformers' CLIPTokenizer)
+CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 FAIRSEQ_SHIFTED = ("xlm-roberta", "camembert")  # ids are the SentencePiece ids shifted (fairseq): tokenizer.json needed
 
 
@@ -248,7 +251,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _byte_level_bpe(folder: Path, model_type: str | None) -> Tokenizer:
-    """GPT-2/RoBERTa byte-level BPE from ``vocab.json`` + ``merges.txt`` (as their slow tokenizers read them)."""
+    """GPT-2/RoBERTa byte-level BPE from ``vocab.json`` + ``merges.txt`` (as their slow tokenizers read them);
+    CLIP's (``_clip_bpe``) for a CLIP model."""
+    if model_type in CLIP:
+        return _clip_bpe(folder)
     try:
         model = models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
     except Exception as error:  # tokenizers raises a bare Exception on malformed files
@@ -262,6 +268,50 @@ def _byte_level_bpe(folder: Path, model_type: str | None) -> Tokenizer:
     tokenizer.add_special_tokens([token for token in specials if tokenizer.token_to_id(token) is not None])
     _template(tokenizer, model_type, "<s>", "</s>")
     return tokenizer
+
+
+def _clip_bpe(folder: Path) -> Tokenizer:
+    """CLIP's tokenizer from ``vocab.json`` + ``merges.txt`` (Stable Diffusion's ``tokenizer/`` folders ship no
+    ``tokenizer.json``), built as transformers' ``CLIPConverter`` builds ``tokenizer.json``: NFC, whitespace runs
+    collapsed, lower case; CLIP's regex split, then byte-level BPE with ``</w>`` at word ends (the first
+    ``CLIP_MERGES`` merges, as ``CLIPTokenizer`` reads them); ``<|startoftext|> A <|endoftext|>`` (the special
+    tokens ``tokenizer_config.json`` names, else these)."""
+    vocab = _read_json(folder / "vocab.json")
+    try:
+        with open(folder / "merges.txt", encoding="utf-8") as handle:
+            lines = [line.rstrip("\n") for _, line in zip(range(CLIP_MERGES + 1), handle)]
+        merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")][:CLIP_MERGES]
+        if any(len(pair) != 2 for pair in merges) or not all(isinstance(i, int) for i in vocab.values()):
+            raise ValueError("not a merge list")
+        config = _read_json(folder / "tokenizer_config.json")
+        bos, eos = (_token_text(config.get(name), default) for name, default in
+                    (("bos_token", "<|startoftext|>"), ("eos_token", "<|endoftext|>")))
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="",
+                                         end_of_word_suffix="</w>", fuse_unk=False,
+                                         unk_token=_token_text(config.get("unk_token"), eos)))
+    except Exception as error:  # tokenizers raises a bare Exception on malformed files
+        raise CheckpointError("vocab.json/merges.txt could not be read as CLIP's BPE; save tokenizer.json with "
+                              "the model.") from error
+    if tokenizer.token_to_id(bos) is None or tokenizer.token_to_id(eos) is None:
+        raise CheckpointError("CLIP's vocab.json has no <|startoftext|> or <|endoftext|> token.")
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                                 normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([bos, eos])
+    tokenizer.post_processor = processors.RobertaProcessing((eos, tokenizer.token_to_id(eos)),
+                                                            (bos, tokenizer.token_to_id(bos)),
+                                                            trim_offsets=False, add_prefix_space=False)
+    return tokenizer
+
+
+def _token_text(value, default: str) -> str:
+    """A special token as ``tokenizer_config.json`` gives it: text, or an object with ``content``."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else default
 
 
 def _sentencepiece_unigram(path: Path, model_type: str | None) -> Tokenizer:

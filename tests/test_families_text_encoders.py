@@ -207,3 +207,23 @@ def test_a_long_prompt_is_cut_at_the_window_with_the_end_of_text_token_kept_last
     assert len(trace.tokens) == loaded.config.max_positions == 64
     assert trace.tokens[0] == "<|startoftext|>" and trace.tokens[-1] == "<|endoftext|>"
     np.testing.assert_array_equal(trace.outputs["pooled"], trace.outputs["last_hidden_state"][-1])
+
+
+def test_clip_from_vocab_and_merges_alone_tokenizes_as_its_tokenizer_json(tmp_path):
+    """Stable Diffusion's ``tokenizer/`` folders ship ``vocab.json`` + ``merges.txt`` and no ``tokenizer.json``."""
+    folder = tmp_path / "clip"
+    shutil.copytree(FAMILIES_DIR / "clip-text", folder)
+    saved = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    bpe, added = saved["model"], {token["content"]: token["id"] for token in saved["added_tokens"]}
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.json").write_text(json.dumps({**bpe["vocab"], **added}), encoding="utf-8")  # as CLIP's holds them
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in bpe["merges"]),
+                                       encoding="utf-8")
+    alone, with_json = load_path(folder, name="clip").tokenizer, load_family("clip-text").tokenizer
+    texts = [str(reference("clip-text")[case]["text"]) for case in CASES["clip-text"]]
+    texts += ["  A   PHOTO of an astronaut,\n riding a horse on Mars!!  ", "it's 1984's best'd café", "a " * 80]
+    for text in texts:
+        mine, theirs = alone.encode(text), with_json.encode(text)
+        assert mine.tokens == theirs.tokens, text
+        np.testing.assert_array_equal(mine.token_ids, theirs.token_ids)
+        np.testing.assert_array_equal(mine.special, theirs.special)
