@@ -171,7 +171,8 @@ def parameter_count(config: EncoderConfig) -> int:
     inner = 2 * f if config.gated_feed_forward else f  # a gated MLP's input projection is twice as wide
     feed_forward = d * inner + b * inner + f * d + b * d
     layer = attention + feed_forward + (4 if config.block.sandwich_norms else 2) * norm
-    embeddings += config.relative_attention_buckets * config.num_heads  # MPNet's bias table
+    tables = config.num_layers if getattr(config.positions, "per_layer", False) else 1  # umT5: one per layer
+    embeddings += config.relative_attention_buckets * config.num_heads * tables  # MPNet's and T5's bias tables
     if config.relative_attention:  # DeBERTa's relative embeddings (+ norm), own position projections per layer
         embeddings += 2 * config.relative_span * d + (2 * d if config.norm_rel_ebd else 0)
         layer += 0 if config.share_att_key else len(config.pos_att_type) * (d * d + d)

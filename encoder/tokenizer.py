@@ -20,7 +20,7 @@ NO_SPECIAL_TOKENS = ("gpt2",)  # the text alone
 CLIP = ("clip", "clip_text_model")  # CLIP's BPE: lower case, ``</w>`` at word ends, <|startoftext|> A <|endoftext|>
 CLIP_MERGES = 49152 - 256 - 2  # the merges CLIP's tokenizer reads from merges.txt (transformers' CLIPTokenizer)
 CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-T5 = ("t5",)  # A </s>, <extra_id_N> after the SentencePiece pieces
+T5 = ("t5", "umt5")  # A </s>, <extra_id_N> after the SentencePiece pieces
 FAIRSEQ_SHIFTED = ("xlm-roberta", "camembert")  # ids are the SentencePiece ids shifted (fairseq): tokenizer.json needed
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from encoder.checkpoints import convert_config
+from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
 from encoder.limits import check_config, parameter_count
 from encoder.model import TransformerEncoder
@@ -258,3 +259,37 @@ def test_t5_from_its_sentencepiece_model_alone_tokenizes_as_its_tokenizer_json(t
         assert mine.tokens == theirs.tokens, text
         np.testing.assert_array_equal(mine.token_ids, theirs.token_ids)
         np.testing.assert_array_equal(mine.special, theirs.special)
+
+
+def test_umt5_reads_a_bias_table_in_every_layer(tmp_path):
+    """umT5 is T5's encoder with its own relative-bias table in each layer: with layer 1's table a copy of layer 0's
+    it is the T5 fixture exactly; with another table, layer 0 is unchanged and layer 1's position term is that
+    table read at T5's buckets."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "umt5"
+    shutil.copytree(FAMILIES_DIR / "t5-encoder", folder)
+    (folder / "config.json").write_text(json.dumps(fixture_config("t5-encoder", model_type="umt5",
+                                                                  architectures=["UMT5EncoderModel"])))
+    weights = load_file(folder / "model.safetensors")
+    name = "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
+    weights[name.format(1)] = weights[name.format(0)].copy()
+    save_file(weights, folder / "model.safetensors")
+    expected = reference("t5-encoder")["simple"]
+    same = trace_text(load_path(folder, name="umt5"), str(expected["text"]))
+    assert_within(same.hidden, expected["hidden_states"], "umt5 with equal tables, hidden states")
+    assert_within(same.attention, expected["attention"], "umt5 with equal tables, attention")
+    config = load_path(folder, name="umt5").config
+    assert parameter_count(config) == load_path(folder, name="umt5").model.count_params()
+    assert config.positions.per_layer and EncoderConfig.from_dict(json.loads(config.to_json())) == config
+
+    table = np.random.default_rng(0).normal(size=weights[name.format(0)].shape).astype(np.float32)
+    weights[name.format(1)] = table
+    save_file(weights, folder / "model.safetensors")
+    other = trace_text(load_path(folder, name="umt5"), str(expected["text"]))
+    np.testing.assert_allclose(other.attention[0], same.attention[0], atol=1e-6)
+    assert np.abs(other.attention[1] - same.attention[1]).max() > 1e-2
+    t = len(other.tokens)
+    positions = np.arange(t)
+    buckets = relative_position_buckets(positions[None, :] - positions[:, None], 8, 16)  # (T, T): key - query
+    np.testing.assert_allclose(other.logit_terms["position"][1], table[buckets].transpose(2, 0, 1), atol=1e-6)

@@ -151,11 +151,13 @@ class RelativeBuckets(AbsolutePositions):
     Args:
         buckets: int, buckets in all (an even number, at least 4).
         max_distance: int, the distance from which keys share one bucket per side.
+        per_layer: bool, every layer has its own (buckets, H) table (umT5) instead of one shared by all (T5, MPNet).
     """
 
     kind: ClassVar[str] = "relative_buckets"
     buckets: int = 32
     max_distance: int = 128
+    per_layer: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,6 +165,13 @@ class RelativeBuckets(AbsolutePositions):
         if not isinstance(self.buckets, int) or self.buckets < 4 or self.buckets % 2:
             raise ValueError(f"relative bias buckets (relative_attention_buckets) must be an even number of at "
                              f"least 4, got {self.buckets!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the base's, ``per_layer`` only when set (configs saved before umT5 read and write as they did)."""
+        values = super().to_dict()
+        if not self.per_layer:
+            values.pop("per_layer")
+        return values
 
 
 @dataclass(frozen=True)

@@ -51,5 +51,6 @@ FAMILIES: dict[str, ModuleType] = {
     "qwen3": llama,
     "roberta": roberta,
     "t5": t5,  # the encoder (T5EncoderModel; an encoder-decoder's encoder alone)
+    "umt5": t5,  # T5's encoder with a bias table per layer
     "xlm-roberta": roberta,
 }

@@ -13,19 +13,22 @@ query (``relative_attention_num_buckets``, ``relative_attention_max_distance``):
 state, which ``hidden[-1]`` reports as transformers' ``hidden_states[-1]`` does. ``head_dim`` is ``d_kv`` (which
 need not be ``d_model / num_heads``).
 
-umT5 (a bias table per layer) is not run.
+umT5 (``model_type`` "umt5") is the same encoder with a bias table in every layer
+(``block.{i}.layer.0.SelfAttention.relative_attention_bias``), each layer reading its own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from encoder.config import Attention, Block, Embeddings, EncoderConfig, RelativeBuckets
 from encoder.errors import CheckpointError
 from encoder.families.common import Port, activation, build, described, field, keep, linear, reshaped
 from encoder.families.decoder import gated_mlp_ports
 
-MODEL_TYPES = ("t5",)
+MODEL_TYPES = ("t5", "umt5")
 PREFIXES = ("encoder.",)
 # A checkpoint may store the token embedding as ``encoder.embed_tokens.weight`` (prefix stripped) alone.
 ALIASES = {"shared.weight": "embed_tokens.weight"}
@@ -62,7 +65,8 @@ def convert_config(hf: dict[str, Any]) -> EncoderConfig:
             attention=Attention(heads, head_dim=int(field(hf, "d_kv", default=64)), scaling=1.0),
             positions=RelativeBuckets(table="none", buckets=int(field(hf, "relative_attention_num_buckets",
                                                                       default=32)),
-                                      max_distance=int(field(hf, "relative_attention_max_distance", default=128))),
+                                      max_distance=int(field(hf, "relative_attention_max_distance", default=128)),
+                                      per_layer=hf.get("model_type") == "umt5"),
             block=Block(int(field(hf, "d_ff", default=2048)), activation=act, norm="rmsnorm", placement="pre",
                         mlp=mlp, use_bias=False, norm_epsilon=float(field(hf, "layer_norm_epsilon", default=1e-6)),
                         final_norm=True),
@@ -90,9 +94,11 @@ def mlp_ports(prefix: str, layer, config: EncoderConfig) -> list[Port]:
 
 def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform), ``encoder.`` stripped."""
+    layers = config.num_layers if config.positions.per_layer else 1  # umT5: a table per layer, side by side
+    tables = tuple(f"block.{i}.layer.0.SelfAttention.relative_attention_bias.weight" for i in range(layers))
     ports: list[Port] = [("shared.weight", model.token_embedding.embeddings, keep),
-                         ("block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                          model.positions.relative_attention_bias.embeddings, keep)]
+                         (tables, model.positions.relative_attention_bias.embeddings,
+                          lambda *t: np.concatenate(t, axis=1))]
     for i, layer in enumerate(model.encoder_layers):
         prefix = f"block.{i}.layer."
         ports += [(f"{prefix}0.layer_norm.weight", layer.attention_norm.gamma, keep),
