@@ -123,7 +123,10 @@ class AttentionGradient:
 
 def pooled_vector(model: LoadedModel, trace: EncoderTrace) -> np.ndarray:
     """(D,) float64: the pooled last hidden state of ``trace`` before any normalisation (mean over tokens, or
-    [CLS] for a [CLS]-pooled model)."""
+    [CLS] for a [CLS]-pooled model; CLIP's end-of-text state after the final norm, ``outputs["pooled"]``, or its
+    ``embedding`` without a text projection)."""
+    if model.config.pooling == "eos":
+        return np.asarray(trace.outputs.get("pooled", trace.outputs["embedding"]), np.float64)
     last = np.asarray(trace.hidden[-1], np.float64)
     return last[0] if model.config.pooling == "cls" else last.mean(axis=0)
 
@@ -141,7 +144,7 @@ def objective(model: LoadedModel, trace: EncoderTrace) -> Objective:
     length = np.linalg.norm(pooled)
     if length == 0:
         raise AnalysisError("The sentence embedding of this text is zero, so it has no direction to explain.")
-    what = "[CLS] vector" if model.config.pooling == "cls" else "mean-pooled embedding"
+    what = {"cls": "[CLS] vector", "eos": "end-of-text embedding"}.get(model.config.pooling, "mean-pooled embedding")
     return Objective("projection", 0, (pooled / length).astype(np.float32),
                      f"the {what}'s length (projection on its own direction)")
 

@@ -32,7 +32,11 @@ def cosine(ops, model, outputs: dict, target, direction):
 
 
 def _pooled(model, outputs: dict):
-    """(B, D): the pooled last hidden state of an unpadded batch, before any normalisation."""
+    """(B, D): the pooled last hidden state of an unpadded batch, before any normalisation (CLIP's, pooled at the
+    end-of-text token after the final norm, is the model's own ``pooled`` output, or its ``embedding`` without a
+    projection)."""
+    if model.config.head.pooling == "eos":
+        return outputs.get("pooled", outputs["embedding"])
     return model.pool(outputs["hidden"][:, -1], None)
 
 

@@ -87,6 +87,9 @@ def port_weights(model: TransformerEncoder, weights: Mapping[str, np.ndarray], s
     ``gate_proj`` and ``up_proj`` fill one fused variable). On a mismatch the model is left half filled: the caller
     drops it (``load_hf_folder`` returns no model)."""
     stored = {_canonical_name(name, family.PREFIXES): name for name in weights}
+    for name, alias in getattr(family, "ALIASES", {}).items():  # another name the same tensor is stored under
+        if name not in stored and alias in stored:
+            stored[name] = stored[alias]
     ports = family.weight_ports(model.config, model)
     needed = [n for name, _, _ in ports for n in (name if isinstance(name, tuple) else (name,))]
     missing = list(dict.fromkeys(name for name in needed if name not in stored))

@@ -59,11 +59,16 @@ BOUNDS = {  # a size of the mapped config (an EncoderConfig attribute, or ``GROU
     "type_vocab_size": Bound("token types", 0, 1_024),
     "num_layer_groups": Bound("layer groups", 1, 96),
     "num_classes": Bound("classes", 0, 100_000),
+    "relative_attention_buckets": Bound("relative-position buckets", 0, 4_096),
+    "max_distance": Bound("positions of relative distance", 1, POSITIONS),
+    "projection": Bound("dimensions of the text projection", 0, 16_384),
 }
 GROUPED = {  # the bounded sizes an EncoderConfig has no flat attribute for
     "key_value_heads": lambda config: config.attention.key_value_heads,
     "head_dim": lambda config: config.head_dim,
     "window": lambda config: max(config.attention.windows, default=0),
+    "max_distance": lambda config: getattr(config.positions, "max_distance", 1),
+    "projection": lambda config: config.head.projection,
 }
 CONFIG_FIELDS = {  # config.json name (every family's) -> the bounded size it sets
     "num_hidden_layers": "num_layers", "n_layer": "num_layers", "n_layers": "num_layers",
@@ -78,10 +83,17 @@ CONFIG_FIELDS = {  # config.json name (every family's) -> the bounded size it se
     "type_vocab_size": "type_vocab_size",
     "num_hidden_groups": "num_layer_groups",
     "num_labels": "num_classes",
+    "num_layers": "num_layers", "num_decoder_layers": "num_layers", "num_heads": "num_heads",  # T5
+    "d_kv": "head_dim", "d_model": "d_model", "d_ff": "dff",
+    "relative_attention_num_buckets": "relative_attention_buckets",
+    "relative_attention_max_distance": "max_distance",
+    "projection_dim": "projection",  # CLIP
 }
 WORD_EMBEDDINGS = ("embeddings.word_embeddings.weight", "wte.weight",  # BERT-like families, GPT-2 (prefix stripped)
                    "embeddings.tok_embeddings.weight",  # ModernBERT
-                   "embed_tokens.weight")  # the decoders (Llama, Qwen, Gemma, ...)
+                   "embed_tokens.weight",  # the decoders (Llama, Qwen, Gemma, ...), T5's encoder (prefix stripped)
+                   "embeddings.token_embedding.weight",  # CLIP's text model
+                   "shared.weight")  # T5
 MIN_STORED_FRACTION = 0.5  # of the config's parameters that the safetensors files must hold
 HEADER_BYTES = 4 * 2**20  # largest safetensors header we parse (a 96-layer model's is under 100 kB)
 # The float types read (bfloat16, which NumPy lacks, by ``encoder.checkpoints``: exactly, its 16 bits shifted up).
@@ -159,7 +171,8 @@ def parameter_count(config: EncoderConfig) -> int:
     inner = 2 * f if config.gated_feed_forward else f  # a gated MLP's input projection is twice as wide
     feed_forward = d * inner + b * inner + f * d + b * d
     layer = attention + feed_forward + (4 if config.block.sandwich_norms else 2) * norm
-    embeddings += config.relative_attention_buckets * config.num_heads  # MPNet's bias table
+    tables = config.num_layers if getattr(config.positions, "per_layer", False) else 1  # umT5: one per layer
+    embeddings += config.relative_attention_buckets * config.num_heads * tables  # MPNet's and T5's bias tables
     if config.relative_attention:  # DeBERTa's relative embeddings (+ norm), own position projections per layer
         embeddings += 2 * config.relative_span * d + (2 * d if config.norm_rel_ebd else 0)
         layer += 0 if config.share_att_key else len(config.pos_att_type) * (d * d + d)
@@ -168,6 +181,7 @@ def parameter_count(config: EncoderConfig) -> int:
     if config.num_classes:
         heads += d * d + d if config.classifier_activation else 0
         heads += d * config.num_classes + config.num_classes
+    heads += d * config.head.projection  # CLIP's text projection (no bias)
     if config.head.lm_head and not config.head.tie_embeddings:
         heads += d * config.vocab_size
     return embeddings + (config.num_layer_groups or config.num_layers) * layer + heads

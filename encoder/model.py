@@ -82,6 +82,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         self.classifier = keras.layers.Dense(head.num_classes, name="classifier") if head.num_classes else None
         self.lm_head = (keras.layers.Dense(embeddings.vocab_size, use_bias=False, name="lm_head")
                         if head.lm_head and not head.tie_embeddings else None)
+        self.projection = (keras.layers.Dense(head.projection, use_bias=False, name="projection")
+                           if head.projection else None)
         self.build_all()
 
     @property
@@ -98,7 +100,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
                          (self.segment_embedding, (None, None)), (self.embedding_norm, (None, None, width)),
                          (self.embedding_projection, (None, None, width)))
         after_layers = ((self.final_norm, (None, None, d)), (self.pre_classifier, (None, d)),
-                        (self.classifier, (None, d)), (self.lm_head, (None, None, d)))
+                        (self.classifier, (None, d)), (self.lm_head, (None, None, d)), (self.projection, (None, d)))
         for sublayer, shape in before_layers:
             if sublayer is not None:
                 sublayer.build(shape)
@@ -158,17 +160,22 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             patterns.append(pattern)
             for name, term in layer_terms.items():
                 terms.setdefault(name, []).append(term)
+        normed = {}
         if self.final_norm is not None:  # GPT-2's ln_f: the last hidden state is reported after it
             x = self.final_norm(x)
-            hidden[-1] = x
+            if self.config.block.final_norm_in_hidden:
+                hidden[-1] = x
+            else:  # CLIP: hidden[-1] before the final norm, as transformers' hidden_states[-1]
+                normed = {"last_hidden_state": x}
         outputs = {
+            **normed,
             "hidden": ops.stack(hidden, axis=1),  # (B, L + 1, T, D)
             "attention": ops.stack(patterns, axis=1),  # (B, L, H, T, T)
             **{f"terms/{name}": ops.stack(parts, axis=1) for name, parts in terms.items()},  # (B, L, H, T, T)
         }
         if self.config.head.lm_head:
             outputs.update(self._next_tokens(x, token_ids, full_logits))
-        return {**outputs, **self._heads(x, padding_mask)}
+        return {**outputs, **self._heads(x, padding_mask, token_ids)}
 
     def lm_logits(self, x):
         """(B, T, D) last hidden states (after the final norm, as ``hidden[-1]``) -> (B, T, V) float32 logits of
@@ -287,11 +294,16 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         return ((self._causal_mask(length) if self.config.attention.causal else None),
                 self.positions.layer_context(length))
 
-    def _heads(self, x, padding_mask) -> dict:
-        """The pooled sentence embedding and, with a classifier, logits and probabilities."""
+    def _heads(self, x, padding_mask, token_ids=None) -> dict:
+        """The pooled sentence embedding and, with a classifier, logits and probabilities; with a projection
+        (CLIP's ``text_projection``), ``embedding`` is the projected state and ``pooled`` the state before it."""
         cfg = self.config
-        pooled = self.pool(x, padding_mask)  # (B, D)
+        pooled = self.pool(x, padding_mask, token_ids)  # (B, D)
+        extra = {}
+        if self.projection is not None:
+            extra, pooled = {"pooled": pooled}, self.projection(pooled)
         outputs = {
+            **extra,
             "embedding": pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)
             if cfg.head.normalize_embedding
             else pooled
@@ -305,12 +317,22 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             outputs["probabilities"] = ops.softmax(logits, axis=-1)
         return outputs
 
-    def pool(self, x, padding_mask):
+    def pool(self, x, padding_mask, token_ids=None):
         """(B, D): the pooled sentence vector of the last hidden state ``x`` (B, T, D), before any normalisation:
-        the first token ("cls"), the last real token ("last": a decoder's, the one that has read every other) or
-        the mean over real tokens ("mean")."""
-        if self.config.head.pooling == "cls":
+        the first token ("cls"), the last real token ("last": a decoder's, the one that has read every other), the
+        first end-of-text token of ``token_ids`` ("eos": CLIP's, as transformers' ``CLIPTextTransformer`` picks
+        it) or the mean over real tokens ("mean")."""
+        head = self.config.head
+        if head.pooling == "cls":
             return x[:, 0]
+        if head.pooling == "eos":
+            ids = ops.cast(token_ids, "int32")
+            if head.eos_token_id < 0:  # old CLIP configs (eos_token_id 2): the highest id is <|endoftext|>
+                index = ops.argmax(ids, axis=1)
+            else:  # the first eos token (argmax of a bool row is its first True; 0 when there is none)
+                index = ops.argmax(ops.cast(ops.equal(ids, head.eos_token_id), "int32"), axis=1)
+            index = ops.broadcast_to(ops.cast(index, "int32")[:, None, None], (ops.shape(x)[0], 1, ops.shape(x)[2]))
+            return ops.take_along_axis(x, index, axis=1)[:, 0]
         if self.config.head.pooling == "last":
             if padding_mask is None:
                 return x[:, -1]

@@ -17,6 +17,8 @@ MAX_TEXT_CHARS = 100_000
 SENTENCEPIECE_FILES = ("spiece.model", "tokenizer.model", "sentencepiece.model", "sentencepiece.bpe.model")
 ROBERTA_STYLE = ("roberta", "xlm-roberta", "camembert", "mpnet")  # <s> A </s></s> B </s>
 NO_SPECIAL_TOKENS = ("gpt2",)  # the text alone
+CLIP_MERGES = 49152 - 256 - 2  # the merges CLIP's tokenizer reads from merges.txt (transformers' CLIPTokenizer)
+T5 = ("t5", "umt5")  # A </s>, <extra_id_N> after the SentencePiece pieces
 FAIRSEQ_SHIFTED = ("xlm-roberta", "camembert")  # ids are the SentencePiece ids shifted (fairseq): tokenizer.json needed
 CLIP_TYPES = ("clip_text_model", "clip", "clip_text_model_with_projection")  # CLIP's BPE: lower case, </w> word ends
 CLIP_END_OF_WORD = "</w>"
@@ -264,7 +266,7 @@ def _byte_level_bpe(folder: Path, model_type: str | None) -> Tokenizer:
                               "the model.") from error
     config = _read_json(folder / "tokenizer_config.json")
     if model_type in CLIP_TYPES or any(piece.endswith(CLIP_END_OF_WORD) for piece in vocab):
-        return _clip_bpe(vocab, merges, config, _read_json(folder / "special_tokens_map.json"))
+        return _clip_bpe(vocab, merges[:CLIP_MERGES], config, _read_json(folder / "special_tokens_map.json"))
     try:
         tokenizer = Tokenizer(models.BPE(vocab, merges))
     except Exception as error:
@@ -304,8 +306,33 @@ def _sentencepiece_unigram(path: Path, model_type: str | None) -> Tokenizer:
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     control = [piece.piece for piece in proto.pieces if piece.type in (2, 3, 4)]  # control, user-defined, unknown
     tokenizer.add_special_tokens(control)
+    if model_type in T5:
+        _t5_specials(tokenizer, path.parent, len(proto.pieces))
+        return tokenizer
     _template(tokenizer, model_type, "[CLS]", "[SEP]")
     return tokenizer
+
+
+def _t5_specials(tokenizer: Tokenizer, folder: Path, pieces: int) -> None:
+    """T5's tokens after the SentencePiece pieces, as ``T5Tokenizer`` adds them: ``<extra_id_{n-1}>`` ...
+    ``<extra_id_0>`` (n: ``extra_ids`` of tokenizer_config.json, else the ``<extra_id_N>`` it names, else 100),
+    and ``A </s>`` (pair: ``A </s> B </s>``, all of type 0)."""
+    config = _read_json(folder / "tokenizer_config.json")
+    named = [t for key in ("extra_special_tokens", "additional_special_tokens") for t in config.get(key) or []
+             if isinstance(t, str) and t.startswith("<extra_id_")]
+    count = config.get("extra_ids")
+    count = count if isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= 1000 else (
+        len(named) if named else 100)
+    tokenizer.add_special_tokens([f"<extra_id_{count - 1 - i}>" for i in range(count)])
+    if tokenizer.token_to_id("<extra_id_0>") not in (None, pieces + count - 1) and count:
+        raise CheckpointError("the SentencePiece model already holds T5's <extra_id_N> tokens in another order; save "
+                              "tokenizer.json with the model.")
+    eos = tokenizer.token_to_id("</s>")
+    if eos is None:
+        raise CheckpointError("the tokenizer's vocabulary has no </s> token for a T5 model; save tokenizer.json "
+                              "with the model.")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
 
 
 def _sentencepiece_normalizer(folder: Path, proto) -> normalizers.Normalizer:

@@ -385,6 +385,8 @@ def _unpad(outputs: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
         per_position = {k: np.array(outputs[k][:n]) for k in LM_OUTPUTS if k in outputs}
         if "next_logprob" in per_position:
             per_position["next_logprob"][n - 1] = np.nan
+    if "last_hidden_state" in outputs:  # CLIP's, after the final norm that hidden[-1] is before (T, D)
+        per_position["last_hidden_state"] = np.ascontiguousarray(outputs["last_hidden_state"][:n])
     return {**outputs, **square, **per_position, "hidden": np.ascontiguousarray(outputs["hidden"][:, :n])}
 
 

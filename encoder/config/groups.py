@@ -8,14 +8,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-Activation = Literal["relu", "gelu", "gelu_new", "silu"]
-ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
+Activation = Literal["relu", "gelu", "gelu_new", "silu", "quick_gelu"]
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "quick_gelu")
 CLASSIFIER_ACTIVATIONS = ("tanh", "relu", "gelu")
 TABLES = ("sinusoidal", "learned", "none")
 NORMS = ("layernorm", "rmsnorm")
 WINDOW_KINDS = ("symmetric", "causal")
 ROPE_TYPES = ("default", "linear", "llama3")
-POOLINGS = ("mean", "cls", "last")
+POOLINGS = ("mean", "cls", "last", "eos")
 PLACEMENTS = ("post", "pre")
 MLPS = ("dense", "gated")
 POSITION_TERMS = ("c2p", "p2c")
@@ -151,11 +151,13 @@ class RelativeBuckets(AbsolutePositions):
     Args:
         buckets: int, buckets in all (an even number, at least 4).
         max_distance: int, the distance from which keys share one bucket per side.
+        per_layer: bool, every layer has its own (buckets, H) table (umT5) instead of one shared by all (T5, MPNet).
     """
 
     kind: ClassVar[str] = "relative_buckets"
     buckets: int = 32
     max_distance: int = 128
+    per_layer: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,6 +165,13 @@ class RelativeBuckets(AbsolutePositions):
         if not isinstance(self.buckets, int) or self.buckets < 4 or self.buckets % 2:
             raise ValueError(f"relative bias buckets (relative_attention_buckets) must be an even number of at "
                              f"least 4, got {self.buckets!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the base's, ``per_layer`` only when set (configs saved before umT5 read and write as they did)."""
+        values = super().to_dict()
+        if not self.per_layer:
+            values.pop("per_layer")
+        return values
 
 
 @dataclass(frozen=True)
@@ -280,7 +289,7 @@ class Block:
     Args:
         dff: int, width of the MLP's inner layer.
         activation: "relu" (classic), "gelu" (exact erf form, BERT), "gelu_new" (tanh form: ALBERT, GPT-2, Gemma)
-            or "silu" (Llama's SwiGLU).
+            "silu" (Llama's SwiGLU) or "quick_gelu" (CLIP: ``x * sigmoid(1.702 x)``).
         norm: "layernorm" or "rmsnorm" (``x / sqrt(mean(x^2) + eps) * w``: no mean, no bias; Llama, Gemma).
         placement: "post" (BERT, the classic encoder: ``norm(x + f(x))``) or "pre" (GPT-2: ``x + f(norm(x))``).
         mlp: "dense" (``activation(x W1) W2``) or "gated" (GeGLU, ModernBERT: the inner layer is ``2 * dff`` wide,
@@ -290,6 +299,10 @@ class Block:
         first_attention_norm: bool, a pre-norm first block normalises its input (False: ModernBERT, whose
             embeddings are normalised already).
         final_norm: bool, a norm on the last hidden state (GPT-2's ``ln_f``).
+        final_norm_in_hidden: bool, ``hidden[-1]`` reports the last hidden state after the final norm (GPT-2, T5,
+            the decoders: transformers' ``hidden_states[-1]``); False (CLIP, whose ``hidden_states[-1]`` is the last
+            layer's output before ``final_layer_norm``): ``hidden[-1]`` is before it and the model's output
+            ``last_hidden_state`` (T, D) is after it (what the pooling and an image model read).
         sandwich_norms: bool, pre-norm blocks also normalise the attention's and the MLP's outputs before adding
             them to the residual stream (Gemma 2/3: ``x + norm(f(norm(x)))``).
     """
@@ -304,6 +317,7 @@ class Block:
     first_attention_norm: bool = True
     final_norm: bool = False
     sandwich_norms: bool = False
+    final_norm_in_hidden: bool = True
 
     def __post_init__(self) -> None:
         _check_counts(self, "dff", least=1)
@@ -320,8 +334,12 @@ class Head:
     """What sits on the last hidden state.
 
     Args:
-        pooling: "mean", "cls" or "last" (the last real token: a decoder's), how the classifier / sentence
-            embedding pools tokens.
+        pooling: "mean", "cls", "last" (the last real token: a decoder's) or "eos" (CLIP: the first token whose id
+            is ``eos_token_id``, the first token when none is; the highest id when ``eos_token_id`` is -1: old CLIP
+            configs), how the classifier / sentence embedding pools tokens.
+        eos_token_id: int, the token "eos" pooling reads (-1: the position of the highest token id).
+        projection: int, width of a bias-free projection of the pooled state (CLIP's ``text_projection``): the
+            model's ``embedding`` is then the projected state and ``pooled`` the state itself; 0 for none.
         num_classes: int, size of a classifier on the pooled state (0 for none).
         classifier_activation: None (the classifier reads the pooled state), or "tanh"/"relu"/"gelu": a dense layer
             of width ``d_model`` and that activation first (BERT's pooler, RoBERTa's head, DistilBERT's
@@ -340,9 +358,13 @@ class Head:
     lm_head: bool = False
     tie_embeddings: bool = False
     logit_softcap: float = 0.0
+    eos_token_id: int = -1
+    projection: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("pooling", self.pooling, POOLINGS)
+        _check_counts(self, "projection")
+        check_count("eos_token_id", self.eos_token_id + 1)
         if not (self.logit_softcap >= 0.0 and math.isfinite(self.logit_softcap)):
             raise ValueError(f"final_logit_softcapping must be 0 (none) or positive, got {self.logit_softcap!r}")
         _check_counts(self, "num_classes")

@@ -14,6 +14,7 @@ from types import ModuleType
 from encoder.families import (
     albert,
     bert,
+    clip,
     deberta,
     distilbert,
     electra,
@@ -24,12 +25,15 @@ from encoder.families import (
     mpnet,
     phi3,
     roberta,
+    t5,
 )
 
 FAMILIES: dict[str, ModuleType] = {
     "albert": albert,
     "bert": bert,
     "camembert": roberta,
+    "clip": clip,  # a whole CLIP checkpoint: its text half
+    "clip_text_model": clip,
     "deberta": deberta,  # v1: refused with its own message
     "deberta-v2": deberta,
     "distilbert": distilbert,
@@ -46,5 +50,7 @@ FAMILIES: dict[str, ModuleType] = {
     "qwen2": llama,
     "qwen3": llama,
     "roberta": roberta,
+    "t5": t5,  # the encoder (T5EncoderModel; an encoder-decoder's encoder alone)
+    "umt5": t5,  # T5's encoder with a bias table per layer
     "xlm-roberta": roberta,
 }

@@ -24,7 +24,7 @@ Port = tuple[str, Any, Callable[[np.ndarray], np.ndarray]]  # (checkpoint name, 
 # only run inference).
 PORTED = {"scale_embeddings": False, "dropout": 0.0}
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new",
-               "silu": "silu"}
+               "silu": "silu", "quick_gelu": "quick_gelu"}
 
 
 def keep(weights: np.ndarray) -> np.ndarray:

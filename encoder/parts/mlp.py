@@ -30,13 +30,16 @@ def feed_forward(block: Block, intermediate, output, x):
 
 def activate(x, name: str):
     """The activation ``name``: "gelu" is GELU's exact erf form (BERT), "gelu_new" its tanh approximation
-    (ALBERT, GPT-2, Gemma's ``gelu_pytorch_tanh``), "silu" ``x * sigmoid(x)`` (Llama), also "relu" and "tanh"."""
+    (ALBERT, GPT-2, Gemma's ``gelu_pytorch_tanh``), "silu" ``x * sigmoid(x)`` (Llama), "quick_gelu"
+    ``x * sigmoid(1.702 x)`` (CLIP), also "relu" and "tanh"."""
     if name == "silu":
         return ops.silu(x)
     if name == "gelu":
         return ops.gelu(x, approximate=False)
     if name == "gelu_new":
         return gelu_tanh(x)
+    if name == "quick_gelu":
+        return x * ops.cast(ops.sigmoid(ops.cast(1.702 * x, "float64")), x.dtype)
     if name == "tanh":
         return ops.tanh(x)
     return ops.relu(x)

@@ -96,9 +96,19 @@ class AbsolutePart(keras.layers.Layer):
 
 
 class BiasLogits:
-    """The logit rule of an added bias: ``q.k * scaling + bias``, terms ``content`` and ``position``."""
+    """The logit rule of an added bias: ``q.k * scaling + bias``, terms ``content`` and ``position``.
+
+    Args:
+        heads: None (the bias is the layer's), or ``(start, stop)``: the layer's heads among the bias's (umT5's
+            per-layer tables, stacked along the heads).
+    """
+
+    def __init__(self, heads: tuple[int, int] | None = None):
+        self.heads = heads
 
     def __call__(self, attention: InstrumentedAttention, query, key, position_bias):
+        if self.heads is not None:
+            position_bias = position_bias[:, self.heads[0]:self.heads[1]]
         logits = attention.scaled_product(query, key)  # (B, H, T, S)
         return logits + position_bias, {"content": logits,
                                         "position": ops.broadcast_to(position_bias, ops.shape(logits))}
@@ -106,27 +116,31 @@ class BiasLogits:
 
 class RelativeBucketsPart(AbsolutePart):
     """A learned (buckets, H) bias (``relative_attention_bias``) read at T5's bidirectional bucket of each key's
-    distance from the query and added to every layer's scaled logits (MPNet), besides the absolute table."""
+    distance from the query and added to every layer's scaled logits (MPNet, T5), besides the absolute table; with
+    ``per_layer`` (umT5) one table per layer, stored side by side as one (buckets, L H) table (layer i's heads are
+    columns ``i H`` to ``(i + 1) H``)."""
 
     def __init__(self, config: EncoderConfig, **kwargs):
         super().__init__(config, **kwargs)
         scheme: RelativeBuckets = config.positions
-        self.relative_attention_bias = keras.layers.Embedding(scheme.buckets, config.num_heads,
-                                                              name="relative_attention_bias")
+        width = config.num_heads * (config.num_layers if scheme.per_layer else 1)
+        self.relative_attention_bias = keras.layers.Embedding(scheme.buckets, width, name="relative_attention_bias")
         self.max_distance = scheme.max_distance
         distances = np.arange(-scheme.max_distance, scheme.max_distance + 1)  # key - query, from -M to M
         self._distance_buckets = relative_position_buckets(distances, scheme.buckets, scheme.max_distance)
 
     @classmethod
     def logit_rule(cls, config: EncoderConfig, index: int):
-        return BiasLogits()
+        h = config.num_heads
+        return BiasLogits((index * h, (index + 1) * h) if config.positions.per_layer else None)
 
     def build(self, input_shape=None):
         super().build(input_shape)
         self.relative_attention_bias.build((None, None))
 
     def layer_context(self, length):
-        """(1, H, T, T) float: the bias added to every layer's logits of a T-token input [query, key]. Every
+        """(1, H, T, T) float: the bias added to every layer's logits of a T-token input [query, key] ((1, L H, T,
+        T), every layer's, with ``per_layer``). Every
         distance beyond ``max_distance`` has the bucket of that distance, so clipping the distances first changes
         nothing."""
         reach = self.max_distance
@@ -142,12 +156,13 @@ class RelativeBucketsPart(AbsolutePart):
 
         - ``distances``: (2M + 1,) int32, -M .. M.
         - ``buckets``: (2M + 1,) int32, the bucket of each distance.
-        - ``bias_by_distance``: (H, 2M + 1) float32, the bias each head adds to the logit at that distance.
+        - ``bias_by_distance``: (H, 2M + 1) float32, the bias each head adds to the logit at that distance (the
+          first layer's, when each layer has its own: umT5).
         - ``bucket_edges``: (E,) float32, the half-integer distances where the bucket changes (for drawing).
         """
         buckets = self._distance_buckets
         distances = np.arange(-self.max_distance, self.max_distance + 1, dtype=np.int32)
-        table = keras.ops.convert_to_numpy(self.relative_attention_bias.embeddings)  # (buckets, H)
+        table = keras.ops.convert_to_numpy(self.relative_attention_bias.embeddings)[:, :self.config.num_heads]
         edges = distances[1:][buckets[1:] != buckets[:-1]] - np.float32(0.5)
         return {"distances": distances, "buckets": buckets.astype(np.int32),
                 "bias_by_distance": np.ascontiguousarray(table[buckets].T, dtype=np.float32),
