@@ -56,7 +56,7 @@ def test_ported_weights_are_the_checkpoint_values(tmp_path):
         (lambda f: (f / "model.safetensors").rename(f / "pytorch_model.bin"), "convert"),
         (lambda f: (f / "model.safetensors").write_bytes(b"\x00garbage" * 10), "not a readable safetensors"),
         (lambda f: (f / "vocab.txt").unlink(), "No tokenizer"),
-        (lambda f: _edit_config(f, model_type="t5"), "model_type is missing or not one Headlight runs"),
+        (lambda f: _edit_config(f, model_type="mamba"), "model_type is missing or not one Headlight runs"),
         (lambda f: _edit_config(f, hidden_act="swish"), "hidden_act is not an activation"),
         (lambda f: _edit_config(f, position_embedding_type="relative_key"), "position_embedding_type is not supported"),
         (lambda f: _edit_config(f, intermediate_size=20), "shape"),
