@@ -155,6 +155,15 @@ def lm_head_ports(model) -> list[Port]:
     return [] if model.lm_head is None else [("lm_head.weight", model.lm_head.kernel, linear)]
 
 
+def decoder_ports(config, model, layer_ports, norm=keep) -> list[Port]:
+    """A decoder's flat list of (checkpoint name, Keras variable, transform): ``embed_tokens``, each layer's
+    ``layer_ports(f"layers.{i}.", layer, config)``, then ``final_ports`` (``norm``: the final norm's transform)."""
+    ports: list[Port] = [("embed_tokens.weight", model.token_embedding.embeddings, keep)]
+    for i, layer in enumerate(model.encoder_layers):
+        ports += layer_ports(f"layers.{i}.", layer, config)
+    return ports + final_ports(model, norm)
+
+
 def final_ports(model, norm=keep) -> list[Port]:
     """The final ``norm`` and the LM head."""
     return [(name, variable, norm) for name, variable, _ in norm_ports("norm", model.final_norm)] + \

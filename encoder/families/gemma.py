@@ -25,10 +25,10 @@ import numpy as np
 
 from encoder.config import Attention, Block, Embeddings, EncoderConfig, Head, RotaryPositions
 from encoder.errors import CheckpointError
-from encoder.families.common import Port, activation, build, described, field, keep
+from encoder.families.common import Port, activation, build, described, field
 from encoder.families.decoder import (
     attention_ports,
-    final_ports,
+    decoder_ports,
     gated_mlp_ports,
     layer_windows,
     padding_id,
@@ -147,7 +147,4 @@ def layer_ports(prefix: str, layer, config: EncoderConfig) -> list[Port]:
 
 def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform), one row per variable we fill."""
-    ports: list[Port] = [("embed_tokens.weight", model.token_embedding.embeddings, keep)]
-    for i, layer in enumerate(model.encoder_layers):
-        ports += layer_ports(f"layers.{i}.", layer, config)
-    return ports + final_ports(model, norm=one_plus)
+    return decoder_ports(config, model, layer_ports, norm=one_plus)

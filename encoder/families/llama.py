@@ -22,10 +22,10 @@ from __future__ import annotations
 from typing import Any
 
 from encoder.config import Attention, Block, Embeddings, EncoderConfig, Head
-from encoder.families.common import Port, activation, build, described, field, keep, norm_ports
+from encoder.families.common import Port, activation, build, described, field, norm_ports
 from encoder.families.decoder import (
     attention_ports,
-    final_ports,
+    decoder_ports,
     gated_mlp_ports,
     layer_windows,
     padding_id,
@@ -91,7 +91,4 @@ def layer_ports(prefix: str, layer, config: EncoderConfig) -> list[Port]:
 
 def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform), one row per variable we fill."""
-    ports: list[Port] = [("embed_tokens.weight", model.token_embedding.embeddings, keep)]
-    for i, layer in enumerate(model.encoder_layers):
-        ports += layer_ports(f"layers.{i}.", layer, config)
-    return ports + final_ports(model)
+    return decoder_ports(config, model, layer_ports)

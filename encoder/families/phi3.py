@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from encoder.config import Attention, Block, Embeddings, EncoderConfig, Head
-from encoder.families.common import Port, activation, build, described, field, keep, linear, norm_ports, reshaped
-from encoder.families.decoder import final_ports, layer_windows, output_ports, padding_id, rope_fields, shared_rotary
+from encoder.families.common import Port, activation, build, described, field, linear, norm_ports, reshaped
+from encoder.families.decoder import decoder_ports, layer_windows, output_ports, padding_id, rope_fields, shared_rotary
 
 MODEL_TYPES = ("phi3",)
 PREFIXES = ("model.",)
@@ -69,7 +69,4 @@ def layer_ports(prefix: str, layer, config: EncoderConfig) -> list[Port]:
 
 def weight_ports(config: EncoderConfig, model) -> list[Port]:
     """The flat list of (checkpoint name, Keras variable, transform), one row per variable we fill."""
-    ports: list[Port] = [("embed_tokens.weight", model.token_embedding.embeddings, keep)]
-    for i, layer in enumerate(model.encoder_layers):
-        ports += layer_ports(f"layers.{i}.", layer, config)
-    return ports + final_ports(model)
+    return decoder_ports(config, model, layer_ports)
