@@ -45,6 +45,13 @@ class EncoderTrace:
     it sampled from (after the temperature), for the N generated tokens.
     ``key_value_heads`` is the number of key/value heads when query heads share them (grouped-query attention:
     query head h reads key/value head ``h // (num_heads // key_value_heads)``), 0 when each head has its own.
+    An encoder-decoder (T5, BART) keeps its encoder's side in the fields above (``tokens`` the source) and adds the
+    decoder's, run teacher-forced on ``target`` (or on the text it generated): ``decoder_tokens`` /
+    ``decoder_token_ids`` / ``decoder_special`` (Td,), ``decoder_attention`` (Ld, H, Td, Td) causal self-attention,
+    ``cross_attention`` (Ld, H, Td, T) from every decoder token to every encoder token, and ``decoder_hidden``
+    (Ld + 1, Td, D).
+    ``attention_of(kind)`` picks one kind ("encoder", "decoder", "cross"); ``decoder_trace()`` is the decoder's side
+    as a trace of its own.
     The field names are the keys of saved NPZ and JSON files (``encoder.trace_io``): renaming one breaks them.
     An array field's ``metadata["dtype"]`` is the dtype a JSON file reads it back as.
     """
@@ -73,6 +80,14 @@ class EncoderTrace:
     vocab_ids: np.ndarray | None = field(default=None, metadata={"dtype": "int32"})  # (N,) sorted candidate ids
     vocab_tokens: tuple[str, ...] = ()  # (N,) the token piece of each of vocab_ids, as the tokenizer spells it
     key_value_heads: int = 0  # key/value heads shared by the query heads; 0: each head has its own
+    # An encoder-decoder (T5, BART): the decoder's side, all set or all unset (see ``is_encoder_decoder``).
+    target: str | None = None  # the decoder's text: the teacher-forced target, or what the model generated
+    decoder_tokens: tuple[str, ...] = ()  # (Td,) the decoder's input tokens, its start token first
+    decoder_token_ids: np.ndarray | None = field(default=None, metadata={"dtype": "int32"})  # (Td,)
+    decoder_special: np.ndarray | None = field(default=None, metadata={"dtype": "bool"})  # (Td,)
+    decoder_attention: np.ndarray | None = field(default=None, metadata={"dtype": "float32"})  # (Ld, H, Td, Td)
+    cross_attention: np.ndarray | None = field(default=None, metadata={"dtype": "float32"})  # (Ld, H, Td, T)
+    decoder_hidden: np.ndarray | None = field(default=None, metadata={"dtype": "float32"})  # (Ld + 1, Td, D)
 
     def __post_init__(self) -> None:
         t = len(self.tokens)
@@ -105,6 +120,30 @@ class EncoderTrace:
                 raise ValueError(f"visible must be bool, got dtype {self.visible.dtype}")
         check_token_style(self.token_style)
         self._check_language_model(t)
+        self._check_decoder(t, heads)
+
+    def _check_decoder(self, t: int, heads: int) -> None:
+        """An encoder-decoder's fields: all or none, their shapes agreeing with the decoder tokens and the encoder's."""
+        arrays = {name: getattr(self, name) for name in DECODER_ARRAYS}
+        given = [name for name, value in arrays.items() if value is not None]
+        if not given and not self.decoder_tokens:
+            return
+        if len(given) != len(arrays) or not self.decoder_tokens:
+            missing = [name for name, value in arrays.items() if value is None]
+            raise ValueError(f"an encoder-decoder trace needs decoder_tokens and {', '.join(DECODER_ARRAYS)}; "
+                             f"missing: {', '.join(missing) or 'decoder_tokens'}")
+        n = len(self.decoder_tokens)
+        _expect(self.decoder_token_ids, "decoder_token_ids", (n,), n)
+        _expect(self.decoder_special, "decoder_special", (n,), n)
+        if self.decoder_attention.ndim != 4 or self.decoder_attention.shape[1] != heads:
+            raise ValueError(f"decoder_attention must be (decoder layers, {heads} heads, Td, Td), got shape "
+                             f"{self.decoder_attention.shape}")
+        layers = self.decoder_attention.shape[0]
+        _expect(self.decoder_attention, "decoder_attention", (layers, heads, n, n), n)
+        _expect(self.cross_attention, "cross_attention", (layers, heads, n, t), n)
+        if self.decoder_hidden.ndim != 3:
+            raise ValueError(f"decoder_hidden must be (decoder layers + 1, Td, D), got {self.decoder_hidden.shape}")
+        _expect(self.decoder_hidden, "decoder_hidden", (layers + 1, n, self.decoder_hidden.shape[-1]), n)
 
     def _check_language_model(self, t: int) -> None:
         """The LM head's outputs, the generated mask, the candidates' vocabulary and the key/value heads agree."""
@@ -139,6 +178,48 @@ class EncoderTrace:
             raise ValueError("vocab_tokens without vocab_ids")
         if self.key_value_heads and (self.key_value_heads < 0 or self.num_heads % self.key_value_heads):
             raise ValueError(f"key_value_heads ({self.key_value_heads}) must divide the {self.num_heads} heads")
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        """Whether the trace holds a decoder's side too (T5, BART): ``decoder_*`` and ``cross_attention``."""
+        return bool(self.decoder_tokens)
+
+    @property
+    def attention_kinds(self) -> tuple[str, ...]:
+        """The attention this trace holds: ("encoder",), or ("encoder", "decoder", "cross") for an
+        encoder-decoder."""
+        return ATTENTION_KINDS if self.is_encoder_decoder else ATTENTION_KINDS[:1]
+
+    def attention_of(self, kind: str) -> np.ndarray:
+        """The attention of one kind: "encoder" (``attention``, (L, H, T, T)), "decoder" (``decoder_attention``,
+        (Ld, H, Td, Td), causal) or "cross" (``cross_attention``, (Ld, H, Td, T): decoder queries down, encoder
+        keys across).
+
+        Raises:
+            InputError: a kind this trace does not hold.
+        """
+        if kind not in self.attention_kinds:
+            raise InputError(f"this trace has no {kind!r} attention; it has: {', '.join(self.attention_kinds)}")
+        return {"encoder": self.attention, "decoder": self.decoder_attention, "cross": self.cross_attention}[kind]
+
+    def decoder_trace(self) -> EncoderTrace:
+        """The decoder's side as a trace of its own: its tokens, causal self-attention (``decoder_attention``) and
+        hidden states, so every view of a single stack shows it (``visible`` causal; no positional rows: zeros).
+
+        Raises:
+            InputError: the trace has no decoder.
+        """
+        if not self.is_encoder_decoder:
+            raise InputError("this trace has no decoder (not an encoder-decoder)")
+        n, layers = len(self.decoder_tokens), self.decoder_attention.shape[0]
+        depth = self.positional_table.shape[1]
+        return EncoderTrace(
+            model=self.model, tokens=self.decoder_tokens, token_ids=self.decoder_token_ids,
+            segment_ids=np.zeros(n, np.int32), special=self.decoder_special, attention=self.decoder_attention,
+            positional=np.zeros((n, depth), np.float32), positional_table=np.zeros((0, depth), np.float32),
+            hidden=self.decoder_hidden, text=self.target or "", token_style=self.token_style,
+            visible=causal_visible(layers, n),
+        )
 
     @property
     def num_layers(self) -> int:
@@ -216,6 +297,10 @@ class EncoderTrace:
             OSError: the file cannot be opened.
         """
         return read_npz(cls, Path(path), str(path))
+
+
+ATTENTION_KINDS = ("encoder", "decoder", "cross")  # what ``EncoderTrace.attention_of`` returns, in menu order
+DECODER_ARRAYS = ("decoder_token_ids", "decoder_special", "decoder_attention", "cross_attention", "decoder_hidden")
 
 
 def class_probabilities(trace: EncoderTrace) -> list[tuple[str, float]]:

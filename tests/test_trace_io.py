@@ -30,17 +30,20 @@ RENAMED = ("Saved NPZ and JSON traces and the README use these names: a rename b
 
 FIELDS = ("model", "tokens", "token_ids", "segment_ids", "special", "attention", "positional", "positional_table",
           "hidden", "outputs", "text", "pair", "truncated", "untruncated_length", "labels", "words", "visible",
-          "token_style", "logit_terms", "position_scheme", "generated", "vocab_ids", "vocab_tokens", "key_value_heads")
+          "token_style", "logit_terms", "position_scheme", "generated", "vocab_ids", "vocab_tokens", "key_value_heads",
+          "target", "decoder_tokens", "decoder_token_ids", "decoder_special", "decoder_attention", "cross_attention",
+          "decoder_hidden")
 NPZ_KEYS = {"model", "tokens", "token_ids", "segment_ids", "special", "attention", "positional", "positional_table",
             "hidden", "outputs/probabilities", "outputs/embedding", "text", "pair", "has_pair", "truncated",
             "untruncated_length", "labels", "words", "visible", "token_style", "logit_terms/content",
-            "logit_terms/position", "position_scheme/bias_by_distance", "vocab_tokens", "key_value_heads"}
+            "logit_terms/position", "position_scheme/bias_by_distance", "vocab_tokens", "key_value_heads",
+            "target", "has_target", "decoder_tokens"}
 LM_NPZ_KEYS = {"outputs/next_ids", "outputs/next_probs", "outputs/next_logprob", "outputs/step_ids",
                "outputs/step_probs", "generated", "vocab_ids"}
 JSON_KEYS = {"format", "version", "shapes", "dtypes", "model", "tokens", "token_ids", "segment_ids", "special",
              "attention", "positional", "positional_table", "hidden", "outputs", "text", "pair", "truncated",
              "untruncated_length", "labels", "words", "visible", "token_style", "logit_terms", "position_scheme",
-             "vocab_tokens", "key_value_heads"}
+             "vocab_tokens", "key_value_heads", "target", "decoder_tokens"}
 LM_JSON_KEYS = {"generated", "vocab_ids"}
 OPTIONAL_ARRAYS = {"words", "visible"}  # None: no NPZ entry, no JSON key (also generated and vocab_ids)
 
@@ -164,7 +167,8 @@ def test_a_json_file_in_the_old_key_order_loads():
     assert back.hidden[0, 1, 0] == np.float32(1.3)
     assert (back.words, back.visible, back.token_style) == (None, None, "")  # fields newer than the file
     assert json.loads(trace_to_json(back)) == {**json.loads(OLD_JSON), "token_style": "", "logit_terms": {},
-                                                "position_scheme": {}, "vocab_tokens": [], "key_value_heads": 0}
+                                                "position_scheme": {}, "vocab_tokens": [], "key_value_heads": 0,
+                                                "target": None, "decoder_tokens": []}
 
 
 # --- NPZ and JSON round trips ----------------------------------------------------------------------------------
