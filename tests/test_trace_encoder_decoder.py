@@ -10,26 +10,7 @@ import pytest
 from encoder.errors import ExportError, InputError
 from encoder.trace import EncoderTrace
 from encoder.trace_io import trace_from_json, trace_from_npz, trace_to_json, trace_to_npz
-from tests.support.families import FAMILIES_DIR
-
-
-def reference_trace(family: str = "t5", case: str = "simple") -> EncoderTrace:
-    """A trace holding exactly the reference's arrays of one case (no model run)."""
-    with np.load(FAMILIES_DIR / family / "reference.npz") as data:
-        ref = {key.split("/", 1)[1]: data[key] for key in data.files if key.startswith(f"{case}/")}
-    tokens, decoder_tokens = ref["tokens"].tolist(), ref["decoder_tokens"].tolist()
-    n, width = len(tokens), ref["encoder_hidden_states"].shape[-1]
-    return EncoderTrace(
-        model=family, tokens=tuple(tokens), token_ids=ref["input_ids"].astype(np.int32),
-        segment_ids=np.zeros(n, np.int32), special=np.zeros(n, bool),
-        attention=ref["encoder_attention"], positional=np.zeros((n, width), np.float32),
-        positional_table=np.zeros((1, width), np.float32), hidden=ref["encoder_hidden_states"],
-        text=str(ref["text"]), target=str(ref["target"]), decoder_tokens=tuple(decoder_tokens),
-        decoder_token_ids=ref["decoder_input_ids"].astype(np.int32),
-        decoder_special=np.arange(len(decoder_tokens)) == 0,
-        decoder_attention=ref["decoder_attention"], cross_attention=ref["cross_attention"],
-        decoder_hidden=ref["decoder_hidden_states"],
-    )
+from tests.support.encoder_decoder import reference_trace
 
 
 @pytest.mark.parametrize("family", ["t5", "bart"])
