@@ -20,6 +20,7 @@ from plotly.subplots import make_subplots
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
 from viz.clicks import click_markers, click_meta, outline
+from viz.kinds import CrossTrace, is_cross, query_side
 from viz.layout import (
     COLORBAR_ROOM,
     DEFAULT_SCALE,
@@ -48,8 +49,8 @@ from viz.selection import (
     kv_heads,
     layer_heads,
     select_attention,
-    shown_attention,
     shown_hidden,
+    shown_queries_keys,
     without_hidden,
 )
 from viz.validation import check_choice, check_colorscale, check_int_range, check_token
@@ -71,15 +72,15 @@ GRID_TOP = 100  # top margin of the head grid: title, subtitle and the first row
 
 
 def _view_rows_cols(
-    trace: EncoderTrace, matrix: np.ndarray, hide_special: bool, renormalize: bool, block: str | None
+    trace: EncoderTrace | CrossTrace, matrix: np.ndarray, hide_special: bool, renormalize: bool, block: str | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Rows (queries) and columns (keys) to show, their (R, C) weights, and notes for the title.
 
     Special tokens are dropped first (rows renormalised over the remaining keys when asked); a block then keeps the
     queries of one sentence and the keys of the other (weights as they are, not renormalised again).
     """
-    sub, shown, notes = shown_attention(trace, matrix, hide_special, renormalize, say_unnormalised=True)
-    rows, cols = shown, shown
+    sub, rows, cols, notes = shown_queries_keys(trace, matrix, hide_special, renormalize, say_unnormalised=True)
+    shown = cols
     if block is not None:
         check_choice(block, BLOCKS, "block")
         if not trace.is_pair:
@@ -147,7 +148,7 @@ def build_attention_heatmap(
         notes.append("log colour")
 
     cell = heatmap_cell(rows.size, cols.size)
-    labels = category_labels(trace.readable_tokens)  # unique per position: hover names tokens without per-cell text
+    labels = _axis_labels(trace)
     fig = _heatmap_figure(trace, labels, rows, cols, cell, what, notes)
     clickable = rows.size <= CLICK_MAX_TOKENS and cols.size <= CLICK_MAX_TOKENS
     fig.add_trace(_weights_heatmap(labels, rows, cols, weights, cell, colorscale, log_color, hover=not clickable))
@@ -185,30 +186,43 @@ def _heatmap_step(trace: EncoderTrace, layer: int, head: int, display: tuple, ro
     return data, {"title.text": what}
 
 
-def _heatmap_figure(trace: EncoderTrace, labels: list[str], rows: np.ndarray, cols: np.ndarray, cell: float,
-                    title: str, notes: list[str]) -> go.Figure:
-    """The heatmap's figure without traces: ``cell`` pixels a cell, category axes of ``labels``, tokens as ticks."""
-    tokens = trace.readable_tokens
-    x_axis, y_axis, left, bottom = token_heatmap_axes(tokens, rows, tokens, cols, cell)
-    for axis in (x_axis, y_axis):
-        axis["ticktext"] = mark_generated(trace, axis["tickvals"], axis["ticktext"], notes)
-    x_axis["tickvals"] = [labels[i] for i in x_axis["tickvals"]]
-    y_axis["tickvals"] = [labels[i] for i in y_axis["tickvals"]]
+Labels = tuple[list[str], list[str]]  # category labels of the query tokens (rows) and of the key tokens (columns)
+
+
+def _axis_labels(trace: EncoderTrace | CrossTrace) -> Labels:
+    """(query labels, key labels): one unique category per position, "token (index)", so hover names tokens
+    without per-cell text; the same list twice unless the queries are another text's (cross-attention)."""
+    keys = category_labels(trace.readable_tokens)
+    return (category_labels(query_side(trace).readable_tokens) if is_cross(trace) else keys), keys
+
+
+def _heatmap_figure(trace: EncoderTrace | CrossTrace, labels: Labels, rows: np.ndarray, cols: np.ndarray,
+                    cell: float, title: str, notes: list[str]) -> go.Figure:
+    """The heatmap's figure without traces: ``cell`` pixels a cell, category axes of ``labels`` (rows, columns),
+    tokens as ticks; for cross-attention the axes say which text each is."""
+    queries = query_side(trace)
+    x_axis, y_axis, left, bottom = token_heatmap_axes(queries.readable_tokens, rows, trace.readable_tokens, cols,
+                                                      cell)
+    x_axis["ticktext"] = mark_generated(trace, x_axis["tickvals"], x_axis["ticktext"], notes)
+    y_axis["ticktext"] = mark_generated(queries, y_axis["tickvals"], y_axis["ticktext"], notes)
+    x_axis["tickvals"] = [labels[1][i] for i in x_axis["tickvals"]]
+    y_axis["tickvals"] = [labels[0][i] for i in y_axis["tickvals"]]
+    x_title, y_title = ("key: encoder token", "query: decoder token") if is_cross(trace) else ("key", "query")
     width = int(max(cell * cols.size + left + COLORBAR_ROOM, HEATMAP_MIN_WIDTH))
     fig = new_figure(title, width, int(cell * rows.size + bottom + (HEATMAP_TOP + HEATMAP_AIR)))
     fig.update_layout(
         title=notes_title(notes),
         margin=dict(l=left, r=COLORBAR_ROOM, t=HEATMAP_TOP, b=bottom),
-        xaxis=dict(type="category", title=dict(text="key", standoff=10), tickangle=-90, **x_axis,
+        xaxis=dict(type="category", title=dict(text=x_title, standoff=10), tickangle=-90, **x_axis,
                    showgrid=False, automargin=True),
-        yaxis=dict(type="category", title=dict(text="query", standoff=10), autorange="reversed", **y_axis,
+        yaxis=dict(type="category", title=dict(text=y_title, standoff=10), autorange="reversed", **y_axis,
                    showgrid=False, scaleanchor="x", constrain="domain", automargin=True),
         hoverdistance=-1,
     )
     return fig
 
 
-def _weights_heatmap(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, cell: float,
+def _weights_heatmap(labels: Labels, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, cell: float,
                      colorscale: str, log_color: bool, hover: bool) -> go.Heatmap:
     """The (R, C) ``weights`` as a heatmap on the category axes (log10 colour with ``log_color``; NaN cells, the
     masked ones, neither coloured nor hovered); without ``hover`` when a click layer on top carries it."""
@@ -216,8 +230,8 @@ def _weights_heatmap(labels: list[str], rows: np.ndarray, cols: np.ndarray, weig
     low, high = finite_range(z)
     return go.Heatmap(
         z=z,
-        x=[labels[i] for i in cols.tolist()],
-        y=[labels[i] for i in rows.tolist()],
+        x=[labels[1][i] for i in cols.tolist()],
+        y=[labels[0][i] for i in rows.tolist()],
         colorscale=colorscale,
         zmin=low if log_color else 0.0,
         zmax=high,
@@ -229,14 +243,14 @@ def _weights_heatmap(labels: list[str], rows: np.ndarray, cols: np.ndarray, weig
     )
 
 
-def _masked_cells(labels: list[str], rows: np.ndarray, cols: np.ndarray, hidden: np.ndarray, hover: bool
+def _masked_cells(labels: Labels, rows: np.ndarray, cols: np.ndarray, hidden: np.ndarray, hover: bool
                   ) -> go.Heatmap:
     """The (R, C) ``hidden`` cells in ``MASKED_COLOR`` (the others are gaps), hover "masked" unless a click layer
     carries it."""
     return go.Heatmap(
         z=np.where(hidden, np.float32(0.0), np.float32(np.nan)),
-        x=[labels[i] for i in cols.tolist()],
-        y=[labels[i] for i in rows.tolist()],
+        x=[labels[1][i] for i in cols.tolist()],
+        y=[labels[0][i] for i in rows.tolist()],
         colorscale=[[0.0, MASKED_COLOR], [1.0, MASKED_COLOR]],
         showscale=False,
         name=MASKED,
@@ -258,7 +272,7 @@ def _value_format(log_color: bool) -> str:
     return "10^%{z:.2f}" if log_color else "%{z:.4f}"
 
 
-def _cell_layer(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, cell: float,
+def _cell_layer(labels: Labels, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, cell: float,
                 hidden: np.ndarray | None = None) -> go.Scatter:
     """Invisible markers at the cell centres (``customdata`` [query, key, weight]); a clicked one shows. Where
     ``hidden`` (R, C) is True the hover says "masked" (the weight is NaN)."""
@@ -266,8 +280,8 @@ def _cell_layer(labels: list[str], rows: np.ndarray, cols: np.ndarray, weights: 
     customdata, text = _cell_values(rows, cols, weights, hidden)
     value = "%{customdata[2]:.4f}" if text is None else "%{text}"
     return go.Scatter(
-        x=[labels[i] for i in key_grid.ravel().tolist()],
-        y=[labels[i] for i in query_grid.ravel().tolist()],
+        x=[labels[1][i] for i in key_grid.ravel().tolist()],
+        y=[labels[0][i] for i in query_grid.ravel().tolist()],
         customdata=customdata,
         text=text,
         hovertemplate=f"%{{y}} → %{{x}}: {value}<extra></extra>",
@@ -288,13 +302,13 @@ def _cell_values(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, hidden
     return customdata, [MASKED if h else f"{w:.4f}" for h, w in zip(hidden.ravel(), weights.ravel())]
 
 
-def _selected_cell(trace: EncoderTrace, selected: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
-                   labels: list[str], cell: float) -> list[go.Scatter]:
+def _selected_cell(trace: EncoderTrace | CrossTrace, selected: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
+                   labels: Labels, cell: float) -> list[go.Scatter]:
     """The outline of the ``selected`` (query, key) cell; none when that cell is not shown."""
-    query = check_token(trace, selected[0], "selected query")
+    query = check_token(query_side(trace), selected[0], "selected query")
     key = check_token(trace, selected[1], "selected key")
     if query in rows and key in cols:
-        return [outline([labels[key]], [labels[query]], cell, "selected")]
+        return [outline([labels[1][key]], [labels[0][query]], cell, "selected")]
     return []
 
 
@@ -311,28 +325,27 @@ def build_head_grid(
 ) -> go.Figure:
     """All heads of one layer as small multiples (queries down, keys across) with one shared colour scale.
 
-    Each subplot's heatmap ``z`` is that head's (T, T) weights, block-averaged to ``max_cells`` a side when the text
-    is longer (the title says so). Cells the query could not see (``trace.visible``) are NaN, drawn grey (the plot
-    background), and left out of a block's mean. Subplot titles name the heads; trace ``i`` is head ``i``.
+    Each subplot's heatmap ``z`` is that head's (Tq, Tk) weights (square but for cross-attention: decoder queries
+    down, encoder keys across), block-averaged to ``max_cells`` a side when the text is longer (the title says so).
+    Cells the query could not see (``trace.visible``) are NaN, drawn grey (the plot background), and left out of a
+    block's mean. Subplot titles name the heads; trace ``i`` is head ``i``.
     """
     check_colorscale(colorscale)
     max_cells = check_int_range(max_cells, "max_cells", 2, 1024)
     per_head, layer_text = layer_heads(trace, layer, layer_mean)
-    stack, shown, notes = shown_attention(trace, per_head, hide_special, renormalize)  # (H, T', T')
-    hidden = shown_hidden(trace, layer, layer_mean, shown, shown, notes)
-    stack = downsample_seen(stack, hidden, max_cells)  # (H, s, s), NaN where masked
-    size = stack.shape[-1]
-    downsampled = size < shown.size
+    stack, rows, cols, notes = shown_queries_keys(trace, per_head, hide_special, renormalize)  # (H, Tq', Tk')
+    hidden = shown_hidden(trace, layer, layer_mean, rows, cols, notes)
+    stack = downsample_seen(stack, hidden, max_cells)  # (H, sq, sk), NaN where masked
+    size = stack.shape[-2:]
+    downsampled = size != (rows.size, cols.size)
     if downsampled:
-        notes.append(f"downsampled to {size}×{size} per head (block mean)")
+        notes.append(f"downsampled to {size[0]}×{size[1]} per head (block mean)")
     if log_color:
         stack = log_weights(stack)
         notes.append("log colour")
-    # Each cell's coordinate is the token index of its (first) query and key, on category axes.
-    positions = shown[block_edges(shown.size, size)[:-1]].astype(np.int32)
-    labels = [short_label(trace.readable_tokens[i]) for i in shown] if size <= GRID_LABEL_CELLS else None
-    if labels is not None:
-        labels = mark_generated(trace, shown, labels, notes)
+    labelled = max(size) <= GRID_LABEL_CELLS
+    ticks = [_grid_ticks(side, shown, count, labelled, notes)
+             for side, shown, count in ((query_side(trace), rows, size[0]), (trace, cols, size[1]))]
 
     heads = trace.num_heads
     low, high = finite_range(stack)
@@ -343,14 +356,14 @@ def build_head_grid(
     if kv is not None:
         notes.append(f"one row per key/value head: its {heads // trace.key_value_heads} query heads")
     titles = [head_label(trace, h) for h in range(heads)]
-    fig, columns = _grid_figure(title, notes, titles, positions, labels, coloraxis,
+    fig, columns = _grid_figure(title, notes, titles, ticks, coloraxis,
                                 None if kv is None else heads // trace.key_value_heads)
     if hidden is not None:
         fig.update_layout(plot_bgcolor=MASKED_COLOR)  # shows through the NaN cells
     where = "queries from %{y}, keys from %{x}" if downsampled else "query %{y} → key %{x}"
     for h in range(heads):
         fig.add_trace(
-            go.Heatmap(z=stack[h], x=positions, y=positions, coloraxis="coloraxis", name=f"head {h}",
+            go.Heatmap(z=stack[h], x=ticks[1][0], y=ticks[0][0], coloraxis="coloraxis", name=f"head {h}",
                        hovertemplate=f"{head_label(trace, h)}: {where}: {_value_format(log_color)}<extra></extra>",
                        hoverongaps=False),
             row=h // columns + 1,
@@ -359,14 +372,28 @@ def build_head_grid(
     return fig
 
 
+GridTicks = tuple[np.ndarray, list[str] | None]  # one axis' cell positions (token indices) and token labels
+
+
+def _grid_ticks(trace: EncoderTrace, shown: np.ndarray, size: int, labelled: bool, notes: list[str]) -> GridTicks:
+    """One head-grid axis over the ``shown`` tokens of ``trace`` reduced to ``size`` cells: each cell's coordinate
+    is the token index of its (first) token, on category axes; with ``labelled``, the tokens as tick labels."""
+    positions = shown[block_edges(shown.size, size)[:-1]].astype(np.int32)
+    if not labelled:
+        return positions, None
+    return positions, mark_generated(trace, shown, [short_label(trace.readable_tokens[i]) for i in shown], notes)
+
+
 def _grid_figure(
-    title: str, notes: list[str], titles: list[str], positions: np.ndarray, labels: list[str] | None, coloraxis: dict,
+    title: str, notes: list[str], titles: list[str], ticks: list[GridTicks], coloraxis: dict,
     group: int | None = None,
 ) -> tuple[go.Figure, int]:
-    """Subplots for ``len(titles)`` square thumbnails sharing ``coloraxis``, and the number of columns: ``group``
+    """Subplots for ``len(titles)`` thumbnails sharing ``coloraxis``, and the number of columns: ``group``
     (the query heads of one key/value head, one group a row) when given and at most ``GRID_MAX_GROUP``, else about
-    4:3. ``labels`` (one per token position) go on the left column and the bottom row."""
+    4:3. ``ticks`` are the (query, key) axes: labels (one per token position) go on the left column and the bottom
+    row."""
     heads = len(titles)
+    labels = None if ticks[0][1] is None else ticks[0][1] + ticks[1][1]  # both axes' labels, for the margins
     columns = min(heads, max(1, math.ceil(math.sqrt(heads * 4 / 3))))
     if group is not None and group <= GRID_MAX_GROUP:
         columns = group
@@ -391,19 +418,20 @@ def _grid_figure(
     )
     set_notes(fig, notes, GRID_TOP)  # wrapped to the width: a small grid is narrower than its notes
     fig.update_annotations(font=dict(size=11))
-    _grid_axes(fig, heads, columns, positions, labels)
+    _grid_axes(fig, heads, columns, ticks)
     return fig, columns
 
 
-def _grid_axes(fig: go.Figure, heads: int, columns: int, positions: np.ndarray, labels: list[str] | None) -> None:
-    """Square category axes without ticks, queries down; with ``labels``, tokens on the outer axes."""
+def _grid_axes(fig: go.Figure, heads: int, columns: int, ticks: list[GridTicks]) -> None:
+    """Category axes without ticks, queries down, cells square; with labels, tokens on the outer axes."""
     axes = dict(type="category", showticklabels=False, ticks="", showgrid=False, zeroline=False, constrain="domain")
     fig.update_xaxes(**axes)
     fig.update_yaxes(**axes, autorange="reversed")
     for h in range(heads):
         fig.update_yaxes(scaleanchor=f"x{'' if h == 0 else h + 1}", row=h // columns + 1, col=h % columns + 1)
-    if labels is not None:
-        ticks = dict(tickmode="array", tickvals=positions.tolist(), ticktext=labels, showticklabels=True,
-                     tickfont=dict(size=GRID_FONT))
-        fig.update_yaxes(**ticks, col=1)
-        fig.update_xaxes(**ticks, tickangle=-90, row=math.ceil(heads / columns))
+    (query_positions, query_labels), (key_positions, key_labels) = ticks
+    if query_labels is not None:
+        font = dict(tickmode="array", showticklabels=True, tickfont=dict(size=GRID_FONT))
+        fig.update_yaxes(**font, tickvals=query_positions.tolist(), ticktext=query_labels, col=1)
+        fig.update_xaxes(**font, tickvals=key_positions.tolist(), ticktext=key_labels, tickangle=-90,
+                         row=math.ceil(heads / columns))

@@ -1,7 +1,9 @@
 """Head lines: BertViz-style lines from each query token (left) to the key tokens it attends to (right), one colour
-per head.
+per head. Cross-attention draws two columns of different lengths: the decoder's tokens (queries) left, the
+encoder's (keys) right (BertViz's encoder-decoder view).
 
-Clicks (``viz.clicks``): the token columns ``"tokens"`` and ``"keys"`` are ("query",).
+Clicks (``viz.clicks``): the token columns ``"tokens"`` and ``"keys"`` are ("query",); for cross-attention only the
+left one (its tokens are the queries).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import plotly.graph_objects as go
 
 from encoder.trace import EncoderTrace
 from viz.clicks import click_meta
+from viz.kinds import CrossTrace, is_cross, query_side
 from viz.layout import (
     HIGHLIGHT,
     display_token,
@@ -27,7 +30,7 @@ from viz.layout import (
     token_hover_label,
 )
 from viz.scrub import Step, add_head_slider
-from viz.selection import describe_heads, head_label, shown_attention
+from viz.selection import describe_heads, head_label, shown_queries_keys
 from viz.validation import check_fraction, check_heads, check_int_range, check_layer, check_shown_token
 
 MAX_LINES = 2000  # head lines draws at most this many (the strongest); more only clutter and slow drawing
@@ -76,7 +79,7 @@ class _TokenRows(NamedTuple):
 
 
 def build_head_lines(
-    trace: EncoderTrace,
+    trace: EncoderTrace | CrossTrace,
     layer: int = 0,
     heads: Iterable[int] | None = None,
     threshold: float = 0.05,
@@ -102,27 +105,31 @@ def build_head_lines(
     chosen = check_heads(trace, heads)
     threshold = check_fraction(threshold, "threshold")
     max_lines = check_int_range(max_lines, "max_lines", 1, 1_000_000)
-    stack, shown, hidden = shown_attention(trace, trace.attention[layer][chosen], hide_special, renormalize)
+    queries = query_side(trace)  # the decoder's tokens for cross-attention, else the trace itself
+    stack, shown, keys, hidden = shown_queries_keys(trace, trace.attention[layer][chosen], hide_special, renormalize)
     notes = [f"lines for weights ≥ {threshold:g}"]
     query_row = None
     if query is not None:
-        query = check_shown_token(trace, query, shown)
+        query = check_shown_token(queries, query, shown)
         query_row = int(np.searchsorted(shown, query))
-        notes.append(f"from {display_token(trace.readable_tokens[query])} ({query}) only")
+        notes.append(f"from {display_token(queries.readable_tokens[query])} ({query}) only")
     notes.extend(hidden)
     drawn = [*notes]
-    lines = _drawn_lines(stack, threshold, query_row, max_lines, drawn)  # stack: (h, T', T')
+    lines = _drawn_lines(stack, threshold, query_row, max_lines, drawn)  # stack: (h, Tq', Tk')
     scrubbing = scrub and len(chosen) == 1
 
-    rows = _token_rows(shown.size)
-    labels = mark_generated(trace, shown, [short_label(trace.readable_tokens[i]) for i in shown], drawn)
+    rows = _token_rows(max(shown.size, keys.size))
+    labels = [mark_generated(side, index, [short_label(side.readable_tokens[i]) for i in index], drawn)
+              for side, index in ((queries, shown), (trace, keys))]
+    if is_cross(trace):
+        drawn.append("left: decoder tokens (queries), right: encoder tokens (keys)")
     fig = _lines_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom", drawn, labels, rows,
                         len(chosen))
     fig.add_traces(_line_traces(lines, chosen, threshold, every_bin=scrubbing))
-    fig.add_traces(_token_columns(trace, shown, query, labels, rows))
+    fig.add_traces(_token_columns(trace, (shown, keys), query, labels, rows))
     if scrubbing:
         def step(lay: int, h: int) -> Step:
-            one, _, _ = shown_attention(trace, trace.attention[lay][[h]], hide_special, renormalize)
+            one, _, _, _ = shown_queries_keys(trace, trace.attention[lay][[h]], hide_special, renormalize)
             subtitle = [*notes]
             lines = _drawn_lines(one, threshold, query_row, max_lines, subtitle)
             segments = [_segments(lines.query[drawn], lines.key[drawn]) for drawn in _bin_masks(lines, 0, threshold)]
@@ -156,18 +163,21 @@ def _token_rows(count: int) -> _TokenRows:
     return _TokenRows(pixels, font, max(1, math.ceil(LINE_LABEL_PIXELS / pixels)))
 
 
-def _lines_figure(title: str, notes: list[str], labels: list[str], rows: _TokenRows, heads: int) -> go.Figure:
-    """The head lines' figure without traces: token rows down, labels in the side margins, the legend below."""
-    side = label_margin(labels, rows.font) + 20
+def _lines_figure(title: str, notes: list[str], labels: list[list[str]], rows: _TokenRows, heads: int
+                  ) -> go.Figure:
+    """The head lines' figure without traces: token rows down (as many as the longer of the two ``labels`` columns,
+    queries and keys), labels in the side margins, the legend below."""
+    left, right = (label_margin(column, rows.font) + 20 for column in labels)
+    count = max(len(column) for column in labels)
     legend_h = LEGEND_TOP + LEGEND_ROW * math.ceil(heads / LEGEND_ITEMS)
     fig = new_figure(title)
     fig.update_layout(
-        width=int(max(LINES_MIN_WIDTH, 2 * side + LINES_MIN_GAP)),
-        height=int(rows.pixels * len(labels) + LINES_TOP + legend_h),
-        margin=dict(l=side, r=side, t=LINES_TOP, b=legend_h),
+        width=int(max(LINES_MIN_WIDTH, left + right + LINES_MIN_GAP)),
+        height=int(rows.pixels * count + LINES_TOP + legend_h),
+        margin=dict(l=left, r=right, t=LINES_TOP, b=legend_h),
         title=dict(subtitle=dict(text=" · ".join(notes))),
         xaxis=dict(range=[0, 1], visible=False, fixedrange=True),
-        yaxis=dict(range=[len(labels) - 0.5, -0.5], visible=False),
+        yaxis=dict(range=[count - 0.5, -0.5], visible=False),
         legend=dict(orientation="h", yanchor="top", y=0, x=0, font=dict(size=10), itemwidth=30),
         hovermode="closest",
     )
@@ -216,23 +226,29 @@ def _bin_trace(queries: np.ndarray, keys: np.ndarray, strength: float, color: st
     )
 
 
-def _token_columns(trace: EncoderTrace, shown: np.ndarray, query: int | None, labels: list[str], rows: _TokenRows
-                   ) -> list[go.Scatter]:
-    """The token labels at the left (``"tokens"``) and right (``"keys"``) edges, clickable, ``query`` highlighted."""
-    count = shown.size
-    colors = [HIGHLIGHT if query is not None and i == query else "#222" for i in shown]
-    hover = [token_hover_label(trace.readable_tokens[i], int(i)) for i in shown]
-    text = [labels[i] if i % rows.stride == 0 else "" for i in range(count)]
-    return [
-        go.Scatter(
+def _token_columns(trace: EncoderTrace | CrossTrace, shown: tuple[np.ndarray, np.ndarray], query: int | None,
+                   labels: list[list[str]], rows: _TokenRows) -> list[go.Scatter]:
+    """The token labels at the left (``"tokens"``: the ``shown[0]`` queries) and right (``"keys"``: the ``shown[1]``
+    keys) edges, clickable where their tokens are queries, ``query`` highlighted (on the left; on both sides when
+    queries and keys are one text)."""
+    cross = is_cross(trace)
+    columns = []
+    for x, anchor, name, side, index, text in ((0.0, "middle left", "tokens", query_side(trace), shown[0], labels[0]),
+                                               (1.0, "middle right", "keys", trace, shown[1], labels[1])):
+        count = index.size
+        marked = query if not (cross and name == "keys") else None
+        colors = [HIGHLIGHT if marked is not None and i == marked else "#222" for i in index]
+        columns.append(go.Scatter(
             x=np.full(count, x, dtype=np.float32), y=np.arange(count, dtype=np.float32),
-            mode="markers+text", text=text, textposition=anchor, textfont=dict(size=rows.font, color=colors),
+            mode="markers+text", text=[text[i] if i % rows.stride == 0 else "" for i in range(count)],
+            textposition=anchor, textfont=dict(size=rows.font, color=colors),
             cliponaxis=False, marker=dict(size=max(4, rows.pixels - 2), color="#444", opacity=0.0),
-            customdata=shown.astype(np.int32)[:, None], hovertext=hover, meta=click_meta("query"),
+            customdata=index.astype(np.int32)[:, None],
+            hovertext=[token_hover_label(side.readable_tokens[i], int(i)) for i in index],
+            meta=None if cross and name == "keys" else click_meta("query"),
             hovertemplate="%{hovertext}<extra></extra>", name=name, showlegend=False,
-        )
-        for x, anchor, name in ((0.0, "middle left", "tokens"), (1.0, "middle right", "keys"))
-    ]
+        ))
+    return columns
 
 
 def _weight_bins(threshold: float) -> list[tuple[float, float]]:

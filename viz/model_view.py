@@ -14,7 +14,7 @@ from analysis.report import SINK_FROM, SINK_THRESHOLD, sink_shares
 from encoder.trace import EncoderTrace
 from viz.clicks import click_markers, click_meta, layer_head_points, outline
 from viz.layout import new_figure, set_notes
-from viz.selection import AGGREGATES, downsample_seen, head_label, kv_heads, mask_note, shown_attention
+from viz.selection import AGGREGATES, downsample_seen, head_label, kv_heads, mask_note, shown_queries_keys
 from viz.validation import check_choice, check_colorscale, check_head, check_int_range, check_layer
 
 MODEL_THUMBNAIL = 64  # model-view thumbnails: at most this many cells a side
@@ -49,9 +49,12 @@ def build_model_view(
     each is divided by its own maximum so faint heads show their pattern; the subtitle says both. Cells a query
     could not see (``trace.visible``, per layer) are left out of the blocks and NaN where a block has no other.
 
+    Cross-attention (decoder queries down, encoder keys across) makes rectangular thumbnails: sq rows, sk columns.
+
     Returns:
-        Trace 0: the heatmap, ``z`` of shape (L*s + (L-1)*g, H*s + (H-1)*g) for thumbnail side s and gap g; the
-        thumbnail of (layer l, head h) starts at row ``l*(s+g)``, column ``h*(s+g)``. Trace 1: the click layer
+        Trace 0: the heatmap, ``z`` of shape (L*sq + (L-1)*g, H*sk + (H-1)*g) for thumbnail sides sq (queries) and
+        sk (keys, equal for self-attention) and gap g; the thumbnail of (layer l, head h) starts at row
+        ``l*(sq+g)``, column ``h*(sk+g)``. Trace 1: the click layer
         ``"heads"``, L*H points at the thumbnail centres with ``customdata`` [layer, head]. ``selected`` = (layer,
         head) adds a visible outline trace ``"selected"``. With ``sinks``, a trace ``"sinks"`` puts a dot on the
         attention sinks (``analysis.report``: at least ``SINK_THRESHOLD`` of the attention of queries from
@@ -61,18 +64,22 @@ def build_model_view(
     check_colorscale(colorscale)
     check_choice(reduce, AGGREGATES, "reduce")
     thumbnail = check_int_range(thumbnail, "thumbnail", 4, 512)
-    attention, shown, notes = shown_attention(trace, trace.attention, hide_special, renormalize)  # (L, H, T', T')
-    hidden = None
+    attention, rows, cols, notes = shown_queries_keys(trace, trace.attention, hide_special, renormalize)
+    hidden = None  # attention: (L, H, Tq', Tk')
     if trace.visible is not None and not trace.visible.all():
         notes.append(mask_note(~trace.visible))
-        hidden = ~trace.visible[:, shown[:, None], shown[None, :]][:, None]  # (L, 1, T', T')
-    thumbs, thumb_notes = _thumbnails(attention, thumbnail, reduce, per_head_scale, hidden)  # (L, H, s, s)
-    mosaic, step = _mosaic(thumbs)
-    side = thumbs.shape[-1]
+        hidden = ~trace.visible[:, rows[:, None], cols[None, :]][:, None]  # (L, 1, Tq', Tk')
+    thumbs, thumb_notes = _thumbnails(attention, thumbnail, reduce, per_head_scale, hidden)  # (L, H, sq, sk)
+    mosaic, steps = _mosaic(thumbs)
+    sides = thumbs.shape[-2:]  # (layers: down, heads: across), as steps
+    step, side = steps[1], sides[1]
+    if sides[0] != sides[1]:
+        notes.append(f"thumbnails: {sides[0]} rows (decoder tokens, the queries) × {sides[1]} columns (encoder "
+                     "tokens, the keys)")
 
     pixels = max(THUMB_MIN_PIXELS, min(THUMB_MAX_PIXELS, MODEL_VIEW_WIDTH // trace.num_heads))  # per thumbnail
     notes += thumb_notes
-    fig = _model_view_figure(mosaic.shape, trace.num_layers, trace.num_heads, side, step, pixels)
+    fig = _model_view_figure(mosaic.shape, trace.num_layers, trace.num_heads, sides, steps, pixels)
     fig.add_trace(go.Heatmap(
         z=mosaic, colorscale=colorscale, zmin=0.0, zmax=1.0 if per_head_scale else float(np.nanmax(mosaic)),
         hoverinfo="skip", name="mosaic",
@@ -80,28 +87,27 @@ def build_model_view(
     ))
     if kv_heads(trace) is not None:
         notes.append(_kv_groups(fig, trace, mosaic.shape[0], step, side))
-    fig.add_trace(_head_layer(trace, attention.max(axis=(2, 3)), side, step, pixels))
+    fig.add_trace(_head_layer(trace, attention.max(axis=(2, 3)), sides, steps, pixels))
     if sinks:
-        notes.append(_mark_sinks(fig, trace, side, step, pixels))
+        notes.append(_mark_sinks(fig, trace, sides, steps, pixels))
     kv_room = KV_LABEL_PIXELS if kv_heads(trace) is not None else 0
     set_notes(fig, notes or ["full resolution"], MODEL_VIEW_MARGIN["t"] + kv_room)
     if selected is not None:
         chosen_layer, chosen_head = check_layer(trace, selected[0]), check_head(trace, selected[1])
-        centre = [_centre(chosen_head, step, side)], [_centre(chosen_layer, step, side)]
+        centre = [_centre(chosen_head, steps[1], sides[1])], [_centre(chosen_layer, steps[0], sides[0])]
         fig.add_trace(outline(*centre, pixels, "selected"))
     return fig
 
 
 def _thumbnails(attention: np.ndarray, thumbnail: int, reduce: str, per_head_scale: bool,
                 hidden: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
-    """(L, H, T, T) attention as (L, H, s, s) thumbnails of at most ``thumbnail`` cells a side (block ``reduce``
-    over the cells not ``hidden``, NaN where a block has none), each divided by its own maximum with
+    """(L, H, Tq, Tk) attention as (L, H, sq, sk) thumbnails of at most ``thumbnail`` cells a side (block
+    ``reduce`` over the cells not ``hidden``, NaN where a block has none), each divided by its own maximum with
     ``per_head_scale``; and notes saying so."""
     thumbs = downsample_seen(attention, hidden, thumbnail, reduce)
-    side = thumbs.shape[-1]
     notes = []
-    if side < attention.shape[-1]:
-        notes.append(f"downsampled to {side}×{side} per head (block {reduce})")
+    if thumbs.shape[-2:] != attention.shape[-2:]:
+        notes.append(f"downsampled to {thumbs.shape[-2]}×{thumbs.shape[-1]} per head (block {reduce})")
     if per_head_scale:
         peak = np.nanmax(thumbs, axis=(2, 3), keepdims=True)
         thumbs = np.divide(thumbs, peak, out=np.zeros_like(thumbs), where=peak > 0)
@@ -109,17 +115,17 @@ def _thumbnails(attention: np.ndarray, thumbnail: int, reduce: str, per_head_sca
     return thumbs, notes
 
 
-def _mosaic(thumbs: np.ndarray) -> tuple[np.ndarray, int]:
-    """(L, H, s, s) thumbnails tiled into one float32 image, layers down and heads across, NaN in the gaps; and
-    the step from one thumbnail to the next (s + gap)."""
-    layers, heads, side = thumbs.shape[:3]
-    gap = max(1, round(side * THUMB_GAP))
-    step = side + gap
-    mosaic = np.full((layers * step - gap, heads * step - gap), np.nan, dtype=np.float32)
+def _mosaic(thumbs: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """(L, H, sq, sk) thumbnails tiled into one float32 image, layers down and heads across, NaN in the gaps; and
+    the steps from one thumbnail to the next down and across (side + gap; one gap, from the longer side)."""
+    layers, heads, rows, cols = thumbs.shape
+    gap = max(1, round(max(rows, cols) * THUMB_GAP))
+    down, across = rows + gap, cols + gap
+    mosaic = np.full((layers * down - gap, heads * across - gap), np.nan, dtype=np.float32)
     for layer in range(layers):
         for head in range(heads):
-            mosaic[layer * step:layer * step + side, head * step:head * step + side] = thumbs[layer, head]
-    return mosaic, step
+            mosaic[layer * down:layer * down + rows, head * across:head * across + cols] = thumbs[layer, head]
+    return mosaic, (down, across)
 
 
 def _centre(index, step: int, side: int):
@@ -127,17 +133,18 @@ def _centre(index, step: int, side: int):
     return index * step + (side - 1) / 2
 
 
-def _model_view_figure(shape: tuple[int, int], layers: int, heads: int, side: int, step: int,
-                       pixels: int) -> go.Figure:
-    """The mosaic's figure without traces: ``pixels`` per thumbnail, head and layer numbers at the centres."""
+def _model_view_figure(shape: tuple[int, int], layers: int, heads: int, sides: tuple[int, int],
+                       steps: tuple[int, int], pixels: int) -> go.Figure:
+    """The mosaic's figure without traces: ``pixels`` per thumbnail across (as many per cell down), head and layer
+    numbers at the centres; ``sides`` and ``steps`` (down, across) as ``_mosaic`` made them."""
     margin = MODEL_VIEW_MARGIN
     fig = new_figure(f"All {layers} layers × {heads} heads: queries down, keys across")
     fig.update_layout(
         width=max(MODEL_VIEW_MIN_WIDTH, heads * pixels + margin["l"] + margin["r"]),
-        height=layers * pixels + margin["t"] + margin["b"],
+        height=round(layers * pixels * steps[0] / steps[1]) + margin["t"] + margin["b"],
         margin=margin,
-        xaxis=dict(**_mosaic_axis("head", heads, step, side, [-0.5, shape[1] - 0.5]), constrain="domain"),
-        yaxis=dict(**_mosaic_axis("layer", layers, step, side, [shape[0] - 0.5, -0.5]), scaleanchor="x",
+        xaxis=dict(**_mosaic_axis("head", heads, steps[1], sides[1], [-0.5, shape[1] - 0.5]), constrain="domain"),
+        yaxis=dict(**_mosaic_axis("layer", layers, steps[0], sides[0], [shape[0] - 0.5, -0.5]), scaleanchor="x",
                    constrain="domain"),
         hoverdistance=-1,
     )
@@ -166,14 +173,16 @@ def _kv_groups(fig: go.Figure, trace: EncoderTrace, height: int, step: int, side
     return f"lines: {trace.key_value_heads} key/value heads, each shared by {size} query heads"
 
 
-def _mark_sinks(fig: go.Figure, trace: EncoderTrace, side: int, step: int, pixels: int) -> str:
+def _mark_sinks(fig: go.Figure, trace: EncoderTrace, sides: tuple[int, int], steps: tuple[int, int],
+                pixels: int) -> str:
     """A dot at the top-right corner of each attention sink's thumbnail (hover: its share); returns the note that
     says how many there are and the rule (also when there is none)."""
     shares = sink_shares(trace.attention)  # (L, H)
     layers, heads = np.nonzero(shares >= SINK_THRESHOLD)
-    inset = max(side / 8, 0.5)
+    inset = max(sides[1] / 8, 0.5)
     fig.add_trace(go.Scatter(
-        x=(heads * step + side - 1 - inset).astype(np.float32), y=(layers * step + inset).astype(np.float32),
+        x=(heads * steps[1] + sides[1] - 1 - inset).astype(np.float32),
+        y=(layers * steps[0] + inset).astype(np.float32),
         mode="markers", name="sinks", showlegend=False,
         marker=dict(symbol="circle", size=max(6, pixels // 6), color=SINK_COLOR, line=dict(color="white", width=1)),
         text=[f"layer {lay}, {head_label(trace, h)}: attention sink, {shares[lay, h]:.2f} of attention on the first "
@@ -187,13 +196,14 @@ def _mark_sinks(fig: go.Figure, trace: EncoderTrace, side: int, step: int, pixel
     return f"red dots: {found} ({rule})"
 
 
-def _head_layer(trace: EncoderTrace, peaks: np.ndarray, side: int, step: int, pixels: int) -> go.Scatter:
+def _head_layer(trace: EncoderTrace, peaks: np.ndarray, sides: tuple[int, int], steps: tuple[int, int],
+                pixels: int) -> go.Scatter:
     """Invisible markers at the thumbnail centres (``customdata`` [layer, head]); hover names the head and its
     ``peaks`` (L, H) weight; a clicked one shows."""
     layer, head, customdata = layer_head_points(*peaks.shape)
     return go.Scatter(
-        x=_centre(head, step, side).astype(np.float32),
-        y=_centre(layer, step, side).astype(np.float32),
+        x=_centre(head, steps[1], sides[1]).astype(np.float32),
+        y=_centre(layer, steps[0], sides[0]).astype(np.float32),
         customdata=customdata,
         text=[f"layer {lay}, {head_label(trace, h)} (max weight {peaks[lay, h]:.3f})"
               for lay, h in zip(layer.tolist(), head.tolist())],

@@ -13,6 +13,7 @@ import numpy as np
 from analysis.report import key_value_heads_of
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
+from viz.kinds import CrossTrace, query_side
 from viz.validation import check_choice, check_head, check_heads, check_layer
 
 AGGREGATES = ("mean", "max")
@@ -102,17 +103,33 @@ def shown_attention(
     Returns (weights (..., T', T'), shown token indices (T',), notes for the subtitle). With ``hide_special`` the
     special tokens are dropped, rows renormalised over the remaining keys when ``renormalize``, and the note says
     "special tokens hidden, rows renormalised" (or "..., rows not renormalised" with ``say_unnormalised``).
+    Cross-attention (queries and keys of different texts): ``shown_queries_keys``.
     """
-    shown = visible_tokens(trace, hide_special)
+    weights, _, shown, notes = shown_queries_keys(trace, attention, hide_special, renormalize,
+                                                  say_unnormalised=say_unnormalised)
+    return weights, shown, notes
+
+
+def shown_queries_keys(
+    trace: EncoderTrace | CrossTrace, attention: np.ndarray, hide_special: bool, renormalize: bool, *,
+    say_unnormalised: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``shown_attention`` for square or rectangular attention (..., Tq, Tk): the queries are the tokens of
+    ``query_side(trace)`` (the decoder's for cross-attention), the keys ``trace``'s.
+
+    Returns (weights (..., Tq', Tk'), shown query indices (Tq',), shown key indices (Tk',), notes).
+    """
+    keys = visible_tokens(trace, hide_special)
+    queries = keys if query_side(trace) is trace else visible_tokens(query_side(trace), hide_special)
     # The memory order of the cut decides the float32 row sums' last bit: a matrix is cut C-ordered (np.ix_), a
     # stack as fancy indexing leaves it, as the views always did.
-    weights = attention[np.ix_(shown, shown)] if attention.ndim == 2 else attention[..., shown, :][..., shown]
+    weights = attention[np.ix_(queries, keys)] if attention.ndim == 2 else attention[..., queries, :][..., keys]
     if not hide_special:
-        return weights, shown, []
+        return weights, queries, keys, []
     if renormalize:
-        return renormalize_rows(weights), shown, ["special tokens hidden, rows renormalised"]
+        return renormalize_rows(weights), queries, keys, ["special tokens hidden, rows renormalised"]
     note = "special tokens hidden, rows not renormalised" if say_unnormalised else "special tokens hidden"
-    return weights, shown, [note]
+    return weights, queries, keys, [note]
 
 
 def hidden_keys(trace: EncoderTrace, layer: int, layer_mean: bool) -> np.ndarray | None:
@@ -155,25 +172,29 @@ def block_edges(length: int, size: int) -> np.ndarray:
 
 
 def downsample(matrix: np.ndarray, size: int, how: str = "mean") -> np.ndarray:
-    """Reduce the last two axes (T, T) to at most (size, size) by block mean or block max. Float32.
+    """Reduce the last two axes (R, C) to at most (size, size) by block mean or block max: each axis longer than
+    ``size`` to ``size`` blocks (rectangular attention keeps its shape where it fits). Float32.
 
-    With ``T <= size`` the input comes back unchanged (as float32).
+    With ``R, C <= size`` the input comes back unchanged (as float32).
     """
     check_choice(how, AGGREGATES, "downsampling")
-    length = matrix.shape[-1]
-    if length <= size:
+    rows, cols = matrix.shape[-2:]
+    if rows <= size and cols <= size:
         return np.asarray(matrix, dtype=np.float32)
-    starts = block_edges(length, size)[:-1]
     reduce = np.add if how == "mean" else np.maximum
-    out = reduce.reduceat(reduce.reduceat(matrix, starts, axis=-2), starts, axis=-1)
+    out = matrix
+    counts = []
+    for axis, length in ((-2, rows), (-1, cols)):
+        edges = block_edges(length, min(size, length))
+        out = reduce.reduceat(out, edges[:-1], axis=axis)
+        counts.append(np.diff(edges))
     if how == "mean":
-        counts = np.diff(block_edges(length, size))
-        out = out / (counts[:, None] * counts[None, :])
+        out = out / (counts[0][:, None] * counts[1][None, :])
     return out.astype(np.float32)
 
 
 def downsample_seen(matrix: np.ndarray, hidden: np.ndarray | None, size: int, how: str = "mean") -> np.ndarray:
-    """``downsample`` over the cells a query could see: ``hidden`` cells (T, T, or any shape that broadcasts
+    """``downsample`` over the cells a query could see: ``hidden`` cells (R, C, or any shape that broadcasts
     against ``matrix``) left out of each block's mean (or max), NaN for blocks of hidden cells only. Without
     ``hidden``, ``downsample`` itself."""
     if hidden is None:

@@ -8,8 +8,10 @@ from collections.abc import Iterable
 import numpy as np
 import plotly.graph_objects as go
 
+from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
 from viz.clicks import click_meta
+from viz.kinds import CrossTrace, is_cross, query_side
 from viz.layout import (
     DEFAULT_SCALE,
     HIGHLIGHT,
@@ -22,7 +24,7 @@ from viz.layout import (
     text_width,
 )
 from viz.scrub import Step, add_head_slider
-from viz.selection import AGGREGATES, hidden_keys, select_attention, shown_attention
+from viz.selection import AGGREGATES, hidden_keys, select_attention, shown_queries_keys
 from viz.validation import (
     check_choice,
     check_colorscale,
@@ -63,7 +65,7 @@ def layout_tokens(tokens: list[str], breaks: set[int], line_chars: int) -> tuple
 
 
 def build_token_view(
-    trace: EncoderTrace,
+    trace: EncoderTrace | CrossTrace,
     layer: int = 0,
     heads: Iterable[int] | None = None,
     query: int = 1,
@@ -88,7 +90,8 @@ def build_token_view(
     what the weights are in the title instead of the layer and heads. With ``scrub`` and one head of one layer, a
     slider in the figure moves through the heads in the browser (``viz.scrub``: its steps restyle the bars' colours
     and the title); then one colour scale, up to the largest weight of any of its heads, serves them all, so the
-    colours compare across heads and a step never re-lays out the strip.
+    colours compare across heads and a step never re-lays out the strip. Cross-attention: ``query`` is a decoder
+    token and the strip the encoder's tokens, shaded by what it looks at ("from" only).
 
     Returns:
         A figure with one horizontal bar trace ``"tokens"``: one bar per shown token in sentence order, its
@@ -101,26 +104,30 @@ def build_token_view(
     check_choice(direction, DIRECTIONS, "direction")
     check_choice(aggregate, AGGREGATES, "aggregate")
     line_chars = check_int_range(line_chars, "line_chars", 20, 400)
-    query = check_token(trace, query, "query")
+    if is_cross(trace) and direction != "from":
+        raise ViewError("cross-attention goes from decoder tokens to encoder tokens: the token view shows what a "
+                        "decoder token looks at (direction 'from')")
+    queries = query_side(trace)
+    query = check_token(queries, query, "query")
     if weights is None:
         matrix, what = select_attention(trace, layer, 0, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
     else:
         matrix, what = check_token_matrix(trace, weights), "weights"
-    sub, shown, notes = shown_attention(trace, matrix, hide_special, renormalize)
-    check_shown_token(trace, query, shown)
-    at = int(np.flatnonzero(shown == query)[0])  # the query's row among the shown tokens
+    sub, rows, shown, notes = shown_queries_keys(trace, matrix, hide_special, renormalize)
+    check_shown_token(queries, query, rows)
+    at = int(np.flatnonzero(rows == query)[0])  # the query's row among the shown tokens
     shares = np.ascontiguousarray(sub[at] if direction == "from" else sub[:, at], dtype=np.float32)
     masked = _masked_tokens(trace, layer, layer_mean, query, direction, shown, notes) if weights is None else None
 
     tokens = [trace.readable_tokens[i] for i in shown]
     labels = mark_generated(trace, shown, [_box_label(token, line_chars) for token in tokens], notes)
     boxes = layout_tokens(tokens, _sentence_break(trace, shown), line_chars)
-    q_label = display_token(trace.readable_tokens[query])
+    q_label = display_token(queries.readable_tokens[query])
     headline, hover = _headline_and_hover(label or what, q_label, query, direction, labels, shown)
     peak = float(shares.max()) if shares.size and shares.max() > 0 else 1.0
     fig = _strip_figure(headline, notes, boxes, colorscale, peak)
     if masked is None:
-        fig.add_trace(_token_bars(boxes, labels, hover, shares, shown, query))
+        fig.add_trace(_token_bars(boxes, labels, hover, shares, shown, None if is_cross(trace) else query))
     else:
         _add_masked_bars(fig, masked, (boxes, labels, hover, shares, shown), query)
     chosen = check_heads(trace, heads)
@@ -129,7 +136,7 @@ def build_token_view(
 
         def step(lay: int, h: int) -> Step:
             matrix, what = select_attention(trace, lay, h)
-            sub, _, _ = shown_attention(trace, matrix, hide_special, renormalize)
+            sub, _, _, _ = shown_queries_keys(trace, matrix, hide_special, renormalize)
             shares = np.ascontiguousarray(sub[at] if direction == "from" else sub[:, at], dtype=np.float32)
             peaks.append(float(shares.max()))
             title = _headline_and_hover(label or what, q_label, query, direction, labels, shown)[0]
@@ -218,9 +225,10 @@ def _strip_figure(headline: str, notes: list[str], boxes: tuple[np.ndarray, ...]
 
 
 def _token_bars(boxes: tuple[np.ndarray, ...], labels: list[str], hover: list[str], weights: np.ndarray,
-                shown: np.ndarray, query: int, name: str = "tokens") -> go.Bar:
+                shown: np.ndarray, query: int | None, name: str = "tokens") -> go.Bar:
     """One bar per token at its box, coloured by weight (``MASKED_COLOR`` for the ``"masked"`` trace), the query
-    outlined; clicking a bar makes its token the query. The text is black or white, whichever reads better on the
+    outlined; clicking a bar makes its token the query (``query`` None: the bars are another text's tokens, the keys
+    of cross-attention: no outline, no clicks). The text is black or white, whichever reads better on the
     fill (plotly.js picks it when no text colour is set); hover ends with the weight, the colour value."""
     rows, starts, widths = boxes
     colors = [HIGHLIGHT if i == query else "white" for i in shown]
@@ -238,7 +246,7 @@ def _token_bars(boxes: tuple[np.ndarray, ...], labels: list[str], hover: list[st
         textangle=0,
         textfont=dict(size=TOKEN_FONT),
         customdata=shown.astype(np.int32)[:, None],
-        meta=click_meta("query"),
+        meta=None if query is None else click_meta("query"),
         hovertext=hover,
         hovertemplate="%{hovertext}" + ("" if name == MASKED else "%{marker.color:.4f}") + "<extra></extra>",
         name=name,
