@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
+from viz.kinds import ATTENTION_KINDS
 from viz.options import Option, ViewSettings
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ class View:
             downloads, the CLI's csv and json output), or None: the trace itself is its data.
         unavailable: ``unavailable(trace) -> message`` when the view cannot show this trace (e.g. the Next-token
             view of a model without an LM head; the app leaves its tab out), else None.
+        kinds: the attention of an encoder-decoder it shows (``viz.kinds``): "encoder", "decoder" (the trace's
+            ``decoder_trace()``), "cross" (a ``viz.kinds.CrossTrace``: decoder queries, encoder keys).
+        not_for: why it shows no other kind (the end of the message ``viz.registry.view_unavailable`` gives).
     """
 
     name: str
@@ -47,6 +51,8 @@ class View:
     from_settings: Callable[[ViewSettings], dict] | None = None
     rows: Callable[[EncoderTrace, Mapping[str, Any]], tuple[list[dict], Any]] | None = None
     unavailable: Callable[[EncoderTrace], str | None] | None = None
+    kinds: tuple[str, ...] = ATTENTION_KINDS
+    not_for: str = ""
 
     def available(self, trace: EncoderTrace) -> bool:
         """Whether this view can show ``trace``."""

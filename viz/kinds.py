@@ -19,8 +19,9 @@ from encoder.errors import ViewError
 from encoder.trace import ATTENTION_KINDS, EncoderTrace
 
 ENCODER, DECODER, CROSS = ATTENTION_KINDS
-KIND_TITLES = {ENCODER: "Encoder self-attention", DECODER: "Decoder self-attention (causal)",
-               CROSS: "Cross-attention: decoder tokens (queries) → encoder tokens (keys)"}
+KIND_TITLES = {ENCODER: "Encoder", DECODER: "Decoder (causal)", CROSS: "Cross-attention (decoder → encoder)"}  # titles
+KIND_NAMES = {ENCODER: "the encoder's self-attention", DECODER: "the decoder's self-attention",
+              CROSS: "cross-attention"}  # in sentences
 KIND_HELP = ("encoder-decoders: which attention every view shows: encoder (the source's self-attention, the "
              "default), decoder (the target's causal self-attention) or cross (decoder tokens attending to encoder "
              "tokens)")
@@ -122,8 +123,8 @@ def kind_suffix(kind: str) -> str:
 
 
 def name_kind(fig: go.Figure, trace: EncoderTrace, kind: str) -> go.Figure:
-    """``fig`` (a view of ``trace``'s ``kind`` attention) with the kind before its title ("Cross-attention: ... ·
-    Layer 0, head 3"), in the head slider's steps too; a single stack's figure is left as it is."""
+    """``fig`` (a view of ``trace``'s ``kind`` attention) with the kind before its title ("Cross-attention (decoder
+    → encoder) · Layer 0, head 3"), in the head slider's steps too; a single stack's figure is left as it is."""
     if not trace.is_encoder_decoder:
         return fig
     prefix = KIND_TITLES[kind] + " · "

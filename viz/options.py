@@ -20,6 +20,8 @@ from analysis.heads import DEFAULT_CLUSTERS, DEFAULT_STATISTIC
 from analysis.lens import LENS_WINDOW
 from analysis.perturb import DEFAULT_SAMPLES, DEFAULT_SIGMAS, measured_sigmas
 from encoder.errors import ViewError
+from encoder.trace import ATTENTION_KINDS
+from viz.kinds import ENCODER, KIND_HELP
 
 # Option kinds: how a value is typed on the command line and which widget shows it in the app.
 KINDS = ("int", "float", "choice", "flag", "ints", "heads", "colorscale", "path")
@@ -176,7 +178,9 @@ UNTIL = Option("until", "int", f"lens: the last position of its window of at mos
                "the last token)", metavar="POSITION", low=0, stage="compute")
 
 
-# How the trace is read, before any view: the CLI's input flag and the app's display option, declared once.
+# How the trace is read, before any view: the CLI's input flags and the app's display options, declared once.
+ATTENTION = Option("attention", "choice", KIND_HELP, label="Attention", default=ENCODER, choices=ATTENTION_KINDS,
+                   url=True, metavar="KIND")
 MERGE_WORDS = Option("merge_words", "flag", "merge sub-word tokens into words (attention to a word summed over its "
                      "pieces, from a word averaged) for every view and for json, csv and npz output",
                      label="Merge sub-words into words", url=True)

@@ -7,8 +7,13 @@ An entry only names things (``viz.entries``): the builder or the compute, figure
 (``python -m docs.tables``) are all read from ``VIEWS``, ``GROUPS`` and ``ANALYSES``. What each one shows and how to
 read it is in those two pages.
 
+An encoder-decoder's trace holds three kinds of attention (``viz.kinds``): every view and analysis is asked for one
+here, in one place (``build_view``'s ``attention``, ``view_unavailable``, ``analysis_unavailable``,
+``analysis_trace``): a view that cannot show a kind says why instead of failing.
+
 Example:
     >>> fig = build_view(trace, "heatmap", layer=2, head=5)  # doctest: +SKIP
+    >>> fig = build_view(trace, "heatmap", attention="cross", layer=1)  # doctest: +SKIP
     >>> result = ANALYSES["rollout"].compute(TraceInputs(trace), {"residual": 0.5})  # doctest: +SKIP
 """
 
@@ -34,6 +39,7 @@ from viz.attention import build_attention_heatmap, build_head_grid
 from viz.distance import build_distance_histogram
 from viz.entries import Analysis, Group, View
 from viz.head_lines import build_head_lines
+from viz.kinds import CROSS, DECODER, ENCODER, KIND_NAMES, check_kind, name_kind, of_kind
 from viz.model_view import build_model_view
 from viz.next_token import build_next_token_view, next_token_rows, next_token_unavailable
 from viz.options import (
@@ -65,6 +71,10 @@ from viz.tokens import build_token_view
 # ---------------------------------------------------------------------------------------------------------------
 # Views: one trace in, one figure out
 
+SELF_ATTENTION = (ENCODER, DECODER)  # the kinds whose queries and keys are the tokens of one text
+WITHIN_ONE_TEXT = "it measures how far a query looks among the tokens of its own text"
+ENCODER_POSITIONS = "the trace holds the encoder's positional encodings only"
+
 VIEWS: dict[str, View] = {view.name: view for view in (
     View("heatmap", "Heatmap", build_attention_heatmap,
          "one head (or a mean/max of heads) as a query x key heatmap"),
@@ -77,18 +87,20 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          "BertViz-style lines from query tokens to key tokens, one colour per head", from_settings=head_lines_settings),
     View("distance", "Attention distance", build_distance_histogram,
          "how far each head of a layer looks: attention mass by query-key distance, one row per head",
-         options=(SIGNED,)),
+         options=(SIGNED,), kinds=SELF_ATTENTION, not_for=WITHIN_ONE_TEXT),
     View("positional", "Positional encodings", build_positional_heatmap,
          "the positional-encoding table, this text's rows outlined", options=(MAX_POSITIONS,),
-         from_settings=no_settings),
+         from_settings=no_settings, kinds=(ENCODER,), not_for=ENCODER_POSITIONS),
     View("position-similarity", "Positional encodings", build_position_similarity,
-         "cosine similarity between positions", options=(MAX_POSITIONS,), from_settings=no_settings),
+         "cosine similarity between positions", options=(MAX_POSITIONS,), from_settings=no_settings,
+         kinds=(ENCODER,), not_for=ENCODER_POSITIONS),
     View("positional-dimensions", "Positional encodings", build_positional_dimensions,
          "chosen positional dimensions as lines", options=(DIMS, MAX_POSITIONS),
-         from_settings=no_settings),
+         from_settings=no_settings, kinds=(ENCODER,), not_for=ENCODER_POSITIONS),
     View("next-token", "Next token", build_next_token_view,
          "decoders: each token shaded by its surprisal (nats), the query token's top-10 next-token candidates",
-         from_settings=query_settings, rows=next_token_rows, unavailable=next_token_unavailable),
+         from_settings=query_settings, rows=next_token_rows, unavailable=next_token_unavailable,
+         kinds=SELF_ATTENTION, not_for="it shows the candidates for the token after each one of a single text"),
 )}
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -271,11 +283,14 @@ def view_options(view: View) -> dict[str, Option]:
     return {**taken, **{option.name: option for option in view.options}}
 
 
-def build_view(trace: EncoderTrace, view: str, **settings) -> go.Figure:
-    """Build the view named ``view`` with ``settings`` (keyword arguments of its builder).
+def build_view(trace: EncoderTrace, view: str, attention: str = ENCODER, **settings) -> go.Figure:
+    """Build the view named ``view`` of ``trace``'s ``attention`` ("encoder", "decoder" or "cross": an
+    encoder-decoder's, ``viz.kinds``) with ``settings`` (keyword arguments of its builder); an encoder-decoder's
+    figure names the kind in its title.
 
     Raises:
-        ViewError: unknown view, a setting the view does not take, or a bad setting value.
+        ViewError: unknown view, a setting the view does not take, a bad setting value, or a kind of attention the
+            view cannot show or the trace does not hold (``view_unavailable``'s message).
     """
     if view not in VIEWS:
         raise ViewError(f"view {view!r} is not one of {', '.join(VIEWS)}")
@@ -283,7 +298,51 @@ def build_view(trace: EncoderTrace, view: str, **settings) -> go.Figure:
     unknown = sorted(set(settings) - set(accepted))
     if unknown:
         raise ViewError(f"view {view!r} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}")
-    return VIEWS[view].builder(trace, **settings)
+    why = view_unavailable(VIEWS[view], trace, attention)
+    if why is not None:
+        raise ViewError(why)
+    return name_kind(VIEWS[view].builder(of_kind(trace, attention), **settings), trace, attention)
+
+
+def view_unavailable(view: View, trace: EncoderTrace, kind: str = ENCODER) -> str | None:
+    """Why ``view`` cannot show ``kind`` attention of ``trace`` (a kind the trace does not hold, one the view does
+    not show, or the view's own ``unavailable``), or None when it can."""
+    try:
+        check_kind(trace, kind)
+    except ViewError as error:
+        return str(error)
+    if kind not in view.kinds:
+        return (f"The {view.name} view shows {_kinds_text(view.kinds)} only, not {KIND_NAMES[kind]}: "
+                f"{view.not_for}. Pick {_kinds_text(view.kinds)} (Attention; --attention).")
+    return None if view.unavailable is None else view.unavailable(of_kind(trace, kind))
+
+
+def _kinds_text(kinds: tuple[str, ...]) -> str:
+    """("encoder", "decoder") -> "encoder or decoder attention"."""
+    return " or ".join(kinds) + " attention"
+
+
+def analysis_unavailable(entry: Analysis, trace: EncoderTrace | None, kind: str = ENCODER) -> str | None:
+    """Why ``entry`` cannot run on ``kind`` attention of ``trace`` (None: it can; then on ``analysis_trace``):
+    cross-attention is never square (analyses follow a token through the layers of one text), and an analysis that
+    re-runs the model re-runs it on the encoder's input; else the entry's own ``limit``."""
+    if trace is None:
+        return None
+    try:
+        check_kind(trace, kind)
+    except ViewError as error:
+        return str(error)
+    if kind == CROSS:
+        return (f"{entry.label} needs square attention: each token attending to the tokens of its own text. "
+                "Cross-attention goes from decoder tokens to encoder tokens; pick encoder or decoder attention.")
+    if kind == DECODER and entry.needs_model:
+        return f"{entry.label} re-runs the model on the encoder's input: pick encoder attention."
+    return None if entry.limit is None else entry.limit(of_kind(trace, kind))
+
+
+def analysis_trace(trace: EncoderTrace | None, kind: str = ENCODER) -> EncoderTrace | None:
+    """The trace an analysis of ``kind`` attention runs on: ``trace``, or its ``decoder_trace()`` (decoder)."""
+    return trace if trace is None or kind == ENCODER else of_kind(trace, kind)
 
 
 def group_analyses() -> dict[Group, list[Analysis]]:
