@@ -10,6 +10,7 @@ and every flag is an ``Option`` declared once, so a new registry entry appears h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,10 +23,21 @@ from encoder.errors import ExportError, HeadlightError, InputError
 from encoder.settings import settings
 from encoder.sources import LoadedModel, load_source
 from encoder.trace import EncoderTrace, trace_text
-from encoder.trace_io import DATA_FORMATS, trace_from_json, trace_to_json, write_attention_csv
+from encoder.trace_io import DATA_FORMATS, trace_from_json, trace_to_json
 from tutorial.dataset import load_splits
-from viz.options import MERGE_WORDS, SHARED_OPTIONS, Option, parse_ints
-from viz.registry import ANALYSES, VIEWS, Analysis, analysis_options, build_view, view_options
+from viz.kinds import ENCODER, of_kind, write_kind_csv
+from viz.options import ATTENTION, MERGE_WORDS, SHARED_OPTIONS, Option, parse_ints
+from viz.registry import (
+    ANALYSES,
+    VIEWS,
+    Analysis,
+    analysis_options,
+    analysis_trace,
+    analysis_unavailable,
+    build_view,
+    view_options,
+    view_unavailable,
+)
 from viz.render import FIGURE_FORMATS, figure_to_bytes, figure_to_html
 
 FORMATS = (*FIGURE_FORMATS, *DATA_FORMATS)
@@ -42,6 +54,8 @@ EXAMPLES = """examples:
   python -m cli --corpus sentences.txt --view report --statistic sep -o sep.svg
   python -m cli --text "The cat sat." --view noise --samples 4 --sigma 0.5 -o noise.html
   python -m cli --text "The cat sat." --view ablation --ablate 0:3,2:5 -o ablation.json
+  python -m cli --model tests/fixtures/families/t5 --text "The cat sat." --target "Die Katze sass." \
+      --attention cross --view heatmap --layer 1 -o cross.svg
   python -m cli generate --model tests/fixtures/families/llama --prompt "Once upon a time" --out story.npz"""
 GENERATE = "generate"  # the subcommand
 TRACE_FORMATS = ("npz", "json")  # what --out writes
@@ -110,13 +124,15 @@ def _parser(generate: bool = False) -> argparse.ArgumentParser:
                              "the operator's: no HEADLIGHT_MODEL_ROOTS/HEADLIGHT_HUB_IDS needed)")
     if generate:
         source.add_argument("--prompt", "--text", dest="text", required=True, help="the text to continue")
-        parser.set_defaults(pair=None, trace=None, max_tokens=None, corpus=None, corpus_size=None)
+        parser.set_defaults(pair=None, trace=None, max_tokens=None, corpus=None, corpus_size=None, target=None)
         _add_generation_flags(parser)
     else:
         source.add_argument("--text", help="the sentence to trace")
         source.add_argument("--pair", help="an optional second sentence")
         source.add_argument("--max-tokens", type=int, help="keep at most this many tokens")
+        source.add_argument("--target", help="encoder-decoders (T5, BART): the decoder's text, run teacher-forced")
         source.add_argument("--trace", type=Path, help="a saved trace (.npz or .json) instead of --model/--text")
+    _add_flag(source, ATTENTION)
     _add_flag(source, MERGE_WORDS)
     output = parser.add_argument_group("output")
     if generate:
@@ -188,14 +204,21 @@ def _load_trace(args: argparse.Namespace, model: LoadedModel | None = None,
     """The trace to draw (``trace``, else ``_read_trace``), with sub-words merged into words when
     ``--merge-words`` asks."""
     trace = _read_trace(args, model) if trace is None else trace
+    if args.merge_words and trace.is_encoder_decoder:
+        raise ExportError("--merge-words merges the tokens of one text; an encoder-decoder's trace has two")
     return analysis.merge_words(trace) if args.merge_words else trace
+
+
+def _kind(args: argparse.Namespace) -> str:
+    """The attention kind of ``--attention`` (default the encoder's)."""
+    return args.attention or ENCODER
 
 
 def _read_trace(args: argparse.Namespace, model: LoadedModel | None = None) -> EncoderTrace:
     """``--trace`` read back, or ``--text``/``--pair`` traced by ``model`` (default: load ``--model``)."""
     if args.trace is not None:
-        if args.text is not None:
-            raise ExportError("give either --trace or --text, not both")
+        if args.text is not None or args.target is not None:
+            raise ExportError("give either --trace or --text (and --target), not both")
         if not args.trace.is_file():
             raise ExportError(f"{args.trace} does not exist")
         if args.trace.suffix.lower() == ".json":
@@ -204,6 +227,8 @@ def _read_trace(args: argparse.Namespace, model: LoadedModel | None = None) -> E
     if args.text is None:
         raise ExportError("give --text (the sentence to trace) or --trace (a saved trace)")
     model = load_source(args.model) if model is None else model  # the operator's own command line: any folder
+    if args.target is not None:  # an encoder-decoder's decoder text
+        return trace_text(model, args.text, args.pair, args.max_tokens, target=args.target)
     return trace_text(model, args.text, args.pair, args.max_tokens)
 
 
@@ -232,11 +257,13 @@ def _run_view(args: argparse.Namespace, fmt: str, given: dict[str, Any], traced:
     if studies:
         raise ExportError(f"view {args.view!r} does not take {_flags(studies)} (analysis settings)")
     trace = _load_trace(args, trace=traced)
+    kind = _kind(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    if view.unavailable is not None and view.unavailable(trace):
-        raise ExportError(view.unavailable(trace))
+    why = view_unavailable(view, trace, kind)
+    if why is not None:
+        raise ExportError(why)
     if view.rows is not None and fmt in ("csv", "json"):  # the view's own numbers, not the trace's attention
-        rows, document = view.rows(trace, given)
+        rows, document = view.rows(of_kind(trace, kind), given)
         text = analysis.rows_to_csv(rows) if fmt == "csv" else analysis.to_json(document)
         args.output.write_text(text, encoding="utf-8", newline="")
     elif fmt == "npz":
@@ -247,14 +274,14 @@ def _run_view(args: argparse.Namespace, fmt: str, given: dict[str, Any], traced:
         layers = [given["layer"]] if "layer" in given else None
         heads = given.get("heads", [given["head"]] if "head" in given else None)
         with args.output.open("w", encoding="utf-8", newline="") as handle:
-            write_attention_csv(trace, handle, layers, heads)
+            write_kind_csv(trace, kind, handle, layers, heads)
     else:
         accepted = view_options(view)
         ignored = set(given) - set(accepted)
         if ignored:
             raise ExportError(f"view {args.view!r} does not take {_flags(ignored)}")
         settings = {name: accepted[name].check(value) for name, value in given.items()}
-        _write_figure(args, fmt, build_view(trace, args.view, **settings))
+        _write_figure(args, fmt, build_view(trace, args.view, attention=kind, **settings))
 
 
 def _write_figure(args: argparse.Namespace, fmt: str, fig) -> None:
@@ -292,6 +319,11 @@ def _run_analysis(args: argparse.Namespace, fmt: str, entry: Analysis, given: di
     settings = _analysis_settings(entry, given)
     corpus, size = settings.pop("corpus", None), settings.pop("corpus_size", None)
     inputs = _inputs(args, entry, corpus, size) if traced is None else _generated_inputs(args, entry, *traced)
+    why = analysis_unavailable(entry, inputs.trace, _kind(args))
+    if why is not None:
+        raise ExportError(why)
+    if inputs.trace is not None:
+        inputs = dataclasses.replace(inputs, trace=analysis_trace(inputs.trace, _kind(args)))
     result = entry.compute(inputs, settings)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":

@@ -16,7 +16,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,13 +121,15 @@ def write_attention_csv(
     handle,
     layers: Iterable[int] | None = None,
     heads: Iterable[int] | None = None,
+    query_tokens: Sequence[str] | None = None,
 ) -> int:
     """Write attention in long format to a text ``handle``; returns the number of data rows.
 
     Columns: layer, head, query_index, query_token, key_index, key_token, weight (one row per weight, in
     (layer, head, query, key) order; weights in the shortest decimal that reads back to the same float32).
-    ``layers``/``heads`` restrict the rows (default all); a full trace has L*H*T*T rows. A token a spreadsheet
-    would run as a formula (it starts with = + - @, tab or CR) is written with a leading "'".
+    ``layers``/``heads`` restrict the rows (default all); a full trace has L*H*T*T rows. ``query_tokens`` (Tq,)
+    names the queries when they are another text's (cross-attention: ``trace.attention`` (L, H, Tq, T)). A token
+    a spreadsheet would run as a formula (it starts with = + - @, tab or CR) is written with a leading "'".
 
     Raises:
         ExportError: a layer or head out of range, listed twice, or none chosen.
@@ -137,23 +139,25 @@ def write_attention_csv(
     writer = csv.writer(handle, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     quoted = [csv_cell(t) for t in trace.tokens]
+    queries = quoted if query_tokens is None else [csv_cell(t) for t in query_tokens]
     count = trace.num_tokens
     key_parts = [f"{k},{quoted[k]}," for k in range(count)]
     rows = 0
     for layer in chosen_layers:
         for head in chosen_heads:
-            for query in range(count):
-                prefix = f"{layer},{head},{query},{quoted[query]},"
+            for query in range(len(queries)):
+                prefix = f"{layer},{head},{query},{queries[query]},"
                 values = trace.attention[layer, head, query].astype(str)
                 handle.write("".join(f"{prefix}{key_parts[k]}{values[k]}\n" for k in range(count)))
                 rows += count
     return rows
 
 
-def trace_to_csv(trace: EncoderTrace, layers: Iterable[int] | None = None, heads: Iterable[int] | None = None) -> str:
+def trace_to_csv(trace: EncoderTrace, layers: Iterable[int] | None = None, heads: Iterable[int] | None = None,
+                 query_tokens: Sequence[str] | None = None) -> str:
     """``write_attention_csv`` into a string."""
     buffer = io.StringIO()
-    write_attention_csv(trace, buffer, layers, heads)
+    write_attention_csv(trace, buffer, layers, heads, query_tokens)
     return buffer.getvalue()
 
 

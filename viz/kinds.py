@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 
 from encoder.errors import ViewError
 from encoder.trace import ATTENTION_KINDS, EncoderTrace
+from encoder.trace_io import write_attention_csv
 
 ENCODER, DECODER, CROSS = ATTENTION_KINDS
 KIND_TITLES = {ENCODER: "Encoder", DECODER: "Decoder (causal)", CROSS: "Cross-attention (decoder → encoder)"}  # titles
@@ -135,3 +136,10 @@ def name_kind(fig: go.Figure, trace: EncoderTrace, kind: str) -> go.Figure:
             if isinstance(layout, dict) and "title.text" in layout:
                 step.args = [step.args[0], {**layout, "title.text": prefix + layout["title.text"]}, *step.args[2:]]
     return fig
+
+
+def write_kind_csv(trace: EncoderTrace, kind: str, handle, layers=None, heads=None) -> int:
+    """``encoder.trace_io.write_attention_csv`` of ``trace``'s ``kind`` attention (cross-attention: decoder tokens
+    as the queries, encoder tokens as the keys); returns the number of data rows."""
+    shown = of_kind(trace, kind)
+    return write_attention_csv(shown, handle, layers, heads, query_side(shown).tokens if is_cross(shown) else None)
