@@ -27,9 +27,9 @@ from encoder.families import FAMILIES
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, ModelCard, builtin_sources
 from encoder.trace import EncoderTrace
-from ui.cache import Inputs, get_card, model_pending, session_traces, start_warm_up
+from ui.cache import Inputs, get_card, is_encoder_decoder, model_pending, session_traces, start_warm_up
 from ui.generation import continue_ui, has_lm_head
-from ui.inputs import DEFAULT_PROMPT, DEFAULT_TEXT, EXAMPLES, token_limit
+from ui.inputs import DEFAULT_PROMPT, DEFAULT_TARGET, DEFAULT_TEXT, EXAMPLES, token_limit
 from ui.serving.prefetch import prefetch_ui
 from ui.serving.runtime import apply_secrets, keep_keras_state_between_reruns
 from ui.text import plain
@@ -87,6 +87,19 @@ def text_ui() -> tuple[str, str | None]:
     return text, (pair if pair.strip() else None)
 
 
+def target_ui(source: str) -> str | None:
+    """An encoder-decoder's target text (its decoder runs teacher-forced on it), or None: the model is not one, or
+    the box is empty (then the encoder alone is traced)."""
+    if not is_encoder_decoder(source):
+        return None
+    target = st.text_area("Target (the decoder's text)", DEFAULT_TARGET, key="target", bind="query-params", height=70,
+                          help="An encoder-decoder (T5, BART) reads the text with its encoder and this target with "
+                               "its decoder, token by token (teacher-forced): the views then show the encoder's, the "
+                               "decoder's or the cross-attention (Attention, above the tabs). Empty: the encoder "
+                               "alone.")
+    return target if target.strip() else None
+
+
 def max_tokens_ui(max_positions: int) -> int:
     """The Max tokens control (drawn once the model is known: its positions bound it)."""
     limit = token_limit(max_positions)  # the model's positions, and the server's cap
@@ -122,6 +135,8 @@ def facts_ui(model: ModelCard, trace: EncoderTrace | None) -> None:
         rows["tokens"] = f"{trace.num_tokens}" + (f" (of {trace.untruncated_length})" if trace.truncated else "")
         if (generated := generation_steps(trace)) > 0:
             rows["tokens"] += f" ({generated} generated)"
+        if trace.is_encoder_decoder:
+            rows["decoder tokens"] = f"{len(trace.decoder_tokens)}"
     rows["encoder runs"] = f"{session_traces()} (this session)"  # never the shared model's count: it is private
     st.markdown("\n".join(f"- **{k}**: {v}" for k, v in rows.items()))
 
@@ -163,12 +178,13 @@ def main() -> None:
     prompt_for_decoder(source, model)
     with st.sidebar:
         max_tokens = max_tokens_ui(model.config.max_positions)
+        target = target_ui(source)
         generation = continue_ui(model.config)
         facts = st.container()
     if generation is not None and pair is not None:
         st.info("The text is continued alone: the second sentence is left out.")
         pair = None
-    inputs = Inputs(source, text, pair, max_tokens, generation)
+    inputs = Inputs(source, text, pair, max_tokens, generation, target=target)
     trace = None
     try:
         trace = inputs.trace

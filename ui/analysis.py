@@ -22,7 +22,15 @@ from ui.controls import option_ui
 from ui.text import plain
 from viz.analysis_figures import beside_figure
 from viz.options import ViewSettings
-from viz.registry import ANALYSES, GROUPS, Analysis, compute_options, group_analyses
+from viz.registry import (
+    ANALYSES,
+    GROUPS,
+    Analysis,
+    analysis_trace,
+    analysis_unavailable,
+    compute_options,
+    group_analyses,
+)
 
 CORPORA = ("this text", "test sentences", "uploaded file")
 
@@ -87,16 +95,19 @@ def picker_ui() -> Analysis:
 
 
 def analysis_ui(inputs: cache.Inputs, trace: EncoderTrace, settings: ViewSettings, stem: str) -> None:
+    """The picked analysis of ``trace`` (an encoder-decoder's: of ``inputs.attention``, the decoder's side for
+    "decoder"; none runs on cross-attention, and the message says why)."""
     entry = picker_ui()
     st.caption(entry.reading)
     more = section("analyses.md", entry.name, images=False)
     if more:
         with st.expander(f"More on {entry.label}: what it computes, how to read it, its paper"):
             st.markdown(more)
-    too_large = entry.limit(trace) if entry.limit is not None else None
-    if too_large:
-        st.info(too_large)
+    refused = analysis_unavailable(entry, trace, inputs.attention)
+    if refused:
+        st.info(plain(refused))
         return
+    trace = analysis_trace(trace, inputs.attention)
     if entry.corpus:
         inputs = cache.Inputs(*inputs.key, corpus=_corpus_ui(entry.corpus_max))
     shared = {"layer": settings.layer} if entry.layer else {}

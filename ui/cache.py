@@ -39,7 +39,8 @@ from ui.budget import ByteBudgetCache
 from ui.inputs import DEFAULT_TEXT, token_limit
 from ui.scrub import ScrubChart, scrub_chart
 from ui.serving import coldstart, warmup
-from viz.registry import ANALYSES
+from viz.kinds import ENCODER
+from viz.registry import ANALYSES, analysis_trace
 from viz.scrub import has_head_slider
 
 T = TypeVar("T")
@@ -93,13 +94,22 @@ def _cached(key: tuple, compute: Callable[[], T], spinner: str | None = None, wa
     return RESULTS.get(key, with_spinner, waiting=lambda: st.spinner(waiting) if waiting else nullcontext())
 
 
-def get_trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
-    """The trace of this input (one encoder run per process and input), counted for this session."""
-    trace = _cached(("trace", source, text, pair, max_tokens), lambda: _trace(source, text, pair, max_tokens),
-                    "Running the encoder…")
+def get_trace(source: str, text: str, pair: str | None, max_tokens: int, target: str | None = None) -> EncoderTrace:
+    """The trace of this input (one encoder run per process and input; an encoder-decoder's ``target`` runs its
+    decoder too), counted for this session."""
+    key = (source, text, pair, max_tokens) + (() if target is None else (target,))
+    trace = _cached(("trace", *key), lambda: _trace(source, text, pair, max_tokens, target), "Running the encoder…")
     traced = st.session_state.setdefault(TRACED, set())
-    traced.add((source, text, pair, max_tokens))
+    traced.add(key)
     return trace
+
+
+def is_encoder_decoder(source: str) -> bool:
+    """Whether the model ``source`` names has a decoder (T5, BART), so the page asks for a target text. The default
+    model is an encoder: never loaded for this while it is loading."""
+    if _loading_default(source):
+        return False
+    return bool(getattr(get_model(source), "is_encoder_decoder", False))
 
 
 @dataclass(frozen=True)
@@ -163,9 +173,11 @@ def _loading_default(source: str) -> bool:
     return source == DEFAULT_SOURCE and not warmup.ready()
 
 
-def _trace(source: str, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
+def _trace(source: str, text: str, pair: str | None, max_tokens: int, target: str | None = None) -> EncoderTrace:
     """One encoder run: the default model's by the cold-start helper (``ui.serving.coldstart``) while this process
-    is still loading it, else here."""
+    is still loading it, else here (an encoder-decoder's with its decoder on ``target``)."""
+    if target is not None:
+        return trace_text(get_model(source), text, pair, max_tokens, target=target)
     if _loading_default(source) and (helper := coldstart.helper()) is not None:
         trace = helper.trace(text, pair, max_tokens)
         if trace is not None:
@@ -275,9 +287,11 @@ def heavy_job() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What was traced (the cache key of every analysis): the text, or the text continued by the model
-    (``generation``) and shown up to a ``step`` of that generation (None: all of it); and the corpus chosen for
-    corpus analyses. Implements ``analysis.inputs.Inputs`` with the caches here."""
+    """What was traced (the cache key of every analysis): the text (an encoder-decoder's with its decoder on
+    ``target``), or the text continued by the model (``generation``) and shown up to a ``step`` of that generation
+    (None: all of it); which attention of an encoder-decoder an analysis runs on (``attention``: "decoder" makes
+    ``trace`` the decoder's side; views take the whole trace, with the default "encoder"); and the corpus chosen
+    for corpus analyses. Implements ``analysis.inputs.Inputs`` with the caches here."""
 
     source: str
     text: str
@@ -285,16 +299,20 @@ class Inputs:
     max_tokens: int
     generation: Continuation | None = None
     step: int | None = None
+    target: str | None = None
+    attention: str = ENCODER
     corpus: Corpus | None = None
 
     @property
     def key(self) -> tuple:
-        return self.source, self.text, self.pair, self.max_tokens, self.generation, self.step
+        return (self.source, self.text, self.pair, self.max_tokens, self.generation, self.step, self.target,
+                self.attention)
 
     @property
     def trace(self) -> EncoderTrace:
         if self.generation is None:
-            return get_trace(self.source, self.text, self.pair, self.max_tokens)
+            whole = get_trace(self.source, self.text, self.pair, self.max_tokens, self.target)
+            return analysis_trace(whole, self.attention)
         whole = get_generated(self.source, self.text, self.max_tokens, self.generation)
         return whole if self.step is None else step_trace(whole, self.step)
 

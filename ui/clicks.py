@@ -14,6 +14,7 @@ import streamlit as st
 
 from encoder.trace import EncoderTrace
 from viz.clicks import click_spec
+from viz.kinds import CrossTrace, query_side
 
 SELECTED_CELL = "selected_cell"  # session state: the clicked heatmap cell (query, key)
 
@@ -53,9 +54,10 @@ def apply_click(event: dict, spec: dict[int, tuple[str, ...]], tokens: Sequence[
             st.session_state[SELECTED_CELL] = (query, values["key"])
 
 
-def selected_cell(trace: EncoderTrace, query: int) -> tuple[int, int] | None:
-    """The clicked heatmap cell, while it still belongs to this trace and the query token it was clicked on."""
+def selected_cell(trace: EncoderTrace | CrossTrace, query: int) -> tuple[int, int] | None:
+    """The clicked heatmap cell, while it still belongs to this trace (its queries and keys: ``viz.kinds``) and the
+    query token it was clicked on."""
     cell = st.session_state.get(SELECTED_CELL)
-    if cell and max(cell) < trace.num_tokens and cell[0] == query:
+    if cell and cell[0] < query_side(trace).num_tokens and cell[1] < trace.num_tokens and cell[0] == query:
         return tuple(cell)
     return None

@@ -17,8 +17,9 @@ from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace
 from ui import clicks
 from ui.text import plain
+from viz.kinds import ENCODER, CrossTrace, of_kind, query_side
 from viz.layout import SEQUENTIAL_SCALES
-from viz.options import MERGE_WORDS, Option, ViewSettings
+from viz.options import ATTENTION, MERGE_WORDS, Option, ViewSettings
 from viz.selection import AGGREGATES
 
 HEAD_MODES = ("one head", *AGGREGATES)
@@ -43,12 +44,25 @@ def reset_now(key: str, default: Any) -> None:
         st.session_state[key] = default
 
 
-def token_labels(trace: EncoderTrace) -> list[str]:
-    """The query-token choices: "index: token", the tokens as people read them (what clicks set, too)."""
-    return [f"{i}: {t}" for i, t in enumerate(trace.readable_tokens)]
+def token_labels(trace: EncoderTrace | CrossTrace) -> list[str]:
+    """The query-token choices: "index: token", the query tokens as people read them (what clicks set, too): the
+    decoder's for cross-attention."""
+    return [f"{i}: {t}" for i, t in enumerate(query_side(trace).readable_tokens)]
 
 
-def _layer_controls(trace: EncoderTrace) -> tuple[int, bool]:
+def attention_ui(trace: EncoderTrace) -> str:
+    """Which attention of an encoder-decoder the views show (``viz.kinds``): a radio next to the layer and head, in
+    the URL; "encoder" for any other trace (no widget). Changing it never re-runs the model: the trace holds all
+    three."""
+    if not trace.is_encoder_decoder:
+        return ENCODER
+    return st.radio(ATTENTION.label, list(trace.attention_kinds), horizontal=True, key=ATTENTION.name,
+                    bind="query-params", help="encoder: the text's self-attention · decoder: the target's causal "
+                                              "self-attention · cross: each target token (query) attending to the "
+                                              "text's tokens (keys)")
+
+
+def _layer_controls(trace: EncoderTrace | CrossTrace) -> tuple[int, bool]:
     if trace.num_layers == 1:  # a slider needs two ends
         st.caption("Layer 0 (the model's only layer)")
         layer = 0
@@ -58,7 +72,7 @@ def _layer_controls(trace: EncoderTrace) -> tuple[int, bool]:
     return layer, layer_mean
 
 
-def _head_controls(trace: EncoderTrace) -> tuple[str | None, int, tuple[int, ...]]:
+def _head_controls(trace: EncoderTrace | CrossTrace) -> tuple[str | None, int, tuple[int, ...]]:
     every = tuple(range(trace.num_heads))
     mode = st.segmented_control("Heads", HEAD_MODES, default=HEAD_MODES[0], required=True, key="head_mode",
                                 bind="query-params")
@@ -78,7 +92,7 @@ def _display_controls(trace: EncoderTrace) -> dict[str, Any]:
         hide_special = st.checkbox("Hide special tokens ([CLS], [SEP])", key="hide_special", bind="query-params")
         renormalize = st.checkbox("…and renormalise rows to sum to 1", value=True, key="renormalize",
                                   bind="query-params", disabled=not hide_special)
-        merge_words = option_ui(MERGE_WORDS, trace)
+        merge_words = option_ui(MERGE_WORDS, trace) if not trace.is_encoder_decoder else False  # one text's
     with b:
         colorscale = st.selectbox("Colour scale", SEQUENTIAL_SCALES, key="colorscale", bind="query-params",
                                   help="Viridis and Cividis are colour-blind safe.")
@@ -98,7 +112,9 @@ def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace],
     """The shared controls above the tabs; returns what they say, and the trace the views show: ``trace``, or
     ``words()`` (sub-words merged into words) when the display options ask for it. The display options are read
     first (drawn below the others), so the query choices are the shown trace's tokens. The query starts on token
-    ``default_query`` of ``trace`` (default the first; its word when words are merged)."""
+    ``default_query`` of ``trace`` (default the first; its word when words are merged). An encoder-decoder's
+    attention kind (``attention_ui``) decides the layers, heads and query tokens offered (the views pick the kind
+    from the settings)."""
     top = st.container()
     with st.expander("Display options"):
         display = _display_controls(trace)
@@ -112,11 +128,13 @@ def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace],
     with top:
         left, middle, right = st.columns([3, 3, 3])
         with left:
-            layer, layer_mean = _layer_controls(shown)
+            kind = attention_ui(shown)
+            picked = of_kind(shown, kind)  # its layers, heads and query tokens
+            layer, layer_mean = _layer_controls(picked)
         with middle:
-            aggregate, head, heads = _head_controls(shown)
+            aggregate, head, heads = _head_controls(picked)
         with right:
-            labels = token_labels(shown)
+            labels = token_labels(picked)
             start = 0
             if default_query is not None:
                 start = default_query
@@ -129,8 +147,8 @@ def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace],
                                              required=True, key="direction", bind="query-params")
     query = labels.index(query_label) if query_label in labels else 0
     settings = ViewSettings(layer=layer, layer_mean=layer_mean, aggregate=aggregate, head=head, heads=heads,
-                            query=query, direction=DIRECTIONS[direction], selected=clicks.selected_cell(shown, query),
-                            **display)
+                            query=query, direction=DIRECTIONS[direction], selected=clicks.selected_cell(picked, query),
+                            attention=kind, **display)
     return settings, shown
 
 

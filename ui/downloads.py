@@ -9,6 +9,7 @@ bounded by their inputs (rollout, the largest, is ~9 MB of CSV at 512 tokens).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 
 import streamlit as st
@@ -18,6 +19,7 @@ from encoder.errors import ExportError
 from encoder.trace import EncoderTrace
 from ui.budget import held_bytes
 from viz import render
+from viz.kinds import ENCODER, CrossTrace, of_kind, query_side, write_kind_csv
 
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html",
         "npz": "application/octet-stream", "json": "application/json", "csv": "text/csv"}
@@ -47,26 +49,36 @@ def json_bytes(trace: EncoderTrace) -> int:
     return held_bytes(trace) // 4 * JSON_BYTES_PER_FLOAT
 
 
-def csv_bytes(trace: EncoderTrace, heads: int) -> int:
-    """At most the bytes of ``trace_to_csv`` for one layer and ``heads`` heads: T * T rows per head, each token
-    written T times as a query and T times as a key."""
-    tokens = sum(len(trace_io.csv_cell(token).encode("utf-8")) for token in trace.tokens)
-    count = trace.num_tokens
-    return heads * (count * count * CSV_ROW_BYTES + 2 * count * tokens)
+def csv_bytes(trace: EncoderTrace | CrossTrace, heads: int) -> int:
+    """At most the bytes of ``trace_to_csv`` for one layer and ``heads`` heads: Tq * Tk rows per head (queries
+    ``viz.kinds.query_side``'s tokens, keys the trace's), each query written Tk times, each key Tq times."""
+    queries, keys = query_side(trace).tokens, trace.tokens
+    query_chars, key_chars = (sum(len(trace_io.csv_cell(token).encode("utf-8")) for token in side)
+                              for side in (queries, keys))
+    return heads * (len(queries) * len(keys) * CSV_ROW_BYTES + len(keys) * query_chars + len(queries) * key_chars)
 
 
-def heads_that_fit(trace: EncoderTrace, heads: tuple[int, ...]) -> tuple[int, ...]:
+def kind_csv(trace: EncoderTrace, kind: str, layer: int, heads: tuple[int, ...]) -> str:
+    """The CSV of ``kind`` attention of ``trace`` (``viz.kinds.write_kind_csv``), one layer's ``heads``."""
+    buffer = io.StringIO()
+    write_kind_csv(trace, kind, buffer, [layer], list(heads))
+    return buffer.getvalue()
+
+
+def heads_that_fit(trace: EncoderTrace | CrossTrace, heads: tuple[int, ...]) -> tuple[int, ...]:
     """The first of ``heads`` whose CSV (one layer) fits ``MAX_DOWNLOAD_BYTES`` (all of them, usually)."""
     return heads[:next((n for n in range(len(heads), 0, -1) if csv_bytes(trace, n) <= MAX_DOWNLOAD_BYTES), 0)]
 
 
-def trace_downloads_ui(trace: EncoderTrace, stem: str, layer: int, heads: tuple[int, ...]) -> None:
+def trace_downloads_ui(trace: EncoderTrace, stem: str, layer: int, heads: tuple[int, ...],
+                       kind: str = ENCODER) -> None:
     """The trace's numbers, each file at most ``MAX_DOWNLOAD_BYTES``: NPZ (everything), JSON (everything, up to
-    128 tokens), CSV (this layer's heads, or the first of them that fit)."""
-    csv_heads = heads_that_fit(trace, heads)
+    128 tokens), CSV (this layer's heads of the ``kind`` attention shown, or the first of them that fit)."""
+    csv_heads = heads_that_fit(of_kind(trace, kind), heads)
     head_text = f"head {csv_heads[0]}" if len(csv_heads) == 1 else f"{len(csv_heads)} heads"
+    which = "" if kind == ENCODER else f" of the {kind} attention"
     st.markdown(f"**This trace's numbers** · NPZ and JSON: tokens, attention of every layer and head, hidden "
-                f"states, positional rows · CSV: layer {layer}, {head_text}, one row per (query, key)")
+                f"states, positional rows · CSV: layer {layer}, {head_text}{which}, one row per (query, key)")
     limit = f"{MAX_DOWNLOAD_BYTES // 2**20} MB"
     notes = []
     with st.container(horizontal=True, gap="small"):
@@ -82,8 +94,8 @@ def trace_downloads_ui(trace: EncoderTrace, stem: str, layer: int, heads: tuple[
             notes.append(f"JSON is offered up to {FULL_JSON_MAX_TOKENS} tokens and {limit} (a {trace.num_tokens}-"
                          "token trace would be hundreds of MB); NPZ holds everything.")
         if csv_heads:
-            download_button("CSV", lambda: trace_io.trace_to_csv(trace, layers=[layer], heads=list(csv_heads)),
-                            f"{stem}-layer{layer}.csv", "csv", "dl-trace-csv")
+            download_button("CSV", lambda: kind_csv(trace, kind, layer, csv_heads), f"{stem}-layer{layer}.csv", "csv",
+                            "dl-trace-csv")
         if len(csv_heads) < len(heads):
             notes.append(f"CSV is offered up to {limit}: " + (f"the first {len(csv_heads)} of the {len(heads)} heads "
                          "shown." if csv_heads else "not even one head of this trace fits."))

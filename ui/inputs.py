@@ -17,6 +17,7 @@ EXAMPLES = {
 }
 DEFAULT_TEXT = next(iter(EXAMPLES))
 DEFAULT_PROMPT = "Once upon a time, there was"  # a decoder's default text (app.prompt_for_decoder)
+DEFAULT_TARGET = "Die Katze saß auf der Matte, weil sie müde war."  # an encoder-decoder's target (app.target_ui)
 
 
 def token_limit(max_positions: int) -> int:

@@ -23,8 +23,9 @@ from ui.compare import compare_ui
 from ui.controls import controls_ui, option_ui, reset_later, reset_now
 from ui.downloads import file_stem, trace_downloads_ui
 from ui.text import plain
+from viz.kinds import kind_suffix, of_kind, query_side
 from viz.options import ViewSettings
-from viz.registry import View, view_tabs
+from viz.registry import View, build_view, view_tabs, view_unavailable
 
 COMPARE, ANALYSIS = "Compare", "Analysis"
 
@@ -37,14 +38,22 @@ def tab_labels(trace: EncoderTrace | None = None) -> list[str]:
 
 def view_figures_ui(views: list[View], trace: EncoderTrace, settings: ViewSettings, stem: str,
                     trace_key: tuple) -> None:
-    """One tab of views: each view's own widgets, then its figure (built once per ``trace_key``, the key of
-    ``trace`` in the cache, and these settings) and downloads."""
+    """One tab of views: each view's own widgets, then its figure of the chosen attention (built once per
+    ``trace_key``, the key of ``trace`` in the cache, and these settings) and downloads; a view that cannot show
+    that attention says why."""
+    kind = settings.attention
+    tokens = query_side(of_kind(trace, kind)).readable_tokens  # what a clicked query names
     for view in views:
+        why = view_unavailable(view, trace, kind)
+        if why is not None:
+            st.info(plain(why))
+            continue
         own = {option.name: option_ui(option, trace) for option in view.options if option.label is not None}
         arguments = {**view.settings_for(settings), **own}
-        key = (view.name, trace_key, tuple(sorted(arguments.items())))
-        figure = get_figure(key, lambda view=view, arguments=arguments: view.builder(trace, **arguments))
-        chart_ui(view.name, figure, stem, trace.readable_tokens)
+        key = (view.name, trace_key, kind, tuple(sorted(arguments.items())))
+        figure = get_figure(key, lambda view=view, arguments=arguments: build_view(trace, view.name, attention=kind,
+                                                                                   **arguments))
+        chart_ui(view.name, figure, stem, tokens)
 
 
 def prediction_ui(trace: EncoderTrace) -> None:
@@ -99,7 +108,7 @@ def views_ui(inputs: Inputs) -> None:
     trace = inputs.trace  # the whole trace, or a slice of it at a generation step
     last = trace.num_tokens - 1 if inputs.generation is not None else None  # the query starts on the newest token
     settings, shown = controls_ui(trace, lambda: get_word_trace(inputs), default_query=last)
-    stem = file_stem(inputs.source)
+    stem = file_stem(inputs.source) + kind_suffix(settings.attention)  # downloads name a decoder's or cross kind
     views = view_tabs(trace)
     labels = tab_labels(trace)
     for label, tab in zip(labels, st.tabs(labels, key="view", bind="query-params")):
@@ -113,9 +122,11 @@ def views_ui(inputs: Inputs) -> None:
                     if settings.merge_words:
                         st.caption("Analyses run on the tokens (sub-words not merged): those that re-run the "
                                    "model need them.")
-                    analysis_ui(inputs, trace, token_settings(trace, settings), stem)
+                    analysis_ui(dataclasses.replace(inputs, attention=settings.attention), trace,
+                                token_settings(trace, settings), stem)
                 else:
                     view_figures_ui(views[label], shown, settings, stem, (*inputs.key, settings.merge_words))
             except HeadlightError as error:
                 st.warning(plain(error))
-    trace_downloads_ui(shown, f"{stem}-words" if settings.merge_words else stem, settings.layer, settings.shown_heads)
+    trace_downloads_ui(shown, f"{stem}-words" if settings.merge_words else stem, settings.layer, settings.shown_heads,
+                       settings.attention)

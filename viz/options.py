@@ -192,7 +192,8 @@ class ViewSettings:
 
     ``aggregate`` None means one ``head``; "mean"/"max" combine ``heads``. ``selected`` is a clicked heatmap cell
     (query, key) or None. ``merge_words``: the views show the trace with sub-words merged into words (token
-    indices such as ``query`` are then word indices).
+    indices such as ``query`` are then word indices). ``attention``: which attention of an encoder-decoder the
+    views show (``viz.kinds``; ``query`` and ``selected`` then index its queries and keys).
     """
 
     layer: int = 0
@@ -210,6 +211,7 @@ class ViewSettings:
     block: str | None = None
     selected: tuple[int, int] | None = None
     merge_words: bool = False
+    attention: str = ENCODER
 
     @property
     def shown_heads(self) -> tuple[int, ...]:

@@ -341,8 +341,9 @@ def analysis_unavailable(entry: Analysis, trace: EncoderTrace | None, kind: str 
 
 
 def analysis_trace(trace: EncoderTrace | None, kind: str = ENCODER) -> EncoderTrace | None:
-    """The trace an analysis of ``kind`` attention runs on: ``trace``, or its ``decoder_trace()`` (decoder)."""
-    return trace if trace is None or kind == ENCODER else of_kind(trace, kind)
+    """The trace an analysis of ``kind`` attention runs on: ``trace``, or its ``decoder_trace()`` (decoder; no
+    analysis runs on cross-attention: ``analysis_unavailable``)."""
+    return trace.decoder_trace() if trace is not None and kind == DECODER else trace
 
 
 def group_analyses() -> dict[Group, list[Analysis]]:
