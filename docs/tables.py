@@ -32,12 +32,16 @@ def _flags(names: list[str]) -> str:
 
 
 def _view_row(view: View) -> str:
-    return f"| `{view.name}` | {view.label} | {_cell(view.description)} | {_flags(list(view_options(view)))} |"
+    kinds = ", ".join(view.kinds)
+    return (f"| `{view.name}` | {view.label} | {_cell(view.description)} | {_flags(list(view_options(view)))} | "
+            f"{kinds} |")
 
 
 def views_table() -> str:
-    """The views: name, app tab, what it shows, the flags it takes."""
-    lines = ["| view (`--view`) | app tab | what it shows | options |", "| --- | --- | --- | --- |"]
+    """The views: name, app tab, what it shows, the flags it takes, the kinds of an encoder-decoder's attention it
+    shows (``--attention``)."""
+    lines = ["| view (`--view`) | app tab | what it shows | options | attention (`--attention`) |",
+             "| --- | --- | --- | --- | --- |"]
     return "\n".join([*lines, *(_view_row(view) for view in VIEWS.values())])
 
 
