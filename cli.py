@@ -33,8 +33,8 @@ from viz.registry import (
     Analysis,
     analysis_options,
     analysis_trace,
-    analysis_unavailable,
     build_view,
+    kind_unavailable,
     view_options,
     view_unavailable,
 )
@@ -319,7 +319,7 @@ def _run_analysis(args: argparse.Namespace, fmt: str, entry: Analysis, given: di
     settings = _analysis_settings(entry, given)
     corpus, size = settings.pop("corpus", None), settings.pop("corpus_size", None)
     inputs = _inputs(args, entry, corpus, size) if traced is None else _generated_inputs(args, entry, *traced)
-    why = analysis_unavailable(entry, inputs.trace, _kind(args))
+    why = kind_unavailable(entry, inputs.trace, _kind(args))  # the analysis checks its own limits
     if why is not None:
         raise ExportError(why)
     if inputs.trace is not None:

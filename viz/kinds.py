@@ -81,11 +81,12 @@ class CrossTrace:
 
     @property
     def num_layers(self) -> int:
-        return self.attention.shape[0]
+        """The decoder's layers: each has a cross-attention block."""
+        return len(self.source.decoder_attention)
 
     @property
     def num_heads(self) -> int:
-        return self.attention.shape[1]
+        return self.source.num_heads  # the decoder's heads: every stack has as many (EncoderTrace checks it)
 
 
 def query_side(trace: EncoderTrace | CrossTrace) -> EncoderTrace:

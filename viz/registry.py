@@ -323,9 +323,18 @@ def _kinds_text(kinds: tuple[str, ...]) -> str:
 
 
 def analysis_unavailable(entry: Analysis, trace: EncoderTrace | None, kind: str = ENCODER) -> str | None:
-    """Why ``entry`` cannot run on ``kind`` attention of ``trace`` (None: it can; then on ``analysis_trace``):
-    cross-attention is never square (analyses follow a token through the layers of one text), and an analysis that
-    re-runs the model re-runs it on the encoder's input; else the entry's own ``limit``."""
+    """Why ``entry`` cannot run on ``kind`` attention of ``trace`` (``kind_unavailable``), or the entry's own
+    ``limit`` of that attention's trace; None when it can (then on ``analysis_trace``)."""
+    why = kind_unavailable(entry, trace, kind)
+    if why is not None or trace is None or entry.limit is None:
+        return why
+    return entry.limit(analysis_trace(trace, kind))
+
+
+def kind_unavailable(entry: Analysis, trace: EncoderTrace | None, kind: str = ENCODER) -> str | None:
+    """Why ``entry`` cannot run on ``kind`` attention of ``trace``, or None: cross-attention is never square
+    (analyses follow a token through the layers of one text), and an analysis that re-runs the model re-runs it on
+    the encoder's input."""
     if trace is None:
         return None
     try:
@@ -337,7 +346,7 @@ def analysis_unavailable(entry: Analysis, trace: EncoderTrace | None, kind: str 
                 "Cross-attention goes from decoder tokens to encoder tokens; pick encoder or decoder attention.")
     if kind == DECODER and entry.needs_model:
         return f"{entry.label} re-runs the model on the encoder's input: pick encoder attention."
-    return None if entry.limit is None else entry.limit(of_kind(trace, kind))
+    return None
 
 
 def analysis_trace(trace: EncoderTrace | None, kind: str = ENCODER) -> EncoderTrace | None:
