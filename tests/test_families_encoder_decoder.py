@@ -228,3 +228,82 @@ def test_a_checkpoint_without_its_decoder_is_refused(tmp_path):
         load_path(folder)
     assert convert_decoder_config(read_hf_config(FAMILIES_DIR / "t5-encoder"),
                                   convert_config(read_hf_config(FAMILIES_DIR / "t5-encoder"))) is None
+
+
+def generating_folder(name: str, folder):
+    """The fixture as ``*ForConditionalGeneration`` with an LM head of its own: T5 an ``lm_head.weight``, BART the
+    shared table (no ``lm_head.weight``) and a ``final_logits_bias``, both random and large enough that each step's
+    choice is clear."""
+    rng = np.random.default_rng(21)
+
+    def with_head(weights):
+        vocab, width = weights["shared.weight"].shape
+        if name == "t5":
+            return {**weights, "lm_head.weight": rng.normal(0, 2.0, (vocab, width)).astype(np.float32)}
+        return {**weights, "final_logits_bias": rng.normal(0, 2.0, (1, vocab)).astype(np.float32)}
+
+    conditional_generation(name, folder, with_head)
+    return load_path(folder, name=name)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_an_encoder_decoder_writes_a_target_and_traces_it_teacher_forced(name, tmp_path):
+    from encoder.generate import generate_ids, generate_text
+
+    loaded = generating_folder(name, tmp_path / name)
+    source = str(reference(name)["simple"]["text"])
+    source_ids = loaded.tokenizer.encode(source).token_ids
+    run = generate_ids(loaded, source_ids, 6, return_logits=True)
+    assert len(run.ids) == 6
+    np.testing.assert_array_equal(run.ids, run.logits.argmax(axis=-1))  # greedy: each token the argmax of its step
+    # each step's logits are the LM head at its row of the decoder run once on the start token + what it wrote
+    states = trace_text(loaded, source).hidden[-1]
+    decoder_ids = np.concatenate([[loaded.decoder_start], run.ids[:-1]]).astype(np.int32)
+    whole = loaded.decoder.forward_decoder(decoder_ids[None], states[None], logits=True)["logits"].numpy()[0]
+    np.testing.assert_allclose(run.logits, whole, atol=1e-4)
+
+    trace = generate_text(loaded, source, max_new_tokens=6)  # teacher-forced on the 6 tokens: 5 + the start
+    np.testing.assert_array_equal(trace.decoder_token_ids, decoder_ids)
+    assert trace.target == loaded.tokenizer.decode(run.ids) and trace.decoder_hidden.shape[1] == 6
+    sampled = [generate_ids(loaded, source_ids, 4, temperature=5.0, seed=seed).ids for seed in (1, 1, 2)]
+    np.testing.assert_array_equal(sampled[0], sampled[1])
+
+
+def test_generation_stops_at_the_end_token_and_needs_an_lm_head(tmp_path):
+    """LM-head rows swapped so that the model writes "▁The" then </s>: stopped there, its trace is trace_text's of
+    the text it wrote ("The", which tokenizes back to "▁The </s>")."""
+    from encoder.generate import generate_ids, generate_text
+
+    loaded = generating_folder("t5", tmp_path / "t5")
+    source_ids = loaded.tokenizer.encode("The cat sat.").token_ids
+    folder, the = tmp_path / "t5", loaded.tokenizer.token_to_id("▁The")
+    for step, wanted in enumerate((the, 1)):  # the first token: ▁The; the second: </s>
+        chosen = int(generate_ids(load_path(folder), source_ids, 2).ids[step])
+        weights = load_file(folder / "model.safetensors")
+        weights["lm_head.weight"][[chosen, wanted]] = weights["lm_head.weight"][[wanted, chosen]]
+        save_file(weights, folder / "model.safetensors")
+    stopping = load_path(folder, name="t5")
+    np.testing.assert_array_equal(generate_ids(stopping, source_ids, 5, stop_at_eos=True).ids, [the, 1])
+    trace = generate_text(stopping, "The cat sat.", max_new_tokens=5, stop_at_eos=True)
+    again = trace_text(stopping, "The cat sat.", target=trace.target)
+    assert trace.target == "The" and again.decoder_tokens == trace.decoder_tokens == ("<pad>", "▁The")
+    for field in ("cross_attention", "decoder_attention", "decoder_hidden", "attention", "hidden"):
+        np.testing.assert_allclose(getattr(again, field), getattr(trace, field), atol=1e-6)
+    with pytest.raises(InputError, match="without its language-model head"):
+        generate_text(load_family("t5"), "The cat sat.")
+    with pytest.raises(InputError, match="max_new_tokens"):
+        generate_ids(loaded, source_ids, 10_000)
+
+
+def test_transformers_generates_the_same_tokens(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from encoder.generate import generate_ids
+
+    loaded = generating_folder("t5", tmp_path / "t5")
+    model = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "t5").eval()
+    source_ids = loaded.tokenizer.encode("The cat sat on the mat.").token_ids
+    with torch.no_grad():
+        theirs = model.generate(torch.tensor(source_ids[None], dtype=torch.long), max_new_tokens=6, do_sample=False,
+                                min_new_tokens=6)[0, 1:].numpy()
+    np.testing.assert_array_equal(generate_ids(loaded, source_ids, 6).ids, theirs)
