@@ -109,7 +109,7 @@ def is_encoder_decoder(source: str) -> bool:
     model is an encoder: never loaded for this while it is loading."""
     if _loading_default(source):
         return False
-    return bool(getattr(get_model(source), "is_encoder_decoder", False))
+    return get_model(source).is_encoder_decoder
 
 
 @dataclass(frozen=True)
