@@ -11,6 +11,7 @@ from analysis.inputs import TraceInputs
 from cli import main
 from encoder.errors import ViewError
 from tests.support.encoder_decoder import reference_trace
+from tests.support.families import FAMILIES_DIR
 from tests.support.traces import synthetic_trace
 from viz.kinds import CROSS, DECODER, ENCODER, CrossTrace, kind_suffix, of_kind, query_side
 from viz.layout import short_label, token_hover_label
@@ -249,3 +250,22 @@ def test_cli_draws_and_exports_each_kind_and_refuses_plainly(trace, tmp_path, ca
         assert said in err and "Traceback" not in err
     assert main(["--trace", str(saved), "--target", "Hallo", "-o", str(tmp_path / "y.html")]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cli_traces_a_target_and_writes_the_cross_attention_the_model_computed(family, tmp_path):
+    from encoder.sources import load_source
+    from encoder.trace import trace_text
+
+    folder = str(FAMILIES_DIR / family)
+    text, target = "The cat sat on the mat.", "Die Katze saß."
+    rows = tmp_path / "cross.csv"
+    assert main(["--model", folder, "--text", text, "--target", target, "--attention", "cross", "--layer", "1",
+                 "--head", "2", "-o", str(rows)]) == 0
+    expected = trace_text(load_source(folder), text, target=target).cross_attention[1, 2]  # (Td, T)
+    lines = rows.read_text(encoding="utf-8").splitlines()[1:]
+    weights = np.array([float(line.rsplit(",", 1)[1]) for line in lines], dtype=np.float32)
+    np.testing.assert_allclose(weights.reshape(expected.shape), expected, rtol=1e-6, atol=1e-8)
+    figure = tmp_path / "lines.html"
+    assert main(["--model", folder, "--text", text, "--target", target, "--attention", "cross", "--view", "lines",
+                 "-o", str(figure)]) == 0
