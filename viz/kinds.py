@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from encoder.errors import ViewError
 from encoder.trace import ATTENTION_KINDS, EncoderTrace
 from encoder.trace_io import write_attention_csv
+from viz.layout import title_width
 
 ENCODER, DECODER, CROSS = ATTENTION_KINDS
 KIND_TITLES = {ENCODER: "Encoder", DECODER: "Decoder (causal)", CROSS: "Cross-attention (decoder → encoder)"}  # titles
@@ -130,7 +131,10 @@ def name_kind(fig: go.Figure, trace: EncoderTrace, kind: str) -> go.Figure:
     if not trace.is_encoder_decoder:
         return fig
     prefix = KIND_TITLES[kind] + " · "
-    fig.update_layout(title_text=prefix + (fig.layout.title.text or ""))
+    title = prefix + (fig.layout.title.text or "")
+    fig.update_layout(title_text=title)
+    if fig.layout.width:
+        fig.update_layout(width=title_width(title, fig.layout.width))
     for slider in fig.layout.sliders:
         for step in slider.steps:
             layout = step.args[1] if step.args and len(step.args) > 1 else None

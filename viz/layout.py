@@ -170,13 +170,18 @@ def label_margin(labels: Iterable[str], font_size: int) -> int:
     return int(widest * font_size * 0.62) + 12
 
 
+def title_width(title: str, width: int) -> int:
+    """``width`` (pixels), grown to fit ``title`` (15 px font, ~0.55 em per character)."""
+    return max(width, int(text_width(title) * 15 * 0.55) + 40)
+
+
 def base_layout(title: str, width: int | None = None, height: int | None = None) -> dict:
     """Shared layout: white background, our font, a title at the top left, the size when given (pixels).
 
     A given width grows to fit the title (15 px font, ~0.55 em per character).
     """
     if width is not None:
-        width = max(width, int(text_width(title) * 15 * 0.55) + 40)
+        width = title_width(title, width)
     size = {key: int(value) for key, value in (("width", width), ("height", height)) if value is not None}
     return dict(
         title=dict(text=title, x=0.015, xanchor="left", font=dict(size=15)),
