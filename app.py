@@ -117,6 +117,8 @@ def prompt_for_decoder(source: str, model: ModelCard) -> None:
     prompted = st.session_state.setdefault(PROMPTED, set())
     if not has_lm_head(model.config) or st.session_state.get("text") != DEFAULT_TEXT or source in prompted:
         return
+    if is_encoder_decoder(source):  # its text is a source to translate or summarise, not a prompt
+        return
     prompted.add(source)
     st.session_state[NEXT_TEXT] = DEFAULT_PROMPT
     st.rerun()
