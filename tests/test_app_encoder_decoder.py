@@ -120,3 +120,15 @@ def test_an_empty_target_traces_the_encoder_alone(t5):
     assert "attention" not in {r.key for r in at.get("radio")}
     (figure,) = _figures(at)
     assert figure["layout"]["title"]["text"].startswith("Layer 0, head 0")  # one stack: no kind named
+
+
+def test_a_crafted_target_is_traced_as_text_and_never_rendered_as_markdown(t5):
+    crafted = "[click](http://example.com) ![x](http://example.com/a.png) **bold**"
+    at = _app(**t5, target=crafted, attention="cross")
+    _no_errors(at)
+    for kind in ("markdown", "caption", "error", "warning", "info", "success"):
+        for element in at.get(kind):
+            assert not re.search(r"(?<!\\)\]\(", str(element.value)), element.value
+    (figure,) = _figures(at)
+    assert "Cross-attention" in figure["layout"]["title"]["text"]
+    assert not any("<a " in str(label) for label in figure["layout"]["yaxis"]["ticktext"])
