@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 from analysis import DEFAULT_RESIDUAL, STATISTICS, AttentionDiff, HeadClustering, HeadReport, attention_rollout
 from analysis.heads import DEFAULT_CLUSTERS, DEFAULT_STATISTIC
 from analysis.inputs import chosen_layer
+from analysis.pooled import pooled_row
 from analysis.report import SINK_FROM, SINK_THRESHOLD
 from encoder.errors import ViewError
 from viz.attention import build_attention_heatmap
@@ -520,22 +521,37 @@ def style(options: Options) -> dict:
     return {"colorscale": options["colorscale"]} if options.get("colorscale") else {}
 
 
+def pooled_figures(name: str, matrix: np.ndarray, trace: EncoderTrace, what: str) -> Figures:
+    """For a model that reads its output at one token (``analysis.pooled``: CLIP's end-of-text token, a decoder's
+    last token), that token's row of the (T, T) ``matrix`` as a token strip titled "<what>: row of <|endoftext|>
+    (10): what the pooled embedding reads", named ``<name>-pooled``; else no figure."""
+    row = pooled_row(trace)
+    if row is None:
+        return []
+    fig = build_token_view(trace, query=row.index, weights=matrix, label=what, scrub=False)
+    fig.update_layout(title=dict(text=f"{what}: {display_token(row.caption)}"))
+    return [(f"{name}-pooled", fig)]
+
+
 def rollout_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
-    """The rollout after the chosen layer; with a query token, also that token's row as a token strip."""
+    """The rollout after the chosen layer; for a model with a pooled token, that token's row as a token strip;
+    with a query token, also that token's row."""
     layer = chosen_layer(trace, options)
     residual = options.get("residual", DEFAULT_RESIDUAL)
-    shown = [("rollout", build_rollout_heatmap(result, trace.readable_tokens, layer, residual, **style(options)))]
+    what = f"Rollout after layer {layer}"
+    shown = [("rollout", build_rollout_heatmap(result, trace.readable_tokens, layer, residual, **style(options))),
+             *pooled_figures("rollout", result[layer], trace, what)]
     if options.get("query") is not None:
-        strip = build_token_view(trace, query=options["query"], weights=result[layer],
-                                 label=f"Rollout after layer {layer}")
-        shown.append(("rollout-tokens", strip))
+        shown.append(("rollout-tokens", build_token_view(trace, query=options["query"], weights=result[layer],
+                                                         label=what)))
     return shown
 
 
 def flow_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
     layers = chosen_layer(trace, options) + 1
     residual = options.get("residual", DEFAULT_RESIDUAL)
-    return [("flow", build_flow_heatmap(result, trace.readable_tokens, layers, residual, **style(options)))]
+    return [("flow", build_flow_heatmap(result, trace.readable_tokens, layers, residual, **style(options))),
+            *pooled_figures("flow", result, trace, f"Flow through layers 0-{layers - 1}")]
 
 
 def report_figures(result: HeadReport, trace: EncoderTrace | None, options: Options) -> Figures:
