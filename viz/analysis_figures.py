@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.graph_objects as go
 
-from analysis import DEFAULT_RESIDUAL, STATISTICS, AttentionDiff, HeadClustering, HeadReport, attention_rollout
+from analysis import (
+    DEFAULT_RESIDUAL,
+    STATISTICS,
+    AttentionDiff,
+    HeadClustering,
+    HeadReport,
+    PooledDiff,
+    attention_rollout,
+)
 from analysis.heads import DEFAULT_CLUSTERS, DEFAULT_STATISTIC
 from analysis.inputs import chosen_layer
 from analysis.pooled import pooled_row
@@ -184,6 +192,27 @@ def build_diff_heatmap(diff: AttentionDiff, layer: int, head: int, colorscale: s
         f"Red: {display_token(diff.label_b)} attends more, blue: less. Mean JS divergence of this head "
         f"{diff.divergence[layer, head]:.4f} nats.",
         colorscale, -bound, bound, "difference", "key", "query",
+    )
+
+
+def build_pooled_diff(diff: PooledDiff, colorscale: str = DEFAULT_DIVERGING) -> go.Figure:
+    """A minimal pair from the pooled token (``analysis.PooledDiff``): layers down, the aligned tokens across, each
+    cell the second text's rollout share minus the first's; the title gives the cosines of the two outputs, each
+    layer's label its total change."""
+    check_colorscale(colorscale)
+    change = diff.change
+    token = diff.pooled_a.token
+    cosines = " · ".join(f"cos({name}) {value:.4f}" for name, value in diff.cosines.items())
+    layers = [f"L{layer} Δ {total:.3f}" for layer, total in enumerate(diff.layer_change)]
+    bound = max(float(np.abs(change).max()), 1e-6)
+    return token_heatmap(
+        change, layers, diff.columns,
+        f"Row of {display_token(token)}, {display_token(diff.label_b)} minus {display_token(diff.label_a)}"
+        + (f": {cosines}" if cosines else ""),
+        f"Row of {display_token(token)}: what {diff.pooled_a.reads} reads, by attention rollout after each layer. "
+        f"Red: the second text's {display_token(token)} draws more on this token, blue: less; a changed stretch "
+        "(first → second) is one column. Δ: the row's total change (half the L1 distance of the two rows).",
+        colorscale, -bound, bound, "change", "token (changed stretches: first → second)", "layer",
     )
 
 
