@@ -65,6 +65,17 @@ def eos_position(trace: EncoderTrace) -> int | None:
     return int(found[0]) if found.size else None
 
 
+def output_position(trace: EncoderTrace, pooling: str) -> int | None:
+    """The position the output of a model pooling by ``pooling`` (``Head.pooling``) reads in ``trace``: 0 for
+    "cls", the end-of-text token for "eos" (``eos_position``), the last token for "last", None for "mean" (every
+    position alike)."""
+    if pooling == "cls":
+        return 0
+    if pooling == "last":
+        return trace.num_tokens - 1
+    return eos_position(trace) if pooling == "eos" else None
+
+
 def pooled_row(trace: EncoderTrace) -> PooledRow | None:
     """The token the model's output reads (module doc), or None for a mean- or [CLS]-pooled encoder."""
     index = eos_position(trace)
