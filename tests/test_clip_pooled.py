@@ -203,13 +203,26 @@ def test_the_pooled_comparison_needs_one_pooled_model(clip_trace, trace):
         pooled_diff(trace, trace)
 
 
-def test_the_compare_tab_shows_the_minimal_pair_from_the_eos_row(monkeypatch):
+def _clip_app(monkeypatch, **params) -> AppTest:
+    """The app on the CLIP fixture folder (opened under the model roots) with ``params`` in the URL."""
     monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(FAMILIES_DIR))
     at = AppTest.from_file("../app.py", default_timeout=180)
     for key, value in {"model": "folder or hub id…", "source": str(FAMILIES_DIR / "clip-text"), "text": TEXT,
-                       "view": "Compare"}.items():
+                       **params}.items():
         at.query_params[key] = value
-    at.run()
+    return at.run()
+
+
+def test_the_analysis_tab_shows_alti_and_its_eos_row(monkeypatch):
+    at = _clip_app(monkeypatch, view="Analysis", analysis="ALTI")
+    assert not at.exception and not at.warning, [e.value for e in at.exception]
+    titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+    assert titles == ["ALTI rollout after layer 0", "Attention rollout after layer 0 (residual weight 0.5)",  # beside
+                      "ALTI rollout after layer 0: row of &lt;|endoftext|&gt; (10): what the pooled embedding reads"]
+
+
+def test_the_compare_tab_shows_the_minimal_pair_from_the_eos_row(monkeypatch):
+    at = _clip_app(monkeypatch, view="Compare")
     at.text_area(key="other_text").set_value(SAME_LENGTH).run()
     assert not at.exception, [e.value for e in at.exception]
     titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
