@@ -10,7 +10,7 @@ from difflib import SequenceMatcher
 import numpy as np
 
 from analysis.divergence import head_divergence
-from analysis.flow import DEFAULT_RESIDUAL, attention_rollout
+from analysis.flow import attention_rollout
 from analysis.pooled import PooledRow, pooled_row
 from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace
@@ -83,7 +83,8 @@ def diff_traces(
 @dataclass(frozen=True, eq=False)
 class PooledDiff:
     """A minimal pair through a model that reads its output at one token (``analysis.pooled``), seen from that
-    token: its attention-rollout row after every layer in each text, lined up token by token.
+    token: its row of a rolled-out token matrix (attention rollout, ALTI, value zeroing) after every layer in each
+    text, lined up token by token.
 
     The two token sequences are aligned by their token ids (``difflib``): tokens both texts share are one column
     each; each stretch that differs ("red" in one, "bl", "ue" in the other) is one column, its shares summed on each
@@ -94,12 +95,11 @@ class PooledDiff:
         pooled_a, pooled_b: each text's ``PooledRow`` (its position and token).
         columns: (C,) the column labels: a shared token, or "first → second" for a changed stretch.
         changed: (C,) bool, True for a changed stretch.
-        shares_a, shares_b: (L, C) float64, the pooled token's rollout row after each layer, per column; rows sum
-            to 1.
+        shares_a, shares_b: (L, C) float64, the pooled token's row after each layer, per column; rows sum to 1.
         cosines: {"pooled": cos of the two pooled vectors (``outputs["pooled"]``), "embedding": cos of the two
             output embeddings (``outputs["embedding"]``, CLIP's ``text_embeds``)}, those the traces have.
         note: why the pair is compared this way when the token counts differ, else "".
-        residual: the rollout's residual weight.
+        method: the rolled-out matrix the rows come from ("attention rollout", "ALTI", "value zeroing").
     """
 
     label_a: str
@@ -112,7 +112,7 @@ class PooledDiff:
     shares_b: np.ndarray
     cosines: dict[str, float]
     note: str
-    residual: float = DEFAULT_RESIDUAL
+    method: str = "attention rollout"
 
     @property
     def change(self) -> np.ndarray:
@@ -157,13 +157,19 @@ def _cosine(u: np.ndarray, v: np.ndarray) -> float:
 
 
 def pooled_diff(a: EncoderTrace, b: EncoderTrace, label_a: str = "first text", label_b: str = "second text",
-                residual: float = DEFAULT_RESIDUAL) -> PooledDiff:
+                rolled: tuple[np.ndarray, np.ndarray] | None = None, method: str = "attention rollout") -> PooledDiff:
     """Compare two texts through one model from the token its output reads (``PooledDiff``); the texts may have
     different token counts.
 
+    Args:
+        a, b: the two traces.
+        label_a, label_b: their names in titles.
+        rolled: each text's rolled-out (L, T, T) token matrix of a method (``analysis.attribution.alti_layers``
+            rolled out, ``ValueZeroing.rollout``), named by ``method``; default attention rollout (residual 0.5).
+
     Raises:
-        AnalysisError: the traces come from different models, or the model has no single output token (a mean- or
-            [CLS]-pooled encoder).
+        AnalysisError: the traces come from different models, the model has no single output token (a mean- or
+            [CLS]-pooled encoder), or ``rolled`` does not fit the traces.
     """
     if a.model != b.model or a.attention.shape[:2] != b.attention.shape[:2]:
         raise AnalysisError(f"The pooled-token comparison takes two texts through one model, got {a.model} and "
@@ -172,11 +178,16 @@ def pooled_diff(a: EncoderTrace, b: EncoderTrace, label_a: str = "first text", l
     if row_a is None or row_b is None:
         raise AnalysisError(f"{a.model} does not read its output at one token (it pools over all of them), so "
                             "there is no pooled-token row to compare.")
+    if rolled is None:
+        rolled = (attention_rollout(a.attention), attention_rollout(b.attention))
     columns = aligned_columns(a, b)
     shares = []
-    for trace, row, side in ((a, row_a, 0), (b, row_b, 1)):
-        rolled = attention_rollout(trace.attention, residual)[:, row.index]  # (L, T)
-        shares.append(np.stack([rolled[:, column[side]].sum(axis=1) for column in columns], axis=1))  # (L, C)
+    for trace, matrix, row, side in ((a, rolled[0], row_a, 0), (b, rolled[1], row_b, 1)):
+        expected = (trace.num_layers, trace.num_tokens, trace.num_tokens)
+        if np.shape(matrix) != expected:
+            raise AnalysisError(f"{method} must be {expected} for this text, got shape {np.shape(matrix)}")
+        rows = np.asarray(matrix, np.float64)[:, row.index]  # (L, T)
+        shares.append(np.stack([rows[:, column[side]].sum(axis=1) for column in columns], axis=1))  # (L, C)
     cosines = {name: _cosine(a.outputs[name], b.outputs[name]) for name in ("pooled", "embedding")
                if name in a.outputs and name in b.outputs}
     labels = tuple(column[2] for column in columns)
@@ -187,4 +198,4 @@ def pooled_diff(a: EncoderTrace, b: EncoderTrace, label_a: str = "first text", l
         note = (f"The two texts have {a.num_tokens} and {b.num_tokens} tokens, so their attention cannot be "
                 f"subtracted cell by cell; the {row_a.token} rows are compared on the tokens both share, each changed "
                 f"stretch as one column ({stretches}).")
-    return PooledDiff(label_a, label_b, row_a, row_b, labels, changed, shares[0], shares[1], cosines, note, residual)
+    return PooledDiff(label_a, label_b, row_a, row_b, labels, changed, shares[0], shares[1], cosines, note, method)

@@ -196,6 +196,17 @@ def test_a_minimal_pair_of_different_lengths_is_aligned_on_the_shared_tokens(cli
                                                    abs=1e-6)
 
 
+def test_a_minimal_pair_by_alti_reads_each_texts_alti_eos_row(clip, clip_trace):
+    other = trace_text(clip, OTHER_LENGTH)
+    rolled = tuple(ANALYSES["alti"].compute(TraceInputs(t, clip), {}) for t in (clip_trace, other))
+    diff = pooled_diff(clip_trace, other, rolled=rolled, method="ALTI")
+    assert diff.method == "ALTI"
+    np.testing.assert_allclose(diff.shares_a, rolled[0][:, EOS], rtol=0, atol=1e-15)  # first text: one per column
+    np.testing.assert_allclose(diff.shares_b[:, 7], rolled[1][:, 11, 7] + rolled[1][:, 11, 8], rtol=0, atol=1e-15)
+    with pytest.raises(AnalysisError, match=r"ALTI must be \(2, 11, 11\)"):
+        pooled_diff(clip_trace, other, rolled=rolled[::-1], method="ALTI")
+
+
 def test_the_pooled_comparison_needs_one_pooled_model(clip_trace, trace):
     with pytest.raises(AnalysisError, match="one model"):
         pooled_diff(clip_trace, trace)
@@ -236,3 +247,8 @@ def test_the_compare_tab_shows_the_minimal_pair_from_the_eos_row(monkeypatch):
     (figure,) = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]  # no head-by-head difference
     assert figure["layout"]["xaxis"]["ticktext"][7] == "red → bl ue"
     assert figure["layout"]["yaxis"]["ticktext"][0].startswith("L0 Δ 0.")
+    for method in ("ALTI", "value zeroing"):  # through the registry's cached analyses of both texts
+        at.segmented_control(key="pooled_method").set_value(method).run()
+        assert not at.exception and not at.warning, [e.value for e in at.exception]
+        (figure,) = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+        assert f"reads, by {method} after each layer" in figure["layout"]["title"]["subtitle"]["text"]

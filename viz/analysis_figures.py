@@ -209,7 +209,7 @@ def build_pooled_diff(diff: PooledDiff, colorscale: str = DEFAULT_DIVERGING) -> 
         change, layers, diff.columns,
         f"Row of {display_token(token)}, {display_token(diff.label_b)} minus {display_token(diff.label_a)}"
         + (f": {cosines}" if cosines else ""),
-        f"Row of {display_token(token)}: what {diff.pooled_a.reads} reads, by attention rollout after each layer. "
+        f"Row of {display_token(token)}: what {diff.pooled_a.reads} reads, by {diff.method} after each layer. "
         f"Red: the second text's {display_token(token)} draws more on this token, blue: less; a changed stretch "
         "(first → second) is one column. Δ: the row's total change (half the L1 distance of the two rows).",
         colorscale, -bound, bound, "change", "token (changed stretches: first → second)", "layer",
