@@ -63,6 +63,7 @@ HEAD_CELL = 44  # pixels per cell of a layers x heads map of up to HEAD_MAP_WIDE
 HEAD_MAP_WIDE = 12
 HEAD_MAP_WIDTH, MIN_HEAD_CELL = 540, 14  # wider maps share this width, each cell at least MIN_HEAD_CELL
 HEAD_MAP_SIDES, HEAD_MAP_TOP_BOTTOM = 190, 170  # a layers x heads map's size beyond its cells
+MIN_POOLED_HEIGHT = 420  # pixels, of the pooled-token minimal-pair map (few layers)
 MAX_WRITTEN_CELLS = 200  # layers x heads maps with more cells do not write the values in them
 _LINE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf", "#393b79", "#637939")
@@ -205,7 +206,7 @@ def build_pooled_diff(diff: PooledDiff, colorscale: str = DEFAULT_DIVERGING) -> 
     cosines = " · ".join(f"cos({name}) {value:.4f}" for name, value in diff.cosines.items())
     layers = [f"L{layer} Δ {total:.3f}" for layer, total in enumerate(diff.layer_change)]
     bound = max(float(np.abs(change).max()), 1e-6)
-    return token_heatmap(
+    fig = token_heatmap(
         change, layers, diff.columns,
         f"Row of {display_token(token)}, {display_token(diff.label_b)} minus {display_token(diff.label_a)}"
         + (f": {cosines}" if cosines else ""),
@@ -214,6 +215,8 @@ def build_pooled_diff(diff: PooledDiff, colorscale: str = DEFAULT_DIVERGING) -> 
         "(first → second) is one column. Δ: the row's total change (half the L1 distance of the two rows).",
         colorscale, -bound, bound, "change", "token (changed stretches: first → second)", "layer",
     )
+    fig.update_layout(height=max(fig.layout.height, MIN_POOLED_HEIGHT))  # a 2-layer map keeps a readable colour bar
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
