@@ -5,7 +5,8 @@ A CLIP text encoder pools at its end-of-text token (``Head.pooling == "eos"``): 
 ``outputs["last_hidden_state"]`` (T, D) and ``outputs["pooled"]`` (D,) (or ``outputs["embedding"]`` without a text
 projection), and the pooled token is the position whose last hidden state is the pooled vector. A model with an LM
 head (a decoder) reads its next-token prediction at the last token. A mean-pooled encoder has no such row (every
-row counts alike), and a [CLS]-pooled one is not told apart from it by a saved trace: both give None.
+row counts alike), and a [CLS]-pooled one is not told apart from it by a saved trace: both give None, as does the
+encoder side of an encoder-decoder (its prediction is read on the decoder's side).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def pooled_row(trace: EncoderTrace) -> PooledRow | None:
     index = eos_position(trace)
     if index is not None:
         return PooledRow(index, trace.readable_tokens[index], "eos", "the pooled embedding")
-    if trace.has_lm_head:
+    if trace.has_lm_head and not trace.is_encoder_decoder:  # an encoder-decoder's prediction reads its decoder
         last = trace.num_tokens - 1
         return PooledRow(last, trace.readable_tokens[last], "last", "the next-token prediction")
     return None
