@@ -129,7 +129,8 @@ def test_pre_norm_contributions_are_each_tokens_attention_output_run_alone(famil
         closeness = np.maximum(np.abs(state).sum(-1)[:, None] - np.abs(state[:, None] - parts).sum(-1), 0.0)
         alti = attribution.alti_layers(trace.hidden, trace.attention,
                                        [attribution.layer_weights(loaded, k) for k in range(trace.num_layers)])
-        np.testing.assert_allclose(alti[layer], closeness / closeness.sum(-1, keepdims=True), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(alti[layer], closeness / closeness.sum(-1, keepdims=True), rtol=0,
+                                   atol=5e-6)  # measured 8e-7
 
 
 def test_models_the_decomposition_does_not_cover_are_refused_clearly():
