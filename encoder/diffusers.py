@@ -71,21 +71,20 @@ class ImageModelReads:
         and the pooled vectors come from the last layer (after the final norm)."""
         found: dict[int, list[str]] = {}
         if self.states == CLIP_LAYER:
-            found.setdefault(layers - 2, []).append(f"every token's output ({CLIP_LAYER})")
+            found.setdefault(layers - 2, []).append(f"every token ({CLIP_LAYER}, before the final norm)")
         elif self.states:
             found.setdefault(layers - 1, []).append(f"every token after the final norm ({self.states})")
         if self.pooled:
-            through = " through the projection" if self.pooled == "text_embeds" else ""
+            through = ", projected" if self.pooled == "text_embeds" else ""
             found.setdefault(layers - 1, []).append(f"the end-of-text token after the final norm{through} "
                                                     f"({self.pooled})")
-        return {layer: f"read by the {self.reader}: " + "; ".join(what) for layer, what in found.items()}
+        return {layer: " and ".join(what) for layer, what in found.items()}
 
     def describe(self, layers: int) -> str:
         """One sentence for the page: which layers the image model reads, and its token window."""
-        read = "; ".join(f"{'the embeddings' if layer < 0 else f'layer {layer}'}: {what.split(': ', 1)[1]}"
-                         for layer, what in sorted(self.marks(layers).items()))
-        return (f"{self.pipeline}'s {self.reader} reads {self.component}: {read}. It keeps the first {self.window} "
-                "tokens of a prompt.")
+        read = "; ".join(f"{layer_name(layer)}: {what}" for layer, what in sorted(self.marks(layers).items()))
+        return (f"{self.pipeline}'s {self.reader} reads {self.component}'s {read}. It keeps the first "
+                f"{self.window} tokens of a prompt.")
 
     def cut_note(self, kept: int, total: int) -> str:
         """The caption of a prompt cut at ``kept`` of its ``total`` tokens ("" when nothing was cut)."""
@@ -109,6 +108,11 @@ PIPELINES: tuple[tuple[str, str, dict[str, tuple[str, str, int]]], ...] = (
     ("Flux", "transformer", {"text_encoder": ("", "pooler_output", 0), "text_encoder_2": (LAST, "", 512)}),
     ("StableDiffusion", "UNet", {"text_encoder": (LAST, "", 0)}),
 )
+
+
+def layer_name(layer: int) -> str:
+    """"layer 10", or "embeddings" for -1 (a one-layer encoder's hidden_states[-2])."""
+    return "embeddings" if layer < 0 else f"layer {layer}"
 
 
 def image_model_reads(pipeline: str, component: str, max_positions: int, model_type: str | None
