@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from encoder.errors import CheckpointError, SourceError
 
 MODEL_INDEX = "model_index.json"
@@ -85,6 +87,20 @@ class ImageModelReads:
         read = "; ".join(f"{layer_name(layer)}: {what}" for layer, what in sorted(self.marks(layers).items()))
         return (f"{self.pipeline}'s {self.reader} reads {self.component}'s {read}. It keeps the first "
                 f"{self.window} tokens of a prompt.")
+
+    def read_from(self, trace) -> dict[str, np.ndarray]:
+        """What the image model gets of ``trace`` (an ``EncoderTrace`` of this text encoder), by the names the
+        pipeline reads them under: ``states`` (T, D) and ``pooled`` (D,) or (P,) (the projection's width)."""
+        found = {}
+        if self.states == CLIP_LAYER:
+            found[CLIP_LAYER] = trace.hidden[-2]
+        elif self.states:  # after the final norm: CLIP keeps it apart from hidden[-1], T5's hidden[-1] is it
+            found[self.states] = trace.outputs.get(LAST, trace.hidden[-1])
+        if self.pooled == "text_embeds":
+            found[self.pooled] = trace.outputs["embedding"]
+        elif self.pooled:  # without a projection the embedding is the pooled state itself
+            found[self.pooled] = trace.outputs.get("pooled", trace.outputs["embedding"])
+        return found
 
     def cut_note(self, kept: int, total: int) -> str:
         """The caption of a prompt cut at ``kept`` of its ``total`` tokens ("" when nothing was cut)."""
