@@ -321,16 +321,18 @@ def _draw_cut(fig: go.Figure) -> None:
     line = dict(color=CUT_COLOR, width=2, dash="dash")
     heatmap = next((d for d in fig.data if d.type == "heatmap" and d.x is not None), None)
     bars = [d for d in fig.data if d.type == "bar" and d.orientation == "h" and d.base is not None and len(d.y)]
-    if title == "key" and heatmap is not None:
+    if title == "key" and heatmap is not None:  # the scissors above the line
         x, y0, y1, yref = len(heatmap.x) - 0.5, 0, 1, "paper"
-    elif bars:
+        scissors = dict(y=1, xanchor="center", yanchor="bottom")
+    elif bars:  # the scissors right of the line
         row, end = max((float(y), float(b) + float(w)) for d in bars for y, b, w in zip(d.y, d.base, d.x))
         x, y0, y1, yref = end + 0.2, row - 0.45, row + 0.45, "y"
+        scissors = dict(y=row, xanchor="left", yanchor="middle")
     else:
         return
     fig.add_shape(type="line", x0=x, x1=x, y0=y0, y1=y1, xref="x", yref=yref, line=line, name="cut")
-    fig.add_annotation(text="✂", x=x, y=y1, xref="x", yref=yref, yanchor="bottom", showarrow=False,
-                       font=dict(color=CUT_COLOR, size=14), name="cut")
+    fig.add_annotation(text="✂", x=x, xref="x", yref=yref, showarrow=False, font=dict(color=CUT_COLOR, size=14),
+                       name="cut", **scissors)
 
 
 def _add_note_lines(fig: go.Figure, notes: list[str]) -> None:
