@@ -365,3 +365,25 @@ def test_the_app_opens_the_text_encoder_a_link_names(folders, monkeypatch):
     _no_errors(plain)
     assert not plain.error and "image model" not in _facts(plain)
     assert "component" not in {box.key for box in plain.selectbox}  # not an image model: no picker
+
+
+def test_a_variant_file_name_and_shards_open_as_diffusers_saves_them(tmp_path):
+    """diffusers saves ``model.fp16.safetensors`` (``variant="fp16"``), and big encoders (SD3's T5) as shards."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = write_diffusers_folder(tmp_path / "sd3", "StableDiffusion3Pipeline")
+    (folder / "text_encoder" / "model.safetensors").rename(folder / "text_encoder" / "model.fp16.safetensors")
+    t5 = folder / "text_encoder_3"
+    weights = load_file(t5 / "model.safetensors")
+    names = sorted(weights)
+    half = len(names) // 2
+    shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
+    for shard, held in shards.items():
+        save_file({name: weights[name] for name in held}, t5 / shard)
+    (t5 / "model.safetensors").unlink()
+    (t5 / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {name: shard for shard, held in shards.items() for name in held}}))
+    for component, fixture in (("text_encoder", "clip-text"), ("text_encoder_3", "t5-encoder")):
+        expected = reference(fixture)["simple"]
+        trace = trace_text(load_source(str(folder), text_encoder=component), str(expected["text"]))
+        assert_within(trace.attention, expected["attention"], f"{component} attention")
