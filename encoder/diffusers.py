@@ -39,10 +39,6 @@ class TextEncoderPart:
     encoder: Path
     tokenizer: Path
 
-    @property
-    def tokenizer_name(self) -> str:
-        return tokenizer_of(self.name)
-
 
 def tokenizer_of(component: str) -> str:
     """The tokenizer's component of a text encoder: ``text_encoder_2`` -> ``tokenizer_2``."""

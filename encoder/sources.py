@@ -192,17 +192,14 @@ def text_encoder_choices(name: str, restricted: bool = True) -> list[str]:
     name = split_source(name.strip())[0]
     if name in builtin_sources() or name == "tutorial-initial":
         return []
-    if restricted:
-        try:
-            _check_name(name, settings())
-        except SourceError:
-            return []
-        folder = allowed_folder(name, settings().model_roots)
-    else:
-        folder = Path(name).expanduser()
     try:
+        if restricted:
+            _check_name(name, settings())
+            folder = allowed_folder(name, settings().model_roots)
+        else:
+            folder = Path(name).expanduser()
         return text_encoders(folder)[1] if folder is not None and is_diffusers_folder(folder) else []
-    except (CheckpointError, OSError):
+    except (SourceError, CheckpointError, OSError, RuntimeError):  # RuntimeError: ~nosuchuser
         return []
 
 

@@ -279,6 +279,8 @@ def test_a_visitor_opens_image_models_only_under_the_model_roots(tmp_path, monke
     assert text_encoder_choices(str(inside)) == ["text_encoder", "text_encoder_2"]
     assert text_encoder_choices("sd") == ["text_encoder", "text_encoder_2"]  # relative to a root
     assert text_encoder_choices(str(outside)) == [] and text_encoder_choices(str(outside) + "#text_encoder") == []
+    for odd in ("~nosuchuser/sd", "sd" * 200, "s\x01d", "minilm#text_encoder"):  # no picker, no error
+        assert text_encoder_choices(odd) == [] and text_encoder_choices(odd, restricted=False) == []
     assert load_source(source_name("sd", "text_encoder_2"), restricted=True).reads.encoder == "T5"
     for name in (str(outside), source_name(str(outside), "text_encoder_2")):
         with pytest.raises(SourceError, match="not available here") as refused:
