@@ -9,6 +9,7 @@ from keras import ops
 from encoder.config import EncoderConfig
 from encoder.parts.mlp import feed_forward, mlp_layers
 from encoder.parts.norms import make_norm
+from encoder.parts.positions import AbsolutePart
 from encoder.parts.schemes import position_part
 
 
@@ -33,7 +34,9 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
     ``output_norm`` its ``ln_2``; with ``block.sandwich_norms`` (Gemma) ``x = x + norm(f(norm(x)))``, the outer
     norms ``attended_norm`` and ``mlp_output_norm``. The attention comes from the position scheme's part
     (``encoder.parts.schemes``: its logit rule, or its own attention); a windowed layer (``attention.windows``)
-    joins its window to the attention mask.
+    joins its window to the attention mask. A decoder layer of an encoder-decoder (``attention.cross``: T5, BART)
+    has a third sublayer between the two: ``cross_attention`` over the encoder's last hidden states (no positional
+    term), normalised by ``cross_attention_norm`` in the same placement (T5's ``layer.1``, BART's ``encoder_attn``).
 
     Args:
         config: EncoderConfig.
@@ -62,6 +65,9 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         # Sandwich norms (Gemma): the attention's and the MLP's outputs normalised before the residual sum.
         self.attended_norm = make_norm(block, "attended_norm") if block.sandwich_norms else None
         self.mlp_output_norm = make_norm(block, "mlp_output_norm") if block.sandwich_norms else None
+        cross = config.attention.cross  # a decoder's attention over the encoder: the plain scaled product
+        self.cross_attention = AbsolutePart.attention_for(config, index, "cross_attention") if cross else None
+        self.cross_attention_norm = make_norm(block, "cross_attention_norm") if cross else None
 
     def get_config(self):
         return {**super().get_config(), "index": self.index}
@@ -75,27 +81,49 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         for norm in (self.attended_norm, self.mlp_output_norm):
             if norm is not None:
                 norm.build(input_shape)
+        if self.cross_attention is not None:  # built last: the encoders' draws stay where they were
+            self.cross_attention.build(input_shape, input_shape)
+            self.cross_attention_norm.build(input_shape)
 
     def call(self, x, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
-             attention_scale=None, training=None, cache=None, start=None):
+             attention_scale=None, training=None, cache=None, start=None, encoder_hidden=None, encoder_mask=None):
         """``(x, pattern, terms)``; with a key/value ``cache`` (generation: ``InstrumentedAttention``'s ``cache`` and
-        ``start``, ``x`` the new tokens only), a fourth item, the layer's new cache."""
+        ``start``, ``x`` the new tokens only), a fourth item, the layer's new cache; with ``encoder_hidden`` (B, S,
+        D) (a decoder layer, ``attention.cross``), a fourth item, the cross-attention pattern (B, H, T, S), keys
+        hidden where ``encoder_mask`` (broadcastable to (B, T, S) bool) is False."""
         probes = dict(value_mask=value_mask, attention_scale=attention_scale)  # InstrumentedAttention's call args
         probes.update({} if cache is None else {"cache": cache, "start": start})
-        if self.config.block.placement == "pre":
-            attended, pattern, terms, *kept = self._attend(self.attention_norm(x), attention_mask, head_mask,
-                                                           position_bias, training, **probes)
+        decoder = self.cross_attention is not None
+        if (encoder_hidden is not None) != decoder or (decoder and cache is not None):
+            raise ValueError("a decoder layer (attention.cross) runs on encoder_hidden, without a cache; no other "
+                             "layer takes encoder_hidden")
+        crossed = []
+        pre = self.config.block.placement == "pre"
+        attended, pattern, terms, *kept = self._attend(self.attention_norm(x) if pre else x, attention_mask,
+                                                       head_mask, position_bias, training, **probes)
+        if pre:
             if self.attended_norm is not None:
                 attended = self.attended_norm(attended)
             x = x + attended
+        else:
+            x = self.attention_norm(x + attended)
+        if encoder_hidden is not None:
+            x, cross_pattern = self._cross_attend(x, encoder_hidden, encoder_mask, pre, training)
+            crossed = [cross_pattern]
+        if pre:
             fed = self._feed_forward(self.output_norm(x), training)
             if self.mlp_output_norm is not None:
                 fed = self.mlp_output_norm(fed)
-            return (x + fed, pattern, terms, *kept)
-        attended, pattern, terms, *kept = self._attend(x, attention_mask, head_mask, position_bias, training,
-                                                       **probes)
-        x = self.attention_norm(x + attended)
-        return (self.output_norm(x + self._feed_forward(x, training)), pattern, terms, *kept)
+            return (x + fed, pattern, terms, *kept, *crossed)
+        return (self.output_norm(x + self._feed_forward(x, training)), pattern, terms, *kept, *crossed)
+
+    def _cross_attend(self, x, encoder_hidden, encoder_mask, pre: bool, training):
+        """``(x, pattern)``: the residual stream after the cross-attention sublayer, and its (B, H, T, S) weights."""
+        queries = self.cross_attention_norm(x) if pre else x
+        attended, pattern, _ = self.cross_attention(queries, encoder_hidden, attention_mask=encoder_mask,
+                                                    training=training)
+        x = x + self.attention_dropout(attended, training=training)
+        return (x if pre else self.cross_attention_norm(x)), pattern
 
     def _attend(self, x, attention_mask, head_mask, position_bias, training, value_mask=None, attention_scale=None,
                 cache=None, start=None):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from encoder.limits import (
     check_config,
     check_config_fields,
     check_tensors,
+    parameter_count,
     read_headers,
 )
 from encoder.model import TransformerEncoder
@@ -52,10 +54,35 @@ def family_of(hf_config: dict[str, Any]):
 
 def convert_config(hf_config: dict[str, Any]) -> EncoderConfig:
     """Map a Hugging Face ``config.json`` to an EncoderConfig (pure function), through the model's family; sizes
-    outside ``encoder.limits.BOUNDS`` are refused before the family reads them."""
+    outside ``encoder.limits.BOUNDS`` are refused before the family reads them. An encoder-decoder's config gives
+    its encoder's (``convert_decoder_config`` its decoder's)."""
     check_config_fields(hf_config)
+    return _mapped(family_of(hf_config).convert_config, hf_config)
+
+
+def convert_decoder_config(hf_config: dict[str, Any], config: EncoderConfig) -> EncoderConfig | None:
+    """The decoder's EncoderConfig of an encoder-decoder's ``config.json`` (``config``: its encoder's, from
+    ``convert_config``), else None."""
+    family = family_of(hf_config)
+    if not hasattr(family, "decoder_config"):
+        return None
+    return _mapped(lambda hf: family.decoder_config(hf, config), hf_config)
+
+
+def decoder_start(hf_config: dict[str, Any], vocab_size: int) -> int:
+    """An encoder-decoder's ``decoder_start_token_id`` (the family's default when config.json gives none), which
+    must be a token id."""
+    start = hf_config.get("decoder_start_token_id")
+    start = family_of(hf_config).DECODER_START if start is None else start
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < vocab_size:
+        raise CheckpointError(f"config.json's decoder_start_token_id is not a token id (0 to {vocab_size - 1}).")
+    return start
+
+
+def _mapped(convert, hf_config: dict[str, Any]) -> EncoderConfig:
+    """``convert(hf_config)``, a field of the wrong kind reported as our error."""
     try:
-        return family_of(hf_config).convert_config(hf_config)
+        return convert(hf_config)
     except (TypeError, ValueError, OverflowError) as error:  # OverflowError: int(Infinity)
         if isinstance(error, CheckpointError):
             raise
@@ -79,9 +106,11 @@ def _canonical_name(name: str, prefixes: tuple[str, ...]) -> str:
     return name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
 
 
-def port_weights(model: TransformerEncoder, weights: Mapping[str, np.ndarray], source: str, family) -> None:
-    """Copy checkpoint tensors into the model: every name the ports need checked first, then one port at a time
-    its tensors read (``weights`` may be a ``StoredTensors``, which reads a tensor when asked), transformed,
+def port_weights(model: TransformerEncoder, weights: Mapping[str, np.ndarray], source: str, family,
+                 ports: list | None = None) -> None:
+    """Copy checkpoint tensors into the model through ``ports`` (default: the family's ``weight_ports``; an
+    encoder-decoder's decoder: its ``decoder_weight_ports``): every name they need checked first, then one port at a
+    time its tensors read (``weights`` may be a ``StoredTensors``, which reads a tensor when asked), transformed,
     checked against the variable's shape and assigned, so only one port's tensors are in memory besides the model.
     A port's name may be a tuple of names: its transform then receives those tensors in order (Llama's
     ``gate_proj`` and ``up_proj`` fill one fused variable). On a mismatch the model is left half filled: the caller
@@ -90,7 +119,7 @@ def port_weights(model: TransformerEncoder, weights: Mapping[str, np.ndarray], s
     for name, alias in getattr(family, "ALIASES", {}).items():  # another name the same tensor is stored under
         if name not in stored and alias in stored:
             stored[name] = stored[alias]
-    ports = family.weight_ports(model.config, model)
+    ports = family.weight_ports(model.config, model) if ports is None else ports
     needed = [n for name, _, _ in ports for n in (name if isinstance(name, tuple) else (name,))]
     missing = list(dict.fromkeys(name for name in needed if name not in stored))
     if missing:
@@ -234,24 +263,53 @@ def _read(file: Path, header: TensorHeader) -> np.ndarray:
     return data.reshape(header.shape)
 
 
+@dataclass(frozen=True, eq=False)
+class HFModels:
+    """What a Hugging Face folder holds: the model (an encoder-decoder's encoder), its class labels (``id2label`` of a
+    classifier, else ()), and an encoder-decoder's decoder with its ``decoder_start_token_id`` (None and 0 for a
+    single stack)."""
+
+    model: TransformerEncoder
+    labels: tuple[str, ...] = ()
+    decoder: TransformerEncoder | None = None
+    decoder_start: int = 0
+
+
 def load_hf_folder(
     folder: str | Path, hf_config: dict[str, Any] | None = None
 ) -> tuple[TransformerEncoder, tuple[str, ...]]:
     """Build a TransformerEncoder from a Hugging Face folder (config.json + safetensors) of a family we run;
-    returns the model and its class labels (``id2label`` of a classifier, else ()). ``hf_config`` is the folder's
-    config.json when the caller has read it already (``read_hf_config``)."""
+    returns the model (an encoder-decoder's encoder) and its class labels (``id2label`` of a classifier, else ()).
+    ``hf_config`` is the folder's config.json when the caller has read it already (``read_hf_config``)."""
+    loaded = load_hf_models(folder, hf_config)
+    return loaded.model, loaded.labels
+
+
+def load_hf_models(folder: str | Path, hf_config: dict[str, Any] | None = None) -> HFModels:
+    """Every stack of a Hugging Face folder: the model and, for an encoder-decoder (T5, BART), its decoder, each
+    size of both checked (their parameters together within the cap, the stored tensors enough for both) before
+    either is built."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError("The model path is not a folder: give the folder that holds config.json.")
     hf_config = read_hf_config(folder) if hf_config is None else hf_config
     family = family_of(hf_config)
     config = _sentence_transformer_pooling(folder, convert_config(hf_config))
-    check_config(config, settings().max_parameters)
+    decoder_config = convert_decoder_config(hf_config, config)
+    stacks = [config] if decoder_config is None else [config, decoder_config]
+    start = 0 if decoder_config is None else decoder_start(hf_config, config.vocab_size)
+    total = sum(map(parameter_count, stacks))
+    for stack in stacks:
+        check_config(stack, settings().max_parameters, others=total - parameter_count(stack))
     weights = StoredTensors(safetensors_files(folder))  # the headers only
-    check_tensors(_canonical_names(weights.headers(), family.PREFIXES), config)
+    check_tensors(_canonical_names(weights.headers(), family.PREFIXES), config, decoder_config)
     model = TransformerEncoder(config, name="encoder")  # only now, with every size checked, is anything big built
     port_weights(model, weights, "model.safetensors", family)
-    return model, labels(hf_config, config)
+    if decoder_config is None:
+        return HFModels(model, labels(hf_config, config))
+    decoder = TransformerEncoder(decoder_config, name="decoder")
+    port_weights(decoder, weights, "model.safetensors", family, family.decoder_weight_ports(decoder_config, decoder))
+    return HFModels(model, labels(hf_config, config), decoder, start)
 
 
 def _sentence_transformer_pooling(folder: Path, config: EncoderConfig) -> EncoderConfig:

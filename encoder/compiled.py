@@ -32,6 +32,8 @@ class CompiledEncoder:
       ``lens_top_k(hidden, normed)``: the LM head's top ``TOP_K`` tokens of any residual vectors (the logit lens).
     - ``extend(ids, start, keys, values)`` (causal models): new tokens after cached ones (``TransformerEncoder.extend``:
       generation's prefill and each step, all through one graph); ``empty_cache()`` the cache before a prefill.
+    - ``forward_decoder(ids, encoder_hidden, logits)`` (the decoder of an encoder-decoder): decoder input ids over
+      an encoder's last hidden states.
     - ``input_gradients`` / ``attention_gradients``: a scalar of the output (an objective function, e.g.
       ``analysis.objectives``) and its gradient with respect to the embedding noise (and the attention scale), by
       ``tf.GradientTape``; one graph per objective function, traced on first use.
@@ -60,6 +62,7 @@ class CompiledEncoder:
                                                                      tf.TensorSpec([], tf.bool)])
         self._gradients: dict[tuple[Objective, bool], tf.types.experimental.GenericFunction] = {}
         self._extending = None  # traced on first use: only causal models generate
+        self._decoding: dict[bool, tf.types.experimental.GenericFunction] = {}  # a decoder's, on first use
 
     def forward(self, ids, segments) -> dict:
         """Unpadded (B, T) ids and segments -> the model's output dict of tensors."""
@@ -92,6 +95,20 @@ class CompiledEncoder:
     def _check_lm_head(self) -> None:
         if not self.model.config.head.lm_head:
             raise ValueError("this model has no LM head (next-token logits belong to decoders)")
+
+    def forward_decoder(self, ids, encoder_hidden, logits: bool = False) -> dict:
+        """(B, Td) decoder input ids and an encoder's last hidden states (B, S, D) float32 -> the decoder's output
+        dict (its ``cross_attention`` (B, L, H, Td, S) included; with ``logits``, the LM head's (B, Td, V)). A
+        decoder of an encoder-decoder only (``attention.cross``)."""
+        if not self.model.config.attention.cross:
+            raise ValueError("this model is not the decoder of an encoder-decoder")
+        if bool(logits) not in self._decoding:
+            hidden = tf.TensorSpec([None, None, self.model.config.d_model], tf.float32)
+            self._decoding[bool(logits)] = tf.function(
+                lambda ids, states: self.model(ids, training=False, full_logits=bool(logits), encoder_hidden=states),
+                input_signature=[_IDS, hidden])
+        self.calls += 1
+        return self._decoding[bool(logits)](ids, tf.convert_to_tensor(encoder_hidden, tf.float32))
 
     def embed(self, ids, segments):
         """(B, T) ids and segments -> (B, T, D) input embeddings (``TransformerEncoder.embed``)."""
@@ -183,5 +200,6 @@ class CompiledEncoder:
     def tracing_count(self) -> int:
         """How many graphs were traced in all (a new sentence length must not add one)."""
         functions = (self._plain, self._padded, self._perturbed, self._embedding, self._with_logits, self._lens,
-                     *self._gradients.values(), *([self._extending] if self._extending is not None else []))
+                     *self._gradients.values(), *([self._extending] if self._extending is not None else []),
+                     *self._decoding.values())
         return sum(f.experimental_get_tracing_count() for f in functions)

@@ -10,6 +10,11 @@ marking the generated tokens (``EncoderTrace.generated``) and keeping each step'
 A causal model's attention over the final sequence equals the attention each step computed (row ``P - 1 + k`` of
 the final trace is the query of step k, P the prompt's tokens), up to float32 rounding: the step replay of the app
 reads the final trace.
+
+An encoder-decoder with an LM head (``T5ForConditionalGeneration``, ``BartForConditionalGeneration``) writes a target
+for its source instead: the encoder runs once, then the decoder runs on its start token and the tokens written so far
+at every step (no cache: outputs are short, and ``MAX_NEW_TOKENS`` and the decoder's positions bound them), and the
+result is the source's trace teacher-forced on what it wrote (``encoder.trace.decoder_fields``: ``target`` its text).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 from encoder.errors import InputError, whole_number
 from encoder.model import TOP_K
 from encoder.tokenizer import Encoded
-from encoder.trace import EncoderTrace, _make_trace, has_lm_head, to_numpy
+from encoder.trace import EncoderTrace, _make_trace, decoder_fields, has_lm_head, to_numpy
 
 if TYPE_CHECKING:
     from encoder.sources import LoadedModel
@@ -40,7 +45,7 @@ class Generation:
     """What ``generate_ids`` produced.
 
     Attributes:
-        prompt_ids: (P,) int32, the prompt's token ids.
+        prompt_ids: (P,) int32, the prompt's token ids (an encoder-decoder's: its source's).
         ids: (N,) int32, the generated ids in order (N <= max_new_tokens; fewer when it stopped at an EOS).
         step_ids, step_probs: (N, K) int32 / float32, each step's K most probable tokens of the distribution it
             chose from (after the temperature, top-k and top-p; the softmax of the logits for greedy steps).
@@ -72,10 +77,12 @@ def generate_text(
     seed: int | None = None,
     stop_at_eos: bool = False,
 ) -> EncoderTrace:
-    """Continue ``prompt`` with up to ``max_new_tokens`` tokens and trace prompt + continuation.
+    """Continue ``prompt`` with up to ``max_new_tokens`` tokens and trace prompt + continuation; an
+    encoder-decoder writes a target for ``prompt`` (its source) and traces it teacher-forced.
 
     Args:
-        model: a LoadedModel with an LM head (a decoder: Llama, Mistral, Qwen, Gemma, Phi-3, ...).
+        model: a LoadedModel with an LM head (a decoder: Llama, Mistral, Qwen, Gemma, Phi-3, ...; or an
+            encoder-decoder's: T5ForConditionalGeneration, BartForConditionalGeneration).
         prompt: the text to continue (tokenized as ``trace_text`` tokenizes it: the BOS where the tokenizer adds
             one; refused when empty, as ``trace_text`` refuses it).
         max_new_tokens: a whole number from 1 to the model's remaining positions (and ``MAX_NEW_TOKENS``).
@@ -92,7 +99,9 @@ def generate_text(
         ``generated`` True at the N new tokens, ``outputs["step_ids"]`` / ``outputs["step_probs"]`` (N, K) the
         candidates each step chose from (of the distribution it sampled from, after the temperature; for greedy
         steps equal to ``next_ids[P - 1 + k]`` / ``next_probs[P - 1 + k]`` up to float32 rounding). ``text`` is
-        the prompt followed by the decoded continuation.
+        the prompt followed by the decoded continuation. An encoder-decoder's: ``trace_text`` of the source with
+        the decoder teacher-forced on the N tokens it wrote (its input the start token and the first N - 1 of
+        them; ``target`` their decoded text, special tokens skipped); step candidates are not kept.
 
     Raises:
         InputError: no LM head, an empty or too long prompt, a setting out of range.
@@ -106,11 +115,20 @@ def generate_text(
     encoded = model.tokenizer.encode(prompt)
     generation = generate_ids(model, encoded.token_ids, max_new_tokens, temperature, top_k, top_p, seed,
                               stop_at_eos)
+    if model.decoder is not None:
+        return trace_written_target(model, encoded, generation, prompt)
     return trace_generation(model, encoded, generation, prompt)
 
 
 def check_generator(model: LoadedModel) -> None:
-    """Refuse a model that cannot continue a text (InputError): one without an LM head, or not causal."""
+    """Refuse a model that cannot continue a text (InputError): one without an LM head, or not causal; an
+    encoder-decoder whose decoder has no LM head (``T5Model``, ``BartModel``)."""
+    if model.decoder is not None:
+        if not model.decoder.model.config.head.lm_head:
+            raise InputError(f"{model.name} is an encoder-decoder without its language-model head (a T5Model or "
+                             "BartModel checkpoint): it cannot write a target. Give a target to trace, or open its "
+                             "*ForConditionalGeneration checkpoint.")
+        return
     if not has_lm_head(model) or not model.config.attention.causal:
         raise InputError(f"{model.name} has no language-model head: it cannot continue a text. Choose a decoder "
                          "(a model that predicts the next token, such as Llama, Qwen, Gemma or Phi-3).")
@@ -128,13 +146,16 @@ def generate_ids(
     return_logits: bool = False,
     return_attention: bool = False,
 ) -> Generation:
-    """Generate from token ids: a prefill of ``prompt_ids`` (P,), then one cached step per token.
+    """Generate from token ids: a prefill of ``prompt_ids`` (P,), then one cached step per token; an
+    encoder-decoder: the encoder on ``prompt_ids`` (the source) once, then its decoder on the start token and the
+    tokens so far at every step (``max_new_tokens`` up to the decoder's positions).
 
     Arguments as ``generate_text``; ``return_logits`` keeps each step's raw logits (N, V), ``return_attention``
-    each step's attention row (L, H, P + k).
+    each step's attention row (L, H, P + k) (a decoder-only model's).
 
     Raises:
-        InputError: no LM head, an empty prompt, a setting out of range.
+        InputError: no LM head, an empty prompt, a setting out of range, ``return_attention`` for an
+            encoder-decoder.
     """
     check_generator(model)
     prompt_ids = np.asarray(prompt_ids)
@@ -144,16 +165,19 @@ def generate_ids(
     if prompt_ids.min() < 0 or prompt_ids.max() >= vocab:
         raise InputError(f"prompt token ids must be in 0-{vocab - 1}")
     prompt_ids = prompt_ids.astype(np.int32)
-    count = check_new_tokens(max_new_tokens, model.config.max_positions - len(prompt_ids))
+    if model.decoder is not None and return_attention:
+        raise InputError("an encoder-decoder's step attention is its final trace's (decoder_attention, "
+                         "cross_attention): return_attention is for decoder-only models")
+    room = (model.config.max_positions - len(prompt_ids) if model.decoder is None
+            else model.decoder.model.config.max_positions)
+    count = check_new_tokens(max_new_tokens, room)
     temperature, top_k, top_p = check_sampling(temperature, top_k, top_p, vocab)
     rng = np.random.default_rng(None if seed is None else whole_number(seed, "seed", error=InputError))
     stops = end_of_sequence_ids(model) if stop_at_eos else frozenset()
 
-    encoder = model.encoder
-    keys, values = encoder.empty_cache()
-    out = encoder.extend(prompt_ids[None], np.int32(0), keys, values)
+    out, step = (_cached_steps if model.decoder is None else _decoder_steps)(model, prompt_ids)
     ids, step_ids, step_probs, logits_kept, attention_kept = [], [], [], [], []
-    for step in range(count):
+    for index in range(count):
         logits = to_numpy(out["logits"])[0]  # (V,) float32
         if return_logits:
             logits_kept.append(np.array(logits))
@@ -163,10 +187,9 @@ def generate_ids(
         ids.append(token)
         step_ids.append(candidates)
         step_probs.append(probs)
-        if token in stops or step == count - 1:
+        if token in stops or index == count - 1:
             break
-        position = len(prompt_ids) + step
-        out = encoder.extend(np.array([[token]], np.int32), np.int32(position), out["keys"], out["values"])
+        out = step(ids, out)
     return Generation(
         prompt_ids=prompt_ids,
         ids=np.asarray(ids, np.int32),
@@ -175,6 +198,44 @@ def generate_ids(
         logits=np.stack(logits_kept) if return_logits else None,
         attention=tuple(attention_kept) if return_attention else None,
     )
+
+
+def _cached_steps(model: LoadedModel, prompt_ids: np.ndarray):
+    """``(first, step)`` of a decoder-only model: the prefill's output, and ``step(ids, out)``, the output after
+    the last of the generated ``ids`` (``out``: the previous step's, whose key/value cache it extends)."""
+    encoder = model.encoder
+    keys, values = encoder.empty_cache()
+
+    def step(ids: list[int], out: dict) -> dict:
+        position = len(prompt_ids) + len(ids) - 1
+        return encoder.extend(np.array([ids[-1:]], np.int32), np.int32(position), out["keys"], out["values"])
+
+    return encoder.extend(prompt_ids[None], np.int32(0), keys, values), step
+
+
+def _decoder_steps(model: LoadedModel, source_ids: np.ndarray):
+    """``(first, step)`` of an encoder-decoder: the encoder run once on ``source_ids``; each output holds
+    ``logits`` (1, V), the LM head at the last decoder position of the start token followed by ``ids``."""
+    outputs = model.encoder.forward(source_ids[None], np.zeros((1, len(source_ids)), np.int32))
+    states = outputs.get("last_hidden_state", outputs["hidden"][:, -1])  # (1, S, D): what the decoder reads
+
+    def step(ids: list[int], out: dict | None = None) -> dict:
+        decoder_ids = np.array([[model.decoder_start, *ids]], np.int32)  # (1, n + 1)
+        return {"logits": model.decoder.forward_decoder(decoder_ids, states, logits=True)["logits"][:, -1]}
+
+    return step([]), step
+
+
+def trace_written_target(model: LoadedModel, encoded: Encoded, generation: Generation, source: str) -> EncoderTrace:
+    """An encoder-decoder's trace of ``source`` (``encoded``) teacher-forced on the tokens ``generation`` wrote."""
+    tokenizer = model.tokenizer
+    raw = model.encoder.forward(encoded.token_ids[None], encoded.segment_ids[None])
+    outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
+    written = generation.ids
+    special = np.array([int(i) in tokenizer.special_ids() for i in written], dtype=bool)
+    decoder = decoder_fields(model, outputs, tokenizer.decode(written), written,
+                             tuple(tokenizer.id_to_token(int(i)) for i in written), special)
+    return _make_trace(model, encoded, outputs, source, None, decoder=decoder)
 
 
 def check_new_tokens(max_new_tokens, remaining: int) -> int:

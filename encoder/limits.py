@@ -84,6 +84,9 @@ CONFIG_FIELDS = {  # config.json name (every family's) -> the bounded size it se
     "num_hidden_groups": "num_layer_groups",
     "num_labels": "num_classes",
     "num_layers": "num_layers", "num_decoder_layers": "num_layers", "num_heads": "num_heads",  # T5
+    "encoder_layers": "num_layers", "decoder_layers": "num_layers",  # BART
+    "encoder_attention_heads": "num_heads", "decoder_attention_heads": "num_heads",
+    "encoder_ffn_dim": "dff", "decoder_ffn_dim": "dff",
     "d_kv": "head_dim", "d_model": "d_model", "d_ff": "dff",
     "relative_attention_num_buckets": "relative_attention_buckets",
     "relative_attention_max_distance": "max_distance",
@@ -171,6 +174,7 @@ def parameter_count(config: EncoderConfig) -> int:
     inner = 2 * f if config.gated_feed_forward else f  # a gated MLP's input projection is twice as wide
     feed_forward = d * inner + b * inner + f * d + b * d
     layer = attention + feed_forward + (4 if config.block.sandwich_norms else 2) * norm
+    layer += attention + norm if config.attention.cross else 0  # a decoder's cross-attention and its norm
     tables = config.num_layers if getattr(config.positions, "per_layer", False) else 1  # umT5: one per layer
     embeddings += config.relative_attention_buckets * config.num_heads * tables  # MPNet's and T5's bias tables
     if config.relative_attention:  # DeBERTa's relative embeddings (+ norm), own position projections per layer
@@ -184,17 +188,19 @@ def parameter_count(config: EncoderConfig) -> int:
     heads += d * config.head.projection  # CLIP's text projection (no bias)
     if config.head.lm_head and not config.head.tie_embeddings:
         heads += d * config.vocab_size
+    heads += config.vocab_size if config.head.logit_bias else 0  # BART's final_logits_bias
     return embeddings + (config.num_layer_groups or config.num_layers) * layer + heads
 
 
-def check_config(config: EncoderConfig, max_parameters: int) -> None:
-    """Refuse a mapped config beyond ``BOUNDS`` or with more than ``max_parameters`` weights."""
+def check_config(config: EncoderConfig, max_parameters: int, others: int = 0) -> None:
+    """Refuse a mapped config beyond ``BOUNDS`` or with more than ``max_parameters`` weights (counting ``others``
+    besides: the other stack of an encoder-decoder)."""
     for field, bound in BOUNDS.items():
         size = GROUPED[field](config) if field in GROUPED else getattr(config, field)
         if size > bound.high:
             raise CheckpointError(f"config.json asks for more {bound.what} than Headlight runs "
                                   f"(at most {bound.high:,}).")
-    if parameter_count(config) > max_parameters:
+    if parameter_count(config) + others > max_parameters:
         raise CheckpointError(
             f"config.json describes a model larger than this server runs (at most {max_parameters:,} parameters; "
             "the operator sets the limit with HEADLIGHT_MAX_PARAMETERS).")
@@ -263,9 +269,11 @@ def _whole_numbers(values: Any) -> bool:
     return isinstance(values, list) and all(type(value) is int and value >= 0 for value in values)
 
 
-def check_tensors(tensors: Mapping[str, TensorHeader], config: EncoderConfig) -> None:
-    """Refuse headers (names without the family's prefix) that cannot fill ``config``'s model: word embeddings
-    missing, of another shape or not floats, or far fewer stored numbers than the model has."""
+def check_tensors(tensors: Mapping[str, TensorHeader], config: EncoderConfig,
+                  decoder: EncoderConfig | None = None) -> None:
+    """Refuse headers (names without the family's prefix) that cannot fill ``config``'s model (and an
+    encoder-decoder's ``decoder``): word embeddings missing, of another shape or not floats, or far fewer stored
+    numbers than the models have (the decoder's token table and LM head may be the stored shared embedding)."""
     name = next((name for name in WORD_EMBEDDINGS if name in tensors), None)
     if name is None:
         raise CheckpointError("The safetensors files have no word embeddings; they do not hold this model.")
@@ -276,7 +284,10 @@ def check_tensors(tensors: Mapping[str, TensorHeader], config: EncoderConfig) ->
     if embeddings.dtype not in FLOAT_BYTES:
         raise CheckpointError("The word embeddings are not floats; save the weights again (float32).")
     stored = sum(tensor.size for tensor in tensors.values() if tensor.dtype in FLOAT_BYTES)
-    if stored < MIN_STORED_FRACTION * parameter_count(config):
+    needed = parameter_count(config)
+    if decoder is not None:
+        needed += max(parameter_count(decoder) - 2 * decoder.vocab_size * decoder.d_model, 0)
+    if stored < MIN_STORED_FRACTION * needed:
         raise CheckpointError(
             "The safetensors files hold far fewer weights than config.json describes (less than half): they are "
             "incomplete, or config.json belongs to another model.")

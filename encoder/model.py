@@ -45,6 +45,9 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         attention_scale: optional (B, L, H, T, T) float multiplying each layer's weights before they mix the values
             (ones change nothing; the gradient there is attention x gradient). Reported attention is unscaled.
         full_logits: bool, also return the LM head's (B, T, V) logits (a model with an LM head).
+        encoder_hidden: (B, S, D) float, an encoder's last hidden states: the decoder of an encoder-decoder
+            (``attention.cross``) needs them, every other model refuses them.
+        encoder_mask: optional (B, S) bool, True for the encoder's real tokens (padded ones get cross-attention 0).
 
     Returns:
         dict with ``hidden`` (B, L + 1, T, D), ``attention`` (B, L, H, T, T) after softmax, ``embedding``
@@ -53,7 +56,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         LM head (``config.head.lm_head``: decoders), ``next_ids`` (B, T, K) int32 and ``next_probs`` (B, T, K), the
         top ``TOP_K`` next tokens of every position and their probabilities, ``next_logprob`` (B, T), each
         following token's log-probability (NaN at the last position), and ``logits`` (B, T, V) only when
-        ``full_logits`` is True.
+        ``full_logits`` is True; a decoder of an encoder-decoder adds ``cross_attention`` (B, L, H, T, S).
 
     Example:
         >>> cfg = EncoderConfig(vocab_size=50, num_layers=2, num_heads=2, d_model=8, dff=16)
@@ -84,6 +87,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
                         if head.lm_head and not head.tie_embeddings else None)
         self.projection = (keras.layers.Dense(head.projection, use_bias=False, name="projection")
                            if head.projection else None)
+        self.logit_bias = None  # BART's final_logits_bias (V,), made by ``build_all``
         self.build_all()
 
     @property
@@ -109,6 +113,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         for sublayer, shape in after_layers:
             if sublayer is not None:
                 sublayer.build(shape)
+        if self.config.head.logit_bias:
+            self.logit_bias = self.add_weight(name="logit_bias", shape=(self.config.vocab_size,), initializer="zeros")
         self.built = True
 
     def visible_mask(self, length: int) -> np.ndarray | None:
@@ -143,21 +149,26 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         attention_scale=None,
         training=None,
         full_logits=False,
+        encoder_hidden=None,
+        encoder_mask=None,
     ):
         x = self._embed(token_ids, segment_ids, training)  # (B, T, D)
         if embedding_noise is not None:
             x = x + embedding_noise
         attention_mask = self._attention_mask(token_ids, padding_mask)
         position_bias = self.positions.layer_context(ops.shape(token_ids)[1])  # what every layer's attention reads
-        hidden, patterns, terms = [x], [], {}
+        crossing = {} if encoder_hidden is None else {
+            "encoder_hidden": encoder_hidden, "encoder_mask": None if encoder_mask is None else encoder_mask[:, None]}
+        hidden, patterns, terms, crossed = [x], [], {}, []
         for index, layer in enumerate(self.encoder_layers):
             layer_head_mask = None if head_mask is None else head_mask[:, index]  # (B, H)
             layer_scale = None if attention_scale is None else attention_scale[:, index]  # (B, H, T, T)
-            x, pattern, layer_terms = layer(x, attention_mask=attention_mask, head_mask=layer_head_mask,
-                                            position_bias=position_bias, attention_scale=layer_scale,
-                                            training=training)
+            x, pattern, layer_terms, *cross = layer(x, attention_mask=attention_mask, head_mask=layer_head_mask,
+                                                    position_bias=position_bias, attention_scale=layer_scale,
+                                                    training=training, **crossing)
             hidden.append(x)
             patterns.append(pattern)
+            crossed += cross
             for name, term in layer_terms.items():
                 terms.setdefault(name, []).append(term)
         normed = {}
@@ -172,6 +183,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             "hidden": ops.stack(hidden, axis=1),  # (B, L + 1, T, D)
             "attention": ops.stack(patterns, axis=1),  # (B, L, H, T, T)
             **{f"terms/{name}": ops.stack(parts, axis=1) for name, parts in terms.items()},  # (B, L, H, T, T)
+            **({"cross_attention": ops.stack(crossed, axis=1)} if crossed else {}),  # (B, L, H, T, S)
         }
         if self.config.head.lm_head:
             outputs.update(self._next_tokens(x, token_ids, full_logits))
@@ -179,13 +191,19 @@ class TransformerEncoder(ConfigArgument, keras.Model):
 
     def lm_logits(self, x):
         """(B, T, D) last hidden states (after the final norm, as ``hidden[-1]``) -> (B, T, V) float32 logits of
-        the LM head (the token embedding when tied), soft-capped when the config says so (Gemma 2)."""
+        the LM head (the token embedding when tied), soft-capped when the config says so (Gemma 2); ``x`` scaled
+        first by ``head.output_scale`` (T5) and the logits shifted by ``logit_bias`` (BART) when the head has
+        them."""
+        head = self.config.head
+        if head.output_scale != 1.0:
+            x = x * ops.cast(head.output_scale, x.dtype)
         if self.lm_head is not None:
             logits = self.lm_head(x)
         else:
             logits = ops.einsum("btd,vd->btv", x, self.token_embedding.embeddings)
-        cap = self.config.head.logit_softcap
-        return soft_cap(logits, cap) if cap else logits
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias
+        return soft_cap(logits, head.logit_softcap) if head.logit_softcap else logits
 
     def lens_logits(self, x):
         """(B, T, D) residual stream of any layer (before the final norm) -> (B, T, V): the final norm, then

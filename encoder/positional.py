@@ -36,29 +36,35 @@ def sinusoidal_encoding(length: int, depth: int, base: float = 10000.0) -> np.nd
     return table.astype(np.float32)
 
 
-def position_ids(token_ids: np.ndarray, offset: int, pad_token_id: int) -> np.ndarray:
+def position_ids(token_ids: np.ndarray, offset: int, pad_token_id: int, skip_pads: bool = True) -> np.ndarray:
     """Positional-table rows of ``token_ids`` (..., T) int: ``0..T-1`` without an offset; with one (RoBERTa's
     ``pad_token_id + 1``), non-pad tokens count from ``offset`` and pad tokens get row ``offset - 1``, as
-    transformers numbers them. The model does the same in TensorFlow (``TransformerEncoder._positional_rows``)."""
+    transformers numbers them; without ``skip_pads`` (BART) token i gets row ``offset + i``. The model does the same
+    in TensorFlow (``AbsolutePart.add_to``)."""
     token_ids = np.asarray(token_ids)
-    if not offset:
-        return np.broadcast_to(np.arange(token_ids.shape[-1]), token_ids.shape)
+    if not offset or not skip_pads:
+        return np.broadcast_to(np.arange(token_ids.shape[-1]) + offset, token_ids.shape)
     real = (token_ids != pad_token_id).astype(np.int64)
     return np.cumsum(real, axis=-1) * real + (offset - 1)
 
 
-def relative_position_buckets(relative: np.ndarray, num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
-    """T5's bidirectional buckets of ``relative`` (key position - query position), as MPNet uses them.
+def relative_position_buckets(relative: np.ndarray, num_buckets: int = 32, max_distance: int = 128,
+                              bidirectional: bool = True) -> np.ndarray:
+    """T5's buckets of ``relative`` (key position - query position): bidirectional (T5's encoder, MPNet) or causal
+    (T5's decoder).
 
-    Half the buckets are for keys after the query, half for keys before it. Within a half, distances below a
-    quarter of ``num_buckets`` get one bucket each; longer ones share buckets whose width grows logarithmically up
-    to ``max_distance``, and everything beyond shares the last bucket. The logarithm is taken in float32, as
-    transformers takes it, so the boundaries fall where its buckets do.
+    Bidirectional: half the buckets are for keys after the query, half for keys before it. Within a half, distances
+    below a quarter of ``num_buckets`` get one bucket each; longer ones share buckets whose width grows
+    logarithmically up to ``max_distance``, and everything beyond shares the last bucket. Causal: every bucket is
+    for keys at or before the query (later keys get bucket 0, as the query itself), distances below half of
+    ``num_buckets`` one each. The logarithm is taken in float32, as transformers takes it, so the boundaries fall
+    where its buckets do.
 
     Args:
         relative: int array of any shape, key position minus query position.
         num_buckets: int, buckets in all (an even number, at least 4).
         max_distance: int, the distance from which every key shares one bucket per side.
+        bidirectional: bool, False for the causal buckets.
 
     Returns:
         int32 array of ``relative``'s shape, values in ``[0, num_buckets)``.
@@ -69,11 +75,11 @@ def relative_position_buckets(relative: np.ndarray, num_buckets: int = 32, max_d
     """
     if num_buckets < 4 or num_buckets % 2:
         raise ValueError(f"num_buckets must be an even number of at least 4, got {num_buckets}")
-    half = num_buckets // 2
+    half = num_buckets // 2 if bidirectional else num_buckets  # the buckets of one side
     exact = half // 2
     distance = -np.asarray(relative, dtype=np.int64)  # query - key: positive for keys before the query
-    side = np.where(distance < 0, half, 0)
-    distance = np.abs(distance)
+    side = np.where(distance < 0, half, 0) if bidirectional else 0
+    distance = np.abs(distance) if bidirectional else np.maximum(distance, 0)
     ratio = np.maximum(distance, 1).astype(np.float32) / np.float32(exact)
     steps = np.log(ratio) / np.float32(math.log(max_distance / exact)) * np.float32(half - exact)  # float32
     large = np.minimum(exact + steps.astype(np.int64), half - 1)

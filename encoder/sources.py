@@ -77,7 +77,9 @@ class ModelCard:
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """A model ready to trace: the compiled encoder, its tokenizer, and what to show about it."""
+    """A model ready to trace: the compiled encoder, its tokenizer, and what to show about it; an encoder-decoder
+    (T5, BART) also its compiled ``decoder`` (its own weights: the shared token table is held by both) and
+    ``decoder_start``, the token its decoder input starts with (``decoder_start_token_id``)."""
 
     name: str
     description: str
@@ -85,6 +87,8 @@ class LoadedModel:
     tokenizer: TextTokenizer
     labels: tuple[str, ...] = ()
     folder: Path | None = None
+    decoder: CompiledEncoder | None = None
+    decoder_start: int = 0
     reads: ImageModelReads | None = None  # an image model's text encoder: what the image model reads of it
 
     @property
@@ -109,8 +113,15 @@ class LoadedModel:
         object.__setattr__(self, "_card", ModelCard(self.name, self.description, self.config, self.num_parameters(),
                                                     self.labels, self.reads))
 
+    @property
+    def is_encoder_decoder(self) -> bool:
+        """Whether the model has a decoder (T5, BART): ``trace_text`` then takes a ``target``."""
+        return self.decoder is not None
+
     def num_parameters(self) -> int:
-        return int(sum(np.prod(v.shape) for v in self.model.weights))
+        """The weights held, the decoder's included."""
+        stacks = [self.model] + ([self.decoder.model] if self.decoder is not None else [])
+        return int(sum(np.prod(v.shape) for stack in stacks for v in stack.weights))
 
     def card(self) -> ModelCard:
         """What the page shows about this model (made once: the page asks on every run)."""
@@ -299,12 +310,13 @@ def _load_text_encoder(folder: Path, name: str, component: str | None) -> Loaded
 def _load_hf(folder: Path, name: str, tokenizer_folder: Path | None = None, reads_of=None) -> LoadedModel:
     """A Hugging Face checkpoint folder, its tokenizer from ``tokenizer_folder`` (default the folder itself);
     ``reads_of(max_positions, model_type)`` says what an image model reads of it (its window cuts the tokens)."""
-    from encoder.checkpoints import load_hf_folder, read_hf_config
+    from encoder.checkpoints import load_hf_models, read_hf_config
     from encoder.compiled import CompiledEncoder
     from encoder.tokenizer import TextTokenizer
 
     hf_config = read_hf_config(folder)  # read once: the model and the tokenizer both need it
-    model, labels = load_hf_folder(folder, hf_config)
+    loaded = load_hf_models(folder, hf_config)
+    model, labels = loaded.model, loaded.labels
     model_type = hf_config.get("model_type")
     reads = reads_of(model.config.max_positions, model_type) if reads_of is not None else None
     window = reads.window if reads is not None else model.config.max_positions
@@ -314,10 +326,15 @@ def _load_hf(folder: Path, name: str, tokenizer_folder: Path | None = None, read
             f"The tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size} "
             "embeddings; they do not belong together: save the model's own tokenizer with it."
         )
-    config = model.config
+    config, decoder = model.config, loaded.decoder
     description = (f"{config.num_layers} layers x {config.num_heads} heads, d_model {config.d_model}"
                    + (f", classifier: {', '.join(labels)}" if labels else ""))
-    return LoadedModel(name, description, CompiledEncoder(model), tokenizer, labels, folder, reads)
+    if decoder is not None:
+        description = (f"encoder-decoder: {config.num_layers} + {decoder.config.num_layers} layers x "
+                       f"{config.num_heads} heads, d_model {config.d_model}"
+                       + (", LM head" if decoder.config.head.lm_head else ""))
+    return LoadedModel(name, description, CompiledEncoder(model), tokenizer, labels, folder,
+                       None if decoder is None else CompiledEncoder(decoder), loaded.decoder_start, reads)
 
 
 def _load_minilm() -> LoadedModel:

@@ -329,33 +329,69 @@ def _expect(array: np.ndarray, name: str, shape: tuple[int, ...], tokens: int) -
 
 def trace_text(
     model: LoadedModel, text: str, pair: str | None = None, max_tokens: int | None = None,
-    full_logits: bool = False,
+    full_logits: bool = False, target: str | None = None,
 ) -> EncoderTrace:
     """Tokenize ``text`` (+ ``pair``), run the encoder once, and return every layer's attention.
 
     Args:
         model: a LoadedModel from ``encoder.sources.load_source``.
-        text: the sentence (sentence A).
+        text: the sentence (sentence A); an encoder-decoder's source.
         pair: optional second sentence (B); tokens of B get segment id 1.
         max_tokens: keep at most this many tokens (default and cap: the model's maximum positions).
         full_logits: a model with an LM head also keeps ``outputs["logits"]``, (T, V) float32: the LM head at
             every position (4 bytes x T x V: 25 MB at 128 tokens of a 49,152-token vocabulary). Without an LM
             head it changes nothing.
+        target: an encoder-decoder's (T5, BART) target text: the decoder runs teacher-forced on it, its input the
+            model's own shift (``decoder_start`` followed by the target's tokens without the last: T5 starts with
+            ``<pad>``, BART with ``</s>``), and the trace gains the decoder's fields (``decoder_tokens``,
+            ``decoder_attention``, ``cross_attention``, ``decoder_hidden``). None traces the encoder alone.
 
     Raises:
-        InputError: empty text, text over the character limit, max_tokens too small.
+        InputError: empty text, text over the character limit, max_tokens too small, a ``target`` for a model
+            that is not an encoder-decoder or an empty one.
 
     Example:
         >>> trace = trace_text(load_source("minilm"), "The cat sat.")  # doctest: +SKIP
         >>> trace.attention.shape  # doctest: +SKIP
         (6, 12, 6, 6)
+        >>> t5 = trace_text(load_source("t5-small"), "translate English to German: The cat sat.",
+        ...                 target="Die Katze saß.")  # doctest: +SKIP
+        >>> t5.attention_of("cross").shape  # doctest: +SKIP
+        (6, 8, 7, 12)
     """
+    if target is not None and model.decoder is None:
+        raise InputError(f"{model.name} is not an encoder-decoder: a target needs a model with a decoder (T5, BART); "
+                         "trace the text alone.")
     encoded = model.tokenizer.encode(text, pair, max_tokens)
     if full_logits and has_lm_head(model):
         raw = model.encoder.forward_logits(encoded.token_ids[None], encoded.segment_ids[None])
     else:
         raw = model.encoder.forward(encoded.token_ids[None], encoded.segment_ids[None])
-    return _make_trace(model, encoded, {name: to_numpy(value)[0] for name, value in raw.items()}, text, pair)
+    outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
+    if target is None:
+        return _make_trace(model, encoded, outputs, text, pair)
+    decoded = model.tokenizer.encode(target, None, model.decoder.model.config.max_positions)
+    return _make_trace(model, encoded, outputs, text, pair,
+                       decoder=decoder_fields(model, outputs, target, decoded.token_ids, decoded.tokens,
+                                              decoded.special))
+
+
+def decoder_fields(model: LoadedModel, outputs: dict[str, np.ndarray], target: str, target_ids: np.ndarray,
+                   target_tokens: Sequence[str], target_special: np.ndarray) -> dict:
+    """The decoder's trace fields of an encoder-decoder, teacher-forced: its input is ``model.decoder_start``
+    followed by the N target tokens (``target_ids`` (N,), their pieces and special flags) without the last, run
+    over the encoder's last hidden states (of the encoder's ``outputs``, one input's)."""
+    states = outputs.get("last_hidden_state", outputs["hidden"][-1])  # (S, D): what the decoder attends to
+    ids = np.concatenate([[model.decoder_start], np.asarray(target_ids)[:-1]]).astype(np.int32)  # (Td,)
+    raw = model.decoder.forward_decoder(ids[None], states[None])
+    decoded = {name: to_numpy(raw[name])[0] for name in ("attention", "cross_attention", "hidden")}
+    special = model.decoder_start in model.tokenizer.special_ids()
+    return {"target": target,
+            "decoder_tokens": (model.tokenizer.id_to_token(model.decoder_start), *target_tokens[:-1]),
+            "decoder_token_ids": ids,
+            "decoder_special": np.concatenate([[special], np.asarray(target_special, bool)[:-1]]),
+            "decoder_attention": decoded["attention"], "cross_attention": decoded["cross_attention"],
+            "decoder_hidden": decoded["hidden"]}
 
 
 def has_lm_head(model: LoadedModel) -> bool:
@@ -372,7 +408,9 @@ def trace_batch(
 ) -> list[EncoderTrace]:
     """Trace many texts, batching inputs of similar length (padded keys are masked to weight 0).
 
-    Each trace equals ``trace_text`` of the same input (to float32 rounding). Order is preserved.
+    Each trace equals ``trace_text`` of the same input (to float32 rounding). Order is preserved. An
+    encoder-decoder's traces are its encoder's (as ``trace_text`` without a target): targets go through
+    ``trace_text`` one at a time.
     """
     if pairs is not None and len(pairs) != len(texts):
         raise InputError(f"{len(texts)} texts but {len(pairs)} pairs")
@@ -493,7 +531,7 @@ def shared_key_value_heads(model: LoadedModel) -> int:
 
 
 def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], text: str, pair: str | None,
-                generated: np.ndarray | None = None):
+                generated: np.ndarray | None = None, decoder: dict | None = None):
     table = model.positional_table
     extra = {k: v for k, v in outputs.items() if k not in ("hidden", "attention") and not k.startswith(TERMS)}
     terms = {k[len(TERMS):]: v for k, v in outputs.items() if k.startswith(TERMS)}
@@ -504,7 +542,8 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         segment_ids=encoded.segment_ids,
         special=encoded.special,
         attention=outputs["attention"],
-        positional=table[position_ids(encoded.token_ids, model.config.position_offset, model.config.pad_token_id)],
+        positional=table[position_ids(encoded.token_ids, model.config.position_offset, model.config.pad_token_id,
+                                      model.config.positions.skip_pads)],
         positional_table=table,
         hidden=outputs["hidden"],
         outputs=extra,
@@ -520,6 +559,7 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         position_scheme=model.position_scheme,
         generated=generated,
         **language_model_fields(model, extra),
+        **(decoder or {}),
     )
 
 

@@ -125,17 +125,18 @@ def test_t5_buckets_are_transformers_bidirectional_buckets():
     assert config.block.activation == "gelu_new" and config.positions.table == "none"
 
 
-def test_t5_v1_0_relu_and_the_encoder_of_an_encoder_decoder(tmp_path):
+def test_t5_v1_0_relu_and_an_encoder_config_that_says_encoder_decoder(tmp_path):
     dense = convert_config(fixture_config("t5-encoder", feed_forward_proj="relu"))
     assert dense.block.mlp == "dense" and dense.block.activation == "relu"
     assert parameter_count(dense) == TransformerEncoder(dense).count_params()
-    # T5ForConditionalGeneration's config: the encoder is opened; the token embedding under its encoder name
+    # SD3's T5EncoderModel configs say is_encoder_decoder true: the architecture decides, the encoder alone opens
+    # (the token embedding under its encoder name); tests/test_families_encoder_decoder.py opens whole T5s
     from safetensors.numpy import load_file, save_file
 
     folder = tmp_path / "t5"
     shutil.copytree(FAMILIES_DIR / "t5-encoder", folder)
     (folder / "config.json").write_text(json.dumps(fixture_config(
-        "t5-encoder", is_encoder_decoder=True, architectures=["T5ForConditionalGeneration"])))
+        "t5-encoder", is_encoder_decoder=True, architectures=["T5EncoderModel"])))
     weights = load_file(folder / "model.safetensors")
     weights["encoder.embed_tokens.weight"] = weights.pop("shared.weight")
     save_file(weights, folder / "model.safetensors")

@@ -37,6 +37,7 @@ from encoder.config.groups import (
     RelativeBuckets,
     RotaryPositions,
     check_count,
+    compact,
 )
 
 __all__ = ["ACTIVATIONS", "CLASSIFIER_ACTIVATIONS", "FIELDS", "FLAT_DEFAULTS", "FLAT_REQUIRED", "GROUPS",
@@ -181,7 +182,7 @@ class EncoderConfig:
         """The grouped form (JSON-ready); ``positions`` names its scheme under ``kind``."""
         return {"num_layers": self.num_layers, "d_model": self.d_model, "max_positions": self.max_positions,
                 "num_layer_groups": self.num_layer_groups, "dropout": self.dropout,
-                **{name: dataclasses.asdict(getattr(self, name)) for name in GROUPS},
+                **{name: compact(getattr(self, name)) for name in GROUPS},
                 "positions": self.positions.to_dict()}
 
     def to_json(self) -> str:

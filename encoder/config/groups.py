@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 Activation = Literal["relu", "gelu", "gelu_new", "silu", "quick_gelu"]
@@ -35,6 +35,21 @@ def _check_counts(group: object, *names: str, least: int = 0) -> None:
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def optional(default: Any) -> Any:
+    """A group field written by ``compact`` only when it differs from ``default``: fields added after configs were
+    first saved, so those configs' ``to_dict`` stays what it was."""
+    return field(default=default, metadata={"optional": True})
+
+
+def compact(group: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(group)`` without the ``optional`` fields that keep their default."""
+    values = dataclasses.asdict(group)
+    for f in dataclasses.fields(group):
+        if f.metadata.get("optional") and values[f.name] == f.default:
+            values.pop(f.name)
+    return values
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,9 @@ class Attention:
             its own weight) before rotary positions (Qwen3, Gemma 3).
         softcap: float, attention-logit soft-capping ``tanh(logits / softcap) * softcap`` after the scaling and
             before the mask (Gemma 2); 0 for none.
+        cross: bool, every layer also attends to an encoder's last hidden states (the decoder of an
+            encoder-decoder: T5, BART): a cross-attention sublayer with its own norm after the self-attention, with
+            the same heads, scaling and biases and no positional term.
     """
 
     num_heads: int
@@ -98,6 +116,7 @@ class Attention:
     output_bias: bool | None = None
     qk_norm: bool = False
     softcap: float = 0.0
+    cross: bool = optional(False)
 
     def __post_init__(self) -> None:
         _check_counts(self, "num_heads", least=1)
@@ -124,13 +143,17 @@ class AbsolutePositions:
 
     Args:
         table: "sinusoidal" (fixed, the classic encoder), "learned" (BERT) or "none" (nothing added to the input).
-        offset: int, the first position row (RoBERTa: ``pad_token_id + 1``); the table has
+        offset: int, the first position row (RoBERTa: ``pad_token_id + 1``; BART: 2); the table has
             ``max_positions + offset`` rows and token i gets row ``offset + i``.
+        skip_pads: bool, with an offset, only non-pad tokens are numbered and pad tokens get row ``offset - 1``
+            (RoBERTa, as transformers numbers them from the pad id); False: every token is numbered, pads included
+            (BART's learned positions).
     """
 
     kind: ClassVar[str] = "absolute"
     table: Literal["sinusoidal", "learned", "none"] = "sinusoidal"
     offset: int = 0
+    skip_pads: bool = optional(True)
 
     def __post_init__(self) -> None:
         _check_choice("positional table", self.table, TABLES)
@@ -140,7 +163,7 @@ class AbsolutePositions:
         """Refuse a scheme the rest of ``config`` (the whole ``EncoderConfig``) cannot run (head size, layers)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **dataclasses.asdict(self)}
+        return {"kind": self.kind, **compact(self)}
 
 
 @dataclass(frozen=True)
@@ -152,12 +175,15 @@ class RelativeBuckets(AbsolutePositions):
         buckets: int, buckets in all (an even number, at least 4).
         max_distance: int, the distance from which keys share one bucket per side.
         per_layer: bool, every layer has its own (buckets, H) table (umT5) instead of one shared by all (T5, MPNet).
+        bidirectional: bool, keys after the query have buckets of their own (an encoder's); False: T5's causal
+            buckets (a decoder's: every bucket for keys before the query, ``encoder.positional``).
     """
 
     kind: ClassVar[str] = "relative_buckets"
     buckets: int = 32
     max_distance: int = 128
-    per_layer: bool = False
+    per_layer: bool = optional(False)
+    bidirectional: bool = optional(True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -165,13 +191,6 @@ class RelativeBuckets(AbsolutePositions):
         if not isinstance(self.buckets, int) or self.buckets < 4 or self.buckets % 2:
             raise ValueError(f"relative bias buckets (relative_attention_buckets) must be an even number of at "
                              f"least 4, got {self.buckets!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """As the base's, ``per_layer`` only when set (configs saved before umT5 read and write as they did)."""
-        values = super().to_dict()
-        if not self.per_layer:
-            values.pop("per_layer")
-        return values
 
 
 @dataclass(frozen=True)
@@ -349,6 +368,9 @@ class Head:
             (decoders).
         tie_embeddings: bool, the LM head is the token embedding (transposed) rather than its own ``lm_head``.
         logit_softcap: float, final-logit soft-capping ``tanh(logits / cap) * cap`` (Gemma 2); 0 for none.
+        output_scale: float, the last hidden state times this before the LM head (T5 with tied embeddings:
+            ``d_model ** -0.5``); 1 for none.
+        logit_bias: bool, a learned (V,) bias added to the LM head's logits (BART's ``final_logits_bias``).
     """
 
     pooling: Literal["mean", "cls", "last"] = "mean"
@@ -360,9 +382,13 @@ class Head:
     logit_softcap: float = 0.0
     eos_token_id: int = -1
     projection: int = 0
+    output_scale: float = optional(1.0)
+    logit_bias: bool = optional(False)
 
     def __post_init__(self) -> None:
         _check_choice("pooling", self.pooling, POOLINGS)
+        if not (self.output_scale > 0.0 and math.isfinite(self.output_scale)):
+            raise ValueError(f"output_scale must be positive, got {self.output_scale!r}")
         _check_counts(self, "projection")
         check_count("eos_token_id", self.eos_token_id + 1)
         if not (self.logit_softcap >= 0.0 and math.isfinite(self.logit_softcap)):

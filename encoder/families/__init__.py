@@ -4,7 +4,10 @@
 
 ``FAMILIES`` maps each ``model_type`` of ``config.json`` to its module; adding a family is one module plus one line
 here. Each module also names ``PREFIXES``: the prefixes task models put before the backbone's tensors
-(``roberta.`` in ``RobertaForSequenceClassification``), stripped before the names are looked up.
+(``roberta.`` in ``RobertaForSequenceClassification``), stripped before the names are looked up. An
+encoder-decoder's family (``t5``, ``bart``) also has ``decoder_config(hf_config, encoder_config)`` (None when the
+checkpoint is its encoder alone), ``decoder_weight_ports(config, model)`` and ``DECODER_START``, the
+``decoder_start_token_id`` when ``config.json`` gives none.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from types import ModuleType
 
 from encoder.families import (
     albert,
+    bart,
     bert,
     clip,
     deberta,
@@ -30,6 +34,7 @@ from encoder.families import (
 
 FAMILIES: dict[str, ModuleType] = {
     "albert": albert,
+    "bart": bart,  # the encoder-decoder (BartModel, BartForConditionalGeneration)
     "bert": bert,
     "camembert": roberta,
     "clip": clip,  # a whole CLIP checkpoint: its text half
@@ -50,7 +55,7 @@ FAMILIES: dict[str, ModuleType] = {
     "qwen2": llama,
     "qwen3": llama,
     "roberta": roberta,
-    "t5": t5,  # the encoder (T5EncoderModel; an encoder-decoder's encoder alone)
+    "t5": t5,  # the encoder (T5EncoderModel) or the encoder-decoder (T5Model, T5ForConditionalGeneration)
     "umt5": t5,  # T5's encoder with a bias table per layer
     "xlm-roberta": roberta,
 }

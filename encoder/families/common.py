@@ -75,6 +75,20 @@ def classifier_fields(hf: Mapping[str, Any], head_activation: str) -> dict[str, 
     return {"num_classes": count, "pooling": "cls", "classifier_activation": head_activation}
 
 
+def is_encoder_decoder(hf: Mapping[str, Any]) -> bool:
+    """Whether ``config.json`` describes a whole encoder-decoder (T5, BART): ``is_encoder_decoder`` (true when
+    absent, as transformers' T5 and BART configs default it) and no ``*EncoderModel`` architecture (SD3's
+    ``T5EncoderModel`` configs say ``is_encoder_decoder`` true too)."""
+    architectures = [str(name) for name in hf.get("architectures") or []]
+    return bool(hf.get("is_encoder_decoder", True)) and not any(name.endswith("EncoderModel")
+                                                                 for name in architectures)
+
+
+def generates(hf: Mapping[str, Any]) -> bool:
+    """Whether an encoder-decoder's checkpoint has its LM head: a ``*ForConditionalGeneration`` architecture."""
+    return any(str(name).endswith("ForConditionalGeneration") for name in hf.get("architectures") or [])
+
+
 def labels(hf: Mapping[str, Any], config: EncoderConfig) -> tuple[str, ...]:
     """Class names from ``id2label`` (in id order) for a classifier, else ()."""
     if not config.num_classes:

@@ -40,14 +40,14 @@ class AbsolutePart(keras.layers.Layer):
                        else np.broadcast_to(np.float32(0.0), (rows, width)))
 
     @classmethod
-    def attention_for(cls, config: EncoderConfig, index: int) -> InstrumentedAttention:
-        """Layer ``index``'s attention (projections into ``num_heads`` heads of ``head_dim``)."""
+    def attention_for(cls, config: EncoderConfig, index: int, name: str = "attention") -> InstrumentedAttention:
+        """Layer ``index``'s attention (projections into ``num_heads`` heads of ``head_dim``), named ``name``."""
         qkv_bias, output_bias = config.attention_biases
         norm = (lambda name: make_norm(config.block, name)) if config.attention.qk_norm else None
         return InstrumentedAttention(num_heads=config.num_heads, key_dim=config.head_dim,
                                      key_value_heads=config.attention.key_value_heads or None, scaling=config.scaling,
                                      dropout=config.dropout, use_bias=qkv_bias, output_bias=output_bias,
-                                     qk_norm=norm, softcap=config.attention.softcap, name="attention",
+                                     qk_norm=norm, softcap=config.attention.softcap, name=name,
                                      logits=cls.logit_rule(config, index))
 
     @classmethod
@@ -64,20 +64,20 @@ class AbsolutePart(keras.layers.Layer):
         """``x`` (B, T, E) plus each token's row of the table; unchanged without one.
 
         Without an offset, token i gets row i (row ``start + i`` when ``start``, an int32 scalar, says the tokens
-        follow that many earlier ones: generation's cached steps). With one (RoBERTa), positions count only non-pad
-        tokens, starting after the pad id, exactly as transformers numbers them (``encoder.positional.position_ids``).
+        follow that many earlier ones: generation's cached steps); with one and ``skip_pads`` False (BART), row
+        ``offset + i``. With one (RoBERTa), positions count only non-pad tokens, starting after the pad id, exactly
+        as transformers numbers them (``encoder.positional.position_ids``).
         """
         cfg = self.config
         if cfg.positions.table == "none":
             return x
         table = ops.convert_to_tensor(self._fixed) if self.table is None else self.table.embeddings  # (P, E)
         offset = cfg.positions.offset
-        if start is not None and not offset:
-            return x + ops.take(table, ops.arange(ops.shape(token_ids)[1]) + start, axis=0)[None]  # (1, T, E)
+        if not (offset and cfg.positions.skip_pads):  # token i: row offset + i (+ start)
+            first = offset if start is None else start + offset
+            return x + ops.take(table, ops.arange(ops.shape(token_ids)[1]) + first, axis=0)[None]  # (1, T, E)
         if start is not None:
             raise ValueError("a position offset (RoBERTa's) cannot continue after earlier tokens")
-        if not offset:
-            return x + table[: ops.shape(token_ids)[1]][None]  # (1, T, E)
         real = ops.cast(ops.not_equal(token_ids, cfg.pad_token_id), "int32")  # (B, T)
         positions = ops.cumsum(real, axis=1) * real + (offset - 1)  # pads get the pad's row
         return x + ops.take(table, positions, axis=0)  # (B, T, E)
@@ -116,7 +116,8 @@ class BiasLogits:
 
 class RelativeBucketsPart(AbsolutePart):
     """A learned (buckets, H) bias (``relative_attention_bias``) read at T5's bidirectional bucket of each key's
-    distance from the query and added to every layer's scaled logits (MPNet, T5), besides the absolute table; with
+    distance from the query (a T5 decoder's: its causal bucket) and added to every layer's scaled logits (MPNet,
+    T5), besides the absolute table; with
     ``per_layer`` (umT5) one table per layer, stored side by side as one (buckets, L H) table (layer i's heads are
     columns ``i H`` to ``(i + 1) H``)."""
 
@@ -127,7 +128,8 @@ class RelativeBucketsPart(AbsolutePart):
         self.relative_attention_bias = keras.layers.Embedding(scheme.buckets, width, name="relative_attention_bias")
         self.max_distance = scheme.max_distance
         distances = np.arange(-scheme.max_distance, scheme.max_distance + 1)  # key - query, from -M to M
-        self._distance_buckets = relative_position_buckets(distances, scheme.buckets, scheme.max_distance)
+        self._distance_buckets = relative_position_buckets(distances, scheme.buckets, scheme.max_distance,
+                                                           scheme.bidirectional)
 
     @classmethod
     def logit_rule(cls, config: EncoderConfig, index: int):
