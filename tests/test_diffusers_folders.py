@@ -389,3 +389,23 @@ def test_a_variant_file_name_and_shards_open_as_diffusers_saves_them(tmp_path):
         expected = reference(fixture)["simple"]
         trace = trace_text(load_source(str(folder), text_encoder=component), str(expected["text"]))
         assert_within(trace.attention, expected["attention"], f"{component} attention")
+
+
+def test_the_app_says_why_a_hostile_index_does_not_open(tmp_path, monkeypatch):
+    from tests.test_app import _app, _figures, _no_errors
+
+    monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(tmp_path))
+    folder = write_diffusers_folder(tmp_path / "sd", "StableDiffusionPipeline")
+    _index(folder, '{"text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "X"]}')
+    at = _app(model="folder or hub id…", source="sd", component="text_encoder_2")
+    _no_errors(at)
+    assert at.selectbox(key="component").options == ["text_encoder", "text_encoder_2"]
+    (error,) = at.error
+    shown = error.value.replace("\\", "")  # markdown escapes removed
+    assert "no text_encoder_2/ subfolder" in shown and str(tmp_path) not in shown
+    assert _figures(at)  # the default model instead
+    _index(folder, "{not json")
+    at = _app(model="folder or hub id…", source="sd")
+    _no_errors(at)
+    assert "component" not in {box.key for box in at.selectbox}
+    assert any("not valid JSON" in error.value for error in at.error)
