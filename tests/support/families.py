@@ -74,13 +74,17 @@ def check_long_reference(name: str, length: int):
 
 
 def check_padded_batch(name: str, texts: list[str]) -> None:
-    """A padded batch of ``texts`` gives each text's single trace: tokens, attention, hidden states, logit terms."""
+    """A padded batch of ``texts`` gives each text's single trace: tokens, attention, hidden states, logit terms.
+
+    Padding changes the shapes the matrix products run at and with them the order of float32 sums: on CLIP's
+    fixture (logits up to ~30) batch and single attention differ by up to 1.2e-6 on some CPUs, so attention gets
+    the reference's bar (``TOLERANCE``), as the hidden states do."""
     from encoder.trace import trace_batch, trace_text
 
     loaded = load_family(name)
     for single, batched in zip((trace_text(loaded, text) for text in texts), trace_batch(loaded, texts)):
         assert batched.tokens == single.tokens
-        np.testing.assert_allclose(batched.attention, single.attention, atol=1e-6)
-        np.testing.assert_allclose(batched.hidden, single.hidden, atol=1e-5)
+        np.testing.assert_allclose(batched.attention, single.attention, atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(batched.hidden, single.hidden, atol=TOLERANCE, rtol=0)
         for term, values in single.logit_terms.items():
             np.testing.assert_allclose(batched.logit_terms[term], values, atol=1e-5)
