@@ -20,6 +20,7 @@ from encoder.positional import relative_position_buckets
 from encoder.sources import load_path
 from encoder.trace import trace_text
 from tests.support.families import FAMILIES_DIR, TOLERANCE, load_family, reference
+from tests.test_hostile_checkpoints import MAX_GROWTH_MB, MAX_SECONDS, measure_load
 
 FAMILIES = ("t5", "bart")
 CASES = ("simple", "pair", "unicode")
@@ -307,3 +308,37 @@ def test_transformers_generates_the_same_tokens(tmp_path):
         theirs = model.generate(torch.tensor(source_ids[None], dtype=torch.long), max_new_tokens=6, do_sample=False,
                                 min_new_tokens=6)[0, 1:].numpy()
     np.testing.assert_array_equal(generate_ids(loaded, source_ids, 6).ids, theirs)
+
+
+def test_umt5_encoder_decoder_reads_a_bias_table_in_every_layer_of_both_stacks(tmp_path):
+    """umT5: each layer of each stack has its own table; with layer 1's a copy of layer 0's it is the T5 fixture."""
+    folder = tmp_path / "umt5"
+    shutil.copytree(FAMILIES_DIR / "t5", folder)
+    (folder / "config.json").write_text(json.dumps(fixture_config("t5", model_type="umt5")))
+    weights = load_file(folder / "model.safetensors")
+    for stack in ("encoder", "decoder"):
+        name = stack + ".block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
+        weights[name.format(1)] = weights[name.format(0)].copy()
+    save_file(weights, folder / "model.safetensors")
+    loaded = load_path(folder, name="umt5")
+    assert loaded.decoder.model.config.positions.per_layer
+    assert parameter_count(loaded.decoder.model.config) == loaded.decoder.model.count_params()
+    expected = reference("t5")["unicode"]
+    trace = trace_text(loaded, str(expected["text"]), target=str(expected["target"]))
+    assert max(differences(trace, expected).values()) < TOLERANCE
+
+
+@pytest.mark.slow
+def test_hostile_encoder_decoders_are_refused_fast_and_small_in_a_fresh_process(tmp_path):
+    """A decoder of 10,000 layers (config.json), and 90 decoder layers of width 60,000 over the fixture's few
+    weights (the stored tensors): our error, in under a second and 50 MB (``measure_load``)."""
+    cases = {"t5": {"num_decoder_layers": 10_000}, "bart": {"decoder_layers": 90, "decoder_ffn_dim": 60_000}}
+    for name, changes in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(FAMILIES_DIR / name, folder)
+        (folder / "config.json").write_text(json.dumps(fixture_config(name, **changes)))
+        result = measure_load(folder)
+        print(f"{name} {changes}: {result['seconds'] * 1000:.1f} ms, +{result['growth_mb']:.1f} MB; "
+              f"{result['outcome']}")
+        assert result["outcome"].startswith("CheckpointError"), result
+        assert result["seconds"] < MAX_SECONDS and result["growth_mb"] + result["slack_mb"] < MAX_GROWTH_MB, result
