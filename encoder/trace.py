@@ -360,7 +360,7 @@ def trace_text(
         (6, 8, 7, 12)
     """
     if target is not None and model.decoder is None:
-        raise InputError(f"{model.name} is not an encoder-decoder: a target needs a model with a decoder (T5, BART); "
+        raise InputError("This model is not an encoder-decoder: a target needs a model with a decoder (T5, BART); "
                          "trace the text alone.")
     encoded = model.tokenizer.encode(text, pair, max_tokens)
     if full_logits and has_lm_head(model):
