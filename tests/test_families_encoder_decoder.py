@@ -342,3 +342,18 @@ def test_hostile_encoder_decoders_are_refused_fast_and_small_in_a_fresh_process(
               f"{result['outcome']}")
         assert result["outcome"].startswith("CheckpointError"), result
         assert result["seconds"] < MAX_SECONDS and result["growth_mb"] + result["slack_mb"] < MAX_GROWTH_MB, result
+
+
+def test_t5_v1_0_decoder_has_a_relu_mlp_after_its_cross_attention():
+    """T5 v1.0 (``feed_forward_proj`` "relu"): the decoder's ``layer.2`` is ``wi`` / ``wo``; counts as built."""
+    from encoder.families import t5
+    from encoder.model import TransformerEncoder
+
+    hf = fixture_config("t5", feed_forward_proj="relu", architectures=["T5ForConditionalGeneration"])
+    decoder = convert_decoder_config(hf, convert_config(hf))
+    model = TransformerEncoder(decoder)
+    assert decoder.block.mlp == "dense" and parameter_count(decoder) == model.count_params()
+    names = [name for name, _, _ in t5.decoder_weight_ports(decoder, model)]
+    assert names[-3:] == ["decoder.block.1.layer.2.DenseReluDense.wo.weight", "decoder.final_layer_norm.weight",
+                          "lm_head.weight"]
+    assert "decoder.block.0.layer.1.EncDecAttention.q.weight" in names
