@@ -357,3 +357,21 @@ def test_t5_v1_0_decoder_has_a_relu_mlp_after_its_cross_attention():
     assert names[-3:] == ["decoder.block.1.layer.2.DenseReluDense.wo.weight", "decoder.final_layer_norm.weight",
                           "lm_head.weight"]
     assert "decoder.block.0.layer.1.EncDecAttention.q.weight" in names
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_padded_batch_with_targets_gives_each_pair_its_own_trace(name):
+    from encoder.trace import trace_batch
+
+    loaded, cases = load_family(name), [reference(name)[case] for case in CASES]
+    texts, targets = [str(case["text"]) for case in cases], [str(case["target"]) for case in cases]
+    batched = trace_batch(loaded, texts, targets=[*targets[:2], None])
+    for single, traced in zip((trace_text(loaded, t, target=g) for t, g in zip(texts[:2], targets)), batched):
+        assert traced.decoder_tokens == single.decoder_tokens
+        for field in ("attention", "cross_attention", "decoder_attention", "decoder_hidden"):  # float32 rounding
+            np.testing.assert_allclose(getattr(traced, field), getattr(single, field), atol=TOLERANCE)
+    assert not batched[2].is_encoder_decoder
+    with pytest.raises(InputError, match="3 texts but 2 targets"):
+        trace_batch(loaded, texts, targets=targets[:2])
+    with pytest.raises(InputError, match="not an encoder-decoder"):
+        trace_batch(load_family("t5-encoder"), texts, targets=targets)
