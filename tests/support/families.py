@@ -12,7 +12,10 @@ TOLERANCE = 1e-5  # every number within this of the reference (float32 floors ar
 # ModernBERT's middle hidden states reach ~13 in size on this random fixture, and the float32 reference itself is
 # up to 1.6e-5 from transformers' own float64 run there: its attention and last hidden state (what the issue pins,
 # the fixture's "f32 floor" 5e-6) keep the 1e-5 bar, its middle hidden states get this one.
-MIDDLE_HIDDEN_TOLERANCE = {"modernbert": 3e-5}
+# ALBERT's one shared layer, run three times, carries its rounding on: its reference is up to 6e-6 from float64
+# (the fixture's f32 floor), and oneDNN's kernels on some CPUs put our middle states 1.1e-5 from that reference (two
+# float32 runs, each within its floor of the float64 one); its attention and last hidden state keep the 1e-5 bar.
+MIDDLE_HIDDEN_TOLERANCE = {"modernbert": 3e-5, "albert": 2e-5}
 _LOADED: dict[str, object] = {}
 
 
