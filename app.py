@@ -22,10 +22,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import streamlit as st
 
 from analysis.steps import generation_steps
+from encoder.diffusers import source_name, split_source
 from encoder.errors import HeadlightError
 from encoder.families import FAMILIES
 from encoder.settings import settings
-from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, ModelCard, builtin_sources
+from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, ModelCard, builtin_sources, text_encoder_choices
 from encoder.trace import EncoderTrace
 from ui.cache import Inputs, get_card, is_encoder_decoder, model_pending, session_traces, start_warm_up
 from ui.generation import continue_ui, has_lm_head
@@ -63,10 +64,27 @@ def model_ui() -> str:
                          placeholder="model-folder or owner/name", max_chars=MAX_NAME_CHARS,
                          help=f"A Hugging Face model folder ({', '.join(sorted(FAMILIES))}, and their "
                               "sequence classifiers): config.json + model.safetensors + a tokenizer (tokenizer.json, "
-                              "vocab.txt, vocab.json + merges.txt, or a SentencePiece model); or a hub id (needs a "
-                              f"connection unless cached). This server opens folders under the allowed roots, and "
-                              f"{hub}.")
-    return path.strip()
+                              "vocab.txt, vocab.json + merges.txt, or a SentencePiece model); an image generator's "
+                              "folder (diffusers: model_index.json, text_encoder/, tokenizer/, ...); or a hub id "
+                              "(needs a connection unless cached). This server opens folders under the allowed "
+                              f"roots, and {hub}.")
+    return text_encoder_ui(path.strip())
+
+
+def text_encoder_ui(name: str) -> str:
+    """``name``, or for an image generator's folder the source of the text encoder picked here (``name#component``,
+    ``encoder.diffusers.source_name``; the URL keeps it as ``component=``): the picker lists the folder's text
+    encoders (model_index.json), the first by default."""
+    base, typed = split_source(name)
+    encoders = text_encoder_choices(base)
+    if not encoders:
+        return name
+    component = st.selectbox("Text encoder", encoders, index=encoders.index(typed) if typed in encoders else 0,
+                             key="component", bind="query-params",
+                             help="An image generator has one or more text encoders (CLIP, T5), each read by the "
+                                  "image model in its own way; the views mark the layer it reads and where its "
+                                  "token window cuts the prompt.")
+    return source_name(base, component)
 
 
 def _use_example() -> None:
@@ -133,6 +151,8 @@ def facts_ui(model: ModelCard, trace: EncoderTrace | None) -> None:
         "parameters": f"{model.parameters:,}",
         "positions": f"{config.positional}, up to {config.max_positions}",
     }
+    if model.reads is not None:
+        rows["image model"] = plain(model.reads.describe(config.num_layers))
     if trace is not None:
         rows["tokens"] = f"{trace.num_tokens}" + (f" (of {trace.untruncated_length})" if trace.truncated else "")
         if (generated := generation_steps(trace)) > 0:
@@ -179,7 +199,7 @@ def main() -> None:
         source, model = open_model(asked)
     prompt_for_decoder(source, model)
     with st.sidebar:
-        max_tokens = max_tokens_ui(model.config.max_positions)
+        max_tokens = max_tokens_ui(model.reads.window if model.reads is not None else model.config.max_positions)
         target = target_ui(source)
         generation = continue_ui(model.config)
         facts = st.container()
@@ -197,7 +217,9 @@ def main() -> None:
     if trace is None:
         return
     if trace.truncated:
-        st.info(f"The input has {trace.untruncated_length} tokens; the model sees the first {trace.num_tokens}.")
+        cut = model.reads.cut_note(trace.num_tokens, trace.untruncated_length) if model.reads is not None else ""
+        st.info(f"The input has {trace.untruncated_length} tokens; the model sees the first {trace.num_tokens}."
+                + (f" {plain(cut[0].upper() + cut[1:])}." if cut else ""))
     prediction_ui(trace)
     views_ui(inputs)
 

@@ -26,6 +26,7 @@ from encoder.trace import EncoderTrace, trace_text
 from encoder.trace_io import DATA_FORMATS, trace_from_json, trace_to_json
 from tutorial.dataset import load_splits
 from viz.kinds import ENCODER, of_kind, write_kind_csv
+from viz.layout import mark_image_model
 from viz.options import ATTENTION, MERGE_WORDS, SHARED_OPTIONS, Option, parse_ints
 from viz.registry import (
     ANALYSES,
@@ -54,8 +55,9 @@ EXAMPLES = """examples:
   python -m cli --corpus sentences.txt --view report --statistic sep -o sep.svg
   python -m cli --text "The cat sat." --view noise --samples 4 --sigma 0.5 -o noise.html
   python -m cli --text "The cat sat." --view ablation --ablate 0:3,2:5 -o ablation.json
-  python -m cli --model tests/fixtures/families/t5 --text "The cat sat." --target "Die Katze sass." \
+  python -m cli --model tests/fixtures/families/t5 --text "The cat sat." --target "Die Katze sass." \\
       --attention cross --view heatmap --layer 1 -o cross.svg
+  python -m cli --model ~/models/sdxl --text-encoder text_encoder_2 --text "a photo of a cat" --view model -o m.png
   python -m cli generate --model tests/fixtures/families/llama --prompt "Once upon a time" --out story.npz"""
 GENERATE = "generate"  # the subcommand
 TRACE_FORMATS = ("npz", "json")  # what --out writes
@@ -122,6 +124,10 @@ def _parser(generate: bool = False) -> argparse.ArgumentParser:
     source.add_argument("--model", default="minilm",
                         help="model source: minilm (default), tutorial, any folder or hub id (the command line is "
                              "the operator's: no HEADLIGHT_MODEL_ROOTS/HEADLIGHT_HUB_IDS needed)")
+    source.add_argument("--text-encoder", metavar="NAME",
+                        help="an image generator's folder (diffusers: model_index.json): which text encoder to open "
+                             "(text_encoder, text_encoder_2, ...; default the first; also --model FOLDER#NAME); its "
+                             "views mark the layer the image model reads and the token window's cut")
     if generate:
         source.add_argument("--prompt", "--text", dest="text", required=True, help="the text to continue")
         parser.set_defaults(pair=None, trace=None, max_tokens=None, corpus=None, corpus_size=None, target=None)
@@ -199,6 +205,14 @@ def _flags(names: Iterable[str]) -> str:
 # Running
 
 
+def _model(args: argparse.Namespace) -> LoadedModel:
+    """``--model`` (and ``--text-encoder``), loaded once per command (kept on ``args``); the operator's own command
+    line: any folder or hub id."""
+    if getattr(args, "loaded_model", None) is None:
+        args.loaded_model = load_source(args.model, text_encoder=args.text_encoder)
+    return args.loaded_model
+
+
 def _load_trace(args: argparse.Namespace, model: LoadedModel | None = None,
                 trace: EncoderTrace | None = None) -> EncoderTrace:
     """The trace to draw (``trace``, else ``_read_trace``), with sub-words merged into words when
@@ -226,7 +240,7 @@ def _read_trace(args: argparse.Namespace, model: LoadedModel | None = None) -> E
         return EncoderTrace.load(args.trace)
     if args.text is None:
         raise ExportError("give --text (the sentence to trace) or --trace (a saved trace)")
-    model = load_source(args.model) if model is None else model  # the operator's own command line: any folder
+    model = _model(args) if model is None else model
     if args.target is not None:  # an encoder-decoder's decoder text
         return trace_text(model, args.text, args.pair, args.max_tokens, target=args.target)
     return trace_text(model, args.text, args.pair, args.max_tokens)
@@ -256,7 +270,8 @@ def _run_view(args: argparse.Namespace, fmt: str, given: dict[str, Any], traced:
     studies = set(given) - set(_view_flag_options())
     if studies:
         raise ExportError(f"view {args.view!r} does not take {_flags(studies)} (analysis settings)")
-    trace = _load_trace(args, trace=traced)
+    tokens = _read_trace(args) if traced is None else traced
+    trace = _load_trace(args, trace=tokens)
     kind = _kind(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     why = view_unavailable(view, trace, kind)
@@ -281,7 +296,19 @@ def _run_view(args: argparse.Namespace, fmt: str, given: dict[str, Any], traced:
         if ignored:
             raise ExportError(f"view {args.view!r} does not take {_flags(ignored)}")
         settings = {name: accepted[name].check(value) for name, value in given.items()}
-        _write_figure(args, fmt, build_view(trace, args.view, attention=kind, **settings))
+        figure = build_view(trace, args.view, attention=kind, **settings)
+        _write_figure(args, fmt, _marked(args, figure, tokens, settings if "layer" in accepted else None))
+
+
+def _marked(args: argparse.Namespace, figure, tokens: EncoderTrace, settings: dict[str, Any] | None):
+    """``figure`` with what an image model reads of the loaded text encoder marked (``viz.layout.mark_image_model``:
+    the layer of a one-layer view, ``settings``' or the first, and the cut in ``tokens``); as it is for any other
+    model or a saved trace."""
+    model = getattr(args, "loaded_model", None)
+    if model is None or model.reads is None:
+        return figure
+    layer = None if settings is None or settings.get("layer_mean") else settings.get("layer", 0)
+    return mark_image_model(figure, tokens, model.reads, layer)
 
 
 def _write_figure(args: argparse.Namespace, fmt: str, fig) -> None:
@@ -346,7 +373,7 @@ def _inputs(args: argparse.Namespace, entry: Analysis, corpus: Path | None, size
     if entry.needs_model:
         if args.trace is not None:
             raise ExportError(f"view {entry.name!r} re-runs the model, so it needs --text (and --model), not --trace")
-        model = load_source(args.model)
+        model = _model(args)
     if corpus is not None:
         sentences = _corpus_sentences(args, corpus)
         if size is not None:
@@ -393,7 +420,7 @@ def _corpus_sentences(args: argparse.Namespace, path: Path) -> list[str]:
 def _corpus_report(args: argparse.Namespace, sentences: list[str], distances: bool) -> analysis.HeadReport:
     """The report card over ``sentences``, traced by ``--model``; progress on stderr."""
     limit = {} if args.max_tokens is None else {"max_tokens": args.max_tokens}
-    traces = analysis.iter_traces(load_source(args.model), sentences, **limit)
+    traces = analysis.iter_traces(_model(args), sentences, **limit)
     return analysis.corpus_head_report(traces, len(sentences), _progress_line("sentences traced"), distances)
 
 
@@ -436,7 +463,7 @@ def generate(argv: list[str]) -> tuple[str, EncoderTrace, list[Path]]:
     given = _given(args)
     from encoder.generate import generate_text  # the model code: not loaded for a saved trace's figures
 
-    model = load_source(args.model)
+    model = _model(args)
     trace = generate_text(model, args.text, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     written = []

@@ -8,8 +8,9 @@ dataclasses; importing this package never imports TensorFlow (``perturb`` drives
 compiled graphs, but the arrays it gets back are NumPy).
 
 Modules: ``flow`` (rollout, max-flow), ``divergence`` (entropy, Jensen-Shannon), ``report`` (head report card,
-corpora), ``clustering``, ``diff`` (two traces), ``tables`` (rows, CSV, JSON), ``words`` (sub-words merged into
-words), ``perturb`` (noise, ablation), ``attribution`` (norm-based, GlobEnc, ALTI), ``value_zeroing``, ``gradients``
+corpora), ``clustering``, ``diff`` (two traces; a minimal pair from the pooled token), ``pooled`` (the token a
+model's output reads), ``tables`` (rows, CSV, JSON), ``words`` (sub-words merged into words),
+``perturb`` (noise, ablation), ``attribution`` (norm-based, GlobEnc, ALTI), ``value_zeroing``, ``gradients``
 (attention/input x gradient, integrated gradients), ``faithfulness`` (the scoreboard, one text or a corpus),
 ``similarity`` (why two sentences are similar), ``positional`` (the positional lab), ``heads`` (the report card and
 clusters over a text or a corpus), ``inputs`` (what an analysis runs on).
@@ -23,7 +24,7 @@ result lists its own rows); its figures are in ``viz/``.
 
 from analysis.checks import Progress, check_attention, check_residual
 from analysis.clustering import HeadClustering, cluster_heads
-from analysis.diff import AttentionDiff, diff_traces
+from analysis.diff import AttentionDiff, PooledDiff, diff_traces, pooled_diff
 from analysis.divergence import entropy, head_distances, head_divergence, js_divergence, xlogx_sums
 from analysis.flow import (
     DEFAULT_RESIDUAL,
@@ -52,6 +53,7 @@ __all__ = [
     "AttentionDiff",
     "HeadClustering",
     "HeadReport",
+    "PooledDiff",
     "Progress",
     "attention_flow",
     "attention_rollout",
@@ -70,6 +72,7 @@ __all__ = [
     "layered_max_flow",
     "matrix_rows",
     "merge_words",
+    "pooled_diff",
     "residual_attention",
     "rows_to_csv",
     "sentences_from_text",

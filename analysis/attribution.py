@@ -1,10 +1,13 @@
 """Norm-based attribution (Kobayashi et al., 2020), GlobEnc (Modarressi et al., 2022) and ALTI (Ferrando et al.,
-2022) for post-layer-norm BERT-family encoders, in NumPy from a trace and each layer's ported weights.
+2022) for post-layer-norm BERT-family encoders and pre-layer-norm blocks with a layer norm (CLIP's text encoder,
+GPT-2), in NumPy from a trace and each layer's ported weights.
 
 Shapes: L layers, H heads, T tokens, D model width, dh = D / H. ``x = trace.hidden[l]`` (T, D) is layer ``l``'s
 input and ``alpha = trace.attention[l]`` (H, T, T) its attention. Per head, the value path of token ``j`` is
-``f_h(x_j) = (x_j W_V^h + b_V^h) W_O^h`` (D,), so the attention block's output (before the residual) is exactly
-``sum_h sum_j alpha_hij f_h(x_j) + b_O``.
+``f_h(x_j) = (n(x_j) W_V^h + b_V^h) W_O^h`` (D,), with ``n`` the identity in a post-LN block and the attention
+norm (``layer_norm1``, applied to each position alone) in a pre-LN one, so the attention block's output (before
+the residual) is exactly ``sum_h sum_j alpha_hij f_h(x_j) + b_O``: each term is one token's, since ``n`` never
+mixes positions.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from analysis.inputs import chosen_layer
+from analysis.pooled import pooled_json
 from analysis.tables import matrix_result, matrix_rows
 from encoder.errors import AnalysisError
 
@@ -26,12 +30,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LayerWeights:
-    """One post-LN layer's value and output projections and its attention norm (plain float32 arrays).
+    """One layer's value and output projections and its attention norm (plain float32 arrays).
 
     Attributes:
         value_kernel: (D, H, dh) W_V.  value_bias: (H, dh) b_V.
         output_kernel: (H, dh, D) W_O.  output_bias: (D,) b_O.
         norm_gamma, norm_beta: (D,) the attention norm's scale and shift.  epsilon: its epsilon.
+        pre_norm: the norm is applied to each token before attention (``x + attention(norm(x))``); False: after
+            the residual sum (``norm(x + attention(x))``, BERT).
     """
 
     value_kernel: np.ndarray
@@ -41,35 +47,55 @@ class LayerWeights:
     norm_gamma: np.ndarray
     norm_beta: np.ndarray
     epsilon: float
+    pre_norm: bool = False
 
 
-def check_post_norm(model: Any) -> None:
-    """Raise ``AnalysisError`` unless ``model`` (a LoadedModel) is a post-LN BERT-family encoder with biases."""
+def check_decomposable(model: Any) -> None:
+    """Raise ``AnalysisError`` unless ``model`` (a LoadedModel) has blocks these methods decompose exactly: a
+    post-LN BERT-family encoder with biases, or pre-LN blocks with a layer norm before attention (CLIP, GPT-2)."""
     config = model.config
-    problems = {"pre-layer-norm": config.norm_first, "disentangled-attention": config.relative_attention,
+    block = config.block
+    pre = block.placement == "pre"
+    problems = {"disentangled-attention": config.relative_attention,
                 "bias-free": not config.use_bias,
-                "factorised-embedding": config.embedding_width != config.d_model}
+                "factorised-embedding": config.embedding_width != config.d_model,
+                "pre-layer-norm with RMSNorm": pre and block.norm != "layernorm",
+                "pre-layer-norm with norms after attention": pre and block.sandwich_norms,
+                "pre-layer-norm without a first attention norm": pre and not block.first_attention_norm,
+                "grouped-query": config.key_value_heads != config.num_heads}
     kind = next((name for name, found in problems.items() if found), None)
     if kind is not None:
         raise AnalysisError(f"Norm-based, GlobEnc and ALTI decompose a post-layer-norm BERT block "
-                            f"(norm(x + attention(x)) with biases); {model.name} is {kind}. Use MiniLM or another "
-                            f"BERT-family model.")
+                            f"(norm(x + attention(x)) with biases) or a pre-layer-norm block with a layer norm "
+                            f"(x + attention(layernorm(x)), CLIP or GPT-2); {model.name} is {kind}. Use MiniLM, "
+                            f"another BERT-family model or a CLIP text encoder.")
 
 
 def layer_weights(model: Any, layer: int) -> LayerWeights:
-    """Read layer ``layer``'s ``LayerWeights`` from a LoadedModel (refusing models ``check_post_norm`` refuses)."""
-    check_post_norm(model)
+    """Read layer ``layer``'s ``LayerWeights`` from a LoadedModel (refusing models ``check_decomposable``
+    refuses)."""
+    check_decomposable(model)
     block = model.model.encoder_layers[layer]
     attention, norm = block.attention, block.attention_norm
     return LayerWeights(
         attention.value_dense.kernel.numpy(), attention.value_dense.bias.numpy(),
         attention.output_dense.kernel.numpy(), attention.output_dense.bias.numpy(),
-        norm.gamma.numpy(), norm.beta.numpy(), float(norm.epsilon))
+        norm.gamma.numpy(), norm.beta.numpy(), float(norm.epsilon), model.config.block.placement == "pre")
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
+    """``gamma * (x - mean(x)) / sqrt(var(x) + epsilon) + beta`` over the last axis, float64."""
+    x = np.asarray(x, np.float64)
+    centred = x - x.mean(axis=-1, keepdims=True)
+    return gamma * centred / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + epsilon) + beta
 
 
 def value_vectors(hidden: np.ndarray, weights: LayerWeights) -> np.ndarray:
-    """``f_h(x_j)`` for every head and token: (T, D) -> (H, T, D) float64."""
+    """``f_h(x_j)`` for every head and token: (T, D) -> (H, T, D) float64 (through the attention norm first in a
+    pre-LN block)."""
     x = np.asarray(hidden, np.float64)
+    if weights.pre_norm:
+        x = layer_norm(x, weights.norm_gamma, weights.norm_beta, weights.epsilon)
     values = np.einsum("td,dhk->htk", x, weights.value_kernel) + weights.value_bias[:, None]  # (H, T, dh)
     return np.einsum("htk,hkd->htd", values, weights.output_kernel)  # (H, T, D)
 
@@ -95,19 +121,23 @@ def norm_based(hidden: np.ndarray, attention: np.ndarray, weights: list[LayerWei
 
 def layer_contributions(hidden: np.ndarray, attention: np.ndarray, weights: LayerWeights) -> tuple[np.ndarray,
                                                                                                   np.ndarray]:
-    """Token ``j``'s vector in position ``i`` after attention + residual + attention norm, and the norm's output.
+    """Token ``j``'s vector in position ``i`` after attention + residual (+ the attention norm in a post-LN block),
+    and the sum they make.
 
-    ``z_ij = sum_h alpha_hij f_h(x_j) + [i = j] x_j`` and ``u_i = sum_j z_ij + b_O``; the layer norm splits
-    exactly: ``LN(u_i) = sum_j T_ij + gamma * (b_O - mean(b_O)) / s_i + beta`` with
+    ``z_ij = sum_h alpha_hij f_h(x_j) + [i = j] x_j`` and ``u_i = sum_j z_ij + b_O``. A pre-LN block stops there:
+    its residual stream after attention is ``u_i``, split exactly into ``z_ij`` and ``b_O``. In a post-LN block
+    the layer norm splits exactly: ``LN(u_i) = sum_j T_ij + gamma * (b_O - mean(b_O)) / s_i + beta`` with
     ``T_ij = gamma * (z_ij - mean(z_ij)) / s_i`` and ``s_i = sqrt(var(u_i) + eps)``.
 
     Returns:
-        ``(T_ij (T, T, D), LN(u_i) (T, D))``, float64.
+        ``(T_ij (T, T, D), LN(u_i) (T, D))`` (post-LN) or ``(z_ij, u_i)`` (pre-LN), float64.
     """
     x = np.asarray(hidden, np.float64)
     mixed = weighted_vectors(x, attention, weights).sum(axis=0)  # (T, T, D)
     mixed[np.arange(len(x)), np.arange(len(x))] += x  # the residual: token i's own input
     total = mixed.sum(axis=1) + weights.output_bias  # (T, D) u_i
+    if weights.pre_norm:
+        return mixed, total
     scale = np.sqrt(total.var(axis=-1) + weights.epsilon)[:, None, None]  # (T, 1, 1)
     parts = weights.norm_gamma * (mixed - mixed.mean(axis=-1, keepdims=True)) / scale
     centred = total - total.mean(axis=-1, keepdims=True)
@@ -117,8 +147,8 @@ def layer_contributions(hidden: np.ndarray, attention: np.ndarray, weights: Laye
 def globenc_layers(hidden: np.ndarray, attention: np.ndarray, weights: list[LayerWeights]) -> np.ndarray:
     """GlobEnc's per-layer matrices (N_ResLN): ``C_ij = ||T_ij|| / sum_k ||T_ik||``, (L, T, T) float64.
 
-    ``T_ij`` from ``layer_contributions`` (attention, residual and the first layer norm); the feed-forward block
-    and the second layer norm are not decomposed. Every row sums to 1.
+    ``T_ij`` from ``layer_contributions`` (attention, residual and, in a post-LN block, the first layer norm); the
+    feed-forward block and the second layer norm are not decomposed. Every row sums to 1.
     """
     _check(hidden, attention, weights)
     norms = np.stack([np.linalg.norm(layer_contributions(hidden[layer], attention[layer], w)[0], axis=-1)
@@ -129,9 +159,9 @@ def globenc_layers(hidden: np.ndarray, attention: np.ndarray, weights: list[Laye
 def alti_layers(hidden: np.ndarray, attention: np.ndarray, weights: list[LayerWeights]) -> np.ndarray:
     """ALTI's per-layer matrices: ``c_ij = max(0, ||y_i||_1 - ||y_i - T_ij||_1)``, rows divided by their sum.
 
-    ``y_i`` is the attention norm's output (``LN(u_i)``, biases included) and ``T_ij`` token ``j``'s part of it
-    (``layer_contributions``): a token contributes as much as the output gets closer to it, in Manhattan
-    distance. (L, T, T) float64; every row sums to 1.
+    ``y_i`` is the attention sublayer's output (``LN(u_i)`` post-LN, ``u_i`` pre-LN; biases included) and ``T_ij``
+    token ``j``'s part of it (``layer_contributions``): a token contributes as much as the output gets closer to
+    it, in Manhattan distance. (L, T, T) float64; every row sums to 1.
     """
     _check(hidden, attention, weights)
     layers = []
@@ -186,10 +216,11 @@ def compute_alti(inputs: Inputs, options: Options) -> np.ndarray:
 
 
 def layer_rows(kind: str, result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
-    """An (L, T, T) attribution at the chosen layer (default the last), one row per cell, and its JSON."""
+    """An (L, T, T) attribution at the chosen layer (default the last), one row per cell, and its JSON (with the
+    pooled token's row, ``analysis.pooled``, for a model that has one)."""
     layer = chosen_layer(trace, options)
     rows = matrix_rows(result[layer], trace.tokens, kind)
-    return rows, matrix_result(kind, trace, layer, rows)
+    return rows, matrix_result(kind, trace, layer, rows, **pooled_json(trace, result[layer]))
 
 
 def norm_rows(result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:

@@ -1,11 +1,12 @@
 """The faithfulness scoreboard for one text: each explanation's token importance against the model's own behaviour.
 
 Shapes: T tokens, M methods, N non-special tokens (the ones ranked and removed). A method's importance of token
-``j`` is the row the output reads of its (T, T) matrix: row 0 ([CLS]) for a [CLS]-pooled model, the mean over
-rows for a mean-pooled one; the gradient methods' per-token vectors (input x gradient, integrated gradients) are
-used directly (``gradient_vectors``). The ground truth is leave-one-out: token ``j``'s id deleted from the input and the
-model run again; the output change is the drop in the clean predicted class's probability for a classifier, else
-``1 - cosine`` between the sentence embeddings. Each method gets Spearman's rho against that effect, and AOPC:
+``j`` is the row the output reads of its (T, T) matrix: row 0 ([CLS]) for a [CLS]-pooled model, the end-of-text
+token's for CLIP, the last token's for a decoder, the mean over rows for a mean-pooled one; the gradient methods'
+per-token vectors (input x gradient, integrated gradients) are used directly (``gradient_vectors``). The ground
+truth is leave-one-out: token ``j``'s id deleted from the input and the model run again; the output change is the
+drop in the clean predicted class's probability for a classifier, else ``1 - cosine`` between the sentence
+embeddings. Each method gets Spearman's rho against that effect, and AOPC:
 the mean output change with its top ``k`` tokens removed, ``k = 1..K``, ``K = min(10, N)``. All shortened inputs
 run through ``forward_padded`` in batches; nothing here imports TensorFlow.
 """
@@ -22,6 +23,7 @@ from analysis import attribution, gradients, value_zeroing
 from analysis.checks import Progress
 from analysis.flow import attention_rollout
 from analysis.perturb import check_pairing
+from analysis.pooled import output_position
 from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace, pad_batch, to_numpy, trace_text
 
@@ -40,8 +42,9 @@ class Faithfulness:
     """How well each method's token importance matches the model's leave-one-out effects on one text.
 
     Attributes:
-        methods: (M,) method names ("attention", "rollout", "value-zeroing", for post-LN BERT "norm", "globenc",
-            "alti", then "attention-gradient", "input-gradient", "integrated-gradients").
+        methods: (M,) method names ("attention", "rollout", "value-zeroing", where the blocks decompose (post-LN
+            BERT, pre-LN with a layer norm) "norm", "globenc", "alti", then "attention-gradient", "input-gradient",
+            "integrated-gradients").
         tokens: (T,) the text's tokens.  positions: (N,) indices of the non-special tokens, the ones ranked.
         importance: (M, N) each method's importance of those tokens.
         loo: (N,) the output change with each of those tokens removed alone.
@@ -97,7 +100,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def token_maps(model: LoadedModel, trace: EncoderTrace) -> dict[str, np.ndarray]:
-    """Each method's last-layer (T, T) token-to-token matrix; norm-based, GlobEnc and ALTI only for post-LN BERT,
+    """Each method's last-layer (T, T) token-to-token matrix; norm-based, GlobEnc and ALTI where the blocks decompose,
     value zeroing for every model within its size limit (``value_zeroing.size_limit``)."""
     maps = {"attention": trace.attention[-1].mean(axis=0, dtype=np.float64),
             "rollout": attention_rollout(trace.attention)[-1]}
@@ -118,14 +121,16 @@ def gradient_vectors(model: LoadedModel, trace: EncoderTrace) -> dict[str, np.nd
     or the pooled vector's length): attention x gradient's last layer (head mean) through ``output_row`` like the
     maps, input x gradient and integrated gradients as they are (signed)."""
     attention = gradients.attention_gradient(model, trace).head_mean(-1)
-    return {"attention-gradient": output_row(attention, model.config.pooling),
+    return {"attention-gradient": output_row(attention, model.config.pooling, trace),
             "input-gradient": gradients.input_gradient(model, trace).values,
             "integrated-gradients": gradients.integrated_gradients(model, trace).values}
 
 
-def output_row(matrix: np.ndarray, pooling: str) -> np.ndarray:
-    """The row of a (T, T) matrix the output reads: row 0 for "cls" pooling, the mean over rows for "mean"."""
-    return np.asarray(matrix)[0] if pooling == "cls" else np.asarray(matrix).mean(axis=0)
+def output_row(matrix: np.ndarray, pooling: str, trace: EncoderTrace) -> np.ndarray:
+    """The row of a (T, T) matrix the output reads (``analysis.pooled.output_position``): row 0 for "cls" pooling,
+    the end-of-text token's for "eos" (CLIP), the last token's for "last", the mean over rows for "mean"."""
+    position = output_position(trace, pooling)
+    return np.asarray(matrix).mean(axis=0) if position is None else np.asarray(matrix)[position]
 
 
 def output_change(model: LoadedModel, trace: EncoderTrace, removals: Sequence[Sequence[int]]) -> np.ndarray:
@@ -175,7 +180,8 @@ def faithfulness(model: LoadedModel, trace: EncoderTrace) -> Faithfulness:
         raise AnalysisError(f"The scoreboard ranks the text's tokens, so it needs at least 2 besides [CLS] and "
                             f"[SEP]; this text has {len(positions)}.")
     maps = token_maps(model, trace)
-    vectors = {name: output_row(m, model.config.pooling) for name, m in maps.items()} | gradient_vectors(model, trace)
+    rows = {name: output_row(m, model.config.pooling, trace) for name, m in maps.items()}
+    vectors = rows | gradient_vectors(model, trace)
     importance = np.stack([vector[positions] for vector in vectors.values()])  # (M, N)
     deletions = min(MAX_DELETIONS, len(positions))
     top = [positions[np.argsort(-row, kind="stable")] for row in importance]  # most important first

@@ -11,6 +11,7 @@ import numpy as np
 
 from analysis.checks import check_attention, check_residual
 from analysis.inputs import Options, chosen_layer
+from analysis.pooled import pooled_json
 from analysis.tables import matrix_result, matrix_rows
 from encoder.errors import AnalysisError
 
@@ -206,10 +207,11 @@ def compute_rollout(inputs: Inputs, options: Options) -> np.ndarray:
 
 
 def _token_rows(kind: str, matrix: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
-    """A (T, T) matrix as long-format rows, and the JSON naming the input, the layer and the residual."""
+    """A (T, T) matrix as long-format rows, and the JSON naming the input, the layer, the residual and (for a model
+    with a pooled token) that token's row (``analysis.pooled``)."""
     rows = matrix_rows(matrix, trace.tokens, kind)
     return rows, matrix_result(kind, trace, chosen_layer(trace, options), rows,
-                               residual=options.get("residual", DEFAULT_RESIDUAL))
+                               residual=options.get("residual", DEFAULT_RESIDUAL), **pooled_json(trace, matrix))
 
 
 def rollout_rows(result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:

@@ -22,6 +22,7 @@ from analysis import attribution
 from analysis.checks import Progress
 from analysis.inputs import chosen_layer
 from analysis.perturb import check_pairing
+from analysis.pooled import pooled_json
 from analysis.tables import matrix_result, matrix_rows
 from encoder.errors import AnalysisError
 
@@ -172,4 +173,4 @@ def value_zeroing_rows(result: ValueZeroing, trace: EncoderTrace, options: Optio
     rows = matrix_rows(result.rollout[layer], trace.tokens, "value-zeroing")
     for row, share in zip(rows, result.layers[layer].ravel()):
         row["layer_share"] = float(share)
-    return rows, matrix_result("value-zeroing", trace, layer, rows)
+    return rows, matrix_result("value-zeroing", trace, layer, rows, **pooled_json(trace, result.rollout[layer]))

@@ -125,9 +125,9 @@ def check_generator(model: LoadedModel) -> None:
     encoder-decoder whose decoder has no LM head (``T5Model``, ``BartModel``)."""
     if model.decoder is not None:
         if not model.decoder.model.config.head.lm_head:
-            raise InputError(f"{model.name} is an encoder-decoder without its language-model head (a T5Model or "
-                             "BartModel checkpoint): it cannot write a target. Give a target to trace, or open its "
-                             "*ForConditionalGeneration checkpoint.")
+            raise InputError("This encoder-decoder has no language-model head (a T5Model or BartModel checkpoint): "
+                             "it cannot write a target. Give a target to trace, or open its *ForConditionalGeneration "
+                             "checkpoint.")
         return
     if not has_lm_head(model) or not model.config.attention.causal:
         raise InputError(f"{model.name} has no language-model head: it cannot continue a text. Choose a decoder "

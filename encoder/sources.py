@@ -27,6 +27,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from encoder.diffusers import (
+    ImageModelReads,
+    image_model_reads,
+    is_diffusers_folder,
+    source_name,
+    split_source,
+    text_encoder_part,
+    text_encoders,
+)
 from encoder.errors import CheckpointError, SourceError
 from encoder.settings import Settings, settings
 
@@ -63,6 +72,7 @@ class ModelCard:
     config: EncoderConfig
     parameters: int
     labels: tuple[str, ...] = ()
+    reads: ImageModelReads | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,6 +89,7 @@ class LoadedModel:
     folder: Path | None = None
     decoder: CompiledEncoder | None = None
     decoder_start: int = 0
+    reads: ImageModelReads | None = None  # an image model's text encoder: what the image model reads of it
 
     @property
     def config(self) -> EncoderConfig:
@@ -100,7 +111,7 @@ class LoadedModel:
         object.__setattr__(self, "_table", self.encoder.model.positional_table())
         object.__setattr__(self, "_scheme", self.encoder.model.position_scheme())
         object.__setattr__(self, "_card", ModelCard(self.name, self.description, self.config, self.num_parameters(),
-                                                    self.labels))
+                                                    self.labels, self.reads))
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -127,16 +138,19 @@ def builtin_sources() -> list[str]:
     return names
 
 
-def load_source(name: str, restricted: bool = False) -> LoadedModel:
+def load_source(name: str, restricted: bool = False, text_encoder: str | None = None) -> LoadedModel:
     """Load a model by source name, local folder path, or Hugging Face hub id ("owner/name").
 
     Args:
         name: a built-in name, a folder (absolute, ``~``, or relative to the working folder; restricted: also
-            relative to a model root), or a hub id.
+            relative to a model root), or a hub id. An image generator's folder (diffusers: ``model_index.json``)
+            opens its first text encoder, or the one ``folder#text_encoder_2`` names (``encoder.diffusers``).
         restricted: the name comes from a visitor (the app passes it for every name it did not choose itself):
             only the built-in models, folders under the model roots and the allowed hub ids open
             (``encoder.settings``). Off by default: the caller of this function (a script, the command line) is
             the operator, and may open any folder and any hub id.
+        text_encoder: an image generator's text encoder to open (``"text_encoder_2"``); the same as
+            ``name#text_encoder_2``.
 
     Raises:
         SourceError: a name that names no model (or, restricted, one this server does not open: the message names
@@ -147,33 +161,66 @@ def load_source(name: str, restricted: bool = False) -> LoadedModel:
         >>> load_source("tutorial").config.num_layers
         4
         >>> model = load_source("~/models/my-bert")  # doctest: +SKIP - any folder: the caller is the operator
+        >>> load_source("~/models/sdxl", text_encoder="text_encoder_2").reads.states  # doctest: +SKIP
+        'hidden_states[-2]'
     """
-    name = name.strip()
-    if name == "minilm":
-        return _load_minilm()
-    if name == "tutorial":
-        return _load_tutorial(trained=True)
-    if name == "tutorial-initial":
-        return _load_tutorial(trained=False)
+    name, component = _component(name.strip(), text_encoder)
+    builtin = {"minilm": _load_minilm, "tutorial": lambda: _load_tutorial(trained=True),
+               "tutorial-initial": lambda: _load_tutorial(trained=False)}
+    if name in builtin:
+        if component is not None:
+            raise SourceError("Only an image generator's folder (with model_index.json) has text encoders to pick.")
+        return builtin[name]()
+    shown = source_name(name, component)
     if not restricted:
-        return _load_operators(name)
+        return _load_operators(name, shown, component)
     allowed = settings()
     _check_name(name, allowed)
     folder = allowed_folder(name, allowed.model_roots)
     if folder is not None:
-        return load_path(folder, name=name)
+        return load_path(folder, name=shown, text_encoder=component)
     if _HUB_ID.match(name) and allowed.hub_allowed(name):
-        return load_path(_download_from_hub(name), name=name)
+        return load_path(_download_from_hub(name), name=shown, text_encoder=component)
     raise SourceError(_refusal(allowed))
 
 
-def _load_operators(name: str) -> LoadedModel:
+def _component(name: str, text_encoder: str | None) -> tuple[str, str | None]:
+    """The name without its ``#text_encoder_N`` and the text encoder it or ``text_encoder`` asks for (one way)."""
+    name, component = split_source(name)
+    if text_encoder is not None:
+        if component is not None and component != text_encoder:
+            raise SourceError("Two different text encoders were asked for; give one (name#text_encoder_N or "
+                              "text_encoder=).")
+        component = text_encoder
+    return name, component
+
+
+def text_encoder_choices(name: str, restricted: bool = True) -> list[str]:
+    """The text encoders of the image generator's folder ``name`` names (``model_index.json``: ``text_encoder``,
+    ``text_encoder_2``, ...), for the app's picker; [] for any other name, for one this server does not open
+    (``restricted``: as ``load_source`` decides) and for a folder whose index cannot be read (opening it says
+    why). Reads one small file: no model is loaded."""
+    name = split_source(name.strip())[0]
+    if name in builtin_sources() or name == "tutorial-initial":
+        return []
+    try:
+        if restricted:
+            _check_name(name, settings())
+            folder = allowed_folder(name, settings().model_roots)
+        else:
+            folder = Path(name).expanduser()
+        return text_encoders(folder)[1] if folder is not None and is_diffusers_folder(folder) else []
+    except (SourceError, CheckpointError, OSError, RuntimeError):  # RuntimeError: ~nosuchuser
+        return []
+
+
+def _load_operators(name: str, shown: str, component: str | None) -> LoadedModel:
     """The operator's name: any folder that exists, else any hub id."""
     path = Path(name).expanduser()
     if path.exists():
-        return load_path(path, name=name)
+        return load_path(path, name=shown, text_encoder=component)
     if _HUB_ID.match(name):
-        return load_path(_download_from_hub(name), name=name)
+        return load_path(_download_from_hub(name), name=shown, text_encoder=component)
     raise SourceError(
         f"Unknown model {name!r}: use 'minilm', 'tutorial', 'tutorial-initial', a model folder that exists, "
         "or a Hugging Face hub id like 'owner/name'."
@@ -224,10 +271,11 @@ def allowed_folder(name: str, roots: tuple[Path, ...]) -> Path | None:
     return None
 
 
-def load_path(folder: str | Path, name: str | None = None) -> LoadedModel:
-    """Load a local folder: one of ours (format "headlight") or a Hugging Face BERT-family checkpoint."""
+def load_path(folder: str | Path, name: str | None = None, text_encoder: str | None = None) -> LoadedModel:
+    """Load a local folder: one of ours (format "headlight"), a Hugging Face checkpoint of a family we run, or an
+    image generator's folder (diffusers' ``model_index.json``: its text encoder ``text_encoder``, default the
+    first, with its tokenizer)."""
     # The model code imports TensorFlow: imported when a model is built, so the page draws before (module docstring).
-    from encoder.checkpoints import load_hf_models, read_hf_config
     from encoder.compiled import CompiledEncoder
     from encoder.saving import is_headlight_folder, load_folder
     from encoder.tokenizer import TextTokenizer
@@ -236,16 +284,43 @@ def load_path(folder: str | Path, name: str | None = None) -> LoadedModel:
     if not folder.is_dir():
         raise CheckpointError("The model path is not a folder: give the folder that holds config.json.")
     name = name or str(folder)
+    if is_diffusers_folder(folder):
+        return _load_text_encoder(folder, name, text_encoder)
+    if text_encoder is not None:
+        raise SourceError("Only an image generator's folder (with model_index.json) has text encoders to pick.")
     if is_headlight_folder(folder):
         model, data = load_folder(folder)
         tokenizer = TextTokenizer.from_folder(folder, model.config.max_positions)
         return LoadedModel(name, str(data.get("description", "A Headlight model folder")),
                            CompiledEncoder(model), tokenizer, tuple(data.get("labels", ())), folder)
+    return _load_hf(folder, name)
+
+
+def _load_text_encoder(folder: Path, name: str, component: str | None) -> LoadedModel:
+    """The text encoder ``component`` (default the first) of the diffusers ``folder``, with its tokenizer, cut at
+    the window the pipeline keeps, and what the pipeline reads of it (``LoadedModel.reads``)."""
+    pipeline, part = text_encoder_part(folder, component)
+    loaded = _load_hf(part.encoder, name, part.tokenizer,
+                      lambda positions, model_type: image_model_reads(pipeline, part.name, positions, model_type))
+    what = f"{pipeline or 'An image generator'}'s {part.name}" + (f" ({part.class_name})" if part.class_name else "")
+    unknown = "" if loaded.reads else "; which layer this pipeline reads is not known to Headlight"
+    return dataclasses.replace(loaded, description=f"{what}: {loaded.description}{unknown}")
+
+
+def _load_hf(folder: Path, name: str, tokenizer_folder: Path | None = None, reads_of=None) -> LoadedModel:
+    """A Hugging Face checkpoint folder, its tokenizer from ``tokenizer_folder`` (default the folder itself);
+    ``reads_of(max_positions, model_type)`` says what an image model reads of it (its window cuts the tokens)."""
+    from encoder.checkpoints import load_hf_models, read_hf_config
+    from encoder.compiled import CompiledEncoder
+    from encoder.tokenizer import TextTokenizer
+
     hf_config = read_hf_config(folder)  # read once: the model and the tokenizer both need it
     loaded = load_hf_models(folder, hf_config)
     model, labels = loaded.model, loaded.labels
     model_type = hf_config.get("model_type")
-    tokenizer = TextTokenizer.from_folder(folder, model.config.max_positions, model_type)
+    reads = reads_of(model.config.max_positions, model_type) if reads_of is not None else None
+    window = reads.window if reads is not None else model.config.max_positions
+    tokenizer = TextTokenizer.from_folder(tokenizer_folder or folder, window, model_type)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
             f"The tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size} "
@@ -259,7 +334,7 @@ def load_path(folder: str | Path, name: str | None = None) -> LoadedModel:
                        f"{config.num_heads} heads, d_model {config.d_model}"
                        + (", LM head" if decoder.config.head.lm_head else ""))
     return LoadedModel(name, description, CompiledEncoder(model), tokenizer, labels, folder,
-                       None if decoder is None else CompiledEncoder(decoder), loaded.decoder_start)
+                       None if decoder is None else CompiledEncoder(decoder), loaded.decoder_start, reads)
 
 
 def _load_minilm() -> LoadedModel:

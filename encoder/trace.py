@@ -359,21 +359,30 @@ def trace_text(
         >>> t5.attention_of("cross").shape  # doctest: +SKIP
         (6, 8, 7, 12)
     """
-    if target is not None and model.decoder is None:
-        raise InputError(f"{model.name} is not an encoder-decoder: a target needs a model with a decoder (T5, BART); "
-                         "trace the text alone.")
+    check_targets(model, [target])
     encoded = model.tokenizer.encode(text, pair, max_tokens)
     if full_logits and has_lm_head(model):
         raw = model.encoder.forward_logits(encoded.token_ids[None], encoded.segment_ids[None])
     else:
         raw = model.encoder.forward(encoded.token_ids[None], encoded.segment_ids[None])
     outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
+    return _make_trace(model, encoded, outputs, text, pair, decoder=teacher_forced(model, outputs, target))
+
+
+def check_targets(model: LoadedModel, targets: Sequence[str | None]) -> None:
+    """Refuse a target (not None) for a model that is not an encoder-decoder (InputError)."""
+    if model.decoder is None and any(target is not None for target in targets):
+        raise InputError("This model is not an encoder-decoder: a target needs a model with a decoder (T5, BART); "
+                         "trace the text alone.")
+
+
+def teacher_forced(model: LoadedModel, outputs: dict[str, np.ndarray], target: str | None) -> dict | None:
+    """The decoder's trace fields for ``target`` tokenized alone (``decoder_fields``) over the encoder's
+    ``outputs`` of one unpadded input; None without a target."""
     if target is None:
-        return _make_trace(model, encoded, outputs, text, pair)
+        return None
     decoded = model.tokenizer.encode(target, None, model.decoder.model.config.max_positions)
-    return _make_trace(model, encoded, outputs, text, pair,
-                       decoder=decoder_fields(model, outputs, target, decoded.token_ids, decoded.tokens,
-                                              decoded.special))
+    return decoder_fields(model, outputs, target, decoded.token_ids, decoded.tokens, decoded.special)
 
 
 def decoder_fields(model: LoadedModel, outputs: dict[str, np.ndarray], target: str, target_ids: np.ndarray,
@@ -405,16 +414,20 @@ def trace_batch(
     pairs: Sequence[str | None] | None = None,
     max_tokens: int | None = None,
     batch_size: int = 32,
+    targets: Sequence[str | None] | None = None,
 ) -> list[EncoderTrace]:
     """Trace many texts, batching inputs of similar length (padded keys are masked to weight 0).
 
     Each trace equals ``trace_text`` of the same input (to float32 rounding). Order is preserved. An
-    encoder-decoder's traces are its encoder's (as ``trace_text`` without a target): targets go through
-    ``trace_text`` one at a time.
+    encoder-decoder's ``targets`` (one per text, None for the encoder alone) are run one at a time over their text's
+    encoder states.
     """
-    if pairs is not None and len(pairs) != len(texts):
-        raise InputError(f"{len(texts)} texts but {len(pairs)} pairs")
+    for name, given in (("pairs", pairs), ("targets", targets)):
+        if given is not None and len(given) != len(texts):
+            raise InputError(f"{len(texts)} texts but {len(given)} {name}")
     pairs = list(pairs) if pairs is not None else [None] * len(texts)
+    targets = list(targets) if targets is not None else [None] * len(texts)
+    check_targets(model, targets)
     encoded = [model.tokenizer.encode(t, p, max_tokens) for t, p in zip(texts, pairs)]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].tokens))
     traces: list[EncoderTrace | None] = [None] * len(encoded)
@@ -424,10 +437,9 @@ def trace_batch(
                                         [encoded[i].segment_ids for i in chunk])
         raw = {name: to_numpy(value) for name, value in model.encoder.forward_padded(ids, segments, mask).items()}
         for row, i in enumerate(chunk):
-            n = len(encoded[i].tokens)
-            traces[i] = _make_trace(
-                model, encoded[i], _unpad({k: v[row] for k, v in raw.items()}, n), texts[i], pairs[i]
-            )
+            outputs = _unpad({k: v[row] for k, v in raw.items()}, len(encoded[i].tokens))
+            traces[i] = _make_trace(model, encoded[i], outputs, texts[i], pairs[i],
+                                    decoder=teacher_forced(model, outputs, targets[i]))
     return traces  # type: ignore[return-value]
 
 

@@ -60,12 +60,13 @@ def test_globenc_and_alti_rows_sum_to_1_and_roll_out(trace, weights, method):
     np.testing.assert_allclose(rolled[1], layers[1] @ layers[0], atol=1e-15)
 
 
-def test_a_pre_norm_model_is_refused_with_a_clear_message(minilm):
+def test_a_pre_norm_model_with_rmsnorm_is_refused_with_a_clear_message(minilm):
     class PreNorm:
-        name = "gpt-like"
-        config = dataclasses.replace(minilm.config, norm_first=True)
+        name = "llama-like"
+        config = dataclasses.replace(minilm.config, block=dataclasses.replace(minilm.config.block, placement="pre",
+                                                                             norm="rmsnorm"))
 
-    with pytest.raises(AnalysisError, match=r"post-layer-norm BERT block .* gpt-like is pre-layer-norm"):
+    with pytest.raises(AnalysisError, match=r"post-layer-norm BERT block .* llama-like is pre-layer-norm with RMSNorm"):
         attribution.layer_weights(PreNorm(), 0)
 
 

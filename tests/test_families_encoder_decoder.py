@@ -20,6 +20,7 @@ from encoder.positional import relative_position_buckets
 from encoder.sources import load_path
 from encoder.trace import trace_text
 from tests.support.families import FAMILIES_DIR, TOLERANCE, load_family, reference
+from tests.test_hostile_checkpoints import MAX_GROWTH_MB, MAX_SECONDS, measure_load
 
 FAMILIES = ("t5", "bart")
 CASES = ("simple", "pair", "unicode")
@@ -289,7 +290,7 @@ def test_generation_stops_at_the_end_token_and_needs_an_lm_head(tmp_path):
     assert trace.target == "The" and again.decoder_tokens == trace.decoder_tokens == ("<pad>", "▁The")
     for field in ("cross_attention", "decoder_attention", "decoder_hidden", "attention", "hidden"):
         np.testing.assert_allclose(getattr(again, field), getattr(trace, field), atol=1e-6)
-    with pytest.raises(InputError, match="without its language-model head"):
+    with pytest.raises(InputError, match="has no language-model head"):
         generate_text(load_family("t5"), "The cat sat.")
     with pytest.raises(InputError, match="max_new_tokens"):
         generate_ids(loaded, source_ids, 10_000)
@@ -307,3 +308,70 @@ def test_transformers_generates_the_same_tokens(tmp_path):
         theirs = model.generate(torch.tensor(source_ids[None], dtype=torch.long), max_new_tokens=6, do_sample=False,
                                 min_new_tokens=6)[0, 1:].numpy()
     np.testing.assert_array_equal(generate_ids(loaded, source_ids, 6).ids, theirs)
+
+
+def test_umt5_encoder_decoder_reads_a_bias_table_in_every_layer_of_both_stacks(tmp_path):
+    """umT5: each layer of each stack has its own table; with layer 1's a copy of layer 0's it is the T5 fixture."""
+    folder = tmp_path / "umt5"
+    shutil.copytree(FAMILIES_DIR / "t5", folder)
+    (folder / "config.json").write_text(json.dumps(fixture_config("t5", model_type="umt5")))
+    weights = load_file(folder / "model.safetensors")
+    for stack in ("encoder", "decoder"):
+        name = stack + ".block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
+        weights[name.format(1)] = weights[name.format(0)].copy()
+    save_file(weights, folder / "model.safetensors")
+    loaded = load_path(folder, name="umt5")
+    assert loaded.decoder.model.config.positions.per_layer
+    assert parameter_count(loaded.decoder.model.config) == loaded.decoder.model.count_params()
+    expected = reference("t5")["unicode"]
+    trace = trace_text(loaded, str(expected["text"]), target=str(expected["target"]))
+    assert max(differences(trace, expected).values()) < TOLERANCE
+
+
+@pytest.mark.slow
+def test_hostile_encoder_decoders_are_refused_fast_and_small_in_a_fresh_process(tmp_path):
+    """A decoder of 10,000 layers (config.json), and 90 decoder layers of width 60,000 over the fixture's few
+    weights (the stored tensors): our error, in under a second and 50 MB (``measure_load``)."""
+    cases = {"t5": {"num_decoder_layers": 10_000}, "bart": {"decoder_layers": 90, "decoder_ffn_dim": 60_000}}
+    for name, changes in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(FAMILIES_DIR / name, folder)
+        (folder / "config.json").write_text(json.dumps(fixture_config(name, **changes)))
+        result = measure_load(folder)
+        print(f"{name} {changes}: {result['seconds'] * 1000:.1f} ms, +{result['growth_mb']:.1f} MB; "
+              f"{result['outcome']}")
+        assert result["outcome"].startswith("CheckpointError"), result
+        assert result["seconds"] < MAX_SECONDS and result["growth_mb"] + result["slack_mb"] < MAX_GROWTH_MB, result
+
+
+def test_t5_v1_0_decoder_has_a_relu_mlp_after_its_cross_attention():
+    """T5 v1.0 (``feed_forward_proj`` "relu"): the decoder's ``layer.2`` is ``wi`` / ``wo``; counts as built."""
+    from encoder.families import t5
+    from encoder.model import TransformerEncoder
+
+    hf = fixture_config("t5", feed_forward_proj="relu", architectures=["T5ForConditionalGeneration"])
+    decoder = convert_decoder_config(hf, convert_config(hf))
+    model = TransformerEncoder(decoder)
+    assert decoder.block.mlp == "dense" and parameter_count(decoder) == model.count_params()
+    names = [name for name, _, _ in t5.decoder_weight_ports(decoder, model)]
+    assert names[-3:] == ["decoder.block.1.layer.2.DenseReluDense.wo.weight", "decoder.final_layer_norm.weight",
+                          "lm_head.weight"]
+    assert "decoder.block.0.layer.1.EncDecAttention.q.weight" in names
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_padded_batch_with_targets_gives_each_pair_its_own_trace(name):
+    from encoder.trace import trace_batch
+
+    loaded, cases = load_family(name), [reference(name)[case] for case in CASES]
+    texts, targets = [str(case["text"]) for case in cases], [str(case["target"]) for case in cases]
+    batched = trace_batch(loaded, texts, targets=[*targets[:2], None])
+    for single, traced in zip((trace_text(loaded, t, target=g) for t, g in zip(texts[:2], targets)), batched):
+        assert traced.decoder_tokens == single.decoder_tokens
+        for field in ("attention", "cross_attention", "decoder_attention", "decoder_hidden"):  # float32 rounding
+            np.testing.assert_allclose(getattr(traced, field), getattr(single, field), atol=TOLERANCE)
+    assert not batched[2].is_encoder_decoder
+    with pytest.raises(InputError, match="3 texts but 2 targets"):
+        trace_batch(loaded, texts, targets=targets[:2])
+    with pytest.raises(InputError, match="not an encoder-decoder"):
+        trace_batch(load_family("t5-encoder"), texts, targets=targets)

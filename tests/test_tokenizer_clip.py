@@ -5,13 +5,13 @@ merges.txt and no tokenizer.json. Built from those two files it tokenizes exactl
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from encoder.errors import CheckpointError, InputError
 from encoder.pieces import join_pieces, readable_piece
 from encoder.tokenizer import TextTokenizer
+from tests.support.diffusers import sd_clip_tokenizer as _sd_tokenizer_folder  # Stable Diffusion's tokenizer/
 from tests.support.families import FAMILIES_DIR, reference
 
 CLIP = FAMILIES_DIR / "clip-text"
@@ -25,26 +25,6 @@ ODD_TEXTS = [
     "it's what you'll see, they're here, I'd've 1234 x 56.7",
     "masterpiece!!! (best quality:1.2), [worst] {odd} <tags> #hash @at",
 ]
-
-
-def _sd_tokenizer_folder(folder: Path) -> Path:
-    """The fixture's tokenizer as Stable Diffusion's ``tokenizer/`` folder stores it: vocab.json (the BPE vocabulary
-    and the two special tokens, as CLIP's slow tokenizer saves it), merges.txt, special_tokens_map.json and a
-    tokenizer_config.json without tokenizer.json."""
-    data = json.loads((CLIP / "tokenizer.json").read_text(encoding="utf-8"))
-    vocab = dict(data["model"]["vocab"])
-    vocab.update({token["content"]: token["id"] for token in data["added_tokens"]})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    merges = [" ".join(pair) if isinstance(pair, list) else pair for pair in data["model"]["merges"]]
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    (folder / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": {"content": "<|startoftext|>", "lstrip": False, "normalized": True, "rstrip": False},
-        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}), encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "do_lower_case": True, "model_max_length": 77,
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}), encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="module")

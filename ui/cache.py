@@ -312,9 +312,10 @@ class Inputs:
     def trace(self) -> EncoderTrace:
         if self.generation is None:
             whole = get_trace(self.source, self.text, self.pair, self.max_tokens, self.target)
-            return analysis_trace(whole, self.attention)
-        whole = get_generated(self.source, self.text, self.max_tokens, self.generation)
-        return whole if self.step is None else step_trace(whole, self.step)
+        else:
+            whole = get_generated(self.source, self.text, self.max_tokens, self.generation)
+            whole = whole if self.step is None else step_trace(whole, self.step)
+        return analysis_trace(whole, self.attention)
 
     def model(self) -> LoadedModel:
         return get_model(self.source)

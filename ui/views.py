@@ -9,7 +9,9 @@ tokens, cut from the cached generation (``analysis.steps``), with the query on i
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from analysis import word_starts
@@ -17,13 +19,14 @@ from analysis.steps import generation_steps, prompt_length
 from encoder.errors import HeadlightError
 from encoder.trace import EncoderTrace, class_probabilities
 from ui.analysis import analysis_ui
-from ui.cache import Inputs, get_figure, get_word_trace
+from ui.cache import Inputs, get_card, get_figure, get_word_trace
 from ui.charts import chart_ui
 from ui.compare import compare_ui
 from ui.controls import controls_ui, option_ui, reset_later, reset_now
 from ui.downloads import file_stem, trace_downloads_ui
 from ui.text import plain
 from viz.kinds import kind_suffix, of_kind, query_side
+from viz.layout import mark_image_model
 from viz.options import ViewSettings
 from viz.registry import View, build_view, view_tabs, view_unavailable
 
@@ -36,11 +39,14 @@ def tab_labels(trace: EncoderTrace | None = None) -> list[str]:
     return [*view_tabs(trace), COMPARE, ANALYSIS]
 
 
+Mark = Callable[[go.Figure, int | None], go.Figure]  # a built figure and its layer -> the figure marked
+
+
 def view_figures_ui(views: list[View], trace: EncoderTrace, settings: ViewSettings, stem: str,
-                    trace_key: tuple) -> None:
+                    trace_key: tuple, mark: Mark | None = None) -> None:
     """One tab of views: each view's own widgets, then its figure of the chosen attention (built once per
-    ``trace_key``, the key of ``trace`` in the cache, and these settings) and downloads; a view that cannot show
-    that attention says why."""
+    ``trace_key``, the key of ``trace`` in the cache, and these settings; then ``mark``ed with the layer it shows,
+    if one) and downloads; a view that cannot show that attention says why."""
     kind = settings.attention
     tokens = query_side(of_kind(trace, kind)).readable_tokens  # what a clicked query names
     for view in views:
@@ -51,8 +57,13 @@ def view_figures_ui(views: list[View], trace: EncoderTrace, settings: ViewSettin
         own = {option.name: option_ui(option, trace) for option in view.options if option.label is not None}
         arguments = {**view.settings_for(settings), **own}
         key = (view.name, trace_key, kind, tuple(sorted(arguments.items())))
-        figure = get_figure(key, lambda view=view, arguments=arguments: build_view(trace, view.name, attention=kind,
-                                                                                   **arguments))
+
+        def build(view: View = view, arguments: dict = arguments) -> go.Figure:
+            figure = build_view(trace, view.name, attention=kind, **arguments)
+            layer = None if arguments.get("layer_mean") else arguments.get("layer")
+            return figure if mark is None else mark(figure, layer)
+
+        figure = get_figure(key, build)
         chart_ui(view.name, figure, stem, tokens)
 
 
@@ -100,6 +111,16 @@ def step_ui(whole: EncoderTrace) -> int | None:
     return None if step == steps else step
 
 
+def image_model_mark(source: str, trace: EncoderTrace) -> Mark | None:
+    """For an image model's text encoder (``ModelCard.reads``), what marks its views: the layers the image model
+    reads and the token window's cut (``viz.layout.mark_image_model``; the cut counted in ``trace``'s tokens,
+    also when the views show merged words); else None."""
+    reads = get_card(source).reads
+    if reads is None:
+        return None
+    return lambda figure, layer: mark_image_model(figure, trace, reads, layer)
+
+
 @st.fragment
 def views_ui(inputs: Inputs) -> None:
     whole = inputs.trace  # a cache hit: the fragment never re-runs the encoder
@@ -125,7 +146,8 @@ def views_ui(inputs: Inputs) -> None:
                     analysis_ui(dataclasses.replace(inputs, attention=settings.attention), trace,
                                 token_settings(trace, settings), stem)
                 else:
-                    view_figures_ui(views[label], shown, settings, stem, (*inputs.key, settings.merge_words))
+                    view_figures_ui(views[label], shown, settings, stem, (*inputs.key, settings.merge_words),
+                                    image_model_mark(inputs.source, trace))
             except HeadlightError as error:
                 st.warning(plain(error))
     trace_downloads_ui(shown, f"{stem}-words" if settings.merge_words else stem, settings.layer, settings.shown_heads,

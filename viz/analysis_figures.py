@@ -20,9 +20,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.graph_objects as go
 
-from analysis import DEFAULT_RESIDUAL, STATISTICS, AttentionDiff, HeadClustering, HeadReport, attention_rollout
+from analysis import (
+    DEFAULT_RESIDUAL,
+    STATISTICS,
+    AttentionDiff,
+    HeadClustering,
+    HeadReport,
+    PooledDiff,
+    attention_rollout,
+)
 from analysis.heads import DEFAULT_CLUSTERS, DEFAULT_STATISTIC
 from analysis.inputs import chosen_layer
+from analysis.pooled import pooled_row
 from analysis.report import SINK_FROM, SINK_THRESHOLD
 from encoder.errors import ViewError
 from viz.attention import build_attention_heatmap
@@ -54,6 +63,7 @@ HEAD_CELL = 44  # pixels per cell of a layers x heads map of up to HEAD_MAP_WIDE
 HEAD_MAP_WIDE = 12
 HEAD_MAP_WIDTH, MIN_HEAD_CELL = 540, 14  # wider maps share this width, each cell at least MIN_HEAD_CELL
 HEAD_MAP_SIDES, HEAD_MAP_TOP_BOTTOM = 190, 170  # a layers x heads map's size beyond its cells
+MIN_POOLED_HEIGHT = 420  # pixels, of the pooled-token minimal-pair map (few layers)
 MAX_WRITTEN_CELLS = 200  # layers x heads maps with more cells do not write the values in them
 _LINE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf", "#393b79", "#637939")
@@ -184,6 +194,29 @@ def build_diff_heatmap(diff: AttentionDiff, layer: int, head: int, colorscale: s
         f"{diff.divergence[layer, head]:.4f} nats.",
         colorscale, -bound, bound, "difference", "key", "query",
     )
+
+
+def build_pooled_diff(diff: PooledDiff, colorscale: str = DEFAULT_DIVERGING) -> go.Figure:
+    """A minimal pair from the pooled token (``analysis.PooledDiff``): layers down, the aligned tokens across, each
+    cell the second text's rollout share minus the first's; the title gives the cosines of the two outputs, each
+    layer's label its total change."""
+    check_colorscale(colorscale)
+    change = diff.change
+    token = diff.pooled_a.token
+    cosines = " · ".join(f"cos({name}) {value:.4f}" for name, value in diff.cosines.items())
+    layers = [f"L{layer} Δ {total:.3f}" for layer, total in enumerate(diff.layer_change)]
+    bound = max(float(np.abs(change).max()), 1e-6)
+    fig = token_heatmap(
+        change, layers, diff.columns,
+        f"Row of {display_token(token)}, {display_token(diff.label_b)} minus {display_token(diff.label_a)}"
+        + (f": {cosines}" if cosines else ""),
+        f"Row of {display_token(token)}: what {diff.pooled_a.reads} reads, by {diff.method} after each layer. "
+        f"Red: the second text's {display_token(token)} draws more on this token, blue: less; a changed stretch "
+        "(first → second) is one column. Δ: the row's total change (half the L1 distance of the two rows).",
+        colorscale, -bound, bound, "change", "token (changed stretches: first → second)", "layer",
+    )
+    fig.update_layout(height=max(fig.layout.height, MIN_POOLED_HEIGHT))  # a 2-layer map keeps a readable colour bar
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -520,22 +553,37 @@ def style(options: Options) -> dict:
     return {"colorscale": options["colorscale"]} if options.get("colorscale") else {}
 
 
+def pooled_figures(name: str, matrix: np.ndarray, trace: EncoderTrace, what: str) -> Figures:
+    """For a model that reads its output at one token (``analysis.pooled``: CLIP's end-of-text token, a decoder's
+    last token), that token's row of the (T, T) ``matrix`` as a token strip titled "<what>: row of <|endoftext|>
+    (10): what the pooled embedding reads", named ``<name>-pooled``; else no figure."""
+    row = pooled_row(trace)
+    if row is None:
+        return []
+    fig = build_token_view(trace, query=row.index, weights=matrix, label=what, scrub=False)
+    fig.update_layout(title=dict(text=f"{what}: {display_token(row.caption)}"))
+    return [(f"{name}-pooled", fig)]
+
+
 def rollout_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
-    """The rollout after the chosen layer; with a query token, also that token's row as a token strip."""
+    """The rollout after the chosen layer; for a model with a pooled token, that token's row as a token strip;
+    with a query token, also that token's row."""
     layer = chosen_layer(trace, options)
     residual = options.get("residual", DEFAULT_RESIDUAL)
-    shown = [("rollout", build_rollout_heatmap(result, trace.readable_tokens, layer, residual, **style(options)))]
+    what = f"Rollout after layer {layer}"
+    shown = [("rollout", build_rollout_heatmap(result, trace.readable_tokens, layer, residual, **style(options))),
+             *pooled_figures("rollout", result[layer], trace, what)]
     if options.get("query") is not None:
-        strip = build_token_view(trace, query=options["query"], weights=result[layer],
-                                 label=f"Rollout after layer {layer}")
-        shown.append(("rollout-tokens", strip))
+        shown.append(("rollout-tokens", build_token_view(trace, query=options["query"], weights=result[layer],
+                                                         label=what)))
     return shown
 
 
 def flow_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
     layers = chosen_layer(trace, options) + 1
     residual = options.get("residual", DEFAULT_RESIDUAL)
-    return [("flow", build_flow_heatmap(result, trace.readable_tokens, layers, residual, **style(options)))]
+    return [("flow", build_flow_heatmap(result, trace.readable_tokens, layers, residual, **style(options))),
+            *pooled_figures("flow", result, trace, f"Flow through layers 0-{layers - 1}")]
 
 
 def report_figures(result: HeadReport, trace: EncoderTrace | None, options: Options) -> Figures:

@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from analysis.inputs import chosen_layer
-from viz.analysis_figures import Figures, Options, style, token_heatmap
+from viz.analysis_figures import Figures, Options, pooled_figures, style, token_heatmap
 from viz.layout import DEFAULT_SCALE
 from viz.validation import check_colorscale, check_index
 
@@ -57,8 +57,13 @@ def build_attribution_heatmap(
 
 
 def _layer_figures(method: str, result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
-    return [(method, build_attribution_heatmap(result, trace.readable_tokens, method, chosen_layer(trace, options),
-                                               **style(options)))]
+    layer = chosen_layer(trace, options)
+    return [(method, build_attribution_heatmap(result, trace.readable_tokens, method, layer, **style(options)))]
+
+
+def _pooled(method: str, rolled: np.ndarray, trace: EncoderTrace, layer: int) -> Figures:
+    """The pooled token's row of an (L, T, T) rollout after ``layer`` (``pooled_figures``), titled as ``method``."""
+    return pooled_figures(method, rolled[layer], trace, METHODS[method][0].format(layer=layer))
 
 
 def norm_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
@@ -66,15 +71,21 @@ def norm_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> F
 
 
 def globenc_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
-    return _layer_figures("globenc", result, trace, options)
+    """The rollout after the chosen layer, then the pooled token's row of it where the model has one."""
+    return [*_layer_figures("globenc", result, trace, options),
+            *_pooled("globenc", result, trace, chosen_layer(trace, options))]
 
 
 def alti_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -> Figures:
-    return _layer_figures("alti", result, trace, options)
+    """The rollout after the chosen layer, then the pooled token's row of it where the model has one."""
+    return [*_layer_figures("alti", result, trace, options),
+            *_pooled("alti", result, trace, chosen_layer(trace, options))]
 
 
 def value_zeroing_figures(result: ValueZeroing, trace: EncoderTrace, options: Options) -> Figures:
-    """The rollout after the chosen layer, then that layer alone."""
+    """The rollout after the chosen layer, the pooled token's row of it (where the model has one), then that layer
+    alone."""
     layer = chosen_layer(trace, options)
-    return [(name, build_attribution_heatmap(values, trace.readable_tokens, name, layer, **style(options)))
-            for name, values in (("value-zeroing", result.rollout), ("value-zeroing-layer", result.layers))]
+    rolled, alone = ((name, build_attribution_heatmap(values, trace.readable_tokens, name, layer, **style(options)))
+                     for name, values in (("value-zeroing", result.rollout), ("value-zeroing-layer", result.layers)))
+    return [rolled, *_pooled("value-zeroing", result.rollout, trace, layer), alone]

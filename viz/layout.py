@@ -261,3 +261,95 @@ def category_labels(tokens: Sequence[str]) -> list[str]:
     """One unique category per position, "token (index)": a category axis keeps repeated tokens apart and hover
     templates (``%{x}``) name the token without per-cell text."""
     return [token_hover_label(token, index) for index, token in enumerate(tokens)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What an image model reads of its text encoder (``encoder.diffusers.ImageModelReads``)
+
+CUT_COLOR = "#7f7f7f"  # the line where an image model's token window ends
+READ_MARK = "▸"  # before the number of a layer the image model reads
+
+
+def mark_image_model(fig: go.Figure, trace, reads, layer: int | None = None) -> go.Figure:
+    """Mark on a built view what the image model reads of this text encoder (``reads``, an
+    ``encoder.diffusers.ImageModelReads``; None: ``fig`` as it is), in place:
+
+    - a figure with a layer axis (``yaxis`` titled "layer", a tick per layer: the model view): ``READ_MARK``
+      before the number of each layer the image model reads, in ``HIGHLIGHT``;
+    - a figure of one ``layer``: whether the image model reads that layer's output, or nothing past an earlier one;
+    - a trace cut at its window (``trace.truncated``): the caption "N tokens past CLIP's 77-token window are
+      dropped" (``ImageModelReads.cut_note``), and a dashed line after the last token of a heatmap (``xaxis``
+      titled "key": keys across) or of the token strip (horizontal bars: one per token).
+
+    The notes go on lines of their own under the subtitle (the top margin and the height grow by as many)."""
+    if reads is None:
+        return fig
+    marks = reads.marks(trace.num_layers)
+    notes = []
+    if _is_layer_axis(fig.layout.yaxis, trace.num_layers):
+        text = list(fig.layout.yaxis.ticktext)
+        for index in marks:
+            if 0 <= index < len(text):
+                text[index] = f'<span style="color:{HIGHLIGHT}">{READ_MARK} {text[index]}</span>'
+        fig.update_yaxes(ticktext=text)
+        notes.append(f"{READ_MARK} read by the {reads.reader}: "
+                     + "; ".join(f"layer {index}, {what}" for index, what in sorted(marks.items())))
+    elif layer is not None:
+        notes.append(_layer_note(int(layer), marks, reads.reader))
+    cut = reads.cut_note(trace.num_tokens, trace.untruncated_length) if trace.truncated else ""
+    if cut:
+        notes.append(f"✂ {cut}")
+        _draw_cut(fig)
+    _add_note_lines(fig, notes)
+    return fig
+
+
+def _is_layer_axis(axis, layers: int) -> bool:
+    title = axis.title.text if axis.title is not None else None
+    return title == "layer" and axis.ticktext is not None and len(axis.ticktext) == layers
+
+
+def _layer_note(layer: int, marks: dict[int, str], reader: str) -> str:
+    """What the image model does with the output of ``layer``."""
+    if layer in marks:
+        return f"layer {layer} is read by the {reader}: {marks[layer]}"
+    last = max(marks, default=-1)
+    if layer > last:
+        return f"layer {layer} is not read by the {reader}: it reads layer {last}'s output"
+    return f"layer {layer} leads to what the {reader} reads (layer {last})"
+
+
+def _draw_cut(fig: go.Figure) -> None:
+    """A dashed line (and ✂) after the last token: at the right edge of a heatmap's keys, or after the last box of
+    a token strip."""
+    title = fig.layout.xaxis.title.text if fig.layout.xaxis.title is not None else None
+    line = dict(color=CUT_COLOR, width=2, dash="dash")
+    heatmap = next((d for d in fig.data if d.type == "heatmap" and d.x is not None), None)
+    bars = [d for d in fig.data if d.type == "bar" and d.orientation == "h" and d.base is not None and len(d.y)]
+    if title == "key" and heatmap is not None:  # the scissors above the line
+        x, y0, y1, yref = len(heatmap.x) - 0.5, 0, 1, "paper"
+        scissors = dict(y=1, xanchor="center", yanchor="bottom")
+    elif bars:  # the scissors right of the line
+        row, end = max((float(y), float(b) + float(w)) for d in bars for y, b, w in zip(d.y, d.base, d.x))
+        x, y0, y1, yref = end + 0.2, row - 0.45, row + 0.45, "y"
+        scissors = dict(y=row, xanchor="left", yanchor="middle")
+    else:
+        return
+    fig.add_shape(type="line", x0=x, x1=x, y0=y0, y1=y1, xref="x", yref=yref, line=line, name="cut")
+    fig.add_annotation(text="✂", x=x, xref="x", yref=yref, showarrow=False, font=dict(color=CUT_COLOR, size=14),
+                       name="cut", **scissors)
+
+
+def _add_note_lines(fig: go.Figure, notes: list[str]) -> None:
+    """``notes`` on lines of their own under the subtitle, wrapped to the figure's width (``wrap_notes``); the top
+    margin (and the height, when set) grow by one line each."""
+    if not notes:
+        return
+    lines = [html.escape(line, quote=False) for line in wrap_notes(notes, int(fig.layout.width or 700))]
+    subtitle = fig.layout.title.subtitle.text if fig.layout.title.subtitle is not None else None
+    fig.update_layout(title=dict(subtitle=dict(text="<br>".join([*([subtitle] if subtitle else []), *lines]))))
+    extra = SUBTITLE_LINE_PIXELS * len(lines)
+    top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
+    fig.update_layout(margin=dict(t=top + extra))
+    if fig.layout.height:
+        fig.update_layout(height=fig.layout.height + extra)

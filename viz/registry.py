@@ -146,7 +146,8 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         spinner="Decomposing every layer's attention block…", beside="attention"),
     Analysis(
         "globenc", "GlobEnc", "flow", "GlobEnc: attention + residual + layer norm by norms, rolled out to --layer",
-        "Rollout with the residual and the layer norm counted by vector norms; rows sum to 1. Post-LN BERT models.",
+        "Rollout with the residual and the layer norm counted by vector norms; rows sum to 1. Post-LN BERT, pre-LN "
+        "CLIP and GPT-2.",
         compute=attribution.compute_globenc, figures=attribution_figures.globenc_figures,
         rows=attribution.globenc_rows, options=(COLORSCALE,), layer="figure", needs_model=True,
         spinner="Decomposing every layer's attention block…", beside="rollout"),
@@ -154,7 +155,7 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "alti", "ALTI", "flow",
         "ALTI: token contributions by Manhattan closeness to each output, rolled out to --layer",
         "Rollout with each token's part scored by how close it comes to the layer's output; rows sum to 1. Post-LN "
-        "BERT models.",
+        "BERT, pre-LN CLIP and GPT-2.",
         compute=attribution.compute_alti, figures=attribution_figures.alti_figures, rows=attribution.alti_rows,
         options=(COLORSCALE,), layer="figure", needs_model=True,
         spinner="Decomposing every layer's attention block…", beside="rollout"),

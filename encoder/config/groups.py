@@ -389,6 +389,8 @@ class Head:
         _check_choice("pooling", self.pooling, POOLINGS)
         if not (self.output_scale > 0.0 and math.isfinite(self.output_scale)):
             raise ValueError(f"output_scale must be positive, got {self.output_scale!r}")
+        if self.logit_bias and not self.lm_head:
+            raise ValueError("a logit bias belongs to an LM head")
         _check_counts(self, "projection")
         check_count("eos_token_id", self.eos_token_id + 1)
         if not (self.logit_softcap >= 0.0 and math.isfinite(self.logit_softcap)):

@@ -12,7 +12,10 @@ TOLERANCE = 1e-5  # every number within this of the reference (float32 floors ar
 # ModernBERT's middle hidden states reach ~13 in size on this random fixture, and the float32 reference itself is
 # up to 1.6e-5 from transformers' own float64 run there: its attention and last hidden state (what the issue pins,
 # the fixture's "f32 floor" 5e-6) keep the 1e-5 bar, its middle hidden states get this one.
-MIDDLE_HIDDEN_TOLERANCE = {"modernbert": 3e-5}
+# ALBERT's one shared layer, run three times, carries its rounding on: its reference is up to 6e-6 from float64
+# (the fixture's f32 floor), and oneDNN's kernels on some CPUs put our middle states 1.1e-5 from that reference (two
+# float32 runs, each within its floor of the float64 one); its attention and last hidden state keep the 1e-5 bar.
+MIDDLE_HIDDEN_TOLERANCE = {"modernbert": 3e-5, "albert": 2e-5}
 _LOADED: dict[str, object] = {}
 
 
@@ -74,13 +77,17 @@ def check_long_reference(name: str, length: int):
 
 
 def check_padded_batch(name: str, texts: list[str]) -> None:
-    """A padded batch of ``texts`` gives each text's single trace: tokens, attention, hidden states, logit terms."""
+    """A padded batch of ``texts`` gives each text's single trace: tokens, attention, hidden states, logit terms.
+
+    Padding changes the shapes the matrix products run at and with them the order of float32 sums: on CLIP's
+    fixture (logits up to ~30) batch and single attention differ by up to 1.2e-6 on some CPUs, so attention gets
+    the reference's bar (``TOLERANCE``), as the hidden states do."""
     from encoder.trace import trace_batch, trace_text
 
     loaded = load_family(name)
     for single, batched in zip((trace_text(loaded, text) for text in texts), trace_batch(loaded, texts)):
         assert batched.tokens == single.tokens
-        np.testing.assert_allclose(batched.attention, single.attention, atol=1e-6)
-        np.testing.assert_allclose(batched.hidden, single.hidden, atol=1e-5)
+        np.testing.assert_allclose(batched.attention, single.attention, atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(batched.hidden, single.hidden, atol=TOLERANCE, rtol=0)
         for term, values in single.logit_terms.items():
             np.testing.assert_allclose(batched.logit_terms[term], values, atol=1e-5)
