@@ -27,7 +27,7 @@ from encoder.errors import LongTraceError
 from encoder.settings import settings
 
 EAGER_MAX_BYTES = 256 * 2**20  # a trace whose (L, H, T, T) float32 attention is larger keeps it lazily
-ROW_BLOCK_BYTES = 64 * 2**20  # the (H, R, T) float32 weights one block of queries computes at once
+ROW_BLOCK_BYTES = 16 * 2**20  # the (H, R, T) float32 weights one block of queries computes at once
 
 
 def piece_limit() -> int:
@@ -217,7 +217,8 @@ class LazyAttention:
         return whole if dtype is None else whole.astype(dtype)
 
     def __getitem__(self, key) -> np.ndarray:
-        """NumPy's basic indexing (ints, slices, int or bool arrays per axis; no Ellipsis or new axes), computed.
+        """NumPy's basic indexing (ints, slices, int or bool arrays per axis; no Ellipsis or new axes), computed;
+        one layer's head (or rows of it) is the read-only piece the LRU keeps, more a new array.
 
         Raises:
             LongTraceError: the piece would be over ``piece_limit()`` bytes.
@@ -232,9 +233,15 @@ class LazyAttention:
         rows, one_row = _indices(row_key, self.shape[2])
         begin, end = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 0)
         self._check_bytes(len(layers) * len(heads) * (end - begin) * self.shape[3] * 4)
-        pieces = np.stack([self._rows(int(layer), heads, begin, end) for layer in layers])  # (l, h, R, T)
-        pieces = pieces[:, :, rows - begin][..., column_key]
-        return _squeeze(pieces, one_layer, one_head, one_row)
+        if len(layers) == 1 and len(heads) == 1:  # one layer's head: the kept (read-only) piece itself, no copy
+            pieces = self._rows(int(layers[0]), heads, begin, end)[0][None, None]
+        else:
+            pieces = np.empty((len(layers), len(heads), end - begin, self.shape[3]), np.float32)
+            for place, layer in enumerate(layers):
+                pieces[place] = self._rows(int(layer), heads, begin, end)
+        if not np.array_equal(rows, np.arange(begin, end)):
+            pieces = pieces[:, :, rows - begin]
+        return _squeeze(pieces[..., column_key], one_layer, one_head, one_row)
 
     def _check_bytes(self, nbytes: int) -> None:
         limit = piece_limit()
@@ -244,19 +251,20 @@ class LazyAttention:
                 f"{nbytes / 2**20:,.0f} MB, over the {limit / 2**20:,.0f} MB one piece may hold. Read it a layer "
                 "and head at a time (attention[layer, head]) or a few query rows (attention[layer, head, rows]).")
 
-    def _rows(self, layer: int, heads: np.ndarray, begin: int, end: int) -> np.ndarray:
-        """(h, R, T) float32: rows ``begin`` .. ``end - 1`` of ``heads`` of ``layer``, from the LRU or computed
-        (the missing heads together)."""
+    def _rows(self, layer: int, heads: np.ndarray, begin: int, end: int) -> list[np.ndarray]:
+        """h read-only (R, T) float32 arrays: rows ``begin`` .. ``end - 1`` of ``heads`` of ``layer``, from the LRU
+        or computed (the missing heads together)."""
         keys = [(self.store_id, layer, int(head), begin, end) for head in heads]
         found = [PIECES.get(key) for key in keys]
         missing = np.array([head for head, piece in zip(heads, found) if piece is None], np.int64)
         if len(missing):
             computed = self.compute(layer, missing, begin, end)
+            computed.flags.writeable = False  # kept in the LRU and handed out as it is
             for head, piece in zip(missing, computed):
                 PIECES.put((self.store_id, layer, int(head), begin, end), piece)
             fresh = dict(zip(missing.tolist(), computed))
             found = [fresh[int(head)] if piece is None else piece for head, piece in zip(heads, found)]
-        return np.stack(found) if len(found) else np.zeros((0, end - begin, self.shape[3]), np.float32)
+        return found
 
     def compute(self, layer: int, heads: np.ndarray, begin: int, end: int) -> np.ndarray:
         """(h, R, T) float32: the weights of ``heads`` of ``layer`` on queries ``begin`` .. ``end - 1``, by
