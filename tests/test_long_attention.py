@@ -161,4 +161,4 @@ def test_a_4096_token_trace_peaks_far_below_its_attention_bytes():
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["tokens"] == 4096 and measured["lazy"] == "LazyAttention"
     assert abs(measured["row_sum"] - 1.0) < 1e-4
-    assert measured["peak"] - measured["before"] < 0.8 * 2**30 < 6 * 12 * 4096**2 * 4 / 6  # measured: 0.56 GB
+    assert measured["peak"] - measured["before"] < 0.8 * 2**30  # measured: 0.56 GB, against 4.8 GB of attention
