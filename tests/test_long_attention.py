@@ -111,6 +111,8 @@ def test_the_lru_keeps_pieces_within_its_bytes(monkeypatch):
     assert not first.flags.writeable  # the kept piece itself, read-only
     assert trace.attention[0, 0, 0:40] is first or np.shares_memory(trace.attention[0, 0, 0:40], first)
     assert PIECES.get((trace.attention.store_id, 0, 0, 0, 40)) is not None
+    whole = trace.attention[1, 2]
+    assert np.shares_memory(trace.attention[1, 2, 7], whole)  # a row of a kept head is read from it
     for layer in range(trace.num_layers):
         for head in range(trace.num_heads):
             trace.attention[layer, head, 0:40]
