@@ -5,7 +5,8 @@ resident memory (and the part above the loaded model), the first head's (T, T) w
 Models, random weights made here (no download), with the ModernBERT fixture's byte-level BPE tokenizer (ids under
 1,500): a MiniLM-shaped encoder (6 layers, 12 heads, width 384, learned positions) and a ModernBERT-base-shaped one
 (22 layers, 12 heads, width 768, rotary positions, a 128-token window in two layers of three), both with 8,192
-positions. ``python -m bench long``.
+positions. ``python -m bench.long [lengths...] [minilm|modernbert]`` (not in ``make bench``: about 15 minutes on
+2 cores).
 """
 
 from __future__ import annotations
@@ -68,15 +69,20 @@ def measure(shape: dict, length: int) -> dict:
 
 
 def main(lengths=LENGTHS, shapes=tuple(SHAPES)) -> None:
-    print("| model | tokens | (L, H, T, T) would be | trace | peak memory (above the loaded model) | first head | "
-          "head change |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    """One table (``bench.common.print_table``: with the CPU and the load average) of every shape and length."""
+    from bench.common import print_table
+
+    rows = []
     for name in shapes:
         for length in lengths:
             m = measure(SHAPES[name], length)
-            print(f"| {name} | {m['tokens']:,} | {m['attention_gb']:.1f} GB | {m['trace_s']:.1f} s | "
-                  f"{m['peak'] / 2**30:.2f} GB ({(m['peak'] - m['loaded']) / 2**30:.2f} GB) | "
-                  f"{m['first_head_s'] * 1000:.0f} ms | {m['head_change_s'] * 1000:.0f} ms |", flush=True)
+            rows.append({"model": name, "tokens": f"{m['tokens']:,}",
+                         "(L, H, T, T) would be": f"{m['attention_gb']:.1f} GB", "trace": f"{m['trace_s']:.1f} s",
+                         "peak memory (above the loaded model)":
+                             f"{m['peak'] / 2**30:.2f} GB ({(m['peak'] - m['loaded']) / 2**30:.2f} GB)",
+                         "first head (T, T)": f"{m['first_head_s'] * 1000:.0f} ms",
+                         "head change": f"{m['head_change_s'] * 1000:.0f} ms"})
+    print_table("Long inputs, lazy attention (random weights, 8,192 positions)", rows)
 
 
 if __name__ == "__main__":
