@@ -370,16 +370,28 @@ def trace_text(
     encoded = model.tokenizer.encode(text, pair, max_tokens)
     ids, segments = encoded.token_ids[None], encoded.segment_ids[None]
     if traced_lazily(model, len(encoded.tokens), lazy):
-        raw = model.encoder.forward_rows(ids, segments, block_rows(model.config.num_heads, len(encoded.tokens)),
-                                         full_logits and has_lm_head(model))
-        outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
-        outputs["attention"] = LazyAttention(outputs.pop("queries"), outputs.pop("keys"),
-                                             AttentionRecipe.of(model.model))
+        outputs = _traced_by_rows(model, ids, segments, full_logits and has_lm_head(model))
     else:
         raw = (model.encoder.forward_logits(ids, segments) if full_logits and has_lm_head(model)
                else model.encoder.forward(ids, segments))
         outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
     return _make_trace(model, encoded, outputs, text, pair, decoder=teacher_forced(model, outputs, target))
+
+
+def _traced_by_rows(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, full_logits: bool) -> dict:
+    """The outputs of one long input (1, T) by ``CompiledEncoder.forward_rows``, its ``attention`` a
+    ``LazyAttention`` of each layer's queries and keys (copied into one array each as the layers give them)."""
+    cfg, length = model.config, ids.shape[1]
+    heads, kv_heads = cfg.num_heads, cfg.attention.key_value_heads or cfg.num_heads
+    queries = np.empty((cfg.num_layers, length, heads, cfg.head_dim), np.float32)  # (L, T, H, dh)
+    keys = np.empty((cfg.num_layers, length, kv_heads, cfg.head_dim), np.float32)  # (L, T, Hkv, dh)
+
+    def keep(layer: int, q, k) -> None:
+        queries[layer], keys[layer] = to_numpy(q)[0], to_numpy(k)[0]
+
+    raw = model.encoder.forward_rows(ids, segments, block_rows(heads, length), full_logits, keep)
+    outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
+    return {**outputs, "attention": LazyAttention(queries, keys, AttentionRecipe.of(model.model))}
 
 
 def traced_lazily(model: LoadedModel, tokens: int, lazy: bool | None = None) -> bool:
