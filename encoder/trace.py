@@ -368,14 +368,20 @@ def trace_text(
     """
     check_targets(model, [target])
     encoded = model.tokenizer.encode(text, pair, max_tokens)
-    ids, segments = encoded.token_ids[None], encoded.segment_ids[None]
-    if traced_lazily(model, len(encoded.tokens), lazy):
-        outputs = _traced_by_rows(model, ids, segments, full_logits and has_lm_head(model))
-    else:
-        raw = (model.encoder.forward_logits(ids, segments) if full_logits and has_lm_head(model)
-               else model.encoder.forward(ids, segments))
-        outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
+    outputs = forward_outputs(model, encoded.token_ids[None], encoded.segment_ids[None], full_logits, lazy)
     return _make_trace(model, encoded, outputs, text, pair, decoder=teacher_forced(model, outputs, target))
+
+
+def forward_outputs(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, full_logits: bool = False,
+                    lazy: bool | None = None) -> dict:
+    """The outputs of one unpadded input, ids and segments (1, T), as NumPy without the batch axis: the compiled
+    pass (with the LM head's ``logits`` when ``full_logits`` and the model has one), or, when ``traced_lazily``,
+    the pass by row blocks with ``attention`` a ``LazyAttention``."""
+    full_logits = full_logits and has_lm_head(model)
+    if traced_lazily(model, ids.shape[1], lazy):
+        return _traced_by_rows(model, ids, segments, full_logits)
+    raw = model.encoder.forward_logits(ids, segments) if full_logits else model.encoder.forward(ids, segments)
+    return {name: to_numpy(value)[0] for name, value in raw.items()}
 
 
 def _traced_by_rows(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, full_logits: bool) -> dict:
