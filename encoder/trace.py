@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from encoder.attention_store import EAGER_MAX_BYTES, AttentionRecipe, LazyAttention, LazyVisible, block_rows
+from encoder.attention_store import (
+    EAGER_MAX_BYTES,
+    EAGER_MAX_TOKENS,
+    AttentionRecipe,
+    LazyAttention,
+    LazyVisible,
+    block_rows,
+)
 from encoder.errors import InputError
 from encoder.pieces import check_token_style, readable_piece
 from encoder.positional import position_ids
@@ -27,9 +34,10 @@ class EncoderTrace:
 
     Shapes: T tokens, L layers, H heads, D model width, P positional-table rows.
     ``attention[layer, head, query, key]`` are weights after softmax (each row sums to 1). A long trace (its
-    attention over ``encoder.attention_store.EAGER_MAX_BYTES``) holds it as a ``LazyAttention`` and ``visible`` as
-    a ``LazyVisible``: indexed like the arrays, each piece computed on demand (``attention[layer]``,
-    ``attention[layer, head]``, ``attention[layer, head, rows]``); its ``logit_terms`` are empty.
+    attention over ``encoder.attention_store.EAGER_MAX_BYTES``, over 512 tokens) holds it as a ``LazyAttention``
+    and ``visible`` as a ``LazyVisible``: indexed like the arrays, each piece computed on demand
+    (``attention[layer]``, ``attention[layer, head]``, ``attention[layer, head, rows]``); its ``logit_terms`` are
+    empty.
     ``visible[layer, query, key]`` is False where the model could not attend (a causal model's later keys); those
     weights are exactly 0, and views show them as masked. ``words`` and ``visible`` are None when unknown (traces
     saved before them) or, for ``visible``, when every key was visible.
@@ -350,8 +358,9 @@ def trace_text(
             ``<pad>``, BART with ``</s>``), and the trace gains the decoder's fields (``decoder_tokens``,
             ``decoder_attention``, ``cross_attention``, ``decoder_hidden``). None traces the encoder alone.
         lazy: keep the attention as a ``LazyAttention`` (True), as one array (False), or (None) lazily when the
-            array would be over ``EAGER_MAX_BYTES`` (``traced_lazily``). The lazy forward pass never holds a
-            layer's whole (H, T, T) weights: it computes them a block of queries at a time.
+            array would be over ``EAGER_MAX_BYTES`` and the input over ``EAGER_MAX_TOKENS`` (``traced_lazily``).
+            The lazy forward pass never holds a layer's whole (H, T, T) weights: it computes them a block of
+            queries at a time.
 
     Raises:
         InputError: empty text, text over the character limit, max_tokens too small, a ``target`` for a model
@@ -402,8 +411,9 @@ def _traced_by_rows(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, f
 
 def traced_lazily(model: LoadedModel, tokens: int, lazy: bool | None = None) -> bool:
     """Whether ``trace_text`` keeps the attention of ``tokens`` tokens lazily (``LazyAttention``): when ``lazy``
-    says so, or (None) when the whole (L, H, T, T) float32 array would be over ``EAGER_MAX_BYTES`` and the model's
-    attention runs in row blocks (``TransformerEncoder.rows_supported``; else it is traced whole, as always).
+    says so, or (None) when the whole (L, H, T, T) float32 array would be over ``EAGER_MAX_BYTES``, the input is
+    over ``EAGER_MAX_TOKENS`` and the model's attention runs in row blocks (``TransformerEncoder.rows_supported``;
+    else it is traced whole, as always).
 
     Raises:
         InputError: ``lazy`` True for a model whose attention cannot run in row blocks (DeBERTa).
@@ -411,7 +421,8 @@ def traced_lazily(model: LoadedModel, tokens: int, lazy: bool | None = None) -> 
     supported = model.model.rows_supported
     if lazy is None:
         cfg = model.config
-        return supported and 4 * cfg.num_layers * cfg.num_heads * tokens * tokens > EAGER_MAX_BYTES
+        whole = 4 * cfg.num_layers * cfg.num_heads * tokens * tokens
+        return supported and tokens > EAGER_MAX_TOKENS and whole > EAGER_MAX_BYTES
     if lazy and not supported:
         raise InputError("This model's attention (DeBERTa's disentangled positions) is traced whole only; a long "
                          "trace needs absolute, rotary or relative-bias positions.")
