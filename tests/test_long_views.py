@@ -104,3 +104,38 @@ def test_every_view_of_8192_tokens_is_under_5_mb_of_json(trace_8192, view):
     fig = build_view(trace_8192, view)
     size = len(fig.to_json())
     assert size < FIGURE_MAX_BYTES, f"{view}: {size / 2**20:.1f} MB"
+
+
+def test_analyses_of_a_long_trace_run_or_say_their_length_limit(trace_8192):
+    """One mechanism (``viz.registry.length_limit``): an analysis that reads every layer's whole attention says the
+    length it is limited to for this model and why; the logit lens (a window of positions) runs at any length."""
+    from viz.registry import ANALYSES, analysis_unavailable, longest_whole
+
+    most = longest_whole(trace_8192.num_layers, trace_8192.num_heads)
+    for name in ("rollout", "flow", "value-zeroing", "report", "integrated-gradients", "position-share"):
+        why = analysis_unavailable(ANALYSES[name], trace_8192)
+        assert why is not None and f"limited to {most:,} tokens" in why and "8,192 tokens" in why, name
+        assert "whole attention" in why
+    assert analysis_unavailable(ANALYSES["lens"], trace_8192) is None
+    assert most < 8192 < 4 * most
+
+
+def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_without_rerunning(tmp_path, monkeypatch):
+    """A 100,000-character paste into a model of 2,048 positions is cut to 2,048 tokens with a message; the
+    heatmap is a block image (said in its subtitle); a layer change re-runs nothing."""
+    from tests.support.models import write_tiny_bert_folder
+    from tests.test_app import _app, _encoder_runs, _figures, _no_errors
+
+    monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(tmp_path))
+    folder = write_tiny_bert_folder(tmp_path / "long", max_positions=2048)
+    at = _app(model="folder or hub id…", source=str(folder))
+    at.text_area(key="text").set_value("word " * 20_000).run()  # 100,000 characters
+    _no_errors(at)
+    assert any("first 2048" in info.value for info in at.info)
+    figure = _figures(at)[0]
+    assert "each cell: max of 4×4 tokens" in figure["layout"]["title"]["subtitle"]["text"]
+    runs = _encoder_runs(at)
+    at.slider(key="layer").set_value(1).run()
+    _no_errors(at)
+    assert _figures(at)[0]["layout"]["title"]["text"].startswith("Layer 1, head 0")
+    assert _encoder_runs(at) == runs

@@ -17,7 +17,6 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from encoder.attention_store import LazyVisible
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
 from viz.clicks import click_markers, click_meta, outline
@@ -45,10 +44,14 @@ from viz.long_inputs import (
     FULL_TOKENS,
     block_image,
     block_note,
+    head_images,
     hidden_rows,
+    is_long,
+    long_mask_note,
     parse_range,
     selected_rows,
     shown_rows,
+    shown_tokens,
 )
 from viz.scrub import Step, add_head_slider
 from viz.selection import (
@@ -56,16 +59,13 @@ from viz.selection import (
     block_edges,
     downsample_seen,
     head_label,
-    hidden_keys,
     kv_heads,
     layer_heads,
     layer_name,
-    mask_note,
     select_attention,
     shown_heads,
     shown_hidden,
     shown_queries_keys,
-    visible_tokens,
     without_hidden,
 )
 from viz.validation import check_choice, check_colorscale, check_int_range, check_token
@@ -170,7 +170,7 @@ def build_attention_heatmap(
         >>> fig = build_attention_heatmap(trace, layer=2, head=5)  # doctest: +SKIP
     """
     check_colorscale(colorscale)
-    if rows is not None or cols is not None or max(query_side(trace).num_tokens, trace.num_tokens) > FULL_TOKENS:
+    if rows is not None or cols is not None or is_long(trace):
         return long_heatmap(trace, layer, head, aggregate=aggregate, heads=heads, layer_mean=layer_mean,
                             colorscale=colorscale, log_color=log_color, hide_special=hide_special,
                             renormalize=renormalize, block=block, selected=selected, rows=rows, cols=cols,
@@ -244,12 +244,7 @@ def _long_tokens(trace: EncoderTrace | CrossTrace, hide_special: bool, renormali
                  rows, cols) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
     """The shown query and key token indices of a long heatmap (special tokens hidden, a block's sentences, the
     zoom window), the keys rows are renormalised over (None: as they are), and the notes."""
-    keys = visible_tokens(trace, hide_special)
-    queries = keys if query_side(trace) is trace else visible_tokens(query_side(trace), hide_special)
-    notes = []
-    renormalize_over = keys if hide_special and renormalize else None
-    if hide_special:
-        notes.append(f"special tokens hidden, rows {'' if renormalize else 'not '}renormalised")
+    queries, keys, renormalize_over, notes = shown_tokens(trace, hide_special, renormalize)
     if block is not None:
         row_mask, col_mask, note = _block_masks(trace, keys, block)
         queries, keys = keys[row_mask], keys[col_mask]
@@ -265,19 +260,6 @@ def _long_tokens(trace: EncoderTrace | CrossTrace, hide_special: bool, renormali
         notes.append(f"{side} {window[0]}-{window[1] - 1}")
         queries, keys = (shown, keys) if side == "queries" else (queries, shown)
     return queries, keys, renormalize_over, notes
-
-
-def long_mask_note(trace: EncoderTrace | CrossTrace, layer: int, layer_mean: bool) -> str | None:
-    """The subtitle's mask note (``viz.selection.mask_note``) read from the mask's recipe for a long trace, without
-    the whole (T, T) mask; None when nothing is masked."""
-    visible = getattr(trace, "visible", None)
-    if visible is None:
-        return None
-    if isinstance(visible, LazyVisible):
-        return "upper triangle masked (causal)" if visible.causal and not visible.windows.any() else (
-            "masked: keys the query could not see")
-    hidden = hidden_keys(trace, layer, layer_mean)
-    return None if hidden is None else mask_note(hidden)
 
 
 IMAGE_SIDE = 640  # pixels: a block image's plot is this many a side
@@ -483,10 +465,17 @@ def build_head_grid(
     """
     check_colorscale(colorscale)
     max_cells = check_int_range(max_cells, "max_cells", 2, 1024)
-    per_head, layer_text = layer_heads(trace, layer, layer_mean)
-    stack, rows, cols, notes = shown_queries_keys(trace, per_head, hide_special, renormalize)  # (H, Tq', Tk')
-    hidden = shown_hidden(trace, layer, layer_mean, rows, cols, notes)
-    stack = downsample_seen(stack, hidden, max_cells)  # (H, sq, sk), NaN where masked
+    if is_long(trace):  # one head and a chunk of rows at a time
+        layer_text = layer_name(trace, layer, layer_mean)
+        images = head_images(trace, [0 if layer_mean else layer], range(trace.num_heads), max_cells, "mean",
+                             hide_special, renormalize, layer_mean)
+        stack, rows, cols, notes = images.images[0], images.rows, images.cols, images.notes
+        hidden = None if getattr(trace, "visible", None) is None else True  # masked blocks: NaN, grey
+    else:
+        per_head, layer_text = layer_heads(trace, layer, layer_mean)
+        stack, rows, cols, notes = shown_queries_keys(trace, per_head, hide_special, renormalize)  # (H, Tq', Tk')
+        hidden = shown_hidden(trace, layer, layer_mean, rows, cols, notes)
+        stack = downsample_seen(stack, hidden, max_cells)  # (H, sq, sk), NaN where masked
     size = stack.shape[-2:]
     downsampled = size != (rows.size, cols.size)
     if downsampled:
