@@ -99,11 +99,20 @@ def test_zoom_window_out_of_range_is_our_error(trace_2048):
         build_view(trace_2048, "heatmap", cols="a-b")
 
 
-@pytest.mark.parametrize("view", ["heatmap", "head-grid", "model", "tokens", "lines", "distance"])
+@pytest.mark.parametrize("view", ["heatmap", "head-grid", "model", "tokens", "lines"])
 def test_every_view_of_8192_tokens_is_under_5_mb_of_json(trace_8192, view):
-    fig = build_view(trace_8192, view)
+    fig = build_view(trace_8192, view, **({"query": 5000} if view in ("tokens", "lines") else {}))
     size = len(fig.to_json())
     assert size < FIGURE_MAX_BYTES, f"{view}: {size / 2**20:.1f} MB"
+    if view in ("tokens", "lines"):
+        assert "tokens 4872-5127 of 8192 (a window around the query token" in fig.layout.title.subtitle.text
+
+
+def test_the_distance_view_of_a_long_trace_says_why_not(trace_8192):
+    from encoder.errors import ViewError
+
+    with pytest.raises(ViewError, match="8,192 tokens"):
+        build_view(trace_8192, "distance")
 
 
 def test_analyses_of_a_long_trace_run_or_say_their_length_limit(trace_8192):
@@ -127,7 +136,7 @@ def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_withou
     from tests.test_app import _app, _encoder_runs, _figures, _no_errors
 
     monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(tmp_path))
-    folder = write_tiny_bert_folder(tmp_path / "long", max_positions=2048)
+    folder = write_tiny_bert_folder(tmp_path / "long", max_position_embeddings=2048)
     at = _app(model="folder or hub id…", source=str(folder))
     at.text_area(key="text").set_value("word " * 20_000).run()  # 100,000 characters
     _no_errors(at)

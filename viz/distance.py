@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from encoder.attention_store import LazyAttention
 from encoder.trace import EncoderTrace
 from viz.layout import DEFAULT_SCALE, new_figure
+from viz.long_inputs import FULL_TOKENS
 from viz.selection import head_label, layer_heads, shown_attention
 from viz.validation import check_colorscale
 
@@ -38,6 +40,16 @@ def attention_by_distance(attention: np.ndarray, positions: np.ndarray, signed: 
     count = int(offsets.max()) - low + 1
     mass = np.stack([np.bincount(bins, weights=head.ravel(), minlength=count) for head in attention])  # (H, K)
     return np.arange(low, low + count), (mass / attention.shape[1]).astype(np.float32)
+
+
+def distance_unavailable(trace: EncoderTrace) -> str | None:
+    """Why the distance view cannot show a long trace (its attention kept lazily: the view reads a layer's whole
+    (H, T, T) at once), or None."""
+    if not isinstance(trace.attention, LazyAttention):
+        return None
+    return (f"The attention distance view reads a layer's whole attention at once; this input has "
+            f"{trace.num_tokens:,} tokens, kept a piece at a time. Set Max tokens to "
+            f"{FULL_TOKENS} or fewer, or read distances in the heatmap.")
 
 
 def build_distance_histogram(

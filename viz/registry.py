@@ -38,7 +38,7 @@ from viz import lens as lens_figures
 from viz import positional_lab as lab_figures
 from viz import similarity as similarity_figures
 from viz.attention import build_attention_heatmap, build_head_grid
-from viz.distance import build_distance_histogram
+from viz.distance import build_distance_histogram, distance_unavailable
 from viz.entries import Analysis, Group, View
 from viz.head_lines import build_head_lines
 from viz.kinds import CROSS, DECODER, ENCODER, KIND_NAMES, check_kind, name_kind, of_kind
@@ -48,9 +48,12 @@ from viz.options import (
     ABLATE,
     CLUSTERS,
     COLORSCALE,
+    COLS,
     DIMS,
     MAX_POSITIONS,
+    REDUCE,
     RESIDUAL,
+    ROWS,
     SAMPLES,
     SHARED_OPTIONS,
     SIGMA,
@@ -79,7 +82,8 @@ ENCODER_POSITIONS = "the trace holds the encoder's positional encodings only"
 
 VIEWS: dict[str, View] = {view.name: view for view in (
     View("heatmap", "Heatmap", build_attention_heatmap,
-         "one head (or a mean/max of heads) as a query x key heatmap"),
+         "one head (or a mean/max of heads) as a query x key heatmap; over 512 tokens a block image (block max or "
+         "mean), --rows/--cols zoom", options=(ROWS, COLS, REDUCE)),
     View("head-grid", "Head grid", build_head_grid, "all heads of one layer as small multiples, one colour scale"),
     View("model", "Model view", build_model_view, "every layer x head as a thumbnail, one light image",
          options=(THUMBNAIL, SINKS), from_settings=model_view_settings),
@@ -89,7 +93,7 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          "BertViz-style lines from query tokens to key tokens, one colour per head", from_settings=head_lines_settings),
     View("distance", "Attention distance", build_distance_histogram,
          "how far each head of a layer looks: attention mass by query-key distance, one row per head",
-         options=(SIGNED,), kinds=SELF_ATTENTION, not_for=WITHIN_ONE_TEXT),
+         options=(SIGNED,), kinds=SELF_ATTENTION, not_for=WITHIN_ONE_TEXT, unavailable=distance_unavailable),
     View("positional", "Positional encodings", build_positional_heatmap,
          "the positional-encoding table, this text's rows outlined", options=(MAX_POSITIONS,),
          from_settings=no_settings, kinds=(ENCODER,), not_for=ENCODER_POSITIONS),
