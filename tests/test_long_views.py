@@ -99,7 +99,7 @@ def test_zoom_window_out_of_range_is_our_error(trace_2048):
         build_view(trace_2048, "heatmap", cols="a-b")
 
 
-@pytest.mark.parametrize("view", ["heatmap", "head-grid", "model", "tokens", "lines"])
+@pytest.mark.parametrize("view", ["heatmap", "head-grid", "model", "tokens", "lines", "distance"])
 def test_every_view_of_8192_tokens_is_under_5_mb_of_json(trace_8192, view):
     fig = build_view(trace_8192, view, **({"query": 5000} if view in ("tokens", "lines") else {}))
     size = len(fig.to_json())
@@ -108,11 +108,16 @@ def test_every_view_of_8192_tokens_is_under_5_mb_of_json(trace_8192, view):
         assert "tokens 4872-5127 of 8192 (a window around the query token" in fig.layout.title.subtitle.text
 
 
-def test_the_distance_view_of_a_long_trace_says_why_not(trace_8192):
-    from encoder.errors import ViewError
+def test_the_distance_view_of_a_long_trace_equals_the_whole_heads(trace_2048):
+    """Read a chunk of rows at a time, the distance masses equal ``attention_by_distance`` of the whole heads."""
+    from viz.distance import attention_by_distance
 
-    with pytest.raises(ViewError, match="8,192 tokens"):
-        build_view(trace_8192, "distance")
+    fig = build_view(trace_2048, "distance", layer=1, signed=True)
+    stack = np.stack([np.asarray(trace_2048.attention[1, h]) for h in range(trace_2048.num_heads)])
+    distances, mass = attention_by_distance(stack, np.arange(2048), signed=True)
+    np.testing.assert_array_equal(np.asarray(fig.data[0].x), distances)
+    np.testing.assert_allclose(np.asarray(fig.data[0].z, np.float64), mass, rtol=1e-4, atol=1e-7)
+    assert "causal" in fig.layout.title.subtitle.text
 
 
 def test_analyses_of_a_long_trace_run_or_say_their_length_limit(trace_8192):

@@ -38,7 +38,7 @@ from viz import lens as lens_figures
 from viz import positional_lab as lab_figures
 from viz import similarity as similarity_figures
 from viz.attention import build_attention_heatmap, build_head_grid
-from viz.distance import build_distance_histogram, distance_unavailable
+from viz.distance import build_distance_histogram
 from viz.entries import Analysis, Group, View
 from viz.head_lines import build_head_lines
 from viz.kinds import CROSS, DECODER, ENCODER, KIND_NAMES, check_kind, name_kind, of_kind
@@ -93,7 +93,7 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          "BertViz-style lines from query tokens to key tokens, one colour per head", from_settings=head_lines_settings),
     View("distance", "Attention distance", build_distance_histogram,
          "how far each head of a layer looks: attention mass by query-key distance, one row per head",
-         options=(SIGNED,), kinds=SELF_ATTENTION, not_for=WITHIN_ONE_TEXT, unavailable=distance_unavailable),
+         options=(SIGNED,), kinds=SELF_ATTENTION, not_for=WITHIN_ONE_TEXT),
     View("positional", "Positional encodings", build_positional_heatmap,
          "the positional-encoding table, this text's rows outlined", options=(MAX_POSITIONS,),
          from_settings=no_settings, kinds=(ENCODER,), not_for=ENCODER_POSITIONS),
