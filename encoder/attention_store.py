@@ -2,11 +2,11 @@
 mask).
 
 A trace of T tokens holds L x H x T x T attention weights: 79 MB for MiniLM at 512 tokens, 19 GB for 12 layers of
-12 heads at 8,192. Above ``EAGER_MAX_BYTES`` a trace (``encoder.trace.trace_text``) keeps instead each layer's
-queries and keys as its logit rule multiplied them (after q/k norms and rotary positions: L x T x (H + Hkv) x dh
-floats, which scale with T) and the little its logits add (``AttentionRecipe``: the scale, a relative bias's
-table, the soft-cap, the causal mask and windows). ``LazyAttention`` indexes like the (L, H, T, T) array:
-``attention[layer]`` (H, T, T), ``attention[layer, head]`` (T, T), ``attention[layer, head, rows]`` and any
+12 heads at 8,192. Above ``EAGER_MAX_BYTES`` and ``EAGER_MAX_TOKENS`` a trace (``encoder.trace.trace_text``) keeps
+instead each layer's queries and keys as its logit rule multiplied them (after q/k norms and rotary positions:
+L x T x (H + Hkv) x dh floats, which scale with T) and the little its logits add (``AttentionRecipe``: the scale, a
+relative bias's table, the soft-cap, the causal mask and windows). ``LazyAttention`` indexes like the (L, H, T, T)
+array: ``attention[layer]`` (H, T, T), ``attention[layer, head]`` (T, T), ``attention[layer, head, rows]`` and any
 int/slice/array index, each piece computed on demand by ``encoder.parts.attention.attention_rows``, the function
 the forward pass itself ran (``TransformerEncoder.call_rows``), so the weights are the ones that mixed the values.
 Pieces are kept in one process-wide LRU of ``HEADLIGHT_CACHE_MB`` / 2 bytes (``PIECES``); one piece, or
@@ -26,7 +26,8 @@ import numpy as np
 from encoder.errors import LongTraceError
 from encoder.settings import settings
 
-EAGER_MAX_BYTES = 256 * 2**20  # a trace whose (L, H, T, T) float32 attention is larger keeps it lazily
+EAGER_MAX_BYTES = 256 * 2**20  # a trace whose (L, H, T, T) float32 attention is larger keeps it lazily ...
+EAGER_MAX_TOKENS = 512  # ... when it has more tokens than this (every trace up to 512 tokens keeps the array)
 ROW_BLOCK_BYTES = 16 * 2**20  # the (H, R, T) float32 weights one block of queries computes at once
 
 
@@ -243,6 +244,24 @@ class LazyAttention:
             pieces = pieces[:, :, rows - begin]
         return _squeeze(pieces[..., column_key], one_layer, one_head, one_row)
 
+    def astype(self, dtype) -> np.ndarray:
+        """The whole array as ``dtype`` (``np.asarray``: within the piece limit)."""
+        return np.asarray(self, dtype=dtype)
+
+    def mean(self, axis: int | None = None, dtype=None) -> np.ndarray:
+        """The mean over layers (``axis`` 0: (H, T, T)) or heads (1: (L, T, T)), a layer at a time (only the result
+        is held: within the piece limit); other axes through ``np.asarray``."""
+        if axis not in (0, 1):
+            return np.asarray(self).mean(axis=axis, dtype=dtype)
+        layers, heads, length, _ = self.shape
+        self._check_bytes((heads if axis == 0 else layers) * length * length * np.dtype(dtype or np.float32).itemsize)
+        if axis == 1:
+            return np.stack([self[layer].mean(axis=0, dtype=dtype) for layer in range(layers)])
+        total = np.zeros((heads, length, length), dtype or np.float32)
+        for layer in range(layers):
+            total += self[layer]
+        return (total / layers).astype(dtype or np.float32, copy=False)
+
     def _check_bytes(self, nbytes: int) -> None:
         limit = piece_limit()
         if nbytes > limit:
@@ -254,8 +273,7 @@ class LazyAttention:
     def _rows(self, layer: int, heads: np.ndarray, begin: int, end: int) -> list[np.ndarray]:
         """h read-only (R, T) float32 arrays: rows ``begin`` .. ``end - 1`` of ``heads`` of ``layer``, from the LRU
         or computed (the missing heads together)."""
-        keys = [(self.store_id, layer, int(head), begin, end) for head in heads]
-        found = [PIECES.get(key) for key in keys]
+        found = [self._kept(layer, int(head), begin, end) for head in heads]
         missing = np.array([head for head, piece in zip(heads, found) if piece is None], np.int64)
         if len(missing):
             computed = self.compute(layer, missing, begin, end)
@@ -265,6 +283,14 @@ class LazyAttention:
             fresh = dict(zip(missing.tolist(), computed))
             found = [fresh[int(head)] if piece is None else piece for head, piece in zip(heads, found)]
         return found
+
+    def _kept(self, layer: int, head: int, begin: int, end: int) -> np.ndarray | None:
+        """Rows ``begin`` .. ``end - 1`` of a head from the LRU: kept as such, or a view of the whole head."""
+        piece = PIECES.get((self.store_id, layer, head, begin, end))
+        if piece is None and (begin, end) != (0, self.shape[2]):
+            whole = PIECES.get((self.store_id, layer, head, 0, self.shape[2]))
+            piece = None if whole is None else whole[begin:end]
+        return piece
 
     def compute(self, layer: int, heads: np.ndarray, begin: int, end: int) -> np.ndarray:
         """(h, R, T) float32: the weights of ``heads`` of ``layer`` on queries ``begin`` .. ``end - 1``, by
