@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 
 from analysis import attribution, faithfulness, flow, gradients, heads, lens, perturb, similarity, tables, value_zeroing
 from analysis import positional as lab
-from encoder.attention_store import EAGER_MAX_BYTES, LazyAttention
+from encoder.attention_store import EAGER_MAX_BYTES, EAGER_MAX_TOKENS, LazyAttention
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
 from viz import analysis_figures as figures
@@ -340,9 +340,9 @@ def analysis_unavailable(entry: Analysis, trace: EncoderTrace | None, kind: str 
 
 
 def longest_whole(layers: int, heads: int) -> int:
-    """The most tokens whose (L, H, T, T) float32 attention a trace keeps whole (``EAGER_MAX_BYTES``): longer
-    traces keep it lazily."""
-    return math.isqrt(EAGER_MAX_BYTES // (4 * layers * heads))
+    """The most tokens whose (L, H, T, T) float32 attention a trace keeps whole (within ``EAGER_MAX_BYTES``, or up
+    to ``EAGER_MAX_TOKENS`` whatever it takes): longer traces keep it lazily."""
+    return max(EAGER_MAX_TOKENS, math.isqrt(EAGER_MAX_BYTES // (4 * layers * heads)))
 
 
 def length_limit(entry: Analysis, trace: EncoderTrace | None) -> str | None:
