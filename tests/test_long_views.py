@@ -153,3 +153,17 @@ def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_withou
     _no_errors(at)
     assert _figures(at)[0]["layout"]["title"]["text"].startswith("Layer 1, head 0")
     assert _encoder_runs(at) == runs
+
+
+def test_the_cache_counts_a_long_trace_by_its_real_bytes_and_leaves_the_pieces_their_share(trace_8192):
+    """A cached long trace holds its queries, keys and hidden states (held_bytes), not the L x H x T x T floats its
+    attention would take; the results cache and the attention pieces' LRU share HEADLIGHT_CACHE_MB."""
+    from encoder.attention_store import piece_limit
+    from encoder.settings import settings
+    from ui.budget import held_bytes
+    from ui.cache import RESULTS
+
+    held = held_bytes(trace_8192)
+    store = trace_8192.attention
+    assert store.queries.nbytes + store.keys.nbytes + trace_8192.hidden.nbytes <= held < store.nbytes / 8
+    assert RESULTS.max_bytes + piece_limit() == settings().cache_bytes
