@@ -167,3 +167,20 @@ def test_the_cache_counts_a_long_trace_by_its_real_bytes_and_leaves_the_pieces_t
     store = trace_8192.attention
     assert store.queries.nbytes + store.keys.nbytes + trace_8192.hidden.nbytes <= held < store.nbytes / 8
     assert RESULTS.max_bytes + piece_limit() == settings().cache_bytes
+
+
+def test_the_cli_zooms_a_long_heatmap_and_the_operators_cap_bounds_it(tmp_path, monkeypatch, capsys):
+    """``--rows``/``--cols`` zoom the heatmap from the command line; HEADLIGHT_MAX_TOKENS bounds the trace."""
+    from cli import main
+    from tests.support.models import write_tiny_bert_folder
+
+    folder = write_tiny_bert_folder(tmp_path / "long", max_position_embeddings=2048)
+    out = tmp_path / "zoom.html"
+    assert main(["--model", str(folder), "--text", words(1000), "--view", "heatmap", "--rows", "600:700",
+                 "--cols", "500:800", "-o", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "queries 600-699" in page and "keys 500-799" in page
+    monkeypatch.setenv("HEADLIGHT_MAX_TOKENS", "600")
+    assert main(["--model", str(folder), "--text", words(1000), "--view", "heatmap", "--rows", "600:700",
+                 "-o", str(out)]) == 2  # the trace is cut to 600 tokens: rows 600:700 are out of range
+    assert "not a range of token indices in 0:600" in capsys.readouterr().err
