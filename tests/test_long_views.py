@@ -10,6 +10,7 @@ import pytest
 from encoder.attention_store import LazyAttention
 from encoder.trace import trace_text
 from tests.support.families import FAMILIES_DIR
+from viz.clicks import click_spec
 from viz.long_inputs import IMAGE_CELLS
 from viz.registry import build_view
 
@@ -106,6 +107,8 @@ def test_every_view_of_8192_tokens_is_under_5_mb_of_json(trace_8192, view):
     assert size < FIGURE_MAX_BYTES, f"{view}: {size / 2**20:.1f} MB"
     if view in ("tokens", "lines"):
         assert "tokens 4872-5127 of 8192 (a window around the query token" in fig.layout.title.subtitle.text
+        clicks = [np.asarray(fig.data[i].customdata)[:, 0] for i in click_spec(fig)]
+        assert clicks and all(c.min() >= 4872 and c.max() <= 5127 for c in clicks)  # the whole text's tokens
 
 
 def test_the_distance_view_of_a_long_trace_equals_the_whole_heads(trace_2048):

@@ -18,11 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import plotly.graph_objects as go
 
 from analysis.report import sink_queries
 from encoder.attention_store import LazyVisible
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
+from viz.clicks import click_spec
 from viz.kinds import CrossTrace, query_side
 from viz.selection import (
     AGGREGATES,
@@ -275,22 +277,33 @@ def window_trace(trace: EncoderTrace, begin: int, end: int) -> EncoderTrace:
 
 
 def windowed(trace: EncoderTrace | CrossTrace, query: int | None) -> tuple[EncoderTrace | CrossTrace, int | None,
-                                                                              str | None]:
+                                                                              tuple[int, str] | None]:
     """A long trace cut to the ``token_window`` around ``query`` (the token view, head lines): the window's trace,
-    the query's index in it, and the subtitle note; a short trace (or cross-attention) as it is, with None."""
+    the query's index in it, and (its first token, the subtitle note) for ``in_full_text``; a short trace (or
+    cross-attention) as it is, with None."""
     if not is_long(trace) or query_side(trace) is not trace:
         return trace, query, None
-    begin, end = token_window(trace, 0 if query is None else query)
     if query is not None and not 0 <= query < trace.num_tokens:
         raise ViewError(f"query {query} is out of range: the text has {trace.num_tokens} tokens")
-    note = (f"tokens {begin}-{end - 1} of {trace.num_tokens} (a window around the query token; indices here count "
-            f"from {begin})")
-    return window_trace(trace, begin, end), (None if query is None else query - begin), note
+    begin, end = token_window(trace, 0 if query is None else query)
+    note = (f"tokens {begin}-{end - 1} of {trace.num_tokens} (a window around the query token; the indices in "
+            f"labels count from {begin}, clicks pick the token of the whole text)")
+    return window_trace(trace, begin, end), (None if query is None else query - begin), (begin, note)
 
 
-def add_note(fig, note: str | None):
-    """``fig`` with ``note`` appended to its subtitle (none: as it is)."""
-    if note:
-        subtitle = fig.layout.title.subtitle.text
-        fig.update_layout(title_subtitle_text=f"{subtitle} · {note}" if subtitle else note)
+def in_full_text(fig: go.Figure, window: tuple[int, str] | None) -> go.Figure:
+    """``fig`` drawn on a ``windowed`` trace, back in the whole text's terms: its clickable points' "query" and
+    "key" values (``viz.clicks``) moved by the window's first token, the window's note on the subtitle."""
+    if window is None:
+        return fig
+    begin, note = window
+    for index, fields in click_spec(fig).items():
+        columns = [column for column, name in enumerate(fields) if name in ("query", "key")]
+        data = fig.data[index].customdata
+        if columns and data is not None and len(data):
+            shifted = np.array(data, dtype=np.float64 if np.asarray(data).dtype.kind == "f" else np.int64)
+            shifted[:, columns] += begin
+            fig.data[index].customdata = shifted
+    subtitle = fig.layout.title.subtitle.text
+    fig.update_layout(title_subtitle_text=f"{subtitle} · {note}" if subtitle else note)
     return fig
