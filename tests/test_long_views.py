@@ -187,3 +187,14 @@ def test_the_cli_zooms_a_long_heatmap_and_the_operators_cap_bounds_it(tmp_path, 
     assert main(["--model", str(folder), "--text", words(1000), "--view", "heatmap", "--rows", "600:700",
                  "-o", str(out)]) == 2  # the trace is cut to 600 tokens: rows 600:700 are out of range
     assert "not a range of token indices in 0:600" in capsys.readouterr().err
+
+
+def test_the_model_view_redrawn_with_another_head_outlined_computes_nothing_again(trace_2048):
+    """The trace keeps its head images: a second model view with another head outlined reuses the same ones."""
+    from viz.long_inputs import _KEPT_IMAGES
+
+    first = build_view(trace_2048, "model", selected=(0, 0))
+    kept = dict(_KEPT_IMAGES[trace_2048.attention])
+    again = build_view(trace_2048, "model", selected=(1, 1))
+    assert kept and all(_KEPT_IMAGES[trace_2048.attention][key] is value for key, value in kept.items())
+    np.testing.assert_array_equal(np.asarray(again.data[0].z), np.asarray(first.data[0].z))

@@ -14,6 +14,7 @@ NumPy only; ``viz.attention`` draws the figures.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from analysis.report import sink_queries
-from encoder.attention_store import LazyVisible
+from encoder.attention_store import LazyAttention, LazyVisible
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
 from viz.clicks import click_spec
@@ -202,10 +203,30 @@ class HeadImages:
     notes: list[str]
 
 
+_KEPT_IMAGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a lazy attention -> {settings: HeadImages}
+KEPT_IMAGE_SETTINGS = 8  # head images kept per trace (the last settings asked)
+
+
 def head_images(trace: EncoderTrace | CrossTrace, layers: Sequence[int], heads: Sequence[int], cells: int, how: str,
                 hide_special: bool, renormalize: bool, layer_mean: bool = False) -> HeadImages:
     """Each of ``heads`` in each of ``layers`` (with ``layer_mean``: averaged over every layer, ``layers`` one
-    entry) as a ``block_image`` of at most ``cells`` a side, read one head and a chunk of rows at a time."""
+    entry) as a ``block_image`` of at most ``cells`` a side, read one head and a chunk of rows at a time. A lazy
+    trace keeps the last ``KEPT_IMAGE_SETTINGS`` results while it lives (a few MB): the model view redrawn with
+    another head outlined computes nothing again."""
+    settings = (tuple(layers), tuple(heads), cells, how, hide_special, renormalize, layer_mean)
+    attention = trace.attention
+    if not isinstance(attention, LazyAttention):
+        return _head_images(trace, *settings)
+    kept = _KEPT_IMAGES.setdefault(attention, {})
+    if settings not in kept:
+        kept[settings] = _head_images(trace, *settings)
+        while len(kept) > KEPT_IMAGE_SETTINGS:
+            kept.pop(next(iter(kept)))
+    return kept[settings]
+
+
+def _head_images(trace: EncoderTrace | CrossTrace, layers: Sequence[int], heads: Sequence[int], cells: int, how: str,
+                 hide_special: bool, renormalize: bool, layer_mean: bool) -> HeadImages:
     queries, keys, renormalize_over, notes = shown_tokens(trace, hide_special, renormalize)
     sink_rows = sink_queries(query_side(trace).num_tokens)
     images, peaks, sinks = [], np.zeros((len(layers), len(heads)), np.float32), np.zeros((len(layers), len(heads)))
