@@ -158,18 +158,20 @@ def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_withou
     assert _encoder_runs(at) == runs
 
 
-def test_the_cache_counts_a_long_trace_by_its_real_bytes_and_leaves_the_pieces_their_share(trace_8192):
+def test_the_cache_counts_a_long_trace_by_its_real_bytes_and_leaves_the_pieces_their_share(trace_8192, long_model):
     """A cached long trace holds its queries, keys and hidden states (held_bytes), not the L x H x T x T floats its
     attention would take; the results cache and the attention pieces' LRU share HEADLIGHT_CACHE_MB."""
     from encoder.attention_store import piece_limit
     from encoder.settings import settings
     from ui.budget import held_bytes
     from ui.cache import RESULTS
+    from ui.inputs import trace_bytes
 
     held = held_bytes(trace_8192)
     store = trace_8192.attention
     assert store.queries.nbytes + store.keys.nbytes + trace_8192.hidden.nbytes <= held < store.nbytes / 8
     assert RESULTS.max_bytes + piece_limit() == settings().cache_bytes
+    assert held <= trace_bytes(long_model.config, 8192) < 2 * held  # the Max tokens cap's estimate: from above
 
 
 def test_the_cli_zooms_a_long_heatmap_and_the_operators_cap_bounds_it(tmp_path, monkeypatch, capsys):
@@ -198,3 +200,20 @@ def test_the_model_view_redrawn_with_another_head_outlined_computes_nothing_agai
     again = build_view(trace_2048, "model", selected=(1, 1))
     assert kept and all(_KEPT_IMAGES[trace_2048.attention][key] is value for key, value in kept.items())
     np.testing.assert_array_equal(np.asarray(again.data[0].z), np.asarray(first.data[0].z))
+
+
+def test_max_tokens_stops_where_a_trace_no_longer_fits_the_cache(monkeypatch):
+    """A ModernBERT-base-shaped model (22 layers, 12 heads, width 768, 8,192 positions) keeps about 200 KB a token
+    once long: with the default budget Max tokens stops where its trace fits the cache (so a change of view never
+    re-runs it); a budget of 4 GB lets it reach 8,192. MiniLM's 512 always fit."""
+    from encoder.config import EncoderConfig
+    from ui.inputs import cached_tokens, token_limit, trace_budget, trace_bytes
+
+    modernbert = EncoderConfig(num_layers=22, num_heads=12, d_model=768, dff=1152, max_positions=8192,
+                               vocab_size=50368)
+    minilm = EncoderConfig(num_layers=6, num_heads=12, d_model=384, dff=1536, max_positions=512, vocab_size=30522)
+    limit = token_limit(8192, modernbert)
+    assert 1024 < limit < 8192 and trace_bytes(modernbert, limit) <= trace_budget() < trace_bytes(modernbert, limit + 1)
+    assert token_limit(512, minilm) == 512
+    monkeypatch.setenv("HEADLIGHT_CACHE_MB", "4096")
+    assert cached_tokens(modernbert, 8192) == 8192
