@@ -138,13 +138,16 @@ def test_analyses_of_a_long_trace_run_or_say_their_length_limit(trace_8192):
 
 
 def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_without_rerunning(tmp_path, monkeypatch):
-    """A 100,000-character paste into a model of 2,048 positions is cut to 2,048 tokens with a message; the
-    heatmap is a block image (said in its subtitle); a layer change re-runs nothing."""
+    """A 100,000-character paste into a model of 2,048 positions is cut to 2,048 tokens with a message and traced
+    lazily (3 layers of 8 heads: 400 MB of attention); the heatmap is a block image (said in its subtitle); a layer
+    change re-runs nothing."""
     from tests.support.models import write_tiny_bert_folder
     from tests.test_app import _app, _encoder_runs, _figures, _no_errors
+    from ui.cache import RESULTS
 
     monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(tmp_path))
-    folder = write_tiny_bert_folder(tmp_path / "long", max_position_embeddings=2048)
+    folder = write_tiny_bert_folder(tmp_path / "long", max_position_embeddings=2048, num_hidden_layers=3,
+                                    num_attention_heads=8, hidden_size=16)
     at = _app(model="folder or hub id…", source=str(folder))
     at.text_area(key="text").set_value("word " * 20_000).run()  # 100,000 characters
     _no_errors(at)
@@ -155,7 +158,12 @@ def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_withou
     at.slider(key="layer").set_value(1).run()
     _no_errors(at)
     assert _figures(at)[0]["layout"]["title"]["text"].startswith("Layer 1, head 0")
+    at.slider(key="head").set_value(7).run()
+    _no_errors(at)
+    assert _figures(at)[0]["layout"]["title"]["text"].startswith("Layer 1, head 7")
     assert _encoder_runs(at) == runs
+    (key,) = [key for key in RESULTS.kept_keys() if key[:3] == ("trace", str(folder), "word " * 20_000)]
+    assert isinstance(RESULTS.get(key, lambda: None).attention, LazyAttention)  # kept: traced once, lazily
 
 
 def test_the_cache_counts_a_long_trace_by_its_real_bytes_and_leaves_the_pieces_their_share(trace_8192, long_model):
