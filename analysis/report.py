@@ -13,6 +13,7 @@ import numpy as np
 
 from analysis.checks import Progress, check_attention
 from analysis.divergence import head_distances, xlogx_sums
+from encoder.attention_store import LazyAttention, block_rows
 from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace, trace_batch
 
@@ -175,7 +176,8 @@ class _ReportSums:
     key_value_heads: int = 0
 
     def add(self, attention: np.ndarray, tokens: Sequence[str], special: np.ndarray, key_value_heads: int = 0) -> None:
-        attention = check_attention(attention)
+        if not isinstance(attention, LazyAttention):
+            attention = check_attention(attention)
         if len(tokens) != attention.shape[-1]:
             raise AnalysisError(f"attention has {attention.shape[-1]} positions, while there are {len(tokens)} tokens")
         if self.shape is None:
@@ -207,27 +209,47 @@ class _ReportSums:
 def _statistic_sums(
     attention: np.ndarray, tokens: Sequence[str], special: np.ndarray
 ) -> dict[str, tuple[np.ndarray, int]]:
-    """For each statistic: its (L, H) sum over the queries where it is defined, and how many queries that is."""
+    """For each statistic: its (L, H) sum over the queries where it is defined, and how many queries that is. A
+    long trace's ``LazyAttention`` is read one layer and one block of query rows at a time (``block_rows``: within
+    ``ROW_BLOCK_BYTES``), never the whole (L, H, T, T)."""
     t = attention.shape[-1]
     classes = token_classes(tokens, special)
-    index = np.arange(t)
-    diagonal = attention[:, :, index, index]  # (L, H, T)
-    out = {
-        "entropy": (-xlogx_sums(attention), t),
-        "self": (diagonal.sum(axis=-1, dtype=np.float64), t),
-        "previous": (attention[:, :, index[1:], index[:-1]].sum(axis=-1, dtype=np.float64), t - 1),
-        "next": (attention[:, :, index[:-1], index[1:]].sum(axis=-1, dtype=np.float64), t - 1),
-        "distance": (
-            np.einsum("lhij,ij->lh", attention, np.abs(index[:, None] - index[None, :]).astype(attention.dtype),
-                      dtype=np.float64),
-            t,
-        ),
-    }
+    if isinstance(attention, LazyAttention):
+        layers, heads = attention.shape[:2]
+        totals: dict[str, np.ndarray] = {}
+        step, every = block_rows(heads, t), np.arange(heads)
+        for layer in range(layers):
+            for begin in range(0, t, step):
+                block = attention.compute(layer, every, begin, min(begin + step, t))  # (H, R, T)
+                for name, total in _row_sums(block, begin, classes).items():
+                    totals.setdefault(name, np.zeros((layers, heads)))[layer] += total
+    else:
+        totals = _row_sums(attention, 0, classes)
     sinks = sink_queries(t)
-    out["sink"] = (sink_shares(attention) * (sinks.stop - sinks.start), sinks.stop - sinks.start)
-    key_totals = attention.sum(axis=2, dtype=np.float64)  # (L, H, T): each key's weight summed over queries
+    counts = {"previous": t - 1, "next": t - 1, "sink": sinks.stop - sinks.start}
+    return {name: (totals[name], counts.get(name, t)) for name in totals}
+
+
+def _row_sums(block: np.ndarray, begin: int, classes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each statistic's (...) float64 sum over queries ``begin`` .. ``begin + R - 1``, from their rows ``block``
+    (..., R, T) (all of a trace's queries: (L, H, T, T) -> (L, H) sums)."""
+    rows, t = block.shape[-2:]
+    queries, local = np.arange(begin, begin + rows), np.arange(rows)
+    after, before = queries >= 1, queries < t - 1
+    sinks = sink_queries(t)
+    sink_local = local[(queries >= sinks.start) & (queries < sinks.stop)]
+    key_totals = block.sum(axis=-2, dtype=np.float64)  # (..., T): each key's weight summed over these queries
+    out = {
+        "entropy": -xlogx_sums(block),
+        "self": block[..., local, queries].sum(axis=-1, dtype=np.float64),
+        "previous": block[..., local[after], queries[after] - 1].sum(axis=-1, dtype=np.float64),
+        "next": block[..., local[before], queries[before] + 1].sum(axis=-1, dtype=np.float64),
+        "distance": np.einsum("...ij,ij->...", block,
+                              np.abs(queries[:, None] - np.arange(t)[None, :]).astype(block.dtype), dtype=np.float64),
+        "sink": block[..., sink_local, 0].sum(axis=-1, dtype=np.float64),
+    }
     for name in ("cls", "sep", "punctuation"):
-        out[name] = (key_totals[:, :, classes[name]].sum(axis=-1), t)
+        out[name] = key_totals[..., classes[name]].sum(axis=-1)
     return out
 
 

@@ -178,7 +178,7 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "report", "Report card", "roles", "head report card: one --statistic for every layer x head (text or --corpus)",
         "One statistic per head, layer 0 on top; click a head to open it in the Heatmap.",
         compute=heads.compute_report, figures=figures.report_figures, rows=tables.result_rows,
-        options=(STATISTIC, COLORSCALE), corpus=True, table=figures.report_table),
+        options=(STATISTIC, COLORSCALE), corpus=True, table=figures.report_table, any_length=True),
     Analysis(
         "clusters", "Head clusters", "roles", "heads clustered by Jensen-Shannon distance (text or --corpus)",
         "Dark squares on the diagonal are heads that attend alike; outlines mark the clusters.",

@@ -1,0 +1,58 @@
+"""Analyses at any length (issue 22): the report card and rollout read a long trace's ``LazyAttention`` a layer
+and a block of query rows at a time and give the numbers of the whole-array path (forced with ``lazy=True`` on a
+short text, where both run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.report import STATISTICS, head_report
+from encoder.attention_store import LazyAttention
+from encoder.trace import trace_text
+from tests.support.families import load_family
+from viz.registry import ANALYSES, length_limit
+
+TEXT = "The quick brown fox, jumping over the lazy dog; then a small cat sleeps on the warm mat. " * 3
+
+
+@pytest.fixture(scope="module", params=["llama", "modernbert"])
+def lazy_trace(request):
+    """A short text traced lazily (the long path) by a causal (llama) and a bidirectional (modernbert) fixture."""
+    trace = trace_text(load_family(request.param), TEXT, lazy=True)
+    assert isinstance(trace.attention, LazyAttention) and trace.num_tokens > 20
+    return trace
+
+
+def whole(trace):
+    """The same trace with its attention as one (L, H, T, T) array (the short path)."""
+    return trace.replace(attention=np.asarray(trace.attention))
+
+
+def test_report_card_in_row_blocks_equals_the_whole_array(lazy_trace, monkeypatch):
+    """Every statistic of every head, read in blocks of 5 query rows, equals the whole-array report within float32
+    rounding of sums of up to T weights."""
+    import encoder.attention_store as store
+
+    monkeypatch.setattr(store, "ROW_BLOCK_BYTES", 4 * lazy_trace.num_heads * lazy_trace.num_tokens * 5)
+    blocks, full = head_report(lazy_trace), head_report(whole(lazy_trace))
+    assert blocks.num_queries == full.num_queries == lazy_trace.num_tokens
+    for name in STATISTICS:
+        np.testing.assert_allclose(blocks[name], full[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert not np.allclose(full["previous"], full["next"])  # the statistics differ: the comparison can fail
+
+
+def test_report_card_runs_at_any_length_and_the_others_still_say_their_limit(lazy_trace):
+    assert length_limit(ANALYSES["report"], lazy_trace) is None
+    message = length_limit(ANALYSES["clusters"], lazy_trace)
+    assert message is not None and "limited to" in message
+
+
+def test_report_card_runs_through_the_registry_on_a_long_trace(lazy_trace):
+    from analysis.inputs import TraceInputs
+
+    entry = ANALYSES["report"]
+    result = entry.compute(TraceInputs(lazy_trace), {})
+    (name, figure), = entry.figures(result, lazy_trace, {})
+    assert name.startswith("report-") and np.asarray(figure.data[0].z).shape == (lazy_trace.num_layers,
+                                                                                 lazy_trace.num_heads)
