@@ -25,6 +25,16 @@ def check_attention(attention: np.ndarray, what: str = "attention") -> np.ndarra
     return attention
 
 
+def layer_rows(attention, layer: int, begin: int, end: int) -> np.ndarray:
+    """(H, R, T) float32: every head's rows ``begin`` .. ``end - 1`` of ``layer`` of an (L, H, T, T) array or a long
+    trace's ``LazyAttention`` (computed, not kept in its LRU: one-off blocks of a pass over every row)."""
+    from encoder.attention_store import LazyAttention
+
+    if isinstance(attention, LazyAttention):
+        return attention.compute(layer, np.arange(attention.shape[1]), begin, end)
+    return np.asarray(attention[layer, :, begin:end])
+
+
 def check_residual(residual: float) -> float:
     residual = float(residual)
     if not 0.0 <= residual <= 1.0:

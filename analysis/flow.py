@@ -5,14 +5,16 @@ Shapes: L layers, H heads, T tokens; rows of ``attention[layer, head, query]`` a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analysis.checks import check_attention, check_residual
+from analysis.checks import check_attention, check_residual, layer_rows
 from analysis.inputs import Options, chosen_layer
-from analysis.pooled import pooled_json
+from analysis.pooled import pooled_json, pooled_row
 from analysis.tables import matrix_result, matrix_rows
+from encoder.attention_store import LazyAttention, block_rows
 from encoder.errors import AnalysisError
 
 if TYPE_CHECKING:
@@ -59,6 +61,64 @@ def attention_rollout(attention: np.ndarray, residual: float = DEFAULT_RESIDUAL)
     for index in range(1, len(layers)):
         out[index] = layers[index] @ out[index - 1]
     return out
+
+
+def rollout_token_rows(attention, tokens, layer: int, residual: float = DEFAULT_RESIDUAL) -> np.ndarray:
+    """Rows ``tokens`` (n,) of ``attention_rollout(attention, residual)[layer]``: (n, T) float64, without the (L, T,
+    T) rollout: row vectors times each layer's ``residual_attention`` from ``layer`` down to 0, that layer's
+    head-mean attention read a block of query rows at a time (``block_rows``). O(layer * H * T^2) work, O(n * T)
+    memory beyond one block; ``attention`` (L, H, T, T) array or a long trace's ``LazyAttention``.
+
+    Example:
+        >>> a = np.full((2, 1, 2, 2), 0.5, np.float32)
+        >>> rollout_token_rows(a, [1], 1)
+        array([[0.375, 0.625]])
+    """
+    residual = check_residual(residual)
+    tokens = np.atleast_1d(np.asarray(tokens, np.int64))
+    vectors = np.zeros((len(tokens), attention.shape[-1]))
+    vectors[np.arange(len(tokens)), tokens] = 1.0
+    for below in range(layer, -1, -1):
+        vectors = _times_residual_layer(vectors, attention, below, residual)
+    return vectors
+
+
+def _times_residual_layer(vectors: np.ndarray, attention, layer: int, residual: float) -> np.ndarray:
+    """(n, T) @ A' of ``layer`` ((T, T), as ``residual_attention`` makes it), A' a block of rows at a time."""
+    heads, length = attention.shape[1], attention.shape[-1]
+    step = block_rows(heads, length)
+    out = np.zeros_like(vectors)
+    for begin in range(0, length, step):
+        end = min(begin + step, length)
+        mixed = (1.0 - residual) * layer_rows(attention, layer, begin, end).mean(axis=0, dtype=np.float64)  # (R, T)
+        mixed[np.arange(end - begin), np.arange(begin, end)] += residual
+        sums = mixed.sum(axis=-1, keepdims=True)
+        mixed = np.divide(mixed, sums, out=np.zeros_like(mixed), where=sums > 0)
+        out += vectors[:, begin:end] @ mixed
+    return out
+
+
+@dataclass(eq=False)
+class RolloutRows:
+    """The rollout of a long trace (its attention a ``LazyAttention``), a few rows at a time: ``after(layer,
+    tokens)`` (n, T) float64, each row computed once (``rollout_token_rows``) and kept (n x T floats a row)."""
+
+    attention: Any
+    residual: float
+    kept: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return self.attention.shape[0]
+
+    def after(self, layer: int, tokens) -> np.ndarray:
+        """(n, T): rows ``tokens`` of the rollout after ``layer``."""
+        tokens = [int(token) for token in np.atleast_1d(tokens)]
+        missing = [token for token in dict.fromkeys(tokens) if (layer, token) not in self.kept]
+        if missing:
+            for token, row in zip(missing, rollout_token_rows(self.attention, missing, layer, self.residual)):
+                self.kept[layer, token] = row
+        return np.stack([self.kept[layer, token] for token in tokens])
 
 
 def attention_flow(
@@ -201,9 +261,13 @@ def _distances_to_sink(
 # The registry's rollout and flow: compute(inputs, options), rows(result, trace, options), limit(trace)
 
 
-def compute_rollout(inputs: Inputs, options: Options) -> np.ndarray:
-    """Attention rollout of the trace with ``options["residual"]``: (L, T, T)."""
-    return attention_rollout(inputs.trace.attention, options.get("residual", DEFAULT_RESIDUAL))
+def compute_rollout(inputs: Inputs, options: Options) -> np.ndarray | RolloutRows:
+    """Attention rollout of the trace with ``options["residual"]``: (L, T, T); for a long trace (its attention a
+    ``LazyAttention``) a ``RolloutRows``, whose rows the figures compute as they show them."""
+    attention, residual = inputs.trace.attention, options.get("residual", DEFAULT_RESIDUAL)
+    if isinstance(attention, LazyAttention):
+        return RolloutRows(attention, check_residual(residual))
+    return attention_rollout(attention, residual)
 
 
 def _token_rows(kind: str, matrix: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
@@ -214,9 +278,25 @@ def _token_rows(kind: str, matrix: np.ndarray, trace: EncoderTrace, options: Opt
                                residual=options.get("residual", DEFAULT_RESIDUAL), **pooled_json(trace, matrix))
 
 
-def rollout_rows(result: np.ndarray, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
-    """The rollout after the chosen layer (default the last), one row per cell."""
-    return _token_rows("rollout", result[chosen_layer(trace, options)], trace, options)
+def rollout_rows(result: np.ndarray | RolloutRows, trace: EncoderTrace, options: Options) -> tuple[list[dict], dict]:
+    """The rollout after the chosen layer (default the last), one row per cell; of a long trace, the cells of the
+    ``long_rollout_tokens`` rows alone (the JSON's ``rows_of`` says which)."""
+    layer = chosen_layer(trace, options)
+    if not isinstance(result, RolloutRows):
+        return _token_rows("rollout", result[layer], trace, options)
+    tokens = long_rollout_tokens(trace, options)
+    rows = [{"query_index": i, "query_token": trace.tokens[i], "key_index": j, "key_token": key, "rollout": float(v)}
+            for i, values in zip(tokens, result.after(layer, tokens)) for j, (key, v) in enumerate(zip(trace.tokens,
+                                                                                                       values))]
+    return rows, matrix_result("rollout", trace, layer, rows, residual=result.residual, rows_of=tokens)
+
+
+def long_rollout_tokens(trace: EncoderTrace, options: Options) -> list[int]:
+    """The rollout rows shown of a long trace: the query token's (``options["query"]``) and the pooled token's
+    (``analysis.pooled``), else the first token's."""
+    row = pooled_row(trace)
+    chosen = [options.get("query"), None if row is None else row.index]
+    return list(dict.fromkeys(int(token) for token in chosen if token is not None)) or [0]
 
 
 def flow_limit(trace: EncoderTrace) -> str | None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis.checks import Progress, check_attention
+from analysis.checks import Progress, check_attention, layer_rows
 from analysis.divergence import head_distances, xlogx_sums
 from encoder.attention_store import LazyAttention, block_rows
 from encoder.errors import AnalysisError
@@ -217,10 +217,10 @@ def _statistic_sums(
     if isinstance(attention, LazyAttention):
         layers, heads = attention.shape[:2]
         totals: dict[str, np.ndarray] = {}
-        step, every = block_rows(heads, t), np.arange(heads)
+        step = block_rows(heads, t)
         for layer in range(layers):
             for begin in range(0, t, step):
-                block = attention.compute(layer, every, begin, min(begin + step, t))  # (H, R, T)
+                block = layer_rows(attention, layer, begin, min(begin + step, t))  # (H, R, T)
                 for name, total in _row_sums(block, begin, classes).items():
                     totals.setdefault(name, np.zeros((layers, heads)))[layer] += total
     else:

@@ -56,3 +56,44 @@ def test_report_card_runs_through_the_registry_on_a_long_trace(lazy_trace):
     (name, figure), = entry.figures(result, lazy_trace, {})
     assert name.startswith("report-") and np.asarray(figure.data[0].z).shape == (lazy_trace.num_layers,
                                                                                  lazy_trace.num_heads)
+
+
+def test_rollout_rows_in_row_blocks_equal_the_full_rollout(lazy_trace, monkeypatch):
+    """The query's and a pooled token's rows after every layer, a row vector times each layer's residual-mixed
+    head-mean attention read in blocks of 3 rows, equal those rows of the (L, T, T) rollout within float64
+    rounding of float32 weights; each sums to 1."""
+    import encoder.attention_store as store
+    from analysis.flow import RolloutRows, attention_rollout
+
+    monkeypatch.setattr(store, "ROW_BLOCK_BYTES", 4 * lazy_trace.num_heads * lazy_trace.num_tokens * 3)
+    tokens = [0, 7, lazy_trace.num_tokens - 1]
+    for residual in (0.5, 0.2):
+        full = attention_rollout(np.asarray(lazy_trace.attention), residual)
+        rows = RolloutRows(lazy_trace.attention, residual)
+        for layer in range(lazy_trace.num_layers):
+            got = rows.after(layer, tokens)
+            np.testing.assert_allclose(got, full[layer, tokens], rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-9)
+        assert not np.allclose(full[-1, -1], full[0, -1])  # the layers mix: the comparison can fail
+
+
+def test_rollout_runs_through_the_registry_as_row_strips(lazy_trace):
+    from analysis.flow import RolloutRows, attention_rollout
+    from analysis.inputs import TraceInputs
+    from analysis.pooled import pooled_row
+
+    entry = ANALYSES["rollout"]
+    assert length_limit(entry, lazy_trace) is None
+    options = {"residual": 0.5, "query": 5}
+    result = entry.compute(TraceInputs(lazy_trace), options)
+    assert isinstance(result, RolloutRows)
+    (name, figure), = entry.figures(result, lazy_trace, options)
+    z = np.asarray(figure.data[0].z, np.float64)
+    pooled = pooled_row(lazy_trace)  # llama: the last token (its LM head); modernbert: none
+    shown = [5] if pooled is None else [5, pooled.index]
+    full = attention_rollout(np.asarray(lazy_trace.attention))[-1, shown]
+    assert name == "rollout" and z.shape == (len(shown), lazy_trace.num_tokens)
+    np.testing.assert_allclose(z, full, rtol=1e-5, atol=1e-7)
+    assert "not the token × token matrix" in figure.layout.title.subtitle.text
+    rows, result_json = entry.rows(result, lazy_trace, options)
+    assert len(rows) == len(shown) * lazy_trace.num_tokens and result_json["rows_of"] == shown

@@ -125,16 +125,17 @@ def test_the_distance_view_of_a_long_trace_equals_the_whole_heads(trace_2048):
 
 def test_analyses_of_a_long_trace_run_or_say_their_length_limit(trace_8192):
     """One mechanism (``viz.registry.length_limit``): an analysis that reads every layer's whole attention says the
-    length it is limited to for this model and why; the logit lens (a window of positions) and the report card (row
-    blocks) run at any length."""
+    length it is limited to for this model and why; the logit lens (a window of positions), rollout (rows) and the
+    report card (row blocks) run at any length."""
     from viz.registry import ANALYSES, analysis_unavailable, longest_whole
 
     most = longest_whole(trace_8192.num_layers, trace_8192.num_heads)
-    for name in ("rollout", "flow", "value-zeroing", "integrated-gradients", "position-share"):
+    for name in ("flow", "value-zeroing", "integrated-gradients", "position-share"):
         why = analysis_unavailable(ANALYSES[name], trace_8192)
         assert why is not None and f"limited to {most:,} tokens" in why and "8,192 tokens" in why, name
         assert "whole attention" in why
-    assert analysis_unavailable(ANALYSES["lens"], trace_8192) is None
+    for name in ("lens", "rollout", "report"):
+        assert analysis_unavailable(ANALYSES[name], trace_8192) is None, name
     assert most < 8192 < 4 * most
 
 

@@ -29,6 +29,7 @@ from analysis import (
     PooledDiff,
     attention_rollout,
 )
+from analysis.flow import RolloutRows, long_rollout_tokens
 from analysis.heads import DEFAULT_CLUSTERS, DEFAULT_STATISTIC
 from analysis.inputs import chosen_layer
 from analysis.pooled import pooled_row
@@ -151,6 +152,27 @@ def build_rollout_heatmap(
         f"0-{layer} with the skip connection; rows sum to 1.",
         colorscale, 0.0, float(rollout[layer].max()), "share",
     )
+
+
+def build_rollout_rows(values: np.ndarray, trace: EncoderTrace, rows: Sequence[int], layer: int,
+                       residual: float = 0.5, colorscale: str = DEFAULT_SCALE) -> go.Figure:
+    """The rollout rows of a long trace (``analysis.flow.RolloutRows``): one strip per row of ``rows`` (n,), its
+    (n, T) ``values`` shaded over the T input tokens (x: token index, hover: the token), said to be rows of the
+    T x T rollout."""
+    check_colorscale(colorscale)
+    tokens = trace.readable_tokens
+    labels = [f"{display_token(tokens[row])} ({row})" for row in rows]
+    hover = np.array([[display_token(token) for token in tokens]] * len(rows), dtype=object)
+    fig = go.Figure(go.Heatmap(z=np.asarray(values, np.float32), x=np.arange(len(tokens)), y=labels, text=hover,
+                               colorscale=colorscale, zmin=0.0, colorbar=dict(title="share"),
+                               hovertemplate="%{y} ← %{text} (%{x}): %{z:.5f}<extra></extra>"))
+    fig.update_layout(
+        title=dict(text=f"Attention rollout after layer {layer} (residual weight {residual:g}): rows of "
+                        f"{', '.join(labels)}",
+                   subtitle=dict(text=f"a long text ({len(tokens):,} tokens): the rollout rows of the query and pooled "
+                                      "tokens, not the token × token matrix; each row sums to 1")),
+        xaxis_title="input token", height=200 + 40 * len(rows), margin=dict(t=90))
+    return fig
 
 
 def build_flow_heatmap(
@@ -570,6 +592,10 @@ def rollout_figures(result: np.ndarray, trace: EncoderTrace, options: Options) -
     with a query token, also that token's row."""
     layer = chosen_layer(trace, options)
     residual = options.get("residual", DEFAULT_RESIDUAL)
+    if isinstance(result, RolloutRows):
+        rows = long_rollout_tokens(trace, options)
+        return [("rollout", build_rollout_rows(result.after(layer, rows), trace, rows, layer, result.residual,
+                                               **style(options)))]
     what = f"Rollout after layer {layer}"
     shown = [("rollout", build_rollout_heatmap(result, trace.readable_tokens, layer, residual, **style(options))),
              *pooled_figures("rollout", result[layer], trace, what)]

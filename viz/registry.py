@@ -134,7 +134,7 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "rollout", "Rollout", "flow", "attention rollout after --layer (default the last), token x token",
         "Row i: the share of each input token (column) in position i after the Layer slider's layer; rows sum to 1.",
         compute=flow.compute_rollout, figures=figures.rollout_figures, rows=flow.rollout_rows,
-        options=(RESIDUAL, COLORSCALE), layer="figure", uses_query=True),
+        options=(RESIDUAL, COLORSCALE), layer="figure", uses_query=True, any_length=True),
     Analysis(
         "flow", "Flow", "flow",
         f"attention flow (max flow) through layers 0 to --layer, at most {flow.MAX_FLOW_TOKENS} tokens",
