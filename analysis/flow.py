@@ -5,7 +5,6 @@ Shapes: L layers, H heads, T tokens; rows of ``attention[layer, head, query]`` a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -98,14 +97,16 @@ def _times_residual_layer(vectors: np.ndarray, attention, layer: int, residual: 
     return out
 
 
-@dataclass(eq=False)
 class RolloutRows:
     """The rollout of a long trace (its attention a ``LazyAttention``), a few rows at a time: ``after(layer,
-    tokens)`` (n, T) float64, each row computed once (``rollout_token_rows``) and kept (n x T floats a row)."""
+    tokens)`` (n, T) float64, each row computed once (``rollout_token_rows``) and kept (T floats a row). A plain
+    class, not a dataclass: a results cache (``ui.budget.held_bytes``) does not count the trace's attention store
+    it reads (the trace cache does) nor the few KB of rows it keeps."""
 
-    attention: Any
-    residual: float
-    kept: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    def __init__(self, attention: Any, residual: float) -> None:
+        self.attention = attention
+        self.residual = residual
+        self.kept: dict[tuple[int, int], np.ndarray] = {}
 
     @property
     def num_layers(self) -> int:
