@@ -86,13 +86,18 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
             self.cross_attention_norm.build(input_shape)
 
     def call(self, x, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
-             attention_scale=None, training=None, cache=None, start=None, encoder_hidden=None, encoder_mask=None):
-        """``(x, pattern, terms)``; with a key/value ``cache`` (generation: ``InstrumentedAttention``'s ``cache`` and
-        ``start``, ``x`` the new tokens only), a fourth item, the layer's new cache; with ``encoder_hidden`` (B, S,
-        D) (a decoder layer, ``attention.cross``), a fourth item, the cross-attention pattern (B, H, T, S), keys
-        hidden where ``encoder_mask`` (broadcastable to (B, T, S) bool) is False."""
+             attention_scale=None, training=None, cache=None, start=None, encoder_hidden=None, encoder_mask=None,
+             rows=None):
+        """``(x, pattern, terms)``; with ``rows`` (a long unpadded input, ``encoder.parts.attention.RowBlocks``), the
+        attention runs a block of queries at a time: pattern None, terms empty and a fourth item, the layer's
+        ``(queries, keys)`` as its logit rule multiplies them; with a key/value ``cache`` (generation:
+        ``InstrumentedAttention``'s ``cache`` and ``start``, ``x`` the new tokens only), a fourth item, the layer's
+        new cache; with ``encoder_hidden`` (B, S, D) (a decoder layer, ``attention.cross``), a fourth item, the
+        cross-attention pattern (B, H, T, S), keys hidden where ``encoder_mask`` (broadcastable to (B, T, S) bool)
+        is False."""
         probes = dict(value_mask=value_mask, attention_scale=attention_scale)  # InstrumentedAttention's call args
         probes.update({} if cache is None else {"cache": cache, "start": start})
+        probes.update({} if rows is None else {"rows": rows})
         decoder = self.cross_attention is not None
         if (encoder_hidden is not None) != decoder or (decoder and cache is not None):
             raise ValueError("a decoder layer (attention.cross) runs on encoder_hidden, without a cache; no other "
@@ -126,9 +131,11 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         return (x if pre else self.cross_attention_norm(x)), pattern
 
     def _attend(self, x, attention_mask, head_mask, position_bias, training, value_mask=None, attention_scale=None,
-                cache=None, start=None):
+                cache=None, start=None, rows=None):
         cached = {} if cache is None else {"cache": cache, "start": start}
-        if self.window:
+        if rows is not None:  # the blocks mask each block's keys themselves
+            cached["rows"] = rows.for_window(self.window)
+        elif self.window:
             attention_mask = self._window_mask(attention_mask, ops.shape(x)[1], **cached)
         attended, pattern, terms, *kept = self.attention(
             x, x, attention_mask=attention_mask, head_mask=head_mask, position_bias=position_bias,

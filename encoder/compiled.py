@@ -28,6 +28,8 @@ class CompiledEncoder:
       embedding noise (B, T, D), for ablation and stability analysis; a separate graph, so the plain paths pay
       nothing for it.
     - ``embed(ids, segments)``: the input embeddings (B, T, D) the first layer reads.
+    - ``forward_rows(ids, segments, rows)``: a long input, its attention a block of queries at a time, never whole
+      (eager, not a ``tf.function``).
     - ``forward_logits(ids, segments)`` (decoders): ``forward`` plus the LM head's logits (B, T, V);
       ``lens_top_k(hidden, normed)``: the LM head's top ``TOP_K`` tokens of any residual vectors (the logit lens).
     - ``extend(ids, start, keys, values)`` (causal models): new tokens after cached ones (``TransformerEncoder.extend``:
@@ -84,6 +86,14 @@ class CompiledEncoder:
         self._check_lm_head()
         self.calls += 1
         return self._with_logits(ids, segments)
+
+    def forward_rows(self, ids, segments, rows: int, full_logits: bool = False) -> dict:
+        """A long unpadded input (B, T), its attention run ``rows`` queries at a time and never held whole
+        (``TransformerEncoder.call_rows``: ``queries`` and ``keys`` instead of ``attention``). Run eagerly, block
+        by block (the blocks' count follows the length)."""
+        self.calls += 1
+        return self.model.call_rows(tf.convert_to_tensor(ids, tf.int32), tf.convert_to_tensor(segments, tf.int32),
+                                    rows=rows, full_logits=full_logits)
 
     def lens_top_k(self, hidden, normed: bool):
         """``(ids (N, K) int32, probs (N, K) float32)``: the ``TOP_K`` most probable tokens of the LM head applied

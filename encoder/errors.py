@@ -55,3 +55,8 @@ def index_in_range(value, count: int, what: str, owner: str = "model",
     if not 0 <= index < count:
         raise error(f"{what} {index} is out of range: the {owner} has {count} {what}s (0-{count - 1})")
     return index
+
+
+class LongTraceError(HeadlightError, ValueError):
+    """Something would copy too much of a long trace's attention at once (its whole (L, H, T, T), or a piece over
+    the byte limit): the message says how much and how to read it a piece at a time."""

@@ -16,7 +16,7 @@ from keras import ops
 
 from encoder.block import ConfigArgument, EncoderLayer
 from encoder.config import EncoderConfig
-from encoder.parts.attention import soft_cap
+from encoder.parts.attention import RowBlocks, soft_cap
 from encoder.parts.mlp import activate
 from encoder.parts.norms import make_norm
 from encoder.parts.schemes import position_part
@@ -171,23 +171,60 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             crossed += cross
             for name, term in layer_terms.items():
                 terms.setdefault(name, []).append(term)
-        normed = {}
+        return self._finish(x, hidden, token_ids, padding_mask, full_logits, {
+            "attention": ops.stack(patterns, axis=1),  # (B, L, H, T, T)
+            **{f"terms/{name}": ops.stack(parts, axis=1) for name, parts in terms.items()},  # (B, L, H, T, T)
+            **({"cross_attention": ops.stack(crossed, axis=1)} if crossed else {}),  # (B, L, H, T, S)
+        })
+
+    def _finish(self, x, hidden: list, token_ids, padding_mask, full_logits: bool, outputs: dict) -> dict:
+        """The outputs of a pass whose last layer gave ``x`` (B, T, D) and whose residual stream was ``hidden``
+        (L + 1 of (B, T, D)): ``outputs`` plus ``hidden``, the final norm's state, the LM head's and the heads'."""
         if self.final_norm is not None:  # GPT-2's ln_f: the last hidden state is reported after it
             x = self.final_norm(x)
             if self.config.block.final_norm_in_hidden:
                 hidden[-1] = x
             else:  # CLIP: hidden[-1] before the final norm, as transformers' hidden_states[-1]
-                normed = {"last_hidden_state": x}
-        outputs = {
-            **normed,
-            "hidden": ops.stack(hidden, axis=1),  # (B, L + 1, T, D)
-            "attention": ops.stack(patterns, axis=1),  # (B, L, H, T, T)
-            **{f"terms/{name}": ops.stack(parts, axis=1) for name, parts in terms.items()},  # (B, L, H, T, T)
-            **({"cross_attention": ops.stack(crossed, axis=1)} if crossed else {}),  # (B, L, H, T, S)
-        }
+                outputs = {"last_hidden_state": x, **outputs}
+        outputs = {**outputs, "hidden": ops.stack(hidden, axis=1)}  # (B, L + 1, T, D)
         if self.config.head.lm_head:
             outputs.update(self._next_tokens(x, token_ids, full_logits))
         return {**outputs, **self._heads(x, padding_mask, token_ids)}
+
+    def call_rows(self, token_ids, segment_ids=None, rows: int = 512, full_logits: bool = False) -> dict:
+        """A long unpadded input at inference, its attention never held whole: each layer's weights are computed
+        ``rows`` queries at a time, mix the values and are dropped (``InstrumentedAttention``'s ``rows``).
+
+        Returns:
+            ``call``'s dict without ``attention`` and ``terms/*``, with ``queries`` (B, L, T, H, dh) and ``keys``
+            (B, L, T, Hkv, dh) instead: each layer's as its logit rule multiplies them (rotated by position for
+            rotary positions), from which ``encoder.parts.attention.attention_rows`` gives any rows of its
+            attention again (``encoder.attention_store.LazyAttention``).
+
+        Raises:
+            ValueError: a model whose attention cannot run in row blocks (DeBERTa's disentangled positions, the
+                decoder of an encoder-decoder: ``rows_supported``).
+        """
+        if not self.rows_supported:
+            raise ValueError("this model's attention cannot run a block of queries at a time")
+        x = self._embed(token_ids, segment_ids, False)  # (B, T, D)
+        position_bias = self.positions.row_context(ops.shape(token_ids)[1])
+        blocks = RowBlocks(rows, self.config.attention.causal, self.config.attention.window_kind)
+        hidden, queries, keys = [x], [], []
+        for layer in self.encoder_layers:
+            x, _, _, (q, k) = layer(x, position_bias=position_bias, training=False, rows=blocks)
+            hidden.append(x)
+            queries.append(q)
+            keys.append(k)
+        return self._finish(x, hidden, token_ids, None, full_logits,
+                            {"queries": ops.stack(queries, axis=1), "keys": ops.stack(keys, axis=1)})
+
+    @property
+    def rows_supported(self) -> bool:
+        """Whether ``call_rows`` runs this model: positions that act through the queries and keys or a bias read by
+        rows (absolute, rotary, relative buckets), and no cross-attention."""
+        kind = self.config.positions.kind
+        return kind in ("absolute", "rotary", "relative_buckets") and not self.config.attention.cross
 
     def lm_logits(self, x):
         """(B, T, D) last hidden states (after the final norm, as ``hidden[-1]``) -> (B, T, V) float32 logits of

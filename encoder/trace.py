@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from encoder.attention_store import EAGER_MAX_BYTES, AttentionRecipe, LazyAttention, LazyVisible, block_rows
 from encoder.errors import InputError
 from encoder.pieces import check_token_style, readable_piece
 from encoder.positional import position_ids
@@ -25,7 +26,10 @@ class EncoderTrace:
     """Everything one forward pass of one input shows: plain NumPy, validated on construction.
 
     Shapes: T tokens, L layers, H heads, D model width, P positional-table rows.
-    ``attention[layer, head, query, key]`` are weights after softmax (each row sums to 1).
+    ``attention[layer, head, query, key]`` are weights after softmax (each row sums to 1). A long trace (its
+    attention over ``encoder.attention_store.EAGER_MAX_BYTES``) holds it as a ``LazyAttention`` and ``visible`` as
+    a ``LazyVisible``: indexed like the arrays, each piece computed on demand (``attention[layer]``,
+    ``attention[layer, head]``, ``attention[layer, head, rows]``); its ``logit_terms`` are empty.
     ``visible[layer, query, key]`` is False where the model could not attend (a causal model's later keys); those
     weights are exactly 0, and views show them as masked. ``words`` and ``visible`` are None when unknown (traces
     saved before them) or, for ``visible``, when every key was visible.
@@ -61,7 +65,7 @@ class EncoderTrace:
     token_ids: np.ndarray = field(metadata={"dtype": "int32"})  # (T,)
     segment_ids: np.ndarray = field(metadata={"dtype": "int32"})  # (T,), 0 for sentence A, 1 for B
     special: np.ndarray = field(metadata={"dtype": "bool"})  # (T,): [CLS], [SEP], ...
-    attention: np.ndarray = field(metadata={"dtype": "float32"})  # (L, H, T, T)
+    attention: np.ndarray | LazyAttention = field(metadata={"dtype": "float32"})  # (L, H, T, T), see below
     positional: np.ndarray = field(metadata={"dtype": "float32"})  # (T, D) positional rows added to these tokens
     positional_table: np.ndarray = field(metadata={"dtype": "float32"})  # (P, D) the whole table
     hidden: np.ndarray = field(metadata={"dtype": "float32"})  # (L + 1, T, D), embeddings first
@@ -72,7 +76,7 @@ class EncoderTrace:
     untruncated_length: int = 0  # tokens the input had before truncation
     labels: tuple[str, ...] = ()  # class names when outputs has "probabilities"
     words: np.ndarray | None = field(default=None, metadata={"dtype": "int32"})  # (T,) word of each token, -1: special
-    visible: np.ndarray | None = field(default=None, metadata={"dtype": "bool"})  # (L, T, T), False where masked
+    visible: np.ndarray | LazyVisible | None = field(default=None, metadata={"dtype": "bool"})  # (L, T, T)
     token_style: str = ""  # how the tokens mark words: one of encoder.pieces.TOKEN_STYLES
     logit_terms: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (L, H, T, T) float32, see below
     position_scheme: dict[str, np.ndarray] = field(default_factory=dict)  # the model's positional scheme, see below
@@ -329,7 +333,7 @@ def _expect(array: np.ndarray, name: str, shape: tuple[int, ...], tokens: int) -
 
 def trace_text(
     model: LoadedModel, text: str, pair: str | None = None, max_tokens: int | None = None,
-    full_logits: bool = False, target: str | None = None,
+    full_logits: bool = False, target: str | None = None, lazy: bool | None = None,
 ) -> EncoderTrace:
     """Tokenize ``text`` (+ ``pair``), run the encoder once, and return every layer's attention.
 
@@ -345,6 +349,9 @@ def trace_text(
             model's own shift (``decoder_start`` followed by the target's tokens without the last: T5 starts with
             ``<pad>``, BART with ``</s>``), and the trace gains the decoder's fields (``decoder_tokens``,
             ``decoder_attention``, ``cross_attention``, ``decoder_hidden``). None traces the encoder alone.
+        lazy: keep the attention as a ``LazyAttention`` (True), as one array (False), or (None) lazily when the
+            array would be over ``EAGER_MAX_BYTES`` (``traced_lazily``). The lazy forward pass never holds a
+            layer's whole (H, T, T) weights: it computes them a block of queries at a time.
 
     Raises:
         InputError: empty text, text over the character limit, max_tokens too small, a ``target`` for a model
@@ -361,12 +368,36 @@ def trace_text(
     """
     check_targets(model, [target])
     encoded = model.tokenizer.encode(text, pair, max_tokens)
-    if full_logits and has_lm_head(model):
-        raw = model.encoder.forward_logits(encoded.token_ids[None], encoded.segment_ids[None])
+    ids, segments = encoded.token_ids[None], encoded.segment_ids[None]
+    if traced_lazily(model, len(encoded.tokens), lazy):
+        raw = model.encoder.forward_rows(ids, segments, block_rows(model.config.num_heads, len(encoded.tokens)),
+                                         full_logits and has_lm_head(model))
+        outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
+        outputs["attention"] = LazyAttention(outputs.pop("queries"), outputs.pop("keys"),
+                                             AttentionRecipe.of(model.model))
     else:
-        raw = model.encoder.forward(encoded.token_ids[None], encoded.segment_ids[None])
-    outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
+        raw = (model.encoder.forward_logits(ids, segments) if full_logits and has_lm_head(model)
+               else model.encoder.forward(ids, segments))
+        outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
     return _make_trace(model, encoded, outputs, text, pair, decoder=teacher_forced(model, outputs, target))
+
+
+def traced_lazily(model: LoadedModel, tokens: int, lazy: bool | None = None) -> bool:
+    """Whether ``trace_text`` keeps the attention of ``tokens`` tokens lazily (``LazyAttention``): when ``lazy``
+    says so, or (None) when the whole (L, H, T, T) float32 array would be over ``EAGER_MAX_BYTES`` and the model's
+    attention runs in row blocks (``TransformerEncoder.rows_supported``; else it is traced whole, as always).
+
+    Raises:
+        InputError: ``lazy`` True for a model whose attention cannot run in row blocks (DeBERTa).
+    """
+    supported = model.model.rows_supported
+    if lazy is None:
+        cfg = model.config
+        return supported and 4 * cfg.num_layers * cfg.num_heads * tokens * tokens > EAGER_MAX_BYTES
+    if lazy and not supported:
+        raise InputError("This model's attention (DeBERTa's disentangled positions) is traced whole only; a long "
+                         "trace needs absolute, rotary or relative-bias positions.")
+    return bool(lazy)
 
 
 def check_targets(model: LoadedModel, targets: Sequence[str | None]) -> None:
@@ -565,7 +596,8 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         untruncated_length=encoded.untruncated_length,
         labels=model.labels,
         words=encoded.words,
-        visible=model.model.visible_mask(len(encoded.tokens)),
+        visible=(outputs["attention"].visible() if isinstance(outputs["attention"], LazyAttention)
+                 else model.model.visible_mask(len(encoded.tokens))),
         token_style=encoded.token_style,
         logit_terms=terms,
         position_scheme=model.position_scheme,

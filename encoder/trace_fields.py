@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
+from encoder.attention_store import LazyAttention, LazyVisible
 from encoder.errors import ExportError
 
 T = TypeVar("T")
@@ -118,7 +119,38 @@ MAPPING = Kind(
     to_json=_mapping_to_json,
     from_json=_mapping_from_json,
 )
+
+
+def _array_or(lazy: type, optional: bool) -> Kind:
+    """An array or a lazy one (``encoder.attention_store``: a long trace's attention or mask), or None when
+    ``optional``. NPZ: the array as ``<name>``, or the lazy one's ``arrays()`` as ``<name>/<key>``; JSON: the
+    array (a lazy one raises ExportError: a long trace is saved as NPZ)."""
+    plain = _OPTIONAL_ARRAY if optional else _ARRAY
+
+    def to_npz(name, value):
+        if isinstance(value, lazy):
+            return {f"{name}/{key}": array for key, array in value.arrays().items()}
+        return plain.to_npz(name, value)
+
+    def from_npz(name, arrays):
+        if name in arrays:
+            return arrays[name]
+        parts = MAPPING.from_npz(name, arrays)
+        if not parts:
+            raise KeyError(name)
+        return lazy.from_arrays(parts)
+
+    def to_json(value):
+        if isinstance(value, lazy):
+            raise ExportError("A long trace (its attention kept as queries and keys) is saved as NPZ, not JSON.")
+        return plain.to_json(value)
+
+    return Kind(to_npz=to_npz, from_npz=from_npz, to_json=to_json, from_json=plain.from_json)
+
+
 KINDS: dict[Any, Kind] = {
+    np.ndarray | LazyAttention: _array_or(LazyAttention, optional=False),
+    np.ndarray | LazyVisible | None: _array_or(LazyVisible, optional=True),
     str: _scalar(str),
     bool: _scalar(bool),
     int: _scalar(int),

@@ -116,7 +116,7 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         self._output_dense.build((*query_shape[:-1], self._num_heads, self._value_dim))
 
     def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
-             attention_scale=None, training=None, cache=None, start=None):
+             attention_scale=None, training=None, cache=None, start=None, rows=None):
         q = self.query_dense(query)  # (B, T, H, dh)
         k = self.key_dense(value)  # (B, S, Hkv, dh)
         if self.query_norm is not None:
@@ -124,6 +124,8 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         v = mask_values(self.value_dense(value), value_mask)  # (B, S, Hkv, dh)
         if cache is not None:  # generation: the earlier tokens' keys and values first
             k, v = ops.concatenate([cache[0], k], axis=1), ops.concatenate([cache[1], v], axis=1)
+        if rows is not None:  # a long input: the weights row block by row block, never all (B, H, T, S) at once
+            return self._call_rows(q, k, v, rows, head_mask, position_bias, training)
         where = {} if cache is None else {"start": start}
         logits, terms = self.logits(self, q, k, position_bias, **where)  # (B, H, T, S)
         if self.softcap:
@@ -132,29 +134,25 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         output = self.mix_values(pattern, v, head_mask, attention_scale, training)
         return (output, pattern, terms) if cache is None else (output, pattern, terms, (k, v))
 
+    def _call_rows(self, q, k, v, rows: RowBlocks, head_mask, position_bias, training):
+        """``(output (B, T, D), None, {}, (queries, keys))`` of a long input: each block of ``rows.size`` queries'
+        weights (``attention_rows``) mix the values and are dropped; ``queries`` (B, T, H, dh) and ``keys`` (B, T,
+        Hkv, dh) are as the logit rule multiplies them (``prepared_queries_keys``): with them, ``attention_rows``
+        gives any rows' weights again, exactly."""
+        q, k = prepared_queries_keys(self.logits, self, q, k, position_bias)
+        length = ops.shape(q)[1]
+        outputs = []
+        for begin in range(0, length, rows.size):
+            end = min(begin + rows.size, length)
+            bias = rows.bias(self.logits, position_bias, begin, end)
+            weights = attention_rows(q[:, begin:end], k, self.scaling, bias, self.softcap,
+                                     rows.visible(begin, end, length))  # (B, H, R, S)
+            outputs.append(self.mix_values(weights, v, head_mask, None, training))  # (B, R, D)
+        return ops.concatenate(outputs, axis=1), None, {}, (q, k)
+
     def _masked_softmax(self, attention_scores, attention_mask=None):
-        """(B, H, T, S) weights: the softmax over keys, masked keys exactly 0 (a row with no visible key all 0),
-        as Keras' masked softmax gives them (bit for bit) in three passes over the scores instead of six."""
-        if attention_mask is None:
-            return ops.softmax(attention_scores, axis=-1)
-        mask = attention_mask
-        while len(mask.shape) < len(attention_scores.shape):  # (B, T, S) -> (B, 1, T, S): every head
-            mask = ops.expand_dims(mask, axis=-3)
-        lowest = ops.cast(np.finfo(np.float32).min, attention_scores.dtype)
-        weights = ops.softmax(ops.where(mask, attention_scores, lowest), axis=-1)
-        return ops.where(mask, weights, 0.0)
-
-    def _grouped(self, x):
-        """(B, H, T, n) -> (B, Hkv, G T, n): the query heads of each key/value head side by side (query head h
-        reads key/value head ``h // G``, G = H / Hkv), so one batched matmul serves a group without repeating
-        its keys or values."""
-        shape = ops.shape(x)
-        return ops.reshape(x, (shape[0], self.key_value_heads, -1, shape[3]))
-
-    def _ungrouped(self, x, length):
-        """(B, Hkv, G T, n) -> (B, H, T, n), undoing ``_grouped``."""
-        shape = ops.shape(x)
-        return ops.reshape(x, (shape[0], self._num_heads, length, shape[3]))
+        """Keras' masked softmax, as ``masked_softmax`` computes it."""
+        return masked_softmax(attention_scores, attention_mask)
 
     def mix_values(self, pattern, value, head_mask, attention_scale, training):
         """(B, T, D): the weights (times ``attention_scale`` when given) mixing the values (B, S, Hkv, dh), each
@@ -166,7 +164,8 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         if self.key_value_heads == self._num_heads:
             context = ops.matmul(weights, value)  # (B, H, T, dh)
         else:
-            context = self._ungrouped(ops.matmul(self._grouped(weights), value), ops.shape(weights)[2])
+            context = ungrouped(ops.matmul(grouped(weights, self.key_value_heads), value), self._num_heads,
+                                ops.shape(weights)[2])
         context = ops.transpose(context, (0, 2, 1, 3))  # (B, T, H, dh)
         if head_mask is not None:
             context = context * ops.cast(head_mask, context.dtype)[:, None, :, None]
@@ -175,13 +174,114 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
     def scaled_product(self, query, key):
         """(B, H, T, S): q.k * scaling, scaled after the product as transformers scales it; ``key`` (B, S, Hkv, dh)
         has the key/value heads (grouped-query attention: each serves its group of query heads)."""
-        query = ops.transpose(query, (0, 2, 1, 3))  # (B, H, T, dh)
-        key = ops.transpose(key, (0, 2, 3, 1))  # (B, Hkv, dh, S)
-        if self.key_value_heads == self._num_heads:
-            logits = ops.matmul(query, key)  # (B, H, T, S)
-        else:
-            logits = self._ungrouped(ops.matmul(self._grouped(query), key), ops.shape(query)[2])
-        return logits * ops.cast(self.scaling, logits.dtype)
+        return scaled_product(query, key, self.scaling, self._num_heads, self.key_value_heads)
+
+
+def scaled_product(query, key, scaling: float, heads: int, key_value_heads: int):
+    """(B, H, T, S): q.k * scaling of queries (B, T, H, dh) and keys (B, S, Hkv, dh), scaled after the product as
+    transformers scales it (grouped-query attention: query head h reads key/value head ``h // (H / Hkv)``)."""
+    query = ops.transpose(query, (0, 2, 1, 3))  # (B, H, T, dh)
+    key = ops.transpose(key, (0, 2, 3, 1))  # (B, Hkv, dh, S)
+    if key_value_heads == heads:
+        logits = ops.matmul(query, key)  # (B, H, T, S)
+    else:
+        logits = ungrouped(ops.matmul(grouped(query, key_value_heads), key), heads, ops.shape(query)[2])
+    return logits * ops.cast(scaling, logits.dtype)
+
+
+def grouped(x, key_value_heads: int):
+    """(B, H, T, n) -> (B, Hkv, G T, n): the query heads of each key/value head side by side (query head h reads
+    key/value head ``h // G``, G = H / Hkv), so one batched matmul serves a group without repeating its keys or
+    values."""
+    shape = ops.shape(x)
+    return ops.reshape(x, (shape[0], key_value_heads, -1, shape[3]))
+
+
+def ungrouped(x, heads: int, length):
+    """(B, Hkv, G T, n) -> (B, H, T, n), undoing ``grouped``."""
+    shape = ops.shape(x)
+    return ops.reshape(x, (shape[0], heads, length, shape[3]))
+
+
+def masked_softmax(attention_scores, attention_mask=None):
+    """(B, H, T, S) weights: the softmax over keys, masked keys exactly 0 (a row with no visible key all 0), as
+    Keras' masked softmax gives them (bit for bit) in three passes over the scores instead of six;
+    ``attention_mask`` bool, broadcastable to (B, T, S) (or (B, H, T, S))."""
+    if attention_mask is None:
+        return ops.softmax(attention_scores, axis=-1)
+    mask = attention_mask
+    while len(mask.shape) < len(attention_scores.shape):  # (B, T, S) -> (B, 1, T, S): every head
+        mask = ops.expand_dims(mask, axis=-3)
+    lowest = ops.cast(np.finfo(np.float32).min, attention_scores.dtype)
+    weights = ops.softmax(ops.where(mask, attention_scores, lowest), axis=-1)
+    return ops.where(mask, weights, 0.0)
+
+
+def attention_rows(query, key, scaling: float, bias=None, softcap: float = 0.0, visible=None):
+    """(B, H, R, S) weights after softmax of R queries (B, R, H, dh) over S keys (B, S, Hkv, dh), both as the
+    logit rule multiplies them (``prepared_queries_keys``), computed as ``InstrumentedAttention`` computes them:
+    the scaled product, plus ``bias`` (broadcastable to (B, H, R, S): a relative bias's rows) when given, soft-capped
+    by ``softcap`` (0: none), masked by ``visible`` (bool, broadcastable to (B, R, S); None: every key)."""
+    logits = scaled_product(query, key, scaling, query.shape[2], key.shape[2])
+    if bias is not None:
+        logits = logits + bias
+    if softcap:
+        logits = soft_cap(logits, softcap)
+    return masked_softmax(logits, visible)
+
+
+def prepared_queries_keys(rule, attention, query, key, position_bias):
+    """``(queries, keys)`` as the logit ``rule`` multiplies them (rotated by position for rotary positions; as
+    projected for the others): ``attention_rows`` of them is the layer's attention. A rule says how with a
+    ``prepare`` method; one without (the plain product, a relative bias) multiplies them as they are."""
+    prepare = getattr(rule, "prepare", None)
+    return (query, key) if prepare is None else prepare(attention, query, key, position_bias)
+
+
+class RowBlocks:
+    """How a long input's attention runs: ``size`` queries at a time, each block's keys masked as the layer masks
+    them (``causal``; ``window`` and ``window_kind``: a windowed layer's, ``EncoderLayer._window_mask``), every key
+    of the unpadded input otherwise.
+
+    Args:
+        size: int, queries per block.
+        causal: bool, a causal model (key <= query).
+        window_kind: "symmetric" or "causal" (``Attention.window_kind``).
+        window: int, the layer's window (0: none; ``for_window`` makes a layer's).
+    """
+
+    def __init__(self, size: int, causal: bool, window_kind: str = "symmetric", window: int = 0):
+        self.size, self.causal, self.window_kind, self.window = int(size), bool(causal), window_kind, int(window)
+
+    def for_window(self, window: int) -> RowBlocks:
+        """These blocks in a layer of ``window`` (0: none)."""
+        return RowBlocks(self.size, self.causal, self.window_kind, window)
+
+    def visible(self, begin: int, end: int, length: int) -> np.ndarray | None:
+        """(1, R, S) bool, True where queries ``begin`` .. ``end - 1`` see each of the S = ``length`` keys; None
+        when they see every key."""
+        return visible_rows(begin, end, length, self.causal, self.window, self.window_kind)
+
+    @staticmethod
+    def bias(rule, position_bias, begin: int, end: int):
+        """The rows ``begin`` .. ``end - 1`` of the bias the logit ``rule`` adds ((1, H, R, S)), None without one
+        (``rule.bias_rows``)."""
+        rows = getattr(rule, "bias_rows", None)
+        return None if rows is None else rows(position_bias, begin, end)
+
+
+def visible_rows(begin: int, end: int, length: int, causal: bool, window: int = 0,
+                 window_kind: str = "symmetric") -> np.ndarray | None:
+    """(1, R, S) bool: where queries ``begin`` .. ``end - 1`` see the S = ``length`` keys in a layer that is
+    ``causal`` (key <= query) and has ``window`` (``encoder.positional.window_visible``: ``|i - j| <= window // 2``
+    for "symmetric", ``0 <= i - j < window`` for "causal"; 0: none); None when every key is visible."""
+    if not causal and not window:
+        return None
+    distance = np.arange(begin, end)[:, None] - np.arange(length)[None, :]  # (R, S): query - key
+    seen = distance >= 0 if causal else np.ones(distance.shape, bool)
+    if window:
+        seen &= ((distance >= 0) & (distance < window)) if window_kind == "causal" else np.abs(distance) <= window // 2
+    return seen[None]
 
 
 def soft_cap(logits, cap: float):

@@ -86,6 +86,11 @@ class AbsolutePart(keras.layers.Layer):
         """What every layer's attention reads besides its input (``position_bias``): nothing here."""
         return None
 
+    def row_context(self, length):
+        """What every layer's attention reads for a long input run a block of queries at a time
+        (``encoder.parts.attention.RowBlocks``): ``layer_context`` unless that holds a (T, T) array."""
+        return self.layer_context(length)
+
     def position_scheme(self) -> dict[str, np.ndarray]:
         """Named arrays describing the scheme for the positional lab; empty for a table (``positional_table``)."""
         return {}
@@ -107,11 +112,42 @@ class BiasLogits:
         self.heads = heads
 
     def __call__(self, attention: InstrumentedAttention, query, key, position_bias):
-        if self.heads is not None:
-            position_bias = position_bias[:, self.heads[0]:self.heads[1]]
+        position_bias = self.own_heads(position_bias)
         logits = attention.scaled_product(query, key)  # (B, H, T, S)
         return logits + position_bias, {"content": logits,
                                         "position": ops.broadcast_to(position_bias, ops.shape(logits))}
+
+    def own_heads(self, bias):
+        """The layer's heads of a (1, H', T, S) bias."""
+        return bias if self.heads is None else bias[:, self.heads[0]:self.heads[1]]
+
+    def bias_rows(self, position_bias: BucketBias, begin: int, end: int):
+        """(1, H, R, S): the layer's bias on queries ``begin`` .. ``end - 1`` (a long input's ``position_bias`` is
+        the ``BucketBias`` itself, ``RelativeBucketsPart.row_context``)."""
+        return self.own_heads(position_bias.rows(begin, end))
+
+
+class BucketBias:
+    """A relative bias read row by row: ``table`` (buckets, H') read at the bucket of each key's distance from the
+    query, for a ``length``-token input (its (1, H', T, T) whole is ``rows(0, length)``).
+
+    Args:
+        table: (buckets, H') float32, the learned bias (a tensor or NumPy).
+        distance_buckets: (2M + 1,) int, the bucket of each distance key - query from -M to M.
+        reach: int, M: farther keys share the bucket of +-M.
+        length: int, the input's tokens (the keys).
+    """
+
+    def __init__(self, table, distance_buckets: np.ndarray, reach: int, length: int):
+        self.table, self.distance_buckets, self.reach, self.length = table, distance_buckets, int(reach), length
+
+    def rows(self, begin, end):
+        """(1, H', R, S): the bias of queries ``begin`` .. ``end - 1`` over every key [query, key]."""
+        relative = ops.arange(self.length)[None, :] - ops.arange(begin, end)[:, None]  # (R, S): key - query
+        buckets = ops.take(ops.convert_to_tensor(self.distance_buckets),
+                           ops.clip(relative, -self.reach, self.reach) + self.reach)
+        bias = ops.take(self.table, buckets, axis=0)  # (R, S, H')
+        return ops.transpose(bias, (2, 0, 1))[None]  # (1, H', R, S)
 
 
 class RelativeBucketsPart(AbsolutePart):
@@ -145,12 +181,11 @@ class RelativeBucketsPart(AbsolutePart):
         T), every layer's, with ``per_layer``). Every
         distance beyond ``max_distance`` has the bucket of that distance, so clipping the distances first changes
         nothing."""
-        reach = self.max_distance
-        positions = ops.arange(length)
-        relative = positions[None, :] - positions[:, None]  # (T, T): key - query
-        buckets = ops.take(ops.convert_to_tensor(self._distance_buckets), ops.clip(relative, -reach, reach) + reach)
-        bias = ops.take(self.relative_attention_bias.embeddings, buckets, axis=0)  # (T, T, H)
-        return ops.transpose(bias, (2, 0, 1))[None]  # (1, H, T, T)
+        return self.row_context(length).rows(0, length)
+
+    def row_context(self, length) -> BucketBias:
+        """What a long input's layers read: the bias as a ``BucketBias``, read a block of queries at a time."""
+        return BucketBias(self.relative_attention_bias.embeddings, self._distance_buckets, self.max_distance, length)
 
     def position_scheme(self) -> dict[str, np.ndarray]:
         """Over the signed distances key - query from -M to M (M = ``max_distance``; farther keys share the bucket
@@ -189,8 +224,7 @@ class RotaryLogits:
         self.terms = terms
 
     def __call__(self, attention: InstrumentedAttention, query, key, position_bias=None, start=None):
-        cos, sin = position_bias[self.key] if position_bias is not None else rotary_angles(
-            self.frequencies, ops.shape(key)[1])  # (1, S, 1, d): the keys' positions 0 .. S - 1
+        cos, sin = self._angles(key, position_bias)  # (1, S, 1, d): the keys' positions 0 .. S - 1
         # the queries: the same positions, or with cached keys before them (``start``) the last T
         query_cos, query_sin = (cos, sin) if start is None else (cos[:, start:], sin[:, start:])
         rotated = attention.scaled_product(rotate(query, query_cos, query_sin), rotate(key, cos, sin))  # (B, H, T, S)
@@ -198,6 +232,17 @@ class RotaryLogits:
             return rotated, {}
         logits = attention.scaled_product(query, key)
         return rotated, {"content": logits, "position": rotated - logits}
+
+    def _angles(self, key, position_bias):
+        """``(cos, sin)``, each (1, S, 1, d), of the S keys' positions: the layer's table in ``position_bias``, or
+        computed."""
+        return position_bias[self.key] if position_bias is not None else rotary_angles(self.frequencies,
+                                                                                        ops.shape(key)[1])
+
+    def prepare(self, attention: InstrumentedAttention, query, key, position_bias=None):
+        """``(queries, keys)`` rotated by position, as ``__call__`` multiplies them (T = S, no cache)."""
+        cos, sin = self._angles(key, position_bias)
+        return rotate(query, cos, sin), rotate(key, cos, sin)
 
     def angles(self, length):
         """``(cos, sin)`` of every position's angles, each (1, T, 1, d) (``rotary_angles``)."""

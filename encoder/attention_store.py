@@ -1,0 +1,371 @@
+"""The attention of a long trace, kept as what recomputes it exactly: ``LazyAttention`` (and ``LazyVisible``, its
+mask).
+
+A trace of T tokens holds L x H x T x T attention weights: 79 MB for MiniLM at 512 tokens, 19 GB for 12 layers of
+12 heads at 8,192. Above ``EAGER_MAX_BYTES`` a trace (``encoder.trace.trace_text``) keeps instead each layer's
+queries and keys as its logit rule multiplied them (after q/k norms and rotary positions: L x T x (H + Hkv) x dh
+floats, which scale with T) and the little its logits add (``AttentionRecipe``: the scale, a relative bias's
+table, the soft-cap, the causal mask and windows). ``LazyAttention`` indexes like the (L, H, T, T) array:
+``attention[layer]`` (H, T, T), ``attention[layer, head]`` (T, T), ``attention[layer, head, rows]`` and any
+int/slice/array index, each piece computed on demand by ``encoder.parts.attention.attention_rows``, the function
+the forward pass itself ran (``TransformerEncoder.call_rows``), so the weights are the ones that mixed the values.
+Pieces are kept in one process-wide LRU of ``HEADLIGHT_CACHE_MB`` / 2 bytes (``PIECES``); one piece, or
+``np.asarray`` of the whole, over that limit raises ``LongTraceError`` instead of allocating.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from encoder.errors import LongTraceError
+from encoder.settings import settings
+
+EAGER_MAX_BYTES = 256 * 2**20  # a trace whose (L, H, T, T) float32 attention is larger keeps it lazily
+ROW_BLOCK_BYTES = 16 * 2**20  # the (H, R, T) float32 weights one block of queries computes at once
+
+
+def piece_limit() -> int:
+    """The most bytes one materialised piece (or all the pieces kept) may hold: ``HEADLIGHT_CACHE_MB`` / 2."""
+    return settings().cache_bytes // 2
+
+
+def block_rows(heads: int, length: int) -> int:
+    """Queries per block of a ``length``-token input with ``heads`` heads: (heads, R, length) float32 weights within
+    ``ROW_BLOCK_BYTES`` (at least 1, at most ``length``)."""
+    return max(1, min(length, ROW_BLOCK_BYTES // (4 * heads * length)))
+
+
+class PieceCache:
+    """A thread-safe LRU of NumPy arrays bounded by their bytes (``piece_limit()``, read at each insertion)."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[Hashable, np.ndarray] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()
+        self.bytes = 0
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: np.ndarray) -> None:
+        """Keep ``value``, dropping the least recently used pieces until all fit (one larger than the whole limit
+        is not kept)."""
+        limit = piece_limit()
+        with self._lock:
+            if key in self._entries or value.nbytes > limit:
+                return
+            self._entries[key] = value
+            self.bytes += value.nbytes
+            while self.bytes > limit:
+                _, dropped = self._entries.popitem(last=False)
+                self.bytes -= dropped.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+
+
+PIECES = PieceCache()
+_STORE_IDS = itertools.count()
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionRecipe:
+    """What a layer's logits add to the scaled product of its queries and keys, for every layer.
+
+    Fields: ``scaling`` (the factor on q.k), ``softcap`` (0: none), ``causal``, ``windows`` (L,) int32 (each
+    layer's window, 0: none) and ``window_kind`` ("symmetric" or "causal"); a relative bias (T5, MPNet) has
+    ``bias_table`` (buckets, H') float32, ``distance_buckets`` (2M + 1,) int32 (the bucket of each key - query
+    distance from -M to M; ``reach`` is M) and ``per_layer_bias`` (umT5: layer i reads columns iH .. (i + 1)H).
+    """
+
+    scaling: float
+    softcap: float
+    causal: bool
+    windows: np.ndarray  # (L,) int32
+    window_kind: str
+    bias_table: np.ndarray | None = None  # (buckets, H') float32
+    distance_buckets: np.ndarray | None = None  # (2M + 1,) int32
+    reach: int = 0
+    per_layer_bias: bool = False
+
+    @classmethod
+    def of(cls, model) -> AttentionRecipe:
+        """The recipe of a ``TransformerEncoder`` (``rows_supported``)."""
+        import keras
+
+        config = model.config
+        attention = config.attention
+        first = model.encoder_layers[0].attention
+        bias = {}
+        if config.positions.kind == "relative_buckets":
+            part = model.positions
+            bias = {"bias_table": keras.ops.convert_to_numpy(part.relative_attention_bias.embeddings),
+                    "distance_buckets": np.asarray(part._distance_buckets, np.int32), "reach": part.max_distance,
+                    "per_layer_bias": bool(config.positions.per_layer)}
+        return cls(scaling=float(first.scaling), softcap=float(first.softcap), causal=bool(attention.causal),
+                   windows=np.array([attention.window(i) for i in range(config.num_layers)], np.int32),
+                   window_kind=attention.window_kind, **bias)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The recipe as named arrays (for an NPZ file); ``from_arrays`` reads them back."""
+        arrays = {"scaling": np.array(self.scaling, np.float64), "softcap": np.array(self.softcap, np.float64),
+                  "causal": np.array(self.causal), "windows": self.windows, "window_kind": np.array(self.window_kind),
+                  "reach": np.array(self.reach), "per_layer_bias": np.array(self.per_layer_bias)}
+        if self.bias_table is not None:
+            arrays.update(bias_table=self.bias_table, distance_buckets=self.distance_buckets)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> AttentionRecipe:
+        """The recipe of ``arrays`` (KeyError: one is missing)."""
+        return cls(scaling=float(arrays["scaling"]), softcap=float(arrays["softcap"]), causal=bool(arrays["causal"]),
+                   windows=np.asarray(arrays["windows"], np.int32), window_kind=str(arrays["window_kind"]),
+                   bias_table=arrays.get("bias_table"), distance_buckets=arrays.get("distance_buckets"),
+                   reach=int(arrays["reach"]), per_layer_bias=bool(arrays["per_layer_bias"]))
+
+    def visible(self, layer: int, begin: int, end: int, length: int) -> np.ndarray | None:
+        """(1, R, T) bool: which keys queries ``begin`` .. ``end - 1`` of ``layer`` see; None: all of them."""
+        from encoder.parts.attention import visible_rows
+
+        return visible_rows(begin, end, length, self.causal, int(self.windows[layer]), self.window_kind)
+
+    def bias(self, layer: int, heads: np.ndarray, begin: int, end: int, length: int):
+        """(1, h, R, T): the relative bias of ``heads`` of ``layer`` on queries ``begin`` .. ``end - 1``; None
+        without one."""
+        if self.bias_table is None:
+            return None
+        from encoder.parts.positions import BucketBias
+
+        columns = heads + (layer * self.bias_table.shape[1] // len(self.windows) if self.per_layer_bias else 0)
+        table = np.ascontiguousarray(self.bias_table[:, columns])  # (buckets, h)
+        return BucketBias(table, self.distance_buckets, self.reach, length).rows(begin, end)
+
+
+def _indices(key, count: int) -> tuple[np.ndarray, bool]:
+    """``(indices (n,), scalar)``: the positions of ``range(count)`` that ``key`` (int, slice, int or bool array)
+    picks, and whether it was a single int (its axis goes)."""
+    picked = np.arange(count)[key]
+    return np.atleast_1d(picked), np.ndim(picked) == 0
+
+
+@dataclass(frozen=True, eq=False)
+class LazyAttention:
+    """A long trace's (L, H, T, T) attention, computed a piece at a time from each layer's queries and keys (see
+    the module docstring).
+
+    Args:
+        queries: (L, T, H, dh) float32, each layer's queries as its logit rule multiplied them.
+        keys: (L, T, Hkv, dh) float32, its keys likewise (Hkv key/value heads: query head h reads ``h // (H /
+            Hkv)``).
+        recipe: ``AttentionRecipe``.
+
+    Example:
+        >>> trace = trace_text(model, long_text)  # doctest: +SKIP
+        >>> trace.attention[3, 5].shape, trace.attention[3, 5, 100:110].shape  # doctest: +SKIP
+        ((8192, 8192), (10, 8192))
+    """
+
+    queries: np.ndarray
+    keys: np.ndarray
+    recipe: AttentionRecipe
+    store_id: int = field(default_factory=lambda: next(_STORE_IDS))
+
+    def __post_init__(self) -> None:
+        if self.queries.ndim != 4 or self.keys.ndim != 4 or self.queries.shape[:2] != self.keys.shape[:2]:
+            raise ValueError(f"queries (L, T, H, dh) and keys (L, T, Hkv, dh) must agree, got {self.queries.shape} "
+                             f"and {self.keys.shape}")
+        if self.queries.shape[2] % self.keys.shape[2] or len(self.recipe.windows) != self.queries.shape[0]:
+            raise ValueError("the key/value heads must divide the heads, and the recipe must have every layer's window")
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        layers, length, heads, _ = self.queries.shape
+        return layers, heads, length, length
+
+    ndim = 4
+    dtype = np.dtype(np.float32)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the whole array would take (not what the store holds)."""
+        return 4 * self.size
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __iter__(self):
+        return (self[layer] for layer in range(len(self)))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """The whole (L, H, T, T) array, when it fits the piece limit; else ``LongTraceError``."""
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        """NumPy's basic indexing (ints, slices, int or bool arrays per axis; no Ellipsis or new axes), computed;
+        one layer's head (or rows of it) is the read-only piece the LRU keeps, more a new array.
+
+        Raises:
+            LongTraceError: the piece would be over ``piece_limit()`` bytes.
+            IndexError: an index out of range.
+        """
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 4 or any(k is Ellipsis or k is None for k in key):
+            raise IndexError("a long trace's attention takes up to 4 indices (layer, head, query, key), no ... or None")
+        layer_key, head_key, row_key, column_key = key + (slice(None),) * (4 - len(key))
+        layers, one_layer = _indices(layer_key, self.shape[0])
+        heads, one_head = _indices(head_key, self.shape[1])
+        rows, one_row = _indices(row_key, self.shape[2])
+        begin, end = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 0)
+        self._check_bytes(len(layers) * len(heads) * (end - begin) * self.shape[3] * 4)
+        if len(layers) == 1 and len(heads) == 1:  # one layer's head: the kept (read-only) piece itself, no copy
+            pieces = self._rows(int(layers[0]), heads, begin, end)[0][None, None]
+        else:
+            pieces = np.empty((len(layers), len(heads), end - begin, self.shape[3]), np.float32)
+            for place, layer in enumerate(layers):
+                pieces[place] = self._rows(int(layer), heads, begin, end)
+        if not np.array_equal(rows, np.arange(begin, end)):
+            pieces = pieces[:, :, rows - begin]
+        return _squeeze(pieces[..., column_key], one_layer, one_head, one_row)
+
+    def _check_bytes(self, nbytes: int) -> None:
+        limit = piece_limit()
+        if nbytes > limit:
+            raise LongTraceError(
+                f"This trace is long ({self.shape[2]:,} tokens): that part of its attention would take "
+                f"{nbytes / 2**20:,.0f} MB, over the {limit / 2**20:,.0f} MB one piece may hold. Read it a layer "
+                "and head at a time (attention[layer, head]) or a few query rows (attention[layer, head, rows]).")
+
+    def _rows(self, layer: int, heads: np.ndarray, begin: int, end: int) -> list[np.ndarray]:
+        """h read-only (R, T) float32 arrays: rows ``begin`` .. ``end - 1`` of ``heads`` of ``layer``, from the LRU
+        or computed (the missing heads together)."""
+        keys = [(self.store_id, layer, int(head), begin, end) for head in heads]
+        found = [PIECES.get(key) for key in keys]
+        missing = np.array([head for head, piece in zip(heads, found) if piece is None], np.int64)
+        if len(missing):
+            computed = self.compute(layer, missing, begin, end)
+            computed.flags.writeable = False  # kept in the LRU and handed out as it is
+            for head, piece in zip(missing, computed):
+                PIECES.put((self.store_id, layer, int(head), begin, end), piece)
+            fresh = dict(zip(missing.tolist(), computed))
+            found = [fresh[int(head)] if piece is None else piece for head, piece in zip(heads, found)]
+        return found
+
+    def compute(self, layer: int, heads: np.ndarray, begin: int, end: int) -> np.ndarray:
+        """(h, R, T) float32: the weights of ``heads`` of ``layer`` on queries ``begin`` .. ``end - 1``, by
+        ``attention_rows`` (as the forward pass computed them), ``block_rows`` queries at a time."""
+        from keras import ops
+
+        from encoder.parts.attention import attention_rows
+
+        length, group = self.shape[2], self.queries.shape[2] // self.keys.shape[2]
+        query = self.queries[layer][:, heads]  # (T, h, dh)
+        key = ops.convert_to_tensor(self.keys[layer][:, heads // group][None])  # (1, T, h, dh)
+        out = np.empty((len(heads), end - begin, length), np.float32)
+        step = block_rows(len(heads), length)
+        for first in range(begin, end, step):
+            last = min(first + step, end)
+            recipe = self.recipe
+            weights = attention_rows(ops.convert_to_tensor(query[None, first:last]), key, recipe.scaling,
+                                     recipe.bias(layer, heads, first, last, length), recipe.softcap,
+                                     recipe.visible(layer, first, last, length))  # (1, h, r, T)
+            out[:, first - begin:last - begin] = ops.convert_to_numpy(weights)[0]
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What rebuilds the store (for an NPZ file): ``queries``, ``keys`` and the recipe's arrays."""
+        return {"queries": self.queries, "keys": self.keys, **self.recipe.arrays()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LazyAttention:
+        return cls(np.asarray(arrays["queries"], np.float32), np.asarray(arrays["keys"], np.float32),
+                   AttentionRecipe.from_arrays(arrays))
+
+    def visible(self) -> LazyVisible | None:
+        """The mask of this attention (``LazyVisible``), or None when every query sees every key."""
+        recipe = self.recipe
+        if not recipe.causal and not recipe.windows.any():
+            return None
+        return LazyVisible(recipe.causal, recipe.windows, recipe.window_kind, self.shape[2])
+
+
+def _squeeze(pieces: np.ndarray, *scalar: bool) -> np.ndarray:
+    """``pieces`` (l, h, r, c) without the axes whose index was a single int (NumPy's basic indexing)."""
+    axes = tuple(axis for axis, single in enumerate(scalar) if single)
+    return pieces.squeeze(axis=axes) if axes else pieces
+
+
+@dataclass(frozen=True, eq=False)
+class LazyVisible:
+    """A long trace's (L, T, T) bool mask (``EncoderTrace.visible``), computed a piece at a time: True where a
+    query of the layer sees the key (``causal``: key <= query; each layer's ``windows`` entry of ``window_kind``,
+    0 for none). Indexes like the array (ints, slices, arrays per axis); ``np.asarray`` of the whole within
+    ``piece_limit()`` bytes, else ``LongTraceError``."""
+
+    causal: bool
+    windows: np.ndarray  # (L,) int32
+    window_kind: str
+    length: int
+
+    ndim = 3
+    dtype = np.dtype(bool)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return len(self.windows), self.length, self.length
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        from encoder.parts.attention import visible_rows
+
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 3 or any(k is Ellipsis or k is None for k in key):
+            raise IndexError("a long trace's mask takes up to 3 indices (layer, query, key), no ... or None")
+        layer_key, row_key, column_key = key + (slice(None),) * (3 - len(key))
+        layers, one_layer = _indices(layer_key, len(self.windows))
+        rows, one_row = _indices(row_key, self.length)
+        begin, end = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 0)
+        nbytes, limit = len(layers) * (end - begin) * self.length, piece_limit()
+        if nbytes > limit:
+            raise LongTraceError(f"This trace is long ({self.length:,} tokens): that part of its mask would take "
+                                 f"{nbytes / 2**20:,.0f} MB, over the {limit / 2**20:,.0f} MB one piece may hold. "
+                                 "Read it a layer at a time (visible[layer]).")
+        def seen(layer: int) -> np.ndarray:  # (R, T)
+            mask = visible_rows(begin, end, self.length, self.causal, int(self.windows[layer]), self.window_kind)
+            return np.ones((end - begin, self.length), bool) if mask is None else mask[0]
+
+        pieces = np.stack([seen(int(layer)) for layer in layers])  # (l, R, T)
+        pieces = pieces[:, rows - begin][..., column_key]
+        axes = tuple(axis for axis, single in enumerate((one_layer, one_row)) if single)
+        return pieces.squeeze(axis=axes) if axes else pieces
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What rebuilds the mask (for an NPZ file); ``from_arrays`` reads it back."""
+        return {"causal": np.array(self.causal), "windows": self.windows, "window_kind": np.array(self.window_kind),
+                "length": np.array(self.length)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LazyVisible:
+        return cls(bool(arrays["causal"]), np.asarray(arrays["windows"], np.int32), str(arrays["window_kind"]),
+                   int(arrays["length"]))
