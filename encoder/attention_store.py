@@ -243,6 +243,24 @@ class LazyAttention:
             pieces = pieces[:, :, rows - begin]
         return _squeeze(pieces[..., column_key], one_layer, one_head, one_row)
 
+    def astype(self, dtype) -> np.ndarray:
+        """The whole array as ``dtype`` (``np.asarray``: within the piece limit)."""
+        return np.asarray(self, dtype=dtype)
+
+    def mean(self, axis: int | None = None, dtype=None) -> np.ndarray:
+        """The mean over layers (``axis`` 0: (H, T, T)) or heads (1: (L, T, T)), a layer at a time (only the result
+        is held: within the piece limit); other axes through ``np.asarray``."""
+        if axis not in (0, 1):
+            return np.asarray(self).mean(axis=axis, dtype=dtype)
+        layers, heads, length, _ = self.shape
+        self._check_bytes((heads if axis == 0 else layers) * length * length * np.dtype(dtype or np.float32).itemsize)
+        if axis == 1:
+            return np.stack([self[layer].mean(axis=0, dtype=dtype) for layer in range(layers)])
+        total = np.zeros((heads, length, length), dtype or np.float32)
+        for layer in range(layers):
+            total += self[layer]
+        return (total / layers).astype(dtype or np.float32, copy=False)
+
     def _check_bytes(self, nbytes: int) -> None:
         limit = piece_limit()
         if nbytes > limit:
