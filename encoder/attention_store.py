@@ -272,8 +272,7 @@ class LazyAttention:
     def _rows(self, layer: int, heads: np.ndarray, begin: int, end: int) -> list[np.ndarray]:
         """h read-only (R, T) float32 arrays: rows ``begin`` .. ``end - 1`` of ``heads`` of ``layer``, from the LRU
         or computed (the missing heads together)."""
-        keys = [(self.store_id, layer, int(head), begin, end) for head in heads]
-        found = [PIECES.get(key) for key in keys]
+        found = [self._kept(layer, int(head), begin, end) for head in heads]
         missing = np.array([head for head, piece in zip(heads, found) if piece is None], np.int64)
         if len(missing):
             computed = self.compute(layer, missing, begin, end)
@@ -283,6 +282,14 @@ class LazyAttention:
             fresh = dict(zip(missing.tolist(), computed))
             found = [fresh[int(head)] if piece is None else piece for head, piece in zip(heads, found)]
         return found
+
+    def _kept(self, layer: int, head: int, begin: int, end: int) -> np.ndarray | None:
+        """Rows ``begin`` .. ``end - 1`` of a head from the LRU: kept as such, or a view of the whole head."""
+        piece = PIECES.get((self.store_id, layer, head, begin, end))
+        if piece is None and (begin, end) != (0, self.shape[2]):
+            whole = PIECES.get((self.store_id, layer, head, 0, self.shape[2]))
+            piece = None if whole is None else whole[begin:end]
+        return piece
 
     def compute(self, layer: int, heads: np.ndarray, begin: int, end: int) -> np.ndarray:
         """(h, R, T) float32: the weights of ``heads`` of ``layer`` on queries ``begin`` .. ``end - 1``, by

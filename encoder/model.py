@@ -23,6 +23,7 @@ from encoder.parts.schemes import position_part
 from encoder.positional import window_visible
 
 POSITIONS = "positions"  # the name of the position scheme's part (its variables are under ``positions/``)
+LM_ROW_BYTES = 64 * 2**20  # a long input's LM head: the (rows, V) float32 logits of one block of positions
 TOP_K = 10  # candidates per position in ``next_ids`` / ``next_probs`` (and ``CompiledEncoder.lens_top_k``)
 
 
@@ -177,9 +178,11 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             **({"cross_attention": ops.stack(crossed, axis=1)} if crossed else {}),  # (B, L, H, T, S)
         })
 
-    def _finish(self, x, hidden: list, token_ids, padding_mask, full_logits: bool, outputs: dict) -> dict:
+    def _finish(self, x, hidden: list, token_ids, padding_mask, full_logits: bool, outputs: dict,
+                rows: int | None = None) -> dict:
         """The outputs of a pass whose last layer gave ``x`` (B, T, D) and whose residual stream was ``hidden``
-        (L + 1 of (B, T, D)): ``outputs`` plus ``hidden``, the final norm's state, the LM head's and the heads'."""
+        (L + 1 of (B, T, D)): ``outputs`` plus ``hidden``, the final norm's state, the LM head's (``rows``
+        positions at a time when given: ``_next_tokens``) and the heads'."""
         if self.final_norm is not None:  # GPT-2's ln_f: the last hidden state is reported after it
             x = self.final_norm(x)
             if self.config.block.final_norm_in_hidden:
@@ -188,7 +191,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
                 outputs = {"last_hidden_state": x, **outputs}
         outputs = {**outputs, "hidden": ops.stack(hidden, axis=1)}  # (B, L + 1, T, D)
         if self.config.head.lm_head:
-            outputs.update(self._next_tokens(x, token_ids, full_logits))
+            outputs.update(self._next_tokens(x, token_ids, full_logits, rows))
         return {**outputs, **self._heads(x, padding_mask, token_ids)}
 
     def call_rows(self, token_ids, segment_ids=None, rows: int = 512, full_logits: bool = False) -> dict:
@@ -216,8 +219,9 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             hidden.append(x)
             queries.append(q)
             keys.append(k)
+        positions = max(1, LM_ROW_BYTES // (4 * self.config.vocab_size))  # the LM head's (rows, V) logits at once
         return self._finish(x, hidden, token_ids, None, full_logits,
-                            {"queries": ops.stack(queries, axis=1), "keys": ops.stack(keys, axis=1)})
+                            {"queries": ops.stack(queries, axis=1), "keys": ops.stack(keys, axis=1)}, positions)
 
     @property
     def rows_supported(self) -> bool:
@@ -247,18 +251,32 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         ``lm_logits`` (the logit lens)."""
         return self.lm_logits(self.final_norm(x) if self.final_norm is not None else x)
 
-    def _next_tokens(self, x, token_ids, full_logits: bool) -> dict:
+    def _next_tokens(self, x, token_ids, full_logits: bool, rows: int | None = None) -> dict:
         """What the LM head says at every position of the last hidden state ``x`` (B, T, D): ``next_ids`` (B, T,
         K) int32 and ``next_probs`` (B, T, K) float32, the K = ``TOP_K`` most probable next tokens and their
         softmax probabilities; ``next_logprob`` (B, T), the log-probability of the token that follows (NaN at the
-        last position); and, with ``full_logits``, ``logits`` (B, T, V)."""
-        logits = self.lm_logits(x)  # (B, T, V)
-        normaliser = ops.logsumexp(logits, axis=-1)  # (B, T)
+        last position); and, with ``full_logits``, ``logits`` (B, T, V). With ``rows`` (an int: a long input, run
+        eagerly) the positions go ``rows`` at a time, so their (B, T, V) logits are never held at once (unless
+        ``full_logits`` asks for them)."""
+        if rows is None:
+            return self._next_token_rows(x, token_ids[:, 1:], full_logits)
+        length = ops.shape(x)[1]
+        blocks = [self._next_token_rows(x[:, begin:begin + rows], token_ids[:, begin + 1:begin + rows + 1],
+                                        full_logits) for begin in range(0, length, rows)]
+        return {name: ops.concatenate([block[name] for block in blocks], axis=1) for name in blocks[0]}
+
+    def _next_token_rows(self, x, following_ids, full_logits: bool) -> dict:
+        """``_next_tokens`` of n positions ``x`` (B, n, D) whose following tokens are ``following_ids`` (B, m), m = n,
+        or n - 1 when the last position has none (its ``next_logprob`` is NaN)."""
+        logits = self.lm_logits(x)  # (B, n, V)
+        normaliser = ops.logsumexp(logits, axis=-1)  # (B, n)
         top, ids = ops.top_k(logits, k=min(TOP_K, self.config.vocab_size))
-        following = ops.take_along_axis(logits[:, :-1], ops.cast(token_ids[:, 1:, None], "int32"), axis=-1)[..., 0]
-        last = ops.full_like(normaliser[:, :1], float("nan"))
+        known = ops.shape(following_ids)[1]
+        following = ops.take_along_axis(logits[:, :known], ops.cast(following_ids[:, :, None], "int32"),
+                                        axis=-1)[..., 0]
+        unknown = ops.full_like(normaliser[:, known:], float("nan"))
         outputs = {"next_ids": ops.cast(ids, "int32"), "next_probs": ops.exp(top - normaliser[..., None]),
-                   "next_logprob": ops.concatenate([following - normaliser[:, :-1], last], axis=1)}
+                   "next_logprob": ops.concatenate([following - normaliser[:, :known], unknown], axis=1)}
         if full_logits:
             outputs["logits"] = logits
         return outputs

@@ -73,6 +73,23 @@ def test_fixtures_lazy_equal_eager(family):
     assert_lazy_matches_eager(load_family(family), long_text(80), ulps=32)
 
 
+def test_a_long_decoders_lm_head_goes_a_block_of_positions_at_a_time(monkeypatch):
+    """The LM head's outputs of the lazy path, 7 positions at a time (never all (T, V) logits), equal the eager
+    trace's: the same candidates, their probabilities and each following token's log-probability within rounding,
+    NaN at the last position only."""
+    import encoder.model
+
+    model = load_family("llama")
+    monkeypatch.setattr(encoder.model, "LM_ROW_BYTES", 4 * model.config.vocab_size * 7)
+    eager = trace_text(model, long_text(80), lazy=False)
+    lazy = trace_text(model, long_text(80), lazy=True)
+    np.testing.assert_array_equal(lazy.outputs["next_ids"], eager.outputs["next_ids"])
+    assert_close_f32(lazy.outputs["next_probs"], eager.outputs["next_probs"], ulps=32, scale=1.0)
+    logprob, expected = lazy.outputs["next_logprob"], eager.outputs["next_logprob"]
+    assert np.isnan(logprob[-1]) and not np.isnan(logprob[:-1]).any()
+    np.testing.assert_allclose(logprob[:-1], expected[:-1], rtol=1e-5, atol=1e-5)
+
+
 def test_a_model_whose_attention_runs_whole_refuses_the_lazy_path():
     with pytest.raises(InputError, match="DeBERTa"):
         trace_text(load_family("deberta-v3"), "a short text", lazy=True)
@@ -111,6 +128,8 @@ def test_the_lru_keeps_pieces_within_its_bytes(monkeypatch):
     assert not first.flags.writeable  # the kept piece itself, read-only
     assert trace.attention[0, 0, 0:40] is first or np.shares_memory(trace.attention[0, 0, 0:40], first)
     assert PIECES.get((trace.attention.store_id, 0, 0, 0, 40)) is not None
+    whole = trace.attention[1, 2]
+    assert np.shares_memory(trace.attention[1, 2, 7], whole)  # a row of a kept head is read from it
     for layer in range(trace.num_layers):
         for head in range(trace.num_heads):
             trace.attention[layer, head, 0:40]
