@@ -8,7 +8,7 @@ into it at start): secure by default, so a link a stranger sends opens nothing b
 | ``HEADLIGHT_HUB_MAX_MB`` | 1024 | largest hub download, checked before downloading |
 | ``HEADLIGHT_HUB_TOKEN`` | (none) | the only token a hub download ever sends (the operator's own login is never used) |
 | ``HEADLIGHT_MAX_PARAMETERS`` | 500,000,000 | largest model (parameters) a folder may describe |
-| ``HEADLIGHT_MAX_TOKENS`` | 512 | most tokens one trace may have |
+| ``HEADLIGHT_MAX_TOKENS`` | 8,192 | most tokens one trace may have |
 | ``HEADLIGHT_MAX_NEW_TOKENS`` | 32 | most tokens one "Continue the text" may generate |
 | ``HEADLIGHT_CACHE_MB`` | 1024 | bytes all cached traces and analysis results may hold together |
 | ``HEADLIGHT_HEAVY_JOBS`` | 1 | heavy analyses (importance, noise, ablation, corpus report) at once; others wait |
@@ -65,7 +65,7 @@ class Settings:
             hub_max_bytes=_int("HEADLIGHT_HUB_MAX_MB", 1024) * 2**20,
             hub_token=os.environ.get("HEADLIGHT_HUB_TOKEN") or None,
             max_parameters=_int("HEADLIGHT_MAX_PARAMETERS", 500_000_000),
-            max_tokens=_int("HEADLIGHT_MAX_TOKENS", 512, low=8),
+            max_tokens=_int("HEADLIGHT_MAX_TOKENS", 8192, low=8),
             cache_bytes=_int("HEADLIGHT_CACHE_MB", 1024) * 2**20,
             heavy_jobs=_int("HEADLIGHT_HEAVY_JOBS", 1),
             max_new_tokens=_int("HEADLIGHT_MAX_NEW_TOKENS", 32),

@@ -30,6 +30,7 @@ import streamlit as st
 
 import analysis
 from analysis.steps import step_trace
+from encoder.attention_store import piece_limit
 from encoder.errors import InputError
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, LoadedModel, ModelCard, load_source
@@ -45,7 +46,10 @@ from viz.scrub import has_head_slider
 
 T = TypeVar("T")
 Corpus = tuple[str, tuple[str, ...]]  # (name shown in the progress bar, sentences)
-RESULTS = ByteBudgetCache(settings().cache_bytes)
+# Traces (a long one by its queries and keys: ``held_bytes`` walks the ``LazyAttention``'s arrays) and results get
+# HEADLIGHT_CACHE_MB less the attention pieces' LRU (``encoder.attention_store.PIECES``, half of it): together, the
+# budget.
+RESULTS = ByteBudgetCache(settings().cache_bytes - piece_limit())
 HEAVY_JOBS = threading.BoundedSemaphore(settings().heavy_jobs)
 HEAVY_WAIT = "Another visitor's analysis is running; yours starts when it ends."
 TRACED = "traced"  # session state: the inputs traced for this session (the sidebar's "encoder runs")

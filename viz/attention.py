@@ -40,6 +40,19 @@ from viz.layout import (
     short_label,
     token_heatmap_axes,
 )
+from viz.long_inputs import (
+    FULL_TOKENS,
+    block_image,
+    block_note,
+    head_images,
+    hidden_rows,
+    is_long,
+    long_mask_note,
+    parse_range,
+    selected_rows,
+    shown_rows,
+    shown_tokens,
+)
 from viz.scrub import Step, add_head_slider
 from viz.selection import (
     BLOCKS,
@@ -48,7 +61,9 @@ from viz.selection import (
     head_label,
     kv_heads,
     layer_heads,
+    layer_name,
     select_attention,
+    shown_heads,
     shown_hidden,
     shown_queries_keys,
     without_hidden,
@@ -80,19 +95,25 @@ def _view_rows_cols(
     queries of one sentence and the keys of the other (weights as they are, not renormalised again).
     """
     sub, rows, cols, notes = shown_queries_keys(trace, matrix, hide_special, renormalize, say_unnormalised=True)
-    shown = cols
     if block is not None:
-        check_choice(block, BLOCKS, "block")
-        if not trace.is_pair:
-            raise ViewError(f"block {block!r} needs a sentence pair; this trace has one sentence")
-        segments = trace.segment_ids[shown]
-        row_mask, col_mask = segments == "AB".index(block[0]), segments == "AB".index(block[1])
-        rows, cols = shown[row_mask], shown[col_mask]
-        if rows.size == 0 or cols.size == 0:
-            raise ViewError(f"block {block!r} has no tokens to show once special tokens are hidden")
+        row_mask, col_mask, note = _block_masks(trace, cols, block)
+        rows, cols = cols[row_mask], cols[col_mask]
         sub = sub[np.ix_(row_mask, col_mask)]
-        notes.append(f"block {block[0]} → {block[1]} (queries in sentence {block[0]}, keys in {block[1]})")
+        notes.append(note)
     return rows, cols, np.ascontiguousarray(sub, dtype=np.float32), notes
+
+
+def _block_masks(trace: EncoderTrace | CrossTrace, shown: np.ndarray, block: str) -> tuple[np.ndarray, np.ndarray,
+                                                                                          str]:
+    """Of the ``shown`` tokens, which are the block's queries and which its keys (bool masks), and its note."""
+    check_choice(block, BLOCKS, "block")
+    if not trace.is_pair:
+        raise ViewError(f"block {block!r} needs a sentence pair; this trace has one sentence")
+    segments = trace.segment_ids[shown]
+    row_mask, col_mask = segments == "AB".index(block[0]), segments == "AB".index(block[1])
+    if not row_mask.any() or not col_mask.any():
+        raise ViewError(f"block {block!r} has no tokens to show once special tokens are hidden")
+    return row_mask, col_mask, f"block {block[0]} → {block[1]} (queries in sentence {block[0]}, keys in {block[1]})"
 
 
 def build_attention_heatmap(
@@ -110,8 +131,15 @@ def build_attention_heatmap(
     block: str | None = None,
     selected: tuple[int, int] | None = None,
     scrub: bool = True,
+    rows: str | tuple[int, int] | None = None,
+    cols: str | tuple[int, int] | None = None,
+    reduce: str = "max",
 ) -> go.Figure:
     """Attention of one head (or a head aggregate) as a heatmap: queries on y (top to bottom), keys on x.
+
+    A long text (over ``viz.long_inputs.FULL_TOKENS`` tokens) or a zoom window (``rows``, ``cols``) is drawn from
+    query rows read a block at a time (``long_heatmap``): every cell while the window has at most ``FULL_TOKENS``
+    queries and keys, else a block image of at most ``IMAGE_CELLS`` cells a side.
 
     Args:
         trace: the EncoderTrace to show.
@@ -127,7 +155,9 @@ def build_attention_heatmap(
         block: None or "AA", "AB", "BA", "BB": for a sentence pair, queries of one sentence and keys of the other.
         selected: (query_index, key_index) to outline (token indices), e.g. the cell last clicked.
         scrub: bool, for one head: a slider in the figure moves through the heads in the browser
-            (``viz.scrub``; its steps restyle ``z``, ``zmin``, ``zmax`` and the click layer).
+            (``viz.scrub``; its steps restyle ``z``, ``zmin``, ``zmax`` and the click layer). Short texts only.
+        rows, cols: the zoom window: query and key token ranges ("a:b" or (a, b), end excluded); None: all.
+        reduce: "max" or "mean": what each cell of a block image shows of its block (the subtitle says it).
 
     Returns:
         A figure whose first trace is the heatmap: ``z`` (R, C) float32 (log10 with ``log_color``; NaN where the
@@ -140,13 +170,32 @@ def build_attention_heatmap(
         >>> fig = build_attention_heatmap(trace, layer=2, head=5)  # doctest: +SKIP
     """
     check_colorscale(colorscale)
+    if rows is not None or cols is not None or is_long(trace):
+        return long_heatmap(trace, layer, head, aggregate=aggregate, heads=heads, layer_mean=layer_mean,
+                            colorscale=colorscale, log_color=log_color, hide_special=hide_special,
+                            renormalize=renormalize, block=block, selected=selected, rows=rows, cols=cols,
+                            reduce=reduce)
     matrix, what = select_attention(trace, layer, head, aggregate=aggregate, heads=heads, layer_mean=layer_mean)
     rows, cols, weights, notes = _view_rows_cols(trace, matrix, hide_special, renormalize, block)
     hidden = shown_hidden(trace, layer, layer_mean, rows, cols, notes)  # (R, C) or None
+    fig, clickable = _cells_figure(trace, rows, cols, weights, hidden, what, notes, colorscale, log_color, selected)
+    if scrub and aggregate is None and not layer_mean:
+        def step(lay: int, h: int) -> Step:
+            return _heatmap_step(trace, lay, h, (hide_special, renormalize, block), rows, cols, log_color, clickable)
+
+        add_head_slider(fig, trace, layer, head, [0, 1] if clickable else [0], step)
+    return fig
+
+
+def _cells_figure(trace: EncoderTrace | CrossTrace, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
+                  hidden: np.ndarray | None, what: str, notes: list[str], colorscale: str, log_color: bool,
+                  selected: tuple[int, int] | None) -> tuple[go.Figure, bool]:
+    """The heatmap of every shown cell: (R, C) ``weights`` of queries ``rows`` and keys ``cols`` (NaN where
+    ``hidden``), the click layer up to ``CLICK_MAX_TOKENS`` a side, the ``selected`` outline, the masked cells;
+    and whether it has the click layer."""
     weights = without_hidden(weights, hidden)
     if log_color:
         notes.append("log colour")
-
     cell = heatmap_cell(rows.size, cols.size)
     labels = _axis_labels(trace)
     fig = _heatmap_figure(trace, labels, rows, cols, cell, what, notes)
@@ -158,12 +207,96 @@ def build_attention_heatmap(
         fig.add_traces(_selected_cell(trace, selected, rows, cols, labels, cell))
     if hidden is not None:
         fig.add_trace(_masked_cells(labels, rows, cols, hidden, hover=not clickable))
-    if scrub and aggregate is None and not layer_mean:
-        def step(lay: int, h: int) -> Step:
-            return _heatmap_step(trace, lay, h, (hide_special, renormalize, block), rows, cols, log_color, clickable)
+    return fig, clickable
 
-        add_head_slider(fig, trace, layer, head, [0, 1] if clickable else [0], step)
+
+def long_heatmap(
+    trace: EncoderTrace | CrossTrace, layer: int, head: int, *, aggregate: str | None, heads: Iterable[int] | None,
+    layer_mean: bool, colorscale: str, log_color: bool, hide_special: bool, renormalize: bool, block: str | None,
+    selected: tuple[int, int] | None, rows, cols, reduce: str,
+) -> go.Figure:
+    """``build_attention_heatmap`` of a long text or a zoom window, read a block of query rows at a time
+    (``viz.long_inputs``): every cell of a window of at most ``FULL_TOKENS`` queries and keys, else a block image
+    (each cell the ``reduce`` of its block, said in the subtitle). No head slider (each head is computed on
+    demand)."""
+    chosen, heads_text = shown_heads(trace, head, aggregate, heads)
+    what = f"{layer_name(trace, layer, layer_mean).capitalize()}, {heads_text}"
+    queries, keys, renormalize_over, notes = _long_tokens(trace, hide_special, renormalize, block, rows, cols)
+
+    def read(row_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return shown_rows(trace, row_indices, keys,
+                          lambda begin, end: selected_rows(trace, layer, chosen, aggregate, layer_mean, begin, end),
+                          lambda begin, end: hidden_rows(trace, layer, layer_mean, begin, end), renormalize_over)
+
+    mask = long_mask_note(trace, layer, layer_mean)
+    notes.extend([mask] if mask else [])
+    if queries.size <= FULL_TOKENS and keys.size <= FULL_TOKENS:
+        weights, hidden = read(queries)
+        hidden = hidden if hidden is not None and hidden.any() else None
+        return _cells_figure(trace, queries, keys, weights, hidden, what, notes, colorscale, log_color, selected)[0]
+    image, row_edges, col_edges = block_image(queries, keys, read, reduce)
+    notes.append(block_note(row_edges, col_edges, reduce))
+    return _image_figure(trace, image, queries[row_edges[:-1]], keys[col_edges[:-1]], what, notes, colorscale,
+                         log_color, reduce)
+
+
+def _long_tokens(trace: EncoderTrace | CrossTrace, hide_special: bool, renormalize: bool, block: str | None,
+                 rows, cols) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+    """The shown query and key token indices of a long heatmap (special tokens hidden, a block's sentences, the
+    zoom window), the keys rows are renormalised over (None: as they are), and the notes."""
+    queries, keys, renormalize_over, notes = shown_tokens(trace, hide_special, renormalize)
+    if block is not None:
+        row_mask, col_mask, note = _block_masks(trace, keys, block)
+        queries, keys = keys[row_mask], keys[col_mask]
+        notes.append(note)
+    for name, value, side in (("rows", rows, "queries"), ("cols", cols, "keys")):
+        shown = queries if side == "queries" else keys
+        window = parse_range(value, (query_side(trace) if side == "queries" else trace).num_tokens, name)
+        if window is None:
+            continue
+        shown = shown[(shown >= window[0]) & (shown < window[1])]
+        if shown.size == 0:
+            raise ViewError(f"{name} {window[0]}:{window[1]} has no tokens to show")
+        notes.append(f"{side} {window[0]}-{window[1] - 1}")
+        queries, keys = (shown, keys) if side == "queries" else (queries, shown)
+    return queries, keys, renormalize_over, notes
+
+
+IMAGE_SIDE = 640  # pixels: a block image's plot is this many a side
+IMAGE_TICKS = 12  # token labels on each axis of a block image
+
+
+def _image_figure(trace: EncoderTrace | CrossTrace, image: np.ndarray, query_starts: np.ndarray,
+                  key_starts: np.ndarray, what: str, notes: list[str], colorscale: str, log_color: bool,
+                  reduce: str) -> go.Figure:
+    """A block image: ``image`` (sr, sc) at numeric axes (the first token index of each block's queries and keys),
+    a few token labels as ticks, NaN blocks (masked) in ``MASKED_COLOR``."""
+    z = log_weights(image) if log_color else image
+    if log_color:
+        notes.append("log colour")
+    low, high = finite_range(z)
+    fig = new_figure(what, IMAGE_SIDE + 2 * COLORBAR_ROOM, IMAGE_SIDE + HEATMAP_TOP + 2 * COLORBAR_ROOM)
+    x_title, y_title = ("key: encoder token", "query: decoder token") if is_cross(trace) else ("key", "query")
+    fig.update_layout(
+        title=notes_title(notes), margin=dict(l=COLORBAR_ROOM + 40, r=COLORBAR_ROOM, t=HEATMAP_TOP, b=COLORBAR_ROOM),
+        xaxis=dict(title=dict(text=x_title), showgrid=False, **_image_ticks(trace, key_starts), tickangle=-90),
+        yaxis=dict(title=dict(text=y_title), autorange="reversed", showgrid=False, scaleanchor="x",
+                   constrain="domain", **_image_ticks(query_side(trace), query_starts)),
+        plot_bgcolor=MASKED_COLOR if np.isnan(image).any() else None,
+    )
+    fig.add_trace(go.Heatmap(
+        z=z, x=key_starts.astype(np.int32), y=query_starts.astype(np.int32), colorscale=colorscale,
+        zmin=low if log_color else 0.0, zmax=high, colorbar=_weight_colorbar(log_color, 0.8), name="attention",
+        hovertemplate=f"queries from %{{y}}, keys from %{{x}}: {reduce} {_value_format(log_color)}<extra></extra>",
+        hoverongaps=False))
     return fig
+
+
+def _image_ticks(trace: EncoderTrace, starts: np.ndarray) -> dict:
+    """About ``IMAGE_TICKS`` tick labels "token (index)" at block starts ``starts`` (token indices)."""
+    picked = starts[np.unique(np.linspace(0, starts.size - 1, min(IMAGE_TICKS, starts.size)).round().astype(int))]
+    return dict(tickmode="array", tickvals=picked.tolist(),
+                ticktext=[f"{short_label(trace.readable_tokens[i])} ({i})" for i in picked.tolist()])
 
 
 def _heatmap_step(trace: EncoderTrace, layer: int, head: int, display: tuple, rows: np.ndarray, cols: np.ndarray,
@@ -332,10 +465,17 @@ def build_head_grid(
     """
     check_colorscale(colorscale)
     max_cells = check_int_range(max_cells, "max_cells", 2, 1024)
-    per_head, layer_text = layer_heads(trace, layer, layer_mean)
-    stack, rows, cols, notes = shown_queries_keys(trace, per_head, hide_special, renormalize)  # (H, Tq', Tk')
-    hidden = shown_hidden(trace, layer, layer_mean, rows, cols, notes)
-    stack = downsample_seen(stack, hidden, max_cells)  # (H, sq, sk), NaN where masked
+    if is_long(trace):  # one head and a chunk of rows at a time
+        layer_text = layer_name(trace, layer, layer_mean)
+        images = head_images(trace, [0 if layer_mean else layer], range(trace.num_heads), max_cells, "mean",
+                             hide_special, renormalize, layer_mean)
+        stack, rows, cols, notes = images.images[0], images.rows, images.cols, images.notes
+        hidden = None if getattr(trace, "visible", None) is None else True  # masked blocks: NaN, grey
+    else:
+        per_head, layer_text = layer_heads(trace, layer, layer_mean)
+        stack, rows, cols, notes = shown_queries_keys(trace, per_head, hide_special, renormalize)  # (H, Tq', Tk')
+        hidden = shown_hidden(trace, layer, layer_mean, rows, cols, notes)
+        stack = downsample_seen(stack, hidden, max_cells)  # (H, sq, sk), NaN where masked
     size = stack.shape[-2:]
     downsampled = size != (rows.size, cols.size)
     if downsampled:

@@ -107,6 +107,9 @@ class Analysis:
         corpus: can run over many sentences instead of one text (``--corpus`` in the CLI).
         corpus_max: the most sentences the app lets one run take (each re-runs the model many times), or None.
         limit: ``limit(trace) -> message`` when this input is too large for the analysis, else None.
+        any_length: runs on a long trace (its attention kept lazily, ``encoder.attention_store``): it reads no
+            whole (L, H, T, T) attention and makes no (T, T) result per layer. False: ``viz.registry.length_limit``
+            refuses long traces with the length this model allows.
         table: ``table(result) -> rows`` shown as a sortable table under the figures in the app.
         beside: what the app draws next to the first figure for comparison (``viz.analysis_figures.beside_figure``):
             "attention" (raw attention, head mean, at the Layer slider's layer) or "rollout" (attention rollout
@@ -129,6 +132,7 @@ class Analysis:
     corpus: bool = False
     corpus_max: int | None = None
     limit: Callable[[EncoderTrace], str | None] | None = None
+    any_length: bool = False
     table: Callable[[Any], list[dict]] | None = None
     spinner: str = "Computing…"
     beside: str | None = None

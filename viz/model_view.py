@@ -14,6 +14,7 @@ from analysis.report import SINK_FROM, SINK_THRESHOLD, sink_shares
 from encoder.trace import EncoderTrace
 from viz.clicks import click_markers, click_meta, layer_head_points, outline
 from viz.layout import new_figure, set_notes
+from viz.long_inputs import head_images, is_long
 from viz.selection import AGGREGATES, downsample_seen, head_label, kv_heads, mask_note, shown_queries_keys
 from viz.validation import check_choice, check_colorscale, check_head, check_int_range, check_layer
 
@@ -64,12 +65,23 @@ def build_model_view(
     check_colorscale(colorscale)
     check_choice(reduce, AGGREGATES, "reduce")
     thumbnail = check_int_range(thumbnail, "thumbnail", 4, 512)
-    attention, rows, cols, notes = shown_queries_keys(trace, trace.attention, hide_special, renormalize)
-    hidden = None  # attention: (L, H, Tq', Tk')
-    if trace.visible is not None and not trace.visible.all():
-        notes.append(mask_note(~trace.visible))
-        hidden = ~trace.visible[:, rows[:, None], cols[None, :]][:, None]  # (L, 1, Tq', Tk')
-    thumbs, thumb_notes = _thumbnails(attention, thumbnail, reduce, per_head_scale, hidden)  # (L, H, sq, sk)
+    if is_long(trace):  # each head read a chunk of rows at a time, never the whole (L, H, T, T)
+        images = head_images(trace, range(trace.num_layers), range(trace.num_heads), thumbnail, reduce, hide_special,
+                             renormalize)
+        thumbs, peaks, shares, notes = images.images, images.peaks, images.sinks, images.notes
+        thumb_notes = _thumb_notes(thumbs, (images.rows.size, images.cols.size), reduce, per_head_scale)
+    else:
+        attention, rows, cols, notes = shown_queries_keys(trace, trace.attention, hide_special, renormalize)
+        hidden = None  # attention: (L, H, Tq', Tk')
+        if trace.visible is not None and not trace.visible.all():
+            notes.append(mask_note(~trace.visible))
+            hidden = ~trace.visible[:, rows[:, None], cols[None, :]][:, None]  # (L, 1, Tq', Tk')
+        thumbs = downsample_seen(attention, hidden, thumbnail, reduce)  # (L, H, sq, sk)
+        thumb_notes = _thumb_notes(thumbs, attention.shape[-2:], reduce, per_head_scale)
+        peaks, shares = attention.max(axis=(2, 3)), (sink_shares(trace.attention) if sinks else None)
+    if per_head_scale:
+        peak = np.nanmax(thumbs, axis=(2, 3), keepdims=True)
+        thumbs = np.divide(thumbs, peak, out=np.zeros_like(thumbs), where=peak > 0)
     mosaic, steps = _mosaic(thumbs)
     sides = thumbs.shape[-2:]  # (layers: down, heads: across), as steps
     step, side = steps[1], sides[1]
@@ -87,9 +99,9 @@ def build_model_view(
     ))
     if kv_heads(trace) is not None:
         notes.append(_kv_groups(fig, trace, mosaic.shape[0], step, side))
-    fig.add_trace(_head_layer(trace, attention.max(axis=(2, 3)), sides, steps, pixels))
+    fig.add_trace(_head_layer(trace, peaks, sides, steps, pixels))
     if sinks:
-        notes.append(_mark_sinks(fig, trace, sides, steps, pixels))
+        notes.append(_mark_sinks(fig, trace, shares, sides, steps, pixels))
     kv_room = KV_LABEL_PIXELS if kv_heads(trace) is not None else 0
     set_notes(fig, notes or ["full resolution"], MODEL_VIEW_MARGIN["t"] + kv_room)
     if selected is not None:
@@ -99,20 +111,14 @@ def build_model_view(
     return fig
 
 
-def _thumbnails(attention: np.ndarray, thumbnail: int, reduce: str, per_head_scale: bool,
-                hidden: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
-    """(L, H, Tq, Tk) attention as (L, H, sq, sk) thumbnails of at most ``thumbnail`` cells a side (block
-    ``reduce`` over the cells not ``hidden``, NaN where a block has none), each divided by its own maximum with
-    ``per_head_scale``; and notes saying so."""
-    thumbs = downsample_seen(attention, hidden, thumbnail, reduce)
+def _thumb_notes(thumbs: np.ndarray, shown: tuple[int, int], reduce: str, per_head_scale: bool) -> list[str]:
+    """The subtitle's notes on (L, H, sq, sk) thumbnails of (Tq', Tk') shown tokens: downsampled, scaled."""
     notes = []
-    if thumbs.shape[-2:] != attention.shape[-2:]:
+    if thumbs.shape[-2:] != tuple(shown):
         notes.append(f"downsampled to {thumbs.shape[-2]}×{thumbs.shape[-1]} per head (block {reduce})")
     if per_head_scale:
-        peak = np.nanmax(thumbs, axis=(2, 3), keepdims=True)
-        thumbs = np.divide(thumbs, peak, out=np.zeros_like(thumbs), where=peak > 0)
         notes.append("each head scaled to its own maximum")
-    return thumbs, notes
+    return notes
 
 
 def _mosaic(thumbs: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
@@ -173,11 +179,10 @@ def _kv_groups(fig: go.Figure, trace: EncoderTrace, height: int, step: int, side
     return f"lines: {trace.key_value_heads} key/value heads, each shared by {size} query heads"
 
 
-def _mark_sinks(fig: go.Figure, trace: EncoderTrace, sides: tuple[int, int], steps: tuple[int, int],
-                pixels: int) -> str:
-    """A dot at the top-right corner of each attention sink's thumbnail (hover: its share); returns the note that
-    says how many there are and the rule (also when there is none)."""
-    shares = sink_shares(trace.attention)  # (L, H)
+def _mark_sinks(fig: go.Figure, trace: EncoderTrace, shares: np.ndarray, sides: tuple[int, int],
+                steps: tuple[int, int], pixels: int) -> str:
+    """A dot at the top-right corner of each attention sink's thumbnail (``shares`` (L, H): ``sink_shares``; hover:
+    its share); returns the note that says how many there are and the rule (also when there is none)."""
     layers, heads = np.nonzero(shares >= SINK_THRESHOLD)
     inset = max(sides[1] / 8, 0.5)
     fig.add_trace(go.Scatter(

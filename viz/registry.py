@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ import plotly.graph_objects as go
 
 from analysis import attribution, faithfulness, flow, gradients, heads, lens, perturb, similarity, tables, value_zeroing
 from analysis import positional as lab
+from encoder.attention_store import EAGER_MAX_BYTES, LazyAttention
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
 from viz import analysis_figures as figures
@@ -206,7 +208,7 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "positional lab: the relative attention bias by signed distance, per head",
         "The bias each head adds to a logit, by the key's signed distance from the query (grey: bucket edges).",
         compute=lab.compute_relative_bias, figures=lab_figures.relative_bias_figures, rows=lab.bias_rows,
-        limit=lab.relative_bias_limit),
+        limit=lab.relative_bias_limit, any_length=True),
     Analysis(
         "position-by-distance", "Position by distance", "positions",
         "positional lab: each head's positional logit term by signed distance, after --layer (every relative or "
@@ -217,7 +219,8 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
     Analysis(
         "rope", "Rotary positions", "positions", "positional lab: RoPE frequencies and the long-range decay of q . k",
         "Left: how fast each dimension pair turns per token; right: how the expected q · k falls with distance.",
-        compute=lab.compute_rope, figures=lab_figures.rope_figures, rows=tables.result_rows, limit=lab.rope_limit),
+        compute=lab.compute_rope, figures=lab_figures.rope_figures, rows=tables.result_rows, limit=lab.rope_limit,
+        any_length=True),
     Analysis(
         "faithfulness", "Faithfulness", "tokens",
         "faithfulness scoreboard: each method's token importance vs leave-one-out, Spearman rho and AOPC (text or "
@@ -260,7 +263,7 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "Each cell: the token the model would predict after that position if it stopped after that layer; colour: "
         "its probability; bold: the token that follows.",
         compute=lens.compute_lens, figures=lens_figures.lens_figures, rows=lens.lens_rows,
-        options=(UNTIL, COLORSCALE), needs_model=True, limit=lens.lens_limit,
+        options=(UNTIL, COLORSCALE), needs_model=True, limit=lens.lens_limit, any_length=True,
         spinner="Applying the LM head to every layer…"),
 )}
 
@@ -326,10 +329,30 @@ def _kinds_text(kinds: tuple[str, ...]) -> str:
 def analysis_unavailable(entry: Analysis, trace: EncoderTrace | None, kind: str = ENCODER) -> str | None:
     """Why ``entry`` cannot run on ``kind`` attention of ``trace`` (``kind_unavailable``), or the entry's own
     ``limit`` of that attention's trace; None when it can (then on ``analysis_trace``)."""
-    why = kind_unavailable(entry, trace, kind)
+    why = kind_unavailable(entry, trace, kind) or length_limit(entry, analysis_trace(trace, kind))
     if why is not None or trace is None or entry.limit is None:
         return why
     return entry.limit(analysis_trace(trace, kind))
+
+
+def longest_whole(layers: int, heads: int) -> int:
+    """The most tokens whose (L, H, T, T) float32 attention a trace keeps whole (``EAGER_MAX_BYTES``): longer
+    traces keep it lazily."""
+    return math.isqrt(EAGER_MAX_BYTES // (4 * layers * heads))
+
+
+def length_limit(entry: Analysis, trace: EncoderTrace | None) -> str | None:
+    """Why ``entry`` (not ``any_length``) refuses a long ``trace`` (its attention kept lazily): it needs every
+    layer's whole attention, or a token x token result per layer, at once; None when it can run."""
+    if trace is None or entry.any_length or not isinstance(trace.attention, LazyAttention):
+        return None
+    most = longest_whole(trace.num_layers, trace.num_heads)
+    whole = 4 * trace.num_layers * trace.num_heads * trace.num_tokens ** 2
+    return (f"{entry.label} reads every layer's whole attention (or makes a token × token result per layer) at once, "
+            f"so it is limited to {most:,} tokens for this model ({trace.num_layers} layers × {trace.num_heads} "
+            f"heads: {EAGER_MAX_BYTES // 2**20} MB of attention); this input has {trace.num_tokens:,} tokens "
+            f"({whole / 2**30:,.1f} GB). Set Max tokens (--max-tokens) to {most:,} or fewer; the views show any "
+            "length.")
 
 
 def kind_unavailable(entry: Analysis, trace: EncoderTrace | None, kind: str = ENCODER) -> str | None:

@@ -34,27 +34,42 @@ def select_attention(
     ``layer_mean`` averages over layers first; then ``aggregate`` ("mean" or "max") combines ``heads`` (default all),
     or, when ``aggregate`` is None, the single ``head`` is taken.
     """
-    check_choice(aggregate, (None, *AGGREGATES), "aggregate")
+    chosen, heads_text = shown_heads(trace, head, aggregate, heads)
     per_head, layer_text = layer_heads(trace, layer, layer_mean)
-    if aggregate is None:
-        head = check_head(trace, head)
-        return np.asarray(per_head[head], dtype=np.float32), f"{layer_text.capitalize()}, {head_label(trace, head)}"
-    chosen = check_heads(trace, heads)
+    what = f"{layer_text.capitalize()}, {heads_text}"
     if len(chosen) == 1:
-        label = head_label(trace, chosen[0])
-        return np.asarray(per_head[chosen[0]], dtype=np.float32), f"{layer_text.capitalize()}, {label}"
+        return np.asarray(per_head[chosen[0]], dtype=np.float32), what
     stack = per_head[chosen]  # (h, T, T)
     matrix = stack.mean(axis=0, dtype=np.float32) if aggregate == "mean" else stack.max(axis=0)
-    return np.asarray(matrix, dtype=np.float32), f"{layer_text.capitalize()}, {aggregate} of {describe_heads(chosen)}"
+    return np.asarray(matrix, dtype=np.float32), what
+
+
+def shown_heads(trace: EncoderTrace, head: int, aggregate: str | None, heads: Iterable[int] | None
+                ) -> tuple[list[int], str]:
+    """The heads a view combines (``[head]`` when ``aggregate`` is None, else ``heads``, default all) and their
+    name ("head 5", "mean of heads 0-11")."""
+    check_choice(aggregate, (None, *AGGREGATES), "aggregate")
+    if aggregate is None:
+        head = check_head(trace, head)
+        return [head], head_label(trace, head)
+    chosen = check_heads(trace, heads)
+    if len(chosen) == 1:
+        return chosen, head_label(trace, chosen[0])
+    return chosen, f"{aggregate} of {describe_heads(chosen)}"
+
+
+def layer_name(trace: EncoderTrace, layer: int, layer_mean: bool) -> str:
+    """"layer 3", or "mean of layers 0-5" with ``layer_mean``."""
+    return f"mean of layers 0-{trace.num_layers - 1}" if layer_mean else f"layer {check_layer(trace, layer)}"
 
 
 def layer_heads(trace: EncoderTrace, layer: int, layer_mean: bool) -> tuple[np.ndarray, str]:
     """The (H, T, T) attention of ``layer`` (or the mean over layers with ``layer_mean``) and its name, "layer 3"
     or "mean of layers 0-5"."""
+    name = layer_name(trace, layer, layer_mean)
     if layer_mean:
-        return trace.attention.mean(axis=0, dtype=np.float32), f"mean of layers 0-{trace.num_layers - 1}"
-    layer = check_layer(trace, layer)
-    return trace.attention[layer], f"layer {layer}"
+        return trace.attention.mean(axis=0, dtype=np.float32), name
+    return trace.attention[layer], name
 
 
 def kv_heads(trace: EncoderTrace) -> np.ndarray | None:
@@ -181,16 +196,35 @@ def downsample(matrix: np.ndarray, size: int, how: str = "mean") -> np.ndarray:
     rows, cols = matrix.shape[-2:]
     if rows <= size and cols <= size:
         return np.asarray(matrix, dtype=np.float32)
+    return _reduce(matrix, block_edges(rows, min(size, rows)), block_edges(cols, min(size, cols)), how)
+
+
+def _reduce(matrix: np.ndarray, row_edges: np.ndarray, col_edges: np.ndarray, how: str) -> np.ndarray:
+    """(..., R, C) -> (..., len(row_edges) - 1, len(col_edges) - 1) float32: the mean or max of each block between
+    consecutive edges (positions on the last two axes, first 0, last R or C)."""
     reduce = np.add if how == "mean" else np.maximum
     out = matrix
     counts = []
-    for axis, length in ((-2, rows), (-1, cols)):
-        edges = block_edges(length, min(size, length))
+    for axis, edges in ((-2, row_edges), (-1, col_edges)):
         out = reduce.reduceat(out, edges[:-1], axis=axis)
         counts.append(np.diff(edges))
     if how == "mean":
         out = out / (counts[0][:, None] * counts[1][None, :])
     return out.astype(np.float32)
+
+
+def reduce_blocks(matrix: np.ndarray, hidden: np.ndarray | None, row_edges: np.ndarray, col_edges: np.ndarray,
+                  how: str = "mean") -> np.ndarray:
+    """``matrix`` (..., R, C) reduced to the blocks between ``row_edges`` and ``col_edges`` by ``how`` ("mean" or
+    "max") over the cells a query could see: ``hidden`` cells (True; any shape that broadcasts against
+    ``matrix``, or None) left out, NaN for blocks of hidden cells only. Float32."""
+    if hidden is None:
+        return _reduce(matrix, row_edges, col_edges, how)
+    seen = _reduce((~hidden).astype(np.float32), row_edges, col_edges, "mean")  # share of seen cells per block
+    reduced = _reduce(np.where(hidden, np.float32(0.0), matrix), row_edges, col_edges, how)
+    if how == "mean":
+        reduced = np.divide(reduced, seen, out=np.zeros_like(reduced), where=seen > 0)
+    return np.where(seen > 0, reduced, np.float32(np.nan)).astype(np.float32)
 
 
 def downsample_seen(matrix: np.ndarray, hidden: np.ndarray | None, size: int, how: str = "mean") -> np.ndarray:
@@ -199,8 +233,6 @@ def downsample_seen(matrix: np.ndarray, hidden: np.ndarray | None, size: int, ho
     ``hidden``, ``downsample`` itself."""
     if hidden is None:
         return downsample(matrix, size, how)
-    seen = downsample((~hidden).astype(np.float32), size)  # (s, s) share of seen cells per block
-    reduced = downsample(np.where(hidden, np.float32(0.0), matrix), size, how)
-    if how == "mean":
-        reduced = np.divide(reduced, seen, out=np.zeros_like(reduced), where=seen > 0)
-    return np.where(seen > 0, reduced, np.float32(np.nan)).astype(np.float32)
+    check_choice(how, AGGREGATES, "downsampling")
+    rows, cols = matrix.shape[-2:]
+    return reduce_blocks(matrix, hidden, block_edges(rows, min(size, rows)), block_edges(cols, min(size, cols)), how)

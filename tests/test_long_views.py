@@ -1,0 +1,141 @@
+"""Views of long inputs (issue 22): a long trace's heatmap is a bounded block image whose cells are the block max
+(or mean) of the head, a zoom window is the head's slice exactly, every view stays under 5 MB of JSON at 8,192
+tokens, and analyses that cannot run at a length say their limit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from encoder.attention_store import LazyAttention
+from encoder.trace import trace_text
+from tests.support.families import FAMILIES_DIR
+from viz.long_inputs import IMAGE_CELLS
+from viz.registry import build_view
+
+FIGURE_MAX_BYTES = 5 * 2**20
+
+
+def words(count: int) -> str:
+    return " ".join(f"w{i % 97}" for i in range(count))
+
+
+@pytest.fixture(scope="module")
+def long_model():
+    """A small causal decoder (GPT-2's tokenizer, an LM head, random weights) with 8,192 positions."""
+    import keras
+
+    from encoder.compiled import CompiledEncoder
+    from encoder.config import AbsolutePositions, Attention, Block, Embeddings, EncoderConfig, Head
+    from encoder.model import TransformerEncoder
+    from encoder.sources import LoadedModel
+    from encoder.tokenizer import TextTokenizer
+
+    keras.utils.set_random_seed(22)
+    config = EncoderConfig(num_layers=2, d_model=32, max_positions=8192, embeddings=Embeddings(1500, scale=False),
+                           attention=Attention(2, causal=True), positions=AbsolutePositions(table="learned"),
+                           block=Block(64, activation="gelu_new", placement="pre", final_norm=True),
+                           head=Head(lm_head=True, tie_embeddings=True), dropout=0.0)
+    tokenizer = TextTokenizer.from_folder(FAMILIES_DIR / "gpt2", config.max_positions)
+    return LoadedModel("long", "a small random decoder", CompiledEncoder(TransformerEncoder(config)), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def trace_8192(long_model):
+    trace = trace_text(long_model, words(9000), max_tokens=8192, lazy=True)
+    assert trace.num_tokens == 8192 and isinstance(trace.attention, LazyAttention)
+    return trace
+
+
+@pytest.fixture(scope="module")
+def trace_2048(long_model):
+    return trace_text(long_model, words(2100), max_tokens=2048, lazy=True)
+
+
+def block_reduce(matrix: np.ndarray, block: int, how: str) -> np.ndarray:
+    """NumPy's block max or mean of a square matrix whose side ``block`` divides."""
+    side = matrix.shape[0] // block
+    blocks = matrix.reshape(side, block, side, block)
+    return blocks.max(axis=(1, 3)) if how == "max" else blocks.mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize("how", ["max", "mean"])
+def test_block_image_is_the_block_reduction_of_the_materialised_head(trace_2048, how):
+    """Each cell of the 2,048-token heatmap is the max (or mean over the cells the query could see) of its 4 x 4
+    block of the head, and the subtitle says so."""
+    fig = build_view(trace_2048, "heatmap", layer=1, head=1, reduce=how)
+    image = np.asarray(fig.data[0].z, np.float64)
+    assert image.shape == (IMAGE_CELLS, IMAGE_CELLS)
+    head = np.asarray(trace_2048.attention[1, 1], np.float64)
+    seen = np.tril(np.ones(head.shape, bool))  # causal
+    if how == "max":
+        expected = block_reduce(head, 4, "max")
+    else:
+        share = block_reduce(seen.astype(np.float64), 4, "mean")
+        expected = block_reduce(head, 4, "mean") / np.maximum(share, 1e-9)
+    blocks_seen = block_reduce(seen.astype(np.float64), 4, "max") > 0
+    np.testing.assert_allclose(image[blocks_seen], expected[blocks_seen], rtol=1e-5, atol=1e-7)
+    assert np.isnan(image[~blocks_seen]).all()  # blocks above the diagonal: nothing seen, drawn grey
+    assert f"each cell: {how} of 4×4 tokens" in fig.layout.title.subtitle.text
+    assert "causal" in fig.layout.title.subtitle.text
+
+
+def test_zoom_window_is_the_heads_slice_exactly(trace_2048):
+    fig = build_view(trace_2048, "heatmap", layer=0, head=1, rows="1000:1100", cols=(900, 1200))
+    z = np.asarray(fig.data[0].z, np.float32)
+    expected = np.array(trace_2048.attention[0, 1, 1000:1100, 900:1200])
+    expected[~np.tril(np.ones((2048, 2048), bool))[1000:1100, 900:1200]] = np.nan  # masked cells: NaN
+    np.testing.assert_array_equal(z, expected)
+    assert len(fig.data[0].y) == 100 and len(fig.data[0].x) == 300
+    assert "queries 1000-1099" in fig.layout.title.subtitle.text
+
+
+def test_zoom_window_out_of_range_is_our_error(trace_2048):
+    from encoder.errors import ViewError
+
+    with pytest.raises(ViewError, match="not a range"):
+        build_view(trace_2048, "heatmap", rows="100:5000")
+    with pytest.raises(ViewError, match="range of token indices"):
+        build_view(trace_2048, "heatmap", cols="a-b")
+
+
+@pytest.mark.parametrize("view", ["heatmap", "head-grid", "model", "tokens", "lines", "distance"])
+def test_every_view_of_8192_tokens_is_under_5_mb_of_json(trace_8192, view):
+    fig = build_view(trace_8192, view)
+    size = len(fig.to_json())
+    assert size < FIGURE_MAX_BYTES, f"{view}: {size / 2**20:.1f} MB"
+
+
+def test_analyses_of_a_long_trace_run_or_say_their_length_limit(trace_8192):
+    """One mechanism (``viz.registry.length_limit``): an analysis that reads every layer's whole attention says the
+    length it is limited to for this model and why; the logit lens (a window of positions) runs at any length."""
+    from viz.registry import ANALYSES, analysis_unavailable, longest_whole
+
+    most = longest_whole(trace_8192.num_layers, trace_8192.num_heads)
+    for name in ("rollout", "flow", "value-zeroing", "report", "integrated-gradients", "position-share"):
+        why = analysis_unavailable(ANALYSES[name], trace_8192)
+        assert why is not None and f"limited to {most:,} tokens" in why and "8,192 tokens" in why, name
+        assert "whole attention" in why
+    assert analysis_unavailable(ANALYSES["lens"], trace_8192) is None
+    assert most < 8192 < 4 * most
+
+
+def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_without_rerunning(tmp_path, monkeypatch):
+    """A 100,000-character paste into a model of 2,048 positions is cut to 2,048 tokens with a message; the
+    heatmap is a block image (said in its subtitle); a layer change re-runs nothing."""
+    from tests.support.models import write_tiny_bert_folder
+    from tests.test_app import _app, _encoder_runs, _figures, _no_errors
+
+    monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(tmp_path))
+    folder = write_tiny_bert_folder(tmp_path / "long", max_positions=2048)
+    at = _app(model="folder or hub id…", source=str(folder))
+    at.text_area(key="text").set_value("word " * 20_000).run()  # 100,000 characters
+    _no_errors(at)
+    assert any("first 2048" in info.value for info in at.info)
+    figure = _figures(at)[0]
+    assert "each cell: max of 4×4 tokens" in figure["layout"]["title"]["subtitle"]["text"]
+    runs = _encoder_runs(at)
+    at.slider(key="layer").set_value(1).run()
+    _no_errors(at)
+    assert _figures(at)[0]["layout"]["title"]["text"].startswith("Layer 1, head 0")
+    assert _encoder_runs(at) == runs

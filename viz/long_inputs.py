@@ -1,0 +1,286 @@
+"""Views of long inputs (issue 22): weights read a block of query rows at a time (``trace.attention[layer, head,
+rows]``, computed on demand for a long trace's ``LazyAttention``), never a layer's whole (H, T, T).
+
+- ``selected_rows``: rows ``begin`` .. ``end - 1`` of what a heatmap shows (one head, a mean/max of heads, the mean
+  of layers), (R, T) float32.
+- ``block_image``: the shown queries x keys reduced to at most ``IMAGE_CELLS`` cells a side by block max or mean,
+  computed in row chunks of ``CHUNK_BYTES``; cells no query could see are left out (NaN when a block has none).
+- ``token_window``: the range of tokens around the query token that the token view and head lines show.
+- ``parse_range``: a ``rows=a:b`` / ``cols=a:b`` zoom window, checked.
+
+NumPy only; ``viz.attention`` draws the figures.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.report import sink_queries
+from encoder.attention_store import LazyVisible
+from encoder.errors import ViewError
+from encoder.trace import EncoderTrace
+from viz.kinds import CrossTrace, query_side
+from viz.selection import (
+    AGGREGATES,
+    block_edges,
+    hidden_keys,
+    mask_note,
+    reduce_blocks,
+    renormalize_rows,
+    visible_tokens,
+)
+
+FULL_TOKENS = 512  # a heatmap shows every cell up to this many queries and keys; beyond, a block image
+IMAGE_CELLS = 512  # a block image has at most this many cells a side (512 x 512 float32: ~3 MB of JSON)
+CHUNK_BYTES = 32 * 2**20  # the (R, T) float32 rows one step of a block image reads at once
+TOKEN_WINDOW = 256  # the token view and head lines show at most this many tokens around the query token
+
+
+def parse_range(value: str | Sequence[int] | None, count: int, what: str) -> tuple[int, int] | None:
+    """``"a:b"`` (either side may be empty), ``(a, b)`` or None (the whole axis) as ``(a, b)`` with ``0 <= a < b <=
+    count``, or None.
+
+    Raises:
+        ViewError: not a range, or empty or outside ``range(count)``.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", value)
+        if match is None:
+            raise ViewError(f"{what} must be a range of token indices like 100:356, got {value!r}")
+        begin, end = int(match[1] or 0), int(match[2] or count)
+    else:
+        begin, end = (int(v) for v in value)
+    if not 0 <= begin < end <= count:
+        raise ViewError(f"{what} {begin}:{end} is not a range of token indices in 0:{count} (start before end)")
+    return begin, end
+
+
+def selected_rows(trace: EncoderTrace | CrossTrace, layer: int, heads: Sequence[int], aggregate: str | None,
+                  layer_mean: bool, begin: int, end: int) -> np.ndarray:
+    """(R, Tk) float32: queries ``begin`` .. ``end - 1`` of the weights a heatmap shows: ``heads[0]`` alone
+    (``aggregate`` None), or the "mean" / "max" of ``heads``, each head first averaged over layers with
+    ``layer_mean``. Reads ``trace.attention[layer, head, begin:end]`` one head at a time."""
+    layers = range(trace.num_layers) if layer_mean else (layer,)
+    combined = None
+    for head in heads:
+        per_head = None
+        for lay in layers:
+            piece = np.asarray(trace.attention[lay, head, begin:end], np.float32)
+            per_head = piece.copy() if per_head is None else per_head + piece
+        if layer_mean:
+            per_head /= np.float32(len(layers))
+        if combined is None:
+            combined = per_head
+        elif aggregate == "max":
+            np.maximum(combined, per_head, out=combined)
+        else:
+            combined += per_head
+    if aggregate == "mean" and len(heads) > 1:
+        combined /= np.float32(len(heads))
+    return combined
+
+
+def hidden_rows(trace: EncoderTrace | CrossTrace, layer: int, layer_mean: bool, begin: int, end: int
+                ) -> np.ndarray | None:
+    """(R, Tk) bool: True where queries ``begin`` .. ``end - 1`` could not see the key (in ``layer``, or in no
+    layer with ``layer_mean``); None when the trace masks nothing."""
+    visible = getattr(trace, "visible", None)
+    if visible is None:
+        return None
+    seen = np.asarray(visible[:, begin:end]).any(axis=0) if layer_mean else np.asarray(visible[layer, begin:end])
+    return ~seen
+
+
+def shown_rows(trace: EncoderTrace | CrossTrace, rows: np.ndarray, cols: np.ndarray, weights_of, hidden_of,
+               renormalize_over: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (len(rows), len(cols)) weights and hidden cells of the shown queries ``rows`` and keys ``cols`` (sorted
+    token indices), read as rows ``rows[0]`` .. ``rows[-1]`` by ``weights_of(begin, end)`` and ``hidden_of(begin,
+    end)``. With ``renormalize_over`` (the keys left once special tokens are hidden), each row is first rescaled to
+    sum to 1 over those keys."""
+    begin, end = int(rows[0]), int(rows[-1]) + 1
+    weights = weights_of(begin, end)[rows - begin]  # (R, Tk)
+    hidden = hidden_of(begin, end)
+    if renormalize_over is not None:
+        kept = renormalize_rows(weights[:, renormalize_over])
+        weights = np.zeros_like(weights)
+        weights[:, renormalize_over] = kept
+    cut_hidden = None if hidden is None else hidden[rows - begin][:, cols]
+    return np.ascontiguousarray(weights[:, cols]), cut_hidden
+
+
+def block_image(rows: np.ndarray, cols: np.ndarray, read, how: str, cells: int = IMAGE_CELLS
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shown weights reduced to at most ``cells`` x ``cells`` blocks by ``how`` ("max" or "mean").
+
+    Args:
+        rows, cols: (R,), (C,) sorted token indices of the shown queries and keys.
+        read: ``read(row_indices) -> (weights (r, C), hidden (r, C) bool or None)`` (``shown_rows``).
+        how: "max" or "mean" of each block (over the cells its queries could see).
+        cells: the most cells a side.
+
+    Returns:
+        (image (sr, sc) float32, NaN where a block has no seen cell; row edges (sr + 1,) and column edges (sc + 1,)
+        as positions in ``rows`` / ``cols``). Rows are read in chunks of whole blocks within ``CHUNK_BYTES``.
+    """
+    if how not in AGGREGATES:
+        raise ViewError(f"block reduction {how!r} is not one of {', '.join(AGGREGATES)}")
+    row_edges = block_edges(rows.size, min(cells, rows.size))
+    col_edges = block_edges(cols.size, min(cells, cols.size))
+    image = np.empty((row_edges.size - 1, col_edges.size - 1), np.float32)
+    tallest = int(np.diff(row_edges).max())
+    per_chunk = max(1, CHUNK_BYTES // (4 * tallest * max(cols.size, 1)))  # blocks of rows per chunk
+    for first in range(0, row_edges.size - 1, per_chunk):
+        last = min(first + per_chunk, row_edges.size - 1)
+        weights, hidden = read(rows[row_edges[first]:row_edges[last]])
+        local = row_edges[first:last + 1] - row_edges[first]
+        image[first:last] = reduce_blocks(weights, hidden, local, col_edges, how)
+    return image, row_edges, col_edges
+
+
+def block_note(row_edges: np.ndarray, col_edges: np.ndarray, how: str) -> str:
+    """"each cell: max of 16×16 tokens" (or "about 16×16" when the blocks differ by a token)."""
+    heights, widths = np.diff(row_edges), np.diff(col_edges)
+    uniform = heights.min() == heights.max() and widths.min() == widths.max()
+    size = f"{round(float(heights.mean()))}×{round(float(widths.mean()))}"
+    return f"each cell: {how} of {'' if uniform else 'about '}{size} tokens"
+
+
+def token_window(trace: EncoderTrace | CrossTrace, query: int, size: int = TOKEN_WINDOW) -> tuple[int, int] | None:
+    """The ``size`` query tokens around ``query`` (``(begin, end)``, clipped to the text) that a view of a long
+    text shows, or None when the whole text fits."""
+    count = query_side(trace).num_tokens
+    if count <= size:
+        return None
+    begin = min(max(0, int(query) - size // 2), count - size)
+    return begin, begin + size
+
+
+def is_long(trace: EncoderTrace | CrossTrace) -> bool:
+    """Whether views read ``trace`` a block of rows at a time: over ``FULL_TOKENS`` queries or keys."""
+    return max(query_side(trace).num_tokens, trace.num_tokens) > FULL_TOKENS
+
+
+@dataclass(frozen=True)
+class HeadImages:
+    """Block images of several heads (``head_images``).
+
+    Attributes:
+        images: (l, h, sq, sk) float32, NaN where a block has no seen cell.
+        peaks: (l, h) float32, each head's largest shown weight.
+        sinks: (l, h) float64, each head's attention on the first token averaged over ``sink_queries`` (the
+            ``analysis.report`` sink share), over the queries read.
+        rows, cols: (Tq',), (Tk',) the shown query and key token indices.
+        row_edges, col_edges: the blocks' edges, as positions in ``rows`` / ``cols``.
+        notes: what the subtitle says (special tokens hidden, the mask).
+    """
+
+    images: np.ndarray
+    peaks: np.ndarray
+    sinks: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    row_edges: np.ndarray
+    col_edges: np.ndarray
+    notes: list[str]
+
+
+def head_images(trace: EncoderTrace | CrossTrace, layers: Sequence[int], heads: Sequence[int], cells: int, how: str,
+                hide_special: bool, renormalize: bool, layer_mean: bool = False) -> HeadImages:
+    """Each of ``heads`` in each of ``layers`` (with ``layer_mean``: averaged over every layer, ``layers`` one
+    entry) as a ``block_image`` of at most ``cells`` a side, read one head and a chunk of rows at a time."""
+    queries, keys, renormalize_over, notes = shown_tokens(trace, hide_special, renormalize)
+    sink_rows = sink_queries(query_side(trace).num_tokens)
+    images, peaks, sinks = [], np.zeros((len(layers), len(heads)), np.float32), np.zeros((len(layers), len(heads)))
+    edges = (None, None)
+    for li, layer in enumerate(layers):
+        for hi, head in enumerate(heads):
+            def weights_of(begin: int, end: int, layer=layer, head=head, at=(li, hi)) -> np.ndarray:
+                block = selected_rows(trace, layer, [head], None, layer_mean, begin, end)
+                start = max(begin, sink_rows.start)
+                if start < end:
+                    sinks[at] += block[start - begin:, 0].sum(dtype=np.float64)
+                return block
+
+            def read(row_indices: np.ndarray, layer=layer, at=(li, hi)) -> tuple[np.ndarray, np.ndarray | None]:
+                weights, hidden = shown_rows(trace, row_indices, keys, weights_of,
+                                             lambda begin, end: hidden_rows(trace, layer, layer_mean, begin, end),
+                                             renormalize_over)
+                peaks[at] = max(peaks[at], float(weights.max(initial=0.0)))
+                return weights, hidden
+
+            image, *edges = block_image(queries, keys, read, how, cells)
+            images.append(image)
+    sinks /= max(1, sink_rows.stop - sink_rows.start)
+    mask = long_mask_note(trace, layers[0], layer_mean)
+    notes.extend([mask] if mask else [])
+    stack = np.stack(images).reshape(len(layers), len(heads), *images[0].shape)
+    return HeadImages(stack, peaks, sinks, queries, keys, edges[0], edges[1], notes)
+
+
+def shown_tokens(trace: EncoderTrace | CrossTrace, hide_special: bool, renormalize: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+    """The query and key token indices a long view shows (special tokens hidden or not), the keys each row is
+    renormalised over (None: rows as they are), and the subtitle's note."""
+    keys = visible_tokens(trace, hide_special)
+    queries = keys if query_side(trace) is trace else visible_tokens(query_side(trace), hide_special)
+    notes = [f"special tokens hidden, rows {'' if renormalize else 'not '}renormalised"] if hide_special else []
+    return queries, keys, (keys if hide_special and renormalize else None), notes
+
+
+def long_mask_note(trace: EncoderTrace | CrossTrace, layer: int, layer_mean: bool) -> str | None:
+    """The subtitle's mask note (``viz.selection.mask_note``) read from the mask's recipe for a long trace, without
+    the whole (T, T) mask; None when nothing is masked."""
+    visible = getattr(trace, "visible", None)
+    if visible is None:
+        return None
+    if isinstance(visible, LazyVisible):
+        return "upper triangle masked (causal)" if visible.causal and not visible.windows.any() else (
+            "masked: keys the query could not see")
+    hidden = hidden_keys(trace, layer, layer_mean)
+    return None if hidden is None else mask_note(hidden)
+
+
+def window_trace(trace: EncoderTrace, begin: int, end: int) -> EncoderTrace:
+    """The tokens ``begin`` .. ``end - 1`` of ``trace`` as a short trace: their tokens, hidden states and positional
+    rows, and the (L, H, W, W) attention among them, read one head at a time (a long trace never materialises more
+    than W rows of one head). Whole-text outputs and logit terms are dropped."""
+    attention = np.empty((trace.num_layers, trace.num_heads, end - begin, end - begin), np.float32)
+    for layer in range(trace.num_layers):
+        for head in range(trace.num_heads):
+            attention[layer, head] = trace.attention[layer, head, begin:end][:, begin:end]
+    visible = None if trace.visible is None else np.stack(
+        [np.asarray(trace.visible[layer, begin:end])[:, begin:end] for layer in range(trace.num_layers)])
+    cut = slice(begin, end)
+    optional = {name: getattr(trace, name)[cut] for name in ("words", "generated") if getattr(trace, name) is not None}
+    return trace.replace(tokens=trace.tokens[cut], token_ids=trace.token_ids[cut], segment_ids=trace.segment_ids[cut],
+                         special=trace.special[cut], attention=attention, positional=trace.positional[cut],
+                         hidden=trace.hidden[:, cut], visible=visible, outputs={}, logit_terms={},
+                         untruncated_length=end - begin, truncated=False, **optional)
+
+
+def windowed(trace: EncoderTrace | CrossTrace, query: int | None) -> tuple[EncoderTrace | CrossTrace, int | None,
+                                                                              str | None]:
+    """A long trace cut to the ``token_window`` around ``query`` (the token view, head lines): the window's trace,
+    the query's index in it, and the subtitle note; a short trace (or cross-attention) as it is, with None."""
+    if not is_long(trace) or query_side(trace) is not trace:
+        return trace, query, None
+    begin, end = token_window(trace, 0 if query is None else query)
+    if query is not None and not 0 <= query < trace.num_tokens:
+        raise ViewError(f"query {query} is out of range: the text has {trace.num_tokens} tokens")
+    note = (f"tokens {begin}-{end - 1} of {trace.num_tokens} (a window around the query token; indices here count "
+            f"from {begin})")
+    return window_trace(trace, begin, end), (None if query is None else query - begin), note
+
+
+def add_note(fig, note: str | None):
+    """``fig`` with ``note`` appended to its subtitle (none: as it is)."""
+    if note:
+        subtitle = fig.layout.title.subtitle.text
+        fig.update_layout(title_subtitle_text=f"{subtitle} · {note}" if subtitle else note)
+    return fig
