@@ -35,8 +35,11 @@ def text_of_length(tokenizer, n: int) -> str:
         else:
             high = mid - 1
     text = " ".join(words[:low])
-    missing = n - len(tokenizer.encode(text).tokens)
-    return text + " ." * missing  # each " ." is one more token
+    for filler in (" .", "."):  # " ." is one more token in most vocabularies, "." where " ." takes two
+        while (tokenizer.encode(text).untruncated_length < n
+               and tokenizer.encode(text + filler).untruncated_length <= n):
+            text += filler
+    return text
 
 
 def _median_ms(samples: list[float]) -> float:
