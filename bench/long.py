@@ -136,7 +136,7 @@ def _views(trace) -> dict:
     layers, heads, tokens = attention.shape[:3]
     numbers = {"tokens": tokens, "lazy": type(attention).__name__, "whole_bytes": 4 * layers * heads * tokens ** 2,
                "kept_bytes": attention.queries.nbytes + attention.keys.nbytes if hasattr(attention, "queries")
-               else attention.nbytes}
+               else attention.nbytes, "hidden_bytes": trace.hidden.nbytes}
     numbers["first"] = _figure(trace, 0, 0)
     numbers["change"] = _figure(trace, layers - 1, 1 % heads)
     numbers["head_s"] = _timed(lambda: attention[layers - 1, 2 % heads])[0]
@@ -201,7 +201,8 @@ def probe_rows(folders: dict[str, Path], lengths=LENGTHS) -> list[dict]:
                     f"{_gb(m['loaded_peak'])} / {_gb(m['traced_peak'])} / {_gb(m['end_peak'])}",
                 "resident: runtime / loaded / with the trace":
                     f"{_gb(m['runtime_resident'])} / {_gb(m['loaded_resident'])} / {_gb(m['traced_resident'])}",
-                "attention kept (whole would be)": f"{_gb(m['kept_bytes'])} ({_gb(m['whole_bytes'])})",
+                "trace holds: attention (whole would be) + hidden states":
+                    f"{_gb(m['kept_bytes'])} ({_gb(m['whole_bytes'])}) + {_gb(m['hidden_bytes'])}",
                 "first heatmap, layer 0 head 0": _figure_text(m["first"]),
                 "layer/head change": _figure_text(m["change"]),
                 "one head's (T, T) materialised": f"{1000 * m['head_s']:.0f} ms"})
