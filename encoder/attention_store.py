@@ -2,11 +2,11 @@
 mask).
 
 A trace of T tokens holds L x H x T x T attention weights: 79 MB for MiniLM at 512 tokens, 19 GB for 12 layers of
-12 heads at 8,192. Above ``EAGER_MAX_BYTES`` a trace (``encoder.trace.trace_text``) keeps instead each layer's
-queries and keys as its logit rule multiplied them (after q/k norms and rotary positions: L x T x (H + Hkv) x dh
-floats, which scale with T) and the little its logits add (``AttentionRecipe``: the scale, a relative bias's
-table, the soft-cap, the causal mask and windows). ``LazyAttention`` indexes like the (L, H, T, T) array:
-``attention[layer]`` (H, T, T), ``attention[layer, head]`` (T, T), ``attention[layer, head, rows]`` and any
+12 heads at 8,192. Above ``EAGER_MAX_BYTES`` and ``EAGER_MAX_TOKENS`` a trace (``encoder.trace.trace_text``) keeps
+instead each layer's queries and keys as its logit rule multiplied them (after q/k norms and rotary positions:
+L x T x (H + Hkv) x dh floats, which scale with T) and the little its logits add (``AttentionRecipe``: the scale, a
+relative bias's table, the soft-cap, the causal mask and windows). ``LazyAttention`` indexes like the (L, H, T, T)
+array: ``attention[layer]`` (H, T, T), ``attention[layer, head]`` (T, T), ``attention[layer, head, rows]`` and any
 int/slice/array index, each piece computed on demand by ``encoder.parts.attention.attention_rows``, the function
 the forward pass itself ran (``TransformerEncoder.call_rows``), so the weights are the ones that mixed the values.
 Pieces are kept in one process-wide LRU of ``HEADLIGHT_CACHE_MB`` / 2 bytes (``PIECES``); one piece, or
@@ -26,7 +26,8 @@ import numpy as np
 from encoder.errors import LongTraceError
 from encoder.settings import settings
 
-EAGER_MAX_BYTES = 256 * 2**20  # a trace whose (L, H, T, T) float32 attention is larger keeps it lazily
+EAGER_MAX_BYTES = 256 * 2**20  # a trace whose (L, H, T, T) float32 attention is larger keeps it lazily ...
+EAGER_MAX_TOKENS = 512  # ... when it has more tokens than this (every trace up to 512 tokens keeps the array)
 ROW_BLOCK_BYTES = 16 * 2**20  # the (H, R, T) float32 weights one block of queries computes at once
 
 

@@ -87,13 +87,13 @@ class CompiledEncoder:
         self.calls += 1
         return self._with_logits(ids, segments)
 
-    def forward_rows(self, ids, segments, rows: int, full_logits: bool = False) -> dict:
+    def forward_rows(self, ids, segments, rows: int, full_logits: bool = False, keep=None) -> dict:
         """A long unpadded input (B, T), its attention run ``rows`` queries at a time and never held whole
-        (``TransformerEncoder.call_rows``: ``queries`` and ``keys`` instead of ``attention``). Run eagerly, block
-        by block (the blocks' count follows the length)."""
+        (``TransformerEncoder.call_rows``: no ``attention``; ``keep`` gets each layer's queries and keys). Run
+        eagerly, block by block (the blocks' count follows the length)."""
         self.calls += 1
         return self.model.call_rows(tf.convert_to_tensor(ids, tf.int32), tf.convert_to_tensor(segments, tf.int32),
-                                    rows=rows, full_logits=full_logits)
+                                    rows=rows, full_logits=full_logits, keep=keep)
 
     def lens_top_k(self, hidden, normed: bool):
         """``(ids (N, K) int32, probs (N, K) float32)``: the ``TOP_K`` most probable tokens of the LM head applied

@@ -28,7 +28,7 @@ import numpy as np
 from encoder.errors import InputError, whole_number
 from encoder.model import TOP_K
 from encoder.tokenizer import Encoded
-from encoder.trace import EncoderTrace, _make_trace, decoder_fields, has_lm_head, to_numpy
+from encoder.trace import EncoderTrace, _make_trace, decoder_fields, forward_outputs, has_lm_head, to_numpy
 
 if TYPE_CHECKING:
     from encoder.sources import LoadedModel
@@ -229,8 +229,7 @@ def _decoder_steps(model: LoadedModel, source_ids: np.ndarray):
 def trace_written_target(model: LoadedModel, encoded: Encoded, generation: Generation, source: str) -> EncoderTrace:
     """An encoder-decoder's trace of ``source`` (``encoded``) teacher-forced on the tokens ``generation`` wrote."""
     tokenizer = model.tokenizer
-    raw = model.encoder.forward(encoded.token_ids[None], encoded.segment_ids[None])
-    outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
+    outputs = forward_outputs(model, encoded.token_ids[None], encoded.segment_ids[None])
     written = generation.ids
     special = np.array([int(i) in tokenizer.special_ids() for i in written], dtype=bool)
     decoder = decoder_fields(model, outputs, tokenizer.decode(written), written,
@@ -349,8 +348,7 @@ def trace_generation(model: LoadedModel, encoded: Encoded, generation: Generatio
         words=continued_words(encoded.words, new_tokens, new_special, encoded.token_style),
         token_style=encoded.token_style,
     )
-    raw = model.encoder.forward(sequence[None], whole.segment_ids[None])
-    outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
+    outputs = forward_outputs(model, sequence[None], whole.segment_ids[None])
     outputs["step_ids"], outputs["step_probs"] = generation.step_ids, generation.step_probs
     text = prompt + continuation_text(tokenizer, generation.prompt_ids, generation.ids)
     return _make_trace(model, whole, outputs, text, None, generated=np.arange(len(sequence)) >= len(encoded.tokens))

@@ -194,15 +194,21 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             outputs.update(self._next_tokens(x, token_ids, full_logits, rows))
         return {**outputs, **self._heads(x, padding_mask, token_ids)}
 
-    def call_rows(self, token_ids, segment_ids=None, rows: int = 512, full_logits: bool = False) -> dict:
+    def call_rows(self, token_ids, segment_ids=None, rows: int = 512, full_logits: bool = False, keep=None) -> dict:
         """A long unpadded input at inference, its attention never held whole: each layer's weights are computed
         ``rows`` queries at a time, mix the values and are dropped (``InstrumentedAttention``'s ``rows``).
 
+        Args:
+            token_ids, segment_ids, full_logits: as ``call``.
+            rows: int, queries per block.
+            keep: ``keep(layer, queries (B, T, H, dh), keys (B, T, Hkv, dh))``, called with each layer's queries and
+                keys as its logit rule multiplies them (rotated by position for rotary positions), from which
+                ``encoder.parts.attention.attention_rows`` gives any rows of its attention again
+                (``encoder.attention_store.LazyAttention``); they are dropped after the call, so the caller keeps
+                one copy.
+
         Returns:
-            ``call``'s dict without ``attention`` and ``terms/*``, with ``queries`` (B, L, T, H, dh) and ``keys``
-            (B, L, T, Hkv, dh) instead: each layer's as its logit rule multiplies them (rotated by position for
-            rotary positions), from which ``encoder.parts.attention.attention_rows`` gives any rows of its
-            attention again (``encoder.attention_store.LazyAttention``).
+            ``call``'s dict without ``attention`` and ``terms/*``.
 
         Raises:
             ValueError: a model whose attention cannot run in row blocks (DeBERTa's disentangled positions, the
@@ -213,15 +219,14 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         x = self._embed(token_ids, segment_ids, False)  # (B, T, D)
         position_bias = self.positions.row_context(ops.shape(token_ids)[1])
         blocks = RowBlocks(rows, self.config.attention.causal, self.config.attention.window_kind)
-        hidden, queries, keys = [x], [], []
-        for layer in self.encoder_layers:
+        hidden = [x]
+        for index, layer in enumerate(self.encoder_layers):
             x, _, _, (q, k) = layer(x, position_bias=position_bias, training=False, rows=blocks)
             hidden.append(x)
-            queries.append(q)
-            keys.append(k)
+            if keep is not None:
+                keep(index, q, k)
         positions = max(1, LM_ROW_BYTES // (4 * self.config.vocab_size))  # the LM head's (rows, V) logits at once
-        return self._finish(x, hidden, token_ids, None, full_logits,
-                            {"queries": ops.stack(queries, axis=1), "keys": ops.stack(keys, axis=1)}, positions)
+        return self._finish(x, hidden, token_ids, None, full_logits, {}, positions)
 
     @property
     def rows_supported(self) -> bool:

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from encoder.attention_store import EAGER_MAX_BYTES, AttentionRecipe, LazyAttention, LazyVisible, block_rows
+from encoder.attention_store import (
+    EAGER_MAX_BYTES,
+    EAGER_MAX_TOKENS,
+    AttentionRecipe,
+    LazyAttention,
+    LazyVisible,
+    block_rows,
+)
 from encoder.errors import InputError
 from encoder.pieces import check_token_style, readable_piece
 from encoder.positional import position_ids
@@ -27,9 +34,10 @@ class EncoderTrace:
 
     Shapes: T tokens, L layers, H heads, D model width, P positional-table rows.
     ``attention[layer, head, query, key]`` are weights after softmax (each row sums to 1). A long trace (its
-    attention over ``encoder.attention_store.EAGER_MAX_BYTES``) holds it as a ``LazyAttention`` and ``visible`` as
-    a ``LazyVisible``: indexed like the arrays, each piece computed on demand (``attention[layer]``,
-    ``attention[layer, head]``, ``attention[layer, head, rows]``); its ``logit_terms`` are empty.
+    attention over ``encoder.attention_store.EAGER_MAX_BYTES``, over 512 tokens) holds it as a ``LazyAttention``
+    and ``visible`` as a ``LazyVisible``: indexed like the arrays, each piece computed on demand
+    (``attention[layer]``, ``attention[layer, head]``, ``attention[layer, head, rows]``); its ``logit_terms`` are
+    empty.
     ``visible[layer, query, key]`` is False where the model could not attend (a causal model's later keys); those
     weights are exactly 0, and views show them as masked. ``words`` and ``visible`` are None when unknown (traces
     saved before them) or, for ``visible``, when every key was visible.
@@ -350,8 +358,9 @@ def trace_text(
             ``<pad>``, BART with ``</s>``), and the trace gains the decoder's fields (``decoder_tokens``,
             ``decoder_attention``, ``cross_attention``, ``decoder_hidden``). None traces the encoder alone.
         lazy: keep the attention as a ``LazyAttention`` (True), as one array (False), or (None) lazily when the
-            array would be over ``EAGER_MAX_BYTES`` (``traced_lazily``). The lazy forward pass never holds a
-            layer's whole (H, T, T) weights: it computes them a block of queries at a time.
+            array would be over ``EAGER_MAX_BYTES`` and the input over ``EAGER_MAX_TOKENS`` (``traced_lazily``).
+            The lazy forward pass never holds a layer's whole (H, T, T) weights: it computes them a block of
+            queries at a time.
 
     Raises:
         InputError: empty text, text over the character limit, max_tokens too small, a ``target`` for a model
@@ -368,24 +377,43 @@ def trace_text(
     """
     check_targets(model, [target])
     encoded = model.tokenizer.encode(text, pair, max_tokens)
-    ids, segments = encoded.token_ids[None], encoded.segment_ids[None]
-    if traced_lazily(model, len(encoded.tokens), lazy):
-        raw = model.encoder.forward_rows(ids, segments, block_rows(model.config.num_heads, len(encoded.tokens)),
-                                         full_logits and has_lm_head(model))
-        outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
-        outputs["attention"] = LazyAttention(outputs.pop("queries"), outputs.pop("keys"),
-                                             AttentionRecipe.of(model.model))
-    else:
-        raw = (model.encoder.forward_logits(ids, segments) if full_logits and has_lm_head(model)
-               else model.encoder.forward(ids, segments))
-        outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
+    outputs = forward_outputs(model, encoded.token_ids[None], encoded.segment_ids[None], full_logits, lazy)
     return _make_trace(model, encoded, outputs, text, pair, decoder=teacher_forced(model, outputs, target))
+
+
+def forward_outputs(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, full_logits: bool = False,
+                    lazy: bool | None = None) -> dict:
+    """The outputs of one unpadded input, ids and segments (1, T), as NumPy without the batch axis: the compiled
+    pass (with the LM head's ``logits`` when ``full_logits`` and the model has one), or, when ``traced_lazily``,
+    the pass by row blocks with ``attention`` a ``LazyAttention``."""
+    full_logits = full_logits and has_lm_head(model)
+    if traced_lazily(model, ids.shape[1], lazy):
+        return _traced_by_rows(model, ids, segments, full_logits)
+    raw = model.encoder.forward_logits(ids, segments) if full_logits else model.encoder.forward(ids, segments)
+    return {name: to_numpy(value)[0] for name, value in raw.items()}
+
+
+def _traced_by_rows(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, full_logits: bool) -> dict:
+    """The outputs of one long input (1, T) by ``CompiledEncoder.forward_rows``, its ``attention`` a
+    ``LazyAttention`` of each layer's queries and keys (copied into one array each as the layers give them)."""
+    cfg, length = model.config, ids.shape[1]
+    heads, kv_heads = cfg.num_heads, cfg.attention.key_value_heads or cfg.num_heads
+    queries = np.empty((cfg.num_layers, length, heads, cfg.head_dim), np.float32)  # (L, T, H, dh)
+    keys = np.empty((cfg.num_layers, length, kv_heads, cfg.head_dim), np.float32)  # (L, T, Hkv, dh)
+
+    def keep(layer: int, q, k) -> None:
+        queries[layer], keys[layer] = to_numpy(q)[0], to_numpy(k)[0]
+
+    raw = model.encoder.forward_rows(ids, segments, block_rows(heads, length), full_logits, keep)
+    outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
+    return {**outputs, "attention": LazyAttention(queries, keys, AttentionRecipe.of(model.model))}
 
 
 def traced_lazily(model: LoadedModel, tokens: int, lazy: bool | None = None) -> bool:
     """Whether ``trace_text`` keeps the attention of ``tokens`` tokens lazily (``LazyAttention``): when ``lazy``
-    says so, or (None) when the whole (L, H, T, T) float32 array would be over ``EAGER_MAX_BYTES`` and the model's
-    attention runs in row blocks (``TransformerEncoder.rows_supported``; else it is traced whole, as always).
+    says so, or (None) when the whole (L, H, T, T) float32 array would be over ``EAGER_MAX_BYTES``, the input is
+    over ``EAGER_MAX_TOKENS`` and the model's attention runs in row blocks (``TransformerEncoder.rows_supported``;
+    else it is traced whole, as always).
 
     Raises:
         InputError: ``lazy`` True for a model whose attention cannot run in row blocks (DeBERTa).
@@ -393,7 +421,8 @@ def traced_lazily(model: LoadedModel, tokens: int, lazy: bool | None = None) -> 
     supported = model.model.rows_supported
     if lazy is None:
         cfg = model.config
-        return supported and 4 * cfg.num_layers * cfg.num_heads * tokens * tokens > EAGER_MAX_BYTES
+        whole = 4 * cfg.num_layers * cfg.num_heads * tokens * tokens
+        return supported and tokens > EAGER_MAX_TOKENS and whole > EAGER_MAX_BYTES
     if lazy and not supported:
         raise InputError("This model's attention (DeBERTa's disentangled positions) is traced whole only; a long "
                          "trace needs absolute, rotary or relative-bias positions.")

@@ -90,6 +90,17 @@ def test_a_long_decoders_lm_head_goes_a_block_of_positions_at_a_time(monkeypatch
     np.testing.assert_allclose(logprob[:-1], expected[:-1], rtol=1e-5, atol=1e-5)
 
 
+def test_the_path_follows_the_bytes_and_the_tokens():
+    """Up to 512 tokens a trace keeps today's array (whatever the model); beyond, when its attention is over
+    256 MB; DeBERTa always whole."""
+    from encoder.trace import traced_lazily
+
+    llama = load_family("llama")  # 2 layers x 4 heads: 256 MB at 2,896 tokens
+    assert not traced_lazily(llama, 512) and not traced_lazily(llama, 2800)
+    assert traced_lazily(llama, 3000) and traced_lazily(llama, 64, lazy=True)
+    assert not traced_lazily(load_family("deberta-v3"), 100_000)
+
+
 def test_a_model_whose_attention_runs_whole_refuses_the_lazy_path():
     with pytest.raises(InputError, match="DeBERTa"):
         trace_text(load_family("deberta-v3"), "a short text", lazy=True)
