@@ -241,9 +241,11 @@ def _read_trace(args: argparse.Namespace, model: LoadedModel | None = None) -> E
     if args.text is None:
         raise ExportError("give --text (the sentence to trace) or --trace (a saved trace)")
     model = _model(args) if model is None else model
+    cap = settings().max_tokens  # HEADLIGHT_MAX_TOKENS (8,192 by default) bounds --max-tokens and the model's positions
+    max_tokens = cap if args.max_tokens is None else min(args.max_tokens, cap)
     if args.target is not None:  # an encoder-decoder's decoder text
-        return trace_text(model, args.text, args.pair, args.max_tokens, target=args.target)
-    return trace_text(model, args.text, args.pair, args.max_tokens)
+        return trace_text(model, args.text, args.pair, max_tokens, target=args.target)
+    return trace_text(model, args.text, args.pair, max_tokens)
 
 
 def run(argv: list[str] | None = None) -> Path:

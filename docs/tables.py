@@ -49,17 +49,19 @@ def _analysis_row(entry: Analysis) -> str:
     names = [*(["layer"] if entry.layer else []), *(option.name for option in entry.options)]
     flags = _flags([*names, *(["corpus"] if entry.corpus else [])])
     model = "yes" if entry.needs_model else "no"
-    return f"| `{entry.name}` | {entry.label} | {_cell(entry.description)} | {flags} | {model} |"
+    length = "any" if entry.any_length else "whole attention"
+    return f"| `{entry.name}` | {entry.label} | {_cell(entry.description)} | {flags} | {model} | {length} |"
 
 
 def analyses_table() -> str:
     """The analyses under their questions: name, app label, what it computes, options, whether it re-runs the
-    model (then a saved trace is not enough)."""
+    model (then a saved trace is not enough), and the lengths it runs at (``Analysis.any_length``: any, or up to
+    the length whose whole attention a trace keeps, ``viz.registry.length_limit``)."""
     parts = []
     for group, entries in group_analyses().items():
         parts += [f"**{group.title}** Answers: {group.answers}.", "",
-                  "| analysis (`--view`) | app label | what it computes | options | needs the model |",
-                  "| --- | --- | --- | --- | --- |", *(_analysis_row(entry) for entry in entries), ""]
+                  "| analysis (`--view`) | app label | what it computes | options | needs the model | length |",
+                  "| --- | --- | --- | --- | --- | --- |", *(_analysis_row(entry) for entry in entries), ""]
     return "\n".join(parts).rstrip("\n")
 
 

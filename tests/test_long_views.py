@@ -101,9 +101,23 @@ def test_zoom_window_out_of_range_is_our_error(trace_2048):
 
 @pytest.mark.parametrize("view", ["heatmap", "head-grid", "model", "tokens", "lines", "distance"])
 def test_every_view_of_8192_tokens_is_under_5_mb_of_json(trace_8192, view):
-    fig = build_view(trace_8192, view)
+    fig = build_view(trace_8192, view, **({"query": 5000} if view in ("tokens", "lines") else {}))
     size = len(fig.to_json())
     assert size < FIGURE_MAX_BYTES, f"{view}: {size / 2**20:.1f} MB"
+    if view in ("tokens", "lines"):
+        assert "tokens 4872-5127 of 8192 (a window around the query token" in fig.layout.title.subtitle.text
+
+
+def test_the_distance_view_of_a_long_trace_equals_the_whole_heads(trace_2048):
+    """Read a chunk of rows at a time, the distance masses equal ``attention_by_distance`` of the whole heads."""
+    from viz.distance import attention_by_distance
+
+    fig = build_view(trace_2048, "distance", layer=1, signed=True)
+    stack = np.stack([np.asarray(trace_2048.attention[1, h]) for h in range(trace_2048.num_heads)])
+    distances, mass = attention_by_distance(stack, np.arange(2048), signed=True)
+    np.testing.assert_array_equal(np.asarray(fig.data[0].x), distances)
+    np.testing.assert_allclose(np.asarray(fig.data[0].z, np.float64), mass, rtol=1e-4, atol=1e-7)
+    assert "causal" in fig.layout.title.subtitle.text
 
 
 def test_analyses_of_a_long_trace_run_or_say_their_length_limit(trace_8192):
@@ -127,7 +141,7 @@ def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_withou
     from tests.test_app import _app, _encoder_runs, _figures, _no_errors
 
     monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(tmp_path))
-    folder = write_tiny_bert_folder(tmp_path / "long", max_positions=2048)
+    folder = write_tiny_bert_folder(tmp_path / "long", max_position_embeddings=2048)
     at = _app(model="folder or hub id…", source=str(folder))
     at.text_area(key="text").set_value("word " * 20_000).run()  # 100,000 characters
     _no_errors(at)
@@ -139,3 +153,34 @@ def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_withou
     _no_errors(at)
     assert _figures(at)[0]["layout"]["title"]["text"].startswith("Layer 1, head 0")
     assert _encoder_runs(at) == runs
+
+
+def test_the_cache_counts_a_long_trace_by_its_real_bytes_and_leaves_the_pieces_their_share(trace_8192):
+    """A cached long trace holds its queries, keys and hidden states (held_bytes), not the L x H x T x T floats its
+    attention would take; the results cache and the attention pieces' LRU share HEADLIGHT_CACHE_MB."""
+    from encoder.attention_store import piece_limit
+    from encoder.settings import settings
+    from ui.budget import held_bytes
+    from ui.cache import RESULTS
+
+    held = held_bytes(trace_8192)
+    store = trace_8192.attention
+    assert store.queries.nbytes + store.keys.nbytes + trace_8192.hidden.nbytes <= held < store.nbytes / 8
+    assert RESULTS.max_bytes + piece_limit() == settings().cache_bytes
+
+
+def test_the_cli_zooms_a_long_heatmap_and_the_operators_cap_bounds_it(tmp_path, monkeypatch, capsys):
+    """``--rows``/``--cols`` zoom the heatmap from the command line; HEADLIGHT_MAX_TOKENS bounds the trace."""
+    from cli import main
+    from tests.support.models import write_tiny_bert_folder
+
+    folder = write_tiny_bert_folder(tmp_path / "long", max_position_embeddings=2048)
+    out = tmp_path / "zoom.html"
+    assert main(["--model", str(folder), "--text", words(1000), "--view", "heatmap", "--rows", "600:700",
+                 "--cols", "500:800", "-o", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "queries 600-699" in page and "keys 500-799" in page
+    monkeypatch.setenv("HEADLIGHT_MAX_TOKENS", "600")
+    assert main(["--model", str(folder), "--text", words(1000), "--view", "heatmap", "--rows", "600:700",
+                 "-o", str(out)]) == 2  # the trace is cut to 600 tokens: rows 600:700 are out of range
+    assert "not a range of token indices in 0:600" in capsys.readouterr().err

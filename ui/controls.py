@@ -19,6 +19,7 @@ from ui import clicks
 from ui.text import plain
 from viz.kinds import ENCODER, CrossTrace, of_kind, query_side
 from viz.layout import SEQUENTIAL_SCALES
+from viz.long_inputs import FULL_TOKENS, is_long
 from viz.options import ATTENTION, MERGE_WORDS, Option, ViewSettings
 from viz.selection import AGGREGATES
 
@@ -104,7 +105,26 @@ def _display_controls(trace: EncoderTrace) -> dict[str, Any]:
         if trace.is_pair:
             block = BLOCKS[st.selectbox("Sentence-pair block", list(BLOCKS), key="block", bind="query-params")]
     return dict(hide_special=hide_special, renormalize=renormalize and hide_special, colorscale=colorscale,
-                log_color=log_color, threshold=threshold, block=block, merge_words=merge_words)
+                log_color=log_color, threshold=threshold, block=block, merge_words=merge_words,
+                **(_zoom_controls(trace) if is_long(trace) else {}))
+
+
+def _zoom_controls(trace: EncoderTrace) -> dict[str, Any]:
+    """A long text's heatmap window: query and key range sliders (the whole text: a block image; a window of up to
+    ``FULL_TOKENS`` a side: every cell) and what a block image's cell shows."""
+    last = trace.num_tokens - 1
+    st.caption(f"Long text ({trace.num_tokens:,} tokens): the heatmap is a block image; zoom to a window of at "
+               f"most {FULL_TOKENS} tokens a side to see every cell.")
+    a, b, c = st.columns(3)
+    with a:
+        rows = st.slider("Heatmap queries", 0, last, (0, last), key="rows")
+    with b:
+        cols = st.slider("Heatmap keys", 0, last, (0, last), key="cols")
+    with c:
+        reduce = st.segmented_control("Each block shows its", ["max", "mean"], default="max", required=True,
+                                      key="reduce", bind="query-params")
+    return dict(rows=None if rows == (0, last) else (rows[0], rows[1] + 1),
+                cols=None if cols == (0, last) else (cols[0], cols[1] + 1), reduce=reduce)
 
 
 def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace],

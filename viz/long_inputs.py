@@ -71,12 +71,12 @@ def selected_rows(trace: EncoderTrace | CrossTrace, layer: int, heads: Sequence[
     for head in heads:
         per_head = None
         for lay in layers:
-            piece = np.asarray(trace.attention[lay, head, begin:end], np.float32)
-            per_head = piece.copy() if per_head is None else per_head + piece
+            piece = np.asarray(trace.attention[lay, head, begin:end], np.float32)  # read-only: never written
+            per_head = piece if per_head is None else per_head + piece
         if layer_mean:
-            per_head /= np.float32(len(layers))
+            per_head = per_head / np.float32(len(layers))
         if combined is None:
-            combined = per_head
+            combined = per_head if len(heads) == 1 else np.array(per_head)  # a copy to combine into
         elif aggregate == "max":
             np.maximum(combined, per_head, out=combined)
         else:
@@ -93,6 +93,8 @@ def hidden_rows(trace: EncoderTrace | CrossTrace, layer: int, layer_mean: bool, 
     visible = getattr(trace, "visible", None)
     if visible is None:
         return None
+    if isinstance(visible, LazyVisible) and visible.causal and not visible.windows.any():  # the later keys
+        return np.arange(visible.length)[None, :] > np.arange(begin, end)[:, None]
     seen = np.asarray(visible[:, begin:end]).any(axis=0) if layer_mean else np.asarray(visible[layer, begin:end])
     return ~seen
 
@@ -104,14 +106,22 @@ def shown_rows(trace: EncoderTrace | CrossTrace, rows: np.ndarray, cols: np.ndar
     end)``. With ``renormalize_over`` (the keys left once special tokens are hidden), each row is first rescaled to
     sum to 1 over those keys."""
     begin, end = int(rows[0]), int(rows[-1]) + 1
-    weights = weights_of(begin, end)[rows - begin]  # (R, Tk)
+    weights = _take(weights_of(begin, end), rows - begin, 0)  # (R, Tk)
     hidden = hidden_of(begin, end)
     if renormalize_over is not None:
         kept = renormalize_rows(weights[:, renormalize_over])
         weights = np.zeros_like(weights)
         weights[:, renormalize_over] = kept
-    cut_hidden = None if hidden is None else hidden[rows - begin][:, cols]
-    return np.ascontiguousarray(weights[:, cols]), cut_hidden
+    cut_hidden = None if hidden is None else _take(_take(hidden, rows - begin, 0), cols, 1)
+    return _take(weights, cols, 1), cut_hidden
+
+
+def _take(array: np.ndarray, indices: np.ndarray, axis: int) -> np.ndarray:
+    """``array`` at ``indices`` along ``axis`` (0 or 1): a view when they are consecutive, else a copy."""
+    if indices.size and indices[-1] - indices[0] + 1 == indices.size:
+        cut = slice(int(indices[0]), int(indices[-1]) + 1)
+        return array[cut] if axis == 0 else array[:, cut]
+    return np.take(array, indices, axis=axis)
 
 
 def block_image(rows: np.ndarray, cols: np.ndarray, read, how: str, cells: int = IMAGE_CELLS

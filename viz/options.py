@@ -24,7 +24,7 @@ from encoder.trace import ATTENTION_KINDS
 from viz.kinds import ENCODER, KIND_HELP
 
 # Option kinds: how a value is typed on the command line and which widget shows it in the app.
-KINDS = ("int", "float", "choice", "flag", "ints", "heads", "colorscale", "path")
+KINDS = ("int", "float", "choice", "flag", "ints", "heads", "colorscale", "path", "range")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class Option:
     Attributes:
         name: the keyword (``residual``), the flag (``--residual``) and the app widget key.
         kind: one of ``KINDS``: int, float, choice (one of ``choices``), flag (on/off), ints ("0,3,5"),
-            heads ("0:3,2:5" = (layer, head) pairs), colorscale (a Plotly scale name), path (a file).
+            heads ("0:3,2:5" = (layer, head) pairs), colorscale (a Plotly scale name), path (a file), range
+            ("100:356", token indices, end excluded: checked by the view against the text's length).
         help: one line for ``--help`` and the widget's tooltip.
         label: the widget's label in the app (``None``: the app shows no widget for it; the default applies).
         default: the value when not given (``None``: the builder's or compute function's own default).
@@ -148,6 +149,11 @@ SIGNED = Option("signed", "flag", "distance: keep the sign (keys before the quer
                 label="Signed distance (left: keys before the query)", url=True)
 SINKS = Option("sinks", "flag", "model: mark the attention sinks (heads whose queries from position 4 on put at "
                "least half their attention on the first token) with a red dot", label="Mark attention sinks", url=True)
+ROWS = Option("rows", "range", "heatmap: zoom to the queries A:B (token indices, end excluded; every cell up to "
+              "512 a side)", metavar="A:B")
+COLS = Option("cols", "range", "heatmap: zoom to the keys A:B (token indices, end excluded)", metavar="A:B")
+REDUCE = Option("reduce", "choice", "heatmap of over 512 tokens: each cell of the block image is the max (default) or "
+                "the mean of its block", choices=("max", "mean"))
 MAX_POSITIONS = Option("max_positions", "int", "positional views: show the first N positions only", low=1)
 DIMS = Option("dims", "ints", "positional-dimensions: dimensions to plot, e.g. 0,1,64")
 
@@ -212,6 +218,9 @@ class ViewSettings:
     selected: tuple[int, int] | None = None
     merge_words: bool = False
     attention: str = ENCODER
+    rows: tuple[int, int] | None = None  # a long text's heatmap window: queries rows[0] .. rows[1] - 1
+    cols: tuple[int, int] | None = None  # and keys
+    reduce: str = "max"  # what a block image's cell shows of its block
 
     @property
     def shown_heads(self) -> tuple[int, ...]:

@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 
 from analysis import attribution, faithfulness, flow, gradients, heads, lens, perturb, similarity, tables, value_zeroing
 from analysis import positional as lab
-from encoder.attention_store import EAGER_MAX_BYTES, LazyAttention
+from encoder.attention_store import EAGER_MAX_BYTES, EAGER_MAX_TOKENS, LazyAttention
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
 from viz import analysis_figures as figures
@@ -48,9 +48,12 @@ from viz.options import (
     ABLATE,
     CLUSTERS,
     COLORSCALE,
+    COLS,
     DIMS,
     MAX_POSITIONS,
+    REDUCE,
     RESIDUAL,
+    ROWS,
     SAMPLES,
     SHARED_OPTIONS,
     SIGMA,
@@ -79,7 +82,8 @@ ENCODER_POSITIONS = "the trace holds the encoder's positional encodings only"
 
 VIEWS: dict[str, View] = {view.name: view for view in (
     View("heatmap", "Heatmap", build_attention_heatmap,
-         "one head (or a mean/max of heads) as a query x key heatmap"),
+         "one head (or a mean/max of heads) as a query x key heatmap; over 512 tokens a block image (block max or "
+         "mean), --rows/--cols zoom", options=(ROWS, COLS, REDUCE)),
     View("head-grid", "Head grid", build_head_grid, "all heads of one layer as small multiples, one colour scale"),
     View("model", "Model view", build_model_view, "every layer x head as a thumbnail, one light image",
          options=(THUMBNAIL, SINKS), from_settings=model_view_settings),
@@ -336,9 +340,9 @@ def analysis_unavailable(entry: Analysis, trace: EncoderTrace | None, kind: str 
 
 
 def longest_whole(layers: int, heads: int) -> int:
-    """The most tokens whose (L, H, T, T) float32 attention a trace keeps whole (``EAGER_MAX_BYTES``): longer
-    traces keep it lazily."""
-    return math.isqrt(EAGER_MAX_BYTES // (4 * layers * heads))
+    """The most tokens whose (L, H, T, T) float32 attention a trace keeps whole (within ``EAGER_MAX_BYTES``, or up
+    to ``EAGER_MAX_TOKENS`` whatever it takes): longer traces keep it lazily."""
+    return max(EAGER_MAX_TOKENS, math.isqrt(EAGER_MAX_BYTES // (4 * layers * heads)))
 
 
 def length_limit(entry: Analysis, trace: EncoderTrace | None) -> str | None:

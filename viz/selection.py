@@ -202,6 +202,10 @@ def downsample(matrix: np.ndarray, size: int, how: str = "mean") -> np.ndarray:
 def _reduce(matrix: np.ndarray, row_edges: np.ndarray, col_edges: np.ndarray, how: str) -> np.ndarray:
     """(..., R, C) -> (..., len(row_edges) - 1, len(col_edges) - 1) float32: the mean or max of each block between
     consecutive edges (positions on the last two axes, first 0, last R or C)."""
+    steps = [np.diff(edges) for edges in (row_edges, col_edges)]
+    if how == "max" and all(step.min() == step.max() for step in steps):  # equal blocks: one reshape, exact
+        (rows, height), (cols, width) = ((step.size, int(step[0])) for step in steps)
+        return matrix.reshape(*matrix.shape[:-2], rows, height, cols, width).max(axis=(-3, -1)).astype(np.float32)
     reduce = np.add if how == "mean" else np.maximum
     out = matrix
     counts = []
@@ -220,7 +224,8 @@ def reduce_blocks(matrix: np.ndarray, hidden: np.ndarray | None, row_edges: np.n
     ``matrix``, or None) left out, NaN for blocks of hidden cells only. Float32."""
     if hidden is None:
         return _reduce(matrix, row_edges, col_edges, how)
-    seen = _reduce((~hidden).astype(np.float32), row_edges, col_edges, "mean")  # share of seen cells per block
+    seen = (_reduce(~hidden, row_edges, col_edges, "max") if how == "max"  # any seen cell per block
+            else _reduce((~hidden).astype(np.float32), row_edges, col_edges, "mean"))  # the share of seen cells
     reduced = _reduce(np.where(hidden, np.float32(0.0), matrix), row_edges, col_edges, how)
     if how == "mean":
         reduced = np.divide(reduced, seen, out=np.zeros_like(reduced), where=seen > 0)
