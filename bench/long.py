@@ -314,7 +314,7 @@ def app_rows(folder: Path, length: int = APP_TOKENS) -> list[dict]:
         start = time.perf_counter()
         page.goto(f"{url}/?{query}")
         try:
-            _wait_title(page, "Layer 0, head 0")
+            _wait_title(page, "Layer 0, head 0", timeout_ms=900_000)
         except PlaywrightTimeout as error:  # what the page showed instead is the result
             shown = page.locator('[data-testid="stAlert"]').all_text_contents()
             return [{"measure": f"first chart at {length:,} tokens", "value": f"not drawn: {shown or error}"[:300]}]
