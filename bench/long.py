@@ -20,11 +20,11 @@ length in the process, as a user waits for it (the comparison below times warm o
 and draws a 16-token text (``WARM_TOKENS``), as the app has drawn the default text by then.
 
 Against ``transformers`` (PyTorch, eager attention, ``attn_implementation="eager"``), one process per model,
-alternating (ours, theirs with attentions, theirs without, ours, ...) after a warm-up of each: our trace against
-their forward pass with ``output_attentions=True`` (the comparable workload: every (H, T, T) weight computed and
-held; at 4,096 tokens it would hold 18 GB, so it runs at 2,048 only) and without it (the floor: attention
-computed and dropped layer by layer); both with every hidden state as NumPy, and a decoder's top-10 next tokens
-and next-token log-probabilities, as our trace holds them.
+alternating (ours, theirs with attentions, theirs without, ours, ...) after a warm-up of each at the first length,
+medians of 3: our trace against their forward pass with ``output_attentions=True`` (the comparable workload: every
+(H, T, T) weight computed and held; at 4,096 tokens it would hold 18 GB, so it runs at 2,048 only) and without it
+(the floor: attention computed and dropped layer by layer); both with every hidden state as NumPy, and a decoder's
+top-10 next tokens and next-token log-probabilities, as our trace holds them.
 
 In the app in Chromium (``app_rows``): the encoder's folder opened by a link with an 8,192-token text, the
 operator's cap raised to it (``HEADLIGHT_MAX_TOKENS``): the first chart, then head and layer changes.
@@ -243,11 +243,14 @@ def compare(folder: Path, kind: str, lengths=COMPARED) -> list[dict]:
 
     ours = load_path(folder, name=folder.name)
     theirs, tokenizer = theirs_trace(folder, kind)
-    return [_compare_length(ours, theirs, tokenizer, kind, length) for length in lengths]
+    return [_compare_length(ours, theirs, tokenizer, kind, length, warm_up=length == lengths[0])
+            for length in lengths]
 
 
-def _compare_length(ours, theirs, tokenizer, kind: str, length: int) -> dict:
-    """``compare``'s row at ``length`` tokens."""
+def _compare_length(ours, theirs, tokenizer, kind: str, length: int, warm_up: bool = True) -> dict:
+    """``compare``'s row at ``length`` tokens, after an untimed run of each side if ``warm_up`` (the first length:
+    the code warm; a later length's first runs only touch fresh memory, which the median of the repeats leaves
+    out)."""
     from bench.encoder import text_of_length
     from encoder.trace import trace_text
 
@@ -257,7 +260,7 @@ def _compare_length(ours, theirs, tokenizer, kind: str, length: int) -> dict:
     runs = {"ours": lambda: trace_text(ours, text), "without": lambda: theirs(text, False)}
     if whole <= WITH_ATTENTIONS_MAX_BYTES:
         runs["with"] = lambda: theirs(text, True)
-    for run in runs.values():  # warm-up: not measured
+    for run in runs.values() if warm_up else ():  # not measured
         run()
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(REPEATS[length]):
