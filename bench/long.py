@@ -186,27 +186,31 @@ def _figure_text(figure: dict) -> str:
             f"{figure['json_bytes'] / 2**20:.1f} MB)")
 
 
+def probe_row(kind: str, m: dict) -> dict:
+    """The table row of ``measure``'s numbers ``m`` for the model ``kind``."""
+    if "error" in m:
+        return {"model": MODELS[kind], "tokens": "", "trace": m["error"]}
+    return {
+        "model": MODELS[kind], "tokens": f"{m['tokens']:,}", "trace": f"{m['trace_s']:.1f} s",
+        "peak memory: loaded / traced / at the end":
+            f"{_gb(m['loaded_peak'])} / {_gb(m['traced_peak'])} / {_gb(m['end_peak'])}",
+        "resident: runtime / loaded / with the trace":
+            f"{_gb(m['runtime_resident'])} / {_gb(m['loaded_resident'])} / {_gb(m['traced_resident'])}",
+        "trace holds: attention (whole would be) + hidden states":
+            f"{_gb(m['kept_bytes'])} ({_gb(m['whole_bytes'])}) + {_gb(m['hidden_bytes'])}",
+        "first heatmap, layer 0 head 0": _figure_text(m["first"]),
+        "layer/head change": _figure_text(m["change"]),
+        "one head's (T, T) materialised": f"{1000 * m['head_s']:.0f} ms"}
+
+
 def probe_rows(folders: dict[str, Path], lengths=LENGTHS) -> list[dict]:
+    """``measure`` of each model at each length, as table rows (and the raw numbers as JSON lines on stderr)."""
     rows = []
     for kind, folder in folders.items():
         for length in lengths:
             m = measure(folder, length)
-            if "error" in m:
-                rows.append({"model": MODELS[kind], "tokens": f"{length:,}", "trace": m["error"]})
-                continue
-            rows.append({
-                "model": MODELS[kind], "tokens": f"{m['tokens']:,}",
-                "trace": f"{m['trace_s']:.1f} s",
-                "peak memory: loaded / traced / at the end":
-                    f"{_gb(m['loaded_peak'])} / {_gb(m['traced_peak'])} / {_gb(m['end_peak'])}",
-                "resident: runtime / loaded / with the trace":
-                    f"{_gb(m['runtime_resident'])} / {_gb(m['loaded_resident'])} / {_gb(m['traced_resident'])}",
-                "trace holds: attention (whole would be) + hidden states":
-                    f"{_gb(m['kept_bytes'])} ({_gb(m['whole_bytes'])}) + {_gb(m['hidden_bytes'])}",
-                "first heatmap, layer 0 head 0": _figure_text(m["first"]),
-                "layer/head change": _figure_text(m["change"]),
-                "one head's (T, T) materialised": f"{1000 * m['head_s']:.0f} ms"})
-            print(json.dumps({"kind": kind, **m}), file=sys.stderr, flush=True)  # the raw numbers, for the docs
+            print(json.dumps({"kind": kind, **m}), file=sys.stderr, flush=True)
+            rows.append(probe_row(kind, m))
     return rows
 
 
