@@ -118,13 +118,16 @@ def target_ui(source: str) -> str | None:
     return target if target.strip() else None
 
 
-def max_tokens_ui(max_positions: int) -> int:
-    """The Max tokens control (drawn once the model is known: its positions bound it)."""
-    limit = token_limit(max_positions)  # the model's positions, and the server's cap
+def max_tokens_ui(max_positions: int, config) -> int:
+    """The Max tokens control (drawn once the model is known: its positions, and the size of its traces in the
+    cache, bound it)."""
+    limit = token_limit(max_positions, config)  # the model's positions, the server's cap, the cache's bytes
     max_tokens = st.number_input("Max tokens", min_value=min(8, limit), max_value=limit, value=limit, step=8,
                                  key="max_tokens", bind="query-params",
                                  help=f"Longer inputs are truncated (and flagged). At most {limit}: the model's "
-                                      "positions, or the server's limit (HEADLIGHT_MAX_TOKENS) if lower.")
+                                      "positions, the server's limit (HEADLIGHT_MAX_TOKENS), or the most tokens "
+                                      "whose trace the server's cache holds (HEADLIGHT_CACHE_MB), whichever is "
+                                      "lowest.")
     return min(int(max_tokens), limit)
 
 
@@ -199,7 +202,8 @@ def main() -> None:
         source, model = open_model(asked)
     prompt_for_decoder(source, model)
     with st.sidebar:
-        max_tokens = max_tokens_ui(model.reads.window if model.reads is not None else model.config.max_positions)
+        max_tokens = max_tokens_ui(model.reads.window if model.reads is not None else model.config.max_positions,
+                                   model.config)
         target = target_ui(source)
         generation = continue_ui(model.config)
         facts = st.container()

@@ -10,6 +10,7 @@ import pytest
 from encoder.attention_store import LazyAttention
 from encoder.trace import trace_text
 from tests.support.families import FAMILIES_DIR
+from viz.clicks import click_spec
 from viz.long_inputs import IMAGE_CELLS
 from viz.registry import build_view
 
@@ -106,6 +107,8 @@ def test_every_view_of_8192_tokens_is_under_5_mb_of_json(trace_8192, view):
     assert size < FIGURE_MAX_BYTES, f"{view}: {size / 2**20:.1f} MB"
     if view in ("tokens", "lines"):
         assert "tokens 4872-5127 of 8192 (a window around the query token" in fig.layout.title.subtitle.text
+        clicks = [np.asarray(fig.data[i].customdata)[:, 0] for i in click_spec(fig)]
+        assert clicks and all(c.min() >= 4872 and c.max() <= 5127 for c in clicks)  # the whole text's tokens
 
 
 def test_the_distance_view_of_a_long_trace_equals_the_whole_heads(trace_2048):
@@ -135,13 +138,16 @@ def test_analyses_of_a_long_trace_run_or_say_their_length_limit(trace_8192):
 
 
 def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_without_rerunning(tmp_path, monkeypatch):
-    """A 100,000-character paste into a model of 2,048 positions is cut to 2,048 tokens with a message; the
-    heatmap is a block image (said in its subtitle); a layer change re-runs nothing."""
+    """A 100,000-character paste into a model of 2,048 positions is cut to 2,048 tokens with a message and traced
+    lazily (3 layers of 8 heads: 400 MB of attention); the heatmap is a block image (said in its subtitle); a layer
+    change re-runs nothing."""
     from tests.support.models import write_tiny_bert_folder
     from tests.test_app import _app, _encoder_runs, _figures, _no_errors
+    from ui.cache import RESULTS
 
     monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(tmp_path))
-    folder = write_tiny_bert_folder(tmp_path / "long", max_position_embeddings=2048)
+    folder = write_tiny_bert_folder(tmp_path / "long", max_position_embeddings=2048, num_hidden_layers=3,
+                                    num_attention_heads=8, hidden_size=16)
     at = _app(model="folder or hub id…", source=str(folder))
     at.text_area(key="text").set_value("word " * 20_000).run()  # 100,000 characters
     _no_errors(at)
@@ -152,21 +158,28 @@ def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_withou
     at.slider(key="layer").set_value(1).run()
     _no_errors(at)
     assert _figures(at)[0]["layout"]["title"]["text"].startswith("Layer 1, head 0")
+    at.slider(key="head").set_value(7).run()
+    _no_errors(at)
+    assert _figures(at)[0]["layout"]["title"]["text"].startswith("Layer 1, head 7")
     assert _encoder_runs(at) == runs
+    (key,) = [key for key in RESULTS.kept_keys() if key[:3] == ("trace", str(folder), "word " * 20_000)]
+    assert isinstance(RESULTS.get(key, lambda: None).attention, LazyAttention)  # kept: traced once, lazily
 
 
-def test_the_cache_counts_a_long_trace_by_its_real_bytes_and_leaves_the_pieces_their_share(trace_8192):
+def test_the_cache_counts_a_long_trace_by_its_real_bytes_and_leaves_the_pieces_their_share(trace_8192, long_model):
     """A cached long trace holds its queries, keys and hidden states (held_bytes), not the L x H x T x T floats its
     attention would take; the results cache and the attention pieces' LRU share HEADLIGHT_CACHE_MB."""
     from encoder.attention_store import piece_limit
     from encoder.settings import settings
     from ui.budget import held_bytes
     from ui.cache import RESULTS
+    from ui.inputs import trace_bytes
 
     held = held_bytes(trace_8192)
     store = trace_8192.attention
     assert store.queries.nbytes + store.keys.nbytes + trace_8192.hidden.nbytes <= held < store.nbytes / 8
     assert RESULTS.max_bytes + piece_limit() == settings().cache_bytes
+    assert held <= trace_bytes(long_model.config, 8192) < 2 * held  # the Max tokens cap's estimate: from above
 
 
 def test_the_cli_zooms_a_long_heatmap_and_the_operators_cap_bounds_it(tmp_path, monkeypatch, capsys):
@@ -184,3 +197,31 @@ def test_the_cli_zooms_a_long_heatmap_and_the_operators_cap_bounds_it(tmp_path, 
     assert main(["--model", str(folder), "--text", words(1000), "--view", "heatmap", "--rows", "600:700",
                  "-o", str(out)]) == 2  # the trace is cut to 600 tokens: rows 600:700 are out of range
     assert "not a range of token indices in 0:600" in capsys.readouterr().err
+
+
+def test_the_model_view_redrawn_with_another_head_outlined_computes_nothing_again(trace_2048):
+    """The trace keeps its head images: a second model view with another head outlined reuses the same ones."""
+    from viz.long_inputs import _KEPT_IMAGES
+
+    first = build_view(trace_2048, "model", selected=(0, 0))
+    kept = dict(_KEPT_IMAGES[trace_2048.attention])
+    again = build_view(trace_2048, "model", selected=(1, 1))
+    assert kept and all(_KEPT_IMAGES[trace_2048.attention][key] is value for key, value in kept.items())
+    np.testing.assert_array_equal(np.asarray(again.data[0].z), np.asarray(first.data[0].z))
+
+
+def test_max_tokens_stops_where_a_trace_no_longer_fits_the_cache(monkeypatch):
+    """A ModernBERT-base-shaped model (22 layers, 12 heads, width 768, 8,192 positions) keeps about 200 KB a token
+    once long: with the default budget Max tokens stops where its trace fits the cache (so a change of view never
+    re-runs it); a budget of 4 GB lets it reach 8,192. MiniLM's 512 always fit."""
+    from encoder.config import EncoderConfig
+    from ui.inputs import cached_tokens, token_limit, trace_budget, trace_bytes
+
+    modernbert = EncoderConfig(num_layers=22, num_heads=12, d_model=768, dff=1152, max_positions=8192,
+                               vocab_size=50368)
+    minilm = EncoderConfig(num_layers=6, num_heads=12, d_model=384, dff=1536, max_positions=512, vocab_size=30522)
+    limit = token_limit(8192, modernbert)
+    assert 1024 < limit < 8192 and trace_bytes(modernbert, limit) <= trace_budget() < trace_bytes(modernbert, limit + 1)
+    assert token_limit(512, minilm) == 512
+    monkeypatch.setenv("HEADLIGHT_CACHE_MB", "4096")
+    assert cached_tokens(modernbert, 8192) == 8192

@@ -30,14 +30,13 @@ import streamlit as st
 
 import analysis
 from analysis.steps import step_trace
-from encoder.attention_store import piece_limit
 from encoder.errors import InputError
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, LoadedModel, ModelCard, load_source
 from encoder.trace import EncoderTrace, trace_text
 from tutorial.dataset import load_splits
 from ui.budget import ByteBudgetCache
-from ui.inputs import DEFAULT_TEXT, token_limit
+from ui.inputs import DEFAULT_TEXT, token_limit, trace_budget
 from ui.scrub import ScrubChart, scrub_chart
 from ui.serving import coldstart, warmup
 from viz.kinds import ENCODER
@@ -49,7 +48,7 @@ Corpus = tuple[str, tuple[str, ...]]  # (name shown in the progress bar, sentenc
 # Traces (a long one by its queries and keys: ``held_bytes`` walks the ``LazyAttention``'s arrays) and results get
 # HEADLIGHT_CACHE_MB less the attention pieces' LRU (``encoder.attention_store.PIECES``, half of it): together, the
 # budget.
-RESULTS = ByteBudgetCache(settings().cache_bytes - piece_limit())
+RESULTS = ByteBudgetCache(trace_budget())
 HEAVY_JOBS = threading.BoundedSemaphore(settings().heavy_jobs)
 HEAVY_WAIT = "Another visitor's analysis is running; yours starts when it ends."
 TRACED = "traced"  # session state: the inputs traced for this session (the sidebar's "encoder runs")
@@ -212,7 +211,7 @@ def warm_trace(model: LoadedModel, text: str, pair: str | None, max_tokens: int)
 
 
 def _warm_default_page(model: LoadedModel) -> None:
-    warm_trace(model, DEFAULT_TEXT, None, token_limit(model.config.max_positions))
+    warm_trace(model, DEFAULT_TEXT, None, token_limit(model.config.max_positions, model.config))
 
 
 def start_warm_up() -> Future | None:

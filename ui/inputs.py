@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+from encoder.attention_store import EAGER_MAX_BYTES, EAGER_MAX_TOKENS, piece_limit
+from encoder.config import EncoderConfig
 from encoder.settings import settings
+
+TRACE_TOKEN_BYTES = 1024  # a token's share of the rest of a trace: ids, top next-token candidates, words, ...
 
 EXAMPLES = {
     "The cat sat on the mat because it was tired.": "",
@@ -20,6 +24,34 @@ DEFAULT_PROMPT = "Once upon a time, there was"  # a decoder's default text (app.
 DEFAULT_TARGET = "Die Katze saß auf der Matte, weil sie müde war."  # an encoder-decoder's target (app.target_ui)
 
 
-def token_limit(max_positions: int) -> int:
-    """The most tokens a trace may have: the model's positions, or the server's cap if lower."""
-    return min(max_positions, settings().max_tokens)
+def token_limit(max_positions: int, config: EncoderConfig | None = None) -> int:
+    """The most tokens a trace may have: the model's positions, or the server's cap if lower; given the model's
+    ``config``, also the most whose trace the cache keeps (``cached_tokens``), so a change of view never re-runs
+    the model."""
+    limit = min(max_positions, settings().max_tokens)
+    return limit if config is None else cached_tokens(config, limit)
+
+
+def trace_budget() -> int:
+    """Bytes the app's cache gives traces and results (``ui.cache.RESULTS``): ``HEADLIGHT_CACHE_MB`` less what the
+    long traces' attention pieces may hold (``encoder.attention_store.piece_limit``)."""
+    return settings().cache_bytes - piece_limit()
+
+
+def trace_bytes(config: EncoderConfig, tokens: int) -> int:
+    """An upper estimate of the bytes a trace of ``tokens`` tokens holds: its hidden states and positional rows,
+    and its attention: the (L, H, T, T) array, or for a long trace (``encoder.trace.traced_lazily``'s rule) each
+    layer's queries and keys; plus ``TRACE_TOKEN_BYTES`` a token of the rest."""
+    layers, heads = config.num_layers, config.num_heads
+    per_token = 4 * (layers + 2) * config.d_model + TRACE_TOKEN_BYTES
+    whole = 4 * layers * heads * tokens * tokens
+    if tokens > EAGER_MAX_TOKENS and whole > EAGER_MAX_BYTES:
+        return tokens * (per_token + 4 * layers * (heads + config.key_value_heads) * config.head_dim)
+    return tokens * per_token + whole
+
+
+def cached_tokens(config: EncoderConfig, limit: int) -> int:
+    """The most tokens, up to ``limit``, whose trace (``trace_bytes``) fits the cache's ``trace_budget`` (at
+    least 8)."""
+    budget = trace_budget()
+    return next((tokens for tokens in range(limit, 8, -1) if trace_bytes(config, tokens) <= budget), min(8, limit))

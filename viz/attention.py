@@ -55,6 +55,7 @@ from viz.long_inputs import (
 )
 from viz.scrub import Step, add_head_slider
 from viz.selection import (
+    AGGREGATES,
     BLOCKS,
     block_edges,
     downsample_seen,
@@ -170,6 +171,7 @@ def build_attention_heatmap(
         >>> fig = build_attention_heatmap(trace, layer=2, head=5)  # doctest: +SKIP
     """
     check_colorscale(colorscale)
+    check_choice(reduce, AGGREGATES, "reduce")
     if rows is not None or cols is not None or is_long(trace):
         return long_heatmap(trace, layer, head, aggregate=aggregate, heads=heads, layer_mean=layer_mean,
                             colorscale=colorscale, log_color=log_color, hide_special=hide_special,

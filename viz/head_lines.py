@@ -29,7 +29,7 @@ from viz.layout import (
     short_label,
     token_hover_label,
 )
-from viz.long_inputs import add_note, windowed
+from viz.long_inputs import in_full_text, windowed
 from viz.scrub import Step, add_head_slider
 from viz.selection import describe_heads, head_label, shown_queries_keys
 from viz.validation import check_fraction, check_heads, check_int_range, check_layer, check_shown_token
@@ -104,7 +104,7 @@ def build_head_lines(
     """
     layer = check_layer(trace, layer)
     chosen = check_heads(trace, heads)
-    trace, query, window_note = windowed(trace, query)
+    trace, query, window = windowed(trace, query)
     threshold = check_fraction(threshold, "threshold")
     max_lines = check_int_range(max_lines, "max_lines", 1, 1_000_000)
     queries = query_side(trace)  # the decoder's tokens for cross-attention, else the trace itself
@@ -141,7 +141,7 @@ def build_head_lines(
 
         if add_head_slider(fig, trace, layer, chosen[0], list(range(1, 1 + len(_weight_bins(threshold)))), step):
             fig.update_traces(showlegend=False, selector=dict(name=f"head {chosen[0]}"))  # the title names the head
-    return add_note(fig, window_note)
+    return in_full_text(fig, window)
 
 
 def _drawn_lines(stack: np.ndarray, threshold: float, query_row: int | None, max_lines: int, notes: list[str]

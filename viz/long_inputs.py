@@ -14,15 +14,18 @@ NumPy only; ``viz.attention`` draws the figures.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import plotly.graph_objects as go
 
 from analysis.report import sink_queries
-from encoder.attention_store import LazyVisible
+from encoder.attention_store import LazyAttention, LazyVisible
 from encoder.errors import ViewError
 from encoder.trace import EncoderTrace
+from viz.clicks import click_spec
 from viz.kinds import CrossTrace, query_side
 from viz.selection import (
     AGGREGATES,
@@ -200,10 +203,30 @@ class HeadImages:
     notes: list[str]
 
 
+_KEPT_IMAGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a lazy attention -> {settings: HeadImages}
+KEPT_IMAGE_SETTINGS = 8  # head images kept per trace (the last settings asked)
+
+
 def head_images(trace: EncoderTrace | CrossTrace, layers: Sequence[int], heads: Sequence[int], cells: int, how: str,
                 hide_special: bool, renormalize: bool, layer_mean: bool = False) -> HeadImages:
     """Each of ``heads`` in each of ``layers`` (with ``layer_mean``: averaged over every layer, ``layers`` one
-    entry) as a ``block_image`` of at most ``cells`` a side, read one head and a chunk of rows at a time."""
+    entry) as a ``block_image`` of at most ``cells`` a side, read one head and a chunk of rows at a time. A lazy
+    trace keeps the last ``KEPT_IMAGE_SETTINGS`` results while it lives (a few MB): the model view redrawn with
+    another head outlined computes nothing again."""
+    settings = (tuple(layers), tuple(heads), cells, how, hide_special, renormalize, layer_mean)
+    attention = trace.attention
+    if not isinstance(attention, LazyAttention):
+        return _head_images(trace, *settings)
+    kept = _KEPT_IMAGES.setdefault(attention, {})
+    if settings not in kept:
+        kept[settings] = _head_images(trace, *settings)
+        while len(kept) > KEPT_IMAGE_SETTINGS:
+            kept.pop(next(iter(kept)))
+    return kept[settings]
+
+
+def _head_images(trace: EncoderTrace | CrossTrace, layers: Sequence[int], heads: Sequence[int], cells: int, how: str,
+                 hide_special: bool, renormalize: bool, layer_mean: bool) -> HeadImages:
     queries, keys, renormalize_over, notes = shown_tokens(trace, hide_special, renormalize)
     sink_rows = sink_queries(query_side(trace).num_tokens)
     images, peaks, sinks = [], np.zeros((len(layers), len(heads)), np.float32), np.zeros((len(layers), len(heads)))
@@ -275,22 +298,33 @@ def window_trace(trace: EncoderTrace, begin: int, end: int) -> EncoderTrace:
 
 
 def windowed(trace: EncoderTrace | CrossTrace, query: int | None) -> tuple[EncoderTrace | CrossTrace, int | None,
-                                                                              str | None]:
+                                                                              tuple[int, str] | None]:
     """A long trace cut to the ``token_window`` around ``query`` (the token view, head lines): the window's trace,
-    the query's index in it, and the subtitle note; a short trace (or cross-attention) as it is, with None."""
+    the query's index in it, and (its first token, the subtitle note) for ``in_full_text``; a short trace (or
+    cross-attention) as it is, with None."""
     if not is_long(trace) or query_side(trace) is not trace:
         return trace, query, None
-    begin, end = token_window(trace, 0 if query is None else query)
     if query is not None and not 0 <= query < trace.num_tokens:
         raise ViewError(f"query {query} is out of range: the text has {trace.num_tokens} tokens")
-    note = (f"tokens {begin}-{end - 1} of {trace.num_tokens} (a window around the query token; indices here count "
-            f"from {begin})")
-    return window_trace(trace, begin, end), (None if query is None else query - begin), note
+    begin, end = token_window(trace, 0 if query is None else query)
+    note = (f"tokens {begin}-{end - 1} of {trace.num_tokens} (a window around the query token; the indices in "
+            f"labels count from {begin}, clicks pick the token of the whole text)")
+    return window_trace(trace, begin, end), (None if query is None else query - begin), (begin, note)
 
 
-def add_note(fig, note: str | None):
-    """``fig`` with ``note`` appended to its subtitle (none: as it is)."""
-    if note:
-        subtitle = fig.layout.title.subtitle.text
-        fig.update_layout(title_subtitle_text=f"{subtitle} · {note}" if subtitle else note)
+def in_full_text(fig: go.Figure, window: tuple[int, str] | None) -> go.Figure:
+    """``fig`` drawn on a ``windowed`` trace, back in the whole text's terms: its clickable points' "query" and
+    "key" values (``viz.clicks``) moved by the window's first token, the window's note on the subtitle."""
+    if window is None:
+        return fig
+    begin, note = window
+    for index, fields in click_spec(fig).items():
+        columns = [column for column, name in enumerate(fields) if name in ("query", "key")]
+        data = fig.data[index].customdata
+        if columns and data is not None and len(data):
+            shifted = np.array(data, dtype=np.float64 if np.asarray(data).dtype.kind == "f" else np.int64)
+            shifted[:, columns] += begin
+            fig.data[index].customdata = shifted
+    subtitle = fig.layout.title.subtitle.text
+    fig.update_layout(title_subtitle_text=f"{subtitle} · {note}" if subtitle else note)
     return fig

@@ -23,7 +23,7 @@ from viz.layout import (
     notes_title,
     text_width,
 )
-from viz.long_inputs import add_note, windowed
+from viz.long_inputs import in_full_text, windowed
 from viz.scrub import Step, add_head_slider
 from viz.selection import AGGREGATES, hidden_keys, select_attention, shown_queries_keys
 from viz.validation import (
@@ -108,7 +108,7 @@ def build_token_view(
     if is_cross(trace) and direction != "from":
         raise ViewError("cross-attention goes from decoder tokens to encoder tokens: the token view shows what a "
                         "decoder token looks at (direction 'from')")
-    trace, query, window_note = windowed(trace, query) if weights is None else (trace, query, None)
+    trace, query, window = windowed(trace, query) if weights is None else (trace, query, None)
     queries = query_side(trace)
     query = check_token(queries, query, "query")
     if weights is None:
@@ -147,7 +147,7 @@ def build_token_view(
         if add_head_slider(fig, trace, layer, chosen[0], [0], step):
             fig.update_layout(coloraxis_cmax=max(peaks))
             fig.layout.title.subtitle.text = " · ".join([*notes, "one colour scale for every head of the slider"])
-    return add_note(fig, window_note)
+    return in_full_text(fig, window)
 
 
 def _headline_and_hover(what: str, q_label: str, query: int, direction: str, labels: list[str], shown: np.ndarray
