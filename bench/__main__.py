@@ -20,6 +20,7 @@ from bench.common import ISA_CAPS, capped_environment, isa_cap, print_table
 SUITES = {
     "encoder": "Encoder trace, MiniLM (6x12, d=384), median of alternating runs",
     "decoder": "Decoder, SmolLM2-135M-shaped Llama (30 layers, 9 / 3 heads, d=576, vocabulary 49,152)",
+    "long": "Long inputs (2,048 / 4,096 / 8,192 tokens): SmolLM2-135M-shaped decoder, ModernBERT-base-shaped encoder",
     "families": "Every ported family on its fixture-sized model, against transformers (PyTorch), ~60 tokens",
     "figures": "Figure builders and export",
     "analysis": "Analysis",

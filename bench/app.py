@@ -29,10 +29,10 @@ TEXT_BOX = '[data-testid="stSidebar"] [data-testid="stTextArea"] textarea'
 LOADING = "Loading the model"
 
 
-def _wait_title(page, prefix: str) -> None:
+def _wait_title(page, prefix: str, timeout_ms: float = 60_000) -> None:
     page.wait_for_function(
         "([sel, prefix]) => { const t = document.querySelector(sel); return t && t.textContent.startsWith(prefix); }",
-        arg=[f"{CHART} .gtitle", prefix], polling="raf", timeout=60_000)
+        arg=[f"{CHART} .gtitle", prefix], polling="raf", timeout=timeout_ms)
 
 
 def _time_changes(page, slider_name: str, titles: list[str]) -> list[float]:

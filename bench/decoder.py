@@ -108,12 +108,9 @@ def theirs_runners(folder: Path) -> dict:
         batch = tokenizer(text, return_tensors="pt")
         with torch.inference_mode():
             out = model(**batch, output_attentions=True, output_hidden_states=True)
-            logits = out.logits[0]
-            top = torch.topk(torch.softmax(logits, -1), TOP_K, dim=-1)
-            next_logprob = torch.log_softmax(logits[:-1], -1).gather(-1, batch["input_ids"][0, 1:, None])[:, 0]
+            top, next_logprob = next_token_outputs(out.logits[0], batch["input_ids"][0])
         return (np.stack([a[0].numpy() for a in out.attentions]),
-                np.stack([h[0].numpy() for h in out.hidden_states]),
-                top.indices.numpy(), np.append(next_logprob.numpy(), np.nan))
+                np.stack([h[0].numpy() for h in out.hidden_states]), top, next_logprob)
 
     def generate(prompt: str) -> np.ndarray:
         batch = tokenizer(prompt, return_tensors="pt")
@@ -123,6 +120,16 @@ def theirs_runners(folder: Path) -> dict:
         return out[0, batch["input_ids"].shape[1]:].numpy()
 
     return {"trace": trace, "generate": generate, "tokenizer": tokenizer}
+
+
+def next_token_outputs(logits, ids) -> tuple[np.ndarray, np.ndarray]:
+    """What a Headlight trace holds of a decoder's (T, V) torch ``logits`` on ``ids`` (T,): the top-k ids (T, K)
+    and the log-probability of the token that follows (T,), NaN last."""
+    import torch
+
+    top = torch.topk(torch.softmax(logits, -1), TOP_K, dim=-1)
+    next_logprob = torch.log_softmax(logits[:-1], -1).gather(-1, ids[1:, None])[:, 0]
+    return top.indices.numpy(), np.append(next_logprob.numpy(), np.nan)
 
 
 def ours_runners(folder: Path) -> dict:

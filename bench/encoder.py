@@ -24,18 +24,22 @@ LENGTHS = (32, 128, 512)
 
 
 def text_of_length(tokenizer, n: int) -> str:
-    """A prefix of real prose (cut between words) that tokenizes to exactly ``n`` tokens, specials included."""
-    words = (TEXT * 60).split()
+    """A prefix of real prose (cut between words) that tokenizes to exactly ``n`` tokens, specials included (the
+    prose repeated as often as ``n`` needs: at least two words a token)."""
+    words = (TEXT * max(60, n // 16)).split()
     low, high = 1, len(words)
     while low < high:  # the largest word count whose encoding has at most n tokens
         mid = (low + high + 1) // 2
-        if len(tokenizer.encode(" ".join(words[:mid])).tokens) <= n:
+        if tokenizer.encode(" ".join(words[:mid])).untruncated_length <= n:
             low = mid
         else:
             high = mid - 1
     text = " ".join(words[:low])
-    missing = n - len(tokenizer.encode(text).tokens)
-    return text + " ." * missing  # each " ." is one more token
+    for filler in (" .", "."):  # " ." is one more token in most vocabularies, "." where " ." takes two
+        while (tokenizer.encode(text).untruncated_length < n
+               and tokenizer.encode(text + filler).untruncated_length <= n):
+            text += filler
+    return text
 
 
 def _median_ms(samples: list[float]) -> float:
