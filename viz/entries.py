@@ -110,6 +110,12 @@ class Analysis:
         any_length: runs on a long trace (its attention kept lazily, ``encoder.attention_store``): it reads no
             whole (L, H, T, T) attention and makes no (T, T) result per layer. False: ``viz.registry.length_limit``
             refuses long traces with the length this model allows.
+        length_reason: why it does not run on a long trace (not ``any_length``): what it computes or holds at once
+            that grows with every layer's whole attention, as a clause after its label ("re-runs the model once per
+            head, ..."); ``length_limit`` says it with the length. Empty: a generic reason.
+        max_tokens: ``max_tokens(trace) -> int``, the most tokens its own ``limit`` lets it take on this trace's
+            model whatever the attention (flow's 32, value zeroing's work bound), or None; ``length_limit`` says the
+            smaller of this and the longest trace whose whole attention is kept.
         table: ``table(result) -> rows`` shown as a sortable table under the figures in the app.
         beside: what the app draws next to the first figure for comparison (``viz.analysis_figures.beside_figure``):
             "attention" (raw attention, head mean, at the Layer slider's layer) or "rollout" (attention rollout
@@ -133,6 +139,8 @@ class Analysis:
     corpus_max: int | None = None
     limit: Callable[[EncoderTrace], str | None] | None = None
     any_length: bool = False
+    length_reason: str = ""
+    max_tokens: Callable[[EncoderTrace], int] | None = None
     table: Callable[[Any], list[dict]] | None = None
     spinner: str = "Computing…"
     beside: str | None = None

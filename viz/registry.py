@@ -129,6 +129,17 @@ GROUPS: dict[str, Group] = {group.name: group for group in (
           "what a decoder would write next, and how that prediction forms layer by layer"),
 )}
 
+# Why analyses refuse a long trace (``length_limit``), where two or more share the reason.
+DECOMPOSES = ("decomposes every layer's attention block by vector norms from its whole attention: T × T vectors of the "
+              "model's width per layer")
+BACKPROPAGATES = "backpropagates through every layer's whole attention (kept for the backward pass)"
+
+
+def value_zeroing_tokens(trace: EncoderTrace) -> int:
+    """The most tokens value zeroing takes on ``trace``'s model (``value_zeroing.max_tokens``: its work bound)."""
+    return value_zeroing.max_tokens(trace.num_layers, trace.hidden.shape[-1])
+
+
 ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
     Analysis(
         "rollout", "Rollout", "flow", "attention rollout after --layer (default the last), token x token",
@@ -142,6 +153,8 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "path is enough.",
         compute=flow.compute_flow, figures=figures.flow_figures, rows=flow.flow_rows,
         options=(RESIDUAL, COLORSCALE), layer="compute", limit=flow.flow_limit,
+        length_reason="solves a max-flow problem for every token pair (T × T of them) on a graph of L × T nodes whose "
+                      "edges are every layer's whole attention", max_tokens=lambda trace: flow.MAX_FLOW_TOKENS,
         spinner="Solving max-flow for every token pair…"),
     Analysis(
         "norm", "Norm-based", "flow", "norm-based attention ||alpha f(x)|| in --layer (default the last), head mean",
@@ -149,6 +162,8 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "beside it.",
         compute=attribution.compute_norm, figures=attribution_figures.norm_figures, rows=attribution.norm_rows,
         options=(COLORSCALE,), layer="figure", needs_model=True,
+        length_reason="weighs every layer's whole attention by the value vector each weight moves: H × T × T "
+                      "vectors of the model's width per layer",
         spinner="Decomposing every layer's attention block…", beside="attention"),
     Analysis(
         "globenc", "GlobEnc", "flow", "GlobEnc: attention + residual + layer norm by norms, rolled out to --layer",
@@ -156,14 +171,14 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "CLIP and GPT-2.",
         compute=attribution.compute_globenc, figures=attribution_figures.globenc_figures,
         rows=attribution.globenc_rows, options=(COLORSCALE,), layer="figure", needs_model=True,
-        spinner="Decomposing every layer's attention block…", beside="rollout"),
+        length_reason=DECOMPOSES, spinner="Decomposing every layer's attention block…", beside="rollout"),
     Analysis(
         "alti", "ALTI", "flow",
         "ALTI: token contributions by Manhattan closeness to each output, rolled out to --layer",
         "Rollout with each token's part scored by how close it comes to the layer's output; rows sum to 1. Post-LN "
         "BERT, pre-LN CLIP and GPT-2.",
         compute=attribution.compute_alti, figures=attribution_figures.alti_figures, rows=attribution.alti_rows,
-        options=(COLORSCALE,), layer="figure", needs_model=True,
+        options=(COLORSCALE,), layer="figure", needs_model=True, length_reason=DECOMPOSES,
         spinner="Decomposing every layer's attention block…", beside="rollout"),
     Analysis(
         "value-zeroing", "Value zeroing", "flow",
@@ -172,7 +187,10 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "slider's layer alone.",
         compute=value_zeroing.compute_value_zeroing, figures=attribution_figures.value_zeroing_figures,
         rows=value_zeroing.value_zeroing_rows, options=(COLORSCALE,), layer="figure", needs_model=True,
-        limit=value_zeroing.value_zeroing_limit, spinner="Running each layer with every token's values zeroed…",
+        limit=value_zeroing.value_zeroing_limit, max_tokens=value_zeroing_tokens,
+        length_reason="re-runs every layer once per token (that token's values zeroed), each run computing the "
+                      "layer's whole attention, and makes a token × token result per layer",
+        spinner="Running each layer with every token's values zeroed…",
         beside="rollout"),
     Analysis(
         "report", "Report card", "roles", "head report card: one --statistic for every layer x head (text or --corpus)",
@@ -183,24 +201,32 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "clusters", "Head clusters", "roles", "heads clustered by Jensen-Shannon distance (text or --corpus)",
         "Dark squares on the diagonal are heads that attend alike; outlines mark the clusters.",
         compute=heads.compute_clusters, figures=figures.clusters_figures, rows=heads.clusters_rows,
-        options=(CLUSTERS, COLORSCALE), corpus=True, spinner="Comparing every pair of heads…"),
+        options=(CLUSTERS, COLORSCALE), corpus=True,
+        length_reason="compares the whole T × T attention of every pair of heads (Jensen-Shannon), all L × H heads' "
+                      "weights held at once", spinner="Comparing every pair of heads…"),
     Analysis(
         "importance", "Head importance", "heads", "each head silenced alone: its effect on the output, layers x heads",
         "Each head silenced alone: red heads support the output; click a head to open it in the Heatmap.",
         compute=perturb.compute_importance, figures=figures.importance_figures, rows=tables.result_rows,
-        options=(COLORSCALE,), needs_model=True, spinner="Silencing every head in turn…"),
+        options=(COLORSCALE,), needs_model=True,
+        length_reason="re-runs the model once per head (L × H runs, batched), each run computing every layer's "
+                      "whole attention", spinner="Silencing every head in turn…"),
     Analysis(
         "ablation", "Head ablation", "heads",
         "the output with the --ablate heads silenced together vs the clean output",
         "Pick heads (the reddest of Head importance) and compare the output with them silenced together.",
         compute=perturb.compute_ablation, figures=figures.ablation_figures, rows=tables.result_rows,
-        options=(ABLATE,), needs_model=True, spinner="Running the model with the heads silenced…"),
+        options=(ABLATE,), needs_model=True,
+        length_reason="re-runs the model with the heads silenced, computing every layer's whole attention",
+        spinner="Running the model with the heads silenced…"),
     Analysis(
         "noise", "Noise stability", "heads",
         "attention change under embedding noise: curve over sigma, or map at --sigma",
         "How far each head's attention moves as noise is added to the input embeddings; low is stable.",
         compute=perturb.compute_noise, figures=figures.noise_figures, rows=tables.result_rows,
-        options=(SAMPLES, SIGMA, COLORSCALE), needs_model=True, spinner="Running the encoder on noisy embeddings…"),
+        options=(SAMPLES, SIGMA, COLORSCALE), needs_model=True,
+        length_reason="re-runs the model on batches of noisy copies of the input and compares every head's whole "
+                      "attention in each with the clean trace's", spinner="Running the encoder on noisy embeddings…"),
     Analysis(
         "position-share", "Position vs content", "positions",
         "positional lab: share of each head's logit variance from position vs content, layers x heads",
@@ -232,26 +258,30 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "Which explanation agrees with removing each token: Spearman ρ and AOPC per method, higher is more faithful.",
         compute=faithfulness.compute_faithfulness, figures=faithfulness_figures.faithfulness_figures,
         rows=tables.result_rows, needs_model=True, corpus=True, corpus_max=faithfulness.CORPUS_MAX,
-        table=tables.result_table, spinner="Running the model with each token removed…"),
+        table=tables.result_table,
+        length_reason="scores explanations made from every layer's whole attention (rollout, attribution, "
+                      "attention × gradient) against the model re-run once per token removed",
+        spinner="Running the model with each token removed…"),
     Analysis(
         "input-gradient", "Input × gradient", "tokens", "input x gradient: sum_d x_d df/dx_d per token (signed)",
         "One bar per token: red raises the output f, blue lowers it.",
         compute=gradients.compute_input_gradient, figures=gradient_figures.token_attribution_figures,
         rows=tables.result_rows, options=(COLORSCALE,), needs_model=True, table=tables.result_table,
-        spinner="Taking gradients through the model…"),
+        length_reason=BACKPROPAGATES, spinner="Taking gradients through the model…"),
     Analysis(
         "integrated-gradients", "Integrated gradients", "tokens",
         "integrated gradients per token from a padded baseline, --steps points, with the completeness error",
         "One bar per token, summing to f(input) − f(baseline) up to the completeness error in the title.",
         compute=gradients.compute_integrated_gradients, figures=gradient_figures.token_attribution_figures,
         rows=tables.result_rows, options=(STEPS, COLORSCALE), needs_model=True, table=tables.result_table,
-        spinner="Taking gradients through the model…"),
+        length_reason=BACKPROPAGATES + " once per point on the path", spinner="Taking gradients through the model…"),
     Analysis(
         "attention-gradient", "Attention × gradient", "tokens",
         "attention x gradient, alpha df/dalpha, in --layer (default the last), head mean, token x token",
         "Cell (i, j): the weight times its gradient, in the Layer slider's layer; red raises the output f.",
         compute=gradients.compute_attention_gradient, figures=gradient_figures.attention_gradient_figures,
         rows=gradients.attention_gradient_rows, options=(COLORSCALE,), layer="figure", needs_model=True,
+        length_reason="backpropagates to every layer's whole attention: its gradient is L × H × T × T numbers",
         spinner="Taking gradients through the model…", beside="attention"),
     Analysis(
         "similarity", "Why similar?", "similarity",
@@ -259,6 +289,8 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "Red token pairs pull the two texts together, blue ones push them apart; the cells sum to the model's cosine.",
         compute=similarity.compute_similarity, figures=similarity_figures.similarity_figures,
         rows=tables.result_rows, options=(COLORSCALE,), needs_model=True, limit=similarity.similarity_limit,
+        length_reason="traces each text alone and backpropagates through every layer's whole attention of each "
+                      "(integrated gradients of the cosine)",
         spinner="Tracing each text alone…"),
     Analysis(
         "lens", "Logit lens", "predictions",
@@ -346,17 +378,28 @@ def longest_whole(layers: int, heads: int) -> int:
 
 
 def length_limit(entry: Analysis, trace: EncoderTrace | None) -> str | None:
-    """Why ``entry`` (not ``any_length``) refuses a long ``trace`` (its attention kept lazily): it needs every
-    layer's whole attention, or a token x token result per layer, at once; None when it can run."""
+    """Why ``entry`` (not ``any_length``) refuses a long ``trace`` (its attention kept lazily), or None when it can
+    run: its own reason (``Analysis.length_reason``), the length it is limited to on this model (the smaller of its
+    own ``max_tokens`` and ``longest_whole``), the input's length, and what runs at any length."""
     if trace is None or entry.any_length or not isinstance(trace.attention, LazyAttention):
         return None
-    most = longest_whole(trace.num_layers, trace.num_heads)
-    whole = 4 * trace.num_layers * trace.num_heads * trace.num_tokens ** 2
-    return (f"{entry.label} reads every layer's whole attention (or makes a token × token result per layer) at once, "
-            f"so it is limited to {most:,} tokens for this model ({trace.num_layers} layers × {trace.num_heads} "
-            f"heads: {EAGER_MAX_BYTES // 2**20} MB of attention); this input has {trace.num_tokens:,} tokens "
-            f"({whole / 2**30:,.1f} GB). Set Max tokens (--max-tokens) to {most:,} or fewer; the views show any "
-            "length.")
+    layers, heads, tokens = trace.num_layers, trace.num_heads, trace.num_tokens
+    most = longest_whole(layers, heads)
+    own = None if entry.max_tokens is None else entry.max_tokens(trace)
+    reason = entry.length_reason or "reads every layer's whole attention, or makes a token × token result per layer"
+    if tokens <= min(most, own or most):  # a short trace made lazy on purpose (``trace_text(..., lazy=True)``)
+        return (f"{entry.label} {reason}, so it runs on traces that keep their whole attention; this one "
+                f"({tokens:,} tokens) keeps it lazily: trace the text again with lazy=False.")
+    if own is not None and own < most:
+        most, limited = own, f"; this input has {tokens:,} tokens"
+    else:
+        whole = 4 * layers * heads * tokens**2
+        limited = (f", the longest input whose whole attention a trace keeps ({layers} layers × {heads} heads: "
+                   f"{EAGER_MAX_BYTES // 2**20} MB); this input has {tokens:,} tokens ({whole / 2**30:,.1f} GB of "
+                   "attention)")
+    anywhere = ", ".join(other.label for other in ANALYSES.values() if other.any_length)
+    return (f"{entry.label} {reason}, so it is limited to {most:,} tokens on this model{limited}. Set Max tokens "
+            f"(--max-tokens) to {most:,} or fewer; {anywhere} and the views run at any length.")
 
 
 def kind_unavailable(entry: Analysis, trace: EncoderTrace | None, kind: str = ENCODER) -> str | None:
