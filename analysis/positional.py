@@ -12,6 +12,15 @@ each query row, averaged over the query rows:
 
 per layer and head: 1 where only position moves the logits, 0 where only content does, NaN where neither varies
 (every row has one visible key). The two parts can be correlated, so V(C + P) need not equal V(C) + V(P).
+
+**Long traces.** A long trace (``LazyAttention``) keeps no logit terms, only each layer's queries and keys as the
+logit rule multiplied them; the terms are recomputed from those, a layer at a time (``layer_terms``), never a
+layer's (H, T, T). The content term is a product a_q . b_k, and so is the rotary positional one (q' . k' - q . k =
+[q', q] . [k', -k], primes rotated), so each row's sums over its visible keys come from the keys' first and second
+moments (``Moments``, O(T m^2) per head) plus the cells near the block's edges; a relative bias's from its prefix
+sums along the distances. Position by distance sums all T - |d| cells at a distance (a long trace's mask depends
+on the distance alone): a bias is itself, a rotary term a cross-correlation by FFT. A short trace of a rotary
+decoder records no terms (its second product is left out: ``UNRECORDED_MESSAGE``).
 """
 
 from __future__ import annotations
