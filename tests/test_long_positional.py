@@ -121,7 +121,7 @@ def test_a_windowed_rotary_decoder_over_several_blocks_equals_its_eager_terms():
     model = rotary_decoder()
     text = words(700)
     eager = trace_text(model, text, max_tokens=600, lazy=False)
-    assert eager.num_tokens == 600 and 600 > 4 * lab.LONG_ROWS
+    assert eager.num_tokens == 600 and 4 * lab.LONG_ROWS < 600
     assert_same_lab_numbers(eager, trace_text(model, text, max_tokens=600, lazy=True), ulps=32)
 
 
