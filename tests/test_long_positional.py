@@ -26,12 +26,16 @@ def words(count: int) -> str:
     return " ".join(f"w{i % 97}" for i in range(count))
 
 
-def recording_llama():
-    """The llama fixture loaded afresh with its rotary logit rules recording the content and position terms (a
-    decoder leaves them out: ``RotaryPositions.logit_terms``), so its eager trace holds the reference terms."""
+DECODERS = ("llama", "phi3", "mistral", "gemma3")  # rotary decoders: their short traces record no terms
+
+
+def recording(family: str):
+    """The decoder fixture ``family`` loaded afresh with its rotary logit rules recording the content and position
+    terms (a decoder leaves them out: ``RotaryPositions.logit_terms``), so its eager trace holds the reference
+    terms."""
     from encoder.sources import load_path
 
-    model = load_path(FAMILIES_DIR / "llama", name="llama")
+    model = load_path(FAMILIES_DIR / family, name=family)
     for layer in model.model.encoder_layers:
         layer.attention.logits.terms = True
     return model
@@ -55,14 +59,14 @@ def assert_same_lab_numbers(eager, lazy, ulps: float = 16) -> None:
         assert_close_f32(got["bias_by_distance"], want["bias_by_distance"], ulps, err_msg=f"layer {layer}")
 
 
-@pytest.mark.parametrize("family", ["llama", "modernbert", "t5-encoder", "mpnet"])
+@pytest.mark.parametrize("family", [*DECODERS, "modernbert", "t5-encoder", "mpnet"])
 def test_a_lazy_trace_gives_the_eager_traces_lab_numbers(family, monkeypatch):
-    """Rotary causal grouped-query heads (llama), rotary with windowed and global layers (ModernBERT), a relative
-    bias (T5's encoder, MPNet): blocks of 5 query rows, so the kept moments move and the edges are summed cell by
-    cell, as at 8,192 tokens."""
+    """Rotary causal grouped-query heads (llama, phi3), causal windows (mistral), windowed layers with their own
+    theta (gemma3; ModernBERT's symmetric ones), a relative bias (T5's encoder, MPNet): blocks
+    of 5 query rows, so the kept moments move and the edges are summed cell by cell, as at 8,192 tokens."""
     monkeypatch.setattr(lab, "LONG_ROWS", 5)
     model = load_family(family)
-    eager = trace_text(recording_llama() if family == "llama" else model, TEXT, lazy=False)
+    eager = trace_text(recording(family) if family in DECODERS else model, TEXT, lazy=False)
     assert_same_lab_numbers(eager, trace_text(model, TEXT, lazy=True))
 
 
@@ -104,10 +108,12 @@ def small_model(positions, causal: bool, windows: tuple[int, ...] = ()):
 
 
 def rotary_decoder():
-    """Causal, a global and a 64-token windowed layer, rotary positions recording their terms."""
+    """Causal, a global and a 64-token windowed layer with its own theta, rotary positions on half of each head's
+    dimensions (``fraction``), recording their terms."""
     from encoder.config import RotaryPositions
 
-    return small_model(RotaryPositions(theta=10_000.0, local_theta=1_000.0, logit_terms=True), True, (0, 64))
+    positions = RotaryPositions(theta=10_000.0, local_theta=1_000.0, fraction=0.5, logit_terms=True)
+    return small_model(positions, True, (0, 64))
 
 
 def relative_encoder():
