@@ -227,6 +227,15 @@ def by_distance(trace: EncoderTrace, layer: int, means: np.ndarray, distances: n
 # A long trace's terms, from its queries and keys (never a layer's (H, T, T) at once)
 
 
+def product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``x @ y`` of float64 stacks of matrices (..., n, m) and (..., m, p), by TensorFlow's matmul: its thread pool
+    is the one every layer already runs on (NumPy's BLAS threads, spinning beside it, run many small products
+    several times slower on a loaded machine)."""
+    from keras import ops
+
+    return ops.convert_to_numpy(ops.matmul(x, y))
+
+
 @dataclass(frozen=True)
 class Bilinear:
     """A logit term that is a product, X[q, k] = a_q . b_k: ``a`` (H, T, m) and ``b`` (Hkv, T, m) float64 (query
@@ -245,11 +254,11 @@ class Bilinear:
     def moments(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         """``(sum of b (Hkv, m), sum of b b^T (Hkv, m, m))`` over keys ``lo`` .. ``hi - 1``."""
         keys = self.b[:, lo:hi]
-        return keys.sum(1), keys.transpose(0, 2, 1) @ keys
+        return keys.sum(1), product(keys.transpose(0, 2, 1), keys)
 
     def cells(self, begin: int, end: int, lo: int, hi: int) -> np.ndarray:
         """(H, R, S) float64: the term of queries ``begin`` .. ``end - 1`` over keys ``lo`` .. ``hi - 1``."""
-        return self.a[:, begin:end] @ self.b[:, lo:hi].transpose(0, 2, 1)[self.groups]
+        return product(self.a[:, begin:end], self.b[:, lo:hi].transpose(0, 2, 1)[self.groups])
 
 
 @dataclass(frozen=True)
@@ -388,8 +397,8 @@ class Moments:
         self.move(core_lo, core_hi)
         a = self.term.a[:, begin:end]  # (H, R, m)
         groups = self.term.groups
-        first = (a @ self.first[groups][..., None])[..., 0]  # (H, R)
-        second = ((a @ self.second[groups]) * a).sum(-1)
+        first = (a * self.first[groups][:, None]).sum(-1)  # (H, R)
+        second = (product(a, self.second[groups]) * a).sum(-1)
         first[:, ~kept] = 0.0
         second[:, ~kept] = 0.0
         span_lo, span_hi = int(lo[kept].min()), int(hi[kept].max())
