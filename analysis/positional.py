@@ -36,6 +36,7 @@ from encoder.errors import AnalysisError
 from encoder.trace import EncoderTrace
 
 if TYPE_CHECKING:
+    from analysis.checks import Progress
     from analysis.inputs import Inputs, Options
 
 POSITION_TERMS = ("position", "c2p", "p2c")  # terms that depend on where the tokens are
@@ -134,16 +135,17 @@ def shares(content: np.ndarray, position: np.ndarray, terms: dict[str, np.ndarra
                          content_terms=content_names, position_terms=position_names)
 
 
-def position_share(trace: EncoderTrace) -> PositionShare:
+def position_share(trace: EncoderTrace, progress: Progress | None = None) -> PositionShare:
     """The position vs content share of every head of ``trace`` (over the cells its ``visible`` mask shows): of its
-    ``logit_terms``, or for a long trace of the terms its queries and keys give (``long_position_share``).
+    ``logit_terms``, or for a long trace of the terms its queries and keys give (``long_position_share``, calling
+    ``progress(layers done, layers)`` after each layer).
 
     Raises:
         AnalysisError: the trace has no logit terms to split (``terms_unavailable``).
     """
     check_logit_terms(trace)
     if not trace.logit_terms:
-        return long_position_share(trace)
+        return long_position_share(trace, progress)
     return term_share(trace.logit_terms, trace.visible)
 
 
@@ -312,13 +314,16 @@ def unrotated(queries: np.ndarray, keys: np.ndarray, frequencies: np.ndarray) ->
     return tuple(ops.convert_to_numpy(rotate(x[None], cos, -sin))[0] for x in (queries, keys))
 
 
-def long_position_share(trace: EncoderTrace) -> PositionShare:
+def long_position_share(trace: EncoderTrace, progress: Progress | None = None) -> PositionShare:
     """``position_share`` of a long trace (``LazyAttention``): each layer's ``layer_terms``, their variances over
-    each query row's visible keys from sums (``layer_variances``), a block of ``LONG_ROWS`` query rows at a time."""
+    each query row's visible keys from sums (``layer_variances``), a block of ``LONG_ROWS`` query rows at a time;
+    ``progress(layers done, layers)`` after each layer."""
     layers, heads = trace.num_layers, trace.num_heads
     content, position = np.zeros((layers, heads)), np.zeros((layers, heads))
     for layer in range(layers):
         content[layer], position[layer] = layer_variances(layer_terms(trace, layer), trace.visible, layer)
+        if progress is not None:
+            progress(layer + 1, layers)
     return shares(content, position, {"content": content, "position": position}, ("content",), ("position",))
 
 
@@ -526,8 +531,9 @@ def rope_scheme(trace: EncoderTrace, length: int = DEFAULT_ROPE_DISTANCE) -> Rop
 
 
 def compute_position_share(inputs: Inputs, options: Options) -> PositionShare:
-    """``position_share`` of the trace."""
-    return position_share(inputs.trace)
+    """``position_share`` of the trace (a long trace's with a progress bar of layers)."""
+    trace = inputs.trace
+    return position_share(trace, None if trace.logit_terms else inputs.progress("layers"))
 
 
 def logit_terms_limit(trace: EncoderTrace) -> str | None:

@@ -151,8 +151,11 @@ def test_thousands_of_tokens_run_through_the_registry_in_bounded_memory(make):
         assert peak < one_layer / 10, (name, peak, one_layer)
         (_, figure), = entry.figures(result, trace, {"layer": 1})
         assert figure.data, name
-    share = ANALYSES["position-share"].compute(inputs, {})
+    done = []
+    share = ANALYSES["position-share"].compute(TraceInputs(trace, on_progress=lambda what: lambda *step: done.append(
+        (what, *step))), {})
     assert share.share.shape == (2, 4) and np.all((share.share >= 0) & (share.share <= 1))
+    assert done == [("layers", 1, 2), ("layers", 2, 2)]  # the app's progress bar
     distance = ANALYSES["position-by-distance"].compute(inputs, {"layer": 1})
     if trace.attention.recipe.bias_table is not None:  # a relative bias: its mean by distance is the bias itself
         scheme = trace.position_scheme

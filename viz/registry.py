@@ -206,7 +206,8 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "positional lab: share of each head's logit variance from position vs content, layers x heads",
         "1: only position moves a head's logits, 0: only content; click a head to open it in the Heatmap.",
         compute=lab.compute_position_share, figures=lab_figures.position_share_figures, rows=tables.result_rows,
-        options=(COLORSCALE,), limit=lab.logit_terms_limit, any_length=True),
+        options=(COLORSCALE,), limit=lab.logit_terms_limit, any_length=True,
+        spinner="Splitting every layer's logits into content and position…"),
     Analysis(
         "relative-bias", "Relative bias", "positions",
         "positional lab: the relative attention bias by signed distance, per head",
