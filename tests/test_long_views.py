@@ -130,7 +130,7 @@ def test_analyses_of_a_long_trace_run_or_say_their_length_limit(trace_8192):
     from viz.registry import ANALYSES, analysis_unavailable, longest_whole
 
     most = longest_whole(trace_8192.num_layers, trace_8192.num_heads)
-    for name in ("flow", "value-zeroing", "integrated-gradients", "position-share"):
+    for name in ("flow", "value-zeroing", "integrated-gradients", "norm"):
         why, own = analysis_unavailable(ANALYSES[name], trace_8192), ANALYSES[name].max_tokens  # flow's 32, ...
         limit = most if own is None else min(most, own(trace_8192))
         assert why is not None and f"limited to {limit:,} tokens" in why and "8,192 tokens" in why, name

@@ -232,7 +232,8 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "positional lab: share of each head's logit variance from position vs content, layers x heads",
         "1: only position moves a head's logits, 0: only content; click a head to open it in the Heatmap.",
         compute=lab.compute_position_share, figures=lab_figures.position_share_figures, rows=tables.result_rows,
-        options=(COLORSCALE,), limit=lab.logit_terms_limit),
+        options=(COLORSCALE,), limit=lab.logit_terms_limit, any_length=True,
+        spinner="Splitting every layer's logits into content and position…"),
     Analysis(
         "relative-bias", "Relative bias", "positions",
         "positional lab: the relative attention bias by signed distance, per head",
@@ -245,7 +246,7 @@ ANALYSES: dict[str, Analysis] = {entry.name: entry for entry in (
         "rotary scheme)",
         "The positional part of each head's logits by signed distance, in the Layer slider's layer.",
         compute=lab.compute_term_by_distance, figures=lab_figures.term_by_distance_figures, rows=lab.bias_rows,
-        layer="compute", limit=lab.logit_terms_limit),
+        layer="compute", limit=lab.logit_terms_limit, any_length=True),
     Analysis(
         "rope", "Rotary positions", "positions", "positional lab: RoPE frequencies and the long-range decay of q . k",
         "Left: how fast each dimension pair turns per token; right: how the expected q · k falls with distance.",
