@@ -36,7 +36,7 @@ def token_limit(max_positions: int, config: EncoderConfig | None = None) -> int:
 def trace_budget() -> int:
     """Bytes the app's cache gives traces and results (``ui.cache.RESULTS``): ``HEADLIGHT_CACHE_MB`` less what the
     long traces' attention pieces (``encoder.attention_store.piece_limit``: a half) and their heads' block images
-    (``viz.long_inputs.image_limit``: an eighth) may hold."""
+    (``viz.long_inputs.image_limit``: an eighth, at most 128 MB) may hold."""
     return settings().cache_bytes - piece_limit() - image_limit()
 
 

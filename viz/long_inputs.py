@@ -13,6 +13,7 @@ NumPy only; ``viz.attention`` draws the figures.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import weakref
@@ -41,6 +42,7 @@ from viz.selection import (
     visible_tokens,
 )
 
+log = logging.getLogger("headlight.long_inputs")
 FULL_TOKENS = 512  # a heatmap shows every cell up to this many queries and keys; beyond, a block image
 IMAGE_CELLS = 512  # a block image has at most this many cells a side (512 x 512 float32: ~3 MB of JSON)
 CHUNK_BYTES = 32 * 2**20  # the (R, T) float32 rows one step of a block image reads at once
@@ -348,15 +350,17 @@ def in_full_text(fig: go.Figure, window: tuple[int, str] | None) -> go.Figure:
 # Each head's whole-text block image, kept and computed ahead (the app's layer and head changes read it from here).
 
 HEAD_BLOCK_HOWS = ("max", "mean")  # the reductions a head's block image is kept by (one read of the head makes both)
-IMAGE_SHARE = 8  # the kept head images hold at most HEADLIGHT_CACHE_MB / IMAGE_SHARE bytes
+IMAGE_SHARE = 8  # the kept head images hold at most HEADLIGHT_CACHE_MB / IMAGE_SHARE bytes ...
+IMAGE_MAX_BYTES = 128 * 2**20  # ... and at most this (64 heads' two images; the rest of a big budget goes to traces)
 AHEAD_SHARE = 2  # one trace's images computed ahead hold at most half of that: the heads nearest the shown one
 IDLE_SECONDS = 30.0  # a precompute thread with nothing left to do ends after this long (``focus`` starts another)
 FOREGROUND_WAIT_SECONDS = 30.0  # the longest a precompute step waits for a view being computed now to finish
 
 
 def image_limit() -> int:
-    """Bytes the kept head images may hold (``HEAD_BLOCKS``): ``HEADLIGHT_CACHE_MB`` / ``IMAGE_SHARE``."""
-    return settings().cache_bytes // IMAGE_SHARE
+    """Bytes the kept head images may hold (``HEAD_BLOCKS``): ``HEADLIGHT_CACHE_MB`` / ``IMAGE_SHARE``, at most
+    ``IMAGE_MAX_BYTES``."""
+    return min(settings().cache_bytes // IMAGE_SHARE, IMAGE_MAX_BYTES)
 
 
 HEAD_BLOCKS = ByteBudgetCache(image_limit())  # (store id, layer, head, cells, how) -> (image, row and column edges)
@@ -464,6 +468,7 @@ class HeadPrecompute:
         self._trace = weakref.ref(trace)
         self._shape = (trace.num_layers, trace.num_heads)
         self._focus = (0, 0)
+        self._done: set[tuple[int, int]] = set()  # computed here since the focus last moved: never twice
         self._changed = threading.Event()
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
@@ -474,7 +479,9 @@ class HeadPrecompute:
         with self._lock:
             if self._cancelled.is_set():
                 return
-            self._focus = (int(layer), int(head))
+            if (int(layer), int(head)) != self._focus:
+                self._focus = (int(layer), int(head))
+                self._done.clear()
             self._changed.set()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="headlight-head-images", daemon=True)
@@ -491,12 +498,18 @@ class HeadPrecompute:
             thread.join(timeout)
 
     def pending(self) -> list[tuple[int, int]]:
-        """The (layer, head) pairs around the focus whose images are not kept yet, nearest first."""
+        """The (layer, head) pairs around the focus whose images are not kept yet, nearest first, but for those
+        computed here since the focus last moved (other traces' images may have pushed them out of the budget:
+        they are not computed again until the focus moves); none once cancelled or once the trace is gone."""
+        if self._cancelled.is_set() or self._trace() is None:
+            return []
         per_head = len(HEAD_BLOCK_HOWS) * 4 * IMAGE_CELLS * IMAGE_CELLS
         count = max(1, image_limit() // AHEAD_SHARE // per_head)
         kept = _resized()
-        return [(layer, head) for layer, head in ahead_order(*self._shape, *self._focus, count)
-                if any((self.store_id, layer, head, IMAGE_CELLS, how) not in kept for how in HEAD_BLOCK_HOWS)]
+        with self._lock:
+            focus, done = self._focus, set(self._done)
+        return [(layer, head) for layer, head in ahead_order(*self._shape, *focus, count) if (layer, head) not in done
+                and any((self.store_id, layer, head, IMAGE_CELLS, how) not in kept for how in HEAD_BLOCK_HOWS)]
 
     def _run(self) -> None:
         while not self._cancelled.is_set():
@@ -511,10 +524,14 @@ class HeadPrecompute:
                 trace = self._trace()
                 if trace is None or self._cancelled.is_set():
                     return
+                with self._lock:
+                    self._done.add(todo[0])
                 try:
                     self._step(trace, *todo[0])
                 except _Cancelled:
                     return
+                except Exception:  # a head that cannot be computed: its view says why when asked
+                    log.exception("computing a head's block images ahead failed")
                 finally:
                     del trace
 
