@@ -359,13 +359,12 @@ def _changes_text(changes: list[dict]) -> str:
 def _paste(page, length: int) -> list[dict]:
     """A 200-page paste (``PASTE_CHARS`` characters of prose) into the text box: the cut message, the time to the
     chart of the cut text, and a head change afterwards."""
-    from bench.app import TEXT_BOX
     from bench.encoder import TEXT
 
     prose = (TEXT * (PASTE_CHARS // len(TEXT) + 1))[:PASTE_CHARS]
     text = "Zebras " + prose[len("Zebras "):]
     first = page.locator(FIRST_TICK).first.text_content()
-    box = page.locator(TEXT_BOX)
+    box = page.get_by_role("textbox", name="Text", exact=True)
     box.fill(text)
     start = time.perf_counter()
     box.press("Control+Enter")
@@ -450,6 +449,7 @@ def app_rows(folder: Path, length: int = APP_TOKENS, paste: bool = False) -> lis
              "value": f"{1000 * server:.0f} / {1000 * client:.0f} ms"},
             {"measure": f"a far layer (End: layer {layers - 1}, computed on demand)", "value": _changes_text([far])},
         ]
+        print(json.dumps(rows), file=sys.stderr, flush=True)  # kept should the paste fail
         if paste:
             rows += _paste(page, length)
         browser.close()

@@ -27,7 +27,7 @@ from ui.downloads import file_stem, trace_downloads_ui
 from ui.text import plain
 from viz.kinds import kind_suffix, of_kind, query_side
 from viz.layout import mark_image_model
-from viz.long_inputs import HeadPrecompute, has_head_blocks
+from viz.long_inputs import HeadPrecompute, foreground, has_head_blocks
 from viz.options import ViewSettings
 from viz.registry import View, build_view, view_tabs, view_unavailable
 
@@ -142,6 +142,12 @@ def compute_ahead(trace: EncoderTrace, settings: ViewSettings) -> None:
 
 @st.fragment
 def views_ui(inputs: Inputs) -> None:
+    with foreground():  # a long trace's heads computed ahead pause meanwhile
+        shown, settings = _views_ui(inputs)
+    compute_ahead(shown, settings)  # after the figure: the shown head is computed first, by its view
+
+
+def _views_ui(inputs: Inputs) -> tuple[EncoderTrace, ViewSettings]:
     whole = inputs.trace  # a cache hit: the fragment never re-runs the encoder
     if inputs.generation is not None:
         inputs = dataclasses.replace(inputs, step=step_ui(whole))
@@ -171,4 +177,4 @@ def views_ui(inputs: Inputs) -> None:
                 st.warning(plain(error))
     trace_downloads_ui(shown, f"{stem}-words" if settings.merge_words else stem, settings.layer, settings.shown_heads,
                        settings.attention)
-    compute_ahead(shown, settings)  # after the figure: the shown head is computed first, by its view
+    return shown, settings

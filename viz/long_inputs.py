@@ -372,29 +372,47 @@ class _Cancelled(BaseException):
 
 
 class _Foreground:
-    """How many views are computing a head image now (``head_block``): the precompute waits for none."""
+    """How many views are being computed now (``foreground``), and which heads' images they wait for
+    (``head_block``): computing ahead waits for none, before each head and each chunk of its rows, unless a view
+    waits for the very head it computes."""
 
     def __init__(self) -> None:
         self._busy = 0
+        self._wanted: dict[tuple, int] = {}
         self._condition = threading.Condition()
 
     @contextmanager
-    def computing(self) -> Iterator[None]:
+    def computing(self, head: tuple | None = None) -> Iterator[None]:
         with self._condition:
             self._busy += 1
+            if head is not None:
+                self._wanted[head] = self._wanted.get(head, 0) + 1
+            self._condition.notify_all()
         try:
             yield
         finally:
             with self._condition:
                 self._busy -= 1
+                if head is not None:
+                    self._wanted[head] -= 1
+                    if not self._wanted[head]:
+                        del self._wanted[head]
                 self._condition.notify_all()
 
-    def wait_idle(self, timeout: float) -> None:
+    def wait_idle(self, timeout: float, head: tuple | None = None) -> None:
+        """Until no view is being computed, or one waits for ``head``'s images (at most ``timeout`` seconds)."""
         with self._condition:
-            self._condition.wait_for(lambda: self._busy == 0, timeout=timeout)
+            self._condition.wait_for(lambda: self._busy == 0 or head in self._wanted, timeout=timeout)
 
 
 _FOREGROUND = _Foreground()
+
+
+def foreground():
+    """A context manager around work a visitor waits for (the app's views fragment): computing ahead pauses
+    meanwhile (at its next chunk of rows)."""
+    return _FOREGROUND.computing()
+
 _AHEAD_SLOT = threading.Lock()  # one precompute step at a time in the process, whatever the sessions
 
 
@@ -403,8 +421,12 @@ def has_head_blocks(trace: EncoderTrace | CrossTrace) -> bool:
     return isinstance(trace.attention, LazyAttention) and query_side(trace) is trace and is_long(trace)
 
 
+def _head_id(trace: EncoderTrace, layer: int, head: int) -> tuple[int, int, int]:
+    return trace.attention.store_id, int(layer), int(head)
+
+
 def _block_key(trace: EncoderTrace, layer: int, head: int, how: str) -> tuple:
-    return trace.attention.store_id, int(layer), int(head), IMAGE_CELLS, how
+    return *_head_id(trace, layer, head), IMAGE_CELLS, how
 
 
 def _resized() -> ByteBudgetCache:
@@ -418,9 +440,9 @@ def head_block(trace: EncoderTrace, layer: int, head: int, how: str) -> tuple[np
     """``block_image`` of one head of the whole text (no token hidden) by ``how``: (image (sr, sc), row edges,
     column edges), from ``HEAD_BLOCKS`` (computed ahead by ``HeadPrecompute``, or now, and kept). For traces that
     ``has_head_blocks``."""
-    with _FOREGROUND.computing():
-        return _resized().get(_block_key(trace, layer, head, how),
-                              lambda: _head_blocks(trace, layer, head, (how,))[how])
+    key = _block_key(trace, layer, head, how)
+    with _FOREGROUND.computing(_head_id(trace, layer, head)):
+        return _resized().get(key, lambda: _head_blocks(trace, layer, head, (how,))[how])
 
 
 def _head_blocks(trace: EncoderTrace, layer: int, head: int, hows: Sequence[str],
@@ -431,8 +453,10 @@ def _head_blocks(trace: EncoderTrace, layer: int, head: int, hows: Sequence[str]
     tokens = np.arange(trace.num_tokens)
 
     def read(row_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if cancelled is not None and cancelled.is_set():
-            raise _Cancelled
+        if cancelled is not None:  # computing ahead: pause for views being computed, stop once cancelled
+            _FOREGROUND.wait_idle(FOREGROUND_WAIT_SECONDS, _head_id(trace, layer, head))
+            if cancelled.is_set():
+                raise _Cancelled
         return shown_rows(trace, row_indices, tokens,
                           lambda begin, end: selected_rows(trace, layer, [head], None, False, begin, end),
                           lambda begin, end: hidden_rows(trace, layer, False, begin, end), None)
@@ -459,7 +483,8 @@ class HeadPrecompute:
 
     Bounded: one step (a head) at a time in the process, and only while no view is computing one; the trace held
     weakly (a step holds it while it runs), so a trace dropped from the app's cache is not kept alive here;
-    ``cancel`` stops it within a chunk of rows. A head not computed yet is computed by the view that asks for it
+    ``cancel`` stops it within a chunk of rows; it pauses (before each chunk) while a view is being computed,
+    unless that view waits for the head it computes. A head not computed yet is computed by the view that asks for it
     (``head_block``), once: a view asking for the head being computed here waits for it.
     """
 
@@ -524,8 +549,6 @@ class HeadPrecompute:
                 trace = self._trace()
                 if trace is None or self._cancelled.is_set():
                     return
-                with self._lock:
-                    self._done.add(todo[0])
                 try:
                     self._step(trace, *todo[0])
                 except _Cancelled:
@@ -534,6 +557,8 @@ class HeadPrecompute:
                     log.exception("computing a head's block images ahead failed")
                 finally:
                     del trace
+                with self._lock:
+                    self._done.add(todo[0])
 
     def _step(self, trace: EncoderTrace, layer: int, head: int) -> None:
         """Both images of one head, from one read of its rows (an image a view already kept is not recomputed)."""
