@@ -356,9 +356,9 @@ def _changes_text(changes: list[dict]) -> str:
             f"{1000 * statistics.median(messages):.0f} + browser {1000 * statistics.median(browser):.0f} ms)")
 
 
-def _paste(page, length: int) -> list[dict]:
-    """A 200-page paste (``PASTE_CHARS`` characters of prose) into the text box: the cut message, the time to the
-    chart of the cut text, and a head change afterwards."""
+def _paste(page, length: int, layer: int, head: int) -> list[dict]:
+    """A 200-page paste (``PASTE_CHARS`` characters of prose) into the text box, the chart showing ``layer``,
+    ``head``: the cut message, the time to the chart of the cut text, and a head change afterwards."""
     from bench.encoder import TEXT
 
     prose = (TEXT * (PASTE_CHARS // len(TEXT) + 1))[:PASTE_CHARS]
@@ -373,9 +373,8 @@ def _paste(page, length: int) -> list[dict]:
     drawn = time.perf_counter() - start
     cut = [alert for alert in page.locator('[data-testid="stAlert"]').all_text_contents() if "sees the first" in alert]
     slider = page.get_by_role("slider", name="Head")
-    value = int(slider.get_attribute("aria-valuenow"))
-    layer = page.get_by_role("slider", name="Layer").get_attribute("aria-valuenow")
-    change = _change(page, slider, "ArrowLeft", f"Layer {layer}, head {value - 1}")
+    slider.focus()
+    change = _change(page, slider, "ArrowLeft", f"Layer {layer}, head {head - 1}")
     return [
         {"measure": f"a {PASTE_CHARS:,}-character paste: cut to {length:,} tokens with a message",
          "value": cut[0][:120] if cut else "no message"},
@@ -451,7 +450,7 @@ def app_rows(folder: Path, length: int = APP_TOKENS, paste: bool = False) -> lis
         ]
         print(json.dumps(rows), file=sys.stderr, flush=True)  # kept should the paste fail
         if paste:
-            rows += _paste(page, length)
+            rows += _paste(page, length, layers - 1, APP_CHANGES)
         browser.close()
     return rows
 
