@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from bench.long import _resident_bytes
 from encoder.trace import trace_text
 from tests.test_long_views import long_model, words  # noqa: F401 - the module's long decoder fixture
 from viz.long_inputs import (
@@ -177,7 +178,7 @@ def test_four_sessions_at_8192_tokens_stay_within_the_byte_budget(tmp_path, monk
     saved = RESULTS.max_bytes
     RESULTS.resize(trace_budget())
     PIECES.clear()
-    jobs = []
+    jobs, resident = [], _resident_bytes()
     try:
         folder = write_tiny_bert_folder(tmp_path / "long", max_position_embeddings=8192, num_hidden_layers=2,
                                         num_attention_heads=2, hidden_size=16)
@@ -203,6 +204,10 @@ def test_four_sessions_at_8192_tokens_stay_within_the_byte_budget(tmp_path, monk
         assert PIECES.bytes <= piece_limit() and HEAD_BLOCKS.kept_bytes <= image_limit()
         assert RESULTS.kept_bytes + PIECES.bytes + HEAD_BLOCKS.kept_bytes <= budget
         assert PIECES.bytes > piece_limit() // 2  # the pieces filled their share (each head is 256 MB: chunks)
+        mb = 2**20
+        print(f"kept: results {RESULTS.kept_bytes / mb:.1f} of {RESULTS.max_bytes / mb:.0f} MB, pieces "
+              f"{PIECES.bytes / mb:.1f} of {piece_limit() / mb:.0f} MB, images {HEAD_BLOCKS.kept_bytes / mb:.1f} of "
+              f"{image_limit() / mb:.0f} MB; resident grew {(_resident_bytes() - resident) / mb:.0f} MB")
         for job in jobs:
             job.cancel()
     finally:
