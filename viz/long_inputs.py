@@ -151,10 +151,10 @@ def block_image(rows: np.ndarray, cols: np.ndarray, read, how: str, cells: int =
     return images[how], row_edges, col_edges
 
 
-def block_images(rows: np.ndarray, cols: np.ndarray, read, hows: Sequence[str], cells: int = IMAGE_CELLS
-                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """``block_image`` by each of ``hows`` from one read of the rows: ({how: image (sr, sc)}, row edges, column
-    edges)."""
+def block_images(rows: np.ndarray, cols: np.ndarray, read, hows: Sequence[str], cells: int = IMAGE_CELLS,
+                 chunk_bytes: int = CHUNK_BYTES) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """``block_image`` by each of ``hows`` from one read of the rows, in chunks of ``chunk_bytes``: ({how: image
+    (sr, sc)}, row edges, column edges)."""
     for how in hows:
         if how not in AGGREGATES:
             raise ViewError(f"block reduction {how!r} is not one of {', '.join(AGGREGATES)}")
@@ -162,7 +162,7 @@ def block_images(rows: np.ndarray, cols: np.ndarray, read, hows: Sequence[str], 
     col_edges = block_edges(cols.size, min(cells, cols.size))
     images = {how: np.empty((row_edges.size - 1, col_edges.size - 1), np.float32) for how in hows}
     tallest = int(np.diff(row_edges).max())
-    per_chunk = max(1, CHUNK_BYTES // (4 * tallest * max(cols.size, 1)))  # blocks of rows per chunk
+    per_chunk = max(1, chunk_bytes // (4 * tallest * max(cols.size, 1)))  # blocks of rows per chunk
     for first in range(0, row_edges.size - 1, per_chunk):
         last = min(first + per_chunk, row_edges.size - 1)
         weights, hidden = read(rows[row_edges[first]:row_edges[last]])
@@ -354,6 +354,7 @@ IMAGE_SHARE = 8  # the kept head images hold at most HEADLIGHT_CACHE_MB / IMAGE_
 IMAGE_MAX_BYTES = 128 * 2**20  # ... and at most this (64 heads' two images; the rest of a big budget goes to traces)
 AHEAD_SHARE = 2  # one trace's images computed ahead hold at most half of that: the heads nearest the shown one
 IDLE_SECONDS = 30.0  # a precompute thread with nothing left to do ends after this long (``focus`` starts another)
+AHEAD_CHUNK_BYTES = 8 * 2**20  # computing ahead reads smaller chunks than a view: it pauses for views sooner
 FOREGROUND_WAIT_SECONDS = 30.0  # the longest a precompute step waits for a view being computed now to finish
 
 
@@ -461,7 +462,8 @@ def _head_blocks(trace: EncoderTrace, layer: int, head: int, hows: Sequence[str]
                           lambda begin, end: selected_rows(trace, layer, [head], None, False, begin, end),
                           lambda begin, end: hidden_rows(trace, layer, False, begin, end), None)
 
-    images, row_edges, col_edges = block_images(tokens, tokens, read, hows)
+    chunk = CHUNK_BYTES if cancelled is None else AHEAD_CHUNK_BYTES
+    images, row_edges, col_edges = block_images(tokens, tokens, read, hows, chunk_bytes=chunk)
     return {how: (images[how], row_edges, col_edges) for how in hows}
 
 
