@@ -28,7 +28,7 @@ from encoder.families import FAMILIES
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, ModelCard, builtin_sources, text_encoder_choices
 from encoder.trace import EncoderTrace
-from ui.cache import Inputs, get_card, is_encoder_decoder, model_pending, session_traces, start_warm_up
+from ui.cache import Inputs, get_card, is_encoder_decoder, is_traced, model_pending, session_traces, start_warm_up
 from ui.generation import continue_ui, has_lm_head
 from ui.inputs import DEFAULT_PROMPT, DEFAULT_TARGET, DEFAULT_TEXT, EXAMPLES, token_limit
 from ui.serving.prefetch import prefetch_ui
@@ -195,7 +195,8 @@ def main() -> None:
         st.title("Headlight")
         asked = model_ui() or DEFAULT_SOURCE
         text, pair = text_ui()
-    if model_pending(asked):
+    prefetching = model_pending(asked)
+    if prefetching:
         with st.sidebar:
             prefetch_ui(TEXT_BOX)  # the chart's code loads in the browser while the model loads
     with st.spinner(LOADING, show_time=True), st.sidebar:  # the spinner shows after 0.5 s: never once warm
@@ -211,6 +212,9 @@ def main() -> None:
         st.info("The text is continued alone: the second sentence is left out.")
         pair = None
     inputs = Inputs(source, text, pair, max_tokens, generation, target=target)
+    if not prefetching and not is_traced(inputs):
+        with st.sidebar:
+            prefetch_ui(TEXT_BOX)  # ... or while the encoder runs (a long text: tens of seconds)
     trace = None
     try:
         trace = inputs.trace

@@ -295,16 +295,108 @@ def compare_rows(folders: dict[str, Path]) -> list[dict]:
     return rows
 
 
-def app_rows(folder: Path, length: int = APP_TOKENS) -> list[dict]:
+# In the page: the arrival time and size of each large WebSocket message (a chart), before Streamlit handles it.
+FRAME_PROBE = """
+(() => {
+  const Native = window.WebSocket;
+  window.__charts = [];
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) => {
+        const size = event.data.byteLength ?? event.data.size ?? event.data.length ?? 0;
+        if (size > 100000) window.__charts.push([performance.now(), size]);
+      });
+    }
+  };
+})();
+"""
+TRACED = r"/(^|\n)tokens: \d/.test(document.querySelector('[data-testid=\"stSidebar\"]')?.innerText ?? '')"
+AHEAD_WAIT_SECONDS = 900.0  # the longest the bench waits for the heads computed ahead (the server's CPU idle)
+IDLE_CPU = 0.1  # the server is idle when it used less CPU than this per second, twice in a row
+PASTE_CHARS = 100_000  # "a 200-page text"
+FIRST_TICK = '[data-testid="stPlotlyChart"] .js-plotly-plot .xtick text'
+
+
+def _wait_idle(pid: int, limit: float = AHEAD_WAIT_SECONDS) -> float:
+    """Seconds until the process ``pid`` used under ``IDLE_CPU`` s of CPU in each of two consecutive seconds (the
+    heads computed ahead are done), at most ``limit``."""
+    from bench.common import cpu_seconds
+
+    start, quiet, last = time.perf_counter(), 0, cpu_seconds(pid)
+    while quiet < 2 and time.perf_counter() - start < limit:
+        time.sleep(1.0)
+        now = cpu_seconds(pid)
+        quiet, last = (quiet + 1 if now - last < IDLE_CPU else 0), now
+    return time.perf_counter() - start - 2.0
+
+
+def _change(page, slider, key: str, title: str) -> dict:
+    """One change: ``key`` pressed on ``slider`` until the chart's title starts with ``title``; seconds in all, and
+    until the chart's message reached the page (the server's part; the rest is the browser's)."""
+    from bench.app import _wait_title
+
+    page.evaluate("window.__charts = []")
+    before, start = page.evaluate("performance.now()"), time.perf_counter()
+    slider.press(key)
+    _wait_title(page, title, timeout_ms=600_000)
+    total = time.perf_counter() - start
+    charts = page.evaluate("window.__charts")
+    message = (charts[-1][0] - before) / 1000 if charts else float("nan")
+    time.sleep(0.3)
+    return {"total": total, "message": message}
+
+
+def _changes_text(changes: list[dict]) -> str:
+    """"median / max ms (message median ms + browser median ms)"."""
+    totals = [c["total"] for c in changes]
+    messages = [c["message"] for c in changes]
+    browser = [c["total"] - c["message"] for c in changes]
+    return (f"{1000 * statistics.median(totals):.0f} / {1000 * max(totals):.0f} ms (server to the chart's message "
+            f"{1000 * statistics.median(messages):.0f} + browser {1000 * statistics.median(browser):.0f} ms)")
+
+
+def _paste(page, length: int, layer: int, head: int) -> list[dict]:
+    """A 200-page paste (``PASTE_CHARS`` characters of prose) into the text box, the chart showing ``layer``,
+    ``head``: the cut message, the time to the chart of the cut text, and a head change afterwards."""
+    from bench.encoder import TEXT
+
+    prose = (TEXT * (PASTE_CHARS // len(TEXT) + 1))[:PASTE_CHARS]
+    text = "Zebras " + prose[len("Zebras "):]
+    first = page.locator(FIRST_TICK).first.text_content()
+    box = page.get_by_role("textbox", name="Text", exact=True)
+    box.fill(text)
+    start = time.perf_counter()
+    box.press("Control+Enter")
+    page.wait_for_function("([sel, old]) => { const t = document.querySelector(sel); return t && t.textContent !== "
+                           "old; }", arg=[FIRST_TICK, first], polling=100, timeout=1_800_000)
+    drawn = time.perf_counter() - start
+    cut = [alert for alert in page.locator('[data-testid="stAlert"]').all_text_contents() if "sees the first" in alert]
+    slider = page.get_by_role("slider", name="Head")
+    slider.focus()
+    change = _change(page, slider, "ArrowLeft", f"Layer {layer}, head {head - 1}")
+    return [
+        {"measure": f"a {PASTE_CHARS:,}-character paste: cut to {length:,} tokens with a message",
+         "value": cut[0][:120] if cut else "no message"},
+        {"measure": "the paste, committed to its chart drawn (its trace included)", "value": f"{drawn:.1f} s"},
+        {"measure": "then a head change", "value": _changes_text([change])},
+    ]
+
+
+def app_rows(folder: Path, length: int = APP_TOKENS, paste: bool = False) -> list[dict]:
     """The app in Chromium on ``folder``'s model at ``length`` tokens (the text in the link, the operator's token
-    cap raised to it): time to the first chart (the trace included), then head and layer changes, each from the
-    key press on the slider to the chart's new title (``bench.app``'s timing)."""
+    cap raised to it, and the cache to 6 GB so the trace fits it): the first chart (from opening the link; and
+    from the trace's end, when the sidebar shows its tokens), the heads computed ahead (until the server is idle),
+    head and layer changes (kept images), a far layer's (End: computed on demand), each split into the server's
+    part (to the chart's message, ``FRAME_PROBE``) and the browser's; CPU per change; with ``paste``, a 200-page
+    paste (``_paste``)."""
     import urllib.parse
 
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    from bench.app import _time_changes, _wait_title
+    from bench.app import _wait_title
+    from bench.common import browser_cpu, cpu_seconds
     from bench.encoder import text_of_length
     from encoder.tokenizer import TextTokenizer
     from tests.browser_support import chromium_path, launch_chromium, streamlit_server
@@ -312,32 +404,55 @@ def app_rows(folder: Path, length: int = APP_TOKENS) -> list[dict]:
     if chromium_path() is None:
         return [{"measure": "skipped: no Chromium at /usr/bin/chromium", "value": ""}]
     text = text_of_length(TextTokenizer.from_folder(folder, POSITIONS), length)
+    layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
     query = urllib.parse.urlencode({"model": "folder or hub id…", "source": str(folder), "text": text})
-    env = {"HEADLIGHT_MODEL_ROOTS": str(folder.parent), "HEADLIGHT_MAX_TOKENS": str(length), "HEADLIGHT_WARM_UP": "0"}
+    env = {"HEADLIGHT_MODEL_ROOTS": str(folder.parent), "HEADLIGHT_MAX_TOKENS": str(length), "HEADLIGHT_WARM_UP": "0",
+           "HEADLIGHT_CACHE_MB": "6144"}
     with sync_playwright() as playwright, streamlit_server(env=env) as url:
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.add_init_script(FRAME_PROBE)
         page.set_default_timeout(600_000)
         start = time.perf_counter()
         page.goto(f"{url}/?{query}")
         try:
-            _wait_title(page, "Layer 0, head 0", timeout_ms=900_000)
+            page.wait_for_function(TRACED, polling=50, timeout=1_800_000)
+            traced = time.perf_counter()
+            _wait_title(page, "Layer 0, head 0", timeout_ms=600_000)
         except PlaywrightTimeout as error:  # what the page showed instead is the result
             shown = page.locator('[data-testid="stAlert"]').all_text_contents()
             return [{"measure": f"first chart at {length:,} tokens", "value": f"not drawn: {shown or error}"[:300]}]
-        first = time.perf_counter() - start
-        heads = _time_changes(page, "Head", [f"Layer 0, head {h}" for h in range(1, APP_CHANGES + 1)])
-        layers = _time_changes(page, "Layer", [f"Layer {layer}, head {APP_CHANGES}"
-                                               for layer in range(1, APP_CHANGES + 1)])
+        drawn = time.perf_counter()
+        ahead = _wait_idle(url.pid)
+        server, client = cpu_seconds(url.pid), browser_cpu(url.pid)
+        head = page.get_by_role("slider", name="Head")
+        head.focus()
+        heads = [_change(page, head, "ArrowRight", f"Layer 0, head {h}") for h in range(1, APP_CHANGES + 1)]
+        layer = page.get_by_role("slider", name="Layer")
+        layer.focus()
+        layer_changes = [_change(page, layer, "ArrowRight", f"Layer {lay}, head {APP_CHANGES}")
+                         for lay in range(1, APP_CHANGES + 1)]
+        count = len(heads) + len(layer_changes)
+        server, client = (cpu_seconds(url.pid) - server) / count, (browser_cpu(url.pid) - client) / count
+        far = _change(page, layer, "End", f"Layer {layers - 1}, head {APP_CHANGES}")
+        rows = [
+            {"measure": f"first chart from opening the link ({length:,} tokens; the trace included)",
+             "value": f"{drawn - start:.1f} s"},
+            {"measure": "first chart after the trace (the sidebar showing its tokens to the chart drawn)",
+             "value": f"{drawn - traced:.2f} s"},
+            {"measure": "heads computed ahead (until the server is idle)", "value": f"{ahead:.0f} s"},
+            {"measure": f"head change (kept image), median / max of {len(heads)}", "value": _changes_text(heads)},
+            {"measure": f"layer change (kept image), median / max of {len(layer_changes)}",
+             "value": _changes_text(layer_changes)},
+            {"measure": "CPU per change: server / Chromium (with Playwright's driver)",
+             "value": f"{1000 * server:.0f} / {1000 * client:.0f} ms"},
+            {"measure": f"a far layer (End: layer {layers - 1}, computed on demand)", "value": _changes_text([far])},
+        ]
+        print(json.dumps(rows), file=sys.stderr, flush=True)  # kept should the paste fail
+        if paste:
+            rows += _paste(page, length, layers - 1, APP_CHANGES)
         browser.close()
-    return [
-        {"measure": f"first chart from opening the link ({length:,} tokens; the trace included)",
-         "value": f"{first:.1f} s"},
-        {"measure": f"head change, key press to the new chart, median / max of {len(heads)}",
-         "value": f"{1000 * statistics.median(heads):.0f} / {1000 * max(heads):.0f} ms"},
-        {"measure": f"layer change (a new layer's head materialised), median / max of {len(layers)}",
-         "value": f"{1000 * statistics.median(layers):.0f} / {1000 * max(layers):.0f} ms"},
-    ]
+    return rows
 
 
 def main() -> list[dict]:
@@ -362,7 +477,8 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--app"]:
         from bench.common import print_table
 
-        print_table(f"Long inputs: the app in Chromium, {sys.argv[2]}", app_rows(Path(sys.argv[2]), int(sys.argv[3])))
+        print_table(f"Long inputs: the app in Chromium, {sys.argv[2]} at {int(sys.argv[3]):,} tokens",
+                    app_rows(Path(sys.argv[2]), int(sys.argv[3]), paste="--paste" in sys.argv[4:]))
     elif sys.argv[1:2] == ["--folders"]:  # make the folders under a given parent (to run the parts by hand)
         print(json.dumps({kind: str(path) for kind, path in make_folders(Path(sys.argv[2])).items()}))
     else:

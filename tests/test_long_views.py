@@ -171,17 +171,18 @@ def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_withou
 
 def test_the_cache_counts_a_long_trace_by_its_real_bytes_and_leaves_the_pieces_their_share(trace_8192, long_model):
     """A cached long trace holds its queries, keys and hidden states (held_bytes), not the L x H x T x T floats its
-    attention would take; the results cache and the attention pieces' LRU share HEADLIGHT_CACHE_MB."""
+    attention would take; the results cache, the attention pieces' LRU and the head images share HEADLIGHT_CACHE_MB."""
     from encoder.attention_store import piece_limit
     from encoder.settings import settings
     from ui.budget import held_bytes
     from ui.cache import RESULTS
     from ui.inputs import trace_bytes
+    from viz.long_inputs import image_limit
 
     held = held_bytes(trace_8192)
     store = trace_8192.attention
     assert store.queries.nbytes + store.keys.nbytes + trace_8192.hidden.nbytes <= held < store.nbytes / 8
-    assert RESULTS.max_bytes + piece_limit() == settings().cache_bytes
+    assert RESULTS.max_bytes + piece_limit() + image_limit() == settings().cache_bytes
     assert held <= trace_bytes(long_model.config, 8192) < 2 * held  # the Max tokens cap's estimate: from above
 
 

@@ -100,11 +100,21 @@ def _cached(key: tuple, compute: Callable[[], T], spinner: str | None = None, wa
 def get_trace(source: str, text: str, pair: str | None, max_tokens: int, target: str | None = None) -> EncoderTrace:
     """The trace of this input (one encoder run per process and input; an encoder-decoder's ``target`` runs its
     decoder too), counted for this session."""
-    key = (source, text, pair, max_tokens) + (() if target is None else (target,))
+    key = _trace_key(source, text, pair, max_tokens, target)
     trace = _cached(("trace", *key), lambda: _trace(source, text, pair, max_tokens, target), "Running the encoder…")
     traced = st.session_state.setdefault(TRACED, set())
     traced.add(key)
     return trace
+
+
+def _trace_key(source: str, text: str, pair: str | None, max_tokens: int, target: str | None) -> tuple:
+    return (source, text, pair, max_tokens) + (() if target is None else (target,))
+
+
+def is_traced(inputs: Inputs) -> bool:
+    """Whether the trace ``inputs`` show is in the cache (a continued text's: always, as far as this asks)."""
+    return inputs.generation is not None or ("trace", *_trace_key(inputs.source, inputs.text, inputs.pair,
+                                                                   inputs.max_tokens, inputs.target)) in RESULTS
 
 
 def is_encoder_decoder(source: str) -> bool:

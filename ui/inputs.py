@@ -6,6 +6,7 @@ from __future__ import annotations
 from encoder.attention_store import EAGER_MAX_BYTES, EAGER_MAX_TOKENS, piece_limit
 from encoder.config import EncoderConfig
 from encoder.settings import settings
+from viz.long_inputs import image_limit
 
 TRACE_TOKEN_BYTES = 1024  # a token's share of the rest of a trace: ids, top next-token candidates, words, ...
 
@@ -34,8 +35,9 @@ def token_limit(max_positions: int, config: EncoderConfig | None = None) -> int:
 
 def trace_budget() -> int:
     """Bytes the app's cache gives traces and results (``ui.cache.RESULTS``): ``HEADLIGHT_CACHE_MB`` less what the
-    long traces' attention pieces may hold (``encoder.attention_store.piece_limit``)."""
-    return settings().cache_bytes - piece_limit()
+    long traces' attention pieces (``encoder.attention_store.piece_limit``: a half) and their heads' block images
+    (``viz.long_inputs.image_limit``: an eighth, at most 128 MB) may hold."""
+    return settings().cache_bytes - piece_limit() - image_limit()
 
 
 def trace_bytes(config: EncoderConfig, tokens: int) -> int:

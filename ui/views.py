@@ -27,10 +27,12 @@ from ui.downloads import file_stem, trace_downloads_ui
 from ui.text import plain
 from viz.kinds import kind_suffix, of_kind, query_side
 from viz.layout import mark_image_model
+from viz.long_inputs import HeadPrecompute, foreground, has_head_blocks
 from viz.options import ViewSettings
 from viz.registry import View, build_view, view_tabs, view_unavailable
 
 COMPARE, ANALYSIS = "Compare", "Analysis"
+AHEAD = "heads_ahead"  # session state: this session's ``HeadPrecompute`` (a long trace's head images computed ahead)
 
 
 def tab_labels(trace: EncoderTrace | None = None) -> list[str]:
@@ -121,8 +123,31 @@ def image_model_mark(source: str, trace: EncoderTrace) -> Mark | None:
     return lambda figure, layer: mark_image_model(figure, trace, reads, layer)
 
 
+def compute_ahead(trace: EncoderTrace, settings: ViewSettings) -> None:
+    """For a long trace, its heads' block images computed ahead in the background around the shown layer and head
+    (``viz.long_inputs.HeadPrecompute``), so a layer or head change reads its heatmap instead of computing it; one
+    job per session: another trace (or a short one) cancels the last one's."""
+    picked = of_kind(trace, settings.attention)
+    job = st.session_state.get(AHEAD)
+    wanted = has_head_blocks(picked)
+    if job is not None and (not wanted or job.store_id != picked.attention.store_id):
+        job.cancel()
+        del st.session_state[AHEAD]
+        job = None
+    if wanted:
+        if job is None:
+            job = st.session_state[AHEAD] = HeadPrecompute(picked)
+        job.focus(settings.layer, settings.head)
+
+
 @st.fragment
 def views_ui(inputs: Inputs) -> None:
+    with foreground():  # a long trace's heads computed ahead pause meanwhile
+        shown, settings = _views_ui(inputs)
+    compute_ahead(shown, settings)  # after the figure: the shown head is computed first, by its view
+
+
+def _views_ui(inputs: Inputs) -> tuple[EncoderTrace, ViewSettings]:
     whole = inputs.trace  # a cache hit: the fragment never re-runs the encoder
     if inputs.generation is not None:
         inputs = dataclasses.replace(inputs, step=step_ui(whole))
@@ -152,3 +177,4 @@ def views_ui(inputs: Inputs) -> None:
                 st.warning(plain(error))
     trace_downloads_ui(shown, f"{stem}-words" if settings.merge_words else stem, settings.layer, settings.shown_heads,
                        settings.attention)
+    return shown, settings

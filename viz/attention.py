@@ -44,6 +44,8 @@ from viz.long_inputs import (
     FULL_TOKENS,
     block_image,
     block_note,
+    has_head_blocks,
+    head_block,
     head_images,
     hidden_rows,
     is_long,
@@ -236,7 +238,11 @@ def long_heatmap(
         weights, hidden = read(queries)
         hidden = hidden if hidden is not None and hidden.any() else None
         return _cells_figure(trace, queries, keys, weights, hidden, what, notes, colorscale, log_color, selected)[0]
-    image, row_edges, col_edges = block_image(queries, keys, read, reduce)
+    whole_head = aggregate is None and not (layer_mean or hide_special) and (block, rows, cols) == (None,) * 3
+    if whole_head and has_head_blocks(trace):  # one head of the whole text: kept (computed ahead in the app)
+        image, row_edges, col_edges = head_block(trace, layer, chosen[0], reduce)
+    else:
+        image, row_edges, col_edges = block_image(queries, keys, read, reduce)
     notes.append(block_note(row_edges, col_edges, reduce))
     return _image_figure(trace, image, queries[row_edges[:-1]], keys[col_edges[:-1]], what, notes, colorscale,
                          log_color, reduce)

@@ -13,9 +13,12 @@ NumPy only; ``viz.attention`` draws the figures.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +27,9 @@ import plotly.graph_objects as go
 from analysis.report import sink_queries
 from encoder.attention_store import LazyAttention, LazyVisible
 from encoder.errors import ViewError
+from encoder.settings import settings
 from encoder.trace import EncoderTrace
+from ui.budget import ByteBudgetCache
 from viz.clicks import click_spec
 from viz.kinds import CrossTrace, query_side
 from viz.selection import (
@@ -37,6 +42,7 @@ from viz.selection import (
     visible_tokens,
 )
 
+log = logging.getLogger("headlight.long_inputs")
 FULL_TOKENS = 512  # a heatmap shows every cell up to this many queries and keys; beyond, a block image
 IMAGE_CELLS = 512  # a block image has at most this many cells a side (512 x 512 float32: ~3 MB of JSON)
 CHUNK_BYTES = 32 * 2**20  # the (R, T) float32 rows one step of a block image reads at once
@@ -141,19 +147,29 @@ def block_image(rows: np.ndarray, cols: np.ndarray, read, how: str, cells: int =
         (image (sr, sc) float32, NaN where a block has no seen cell; row edges (sr + 1,) and column edges (sc + 1,)
         as positions in ``rows`` / ``cols``). Rows are read in chunks of whole blocks within ``CHUNK_BYTES``.
     """
-    if how not in AGGREGATES:
-        raise ViewError(f"block reduction {how!r} is not one of {', '.join(AGGREGATES)}")
+    images, row_edges, col_edges = block_images(rows, cols, read, (how,), cells)
+    return images[how], row_edges, col_edges
+
+
+def block_images(rows: np.ndarray, cols: np.ndarray, read, hows: Sequence[str], cells: int = IMAGE_CELLS,
+                 chunk_bytes: int = CHUNK_BYTES) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """``block_image`` by each of ``hows`` from one read of the rows, in chunks of ``chunk_bytes``: ({how: image
+    (sr, sc)}, row edges, column edges)."""
+    for how in hows:
+        if how not in AGGREGATES:
+            raise ViewError(f"block reduction {how!r} is not one of {', '.join(AGGREGATES)}")
     row_edges = block_edges(rows.size, min(cells, rows.size))
     col_edges = block_edges(cols.size, min(cells, cols.size))
-    image = np.empty((row_edges.size - 1, col_edges.size - 1), np.float32)
+    images = {how: np.empty((row_edges.size - 1, col_edges.size - 1), np.float32) for how in hows}
     tallest = int(np.diff(row_edges).max())
-    per_chunk = max(1, CHUNK_BYTES // (4 * tallest * max(cols.size, 1)))  # blocks of rows per chunk
+    per_chunk = max(1, chunk_bytes // (4 * tallest * max(cols.size, 1)))  # blocks of rows per chunk
     for first in range(0, row_edges.size - 1, per_chunk):
         last = min(first + per_chunk, row_edges.size - 1)
         weights, hidden = read(rows[row_edges[first]:row_edges[last]])
         local = row_edges[first:last + 1] - row_edges[first]
-        image[first:last] = reduce_blocks(weights, hidden, local, col_edges, how)
-    return image, row_edges, col_edges
+        for how, image in images.items():
+            image[first:last] = reduce_blocks(weights, hidden, local, col_edges, how)
+    return images, row_edges, col_edges
 
 
 def block_note(row_edges: np.ndarray, col_edges: np.ndarray, how: str) -> str:
@@ -328,3 +344,232 @@ def in_full_text(fig: go.Figure, window: tuple[int, str] | None) -> go.Figure:
     subtitle = fig.layout.title.subtitle.text
     fig.update_layout(title_subtitle_text=f"{subtitle} · {note}" if subtitle else note)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Each head's whole-text block image, kept and computed ahead (the app's layer and head changes read it from here).
+
+HEAD_BLOCK_HOWS = ("max", "mean")  # the reductions a head's block image is kept by (one read of the head makes both)
+IMAGE_SHARE = 8  # the kept head images hold at most HEADLIGHT_CACHE_MB / IMAGE_SHARE bytes ...
+IMAGE_MAX_BYTES = 128 * 2**20  # ... and at most this (64 heads' two images; the rest of a big budget goes to traces)
+AHEAD_SHARE = 2  # one trace's images computed ahead hold at most half of that: the heads nearest the shown one
+IDLE_SECONDS = 30.0  # a precompute thread with nothing left to do ends after this long (``focus`` starts another)
+AHEAD_CHUNK_BYTES = 8 * 2**20  # computing ahead reads smaller chunks than a view: it pauses for views sooner
+FOREGROUND_WAIT_SECONDS = 30.0  # the longest a precompute step waits for a view being computed now to finish
+
+
+def image_limit() -> int:
+    """Bytes the kept head images may hold (``HEAD_BLOCKS``): ``HEADLIGHT_CACHE_MB`` / ``IMAGE_SHARE``, at most
+    ``IMAGE_MAX_BYTES``."""
+    return min(settings().cache_bytes // IMAGE_SHARE, IMAGE_MAX_BYTES)
+
+
+HEAD_BLOCKS = ByteBudgetCache(image_limit())  # (store id, layer, head, cells, how) -> (image, row and column edges)
+
+
+class _Cancelled(BaseException):
+    """Raised inside a precompute step's read once it is cancelled (a BaseException: ``ByteBudgetCache`` lets
+    whoever waits for the same image compute it instead)."""
+
+
+class _Foreground:
+    """How many views are being computed now (``foreground``), and which heads' images they wait for
+    (``head_block``): computing ahead waits for none, before each head and each chunk of its rows, unless a view
+    waits for the very head it computes."""
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._wanted: dict[tuple, int] = {}
+        self._condition = threading.Condition()
+
+    @contextmanager
+    def computing(self, head: tuple | None = None) -> Iterator[None]:
+        with self._condition:
+            self._busy += 1
+            if head is not None:
+                self._wanted[head] = self._wanted.get(head, 0) + 1
+            self._condition.notify_all()
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._busy -= 1
+                if head is not None:
+                    self._wanted[head] -= 1
+                    if not self._wanted[head]:
+                        del self._wanted[head]
+                self._condition.notify_all()
+
+    def wait_idle(self, timeout: float, head: tuple | None = None) -> None:
+        """Until no view is being computed, or one waits for ``head``'s images (at most ``timeout`` seconds)."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._busy == 0 or head in self._wanted, timeout=timeout)
+
+
+_FOREGROUND = _Foreground()
+
+
+def foreground():
+    """A context manager around work a visitor waits for (the app's views fragment): computing ahead pauses
+    meanwhile (at its next chunk of rows)."""
+    return _FOREGROUND.computing()
+
+_AHEAD_SLOT = threading.Lock()  # one precompute step at a time in the process, whatever the sessions
+
+
+def has_head_blocks(trace: EncoderTrace | CrossTrace) -> bool:
+    """Whether ``head_block`` serves ``trace``: a long self-attention kept lazily (``LazyAttention``)."""
+    return isinstance(trace.attention, LazyAttention) and query_side(trace) is trace and is_long(trace)
+
+
+def _head_id(trace: EncoderTrace, layer: int, head: int) -> tuple[int, int, int]:
+    return trace.attention.store_id, int(layer), int(head)
+
+
+def _block_key(trace: EncoderTrace, layer: int, head: int, how: str) -> tuple:
+    return *_head_id(trace, layer, head), IMAGE_CELLS, how
+
+
+def _resized() -> ByteBudgetCache:
+    limit = image_limit()
+    if HEAD_BLOCKS.max_bytes != limit:  # the operator's setting, read at each use (tests change it)
+        HEAD_BLOCKS.resize(limit)
+    return HEAD_BLOCKS
+
+
+def head_block(trace: EncoderTrace, layer: int, head: int, how: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``block_image`` of one head of the whole text (no token hidden) by ``how``: (image (sr, sc), row edges,
+    column edges), from ``HEAD_BLOCKS`` (computed ahead by ``HeadPrecompute``, or now, and kept). For traces that
+    ``has_head_blocks``."""
+    key = _block_key(trace, layer, head, how)
+    with _FOREGROUND.computing(_head_id(trace, layer, head)):
+        return _resized().get(key, lambda: _head_blocks(trace, layer, head, (how,))[how])
+
+
+def _head_blocks(trace: EncoderTrace, layer: int, head: int, hows: Sequence[str],
+                 cancelled: threading.Event | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{how: (image, row edges, column edges)} of one head's whole-text block images, read once (as
+    ``viz.attention.long_heatmap`` reads it: the same rows, the same reduction); ``_Cancelled`` between chunks of
+    rows once ``cancelled`` is set."""
+    tokens = np.arange(trace.num_tokens)
+
+    def read(row_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if cancelled is not None:  # computing ahead: pause for views being computed, stop once cancelled
+            _FOREGROUND.wait_idle(FOREGROUND_WAIT_SECONDS, _head_id(trace, layer, head))
+            if cancelled.is_set():
+                raise _Cancelled
+        return shown_rows(trace, row_indices, tokens,
+                          lambda begin, end: selected_rows(trace, layer, [head], None, False, begin, end),
+                          lambda begin, end: hidden_rows(trace, layer, False, begin, end), None)
+
+    chunk = CHUNK_BYTES if cancelled is None else AHEAD_CHUNK_BYTES
+    images, row_edges, col_edges = block_images(tokens, tokens, read, hows, chunk_bytes=chunk)
+    return {how: (images[how], row_edges, col_edges) for how in hows}
+
+
+def ahead_order(layers: int, heads: int, layer: int, head: int, count: int) -> list[tuple[int, int]]:
+    """The ``count`` (layer, head) pairs nearest the shown ``layer``, ``head`` (steps of the Layer and Head
+    sliders apart; forward steps first), the shown one first."""
+    def distance(pair: tuple[int, int]) -> tuple[int, ...]:
+        d_layer, d_head = pair[0] - layer, pair[1] - head
+        return abs(d_layer) + abs(d_head), d_layer < 0, d_head < 0, abs(d_layer)
+
+    pairs = [(lay, h) for lay in range(layers) for h in range(heads)]
+    return sorted(pairs, key=distance)[:count]
+
+
+class HeadPrecompute:
+    """Block images (``HEAD_BLOCK_HOWS``) of a long trace's heads computed in a background thread into
+    ``HEAD_BLOCKS``, nearest the shown head first (``ahead_order``), at most ``image_limit() / AHEAD_SHARE`` bytes
+    of them: a layer or head change then reads its image instead of computing the head's (T, T) weights.
+
+    Bounded: one step (a head) at a time in the process, and only while no view is computing one; the trace held
+    weakly (a step holds it while it runs), so a trace dropped from the app's cache is not kept alive here;
+    ``cancel`` stops it within a chunk of rows; it pauses (before each chunk) while a view is being computed,
+    unless that view waits for the head it computes. A head not computed yet is computed by the view that asks for it
+    (``head_block``), once: a view asking for the head being computed here waits for it.
+    """
+
+    def __init__(self, trace: EncoderTrace) -> None:
+        self.store_id = trace.attention.store_id
+        self._trace = weakref.ref(trace)
+        self._shape = (trace.num_layers, trace.num_heads)
+        self._focus = (0, 0)
+        self._done: set[tuple[int, int]] = set()  # computed here since the focus last moved: never twice
+        self._changed = threading.Event()
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def focus(self, layer: int, head: int) -> None:
+        """Compute ahead around ``layer``, ``head`` (the shown one), starting the thread if it is not running."""
+        with self._lock:
+            if self._cancelled.is_set():
+                return
+            if (int(layer), int(head)) != self._focus:
+                self._focus = (int(layer), int(head))
+                self._done.clear()
+            self._changed.set()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="headlight-head-images", daemon=True)
+                self._thread.start()
+
+    def cancel(self) -> None:
+        """Stop (the step running ends at its next chunk of rows); ``focus`` no longer starts anything."""
+        self._cancelled.set()
+        self._changed.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def pending(self) -> list[tuple[int, int]]:
+        """The (layer, head) pairs around the focus whose images are not kept yet, nearest first, but for those
+        computed here since the focus last moved (other traces' images may have pushed them out of the budget:
+        they are not computed again until the focus moves); none once cancelled or once the trace is gone."""
+        if self._cancelled.is_set() or self._trace() is None:
+            return []
+        per_head = len(HEAD_BLOCK_HOWS) * 4 * IMAGE_CELLS * IMAGE_CELLS
+        count = max(1, image_limit() // AHEAD_SHARE // per_head)
+        kept = _resized()
+        with self._lock:
+            focus, done = self._focus, set(self._done)
+        return [(layer, head) for layer, head in ahead_order(*self._shape, *focus, count) if (layer, head) not in done
+                and any((self.store_id, layer, head, IMAGE_CELLS, how) not in kept for how in HEAD_BLOCK_HOWS)]
+
+    def _run(self) -> None:
+        while not self._cancelled.is_set():
+            self._changed.clear()
+            todo = self.pending()
+            if not todo:
+                if not self._changed.wait(IDLE_SECONDS):
+                    return
+                continue
+            with _AHEAD_SLOT:
+                _FOREGROUND.wait_idle(FOREGROUND_WAIT_SECONDS)
+                trace = self._trace()
+                if trace is None or self._cancelled.is_set():
+                    return
+                try:
+                    self._step(trace, *todo[0])
+                except _Cancelled:
+                    return
+                except Exception:  # a head that cannot be computed: its view says why when asked
+                    log.exception("computing a head's block images ahead failed")
+                finally:
+                    del trace
+                with self._lock:
+                    self._done.add(todo[0])
+
+    def _step(self, trace: EncoderTrace, layer: int, head: int) -> None:
+        """Both images of one head, from one read of its rows (an image a view already kept is not recomputed)."""
+        made: dict = {}
+
+        def image(how: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            if not made:
+                made.update(_head_blocks(trace, layer, head, HEAD_BLOCK_HOWS, self._cancelled))
+            return made[how]
+
+        for how in HEAD_BLOCK_HOWS:
+            HEAD_BLOCKS.get(_block_key(trace, layer, head, how), lambda how=how: image(how))
