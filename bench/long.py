@@ -135,8 +135,7 @@ def _views(trace) -> dict:
     attention = trace.attention
     layers, heads, tokens = attention.shape[:3]
     numbers = {"tokens": tokens, "lazy": type(attention).__name__, "whole_bytes": 4 * layers * heads * tokens ** 2,
-               "kept_bytes": attention.queries.nbytes + attention.keys.nbytes if hasattr(attention, "queries")
-               else attention.nbytes, "hidden_bytes": trace.hidden.nbytes}
+               "kept_bytes": getattr(attention, "kept_bytes", attention.nbytes), "hidden_bytes": trace.hidden.nbytes}
     numbers["first"] = _figure(trace, 0, 0)
     numbers["change"] = _figure(trace, layers - 1, 1 % heads)
     numbers["head_s"] = _timed(lambda: attention[layers - 1, 2 % heads])[0]

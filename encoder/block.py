@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from encoder.config import EncoderConfig
+from encoder.parts.attention import prepared_queries_keys
 from encoder.parts.mlp import feed_forward, mlp_layers
 from encoder.parts.norms import make_norm
 from encoder.parts.positions import AbsolutePart
@@ -104,8 +105,8 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
                              "layer takes encoder_hidden")
         crossed = []
         pre = self.config.block.placement == "pre"
-        attended, pattern, terms, *kept = self._attend(self.attention_norm(x) if pre else x, attention_mask,
-                                                       head_mask, position_bias, training, **probes)
+        attended, pattern, terms, *kept = self._attend(self.attention_input(x), attention_mask, head_mask,
+                                                       position_bias, training, **probes)
         if pre:
             if self.attended_norm is not None:
                 attended = self.attended_norm(attended)
@@ -121,6 +122,20 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
                 fed = self.mlp_output_norm(fed)
             return (x + fed, pattern, terms, *kept, *crossed)
         return (self.output_norm(x + self._feed_forward(x, training)), pattern, terms, *kept, *crossed)
+
+    def attention_input(self, x):
+        """(B, T, D): what the self-attention reads of the layer's input ``x`` (B, T, D): ``attention_norm(x)``
+        before a pre-norm block's attention, ``x`` itself in a post-norm block."""
+        return self.attention_norm(x) if self.config.block.placement == "pre" else x
+
+    def queries_keys(self, x, position_bias=None):
+        """``(queries (B, T, H, dh), keys (B, T, Hkv, dh))`` of this layer's self-attention on its input ``x``
+        (B, T, D), as its logit rule multiplies them (``encoder.parts.attention.prepared_queries_keys``): the ones
+        the pass by rows (``rows``) hands back, by the same operations on all T positions at once;
+        ``position_bias`` as that pass's (``positions.row_context``)."""
+        attended = self.attention_input(x)
+        query, key = self.attention.projected_queries_keys(attended, attended)
+        return prepared_queries_keys(self.attention.logits, self.attention, query, key, position_bias)
 
     def _cross_attend(self, x, encoder_hidden, encoder_mask, pre: bool, training):
         """``(x, pattern)``: the residual stream after the cross-attention sublayer, and its (B, H, T, S) weights."""
