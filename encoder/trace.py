@@ -554,8 +554,8 @@ class _DLPackTensor:
 
 
 def _numpy(value) -> np.ndarray:
-    """``value`` as NumPy: an array as it is (a long input's hidden states, gathered as NumPy by
-    ``TransformerEncoder.call_rows``), a tensor by ``to_numpy``."""
+    """``value`` as NumPy: an array as it is (a long input's hidden states, which ``TransformerEncoder.call_rows``
+    copies out a layer at a time), a tensor by ``to_numpy``."""
     return value if isinstance(value, np.ndarray) else to_numpy(value)
 
 
