@@ -13,6 +13,8 @@ from encoder.parts.norms import make_norm
 from encoder.parts.positions import AbsolutePart
 from encoder.parts.schemes import position_part
 
+MLP_ROW_BYTES = 16 * 2**20  # a long input's MLP: the (rows, 2 dff) float32 intermediates of one block of positions
+
 
 class ConfigArgument:
     """``get_config``/``from_config`` for Keras layers and models whose one argument is an ``EncoderConfig``."""
@@ -117,11 +119,12 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
             x, cross_pattern = self._cross_attend(x, encoder_hidden, encoder_mask, pre, training)
             crossed = [cross_pattern]
         if pre:
-            fed = self._feed_forward(self.output_norm(x), training)
+            fed = self._feed_forward(self.output_norm(x), training, rows is not None)
             if self.mlp_output_norm is not None:
                 fed = self.mlp_output_norm(fed)
             return (x + fed, pattern, terms, *kept, *crossed)
-        return (self.output_norm(x + self._feed_forward(x, training)), pattern, terms, *kept, *crossed)
+        return (self.output_norm(x + self._feed_forward(x, training, rows is not None)), pattern, terms, *kept,
+                *crossed)
 
     def attention_input(self, x):
         """(B, T, D): what the self-attention reads of the layer's input ``x`` (B, T, D): ``attention_norm(x)``
@@ -174,6 +177,13 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
             window = (ops.abs(distance) <= self.window // 2)[None]  # (1, T, S)
         return window if attention_mask is None else ops.logical_and(window, attention_mask)
 
-    def _feed_forward(self, x, training):
-        return self.output_dropout(feed_forward(self.config.block, self.intermediate, self.output_dense, x),
-                                   training=training)
+    def _feed_forward(self, x, training, by_rows: bool = False):
+        """(B, T, D): the MLP on ``x`` (B, T, D); ``by_rows`` (a long input, at inference) a block of positions at a
+        time, so its (B, T, dff) intermediates are never whole (each position's output is its own row's)."""
+        if not by_rows:
+            return self.output_dropout(feed_forward(self.config.block, self.intermediate, self.output_dense, x),
+                                       training=training)
+        step = max(1, MLP_ROW_BYTES // (4 * 2 * self.config.block.dff))  # positions per block: (step, 2 dff) floats
+        length = ops.shape(x)[1]
+        return ops.concatenate([feed_forward(self.config.block, self.intermediate, self.output_dense,
+                                             x[:, begin:begin + step]) for begin in range(0, length, step)], axis=1)

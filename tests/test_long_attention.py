@@ -90,6 +90,17 @@ def test_a_long_decoders_lm_head_goes_a_block_of_positions_at_a_time(monkeypatch
     np.testing.assert_allclose(logprob[:-1], expected[:-1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "modernbert"])
+def test_a_long_inputs_mlp_goes_a_block_of_positions_at_a_time(monkeypatch, family):
+    """The MLP of the lazy path, 7 positions at a time (never all (T, dff) intermediates): the hidden states and
+    the attention equal the eager trace's within rounding (gated SwiGLU: Llama; GeGLU, post-attention: ModernBERT)."""
+    import encoder.block
+
+    model = load_family(family)
+    monkeypatch.setattr(encoder.block, "MLP_ROW_BYTES", 4 * 2 * model.config.block.dff * 7)
+    assert_lazy_matches_eager(model, long_text(80), ulps=32)
+
+
 def test_the_path_follows_the_bytes_and_the_tokens():
     """Up to 512 tokens a trace keeps today's array (whatever the model); beyond, when its attention is over
     256 MB; DeBERTa always whole."""
