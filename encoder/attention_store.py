@@ -307,6 +307,11 @@ class LazyAttention:
         """The store of queries (L, T, H, dh) and keys (L, T, Hkv, dh) float32 arrays."""
         return cls(StoredQueriesKeys(tuple(queries), tuple(keys)), recipe)
 
+    def __reduce__(self):
+        """Pickled as its queries and keys (a ``RecomputedQueriesKeys`` as arrays) and recipe; unpickled with a new
+        ``store_id``, so its pieces never meet another store's in the LRU of the process that reads it."""
+        return LazyAttention, (self.queries_keys, self.recipe)
+
     @property
     def kept_bytes(self) -> int:
         """The bytes this store holds of its own (its queries and keys when stored; 0 when computed again from the

@@ -219,6 +219,7 @@ def test_a_long_trace_pickles_as_its_queries_and_keys_and_the_cache_counts_no_mo
     assert back.kept_bytes == sum(a.nbytes for layer in range(trace.num_layers)
                                   for a in trace.attention.queries_keys.layer(layer))
     np.testing.assert_array_equal(np.asarray(back), np.asarray(trace.attention))
+    assert back.store_id != trace.attention.store_id  # its pieces are its own in the LRU
 
 
 PEAK_SCRIPT = """
