@@ -278,6 +278,21 @@ class RecomputedQueriesKeys(QueriesKeys):
 
 
 @dataclass(frozen=True, eq=False)
+class LayerParts:
+    """A store's ``queries`` (``part`` 0) or ``keys`` (1) by layer: ``queries[layer]`` is that layer's (T, H, dh)
+    queries, ``keys[layer]`` its (T, Hkv, dh) keys (``QueriesKeys.layer``: read or computed when indexed)."""
+
+    source: QueriesKeys
+    part: int
+
+    def __getitem__(self, layer: int) -> np.ndarray:
+        return self.source.layer(int(layer))[self.part]
+
+    def __len__(self) -> int:
+        return self.source.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
 class LazyAttention:
     """A long trace's (L, H, T, T) attention, computed a piece at a time from each layer's queries and keys (see
     the module docstring).
@@ -311,6 +326,16 @@ class LazyAttention:
         """Pickled as its queries and keys (a ``RecomputedQueriesKeys`` as arrays) and recipe; unpickled with a new
         ``store_id``, so its pieces never meet another store's in the LRU of the process that reads it."""
         return LazyAttention, (self.queries_keys, self.recipe)
+
+    @property
+    def queries(self) -> LayerParts:
+        """Each layer's queries (T, H, dh) by layer: ``queries[layer]``."""
+        return LayerParts(self.queries_keys, 0)
+
+    @property
+    def keys(self) -> LayerParts:
+        """Each layer's keys (T, Hkv, dh) by layer: ``keys[layer]``."""
+        return LayerParts(self.queries_keys, 1)
 
     @property
     def kept_bytes(self) -> int:

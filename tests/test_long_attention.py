@@ -201,6 +201,7 @@ def test_the_store_recomputes_the_queries_and_keys_the_forward_pass_multiplied(f
         assert_close_f32(queries, given[layer][0], ulps=4)
         assert_close_f32(keys, given[layer][1], ulps=4)
         assert store.queries_keys.layer(layer)[0] is queries  # kept in the LRU
+        assert store.queries[layer] is queries and store.keys[layer] is keys  # by layer, as the analyses read them
 
 
 def test_a_long_trace_pickles_as_its_queries_and_keys_and_the_cache_counts_no_model():
