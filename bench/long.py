@@ -1,6 +1,6 @@
 """Long inputs (issue 22): traces of 2,048 / 4,096 / 8,192 tokens, whose attention is kept lazily
-(``encoder.attention_store.LazyAttention``: each layer's queries and keys, a head's (T, T) weights computed when a
-view asks for them).
+(``encoder.attention_store.LazyAttention``: a layer's queries and keys computed again from the trace's hidden states
+when a view reads it, a head's (T, T) weights computed from them).
 
 Two models with random weights, made here by ``transformers`` (no download) and saved as folders Headlight opens:
 
@@ -14,10 +14,11 @@ Each length of each model runs alone in a fresh process (``probe``): the model l
 the length (``bench.encoder.text_of_length``), its wall time, the process's peak resident memory (``getrusage``'s
 ``ru_maxrss``: after loading, after the trace, at the end) and its resident memory (the runtime alone, loaded,
 with the trace); then the first heatmap (``build_view`` of layer 0, head 0, which reads the weights it draws, and
-its JSON), a layer/head change (the last layer's head 1, likewise) and one head's whole (T, T) weights
-materialised (``trace.attention[layer, head]``). The trace is the first of its
-length in the process, as a user waits for it (the comparison below times warm ones). Before it the probe traces
-and draws a 16-token text (``WARM_TOKENS``), as the app has drawn the default text by then.
+its JSON), a layer/head change (the last layer's head 1, likewise), one head's whole (T, T) weights materialised
+(``trace.attention[layer, head]``) and a layer's queries and keys alone (a layer no view read: computed again from
+the trace's hidden states, as the first heatmap and the change each do once). The trace is the first of its length
+in the process, as a user waits for it (the comparison below times warm ones). Before it the probe traces and draws
+a 16-token text (``WARM_TOKENS``), as the app has drawn the default text by then.
 
 Against ``transformers`` (PyTorch, eager attention, ``attn_implementation="eager"``), one process per model,
 alternating (ours, theirs with attentions, theirs without, ours, ...) after a warm-up of each at the first length,
@@ -135,11 +136,12 @@ def _views(trace) -> dict:
     attention = trace.attention
     layers, heads, tokens = attention.shape[:3]
     numbers = {"tokens": tokens, "lazy": type(attention).__name__, "whole_bytes": 4 * layers * heads * tokens ** 2,
-               "kept_bytes": attention.queries.nbytes + attention.keys.nbytes if hasattr(attention, "queries")
-               else attention.nbytes, "hidden_bytes": trace.hidden.nbytes}
+               "kept_bytes": getattr(attention, "kept_bytes", attention.nbytes), "hidden_bytes": trace.hidden.nbytes}
     numbers["first"] = _figure(trace, 0, 0)
     numbers["change"] = _figure(trace, layers - 1, 1 % heads)
     numbers["head_s"] = _timed(lambda: attention[layers - 1, 2 % heads])[0]
+    if hasattr(attention, "queries_keys"):  # a layer no view read: its queries and keys computed (or read) alone
+        numbers["layer_s"] = _timed(lambda: attention.queries_keys.layer(layers // 2))[0]
     return numbers
 
 
@@ -196,11 +198,12 @@ def probe_row(kind: str, m: dict) -> dict:
             f"{_gb(m['loaded_peak'])} / {_gb(m['traced_peak'])} / {_gb(m['end_peak'])}",
         "resident: runtime / loaded / with the trace":
             f"{_gb(m['runtime_resident'])} / {_gb(m['loaded_resident'])} / {_gb(m['traced_resident'])}",
-        "trace holds: attention (whole would be) + hidden states":
-            f"{_gb(m['kept_bytes'])} ({_gb(m['whole_bytes'])}) + {_gb(m['hidden_bytes'])}",
+        "trace holds: hidden states + attention's own (whole would be)":
+            f"{_gb(m['hidden_bytes'])} + {_gb(m['kept_bytes'])} ({_gb(m['whole_bytes'])})",
         "first heatmap, layer 0 head 0": _figure_text(m["first"]),
         "layer/head change": _figure_text(m["change"]),
-        "one head's (T, T) materialised": f"{1000 * m['head_s']:.0f} ms"}
+        "one head's (T, T) materialised": f"{1000 * m['head_s']:.0f} ms",
+        "a new layer's queries and keys": f"{1000 * m['layer_s']:.0f} ms" if "layer_s" in m else ""}
 
 
 def probe_rows(folders: dict[str, Path], lengths=LENGTHS) -> list[dict]:

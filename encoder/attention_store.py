@@ -3,14 +3,19 @@ mask).
 
 A trace of T tokens holds L x H x T x T attention weights: 79 MB for MiniLM at 512 tokens, 19 GB for 12 layers of
 12 heads at 8,192. Above ``EAGER_MAX_BYTES`` and ``EAGER_MAX_TOKENS`` a trace (``encoder.trace.trace_text``) keeps
-instead each layer's queries and keys as its logit rule multiplied them (after q/k norms and rotary positions:
-L x T x (H + Hkv) x dh floats, which scale with T) and the little its logits add (``AttentionRecipe``: the scale, a
-relative bias's table, the soft-cap, the causal mask and windows). ``LazyAttention`` indexes like the (L, H, T, T)
-array: ``attention[layer]`` (H, T, T), ``attention[layer, head]`` (T, T), ``attention[layer, head, rows]`` and any
+instead what gives each layer's queries and keys as its logit rule multiplied them (after q/k norms and rotary
+positions, L x T x (H + Hkv) x dh floats): the model and the trace's own hidden states, from which
+``RecomputedQueriesKeys`` computes a layer's again when it is read (``EncoderLayer.queries_keys``: the layer's own
+operations, equal to the forward pass's bit for bit), the last few layers' kept in the LRU below; a trace read from
+a file, or pickled, holds them as arrays (``StoredQueriesKeys``; an NPZ file has each layer's, written a layer at a
+time). With them, the little its logits add (``AttentionRecipe``: the scale, a relative bias's table, the
+soft-cap, the causal mask and windows). ``LazyAttention`` indexes like the (L, H, T, T) array:
+``attention[layer]`` (H, T, T), ``attention[layer, head]`` (T, T), ``attention[layer, head, rows]`` and any
 int/slice/array index, each piece computed on demand by ``encoder.parts.attention.attention_rows``, the function
 the forward pass itself ran (``TransformerEncoder.call_rows``), so the weights are the ones that mixed the values.
-Pieces are kept in one process-wide LRU of ``HEADLIGHT_CACHE_MB`` / 2 bytes (``PIECES``); one piece, or
-``np.asarray`` of the whole, over that limit raises ``LongTraceError`` instead of allocating.
+Pieces (and recomputed queries and keys) are kept in one process-wide LRU of ``HEADLIGHT_CACHE_MB`` / 2 bytes
+(``PIECES``); one piece, or ``np.asarray`` of the whole, over that limit raises ``LongTraceError`` instead of
+allocating.
 """
 
 from __future__ import annotations
@@ -160,15 +165,142 @@ def _indices(key, count: int) -> tuple[np.ndarray, bool]:
     return np.atleast_1d(picked), np.ndim(picked) == 0
 
 
+class QueriesKeys:
+    """Each layer's queries (T, H, dh) and keys (T, Hkv, dh) float32 as its logit rule multiplied them, a layer at a
+    time (``layer``): ``StoredQueriesKeys`` holds them, ``RecomputedQueriesKeys`` computes them again from the
+    trace's hidden states. ``shape`` is (L, T, H, Hkv, dh)."""
+
+    shape: tuple[int, int, int, int, int]
+
+    def layer(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Each layer's ``queries/<l>`` and ``keys/<l>`` (for an NPZ file: computed one at a time as the file is
+        written, see ``LayerArray``)."""
+        return {f"{name}/{layer}": LayerArray(self, layer, part) for layer in range(self.shape[0])
+                for part, name in enumerate(("queries", "keys"))}
+
+    def stored(self) -> StoredQueriesKeys:
+        """These queries and keys as arrays (every layer's computed)."""
+        layers = [self.layer(layer) for layer in range(self.shape[0])]
+        return StoredQueriesKeys(tuple(q for q, _ in layers), tuple(k for _, k in layers))
+
+
+@dataclass(frozen=True, eq=False)
+class LayerArray:
+    """One layer's queries (``part`` 0) or keys (1) of ``source``, computed when NumPy asks for the array
+    (``np.asarray``): ``np.savez`` writes an NPZ entry at a time, so a file of every layer's holds one layer's."""
+
+    source: QueriesKeys
+    layer: int
+    part: int
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self.source.layer(self.layer)[self.part]
+        return array if dtype is None else array.astype(dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class StoredQueriesKeys(QueriesKeys):
+    """Queries and keys kept as arrays, one per layer: ``queries`` L of (T, H, dh), ``keys`` L of (T, Hkv, dh)
+    float32 (a trace read from a file, or any given arrays)."""
+
+    queries: tuple[np.ndarray, ...]
+    keys: tuple[np.ndarray, ...]
+
+    def __post_init__(self) -> None:
+        first = (self.queries[0], self.keys[0]) if self.queries and self.keys else None
+        if (first is None or len(self.queries) != len(self.keys) or first[0].ndim != 3 or first[1].ndim != 3
+                or first[0].shape[0] != first[1].shape[0] or first[0].shape[2] != first[1].shape[2]
+                or first[0].shape[1] % first[1].shape[1]
+                or any(q.shape != first[0].shape for q in self.queries)
+                or any(k.shape != first[1].shape for k in self.keys)):
+            raise ValueError("every layer's queries (T, H, dh) and keys (T, Hkv, dh) must agree (Hkv dividing H), "
+                             f"got {[q.shape for q in self.queries[:2]]} and {[k.shape for k in self.keys[:2]]}")
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        (length, heads, head_dim), kv_heads = self.queries[0].shape, self.keys[0].shape[1]
+        return len(self.queries), length, heads, kv_heads, head_dim
+
+    def layer(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.queries[layer], self.keys[layer]
+
+    def stored(self) -> StoredQueriesKeys:
+        return self
+
+
+@dataclass(frozen=True, eq=False)
+class RecomputedQueriesKeys(QueriesKeys):
+    """Queries and keys computed again, a layer at a time, from the hidden state each layer read
+    (``EncoderLayer.queries_keys``: the layer's own operations, as the pass by rows ran them on all T positions);
+    the last few layers' kept in the ``PIECES`` LRU. Holds the model (a ``TransformerEncoder``, which the app's
+    model cache holds anyway) and the trace's own ``hidden`` (L + 1, T, D) array: no bytes of its own. Pickled
+    (``__reduce__``), it is a ``StoredQueriesKeys`` of every layer's arrays, which need no model.
+
+    Args:
+        model: ``TransformerEncoder`` (``rows_supported``).
+        hidden: (L + 1, T, D) float32, the trace's hidden states (layer l reads ``hidden[l]``).
+    """
+
+    model: object
+    hidden: np.ndarray
+    store_id: int = field(default_factory=lambda: next(_STORE_IDS))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        config = self.model.config
+        heads = config.num_heads
+        return (config.num_layers, self.hidden.shape[1], heads, config.attention.key_value_heads or heads,
+                config.head_dim)
+
+    def layer(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """(queries (T, H, dh), keys (T, Hkv, dh)), read-only: from the LRU, or computed (and kept there)."""
+        keys = [(self.store_id, layer, part) for part in ("queries", "keys")]
+        kept = [PIECES.get(key) for key in keys]
+        if kept[0] is not None and kept[1] is not None:
+            return kept[0], kept[1]
+        from keras import ops
+
+        state = ops.convert_to_tensor(self.hidden[layer][None])  # (1, T, D)
+        position_bias = self.model.positions.row_context(self.hidden.shape[1])
+        arrays = [ops.convert_to_numpy(part)[0] for part in
+                  self.model.encoder_layers[layer].queries_keys(state, position_bias)]
+        for key, array in zip(keys, arrays):
+            array.flags.writeable = False
+            PIECES.put(key, array)
+        return arrays[0], arrays[1]
+
+    def __reduce__(self):
+        stored = self.stored()
+        return StoredQueriesKeys, (stored.queries, stored.keys)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerParts:
+    """A store's ``queries`` (``part`` 0) or ``keys`` (1) by layer: ``queries[layer]`` is that layer's (T, H, dh)
+    queries, ``keys[layer]`` its (T, Hkv, dh) keys (``QueriesKeys.layer``: read or computed when indexed)."""
+
+    source: QueriesKeys
+    part: int
+
+    def __getitem__(self, layer: int) -> np.ndarray:
+        return self.source.layer(int(layer))[self.part]
+
+    def __len__(self) -> int:
+        return self.source.shape[0]
+
+
 @dataclass(frozen=True, eq=False)
 class LazyAttention:
     """A long trace's (L, H, T, T) attention, computed a piece at a time from each layer's queries and keys (see
     the module docstring).
 
     Args:
-        queries: (L, T, H, dh) float32, each layer's queries as its logit rule multiplied them.
-        keys: (L, T, Hkv, dh) float32, its keys likewise (Hkv key/value heads: query head h reads ``h // (H /
-            Hkv)``).
+        queries_keys: ``QueriesKeys``: each layer's queries (T, H, dh) and keys (T, Hkv, dh) float32 as its logit
+            rule multiplied them (Hkv key/value heads: query head h reads ``h // (H / Hkv)``), kept
+            (``StoredQueriesKeys``) or computed again from the trace's hidden states (``RecomputedQueriesKeys``).
         recipe: ``AttentionRecipe``.
 
     Example:
@@ -177,21 +309,46 @@ class LazyAttention:
         ((8192, 8192), (10, 8192))
     """
 
-    queries: np.ndarray
-    keys: np.ndarray
+    queries_keys: QueriesKeys
     recipe: AttentionRecipe
     store_id: int = field(default_factory=lambda: next(_STORE_IDS))
 
     def __post_init__(self) -> None:
-        if self.queries.ndim != 4 or self.keys.ndim != 4 or self.queries.shape[:2] != self.keys.shape[:2]:
-            raise ValueError(f"queries (L, T, H, dh) and keys (L, T, Hkv, dh) must agree, got {self.queries.shape} "
-                             f"and {self.keys.shape}")
-        if self.queries.shape[2] % self.keys.shape[2] or len(self.recipe.windows) != self.queries.shape[0]:
-            raise ValueError("the key/value heads must divide the heads, and the recipe must have every layer's window")
+        if len(self.recipe.windows) != self.queries_keys.shape[0]:
+            raise ValueError("the recipe must have every layer's window")
+
+    @classmethod
+    def of_arrays(cls, queries: np.ndarray, keys: np.ndarray, recipe: AttentionRecipe) -> LazyAttention:
+        """The store of queries (L, T, H, dh) and keys (L, T, Hkv, dh) float32 arrays."""
+        return cls(StoredQueriesKeys(tuple(queries), tuple(keys)), recipe)
+
+    def __reduce__(self):
+        """Pickled as its queries and keys (a ``RecomputedQueriesKeys`` as arrays) and recipe; unpickled with a new
+        ``store_id``, so its pieces never meet another store's in the LRU of the process that reads it."""
+        return LazyAttention, (self.queries_keys, self.recipe)
+
+    @property
+    def queries(self) -> LayerParts:
+        """Each layer's queries (T, H, dh) by layer: ``queries[layer]``."""
+        return LayerParts(self.queries_keys, 0)
+
+    @property
+    def keys(self) -> LayerParts:
+        """Each layer's keys (T, Hkv, dh) by layer: ``keys[layer]``."""
+        return LayerParts(self.queries_keys, 1)
+
+    @property
+    def kept_bytes(self) -> int:
+        """The bytes this store holds of its own (its queries and keys when stored; 0 when computed again from the
+        trace's hidden states, whose bytes are the trace's)."""
+        source = self.queries_keys
+        if isinstance(source, StoredQueriesKeys):
+            return sum(array.nbytes for array in source.queries + source.keys)
+        return 0
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        layers, length, heads, _ = self.queries.shape
+        layers, length, heads, _, _ = self.queries_keys.shape
         return layers, heads, length, length
 
     ndim = 4
@@ -299,9 +456,10 @@ class LazyAttention:
 
         from encoder.parts.attention import attention_rows
 
-        length, group = self.shape[2], self.queries.shape[2] // self.keys.shape[2]
-        query = self.queries[layer][:, heads]  # (T, h, dh)
-        key = ops.convert_to_tensor(self.keys[layer][:, heads // group][None])  # (1, T, h, dh)
+        queries, keys = self.queries_keys.layer(layer)  # (T, H, dh), (T, Hkv, dh)
+        length, group = self.shape[2], queries.shape[1] // keys.shape[1]
+        query = queries[:, heads]  # (T, h, dh)
+        key = ops.convert_to_tensor(keys[:, heads // group][None])  # (1, T, h, dh)
         out = np.empty((len(heads), end - begin, length), np.float32)
         step = block_rows(len(heads), length)
         for first in range(begin, end, step):
@@ -314,12 +472,16 @@ class LazyAttention:
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """What rebuilds the store (for an NPZ file): ``queries``, ``keys`` and the recipe's arrays."""
-        return {"queries": self.queries, "keys": self.keys, **self.recipe.arrays()}
+        """What rebuilds the store (for an NPZ file): each layer's ``queries/<l>`` and ``keys/<l>`` (computed a
+        layer at a time as the file is written) and the recipe's arrays."""
+        return {**self.queries_keys.arrays(), **self.recipe.arrays()}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LazyAttention:
-        return cls(np.asarray(arrays["queries"], np.float32), np.asarray(arrays["keys"], np.float32),
+        """The store of ``arrays()`` read back (its queries and keys stored; KeyError: one is missing)."""
+        layers = len(arrays["windows"])
+        return cls(StoredQueriesKeys(*(tuple(np.asarray(arrays[f"{name}/{layer}"], np.float32)
+                                            for layer in range(layers)) for name in ("queries", "keys"))),
                    AttentionRecipe.from_arrays(arrays))
 
     def visible(self) -> LazyVisible | None:

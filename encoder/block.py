@@ -7,10 +7,13 @@ import keras
 from keras import ops
 
 from encoder.config import EncoderConfig
+from encoder.parts.attention import prepared_queries_keys
 from encoder.parts.mlp import feed_forward, mlp_layers
 from encoder.parts.norms import make_norm
 from encoder.parts.positions import AbsolutePart
 from encoder.parts.schemes import position_part
+
+MLP_ROW_BYTES = 16 * 2**20  # a long input's MLP: the (rows, 2 dff) float32 intermediates of one block of positions
 
 
 class ConfigArgument:
@@ -104,8 +107,8 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
                              "layer takes encoder_hidden")
         crossed = []
         pre = self.config.block.placement == "pre"
-        attended, pattern, terms, *kept = self._attend(self.attention_norm(x) if pre else x, attention_mask,
-                                                       head_mask, position_bias, training, **probes)
+        attended, pattern, terms, *kept = self._attend(self.attention_input(x), attention_mask, head_mask,
+                                                       position_bias, training, **probes)
         if pre:
             if self.attended_norm is not None:
                 attended = self.attended_norm(attended)
@@ -116,11 +119,26 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
             x, cross_pattern = self._cross_attend(x, encoder_hidden, encoder_mask, pre, training)
             crossed = [cross_pattern]
         if pre:
-            fed = self._feed_forward(self.output_norm(x), training)
+            fed = self._feed_forward(self.output_norm(x), training, rows is not None)
             if self.mlp_output_norm is not None:
                 fed = self.mlp_output_norm(fed)
             return (x + fed, pattern, terms, *kept, *crossed)
-        return (self.output_norm(x + self._feed_forward(x, training)), pattern, terms, *kept, *crossed)
+        return (self.output_norm(x + self._feed_forward(x, training, rows is not None)), pattern, terms, *kept,
+                *crossed)
+
+    def attention_input(self, x):
+        """(B, T, D): what the self-attention reads of the layer's input ``x`` (B, T, D): ``attention_norm(x)``
+        before a pre-norm block's attention, ``x`` itself in a post-norm block."""
+        return self.attention_norm(x) if self.config.block.placement == "pre" else x
+
+    def queries_keys(self, x, position_bias=None):
+        """``(queries (B, T, H, dh), keys (B, T, Hkv, dh))`` of this layer's self-attention on its input ``x``
+        (B, T, D), as its logit rule multiplies them (``encoder.parts.attention.prepared_queries_keys``): the ones
+        the pass by rows (``rows``) hands back, by the same operations on all T positions at once;
+        ``position_bias`` as that pass's (``positions.row_context``)."""
+        attended = self.attention_input(x)
+        query, key = self.attention.projected_queries_keys(attended, attended)
+        return prepared_queries_keys(self.attention.logits, self.attention, query, key, position_bias)
 
     def _cross_attend(self, x, encoder_hidden, encoder_mask, pre: bool, training):
         """``(x, pattern)``: the residual stream after the cross-attention sublayer, and its (B, H, T, S) weights."""
@@ -159,6 +177,13 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
             window = (ops.abs(distance) <= self.window // 2)[None]  # (1, T, S)
         return window if attention_mask is None else ops.logical_and(window, attention_mask)
 
-    def _feed_forward(self, x, training):
-        return self.output_dropout(feed_forward(self.config.block, self.intermediate, self.output_dense, x),
-                                   training=training)
+    def _feed_forward(self, x, training, by_rows: bool = False):
+        """(B, T, D): the MLP on ``x`` (B, T, D); ``by_rows`` (a long input, at inference) a block of positions at a
+        time, so its (B, T, dff) intermediates are never whole (each position's output is its own row's)."""
+        if not by_rows:
+            return self.output_dropout(feed_forward(self.config.block, self.intermediate, self.output_dense, x),
+                                       training=training)
+        step = max(1, MLP_ROW_BYTES // (4 * 2 * self.config.block.dff))  # positions per block: (step, 2 dff) floats
+        length = ops.shape(x)[1]
+        return ops.concatenate([feed_forward(self.config.block, self.intermediate, self.output_dense,
+                                             x[:, begin:begin + step]) for begin in range(0, length, step)], axis=1)

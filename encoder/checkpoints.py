@@ -34,7 +34,7 @@ from encoder.limits import (
     parameter_count,
     read_headers,
 )
-from encoder.model import TransformerEncoder
+from encoder.model import TransformerEncoder, drop_unfilled, fill, filled, unfilled_model
 from encoder.settings import settings
 
 
@@ -140,7 +140,7 @@ def port_weights(model: TransformerEncoder, weights: Mapping[str, np.ndarray], s
                 f"{source}: {' and '.join(names)} has shape {shapes}, which gives {tuple(value.shape)} "
                 f"but the model expects {tuple(variable.shape)}; config.json and the weights disagree."
             )
-        variable.assign(value)
+        fill(variable, value)
 
 
 def read_hf_config(folder: Path) -> dict[str, Any]:
@@ -303,13 +303,18 @@ def load_hf_models(folder: str | Path, hf_config: dict[str, Any] | None = None) 
         check_config(stack, settings().max_parameters, others=total - parameter_count(stack))
     weights = StoredTensors(safetensors_files(folder))  # the headers only
     check_tensors(_canonical_names(weights.headers(), family.PREFIXES), config, decoder_config)
-    model = TransformerEncoder(config, name="encoder")  # only now, with every size checked, is anything big built
-    port_weights(model, weights, "model.safetensors", family)
-    if decoder_config is None:
-        return HFModels(model, labels(hf_config, config))
-    decoder = TransformerEncoder(decoder_config, name="decoder")
-    port_weights(decoder, weights, "model.safetensors", family, family.decoder_weight_ports(decoder_config, decoder))
-    return HFModels(model, labels(hf_config, config), decoder, start)
+    try:  # only now, with every size checked, is anything big built: each weight once, from the checkpoint
+        model = unfilled_model(config, "encoder")
+        port_weights(model, weights, "model.safetensors", family)
+        if decoder_config is None:
+            return HFModels(filled(model), labels(hf_config, config))
+        decoder = unfilled_model(decoder_config, "decoder")
+        port_weights(decoder, weights, "model.safetensors", family,
+                     family.decoder_weight_ports(decoder_config, decoder))
+        return HFModels(filled(model), labels(hf_config, config), filled(decoder), start)
+    except BaseException:
+        drop_unfilled()
+        raise
 
 
 def _sentence_transformer_pooling(folder: Path, config: EncoderConfig) -> EncoderConfig:

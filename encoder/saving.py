@@ -14,7 +14,7 @@ import numpy as np
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
 from encoder.limits import CONFIG_BYTES
-from encoder.model import POSITIONS, TransformerEncoder
+from encoder.model import POSITIONS, TransformerEncoder, drop_unfilled, fill, filled, unfilled_model
 
 FORMAT = "headlight"
 INITIAL_WEIGHTS = "initial.safetensors"
@@ -115,16 +115,20 @@ def load_folder(
         weights = load_file(str(weights_path))
     except Exception as error:  # safetensors raises several types for a damaged file
         raise CheckpointError("model.safetensors is not a readable safetensors file; save the model again.") from error
-    model = TransformerEncoder(config, name="encoder")
-    for variable in model.weights:
-        path = stored_path(variable.path, weights)
-        if path is None:
-            raise CheckpointError(f"model.safetensors lacks {variable.path}; was it saved by another version?")
-        value = weights[path]
-        if tuple(value.shape) != tuple(variable.shape):
-            raise CheckpointError(
-                f"model.safetensors: {variable.path} has shape {tuple(value.shape)}, "
-                f"the config gives {tuple(variable.shape)}"
-            )
-        variable.assign(value)
-    return model, data
+    model = unfilled_model(config, "encoder")  # each weight made once, from the file
+    try:
+        for variable in model.weights:
+            path = stored_path(variable.path, weights)
+            if path is None:
+                raise CheckpointError(f"model.safetensors lacks {variable.path}; was it saved by another version?")
+            value = weights[path]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise CheckpointError(
+                    f"model.safetensors: {variable.path} has shape {tuple(value.shape)}, "
+                    f"the config gives {tuple(variable.shape)}"
+                )
+            fill(variable, value)
+    except BaseException:
+        drop_unfilled()
+        raise
+    return filled(model), data

@@ -17,6 +17,7 @@ from encoder.attention_store import (
     AttentionRecipe,
     LazyAttention,
     LazyVisible,
+    RecomputedQueriesKeys,
     block_rows,
 )
 from encoder.errors import InputError
@@ -395,18 +396,12 @@ def forward_outputs(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, f
 
 def _traced_by_rows(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, full_logits: bool) -> dict:
     """The outputs of one long input (1, T) by ``CompiledEncoder.forward_rows``, its ``attention`` a
-    ``LazyAttention`` of each layer's queries and keys (copied into one array each as the layers give them)."""
-    cfg, length = model.config, ids.shape[1]
-    heads, kv_heads = cfg.num_heads, cfg.attention.key_value_heads or cfg.num_heads
-    queries = np.empty((cfg.num_layers, length, heads, cfg.head_dim), np.float32)  # (L, T, H, dh)
-    keys = np.empty((cfg.num_layers, length, kv_heads, cfg.head_dim), np.float32)  # (L, T, Hkv, dh)
-
-    def keep(layer: int, q, k) -> None:
-        queries[layer], keys[layer] = to_numpy(q)[0], to_numpy(k)[0]
-
-    raw = model.encoder.forward_rows(ids, segments, block_rows(heads, length), full_logits, keep)
-    outputs = {name: to_numpy(value)[0] for name, value in raw.items()}
-    return {**outputs, "attention": LazyAttention(queries, keys, AttentionRecipe.of(model.model))}
+    ``LazyAttention`` whose queries and keys are computed again from the outputs' own hidden states, a layer at a
+    time (``RecomputedQueriesKeys``): the trace keeps no copy of them."""
+    raw = model.encoder.forward_rows(ids, segments, block_rows(model.config.num_heads, ids.shape[1]), full_logits)
+    outputs = {name: _numpy(value)[0] for name, value in raw.items()}
+    store = LazyAttention(RecomputedQueriesKeys(model.model, outputs["hidden"]), AttentionRecipe.of(model.model))
+    return {**outputs, "attention": store}
 
 
 def traced_lazily(model: LoadedModel, tokens: int, lazy: bool | None = None) -> bool:
@@ -556,6 +551,12 @@ class _DLPackTensor:
 
     def __dlpack_device__(self):
         return (1, 0)  # kDLCPU, device 0
+
+
+def _numpy(value) -> np.ndarray:
+    """``value`` as NumPy: an array as it is (a long input's hidden states, which ``TransformerEncoder.call_rows``
+    copies out a layer at a time), a tensor by ``to_numpy``."""
+    return value if isinstance(value, np.ndarray) else to_numpy(value)
 
 
 def to_numpy(tensor) -> np.ndarray:

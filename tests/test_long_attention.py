@@ -90,6 +90,17 @@ def test_a_long_decoders_lm_head_goes_a_block_of_positions_at_a_time(monkeypatch
     np.testing.assert_allclose(logprob[:-1], expected[:-1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "modernbert"])
+def test_a_long_inputs_mlp_goes_a_block_of_positions_at_a_time(monkeypatch, family):
+    """The MLP of the lazy path, 7 positions at a time (never all (T, dff) intermediates): the hidden states and
+    the attention equal the eager trace's within rounding (gated SwiGLU: Llama; GeGLU, post-attention: ModernBERT)."""
+    import encoder.block
+
+    model = load_family(family)
+    monkeypatch.setattr(encoder.block, "MLP_ROW_BYTES", 4 * 2 * model.config.block.dff * 7)
+    assert_lazy_matches_eager(model, long_text(80), ulps=32)
+
+
 def test_the_path_follows_the_bytes_and_the_tokens():
     """Up to 512 tokens a trace keeps today's array (whatever the model); beyond, when its attention is over
     256 MB; DeBERTa always whole."""
@@ -115,7 +126,7 @@ def test_whole_copies_over_the_limit_are_refused_with_our_error(monkeypatch):
     queries = rng.normal(size=(8, 4096, 8, 16)).astype(np.float32)
     recipe = AttentionRecipe(scaling=0.25, softcap=0.0, causal=True, windows=np.zeros(8, np.int32),
                              window_kind="symmetric")
-    store = LazyAttention(queries, queries[:, :, :2].copy(), recipe)  # 2 key/value heads
+    store = LazyAttention.of_arrays(queries, queries[:, :, :2].copy(), recipe)  # 2 key/value heads
     assert store.shape == (8, 8, 4096, 4096)
     with pytest.raises(LongTraceError, match="4,096 tokens"):
         np.asarray(store)
@@ -152,7 +163,9 @@ def test_npz_round_trip_keeps_a_lazy_trace_lazy_and_json_refuses_it():
     trace = trace_text(load_family("t5-encoder"), long_text(80), lazy=True)
     back = trace_from_npz(trace_to_npz(trace))
     assert isinstance(back.attention, LazyAttention)
-    np.testing.assert_array_equal(back.attention.queries, trace.attention.queries)
+    for layer in range(trace.num_layers):  # each layer's queries and keys as the model gives them, in the file
+        for part, stored in enumerate(back.attention.queries_keys.layer(layer)):
+            np.testing.assert_array_equal(stored, trace.attention.queries_keys.layer(layer)[part])
     np.testing.assert_array_equal(np.asarray(back.attention), np.asarray(trace.attention))
     assert back.visible is None and trace.visible is None
     with pytest.raises(ExportError, match="NPZ"):
@@ -161,6 +174,53 @@ def test_npz_round_trip_keeps_a_lazy_trace_lazy_and_json_refuses_it():
     again = trace_from_npz(trace_to_npz(causal))
     np.testing.assert_array_equal(np.asarray(again.visible), np.asarray(causal.visible))
     np.testing.assert_array_equal(again.attention[1, 3], causal.attention[1, 3])
+
+
+@pytest.mark.parametrize("family", ["llama", "modernbert", "t5-encoder", "qwen3", "gemma3", "gpt2"])
+def test_the_store_recomputes_the_queries_and_keys_the_forward_pass_multiplied(family):
+    """A long trace keeps no queries or keys: each layer's are computed again from the trace's own hidden state of
+    that layer's input (the layer's norm, projections, q/k norms, rotary positions on all T rows at once) and equal
+    the ones the pass by rows handed over (measured: bit-identical); a few layers' are kept in the LRU.
+    Rotary with grouped-query heads (Llama), windowed layers (ModernBERT), a relative bias (T5), q/k norms (Qwen3),
+    sandwich norms (Gemma 3), a learned table (GPT-2)."""
+    from encoder.attention_store import RecomputedQueriesKeys, block_rows
+
+    model = load_family(family)
+    trace = trace_text(model, long_text(80), lazy=True)
+    store = trace.attention
+    assert isinstance(store.queries_keys, RecomputedQueriesKeys) and store.kept_bytes == 0
+    assert store.queries_keys.hidden is trace.hidden  # the trace's own array, no copy
+    given = {}
+    model.encoder.forward_rows(trace.token_ids[None], trace.segment_ids[None],
+                               block_rows(trace.num_heads, trace.num_tokens),
+                               keep=lambda layer, q, k: given.update({layer: (q.numpy()[0], k.numpy()[0])}))
+    PIECES.clear()
+    for layer in range(trace.num_layers):
+        queries, keys = store.queries_keys.layer(layer)
+        assert queries.shape == (trace.num_tokens, trace.num_heads, model.config.head_dim)
+        assert_close_f32(queries, given[layer][0], ulps=4)
+        assert_close_f32(keys, given[layer][1], ulps=4)
+        assert store.queries_keys.layer(layer)[0] is queries  # kept in the LRU
+        assert store.queries[layer] is queries and store.keys[layer] is keys  # by layer, as the analyses read them
+
+
+def test_a_long_trace_pickles_as_its_queries_and_keys_and_the_cache_counts_no_model():
+    """Pickled (the cold-start helper's pipe), a long trace's store is its arrays, no model; the results cache
+    counts its hidden states once and nothing of the model it reads."""
+    import pickle
+
+    from encoder.attention_store import StoredQueriesKeys
+    from ui.budget import held_bytes
+
+    trace = trace_text(load_family("llama"), long_text(80), lazy=True)
+    fields = {name: getattr(trace, name) for name in ("attention", "hidden")}
+    assert trace.hidden.nbytes <= held_bytes(fields) < trace.hidden.nbytes + 1024  # and the recipe's few bytes
+    back = pickle.loads(pickle.dumps(trace.attention))
+    assert isinstance(back.queries_keys, StoredQueriesKeys)
+    assert back.kept_bytes == sum(a.nbytes for layer in range(trace.num_layers)
+                                  for a in trace.attention.queries_keys.layer(layer))
+    np.testing.assert_array_equal(np.asarray(back), np.asarray(trace.attention))
+    assert back.store_id != trace.attention.store_id  # its pieces are its own in the LRU
 
 
 PEAK_SCRIPT = """

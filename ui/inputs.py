@@ -42,13 +42,13 @@ def trace_budget() -> int:
 
 def trace_bytes(config: EncoderConfig, tokens: int) -> int:
     """An upper estimate of the bytes a trace of ``tokens`` tokens holds: its hidden states and positional rows,
-    and its attention: the (L, H, T, T) array, or for a long trace (``encoder.trace.traced_lazily``'s rule) each
-    layer's queries and keys; plus ``TRACE_TOKEN_BYTES`` a token of the rest."""
-    layers, heads = config.num_layers, config.num_heads
-    per_token = 4 * (layers + 2) * config.d_model + TRACE_TOKEN_BYTES
-    whole = 4 * layers * heads * tokens * tokens
+    and its attention: the (L, H, T, T) array, or nothing more for a long trace (``encoder.trace.traced_lazily``'s
+    rule: its queries and keys are computed again from the hidden states, into the pieces' LRU); plus
+    ``TRACE_TOKEN_BYTES`` a token of the rest."""
+    per_token = 4 * (config.num_layers + 2) * config.d_model + TRACE_TOKEN_BYTES
+    whole = 4 * config.num_layers * config.num_heads * tokens * tokens
     if tokens > EAGER_MAX_TOKENS and whole > EAGER_MAX_BYTES:
-        return tokens * (per_token + 4 * layers * (heads + config.key_value_heads) * config.head_dim)
+        return tokens * per_token
     return tokens * per_token + whole
 
 

@@ -117,10 +117,7 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
 
     def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
              attention_scale=None, training=None, cache=None, start=None, rows=None):
-        q = self.query_dense(query)  # (B, T, H, dh)
-        k = self.key_dense(value)  # (B, S, Hkv, dh)
-        if self.query_norm is not None:
-            q, k = self.query_norm(q), self.key_norm(k)
+        q, k = self.projected_queries_keys(query, value)
         v = mask_values(self.value_dense(value), value_mask)  # (B, S, Hkv, dh)
         if cache is not None:  # generation: the earlier tokens' keys and values first
             k, v = ops.concatenate([cache[0], k], axis=1), ops.concatenate([cache[1], v], axis=1)
@@ -133,6 +130,15 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         pattern = self._masked_softmax(logits, attention_mask)  # (B, H, T, S)
         output = self.mix_values(pattern, v, head_mask, attention_scale, training)
         return (output, pattern, terms) if cache is None else (output, pattern, terms, (k, v))
+
+    def projected_queries_keys(self, query, value):
+        """``(queries (B, T, H, dh), keys (B, S, Hkv, dh))``: ``query`` (B, T, D) and ``value`` (B, S, D) projected,
+        then normalised per head when the layer has q/k norms (before positions act on them)."""
+        q = self.query_dense(query)  # (B, T, H, dh)
+        k = self.key_dense(value)  # (B, S, Hkv, dh)
+        if self.query_norm is not None:
+            q, k = self.query_norm(q), self.key_norm(k)
+        return q, k
 
     def _call_rows(self, q, k, v, rows: RowBlocks, head_mask, position_bias, training):
         """``(output (B, T, D), None, {}, (queries, keys))`` of a long input: each block of ``rows.size`` queries'
