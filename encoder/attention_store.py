@@ -294,23 +294,24 @@ class LazyAttention:
 
     def compute(self, layer: int, heads: np.ndarray, begin: int, end: int) -> np.ndarray:
         """(h, R, T) float32: the weights of ``heads`` of ``layer`` on queries ``begin`` .. ``end - 1``, by
-        ``attention_rows`` (as the forward pass computed them), ``block_rows`` queries at a time."""
+        ``attention_rows`` (as the forward pass computed them), ``block_rows`` queries at a time, each block over
+        the keys it can see (``RowBlocks``: the others exactly 0)."""
         from keras import ops
 
-        from encoder.parts.attention import attention_rows
+        from encoder.parts.attention import RowBlocks, attention_rows
 
-        length, group = self.shape[2], self.queries.shape[2] // self.keys.shape[2]
-        query = self.queries[layer][:, heads]  # (T, h, dh)
-        key = ops.convert_to_tensor(self.keys[layer][:, heads // group][None])  # (1, T, h, dh)
-        out = np.empty((len(heads), end - begin, length), np.float32)
-        step = block_rows(len(heads), length)
-        for first in range(begin, end, step):
-            last = min(first + step, end)
-            recipe = self.recipe
-            weights = attention_rows(ops.convert_to_tensor(query[None, first:last]), key, recipe.scaling,
-                                     recipe.bias(layer, heads, first, last, length), recipe.softcap,
-                                     recipe.visible(layer, first, last, length))  # (1, h, r, T)
-            out[:, first - begin:last - begin] = ops.convert_to_numpy(weights)[0]
+        recipe, length, group = self.recipe, self.shape[2], self.queries.shape[2] // self.keys.shape[2]
+        query = ops.convert_to_tensor(np.transpose(self.queries[layer][begin:end, heads], (1, 0, 2))[None])
+        key = ops.convert_to_tensor(np.transpose(self.keys[layer][:, heads // group], (1, 0, 2))[None])
+        out = np.zeros((len(heads), end - begin, length), np.float32)  # (h, R, T)
+        blocks = RowBlocks(block_rows(len(heads), length), recipe.causal, recipe.window_kind,
+                           int(recipe.windows[layer]))
+        for first, last, keys_from, keys_to in blocks.blocks(length, begin, end):
+            bias = recipe.bias(layer, heads, first, last, length)
+            weights = attention_rows(query[:, :, first - begin:last - begin], key[:, :, keys_from:keys_to],
+                                     recipe.scaling, None if bias is None else bias[..., keys_from:keys_to],
+                                     recipe.softcap, blocks.visible(first, last, keys_from, keys_to))  # (1, h, r, K)
+            out[:, first - begin:last - begin, keys_from:keys_to] = ops.convert_to_numpy(weights)[0]
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
