@@ -309,7 +309,8 @@ class RowBlocks:
         end = length if end is None else end
         for start in range(begin, end, self.size):
             stop = min(start + self.size, end)
-            yield (start, stop, *visible_keys(start, stop, length, self.causal, self.window, self.window_kind))
+            yield (start, stop, *visible_keys(start, stop, length, self.causal, self.window, self.window_kind,
+                                              KEY_GRID))
 
     def visible(self, begin: int, end: int, first: int, last: int) -> np.ndarray | None:
         """(1, R, K) bool, True where queries ``begin`` .. ``end - 1`` see keys ``first`` .. ``last - 1``; None when
