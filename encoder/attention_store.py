@@ -311,7 +311,7 @@ class LazyAttention:
             weights = attention_rows(query[:, :, first - begin:last - begin], key[:, :, keys_from:keys_to],
                                      recipe.scaling, None if bias is None else bias[..., keys_from:keys_to],
                                      recipe.softcap, blocks.visible(first, last, keys_from, keys_to))  # (1, h, r, K)
-            out[:, first - begin:last - begin, keys_from:keys_to] = ops.convert_to_numpy(weights)[0]
+            out[:, first - begin:last - begin, keys_from:keys_to] = np.asarray(weights)[0]  # no copy: a view
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:

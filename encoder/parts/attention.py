@@ -344,10 +344,11 @@ def visible_rows(begin: int, end: int, length: int, causal: bool, window: int = 
     2`` for "symmetric", ``0 <= i - j < window`` for "causal"; 0: none); None when every key is visible."""
     if not causal and not window:
         return None
-    distance = np.arange(begin, end)[:, None] - np.arange(first, length)[None, :]  # (R, K): query - key
-    seen = distance >= 0 if causal else np.ones(distance.shape, bool)
+    queries, keys = np.arange(begin, end)[:, None], np.arange(first, length)[None, :]  # (R, 1), (1, K)
+    seen = keys <= queries if causal or (window and window_kind == "causal") else np.ones((end - begin, 1), bool)
     if window:
-        seen &= ((distance >= 0) & (distance < window)) if window_kind == "causal" else np.abs(distance) <= window // 2
+        reach = (window - 1, 0) if window_kind == "causal" else (window // 2, window // 2)  # keys before, after
+        seen = seen & (keys >= queries - reach[0]) & (keys <= queries + reach[1])  # (R, K)
     return None if seen.all() else seen[None]
 
 
