@@ -451,24 +451,25 @@ class LazyAttention:
 
     def compute(self, layer: int, heads: np.ndarray, begin: int, end: int) -> np.ndarray:
         """(h, R, T) float32: the weights of ``heads`` of ``layer`` on queries ``begin`` .. ``end - 1``, by
-        ``attention_rows`` (as the forward pass computed them), ``block_rows`` queries at a time."""
+        ``attention_rows`` (as the forward pass computed them), ``block_rows`` queries at a time, each block over
+        the keys it can see (``RowBlocks``: the others exactly 0)."""
         from keras import ops
 
-        from encoder.parts.attention import attention_rows
+        from encoder.parts.attention import RowBlocks, attention_rows
 
         queries, keys = self.queries_keys.layer(layer)  # (T, H, dh), (T, Hkv, dh)
-        length, group = self.shape[2], queries.shape[1] // keys.shape[1]
-        query = queries[:, heads]  # (T, h, dh)
-        key = ops.convert_to_tensor(keys[:, heads // group][None])  # (1, T, h, dh)
-        out = np.empty((len(heads), end - begin, length), np.float32)
-        step = block_rows(len(heads), length)
-        for first in range(begin, end, step):
-            last = min(first + step, end)
-            recipe = self.recipe
-            weights = attention_rows(ops.convert_to_tensor(query[None, first:last]), key, recipe.scaling,
-                                     recipe.bias(layer, heads, first, last, length), recipe.softcap,
-                                     recipe.visible(layer, first, last, length))  # (1, h, r, T)
-            out[:, first - begin:last - begin] = ops.convert_to_numpy(weights)[0]
+        recipe, length, group = self.recipe, self.shape[2], queries.shape[1] // keys.shape[1]
+        query = ops.convert_to_tensor(np.transpose(queries[begin:end, heads], (1, 0, 2))[None])  # (1, h, R, dh)
+        key = ops.convert_to_tensor(np.transpose(keys[:, heads // group], (1, 0, 2))[None])  # (1, h, T, dh)
+        out = np.zeros((len(heads), end - begin, length), np.float32)  # (h, R, T)
+        blocks = RowBlocks(block_rows(len(heads), length), recipe.causal, recipe.window_kind,
+                           int(recipe.windows[layer]))
+        for first, last, keys_from, keys_to in blocks.blocks(length, begin, end):
+            bias = recipe.bias(layer, heads, first, last, length)
+            weights = attention_rows(query[:, :, first - begin:last - begin], key[:, :, keys_from:keys_to],
+                                     recipe.scaling, None if bias is None else bias[..., keys_from:keys_to],
+                                     recipe.softcap, blocks.visible(first, last, keys_from, keys_to))  # (1, h, r, K)
+            out[:, first - begin:last - begin, keys_from:keys_to] = np.asarray(weights)[0]  # no copy: a view
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:

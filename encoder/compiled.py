@@ -28,8 +28,9 @@ class CompiledEncoder:
       embedding noise (B, T, D), for ablation and stability analysis; a separate graph, so the plain paths pay
       nothing for it.
     - ``embed(ids, segments)``: the input embeddings (B, T, D) the first layer reads.
-    - ``forward_rows(ids, segments, rows)``: a long input, its attention a block of queries at a time, never whole
-      (eager, not a ``tf.function``).
+    - ``forward_rows(ids, segments, rows)``: a long input, its attention a block of queries at a time over the keys
+      the block can see, never whole (layer by layer in Python; each block's weights one compiled graph,
+      ``encoder.parts.attention.attention_rows``).
     - ``forward_logits(ids, segments)`` (decoders): ``forward`` plus the LM head's logits (B, T, V);
       ``lens_top_k(hidden, normed)``: the LM head's top ``TOP_K`` tokens of any residual vectors (the logit lens).
     - ``extend(ids, start, keys, values)`` (causal models): new tokens after cached ones (``TransformerEncoder.extend``:
@@ -90,7 +91,8 @@ class CompiledEncoder:
     def forward_rows(self, ids, segments, rows: int, full_logits: bool = False, keep=None) -> dict:
         """A long unpadded input (B, T), its attention run ``rows`` queries at a time and never held whole
         (``TransformerEncoder.call_rows``: no ``attention``; ``keep`` gets each layer's queries and keys). Run
-        eagerly, block by block (the blocks' count follows the length)."""
+        layer by layer and block by block from Python (the blocks' count follows the length), each block's
+        weights by one ``tf.function`` of unknown sizes (``attention_rows``: no retracing per length)."""
         self.calls += 1
         return self.model.call_rows(tf.convert_to_tensor(ids, tf.int32), tf.convert_to_tensor(segments, tf.int32),
                                     rows=rows, full_logits=full_logits, keep=keep)

@@ -11,6 +11,7 @@ is the plain scaled product; ``encoder.parts.positions`` has the others.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import keras
@@ -142,19 +143,20 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
 
     def _call_rows(self, q, k, v, rows: RowBlocks, head_mask, position_bias, training):
         """``(output (B, T, D), None, {}, (queries, keys))`` of a long input: each block of ``rows.size`` queries'
-        weights (``attention_rows``) mix the values and are dropped; ``queries`` (B, T, H, dh) and ``keys`` (B, T,
-        Hkv, dh) are as the logit rule multiplies them (``prepared_queries_keys``): with them, ``attention_rows``
-        gives any rows' weights again, exactly."""
+        weights over the keys it can see (``RowBlocks.blocks``, ``attention_rows``) mix those keys' values and are
+        dropped; ``queries`` (B, T, H, dh) and ``keys`` (B, T, Hkv, dh) are as the logit rule multiplies them
+        (``prepared_queries_keys``): with them, ``attention_rows`` gives any rows' weights again, exactly."""
         q, k = prepared_queries_keys(self.logits, self, q, k, position_bias)
-        length = ops.shape(q)[1]
-        outputs = []
-        for begin in range(0, length, rows.size):
-            end = min(begin + rows.size, length)
-            bias = rows.bias(self.logits, position_bias, begin, end)
-            weights = attention_rows(q[:, begin:end], k, self.scaling, bias, self.softcap,
-                                     rows.visible(begin, end, length))  # (B, H, R, S)
-            outputs.append(self.mix_values(weights, v, head_mask, None, training))  # (B, R, D)
-        return ops.concatenate(outputs, axis=1), None, {}, (q, k)
+        queries, keys, values = (heads_first(x) for x in (q, k, v))  # (B, H, T, dh), (B, Hkv, T, dh) twice
+        contexts = []
+        for begin, end, first, last in rows.blocks(ops.shape(q)[1]):
+            bias = rows.bias(self.logits, position_bias, begin, end, first, last)
+            weights = attention_rows(queries[:, :, begin:end], keys[:, :, first:last], self.scaling, bias,
+                                     self.softcap, rows.visible(begin, end, first, last))  # (B, H, R, K)
+            weights = self._dropout_layer(weights, training=training)
+            contexts.append(head_contexts(weights, values[:, :, first:last]))  # (B, H, R, dh)
+        context = ops.transpose(ops.concatenate(contexts, axis=2), (0, 2, 1, 3))  # (B, T, H, dh)
+        return self.project(context, head_mask), None, {}, (q, k)
 
     def _masked_softmax(self, attention_scores, attention_mask=None):
         """Keras' masked softmax, as ``masked_softmax`` computes it."""
@@ -165,14 +167,12 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         head's context times its ``head_mask``, through the output projection."""
         weights = pattern if attention_scale is None else pattern * ops.cast(attention_scale, pattern.dtype)
         weights = self._dropout_layer(weights, training=training)
-        # Batched matmuls over explicit (B, H, ...) layouts: oneDNN runs them faster than the equivalent einsums.
-        value = ops.transpose(value, (0, 2, 1, 3))  # (B, Hkv, S, dh)
-        if self.key_value_heads == self._num_heads:
-            context = ops.matmul(weights, value)  # (B, H, T, dh)
-        else:
-            context = ungrouped(ops.matmul(grouped(weights, self.key_value_heads), value), self._num_heads,
-                                ops.shape(weights)[2])
-        context = ops.transpose(context, (0, 2, 1, 3))  # (B, T, H, dh)
+        context = ops.transpose(head_contexts(weights, heads_first(value)), (0, 2, 1, 3))  # (B, T, H, dh)
+        return self.project(context, head_mask)
+
+    def project(self, context, head_mask):
+        """(B, T, D): the heads' contexts (B, T, H, dh), each times its ``head_mask`` (B, H) when given, through
+        the output projection."""
         if head_mask is not None:
             context = context * ops.cast(head_mask, context.dtype)[:, None, :, None]
         return self.output_dense(context)
@@ -195,7 +195,22 @@ def scaled_product(query, key, scaling: float, heads: int, key_value_heads: int)
     return logits * ops.cast(scaling, logits.dtype)
 
 
-def grouped(x, key_value_heads: int):
+def heads_first(x):
+    """(B, T, H, dh) -> (B, H, T, dh)."""
+    return ops.transpose(x, (0, 2, 1, 3))
+
+
+def head_contexts(weights, values):
+    """(B, H, R, dh): weights (B, H, R, S) mixing values (B, Hkv, S, dh) (grouped-query attention: query head h
+    reads key/value head ``h // (H / Hkv)``). Batched matmuls over explicit (B, H, ...) layouts: oneDNN runs them
+    faster than the equivalent einsums."""
+    heads, kv_heads = weights.shape[1], values.shape[1]
+    if heads == kv_heads:
+        return ops.matmul(weights, values)
+    return ungrouped(ops.matmul(grouped(weights, kv_heads), values), heads, ops.shape(weights)[2])
+
+
+def grouped(x, key_value_heads):
     """(B, H, T, n) -> (B, Hkv, G T, n): the query heads of each key/value head side by side (query head h reads
     key/value head ``h // G``, G = H / Hkv), so one batched matmul serves a group without repeating its keys or
     values."""
@@ -203,7 +218,7 @@ def grouped(x, key_value_heads: int):
     return ops.reshape(x, (shape[0], key_value_heads, -1, shape[3]))
 
 
-def ungrouped(x, heads: int, length):
+def ungrouped(x, heads, length):
     """(B, Hkv, G T, n) -> (B, H, T, n), undoing ``grouped``."""
     shape = ops.shape(x)
     return ops.reshape(x, (shape[0], heads, length, shape[3]))
@@ -224,16 +239,42 @@ def masked_softmax(attention_scores, attention_mask=None):
 
 
 def attention_rows(query, key, scaling: float, bias=None, softcap: float = 0.0, visible=None):
-    """(B, H, R, S) weights after softmax of R queries (B, R, H, dh) over S keys (B, S, Hkv, dh), both as the
-    logit rule multiplies them (``prepared_queries_keys``), computed as ``InstrumentedAttention`` computes them:
-    the scaled product, plus ``bias`` (broadcastable to (B, H, R, S): a relative bias's rows) when given, soft-capped
-    by ``softcap`` (0: none), masked by ``visible`` (bool, broadcastable to (B, R, S); None: every key)."""
-    logits = scaled_product(query, key, scaling, query.shape[2], key.shape[2])
-    if bias is not None:
-        logits = logits + bias
-    if softcap:
-        logits = soft_cap(logits, softcap)
-    return masked_softmax(logits, visible)
+    """(B, H, R, K) weights after softmax of R queries (B, H, R, dh) over K keys (B, Hkv, K, dh) (``heads_first``
+    of each), both as the logit rule multiplies them (``prepared_queries_keys``), computed as
+    ``InstrumentedAttention`` computes them: the scaled product, plus ``bias`` (broadcastable to (B, H, R, K): a
+    relative bias's rows) when given, soft-capped by ``softcap`` (0: none), masked by ``visible`` (bool,
+    broadcastable to (B, R, K); None: every key), masked keys exactly 0 (every query must see a key). One compiled
+    graph (``tf.function``) of unknown sizes serves every block of every layer, in the forward pass
+    (``InstrumentedAttention._call_rows``) and in a long trace's store (``LazyAttention.compute``) alike."""
+    graph = _rows_graph(bias is not None, bool(softcap), visible is not None)
+    extra = [x for x in (bias, visible) if x is not None]
+    return graph(query, key, ops.convert_to_tensor(scaling, "float32"), ops.convert_to_tensor(softcap, "float32"),
+                 *extra)
+
+
+@functools.cache
+def _rows_graph(bias: bool, capped: bool, masked: bool):
+    """``attention_rows``' ``tf.function`` with (or without) a bias, a soft-cap and a mask."""
+    import tensorflow as tf
+
+    def rows(query, key, scaling, softcap, *extra):
+        extra = list(extra)
+        shape = ops.shape(query)  # (B, H, R, dh)
+        logits = ops.matmul(grouped(query, ops.shape(key)[1]), ops.swapaxes(key, 2, 3))  # (B, Hkv, G R, K)
+        logits = ops.reshape(logits, (shape[0], shape[1], shape[2], -1)) * scaling  # (B, H, R, K)
+        if bias:
+            logits = logits + extra.pop(0)
+        if capped:
+            logits = soft_cap(logits, softcap)
+        if not masked:
+            return ops.softmax(logits, axis=-1)
+        lowest = ops.cast(np.finfo(np.float32).min, logits.dtype)  # exp(lowest - max) is exactly 0
+        return ops.softmax(ops.where(extra.pop(0)[:, None], logits, lowest), axis=-1)
+
+    four = tf.TensorSpec([None] * 4, tf.float32)
+    signature = [four, four, tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32)]
+    signature += [four] * bias + [tf.TensorSpec([None] * 3, tf.bool)] * masked
+    return tf.function(rows, input_signature=signature)
 
 
 def prepared_queries_keys(rule, attention, query, key, position_bias):
@@ -244,10 +285,14 @@ def prepared_queries_keys(rule, attention, query, key, position_bias):
     return (query, key) if prepare is None else prepare(attention, query, key, position_bias)
 
 
+KEY_GRID = 64  # a block's keys start and end on multiples of this (or at the input's ends): its shapes repeat
+
+
 class RowBlocks:
-    """How a long input's attention runs: ``size`` queries at a time, each block's keys masked as the layer masks
-    them (``causal``; ``window`` and ``window_kind``: a windowed layer's, ``EncoderLayer._window_mask``), every key
-    of the unpadded input otherwise.
+    """How a long input's attention runs: ``size`` queries at a time, each block over the keys it can see
+    (``visible_keys``) and those masked as the layer masks them (``causal``; ``window`` and ``window_kind``: a
+    windowed layer's, ``EncoderLayer._window_mask``); every key of the unpadded input otherwise. A causal block
+    computes only the keys before its end, a windowed one only its band: the weights of the keys left out are 0.
 
     Args:
         size: int, queries per block.
@@ -263,31 +308,54 @@ class RowBlocks:
         """These blocks in a layer of ``window`` (0: none)."""
         return RowBlocks(self.size, self.causal, self.window_kind, window)
 
-    def visible(self, begin: int, end: int, length: int) -> np.ndarray | None:
-        """(1, R, S) bool, True where queries ``begin`` .. ``end - 1`` see each of the S = ``length`` keys; None
-        when they see every key."""
-        return visible_rows(begin, end, length, self.causal, self.window, self.window_kind)
+    def blocks(self, length: int, begin: int = 0, end: int | None = None):
+        """``(begin, end, first, last)`` of each block of queries from ``begin`` to ``end`` (None: ``length``) of a
+        ``length``-token input: its queries ``begin`` .. ``end - 1`` and the keys ``first`` .. ``last - 1`` they
+        can see."""
+        end = length if end is None else end
+        for start in range(begin, end, self.size):
+            stop = min(start + self.size, end)
+            yield (start, stop, *visible_keys(start, stop, length, self.causal, self.window, self.window_kind,
+                                              KEY_GRID))
+
+    def visible(self, begin: int, end: int, first: int, last: int) -> np.ndarray | None:
+        """(1, R, K) bool, True where queries ``begin`` .. ``end - 1`` see keys ``first`` .. ``last - 1``; None when
+        they see every one."""
+        return visible_rows(begin, end, last, self.causal, self.window, self.window_kind, first)
 
     @staticmethod
-    def bias(rule, position_bias, begin: int, end: int):
-        """The rows ``begin`` .. ``end - 1`` of the bias the logit ``rule`` adds ((1, H, R, S)), None without one
-        (``rule.bias_rows``)."""
+    def bias(rule, position_bias, begin: int, end: int, first: int = 0, last: int | None = None):
+        """The bias the logit ``rule`` adds on rows ``begin`` .. ``end - 1`` and keys ``first`` .. ``last - 1``
+        ((1, H, R, K)), None without one (``rule.bias_rows``)."""
         rows = getattr(rule, "bias_rows", None)
-        return None if rows is None else rows(position_bias, begin, end)
+        return None if rows is None else rows(position_bias, begin, end)[..., first:last]
+
+
+def visible_keys(begin: int, end: int, length: int, causal: bool, window: int = 0,
+                 window_kind: str = "symmetric", grid: int = KEY_GRID) -> tuple[int, int]:
+    """``(first, last)``: the keys ``first`` .. ``last - 1`` of a ``length``-token input that queries ``begin`` ..
+    ``end - 1`` may see in a layer that is ``causal`` and has ``window`` (as ``visible_rows``), widened to
+    multiples of ``grid`` within 0 .. ``length``; every key outside is hidden from every one of the queries."""
+    first, last = 0, end if causal or (window and window_kind == "causal") else length
+    if window:
+        first = begin - (window - 1 if window_kind == "causal" else window // 2)
+        last = min(last, end + (0 if window_kind == "causal" else window // 2))
+    return max(0, first // grid * grid), min(length, -(-last // grid) * grid)
 
 
 def visible_rows(begin: int, end: int, length: int, causal: bool, window: int = 0,
-                 window_kind: str = "symmetric") -> np.ndarray | None:
-    """(1, R, S) bool: where queries ``begin`` .. ``end - 1`` see the S = ``length`` keys in a layer that is
-    ``causal`` (key <= query) and has ``window`` (``encoder.positional.window_visible``: ``|i - j| <= window // 2``
-    for "symmetric", ``0 <= i - j < window`` for "causal"; 0: none); None when every key is visible."""
+                 window_kind: str = "symmetric", first: int = 0) -> np.ndarray | None:
+    """(1, R, K) bool: where queries ``begin`` .. ``end - 1`` see keys ``first`` .. ``length - 1`` in a layer that
+    is ``causal`` (key <= query) and has ``window`` (``encoder.positional.window_visible``: ``|i - j| <= window //
+    2`` for "symmetric", ``0 <= i - j < window`` for "causal"; 0: none); None when every key is visible."""
     if not causal and not window:
         return None
-    distance = np.arange(begin, end)[:, None] - np.arange(length)[None, :]  # (R, S): query - key
-    seen = distance >= 0 if causal else np.ones(distance.shape, bool)
+    queries, keys = np.arange(begin, end)[:, None], np.arange(first, length)[None, :]  # (R, 1), (1, K)
+    seen = keys <= queries if causal or (window and window_kind == "causal") else np.ones((end - begin, 1), bool)
     if window:
-        seen &= ((distance >= 0) & (distance < window)) if window_kind == "causal" else np.abs(distance) <= window // 2
-    return seen[None]
+        reach = (window - 1, 0) if window_kind == "causal" else (window // 2, window // 2)  # keys before, after
+        seen = seen & (keys >= queries - reach[0]) & (keys <= queries + reach[1])  # (R, K)
+    return None if seen.all() else seen[None]
 
 
 def soft_cap(logits, cap: float):
