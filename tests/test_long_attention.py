@@ -273,9 +273,10 @@ def test_a_block_over_the_keys_it_can_see_equals_the_whole_row(monkeypatch, fami
     window, causal = int(recipe.windows[layer]), recipe.causal
     assert tokens >= 40 and (causal or window == 8)
     assert visible_keys(24, 32, tokens, causal, window, recipe.window_kind, 8) == ((0, 32) if causal else (16, 40))
-    group = heads // store.keys.shape[2]
-    query = heads_first(store.queries[layer][None])  # (1, H, T, dh)
-    key = heads_first(store.keys[layer][:, np.arange(heads) // group][None])  # (1, H, T, dh): a key head per head
+    queries, keys = store.queries_keys.layer(layer)  # (T, H, dh), (T, Hkv, dh)
+    group = heads // keys.shape[1]
+    query = heads_first(queries[None])  # (1, H, T, dh)
+    key = heads_first(keys[:, np.arange(heads) // group][None])  # (1, H, T, dh): a key head per head
     whole = attention_rows(query, key, recipe.scaling, None, recipe.softcap,
                            visible_rows(0, tokens, tokens, causal, window, recipe.window_kind))[0]  # (H, T, T)
     PIECES.clear()
