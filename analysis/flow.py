@@ -100,7 +100,7 @@ def _times_residual_layer(vectors: np.ndarray, attention, layer: int, residual: 
 class RolloutRows:
     """The rollout of a long trace (its attention a ``LazyAttention``), a few rows at a time: ``after(layer,
     tokens)`` (n, T) float64, each row computed once (``rollout_token_rows``) and kept (T floats a row). A plain
-    class, not a dataclass: a results cache (``ui.budget.held_bytes``) does not count the trace's attention store
+    class, not a dataclass: a results cache (``encoder.budget.held_bytes``) does not count the trace's attention store
     it reads (the trace cache does) nor the few KB of rows it keeps."""
 
     def __init__(self, attention: Any, residual: float) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 from analysis.inputs import chosen_layer, refusal
 from encoder.attention_store import LazyAttention
 from encoder.errors import AnalysisError
+from encoder.numerics import stacked_product, unrotated
 from encoder.trace import EncoderTrace
 
 if TYPE_CHECKING:
@@ -229,15 +230,6 @@ def by_distance(trace: EncoderTrace, layer: int, means: np.ndarray, distances: n
 # A long trace's terms, from its queries and keys (never a layer's (H, T, T) at once)
 
 
-def product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``x @ y`` of float64 stacks of matrices (..., n, m) and (..., m, p), by TensorFlow's matmul: its thread pool
-    is the one every layer already runs on (NumPy's BLAS threads, spinning beside it, run many small products
-    several times slower on a loaded machine)."""
-    from keras import ops
-
-    return ops.convert_to_numpy(ops.matmul(x, y))
-
-
 @dataclass(frozen=True)
 class Bilinear:
     """A logit term that is a product, X[q, k] = a_q . b_k: ``a`` (H, T, m) and ``b`` (Hkv, T, m) float64 (query
@@ -256,11 +248,11 @@ class Bilinear:
     def moments(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         """``(sum of b (Hkv, m), sum of b b^T (Hkv, m, m))`` over keys ``lo`` .. ``hi - 1``."""
         keys = self.b[:, lo:hi]
-        return keys.sum(1), product(keys.transpose(0, 2, 1), keys)
+        return keys.sum(1), stacked_product(keys.transpose(0, 2, 1), keys)
 
     def cells(self, begin: int, end: int, lo: int, hi: int) -> np.ndarray:
         """(H, R, S) float64: the term of queries ``begin`` .. ``end - 1`` over keys ``lo`` .. ``hi - 1``."""
-        return product(self.a[:, begin:end], self.b[:, lo:hi].transpose(0, 2, 1)[self.groups])
+        return stacked_product(self.a[:, begin:end], self.b[:, lo:hi].transpose(0, 2, 1)[self.groups])
 
 
 @dataclass(frozen=True)
@@ -280,16 +272,15 @@ def layer_terms(trace: EncoderTrace, layer: int) -> LayerTerms:
     normalised); position a relative bias (``AttentionRecipe.bias``), or the rotated product minus the content. The
     store keeps rotary queries and keys rotated: they are turned back by the same angles (``rotary_angles`` of the
     scheme's frequencies, the local ones in a windowed layer), the inverse rotation."""
-    from keras import ops
-
     store: LazyAttention = trace.attention
     recipe, length = store.recipe, trace.num_tokens
-    queries = store.queries[layer].transpose(1, 0, 2).astype(np.float64) * recipe.scaling  # (H, T, dh)
-    keys = store.keys[layer].transpose(1, 0, 2).astype(np.float64)  # (Hkv, T, dh)
+    layer_queries, layer_keys = store.queries_keys.layer(layer)  # (T, H, dh), (T, Hkv, dh)
+    queries = layer_queries.transpose(1, 0, 2).astype(np.float64) * recipe.scaling  # (H, T, dh)
+    keys = layer_keys.transpose(1, 0, 2).astype(np.float64)  # (Hkv, T, dh)
     if recipe.bias_table is not None:
         heads = np.arange(trace.num_heads)
         line = recipe.bias(layer, heads, length - 1, length, 2 * length - 1)  # query T - 1 over 2T - 1 keys
-        return LayerTerms(Bilinear(queries, keys), line=ops.convert_to_numpy(line)[0, :, 0].astype(np.float64))
+        return LayerTerms(Bilinear(queries, keys), line=np.asarray(line)[0, :, 0].astype(np.float64))
     plain_queries, plain_keys = unrotated(queries, keys, rotary_frequencies(trace, layer))
     return LayerTerms(Bilinear(plain_queries, plain_keys),
                       Bilinear(np.concatenate([queries, plain_queries], -1), np.concatenate([keys, -plain_keys], -1)))
@@ -299,19 +290,6 @@ def rotary_frequencies(trace: EncoderTrace, layer: int) -> np.ndarray:
     """(d / 2,) float32: the rotary frequencies of ``layer`` (the local ones in a windowed layer)."""
     scheme, local = trace.position_scheme, bool(trace.attention.recipe.windows[layer])
     return np.asarray(scheme[ROPE_KEYS[1] if local and ROPE_KEYS[1] in scheme else ROPE_KEYS[0]], np.float32)
-
-
-def unrotated(queries: np.ndarray, keys: np.ndarray, frequencies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(queries, keys)``, each (heads, T, dh) float64, turned back by the rotary positions of ``frequencies``
-    (d / 2,): ``rotate`` by the same angles (``rotary_angles``, (1, T, 1, d)) with the sine negated, the inverse
-    rotation."""
-    from keras import ops
-
-    from encoder.parts.positions import rotary_angles, rotate
-
-    cos, sin = (ops.convert_to_numpy(part).astype(np.float64)[0].transpose(1, 0, 2)  # (1, T, d)
-                for part in rotary_angles(frequencies, queries.shape[1]))
-    return tuple(ops.convert_to_numpy(rotate(x[None], cos, -sin))[0] for x in (queries, keys))
 
 
 def long_position_share(trace: EncoderTrace, progress: Progress | None = None) -> PositionShare:
@@ -403,7 +381,7 @@ class Moments:
         a = self.term.a[:, begin:end]  # (H, R, m)
         groups = self.term.groups
         first = (a * self.first[groups][:, None]).sum(-1)  # (H, R)
-        second = (product(a, self.second[groups]) * a).sum(-1)
+        second = (stacked_product(a, self.second[groups]) * a).sum(-1)
         first[:, ~kept] = 0.0
         second[:, ~kept] = 0.0
         span_lo, span_hi = int(lo[kept].min()), int(hi[kept].max())

@@ -1,4 +1,4 @@
-"""Bounded resources: one byte budget for every cached result (``ui.budget``), the heavy-analysis limit, and the
+"""Bounded resources: one byte budget for every cached result (``encoder.budget``), the heavy-analysis limit, and the
 caps on what one visitor can ask for (Max tokens, uploads, downloads)."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from encoder.budget import ByteBudgetCache, held_bytes
 from encoder.settings import settings
 from tests.support.traces import synthetic_trace
 from ui import cache
-from ui.budget import ByteBudgetCache, held_bytes
 from ui.downloads import MAX_DOWNLOAD_BYTES, csv_bytes, heads_that_fit
 from ui.scrub import scrub_chart
 

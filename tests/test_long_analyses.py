@@ -100,10 +100,10 @@ def test_rollout_runs_through_the_registry_as_row_strips(lazy_trace):
 
 
 def test_a_cached_rollout_result_does_not_count_the_trace_store_again(lazy_trace):
-    """The app's results cache (``ui.budget.held_bytes``) does not count a long rollout as the trace's attention
+    """The app's results cache (``encoder.budget.held_bytes``) does not count a long rollout as the trace's attention
     store it reads (the trace cache counts that); its kept rows are a few KB."""
     from analysis.flow import RolloutRows
-    from ui.budget import held_bytes
+    from encoder.budget import held_bytes
 
     rows = RolloutRows(lazy_trace.attention, 0.5)
     rows.after(1, [3])

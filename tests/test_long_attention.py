@@ -210,7 +210,7 @@ def test_a_long_trace_pickles_as_its_queries_and_keys_and_the_cache_counts_no_mo
     import pickle
 
     from encoder.attention_store import StoredQueriesKeys
-    from ui.budget import held_bytes
+    from encoder.budget import held_bytes
 
     trace = trace_text(load_family("llama"), long_text(80), lazy=True)
     fields = {name: getattr(trace, name) for name in ("attention", "hidden")}

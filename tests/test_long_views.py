@@ -174,8 +174,8 @@ def test_the_cache_counts_a_long_trace_by_its_real_bytes_and_leaves_the_pieces_t
     not the L x H x T x T floats its attention would take; the results cache, the attention pieces' LRU and the head
     images share HEADLIGHT_CACHE_MB."""
     from encoder.attention_store import piece_limit
+    from encoder.budget import held_bytes
     from encoder.settings import settings
-    from ui.budget import held_bytes
     from ui.cache import RESULTS
     from ui.inputs import trace_bytes
     from viz.long_inputs import image_limit

@@ -30,12 +30,12 @@ import streamlit as st
 
 import analysis
 from analysis.steps import step_trace
+from encoder.budget import ByteBudgetCache
 from encoder.errors import InputError
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, LoadedModel, ModelCard, load_source
 from encoder.trace import EncoderTrace, trace_text
 from tutorial.dataset import load_splits
-from ui.budget import ByteBudgetCache
 from ui.inputs import DEFAULT_TEXT, token_limit, trace_budget
 from ui.scrub import ScrubChart, scrub_chart
 from ui.serving import coldstart, warmup

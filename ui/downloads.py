@@ -15,9 +15,9 @@ from collections.abc import Callable
 import streamlit as st
 
 from encoder import trace_io
+from encoder.budget import held_bytes
 from encoder.errors import ExportError
 from encoder.trace import EncoderTrace
-from ui.budget import held_bytes
 from viz import render
 from viz.kinds import ENCODER, CrossTrace, of_kind, query_side, write_kind_csv
 

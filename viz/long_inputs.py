@@ -26,10 +26,10 @@ import plotly.graph_objects as go
 
 from analysis.report import sink_queries
 from encoder.attention_store import LazyAttention, LazyVisible
+from encoder.budget import ByteBudgetCache
 from encoder.errors import ViewError
 from encoder.settings import settings
 from encoder.trace import EncoderTrace
-from ui.budget import ByteBudgetCache
 from viz.clicks import click_spec
 from viz.kinds import CrossTrace, query_side
 from viz.selection import (

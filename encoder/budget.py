@@ -3,7 +3,8 @@ bytes of the NumPy arrays its values hold (``held_bytes``), not by a count of en
 
 Every session shares it, so a result is computed once for all visitors; concurrent requests for one key compute
 once (the first computes, the others wait for its value). An entry larger than the whole budget is computed and
-returned but not kept. Pure Python and NumPy: the app wraps it with Streamlit's spinner (``ui.cache``).
+returned but not kept. Pure Python and NumPy, in ``encoder/`` below every layer that uses it (the app's caches,
+the long views' head images); the app wraps it with Streamlit's spinner (``ui.cache``).
 
 Example:
     >>> cache = ByteBudgetCache(max_bytes=2**20)
