@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -355,6 +356,7 @@ IMAGE_MAX_BYTES = 128 * 2**20  # ... and at most this (64 heads' two images; the
 AHEAD_SHARE = 2  # one trace's images computed ahead hold at most half of that: the heads nearest the shown one
 IDLE_SECONDS = 30.0  # a precompute thread with nothing left to do ends after this long (``focus`` starts another)
 AHEAD_CHUNK_BYTES = 8 * 2**20  # computing ahead reads smaller chunks than a view: it pauses for views sooner
+SETTLE_SECONDS = 1.0  # computing ahead waits this long after the focus moved: the change is drawn first
 FOREGROUND_WAIT_SECONDS = 30.0  # the longest a precompute step waits for a view being computed now to finish
 
 
@@ -483,7 +485,8 @@ class HeadPrecompute:
     ``HEAD_BLOCKS``, nearest the shown head first (``ahead_order``), at most ``image_limit() / AHEAD_SHARE`` bytes
     of them: a layer or head change then reads its image instead of computing the head's (T, T) weights.
 
-    Bounded: one step (a head) at a time in the process, and only while no view is computing one; the trace held
+    Bounded: one step (a head) at a time in the process, only ``SETTLE_SECONDS`` after the focus last moved (a
+    layer or head change is drawn first, its cores not shared) and only while no view is computing one; the trace held
     weakly (a step holds it while it runs), so a trace dropped from the app's cache is not kept alive here;
     ``cancel`` stops it within a chunk of rows; it pauses (before each chunk) while a view is being computed,
     unless that view waits for the head it computes. A head not computed yet is computed by the view that asks for it
@@ -495,6 +498,7 @@ class HeadPrecompute:
         self._trace = weakref.ref(trace)
         self._shape = (trace.num_layers, trace.num_heads)
         self._focus = (0, 0)
+        self._moved = time.monotonic()  # when the focus last moved
         self._done: set[tuple[int, int]] = set()  # computed here since the focus last moved: never twice
         self._changed = threading.Event()
         self._cancelled = threading.Event()
@@ -508,6 +512,7 @@ class HeadPrecompute:
                 return
             if (int(layer), int(head)) != self._focus:
                 self._focus = (int(layer), int(head))
+                self._moved = time.monotonic()
                 self._done.clear()
             self._changed.set()
             if self._thread is None or not self._thread.is_alive():
@@ -545,6 +550,10 @@ class HeadPrecompute:
             if not todo:
                 if not self._changed.wait(IDLE_SECONDS):
                     return
+                continue
+            settling = self._moved + SETTLE_SECONDS - time.monotonic()
+            if settling > 0:  # the focus just moved: the page's rerun and the browser's drawing first
+                self._changed.wait(settling)
                 continue
             with _AHEAD_SLOT:
                 _FOREGROUND.wait_idle(FOREGROUND_WAIT_SECONDS)
