@@ -23,7 +23,7 @@ from encoder.parts.schemes import position_part
 from encoder.positional import window_visible
 
 POSITIONS = "positions"  # the name of the position scheme's part (its variables are under ``positions/``)
-LM_ROW_BYTES = 16 * 2**20  # a long input's LM head: the (rows, V) float32 logits of one block of positions
+LM_ROW_BYTES = 32 * 2**20  # a long input's LM head: the (rows, V) float32 logits of one block of positions
 TOP_K = 10  # candidates per position in ``next_ids`` / ``next_probs`` (and ``CompiledEncoder.lens_top_k``)
 
 
