@@ -93,7 +93,8 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
              rows=None):
         """``(x, pattern, terms)``; with ``rows`` (a long unpadded input, ``encoder.parts.attention.RowBlocks``), the
         attention runs a block of queries at a time: pattern None, terms empty and a fourth item, the layer's
-        ``(queries, keys)`` as its logit rule multiplies them; with a key/value ``cache`` (generation:
+        ``(queries (B, H, T, dh), keys (B, Hkv, T, dh))`` as its logit rule multiplies them, heads first; with a
+        key/value ``cache`` (generation:
         ``InstrumentedAttention``'s ``cache`` and ``start``, ``x`` the new tokens only), a fourth item, the layer's
         new cache; with ``encoder_hidden`` (B, S, D) (a decoder layer, ``attention.cross``), a fourth item, the
         cross-attention pattern (B, H, T, S), keys hidden where ``encoder_mask`` (broadcastable to (B, T, S) bool)

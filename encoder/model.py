@@ -23,7 +23,7 @@ from encoder.parts.schemes import position_part
 from encoder.positional import window_visible
 
 POSITIONS = "positions"  # the name of the position scheme's part (its variables are under ``positions/``)
-LM_ROW_BYTES = 64 * 2**20  # a long input's LM head: the (rows, V) float32 logits of one block of positions
+LM_ROW_BYTES = 32 * 2**20  # a long input's LM head: the (rows, V) float32 logits of one block of positions
 TOP_K = 10  # candidates per position in ``next_ids`` / ``next_probs`` (and ``CompiledEncoder.lens_top_k``)
 
 
@@ -45,11 +45,11 @@ class LayerStates:
         self.append(first)
 
     def append(self, state) -> None:
-        self.array[:, self.size] = ops.convert_to_numpy(state)
+        self.array[:, self.size] = np.asarray(state)  # a view of the tensor's buffer: no copy
         self.size += 1
 
     def __setitem__(self, index: int, state) -> None:
-        self.array[:, index] = ops.convert_to_numpy(state)
+        self.array[:, index] = np.asarray(state)
 
 
 @keras.saving.register_keras_serializable(package="headlight")
@@ -249,10 +249,11 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         blocks = RowBlocks(rows, self.config.attention.causal, self.config.attention.window_kind)
         hidden = LayerStates(x, len(self.encoder_layers) + 1)  # (B, L + 1, T, D) NumPy, filled as the layers go
         for index, layer in enumerate(self.encoder_layers):
-            x, _, _, (q, k) = layer(x, position_bias=position_bias, training=False, rows=blocks)
+            x, _, _, kept = layer(x, position_bias=position_bias, training=False, rows=blocks)
             hidden.append(x)
             if keep is not None:
-                keep(index, q, k)
+                keep(index, *(ops.transpose(part, (0, 2, 1, 3)) for part in kept))  # (B, T, heads, dh)
+            del kept  # this layer's queries and keys: not held while the next layer runs
         positions = max(1, LM_ROW_BYTES // (4 * self.config.vocab_size))  # the LM head's (rows, V) logits at once
         return self._finish(x, hidden, token_ids, None, full_logits, {}, positions)
 
