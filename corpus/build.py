@@ -225,7 +225,7 @@ def _progress_line(done: int, rows: int, seconds: float) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m cli corpus build ...``: 0 when the index is written, 1 (and the message) when it is not."""
+    """``python -m cli corpus build ...``: 0 when the index is written, 2 (and the message) when it is not."""
     parser = argparse.ArgumentParser(
         prog="python -m cli corpus build",
         description="Build a corpus index (head statistics, top examples, query/key samples, nearest contexts) "
@@ -238,7 +238,7 @@ def main(argv: Sequence[str]) -> int:
         manifest = build_index(args.input, args.out, options_from(args), args.column, beam_args, _progress_line)
     except HeadlightError as error:
         sys.stderr.write(f"\nerror: {error}\n")
-        return 1
+        return 2
     counts = manifest["counts"]
     sys.stderr.write(f"\nwrote an index of {counts['sentences']:,} sentences ({counts['tokens']:,} tokens)\n")
     return 0
