@@ -27,6 +27,7 @@ SUITES = {
     "app": "App in Chromium",
     "load": "Concurrent sessions in Chromium, MiniLM: 10 layer changes each",
     "scrub": "Head scrubbing in Chromium (the slider inside the figure), MiniLM, 128 tokens",
+    "corpus": "Corpus pipeline (Beam DirectRunner in memory vs a plain loop), MiniLM, data/ sentences",
 }
 CAPPED_BY_DEFAULT = ("encoder",)  # the suites a run of everything repeats with the instruction set capped at AVX2
 

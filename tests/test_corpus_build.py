@@ -159,7 +159,7 @@ def test_query_key_sample(index, traced, minilm_model):
             for row in rows.itertuples():
                 queries, keys = stores[row.sentence].layer(layer)
                 own = (queries if kind == "query" else keys)[row.position, head]
-                np.testing.assert_allclose(row.vector, own, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(row.vector, own, rtol=0, atol=1e-6)
                 assert row.token == traced[row.sentence].tokens[row.position]
     for _, rows in sample.groupby(["layer", "head"]):
         x, y = rows["x"].to_numpy(np.float64), rows["y"].to_numpy(np.float64)
