@@ -9,7 +9,8 @@ fresh process (``--run``), beam then plain for each size (``ROUNDS`` times); the
 sentences/s and its peak resident memory (``ru_maxrss``), and the same for 1,000 sentences to show memory flat
 as the corpus grows.
 
-``python -m bench corpus``; one build alone: ``python -m bench.corpus --run beam|plain INPUT OUT``.
+``python -m bench corpus``; other sizes: ``python -m bench.corpus 1000,4000``; one build alone:
+``python -m bench.corpus --run beam|plain INPUT OUT``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = [ROOT / "data" / name for name in ("train.tsv", "validation.tsv", "test.tsv")]
-SMALL = 1000
+SIZES = (1000, None)  # sentences: 1,000 and every sentence of data/
 ROUNDS = 1  # alternations per corpus size: a 19k build takes minutes
 
 
@@ -131,12 +132,13 @@ def _spawn(kind: str, input_path: Path, out: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> list[dict]:
+def main(sizes: tuple[int | None, ...] = SIZES) -> list[dict]:
+    """Beam then plain at each corpus size (None: every sentence of ``data/``), ``ROUNDS`` times."""
     rows = []
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
-        inputs = {"small": corpus_text(folder / "small.txt", SMALL), "all": corpus_text(folder / "all.txt")}
-        for size in ("small", "all"):
+        inputs = {size: corpus_text(folder / f"{size or 'all'}.txt", size) for size in sizes}
+        for size in sizes:
             for round_ in range(ROUNDS):
                 for kind in ("beam", "plain"):
                     found = _spawn(kind, inputs[size], folder / f"{kind}-{size}-{round_}")
@@ -161,4 +163,5 @@ if __name__ == "__main__":
     else:
         from bench.common import print_table
 
-        print_table("Corpus pipeline, MiniLM, data/ sentences", main())
+        given = tuple(int(size) for size in sys.argv[1].split(",")) if sys.argv[1:] else SIZES
+        print_table("Corpus pipeline, MiniLM, data/ sentences", main(given))

@@ -59,12 +59,22 @@ def build_index(input_path: str | Path, out: str | Path, options: CorpusOptions,
         options.layers_of(facts.layers)
         beam_options = PipelineOptions(list(beam_args))
         _run(plan, options, partial, facts, beam_options, progress)
-        runner = beam_options.get_all_options().get("runner") or "DirectRunner"
-        manifest = finish_index(folder, partial, facts, options, str(runner), Path(input_path).name, column)
+        manifest = finish_index(folder, partial, facts, options, runner_name(beam_options), Path(input_path).name,
+                                column)
     except BaseException:
         remove_partial(partial)
         raise
     return manifest
+
+
+def runner_name(beam_options) -> str:
+    """The manifest's ``runner``: the Beam runner, and the DirectRunner's running mode and workers when set."""
+    found = beam_options.get_all_options()
+    name = str(found.get("runner") or "DirectRunner")
+    mode = found.get("direct_running_mode")
+    if name.endswith("DirectRunner") and mode and mode != "in_memory":
+        return f"{name} ({mode}, {found.get('direct_num_workers')} workers)"
+    return name
 
 
 def _output_folder(out: Path) -> Path:
