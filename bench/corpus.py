@@ -9,8 +9,8 @@ fresh process (``--run``), beam then plain for each size (``ROUNDS`` times); the
 sentences/s and its peak resident memory (``ru_maxrss``), and the same for 1,000 sentences to show memory flat
 as the corpus grows.
 
-``python -m bench corpus``; other sizes: ``python -m bench.corpus 1000,4000``; one build alone:
-``python -m bench.corpus --run beam|plain INPUT OUT``.
+``python -m bench corpus``; other sizes or model: ``python -m bench.corpus 1000,19348 tutorial``; one build alone:
+``python -m bench.corpus --run beam|plain INPUT OUT [MODEL]``.
 """
 
 from __future__ import annotations
@@ -89,12 +89,12 @@ def build_plain(input_path: Path, out: Path, options) -> dict:
     return finish_index(folder, partial, facts, options, "plain loop", input_path.name, None)
 
 
-def run_one(kind: str, input_path: Path, out: Path) -> dict:
+def run_one(kind: str, input_path: Path, out: Path, model: str = "minilm") -> dict:
     """One build in this process: wall seconds, sentences, peak resident MB."""
     from corpus.build import build_index
     from corpus.handler import CorpusOptions
 
-    options = CorpusOptions()
+    options = CorpusOptions(model)
     start = time.perf_counter()
     manifest = build_plain(input_path, out, options) if kind == "plain" else build_index(input_path, out, options)
     seconds = time.perf_counter() - start
@@ -126,13 +126,13 @@ def same_index(first: Path, second: Path) -> bool:
     return True
 
 
-def _spawn(kind: str, input_path: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "bench.corpus", "--run", kind, str(input_path), str(out)],
+def _spawn(kind: str, input_path: Path, out: Path, model: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "bench.corpus", "--run", kind, str(input_path), str(out), model],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(sizes: tuple[int | None, ...] = SIZES) -> list[dict]:
+def main(sizes: tuple[int | None, ...] = SIZES, model: str = "minilm") -> list[dict]:
     """Beam then plain at each corpus size (None: every sentence of ``data/``), ``ROUNDS`` times."""
     rows = []
     with tempfile.TemporaryDirectory() as temporary:
@@ -141,8 +141,8 @@ def main(sizes: tuple[int | None, ...] = SIZES) -> list[dict]:
         for size in sizes:
             for round_ in range(ROUNDS):
                 for kind in ("beam", "plain"):
-                    found = _spawn(kind, inputs[size], folder / f"{kind}-{size}-{round_}")
-                    rows.append({"corpus": f"{found['sentences']:,} sentences", "build": _label(kind),
+                    found = _spawn(kind, inputs[size], folder / f"{kind}-{size}-{round_}", model)
+                    rows.append({"model": model, "corpus": f"{found['sentences']:,} sentences", "build": _label(kind),
                                  "round": round_ + 1, "wall s": round(found["seconds"], 1),
                                  "sentences/s": round(found["sentences"] / found["seconds"], 1),
                                  "peak MB": round(found["peak_mb"]),
@@ -159,9 +159,9 @@ def _label(kind: str) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--run"]:
-        print(json.dumps(run_one(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))))
+        print(json.dumps(run_one(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), *sys.argv[5:6])))
     else:
         from bench.common import print_table
 
         given = tuple(int(size) for size in sys.argv[1].split(",")) if sys.argv[1:] else SIZES
-        print_table("Corpus pipeline, MiniLM, data/ sentences", main(given))
+        print_table("Corpus pipeline, data/ sentences", main(given, *sys.argv[2:3]))
