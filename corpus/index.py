@@ -117,7 +117,7 @@ def _read_manifest(folder: Path) -> dict:
     try:
         info = path.lstat()
     except FileNotFoundError:
-        if any((folder / name).exists() for name in (*_SMALL, fmt.HEAD_STATS_DIR, fmt.CONTEXTS_DIR)):
+        if any((folder / name).exists() for name in (*_SMALL, fmt.HEAD_STATS_DIR, fmt.CONTEXTS_DIR, fmt.PARTIAL)):
             raise CorpusError("this index's build did not finish: it has data files but no manifest.json (the "
                               "manifest is written last); build it again") from None
         raise CorpusError("this folder is not a corpus index: it has no manifest.json") from None
@@ -341,6 +341,8 @@ class CorpusIndex:
             rows = counts["contexts"][str(layer)]
             if self._parquet(rows_file, fmt.SCHEMAS[fmt.CONTEXTS_DIR]) != rows:
                 raise CorpusError(f"the index's {rows_file} does not hold {rows:,} rows as its manifest claims")
+            if self.manifest["files"][index_file].get("rows") not in (None, rows):
+                raise CorpusError(f"the manifest's files entry of {index_file} does not give {rows:,} rows")
             check_context_file(self._files[index_file], model["width"], rows)
 
     def _parquet(self, name: str, schema: pa.Schema) -> int:
@@ -549,16 +551,26 @@ class CorpusIndex:
         """The ``k`` contexts at ``layer`` (0: the embeddings) most like ``vector`` (D,) by cosine, best first."""
         layer = self._context_layer(layer)
         scores, ids = search(self._context_index(layer), np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
-        rows_file = fmt.context_files(layer)[1]
-        found = []
-        for score, row in zip(scores[0], ids[0]):
-            if row < 0:
-                continue
-            hit = self._find(rows_file, "row", int(row))
-            if hit is None:
-                raise CorpusError(f"the index's {rows_file} has no row {int(row)} (it does not match its FAISS file)")
-            found.append(Neighbour(float(score), int(hit["sentence"]), int(hit["position"]), hit["token"] or ""))
-        return found
+        kept = ids[0] >= 0
+        rows = self._context_rows(fmt.context_files(layer)[1], ids[0][kept])
+        return [Neighbour(float(score), *row) for score, row in zip(scores[0][kept], rows)]
+
+    def _context_rows(self, name: str, ids: np.ndarray) -> list[tuple[int, int, str]]:
+        """(sentence, position, token) of each FAISS id in ``ids``: row ``id`` of the row table ``name``, each row
+        group it falls in read once."""
+        parquet = pq.ParquetFile(self._files[name])
+        ends = np.cumsum([parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)])
+        groups = np.searchsorted(ends, ids, side="right")
+        found: dict[int, tuple[int, int, str]] = {}
+        for group in np.unique(groups):
+            table = _read(self._files[name], name, row_group=int(group))
+            start = int(ends[group]) - table.num_rows
+            for row in ids[groups == group]:
+                hit = table.slice(int(row) - start, 1).to_pydict()
+                if hit["row"][0] != row:
+                    raise CorpusError(f"the index's {name} does not match its FAISS file (row {int(row)})")
+                found[int(row)] = (int(hit["sentence"][0]), int(hit["position"][0]), hit["token"][0] or "")
+        return [found[int(row)] for row in ids]
 
     def __repr__(self) -> str:
         return (f"CorpusIndex({self.model_name}: {self.num_sentences:,} sentences, {self.num_layers}x{self.num_heads} "
