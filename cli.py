@@ -60,6 +60,7 @@ EXAMPLES = """examples:
   python -m cli --model ~/models/sdxl --text-encoder text_encoder_2 --text "a photo of a cat" --view model -o m.png
   python -m cli generate --model tests/fixtures/families/llama --prompt "Once upon a time" --out story.npz"""
 GENERATE = "generate"  # the subcommand
+CORPUS = "corpus"  # python -m cli corpus query DIR ... (corpus.query)
 TRACE_FORMATS = ("npz", "json")  # what --out writes
 GENERATE_EXAMPLES = """examples:
   python -m cli generate --model tests/fixtures/families/llama --prompt "Once upon a time" --max-new-tokens 8 \\
@@ -494,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == [GENERATE]:
             prompt, trace, paths = generate(argv[1:])
+        elif argv[:2] == [CORPUS, "query"]:
+            from corpus.query import run_query
+
+            print(run_query(argv[2:]))
+            return 0
         else:
             prompt, trace, paths = "", None, [run(argv)]
     except HeadlightError as error:
