@@ -179,9 +179,10 @@ def _check_flat(reader: _Reader) -> tuple[int, int]:
 
 def _check_ivfpq(reader: _Reader) -> tuple[int, int]:
     d, ntotal = _header(reader, _IVF_PQ)
-    nlist, _nprobe = reader.unpack("QQ")
-    if not 1 <= nlist <= MAX_NLIST:
-        raise CorpusError(f"a context index claims {nlist:,} IVF lists (at most {MAX_NLIST:,})")
+    nlist, nprobe = reader.unpack("QQ")
+    if not 1 <= nlist <= MAX_NLIST or not 1 <= nprobe <= nlist:
+        raise CorpusError(f"a context index claims {nlist:,} IVF lists, {nprobe:,} probed (at most "
+                          f"{MAX_NLIST:,}, and at most all of them)")
     quantizer_d, centroids = _check_flat(reader)
     direct_map, mapped = reader.unpack("bQ")
     _by_residual, code_size, pq_d, m, nbits = reader.unpack("?QQQQ")
