@@ -18,6 +18,7 @@ import math
 import re
 import stat
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -41,6 +42,7 @@ _OPTION_KEYS = {"max_tokens": int, "batch_size": int, "top_k": int, "decile_stat
                 "context_layers": list, "exact_max": int, "runner": str, "input": str, "column": (str, type(None))}
 _COUNT_KEYS = {"sentences": int, "tokens": int, "head_stats_rows": int, "contexts": dict}
 MAX_TOKENS_PER_SENTENCE = 1 << 20
+GROUP_CACHE_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,22 @@ class CorpusIndex:
         self._lock = threading.Lock()
         self._context_indexes: dict[int, object] = {}
         self._row_group_ranges: dict[tuple[str, str], list[tuple[int, int | None, int | None]]] = {}
+        self._groups: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()  # recently read row groups
+
+    def _row_group(self, name: str, group: int) -> pa.Table:
+        """Row group ``group`` of ``name`` (every column), from the last few read (at most ``GROUP_CACHE_BYTES``
+        together: a head's examples often share sentences' row groups)."""
+        key = (name, group)
+        with self._lock:
+            if key in self._groups:
+                self._groups.move_to_end(key)
+                return self._groups[key]
+        table = _read(self._files[name], name, row_group=group)
+        with self._lock:
+            self._groups[key] = table
+            while sum(kept.nbytes for kept in self._groups.values()) > GROUP_CACHE_BYTES and len(self._groups) > 1:
+                self._groups.popitem(last=False)
+        return table
 
     @classmethod
     def open(cls, folder: str | Path, roots: Sequence[Path] | None = None) -> CorpusIndex:
@@ -493,13 +511,13 @@ class CorpusIndex:
             self._row_group_ranges[key] = found
         return self._row_group_ranges[key]
 
-    def _find(self, name: str, column: str, value: int, columns: list[str] | None = None) -> dict | None:
+    def _find(self, name: str, column: str, value: int) -> dict | None:
         """The first row of ``name`` whose ``column`` equals ``value``, as a dict, or None; reads only the row
         groups whose statistics may hold it."""
         for group, low, high in self._ranges(name, column):
             if low is not None and not low <= value <= high:
                 continue
-            table = _read(self._files[name], name, columns, row_group=group)
+            table = self._row_group(name, group)
             hits = np.flatnonzero(table.column(column).to_numpy(zero_copy_only=False) == value)
             if len(hits):
                 return {key: values[0] for key, values in table.slice(int(hits[0]), 1).to_pydict().items()}
@@ -563,7 +581,7 @@ class CorpusIndex:
         groups = np.searchsorted(ends, ids, side="right")
         found: dict[int, tuple[int, int, str]] = {}
         for group in np.unique(groups):
-            table = _read(self._files[name], name, row_group=int(group))
+            table = self._row_group(name, int(group))
             start = int(ends[group]) - table.num_rows
             for row in ids[groups == group]:
                 hit = table.slice(int(row) - start, 1).to_pydict()
