@@ -61,7 +61,6 @@ EXAMPLES = """examples:
   python -m cli --model ~/models/sdxl --text-encoder text_encoder_2 --text "a photo of a cat" --view model -o m.png
   python -m cli generate --model tests/fixtures/families/llama --prompt "Once upon a time" --out story.npz"""
 GENERATE = "generate"  # the subcommand
-CORPUS = "corpus"  # python -m cli corpus query DIR ... (corpus.query)
 TRACE_FORMATS = ("npz", "json")  # what --out writes
 GENERATE_EXAMPLES = """examples:
   python -m cli generate --model tests/fixtures/families/llama --prompt "Once upon a time" --max-new-tokens 8 \\
@@ -488,9 +487,8 @@ def generate(argv: list[str]) -> tuple[str, EncoderTrace, list[Path]]:
     return args.text, trace, written
 
 
-
-
-CORPUS_COMMANDS = {"build": "corpus.build"}  # python -m cli corpus <command>: the module whose main(argv) runs it
+# python -m cli corpus <command>: the module whose main(argv) runs it.
+CORPUS_COMMANDS = {"build": "corpus.build", "query": "corpus.query"}
 
 
 def corpus(argv: list[str]) -> int:
@@ -509,11 +507,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == [GENERATE]:
             prompt, trace, paths = generate(argv[1:])
-        elif argv[:2] == [CORPUS, "query"]:
-            from corpus.query import run_query
-
-            print(run_query(argv[2:]))
-            return 0
         else:
             prompt, trace, paths = "", None, [run(argv)]
     except HeadlightError as error:
