@@ -274,6 +274,7 @@ class Visit:
     mixed: int = 0
     messages: list[str] = field(default_factory=list)
     received: int = 0  # bytes of the figures it received (its share of what the server computed)
+    last_chart: dict | None = None  # the last answering figure's spec
 
     def error(self, message: str) -> None:
         self.errors += 1
@@ -326,6 +327,7 @@ def _check(run: Run, visit: Visit, word: str, view: int, layer: int, head: int) 
         visit.error(f"no {VIEWS[view][0]} chart titled {title!r} (got {[c.title for c in run.charts]})")
         return None
     visit.received += len(json.dumps(chart.spec))
+    visit.last_chart = chart.spec
     if not is_own(chart.spec, word):
         visit.mixed += 1
     return chart
@@ -426,10 +428,13 @@ def percentile(samples: list[float], share: float) -> float:
     return ordered[max(0, round(share * len(ordered)) - 1)] if ordered else float("nan")
 
 
-async def run_level(url: str, clients: int, changes: int, pids: Iterable[int] = ()) -> dict:
-    """``clients`` visitors at once, ``changes`` changes each: one result row (see ``summary``)."""
+async def run_level(url: str, clients: int, changes: int, pids: Iterable[int] = (),
+                    visits: list[Visit] | None = None) -> dict:
+    """``clients`` visitors at once, ``changes`` changes each: one result row (see ``summary``); each client's
+    results go to ``visits`` (filled here: pass an empty list to read them)."""
     pids = list(pids)
-    visits = [Visit() for _ in range(clients)]
+    visits = [] if visits is None else visits
+    visits[:] = [Visit() for _ in range(clients)]
     peaks_reset = all([reset_peak(pid) for pid in pids])
     opened = await asyncio.gather(*(open_visit(url, i, visits[i]) for i in range(clients)))
     cpu = sum(cpu_seconds(pid) for pid in pids)
