@@ -29,6 +29,7 @@ SUITES = {
     "load": "Protocol-level clients against one server, MiniLM: 20 changes of layer, head and view each",
     "browser": "One visitor in Chromium, MiniLM: the browser's cost of a layer change",
     "scrub": "Head scrubbing in Chromium (the slider inside the figure), MiniLM, 128 tokens",
+    "corpus": "Corpus pipeline (Beam DirectRunner in memory vs a plain loop), MiniLM, data/ sentences",
 }
 MODULES = {"load": "protocol", "browser": "load"}  # suites whose module is named otherwise (bench.load: Chromium)
 CAPPED_BY_DEFAULT = ("encoder",)  # the suites a run of everything repeats with the instruction set capped at AVX2
