@@ -4,8 +4,9 @@ a time, check a FAISS file before FAISS reads it, and search it.
 Cosine similarity is the inner product of L2-normalised float32 vectors. Up to ``exact_max`` rows the index is
 exact (``IndexFlatIP``: (N, D) float32, 4 D bytes a row); past it, ``IndexIVFPQ``: ``nlist`` lists (about
 sqrt(N), a power of two) by a flat quantizer, each vector coded in ``m`` bytes (``nbits`` = 8, ``m`` = D / 2 when
-that divides D: 2 dimensions per sub-quantizer), ``nprobe`` lists scanned per query. All four are stored in the FAISS file (``index_info`` reads
-them back). Building holds at most ``exact_max`` rows plus one shard beside the index.
+that divides D: 2 dimensions per sub-quantizer), ``nprobe`` lists scanned per query. All four are stored in the
+FAISS file (``index_info`` reads them back). Building holds at most ``exact_max`` rows plus one shard beside the
+index.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ an index written from real MiniLM traces of shipped test sentences (tests/suppor
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import faiss
@@ -210,3 +211,25 @@ def test_cli_refuses_a_bad_folder_with_a_message(tmp_path, capsys):
 
 def test_context_files_are_named_by_layer():
     assert context_files(3) == ("contexts/layer-3.faiss", "contexts/layer-3.parquet")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The real build (python -m cli corpus build, branch corpus-build), once it is on this branch
+
+
+@pytest.mark.skipif(importlib.util.find_spec("corpus.build") is None, reason="the corpus pipeline is not merged yet")
+def test_the_pipelines_index_reads_as_the_reports(sentences, traces, tmp_path, capsys):
+    corpus_file = tmp_path / "sentences.txt"
+    corpus_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    assert cli.main(["corpus", "build", "--input", str(corpus_file), "--out", str(tmp_path / "built"),
+                     "--context-layers", "0,6", "--batch-size", "8"]) == 0
+    capsys.readouterr()
+    built = CorpusIndex.open(tmp_path / "built")
+    report = corpus_head_report(traces, distances=False)
+    for statistic in STATISTIC_NAMES:
+        np.testing.assert_allclose(built.head_map(statistic), report[statistic], rtol=0, atol=1e-6)
+    assert built.sentence(4).tokens == traces[4].tokens
+    found = built.nearest(6, traces[4].hidden[6][3], k=1)[0]
+    assert (found.sentence, found.position) == (4, 3) and found.score == pytest.approx(1.0, abs=1e-4)
+    edge = built.top_examples(2, 4, k=1)[0]
+    assert traces[edge.sentence].attention[2, 4, edge.query, edge.key] == pytest.approx(edge.weight, abs=1e-5)
