@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
 from corpus.format import STATISTIC_NAMES, CorpusError, model_checksum
 from corpus.index import CorpusIndex
-from encoder.errors import index_in_range
+from encoder.errors import HeadlightError, index_in_range
 
 QUESTIONS = ("top", "deciles", "near", "summary")
 EXAMPLES = """examples:
@@ -130,3 +131,14 @@ def _summary(index: CorpusIndex, args) -> dict:
     lines = [f"Mean {args.statistic!r} of every head over {index.num_sentences:,} sentences:", header]
     lines += [f"{layer:>5} " + " ".join(f"{value:7.4f}" for value in row) for layer, row in enumerate(means)]
     return {"statistic": args.statistic, "means": means.tolist(), "text": "\n".join(lines)}
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m cli corpus query ...``: print the answer; 2 (and the message) when the index or the question is
+    bad."""
+    try:
+        print(run_query(argv))
+    except HeadlightError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    return 0
