@@ -487,9 +487,8 @@ def generate(argv: list[str]) -> tuple[str, EncoderTrace, list[Path]]:
     return args.text, trace, written
 
 
-
-
-CORPUS_COMMANDS = {"build": "corpus.build"}  # python -m cli corpus <command>: the module whose main(argv) runs it
+# python -m cli corpus <command>: the module whose main(argv) runs it.
+CORPUS_COMMANDS = {"build": "corpus.build", "query": "corpus.query"}
 
 
 def corpus(argv: list[str]) -> int:
