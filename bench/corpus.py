@@ -46,10 +46,10 @@ def corpus_text(path: Path, limit: int | None = None) -> Path:
 def build_plain(input_path: Path, out: Path, options) -> dict:
     """The same index as ``corpus.build.build_index``, by a plain loop in this process (no Beam)."""
     from corpus.build import STAGED_INPUT, _output_folder, finish_index
+    from corpus.format import PARTIAL
     from corpus.handler import Floors, analyse_batch, load_corpus_model, model_facts
     from corpus.pipeline import (
         FINAL,
-        PARTIAL,
         HeadSummaryFn,
         PartsWriter,
         edge_elements,
@@ -90,7 +90,8 @@ def build_plain(input_path: Path, out: Path, options) -> dict:
 
 
 def run_one(kind: str, input_path: Path, out: Path, model: str = "minilm") -> dict:
-    """One build in this process: wall seconds, sentences, peak resident MB."""
+    """One build in this process: wall seconds, sentences, CPU seconds (this process and its children), peak
+    resident MB. On a shared machine the CPU seconds compare two builds better than their wall times."""
     from corpus.build import build_index
     from corpus.handler import CorpusOptions
 
@@ -98,8 +99,9 @@ def run_one(kind: str, input_path: Path, out: Path, model: str = "minilm") -> di
     start = time.perf_counter()
     manifest = build_plain(input_path, out, options) if kind == "plain" else build_index(input_path, out, options)
     seconds = time.perf_counter() - start
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     return {"kind": kind, "seconds": seconds, "sentences": manifest["counts"]["sentences"],
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "cpu_s": sum(u.ru_utime + u.ru_stime for u in usage), "peak_mb": usage[0].ru_maxrss / 1024}
 
 
 def same_index(first: Path, second: Path) -> bool:
@@ -145,6 +147,7 @@ def main(sizes: tuple[int | None, ...] = SIZES, model: str = "minilm") -> list[d
                     rows.append({"model": model, "corpus": f"{found['sentences']:,} sentences", "build": _label(kind),
                                  "round": round_ + 1, "wall s": round(found["seconds"], 1),
                                  "sentences/s": round(found["sentences"] / found["seconds"], 1),
+                                 "CPU s": round(found["cpu_s"], 1),
                                  "peak MB": round(found["peak_mb"]),
                                  "same index": same_index(folder / f"beam-{size}-{round_}",
                                                           folder / f"plain-{size}-{round_}")

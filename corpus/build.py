@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from corpus.format import FORMAT, MANIFEST, VERSION, CorpusError
+from corpus.format import FORMAT, MANIFEST, PARTIAL, VERSION, CorpusError
 from corpus.handler import CorpusOptions, ModelFacts, load_corpus_model, model_facts
 from corpus.sources import CHUNK_BYTES
 from encoder.errors import HeadlightError
@@ -46,7 +46,7 @@ def build_index(input_path: str | Path, out: str | Path, options: CorpusOptions,
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from corpus.pipeline import PARTIAL, remove_partial
+    from corpus.pipeline import remove_partial
     from corpus.sources import plan_input
 
     folder = _output_folder(Path(out))
@@ -79,8 +79,6 @@ def runner_name(beam_options) -> str:
 
 def _output_folder(out: Path) -> Path:
     """``out``, created; refused when it holds anything but a killed build's ``.partial``."""
-    from corpus.pipeline import PARTIAL
-
     if out.exists() and not out.is_dir():
         raise CorpusError("The output is a file; give a folder for the index (absent or empty).")
     out.mkdir(parents=True, exist_ok=True)
@@ -156,8 +154,6 @@ def file_entries(folder: Path) -> dict[str, dict]:
     """Every data file of the index (relative path -> bytes, and rows for Parquet and FAISS files)."""
     import faiss
     import pyarrow.parquet as pq
-
-    from corpus.pipeline import PARTIAL
 
     entries = {}
     for path in sorted(folder.rglob("*")):

@@ -9,7 +9,6 @@ candidate top edges and query/key samples (bounded, see ``Floors``), and the cho
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from analysis.report import STATISTICS, trace_statistic_sums
-from corpus.format import CorpusError
+from corpus.format import DEFAULT_EXACT_MAX, MAX_SAMPLE_PER_HEAD, MAX_TOP_K, CorpusError, model_checksum
 from corpus.sources import Batch, token_priority
 from encoder.sources import LoadedModel, load_source
 
@@ -49,12 +48,13 @@ class CorpusOptions:
     decile_statistic: str = "entropy"
     sample_per_head: int = 2000
     context_layers: tuple[int, ...] | None = None
-    exact_max: int = 100_000
+    exact_max: int = DEFAULT_EXACT_MAX
     bins: int = 1024
 
     def __post_init__(self) -> None:
-        for name, low, high in (("max_tokens", 2, MAX_TOKENS_CAP), ("batch_size", 1, 4096), ("top_k", 1, 10_000),
-                                ("sample_per_head", 0, 1_000_000), ("exact_max", 0, 10**9), ("bins", 16, 1 << 16)):
+        for name, low, high in (("max_tokens", 2, MAX_TOKENS_CAP), ("batch_size", 1, 4096), ("top_k", 1, MAX_TOP_K),
+                                ("sample_per_head", 0, MAX_SAMPLE_PER_HEAD), ("exact_max", 1, 10**9),
+                                ("bins", 16, 1 << 16)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise CorpusError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
@@ -86,18 +86,11 @@ class ModelFacts:
 
 
 def model_facts(model: LoadedModel) -> ModelFacts:
-    """The manifest's model entry: sizes, and a checksum of every weight (sha256 over names, shapes and bytes), so
+    """The manifest's model entry: sizes, and the checksum of every weight (``corpus.format.model_checksum``), so
     an index names the exact weights that made it, whatever folder they were read from."""
-    from keras import ops
-
     config = model.config
-    digest = hashlib.sha256()
-    for weight in model.model.weights:
-        array = np.ascontiguousarray(ops.convert_to_numpy(weight))
-        digest.update(f"{weight.path}:{array.dtype}:{array.shape};".encode())
-        digest.update(array.tobytes())
     first_special = bool(model.tokenizer.encode("a").special[0])
-    return ModelFacts(model.name, digest.hexdigest(), config.num_layers, config.num_heads, config.d_model,
+    return ModelFacts(model.name, model_checksum(model), config.num_layers, config.num_heads, config.d_model,
                       config.attention.key_value_heads or config.num_heads, config.head_dim, first_special)
 
 

@@ -32,11 +32,13 @@ import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import RunInference
 
 from corpus.format import (
+    CONTEXTS_DIR,
     DECILE_EXAMPLES,
     DECILES,
     HEAD_STATS_DIR,
     HEAD_SUMMARY,
     QK_SAMPLE,
+    SCHEMAS,
     SENTENCES,
     TOP_EDGES,
     context_files,
@@ -44,7 +46,6 @@ from corpus.format import (
 from corpus.handler import STATISTIC_LIST, BatchResult, CorpusOptions, HeadlightModelHandler, ModelFacts
 from corpus.sources import read_chunk
 
-PARTIAL = ".partial"  # everything a build writes before the index is complete; removed when it is
 PARTS, FINAL, PROGRESS = "parts", "final", "progress"
 OUTPUT_ROW_GROUP = 65_536  # rows per row group of the finished files
 HEAD_STATS_PART_ROWS = 4_000_000  # rows per head_stats part file
@@ -59,12 +60,12 @@ IVF_NPROBE = 16
 def sentence_table(result: BatchResult) -> pa.Table:
     """``sentences.parquet``'s rows of one batch."""
     return pa.table({
-        "sentence": pa.array(result.sentence, pa.int64()),
-        "text": pa.array(result.text, pa.string()),
-        "tokens": pa.array([list(tokens) for tokens in result.tokens], pa.list_(pa.string())),
-        "special": pa.array([special.tolist() for special in result.special], pa.list_(pa.bool_())),
-        "n_tokens": pa.array(result.n_tokens, pa.int32()),
-    })
+        "sentence": result.sentence,
+        "text": result.text,
+        "tokens": [list(tokens) for tokens in result.tokens],
+        "special": [special.tolist() for special in result.special],
+        "n_tokens": result.n_tokens,
+    }, schema=SCHEMAS[SENTENCES])
 
 
 def head_stats_table(result: BatchResult) -> pa.Table:
@@ -79,7 +80,7 @@ def head_stats_table(result: BatchResult) -> pa.Table:
         "n_queries": pa.array(np.repeat(result.n_tokens, layers * heads), pa.int32()),
     }
     columns.update({name: pa.array(rows[:, k], pa.float64()) for k, name in enumerate(STATISTIC_LIST)})
-    return pa.table(columns)
+    return pa.table(columns, schema=SCHEMAS[HEAD_STATS_DIR])
 
 
 def context_table(result: BatchResult, layer: int) -> pa.Table:
@@ -289,7 +290,7 @@ def write_summary(summary: dict | None, folder: Path, options: CorpusOptions) ->
     }
     columns.update({f"q{d}": pa.array(deciles[..., d].ravel(), pa.float64()) for d in range(DECILES)})
     columns["n_sentences"] = pa.array(np.full(k * layers * heads, summary["sentences"]), pa.int64())
-    _write_table(pa.table(columns), folder / HEAD_SUMMARY)
+    _write_table(pa.table(columns, schema=SCHEMAS[HEAD_SUMMARY]), folder / HEAD_SUMMARY)
     examples, values = summary["examples"], summary["example_values"]  # (L, H, 11)
     cells = layers * heads * DECILES
     _write_table(pa.table({
@@ -299,7 +300,7 @@ def write_summary(summary: dict | None, folder: Path, options: CorpusOptions) ->
         "decile": pa.array(np.tile(np.arange(DECILES), layers * heads), pa.int8()),
         "value": pa.array(values.ravel(), pa.float64()),
         "sentence": pa.array(examples.ravel(), pa.int64()),
-    }), folder / DECILE_EXAMPLES)
+    }, schema=SCHEMAS[DECILE_EXAMPLES]), folder / DECILE_EXAMPLES)
 
 
 def _write_table(table: pa.Table, path: Path) -> None:
@@ -337,7 +338,7 @@ def write_top_edges(per_head: list[tuple[int, list[tuple]]], folder: Path, heads
         "layer": pa.array(layer, pa.int16()), "head": pa.array(head, pa.int16()), "rank": pa.array(rank, pa.int16()),
         "weight": pa.array(weight, pa.float32()), "sentence": pa.array(sentence, pa.int64()),
         "query": pa.array(query, pa.int32()), "key": pa.array(key, pa.int32()),
-    }), folder / TOP_EDGES)
+    }, schema=SCHEMAS[TOP_EDGES]), folder / TOP_EDGES)
 
 
 def qk_elements(result: BatchResult) -> Iterator[tuple]:
@@ -381,9 +382,7 @@ def write_qk_sample(sample: list[tuple], folder: Path, facts: ModelFacts) -> Non
                                                               facts.head_dim))
     path = folder / QK_SAMPLE
     path.parent.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([("layer", pa.int16()), ("head", pa.int16()), ("kind", pa.string()),
-                        ("sentence", pa.int64()), ("position", pa.int32()), ("token", pa.string()),
-                        ("x", pa.float32()), ("y", pa.float32()), ("vector", pa.list_(pa.float32()))])
+    schema = SCHEMAS[QK_SAMPLE]
     with pq.ParquetWriter(path, schema) as writer:
         for layer in range(facts.layers):
             both = np.concatenate([queries[:, layer], keys[:, layer][:, kv_of]]).transpose(1, 0, 2)  # (H, 2N, dh)
