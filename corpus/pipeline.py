@@ -49,8 +49,6 @@ from corpus.sources import read_chunk
 PARTS, FINAL, PROGRESS = "parts", "final", "progress"
 OUTPUT_ROW_GROUP = 65_536  # rows per row group of the finished files
 HEAD_STATS_PART_ROWS = 4_000_000  # rows per head_stats part file
-IVF_TRAIN_PER_LIST = 32  # training vectors per IVF list
-IVF_NPROBE = 16
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -516,61 +514,28 @@ def copy_in_order(groups, target: Path, max_rows: int | None = None) -> list[Pat
 
 def build_contexts(groups, folder: Path, layer: int, width: int, exact_max: int) -> int:
     """``contexts/layer-<l>.faiss`` and ``.parquet`` from the parts' row groups, in input order: row r of the table
-    is FAISS id r. Vectors are L2-normalised (inner product = cosine); an IndexFlatIP up to ``exact_max`` rows, else
-    an IndexIVFPQ (``ivf_pq``) trained on an even stride of the rows. Returns the rows."""
-    import faiss
+    is FAISS id r (``corpus.vectors.build_context_index``: exact up to ``exact_max`` rows, else IVF-PQ), a row
+    group at a time. Returns the rows."""
+    from corpus.vectors import build_context_index
 
     index_path, rows_path = (folder / name for name in context_files(layer))
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     total = sum(group[3] for group in groups)
-    index = faiss.IndexFlatIP(width) if total <= exact_max else ivf_pq(groups, width, total)
-    schema = pa.schema([("row", pa.int64()), ("sentence", pa.int64()), ("position", pa.int32()),
-                        ("token", pa.string())])
-    done = 0
-    with pq.ParquetWriter(rows_path, schema) as writer:
-        for table in read_groups(groups):
-            index.add(_unit_vectors(table))
-            writer.write_table(pa.table({
-                "row": pa.array(np.arange(done, done + len(table)), pa.int64()),
-                "sentence": table["sentence"], "position": table["position"], "token": table["token"],
-            }, schema=schema))
-            done += len(table)
-    faiss.write_index(index, str(index_path))
-    return done
+    with pq.ParquetWriter(rows_path, SCHEMAS[CONTEXTS_DIR]) as writer:
 
+        def shards() -> Iterator[np.ndarray]:
+            done = 0
+            for table in read_groups(groups):
+                writer.write_table(pa.table({
+                    "row": pa.array(np.arange(done, done + len(table)), pa.int64()),
+                    "sentence": table["sentence"], "position": table["position"], "token": table["token"],
+                }, schema=SCHEMAS[CONTEXTS_DIR]))
+                done += len(table)
+                column = table["vector"].combine_chunks()
+                yield column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), width)
 
-def _unit_vectors(table: pa.Table) -> np.ndarray:
-    """(N, D) float32 L2-normalised rows of a contexts table's ``vector`` column."""
-    import faiss
-
-    column = table["vector"].combine_chunks()
-    vectors = np.ascontiguousarray(column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1),
-                                   dtype=np.float32)
-    faiss.normalize_L2(vectors)
-    return vectors
-
-
-def ivf_pq(groups, width: int, total: int):
-    """An IndexIVFPQ (inner product) for ``total`` vectors, trained: nlist = sqrt(total) (16 .. 16384) lists,
-    ``IVF_TRAIN_PER_LIST`` * nlist training vectors (an even stride of the rows), m = D / 8 sub-quantizers of 8 bits
-    (fewer where 8 does not divide D), nprobe ``IVF_NPROBE`` stored with it."""
-    import faiss
-
-    nlist = int(np.clip(np.sqrt(total), 16, 16384))
-    m = next(m for m in range(max(width // 8, 1), 0, -1) if width % m == 0)
-    quantizer = faiss.IndexFlatIP(width)
-    index = faiss.IndexIVFPQ(quantizer, width, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-    stride = max(total // (IVF_TRAIN_PER_LIST * nlist), 1)
-    picked, start = [], 0
-    for table in read_groups(groups, columns=["vector"]):
-        rows = np.arange(start, start + len(table))
-        chosen = np.flatnonzero(rows % stride == 0)
-        if len(chosen):
-            picked.append(_unit_vectors(table.take(chosen)))
-        start += len(table)
-    index.train(np.concatenate(picked))
-    index.nprobe = IVF_NPROBE
-    return index
+        build_context_index(shards(), width, index_path, exact_max, rows=total)
+    return total
 
 
 def finish_parts(partial: Path, folder: Path, facts: ModelFacts, options: CorpusOptions) -> dict:

@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
-from corpus.format import MANIFEST
+from corpus.format import MANIFEST, CorpusError
+from corpus.index import CorpusIndex
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TSV = ROOT / "data" / "test.tsv"
@@ -44,6 +46,8 @@ def test_cli_writes_a_complete_index_and_refuses_bad_input(tmp_path):
     assert set(manifest["files"]) == {p.relative_to(index).as_posix() for p in index.rglob("*")
                                       if p.is_file()} - {MANIFEST}
     assert pq.read_table(index / "sentences.parquet")["sentence"].to_pylist() == list(range(20))  # data rows
+    opened = CorpusIndex.open(index)  # the reader's checks: every file, schema, count
+    assert opened.sentence(7).text == TEST_TSV.read_text(encoding="utf-8").splitlines()[8].split("\t")[2]
 
 
 def test_a_killed_build_leaves_no_manifest(tmp_path):
@@ -61,3 +65,5 @@ def test_a_killed_build_leaves_no_manifest(tmp_path):
     build.communicate(timeout=60)
     assert not (out / MANIFEST).exists()
     assert not any(path.name == MANIFEST for path in out.rglob("*"))
+    with pytest.raises(CorpusError):
+        CorpusIndex.open(out)
