@@ -4,9 +4,9 @@ a time, check a FAISS file before FAISS reads it, and search it.
 Cosine similarity is the inner product of L2-normalised float32 vectors. Up to ``exact_max`` rows the index is
 exact (``IndexFlatIP``: (N, D) float32, 4 D bytes a row); past it, ``IndexIVFPQ``: ``nlist`` lists (about
 sqrt(N), a power of two) by a flat quantizer, each vector coded in ``m`` bytes (``nbits`` = 8, ``m`` = D / 2 when
-that divides D: 2 dimensions per sub-quantizer), ``nprobe`` lists scanned per query. All four are stored in the
-FAISS file (``index_info`` reads them back). Building holds at most ``exact_max`` rows plus one shard beside the
-index.
+that divides D: 2 dimensions per sub-quantizer), ``nprobe`` (nlist / 64, at least 8) lists scanned per query. All
+four are stored in the FAISS file (``index_info`` reads them back). Building holds at most ``exact_max`` rows plus
+one shard beside the index.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from corpus.format import DEFAULT_EXACT_MAX, MAX_CONTEXT_ROWS, MAX_NLIST, MAX_WI
 EXACT, IVFPQ = "exact", "ivfpq"
 NBITS = 8
 TRAIN_PER_LIST = 64  # training sample: this many vectors per IVF list (FAISS asks for 39 to 256)
-PROBE_SHARE = 16  # nprobe = nlist / PROBE_SHARE (at least 1): recall@10 vs latency, see docs/corpus.md
+PROBE_SHARE, MIN_PROBES = 64, 8  # nprobe = nlist / 64, at least 8 (or every list): recall vs latency, docs/corpus.md
 _FLAT_IP, _IVF_PQ, _ARRAY_LISTS, _FULL = b"IxFI", b"IwPQ", b"ilar", b"full"
 _METRIC_INNER_PRODUCT = 0
 
@@ -50,7 +50,7 @@ def ivf_parameters(rows: int, width: int) -> dict[str, int]:
     0.71 with four, for twice the bytes (192 a vector of width 384, an eighth of the float32 vector)."""
     nlist = int(min(max(2 ** round(math.log2(math.sqrt(max(rows, 1)))), 16), 65_536))
     m = max(divisor for divisor in range(1, max(width // 2, 1) + 1) if width % divisor == 0)
-    return {"nlist": nlist, "m": m, "nbits": NBITS, "nprobe": max(nlist // PROBE_SHARE, 1)}
+    return {"nlist": nlist, "m": m, "nbits": NBITS, "nprobe": max(nlist // PROBE_SHARE, min(MIN_PROBES, nlist))}
 
 
 def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Path,
