@@ -54,13 +54,16 @@ def ivf_parameters(rows: int, width: int) -> dict[str, int]:
 
 
 def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Path,
-                        exact_max: int = DEFAULT_EXACT_MAX, rows: int | None = None, seed: int = 0) -> dict:
+                        exact_max: int = DEFAULT_EXACT_MAX, rows: int | None = None, seed: int = 0,
+                        sample: np.ndarray | None = None) -> dict:
     """Write the FAISS index of ``shards`` (each (n, width) float, in row order: FAISS id = row number) to
     ``path`` (atomically: a temporary file, then ``os.replace``) and return ``index_info`` of it.
 
-    Up to ``exact_max`` rows in all: ``IndexFlatIP``. Past it: ``IndexIVFPQ`` trained on a sample of the first
-    ``exact_max`` rows (at most ``TRAIN_PER_LIST * nlist``), ``nlist`` from ``rows`` (the total, when the caller
-    knows it) or else from ``exact_max``; the buffered rows are added, then each further shard as it comes.
+    Up to ``exact_max`` rows in all: ``IndexFlatIP``. Past it: ``IndexIVFPQ`` trained on ``sample`` when given
+    ((n, width): vectors from the whole corpus, e.g. an even stride of its rows; a caller that can read its rows
+    twice should give one), else on a sample of the first ``exact_max`` rows; at most ``TRAIN_PER_LIST * nlist``
+    either way. ``nlist`` from ``rows`` (the total, when the caller knows it) or else from ``exact_max``; the
+    buffered rows are added, then each further shard as it comes.
     """
     if not 1 <= width <= MAX_WIDTH:
         raise CorpusError(f"vector width must be 1..{MAX_WIDTH:,}, got {width}")
@@ -79,7 +82,9 @@ def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Pa
         index = faiss.IndexFlatIP(width)
         index.add(head)
     else:
-        index = _trained_ivfpq(head, width, max(rows or 0, count, exact_max), seed)
+        training = head if sample is None else normalised(sample, width)
+        index = _trained_ivfpq(training, width, max(rows or 0, count, exact_max), seed)
+        del training
         index.add(head)
         del head
         for shard in shards:

@@ -162,6 +162,9 @@ def test_exact_and_ivfpq_indexes(tmp_path):
     assert exact == {"kind": EXACT, "rows": 12_000, "width": 32}
     assert approx["kind"] == IVFPQ and approx["rows"] == 12_000 and approx["m"] == 16 and approx["nbits"] == 8
     assert approx["nlist"] == 128 and approx["nprobe"] == 8  # sqrt(12,000) ~ 110 -> 128 lists, 1/16 probed
+    strided = build_context_index(shards, 32, tmp_path / "strided.faiss", exact_max=5_000, rows=len(vectors),
+                                  sample=vectors[::3])
+    assert strided == approx  # the same shape, trained on every third row instead of the first 6,000
     flat, ivf = (read_context_index(tmp_path / name, 32, 12_000) for name in ("exact.faiss", "ivf.faiss"))
     assert index_info(ivf) == approx and not list(tmp_path.glob("*.tmp"))
     queries = _clustered(50, 32, seed=1)
