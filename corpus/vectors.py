@@ -116,11 +116,11 @@ def _trained_ivfpq(sample_from: np.ndarray, width: int, rows: int, seed: int) ->
 def index_info(index: faiss.Index) -> dict:
     """What kind of index this is and its shape: {"kind": "exact"|"ivfpq", "rows", "width"} and, for IVF-PQ,
     "nlist", "m", "nbits", "nprobe" (the manifest may repeat these; the FAISS file is where they live)."""
-    index = faiss.downcast_index(index)
-    info = {"kind": EXACT, "rows": int(index.ntotal), "width": int(index.d)}
-    if isinstance(index, faiss.IndexIVFPQ):
-        info.update(kind=IVFPQ, nlist=int(index.nlist), m=int(index.pq.M), nbits=int(index.pq.nbits),
-                    nprobe=int(index.nprobe))
+    typed = faiss.downcast_index(index)  # a view: ``index`` must stay referenced, it owns the C++ object
+    info = {"kind": EXACT, "rows": int(typed.ntotal), "width": int(typed.d)}
+    if isinstance(typed, faiss.IndexIVFPQ):
+        info.update(kind=IVFPQ, nlist=int(typed.nlist), m=int(typed.pq.M), nbits=int(typed.pq.nbits),
+                    nprobe=int(typed.nprobe))
     return info
 
 

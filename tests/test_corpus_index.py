@@ -167,6 +167,7 @@ def test_exact_and_ivfpq_indexes(tmp_path):
     assert strided == approx  # the same shape, trained on every third row instead of the first 6,000
     flat, ivf = (read_context_index(tmp_path / name, 32, 12_000) for name in ("exact.faiss", "ivf.faiss"))
     assert index_info(ivf) == approx and not list(tmp_path.glob("*.tmp"))
+    assert index_info(read_context_index(tmp_path / "ivf.faiss", 32, 12_000)) == approx  # a temporary index too
     queries = _clustered(50, 32, seed=1)
     _, truth = search(flat, queries, 10)
     scores, found = search(ivf, queries, 10)
