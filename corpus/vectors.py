@@ -32,11 +32,13 @@ _METRIC_INNER_PRODUCT = 0
 
 
 def normalised(vectors: np.ndarray, width: int) -> np.ndarray:
-    """(N, width) float32 rows scaled to unit L2 norm (a zero row stays zero); refuses another shape."""
+    """(N, width) float32 rows scaled to unit L2 norm (a zero row stays zero); refuses another shape, or a NaN."""
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or vectors.shape[1] != width:
         raise CorpusError(f"vectors must be (N, {width}), got shape {vectors.shape}")
     out = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    if not np.isfinite(out).all():
+        raise CorpusError("vectors must be finite (a NaN or an infinity was given)")
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     np.divide(out, norms, out=out, where=norms > 0)
     return out

@@ -184,6 +184,10 @@ def test_vectors_refuse_bad_shapes(tmp_path):
     index = faiss.IndexFlatIP(8)
     with pytest.raises(CorpusError, match=r"\(N, 8\)"):
         search(index, np.zeros((2, 7)), 3)
+    with pytest.raises(CorpusError, match="finite"):
+        search(index, np.full(8, np.nan), 3)
+    with pytest.raises(CorpusError, match="k must be"):
+        search(index, np.ones(8), 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
