@@ -1,0 +1,168 @@
+"""The Corpus tab: its figures (``viz.corpus``) on real MiniLM traces, and the tab in the app (AppTest)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from analysis.report import STATISTICS, head_report
+from encoder.attention_store import RecomputedQueriesKeys
+from encoder.errors import ViewError
+from viz.corpus import (
+    OPEN_FIELDS,
+    Strip,
+    build_corpus_map,
+    build_qk_scatter,
+    build_strips,
+    decile_strips,
+    edge_strips,
+    index_report,
+    neighbour_strips,
+    open_target,
+    qk_rows,
+    strip_rows,
+)
+from viz.layout import HIGHLIGHT
+
+TEXT = "The cat sat on the mat because it was tired."
+OTHER = "A <b>bold</b> claim about [links](http://example.com) & $x$."
+
+
+@pytest.fixture(scope="module")
+def other(minilm):
+    from encoder.trace import trace_text
+
+    return trace_text(minilm, OTHER)
+
+
+@pytest.fixture(scope="module")
+def sentences(trace, other):
+    """Two corpus sentences as the reader gives them (``CorpusSentence``: tokens, text), ids 40 and 7."""
+    return {40: SimpleNamespace(tokens=trace.tokens, text=TEXT), 7: SimpleNamespace(tokens=other.tokens, text=OTHER)}
+
+
+def _report(trace):
+    report = head_report(trace)
+    return index_report({name: report[name] for name in STATISTICS}, 1, trace.num_tokens)
+
+
+def test_the_corpus_map_is_the_report_card_of_the_index_with_the_selected_head_outlined(trace):
+    report = head_report(trace)
+    fig = build_corpus_map(_report(trace), "previous", selected=(2, 3))
+    heatmap = next(t for t in fig.data if t.type == "heatmap")
+    np.testing.assert_allclose(heatmap.z, report["previous"], rtol=0, atol=1e-6)
+    assert fig.layout.title.text == f"Corpus: attention to the previous token, 1 sentences ({trace.num_tokens} tokens)"
+    cells = next(t for t in fig.data if t.name == "cells")
+    assert cells.meta["click"] == ["layer", "head"] and len(cells.customdata) == 6 * 12
+    selected = next(t for t in fig.data if t.name == "selected")
+    assert (selected.x[0], selected.y[0]) == (3, 2) and selected.marker.color == HIGHLIGHT
+    with pytest.raises(ViewError, match="L6 H0"):
+        build_corpus_map(_report(trace), "previous", selected=(6, 0))
+    with pytest.raises(ViewError, match="sink"):
+        index_report({"entropy": report["entropy"]}, 1, 13)
+
+
+def test_top_edges_are_token_strips_with_the_key_filled_by_its_weight_and_an_arrow_from_the_query(trace, other,
+                                                                                                  sentences):
+    attention = trace.attention[2, 3]
+    query, key = 6, int(np.argmax(attention[6]))  # "mat" and what it looks at most in L2 H3
+    edges = [SimpleNamespace(sentence=40, query=query, key=key, weight=float(attention[query, key])),
+             SimpleNamespace(sentence=7, query=3, key=1, weight=0.25)]
+    strips = edge_strips(edges, sentences)
+    fig = build_strips(strips, "Top edges")
+    (bars,) = fig.data
+    assert len(bars.y) == len(trace.tokens) + len(sentences[7].tokens)
+    first = np.flatnonzero(bars.customdata[:, 0] == 40)
+    assert bars.customdata[first, 1].tolist() == list(range(len(trace.tokens)))
+    colours = np.asarray(bars.marker.color)
+    assert colours[first[key]] == pytest.approx(attention[query, key], abs=1e-6)
+    assert np.count_nonzero(colours[first]) == 1
+    assert bars.marker.line.color[first[query]] == HIGHLIGHT and bars.marker.line.width[first[query]] == 3.0
+    assert fig.layout.coloraxis.cmax == pytest.approx(attention[query, key], abs=1e-6)
+    arrows = [a for a in fig.layout.annotations if a.showarrow]
+    assert len(arrows) == 2 and (arrows[0].ax < arrows[0].x) == (key > query)
+    header = fig.layout.annotations[0].text
+    assert header.startswith(f"#1 · “{trace.tokens[query]}” ({query}) → “{trace.tokens[key]}” ({key}) · weight")
+    assert bars.meta == {"open": list(OPEN_FIELDS)}
+    assert strips[1].header == f"#2 · “{other.tokens[3]}” (3) → “{other.tokens[1]}” (1) · weight 0.250 · sentence 7"
+
+
+def test_strips_escape_the_corpus_text_and_say_what_each_example_is(other, sentences):
+    """A corpus sentence is text from outside: its tokens and headers are escaped (no tag, no link rendered)."""
+    deciles = [SimpleNamespace(decile=0, value=0.01, sentence=7), SimpleNamespace(decile=10, value=0.93, sentence=40)]
+    strips = decile_strips(deciles, sentences, "sink")
+    fig = build_strips(strips, "Deciles of sink")
+    texts = list(fig.data[0].text)
+    assert "&lt;" in texts and "<" not in "".join(texts)
+    assert fig.layout.annotations[0].text == "decile 0 (q0) · sink 0.010 · sentence 7"
+    assert not any(a.showarrow for a in fig.layout.annotations)
+    assert np.count_nonzero(np.asarray(fig.data[0].marker.color)) == 0
+    rows = strip_rows(strips, {7: OTHER, 40: TEXT})
+    assert rows[0]["text"] == OTHER and rows[0]["weight"] is None and rows[1]["sentence"] == 40
+
+
+def test_nearest_contexts_mark_their_token_coloured_by_the_cosine(trace, sentences):
+    found = [SimpleNamespace(score=0.91, sentence=40, position=2, token="cat"),
+             SimpleNamespace(score=0.55, sentence=7, position=1, token="a")]
+    strips = neighbour_strips(found, sentences)
+    fig = build_strips(strips, "Nearest contexts", value_name="cosine")
+    colours = np.asarray(fig.data[0].marker.color)
+    np.testing.assert_allclose(np.sort(colours[colours > 0]), [0.55, 0.91], atol=1e-6)
+    assert fig.layout.coloraxis.colorbar.title.text == "cosine"
+    assert strip_rows(strips, {}, "cosine")[0]["cosine"] == pytest.approx(0.91)
+    with pytest.raises(ViewError, match="outside sentence 40"):
+        Strip(40, trace.tokens, "x", query=len(trace.tokens))
+    with pytest.raises(ViewError, match="no sentences"):
+        build_strips([], "empty")
+
+
+@pytest.fixture(scope="module")
+def points(minilm, trace):
+    """Layer 2, head 3's real queries and keys of the trace, projected together on their first two principal
+    components (what an index's ``qk_sample`` holds for a one-sentence corpus)."""
+    queries, keys = RecomputedQueriesKeys(minilm.model, trace.hidden).layer(2)
+    vectors = np.concatenate([queries[:, 3], keys[:, 3]]).astype(np.float64)
+    centred = vectors - vectors.mean(axis=0)
+    projected = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    count = trace.num_tokens
+    return SimpleNamespace(kind=np.array(["query"] * count + ["key"] * count), x=projected[:, 0], y=projected[:, 1],
+                           sentence=np.full(2 * count, 40), position=np.tile(np.arange(count), 2),
+                           token=np.array(list(trace.tokens) * 2))
+
+
+def test_the_query_key_scatter_draws_queries_and_keys_apart_in_webgl_coloured_by_position(points, trace):
+    fig = build_qk_scatter(points, 2, 3)
+    assert [(t.type, t.name, t.marker.symbol) for t in fig.data] == [("scattergl", "queries", "circle"),
+                                                                     ("scattergl", "keys", "diamond")]
+    np.testing.assert_allclose(fig.data[0].x, points.x[: trace.num_tokens], atol=1e-5)
+    assert fig.data[1].marker.color.tolist() == list(range(trace.num_tokens))
+    assert fig.layout.coloraxis.cmax == trace.num_tokens - 1
+    assert fig.data[0].customdata[5].tolist() == [40, 5]
+    assert fig.layout.title.text.startswith(f"Layer 2, head 3: {trace.num_tokens} queries and {trace.num_tokens} keys")
+
+
+def test_the_scatter_coloured_by_token_gives_each_frequent_token_a_colour_and_greys_the_rest(points):
+    fig = build_qk_scatter(points, 2, 3, color_by="token")
+    assert sum(len(t.x) for t in fig.data) == len(points.x)
+    the = [t for t in fig.data if t.legendgroup == "the"]
+    assert len(the) == 2 and the[0].marker.color == the[1].marker.color and [t.showlegend for t in the] == [True,
+                                                                                                           False]
+    assert all(len(t.x) == 2 for t in the)  # "the" twice, as a query and as a key
+    assert fig.data[-1].legendgroup == "other tokens"
+    with pytest.raises(ViewError, match="color_by"):
+        build_qk_scatter(points, 2, 3, color_by="sentence")
+    rows = qk_rows(points)
+    assert rows[0] == {"kind": "query", "sentence": 40, "position": 0, "token": "[CLS]",
+                       "x": pytest.approx(points.x[0]), "y": pytest.approx(points.y[0])}
+
+
+def test_a_click_on_a_strip_token_or_a_scatter_point_names_its_sentence_and_position(points, sentences):
+    strips = build_strips(edge_strips([SimpleNamespace(sentence=7, query=2, key=1, weight=0.5)], sentences), "x")
+    assert open_target(strips, {"selection": {"points": [{"curve_number": 0, "customdata": [7, 4]}]}}) == (7, 4)
+    scatter = build_qk_scatter(points, 2, 3)
+    event = {"selection": {"points": [{"curve_number": 1, "customdata": {"0": 40, "1": 9}}]}}
+    assert open_target(scatter, event) == (40, 9)
+    assert open_target(scatter, {"selection": {"points": [{"curve_number": 5, "customdata": [1, 2]}]}}) is None
+    assert open_target(scatter, {}) is None
