@@ -1,9 +1,10 @@
 """The main area: shared controls, then one tab per registry view label (``viz.registry.view_tabs``) plus Compare
 and Analysis (and Corpus, where the operator allows corpus indexes: ``ui.corpus``), and the trace's downloads.
 It is a fragment: changing a control reruns only this part, over the one cached trace, never the encoder. With
-"Merge sub-words into words" the view tabs and the downloads show the cached merged trace; Compare and Analysis keep the tokens (analyses that re-run the model need them). A continued text
-("Continue the text") gets a step control above the others: step k shows the prompt and the first k generated
-tokens, cut from the cached generation (``analysis.steps``), with the query on its last token.
+"Merge sub-words into words" the view tabs and the downloads show the cached merged trace; Compare and Analysis
+keep the tokens (analyses that re-run the model need them). A continued text ("Continue the text") gets a step
+control above the others: step k shows the prompt and the first k generated tokens, cut from the cached generation
+(``analysis.steps``), with the query on its last token.
 """
 
 from __future__ import annotations
