@@ -324,23 +324,29 @@ def _strips_chart(name: str, fig: go.Figure, strips: list[Strip], sentences: dic
 
 def _open(index: CorpusIndex | None, target: tuple[int, int] | None, strips: dict[int, Strip] | None,
           head: tuple[int, int] | None, style: str | None, sentences: dict | None = None) -> None:
-    """From a click callback: put the clicked corpus sentence in the text box and run the whole page again. With the
-    index's model open (``style``, its token style, not None), also show the ``head`` and the query token (the
-    strip's, or the one clicked) with its edge's cell selected, in the Heatmap tab."""
+    """From a click callback: open the clicked corpus sentence (``target``: sentence, position) in every view
+    (``opened_state``) and run the whole page again (a callback's rerun reruns the app, not just the views)."""
     if target is None:
         return
-    sentence_id, position = target
-    sentence = sentences[sentence_id] if sentences else index.sentence(sentence_id)
-    st.session_state.update(text=sentence.text, pair="", corpus_opened=sentence_id)
-    if style is not None:
-        strip = (strips or {}).get(sentence_id)
-        query = strip.query if strip is not None and strip.query is not None else position
-        token = sentence.tokens[query]
-        special = bool(sentence.special[query])
-        st.session_state["query"] = f"{query}: {token if special else readable_piece(token, style)}"
-        if head is not None:
-            st.session_state.update(layer=head[0], head=head[1], head_mode="one head", layer_mean=False)
-        if strip is not None and strip.key is not None and strip.key != strip.query:
-            st.session_state[SELECTED_CELL] = (query, strip.key)
-        st.session_state["view"] = OPEN_VIEW
+    sentence = sentences[target[0]] if sentences else index.sentence(target[0])
+    st.session_state.update(opened_state(sentence, target[1], (strips or {}).get(target[0]), head, style))
     st.rerun()
+
+
+def opened_state(sentence, position: int, strip: Strip | None, head: tuple[int, int] | None, style: str | None
+                 ) -> dict:
+    """The session state that opens corpus ``sentence`` (``CorpusSentence``) in every view: its text in the text
+    box (no second sentence). With the index's model open (``style``, its token style, not None), also the Heatmap
+    tab at ``head`` (layer, head), the query on the strip's query token (or the clicked ``position``) and its edge's
+    cell selected."""
+    state = {"text": sentence.text, "pair": ""}
+    if style is None:
+        return state
+    query = strip.query if strip is not None and strip.query is not None else position
+    token = sentence.tokens[query]
+    state["query"] = f"{query}: {token if bool(sentence.special[query]) else readable_piece(token, style)}"
+    if head is not None:
+        state.update(layer=head[0], head=head[1], head_mode="one head", layer_mean=False)
+    if strip is not None and strip.key is not None and strip.key != strip.query:
+        state[SELECTED_CELL] = (query, strip.key)
+    return {**state, "view": OPEN_VIEW}
