@@ -166,3 +166,47 @@ def test_a_click_on_a_strip_token_or_a_scatter_point_names_its_sentence_and_posi
     assert open_target(scatter, event) == (40, 9)
     assert open_target(scatter, {"selection": {"points": [{"curve_number": 5, "customdata": [1, 2]}]}}) is None
     assert open_target(scatter, {}) is None
+
+
+# --- the tab in the app -----------------------------------------------------------------------------------------
+
+
+def test_find_indexes_lists_folders_with_a_manifest_up_to_two_down_without_links_or_hidden_ones(tmp_path):
+    from ui.corpus import find_indexes
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first / "wiki", first / "news" / "2024", first / "a" / "b" / "too-deep", first / ".hidden",
+                   second / "wiki"):
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text("{}")
+    (first / "linked").symlink_to(second / "wiki")
+    found = find_indexes([first, second])
+    assert found == {"news/2024": first / "news" / "2024", "wiki": first / "wiki", "wiki (3)": second / "wiki"}
+    assert len(find_indexes([first], most=1)) <= 1  # one folder looked into: a huge root is not walked whole
+
+
+def _corpus_app(monkeypatch, roots: str | None, **params):
+    from streamlit.testing.v1 import AppTest
+
+    if roots is None:
+        monkeypatch.delenv("HEADLIGHT_CORPUS_ROOTS", raising=False)
+    else:
+        monkeypatch.setenv("HEADLIGHT_CORPUS_ROOTS", roots)
+    at = AppTest.from_file("../app.py", default_timeout=180)
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def test_without_corpus_roots_there_is_no_corpus_tab(monkeypatch):
+    at = _corpus_app(monkeypatch, None, view="Corpus")
+    assert not at.exception
+    assert "Corpus" not in [tab.label for tab in at.tabs]
+
+
+def test_an_allowed_root_without_an_index_says_how_to_make_one(monkeypatch, tmp_path):
+    at = _corpus_app(monkeypatch, str(tmp_path), view="Corpus")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Corpus" in [tab.label for tab in at.tabs]
+    assert any("No corpus index under the folders this server allows" in info.value for info in at.info)
+    assert str(tmp_path) not in "".join(info.value for info in at.info)

@@ -74,8 +74,9 @@ def find_indexes(roots: Sequence[Path], depth: int = INDEX_DEPTH, most: int = MA
                 if (folder / MANIFEST).is_file() and not (folder / MANIFEST).is_symlink():
                     label = folder.relative_to(root).as_posix()
                     found[label if label not in found else f"{label} ({len(found) + 1})"] = folder
-                following += _subfolders(folder, most - seen)
-                seen += len(following)
+                inside = _subfolders(folder, most - seen)
+                following += inside
+                seen += len(inside)
             level = following
     return dict(sorted(found.items()))
 
