@@ -181,7 +181,7 @@ def test_find_indexes_lists_folders_with_a_manifest_up_to_two_down_without_links
         (folder / "manifest.json").write_text("{}")
     (first / "linked").symlink_to(second / "wiki")
     found = find_indexes([first, second])
-    assert found == {"news/2024": first / "news" / "2024", "wiki": first / "wiki", "wiki (3)": second / "wiki"}
+    assert found == {"news/2024": first / "news" / "2024", "wiki": first / "wiki", "wiki (root 2)": second / "wiki"}
     assert len(find_indexes([first], most=1)) <= 1  # one folder looked into: a huge root is not walked whole
 
 

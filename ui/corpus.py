@@ -62,18 +62,18 @@ NO_ROOTS = ("No corpus index is open to visitors of this server. Its operator al
 def find_indexes(roots: Sequence[Path], depth: int = INDEX_DEPTH, most: int = MAX_SCANNED) -> dict[str, Path]:
     """The index folders (a ``manifest.json`` inside) under ``roots``, at most ``depth`` folders down, each root
     looked at in at most ``most`` folders; label (the folder relative to its root, "." for the root itself; a
-    second root's same name gets " (2)") -> folder. Symbolic links and hidden folders are skipped."""
+    later root's same name gets " (root 2)") -> folder. Symbolic links and hidden folders are skipped."""
     from corpus.format import MANIFEST
 
     found: dict[str, Path] = {}
-    for root in roots:
+    for number, root in enumerate(roots, start=1):
         level, seen = [root], 0
         for _ in range(depth + 1):
             following = []
             for folder in level:
                 if (folder / MANIFEST).is_file() and not (folder / MANIFEST).is_symlink():
                     label = folder.relative_to(root).as_posix()
-                    found[label if label not in found else f"{label} ({len(found) + 1})"] = folder
+                    found[label if label not in found else f"{label} (root {number})"] = folder
                 inside = _subfolders(folder, most - seen)
                 following += inside
                 seen += len(inside)
