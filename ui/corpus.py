@@ -215,10 +215,16 @@ def map_ui(index: CorpusIndex, shown: ViewSettings, stem: str) -> tuple[int, int
 
     _chart(key, fig, select)
     figure_downloads_ui("corpus-map", fig, stem, _numbers(report.rows()))
-    summary = index.summary(layer, head)
-    st.dataframe([{"statistic": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}}
-                  for name, row in summary.items()], hide_index=True)
+    st.dataframe(summary_rows(index.summary(layer, head)), hide_index=True)
     return layer, head
+
+
+def summary_rows(summary: dict[str, dict]) -> list[dict]:
+    """A head's ``CorpusIndex.summary`` as table rows: statistic, corpus mean, deciles q0..q10 over sentences, the
+    sentences counted (4 decimals)."""
+    return [{"statistic": name, "mean": round(row["mean"], 4),
+             **{f"q{i}": round(value, 4) for i, value in enumerate(row["deciles"])}, "sentences": row["n_sentences"]}
+            for name, row in summary.items()]
 
 
 def examples_ui(index: CorpusIndex, layer: int, head: int, stem: str, style: str | None) -> None:
