@@ -185,7 +185,8 @@ def test_find_indexes_lists_folders_with_a_manifest_up_to_two_down_without_links
     assert len(find_indexes([first], most=1)) <= 1  # one folder looked into: a huge root is not walked whole
 
 
-def _corpus_app(monkeypatch, roots: str | None, **params):
+def _corpus_app(monkeypatch, roots: str | None, state: dict | None = None, **params):
+    """The app run once with ``roots`` allowed, the URL's ``params`` and the session ``state`` set first."""
     from streamlit.testing.v1 import AppTest
 
     if roots is None:
@@ -195,6 +196,8 @@ def _corpus_app(monkeypatch, roots: str | None, **params):
     at = AppTest.from_file("../app.py", default_timeout=180)
     for key, value in params.items():
         at.query_params[key] = value
+    for key, value in (state or {}).items():
+        at.session_state[key] = value
     return at.run()
 
 
@@ -210,3 +213,122 @@ def test_an_allowed_root_without_an_index_says_how_to_make_one(monkeypatch, tmp_
     assert "Corpus" in [tab.label for tab in at.tabs]
     assert any("No corpus index under the folders this server allows" in info.value for info in at.info)
     assert str(tmp_path) not in "".join(info.value for info in at.info)
+
+
+# --- the tab over a real index (MiniLM, a few test sentences) ---------------------------------------------------
+
+CORPUS = [TEXT, "The keys to the cabinet are on the table.", "Where is the station?",
+          "A wonderful, moving film with a brilliant cast.", "The animal didn't cross the street because it was tired.",
+          "Take Care of My Cat offers a refreshingly different slice of Asian cinema."]
+
+
+@pytest.fixture(scope="module")
+def corpus_root(minilm, tmp_path_factory):
+    """A root holding one index, "minilm-six", of ``CORPUS`` through MiniLM (contexts after layers 0 and 6)."""
+    from tests.support.corpus import write_test_index
+
+    root = tmp_path_factory.mktemp("corpora")
+    write_test_index(minilm, CORPUS, root / "minilm-six", context_layers=[0, 6])
+    return root
+
+
+def _titles(at) -> list[str]:
+    import json
+
+    return [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+
+
+def test_the_tab_shows_the_map_the_examples_the_scatter_and_similar_contexts_of_the_index(monkeypatch, corpus_root):
+    import json
+
+    from corpus.index import CorpusIndex
+
+    at = _corpus_app(monkeypatch, str(corpus_root), view="Corpus", corpus_statistic="previous")
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="corpus_index").value == "minilm-six"
+    assert not at.warning  # the index's model is the one open
+    titles = _titles(at)
+    assert titles == [f"Corpus: attention to the previous token, {len(CORPUS)} sentences "
+                      f"({CorpusIndex.open(corpus_root / 'minilm-six').manifest['counts']['tokens']} tokens)",
+                      "Layer 0, head 0: its 5 strongest attention edges in the corpus",
+                      titles[2], titles[3]]
+    assert titles[2].startswith("Layer 0, head 0: ") and titles[2].endswith("keys (joint PCA)")
+    assert titles[3] == "Contexts nearest “[CLS]” (0) after layer 6"
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    index = CorpusIndex.open(corpus_root / "minilm-six")
+    heatmap = next(t for t in spec["data"] if t["type"] == "heatmap")
+    np.testing.assert_allclose(_z(heatmap["z"]), index.head_map("previous"), atol=1e-6)
+    assert {b.label for b in at.get("download_button")} >= {"HTML", "CSV (numbers)", "JSON (numbers)"}
+    at.number_input(key="corpus_layer").set_value(2).run()
+    at.number_input(key="corpus_head").set_value(3).run()
+    assert _titles(at)[1] == "Layer 2, head 3: its 5 strongest attention edges in the corpus"
+    at.segmented_control(key="corpus_examples").set_value("deciles").run()
+    assert _titles(at)[1] == "Layer 2, head 3: a sentence at each decile of its previous"
+    at.selectbox(key="corpus_token").set_value(2).run()  # "cat"
+    assert _titles(at)[3] == "Contexts nearest “cat” (2) after layer 6"
+    assert not at.exception
+
+
+def _z(value) -> np.ndarray:
+    import base64
+
+    if isinstance(value, dict):
+        shape = tuple(int(n) for n in str(value["shape"]).split(","))
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).reshape(shape)
+    return np.asarray(value, dtype=np.float64)
+
+
+def test_an_opened_example_is_the_text_of_every_view_at_its_head_query_and_edge(monkeypatch, corpus_root):
+    """What a click on an example sets (``ui.corpus.opened_state``; a click itself needs a browser) opens the
+    sentence in the Heatmap at the head, its query token and its edge's cell."""
+    from corpus.index import CorpusIndex
+    from ui.corpus import opened_state
+
+    index = CorpusIndex.open(corpus_root / "minilm-six")
+    layer, head, edge = next((layer, head, e) for layer in range(2, 6) for head in range(12)
+                             for e in index.top_examples(layer, head, 5) if e.query != e.key and e.sentence > 0)
+    sentence = index.sentence(edge.sentence)
+    (strip,) = edge_strips([edge], {edge.sentence: sentence})
+    state = opened_state(sentence, 0, strip, (layer, head), "wordpiece")
+    at = _corpus_app(monkeypatch, str(corpus_root), state)  # as the rerun after the click
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.text_area(key="text").value == CORPUS[edge.sentence]
+    assert at.selectbox(key="query").value == f"{edge.query}: {sentence.tokens[edge.query]}"
+    title = _titles(at)[0]
+    assert title.startswith(f"Layer {layer}, head {head}")
+    assert state["selected_cell"] == (edge.query, edge.key) and state["view"] == "Heatmap"
+
+
+def test_an_index_of_other_weights_says_so_and_offers_no_similar_contexts(monkeypatch, corpus_root, tmp_path):
+    import json
+    import shutil
+
+    from tests.support.corpus import write_manifest
+
+    folder = tmp_path / "other-weights"
+    shutil.copytree(corpus_root / "minilm-six", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["model"]["checksum"] = "sha256:" + "0" * 64
+    write_manifest(folder, manifest)
+    at = _corpus_app(monkeypatch, str(tmp_path), view="Corpus")
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("built with another model" in w.value for w in at.warning)
+    assert len(_titles(at)) == 3  # the map, the examples, the scatter: no similar contexts
+
+
+def test_a_hostile_index_is_refused_with_our_message_and_no_path(monkeypatch, corpus_root, tmp_path):
+    import json
+    import shutil
+
+    from tests.support.corpus import write_manifest
+
+    folder = tmp_path / "hostile"
+    shutil.copytree(corpus_root / "minilm-six", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["../outside.parquet"] = {"bytes": 10, "rows": 1}
+    write_manifest(folder, manifest)
+    at = _corpus_app(monkeypatch, str(tmp_path), view="Corpus")
+    assert not at.exception, [e.value for e in at.exception]
+    (error,) = at.error
+    assert error.value.startswith("That index cannot be opened.")
+    assert str(tmp_path) not in error.value and not _titles(at)
