@@ -1,0 +1,82 @@
+"""The Corpus tab in a real browser (Playwright, Debian's Chromium, ``python -m ui.serving``) over a real MiniLM index:
+a click on a head of the map selects it, a click on an example opens its sentence in every view. Skipped where no
+Chromium exists; in CI (CI=true) a missing Chromium is a failure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.browser_support import CHART, chromium_path, launch_chromium, streamlit_server
+from tests.test_corpus_tab import CORPUS
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def corpus_url(minilm, tmp_path_factory):
+    """The app with one allowed root holding an index of ``CORPUS`` through MiniLM."""
+    if chromium_path() is None:
+        reason = "no Chromium at /usr/bin/chromium (Debian: apt-get install chromium) - browser tests skipped"
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the browser tests: " + reason)
+        pytest.skip(reason)
+    from tests.support.corpus import write_test_index
+
+    root = tmp_path_factory.mktemp("corpora")
+    write_test_index(minilm, CORPUS, root / "minilm-six", context_layers=[0, 6])
+    with streamlit_server(env={"HEADLIGHT_CORPUS_ROOTS": str(root)}) as url:
+        yield url
+
+
+@pytest.fixture
+def page(corpus_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(120_000)
+        yield page
+        browser.close()
+
+
+def _charts(page, count: int) -> None:
+    page.wait_for_function("([selector, n]) => document.querySelectorAll(selector).length >= n",
+                           arg=[f"[role=tabpanel]:not([hidden]) {CHART}", count])
+
+
+def _title(page, index: int) -> str:
+    return page.locator(f"[role=tabpanel]:not([hidden]) {CHART} .gtitle").nth(index).text_content() or ""
+
+
+def _click(page, element) -> None:
+    """Click the middle of ``element`` (a point of a chart), scrolled into view first."""
+    element.scroll_into_view_if_needed()
+    box = element.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+
+def test_a_click_on_the_map_selects_a_head_and_a_click_on_an_example_opens_its_sentence(page, corpus_url):
+    page.goto(f"{corpus_url}/?view=Corpus&corpus_statistic=previous")
+    _charts(page, 4)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "tab-corpus.png"))
+    assert page.get_by_test_id("stException").count() == 0
+    panel = page.locator(f"[role=tabpanel]:not([hidden]) {CHART}")
+    _click(page, panel.nth(0).locator(".scatterlayer .trace path.point").nth(2 * 12 + 5))  # layer 2, head 5
+    page.wait_for_function("(selector) => [...document.querySelectorAll(selector)].some("
+                           "(t) => t.textContent.startsWith('Layer 2, head 5: its'))",
+                           arg=f"[role=tabpanel]:not([hidden]) {CHART} .gtitle")
+    _click(page, panel.nth(1).locator(".barlayer .point path").nth(1))  # the first example's second token
+    page.wait_for_function("() => { const t = [...document.querySelectorAll('[role=tab]')].find("
+                           "(e) => e.innerText === 'Heatmap');"
+                           " return t && t.getAttribute('aria-selected') === 'true'; }")
+    text = page.get_by_test_id("stSidebar").locator("textarea").first
+    page.wait_for_function("([el, texts]) => texts.includes(el.value)", arg=[text.element_handle(), CORPUS])
+    page.wait_for_function("(selector) => { const t = document.querySelector(selector);"
+                           " return t && t.textContent.startsWith('Layer 2, head 5'); }", arg=f"{CHART} .gtitle")
+    assert page.get_by_test_id("stException").count() == 0
