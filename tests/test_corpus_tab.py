@@ -253,7 +253,7 @@ def test_the_tab_shows_the_map_the_examples_the_scatter_and_similar_contexts_of_
                       "Layer 0, head 0: its 5 strongest attention edges in the corpus",
                       titles[2], titles[3]]
     assert titles[2].startswith("Layer 0, head 0: ") and titles[2].endswith("keys (joint PCA)")
-    assert titles[3] == "Contexts nearest “[CLS]” (0) after layer 6"
+    assert titles[3] == "Contexts nearest “the” (1) after layer 6"  # the query token, or the first not special
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     index = CorpusIndex.open(corpus_root / "minilm-six")
     heatmap = next(t for t in spec["data"] if t["type"] == "heatmap")

@@ -283,7 +283,9 @@ def similar_ui(index: CorpusIndex, trace: EncoderTrace, query: int, stem: str) -
     a, b, c = st.columns(3)
     labels = [f"{i}: {token}" for i, token in enumerate(trace.readable_tokens)]
     with a:
-        token = st.selectbox("Token", range(len(labels)), index=min(query, len(labels) - 1),
+        query = min(query, len(labels) - 1)  # the shown query, or the first token that is not special
+        first = query if not trace.special[query] else next((i for i, s in enumerate(trace.special) if not s), query)
+        token = st.selectbox("Token", range(len(labels)), index=first,
                              format_func=lambda i: labels[i], key="corpus_token")
     with b:
         layer = st.selectbox("After layer", layers, index=len(layers) - 1, key="corpus_context_layer",

@@ -246,10 +246,11 @@ def build_qk_scatter(points, layer: int, head: int, color_by: str = "position", 
     fig.update_layout(
         title=dict(subtitle=dict(text="● queries · ◆ keys, projected together (PCA of the head's sampled vectors) · "
                                       "click a point to open its sentence")),
-        margin=dict(l=60, r=200 if color_by == "token" else 110, t=90, b=60),
+        margin=dict(l=60, r=200 if color_by == "token" else 110, t=90 if color_by == "token" else 110, b=60),
         xaxis=dict(title=dict(text="PC 1"), zeroline=True, zerolinecolor="#bbb", showgrid=False),
         yaxis=dict(title=dict(text="PC 2"), zeroline=True, zerolinecolor="#bbb", showgrid=False, scaleanchor="x"),
-        legend=dict(title=dict(text="token")),
+        legend=dict(title=dict(text="token")) if color_by == "token" else
+        dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom"),  # queries and keys, above the plot
         coloraxis=dict(colorscale=colorscale, cmin=0, cmax=int(position.max()) if position.size else 1,
                        colorbar=dict(thickness=14, title=dict(text="position"))),
     )
