@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -486,11 +487,23 @@ def generate(argv: list[str]) -> tuple[str, EncoderTrace, list[Path]]:
     return args.text, trace, written
 
 
+# python -m cli corpus <command>: the module whose main(argv) runs it.
+CORPUS_COMMANDS = {"build": "corpus.build", "query": "corpus.query"}
+
+
+def corpus(argv: list[str]) -> int:
+    """``python -m cli corpus build|... ARGS``: the command's module's ``main`` (imported only then: Beam is heavy)."""
+    if not argv or argv[0] not in CORPUS_COMMANDS:
+        print(f"usage: python -m cli corpus {{{','.join(CORPUS_COMMANDS)}}} ... (--help for each)", file=sys.stderr)
+        return 2
+    return importlib.import_module(CORPUS_COMMANDS[argv[0]]).main(argv[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit code 0 on success, 2 with a one-line message (no traceback) on bad input."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["corpus"]:
+        return corpus(argv[1:])
     try:
         if argv[:1] == [GENERATE]:
             prompt, trace, paths = generate(argv[1:])

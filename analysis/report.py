@@ -230,6 +230,13 @@ def _statistic_sums(
     return {name: (totals[name], counts.get(name, t)) for name in totals}
 
 
+def trace_statistic_sums(trace: EncoderTrace) -> dict[str, tuple[np.ndarray, int]]:
+    """One trace's report-card sums: for each statistic of ``STATISTICS``, its (L, H) float64 sum over the queries
+    where it is defined and how many queries that is. ``head_report(trace)[name]`` is ``sum / max(count, 1)``; a
+    corpus's token-weighted mean (``corpus_head_report``) is the sum of the sums over the sum of the counts."""
+    return _statistic_sums(trace.attention, trace.tokens, trace.special)
+
+
 def _row_sums(block: np.ndarray, begin: int, classes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Each statistic's (...) float64 sum over queries ``begin`` .. ``begin + R - 1``, from their rows ``block``
     (..., R, T) (all of a trace's queries: (L, H, T, T) -> (L, H) sums)."""

@@ -3,11 +3,21 @@ allocates anything. Both the pipeline that writes an index and the reader that o
 
 from __future__ import annotations
 
+import hashlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
 from analysis.report import STATISTICS
 from encoder.errors import HeadlightError
 
+if TYPE_CHECKING:
+    from encoder.sources import LoadedModel
+
 FORMAT, VERSION = "headlight-corpus", 1
 MANIFEST = "manifest.json"  # written last, atomically: a folder without it is not an index
+PARTIAL = ".partial"  # what a build writes before the index is complete (removed before the manifest is written)
 SENTENCES = "sentences.parquet"
 HEAD_STATS_DIR = "head_stats"  # part-*.parquet: one row per sentence x layer x head
 HEAD_SUMMARY = "head_summary.parquet"
@@ -26,12 +36,55 @@ def context_files(layer: int) -> tuple[str, str]:
 STATISTIC_NAMES: tuple[str, ...] = tuple(STATISTICS)
 DECILES = 11  # q0 (minimum) .. q10 (maximum)
 
+# The nearest-context index of a layer: exact (IndexFlatIP, cosine on L2-normalised float32) up to this many rows,
+# else IndexIVFPQ (``corpus.vectors``: its nlist, m, nbits and nprobe are stored in the FAISS file).
+DEFAULT_EXACT_MAX = 100_000
+
 # What a reader accepts before it reads further (a hostile folder may claim anything).
 MANIFEST_MAX_BYTES = 1 << 20
 MANIFEST_MAX_DEPTH = 8
 MAX_SENTENCES = 100_000_000
 MAX_HEAD_STATS_ROWS = 10**10  # read lazily, a row group at a time; counted, never loaded whole
 MAX_LAYERS, MAX_HEADS, MAX_WIDTH = 512, 512, 65_536
+MAX_CONTEXT_ROWS = 2_000_000_000  # per layer: FAISS ids are int64, the row table's ``row`` too
+MAX_TOP_K, MAX_SAMPLE_PER_HEAD = 10_000, 100_000
+MAX_FILES = 100_000  # entries of the manifest's "files"
+MAX_PARQUET_FOOTER_BYTES = 64 << 20  # a Parquet file's metadata, read before anything else of it
+MAX_ROW_GROUP_BYTES = 512 << 20  # the most a reader loads at once (one row group, uncompressed)
+MAX_NLIST = 1 << 20  # IVF lists of a context index
+
+# Each file's columns (Arrow types; a reader compares them with the file's own schema before reading a row).
+_LAYER_HEAD = [("layer", pa.int16()), ("head", pa.int16())]
+SCHEMAS: dict[str, pa.Schema] = {
+    SENTENCES: pa.schema([("sentence", pa.int64()), ("text", pa.string()), ("tokens", pa.list_(pa.string())),
+                          ("special", pa.list_(pa.bool_())), ("n_tokens", pa.int32())]),
+    HEAD_STATS_DIR: pa.schema([("sentence", pa.int64()), *_LAYER_HEAD, ("n_queries", pa.int32()),
+                               *((name, pa.float64()) for name in STATISTIC_NAMES)]),
+    HEAD_SUMMARY: pa.schema([*_LAYER_HEAD, ("statistic", pa.string()), ("mean", pa.float64()),
+                             *((f"q{i}", pa.float64()) for i in range(DECILES)), ("n_sentences", pa.int64())]),
+    TOP_EDGES: pa.schema([*_LAYER_HEAD, ("rank", pa.int16()), ("weight", pa.float32()), ("sentence", pa.int64()),
+                          ("query", pa.int32()), ("key", pa.int32())]),
+    DECILE_EXAMPLES: pa.schema([*_LAYER_HEAD, ("statistic", pa.string()), ("decile", pa.int8()),
+                                ("value", pa.float64()), ("sentence", pa.int64())]),
+    QK_SAMPLE: pa.schema([*_LAYER_HEAD, ("kind", pa.string()), ("sentence", pa.int64()), ("position", pa.int32()),
+                          ("token", pa.string()), ("x", pa.float32()), ("y", pa.float32()),
+                          ("vector", pa.list_(pa.float32()))]),
+    CONTEXTS_DIR: pa.schema([("row", pa.int64()), ("sentence", pa.int64()), ("position", pa.int32()),
+                             ("token", pa.string())]),
+}
+QK_KINDS = ("query", "key")
+
+
+def model_checksum(model: LoadedModel) -> str:
+    """The hex sha256 of the model's weights (each weight's path, dtype, shape, then its bytes, in the model's
+    order): the manifest's ``model.checksum``, which ``corpus query near`` compares with the model it is given
+    before tracing. Reads the weights once (~0.3 s for MiniLM's 23M parameters)."""
+    digest = hashlib.sha256()
+    for weight in model.model.weights:
+        array = np.ascontiguousarray(np.asarray(weight))
+        digest.update(f"{weight.path}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 class CorpusError(HeadlightError, ValueError):
