@@ -10,24 +10,21 @@ from pathlib import Path
 import pytest
 
 from tests.browser_support import CHART, chromium_path, launch_chromium, streamlit_server
-from tests.test_corpus_tab import CORPUS
+from tests.test_corpus_tab import CORPUS, build_corpus
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 @pytest.fixture(scope="module")
-def corpus_url(minilm, tmp_path_factory):
+def corpus_url(tmp_path_factory):
     """The app with one allowed root holding an index of ``CORPUS`` through MiniLM."""
     if chromium_path() is None:
         reason = "no Chromium at /usr/bin/chromium (Debian: apt-get install chromium) - browser tests skipped"
         if os.environ.get("CI") == "true":
             pytest.fail("CI must run the browser tests: " + reason)
         pytest.skip(reason)
-    from tests.support.corpus import write_test_index
-
-    root = tmp_path_factory.mktemp("corpora")
-    write_test_index(minilm, CORPUS, root / "minilm-six", context_layers=[0, 6])
+    root = build_corpus(tmp_path_factory.mktemp("corpora"))
     with streamlit_server(env={"HEADLIGHT_CORPUS_ROOTS": str(root)}) as url:
         yield url
 

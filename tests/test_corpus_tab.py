@@ -222,14 +222,25 @@ CORPUS = [TEXT, "The keys to the cabinet are on the table.", "Where is the stati
           "Take Care of My Cat offers a refreshingly different slice of Asian cinema."]
 
 
-@pytest.fixture(scope="module")
-def corpus_root(minilm, tmp_path_factory):
-    """A root holding one index, "minilm-six", of ``CORPUS`` through MiniLM (contexts after layers 0 and 6)."""
-    from tests.support.corpus import write_test_index
+def build_corpus(root):
+    """The index "minilm-six" of ``CORPUS`` through MiniLM, built in ``root`` by the pipeline (``corpus.build``, the
+    in-memory DirectRunner): 5 edges a head, deciles of "previous", 40 sampled tokens, contexts after layers 0
+    and 6."""
+    from corpus.build import build_index
+    from corpus.handler import CorpusOptions
 
-    root = tmp_path_factory.mktemp("corpora")
-    write_test_index(minilm, CORPUS, root / "minilm-six", context_layers=[0, 6])
+    source = root / "sentences.txt"
+    source.write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
+    build_index(source, root / "minilm-six", CorpusOptions(batch_size=4, top_k=5, decile_statistic="previous",
+                                                           sample_per_head=40, context_layers=(0, 6)))
+    source.unlink()
     return root
+
+
+@pytest.fixture(scope="module")
+def corpus_root(tmp_path_factory):
+    """A root holding one index, "minilm-six" (``build_corpus``)."""
+    return build_corpus(tmp_path_factory.mktemp("corpora"))
 
 
 def _titles(at) -> list[str]:
@@ -303,7 +314,7 @@ def test_an_index_of_other_weights_says_so_and_offers_no_similar_contexts(monkey
     import json
     import shutil
 
-    from tests.support.corpus import write_manifest
+    from corpus.build import write_manifest
 
     folder = tmp_path / "other-weights"
     shutil.copytree(corpus_root / "minilm-six", folder)
@@ -320,7 +331,7 @@ def test_a_hostile_index_is_refused_with_our_message_and_no_path(monkeypatch, co
     import json
     import shutil
 
-    from tests.support.corpus import write_manifest
+    from corpus.build import write_manifest
 
     folder = tmp_path / "hostile"
     shutil.copytree(corpus_root / "minilm-six", folder)
