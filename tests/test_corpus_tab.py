@@ -9,7 +9,7 @@ import pytest
 
 from analysis.report import STATISTICS, head_report
 from encoder.attention_store import RecomputedQueriesKeys
-from encoder.errors import ViewError
+from encoder.errors import HeadlightError, ViewError
 from viz.corpus import (
     OPEN_FIELDS,
     Strip,
@@ -343,3 +343,31 @@ def test_a_hostile_index_is_refused_with_our_message_and_no_path(monkeypatch, co
     (error,) = at.error
     assert error.value.startswith("That index cannot be opened.")
     assert str(tmp_path) not in error.value and not _titles(at)
+
+
+def test_an_upload_is_built_in_a_background_process_one_at_a_time_and_its_failure_is_said(tmp_path):
+    """``ui.corpus_build``: ``python -m cli corpus build`` in a subprocess (the page never imports Beam); its
+    progress read from its log; a second build waits for the first; a failed build says our message."""
+    from corpus.index import CorpusIndex
+    from ui.corpus_build import start_build
+
+    job = start_build("minilm", CORPUS, "my sentences!.txt", tmp_path)
+    assert job.label.startswith("my-sentences-") and job.out.parent == tmp_path
+    with pytest.raises(HeadlightError, match="Another visitor's index is being built"):
+        start_build("minilm", CORPUS, "other.txt", tmp_path)
+    assert job.process.wait(timeout=600) == 0, job.log.read_text()
+    assert job.done() == len(CORPUS)
+    index = CorpusIndex.open(job.out, roots=[tmp_path])
+    assert index.num_sentences == len(CORPUS) and index.sentence(1).text == CORPUS[1]
+    failed = start_build("no-such-model", CORPUS, "x.txt", tmp_path)
+    assert failed.process.wait(timeout=600) != 0
+    assert "no-such-model" not in str(tmp_path) and str(tmp_path) not in failed.failure()
+    assert failed.failure() and not (failed.out / "manifest.json").exists()
+
+
+def test_a_builds_folder_is_a_root_and_offers_building_an_index_of_an_upload(monkeypatch, tmp_path):
+    monkeypatch.setenv("HEADLIGHT_CORPUS_BUILDS", str(tmp_path))
+    at = _corpus_app(monkeypatch, None, view="Corpus")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Corpus" in [tab.label for tab in at.tabs]
+    assert [e.label for e in at.expander if e.label.startswith("Build")] == ["Build a small index from a text file"]

@@ -25,6 +25,7 @@ from encoder.trace import EncoderTrace
 from ui import cache
 from ui.charts import figure_downloads_ui
 from ui.clicks import SELECTED_CELL, clicked_values
+from ui.corpus_build import NEXT_INDEX, build_ui
 from ui.text import plain
 from viz.clicks import click_spec
 from viz.corpus import (
@@ -141,6 +142,10 @@ def index_ui() -> CorpusIndex | None:
         st.info("No corpus index under the folders this server allows (an index is a folder with a manifest.json, "
                 f"at most {INDEX_DEPTH} folders down). `python -m cli corpus build` writes one.")
         return None
+    built = st.session_state.pop(NEXT_INDEX, None)  # an index this session just built: shown first
+    label = next((label for label, folder in listed.items() if folder == built), None)
+    if label is not None:
+        st.session_state["corpus_index"] = label
     label = st.selectbox("Corpus index", list(listed), key="corpus_index", bind="query-params",
                          help="The indexes under the folders this server allows (HEADLIGHT_CORPUS_ROOTS).")
     try:
@@ -176,6 +181,7 @@ def corpus_ui(source: str, trace: EncoderTrace, shown: ViewSettings, stem: str) 
     """The Corpus tab over the current ``trace`` of ``source`` (similar contexts start from its tokens; the map
     starts at the shown layer and head)."""
     index = index_ui()
+    build_ui(source, _listed.clear)
     if index is None:
         return
     same = same_model_ui(index, source)
