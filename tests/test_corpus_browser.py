@@ -77,3 +77,28 @@ def test_a_click_on_the_map_selects_a_head_and_a_click_on_an_example_opens_its_s
     page.wait_for_function("(selector) => { const t = document.querySelector(selector);"
                            " return t && t.textContent.startsWith('Layer 2, head 5'); }", arg=f"{CHART} .gtitle")
     assert page.get_by_test_id("stException").count() == 0
+
+
+def test_an_uploaded_file_is_built_into_an_index_the_tab_then_opens(tmp_path):
+    """A visitor uploads three sentences: the build runs in the background (``ui.corpus_build``), the progress
+    shows, and the tab opens the new index when it is written."""
+    from playwright.sync_api import sync_playwright
+
+    if chromium_path() is None:
+        pytest.skip("no Chromium at /usr/bin/chromium")
+    builds, upload = tmp_path / "builds", tmp_path / "my-sentences.txt"
+    upload.write_text("The cat sat on the mat.\nWhere is the station?\nA fine film.\n", encoding="utf-8")
+    with streamlit_server(env={"HEADLIGHT_CORPUS_BUILDS": str(builds)}) as url, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(300_000)
+        page.goto(f"{url}/?view=Corpus")
+        page.get_by_text("Build a small index from a text file").click()
+        page.locator("input[type=file]").set_input_files(str(upload))
+        page.get_by_role("button", name="Build the index").click()
+        _charts(page, 3)
+        assert _title(page, 0).endswith("3 sentences (22 tokens)")
+        assert page.get_by_test_id("stException").count() == 0
+        browser.close()
+    (index,) = [folder for folder in builds.iterdir() if not folder.name.startswith(".")]
+    assert index.name.startswith("my-sentences-") and (index / "manifest.json").is_file()
