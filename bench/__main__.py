@@ -30,6 +30,7 @@ SUITES = {
     "browser": "One visitor in Chromium, MiniLM: the browser's cost of a layer change",
     "scrub": "Head scrubbing in Chromium (the slider inside the figure), MiniLM, 128 tokens",
     "corpus": "Corpus pipeline (Beam DirectRunner in memory vs a plain loop), MiniLM, data/ sentences",
+    "corpus_tab": "Corpus tab: the query-key scatter of 20,000 points in Chromium (WebGL)",
 }
 MODULES = {"load": "protocol", "browser": "load"}  # suites whose module is named otherwise (bench.load: Chromium)
 CAPPED_BY_DEFAULT = ("encoder",)  # the suites a run of everything repeats with the instruction set capped at AVX2

@@ -514,8 +514,8 @@ def copy_in_order(groups, target: Path, max_rows: int | None = None) -> list[Pat
 
 def build_contexts(groups, folder: Path, layer: int, width: int, exact_max: int) -> int:
     """``contexts/layer-<l>.faiss`` and ``.parquet`` from the parts' row groups, in input order: row r of the table
-    is FAISS id r (``corpus.vectors.build_context_index``: exact up to ``exact_max`` rows, else IVF-PQ), a row
-    group at a time. Returns the rows."""
+    is FAISS id r (``corpus.vectors.build_context_index``: exact up to ``exact_max`` rows, else IVF-PQ trained on
+    ``training_sample``), a row group at a time. Returns the rows."""
     from corpus.vectors import build_context_index
 
     index_path, rows_path = (folder / name for name in context_files(layer))
@@ -531,11 +531,32 @@ def build_contexts(groups, folder: Path, layer: int, width: int, exact_max: int)
                     "sentence": table["sentence"], "position": table["position"], "token": table["token"],
                 }, schema=SCHEMAS[CONTEXTS_DIR]))
                 done += len(table)
-                column = table["vector"].combine_chunks()
-                yield column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), width)
+                yield vectors_of(table, width)
 
-        build_context_index(shards(), width, index_path, exact_max, rows=total)
+        build_context_index(shards(), width, index_path, exact_max, rows=total,
+                            sample=training_sample(groups, width, total) if total > exact_max else None)
     return total
+
+
+def vectors_of(table: pa.Table, width: int) -> np.ndarray:
+    """(N, width) float32: a contexts part's ``vector`` column."""
+    column = table["vector"].combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), width)
+
+
+def training_sample(groups, width: int, total: int) -> np.ndarray:
+    """An IVF-PQ training sample from the whole corpus: an even stride of the rows, about
+    ``corpus.vectors.TRAIN_PER_LIST`` per list of the index ``total`` rows get (the parts read once more)."""
+    from corpus.vectors import TRAIN_PER_LIST, ivf_parameters
+
+    stride = max(total // (TRAIN_PER_LIST * ivf_parameters(total, width)["nlist"]), 1)
+    picked, start = [], 0
+    for table in read_groups(groups, columns=["vector"]):
+        chosen = np.flatnonzero(np.arange(start, start + len(table)) % stride == 0)
+        if len(chosen):
+            picked.append(vectors_of(table.take(chosen), width))
+        start += len(table)
+    return np.concatenate(picked)
 
 
 def finish_parts(partial: Path, folder: Path, facts: ModelFacts, options: CorpusOptions) -> dict:

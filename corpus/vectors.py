@@ -4,9 +4,9 @@ a time, check a FAISS file before FAISS reads it, and search it.
 Cosine similarity is the inner product of L2-normalised float32 vectors. Up to ``exact_max`` rows the index is
 exact (``IndexFlatIP``: (N, D) float32, 4 D bytes a row); past it, ``IndexIVFPQ``: ``nlist`` lists (about
 sqrt(N), a power of two) by a flat quantizer, each vector coded in ``m`` bytes (``nbits`` = 8, ``m`` = D / 2 when
-that divides D: 2 dimensions per sub-quantizer), ``nprobe`` lists scanned per query. All four are stored in the
-FAISS file (``index_info`` reads them back). Building holds at most ``exact_max`` rows plus one shard beside the
-index.
+that divides D: 2 dimensions per sub-quantizer), ``nprobe`` (nlist / 64, at least 8) lists scanned per query. All
+four are stored in the FAISS file (``index_info`` reads them back). Building holds at most ``exact_max`` rows plus
+one shard beside the index.
 """
 
 from __future__ import annotations
@@ -26,17 +26,19 @@ from corpus.format import DEFAULT_EXACT_MAX, MAX_CONTEXT_ROWS, MAX_NLIST, MAX_WI
 EXACT, IVFPQ = "exact", "ivfpq"
 NBITS = 8
 TRAIN_PER_LIST = 64  # training sample: this many vectors per IVF list (FAISS asks for 39 to 256)
-PROBE_SHARE = 16  # nprobe = nlist / PROBE_SHARE (at least 1): recall@10 vs latency, see docs/corpus.md
+PROBE_SHARE, MIN_PROBES = 64, 8  # nprobe = nlist / 64, at least 8 (or every list): recall vs latency, docs/corpus.md
 _FLAT_IP, _IVF_PQ, _ARRAY_LISTS, _FULL = b"IxFI", b"IwPQ", b"ilar", b"full"
 _METRIC_INNER_PRODUCT = 0
 
 
 def normalised(vectors: np.ndarray, width: int) -> np.ndarray:
-    """(N, width) float32 rows scaled to unit L2 norm (a zero row stays zero); refuses another shape."""
+    """(N, width) float32 rows scaled to unit L2 norm (a zero row stays zero); refuses another shape, or a NaN."""
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or vectors.shape[1] != width:
         raise CorpusError(f"vectors must be (N, {width}), got shape {vectors.shape}")
     out = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    if not np.isfinite(out).all():
+        raise CorpusError("vectors must be finite (a NaN or an infinity was given)")
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     np.divide(out, norms, out=out, where=norms > 0)
     return out
@@ -50,17 +52,20 @@ def ivf_parameters(rows: int, width: int) -> dict[str, int]:
     0.71 with four, for twice the bytes (192 a vector of width 384, an eighth of the float32 vector)."""
     nlist = int(min(max(2 ** round(math.log2(math.sqrt(max(rows, 1)))), 16), 65_536))
     m = max(divisor for divisor in range(1, max(width // 2, 1) + 1) if width % divisor == 0)
-    return {"nlist": nlist, "m": m, "nbits": NBITS, "nprobe": max(nlist // PROBE_SHARE, 1)}
+    return {"nlist": nlist, "m": m, "nbits": NBITS, "nprobe": max(nlist // PROBE_SHARE, min(MIN_PROBES, nlist))}
 
 
 def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Path,
-                        exact_max: int = DEFAULT_EXACT_MAX, rows: int | None = None, seed: int = 0) -> dict:
+                        exact_max: int = DEFAULT_EXACT_MAX, rows: int | None = None, seed: int = 0,
+                        sample: np.ndarray | None = None) -> dict:
     """Write the FAISS index of ``shards`` (each (n, width) float, in row order: FAISS id = row number) to
     ``path`` (atomically: a temporary file, then ``os.replace``) and return ``index_info`` of it.
 
-    Up to ``exact_max`` rows in all: ``IndexFlatIP``. Past it: ``IndexIVFPQ`` trained on a sample of the first
-    ``exact_max`` rows (at most ``TRAIN_PER_LIST * nlist``), ``nlist`` from ``rows`` (the total, when the caller
-    knows it) or else from ``exact_max``; the buffered rows are added, then each further shard as it comes.
+    Up to ``exact_max`` rows in all: ``IndexFlatIP``. Past it: ``IndexIVFPQ`` trained on ``sample`` when given
+    ((n, width): vectors from the whole corpus, e.g. an even stride of its rows; a caller that can read its rows
+    twice should give one), else on a sample of the first ``exact_max`` rows; at most ``TRAIN_PER_LIST * nlist``
+    either way. ``nlist`` from ``rows`` (the total, when the caller knows it) or else from ``exact_max``; the
+    buffered rows are added, then each further shard as it comes.
     """
     if not 1 <= width <= MAX_WIDTH:
         raise CorpusError(f"vector width must be 1..{MAX_WIDTH:,}, got {width}")
@@ -79,7 +84,9 @@ def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Pa
         index = faiss.IndexFlatIP(width)
         index.add(head)
     else:
-        index = _trained_ivfpq(head, width, max(rows or 0, count, exact_max), seed)
+        training = head if sample is None else normalised(sample, width)
+        index = _trained_ivfpq(training, width, max(rows or 0, count, exact_max), seed)
+        del training
         index.add(head)
         del head
         for shard in shards:
@@ -111,11 +118,11 @@ def _trained_ivfpq(sample_from: np.ndarray, width: int, rows: int, seed: int) ->
 def index_info(index: faiss.Index) -> dict:
     """What kind of index this is and its shape: {"kind": "exact"|"ivfpq", "rows", "width"} and, for IVF-PQ,
     "nlist", "m", "nbits", "nprobe" (the manifest may repeat these; the FAISS file is where they live)."""
-    index = faiss.downcast_index(index)
-    info = {"kind": EXACT, "rows": int(index.ntotal), "width": int(index.d)}
-    if isinstance(index, faiss.IndexIVFPQ):
-        info.update(kind=IVFPQ, nlist=int(index.nlist), m=int(index.pq.M), nbits=int(index.pq.nbits),
-                    nprobe=int(index.nprobe))
+    typed = faiss.downcast_index(index)  # a view: ``index`` must stay referenced, it owns the C++ object
+    info = {"kind": EXACT, "rows": int(typed.ntotal), "width": int(typed.d)}
+    if isinstance(typed, faiss.IndexIVFPQ):
+        info.update(kind=IVFPQ, nlist=int(typed.nlist), m=int(typed.pq.M), nbits=int(typed.pq.nbits),
+                    nprobe=int(typed.nprobe))
     return info
 
 

@@ -4,6 +4,8 @@ into it at start): secure by default, so a link a stranger sends opens nothing b
 | variable | default | meaning |
 | --- | --- | --- |
 | ``HEADLIGHT_MODEL_ROOTS`` | (none) | folders (``os.pathsep``-separated) whose model folders may be opened |
+| ``HEADLIGHT_CORPUS_ROOTS`` | (none) | folders (``os.pathsep``-separated) whose corpus indexes the Corpus tab opens |
+| ``HEADLIGHT_CORPUS_BUILDS`` | (none) | a folder where the Corpus tab builds indexes of uploads (also a corpus root) |
 | ``HEADLIGHT_HUB_IDS`` | (none) | hub ids that may be downloaded, comma-separated, or ``*`` for any |
 | ``HEADLIGHT_HUB_MAX_MB`` | 1024 | largest hub download, checked before downloading |
 | ``HEADLIGHT_HUB_TOKEN`` | (none) | the only token a hub download ever sends (the operator's own login is never used) |
@@ -37,6 +39,11 @@ def _int(name: str, default: int, low: int = 1) -> int:
     return value if value >= low else default
 
 
+def _paths(name: str) -> list[Path]:
+    """The folders of a ``os.pathsep``-separated setting (``~`` expanded), blanks left out."""
+    return [Path(part.strip()).expanduser() for part in os.environ.get(name, "").split(os.pathsep) if part.strip()]
+
+
 @dataclass(frozen=True)
 class Settings:
     model_roots: tuple[Path, ...]
@@ -50,16 +57,19 @@ class Settings:
     heavy_jobs: int
     warm_up: bool = True
     max_new_tokens: int = 32
+    corpus_roots: tuple[Path, ...] = ()
+    corpus_builds: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
-        roots = [PROJECT_MODELS]
-        for part in os.environ.get("HEADLIGHT_MODEL_ROOTS", "").split(os.pathsep):
-            if part.strip():
-                roots.append(Path(part.strip()).expanduser())
+        roots = [PROJECT_MODELS, *_paths("HEADLIGHT_MODEL_ROOTS")]
+        builds = next(iter(_paths("HEADLIGHT_CORPUS_BUILDS")), None)
         ids = {part.strip() for part in os.environ.get("HEADLIGHT_HUB_IDS", "").split(",") if part.strip()}
         return cls(
             model_roots=tuple(dict.fromkeys(root.resolve() for root in roots)),
+            corpus_roots=tuple(dict.fromkeys(root.resolve() for root in [*_paths("HEADLIGHT_CORPUS_ROOTS"),
+                                                                         *([builds] if builds else [])])),
+            corpus_builds=builds.resolve() if builds else None,
             hub_ids=frozenset(ids - {"*"}),
             hub_any="*" in ids,
             hub_max_bytes=_int("HEADLIGHT_HUB_MAX_MB", 1024) * 2**20,

@@ -1,6 +1,6 @@
-"""Corrupt and hostile corpus index folders: each refused by ``CorpusIndex.open`` with our ``CorpusError``, before
-anything is read or allocated past what the manifest and the files' own metadata allow, and with no server path in
-the message."""
+"""Corrupt and hostile corpus index folders (a real index, built by the pipeline, then broken): each refused by
+``CorpusIndex.open`` with our ``CorpusError``, before anything is read or allocated past what the manifest and the
+files' own metadata allow, and with no server path in the message."""
 
 from __future__ import annotations
 
@@ -15,18 +15,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from corpus import format as fmt
+from corpus.build import write_manifest
 from corpus.format import CorpusError
 from corpus.index import CorpusIndex
 from corpus.vectors import check_context_file
-from tests.support.corpus import write_manifest, write_test_index
+from tests.support.corpus import build_test_index
 
 SENTENCES = ["The cat sat on the mat.", "Dogs bark at night.", "Rain fell.", "Where is the station?"]
 
 
 @pytest.fixture(scope="module")
-def good(minilm, tmp_path_factory):
+def good(tmp_path_factory):
     folder = tmp_path_factory.mktemp("good") / "index"
-    write_test_index(minilm, SENTENCES, folder, context_layers=[0])
+    build_test_index(SENTENCES, folder, context_layers=(0,), sample_per_head=10, top_k=5)
     CorpusIndex.open(folder)  # the unbroken index opens
     return folder
 

@@ -1,9 +1,10 @@
 """The main area: shared controls, then one tab per registry view label (``viz.registry.view_tabs``) plus Compare
-and Analysis, and the trace's downloads. It is a fragment: changing a control reruns only this part, over the one
-cached trace, never the encoder. With "Merge sub-words into words" the view tabs and the downloads show the cached
-merged trace; Compare and Analysis keep the tokens (analyses that re-run the model need them). A continued text
-("Continue the text") gets a step control above the others: step k shows the prompt and the first k generated
-tokens, cut from the cached generation (``analysis.steps``), with the query on its last token.
+and Analysis (and Corpus, where the operator allows corpus indexes: ``ui.corpus``), and the trace's downloads.
+It is a fragment: changing a control reruns only this part, over the one cached trace, never the encoder. With
+"Merge sub-words into words" the view tabs and the downloads show the cached merged trace; Compare and Analysis
+keep the tokens (analyses that re-run the model need them). A continued text ("Continue the text") gets a step
+control above the others: step k shows the prompt and the first k generated tokens, cut from the cached generation
+(``analysis.steps``), with the query on its last token.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import streamlit as st
 from analysis import word_starts
 from analysis.steps import generation_steps, prompt_length
 from encoder.errors import HeadlightError
+from encoder.settings import settings as server_settings
 from encoder.trace import EncoderTrace, class_probabilities
 from ui.analysis import analysis_ui
 from ui.cache import Inputs, get_card, get_figure, get_word_trace
 from ui.charts import chart_ui
 from ui.compare import compare_ui
 from ui.controls import controls_ui, option_ui, reset_later, reset_now
+from ui.corpus import corpus_ui
 from ui.downloads import file_stem, trace_downloads_ui
 from ui.text import plain
 from viz.kinds import kind_suffix, of_kind, query_side
@@ -31,14 +34,15 @@ from viz.long_inputs import HeadPrecompute, foreground, has_head_blocks
 from viz.options import ViewSettings
 from viz.registry import View, build_view, view_tabs, view_unavailable
 
-COMPARE, ANALYSIS = "Compare", "Analysis"
+COMPARE, ANALYSIS, CORPUS = "Compare", "Analysis", "Corpus"
 AHEAD = "heads_ahead"  # session state: this session's ``HeadPrecompute`` (a long trace's head images computed ahead)
 
 
 def tab_labels(trace: EncoderTrace | None = None) -> list[str]:
     """Every tab, in order: the registry's view labels (with ``trace``, those available for it: Next token only with
-    an LM head), then Compare and Analysis (the URL's ``view`` values)."""
-    return [*view_tabs(trace), COMPARE, ANALYSIS]
+    an LM head), then Compare and Analysis, and Corpus when the operator allows corpus indexes
+    (``HEADLIGHT_CORPUS_ROOTS``) (the URL's ``view`` values)."""
+    return [*view_tabs(trace), COMPARE, ANALYSIS, *([CORPUS] if server_settings().corpus_roots else [])]
 
 
 Mark = Callable[[go.Figure, int | None], go.Figure]  # a built figure and its layer -> the figure marked
@@ -164,6 +168,8 @@ def _views_ui(inputs: Inputs) -> tuple[EncoderTrace, ViewSettings]:
             try:
                 if label == COMPARE:
                     compare_ui(inputs, trace, settings.layer, settings.head, stem)
+                elif label == CORPUS:
+                    corpus_ui(inputs.source, trace, settings, stem)
                 elif label == ANALYSIS:
                     if settings.merge_words:
                         st.caption("Analyses run on the tokens (sub-words not merged): those that re-run the "
