@@ -189,7 +189,8 @@ def test_four_sessions_at_8192_tokens_stay_within_the_byte_budget(tmp_path, monk
             at = _app(model="folder or hub id…", source=str(folder))
             at.text_area(key="text").set_value(text).run()
             _no_errors(at)
-            assert "each cell: max of 16×16 tokens" in _figures(at)[0]["layout"]["title"]["subtitle"]["text"]
+            side = 8192 // IMAGE_CELLS
+            assert f"each cell: max of {side}×{side} tokens" in _figures(at)[0]["layout"]["title"]["subtitle"]["text"]
             sessions.append(at)
             jobs.append(at.session_state[AHEAD])
         for at in sessions:
