@@ -301,11 +301,13 @@ def compare_rows(folders: dict[str, Path]) -> list[dict]:
     return rows
 
 
-# In the page: the arrival time and size of each large WebSocket message (a chart), before Streamlit handles it.
+# In the page: the arrival time and size of each large WebSocket message (a chart), before Streamlit handles it,
+# and the time of each message the page sends (a widget's new value).
 FRAME_PROBE = """
 (() => {
   const Native = window.WebSocket;
   window.__charts = [];
+  window.__sent = [];
   window.WebSocket = class extends Native {
     constructor(...args) {
       super(...args);
@@ -313,6 +315,10 @@ FRAME_PROBE = """
         const size = event.data.byteLength ?? event.data.size ?? event.data.length ?? 0;
         if (size > 100000) window.__charts.push([performance.now(), size]);
       });
+    }
+    send(data) {
+      window.__sent.push(performance.now());
+      return super.send(data);
     }
   };
 })();
@@ -322,6 +328,7 @@ AHEAD_WAIT_SECONDS = 900.0  # the longest the bench waits for the heads computed
 IDLE_CPU = 0.1  # the server is idle when it used less CPU than this per second, twice in a row
 PASTE_CHARS = 100_000  # "a 200-page text"
 FIRST_TICK = '[data-testid="stPlotlyChart"] .js-plotly-plot .xtick text'
+CHANGE_PAUSE = 0.3  # seconds between one change's chart and the next key press
 
 
 def _wait_idle(pid: int, limit: float = AHEAD_WAIT_SECONDS) -> float:
@@ -338,28 +345,31 @@ def _wait_idle(pid: int, limit: float = AHEAD_WAIT_SECONDS) -> float:
 
 
 def _change(page, slider, key: str, title: str) -> dict:
-    """One change: ``key`` pressed on ``slider`` until the chart's title starts with ``title``; seconds in all, and
-    until the chart's message reached the page (the server's part; the rest is the browser's)."""
+    """One change: ``key`` pressed on ``slider`` until the chart's title starts with ``title``; seconds in all,
+    until the page sent the new value (the page's part before the server), and until the chart's message reached
+    the page (the server's part ends there; the rest is the browser's)."""
     from bench.app import _wait_title
 
-    page.evaluate("window.__charts = []")
+    page.evaluate("window.__charts = []; window.__sent = []")
     before, start = page.evaluate("performance.now()"), time.perf_counter()
     slider.press(key)
     _wait_title(page, title, timeout_ms=600_000)
     total = time.perf_counter() - start
-    charts = page.evaluate("window.__charts")
+    charts, sent = page.evaluate("[window.__charts, window.__sent]")
     message = (charts[-1][0] - before) / 1000 if charts else float("nan")
-    time.sleep(0.3)
-    return {"total": total, "message": message}
+    time.sleep(CHANGE_PAUSE)
+    return {"total": total, "message": message, "sent": (sent[0] - before) / 1000 if sent else float("nan")}
 
 
 def _changes_text(changes: list[dict]) -> str:
-    """"median / max ms (message median ms + browser median ms)"."""
+    """"median / max ms (sent median + server median + browser median ms)"."""
     totals = [c["total"] for c in changes]
-    messages = [c["message"] for c in changes]
+    sent = [c["sent"] for c in changes]
+    server = [c["message"] - c["sent"] for c in changes]
     browser = [c["total"] - c["message"] for c in changes]
-    return (f"{1000 * statistics.median(totals):.0f} / {1000 * max(totals):.0f} ms (server to the chart's message "
-            f"{1000 * statistics.median(messages):.0f} + browser {1000 * statistics.median(browser):.0f} ms)")
+    return (f"{1000 * statistics.median(totals):.0f} / {1000 * max(totals):.0f} ms (the page sends the value "
+            f"{1000 * statistics.median(sent):.0f} + the server to the chart's message "
+            f"{1000 * statistics.median(server):.0f} + browser {1000 * statistics.median(browser):.0f} ms)")
 
 
 def _paste(page, length: int, layer: int, head: int) -> list[dict]:
