@@ -31,11 +31,12 @@ In the app in Chromium (``app_rows``): the encoder's folder opened by a link wit
 operator's cap raised to it (``HEADLIGHT_MAX_TOKENS``): the first chart, then head and layer changes.
 
 ``python -m bench long`` (``make bench``); parts alone: ``python -m bench.long --folders DIR`` makes the models,
-then ``--probe FOLDER TOKENS``, ``--compare FOLDER decoder|encoder``, ``--app FOLDER TOKENS``.
+then ``--probe FOLDER TOKENS``, ``--compare FOLDER decoder|encoder``, ``--app FOLDER TOKENS [--paste] [--pin]``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -45,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -70,6 +72,7 @@ MODELS = {
 }
 APP_TOKENS = 8192
 APP_CHANGES = 4  # head changes, then layer changes, in the app
+PINNED = ({0}, {1})  # ``--pin``: the server's cores, Chromium's (and Playwright's driver's)
 FIGURE_MAX_CELLS = 4_000_000  # a heatmap with more cells is not serialised here (an unbounded figure, see the row)
 
 
@@ -298,11 +301,13 @@ def compare_rows(folders: dict[str, Path]) -> list[dict]:
     return rows
 
 
-# In the page: the arrival time and size of each large WebSocket message (a chart), before Streamlit handles it.
+# In the page: the arrival time and size of each large WebSocket message (a chart), before Streamlit handles it,
+# and the time of each message the page sends (a widget's new value).
 FRAME_PROBE = """
 (() => {
   const Native = window.WebSocket;
   window.__charts = [];
+  window.__sent = [];
   window.WebSocket = class extends Native {
     constructor(...args) {
       super(...args);
@@ -310,6 +315,10 @@ FRAME_PROBE = """
         const size = event.data.byteLength ?? event.data.size ?? event.data.length ?? 0;
         if (size > 100000) window.__charts.push([performance.now(), size]);
       });
+    }
+    send(data) {
+      window.__sent.push(performance.now());
+      return super.send(data);
     }
   };
 })();
@@ -319,6 +328,7 @@ AHEAD_WAIT_SECONDS = 900.0  # the longest the bench waits for the heads computed
 IDLE_CPU = 0.1  # the server is idle when it used less CPU than this per second, twice in a row
 PASTE_CHARS = 100_000  # "a 200-page text"
 FIRST_TICK = '[data-testid="stPlotlyChart"] .js-plotly-plot .xtick text'
+CHANGE_PAUSE = 0.3  # seconds between one change's chart and the next key press
 
 
 def _wait_idle(pid: int, limit: float = AHEAD_WAIT_SECONDS) -> float:
@@ -335,28 +345,31 @@ def _wait_idle(pid: int, limit: float = AHEAD_WAIT_SECONDS) -> float:
 
 
 def _change(page, slider, key: str, title: str) -> dict:
-    """One change: ``key`` pressed on ``slider`` until the chart's title starts with ``title``; seconds in all, and
-    until the chart's message reached the page (the server's part; the rest is the browser's)."""
+    """One change: ``key`` pressed on ``slider`` until the chart's title starts with ``title``; seconds in all,
+    until the page sent the new value (the page's part before the server), and until the chart's message reached
+    the page (the server's part ends there; the rest is the browser's)."""
     from bench.app import _wait_title
 
-    page.evaluate("window.__charts = []")
+    page.evaluate("window.__charts = []; window.__sent = []")
     before, start = page.evaluate("performance.now()"), time.perf_counter()
     slider.press(key)
     _wait_title(page, title, timeout_ms=600_000)
     total = time.perf_counter() - start
-    charts = page.evaluate("window.__charts")
+    charts, sent = page.evaluate("[window.__charts, window.__sent]")
     message = (charts[-1][0] - before) / 1000 if charts else float("nan")
-    time.sleep(0.3)
-    return {"total": total, "message": message}
+    time.sleep(CHANGE_PAUSE)
+    return {"total": total, "message": message, "sent": (sent[0] - before) / 1000 if sent else float("nan")}
 
 
 def _changes_text(changes: list[dict]) -> str:
-    """"median / max ms (message median ms + browser median ms)"."""
+    """"median / max ms (sent median + server median + browser median ms)"."""
     totals = [c["total"] for c in changes]
-    messages = [c["message"] for c in changes]
+    sent = [c["sent"] for c in changes]
+    server = [c["message"] - c["sent"] for c in changes]
     browser = [c["total"] - c["message"] for c in changes]
-    return (f"{1000 * statistics.median(totals):.0f} / {1000 * max(totals):.0f} ms (server to the chart's message "
-            f"{1000 * statistics.median(messages):.0f} + browser {1000 * statistics.median(browser):.0f} ms)")
+    return (f"{1000 * statistics.median(totals):.0f} / {1000 * max(totals):.0f} ms (the page sends the value "
+            f"{1000 * statistics.median(sent):.0f} + the server to the chart's message "
+            f"{1000 * statistics.median(server):.0f} + browser {1000 * statistics.median(browser):.0f} ms)")
 
 
 def _paste(page, length: int, layer: int, head: int) -> list[dict]:
@@ -386,13 +399,29 @@ def _paste(page, length: int, layer: int, head: int) -> list[dict]:
     ]
 
 
-def app_rows(folder: Path, length: int = APP_TOKENS, paste: bool = False) -> list[dict]:
+@contextlib.contextmanager
+def _cores(cores: set[int] | None) -> Iterator[None]:
+    """Processes started meanwhile (by this one) run on ``cores`` only (None: as this process does); this process's
+    own affinity is restored afterwards."""
+    if cores is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def app_rows(folder: Path, length: int = APP_TOKENS, paste: bool = False, pin: bool = False) -> list[dict]:
     """The app in Chromium on ``folder``'s model at ``length`` tokens (the text in the link, the operator's token
     cap raised to it, and the cache to 6 GB so the trace fits it): the first chart (from opening the link; and
     from the trace's end, when the sidebar shows its tokens), the heads computed ahead (until the server is idle),
     head and layer changes (kept images), a far layer's (End: computed on demand), each split into the server's
     part (to the chart's message, ``FRAME_PROBE``) and the browser's; CPU per change; with ``paste``, a 200-page
-    paste (``_paste``)."""
+    paste (``_paste``). With ``pin``, the server runs on core 0 and Chromium (with Playwright's driver) on core 1
+    (``PINNED``), as a visitor's browser runs on another machine than the server; else both share every core."""
     import urllib.parse
 
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -411,7 +440,9 @@ def app_rows(folder: Path, length: int = APP_TOKENS, paste: bool = False) -> lis
     query = urllib.parse.urlencode({"model": "folder or hub id…", "source": str(folder), "text": text})
     env = {"HEADLIGHT_MODEL_ROOTS": str(folder.parent), "HEADLIGHT_MAX_TOKENS": str(length), "HEADLIGHT_WARM_UP": "0",
            "HEADLIGHT_CACHE_MB": "6144"}
-    with sync_playwright() as playwright, streamlit_server(env=env) as url:
+    server_cores, browser_cores = PINNED if pin else (None, None)
+    with _cores(server_cores), streamlit_server(env=env) as url, _cores(browser_cores), \
+            sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.add_init_script(FRAME_PROBE)
@@ -480,8 +511,10 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--app"]:
         from bench.common import print_table
 
-        print_table(f"Long inputs: the app in Chromium, {sys.argv[2]} at {int(sys.argv[3]):,} tokens",
-                    app_rows(Path(sys.argv[2]), int(sys.argv[3]), paste="--paste" in sys.argv[4:]))
+        pin = "--pin" in sys.argv[4:]
+        print_table(f"Long inputs: the app in Chromium, {sys.argv[2]} at {int(sys.argv[3]):,} tokens, "
+                    + ("server on core 0, Chromium on core 1" if pin else "server and Chromium sharing the cores"),
+                    app_rows(Path(sys.argv[2]), int(sys.argv[3]), paste="--paste" in sys.argv[4:], pin=pin))
     elif sys.argv[1:2] == ["--folders"]:  # make the folders under a given parent (to run the parts by hand)
         print(json.dumps({kind: str(path) for kind, path in make_folders(Path(sys.argv[2])).items()}))
     else:

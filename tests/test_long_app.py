@@ -66,7 +66,8 @@ def test_a_kept_head_image_is_the_image_the_view_computes_from_the_rows(trace_20
     read = build_view(trace_2048, "heatmap", layer=1, head=1, reduce=how, rows=(0, 2048))
     np.testing.assert_array_equal(z_of(kept), z_of(read))  # NaN where nothing is seen, in both
     assert z_of(kept).shape == (IMAGE_CELLS, IMAGE_CELLS)
-    assert kept.layout.title.subtitle.text.endswith(f"each cell: {how} of 4×4 tokens")
+    side = 2048 // IMAGE_CELLS
+    assert kept.layout.title.subtitle.text.endswith(f"each cell: {how} of {side}×{side} tokens")
 
 
 def test_heads_computed_ahead_are_what_each_view_then_draws(trace_2048, no_images):
@@ -87,15 +88,30 @@ def test_heads_computed_ahead_are_what_each_view_then_draws(trace_2048, no_image
 
 
 def test_computing_ahead_stops_at_its_share_of_the_budget(trace_2048, no_images, monkeypatch):
-    """With HEADLIGHT_CACHE_MB = 64 the head images may hold 8 MB and one trace's computed ahead half of it: the 2
-    heads nearest the shown one (both images each, 2 MB per head)."""
-    monkeypatch.setenv("HEADLIGHT_CACHE_MB", "64")
+    """With HEADLIGHT_CACHE_MB = 16 the head images may hold 2 MB and one trace's computed ahead half of it: the 2
+    heads nearest the shown one (both images each, 0.5 MB per head at 256 cells a side)."""
+    monkeypatch.setenv("HEADLIGHT_CACHE_MB", "16")
+    per_head = len(HEAD_BLOCK_HOWS) * 4 * IMAGE_CELLS**2
+    assert image_limit() // 2 // per_head == 2
     job = HeadPrecompute(trace_2048)
     job.focus(0, 1)
     wait_done(job)
     kept = {key[1:3] for key in HEAD_BLOCKS.kept_keys() if key[0] == trace_2048.attention.store_id}
     assert kept == {(0, 1), (1, 1)}  # the shown head, then the next layer's (forward first)
     assert HEAD_BLOCKS.kept_bytes <= image_limit()
+    job.cancel()
+
+
+def test_computing_ahead_stops_at_its_count_of_heads(trace_2048, no_images, monkeypatch):
+    """However large the budget, at most ``AHEAD_HEADS`` heads are computed ahead per trace (here 3 of the 4)."""
+    import viz.long_inputs
+
+    monkeypatch.setattr(viz.long_inputs, "AHEAD_HEADS", 3)
+    job = HeadPrecompute(trace_2048)
+    job.focus(0, 1)
+    wait_done(job)
+    kept = {key[1:3] for key in HEAD_BLOCKS.kept_keys() if key[0] == trace_2048.attention.store_id}
+    assert kept == {(0, 1), (1, 1), (0, 0)}  # the shown head, the next layer's, then the previous head
     job.cancel()
 
 
@@ -189,7 +205,8 @@ def test_four_sessions_at_8192_tokens_stay_within_the_byte_budget(tmp_path, monk
             at = _app(model="folder or hub id…", source=str(folder))
             at.text_area(key="text").set_value(text).run()
             _no_errors(at)
-            assert "each cell: max of 16×16 tokens" in _figures(at)[0]["layout"]["title"]["subtitle"]["text"]
+            side = 8192 // IMAGE_CELLS
+            assert f"each cell: max of {side}×{side} tokens" in _figures(at)[0]["layout"]["title"]["subtitle"]["text"]
             sessions.append(at)
             jobs.append(at.session_state[AHEAD])
         for at in sessions:

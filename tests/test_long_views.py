@@ -62,22 +62,23 @@ def block_reduce(matrix: np.ndarray, block: int, how: str) -> np.ndarray:
 
 @pytest.mark.parametrize("how", ["max", "mean"])
 def test_block_image_is_the_block_reduction_of_the_materialised_head(trace_2048, how):
-    """Each cell of the 2,048-token heatmap is the max (or mean over the cells the query could see) of its 4 x 4
-    block of the head, and the subtitle says so."""
+    """Each cell of the 2,048-token heatmap is the max (or mean over the cells the query could see) of its block
+    of the head (8 x 8 tokens at 256 cells a side), and the subtitle says so."""
     fig = build_view(trace_2048, "heatmap", layer=1, head=1, reduce=how)
     image = np.asarray(fig.data[0].z, np.float64)
     assert image.shape == (IMAGE_CELLS, IMAGE_CELLS)
+    side = 2048 // IMAGE_CELLS
     head = np.asarray(trace_2048.attention[1, 1], np.float64)
     seen = np.tril(np.ones(head.shape, bool))  # causal
     if how == "max":
-        expected = block_reduce(head, 4, "max")
+        expected = block_reduce(head, side, "max")
     else:
-        share = block_reduce(seen.astype(np.float64), 4, "mean")
-        expected = block_reduce(head, 4, "mean") / np.maximum(share, 1e-9)
-    blocks_seen = block_reduce(seen.astype(np.float64), 4, "max") > 0
+        share = block_reduce(seen.astype(np.float64), side, "mean")
+        expected = block_reduce(head, side, "mean") / np.maximum(share, 1e-9)
+    blocks_seen = block_reduce(seen.astype(np.float64), side, "max") > 0
     np.testing.assert_allclose(image[blocks_seen], expected[blocks_seen], rtol=1e-5, atol=1e-7)
     assert np.isnan(image[~blocks_seen]).all()  # blocks above the diagonal: nothing seen, drawn grey
-    assert f"each cell: {how} of 4×4 tokens" in fig.layout.title.subtitle.text
+    assert f"each cell: {how} of {side}×{side} tokens" in fig.layout.title.subtitle.text
     assert "causal" in fig.layout.title.subtitle.text
 
 
@@ -156,7 +157,8 @@ def test_the_app_cuts_a_100000_character_paste_and_shows_the_long_heatmap_withou
     _no_errors(at)
     assert any("first 2048" in info.value for info in at.info)
     figure = _figures(at)[0]
-    assert "each cell: max of 4×4 tokens" in figure["layout"]["title"]["subtitle"]["text"]
+    side = 2048 // IMAGE_CELLS
+    assert f"each cell: max of {side}×{side} tokens" in figure["layout"]["title"]["subtitle"]["text"]
     runs = _encoder_runs(at)
     at.slider(key="layer").set_value(1).run()
     _no_errors(at)

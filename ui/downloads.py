@@ -9,6 +9,7 @@ bounded by their inputs (rollout, the largest, is ~9 MB of CSV at 512 tokens).
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable
 
@@ -53,9 +54,14 @@ def csv_bytes(trace: EncoderTrace | CrossTrace, heads: int) -> int:
     """At most the bytes of ``trace_to_csv`` for one layer and ``heads`` heads: Tq * Tk rows per head (queries
     ``viz.kinds.query_side``'s tokens, keys the trace's), each query written Tk times, each key Tq times."""
     queries, keys = query_side(trace).tokens, trace.tokens
-    query_chars, key_chars = (sum(len(trace_io.csv_cell(token).encode("utf-8")) for token in side)
-                              for side in (queries, keys))
+    query_chars, key_chars = (_csv_chars(tuple(side)) for side in (queries, keys))
     return heads * (len(queries) * len(keys) * CSV_ROW_BYTES + len(keys) * query_chars + len(queries) * key_chars)
+
+
+@functools.lru_cache(maxsize=8)
+def _csv_chars(tokens: tuple[str, ...]) -> int:
+    """The bytes of ``tokens`` as CSV cells, summed (kept for the last few texts: every rerun of a page asks)."""
+    return sum(len(trace_io.csv_cell(token).encode("utf-8")) for token in tokens)
 
 
 def kind_csv(trace: EncoderTrace, kind: str, layer: int, heads: tuple[int, ...]) -> str:
@@ -67,7 +73,7 @@ def kind_csv(trace: EncoderTrace, kind: str, layer: int, heads: tuple[int, ...])
 
 def heads_that_fit(trace: EncoderTrace | CrossTrace, heads: tuple[int, ...]) -> tuple[int, ...]:
     """The first of ``heads`` whose CSV (one layer) fits ``MAX_DOWNLOAD_BYTES`` (all of them, usually)."""
-    return heads[:next((n for n in range(len(heads), 0, -1) if csv_bytes(trace, n) <= MAX_DOWNLOAD_BYTES), 0)]
+    return heads[:MAX_DOWNLOAD_BYTES // csv_bytes(trace, 1)]
 
 
 def trace_downloads_ui(trace: EncoderTrace, stem: str, layer: int, heads: tuple[int, ...],

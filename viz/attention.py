@@ -283,15 +283,17 @@ def _image_figure(trace: EncoderTrace | CrossTrace, image: np.ndarray, query_sta
     if log_color:
         notes.append("log colour")
     low, high = finite_range(z)
-    fig = new_figure(what, IMAGE_SIDE + 2 * COLORBAR_ROOM, IMAGE_SIDE + HEATMAP_TOP + 2 * COLORBAR_ROOM)
+    layout = base_layout(what, IMAGE_SIDE + 2 * COLORBAR_ROOM, IMAGE_SIDE + HEATMAP_TOP + 2 * COLORBAR_ROOM)
     x_title, y_title = ("key: encoder token", "query: decoder token") if is_cross(trace) else ("key", "query")
-    fig.update_layout(
-        title=notes_title(notes), margin=dict(l=COLORBAR_ROOM + 40, r=COLORBAR_ROOM, t=HEATMAP_TOP, b=COLORBAR_ROOM),
+    layout["title"].update(notes_title(notes))
+    layout.update(  # one layout made whole, not a figure updated: Plotly's update_layout costs 20-100 ms a change
+        margin=dict(l=COLORBAR_ROOM + 40, r=COLORBAR_ROOM, t=HEATMAP_TOP, b=COLORBAR_ROOM),
         xaxis=dict(title=dict(text=x_title), showgrid=False, **_image_ticks(trace, key_starts), tickangle=-90),
         yaxis=dict(title=dict(text=y_title), autorange="reversed", showgrid=False, scaleanchor="x",
                    constrain="domain", **_image_ticks(query_side(trace), query_starts)),
-        plot_bgcolor=MASKED_COLOR if np.isnan(image).any() else None,
+        plot_bgcolor=MASKED_COLOR if np.isnan(image).any() else None,  # None: Plotly's own (white)
     )
+    fig = go.Figure(layout=layout)
     fig.add_trace(go.Heatmap(
         z=z, x=key_starts.astype(np.int32), y=query_starts.astype(np.int32), colorscale=colorscale,
         zmin=low if log_color else 0.0, zmax=high, colorbar=_weight_colorbar(log_color, 0.8), name="attention",

@@ -45,7 +45,8 @@ from viz.selection import (
 
 log = logging.getLogger("headlight.long_inputs")
 FULL_TOKENS = 512  # a heatmap shows every cell up to this many queries and keys; beyond, a block image
-IMAGE_CELLS = 512  # a block image has at most this many cells a side (512 x 512 float32: ~3 MB of JSON)
+IMAGE_CELLS = 256  # a block image has at most this many cells a side (256 x 256 float32: ~0.45 MB of JSON); zoom
+# windows of up to FULL_TOKENS a side show every cell
 CHUNK_BYTES = 32 * 2**20  # the (R, T) float32 rows one step of a block image reads at once
 TOKEN_WINDOW = 256  # the token view and head lines show at most this many tokens around the query token
 
@@ -353,7 +354,8 @@ def in_full_text(fig: go.Figure, window: tuple[int, str] | None) -> go.Figure:
 HEAD_BLOCK_HOWS = ("max", "mean")  # the reductions a head's block image is kept by (one read of the head makes both)
 IMAGE_SHARE = 8  # the kept head images hold at most HEADLIGHT_CACHE_MB / IMAGE_SHARE bytes ...
 IMAGE_MAX_BYTES = 128 * 2**20  # ... and at most this (64 heads' two images; the rest of a big budget goes to traces)
-AHEAD_SHARE = 2  # one trace's images computed ahead hold at most half of that: the heads nearest the shown one
+AHEAD_SHARE = 2  # one trace's images computed ahead hold at most half of that: the heads nearest the shown one ...
+AHEAD_HEADS = 32  # ... and at most this many (the background work per trace stays bounded as images get smaller)
 IDLE_SECONDS = 30.0  # a precompute thread with nothing left to do ends after this long (``focus`` starts another)
 AHEAD_CHUNK_BYTES = 8 * 2**20  # computing ahead reads smaller chunks than a view: it pauses for views sooner
 SETTLE_SECONDS = 1.0  # computing ahead waits this long after the focus moved: the change is drawn first
@@ -483,7 +485,8 @@ def ahead_order(layers: int, heads: int, layer: int, head: int, count: int) -> l
 class HeadPrecompute:
     """Block images (``HEAD_BLOCK_HOWS``) of a long trace's heads computed in a background thread into
     ``HEAD_BLOCKS``, nearest the shown head first (``ahead_order``), at most ``image_limit() / AHEAD_SHARE`` bytes
-    of them: a layer or head change then reads its image instead of computing the head's (T, T) weights.
+    and ``AHEAD_HEADS`` heads of them: a layer or head change then reads its image instead of computing the head's
+    (T, T) weights.
 
     Bounded: one step (a head) at a time in the process, only ``SETTLE_SECONDS`` after the focus last moved (a
     layer or head change is drawn first, its cores not shared) and only while no view is computing one; the trace held
@@ -536,7 +539,7 @@ class HeadPrecompute:
         if self._cancelled.is_set() or self._trace() is None:
             return []
         per_head = len(HEAD_BLOCK_HOWS) * 4 * IMAGE_CELLS * IMAGE_CELLS
-        count = max(1, image_limit() // AHEAD_SHARE // per_head)
+        count = max(1, min(AHEAD_HEADS, image_limit() // AHEAD_SHARE // per_head))
         kept = _resized()
         with self._lock:
             focus, done = self._focus, set(self._done)
