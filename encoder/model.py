@@ -29,9 +29,8 @@ TOP_K = 10  # candidates per position in ``next_ids`` / ``next_probs`` (and ``Co
 
 class LayerStates:
     """A long pass's residual stream as NumPy as it goes: ``array`` (B, N, T, D), each state copied in when it is
-    appended (or set: ``states[-1] = x``), so its tensor is dropped with the next layer's and the N states are held
-    once (never a list of tensors and their stack together: 0.55 GB each for 30 layers of width 576 at 8,192
-    tokens).
+    appended (or set: ``states[-1] = x``) or written by its layer into ``next()``, so the N states are held once
+    (never a list of tensors and their stack together: 0.55 GB each for 30 layers of width 576 at 8,192 tokens).
 
     Args:
         first: (B, T, D) tensor, the first state (the embeddings).
@@ -45,8 +44,12 @@ class LayerStates:
         self.append(first)
 
     def append(self, state) -> None:
-        self.array[:, self.size] = np.asarray(state)  # a view of the tensor's buffer: no copy
+        self.next()[...] = np.asarray(state)  # a view of the tensor's buffer: no copy
+
+    def next(self) -> np.ndarray:
+        """(B, T, D): the next state's place in ``array``, for its layer to write (it counts as appended)."""
         self.size += 1
+        return self.array[:, self.size - 1]
 
     def __setitem__(self, index: int, state) -> None:
         self.array[:, index] = np.asarray(state)
@@ -223,7 +226,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
 
     def call_rows(self, token_ids, segment_ids=None, rows: int = 512, full_logits: bool = False, keep=None) -> dict:
         """A long unpadded input at inference, its attention never held whole: each layer's weights are computed
-        ``rows`` queries at a time, mix the values and are dropped (``InstrumentedAttention``'s ``rows``).
+        ``rows`` queries at a time, mix the values and are dropped, and the rest of the layer runs a chunk of
+        positions at a time, written into the NumPy ``hidden`` (``EncoderLayer.call_rows``).
 
         Args:
             token_ids, segment_ids, full_logits: as ``call``.
@@ -249,8 +253,9 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         blocks = RowBlocks(rows, self.config.attention.causal, self.config.attention.window_kind)
         hidden = LayerStates(x, len(self.encoder_layers) + 1)  # (B, L + 1, T, D) NumPy, filled as the layers go
         for index, layer in enumerate(self.encoder_layers):
-            x, _, _, kept = layer(x, position_bias=position_bias, training=False, rows=blocks)
-            hidden.append(x)
+            state = hidden.next()  # (B, T, D) NumPy, which the layer fills
+            kept = layer.call_rows(x, position_bias, blocks, state)
+            x = ops.convert_to_tensor(state)  # the next layer's input; this layer's is dropped
             if keep is not None:
                 keep(index, *(ops.transpose(part, (0, 2, 1, 3)) for part in kept))  # (B, T, heads, dh)
             del kept  # this layer's queries and keys: not held while the next layer runs
