@@ -23,7 +23,8 @@ from encoder.parts.schemes import position_part
 from encoder.positional import window_visible
 
 POSITIONS = "positions"  # the name of the position scheme's part (its variables are under ``positions/``)
-LM_ROW_BYTES = 32 * 2**20  # a long input's LM head: the (rows, V) float32 logits of one block of positions
+LM_ROW_BYTES = 16 * 2**20  # a long input's LM head: the (rows, V) float32 logits of one block of positions
+VOCAB_ROW_BYTES = 8 * 2**20  # ... and of a tied head, the token embedding's rows one product reads (and copies)
 TOP_K = 10  # candidates per position in ``next_ids`` / ``next_probs`` (and ``CompiledEncoder.lens_top_k``)
 
 
@@ -269,21 +270,31 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         kind = self.config.positions.kind
         return kind in ("absolute", "rotary", "relative_buckets") and not self.config.attention.cross
 
-    def lm_logits(self, x):
+    def lm_logits(self, x, by_vocab: bool = False):
         """(B, T, D) last hidden states (after the final norm, as ``hidden[-1]``) -> (B, T, V) float32 logits of
-        the LM head (the token embedding when tied), soft-capped when the config says so (Gemma 2); ``x`` scaled
-        first by ``head.output_scale`` (T5) and the logits shifted by ``logit_bias`` (BART) when the head has
-        them."""
+        the LM head (the token embedding when tied: ``tied_logits``, ``by_vocab`` as there), soft-capped when the
+        config says so (Gemma 2); ``x`` scaled first by ``head.output_scale`` (T5) and the logits shifted by
+        ``logit_bias`` (BART) when the head has them."""
         head = self.config.head
         if head.output_scale != 1.0:
             x = x * ops.cast(head.output_scale, x.dtype)
-        if self.lm_head is not None:
-            logits = self.lm_head(x)
-        else:
-            logits = ops.einsum("btd,vd->btv", x, self.token_embedding.embeddings)
+        logits = self.lm_head(x) if self.lm_head is not None else self.tied_logits(x, by_vocab)
         if self.logit_bias is not None:
             logits = logits + self.logit_bias
         return soft_cap(logits, head.logit_softcap) if head.logit_softcap else logits
+
+    def tied_logits(self, x, by_vocab: bool = False):
+        """(B, T, V): ``x`` (B, T, E) times the token embedding (V, E), transposed. The product copies the
+        embedding it reads transposed (113 MB for SmolLM2's); ``by_vocab`` (a long input's blocks of positions, run
+        eagerly) reads ``VOCAB_ROW_BYTES`` of its rows at a time instead: the same logits, bit for bit (measured
+        with oneDNN: each logit is the same product over E)."""
+        table = self.token_embedding.embeddings  # (V, E)
+        if not by_vocab:
+            return ops.einsum("btd,vd->btv", x, table)
+        vocab, width = table.shape
+        step = max(1, VOCAB_ROW_BYTES // (4 * width))
+        return ops.concatenate([ops.einsum("btd,vd->btv", x, table[begin:begin + step])
+                                for begin in range(0, vocab, step)], axis=-1)
 
     def lens_logits(self, x):
         """(B, T, D) residual stream of any layer (before the final norm) -> (B, T, V): the final norm, then
@@ -301,13 +312,13 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             return self._next_token_rows(x, token_ids[:, 1:], full_logits)
         length = ops.shape(x)[1]
         blocks = [self._next_token_rows(x[:, begin:begin + rows], token_ids[:, begin + 1:begin + rows + 1],
-                                        full_logits) for begin in range(0, length, rows)]
+                                        full_logits, by_vocab=True) for begin in range(0, length, rows)]
         return {name: ops.concatenate([block[name] for block in blocks], axis=1) for name in blocks[0]}
 
-    def _next_token_rows(self, x, following_ids, full_logits: bool) -> dict:
+    def _next_token_rows(self, x, following_ids, full_logits: bool, by_vocab: bool = False) -> dict:
         """``_next_tokens`` of n positions ``x`` (B, n, D) whose following tokens are ``following_ids`` (B, m), m = n,
-        or n - 1 when the last position has none (its ``next_logprob`` is NaN)."""
-        logits = self.lm_logits(x)  # (B, n, V)
+        or n - 1 when the last position has none (its ``next_logprob`` is NaN); ``by_vocab`` as ``tied_logits``."""
+        logits = self.lm_logits(x, by_vocab)  # (B, n, V)
         normaliser = ops.logsumexp(logits, axis=-1)  # (B, n)
         top, ids = ops.top_k(logits, k=min(TOP_K, self.config.vocab_size))
         known = ops.shape(following_ids)[1]
