@@ -120,8 +120,8 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         norms and MLP run on its rows alone (each position's output is its own row's), as ``call`` runs them.
 
         Returns:
-            ``(queries (B, H, T, dh), keys (B, Hkv, T, dh))``, heads first, as the logit rule multiplies them
-            (``encoder.parts.attention.prepared_queries_keys``): with them, ``attention_rows`` gives any rows'
+            ``(queries (B, T, H, dh), keys (B, Hkv, T, dh))``, the keys heads first, as the logit rule multiplies
+            them (``encoder.parts.attention.prepared_queries_keys``): with them, ``attention_rows`` gives any rows'
             weights again, exactly.
         """
         queries, keys, values = self.attention.row_operands(self.attention_input(x), position_bias)

@@ -258,7 +258,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             kept = layer.call_rows(x, position_bias, blocks, state)
             x = ops.convert_to_tensor(state)  # the next layer's input; this layer's is dropped
             if keep is not None:
-                keep(index, *(ops.transpose(part, (0, 2, 1, 3)) for part in kept))  # (B, T, heads, dh)
+                keep(index, kept[0], ops.transpose(kept[1], (0, 2, 1, 3)))  # (B, T, heads, dh) each
             del kept  # this layer's queries and keys: not held while the next layer runs
         positions = max(1, LM_ROW_BYTES // (4 * self.config.vocab_size))  # the LM head's (rows, V) logits at once
         return self._finish(x, hidden, token_ids, None, full_logits, {}, positions)

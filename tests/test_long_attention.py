@@ -295,3 +295,16 @@ def test_a_block_over_the_keys_it_can_see_equals_the_whole_row(monkeypatch, fami
     assert_close_f32(blocks, whole, ulps=4, scale=1.0)
     seen = visible_rows(0, tokens, tokens, causal, window, recipe.window_kind)[0]
     np.testing.assert_array_equal(blocks[:, ~seen], 0.0)
+
+
+def test_rotary_positions_by_blocks_of_positions_equal_all_at_once():
+    """A long input's queries and keys turn ``ROTATE_ROWS`` positions at a time (``rotate_by_rows``): the same
+    numbers, bit for bit, as all T at once (each is its own position's), a last block shorter included."""
+    from encoder.parts.positions import rotary_angles, rotate, rotate_by_rows
+    from encoder.positional import rope_frequencies
+
+    x = np.random.default_rng(0).normal(size=(1, 2500, 3, 16)).astype(np.float32)  # (B, T, H, dh)
+    cos, sin = rotary_angles(rope_frequencies(10000.0, 16), 2500)
+    whole = np.asarray(rotate(x, cos, sin))
+    np.testing.assert_array_equal(np.asarray(rotate_by_rows(x, cos, sin, rows=1000)), whole)
+    np.testing.assert_array_equal(np.asarray(rotate_by_rows(x, cos, sin, rows=4096)), whole)
