@@ -8,12 +8,13 @@ import numpy as np
 from keras import ops
 
 from encoder.config import EncoderConfig
-from encoder.parts.attention import RowBlocks, prepared_queries_keys
+from encoder.parts.attention import RowBlocks, heads_first, prepared_queries_keys
 from encoder.parts.mlp import feed_forward, mlp_layers
 from encoder.parts.norms import make_norm
 from encoder.parts.positions import AbsolutePart
 from encoder.parts.schemes import position_part
 
+PROJECTION_ROWS = 1024  # a long input's norms and projections before its attention: positions at a time
 MLP_ROW_BYTES = 16 * 2**20  # a long input's MLP: the (rows, 2 dff) float32 intermediates of one chunk of positions
 
 
@@ -27,6 +28,16 @@ class ConfigArgument:
     def from_config(cls, config):
         config = dict(config)
         return cls(EncoderConfig.from_dict(config.pop("config")), **config)
+
+
+def by_positions(function, x, rows: int | None, axis: int = 1):
+    """``function`` of ``x`` (B, T, ...), a function of each position's own row, ``rows`` positions at a time (a
+    known T and ``rows``; else all at once), its outputs joined along ``axis`` (where their positions are): the
+    same numbers, with temporaries of ``rows`` positions instead of T."""
+    length = x.shape[1]
+    if rows is None or length is None or length <= rows:
+        return function(x)
+    return ops.concatenate([function(x[:, begin:begin + rows]) for begin in range(0, length, rows)], axis=axis)
 
 
 @keras.saving.register_keras_serializable(package="headlight")
@@ -124,7 +135,7 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
             them (``encoder.parts.attention.prepared_queries_keys``): with them, ``attention_rows`` gives any rows'
             weights again, exactly.
         """
-        queries, keys, values = self.attention.row_operands(self.attention_input(x), position_bias)
+        queries, keys, values = self.row_operands(x, position_bias)
         blocks = rows.for_window(self.window)
         length = int(x.shape[1])
         chunk = self.chunk_rows(blocks.size)
@@ -135,6 +146,16 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
                                         for block in blocks.blocks(length, begin, end)], axis=1)  # (B, R, D)
             out[:, begin:end] = np.asarray(self._add_fed(self._add_attended(x[:, begin:end], attended), False))
         return queries, keys
+
+    def row_operands(self, x, position_bias):
+        """``(queries (B, T, H, dh), keys (B, Hkv, T, dh), values (B, Hkv, T, dh))`` of this layer's self-attention on
+        a long input ``x`` (B, T, D), the queries and keys as the logit rule multiplies them (``queries_keys``),
+        the keys and values heads first, for ``InstrumentedAttention.attended_rows`` (which puts each block's
+        queries heads first). Each full-length temporary is dropped as soon as it is dead (TensorFlow's CPU
+        allocator keeps its peak rather than give memory back)."""
+        queries, keys = self.queries_keys(x, position_bias)
+        keys = heads_first(keys)
+        return queries, keys, self.projected_by_rows(x, ("values",))[0]
 
     def chunk_rows(self, block: int) -> int:
         """Positions per chunk of ``call_rows``: whole blocks of ``block`` queries, as many as keep the chunk's
@@ -166,11 +187,25 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
     def queries_keys(self, x, position_bias=None):
         """``(queries (B, T, H, dh), keys (B, T, Hkv, dh))`` of this layer's self-attention on its input ``x``
         (B, T, D), as its logit rule multiplies them (``encoder.parts.attention.prepared_queries_keys``): the ones
-        the pass by rows (``rows``) hands back, by the same operations on all T positions at once;
+        the pass by rows (``call_rows``) multiplies, by the same operations (``projected_by_rows``);
         ``position_bias`` as that pass's (``positions.row_context``)."""
-        attended = self.attention_input(x)
-        query, key = self.attention.projected_queries_keys(attended, attended)
+        query, key = self.projected_by_rows(x)
         return prepared_queries_keys(self.attention.logits, self.attention, query, key, position_bias)
+
+    def projected_by_rows(self, x, parts: tuple[str, ...] = ("queries", "keys")) -> tuple:
+        """Of ``parts``, ``queries`` (B, T, H, dh), ``keys`` (B, T, Hkv, dh), ``values`` (B, Hkv, T, dh) heads first:
+        this layer's ``attention_input`` of ``x`` (B, T, D) projected (q/k norms included, before positions act),
+        ``PROJECTION_ROWS`` positions at a time (each position's are its own row's), so the norm's and the
+        projections' temporaries are never full-length."""
+        return tuple(by_positions(lambda rows, part=part: self._projected(rows, part), x, PROJECTION_ROWS,
+                                  axis=2 if part == "values" else 1) for part in parts)
+
+    def _projected(self, x, part: str):
+        """One of ``projected_by_rows``' three of ``x`` (B, n, D)."""
+        attended = self.attention_input(x)
+        if part == "values":
+            return heads_first(self.attention.value_dense(attended))
+        return self.attention.projected_queries_keys(attended, attended)[part == "keys"]
 
     def _cross_attend(self, x, encoder_hidden, encoder_mask, pre: bool, training):
         """``(x, pattern)``: the residual stream after the cross-attention sublayer, and its (B, H, T, S) weights."""

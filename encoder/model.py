@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from encoder.block import ConfigArgument, EncoderLayer
+from encoder.block import PROJECTION_ROWS, ConfigArgument, EncoderLayer, by_positions
 from encoder.config import EncoderConfig
 from encoder.parts.attention import RowBlocks, soft_cap
 from encoder.parts.mlp import activate
@@ -249,7 +249,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         """
         if not self.rows_supported:
             raise ValueError("this model's attention cannot run a block of queries at a time")
-        x = self._embed(token_ids, segment_ids, False)  # (B, T, D)
+        x = self._embed(token_ids, segment_ids, False, by_rows=True)  # (B, T, D)
         position_bias = self.positions.row_context(ops.shape(token_ids)[1])
         blocks = RowBlocks(rows, self.config.attention.causal, self.config.attention.window_kind)
         hidden = LayerStates(x, len(self.encoder_layers) + 1)  # (B, L + 1, T, D) NumPy, filled as the layers go
@@ -378,9 +378,10 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         ``embedding_noise`` in ``call`` is added to exactly this tensor."""
         return self._embed(token_ids, segment_ids, False)
 
-    def _embed(self, token_ids, segment_ids, training, start=None):
+    def _embed(self, token_ids, segment_ids, training, start=None, by_rows: bool = False):
         """Token (+ type) + position embeddings, normalised, projected to ``d_model`` when factorised; ``start``:
-        the tokens follow that many earlier ones (``extend``)."""
+        the tokens follow that many earlier ones (``extend``); ``by_rows`` (a long input) the norm and the
+        projection ``PROJECTION_ROWS`` positions at a time (``encoder.block.by_positions``)."""
         cfg = self.config
         x = self.token_embedding(token_ids)  # (B, T, E)
         if cfg.embeddings.scale:
@@ -390,11 +391,12 @@ class TransformerEncoder(ConfigArgument, keras.Model):
                 segment_ids = ops.zeros_like(token_ids)
             x = x + self.segment_embedding(segment_ids)
         x = self.positions.add_to(x, token_ids, start)  # the absolute table's rows, when the scheme has a table
+        rows = PROJECTION_ROWS if by_rows else None
         if self.embedding_norm is not None:
-            x = self.embedding_norm(x)
+            x = by_positions(self.embedding_norm, x, rows)
         x = self.embedding_dropout(x, training=training)
         if self.embedding_projection is not None:
-            x = self.embedding_projection(x)  # (B, T, D)
+            x = by_positions(self.embedding_projection, x, rows)  # (B, T, D)
         return x
 
     def _attention_mask(self, token_ids, padding_mask):

@@ -96,17 +96,23 @@ def test_a_long_decoders_lm_head_goes_a_block_of_positions_at_a_time(monkeypatch
 
 @pytest.mark.parametrize("family", ["llama", "modernbert"])
 def test_a_long_inputs_mlp_goes_a_block_of_positions_at_a_time(monkeypatch, family):
-    """The lazy path's layers, 7 positions at a time after their queries, keys and values (blocks of 7 queries,
-    then their residual sums, norms and MLP: never all (T, dff) intermediates): the hidden states and the
-    attention equal the eager trace's within rounding (gated SwiGLU: Llama; GeGLU, post-attention: ModernBERT)."""
+    """The lazy path's layers a few positions at a time: the embeddings' norm, each layer's norm and projections
+    (5), its rotary positions (6), then blocks of 7 queries and their residual sums, norms and MLP (never all
+    (T, dff) intermediates): the hidden states and the attention equal the eager trace's within rounding (gated
+    SwiGLU: Llama; GeGLU, post-attention: ModernBERT)."""
     import encoder.attention_store
     import encoder.block
+    import encoder.model
+    import encoder.parts.positions
 
     model = load_family(family)
     text = long_text(80)
     tokens = len(model.tokenizer.encode(text, None, None).token_ids)
     monkeypatch.setattr(encoder.attention_store, "ROW_BLOCK_BYTES", 4 * model.config.num_heads * tokens * 7)
     monkeypatch.setattr(encoder.block, "MLP_ROW_BYTES", 4 * 2 * model.config.block.dff * 7)
+    for module in (encoder.block, encoder.model):  # the norms and projections before the attention: 5 positions
+        monkeypatch.setattr(module, "PROJECTION_ROWS", 5)
+    monkeypatch.setattr(encoder.parts.positions, "ROTATE_ROWS", 6)  # the rotary positions: 6
     assert encoder.attention_store.block_rows(model.config.num_heads, tokens) == 7
     assert model.model.encoder_layers[0].chunk_rows(7) == 7 and tokens > 7 * 4
     assert_lazy_matches_eager(model, text, ulps=32)

@@ -139,23 +139,12 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
             q, k = self.query_norm(q), self.key_norm(k)
         return q, k
 
-    def row_operands(self, x, position_bias):
-        """``(queries (B, T, H, dh), keys (B, Hkv, T, dh), values (B, Hkv, T, dh))`` of a long input's self-attention
-        on ``x`` (B, T, D), the queries and keys as the logit rule multiplies them (``prepared_queries_keys``), the
-        keys and values heads first, for ``attended_rows`` (which puts each block's queries heads first). Each
-        projection's full-length temporary is dropped as soon as it is dead (TensorFlow's CPU allocator keeps its
-        peak rather than give memory back)."""
-        queries, keys = self.projected_queries_keys(x, x)
-        queries, keys = prepared_queries_keys(self.logits, self, queries, keys, position_bias)
-        keys = heads_first(keys)
-        return queries, keys, heads_first(self.value_dense(x))
-
     def attended_rows(self, queries, keys, values, rows: RowBlocks, begin: int, end: int, first: int, last: int,
                       position_bias=None):
         """(B, R, D): the attention's output at queries ``begin`` .. ``end - 1`` (a block of ``rows``, seeing keys
-        ``first`` .. ``last - 1``: ``RowBlocks.blocks``) of a long input at inference, from its ``row_operands``:
-        the block's weights (``attention_rows``, then dropped) mixing those keys' values, through the output
-        projection."""
+        ``first`` .. ``last - 1``: ``RowBlocks.blocks``) of a long input at inference, from its queries (B, T, H,
+        dh), keys and values (B, Hkv, T, dh) (``EncoderLayer.row_operands``): the block's weights
+        (``attention_rows``, then dropped) mixing those keys' values, through the output projection."""
         bias = rows.bias(self.logits, position_bias, begin, end, first, last)
         weights = attention_rows(heads_first(queries[:, begin:end]), keys[:, :, first:last], self.scaling, bias,
                                  self.softcap, rows.visible(begin, end, first, last))  # (B, H, R, K)

@@ -275,11 +275,11 @@ def rotate(x, cos, sin):
     return x * cos + ops.concatenate([-second, first], axis=-1) * sin
 
 
-def rotate_by_rows(x, cos, sin, rows: int = ROTATE_ROWS):
-    """``rotate`` of ``x`` (B, T, H, dh) ``rows`` positions at a time (a known T; else all at once): the same
-    numbers (each is its own position's), with temporaries of ``rows`` positions instead of T (a long input's
-    queries and keys: ``prepare``)."""
-    length = x.shape[1]
+def rotate_by_rows(x, cos, sin, rows: int | None = None):
+    """``rotate`` of ``x`` (B, T, H, dh) ``rows`` (None: ``ROTATE_ROWS``) positions at a time (a known T; else all
+    at once): the same numbers (each is its own position's), with temporaries of ``rows`` positions instead of T
+    (a long input's queries and keys: ``prepare``)."""
+    length, rows = x.shape[1], rows or ROTATE_ROWS
     if length is None or length <= rows:
         return rotate(x, cos, sin)
     return ops.concatenate([rotate(x[:, begin:begin + rows], cos[:, begin:begin + rows], sin[:, begin:begin + rows])
