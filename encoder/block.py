@@ -15,7 +15,7 @@ from encoder.parts.positions import AbsolutePart
 from encoder.parts.schemes import position_part
 
 PROJECTION_ROWS = 1024  # a long input's norms and projections before its attention: positions at a time
-MLP_ROW_BYTES = 16 * 2**20  # a long input's MLP: the (rows, 2 dff) float32 intermediates of one chunk of positions
+MLP_ROW_BYTES = 8 * 2**20  # a long input's MLP: the (rows, 2 dff) float32 intermediates of one chunk of positions
 
 
 class ConfigArgument:
@@ -31,13 +31,14 @@ class ConfigArgument:
 
 
 def by_positions(function, x, rows: int | None, axis: int = 1):
-    """``function`` of ``x`` (B, T, ...), a function of each position's own row, ``rows`` positions at a time (a
-    known T and ``rows``; else all at once), its outputs joined along ``axis`` (where their positions are): the
-    same numbers, with temporaries of ``rows`` positions instead of T."""
+    """``function`` of ``x`` (B, T, ...) (a tensor or NumPy), a function of each position's own row, ``rows``
+    positions at a time (a known T and ``rows``; else all at once), its outputs joined along ``axis`` (where their
+    positions are): the same numbers, with temporaries of ``rows`` positions instead of T."""
     length = x.shape[1]
     if rows is None or length is None or length <= rows:
-        return function(x)
-    return ops.concatenate([function(x[:, begin:begin + rows]) for begin in range(0, length, rows)], axis=axis)
+        return function(ops.convert_to_tensor(x))
+    return ops.concatenate([function(ops.convert_to_tensor(x[:, begin:begin + rows]))
+                            for begin in range(0, length, rows)], axis=axis)
 
 
 @keras.saving.register_keras_serializable(package="headlight")
@@ -124,7 +125,8 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         return (self._add_fed(x, training), pattern, terms, *kept, *crossed)
 
     def call_rows(self, x, position_bias, rows: RowBlocks, out: np.ndarray):
-        """This layer on a long unpadded input ``x`` (B, T, D) at inference, its output written into ``out`` (B, T,
+        """This layer on a long unpadded input ``x`` (B, T, D) at inference (NumPy: the pass's states, read a chunk
+        at a time, so that no full-length copy of it is made), its output written into ``out`` (B, T,
         D) NumPy a chunk of positions at a time (``chunk_rows``), so that no full-length tensor after the
         attention's queries, keys and values is made: each block of ``rows.size`` queries' weights over the keys it
         can see (``RowBlocks.blocks``, ``attention_rows``) mix those keys' values, then the chunk's residual sums,
@@ -144,7 +146,8 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
             attended = ops.concatenate([self.attention.attended_rows(queries, keys, values, blocks, *block,
                                                                      position_bias)
                                         for block in blocks.blocks(length, begin, end)], axis=1)  # (B, R, D)
-            out[:, begin:end] = np.asarray(self._add_fed(self._add_attended(x[:, begin:end], attended), False))
+            stream = self._add_attended(ops.convert_to_tensor(x[:, begin:end]), attended)  # (B, R, D)
+            out[:, begin:end] = np.asarray(self._add_fed(stream, False))
         return queries, keys
 
     def row_operands(self, x, position_bias):

@@ -253,15 +253,16 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         position_bias = self.positions.row_context(ops.shape(token_ids)[1])
         blocks = RowBlocks(rows, self.config.attention.causal, self.config.attention.window_kind)
         hidden = LayerStates(x, len(self.encoder_layers) + 1)  # (B, L + 1, T, D) NumPy, filled as the layers go
+        x = hidden.array[:, 0]  # each layer reads its input from the NumPy states a chunk at a time
         for index, layer in enumerate(self.encoder_layers):
             state = hidden.next()  # (B, T, D) NumPy, which the layer fills
             kept = layer.call_rows(x, position_bias, blocks, state)
-            x = ops.convert_to_tensor(state)  # the next layer's input; this layer's is dropped
+            x = state
             if keep is not None:
                 keep(index, kept[0], ops.transpose(kept[1], (0, 2, 1, 3)))  # (B, T, heads, dh) each
             del kept  # this layer's queries and keys: not held while the next layer runs
         positions = max(1, LM_ROW_BYTES // (4 * self.config.vocab_size))  # the LM head's (rows, V) logits at once
-        return self._finish(x, hidden, token_ids, None, full_logits, {}, positions)
+        return self._finish(ops.convert_to_tensor(x), hidden, token_ids, None, full_logits, {}, positions)
 
     @property
     def rows_supported(self) -> bool:
