@@ -33,7 +33,7 @@ from encoder.settings import settings
 
 EAGER_MAX_BYTES = 256 * 2**20  # a trace whose (L, H, T, T) float32 attention is larger keeps it lazily ...
 EAGER_MAX_TOKENS = 512  # ... when it has more tokens than this (every trace up to 512 tokens keeps the array)
-ROW_BLOCK_BYTES = 8 * 2**20  # the (H, R, T) float32 weights one block of queries computes at once
+ROW_BLOCK_BYTES = 16 * 2**20  # the (H, R, T) float32 weights one block of queries computes at once
 
 
 def piece_limit() -> int:
