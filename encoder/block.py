@@ -4,16 +4,18 @@ an ``EncoderConfig``."""
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from encoder.config import EncoderConfig
-from encoder.parts.attention import prepared_queries_keys
+from encoder.parts.attention import RowBlocks, heads_first, prepared_queries_keys
 from encoder.parts.mlp import feed_forward, mlp_layers
 from encoder.parts.norms import make_norm
 from encoder.parts.positions import AbsolutePart
 from encoder.parts.schemes import position_part
 
-MLP_ROW_BYTES = 16 * 2**20  # a long input's MLP: the (rows, 2 dff) float32 intermediates of one block of positions
+PROJECTION_ROWS = 1024  # a long input's norms and projections before its attention: positions at a time
+MLP_ROW_BYTES = 8 * 2**20  # a long input's MLP: the (rows, 2 dff) float32 intermediates of one chunk of positions
 
 
 class ConfigArgument:
@@ -26,6 +28,17 @@ class ConfigArgument:
     def from_config(cls, config):
         config = dict(config)
         return cls(EncoderConfig.from_dict(config.pop("config")), **config)
+
+
+def by_positions(function, x, rows: int | None, axis: int = 1):
+    """``function`` of ``x`` (B, T, ...) (a tensor or NumPy), a function of each position's own row, ``rows``
+    positions at a time (a known T and ``rows``; else all at once), its outputs joined along ``axis`` (where their
+    positions are): the same numbers, with temporaries of ``rows`` positions instead of T."""
+    length = x.shape[1]
+    if rows is None or length is None or length <= rows:
+        return function(ops.convert_to_tensor(x))
+    return ops.concatenate([function(ops.convert_to_tensor(x[:, begin:begin + rows]))
+                            for begin in range(0, length, rows)], axis=axis)
 
 
 @keras.saving.register_keras_serializable(package="headlight")
@@ -89,43 +102,85 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
             self.cross_attention_norm.build(input_shape)
 
     def call(self, x, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
-             attention_scale=None, training=None, cache=None, start=None, encoder_hidden=None, encoder_mask=None,
-             rows=None):
-        """``(x, pattern, terms)``; with ``rows`` (a long unpadded input, ``encoder.parts.attention.RowBlocks``), the
-        attention runs a block of queries at a time: pattern None, terms empty and a fourth item, the layer's
-        ``(queries (B, H, T, dh), keys (B, Hkv, T, dh))`` as its logit rule multiplies them, heads first; with a
-        key/value ``cache`` (generation:
-        ``InstrumentedAttention``'s ``cache`` and ``start``, ``x`` the new tokens only), a fourth item, the layer's
-        new cache; with ``encoder_hidden`` (B, S, D) (a decoder layer, ``attention.cross``), a fourth item, the
-        cross-attention pattern (B, H, T, S), keys hidden where ``encoder_mask`` (broadcastable to (B, T, S) bool)
-        is False."""
+             attention_scale=None, training=None, cache=None, start=None, encoder_hidden=None, encoder_mask=None):
+        """``(x, pattern, terms)``; with a key/value ``cache`` (generation: ``InstrumentedAttention``'s ``cache``
+        and ``start``, ``x`` the new tokens only), a fourth item, the layer's new cache; with ``encoder_hidden``
+        (B, S, D) (a decoder layer, ``attention.cross``), a fourth item, the cross-attention pattern (B, H, T, S),
+        keys hidden where ``encoder_mask`` (broadcastable to (B, T, S) bool) is False. A long input runs by
+        ``call_rows`` instead."""
         probes = dict(value_mask=value_mask, attention_scale=attention_scale)  # InstrumentedAttention's call args
         probes.update({} if cache is None else {"cache": cache, "start": start})
-        probes.update({} if rows is None else {"rows": rows})
         decoder = self.cross_attention is not None
         if (encoder_hidden is not None) != decoder or (decoder and cache is not None):
             raise ValueError("a decoder layer (attention.cross) runs on encoder_hidden, without a cache; no other "
                              "layer takes encoder_hidden")
         crossed = []
-        pre = self.config.block.placement == "pre"
         attended, pattern, terms, *kept = self._attend(self.attention_input(x), attention_mask, head_mask,
                                                        position_bias, training, **probes)
-        if pre:
+        x = self._add_attended(x, attended)
+        if encoder_hidden is not None:
+            x, cross_pattern = self._cross_attend(x, encoder_hidden, encoder_mask,
+                                                  self.config.block.placement == "pre", training)
+            crossed = [cross_pattern]
+        return (self._add_fed(x, training), pattern, terms, *kept, *crossed)
+
+    def call_rows(self, x, position_bias, rows: RowBlocks, out: np.ndarray):
+        """This layer on a long unpadded input ``x`` (B, T, D) at inference (NumPy: the pass's states, read a chunk
+        at a time, so that no full-length copy of it is made), its output written into ``out`` (B, T,
+        D) NumPy a chunk of positions at a time (``chunk_rows``), so that no full-length tensor after the
+        attention's queries, keys and values is made: each block of ``rows.size`` queries' weights over the keys it
+        can see (``RowBlocks.blocks``, ``attention_rows``) mix those keys' values, then the chunk's residual sums,
+        norms and MLP run on its rows alone (each position's output is its own row's), as ``call`` runs them.
+
+        Returns:
+            ``(queries (B, T, H, dh), keys (B, Hkv, T, dh))``, the keys heads first, as the logit rule multiplies
+            them (``encoder.parts.attention.prepared_queries_keys``): with them, ``attention_rows`` gives any rows'
+            weights again, exactly.
+        """
+        queries, keys, values = self.row_operands(x, position_bias)
+        blocks = rows.for_window(self.window)
+        length = int(x.shape[1])
+        chunk = self.chunk_rows(blocks.size)
+        for begin in range(0, length, chunk):
+            end = min(begin + chunk, length)
+            attended = ops.concatenate([self.attention.attended_rows(queries, keys, values, blocks, *block,
+                                                                     position_bias)
+                                        for block in blocks.blocks(length, begin, end)], axis=1)  # (B, R, D)
+            stream = self._add_attended(ops.convert_to_tensor(x[:, begin:end]), attended)  # (B, R, D)
+            out[:, begin:end] = np.asarray(self._add_fed(stream, False))
+        return queries, keys
+
+    def row_operands(self, x, position_bias):
+        """``(queries (B, T, H, dh), keys (B, Hkv, T, dh), values (B, Hkv, T, dh))`` of this layer's self-attention on
+        a long input ``x`` (B, T, D), the queries and keys as the logit rule multiplies them (``queries_keys``),
+        the keys and values heads first, for ``InstrumentedAttention.attended_rows`` (which puts each block's
+        queries heads first). Each full-length temporary is dropped as soon as it is dead (TensorFlow's CPU
+        allocator keeps its peak rather than give memory back)."""
+        queries, keys = self.queries_keys(x, position_bias)
+        keys = heads_first(keys)
+        return queries, keys, self.projected_by_rows(x, ("values",))[0]
+
+    def chunk_rows(self, block: int) -> int:
+        """Positions per chunk of ``call_rows``: whole blocks of ``block`` queries, as many as keep the chunk's
+        (rows, 2 dff) float32 MLP intermediates within ``MLP_ROW_BYTES`` (at least one block)."""
+        return max(1, MLP_ROW_BYTES // (4 * 2 * self.config.block.dff * block)) * block
+
+    def _add_attended(self, x, attended):
+        """(B, T, D): the residual stream ``x`` after the attention sublayer gave ``attended`` (B, T, D)."""
+        if self.config.block.placement == "pre":
             if self.attended_norm is not None:
                 attended = self.attended_norm(attended)
-            x = x + attended
-        else:
-            x = self.attention_norm(x + attended)
-        if encoder_hidden is not None:
-            x, cross_pattern = self._cross_attend(x, encoder_hidden, encoder_mask, pre, training)
-            crossed = [cross_pattern]
-        if pre:
-            fed = self._feed_forward(self.output_norm(x), training, rows is not None)
+            return x + attended
+        return self.attention_norm(x + attended)
+
+    def _add_fed(self, x, training):
+        """(B, T, D): the residual stream ``x`` after the MLP sublayer (its norms as the placement says)."""
+        if self.config.block.placement == "pre":
+            fed = self._feed_forward(self.output_norm(x), training)
             if self.mlp_output_norm is not None:
                 fed = self.mlp_output_norm(fed)
-            return (x + fed, pattern, terms, *kept, *crossed)
-        return (self.output_norm(x + self._feed_forward(x, training, rows is not None)), pattern, terms, *kept,
-                *crossed)
+            return x + fed
+        return self.output_norm(x + self._feed_forward(x, training))
 
     def attention_input(self, x):
         """(B, T, D): what the self-attention reads of the layer's input ``x`` (B, T, D): ``attention_norm(x)``
@@ -135,11 +190,25 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
     def queries_keys(self, x, position_bias=None):
         """``(queries (B, T, H, dh), keys (B, T, Hkv, dh))`` of this layer's self-attention on its input ``x``
         (B, T, D), as its logit rule multiplies them (``encoder.parts.attention.prepared_queries_keys``): the ones
-        the pass by rows (``rows``) hands back, by the same operations on all T positions at once;
+        the pass by rows (``call_rows``) multiplies, by the same operations (``projected_by_rows``);
         ``position_bias`` as that pass's (``positions.row_context``)."""
-        attended = self.attention_input(x)
-        query, key = self.attention.projected_queries_keys(attended, attended)
+        query, key = self.projected_by_rows(x)
         return prepared_queries_keys(self.attention.logits, self.attention, query, key, position_bias)
+
+    def projected_by_rows(self, x, parts: tuple[str, ...] = ("queries", "keys")) -> tuple:
+        """Of ``parts``, ``queries`` (B, T, H, dh), ``keys`` (B, T, Hkv, dh), ``values`` (B, Hkv, T, dh) heads first:
+        this layer's ``attention_input`` of ``x`` (B, T, D) projected (q/k norms included, before positions act),
+        ``PROJECTION_ROWS`` positions at a time (each position's are its own row's), so the norm's and the
+        projections' temporaries are never full-length."""
+        return tuple(by_positions(lambda rows, part=part: self._projected(rows, part), x, PROJECTION_ROWS,
+                                  axis=2 if part == "values" else 1) for part in parts)
+
+    def _projected(self, x, part: str):
+        """One of ``projected_by_rows``' three of ``x`` (B, n, D)."""
+        attended = self.attention_input(x)
+        if part == "values":
+            return heads_first(self.attention.value_dense(attended))
+        return self.attention.projected_queries_keys(attended, attended)[part == "keys"]
 
     def _cross_attend(self, x, encoder_hidden, encoder_mask, pre: bool, training):
         """``(x, pattern)``: the residual stream after the cross-attention sublayer, and its (B, H, T, S) weights."""
@@ -150,11 +219,9 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         return (x if pre else self.cross_attention_norm(x)), pattern
 
     def _attend(self, x, attention_mask, head_mask, position_bias, training, value_mask=None, attention_scale=None,
-                cache=None, start=None, rows=None):
+                cache=None, start=None):
         cached = {} if cache is None else {"cache": cache, "start": start}
-        if rows is not None:  # the blocks mask each block's keys themselves
-            cached["rows"] = rows.for_window(self.window)
-        elif self.window:
+        if self.window:
             attention_mask = self._window_mask(attention_mask, ops.shape(x)[1], **cached)
         attended, pattern, terms, *kept = self.attention(
             x, x, attention_mask=attention_mask, head_mask=head_mask, position_bias=position_bias,
@@ -178,13 +245,7 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
             window = (ops.abs(distance) <= self.window // 2)[None]  # (1, T, S)
         return window if attention_mask is None else ops.logical_and(window, attention_mask)
 
-    def _feed_forward(self, x, training, by_rows: bool = False):
-        """(B, T, D): the MLP on ``x`` (B, T, D); ``by_rows`` (a long input, at inference) a block of positions at a
-        time, so its (B, T, dff) intermediates are never whole (each position's output is its own row's)."""
-        if not by_rows:
-            return self.output_dropout(feed_forward(self.config.block, self.intermediate, self.output_dense, x),
-                                       training=training)
-        step = max(1, MLP_ROW_BYTES // (4 * 2 * self.config.block.dff))  # positions per block: (step, 2 dff) floats
-        length = ops.shape(x)[1]
-        return ops.concatenate([feed_forward(self.config.block, self.intermediate, self.output_dense,
-                                             x[:, begin:begin + step]) for begin in range(0, length, step)], axis=1)
+    def _feed_forward(self, x, training):
+        """(B, T, D): the MLP on ``x`` (B, T, D)."""
+        return self.output_dropout(feed_forward(self.config.block, self.intermediate, self.output_dense, x),
+                                   training=training)

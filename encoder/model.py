@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from encoder.block import ConfigArgument, EncoderLayer
+from encoder.block import PROJECTION_ROWS, ConfigArgument, EncoderLayer, by_positions
 from encoder.config import EncoderConfig
 from encoder.parts.attention import RowBlocks, soft_cap
 from encoder.parts.mlp import activate
@@ -23,15 +23,15 @@ from encoder.parts.schemes import position_part
 from encoder.positional import window_visible
 
 POSITIONS = "positions"  # the name of the position scheme's part (its variables are under ``positions/``)
-LM_ROW_BYTES = 32 * 2**20  # a long input's LM head: the (rows, V) float32 logits of one block of positions
+LM_ROW_BYTES = 16 * 2**20  # a long input's LM head: the (rows, V) float32 logits of one block of positions
+VOCAB_ROW_BYTES = 8 * 2**20  # ... and of a tied head, the token embedding's rows one product reads (and copies)
 TOP_K = 10  # candidates per position in ``next_ids`` / ``next_probs`` (and ``CompiledEncoder.lens_top_k``)
 
 
 class LayerStates:
     """A long pass's residual stream as NumPy as it goes: ``array`` (B, N, T, D), each state copied in when it is
-    appended (or set: ``states[-1] = x``), so its tensor is dropped with the next layer's and the N states are held
-    once (never a list of tensors and their stack together: 0.55 GB each for 30 layers of width 576 at 8,192
-    tokens).
+    appended (or set: ``states[-1] = x``) or written by its layer into ``next()``, so the N states are held once
+    (never a list of tensors and their stack together: 0.55 GB each for 30 layers of width 576 at 8,192 tokens).
 
     Args:
         first: (B, T, D) tensor, the first state (the embeddings).
@@ -45,8 +45,12 @@ class LayerStates:
         self.append(first)
 
     def append(self, state) -> None:
-        self.array[:, self.size] = np.asarray(state)  # a view of the tensor's buffer: no copy
+        self.next()[...] = np.asarray(state)  # a view of the tensor's buffer: no copy
+
+    def next(self) -> np.ndarray:
+        """(B, T, D): the next state's place in ``array``, for its layer to write (it counts as appended)."""
         self.size += 1
+        return self.array[:, self.size - 1]
 
     def __setitem__(self, index: int, state) -> None:
         self.array[:, index] = np.asarray(state)
@@ -223,7 +227,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
 
     def call_rows(self, token_ids, segment_ids=None, rows: int = 512, full_logits: bool = False, keep=None) -> dict:
         """A long unpadded input at inference, its attention never held whole: each layer's weights are computed
-        ``rows`` queries at a time, mix the values and are dropped (``InstrumentedAttention``'s ``rows``).
+        ``rows`` queries at a time, mix the values and are dropped, and the rest of the layer runs a chunk of
+        positions at a time, written into the NumPy ``hidden`` (``EncoderLayer.call_rows``).
 
         Args:
             token_ids, segment_ids, full_logits: as ``call``.
@@ -244,18 +249,20 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         """
         if not self.rows_supported:
             raise ValueError("this model's attention cannot run a block of queries at a time")
-        x = self._embed(token_ids, segment_ids, False)  # (B, T, D)
+        x = self._embed(token_ids, segment_ids, False, by_rows=True)  # (B, T, D)
         position_bias = self.positions.row_context(ops.shape(token_ids)[1])
         blocks = RowBlocks(rows, self.config.attention.causal, self.config.attention.window_kind)
         hidden = LayerStates(x, len(self.encoder_layers) + 1)  # (B, L + 1, T, D) NumPy, filled as the layers go
+        x = hidden.array[:, 0]  # each layer reads its input from the NumPy states a chunk at a time
         for index, layer in enumerate(self.encoder_layers):
-            x, _, _, kept = layer(x, position_bias=position_bias, training=False, rows=blocks)
-            hidden.append(x)
+            state = hidden.next()  # (B, T, D) NumPy, which the layer fills
+            kept = layer.call_rows(x, position_bias, blocks, state)
+            x = state
             if keep is not None:
-                keep(index, *(ops.transpose(part, (0, 2, 1, 3)) for part in kept))  # (B, T, heads, dh)
+                keep(index, kept[0], ops.transpose(kept[1], (0, 2, 1, 3)))  # (B, T, heads, dh) each
             del kept  # this layer's queries and keys: not held while the next layer runs
         positions = max(1, LM_ROW_BYTES // (4 * self.config.vocab_size))  # the LM head's (rows, V) logits at once
-        return self._finish(x, hidden, token_ids, None, full_logits, {}, positions)
+        return self._finish(ops.convert_to_tensor(x), hidden, token_ids, None, full_logits, {}, positions)
 
     @property
     def rows_supported(self) -> bool:
@@ -264,21 +271,31 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         kind = self.config.positions.kind
         return kind in ("absolute", "rotary", "relative_buckets") and not self.config.attention.cross
 
-    def lm_logits(self, x):
+    def lm_logits(self, x, by_vocab: bool = False):
         """(B, T, D) last hidden states (after the final norm, as ``hidden[-1]``) -> (B, T, V) float32 logits of
-        the LM head (the token embedding when tied), soft-capped when the config says so (Gemma 2); ``x`` scaled
-        first by ``head.output_scale`` (T5) and the logits shifted by ``logit_bias`` (BART) when the head has
-        them."""
+        the LM head (the token embedding when tied: ``tied_logits``, ``by_vocab`` as there), soft-capped when the
+        config says so (Gemma 2); ``x`` scaled first by ``head.output_scale`` (T5) and the logits shifted by
+        ``logit_bias`` (BART) when the head has them."""
         head = self.config.head
         if head.output_scale != 1.0:
             x = x * ops.cast(head.output_scale, x.dtype)
-        if self.lm_head is not None:
-            logits = self.lm_head(x)
-        else:
-            logits = ops.einsum("btd,vd->btv", x, self.token_embedding.embeddings)
+        logits = self.lm_head(x) if self.lm_head is not None else self.tied_logits(x, by_vocab)
         if self.logit_bias is not None:
             logits = logits + self.logit_bias
         return soft_cap(logits, head.logit_softcap) if head.logit_softcap else logits
+
+    def tied_logits(self, x, by_vocab: bool = False):
+        """(B, T, V): ``x`` (B, T, E) times the token embedding (V, E), transposed. The product copies the
+        embedding it reads transposed (113 MB for SmolLM2's); ``by_vocab`` (a long input's blocks of positions, run
+        eagerly) reads ``VOCAB_ROW_BYTES`` of its rows at a time instead: the same logits, bit for bit (measured
+        with oneDNN: each logit is the same product over E)."""
+        table = self.token_embedding.embeddings  # (V, E)
+        if not by_vocab:
+            return ops.einsum("btd,vd->btv", x, table)
+        vocab, width = table.shape
+        step = max(1, VOCAB_ROW_BYTES // (4 * width))
+        return ops.concatenate([ops.einsum("btd,vd->btv", x, table[begin:begin + step])
+                                for begin in range(0, vocab, step)], axis=-1)
 
     def lens_logits(self, x):
         """(B, T, D) residual stream of any layer (before the final norm) -> (B, T, V): the final norm, then
@@ -296,13 +313,13 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             return self._next_token_rows(x, token_ids[:, 1:], full_logits)
         length = ops.shape(x)[1]
         blocks = [self._next_token_rows(x[:, begin:begin + rows], token_ids[:, begin + 1:begin + rows + 1],
-                                        full_logits) for begin in range(0, length, rows)]
+                                        full_logits, by_vocab=True) for begin in range(0, length, rows)]
         return {name: ops.concatenate([block[name] for block in blocks], axis=1) for name in blocks[0]}
 
-    def _next_token_rows(self, x, following_ids, full_logits: bool) -> dict:
+    def _next_token_rows(self, x, following_ids, full_logits: bool, by_vocab: bool = False) -> dict:
         """``_next_tokens`` of n positions ``x`` (B, n, D) whose following tokens are ``following_ids`` (B, m), m = n,
-        or n - 1 when the last position has none (its ``next_logprob`` is NaN)."""
-        logits = self.lm_logits(x)  # (B, n, V)
+        or n - 1 when the last position has none (its ``next_logprob`` is NaN); ``by_vocab`` as ``tied_logits``."""
+        logits = self.lm_logits(x, by_vocab)  # (B, n, V)
         normaliser = ops.logsumexp(logits, axis=-1)  # (B, n)
         top, ids = ops.top_k(logits, k=min(TOP_K, self.config.vocab_size))
         known = ops.shape(following_ids)[1]
@@ -362,9 +379,10 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         ``embedding_noise`` in ``call`` is added to exactly this tensor."""
         return self._embed(token_ids, segment_ids, False)
 
-    def _embed(self, token_ids, segment_ids, training, start=None):
+    def _embed(self, token_ids, segment_ids, training, start=None, by_rows: bool = False):
         """Token (+ type) + position embeddings, normalised, projected to ``d_model`` when factorised; ``start``:
-        the tokens follow that many earlier ones (``extend``)."""
+        the tokens follow that many earlier ones (``extend``); ``by_rows`` (a long input) the norm and the
+        projection ``PROJECTION_ROWS`` positions at a time (``encoder.block.by_positions``)."""
         cfg = self.config
         x = self.token_embedding(token_ids)  # (B, T, E)
         if cfg.embeddings.scale:
@@ -374,11 +392,12 @@ class TransformerEncoder(ConfigArgument, keras.Model):
                 segment_ids = ops.zeros_like(token_ids)
             x = x + self.segment_embedding(segment_ids)
         x = self.positions.add_to(x, token_ids, start)  # the absolute table's rows, when the scheme has a table
+        rows = PROJECTION_ROWS if by_rows else None
         if self.embedding_norm is not None:
-            x = self.embedding_norm(x)
+            x = by_positions(self.embedding_norm, x, rows)
         x = self.embedding_dropout(x, training=training)
         if self.embedding_projection is not None:
-            x = self.embedding_projection(x)  # (B, T, D)
+            x = by_positions(self.embedding_projection, x, rows)  # (B, T, D)
         return x
 
     def _attention_mask(self, token_ids, padding_mask):

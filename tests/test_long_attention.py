@@ -73,14 +73,18 @@ def test_fixtures_lazy_equal_eager(family):
     assert_lazy_matches_eager(load_family(family), long_text(80), ulps=32)
 
 
-def test_a_long_decoders_lm_head_goes_a_block_of_positions_at_a_time(monkeypatch):
-    """The LM head's outputs of the lazy path, 7 positions at a time (never all (T, V) logits), equal the eager
-    trace's: the same candidates, their probabilities and each following token's log-probability within rounding,
-    NaN at the last position only."""
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_a_long_decoders_lm_head_goes_a_block_of_positions_at_a_time(monkeypatch, family):
+    """The LM head's outputs of the lazy path, 7 positions at a time (never all (T, V) logits), a tied head's
+    (Qwen3's) 97 rows of the token embedding at a time (never its whole transposed copy), equal the eager trace's:
+    the same candidates, their probabilities and each following token's log-probability within rounding, NaN at
+    the last position only."""
     import encoder.model
 
-    model = load_family("llama")
+    model = load_family(family)
     monkeypatch.setattr(encoder.model, "LM_ROW_BYTES", 4 * model.config.vocab_size * 7)
+    monkeypatch.setattr(encoder.model, "VOCAB_ROW_BYTES", 4 * model.config.d_model * 97)
+    assert (model.model.lm_head is None) == (family == "qwen3")
     eager = trace_text(model, long_text(80), lazy=False)
     lazy = trace_text(model, long_text(80), lazy=True)
     np.testing.assert_array_equal(lazy.outputs["next_ids"], eager.outputs["next_ids"])
@@ -92,13 +96,26 @@ def test_a_long_decoders_lm_head_goes_a_block_of_positions_at_a_time(monkeypatch
 
 @pytest.mark.parametrize("family", ["llama", "modernbert"])
 def test_a_long_inputs_mlp_goes_a_block_of_positions_at_a_time(monkeypatch, family):
-    """The MLP of the lazy path, 7 positions at a time (never all (T, dff) intermediates): the hidden states and
-    the attention equal the eager trace's within rounding (gated SwiGLU: Llama; GeGLU, post-attention: ModernBERT)."""
+    """The lazy path's layers a few positions at a time: the embeddings' norm, each layer's norm and projections
+    (5), its rotary positions (6), then blocks of 7 queries and their residual sums, norms and MLP (never all
+    (T, dff) intermediates): the hidden states and the attention equal the eager trace's within rounding (gated
+    SwiGLU: Llama; GeGLU, post-attention: ModernBERT)."""
+    import encoder.attention_store
     import encoder.block
+    import encoder.model
+    import encoder.parts.positions
 
     model = load_family(family)
+    text = long_text(80)
+    tokens = len(model.tokenizer.encode(text, None, None).token_ids)
+    monkeypatch.setattr(encoder.attention_store, "ROW_BLOCK_BYTES", 4 * model.config.num_heads * tokens * 7)
     monkeypatch.setattr(encoder.block, "MLP_ROW_BYTES", 4 * 2 * model.config.block.dff * 7)
-    assert_lazy_matches_eager(model, long_text(80), ulps=32)
+    for module in (encoder.block, encoder.model):  # the norms and projections before the attention: 5 positions
+        monkeypatch.setattr(module, "PROJECTION_ROWS", 5)
+    monkeypatch.setattr(encoder.parts.positions, "ROTATE_ROWS", 6)  # the rotary positions: 6
+    assert encoder.attention_store.block_rows(model.config.num_heads, tokens) == 7
+    assert model.model.encoder_layers[0].chunk_rows(7) == 7 and tokens > 7 * 4
+    assert_lazy_matches_eager(model, text, ulps=32)
 
 
 def test_the_path_follows_the_bytes_and_the_tokens():
@@ -284,3 +301,16 @@ def test_a_block_over_the_keys_it_can_see_equals_the_whole_row(monkeypatch, fami
     assert_close_f32(blocks, whole, ulps=4, scale=1.0)
     seen = visible_rows(0, tokens, tokens, causal, window, recipe.window_kind)[0]
     np.testing.assert_array_equal(blocks[:, ~seen], 0.0)
+
+
+def test_rotary_positions_by_blocks_of_positions_equal_all_at_once():
+    """A long input's queries and keys turn ``ROTATE_ROWS`` positions at a time (``rotate_by_rows``): the same
+    numbers, bit for bit, as all T at once (each is its own position's), a last block shorter included."""
+    from encoder.parts.positions import rotary_angles, rotate, rotate_by_rows
+    from encoder.positional import rope_frequencies
+
+    x = np.random.default_rng(0).normal(size=(1, 2500, 3, 16)).astype(np.float32)  # (B, T, H, dh)
+    cos, sin = rotary_angles(rope_frequencies(10000.0, 16), 2500)
+    whole = np.asarray(rotate(x, cos, sin))
+    np.testing.assert_array_equal(np.asarray(rotate_by_rows(x, cos, sin, rows=1000)), whole)
+    np.testing.assert_array_equal(np.asarray(rotate_by_rows(x, cos, sin, rows=4096)), whole)

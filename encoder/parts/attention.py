@@ -117,9 +117,7 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         self._output_dense.build((*query_shape[:-1], self._num_heads, self._value_dim))
 
     def call(self, query, value, attention_mask=None, head_mask=None, position_bias=None, value_mask=None,
-             attention_scale=None, training=None, cache=None, start=None, rows=None):
-        if rows is not None:  # a long input: the weights row block by row block, never all (B, H, T, S) at once
-            return self._call_rows(query, value, value_mask, rows, head_mask, position_bias, training)
+             attention_scale=None, training=None, cache=None, start=None):
         q, k = self.projected_queries_keys(query, value)
         v = mask_values(self.value_dense(value), value_mask)  # (B, S, Hkv, dh)
         if cache is not None:  # generation: the earlier tokens' keys and values first
@@ -141,29 +139,17 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
             q, k = self.query_norm(q), self.key_norm(k)
         return q, k
 
-    def _call_rows(self, query, value, value_mask, rows: RowBlocks, head_mask, position_bias, training):
-        """``(output (B, T, D), None, {}, (queries, keys))`` of a long input (``query`` and ``value`` (B, T, D)): each
-        block of ``rows.size`` queries' weights over the keys it can see (``RowBlocks.blocks``, ``attention_rows``)
-        mix those keys' values and are dropped; ``queries`` (B, H, T, dh) and ``keys`` (B, Hkv, T, dh) are
-        ``heads_first`` of the ones the logit rule multiplies (``prepared_queries_keys``): with them,
-        ``attention_rows`` gives any rows' weights again, exactly. Each full-length temporary is dropped as soon as
-        it is dead (the process keeps its peak: TensorFlow's CPU allocator does not give memory back)."""
-        queries, keys = self.projected_queries_keys(query, value)  # (B, T, H, dh), (B, T, Hkv, dh)
-        queries, keys = prepared_queries_keys(self.logits, self, queries, keys, position_bias)
-        queries, keys = heads_first(queries), heads_first(keys)  # (B, H, T, dh), (B, Hkv, T, dh)
-        values = heads_first(mask_values(self.value_dense(value), value_mask))  # (B, Hkv, T, dh)
-        contexts = []
-        for begin, end, first, last in rows.blocks(ops.shape(queries)[2]):
-            bias = rows.bias(self.logits, position_bias, begin, end, first, last)
-            weights = attention_rows(queries[:, :, begin:end], keys[:, :, first:last], self.scaling, bias,
-                                     self.softcap, rows.visible(begin, end, first, last))  # (B, H, R, K)
-            weights = self._dropout_layer(weights, training=training)
-            contexts.append(head_contexts(weights, values[:, :, first:last]))  # (B, H, R, dh)
-        del values, weights
-        context = ops.concatenate(contexts, axis=2)  # (B, H, T, dh)
-        contexts.clear()
-        context = ops.transpose(context, (0, 2, 1, 3))  # (B, T, H, dh)
-        return self.project(context, head_mask), None, {}, (queries, keys)
+    def attended_rows(self, queries, keys, values, rows: RowBlocks, begin: int, end: int, first: int, last: int,
+                      position_bias=None):
+        """(B, R, D): the attention's output at queries ``begin`` .. ``end - 1`` (a block of ``rows``, seeing keys
+        ``first`` .. ``last - 1``: ``RowBlocks.blocks``) of a long input at inference, from its queries (B, T, H,
+        dh), keys and values (B, Hkv, T, dh) (``EncoderLayer.row_operands``): the block's weights
+        (``attention_rows``, then dropped) mixing those keys' values, through the output projection."""
+        bias = rows.bias(self.logits, position_bias, begin, end, first, last)
+        weights = attention_rows(heads_first(queries[:, begin:end]), keys[:, :, first:last], self.scaling, bias,
+                                 self.softcap, rows.visible(begin, end, first, last))  # (B, H, R, K)
+        context = head_contexts(weights, values[:, :, first:last])  # (B, H, R, dh)
+        return self.project(ops.transpose(context, (0, 2, 1, 3)), None)
 
     def _masked_softmax(self, attention_scores, attention_mask=None):
         """Keras' masked softmax, as ``masked_softmax`` computes it."""
