@@ -108,7 +108,7 @@ def _wait_chart(page, words: tuple[str, str], title: str) -> list[str]:
         "([chart, title, words]) => { const t = document.querySelector(chart + ' .gtitle');"
         " const ticks = [...document.querySelectorAll(chart + ' .xtick text')].map(e => e.textContent);"
         " return t && t.textContent.startsWith(title) && words.every(w => ticks.includes(w)); }",
-        arg=[CHART, title, list(words)])
+        arg=[CHART, title, list(words)], polling=200)  # by time: animation frames of a page behind others can stall
     return page.locator(f"{CHART} .xtick text").all_text_contents()
 
 
@@ -154,7 +154,8 @@ def test_sessions_stick_to_their_replica_and_survive_the_loss_of_one(deployment)
             _press(page, "Head", times=3)
             tokens = _wait_chart(page, WORDS[index], "Layer 1, head 3")
             assert not _others(index) & set(tokens), tokens
-            page.wait_for_function("() => /layer=1/.test(location.search) && /head=3/.test(location.search)")
+            page.wait_for_function("() => /layer=1/.test(location.search) && /head=3/.test(location.search)",
+                                   polling=200)
 
         killed = time.time()
         deployment.processes["r1"].send_signal(signal.SIGKILL)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -36,6 +38,7 @@ MAIN_TEMPLATE = DEPLOY / "nginx.conf.template"
 SITE_TEMPLATE = DEPLOY / "headlight-site.conf.template"
 COOKIE = "headlight_replica"  # the cookie naming a visitor's replica (set by nginx, in the site template)
 HEADER = "X-Headlight-Replica"  # the response header naming the replica that answered
+COOKIE_SECRET = "STREAMLIT_SERVER_COOKIE_SECRET"  # Streamlit's server.cookieSecret: one for every replica
 BACKEND_HOST = "127.0.0.1"  # replicas listen on loopback only: visitors reach them through nginx
 MAX_REPLICAS = 64
 START_TIMEOUT = 180.0  # seconds a replica (Streamlit, the page's modules) or nginx may take to answer its health check
@@ -221,6 +224,10 @@ def serve(ports: Sequence[int], port: int, host: str = BACKEND_HOST, streamlit_a
         raise RuntimeError(f"Ports already in use: {', '.join(map(str, busy))}. Pick others (--port, --backend-ports).")
     if nginx_path() is None:
         raise RuntimeError("nginx is not installed: on Debian, `apt-get install nginx` (as root).")
+    env = {**(os.environ if env is None else env)}
+    # Every replica signs cookies (the XSRF token a page sends with an upload) with one secret: a page that moved to
+    # another replica keeps working.
+    env.setdefault(COOKIE_SECRET, secrets.token_hex(32))
     with contextlib.ExitStack() as stack:
         if run is None:
             run = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="headlight-replicas-")))
