@@ -1,5 +1,6 @@
 """Run every benchmark and print one markdown table each: `make bench` (or `python -m bench [names...] [--isa avx2]
-[--threads N]`).
+[--threads N]`). `python -m bench load --clients N [--changes 20] [--url URL] [--json]` runs the protocol-level load
+client alone with its own options (``bench.protocol.cli``).
 
 Every table names the CPU it was measured on, its vector extensions and the load average
 (``bench.common.print_table``). ``--isa avx2`` runs the named suites in a subprocess whose environment caps both
@@ -25,19 +26,23 @@ SUITES = {
     "figures": "Figure builders and export",
     "analysis": "Analysis",
     "app": "App in Chromium",
-    "load": "Concurrent sessions in Chromium, MiniLM: 10 layer changes each",
+    "load": "Protocol-level clients against one server, MiniLM: 20 changes of layer, head and view each",
+    "browser": "One visitor in Chromium, MiniLM: the browser's cost of a layer change",
     "scrub": "Head scrubbing in Chromium (the slider inside the figure), MiniLM, 128 tokens",
+    "corpus": "Corpus pipeline (Beam DirectRunner in memory vs a plain loop), MiniLM, data/ sentences",
 }
+MODULES = {"load": "protocol", "browser": "load"}  # suites whose module is named otherwise (bench.load: Chromium)
 CAPPED_BY_DEFAULT = ("encoder",)  # the suites a run of everything repeats with the instruction set capped at AVX2
 
 
 def run_suites(names: list[str]) -> int:
     """Run the suites ``names`` in this process, printing their tables."""
     for name in names:
+        module_name = f"bench.{MODULES.get(name, name)}"
         try:
-            module = importlib.import_module(f"bench.{name}")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
-            if error.name != f"bench.{name}":
+            if error.name != module_name:
                 raise
             continue
         rows = module.main()  # a suite either returns its rows or prints its own tables
@@ -55,6 +60,10 @@ def run_capped(names: list[str], isa: str | None, threads: int | None = None) ->
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["load"] and len(argv) > 1:  # `python -m bench load --clients N ...`: the load client's options
+        from bench.protocol import cli
+
+        return cli(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description="Run benchmarks; print a markdown table each.")
     parser.add_argument("names", nargs="*", help=f"suites to run (default: all): {', '.join(SUITES)}")
     parser.add_argument("--isa", choices=sorted(ISA_CAPS), help="cap both frameworks' instruction set")

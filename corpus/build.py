@@ -59,11 +59,22 @@ def build_index(input_path: str | Path, out: str | Path, options: CorpusOptions,
         options.layers_of(facts.layers)
         beam_options = PipelineOptions(list(beam_args))
         _run(plan, options, partial, facts, beam_options, progress)
-        manifest = _finish(folder, partial, facts, options, beam_options, Path(input_path).name, column)
+        manifest = finish_index(folder, partial, facts, options, runner_name(beam_options), Path(input_path).name,
+                                column)
     except BaseException:
         remove_partial(partial)
         raise
     return manifest
+
+
+def runner_name(beam_options) -> str:
+    """The manifest's ``runner``: the Beam runner, and the DirectRunner's running mode and workers when set."""
+    found = beam_options.get_all_options()
+    name = str(found.get("runner") or "DirectRunner")
+    mode = found.get("direct_running_mode")
+    if name.endswith("DirectRunner") and mode and mode != "in_memory":
+        return f"{name} ({mode}, {found.get('direct_num_workers')} workers)"
+    return name
 
 
 def _output_folder(out: Path) -> Path:
@@ -117,22 +128,22 @@ def _watch(partial: Path, rows: int, progress: Progress, stop: threading.Event) 
     progress(sentences_done(partial), rows, time.perf_counter() - start)
 
 
-def _finish(folder: Path, partial: Path, facts: ModelFacts, options: CorpusOptions, beam_options,
-            input_name: str, column: str | None) -> dict:
-    """Parts into place, then the manifest (last, atomically), then ``.partial`` removed."""
+def finish_index(folder: Path, partial: Path, facts: ModelFacts, options: CorpusOptions, runner: str,
+                 input_name: str, column: str | None) -> dict:
+    """Parts into place (``corpus.pipeline.finish_parts``), ``.partial`` removed, then the manifest (last,
+    atomically). Returns the manifest."""
     from corpus.pipeline import finish_parts, remove_partial
 
     counts = finish_parts(partial, folder, facts, options)
     if counts["sentences"] == 0:
         raise CorpusError("The input has no sentences.")
-    runner = beam_options.get_all_options().get("runner") or "DirectRunner"
     manifest = {
         "format": FORMAT, "version": VERSION,
         "model": {key: value for key, value in asdict(facts).items() if key != "head_dim"},
         "options": {"max_tokens": options.max_tokens, "batch_size": options.batch_size, "top_k": options.top_k,
                     "decile_statistic": options.decile_statistic, "sample_per_head": options.sample_per_head,
                     "context_layers": list(options.layers_of(facts.layers)), "exact_max": options.exact_max,
-                    "runner": str(runner), "input": input_name, "column": column},
+                    "runner": runner, "input": input_name, "column": column},
         "counts": counts,
         "files": file_entries(folder),
     }

@@ -277,38 +277,36 @@ def _candidate_edges(traces, sentence: np.ndarray, floors: Floors) -> dict[str, 
 
 def _sampled_queries_keys(model: LoadedModel, traces, sentence: np.ndarray, floors: Floors) -> dict[str, np.ndarray]:
     """The tokens of this batch that can still be in the sample (``Floors.sampled``), with every layer's queries
-    and keys, computed for the whole batch at once (the same padded batch on every runner)."""
+    and keys (``sentence_queries_keys``)."""
     lengths = [trace.num_tokens for trace in traces]
     owners = np.repeat(sentence, lengths)
-    positions = np.concatenate([np.arange(n) for n in lengths])
+    positions = np.concatenate([np.arange(n) for n in lengths]).astype(np.int32)
     priority = token_priority(owners, positions)
     keep = floors.sampled(priority)
     rows = np.repeat(np.arange(len(traces)), lengths)[keep]
     tokens = np.array([token for trace in traces for token in trace.tokens], dtype=object)[keep]
-    out = {"priority": priority[keep], "sentence": owners[keep], "position": positions[keep].astype(np.int32),
-           "token": tokens}
-    queries, keys = _batch_queries_keys(model, traces, rows, positions[keep]) if keep.any() else (None, None)
     config = model.config
-    dh, heads, kv = config.head_dim, config.num_heads, config.attention.key_value_heads or config.num_heads
-    out["queries"] = queries if queries is not None else np.zeros((0, config.num_layers, heads, dh), np.float32)
-    out["keys"] = keys if keys is not None else np.zeros((0, config.num_layers, kv, dh), np.float32)
-    return out
+    heads, kv = config.num_heads, config.attention.key_value_heads or config.num_heads
+    queries = np.zeros((len(rows), config.num_layers, heads, config.head_dim), np.float32)
+    keys = np.zeros((len(rows), config.num_layers, kv, config.head_dim), np.float32)
+    for row in np.unique(rows):
+        picked = np.flatnonzero(rows == row)
+        found = sentence_queries_keys(model, traces[row].hidden)
+        queries[picked], keys[picked] = found[0][:, positions[keep][picked]].swapaxes(0, 1), \
+            found[1][:, positions[keep][picked]].swapaxes(0, 1)
+    return {"priority": priority[keep], "sentence": owners[keep], "position": positions[keep], "token": tokens,
+            "queries": queries, "keys": keys}
 
 
-def _batch_queries_keys(model: LoadedModel, traces, rows: np.ndarray, positions: np.ndarray):
-    """(M, L, H, dh) queries and (M, L, Hkv, dh) keys of the tokens (``rows`` of the batch, ``positions``), from
-    each layer's ``queries_keys`` on the padded batch of hidden states that layer read."""
+def sentence_queries_keys(model: LoadedModel, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(L, T, H, dh) queries and (L, T, Hkv, dh) keys of one sentence, from each layer's ``queries_keys`` on the
+    hidden state it read (``hidden`` (L + 1, T, D)): as ``encoder.attention_store.RecomputedQueriesKeys``, one
+    sentence at a time, so a token's vectors do not depend on what else was in its batch."""
     from keras import ops
 
-    width = max(trace.num_tokens for trace in traces)
     encoder = model.model
-    bias = encoder.positions.row_context(width)
-    queries, keys = [], []
-    for layer, block in enumerate(encoder.encoder_layers):
-        state = np.zeros((len(traces), width, traces[0].hidden.shape[-1]), dtype=np.float32)  # (B, W, D)
-        for row, trace in enumerate(traces):
-            state[row, :trace.num_tokens] = trace.hidden[layer]
-        query, key = (ops.convert_to_numpy(part) for part in block.queries_keys(ops.convert_to_tensor(state), bias))
-        queries.append(query[rows, positions])  # (M, H, dh)
-        keys.append(key[rows, positions])  # (M, Hkv, dh)
-    return np.stack(queries, axis=1).astype(np.float32), np.stack(keys, axis=1).astype(np.float32)
+    bias = encoder.positions.row_context(hidden.shape[1])
+    found = [[ops.convert_to_numpy(part)[0] for part in block.queries_keys(ops.convert_to_tensor(hidden[layer][None]),
+                                                                            bias)]
+             for layer, block in enumerate(encoder.encoder_layers)]
+    return np.stack([q for q, _ in found]), np.stack([k for _, k in found])

@@ -399,7 +399,9 @@ def write_qk_sample(sample: list[tuple], folder: Path, facts: ModelFacts) -> Non
                     "position": pa.array(np.tile(position, 2), pa.int32()),
                     "token": pa.array(token * 2, pa.string()),
                     "x": pa.array(x, pa.float32()), "y": pa.array(y, pa.float32()),
-                    "vector": pa.array(list(vectors), pa.list_(pa.float32())),
+                    "vector": pa.ListArray.from_arrays(
+                        pa.array(np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32)),
+                        pa.array(vectors.reshape(-1), pa.float32())),
                 }, schema=schema))
 
 

@@ -59,8 +59,8 @@ class Batch:
 
 @dataclass(frozen=True)
 class InputPlan:
-    """What ``plan_input`` found: the chunks, how many lines or rows the input has, and the file to read them from
-    (a CSV/TSV/JSONL input's staged Parquet copy)."""
+    """What ``plan_input`` found: the chunks (a CSV/TSV/JSONL input's read from its staged Parquet copy), how many
+    lines or rows the input has, and its kind (TEXT or TABLE)."""
 
     chunks: tuple[Chunk, ...]
     rows: int
@@ -194,8 +194,10 @@ def _open_table(path: Path, kind: str):
 
 
 def _first_line(error: Exception) -> str:
-    """An Arrow error's first line, without any path it names."""
-    return str(error).splitlines()[0][:200].replace(str(Path.cwd()), ".") if str(error) else type(error).__name__
+    """An Arrow error's first line, cut to 200 characters, without any path in it (a word with a "/")."""
+    lines = str(error).splitlines()
+    words = lines[0].split() if lines else [type(error).__name__]
+    return " ".join("(a path)" if "/" in word else word for word in words)[:200]
 
 
 def _names(names: list[str]) -> str:

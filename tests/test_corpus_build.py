@@ -159,7 +159,7 @@ def test_query_key_sample(index, traced, minilm_model):
             for row in rows.itertuples():
                 queries, keys = stores[row.sentence].layer(layer)
                 own = (queries if kind == "query" else keys)[row.position, head]
-                np.testing.assert_allclose(row.vector, own, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(row.vector, own, rtol=0, atol=1e-6)
                 assert row.token == traced[row.sentence].tokens[row.position]
     for _, rows in sample.groupby(["layer", "head"]):
         x, y = rows["x"].to_numpy(np.float64), rows["y"].to_numpy(np.float64)
@@ -230,3 +230,38 @@ def test_output_folder_must_be_new_or_empty(tmp_path, corpus_file):
     with pytest.raises(CorpusError, match="not empty"):
         build_index(corpus_file, tmp_path / "out", OPTIONS)
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_past_exact_max_contexts_go_to_ivf_pq_in_input_order(tmp_path):
+    """Parts' row groups (a batch each) come in any order from the workers; the index puts them in input order, and
+    past ``exact_max`` rows builds an IVF-PQ index that still finds each vector."""
+    import faiss
+    import pyarrow as pa
+
+    from corpus.pipeline import build_contexts, sorted_groups
+
+    rng = np.random.default_rng(0)
+    width, sentences, per = 64, 300, 10
+    vectors = rng.normal(size=(sentences * per, width)).astype(np.float32)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    writers = [pq.ParquetWriter(folder / f"{name}.parquet", pa.schema([
+        ("sentence", pa.int64()), ("position", pa.int32()), ("token", pa.string()),
+        ("vector", pa.list_(pa.float32(), width))])) for name in ("a", "b")]
+    for batch in rng.permutation(sentences // 10):  # batches of 10 sentences, shuffled over two files
+        rows = np.arange(batch * 10 * per, (batch + 1) * 10 * per)
+        writers[batch % 2].write_table(pa.table({
+            "sentence": rows // per, "position": (rows % per).astype(np.int32), "token": [f"t{r}" for r in rows],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), width)}),
+            row_group_size=len(rows))
+    for writer in writers:
+        writer.close()
+    assert build_contexts(sorted_groups(folder), tmp_path, 2, width, exact_max=1000) == len(vectors)
+    table = pq.read_table(tmp_path / "contexts/layer-2.parquet")
+    assert table["token"].to_pylist() == [f"t{r}" for r in range(len(vectors))]
+    index = faiss.read_index(str(tmp_path / "contexts/layer-2.faiss"))
+    assert isinstance(index, faiss.IndexIVFPQ) and index.ntotal == len(vectors) and index.nprobe == 16
+    assert index.nlist == int(np.sqrt(len(vectors))) and index.pq.M == 8
+    probes = vectors[::60] / np.linalg.norm(vectors[::60], axis=1, keepdims=True)
+    _, ids = index.search(probes, 10)
+    assert np.mean([row * 60 in found for row, found in enumerate(ids)]) >= 0.9

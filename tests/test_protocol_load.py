@@ -1,0 +1,79 @@
+"""The protocol-level load client (``bench.protocol``) against a real server on 127.0.0.1: four clients speaking
+Streamlit's WebSocket protocol, three changes each (layer, head, view), every answer checked to be the client's own
+text; the JSON line `python -m bench load --json` prints; and what counts as mixed or as an error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.protocol import (
+    Visit,
+    client_text,
+    figure_words,
+    is_own,
+    listening_pid,
+    open_visit,
+    run_level,
+    threads_and_files,
+)
+from tests.browser_support import ROOT, free_port, streamlit_server
+
+pytestmark = pytest.mark.slow
+JSON_KEYS = {"clients", "changes", "p50_ms", "p95_ms", "errors", "mixed", "changes_per_s", "server_peak_mb"}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with streamlit_server() as url:
+        yield url
+
+
+def test_four_clients_get_their_own_charts(server):
+    visits: list[Visit] = []
+    row = asyncio.run(run_level(server, 4, 3, [server.pid], visits))
+    assert [visit.messages for visit in visits] == [[]] * 4
+    assert (row["clients"], row["changes"], row["errors"], row["mixed"]) == (4, 12, 0, 0)
+    for index, visit in enumerate(visits):
+        assert len(visit.latencies) == 3 and visit.opened is not None
+        word, other = client_text(index)[0], client_text(index + 1)[0]
+        assert is_own(visit.last_chart, word)  # its last chart (Head lines after layer, head, view) is its text's
+        assert not is_own(visit.last_chart, other)  # ... and would be mixed for any other client
+    assert row["server_cpu_ms_per_change"] > 0 and row["server_peak_mb"] > 100
+
+
+def test_json_line_of_the_command(server):
+    done = subprocess.run([sys.executable, "-m", "bench", "load", "--clients", "2", "--changes", "2", "--url",
+                           server, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(row) >= JSON_KEYS
+    assert (row["clients"], row["changes"], row["errors"], row["mixed"]) == (2, 4, 0, 0)
+    assert 0 < row["p50_ms"] <= row["p95_ms"] and row["changes_per_s"] > 0
+    assert row["server_peak_mb"] > 100  # found from the port: the server runs here
+
+
+def test_the_server_is_found_from_its_port(server):
+    assert listening_pid(server) == server.pid
+    threads, files = threads_and_files(server.pid)
+    assert threads > 1 and files > 3
+    assert listening_pid("http://example.org:80") is None
+
+
+def test_no_server_is_an_error_not_a_crash():
+    visit = Visit()
+    assert asyncio.run(open_visit(f"http://127.0.0.1:{free_port()}", 0, visit)) is None
+    assert visit.errors == 1 and visit.messages[0].startswith("opening: ")
+
+
+def test_mixed_means_another_clients_tokens():
+    spec = {"data": [{"x": ["[CLS] (0)", "the (1)", "cat (2)"], "z": {"dtype": "f4", "bdata": "ZG9nY2F0"}}],
+            "layout": {"title": {"text": "Layer 0, head 0"}}}
+    assert figure_words(spec) == {"cls", "the", "cat", "f", "layer", "head"}  # base64 is no text
+    assert is_own(spec, "cat") and not is_own(spec, "dog")
+    spec["data"][0]["x"].append("dog (3)")
+    assert not is_own(spec, "cat")
