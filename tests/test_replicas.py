@@ -23,7 +23,7 @@ from ui.serving import replicas as rp
 # Each visitor's own text: words no other visitor's text has, so a chart drawn from another session's trace shows.
 WORDS = [("apple", "river"), ("piano", "garden"), ("winter", "doctor"), ("castle", "bread")]
 TIMEOUT_MS = 180_000  # a replica's first chart: ~10 s on a quiet 2-core machine, over a minute at a load average of 15
-VISITOR = "Mozilla/5.0 (X11; Linux x86_64) headlight-visitor-{}"  # the access log names each visitor by its browser
+VISITOR = "{} headlight-visitor-{}"  # the access log names each visitor by its browser
 
 
 def _required(reason: str) -> None:
@@ -104,11 +104,18 @@ def _visitor_url(base: str, words: tuple[str, str], **view: int) -> str:
 
 def _wait_chart(page, words: tuple[str, str], title: str) -> list[str]:
     """Wait until the heatmap's title starts with ``title`` and its tokens hold ``words``; return its tokens."""
-    page.wait_for_function(
-        "([chart, title, words]) => { const t = document.querySelector(chart + ' .gtitle');"
-        " const ticks = [...document.querySelectorAll(chart + ' .xtick text')].map(e => e.textContent);"
-        " return t && t.textContent.startsWith(title) && words.every(w => ticks.includes(w)); }",
-        arg=[CHART, title, list(words)], polling=200)  # by time: animation frames of a page behind others can stall
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "([chart, title, words]) => { const t = document.querySelector(chart + ' .gtitle');"
+            " const ticks = [...document.querySelectorAll(chart + ' .xtick text')].map(e => e.textContent);"
+            " return t && t.textContent.startsWith(title) && words.every(w => ticks.includes(w)); }",
+            arg=[CHART, title, list(words)], polling=200)  # by time: a page behind others may get no frames
+    except PlaywrightTimeout:
+        shown = page.locator(f"{CHART} .gtitle").all_text_contents(), page.locator(f"{CHART} .xtick text")
+        raise AssertionError(f"no chart {title!r} with {words} at {page.url}: titles {shown[0]}, tokens "
+                             f"{shown[1].all_text_contents()}, page text {page.inner_text('body')[:600]!r}") from None
     return page.locator(f"{CHART} .xtick text").all_text_contents()
 
 
@@ -138,7 +145,8 @@ def test_sessions_stick_to_their_replica_and_survive_the_loss_of_one(deployment)
 
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
-        contexts = [browser.new_context(viewport={"width": 1300, "height": 1000}, user_agent=VISITOR.format(i))
+        agent = browser.new_page().evaluate("navigator.userAgent")  # Chromium's own, the visitor's number added
+        contexts = [browser.new_context(viewport={"width": 1300, "height": 1000}, user_agent=VISITOR.format(agent, i))
                     for i in range(len(WORDS))]
         pages, served = [], []
         for index, context in enumerate(contexts):  # one after another: each new visitor goes to the least busy
@@ -175,10 +183,13 @@ def test_sessions_stick_to_their_replica_and_survive_the_loss_of_one(deployment)
     time.sleep(1.0)
     lines = _access_lines(deployment)
     for index, replica in enumerate(served):
-        visitor = [line for line in lines if line[4] == VISITOR.format(index)]
+        visitor = [line for line in lines if line[4] == VISITOR.format(agent, index)]
         before = {line[1] for line in visitor if line[0] < killed}
         after = {line[1] for line in visitor if line[0] > killed}
         streams = [line for line in visitor if "/_stcore/stream" in line[3]]
         assert before == {replica}, (index, before)  # every request, pages and WebSocket, on one replica
-        assert after == {"r2"}, (index, after)
+        assert after == {"r2"} if replica == "r1" else after <= {"r2"}, (index, after)  # r2's changed by WebSocket
         assert streams and all(line[2] == 101 for line in streams), streams
+    problems = [line for line in (deployment.run / "error.log").read_text().splitlines()
+                if re.search(r"\[(crit|alert|emerg)\]", line)]
+    assert not problems, problems[:3]  # e.g. a temporary file nginx's workers could not write: a truncated script

@@ -204,9 +204,6 @@ class Deployment:
     def access_log(self) -> Path:
         return self.run / "access.log"
 
-    def replica(self, name: str) -> Replica:
-        return next(replica for replica in self.replicas if replica.name == name)
-
     def alive(self) -> list[Replica]:
         return [replica for replica in self.replicas if self.processes[replica.name].poll() is None]
 
