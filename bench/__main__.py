@@ -25,6 +25,7 @@ SUITES = {
     "figures": "Figure builders and export",
     "analysis": "Analysis",
     "app": "App in Chromium",
+    "coldstart": "Cold start in Chromium",
     "load": "Concurrent sessions in Chromium, MiniLM: 10 layer changes each",
     "scrub": "Head scrubbing in Chromium (the slider inside the figure), MiniLM, 128 tokens",
 }
