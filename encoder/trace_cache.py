@@ -18,6 +18,7 @@ computes the trace and writes it again). Importing this module, reading and writ
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -30,6 +31,8 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError, ExportError
@@ -141,7 +144,7 @@ class TraceCache:
             trace = trace_from_npz(data)
             if (trace.model, trace.text, trace.pair) != (self.source, text, pair) or trace.num_tokens > max_tokens:
                 raise ValueError("its trace is of another input or model")
-            return trace
+            return _read_only(trace)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, ExportError, zipfile.BadZipFile, UnicodeDecodeError) as error:
@@ -168,6 +171,16 @@ def default_cache(folder: Path, source: str) -> TraceCache | None:
     (``default_checksum``)."""
     checksum = default_checksum()
     return None if checksum is None else TraceCache(Path(folder), source, checksum, code_version())
+
+
+def _read_only(trace: EncoderTrace) -> EncoderTrace:
+    """``trace`` with its arrays made read-only, as a trace the model makes: one copy is shared by every session."""
+    for field in dataclasses.fields(trace):
+        value = getattr(trace, field.name)
+        for array in value.values() if isinstance(value, dict) else (value,):
+            if isinstance(array, np.ndarray):
+                array.flags.writeable = False
+    return trace
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:
