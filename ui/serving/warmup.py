@@ -49,8 +49,10 @@ START_DELAY = 3.0
 # A page drawn from the examples kept on disk (no model needed) pushes the warm-up's start to at least this many
 # seconds later (``hold``), so its chart is not slowed by TensorFlow's import in the same process.
 VISITOR_GRACE = 1.5
+HOLD_LIMIT = 10.0  # ... but never past this many seconds after ``start()``: a stream of visitors does not keep it cold
 _wanted = threading.Event()
 _held_until = 0.0  # time.monotonic() before which the warm-up does not start unless a visitor needs the model
+_started = 0.0  # time.monotonic() when ``start()`` started the warm-up
 
 
 def start(source: str, load: Callable[[], LoadedModel], first_trace: Callable[[LoadedModel], object],
@@ -58,10 +60,10 @@ def start(source: str, load: Callable[[], LoadedModel], first_trace: Callable[[L
     """Start the warm-up in a daemon thread unless it was started before in this process, or ``enabled`` is False;
     returns its future (None when off), whose result is the model ``load()`` returns (the model named ``source``).
     ``first_trace(model)`` runs after the future is set: the first trace, which compiles the model's graph."""
-    global _running
+    global _running, _started
     with _lock:
         if _running is None and enabled:
-            _running = Running(source, Future())
+            _running, _started = Running(source, Future()), time.monotonic()
             threading.Thread(target=_warm_up, args=(_running.future, load, first_trace), name="headlight-warm-up",
                              daemon=True).start()
         return None if _running is None else _running.future
@@ -91,10 +93,10 @@ def ready() -> bool:
 
 def hold(seconds: float = VISITOR_GRACE) -> None:
     """A visitor's page is being drawn without the model: the warm-up, if it has not started its heavy work, waits
-    at least ``seconds`` from now (unless a visitor needs the model)."""
+    at least ``seconds`` from now (unless a visitor needs the model), at most until ``HOLD_LIMIT`` after its start."""
     global _held_until
     with _lock:
-        _held_until = max(_held_until, time.monotonic() + seconds)
+        _held_until = max(_held_until, min(time.monotonic() + seconds, _started + HOLD_LIMIT))
 
 
 def _wait_for_start() -> None:
