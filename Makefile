@@ -28,9 +28,15 @@ $(VENV)/.stamp-bench: requirements-bench.txt $(VENV)/.stamp-run
 	$(PIP) install -r requirements-bench.txt
 	touch $@
 
+# The default model's traces of the built-in examples, kept on disk (HEADLIGHT_EXAMPLES_CACHE, ~/.cache/headlight/
+# examples) so a first visitor's default page needs no TensorFlow; written again when the encoder's code changed (the
+# server also writes those missing after its warm-up). A failure only costs speed: the server loads the model.
+$(VENV)/.stamp-examples: $(VENV)/.stamp-run $(shell find encoder -name '*.py')
+	-$(PY) -m ui.serving --keep-examples && touch $@
+
 # One local user on 127.0.0.1: open any folder under your home or the project, and any hub id (encoder/settings.py).
 # ui.serving is `streamlit run app.py` with the default model warming from the process's start (ui/serving/warmup.py).
-run: $(VENV)/.stamp-run
+run: $(VENV)/.stamp-run $(VENV)/.stamp-examples
 	HEADLIGHT_MODEL_ROOTS="$(HOME):$(CURDIR)" HEADLIGHT_HUB_IDS='*' $(PY) -m ui.serving --server.address 127.0.0.1 --server.port $(PORT) \
 		--browser.gatherUsageStats false
 

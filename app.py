@@ -7,9 +7,10 @@ the URL (``bind="query-params"``), so a copied link reopens exactly this view. C
 layer, head, view or option never re-runs the encoder.
 
 The page draws before the model is ready: nothing imported here imports TensorFlow (the model code is imported by
-the model load: in the cold-start helper process and ``ui.serving.warmup``'s background thread), and the sidebar's text
-widgets come before the wait for the model, which shows "Loading the model…" in the main area while the browser
-fetches the chart's code (``ui.serving.prefetch``).
+the model load, in ``ui.serving.warmup``'s background thread); the default model's card and its traces of the
+built-in examples come from disk meanwhile (``ui.cache.examples``), and for anything else the sidebar's text widgets
+come before the wait for the model, which shows "Loading the model…" in the main area while the browser fetches the
+chart's code (``ui.serving.prefetch``).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ SUITES = {
     "app": "App in Chromium",
     "load": "Protocol-level clients against one server, MiniLM: 20 changes of layer, head and view each",
     "browser": "One visitor in Chromium, MiniLM: the browser's cost of a layer change",
+    "coldstart": "Cold start in Chromium",
     "scrub": "Head scrubbing in Chromium (the slider inside the figure), MiniLM, 128 tokens",
     "corpus": "Corpus pipeline (Beam DirectRunner in memory vs a plain loop), MiniLM, data/ sentences",
     "corpus_tab": "Corpus tab: the query-key scatter of 20,000 points in Chromium (WebGL)",

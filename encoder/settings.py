@@ -15,6 +15,7 @@ into it at start): secure by default, so a link a stranger sends opens nothing b
 | ``HEADLIGHT_CACHE_MB`` | 1024 | bytes all cached traces and analysis results may hold together |
 | ``HEADLIGHT_HEAVY_JOBS`` | 1 | heavy analyses (importance, noise, ablation, corpus report) at once; others wait |
 | ``HEADLIGHT_WARM_UP`` | 1 | warm the default model in the background at start (``0``: load it on first use) |
+| ``HEADLIGHT_EXAMPLES_CACHE`` | ``~/.cache/headlight/examples`` | the examples' traces on disk (``0``: none) |
 
 The project's ``models/`` may always be opened. ``make run`` (127.0.0.1, one local user) sets the first two
 permissively: your home and the project folder, and ``*``.
@@ -44,6 +45,22 @@ def _paths(name: str) -> list[Path]:
     return [Path(part.strip()).expanduser() for part in os.environ.get(name, "").split(os.pathsep) if part.strip()]
 
 
+def _flag(name: str) -> bool:
+    """An on/off setting, on unless it says 0, false, no or off."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _examples_cache() -> Path | None:
+    """``HEADLIGHT_EXAMPLES_CACHE``: a folder, off (``0``, ...), or by default ``headlight/examples`` in the user's
+    cache folder (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    value = os.environ.get("HEADLIGHT_EXAMPLES_CACHE", "").strip()
+    if value and not _flag("HEADLIGHT_EXAMPLES_CACHE"):
+        return None
+    if value:
+        return Path(value).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache") / "headlight" / "examples"
+
+
 @dataclass(frozen=True)
 class Settings:
     model_roots: tuple[Path, ...]
@@ -59,6 +76,7 @@ class Settings:
     max_new_tokens: int = 32
     corpus_roots: tuple[Path, ...] = ()
     corpus_builds: Path | None = None
+    examples_cache: Path | None = None  # the examples' traces on disk (``encoder.trace_cache``); None: not kept
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -79,7 +97,8 @@ class Settings:
             cache_bytes=_int("HEADLIGHT_CACHE_MB", 1024) * 2**20,
             heavy_jobs=_int("HEADLIGHT_HEAVY_JOBS", 1),
             max_new_tokens=_int("HEADLIGHT_MAX_NEW_TOKENS", 32),
-            warm_up=os.environ.get("HEADLIGHT_WARM_UP", "1").strip().lower() not in ("0", "false", "no", "off"),
+            warm_up=_flag("HEADLIGHT_WARM_UP"),
+            examples_cache=_examples_cache(),
         )
 
     @property

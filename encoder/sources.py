@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ModelCard:
     """What the page says about a model, without the model (no TensorFlow): ``LoadedModel.card()``; the
-    cold-start helper process sends the server the default model's card (``ui.serving.coldstart``)."""
+    default model's is kept on disk for the first page (``encoder.trace_cache``)."""
 
     name: str
     description: str

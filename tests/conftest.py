@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the network
+os.environ.setdefault("HEADLIGHT_EXAMPLES_CACHE", "0")  # no examples kept on disk unless a test gives its own folder
 
 from pathlib import Path
 

@@ -3,6 +3,7 @@ background and shared with every session, and a failed or disabled warm-up falls
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from encoder.settings import Settings
 from ui import cache
+from ui.inputs import EXAMPLES
 from ui.serving import warmup
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +27,8 @@ def _warm_up_threads() -> int:
 
 def test_the_page_modules_import_no_tensorflow():
     """app.py's imports (the sidebar, the views, the caches) leave TensorFlow to the model load."""
-    code = ("import sys\nimport app, encoder.sources, ui.cache, ui.views, ui.inputs, ui.serving.warmup\n"
-            "import ui.serving.__main__, ui.serving.coldstart, ui.serving.prefetch, ui.serving.runtime\n"
+    code = ("import sys\nimport app, encoder.sources, encoder.trace_cache, ui.cache, ui.views, ui.inputs\n"
+            "import ui.serving.__main__, ui.serving.warmup, ui.serving.prefetch, ui.serving.runtime\n"
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
@@ -83,3 +85,31 @@ def test_the_warm_up_waits_for_a_visitor_or_its_delay():
             "print('tensorflow' in sys.modules, model is future.result(), warmup.START_DELAY > 1.0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.stdout.split() == ["False", "False", "True", "True", "True"], result.stderr[-2000:]
+
+
+def test_a_page_drawn_from_disk_holds_the_warm_up_back_and_a_visitor_needing_the_model_does_not():
+    """``hold`` (a page drawn from the examples kept on disk) keeps TensorFlow's import out of the process past
+    ``START_DELAY``; a visitor who needs the model starts it at once."""
+    code = ("import sys, time\nfrom ui import cache\nfrom ui.serving import warmup\nfuture = cache.start_warm_up()\n"
+            "warmup.hold(warmup.START_DELAY + 2.0)\ntime.sleep(warmup.START_DELAY + 0.5)\n"
+            "print('tensorflow' in sys.modules, future.done())\nmodel = warmup.warmed_model('minilm')\n"
+            "print('tensorflow' in sys.modules, model is future.result())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.stdout.split() == ["False", "False", "True", "True"], result.stderr[-2000:]
+
+
+def test_the_warm_up_keeps_the_examples_for_the_next_start(tmp_path):
+    """After its first trace, the warm-up writes the default model's card and its traces of every built-in example
+    to the cache folder (the next process's first page needs no model)."""
+    code = ("import time\nfrom ui import cache\nfrom ui.serving import warmup\n"
+            "model = warmup.warmed_model('minilm') if cache.start_warm_up() else None\n"
+            "deadline = time.monotonic() + 240\n"
+            "while not any(name.startswith('first trace') for name in warmup.STEPS) and time.monotonic() < deadline:\n"
+            "    time.sleep(0.1)\n"
+            "kept = cache.examples()\n"
+            "print(kept.card() == model.card(), sum(kept.trace(text, pair or None, 512) is not None\n"
+            "                                       for text, pair in cache.EXAMPLES.items()))")
+    env = {**os.environ, "HEADLIGHT_EXAMPLES_CACHE": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env=env)
+    assert result.stdout.split() == ["True", str(len(EXAMPLES))], result.stderr[-2000:]

@@ -11,5 +11,5 @@ slider: its steps sent once per session; its release -> controls), ``charts`` (o
 ``analysis`` and ``compare`` (the two special tabs), ``cache`` (everything computed, per process) and ``budget``
 (its byte budget), ``downloads`` (the trace's files), ``inputs`` (the page's default input), ``text`` (visitor text
 shown as plain text). ``serving/`` is the start-up machinery around the page (``python -m ui.serving``, the
-cold-start helper, the warm-up, the prefetcher, the one Streamlit patch): the page imports it, never the reverse.
+warm-up, the prefetcher, the one Streamlit patch): the page imports it, never the reverse.
 """

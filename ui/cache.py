@@ -3,7 +3,9 @@ one generated trace per prompt and generation settings ("Continue the text"), ea
 and compute settings (one generic cache for every registry analysis).
 
 Models stay in ``st.cache_resource`` (a few, bounded by count); the default one is the model ``ui.serving.warmup``
-loaded in the background at start (``start_warm_up``), so every session shares that one instance. A name a visitor
+loaded in the background at start (``start_warm_up``), so every session shares that one instance; until it is loaded,
+its card and its traces of the built-in examples come from disk (``examples``, ``encoder.trace_cache``: written by
+the warm-up, or ``make run``), so a first visitor's default page needs no TensorFlow. A name a visitor
 chose is opened through ``load_source(name, restricted=True)``: only what the operator's settings allow. Traces,
 merged traces, analysis results and corpus reports share one byte budget (``RESULTS``, ``HEADLIGHT_CACHE_MB``):
 results are immutable NumPy (traces hold read-only arrays), so one shared copy serves every session without pickling
@@ -16,6 +18,7 @@ once across all sessions (``heavy_job``). What this session asked for is counted
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,10 +38,11 @@ from encoder.errors import InputError
 from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, LoadedModel, ModelCard, load_source
 from encoder.trace import EncoderTrace, trace_text
+from encoder.trace_cache import TraceCache, default_cache
 from tutorial.dataset import load_splits
-from ui.inputs import DEFAULT_TEXT, token_limit, trace_budget
+from ui.inputs import DEFAULT_TEXT, EXAMPLES, token_limit, trace_budget
 from ui.scrub import ScrubChart, scrub_chart
-from ui.serving import coldstart, warmup
+from ui.serving import warmup
 from viz.kinds import ENCODER
 from viz.registry import ANALYSES, analysis_trace
 from viz.scrub import has_head_slider
@@ -51,6 +55,7 @@ Corpus = tuple[str, tuple[str, ...]]  # (name shown in the progress bar, sentenc
 RESULTS = ByteBudgetCache(trace_budget())
 HEAVY_JOBS = threading.BoundedSemaphore(settings().heavy_jobs)
 HEAVY_WAIT = "Another visitor's analysis is running; yours starts when it ends."
+log = logging.getLogger("headlight.cache")
 TRACED = "traced"  # session state: the inputs traced for this session (the sidebar's "encoder runs")
 
 
@@ -187,31 +192,42 @@ def _loading_default(source: str) -> bool:
 
 
 def _trace(source: str, text: str, pair: str | None, max_tokens: int, target: str | None = None) -> EncoderTrace:
-    """One encoder run: the default model's by the cold-start helper (``ui.serving.coldstart``) while this process
-    is still loading it, else here (an encoder-decoder's with its decoder on ``target``)."""
-    if target is not None:
-        return trace_text(get_model(source), text, pair, max_tokens, target=target)
-    if _loading_default(source) and (helper := coldstart.helper()) is not None:
-        trace = helper.trace(text, pair, max_tokens)
+    """One encoder run: the default model's from the examples kept on disk (``examples``) while this process is
+    still loading the model, else here (an encoder-decoder's with its decoder on ``target``)."""
+    if target is None and _loading_default(source) and (kept := examples()) is not None:
+        trace = kept.trace(text, pair, max_tokens)
         if trace is not None:
+            warmup.hold()  # a visitor's page is drawing: TensorFlow's import waits a moment longer
             return trace
-    return trace_text(get_model(source), text, pair, max_tokens)
+    return trace_text(get_model(source), text, pair, max_tokens, target=target)
 
 
 def get_card(source: str) -> ModelCard:
-    """What the page shows about a model: the default model's card comes from the cold-start helper while this
-    process is still loading the model (the page and its first chart need no model here), else from the model."""
-    if _loading_default(source) and (helper := coldstart.helper()) is not None:
-        card = helper.card()
-        if card is not None:
-            return card
+    """What the page shows about a model: the default model's card comes from disk (``examples``) while this
+    process is still loading the model (the page and an example's chart need no model here), else from the
+    model."""
+    if _loading_default(source) and (card := _kept_card()) is not None:
+        warmup.hold()
+        return card
     return get_model(source).card()
 
 
 def model_pending(source: str) -> bool:
-    """Whether the page will wait for the model ``source`` names: the default one, while it is still loading."""
-    helper = coldstart.helper()
-    return _loading_default(source) and (helper is None or helper.card(timeout=0) is None)
+    """Whether the page will wait for the model ``source`` names: the default one, while it is still loading and
+    its card is not on disk."""
+    return _loading_default(source) and _kept_card() is None
+
+
+def examples() -> TraceCache | None:
+    """The default model's traces kept on disk (``encoder.trace_cache``, in ``HEADLIGHT_EXAMPLES_CACHE``), or None:
+    the setting is off, or the model's files are missing or do not match."""
+    folder = settings().examples_cache
+    return None if folder is None else default_cache(folder, DEFAULT_SOURCE)
+
+
+def _kept_card() -> ModelCard | None:
+    kept = examples()
+    return None if kept is None else kept.card()
 
 
 def warm_trace(model: LoadedModel, text: str, pair: str | None, max_tokens: int) -> EncoderTrace:
@@ -222,12 +238,36 @@ def warm_trace(model: LoadedModel, text: str, pair: str | None, max_tokens: int)
 
 def _warm_default_page(model: LoadedModel) -> None:
     warm_trace(model, DEFAULT_TEXT, None, token_limit(model.config.max_positions, model.config))
+    keep_examples(model)
+
+
+def keep_examples(model: LoadedModel) -> int:
+    """Write to disk (``examples``) the card of the default ``model`` and its traces of the built-in examples
+    (``ui.inputs.EXAMPLES``, each with its pair, at the page's default Max tokens), those not already there and
+    valid; returns how many traces were written (0 when the setting is off). The warm-up calls it after its first
+    trace; ``python -m ui.serving --keep-examples`` (``make run``) before the server starts."""
+    kept = examples()
+    if kept is None or model.name != DEFAULT_SOURCE:
+        return 0
+    max_tokens = token_limit(model.config.max_positions, model.config)
+    written = 0
+    try:
+        if kept.card() is None:
+            kept.save_card(model.card())
+        for text, pair in EXAMPLES.items():
+            if kept.trace(text, pair or None, max_tokens) is None:
+                kept.save_trace(warm_trace(model, text, pair or None, max_tokens), max_tokens)
+                written += 1
+    except OSError as error:  # a read-only or full disk: the page works as without the cache
+        log.warning("the examples' traces could not be kept in %s: %s", kept.folder, error)
+    return written
 
 
 def start_warm_up() -> Future | None:
     """Load the default model and trace the default page's input in the background, once per process
-    (``ui.serving.warmup``; off when the operator sets ``HEADLIGHT_WARM_UP=0``); returns the warm-up's future, or
-    None when off. ``app.main()`` calls it on every run, ``python -m ui.serving`` before the server starts."""
+    (``ui.serving.warmup``; off when the operator sets ``HEADLIGHT_WARM_UP=0``), then keep the examples on disk
+    (``keep_examples``); returns the warm-up's future, or None when off. ``app.main()`` calls it on every run,
+    ``python -m ui.serving`` before the server starts."""
     return warmup.start(DEFAULT_SOURCE, lambda: load_source(DEFAULT_SOURCE), _warm_default_page,
                         enabled=settings().warm_up)
 

@@ -1,10 +1,13 @@
-"""``python -m ui.serving [streamlit options]``: ``streamlit run app.py [options]`` with the default model loading
-from the process's first moment in the cold-start helper process (``ui.serving.coldstart``), while Streamlit starts
-its server, and the server's own warm-up thread (``ui.serving.warmup``). Plain ``streamlit run app.py`` works too;
-``app.main()`` starts the warm-up when the first visitor arrives.
+"""``python -m ui.serving [streamlit options]``: ``streamlit run app.py [options]`` with the server's warm-up
+(``ui.serving.warmup``) started before the server, and the page's modules imported first. Plain ``streamlit run
+app.py`` works too; ``app.main()`` starts the warm-up when the first visitor arrives. Either way, a first visitor's
+default page comes from the examples kept on disk (``ui.cache.examples``) while the model loads.
 
-The launcher is the top of the stack: it imports the page (``ui.views``, ``ui.cache``) to start it. Its imports sit
-in ``main`` in the order that makes the first chart early: the helper is spawned before anything heavy is imported.
+``python -m ui.serving --keep-examples`` loads the default model, writes its card and its traces of the built-in
+examples to disk (those missing or invalid), and exits (``make run`` does this before starting the server, when the
+encoder's code changed; the warm-up does the same after its first trace).
+
+The launcher is the top of the stack: it imports the page (``ui.views``, ``ui.cache``) to start it.
 """
 
 from __future__ import annotations
@@ -14,15 +17,34 @@ import sys
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent.parent.parent / "app.py"
+KEEP_EXAMPLES = "--keep-examples"
 
 
-def main(argv: list[str]) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def build_examples() -> int:
+    """``--keep-examples``: write the default model's examples to disk; prints what it did. Returns the exit
+    status: 1 when the default model cannot be loaded (the page will say why)."""
+    from encoder.errors import HeadlightError
     from encoder.settings import settings
-    from ui.serving import coldstart
+    from encoder.sources import DEFAULT_SOURCE, load_source
+    from ui.cache import keep_examples
 
-    if settings().warm_up:
-        coldstart.spawn()  # first of all: it loads the default model on the other core while the server starts
+    folder = settings().examples_cache
+    if folder is None:
+        print("HEADLIGHT_EXAMPLES_CACHE is off: no examples kept")
+        return 0
+    try:
+        written = keep_examples(load_source(DEFAULT_SOURCE))
+    except HeadlightError as error:
+        print(f"the examples were not kept: {error}", file=sys.stderr)
+        return 1
+    print(f"{written} example traces written to {folder}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if argv == [KEEP_EXAMPLES]:
+        return build_examples()
     from streamlit.web import cli
 
     import ui.views  # noqa: F401 - the page's modules (Streamlit's too), here: never imported by two threads at once
@@ -31,7 +53,8 @@ def main(argv: list[str]) -> None:
     start_warm_up()
     sys.argv = ["streamlit", "run", str(APP), *argv]
     cli.main()
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -1,20 +1,20 @@
 """A model loaded and traced in a background thread started with the process, so the page draws at once and its
 first chart follows as early as the model allows. The thread does its heavy work when the first visitor asks for a
-model, or ``START_DELAY`` seconds after it started, whichever comes first (see ``START_DELAY``). When the cold-start
-helper process runs (``ui.serving.coldstart``, started by ``python -m ui.serving``), the first visitors get the
-helper's traces, and the thread waits for the helper's first answer instead, then stops the helper when it is done.
+model, or ``START_DELAY`` seconds after it started, whichever comes first (see ``START_DELAY``); a page drawn
+meanwhile from the examples kept on disk (``ui.cache.examples``) defers it by ``VISITOR_GRACE`` (``hold``).
 
 ``start(source, load, first_trace)`` runs the warm-up once per process (a lock and one module-level record): what to
-load and trace comes from its caller (``ui.cache.start_warm_up``: the default model and the default page's input),
-so nothing here imports the page or the model code. ``python -m ui.serving`` calls it before the server is up,
-``app.main()`` on every run (plain ``streamlit run app.py``: the first visit starts it), and any later call returns
-the same future. Both import the page's modules first, in the calling thread (so the first visit finds them
-imported and no two threads import one package at once). The warm-up imports TensorFlow, calls ``load`` (the
-default model, checksums included), then ``first_trace(model)`` (the default page's input, which compiles the
-model's graph once for every length and leaves that trace in the shared cache). ``ui.cache`` hands the warmed model
-to ``st.cache_resource`` (``warmed_model``), so every session shares the one instance; if the warm-up fails, the
-server's log says why and the model is loaded on first use, with the usual message on the page. The operator turns
-it off with ``HEADLIGHT_WARM_UP=0`` (``ui.cache.start_warm_up`` passes ``enabled``).
+load and trace comes from its caller (``ui.cache.start_warm_up``: the default model and the default page's input,
+then the examples written to disk), so nothing here imports the page or the model code. ``python -m ui.serving``
+calls it before the server is up, ``app.main()`` on every run (plain ``streamlit run app.py``: the first visit
+starts it), and any later call returns the same future. Both import the page's modules first, in the calling thread
+(so the first visit finds them imported and no two threads import one package at once). The warm-up imports
+TensorFlow, calls ``load`` (the default model, checksums included), then ``first_trace(model)`` (the default page's
+input, which compiles the model's graph once for every length and leaves that trace in the shared cache).
+``ui.cache`` hands the warmed model to ``st.cache_resource`` (``warmed_model``), so every session shares the one
+instance; if the warm-up fails, the server's log says why and the model is loaded on first use, with the usual
+message on the page. The operator turns it off with ``HEADLIGHT_WARM_UP=0`` (``ui.cache.start_warm_up`` passes
+``enabled``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, NamedTuple
-
-from ui.serving import coldstart
 
 if TYPE_CHECKING:  # the launcher imports this module before Streamlit starts: nothing heavy at import time
     from encoder.sources import LoadedModel
@@ -46,15 +44,15 @@ _lock = threading.Lock()
 _running: Running | None = None
 # The warm-up's heavy work (TensorFlow's import holds the GIL for ~2 s) waits until a visitor asks for the model
 # (``warmed_model``) or this many seconds after ``start()``, whichever comes first: a visitor arriving while the server
-# starts gets the page's controls first (measured: first paint 1.4 s instead of 2.5 s, first chart unchanged), and a
-# server nobody visits yet is warm a few seconds after it starts.
+# starts gets the page's controls first, and a server nobody visits yet is warm a few seconds after it starts.
 START_DELAY = 3.0
-# With the cold-start helper process (``coldstart``) serving the first visitors, the server's own warm-up waits until
-# the helper has answered a first trace and the page has had ``ANSWER_GRACE`` seconds to draw it (its figure is built
-# here), or ``HELPER_START_DELAY`` seconds, or a visitor needs the model itself (an analysis).
-HELPER_START_DELAY = 8.0
-ANSWER_GRACE = 1.0
+# A page drawn from the examples kept on disk (no model needed) pushes the warm-up's start to at least this many
+# seconds later (``hold``), so its chart is not slowed by TensorFlow's import in the same process.
+VISITOR_GRACE = 1.5
+HOLD_LIMIT = 10.0  # ... but never past this many seconds after ``start()``: a stream of visitors does not keep it cold
 _wanted = threading.Event()
+_held_until = 0.0  # time.monotonic() before which the warm-up does not start unless a visitor needs the model
+_started = 0.0  # time.monotonic() when ``start()`` started the warm-up
 
 
 def start(source: str, load: Callable[[], LoadedModel], first_trace: Callable[[LoadedModel], object],
@@ -62,10 +60,10 @@ def start(source: str, load: Callable[[], LoadedModel], first_trace: Callable[[L
     """Start the warm-up in a daemon thread unless it was started before in this process, or ``enabled`` is False;
     returns its future (None when off), whose result is the model ``load()`` returns (the model named ``source``).
     ``first_trace(model)`` runs after the future is set: the first trace, which compiles the model's graph."""
-    global _running
+    global _running, _started
     with _lock:
         if _running is None and enabled:
-            _running = Running(source, Future())
+            _running, _started = Running(source, Future()), time.monotonic()
             threading.Thread(target=_warm_up, args=(_running.future, load, first_trace), name="headlight-warm-up",
                              daemon=True).start()
         return None if _running is None else _running.future
@@ -93,16 +91,18 @@ def ready() -> bool:
     return running is not None and running.future.done() and running.future.exception() is None
 
 
+def hold(seconds: float = VISITOR_GRACE) -> None:
+    """A visitor's page is being drawn without the model: the warm-up, if it has not started its heavy work, waits
+    at least ``seconds`` from now (unless a visitor needs the model), at most until ``HOLD_LIMIT`` after its start."""
+    global _held_until
+    with _lock:
+        _held_until = max(_held_until, min(time.monotonic() + seconds, _started + HOLD_LIMIT))
+
+
 def _wait_for_start() -> None:
-    helper = coldstart.helper()
-    if helper is None:
-        _wanted.wait(START_DELAY)
-        return
-    deadline = time.monotonic() + HELPER_START_DELAY
-    while not _wanted.is_set() and not helper.gone and time.monotonic() < deadline:
-        if helper.answered.wait(0.05):
-            _wanted.wait(ANSWER_GRACE)
-            return
+    deadline = time.monotonic() + START_DELAY
+    while not _wanted.is_set() and (left := max(deadline, _held_until) - time.monotonic()) > 0:
+        _wanted.wait(left)
 
 
 def _warm_up(future: Future, load: Callable[[], LoadedModel], first_trace: Callable[[LoadedModel], object]) -> None:
@@ -128,9 +128,7 @@ def _warm_up(future: Future, load: Callable[[], LoadedModel], first_trace: Calla
     future.set_result(model)  # sessions waiting for the model go on; a trace they need waits for the one below
     try:
         first_trace(model)
-        step("first trace (graph traced)")
+        step("first trace (graph traced), examples kept")
     except Exception:
         log.exception("warm-up: tracing the default text failed")
-    if (helper := coldstart.helper()) is not None:
-        helper.stop()  # the server traces everything itself from now on
     log.info("warm-up done: %s", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in STEPS.items()))
