@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -51,22 +52,31 @@ SEARCH_STEP = 8  # the largest N meeting the target is searched to this many cli
 CHANGE_TIMEOUT = 120.0  # seconds a change (or a session's opening) may take before it counts as an error
 MAX_MESSAGE = 64 * 2**20  # bytes: the largest ForwardMsg a client accepts (a figure is well under 5 MB)
 VIEWS = (("Heatmap", "heatmap"), ("Token view", "tokens"), ("Head lines", "lines"))  # tab label, chart key suffix
-# One word per client, each a single MiniLM token and none of them words the app's figures use themselves.
+# Each client's text names an animal and a mood, the pair its own (74 x 8 clients); each a single MiniLM token and
+# none of them words the app's figures use themselves.
 WORDS = ("cat", "dog", "horse", "bird", "fish", "lion", "tiger", "bear", "wolf", "fox", "sheep", "goat", "cow",
          "pig", "duck", "goose", "owl", "eagle", "crow", "rabbit", "mouse", "rat", "frog", "snake", "whale", "shark",
-         "seal", "otter", "deer", "moose", "camel", "zebra", "monkey", "gorilla", "panda", "koala", "donkey", "mule",
+         "seal", "otter", "deer", "moose", "camel", "zebra", "monkey", "gorilla", "panda", "hen", "donkey", "mule",
          "bull", "ox", "lamb", "pony", "hawk", "dove", "swan", "parrot", "pigeon", "turtle", "lizard", "spider",
-         "bee", "ant", "wasp", "moth", "beetle", "crab", "lobster", "squirrel", "bat", "badger", "hedgehog", "elk",
-         "buffalo", "dolphin", "penguin", "ostrich", "turkey", "chicken", "kitten", "puppy", "hound", "jaguar",
-         "leopard", "cheetah")
+         "bee", "ant", "wasp", "moth", "beetle", "crab", "lobster", "squirrel", "bat", "badger", "bison", "elk",
+         "buffalo", "dolphin", "penguin", "raven", "turkey", "chicken", "kitten", "puppy", "hound", "jaguar",
+         "leopard", "toad")
+MOODS = ("happy", "sleepy", "hungry", "lazy", "brave", "quiet", "clever", "gentle")
 FINISHED_OK = {0, 3}  # ScriptFinishedStatus: FINISHED_SUCCESSFULLY, FINISHED_FRAGMENT_RUN_SUCCESSFULLY
 FINISHED_EARLY = 2  # FINISHED_EARLY_FOR_RERUN: the frontend leaves its cache alone
 
 
-def client_text(index: int) -> tuple[str, str]:
-    """Client ``index``'s word and text (14 MiniLM tokens with [CLS] and [SEP])."""
-    word = WORDS[index % len(WORDS)]
-    return word, f"The {word} sat on the mat because the {word} was tired."
+def client_words(index: int) -> tuple[str, str]:
+    """Client ``index``'s own pair of words: an animal and a mood (``WORDS``, ``MOODS``), unique up to 592
+    clients."""
+    return WORDS[index % len(WORDS)], MOODS[index // len(WORDS) % len(MOODS)]
+
+
+def client_text(index: int, sentences: int = 1) -> str:
+    """Client ``index``'s text: ``sentences`` times a sentence naming its words (15 MiniLM tokens with [CLS] and
+    [SEP] for one)."""
+    animal, mood = client_words(index)
+    return " ".join([f"The {mood} {animal} sat on the mat because the {animal} was tired."] * sentences)
 
 
 def figure_words(spec: object) -> set[str]:
@@ -85,11 +95,12 @@ def figure_words(spec: object) -> set[str]:
     return words
 
 
-def is_own(spec: object, word: str) -> bool:
-    """Whether a figure shows the text of the client whose word is ``word``: its word is among the figure's words
-    and no other client's word is."""
+def is_own(spec: object, index: int) -> bool:
+    """Whether a figure shows client ``index``'s text: its animal and mood are the only ones among the figure's
+    words."""
     words = figure_words(spec)
-    return word in words and not (words & set(WORDS)) - {word}
+    animal, mood = client_words(index)
+    return words & set(WORDS) == {animal} and words & set(MOODS) == {mood}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,10 +311,11 @@ class Page:
         return cls(layer, head, view, fragment, run.slider_max["Layer"] + 1, run.slider_max["Head"] + 1)
 
 
-def changes_of(count: int, layers: int, heads: int) -> Iterator[tuple[str, int, int, int]]:
-    """``count`` changes in turn of Layer, Head and view: (what changed, layer, head, view index)."""
+def changes_of(layers: int, heads: int) -> Iterator[tuple[str, int, int, int]]:
+    """Endless changes in turn of Layer, Head and view: (what changed, layer, head, view index); every state of
+    the three comes in ``3 * layers * heads * len(VIEWS)`` changes at most."""
     layer = head = view = 0
-    for step in range(count):
+    for step in itertools.count():
         what = ("layer", "head", "view")[step % 3]
         if what == "layer":
             layer = (layer + 1) % layers
@@ -314,7 +326,7 @@ def changes_of(count: int, layers: int, heads: int) -> Iterator[tuple[str, int, 
         yield what, layer, head, view
 
 
-def _check(run: Run, visit: Visit, word: str, view: int, layer: int, head: int) -> Chart | None:
+def _check(run: Run, visit: Visit, index: int, view: int, layer: int, head: int) -> Chart | None:
     """The chart answering a change, counted: its view's chart titled with the layer and head asked for (else an
     error), of this client's text (else mixed)."""
     for message in run.exceptions:
@@ -328,20 +340,20 @@ def _check(run: Run, visit: Visit, word: str, view: int, layer: int, head: int) 
         return None
     visit.received += len(json.dumps(chart.spec))
     visit.last_chart = chart.spec
-    if not is_own(chart.spec, word):
+    if not is_own(chart.spec, index):
         visit.mixed += 1
     return chart
 
 
-async def open_visit(url: str, index: int, visit: Visit) -> tuple[Visitor, Page] | None:
-    """Open client ``index``'s session with its own text; None (an error counted) if it does not open."""
-    word, text = client_text(index)
-    visitor = Visitor(url, {"text": text})
+async def open_visit(url: str, index: int, visit: Visit, sentences: int = 1) -> tuple[Visitor, Page] | None:
+    """Open client ``index``'s session with its own text (``client_text``); None (an error counted) if it does not
+    open."""
+    visitor = Visitor(url, {"text": client_text(index, sentences)})
     start = time.perf_counter()
     try:
         await visitor.connect()
         run = await visitor.rerun()
-        chart = _check(run, visit, word, 0, 0, 0)
+        chart = _check(run, visit, index, 0, 0, 0)
         if chart is None:
             await visitor.close()
             return None
@@ -353,11 +365,11 @@ async def open_visit(url: str, index: int, visit: Visit) -> tuple[Visitor, Page]
         return None
 
 
-async def change_visit(visitor: Visitor, page: Page, index: int, changes: int, visit: Visit) -> None:
-    """Client ``index``'s ``changes`` changes on its open session, each timed and checked."""
-    word, _ = client_text(index)
+async def change_visit(visitor: Visitor, page: Page, index: int, changes: int, visit: Visit, start: int = 0) -> None:
+    """Client ``index``'s ``changes`` changes on its open session, each timed and checked: those of ``changes_of``
+    from its ``start``-th on."""
     try:
-        for what, layer, head, view in changes_of(changes, page.layers, page.heads):
+        for what, layer, head, view in itertools.islice(changes_of(page.layers, page.heads), start, start + changes):
             if what == "layer":
                 visitor.set_widget(page.layer, "double_array_value", [float(layer)], "layer")
             elif what == "head":
@@ -365,7 +377,7 @@ async def change_visit(visitor: Visitor, page: Page, index: int, changes: int, v
             else:
                 visitor.set_widget(page.view, "string_value", VIEWS[view][0], "view")
             run = await visitor.rerun(page.fragment)
-            chart = _check(run, visit, word, view, layer, head)
+            chart = _check(run, visit, index, view, layer, head)
             if chart is not None:
                 visit.latencies.append(chart.arrived - run.started)
     except Exception as error:  # as in open_visit: counted, and this client stops
