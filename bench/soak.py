@@ -30,7 +30,8 @@ CACHE_MB = 64
 GROWTH_LIMIT = 0.10  # resident memory may grow this much (a share of the warm-up's) over the soak
 SETTLE_SECONDS = 30.0  # how long the threads and open files get to come back to their warm-up counts
 WARM_CHANGES = 240  # warm-up: one session through every state of layer x head x view once (6 x 12 x 3 = 216)
-WARM_SESSIONS = 24  # ... and this many sessions opened and closed: the budget is full before the baseline
+WARM_SESSIONS = 48  # ... and this many sessions opened and closed: the budget is full before the baseline
+SESSION_TTL = 10  # seconds the soak's server keeps a closed session (server.disconnectedSessionTTL)
 
 
 @dataclass
@@ -104,14 +105,19 @@ async def open_and_close(url: str, first: int, count: int, changes: int = 1) -> 
     return visits
 
 
-def settle(pid: int, baseline: Sample, seconds: float = SETTLE_SECONDS) -> Sample:
-    """The server once its threads and open files are back to ``baseline``'s counts (or after ``seconds``)."""
+def settle(url: str, pid: int, baseline: Sample | None = None, seconds: float = SETTLE_SECONDS) -> Sample:
+    """The server once the closed sessions are forgotten (``SESSION_TTL``, then one session opened and closed) and
+    its threads and open files are back to ``baseline``'s counts (or after ``seconds``)."""
+    time.sleep(SESSION_TTL + 1)
+    asyncio.run(open_and_close(url, 0, 1, changes=0))
+    time.sleep(2.0)
     deadline = time.monotonic() + seconds
-    while True:
-        sample = Sample.of(pid)
-        if (sample.threads <= baseline.threads and sample.files <= baseline.files) or time.monotonic() > deadline:
-            return sample
+    sample = Sample.of(pid)
+    while baseline is not None and (sample.threads > baseline.threads or sample.files > baseline.files) \
+            and time.monotonic() < deadline:
         time.sleep(0.5)
+        sample = Sample.of(pid)
+    return sample
 
 
 def soak(url: str, pid: int, changes: int = CHANGES, sessions: int = SESSIONS, warm_changes: int = WARM_CHANGES,
@@ -120,15 +126,14 @@ def soak(url: str, pid: int, changes: int = CHANGES, sessions: int = SESSIONS, w
     warm = Phase("warm-up")
     visit, _ = asyncio.run(one_session(url, 0, warm_changes, pid))
     warm.visits = [visit, *asyncio.run(open_and_close(url, 1, warm_sessions))]
-    time.sleep(2.0)  # the last sessions' runs end
-    baseline = warm.after = Sample.of(pid)
+    baseline = warm.after = settle(url, pid)
     long = Phase("one session")
     visit, samples = asyncio.run(one_session(url, warm_sessions + 1, changes, pid))
     long.visits, long.after = [visit], Sample.of(pid)
     many = Phase("sessions opened and closed")
     many.visits = asyncio.run(open_and_close(url, warm_sessions + 2, sessions))
     many.after = Sample.of(pid)
-    settled = settle(pid, baseline)
+    settled = settle(url, pid, baseline)
     peak = max(sample.rss_mb for sample in [*samples, long.after, many.after, settled])
     return {"baseline": baseline, "phases": [warm, long, many], "settled": settled, "peak_mb": peak,
             "growth": (peak - baseline.rss_mb) / baseline.rss_mb}
@@ -178,7 +183,8 @@ def measure(changes: int, sessions: int, cache_mb: int) -> tuple[dict, list[str]
     """The soak against a server started here as `make run` does, with a ``cache_mb`` byte budget."""
     from tests.browser_support import streamlit_server
 
-    with streamlit_server(env={"HEADLIGHT_CACHE_MB": str(cache_mb)}) as url:
+    env = {"HEADLIGHT_CACHE_MB": str(cache_mb), "STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL": str(SESSION_TTL)}
+    with streamlit_server(env=env) as url:
         result = soak(url, url.pid, changes, sessions)
     return result, passed(result)
 
