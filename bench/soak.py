@@ -31,7 +31,7 @@ GROWTH_LIMIT = 0.10  # resident memory may grow this much (a share of the warm-u
 SETTLE_SECONDS = 30.0  # how long the threads and open files get to come back to their warm-up counts
 WARM_CHANGES = 240  # warm-up: one session through every state of layer x head x view once (6 x 12 x 3 = 216)
 WARM_SESSIONS = 48  # ... and this many sessions opened and closed: the budget is full before the baseline
-SESSION_TTL = 10  # seconds the soak's server keeps a closed session (server.disconnectedSessionTTL)
+SESSION_TTL = 5  # seconds the soak's server keeps a closed session (server.disconnectedSessionTTL)
 
 
 @dataclass
@@ -179,13 +179,14 @@ def rows(result: dict) -> list[dict]:
     return table
 
 
-def measure(changes: int, sessions: int, cache_mb: int) -> tuple[dict, list[str]]:
-    """The soak against a server started here as `make run` does, with a ``cache_mb`` byte budget."""
+def measure(changes: int, sessions: int, cache_mb: int, **warm: int) -> tuple[dict, list[str]]:
+    """The soak (``warm``: ``soak``'s warm-up sizes) against a server started here as `make run` does, with a
+    ``cache_mb`` byte budget; and what it failed (``passed``)."""
     from tests.browser_support import streamlit_server
 
     env = {"HEADLIGHT_CACHE_MB": str(cache_mb), "STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL": str(SESSION_TTL)}
     with streamlit_server(env=env) as url:
-        result = soak(url, url.pid, changes, sessions)
+        result = soak(url, url.pid, changes, sessions, **warm)
     return result, passed(result)
 
 
