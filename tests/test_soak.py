@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_short_soak_leaks_nothing():
-    result, failures = measure(changes=120, sessions=20, cache_mb=64, warm_changes=60, warm_sessions=10)
+    result, failures = measure(changes=120, sessions=20, cache_mb=64, warm_changes=60, warm_sessions=40)
     assert failures == []
     long, many = result["phases"][1:]
     assert (long.changes, len(many.visits)) == (120, 20)
