@@ -5,7 +5,8 @@ Each client speaks Streamlit's own WebSocket protocol as the browser's frontend 
 ``BackMsg``/``ForwardMsg`` protobufs), without drawing anything:
 
 - it pings ``/_stcore/health`` (which sets the ``_streamlit_xsrf`` cookie) and ``/_stcore/host-config``, then opens
-  ``/_stcore/stream`` with the subprotocols ``["streamlit", <xsrf token>]``, the cookie and an ``Origin`` header;
+  ``/_stcore/stream`` with the subprotocols ``["streamlit", <xsrf token>]``, the cookies those answers set (a
+  sticky-session proxy's too) and an ``Origin`` header;
 - it opens its session with its own text (``?text=...``, the URL parameter the app reads), by sending the first
   ``rerun_script`` with that query string, and waits for the Heatmap of layer 0, head 0;
 - then it changes Layer, Head and view (the tab: Heatmap, Token view, Head lines) in turn, each time sending a
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.cookiejar
 import itertools
 import json
 import os
@@ -62,6 +64,7 @@ WORDS = ("cat", "dog", "horse", "bird", "fish", "lion", "tiger", "bear", "wolf",
          "buffalo", "dolphin", "penguin", "raven", "turkey", "chicken", "kitten", "puppy", "hound", "jaguar",
          "leopard", "toad")
 MOODS = ("happy", "sleepy", "hungry", "lazy", "brave", "quiet", "clever", "gentle")
+XSRF_COOKIE = "_streamlit_xsrf"  # its value is the WebSocket's second subprotocol, as the frontend sends it
 FINISHED_OK = {0, 3}  # ScriptFinishedStatus: FINISHED_SUCCESSFULLY, FINISHED_FRAGMENT_RUN_SUCCESSFULLY
 FINISHED_EARLY = 2  # FINISHED_EARLY_FOR_RERUN: the frontend leaves its cache alone
 
@@ -171,27 +174,30 @@ class Visitor:
         self.cache = MessageCache()
         self.states: dict[str, tuple[str, object]] = {}  # widget id -> (WidgetState value field, value)
         self.socket = None
+        self.cookies: dict[str, str] = {}
         self.session_id = ""
 
     async def connect(self) -> None:
         import websockets
 
-        cookie = await asyncio.to_thread(self._ping)
-        token = cookie.split("=", 1)[1] if cookie else "PLACEHOLDER_AUTH_TOKEN"
+        self.cookies = await asyncio.to_thread(self._ping)
+        token = self.cookies.get(XSRF_COOKIE, "PLACEHOLDER_AUTH_TOKEN")
+        cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
         headers = {"Origin": self.url, **({"Cookie": cookie} if cookie else {})}
         stream = "ws" + self.url.removeprefix("http") + "/_stcore/stream"
         self.socket = await websockets.connect(stream, subprotocols=["streamlit", token],
                                                additional_headers=headers, max_size=MAX_MESSAGE,
                                                open_timeout=CHANGE_TIMEOUT)
 
-    def _ping(self) -> str | None:
-        """The frontend's pings before its WebSocket: the health check (its answer sets the XSRF cookie, returned
-        as "name=value") and the host config."""
-        with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=CHANGE_TIMEOUT) as answer:
-            cookie = answer.headers.get("Set-Cookie")
-        with urllib.request.urlopen(f"{self.url}/_stcore/host-config", timeout=CHANGE_TIMEOUT) as answer:
-            answer.read()
-        return cookie.split(";", 1)[0] if cookie else None
+    def _ping(self) -> dict[str, str]:
+        """The frontend's pings before its WebSocket, the health check and the host config; the cookies their
+        answers set, as a browser keeps them: Streamlit's XSRF token, and a proxy's session cookie, if any."""
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        for path in ("/_stcore/health", "/_stcore/host-config"):
+            with opener.open(f"{self.url}{path}", timeout=CHANGE_TIMEOUT) as answer:
+                answer.read()
+        return {cookie.name: cookie.value for cookie in jar if cookie.value is not None}
 
     async def close(self) -> None:
         if self.socket is not None:

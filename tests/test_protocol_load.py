@@ -14,6 +14,7 @@ import pytest
 from bench.protocol import (
     MOODS,
     WORDS,
+    XSRF_COOKIE,
     Visit,
     client_text,
     client_words,
@@ -57,6 +58,16 @@ def test_json_line_of_the_command(server):
     assert (row["clients"], row["changes"], row["errors"], row["mixed"]) == (2, 4, 0, 0)
     assert 0 < row["p50_ms"] <= row["p95_ms"] and row["changes_per_s"] > 0
     assert row["server_peak_mb"] > 100  # found from the port: the server runs here
+
+
+def test_a_visitor_connects_as_the_page_does(server):
+    async def visit() -> tuple:
+        visitor, page = await open_visit(server, 0, Visit())
+        await visitor.close()
+        return visitor, page
+
+    visitor, page = asyncio.run(visit())
+    assert visitor.cookies.get(XSRF_COOKIE) and visitor.session_id and (page.layers, page.heads) == (6, 12)
 
 
 def test_the_server_is_found_from_its_port(server):
