@@ -50,7 +50,8 @@ from bench.common import cpu_seconds
 LEVELS = (8, 32, 64)  # concurrent clients in `make bench`
 CHANGES = 20  # changes per client
 TARGET_P95 = 1.0  # seconds: the issue's target for a change at 32 clients, with 0 errors and 0 mixed results
-SEARCH_STEP = 8  # the largest N meeting the target is searched to this many clients
+SEARCH_STEP = 8  # the largest N meeting the target is searched to this many clients (to one below 8)
+SEARCH_LEVELS = 5  # levels the search may add
 CHANGE_TIMEOUT = 120.0  # seconds a change (or a session's opening) may take before it counts as an error
 MAX_MESSAGE = 64 * 2**20  # bytes: the largest ForwardMsg a client accepts (a figure is well under 5 MB)
 VIEWS = (("Heatmap", "heatmap"), ("Token view", "tokens"), ("Head lines", "lines"))  # tab label, chart key suffix
@@ -494,19 +495,21 @@ def meets_target(row: dict) -> bool:
 
 
 def largest_meeting(url: str, changes: int, pids: list[int], rows: list[dict]) -> tuple[int | None, list[dict]]:
-    """The largest N meeting the target, from the levels measured (``rows``) and a search between the largest
-    that met it and the smallest that did not (to ``SEARCH_STEP`` clients; doubling past the largest if all met)."""
-    good = [row["clients"] for row in rows if meets_target(row)]
-    bad = [row["clients"] for row in rows if not meets_target(row)]
-    low = max(good, default=None)
-    high = min((n for n in bad if low is None or n > low), default=None)
+    """The largest N meeting the target, from the levels measured (``rows``) and a bisection between the largest
+    that met it (0 if none) and the smallest above it that did not (doubling when every level met), to the client
+    below ``SEARCH_STEP`` clients and to ``SEARCH_STEP`` above; at most ``SEARCH_LEVELS`` more levels."""
+    low = max((row["clients"] for row in rows if meets_target(row)), default=0)
+    high = min((row["clients"] for row in rows if not meets_target(row) and row["clients"] > low), default=None)
     extra = []
-    while low is not None and (high is None or high - low > SEARCH_STEP) and len(extra) < 4:
-        n = 2 * low if high is None else (low + high) // 2 // SEARCH_STEP * SEARCH_STEP or low + SEARCH_STEP
+    while len(extra) < SEARCH_LEVELS:
+        step = SEARCH_STEP if low >= SEARCH_STEP else 1
+        if (high is None and low == 0) or (high is not None and high - low <= step):
+            break
+        n = 2 * low if high is None else max(low + step, (low + high) // 2 // step * step)
         row = asyncio.run(run_level(url, n, changes, pids))
         extra.append(row)
         low, high = (n, high) if meets_target(row) else (low, n)
-    return low, extra
+    return low or None, extra
 
 
 def table_row(row: dict) -> dict:
