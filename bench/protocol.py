@@ -53,6 +53,7 @@ TARGET_P95 = 1.0  # seconds: the issue's target for a change at 32 clients, with
 SEARCH_STEP = 8  # the largest N meeting the target is searched to this many clients (to one below 8)
 SEARCH_LEVELS = 5  # levels the search may add
 CHANGE_TIMEOUT = 120.0  # seconds a change (or a session's opening) may take before it counts as an error
+WARM_FIRST = 580  # the warm-up's clients: the last texts (592 in all), never a level's
 WARM_TIMEOUT = 300.0  # seconds a started server may take to warm up (its helper process to stop)
 MAX_MESSAGE = 64 * 2**20  # bytes: the largest ForwardMsg a client accepts (a figure is well under 5 MB)
 VIEWS = (("Heatmap", "heatmap"), ("Token view", "tokens"), ("Head lines", "lines"))  # tab label, chart key suffix
@@ -449,17 +450,19 @@ def percentile(samples: list[float], share: float) -> float:
 
 
 async def run_level(url: str, clients: int, changes: int, pids: Iterable[int] = (),
-                    visits: list[Visit] | None = None) -> dict:
+                    visits: list[Visit] | None = None, first: int = 0) -> dict:
     """``clients`` visitors at once, ``changes`` changes each: one result row (see ``summary``); each client's
-    results go to ``visits`` (filled here: pass an empty list to read them)."""
+    results go to ``visits`` (filled here: pass an empty list to read them). The clients are ``first`` ... on
+    (``client_text``): a level of new clients brings texts the server has not seen, as new visitors do (the
+    figures of a text's layers, heads and views are built once per process, then read from the cache)."""
     pids = list(pids)
     visits = [] if visits is None else visits
     visits[:] = [Visit() for _ in range(clients)]
     peaks_reset = all([reset_peak(pid) for pid in pids])
-    opened = await asyncio.gather(*(open_visit(url, i, visits[i]) for i in range(clients)))
+    opened = await asyncio.gather(*(open_visit(url, first + i, visits[i]) for i in range(clients)))
     cpu = sum(cpu_seconds(pid) for pid in pids)
     start = time.perf_counter()
-    await asyncio.gather(*(change_visit(pair[0], pair[1], i, changes, visits[i])
+    await asyncio.gather(*(change_visit(pair[0], pair[1], first + i, changes, visits[i])
                            for i, pair in enumerate(opened) if pair is not None))
     wall = time.perf_counter() - start
     cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
@@ -495,10 +498,12 @@ def meets_target(row: dict) -> bool:
             and row["p95_ms"] < 1000 * TARGET_P95)
 
 
-def largest_meeting(url: str, changes: int, pids: list[int], rows: list[dict]) -> tuple[int | None, list[dict]]:
+def largest_meeting(url: str, changes: int, pids: list[int], rows: list[dict],
+                    first: int) -> tuple[int | None, list[dict]]:
     """The largest N meeting the target, from the levels measured (``rows``) and a bisection between the largest
     that met it (0 if none) and the smallest above it that did not (doubling when every level met), to the client
-    below ``SEARCH_STEP`` clients and to ``SEARCH_STEP`` above; at most ``SEARCH_LEVELS`` more levels."""
+    below ``SEARCH_STEP`` clients and to ``SEARCH_STEP`` above; at most ``SEARCH_LEVELS`` more levels, of new
+    clients from ``first`` on."""
     low = max((row["clients"] for row in rows if meets_target(row)), default=0)
     high = min((row["clients"] for row in rows if not meets_target(row) and row["clients"] > low), default=None)
     extra = []
@@ -507,7 +512,8 @@ def largest_meeting(url: str, changes: int, pids: list[int], rows: list[dict]) -
         if (high is None and low == 0) or (high is not None and high - low <= step):
             break
         n = 2 * low if high is None else max(low + step, (low + high) // 2 // step * step)
-        row = asyncio.run(run_level(url, n, changes, pids))
+        row = asyncio.run(run_level(url, n, changes, pids, first=first))
+        first += n
         extra.append(row)
         low, high = (n, high) if meets_target(row) else (low, n)
     return low or None, extra
@@ -540,11 +546,11 @@ def server(url: str | None, pids: list[int]) -> Iterator[tuple[str, list[int]]]:
     from tests.browser_support import streamlit_server
 
     with streamlit_server() as started:
-        asyncio.run(run_level(started, 1, 3))
+        asyncio.run(run_level(started, 1, 3, first=WARM_FIRST))
         deadline = time.monotonic() + WARM_TIMEOUT
         while _children(started.pid) and time.monotonic() < deadline:  # the cold-start helper, until it stops
             time.sleep(1.0)
-        asyncio.run(run_level(started, 4, 6))
+        asyncio.run(run_level(started, 4, 6, first=WARM_FIRST))
         yield started, [started.pid]
 
 
@@ -559,10 +565,11 @@ def measure(levels: Iterable[int], changes: int, url: str | None = None, pids: I
             search: bool = False) -> tuple[list[dict], int | None]:
     """Every level's row, and with ``search`` the largest N meeting the target (else None)."""
     with server(url, list(pids)) as (where, found):
-        rows = [asyncio.run(run_level(where, n, changes, found)) for n in levels]
+        firsts = list(itertools.accumulate(levels, initial=0))  # each level's clients new to the server
+        rows = [asyncio.run(run_level(where, n, changes, found, first=start)) for n, start in zip(levels, firsts)]
         if not search:
             return rows, None
-        largest, extra = largest_meeting(where, changes, found, rows)
+        largest, extra = largest_meeting(where, changes, found, rows, firsts[-1])
     return sorted(rows + extra, key=lambda row: row["clients"]), largest
 
 
