@@ -1,6 +1,7 @@
 """Run every benchmark and print one markdown table each: `make bench` (or `python -m bench [names...] [--isa avx2]
 [--threads N]`). `python -m bench load --clients N [--changes 20] [--url URL] [--json]` runs the protocol-level load
-client alone with its own options (``bench.protocol.cli``).
+client alone with its own options (``bench.protocol.cli``), `python -m bench soak [--changes N] [--sessions N]` the
+soak (``bench.soak.cli``).
 
 Every table names the CPU it was measured on, its vector extensions and the load average
 (``bench.common.print_table``). ``--isa avx2`` runs the named suites in a subprocess whose environment caps both
@@ -32,6 +33,7 @@ SUITES = {
     "scrub": "Head scrubbing in Chromium (the slider inside the figure), MiniLM, 128 tokens",
     "corpus": "Corpus pipeline (Beam DirectRunner in memory vs a plain loop), MiniLM, data/ sentences",
     "corpus_tab": "Corpus tab: the query-key scatter of 20,000 points in Chromium (WebGL)",
+    "soak": "Soak, one process, MiniLM: one session through 2,000 changes, 200 sessions opened and closed",
 }
 MODULES = {"load": "protocol", "browser": "load"}  # suites whose module is named otherwise (bench.load: Chromium)
 CAPPED_BY_DEFAULT = ("encoder",)  # the suites a run of everything repeats with the instruction set capped at AVX2
@@ -62,10 +64,8 @@ def run_capped(names: list[str], isa: str | None, threads: int | None = None) ->
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["load"] and len(argv) > 1:  # `python -m bench load --clients N ...`: the load client's options
-        from bench.protocol import cli
-
-        return cli(argv[1:])
+    if argv[:1] in (["load"], ["soak"]) and len(argv) > 1:  # `python -m bench load --clients N ...`: its options
+        return importlib.import_module(f"bench.{MODULES.get(argv[0], argv[0])}").cli(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description="Run benchmarks; print a markdown table each.")
     parser.add_argument("names", nargs="*", help=f"suites to run (default: all): {', '.join(SUITES)}")
     parser.add_argument("--isa", choices=sorted(ISA_CAPS), help="cap both frameworks' instruction set")

@@ -5,7 +5,8 @@ Each client speaks Streamlit's own WebSocket protocol as the browser's frontend 
 ``BackMsg``/``ForwardMsg`` protobufs), without drawing anything:
 
 - it pings ``/_stcore/health`` (which sets the ``_streamlit_xsrf`` cookie) and ``/_stcore/host-config``, then opens
-  ``/_stcore/stream`` with the subprotocols ``["streamlit", <xsrf token>]``, the cookie and an ``Origin`` header;
+  ``/_stcore/stream`` with the subprotocols ``["streamlit", <xsrf token>]``, the cookies those answers set (a
+  sticky-session proxy's too) and an ``Origin`` header;
 - it opens its session with its own text (``?text=...``, the URL parameter the app reads), by sending the first
   ``rerun_script`` with that query string, and waits for the Heatmap of layer 0, head 0;
 - then it changes Layer, Head and view (the tab: Heatmap, Token view, Head lines) in turn, each time sending a
@@ -31,6 +32,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.cookiejar
+import itertools
 import json
 import os
 import re
@@ -47,26 +50,39 @@ from bench.common import cpu_seconds
 LEVELS = (8, 32, 64)  # concurrent clients in `make bench`
 CHANGES = 20  # changes per client
 TARGET_P95 = 1.0  # seconds: the issue's target for a change at 32 clients, with 0 errors and 0 mixed results
-SEARCH_STEP = 8  # the largest N meeting the target is searched to this many clients
+SEARCH_STEP = 8  # the largest N meeting the target is searched to this many clients (to one below 8)
+SEARCH_LEVELS = 5  # levels the search may add
 CHANGE_TIMEOUT = 120.0  # seconds a change (or a session's opening) may take before it counts as an error
+WARM_FIRST = 580  # the warm-up's clients: the last texts (592 in all), never a level's
+WARM_TIMEOUT = 300.0  # seconds a started server may take to warm up (its helper process to stop)
 MAX_MESSAGE = 64 * 2**20  # bytes: the largest ForwardMsg a client accepts (a figure is well under 5 MB)
 VIEWS = (("Heatmap", "heatmap"), ("Token view", "tokens"), ("Head lines", "lines"))  # tab label, chart key suffix
-# One word per client, each a single MiniLM token and none of them words the app's figures use themselves.
+# Each client's text names an animal and a mood, the pair its own (74 x 8 clients); each a single MiniLM token and
+# none of them words the app's figures use themselves.
 WORDS = ("cat", "dog", "horse", "bird", "fish", "lion", "tiger", "bear", "wolf", "fox", "sheep", "goat", "cow",
          "pig", "duck", "goose", "owl", "eagle", "crow", "rabbit", "mouse", "rat", "frog", "snake", "whale", "shark",
-         "seal", "otter", "deer", "moose", "camel", "zebra", "monkey", "gorilla", "panda", "koala", "donkey", "mule",
+         "seal", "otter", "deer", "moose", "camel", "zebra", "monkey", "gorilla", "panda", "hen", "donkey", "mule",
          "bull", "ox", "lamb", "pony", "hawk", "dove", "swan", "parrot", "pigeon", "turtle", "lizard", "spider",
-         "bee", "ant", "wasp", "moth", "beetle", "crab", "lobster", "squirrel", "bat", "badger", "hedgehog", "elk",
-         "buffalo", "dolphin", "penguin", "ostrich", "turkey", "chicken", "kitten", "puppy", "hound", "jaguar",
-         "leopard", "cheetah")
+         "bee", "ant", "wasp", "moth", "beetle", "crab", "lobster", "squirrel", "bat", "badger", "bison", "elk",
+         "buffalo", "dolphin", "penguin", "raven", "turkey", "chicken", "kitten", "puppy", "hound", "jaguar",
+         "leopard", "toad")
+MOODS = ("happy", "sleepy", "hungry", "lazy", "brave", "quiet", "clever", "gentle")
+XSRF_COOKIE = "_streamlit_xsrf"  # its value is the WebSocket's second subprotocol, as the frontend sends it
 FINISHED_OK = {0, 3}  # ScriptFinishedStatus: FINISHED_SUCCESSFULLY, FINISHED_FRAGMENT_RUN_SUCCESSFULLY
 FINISHED_EARLY = 2  # FINISHED_EARLY_FOR_RERUN: the frontend leaves its cache alone
 
 
-def client_text(index: int) -> tuple[str, str]:
-    """Client ``index``'s word and text (14 MiniLM tokens with [CLS] and [SEP])."""
-    word = WORDS[index % len(WORDS)]
-    return word, f"The {word} sat on the mat because the {word} was tired."
+def client_words(index: int) -> tuple[str, str]:
+    """Client ``index``'s own pair of words: an animal and a mood (``WORDS``, ``MOODS``), unique up to 592
+    clients."""
+    return WORDS[index % len(WORDS)], MOODS[index // len(WORDS) % len(MOODS)]
+
+
+def client_text(index: int, sentences: int = 1) -> str:
+    """Client ``index``'s text: ``sentences`` times a sentence naming its words (15 MiniLM tokens with [CLS] and
+    [SEP] for one)."""
+    animal, mood = client_words(index)
+    return " ".join([f"The {mood} {animal} sat on the mat because the {animal} was tired."] * sentences)
 
 
 def figure_words(spec: object) -> set[str]:
@@ -85,11 +101,12 @@ def figure_words(spec: object) -> set[str]:
     return words
 
 
-def is_own(spec: object, word: str) -> bool:
-    """Whether a figure shows the text of the client whose word is ``word``: its word is among the figure's words
-    and no other client's word is."""
+def is_own(spec: object, index: int) -> bool:
+    """Whether a figure shows client ``index``'s text: its animal and mood are the only ones among the figure's
+    words."""
     words = figure_words(spec)
-    return word in words and not (words & set(WORDS)) - {word}
+    animal, mood = client_words(index)
+    return words & set(WORDS) == {animal} and words & set(MOODS) == {mood}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -160,27 +177,30 @@ class Visitor:
         self.cache = MessageCache()
         self.states: dict[str, tuple[str, object]] = {}  # widget id -> (WidgetState value field, value)
         self.socket = None
+        self.cookies: dict[str, str] = {}
         self.session_id = ""
 
     async def connect(self) -> None:
         import websockets
 
-        cookie = await asyncio.to_thread(self._ping)
-        token = cookie.split("=", 1)[1] if cookie else "PLACEHOLDER_AUTH_TOKEN"
+        self.cookies = await asyncio.to_thread(self._ping)
+        token = self.cookies.get(XSRF_COOKIE, "PLACEHOLDER_AUTH_TOKEN")
+        cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
         headers = {"Origin": self.url, **({"Cookie": cookie} if cookie else {})}
         stream = "ws" + self.url.removeprefix("http") + "/_stcore/stream"
         self.socket = await websockets.connect(stream, subprotocols=["streamlit", token],
                                                additional_headers=headers, max_size=MAX_MESSAGE,
                                                open_timeout=CHANGE_TIMEOUT)
 
-    def _ping(self) -> str | None:
-        """The frontend's pings before its WebSocket: the health check (its answer sets the XSRF cookie, returned
-        as "name=value") and the host config."""
-        with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=CHANGE_TIMEOUT) as answer:
-            cookie = answer.headers.get("Set-Cookie")
-        with urllib.request.urlopen(f"{self.url}/_stcore/host-config", timeout=CHANGE_TIMEOUT) as answer:
-            answer.read()
-        return cookie.split(";", 1)[0] if cookie else None
+    def _ping(self) -> dict[str, str]:
+        """The frontend's pings before its WebSocket, the health check and the host config; the cookies their
+        answers set, as a browser keeps them: Streamlit's XSRF token, and a proxy's session cookie, if any."""
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        for path in ("/_stcore/health", "/_stcore/host-config"):
+            with opener.open(f"{self.url}{path}", timeout=CHANGE_TIMEOUT) as answer:
+                answer.read()
+        return {cookie.name: cookie.value for cookie in jar if cookie.value is not None}
 
     async def close(self) -> None:
         if self.socket is not None:
@@ -300,10 +320,11 @@ class Page:
         return cls(layer, head, view, fragment, run.slider_max["Layer"] + 1, run.slider_max["Head"] + 1)
 
 
-def changes_of(count: int, layers: int, heads: int) -> Iterator[tuple[str, int, int, int]]:
-    """``count`` changes in turn of Layer, Head and view: (what changed, layer, head, view index)."""
+def changes_of(layers: int, heads: int) -> Iterator[tuple[str, int, int, int]]:
+    """Endless changes in turn of Layer, Head and view: (what changed, layer, head, view index); every state of
+    the three comes in ``3 * layers * heads * len(VIEWS)`` changes at most."""
     layer = head = view = 0
-    for step in range(count):
+    for step in itertools.count():
         what = ("layer", "head", "view")[step % 3]
         if what == "layer":
             layer = (layer + 1) % layers
@@ -314,7 +335,7 @@ def changes_of(count: int, layers: int, heads: int) -> Iterator[tuple[str, int, 
         yield what, layer, head, view
 
 
-def _check(run: Run, visit: Visit, word: str, view: int, layer: int, head: int) -> Chart | None:
+def _check(run: Run, visit: Visit, index: int, view: int, layer: int, head: int) -> Chart | None:
     """The chart answering a change, counted: its view's chart titled with the layer and head asked for (else an
     error), of this client's text (else mixed)."""
     for message in run.exceptions:
@@ -328,20 +349,20 @@ def _check(run: Run, visit: Visit, word: str, view: int, layer: int, head: int) 
         return None
     visit.received += len(json.dumps(chart.spec))
     visit.last_chart = chart.spec
-    if not is_own(chart.spec, word):
+    if not is_own(chart.spec, index):
         visit.mixed += 1
     return chart
 
 
-async def open_visit(url: str, index: int, visit: Visit) -> tuple[Visitor, Page] | None:
-    """Open client ``index``'s session with its own text; None (an error counted) if it does not open."""
-    word, text = client_text(index)
-    visitor = Visitor(url, {"text": text})
+async def open_visit(url: str, index: int, visit: Visit, sentences: int = 1) -> tuple[Visitor, Page] | None:
+    """Open client ``index``'s session with its own text (``client_text``); None (an error counted) if it does not
+    open."""
+    visitor = Visitor(url, {"text": client_text(index, sentences)})
     start = time.perf_counter()
     try:
         await visitor.connect()
         run = await visitor.rerun()
-        chart = _check(run, visit, word, 0, 0, 0)
+        chart = _check(run, visit, index, 0, 0, 0)
         if chart is None:
             await visitor.close()
             return None
@@ -353,11 +374,11 @@ async def open_visit(url: str, index: int, visit: Visit) -> tuple[Visitor, Page]
         return None
 
 
-async def change_visit(visitor: Visitor, page: Page, index: int, changes: int, visit: Visit) -> None:
-    """Client ``index``'s ``changes`` changes on its open session, each timed and checked."""
-    word, _ = client_text(index)
+async def change_visit(visitor: Visitor, page: Page, index: int, changes: int, visit: Visit, start: int = 0) -> None:
+    """Client ``index``'s ``changes`` changes on its open session, each timed and checked: those of ``changes_of``
+    from its ``start``-th on."""
     try:
-        for what, layer, head, view in changes_of(changes, page.layers, page.heads):
+        for what, layer, head, view in itertools.islice(changes_of(page.layers, page.heads), start, start + changes):
             if what == "layer":
                 visitor.set_widget(page.layer, "double_array_value", [float(layer)], "layer")
             elif what == "head":
@@ -365,7 +386,7 @@ async def change_visit(visitor: Visitor, page: Page, index: int, changes: int, v
             else:
                 visitor.set_widget(page.view, "string_value", VIEWS[view][0], "view")
             run = await visitor.rerun(page.fragment)
-            chart = _check(run, visit, word, view, layer, head)
+            chart = _check(run, visit, index, view, layer, head)
             if chart is not None:
                 visit.latencies.append(chart.arrived - run.started)
     except Exception as error:  # as in open_visit: counted, and this client stops
@@ -429,17 +450,19 @@ def percentile(samples: list[float], share: float) -> float:
 
 
 async def run_level(url: str, clients: int, changes: int, pids: Iterable[int] = (),
-                    visits: list[Visit] | None = None) -> dict:
+                    visits: list[Visit] | None = None, first: int = 0) -> dict:
     """``clients`` visitors at once, ``changes`` changes each: one result row (see ``summary``); each client's
-    results go to ``visits`` (filled here: pass an empty list to read them)."""
+    results go to ``visits`` (filled here: pass an empty list to read them). The clients are ``first`` ... on
+    (``client_text``): a level of new clients brings texts the server has not seen, as new visitors do (the
+    figures of a text's layers, heads and views are built once per process, then read from the cache)."""
     pids = list(pids)
     visits = [] if visits is None else visits
     visits[:] = [Visit() for _ in range(clients)]
     peaks_reset = all([reset_peak(pid) for pid in pids])
-    opened = await asyncio.gather(*(open_visit(url, i, visits[i]) for i in range(clients)))
+    opened = await asyncio.gather(*(open_visit(url, first + i, visits[i]) for i in range(clients)))
     cpu = sum(cpu_seconds(pid) for pid in pids)
     start = time.perf_counter()
-    await asyncio.gather(*(change_visit(pair[0], pair[1], i, changes, visits[i])
+    await asyncio.gather(*(change_visit(pair[0], pair[1], first + i, changes, visits[i])
                            for i, pair in enumerate(opened) if pair is not None))
     wall = time.perf_counter() - start
     cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
@@ -475,20 +498,25 @@ def meets_target(row: dict) -> bool:
             and row["p95_ms"] < 1000 * TARGET_P95)
 
 
-def largest_meeting(url: str, changes: int, pids: list[int], rows: list[dict]) -> tuple[int | None, list[dict]]:
-    """The largest N meeting the target, from the levels measured (``rows``) and a search between the largest
-    that met it and the smallest that did not (to ``SEARCH_STEP`` clients; doubling past the largest if all met)."""
-    good = [row["clients"] for row in rows if meets_target(row)]
-    bad = [row["clients"] for row in rows if not meets_target(row)]
-    low = max(good, default=None)
-    high = min((n for n in bad if low is None or n > low), default=None)
+def largest_meeting(url: str, changes: int, pids: list[int], rows: list[dict],
+                    first: int) -> tuple[int | None, list[dict]]:
+    """The largest N meeting the target, from the levels measured (``rows``) and a bisection between the largest
+    that met it (0 if none) and the smallest above it that did not (doubling when every level met), to the client
+    below ``SEARCH_STEP`` clients and to ``SEARCH_STEP`` above; at most ``SEARCH_LEVELS`` more levels, of new
+    clients from ``first`` on."""
+    low = max((row["clients"] for row in rows if meets_target(row)), default=0)
+    high = min((row["clients"] for row in rows if not meets_target(row) and row["clients"] > low), default=None)
     extra = []
-    while low is not None and (high is None or high - low > SEARCH_STEP) and len(extra) < 4:
-        n = 2 * low if high is None else (low + high) // 2 // SEARCH_STEP * SEARCH_STEP or low + SEARCH_STEP
-        row = asyncio.run(run_level(url, n, changes, pids))
+    while len(extra) < SEARCH_LEVELS:
+        step = SEARCH_STEP if low >= SEARCH_STEP else 1
+        if (high is None and low == 0) or (high is not None and high - low <= step):
+            break
+        n = 2 * low if high is None else max(low + step, (low + high) // 2 // step * step)
+        row = asyncio.run(run_level(url, n, changes, pids, first=first))
+        first += n
         extra.append(row)
         low, high = (n, high) if meets_target(row) else (low, n)
-    return low, extra
+    return low or None, extra
 
 
 def table_row(row: dict) -> dict:
@@ -509,7 +537,8 @@ def table_row(row: dict) -> dict:
 @contextlib.contextmanager
 def server(url: str | None, pids: list[int]) -> Iterator[tuple[str, list[int]]]:
     """``url`` and the server's pids (given, or found from its port), or a server started here as `make run`
-    does (on 127.0.0.1, warmed by one session)."""
+    does (on 127.0.0.1) once warm: a first session served, the start-up's helper process gone (the server then
+    holds its own model), and a few sessions' changes run."""
     if url is not None:
         found = listening_pid(url)
         yield url, pids or ([found] if found is not None else [])
@@ -517,18 +546,30 @@ def server(url: str | None, pids: list[int]) -> Iterator[tuple[str, list[int]]]:
     from tests.browser_support import streamlit_server
 
     with streamlit_server() as started:
-        asyncio.run(run_level(started, 1, 3))  # warm: the model loaded, the figures' code paths run once
+        asyncio.run(run_level(started, 1, 3, first=WARM_FIRST))
+        deadline = time.monotonic() + WARM_TIMEOUT
+        while _children(started.pid) and time.monotonic() < deadline:  # the cold-start helper, until it stops
+            time.sleep(1.0)
+        asyncio.run(run_level(started, 4, 6, first=WARM_FIRST))
         yield started, [started.pid]
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    from bench.common import _parents
+
+    return [child for child, parent in _parents().items() if parent == pid]
 
 
 def measure(levels: Iterable[int], changes: int, url: str | None = None, pids: Iterable[int] = (),
             search: bool = False) -> tuple[list[dict], int | None]:
     """Every level's row, and with ``search`` the largest N meeting the target (else None)."""
     with server(url, list(pids)) as (where, found):
-        rows = [asyncio.run(run_level(where, n, changes, found)) for n in levels]
+        firsts = list(itertools.accumulate(levels, initial=0))  # each level's clients new to the server
+        rows = [asyncio.run(run_level(where, n, changes, found, first=start)) for n, start in zip(levels, firsts)]
         if not search:
             return rows, None
-        largest, extra = largest_meeting(where, changes, found, rows)
+        largest, extra = largest_meeting(where, changes, found, rows, firsts[-1])
     return sorted(rows + extra, key=lambda row: row["clients"]), largest
 
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import plotly.io as pio
 import pytest
+from plotly.tools import return_figure_from_figure_or_data
 from streamlit.testing.v1 import AppTest
 
 from encoder.budget import ByteBudgetCache, held_bytes
@@ -19,6 +21,7 @@ from encoder.settings import settings
 from tests.support.traces import synthetic_trace
 from ui import cache
 from ui.downloads import MAX_DOWNLOAD_BYTES, csv_bytes, heads_that_fit
+from ui.drawn import plotly_figure
 from ui.scrub import scrub_chart
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,8 +252,11 @@ def test_a_figure_is_built_once_per_input_and_settings_and_counted_in_the_budget
     kept = store.get(figures[0], pytest.fail)
     # the figure's arrays, and the figure the app draws: its own arrays and the slider steps' contents sent apart
     assert kept.scrub is not None and kept.scrub is scrub_chart(kept.figure)
+    # ... and the JSON st.plotly_chart is given, made once: the same JSON Streamlit makes of the figure itself
+    assert kept.drawn is plotly_figure(kept.scrub.figure).spec
+    assert first == pio.to_json(return_figure_from_figure_or_data(kept.scrub.figure, True), validate=False)
     assert held_bytes(kept) == sum(a.nbytes for a in kept.arrays) + len(kept.scrub.steps) + held_bytes(
-        (kept.scrub.steps_id, kept.scrub.values, kept.scrub.active))
+        (kept.scrub.steps_id, kept.scrub.values, kept.scrub.active)) + held_bytes(kept.drawn)
     assert len(kept.scrub.steps) > sum(a.nbytes for a in kept.arrays)  # the steps: most of what a figure holds
 
 

@@ -12,8 +12,12 @@ import sys
 import pytest
 
 from bench.protocol import (
+    MOODS,
+    WORDS,
+    XSRF_COOKIE,
     Visit,
     client_text,
+    client_words,
     figure_words,
     is_own,
     listening_pid,
@@ -40,9 +44,8 @@ def test_four_clients_get_their_own_charts(server):
     assert (row["clients"], row["changes"], row["errors"], row["mixed"]) == (4, 12, 0, 0)
     for index, visit in enumerate(visits):
         assert len(visit.latencies) == 3 and visit.opened is not None
-        word, other = client_text(index)[0], client_text(index + 1)[0]
-        assert is_own(visit.last_chart, word)  # its last chart (Head lines after layer, head, view) is its text's
-        assert not is_own(visit.last_chart, other)  # ... and would be mixed for any other client
+        assert is_own(visit.last_chart, index)  # its last chart (Head lines after layer, head, view) is its text's
+        assert not is_own(visit.last_chart, index + 1)  # ... and would be mixed for any other client
     assert row["server_cpu_ms_per_change"] > 0 and row["server_peak_mb"] > 100
 
 
@@ -55,6 +58,16 @@ def test_json_line_of_the_command(server):
     assert (row["clients"], row["changes"], row["errors"], row["mixed"]) == (2, 4, 0, 0)
     assert 0 < row["p50_ms"] <= row["p95_ms"] and row["changes_per_s"] > 0
     assert row["server_peak_mb"] > 100  # found from the port: the server runs here
+
+
+def test_a_visitor_connects_as_the_page_does(server):
+    async def visit() -> tuple:
+        visitor, page = await open_visit(server, 0, Visit())
+        await visitor.close()
+        return visitor, page
+
+    visitor, page = asyncio.run(visit())
+    assert visitor.cookies.get(XSRF_COOKIE) and visitor.session_id and (page.layers, page.heads) == (6, 12)
 
 
 def test_the_server_is_found_from_its_port(server):
@@ -71,9 +84,11 @@ def test_no_server_is_an_error_not_a_crash():
 
 
 def test_mixed_means_another_clients_tokens():
-    spec = {"data": [{"x": ["[CLS] (0)", "the (1)", "cat (2)"], "z": {"dtype": "f4", "bdata": "ZG9nY2F0"}}],
+    assert client_words(0) == ("cat", "happy") and client_words(len(WORDS)) == ("cat", "sleepy")
+    assert len({client_text(index) for index in range(len(WORDS) * len(MOODS))}) == len(WORDS) * len(MOODS)
+    spec = {"data": [{"x": ["[CLS] (0)", "the (1)", "happy (2)", "cat (3)"], "z": {"dtype": "f4", "bdata": "ZG9n"}}],
             "layout": {"title": {"text": "Layer 0, head 0"}}}
-    assert figure_words(spec) == {"cls", "the", "cat", "f", "layer", "head"}  # base64 is no text
-    assert is_own(spec, "cat") and not is_own(spec, "dog")
-    spec["data"][0]["x"].append("dog (3)")
-    assert not is_own(spec, "cat")
+    assert figure_words(spec) == {"cls", "the", "happy", "cat", "f", "layer", "head"}  # base64 is no text
+    assert is_own(spec, 0) and not is_own(spec, 1) and not is_own(spec, len(WORDS))
+    spec["data"][0]["x"].append("dog (4)")
+    assert not is_own(spec, 0)

@@ -40,6 +40,7 @@ from encoder.sources import DEFAULT_SOURCE, LoadedModel, ModelCard, load_source
 from encoder.trace import EncoderTrace, trace_text
 from encoder.trace_cache import TraceCache, default_cache
 from tutorial.dataset import load_splits
+from ui.drawn import plotly_figure
 from ui.inputs import DEFAULT_TEXT, EXAMPLES, token_limit, trace_budget
 from ui.scrub import ScrubChart, scrub_chart
 from ui.serving import warmup
@@ -292,11 +293,13 @@ def get_word_trace(inputs: Inputs) -> EncoderTrace:
 class _Chart:
     """A built figure in the byte budget: ``arrays`` are the figure's own top-level trace arrays (the same buffers,
     so ``held_bytes`` counts what the figure holds), and those of the figure the app draws when it has a head slider
-    (``scrub``: its steps' contents, one JSON string, counted too)."""
+    (``scrub``: its steps' contents, one JSON string, counted too); ``drawn`` is the JSON ``st.plotly_chart`` is
+    given (``ui.drawn.plotly_figure``), made once too and counted."""
 
     figure: go.Figure
     arrays: tuple[np.ndarray, ...]
     scrub: ScrubChart | None = None
+    drawn: dict | None = None
 
 
 def _trace_arrays(figure: go.Figure) -> tuple[np.ndarray, ...]:
@@ -317,7 +320,8 @@ def get_figure(key: tuple, build: Callable[[], go.Figure]) -> go.Figure:
     def chart() -> _Chart:
         figure = build()
         scrub = scrub_chart(figure) if has_head_slider(figure) else None  # split once, while the figure is kept
-        return _Chart(figure, _trace_arrays(figure) + (_trace_arrays(scrub.figure) if scrub else ()), scrub)
+        drawn = plotly_figure(figure if scrub is None else scrub.figure).spec  # serialised once, too
+        return _Chart(figure, _trace_arrays(figure) + (_trace_arrays(scrub.figure) if scrub else ()), scrub, drawn)
 
     return _cached(("figure", *key), chart).figure
 

@@ -11,6 +11,7 @@ import streamlit as st
 
 from ui import clicks
 from ui.downloads import download_button, image_export_available
+from ui.drawn import plotly_figure
 from ui.scrub import scrub_chart, scrub_sync_ui
 from viz import render
 from viz.scrub import has_head_slider
@@ -25,7 +26,7 @@ def chart_ui(name: str, fig: go.Figure, stem: str, tokens: Sequence[str] = (),
     """
     key = f"chart-{name}"
     scrub = scrub_chart(fig) if has_head_slider(fig) else None
-    st.plotly_chart(fig if scrub is None else scrub.figure, theme=None, key=key, width="content",
+    st.plotly_chart(plotly_figure(fig if scrub is None else scrub.figure), theme=None, key=key, width="content",
                     config={"displaylogo": False}, on_select=clicks.on_select(fig, key, tokens),
                     selection_mode="points")
     if scrub is not None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import weakref
 from collections.abc import Collection
 
 import plotly.graph_objects as go
 import plotly.io as pio
 import streamlit as st
 
+from ui.drawn import per_figure
 from viz.scrub import SLIDER_NAME, split_steps
 
 SENT = "scrub_steps_sent"  # session state: ids of the step contents this session's page holds (the newest KEEP)
@@ -101,25 +101,21 @@ class ScrubChart:
     active: str
 
 
-_SPLIT: dict[int, ScrubChart] = {}  # id(figure) -> its ScrubChart, while that figure lives
-
-
 def scrub_chart(fig: go.Figure) -> ScrubChart:
-    """``fig`` (which carries the head slider) split for drawing, once per figure object: figures are cached and
-    shared (``ui.cache.get_figure``), so a figure shown again costs no second split."""
-    chart = _SPLIT.get(id(fig))
-    if chart is None:
-        light, held = split_steps(fig.to_plotly_json())
-        steps = pio.to_json(held, validate=False)
-        slider = next(slider for slider in light["layout"]["sliders"] if slider["name"] == SLIDER_NAME)
-        values = tuple(step["value"] for step in slider["steps"])
-        # ``light`` is ``fig``'s own, already validated JSON with emptied steps: validating it again would cost
-        # about as much as building the figure.
-        chart = ScrubChart(go.Figure(light, _validate=False), hashlib.sha256(steps.encode()).hexdigest()[:20], steps,
-                           values, values[slider["active"]])
-        _SPLIT[id(fig)] = chart
-        weakref.finalize(fig, _SPLIT.pop, id(fig), None)
-    return chart
+    """``fig`` (which carries the head slider) split for drawing, once per figure object (``ui.drawn.per_figure``):
+    figures are cached and shared (``ui.cache.get_figure``), so a figure shown again costs no second split."""
+    return per_figure("scrub", fig, _split)
+
+
+def _split(fig: go.Figure) -> ScrubChart:
+    light, held = split_steps(fig.to_plotly_json())
+    steps = pio.to_json(held, validate=False)
+    slider = next(slider for slider in light["layout"]["sliders"] if slider["name"] == SLIDER_NAME)
+    values = tuple(step["value"] for step in slider["steps"])
+    # ``light`` is ``fig``'s own, already validated JSON with emptied steps: validating it again would cost about as
+    # much as building the figure.
+    return ScrubChart(go.Figure(light, _validate=False), hashlib.sha256(steps.encode()).hexdigest()[:20], steps,
+                      values, values[slider["active"]])
 
 
 def scrub_sync_ui(chart_key: str, chart: ScrubChart) -> None:
