@@ -66,7 +66,7 @@ def browser_cpu(server: int) -> float:
 
 
 def children_cpu(pid: int) -> float:
-    """CPU seconds of the live children of ``pid`` (the server's cold-start helper)."""
+    """CPU seconds of the live children of ``pid`` (helper processes a server starts)."""
     return _total_cpu(child for child, parent in _parents().items() if parent == pid)
 
 

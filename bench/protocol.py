@@ -537,7 +537,7 @@ def table_row(row: dict) -> dict:
 @contextlib.contextmanager
 def server(url: str | None, pids: list[int]) -> Iterator[tuple[str, list[int]]]:
     """``url`` and the server's pids (given, or found from its port), or a server started here as `make run`
-    does (on 127.0.0.1) once warm: a first session served, the start-up's helper process gone (the server then
+    does (on 127.0.0.1) once warm: a first session served, any helper process it started gone (the server then
     holds its own model), and a few sessions' changes run."""
     if url is not None:
         found = listening_pid(url)
@@ -548,7 +548,7 @@ def server(url: str | None, pids: list[int]) -> Iterator[tuple[str, list[int]]]:
     with streamlit_server() as started:
         asyncio.run(run_level(started, 1, 3, first=WARM_FIRST))
         deadline = time.monotonic() + WARM_TIMEOUT
-        while _children(started.pid) and time.monotonic() < deadline:  # the cold-start helper, until it stops
+        while _children(started.pid) and time.monotonic() < deadline:  # a helper process it started, until it stops
             time.sleep(1.0)
         asyncio.run(run_level(started, 4, 6, first=WARM_FIRST))
         yield started, [started.pid]

@@ -222,7 +222,7 @@ def test_the_store_recomputes_the_queries_and_keys_the_forward_pass_multiplied(f
 
 
 def test_a_long_trace_pickles_as_its_queries_and_keys_and_the_cache_counts_no_model():
-    """Pickled (the cold-start helper's pipe), a long trace's store is its arrays, no model; the results cache
+    """Pickled (sent to another process), a long trace's store is its arrays, no model; the results cache
     counts its hidden states once and nothing of the model it reads."""
     import pickle
 
