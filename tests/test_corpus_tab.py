@@ -56,8 +56,9 @@ def test_the_corpus_map_is_the_report_card_of_the_index_with_the_selected_head_o
     assert fig.layout.title.text == f"Corpus: attention to the previous token, 1 sentences ({trace.num_tokens} tokens)"
     cells = next(t for t in fig.data if t.name == "cells")
     assert cells.meta["click"] == ["layer", "head"] and len(cells.customdata) == 6 * 12
-    selected = next(t for t in fig.data if t.name == "selected")
-    assert (selected.x[0], selected.y[0]) == (3, 2) and selected.marker.color == HIGHLIGHT
+    selected = next(s for s in fig.layout.shapes if s.name == "selected")  # the whole cell of L2 H3, any aspect
+    assert (selected.x0, selected.x1, selected.y0, selected.y1) == (2.5, 3.5, 1.5, 2.5)
+    assert selected.line.color == HIGHLIGHT and "selected" not in {t.name for t in fig.data}
     with pytest.raises(ViewError, match="L6 H0"):
         build_corpus_map(_report(trace), "previous", selected=(6, 0))
     with pytest.raises(ViewError, match="sink"):

@@ -22,7 +22,6 @@ import plotly.graph_objects as go
 from analysis.report import STATISTICS, HeadReport
 from encoder.errors import ViewError
 from viz.analysis_figures import build_report_heatmap
-from viz.clicks import outline
 from viz.layout import DEFAULT_SCALE, HIGHLIGHT, display_token, new_figure
 from viz.tokens import CHAR_PIXELS, ROW_PIXELS, STRIP_SIDE, TOKEN_FONT, layout_tokens
 from viz.validation import check_choice, check_colorscale, check_int_range
@@ -89,8 +88,9 @@ def build_corpus_map(report: HeadReport, statistic: str, selected: tuple[int, in
         layer, head = selected
         if not (0 <= layer < report.num_layers and 0 <= head < report.num_heads):
             raise ViewError(f"head L{layer} H{head} is not in this {report.num_layers} x {report.num_heads} map")
-        size = next(trace.marker.size for trace in fig.data if trace.name == "cells") + 2
-        fig.add_trace(outline([head], [layer], size, "selected"))
+        # a rectangle in the axes' units fits the cell whatever its aspect (a marker is square)
+        fig.add_shape(type="rect", name="selected", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
+                      line=dict(color=HIGHLIGHT, width=3), layer="above")
     return fig
 
 
