@@ -7,13 +7,14 @@ measured the same way: what Streamlit's own server start and its page in Chromiu
 the default page (its text is an example, kept on disk: no model needed for it) and a link with a 128-token text (no
 example: the model loads in the server first). The browser (Debian's Chromium, headless, driven by Playwright) is
 started first, and asks for the page as soon as the server answers its health check. First paint is the sidebar's
-Text box drawn; first chart is the heatmap showing "Layer 0, head 0"; both from the process's start. "msg" columns:
-when the browser received the WebSocket frame carrying the Text box, and the one carrying the chart (from the same
-start): the server's part (its start, the page's script up to that element) plus the browser's page load before it
-opens the socket; what follows them is the browser's drawing. "TF at chart" counts the cold starts whose server had
-TensorFlow's library mapped when the chart showed (/proc/<pid>/maps). CPU is the seconds each process used until the
-first chart (medians): the server, its children (a cold-start helper, where the design has one) and Chromium with
-Playwright's driver; on 2 cores, half their sum is a floor under the first chart.
+Text box drawn; first chart is the heatmap showing "Layer 0, head 0"; both from the process's start. "socket / msg"
+columns: when the browser received the session's first WebSocket frame (the page loaded, its socket open: the script
+starts then), the frame carrying the Text box and the one carrying the chart (from the same start): from the socket
+to a msg is the server's part (the page's script up to that element), what follows a msg is the browser's drawing.
+"TF at chart" counts the cold starts whose server had TensorFlow's library mapped when the chart showed
+(/proc/<pid>/maps). CPU is the seconds each process used until the first chart (medians): the server, its children
+(a cold-start helper, where the design has one) and Chromium with Playwright's driver; on 2 cores, half their sum is
+a floor under the first chart.
 
 Python's bytecode is compiled first (``compileall``, into the usual ``__pycache__`` folders, which git ignores) and
 the server may write it, as any start after the first does: an environment with ``PYTHONDONTWRITEBYTECODE`` set
@@ -94,8 +95,8 @@ def cold_start(playwright, query: str, plain: bool, env: dict[str, str], text: s
     """One fresh server (``script`` under plain ``streamlit run``) and page ``/?query`` whose Text box holds
     ``text``: seconds from the process's start to the server's health check (``up``), to the page's controls
     (``paint``) and to the first chart (``chart``), and to the browser's receiving the frames that carry them
-    (``text msg``, ``chart msg``); whether TensorFlow was loaded in the server then (``tf``); CPU seconds by then
-    (``cpu``: server, its children, Chromium)."""
+    (``text msg``, ``chart msg``) and the session's first frame (``socket``); whether TensorFlow was loaded in the
+    server then (``tf``); CPU seconds by then (``cpu``: server, its children, Chromium)."""
     browser = launch_chromium(playwright)  # started first: Chromium's own start is not the app's
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     page.set_default_timeout(180_000)
@@ -105,6 +106,7 @@ def cold_start(playwright, query: str, plain: bool, env: dict[str, str], text: s
 
     def frame(payload: bytes | str) -> None:
         data = payload if isinstance(payload, bytes) else payload.encode()
+        received.setdefault("socket", time.perf_counter())  # the first frame: the session's start
         for name, mark in marks.items():
             if name not in received and mark in data:
                 received[name] = time.perf_counter()
@@ -123,7 +125,7 @@ def cold_start(playwright, query: str, plain: bool, env: dict[str, str], text: s
         cpu = (cpu_seconds(url.pid), children_cpu(url.pid), browser_cpu(url.pid) - browser_before)
     browser.close()
     return {"up": up - url.started, "paint": painted - url.started, "chart": chart - url.started, "tf": tf,
-            "cpu": cpu, **{name: received.get(name, float("nan")) - url.started for name in marks}}
+            "cpu": cpu, **{name: received.get(name, float("nan")) - url.started for name in ("socket", *marks)}}
 
 
 def _row(launcher: str, page: str, colds: list[dict]) -> dict:
@@ -134,7 +136,8 @@ def _row(launcher: str, page: str, colds: list[dict]) -> dict:
     charts = [cold["chart"] for cold in colds]
     return {
         "launcher": launcher, "page": page, "server up": f"{median('up'):.2f} s",
-        "text msg / chart msg": f"{median('text msg'):.2f} / {median('chart msg'):.2f} s",
+        "socket / text msg / chart msg": f"{median('socket'):.2f} / {median('text msg'):.2f} / "
+                                         f"{median('chart msg'):.2f} s",
         "first paint": f"{median('paint'):.2f} s",
         "first chart (each)": f"**{median('chart'):.2f} s** ({', '.join(f'{chart:.2f}' for chart in charts)})",
         "TF in server at chart": f"{sum(cold['tf'] for cold in colds)} of {len(colds)}",
