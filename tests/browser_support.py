@@ -49,14 +49,15 @@ class ServerURL(str):
 
 @contextlib.contextmanager
 def streamlit_server(timeout: float = 180.0, env: dict[str, str] | None = None,
-                     plain: bool = False) -> Iterator[ServerURL]:
+                     plain: bool = False, script: str = "app.py") -> Iterator[ServerURL]:
     """Start the app as ``make run`` does (``python -m ui.serving``: ``streamlit run app.py`` with the model warming
-    from the start), or with ``plain`` as hosted services do (``streamlit run app.py``), on 127.0.0.1 and a free
-    port, with ``env`` added to the environment; yield its URL; stop it afterwards."""
+    from the start), or with ``plain`` as hosted services do (``streamlit run app.py``; ``script`` instead of
+    app.py, e.g. the cold-start benchmark's bare app), on 127.0.0.1 and a free port, with ``env`` added to the
+    environment; yield its URL; stop it afterwards."""
     port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "HF_HUB_OFFLINE": "1",
            **(env or {})}
-    launcher = ["streamlit", "run", "app.py"] if plain else ["ui.serving"]
+    launcher = ["streamlit", "run", script] if plain else ["ui.serving"]
     command = [sys.executable, "-m", *launcher, "--server.address", "127.0.0.1",
                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     log = open(ROOT / "tests" / f".streamlit-{port}.log", "w+b")  # noqa: SIM115 - closed below

@@ -182,23 +182,26 @@ shown = [at.exception, json.loads(at.get("plotly_chart")[0].proto.spec)["layout"
 at.selectbox(key="example").set_value({paired!r}).run()
 shown += [at.exception, json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["xaxis"]["ticktext"]]
 print(json.dumps([str(shown[0]), shown[1], shown[2], str(shown[3]), shown[4],
-                  "tensorflow" in sys.modules, "keras" in sys.modules]))
+                  "tensorflow" in sys.modules, "keras" in sys.modules, "pandas" in sys.modules]))
 """
 
 
 def test_the_first_page_and_an_example_draw_from_disk_with_no_tensorflow_in_the_process(kept, minilm):
     """A fresh process (the warm-up off, so nothing else imports it): the default page shows the model's card and
-    the default text's heatmap, and picking the paired example shows its tokens, without importing TensorFlow."""
+    the default text's heatmap, and picking the paired example shows its tokens, without importing TensorFlow, nor
+    pandas (with pyarrow, ~0.2 s of CPU before the first chart: Streamlit imports them to look for data frames in a
+    component's data when it holds a list, ``ui.serving.prefetch``)."""
     code = FIRST_PAGE.format(app=str(ROOT / "app.py"), paired=PAIRED)
     env = {**os.environ, "HEADLIGHT_EXAMPLES_CACHE": str(kept.folder), "HEADLIGHT_WARM_UP": "0"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT,
                           env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    error, ticks, sidebar, pair_error, pair_ticks, tf, keras = json.loads(done.stdout.strip().splitlines()[-1])
+    error, ticks, sidebar, pair_error, pair_ticks, tf, keras, pandas = json.loads(
+        done.stdout.strip().splitlines()[-1])
     assert error == pair_error == "ElementList()"
     assert {"cat", "mat", "tired"} <= set(ticks) and {"station", "museum"} <= set(pair_ticks)
     assert f"{minilm.card().parameters:,}" in sidebar
-    assert (tf, keras) == (False, False)
+    assert (tf, keras, pandas) == (False, False, False)
 
 
 def test_without_the_examples_the_first_page_loads_the_model(tmp_path):
@@ -209,7 +212,7 @@ def test_without_the_examples_the_first_page_loads_the_model(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT,
                           env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    error, ticks, _, _, _, tf, _ = json.loads(done.stdout.strip().splitlines()[-1])
+    error, ticks, _, _, _, tf, _, _ = json.loads(done.stdout.strip().splitlines()[-1])
     assert error == "ElementList()" and {"cat", "mat"} <= set(ticks) and tf
 
 
