@@ -33,13 +33,23 @@ def per_figure(kind: Hashable, fig: go.Figure, make: Callable[[go.Figure], T]) -
 
 def figure_json(fig: go.Figure) -> dict:
     """``fig``'s plotly JSON as plain Python, exactly ``json.loads(pio.to_json(fig, validate=False))``, made without
-    ``Figure.to_dict``'s deep copy of every trace and of the layout (the head slider's steps: ~70 of them): the
-    figure's own properties are read in place, their arrays converted to typed arrays as ``to_dict`` does
-    (``_typed``), and that is encoded and read back."""
-    plain = {"data": [_typed(trace) for trace in fig._data], "layout": _typed(fig._layout)}
+    ``Figure.to_dict``'s deep copy of every trace and of the layout (the head slider's steps: ~70 of them)."""
+    return plain_json(figure_properties(fig))
+
+
+def figure_properties(fig: go.Figure) -> dict:
+    """``fig``'s own properties as a figure dict ("data", "layout", "frames" when it has some), read in place: not
+    copied, arrays as they are held (NumPy), so never to be changed."""
+    props = {"data": fig._data, "layout": fig._layout}
     if fig.frames:
-        plain["frames"] = [_typed(frame.to_plotly_json()) for frame in fig.frames]
-    return json.loads(pio.to_json(plain, validate=False))
+        props["frames"] = [frame.to_plotly_json() for frame in fig.frames]
+    return props
+
+
+def plain_json(props: dict) -> dict:
+    """A figure dict of properties (``figure_properties``) as plain JSON: its arrays converted to typed arrays as
+    ``to_dict`` does (``_typed``), then encoded and read back as ``pio.to_json`` encodes them."""
+    return json.loads(pio.to_json(_typed(props), validate=False))
 
 
 def _typed(value: Any) -> Any:

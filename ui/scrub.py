@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import streamlit as st
 
-from ui.drawn import SerialisedFigure, figure_json, per_figure
+from ui.drawn import SerialisedFigure, figure_properties, per_figure, plain_json
 from viz.scrub import SLIDER_NAME, split_steps
 
 SENT = "scrub_steps_sent"  # session state: ids of the step contents this session's page holds (the newest KEEP)
@@ -109,12 +109,12 @@ def scrub_chart(fig: go.Figure) -> ScrubChart:
 
 
 def _split(fig: go.Figure) -> ScrubChart:
-    light, held = split_steps(figure_json(fig))  # plain JSON: what ``st.plotly_chart`` reads, with no second pass
+    light, held = split_steps(figure_properties(fig))  # the steps' contents are Plotly's JSON as made (viz.scrub)
     steps = pio.to_json(held, validate=False)
     slider = next(slider for slider in light["layout"]["sliders"] if slider["name"] == SLIDER_NAME)
     values = tuple(step["value"] for step in slider["steps"])
-    return ScrubChart(SerialisedFigure(light), hashlib.sha256(steps.encode()).hexdigest()[:20], steps, values,
-                      values[slider["active"]])
+    return ScrubChart(SerialisedFigure(plain_json(light)), hashlib.sha256(steps.encode()).hexdigest()[:20], steps,
+                      values, values[slider["active"]])
 
 
 def scrub_sync_ui(chart_key: str, chart: ScrubChart) -> None:
