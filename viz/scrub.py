@@ -111,24 +111,22 @@ def add_head_slider(fig: go.Figure, trace: EncoderTrace, layer: int, head: int, 
     labelled = len(steps) <= LABELLED_STEPS
     height, margin = fig.layout.height, fig.layout.margin
     plot_height = height - margin.t - margin.b  # pixels; paper y=1 is the plot's top edge
-    fig.update_layout(
-        height=height + SLIDER_ROOM,
-        margin_t=margin.t + SLIDER_ROOM,
-        title=dict(yref="container", y=1.0, yanchor="top", pad=dict(t=14)),
-        sliders=[dict(
-            name=SLIDER_NAME,
-            active=heads.index((layer, head)),
-            x=0.0, xanchor="left", len=1.0,
-            y=1.0 + SLIDER_GAP / plot_height, yanchor="bottom",
-            pad=dict(t=0, b=0, l=0, r=0),
-            currentvalue=dict(prefix="Drag: " if every_layer else f"Drag: layer {layer}, head ", xanchor="left",
-                              font=dict(size=12, color="#444")),
-            font=dict(size=10, color="#444" if labelled else "rgba(0,0,0,0)"),
-            ticklen=4 if labelled else 3, minorticklen=2,
-            transition=dict(duration=0),
-        )],
-    )
-    _set_as_given(fig.layout.sliders[0], "steps", steps)
+    fig.layout.height = height + SLIDER_ROOM
+    fig.layout.margin.t = margin.t + SLIDER_ROOM
+    fig.layout.title.update(yref="container", y=1.0, yanchor="top", pad=dict(t=14))
+    slider = go.layout.Slider(
+        name=SLIDER_NAME,
+        active=heads.index((layer, head)),
+        x=0.0, xanchor="left", len=1.0,
+        y=1.0 + SLIDER_GAP / plot_height, yanchor="bottom",
+        pad=dict(t=0, b=0, l=0, r=0),
+        currentvalue=dict(prefix="Drag: " if every_layer else f"Drag: layer {layer}, head ", xanchor="left",
+                          font=dict(size=12, color="#444")),
+        font=dict(size=10, color="#444" if labelled else "rgba(0,0,0,0)"),
+        ticklen=4 if labelled else 3, minorticklen=2,
+        transition=dict(duration=0),
+    ).to_plotly_json()  # validated alone, then set with its steps as they are (``_set_as_given``)
+    _set_as_given(fig.layout, "sliders", [{**slider, "steps": steps}])
     return True
 
 
