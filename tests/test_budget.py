@@ -21,7 +21,6 @@ from encoder.settings import settings
 from tests.support.traces import synthetic_trace
 from ui import cache
 from ui.downloads import MAX_DOWNLOAD_BYTES, csv_bytes, heads_that_fit
-from ui.drawn import plotly_figure
 from ui.scrub import scrub_chart
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,8 +252,8 @@ def test_a_figure_is_built_once_per_input_and_settings_and_counted_in_the_budget
     # the figure's arrays, and the figure the app draws: its own arrays and the slider steps' contents sent apart
     assert kept.scrub is not None and kept.scrub is scrub_chart(kept.figure)
     # ... and the JSON st.plotly_chart is given, made once: the same JSON Streamlit makes of the figure itself
-    assert kept.drawn is plotly_figure(kept.scrub.figure).spec
-    assert first == pio.to_json(return_figure_from_figure_or_data(kept.scrub.figure, True), validate=False)
+    assert kept.drawn is kept.scrub.drawn.spec
+    assert first == pio.to_json(return_figure_from_figure_or_data(kept.scrub.drawn, True), validate=False)
     assert held_bytes(kept) == sum(a.nbytes for a in kept.arrays) + len(kept.scrub.steps) + held_bytes(
         (kept.scrub.steps_id, kept.scrub.values, kept.scrub.active)) + held_bytes(kept.drawn)
     assert len(kept.scrub.steps) > sum(a.nbytes for a in kept.arrays)  # the steps: most of what a figure holds

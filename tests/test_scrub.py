@@ -6,18 +6,23 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import plotly.io as pio
 import pytest
 
 from encoder.trace import trace_text
 from tests.support.traces import synthetic_trace
+from ui.drawn import figure_json
+from ui.scrub import scrub_chart
 from viz import VIEWS, build_view
 from viz.attention import build_attention_heatmap
 from viz.head_lines import build_head_lines
 from viz.render import figure_to_bytes, figure_to_html
 from viz.scrub import (
+    KEPT,
     SCRUB_MAX_BYTES,
     SLIDER_NAME,
     SLIDER_ROOM,
+    KeptSteps,
     from_typed_array,
     has_head_slider,
     payload_bytes,
@@ -235,3 +240,46 @@ def test_views_from_the_registry_and_the_cli_carry_the_slider(trace, tmp_path):
     assert main(["--trace", str(trace.save(tmp_path / "t.npz")), "--view", "heatmap", "--layer", "2", "--head", "3",
                  "-o", str(out)]) == 0
     assert '"value":"2:3"' in out.read_text()
+
+
+@pytest.mark.parametrize("view", ["heatmap", "lines"])
+def test_a_views_steps_are_made_once_per_trace_and_settings_and_each_figure_owns_its_steps(trace, view):
+    """The next figure of a view at another layer or head takes the steps kept for its trace and settings: its JSON
+    is the one built with nothing kept; a step changed in one figure (``name_kind`` sets a step's args) leaves the
+    other figures' steps as they were."""
+    settings = {"heatmap": dict(head=2), "lines": dict(heads=(2,), threshold=0.2)}[view]
+    KEPT._kept.clear()
+    first = build_view(trace, view, layer=0, **settings)
+    kept = next(iter(KEPT._kept.values()))[1]
+    second = build_view(trace, view, layer=3, **settings)
+    assert next(iter(KEPT._kept.values()))[1] is kept and len(KEPT._kept) == 1  # taken, not made again
+    warm = pio.to_json(second, validate=False)
+    KEPT._kept.clear()
+    assert pio.to_json(build_view(trace, view, layer=3, **settings), validate=False) == warm
+    _slider(first).steps[0].args = [{}, {"title.text": "changed"}, [0]]
+    assert _slider(second).steps[0].args[1] != {"title.text": "changed"}
+    other = {**settings, "threshold": 0.3} if view == "lines" else {**settings, "log_color": True}
+    build_view(trace, view, layer=0, **other)
+    assert len(KEPT._kept) == 2  # other settings: other steps
+
+
+def test_kept_steps_hold_their_byte_bound_and_only_their_own_trace(trace, minilm):
+    kept = KeptSteps(max_bytes=100)
+    kept.keep("a", trace, [{"value": "0:0"}], 60)
+    kept.keep("b", trace, [{"value": "0:1"}], 60)  # over the bound: the least recently used goes
+    assert kept.get("a", trace) is None and kept.get("b", trace) == [{"value": "0:1"}]
+    assert kept.get("b", trace_text(minilm, "Another text.")) is None  # an id reused by another trace: nothing
+
+
+@pytest.mark.parametrize("view", ["heatmap", "tokens", "lines", "model"])
+def test_the_figure_json_made_from_its_properties_is_plotlys(trace, view):
+    """``ui.drawn.figure_json`` (no deep copy) gives exactly the JSON Plotly makes of the figure; the head slider
+    split from the properties gives the JSON the split of Plotly's own gives."""
+    fig = build_view(trace, view, layer=1, heads=(4,)) if view in ("tokens", "lines") else build_view(
+        trace, view, layer=1, head=4) if view == "heatmap" else build_view(trace, view)
+    plotly_json = json.loads(pio.to_json(fig, validate=False))
+    assert figure_json(fig) == plotly_json
+    if has_head_slider(fig):
+        light, held = split_steps(plotly_json)
+        chart = scrub_chart(fig)
+        assert chart.drawn.spec == light and json.loads(chart.steps) == held

@@ -292,9 +292,9 @@ def get_word_trace(inputs: Inputs) -> EncoderTrace:
 @dataclass(frozen=True)
 class _Chart:
     """A built figure in the byte budget: ``arrays`` are the figure's own top-level trace arrays (the same buffers,
-    so ``held_bytes`` counts what the figure holds), and those of the figure the app draws when it has a head slider
-    (``scrub``: its steps' contents, one JSON string, counted too); ``drawn`` is the JSON ``st.plotly_chart`` is
-    given (``ui.drawn.plotly_figure``), made once too and counted."""
+    so ``held_bytes`` counts what the figure holds); with a head slider, ``scrub`` (its steps' contents, one JSON
+    string, counted too); ``drawn`` is the JSON ``st.plotly_chart`` is given (``ui.drawn.plotly_figure``, or the
+    scrub's figure with its steps emptied), made once too and counted."""
 
     figure: go.Figure
     arrays: tuple[np.ndarray, ...]
@@ -303,8 +303,8 @@ class _Chart:
 
 
 def _trace_arrays(figure: go.Figure) -> tuple[np.ndarray, ...]:
-    return tuple(value for trace in figure.data for name in trace.to_plotly_json()
-                 if isinstance(value := trace[name], np.ndarray))
+    """The arrays ``figure``'s traces hold at their top level, the figure's own buffers (read in place: no copy)."""
+    return tuple(value for props in figure._data for value in props.values() if isinstance(value, np.ndarray))
 
 
 def get_figure(key: tuple, build: Callable[[], go.Figure]) -> go.Figure:
@@ -320,8 +320,8 @@ def get_figure(key: tuple, build: Callable[[], go.Figure]) -> go.Figure:
     def chart() -> _Chart:
         figure = build()
         scrub = scrub_chart(figure) if has_head_slider(figure) else None  # split once, while the figure is kept
-        drawn = plotly_figure(figure if scrub is None else scrub.figure).spec  # serialised once, too
-        return _Chart(figure, _trace_arrays(figure) + (_trace_arrays(scrub.figure) if scrub else ()), scrub, drawn)
+        drawn = (plotly_figure(figure) if scrub is None else scrub.drawn).spec  # serialised once, too
+        return _Chart(figure, _trace_arrays(figure), scrub, drawn)
 
     return _cached(("figure", *key), chart).figure
 

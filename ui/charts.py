@@ -26,7 +26,7 @@ def chart_ui(name: str, fig: go.Figure, stem: str, tokens: Sequence[str] = (),
     """
     key = f"chart-{name}"
     scrub = scrub_chart(fig) if has_head_slider(fig) else None
-    st.plotly_chart(plotly_figure(fig if scrub is None else scrub.figure), theme=None, key=key, width="content",
+    st.plotly_chart(plotly_figure(fig) if scrub is None else scrub.drawn, theme=None, key=key, width="content",
                     config={"displaylogo": False}, on_select=clicks.on_select(fig, key, tokens),
                     selection_mode="points")
     if scrub is not None:

@@ -1,7 +1,7 @@
 """What the app derives from a figure to draw it, made once per figure object (``per_figure``): figures are cached
 and shared by every session (``ui.cache.get_figure``), so a figure shown again, in any session, costs no second
 derivation. One such derivation is the figure as ``st.plotly_chart`` reads it (``plotly_figure``); the head
-slider's split is another (``ui.scrub.scrub_chart``).
+slider's split is another (``ui.scrub.scrub_chart``). Both start from the figure's plain JSON (``figure_json``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from typing import Any, TypeVar
 
 import plotly.graph_objects as go
 import plotly.io as pio
+from _plotly_utils.utils import is_homogeneous_array, is_skipped_key, to_typed_array_spec
 
 T = TypeVar("T")
+_SCALARS = (str, int, float, type(None))  # JSON's scalars (bool is an int): no array, nothing inside
 _MADE: dict[tuple[Hashable, int], Any] = {}  # (kind, id(figure)) -> what was made of it, while that figure lives
 
 
@@ -29,6 +31,40 @@ def per_figure(kind: Hashable, fig: go.Figure, make: Callable[[go.Figure], T]) -
     return made
 
 
+def figure_json(fig: go.Figure) -> dict:
+    """``fig``'s plotly JSON as plain Python, exactly ``json.loads(pio.to_json(fig, validate=False))``, made without
+    ``Figure.to_dict``'s deep copy of every trace and of the layout (the head slider's steps: ~70 of them)."""
+    return plain_json(figure_properties(fig))
+
+
+def figure_properties(fig: go.Figure) -> dict:
+    """``fig``'s own properties as a figure dict ("data", "layout", "frames" when it has some), read in place: not
+    copied, arrays as they are held (NumPy), so never to be changed."""
+    props = {"data": fig._data, "layout": fig._layout}
+    if fig.frames:
+        props["frames"] = [frame.to_plotly_json() for frame in fig.frames]
+    return props
+
+
+def plain_json(props: dict) -> dict:
+    """A figure dict of properties (``figure_properties``) as plain JSON: its arrays converted to typed arrays as
+    ``to_dict`` does (``_typed``), then encoded and read back as ``pio.to_json`` encodes them."""
+    return json.loads(pio.to_json(_typed(props), validate=False))
+
+
+def _typed(value: Any) -> Any:
+    """``value`` (a figure's properties: dicts, lists, arrays, scalars) with every array under a dict key turned into
+    Plotly's typed array, as ``plotly``'s ``convert_to_base64`` does in place on a copy; new dicts and lists, the
+    figure's own left as they are (scalars, the most numerous, pass untouched)."""
+    if isinstance(value, dict):
+        return {key: item if isinstance(item, _SCALARS) or is_skipped_key(key) else
+                to_typed_array_spec(item) if is_homogeneous_array(item) else _typed(item)
+                for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [item if isinstance(item, _SCALARS) else _typed(item) for item in value]
+    return value
+
+
 class SerialisedFigure(go.Figure):
     """A figure as ``st.plotly_chart`` reads it: its plain JSON (``spec``: typed arrays already base64), made once.
 
@@ -38,9 +74,9 @@ class SerialisedFigure(go.Figure):
     everything else (clicks, downloads) reads the figure it was made from.
     """
 
-    def __init__(self, figure: go.Figure) -> None:
+    def __init__(self, spec: dict) -> None:
         super().__init__()
-        self._spec = json.loads(pio.to_json(figure, validate=False))
+        self._spec = spec
 
     @property
     def spec(self) -> dict:
@@ -52,4 +88,4 @@ class SerialisedFigure(go.Figure):
 
 def plotly_figure(fig: go.Figure) -> SerialisedFigure:
     """``fig`` as ``st.plotly_chart`` reads it (``SerialisedFigure``), made once per figure object."""
-    return per_figure("plotly_chart", fig, SerialisedFigure)
+    return per_figure("plotly_chart", fig, lambda figure: SerialisedFigure(figure_json(figure)))

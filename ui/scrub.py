@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import streamlit as st
 
-from ui.drawn import per_figure
+from ui.drawn import SerialisedFigure, figure_properties, per_figure, plain_json
 from viz.scrub import SLIDER_NAME, split_steps
 
 SENT = "scrub_steps_sent"  # session state: ids of the step contents this session's page holds (the newest KEEP)
@@ -91,10 +91,11 @@ _sync = st.components.v2.component("headlight_scrub_sync", js=_JS % KEEP)
 
 @dataclasses.dataclass(frozen=True)
 class ScrubChart:
-    """A figure with the head slider as the app draws it: ``figure`` with the steps emptied, their contents as JSON
-    (``steps``, named by ``steps_id``, a hash of them), the steps' values and the one the figure shows."""
+    """A figure with the head slider as the app draws it: ``drawn``, the figure as ``st.plotly_chart`` reads it, with
+    the steps emptied; their contents as JSON (``steps``, named by ``steps_id``, a hash of them), the steps' values
+    and the one the figure shows."""
 
-    figure: go.Figure
+    drawn: SerialisedFigure
     steps_id: str
     steps: str
     values: tuple[str, ...]
@@ -108,13 +109,11 @@ def scrub_chart(fig: go.Figure) -> ScrubChart:
 
 
 def _split(fig: go.Figure) -> ScrubChart:
-    light, held = split_steps(fig.to_plotly_json())
+    light, held = split_steps(figure_properties(fig))  # the steps' contents are Plotly's JSON as made (viz.scrub)
     steps = pio.to_json(held, validate=False)
     slider = next(slider for slider in light["layout"]["sliders"] if slider["name"] == SLIDER_NAME)
     values = tuple(step["value"] for step in slider["steps"])
-    # ``light`` is ``fig``'s own, already validated JSON with emptied steps: validating it again would cost about as
-    # much as building the figure.
-    return ScrubChart(go.Figure(light, _validate=False), hashlib.sha256(steps.encode()).hexdigest()[:20], steps,
+    return ScrubChart(SerialisedFigure(plain_json(light)), hashlib.sha256(steps.encode()).hexdigest()[:20], steps,
                       values, values[slider["active"]])
 
 

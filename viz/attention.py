@@ -187,7 +187,8 @@ def build_attention_heatmap(
         def step(lay: int, h: int) -> Step:
             return _heatmap_step(trace, lay, h, (hide_special, renormalize, block), rows, cols, log_color, clickable)
 
-        add_head_slider(fig, trace, layer, head, [0, 1] if clickable else [0], step)
+        family = ("heatmap", hide_special, renormalize, block, log_color, clickable, rows.tobytes(), cols.tobytes())
+        add_head_slider(fig, trace, layer, head, [0, 1] if clickable else [0], step, family)
     return fig
 
 

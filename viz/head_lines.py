@@ -139,7 +139,9 @@ def build_head_lines(
             return data, {"title.text": f"Layer {lay}, {head_label(trace, h)}: who attends to whom",
                           "title.subtitle.text": " · ".join(subtitle)}
 
-        if add_head_slider(fig, trace, layer, chosen[0], list(range(1, 1 + len(_weight_bins(threshold)))), step):
+        family = ("lines", hide_special, renormalize, threshold, query_row, max_lines, tuple(notes))
+        if add_head_slider(fig, trace, layer, chosen[0], list(range(1, 1 + len(_weight_bins(threshold)))), step,
+                           family):
             fig.update_traces(showlegend=False, selector=dict(name=f"head {chosen[0]}"))  # the title names the head
     return in_full_text(fig, window)
 

@@ -6,6 +6,7 @@ NumPy and Plotly only; sizes are pixels.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import re
@@ -14,6 +15,20 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly import basedatatypes
+
+
+def _keep_plotly_path_parses() -> None:
+    """Plotly parses a property path ("margin_t", "coloraxis_cmax", "title.text") again at every update of every
+    figure, through regular expressions and string splits: about a third of building a view's figure. The parse is
+    a pure function of the string (its result is read, never changed) over the few hundred paths our builders use:
+    kept, once per process."""
+    parse = basedatatypes._str_to_dict_path_full
+    if not hasattr(parse, "cache_info"):
+        basedatatypes._str_to_dict_path_full = functools.lru_cache(maxsize=2048)(parse)
+
+
+_keep_plotly_path_parses()
 
 # ---------------------------------------------------------------------------------------------------------------
 # Colours

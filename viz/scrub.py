@@ -19,7 +19,10 @@ for every layer the controls pick, so a layer change need not carry it, parse it
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,7 @@ SCRUB_MAX_BYTES = 2 * 2**20  # arrays and text the slider steps may carry (2 MiB
 SLIDER_ROOM = 64  # pixels added to the top margin for the slider (title above it, the plot below)
 SLIDER_GAP = 6  # pixels between the slider and the plot
 LABELLED_STEPS = 24  # more steps than this: no label under each tick, only the current value above the rail
+KEPT_STEPS_BYTES = 32 * 2**20  # slider steps kept for the next figure of the same view (``payload_bytes``)
 
 # A step: attribute -> one value per updated trace (None leaves that trace's attribute unset), and layout changes.
 Step = tuple[dict[str, list], dict[str, Any]]
@@ -76,45 +80,103 @@ def scrub_heads(trace: EncoderTrace, layer: int, head_bytes: int) -> list[tuple[
 
 
 def add_head_slider(fig: go.Figure, trace: EncoderTrace, layer: int, head: int, traces: list[int],
-                    step: Callable[[int, int], Step]) -> bool:
+                    step: Callable[[int, int], Step], family: Hashable | None = None) -> bool:
     """Add the head slider to ``fig`` (showing ``layer``, ``head``): ``step(layer, head)`` gives what changes in
     ``traces`` (trace indices) and the layout for that head. Nothing is added for a model of one head, or when the
     heads do not fit ``SCRUB_MAX_BYTES`` (``scrub_heads``). Returns whether it was added.
+
+    ``family``: everything else the steps depend on (the view and the settings ``step`` was made with), when
+    ``step`` is pure: then the steps of one trace and family are made once and kept (``KEPT``), and the next figure
+    of that view, at another layer or head, takes them (its own step dicts, the same contents).
 
     Keep steps cheap to draw: a step that changes only data plotly.js restyles in place (a heatmap's ``z``, bar
     colours) redraws in a few ms; one that changes a colour axis' range or per-point text re-lays out the figure
     (~3 times slower for the token view's 128 bars).
     """
     current = step(layer, head)
-    heads = scrub_heads(trace, layer, payload_bytes(current))
+    size = payload_bytes(current)
+    heads = scrub_heads(trace, layer, size)
     if trace.num_layers * trace.num_heads == 1 or len(heads) < 2:
         return False
     every_layer = heads[0][0] != heads[-1][0]
-    steps = [_slider_step(lay, head_label(trace, h).removeprefix("head "),
-                          current if (lay, h) == (layer, head) else step(lay, h), traces, every_layer, h)
-             for lay, h in heads]
+    key = None if family is None else (id(trace), family, tuple(traces), tuple(heads))
+    made = None if key is None else KEPT.get(key, trace)
+    if made is None:
+        made = [_slider_step(lay, head_label(trace, h).removeprefix("head "),
+                             current if (lay, h) == (layer, head) else step(lay, h), traces, every_layer, h)
+                for lay, h in heads]
+        if key is not None:
+            KEPT.keep(key, trace, made, size * len(heads))
+    steps = [dict(made_step) for made_step in made]  # this figure's own: ``viz.kinds.name_kind`` sets a step's args
     labelled = len(steps) <= LABELLED_STEPS
     height, margin = fig.layout.height, fig.layout.margin
     plot_height = height - margin.t - margin.b  # pixels; paper y=1 is the plot's top edge
-    fig.update_layout(
-        height=height + SLIDER_ROOM,
-        margin_t=margin.t + SLIDER_ROOM,
-        title=dict(yref="container", y=1.0, yanchor="top", pad=dict(t=14)),
-        sliders=[dict(
-            name=SLIDER_NAME,
-            active=heads.index((layer, head)),
-            steps=steps,
-            x=0.0, xanchor="left", len=1.0,
-            y=1.0 + SLIDER_GAP / plot_height, yanchor="bottom",
-            pad=dict(t=0, b=0, l=0, r=0),
-            currentvalue=dict(prefix="Drag: " if every_layer else f"Drag: layer {layer}, head ", xanchor="left",
-                              font=dict(size=12, color="#444")),
-            font=dict(size=10, color="#444" if labelled else "rgba(0,0,0,0)"),
-            ticklen=4 if labelled else 3, minorticklen=2,
-            transition=dict(duration=0),
-        )],
-    )
+    fig.layout.height = height + SLIDER_ROOM
+    fig.layout.margin.t = margin.t + SLIDER_ROOM
+    fig.layout.title.update(yref="container", y=1.0, yanchor="top", pad=dict(t=14))
+    slider = go.layout.Slider(
+        name=SLIDER_NAME,
+        active=heads.index((layer, head)),
+        x=0.0, xanchor="left", len=1.0,
+        y=1.0 + SLIDER_GAP / plot_height, yanchor="bottom",
+        pad=dict(t=0, b=0, l=0, r=0),
+        currentvalue=dict(prefix="Drag: " if every_layer else f"Drag: layer {layer}, head ", xanchor="left",
+                          font=dict(size=12, color="#444")),
+        font=dict(size=10, color="#444" if labelled else "rgba(0,0,0,0)"),
+        ticklen=4 if labelled else 3, minorticklen=2,
+        transition=dict(duration=0),
+    ).to_plotly_json()  # validated alone, then set with its steps as they are (``_set_as_given``)
+    _set_as_given(fig.layout, "sliders", [{**slider, "steps": steps}])
     return True
+
+
+class KeptSteps:
+    """Slider steps made for a trace (held by a weak reference: a trace gone takes its steps' entry with it on the
+    next look-up) and a family, the most recently used kept up to ``max_bytes`` of their payload. Thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._kept: OrderedDict[Hashable, tuple[weakref.ref, list[dict], int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, trace: Any) -> list[dict] | None:
+        """The steps kept for ``key`` if they were made for ``trace`` itself (an id may be reused), else None."""
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is None or kept[0]() is not trace:
+                return None
+            self._kept.move_to_end(key)
+            return kept[1]
+
+    def keep(self, key: Hashable, trace: Any, steps: list[dict], size: int) -> None:
+        """Keep ``steps`` (``size`` bytes of payload) for ``key`` and ``trace``, dropping the least recently used
+        beyond ``max_bytes``; a trace that takes no weak reference keeps nothing."""
+        try:
+            ref = weakref.ref(trace)
+        except TypeError:
+            return
+        with self._lock:
+            old = self._kept.pop(key, None)
+            self._bytes -= old[2] if old is not None else 0
+            self._kept[key] = (ref, steps, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._kept:
+                self._bytes -= self._kept.popitem(last=False)[1][2]
+
+
+KEPT = KeptSteps(KEPT_STEPS_BYTES)
+
+
+def _set_as_given(obj: Any, name: str, value: Any) -> None:
+    """``obj[name] = value`` without Plotly's per-property validation: for the slider's steps, already Plotly's JSON
+    (plain dicts, typed arrays) made here, which validating would only copy again, step by step (about a third of
+    building a figure with the head slider)."""
+    obj._validate = False
+    try:
+        obj[name] = value
+    finally:
+        obj._validate = True
 
 
 def _slider_step(layer: int, name: str, update: Step, traces: list[int], every_layer: bool, head: int) -> dict:
