@@ -11,6 +11,8 @@ equals the on-demand one as far as the pass's weights equal the ones computed ag
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 OVERVIEW_CELLS = 256  # an overview image has at most this many cells a side (``viz.long_inputs.IMAGE_CELLS``)
@@ -69,23 +71,24 @@ class OverviewImages:
     def add(self, layer: int, weights, begin: int, end: int, first: int, last: int) -> None:
         """Reduce the weights (1, H, R, K) of queries ``begin`` .. ``end - 1`` over keys ``first`` .. ``last - 1``
         (the other keys' weights are 0) into ``layer``'s images, in place: each block's rows first (an elementwise
-        max of contiguous rows), then its columns (on a block-rows-times-smaller array)."""
+        max of contiguous rows: one pass over the weights), then its columns (``column_max``, on a block's height
+        times fewer numbers)."""
         weights = np.asarray(weights)[0]  # (H, R, K): a view of the tensor's buffer
         rows, row_starts = self._cut(begin, end)
         columns, column_starts = self._cut(first, last)
-        by_rows = np.empty((weights.shape[0], len(row_starts), weights.shape[2]), np.float32)  # (H, r, K)
-        for place, (start, stop) in enumerate(zip(row_starts, [*row_starts[1:], end - begin])):
+        by_rows = np.empty((weights.shape[0], len(row_starts) - 1, weights.shape[2]), np.float32)  # (H, r, K)
+        for place, (start, stop) in enumerate(itertools.pairwise(row_starts)):
             np.max(weights[:, start:stop], axis=1, out=by_rows[:, place])
-        reduced = np.maximum.reduceat(by_rows, column_starts, axis=2)  # (H, r, c)
+        reduced = column_max(by_rows, column_starts)  # (H, r, c)
         shown = self._images[layer, :, rows, columns]
         np.maximum(shown, reduced, out=shown)
 
-    def _cut(self, begin: int, end: int) -> tuple[slice, list[int]]:
+    def _cut(self, begin: int, end: int) -> tuple[slice, np.ndarray]:
         """The blocks that tokens ``begin`` .. ``end - 1`` fall in (a slice of block indices) and where each
-        block's part starts, counted from ``begin``."""
+        block's part starts and the last one ends, counted from ``begin`` ((c + 1,) int64)."""
         low = int(np.searchsorted(self.edges, begin, "right")) - 1
         high = int(np.searchsorted(self.edges, end - 1, "right"))
-        return slice(low, high), [max(int(edge), begin) - begin for edge in self.edges[low:high]]
+        return slice(low, high), np.clip(self.edges[low:high + 1], begin, end) - begin
 
     def images(self) -> np.ndarray:
         """(L, H, S, S) float32: the images, NaN where a block has no seen cell (the pass must be complete)."""
@@ -96,3 +99,24 @@ class OverviewImages:
                 masks[window] = ~seen_blocks(self.edges, recipe.causal, window, recipe.window_kind)
             self._images[layer][:, masks[window]] = np.nan
         return self._images
+
+
+def column_max(array: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(..., c) float32: the max of ``array`` (..., K) over each run of its last axis between ``edges`` (c + 1,),
+    first 0, last K (non-empty runs). Runs of one width w: the max of the w strided views (every w-th column);
+    else of w gathers (w the widest run, each run's index clipped to its last column: a max does not mind
+    repeats). Both read the array a few times over in order, several times faster than ``np.maximum.reduceat``."""
+    starts, stops = edges[:-1], edges[1:]
+    widths = stops - starts
+    width = int(widths.max())
+    if widths.min() == width:
+        out = array[..., 0::width].copy()
+        for step in range(1, width):
+            np.maximum(out, array[..., step::width], out=out)
+        return out
+    out = np.take(array, starts, axis=-1)
+    gathered = np.empty_like(out)
+    for step in range(1, width):
+        np.take(array, np.minimum(starts + step, stops - 1), axis=-1, out=gathered)
+        np.maximum(out, gathered, out=out)
+    return out
