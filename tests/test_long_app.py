@@ -194,10 +194,11 @@ def test_the_app_computes_ahead_for_a_long_text_and_cancels_when_the_text_change
 
 
 def test_four_sessions_at_8192_tokens_stay_within_the_byte_budget(tmp_path, monkeypatch, no_images):
-    """Four app sessions, each with its own 8,192-token text (a 2 x 2 BERT of 8,192 positions), each moving Layer
-    and Head while the heads' images are computed ahead for all four: with HEADLIGHT_CACHE_MB = 160 the results
-    (traces, figures), the attention pieces and the head images each stay within their share, together within
-    the 160 MB, and every session still shows its own text's heatmap."""
+    """Four app sessions, each with its own 8,192-token text (a 2 x 2 BERT of 8,192 positions), each showing block
+    means (which the trace does not carry) and moving Layer and Head while the heads' images are computed ahead for
+    all four: with HEADLIGHT_CACHE_MB = 160 the results (traces with their overview images, figures), the attention
+    pieces and the head images each stay within their share, together within the 160 MB, and every session still
+    shows its own text's heatmap."""
     from encoder.attention_store import PIECES, piece_limit
     from encoder.settings import settings
     from tests.support.models import write_tiny_bert_folder
@@ -219,11 +220,11 @@ def test_four_sessions_at_8192_tokens_stay_within_the_byte_budget(tmp_path, monk
         sessions = []
         for index in range(4):
             text = " ".join(vocab[(i * (index + 1)) % len(vocab)] for i in range(8300))
-            at = _app(model="folder or hub id…", source=str(folder))
+            at = _app(model="folder or hub id…", source=str(folder), reduce="mean")
             at.text_area(key="text").set_value(text).run()
             _no_errors(at)
             side = 8192 // IMAGE_CELLS
-            assert f"each cell: max of {side}×{side} tokens" in _figures(at)[0]["layout"]["title"]["subtitle"]["text"]
+            assert f"each cell: mean of {side}×{side} tokens" in _figures(at)[0]["layout"]["title"]["subtitle"]["text"]
             sessions.append(at)
             jobs.append(at.session_state[AHEAD])
         for at in sessions:
