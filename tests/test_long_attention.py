@@ -381,3 +381,14 @@ def test_a_short_long_trace_keeps_no_overview_and_a_file_keeps_it(monkeypatch):
     buffer.seek(0)
     with pytest.raises(ExportError, match="overview images must be"):
         read_npz(EncoderTrace, buffer, "the file")
+
+
+@pytest.mark.parametrize("length, blocks", [(64, 8), (61, 8), (100, 7)])
+def test_column_max_is_the_max_of_each_run(length, blocks):
+    """``column_max`` (strided maxima for runs of one width, clipped gathers otherwise) equals NumPy's
+    ``np.maximum.reduceat`` over the same runs, exactly (a max does not round)."""
+    from encoder.overview import block_edges, column_max
+
+    array = np.random.default_rng(length).random((3, 5, length), dtype=np.float32)
+    edges = block_edges(length, blocks)
+    np.testing.assert_array_equal(column_max(array, edges), np.maximum.reduceat(array, edges[:-1], axis=-1))
