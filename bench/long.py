@@ -418,7 +418,8 @@ def app_rows(folder: Path, length: int = APP_TOKENS, paste: bool = False, pin: b
     """The app in Chromium on ``folder``'s model at ``length`` tokens (the text in the link, the operator's token
     cap raised to it, and the cache to 6 GB so the trace fits it): the first chart (from opening the link; and
     from the trace's end, when the sidebar shows its tokens), the heads computed ahead (until the server is idle),
-    head and layer changes (kept images), a far layer's (End: computed on demand), each split into the server's
+    head and layer changes (kept images), a far layer's (End: not computed ahead; a trace over 2,048 tokens carries
+    its block max image), each split into the server's
     part (to the chart's message, ``FRAME_PROBE``) and the browser's; CPU per change; with ``paste``, a 200-page
     paste (``_paste``). With ``pin``, the server runs on core 0 and Chromium (with Playwright's driver) on core 1
     (``PINNED``), as a visitor's browser runs on another machine than the server; else both share every core."""
@@ -480,7 +481,7 @@ def app_rows(folder: Path, length: int = APP_TOKENS, paste: bool = False, pin: b
              "value": _changes_text(layer_changes)},
             {"measure": "CPU per change: server / Chromium (with Playwright's driver)",
              "value": f"{1000 * server:.0f} / {1000 * client:.0f} ms"},
-            {"measure": f"a far layer (End: layer {layers - 1}, computed on demand)", "value": _changes_text([far])},
+            {"measure": f"a far layer (End: layer {layers - 1}, not computed ahead)", "value": _changes_text([far])},
         ]
         print(json.dumps(rows), file=sys.stderr, flush=True)  # kept should the paste fail
         if paste:

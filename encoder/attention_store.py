@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from encoder.errors import LongTraceError
+from encoder.overview import overview_edges
 from encoder.settings import settings
 
 EAGER_MAX_BYTES = 256 * 2**20  # a trace whose (L, H, T, T) float32 attention is larger keeps it lazily ...
@@ -302,6 +303,9 @@ class LazyAttention:
             rule multiplied them (Hkv key/value heads: query head h reads ``h // (H / Hkv)``), kept
             (``StoredQueriesKeys``) or computed again from the trace's hidden states (``RecomputedQueriesKeys``).
         recipe: ``AttentionRecipe``.
+        overview: (L, H, S, S) float32 or None: each layer's and head's whole-text block max image
+            (``encoder.overview``: S = ``min(OVERVIEW_CELLS, T)``), made by the forward pass above
+            ``OVERVIEW_MIN_TOKENS`` tokens; counted in ``kept_bytes`` and saved with the store.
 
     Example:
         >>> trace = trace_text(model, long_text)  # doctest: +SKIP
@@ -311,11 +315,18 @@ class LazyAttention:
 
     queries_keys: QueriesKeys
     recipe: AttentionRecipe
+    overview: np.ndarray | None = None  # (L, H, S, S) float32
     store_id: int = field(default_factory=lambda: next(_STORE_IDS))
 
     def __post_init__(self) -> None:
-        if len(self.recipe.windows) != self.queries_keys.shape[0]:
+        layers, length, heads, _, _ = self.queries_keys.shape
+        if len(self.recipe.windows) != layers:
             raise ValueError("the recipe must have every layer's window")
+        side = overview_edges(length).size - 1
+        if self.overview is not None and (self.overview.shape != (layers, heads, side, side)
+                                          or self.overview.dtype != np.float32):
+            raise ValueError(f"the overview images must be ({layers}, {heads}, {side}, {side}) float32, got "
+                             f"{self.overview.shape} {self.overview.dtype}")
 
     @classmethod
     def of_arrays(cls, queries: np.ndarray, keys: np.ndarray, recipe: AttentionRecipe) -> LazyAttention:
@@ -325,7 +336,7 @@ class LazyAttention:
     def __reduce__(self):
         """Pickled as its queries and keys (a ``RecomputedQueriesKeys`` as arrays) and recipe; unpickled with a new
         ``store_id``, so its pieces never meet another store's in the LRU of the process that reads it."""
-        return LazyAttention, (self.queries_keys, self.recipe)
+        return LazyAttention, (self.queries_keys, self.recipe, self.overview)
 
     @property
     def queries(self) -> LayerParts:
@@ -339,12 +350,13 @@ class LazyAttention:
 
     @property
     def kept_bytes(self) -> int:
-        """The bytes this store holds of its own (its queries and keys when stored; 0 when computed again from the
-        trace's hidden states, whose bytes are the trace's)."""
+        """The bytes this store holds of its own: its overview images, and its queries and keys when stored (none
+        when computed again from the trace's hidden states, whose bytes are the trace's)."""
         source = self.queries_keys
+        images = 0 if self.overview is None else self.overview.nbytes
         if isinstance(source, StoredQueriesKeys):
-            return sum(array.nbytes for array in source.queries + source.keys)
-        return 0
+            return images + sum(array.nbytes for array in source.queries + source.keys)
+        return images
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -474,16 +486,19 @@ class LazyAttention:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What rebuilds the store (for an NPZ file): each layer's ``queries/<l>`` and ``keys/<l>`` (computed a
-        layer at a time as the file is written) and the recipe's arrays."""
-        return {**self.queries_keys.arrays(), **self.recipe.arrays()}
+        layer at a time as the file is written), the recipe's arrays and the ``overview`` images when kept."""
+        images = {} if self.overview is None else {"overview": self.overview}
+        return {**self.queries_keys.arrays(), **self.recipe.arrays(), **images}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LazyAttention:
-        """The store of ``arrays()`` read back (its queries and keys stored; KeyError: one is missing)."""
+        """The store of ``arrays()`` read back (its queries and keys stored; KeyError: one is missing; ValueError:
+        arrays of the wrong shapes)."""
         layers = len(arrays["windows"])
+        overview = arrays.get("overview")
         return cls(StoredQueriesKeys(*(tuple(np.asarray(arrays[f"{name}/{layer}"], np.float32)
                                             for layer in range(layers)) for name in ("queries", "keys"))),
-                   AttentionRecipe.from_arrays(arrays))
+                   AttentionRecipe.from_arrays(arrays), None if overview is None else np.asarray(overview))
 
     def visible(self) -> LazyVisible | None:
         """The mask of this attention (``LazyVisible``), or None when every query sees every key."""

@@ -124,13 +124,14 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
             crossed = [cross_pattern]
         return (self._add_fed(x, training), pattern, terms, *kept, *crossed)
 
-    def call_rows(self, x, position_bias, rows: RowBlocks, out: np.ndarray):
+    def call_rows(self, x, position_bias, rows: RowBlocks, out: np.ndarray, overview=None):
         """This layer on a long unpadded input ``x`` (B, T, D) at inference (NumPy: the pass's states, read a chunk
         at a time, so that no full-length copy of it is made), its output written into ``out`` (B, T,
         D) NumPy a chunk of positions at a time (``chunk_rows``), so that no full-length tensor after the
         attention's queries, keys and values is made: each block of ``rows.size`` queries' weights over the keys it
         can see (``RowBlocks.blocks``, ``attention_rows``) mix those keys' values, then the chunk's residual sums,
         norms and MLP run on its rows alone (each position's output is its own row's), as ``call`` runs them.
+        ``overview``: None, or what reads each block's weights (``InstrumentedAttention.attended_rows``).
 
         Returns:
             ``(queries (B, T, H, dh), keys (B, Hkv, T, dh))``, the keys heads first, as the logit rule multiplies
@@ -144,7 +145,7 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         for begin in range(0, length, chunk):
             end = min(begin + chunk, length)
             attended = ops.concatenate([self.attention.attended_rows(queries, keys, values, blocks, *block,
-                                                                     position_bias)
+                                                                     position_bias, overview)
                                         for block in blocks.blocks(length, begin, end)], axis=1)  # (B, R, D)
             stream = self._add_attended(ops.convert_to_tensor(x[:, begin:end]), attended)  # (B, R, D)
             out[:, begin:end] = np.asarray(self._add_fed(stream, False))

@@ -88,14 +88,15 @@ class CompiledEncoder:
         self.calls += 1
         return self._with_logits(ids, segments)
 
-    def forward_rows(self, ids, segments, rows: int, full_logits: bool = False, keep=None) -> dict:
+    def forward_rows(self, ids, segments, rows: int, full_logits: bool = False, keep=None, overview=None) -> dict:
         """A long unpadded input (B, T), its attention run ``rows`` queries at a time and never held whole
-        (``TransformerEncoder.call_rows``: no ``attention``; ``keep`` gets each layer's queries and keys). Run
+        (``TransformerEncoder.call_rows``: no ``attention``; ``keep`` gets each layer's queries and keys,
+        ``overview`` each block's weights). Run
         layer by layer and block by block from Python (the blocks' count follows the length), each block's
         weights by one ``tf.function`` of unknown sizes (``attention_rows``: no retracing per length)."""
         self.calls += 1
         return self.model.call_rows(tf.convert_to_tensor(ids, tf.int32), tf.convert_to_tensor(segments, tf.int32),
-                                    rows=rows, full_logits=full_logits, keep=keep)
+                                    rows=rows, full_logits=full_logits, keep=keep, overview=overview)
 
     def lens_top_k(self, hidden, normed: bool):
         """``(ids (N, K) int32, probs (N, K) float32)``: the ``TOP_K`` most probable tokens of the LM head applied

@@ -8,6 +8,7 @@ layer's hidden state and attention.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -225,7 +226,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             outputs.update(self._next_tokens(x, token_ids, full_logits, rows))
         return {**outputs, **self._heads(x, padding_mask, token_ids)}
 
-    def call_rows(self, token_ids, segment_ids=None, rows: int = 512, full_logits: bool = False, keep=None) -> dict:
+    def call_rows(self, token_ids, segment_ids=None, rows: int = 512, full_logits: bool = False, keep=None,
+                  overview=None) -> dict:
         """A long unpadded input at inference, its attention never held whole: each layer's weights are computed
         ``rows`` queries at a time, mix the values and are dropped, and the rest of the layer runs a chunk of
         positions at a time, written into the NumPy ``hidden`` (``EncoderLayer.call_rows``).
@@ -238,6 +240,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
                 ``encoder.parts.attention.attention_rows`` gives any rows of its attention again
                 (``encoder.attention_store.LazyAttention``); they are dropped after the call, so the caller keeps
                 one copy.
+            overview: ``overview(layer, weights (B, H, R, K), begin, end, first, last)``, called with each block's
+                weights as they are computed (``encoder.overview.OverviewImages.add``), or None.
 
         Returns:
             ``call``'s dict without ``attention`` and ``terms/*``; its ``hidden`` (B, L + 1, T, D) is NumPy, copied
@@ -256,7 +260,8 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         x = hidden.array[:, 0]  # each layer reads its input from the NumPy states a chunk at a time
         for index, layer in enumerate(self.encoder_layers):
             state = hidden.next()  # (B, T, D) NumPy, which the layer fills
-            kept = layer.call_rows(x, position_bias, blocks, state)
+            reads = None if overview is None else functools.partial(overview, index)
+            kept = layer.call_rows(x, position_bias, blocks, state, reads)
             x = state
             if keep is not None:
                 keep(index, kept[0], ops.transpose(kept[1], (0, 2, 1, 3)))  # (B, T, heads, dh) each

@@ -21,6 +21,7 @@ from encoder.attention_store import (
     block_rows,
 )
 from encoder.errors import InputError
+from encoder.overview import OVERVIEW_MIN_TOKENS, OverviewImages
 from encoder.pieces import check_token_style, readable_piece
 from encoder.positional import position_ids
 from encoder.trace_fields import read_npz, write_npz
@@ -397,10 +398,15 @@ def forward_outputs(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, f
 def _traced_by_rows(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, full_logits: bool) -> dict:
     """The outputs of one long input (1, T) by ``CompiledEncoder.forward_rows``, its ``attention`` a
     ``LazyAttention`` whose queries and keys are computed again from the outputs' own hidden states, a layer at a
-    time (``RecomputedQueriesKeys``): the trace keeps no copy of them."""
-    raw = model.encoder.forward_rows(ids, segments, block_rows(model.config.num_heads, ids.shape[1]), full_logits)
+    time (``RecomputedQueriesKeys``): the trace keeps no copy of them. Over ``OVERVIEW_MIN_TOKENS`` tokens the
+    pass also reduces every head's weights into its overview image as it computes them (``OverviewImages``)."""
+    recipe, heads, length = AttentionRecipe.of(model.model), model.config.num_heads, ids.shape[1]
+    images = OverviewImages(recipe, heads, length) if length > OVERVIEW_MIN_TOKENS else None
+    raw = model.encoder.forward_rows(ids, segments, block_rows(heads, length), full_logits,
+                                     overview=None if images is None else images.add)
     outputs = {name: _numpy(value)[0] for name, value in raw.items()}
-    store = LazyAttention(RecomputedQueriesKeys(model.model, outputs["hidden"]), AttentionRecipe.of(model.model))
+    store = LazyAttention(RecomputedQueriesKeys(model.model, outputs["hidden"]), recipe,
+                          None if images is None else images.images())
     return {**outputs, "attention": store}
 
 

@@ -23,6 +23,7 @@ from viz.long_inputs import (
     _block_key,
     _Cancelled,
     ahead_order,
+    computed_hows,
     head_block,
     image_limit,
 )
@@ -115,6 +116,22 @@ def test_computing_ahead_stops_at_its_count_of_heads(trace_2048, no_images, monk
     job.cancel()
 
 
+def test_a_trace_with_overview_images_computes_ahead_only_the_other_reduction(long_model, no_images):  # noqa: F811
+    """Above ``OVERVIEW_MIN_TOKENS`` the block max of every head is the trace's own (``head_block`` hands out its
+    overview image, nothing is kept in ``HEAD_BLOCKS``); computing ahead makes only the block means."""
+    trace = trace_text(long_model, words(2400), max_tokens=2304, lazy=True)
+    assert computed_hows(trace) == ("mean",)
+    image = head_block(trace, 1, 0, "max")[0]
+    assert np.shares_memory(image, trace.attention.overview) and not HEAD_BLOCKS.kept_keys()
+    job = HeadPrecompute(trace)
+    job.focus(1, 1)
+    wait_done(job)
+    kept = {key[1:] for key in HEAD_BLOCKS.kept_keys() if key[0] == trace.attention.store_id}
+    assert kept == {(layer, head, IMAGE_CELLS, "mean") for layer in range(2) for head in range(2)}
+    job.cancel()
+    job.join(30)
+
+
 def test_the_nearest_heads_come_first_forward_steps_before_backward():
     assert ahead_order(3, 4, 1, 1, 5) == [(1, 1), (1, 2), (2, 1), (1, 0), (0, 1)]
     assert len(ahead_order(3, 4, 0, 0, 100)) == 12
@@ -177,10 +194,11 @@ def test_the_app_computes_ahead_for_a_long_text_and_cancels_when_the_text_change
 
 
 def test_four_sessions_at_8192_tokens_stay_within_the_byte_budget(tmp_path, monkeypatch, no_images):
-    """Four app sessions, each with its own 8,192-token text (a 2 x 2 BERT of 8,192 positions), each moving Layer
-    and Head while the heads' images are computed ahead for all four: with HEADLIGHT_CACHE_MB = 160 the results
-    (traces, figures), the attention pieces and the head images each stay within their share, together within
-    the 160 MB, and every session still shows its own text's heatmap."""
+    """Four app sessions, each with its own 8,192-token text (a 2 x 2 BERT of 8,192 positions), each showing block
+    means (which the trace does not carry) and moving Layer and Head while the heads' images are computed ahead for
+    all four: with HEADLIGHT_CACHE_MB = 160 the results (traces with their overview images, figures), the attention
+    pieces and the head images each stay within their share, together within the 160 MB, and every session still
+    shows its own text's heatmap."""
     from encoder.attention_store import PIECES, piece_limit
     from encoder.settings import settings
     from tests.support.models import write_tiny_bert_folder
@@ -202,11 +220,11 @@ def test_four_sessions_at_8192_tokens_stay_within_the_byte_budget(tmp_path, monk
         sessions = []
         for index in range(4):
             text = " ".join(vocab[(i * (index + 1)) % len(vocab)] for i in range(8300))
-            at = _app(model="folder or hub id…", source=str(folder))
+            at = _app(model="folder or hub id…", source=str(folder), reduce="mean")
             at.text_area(key="text").set_value(text).run()
             _no_errors(at)
             side = 8192 // IMAGE_CELLS
-            assert f"each cell: max of {side}×{side} tokens" in _figures(at)[0]["layout"]["title"]["subtitle"]["text"]
+            assert f"each cell: mean of {side}×{side} tokens" in _figures(at)[0]["layout"]["title"]["subtitle"]["text"]
             sessions.append(at)
             jobs.append(at.session_state[AHEAD])
         for at in sessions:
@@ -232,3 +250,26 @@ def test_four_sessions_at_8192_tokens_stay_within_the_byte_budget(tmp_path, monk
             job.cancel()
         RESULTS.resize(saved)
         PIECES.clear()
+
+
+def test_the_app_computes_nothing_ahead_when_the_trace_carries_the_shown_images(tmp_path, monkeypatch, no_images):
+    """A long trace with overview images (here every lazy one: ``OVERVIEW_MIN_TOKENS`` 0) shows the block max by
+    default: the session starts no job, and a head change draws that head's overview image."""
+    import encoder.trace
+    from tests.support.models import write_tiny_bert_folder
+    from tests.test_app import _app, _figures, _no_errors
+    from ui.views import AHEAD
+
+    monkeypatch.setattr(encoder.trace, "OVERVIEW_MIN_TOKENS", 0)
+    monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(tmp_path))
+    folder = write_tiny_bert_folder(tmp_path / "long", max_position_embeddings=2048, num_hidden_layers=3,
+                                    num_attention_heads=8, hidden_size=16)
+    at = _app(model="folder or hub id…", source=str(folder))
+    at.text_area(key="text").set_value("a bird sang in the tree . " * 400).run()
+    _no_errors(at)
+    at.slider(key="head").set_value(3).run()
+    _no_errors(at)
+    assert AHEAD not in at.session_state and not HEAD_BLOCKS.kept_keys()
+    figure = _figures(at)[0]
+    assert figure["layout"]["title"]["text"].startswith("Layer 0, head 3")
+    assert "each cell: max of 8×8 tokens" in figure["layout"]["title"]["subtitle"]["text"]

@@ -4,6 +4,7 @@ byte budget, survives NPZ, and a 4,096-token trace stays far below the L x H x T
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -314,3 +315,80 @@ def test_rotary_positions_by_blocks_of_positions_equal_all_at_once():
     whole = np.asarray(rotate(x, cos, sin))
     np.testing.assert_array_equal(np.asarray(rotate_by_rows(x, cos, sin, rows=1000)), whole)
     np.testing.assert_array_equal(np.asarray(rotate_by_rows(x, cos, sin, rows=4096)), whole)
+
+
+def on_demand_block_max(trace: EncoderTrace, layer: int, head: int, cells: int) -> np.ndarray:
+    """The block max image the views compute on demand (``viz.long_inputs.block_image`` over the head's rows, the
+    cells its queries could not see left out) at ``cells`` a side."""
+    from viz.long_inputs import block_image
+
+    tokens = np.arange(trace.num_tokens)
+    visible = None if trace.visible is None else np.asarray(trace.visible[layer])
+
+    def read(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return trace.attention[layer, head, rows], None if visible is None else ~visible[rows]
+
+    return block_image(tokens, tokens, read, "max", cells)[0]
+
+
+@pytest.mark.parametrize("family, tokens", [("llama", 64), ("llama", 61), ("modernbert", 64), ("modernbert", 57),
+                                            ("t5-encoder", 50)])
+def test_the_overview_images_the_pass_makes_equal_the_on_demand_block_images(monkeypatch, family, tokens):
+    """Made by the forward pass (here at 16 cells a side: blocks of 4 tokens, or of 3 and 4 where 16 does not divide
+    the length; the pass's blocks of 7 queries cut across them), every layer's and head's overview image equals the
+    block max the views compute from the head (within 4 float32 units of 1; measured: bit-identical), NaN on the
+    same blocks: a decoder (causal, grouped-query heads), ModernBERT (windowed and global layers), T5's encoder (a
+    relative bias, nothing masked)."""
+    import encoder.attention_store
+    import encoder.overview
+    import encoder.trace
+
+    model = load_family(family)
+    monkeypatch.setattr(encoder.trace, "OVERVIEW_MIN_TOKENS", 0)
+    monkeypatch.setattr(encoder.overview, "OVERVIEW_CELLS", 16)
+    monkeypatch.setattr(encoder.attention_store, "ROW_BLOCK_BYTES", 7 * 4 * model.config.num_heads * tokens)
+    trace = trace_text(model, long_text(80), max_tokens=tokens, lazy=True)
+    images = trace.attention.overview
+    assert trace.num_tokens == tokens and images.shape == (trace.num_layers, trace.num_heads, 16, 16)
+    for layer in range(trace.num_layers):
+        for head in range(trace.num_heads):
+            expected = on_demand_block_max(trace, layer, head, 16)
+            np.testing.assert_array_equal(np.isnan(images[layer, head]), np.isnan(expected))
+            assert_close_f32(images[layer, head], expected, ulps=4, scale=1.0)
+    assert np.isnan(images).any() == (trace.visible is not None)  # masked blocks: NaN (causal, windows)
+
+
+def test_a_short_long_trace_keeps_no_overview_and_a_file_keeps_it(monkeypatch):
+    """Up to ``OVERVIEW_MIN_TOKENS`` a lazy trace keeps no overview images (its views compute them); above, its
+    store keeps them in its bytes, and an NPZ file holds them (read back as they were); a file whose images have the
+    wrong shape is refused with our error."""
+    import encoder.trace
+    from encoder.overview import OVERVIEW_MIN_TOKENS
+    from encoder.trace_fields import read_npz
+
+    model = load_family("llama")
+    assert OVERVIEW_MIN_TOKENS >= 64 and trace_text(model, long_text(80), lazy=True).attention.overview is None
+    monkeypatch.setattr(encoder.trace, "OVERVIEW_MIN_TOKENS", 0)
+    trace = trace_text(model, long_text(80), lazy=True)
+    store = trace.attention
+    assert store.overview is not None and store.kept_bytes == store.overview.nbytes
+    back = trace_from_npz(trace_to_npz(trace))
+    np.testing.assert_array_equal(back.attention.overview, store.overview)  # a copy, NaN in the same places
+    arrays = dict(np.load(io.BytesIO(trace_to_npz(trace))))
+    arrays["attention/overview"] = arrays["attention/overview"][:, :, :8]
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    buffer.seek(0)
+    with pytest.raises(ExportError, match="overview images must be"):
+        read_npz(EncoderTrace, buffer, "the file")
+
+
+@pytest.mark.parametrize("length, blocks", [(64, 8), (61, 8), (100, 7)])
+def test_column_max_is_the_max_of_each_run(length, blocks):
+    """``column_max`` (strided maxima for runs of one width, clipped gathers otherwise) equals NumPy's
+    ``np.maximum.reduceat`` over the same runs, exactly (a max does not round)."""
+    from encoder.overview import block_edges, column_max
+
+    array = np.random.default_rng(length).random((3, 5, length), dtype=np.float32)
+    edges = block_edges(length, blocks)
+    np.testing.assert_array_equal(column_max(array, edges), np.maximum.reduceat(array, edges[:-1], axis=-1))

@@ -82,6 +82,33 @@ def test_block_image_is_the_block_reduction_of_the_materialised_head(trace_2048,
     assert "causal" in fig.layout.title.subtitle.text
 
 
+@pytest.mark.parametrize("tokens", [2304, 2100])
+def test_a_long_traces_heatmaps_are_its_overview_images_read_without_computing_a_head(long_model, tokens):
+    """Above ``OVERVIEW_MIN_TOKENS`` the trace carries every head's block max image (256 cells a side: blocks of 9
+    tokens, or of 8 and 9 at 2,100; the pass's causal key ranges, multiples of 64, cut across them): each head's
+    whole-text heatmap draws it as it is, computing no weights, and it equals the block max read row by row (a
+    whole-text zoom window, never the kept image) within 4 float32 units of 1 (measured: bit-identical), NaN above
+    the diagonal."""
+    from encoder.attention_store import PIECES
+    from tests.support.floats import assert_close_f32
+
+    trace = trace_text(long_model, words(tokens + 100), max_tokens=tokens, lazy=True)
+    images = trace.attention.overview
+    assert trace.num_tokens == tokens and images.shape == (2, 2, IMAGE_CELLS, IMAGE_CELLS)
+    for layer in range(2):
+        for head in range(2):
+            PIECES.clear()
+            kept = build_view(trace, "heatmap", layer=layer, head=head)
+            assert PIECES.bytes == 0  # nothing computed: no head's weights, no layer's queries and keys
+            np.testing.assert_array_equal(np.asarray(kept.data[0].z, np.float32), images[layer, head])
+            read = np.asarray(build_view(trace, "heatmap", layer=layer, head=head, rows=(0, tokens)).data[0].z,
+                              np.float32)
+            np.testing.assert_array_equal(np.isnan(read), np.isnan(images[layer, head]))
+            assert_close_f32(images[layer, head], read, ulps=4, scale=1.0)
+            side, about = round(tokens / IMAGE_CELLS), "" if tokens % IMAGE_CELLS == 0 else "about "
+            assert kept.layout.title.subtitle.text.endswith(f"each cell: max of {about}{side}×{side} tokens")
+
+
 def test_zoom_window_is_the_heads_slice_exactly(trace_2048):
     fig = build_view(trace_2048, "heatmap", layer=0, head=1, rows="1000:1100", cols=(900, 1200))
     z = np.asarray(fig.data[0].z, np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from encoder.attention_store import EAGER_MAX_BYTES, EAGER_MAX_TOKENS, piece_limit
 from encoder.config import EncoderConfig
+from encoder.overview import OVERVIEW_CELLS, OVERVIEW_MIN_TOKENS
 from encoder.settings import settings
 from viz.long_inputs import image_limit
 
@@ -42,13 +43,14 @@ def trace_budget() -> int:
 
 def trace_bytes(config: EncoderConfig, tokens: int) -> int:
     """An upper estimate of the bytes a trace of ``tokens`` tokens holds: its hidden states and positional rows,
-    and its attention: the (L, H, T, T) array, or nothing more for a long trace (``encoder.trace.traced_lazily``'s
-    rule: its queries and keys are computed again from the hidden states, into the pieces' LRU); plus
-    ``TRACE_TOKEN_BYTES`` a token of the rest."""
+    and its attention: the (L, H, T, T) array, or for a long trace (``encoder.trace.traced_lazily``'s rule) its
+    overview images above ``OVERVIEW_MIN_TOKENS`` (L x H x ``OVERVIEW_CELLS``² float32; its queries and keys are
+    computed again from the hidden states, into the pieces' LRU); plus ``TRACE_TOKEN_BYTES`` a token of the rest."""
     per_token = 4 * (config.num_layers + 2) * config.d_model + TRACE_TOKEN_BYTES
     whole = 4 * config.num_layers * config.num_heads * tokens * tokens
     if tokens > EAGER_MAX_TOKENS and whole > EAGER_MAX_BYTES:
-        return tokens * per_token
+        images = 4 * config.num_layers * config.num_heads * min(OVERVIEW_CELLS, tokens) ** 2
+        return tokens * per_token + (images if tokens > OVERVIEW_MIN_TOKENS else 0)
     return tokens * per_token + whole
 
 

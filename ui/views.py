@@ -30,7 +30,7 @@ from ui.downloads import file_stem, trace_downloads_ui
 from ui.text import plain
 from viz.kinds import kind_suffix, of_kind, query_side
 from viz.layout import mark_image_model
-from viz.long_inputs import HeadPrecompute, foreground, has_head_blocks
+from viz.long_inputs import HeadPrecompute, computed_hows, foreground, has_head_blocks
 from viz.options import ViewSettings
 from viz.registry import View, build_view, view_tabs, view_unavailable
 
@@ -128,12 +128,13 @@ def image_model_mark(source: str, trace: EncoderTrace) -> Mark | None:
 
 
 def compute_ahead(trace: EncoderTrace, settings: ViewSettings) -> None:
-    """For a long trace, its heads' block images computed ahead in the background around the shown layer and head
-    (``viz.long_inputs.HeadPrecompute``), so a layer or head change reads its heatmap instead of computing it; one
-    job per session: another trace (or a short one) cancels the last one's."""
+    """For a long trace whose heatmap shows a reduction it does not keep as overview images
+    (``viz.long_inputs.computed_hows``), its heads' block images computed ahead in the background around the shown
+    layer and head (``viz.long_inputs.HeadPrecompute``), so a layer or head change reads its heatmap instead of
+    computing it; one job per session: another trace (or a short one, or a kept reduction) cancels the last one's."""
     picked = of_kind(trace, settings.attention)
     job = st.session_state.get(AHEAD)
-    wanted = has_head_blocks(picked)
+    wanted = has_head_blocks(picked) and settings.reduce in computed_hows(picked)
     if job is not None and (not wanted or job.store_id != picked.attention.store_id):
         job.cancel()
         del st.session_state[AHEAD]

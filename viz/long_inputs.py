@@ -29,6 +29,7 @@ from analysis.report import sink_queries
 from encoder.attention_store import LazyAttention, LazyVisible
 from encoder.budget import ByteBudgetCache
 from encoder.errors import ViewError
+from encoder.overview import OVERVIEW_CELLS, OVERVIEW_HOW, overview_edges
 from encoder.settings import settings
 from encoder.trace import EncoderTrace
 from viz.clicks import click_spec
@@ -45,8 +46,8 @@ from viz.selection import (
 
 log = logging.getLogger("headlight.long_inputs")
 FULL_TOKENS = 512  # a heatmap shows every cell up to this many queries and keys; beyond, a block image
-IMAGE_CELLS = 256  # a block image has at most this many cells a side (256 x 256 float32: ~0.45 MB of JSON); zoom
-# windows of up to FULL_TOKENS a side show every cell
+IMAGE_CELLS = OVERVIEW_CELLS  # a block image has at most this many cells a side (256 x 256 float32: ~0.45 MB of
+# JSON); zoom windows of up to FULL_TOKENS a side show every cell
 CHUNK_BYTES = 32 * 2**20  # the (R, T) float32 rows one step of a block image reads at once
 TOKEN_WINDOW = 256  # the token view and head lines show at most this many tokens around the query token
 
@@ -349,9 +350,10 @@ def in_full_text(fig: go.Figure, window: tuple[int, str] | None) -> go.Figure:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Each head's whole-text block image, kept and computed ahead (the app's layer and head changes read it from here).
+# Each head's whole-text block image: the trace's own overview image (``encoder.overview``: the block max, made by
+# the forward pass), or kept here and computed ahead (the app's layer and head changes read it from here).
 
-HEAD_BLOCK_HOWS = ("max", "mean")  # the reductions a head's block image is kept by (one read of the head makes both)
+HEAD_BLOCK_HOWS = ("max", "mean")  # the reductions a head's block image is kept by (one read of the head makes all)
 IMAGE_SHARE = 8  # the kept head images hold at most HEADLIGHT_CACHE_MB / IMAGE_SHARE bytes ...
 IMAGE_MAX_BYTES = 128 * 2**20  # ... and at most this (64 heads' two images; the rest of a big budget goes to traces)
 AHEAD_SHARE = 2  # one trace's images computed ahead hold at most half of that: the heads nearest the shown one ...
@@ -441,10 +443,30 @@ def _resized() -> ByteBudgetCache:
     return HEAD_BLOCKS
 
 
+def overview_image(trace: EncoderTrace, layer: int, head: int, how: str
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``head_block`` read from the trace's overview images when it has them and ``how`` is theirs (``OVERVIEW_HOW``),
+    else None."""
+    overview = getattr(trace.attention, "overview", None)
+    if overview is None or how != OVERVIEW_HOW:
+        return None
+    edges = overview_edges(trace.num_tokens)
+    return overview[layer, head], edges, edges
+
+
+def computed_hows(trace: EncoderTrace) -> tuple[str, ...]:
+    """The reductions of ``HEAD_BLOCK_HOWS`` that ``head_block`` computes for ``trace`` (not its overview's)."""
+    kept = () if getattr(trace.attention, "overview", None) is None else (OVERVIEW_HOW,)
+    return tuple(how for how in HEAD_BLOCK_HOWS if how not in kept)
+
+
 def head_block(trace: EncoderTrace, layer: int, head: int, how: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``block_image`` of one head of the whole text (no token hidden) by ``how``: (image (sr, sc), row edges,
-    column edges), from ``HEAD_BLOCKS`` (computed ahead by ``HeadPrecompute``, or now, and kept). For traces that
-    ``has_head_blocks``."""
+    column edges): the trace's overview image (``overview_image``), or from ``HEAD_BLOCKS`` (computed ahead by
+    ``HeadPrecompute``, or now, and kept). For traces that ``has_head_blocks``."""
+    kept = overview_image(trace, layer, head, how)
+    if kept is not None:
+        return kept
     key = _block_key(trace, layer, head, how)
     with _FOREGROUND.computing(_head_id(trace, layer, head)):
         return _resized().get(key, lambda: _head_blocks(trace, layer, head, (how,))[how])
@@ -483,10 +505,10 @@ def ahead_order(layers: int, heads: int, layer: int, head: int, count: int) -> l
 
 
 class HeadPrecompute:
-    """Block images (``HEAD_BLOCK_HOWS``) of a long trace's heads computed in a background thread into
-    ``HEAD_BLOCKS``, nearest the shown head first (``ahead_order``), at most ``image_limit() / AHEAD_SHARE`` bytes
-    and ``AHEAD_HEADS`` heads of them: a layer or head change then reads its image instead of computing the head's
-    (T, T) weights.
+    """Block images (``computed_hows``: the reductions that are not the trace's overview images) of a long trace's
+    heads computed in a background thread into ``HEAD_BLOCKS``, nearest the shown head first (``ahead_order``), at
+    most ``image_limit() / AHEAD_SHARE`` bytes and ``AHEAD_HEADS`` heads of them: a layer or head change then reads
+    its image instead of computing the head's (T, T) weights.
 
     Bounded: one step (a head) at a time in the process, only ``SETTLE_SECONDS`` after the focus last moved (a
     layer or head change is drawn first, its cores not shared) and only while no view is computing one; the trace held
@@ -498,6 +520,7 @@ class HeadPrecompute:
 
     def __init__(self, trace: EncoderTrace) -> None:
         self.store_id = trace.attention.store_id
+        self.hows = computed_hows(trace)
         self._trace = weakref.ref(trace)
         self._shape = (trace.num_layers, trace.num_heads)
         self._focus = (0, 0)
@@ -538,13 +561,13 @@ class HeadPrecompute:
         they are not computed again until the focus moves); none once cancelled or once the trace is gone."""
         if self._cancelled.is_set() or self._trace() is None:
             return []
-        per_head = len(HEAD_BLOCK_HOWS) * 4 * IMAGE_CELLS * IMAGE_CELLS
+        per_head = len(self.hows) * 4 * IMAGE_CELLS * IMAGE_CELLS
         count = max(1, min(AHEAD_HEADS, image_limit() // AHEAD_SHARE // per_head))
         kept = _resized()
         with self._lock:
             focus, done = self._focus, set(self._done)
         return [(layer, head) for layer, head in ahead_order(*self._shape, *focus, count) if (layer, head) not in done
-                and any((self.store_id, layer, head, IMAGE_CELLS, how) not in kept for how in HEAD_BLOCK_HOWS)]
+                and any((self.store_id, layer, head, IMAGE_CELLS, how) not in kept for how in self.hows)]
 
     def _run(self) -> None:
         while not self._cancelled.is_set():
@@ -575,13 +598,13 @@ class HeadPrecompute:
                     self._done.add(todo[0])
 
     def _step(self, trace: EncoderTrace, layer: int, head: int) -> None:
-        """Both images of one head, from one read of its rows (an image a view already kept is not recomputed)."""
+        """One head's images, from one read of its rows (an image a view already kept is not recomputed)."""
         made: dict = {}
 
         def image(how: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             if not made:
-                made.update(_head_blocks(trace, layer, head, HEAD_BLOCK_HOWS, self._cancelled))
+                made.update(_head_blocks(trace, layer, head, self.hows, self._cancelled))
             return made[how]
 
-        for how in HEAD_BLOCK_HOWS:
+        for how in self.hows:
             HEAD_BLOCKS.get(_block_key(trace, layer, head, how), lambda how=how: image(how))

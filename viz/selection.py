@@ -12,6 +12,7 @@ import numpy as np
 
 from analysis.report import key_value_heads_of
 from encoder.errors import ViewError
+from encoder.overview import block_edges
 from encoder.trace import EncoderTrace
 from viz.kinds import CrossTrace, query_side
 from viz.validation import check_choice, check_head, check_heads, check_layer
@@ -179,11 +180,6 @@ def shown_hidden(trace: EncoderTrace, layer: int, layer_mean: bool, rows: np.nda
 def without_hidden(weights: np.ndarray, hidden: np.ndarray | None) -> np.ndarray:
     """``weights`` (..., R, C) float32 with NaN where ``hidden`` (R, C) is True: masked cells are not coloured."""
     return weights if hidden is None else np.where(hidden, np.float32(np.nan), weights).astype(np.float32)
-
-
-def block_edges(length: int, size: int) -> np.ndarray:
-    """``size + 1`` edges splitting ``range(length)`` into ``size`` nearly equal, non-empty blocks."""
-    return np.linspace(0, length, size + 1).round().astype(np.int64)
 
 
 def downsample(matrix: np.ndarray, size: int, how: str = "mean") -> np.ndarray:

@@ -140,14 +140,18 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
         return q, k
 
     def attended_rows(self, queries, keys, values, rows: RowBlocks, begin: int, end: int, first: int, last: int,
-                      position_bias=None):
+                      position_bias=None, overview=None):
         """(B, R, D): the attention's output at queries ``begin`` .. ``end - 1`` (a block of ``rows``, seeing keys
         ``first`` .. ``last - 1``: ``RowBlocks.blocks``) of a long input at inference, from its queries (B, T, H,
         dh), keys and values (B, Hkv, T, dh) (``EncoderLayer.row_operands``): the block's weights
-        (``attention_rows``, then dropped) mixing those keys' values, through the output projection."""
+        (``attention_rows``, then dropped) mixing those keys' values, through the output projection. With
+        ``overview``, ``overview(weights (B, H, R, K), begin, end, first, last)`` reads the weights first
+        (``encoder.overview.OverviewImages.add``)."""
         bias = rows.bias(self.logits, position_bias, begin, end, first, last)
         weights = attention_rows(heads_first(queries[:, begin:end]), keys[:, :, first:last], self.scaling, bias,
                                  self.softcap, rows.visible(begin, end, first, last))  # (B, H, R, K)
+        if overview is not None:
+            overview(weights, begin, end, first, last)
         context = head_contexts(weights, values[:, :, first:last])  # (B, H, R, dh)
         return self.project(ops.transpose(context, (0, 2, 1, 3)), None)
 
