@@ -259,7 +259,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             kept = layer.call_rows(x, position_bias, blocks, state)
             x = state
             if keep is not None:
-                keep(index, kept[0], ops.transpose(kept[1], (0, 2, 1, 3)))  # (B, T, heads, dh) each
+                keep(index, kept[0].whole(), ops.transpose(kept[1], (0, 2, 1, 3)))  # (B, T, heads, dh) each
             del kept  # this layer's queries and keys: not held while the next layer runs
         positions = max(1, LM_ROW_BYTES // (4 * self.config.vocab_size))  # the LM head's (rows, V) logits at once
         return self._finish(ops.convert_to_tensor(x), hidden, token_ids, None, full_logits, {}, positions)
