@@ -21,6 +21,7 @@ from encoder.attention_store import (
     block_rows,
 )
 from encoder.errors import InputError
+from encoder.heap import release_freed_heap
 from encoder.pieces import check_token_style, readable_piece
 from encoder.positional import position_ids
 from encoder.trace_fields import read_npz, write_npz
@@ -397,7 +398,9 @@ def forward_outputs(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, f
 def _traced_by_rows(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, full_logits: bool) -> dict:
     """The outputs of one long input (1, T) by ``CompiledEncoder.forward_rows``, its ``attention`` a
     ``LazyAttention`` whose queries and keys are computed again from the outputs' own hidden states, a layer at a
-    time (``RecomputedQueriesKeys``): the trace keeps no copy of them."""
+    time (``RecomputedQueriesKeys``): the trace keeps no copy of them. The C heap's freed pages go back to the
+    system first (``release_freed_heap``): the pass's peak is the process's."""
+    release_freed_heap()
     raw = model.encoder.forward_rows(ids, segments, block_rows(model.config.num_heads, ids.shape[1]), full_logits)
     outputs = {name: _numpy(value)[0] for name, value in raw.items()}
     store = LazyAttention(RecomputedQueriesKeys(model.model, outputs["hidden"]), AttentionRecipe.of(model.model))
@@ -615,8 +618,8 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         segment_ids=encoded.segment_ids,
         special=encoded.special,
         attention=outputs["attention"],
-        positional=table[position_ids(encoded.token_ids, model.config.position_offset, model.config.pad_token_id,
-                                      model.config.positions.skip_pads)],
+        positional=table_rows(table, position_ids(encoded.token_ids, model.config.position_offset,
+                                                  model.config.pad_token_id, model.config.positions.skip_pads)),
         positional_table=table,
         hidden=outputs["hidden"],
         outputs=extra,
@@ -635,6 +638,15 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         **language_model_fields(model, extra),
         **(decoder or {}),
     )
+
+
+def table_rows(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(T, E): the rows ``ids`` (T,) of a positional ``table`` (P, E); a table of one row repeated (zeros: no
+    position added, a read-only broadcast) gives that row broadcast again, not a (T, E) copy of it (19-25 MB at
+    8,192 tokens)."""
+    if table.strides[0] == 0:
+        return np.broadcast_to(table[0], (len(ids), table.shape[1]))
+    return table[ids]
 
 
 def language_model_fields(model: LoadedModel, outputs: dict[str, np.ndarray]) -> dict:
