@@ -30,11 +30,17 @@ class ConfigArgument:
         return cls(EncoderConfig.from_dict(config.pop("config")), **config)
 
 
-def by_positions(function, x, rows: int | None, axis: int = 1):
+def by_positions(function, x, rows: int | None, axis: int = 1, out: np.ndarray | None = None):
     """``function`` of ``x`` (B, T, ...) (a tensor or NumPy), a function of each position's own row, ``rows``
     positions at a time (a known T and ``rows``; else all at once), its outputs joined along ``axis`` (where their
-    positions are): the same numbers, with temporaries of ``rows`` positions instead of T."""
+    positions are): the same numbers, with temporaries of ``rows`` positions instead of T. With ``out`` (NumPy,
+    positions on axis 1, ``rows`` given) each piece is written there as it is made, and ``out`` returned: no
+    full-length tensor of the outputs, nor their pieces and their join together."""
     length = x.shape[1]
+    if out is not None:
+        for begin in range(0, length, rows):
+            out[:, begin:begin + rows] = np.asarray(function(ops.convert_to_tensor(x[:, begin:begin + rows])))
+        return out
     if rows is None or length is None or length <= rows:
         return function(ops.convert_to_tensor(x))
     return ops.concatenate([function(ops.convert_to_tensor(x[:, begin:begin + rows]))
