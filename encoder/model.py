@@ -16,6 +16,7 @@ from keras import ops
 
 from encoder.block import PROJECTION_ROWS, ConfigArgument, EncoderLayer, by_positions
 from encoder.config import EncoderConfig
+from encoder.heap import release_freed_heap
 from encoder.parts.attention import RowBlocks, soft_cap
 from encoder.parts.mlp import activate
 from encoder.parts.norms import make_norm
@@ -257,6 +258,7 @@ class TransformerEncoder(ConfigArgument, keras.Model):
             if keep is not None:
                 keep(index, kept[0].whole(), ops.transpose(kept[1], (0, 2, 1, 3)))  # (B, T, heads, dh) each
             del kept  # this layer's queries and keys: not held while the next layer runs
+            release_freed_heap()  # the C heap's pages the layer's blocks freed (their masks, small tensors)
         positions = max(1, LM_ROW_BYTES // (4 * self.config.vocab_size))  # the LM head's (rows, V) logits at once
         return self._finish(ops.convert_to_tensor(x), hidden, token_ids, None, full_logits, {}, positions)
 
