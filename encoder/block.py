@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 
 from encoder.config import EncoderConfig
-from encoder.parts.attention import RowBlocks, heads_first, prepared_queries_keys
+from encoder.parts.attention import RowBlocks, heads_first, prepared
 from encoder.parts.mlp import feed_forward, mlp_layers
 from encoder.parts.norms import make_norm
 from encoder.parts.positions import AbsolutePart
@@ -30,11 +30,17 @@ class ConfigArgument:
         return cls(EncoderConfig.from_dict(config.pop("config")), **config)
 
 
-def by_positions(function, x, rows: int | None, axis: int = 1):
+def by_positions(function, x, rows: int | None, axis: int = 1, out: np.ndarray | None = None):
     """``function`` of ``x`` (B, T, ...) (a tensor or NumPy), a function of each position's own row, ``rows``
     positions at a time (a known T and ``rows``; else all at once), its outputs joined along ``axis`` (where their
-    positions are): the same numbers, with temporaries of ``rows`` positions instead of T."""
+    positions are): the same numbers, with temporaries of ``rows`` positions instead of T. With ``out`` (NumPy,
+    positions on axis 1, ``rows`` given) each piece is written there as it is made, and ``out`` returned: no
+    full-length tensor of the outputs, nor their pieces and their join together."""
     length = x.shape[1]
+    if out is not None:
+        for begin in range(0, length, rows):
+            out[:, begin:begin + rows] = np.asarray(function(ops.convert_to_tensor(x[:, begin:begin + rows])))
+        return out
     if rows is None or length is None or length <= rows:
         return function(ops.convert_to_tensor(x))
     return ops.concatenate([function(ops.convert_to_tensor(x[:, begin:begin + rows]))
@@ -127,16 +133,17 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
     def call_rows(self, x, position_bias, rows: RowBlocks, out: np.ndarray, overview=None):
         """This layer on a long unpadded input ``x`` (B, T, D) at inference (NumPy: the pass's states, read a chunk
         at a time, so that no full-length copy of it is made), its output written into ``out`` (B, T,
-        D) NumPy a chunk of positions at a time (``chunk_rows``), so that no full-length tensor after the
-        attention's queries, keys and values is made: each block of ``rows.size`` queries' weights over the keys it
-        can see (``RowBlocks.blocks``, ``attention_rows``) mix those keys' values, then the chunk's residual sums,
-        norms and MLP run on its rows alone (each position's output is its own row's), as ``call`` runs them.
+        D) NumPy a chunk of positions at a time (``chunk_rows``), so that no full-length tensor but the
+        attention's keys and values is made: each block of ``rows.size`` queries (``RowQueries``: computed a
+        piece of positions at a time as the blocks reach them) and its weights over the keys it can see
+        (``RowBlocks.blocks``, ``attention_rows``) mix those keys' values, then the chunk's residual sums, norms and
+        MLP run on its rows alone (each position's output is its own row's), as ``call`` runs them.
         ``overview``: None, or what reads each block's weights (``InstrumentedAttention.attended_rows``).
 
         Returns:
-            ``(queries (B, T, H, dh), keys (B, Hkv, T, dh))``, the keys heads first, as the logit rule multiplies
-            them (``encoder.parts.attention.prepared_queries_keys``): with them, ``attention_rows`` gives any rows'
-            weights again, exactly.
+            ``(queries, keys (B, Hkv, T, dh))``: the ``RowQueries`` (``whole()`` gives all (B, T, H, dh)) and the
+            keys heads first, as the logit rule multiplies them (``encoder.parts.attention.prepared``): with them,
+            ``attention_rows`` gives any rows' weights again, exactly.
         """
         queries, keys, values = self.row_operands(x, position_bias)
         blocks = rows.for_window(self.window)
@@ -144,22 +151,21 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         chunk = self.chunk_rows(blocks.size)
         for begin in range(0, length, chunk):
             end = min(begin + chunk, length)
-            attended = ops.concatenate([self.attention.attended_rows(queries, keys, values, blocks, *block,
-                                                                     position_bias, overview)
+            attended = ops.concatenate([self.attention.attended_rows(queries.rows(*block[:2]), keys, values, blocks,
+                                                                     *block, position_bias, overview)
                                         for block in blocks.blocks(length, begin, end)], axis=1)  # (B, R, D)
             stream = self._add_attended(ops.convert_to_tensor(x[:, begin:end]), attended)  # (B, R, D)
             out[:, begin:end] = np.asarray(self._add_fed(stream, False))
         return queries, keys
 
     def row_operands(self, x, position_bias):
-        """``(queries (B, T, H, dh), keys (B, Hkv, T, dh), values (B, Hkv, T, dh))`` of this layer's self-attention on
-        a long input ``x`` (B, T, D), the queries and keys as the logit rule multiplies them (``queries_keys``),
-        the keys and values heads first, for ``InstrumentedAttention.attended_rows`` (which puts each block's
-        queries heads first). Each full-length temporary is dropped as soon as it is dead (TensorFlow's CPU
-        allocator keeps its peak rather than give memory back)."""
-        queries, keys = self.queries_keys(x, position_bias)
-        keys = heads_first(keys)
-        return queries, keys, self.projected_by_rows(x, ("values",))[0]
+        """``(queries, keys (B, Hkv, T, dh), values (B, Hkv, T, dh))`` of this layer's self-attention on a long
+        input ``x`` (B, T, D), the keys as the logit rule multiplies them (``prepared_rows``), the keys and values
+        heads first, for ``InstrumentedAttention.attended_rows`` (which puts each block's queries heads first);
+        ``queries`` a ``RowQueries``, never whole. Each full-length temporary is dropped as soon as it is dead
+        (TensorFlow's CPU allocator keeps its peak rather than give memory back)."""
+        keys = self.prepared_by_rows(x, "keys", position_bias, heads=True)
+        return RowQueries(self, x, position_bias), keys, self.prepared_by_rows(x, "values", heads=True)
 
     def chunk_rows(self, block: int) -> int:
         """Positions per chunk of ``call_rows``: whole blocks of ``block`` queries, as many as keep the chunk's
@@ -190,26 +196,31 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
 
     def queries_keys(self, x, position_bias=None):
         """``(queries (B, T, H, dh), keys (B, T, Hkv, dh))`` of this layer's self-attention on its input ``x``
-        (B, T, D), as its logit rule multiplies them (``encoder.parts.attention.prepared_queries_keys``): the ones
-        the pass by rows (``call_rows``) multiplies, by the same operations (``projected_by_rows``);
-        ``position_bias`` as that pass's (``positions.row_context``)."""
-        query, key = self.projected_by_rows(x)
-        return prepared_queries_keys(self.attention.logits, self.attention, query, key, position_bias)
+        (B, T, D), as its logit rule multiplies them (``prepared_rows``): the ones the pass by rows
+        (``call_rows``) multiplies, by the same operations on the same pieces of positions; ``position_bias`` as
+        that pass's (``positions.row_context``)."""
+        return tuple(self.prepared_by_rows(x, part, position_bias) for part in ("queries", "keys"))
 
-    def projected_by_rows(self, x, parts: tuple[str, ...] = ("queries", "keys")) -> tuple:
-        """Of ``parts``, ``queries`` (B, T, H, dh), ``keys`` (B, T, Hkv, dh), ``values`` (B, Hkv, T, dh) heads first:
-        this layer's ``attention_input`` of ``x`` (B, T, D) projected (q/k norms included, before positions act),
-        ``PROJECTION_ROWS`` positions at a time (each position's are its own row's), so the norm's and the
-        projections' temporaries are never full-length."""
-        return tuple(by_positions(lambda rows, part=part: self._projected(rows, part), x, PROJECTION_ROWS,
-                                  axis=2 if part == "values" else 1) for part in parts)
+    def prepared_by_rows(self, x, part: str, position_bias=None, heads: bool = False):
+        """``prepared_rows`` of every position of ``x`` (B, T, D), ``PROJECTION_ROWS`` at a time (each position's
+        are its own row's), so the norm's, the projections' and the rotation's temporaries are never full-length:
+        (B, T, heads, dh), or (B, heads, T, dh) with ``heads`` (each piece turned before they are joined)."""
+        length = int(x.shape[1])
+        pieces = [self.prepared_rows(x, begin, min(begin + PROJECTION_ROWS, length), part, position_bias)
+                  for begin in range(0, length, PROJECTION_ROWS)]
+        pieces = [heads_first(piece) for piece in pieces] if heads else pieces
+        return pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, axis=2 if heads else 1)
 
-    def _projected(self, x, part: str):
-        """One of ``projected_by_rows``' three of ``x`` (B, n, D)."""
-        attended = self.attention_input(x)
+    def prepared_rows(self, x, begin: int, end: int, part: str, position_bias=None):
+        """``part`` ("queries" (B, n, H, dh), "keys" or "values" (B, n, Hkv, dh)) of this layer's self-attention at
+        positions ``begin`` .. ``end - 1`` of its input ``x`` (B, T, D): their ``attention_input`` projected (q/k
+        norms included), queries and keys then as the logit rule multiplies them (``prepared``: rotated by
+        position for rotary positions; ``position_bias`` the pass's)."""
+        attended = self.attention_input(ops.convert_to_tensor(x[:, begin:end]))
         if part == "values":
-            return heads_first(self.attention.value_dense(attended))
-        return self.attention.projected_queries_keys(attended, attended)[part == "keys"]
+            return self.attention.value_dense(attended)
+        projected = self.attention.projected_queries_keys(attended, attended)[part == "keys"]
+        return prepared(self.attention.logits, self.attention, projected, position_bias, begin)
 
     def _cross_attend(self, x, encoder_hidden, encoder_mask, pre: bool, training):
         """``(x, pattern)``: the residual stream after the cross-attention sublayer, and its (B, H, T, S) weights."""
@@ -250,3 +261,40 @@ class EncoderLayer(ConfigArgument, keras.layers.Layer):
         """(B, T, D): the MLP on ``x`` (B, T, D)."""
         return self.output_dropout(feed_forward(self.config.block, self.intermediate, self.output_dense, x),
                                    training=training)
+
+
+class RowQueries:
+    """A long input's queries of one layer (B, T, H, dh) as its logit rule multiplies them
+    (``EncoderLayer.prepared_rows``), computed ``PROJECTION_ROWS`` positions at a time as its blocks of queries ask
+    for them (in order: one piece held at a time), never whole: the pass's peak holds the layer's keys and values
+    and no full-length queries (25 MB less at 8,192 tokens of width 768, and their copies while they were joined
+    and turned). The same operations on the same pieces as ``EncoderLayer.queries_keys``: the same numbers.
+
+    Args:
+        layer: the ``EncoderLayer``.
+        x: (B, T, D) its input (the pass's NumPy state).
+        position_bias: the pass's (``positions.row_context``).
+    """
+
+    def __init__(self, layer: EncoderLayer, x, position_bias):
+        self.layer, self.x, self.position_bias = layer, x, position_bias
+        self.length = int(x.shape[1])
+        self._piece: tuple[int, object] = (-1, None)  # (its first position, its queries (B, n, H, dh))
+
+    def rows(self, begin: int, end: int):
+        """(B, R, H, dh): the queries of positions ``begin`` .. ``end - 1``."""
+        parts = []
+        while begin < end:
+            start = begin // PROJECTION_ROWS * PROJECTION_ROWS
+            if self._piece[0] != start:
+                self._piece = (-1, None)  # the last piece is dropped before the next is made
+                stop = min(start + PROJECTION_ROWS, self.length)
+                self._piece = (start, self.layer.prepared_rows(self.x, start, stop, "queries", self.position_bias))
+            stop = min(end, start + PROJECTION_ROWS)
+            parts.append(self._piece[1][:, begin - start:stop - start])
+            begin = stop
+        return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=1)
+
+    def whole(self):
+        """(B, T, H, dh): every position's queries at once (``EncoderLayer.prepared_by_rows``)."""
+        return self.layer.prepared_by_rows(self.x, "queries", self.position_bias)

@@ -25,6 +25,7 @@ from encoder.config import EncoderConfig
 from encoder.errors import CheckpointError
 from encoder.families import FAMILIES
 from encoder.families.common import labels
+from encoder.heap import release_freed_heap
 from encoder.limits import (
     CONFIG_BYTES,
     TensorHeader,
@@ -315,6 +316,8 @@ def load_hf_models(folder: str | Path, hf_config: dict[str, Any] | None = None) 
     except BaseException:
         drop_unfilled()
         raise
+    finally:
+        release_freed_heap()  # the tensors' buffers, freed as their variables took them
 
 
 def _sentence_transformer_pooling(folder: Path, config: EncoderConfig) -> EncoderConfig:

@@ -17,6 +17,7 @@ from keras import ops
 
 from encoder.block import PROJECTION_ROWS, ConfigArgument, EncoderLayer, by_positions
 from encoder.config import EncoderConfig
+from encoder.heap import release_freed_heap
 from encoder.parts.attention import RowBlocks, soft_cap
 from encoder.parts.mlp import activate
 from encoder.parts.norms import make_norm
@@ -30,23 +31,19 @@ TOP_K = 10  # candidates per position in ``next_ids`` / ``next_probs`` (and ``Co
 
 
 class LayerStates:
-    """A long pass's residual stream as NumPy as it goes: ``array`` (B, N, T, D), each state copied in when it is
-    appended (or set: ``states[-1] = x``) or written by its layer into ``next()``, so the N states are held once
+    """A long pass's residual stream as NumPy as it goes: ``array`` (B, N, T, D), each state written into
+    ``next()`` by its layer (the embeddings by ``_embed``) or set (``states[-1] = x``), so the N states are held once
     (never a list of tensors and their stack together: 0.55 GB each for 30 layers of width 576 at 8,192 tokens).
 
     Args:
-        first: (B, T, D) tensor, the first state (the embeddings).
-        count: int, N, the states to come (``first`` included).
+        shape: (B, T, D), a state's.
+        count: int, N, the states to come.
+        dtype: theirs (float32).
     """
 
-    def __init__(self, first, count: int):
-        shape = tuple(first.shape)
-        self.array = np.empty((shape[0], count, *shape[1:]), keras.backend.standardize_dtype(first.dtype))
+    def __init__(self, shape: tuple[int, ...], count: int, dtype: str = "float32"):
+        self.array = np.empty((shape[0], count, *shape[1:]), dtype)
         self.size = 0
-        self.append(first)
-
-    def append(self, state) -> None:
-        self.next()[...] = np.asarray(state)  # a view of the tensor's buffer: no copy
 
     def next(self) -> np.ndarray:
         """(B, T, D): the next state's place in ``array``, for its layer to write (it counts as appended)."""
@@ -253,19 +250,20 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         """
         if not self.rows_supported:
             raise ValueError("this model's attention cannot run a block of queries at a time")
-        x = self._embed(token_ids, segment_ids, False, by_rows=True)  # (B, T, D)
+        hidden = LayerStates((*token_ids.shape, self.config.d_model), len(self.encoder_layers) + 1,
+                             keras.backend.standardize_dtype(self.compute_dtype))
+        x = self._embed(token_ids, segment_ids, False, out=hidden.next())  # (B, T, D) NumPy, the first state
         position_bias = self.positions.row_context(ops.shape(token_ids)[1])
         blocks = RowBlocks(rows, self.config.attention.causal, self.config.attention.window_kind)
-        hidden = LayerStates(x, len(self.encoder_layers) + 1)  # (B, L + 1, T, D) NumPy, filled as the layers go
-        x = hidden.array[:, 0]  # each layer reads its input from the NumPy states a chunk at a time
         for index, layer in enumerate(self.encoder_layers):
             state = hidden.next()  # (B, T, D) NumPy, which the layer fills
             reads = None if overview is None else functools.partial(overview, index)
             kept = layer.call_rows(x, position_bias, blocks, state, reads)
             x = state
             if keep is not None:
-                keep(index, kept[0], ops.transpose(kept[1], (0, 2, 1, 3)))  # (B, T, heads, dh) each
+                keep(index, kept[0].whole(), ops.transpose(kept[1], (0, 2, 1, 3)))  # (B, T, heads, dh) each
             del kept  # this layer's queries and keys: not held while the next layer runs
+            release_freed_heap()  # the C heap's pages the layer's blocks freed (their masks, small tensors)
         positions = max(1, LM_ROW_BYTES // (4 * self.config.vocab_size))  # the LM head's (rows, V) logits at once
         return self._finish(ops.convert_to_tensor(x), hidden, token_ids, None, full_logits, {}, positions)
 
@@ -384,10 +382,11 @@ class TransformerEncoder(ConfigArgument, keras.Model):
         ``embedding_noise`` in ``call`` is added to exactly this tensor."""
         return self._embed(token_ids, segment_ids, False)
 
-    def _embed(self, token_ids, segment_ids, training, start=None, by_rows: bool = False):
+    def _embed(self, token_ids, segment_ids, training, start=None, out: np.ndarray | None = None):
         """Token (+ type) + position embeddings, normalised, projected to ``d_model`` when factorised; ``start``:
-        the tokens follow that many earlier ones (``extend``); ``by_rows`` (a long input) the norm and the
-        projection ``PROJECTION_ROWS`` positions at a time (``encoder.block.by_positions``)."""
+        the tokens follow that many earlier ones (``extend``); ``out`` (B, T, D) NumPy (a long input, at
+        inference): the norm and the projection ``PROJECTION_ROWS`` positions at a time
+        (``encoder.block.by_positions``), written there, and ``out`` returned."""
         cfg = self.config
         x = self.token_embedding(token_ids)  # (B, T, E)
         if cfg.embeddings.scale:
@@ -397,13 +396,16 @@ class TransformerEncoder(ConfigArgument, keras.Model):
                 segment_ids = ops.zeros_like(token_ids)
             x = x + self.segment_embedding(segment_ids)
         x = self.positions.add_to(x, token_ids, start)  # the absolute table's rows, when the scheme has a table
-        rows = PROJECTION_ROWS if by_rows else None
+        rows = PROJECTION_ROWS if out is not None else None
+        projected = self.embedding_projection is not None
         if self.embedding_norm is not None:
-            x = by_positions(self.embedding_norm, x, rows)
+            x = by_positions(self.embedding_norm, x, rows, out=None if projected else out)
         x = self.embedding_dropout(x, training=training)
-        if self.embedding_projection is not None:
-            x = by_positions(self.embedding_projection, x, rows)  # (B, T, D)
-        return x
+        if projected:
+            x = by_positions(self.embedding_projection, x, rows, out=out)  # (B, T, D)
+        if out is not None and x is not out:  # neither norm nor projection: the sum itself
+            out[...] = np.asarray(x)
+        return x if out is None else out
 
     def _attention_mask(self, token_ids, padding_mask):
         """Bool, broadcastable to (B, T, T) [query, key]: padded keys hidden, and later keys when causal."""

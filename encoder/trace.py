@@ -21,6 +21,7 @@ from encoder.attention_store import (
     block_rows,
 )
 from encoder.errors import InputError
+from encoder.heap import release_freed_heap
 from encoder.overview import OVERVIEW_MIN_TOKENS, OverviewImages
 from encoder.pieces import check_token_style, readable_piece
 from encoder.positional import position_ids
@@ -399,7 +400,9 @@ def _traced_by_rows(model: LoadedModel, ids: np.ndarray, segments: np.ndarray, f
     """The outputs of one long input (1, T) by ``CompiledEncoder.forward_rows``, its ``attention`` a
     ``LazyAttention`` whose queries and keys are computed again from the outputs' own hidden states, a layer at a
     time (``RecomputedQueriesKeys``): the trace keeps no copy of them. Over ``OVERVIEW_MIN_TOKENS`` tokens the
-    pass also reduces every head's weights into its overview image as it computes them (``OverviewImages``)."""
+    pass also reduces every head's weights into its overview image as it computes them (``OverviewImages``). The
+    C heap's freed pages go back to the system first (``release_freed_heap``): the pass's peak is the process's."""
+    release_freed_heap()
     recipe, heads, length = AttentionRecipe.of(model.model), model.config.num_heads, ids.shape[1]
     images = OverviewImages(recipe, heads, length) if length > OVERVIEW_MIN_TOKENS else None
     raw = model.encoder.forward_rows(ids, segments, block_rows(heads, length), full_logits,
@@ -621,8 +624,8 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         segment_ids=encoded.segment_ids,
         special=encoded.special,
         attention=outputs["attention"],
-        positional=table[position_ids(encoded.token_ids, model.config.position_offset, model.config.pad_token_id,
-                                      model.config.positions.skip_pads)],
+        positional=table_rows(table, position_ids(encoded.token_ids, model.config.position_offset,
+                                                  model.config.pad_token_id, model.config.positions.skip_pads)),
         positional_table=table,
         hidden=outputs["hidden"],
         outputs=extra,
@@ -641,6 +644,15 @@ def _make_trace(model: LoadedModel, encoded, outputs: dict[str, np.ndarray], tex
         **language_model_fields(model, extra),
         **(decoder or {}),
     )
+
+
+def table_rows(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(T, E): the rows ``ids`` (T,) of a positional ``table`` (P, E); a table of one row repeated (zeros: no
+    position added, a read-only broadcast) gives that row broadcast again, not a (T, E) copy of it (19-25 MB at
+    8,192 tokens)."""
+    if table.strides[0] == 0:
+        return np.broadcast_to(table[0], (len(ids), table.shape[1]))
+    return table[ids]
 
 
 def language_model_fields(model: LoadedModel, outputs: dict[str, np.ndarray]) -> dict:

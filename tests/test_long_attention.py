@@ -97,23 +97,21 @@ def test_a_long_decoders_lm_head_goes_a_block_of_positions_at_a_time(monkeypatch
 
 @pytest.mark.parametrize("family", ["llama", "modernbert"])
 def test_a_long_inputs_mlp_goes_a_block_of_positions_at_a_time(monkeypatch, family):
-    """The lazy path's layers a few positions at a time: the embeddings' norm, each layer's norm and projections
-    (5), its rotary positions (6), then blocks of 7 queries and their residual sums, norms and MLP (never all
-    (T, dff) intermediates): the hidden states and the attention equal the eager trace's within rounding (gated
-    SwiGLU: Llama; GeGLU, post-attention: ModernBERT)."""
+    """The lazy path's layers a few positions at a time: the embeddings' norm, each layer's norm, projections and
+    rotary positions (5; the queries 5 at a time as the blocks reach them), then blocks of 7 queries and their
+    residual sums, norms and MLP (never all (T, dff) intermediates): the hidden states and the attention equal the
+    eager trace's within rounding (gated SwiGLU: Llama; GeGLU, post-attention: ModernBERT)."""
     import encoder.attention_store
     import encoder.block
     import encoder.model
-    import encoder.parts.positions
 
     model = load_family(family)
     text = long_text(80)
     tokens = len(model.tokenizer.encode(text, None, None).token_ids)
     monkeypatch.setattr(encoder.attention_store, "ROW_BLOCK_BYTES", 4 * model.config.num_heads * tokens * 7)
     monkeypatch.setattr(encoder.block, "MLP_ROW_BYTES", 4 * 2 * model.config.block.dff * 7)
-    for module in (encoder.block, encoder.model):  # the norms and projections before the attention: 5 positions
+    for module in (encoder.block, encoder.model):  # the norms, projections and rotary positions: 5 positions
         monkeypatch.setattr(module, "PROJECTION_ROWS", 5)
-    monkeypatch.setattr(encoder.parts.positions, "ROTATE_ROWS", 6)  # the rotary positions: 6
     assert encoder.attention_store.block_rows(model.config.num_heads, tokens) == 7
     assert model.model.encoder_layers[0].chunk_rows(7) == 7 and tokens > 7 * 4
     assert_lazy_matches_eager(model, text, ulps=32)
@@ -304,17 +302,22 @@ def test_a_block_over_the_keys_it_can_see_equals_the_whole_row(monkeypatch, fami
     np.testing.assert_array_equal(blocks[:, ~seen], 0.0)
 
 
-def test_rotary_positions_by_blocks_of_positions_equal_all_at_once():
-    """A long input's queries and keys turn ``ROTATE_ROWS`` positions at a time (``rotate_by_rows``): the same
-    numbers, bit for bit, as all T at once (each is its own position's), a last block shorter included."""
-    from encoder.parts.positions import rotary_angles, rotate, rotate_by_rows
+def test_rotary_positions_by_pieces_of_positions_equal_all_at_once():
+    """A long input's queries and keys turn a piece of positions at a time (``RotaryLogits.prepare`` from the
+    piece's first position): the same numbers, bit for bit, as all T at once (each is its own position's), a last
+    piece shorter included."""
+    from encoder.parts.positions import RotaryLogits, rotary_angles, rotate
     from encoder.positional import rope_frequencies
 
     x = np.random.default_rng(0).normal(size=(1, 2500, 3, 16)).astype(np.float32)  # (B, T, H, dh)
-    cos, sin = rotary_angles(rope_frequencies(10000.0, 16), 2500)
+    frequencies = rope_frequencies(10000.0, 16)
+    cos, sin = rotary_angles(frequencies, 2500)
     whole = np.asarray(rotate(x, cos, sin))
-    np.testing.assert_array_equal(np.asarray(rotate_by_rows(x, cos, sin, rows=1000)), whole)
-    np.testing.assert_array_equal(np.asarray(rotate_by_rows(x, cos, sin, rows=4096)), whole)
+    rule = RotaryLogits(frequencies)
+    for rows in (1000, 4096):
+        pieces = [np.asarray(rule.prepare(None, x[:, begin:begin + rows], {"global": (cos, sin)}, begin))
+                  for begin in range(0, 2500, rows)]
+        assert_close_f32(np.concatenate(pieces, axis=1), whole, ulps=2)  # measured: bit for bit
 
 
 def on_demand_block_max(trace: EncoderTrace, layer: int, head: int, cells: int) -> np.ndarray:

@@ -142,13 +142,13 @@ class InstrumentedAttention(keras.layers.MultiHeadAttention):
     def attended_rows(self, queries, keys, values, rows: RowBlocks, begin: int, end: int, first: int, last: int,
                       position_bias=None, overview=None):
         """(B, R, D): the attention's output at queries ``begin`` .. ``end - 1`` (a block of ``rows``, seeing keys
-        ``first`` .. ``last - 1``: ``RowBlocks.blocks``) of a long input at inference, from its queries (B, T, H,
-        dh), keys and values (B, Hkv, T, dh) (``EncoderLayer.row_operands``): the block's weights
-        (``attention_rows``, then dropped) mixing those keys' values, through the output projection. With
+        ``first`` .. ``last - 1``: ``RowBlocks.blocks``) of a long input at inference, from the block's queries (B,
+        R, H, dh) and the input's keys and values (B, Hkv, T, dh) (``EncoderLayer.row_operands``): the block's
+        weights (``attention_rows``, then dropped) mixing those keys' values, through the output projection. With
         ``overview``, ``overview(weights (B, H, R, K), begin, end, first, last)`` reads the weights first
         (``encoder.overview.OverviewImages.add``)."""
         bias = rows.bias(self.logits, position_bias, begin, end, first, last)
-        weights = attention_rows(heads_first(queries[:, begin:end]), keys[:, :, first:last], self.scaling, bias,
+        weights = attention_rows(heads_first(queries), keys[:, :, first:last], self.scaling, bias,
                                  self.softcap, rows.visible(begin, end, first, last))  # (B, H, R, K)
         if overview is not None:
             overview(weights, begin, end, first, last)
@@ -237,7 +237,7 @@ def masked_softmax(attention_scores, attention_mask=None):
 
 def attention_rows(query, key, scaling: float, bias=None, softcap: float = 0.0, visible=None):
     """(B, H, R, K) weights after softmax of R queries (B, H, R, dh) over K keys (B, Hkv, K, dh) (``heads_first``
-    of each), both as the logit rule multiplies them (``prepared_queries_keys``), computed as
+    of each), both as the logit rule multiplies them (``prepared``), computed as
     ``InstrumentedAttention`` computes them: the scaled product, plus ``bias`` (broadcastable to (B, H, R, K): a
     relative bias's rows) when given, soft-capped by ``softcap`` (0: none), masked by ``visible`` (bool,
     broadcastable to (B, R, K); None: every key), masked keys exactly 0 (every query must see a key). One compiled
@@ -274,12 +274,13 @@ def _rows_graph(bias: bool, capped: bool, masked: bool):
     return tf.function(rows, input_signature=signature)
 
 
-def prepared_queries_keys(rule, attention, query, key, position_bias):
-    """``(queries, keys)`` as the logit ``rule`` multiplies them (rotated by position for rotary positions; as
-    projected for the others): ``attention_rows`` of them is the layer's attention. A rule says how with a
-    ``prepare`` method; one without (the plain product, a relative bias) multiplies them as they are."""
+def prepared(rule, attention, x, position_bias, begin: int = 0):
+    """Queries or keys ``x`` (B, n, H, dh) of a long input's positions ``begin`` .. ``begin + n - 1`` as the logit
+    ``rule`` multiplies them (rotated by position for rotary positions; as projected for the others):
+    ``attention_rows`` of them is the layer's attention. A rule says how with a ``prepare`` method; one without
+    (the plain product, a relative bias) multiplies them as they are."""
     prepare = getattr(rule, "prepare", None)
-    return (query, key) if prepare is None else prepare(attention, query, key, position_bias)
+    return x if prepare is None else prepare(attention, x, position_bias, begin)
 
 
 KEY_GRID = 64  # a block's keys start and end on multiples of this (or at the input's ends): its shapes repeat

@@ -21,8 +21,6 @@ from encoder.parts.attention import InstrumentedAttention
 from encoder.parts.norms import make_norm
 from encoder.positional import relative_position_buckets, rope_frequencies, sinusoidal_encoding
 
-ROTATE_ROWS = 1024  # a long input's rotary positions turn its queries and keys this many positions at a time
-
 
 class AbsolutePart(keras.layers.Layer):
     """An absolute table (``AbsolutePositions``): sinusoidal, learned (``position_embedding``) or none; every
@@ -241,11 +239,14 @@ class RotaryLogits:
         return position_bias[self.key] if position_bias is not None else rotary_angles(self.frequencies,
                                                                                         ops.shape(key)[1])
 
-    def prepare(self, attention: InstrumentedAttention, query, key, position_bias=None):
-        """``(queries, keys)`` rotated by position, as ``__call__`` multiplies them (T = S, no cache), a block of
-        positions at a time (``rotate_by_rows``)."""
-        cos, sin = self._angles(key, position_bias)
-        return rotate_by_rows(query, cos, sin), rotate_by_rows(key, cos, sin)
+    def prepare(self, attention: InstrumentedAttention, x, position_bias, begin: int = 0):
+        """Queries or keys ``x`` (B, n, H, dh) of positions ``begin`` .. ``begin + n - 1`` rotated by position, as
+        ``__call__`` multiplies them (T = S, no cache): ``position_bias`` is a long input's (``row_context``), so a
+        piece of its positions turns alone (each position's numbers are its own: bit for bit those of all T at
+        once)."""
+        cos, sin = position_bias[self.key]  # (1, T, 1, d)
+        end = begin + x.shape[1]
+        return rotate(x, cos[:, begin:end], sin[:, begin:end])
 
     def angles(self, length):
         """``(cos, sin)`` of every position's angles, each (1, T, 1, d) (``rotary_angles``)."""
@@ -273,17 +274,6 @@ def rotate(x, cos, sin):
         return ops.concatenate([turned, x[..., rotated_dims:]], axis=-1)
     first, second = ops.split(x, 2, axis=-1)
     return x * cos + ops.concatenate([-second, first], axis=-1) * sin
-
-
-def rotate_by_rows(x, cos, sin, rows: int | None = None):
-    """``rotate`` of ``x`` (B, T, H, dh) ``rows`` (None: ``ROTATE_ROWS``) positions at a time (a known T; else all
-    at once): the same numbers (each is its own position's), with temporaries of ``rows`` positions instead of T
-    (a long input's queries and keys: ``prepare``)."""
-    length, rows = x.shape[1], rows or ROTATE_ROWS
-    if length is None or length <= rows:
-        return rotate(x, cos, sin)
-    return ops.concatenate([rotate(x[:, begin:begin + rows], cos[:, begin:begin + rows], sin[:, begin:begin + rows])
-                            for begin in range(0, length, rows)], axis=1)
 
 
 class RotaryPart(AbsolutePart):
