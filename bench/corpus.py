@@ -9,8 +9,13 @@ fresh process (``--run``), beam then plain for each size (``ROUNDS`` times); the
 sentences/s and its peak resident memory (``ru_maxrss``), and the same for 1,000 sentences to show memory flat
 as the corpus grows.
 
-``python -m bench corpus``; other sizes or model: ``python -m bench.corpus 1000,19348 tutorial``; one build alone:
-``python -m bench.corpus --run beam|plain INPUT OUT [MODEL]``.
+``python -m bench corpus``; other sizes or model: ``python -m bench.corpus 1000,19348 tutorial``, and a cut other than
+the default 128 tokens: ``python -m bench.corpus 1000,19348 tutorial 64``; one build alone:
+``python -m bench.corpus --run beam|plain INPUT OUT [MODEL [MAX_TOKENS]]``.
+
+Peak memory is set by the largest batch a build traces (batch_size sentences padded to the longest, at most
+max_tokens: its (S, L, H, T, T) attention), not by the corpus: the first 1,000 and 4,000 lines of data/ pad to 75
+tokens at most, all 19,348 reach the 128-token cut. A cut both reach (64) compares corpus sizes alone.
 """
 
 from __future__ import annotations
@@ -89,18 +94,19 @@ def build_plain(input_path: Path, out: Path, options) -> dict:
     return finish_index(folder, partial, facts, options, "plain loop", input_path.name, None)
 
 
-def run_one(kind: str, input_path: Path, out: Path, model: str = "minilm") -> dict:
+def run_one(kind: str, input_path: Path, out: Path, model: str = "minilm", max_tokens: int | None = None) -> dict:
     """One build in this process: wall seconds, sentences, CPU seconds (this process and its children), peak
     resident MB. On a shared machine the CPU seconds compare two builds better than their wall times."""
     from corpus.build import build_index
     from corpus.handler import CorpusOptions
 
-    options = CorpusOptions(model)
+    options = CorpusOptions(model) if max_tokens is None else CorpusOptions(model, max_tokens=max_tokens)
     start = time.perf_counter()
     manifest = build_plain(input_path, out, options) if kind == "plain" else build_index(input_path, out, options)
     seconds = time.perf_counter() - start
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     return {"kind": kind, "seconds": seconds, "sentences": manifest["counts"]["sentences"],
+            "max_tokens": options.max_tokens,
             "cpu_s": sum(u.ru_utime + u.ru_stime for u in usage), "peak_mb": usage[0].ru_maxrss / 1024}
 
 
@@ -128,14 +134,16 @@ def same_index(first: Path, second: Path) -> bool:
     return True
 
 
-def _spawn(kind: str, input_path: Path, out: Path, model: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "bench.corpus", "--run", kind, str(input_path), str(out), model],
+def _spawn(kind: str, input_path: Path, out: Path, model: str, max_tokens: int | None) -> dict:
+    cut = [] if max_tokens is None else [str(max_tokens)]
+    done = subprocess.run([sys.executable, "-m", "bench.corpus", "--run", kind, str(input_path), str(out), model, *cut],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(sizes: tuple[int | None, ...] = SIZES, model: str = "minilm") -> list[dict]:
-    """Beam then plain at each corpus size (None: every sentence of ``data/``), ``ROUNDS`` times."""
+def main(sizes: tuple[int | None, ...] = SIZES, model: str = "minilm", max_tokens: int | None = None) -> list[dict]:
+    """Beam then plain at each corpus size (None: every sentence of ``data/``), ``ROUNDS`` times; ``max_tokens``:
+    the sentences' cut (None: ``CorpusOptions``' default)."""
     rows = []
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
@@ -143,8 +151,9 @@ def main(sizes: tuple[int | None, ...] = SIZES, model: str = "minilm") -> list[d
         for size in sizes:
             for round_ in range(ROUNDS):
                 for kind in ("beam", "plain"):
-                    found = _spawn(kind, inputs[size], folder / f"{kind}-{size}-{round_}", model)
+                    found = _spawn(kind, inputs[size], folder / f"{kind}-{size}-{round_}", model, max_tokens)
                     rows.append({"model": model, "corpus": f"{found['sentences']:,} sentences", "build": _label(kind),
+                                 "max tokens": found.get("max_tokens"),
                                  "round": round_ + 1, "wall s": round(found["seconds"], 1),
                                  "sentences/s": round(found["sentences"] / found["seconds"], 1),
                                  "CPU s": round(found["cpu_s"], 1),
@@ -162,9 +171,11 @@ def _label(kind: str) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--run"]:
-        print(json.dumps(run_one(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), *sys.argv[5:6])))
+        cut = [int(sys.argv[6])] if sys.argv[6:7] else []
+        print(json.dumps(run_one(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), *sys.argv[5:6], *cut)))
     else:
         from bench.common import print_table
 
         given = tuple(int(size) for size in sys.argv[1].split(",")) if sys.argv[1:] else SIZES
-        print_table("Corpus pipeline, data/ sentences", main(given, *sys.argv[2:3]))
+        cut = (int(sys.argv[3]),) if sys.argv[3:4] else ()
+        print_table("Corpus pipeline, data/ sentences", main(given, *sys.argv[2:3], *cut))

@@ -43,7 +43,14 @@ from corpus.format import (
     TOP_EDGES,
     context_files,
 )
-from corpus.handler import STATISTIC_LIST, BatchResult, CorpusOptions, HeadlightModelHandler, ModelFacts
+from corpus.handler import (
+    STATISTIC_LIST,
+    BatchResult,
+    CorpusOptions,
+    HeadlightModelHandler,
+    ModelFacts,
+    release_memory,
+)
 from corpus.sources import read_chunk
 
 PARTS, FINAL, PROGRESS = "parts", "final", "progress"
@@ -561,7 +568,9 @@ def training_sample(groups, width: int, total: int) -> np.ndarray:
 
 def finish_parts(partial: Path, folder: Path, facts: ModelFacts, options: CorpusOptions) -> dict:
     """Put the parts into ``folder`` in input order (sentences, head_stats, contexts + FAISS) and move the
-    combiners' files in. Returns the counts for the manifest."""
+    combiners' files in (memory released before each step: ``release_memory``). Returns the counts for the
+    manifest."""
+    release_memory()
     parts = partial / PARTS
     sentence_groups = sorted_groups(parts / "sentences")
     copy_in_order(sentence_groups, folder / SENTENCES)
@@ -569,6 +578,7 @@ def finish_parts(partial: Path, folder: Path, facts: ModelFacts, options: Corpus
     copy_in_order(head_groups, folder / HEAD_STATS_DIR / "part", HEAD_STATS_PART_ROWS)
     contexts = {}
     for layer in options.layers_of(facts.layers):
+        release_memory()
         groups = sorted_groups(parts / f"layer-{layer}")
         contexts[str(layer)] = build_contexts(groups, folder, layer, facts.width, options.exact_max)
     for path in sorted((partial / FINAL).iterdir()):

@@ -5,8 +5,9 @@ Cosine similarity is the inner product of L2-normalised float32 vectors. Up to `
 exact (``IndexFlatIP``: (N, D) float32, 4 D bytes a row); past it, ``IndexIVFPQ``: ``nlist`` lists (about
 sqrt(N), a power of two) by a flat quantizer, each vector coded in ``m`` bytes (``nbits`` = 8, ``m`` = D / 2 when
 that divides D: 2 dimensions per sub-quantizer), ``nprobe`` (nlist / 64, at least 8) lists scanned per query. All
-four are stored in the FAISS file (``index_info`` reads them back). Building holds at most ``exact_max`` rows plus
-one shard beside the index.
+four are stored in the FAISS file (``index_info`` reads them back). Building holds the index being built and one
+shard: an exact index (4 D bytes a row, at most ``exact_max`` rows), or an IVF-PQ index's codes (m + 8 bytes a row:
+the code and its id) and centroids (nlist x D float32).
 """
 
 from __future__ import annotations
@@ -64,33 +65,24 @@ def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Pa
     Up to ``exact_max`` rows in all: ``IndexFlatIP``. Past it: ``IndexIVFPQ`` trained on ``sample`` when given
     ((n, width): vectors from the whole corpus, e.g. an even stride of its rows; a caller that can read its rows
     twice should give one), else on a sample of the first ``exact_max`` rows; at most ``TRAIN_PER_LIST * nlist``
-    either way. ``nlist`` from ``rows`` (the total, when the caller knows it) or else from ``exact_max``; the
-    buffered rows are added, then each further shard as it comes.
+    either way. ``nlist`` from ``rows`` (the total, when the caller knows it) or else from ``exact_max``.
+
+    Memory: each shard is added as it comes (one normalised copy of it at a time). Given ``rows`` past
+    ``exact_max`` and a ``sample``, the IVF-PQ index is trained first and no row is held but its code (``m`` bytes
+    and an 8-byte id a row); otherwise the rows go to an exact index (4 * width bytes a row), which past
+    ``exact_max`` rows trains the IVF-PQ index on its own rows and hands them over.
     """
     if not 1 <= width <= MAX_WIDTH:
         raise CorpusError(f"vector width must be 1..{MAX_WIDTH:,}, got {width}")
     if exact_max < 1:
         raise CorpusError(f"exact_max must be at least 1, got {exact_max}")
-    shards = iter(shards)
-    buffered, count = [], 0
+    approximate = rows is not None and rows > exact_max and sample is not None
+    index = _trained_ivfpq(normalised(sample, width), width, rows, seed) if approximate else \
+        faiss.IndexFlatIP(width)
     for shard in shards:
-        buffered.append(normalised(shard, width))
-        count += len(buffered[-1])
-        if count > exact_max:
-            break
-    head = np.concatenate(buffered) if buffered else np.zeros((0, width), np.float32)
-    del buffered
-    if count <= exact_max:
-        index = faiss.IndexFlatIP(width)
-        index.add(head)
-    else:
-        training = head if sample is None else normalised(sample, width)
-        index = _trained_ivfpq(training, width, max(rows or 0, count, exact_max), seed)
-        del training
-        index.add(head)
-        del head
-        for shard in shards:
-            index.add(normalised(shard, width))
+        index.add(normalised(shard, width))
+        if not approximate and index.ntotal > exact_max:
+            index, approximate = _past_exact(index, width, max(rows or 0, exact_max), seed, sample), True
     if index.ntotal > MAX_CONTEXT_ROWS:
         raise CorpusError(f"{index.ntotal:,} vectors: more than a context index holds ({MAX_CONTEXT_ROWS:,})")
     path = Path(path)
@@ -100,12 +92,23 @@ def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Pa
     return index_info(index)
 
 
+def _past_exact(flat: faiss.IndexFlatIP, width: int, rows: int, seed: int,
+                sample: np.ndarray | None) -> faiss.IndexIVFPQ:
+    """The IVF-PQ index of an exact index's rows (N, width), trained on ``sample`` or else on those rows (read in
+    place, not copied), for about max(``rows``, N) rows."""
+    held = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * width).reshape(flat.ntotal, width)  # a view: flat owns it
+    index = _trained_ivfpq(held if sample is None else normalised(sample, width), width, max(rows, flat.ntotal), seed)
+    index.add(held)
+    return index
+
+
 def _trained_ivfpq(sample_from: np.ndarray, width: int, rows: int, seed: int) -> faiss.IndexIVFPQ:
     """An untrained-then-trained ``IndexIVFPQ`` (inner product) for about ``rows`` vectors, its nprobe set."""
     shape = ivf_parameters(rows, width)
     rng = np.random.default_rng(seed)
     size = min(len(sample_from), TRAIN_PER_LIST * shape["nlist"])
-    sample = sample_from[np.sort(rng.choice(len(sample_from), size, replace=False))]
+    chosen = np.sort(rng.choice(len(sample_from), size, replace=False))
+    sample = sample_from if size == len(sample_from) else sample_from[chosen]  # all of it: every row, in order
     quantizer = faiss.IndexFlatIP(width)
     index = faiss.IndexIVFPQ(quantizer, width, shape["nlist"], shape["m"], shape["nbits"],
                              faiss.METRIC_INNER_PRODUCT)
