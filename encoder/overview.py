@@ -17,7 +17,7 @@ import numpy as np
 
 OVERVIEW_CELLS = 256  # an overview image has at most this many cells a side (``viz.long_inputs.IMAGE_CELLS``)
 OVERVIEW_HOW = "max"  # its reduction: the one the app's heatmap shows by default
-OVERVIEW_MIN_TOKENS = 1024  # a long trace keeps overview images above this many tokens (shorter: computed on demand)
+OVERVIEW_MIN_TOKENS = 2048  # a long trace keeps overview images above this many tokens (shorter: computed on demand)
 
 
 def block_edges(length: int, size: int) -> np.ndarray:

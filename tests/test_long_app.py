@@ -34,15 +34,7 @@ WAIT_SECONDS = 300.0
 
 @pytest.fixture(scope="module")
 def trace_2048(long_model):  # noqa: F811
-    """A 2,048-token lazy trace without overview images, as a trace up to ``OVERVIEW_MIN_TOKENS`` is: its views
-    compute every head's block image (and the app computes them ahead)."""
-    import encoder.trace
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(encoder.trace, "OVERVIEW_MIN_TOKENS", 2048)
-        trace = trace_text(long_model, words(2100), max_tokens=2048, lazy=True)
-    assert trace.attention.overview is None
-    return trace
+    return trace_text(long_model, words(2100), max_tokens=2048, lazy=True)
 
 
 @pytest.fixture
@@ -175,15 +167,12 @@ def test_a_cancelled_job_stops_and_a_view_waiting_for_its_head_computes_it(trace
 
 
 def test_the_app_computes_ahead_for_a_long_text_and_cancels_when_the_text_changes(tmp_path, monkeypatch, no_images):
-    """A 2,048-token text (3 layers of 8 heads) traced without overview images (as up to ``OVERVIEW_MIN_TOKENS``):
-    the session's job computes its heads' images ahead (a head change then reads a kept image); a new text cancels
-    that job and starts one for the new trace."""
-    import encoder.trace
+    """A 2,048-token text (3 layers of 8 heads): the session's job computes its heads' images ahead (a head change
+    then reads a kept image); a new text cancels that job and starts one for the new trace."""
     from tests.support.models import write_tiny_bert_folder
     from tests.test_app import _app, _figures, _no_errors
     from ui.views import AHEAD
 
-    monkeypatch.setattr(encoder.trace, "OVERVIEW_MIN_TOKENS", 2048)
     monkeypatch.setenv("HEADLIGHT_MODEL_ROOTS", str(tmp_path))
     folder = write_tiny_bert_folder(tmp_path / "long", max_position_embeddings=2048, num_hidden_layers=3,
                                     num_attention_heads=8, hidden_size=16)  # 400 MB of attention: kept lazily
