@@ -208,11 +208,12 @@ def test_the_cache_counts_a_long_trace_by_its_real_bytes_and_leaves_the_pieces_t
     from ui.cache import RESULTS
     from ui.inputs import trace_bytes
     from viz.long_inputs import image_limit
+    from viz.scrub import steps_limit
 
     held = held_bytes(trace_8192)
     store = trace_8192.attention
     assert store.kept_bytes + trace_8192.hidden.nbytes <= held < store.nbytes / 8
-    assert RESULTS.max_bytes + piece_limit() + image_limit() == settings().cache_bytes
+    assert RESULTS.max_bytes + piece_limit() + image_limit() + steps_limit() == settings().cache_bytes
     assert held <= trace_bytes(long_model.config, 8192) < 3 * held  # the Max tokens cap's estimate: from above
 
 

@@ -8,6 +8,7 @@ from encoder.config import EncoderConfig
 from encoder.overview import OVERVIEW_CELLS, OVERVIEW_MIN_TOKENS
 from encoder.settings import settings
 from viz.long_inputs import image_limit
+from viz.scrub import steps_limit
 
 TRACE_TOKEN_BYTES = 1024  # a token's share of the rest of a trace: ids, top next-token candidates, words, ...
 
@@ -37,8 +38,9 @@ def token_limit(max_positions: int, config: EncoderConfig | None = None) -> int:
 def trace_budget() -> int:
     """Bytes the app's cache gives traces and results (``ui.cache.RESULTS``): ``HEADLIGHT_CACHE_MB`` less what the
     long traces' attention pieces (``encoder.attention_store.piece_limit``: a half) and their heads' block images
-    (``viz.long_inputs.image_limit``: an eighth, at most 128 MB) may hold."""
-    return settings().cache_bytes - piece_limit() - image_limit()
+    (``viz.long_inputs.image_limit``: an eighth, at most 128 MB) and the in-figure head sliders' kept steps
+    (``viz.scrub.steps_limit``: a thirty-second, at most 32 MiB) may hold."""
+    return settings().cache_bytes - piece_limit() - image_limit() - steps_limit()
 
 
 def trace_bytes(config: EncoderConfig, tokens: int) -> int:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from encoder.settings import settings
 from encoder.trace import EncoderTrace
 from viz.selection import head_label
 
@@ -36,7 +37,8 @@ SCRUB_MAX_BYTES = 2 * 2**20  # arrays and text the slider steps may carry (2 MiB
 SLIDER_ROOM = 64  # pixels added to the top margin for the slider (title above it, the plot below)
 SLIDER_GAP = 6  # pixels between the slider and the plot
 LABELLED_STEPS = 24  # more steps than this: no label under each tick, only the current value above the rail
-KEPT_STEPS_BYTES = 32 * 2**20  # slider steps kept for the next figure of the same view (``payload_bytes``)
+KEPT_STEPS_BYTES = 32 * 2**20  # at most this many bytes of slider steps kept for the next figure of the same view
+STEPS_SHARE = 32  # ... and at most this share of the byte budget (``HEADLIGHT_CACHE_MB`` / 32)
 
 # A step: attribute -> one value per updated trace (None leaves that trace's attribute unset), and layout changes.
 Step = tuple[dict[str, list], dict[str, Any]]
@@ -100,6 +102,7 @@ def add_head_slider(fig: go.Figure, trace: EncoderTrace, layer: int, head: int, 
         return False
     every_layer = heads[0][0] != heads[-1][0]
     key = None if family is None else (id(trace), family, tuple(traces), tuple(heads))
+    KEPT.max_bytes = steps_limit()  # the operator's setting, read at each use (tests change it)
     made = None if key is None else KEPT.get(key, trace)
     if made is None:
         made = [_slider_step(lay, head_label(trace, h).removeprefix("head "),
@@ -165,7 +168,13 @@ class KeptSteps:
                 self._bytes -= self._kept.popitem(last=False)[1][2]
 
 
-KEPT = KeptSteps(KEPT_STEPS_BYTES)
+def steps_limit() -> int:
+    """Bytes of payload the kept slider steps may hold (``KEPT``): ``HEADLIGHT_CACHE_MB`` / ``STEPS_SHARE``, at most
+    ``KEPT_STEPS_BYTES``; the app's byte budget leaves them that share (``ui.inputs.trace_budget``)."""
+    return min(settings().cache_bytes // STEPS_SHARE, KEPT_STEPS_BYTES)
+
+
+KEPT = KeptSteps(steps_limit())
 
 
 def _set_as_given(obj: Any, name: str, value: Any) -> None:
