@@ -104,6 +104,14 @@ class ByteBudgetCache:
         future.set_result(value)
         return value
 
+    def peek(self, key: Hashable) -> Any | None:
+        """The value kept for ``key`` (now the most recently used), or None: never computed, nor waited for."""
+        with self._lock:
+            if key not in self._entries:
+                return None
+            self._entries.move_to_end(key)
+            return self._entries[key][0]
+
     def _keep(self, key: Hashable, value: Any) -> None:
         """Keep ``value`` (lock held), dropping least recently used entries until the budget holds."""
         size = held_bytes(value)

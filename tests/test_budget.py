@@ -4,6 +4,7 @@ caps on what one visitor can ask for (Max tokens, uploads, downloads)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 import tomllib
@@ -235,27 +236,36 @@ def test_the_app_keeps_traces_and_analyses_within_one_budget(monkeypatch):
 
 
 def test_a_figure_is_built_once_per_input_and_settings_and_counted_in_the_budget(monkeypatch):
-    """Moving the layer back shows the kept figure (no rebuild); each kept figure holds its arrays in the budget."""
+    """A layer or head change draws the kept figure moved to that step of its head slider (no figure built; the
+    step's figure is the one built there: tests/test_scrub.py); moving back shows the kept figure itself; each kept
+    figure holds its arrays in the budget."""
     store = ByteBudgetCache(settings().cache_bytes)
     monkeypatch.setattr(cache, "RESULTS", store)
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
     first = at.get("plotly_chart")[0].proto.spec
     at.slider(key="layer").set_value(1).run()
+    at.slider(key="head").set_value(5).run()
+    assert not at.exception
     figures = [key for key in store.kept_keys() if key[0] == "figure"]
-    assert len(figures) == 2 and {key[1] for key in figures} == {"heatmap"}
+    assert len(figures) == 1 and figures[0][1] == "heatmap"
+    kept = store.get(figures[0], pytest.fail)
+    moved = at.get("plotly_chart")[0].proto.spec
+    assert json.loads(moved)["layout"]["title"]["text"].startswith("Layer 1, head 5")
+    assert moved == pio.to_json(return_figure_from_figure_or_data(kept.scrub.at_step("1:5").drawn, True),
+                                validate=False)
     built: list[tuple] = []
     monkeypatch.setattr(store, "_keep", lambda key, value: built.append(key))  # any new entry would show here
     at.slider(key="layer").set_value(0).run()
+    at.slider(key="head").set_value(0).run()
     assert not at.exception and built == []
     assert at.get("plotly_chart")[0].proto.spec == first
-    kept = store.get(figures[0], pytest.fail)
     # the figure's arrays, and the figure the app draws: its own arrays and the slider steps' contents sent apart
     assert kept.scrub is not None and kept.scrub is scrub_chart(kept.figure)
     # ... and the JSON st.plotly_chart is given, made once: the same JSON Streamlit makes of the figure itself
     assert kept.drawn is kept.scrub.drawn.spec
     assert first == pio.to_json(return_figure_from_figure_or_data(kept.scrub.drawn, True), validate=False)
     assert held_bytes(kept) == sum(a.nbytes for a in kept.arrays) + len(kept.scrub.steps) + held_bytes(
-        (kept.scrub.steps_id, kept.scrub.values, kept.scrub.active)) + held_bytes(kept.drawn)
+        (kept.scrub.steps_id, kept.scrub.values, kept.scrub.active, kept.scrub.held)) + held_bytes(kept.drawn)
     assert len(kept.scrub.steps) > sum(a.nbytes for a in kept.arrays)  # the steps: most of what a figure holds
 
 

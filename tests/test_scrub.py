@@ -283,3 +283,63 @@ def test_the_figure_json_made_from_its_properties_is_plotlys(trace, view):
         light, held = split_steps(plotly_json)
         chart = scrub_chart(fig)
         assert chart.drawn.spec == light and json.loads(chart.steps) == held
+
+
+# The figure at a step: a layer or head change in the app draws the figure it has at another head moved to the
+# step (``ScrubChart.at_step``), so every step must give exactly the figure built at that head, as JSON.
+AT_STEP_VIEWS = [
+    ("heatmap", {}), ("heatmap", dict(hide_special=True)), ("heatmap", dict(hide_special=True, renormalize=False)),
+    ("heatmap", dict(log_color=True)), ("heatmap", dict(selected=(3, 4))),
+    ("tokens", dict(query=8)), ("tokens", dict(query=2, direction="to")),
+    ("lines", dict(threshold=0.2)), ("lines", dict(query=8)), ("lines", dict(threshold=0.05, hide_special=True)),
+]
+
+
+def _view_at(trace, view: str, layer: int, head: int, arguments: dict):
+    heads = dict(head=head) if view == "heatmap" else dict(heads=(head,))
+    return build_view(trace, view, layer=layer, **heads, **arguments)
+
+
+def _assert_every_step_is_the_built_figure(trace, view: str, arguments: dict, values=None) -> int:
+    chart = scrub_chart(_view_at(trace, view, 1, 1, arguments))
+    checked = 0
+    for value in values or chart.values:
+        layer, head = (int(part) for part in value.split(":"))
+        built = scrub_chart(_view_at(trace, view, layer, head, arguments))
+        assert built.steps_id == chart.steps_id and built.active == value
+        assert json.loads(json.dumps(chart.at_step(value).drawn.spec)) == built.drawn.spec, value
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize(("view", "arguments"), AT_STEP_VIEWS)
+def test_the_figure_at_every_step_is_the_figure_built_at_that_head(trace, view, arguments):
+    assert _assert_every_step_is_the_built_figure(trace, view, arguments) == 6 * 12
+
+
+@pytest.mark.parametrize("view", ["heatmap", "tokens", "lines"])
+def test_the_figure_at_a_step_of_causal_and_grouped_query_models(view):
+    from encoder.sources import load_path
+    from tests.conftest import FIXTURES
+
+    causal = synthetic_trace(["a", "b", "c", "d", "e"], visible="causal", layers=2, heads=3)
+    arguments = dict(query=3) if view != "heatmap" else {}
+    assert _assert_every_step_is_the_built_figure(causal, view, arguments) == 6
+    llama = trace_text(load_path(FIXTURES / "families" / "llama"), "The cat sat on the mat.")  # heads share kv
+    assert _assert_every_step_is_the_built_figure(llama, view, arguments) == llama.num_layers * llama.num_heads
+
+
+def test_the_figure_at_a_step_changes_only_what_the_step_restyles(trace):
+    chart = scrub_chart(build_attention_heatmap(trace, layer=0, head=0))
+    moved = chart.at_step("4:7")
+    assert chart.at_step(chart.active) is chart
+    assert (moved.steps_id, moved.steps, moved.values, moved.active) == (chart.steps_id, chart.steps, chart.values,
+                                                                          "4:7")
+    before, after = chart.drawn.spec, moved.drawn.spec
+    assert after["layout"]["sliders"][0]["active"] == chart.values.index("4:7")
+    assert after["layout"]["title"]["text"] != before["layout"]["title"]["text"]
+    assert after["layout"]["xaxis"] is before["layout"]["xaxis"]  # shared, not copied
+    assert np.array_equal(from_typed_array(after["data"][0]["z"]), trace.attention[4, 7])
+    assert before["layout"]["sliders"][0]["active"] == 0  # the kept chart is left as it was
+    with pytest.raises(KeyError):
+        chart.at_step("9:9")

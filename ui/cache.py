@@ -21,7 +21,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -324,6 +325,45 @@ def get_figure(key: tuple, build: Callable[[], go.Figure]) -> go.Figure:
         return _Chart(figure, _trace_arrays(figure), scrub, drawn)
 
     return _cached(("figure", *key), chart).figure
+
+
+@dataclass(frozen=True)
+class ViewChart:
+    """A view's chart for the page: ``figure``, the figure built for it, or (when ``shown`` is set) the one of the
+    same view and settings at another layer or head whose head slider ``shown`` steps (same traces, same clicks);
+    ``shown``, then, the chart to draw (``ui.scrub.ScrubChart.at_step``); ``build()``, this chart's own figure,
+    built once on demand (what its downloads export)."""
+
+    figure: go.Figure
+    shown: ScrubChart | None
+    build: Callable[[], go.Figure]
+
+
+_BUILT: OrderedDict[Hashable, tuple] = OrderedDict()  # a view family -> the key of its figure built last
+_BUILT_KEPT = 1024  # families remembered (keys only; their figures live in ``RESULTS``, under its byte budget)
+_built_lock = threading.Lock()
+
+
+def get_view_chart(key: tuple, build: Callable[[], go.Figure], family: Hashable, step: str) -> ViewChart:
+    """The chart of a view for ``key`` (``get_figure``'s): its figure when built before; else, when a figure of the
+    same ``family`` (the view, the input and every setting but the layer and head) is kept and its head slider has
+    ``step`` ("layer:head"), that figure moved to the step as the browser moves it, which is the figure ``build``
+    makes (a layer or head change builds no figure: ~10 ms of a change's server CPU on MiniLM's views); else
+    ``build()``, kept, and remembered for its family."""
+    own = lambda: get_figure(key, build)  # noqa: E731 - the same figure, whichever path made this chart
+    if ("figure", *key) not in RESULTS:
+        with _built_lock:
+            sibling = _BUILT.get(family)
+        kept = None if sibling is None else RESULTS.peek(("figure", *sibling))
+        if kept is not None and kept.scrub is not None and step in kept.scrub.values:
+            return ViewChart(kept.figure, kept.scrub.at_step(step), own)
+    figure = own()
+    with _built_lock:
+        _BUILT[family] = key
+        _BUILT.move_to_end(family)
+        while len(_BUILT) > _BUILT_KEPT:
+            _BUILT.popitem(last=False)
+    return ViewChart(figure, None, own)
 
 
 @contextmanager

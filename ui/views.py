@@ -21,7 +21,7 @@ from encoder.errors import HeadlightError
 from encoder.settings import settings as server_settings
 from encoder.trace import EncoderTrace, class_probabilities
 from ui.analysis import analysis_ui
-from ui.cache import Inputs, get_card, get_figure, get_word_trace
+from ui.cache import Inputs, get_card, get_figure, get_view_chart, get_word_trace
 from ui.charts import chart_ui
 from ui.compare import compare_ui
 from ui.controls import controls_ui, option_ui, reset_later, reset_now
@@ -69,8 +69,25 @@ def view_figures_ui(views: list[View], trace: EncoderTrace, settings: ViewSettin
             layer = None if arguments.get("layer_mean") else arguments.get("layer")
             return figure if mark is None else mark(figure, layer)
 
-        figure = get_figure(key, build)
-        chart_ui(view.name, figure, stem, tokens)
+        step = head_step(arguments)
+        if step is None or mark is not None or trace.is_encoder_decoder:  # their figures differ beyond the steps
+            chart_ui(view.name, get_figure(key, build), stem, tokens)
+            continue
+        family = (*key[:3], tuple(sorted((name, value) for name, value in arguments.items() if name not in STEPPED)))
+        chart = get_view_chart(key, build, family, step)
+        chart_ui(view.name, chart.figure, stem, tokens, shown=chart.shown, own=chart.build)
+
+
+STEPPED = ("layer", "head", "heads")  # a view's arguments its head slider's steps move through
+
+
+def head_step(arguments: dict) -> str | None:
+    """The head slider's step ("layer:head") a view's ``arguments`` show: one head of one layer; else None."""
+    heads = (arguments["head"],) if "head" in arguments else tuple(arguments.get("heads") or ())
+    if arguments.get("layer_mean") or arguments.get("aggregate") is not None or len(heads) != 1 \
+            or "layer" not in arguments:
+        return None
+    return f"{arguments['layer']}:{heads[0]}"
 
 
 def prediction_ui(trace: EncoderTrace) -> None:

@@ -35,6 +35,7 @@ from viz.selection import describe_heads, head_label, shown_queries_keys
 from viz.validation import check_fraction, check_heads, check_int_range, check_layer, check_shown_token
 
 MAX_LINES = 2000  # head lines draws at most this many (the strongest); more only clutter and slow drawing
+SCRUBBED_LINES = "lines"  # the line traces' name under the head slider (one name for every head it shows)
 LINE_START = 0.03  # head lines run from x=LINE_START to 1-LINE_START, leaving room next to the labels
 
 # Layout, in pixels
@@ -125,7 +126,8 @@ def build_head_lines(
               for side, index in ((queries, shown), (trace, keys))]
     if is_cross(trace):
         drawn.append("left: decoder tokens (queries), right: encoder tokens (keys)")
-    fig = _lines_figure(f"Layer {layer}, {describe_heads(chosen)}: who attends to whom", drawn, labels, rows,
+    named = head_label(trace, chosen[0]) if len(chosen) == 1 else describe_heads(chosen)  # as the steps name it
+    fig = _lines_figure(f"Layer {layer}, {named}: who attends to whom", drawn, labels, rows,
                         len(chosen))
     fig.add_traces(_line_traces(lines, chosen, threshold, every_bin=scrubbing))
     fig.add_traces(_token_columns(trace, (shown, keys), query, labels, rows))
@@ -142,7 +144,9 @@ def build_head_lines(
         family = ("lines", hide_special, renormalize, threshold, query_row, max_lines, tuple(notes))
         if add_head_slider(fig, trace, layer, chosen[0], list(range(1, 1 + len(_weight_bins(threshold)))), step,
                            family):
-            fig.update_traces(showlegend=False, selector=dict(name=f"head {chosen[0]}"))  # the title names the head
+            # the title names the head: no legend, and the traces' names left out (the same for every step)
+            fig.update_traces(showlegend=False, name=SCRUBBED_LINES, legendgroup=SCRUBBED_LINES,
+                              selector=dict(name=f"head {chosen[0]}"))
     return in_full_text(fig, window)
 
 

@@ -44,16 +44,24 @@ STEPS_SHARE = 32  # ... and at most this share of the byte budget (``HEADLIGHT_C
 Step = tuple[dict[str, list], dict[str, Any]]
 
 
-def typed_array(values: np.ndarray) -> dict:
-    """``values`` as Plotly's typed array (float32, little-endian, base64, with its shape): exact, 4 bytes each."""
+def typed_array(values: np.ndarray) -> dict | list:
+    """``values`` as Plotly's typed array (float32, little-endian, base64, with its shape past one dimension, written
+    as Plotly writes it; an empty array as an empty list, as Plotly writes it): exact, 4 bytes each, and the same
+    JSON as the figure's own float32 arrays."""
     array = np.ascontiguousarray(values, dtype="<f4")
-    return {"dtype": "f4", "bdata": base64.b64encode(array.tobytes()).decode("ascii"),
-            "shape": ",".join(str(n) for n in array.shape)}
+    if array.size == 0:
+        return []
+    spec = {"dtype": "f4", "bdata": base64.b64encode(array.tobytes()).decode("ascii")}
+    if array.ndim > 1:
+        spec["shape"] = ", ".join(str(n) for n in array.shape)
+    return spec
 
 
-def from_typed_array(spec: dict) -> np.ndarray:
+def from_typed_array(spec: dict | list) -> np.ndarray:
     """The float32 array a ``typed_array`` holds."""
-    shape = tuple(int(n) for n in str(spec["shape"]).split(","))
+    if isinstance(spec, list):
+        return np.asarray(spec, dtype=np.float32)
+    shape = tuple(int(n) for n in str(spec.get("shape", "-1")).split(","))
     return np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.dtype(spec["dtype"])).reshape(shape)
 
 
@@ -223,6 +231,49 @@ def split_steps(figure: dict) -> tuple[dict, dict[str, list]]:
             slider = {**slider, "steps": steps}
         emptied.append(slider)
     return {**figure, "layout": {**layout, "sliders": emptied}}, held
+
+
+def figure_at(figure: dict, held: dict[str, list], value: str) -> dict:
+    """A figure's plotly JSON with its head slider emptied (``split_steps``) as the browser draws it once the slider
+    moved to step ``value``: that step's update (``held[value]``: [data update, layout update]) applied as
+    ``Plotly.update`` applies it (attribute paths with dots; a None value removes the attribute), the slider's
+    ``active`` on it. New dicts and lists along the changed paths; everything else is ``figure``'s own.
+
+    Raises:
+        KeyError: ``value`` is not one of the slider's steps.
+    """
+    data_update, layout_update = held[value]
+    layout = dict(figure["layout"])
+    sliders = []
+    for slider in layout["sliders"]:
+        if slider.get("name") == SLIDER_NAME:
+            steps = slider["steps"]
+            values = [step["value"] for step in steps]
+            traces = steps[values.index(value)]["args"][2]
+            slider = {**slider, "active": values.index(value)}
+        sliders.append(slider)
+    layout["sliders"] = sliders
+    data = list(figure["data"])
+    for path, values in data_update.items():
+        for index, item in zip(traces, values):
+            data[index] = _with_path(data[index], path, item)
+    for path, item in layout_update.items():
+        layout = _with_path(layout, path, item)
+    return {**figure, "data": data, "layout": layout}
+
+
+def _with_path(properties: dict, path: str, value: Any) -> dict:
+    """``properties`` with the attribute at the dotted ``path`` set to ``value`` (None: removed), as a new dict
+    (and new dicts along the path)."""
+    name, _, rest = path.partition(".")
+    changed = dict(properties)
+    if rest:
+        changed[name] = _with_path(properties.get(name) or {}, rest, value)
+    elif value is None:
+        changed.pop(name, None)
+    else:
+        changed[name] = value
+    return changed
 
 
 def without_slider(figure: dict) -> dict:
