@@ -286,8 +286,13 @@ def test_head_lines_draw_exactly_the_weights_above_the_threshold(trace):
 
 
 def test_head_lines_for_one_query(trace):
-    fig = build_head_lines(trace, layer=1, heads=[3], threshold=0.0, query=2)
+    fig = build_head_lines(trace, layer=1, heads=[3], threshold=0.0, query=2, scrub=False)
     assert _segments(fig) == {("head 3", 2, k) for k in range(trace.num_tokens)}
+    # Under the head slider the traces are named alike for every step (the title names the head).
+    scrubbed = build_head_lines(trace, layer=1, heads=[3], threshold=0.0, query=2)
+    assert {(q, k) for _, q, k in _segments(scrubbed)} == {(2, k) for k in range(trace.num_tokens)}
+    assert {name for name, _, _ in _segments(scrubbed)} == {"lines"}
+    assert scrubbed.layout.title.text.startswith("Layer 1, head 3:")
     with pytest.raises(ValueError, match=r"threshold 1\.5 is out of range"):
         build_head_lines(trace, threshold=1.5)
     with pytest.raises(ValueError, match=r"query 0 \(\[CLS\]\) is a special token, which is hidden"):
