@@ -503,3 +503,28 @@ def test_a_sampled_continuation_and_its_analyses(llama):
     lens = _app(**params, view="Analysis", analysis="Logit lens", step="2")
     _no_errors(lens)
     assert not lens.warning and _figures(lens)  # on the prompt and the first 2 generated tokens
+
+
+def test_a_head_change_draws_that_head_and_its_downloads_export_it(monkeypatch):
+    """A layer or head change draws the kept figure moved to that step (no figure built on the way); the chart, its
+    steps and its HTML download are those of the head shown."""
+    import streamlit as st
+
+    made: dict[str, object] = {}
+    original = st.download_button
+
+    def record(label, data, file_name=None, key=None, **kwargs):  # each button's data maker, the newest kept
+        made[key] = data
+        return original(label, data, file_name=file_name, key=key, **kwargs)
+
+    monkeypatch.setattr(st, "download_button", record)
+    at = _app()
+    at.slider(key="layer").set_value(3).run()
+    at.slider(key="head").set_value(7).run()
+    assert not at.exception
+    (figure,) = _figures(at)
+    assert _title(figure).startswith("Layer 3, head 7")
+    slider = next(s for s in figure["layout"]["sliders"] if s["name"] == "heads")
+    assert slider["steps"][slider["active"]]["value"] == "3:7"
+    html = made["dl-heatmap-html"]()
+    assert "Layer 3, head 7" in (html.decode() if isinstance(html, bytes) else html)
