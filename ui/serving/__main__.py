@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent.parent.parent / "app.py"
@@ -48,9 +49,12 @@ def main(argv: list[str]) -> int:
     from streamlit.web import cli
 
     import ui.views  # noqa: F401 - the page's modules (Streamlit's too), here: never imported by two threads at once
-    from ui.cache import start_warm_up
+    from ui.cache import examples, start_warm_up
 
     start_warm_up()
+    # The default model's files checked against their checksums (~0.08 s, hashing: the GIL let go) while the server
+    # starts and the first browser loads the page, not in the first page's script, which reads the examples.
+    threading.Thread(target=examples, name="headlight-examples", daemon=True).start()
     sys.argv = ["streamlit", "run", str(APP), *argv]
     cli.main()
     return 0

@@ -47,8 +47,9 @@ _running: Running | None = None
 # starts gets the page's controls first, and a server nobody visits yet is warm a few seconds after it starts.
 START_DELAY = 3.0
 # A page drawn from the examples kept on disk (no model needed) pushes the warm-up's start to at least this many
-# seconds later (``hold``), so its chart is not slowed by TensorFlow's import in the same process.
-VISITOR_GRACE = 1.5
+# seconds later (``hold``), so its chart is not slowed by TensorFlow's import in the same process, nor its browser's
+# drawing (~1.3 s after the chart leaves the server) by that import on the same cores.
+VISITOR_GRACE = 3.0
 HOLD_LIMIT = 10.0  # ... but never past this many seconds after ``start()``: a stream of visitors does not keep it cold
 _wanted = threading.Event()
 _held_until = 0.0  # time.monotonic() before which the warm-up does not start unless a visitor needs the model
