@@ -354,3 +354,21 @@ def test_a_trace_csv_never_exceeds_the_download_cap():
     assert 1 <= len(heads) < 12 and heads == tuple(range(len(heads)))
     assert csv_bytes(trace, len(heads)) <= MAX_DOWNLOAD_BYTES < csv_bytes(trace, len(heads) + 1)
     assert heads_that_fit(long_trace(0, layers=1, heads=2), (0, 1)) == (0, 1)
+
+
+@pytest.mark.parametrize(("view", "name"), [("Heatmap", "heatmap"), ("Token view", "tokens"), ("Head lines", "lines")])
+def test_layer_and_head_changes_of_every_sliding_view_build_no_figure(monkeypatch, view, name):
+    """The views with the head slider build one figure per input and settings; a layer or head change draws it at
+    that step (the title names the new head)."""
+    store = ByteBudgetCache(settings().cache_bytes)
+    monkeypatch.setattr(cache, "RESULTS", store)
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    at.query_params["view"] = view
+    at.run()
+    at.slider(key="layer").set_value(2).run()
+    at.slider(key="head").set_value(9).run()
+    assert not at.exception
+    figures = [key for key in store.kept_keys() if key[0] == "figure"]
+    assert [key[1] for key in figures] == [name]
+    (chart,) = at.get("plotly_chart")
+    assert json.loads(chart.proto.spec)["layout"]["title"]["text"].startswith("Layer 2, head 9")

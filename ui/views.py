@@ -82,10 +82,13 @@ STEPPED = ("layer", "head", "heads")  # a view's arguments its head slider's ste
 
 
 def head_step(arguments: dict) -> str | None:
-    """The head slider's step ("layer:head") a view's ``arguments`` show: one head of one layer; else None."""
-    heads = (arguments["head"],) if "head" in arguments else tuple(arguments.get("heads") or ())
-    if arguments.get("layer_mean") or arguments.get("aggregate") is not None or len(heads) != 1 \
-            or "layer" not in arguments:
+    """The head slider's step ("layer:head") a view's ``arguments`` show: one head of one layer (``head``, unless
+    ``aggregate`` combines ``heads`` instead; or the one head of ``heads``); else None."""
+    if "head" in arguments:
+        heads = (arguments["head"],) if arguments.get("aggregate") is None else tuple(arguments.get("heads") or ())
+    else:
+        heads = tuple(arguments.get("heads") or ())
+    if arguments.get("layer_mean") or len(heads) != 1 or "layer" not in arguments:
         return None
     return f"{arguments['layer']}:{heads[0]}"
 
