@@ -12,7 +12,7 @@ import pytest
 from encoder.trace import trace_text
 from tests.support.traces import synthetic_trace
 from ui.drawn import figure_json
-from ui.scrub import scrub_chart
+from ui.scrub import as_json_values, scrub_chart
 from viz import VIEWS, build_view
 from viz.attention import build_attention_heatmap
 from viz.head_lines import build_head_lines
@@ -343,3 +343,12 @@ def test_the_figure_at_a_step_changes_only_what_the_step_restyles(trace):
     assert before["layout"]["sliders"][0]["active"] == 0  # the kept chart is left as it was
     with pytest.raises(KeyError):
         chart.at_step("9:9")
+
+
+def test_the_steps_read_back_are_their_json(trace):
+    """``ScrubChart.held`` is what its ``steps`` JSON reads back, for every sliding view (made without parsing)."""
+    for view in ("heatmap", "tokens", "lines"):
+        chart = scrub_chart(_view_at(trace, view, 2, 3, {}))
+        assert chart.held == json.loads(chart.steps)
+    assert as_json_values({"a": [np.float32(0.5), float("nan"), (1, np.int64(2))], "b": None}) == {
+        "a": [0.5, None, [1, 2]], "b": None}

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
+import math
 from collections.abc import Collection
 
+import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 import streamlit as st
@@ -131,7 +132,23 @@ def _split(fig: go.Figure) -> ScrubChart:
     slider = next(slider for slider in light["layout"]["sliders"] if slider["name"] == SLIDER_NAME)
     values = tuple(step["value"] for step in slider["steps"])
     return ScrubChart(SerialisedFigure(plain_json(light)), hashlib.sha256(steps.encode()).hexdigest()[:20], steps,
-                      values, values[slider["active"]], json.loads(steps))
+                      values, values[slider["active"]], as_json_values(held))
+
+
+def as_json_values(value: object) -> object:
+    """``value`` (the steps' contents: dicts, lists, strings, numbers, NumPy scalars, typed arrays) as ``steps``
+    reads back: ``json.loads(pio.to_json(value))`` without encoding and parsing the arrays' base64 text again (the
+    strings are shared, not copied). NumPy scalars become Python numbers; NaN and infinities become None, as
+    Plotly's JSON encoder writes them."""
+    if isinstance(value, dict):
+        return {key: as_json_values(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_json_values(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def scrub_sync_ui(chart_key: str, chart: ScrubChart) -> None:
