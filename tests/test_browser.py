@@ -316,6 +316,8 @@ def test_a_page_that_lost_the_slider_steps_asks_for_them_again(page, app_url):
     _press_slider(page, "Layer")  # the same steps, which this session was sent already
     _wait_title(page, r"^Layer 1, head 0")
     page.wait_for_function("() => window.__headlightScrub.steps.size === 1")
+    # the steps filled into the drawn plot (the page's component does it on the next frames) before the drag
+    page.wait_for_function("sel => document.querySelector(sel)?.__headlightSteps", arg=CHART)
     page.wait_for_timeout(500)
     quiet = len(sent)
     page.mouse.move(*_tick_centre(page, CHART, 12))
