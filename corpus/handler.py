@@ -23,6 +23,8 @@ from corpus.format import DEFAULT_EXACT_MAX, MAX_SAMPLE_PER_HEAD, MAX_TOP_K, Cor
 from corpus.sources import Batch, token_priority
 from encoder.sources import LoadedModel, load_source
 
+CELL_TOKENS = 64  # a forward pass pads at most batch_size sentences of this many tokens' worth (``cell_budget``)
+MIN_WIDTH = 16  # the narrowest forward pass (``pass_shape``)
 MAX_TOKENS_CAP = 512  # a longer trace holds its attention lazily (encoder.attention_store): not what a corpus needs
 STATISTIC_LIST = tuple(STATISTICS)
 
@@ -232,11 +234,9 @@ _LIBC = _glibc()
 
 
 def analyse_batch(model: LoadedModel, batch: Batch, options: CorpusOptions, floors: Floors) -> BatchResult:
-    """Trace ``batch`` and compute what the index needs of it (``BatchResult``)."""
-    from encoder.trace import trace_batch
-
+    """Trace ``batch`` (``trace_corpus_batch``) and compute what the index needs of it (``BatchResult``)."""
     release_memory()
-    traces = trace_batch(model, list(batch.texts), max_tokens=options.max_tokens, batch_size=len(batch.texts))
+    traces = trace_corpus_batch(model, batch.texts, options)
     sentence = np.asarray(batch.ids, dtype=np.int64)
     sums, counts = _report_sums(traces)
     n_tokens = np.array([t.num_tokens for t in traces], dtype=np.int32)
@@ -250,6 +250,57 @@ def analyse_batch(model: LoadedModel, batch: Batch, options: CorpusOptions, floo
         {layer: np.concatenate([t.hidden[layer] for t in traces]).astype(np.float32) for layer in layers},
         positions, token_sentence,
     )
+
+
+def cell_budget(options: CorpusOptions) -> int:
+    """Padded attention cells (rows x width^2) one forward pass may hold: ``batch_size`` sentences of
+    min(``max_tokens``, ``CELL_TOKENS``) tokens. Each layer's attention of a pass is (rows, H, width, width)
+    float32, so this bounds a pass's working memory by the options alone, whatever lengths the corpus holds."""
+    return options.batch_size * min(options.max_tokens, CELL_TOKENS) ** 2
+
+
+def pass_shape(longest: int, options: CorpusOptions) -> tuple[int, int]:
+    """(rows, width) of the forward pass whose longest sentence has ``longest`` tokens: width the next power of
+    two (at least ``MIN_WIDTH``, at most ``max_tokens``), rows as many as ``cell_budget`` allows at that width
+    (at most ``batch_size``, at least 1). Every pass of a build has one of these few shapes (5 at the default 128
+    tokens), so the kernels TensorFlow keeps per shape are the same few whatever the corpus holds."""
+    width = min(max(MIN_WIDTH, 1 << max(longest - 1, 0).bit_length()), options.max_tokens)
+    return max(min(options.batch_size, cell_budget(options) // width ** 2), 1), width
+
+
+def padded_groups(lengths: Sequence[int], options: CorpusOptions) -> list[list[int]]:
+    """The sentences of a batch (their token counts ``lengths``), shortest first (ties in input order), cut into
+    forward passes: a sentence joins the current pass while the pass, with it, still has at most the rows
+    ``pass_shape`` allows at its width. Deterministic: a function of the lengths and options only.
+
+    Example (``batch_size`` 4, ``max_tokens`` 128: 4 rows up to 64 tokens, 1 row at 128):
+        >>> padded_groups([3, 100, 2, 10, 90], CorpusOptions(batch_size=4))
+        [[2, 0, 3], [4], [1]]
+    """
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if groups and len(groups[-1]) < pass_shape(lengths[i], options)[0]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def trace_corpus_batch(model: LoadedModel, texts: Sequence[str], options: CorpusOptions) -> list:
+    """The traces (``EncoderTrace``, in ``texts``' order) of one corpus batch, run as ``padded_groups``, each pass
+    padded to its ``pass_shape``: a batch of long sentences is several smaller passes, so the largest pass (and
+    the memory it leaves behind) is the same whatever the corpus holds. Every runner calls this on the same
+    batches, so they pad the same sentences together and get the same floats."""
+    from encoder.trace import trace_batch
+
+    lengths = [len(model.tokenizer.encode(text, None, options.max_tokens).tokens) for text in texts]
+    traces: list = [None] * len(texts)
+    for group in padded_groups(lengths, options):
+        rows, width = pass_shape(max(lengths[i] for i in group), options)
+        for i, trace in zip(group, trace_batch(model, [texts[i] for i in group], max_tokens=options.max_tokens,
+                                                batch_size=len(group), width=width, rows=rows)):
+            traces[i] = trace
+    return traces
 
 
 def _report_sums(traces) -> tuple[np.ndarray, np.ndarray]:

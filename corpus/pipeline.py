@@ -347,11 +347,13 @@ def write_top_edges(per_head: list[tuple[int, list[tuple]]], folder: Path, heads
 
 
 def qk_elements(result: BatchResult) -> Iterator[tuple]:
-    """``(priority, sentence, position, token, queries (L, H, dh), keys (L, Hkv, dh))`` of each sampled token."""
+    """``(priority, sentence, position, token, queries (L, H, dh), keys (L, Hkv, dh))`` of each sampled token. The
+    vectors are copies, not views: a view would keep its whole batch's (M, L, H, dh) arrays alive for as long as
+    the sample holds that one token, so the memory held would grow with the batches the sample came from."""
     qk = result.qk
     for row, priority in enumerate(qk["priority"].tolist()):
         yield (priority, int(qk["sentence"][row]), int(qk["position"][row]), str(qk["token"][row]),
-               qk["queries"][row], qk["keys"][row])
+               qk["queries"][row].copy(), qk["keys"][row].copy())
 
 
 def sample_rank(element: tuple) -> int:
