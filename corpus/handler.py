@@ -236,6 +236,7 @@ _LIBC = _glibc()
 def analyse_batch(model: LoadedModel, batch: Batch, options: CorpusOptions, floors: Floors) -> BatchResult:
     """Trace ``batch`` (``trace_corpus_batch``) and compute what the index needs of it (``BatchResult``)."""
     release_memory()
+    warm_up(model, options)
     traces = trace_corpus_batch(model, batch.texts, options)
     sentence = np.asarray(batch.ids, dtype=np.int64)
     sums, counts = _report_sums(traces)
@@ -246,7 +247,7 @@ def analyse_batch(model: LoadedModel, batch: Batch, options: CorpusOptions, floo
     return BatchResult(
         batch.index, sentence, batch.texts, tuple(t.tokens for t in traces),
         tuple(np.asarray(t.special, dtype=bool) for t in traces), n_tokens, sums, counts,
-        _candidate_edges(traces, sentence, floors), _sampled_queries_keys(model, traces, sentence, floors),
+        _candidate_edges(traces, sentence, floors), _sampled_queries_keys(model, traces, sentence, floors, options),
         {layer: np.concatenate([t.hidden[layer] for t in traces]).astype(np.float32) for layer in layers},
         positions, token_sentence,
     )
@@ -284,6 +285,26 @@ def padded_groups(lengths: Sequence[int], options: CorpusOptions) -> list[list[i
         else:
             groups.append([i])
     return groups
+
+
+def warm_up(model: LoadedModel, options: CorpusOptions) -> None:
+    """Run every forward pass shape a build can use (``pass_shape``: a one-word sentence padded to each) and each
+    width's query/key recomputation once, before the first batch, once per process, model and options. TensorFlow
+    builds and keeps oneDNN kernels per shape; built up front, they are the same whatever lengths the corpus holds
+    (a small corpus would otherwise meet fewer widths than a large one and hold less)."""
+    key = (id(model), options.max_tokens, options.batch_size)
+    with _MODELS_LOCK:
+        if key in _WARM:
+            return
+        _WARM.add(key)
+    from encoder.trace import trace_batch
+
+    for rows, width in sorted({pass_shape(n, options) for n in range(1, options.max_tokens + 1)}):
+        trace = trace_batch(model, ["a"], max_tokens=options.max_tokens, batch_size=1, width=width, rows=rows)[0]
+        sentence_queries_keys(model, trace.hidden, width)
+
+
+_WARM: set[tuple[int, int, int]] = set()
 
 
 def trace_corpus_batch(model: LoadedModel, texts: Sequence[str], options: CorpusOptions) -> list:
@@ -344,9 +365,10 @@ def _candidate_edges(traces, sentence: np.ndarray, floors: Floors) -> dict[str, 
     return {name: np.concatenate(parts) if parts else np.zeros(0, dtype=empty[name]) for name, parts in found.items()}
 
 
-def _sampled_queries_keys(model: LoadedModel, traces, sentence: np.ndarray, floors: Floors) -> dict[str, np.ndarray]:
+def _sampled_queries_keys(model: LoadedModel, traces, sentence: np.ndarray, floors: Floors,
+                          options: CorpusOptions) -> dict[str, np.ndarray]:
     """The tokens of this batch that can still be in the sample (``Floors.sampled``), with every layer's queries
-    and keys (``sentence_queries_keys``)."""
+    and keys (``sentence_queries_keys``, padded to the width of the sentence's ``pass_shape``)."""
     lengths = [trace.num_tokens for trace in traces]
     owners = np.repeat(sentence, lengths)
     positions = np.concatenate([np.arange(n) for n in lengths]).astype(np.int32)
@@ -360,22 +382,28 @@ def _sampled_queries_keys(model: LoadedModel, traces, sentence: np.ndarray, floo
     keys = np.zeros((len(rows), config.num_layers, kv, config.head_dim), np.float32)
     for row in np.unique(rows):
         picked = np.flatnonzero(rows == row)
-        found = sentence_queries_keys(model, traces[row].hidden)
+        found = sentence_queries_keys(model, traces[row].hidden, pass_shape(lengths[row], options)[1])
         queries[picked], keys[picked] = found[0][:, positions[keep][picked]].swapaxes(0, 1), \
             found[1][:, positions[keep][picked]].swapaxes(0, 1)
     return {"priority": priority[keep], "sentence": owners[keep], "position": positions[keep], "token": tokens,
             "queries": queries, "keys": keys}
 
 
-def sentence_queries_keys(model: LoadedModel, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sentence_queries_keys(model: LoadedModel, hidden: np.ndarray, width: int | None = None,
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """(L, T, H, dh) queries and (L, T, Hkv, dh) keys of one sentence, from each layer's ``queries_keys`` on the
     hidden state it read (``hidden`` (L + 1, T, D)): as ``encoder.attention_store.RecomputedQueriesKeys``, one
-    sentence at a time, so a token's vectors do not depend on what else was in its batch."""
+    sentence at a time, so a token's vectors do not depend on what else was in its batch. ``width``: run it
+    zero-padded to this many tokens (queries and keys are per token; the padding's are dropped), so the shapes
+    TensorFlow builds kernels for are a few widths, not every sentence length."""
     from keras import ops
 
     encoder = model.model
-    bias = encoder.positions.row_context(hidden.shape[1])
-    found = [[ops.convert_to_numpy(part)[0] for part in block.queries_keys(ops.convert_to_tensor(hidden[layer][None]),
-                                                                            bias)]
+    t = hidden.shape[1]
+    padded = np.zeros((hidden.shape[0], max(width or t, t), hidden.shape[2]), hidden.dtype)
+    padded[:, :t] = hidden
+    bias = encoder.positions.row_context(padded.shape[1])
+    found = [[ops.convert_to_numpy(part)[0, :t]
+              for part in block.queries_keys(ops.convert_to_tensor(padded[layer][None]), bias)]
              for layer, block in enumerate(encoder.encoder_layers)]
     return np.stack([q for q, _ in found]), np.stack([k for _, k in found])
