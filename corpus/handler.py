@@ -263,7 +263,7 @@ def cell_budget(options: CorpusOptions) -> int:
 def pass_shape(longest: int, options: CorpusOptions) -> tuple[int, int]:
     """(rows, width) of the forward pass whose longest sentence has ``longest`` tokens: width the next power of
     two (at least ``MIN_WIDTH``, at most ``max_tokens``), rows as many as ``cell_budget`` allows at that width
-    (at most ``batch_size``, at least 1). Every pass of a build has one of these few shapes (5 at the default 128
+    (at most ``batch_size``, at least 1). Every pass of a build has one of these few shapes (4 at the default 128
     tokens), so the kernels TensorFlow keeps per shape are the same few whatever the corpus holds."""
     width = min(max(MIN_WIDTH, 1 << max(longest - 1, 0).bit_length()), options.max_tokens)
     return max(min(options.batch_size, cell_budget(options) // width ** 2), 1), width

@@ -482,13 +482,14 @@ def sorted_groups(folder: Path) -> list[tuple[int, Path, int, int]]:
     return sorted(groups, key=lambda item: item[0])
 
 
-def read_groups(groups: list[tuple[int, Path, int, int]], columns: list[str] | None = None) -> Iterator[pa.Table]:
-    """The row groups' tables in the given order, one at a time."""
+def read_groups(groups: list[tuple[int, Path, int, int]], columns: list[str] | None = None,
+                use_threads: bool = True) -> Iterator[pa.Table]:
+    """The row groups' tables in the given order, one at a time (``use_threads``: decode columns in parallel)."""
     files: dict[Path, pq.ParquetFile] = {}
     for _, path, group, _ in groups:
         if path not in files:
             files[path] = pq.ParquetFile(path)
-        yield files[path].read_row_group(group, columns=columns)
+        yield files[path].read_row_group(group, columns=columns, use_threads=use_threads)
 
 
 def copy_in_order(groups, target: Path, max_rows: int | None = None) -> list[Path]:
@@ -558,13 +559,14 @@ def vectors_of(table: pa.Table, width: int) -> np.ndarray:
 def training_sample(groups, width: int, total: int) -> np.ndarray:
     """An IVF-PQ training sample from the whole corpus: every ``stride``-th row (rows 0, stride, 2 stride, ...),
     about ``corpus.vectors.TRAIN_PER_LIST`` per list of the index ``total`` rows get (the parts read once more, a
-    row group at a time, into one array allocated up front: no list of pieces and concatenated copy beside it)."""
+    row group at a time, into one array allocated up front: no list of pieces and concatenated copy beside it; one
+    column, decoded on this thread: threaded reads left ~15 MB more behind)."""
     from corpus.vectors import TRAIN_PER_LIST, ivf_parameters
 
     stride = max(total // (TRAIN_PER_LIST * ivf_parameters(total, width)["nlist"]), 1)
     sample = np.empty((len(range(0, total, stride)), width), dtype=np.float32)
     start = filled = 0
-    for number, table in enumerate(read_groups(groups, columns=["vector"])):
+    for number, table in enumerate(read_groups(groups, columns=["vector"], use_threads=False)):
         chosen = np.arange(-start % stride, len(table), stride)
         sample[filled:filled + len(chosen)] = vectors_of(table, width)[chosen]
         filled, start = filled + len(chosen), start + len(table)
