@@ -260,16 +260,17 @@ def cell_budget(options: CorpusOptions) -> int:
     return options.batch_size * min(options.max_tokens, CELL_TOKENS) ** 2
 
 
-def pass_shape(longest: int, options: CorpusOptions) -> tuple[int, int]:
+def pass_shape(longest: int, options: CorpusOptions, limit: int | None = None) -> tuple[int, int]:
     """(rows, width) of the forward pass whose longest sentence has ``longest`` tokens: width the next power of
-    two (at least ``MIN_WIDTH``, at most ``max_tokens``), rows as many as ``cell_budget`` allows at that width
-    (at most ``batch_size``, at least 1). Every pass of a build has one of these few shapes (4 at the default 128
-    tokens), so the kernels TensorFlow keeps per shape are the same few whatever the corpus holds."""
-    width = min(max(MIN_WIDTH, 1 << max(longest - 1, 0).bit_length()), options.max_tokens)
+    two (at least ``MIN_WIDTH``, at most ``max_tokens`` and the model's longest input ``limit``), rows as many as
+    ``cell_budget`` allows at that width (at most ``batch_size``, at least 1). Every pass of a build has one of
+    these few shapes (4 at the default 128 tokens), so the kernels TensorFlow keeps per shape are the same few
+    whatever the corpus holds."""
+    width = min(max(MIN_WIDTH, 1 << max(longest - 1, 0).bit_length()), options.max_tokens, limit or options.max_tokens)
     return max(min(options.batch_size, cell_budget(options) // width ** 2), 1), width
 
 
-def padded_groups(lengths: Sequence[int], options: CorpusOptions) -> list[list[int]]:
+def padded_groups(lengths: Sequence[int], options: CorpusOptions, limit: int | None = None) -> list[list[int]]:
     """The sentences of a batch (their token counts ``lengths``), shortest first (ties in input order), cut into
     forward passes: a sentence joins the current pass while the pass, with it, still has at most the rows
     ``pass_shape`` allows at its width. Deterministic: a function of the lengths and options only.
@@ -280,7 +281,7 @@ def padded_groups(lengths: Sequence[int], options: CorpusOptions) -> list[list[i
     """
     groups: list[list[int]] = []
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if groups and len(groups[-1]) < pass_shape(lengths[i], options)[0]:
+        if groups and len(groups[-1]) < pass_shape(lengths[i], options, limit)[0]:
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -299,7 +300,8 @@ def warm_up(model: LoadedModel, options: CorpusOptions) -> None:
         _WARM.add(key)
     from encoder.trace import trace_batch
 
-    for rows, width in sorted({pass_shape(n, options) for n in range(1, options.max_tokens + 1)}):
+    limit = model.tokenizer.max_length
+    for rows, width in sorted({pass_shape(n, options, limit) for n in range(1, options.max_tokens + 1)}):
         trace = trace_batch(model, ["a"], max_tokens=options.max_tokens, batch_size=1, width=width, rows=rows)[0]
         sentence_queries_keys(model, trace.hidden, width)
 
@@ -316,8 +318,9 @@ def trace_corpus_batch(model: LoadedModel, texts: Sequence[str], options: Corpus
 
     lengths = [len(model.tokenizer.encode(text, None, options.max_tokens).tokens) for text in texts]
     traces: list = [None] * len(texts)
-    for group in padded_groups(lengths, options):
-        rows, width = pass_shape(max(lengths[i] for i in group), options)
+    limit = model.tokenizer.max_length
+    for group in padded_groups(lengths, options, limit):
+        rows, width = pass_shape(max(lengths[i] for i in group), options, limit)
         for i, trace in zip(group, trace_batch(model, [texts[i] for i in group], max_tokens=options.max_tokens,
                                                 batch_size=len(group), width=width, rows=rows)):
             traces[i] = trace
@@ -382,7 +385,8 @@ def _sampled_queries_keys(model: LoadedModel, traces, sentence: np.ndarray, floo
     keys = np.zeros((len(rows), config.num_layers, kv, config.head_dim), np.float32)
     for row in np.unique(rows):
         picked = np.flatnonzero(rows == row)
-        found = sentence_queries_keys(model, traces[row].hidden, pass_shape(lengths[row], options)[1])
+        found = sentence_queries_keys(model, traces[row].hidden,
+                                      pass_shape(lengths[row], options, model.tokenizer.max_length)[1])
         queries[picked], keys[picked] = found[0][:, positions[keep][picked]].swapaxes(0, 1), \
             found[1][:, positions[keep][picked]].swapaxes(0, 1)
     return {"priority": priority[keep], "sentence": owners[keep], "position": positions[keep], "token": tokens,

@@ -293,6 +293,7 @@ def test_forward_passes_have_few_shapes_within_the_cell_budget():
     assert len(groups) > 1 and groups == padded_groups(lengths, options)
     assert pass_shape(40, CorpusOptions(batch_size=8, max_tokens=32)) == (8, 32)  # the cut: never wider
     assert pass_shape(100, CorpusOptions(batch_size=1, max_tokens=512)) == (1, 128)  # at least one row
+    assert pass_shape(100, CorpusOptions(max_tokens=512), limit=100) == (26, 100)  # never past the model's longest
 
 
 def test_a_batch_of_long_sentences_is_traced_in_smaller_passes(minilm_model):
