@@ -13,9 +13,10 @@ as the corpus grows.
 the default 128 tokens: ``python -m bench.corpus 1000,19348 tutorial 64``; one build alone:
 ``python -m bench.corpus --run beam|plain INPUT OUT [MODEL [MAX_TOKENS]]``.
 
-Peak memory is set by the largest batch a build traces (batch_size sentences padded to the longest, at most
-max_tokens: its (S, L, H, T, T) attention), not by the corpus: the first 1,000 and 4,000 lines of data/ pad to 75
-tokens at most, all 19,348 reach the 128-token cut. A cut both reach (64) compares corpus sizes alone.
+Peak memory is bounded by the options, not by the corpus: each batch is traced in forward passes of a few fixed
+(rows, width) shapes within ``batch_size`` x 64^2 padded attention cells (``corpus.handler.pass_shape``), every
+shape run once before the first batch, and the finish holds one layer's IVF-PQ codes (m + 8 bytes a context) and a
+training sample of at most 64 x nlist rows (docs/corpus.md, "Speed and memory").
 """
 
 from __future__ import annotations

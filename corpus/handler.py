@@ -23,6 +23,8 @@ from corpus.format import DEFAULT_EXACT_MAX, MAX_SAMPLE_PER_HEAD, MAX_TOP_K, Cor
 from corpus.sources import Batch, token_priority
 from encoder.sources import LoadedModel, load_source
 
+CELL_TOKENS = 64  # a forward pass pads at most batch_size sentences of this many tokens' worth (``cell_budget``)
+MIN_WIDTH = 16  # the narrowest forward pass (``pass_shape``)
 MAX_TOKENS_CAP = 512  # a longer trace holds its attention lazily (encoder.attention_store): not what a corpus needs
 STATISTIC_LIST = tuple(STATISTICS)
 
@@ -232,11 +234,10 @@ _LIBC = _glibc()
 
 
 def analyse_batch(model: LoadedModel, batch: Batch, options: CorpusOptions, floors: Floors) -> BatchResult:
-    """Trace ``batch`` and compute what the index needs of it (``BatchResult``)."""
-    from encoder.trace import trace_batch
-
+    """Trace ``batch`` (``trace_corpus_batch``) and compute what the index needs of it (``BatchResult``)."""
     release_memory()
-    traces = trace_batch(model, list(batch.texts), max_tokens=options.max_tokens, batch_size=len(batch.texts))
+    warm_up(model, options)
+    traces = trace_corpus_batch(model, batch.texts, options)
     sentence = np.asarray(batch.ids, dtype=np.int64)
     sums, counts = _report_sums(traces)
     n_tokens = np.array([t.num_tokens for t in traces], dtype=np.int32)
@@ -246,10 +247,84 @@ def analyse_batch(model: LoadedModel, batch: Batch, options: CorpusOptions, floo
     return BatchResult(
         batch.index, sentence, batch.texts, tuple(t.tokens for t in traces),
         tuple(np.asarray(t.special, dtype=bool) for t in traces), n_tokens, sums, counts,
-        _candidate_edges(traces, sentence, floors), _sampled_queries_keys(model, traces, sentence, floors),
+        _candidate_edges(traces, sentence, floors), _sampled_queries_keys(model, traces, sentence, floors, options),
         {layer: np.concatenate([t.hidden[layer] for t in traces]).astype(np.float32) for layer in layers},
         positions, token_sentence,
     )
+
+
+def cell_budget(options: CorpusOptions) -> int:
+    """Padded attention cells (rows x width^2) one forward pass may hold: ``batch_size`` sentences of
+    min(``max_tokens``, ``CELL_TOKENS``) tokens. Each layer's attention of a pass is (rows, H, width, width)
+    float32, so this bounds a pass's working memory by the options alone, whatever lengths the corpus holds."""
+    return options.batch_size * min(options.max_tokens, CELL_TOKENS) ** 2
+
+
+def pass_shape(longest: int, options: CorpusOptions, limit: int | None = None) -> tuple[int, int]:
+    """(rows, width) of the forward pass whose longest sentence has ``longest`` tokens: width the next power of
+    two (at least ``MIN_WIDTH``, at most ``max_tokens`` and the model's longest input ``limit``), rows as many as
+    ``cell_budget`` allows at that width (at most ``batch_size``, at least 1). Every pass of a build has one of
+    these few shapes (4 at the default 128 tokens), so the kernels TensorFlow keeps per shape are the same few
+    whatever the corpus holds."""
+    width = min(max(MIN_WIDTH, 1 << max(longest - 1, 0).bit_length()), options.max_tokens, limit or options.max_tokens)
+    return max(min(options.batch_size, cell_budget(options) // width ** 2), 1), width
+
+
+def padded_groups(lengths: Sequence[int], options: CorpusOptions, limit: int | None = None) -> list[list[int]]:
+    """The sentences of a batch (their token counts ``lengths``), shortest first (ties in input order), cut into
+    forward passes: a sentence joins the current pass while the pass, with it, still has at most the rows
+    ``pass_shape`` allows at its width. Deterministic: a function of the lengths and options only.
+
+    Example (``batch_size`` 4, ``max_tokens`` 128: 4 rows up to 64 tokens, 1 row at 128):
+        >>> padded_groups([3, 100, 2, 10, 90], CorpusOptions(batch_size=4))
+        [[2, 0, 3], [4], [1]]
+    """
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if groups and len(groups[-1]) < pass_shape(lengths[i], options, limit)[0]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def warm_up(model: LoadedModel, options: CorpusOptions) -> None:
+    """Run every forward pass shape a build can use (``pass_shape``: a one-word sentence padded to each) and each
+    width's query/key recomputation once, before the first batch, once per process, model and options. TensorFlow
+    builds and keeps oneDNN kernels per shape; built up front, they are the same whatever lengths the corpus holds
+    (a small corpus would otherwise meet fewer widths than a large one and hold less)."""
+    key = (id(model), options.max_tokens, options.batch_size)
+    with _MODELS_LOCK:
+        if key in _WARM:
+            return
+        _WARM.add(key)
+    from encoder.trace import trace_batch
+
+    limit = model.tokenizer.max_length
+    for rows, width in sorted({pass_shape(n, options, limit) for n in range(1, options.max_tokens + 1)}):
+        trace = trace_batch(model, ["a"], max_tokens=options.max_tokens, batch_size=1, width=width, rows=rows)[0]
+        sentence_queries_keys(model, trace.hidden, width)
+
+
+_WARM: set[tuple[int, int, int]] = set()
+
+
+def trace_corpus_batch(model: LoadedModel, texts: Sequence[str], options: CorpusOptions) -> list:
+    """The traces (``EncoderTrace``, in ``texts``' order) of one corpus batch, run as ``padded_groups``, each pass
+    padded to its ``pass_shape``: a batch of long sentences is several smaller passes, so the largest pass (and
+    the memory it leaves behind) is the same whatever the corpus holds. Every runner calls this on the same
+    batches, so they pad the same sentences together and get the same floats."""
+    from encoder.trace import trace_batch
+
+    lengths = [len(model.tokenizer.encode(text, None, options.max_tokens).tokens) for text in texts]
+    traces: list = [None] * len(texts)
+    limit = model.tokenizer.max_length
+    for group in padded_groups(lengths, options, limit):
+        rows, width = pass_shape(max(lengths[i] for i in group), options, limit)
+        for i, trace in zip(group, trace_batch(model, [texts[i] for i in group], max_tokens=options.max_tokens,
+                                                batch_size=len(group), width=width, rows=rows)):
+            traces[i] = trace
+    return traces
 
 
 def _report_sums(traces) -> tuple[np.ndarray, np.ndarray]:
@@ -293,9 +368,10 @@ def _candidate_edges(traces, sentence: np.ndarray, floors: Floors) -> dict[str, 
     return {name: np.concatenate(parts) if parts else np.zeros(0, dtype=empty[name]) for name, parts in found.items()}
 
 
-def _sampled_queries_keys(model: LoadedModel, traces, sentence: np.ndarray, floors: Floors) -> dict[str, np.ndarray]:
+def _sampled_queries_keys(model: LoadedModel, traces, sentence: np.ndarray, floors: Floors,
+                          options: CorpusOptions) -> dict[str, np.ndarray]:
     """The tokens of this batch that can still be in the sample (``Floors.sampled``), with every layer's queries
-    and keys (``sentence_queries_keys``)."""
+    and keys (``sentence_queries_keys``, padded to the width of the sentence's ``pass_shape``)."""
     lengths = [trace.num_tokens for trace in traces]
     owners = np.repeat(sentence, lengths)
     positions = np.concatenate([np.arange(n) for n in lengths]).astype(np.int32)
@@ -309,22 +385,29 @@ def _sampled_queries_keys(model: LoadedModel, traces, sentence: np.ndarray, floo
     keys = np.zeros((len(rows), config.num_layers, kv, config.head_dim), np.float32)
     for row in np.unique(rows):
         picked = np.flatnonzero(rows == row)
-        found = sentence_queries_keys(model, traces[row].hidden)
+        found = sentence_queries_keys(model, traces[row].hidden,
+                                      pass_shape(lengths[row], options, model.tokenizer.max_length)[1])
         queries[picked], keys[picked] = found[0][:, positions[keep][picked]].swapaxes(0, 1), \
             found[1][:, positions[keep][picked]].swapaxes(0, 1)
     return {"priority": priority[keep], "sentence": owners[keep], "position": positions[keep], "token": tokens,
             "queries": queries, "keys": keys}
 
 
-def sentence_queries_keys(model: LoadedModel, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sentence_queries_keys(model: LoadedModel, hidden: np.ndarray, width: int | None = None,
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """(L, T, H, dh) queries and (L, T, Hkv, dh) keys of one sentence, from each layer's ``queries_keys`` on the
     hidden state it read (``hidden`` (L + 1, T, D)): as ``encoder.attention_store.RecomputedQueriesKeys``, one
-    sentence at a time, so a token's vectors do not depend on what else was in its batch."""
+    sentence at a time, so a token's vectors do not depend on what else was in its batch. ``width``: run it
+    zero-padded to this many tokens (queries and keys are per token; the padding's are dropped), so the shapes
+    TensorFlow builds kernels for are a few widths, not every sentence length."""
     from keras import ops
 
     encoder = model.model
-    bias = encoder.positions.row_context(hidden.shape[1])
-    found = [[ops.convert_to_numpy(part)[0] for part in block.queries_keys(ops.convert_to_tensor(hidden[layer][None]),
-                                                                            bias)]
+    t = hidden.shape[1]
+    padded = np.zeros((hidden.shape[0], max(width or t, t), hidden.shape[2]), hidden.dtype)
+    padded[:, :t] = hidden
+    bias = encoder.positions.row_context(padded.shape[1])
+    found = [[ops.convert_to_numpy(part)[0, :t]
+              for part in block.queries_keys(ops.convert_to_tensor(padded[layer][None]), bias)]
              for layer, block in enumerate(encoder.encoder_layers)]
     return np.stack([q for q, _ in found]), np.stack([k for _, k in found])

@@ -56,6 +56,7 @@ from corpus.sources import read_chunk
 PARTS, FINAL, PROGRESS = "parts", "final", "progress"
 OUTPUT_ROW_GROUP = 65_536  # rows per row group of the finished files
 HEAD_STATS_PART_ROWS = 4_000_000  # rows per head_stats part file
+RELEASE_GROUPS = 16  # reading the parts back, Arrow's pool is told to hand back freed pages every this many row groups
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -347,11 +348,13 @@ def write_top_edges(per_head: list[tuple[int, list[tuple]]], folder: Path, heads
 
 
 def qk_elements(result: BatchResult) -> Iterator[tuple]:
-    """``(priority, sentence, position, token, queries (L, H, dh), keys (L, Hkv, dh))`` of each sampled token."""
+    """``(priority, sentence, position, token, queries (L, H, dh), keys (L, Hkv, dh))`` of each sampled token. The
+    vectors are copies, not views: a view would keep its whole batch's (M, L, H, dh) arrays alive for as long as
+    the sample holds that one token, so the memory held would grow with the batches the sample came from."""
     qk = result.qk
     for row, priority in enumerate(qk["priority"].tolist()):
         yield (priority, int(qk["sentence"][row]), int(qk["position"][row]), str(qk["token"][row]),
-               qk["queries"][row], qk["keys"][row])
+               qk["queries"][row].copy(), qk["keys"][row].copy())
 
 
 def sample_rank(element: tuple) -> int:
@@ -479,13 +482,14 @@ def sorted_groups(folder: Path) -> list[tuple[int, Path, int, int]]:
     return sorted(groups, key=lambda item: item[0])
 
 
-def read_groups(groups: list[tuple[int, Path, int, int]], columns: list[str] | None = None) -> Iterator[pa.Table]:
-    """The row groups' tables in the given order, one at a time."""
+def read_groups(groups: list[tuple[int, Path, int, int]], columns: list[str] | None = None,
+                use_threads: bool = True) -> Iterator[pa.Table]:
+    """The row groups' tables in the given order, one at a time (``use_threads``: decode columns in parallel)."""
     files: dict[Path, pq.ParquetFile] = {}
     for _, path, group, _ in groups:
         if path not in files:
             files[path] = pq.ParquetFile(path)
-        yield files[path].read_row_group(group, columns=columns)
+        yield files[path].read_row_group(group, columns=columns, use_threads=use_threads)
 
 
 def copy_in_order(groups, target: Path, max_rows: int | None = None) -> list[Path]:
@@ -531,6 +535,7 @@ def build_contexts(groups, folder: Path, layer: int, width: int, exact_max: int)
     with pq.ParquetWriter(rows_path, SCHEMAS[CONTEXTS_DIR]) as writer:
 
         def shards() -> Iterator[np.ndarray]:
+            release_memory()  # asked for after an IVF-PQ index is trained: what training freed goes back first
             done = 0
             for table in read_groups(groups):
                 writer.write_table(pa.table({
@@ -541,7 +546,7 @@ def build_contexts(groups, folder: Path, layer: int, width: int, exact_max: int)
                 yield vectors_of(table, width)
 
         build_context_index(shards(), width, index_path, exact_max, rows=total,
-                            sample=training_sample(groups, width, total) if total > exact_max else None)
+                            sample=(lambda: training_sample(groups, width, total)) if total > exact_max else None)
     return total
 
 
@@ -552,18 +557,22 @@ def vectors_of(table: pa.Table, width: int) -> np.ndarray:
 
 
 def training_sample(groups, width: int, total: int) -> np.ndarray:
-    """An IVF-PQ training sample from the whole corpus: an even stride of the rows, about
-    ``corpus.vectors.TRAIN_PER_LIST`` per list of the index ``total`` rows get (the parts read once more)."""
+    """An IVF-PQ training sample from the whole corpus: every ``stride``-th row (rows 0, stride, 2 stride, ...),
+    about ``corpus.vectors.TRAIN_PER_LIST`` per list of the index ``total`` rows get (the parts read once more, a
+    row group at a time, into one array allocated up front: no list of pieces and concatenated copy beside it; one
+    column, decoded on this thread: threaded reads left ~15 MB more behind)."""
     from corpus.vectors import TRAIN_PER_LIST, ivf_parameters
 
     stride = max(total // (TRAIN_PER_LIST * ivf_parameters(total, width)["nlist"]), 1)
-    picked, start = [], 0
-    for table in read_groups(groups, columns=["vector"]):
-        chosen = np.flatnonzero(np.arange(start, start + len(table)) % stride == 0)
-        if len(chosen):
-            picked.append(vectors_of(table.take(chosen), width))
-        start += len(table)
-    return np.concatenate(picked)
+    sample = np.empty((len(range(0, total, stride)), width), dtype=np.float32)
+    start = filled = 0
+    for number, table in enumerate(read_groups(groups, columns=["vector"], use_threads=False)):
+        chosen = np.arange(-start % stride, len(table), stride)
+        sample[filled:filled + len(chosen)] = vectors_of(table, width)[chosen]
+        filled, start = filled + len(chosen), start + len(table)
+        if number % RELEASE_GROUPS == RELEASE_GROUPS - 1:
+            pa.default_memory_pool().release_unused()  # Arrow's pool keeps the pages of freed reads otherwise
+    return sample
 
 
 def finish_parts(partial: Path, folder: Path, facts: ModelFacts, options: CorpusOptions) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -58,7 +58,7 @@ def ivf_parameters(rows: int, width: int) -> dict[str, int]:
 
 def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Path,
                         exact_max: int = DEFAULT_EXACT_MAX, rows: int | None = None, seed: int = 0,
-                        sample: np.ndarray | None = None) -> dict:
+                        sample: np.ndarray | Callable[[], np.ndarray] | None = None) -> dict:
     """Write the FAISS index of ``shards`` (each (n, width) float, in row order: FAISS id = row number) to
     ``path`` (atomically: a temporary file, then ``os.replace``) and return ``index_info`` of it.
 
@@ -66,6 +66,8 @@ def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Pa
     ((n, width): vectors from the whole corpus, e.g. an even stride of its rows; a caller that can read its rows
     twice should give one), else on a sample of the first ``exact_max`` rows; at most ``TRAIN_PER_LIST * nlist``
     either way. ``nlist`` from ``rows`` (the total, when the caller knows it) or else from ``exact_max``.
+
+    ``sample`` may be a function returning it: then only its normalised copy is held while the index trains.
 
     Memory: each shard is added as it comes (one normalised copy of it at a time). Given ``rows`` past
     ``exact_max`` and a ``sample``, the IVF-PQ index is trained first and no row is held but its code (``m`` bytes
@@ -77,12 +79,14 @@ def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Pa
     if exact_max < 1:
         raise CorpusError(f"exact_max must be at least 1, got {exact_max}")
     approximate = rows is not None and rows > exact_max and sample is not None
-    index = _trained_ivfpq(normalised(sample, width), width, rows, seed) if approximate else \
+    # a function's raw sample is referenced by nothing once normalised: only the normalised copy is held in training
+    index = _trained_ivfpq(normalised(_given(sample), width), width, rows, seed) if approximate else \
         faiss.IndexFlatIP(width)
     for shard in shards:
         index.add(normalised(shard, width))
         if not approximate and index.ntotal > exact_max:
-            index, approximate = _past_exact(index, width, max(rows or 0, exact_max), seed, sample), True
+            index, approximate = _past_exact(index, width, max(rows or 0, exact_max), seed,
+                                             _given(sample)), True
     if index.ntotal > MAX_CONTEXT_ROWS:
         raise CorpusError(f"{index.ntotal:,} vectors: more than a context index holds ({MAX_CONTEXT_ROWS:,})")
     path = Path(path)
@@ -90,6 +94,11 @@ def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Pa
     faiss.write_index(index, str(temporary))
     os.replace(temporary, path)
     return index_info(index)
+
+
+def _given(sample: np.ndarray | Callable[[], np.ndarray] | None) -> np.ndarray | None:
+    """``sample`` itself, or what it returns when it is a function."""
+    return sample() if callable(sample) else sample
 
 
 def _past_exact(flat: faiss.IndexFlatIP, width: int, rows: int, seed: int,

@@ -479,12 +479,16 @@ def trace_batch(
     max_tokens: int | None = None,
     batch_size: int = 32,
     targets: Sequence[str | None] | None = None,
+    width: int | None = None,
+    rows: int | None = None,
 ) -> list[EncoderTrace]:
     """Trace many texts, batching inputs of similar length (padded keys are masked to weight 0).
 
     Each trace equals ``trace_text`` of the same input (to float32 rounding). Order is preserved. An
     encoder-decoder's ``targets`` (one per text, None for the encoder alone) are run one at a time over their text's
-    encoder states.
+    encoder states. ``width`` / ``rows``: pad each forward pass to at least this many tokens / rows (extra rows
+    repeat the pass's first input and are dropped), so a caller can keep the set of shapes it runs small (the
+    oneDNN kernels TensorFlow builds are kept per shape).
     """
     for name, given in (("pairs", pairs), ("targets", targets)):
         if given is not None and len(given) != len(texts):
@@ -497,8 +501,10 @@ def trace_batch(
     traces: list[EncoderTrace | None] = [None] * len(encoded)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        ids, segments, mask = pad_batch([encoded[i].token_ids for i in chunk], model.config.pad_token_id,
-                                        [encoded[i].segment_ids for i in chunk])
+        filled = chunk + chunk[:1] * max((rows or 0) - len(chunk), 0)
+        ids, segments, mask = pad_batch([encoded[i].token_ids for i in filled], model.config.pad_token_id,
+                                        [encoded[i].segment_ids for i in filled],
+                                        max(width or 0, *(len(encoded[i].tokens) for i in chunk)))
         raw = {name: to_numpy(value) for name, value in model.encoder.forward_padded(ids, segments, mask).items()}
         for row, i in enumerate(chunk):
             outputs = _unpad({k: v[row] for k, v in raw.items()}, len(encoded[i].tokens))

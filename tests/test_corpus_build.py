@@ -11,11 +11,19 @@ import pytest
 from analysis.report import STATISTICS, corpus_head_report, head_report
 from corpus.build import build_index
 from corpus.format import HEAD_STATS_DIR, HEAD_SUMMARY, MANIFEST, QK_SAMPLE, SENTENCES, TOP_EDGES, CorpusError
-from corpus.handler import CorpusOptions, edge_mask, load_corpus_model
+from corpus.handler import (
+    CorpusOptions,
+    cell_budget,
+    edge_mask,
+    load_corpus_model,
+    padded_groups,
+    pass_shape,
+    trace_corpus_batch,
+)
 from corpus.pipeline import statistic_ranges
 from corpus.sources import plan_input, read_chunk, token_priority
 from encoder.attention_store import RecomputedQueriesKeys
-from encoder.trace import trace_batch
+from encoder.trace import trace_text
 
 SENTENCES_USED = 36
 OPTIONS = CorpusOptions(batch_size=8, top_k=5, sample_per_head=40, context_layers=(0, 6), decile_statistic="previous")
@@ -46,13 +54,13 @@ def index(corpus_file, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def traced(corpus_file, tmp_path_factory) -> dict:
-    """Each sentence id's trace, from the very batches the build traced."""
+    """Each sentence id's trace, from the very batches (and padded groups) the build traced."""
     model = load_corpus_model(OPTIONS.model)
     plan = plan_input(corpus_file, None, tmp_path_factory.mktemp("stage") / "x.parquet", CHUNK_BYTES)
     traces = {}
     for chunk in plan.chunks:
         for batch in read_chunk(chunk, OPTIONS.batch_size):
-            found = trace_batch(model, list(batch.texts), max_tokens=OPTIONS.max_tokens, batch_size=len(batch.texts))
+            found = trace_corpus_batch(model, batch.texts, OPTIONS)
             traces.update(zip(batch.ids, found))
     return traces
 
@@ -266,3 +274,40 @@ def test_past_exact_max_contexts_go_to_ivf_pq_in_input_order(tmp_path):
     probes = vectors[::60] / np.linalg.norm(vectors[::60], axis=1, keepdims=True)
     _, ids = index.search(probes, 10)
     assert np.mean([row * 60 in found for row, found in enumerate(ids)]) >= 0.9
+
+
+def test_forward_passes_have_few_shapes_within_the_cell_budget():
+    """Shortest first; every pass padded to one of a few (rows, width) shapes, rows x width^2 within the budget; every
+    sentence once; the same passes for the same lengths."""
+    options = CorpusOptions(batch_size=64, max_tokens=128)
+    assert cell_budget(options) == 64 * 64 ** 2
+    shapes = {pass_shape(n, options) for n in range(1, 129)}
+    assert shapes == {(64, 16), (64, 32), (64, 64), (16, 128)}
+    assert all(rows * width ** 2 <= cell_budget(options) for rows, width in shapes)
+    rng = np.random.default_rng(3)
+    lengths = [int(n) for n in rng.integers(2, 129, size=64)]
+    groups = padded_groups(lengths, options)
+    assert sorted(i for group in groups for i in group) == list(range(64))
+    assert [lengths[i] for group in groups for i in group] == sorted(lengths)
+    assert all(len(group) <= pass_shape(max(lengths[i] for i in group), options)[0] for group in groups)
+    assert len(groups) > 1 and groups == padded_groups(lengths, options)
+    assert pass_shape(40, CorpusOptions(batch_size=8, max_tokens=32)) == (8, 32)  # the cut: never wider
+    assert pass_shape(100, CorpusOptions(batch_size=1, max_tokens=512)) == (1, 128)  # at least one row
+    assert pass_shape(100, CorpusOptions(max_tokens=512), limit=100) == (26, 100)  # never past the model's longest
+
+
+def test_a_batch_of_long_sentences_is_traced_in_smaller_passes(minilm_model):
+    """Two sentences past 64 tokens do not fit one pass of a 4-sentence batch (4 rows of 64 tokens' cells): they
+    are traced in passes of their own, padded to 128 tokens, the short ones together padded to 16; every trace is
+    still that sentence's own (as ``trace_text``, to float32 rounding)."""
+    options = CorpusOptions(batch_size=4, max_tokens=128)
+    long_text = " ".join(shipped_sentences(8))
+    texts = ("A short one.", long_text, "Another short sentence here.", long_text[::-1])
+    lengths = [len(minilm_model.tokenizer.encode(text, None, 128).tokens) for text in texts]
+    assert lengths[1] > 64 and lengths[3] > 64
+    groups = padded_groups(lengths, options)
+    assert groups[0] == [0, 2] and sorted(groups[1:]) == [[1], [3]]
+    for text, trace in zip(texts, trace_corpus_batch(minilm_model, texts, options)):
+        alone = trace_text(minilm_model, text, max_tokens=128)
+        assert trace.tokens == alone.tokens
+        np.testing.assert_allclose(np.asarray(trace.attention), np.asarray(alone.attention), atol=2e-5)
