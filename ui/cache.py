@@ -349,7 +349,10 @@ def get_view_chart(key: tuple, build: Callable[[], go.Figure], family: Hashable,
     same ``family`` (the view, the input and every setting but the layer and head) is kept and its head slider has
     ``step`` ("layer:head"), that figure moved to the step as the browser moves it, which is the figure ``build``
     makes (a layer or head change builds no figure: ~10 ms of a change's server CPU on MiniLM's views); else
-    ``build()``, kept, and remembered for its family."""
+    ``build()``, kept, and remembered for its family. One difference can remain: which heads the slider carries
+    depends on the payload of the head a figure is built at (``viz.scrub.scrub_heads``), and head lines' payload
+    varies by head, so near ``SCRUB_MAX_BYTES`` the moved figure may carry every layer where one built at that head
+    would carry only its own layer; what it shows of that head is the same."""
     own = lambda: get_figure(key, build)  # noqa: E731 - the same figure, whichever path made this chart
     if ("figure", *key) not in RESULTS:
         with _built_lock:
