@@ -33,6 +33,7 @@ from viz.layout import mark_image_model
 from viz.long_inputs import HeadPrecompute, computed_hows, foreground, has_head_blocks
 from viz.options import ViewSettings
 from viz.registry import View, build_view, view_tabs, view_unavailable
+from viz.scrub import step_value
 
 COMPARE, ANALYSIS, CORPUS = "Compare", "Analysis", "Corpus"
 AHEAD = "heads_ahead"  # session state: this session's ``HeadPrecompute`` (a long trace's head images computed ahead)
@@ -90,7 +91,7 @@ def head_step(arguments: dict) -> str | None:
         heads = tuple(arguments.get("heads") or ())
     if arguments.get("layer_mean") or len(heads) != 1 or "layer" not in arguments:
         return None
-    return f"{arguments['layer']}:{heads[0]}"
+    return step_value(arguments["layer"], heads[0])
 
 
 def prediction_ui(trace: EncoderTrace) -> None:

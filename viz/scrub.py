@@ -196,12 +196,17 @@ def _set_as_given(obj: Any, name: str, value: Any) -> None:
         obj._validate = True
 
 
+def step_value(layer: int, head: int) -> str:
+    """The slider step's value of ``layer``, ``head`` ("layer:head"): what the app reads back and moves to."""
+    return f"{layer}:{head}"
+
+
 def _slider_step(layer: int, name: str, update: Step, traces: list[int], every_layer: bool, head: int) -> dict:
     """One slider step: ``name`` is the head as labelled ("5", or "5 (kv 1)" where heads share key/value heads)."""
     data, layout = update
     encoded = {key: [typed_array(v) if isinstance(v, np.ndarray) else v for v in values]
                for key, values in data.items()}
-    return dict(method="update", args=[encoded, layout, traces], value=f"{layer}:{head}",
+    return dict(method="update", args=[encoded, layout, traces], value=step_value(layer, head),
                 label=f"layer {layer}, head {name}" if every_layer else name)
 
 
