@@ -32,6 +32,7 @@ from encoder.trace import EncoderTrace
 from ui.cache import Inputs, get_card, is_encoder_decoder, is_traced, model_pending, session_traces, start_warm_up
 from ui.generation import continue_ui, has_lm_head
 from ui.inputs import DEFAULT_PROMPT, DEFAULT_TARGET, DEFAULT_TEXT, EXAMPLES, token_limit
+from ui.serving.nodelay import set_nodelay_once
 from ui.serving.prefetch import prefetch_ui
 from ui.serving.runtime import apply_secrets, keep_keras_state_between_reruns
 from ui.text import plain
@@ -191,6 +192,7 @@ def main() -> None:
     keep_keras_state_between_reruns()
     apply_secrets()
     start_warm_up()  # once per process: a no-op when ``python -m ui.serving`` started it, and on every later run
+    set_nodelay_once()  # once per process: each change's messages sent as written (ui.serving.nodelay)
     st.set_page_config(page_title="Headlight", page_icon="🔦", layout="wide")
     with st.sidebar:
         st.title("Headlight")

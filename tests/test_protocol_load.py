@@ -5,9 +5,14 @@ text; the JSON line `python -m bench load --json` prints; and what counts as mix
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import json
+import os
+import socket
 import subprocess
 import sys
+from urllib.parse import urlparse
 
 import pytest
 
@@ -92,3 +97,56 @@ def test_mixed_means_another_clients_tokens():
     assert is_own(spec, 0) and not is_own(spec, 1) and not is_own(spec, len(WORDS))
     spec["data"][0]["x"].append("dog (4)")
     assert not is_own(spec, 0)
+
+
+SYS_PIDFD_GETFD = 438  # x86-64 and arm64: a copy of another process's descriptor (Linux 5.6)
+
+
+def server_sockets(pid: int, port: int) -> list[socket.socket]:
+    """Copies of the server's TCP sockets on ``port`` (its listening socket and the connections it accepted)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    found = []
+    handle = os.pidfd_open(pid)
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            copy = libc.syscall(SYS_PIDFD_GETFD, handle, int(name), 0)
+            if copy < 0:
+                if ctypes.get_errno() in (errno.EPERM, errno.ENOSYS):
+                    pytest.skip("this kernel or sandbox does not let a test read another process's descriptors")
+                continue
+            try:
+                sock = socket.socket(fileno=copy)
+            except OSError:
+                os.close(copy)
+                continue
+            if sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM and sock.getsockname()[1] == port:
+                found.append(sock)
+            else:
+                sock.close()
+    finally:
+        os.close(handle)
+    return found
+
+
+def test_server_sends_without_nagle(server):
+    """While a visitor is connected, the server's listening socket and the visitor's connection have TCP_NODELAY
+    (without it a change waited ~40 ms for the client's delayed acknowledgement: ui.serving.nodelay)."""
+
+    async def visit_and_look() -> list[int]:
+        visit = Visit()
+        opened = await open_visit(server, 0, visit)
+        assert opened is not None and visit.messages == []
+        try:
+            sockets = server_sockets(server.pid, urlparse(server).port)
+            try:
+                listening = [s for s in sockets if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)]
+                assert len(listening) == 1 and len(sockets) >= 2, "the listening socket and the visitor's"
+                return [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets]
+            finally:
+                for sock in sockets:
+                    sock.close()
+        finally:
+            await opened[0].close()
+
+    flags = asyncio.run(visit_and_look())
+    assert flags == [1] * len(flags)
