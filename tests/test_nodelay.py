@@ -28,7 +28,7 @@ def test_listening_and_accepted_sockets_get_nodelay(listener):
     client = socket.create_connection(listener.getsockname())
     accepted, _ = listener.accept()
     assert (nodelay(listener), nodelay(accepted), nodelay(client)) == (0, 0, 0)
-    assert set_nodelay() >= 2
+    assert set_nodelay() >= 1  # listening sockets found: this one at least
     assert (nodelay(listener), nodelay(accepted)) == (1, 1)
     assert nodelay(client) == 0  # its local port is not a listening one: not the server's
     later_client = socket.create_connection(listener.getsockname())

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from urllib.parse import urlparse
 
 import pytest
@@ -150,3 +151,22 @@ def test_server_sends_without_nagle(server):
 
     flags = asyncio.run(visit_and_look())
     assert flags == [1] * len(flags)
+
+
+def test_launcher_sets_nodelay_before_the_first_visit():
+    """Under ``python -m ui.serving`` (make run, make serve) the listening socket has TCP_NODELAY before any page
+    is opened, so the first visitor's page files and socket inherit it."""
+    with streamlit_server() as url:
+        deadline = time.monotonic() + 5.0
+        while True:
+            sockets = server_sockets(url.pid, urlparse(url).port)
+            try:
+                flags = [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets
+                         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)]
+            finally:
+                for sock in sockets:
+                    sock.close()
+            if flags == [1] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert flags == [1]

@@ -50,8 +50,10 @@ def main(argv: list[str]) -> int:
 
     import ui.views  # noqa: F401 - the page's modules (Streamlit's too), here: never imported by two threads at once
     from ui.cache import examples, start_warm_up
+    from ui.serving.nodelay import watch_listener
 
     start_warm_up()
+    watch_listener()  # Nagle off from the first connection (ui.serving.nodelay)
     # The default model's files checked against their checksums (~0.08 s, hashing: the GIL let go) while the server
     # starts and the first browser loads the page, not in the first page's script, which reads the examples.
     threading.Thread(target=examples, name="headlight-examples", daemon=True).start()

@@ -7,11 +7,14 @@ browser's TCP stack delays by up to 40 ms. A change writes ~50 small messages (t
 deltas), so every change waited ~40 ms with the server idle: measured on loopback, one visitor's cached change took
 53 ms of which 13 ms were the server's work (docs/speed.md, "Many visitors").
 
-On Linux an accepted socket inherits ``TCP_NODELAY`` from its listening socket. ``set_nodelay`` sets it once per
-process, at the first script run (the server is listening by then, under ``make run``, ``make serve`` and plain
-``streamlit run app.py`` alike), on every listening TCP socket of this process and on the connections they accepted
-before; later connections inherit it. The sockets are reached through ``/proc/self/fd`` (a duplicate of each
-descriptor, closed after: the option belongs to the socket, not the descriptor). Elsewhere it does nothing.
+On Linux an accepted socket inherits ``TCP_NODELAY`` from its listening socket. ``set_nodelay`` sets it on every
+listening TCP socket of this process and on the connections they accepted before; later connections inherit it.
+``python -m ui.serving`` (``make run``, ``make serve``) watches for the listening socket from the start
+(``watch_listener``), so the first page's files and socket are sent without Nagle too; under plain ``streamlit run
+app.py`` the first script run sets it (``set_nodelay_once``: the server is listening by then).
+
+The sockets are reached through ``/proc/self/fd`` (a duplicate of each descriptor, closed after: the option belongs
+to the socket, not the descriptor). Elsewhere it does nothing.
 """
 
 from __future__ import annotations
@@ -20,11 +23,32 @@ import os
 import socket
 import stat
 import threading
+import time
 
 FD_FOLDER = "/proc/self/fd"
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _done = threading.Event()
 _lock = threading.Lock()
+
+
+WATCH_SECONDS, WATCH_EVERY = 60.0, 0.01  # how long and how often ``watch_listener`` looks for the socket
+
+
+def watch_listener() -> threading.Thread:
+    """A daemon thread that runs ``set_nodelay`` every ``WATCH_EVERY`` seconds until it finds a listening socket
+    (then the process's later calls return at once), for at most ``WATCH_SECONDS``."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + WATCH_SECONDS
+        while not _done.is_set() and time.monotonic() < deadline:
+            with _lock:
+                if set_nodelay():
+                    _done.set()
+            time.sleep(WATCH_EVERY)
+
+    thread = threading.Thread(target=watch, name="headlight-nodelay", daemon=True)
+    thread.start()
+    return thread
 
 
 def set_nodelay_once() -> None:
@@ -39,7 +63,7 @@ def set_nodelay_once() -> None:
 
 def set_nodelay() -> int:
     """``TCP_NODELAY`` on this process's listening TCP sockets and on the connections accepted on their ports;
-    returns how many sockets it set (0 where ``/proc/self/fd`` does not exist)."""
+    returns how many listening sockets it found (0 where ``/proc/self/fd`` does not exist)."""
     try:
         descriptors = [int(name) for name in os.listdir(FD_FOLDER)]
     except OSError:
@@ -57,17 +81,15 @@ def set_nodelay() -> int:
             continue
         (listening if accepting else connected).append((port, sock))
     ports = {port for port, _ in listening}
-    count = 0
     for port, sock in [*listening, *connected]:
         try:
             if port in ports:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                count += 1
         except OSError:
             pass  # closed meanwhile
         finally:
             sock.close()  # the duplicate only
-    return count
+    return len(listening)
 
 
 def _tcp_socket(descriptor: int) -> socket.socket | None:
