@@ -262,10 +262,10 @@ def test_a_figure_is_built_once_per_input_and_settings_and_counted_in_the_budget
     # the figure's arrays, and the figure the app draws: its own arrays and the slider steps' contents sent apart
     assert kept.scrub is not None and kept.scrub is scrub_chart(kept.figure)
     # ... and the JSON st.plotly_chart is given, made once: the same JSON Streamlit makes of the figure itself
-    assert kept.drawn is kept.scrub.drawn.spec
+    assert kept.drawn is kept.scrub.drawn.text
     assert first == pio.to_json(return_figure_from_figure_or_data(kept.scrub.drawn, True), validate=False)
     assert held_bytes(kept) == sum(a.nbytes for a in kept.arrays) + len(kept.scrub.steps) + held_bytes(
-        (kept.scrub.steps_id, kept.scrub.values, kept.scrub.active, kept.scrub.held)) + held_bytes(kept.drawn)
+        (kept.scrub.steps_id, kept.scrub.values, kept.scrub.active, kept.scrub.spans)) + held_bytes(kept.drawn)
     assert len(kept.scrub.steps) > sum(a.nbytes for a in kept.arrays)  # the steps: most of what a figure holds
 
 

@@ -12,7 +12,7 @@ import pytest
 from encoder.trace import trace_text
 from tests.support.traces import synthetic_trace
 from ui.drawn import figure_json
-from ui.scrub import as_json_values, scrub_chart
+from ui.scrub import scrub_chart, steps_json
 from viz import VIEWS, build_view
 from viz.attention import build_attention_heatmap
 from viz.head_lines import build_head_lines
@@ -338,7 +338,7 @@ def test_the_figure_at_a_step_changes_only_what_the_step_restyles(trace):
     before, after = chart.drawn.spec, moved.drawn.spec
     assert after["layout"]["sliders"][0]["active"] == chart.values.index("4:7")
     assert after["layout"]["title"]["text"] != before["layout"]["title"]["text"]
-    assert after["layout"]["xaxis"] is before["layout"]["xaxis"]  # shared, not copied
+    assert after["layout"]["xaxis"] == before["layout"]["xaxis"]
     assert np.array_equal(from_typed_array(after["data"][0]["z"]), trace.attention[4, 7])
     assert before["layout"]["sliders"][0]["active"] == 0  # the kept chart is left as it was
     with pytest.raises(KeyError):
@@ -346,9 +346,15 @@ def test_the_figure_at_a_step_changes_only_what_the_step_restyles(trace):
 
 
 def test_the_steps_read_back_are_their_json(trace):
-    """``ScrubChart.held`` is what its ``steps`` JSON reads back, for every sliding view (made without parsing)."""
+    """Each step's contents read back from the steps' JSON (``ScrubChart.update_at``, one step's text) are what the
+    whole JSON reads back, for every sliding view; the steps are Plotly's JSON (NumPy scalars as numbers, NaN as
+    null)."""
     for view in ("heatmap", "tokens", "lines"):
         chart = scrub_chart(_view_at(trace, view, 2, 3, {}))
-        assert chart.held == json.loads(chart.steps)
-    assert as_json_values({"a": [np.float32(0.5), float("nan"), (1, np.int64(2))], "b": None}) == {
-        "a": [0.5, None, [1, 2]], "b": None}
+        whole = json.loads(chart.steps)
+        assert list(whole) == list(chart.values)
+        assert {value: chart.update_at(value) for value in chart.values} == whole
+    text, spans = steps_json({"1:2": [{"a": [np.float32(0.5), float("nan"), (1, np.int64(2))]}, {"b": None}],
+                              'say "x"': [{}, {}]})
+    assert json.loads(text) == {"1:2": [{"a": [0.5, None, [1, 2]]}, {"b": None}], 'say "x"': [{}, {}]}
+    assert [json.loads(text[start:end]) for start, end in spans.values()] == list(json.loads(text).values())

@@ -300,7 +300,7 @@ class _Chart:
     figure: go.Figure
     arrays: tuple[np.ndarray, ...]
     scrub: ScrubChart | None = None
-    drawn: dict | None = None
+    drawn: str | None = None
 
 
 def _trace_arrays(figure: go.Figure) -> tuple[np.ndarray, ...]:
@@ -321,7 +321,7 @@ def get_figure(key: tuple, build: Callable[[], go.Figure]) -> go.Figure:
     def chart() -> _Chart:
         figure = build()
         scrub = scrub_chart(figure) if has_head_slider(figure) else None  # split once, while the figure is kept
-        drawn = (plotly_figure(figure) if scrub is None else scrub.drawn).spec  # serialised once, too
+        drawn = (plotly_figure(figure) if scrub is None else scrub.drawn).text  # serialised once, too
         return _Chart(figure, _trace_arrays(figure), scrub, drawn)
 
     return _cached(("figure", *key), chart).figure

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
+import json
 from collections.abc import Collection
 
-import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 import streamlit as st
 
-from ui.drawn import SerialisedFigure, figure_properties, per_figure, plain_json
+from ui.drawn import SerialisedFigure, figure_properties, per_figure, plain_text
 from viz.scrub import SLIDER_NAME, figure_at, split_steps
 
 SENT = "scrub_steps_sent"  # session state: ids of the step contents this session's page holds (the newest KEEP)
@@ -94,30 +93,44 @@ _sync = st.components.v2.component("headlight_scrub_sync", js=_JS % KEEP)
 @dataclasses.dataclass(frozen=True)
 class ScrubChart:
     """A figure with the head slider as the app draws it: ``drawn``, the figure as ``st.plotly_chart`` reads it, with
-    the steps emptied; their contents as JSON (``steps``, named by ``steps_id``, a hash of them), the steps' values
-    and the one the figure shows; ``held``, the steps' contents as plain JSON (value -> [data update, layout
-    update]: ``steps`` read back), from which the figure at another step is made (``at_step``)."""
+    the steps emptied; their contents as JSON (``steps``: value -> [data update, layout update], named by
+    ``steps_id``, a hash of them), the steps' values and the one the figure shows; ``spans``, where each step's
+    contents lie in ``steps`` (``update_at`` reads one back), from which the figure at another step is made
+    (``at_step``).
+
+    The contents stay text: kept as Python dicts and lists (~500 of them per figure: ~80,000 for 32 visitors' views),
+    they were walked by every full collection of the garbage collector, which holds the GIL (docs/speed.md, "Many
+    visitors")."""
 
     drawn: SerialisedFigure
     steps_id: str
     steps: str
     values: tuple[str, ...]
     active: str
-    held: dict[str, list] = dataclasses.field(repr=False, compare=False, default_factory=dict)
+    spans: dict[str, tuple[int, int]] = dataclasses.field(repr=False, compare=False, default_factory=dict)
+
+    def update_at(self, value: str) -> list:
+        """Step ``value``'s contents, [data update, layout update], as ``steps`` reads back.
+
+        Raises:
+            KeyError: ``value`` is not one of ``values``.
+        """
+        start, end = self.spans[value]
+        return json.loads(self.steps[start:end])
 
     def at_step(self, value: str) -> ScrubChart:
         """This chart as it shows step ``value`` (one of ``values``): the same steps, the figure as the browser
         draws it when the slider moves there (``viz.scrub.figure_at``), which is the figure the view builds for
         that layer and head (tests compare every step's JSON). Made in well under a millisecond: no figure object,
-        no validation, nothing encoded but what differs.
+        no validation, one step's JSON read, nothing encoded but what differs.
 
         Raises:
             KeyError: ``value`` is not one of ``values``.
         """
         if value == self.active:
             return self
-        return dataclasses.replace(self, drawn=SerialisedFigure(figure_at(self.drawn.spec, self.held, value)),
-                                   active=value)
+        moved = figure_at(self.drawn.spec, {value: self.update_at(value)}, value)
+        return dataclasses.replace(self, drawn=SerialisedFigure(moved), active=value)
 
 
 def scrub_chart(fig: go.Figure) -> ScrubChart:
@@ -128,27 +141,23 @@ def scrub_chart(fig: go.Figure) -> ScrubChart:
 
 def _split(fig: go.Figure) -> ScrubChart:
     light, held = split_steps(figure_properties(fig))  # the steps' contents are Plotly's JSON as made (viz.scrub)
-    steps = pio.to_json(held, validate=False)
+    steps, spans = steps_json(held)
     slider = next(slider for slider in light["layout"]["sliders"] if slider["name"] == SLIDER_NAME)
     values = tuple(step["value"] for step in slider["steps"])
-    return ScrubChart(SerialisedFigure(plain_json(light)), hashlib.sha256(steps.encode()).hexdigest()[:20], steps,
-                      values, values[slider["active"]], as_json_values(held))
+    return ScrubChart(SerialisedFigure(text=plain_text(light)), hashlib.sha256(steps.encode()).hexdigest()[:20], steps,
+                      values, values[slider["active"]], spans)
 
 
-def as_json_values(value: object) -> object:
-    """``value`` (the steps' contents: dicts, lists, strings, numbers, NumPy scalars, typed arrays) as ``steps``
-    reads back: ``json.loads(pio.to_json(value))`` without encoding and parsing the arrays' base64 text again (the
-    strings are shared, not copied). NumPy scalars become Python numbers; NaN and infinities become None, as
-    Plotly's JSON encoder writes them."""
-    if isinstance(value, dict):
-        return {key: as_json_values(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [as_json_values(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def steps_json(held: dict[str, list]) -> tuple[str, dict[str, tuple[int, int]]]:
+    """``held`` (step value -> its contents) as one JSON object, as Plotly's JSON encoder writes it (NumPy scalars
+    as numbers, NaN and infinities as null), and where each value's contents lie in that text (start, end)."""
+    parts, spans, at = [], {}, 1  # after the opening brace
+    for value, update in held.items():
+        key, text = json.dumps(value) + ":", pio.json.to_json_plotly(update)
+        spans[value] = (at + len(key), at + len(key) + len(text))
+        parts.append(key + text)
+        at += len(key) + len(text) + 1  # and the comma
+    return "{" + ",".join(parts) + "}", spans
 
 
 def scrub_sync_ui(chart_key: str, chart: ScrubChart) -> None:
