@@ -6,9 +6,10 @@ and the nearest contexts of a vector. The Corpus tab and ``python -m cli corpus 
 1 MB, JSON, nested at most 8 deep, the right format and version, every key of the right type and range); every file
 it names (relative, inside the folder, no ``..``, no symlink, a name the format has, the size it claims); each
 Parquet file's footer (size, schema, row count, row-group sizes) against the manifest's counts; each FAISS file's
-header and sizes (``corpus.vectors.check_context_file``) against the model's width. Small tables are read whole
-when first asked for; ``sentences`` and the contexts' row tables a row group at a time; ``head_stats`` never whole
-(``head_stats_batches``). Every refusal is a ``CorpusError`` whose message names no server path.
+header and sizes (``corpus.vectors.check_context_file``) against the model's width; the optional UMAP of the
+query/key sample (``qk_umap.parquet``, with ``options.umap``) row for row against ``qk_sample``. Small tables are
+read whole when first asked for; ``sentences`` and the contexts' row tables a row group at a time; ``head_stats``
+never whole (``head_stats_batches``). Every refusal is a ``CorpusError`` whose message names no server path.
 """
 
 from __future__ import annotations
