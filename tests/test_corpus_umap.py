@@ -110,6 +110,17 @@ def test_the_reader_offers_umap_only_where_it_was_built(root):
         plain.qk_points(2, 1, "umap")
 
 
+def test_a_tiny_sample_still_gets_finite_coordinates():
+    """Under 16 points UMAP starts at random (its spectral start needs more); under 3 a head gets its PCA."""
+    from corpus.pipeline import head_umap, joint_pca
+
+    rows = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    np.testing.assert_allclose(head_umap(rows[:2]), joint_pca(rows[None, :2])[0], atol=1e-6)
+    for count in (3, 6):
+        found = head_umap(rows[:count])
+        assert found.shape == (count, 2) and found.dtype == np.float32 and np.isfinite(found).all()
+
+
 def test_an_index_from_before_umap_existed_still_opens(root, tmp_path):
     folder = tmp_path / "old"
     shutil.copytree(root / "pca", folder)
