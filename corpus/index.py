@@ -6,9 +6,10 @@ and the nearest contexts of a vector. The Corpus tab and ``python -m cli corpus 
 1 MB, JSON, nested at most 8 deep, the right format and version, every key of the right type and range); every file
 it names (relative, inside the folder, no ``..``, no symlink, a name the format has, the size it claims); each
 Parquet file's footer (size, schema, row count, row-group sizes) against the manifest's counts; each FAISS file's
-header and sizes (``corpus.vectors.check_context_file``) against the model's width. Small tables are read whole
-when first asked for; ``sentences`` and the contexts' row tables a row group at a time; ``head_stats`` never whole
-(``head_stats_batches``). Every refusal is a ``CorpusError`` whose message names no server path.
+header and sizes (``corpus.vectors.check_context_file``) against the model's width; the optional UMAP of the
+query/key sample (``qk_umap.parquet``, with ``options.umap``) row for row against ``qk_sample``. Small tables are
+read whole when first asked for; ``sentences`` and the contexts' row tables a row group at a time; ``head_stats``
+never whole (``head_stats_batches``). Every refusal is a ``CorpusError`` whose message names no server path.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class QKPoints:
     sentence: np.ndarray  # int64
     position: np.ndarray  # int32
     token: np.ndarray  # str (object)
+    projection: str = "pca"  # "pca" | "umap" (corpus.format.PROJECTIONS)
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ def validate_manifest(manifest) -> dict:
     if rows != sentences * layers * heads:
         raise CorpusError(f"the manifest claims {rows:,} head_stats rows, while {sentences:,} sentences x {layers} "
                           f"layers x {heads} heads make {sentences * layers * heads:,}")
+    _umap_options(options)
     if sorted(counts["contexts"]) != sorted(str(layer) for layer in context_layers) or any(
             counts["contexts"][str(layer)] != tokens for layer in context_layers):
         raise CorpusError("the manifest's counts.contexts must give every context layer one row per token")
@@ -204,13 +207,31 @@ def validate_manifest(manifest) -> dict:
     return manifest
 
 
+def _umap_options(options: dict) -> dict | None:
+    """``options.umap``: absent or null (no UMAP: an index built without ``--umap``, or before it existed), or the
+    UMAP parameters, each of the type ``fmt.UMAP_PARAMETERS`` gives and in range."""
+    umap = options.get("umap")
+    if umap is None:
+        return None
+    if not isinstance(umap, dict) or sorted(umap) != sorted(fmt.UMAP_PARAMETERS) or not all(
+            isinstance(umap[key], (int, float) if isinstance(value, float) else type(value))
+            and not isinstance(umap[key], bool) for key, value in fmt.UMAP_PARAMETERS.items()):
+        raise CorpusError("the manifest's options.umap must be null or UMAP's parameters "
+                          f"({', '.join(fmt.UMAP_PARAMETERS)})")
+    if not 1 <= umap["n_neighbors"] <= fmt.MAX_SAMPLE_PER_HEAD or not 0.0 <= umap["min_dist"] <= 100.0 or \
+            not math.isfinite(umap["min_dist"]) or len(umap["metric"]) > 64:
+        raise CorpusError("the manifest's options.umap has a parameter out of range")
+    return umap
+
+
 def _checked_name(name: str) -> str:
     """A file name of the manifest, when it is relative, inside the folder, and one the format has."""
     path = PurePosixPath(name)
     if not name or "\\" in name or "\0" in name or path.is_absolute() or ":" in path.parts[0] or any(
             part in ("", ".", "..") for part in name.split("/")):
         raise CorpusError("the manifest names a file outside the index folder (an absolute path or '..')")
-    if name not in _SMALL and not _HEAD_STATS_PART.fullmatch(name) and not _CONTEXT_FILE.fullmatch(name):
+    if name not in (*_SMALL, fmt.QK_UMAP) and not _HEAD_STATS_PART.fullmatch(name) and \
+            not _CONTEXT_FILE.fullmatch(name):
         raise CorpusError("the manifest names a file the index format does not have")
     return name
 
@@ -346,6 +367,7 @@ class CorpusIndex:
             if not low <= rows <= high:
                 raise CorpusError(f"the index's {name} holds {rows:,} rows; an index of this model and these "
                                   f"options holds {low:,}..{high:,}")
+        self._check_umap_file()
         parts = sorted(name for name in self._files if _HEAD_STATS_PART.fullmatch(name))
         if sum(self._parquet(name, fmt.SCHEMAS[fmt.HEAD_STATS_DIR]) for name in parts) != counts["head_stats_rows"]:
             raise CorpusError(f"the index's head_stats files do not hold the {counts['head_stats_rows']:,} rows its "
@@ -362,6 +384,16 @@ class CorpusIndex:
             if self.manifest["files"][index_file].get("rows") not in (None, rows):
                 raise CorpusError(f"the manifest's files entry of {index_file} does not give {rows:,} rows")
             check_context_file(self._files[index_file], model["width"], rows)
+
+    def _check_umap_file(self) -> None:
+        """``qk_umap.parquet`` listed exactly when ``options.umap`` is set, with qk_sample's row count (row i is
+        qk_sample's row i; its layer and head columns are compared when first read: ``_qk_umap``)."""
+        wanted = _umap_options(self.manifest["options"]) is not None
+        if wanted != (fmt.QK_UMAP in self._files):
+            raise CorpusError(f"the index's options.umap and its file list disagree on {fmt.QK_UMAP}")
+        if wanted and self._parquet(fmt.QK_UMAP, fmt.SCHEMAS[fmt.QK_UMAP]) != \
+                self._parquet(fmt.QK_SAMPLE, fmt.SCHEMAS[fmt.QK_SAMPLE]):
+            raise CorpusError(f"the index's {fmt.QK_UMAP} does not hold one row per row of {fmt.QK_SAMPLE}")
 
     def _parquet(self, name: str, schema: pa.Schema) -> int:
         return _check_parquet(self._files[name], name, schema, self.manifest["files"][name].get("rows"))
@@ -391,6 +423,16 @@ class CorpusIndex:
     @property
     def num_sentences(self) -> int:
         return self.manifest["counts"]["sentences"]
+
+    @property
+    def projections(self) -> tuple[str, ...]:
+        """The query-key sample's 2-D projections this index holds: ("pca",) or ("pca", "umap")."""
+        return fmt.PROJECTIONS if fmt.QK_UMAP in self._files else fmt.PROJECTIONS[:1]
+
+    @property
+    def umap_parameters(self) -> dict | None:
+        """The UMAP's parameters (``fmt.UMAP_PARAMETERS`` as built), or None without UMAP."""
+        return _umap_options(self.manifest["options"])
 
     @property
     def context_layers(self) -> tuple[int, ...]:
@@ -487,13 +529,30 @@ class CorpusIndex:
         columns = [name for name in fmt.SCHEMAS[fmt.QK_SAMPLE].names if name != "vector"]
         return _read(self._files[fmt.QK_SAMPLE], fmt.QK_SAMPLE, columns)
 
-    def qk_points(self, layer: int, head: int) -> QKPoints:
-        """The head's sampled queries and keys and their joint 2-D PCA (the raw vectors stay on disk)."""
+    @cached_property
+    def _qk_umap(self) -> pa.Table:
+        """qk_umap (layer, head, x, y), after its layer and head columns were found equal to qk_sample's."""
+        table = _read(self._files[fmt.QK_UMAP], fmt.QK_UMAP)
+        for column in ("layer", "head"):
+            if not table.column(column).equals(self._qk_table.column(column)):
+                raise CorpusError(f"the index's {fmt.QK_UMAP} does not follow {fmt.QK_SAMPLE} row for row")
+        return table
+
+    def qk_points(self, layer: int, head: int, projection: str = "pca") -> QKPoints:
+        """The head's sampled queries and keys at their joint 2-D ``projection`` (one of ``projections``: "pca",
+        or "umap" when the index was built with it); the raw vectors stay on disk."""
         layer, head = self._layer_head(layer, head)
+        if projection not in self.projections:
+            raise ViewError(f"this index has no {projection!r} projection; it has {', '.join(self.projections)}")
         rows = self._rows_of(self._qk_table, layer, head)
-        return QKPoints(rows["kind"].astype(object), rows["x"].astype(np.float32), rows["y"].astype(np.float32),
-                        rows["sentence"].astype(np.int64), rows["position"].astype(np.int32),
-                        rows["token"].astype(object))
+        if projection == "umap":  # the same rows of qk_umap (checked to follow qk_sample row for row)
+            rows.update(self._rows_of(self._qk_umap, layer, head))
+        x, y = rows["x"].astype(np.float32), rows["y"].astype(np.float32)
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            raise CorpusError(f"the index's {projection.upper()} coordinates of layer {layer}, head {head} are not "
+                              "all finite (corrupt?)")
+        return QKPoints(rows["kind"].astype(object), x, y, rows["sentence"].astype(np.int64),
+                        rows["position"].astype(np.int32), rows["token"].astype(object), projection)
 
     # -- sentences and row tables, a row group at a time
 

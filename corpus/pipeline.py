@@ -8,7 +8,8 @@ The graph (``build_pipeline``)::
         -> ParDo(WriteParts)                      sentences, head_stats, contexts: a part file per worker bundle
         -> CombineGlobally(HeadSummaryFn)         token-weighted means, deciles (histograms), decile examples
         -> Top.PerKey(top_k)                      strongest edges per head
-        -> Top.Of(sample_per_head)                the tokens of lowest priority: the query/key sample
+        -> Top.Of(sample_per_head)                the tokens of lowest priority: the query/key sample, its
+                                                  joint PCA per head (and UMAP with ``--umap``), on one worker
 
 Nothing holds the corpus: each batch's rows go to disk as they come (a row group per batch), the combiners keep
 fixed-size state (the histograms: heads x statistics x bins counts), and the top lists and sample are bounded. Every
@@ -23,6 +24,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import apache_beam as beam
@@ -38,9 +40,13 @@ from corpus.format import (
     HEAD_STATS_DIR,
     HEAD_SUMMARY,
     QK_SAMPLE,
+    QK_UMAP,
     SCHEMAS,
     SENTENCES,
     TOP_EDGES,
+    UMAP_INSTALL,
+    UMAP_PARAMETERS,
+    CorpusError,
     context_files,
 )
 from corpus.handler import (
@@ -376,9 +382,35 @@ def joint_pca(rows: np.ndarray) -> np.ndarray:
     return np.einsum("gmd,gdk->gmk", centred, axes)
 
 
-def write_qk_sample(sample: list[tuple], folder: Path, facts: ModelFacts) -> None:
+def require_umap():
+    """The ``umap`` module; ``CorpusError`` with the install hint when it cannot be imported (``--umap`` on a
+    machine without requirements-umap.txt)."""
+    try:
+        import umap
+    except ImportError:
+        raise CorpusError(UMAP_INSTALL) from None
+    return umap
+
+
+def head_umap(rows: np.ndarray) -> np.ndarray:
+    """(M, 2) float32: the UMAP (``UMAP_PARAMETERS``, seeded) of one head's M rows (M, dh), its queries and keys
+    together. Fewer than 16 rows: random initialisation (UMAP's spectral one needs more) and at most M - 1
+    neighbours; fewer than 3 rows have no UMAP: their PCA (``joint_pca``) is written instead."""
+    if len(rows) < 3:
+        return joint_pca(rows[None])[0].astype(np.float32)
+    import warnings
+
+    umap = require_umap()
+    parameters = {**UMAP_PARAMETERS, "n_neighbors": min(UMAP_PARAMETERS["n_neighbors"], len(rows) - 1)}
+    with warnings.catch_warnings():  # "n_jobs overridden to 1 by setting random_state": single-threaded, as meant
+        warnings.simplefilter("ignore", UserWarning)
+        reducer = umap.UMAP(n_components=2, init="spectral" if len(rows) >= 16 else "random", **parameters)
+        return np.asarray(reducer.fit_transform(rows.astype(np.float32)), dtype=np.float32)
+
+
+def write_qk_sample(sample: list[tuple], folder: Path, facts: ModelFacts, umap: bool = False) -> None:
     """``qk_sample.parquet``: per head, the sampled tokens' queries and keys (the key/value head it reads) and
-    their joint 2-D PCA."""
+    their joint 2-D PCA; with ``umap``, ``qk_umap.parquet``: their joint UMAP, row for row."""
     sample = sorted(sample, key=lambda element: element[0])
     kv_of = np.arange(facts.heads) // (facts.heads // facts.key_value_heads)
     sentence = np.array([e[1] for e in sample], dtype=np.int64)
@@ -388,19 +420,20 @@ def write_qk_sample(sample: list[tuple], folder: Path, facts: ModelFacts) -> Non
     queries = np.stack([e[4] for e in sample]) if n else np.zeros((0, facts.layers, facts.heads, facts.head_dim))
     keys = np.stack([e[5] for e in sample]) if n else np.zeros((0, facts.layers, facts.key_value_heads,
                                                               facts.head_dim))
-    path = folder / QK_SAMPLE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    schema = SCHEMAS[QK_SAMPLE]
-    with pq.ParquetWriter(path, schema) as writer:
+    folder.mkdir(parents=True, exist_ok=True)
+    schema, umap_schema = SCHEMAS[QK_SAMPLE], SCHEMAS[QK_UMAP]
+    with pq.ParquetWriter(folder / QK_SAMPLE, schema) as writer, \
+            (pq.ParquetWriter(folder / QK_UMAP, umap_schema) if umap else nullcontext()) as umap_writer:
         for layer in range(facts.layers):
             both = np.concatenate([queries[:, layer], keys[:, layer][:, kv_of]]).transpose(1, 0, 2)  # (H, 2N, dh)
             projected = joint_pca(both) if n else np.zeros((facts.heads, 0, 2))
             for head in range(facts.heads):
                 x, y = projected[head, :, 0], projected[head, :, 1]
                 vectors = both[head].astype(np.float32)
+                layer_head = {"layer": pa.array(np.full(2 * n, layer), pa.int16()),
+                              "head": pa.array(np.full(2 * n, head), pa.int16())}
                 writer.write_table(pa.table({
-                    "layer": pa.array(np.full(2 * n, layer), pa.int16()),
-                    "head": pa.array(np.full(2 * n, head), pa.int16()),
+                    **layer_head,
                     "kind": pa.array(["query"] * n + ["key"] * n, pa.string()),
                     "sentence": pa.array(np.tile(sentence, 2), pa.int64()),
                     "position": pa.array(np.tile(position, 2), pa.int32()),
@@ -410,6 +443,11 @@ def write_qk_sample(sample: list[tuple], folder: Path, facts: ModelFacts) -> Non
                         pa.array(np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32)),
                         pa.array(vectors.reshape(-1), pa.float32())),
                 }, schema=schema))
+                if umap:
+                    mapped = head_umap(vectors) if n else np.zeros((0, 2), np.float32)
+                    umap_writer.write_table(pa.table({**layer_head, "x": pa.array(mapped[:, 0], pa.float32()),
+                                                      "y": pa.array(mapped[:, 1], pa.float32())},
+                                                     schema=umap_schema))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -438,12 +476,12 @@ def build_pipeline(pipeline, chunks, options: CorpusOptions, partial: Path, fact
     _ = (results
          | "QueriesKeys" >> beam.FlatMap(qk_elements)
          | "Sample" >> beam.combiners.Top.Of(max(options.sample_per_head, 1), key=sample_rank)
-         | "WriteSample" >> beam.Map(write_sample, final, facts, options.sample_per_head))
+         | "WriteSample" >> beam.Map(write_sample, final, facts, options.sample_per_head, options.umap))
 
 
-def write_sample(sample: list[tuple], folder: Path, facts: ModelFacts, size: int) -> None:
-    """``write_qk_sample`` of the ``size`` first (0: an empty sample file)."""
-    write_qk_sample(sample[:size], folder, facts)
+def write_sample(sample: list[tuple], folder: Path, facts: ModelFacts, size: int, umap: bool = False) -> None:
+    """``write_qk_sample`` of the ``size`` first (0: an empty sample file), with its UMAP when ``umap``."""
+    write_qk_sample(sample[:size], folder, facts, umap)
 
 
 class WriteParts(beam.DoFn):

@@ -155,7 +155,7 @@ def test_the_scatter_coloured_by_token_gives_each_frequent_token_a_colour_and_gr
     with pytest.raises(ViewError, match="color_by"):
         build_qk_scatter(points, 2, 3, color_by="sentence")
     rows = qk_rows(points)
-    assert rows[0] == {"kind": "query", "sentence": 40, "position": 0, "token": "[CLS]",
+    assert rows[0] == {"kind": "query", "sentence": 40, "position": 0, "token": "[CLS]", "projection": "pca",
                        "x": pytest.approx(points.x[0]), "y": pytest.approx(points.y[0])}
 
 

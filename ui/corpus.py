@@ -263,10 +263,16 @@ def examples_ui(index: CorpusIndex, layer: int, head: int, stem: str, style: str
 
 
 def scatter_ui(index: CorpusIndex, layer: int, head: int, stem: str, style: str | None) -> None:
-    """The head's query-key scatter, coloured by position or token; a click opens the point's sentence."""
+    """The head's query-key scatter at its projection (PCA, or UMAP when the index has it: a choice shown only
+    then), coloured by position or token; a click opens the point's sentence."""
     color_by = st.segmented_control("Colour the query-key scatter by", COLOR_BY, default=COLOR_BY[0], required=True,
                                     key="corpus_color", bind="query-params")
-    points = index.qk_points(layer, head)
+    projection = "pca"
+    if len(index.projections) > 1:
+        projection = st.segmented_control("Projection", index.projections, default=index.projections[0],
+                                          required=True, key="corpus_projection", format_func=str.upper,
+                                          bind="query-params", help=_projection_help(index))
+    points = index.qk_points(layer, head, projection)
     if len(points.x) == 0:
         st.info("The index holds no query or key sample for this head.")
         return
@@ -274,7 +280,17 @@ def scatter_ui(index: CorpusIndex, layer: int, head: int, stem: str, style: str 
     key = "chart-corpus-qk"
     _chart(key, fig, lambda: _open(index, open_target(fig, st.session_state.get(key) or {}), None, (layer, head),
                                    style))
-    figure_downloads_ui("corpus-qk", fig, stem, _numbers(qk_rows(points)))
+    figure_downloads_ui("corpus-qk" if projection == "pca" else f"corpus-qk-{projection}", fig, stem,
+                        _numbers(qk_rows(points)))
+
+
+def _projection_help(index: CorpusIndex) -> str:
+    """What each projection is, with the index's UMAP parameters."""
+    umap = index.umap_parameters or {}
+    return ("PCA: the two leading principal components of the head's queries and keys together (distances along "
+            "them are linear). UMAP: a non-linear map that keeps each point's nearest neighbours together "
+            f"(`n_neighbors` {umap.get('n_neighbors')}, `min_dist` {umap.get('min_dist')}, seeded); distances between "
+            "clusters mean little.")
 
 
 def similar_ui(index: CorpusIndex, trace: EncoderTrace, query: int, stem: str) -> None:

@@ -30,6 +30,7 @@ OPEN_FIELDS = ("sentence", "position")  # what a clicked strip token or scatter 
 COLOR_BY = ("position", "token")
 QK_KINDS = {"query": "queries", "key": "keys"}  # kind -> its legend name
 QK_SYMBOLS = {"query": "circle", "key": "diamond"}
+PROJECTION_NAMES = {"pca": ("PCA", "PC"), "umap": ("UMAP", "UMAP")}  # projection -> its name, its axes' prefix
 TOKEN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
                  "#17becf", "#393b79")  # the most frequent tokens of a scatter coloured by token; the rest grey
 OTHER_COLOUR = "#c7c7c7"
@@ -228,7 +229,8 @@ def _token_text(tokens: Sequence[str], index: int) -> str:
 def build_qk_scatter(points, layer: int, head: int, color_by: str = "position", colorscale: str = "Viridis"
                      ) -> go.Figure:
     """A head's sampled queries (circles) and keys (diamonds) at their joint 2-D projection (``points``:
-    ``corpus.index.QKPoints``, kind, x, y, sentence, position, token, each (N,)), WebGL (``go.Scattergl``): one
+    ``corpus.index.QKPoints``, kind, x, y, sentence, position, token, each (N,), and its ``projection``, "pca" or
+    "umap", which the title and axes name), WebGL (``go.Scattergl``): one
     trace per kind coloured by the token's position (a shared colour bar), or, ``color_by="token"``, one trace per
     kind and frequent token (the ``len(TOKEN_COLOURS)`` most frequent, the rest grey). Clicking a point gives
     [sentence, position] (``OPEN_FIELDS``)."""
@@ -240,15 +242,19 @@ def build_qk_scatter(points, layer: int, head: int, color_by: str = "position", 
     token = np.asarray(points.token).astype(str)
     if not (len(kind) == len(x) == len(y) == len(sentence) == len(position) == len(token)):
         raise ViewError("the query-key sample's columns differ in length")
+    projection = getattr(points, "projection", "pca")
+    check_choice(projection, tuple(PROJECTION_NAMES), "projection")
+    name, axis = PROJECTION_NAMES[projection]
     queries, keys = int((kind == "query").sum()), int((kind == "key").sum())
-    fig = new_figure(f"Layer {layer}, head {head}: {queries:,} queries and {keys:,} keys (joint PCA)",
+    fig = new_figure(f"Layer {layer}, head {head}: {queries:,} queries and {keys:,} keys (joint {name})",
                      SCATTER_SIZE + 260, SCATTER_SIZE + 120)
     fig.update_layout(
-        title=dict(subtitle=dict(text="● queries · ◆ keys, projected together (PCA of the head's sampled vectors) · "
-                                      "click a point to open its sentence")),
+        title=dict(subtitle=dict(text=f"● queries · ◆ keys, projected together ({name} of the head's sampled "
+                                      "vectors) · click a point to open its sentence")),
         margin=dict(l=60, r=200 if color_by == "token" else 110, t=90 if color_by == "token" else 110, b=60),
-        xaxis=dict(title=dict(text="PC 1"), zeroline=True, zerolinecolor="#bbb", showgrid=False),
-        yaxis=dict(title=dict(text="PC 2"), zeroline=True, zerolinecolor="#bbb", showgrid=False, scaleanchor="x"),
+        xaxis=dict(title=dict(text=f"{axis} 1"), zeroline=projection == "pca", zerolinecolor="#bbb", showgrid=False),
+        yaxis=dict(title=dict(text=f"{axis} 2"), zeroline=projection == "pca", zerolinecolor="#bbb", showgrid=False,
+                   scaleanchor="x"),
         legend=dict(title=dict(text="token")) if color_by == "token" else
         dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom"),  # queries and keys, above the plot
         coloraxis=dict(colorscale=colorscale, cmin=0, cmax=int(position.max()) if position.size else 1,
@@ -322,7 +328,10 @@ def strip_rows(strips: Sequence[Strip], texts: dict[int, str], value_name: str =
 
 
 def qk_rows(points) -> list[dict]:
-    """The query-key scatter's numbers, one row per point: kind, sentence, position, token, x, y."""
-    return [{"kind": str(k), "sentence": int(s), "position": int(p), "token": str(t), "x": float(a), "y": float(b)}
+    """The query-key scatter's numbers, one row per point: kind, sentence, position, token, the projection ("pca"
+    or "umap"), x, y."""
+    projection = getattr(points, "projection", "pca")
+    return [{"kind": str(k), "sentence": int(s), "position": int(p), "token": str(t), "projection": projection,
+             "x": float(a), "y": float(b)}
             for k, s, p, t, a, b in zip(points.kind, points.sentence, points.position, points.token, points.x,
                                         points.y)]
