@@ -141,6 +141,7 @@ def finish_index(folder: Path, partial: Path, facts: ModelFacts, options: Corpus
         "options": {"max_tokens": options.max_tokens, "batch_size": options.batch_size, "top_k": options.top_k,
                     "decile_statistic": options.decile_statistic, "sample_per_head": options.sample_per_head,
                     "context_layers": list(options.layers_of(facts.layers)), "exact_max": options.exact_max,
+                    "shard_rows": options.shard_rows,
                     "runner": runner, "input": input_name, "column": column},
         "counts": counts,
         "files": file_entries(folder),
@@ -212,6 +213,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exact-max", type=int, default=defaults.exact_max,
                         help="up to this many contexts a layer's FAISS index is exact, past it IVF-PQ "
                              "(default %(default)s)")
+    parser.add_argument("--shard-rows", type=int, default=defaults.shard_rows,
+                        help="past --exact-max, a layer's IVF-PQ index is written in files of at most this many "
+                             "contexts, so a build holds one file's codes (default %(default)s)")
 
 
 def options_from(args: argparse.Namespace) -> CorpusOptions:
@@ -222,7 +226,7 @@ def options_from(args: argparse.Namespace) -> CorpusOptions:
         except ValueError:
             raise CorpusError("--context-layers takes whole numbers separated by commas, e.g. 0,3,6.") from None
     return CorpusOptions(args.model, args.max_tokens, args.batch_size, args.top_k, args.decile_statistic,
-                         args.sample_per_head, layers, args.exact_max)
+                         args.sample_per_head, layers, args.exact_max, shard_rows=args.shard_rows)
 
 
 def _progress_line(done: int, rows: int, seconds: float) -> None:
