@@ -36,9 +36,7 @@ def good(tmp_path_factory):
 
 @pytest.fixture
 def copy(good, tmp_path):
-    folder = tmp_path / "index"
-    shutil.copytree(good, folder)
-    return folder
+    return shutil.copytree(good, tmp_path / "index")
 
 
 def _manifest(folder) -> dict:
@@ -274,9 +272,7 @@ def good_sharded(tmp_path_factory):
 
 @pytest.fixture
 def sharded(good_sharded, tmp_path):
-    folder = tmp_path / "sharded"
-    shutil.copytree(good_sharded, folder)
-    return folder
+    return shutil.copytree(good_sharded, tmp_path / "sharded")
 
 
 def _shards(folder) -> list[tuple[str, int]]:
