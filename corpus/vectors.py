@@ -107,6 +107,7 @@ def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Pa
     flat = faiss.IndexFlatIP(width)
     for chunk in chunks:
         flat.add(chunk)
+        del chunk  # not held while the next one is normalised
         if flat.ntotal > exact_max:
             return _write_shards(_past_exact(flat, chunks), _trained_ivfpq(
                 _flat_rows(flat) if sample is None else normalised(_given(sample), width), width,
@@ -164,6 +165,7 @@ def _write_shards(chunks: Iterable[np.ndarray], trained: faiss.IndexIVFPQ, path:
             if shard.ntotal == shard_rows:
                 written = _next_shard(shard, path, written)
                 shard = faiss.clone_index(trained)
+        del chunk  # not held while the next one is normalised
     if shard.ntotal or not written:
         written = _next_shard(shard, path, written)
     _expected(total, rows)
