@@ -5,9 +5,11 @@ and the nearest contexts of a vector. The Corpus tab and ``python -m cli corpus 
 ``CorpusIndex.open`` checks, before reading any row: the folder lies under an allowed root; the manifest (at most
 1 MB, JSON, nested at most 8 deep, the right format and version, every key of the right type and range); every file
 it names (relative, inside the folder, no ``..``, no symlink, a name the format has, the size it claims); each
-Parquet file's footer (size, schema, row count, row-group sizes) against the manifest's counts; each FAISS file's
-header and sizes (``corpus.vectors.check_context_file``) against the model's width. Small tables are read whole
-when first asked for; ``sentences`` and the contexts' row tables a row group at a time; ``head_stats`` never whole
+Parquet file's footer (size, schema, row count, row-group sizes) against the manifest's counts; a layer's FAISS files
+the ones ``format.context_index_files`` names (one exact file, or shards of ``options.shard_rows`` rows), each one's
+header and sizes (``corpus.vectors.check_context_file``) against the model's width and its rows; a sharded layer's
+shards compared once FAISS has read them (``corpus.vectors.ShardedIndex``: trained together). Small tables are read
+whole when first asked for; ``sentences`` and the contexts' row tables a row group at a time; ``head_stats`` never whole
 (``head_stats_batches``). Every refusal is a ``CorpusError`` whose message names no server path.
 """
 
