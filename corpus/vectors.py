@@ -243,14 +243,21 @@ class ShardedIndex:
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Each shard's top ``k`` of ``vectors`` (Q, d) float32, merged: (scores (Q, k) float32, global rows (Q, k)
-        int64), best first, ties by the lower row, -1 where fewer than k rows were found (as FAISS)."""
-        found = [shard.search(vectors, k) for shard in self.shards]
-        scores = np.concatenate([score for score, _ in found], axis=1)
-        ids = np.concatenate([np.where(rows >= 0, rows + start, -1) for (_, rows), start in zip(found, self.starts)],
-                             axis=1)
-        missing = ids < 0
-        order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, ids), -scores, missing), axis=1)[:, :k]
-        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        int64), best first, ties by the lower row, -1 where fewer than k rows were found (as FAISS). Merged a shard
+        at a time: at most (Q, 2k) held, however many shards."""
+        scores, ids = np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
+        for shard, start in zip(self.shards, self.starts):
+            found, rows = shard.search(vectors, k)
+            scores, ids = _best(np.concatenate([scores, found], axis=1),
+                                np.concatenate([ids, np.where(rows >= 0, rows + start, -1)], axis=1), k)
+        return scores, ids
+
+
+def _best(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of (Q, n) scores and ids per row: highest score first, ties by the lower id, -1 ids last."""
+    missing = ids < 0
+    order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, ids), -scores, missing), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
 def _trained_parts(index: faiss.IndexIVFPQ) -> tuple[np.ndarray, np.ndarray]:
