@@ -45,11 +45,13 @@ def shard_rows_of(rows: int, shard_rows: int) -> list[int]:
     return [min(shard_rows, rows - start) for start in range(0, rows, shard_rows)]
 
 
-def context_index_files(layer: int, rows: int, exact_max: int, shard_rows: int) -> list[tuple[str, int]]:
+def context_index_files(layer: int, rows: int, exact_max: int, shard_rows: int | None) -> list[tuple[str, int]]:
     """Each FAISS file of the contexts after ``layer`` and the rows it holds: ``layer-<l>.faiss`` (exact) up to
-    ``exact_max`` rows, else a shard of at most ``shard_rows`` rows each (IVF-PQ), in row order."""
+    ``exact_max`` rows, else a shard of at most ``shard_rows`` rows each (IVF-PQ), in row order. ``shard_rows``
+    None (an index built before shards, its manifest without ``options.shard_rows``): ``layer-<l>.faiss`` always,
+    exact or IVF-PQ."""
     name = context_files(layer)[0]
-    if rows <= exact_max:
+    if rows <= exact_max or shard_rows is None:
         return [(name, rows)]
     return [(shard_name(name, shard), count) for shard, count in enumerate(shard_rows_of(rows, shard_rows))]
 

@@ -41,7 +41,7 @@ _SMALL = (fmt.SENTENCES, fmt.HEAD_SUMMARY, fmt.TOP_EDGES, fmt.DECILE_EXAMPLES, f
 _MODEL_KEYS = {"name": str, "checksum": str, "layers": int, "heads": int, "width": int, "key_value_heads": int,
                "first_special": bool}
 _OPTION_KEYS = {"max_tokens": int, "batch_size": int, "top_k": int, "decile_statistic": str, "sample_per_head": int,
-                "context_layers": list, "exact_max": int, "shard_rows": int, "runner": str, "input": str,
+                "context_layers": list, "exact_max": int, "runner": str, "input": str,
                 "column": (str, type(None))}
 _COUNT_KEYS = {"sentences": int, "tokens": int, "head_stats_rows": int, "contexts": dict}
 MAX_TOKENS_PER_SENTENCE = 1 << 20
@@ -183,7 +183,11 @@ def validate_manifest(manifest) -> dict:
     _in_range(options["top_k"], 1, fmt.MAX_TOP_K, "options.top_k")
     _in_range(options["sample_per_head"], 0, fmt.MAX_SAMPLE_PER_HEAD, "options.sample_per_head")
     _in_range(options["exact_max"], 1, fmt.MAX_CONTEXT_ROWS, "options.exact_max")
-    _in_range(options["shard_rows"], 1, fmt.MAX_CONTEXT_ROWS, "options.shard_rows")
+    shard_rows = options.get("shard_rows")  # absent: an index built before shards (each layer one FAISS file)
+    if shard_rows is not None and (not isinstance(shard_rows, int) or isinstance(shard_rows, bool)):
+        raise CorpusError("the manifest's options.shard_rows is of the wrong type")
+    if shard_rows is not None:
+        _in_range(shard_rows, 1, fmt.MAX_CONTEXT_ROWS, "options.shard_rows")
     if options["decile_statistic"] not in fmt.STATISTIC_NAMES:
         raise CorpusError("the manifest's options.decile_statistic is not a report-card statistic")
     context_layers = options["context_layers"]
@@ -201,9 +205,9 @@ def validate_manifest(manifest) -> dict:
     if sorted(counts["contexts"]) != sorted(str(layer) for layer in context_layers) or any(
             counts["contexts"][str(layer)] != tokens for layer in context_layers):
         raise CorpusError("the manifest's counts.contexts must give every context layer one row per token")
-    if context_layers and tokens > options["exact_max"] and \
-            math.ceil(tokens / options["shard_rows"]) > fmt.MAX_CONTEXT_SHARDS:
-        raise CorpusError(f"the manifest's {tokens:,} contexts a layer in shards of {options['shard_rows']:,} rows "
+    if context_layers and tokens > options["exact_max"] and shard_rows is not None and \
+            math.ceil(tokens / shard_rows) > fmt.MAX_CONTEXT_SHARDS:
+        raise CorpusError(f"the manifest's {tokens:,} contexts a layer in shards of {shard_rows:,} rows "
                           f"make more than {fmt.MAX_CONTEXT_SHARDS:,} files")
     files = manifest.get("files")
     if not isinstance(files, dict) or not 0 < len(files) <= fmt.MAX_FILES or not all(
@@ -378,7 +382,7 @@ class CorpusIndex:
         """The FAISS files of ``layer``'s contexts and the rows each holds (``format.context_index_files``)."""
         options = self.manifest["options"]
         return fmt.context_index_files(layer, self.manifest["counts"]["contexts"][str(layer)], options["exact_max"],
-                                       options["shard_rows"])
+                                       options.get("shard_rows"))
 
     def _parquet(self, name: str, schema: pa.Schema) -> int:
         return _check_parquet(self._files[name], name, schema, self.manifest["files"][name].get("rows"))
@@ -565,9 +569,9 @@ class CorpusIndex:
         with self._lock:
             if layer not in self._context_indexes:
                 width, files = self.manifest["model"]["width"], self._index_files(layer)
-                exact = files == [(fmt.context_files(layer)[0], self.manifest["counts"]["contexts"][str(layer)])]
+                one_file = files == [(fmt.context_files(layer)[0], self.manifest["counts"]["contexts"][str(layer)])]
                 self._context_indexes[layer] = read_context_index(self._files[files[0][0]], width, files[0][1]) \
-                    if exact else read_context_shards([(self._files[name], rows) for name, rows in files], width)
+                    if one_file else read_context_shards([(self._files[name], rows) for name, rows in files], width)
             return self._context_indexes[layer]
 
     def context_index_info(self, layer: int) -> dict:

@@ -373,3 +373,29 @@ def test_a_claim_of_too_many_shards(sharded):
     _refused(sharded, "more than 10,000 files")
     _edit(sharded, lambda m: claim(m, sentences * 2**20, 1 << 20))
     _refused(sharded, "FAISS shard missing or extra")
+
+
+def test_an_index_from_before_shards_opens(sharded):
+    """A manifest without ``options.shard_rows`` (built before shards): each layer one FAISS file, exact or, past
+    exact_max, IVF-PQ. The shards merged into one such file answer as the shards did."""
+    shards = _shards(sharded)
+    expected = [(n.sentence, n.position) for n in CorpusIndex.open(sharded).nearest(0, np.ones(384), k=8)]
+    whole = faiss.read_index(str(sharded / shards[0][0]))
+    for name, _ in shards[1:]:
+        whole.merge_from(faiss.read_index(str(sharded / name)), whole.ntotal)  # ids shifted to the global rows
+    for name, _ in shards:
+        (sharded / name).unlink()
+    one = fmt.context_files(0)[0]
+    faiss.write_index(whole, str(sharded / one))
+
+    def before_shards(manifest):
+        manifest["options"].pop("shard_rows")
+        for name, _ in shards:
+            manifest["files"].pop(name)
+        manifest["files"][one] = {"bytes": (sharded / one).stat().st_size, "rows": whole.ntotal}
+    _edit(sharded, before_shards)
+    index = CorpusIndex.open(sharded)
+    assert index.context_index_info(0)["kind"] == "ivfpq" and index.context_index_info(0)["shards"] == 1
+    assert [(n.sentence, n.position) for n in index.nearest(0, np.ones(384), k=8)] == expected
+    _edit(sharded, lambda m: m["options"].update(shard_rows="128"))
+    _refused(sharded, "shard_rows is of the wrong type")
