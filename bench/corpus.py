@@ -15,8 +15,8 @@ the default 128 tokens: ``python -m bench.corpus 1000,19348 tutorial 64``; one b
 
 Peak memory is bounded by the options, not by the corpus: each batch is traced in forward passes of a few fixed
 (rows, width) shapes within ``batch_size`` x 64^2 padded attention cells (``corpus.handler.pass_shape``), every
-shape run once before the first batch, and the finish holds one layer's IVF-PQ codes (m + 8 bytes a context) and a
-training sample of at most 64 x nlist rows (docs/corpus.md, "Speed and memory").
+shape run once before the first batch, and the finish holds one shard's IVF-PQ codes (m + 8 bytes a context, at most
+``shard_rows`` contexts) and a training sample of at most 64 x nlist rows (docs/corpus.md, "Speed and memory").
 """
 
 from __future__ import annotations

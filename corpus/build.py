@@ -143,6 +143,7 @@ def finish_index(folder: Path, partial: Path, facts: ModelFacts, options: Corpus
         "options": {"max_tokens": options.max_tokens, "batch_size": options.batch_size, "top_k": options.top_k,
                     "decile_statistic": options.decile_statistic, "sample_per_head": options.sample_per_head,
                     "context_layers": list(options.layers_of(facts.layers)), "exact_max": options.exact_max,
+                    "shard_rows": options.shard_rows,
                     "runner": runner, "input": input_name, "column": column,
                     "umap": dict(UMAP_PARAMETERS) if options.umap else None},
         "counts": counts,
@@ -218,6 +219,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--umap", action="store_true",
                         help="also project each head's query/key sample with UMAP (seeded; slow: seconds per head; "
                              "needs pip install -r requirements-umap.txt)")
+    parser.add_argument("--shard-rows", type=int, default=defaults.shard_rows,
+                        help="past --exact-max, a layer's IVF-PQ index is written in files of at most this many "
+                             "contexts, so a build holds one file's codes (default %(default)s)")
 
 
 def options_from(args: argparse.Namespace) -> CorpusOptions:
@@ -228,7 +232,7 @@ def options_from(args: argparse.Namespace) -> CorpusOptions:
         except ValueError:
             raise CorpusError("--context-layers takes whole numbers separated by commas, e.g. 0,3,6.") from None
     return CorpusOptions(args.model, args.max_tokens, args.batch_size, args.top_k, args.decile_statistic,
-                         args.sample_per_head, layers, args.exact_max, umap=args.umap)
+                         args.sample_per_head, layers, args.exact_max, umap=args.umap, shard_rows=args.shard_rows)
 
 
 def _progress_line(done: int, rows: int, seconds: float) -> None:

@@ -25,12 +25,36 @@ TOP_EDGES = "top_edges.parquet"
 DECILE_EXAMPLES = "decile_examples.parquet"
 QK_SAMPLE = "qk_sample.parquet"
 QK_UMAP = "qk_umap.parquet"  # optional (``--umap``): row i is the UMAP of qk_sample's row i
-CONTEXTS_DIR = "contexts"  # layer-<l>.faiss + layer-<l>.parquet
+CONTEXTS_DIR = "contexts"  # layer-<l>.parquet + layer-<l>.faiss (exact) or layer-<l>.shard-<sssss>.faiss (IVF-PQ)
 
 
 def context_files(layer: int) -> tuple[str, str]:
-    """The FAISS index and the row table of the contexts after ``layer`` (0: the embeddings)."""
+    """The FAISS index (an exact one: a layer of at most ``options.exact_max`` contexts) and the row table of the
+    contexts after ``layer`` (0: the embeddings)."""
     return f"{CONTEXTS_DIR}/layer-{layer}.faiss", f"{CONTEXTS_DIR}/layer-{layer}.parquet"
+
+
+def shard_name(name: str, shard: int) -> str:
+    """The name of shard ``shard`` (0-based) of the sharded index named like ``name`` (``layer-3.faiss`` ->
+    ``layer-3.shard-00002.faiss``)."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.shard-{shard:05d}{dot}{suffix}"
+
+
+def shard_rows_of(rows: int, shard_rows: int) -> list[int]:
+    """The rows of each shard of a sharded index of ``rows`` contexts: ``shard_rows`` each, the last the rest."""
+    return [min(shard_rows, rows - start) for start in range(0, rows, shard_rows)]
+
+
+def context_index_files(layer: int, rows: int, exact_max: int, shard_rows: int | None) -> list[tuple[str, int]]:
+    """Each FAISS file of the contexts after ``layer`` and the rows it holds: ``layer-<l>.faiss`` (exact) up to
+    ``exact_max`` rows, else a shard of at most ``shard_rows`` rows each (IVF-PQ), in row order. ``shard_rows``
+    None (an index built before shards, its manifest without ``options.shard_rows``): ``layer-<l>.faiss`` always,
+    exact or IVF-PQ."""
+    name = context_files(layer)[0]
+    if rows <= exact_max or shard_rows is None:
+        return [(name, rows)]
+    return [(shard_name(name, shard), count) for shard, count in enumerate(shard_rows_of(rows, shard_rows))]
 
 
 # Every report-card statistic, in the order of analysis.report.STATISTICS (the sink share included).
@@ -40,6 +64,10 @@ DECILES = 11  # q0 (minimum) .. q10 (maximum)
 # The nearest-context index of a layer: exact (IndexFlatIP, cosine on L2-normalised float32) up to this many rows,
 # else IndexIVFPQ (``corpus.vectors``: its nlist, m, nbits and nprobe are stored in the FAISS file).
 DEFAULT_EXACT_MAX = 100_000
+# Past ``exact_max``, a layer's IVF-PQ index is written as consecutive row ranges of at most this many contexts, one
+# FAISS file each (the same trained quantizer and codebook in each): a build holds one shard's codes, not the layer's.
+DEFAULT_SHARD_ROWS = 1 << 20
+MAX_CONTEXT_SHARDS = 10_000  # FAISS files of one layer (shard numbers have five digits)
 
 # What a reader accepts before it reads further (a hostile folder may claim anything).
 MANIFEST_MAX_BYTES = 1 << 20

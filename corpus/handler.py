@@ -19,7 +19,15 @@ import pyarrow as pa
 from apache_beam.ml.inference.base import ModelHandler
 
 from analysis.report import STATISTICS, trace_statistic_sums
-from corpus.format import DEFAULT_EXACT_MAX, MAX_SAMPLE_PER_HEAD, MAX_TOP_K, CorpusError, model_checksum
+from corpus.format import (
+    DEFAULT_EXACT_MAX,
+    DEFAULT_SHARD_ROWS,
+    MAX_CONTEXT_ROWS,
+    MAX_SAMPLE_PER_HEAD,
+    MAX_TOP_K,
+    CorpusError,
+    model_checksum,
+)
 from corpus.sources import Batch, token_priority
 from encoder.sources import LoadedModel, load_source
 
@@ -42,6 +50,7 @@ class CorpusOptions:
         sample_per_head: int, tokens whose queries and keys are sampled (every head samples the same tokens).
         context_layers: the hidden states indexed for nearest-context search (0: the embeddings); None: the last.
         exact_max: int, up to this many contexts a layer's FAISS index is exact (flat), past it IVF-PQ.
+        shard_rows: int, past ``exact_max`` a layer's IVF-PQ index is written in files of at most this many contexts.
         bins: int, histogram bins per head and statistic for the deciles (``corpus.pipeline.HeadSummaryFn``).
         umap: bool, also the joint UMAP of each head's query/key sample (``qk_umap.parquet``; needs
             requirements-umap.txt).
@@ -55,12 +64,14 @@ class CorpusOptions:
     sample_per_head: int = 2000
     context_layers: tuple[int, ...] | None = None
     exact_max: int = DEFAULT_EXACT_MAX
+    shard_rows: int = DEFAULT_SHARD_ROWS
     bins: int = 1024
     umap: bool = False
 
     def __post_init__(self) -> None:
         for name, low, high in (("max_tokens", 2, MAX_TOKENS_CAP), ("batch_size", 1, 4096), ("top_k", 1, MAX_TOP_K),
                                 ("sample_per_head", 0, MAX_SAMPLE_PER_HEAD), ("exact_max", 1, 10**9),
+                                ("shard_rows", 1, MAX_CONTEXT_ROWS),
                                 ("bins", 16, 1 << 16)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

@@ -5,9 +5,11 @@ and the nearest contexts of a vector. The Corpus tab and ``python -m cli corpus 
 ``CorpusIndex.open`` checks, before reading any row: the folder lies under an allowed root; the manifest (at most
 1 MB, JSON, nested at most 8 deep, the right format and version, every key of the right type and range); every file
 it names (relative, inside the folder, no ``..``, no symlink, a name the format has, the size it claims); each
-Parquet file's footer (size, schema, row count, row-group sizes) against the manifest's counts; each FAISS file's
-header and sizes (``corpus.vectors.check_context_file``) against the model's width; the optional UMAP of the
-query/key sample (``qk_umap.parquet``, with ``options.umap``) row for row against ``qk_sample``. Small tables are
+Parquet file's footer (size, schema, row count, row-group sizes) against the manifest's counts; a layer's FAISS files
+the ones ``format.context_index_files`` names (one exact file, or shards of ``options.shard_rows`` rows), each one's
+header and sizes (``corpus.vectors.check_context_file``) against the model's width and its rows; a sharded layer's
+shards compared once FAISS has read them (``corpus.vectors.ShardedIndex``: trained together); the optional UMAP of
+the query/key sample (``qk_umap.parquet``, with ``options.umap``) row for row against ``qk_sample``. Small tables are
 read whole when first asked for; ``sentences`` and the contexts' row tables a row group at a time; ``head_stats``
 never whole (``head_stats_batches``). Every refusal is a ``CorpusError`` whose message names no server path.
 """
@@ -31,16 +33,17 @@ import pyarrow.parquet as pq
 
 from corpus import format as fmt
 from corpus.format import CorpusError
-from corpus.vectors import check_context_file, read_context_index, search
+from corpus.vectors import check_context_file, read_context_index, read_context_shards, search
 from encoder.errors import ViewError, index_in_range
 
 _HEAD_STATS_PART = re.compile(r"head_stats/part-[A-Za-z0-9_.-]{1,64}\.parquet")
-_CONTEXT_FILE = re.compile(r"contexts/layer-(0|[1-9][0-9]{0,3})\.(faiss|parquet)")
+_CONTEXT_FILE = re.compile(r"contexts/layer-(0|[1-9][0-9]{0,3})(\.parquet|\.faiss|\.shard-[0-9]{5}\.faiss)")
 _SMALL = (fmt.SENTENCES, fmt.HEAD_SUMMARY, fmt.TOP_EDGES, fmt.DECILE_EXAMPLES, fmt.QK_SAMPLE)
 _MODEL_KEYS = {"name": str, "checksum": str, "layers": int, "heads": int, "width": int, "key_value_heads": int,
                "first_special": bool}
 _OPTION_KEYS = {"max_tokens": int, "batch_size": int, "top_k": int, "decile_statistic": str, "sample_per_head": int,
-                "context_layers": list, "exact_max": int, "runner": str, "input": str, "column": (str, type(None))}
+                "context_layers": list, "exact_max": int, "runner": str, "input": str,
+                "column": (str, type(None))}
 _COUNT_KEYS = {"sentences": int, "tokens": int, "head_stats_rows": int, "contexts": dict}
 MAX_TOKENS_PER_SENTENCE = 1 << 20
 GROUP_CACHE_BYTES = 128 << 20
@@ -181,6 +184,12 @@ def validate_manifest(manifest) -> dict:
     options = _section(manifest, "options", _OPTION_KEYS)
     _in_range(options["top_k"], 1, fmt.MAX_TOP_K, "options.top_k")
     _in_range(options["sample_per_head"], 0, fmt.MAX_SAMPLE_PER_HEAD, "options.sample_per_head")
+    _in_range(options["exact_max"], 1, fmt.MAX_CONTEXT_ROWS, "options.exact_max")
+    shard_rows = options.get("shard_rows")  # absent: an index built before shards (each layer one FAISS file)
+    if shard_rows is not None and (not isinstance(shard_rows, int) or isinstance(shard_rows, bool)):
+        raise CorpusError("the manifest's options.shard_rows is of the wrong type")
+    if shard_rows is not None:
+        _in_range(shard_rows, 1, fmt.MAX_CONTEXT_ROWS, "options.shard_rows")
     if options["decile_statistic"] not in fmt.STATISTIC_NAMES:
         raise CorpusError("the manifest's options.decile_statistic is not a report-card statistic")
     context_layers = options["context_layers"]
@@ -199,6 +208,10 @@ def validate_manifest(manifest) -> dict:
     if sorted(counts["contexts"]) != sorted(str(layer) for layer in context_layers) or any(
             counts["contexts"][str(layer)] != tokens for layer in context_layers):
         raise CorpusError("the manifest's counts.contexts must give every context layer one row per token")
+    if context_layers and tokens > options["exact_max"] and shard_rows is not None and \
+            math.ceil(tokens / shard_rows) > fmt.MAX_CONTEXT_SHARDS:
+        raise CorpusError(f"the manifest's {tokens:,} contexts a layer in shards of {shard_rows:,} rows "
+                          f"make more than {fmt.MAX_CONTEXT_SHARDS:,} files")
     files = manifest.get("files")
     if not isinstance(files, dict) or not 0 < len(files) <= fmt.MAX_FILES or not all(
             isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and entry["bytes"] >= 0
@@ -373,17 +386,25 @@ class CorpusIndex:
             raise CorpusError(f"the index's head_stats files do not hold the {counts['head_stats_rows']:,} rows its "
                               "manifest claims")
         contexts = {name for name in self._files if _CONTEXT_FILE.fullmatch(name)}
-        wanted = {name for layer in self.context_layers for name in fmt.context_files(layer)}
+        wanted = {name for layer in self.context_layers
+                  for name in (fmt.context_files(layer)[1], *(name for name, _ in self._index_files(layer)))}
         if contexts != wanted:
-            raise CorpusError("the index's context files do not match its options.context_layers")
+            raise CorpusError("the index's context files do not match its options.context_layers, exact_max and "
+                              "shard_rows (a FAISS shard missing or extra?)")
         for layer in self.context_layers:
-            index_file, rows_file = fmt.context_files(layer)
-            rows = counts["contexts"][str(layer)]
+            rows_file, rows = fmt.context_files(layer)[1], counts["contexts"][str(layer)]
             if self._parquet(rows_file, fmt.SCHEMAS[fmt.CONTEXTS_DIR]) != rows:
                 raise CorpusError(f"the index's {rows_file} does not hold {rows:,} rows as its manifest claims")
-            if self.manifest["files"][index_file].get("rows") not in (None, rows):
-                raise CorpusError(f"the manifest's files entry of {index_file} does not give {rows:,} rows")
-            check_context_file(self._files[index_file], model["width"], rows)
+            for index_file, shard_rows in self._index_files(layer):
+                if self.manifest["files"][index_file].get("rows") not in (None, shard_rows):
+                    raise CorpusError(f"the manifest's files entry of {index_file} does not give {shard_rows:,} rows")
+                check_context_file(self._files[index_file], model["width"], shard_rows)
+
+    def _index_files(self, layer: int) -> list[tuple[str, int]]:
+        """The FAISS files of ``layer``'s contexts and the rows each holds (``format.context_index_files``)."""
+        options = self.manifest["options"]
+        return fmt.context_index_files(layer, self.manifest["counts"]["contexts"][str(layer)], options["exact_max"],
+                                       options.get("shard_rows"))
 
     def _check_umap_file(self) -> None:
         """``qk_umap.parquet`` listed exactly when ``options.umap`` is set, with qk_sample's row count (row i is
@@ -606,10 +627,10 @@ class CorpusIndex:
     def _context_index(self, layer: int):
         with self._lock:
             if layer not in self._context_indexes:
-                index_file = fmt.context_files(layer)[0]
-                self._context_indexes[layer] = read_context_index(
-                    self._files[index_file], self.manifest["model"]["width"],
-                    self.manifest["counts"]["contexts"][str(layer)])
+                width, files = self.manifest["model"]["width"], self._index_files(layer)
+                one_file = files == [(fmt.context_files(layer)[0], self.manifest["counts"]["contexts"][str(layer)])]
+                self._context_indexes[layer] = read_context_index(self._files[files[0][0]], width, files[0][1]) \
+                    if one_file else read_context_shards([(self._files[name], rows) for name, rows in files], width)
             return self._context_indexes[layer]
 
     def context_index_info(self, layer: int) -> dict:

@@ -37,6 +37,7 @@ from corpus.format import (
     CONTEXTS_DIR,
     DECILE_EXAMPLES,
     DECILES,
+    DEFAULT_SHARD_ROWS,
     HEAD_STATS_DIR,
     HEAD_SUMMARY,
     QK_SAMPLE,
@@ -561,10 +562,12 @@ def copy_in_order(groups, target: Path, max_rows: int | None = None) -> list[Pat
     return written
 
 
-def build_contexts(groups, folder: Path, layer: int, width: int, exact_max: int) -> int:
-    """``contexts/layer-<l>.faiss`` and ``.parquet`` from the parts' row groups, in input order: row r of the table
-    is FAISS id r (``corpus.vectors.build_context_index``: exact up to ``exact_max`` rows, else IVF-PQ trained on
-    ``training_sample``), a row group at a time. Returns the rows."""
+def build_contexts(groups, folder: Path, layer: int, width: int, exact_max: int,
+                   shard_rows: int = DEFAULT_SHARD_ROWS) -> int:
+    """``contexts/layer-<l>.parquet`` and the layer's FAISS files from the parts' row groups, in input order, a row
+    group at a time: row r of the table is FAISS id r of ``layer-<l>.faiss`` (exact, up to ``exact_max`` rows), else
+    id r - s * ``shard_rows`` of shard s (IVF-PQ trained once on ``training_sample``; ``layer-<l>.shard-<s>.faiss``,
+    ``corpus.vectors.build_context_index``). Returns the rows."""
     from corpus.vectors import build_context_index
 
     index_path, rows_path = (folder / name for name in context_files(layer))
@@ -583,7 +586,7 @@ def build_contexts(groups, folder: Path, layer: int, width: int, exact_max: int)
                 done += len(table)
                 yield vectors_of(table, width)
 
-        build_context_index(shards(), width, index_path, exact_max, rows=total,
+        build_context_index(shards(), width, index_path, exact_max, rows=total, shard_rows=shard_rows,
                             sample=(lambda: training_sample(groups, width, total)) if total > exact_max else None)
     return total
 
@@ -627,7 +630,8 @@ def finish_parts(partial: Path, folder: Path, facts: ModelFacts, options: Corpus
     for layer in options.layers_of(facts.layers):
         release_memory()
         groups = sorted_groups(parts / f"layer-{layer}")
-        contexts[str(layer)] = build_contexts(groups, folder, layer, facts.width, options.exact_max)
+        contexts[str(layer)] = build_contexts(groups, folder, layer, facts.width, options.exact_max,
+                                              options.shard_rows)
     for path in sorted((partial / FINAL).iterdir()):
         os.replace(path, folder / path.name)
     tokens = sum(int(table["n_tokens"].to_numpy().sum()) for table in read_groups(sentence_groups, ["n_tokens"]))

@@ -5,9 +5,15 @@ Cosine similarity is the inner product of L2-normalised float32 vectors. Up to `
 exact (``IndexFlatIP``: (N, D) float32, 4 D bytes a row); past it, ``IndexIVFPQ``: ``nlist`` lists (about
 sqrt(N), a power of two) by a flat quantizer, each vector coded in ``m`` bytes (``nbits`` = 8, ``m`` = D / 2 when
 that divides D: 2 dimensions per sub-quantizer), ``nprobe`` (nlist / 64, at least 8) lists scanned per query. All
-four are stored in the FAISS file (``index_info`` reads them back). Building holds the index being built and one
-shard: an exact index (4 D bytes a row, at most ``exact_max`` rows), or an IVF-PQ index's codes (m + 8 bytes a row:
-the code and its id) and centroids (nlist x D float32).
+four are stored in the FAISS file (``index_info`` reads them back). The IVF-PQ index is trained once and written
+as consecutive row ranges of at most ``shard_rows`` (``format.DEFAULT_SHARD_ROWS``) rows, one FAISS file each
+(``ShardedIndex`` searches them as one). Building holds one of the caller's shards and one file being built: an
+exact index (4 D bytes a row, at most ``exact_max`` rows), or the trained centroids (nlist x D float32) and one
+file's codes (m + 8 bytes a row: the code and its id, at most ``shard_rows`` rows): never the corpus's.
+
+Not FAISS's on-disk inverted lists (``OnDiskInvertedLists``, ``faiss.contrib.ondisk.merge_ondisk``): that index
+file names the file holding its lists, which FAISS opens as written, so a hostile folder could point it anywhere;
+row-range shards keep every file one of the two layouts ``check_context_file`` checks before FAISS reads it.
 """
 
 from __future__ import annotations
@@ -15,14 +21,24 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import faiss
 import numpy as np
 
-from corpus.format import DEFAULT_EXACT_MAX, MAX_CONTEXT_ROWS, MAX_NLIST, MAX_WIDTH, CorpusError
+from corpus.format import (
+    DEFAULT_EXACT_MAX,
+    DEFAULT_SHARD_ROWS,
+    MAX_CONTEXT_ROWS,
+    MAX_CONTEXT_SHARDS,
+    MAX_NLIST,
+    MAX_WIDTH,
+    CorpusError,
+    shard_name,
+    shard_rows_of,
+)
 
 EXACT, IVFPQ = "exact", "ivfpq"
 NBITS = 8
@@ -58,42 +74,47 @@ def ivf_parameters(rows: int, width: int) -> dict[str, int]:
 
 def build_context_index(shards: Iterable[np.ndarray], width: int, path: str | Path,
                         exact_max: int = DEFAULT_EXACT_MAX, rows: int | None = None, seed: int = 0,
-                        sample: np.ndarray | Callable[[], np.ndarray] | None = None) -> dict:
-    """Write the FAISS index of ``shards`` (each (n, width) float, in row order: FAISS id = row number) to
-    ``path`` (atomically: a temporary file, then ``os.replace``) and return ``index_info`` of it.
+                        sample: np.ndarray | Callable[[], np.ndarray] | None = None,
+                        shard_rows: int = DEFAULT_SHARD_ROWS) -> dict:
+    """Write the FAISS index of ``shards`` (each (n, width) float, in row order) and return its ``index_info``
+    (with "shards": how many files). Every file is written atomically (a temporary file, then ``os.replace``).
 
-    Up to ``exact_max`` rows in all: ``IndexFlatIP``. Past it: ``IndexIVFPQ`` trained on ``sample`` when given
-    ((n, width): vectors from the whole corpus, e.g. an even stride of its rows; a caller that can read its rows
-    twice should give one), else on a sample of the first ``exact_max`` rows; at most ``TRAIN_PER_LIST * nlist``
-    either way. ``nlist`` from ``rows`` (the total, when the caller knows it) or else from ``exact_max``.
+    Up to ``exact_max`` rows in all: one ``IndexFlatIP`` at ``path`` (FAISS id = row number). Past it: one
+    ``IndexIVFPQ`` trained once, on ``sample`` when given ((n, width): vectors from the whole corpus, e.g. an even
+    stride of its rows; a caller that can read its rows twice should give one), else on a sample of the first
+    ``exact_max`` + 1 rows; at most ``TRAIN_PER_LIST * nlist`` either way; ``nlist`` from ``rows`` (the total, when
+    the caller knows it) or else from ``exact_max``. Its rows are written as consecutive row ranges of at most
+    ``shard_rows`` (``format.shard_name(path, s)``, s = 0, 1, ...), each a copy of the trained empty index with its
+    rows added (FAISS id = row number - the shard's first row). ``rows``, when given, must be the total.
 
     ``sample`` may be a function returning it: then only its normalised copy is held while the index trains.
 
-    Memory: each shard is added as it comes (one normalised copy of it at a time). Given ``rows`` past
-    ``exact_max`` and a ``sample``, the IVF-PQ index is trained first and no row is held but its code (``m`` bytes
-    and an 8-byte id a row); otherwise the rows go to an exact index (4 * width bytes a row), which past
-    ``exact_max`` rows trains the IVF-PQ index on its own rows and hands them over.
+    Memory: one normalised copy of a shard of ``shards`` at a time, and the file being built: an exact index (4 *
+    width bytes a row, at most ``exact_max`` rows), or the trained quantizer and codebook (nlist x width and
+    256 x width float32) and one file's codes (``m`` bytes and an 8-byte id a row, at most ``shard_rows`` rows).
+    Without ``rows`` past ``exact_max`` and a ``sample``, the first ``exact_max`` + 1 rows are held as an exact index
+    first and train the IVF-PQ index.
     """
     if not 1 <= width <= MAX_WIDTH:
         raise CorpusError(f"vector width must be 1..{MAX_WIDTH:,}, got {width}")
-    if exact_max < 1:
-        raise CorpusError(f"exact_max must be at least 1, got {exact_max}")
-    approximate = rows is not None and rows > exact_max and sample is not None
-    # a function's raw sample is referenced by nothing once normalised: only the normalised copy is held in training
-    index = _trained_ivfpq(normalised(_given(sample), width), width, rows, seed) if approximate else \
-        faiss.IndexFlatIP(width)
-    for shard in shards:
-        index.add(normalised(shard, width))
-        if not approximate and index.ntotal > exact_max:
-            index, approximate = _past_exact(index, width, max(rows or 0, exact_max), seed,
-                                             _given(sample)), True
-    if index.ntotal > MAX_CONTEXT_ROWS:
-        raise CorpusError(f"{index.ntotal:,} vectors: more than a context index holds ({MAX_CONTEXT_ROWS:,})")
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(temporary))
-    os.replace(temporary, path)
-    return index_info(index)
+    if exact_max < 1 or shard_rows < 1:
+        raise CorpusError(f"exact_max and shard_rows must be at least 1, got {exact_max} and {shard_rows}")
+    path, chunks = Path(path), (normalised(shard, width) for shard in shards)
+    if rows is not None and rows > exact_max and sample is not None:
+        # a function's raw sample is referenced by nothing once normalised: only its normalised copy is held
+        trained = _trained_ivfpq(normalised(_given(sample), width), width, rows, seed)
+        return _write_shards(chunks, trained, path, shard_rows, rows)
+    flat = faiss.IndexFlatIP(width)
+    for chunk in chunks:
+        flat.add(chunk)
+        del chunk  # not held while the next one is normalised
+        if flat.ntotal > exact_max:
+            return _write_shards(_past_exact(flat, chunks), _trained_ivfpq(
+                _flat_rows(flat) if sample is None else normalised(_given(sample), width), width,
+                max(rows or 0, exact_max), seed), path, shard_rows, rows)
+    _expected(flat.ntotal, rows)
+    _write(flat, path)
+    return index_info(flat)
 
 
 def _given(sample: np.ndarray | Callable[[], np.ndarray] | None) -> np.ndarray | None:
@@ -101,14 +122,62 @@ def _given(sample: np.ndarray | Callable[[], np.ndarray] | None) -> np.ndarray |
     return sample() if callable(sample) else sample
 
 
-def _past_exact(flat: faiss.IndexFlatIP, width: int, rows: int, seed: int,
-                sample: np.ndarray | None) -> faiss.IndexIVFPQ:
-    """The IVF-PQ index of an exact index's rows (N, width), trained on ``sample`` or else on those rows (read in
-    place, not copied), for about max(``rows``, N) rows."""
-    held = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * width).reshape(flat.ntotal, width)  # a view: flat owns it
-    index = _trained_ivfpq(held if sample is None else normalised(sample, width), width, max(rows, flat.ntotal), seed)
-    index.add(held)
-    return index
+def _flat_rows(flat: faiss.IndexFlatIP) -> np.ndarray:
+    """(N, D) float32: an exact index's rows, a view (``flat`` owns them and must outlive it)."""
+    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+
+
+def _past_exact(flat: faiss.IndexFlatIP, chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """The exact index's rows (read in place, not copied: ``flat`` stays referenced here), then the rest of
+    ``chunks``."""
+    yield _flat_rows(flat)
+    yield from chunks
+
+
+def _expected(total: int, rows: int | None) -> None:
+    if rows is not None and total != rows:
+        raise CorpusError(f"{total:,} vectors were given for a context index of {rows:,}")
+
+
+def _write(index: faiss.Index, path: Path) -> None:
+    """``index`` to ``path``, atomically (a temporary file, then ``os.replace``)."""
+    temporary = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(temporary))
+    os.replace(temporary, path)
+
+
+def _write_shards(chunks: Iterable[np.ndarray], trained: faiss.IndexIVFPQ, path: Path, shard_rows: int,
+                  rows: int | None) -> dict:
+    """Add ``chunks`` ((n, D) float32, normalised) to copies of the empty ``trained`` index, ``shard_rows`` rows
+    each, every full one written to its shard file (``format.shard_name``) and freed. Returns ``index_info``."""
+    if rows is not None and len(shard_rows_of(rows, shard_rows)) > MAX_CONTEXT_SHARDS:
+        raise CorpusError(f"{rows:,} vectors in shards of {shard_rows:,} make more than {MAX_CONTEXT_SHARDS:,} files")
+    written = total = 0
+    shard = faiss.clone_index(trained)
+    for chunk in chunks:
+        if total + len(chunk) > MAX_CONTEXT_ROWS:
+            raise CorpusError(f"more vectors than a context index holds ({MAX_CONTEXT_ROWS:,})")
+        begin, total = 0, total + len(chunk)
+        while begin < len(chunk):
+            taken = min(shard_rows - shard.ntotal, len(chunk) - begin)
+            shard.add(chunk[begin:begin + taken])
+            begin += taken
+            if shard.ntotal == shard_rows:
+                written = _next_shard(shard, path, written)
+                shard = faiss.clone_index(trained)
+        del chunk  # not held while the next one is normalised
+    if shard.ntotal or not written:
+        written = _next_shard(shard, path, written)
+    _expected(total, rows)
+    return {**index_info(trained), "rows": total, "shards": written}
+
+
+def _next_shard(shard: faiss.Index, path: Path, written: int) -> int:
+    """Write shard number ``written``; returns how many are written."""
+    if written >= MAX_CONTEXT_SHARDS:
+        raise CorpusError(f"more than {MAX_CONTEXT_SHARDS:,} files for one context index")
+    _write(shard, path.with_name(shard_name(path.name, written)))
+    return written + 1
 
 
 def _trained_ivfpq(sample_from: np.ndarray, width: int, rows: int, seed: int) -> faiss.IndexIVFPQ:
@@ -127,18 +196,76 @@ def _trained_ivfpq(sample_from: np.ndarray, width: int, rows: int, seed: int) ->
     return index
 
 
-def index_info(index: faiss.Index) -> dict:
-    """What kind of index this is and its shape: {"kind": "exact"|"ivfpq", "rows", "width"} and, for IVF-PQ,
-    "nlist", "m", "nbits", "nprobe" (the manifest may repeat these; the FAISS file is where they live)."""
+def index_info(index: faiss.Index | ShardedIndex) -> dict:
+    """What kind of index this is and its shape: {"kind": "exact"|"ivfpq", "rows", "width", "shards"} and, for
+    IVF-PQ, "nlist", "m", "nbits", "nprobe" (the manifest may repeat these; the FAISS files are where they live)."""
+    if isinstance(index, ShardedIndex):
+        return {**index_info(index.shards[0]), "rows": index.ntotal, "shards": len(index.shards)}
     typed = faiss.downcast_index(index)  # a view: ``index`` must stay referenced, it owns the C++ object
-    info = {"kind": EXACT, "rows": int(typed.ntotal), "width": int(typed.d)}
+    info = {"kind": EXACT, "rows": int(typed.ntotal), "width": int(typed.d), "shards": 1}
     if isinstance(typed, faiss.IndexIVFPQ):
         info.update(kind=IVFPQ, nlist=int(typed.nlist), m=int(typed.pq.M), nbits=int(typed.pq.nbits),
                     nprobe=int(typed.nprobe))
     return info
 
 
-def search(index: faiss.Index, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+class ShardedIndex:
+    """The shards of one layer's IVF-PQ index (each an ``IndexIVFPQ`` of the same trained quantizer and codebook,
+    holding consecutive rows) searched as one index over every row: as FAISS's ``Index`` for ``search``: ``d``,
+    ``ntotal``, ``search(x (Q, d) float32, k) -> (scores (Q, k), ids (Q, k))`` with ids the global rows."""
+
+    def __init__(self, shards: Sequence[faiss.Index]):
+        self.shards = [faiss.downcast_index(shard) for shard in shards]  # views: ``shards`` owns the C++ objects
+        self._owners = list(shards)
+        if not self.shards or any(not isinstance(shard, faiss.IndexIVFPQ) for shard in self.shards):
+            raise CorpusError("a sharded context index must be IVF-PQ files only")
+        first = self.shards[0]
+        shape = {key: value for key, value in index_info(first).items() if key != "rows"}
+        centroids, codebook = _trained_parts(first)
+        for shard in self.shards[1:]:
+            parts = _trained_parts(shard)
+            if {key: value for key, value in index_info(shard).items() if key != "rows"} != shape or \
+                    shard.by_residual != first.by_residual or not np.array_equal(parts[0], centroids) or \
+                    not np.array_equal(parts[1], codebook):
+                raise CorpusError("the shards of a context index were not trained together (their IVF-PQ shapes, "
+                                  "coarse centroids or codebooks differ)")
+        self.starts = np.cumsum([0] + [shard.ntotal for shard in self.shards])[:-1]
+        self.d, self.ntotal = int(first.d), int(sum(shard.ntotal for shard in self.shards))
+
+    @property
+    def nprobe(self) -> int:
+        return int(self.shards[0].nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        for shard in self.shards:
+            shard.nprobe = value
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each shard's top ``k`` of ``vectors`` (Q, d) float32, merged: (scores (Q, k) float32, global rows (Q, k)
+        int64), best first, ties by the lower row, -1 where fewer than k rows were found (as FAISS). Merged a shard
+        at a time: at most (Q, 2k) held, however many shards."""
+        scores, ids = np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
+        for shard, start in zip(self.shards, self.starts):
+            found, rows = shard.search(vectors, k)
+            scores, ids = _best(np.concatenate([scores, found], axis=1),
+                                np.concatenate([ids, np.where(rows >= 0, rows + start, -1)], axis=1), k)
+        return scores, ids
+
+
+def _best(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of (Q, n) scores and ids per row: highest score first, ties by the lower id, -1 ids last."""
+    missing = ids < 0
+    order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, ids), -scores, missing), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _trained_parts(index: faiss.IndexIVFPQ) -> tuple[np.ndarray, np.ndarray]:
+    """An IVF-PQ index's coarse centroids (nlist, d) and PQ codebook (flat float32)."""
+    return index.quantizer.reconstruct_n(0, index.nlist), faiss.vector_to_array(index.pq.centroids)
+
+
+def search(index: faiss.Index | ShardedIndex, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarity of ``vectors`` (Q, D) (normalised here) with the indexed rows: (scores (Q, k) float32,
     ids (Q, k) int64), best first; an IVF-PQ index gives approximate scores and -1 ids where it found fewer than
     k rows. A vector of the wrong width is refused."""
@@ -246,7 +373,22 @@ def check_context_file(path: str | Path, width: int, rows: int) -> None:
 def read_context_index(path: str | Path, width: int, rows: int) -> faiss.Index:
     """The FAISS index at ``path``, after ``check_context_file``; FAISS's own errors become ``CorpusError``."""
     check_context_file(path, width, rows)
+    return _faiss_read(path)
+
+
+def _faiss_read(path: str | Path) -> faiss.Index:
+    """FAISS's read of a checked file, its errors as ``CorpusError``."""
     try:
         return faiss.read_index(str(path))
     except RuntimeError:
         raise CorpusError("a context index file could not be read by FAISS (corrupt?)") from None
+
+
+def read_context_shards(files: Sequence[tuple[str | Path, int]], width: int) -> ShardedIndex:
+    """The sharded index of ``files`` ((path, rows) each, in row order): every file checked before any is read
+    (``check_context_file``), then read, then their training compared (``ShardedIndex``)."""
+    if not 1 <= len(files) <= MAX_CONTEXT_SHARDS:
+        raise CorpusError(f"a sharded context index has 1..{MAX_CONTEXT_SHARDS:,} files, got {len(files):,}")
+    for path, rows in files:
+        check_context_file(path, width, rows)
+    return ShardedIndex([_faiss_read(path) for path, _ in files])

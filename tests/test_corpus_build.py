@@ -203,6 +203,7 @@ def test_manifest_lists_every_file(index):
     assert manifest["format"] == "headlight-corpus" and manifest["version"] == 1
     assert manifest["model"]["name"] == "minilm" and len(manifest["model"]["checksum"]) == 64
     assert manifest["options"]["input"] == "sentences.txt" and manifest["options"]["context_layers"] == [0, 6]
+    assert manifest["options"]["shard_rows"] == 1 << 20 and manifest["options"]["exact_max"] == 100_000
     files = {p.relative_to(index).as_posix() for p in index.rglob("*") if p.is_file()} - {MANIFEST}
     assert set(manifest["files"]) == files
     for name, entry in manifest["files"].items():
@@ -242,11 +243,13 @@ def test_output_folder_must_be_new_or_empty(tmp_path, corpus_file):
 
 def test_past_exact_max_contexts_go_to_ivf_pq_in_input_order(tmp_path):
     """Parts' row groups (a batch each) come in any order from the workers; the index puts them in input order, and
-    past ``exact_max`` rows builds an IVF-PQ index that still finds each vector."""
+    past ``exact_max`` rows builds an IVF-PQ index, in shards of ``shard_rows`` rows, that still finds each vector."""
     import faiss
     import pyarrow as pa
 
+    from corpus.format import context_index_files
     from corpus.pipeline import build_contexts, sorted_groups
+    from corpus.vectors import read_context_shards, search
 
     rng = np.random.default_rng(0)
     width, sentences, per = 64, 300, 10
@@ -264,15 +267,18 @@ def test_past_exact_max_contexts_go_to_ivf_pq_in_input_order(tmp_path):
             row_group_size=len(rows))
     for writer in writers:
         writer.close()
-    assert build_contexts(sorted_groups(folder), tmp_path, 2, width, exact_max=1000) == len(vectors)
+    assert build_contexts(sorted_groups(folder), tmp_path, 2, width, exact_max=1000, shard_rows=1300) == len(vectors)
     table = pq.read_table(tmp_path / "contexts/layer-2.parquet")
     assert table["token"].to_pylist() == [f"t{r}" for r in range(len(vectors))]
     assert table["row"].to_pylist() == list(range(len(vectors)))
-    index = faiss.read_index(str(tmp_path / "contexts/layer-2.faiss"))
-    assert isinstance(index, faiss.IndexIVFPQ) and index.ntotal == len(vectors)
-    index.nprobe = index.nlist  # every list: what is left is the codes' loss
-    probes = vectors[::60] / np.linalg.norm(vectors[::60], axis=1, keepdims=True)
-    _, ids = index.search(probes, 10)
+    files = context_index_files(2, len(vectors), 1000, 1300)  # shards of 1,300, 1,300 and 400 rows
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("contexts/*.faiss")) == \
+        [name for name, _ in files] and [rows for _, rows in files] == [1300, 1300, 400]
+    shards = [faiss.read_index(str(tmp_path / name)) for name, _ in files]
+    assert all(isinstance(shard, faiss.IndexIVFPQ) for shard in shards)
+    index = read_context_shards([(tmp_path / name, rows) for name, rows in files], width)
+    index.nprobe = shards[0].nlist  # every list: what is left is the codes' loss
+    _, ids = search(index, vectors[::60], 10)
     assert np.mean([row * 60 in found for row, found in enumerate(ids)]) >= 0.9
 
 

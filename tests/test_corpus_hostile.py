@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -21,6 +22,7 @@ from corpus.index import CorpusIndex
 from corpus.vectors import check_context_file
 from tests.support.corpus import build_test_index
 
+TEST_TSV = Path(__file__).resolve().parent.parent / "data" / "test.tsv"
 SENTENCES = ["The cat sat on the mat.", "Dogs bark at night.", "Rain fell.", "Where is the station?"]
 
 
@@ -34,9 +36,7 @@ def good(tmp_path_factory):
 
 @pytest.fixture
 def copy(good, tmp_path):
-    folder = tmp_path / "index"
-    shutil.copytree(good, folder)
-    return folder
+    return shutil.copytree(good, tmp_path / "index")
 
 
 def _manifest(folder) -> dict:
@@ -251,3 +251,151 @@ def test_the_folder_outside_the_allowed_roots(copy, tmp_path):
     (allowed / "link").symlink_to(copy)  # a link inside a root to a folder outside it
     _refused(allowed / "link", "outside the folders the operator allows", roots=[allowed])
     assert CorpusIndex.open(copy, roots=[tmp_path]).num_layers == 6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A layer's IVF-PQ index in shards (past exact_max): each shard checked, all of them trained together
+
+SHARDED = {"context_layers": (0,), "sample_per_head": 10, "top_k": 5, "exact_max": 100, "shard_rows": 128}
+
+
+@pytest.fixture(scope="module")
+def good_sharded(tmp_path_factory):
+    """An index whose layer-0 contexts (> 256 of them: enough to train the codebook) are in shards of 128 rows."""
+    lines = TEST_TSV.read_text(encoding="utf-8").splitlines()[1:25]
+    folder = tmp_path_factory.mktemp("sharded") / "index"
+    manifest = build_test_index([line.split("\t")[2] for line in lines], folder, **SHARDED)
+    assert manifest["counts"]["contexts"]["0"] > 256
+    assert CorpusIndex.open(folder).context_index_info(0)["shards"] == len(_shards(folder)) > 2
+    return folder
+
+
+@pytest.fixture
+def sharded(good_sharded, tmp_path):
+    return shutil.copytree(good_sharded, tmp_path / "sharded")
+
+
+def _shards(folder) -> list[tuple[str, int]]:
+    """(name, rows) of each FAISS shard of layer 0, as the manifest's options and counts make them."""
+    manifest = _manifest(folder)
+    return fmt.context_index_files(0, manifest["counts"]["contexts"]["0"], manifest["options"]["exact_max"],
+                                   manifest["options"]["shard_rows"])
+
+
+def _replace(folder, name: str, index) -> None:
+    """Write ``index`` over the file ``name`` and give the manifest its bytes (so a later check must catch it)."""
+    faiss.write_index(index, str(folder / name))
+    _resize(folder, name)
+
+
+def _ivfpq(rows: np.ndarray, sample: np.ndarray, nlist: int, nprobe: int, width: int = 384):
+    """An IVF-PQ index of our shape with ``nlist`` lists, trained on ``sample``, holding ``rows``."""
+    from corpus.vectors import _trained_ivfpq, normalised
+
+    index = _trained_ivfpq(normalised(sample, width), width, nlist * nlist, seed=0)
+    index.nprobe = nprobe
+    index.add(normalised(rows, width))
+    return index
+
+
+def test_a_truncated_shard(sharded):
+    name = _shards(sharded)[1][0]
+    data = (sharded / name).read_bytes()
+    (sharded / name).write_bytes(data[:len(data) // 2])
+    _refused(sharded, "changed or truncated")
+    _resize(sharded, name)
+    _refused(sharded, "truncated")
+
+
+def test_a_shard_of_the_wrong_width(sharded):
+    name, rows = _shards(sharded)[1]
+    rng = np.random.default_rng(0)
+    _replace(sharded, name, _ivfpq(rng.normal(size=(rows, 16)), rng.normal(size=(4096, 16)), 16, 8, width=16))
+    _refused(sharded, "width 16, while the model's width is 384")
+
+
+def test_a_missing_shard(sharded):
+    name = _shards(sharded)[-1][0]
+    (sharded / name).unlink()
+    _refused(sharded, "missing contexts/layer-0.shard-")
+    _edit(sharded, lambda m: m["files"].pop(name))
+    _refused(sharded, "FAISS shard missing or extra")
+
+
+def test_an_extra_shard(sharded):
+    shards = _shards(sharded)
+    extra = fmt.shard_name(fmt.context_files(0)[0], len(shards))
+    shutil.copy(sharded / shards[0][0], sharded / extra)
+    _edit(sharded, lambda m: m["files"].update({extra: {"bytes": (sharded / extra).stat().st_size, "rows": 128}}))
+    _refused(sharded, "FAISS shard missing or extra")
+
+
+def test_a_shard_layout_the_options_do_not_give(sharded):
+    _edit(sharded, lambda m: m["options"].update(shard_rows=64))
+    _refused(sharded, "FAISS shard missing or extra")
+    _edit(sharded, lambda m: m["options"].update(shard_rows=128, exact_max=10**6))  # one exact file expected
+    _refused(sharded, "FAISS shard missing or extra")
+
+
+def test_shard_rows_that_do_not_sum_to_the_manifest(sharded):
+    """The last shard replaced by a copy of the first (same training, 128 rows): the counts no longer add up."""
+    shards = _shards(sharded)
+    assert shards[-1][1] < 128
+    shutil.copy(sharded / shards[0][0], sharded / shards[-1][0])
+    _resize(sharded, shards[-1][0])
+    _refused(sharded, f"holds 128 vectors, while the manifest says {shards[-1][1]:,}")
+    _edit(sharded, lambda m: m["files"][shards[-1][0]].update(rows=128))
+    _refused(sharded, f"does not give {shards[-1][1]:,} rows")
+
+
+def test_shards_trained_apart(sharded):
+    """A shard of the right shape and rows whose centroids and codebook come from other training: the header checks
+    pass, the comparison after FAISS reads the shards refuses them."""
+    name, rows = _shards(sharded)[1]
+    first = faiss.read_index(str(sharded / _shards(sharded)[0][0]))
+    rng = np.random.default_rng(5)
+    other = _ivfpq(rng.normal(size=(rows, 384)), rng.normal(size=(4096, 384)), first.nlist, first.nprobe)
+    assert (other.nlist, other.pq.M, other.nprobe) == (first.nlist, first.pq.M, first.nprobe)
+    _replace(sharded, name, other)
+    index = CorpusIndex.open(sharded)
+    with pytest.raises(CorpusError, match="not trained together") as refused:
+        index.nearest(0, np.ones(384), k=3)
+    assert str(sharded) not in str(refused.value)
+
+
+def test_a_claim_of_too_many_shards(sharded):
+    """Rows claimed past what the shards hold are refused from the manifest, before any FAISS file is read."""
+    def claim(manifest, tokens, shard_rows):
+        manifest["counts"].update(tokens=tokens, contexts={"0": tokens})
+        manifest["options"].update(shard_rows=shard_rows)
+    sentences = _manifest(sharded)["counts"]["sentences"]
+    _edit(sharded, lambda m: claim(m, 10**6, 1))
+    _refused(sharded, "more than 10,000 files")
+    _edit(sharded, lambda m: claim(m, sentences * 2**20, 1 << 20))
+    _refused(sharded, "FAISS shard missing or extra")
+
+
+def test_an_index_from_before_shards_opens(sharded):
+    """A manifest without ``options.shard_rows`` (built before shards): each layer one FAISS file, exact or, past
+    exact_max, IVF-PQ. The shards merged into one such file answer as the shards did."""
+    shards = _shards(sharded)
+    expected = [(n.sentence, n.position) for n in CorpusIndex.open(sharded).nearest(0, np.ones(384), k=8)]
+    whole = faiss.read_index(str(sharded / shards[0][0]))
+    for name, _ in shards[1:]:
+        whole.merge_from(faiss.read_index(str(sharded / name)), whole.ntotal)  # ids shifted to the global rows
+    for name, _ in shards:
+        (sharded / name).unlink()
+    one = fmt.context_files(0)[0]
+    faiss.write_index(whole, str(sharded / one))
+
+    def before_shards(manifest):
+        manifest["options"].pop("shard_rows")
+        for name, _ in shards:
+            manifest["files"].pop(name)
+        manifest["files"][one] = {"bytes": (sharded / one).stat().st_size, "rows": whole.ntotal}
+    _edit(sharded, before_shards)
+    index = CorpusIndex.open(sharded)
+    assert index.context_index_info(0)["kind"] == "ivfpq" and index.context_index_info(0)["shards"] == 1
+    assert [(n.sentence, n.position) for n in index.nearest(0, np.ones(384), k=8)] == expected
+    _edit(sharded, lambda m: m["options"].update(shard_rows="128"))
+    _refused(sharded, "shard_rows is of the wrong type")

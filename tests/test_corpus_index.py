@@ -12,10 +12,20 @@ import pytest
 
 import cli
 from analysis.report import corpus_head_report, head_report, iter_traces
-from corpus.format import STATISTIC_NAMES, CorpusError, context_files
+from corpus.format import STATISTIC_NAMES, CorpusError, context_files, shard_name
 from corpus.handler import CorpusOptions, edge_mask, trace_corpus_batch
 from corpus.index import CorpusIndex
-from corpus.vectors import EXACT, IVFPQ, build_context_index, index_info, read_context_index, search
+from corpus.vectors import (
+    EXACT,
+    IVFPQ,
+    _trained_ivfpq,
+    build_context_index,
+    index_info,
+    normalised,
+    read_context_index,
+    read_context_shards,
+    search,
+)
 from encoder.errors import ViewError
 from tests.support.corpus import build_test_index
 from tests.support.models import write_tiny_bert_folder
@@ -57,7 +67,8 @@ def test_the_index_describes_its_model(index, minilm, sentences):
     assert (index.num_layers, index.num_heads) == (6, 12)
     assert index.statistics == STATISTIC_NAMES and index.num_sentences == len(sentences)
     assert index.context_layers == (0, 6) and index.model_name == minilm.name
-    assert index.context_index_info(6) == {"kind": EXACT, "rows": index.manifest["counts"]["tokens"], "width": 384}
+    assert index.context_index_info(6) == {"kind": EXACT, "rows": index.manifest["counts"]["tokens"], "width": 384,
+                                           "shards": 1}
 
 
 def test_head_map_is_the_corpus_report(index, traces):
@@ -172,15 +183,16 @@ def test_exact_and_ivfpq_indexes(tmp_path):
     shards = [vectors[i:i + 1000] for i in range(0, len(vectors), 1000)]
     exact = build_context_index(shards, 32, tmp_path / "exact.faiss", exact_max=20_000)
     approx = build_context_index(shards, 32, tmp_path / "ivf.faiss", exact_max=5_000, rows=len(vectors))
-    assert exact == {"kind": EXACT, "rows": 12_000, "width": 32}
+    assert exact == {"kind": EXACT, "rows": 12_000, "width": 32, "shards": 1}
     assert approx["kind"] == IVFPQ and approx["rows"] == 12_000 and approx["m"] == 16 and approx["nbits"] == 8
     assert approx["nlist"] == 128 and approx["nprobe"] == 8  # sqrt(12,000) ~ 110 -> 128 lists, 1/16 probed
+    assert approx["shards"] == 1 and not (tmp_path / "ivf.faiss").exists()  # one shard of at most 2^20 rows
     strided = build_context_index(shards, 32, tmp_path / "strided.faiss", exact_max=5_000, rows=len(vectors),
                                   sample=vectors[::3])
-    assert strided == approx  # the same shape, trained on every third row instead of the first 6,000
-    flat, ivf = (read_context_index(tmp_path / name, 32, 12_000) for name in ("exact.faiss", "ivf.faiss"))
+    assert strided == approx  # the same shape, trained on every third row instead of the first 5,001
+    flat = read_context_index(tmp_path / "exact.faiss", 32, 12_000)
+    ivf = read_context_shards([(tmp_path / "ivf.shard-00000.faiss", 12_000)], 32)
     assert index_info(ivf) == approx and not list(tmp_path.glob("*.tmp"))
-    assert index_info(read_context_index(tmp_path / "ivf.faiss", 32, 12_000)) == approx  # a temporary index too
     queries = _clustered(50, 32, seed=1)
     _, truth = search(flat, queries, 10)
     scores, found = search(ivf, queries, 10)
@@ -189,6 +201,49 @@ def test_exact_and_ivfpq_indexes(tmp_path):
     # the exact index scores are cosines: a row against itself is 1
     assert search(flat, vectors[7], 1)[1][0, 0] == 7
     assert search(flat, vectors[7], 1)[0][0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("shard_rows", [2_500, 4_000, 12_000])
+def test_sharded_search_equals_one_ivfpq_index(tmp_path, shard_rows):
+    """Shards of ``shard_rows`` rows (the last the rest) searched and merged give the ids and scores of one IVF-PQ
+    index over every row with the same training: the same lists probed, the same codes, so the same scores."""
+    vectors = _clustered(12_000, 32)
+    sample = vectors[::3]
+    info = build_context_index((vectors[i:i + 700] for i in range(0, len(vectors), 700)), 32, tmp_path / "l.faiss",
+                               exact_max=5_000, rows=len(vectors), sample=sample, shard_rows=shard_rows)
+    counts = [min(shard_rows, 12_000 - start) for start in range(0, 12_000, shard_rows)]
+    assert info["shards"] == len(counts) and sorted(p.name for p in tmp_path.iterdir()) == [
+        shard_name("l.faiss", number) for number in range(len(counts))]
+    sharded = read_context_shards([(tmp_path / shard_name("l.faiss", n), c) for n, c in enumerate(counts)], 32)
+    single = _trained_ivfpq(normalised(sample, 32), 32, len(vectors), seed=0)
+    single.add(normalised(vectors, 32))
+    queries = np.concatenate([_clustered(60, 32, seed=2), vectors[::997]])
+    for nprobe in (8, 128):  # the built nprobe, then every list
+        sharded.nprobe = single.nprobe = nprobe
+        scores, ids = search(sharded, queries, 10)
+        expected_scores, expected_ids = search(single, queries, 10)
+        np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=1e-6)
+        untied = np.abs(np.diff(expected_scores, axis=1)) > 1e-6  # neighbours whose order a tie cannot swap
+        assert (ids[:, :-1][untied] == expected_ids[:, :-1][untied]).all()
+        assert all(set(a) == set(b) for a, b, s in zip(ids, expected_ids, expected_scores) if len(set(s)) == 10)
+        assert (ids >= 0).all() and ids.max() < len(vectors)
+    assert (search(sharded, vectors[4_321], 1)[1] == 4_321).all()  # a global row, not the shard's own id
+
+
+def test_sharded_ties_and_missing_rows_merge_in_row_order(tmp_path):
+    """Equal vectors in different shards tie: the lower global row comes first; past what the probed lists hold,
+    ids are -1 at the end, as FAISS gives them."""
+    base = _clustered(3_000, 16)
+    vectors = np.concatenate([base, base])  # row r and row r + 3,000 are the same vector
+    build_context_index([vectors], 16, tmp_path / "t.faiss", exact_max=100, rows=len(vectors), sample=base,
+                        shard_rows=3_000)
+    sharded = read_context_shards([(tmp_path / shard_name("t.faiss", n), 3_000) for n in (0, 1)], 16)
+    scores, ids = search(sharded, base[[5, 17]], 2)
+    assert ids.tolist() == [[5, 3_005], [17, 3_017]] and scores[:, 0] == pytest.approx(scores[:, 1], abs=0)
+    sharded.nprobe = 1
+    _, ids = search(sharded, base[5], 6_000)
+    found = ids[0][ids[0] >= 0]
+    assert 0 < len(found) < 6_000 and (ids[0][len(found):] == -1).all() and len(set(found)) == len(found)
 
 
 def test_vectors_refuse_bad_shapes(tmp_path):
