@@ -11,7 +11,7 @@ import pytest
 
 from encoder.trace import trace_text
 from tests.support.traces import synthetic_trace
-from ui.drawn import figure_json
+from ui.drawn import plotly_figure
 from ui.scrub import scrub_chart, steps_json
 from viz import VIEWS, build_view
 from viz.attention import build_attention_heatmap
@@ -273,12 +273,12 @@ def test_kept_steps_hold_their_byte_bound_and_only_their_own_trace(trace, minilm
 
 @pytest.mark.parametrize("view", ["heatmap", "tokens", "lines", "model"])
 def test_the_figure_json_made_from_its_properties_is_plotlys(trace, view):
-    """``ui.drawn.figure_json`` (no deep copy) gives exactly the JSON Plotly makes of the figure; the head slider
+    """``ui.drawn.plotly_figure`` (no deep copy) gives exactly the JSON Plotly makes of the figure; the head slider
     split from the properties gives the JSON the split of Plotly's own gives."""
     fig = build_view(trace, view, layer=1, heads=(4,)) if view in ("tokens", "lines") else build_view(
         trace, view, layer=1, head=4) if view == "heatmap" else build_view(trace, view)
     plotly_json = json.loads(pio.to_json(fig, validate=False))
-    assert figure_json(fig) == plotly_json
+    assert plotly_figure(fig).spec == plotly_json
     if has_head_slider(fig):
         light, held = split_steps(plotly_json)
         chart = scrub_chart(fig)

@@ -1,7 +1,7 @@
 """What the app derives from a figure to draw it, made once per figure object (``per_figure``): figures are cached
 and shared by every session (``ui.cache.get_figure``), so a figure shown again, in any session, costs no second
 derivation. One such derivation is the figure as ``st.plotly_chart`` reads it (``plotly_figure``); the head
-slider's split is another (``ui.scrub.scrub_chart``). Both start from the figure's plain JSON (``figure_json``).
+slider's split is another (``ui.scrub.scrub_chart``). Both start from the figure's plain JSON (``plain_text``).
 """
 
 from __future__ import annotations
@@ -31,12 +31,6 @@ def per_figure(kind: Hashable, fig: go.Figure, make: Callable[[go.Figure], T]) -
     return made
 
 
-def figure_json(fig: go.Figure) -> dict:
-    """``fig``'s plotly JSON as plain Python, exactly ``json.loads(pio.to_json(fig, validate=False))``, made without
-    ``Figure.to_dict``'s deep copy of every trace and of the layout (the head slider's steps: ~70 of them)."""
-    return plain_json(figure_properties(fig))
-
-
 def figure_properties(fig: go.Figure) -> dict:
     """``fig``'s own properties as a figure dict ("data", "layout", "frames" when it has some), read in place: not
     copied, arrays as they are held (NumPy), so never to be changed."""
@@ -46,14 +40,10 @@ def figure_properties(fig: go.Figure) -> dict:
     return props
 
 
-def plain_json(props: dict) -> dict:
-    """A figure dict of properties (``figure_properties``) as plain JSON: its arrays converted to typed arrays as
-    ``to_dict`` does (``_typed``), then encoded and read back as ``pio.to_json`` encodes them."""
-    return json.loads(plain_text(props))
-
-
 def plain_text(props: dict) -> str:
-    """``plain_json(props)`` as its JSON text (``pio.to_json``'s)."""
+    """A figure dict of properties (``figure_properties``) as Plotly's JSON text, exactly ``pio.to_json`` of the
+    figure, made without ``Figure.to_dict``'s deep copy of every trace and of the layout (the head slider's steps: ~70
+    of them): its arrays converted to typed arrays as ``to_dict`` does (``_typed``), then encoded."""
     return pio.to_json(_typed(props), validate=False)
 
 
