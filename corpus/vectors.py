@@ -220,11 +220,11 @@ class ShardedIndex:
         if not self.shards or any(not isinstance(shard, faiss.IndexIVFPQ) for shard in self.shards):
             raise CorpusError("a sharded context index must be IVF-PQ files only")
         first = self.shards[0]
-        shape = {key: value for key, value in index_info(first).items() if key != "rows"}
+        shape = _trained_shape(first)
         centroids, codebook = _trained_parts(first)
         for shard in self.shards[1:]:
             parts = _trained_parts(shard)
-            if {key: value for key, value in index_info(shard).items() if key != "rows"} != shape or \
+            if _trained_shape(shard) != shape or \
                     shard.by_residual != first.by_residual or not np.array_equal(parts[0], centroids) or \
                     not np.array_equal(parts[1], codebook):
                 raise CorpusError("the shards of a context index were not trained together (their IVF-PQ shapes, "
@@ -258,6 +258,11 @@ def _best(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     missing = ids < 0
     order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, ids), -scores, missing), axis=1)[:, :k]
     return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _trained_shape(index: faiss.IndexIVFPQ) -> dict:
+    """``index_info`` of an IVF-PQ index but its rows: what its shards share."""
+    return {key: value for key, value in index_info(index).items() if key != "rows"}
 
 
 def _trained_parts(index: faiss.IndexIVFPQ) -> tuple[np.ndarray, np.ndarray]:
