@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.support.app import open_downloads
 from tests.support.models import write_tiny_bert_folder
 
 TIMEOUT = 180
@@ -56,7 +57,10 @@ def test_default_page_shows_the_heatmap_of_the_example_sentence():
     assert figure["layout"]["xaxis"]["ticktext"][:4] == ["[CLS]", "the", "cat", "sat"]
     assert heatmap is not None
     assert at.selectbox(key="model").value == "minilm"
-    assert {b.label for b in at.get("download_button")} >= {"PNG", "SVG", "PDF", "HTML", "NPZ", "JSON", "CSV"}
+    assert not at.get("download_button")  # drawn only in an open Download menu
+    assert {b.label for b in open_downloads(at).get("download_button")} >= {"PNG", "SVG", "PDF", "HTML", "NPZ",
+                                                                               "JSON", "CSV"}
+    _no_errors(at)
 
 
 def test_layer_and_head_changes_update_the_figure_without_rerunning_the_encoder():
@@ -225,7 +229,7 @@ def test_every_analysis_renders_with_its_downloads(analysis, expected):
     assert len(titles) == len(expected)
     for title, start in zip(titles, expected):
         assert title.startswith(start)
-    labels = {b.label for b in at.get("download_button")}
+    labels = {b.label for b in open_downloads(at).get("download_button")}
     assert {"PNG", "HTML"} <= labels
     if analysis != "Rollout":
         assert "CSV (numbers)" in labels
@@ -307,9 +311,9 @@ def test_minimal_pair_compare_needs_equal_lengths():
 
 def test_long_traces_offer_npz_and_csv_but_not_a_huge_json():
     at = _app()
-    assert "JSON" in {b.label for b in at.get("download_button")}
+    assert "JSON" in {b.label for b in open_downloads(at).get("download_button")}
     at.text_area(key="text").set_value("word " * 200).run()
-    labels = {b.label for b in at.get("download_button")}
+    labels = {b.label for b in at.get("download_button")}  # the menus stay open
     assert {"NPZ", "CSV"} <= labels and "JSON" not in labels
 
 
@@ -325,7 +329,7 @@ def test_the_attention_distance_view_is_a_tab_with_its_own_url_bound_option():
     at.checkbox(key="signed").check().run()
     _no_errors(at)
     assert _figures(at)[0]["layout"]["xaxis"]["title"]["text"] == "key - query (tokens)"
-    assert {"dl-distance-png", "dl-distance-html"} <= {b.key for b in at.get("download_button")}
+    assert {"dl-distance-png", "dl-distance-html"} <= {b.key for b in open_downloads(at).get("download_button")}
     linked = _app(view="Attention distance", signed="true")  # the option is in the URL
     assert _figures(linked)[0]["layout"]["xaxis"]["title"]["text"] == "key - query (tokens)"
 
@@ -343,7 +347,8 @@ def test_merging_sub_words_shows_fewer_tokens_without_rerunning_the_encoder():
     heatmap = next(t for t in _figures(at)[0]["data"] if t["type"] == "heatmap")
     np.testing.assert_allclose(_array(heatmap["z"]).sum(axis=1), 1.0, atol=1e-5)  # rows still sum to 1
     assert at.selectbox(key="query").options == [f"{i}: {word}" for i, word in enumerate(words)]
-    assert {b.key for b in at.get("download_button")} >= {"dl-trace-npz", "dl-trace-json", "dl-trace-csv"}
+    assert {b.key for b in open_downloads(at).get("download_button")} >= {"dl-trace-npz", "dl-trace-json",
+                                                                             "dl-trace-csv"}
     at.selectbox(key="query").set_value("4: kittens").run()
     _no_errors(at)
     assert _encoder_runs(at) == runs  # the merged trace is NumPy on the cached one
@@ -518,7 +523,7 @@ def test_a_head_change_draws_that_head_and_its_downloads_export_it(monkeypatch):
         return original(label, data, file_name=file_name, key=key, **kwargs)
 
     monkeypatch.setattr(st, "download_button", record)
-    at = _app()
+    at = open_downloads(_app())
     at.slider(key="layer").set_value(3).run()
     at.slider(key="head").set_value(7).run()
     assert not at.exception

@@ -11,6 +11,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from tests.support.app import open_downloads
 from tests.support.families import FAMILIES_DIR
 
 TIMEOUT = 180
@@ -100,7 +101,7 @@ def test_downloads_name_the_kind(t5, monkeypatch):
         return original(label, data, file_name=file_name, **kwargs)
 
     monkeypatch.setattr(st, "download_button", record)
-    _no_errors(_app(**t5, target=TARGET, attention="cross"))
+    _no_errors(open_downloads(_app(**t5, target=TARGET, attention="cross")))
     assert any(name.endswith("-cross-heatmap.html") for name in names), names
     assert any(name.endswith("-cross-layer0.csv") for name in names), names
 

@@ -124,8 +124,11 @@ def test_layer_slider_and_head_control_change_the_chart(page, app_url):
 
 def test_png_download_is_a_real_png(page, app_url):
     _open(page, app_url)
+    png = page.get_by_role("button", name="PNG", exact=True)  # ours, not Plotly's "Download plot as a png"
+    assert png.count() == 0  # drawn only in an open Download menu
+    page.get_by_test_id("stPopover").filter(has_text="Download").first.get_by_role("button").first.click()
     with page.expect_download() as download:
-        page.get_by_role("button", name="PNG").first.click()
+        png.first.click()
     data = Path(download.value.path()).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert download.value.suggested_filename.endswith(".png")

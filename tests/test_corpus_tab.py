@@ -10,6 +10,7 @@ import pytest
 from analysis.report import STATISTICS, head_report
 from encoder.attention_store import RecomputedQueriesKeys
 from encoder.errors import HeadlightError, ViewError
+from tests.support.app import open_downloads
 from viz.corpus import (
     OPEN_FIELDS,
     Strip,
@@ -270,7 +271,7 @@ def test_the_tab_shows_the_map_the_examples_the_scatter_and_similar_contexts_of_
     index = CorpusIndex.open(corpus_root / "minilm-six")
     heatmap = next(t for t in spec["data"] if t["type"] == "heatmap")
     np.testing.assert_allclose(_z(heatmap["z"]), index.head_map("previous"), atol=1e-6)
-    assert {b.label for b in at.get("download_button")} >= {"HTML", "CSV (numbers)", "JSON (numbers)"}
+    assert {b.label for b in open_downloads(at).get("download_button")} >= {"HTML", "CSV (numbers)", "JSON (numbers)"}
     at.number_input(key="corpus_layer").set_value(2).run()
     at.number_input(key="corpus_head").set_value(3).run()
     assert _titles(at)[1] == "Layer 2, head 3: its 5 strongest attention edges in the corpus"

@@ -1,6 +1,6 @@
 """One chart and its downloads, used by every tab: the figure (clicks wired from its own click spec; a head slider in
-it drawn with its steps sent apart and synced back to the controls, ``ui.scrub``), then PNG, SVG, PDF (when a
-browser exists), HTML, and the numbers behind it as CSV/JSON where it has them."""
+it drawn with its steps sent apart and synced back to the controls, ``ui.scrub``), then a Download menu: PNG, SVG,
+PDF (when a browser exists), HTML, and the numbers behind it as CSV/JSON where it has them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ui import clicks
-from ui.downloads import download_button, image_export_available
+from ui.downloads import download_button, download_menu, image_export_available
 from ui.drawn import plotly_figure
 from ui.scrub import ScrubChart, scrub_chart, scrub_sync_ui
 from viz import render
@@ -20,7 +20,7 @@ from viz.scrub import has_head_slider
 def chart_ui(name: str, fig: go.Figure, stem: str, tokens: Sequence[str] = (),
              numbers: dict[str, Callable[[], str]] | None = None, shown: ScrubChart | None = None,
              own: Callable[[], go.Figure] | None = None) -> None:
-    """Show ``fig`` under the key ``chart-{name}`` with its download row (files named ``{stem}-{name}.{fmt}``).
+    """Show ``fig`` under the key ``chart-{name}`` with its Download menu (files named ``{stem}-{name}.{fmt}``).
 
     ``tokens`` are the trace's tokens when clicks may pick a query token; ``numbers`` maps "csv"/"json" to makers
     of the figure's numbers (called only when the button is clicked). ``shown``: draw this step of ``fig``'s head
@@ -39,9 +39,15 @@ def chart_ui(name: str, fig: go.Figure, stem: str, tokens: Sequence[str] = (),
 
 def figure_downloads_ui(name: str, fig: go.Figure | Callable[[], go.Figure], stem: str,
                         numbers: dict[str, Callable[[], str]] | None = None) -> None:
-    """A row of buttons under a figure (or under what ``fig()`` builds, built when a button is clicked): PNG, SVG,
-    PDF (when a browser exists), HTML, and ``numbers`` formats."""
-    figure = fig if callable(fig) else lambda: fig
+    """A Download menu under a figure (or under what ``fig()`` builds, built when a button is clicked) holding a row of
+    buttons, drawn only while it is open: PNG, SVG, PDF (when a browser exists), HTML, and ``numbers`` formats."""
+    with download_menu("Download", f"menu-{name}", help="This figure as an image, a page or its numbers") as open_:
+        if open_:
+            _figure_buttons(name, fig if callable(fig) else lambda: fig, stem, numbers)
+
+
+def _figure_buttons(name: str, figure: Callable[[], go.Figure], stem: str,
+                    numbers: dict[str, Callable[[], str]] | None) -> None:
     images = image_export_available()
     with st.container(horizontal=True, gap="small"):
         if images:

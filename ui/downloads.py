@@ -1,4 +1,6 @@
-"""Download buttons: the trace as NPZ/JSON/CSV, and the button every figure download uses (``ui.charts``).
+"""Download menus and buttons: the trace as NPZ/JSON/CSV, and the menu and button every figure download uses
+(``ui.charts``). A menu's buttons are drawn only while it is open, so a layer, head or view change sends one element
+per menu rather than a row of buttons.
 
 Files are made only when a button is clicked (``data`` is a callable), so drawing the page costs nothing. A made
 file stays in the server's memory for the session, so no trace download is offered above ``MAX_DOWNLOAD_BYTES``
@@ -9,9 +11,10 @@ bounded by their inputs (rollout, the largest, is ~9 MB of CSV at 512 tokens).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import streamlit as st
 
@@ -38,6 +41,14 @@ def image_export_available() -> bool:
     except ExportError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def download_menu(label: str, key: str, help: str | None = None) -> Iterator[bool]:
+    """A "Download" menu (a popover) whose buttons are drawn only while it is open: a closed menu costs a rerun
+    one element, not one per file, and opening it re-runs only the fragment it is in. Yields whether it is open."""
+    with st.popover(label, icon=":material/download:", key=key, on_change="rerun", help=help) as menu:
+        yield menu.open
 
 
 def download_button(label: str, data: Callable[[], bytes | str], file_name: str, fmt: str, key: str,
@@ -80,6 +91,12 @@ def trace_downloads_ui(trace: EncoderTrace, stem: str, layer: int, heads: tuple[
                        kind: str = ENCODER) -> None:
     """The trace's numbers, each file at most ``MAX_DOWNLOAD_BYTES``: NPZ (everything), JSON (everything, up to
     128 tokens), CSV (this layer's heads of the ``kind`` attention shown, or the first of them that fit)."""
+    with download_menu("Trace numbers", "menu-trace-numbers", help="This trace's numbers: NPZ, JSON, CSV") as open_:
+        if open_:
+            _trace_buttons(trace, stem, layer, heads, kind)
+
+
+def _trace_buttons(trace: EncoderTrace, stem: str, layer: int, heads: tuple[int, ...], kind: str) -> None:
     csv_heads = heads_that_fit(of_kind(trace, kind), heads)
     head_text = f"head {csv_heads[0]}" if len(csv_heads) == 1 else f"{len(csv_heads)} heads"
     which = "" if kind == ENCODER else f" of the {kind} attention"
