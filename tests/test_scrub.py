@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 
@@ -283,6 +284,24 @@ def test_the_figure_json_made_from_its_properties_is_plotlys(trace, view):
         light, held = split_steps(plotly_json)
         chart = scrub_chart(fig)
         assert chart.drawn.spec == light and json.loads(chart.steps) == held
+
+
+def test_the_figure_a_change_draws_is_freed_without_the_garbage_collector(trace):
+    """The figure ``st.plotly_chart`` gets at each layer or head change holds no reference cycle, so its spec is freed
+    when the change is done, not at the next full collection (which walks every live object with the GIL held)."""
+    import gc
+    import weakref
+
+    chart = scrub_chart(build_view(trace, "heatmap", layer=1, head=4))
+    gc.disable()
+    try:
+        drawn = chart.at_step("2:3").drawn
+        assert isinstance(drawn, go.Figure) and drawn.to_dict()["layout"]["title"]["text"].startswith("Layer 2, head 3")
+        gone = weakref.ref(drawn)
+        del drawn
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 # The figure at a step: a layer or head change in the app draws the figure it has at another head moved to the
