@@ -30,6 +30,7 @@ from encoder.settings import settings
 from encoder.sources import DEFAULT_SOURCE, MAX_NAME_CHARS, ModelCard, builtin_sources, text_encoder_choices
 from encoder.trace import EncoderTrace
 from ui.cache import Inputs, get_card, is_encoder_decoder, is_traced, model_pending, session_traces, start_warm_up
+from ui.controls import display_ui
 from ui.generation import continue_ui, has_lm_head
 from ui.inputs import DEFAULT_PROMPT, DEFAULT_TARGET, DEFAULT_TEXT, EXAMPLES, token_limit
 from ui.serving.nodelay import set_nodelay_once
@@ -232,7 +233,7 @@ def main() -> None:
         st.info(f"The input has {trace.untruncated_length} tokens; the model sees the first {trace.num_tokens}."
                 + (f" {plain(cut[0].upper() + cut[1:])}." if cut else ""))
     prediction_ui(trace)
-    views_ui(inputs)
+    views_ui(inputs, display_ui(trace))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ from bench.protocol import (
     MOODS,
     WORDS,
     XSRF_COOKIE,
+    Page,
     Visit,
+    Visitor,
     client_text,
     client_words,
     figure_words,
@@ -53,6 +55,28 @@ def test_four_clients_get_their_own_charts(server):
         assert is_own(visit.last_chart, index)  # its last chart (Head lines after layer, head, view) is its text's
         assert not is_own(visit.last_chart, index + 1)  # ... and would be mixed for any other client
     assert row["server_cpu_ms_per_change"] > 0 and row["server_peak_mb"] > 100
+
+
+def test_a_layer_change_sends_only_the_views_fragment_without_options_or_download_buttons(server):
+    """A layer change re-runs the views fragment alone, and that run draws the controls a change touches, not the
+    display options (drawn outside the fragment) nor any download button (drawn only in an open Download menu)."""
+    async def change() -> tuple:
+        visitor = Visitor(server, {"text": client_text(7)})
+        await visitor.connect()
+        first = await visitor.rerun()
+        page = Page.of(first)
+        visitor.set_widget(page.layer, "double_array_value", [2.0], "layer")
+        run = await visitor.rerun(page.fragment)
+        await visitor.close()
+        return first, run, page
+
+    first, run, page = asyncio.run(change())
+    assert page.fragment and {fragment for _, fragment in run.widgets.values()} == {page.fragment}
+    assert {"Layer", "Head"} <= set(run.widgets) and run.charts[0].title.startswith("Layer 2, head 0")
+    options = {"Hide special tokens ([CLS], [SEP])", "Log colour", "Colour scale"}
+    assert options <= set(first.widgets)  # on the page, outside the fragment
+    assert not options & set(run.widgets)
+    assert not {label for label in {*first.widgets, *run.widgets} if label in {"PNG", "HTML", "NPZ", "CSV"}}
 
 
 def test_json_line_of_the_command(server):

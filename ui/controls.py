@@ -127,17 +127,23 @@ def _zoom_controls(trace: EncoderTrace) -> dict[str, Any]:
                 cols=None if cols == (0, last) else (cols[0], cols[1] + 1), reduce=reduce)
 
 
-def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace],
-                default_query: int | None = None) -> tuple[ViewSettings, EncoderTrace]:
-    """The shared controls above the tabs; returns what they say, and the trace the views show: ``trace``, or
-    ``words()`` (sub-words merged into words) when the display options ask for it. The display options are read
-    first (drawn below the others), so the query choices are the shown trace's tokens. The query starts on token
-    ``default_query`` of ``trace`` (default the first; its word when words are merged). An encoder-decoder's
-    attention kind (``attention_ui``) decides the layers, heads and query tokens offered (the views pick the kind
-    from the settings)."""
-    top = st.container()
+def display_ui(trace: EncoderTrace) -> dict[str, Any]:
+    """The display options (an expander), drawn outside the views fragment: they change seldom, so a layer, head or
+    view change re-runs the fragment without sending them again (a change of one of them re-runs the page). For a
+    long ``trace``, its heatmap's zoom too."""
     with st.expander("Display options"):
-        display = _display_controls(trace)
+        return _display_controls(trace)
+
+
+def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace], display: dict[str, Any],
+                default_query: int | None = None) -> tuple[ViewSettings, EncoderTrace]:
+    """The shared controls above the tabs; returns what they and the ``display`` options (``display_ui``'s) say,
+    and the trace the views show: ``trace``, or ``words()`` (sub-words merged into words) when the display options
+    ask for it, so the query choices are the shown trace's tokens. The query starts on token ``default_query`` of
+    ``trace`` (default the first; its word when words are merged). An encoder-decoder's attention kind
+    (``attention_ui``) decides the layers, heads and query tokens offered (the views pick the kind from the
+    settings)."""
+    display = _fit_zoom(dict(display), trace.num_tokens)
     shown = trace
     if display["merge_words"]:
         try:
@@ -145,31 +151,41 @@ def controls_ui(trace: EncoderTrace, words: Callable[[], EncoderTrace],
         except HeadlightError as error:
             st.warning(plain(error))
             display["merge_words"] = False
-    with top:
-        left, middle, right = st.columns([3, 3, 3])
-        with left:
-            kind = attention_ui(shown)
-            picked = of_kind(shown, kind)  # its layers, heads and query tokens
-            layer, layer_mean = _layer_controls(picked)
-        with middle:
-            aggregate, head, heads = _head_controls(picked)
-        with right:
-            labels = token_labels(picked)
-            start = 0
-            if default_query is not None:
-                start = default_query
-                if shown is not trace:  # the word holding that token
-                    start = int(np.searchsorted(word_starts(trace), default_query, side="right")) - 1
-            reset_now("query", labels[start])
-            query_label = st.selectbox("Query token (or click a heatmap row)", labels, index=start, key="query",
-                                       bind="query-params")
-            direction = st.segmented_control("Token view shows", list(DIRECTIONS), default=next(iter(DIRECTIONS)),
-                                             required=True, key="direction", bind="query-params")
+    left, middle, right = st.columns([3, 3, 3])
+    with left:
+        kind = attention_ui(shown)
+        picked = of_kind(shown, kind)  # its layers, heads and query tokens
+        layer, layer_mean = _layer_controls(picked)
+    with middle:
+        aggregate, head, heads = _head_controls(picked)
+    with right:
+        labels = token_labels(picked)
+        start = 0
+        if default_query is not None:
+            start = default_query
+            if shown is not trace:  # the word holding that token
+                start = int(np.searchsorted(word_starts(trace), default_query, side="right")) - 1
+        reset_now("query", labels[start])
+        query_label = st.selectbox("Query token (or click a heatmap row)", labels, index=start, key="query",
+                                   bind="query-params")
+        direction = st.segmented_control("Token view shows", list(DIRECTIONS), default=next(iter(DIRECTIONS)),
+                                         required=True, key="direction", bind="query-params")
     query = labels.index(query_label) if query_label in labels else 0
     settings = ViewSettings(layer=layer, layer_mean=layer_mean, aggregate=aggregate, head=head, heads=heads,
                             query=query, direction=DIRECTIONS[direction], selected=clicks.selected_cell(picked, query),
                             attention=kind, **display)
     return settings, shown
+
+
+def _fit_zoom(display: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """``display`` with its zoom windows (made on the whole text) cut to ``tokens``, the trace shown: a continued
+    text's step shows fewer tokens than the whole."""
+    for side in ("rows", "cols"):
+        window = display.get(side)
+        if window is not None:
+            start, stop = min(window[0], tokens - 1), min(window[1], tokens)
+            display[side] = None if (start, stop) == (0, tokens) else (start, stop)
+    return display
 
 
 def head_names(trace: EncoderTrace) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -167,19 +168,22 @@ def compute_ahead(trace: EncoderTrace, settings: ViewSettings) -> None:
 
 
 @st.fragment
-def views_ui(inputs: Inputs) -> None:
+def views_ui(inputs: Inputs, display: dict[str, Any]) -> None:
+    """The views: the shared controls, the tabs and the trace's downloads, re-run alone at each change of a control
+    in it; ``display``: the display options (``ui.controls.display_ui``, drawn outside it, whose change re-runs the
+    page and so this with the new options)."""
     with foreground():  # a long trace's heads computed ahead pause meanwhile
-        shown, settings = _views_ui(inputs)
+        shown, settings = _views_ui(inputs, display)
     compute_ahead(shown, settings)  # after the figure: the shown head is computed first, by its view
 
 
-def _views_ui(inputs: Inputs) -> tuple[EncoderTrace, ViewSettings]:
+def _views_ui(inputs: Inputs, display: dict[str, Any]) -> tuple[EncoderTrace, ViewSettings]:
     whole = inputs.trace  # a cache hit: the fragment never re-runs the encoder
     if inputs.generation is not None:
         inputs = dataclasses.replace(inputs, step=step_ui(whole))
     trace = inputs.trace  # the whole trace, or a slice of it at a generation step
     last = trace.num_tokens - 1 if inputs.generation is not None else None  # the query starts on the newest token
-    settings, shown = controls_ui(trace, lambda: get_word_trace(inputs), default_query=last)
+    settings, shown = controls_ui(trace, lambda: get_word_trace(inputs), display, default_query=last)
     stem = file_stem(inputs.source) + kind_suffix(settings.attention)  # downloads name a decoder's or cross kind
     views = view_tabs(trace)
     labels = tab_labels(trace)
