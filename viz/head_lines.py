@@ -22,10 +22,10 @@ from viz.clicks import click_meta
 from viz.kinds import CrossTrace, is_cross, query_side
 from viz.layout import (
     HIGHLIGHT,
+    base_layout,
     display_token,
     label_margin,
     mark_generated,
-    new_figure,
     short_label,
     token_hover_label,
 )
@@ -35,6 +35,7 @@ from viz.selection import describe_heads, head_label, shown_queries_keys
 from viz.validation import check_fraction, check_heads, check_int_range, check_layer, check_shown_token
 
 MAX_LINES = 2000  # head lines draws at most this many (the strongest); more only clutter and slow drawing
+LAYER_STEPS_BYTES = 32 * 2**20  # the head slider's steps are made a layer at a time when its weights take at most this
 SCRUBBED_LINES = "lines"  # the line traces' name under the head slider (one name for every head it shows)
 LINE_START = 0.03  # head lines run from x=LINE_START to 1-LINE_START, leaving room next to the labels
 
@@ -132,14 +133,16 @@ def build_head_lines(
     fig.add_traces(_line_traces(lines, chosen, threshold, every_bin=scrubbing))
     fig.add_traces(_token_columns(trace, (shown, keys), query, labels, rows))
     if scrubbing:
+        made: dict[int, list[Step]] = {}
+        whole_layers = trace.num_heads * stack.shape[-2] * stack.shape[-1] * 4 <= LAYER_STEPS_BYTES
+
         def step(lay: int, h: int) -> Step:
-            one, _, _, _ = shown_queries_keys(trace, trace.attention[lay][[h]], hide_special, renormalize)
-            subtitle = [*notes]
-            lines = _drawn_lines(one, threshold, query_row, max_lines, subtitle)
-            segments = [_segments(lines.query[drawn], lines.key[drawn]) for drawn in _bin_masks(lines, 0, threshold)]
-            data = {"x": [xs for xs, _ in segments], "y": [ys for _, ys in segments]}
-            return data, {"title.text": f"Layer {lay}, {head_label(trace, h)}: who attends to whom",
-                          "title.subtitle.text": " · ".join(subtitle)}
+            if not whole_layers:  # a long text: one head's weights at a time
+                return _layer_steps(trace, lay, hide_special, renormalize, threshold, query_row, max_lines, notes,
+                                    (h,))[0]
+            if lay not in made:  # every head of a layer at once: a slider carries them all
+                made[lay] = _layer_steps(trace, lay, hide_special, renormalize, threshold, query_row, max_lines, notes)
+            return made[lay][h]
 
         family = ("lines", hide_special, renormalize, threshold, query_row, max_lines, tuple(notes))
         if add_head_slider(fig, trace, layer, chosen[0], list(range(1, 1 + len(_weight_bins(threshold)))), step,
@@ -148,6 +151,44 @@ def build_head_lines(
             fig.update_traces(showlegend=False, name=SCRUBBED_LINES, legendgroup=SCRUBBED_LINES,
                               selector=dict(name=f"head {chosen[0]}"))
     return in_full_text(fig, window)
+
+
+def _layer_steps(trace: EncoderTrace | CrossTrace, layer: int, hide_special: bool, renormalize: bool, threshold: float,
+                 query_row: int | None, max_lines: int, notes: list[str], chosen: tuple[int, ...] | None = None
+                 ) -> list[Step]:
+    """The head slider's step of each head of ``layer`` (or of its ``chosen`` heads): the lines of each weight bin
+    (``_line_traces`` with ``every_bin``) and the title, as the figure built at that head draws them. Made for the
+    heads together in a few array operations (one head at a time cost ~0.1 ms each, most of a figure's steps); a
+    head with more than ``max_lines`` lines takes ``_drawn_lines``' own path (its strongest lines)."""
+    chosen = tuple(range(trace.attention[layer].shape[0])) if chosen is None else chosen
+    heads = len(chosen)
+    bins = len(_weight_bins(threshold))
+    ones = [shown_queries_keys(trace, trace.attention[layer][[h]], hide_special, renormalize)[0] for h in chosen]
+    lines = _Lines.above(np.concatenate(ones), threshold)  # in (head, query, key) order, as each head's own
+    if query_row is not None:
+        lines = lines.take(lines.query == query_row)
+    subtitles = [[*notes] for _ in range(heads)]
+    crowded = np.flatnonzero(np.bincount(lines.head, minlength=heads) > max_lines)
+    if crowded.size:
+        parts = [lines.take(~np.isin(lines.head, crowded))]
+        for h in crowded:
+            own = _drawn_lines(ones[h], threshold, query_row, max_lines, subtitles[h])
+            parts.append(own._replace(head=np.full(own.head.size, h, dtype=lines.head.dtype)))
+        lines = _Lines(*(np.concatenate(values) for values in zip(*parts)))
+    which_bin = np.searchsorted([high for _, high in _weight_bins(threshold)], lines.weight, side="right")
+    group = lines.head * bins + which_bin
+    order = np.argsort(group, kind="stable")  # each (head, bin) together, its lines in their own order
+    ends = np.searchsorted(group[order], np.arange(heads * bins + 1))
+    ys = np.stack([lines.query[order], lines.key[order], np.full(order.size, np.nan)], axis=1).astype(np.float32)
+    xs = np.tile(np.array([LINE_START, 1.0 - LINE_START, np.nan], dtype=np.float32), order.size)
+    steps = []
+    for h in range(heads):
+        spans = [(ends[h * bins + b], ends[h * bins + b + 1]) for b in range(bins)]
+        data = {"x": [xs[: 3 * (stop - start)] for start, stop in spans],
+                "y": [ys[start:stop].ravel() for start, stop in spans]}
+        steps.append((data, {"title.text": f"Layer {layer}, {head_label(trace, chosen[h])}: who attends to whom",
+                             "title.subtitle.text": " · ".join(subtitles[h])}))
+    return steps
 
 
 def _drawn_lines(stack: np.ndarray, threshold: float, query_row: int | None, max_lines: int, notes: list[str]
@@ -178,18 +219,18 @@ def _lines_figure(title: str, notes: list[str], labels: list[list[str]], rows: _
     left, right = (label_margin(column, rows.font) + 20 for column in labels)
     count = max(len(column) for column in labels)
     legend_h = LEGEND_TOP + LEGEND_ROW * math.ceil(heads / LEGEND_ITEMS)
-    fig = new_figure(title)
-    fig.update_layout(
+    layout = base_layout(title)
+    layout["title"].update(subtitle=dict(text=" · ".join(notes)))
+    layout.update(  # one layout made whole, not a figure updated (Plotly's update_layout costs as much again)
         width=int(max(LINES_MIN_WIDTH, left + right + LINES_MIN_GAP)),
         height=int(rows.pixels * count + LINES_TOP + legend_h),
         margin=dict(l=left, r=right, t=LINES_TOP, b=legend_h),
-        title=dict(subtitle=dict(text=" · ".join(notes))),
         xaxis=dict(range=[0, 1], visible=False, fixedrange=True),
         yaxis=dict(range=[count - 0.5, -0.5], visible=False),
         legend=dict(orientation="h", yanchor="top", y=0, x=0, font=dict(size=10), itemwidth=30),
         hovermode="closest",
     )
-    return fig
+    return go.Figure(layout=layout)
 
 
 def _line_traces(lines: _Lines, chosen: list[int], threshold: float, every_bin: bool = False) -> list[go.Scatter]:
