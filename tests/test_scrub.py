@@ -311,6 +311,7 @@ AT_STEP_VIEWS = [
     ("heatmap", dict(log_color=True)), ("heatmap", dict(selected=(3, 4))),
     ("tokens", dict(query=8)), ("tokens", dict(query=2, direction="to")),
     ("lines", dict(threshold=0.2)), ("lines", dict(query=8)), ("lines", dict(threshold=0.05, hide_special=True)),
+    ("lines", dict(threshold=0.0, max_lines=40)),  # every head over max_lines: its strongest lines, a note
 ]
 
 
