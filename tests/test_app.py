@@ -317,6 +317,17 @@ def test_long_traces_offer_npz_and_csv_but_not_a_huge_json():
     assert {"NPZ", "CSV"} <= labels and "JSON" not in labels
 
 
+def test_a_long_texts_zoom_windows_are_cut_to_the_step_a_continued_text_shows():
+    """The display options are drawn from the whole trace, outside the views; a continued text's step shows fewer
+    tokens, so its zoom windows are cut to them (a window reaching the whole step is none)."""
+    from ui.controls import _fit_zoom
+
+    display = {"rows": (10, 600), "cols": None, "log_color": True}
+    assert _fit_zoom(dict(display), 700) == display
+    assert _fit_zoom(dict(display), 300) == {"rows": (10, 300), "cols": None, "log_color": True}
+    assert _fit_zoom({"rows": (0, 600), "cols": (650, 700)}, 500) == {"rows": None, "cols": (499, 500)}
+
+
 # --- the registry in the app ------------------------------------------------------------------------------------
 
 
