@@ -45,8 +45,8 @@ def image_export_available() -> bool:
 
 @contextlib.contextmanager
 def download_menu(label: str, key: str, help: str | None = None) -> Iterator[bool]:
-    """A "Download" menu (a popover) whose buttons are drawn only while it is open: a closed menu costs a rerun
-    one element, not one per file, and opening it re-runs only the fragment it is in. Yields whether it is open."""
+    """A menu (a popover) whose buttons are drawn only while it is open: closed, it sends one element per run, not
+    one per file; opening it re-runs only the fragment it is in. Yields whether it is open."""
     with st.popover(label, icon=":material/download:", key=key, on_change="rerun", help=help) as menu:
         yield menu.open
 

@@ -60,8 +60,6 @@ def _typed(value: Any) -> Any:
     return value
 
 
-
-
 class SerialisedFigure(go.Figure):
     """A figure as ``st.plotly_chart`` reads it: its plain JSON (``spec``: typed arrays already base64), made once.
 

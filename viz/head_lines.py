@@ -175,8 +175,7 @@ def _layer_steps(trace: EncoderTrace | CrossTrace, layer: int, hide_special: boo
             own = _drawn_lines(ones[h], threshold, query_row, max_lines, subtitles[h])
             parts.append(own._replace(head=np.full(own.head.size, h, dtype=lines.head.dtype)))
         lines = _Lines(*(np.concatenate(values) for values in zip(*parts)))
-    which_bin = np.searchsorted([high for _, high in _weight_bins(threshold)], lines.weight, side="right")
-    group = lines.head * bins + which_bin
+    group = lines.head * bins + _bin_of(lines.weight, threshold)
     order = np.argsort(group, kind="stable")  # each (head, bin) together, its lines in their own order
     ends = np.searchsorted(group[order], np.arange(heads * bins + 1))
     ys = np.stack([lines.query[order], lines.key[order], np.full(order.size, np.nan)], axis=1).astype(np.float32)
@@ -252,9 +251,13 @@ def _line_traces(lines: _Lines, chosen: list[int], threshold: float, every_bin: 
 
 def _bin_masks(lines: _Lines, n: int, threshold: float) -> list[np.ndarray]:
     """For each weight bin (``_weight_bins``), which ``lines`` of the ``n``-th chosen head fall in it."""
-    bins = _weight_bins(threshold)
-    which_bin = np.searchsorted([high for _, high in bins], lines.weight, side="right")
-    return [(lines.head == n) & (which_bin == b) for b in range(len(bins))]
+    which_bin = _bin_of(lines.weight, threshold)
+    return [(lines.head == n) & (which_bin == b) for b in range(len(_weight_bins(threshold)))]
+
+
+def _bin_of(weights: np.ndarray, threshold: float) -> np.ndarray:
+    """The weight bin (``_weight_bins``' index) of each of ``weights``."""
+    return np.searchsorted([high for _, high in _weight_bins(threshold)], weights, side="right")
 
 
 def _segments(queries: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
